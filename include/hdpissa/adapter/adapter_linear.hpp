@@ -1,0 +1,94 @@
+#pragma once
+/// \file adapter_linear.hpp
+/// The baselines' layers, on the same backend primitives as MutedLinear:
+///  - AdapterLinear: an active low-rank adapter (LoRA, PiSSA): y = x Wᵀ + s (x Aᵀ) Bᵀ (+ bias);
+///    backward dX = dY W + s (dY B) A, g_A = s (dY B)ᵀ X, g_B = s dYᵀ (X Aᵀ).
+///  - DenseLinear: full fine-tuning: y = x Wᵀ (+ bias); backward dX = dY W, g_W = dYᵀ X.
+
+#include "hdpissa/adapter/linear_workspace.hpp"
+#include "hdpissa/core/concepts.hpp"
+
+namespace hdpissa {
+
+/// Active adapter layer (LoRA / PiSSA): the adapter is part of the forward.
+template <TensorBackend B>
+class AdapterLinear {
+ public:
+  using S = typename B::scalar_type;
+  using V = MatrixView<S>;
+  using CV = ConstMatrixView<S>;
+
+  explicit AdapterLinear(B& b, double scaling = 1.0) : b_(&b), s_(scaling) {}
+  double scaling() const { return s_; }
+
+  void forward(CV W, CV A, CV Bf, CV X, V Y, CV bias = {}) {
+    check(W, A, Bf, X);
+    require_shape(Y, X.rows, W.rows, "AdapterLinear Y");
+    auto t = t1_.get(*b_, X.rows, A.rows);  // (tokens, r) = X Aᵀ
+    b_->gemm(Op::N, Op::T, S(1), X, A, S(0), t);
+    b_->gemm(Op::N, Op::T, S(1), X, W, S(0), Y);
+    b_->gemm(Op::N, Op::T, S(s_), CV(t), Bf, S(1), Y);
+    detail::add_bias(*b_, ones_, bias, Y);
+  }
+
+  void backward(CV W, CV A, CV Bf, CV X, CV dY, V dX, V gA, V gB, bool accumulate = true) {
+    check(W, A, Bf, X);
+    require_shape(dY, X.rows, W.rows, "AdapterLinear dY");
+    require_shape(gA, A.rows, A.cols, "AdapterLinear gA");
+    require_shape(gB, Bf.rows, Bf.cols, "AdapterLinear gB");
+    const S beta = accumulate ? S(1) : S(0);
+    auto u = t1_.get(*b_, X.rows, A.rows);  // (tokens, r) = dY B
+    b_->gemm(Op::N, Op::N, S(1), dY, Bf, S(0), u);
+    if (dX.data) {
+      require_shape(dX, X.rows, W.cols, "AdapterLinear dX");
+      b_->gemm(Op::N, Op::N, S(1), dY, W, S(0), dX);
+      b_->gemm(Op::N, Op::N, S(s_), CV(u), A, S(1), dX);
+    }
+    b_->gemm(Op::T, Op::N, S(s_), CV(u), X, beta, gA);
+    auto t = t2_.get(*b_, X.rows, A.rows);  // (tokens, r) = X Aᵀ
+    b_->gemm(Op::N, Op::T, S(1), X, A, S(0), t);
+    b_->gemm(Op::T, Op::N, S(s_), dY, CV(t), beta, gB);
+  }
+
+ private:
+  void check(CV W, CV A, CV Bf, CV X) const {
+    HDPISSA_REQUIRE(X.cols == W.cols && A.cols == W.cols && Bf.rows == W.rows && A.rows == Bf.cols,
+                    "AdapterLinear: expected X (tokens, in), W (out, in), A (r, in), B (out, r); found X ",
+                    shape_str(X.rows, X.cols), ", W ", shape_str(W.rows, W.cols), ", A ",
+                    shape_str(A.rows, A.cols), ", B ", shape_str(Bf.rows, Bf.cols));
+  }
+  B* b_;
+  double s_;
+  detail::Scratch<B> t1_, t2_, ones_;
+};
+
+/// Full fine-tuning layer: W itself is trainable.
+template <TensorBackend B>
+class DenseLinear {
+ public:
+  using S = typename B::scalar_type;
+  using V = MatrixView<S>;
+  using CV = ConstMatrixView<S>;
+
+  explicit DenseLinear(B& b) : b_(&b) {}
+
+  void forward(CV W, CV X, V Y, CV bias = {}) {
+    HDPISSA_REQUIRE(X.cols == W.cols, "DenseLinear: X is ", shape_str(X.rows, X.cols), " but W is ",
+                    shape_str(W.rows, W.cols));
+    require_shape(Y, X.rows, W.rows, "DenseLinear Y");
+    b_->gemm(Op::N, Op::T, S(1), X, W, S(0), Y);
+    detail::add_bias(*b_, ones_, bias, Y);
+  }
+  void backward(CV W, CV X, CV dY, V dX, V gW, bool accumulate = true) {
+    require_shape(dY, X.rows, W.rows, "DenseLinear dY");
+    require_shape(gW, W.rows, W.cols, "DenseLinear gW");
+    if (dX.data) b_->gemm(Op::N, Op::N, S(1), dY, W, S(0), dX);
+    b_->gemm(Op::T, Op::N, S(1), dY, X, accumulate ? S(1) : S(0), gW);
+  }
+
+ private:
+  B* b_;
+  detail::Scratch<B> ones_;
+};
+
+}  // namespace hdpissa

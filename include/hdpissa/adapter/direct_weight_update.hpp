@@ -1,0 +1,230 @@
+#pragma once
+/// \file direct_weight_update.hpp
+/// DirectWeightUpdate<Backend, Optimizer, Comm, Aggregation> (spec §3–4): every group steps its own
+/// optimizer on its own adapter, and the K steps become one shared update of the full weight:
+///   W ← W − f · Σ_j [ dB_j (A_j − dA_j) + B_j dA_j ]          (f = 1 for Sum, 1/K for Mean)
+///     = W − f · L R,  L = [dB_0 … dB_{K−1} | B_0 … B_{K−1}]  (out, 2Kr),
+///                     R = [A_0 − dA_0; …; A_{K−1} − dA_{K−1}; dA_0; …; dA_{K−1}]  (2Kr, in)
+/// one GEMM of inner dimension 2Kr per layer, which also avoids forming (B−dB)(A−dA) − BA.
+///
+/// Per step only the factor deltas travel: each worker packs its local groups' (dA, dB) for every
+/// layer into one buffer, and one all_gather per step exchanges them (r·(in+out) numbers per layer
+/// per group). The factors A_j, B_j are constant after initialisation (as in the reference) and are
+/// known to every worker. Gradients are never averaged across groups. Every worker then applies the
+/// identical GEMMs to identical inputs, so W stays bit-identical across workers; verify_replicas()
+/// checks that cheaply.
+///
+/// Usage: add_layer() for every target layer, then per optimizer step: write gradients into
+/// grad_A/grad_B (e.g. with MutedLinear::backward), call step(lr), then zero_grad().
+
+#include <string>
+#include <vector>
+
+#include "hdpissa/adapter/adapter_set.hpp"
+#include "hdpissa/adapter/aggregation.hpp"
+#include "hdpissa/adapter/update_common.hpp"
+#include "hdpissa/core/concepts.hpp"
+
+namespace hdpissa {
+
+/// HD-PiSSA's Direct Weight Update over backend B, optimizer Opt and communicator C.
+template <TensorBackend B, class Opt, Communicator C, class Aggregation = SumAggregation>
+  requires Optimizer<Opt, B>
+class DirectWeightUpdate {
+  static_assert(same_memory_space_v<B, C>,
+                "DirectWeightUpdate: the backend and the communicator must use the same memory space");
+
+ public:
+  using S = typename B::scalar_type;
+  using V = MatrixView<S>;
+  using CV = ConstMatrixView<S>;
+  using opt_state = typename Opt::template state<B>;
+
+  /// One registered layer. `L` holds [dB stack | B stack]; its right half is the constant B_j.
+  struct Layer {
+    std::string name;
+    V W;                             // (out, in), updated in place
+    index_t out = 0, in = 0;
+    typename B::matrix_type A;       // (K·r, in), constant
+    typename B::matrix_type L;       // (out, 2K·r)
+    std::vector<typename B::matrix_type> gA, gB;  // per local group: (r, in), (out, r)
+    std::vector<opt_state> stA, stB;               // per local group
+    std::size_t offset = 0;          // of this layer's (dA, dB) inside one group's packed chunk
+  };
+
+  DirectWeightUpdate(B& b, C& comm, Opt opt = {}, UpdateOptions options = {})
+      : b_(&b), comm_(&comm), opt_(std::move(opt)), options_(options), flag_(b.make_matrix(1, 1)) {}
+
+  int groups() const { return comm_->groups(); }
+  int local_groups() const { return comm_->local_groups(); }
+  index_t rank() const { return rank_; }
+  std::size_t num_layers() const { return layers_.size(); }
+  const Layer& layer(std::size_t i) const { return layers_.at(i); }
+  long steps() const { return steps_; }
+  const Opt& optimizer() const { return opt_; }
+  static constexpr const char* aggregation() { return Aggregation::name(); }
+
+  /// Registers W (out, in) with the factors of all K groups (e.g. from OrthogonalAdapterInit, or
+  /// broadcast by init_adapters_distributed). Returns the layer's index. W must outlive this object.
+  std::size_t add_layer(std::string name, V W, const AdapterSet<B>& factors) {
+    HDPISSA_REQUIRE(!finalized_, "DirectWeightUpdate::add_layer('", name,
+                    "'): layers must be added before the first step or gradient access");
+    HDPISSA_REQUIRE(factors.groups == groups(), "layer '", name, "': expected factors for K = ", groups(),
+                    " groups (the communicator's), found ", factors.groups);
+    HDPISSA_REQUIRE(factors.out() == W.rows && factors.in() == W.cols, "layer '", name, "': W is ",
+                    shape_str(W.rows, W.cols), " but the factors are for ",
+                    shape_str(factors.out(), factors.in()));
+    HDPISSA_REQUIRE(rank_ == 0 || factors.rank == rank_, "layer '", name, "': expected rank r = ", rank_,
+                    " like the other layers, found ", factors.rank);
+    rank_ = factors.rank;
+    const index_t K = groups(), r = rank_;
+    Layer l;
+    l.name = std::move(name);
+    l.W = W;
+    l.out = W.rows;
+    l.in = W.cols;
+    l.A = b_->make_matrix(K * r, W.cols);
+    b_->copy(CV(factors.A.view()), l.A.view());
+    l.L = b_->make_matrix(W.rows, 2 * K * r);
+    b_->copy(CV(factors.B.view()), l.L.view().col_block(K * r, K * r));
+    for (int g = 0; g < local_groups(); ++g) {
+      l.gA.push_back(b_->make_matrix(r, W.cols));
+      l.gB.push_back(b_->make_matrix(W.rows, r));
+      l.stA.push_back(opt_.make_state(*b_, r, W.cols));
+      l.stB.push_back(opt_.make_state(*b_, W.rows, r));
+    }
+    l.offset = chunk_;
+    chunk_ += static_cast<std::size_t>(r * (W.cols + W.rows));
+    max_in_ = std::max(max_in_, W.cols);
+    layers_.push_back(std::move(l));
+    return layers_.size() - 1;
+  }
+
+  /// Group `g`'s constant factors (any group, local or not): A_g (r, in), B_g (out, r).
+  CV A(std::size_t layer, int g) const { return CV(layers_.at(layer).A.view().row_block(g * rank_, rank_)); }
+  CV Bf(std::size_t layer, int g) const {
+    return CV(const_cast<Layer&>(layers_.at(layer)).L.view().col_block((groups() + g) * rank_, rank_));
+  }
+  /// Gradient buffers of local group `lg` (0 ≤ lg < local_groups(); global group first_group()+lg).
+  V grad_A(std::size_t layer, int lg) { finalize(); return layers_.at(layer).gA.at(lg).view(); }
+  V grad_B(std::size_t layer, int lg) { finalize(); return layers_.at(layer).gB.at(lg).view(); }
+  /// Optimizer state of local group `lg` (for checkpointing / resuming).
+  opt_state& state_A(std::size_t layer, int lg) { return layers_.at(layer).stA.at(lg); }
+  opt_state& state_B(std::size_t layer, int lg) { return layers_.at(layer).stB.at(lg); }
+
+  void zero_grad() {
+    for (auto& l : layers_)
+      for (int g = 0; g < local_groups(); ++g) {
+        b_->fill(l.gA[g].view(), S(0));
+        b_->fill(l.gB[g].view(), S(0));
+      }
+  }
+
+  /// Allocates the packed exchange buffers (done by the first step or gradient access).
+  void finalize() {
+    if (finalized_) return;
+    HDPISSA_REQUIRE(!layers_.empty(), "DirectWeightUpdate: no layers were added");
+    send_ = b_->make_matrix(local_groups(), index_t(chunk_));
+    recv_ = b_->make_matrix(groups(), index_t(chunk_));
+    R_ = b_->make_matrix(2 * groups() * rank_, max_in_);
+    finalized_ = true;
+  }
+
+  /// Bytes each worker contributes to the per-step all-gather (one worker's packed deltas).
+  std::size_t bytes_sent_per_step() const { return chunk_ * sizeof(S) * std::size_t(local_groups()); }
+
+  /// One optimizer step at learning rate `lr` for every local group, then the shared W update.
+  StepReport step(double lr) {
+    finalize();
+    // 1. Non-finite gradients: consensus across workers, so all of them skip or none does.
+    std::string bad;
+    for (auto& l : layers_)
+      for (int g = 0; g < local_groups() && bad.empty(); ++g)
+        if (!b_->all_finite(CV(l.gA[g].view())) || !b_->all_finite(CV(l.gB[g].view())))
+          bad = cat("layer '", l.name, "', group ", comm_->first_group() + g);
+    const double bad_workers = detail::consensus_count(*b_, *comm_, flag_, !bad.empty());
+    if (bad_workers > 0) {
+      const std::string why = bad.empty() ? cat(bad_workers, " worker(s) saw a non-finite gradient")
+                                          : cat("non-finite gradient in ", bad);
+      if (options_.on_non_finite == NonFinitePolicy::Throw)
+        throw NumericError(cat("DirectWeightUpdate step ", steps_ + 1, ": ", why,
+                               " (set NonFinitePolicy::SkipStep to skip such steps)"));
+      return StepReport{true, steps_, why};
+    }
+    // 2. Each local group's optimizer step, writing deltas straight into the packed send buffer.
+    const index_t r = rank_;
+    for (auto& l : layers_)
+      for (int g = 0; g < local_groups(); ++g) {
+        S* chunk = send_.view().data + std::size_t(g) * chunk_ + l.offset;
+        V dA{chunk, r, l.in, l.in};
+        V dB{chunk + r * l.in, l.out, r, r};
+        const int G = comm_->first_group() + g;
+        opt_.compute_delta(*b_, l.stA[g], CV(l.A.view().row_block(G * r, r)), CV(l.gA[g].view()), dA, lr);
+        opt_.compute_delta(*b_, l.stB[g], CV(l.L.view().col_block((groups() + G) * r, r)), CV(l.gB[g].view()), dB, lr);
+      }
+    // 3. One collective per step: every group's deltas for every layer.
+    comm_->all_gather(send_.view().data, recv_.view().data, chunk_);
+    // 4. One GEMM per layer: W ← W − f · [dB | B] [A − dA; dA].
+    const S f = S(Aggregation::factor(groups()));
+    const index_t K = groups();
+    for (auto& l : layers_) {
+      V R{R_.view().data, 2 * K * r, l.in, l.in};
+      b_->copy(CV(l.A.view()), R.row_block(0, K * r));
+      for (index_t j = 0; j < K; ++j) {
+        const S* chunk = recv_.view().data + std::size_t(j) * chunk_ + l.offset;
+        CV dA{chunk, r, l.in, l.in};
+        CV dB{chunk + r * l.in, l.out, r, r};
+        b_->axpy(S(-1), dA, R.row_block(j * r, r));
+        b_->copy(dA, R.row_block((K + j) * r, r));
+        b_->copy(dB, l.L.view().col_block(j * r, r));
+      }
+      b_->gemm(Op::N, Op::N, -f, CV(l.L.view()), CV(R), S(1), l.W);
+    }
+    ++steps_;
+    return StepReport{false, steps_, {}};
+  }
+
+  /// Fails loudly (CommError on every worker) if W differs across workers: worker 0's
+  /// order-sensitive checksum is broadcast and compared bit for bit.
+  void verify_replicas() {
+    // Each double checksum travels as two scalars (hi, lo = c − hi) so float storage keeps ~48 bits.
+    const std::size_t n = layers_.size();
+    auto buf = b_->make_matrix(1, index_t(2 * n));
+    std::vector<S> mine(2 * n);
+    for (std::size_t i = 0; i < n; ++i) {
+      const double c = b_->checksum(CV(layers_[i].W));
+      mine[2 * i] = S(c);
+      mine[2 * i + 1] = S(c - double(S(c)));
+    }
+    b_->upload(mine.data(), buf.view());
+    comm_->broadcast(buf.view().data, 2 * n, 0);
+    std::vector<S> root(2 * n);
+    b_->download(CV(buf.view()), root.data());
+    std::string first;
+    for (std::size_t i = 0; i < n && first.empty(); ++i)
+      if (root[2 * i] != mine[2 * i] || root[2 * i + 1] != mine[2 * i + 1])
+        first = cat("layer '", layers_[i].name, "' on worker ", comm_->rank(), " (checksum ",
+                    double(mine[2 * i]) + double(mine[2 * i + 1]), ", worker 0 has ",
+                    double(root[2 * i]) + double(root[2 * i + 1]), ")");
+    const double diverged = detail::consensus_count(*b_, *comm_, flag_, !first.empty());
+    if (diverged > 0)
+      throw CommError(cat("W diverged across workers after step ", steps_, ": ",
+                          first.empty() ? cat(diverged, " worker(s) differ from worker 0") : first));
+  }
+
+ private:
+  B* b_;
+  C* comm_;
+  Opt opt_;
+  UpdateOptions options_;
+  typename B::matrix_type flag_;
+  std::vector<Layer> layers_;
+  index_t rank_ = 0;
+  std::size_t chunk_ = 0;  // elements of one group's packed deltas
+  index_t max_in_ = 0;
+  bool finalized_ = false;
+  typename B::matrix_type send_, recv_, R_;
+  long steps_ = 0;
+};
+
+}  // namespace hdpissa

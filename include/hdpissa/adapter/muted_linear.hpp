@@ -1,0 +1,133 @@
+#pragma once
+/// \file muted_linear.hpp
+/// MutedLinear (spec §2): the HD-PiSSA layer. The forward is y = x Wᵀ (+ bias); the backward gives
+/// dX = dY W and the adapter gradients PiSSA would have at W_res + B A = W:
+///   g_A = α (dY B)ᵀ X   (r, in)      g_B = α dYᵀ (X Aᵀ)   (out, r)
+/// Mute policies (a template parameter):
+///  - ExactMute (default): the adapter never runs in the forward; four thin GEMMs in the backward.
+///    Exact, and immune to the γ precision hazards the paper reports.
+///  - ScaledMute{γ}: the paper's literal form y = x (W + γ α B A)ᵀ with gradients rescaled by 1/γ,
+///    materialising the (out, in) product as the reference does. For fidelity experiments only.
+/// Valid only with adapter dropout 0 (as in every published run).
+
+#include "hdpissa/adapter/linear_workspace.hpp"
+#include "hdpissa/core/concepts.hpp"
+
+namespace hdpissa {
+
+/// Mute policy: no adapter term in the forward; analytic gradients in the backward.
+struct ExactMute {
+  static constexpr const char* name() { return "exact"; }
+};
+
+/// Mute policy: the paper's y = x (W + γ α B A)ᵀ, adapter gradients multiplied by 1/γ.
+struct ScaledMute {
+  double gamma = 1e-16;
+  static constexpr const char* name() { return "scaled"; }
+};
+
+/// The muted HD-PiSSA linear layer over backend B. α is the adapter scaling (alpha / r; see
+/// reference_scaling()). One instance can serve every layer: its scratch grows to the largest.
+template <TensorBackend B, class Mute = ExactMute>
+class MutedLinear {
+ public:
+  using S = typename B::scalar_type;
+  using V = MatrixView<S>;
+  using CV = ConstMatrixView<S>;
+
+  explicit MutedLinear(B& b, double scaling = 1.0, Mute mute = {}) : b_(&b), alpha_(scaling), mute_(mute) {
+    if constexpr (std::is_same_v<Mute, ScaledMute>)
+      HDPISSA_REQUIRE(mute.gamma > 0, "ScaledMute: expected gamma > 0, found ", mute.gamma);
+  }
+  double scaling() const { return alpha_; }
+  const Mute& mute() const { return mute_; }
+
+  /// Sizes the scratch for up to `tokens` rows so later calls never allocate.
+  void reserve(index_t tokens, index_t out, index_t in, index_t r) {
+    t1_.get(*b_, tokens, r);
+    t2_.get(*b_, tokens, r);
+    ones_.get(*b_, tokens, 1);
+    if constexpr (std::is_same_v<Mute, ScaledMute>) {
+      weff_.get(*b_, out, in);
+      g_.get(*b_, out, in);
+    }
+  }
+
+  /// Y (tokens, out) = X (tokens, in) Wᵀ (+ bias (1, out)). A (r, in) and Bf (out, r) are read
+  /// only by ScaledMute.
+  void forward(CV W, CV A, CV Bf, CV X, V Y, CV bias = {}) {
+    check(W, A, Bf, X);
+    require_shape(Y, X.rows, W.rows, "MutedLinear Y");
+    if constexpr (std::is_same_v<Mute, ScaledMute>) {
+      auto weff = effective_weight(W, A, Bf);
+      b_->gemm(Op::N, Op::T, S(1), X, CV(weff), S(0), Y);
+    } else {
+      b_->gemm(Op::N, Op::T, S(1), X, W, S(0), Y);
+    }
+    detail::add_bias(*b_, ones_, bias, Y);
+  }
+
+  /// dX (tokens, in) = dY W (skipped if dX.data is null); gA (r, in), gB (out, r) get the adapter
+  /// gradients, added to their contents when `accumulate` (gradient accumulation), else overwritten.
+  void backward(CV W, CV A, CV Bf, CV X, CV dY, V dX, V gA, V gB, bool accumulate = true) {
+    check(W, A, Bf, X);
+    require_shape(dY, X.rows, W.rows, "MutedLinear dY");
+    require_shape(gA, A.rows, A.cols, "MutedLinear gA");
+    require_shape(gB, Bf.rows, Bf.cols, "MutedLinear gB");
+    const S beta = accumulate ? S(1) : S(0);
+    if constexpr (std::is_same_v<Mute, ScaledMute>) {
+      auto weff = effective_weight(W, A, Bf);
+      if (dX.data) {
+        require_shape(dX, X.rows, W.cols, "MutedLinear dX");
+        b_->gemm(Op::N, Op::N, S(1), dY, CV(weff), S(0), dX);
+      }
+      // Autograd of P = c·(B A), c = γα: dP = c·G with G = dYᵀ X; then the 1/γ rescale.
+      const double c = mute_.gamma * alpha_;
+      auto G = g_.get(*b_, W.rows, W.cols);
+      b_->gemm(Op::T, Op::N, S(1), dY, X, S(0), G);
+      b_->scale(G, S(c));
+      b_->gemm(Op::T, Op::N, S(1.0 / mute_.gamma), Bf, CV(G), beta, gA);
+      b_->gemm(Op::N, Op::T, S(1.0 / mute_.gamma), CV(G), A, beta, gB);
+    } else {
+      if (dX.data) {
+        require_shape(dX, X.rows, W.cols, "MutedLinear dX");
+        b_->gemm(Op::N, Op::N, S(1), dY, W, S(0), dX);
+      }
+      auto t = t1_.get(*b_, X.rows, A.rows);  // (tokens, r) = dY B
+      b_->gemm(Op::N, Op::N, S(1), dY, Bf, S(0), t);
+      b_->gemm(Op::T, Op::N, S(alpha_), CV(t), X, beta, gA);
+      auto u = t2_.get(*b_, X.rows, A.rows);  // (tokens, r) = X Aᵀ
+      b_->gemm(Op::N, Op::T, S(1), X, A, S(0), u);
+      b_->gemm(Op::T, Op::N, S(alpha_), dY, CV(u), beta, gB);
+    }
+  }
+
+ private:
+  void check(CV W, CV A, CV Bf, CV X) const {
+    HDPISSA_REQUIRE(X.cols == W.cols, "MutedLinear: X is ", shape_str(X.rows, X.cols), " but W is ",
+                    shape_str(W.rows, W.cols), "; expected X (tokens, ", W.cols, ")");
+    HDPISSA_REQUIRE(A.cols == W.cols && Bf.rows == W.rows && A.rows == Bf.cols,
+                    "MutedLinear: for W ", shape_str(W.rows, W.cols), " expected A (r, ", W.cols,
+                    ") and B (", W.rows, ", r), found A ", shape_str(A.rows, A.cols), " and B ",
+                    shape_str(Bf.rows, Bf.cols));
+  }
+  V effective_weight(CV W, CV A, CV Bf) {
+    auto weff = weff_.get(*b_, W.rows, W.cols);
+    b_->copy(W, weff);
+    b_->gemm(Op::N, Op::N, S(mute_.gamma * alpha_), Bf, A, S(1), weff);
+    return weff;
+  }
+
+  B* b_;
+  double alpha_;
+  Mute mute_;
+  detail::Scratch<B> t1_, t2_, ones_, weff_, g_;
+};
+
+/// The reference's adapter scaling alpha // r (integer division, as in the authors' code).
+inline double reference_scaling(long alpha, long rank) {
+  HDPISSA_REQUIRE(rank > 0, "adapter rank must be positive, found ", rank);
+  return double(alpha / rank);
+}
+
+}  // namespace hdpissa

@@ -1,0 +1,46 @@
+#pragma once
+/// \file update_common.hpp
+/// Pieces shared by DirectWeightUpdate and DataParallelUpdate: what to do with non-finite
+/// gradients, the step report, and the cross-worker consensus on skipping a step.
+
+#include <string>
+
+#include "hdpissa/core/concepts.hpp"
+
+namespace hdpissa {
+
+/// What a step does when a gradient holds NaN or Inf.
+enum class NonFinitePolicy {
+  Throw,     ///< default: NumericError naming the tensor and group; nothing is updated
+  SkipStep,  ///< every worker skips the step (consensus); optimizer state is left untouched
+};
+
+/// Options shared by the update rules.
+struct UpdateOptions {
+  NonFinitePolicy on_non_finite = NonFinitePolicy::Throw;
+};
+
+/// What step() did.
+struct StepReport {
+  bool skipped = false;  ///< true when a non-finite gradient made every worker skip
+  long step = 0;         ///< updates applied so far (skipped steps not counted)
+  std::string reason;    ///< why it was skipped
+};
+
+namespace detail {
+
+/// Agrees across workers whether any of them saw a non-finite gradient. `flag` is a 1×1 matrix in
+/// the communicator's memory space; returns the number of workers that reported one.
+template <TensorBackend B, Communicator C>
+double consensus_count(B& b, C& comm, typename B::matrix_type& flag, bool local_bad) {
+  using S = typename B::scalar_type;
+  const S v = local_bad ? S(1) : S(0);
+  b.upload(&v, flag.view());
+  comm.all_reduce_sum(flag.view().data, 1);
+  S out{};
+  b.download(flag.view(), &out);
+  return double(out);
+}
+
+}  // namespace detail
+}  // namespace hdpissa

@@ -1,0 +1,203 @@
+#pragma once
+/// \file eigen_backend.hpp
+/// EigenBackend<Scalar>: the CPU tensor backend (float or double), on Eigen maps over row-major
+/// views. Satisfies hdpissa::TensorBackend. GEMMs go through Eigen's blocked products (threaded with
+/// OpenMP when the consumer compiles with -fopenmp); SVD is BDCSVD; QR is Householder.
+
+#include <Eigen/Dense>
+#include <Eigen/SVD>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "hdpissa/core/concepts.hpp"
+#include "hdpissa/core/error.hpp"
+#include "hdpissa/core/view.hpp"
+
+namespace hdpissa {
+
+/// CPU backend over Eigen. `Scalar` is float or double; compute_type equals Scalar.
+template <class Scalar>
+class EigenBackend {
+  static_assert(std::is_same_v<Scalar, float> || std::is_same_v<Scalar, double>,
+                "EigenBackend supports float and double");
+
+ public:
+  using scalar_type = Scalar;
+  using compute_type = Scalar;
+  using memory_space = host_memory;
+  using RowMat = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+  using ColMat = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic, Eigen::ColMajor>;
+  using Map = Eigen::Map<RowMat, Eigen::Unaligned, Eigen::OuterStride<>>;
+  using ConstMap = Eigen::Map<const RowMat, Eigen::Unaligned, Eigen::OuterStride<>>;
+
+  /// Owning, zero-initialised, contiguous row-major matrix.
+  class Matrix {
+   public:
+    Matrix() = default;
+    Matrix(index_t rows, index_t cols)
+        : data_(static_cast<std::size_t>(rows * cols), Scalar(0)), rows_(rows), cols_(cols) {}
+    MatrixView<Scalar> view() { return {data_.data(), rows_, cols_, cols_}; }
+    ConstMatrixView<Scalar> view() const { return {data_.data(), rows_, cols_, cols_}; }
+    ConstMatrixView<Scalar> cview() const { return view(); }
+    index_t rows() const { return rows_; }
+    index_t cols() const { return cols_; }
+    Scalar* data() { return data_.data(); }
+    const Scalar* data() const { return data_.data(); }
+
+   private:
+    std::vector<Scalar> data_;
+    index_t rows_ = 0;
+    index_t cols_ = 0;
+  };
+  using matrix_type = Matrix;
+
+  /// Eigen maps over views (public: the examples use them for model code).
+  static Map map(MatrixView<Scalar> v) { return Map(v.data, v.rows, v.cols, Eigen::OuterStride<>(v.ld)); }
+  static ConstMap map(ConstMatrixView<Scalar> v) {
+    return ConstMap(v.data, v.rows, v.cols, Eigen::OuterStride<>(v.ld));
+  }
+
+  Matrix make_matrix(index_t rows, index_t cols) {
+    HDPISSA_REQUIRE(rows >= 0 && cols >= 0, "make_matrix: negative extent ", shape_str(rows, cols));
+    return Matrix(rows, cols);
+  }
+
+  void gemm(Op ta, Op tb, Scalar alpha, ConstMatrixView<Scalar> A, ConstMatrixView<Scalar> B,
+            Scalar beta, MatrixView<Scalar> C) {
+    const index_t m = op_rows(ta, A), k = op_cols(ta, A), kb = op_rows(tb, B), n = op_cols(tb, B);
+    HDPISSA_REQUIRE(k == kb && C.rows == m && C.cols == n, "gemm: op(A) is ", shape_str(m, k),
+                    ", op(B) is ", shape_str(kb, n), ", C is ", shape_str(C.rows, C.cols),
+                    "; expected C ", shape_str(m, n), " and matching inner dimensions");
+    auto c = map(C);
+    if (beta == Scalar(0))
+      c.setZero();
+    else if (beta != Scalar(1))
+      c *= beta;
+    if (k == 0 || alpha == Scalar(0)) return;
+    auto a = map(A);
+    auto b = map(B);
+    if (ta == Op::N && tb == Op::N)
+      c.noalias() += alpha * a * b;
+    else if (ta == Op::T && tb == Op::N)
+      c.noalias() += alpha * a.transpose() * b;
+    else if (ta == Op::N && tb == Op::T)
+      c.noalias() += alpha * a * b.transpose();
+    else
+      c.noalias() += alpha * a.transpose() * b.transpose();
+  }
+
+  void copy(ConstMatrixView<Scalar> src, MatrixView<Scalar> dst) {
+    require_shape(dst, src.rows, src.cols, "copy destination");
+    map(dst) = map(src);
+  }
+  void fill(MatrixView<Scalar> x, Scalar value) { map(x).setConstant(value); }
+  void scale(MatrixView<Scalar> x, Scalar alpha) { map(x) *= alpha; }
+  void axpy(Scalar alpha, ConstMatrixView<Scalar> x, MatrixView<Scalar> y) {
+    require_shape(y, x.rows, x.cols, "axpy y");
+    map(y) += alpha * map(x);
+  }
+  void scale_rows(MatrixView<Scalar> x, ConstMatrixView<Scalar> d) {
+    HDPISSA_REQUIRE(d.size() == x.rows, "scale_rows: expected ", x.rows, " factors, found ", d.size());
+    for (index_t i = 0; i < x.rows; ++i) map(x).row(i) *= d.data[i * (d.rows == 1 ? 1 : d.ld)];
+  }
+  void scale_cols(MatrixView<Scalar> x, ConstMatrixView<Scalar> d) {
+    HDPISSA_REQUIRE(d.size() == x.cols, "scale_cols: expected ", x.cols, " factors, found ", d.size());
+    for (index_t i = 0; i < x.rows; ++i)
+      for (index_t j = 0; j < x.cols; ++j) x(i, j) *= d.data[j * (d.rows == 1 ? 1 : d.ld)];
+  }
+  void sqrt(MatrixView<Scalar> x) { map(x) = map(x).cwiseSqrt(); }
+  void upload(const Scalar* host, MatrixView<Scalar> dst) {
+    map(dst) = ConstMap(host, dst.rows, dst.cols, Eigen::OuterStride<>(dst.cols));
+  }
+  void download(ConstMatrixView<Scalar> src, Scalar* host) {
+    Map(host, src.rows, src.cols, Eigen::OuterStride<>(src.cols)) = map(src);
+  }
+
+  bool all_finite(ConstMatrixView<Scalar> x) { return map(x).allFinite(); }
+  double sum_squares(ConstMatrixView<Scalar> x) {
+    double s = 0;
+    for (index_t i = 0; i < x.rows; ++i)
+      for (index_t j = 0; j < x.cols; ++j) s += double(x(i, j)) * double(x(i, j));
+    return s;
+  }
+  /// Order-sensitive checksum: Σ x_ij · (1 + (i·cols + j) mod 1021 / 1021). Equal on two replicas
+  /// iff (almost surely) the replicas are bit-identical; used to catch divergence across ranks.
+  double checksum(ConstMatrixView<Scalar> x) {
+    double s = 0;
+    for (index_t i = 0; i < x.rows; ++i)
+      for (index_t j = 0; j < x.cols; ++j)
+        s += double(x(i, j)) * (1.0 + double((i * x.cols + j) % 1021) / 1021.0);
+    return s;
+  }
+
+  void adam_delta(const AdamArgs& a, ConstMatrixView<Scalar> param, ConstMatrixView<Scalar> grad,
+                  MatrixView<Scalar> m, MatrixView<Scalar> v, MatrixView<Scalar> delta) {
+    require_shape(m, grad.rows, grad.cols, "adam first moment");
+    require_shape(v, grad.rows, grad.cols, "adam second moment");
+    require_shape(delta, grad.rows, grad.cols, "adam delta");
+    const Scalar b1 = Scalar(a.beta1), b2 = Scalar(a.beta2), eps = Scalar(a.eps);
+    const Scalar step_size = Scalar(a.lr / a.bias_correction1);
+    const Scalar inv_sqrt_bc2 = Scalar(1.0 / std::sqrt(a.bias_correction2));
+    const Scalar lr_wd = Scalar(a.lr * a.weight_decay);
+    for (index_t i = 0; i < grad.rows; ++i)
+      for (index_t j = 0; j < grad.cols; ++j) {
+        const Scalar g = grad(i, j);
+        Scalar& mi = m(i, j);
+        Scalar& vi = v(i, j);
+        mi = b1 * mi + (Scalar(1) - b1) * g;
+        vi = b2 * vi + (Scalar(1) - b2) * g * g;
+        Scalar d = step_size * mi / (std::sqrt(vi) * inv_sqrt_bc2 + eps);
+        if (lr_wd != Scalar(0)) d += lr_wd * param(i, j);
+        delta(i, j) = d;
+      }
+  }
+
+  void sgd_delta(const SgdArgs& a, ConstMatrixView<Scalar> param, ConstMatrixView<Scalar> grad,
+                 MatrixView<Scalar> buf, MatrixView<Scalar> delta) {
+    require_shape(delta, grad.rows, grad.cols, "sgd delta");
+    const Scalar lr = Scalar(a.lr), mu = Scalar(a.momentum), wd = Scalar(a.weight_decay);
+    for (index_t i = 0; i < grad.rows; ++i)
+      for (index_t j = 0; j < grad.cols; ++j) {
+        Scalar g = grad(i, j);
+        if (wd != Scalar(0)) g += wd * param(i, j);
+        if (mu != Scalar(0)) {
+          buf(i, j) = mu * buf(i, j) + g;
+          g = buf(i, j);
+        }
+        delta(i, j) = lr * g;
+      }
+  }
+
+  void thin_svd(ConstMatrixView<Scalar> A, MatrixView<Scalar> U, MatrixView<Scalar> S,
+                MatrixView<Scalar> Vt) {
+    const index_t k = std::min(A.rows, A.cols);
+    require_shape(U, A.rows, k, "thin_svd U");
+    require_shape(S, 1, k, "thin_svd S");
+    require_shape(Vt, k, A.cols, "thin_svd Vt");
+    ColMat a = map(A);
+    Eigen::BDCSVD<ColMat> svd(a, Eigen::ComputeThinU | Eigen::ComputeThinV);
+    if (svd.info() != Eigen::Success)
+      throw NumericError(cat("thin_svd: BDCSVD failed on a ", shape_str(A.rows, A.cols),
+                             " matrix (Eigen info ", int(svd.info()), ")"));
+    map(U) = svd.matrixU();
+    map(S) = svd.singularValues().transpose();
+    map(Vt) = svd.matrixV().transpose();
+  }
+
+  void orthonormalize(MatrixView<Scalar> Y) {
+    HDPISSA_REQUIRE(Y.cols <= Y.rows, "orthonormalize: expected a tall matrix, found ",
+                    shape_str(Y.rows, Y.cols));
+    ColMat y = map(Y);
+    Eigen::HouseholderQR<ColMat> qr(y);
+    ColMat q = qr.householderQ() * ColMat::Identity(Y.rows, Y.cols);
+    map(Y) = q;
+  }
+
+  void synchronize() {}
+};
+
+static_assert(TensorBackend<EigenBackend<float>>);
+static_assert(TensorBackend<EigenBackend<double>>);
+
+}  // namespace hdpissa
