@@ -28,9 +28,16 @@ struct SvdResult {
 
 /// Fills X with counter-based standard normals of stream `seed` (row-major element order), via a
 /// host buffer: deterministic and identical on every backend.
+/// A backend may provide `b.fill_normal(X, seed)` computing the same counter_normal stream on the
+/// device (no host round trip); it is used when present.
 template <TensorBackend B>
 void fill_gaussian(B& b, MatrixView<typename B::scalar_type> X, std::uint64_t seed) {
   using S = typename B::scalar_type;
+  if constexpr (requires { b.fill_normal(X, seed); }) {
+    b.fill_normal(X, seed);
+    return;
+  }
+  HDPISSA_REQUIRE(X.contiguous(), "fill_gaussian: expected a contiguous view");
   std::vector<S> host(static_cast<std::size_t>(X.size()));
   for (std::size_t i = 0; i < host.size(); ++i) host[i] = S(counter_normal(seed, i));
   b.upload(host.data(), X);
