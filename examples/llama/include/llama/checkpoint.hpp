@@ -1,0 +1,281 @@
+#pragma once
+/// \file checkpoint.hpp
+/// Loading and saving model weights.
+///  - HF format: a directory with `config.json` and `model.safetensors`, or shards listed in
+///    `model.safetensors.index.json`; F32 / BF16 / F16 converted to float.
+///  - llama2.c legacy `.bin`: 7 int32 header + fp32 tensors. Its q/k rows are in llama2.c's
+///    interleaved-pair RoPE order; they are permuted on load into HF's rotate-half order, so one
+///    model code path (HF RoPE) serves both formats.
+///  - Saving: HF safetensors (F32 or BF16) + config.json, written into a temporary directory that
+///    is renamed into place only when complete.
+
+#include <cstdint>
+#include <cstring>
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <unistd.h>
+
+#include <nlohmann/json.hpp>
+
+#include "llama/common.hpp"
+#include "llama/config.hpp"
+#include "llama/safetensors.hpp"
+#include "llama/weights.hpp"
+
+namespace hdpissa::llama {
+
+/// Permutes the rows of a q or k projection from llama2.c / Meta interleaved-pair RoPE order to
+/// HF rotate-half order (the inverse of HF's `convert_llama_weights_to_hf.permute`'s input):
+/// within each head, HF row `c·(hd/2) + i` is llama2.c row `2i + c`.  // w: (n_heads·hd, in)
+inline Matrix permute_interleaved_to_rotate_half(const Matrix& w, int n_heads) {
+  const Eigen::Index hd = w.rows() / n_heads;
+  Matrix out(w.rows(), w.cols());
+  for (int h = 0; h < n_heads; ++h)
+    for (Eigen::Index c = 0; c < 2; ++c)
+      for (Eigen::Index i = 0; i < hd / 2; ++i)
+        out.row(h * hd + c * (hd / 2) + i) = w.row(h * hd + 2 * i + c);
+  return out;
+}
+
+/// Inverse of permute_interleaved_to_rotate_half (HF order -> llama2.c order).
+inline Matrix permute_rotate_half_to_interleaved(const Matrix& w, int n_heads) {
+  const Eigen::Index hd = w.rows() / n_heads;
+  Matrix out(w.rows(), w.cols());
+  for (int h = 0; h < n_heads; ++h)
+    for (Eigen::Index c = 0; c < 2; ++c)
+      for (Eigen::Index i = 0; i < hd / 2; ++i)
+        out.row(h * hd + 2 * i + c) = w.row(h * hd + c * (hd / 2) + i);
+  return out;
+}
+
+/// Loads a llama2.c legacy checkpoint (karpathy/llama2.c `run.c` format). Throws on a missing
+/// file, a header with impossible values, or a file size that disagrees with the header.
+inline ModelWeights load_llama2c_checkpoint(const std::filesystem::path& path) {
+  const std::vector<char> bytes = read_file_bytes(path);
+  const std::string where = path.string();
+  if (bytes.size() < 28)
+    throw LlamaError(cat(where, ": truncated llama2.c checkpoint: expected a 28-byte header, found ", bytes.size(), " bytes"));
+  std::int32_t h[7];
+  std::memcpy(h, bytes.data(), sizeof(h));
+  if (static_cast<std::uint32_t>(h[0]) == 0x616b3432u)
+    throw LlamaError(cat(where, ": this is a llama2.c version-1/2 export (magic 'ak42'); expected the legacy format "
+                                "(export.py --version 0)"));
+  ModelConfig c;
+  c.dim = h[0];
+  c.hidden_dim = h[1];
+  c.n_layers = h[2];
+  c.n_heads = h[3];
+  c.n_kv_heads = h[4];
+  c.tie_embeddings = h[5] > 0;
+  c.vocab_size = h[5] > 0 ? h[5] : -h[5];
+  c.max_seq_len = h[6];
+  c.head_dim = c.n_heads > 0 ? c.dim / c.n_heads : 0;
+  c.rope_theta = 10000.0;  // run.c hard-codes 10000
+  c.norm_eps = 1e-5f;      // run.c hard-codes 1e-5
+  c.bos_token_id = 1;
+  c.eos_token_id = 2;
+  try {
+    c.validate();
+    if (c.head_dim * c.n_heads != c.dim) throw LlamaError(cat("dim ", c.dim, " is not a multiple of n_heads ", c.n_heads));
+  } catch (const LlamaError& e) {
+    throw LlamaError(cat(where, ": corrupt llama2.c header (", e.what(), ")"));
+  }
+  const std::int64_t D = c.dim, H = c.hidden_dim, L = c.n_layers, V = c.vocab_size, KV = c.kv_dim();
+  const std::int64_t hd = c.head_dim;
+  const std::int64_t floats = V * D + L * D + L * D * D + 2 * L * KV * D + L * D * D + L * D + 3 * L * H * D + D +
+                              c.max_seq_len * hd + (c.tie_embeddings ? 0 : V * D);
+  const std::uint64_t expected = 28 + static_cast<std::uint64_t>(floats) * 4;
+  if (bytes.size() != expected)
+    throw LlamaError(cat(where, ": ", bytes.size() < expected ? "truncated" : "oversized",
+                         " llama2.c checkpoint: the header (dim ", D, ", hidden ", H, ", layers ", L, ", heads ",
+                         c.n_heads, ", kv heads ", c.n_kv_heads, ", vocab ", V, ", seq_len ", c.max_seq_len,
+                         ") implies ", expected, " bytes, found ", bytes.size()));
+  const float* p = reinterpret_cast<const float*>(bytes.data() + 28);  // 28 is 4-aligned
+  auto take = [&](Eigen::Index rows, Eigen::Index cols) {
+    Matrix m(rows, cols);
+    std::memcpy(m.data(), p, static_cast<std::size_t>(rows * cols) * 4);
+    p += rows * cols;
+    return m;
+  };
+  ModelWeights w = ModelWeights::zeros(c);
+  w.embed = take(V, D);
+  for (auto& l : w.layers) l.attn_norm = take(D, 1);
+  for (auto& l : w.layers) l.wq = permute_interleaved_to_rotate_half(take(D, D), c.n_heads);
+  for (auto& l : w.layers) l.wk = permute_interleaved_to_rotate_half(take(KV, D), c.n_kv_heads);
+  for (auto& l : w.layers) l.wv = take(KV, D);
+  for (auto& l : w.layers) l.wo = take(D, D);
+  for (auto& l : w.layers) l.ffn_norm = take(D, 1);
+  for (auto& l : w.layers) l.w_gate = take(H, D);   // w1
+  for (auto& l : w.layers) l.w_down = take(D, H);   // w2
+  for (auto& l : w.layers) l.w_up = take(H, D);     // w3
+  w.final_norm = take(D, 1);
+  p += 2 * c.max_seq_len * (hd / 2);  // freq_cis_real / imag: recomputed from theta instead
+  if (!c.tie_embeddings) w.lm_head = take(V, D);
+  return w;
+}
+
+/// Name -> file lookup over one or several safetensors files (a sharded HF checkpoint).
+class SafetensorsCollection {
+ public:
+  /// Opens `dir/model.safetensors.index.json` if present, else `dir/model.safetensors`.
+  static SafetensorsCollection open_directory(const std::filesystem::path& dir) {
+    SafetensorsCollection c;
+    const auto index = dir / "model.safetensors.index.json";
+    const auto single = dir / "model.safetensors";
+    if (std::filesystem::exists(index)) {
+      nlohmann::json j;
+      try {
+        j = nlohmann::json::parse(read_file_text(index));
+      } catch (const nlohmann::json::parse_error& e) {
+        throw LlamaError(cat(index.string(), ": corrupt JSON (", e.what(), ")"));
+      }
+      if (!j.contains("weight_map") || !j["weight_map"].is_object())
+        throw LlamaError(cat(index.string(), ": expected an object 'weight_map', found ",
+                             j.contains("weight_map") ? j["weight_map"].type_name() : "nothing"));
+      std::map<std::string, std::size_t> file_index;
+      for (auto it = j["weight_map"].begin(); it != j["weight_map"].end(); ++it) {
+        const std::string file = it.value().get<std::string>();
+        auto [pos, inserted] = file_index.emplace(file, c.files_.size());
+        if (inserted) c.files_.push_back(std::make_shared<SafetensorsFile>(dir / file));
+        c.where_[it.key()] = pos->second;
+      }
+      for (std::size_t i = 0; i < c.files_.size(); ++i)  // tensors present but not in the map
+        for (const auto& [name, info] : c.files_[i]->tensors()) c.where_.emplace(name, i);
+    } else if (std::filesystem::exists(single)) {
+      c.add_file(single);
+    } else {
+      throw LlamaError(cat(dir.string(), ": expected model.safetensors or model.safetensors.index.json, found neither"));
+    }
+    return c;
+  }
+  /// Adds one safetensors file.
+  void add_file(const std::filesystem::path& file) {
+    files_.push_back(std::make_shared<SafetensorsFile>(file));
+    for (const auto& [name, info] : files_.back()->tensors()) where_.emplace(name, files_.size() - 1);
+  }
+  /// Whether `name` exists.
+  [[nodiscard]] bool contains(const std::string& name) const { return where_.count(name) != 0; }
+  /// The file holding `name`; throws naming the tensor if none does.
+  [[nodiscard]] const SafetensorsFile& file_of(const std::string& name) const {
+    auto it = where_.find(name);
+    if (it == where_.end())
+      throw LlamaError(cat("checkpoint: expected tensor '", name, "', not found in ",
+                           files_.empty() ? std::string("(no files)") : files_.front()->path().string(),
+                           files_.size() > 1 ? cat(" and ", files_.size() - 1, " other shard(s)") : std::string()));
+    return *files_[it->second];
+  }
+  /// Reads `name` as a (rows, cols) matrix with a shape check.
+  [[nodiscard]] Matrix read_matrix(const std::string& name, std::int64_t rows, std::int64_t cols) const {
+    return file_of(name).read_matrix(name, rows, cols);
+  }
+  /// Reads `name` as a vector of `n` with a shape check.
+  [[nodiscard]] Vector read_vector(const std::string& name, std::int64_t n) const {
+    Matrix m = read_matrix(name, n, 1);
+    return Eigen::Map<Vector>(m.data(), n);
+  }
+
+ private:
+  std::vector<std::shared_ptr<SafetensorsFile>> files_;
+  std::map<std::string, std::size_t> where_;
+};
+
+/// Loads an HF LLaMA checkpoint directory (`config.json` + safetensors, sharded or not). Every
+/// tensor's shape is checked against the config; a mismatch names the tensor and both shapes.
+inline ModelWeights load_hf_checkpoint(const std::filesystem::path& dir) {
+  if (!std::filesystem::exists(dir)) throw LlamaError(cat("checkpoint not found: ", dir.string()));
+  if (!std::filesystem::is_directory(dir))
+    throw LlamaError(cat("expected an HF checkpoint directory (config.json + model.safetensors), found a file: ", dir.string()));
+  const ModelConfig c = ModelConfig::from_file(dir / "config.json");
+  const SafetensorsCollection st = SafetensorsCollection::open_directory(dir);
+  ModelWeights w;
+  w.config = c;
+  const std::int64_t D = c.dim, H = c.hidden_dim, V = c.vocab_size;
+  w.embed = st.read_matrix("model.embed_tokens.weight", V, D);
+  w.layers.resize(c.n_layers);
+  for (int i = 0; i < c.n_layers; ++i) {
+    auto& l = w.layers[i];
+    const std::string p = cat("model.layers.", i, ".");
+    l.attn_norm = st.read_vector(p + "input_layernorm.weight", D);
+    l.ffn_norm = st.read_vector(p + "post_attention_layernorm.weight", D);
+    const std::int64_t rows[] = {c.q_dim(), c.kv_dim(), c.kv_dim(), D, H, H, D};
+    const std::int64_t cols[] = {D, D, D, c.q_dim(), D, D, H};
+    for (int m = 0; m < kModulesPerLayer; ++m) {
+      const LinearId id{i, static_cast<Module>(m)};
+      l.linear(id.module) = st.read_matrix(id.hf_name(), rows[m], cols[m]);
+    }
+  }
+  w.final_norm = st.read_vector("model.norm.weight", D);
+  if (!c.tie_embeddings) {
+    if (!st.contains("lm_head.weight"))
+      throw LlamaError(cat(dir.string(), ": config says tie_word_embeddings=false, so expected tensor 'lm_head.weight', not found"));
+    w.lm_head = st.read_matrix("lm_head.weight", V, D);
+  }
+  return w;
+}
+
+/// Loads any supported checkpoint: an HF directory, a `.safetensors` file (config.json beside
+/// it), or a llama2.c `.bin`.
+inline ModelWeights load_checkpoint(const std::filesystem::path& path) {
+  if (!std::filesystem::exists(path)) throw LlamaError(cat("checkpoint not found: ", path.string()));
+  if (std::filesystem::is_directory(path)) return load_hf_checkpoint(path);
+  if (path.extension() == ".safetensors") {
+    if (path.filename() != "model.safetensors")
+      throw LlamaError(cat("expected an HF directory or its model.safetensors, found ", path.string()));
+    return load_hf_checkpoint(path.parent_path().empty() ? std::filesystem::path(".") : path.parent_path());
+  }
+  return load_llama2c_checkpoint(path);
+}
+
+/// Options for save_hf_checkpoint.
+struct SaveOptions {
+  DType dtype = DType::F32;                  ///< F32 or BF16
+  std::filesystem::path tokenizer_model;     ///< optional: copied in as tokenizer.model
+  bool overwrite = true;                     ///< replace an existing directory at `dir`
+};
+
+/// Writes `w` as an HF checkpoint directory (`config.json`, `generation_config.json`,
+/// `model.safetensors`, optional `tokenizer.model`) that transformers' LlamaForCausalLM loads.
+/// Crash safety: everything is written and fsynced inside `dir.tmp-<pid>`, which is then renamed
+/// to `dir` (an existing `dir` is first moved aside and removed only after the rename).
+inline void save_hf_checkpoint(const std::filesystem::path& dir, const ModelWeights& w, const SaveOptions& opt = {}) {
+  namespace fs = std::filesystem;
+  const fs::path target = fs::absolute(dir).lexically_normal();
+  const fs::path tmp = target.string() + cat(".tmp-", ::getpid());
+  const fs::path old = target.string() + cat(".old-", ::getpid());
+  if (fs::exists(target) && !opt.overwrite) throw LlamaError(cat("checkpoint directory exists: ", target.string()));
+  fs::remove_all(tmp);
+  std::error_code ec;
+  fs::create_directories(tmp, ec);
+  if (ec) throw LlamaError(cat("cannot create ", tmp.string(), ": ", ec.message()));
+  std::vector<TensorToWrite> tensors;
+  w.for_each_parameter([&](const std::string& name, const float* data, std::int64_t, const std::vector<std::int64_t>& shape) {
+    tensors.push_back({name, shape, data});
+  });
+  write_safetensors(tmp / "model.safetensors", tensors, opt.dtype);
+  const char* dtype = opt.dtype == DType::BF16 ? "bfloat16" : "float32";
+  write_file_atomic(tmp / "config.json", w.config.to_json(dtype).dump(2) + "\n");
+  nlohmann::json gen = {{"bos_token_id", w.config.bos_token_id}, {"eos_token_id", w.config.eos_token_id},
+                        {"_from_model_config", true}};
+  write_file_atomic(tmp / "generation_config.json", gen.dump(2) + "\n");
+  if (!opt.tokenizer_model.empty()) {
+    const auto bytes = read_file_bytes(opt.tokenizer_model);
+    write_file_atomic(tmp / "tokenizer.model", std::string_view(bytes.data(), bytes.size()));
+  }
+  fsync_path(tmp, true);
+  const bool had_old = fs::exists(target);
+  if (had_old) {
+    fs::remove_all(old);
+    fs::rename(target, old, ec);
+    if (ec) throw LlamaError(cat("cannot move old checkpoint ", target.string(), " aside: ", ec.message()));
+  }
+  fs::rename(tmp, target, ec);
+  if (ec) throw LlamaError(cat("cannot rename ", tmp.string(), " to ", target.string(), ": ", ec.message()));
+  fsync_path(target.parent_path(), true);
+  if (had_old) fs::remove_all(old);
+}
+
+}  // namespace hdpissa::llama

@@ -1,0 +1,151 @@
+#pragma once
+/// \file common.hpp
+/// Shared vocabulary of the LLaMA example: float matrix types (row-major, PyTorch layout), the
+/// error type, and small I/O helpers (whole-file reads, atomic writes).
+///
+/// Every tensor is fp32 in memory. A weight `W` is `(out, in)` and a linear computes `Y = X Wᵀ`
+/// with `X` `(tokens, in)`, exactly like `torch.nn.Linear`.
+
+#include <Eigen/Core>
+
+#include <cerrno>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <fcntl.h>
+#include <unistd.h>
+
+namespace hdpissa::llama {
+
+/// Row-major float matrix; a weight is `(out, in)`, activations are `(tokens, features)`.
+using Matrix = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+/// Float column vector (norm weights, per-row statistics).
+using Vector = Eigen::VectorXf;
+/// Mutable view of a row-major float matrix (any outer stride, e.g. a block of columns).
+using MatrixRef = Eigen::Ref<Matrix, 0, Eigen::OuterStride<>>;
+/// Read-only view of a row-major float matrix (any outer stride).
+using ConstMatrixRef = Eigen::Ref<const Matrix, 0, Eigen::OuterStride<>>;
+
+/// The label value excluded from the loss (PyTorch's `ignore_index`).
+inline constexpr std::int32_t kIgnoreIndex = -100;
+
+/// Every failure of the LLaMA example (bad checkpoint, bad data, bad arguments). The message says
+/// what was expected and what was found, and names the file / tensor / line involved.
+class LlamaError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+namespace detail {
+
+inline void append_all(std::ostringstream&) {}
+template <class T, class... Rest>
+void append_all(std::ostringstream& os, const T& first, const Rest&... rest) {
+  os << first;
+  append_all(os, rest...);
+}
+
+}  // namespace detail
+
+/// Concatenates streamable pieces into a string: `cat("expected ", a, ", found ", b)`.
+template <class... Parts>
+std::string cat(const Parts&... parts) {
+  std::ostringstream os;
+  detail::append_all(os, parts...);
+  return os.str();
+}
+
+/// Formats a shape as `[a, b, c]`.
+template <class Int>
+std::string shape_string(const std::vector<Int>& shape) {
+  std::ostringstream os;
+  os << '[';
+  for (std::size_t i = 0; i < shape.size(); ++i) os << (i ? ", " : "") << shape[i];
+  os << ']';
+  return os.str();
+}
+
+/// Reads a whole file into memory; throws LlamaError naming the file when it cannot.
+inline std::vector<char> read_file_bytes(const std::filesystem::path& path) {
+  std::error_code ec;
+  if (!std::filesystem::exists(path, ec))
+    throw LlamaError(cat("file not found: ", path.string()));
+  if (std::filesystem::is_directory(path, ec))
+    throw LlamaError(cat("expected a file, found a directory: ", path.string()));
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw LlamaError(cat("cannot open ", path.string(), ": ", std::strerror(errno)));
+  in.seekg(0, std::ios::end);
+  const auto size = static_cast<std::size_t>(in.tellg());
+  in.seekg(0, std::ios::beg);
+  std::vector<char> bytes(size);
+  if (size && !in.read(bytes.data(), static_cast<std::streamsize>(size)))
+    throw LlamaError(cat("cannot read ", size, " bytes from ", path.string()));
+  return bytes;
+}
+
+/// Reads a whole text file.
+inline std::string read_file_text(const std::filesystem::path& path) {
+  auto bytes = read_file_bytes(path);
+  return std::string(bytes.begin(), bytes.end());
+}
+
+/// fsyncs a file or directory by path (best effort for directories on filesystems that refuse).
+inline void fsync_path(const std::filesystem::path& path, bool is_dir = false) {
+  const int fd = ::open(path.c_str(), is_dir ? (O_RDONLY | O_DIRECTORY) : O_RDONLY);
+  if (fd < 0) {
+    if (is_dir) return;
+    throw LlamaError(cat("cannot open ", path.string(), " for fsync: ", std::strerror(errno)));
+  }
+  const int rc = ::fsync(fd);
+  const int err = errno;
+  ::close(fd);
+  if (rc != 0 && !is_dir)
+    throw LlamaError(cat("fsync of ", path.string(), " failed: ", std::strerror(err)));
+}
+
+/// Writes pieces of bytes to `path` atomically: they go to `path.tmp`, which is fsynced and then
+/// renamed over `path` (and the parent directory fsynced), so a crash leaves either the old file or
+/// the complete new one, never a truncated file under the final name.
+inline void write_file_atomic(const std::filesystem::path& path,
+                              const std::vector<std::string_view>& pieces) {
+  const std::filesystem::path tmp = path.string() + ".tmp";
+  {
+    std::FILE* f = std::fopen(tmp.c_str(), "wb");
+    if (!f) throw LlamaError(cat("cannot create ", tmp.string(), ": ", std::strerror(errno)));
+    for (const auto piece : pieces) {
+      if (!piece.empty() && std::fwrite(piece.data(), 1, piece.size(), f) != piece.size()) {
+        const int err = errno;
+        std::fclose(f);
+        std::filesystem::remove(tmp);
+        throw LlamaError(cat("short write to ", tmp.string(), ": ", std::strerror(err)));
+      }
+    }
+    if (std::fflush(f) != 0 || ::fsync(::fileno(f)) != 0) {
+      const int err = errno;
+      std::fclose(f);
+      std::filesystem::remove(tmp);
+      throw LlamaError(cat("cannot flush ", tmp.string(), ": ", std::strerror(err)));
+    }
+    if (std::fclose(f) != 0) throw LlamaError(cat("cannot close ", tmp.string()));
+  }
+  std::error_code ec;
+  std::filesystem::rename(tmp, path, ec);
+  if (ec) throw LlamaError(cat("cannot rename ", tmp.string(), " to ", path.string(), ": ", ec.message()));
+  const auto parent = path.has_parent_path() ? path.parent_path() : std::filesystem::path(".");
+  fsync_path(parent, /*is_dir=*/true);
+}
+
+/// Convenience overload for a single buffer.
+inline void write_file_atomic(const std::filesystem::path& path, std::string_view bytes) {
+  write_file_atomic(path, std::vector<std::string_view>{bytes});
+}
+
+}  // namespace hdpissa::llama

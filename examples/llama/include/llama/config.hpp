@@ -1,0 +1,216 @@
+#pragma once
+/// \file config.hpp
+/// ModelConfig: the hyper-parameters of a LLaMA-family model, read from / written to a Hugging
+/// Face `config.json` (transformers 4 and 5 forms), plus the RoPE frequency table it implies.
+
+#include <cmath>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "llama/common.hpp"
+
+namespace hdpissa::llama {
+
+/// RoPE frequency scaling. `type` is "default" (none) or "llama3" (LLaMA-3.1 smooth scaling);
+/// "linear" (positions divided by `factor`) is also accepted.
+struct RopeScaling {
+  std::string type = "default";                  ///< "default", "linear" or "llama3"
+  double factor = 1.0;                           ///< context extension factor
+  double low_freq_factor = 1.0;                  ///< llama3 only
+  double high_freq_factor = 4.0;                 ///< llama3 only
+  int original_max_position_embeddings = 8192;   ///< llama3 only
+};
+
+/// Hyper-parameters of a LLaMA-family decoder (names follow llama2.c; HF names in comments).
+struct ModelConfig {
+  int dim = 0;            ///< hidden_size
+  int hidden_dim = 0;     ///< intermediate_size (SwiGLU width)
+  int n_layers = 0;       ///< num_hidden_layers
+  int n_heads = 0;        ///< num_attention_heads
+  int n_kv_heads = 0;     ///< num_key_value_heads (GQA; = n_heads for MHA)
+  int head_dim = 0;       ///< head_dim (default dim / n_heads)
+  int vocab_size = 0;     ///< vocab_size
+  int max_seq_len = 0;    ///< max_position_embeddings
+  float norm_eps = 1e-5f; ///< rms_norm_eps
+  double rope_theta = 10000.0;   ///< rope_theta (top level) or rope_parameters.rope_theta
+  RopeScaling rope_scaling;      ///< rope_scaling / rope_parameters
+  bool tie_embeddings = true;    ///< tie_word_embeddings (lm_head = embed_tokens)
+  int bos_token_id = 1;          ///< bos_token_id
+  int eos_token_id = 2;          ///< eos_token_id (first one if a list)
+
+  /// Width of the q projection output, n_heads·head_dim.
+  [[nodiscard]] int q_dim() const { return n_heads * head_dim; }
+  /// Width of the k / v projection outputs, n_kv_heads·head_dim.
+  [[nodiscard]] int kv_dim() const { return n_kv_heads * head_dim; }
+
+  /// Checks internal consistency; throws LlamaError saying which field is wrong and why.
+  void validate() const {
+    auto positive = [](const char* name, int v) {
+      if (v <= 0) throw LlamaError(cat("model config: expected ", name, " > 0, found ", v));
+    };
+    positive("hidden_size", dim);
+    positive("intermediate_size", hidden_dim);
+    positive("num_hidden_layers", n_layers);
+    positive("num_attention_heads", n_heads);
+    positive("num_key_value_heads", n_kv_heads);
+    positive("head_dim", head_dim);
+    positive("vocab_size", vocab_size);
+    positive("max_position_embeddings", max_seq_len);
+    if (n_heads % n_kv_heads != 0)
+      throw LlamaError(cat("model config: num_attention_heads (", n_heads,
+                           ") must be a multiple of num_key_value_heads (", n_kv_heads, ")"));
+    if (head_dim % 2 != 0)
+      throw LlamaError(cat("model config: head_dim must be even for RoPE, found ", head_dim));
+    if (rope_scaling.type != "default" && rope_scaling.type != "llama3" && rope_scaling.type != "linear")
+      throw LlamaError(cat("model config: rope type must be default, linear or llama3, found '",
+                           rope_scaling.type, "'"));
+  }
+
+  /// Parses a HF `config.json` object. Accepts `rope_theta` at top level (transformers 4) or in
+  /// `rope_parameters` (transformers 5), and `rope_scaling` of type llama3 / linear.
+  static ModelConfig from_json(const nlohmann::json& j, const std::string& source = "config.json") {
+    ModelConfig c;
+    auto need_int = [&](const char* key) -> int {
+      if (!j.contains(key) || !j[key].is_number_integer())
+        throw LlamaError(cat(source, ": expected integer field '", key, "', found ",
+                             j.contains(key) ? j[key].dump() : std::string("nothing")));
+      return j[key].get<int>();
+    };
+    if (j.contains("model_type") && j["model_type"].is_string()) {
+      const auto mt = j["model_type"].get<std::string>();
+      if (mt != "llama" && mt != "mistral" && mt != "qwen2" && mt != "llama2c")
+        throw LlamaError(cat(source, ": expected model_type llama (or mistral), found '", mt, "'"));
+    }
+    for (const char* key : {"attention_bias", "mlp_bias"})
+      if (j.contains(key) && j[key].is_boolean() && j[key].get<bool>())
+        throw LlamaError(cat(source, ": ", key, "=true is not supported (expected bias-free linears)"));
+    if (j.contains("hidden_act") && j["hidden_act"] != "silu")
+      throw LlamaError(cat(source, ": expected hidden_act \"silu\", found ", j["hidden_act"].dump()));
+    c.dim = need_int("hidden_size");
+    c.hidden_dim = need_int("intermediate_size");
+    c.n_layers = need_int("num_hidden_layers");
+    c.n_heads = need_int("num_attention_heads");
+    c.n_kv_heads = j.contains("num_key_value_heads") && !j["num_key_value_heads"].is_null()
+                       ? j["num_key_value_heads"].get<int>() : c.n_heads;
+    c.head_dim = j.contains("head_dim") && !j["head_dim"].is_null() ? j["head_dim"].get<int>()
+                                                                      : (c.n_heads ? c.dim / c.n_heads : 0);
+    c.vocab_size = need_int("vocab_size");
+    c.max_seq_len = j.contains("max_position_embeddings") ? j["max_position_embeddings"].get<int>() : 2048;
+    if (j.contains("rms_norm_eps")) c.norm_eps = j["rms_norm_eps"].get<float>();
+    c.tie_embeddings = j.value("tie_word_embeddings", false);
+    if (j.contains("bos_token_id") && j["bos_token_id"].is_number_integer()) c.bos_token_id = j["bos_token_id"];
+    if (j.contains("eos_token_id")) {
+      const auto& e = j["eos_token_id"];
+      if (e.is_number_integer()) c.eos_token_id = e.get<int>();
+      else if (e.is_array() && !e.empty()) c.eos_token_id = e[0].get<int>();
+    }
+    auto read_rope = [&](const nlohmann::json& r) {
+      if (r.contains("rope_theta")) c.rope_theta = r["rope_theta"].get<double>();
+      std::string type = r.value("rope_type", r.value("type", std::string("default")));
+      c.rope_scaling.type = type;
+      if (type == "llama3" || type == "linear") {
+        if (!r.contains("factor"))
+          throw LlamaError(cat(source, ": rope type ", type, " needs 'factor', found ", r.dump()));
+        c.rope_scaling.factor = r["factor"].get<double>();
+      }
+      if (type == "llama3") {
+        for (const char* key : {"low_freq_factor", "high_freq_factor", "original_max_position_embeddings"})
+          if (!r.contains(key))
+            throw LlamaError(cat(source, ": llama3 rope scaling needs '", key, "', found ", r.dump()));
+        c.rope_scaling.low_freq_factor = r["low_freq_factor"].get<double>();
+        c.rope_scaling.high_freq_factor = r["high_freq_factor"].get<double>();
+        c.rope_scaling.original_max_position_embeddings = r["original_max_position_embeddings"].get<int>();
+      }
+    };
+    if (j.contains("rope_theta")) c.rope_theta = j["rope_theta"].get<double>();
+    if (j.contains("rope_scaling") && j["rope_scaling"].is_object()) read_rope(j["rope_scaling"]);
+    if (j.contains("rope_parameters") && j["rope_parameters"].is_object()) read_rope(j["rope_parameters"]);
+    c.validate();
+    return c;
+  }
+
+  /// Reads and parses `config.json`; errors name the file.
+  static ModelConfig from_file(const std::filesystem::path& path) {
+    const std::string text = read_file_text(path);
+    nlohmann::json j;
+    try {
+      j = nlohmann::json::parse(text);
+    } catch (const nlohmann::json::parse_error& e) {
+      throw LlamaError(cat(path.string(), ": corrupt JSON (", e.what(), ")"));
+    }
+    if (!j.is_object()) throw LlamaError(cat(path.string(), ": expected a JSON object, found ", j.type_name()));
+    return from_json(j, path.string());
+  }
+
+  /// HF `config.json` loadable by transformers 4.x and 5.x (`rope_theta` top level + `rope_scaling`).
+  [[nodiscard]] nlohmann::json to_json(const std::string& dtype = "float32") const {
+    nlohmann::json j;
+    j["architectures"] = {"LlamaForCausalLM"};
+    j["model_type"] = "llama";
+    j["attention_bias"] = false;
+    j["attention_dropout"] = 0.0;
+    j["mlp_bias"] = false;
+    j["hidden_act"] = "silu";
+    j["hidden_size"] = dim;
+    j["intermediate_size"] = hidden_dim;
+    j["num_hidden_layers"] = n_layers;
+    j["num_attention_heads"] = n_heads;
+    j["num_key_value_heads"] = n_kv_heads;
+    j["head_dim"] = head_dim;
+    j["vocab_size"] = vocab_size;
+    j["max_position_embeddings"] = max_seq_len;
+    j["rms_norm_eps"] = norm_eps;
+    j["rope_theta"] = rope_theta;
+    if (rope_scaling.type == "llama3") {
+      j["rope_scaling"] = {{"rope_type", "llama3"},
+                           {"factor", rope_scaling.factor},
+                           {"low_freq_factor", rope_scaling.low_freq_factor},
+                           {"high_freq_factor", rope_scaling.high_freq_factor},
+                           {"original_max_position_embeddings", rope_scaling.original_max_position_embeddings}};
+    } else if (rope_scaling.type == "linear") {
+      j["rope_scaling"] = {{"rope_type", "linear"}, {"factor", rope_scaling.factor}};
+    } else {
+      j["rope_scaling"] = nullptr;
+    }
+    j["tie_word_embeddings"] = tie_embeddings;
+    j["bos_token_id"] = bos_token_id;
+    j["eos_token_id"] = eos_token_id;
+    j["initializer_range"] = 0.02;
+    j["pretraining_tp"] = 1;
+    j["use_cache"] = true;
+    j["torch_dtype"] = dtype;
+    return j;
+  }
+
+  /// RoPE inverse frequencies (head_dim/2), HF `_compute_default_rope_parameters` /
+  /// `_compute_llama3_parameters`; "linear" scaling is folded in here as inv_freq / factor.
+  [[nodiscard]] std::vector<double> rope_inv_freq() const {
+    const int half = head_dim / 2;
+    std::vector<double> inv(half);
+    for (int i = 0; i < half; ++i)
+      inv[i] = 1.0 / std::pow(rope_theta, static_cast<double>(2 * i) / head_dim);
+    if (rope_scaling.type == "linear") {
+      for (auto& f : inv) f /= rope_scaling.factor;
+    } else if (rope_scaling.type == "llama3") {
+      const auto& s = rope_scaling;
+      const double old_len = s.original_max_position_embeddings;
+      const double low_wavelen = old_len / s.low_freq_factor;
+      const double high_wavelen = old_len / s.high_freq_factor;
+      for (auto& f : inv) {
+        const double wavelen = 2.0 * M_PI / f;
+        if (wavelen > low_wavelen) {
+          f = f / s.factor;
+        } else if (wavelen >= high_wavelen) {  // medium band: smooth interpolation
+          const double smooth = (old_len / wavelen - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor);
+          f = (1.0 - smooth) * f / s.factor + smooth * f;
+        }
+      }
+    }
+    return inv;
+  }
+};
+
+}  // namespace hdpissa::llama

@@ -1,0 +1,156 @@
+#pragma once
+/// \file weights.hpp
+/// ModelWeights: every parameter of a LLaMA decoder as fp32 Eigen matrices in PyTorch layout.
+/// The same type holds gradients (`ModelWeights::zeros_like`).
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "llama/common.hpp"
+#include "llama/config.hpp"
+
+namespace hdpissa::llama {
+
+/// The seven target linears of a decoder layer (the modules HD-PiSSA / LoRA adapt).
+enum class Module : std::uint8_t { q = 0, k, v, o, gate, up, down };
+/// Number of target linears per layer.
+inline constexpr int kModulesPerLayer = 7;
+
+/// HF short name of a module ("q_proj", ..., "down_proj").
+inline const char* module_name(Module m) {
+  constexpr const char* names[] = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"};
+  return names[static_cast<int>(m)];
+}
+
+/// Identifies one target linear: (layer, module). `index()` is dense in [0, 7·n_layers).
+struct LinearId {
+  int layer = 0;               ///< decoder layer
+  Module module = Module::q;   ///< which projection
+  /// Dense index layer·7 + module, for per-linear tables in hooks.
+  [[nodiscard]] int index() const { return layer * kModulesPerLayer + static_cast<int>(module); }
+  /// HF parameter name of the weight, e.g. "model.layers.3.self_attn.q_proj.weight".
+  [[nodiscard]] std::string hf_name() const {
+    const bool attn = module == Module::q || module == Module::k || module == Module::v || module == Module::o;
+    return cat("model.layers.", layer, attn ? ".self_attn." : ".mlp.", module_name(module), ".weight");
+  }
+  friend bool operator==(const LinearId&, const LinearId&) = default;
+};
+
+/// Parameters of one decoder layer.
+struct LayerWeights {
+  Vector attn_norm;  ///< input_layernorm (dim)
+  Matrix wq;         ///< q_proj (n_heads·head_dim, dim), HF rotate-half row order
+  Matrix wk;         ///< k_proj (n_kv_heads·head_dim, dim), HF rotate-half row order
+  Matrix wv;         ///< v_proj (n_kv_heads·head_dim, dim)
+  Matrix wo;         ///< o_proj (dim, n_heads·head_dim)
+  Vector ffn_norm;   ///< post_attention_layernorm (dim)
+  Matrix w_gate;     ///< gate_proj (hidden, dim)
+  Matrix w_up;       ///< up_proj (hidden, dim)
+  Matrix w_down;     ///< down_proj (dim, hidden)
+
+  /// The weight of a target linear.
+  Matrix& linear(Module m) {
+    switch (m) {
+      case Module::q: return wq;
+      case Module::k: return wk;
+      case Module::v: return wv;
+      case Module::o: return wo;
+      case Module::gate: return w_gate;
+      case Module::up: return w_up;
+      case Module::down: return w_down;
+    }
+    return wq;
+  }
+  /// The weight of a target linear (const).
+  [[nodiscard]] const Matrix& linear(Module m) const { return const_cast<LayerWeights*>(this)->linear(m); }
+};
+
+/// All parameters of a LLaMA decoder. With `config.tie_embeddings` the classifier is `embed` and
+/// `lm_head` is empty.
+struct ModelWeights {
+  ModelConfig config;               ///< hyper-parameters
+  Matrix embed;                     ///< embed_tokens (vocab, dim)
+  std::vector<LayerWeights> layers; ///< n_layers
+  Vector final_norm;                ///< norm (dim)
+  Matrix lm_head;                   ///< (vocab, dim), empty when tied
+
+  /// The classifier matrix (vocab, dim): lm_head, or embed when tied.
+  [[nodiscard]] const Matrix& classifier() const { return config.tie_embeddings ? embed : lm_head; }
+  /// The classifier matrix (mutable).
+  Matrix& classifier() { return config.tie_embeddings ? embed : lm_head; }
+  /// Weight of a target linear.
+  Matrix& linear(LinearId id) { return layers.at(id.layer).linear(id.module); }
+  /// Weight of a target linear (const).
+  [[nodiscard]] const Matrix& linear(LinearId id) const { return layers.at(id.layer).linear(id.module); }
+
+  /// Zero-filled weights with the shapes `config` implies.
+  static ModelWeights zeros(const ModelConfig& c) {
+    ModelWeights w;
+    w.config = c;
+    w.embed = Matrix::Zero(c.vocab_size, c.dim);
+    w.layers.resize(c.n_layers);
+    for (auto& l : w.layers) {
+      l.attn_norm = Vector::Zero(c.dim);
+      l.wq = Matrix::Zero(c.q_dim(), c.dim);
+      l.wk = Matrix::Zero(c.kv_dim(), c.dim);
+      l.wv = Matrix::Zero(c.kv_dim(), c.dim);
+      l.wo = Matrix::Zero(c.dim, c.q_dim());
+      l.ffn_norm = Vector::Zero(c.dim);
+      l.w_gate = Matrix::Zero(c.hidden_dim, c.dim);
+      l.w_up = Matrix::Zero(c.hidden_dim, c.dim);
+      l.w_down = Matrix::Zero(c.dim, c.hidden_dim);
+    }
+    w.final_norm = Vector::Zero(c.dim);
+    if (!c.tie_embeddings) w.lm_head = Matrix::Zero(c.vocab_size, c.dim);
+    return w;
+  }
+  /// Zero-filled weights shaped like `other` (used as a gradient buffer).
+  static ModelWeights zeros_like(const ModelWeights& other) { return zeros(other.config); }
+
+  /// Sets every parameter to zero (keeps shapes).
+  void set_zero() {
+    for_each_parameter([](const std::string&, float* p, std::int64_t n, const std::vector<std::int64_t>&) {
+      std::fill(p, p + n, 0.0f);
+    });
+  }
+
+  /// Visits every parameter as (HF name, data, numel, HF shape), in checkpoint order. Tied
+  /// classifiers are visited once (as the embedding).
+  template <class F>
+  void for_each_parameter(F&& f) {
+    using S = std::vector<std::int64_t>;
+    auto mat = [&](const std::string& name, Matrix& m) { f(name, m.data(), static_cast<std::int64_t>(m.size()), S{m.rows(), m.cols()}); };
+    auto vec = [&](const std::string& name, Vector& v) { f(name, v.data(), static_cast<std::int64_t>(v.size()), S{v.size()}); };
+    mat("model.embed_tokens.weight", embed);
+    for (int i = 0; i < static_cast<int>(layers.size()); ++i) {
+      auto& l = layers[i];
+      const std::string p = cat("model.layers.", i, ".");
+      vec(p + "input_layernorm.weight", l.attn_norm);
+      for (int m = 0; m < kModulesPerLayer; ++m) {
+        const LinearId id{i, static_cast<Module>(m)};
+        mat(id.hf_name(), l.linear(id.module));
+      }
+      vec(p + "post_attention_layernorm.weight", l.ffn_norm);
+    }
+    vec("model.norm.weight", final_norm);
+    if (!config.tie_embeddings) mat("lm_head.weight", lm_head);
+  }
+  /// Const visitor: (HF name, const data, numel, shape).
+  template <class F>
+  void for_each_parameter(F&& f) const {
+    const_cast<ModelWeights*>(this)->for_each_parameter(
+        [&](const std::string& n, float* p, std::int64_t c, const std::vector<std::int64_t>& s) {
+          f(n, static_cast<const float*>(p), c, s);
+        });
+  }
+  /// Total number of parameters (tied classifier counted once).
+  [[nodiscard]] std::int64_t num_parameters() const {
+    std::int64_t n = 0;
+    for_each_parameter([&](const std::string&, const float*, std::int64_t c, const std::vector<std::int64_t>&) { n += c; });
+    return n;
+  }
+};
+
+}  // namespace hdpissa::llama
