@@ -1,0 +1,246 @@
+// Checkpoint IO: llama2.c .bin vs HF, save/reload, sharding, bf16, config parsing, clear errors.
+
+#include <fstream>
+#include <random>
+
+#include <doctest/doctest.h>
+
+#include "llama/checkpoint.hpp"
+#include "llama/model.hpp"
+#include "test_util.hpp"
+
+using namespace hdpissa::llama;
+namespace fs = std::filesystem;
+
+namespace {
+
+bool weights_equal(const ModelWeights& a, const ModelWeights& b, std::string* first_diff = nullptr) {
+  std::vector<std::pair<std::string, std::vector<float>>> va, vb;
+  auto grab = [](auto& out) {
+    return [&out](const std::string& n, const float* p, std::int64_t c, const std::vector<std::int64_t>&) {
+      out.emplace_back(n, std::vector<float>(p, p + c));
+    };
+  };
+  a.for_each_parameter(grab(va));
+  b.for_each_parameter(grab(vb));
+  if (va.size() != vb.size()) return false;
+  for (std::size_t i = 0; i < va.size(); ++i)
+    if (va[i] != vb[i]) {
+      if (first_diff) *first_diff = va[i].first;
+      return false;
+    }
+  return true;
+}
+
+void write_bytes(const fs::path& p, const std::string& s) {
+  std::ofstream(p, std::ios::binary).write(s.data(), static_cast<std::streamsize>(s.size()));
+}
+
+fs::path copy_hf(const std::string& name) {
+  const auto dir = llama_test::scratch(name);
+  for (const char* f : {"config.json", "model.safetensors"})
+    fs::copy_file(llama_test::data_dir() / "stories260K-hf" / f, dir / f);
+  fs::permissions(dir / "config.json", fs::perms::owner_write, fs::perm_options::add);
+  fs::permissions(dir / "model.safetensors", fs::perms::owner_write, fs::perm_options::add);
+  return dir;
+}
+
+}  // namespace
+
+TEST_CASE("checkpoint: llama2.c .bin (q/k permuted on load) equals the HF conversion exactly") {
+  if (!llama_test::have_data()) { MESSAGE("SKIPPED: no shared data"); return; }
+  const auto d = llama_test::data_dir();
+  const ModelWeights bin = load_checkpoint(d / "stories260K" / "stories260K.bin");
+  const ModelWeights hf = load_checkpoint(d / "stories260K-hf");
+  CHECK(bin.config.dim == 64);
+  CHECK(bin.config.hidden_dim == 172);
+  CHECK(bin.config.n_layers == 5);
+  CHECK(bin.config.n_heads == 8);
+  CHECK(bin.config.n_kv_heads == 4);
+  CHECK(bin.config.vocab_size == 512);
+  CHECK(bin.config.tie_embeddings);
+  CHECK(hf.config.rope_theta == 10000.0);  // from rope_parameters (transformers-5 form)
+  CHECK(hf.config.head_dim == 8);
+  std::string diff;
+  CHECK_MESSAGE(weights_equal(bin, hf, &diff), "first differing tensor: " << diff);
+  // and the same logits (same code path)
+  const std::vector<std::int32_t> toks = {1, 400, 31, 7, 260, 15, 99, 2};
+  LinearHooks plain;
+  Activations a1, a2;
+  forward(bin, Batch::single(toks), plain, a1);
+  forward(hf, Batch::single(toks), plain, a2);
+  const std::vector<std::int64_t> rows = {0, 3, 7};
+  CHECK(logits_at(bin, a1, rows) == logits_at(hf, a2, rows));
+  // the permutation is invertible
+  CHECK(permute_rotate_half_to_interleaved(permute_interleaved_to_rotate_half(bin.layers[0].wk, 4), 4) == bin.layers[0].wk);
+}
+
+TEST_CASE("checkpoint: save -> reload is bit-exact (F32), BF16 rounds, directory replaced atomically") {
+  if (!llama_test::have_data()) { MESSAGE("SKIPPED: no shared data"); return; }
+  const auto d = llama_test::data_dir();
+  ModelWeights w = load_checkpoint(d / "stories260K" / "stories260K.bin");
+  const auto dir = llama_test::scratch("save_roundtrip");
+  const auto out = dir / "ckpt";
+  SaveOptions opt;
+  opt.tokenizer_model = d / "stories260K" / "tok512.model";
+  save_hf_checkpoint(out, w, opt);
+  CHECK(fs::exists(out / "config.json"));
+  CHECK(fs::exists(out / "tokenizer.model"));
+  CHECK(weights_equal(load_hf_checkpoint(out), w));
+  // no temp leftovers
+  for (const auto& e : fs::directory_iterator(dir)) CHECK(e.path().filename() == "ckpt");
+  for (const auto& e : fs::directory_iterator(out)) CHECK(e.path().extension() != ".tmp");
+  // overwrite with a modified model: the directory is replaced
+  w.final_norm(0) += 1.0f;
+  save_hf_checkpoint(out, w);
+  CHECK(load_hf_checkpoint(out).final_norm(0) == w.final_norm(0));
+  // untied + BF16
+  w.config.tie_embeddings = false;
+  w.lm_head = w.embed * 0.5f;
+  opt.dtype = DType::BF16;
+  save_hf_checkpoint(out, w, opt);
+  const ModelWeights r = load_hf_checkpoint(out);
+  REQUIRE(r.lm_head.rows() == w.config.vocab_size);
+  CHECK(SafetensorsFile(out / "model.safetensors").info("lm_head.weight").dtype == DType::BF16);
+  CHECK(nlohmann::json::parse(read_file_text(out / "config.json"))["torch_dtype"] == "bfloat16");
+  int bad = 0;
+  for (Eigen::Index i = 0; i < w.lm_head.size(); ++i)
+    bad += r.lm_head.data()[i] != bf16_to_float(float_to_bf16(w.lm_head.data()[i]));
+  CHECK(bad == 0);
+  CHECK(std::abs(r.layers[2].wq(3, 5) - w.layers[2].wq(3, 5)) <= std::abs(w.layers[2].wq(3, 5)) / 256.0f);
+}
+
+TEST_CASE("checkpoint: sharded safetensors with model.safetensors.index.json") {
+  if (!llama_test::have_data()) { MESSAGE("SKIPPED: no shared data"); return; }
+  const ModelWeights w = load_checkpoint(llama_test::data_dir() / "stories260K-hf");
+  const auto dir = llama_test::scratch("sharded");
+  std::vector<TensorToWrite> a, b;
+  nlohmann::json map;
+  int i = 0;
+  w.for_each_parameter([&](const std::string& n, const float* p, std::int64_t, const std::vector<std::int64_t>& s) {
+    const bool first = (i++ % 2) == 0;
+    (first ? a : b).push_back({n, s, p});
+    map[n] = first ? "model-00001-of-00002.safetensors" : "model-00002-of-00002.safetensors";
+  });
+  write_safetensors(dir / "model-00001-of-00002.safetensors", a);
+  write_safetensors(dir / "model-00002-of-00002.safetensors", b, DType::F32);
+  write_file_atomic(dir / "model.safetensors.index.json", nlohmann::json{{"metadata", {}}, {"weight_map", map}}.dump());
+  write_file_atomic(dir / "config.json", w.config.to_json().dump());
+  CHECK(weights_equal(load_checkpoint(dir), w));
+}
+
+TEST_CASE("checkpoint: f16/bf16 conversions are exact where representable") {
+  CHECK(f16_to_float(0x3c00) == 1.0f);
+  CHECK(f16_to_float(0xc000) == -2.0f);
+  CHECK(f16_to_float(0x0001) == std::ldexp(1.0f, -24));  // smallest subnormal
+  CHECK(f16_to_float(0x7bff) == 65504.0f);
+  CHECK(std::isinf(f16_to_float(0x7c00)));
+  CHECK(bf16_to_float(float_to_bf16(1.5f)) == 1.5f);
+  CHECK(float_to_bf16(1.0f + std::ldexp(1.0f, -8)) == float_to_bf16(1.0f));  // tie → even
+  CHECK(bf16_to_float(float_to_bf16(1.0f + 3 * std::ldexp(1.0f, -8))) == 1.0f + std::ldexp(1.0f, -6));
+}
+
+TEST_CASE("checkpoint: config accepts rope_theta forms and llama3 rope scaling") {
+  nlohmann::json j = {{"model_type", "llama"}, {"hidden_size", 128}, {"intermediate_size", 256},
+                      {"num_hidden_layers", 2}, {"num_attention_heads", 4}, {"num_key_value_heads", 2},
+                      {"vocab_size", 100}, {"max_position_embeddings", 64}, {"rms_norm_eps", 1e-6},
+                      {"rope_theta", 500000.0}, {"tie_word_embeddings", false}, {"eos_token_id", {128001, 128009}}};
+  ModelConfig c = ModelConfig::from_json(j);
+  CHECK(c.rope_theta == 500000.0);
+  CHECK(c.head_dim == 32);
+  CHECK(c.eos_token_id == 128001);
+  CHECK_FALSE(c.tie_embeddings);
+  const auto plain = c.rope_inv_freq();
+  j["rope_scaling"] = {{"rope_type", "llama3"}, {"factor", 8.0}, {"low_freq_factor", 1.0},
+                       {"high_freq_factor", 4.0}, {"original_max_position_embeddings", 8192}};
+  c = ModelConfig::from_json(j);
+  CHECK(c.rope_scaling.type == "llama3");
+  const auto scaled = c.rope_inv_freq();
+  int high = 0, low = 0, mid = 0;
+  for (std::size_t i = 0; i < plain.size(); ++i) {
+    const double wavelen = 2 * M_PI / plain[i];
+    if (wavelen < 8192.0 / 4.0) { CHECK(scaled[i] == plain[i]); ++high; }
+    else if (wavelen > 8192.0) { CHECK(scaled[i] == doctest::Approx(plain[i] / 8.0)); ++low; }
+    else { CHECK(scaled[i] < plain[i]); CHECK(scaled[i] > plain[i] / 8.0); ++mid; }
+  }
+  CHECK(high > 0);
+  CHECK(low > 0);
+  // written config round-trips
+  const ModelConfig back = ModelConfig::from_json(c.to_json());
+  CHECK(back.rope_scaling.factor == 8.0);
+  CHECK(back.rope_theta == 500000.0);
+  CHECK(back.n_kv_heads == 2);
+  // rope_parameters (transformers 5) carrying theta and llama3 together
+  nlohmann::json j5 = j;
+  j5.erase("rope_theta");
+  j5.erase("rope_scaling");
+  j5["rope_parameters"] = {{"rope_type", "llama3"}, {"rope_theta", 500000.0}, {"factor", 8.0}, {"low_freq_factor", 1.0},
+                           {"high_freq_factor", 4.0}, {"original_max_position_embeddings", 8192}};
+  CHECK(ModelConfig::from_json(j5).rope_inv_freq() == scaled);
+  j5["rope_parameters"].erase("factor");
+  LLAMA_CHECK_THROWS_WITH_ALL(ModelConfig::from_json(j5), "factor");
+  nlohmann::json bad = j;
+  bad["num_key_value_heads"] = 3;
+  LLAMA_CHECK_THROWS_WITH_ALL(ModelConfig::from_json(bad), "num_key_value_heads", "3");
+}
+
+TEST_CASE("checkpoint: clear errors for missing, truncated, corrupt and mis-shaped checkpoints") {
+  if (!llama_test::have_data()) { MESSAGE("SKIPPED: no shared data"); return; }
+  const auto d = llama_test::data_dir();
+  SUBCASE("missing") {
+    LLAMA_CHECK_THROWS_WITH_ALL(load_checkpoint("/nonexistent/ckpt"), "not found", "/nonexistent/ckpt");
+    const auto dir = llama_test::scratch("missing_st");
+    fs::copy_file(d / "stories260K-hf" / "config.json", dir / "config.json");
+    LLAMA_CHECK_THROWS_WITH_ALL(load_checkpoint(dir), "model.safetensors", "found neither");
+    const auto dir2 = llama_test::scratch("missing_cfg");
+    LLAMA_CHECK_THROWS_WITH_ALL(load_checkpoint(dir2), "file not found", "config.json");
+  }
+  SUBCASE("truncated safetensors") {
+    const auto dir = copy_hf("truncated_st");
+    fs::resize_file(dir / "model.safetensors", fs::file_size(dir / "model.safetensors") - 1000);
+    LLAMA_CHECK_THROWS_WITH_ALL(load_checkpoint(dir), "truncated", "model.safetensors");
+    fs::resize_file(dir / "model.safetensors", 100);  // cut inside the header
+    LLAMA_CHECK_THROWS_WITH_ALL(load_checkpoint(dir), "truncated", "header");
+    fs::resize_file(dir / "model.safetensors", 5);
+    LLAMA_CHECK_THROWS_WITH_ALL(load_checkpoint(dir), "truncated", "8 bytes");
+  }
+  SUBCASE("corrupt JSON header") {
+    const auto dir = copy_hf("corrupt_header");
+    std::fstream f(dir / "model.safetensors", std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(8);  // first byte of the JSON: '{' -> '#'
+    f.write("#", 1);
+    f.close();
+    LLAMA_CHECK_THROWS_WITH_ALL(load_checkpoint(dir), "corrupt safetensors header", "expected JSON");
+  }
+  SUBCASE("corrupt config.json") {
+    const auto dir = copy_hf("corrupt_config");
+    write_bytes(dir / "config.json", "{\"hidden_size\": 64,");
+    LLAMA_CHECK_THROWS_WITH_ALL(load_checkpoint(dir), "config.json", "corrupt JSON");
+    write_bytes(dir / "config.json", "{\"hidden_size\": 64}");
+    LLAMA_CHECK_THROWS_WITH_ALL(load_checkpoint(dir), "config.json", "intermediate_size");
+  }
+  SUBCASE("shape disagrees with config") {
+    const auto dir = copy_hf("shape_mismatch");
+    auto cfg = nlohmann::json::parse(read_file_text(dir / "config.json"));
+    cfg["intermediate_size"] = 173;
+    write_bytes(dir / "config.json", cfg.dump());
+    LLAMA_CHECK_THROWS_WITH_ALL(load_checkpoint(dir), "model.layers.0.mlp.gate_proj.weight", "expected [173, 64]",
+                                "found [172, 64]");
+  }
+  SUBCASE("untied config without lm_head") {
+    const auto dir = copy_hf("no_lm_head");
+    auto cfg = nlohmann::json::parse(read_file_text(dir / "config.json"));
+    cfg["tie_word_embeddings"] = false;
+    write_bytes(dir / "config.json", cfg.dump());
+    LLAMA_CHECK_THROWS_WITH_ALL(load_checkpoint(dir), "lm_head.weight", "not found");
+  }
+  SUBCASE("truncated llama2.c .bin") {
+    const auto dir = llama_test::scratch("truncated_bin");
+    fs::copy_file(d / "stories260K" / "stories260K.bin", dir / "m.bin");
+    fs::permissions(dir / "m.bin", fs::perms::owner_write, fs::perm_options::add);
+    fs::resize_file(dir / "m.bin", 500000);
+    LLAMA_CHECK_THROWS_WITH_ALL(load_checkpoint(dir / "m.bin"), "truncated", "1056540", "500000");
+    fs::resize_file(dir / "m.bin", 12);
+    LLAMA_CHECK_THROWS_WITH_ALL(load_checkpoint(dir / "m.bin"), "truncated", "28-byte header");
+  }
+}
