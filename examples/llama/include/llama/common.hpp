@@ -21,6 +21,8 @@
 #include <vector>
 
 #include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 namespace hdpissa::llama {
@@ -90,6 +92,56 @@ inline std::vector<char> read_file_bytes(const std::filesystem::path& path) {
     throw LlamaError(cat("cannot read ", size, " bytes from ", path.string()));
   return bytes;
 }
+
+/// A read-only memory map of a whole file (large checkpoints are converted tensor by tensor
+/// without first copying the file into memory). Move-only.
+class MappedFile {
+ public:
+  /// Maps `path`; throws LlamaError naming the file when it is missing or unreadable.
+  explicit MappedFile(const std::filesystem::path& path) {
+    std::error_code ec;
+    if (!std::filesystem::exists(path, ec)) throw LlamaError(cat("file not found: ", path.string()));
+    if (std::filesystem::is_directory(path, ec))
+      throw LlamaError(cat("expected a file, found a directory: ", path.string()));
+    const int fd = ::open(path.c_str(), O_RDONLY);
+    if (fd < 0) throw LlamaError(cat("cannot open ", path.string(), ": ", std::strerror(errno)));
+    struct stat st {};
+    if (::fstat(fd, &st) != 0) {
+      ::close(fd);
+      throw LlamaError(cat("cannot stat ", path.string(), ": ", std::strerror(errno)));
+    }
+    size_ = static_cast<std::size_t>(st.st_size);
+    if (size_ > 0) {
+      void* p = ::mmap(nullptr, size_, PROT_READ, MAP_PRIVATE, fd, 0);
+      if (p == MAP_FAILED) {
+        const int err = errno;
+        ::close(fd);
+        throw LlamaError(cat("cannot map ", path.string(), ": ", std::strerror(err)));
+      }
+      data_ = static_cast<const char*>(p);
+    }
+    ::close(fd);
+  }
+  MappedFile(MappedFile&& o) noexcept : data_(o.data_), size_(o.size_) { o.data_ = nullptr; o.size_ = 0; }
+  MappedFile& operator=(MappedFile&& o) noexcept {
+    std::swap(data_, o.data_);
+    std::swap(size_, o.size_);
+    return *this;
+  }
+  MappedFile(const MappedFile&) = delete;
+  MappedFile& operator=(const MappedFile&) = delete;
+  ~MappedFile() {
+    if (data_) ::munmap(const_cast<char*>(data_), size_);
+  }
+  /// First byte (nullptr for an empty file).
+  [[nodiscard]] const char* data() const { return data_; }
+  /// Size in bytes.
+  [[nodiscard]] std::size_t size() const { return size_; }
+
+ private:
+  const char* data_ = nullptr;
+  std::size_t size_ = 0;
+};
 
 /// Reads a whole text file.
 inline std::string read_file_text(const std::filesystem::path& path) {

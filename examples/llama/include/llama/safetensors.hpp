@@ -104,25 +104,25 @@ struct TensorInfo {
   }
 };
 
-/// A safetensors file read into memory. Construction validates the header completely (JSON,
+/// A safetensors file, memory-mapped. Construction validates the header completely (JSON,
 /// dtypes, offsets inside the file, byte counts matching shapes), so later reads cannot fail.
 class SafetensorsFile {
  public:
   /// Reads and validates `path`; throws LlamaError on a missing, truncated or corrupt file.
-  explicit SafetensorsFile(const std::filesystem::path& path) : path_(path), bytes_(read_file_bytes(path)) {
+  explicit SafetensorsFile(const std::filesystem::path& path) : path_(path), bytes_(path) {
     const std::string where = path.string();
     if (bytes_.size() < 8)
       throw LlamaError(cat(where, ": truncated safetensors file: expected at least 8 bytes of header length, found ",
                            bytes_.size(), " bytes"));
     std::uint64_t n = 0;
-    for (int i = 7; i >= 0; --i) n = (n << 8) | static_cast<unsigned char>(bytes_[i]);
+    for (int i = 7; i >= 0; --i) n = (n << 8) | static_cast<unsigned char>(bytes_.data()[i]);
     if (n > bytes_.size() - 8)
       throw LlamaError(cat(where, ": truncated or corrupt safetensors file: header says ", n,
                            " bytes of JSON, but only ", bytes_.size() - 8, " bytes follow"));
     data_offset_ = 8 + n;
     nlohmann::json header;
     try {
-      header = nlohmann::json::parse(bytes_.begin() + 8, bytes_.begin() + static_cast<std::ptrdiff_t>(data_offset_));
+      header = nlohmann::json::parse(bytes_.data() + 8, bytes_.data() + data_offset_);
     } catch (const nlohmann::json::parse_error& e) {
       throw LlamaError(cat(where, ": corrupt safetensors header: expected JSON, parse failed (", e.what(), ")"));
     }
@@ -225,7 +225,7 @@ class SafetensorsFile {
 
  private:
   std::filesystem::path path_;
-  std::vector<char> bytes_;
+  MappedFile bytes_;  // the whole file, memory-mapped
   std::uint64_t data_offset_ = 0;
   std::map<std::string, TensorInfo> tensors_;
   std::map<std::string, std::string> metadata_;
