@@ -1,0 +1,448 @@
+#pragma once
+/// \file cuda_backend.hpp
+/// CudaBackend<Scalar>: the GPU tensor backend. Satisfies hdpissa::TensorBackend with
+/// memory_space = device_memory, so OrthogonalAdapterInit, MutedLinear, DirectWeightUpdate and the
+/// SVD policies run on it unchanged.
+///
+///  - Storage: float (fp32), double, or __nv_bfloat16 (bf16 storage, fp32 compute_type/accumulation).
+///  - Work is queued on one explicit stream (owned, or borrowed from the caller); cuBLAS and
+///    cuSOLVER handles are bound to it. Only upload/download, the scalar-returning reductions
+///    (all_finite, sum_squares, checksum) and synchronize() wait for the stream.
+///  - GEMMs: one cublasGemmEx per call on row-major views (C = op(A) op(B) row-major is
+///    Cᵀ = op(B)ᵀ op(A)ᵀ column-major, so operands swap and leading dimensions pass through:
+///    strided column blocks need no copy). TF32 tensor cores only when CudaBackendOptions::allow_tf32
+///    is set (compute type CUBLAS_COMPUTE_32F_FAST_TF32); default is exact fp32 (CUBLAS_COMPUTE_32F).
+///  - thin_svd: cuSOLVER gesvdj (Jacobi, sorted) on the taller orientation, QR-preconditioned
+///    (geqrf/orgqr, then gesvdj of the small R) when the matrix is at least twice as tall as wide.
+///    orthonormalize: geqrf + orgqr. Solvers always run in exact fp32 (bf16 storage goes through
+///    fp32 scratch).
+///  - Hot paths never allocate: scratch for reductions is sized at construction; solver workspaces
+///    and scratch matrices grow on first use and are reused (make_matrix is for setup).
+
+#include <cuda_bf16.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <type_traits>
+
+#include "hdpissa/backend/cuda/cuda_handles.hpp"
+#include "hdpissa/backend/cuda/kernels.cuh"
+#include "hdpissa/backend/cuda/solver_calls.hpp"
+#include "hdpissa/core/concepts.hpp"
+
+namespace hdpissa {
+
+/// Construction options of CudaBackend.
+struct CudaBackendOptions {
+  /// Let fp32 GEMMs use TF32 tensor cores (10-bit mantissa inputs, fp32 accumulation). Off by
+  /// default: results then match the CPU backend to fp32 rounding.
+  bool allow_tf32 = false;
+};
+
+namespace cuda_detail {
+template <class T>
+inline cudaDataType_t data_type() {
+  if constexpr (std::is_same_v<T, float>) return CUDA_R_32F;
+  else if constexpr (std::is_same_v<T, double>) return CUDA_R_64F;
+  else if constexpr (std::is_same_v<T, __nv_bfloat16>) return CUDA_R_16BF;
+  else static_assert(dependent_false<T>, "CudaBackend: unsupported scalar type");
+}
+inline cublasOperation_t cublas_op(Op o) { return o == Op::N ? CUBLAS_OP_N : CUBLAS_OP_T; }
+/// Leading dimension as cuBLAS wants it (a single row may carry any ld).
+template <class T>
+inline int ld_of(const MatrixView<T>& v) { return int(std::max<index_t>({v.rows <= 1 ? v.cols : v.ld, v.cols, 1})); }
+}  // namespace cuda_detail
+
+/// GPU backend over CUDA, cuBLAS and cuSOLVER. Not copyable or movable (algorithms keep a pointer).
+template <class Scalar>
+class CudaBackend {
+  static_assert(std::is_same_v<Scalar, float> || std::is_same_v<Scalar, double> ||
+                    std::is_same_v<Scalar, __nv_bfloat16>,
+                "CudaBackend supports float, double and __nv_bfloat16 storage");
+
+ public:
+  using scalar_type = Scalar;
+  using compute_type = cuda_compute_t<Scalar>;
+  using memory_space = device_memory;
+  /// Precision of the dense solvers (SVD, QR, Cholesky): double for double, else float.
+  using solver_type = std::conditional_t<std::is_same_v<Scalar, double>, double, float>;
+
+  /// Owning, zero-initialised, contiguous row-major device matrix.
+  class Matrix {
+   public:
+    Matrix() = default;
+    MatrixView<Scalar> view() { return {buf_.get(), rows_, cols_, cols_}; }
+    ConstMatrixView<Scalar> view() const { return {buf_.get(), rows_, cols_, cols_}; }
+    ConstMatrixView<Scalar> cview() const { return view(); }
+    index_t rows() const { return rows_; }
+    index_t cols() const { return cols_; }
+    Scalar* data() { return buf_.get(); }
+    const Scalar* data() const { return buf_.get(); }
+
+   private:
+    friend class CudaBackend;
+    Matrix(index_t rows, index_t cols) : buf_(std::size_t(rows * cols)), rows_(rows), cols_(cols) {}
+    DeviceBuffer<Scalar> buf_;
+    index_t rows_ = 0;
+    index_t cols_ = 0;
+  };
+  using matrix_type = Matrix;
+
+  /// A backend on a stream of its own.
+  explicit CudaBackend(CudaBackendOptions options = {}) : CudaBackend(CudaStream{}, options) {}
+  /// A backend that queues its work on `stream` (borrowed: the caller keeps it alive).
+  CudaBackend(cudaStream_t stream, CudaBackendOptions options) : CudaBackend(CudaStream::borrow(stream), options) {}
+  CudaBackend(const CudaBackend&) = delete;
+  CudaBackend& operator=(const CudaBackend&) = delete;
+
+  cudaStream_t stream() const { return stream_.get(); }
+  cublasHandle_t cublas() const { return cublas_.get(); }
+  cusolverDnHandle_t cusolver() const { return cusolver_.get(); }
+  const CudaBackendOptions& options() const { return options_; }
+  bool tf32() const { return options_.allow_tf32; }
+  /// Turns TF32 GEMMs on or off explicitly (fp32 storage only).
+  void set_tf32(bool on) { options_.allow_tf32 = on; }
+
+  Matrix make_matrix(index_t rows, index_t cols) {
+    HDPISSA_REQUIRE(rows >= 0 && cols >= 0, "make_matrix: negative extent ", shape_str(rows, cols));
+    Matrix m(rows, cols);
+    if (rows * cols > 0)
+      HDPISSA_CUDA_CHECK(cudaMemsetAsync(m.data(), 0, std::size_t(rows * cols) * sizeof(Scalar), stream()));
+    return m;
+  }
+
+  /// C ← α op(A) op(B) + β C, one cuBLAS call (β = 0 ignores C's contents).
+  void gemm(Op ta, Op tb, compute_type alpha, ConstMatrixView<Scalar> A, ConstMatrixView<Scalar> B,
+            compute_type beta, MatrixView<Scalar> C) {
+    const index_t m = op_rows(ta, A), k = op_cols(ta, A), kb = op_rows(tb, B), n = op_cols(tb, B);
+    HDPISSA_REQUIRE(k == kb && C.rows == m && C.cols == n, "gemm: op(A) is ", shape_str(m, k), ", op(B) is ",
+                    shape_str(kb, n), ", C is ", shape_str(C.rows, C.cols), "; expected C ", shape_str(m, n),
+                    " and matching inner dimensions");
+    if (m == 0 || n == 0) return;
+    if (k == 0) {
+      if (beta == compute_type(0)) fill(C, compute_type(0));
+      else scale(C, beta);
+      return;
+    }
+    const auto dt = cuda_detail::data_type<Scalar>();
+    // Row-major C (m, n) is column-major Cᵀ (n, m) = op(B)ᵀ op(A)ᵀ: swap the operands.
+    HDPISSA_CUBLAS_CHECK(cublasGemmEx(cublas(), cuda_detail::cublas_op(tb), cuda_detail::cublas_op(ta), int(n),
+                                      int(m), int(k), &alpha, B.data, dt, cuda_detail::ld_of(B), A.data, dt,
+                                      cuda_detail::ld_of(A), &beta, C.data, dt, cuda_detail::ld_of(C),
+                                      compute_kind(), CUBLAS_GEMM_DEFAULT));
+  }
+
+  /// dst ← src, one cudaMemcpy2DAsync (both may be strided).
+  void copy(ConstMatrixView<Scalar> src, MatrixView<Scalar> dst) {
+    require_shape(dst, src.rows, src.cols, "copy destination");
+    if (src.empty() || src.data == dst.data) return;
+    const std::size_t w = std::size_t(src.cols) * sizeof(Scalar);
+    HDPISSA_CUDA_CHECK(cudaMemcpy2DAsync(dst.data, std::size_t(cuda_detail::ld_of(dst)) * sizeof(Scalar), src.data,
+                                         std::size_t(cuda_detail::ld_of(src)) * sizeof(Scalar), w,
+                                         std::size_t(src.rows), cudaMemcpyDeviceToDevice, stream()));
+  }
+  void fill(MatrixView<Scalar> x, compute_type value) {
+    if (x.empty()) return;
+    if (value == compute_type(0)) {  // all-zero bytes are +0 in every supported type
+      HDPISSA_CUDA_CHECK(cudaMemset2DAsync(x.data, std::size_t(cuda_detail::ld_of(x)) * sizeof(Scalar), 0,
+                                           std::size_t(x.cols) * sizeof(Scalar), std::size_t(x.rows), stream()));
+      return;
+    }
+    cuda_kernels::launch_map(stream(), x, cuda_kernels::FillOp<Scalar>{cuda_kernels::store<Scalar>(value)});
+  }
+  void scale(MatrixView<Scalar> x, compute_type alpha) {
+    cuda_kernels::launch_map(stream(), x, cuda_kernels::ScaleOp<Scalar>{alpha});
+  }
+  void axpy(compute_type alpha, ConstMatrixView<Scalar> x, MatrixView<Scalar> y) {
+    require_shape(y, x.rows, x.cols, "axpy y");
+    cuda_kernels::launch_axpy(stream(), alpha, x, y);
+  }
+  void scale_rows(MatrixView<Scalar> x, ConstMatrixView<Scalar> d) {
+    HDPISSA_REQUIRE(d.size() == x.rows, "scale_rows: expected ", x.rows, " factors, found ", d.size());
+    cuda_kernels::launch_map(stream(), x, cuda_kernels::ScaleByVectorOp<Scalar>{d.data, d.rows == 1 ? 1 : d.ld, true});
+  }
+  void scale_cols(MatrixView<Scalar> x, ConstMatrixView<Scalar> d) {
+    HDPISSA_REQUIRE(d.size() == x.cols, "scale_cols: expected ", x.cols, " factors, found ", d.size());
+    cuda_kernels::launch_map(stream(), x, cuda_kernels::ScaleByVectorOp<Scalar>{d.data, d.rows == 1 ? 1 : d.ld, false});
+  }
+  void sqrt(MatrixView<Scalar> x) { cuda_kernels::launch_map(stream(), x, cuda_kernels::SqrtOp<Scalar>{}); }
+
+  /// Fills X with counter_normal(seed, i·cols + j) computed on the device (fill_gaussian's hook).
+  void fill_normal(MatrixView<Scalar> x, std::uint64_t seed) {
+    cuda_kernels::launch_map(stream(), x, cuda_kernels::NormalOp<Scalar>{seed, x.cols});
+  }
+
+  /// Dense host (rows×cols, row-major) → view; waits for the copy.
+  void upload(const Scalar* host, MatrixView<Scalar> dst) {
+    if (dst.empty()) return;
+    const std::size_t w = std::size_t(dst.cols) * sizeof(Scalar);
+    HDPISSA_CUDA_CHECK(cudaMemcpy2DAsync(dst.data, std::size_t(cuda_detail::ld_of(dst)) * sizeof(Scalar), host, w,
+                                         w, std::size_t(dst.rows), cudaMemcpyHostToDevice, stream()));
+    synchronize();
+  }
+  /// View → dense host (rows×cols, row-major); waits for the copy.
+  void download(ConstMatrixView<Scalar> src, Scalar* host) {
+    if (src.empty()) return;
+    const std::size_t w = std::size_t(src.cols) * sizeof(Scalar);
+    HDPISSA_CUDA_CHECK(cudaMemcpy2DAsync(host, w, src.data, std::size_t(cuda_detail::ld_of(src)) * sizeof(Scalar),
+                                         w, std::size_t(src.rows), cudaMemcpyDeviceToHost, stream()));
+    synchronize();
+  }
+
+  bool all_finite(ConstMatrixView<Scalar> x) {
+    cuda_kernels::launch_non_finite(stream(), x, flag_.get());
+    HDPISSA_CUDA_CHECK(cudaMemcpyAsync(host_flag_.get(), flag_.get(), sizeof(int), cudaMemcpyDeviceToHost, stream()));
+    synchronize();
+    return *host_flag_.get() == 0;
+  }
+  /// Σ x², accumulated in double (deterministic: fixed reduction tree).
+  double sum_squares(ConstMatrixView<Scalar> x) { return reduce<cuda_kernels::ReduceKind::SumSquares>(x); }
+  /// EigenBackend's order-sensitive checksum Σ x_ij·(1 + ((i·cols + j) mod 1021)/1021), in double,
+  /// deterministic (bit-identical inputs give bit-identical results on any run of the same build).
+  double checksum(ConstMatrixView<Scalar> x) { return reduce<cuda_kernels::ReduceKind::Checksum>(x); }
+
+  /// One fused Adam/AdamW pass (PyTorch's formula, as EigenBackend::adam_delta).
+  void adam_delta(const AdamArgs& a, ConstMatrixView<Scalar> param, ConstMatrixView<Scalar> grad,
+                  MatrixView<Scalar> m, MatrixView<Scalar> v, MatrixView<Scalar> delta) {
+    require_shape(m, grad.rows, grad.cols, "adam first moment");
+    require_shape(v, grad.rows, grad.cols, "adam second moment");
+    require_shape(delta, grad.rows, grad.cols, "adam delta");
+    if (a.weight_decay != 0) require_shape(param, grad.rows, grad.cols, "adam param");
+    cuda_kernels::launch_adam(stream(), a, param, grad, m, v, delta);
+  }
+  /// One fused SGD pass (as EigenBackend::sgd_delta).
+  void sgd_delta(const SgdArgs& a, ConstMatrixView<Scalar> param, ConstMatrixView<Scalar> grad,
+                 MatrixView<Scalar> buf, MatrixView<Scalar> delta) {
+    require_shape(delta, grad.rows, grad.cols, "sgd delta");
+    if (a.momentum != 0) require_shape(buf, grad.rows, grad.cols, "sgd momentum buffer");
+    cuda_kernels::launch_sgd(stream(), a, param, grad, buf, delta);
+  }
+
+  /// A (m, n) = U (m, k) diag(S (1, k)) Vt (k, n), k = min(m, n), S descending.
+  void thin_svd(ConstMatrixView<Scalar> A, MatrixView<Scalar> U, MatrixView<Scalar> S, MatrixView<Scalar> Vt) {
+    const index_t m = A.rows, n = A.cols, k = std::min(m, n);
+    require_shape(U, m, k, "thin_svd U");
+    require_shape(S, 1, k, "thin_svd S");
+    require_shape(Vt, k, n, "thin_svd Vt");
+    if (k == 0) return;
+    if constexpr (std::is_same_v<Scalar, solver_type>) {
+      svd_impl(A.data, m, n, cuda_detail::ld_of(A), U.data, cuda_detail::ld_of(U), S.data, Vt.data,
+               cuda_detail::ld_of(Vt));
+    } else {  // bf16 storage: solve in fp32 scratch
+      float* a = bf_a_.reserve(std::size_t(m * n));
+      float* u = bf_u_.reserve(std::size_t(m * k));
+      float* s = bf_s_.reserve(std::size_t(k));
+      float* vt = bf_v_.reserve(std::size_t(k * n));
+      cuda_kernels::launch_convert(stream(), A, MatrixView<float>(a, m, n));
+      svd_impl(a, m, n, int(n), u, int(k), s, vt, int(n));
+      cuda_kernels::launch_convert(stream(), ConstMatrixView<float>(u, m, k), U);
+      cuda_kernels::launch_convert(stream(), ConstMatrixView<float>(s, 1, k), S);
+      cuda_kernels::launch_convert(stream(), ConstMatrixView<float>(vt, k, n), Vt);
+    }
+  }
+
+  /// Replaces the (m, n ≤ m) matrix by the Q of its thin Householder QR (geqrf + orgqr).
+  void orthonormalize(MatrixView<Scalar> Y) {
+    HDPISSA_REQUIRE(Y.cols <= Y.rows, "orthonormalize: expected a tall matrix, found ", shape_str(Y.rows, Y.cols));
+    if (Y.empty()) return;
+    const int m = int(Y.rows), n = int(Y.cols);
+    solver_type* x = qr_x_.reserve(std::size_t(m) * n);
+    if constexpr (std::is_same_v<Scalar, solver_type>) {
+      to_colmajor(Y, x);
+      householder_q(x, m, n);
+      from_colmajor(x, Y);
+    } else {  // bf16 storage: solve in fp32 scratch
+      MatrixView<float> y32(bf_a_.reserve(std::size_t(m) * n), m, n);
+      cuda_kernels::launch_convert(stream(), ConstMatrixView<Scalar>(Y), y32);
+      to_colmajor(y32, x);
+      householder_q(x, m, n);
+      from_colmajor(x, y32);
+      cuda_kernels::launch_convert(stream(), ConstMatrixView<float>(y32), Y);
+    }
+  }
+
+  /// Cholesky QR (G = YᵀY = RᵀR, Y ← Y R⁻¹): three level-3 calls instead of a Householder panel
+  /// factorisation. Returns false, leaving Y unchanged, when G is not numerically positive definite
+  /// (then use orthonormalize). Loses orthogonality as cond(Y)²·eps: call it twice (CholQR2).
+  /// Waits for the stream (it reads potrf's info).
+  bool orthonormalize_cholesky(MatrixView<Scalar> Y) {
+    static_assert(std::is_same_v<Scalar, solver_type>, "orthonormalize_cholesky: fp32/fp64 storage only");
+    HDPISSA_REQUIRE(Y.cols <= Y.rows, "orthonormalize_cholesky: expected a tall matrix, found ",
+                    shape_str(Y.rows, Y.cols));
+    if (Y.empty()) return true;
+    const int m = int(Y.rows), n = int(Y.cols), ldy = cuda_detail::ld_of(Y);
+    solver_type* g = chol_g_.reserve(std::size_t(n) * n);
+    const solver_type one = 1, zero = 0;
+    set_exact_math();
+    // Row-major Y is column-major Yc = Yᵀ (n × m): G = Yc Ycᵀ.
+    HDPISSA_CUBLAS_CHECK(cuda_detail::syrk(cublas(), CUBLAS_FILL_MODE_UPPER, CUBLAS_OP_N, n, m, &one, Y.data, ldy,
+                                           &zero, g, n));
+    int lw = 0;
+    HDPISSA_CUSOLVER_CHECK(cuda_detail::potrf_buffer(cusolver(), CUBLAS_FILL_MODE_UPPER, n, g, n, &lw));
+    solver_type* w = workspace(lw);
+    HDPISSA_CUSOLVER_CHECK(cuda_detail::potrf(cusolver(), CUBLAS_FILL_MODE_UPPER, n, g, n, w, lw, dev_info_.get()));
+    if (read_info() != 0) return false;
+    // Qc = Qᵀ = R⁻ᵀ Yc.
+    HDPISSA_CUBLAS_CHECK(cuda_detail::trsm(cublas(), CUBLAS_SIDE_LEFT, CUBLAS_FILL_MODE_UPPER, CUBLAS_OP_T,
+                                           CUBLAS_DIAG_NON_UNIT, n, m, &one, g, n, Y.data, ldy));
+    return true;
+  }
+
+  /// dst ← src with a storage conversion (e.g. the bf16 compute copy of an fp32 master W).
+  template <class Src, class Dst>
+  void convert(ConstMatrixView<Src> src, MatrixView<Dst> dst) {
+    require_shape(dst, src.rows, src.cols, "convert destination");
+    cuda_kernels::launch_convert(stream(), src, dst);
+  }
+
+  void synchronize() { HDPISSA_CUDA_CHECK(cudaStreamSynchronize(stream())); }
+
+ private:
+  using T = solver_type;
+
+  CudaBackend(CudaStream s, CudaBackendOptions options)
+      : options_(options),
+        stream_(std::move(s)),
+        cublas_(stream_.get()),
+        cusolver_(stream_.get()),
+        partial_(cuda_kernels::kReduceBlocks + 1),
+        flag_(1),
+        dev_info_(1),
+        host_flag_(1),
+        host_sum_(1),
+        host_info_(1) {}
+
+  cublasComputeType_t compute_kind() const {
+    if constexpr (std::is_same_v<Scalar, double>) return CUBLAS_COMPUTE_64F;
+    else if constexpr (std::is_same_v<Scalar, float>)
+      return options_.allow_tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
+    else return CUBLAS_COMPUTE_32F;
+  }
+  /// The solver-side level-3 calls (syrk, trsm, geam) never use reduced precision.
+  void set_exact_math() { HDPISSA_CUBLAS_CHECK(cublasSetMathMode(cublas(), CUBLAS_DEFAULT_MATH)); }
+
+  template <cuda_kernels::ReduceKind K>
+  double reduce(ConstMatrixView<Scalar> x) {
+    cuda_kernels::launch_reduce<K>(stream(), x, partial_.get(), partial_.get() + cuda_kernels::kReduceBlocks);
+    HDPISSA_CUDA_CHECK(cudaMemcpyAsync(host_sum_.get(), partial_.get() + cuda_kernels::kReduceBlocks, sizeof(double),
+                                       cudaMemcpyDeviceToHost, stream()));
+    synchronize();
+    return *host_sum_.get();
+  }
+
+  int read_info() {
+    HDPISSA_CUDA_CHECK(cudaMemcpyAsync(host_info_.get(), dev_info_.get(), sizeof(int), cudaMemcpyDeviceToHost, stream()));
+    synchronize();
+    return *host_info_.get();
+  }
+  T* workspace(int lwork) { return ws_.reserve(std::size_t(std::max(lwork, 1))); }
+
+  /// Column-major copy (rows×cols, ld rows) of a row-major view (a transpose through geam).
+  void to_colmajor(MatrixView<T> Y, T* x) {
+    const T one = 1, zero = 0;
+    set_exact_math();
+    HDPISSA_CUBLAS_CHECK(cuda_detail::geam(cublas(), CUBLAS_OP_T, CUBLAS_OP_N, int(Y.rows), int(Y.cols), &one,
+                                           Y.data, cuda_detail::ld_of(Y), &zero, x, int(Y.rows), x, int(Y.rows)));
+  }
+  void from_colmajor(const T* x, MatrixView<T> Y) {
+    const T one = 1, zero = 0;
+    HDPISSA_CUBLAS_CHECK(cuda_detail::geam(cublas(), CUBLAS_OP_T, CUBLAS_OP_N, int(Y.cols), int(Y.rows), &one, x,
+                                           int(Y.rows), &zero, Y.data, cuda_detail::ld_of(Y), Y.data,
+                                           cuda_detail::ld_of(Y)));
+  }
+  /// In place: column-major X (m × n, ld m) ← Q of its QR.
+  void householder_q(T* x, int m, int n) {
+    T* tau = tau_.reserve(std::size_t(n));
+    int lw1 = 0, lw2 = 0;
+    HDPISSA_CUSOLVER_CHECK(cuda_detail::geqrf_buffer(cusolver(), m, n, x, m, &lw1));
+    HDPISSA_CUSOLVER_CHECK(cuda_detail::orgqr_buffer(cusolver(), m, n, n, x, m, tau, &lw2));
+    T* w = workspace(std::max(lw1, lw2));
+    HDPISSA_CUSOLVER_CHECK(cuda_detail::geqrf(cusolver(), m, n, x, m, tau, w, lw1, dev_info_.get()));
+    HDPISSA_CUSOLVER_CHECK(cuda_detail::orgqr(cusolver(), m, n, n, x, m, tau, w, lw2, dev_info_.get()));
+  }
+
+  /// SVD of the column-major tall X (p × q, ld p, p ≥ q), destroyed: Ux (p×q, ld p), s (q),
+  /// Vx (q×q, ld q). QR-preconditioned when p ≥ 2q (gesvdj then works on the small R).
+  void tall_svd(T* x, int p, int q, T* ux, T* s, T* vx) {
+    gesvdjInfo_t prm = gesvdj_.get();
+    if (p >= 2 * q) {
+      T* r = svd_r_.reserve(std::size_t(q) * q);
+      T* ur = svd_ur_.reserve(std::size_t(q) * q);
+      T* tau = tau_.reserve(std::size_t(q));
+      int lw1 = 0, lw2 = 0, lw3 = 0;
+      HDPISSA_CUSOLVER_CHECK(cuda_detail::geqrf_buffer(cusolver(), p, q, x, p, &lw1));
+      HDPISSA_CUSOLVER_CHECK(cuda_detail::orgqr_buffer(cusolver(), p, q, q, x, p, tau, &lw2));
+      HDPISSA_CUSOLVER_CHECK(cuda_detail::gesvdj_buffer(cusolver(), q, q, r, q, s, ur, q, vx, q, &lw3, prm));
+      T* w = workspace(std::max({lw1, lw2, lw3}));
+      HDPISSA_CUSOLVER_CHECK(cuda_detail::geqrf(cusolver(), p, q, x, p, tau, w, lw1, dev_info_.get()));
+      cuda_kernels::launch_extract_upper(stream(), x, p, r, q, q);
+      HDPISSA_CUSOLVER_CHECK(cuda_detail::orgqr(cusolver(), p, q, q, x, p, tau, w, lw2, dev_info_.get()));
+      HDPISSA_CUSOLVER_CHECK(cuda_detail::gesvdj(cusolver(), q, q, r, q, s, ur, q, vx, q, w, lw3, dev_info_.get(), prm));
+      check_svd_info(p, q);
+      // Ux = Q Ur (column-major, exact fp32).
+      const T one = 1, zero = 0;
+      const auto dt = cuda_detail::data_type<T>();
+      HDPISSA_CUBLAS_CHECK(cublasGemmEx(cublas(), CUBLAS_OP_N, CUBLAS_OP_N, p, q, q, &one, x, dt, p, ur, dt, q, &zero,
+                                        ux, dt, p, std::is_same_v<T, double> ? CUBLAS_COMPUTE_64F : CUBLAS_COMPUTE_32F,
+                                        CUBLAS_GEMM_DEFAULT));
+    } else {
+      int lw = 0;
+      HDPISSA_CUSOLVER_CHECK(cuda_detail::gesvdj_buffer(cusolver(), p, q, x, p, s, ux, p, vx, q, &lw, prm));
+      T* w = workspace(lw);
+      HDPISSA_CUSOLVER_CHECK(cuda_detail::gesvdj(cusolver(), p, q, x, p, s, ux, p, vx, q, w, lw, dev_info_.get(), prm));
+      check_svd_info(p, q);
+    }
+  }
+  void check_svd_info(int p, int q) {
+    const int info = read_info();
+    if (info != 0)
+      throw NumericError(cat("thin_svd: cuSOLVER gesvdj failed on a ", p, "×", q, " column-major matrix (info ",
+                             info, info > 0 ? ": did not converge" : ": invalid argument", ")"));
+  }
+
+  /// Row-major A (m, n, lda) → U (m, k, ldu), S (k), Vt (k, n, ldvt), all in solver precision.
+  void svd_impl(const T* A, index_t m, index_t n, int lda, T* U, int ldu, T* S, T* Vt, int ldvt) {
+    const T one = 1, zero = 0;
+    const bool tall = m >= n;
+    const int p = int(tall ? m : n), q = int(tall ? n : m), k = q;
+    T* x = svd_x_.reserve(std::size_t(p) * q);
+    T* ux = svd_u_.reserve(std::size_t(p) * q);
+    T* vx = svd_v_.reserve(std::size_t(q) * q);
+    set_exact_math();
+    // Row-major A is column-major Aᵀ (n × m). Tall: X = A (transpose); wide: X = Aᵀ (copy).
+    HDPISSA_CUBLAS_CHECK(cuda_detail::geam(cublas(), tall ? CUBLAS_OP_T : CUBLAS_OP_N, CUBLAS_OP_N, p, q, &one, A,
+                                           lda, &zero, x, p, x, p));
+    tall_svd(x, p, q, ux, S, vx);
+    // Tall: A = Ux S Vxᵀ → U = Ux, Vt = Vxᵀ. Wide: Aᵀ = Ux S Vxᵀ → U = Vx, Vt = Uxᵀ.
+    // Row-major U (m, k) is column-major Uᵀ (k × m); row-major Vt (k, n) is column-major V (n × k).
+    const T* u_src = tall ? ux : vx;
+    const int u_ld = tall ? p : q;
+    const T* v_src = tall ? vx : ux;
+    const int v_ld = tall ? q : p;
+    HDPISSA_CUBLAS_CHECK(cuda_detail::geam(cublas(), CUBLAS_OP_T, CUBLAS_OP_N, k, int(m), &one, u_src, u_ld, &zero,
+                                           U, ldu, U, ldu));
+    HDPISSA_CUBLAS_CHECK(cuda_detail::geam(cublas(), CUBLAS_OP_N, CUBLAS_OP_N, int(n), k, &one, v_src, v_ld, &zero,
+                                           Vt, ldvt, Vt, ldvt));
+  }
+
+  CudaBackendOptions options_;
+  CudaStream stream_;
+  CublasHandle cublas_;
+  CusolverHandle cusolver_;
+  GesvdjParams gesvdj_;
+  DeviceBuffer<double> partial_;
+  DeviceBuffer<int> flag_, dev_info_;
+  PinnedBuffer<int> host_flag_;
+  PinnedBuffer<double> host_sum_;
+  PinnedBuffer<int> host_info_;
+  // Solver scratch: grown on first use, reused afterwards.
+  DeviceBuffer<T> ws_, tau_, qr_x_, chol_g_, svd_x_, svd_u_, svd_v_, svd_r_, svd_ur_;
+  DeviceBuffer<float> bf_a_, bf_u_, bf_s_, bf_v_;
+};
+
+static_assert(TensorBackend<CudaBackend<float>>);
+static_assert(TensorBackend<CudaBackend<double>>);
+static_assert(TensorBackend<CudaBackend<__nv_bfloat16>>);
+
+}  // namespace hdpissa
