@@ -104,7 +104,8 @@ def forward(cfg, P, ids, lengths):
     pos = torch.arange(T, dtype=torch.float64)
     ang = torch.outer(pos, inv)
     emb = torch.cat((ang, ang), dim=-1)
-    cos, sin = emb.cos()[None, None], emb.sin()[None, None]  # (1,1,T,hd)
+    dt = P["model.embed_tokens.weight"].dtype
+    cos, sin = emb.cos()[None, None].to(dt), emb.sin()[None, None].to(dt)  # (1,1,T,hd)
     causal = torch.tril(torch.ones(T, T, dtype=torch.bool))
     keyok = torch.arange(T)[None, :] < lengths[:, None]  # (B,T)
     mask = causal[None, None] & keyok[:, None, None, :]  # (B,1,T,T)
