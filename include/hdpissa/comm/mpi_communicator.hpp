@@ -37,6 +37,7 @@
 #include <utility>
 #include <vector>
 
+#include "hdpissa/comm/comm_timeout.hpp"
 #include "hdpissa/core/concepts.hpp"
 
 namespace hdpissa {
@@ -104,22 +105,11 @@ struct NativeAllReduce {
   static constexpr const char* name() { return "native"; }
 };
 
-/// Reads a timeout in seconds from environment variable `var` (e.g. HDPISSA_COMM_TIMEOUT_S), else
-/// returns `fallback`. Lets a launcher change the deadline without recompiling.
-inline std::chrono::milliseconds timeout_from_env(const char* var, std::chrono::milliseconds fallback) {
-  const char* s = std::getenv(var);
-  if (!s || !*s) return fallback;
-  char* end = nullptr;
-  const double seconds = std::strtod(s, &end);
-  HDPISSA_REQUIRE(end && *end == '\0', var, ": expected a number of seconds, found '", s, "'");
-  return std::chrono::milliseconds(static_cast<long long>(seconds * 1000.0));
-}
-
 /// Options of an MpiCommunicator.
 struct MpiOptions {
   /// Deadline of one collective; zero or negative waits forever. Default: $HDPISSA_COMM_TIMEOUT_S
   /// seconds if set, else 10 minutes (torch.distributed's default).
-  std::chrono::milliseconds timeout = timeout_from_env("HDPISSA_COMM_TIMEOUT_S", std::chrono::minutes(10));
+  std::chrono::milliseconds timeout = default_comm_timeout();
   /// Sleep between MPI_Test polls once the first `spin_polls` polls found the collective unfinished
   /// (keeps oversubscribed ranks from starving each other; MPI_Test drives the progress).
   std::chrono::microseconds poll_interval{20};
