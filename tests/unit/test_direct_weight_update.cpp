@@ -1,0 +1,288 @@
+// DirectWeightUpdate (spec §3–4) and DataParallelUpdate against hand-computed references and
+// invariants; communicators against each other.
+#include <mutex>
+
+#include "test_util.hpp"
+
+using namespace hdpissa;
+using hdtest::Ref;
+
+namespace {
+
+/// Adam's delta after the given gradients (PyTorch formula), elementwise in double.
+Ref hand_adam_delta(const std::vector<Ref>& grads, double lr, double b1 = 0.9, double b2 = 0.999, double eps = 1e-8) {
+  Ref m(grads[0].rows, grads[0].cols), v = m, d = m;
+  for (std::size_t t = 1; t <= grads.size(); ++t) {
+    const Ref& g = grads[t - 1];
+    for (std::size_t i = 0; i < g.v.size(); ++i) {
+      m.v[i] = b1 * m.v[i] + (1 - b1) * g.v[i];
+      v.v[i] = b2 * v.v[i] + (1 - b2) * g.v[i] * g.v[i];
+      const double bc1 = 1 - std::pow(b1, double(t)), bc2 = 1 - std::pow(b2, double(t));
+      d.v[i] = (lr / bc1) * m.v[i] / (std::sqrt(v.v[i]) / std::sqrt(bc2) + eps);
+    }
+  }
+  return d;
+}
+
+template <class T>
+std::vector<double> decaying(index_t k) {
+  std::vector<double> s(static_cast<std::size_t>(k));
+  for (index_t i = 0; i < k; ++i) s[std::size_t(i)] = 2.0 * std::pow(0.8, double(i)) + 0.05;
+  return s;
+}
+
+/// A small multi-layer HD-PiSSA run: every group draws its own data (seeded by its global group
+/// id), computes MutedLinear gradients, and the DWU steps. Returns the final weights.
+struct Problem {
+  static constexpr int layers = 3;
+  static constexpr int steps = 3;
+  static constexpr index_t r = 2, tokens = 6;
+  static constexpr index_t shapes[layers][2] = {{12, 10}, {10, 14}, {16, 12}};
+};
+
+template <Communicator C>
+std::vector<std::vector<float>> run_hdpissa(C& comm, int K) {
+  EigenBackend<float> b;
+  std::vector<EigenBackend<float>::Matrix> W;
+  std::vector<AdapterSet<EigenBackend<float>>> sets;
+  OrthogonalAdapterInit<ExactSvd> init(K, Problem::r);
+  for (int l = 0; l < Problem::layers; ++l) {
+    const index_t out = Problem::shapes[l][0], in = Problem::shapes[l][1];
+    W.push_back(hdtest::matrix_with_spectrum(b, out, in, decaying<float>(std::min(out, in)), 100 + l));
+  }
+  DirectWeightUpdate<EigenBackend<float>, Adam, C> dwu(b, comm, Adam{});
+  for (int l = 0; l < Problem::layers; ++l) {
+    sets.push_back(init(b, ConstMatrixView<float>(W[l].view()), "layer" + std::to_string(l)));
+    dwu.add_layer("layer" + std::to_string(l), W[l].view(), sets.back());
+  }
+  MutedLinear<EigenBackend<float>> muted(b, 1.0);
+  for (int step = 0; step < Problem::steps; ++step) {
+    dwu.zero_grad();
+    for (int lg = 0; lg < comm.local_groups(); ++lg) {
+      const int g = comm.first_group() + lg;
+      for (int l = 0; l < Problem::layers; ++l) {
+        const index_t out = Problem::shapes[l][0], in = Problem::shapes[l][1];
+        const std::uint64_t seed = 1000u * std::uint64_t(step) + 10u * std::uint64_t(g) + std::uint64_t(l);
+        auto X = hdtest::random_matrix(b, Problem::tokens, in, seed);
+        auto dY = hdtest::random_matrix(b, Problem::tokens, out, seed + 7, 0.1);
+        muted.backward(ConstMatrixView<float>(W[l].view()), dwu.A(l, g), dwu.Bf(l, g), ConstMatrixView<float>(X.view()),
+                       ConstMatrixView<float>(dY.view()), MatrixView<float>{}, dwu.grad_A(l, lg), dwu.grad_B(l, lg));
+      }
+    }
+    dwu.step(1e-2);
+  }
+  dwu.verify_replicas();
+  std::vector<std::vector<float>> out;
+  for (auto& w : W) out.emplace_back(w.data(), w.data() + w.view().size());
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE_TEMPLATE("DWU with K = 1: W + (B − dB)(A − dA) − BA with a hand-computed Adam step", T, float, double) {
+  EigenBackend<T> b;
+  SingleProcess comm;
+  const index_t out = 9, in = 7, r = 3;
+  const double lr = 0.05;
+  auto W = hdtest::matrix_with_spectrum(b, out, in, decaying<T>(in), 5);
+  auto set = OrthogonalAdapterInit<>(1, r)(b, ConstMatrixView<T>(W.view()));
+  const Ref A = hdtest::to_ref(set.A.view()), B = hdtest::to_ref(set.B.view());
+  DirectWeightUpdate<EigenBackend<T>, Adam, SingleProcess> dwu(b, comm);
+  dwu.add_layer("w", W.view(), set);
+  std::vector<Ref> gA, gB;
+  Ref w = hdtest::to_ref(W.view());
+  for (int step = 0; step < 2; ++step) {
+    auto ga = hdtest::random_matrix(b, r, in, 50 + step), gb = hdtest::random_matrix(b, out, r, 60 + step);
+    gA.push_back(hdtest::to_ref(ga.view()));
+    gB.push_back(hdtest::to_ref(gb.view()));
+    b.copy(ConstMatrixView<T>(ga.view()), dwu.grad_A(0, 0));
+    b.copy(ConstMatrixView<T>(gb.view()), dwu.grad_B(0, 0));
+    const auto report = dwu.step(lr);
+    CHECK_FALSE(report.skipped);
+    CHECK(report.step == step + 1);
+    const Ref dA = hand_adam_delta(gA, lr), dB = hand_adam_delta(gB, lr);
+    // W ← W + (B − dB)(A − dA) − B A, with the constant initial factors.
+    w = hdtest::add(hdtest::add(w, hdtest::matmul(hdtest::add(B, dB, -1), hdtest::add(A, dA, -1))), hdtest::matmul(B, A), -1);
+    CHECK(hdtest::violations<T>(hdtest::to_ref(W.view()), w, 10) == 0);
+  }
+  // The factors are never written after initialisation.
+  CHECK(hdtest::violations<T>(hdtest::to_ref(dwu.A(0, 0)), A, 0) == 0);
+  CHECK(hdtest::violations<T>(hdtest::to_ref(dwu.Bf(0, 0)), B, 0) == 0);
+  // Only the factor deltas travel: r·(in + out) numbers per layer per group.
+  CHECK(dwu.bytes_sent_per_step() == std::size_t(r * (in + out)) * sizeof(T));
+}
+
+TEST_CASE("ThreadGroup K = 4 and VirtualRanks K = 4 give the same W, and the same W on every rank") {
+  SingleProcess single;
+  VirtualRanks<SingleProcess> virt(single, 4);
+  const auto reference = run_hdpissa(virt, 4);
+  std::mutex mu;
+  std::vector<std::vector<std::vector<float>>> per_rank(4);
+  ThreadGroup::run(4, [&](ThreadGroup& comm) {
+    auto w = run_hdpissa(comm, 4);
+    std::lock_guard lock(mu);
+    per_rank[comm.rank()] = std::move(w);
+  });
+  for (int rank = 0; rank < 4; ++rank)
+    for (int l = 0; l < Problem::layers; ++l) CHECK(per_rank[rank][l] == reference[l]);  // bit-identical
+
+  SUBCASE("2 threads × 2 virtual groups also match") {
+    std::vector<std::vector<std::vector<float>>> mixed(2);
+    ThreadGroup::run(2, [&](ThreadGroup& tg) {
+      VirtualRanks<ThreadGroup> comm(tg, 2);
+      auto w = run_hdpissa(comm, 4);
+      std::lock_guard lock(mu);
+      mixed[tg.rank()] = std::move(w);
+    });
+    for (int rank = 0; rank < 2; ++rank)
+      for (int l = 0; l < Problem::layers; ++l) CHECK(mixed[rank][l] == reference[l]);
+  }
+  SUBCASE("the update really depends on K: K = 2 differs") {
+    VirtualRanks<SingleProcess> two(single, 2);
+    CHECK(run_hdpissa(two, 2)[0] != reference[0]);
+  }
+}
+
+TEST_CASE("Sum and Mean aggregation differ by exactly the factor K") {
+  EigenBackend<double> b;
+  SingleProcess single;
+  VirtualRanks<SingleProcess> comm(single, 4);
+  auto W0 = hdtest::matrix_with_spectrum(b, 10, 8, decaying<double>(8), 9);
+  auto set = OrthogonalAdapterInit<>(4, 2)(b, ConstMatrixView<double>(W0.view()));
+  // Register a zero matrix as W, so W after one step is exactly −f·L R.
+  auto Wsum = b.make_matrix(10, 8), Wmean = b.make_matrix(10, 8);
+  DirectWeightUpdate<EigenBackend<double>, Adam, VirtualRanks<SingleProcess>, SumAggregation> s(b, comm);
+  DirectWeightUpdate<EigenBackend<double>, Adam, VirtualRanks<SingleProcess>, MeanAggregation> m(b, comm);
+  s.add_layer("w", Wsum.view(), set);
+  m.add_layer("w", Wmean.view(), set);
+  for (int g = 0; g < 4; ++g) {
+    auto ga = hdtest::random_matrix(b, 2, 8, 70 + g), gb = hdtest::random_matrix(b, 10, 2, 80 + g);
+    for (auto* u : {static_cast<void*>(&s), static_cast<void*>(&m)}) (void)u;
+    b.copy(ConstMatrixView<double>(ga.view()), s.grad_A(0, g));
+    b.copy(ConstMatrixView<double>(gb.view()), s.grad_B(0, g));
+    b.copy(ConstMatrixView<double>(ga.view()), m.grad_A(0, g));
+    b.copy(ConstMatrixView<double>(gb.view()), m.grad_B(0, g));
+  }
+  s.step(0.1);
+  m.step(0.1);
+  CHECK(b.sum_squares(ConstMatrixView<double>(Wsum.view())) > 0);
+  for (index_t i = 0; i < Wsum.view().size(); ++i) CHECK(Wsum.data()[i] == 4.0 * Wmean.data()[i]);
+}
+
+TEST_CASE("Non-finite gradients: an error by default, or every worker skips the step") {
+  EigenBackend<float> b;
+  SingleProcess comm;
+  auto W = hdtest::matrix_with_spectrum(b, 8, 6, decaying<float>(6), 3);
+  auto set = OrthogonalAdapterInit<>(1, 2)(b, ConstMatrixView<float>(W.view()));
+  const std::vector<float> before(W.data(), W.data() + W.view().size());
+  SUBCASE("default: NumericError naming the layer and group") {
+    DirectWeightUpdate<EigenBackend<float>, Adam, SingleProcess> dwu(b, comm);
+    dwu.add_layer("layers.0.q_proj", W.view(), set);
+    dwu.grad_B(0, 0)(3, 1) = std::numeric_limits<float>::quiet_NaN();
+    hdtest::check_throws_with<NumericError>([&] { dwu.step(1e-3); }, {"layers.0.q_proj", "group 0", "SkipStep"});
+    CHECK(std::equal(before.begin(), before.end(), W.data()));
+  }
+  SUBCASE("SkipStep: W and the optimizer state are untouched") {
+    DirectWeightUpdate<EigenBackend<float>, Adam, SingleProcess> dwu(b, comm, Adam{}, {NonFinitePolicy::SkipStep});
+    dwu.add_layer("w", W.view(), set);
+    dwu.grad_A(0, 0)(0, 0) = std::numeric_limits<float>::infinity();
+    const auto rep = dwu.step(1e-3);
+    CHECK(rep.skipped);
+    CHECK(rep.step == 0);
+    CHECK(dwu.state_A(0, 0).step == 0);
+    CHECK(std::equal(before.begin(), before.end(), W.data()));
+  }
+  SUBCASE("SkipStep over ThreadGroup: a NaN on one worker makes all of them skip") {
+    std::mutex mu;
+    int skipped = 0;
+    ThreadGroup::run(3, [&](ThreadGroup& tg) {
+      EigenBackend<float> lb;
+      auto Wl = hdtest::matrix_with_spectrum(lb, 8, 6, decaying<float>(6), 3);
+      auto s3 = OrthogonalAdapterInit<>(3, 2)(lb, ConstMatrixView<float>(Wl.view()));
+      DirectWeightUpdate<EigenBackend<float>, Adam, ThreadGroup> dwu(lb, tg, Adam{}, {NonFinitePolicy::SkipStep});
+      dwu.add_layer("w", Wl.view(), s3);
+      lb.fill(dwu.grad_A(0, 0), 0.5f);
+      if (tg.rank() == 2) dwu.grad_A(0, 0)(1, 1) = std::numeric_limits<float>::quiet_NaN();
+      const auto rep = dwu.step(1e-3);
+      std::lock_guard lock(mu);
+      skipped += rep.skipped ? 1 : 0;
+    });
+    CHECK(skipped == 3);
+  }
+}
+
+TEST_CASE("verify_replicas: a perturbed W on one worker fails loudly on every worker") {
+  std::mutex mu;
+  int errors = 0;
+  CHECK_THROWS_AS(ThreadGroup::run(2,
+                                   [&](ThreadGroup& tg) {
+                                     EigenBackend<float> b;
+                                     auto W = hdtest::matrix_with_spectrum(b, 8, 6, decaying<float>(6), 3);
+                                     auto set = OrthogonalAdapterInit<>(2, 2)(b, ConstMatrixView<float>(W.view()));
+                                     DirectWeightUpdate<EigenBackend<float>, Adam, ThreadGroup> dwu(b, tg);
+                                     dwu.add_layer("layers.1.v_proj", W.view(), set);
+                                     dwu.verify_replicas();  // identical: passes
+                                     if (tg.rank() == 1) W.view()(2, 2) = std::nextafter(W.view()(2, 2), 10.f);
+                                     try {
+                                       dwu.verify_replicas();
+                                     } catch (const CommError& e) {
+                                       std::lock_guard lock(mu);
+                                       ++errors;
+                                       CHECK(std::string(e.what()).find("diverged") != std::string::npos);
+                                       throw;
+                                     }
+                                   }),
+                  CommError);
+  CHECK(errors == 2);
+}
+
+TEST_CASE("DWU bad input: wrong K, wrong shapes, mixed ranks, late registration") {
+  EigenBackend<float> b;
+  SingleProcess single;
+  VirtualRanks<SingleProcess> comm(single, 2);
+  auto W = hdtest::random_matrix(b, 8, 6, 1), W2 = hdtest::random_matrix(b, 6, 8, 2);
+  DirectWeightUpdate<EigenBackend<float>, Adam, VirtualRanks<SingleProcess>> dwu(b, comm);
+  auto wrongK = OrthogonalAdapterInit<>(3, 1)(b, ConstMatrixView<float>(W.view()));
+  hdtest::check_throws_with<InvalidArgument>([&] { dwu.add_layer("a", W.view(), wrongK); }, {"K = 2", "found 3"});
+  auto ok = OrthogonalAdapterInit<>(2, 2)(b, ConstMatrixView<float>(W.view()));
+  hdtest::check_throws_with<InvalidArgument>([&] { dwu.add_layer("b", W2.view(), ok); }, {"W is (6, 8)", "(8, 6)"});
+  dwu.add_layer("c", W.view(), ok);
+  auto r3 = OrthogonalAdapterInit<>(2, 3)(b, ConstMatrixView<float>(W2.view()));
+  hdtest::check_throws_with<InvalidArgument>([&] { dwu.add_layer("d", W2.view(), r3); }, {"r = 2", "found 3"});
+  dwu.step(1e-3);
+  hdtest::check_throws_with<InvalidArgument>([&] { dwu.add_layer("e", W.view(), ok); }, {"before the first step"});
+}
+
+TEST_CASE("DataParallelUpdate: the mean gradient over K groups, one optimizer step, same on every worker") {
+  // SGD makes the hand reference exact: p ← p − lr · mean_g(grad_g).
+  const double lr = 0.1;
+  std::vector<Ref> grads;
+  EigenBackend<double> hb;
+  for (int g = 0; g < 4; ++g) {
+    auto m = hdtest::random_matrix(hb, 3, 5, 300 + g);
+    grads.push_back(hdtest::to_ref(m.view()));
+  }
+  auto p0 = hdtest::random_matrix(hb, 3, 5, 400);
+  Ref expect = hdtest::to_ref(p0.view());
+  for (int g = 0; g < 4; ++g) expect = hdtest::add(expect, grads[g], -lr / 4);
+  std::mutex mu;
+  int checked = 0;
+  ThreadGroup::run(2, [&](ThreadGroup& tg) {
+    EigenBackend<double> b;
+    VirtualRanks<ThreadGroup> comm(tg, 2);
+    auto p = b.make_matrix(3, 5);
+    b.copy(ConstMatrixView<double>(p0.view()), p.view());
+    DataParallelUpdate<EigenBackend<double>, Sgd, VirtualRanks<ThreadGroup>> dp(b, comm, Sgd{});
+    dp.add_param("lora_A", p.view());
+    dp.zero_grad();
+    for (int lg = 0; lg < 2; ++lg) {
+      const Ref& g = grads[std::size_t(comm.first_group() + lg)];
+      b.upload(std::vector<double>(g.v.begin(), g.v.end()).data(), dp.grad(0, lg));
+    }
+    dp.step(lr);
+    std::lock_guard lock(mu);
+    CHECK(hdtest::violations<double>(hdtest::to_ref(p.view()), expect) == 0);
+    ++checked;
+  });
+  CHECK(checked == 2);
+}

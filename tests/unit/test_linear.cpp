@@ -1,0 +1,160 @@
+// MutedLinear (spec §2) and the baselines' layers against central finite differences of the
+// unmuted PiSSA layer, and the exact/scaled mute policies against each other.
+#include "test_util.hpp"
+
+using namespace hdpissa;
+using hdtest::Ref;
+using CV = ConstMatrixView<double>;
+
+namespace {
+// L(A, B) = Σ C ⊙ (X (W_res + α B A)ᵀ), the unmuted PiSSA layer with W_res = W − α B0 A0, so that
+// at (A0, B0) it equals W. Its gradient at (A0, B0) is what MutedLinear must produce.
+double pissa_loss(const Ref& X, const Ref& Wres, const Ref& A, const Ref& B, const Ref& C, double alpha) {
+  const Ref ba = hdtest::matmul(B, A);
+  const Ref weff = hdtest::add(Wres, ba, alpha);
+  const Ref y = hdtest::matmul(X, weff, false, true);
+  double s = 0;
+  for (std::size_t i = 0; i < y.v.size(); ++i) s += y.v[i] * C.v[i];
+  return s;
+}
+Ref fd_grad(const Ref& p, const std::function<double(const Ref&)>& f, double h = 1e-6) {
+  Ref g(p.rows, p.cols);
+  for (std::size_t i = 0; i < p.v.size(); ++i) {
+    Ref pp = p, pm = p;
+    pp.v[i] += h;
+    pm.v[i] -= h;
+    g.v[i] = (f(pp) - f(pm)) / (2 * h);
+  }
+  return g;
+}
+}  // namespace
+
+TEST_CASE("MutedLinear (exact mute): g_A, g_B equal finite differences of the unmuted PiSSA layer") {
+  EigenBackend<double> b;
+  const index_t tokens = 5, in = 7, out = 6, r = 2;
+  const double alpha = 2.0;
+  auto W = hdtest::random_matrix(b, out, in, 1), X = hdtest::random_matrix(b, tokens, in, 2);
+  auto A = hdtest::random_matrix(b, r, in, 3), Bf = hdtest::random_matrix(b, out, r, 4);
+  auto dY = hdtest::random_matrix(b, tokens, out, 5);  // = C, the loss weights
+  const Ref w = hdtest::to_ref(W.view()), x = hdtest::to_ref(X.view()), a = hdtest::to_ref(A.view()),
+            bb = hdtest::to_ref(Bf.view()), c = hdtest::to_ref(dY.view());
+  const Ref wres = hdtest::add(w, hdtest::matmul(bb, a), -alpha);
+
+  MutedLinear<EigenBackend<double>> layer(b, alpha);
+  auto dX = b.make_matrix(tokens, in), gA = b.make_matrix(r, in), gB = b.make_matrix(out, r);
+  layer.backward(CV(W.view()), CV(A.view()), CV(Bf.view()), CV(X.view()), CV(dY.view()), dX.view(), gA.view(),
+                 gB.view(), false);
+  const Ref fd_a = fd_grad(a, [&](const Ref& ap) { return pissa_loss(x, wres, ap, bb, c, alpha); });
+  const Ref fd_b = fd_grad(bb, [&](const Ref& bp) { return pissa_loss(x, wres, a, bp, c, alpha); });
+  CHECK(hdtest::count_violations(hdtest::to_ref(gA.view()), fd_a, 1e-7, 1e-6) == 0);
+  CHECK(hdtest::count_violations(hdtest::to_ref(gB.view()), fd_b, 1e-7, 1e-6) == 0);
+  // dX = dY W: the adapter contributes nothing to the input gradient.
+  CHECK(hdtest::violations<double>(hdtest::to_ref(dX.view()), hdtest::matmul(c, w)) == 0);
+
+  SUBCASE("accumulate adds to the existing gradient") {
+    layer.backward(CV(W.view()), CV(A.view()), CV(Bf.view()), CV(X.view()), CV(dY.view()), dX.view(), gA.view(),
+                   gB.view(), true);
+    Ref twice = fd_a;
+    for (auto& v : twice.v) v *= 2;
+    CHECK(hdtest::count_violations(hdtest::to_ref(gA.view()), twice, 1e-7, 1e-6) == 0);
+  }
+}
+
+TEST_CASE("MutedLinear (exact mute): the forward is x Wᵀ exactly") {
+  EigenBackend<float> b;
+  auto W = hdtest::random_matrix(b, 9, 11, 1), X = hdtest::random_matrix(b, 4, 11, 2);
+  auto A = hdtest::random_matrix(b, 3, 11, 3), Bf = hdtest::random_matrix(b, 9, 3, 4);
+  auto Y = b.make_matrix(4, 9), Yref = b.make_matrix(4, 9);
+  MutedLinear<EigenBackend<float>>(b, 1.0).forward(ConstMatrixView<float>(W.view()), ConstMatrixView<float>(A.view()),
+                                                   ConstMatrixView<float>(Bf.view()), ConstMatrixView<float>(X.view()),
+                                                   Y.view());
+  b.gemm(Op::N, Op::T, 1.f, ConstMatrixView<float>(X.view()), ConstMatrixView<float>(W.view()), 0.f, Yref.view());
+  CHECK(std::equal(Y.data(), Y.data() + 36, Yref.data()));  // bit-identical to a plain GEMM
+  CHECK(hdtest::violations<float>(hdtest::to_ref(Y.view()),
+                                  hdtest::matmul(hdtest::to_ref(X.view()), hdtest::to_ref(W.view()), false, true)) == 0);
+}
+
+TEST_CASE("Exact mute and scaled mute (γ = 1e-16, double) agree") {
+  EigenBackend<double> b;
+  const index_t tokens = 6, in = 8, out = 5, r = 2;
+  auto W = hdtest::random_matrix(b, out, in, 1), X = hdtest::random_matrix(b, tokens, in, 2);
+  auto A = hdtest::random_matrix(b, r, in, 3), Bf = hdtest::random_matrix(b, out, r, 4);
+  auto dY = hdtest::random_matrix(b, tokens, out, 5);
+  MutedLinear<EigenBackend<double>, ExactMute> exact(b, 1.0);
+  MutedLinear<EigenBackend<double>, ScaledMute> scaled(b, 1.0, ScaledMute{1e-16});
+  auto Ye = b.make_matrix(tokens, out), Ys = b.make_matrix(tokens, out);
+  exact.forward(CV(W.view()), CV(A.view()), CV(Bf.view()), CV(X.view()), Ye.view());
+  scaled.forward(CV(W.view()), CV(A.view()), CV(Bf.view()), CV(X.view()), Ys.view());
+  CHECK(hdtest::count_violations(hdtest::to_ref(Ys.view()), hdtest::to_ref(Ye.view()), 1e-14, 1e-14) == 0);
+  auto gAe = b.make_matrix(r, in), gBe = b.make_matrix(out, r), gAs = b.make_matrix(r, in), gBs = b.make_matrix(out, r);
+  auto dXe = b.make_matrix(tokens, in), dXs = b.make_matrix(tokens, in);
+  exact.backward(CV(W.view()), CV(A.view()), CV(Bf.view()), CV(X.view()), CV(dY.view()), dXe.view(), gAe.view(), gBe.view(), false);
+  scaled.backward(CV(W.view()), CV(A.view()), CV(Bf.view()), CV(X.view()), CV(dY.view()), dXs.view(), gAs.view(), gBs.view(), false);
+  CHECK(hdtest::count_violations(hdtest::to_ref(gAs.view()), hdtest::to_ref(gAe.view()), 1e-12, 1e-10) == 0);
+  CHECK(hdtest::count_violations(hdtest::to_ref(gBs.view()), hdtest::to_ref(gBe.view()), 1e-12, 1e-10) == 0);
+  CHECK(hdtest::count_violations(hdtest::to_ref(dXs.view()), hdtest::to_ref(dXe.view()), 1e-14, 1e-14) == 0);
+
+  SUBCASE("γ = 1e-2 leaks into the forward (the paper's observation)") {
+    MutedLinear<EigenBackend<double>, ScaledMute> leaky(b, 1.0, ScaledMute{1e-2});
+    leaky.forward(CV(W.view()), CV(A.view()), CV(Bf.view()), CV(X.view()), Ys.view());
+    CHECK(hdtest::count_violations(hdtest::to_ref(Ys.view()), hdtest::to_ref(Ye.view()), 1e-6, 1e-6) > 0);
+  }
+}
+
+TEST_CASE("AdapterLinear (LoRA/PiSSA) and DenseLinear gradients equal finite differences") {
+  EigenBackend<double> b;
+  const index_t tokens = 4, in = 6, out = 5, r = 2;
+  const double s = 0.5;
+  auto W = hdtest::random_matrix(b, out, in, 1), X = hdtest::random_matrix(b, tokens, in, 2);
+  auto A = hdtest::random_matrix(b, r, in, 3), Bf = hdtest::random_matrix(b, out, r, 4);
+  auto C = hdtest::random_matrix(b, tokens, out, 5);
+  const Ref w = hdtest::to_ref(W.view()), x = hdtest::to_ref(X.view()), a = hdtest::to_ref(A.view()),
+            bb = hdtest::to_ref(Bf.view()), c = hdtest::to_ref(C.view());
+  auto loss = [&](const Ref& xp, const Ref& wp, const Ref& ap, const Ref& bp) {
+    return pissa_loss(xp, wp, ap, bp, c, s);  // Σ C ⊙ x (W + s B A)ᵀ
+  };
+  AdapterLinear<EigenBackend<double>> layer(b, s);
+  auto Y = b.make_matrix(tokens, out);
+  layer.forward(CV(W.view()), CV(A.view()), CV(Bf.view()), CV(X.view()), Y.view());
+  CHECK(hdtest::violations<double>(hdtest::to_ref(Y.view()),
+                                   hdtest::matmul(x, hdtest::add(w, hdtest::matmul(bb, a), s), false, true)) == 0);
+  auto dX = b.make_matrix(tokens, in), gA = b.make_matrix(r, in), gB = b.make_matrix(out, r);
+  layer.backward(CV(W.view()), CV(A.view()), CV(Bf.view()), CV(X.view()), CV(C.view()), dX.view(), gA.view(), gB.view(), false);
+  CHECK(hdtest::count_violations(hdtest::to_ref(dX.view()), fd_grad(x, [&](const Ref& p) { return loss(p, w, a, bb); }), 1e-7, 1e-6) == 0);
+  CHECK(hdtest::count_violations(hdtest::to_ref(gA.view()), fd_grad(a, [&](const Ref& p) { return loss(x, w, p, bb); }), 1e-7, 1e-6) == 0);
+  CHECK(hdtest::count_violations(hdtest::to_ref(gB.view()), fd_grad(bb, [&](const Ref& p) { return loss(x, w, a, p); }), 1e-7, 1e-6) == 0);
+
+  DenseLinear<EigenBackend<double>> dense(b);
+  auto gW = b.make_matrix(out, in);
+  dense.backward(CV(W.view()), CV(X.view()), CV(C.view()), dX.view(), gW.view(), false);
+  const Ref zero_a(r, in), zero_b(out, r);
+  CHECK(hdtest::count_violations(hdtest::to_ref(gW.view()), fd_grad(w, [&](const Ref& p) { return loss(x, p, zero_a, zero_b); }), 1e-7, 1e-6) == 0);
+}
+
+TEST_CASE("linear layers: bias is added to every row") {
+  EigenBackend<double> b;
+  auto W = hdtest::random_matrix(b, 3, 4, 1), X = hdtest::random_matrix(b, 2, 4, 2);
+  auto A = b.make_matrix(1, 4), Bf = b.make_matrix(3, 1), Y = b.make_matrix(2, 3);
+  const double bias[3] = {1, 2, 3};
+  MutedLinear<EigenBackend<double>>(b).forward(CV(W.view()), CV(A.view()), CV(Bf.view()), CV(X.view()), Y.view(),
+                                               CV(bias, 1, 3));
+  Ref expect = hdtest::matmul(hdtest::to_ref(X.view()), hdtest::to_ref(W.view()), false, true);
+  for (int i = 0; i < 2; ++i)
+    for (int j = 0; j < 3; ++j) expect(i, j) += bias[j];
+  CHECK(hdtest::violations<double>(hdtest::to_ref(Y.view()), expect) == 0);
+}
+
+TEST_CASE("linear layers: mismatched shapes are clear errors") {
+  EigenBackend<float> b;
+  auto W = b.make_matrix(6, 8), X = b.make_matrix(4, 7), A = b.make_matrix(2, 8), Bf = b.make_matrix(6, 2);
+  auto Y = b.make_matrix(4, 6);
+  MutedLinear<EigenBackend<float>> layer(b);
+  using FV = ConstMatrixView<float>;
+  hdtest::check_throws_with<InvalidArgument>(
+      [&] { layer.forward(FV(W.view()), FV(A.view()), FV(Bf.view()), FV(X.view()), Y.view()); },
+      {"X is (4, 7)", "W is (6, 8)", "(tokens, 8)"});
+  auto A_bad = b.make_matrix(2, 5), X_ok = b.make_matrix(4, 8);
+  hdtest::check_throws_with<InvalidArgument>(
+      [&] { layer.forward(FV(W.view()), FV(A_bad.view()), FV(Bf.view()), FV(X_ok.view()), Y.view()); },
+      {"expected A (r, 8)", "found A (2, 5)"});
+}
