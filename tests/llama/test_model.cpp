@@ -307,3 +307,69 @@ TEST_CASE("model: held-out loss evaluation sums over batches") {
   CHECK(two.mean() == doctest::Approx(one.mean()).epsilon(1e-6));
   CHECK(one.n_tokens == b.num_target_tokens());
 }
+
+TEST_CASE("model: an active-adapter (LoRA-style) hook gets what it needs; its gradients match finite differences") {
+  // Y = X Wᵀ + s (X Aᵀ) Bᵀ on every target linear; backward: dX = dY W + s (dY B) A,
+  // g_A += s (dY B)ᵀ X, g_B += s dYᵀ (X Aᵀ). Written only against the LinearHooks contract.
+  struct LoraHooks : LinearHooks {
+    int r = 2;
+    float s = 0.5f;
+    std::vector<Matrix> A, B, gA, gB;  // per LinearId::index(): A (r, in), B (out, r)
+    LoraHooks(const ModelWeights& w, unsigned seed) {
+      std::mt19937 rng(seed);
+      std::normal_distribution<float> nd(0.0f, 0.3f);
+      for (int l = 0; l < w.config.n_layers; ++l)
+        for (int m = 0; m < kModulesPerLayer; ++m) {
+          const Matrix& W = w.linear({l, static_cast<Module>(m)});
+          Matrix a(r, W.cols()), b(W.rows(), r);
+          for (Eigen::Index i = 0; i < a.size(); ++i) a.data()[i] = nd(rng);
+          for (Eigen::Index i = 0; i < b.size(); ++i) b.data()[i] = nd(rng);
+          A.push_back(a);
+          B.push_back(b);
+          gA.push_back(Matrix::Zero(a.rows(), a.cols()));
+          gB.push_back(Matrix::Zero(b.rows(), b.cols()));
+        }
+    }
+    void forward(LinearId id, const Matrix& W, ConstMatrixRef X, MatrixRef Y) override {
+      const int i = id.index();
+      Y.noalias() = X * W.transpose();
+      Y.noalias() += s * ((X * A[i].transpose()) * B[i].transpose());
+    }
+    void backward(LinearId id, const Matrix& W, ConstMatrixRef X, ConstMatrixRef dY, MatrixRef dX) override {
+      const int i = id.index();
+      const Matrix dYB = dY * B[i];  // (tokens, r)
+      dX.noalias() = dY * W;
+      dX.noalias() += s * (dYB * A[i]);
+      gA[i].noalias() += s * (dYB.transpose() * X);
+      gB[i].noalias() += s * (dY.transpose() * (X * A[i].transpose()));
+    }
+  };
+  const ModelConfig c = tiny_config(true);
+  const ModelWeights w = random_weights(c, 8);
+  const Batch b = tiny_batch(c.vocab_size);
+  LoraHooks hooks(w, 9);
+  Activations acts;
+  forward(w, b, hooks, acts);
+  backward(w, acts, hooks, nullptr);
+  auto loss_now = [&] {
+    Activations a2;
+    return forward(w, b, hooks, a2).mean();
+  };
+  std::mt19937 rng(5);
+  for (int i = 0; i < 7 * c.n_layers; ++i) {
+    for (int which = 0; which < 2; ++which) {
+      Matrix& P = which == 0 ? hooks.A[i] : hooks.B[i];
+      const Matrix& G = which == 0 ? hooks.gA[i] : hooks.gB[i];
+      const auto k = static_cast<Eigen::Index>(rng() % static_cast<unsigned>(P.size()));
+      const float orig = P.data()[k], eps = 1e-2f;
+      P.data()[k] = orig + eps;
+      const double lp = loss_now();
+      P.data()[k] = orig - eps;
+      const double lm = loss_now();
+      P.data()[k] = orig;
+      const double fd = (lp - lm) / (2.0 * eps);
+      INFO("linear " << i << (which == 0 ? " A[" : " B[") << k << "]: analytic " << G.data()[k] << " vs fd " << fd);
+      CHECK(std::abs(G.data()[k] - fd) <= 2e-3 + 3e-2 * std::abs(fd));
+    }
+  }
+}
