@@ -13,6 +13,7 @@
 #include "test_util.hpp"
 
 using namespace hdpissa::llama;
+namespace fs = std::filesystem;
 
 namespace {
 
@@ -68,20 +69,18 @@ double loss_of(const ModelWeights& w, const Batch& b) {
 
 }  // namespace
 
-TEST_CASE("model: logits, loss and every gradient match the PyTorch reference (stories260K-hf)") {
+namespace {
+
+/// Runs tests/reference/llama_ref.py on `model_dir` and compares logits, loss and every gradient.
+void compare_with_torch_reference(const fs::path& model_dir, const std::string& tag) {
   const std::string python = HDPISSA_LLAMA_TORCH_PYTHON;
-  if (!llama_test::have_data()) {
-    MESSAGE("SKIPPED: shared data not found at " << llama_test::data_dir());
-    return;
-  }
   if (python.empty()) {
     MESSAGE("SKIPPED: no python3 with torch at configure time; set HDPISSA_LLAMA_PYTHON to enable "
             "the reference comparison (tests/reference/llama_ref.py)");
     return;
   }
-  const auto dir = llama_test::scratch("torch_reference");
+  const auto dir = llama_test::scratch("torch_reference_" + tag);
   const auto fixture = dir / "ref.safetensors";
-  const auto model_dir = llama_test::data_dir() / "stories260K-hf";
   const std::string cmd = "\"" + python + "\" \"" HDPISSA_LLAMA_REF_SCRIPT "\" \"" + model_dir.string() + "\" \"" +
                           fixture.string() + "\" > \"" + (dir / "log.txt").string() + "\" 2>&1";
   const int rc = std::system(cmd.c_str());
@@ -141,9 +140,42 @@ TEST_CASE("model: logits, loss and every gradient match the PyTorch reference (s
     if (r.worst_ratio > worst) { worst = r.worst_ratio; worst_name = name; }
     ++compared;
   });
-  MESSAGE("reference: loss " << loss.mean() << " vs " << ref_loss << "; logits worst ratio " << lc.worst_ratio
+  MESSAGE(tag << " reference: loss " << loss.mean() << " vs " << ref_loss << "; logits worst ratio " << lc.worst_ratio
           << "; gradients worst ratio " << worst << " (" << worst_name << "), 1 = tolerance");
-  CHECK(compared == 47);  // 1 embedding + 5 × 9 + final norm (tied lm_head)
+  CHECK(compared == (w.config.tie_embeddings ? 47 : 48));  // embedding + 5 × 9 + final norm (+ lm_head)
+}
+
+}  // namespace
+
+
+TEST_CASE("model: logits, loss and every gradient match the PyTorch reference (stories260K-hf)") {
+  if (!llama_test::have_data()) {
+    MESSAGE("SKIPPED: shared data not found at " << llama_test::data_dir());
+    return;
+  }
+  compare_with_torch_reference(llama_test::data_dir() / "stories260K-hf", "stories260K");
+}
+
+TEST_CASE("model: PyTorch reference on an untied, BF16-stored, llama3-RoPE-scaled variant") {
+  if (!llama_test::have_data()) {
+    MESSAGE("SKIPPED: shared data not found at " << llama_test::data_dir());
+    return;
+  }
+  ModelWeights w = load_hf_checkpoint(llama_test::data_dir() / "stories260K-hf");
+  w.config.tie_embeddings = false;
+  w.lm_head = w.embed * 0.75f;
+  w.lm_head.row(3).array() += 0.1f;
+  w.config.rope_theta = 5000.0;
+  // hd = 8: wavelengths 6.3, 53, 444, 3737 vs [16, 64] → one high (kept), one medium (smoothed), two low (÷ factor)
+  w.config.rope_scaling = {"llama3", 4.0, 1.0, 4.0, 64};
+  const auto inv = w.config.rope_inv_freq();
+  REQUIRE(inv.size() == 4);
+  CHECK(inv[0] == 1.0);
+  const auto out = llama_test::scratch("variant_ckpt") / "ckpt";
+  SaveOptions opt;
+  opt.dtype = DType::BF16;
+  save_hf_checkpoint(out, w, opt);
+  compare_with_torch_reference(out, "variant");
 }
 
 TEST_CASE("model: backward agrees with central finite differences (tiny random model)") {
