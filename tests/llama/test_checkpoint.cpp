@@ -244,3 +244,22 @@ TEST_CASE("checkpoint: clear errors for missing, truncated, corrupt and mis-shap
     LLAMA_CHECK_THROWS_WITH_ALL(load_checkpoint(dir / "m.bin"), "truncated", "28-byte header");
   }
 }
+
+TEST_CASE("checkpoint: an interrupted save never looks like a checkpoint") {
+  if (!llama_test::have_data()) { MESSAGE("SKIPPED: no shared data"); return; }
+  const ModelWeights w = load_checkpoint(llama_test::data_dir() / "stories260K-hf");
+  const auto dir = llama_test::scratch("interrupted");
+  // what a crash mid-save leaves behind: a temp directory with a partial file, nothing at the final name
+  fs::create_directories(dir / "ckpt.tmp-999");
+  write_bytes(dir / "ckpt.tmp-999" / "model.safetensors", "partial");
+  LLAMA_CHECK_THROWS_WITH_ALL(load_checkpoint(dir / "ckpt"), "not found");
+  save_hf_checkpoint(dir / "ckpt", w);
+  CHECK(weights_equal(load_checkpoint(dir / "ckpt"), w));
+  // a crash mid-write of a single file leaves only name.tmp; the previous complete file survives
+  write_file_atomic(dir / "f.bin", std::string("complete"));
+  write_bytes(dir / "f.bin.tmp", "parti");
+  CHECK(read_file_text(dir / "f.bin") == "complete");
+  write_file_atomic(dir / "f.bin", std::string("new"));
+  CHECK(read_file_text(dir / "f.bin") == "new");
+  CHECK_FALSE(fs::exists(dir / "f.bin.tmp"));
+}

@@ -5,7 +5,6 @@
 //                    [--max-new-tokens N] [--template] [--no-bos] [--stop-at-eos|--no-stop]
 
 #include <chrono>
-#include <cstdlib>
 #include <iostream>
 #include <string>
 #include <vector>
@@ -35,7 +34,7 @@ const char* kUsage =
 
 struct Args {
   std::string checkpoint, tokenizer, prompt;
-  bool use_template = false, stop = true;
+  bool use_template = false, stop = true, help = false;
   int max_new_tokens = 256;
 };
 
@@ -48,8 +47,8 @@ Args parse(int argc, char** argv) {
   for (int i = 1; i < argc; ++i) {
     const std::string f = argv[i];
     if (f == "--help" || f == "-h") {
-      std::cout << kUsage;
-      std::exit(0);
+      a.help = true;
+      return a;
     } else if (f == "--checkpoint") {
       a.checkpoint = value(i, f);
     } else if (f == "--tokenizer") {
@@ -89,6 +88,10 @@ int main(int argc, char** argv) {
   using namespace hdpissa::llama;
   try {
     const Args args = parse(argc, argv);
+    if (args.help) {
+      std::cout << kUsage;
+      return 0;
+    }
     const auto t0 = std::chrono::steady_clock::now();
     const ModelWeights w = load_checkpoint(args.checkpoint);
     const Tokenizer tok(args.tokenizer);

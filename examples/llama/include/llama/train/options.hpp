@@ -1,0 +1,380 @@
+#pragma once
+/// \file options.hpp
+/// TrainOptions: every setting of hdpissa-train, its command-line parser (`parse_train_args`), the
+/// usage text, and the subset of settings that fixes a run's trajectory (`trajectory_config`),
+/// which a resumed run must match field by field.
+
+#include <cstdint>
+#include <cstdlib>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "llama/common.hpp"
+#include "llama/weights.hpp"
+
+namespace hdpissa::llama {
+
+/// Every setting of one training run (defaults = the paper's recipe where it applies, §6).
+struct TrainOptions {
+  // ---- inputs / outputs
+  std::string model;          ///< HF directory or llama2.c .bin
+  std::string tokenizer;      ///< SentencePiece .model (default: tokenizer.model inside an HF dir)
+  std::string data;           ///< training JSON / JSONL
+  std::string output;         ///< merged HF checkpoint directory written at the end ("" = none)
+  std::string save_state;     ///< resumable training state directory ("" = none)
+  std::string resume;         ///< state directory to resume from ("" = fresh run)
+  std::string metrics;        ///< metrics JSONL ("" = none)
+  // ---- method
+  std::string method = "hdpissa";  ///< full | lora | pissa | hdpissa | lora-dwu | pissa-dwu
+  int rank = 16;                   ///< adapter rank r per group
+  int alpha = -1;                  ///< adapter alpha; scaling = alpha / r (integer division); -1 = r
+  std::string targets = "q,k,v,o,gate,up,down";
+  std::string svd = "exact";       ///< exact | randomized (hdpissa / pissa-dwu / pissa init)
+  double mute_gamma = 0;           ///< 0 = ExactMute; > 0 = ScaledMute{gamma} (DWU methods)
+  std::string aggregation = "sum"; ///< sum (reference) | mean (paper's 1/K)
+  std::string dtype = "fp32";      ///< the CPU path runs fp32 only
+  // ---- distribution
+  std::string comm = "auto";       ///< auto | single | mpi
+  int groups_per_process = 1;      ///< V; K = processes × V
+  // ---- optimisation
+  double lr = 2e-5;
+  double weight_decay = 0;
+  double warmup_ratio = 0.03;
+  int grad_accum = 1;
+  int micro_batch = 1;
+  int max_len = 512;
+  int epochs = 1;
+  long max_steps = -1;             ///< > 0 overrides epochs
+  long max_examples = -1;          ///< use only the first N training examples (> 0)
+  std::uint64_t seed = 42;
+  // ---- run control
+  long stop_after = -1;            ///< stop (and save state) after this many steps of this invocation
+  long save_every = 0;             ///< save state every N steps (needs --save-state)
+  long eval_every = 0;             ///< held-out loss every N steps (0: before and after only)
+  int log_every = 1;
+  // ---- evaluation
+  std::string eval_data;           ///< held-out JSON / JSONL ("" = none)
+  int eval_examples = 64;
+  std::string sample_prompt;       ///< instruction for a greedy sample (Alpaca template)
+  int sample_max_new_tokens = 64;
+  std::string eval_gsm8k;          ///< GSM8K-style JSONL test set ("" = none)
+  int eval_gsm8k_n = 50;
+  int eval_max_new_tokens = 256;
+  bool quiet = false;              ///< no per-step lines (errors and the summary still print)
+
+  /// The parsed --targets list.
+  [[nodiscard]] std::vector<Module> target_modules() const;
+  /// alpha, defaulting to r.
+  [[nodiscard]] int effective_alpha() const { return alpha > 0 ? alpha : rank; }
+  /// Whether the method updates W through the Direct Weight Update (muted layers, per-group Adam).
+  [[nodiscard]] bool uses_dwu() const { return method == "hdpissa" || method == "lora-dwu" || method == "pissa-dwu"; }
+  /// Whether the method trains an active adapter data-parallel (LoRA / PiSSA).
+  [[nodiscard]] bool uses_adapter() const { return method == "lora" || method == "pissa"; }
+  /// Every field as JSON (echoed at start).
+  [[nodiscard]] nlohmann::json to_json() const;
+  /// Checks value ranges and combinations; throws LlamaError naming the flag.
+  void validate() const;
+};
+
+/// The usage text of hdpissa-train.
+inline const char* train_usage() {
+  return "usage: hdpissa-train --model PATH --data FILE [options]\n"
+         "\n"
+         "Fine-tunes a LLaMA-family model on the CPU (fp32) with HD-PiSSA or a baseline.\n"
+         "\n"
+         "inputs / outputs\n"
+         "  --model PATH              HF directory (config.json + model.safetensors) or llama2.c .bin\n"
+         "  --tokenizer PATH          SentencePiece .model (default: <model>/tokenizer.model)\n"
+         "  --data FILE               training data, JSON array or JSONL (instruction/output,\n"
+         "                            query/response, question/answer, prompt/completion)\n"
+         "  --max-examples N          use only the first N training examples\n"
+         "  --output DIR              write the merged model (HF safetensors + config.json) here at the end\n"
+         "  --save-state DIR          write a resumable training state here (at the end, at --stop-after,\n"
+         "                            and every --save-every steps)\n"
+         "  --resume DIR              continue a run from its saved state (the config must match)\n"
+         "  --metrics FILE            JSONL: one object per step plus eval records\n"
+         "method\n"
+         "  --method M                hdpissa (default) | lora | pissa | full | lora-dwu | pissa-dwu\n"
+         "  --rank R                  adapter rank per group (default 16)\n"
+         "  --alpha A                 adapter alpha; scaling = A / R, integer division (default A = R)\n"
+         "  --targets LIST            target linears (default q,k,v,o,gate,up,down)\n"
+         "  --svd exact|randomized    SVD of the orthogonal / PiSSA initialisation (default exact)\n"
+         "  --aggregation sum|mean    DWU aggregation over the K groups (default sum, the reference)\n"
+         "  --mute-gamma G            DWU methods: the paper's literal x(W + G a B A)^T forward instead of\n"
+         "                            the exact mute (fidelity experiments; default: exact mute)\n"
+         "  --dtype fp32              compute dtype (the CPU path is fp32 only; bf16 is a GPU-path feature)\n"
+         "distribution\n"
+         "  --groups-per-process V    adapter groups per process (default 1); K = processes x V\n"
+         "  --comm auto|single|mpi    communicator (auto: MPI when launched by mpirun and built with MPI)\n"
+         "optimisation\n"
+         "  --lr X                    peak learning rate (default 2e-5)\n"
+         "  --weight-decay X          AdamW decoupled weight decay (default 0)\n"
+         "  --warmup-ratio X          linear warmup fraction before cosine decay (default 0.03)\n"
+         "  --grad-accum N            micro-batches per group per step (default 1)\n"
+         "  --micro-batch N           sequences per micro-batch (default 1)\n"
+         "  --max-len N               truncate sequences to N tokens (default 512)\n"
+         "  --epochs N                epochs over each group's shard (default 1)\n"
+         "  --max-steps N             optimizer steps (overrides --epochs)\n"
+         "  --seed N                  data order / LoRA init seed (default 42)\n"
+         "run control\n"
+         "  --stop-after N            stop after N steps of this invocation (state saved if --save-state)\n"
+         "  --save-every N            save the state every N steps\n"
+         "  --eval-every N            held-out loss every N steps (default: before and after training)\n"
+         "  --log-every N             progress line every N steps (default 1)\n"
+         "  --quiet                   no progress lines\n"
+         "evaluation\n"
+         "  --eval-data FILE          held-out data for the loss\n"
+         "  --eval-examples N         first N held-out examples (default 64)\n"
+         "  --sample-prompt TEXT      greedy sample for this instruction before and after training\n"
+         "  --sample-max-new-tokens N (default 64)\n"
+         "  --eval-gsm8k FILE         GSM8K-style accuracy after training (answer after \"The answer is: \"\n"
+         "                            or \"#### \", commas removed, compared as numbers)\n"
+         "  --eval-gsm8k-n N          problems to evaluate (default 50)\n"
+         "  --eval-max-new-tokens N   generation budget per problem (default 256)\n"
+         "  --help                    this text\n"
+         "\n"
+         "example (HD-PiSSA, K = 4 virtual groups, r = 4, on stories260K):\n"
+         "  hdpissa-train --model $HDPISSA_DATA/stories260K-hf --data $HDPISSA_DATA/gsm8k/train.jsonl \\\n"
+         "      --method hdpissa --groups-per-process 4 --rank 4 --lr 2e-3 --max-len 256 --max-steps 40 \\\n"
+         "      --eval-data $HDPISSA_DATA/gsm8k/test.jsonl --output runs/demo\n";
+}
+
+namespace detail {
+
+inline long parse_long(const std::string& flag, const std::string& v) {
+  std::size_t used = 0;
+  long x = 0;
+  try {
+    x = std::stol(v, &used);
+  } catch (const std::exception&) {
+    used = 0;
+  }
+  if (used != v.size() || v.empty()) throw LlamaError(cat(flag, " expects an integer, found '", v, "'"));
+  return x;
+}
+inline double parse_double(const std::string& flag, const std::string& v) {
+  std::size_t used = 0;
+  double x = 0;
+  try {
+    x = std::stod(v, &used);
+  } catch (const std::exception&) {
+    used = 0;
+  }
+  if (used != v.size() || v.empty()) throw LlamaError(cat(flag, " expects a number, found '", v, "'"));
+  return x;
+}
+
+}  // namespace detail
+
+inline std::vector<Module> TrainOptions::target_modules() const {
+  std::vector<Module> out;
+  std::string item;
+  auto flush = [&] {
+    if (item.empty()) return;
+    const std::string names[] = {"q", "k", "v", "o", "gate", "up", "down"};
+    bool found = false;
+    for (int m = 0; m < kModulesPerLayer; ++m) {
+      const std::string full = module_name(static_cast<Module>(m));
+      if (item == names[m] || item == full) {
+        for (Module x : out)
+          if (x == static_cast<Module>(m)) throw LlamaError(cat("--targets: '", item, "' is listed twice"));
+        out.push_back(static_cast<Module>(m));
+        found = true;
+      }
+    }
+    if (!found)
+      throw LlamaError(cat("--targets: unknown module '", item, "'; expected a comma-separated subset of "
+                                                               "q,k,v,o,gate,up,down"));
+    item.clear();
+  };
+  for (char ch : targets) {
+    if (ch == ',') flush();
+    else if (ch != ' ') item += ch;
+  }
+  flush();
+  if (out.empty()) throw LlamaError("--targets: expected at least one module, found none");
+  return out;
+}
+
+inline nlohmann::json TrainOptions::to_json() const {
+  return {{"model", model},
+          {"tokenizer", tokenizer},
+          {"data", data},
+          {"max_examples", max_examples},
+          {"output", output},
+          {"save_state", save_state},
+          {"resume", resume},
+          {"metrics", metrics},
+          {"method", method},
+          {"rank", rank},
+          {"alpha", effective_alpha()},
+          {"targets", targets},
+          {"svd", svd},
+          {"aggregation", aggregation},
+          {"mute_gamma", mute_gamma},
+          {"dtype", dtype},
+          {"comm", comm},
+          {"groups_per_process", groups_per_process},
+          {"lr", lr},
+          {"weight_decay", weight_decay},
+          {"warmup_ratio", warmup_ratio},
+          {"grad_accum", grad_accum},
+          {"micro_batch", micro_batch},
+          {"max_len", max_len},
+          {"epochs", epochs},
+          {"max_steps", max_steps},
+          {"seed", seed},
+          {"stop_after", stop_after},
+          {"save_every", save_every},
+          {"eval_every", eval_every},
+          {"eval_data", eval_data},
+          {"eval_examples", eval_examples},
+          {"sample_prompt", sample_prompt},
+          {"eval_gsm8k", eval_gsm8k},
+          {"eval_gsm8k_n", eval_gsm8k_n}};
+}
+
+inline void TrainOptions::validate() const {
+  auto need = [](bool ok, const std::string& msg) {
+    if (!ok) throw LlamaError(msg);
+  };
+  need(!model.empty(), "missing --model (see --help)");
+  need(!data.empty(), "missing --data (see --help)");
+  need(method == "full" || method == "lora" || method == "pissa" || method == "hdpissa" || method == "lora-dwu" ||
+           method == "pissa-dwu",
+       cat("--method: expected full, lora, pissa, hdpissa, lora-dwu or pissa-dwu, found '", method, "'"));
+  need(dtype == "fp32" || dtype == "bf16", cat("--dtype: expected fp32 or bf16, found '", dtype, "'"));
+  need(dtype == "fp32",
+       "--dtype bf16: bf16 compute with an fp32 master copy of W is a GPU-path feature; the CPU trainer runs "
+       "fp32 throughout (use --dtype fp32)");
+  need(svd == "exact" || svd == "randomized", cat("--svd: expected exact or randomized, found '", svd, "'"));
+  need(aggregation == "sum" || aggregation == "mean",
+       cat("--aggregation: expected sum or mean, found '", aggregation, "'"));
+  need(comm == "auto" || comm == "single" || comm == "mpi", cat("--comm: expected auto, single or mpi, found '", comm, "'"));
+  need(rank >= 1, cat("--rank: expected >= 1, found ", rank));
+  need(alpha == -1 || alpha >= 1, cat("--alpha: expected >= 1, found ", alpha));
+  need(effective_alpha() / rank >= 1 || method == "full",
+       cat("--alpha ", effective_alpha(), " / --rank ", rank, " is 0 in integer division (the reference's scaling); "
+           "expected alpha >= rank"));
+  need(mute_gamma >= 0, cat("--mute-gamma: expected > 0, found ", mute_gamma));
+  need(mute_gamma == 0 || uses_dwu(), cat("--mute-gamma applies to the DWU methods only, not --method ", method));
+  need(aggregation == "sum" || uses_dwu(), cat("--aggregation applies to the DWU methods only, not --method ", method));
+  need(groups_per_process >= 1, cat("--groups-per-process: expected >= 1, found ", groups_per_process));
+  need(lr > 0, cat("--lr: expected > 0, found ", lr));
+  need(weight_decay >= 0, cat("--weight-decay: expected >= 0, found ", weight_decay));
+  need(warmup_ratio >= 0 && warmup_ratio <= 1, cat("--warmup-ratio: expected [0, 1], found ", warmup_ratio));
+  need(grad_accum >= 1, cat("--grad-accum: expected >= 1, found ", grad_accum));
+  need(micro_batch >= 1, cat("--micro-batch: expected >= 1, found ", micro_batch));
+  need(max_len >= 2, cat("--max-len: expected >= 2, found ", max_len));
+  need(epochs >= 1, cat("--epochs: expected >= 1, found ", epochs));
+  need(max_steps == -1 || max_steps >= 1, cat("--max-steps: expected >= 1, found ", max_steps));
+  need(max_examples == -1 || max_examples >= 1, cat("--max-examples: expected >= 1, found ", max_examples));
+  need(stop_after == -1 || stop_after >= 1, cat("--stop-after: expected >= 1, found ", stop_after));
+  need(save_every >= 0, cat("--save-every: expected >= 0, found ", save_every));
+  need(save_every == 0 || !save_state.empty(), "--save-every needs --save-state DIR");
+  need(eval_every >= 0, cat("--eval-every: expected >= 0, found ", eval_every));
+  need(log_every >= 1, cat("--log-every: expected >= 1, found ", log_every));
+  need(eval_examples >= 1, cat("--eval-examples: expected >= 1, found ", eval_examples));
+  need(eval_gsm8k_n >= 1, cat("--eval-gsm8k-n: expected >= 1, found ", eval_gsm8k_n));
+  need(eval_max_new_tokens >= 1, cat("--eval-max-new-tokens: expected >= 1, found ", eval_max_new_tokens));
+  need(sample_max_new_tokens >= 1, cat("--sample-max-new-tokens: expected >= 1, found ", sample_max_new_tokens));
+  (void)target_modules();
+}
+
+/// Parses hdpissa-train's arguments. `help` is set (and nothing validated) for --help; unknown
+/// flags and malformed values throw LlamaError naming the flag.
+inline TrainOptions parse_train_args(const std::vector<std::string>& args, bool* help = nullptr) {
+  TrainOptions o;
+  if (help) *help = false;
+  for (std::size_t i = 0; i < args.size(); ++i) {
+    const std::string& f = args[i];
+    auto value = [&]() -> std::string {
+      if (i + 1 >= args.size()) throw LlamaError(cat("option ", f, " expects a value, found none"));
+      return args[++i];
+    };
+    auto integer = [&]() { return detail::parse_long(f, value()); };
+    auto number = [&]() { return detail::parse_double(f, value()); };
+    if (f == "--help" || f == "-h") {
+      if (help) *help = true;
+      return o;
+    }
+    else if (f == "--model") o.model = value();
+    else if (f == "--tokenizer") o.tokenizer = value();
+    else if (f == "--data") o.data = value();
+    else if (f == "--max-examples") o.max_examples = integer();
+    else if (f == "--output") o.output = value();
+    else if (f == "--save-state") o.save_state = value();
+    else if (f == "--resume") o.resume = value();
+    else if (f == "--metrics") o.metrics = value();
+    else if (f == "--method") o.method = value();
+    else if (f == "--rank") o.rank = int(integer());
+    else if (f == "--alpha") o.alpha = int(integer());
+    else if (f == "--targets") o.targets = value();
+    else if (f == "--svd") o.svd = value();
+    else if (f == "--aggregation") o.aggregation = value();
+    else if (f == "--mute-gamma") o.mute_gamma = number();
+    else if (f == "--dtype") o.dtype = value();
+    else if (f == "--comm") o.comm = value();
+    else if (f == "--groups-per-process") o.groups_per_process = int(integer());
+    else if (f == "--lr") o.lr = number();
+    else if (f == "--weight-decay") o.weight_decay = number();
+    else if (f == "--warmup-ratio") o.warmup_ratio = number();
+    else if (f == "--grad-accum") o.grad_accum = int(integer());
+    else if (f == "--micro-batch") o.micro_batch = int(integer());
+    else if (f == "--max-len") o.max_len = int(integer());
+    else if (f == "--epochs") o.epochs = int(integer());
+    else if (f == "--max-steps") o.max_steps = integer();
+    else if (f == "--seed") {
+      const long s = integer();
+      if (s < 0) throw LlamaError(cat("--seed: expected >= 0, found ", s));
+      o.seed = std::uint64_t(s);
+    }
+    else if (f == "--stop-after") o.stop_after = integer();
+    else if (f == "--save-every") o.save_every = integer();
+    else if (f == "--eval-every") o.eval_every = integer();
+    else if (f == "--log-every") o.log_every = int(integer());
+    else if (f == "--quiet") o.quiet = true;
+    else if (f == "--eval-data") o.eval_data = value();
+    else if (f == "--eval-examples") o.eval_examples = int(integer());
+    else if (f == "--sample-prompt") o.sample_prompt = value();
+    else if (f == "--sample-max-new-tokens") o.sample_max_new_tokens = int(integer());
+    else if (f == "--eval-gsm8k") o.eval_gsm8k = value();
+    else if (f == "--eval-gsm8k-n") o.eval_gsm8k_n = int(integer());
+    else if (f == "--eval-max-new-tokens") o.eval_max_new_tokens = int(integer());
+    else throw LlamaError(cat("unknown option '", f, "' (see --help)"));
+  }
+  if (o.tokenizer.empty() && !o.model.empty() && std::filesystem::is_directory(o.model))
+    o.tokenizer = (std::filesystem::path(o.model) / "tokenizer.model").string();
+  o.validate();
+  return o;
+}
+
+/// The settings that determine a run's trajectory: a resumed run must match all of them.
+/// `processes` is the number of workers (K = processes × groups_per_process). The trainer adds
+/// fingerprints of the base model and of the tokenized data (paths may move; contents may not).
+inline nlohmann::json trajectory_config(const TrainOptions& o, int processes) {
+  return {{"method", o.method},
+          {"rank", o.rank},
+          {"alpha", o.effective_alpha()},
+          {"targets", o.targets},
+          {"svd", o.svd},
+          {"aggregation", o.aggregation},
+          {"mute_gamma", o.mute_gamma},
+          {"processes", processes},
+          {"groups_per_process", o.groups_per_process},
+          {"lr", o.lr},
+          {"weight_decay", o.weight_decay},
+          {"warmup_ratio", o.warmup_ratio},
+          {"grad_accum", o.grad_accum},
+          {"micro_batch", o.micro_batch},
+          {"max_len", o.max_len},
+          {"epochs", o.epochs},
+          {"max_steps", o.max_steps},
+          {"max_examples", o.max_examples},
+          {"seed", o.seed}};
+}
+
+}  // namespace hdpissa::llama

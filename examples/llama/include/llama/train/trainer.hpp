@@ -1,0 +1,498 @@
+#pragma once
+/// \file trainer.hpp
+/// Trainer<Comm>: hdpissa-train's loop, readable top to bottom.
+///  setup: model + tokenizer + data (Alpaca template, prompt masked, sharded: group G of K reads
+///         shard G) → method (methods.hpp) → optional resume from a saved state.
+///  step:  for each local group: its own micro-batches (forward/backward through the method's
+///         hooks, loss scaled by 1/grad_accum) → method step (DWU or data-parallel) at the
+///         warmup+cosine learning rate.
+///  eval:  held-out loss, a greedy sample, GSM8K-style accuracy.
+///  out:   merged HF checkpoint, resumable state (temp dir + rename), metrics JSONL.
+/// Only worker 0 prints and writes shared files; each worker writes its own optimizer state.
+///
+/// Saved state (a directory): state.json (format, trajectory config, fingerprints of the base
+/// model and the tokenized data, step, shared counters), shared.safetensors (the target W, the
+/// factors / adapters, data-parallel Adam moments), rank-<p>.safetensors + rank-<p>.json (worker
+/// p's per-group Adam moments and step counts, its groups' data positions). Resuming restores all of
+/// it, so the continued run is bit-identical to an uninterrupted one (same machine and thread count:
+/// Eigen's GEMM blocking depends on the number of threads).
+
+#include <chrono>
+#include <cstdint>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "llama/checkpoint.hpp"
+#include "llama/data.hpp"
+#include "llama/model.hpp"
+#include "llama/safetensors.hpp"
+#include "llama/tokenizer.hpp"
+#include "llama/train/gsm8k.hpp"
+#include "llama/train/methods.hpp"
+#include "llama/train/options.hpp"
+
+namespace hdpissa::llama {
+
+/// What a run did (for the caller and the tests).
+struct TrainSummary {
+  long steps_done = 0;                   ///< optimizer steps completed overall
+  long total_steps = 0;                  ///< planned steps
+  long steps_this_run = 0;               ///< steps of this invocation
+  std::optional<double> eval_before;     ///< held-out loss before this invocation's first step
+  std::optional<double> eval_after;      ///< held-out loss at the end
+  double last_loss = 0;                  ///< training loss of the last step
+  double first_loss = 0;                 ///< training loss of this invocation's first step
+  double tokens_per_s = 0;               ///< training throughput of this invocation
+  double seconds = 0;                    ///< training wall time of this invocation
+  std::optional<double> gsm8k_accuracy;  ///< fraction correct
+  std::string sample_after;              ///< generated sample text
+};
+
+/// 64-bit FNV-1a of raw bytes (fingerprints: cheap, deterministic, order-sensitive).
+inline std::uint64_t fnv1a(const void* data, std::size_t n, std::uint64_t h = 1469598103934665603ull) {
+  const auto* p = static_cast<const unsigned char*>(data);
+  for (std::size_t i = 0; i < n; ++i) h = (h ^ p[i]) * 1099511628211ull;
+  return h;
+}
+inline std::string hex64(std::uint64_t v) {
+  char buf[17];
+  std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(v));
+  return buf;
+}
+/// h:mm:ss
+inline std::string format_duration(double s) {
+  if (!(s >= 0) || s > 1e8) return "?";
+  const long t = static_cast<long>(s + 0.5);
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%ld:%02ld:%02ld", t / 3600, (t / 60) % 60, t % 60);
+  return buf;
+}
+
+/// The training loop over communicator `Comm` (VirtualRanks<SingleProcess> or VirtualRanks<MpiCommunicator>).
+template <class Comm>
+class Trainer {
+ public:
+  /// Loads everything and builds the method (or restores it from --resume). `log` receives the
+  /// human-readable output (on worker 0 only).
+  Trainer(TrainOptions opt, Comm& comm, std::ostream& log = std::cout)
+      : o_(std::move(opt)), comm_(&comm), log_(&log), root_(comm.rank() == 0) {
+    o_.validate();
+    setup();
+  }
+
+  // ------------------------------------------------------------------ accessors
+  ModelWeights& model() { return w_; }
+  TrainMethod& method() { return *method_; }
+  const TrainOptions& options() const { return o_; }
+  long step() const { return step_; }
+  long total_steps() const { return total_; }
+  double lr_at(long step) const { return sched_(step); }
+  const std::vector<TokenizedExample>& train_data() const { return *data_; }
+  const Tokenizer& tokenizer() const { return *tok_; }
+
+  // ------------------------------------------------------------------ one step, in two halves
+  /// Forward/backward of every local group's micro-batches for the next step (gradients zeroed
+  /// first). Returns {mean loss over all K groups' micro-batches, tokens processed by all workers}.
+  std::pair<double, double> accumulate_gradients() {
+    method_->zero_grad();
+    double sums[3] = {0, 0, 0};  // Σ micro-batch mean losses, Σ real tokens, micro-batches
+    const float scale = 1.0f / static_cast<float>(o_.grad_accum);
+    for (int lg = 0; lg < comm_->local_groups(); ++lg) {
+      method_->set_group(lg);
+      for (int a = 0; a < o_.grad_accum; ++a) {
+        const Batch b = loaders_[std::size_t(lg)].next();
+        const LossResult r = forward(w_, b, *method_, acts_);
+        backward(w_, acts_, *method_, nullptr, scale);
+        sums[0] += r.mean();
+        for (int len : b.lengths) sums[1] += len;
+        sums[2] += 1;
+      }
+    }
+    method_->set_group(0);
+    comm_->all_reduce_sum(sums, 3);
+    return {sums[0] / sums[2], sums[1]};
+  }
+  /// The optimizer step at lr(step); advances the step counter.
+  double apply_step() {
+    const double lr = sched_(step_);
+    const auto rep = method_->step(lr);
+    if (rep.skipped) throw LlamaError(cat("step ", step_ + 1, " skipped: ", rep.reason));
+    ++step_;
+    return lr;
+  }
+
+  /// Mean held-out loss over --eval-data's first --eval-examples examples (group 0's view).
+  double eval_loss() {
+    if (eval_batches_.empty()) throw LlamaError("eval_loss: no --eval-data given");
+    method_->set_group(0);
+    const LossResult r = evaluate_loss(w_, eval_batches_, *method_);
+    return r.mean();
+  }
+  /// Greedy continuation of `instruction` in the Alpaca template (group 0's view).
+  std::string sample(const std::string& instruction, int max_new_tokens) {
+    method_->set_group(0);
+    InstructionExample ex{instruction, "", ""};
+    const auto prompt = tok_->encode(tpl_.prompt(ex), true);
+    GenerateOptions g;
+    g.max_new_tokens = std::max(1, std::min<int>(max_new_tokens, w_.config.max_seq_len - int(prompt.size())));
+    g.stop_token = tok_->eos_id();
+    if (int(prompt.size()) >= w_.config.max_seq_len) return {};
+    return tok_->decode(generate_greedy(w_, prompt, g, *method_));
+  }
+  /// GSM8K-style accuracy on the first n problems of `file`; returns {correct, evaluated}.
+  std::pair<long, long> eval_gsm8k(const std::string& file, int n) {
+    const auto problems = load_instruction_data(file);
+    long correct = 0, total = 0;
+    for (const auto& p : problems) {
+      if (total >= n) break;
+      const auto gold = extract_answer(p.response);
+      if (!gold)
+        throw LlamaError(cat(file, ": problem ", total + 1, ": expected a reference answer after \"The answer is: \" or "
+                                   "\"#### \", found none in '", p.response.substr(0, 80), "'"));
+      const std::string text = sample(p.instruction, o_.eval_max_new_tokens);
+      const auto pred = extract_answer(text);
+      correct += pred && answers_match(*pred, *gold);
+      ++total;
+    }
+    return {correct, total};
+  }
+
+  /// Writes the merged model (W for DWU / full; W_res + s·B A for LoRA / PiSSA) as an HF
+  /// checkpoint, atomically. Worker 0 only.
+  void save_merged(const std::filesystem::path& dir) {
+    if (!root_) return;
+    ModelWeights merged = w_;
+    method_->merge_into(merged);
+    SaveOptions so;
+    if (!o_.tokenizer.empty() && std::filesystem::exists(o_.tokenizer)) so.tokenizer_model = o_.tokenizer;
+    save_hf_checkpoint(dir, merged, so);
+  }
+
+  /// Writes the resumable state into `dir` (temp dir + rename; collective over workers).
+  void save_state(const std::filesystem::path& dir) {
+    namespace fs = std::filesystem;
+    const fs::path target = fs::absolute(dir).lexically_normal();
+    const fs::path tmp = target.string() + ".tmp";
+    const fs::path old = target.string() + ".old";
+    if (root_) {
+      fs::remove_all(tmp);
+      std::error_code ec;
+      fs::create_directories(tmp, ec);
+      if (ec) throw LlamaError(cat("cannot create ", tmp.string(), ": ", ec.message()));
+    }
+    comm_->barrier();
+    StateList s = state_list();
+    std::vector<TensorToWrite> shared, local;
+    for (const auto& t : s.tensors) (t.local ? local : shared).push_back({t.name, {t.rows, t.cols}, t.data});
+    nlohmann::json rank_json, counters_shared = nlohmann::json::object(), counters_local = nlohmann::json::object();
+    for (const auto& c : s.counters) (c.local ? counters_local : counters_shared)[c.name] = *c.value;
+    nlohmann::json positions = nlohmann::json::array();
+    for (const auto& l : loaders_) positions.push_back({l.position().epoch, l.position().index});
+    rank_json["first_group"] = comm_->first_group();
+    rank_json["positions"] = positions;
+    rank_json["counters"] = counters_local;
+    const std::string p = cat("rank-", comm_->rank());
+    write_safetensors(tmp / (p + ".safetensors"), local);
+    write_file_atomic(tmp / (p + ".json"), rank_json.dump(1) + "\n");
+    if (root_) {
+      write_safetensors(tmp / "shared.safetensors", shared);
+      nlohmann::json j;
+      j["format"] = "hdpissa-train-state/1";
+      j["config"] = trajectory();
+      j["step"] = step_;
+      j["total_steps"] = total_;
+      j["counters"] = counters_shared;
+      write_file_atomic(tmp / "state.json", j.dump(1) + "\n");
+      fsync_path(tmp, true);
+    }
+    comm_->barrier();
+    if (root_) {
+      std::error_code ec;
+      fs::remove_all(old);
+      const bool had = fs::exists(target);
+      if (had) fs::rename(target, old, ec);
+      if (ec) throw LlamaError(cat("cannot move the old state ", target.string(), " aside: ", ec.message()));
+      fs::rename(tmp, target, ec);
+      if (ec) throw LlamaError(cat("cannot rename ", tmp.string(), " to ", target.string(), ": ", ec.message()));
+      fsync_path(target.parent_path(), true);
+      if (had) fs::remove_all(old);
+    }
+    comm_->barrier();
+  }
+
+  /// The whole run: echo, eval before, the steps (progress, metrics, periodic eval/state), eval
+  /// after, sample, GSM8K, state, merged output.
+  TrainSummary run() {
+    TrainSummary sum;
+    sum.total_steps = total_;
+    say(cat("hdpissa-train: ", o_.method, " | ", method_->describe(), "\n", "  workers ", comm_->size(),
+            ", groups per worker ", o_.groups_per_process, ", K = ", comm_->groups(), ", targets ", o_.targets, " (",
+            method_->targets().size(), " linears), trainable ", method_->trainable_parameters(), " of ",
+            w_.num_parameters(), " parameters\n", "  data ", data_->size(), " examples (", dropped_,
+            " dropped: all labels masked), ", loaders_[0].shard_size(), " per group; ", total_,
+            " steps (warmup ", sched_.warmup_steps, ", cosine), tokens per step ≈ K·grad_accum·micro_batch·len\n",
+            "  config ", o_.to_json().dump(), "\n"));
+    if (step_ > 0) say(cat("  resumed from ", o_.resume, " at step ", step_, "\n"));
+    if (!eval_batches_.empty()) {
+      sum.eval_before = eval_loss();
+      say(cat("eval loss (before, step ", step_, "): ", fixed(*sum.eval_before, 4), "\n"));
+      metric({{"type", "eval"}, {"step", step_}, {"eval_loss", *sum.eval_before}, {"when", "before"}});
+    }
+    if (!o_.sample_prompt.empty()) say(cat("sample (before): ", sample(o_.sample_prompt, o_.sample_max_new_tokens), "\n"));
+
+    const auto t0 = std::chrono::steady_clock::now();
+    double tokens = 0;
+    const long first = step_;
+    while (step_ < total_ && !(o_.stop_after > 0 && step_ - first >= o_.stop_after)) {
+      const auto ts = std::chrono::steady_clock::now();
+      const auto [loss, tok] = accumulate_gradients();
+      const double lr = apply_step();
+      const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - ts).count();
+      const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      tokens += tok;
+      if (step_ == first + 1) sum.first_loss = loss;
+      sum.last_loss = loss;
+      const double eta = elapsed / double(step_ - first) * double(total_ - step_);
+      if (!o_.quiet && (step_ % o_.log_every == 0 || step_ == total_)) {
+        char line[256];
+        std::snprintf(line, sizeof line, "step %ld/%ld | loss %.4f | lr %.3e | %.0f tok/s | ETA %s\n", step_, total_,
+                      loss, lr, tok / dt, format_duration(eta).c_str());
+        say(line);
+      }
+      metric({{"type", "step"}, {"step", step_}, {"total_steps", total_}, {"loss", loss}, {"lr", lr},
+              {"tokens", tok}, {"tokens_per_s", tok / dt}, {"step_s", dt}, {"elapsed_s", elapsed}});
+      if (o_.eval_every > 0 && step_ % o_.eval_every == 0 && step_ < total_ && !eval_batches_.empty()) {
+        const double e = eval_loss();
+        say(cat("eval loss (step ", step_, "): ", fixed(e, 4), "\n"));
+        metric({{"type", "eval"}, {"step", step_}, {"eval_loss", e}});
+      }
+      if (o_.save_every > 0 && step_ % o_.save_every == 0 && step_ < total_) save_state(o_.save_state);
+    }
+    sum.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    sum.steps_this_run = step_ - first;
+    sum.steps_done = step_;
+    sum.tokens_per_s = sum.seconds > 0 ? tokens / sum.seconds : 0;
+    if (comm_->size() > 1) method_->verify_replicas();
+    say(cat("trained ", sum.steps_this_run, " steps in ", fixed(sum.seconds, 1), " s (", fixed(sum.tokens_per_s, 0),
+            " tok/s)", step_ < total_ ? cat("; stopped at step ", step_, " of ", total_) : std::string(), "\n"));
+    if (!eval_batches_.empty()) {
+      sum.eval_after = eval_loss();
+      say(cat("eval loss (after, step ", step_, "): ", fixed(*sum.eval_after, 4),
+              sum.eval_before ? cat(" (before: ", fixed(*sum.eval_before, 4), ")") : std::string(), "\n"));
+      metric({{"type", "eval"}, {"step", step_}, {"eval_loss", *sum.eval_after}, {"when", "after"}});
+    }
+    if (!o_.sample_prompt.empty()) {
+      sum.sample_after = sample(o_.sample_prompt, o_.sample_max_new_tokens);
+      say(cat("sample (after): ", sum.sample_after, "\n"));
+    }
+    if (!o_.eval_gsm8k.empty()) {
+      const auto [c, n] = eval_gsm8k(o_.eval_gsm8k, o_.eval_gsm8k_n);
+      sum.gsm8k_accuracy = n ? double(c) / double(n) : 0.0;
+      say(cat("gsm8k accuracy: ", c, "/", n, " = ", fixed(100.0 * *sum.gsm8k_accuracy, 1), "%\n"));
+      metric({{"type", "gsm8k"}, {"step", step_}, {"correct", c}, {"n", n}, {"accuracy", *sum.gsm8k_accuracy}});
+    }
+    if (!o_.save_state.empty()) {
+      save_state(o_.save_state);
+      say(cat("state saved to ", o_.save_state, " (step ", step_, ")\n"));
+    }
+    if (!o_.output.empty()) {
+      save_merged(o_.output);
+      say(cat("merged model written to ", o_.output, "\n"));
+    }
+    return sum;
+  }
+
+ private:
+  static std::string fixed(double v, int digits) {
+    char buf[64];
+    std::snprintf(buf, sizeof buf, "%.*f", digits, v);
+    return buf;
+  }
+  void say(const std::string& s) {
+    if (root_) *log_ << s << std::flush;
+  }
+  void metric(const nlohmann::json& j) {
+    if (root_ && metrics_.is_open()) metrics_ << j.dump() << "\n" << std::flush;
+  }
+
+  nlohmann::json trajectory() const {
+    nlohmann::json j = trajectory_config(o_, comm_->size());
+    j["model_fingerprint"] = model_fp_;
+    j["data_fingerprint"] = data_fp_;
+    return j;
+  }
+
+  /// The target weights plus the method's state.
+  StateList state_list() {
+    StateList s;
+    for (const LinearId& id : method_->targets()) {
+      Matrix& W = w_.linear(id);
+      s.tensors.push_back({"weight." + id.hf_name(), W.data(), W.rows(), W.cols(), false});
+    }
+    method_->collect_state(s);
+    return s;
+  }
+
+  void setup() {
+    namespace fs = std::filesystem;
+    // ---- model and tokenizer
+    w_ = load_checkpoint(o_.model);
+    if (o_.tokenizer.empty())
+      throw LlamaError(cat("missing --tokenizer: ", o_.model, " is not an HF directory with tokenizer.model"));
+    tok_ = std::make_unique<Tokenizer>(o_.tokenizer);
+    if (tok_->vocab_size() > w_.config.vocab_size)
+      throw LlamaError(cat(o_.tokenizer, ": the tokenizer has ", tok_->vocab_size(), " pieces but the model's vocab_size is ",
+                           w_.config.vocab_size));
+    {  // the frozen parameters identify the base model
+      std::uint64_t h = fnv1a(w_.embed.data(), std::size_t(w_.embed.size()) * 4);
+      for (const auto& l : w_.layers) {
+        h = fnv1a(l.attn_norm.data(), std::size_t(l.attn_norm.size()) * 4, h);
+        h = fnv1a(l.ffn_norm.data(), std::size_t(l.ffn_norm.size()) * 4, h);
+      }
+      model_fp_ = hex64(fnv1a(w_.final_norm.data(), std::size_t(w_.final_norm.size()) * 4, h));
+    }
+    if (o_.max_len > w_.config.max_seq_len)
+      throw LlamaError(cat("--max-len ", o_.max_len, " exceeds the model's max_position_embeddings ", w_.config.max_seq_len));
+    if (!o_.output.empty() && fs::exists(o_.output) && !fs::is_directory(o_.output))
+      throw LlamaError(cat("--output ", o_.output, " exists and is not a directory"));
+
+    // ---- data, one shard per group
+    auto raw = load_instruction_data(o_.data);
+    if (o_.max_examples > 0 && raw.size() > std::size_t(o_.max_examples)) raw.resize(std::size_t(o_.max_examples));
+    auto tokenized = std::make_shared<std::vector<TokenizedExample>>(tokenize_dataset(raw, *tok_, tpl_, o_.max_len, &dropped_));
+    if (tokenized->empty())
+      throw LlamaError(cat(o_.data, ": no usable training examples (", raw.size(), " read, ", dropped_,
+                           " dropped because every label was masked at --max-len ", o_.max_len, ")"));
+    if (tokenized->size() < std::size_t(comm_->groups()))
+      throw LlamaError(cat(o_.data, ": ", tokenized->size(), " usable examples cannot feed K = ", comm_->groups(), " groups"));
+    {
+      std::uint64_t h = 1469598103934665603ull;
+      for (const auto& t : *tokenized) {
+        h = fnv1a(t.input_ids.data(), t.input_ids.size() * 4, h);
+        h = fnv1a(t.labels.data(), t.labels.size() * 4, h);
+      }
+      data_fp_ = hex64(h);
+    }
+    data_ = tokenized;
+    for (int lg = 0; lg < comm_->local_groups(); ++lg) {
+      LoaderOptions lo;
+      lo.micro_batch = o_.micro_batch;
+      lo.seed = o_.seed;
+      lo.num_shards = comm_->groups();
+      lo.shard_index = comm_->first_group() + lg;
+      loaders_.emplace_back(data_, lo);
+    }
+    const long per_epoch = std::max<long>(1, long(loaders_[0].batches_per_epoch()) / o_.grad_accum);
+    total_ = o_.max_steps > 0 ? o_.max_steps : per_epoch * o_.epochs;
+    sched_ = hdpissa::WarmupCosineSchedule{o_.lr, hdpissa::warmup_steps_from_ratio(o_.warmup_ratio, total_), total_, 0.0};
+
+    // ---- resume: check compatibility before any expensive initialisation
+    std::unique_ptr<SafetensorsFile> shared, local;
+    nlohmann::json state, rank_state;
+    if (!o_.resume.empty()) {
+      const fs::path dir = o_.resume;
+      if (!fs::is_directory(dir)) throw LlamaError(cat("--resume ", dir.string(), ": no such state directory"));
+      if (!fs::exists(dir / "state.json"))
+        throw LlamaError(cat("--resume ", dir.string(), ": expected a training state (state.json), found none"));
+      state = parse_json(dir / "state.json");
+      if (state.value("format", std::string()) != "hdpissa-train-state/1")
+        throw LlamaError(cat(dir.string(), "/state.json: expected format hdpissa-train-state/1, found ",
+                             state.contains("format") ? state["format"].dump() : std::string("none")));
+      const nlohmann::json now = trajectory(), saved = state.at("config");
+      for (auto it = now.begin(); it != now.end(); ++it) {
+        const auto s = saved.find(it.key());
+        if (s == saved.end() || *s != it.value())
+          throw LlamaError(cat("cannot resume from ", dir.string(), ": incompatible config: field '", it.key(),
+                               "' is ", s == saved.end() ? std::string("missing") : s->dump(), " in the state but ",
+                               it.value().dump(), " in this run"));
+      }
+      rank_state = parse_json(dir / cat("rank-", comm_->rank(), ".json"));
+      shared = std::make_unique<SafetensorsFile>(dir / "shared.safetensors");
+      local = std::make_unique<SafetensorsFile>(dir / cat("rank-", comm_->rank(), ".safetensors"));
+    }
+    TensorLoader loader;
+    if (shared)
+      loader = [&](const std::string& name, float* data, std::int64_t rows, std::int64_t cols) {
+        const Matrix m = shared->read_matrix(name, rows, cols);
+        std::copy(m.data(), m.data() + m.size(), data);
+      };
+    method_ = make_method(o_, w_, *comm_, loader);
+
+    if (shared) {
+      StateList s = state_list();
+      for (const auto& t : s.tensors) {
+        const Matrix m = (t.local ? local : shared)->read_matrix(t.name, t.rows, t.cols);
+        std::copy(m.data(), m.data() + m.size(), t.data);
+      }
+      for (const auto& c : s.counters) {
+        const nlohmann::json& src = c.local ? rank_state.at("counters") : state.at("counters");
+        if (!src.contains(c.name))
+          throw LlamaError(cat(o_.resume, ": expected counter '", c.name, "' in the saved state, not found"));
+        *c.value = src[c.name].get<long>();
+      }
+      const auto& pos = rank_state.at("positions");
+      if (pos.size() != loaders_.size() || rank_state.at("first_group").get<int>() != comm_->first_group())
+        throw LlamaError(cat(o_.resume, ": the state holds ", pos.size(), " data positions from group ",
+                             rank_state.at("first_group").dump(), ", this worker runs ", loaders_.size(),
+                             " from group ", comm_->first_group()));
+      for (std::size_t i = 0; i < loaders_.size(); ++i)
+        loaders_[i].seek({pos[i][0].get<std::int64_t>(), pos[i][1].get<std::int64_t>()});
+      step_ = state.at("step").get<long>();
+    }
+
+    // ---- evaluation data (file order, micro-batches of --micro-batch)
+    if (!o_.eval_data.empty()) {
+      auto ev = load_instruction_data(o_.eval_data);
+      if (ev.size() > std::size_t(o_.eval_examples)) ev.resize(std::size_t(o_.eval_examples));
+      auto tev = std::make_shared<std::vector<TokenizedExample>>(tokenize_dataset(ev, *tok_, tpl_, o_.max_len));
+      if (tev->empty()) throw LlamaError(cat(o_.eval_data, ": no usable held-out examples"));
+      LoaderOptions lo;
+      lo.micro_batch = o_.micro_batch;
+      lo.shuffle = false;
+      DataLoader dl(tev, lo);
+      for (std::int64_t i = 0; i < dl.batches_per_epoch(); ++i) eval_batches_.push_back(dl.next());
+    }
+    if (!o_.eval_gsm8k.empty() && !fs::exists(o_.eval_gsm8k))
+      throw LlamaError(cat("--eval-gsm8k: file not found: ", o_.eval_gsm8k));
+    if (!o_.metrics.empty() && root_) {
+      metrics_.open(o_.metrics, step_ > 0 ? std::ios::app : std::ios::trunc);
+      if (!metrics_) throw LlamaError(cat("--metrics: cannot open ", o_.metrics, " for writing"));
+    }
+  }
+
+  static nlohmann::json parse_json(const std::filesystem::path& p) {
+    try {
+      return nlohmann::json::parse(read_file_text(p));
+    } catch (const nlohmann::json::exception& e) {
+      throw LlamaError(cat(p.string(), ": corrupt JSON (", e.what(), ")"));
+    }
+  }
+
+  TrainOptions o_;
+  Comm* comm_;
+  std::ostream* log_;
+  bool root_;
+  ModelWeights w_;
+  std::unique_ptr<Tokenizer> tok_;
+  PromptTemplate tpl_;
+  std::shared_ptr<const std::vector<TokenizedExample>> data_;
+  std::int64_t dropped_ = 0;
+  std::vector<DataLoader> loaders_;
+  std::vector<Batch> eval_batches_;
+  std::unique_ptr<TrainMethod> method_;
+  Activations acts_;
+  long step_ = 0, total_ = 0;
+  hdpissa::WarmupCosineSchedule sched_;
+  std::string model_fp_, data_fp_;
+  std::ofstream metrics_;
+};
+
+}  // namespace hdpissa::llama
