@@ -107,7 +107,7 @@ void run_svd(const std::string& stories) {
       std::printf("JSON {\"driver\":\"svd\",\"policy\":\"%s\",\"oversample\":%ld,\"power_iterations\":%d,\"tf32\":%d,\"ms\":%.3f,\"max_rel_err\":%.3e}\n",
                   policy.c_str(), long(p), q, tf32, ms, worst);
     };
-    const std::vector<std::pair<index_t, int>> cfgs{{16, 4}, {64, 4}, {128, 3}, {128, 4}, {192, 4}};
+    const std::vector<std::pair<index_t, int>> cfgs{{16, 4}, {64, 4}, {112, 2}, {128, 2}, {128, 3}, {128, 4}, {192, 4}};
     for (auto [p, q] : cfgs) {
       std::vector<double> s;
       const double ms = time_svd(b, CVf(W.view()), k, CholeskyRandomizedSvd{p, q}, s);
@@ -122,6 +122,45 @@ void run_svd(const std::string& stories) {
       std::vector<double> s;
       const double ms = time_svd(b, CVf(W.view()), k, ExactSvd{}, s, 1);
       report(ExactSvd::name(), 0, 0, ms, s);
+    }
+  }
+  // Where the time goes: the pieces of one randomized SVD of the 11008×4096 W, each timed alone.
+  {
+    GB b;
+    auto W = b.make_matrix(m, n);
+    make_decaying(b, W.view(), 42);
+    EventTimer t(b.stream());
+    auto time = [&](auto&& fn) {
+      std::vector<double> ms;
+      for (int i = 0; i < 6; ++i) {
+        t.start();
+        fn();
+        const double e = t.stop_ms();
+        if (i > 0) ms.push_back(e);
+      }
+      return median(ms);
+    };
+    for (index_t l : {144, 256}) {
+      auto Y = b.make_matrix(m, l), Z = b.make_matrix(n, l), C = b.make_matrix(l, n);
+      auto Uc = b.make_matrix(l, l), Sc = b.make_matrix(1, l), Vc = b.make_matrix(l, n);
+      b.fill_normal(Z.view(), 1);
+      b.fill_normal(C.view(), 2);
+      const double g32 = time([&] { b.gemm(Op::N, Op::N, 1.f, CVf(W.view()), CVf(Z.view()), 0.f, Y.view()); });
+      b.set_tf32(true);
+      const double gtf = time([&] { b.gemm(Op::N, Op::N, 1.f, CVf(W.view()), CVf(Z.view()), 0.f, Y.view()); });
+      b.set_tf32(false);
+      const double hh = time([&] { b.fill_normal(Y.view(), 3); b.orthonormalize(Y.view()); });
+      const double cq = time([&] { b.fill_normal(Y.view(), 3); b.orthonormalize_cholesky(Y.view()); b.orthonormalize_cholesky(Y.view()); });
+      const double fillt = time([&] { b.fill_normal(Y.view(), 3); });
+      const double sj = time([&] { b.thin_svd(CVf(C.view()), Uc.view(), Sc.view(), Vc.view()); });
+      const double sg = time([&] { b.wide_svd_gram(CVf(C.view()), Uc.view(), Sc.view(), Vc.view()); });
+      const double alloc = time([&] { auto a = b.make_matrix(m, l); auto c = b.make_matrix(l, n); });
+      std::printf("svd parts (l=%ld): GEMM W·Z %.2f ms fp32 / %.2f ms tf32; orthonormalize %ldx%ld Householder %.2f ms, "
+                  "CholQR2 %.2f ms (fill %.2f ms included in both); small SVD of (%ld, 4096): gesvdj %.2f ms, "
+                  "Gram+syevd %.2f ms; two make_matrix %.2f ms\n",
+                  long(l), g32, gtf, long(m), long(l), hh, cq, fillt, long(l), sj, sg, alloc);
+      std::printf("JSON {\"driver\":\"svd-parts\",\"l\":%ld,\"gemm_fp32_ms\":%.3f,\"gemm_tf32_ms\":%.3f,\"householder_ms\":%.3f,\"cholqr2_ms\":%.3f,\"fill_ms\":%.3f,\"gesvdj_ms\":%.3f,\"gram_ms\":%.3f,\"alloc_ms\":%.3f}\n",
+                  long(l), g32, gtf, hh, cq, fillt, sj, sg, alloc);
     }
   }
   if (stories.empty()) return;

@@ -208,6 +208,31 @@ TEST_CASE("VirtualRanks K = 4 on one GPU equals the same run on the CPU") {
   gd.verify_replicas();  // one worker: trivially consistent, but exercises checksum + broadcast on device
 }
 
+TEST_CASE("DirectWeightUpdate on the GPU: a non-finite gradient is found and named (batched check)") {
+  CudaBackend<float> gpu;
+  const int K = 2;
+  VirtualRanks<CudaSingleProcess> comm(CudaSingleProcess(gpu.stream()), K);
+  DirectWeightUpdate<CudaBackend<float>, Adam, VirtualRanks<CudaSingleProcess>> dwu(gpu, comm);
+  auto W0 = gpu.make_matrix(20, 16), W1 = gpu.make_matrix(24, 16);
+  auto s0 = make_adapter_set(gpu, 20, 16, K, 2), s1 = make_adapter_set(gpu, 24, 16, K, 2);
+  dwu.add_layer("first", W0.view(), s0);
+  dwu.add_layer("second", W1.view(), s1);
+  for (std::size_t l = 0; l < 2; ++l)
+    for (int g = 0; g < K; ++g) {
+      gpu.fill_normal(dwu.grad_A(l, g), 1 + l + 2 * g);
+      gpu.fill_normal(dwu.grad_B(l, g), 7 + l + 2 * g);
+    }
+  CHECK_FALSE(dwu.step(1e-3).skipped);
+  gpu.fill(dwu.grad_B(1, 1).block(3, 1, 1, 1), std::numeric_limits<float>::infinity());
+  try {
+    dwu.step(1e-3);
+    FAIL("expected NumericError");
+  } catch (const NumericError& e) {
+    INFO(e.what());
+    CHECK(std::string(e.what()).find("layer 'second', group 1") != std::string::npos);
+  }
+}
+
 TEST_CASE("init_adapters_distributed on CudaSingleProcess gives the init's factors") {
   CudaBackend<float> gpu;
   CudaSingleProcess comm(gpu.stream());

@@ -5,7 +5,8 @@
 /// G = YᵀY, G = RᵀR, Y ← Y R⁻¹ (syrk + potrf + trsm: level-3 calls that run near GEMM speed on a GPU,
 /// where a tall-skinny Householder QR is latency-bound). A round whose Gram matrix is not positive
 /// definite falls back to the backend's Householder orthonormalize, so rank-deficient inputs stay
-/// correct. The final small SVD is the backend's thin_svd of the (l, n) projection.
+/// correct. The final small SVD of the (l, n) projection uses the backend's `wide_svd_gram` (double
+/// Gram matrix + symmetric eigensolver) when it has one, else its thin_svd.
 ///
 /// Works on any backend that provides `b.orthonormalize_cholesky(Y) → bool` (CudaBackend<float> and
 /// <double>). An SVD policy: `name()` and `top_k(b, W, k)` → SvdResult<B>.
@@ -63,7 +64,10 @@ struct CholeskyRandomizedSvd {
     auto C = b.make_matrix(l, n);  // (l, n) = Yᵀ W
     b.gemm(Op::T, Op::N, S(1), CV(Y.view()), W, S(0), C.view());
     auto Uc = b.make_matrix(l, l), Sc = b.make_matrix(1, l), Vtc = b.make_matrix(l, n);
-    b.thin_svd(CV(C.view()), Uc.view(), Sc.view(), Vtc.view());
+    if constexpr (requires { b.wide_svd_gram(CV(C.view()), Uc.view(), Sc.view(), Vtc.view()); })
+      b.wide_svd_gram(CV(C.view()), Uc.view(), Sc.view(), Vtc.view());  // double Gram + syevd
+    else
+      b.thin_svd(CV(C.view()), Uc.view(), Sc.view(), Vtc.view());
     SvdResult<B> r{b.make_matrix(m, k), b.make_matrix(1, k), b.make_matrix(k, n)};
     b.gemm(Op::N, Op::N, S(1), CV(Y.view()), CV(Uc.view().col_block(0, k)), S(0), r.U.view());
     b.copy(CV(Sc.view().col_block(0, k)), r.S.view());

@@ -304,6 +304,65 @@ inline void launch_non_finite(cudaStream_t s, ConstMatrixView<T> x, int* flag) {
   HDPISSA_CUDA_CHECK_LAUNCH("non_finite_kernel");
 }
 
+/// One matrix of a batched check: pointer, rows, cols, leading dimension.
+struct ViewDesc {
+  const void* data;
+  index_t rows, cols, ld;
+};
+/// flag[0] = 1 if any element of any of the described matrices is non-finite; blockIdx.y picks
+/// the matrix, blockIdx.x strides over its elements.
+template <class T>
+__global__ void non_finite_batch_kernel(const ViewDesc* views, int* flag) {
+  const ViewDesc v = views[blockIdx.y];
+  const T* x = static_cast<const T*>(v.data);
+  const index_t n = v.rows * v.cols;
+  bool bad = false;
+  for (index_t idx = index_t(blockIdx.x) * blockDim.x + threadIdx.x; idx < n; idx += index_t(gridDim.x) * blockDim.x) {
+    const index_t i = idx / v.cols, j = idx - i * v.cols;
+    bad |= !::isfinite(load<double>(x[i * v.ld + j]));
+  }
+  if (__syncthreads_or(bad) && threadIdx.x == 0) *flag = 1;
+}
+/// `views` is a device array of `count` descriptors; the flag must be zeroed first.
+template <class T>
+inline void launch_non_finite_batch(cudaStream_t s, const ViewDesc* views, int count, index_t max_elems, int* flag) {
+  constexpr int kMaxY = 65535;
+  const unsigned bx = std::min(grid_for(max_elems), 16u);
+  for (int first = 0; first < count; first += kMaxY) {
+    const unsigned by = unsigned(std::min(kMaxY, count - first));
+    non_finite_batch_kernel<T><<<dim3(bx, by), kThreads, 0, s>>>(views + first, flag);
+    HDPISSA_CUDA_CHECK_LAUNCH("non_finite_batch_kernel");
+  }
+}
+
+// ---------------------------------------------------------------- Gram-matrix SVD helpers
+
+/// From syevd's ascending eigenpairs (Q col-major l×l, lambda) to descending singular triplets:
+/// ud (col-major l×l, double) = Q with columns reversed; s[j] = √max(λ, 0); U row-major (ldu) in T.
+template <class T>
+__global__ void gram_sort_kernel(const double* q, const double* lambda, index_t l, double* ud, T* u, index_t ldu,
+                                 T* s) {
+  const index_t total = l * l;
+  for (index_t idx = index_t(blockIdx.x) * blockDim.x + threadIdx.x; idx < total; idx += index_t(gridDim.x) * blockDim.x) {
+    const index_t j = idx / l, i = idx - j * l;  // column j (descending), row i
+    const double v = q[i + (l - 1 - j) * l];
+    ud[i + j * l] = v;
+    u[i * ldu + j] = store<T>(v);
+    if (i == 0) s[j] = store<T>(::sqrt(::fmax(lambda[l - 1 - j], 0.0)));
+  }
+}
+/// Vt (row-major l×n, ldv) = diag(1/σ) · vtd (row-major l×n, double); rows with σ ≤ tiny are zeroed.
+template <class T>
+__global__ void gram_vt_kernel(const double* vtd, const double* lambda, index_t l, index_t n, T* vt, index_t ldv) {
+  const index_t total = l * n;
+  const double top = ::sqrt(::fmax(lambda[l - 1], 0.0));
+  for (index_t idx = index_t(blockIdx.x) * blockDim.x + threadIdx.x; idx < total; idx += index_t(gridDim.x) * blockDim.x) {
+    const index_t j = idx / n, c = idx - j * n;
+    const double sj = ::sqrt(::fmax(lambda[l - 1 - j], 0.0));
+    vt[j * ldv + c] = store<T>(sj > 1e-12 * top ? vtd[idx] / sj : 0.0);
+  }
+}
+
 // ---------------------------------------------------------------- solver helpers (column-major)
 
 /// R (n×n, ldr) = upper triangle of the column-major X (ldx), zeros below the diagonal.

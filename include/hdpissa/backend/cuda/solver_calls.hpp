@@ -100,4 +100,13 @@ inline cusolverStatus_t gesvdj(cusolverDnHandle_t h, int m, int n, double* A, in
   return cusolverDnDgesvdj(h, CUSOLVER_EIG_MODE_VECTOR, 1, m, n, A, lda, S, U, ldu, V, ldv, w, lw, info, p);
 }
 
+inline cusolverStatus_t syevd_buffer(cusolverDnHandle_t h, cublasFillMode_t u, int n, const double* A, int lda,
+                                     const double* w, int* lw) {
+  return cusolverDnDsyevd_bufferSize(h, CUSOLVER_EIG_MODE_VECTOR, u, n, A, lda, w, lw);
+}
+inline cusolverStatus_t syevd(cusolverDnHandle_t h, cublasFillMode_t u, int n, double* A, int lda, double* w,
+                              double* work, int lw, int* info) {
+  return cusolverDnDsyevd(h, CUSOLVER_EIG_MODE_VECTOR, u, n, A, lda, w, work, lw, info);
+}
+
 }  // namespace hdpissa::cuda_detail
