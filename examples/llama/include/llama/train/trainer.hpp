@@ -343,6 +343,14 @@ class Trainer {
 
   void setup() {
     namespace fs = std::filesystem;
+    // ---- outputs that can fail early (a resumed run appends to its metrics)
+    if (!o_.metrics.empty() && root_) {
+      const fs::path mp = fs::absolute(o_.metrics);
+      std::error_code ec;
+      fs::create_directories(mp.parent_path(), ec);
+      metrics_.open(mp, o_.resume.empty() ? std::ios::trunc : std::ios::app);
+      if (!metrics_) throw LlamaError(cat("--metrics: cannot open ", o_.metrics, " for writing"));
+    }
     // ---- model and tokenizer
     w_ = load_checkpoint(o_.model);
     if (o_.tokenizer.empty())
@@ -462,10 +470,6 @@ class Trainer {
     }
     if (!o_.eval_gsm8k.empty() && !fs::exists(o_.eval_gsm8k))
       throw LlamaError(cat("--eval-gsm8k: file not found: ", o_.eval_gsm8k));
-    if (!o_.metrics.empty() && root_) {
-      metrics_.open(o_.metrics, step_ > 0 ? std::ios::app : std::ios::trunc);
-      if (!metrics_) throw LlamaError(cat("--metrics: cannot open ", o_.metrics, " for writing"));
-    }
   }
 
   static nlohmann::json parse_json(const std::filesystem::path& p) {
