@@ -162,7 +162,7 @@ TEST_CASE("data: deterministic shuffle, disjoint covering shards, equal-size sha
   // golden prefix: the order must not depend on the platform / standard library
   const std::vector<std::int64_t> head(p1.begin(), p1.begin() + 5);
   INFO("first five: " << head[0] << " " << head[1] << " " << head[2] << " " << head[3] << " " << head[4]);
-  CHECK(head == std::vector<std::int64_t>{432, 521, 562, 288, 296});
+  CHECK(head == std::vector<std::int64_t>{146, 589, 856, 994, 630});
 
   const auto data = numbered(10);
   for (bool even : {false, true}) {

@@ -25,6 +25,13 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+/// OpenMP pragma that vanishes (without -Wunknown-pragmas noise) when OpenMP is off.
+#if defined(_OPENMP)
+#define HDPISSA_LLAMA_OMP(directive) _Pragma(#directive)
+#else
+#define HDPISSA_LLAMA_OMP(directive)
+#endif
+
 namespace hdpissa::llama {
 
 /// Row-major float matrix; a weight is `(out, in)`, activations are `(tokens, features)`.

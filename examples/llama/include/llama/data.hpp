@@ -223,13 +223,12 @@ struct SplitMix64 {
     z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
     return z ^ (z >> 31);
   }
-  /// Uniform integer in [0, n) (Lemire's multiply-shift with rejection).
+  /// Uniform integer in [0, n): rejection of the biased low range, then modulo (unbiased).
   std::uint64_t below(std::uint64_t n) {
-    const std::uint64_t threshold = (0 - n) % n;
-    for (;;) {
-      const unsigned __int128 m = static_cast<unsigned __int128>(next()) * n;
-      if (static_cast<std::uint64_t>(m) >= threshold) return static_cast<std::uint64_t>(m >> 64);
-    }
+    const std::uint64_t threshold = (0 - n) % n;  // 2^64 mod n
+    std::uint64_t r = next();
+    while (r < threshold) r = next();
+    return r % n;
   }
 };
 
@@ -271,6 +270,9 @@ class DataLoader {
                            " and num_shards ", opt_.num_shards));
     if (shard_size() == 0)
       throw LlamaError(cat("DataLoader: ", data_->size(), " examples cannot feed ", opt_.num_shards, " shards"));
+    if (opt_.drop_last && shard_size() < opt_.micro_batch)
+      throw LlamaError(cat("DataLoader: drop_last with micro_batch ", opt_.micro_batch, " needs at least that many "
+                           "examples per shard, found ", shard_size()));
     load_epoch(0);
   }
 

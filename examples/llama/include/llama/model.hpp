@@ -83,7 +83,7 @@ inline void rmsnorm_forward(const Matrix& x, const Vector& w, float eps, Matrix&
   const Eigen::Index n = x.rows(), d = x.cols();
   y.resize(n, d);
   rstd.resize(n);
-#pragma omp parallel for schedule(static) if (n > 64)
+HDPISSA_LLAMA_OMP(omp parallel for schedule(static) if (n > 64))
   for (Eigen::Index i = 0; i < n; ++i) {
     const float ms = x.row(i).squaredNorm() / static_cast<float>(d);
     const float r = 1.0f / std::sqrt(ms + eps);
@@ -96,7 +96,7 @@ inline void rmsnorm_forward(const Matrix& x, const Vector& w, float eps, Matrix&
 inline void rmsnorm_backward(const Matrix& x, const Vector& rstd, const Vector& w, const Matrix& dy, Matrix& dx,
                              Vector* gw) {
   const Eigen::Index n = x.rows(), d = x.cols();
-#pragma omp parallel for schedule(static) if (n > 64)
+HDPISSA_LLAMA_OMP(omp parallel for schedule(static) if (n > 64))
   for (Eigen::Index i = 0; i < n; ++i) {
     const float r = rstd(i);
     const Eigen::RowVectorXf g = dy.row(i).cwiseProduct(w.transpose());  // dy ∘ w
@@ -130,7 +130,7 @@ void rope_apply(Matrix& m, int n_heads, int hd, const Matrix& cos_t, const Matri
   const int half = hd / 2;
   const Eigen::Index n = m.rows();
   const float sgn = inverse ? -1.0f : 1.0f;
-#pragma omp parallel for schedule(static) if (n > 64)
+HDPISSA_LLAMA_OMP(omp parallel for schedule(static) if (n > 64))
   for (Eigen::Index r = 0; r < n; ++r) {
     const int pos = pos_of(r);
     float* row = m.row(r).data();
@@ -222,11 +222,11 @@ inline LossResult forward(const ModelWeights& w, const Batch& batch, LinearHooks
     detail::rope_apply(a.k, nkv, hd, acts.rope_cos, acts.rope_sin, pos_of, false);
     a.attn.setZero(N, c.q_dim());
     a.lse.setZero(N, nh);
-#pragma omp parallel
+HDPISSA_LLAMA_OMP(omp parallel)
     {
       Matrix S;
       Vector lse_buf;
-#pragma omp for schedule(dynamic) collapse(2)
+HDPISSA_LLAMA_OMP(omp for schedule(dynamic) collapse(2))
       for (int b = 0; b < B; ++b)
         for (int h = 0; h < nh; ++h) {
           const int L = batch.lengths[b];
@@ -247,7 +247,7 @@ inline LossResult forward(const ModelWeights& w, const Batch& batch, LinearHooks
     hooks.forward({l, Module::gate}, lw.w_gate, a.xn2, a.gate);
     hooks.forward({l, Module::up}, lw.w_up, a.xn2, a.up);
     a.act.resize(N, c.hidden_dim);
-#pragma omp parallel for schedule(static) if (N > 64)
+HDPISSA_LLAMA_OMP(omp parallel for schedule(static) if (N > 64))
     for (Eigen::Index r = 0; r < N; ++r)
       for (Eigen::Index j = 0; j < c.hidden_dim; ++j) a.act(r, j) = detail::silu(a.gate(r, j)) * a.up(r, j);
     hooks.forward({l, Module::down}, lw.w_down, a.act, tmp);
@@ -345,7 +345,7 @@ inline void backward(const ModelWeights& w, const Activations& acts, LinearHooks
     LayerWeights* gl = grads ? &grads->layers[l] : nullptr;
     // x_out = h + down(act): dh = dx
     hooks.backward({l, Module::down}, lw.w_down, a.act, dx, d_act);
-#pragma omp parallel for schedule(static) if (N > 64)
+HDPISSA_LLAMA_OMP(omp parallel for schedule(static) if (N > 64))
     for (Eigen::Index r = 0; r < N; ++r)
       for (Eigen::Index j = 0; j < c.hidden_dim; ++j) {
         const float g = a.gate(r, j);
@@ -362,11 +362,11 @@ inline void backward(const ModelWeights& w, const Activations& acts, LinearHooks
     dq.setZero();
     dk.setZero();
     dv.setZero();
-#pragma omp parallel
+HDPISSA_LLAMA_OMP(omp parallel)
     {
       Matrix S, dP, dKacc, dVacc;
       Vector Drow;
-#pragma omp for schedule(dynamic) collapse(2)
+HDPISSA_LLAMA_OMP(omp for schedule(dynamic) collapse(2))
       for (int b = 0; b < B; ++b)
         for (int g = 0; g < nkv; ++g) {
           const int L = acts.lengths[b];
