@@ -8,6 +8,7 @@
 #include <doctest/doctest.h>
 
 #include "llama/checkpoint.hpp"
+#include "llama/data.hpp"
 #include "llama/model.hpp"
 #include "llama/tokenizer.hpp"
 #include "test_util.hpp"
@@ -404,4 +405,41 @@ TEST_CASE("model: an active-adapter (LoRA-style) hook gets what it needs; its gr
       CHECK(std::abs(G.data()[k] - fd) <= 2e-3 + 3e-2 * std::abs(fd));
     }
   }
+}
+
+TEST_CASE("model: end-to-end — real data, tokenizer, loader, full fine-tuning steps lower the loss") {
+  if (!llama_test::have_data()) {
+    MESSAGE("SKIPPED: shared data not found at " << llama_test::data_dir());
+    return;
+  }
+  const auto d = llama_test::data_dir();
+  ModelWeights w = load_checkpoint(d / "stories260K-hf");
+  const Tokenizer tok(d / "stories260K" / "tok512.model");
+  auto all = load_instruction_data(d / "gsm8k" / "train.jsonl");
+  all.resize(8);
+  auto data = std::make_shared<std::vector<TokenizedExample>>(tokenize_dataset(all, tok, PromptTemplate{}, 512));
+  REQUIRE(data->size() == 8);
+  LoaderOptions lo;
+  lo.micro_batch = 4;
+  DataLoader loader(data, lo);
+  const Batch b = loader.next();
+  ModelWeights grads = ModelWeights::zeros_like(w);
+  FullFineTuneHooks hooks(grads);
+  Activations acts;
+  std::vector<double> losses;
+  for (int step = 0; step < 5; ++step) {
+    grads.set_zero();
+    losses.push_back(forward(w, b, hooks, acts).mean());
+    backward(w, acts, hooks, &grads);
+    // plain SGD over every parameter
+    std::vector<float*> gp;
+    grads.for_each_parameter([&](const std::string&, float* p, std::int64_t, const std::vector<std::int64_t>&) { gp.push_back(p); });
+    std::size_t k = 0;
+    w.for_each_parameter([&](const std::string&, float* p, std::int64_t n, const std::vector<std::int64_t>&) {
+      for (std::int64_t i = 0; i < n; ++i) p[i] -= 0.01f * gp[k][i];
+      ++k;
+    });
+  }
+  INFO("losses " << losses[0] << " " << losses[1] << " " << losses[2] << " " << losses[3] << " " << losses[4]);
+  for (std::size_t i = 1; i < losses.size(); ++i) CHECK(losses[i] < losses[i - 1]);
 }
