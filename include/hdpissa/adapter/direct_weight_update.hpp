@@ -138,8 +138,21 @@ class DirectWeightUpdate {
     finalize();
     // 1. Non-finite gradients: consensus across workers, so all of them skip or none does.
     std::string bad;
+    bool check_each = true;
+    if constexpr (requires(std::vector<CV>& vs) { { b_->all_finite_batch(vs) } -> std::convertible_to<bool>; }) {
+      // A backend with a batched check (CudaBackend) waits for the device once, not 2·K·layers
+      // times; the per-tensor loop then runs only to name a culprit.
+      std::vector<CV> grads;
+      grads.reserve(layers_.size() * 2 * std::size_t(local_groups()));
+      for (auto& l : layers_)
+        for (int g = 0; g < local_groups(); ++g) {
+          grads.push_back(CV(l.gA[g].view()));
+          grads.push_back(CV(l.gB[g].view()));
+        }
+      check_each = !b_->all_finite_batch(grads);
+    }
     for (auto& l : layers_)
-      for (int g = 0; g < local_groups() && bad.empty(); ++g)
+      for (int g = 0; g < local_groups() && bad.empty() && check_each; ++g)
         if (!b_->all_finite(CV(l.gA[g].view())) || !b_->all_finite(CV(l.gB[g].view())))
           bad = cat("layer '", l.name, "', group ", comm_->first_group() + g);
     const double bad_workers = detail::consensus_count(*b_, *comm_, flag_, !bad.empty());
