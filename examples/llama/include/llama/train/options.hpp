@@ -64,6 +64,7 @@ struct TrainOptions {
   int eval_gsm8k_n = 50;
   int eval_max_new_tokens = 256;
   bool quiet = false;              ///< no per-step lines (errors and the summary still print)
+  int threads = 0;                 ///< OpenMP / Eigen threads (0: the OpenMP default, OMP_NUM_THREADS)
 
   /// The parsed --targets list.
   [[nodiscard]] std::vector<Module> target_modules() const;
@@ -125,6 +126,8 @@ inline const char* train_usage() {
          "  --eval-every N            held-out loss every N steps (default: before and after training)\n"
          "  --log-every N             progress line every N steps (default 1)\n"
          "  --quiet                   no progress lines\n"
+         "  --threads N               OpenMP/Eigen threads (default: OMP_NUM_THREADS or all cores; tiny\n"
+         "                            models such as stories260K run fastest with 1)\n"
          "evaluation\n"
          "  --eval-data FILE          held-out data for the loss\n"
          "  --eval-examples N         first N held-out examples (default 64)\n"
@@ -227,6 +230,7 @@ inline nlohmann::json TrainOptions::to_json() const {
           {"epochs", epochs},
           {"max_steps", max_steps},
           {"seed", seed},
+          {"threads", threads},
           {"stop_after", stop_after},
           {"save_every", save_every},
           {"eval_every", eval_every},
@@ -276,6 +280,7 @@ inline void TrainOptions::validate() const {
   need(save_every >= 0, cat("--save-every: expected >= 0, found ", save_every));
   need(save_every == 0 || !save_state.empty(), "--save-every needs --save-state DIR");
   need(eval_every >= 0, cat("--eval-every: expected >= 0, found ", eval_every));
+  need(threads >= 0, cat("--threads: expected >= 0, found ", threads));
   need(log_every >= 1, cat("--log-every: expected >= 1, found ", log_every));
   need(eval_examples >= 1, cat("--eval-examples: expected >= 1, found ", eval_examples));
   need(eval_gsm8k_n >= 1, cat("--eval-gsm8k-n: expected >= 1, found ", eval_gsm8k_n));
@@ -337,6 +342,7 @@ inline TrainOptions parse_train_args(const std::vector<std::string>& args, bool*
     else if (f == "--eval-every") o.eval_every = integer();
     else if (f == "--log-every") o.log_every = int(integer());
     else if (f == "--quiet") o.quiet = true;
+    else if (f == "--threads") o.threads = int(integer());
     else if (f == "--eval-data") o.eval_data = value();
     else if (f == "--eval-examples") o.eval_examples = int(integer());
     else if (f == "--sample-prompt") o.sample_prompt = value();

@@ -30,6 +30,10 @@
 
 #include <nlohmann/json.hpp>
 
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
 #include "llama/checkpoint.hpp"
 #include "llama/data.hpp"
 #include "llama/model.hpp"
@@ -343,6 +347,9 @@ class Trainer {
 
   void setup() {
     namespace fs = std::filesystem;
+#ifdef _OPENMP
+    if (o_.threads > 0) omp_set_num_threads(o_.threads);
+#endif
     // ---- outputs that can fail early (a resumed run appends to its metrics)
     if (!o_.metrics.empty() && root_) {
       const fs::path mp = fs::absolute(o_.metrics);
