@@ -350,10 +350,14 @@ TEST_CASE("checking macros throw RuntimeCallError naming the call, file and line
     CHECK(std::string(e.what()).find("cublasSgemm") != std::string::npos);
   }
   try {
-    HDPISSA_CUSOLVER_CHECK(cusolverDnSetStream(nullptr, gpu.stream()));
+    // cuSOLVER dereferences bad handles instead of reporting them, so feed the macro a failing status.
+    auto cusolver_call_that_fails = [] { return CUSOLVER_STATUS_INVALID_VALUE; };
+    HDPISSA_CUSOLVER_CHECK(cusolver_call_that_fails());
     FAIL("expected a throw");
   } catch (const RuntimeCallError& e) {
-    CHECK(std::string(e.what()).find("cusolverDnSetStream") != std::string::npos);
+    INFO(e.what());
+    CHECK(std::string(e.what()).find("cusolver_call_that_fails()") != std::string::npos);
+    CHECK(std::string(e.what()).find("CUSOLVER_STATUS_INVALID_VALUE") != std::string::npos);
   }
   // Shape errors are InvalidArgument with the shapes in the message.
   auto A = gpu.make_matrix(3, 4), C = gpu.make_matrix(3, 3);
