@@ -96,7 +96,8 @@ def main(argv):
         for j, (label, x) in enumerate(bounds):
             if shape is None or x <= min(shape):
                 ax.axvline(x, color="0.4", ls="--", lw=0.8)
-                ax.text(x, 1.5, label, rotation=90, va="bottom", ha="right", fontsize=6, color="0.3")
+                ax.text(x, 0.03, label, rotation=90, va="bottom", ha="right", fontsize=6, color="0.3",
+                        transform=ax.get_xaxis_transform())
         ax.axhline(a.tau, color="0.6", ls=":", lw=0.8)
         ax.set_ylim(max(1e-9, ax.get_ylim()[0]), 3)
         ax.set_title(f"{m}_proj {tuple(shape) if shape else ''}", fontsize=9)

@@ -93,6 +93,16 @@ def run_summary(d):
     return s
 
 
+def first_order_bound(method, K, r):
+    """Rank bound of the accumulated ΔW to first order in the step (exact for LoRA / PiSSA / LoRA+DWU).
+
+    LoRA: ΔW = B A with B₀ = 0, rank ≤ r. PiSSA: B A − B₀ A₀, ≤ 2r. DWU methods keep A_j, B_j fixed, so
+    Σ_t (dB_j A_j + B_j dA_j) = (Σ dB_j) A_j + B_j (Σ dA_j): HD-PiSSA ≤ 2Kr (K disjoint slices),
+    PiSSA+DWU ≤ 2r (one shared slice), LoRA+DWU ≤ Kr (B_j = 0 ⇒ g_A = 0 ⇒ dA_j = 0 exactly, and no
+    second-order term). Only the Σ dB dA terms of HD-PiSSA / PiSSA+DWU go beyond. None for full FT."""
+    return {"full": None, "lora": r, "pissa": 2 * r, "pissa-dwu": 2 * r, "lora-dwu": K * r}.get(method, 2 * K * r)
+
+
 def fmt(x, f="{:.4f}"):
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "–"
@@ -141,7 +151,7 @@ def main(argv):
         md.append(f"| {n} | " + " | ".join(cells) + " |")
     # Per-module numerical rank.
     md.append("\nNumerical rank (τ = 1e-3) per module, mean over the 5 layers; in brackets min(out, in) "
-              f"and the first-order bound 2Kr (r for LoRA, 2r for PiSSA):\n")
+              f"and the first-order rank bound b (LoRA r, PiSSA 2r, HD-PiSSA 2Kr, LoRA+DWU Kr, PiSSA+DWU 2r), capped at min(out, in):\n")
     shapes = {}
     for s in runs.values():
         for mod, v in s.get("per_module", {}).items():
@@ -150,14 +160,7 @@ def main(argv):
     md.append("|---|" + "---|" * len([m for m in MODULES if m in shapes]))
     for n in main_runs:
         s = runs[n]
-        if s["method"] == "full":
-            bound = None
-        elif s["method"] == "lora":
-            bound = r
-        elif s["method"] == "pissa":
-            bound = 2 * r
-        else:
-            bound = 2 * s["K"] * r
+        bound = first_order_bound(s["method"], s["K"], r)
         cells = []
         for m in MODULES:
             if m not in shapes:
@@ -167,6 +170,37 @@ def main(argv):
             b = full if bound is None else min(bound, full)
             cells.append(f"{v['num_rank']:.1f} [{full}, {b}]" if v else "–")
         md.append(f"| {n} | " + " | ".join(cells) + " |")
+    # Numerical rank vs τ, and the spectrum just past the first-order bound.
+    taus = [1e-2, 1e-3, 1e-4, 1e-5, 1e-6]
+    md.append("\nNumerical rank #{σ_i > τσ_1} (mean over layers) as τ varies, and the spectrum just past each "
+              "method's first-order rank bound b (r for LoRA, 2r for PiSSA/PiSSA+DWU, Kr for LoRA+DWU, 2Kr for "
+              "HD-PiSSA): median over the layers where b < min(out, in) of σ_{b+1}/σ_1, next to the median "
+              "single-rounding fp32 floor/σ_1 that the tool estimates:\n")
+    md.append("| run | " + " | ".join(f"τ = {t:g}" for t in taus) + " | b | σ_{b+1}/σ_1 | fp32 floor/σ_1 |")
+    md.append("|---|" + "---|" * (len(taus) + 3))
+    for n in main_runs:
+        s = runs[n]
+        path = os.path.join(a.out, n, "rank.json")
+        if not os.path.exists(path):
+            continue
+        layers = json.load(open(path))["layers"]
+        cnt = []
+        for t in taus:
+            cnt.append(np.mean([sum(1 for x in l["sigma"] if l["sigma"][0] > 0 and x > t * l["sigma"][0])
+                                for l in layers]))
+        b = first_order_bound(s["method"], s["K"], r)
+        tail, floor = [], []
+        if b is not None:
+            for l in layers:
+                sg = l["sigma"]
+                if b < len(sg) and sg[0] > 0:
+                    tail.append(sg[b] / sg[0])
+                    floor.append(l["noise_floor"] / sg[0])
+        s["rank_vs_tau"] = dict(zip([str(t) for t in taus], cnt))
+        s["tail_past_bound"] = float(np.median(tail)) if tail else None
+        md.append(f"| {n} | " + " | ".join(f"{c:.1f}" for c in cnt) + f" | {b if b is not None else '–'} | "
+                  + (f"{np.median(tail):.1e} ({len(tail)} layers)" if tail else "– (b ≥ min(out, in))")
+                  + " | " + (f"{np.median(floor):.1e}" if floor else "–") + " |")
     # γ sweep.
     exact = runs.get(f"hdpissa-K{a.gamma_k}")
     gam = sorted([n for n in runs if n.startswith("gamma-")], key=lambda n: -float(n.split("-", 1)[1]))
