@@ -113,6 +113,13 @@ void run_svd(const std::string& stories) {
       const double ms = time_svd(b, CVf(W.view()), k, CholeskyRandomizedSvd{p, q}, s);
       report(CholeskyRandomizedSvd::name(), p, q, ms, s);
     }
+    for (auto [p, q] : std::vector<std::pair<index_t, int>>{{112, 2}, {128, 2}, {128, 3}}) {
+      std::vector<double> s;
+      CholeskyRandomizedSvd svd{p, q};
+      svd.intermediate_rounds = 1;
+      const double ms = time_svd(b, CVf(W.view()), k, svd, s);
+      report(CholeskyRandomizedSvd::name() + "-1", p, q, ms, s);
+    }
     for (auto [p, q] : std::vector<std::pair<index_t, int>>{{16, 4}, {128, 4}}) {
       std::vector<double> s;
       const double ms = time_svd(b, CVf(W.view()), k, RandomizedSvd{p, q}, s, 3);
