@@ -8,11 +8,11 @@
 # then measures ΔW = W_final − W_init of every target layer with hdpissa-rank-analysis, and runs the
 # mute-scalar sweep (the paper's literal x(W + γαBA)ᵀ forward, γ = 1e-2 … 1e-32, vs the exact mute).
 #
-#   scripts/reproduce.sh                      # defaults below, ≈ 15-20 min on 2 busy CPU cores
+#   scripts/reproduce.sh                      # defaults below, ≈ 14 min on 2 shared CPU cores
 #   STEPS=20 EVAL_N=16 scripts/reproduce.sh   # quick smoke run
 #
 # Environment (defaults): HDPISSA_DATA (../shared/data), BUILD (build-rank), OUT (runs/reproduce),
-# STEPS (60), RANK (4), LR (1e-3), MAX_LEN (256), GLOBAL (8 sequences per step), EVAL_N (64 held-out
+# STEPS (150), RANK (4), LR (1e-3), MAX_LEN (256), GLOBAL (8 sequences per step), EVAL_N (64 held-out
 # examples of GSM8K test), JOBS (2 runs at a time), GAMMA_K (8: K of the γ sweep), SKIP_BUILD, ONLY.
 # Every run is one-process, fp32, CPU: K virtual groups time-multiplexed by VirtualRanks, which is
 # bit-identical to K real workers (docs/design.md).
@@ -34,7 +34,7 @@ OUT=${OUT:-$ROOT/runs/reproduce}
 MODEL=${MODEL:-$DATA/stories260K-hf}
 TRAIN_DATA=${TRAIN_DATA:-$DATA/gsm8k/train.jsonl}
 EVAL_DATA=${EVAL_DATA:-$DATA/gsm8k/test.jsonl}
-STEPS=${STEPS:-60}
+STEPS=${STEPS:-150}
 RANK=${RANK:-4}
 LR=${LR:-1e-3}
 MAX_LEN=${MAX_LEN:-256}
