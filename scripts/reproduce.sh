@@ -13,7 +13,9 @@
 #
 # Environment (defaults): HDPISSA_DATA (../shared/data), BUILD (build-rank), OUT (runs/reproduce),
 # STEPS (150), RANK (4), LR (1e-3), MAX_LEN (256), GLOBAL (8 sequences per step), EVAL_N (64 held-out
-# examples of GSM8K test), JOBS (2 runs at a time), GAMMA_K (8: K of the γ sweep), SKIP_BUILD, ONLY.
+# examples of GSM8K test), JOBS (2 runs at a time), GAMMA_K (8: K of the γ sweep), GAMMAS, SEED (42),
+# ONLY (space-separated run names to run, e.g. "lora hdpissa-K8"), EXTRA_ARGS (appended to every
+# hdpissa-train command, e.g. "--aggregation mean"), SKIP_BUILD.
 # Every run is one-process, fp32, CPU: K virtual groups time-multiplexed by VirtualRanks, which is
 # bit-identical to K real workers (docs/design.md).
 #
@@ -70,8 +72,10 @@ run() {
               --max-len "$MAX_LEN" --seed "$SEED" --eval-data "$EVAL_DATA" --eval-examples "$EVAL_N"
               --metrics "$dir/metrics.jsonl" --output "$dir/model" --log-every 10)
   [[ $gamma != 0 ]] && args+=(--mute-gamma "$gamma")
-  printf '{"name": "%s", "method": "%s", "K": %d, "rank": %d, "gamma": %s, "steps": %d, "lr": %s, "max_len": %d, "global_batch": %d, "grad_accum": %d}\n' \
-    "$name" "$method" "$K" "$RANK" "$gamma" "$STEPS" "$LR" "$MAX_LEN" "$GLOBAL" "$accum" > "$dir/run.json"
+  # shellcheck disable=SC2206  # EXTRA_ARGS is split on purpose
+  [[ -n "${EXTRA_ARGS:-}" ]] && args+=($EXTRA_ARGS)
+  printf '{"name": "%s", "method": "%s", "K": %d, "rank": %d, "gamma": %s, "steps": %d, "lr": %s, "max_len": %d, "global_batch": %d, "grad_accum": %d, "extra_args": "%s"}\n' \
+    "$name" "$method" "$K" "$RANK" "$gamma" "$STEPS" "$LR" "$MAX_LEN" "$GLOBAL" "$accum" "${EXTRA_ARGS:-}" > "$dir/run.json"
   echo "$TRAIN ${args[*]}" > "$dir/command.txt"
   local t0=$SECONDS
   if ! "$TRAIN" "${args[@]}" > "$dir/train.log" 2>&1; then

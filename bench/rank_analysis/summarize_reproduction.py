@@ -123,8 +123,10 @@ def main(argv):
     r = a.rank
     md = []
     main_runs = [n for n in MAIN if n in runs]
-    md.append(f"Per-group rank r = {r}; every run: {next(iter(runs.values()))['steps']} steps, "
-              f"{next(iter(runs.values()))['global_batch']} sequences per step, lr {next(iter(runs.values()))['lr']}.\n")
+    first = next(iter(runs.values()))
+    md.append(f"Per-group rank r = {r}; every run: {first['steps']} steps, {first['global_batch']} sequences per "
+              f"step, lr {first['lr']}" + (f", extra trainer flags `{first['extra_args']}`" if first.get("extra_args") else "")
+              + ".\n")
     md.append("| run | method | K | train loss first → last (mean) | held-out loss before → after | "
               "‖ΔW‖_F | num. rank (τ=1e-3) | rank > fp32 floor | 90%-energy rank | stable rank | entropy rank | time (s) |")
     md.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
