@@ -193,32 +193,14 @@ class Trainer {
       if (ec) throw LlamaError(cat("cannot create ", tmp.string(), ": ", ec.message()));
     }
     comm_->barrier();
-    StateList s = state_list();
-    std::vector<TensorToWrite> shared, local;
-    for (const auto& t : s.tensors) (t.local ? local : shared).push_back({t.name, {t.rows, t.cols}, t.data});
-    nlohmann::json rank_json, counters_shared = nlohmann::json::object(), counters_local = nlohmann::json::object();
-    for (const auto& c : s.counters) (c.local ? counters_local : counters_shared)[c.name] = *c.value;
-    nlohmann::json positions = nlohmann::json::array();
-    for (const auto& l : loaders_) positions.push_back({l.position().epoch, l.position().index});
-    rank_json["first_group"] = comm_->first_group();
-    rank_json["positions"] = positions;
-    rank_json["counters"] = counters_local;
-    const std::string p = cat("rank-", comm_->rank());
-    write_safetensors(tmp / (p + ".safetensors"), local);
-    write_file_atomic(tmp / (p + ".json"), rank_json.dump(1) + "\n");
-    if (root_) {
-      write_safetensors(tmp / "shared.safetensors", shared);
-      nlohmann::json j;
-      j["format"] = "hdpissa-train-state/1";
-      j["config"] = trajectory();
-      j["step"] = step_;
-      j["total_steps"] = total_;
-      j["counters"] = counters_shared;
-      write_file_atomic(tmp / "state.json", j.dump(1) + "\n");
-      fsync_path(tmp, true);
+    try {
+      write_state_files(tmp);
+    } catch (...) {
+      if (root_) fs::remove_all(tmp);  // never leave a half-written state behind
+      throw;
     }
     comm_->barrier();
-    if (root_) {
+    if (root_) {  // the complete state replaces the previous one in one rename
       std::error_code ec;
       fs::remove_all(old);
       const bool had = fs::exists(target);
@@ -315,6 +297,34 @@ class Trainer {
   }
 
  private:
+  /// This worker's state files inside `tmp` (worker 0 also writes the shared ones, state.json last).
+  void write_state_files(const std::filesystem::path& tmp) {
+    StateList s = state_list();
+    std::vector<TensorToWrite> shared, local;
+    for (const auto& t : s.tensors) (t.local ? local : shared).push_back({t.name, {t.rows, t.cols}, t.data});
+    nlohmann::json rank_json, counters_shared = nlohmann::json::object(), counters_local = nlohmann::json::object();
+    for (const auto& c : s.counters) (c.local ? counters_local : counters_shared)[c.name] = *c.value;
+    nlohmann::json positions = nlohmann::json::array();
+    for (const auto& l : loaders_) positions.push_back({l.position().epoch, l.position().index});
+    rank_json["first_group"] = comm_->first_group();
+    rank_json["positions"] = positions;
+    rank_json["counters"] = counters_local;
+    const std::string p = cat("rank-", comm_->rank());
+    write_safetensors(tmp / (p + ".safetensors"), local);
+    write_file_atomic(tmp / (p + ".json"), rank_json.dump(1) + "\n");
+    if (root_) {
+      write_safetensors(tmp / "shared.safetensors", shared);
+      nlohmann::json j;
+      j["format"] = "hdpissa-train-state/1";
+      j["config"] = trajectory();
+      j["step"] = step_;
+      j["total_steps"] = total_;
+      j["counters"] = counters_shared;
+      write_file_atomic(tmp / "state.json", j.dump(1) + "\n");
+      fsync_path(tmp, true);
+    }
+  }
+
   static std::string fixed(double v, int digits) {
     char buf[64];
     std::snprintf(buf, sizeof buf, "%.*f", digits, v);
@@ -350,14 +360,6 @@ class Trainer {
 #ifdef _OPENMP
     if (o_.threads > 0) omp_set_num_threads(o_.threads);
 #endif
-    // ---- outputs that can fail early (a resumed run appends to its metrics)
-    if (!o_.metrics.empty() && root_) {
-      const fs::path mp = fs::absolute(o_.metrics);
-      std::error_code ec;
-      fs::create_directories(mp.parent_path(), ec);
-      metrics_.open(mp, o_.resume.empty() ? std::ios::trunc : std::ios::app);
-      if (!metrics_) throw LlamaError(cat("--metrics: cannot open ", o_.metrics, " for writing"));
-    }
     // ---- model and tokenizer
     w_ = load_checkpoint(o_.model);
     if (o_.tokenizer.empty())
@@ -477,6 +479,15 @@ class Trainer {
     }
     if (!o_.eval_gsm8k.empty() && !fs::exists(o_.eval_gsm8k))
       throw LlamaError(cat("--eval-gsm8k: file not found: ", o_.eval_gsm8k));
+    // ---- the metrics log, opened last so that a failed setup leaves no file behind (a resumed run
+    // appends; every line is a complete JSON object, flushed as written)
+    if (!o_.metrics.empty() && root_) {
+      const fs::path mp = fs::absolute(o_.metrics);
+      std::error_code ec;
+      fs::create_directories(mp.parent_path(), ec);
+      metrics_.open(mp, o_.resume.empty() ? std::ios::trunc : std::ios::app);
+      if (!metrics_) throw LlamaError(cat("--metrics: cannot open ", o_.metrics, " for writing"));
+    }
   }
 
   static nlohmann::json parse_json(const std::filesystem::path& p) {
