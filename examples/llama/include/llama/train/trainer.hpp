@@ -20,6 +20,7 @@
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
@@ -220,7 +221,7 @@ class Trainer {
     TrainSummary sum;
     sum.total_steps = total_;
     say(cat("hdpissa-train: ", o_.method, " | ", method_->describe(), "\n", "  workers ", comm_->size(),
-            ", groups per worker ", o_.groups_per_process, ", K = ", comm_->groups(), ", targets ", o_.targets, " (",
+            " (", threads_, " thread(s) each), groups per worker ", o_.groups_per_process, ", K = ", comm_->groups(), ", targets ", o_.targets, " (",
             method_->targets().size(), " linears), trainable ", method_->trainable_parameters(), " of ",
             w_.num_parameters(), " parameters\n", "  data ", data_->size(), " examples (", dropped_,
             " dropped: all labels masked), ", loaders_[0].shard_size(), " per group; ", total_,
@@ -357,9 +358,6 @@ class Trainer {
 
   void setup() {
     namespace fs = std::filesystem;
-#ifdef _OPENMP
-    if (o_.threads > 0) omp_set_num_threads(o_.threads);
-#endif
     // ---- model and tokenizer
     w_ = load_checkpoint(o_.model);
     if (o_.tokenizer.empty())
@@ -376,6 +374,14 @@ class Trainer {
       }
       model_fp_ = hex64(fnv1a(w_.final_norm.data(), std::size_t(w_.final_norm.size()) * 4, h));
     }
+#ifdef _OPENMP
+    // Threads: --threads, else OMP_NUM_THREADS, else one thread for narrow models (dim < 512),
+    // whose 64..256-wide GEMMs lose more to OpenMP synchronisation than they gain (measured on
+    // stories260K: 4190 tok/s with 1 thread vs 465 with 2 on a busy 2-core machine, docs/trainer.md).
+    if (o_.threads > 0) omp_set_num_threads(o_.threads);
+    else if (!std::getenv("OMP_NUM_THREADS") && w_.config.dim < 512) omp_set_num_threads(1);
+    threads_ = omp_get_max_threads();
+#endif
     if (o_.max_len > w_.config.max_seq_len)
       throw LlamaError(cat("--max-len ", o_.max_len, " exceeds the model's max_position_embeddings ", w_.config.max_seq_len));
     if (!o_.output.empty() && fs::exists(o_.output) && !fs::is_directory(o_.output))
@@ -515,6 +521,7 @@ class Trainer {
   hdpissa::WarmupCosineSchedule sched_;
   std::string model_fp_, data_fp_;
   std::ofstream metrics_;
+  int threads_ = 1;
 };
 
 }  // namespace hdpissa::llama
