@@ -28,6 +28,8 @@ using hdpissa::rank_analysis::Options;
                "  --tau T            numerical rank = #{σ_i > T σ_1} (default 1e-3: 1-3 orders above the fp32\n"
                "                     storage-rounding floor of ΔW, which is reported per layer)\n"
                "  --energy E         energy rank: smallest k with Σ_{i≤k} σ_i² ≥ E Σ σ_i² (default 0.9)\n"
+               "  --subspace-rank N  also report ‖ΔW outside {X V_Nᵀ + U_N Y}‖_F / ‖ΔW‖_F, (U_N, V_N) = top-N singular\n"
+               "                     vectors of W_init: HD-PiSSA's first-order subspace for N = K·r (spec §4)\n"
                "  --label NAME       method label written to the CSV / JSON\n"
                "  --csv FILE         per-layer metrics\n"
                "  --json FILE        per-layer metrics and full spectra (for plot_spectra.py)\n"
@@ -74,7 +76,11 @@ int main(int argc, char** argv) {
     } else if (a == "--modules") o.modules = split(need(), ',');
     else if (a == "--tau") o.tau = to_double("--tau", need());
     else if (a == "--energy") o.energy = to_double("--energy", need());
-    else if (a == "--label") o.label = need();
+    else if (a == "--subspace-rank") {
+      const double v = to_double("--subspace-rank", need());
+      if (v < 1 || v != double(long(v))) usage("--subspace-rank: expected a positive integer", 2);
+      o.subspace_rank = long(v);
+    } else if (a == "--label") o.label = need();
     else if (a == "--csv") o.csv = need();
     else if (a == "--json") o.json = need();
     else if (a == "--per-layer") per_layer = true;

@@ -44,6 +44,7 @@ struct Options {
   std::vector<std::string> modules = {"q", "k", "v", "o", "gate", "up", "down"};  ///< default selection
   double tau = 1e-3;                     ///< relative threshold of the numerical rank
   double energy = 0.9;                   ///< energy fraction of the energy rank
+  long subspace_rank = 0;                ///< N > 0: also measure ΔW outside {X V_Nᵀ + U_N Y} of W_init
   std::filesystem::path csv;             ///< per-layer metrics (empty: not written)
   std::filesystem::path json;            ///< spectra + metrics (empty: not written)
   std::string label;                     ///< method label stored in the outputs (e.g. "hdpissa-K8")
@@ -63,6 +64,10 @@ struct LayerResult {
   bool within_noise = false;     ///< τσ₁ ≤ noise_floor: the numerical rank counts rounding
   std::vector<double> sigma;     ///< singular values of ΔW, descending, min(out, in) of them
   RankMetrics metrics;           ///< spec §8 metrics at Options::tau / energy
+  /// ‖ΔW − P ΔW‖_F / ‖ΔW‖_F with P the projection onto {X V_Nᵀ + U_N Y}, (U_N, V_N) the top-N
+  /// singular vectors of W_init: the share of the update outside HD-PiSSA's first-order subspace
+  /// (spec §4; N = Kr). −1 when not requested (Options::subspace_rank = 0).
+  double outside_subspace = -1;
 };
 
 /// Unit roundoff of a storage dtype.
@@ -189,7 +194,7 @@ inline std::vector<std::string> select_layers(const Checkpoint& init, const Opti
 
 /// ΔW's spectrum and metrics for one tensor present in both checkpoints.
 inline LayerResult analyse_layer(const Checkpoint& init, const Checkpoint& fin, const std::string& name,
-                                 double tau, double energy) {
+                                 double tau, double energy, long subspace_rank = 0) {
   const auto& a = init.info(name);
   if (!fin.contains(name))
     throw InvalidArgument(hdpissa::cat(fin.path().string(), ": expected tensor '", name,
@@ -229,6 +234,22 @@ inline LayerResult analyse_layer(const Checkpoint& init, const Checkpoint& fin, 
   r.metrics = rank_metrics(r.sigma, tau, energy);
   for (double s : r.sigma) r.rank_above_noise += s > r.noise_floor;
   r.within_noise = r.metrics.sigma_max > 0 && tau * r.metrics.sigma_max <= r.noise_floor;
+  if (subspace_rank > 0) {
+    const long k = std::min(r.rows, r.cols);
+    HDPISSA_REQUIRE(subspace_rank <= k, "--subspace-rank ", subspace_rank, " exceeds min(out, in) = ", k,
+                    " of tensor '", name, "' ", shape_str(r.rows, r.cols));
+    auto W0 = be.make_matrix(r.rows, r.cols), U = be.make_matrix(r.rows, k), S = be.make_matrix(1, k),
+         Vt = be.make_matrix(k, r.cols);
+    std::copy(w0.begin(), w0.end(), W0.data());
+    be.thin_svd(W0.cview(), U.view(), S.view(), Vt.view());
+    // ΔW − P ΔW = (I − U_N U_Nᵀ) ΔW (I − V_N V_Nᵀ): the part no first-order step can produce.
+    const auto D = EigenBackend<double>::map(dW.cview());
+    const auto Un = EigenBackend<double>::map(U.cview()).leftCols(subspace_rank);
+    const auto Vn = EigenBackend<double>::map(Vt.cview()).topRows(subspace_rank);  // (N, in)
+    Eigen::MatrixXd left = D - Un * (Un.transpose() * D);
+    Eigen::MatrixXd outside = left - (left * Vn.transpose()) * Vn;
+    r.outside_subspace = r.delta_fro > 0 ? outside.norm() / r.delta_fro : 0.0;
+  }
   return r;
 }
 
@@ -238,7 +259,7 @@ inline std::vector<LayerResult> analyse(const Options& o) {
   HDPISSA_REQUIRE(o.energy > 0 && o.energy <= 1, "--energy: expected a value in (0, 1], found ", o.energy);
   const Checkpoint init(o.init), fin(o.final_);
   std::vector<LayerResult> out;
-  for (const auto& n : select_layers(init, o)) out.push_back(analyse_layer(init, fin, n, o.tau, o.energy));
+  for (const auto& n : select_layers(init, o)) out.push_back(analyse_layer(init, fin, n, o.tau, o.energy, o.subspace_rank));
   return out;
 }
 
@@ -247,6 +268,7 @@ struct ModuleSummary {
   std::string module;
   int count = 0;
   double numerical_rank = 0, energy_rank = 0, stable_rank = 0, entropy_rank = 0, delta_fro = 0;
+  double outside_subspace = 0;  ///< mean of LayerResult::outside_subspace (−1 if not measured)
   int within_noise = 0;
 };
 
@@ -259,6 +281,7 @@ inline std::vector<ModuleSummary> summarise(const std::vector<LayerResult>& rs) 
     s.stable_rank += r.metrics.stable_rank;
     s.entropy_rank += r.metrics.entropy_rank;
     s.delta_fro += r.delta_fro;
+    s.outside_subspace += r.outside_subspace;
     s.within_noise += r.within_noise;
   };
   ModuleSummary all{"all"};
@@ -275,7 +298,8 @@ inline std::vector<ModuleSummary> summarise(const std::vector<LayerResult>& rs) 
   out.push_back(all);
   for (auto& s : out) {
     const double n = std::max(1, s.count);
-    s.numerical_rank /= n, s.energy_rank /= n, s.stable_rank /= n, s.entropy_rank /= n, s.delta_fro /= n;
+    s.numerical_rank /= n, s.energy_rank /= n, s.stable_rank /= n, s.entropy_rank /= n, s.delta_fro /= n,
+        s.outside_subspace /= n;
   }
   return out;
 }
@@ -285,14 +309,14 @@ inline void write_csv(const std::filesystem::path& path, const std::vector<Layer
   std::ofstream f(path);
   if (!f) throw InvalidArgument(hdpissa::cat("cannot write CSV file ", path.string()));
   f << "label,name,layer,module,rows,cols,dtype,init_fro,delta_fro,sigma_max,noise_floor,tau,numerical_rank,"
-       "rank_above_noise,within_noise,energy_rank,stable_rank,entropy_rank\n";
+       "rank_above_noise,within_noise,energy_rank,stable_rank,entropy_rank,subspace_rank,outside_subspace\n";
   char buf[512];
   for (const auto& r : rs) {
-    std::snprintf(buf, sizeof buf, "%s,%s,%d,%s,%ld,%ld,%s,%.9g,%.9g,%.9g,%.6g,%.6g,%ld,%ld,%d,%ld,%.9g,%.9g\n",
+    std::snprintf(buf, sizeof buf, "%s,%s,%d,%s,%ld,%ld,%s,%.9g,%.9g,%.9g,%.6g,%.6g,%ld,%ld,%d,%ld,%.9g,%.9g,%ld,%.6g\n",
                   o.label.c_str(), r.name.c_str(), r.layer, r.module.c_str(), r.rows, r.cols, r.dtype.c_str(),
                   r.init_fro, r.delta_fro, r.metrics.sigma_max, r.noise_floor, o.tau, r.metrics.numerical_rank,
                   r.rank_above_noise, int(r.within_noise), r.metrics.energy90_rank, r.metrics.stable_rank,
-                  r.metrics.entropy_rank);
+                  r.metrics.entropy_rank, o.subspace_rank, r.outside_subspace);
     f << buf;
   }
   if (!f) throw InvalidArgument(hdpissa::cat("failed writing CSV file ", path.string()));
@@ -306,6 +330,7 @@ inline nlohmann::json to_json(const std::vector<LayerResult>& rs, const Options&
   j["final"] = o.final_.string();
   j["tau"] = o.tau;
   j["energy"] = o.energy;
+  j["subspace_rank"] = o.subspace_rank;
   j["layers"] = nlohmann::json::array();
   for (const auto& r : rs) {
     j["layers"].push_back({{"name", r.name},
@@ -318,6 +343,7 @@ inline nlohmann::json to_json(const std::vector<LayerResult>& rs, const Options&
                            {"noise_floor", r.noise_floor},
                            {"numerical_rank", r.metrics.numerical_rank},
                            {"rank_above_noise", r.rank_above_noise},
+                           {"outside_subspace", r.outside_subspace},
                            {"within_noise", r.within_noise},
                            {"energy_rank", r.metrics.energy90_rank},
                            {"stable_rank", r.metrics.stable_rank},
@@ -347,11 +373,12 @@ inline void print_table(std::FILE* out, const std::vector<LayerResult>& rs, cons
                    r.metrics.numerical_rank, r.metrics.energy90_rank, r.metrics.stable_rank, r.metrics.entropy_rank,
                    r.within_noise ? "  (tau*sigma_1 under the storage-rounding floor)" : "");
   }
-  std::fprintf(out, "%-8s %6s %10s %8s %8s %8s %8s\n", "module", "layers", "|dW|_F", "num", "E90", "stable",
-               "entropy");
+  std::fprintf(out, "%-8s %6s %10s %8s %8s %8s %8s%s\n", "module", "layers", "|dW|_F", "num", "E90", "stable",
+               "entropy", o.subspace_rank > 0 ? hdpissa::cat("  outside(N=", o.subspace_rank, ")").c_str() : "");
   for (const auto& s : summarise(rs))
-    std::fprintf(out, "%-8s %6d %10.3e %8.2f %8.2f %8.2f %8.2f\n", s.module.c_str(), s.count, s.delta_fro,
-                 s.numerical_rank, s.energy_rank, s.stable_rank, s.entropy_rank);
+    std::fprintf(out, "%-8s %6d %10.3e %8.2f %8.2f %8.2f %8.2f%s\n", s.module.c_str(), s.count, s.delta_fro,
+                 s.numerical_rank, s.energy_rank, s.stable_rank, s.entropy_rank,
+                 o.subspace_rank > 0 ? hdpissa::cat("  ", s.outside_subspace).c_str() : "");
   int noisy = 0, zero = 0;
   for (const auto& r : rs) noisy += r.within_noise, zero += r.metrics.sigma_max == 0;
   if (zero) std::fprintf(out, "note: %d of %zu layers have ΔW = 0 exactly (untrained or frozen)\n", zero, rs.size());

@@ -295,6 +295,52 @@ TEST_CASE("generic ΔW = U diag(s) Vᵀ: σ recovered to the storage floor, BF16
   }
 }
 
+TEST_CASE("share of ΔW outside the first-order subspace {X V_Nᵀ + U_N Y} of W_init") {
+  // W_init = U diag(s) Vᵀ with known U, V; ΔW = U_N Y + X V_Nᵀ (inside) + c·u_10 v_12ᵀ (outside).
+  const long rows = 24, cols = 20, k = 20, N = 4;
+  std::mt19937 g(11);
+  std::normal_distribution<double> nd;
+  const auto U = orthonormal(rows, k, g), V = orthonormal(cols, k, g);
+  std::vector<double> w0(std::size_t(rows * cols), 0.0), in(w0.size(), 0.0), out(w0.size(), 0.0);
+  std::vector<double> Y(std::size_t(N * cols)), X(std::size_t(rows * N));
+  for (auto& y : Y) y = 0.01 * nd(g);
+  for (auto& x : X) x = 0.01 * nd(g);
+  for (long i = 0; i < rows; ++i)
+    for (long j = 0; j < cols; ++j) {
+      double w = 0, a = 0;
+      for (long p = 0; p < k; ++p) w += U[i * k + p] * (1.0 + 0.1 * double(k - p)) * V[j * k + p];
+      for (long p = 0; p < N; ++p) a += U[i * k + p] * Y[p * cols + j] + X[i * N + p] * V[j * k + p];
+      w0[std::size_t(i * cols + j)] = w;
+      in[std::size_t(i * cols + j)] = a;
+      out[std::size_t(i * cols + j)] = 0.02 * U[i * k + 10] * V[j * k + 12];
+    }
+  double n_in = 0, n_out = 0;
+  for (std::size_t i = 0; i < in.size(); ++i) n_in += in[i] * in[i], n_out += out[i] * out[i];
+  const auto dir = scratch("subspace");
+  auto save = [&](const std::string& file, double c_in, double c_out) {
+    std::vector<float> f(w0.size());
+    for (std::size_t i = 0; i < f.size(); ++i) f[i] = float(w0[i] + c_in * in[i] + c_out * out[i]);
+    write(dir / file, {{"model.layers.0.self_attn.o_proj.weight", {rows, cols}, f}});
+  };
+  save("w0.safetensors", 0, 0);
+  save("inside.safetensors", 1, 0);
+  save("outside.safetensors", 0, 1);
+  save("mixed.safetensors", 1, 1);
+  auto run = [&](const std::string& file, long n) {
+    Options o = opts(dir / "w0.safetensors", dir / file);
+    o.subspace_rank = n;
+    return analyse(o).at(0);
+  };
+  CHECK(run("inside.safetensors", N).outside_subspace < 1e-4);  // fp32 storage rounding only
+  CHECK(run("outside.safetensors", N).outside_subspace == doctest::Approx(1).epsilon(1e-4));
+  CHECK(run("mixed.safetensors", N).outside_subspace ==
+        doctest::Approx(std::sqrt(n_out / (n_in + n_out))).epsilon(1e-3));
+  CHECK(run("mixed.safetensors", N).metrics.numerical_rank == 2 * N + 1);  // rank(in) ≤ 2N, + 1
+  CHECK(run("mixed.safetensors", 0).outside_subspace == -1);  // not requested
+  CHECK(run("outside.safetensors", 13).outside_subspace < 1e-4);  // u_10, v_12 both inside N = 13
+  CHECK(error_of([&] { run("inside.safetensors", 21); }).find("exceeds min(out, in) = 20") != std::string::npos);
+}
+
 TEST_CASE("sharded checkpoint directories") {
   const auto dir = scratch("sharded");
   const Model m = exact_model();
