@@ -309,7 +309,15 @@ TEST_CASE("train: bad input gives clear errors") {
     std::ofstream(bad) << "{\"question\": \"1+1?\", \"answer\": \"#### 2\"}\n\n{\"question\": \"2+2?\", \"answer\": \n";
     TrainOptions o = base_options("hdpissa");
     o.data = bad.string();
+    o.output = (dir / "never-out").string();
+    o.metrics = (dir / "never-metrics.jsonl").string();
+    o.save_state = (dir / "never-state").string();
     expect_error([&] { Run r(o); }, {"bad.jsonl:3"});
+    // nothing half-written left behind
+    CHECK_FALSE(fs::exists(dir / "never-out"));
+    CHECK_FALSE(fs::exists(dir / "never-metrics.jsonl"));
+    CHECK_FALSE(fs::exists(dir / "never-state"));
+    CHECK_FALSE(fs::exists(dir / "never-state.tmp"));
   }
   SUBCASE("truncated checkpoint") {
     fs::create_directories(dir / "trunc");

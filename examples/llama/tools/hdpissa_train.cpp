@@ -56,6 +56,12 @@ int main(int argc, char** argv) {
   }
   const int world = launcher_world_size();
   const bool want_mpi = o.comm == "mpi" || (o.comm == "auto" && world > 1);
+  if (o.comm == "single" && world > 1) {  // P independent copies would race on the same outputs
+    if (!quiet_rank)
+      std::cerr << "hdpissa-train: error: --comm single but launched as " << world
+                << " processes; use --comm mpi (or auto), or launch one process\n";
+    return 2;
+  }
   if (want_mpi) {
 #ifdef HDPISSA_TRAIN_HAVE_MPI
     boost::mpi::environment env(argc, argv);
