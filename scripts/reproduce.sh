@@ -117,5 +117,19 @@ for g in $GAMMAS; do
     --csv "$d/diff_vs_exact.csv" > "$d/diff_vs_exact.txt"
 done
 
+# Share of each ΔW outside the first-order subspace {X V_Nᵀ + U_N Y} of W₀ for N = r, 2r, 4r, 8r
+# (N = Kr is HD-PiSSA's; N = r PiSSA's), capped at 32 = the k/v layers' min(out, in).
+subspace() {
+  local dir=$1 N=$2
+  [[ -d $dir/model ]] || return 0
+  "$RANKTOOL" --init "$MODEL" --final "$dir/model" --subspace-rank "$N" --csv "$dir/subspace-N$N.csv" \
+    > "$dir/subspace-N$N.txt"
+}
+for name in full lora pissa hdpissa-K2 hdpissa-K4 hdpissa-K8 lora-dwu pissa-dwu; do
+  for m in 1 2 4 8; do
+    ((m * RANK <= 32)) && subspace "$OUT/$name" $((m * RANK))
+  done
+done
+
 "$PY" "$ROOT/bench/rank_analysis/summarize_reproduction.py" --out "$OUT" --rank "$RANK" --gamma-k "$GAMMA_K"
 echo "reproduce.sh: finished in $((SECONDS - T0)) s; summary in $OUT/summary.md"

@@ -203,6 +203,29 @@ def main(argv):
         md.append(f"| {n} | " + " | ".join(f"{c:.1f}" for c in cnt) + f" | {b if b is not None else '–'} | "
                   + (f"{np.median(tail):.1e} ({len(tail)} layers)" if tail else "– (b ≥ min(out, in))")
                   + " | " + (f"{np.median(floor):.1e}" if floor else "–") + " |")
+    # Share of ΔW outside the first-order subspace {X V_Nᵀ + U_N Y} of W_init (files subspace-N<n>.csv).
+    ns = sorted({int(f[len("subspace-N"):-4]) for n in main_runs for f in os.listdir(os.path.join(a.out, n))
+                 if f.startswith("subspace-N") and f.endswith(".csv")})
+    if ns:
+        md.append("\nShare of the update outside the first-order subspace {X V_Nᵀ + U_N Y} of the *initial* W "
+                  "(U_N, V_N: its top-N singular vectors): ‖ΔW − PΔW‖_F / ‖ΔW‖_F over all 35 layers. HD-PiSSA's "
+                  "first-order steps stay inside N = Kr, PiSSA's inside N = r; only second-order terms leave. "
+                  "(For N ≥ 32 the k/v layers, 32 wide, are entirely inside.)\n")
+        md.append("| run | " + " | ".join(f"N = {n}" for n in ns) + " |")
+        md.append("|---|" + "---|" * len(ns))
+        for n in main_runs:
+            cells = []
+            for N in ns:
+                rows = read_csv(os.path.join(a.out, n, f"subspace-N{N}.csv"))
+                if not rows:
+                    cells.append("–")
+                    continue
+                tot = sum(float(x["delta_fro"]) ** 2 for x in rows)
+                outside = sum((float(x["outside_subspace"]) * float(x["delta_fro"])) ** 2 for x in rows)
+                share = math.sqrt(outside / tot) if tot > 0 else 0.0
+                runs[n].setdefault("outside_subspace", {})[str(N)] = share
+                cells.append(f"{share:.2e}")
+            md.append(f"| {n} | " + " | ".join(cells) + " |")
     # γ sweep.
     exact = runs.get(f"hdpissa-K{a.gamma_k}")
     gam = sorted([n for n in runs if n.startswith("gamma-")], key=lambda n: -float(n.split("-", 1)[1]))
