@@ -353,22 +353,30 @@ void run_dwu7b() {
   // Both at the measured bf16 GEMM ceiling (100% utilisation: a lower bound on the step time).
   const double tokens = 2.0 * 512 * 8, n7b = 6.74e9;
   const double step6 = 6.0 * n7b * tokens / (bf16 * 1e12) * 1e3, step4 = 4.0 * n7b * tokens / (bf16 * 1e12) * 1e3;
-  for (int variant = 0; variant < 3; ++variant) {
-    const bool use_tf32 = variant == 1, refresh = variant == 2;
+  // Each variant with the backend's fused DWU hooks on (multi-tensor Adam + one packing kernel per
+  // layer) and off (the core's generic per-tensor loops: the "before"), in the same process.
+  struct Variant { bool tf32, refresh, fused; };
+  const Variant variants[] = {{false, false, false}, {false, false, true}, {true, false, false},
+                              {true, false, true},   {false, true, false}, {false, true, true}};
+  for (const auto& v : variants) {
+    const bool use_tf32 = v.tf32, refresh = v.refresh;
     b.set_tf32(use_tf32);
+    b.set_fused_update(v.fused);
     const double ms = time_steps(refresh);
     const double rate = use_tf32 ? tf32 : fp32;
     const double mem_ms = (bytes + (refresh ? 6.0 * N : 0.0)) / (copy_gbps * 1e9) * 1e3;
     const double cmp_ms = flops / (rate * 1e12) * 1e3;
     const double floor_max = std::max(mem_ms, cmp_ms), floor_sum = mem_ms + cmp_ms;
-    const char* name = variant == 0 ? "fp32 W" : variant == 1 ? "fp32 W, tf32 GEMM" : "fp32 master W + bf16 copy";
-    std::printf("dwu7b %-26s: %8.1f ms/step | floor max(mem %.1f, gemm %.1f) = %.1f ms -> %.2fx floor (%.0f%% of floor speed); "
+    const std::string name = cat(!use_tf32 && !refresh ? "fp32 W" : use_tf32 ? "fp32 W, tf32 GEMM" : "fp32 master W + bf16 copy",
+                                 v.fused ? ", fused" : ", generic");
+    std::printf("dwu7b %-36s: %8.1f ms/step | floor max(mem %.1f, gemm %.1f) = %.1f ms -> %.2fx floor (%.0f%% of floor speed); "
                 "sum-floor %.1f ms -> %.2fx | %.1f%% of a 6N-step (%.0f ms), %.1f%% of a 4N-step (%.0f ms) [target <= 1.25x: %s]\n",
-                name, ms, mem_ms, cmp_ms, floor_max, ms / floor_max, 100 * floor_max / ms, floor_sum, ms / floor_sum,
+                name.c_str(), ms, mem_ms, cmp_ms, floor_max, ms / floor_max, 100 * floor_max / ms, floor_sum, ms / floor_sum,
                 100 * ms / (step6 + ms), step6, 100 * ms / (step4 + ms), step4, ms <= 1.25 * floor_max ? "met" : "missed");
-    std::printf("JSON {\"driver\":\"dwu7b\",\"variant\":\"%s\",\"ms\":%.3f,\"floor_mem_ms\":%.3f,\"floor_gemm_ms\":%.3f,\"x_floor\":%.3f,\"step6_ms\":%.1f,\"step4_ms\":%.1f}\n",
-                name, ms, mem_ms, cmp_ms, ms / floor_max, step6, step4);
+    std::printf("JSON {\"driver\":\"dwu7b\",\"variant\":\"%s\",\"fused\":%s,\"ms\":%.3f,\"floor_mem_ms\":%.3f,\"floor_gemm_ms\":%.3f,\"x_floor\":%.3f,\"step6_ms\":%.1f,\"step4_ms\":%.1f}\n",
+                name.c_str(), v.fused ? "true" : "false", ms, mem_ms, cmp_ms, ms / floor_max, step6, step4);
   }
+  b.set_fused_update(true);
   b.set_tf32(false);
   const double g32 = time_gemms();
   b.set_tf32(true);

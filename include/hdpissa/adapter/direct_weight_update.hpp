@@ -14,9 +14,14 @@
 /// identical GEMMs to identical inputs, so W stays bit-identical across workers; verify_replicas()
 /// checks that cheaply.
 ///
+/// Backends may offer two optional hooks (CudaBackend does; see kBatchedAdam / kFusedUnpack): a
+/// multi-tensor optimizer pass over a table prepared in finalize(), and one packing kernel per layer
+/// for R and L. Both give the generic loops' bits; without them (EigenBackend) the loops run.
+///
 /// Usage: add_layer() for every target layer, then per optimizer step: write gradients into
 /// grad_A/grad_B (e.g. with MutedLinear::backward), call step(lr), then zero_grad().
 
+#include <concepts>
 #include <string>
 #include <vector>
 
@@ -26,6 +31,16 @@
 #include "hdpissa/core/concepts.hpp"
 
 namespace hdpissa {
+
+namespace detail {
+struct NoAdamBatch {};
+/// The backend's multi-tensor Adam table type, if it has one.
+template <class X>
+struct adam_batch_of { using type = NoAdamBatch; };
+template <class X>
+  requires requires { typename X::adam_batch_type; }
+struct adam_batch_of<X> { using type = typename X::adam_batch_type; };
+}  // namespace detail
 
 /// HD-PiSSA's Direct Weight Update over backend B, optimizer Opt and communicator C.
 template <TensorBackend B, class Opt, Communicator C, class Aggregation = SumAggregation>
@@ -39,6 +54,25 @@ class DirectWeightUpdate {
   using V = MatrixView<S>;
   using CV = ConstMatrixView<S>;
   using opt_state = typename Opt::template state<B>;
+  using adam_batch_type = typename detail::adam_batch_of<B>::type;
+
+  /// Optional backend hooks (CudaBackend has them; EigenBackend does not and keeps the generic
+  /// loops). A multi-tensor Adam pass: the optimizer exposes a step's AdamArgs and its moments, the
+  /// backend runs one launch over a table prepared in finalize(), bit for bit its adam_delta.
+  static constexpr bool kBatchedAdam = requires(const Opt& o, opt_state& st, B& b, const std::vector<AdamTensor<S>>& ts,
+                                                const adam_batch_type& bt, const AdamArgs& a) {
+    { o.step_args(st, 1.0) } -> std::same_as<AdamArgs>;
+    { st.m.view() } -> std::same_as<V>;
+    { st.v.view() } -> std::same_as<V>;
+    { b.fused_update() } -> std::convertible_to<bool>;
+    { b.make_adam_batch(ts) } -> std::same_as<adam_batch_type>;
+    { b.adam_delta_batch(a, bt) } -> std::same_as<bool>;
+  };
+  /// One packing kernel per layer for R = [A − dA; dA] and L's dB half (bit for bit the generic
+  /// copy + K·(axpy + 2 copies)); returns false when the backend has it switched off.
+  static constexpr bool kFusedUnpack = requires(B& b, CV A, const S* p, V R) {
+    { b.dwu_unpack(A, p, std::size_t(0), index_t(0), index_t(0), R, R) } -> std::same_as<bool>;
+  };
 
   /// One registered layer. `L` holds [dB stack | B stack]; its right half is the constant B_j.
   struct Layer {
@@ -127,6 +161,7 @@ class DirectWeightUpdate {
     send_ = b_->make_matrix(local_groups(), index_t(chunk_));
     recv_ = b_->make_matrix(groups(), index_t(chunk_));
     R_ = b_->make_matrix(2 * groups() * rank_, max_in_);
+    if constexpr (kBatchedAdam) build_adam_batch();
     finalized_ = true;
   }
 
@@ -164,17 +199,21 @@ class DirectWeightUpdate {
                                " (set NonFinitePolicy::SkipStep to skip such steps)"));
       return StepReport{true, steps_, why};
     }
-    // 2. Each local group's optimizer step, writing deltas straight into the packed send buffer.
+    // 2. Each local group's optimizer step, writing deltas straight into the packed send buffer
+    //    (one multi-tensor launch where the backend offers it, else one pass per tensor).
     const index_t r = rank_;
-    for (auto& l : layers_)
-      for (int g = 0; g < local_groups(); ++g) {
-        S* chunk = send_.view().data + std::size_t(g) * chunk_ + l.offset;
-        V dA{chunk, r, l.in, l.in};
-        V dB{chunk + r * l.in, l.out, r, r};
-        const int G = comm_->first_group() + g;
-        opt_.compute_delta(*b_, l.stA[g], CV(l.A.view().row_block(G * r, r)), CV(l.gA[g].view()), dA, lr);
-        opt_.compute_delta(*b_, l.stB[g], CV(l.L.view().col_block((groups() + G) * r, r)), CV(l.gB[g].view()), dB, lr);
-      }
+    bool batched = false;
+    if constexpr (kBatchedAdam) batched = batched_adam_step(lr);
+    if (!batched)
+      for (auto& l : layers_)
+        for (int g = 0; g < local_groups(); ++g) {
+          S* chunk = send_.view().data + std::size_t(g) * chunk_ + l.offset;
+          V dA{chunk, r, l.in, l.in};
+          V dB{chunk + r * l.in, l.out, r, r};
+          const int G = comm_->first_group() + g;
+          opt_.compute_delta(*b_, l.stA[g], CV(l.A.view().row_block(G * r, r)), CV(l.gA[g].view()), dA, lr);
+          opt_.compute_delta(*b_, l.stB[g], CV(l.L.view().col_block((groups() + G) * r, r)), CV(l.gB[g].view()), dB, lr);
+        }
     // 3. One collective per step: every group's deltas for every layer.
     comm_->all_gather(send_.view().data, recv_.view().data, chunk_);
     // 4. One GEMM per layer: W ← W − f · [dB | B] [A − dA; dA].
@@ -182,14 +221,20 @@ class DirectWeightUpdate {
     const index_t K = groups();
     for (auto& l : layers_) {
       V R{R_.view().data, 2 * K * r, l.in, l.in};
-      b_->copy(CV(l.A.view()), R.row_block(0, K * r));
-      for (index_t j = 0; j < K; ++j) {
-        const S* chunk = recv_.view().data + std::size_t(j) * chunk_ + l.offset;
-        CV dA{chunk, r, l.in, l.in};
-        CV dB{chunk + r * l.in, l.out, r, r};
-        b_->axpy(S(-1), dA, R.row_block(j * r, r));
-        b_->copy(dA, R.row_block((K + j) * r, r));
-        b_->copy(dB, l.L.view().col_block(j * r, r));
+      bool packed = false;
+      if constexpr (kFusedUnpack)
+        packed = b_->dwu_unpack(CV(l.A.view()), recv_.view().data + l.offset, chunk_, K, r, R,
+                                l.L.view().col_block(0, K * r));
+      if (!packed) {
+        b_->copy(CV(l.A.view()), R.row_block(0, K * r));
+        for (index_t j = 0; j < K; ++j) {
+          const S* chunk = recv_.view().data + std::size_t(j) * chunk_ + l.offset;
+          CV dA{chunk, r, l.in, l.in};
+          CV dB{chunk + r * l.in, l.out, r, r};
+          b_->axpy(S(-1), dA, R.row_block(j * r, r));
+          b_->copy(dA, R.row_block((K + j) * r, r));
+          b_->copy(dB, l.L.view().col_block(j * r, r));
+        }
       }
       b_->gemm(Op::N, Op::N, -f, CV(l.L.view()), CV(R), S(1), l.W);
     }
@@ -226,6 +271,51 @@ class DirectWeightUpdate {
   }
 
  private:
+  /// Calls f(layer, local group, state, param, grad, delta) for every optimizer tensor, in the
+  /// generic loop's order (A then B per layer and group).
+  template <class F>
+  void for_each_tensor(F&& f) {
+    const index_t r = rank_;
+    for (auto& l : layers_)
+      for (int g = 0; g < local_groups(); ++g) {
+        S* chunk = send_.view().data + std::size_t(g) * chunk_ + l.offset;
+        const int G = comm_->first_group() + g;
+        f(l.stA[g], CV(l.A.view().row_block(G * r, r)), CV(l.gA[g].view()), V{chunk, r, l.in, l.in});
+        f(l.stB[g], CV(l.L.view().col_block((groups() + G) * r, r)), CV(l.gB[g].view()),
+          V{chunk + r * l.in, l.out, r, r});
+      }
+  }
+  /// The multi-tensor Adam table (setup; again only if a state's moments were replaced).
+  void build_adam_batch() {
+    std::vector<AdamTensor<S>> ts;
+    batch_moments_.clear();
+    for_each_tensor([&](opt_state& st, CV p, CV g, V d) {
+      ts.push_back({p, g, st.m.view(), st.v.view(), d});
+      batch_moments_.push_back(st.m.view().data);
+      batch_moments_.push_back(st.v.view().data);
+    });
+    adam_batch_ = b_->make_adam_batch(ts);
+  }
+  /// One launch for every local optimizer step when the backend's hook is on and every state is at
+  /// the same step (so one AdamArgs fits all); false (nothing touched) otherwise.
+  bool batched_adam_step(double lr) {
+    if (!b_->fused_update()) return false;
+    bool same_step = true, same_moments = true;
+    std::size_t i = 0;
+    const long s0 = layers_.front().stA.front().step;
+    for_each_tensor([&](opt_state& st, CV, CV, V) {
+      same_step = same_step && st.step == s0;
+      same_moments = same_moments && i + 1 < batch_moments_.size() && batch_moments_[i] == st.m.view().data &&
+                     batch_moments_[i + 1] == st.v.view().data;
+      i += 2;
+    });
+    if (!same_step) return false;
+    if (!same_moments) build_adam_batch();
+    AdamArgs a;
+    for_each_tensor([&](opt_state& st, CV, CV, V) { a = opt_.step_args(st, lr); });
+    return b_->adam_delta_batch(a, adam_batch_);
+  }
+
   B* b_;
   C* comm_;
   Opt opt_;
@@ -237,6 +327,8 @@ class DirectWeightUpdate {
   index_t max_in_ = 0;
   bool finalized_ = false;
   typename B::matrix_type send_, recv_, R_;
+  adam_batch_type adam_batch_{};
+  std::vector<const S*> batch_moments_;  // m, v of every tensor in the table (to notice replaced states)
   long steps_ = 0;
 };
 

@@ -4,6 +4,8 @@
 /// The optimizers (optim/) own the policy (state, step counting, bias correction); the backend owns
 /// the one fused elementwise pass, so a GPU backend can run it as one kernel.
 
+#include "hdpissa/core/view.hpp"
+
 namespace hdpissa {
 
 /// One Adam/AdamW elementwise pass, PyTorch's formulation:
@@ -19,6 +21,14 @@ struct AdamArgs {
   double weight_decay = 0;      ///< decoupled (AdamW); 0 = plain Adam
   double bias_correction1 = 1;  ///< 1 − β1^t
   double bias_correction2 = 1;  ///< 1 − β2^t
+};
+
+/// One tensor of a multi-tensor Adam pass (a backend's optional make_adam_batch /
+/// adam_delta_batch hooks): the operands adam_delta takes, all of the grad's shape.
+template <class T>
+struct AdamTensor {
+  ConstMatrixView<T> param, grad;
+  MatrixView<T> m, v, delta;
 };
 
 /// One SGD pass: g' = g + weight_decay·param; buf ← momentum·buf + g' (if momentum ≠ 0, else buf

@@ -46,11 +46,10 @@ class Adam {
     return state<B>{b.make_matrix(rows, cols), b.make_matrix(rows, cols), 0};
   }
 
-  /// Advances `st` by one step with gradient g and writes the step's delta into d.
+  /// Advances `st` by one step and returns that step's elementwise arguments (what compute_delta
+  /// passes to the backend; a multi-tensor pass uses it for many states at the same step).
   template <TensorBackend B>
-  void compute_delta(B& b, state<B>& st, ConstMatrixView<typename B::scalar_type> param,
-                     ConstMatrixView<typename B::scalar_type> grad,
-                     MatrixView<typename B::scalar_type> delta, double lr) const {
+  AdamArgs step_args(state<B>& st, double lr) const {
     st.step += 1;
     AdamArgs a;
     a.beta1 = cfg_.beta1;
@@ -60,7 +59,15 @@ class Adam {
     a.weight_decay = cfg_.weight_decay;
     a.bias_correction1 = 1.0 - std::pow(cfg_.beta1, double(st.step));
     a.bias_correction2 = 1.0 - std::pow(cfg_.beta2, double(st.step));
-    b.adam_delta(a, param, grad, st.m.view(), st.v.view(), delta);
+    return a;
+  }
+
+  /// Advances `st` by one step with gradient g and writes the step's delta into d.
+  template <TensorBackend B>
+  void compute_delta(B& b, state<B>& st, ConstMatrixView<typename B::scalar_type> param,
+                     ConstMatrixView<typename B::scalar_type> grad,
+                     MatrixView<typename B::scalar_type> delta, double lr) const {
+    b.adam_delta(step_args(st, lr), param, grad, st.m.view(), st.v.view(), delta);
   }
 
  private:

@@ -24,6 +24,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
 #include <type_traits>
 #include <vector>
 
@@ -39,6 +41,11 @@ struct CudaBackendOptions {
   /// Let fp32 GEMMs use TF32 tensor cores (10-bit mantissa inputs, fp32 accumulation). Off by
   /// default: results then match the CPU backend to fp32 rounding.
   bool allow_tf32 = false;
+  /// Let DirectWeightUpdate use this backend's fused hooks (one multi-tensor Adam launch per step,
+  /// one packing kernel per layer) instead of its generic per-tensor loops. Same results bit for
+  /// bit; off only to measure the difference. The environment variable HDPISSA_CUDA_FUSED_DWU=0
+  /// turns it off at construction.
+  bool fused_update = true;
 };
 
 namespace cuda_detail {
@@ -104,6 +111,10 @@ class CudaBackend {
   bool tf32() const { return options_.allow_tf32; }
   /// Turns TF32 GEMMs on or off explicitly (fp32 storage only).
   void set_tf32(bool on) { options_.allow_tf32 = on; }
+  /// Whether DirectWeightUpdate's fused hooks (adam_delta_batch, dwu_unpack) run; when off they
+  /// return false and the update falls back to its generic loops.
+  bool fused_update() const { return options_.fused_update; }
+  void set_fused_update(bool on) { options_.fused_update = on; }
 
   Matrix make_matrix(index_t rows, index_t cols) {
     HDPISSA_REQUIRE(rows >= 0 && cols >= 0, "make_matrix: negative extent ", shape_str(rows, cols));
@@ -218,6 +229,68 @@ class CudaBackend {
     require_shape(delta, grad.rows, grad.cols, "sgd delta");
     if (a.momentum != 0) require_shape(buf, grad.rows, grad.cols, "sgd momentum buffer");
     cuda_kernels::launch_sgd(stream(), a, param, grad, buf, delta);
+  }
+
+  /// A multi-tensor Adam table: descriptors of every tensor, uploaded once (setup only).
+  class AdamBatch {
+   public:
+    AdamBatch() = default;
+    int size() const { return count_; }
+
+   private:
+    friend class CudaBackend;
+    DeviceBuffer<cuda_kernels::AdamTensorDesc> desc_;
+    int count_ = 0;
+    index_t max_elems_ = 0;
+  };
+  using adam_batch_type = AdamBatch;
+
+  /// Uploads the descriptor table of a multi-tensor Adam pass (setup: allocates and waits). Every
+  /// tensor's m, v, delta have the grad's shape; param too when weight decay will be used.
+  AdamBatch make_adam_batch(const std::vector<AdamTensor<Scalar>>& ts) {
+    std::vector<cuda_kernels::AdamTensorDesc> h;
+    h.reserve(ts.size());
+    AdamBatch out;
+    for (const auto& t : ts) {
+      require_shape(t.m, t.grad.rows, t.grad.cols, "adam batch first moment");
+      require_shape(t.v, t.grad.rows, t.grad.cols, "adam batch second moment");
+      require_shape(t.delta, t.grad.rows, t.grad.cols, "adam batch delta");
+      require_shape(t.param, t.grad.rows, t.grad.cols, "adam batch param");
+      if (t.grad.empty()) continue;
+      h.push_back({t.param.data, t.grad.data, t.m.data, t.v.data, t.delta.data, t.grad.rows, t.grad.cols,
+                   index_t(cuda_detail::ld_of(t.param)), index_t(cuda_detail::ld_of(t.grad)),
+                   index_t(cuda_detail::ld_of(t.m)), index_t(cuda_detail::ld_of(t.v)),
+                   index_t(cuda_detail::ld_of(t.delta))});
+      out.max_elems_ = std::max(out.max_elems_, t.grad.size());
+    }
+    out.count_ = int(h.size());
+    if (!h.empty()) {
+      out.desc_.reserve(h.size());
+      HDPISSA_CUDA_CHECK(cudaMemcpyAsync(out.desc_.get(), h.data(), h.size() * sizeof(h[0]), cudaMemcpyHostToDevice,
+                                         stream()));
+      synchronize();  // h is pageable and local
+    }
+    return out;
+  }
+  /// One Adam pass (the same args for every tensor) over a whole table in one launch; the bits
+  /// equal adam_delta's on each tensor. Returns false (nothing done) when fused_update() is off.
+  bool adam_delta_batch(const AdamArgs& a, const AdamBatch& batch) {
+    if (!options_.fused_update) return false;
+    cuda_kernels::launch_adam_multi<Scalar>(stream(), a, batch.desc_.get(), batch.count_, batch.max_elems_);
+    return true;
+  }
+  /// DirectWeightUpdate's per-layer packing in one launch: from the all-gathered buffer `recv`
+  /// (group j's deltas at recv + j·chunk: dA_j (r, in) then dB_j (out, r), both contiguous) and
+  /// A (K·r, in) build R (2K·r, in) = [A − dA stack; dA stack] and Ldb (out, K·r) = [dB_0 … dB_{K−1}].
+  /// Bit for bit what copy + K·(axpy + 2 copies) give. Returns false when fused_update() is off.
+  bool dwu_unpack(ConstMatrixView<Scalar> A, const Scalar* recv, std::size_t chunk, index_t K, index_t r,
+                  MatrixView<Scalar> R, MatrixView<Scalar> Ldb) {
+    if (!options_.fused_update) return false;
+    require_shape(A, K * r, A.cols, "dwu_unpack A");
+    require_shape(R, 2 * K * r, A.cols, "dwu_unpack R");
+    require_shape(Ldb, Ldb.rows, K * r, "dwu_unpack Ldb");
+    cuda_kernels::launch_dwu_unpack(stream(), A, recv, index_t(chunk), K, r, R, Ldb);
+    return true;
   }
 
   /// A (m, n) = U (m, k) diag(S (1, k)) Vt (k, n), k = min(m, n), S descending.
@@ -374,7 +447,7 @@ class CudaBackend {
   using T = solver_type;
 
   CudaBackend(CudaStream s, CudaBackendOptions options)
-      : options_(options),
+      : options_(env_options(options)),
         stream_(std::move(s)),
         cublas_(stream_.get()),
         cusolver_(stream_.get()),
@@ -384,6 +457,11 @@ class CudaBackend {
         host_flag_(1),
         host_sum_(1),
         host_info_(1) {}
+
+  static CudaBackendOptions env_options(CudaBackendOptions o) {
+    if (const char* e = std::getenv("HDPISSA_CUDA_FUSED_DWU"); e && std::strcmp(e, "0") == 0) o.fused_update = false;
+    return o;
+  }
 
   cublasComputeType_t compute_kind() const {
     if constexpr (std::is_same_v<Scalar, double>) return CUBLAS_COMPUTE_64F;

@@ -11,6 +11,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 
 #include "hdpissa/backend/cuda/cuda_check.hpp"
@@ -169,38 +170,143 @@ inline void launch_convert(cudaStream_t s, ConstMatrixView<Src> x, MatrixView<Ds
 
 // ---------------------------------------------------------------- fused optimizer passes
 
+/// One Adam/AdamW element, exactly as EigenBackend::adam_delta (PyTorch's formula), in compute
+/// precision. Shared by the per-tensor and the multi-tensor kernel, so both give the same bits.
+/// `p` is read only when lr_wd ≠ 0.
+template <class T>
+__device__ __forceinline__ void adam_element(cuda_compute_t<T> b1, cuda_compute_t<T> b2, cuda_compute_t<T> eps,
+                                             cuda_compute_t<T> step_size, cuda_compute_t<T> inv_sqrt_bc2,
+                                             cuda_compute_t<T> lr_wd, const T* p, const T& g, T& m, T& v, T& d) {
+  using C = cuda_compute_t<T>;
+  const C gi = load<C>(g);
+  const C mi = b1 * load<C>(m) + (C(1) - b1) * gi;
+  const C vi = b2 * load<C>(v) + (C(1) - b2) * gi * gi;
+  m = store<T>(mi);
+  v = store<T>(vi);
+  // Same operation order as the CPU reference; stored moments are what the next step reads.
+  const C ms = load<C>(store<T>(mi)), vs = load<C>(store<T>(vi));
+  C dl = step_size * ms / (C(::sqrt(vs)) * inv_sqrt_bc2 + eps);
+  if (lr_wd != C(0)) dl += lr_wd * load<C>(*p);
+  d = store<T>(dl);
+}
+
 /// Adam/AdamW exactly as EigenBackend::adam_delta (PyTorch's formula), in compute precision.
 template <class T>
 __global__ void adam_kernel(cuda_compute_t<T> b1, cuda_compute_t<T> b2, cuda_compute_t<T> eps,
                             cuda_compute_t<T> step_size, cuda_compute_t<T> inv_sqrt_bc2, cuda_compute_t<T> lr_wd,
                             const T* p, Layout Lp, const T* g, Layout Lg, T* m, Layout Lm, T* v, Layout Lv,
                             T* d, Layout Ld) {
-  using C = cuda_compute_t<T>;
   const index_t n = Lg.rows * Lg.cols;
   for (index_t idx = index_t(blockIdx.x) * blockDim.x + threadIdx.x; idx < n; idx += index_t(gridDim.x) * blockDim.x) {
     const index_t i = idx / Lg.cols, j = idx - i * Lg.cols;
-    const C gi = load<C>(g[Lg.offset(i, j)]);
-    const C mi = b1 * load<C>(m[Lm.offset(i, j)]) + (C(1) - b1) * gi;
-    const C vi = b2 * load<C>(v[Lv.offset(i, j)]) + (C(1) - b2) * gi * gi;
-    m[Lm.offset(i, j)] = store<T>(mi);
-    v[Lv.offset(i, j)] = store<T>(vi);
-    // Same operation order as the CPU reference; stored moments are what the next step reads.
-    const C ms = load<C>(store<T>(mi)), vs = load<C>(store<T>(vi));
-    C dl = step_size * ms / (C(::sqrt(vs)) * inv_sqrt_bc2 + eps);
-    if (lr_wd != C(0)) dl += lr_wd * load<C>(p[Lp.offset(i, j)]);
-    d[Ld.offset(i, j)] = store<T>(dl);
+    adam_element<T>(b1, b2, eps, step_size, inv_sqrt_bc2, lr_wd, p + Lp.offset(i, j), g[Lg.offset(i, j)],
+                    m[Lm.offset(i, j)], v[Lv.offset(i, j)], d[Ld.offset(i, j)]);
   }
 }
+/// The per-step scalars of an Adam pass, computed once on the host (the same way for both kernels).
+template <class T>
+struct AdamScalars {
+  cuda_compute_t<T> b1, b2, eps, step_size, inv_sqrt_bc2, lr_wd;
+  explicit AdamScalars(const AdamArgs& a)
+      : b1(cuda_compute_t<T>(a.beta1)),
+        b2(cuda_compute_t<T>(a.beta2)),
+        eps(cuda_compute_t<T>(a.eps)),
+        step_size(cuda_compute_t<T>(a.lr / a.bias_correction1)),
+        inv_sqrt_bc2(cuda_compute_t<T>(1.0 / std::sqrt(a.bias_correction2))),
+        lr_wd(cuda_compute_t<T>(a.lr * a.weight_decay)) {}
+};
 template <class T>
 inline void launch_adam(cudaStream_t s, const AdamArgs& a, ConstMatrixView<T> p, ConstMatrixView<T> g,
                         MatrixView<T> m, MatrixView<T> v, MatrixView<T> d) {
-  using C = cuda_compute_t<T>;
   if (g.empty()) return;
-  adam_kernel<T><<<grid_for(g.size()), kThreads, 0, s>>>(
-      C(a.beta1), C(a.beta2), C(a.eps), C(a.lr / a.bias_correction1), C(1.0 / std::sqrt(a.bias_correction2)),
-      C(a.lr * a.weight_decay), p.data, layout_of(p), g.data, layout_of(g), m.data, layout_of(m), v.data,
-      layout_of(v), d.data, layout_of(d));
+  const AdamScalars<T> c(a);
+  adam_kernel<T><<<grid_for(g.size()), kThreads, 0, s>>>(c.b1, c.b2, c.eps, c.step_size, c.inv_sqrt_bc2, c.lr_wd,
+                                                          p.data, layout_of(p), g.data, layout_of(g), m.data,
+                                                          layout_of(m), v.data, layout_of(v), d.data, layout_of(d));
   HDPISSA_CUDA_CHECK_LAUNCH("adam_kernel");
+}
+
+/// One tensor of a multi-tensor Adam pass: every operand (rows, cols) with its own leading dimension
+/// (param may be null when there is no weight decay).
+struct AdamTensorDesc {
+  const void* p;
+  const void* g;
+  void* m;
+  void* v;
+  void* d;
+  index_t rows, cols, ldp, ldg, ldm, ldv, ldd;
+};
+/// Multi-tensor Adam: blockIdx.y picks the tensor, blockIdx.x strides over its elements; the
+/// element math is adam_element, so every tensor gets the bits the per-tensor kernel gives.
+template <class T>
+__global__ void adam_multi_kernel(cuda_compute_t<T> b1, cuda_compute_t<T> b2, cuda_compute_t<T> eps,
+                                  cuda_compute_t<T> step_size, cuda_compute_t<T> inv_sqrt_bc2,
+                                  cuda_compute_t<T> lr_wd, const AdamTensorDesc* tensors) {
+  const AdamTensorDesc t = tensors[blockIdx.y];
+  const T* p = static_cast<const T*>(t.p);
+  const T* g = static_cast<const T*>(t.g);
+  T* m = static_cast<T*>(t.m);
+  T* v = static_cast<T*>(t.v);
+  T* d = static_cast<T*>(t.d);
+  const index_t n = t.rows * t.cols;
+  for (index_t idx = index_t(blockIdx.x) * blockDim.x + threadIdx.x; idx < n; idx += index_t(gridDim.x) * blockDim.x) {
+    const index_t i = idx / t.cols, j = idx - i * t.cols;
+    adam_element<T>(b1, b2, eps, step_size, inv_sqrt_bc2, lr_wd, p + (i * t.ldp + j), g[i * t.ldg + j],
+                    m[i * t.ldm + j], v[i * t.ldv + j], d[i * t.ldd + j]);
+  }
+}
+/// `tensors` is a device array of `count` descriptors; max_elems sizes the x-grid.
+template <class T>
+inline void launch_adam_multi(cudaStream_t s, const AdamArgs& a, const AdamTensorDesc* tensors, int count,
+                              index_t max_elems) {
+  if (count == 0 || max_elems == 0) return;
+  constexpr int kMaxY = 65535;
+  const AdamScalars<T> c(a);
+  // ~8 elements per thread on the largest tensor: enough blocks to fill the GPU, few idle ones.
+  const unsigned bx = std::max(1u, std::min(grid_for(max_elems), grid_for((max_elems + 7) / 8)));
+  for (int first = 0; first < count; first += kMaxY) {
+    const unsigned by = unsigned(std::min(kMaxY, count - first));
+    adam_multi_kernel<T><<<dim3(bx, by), kThreads, 0, s>>>(c.b1, c.b2, c.eps, c.step_size, c.inv_sqrt_bc2, c.lr_wd,
+                                                            tensors + first);
+    HDPISSA_CUDA_CHECK_LAUNCH("adam_multi_kernel");
+  }
+}
+
+// ---------------------------------------------------------------- Direct Weight Update packing
+
+/// Builds one layer's GEMM operands of the Direct Weight Update from the all-gathered deltas in one
+/// pass (what 1 copy + K axpy + 2K copies do in the generic step):
+///   R (2Kr, in):  rows [j·r, (j+1)·r) = A_j − dA_j,  rows [(K+j)·r, …) = dA_j
+///   Ldb (out, Kr): columns [j·r, (j+1)·r) = dB_j
+/// where group j's deltas start at recv + j·chunk: dA_j (r, in) contiguous, then dB_j (out, r).
+/// A_j − dA_j is computed as A + (−1)·dA, bit for bit what the generic axpy gives.
+template <class T>
+__global__ void dwu_unpack_kernel(const T* A, index_t lda, const T* recv, index_t chunk, index_t K, index_t r,
+                                  index_t in, index_t out, T* R, index_t ldr, T* Ldb, index_t ldl) {
+  using C = cuda_compute_t<T>;
+  const index_t kr = K * r, na = kr * in, total = na + out * kr;
+  for (index_t idx = index_t(blockIdx.x) * blockDim.x + threadIdx.x; idx < total; idx += index_t(gridDim.x) * blockDim.x) {
+    if (idx < na) {
+      const index_t row = idx / in, c = idx - row * in;  // row of the A stack: group j = row / r
+      const index_t j = row / r, i = row - j * r;
+      const T x = recv[j * chunk + i * in + c];
+      R[row * ldr + c] = store<T>(load<C>(A[row * lda + c]) + C(-1) * load<C>(x));
+      R[(kr + row) * ldr + c] = x;
+    } else {
+      const index_t e = idx - na, o = e / kr, col = e - o * kr;
+      const index_t j = col / r, c = col - j * r;
+      Ldb[o * ldl + col] = recv[j * chunk + r * in + o * r + c];
+    }
+  }
+}
+template <class T>
+inline void launch_dwu_unpack(cudaStream_t s, ConstMatrixView<T> A, const T* recv, index_t chunk, index_t K,
+                              index_t r, MatrixView<T> R, MatrixView<T> Ldb) {
+  const index_t in = A.cols, out = Ldb.rows, total = K * r * (in + out);
+  if (total == 0) return;
+  dwu_unpack_kernel<T><<<grid_for(total), kThreads, 0, s>>>(A.data, layout_of(A).ld, recv, chunk, K, r, in, out,
+                                                             R.data, layout_of(R).ld, Ldb.data, layout_of(Ldb).ld);
+  HDPISSA_CUDA_CHECK_LAUNCH("dwu_unpack_kernel");
 }
 
 /// SGD exactly as EigenBackend::sgd_delta.
