@@ -18,6 +18,17 @@ struct ConstantSchedule {
   double operator()(long) const { return lr; }
 };
 
+namespace detail {
+/// Linear warmup to `peak`, then `decay(t)` for t ∈ [0, 1] over the remaining steps.
+template <class Decay>
+double warmup_then(long step, double peak, long warmup_steps, long total_steps, const char* who, Decay decay) {
+  HDPISSA_REQUIRE(total_steps > 0, who, ": expected total_steps > 0, found ", total_steps);
+  if (step < warmup_steps) return peak * double(step + 1) / double(warmup_steps);
+  const long span = std::max<long>(1, total_steps - warmup_steps);
+  return decay(std::min(1.0, double(step - warmup_steps) / double(span)));
+}
+}  // namespace detail
+
 /// Linear warmup over `warmup_steps` updates to `peak`, then cosine decay to `min_lr` at `total_steps`.
 struct WarmupCosineSchedule {
   double peak = 0;
@@ -25,11 +36,9 @@ struct WarmupCosineSchedule {
   long total_steps = 1;
   double min_lr = 0;
   double operator()(long step) const {
-    HDPISSA_REQUIRE(total_steps > 0, "WarmupCosineSchedule: expected total_steps > 0, found ", total_steps);
-    if (step < warmup_steps) return peak * double(step + 1) / double(warmup_steps);
-    const long decay = std::max<long>(1, total_steps - warmup_steps);
-    const double t = std::min(1.0, double(step - warmup_steps) / double(decay));
-    return min_lr + 0.5 * (peak - min_lr) * (1.0 + std::cos(std::numbers::pi * t));
+    return detail::warmup_then(step, peak, warmup_steps, total_steps, "WarmupCosineSchedule", [&](double t) {
+      return min_lr + 0.5 * (peak - min_lr) * (1.0 + std::cos(std::numbers::pi * t));
+    });
   }
 };
 
@@ -40,11 +49,8 @@ struct WarmupLinearSchedule {
   long total_steps = 1;
   double min_lr = 0;
   double operator()(long step) const {
-    HDPISSA_REQUIRE(total_steps > 0, "WarmupLinearSchedule: expected total_steps > 0, found ", total_steps);
-    if (step < warmup_steps) return peak * double(step + 1) / double(warmup_steps);
-    const long decay = std::max<long>(1, total_steps - warmup_steps);
-    const double t = std::min(1.0, double(step - warmup_steps) / double(decay));
-    return peak + (min_lr - peak) * t;
+    return detail::warmup_then(step, peak, warmup_steps, total_steps, "WarmupLinearSchedule",
+                               [&](double t) { return peak + (min_lr - peak) * t; });
   }
 };
 
