@@ -19,21 +19,36 @@
 # Every run is one-process, fp32, CPU: K virtual groups time-multiplexed by VirtualRanks, which is
 # bit-identical to K real workers (docs/design.md).
 #
-# Larger shapes / GPU: the CUDA backend and the NCCL communicator exist in the library
-# (include/hdpissa/backend/cuda, comm/nccl_communicator.hpp, bench/micro/bench_cuda_e2e.cu), but
-# the LLaMA trainer (hdpissa-train) has no GPU path yet: it is CPU fp32 only (--dtype fp32). Until
-# it has one, larger shapes run with this same script on a bigger CPU box (MODEL=… a larger HF
-# LLaMA checkpoint, RANK=16, MAX_LEN=512, GLOBAL=128, STEPS as the budget allows; under mpirun the
-# trainer spreads the K groups over processes, see docs/distributed.md), and GPU throughput at
-# real shapes is measured on random weights by bench/micro/bench_cuda_e2e. The rank analysis itself
-# is shape-agnostic (a 4096×11008 layer is one double-precision SVD, ~1 min on one core).
+# Larger shapes / GPU: DEVICE=cuda runs every hdpissa-train on the GPU (--device cuda --dtype
+# $DTYPE, default fp32 so that the rank analysis sees fp32 updates; K virtual groups share the GPU),
+# builds with CUDA, and with SHAPE=large fine-tunes a randomly initialised 512-wide LLaMA (8 layers,
+# GQA 8/4, MLP 1408, the LLaMA-2 tokenizer's 32000 pieces; scripts/make-random-llama.py) at
+# RANK=16, MAX_LEN=512: no larger pretrained checkpoint exists here, so its loss numbers are those
+# of a random-init model (the rank claims do not depend on pretraining; PiSSA's principal
+# directions of a random matrix carry no pretrained knowledge, so the loss ordering is not a test
+# of the paper there). MODEL=… any HF LLaMA checkpoint works the same way.
+#   DEVICE=cuda SHAPE=large scripts/reproduce.sh     # on a GPU machine (scripts/gpu-check.sh does it)
+# Under mpirun the trainer spreads the K groups over processes (docs/distributed.md). The rank
+# analysis itself is shape-agnostic (a 4096×11008 layer is one double-precision SVD, ~1 min on one core).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 DATA=${HDPISSA_DATA:-$ROOT/../shared/data}
-BUILD=${BUILD:-$ROOT/build-rank}
+BUILD=${BUILD:-$ROOT/build-rank$([[ ${DEVICE:-cpu} == cuda ]] && echo -cuda)}
 OUT=${OUT:-$ROOT/runs/reproduce}
-MODEL=${MODEL:-$DATA/stories260K-hf}
+DEVICE=${DEVICE:-cpu}
+DTYPE=${DTYPE:-fp32}
+SHAPE=${SHAPE:-small}
+if [[ $SHAPE == large ]]; then
+  MODEL=${MODEL:-$OUT/model-random-512}
+  RANK=${RANK:-16}
+  MAX_LEN=${MAX_LEN:-512}
+  GLOBAL=${GLOBAL:-32}
+  STEPS=${STEPS:-100}
+  LR=${LR:-5e-4}
+else
+  MODEL=${MODEL:-$DATA/stories260K-hf}
+fi
 TRAIN_DATA=${TRAIN_DATA:-$DATA/gsm8k/train.jsonl}
 EVAL_DATA=${EVAL_DATA:-$DATA/gsm8k/test.jsonl}
 STEPS=${STEPS:-150}
@@ -52,8 +67,16 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}  # JOBS runs side by side, one thre
 TRAIN=$BUILD/examples/llama/hdpissa-train
 RANKTOOL=$BUILD/bench/rank_analysis/hdpissa-rank-analysis
 if [[ -z "${SKIP_BUILD:-}" ]]; then
-  [[ -f $BUILD/CMakeCache.txt ]] || cmake -S "$ROOT" -B "$BUILD" -DHDPISSA_CUDA=OFF -DHDPISSA_MPI=OFF -DCMAKE_BUILD_TYPE=Release
-  cmake --build "$BUILD" --target hdpissa-train hdpissa-rank-analysis -j2
+  cuda_flag=OFF
+  [[ $DEVICE == cuda ]] && cuda_flag=ON
+  [[ -f $BUILD/CMakeCache.txt ]] || cmake -S "$ROOT" -B "$BUILD" -DHDPISSA_CUDA=$cuda_flag -DHDPISSA_MPI=OFF \
+    -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90 >/dev/null
+  cmake --build "$BUILD" --target hdpissa-train hdpissa-rank-analysis -j"$(nproc)"
+fi
+if [[ $SHAPE == large && ! -f $MODEL/model.safetensors ]]; then
+  "$PY" "$ROOT/scripts/make-random-llama.py" --out "$MODEL" --hidden 512 --layers 8 --heads 8 --kv-heads 4 \
+    --intermediate 1408 --vocab 32000 --max-pos 1024 --tie 0 --seed "$SEED" \
+    --tokenizer "${TOKENIZER:-$DATA/llama2_tokenizer/tokenizer.model}"
 fi
 for f in "$TRAIN" "$RANKTOOL" "$MODEL/model.safetensors" "$TRAIN_DATA" "$EVAL_DATA"; do
   [[ -e $f ]] || { echo "reproduce.sh: expected $f, not found" >&2; exit 1; }
@@ -71,6 +94,7 @@ run() {
               --rank "$RANK" --lr "$LR" --max-steps "$STEPS" --grad-accum "$accum" --micro-batch 1
               --max-len "$MAX_LEN" --seed "$SEED" --eval-data "$EVAL_DATA" --eval-examples "$EVAL_N"
               --metrics "$dir/metrics.jsonl" --output "$dir/model" --log-every 10)
+  [[ $DEVICE != cpu ]] && args+=(--device "$DEVICE" --dtype "$DTYPE")
   [[ $gamma != 0 ]] && args+=(--mute-gamma "$gamma")
   # shellcheck disable=SC2206  # EXTRA_ARGS is split on purpose
   [[ -n "${EXTRA_ARGS:-}" ]] && args+=($EXTRA_ARGS)
@@ -96,7 +120,7 @@ launch() {
   if ((${#pids[@]} >= JOBS)); then wait "${pids[0]}" || true; pids=("${pids[@]:1}"); fi
 }
 
-echo "reproduce.sh: $STEPS steps, r = $RANK, lr = $LR, max_len = $MAX_LEN, $GLOBAL sequences per step, out $OUT"
+echo "reproduce.sh: $DEVICE ($SHAPE shapes, $MODEL), $STEPS steps, r = $RANK, lr = $LR, max_len = $MAX_LEN, $GLOBAL sequences per step, out $OUT"
 T0=$SECONDS
 launch full full 8
 launch lora lora 8
@@ -118,7 +142,9 @@ for g in $GAMMAS; do
 done
 
 # Share of each ΔW outside the first-order subspace {X V_Nᵀ + U_N Y} of W₀ for N = r, 2r, 4r, 8r
-# (N = Kr is HD-PiSSA's; N = r PiSSA's), capped at 32 = the k/v layers' min(out, in).
+# (N = Kr is HD-PiSSA's; N = r PiSSA's), capped at the smallest min(out, in) of the targets (the
+# k/v layers': n_kv_heads · head_dim; 32 for stories260K).
+CAP=$("$PY" -c "import json,sys; c=json.load(open(sys.argv[1])); h=c['hidden_size']; n=c['num_attention_heads']; print(min(h, c.get('num_key_value_heads', n) * c.get('head_dim', h // n)))" "$MODEL/config.json")
 subspace() {
   local dir=$1 N=$2
   [[ -d $dir/model ]] || return 0
@@ -127,7 +153,7 @@ subspace() {
 }
 for name in full lora pissa hdpissa-K2 hdpissa-K4 hdpissa-K8 lora-dwu pissa-dwu; do
   for m in 1 2 4 8; do
-    ((m * RANK <= 32)) && subspace "$OUT/$name" $((m * RANK))
+    ((m * RANK <= CAP)) && subspace "$OUT/$name" $((m * RANK))
   done
 done
 
