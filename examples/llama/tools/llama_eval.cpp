@@ -1,0 +1,210 @@
+// hdpissa-eval: held-out loss of a LLaMA checkpoint on instruction data, computed by our CPU model,
+// plus the exact tokenized batches it used, so that another implementation (transformers,
+// tests/reference/hf_load_check.py; PEFT, bench/e2e/peft_throughput.py) can run on the same ids.
+//
+//   hdpissa-eval --model DIR --tokenizer tok.model --data FILE.jsonl [--max-len 512]
+//                [--eval-examples 32] [--micro-batch 4] [--json OUT.json] [--tokens-only]
+//
+// The pipeline is the trainer's evaluation path (docs/trainer.md): the first --eval-examples records
+// in file order, Alpaca template, BOS + prompt + response + "\n" + EOS, prompt labels -100,
+// truncated to --max-len, all-masked examples dropped, right-padded micro-batches (pad id 0, label
+// -100). The loss is the token mean over all batches (Σ per-token cross-entropy / Σ target tokens).
+
+#include <chrono>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <iomanip>
+#include <iostream>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "llama/checkpoint.hpp"
+#include "llama/data.hpp"
+#include "llama/linear_hooks.hpp"
+#include "llama/model.hpp"
+#include "llama/tokenizer.hpp"
+
+namespace {
+
+using hdpissa::llama::LlamaError;
+
+const char* kUsage =
+    "usage: hdpissa-eval --model DIR --data FILE [options]\n"
+    "\n"
+    "Held-out loss of a LLaMA checkpoint (our CPU model) and the exact batches it was computed on.\n"
+    "\n"
+    "  --model PATH          HF directory (config.json + model.safetensors[.index.json]) or llama2.c .bin\n"
+    "  --tokenizer PATH      SentencePiece .model (default: tokenizer.model inside an HF directory)\n"
+    "  --data FILE           instruction data, JSON array or JSONL (instruction/output, query/response,\n"
+    "                        question/answer, ...), Alpaca template\n"
+    "  --max-len N           truncate tokenized examples to N tokens (default 512)\n"
+    "  --eval-examples N     use the first N records of FILE, in file order (default 32)\n"
+    "  --micro-batch N       sequences per right-padded batch (default 4)\n"
+    "  --json FILE           write {loss, loss_sum, n_tokens, batches: [{input_ids, labels, lengths}], ...}\n"
+    "  --tokens-only         tokenize and write the batches only: no model is loaded, no loss computed\n"
+    "                        (--model is then optional; used to feed identical ids to other frameworks)\n"
+    "  --threads N           OpenMP threads (default: OMP_NUM_THREADS or all)\n"
+    "  --help                this text\n"
+    "\n"
+    "example: hdpissa-eval --model runs/demo --tokenizer $HDPISSA_DATA/stories260K/tok512.model \\\n"
+    "             --data $HDPISSA_DATA/gsm8k/test.jsonl --max-len 256 --eval-examples 32 --json eval.json\n";
+
+struct Args {
+  std::string model, tokenizer, data, json;
+  int max_len = 512, eval_examples = 32, micro_batch = 4, threads = 0;
+  bool tokens_only = false, help = false;
+};
+
+int positive(const std::string& flag, const std::string& v, int min = 1) {
+  std::size_t used = 0;
+  long x = 0;
+  try {
+    x = std::stol(v, &used);
+  } catch (const std::exception&) {
+    used = 0;
+  }
+  if (used != v.size() || x < min || x > 1'000'000'000)
+    throw LlamaError(flag + " expects an integer >= " + std::to_string(min) + ", found '" + v + "'");
+  return static_cast<int>(x);
+}
+
+Args parse(int argc, char** argv) {
+  Args a;
+  auto value = [&](int& i, const std::string& flag) -> std::string {
+    if (i + 1 >= argc) throw LlamaError("option " + flag + " expects a value, found none");
+    return argv[++i];
+  };
+  for (int i = 1; i < argc; ++i) {
+    const std::string f = argv[i];
+    if (f == "--help" || f == "-h") {
+      a.help = true;
+      return a;
+    } else if (f == "--model") a.model = value(i, f);
+    else if (f == "--tokenizer") a.tokenizer = value(i, f);
+    else if (f == "--data") a.data = value(i, f);
+    else if (f == "--json") a.json = value(i, f);
+    else if (f == "--max-len") a.max_len = positive(f, value(i, f), 2);
+    else if (f == "--eval-examples") a.eval_examples = positive(f, value(i, f));
+    else if (f == "--micro-batch") a.micro_batch = positive(f, value(i, f));
+    else if (f == "--threads") a.threads = positive(f, value(i, f));
+    else if (f == "--tokens-only") a.tokens_only = true;
+    else throw LlamaError("unknown option '" + f + "' (see --help)");
+  }
+  if (a.model.empty() && !a.tokens_only) throw LlamaError("missing --model (see --help)");
+  if (a.data.empty()) throw LlamaError("missing --data (see --help)");
+  if (a.tokenizer.empty()) {
+    const auto guess = std::filesystem::path(a.model) / "tokenizer.model";
+    if (!a.model.empty() && std::filesystem::is_directory(a.model) && std::filesystem::exists(guess))
+      a.tokenizer = guess.string();
+    else
+      throw LlamaError("missing --tokenizer (see --help): '" + a.model + "' holds no tokenizer.model");
+  }
+  return a;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  using namespace hdpissa::llama;
+  try {
+    const Args args = parse(argc, argv);
+    if (args.help) {
+      std::cout << kUsage;
+      return 0;
+    }
+#ifdef _OPENMP
+    if (args.threads > 0) omp_set_num_threads(args.threads);
+#endif
+    const auto t0 = std::chrono::steady_clock::now();
+    std::unique_ptr<ModelWeights> w;
+    if (!args.tokens_only) w = std::make_unique<ModelWeights>(load_checkpoint(args.model));
+    const Tokenizer tok(args.tokenizer);
+    if (w && tok.vocab_size() > w->config.vocab_size)
+      throw LlamaError(cat(args.tokenizer, ": the tokenizer has ", tok.vocab_size(),
+                           " pieces but the model's vocab_size is ", w->config.vocab_size));
+    if (w && args.max_len > w->config.max_seq_len)
+      throw LlamaError(cat("--max-len ", args.max_len, " exceeds the model's max_position_embeddings ",
+                           w->config.max_seq_len));
+
+    auto raw = load_instruction_data(args.data);
+    if (raw.size() > static_cast<std::size_t>(args.eval_examples)) raw.resize(static_cast<std::size_t>(args.eval_examples));
+    std::int64_t dropped = 0;
+    auto data = std::make_shared<std::vector<TokenizedExample>>(
+        tokenize_dataset(raw, tok, PromptTemplate{}, args.max_len, &dropped));
+    if (data->empty())
+      throw LlamaError(cat(args.data, ": expected at least one example with a target token within --max-len ",
+                           args.max_len, ", found none (", dropped, " dropped)"));
+    LoaderOptions lo;  // the trainer's evaluation loader: file order, right padding with id 0
+    lo.micro_batch = args.micro_batch;
+    lo.shuffle = false;
+    DataLoader dl(data, lo);
+    std::vector<Batch> batches;
+    for (std::int64_t i = 0; i < dl.batches_per_epoch(); ++i) batches.push_back(dl.next());
+
+    LossResult r;
+    if (w) {
+      LinearHooks plain;
+      r = evaluate_loss(*w, batches, plain);
+    } else {
+      for (const auto& b : batches) r.n_tokens += b.num_target_tokens();
+    }
+    const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+
+    if (w)
+      std::cout << "eval_loss " << std::setprecision(9) << r.mean() << " over " << r.n_tokens << " target tokens ("
+                << data->size() << " examples, " << batches.size() << " batches of <= " << args.micro_batch
+                << ", max-len " << args.max_len << ", " << dropped << " dropped) in " << std::setprecision(3) << secs
+                << " s\n";
+    else
+      std::cout << "tokenized " << data->size() << " examples into " << batches.size() << " batches, "
+                << r.n_tokens << " target tokens (" << dropped << " dropped, max-len " << args.max_len << ")\n";
+
+    if (!args.json.empty()) {
+      nlohmann::json j;
+      j["tool"] = "hdpissa-eval";
+      j["model"] = args.model;
+      j["tokenizer"] = args.tokenizer;
+      j["data"] = args.data;
+      j["max_len"] = args.max_len;
+      j["micro_batch"] = args.micro_batch;
+      j["pad_id"] = lo.pad_id;
+      j["ignore_index"] = kIgnoreIndex;
+      j["bos_id"] = tok.bos_id();
+      j["eos_id"] = tok.eos_id();
+      j["examples"] = data->size();
+      j["dropped"] = dropped;
+      j["n_tokens"] = r.n_tokens;
+      if (w) {
+        j["loss"] = r.mean();
+        j["loss_sum"] = r.loss_sum;
+      }
+      nlohmann::json jb = nlohmann::json::array();
+      for (const Batch& b : batches) {
+        nlohmann::json ids = nlohmann::json::array(), labels = nlohmann::json::array();
+        for (int row = 0; row < b.batch_size; ++row) {
+          const auto off = static_cast<std::ptrdiff_t>(row) * b.seq_len;
+          ids.push_back(std::vector<std::int32_t>(b.input_ids.begin() + off, b.input_ids.begin() + off + b.seq_len));
+          labels.push_back(std::vector<std::int32_t>(b.labels.begin() + off, b.labels.begin() + off + b.seq_len));
+        }
+        jb.push_back({{"input_ids", ids}, {"labels", labels}, {"lengths", b.lengths}});
+      }
+      j["batches"] = std::move(jb);
+      std::ofstream f(args.json);
+      if (!f) throw LlamaError(cat("--json: cannot open ", args.json, " for writing"));
+      f << j.dump() << "\n";
+      if (!f) throw LlamaError(cat("--json: write to ", args.json, " failed"));
+    }
+    return 0;
+  } catch (const std::exception& e) {
+    std::cerr << "hdpissa-eval: error: " << e.what() << "\n";
+    return 2;
+  }
+}
