@@ -138,7 +138,12 @@ def main(argv):
                   f"{fmt(s.get('num_rank'), '{:.1f}')} | {fmt(s.get('rank_above_noise'), '{:.1f}')} | "
                   f"{fmt(s.get('energy_rank'), '{:.1f}')} | {fmt(s.get('stable_rank'), '{:.2f}')} | "
                   f"{fmt(s.get('entropy_rank'), '{:.1f}')} | {fmt(s.get('seconds'), '{:.0f}')} |")
-    md.append("\nRank metrics are means over the 35 target layers (5 decoder layers × q, k, v, o, gate, up, down). "
+    any_rows = next((read_csv(os.path.join(a.out, n, "rank.csv")) for n in main_runs
+                     if read_csv(os.path.join(a.out, n, "rank.csv"))), [])
+    n_targets = len(any_rows)
+    n_dec = len({r["layer"] for r in any_rows})
+    min_width = min((min(int(r["rows"]), int(r["cols"])) for r in any_rows), default=0)
+    md.append(f"\nRank metrics are means over the {n_targets} target layers ({n_dec} decoder layers × q, k, v, o, gate, up, down). "
               "Train loss 'last' = mean over the last 20% of steps.\n")
     # Ratios vs LoRA / PiSSA.
     md.append("| run | num. rank / LoRA | num. rank / PiSSA | entropy rank / LoRA | entropy rank / PiSSA |")
@@ -207,10 +212,10 @@ def main(argv):
     ns = sorted({int(f[len("subspace-N"):-4]) for n in main_runs for f in os.listdir(os.path.join(a.out, n))
                  if f.startswith("subspace-N") and f.endswith(".csv")})
     if ns:
-        md.append("\nShare of the update outside the first-order subspace {X V_Nᵀ + U_N Y} of the *initial* W "
-                  "(U_N, V_N: its top-N singular vectors): ‖ΔW − PΔW‖_F / ‖ΔW‖_F over all 35 layers. HD-PiSSA's "
+        md.append(f"\nShare of the update outside the first-order subspace {{X V_Nᵀ + U_N Y}} of the *initial* W "
+                  f"(U_N, V_N: its top-N singular vectors): ‖ΔW − PΔW‖_F / ‖ΔW‖_F over all {n_targets} layers. HD-PiSSA's "
                   "first-order steps stay inside N = Kr, PiSSA's inside N = r; only second-order terms leave. "
-                  "(For N ≥ 32 the k/v layers, 32 wide, are entirely inside.)\n")
+                  f"(For N ≥ {min_width} the narrowest layers, {min_width} wide, are entirely inside.)\n")
         md.append("| run | " + " | ".join(f"N = {n}" for n in ns) + " |")
         md.append("|---|" + "---|" * len(ns))
         for n in main_runs:
