@@ -1,5 +1,320 @@
 #pragma once
 /// \file kernels_llama.cuh
 /// CUDA kernels of CudaLlama<T> (model_cuda.cuh): embedding gather, fused residual-add + RMSNorm
-/// forward / backward, RoPE + head-major permutes, causal softmax with row log-sum-exp, attention
-/// backward elementwise step, SwiGLU forward / backward, cross-entropy with d(logits).
+/// forward / backward, RoPE + head-major permutes, causal softmax with row log-sum-exp, the
+/// attention-backward elementwise step, SwiGLU forward / backward, cross-entropy with d(logits),
+/// row gather / scatter and dtype conversion. T is float or __nv_bfloat16; every statistic (norm,
+/// softmax, loss) is computed in fp32.
+///
+/// Attention layout (see model_cuda.cuh): head-major (B, heads, T, hd); score rows are indexed
+/// r = (b·n_heads + h)·T + t and have T columns (key positions).
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <type_traits>
+
+namespace hdpissa::llama::gpu::kern {
+
+__device__ __forceinline__ float to_f(float x) { return x; }
+__device__ __forceinline__ float to_f(__nv_bfloat16 x) { return __bfloat162float(x); }
+template <class T>
+__device__ __forceinline__ T from_f(float x) {
+  if constexpr (std::is_same_v<T, float>) return x;
+  else return __float2bfloat16_rn(x);
+}
+
+__device__ __forceinline__ float warp_sum(float v) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+__device__ __forceinline__ float warp_max(float v) {
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+/// Sum over the block (blockDim.x a multiple of 32, ≤ 1024); every thread gets the result.
+__device__ __forceinline__ float block_sum(float v, float* sh /*32 floats*/) {
+  const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nw = blockDim.x >> 5;
+  v = warp_sum(v);
+  __syncthreads();  // sh may still be read by a previous call
+  if (lane == 0) sh[wid] = v;
+  __syncthreads();
+  float r = lane < nw ? sh[lane] : 0.0f;
+  return warp_sum(r);
+}
+__device__ __forceinline__ float block_max(float v, float* sh) {
+  const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nw = blockDim.x >> 5;
+  v = warp_max(v);
+  __syncthreads();
+  if (lane == 0) sh[wid] = v;
+  __syncthreads();
+  float r = lane < nw ? sh[lane] : -INFINITY;
+  return warp_max(r);
+}
+
+/// x[n, :] = emb[tok[n], :] (fp32).  grid (N), block 256.
+__global__ void embed_gather(const std::int32_t* __restrict__ tok, const float* __restrict__ emb, float* __restrict__ x,
+                             int D) {
+  const std::int64_t n = blockIdx.x;
+  const float* src = emb + static_cast<std::int64_t>(tok[n]) * D;
+  float* dst = x + n * D;
+  for (int j = threadIdx.x; j < D; j += blockDim.x) dst[j] = src[j];
+}
+
+/// out = prev (+ y); rstd = 1/sqrt(mean(out²) + eps); xn = out·rstd·w (as T). With y == nullptr,
+/// out may alias prev. grid (N), block 256.
+template <class T>
+__global__ void add_rmsnorm_fwd(const float* prev, const T* __restrict__ y, float* out, const float* __restrict__ w,
+                                float* __restrict__ rstd, T* __restrict__ xn, int D, float eps) {
+  __shared__ float sh[32];
+  const std::int64_t base = static_cast<std::int64_t>(blockIdx.x) * D;
+  float ss = 0.0f;
+  for (int j = threadIdx.x; j < D; j += blockDim.x) {
+    float v = prev[base + j];
+    if (y) v += to_f(y[base + j]);
+    out[base + j] = v;
+    ss += v * v;
+  }
+  ss = block_sum(ss, sh);
+  const float r = 1.0f / sqrtf(ss / static_cast<float>(D) + eps);
+  if (threadIdx.x == 0) rstd[blockIdx.x] = r;
+  for (int j = threadIdx.x; j < D; j += blockDim.x) xn[base + j] = from_f<T>(out[base + j] * r * w[j]);
+}
+
+/// RMSNorm backward into the residual gradient: with dy = dyf + dy0 + dy1 + dy2 (null terms
+/// skipped), g = dy∘w, dx += r·g − r³·(g·x)/D · x; dx_t = T(dx). grid (N), block 256.
+template <class T>
+__global__ void rmsnorm_bwd(const float* __restrict__ x, const float* __restrict__ rstd, const float* __restrict__ w,
+                            const float* __restrict__ dyf, const T* __restrict__ dy0, const T* __restrict__ dy1,
+                            const T* __restrict__ dy2, float* __restrict__ dx, T* __restrict__ dx_t, int D) {
+  __shared__ float sh[32];
+  const std::int64_t base = static_cast<std::int64_t>(blockIdx.x) * D;
+  auto dy_at = [&](std::int64_t i) {
+    float g = 0.0f;
+    if (dyf) g += dyf[i];
+    if (dy0) g += to_f(dy0[i]);
+    if (dy1) g += to_f(dy1[i]);
+    if (dy2) g += to_f(dy2[i]);
+    return g;
+  };
+  float dot = 0.0f;
+  for (int j = threadIdx.x; j < D; j += blockDim.x) dot += dy_at(base + j) * w[j] * x[base + j];
+  dot = block_sum(dot, sh);
+  const float r = rstd[blockIdx.x];
+  const float c = r * r * r * dot / static_cast<float>(D);
+  for (int j = threadIdx.x; j < D; j += blockDim.x) {
+    const float v = dx[base + j] + r * dy_at(base + j) * w[j] - c * x[base + j];
+    dx[base + j] = v;
+    dx_t[base + j] = from_f<T>(v);
+  }
+}
+
+/// Row layout (N = B·Tn rows, ld_in ≥ nheads·hd) → head-major (B, nheads, Tn, hd), applying
+/// rotate-half RoPE at position t when `rope`. One thread per (row, head, i < hd/2).
+template <class T>
+__global__ void rows_to_heads(const T* __restrict__ in, int ld_in, T* __restrict__ out, int B, int Tn, int nheads,
+                              int hd, const float* __restrict__ cos_t, const float* __restrict__ sin_t, bool rope) {
+  const int half = hd / 2;
+  const std::int64_t total = static_cast<std::int64_t>(B) * Tn * nheads * half;
+  for (std::int64_t idx = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; idx < total;
+       idx += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
+    const int i = static_cast<int>(idx % half);
+    std::int64_t rest = idx / half;
+    const int h = static_cast<int>(rest % nheads);
+    const std::int64_t n = rest / nheads;  // token row b·Tn + t
+    const int t = static_cast<int>(n % Tn), b = static_cast<int>(n / Tn);
+    const T* src = in + n * ld_in + h * hd;
+    T* dst = out + ((static_cast<std::int64_t>(b) * nheads + h) * Tn + t) * hd;
+    const float a = to_f(src[i]), bb = to_f(src[i + half]);
+    if (rope) {
+      const float c = cos_t[static_cast<std::int64_t>(t) * half + i], s = sin_t[static_cast<std::int64_t>(t) * half + i];
+      dst[i] = from_f<T>(a * c - bb * s);
+      dst[i + half] = from_f<T>(bb * c + a * s);
+    } else {
+      dst[i] = src[i];
+      dst[i + half] = src[i + half];
+    }
+  }
+}
+
+/// Head-major (B, nheads, Tn, hd) → row layout (ld_out), applying the INVERSE rotation (the RoPE
+/// backward) when `rope`.
+template <class T>
+__global__ void heads_to_rows(const T* __restrict__ in, T* __restrict__ out, int ld_out, int B, int Tn, int nheads,
+                              int hd, const float* __restrict__ cos_t, const float* __restrict__ sin_t, bool rope) {
+  const int half = hd / 2;
+  const std::int64_t total = static_cast<std::int64_t>(B) * Tn * nheads * half;
+  for (std::int64_t idx = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; idx < total;
+       idx += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
+    const int i = static_cast<int>(idx % half);
+    std::int64_t rest = idx / half;
+    const int h = static_cast<int>(rest % nheads);
+    const std::int64_t n = rest / nheads;
+    const int t = static_cast<int>(n % Tn), b = static_cast<int>(n / Tn);
+    const T* src = in + ((static_cast<std::int64_t>(b) * nheads + h) * Tn + t) * hd;
+    T* dst = out + n * ld_out + h * hd;
+    if (rope) {
+      const float a = to_f(src[i]), bb = to_f(src[i + half]);
+      const float c = cos_t[static_cast<std::int64_t>(t) * half + i], s = sin_t[static_cast<std::int64_t>(t) * half + i];
+      dst[i] = from_f<T>(a * c + bb * s);
+      dst[i + half] = from_f<T>(bb * c - a * s);
+    } else {
+      dst[i] = src[i];
+      dst[i + half] = src[i + half];
+    }
+  }
+}
+
+/// Causal softmax of scaled scores S (rows r = (b·nh + h)·Tn + t, Tn columns) with padding: row
+/// t < L_b attends to keys 0..t; rows t ≥ L_b get P = 0, lse = 0 (like the CPU model).
+/// P = exp(S − lse) as T, lse saved. One warp per row; block 256 (8 rows).
+template <class T>
+__global__ void causal_softmax_fwd(const float* __restrict__ S, T* __restrict__ P, float* __restrict__ lse,
+                                   const int* __restrict__ lengths, int nh, int Tn, std::int64_t rows) {
+  const std::int64_t r = blockIdx.x * static_cast<std::int64_t>(blockDim.x / 32) + (threadIdx.x >> 5);
+  if (r >= rows) return;
+  const int lane = threadIdx.x & 31;
+  const int t = static_cast<int>(r % Tn);
+  const int b = static_cast<int>(r / Tn / nh);
+  const float* s = S + r * Tn;
+  T* p = P + r * Tn;
+  if (t >= lengths[b]) {
+    for (int j = lane; j < Tn; j += 32) p[j] = from_f<T>(0.0f);
+    if (lane == 0) lse[r] = 0.0f;
+    return;
+  }
+  float mx = -INFINITY;
+  for (int j = lane; j <= t; j += 32) mx = fmaxf(mx, s[j]);
+  mx = warp_max(mx);
+  float sum = 0.0f;
+  for (int j = lane; j <= t; j += 32) sum += expf(s[j] - mx);
+  sum = warp_sum(sum);
+  const float l = mx + logf(sum);
+  for (int j = lane; j < Tn; j += 32) p[j] = from_f<T>(j <= t ? expf(s[j] - l) : 0.0f);
+  if (lane == 0) lse[r] = l;
+}
+
+/// Attention backward elementwise step, from the recomputed scaled scores S, dP = dO Vᵀ, lse and
+/// Dr = rowsum(dO∘O): P = exp(S − lse) (causal, padding masked), dS = P∘(dP − Dr). Writes P and dS
+/// as T. One warp per row.
+template <class T>
+__global__ void attn_bwd_ds(const float* __restrict__ S, const float* __restrict__ dP, const float* __restrict__ lse,
+                            const float* __restrict__ Dr, T* __restrict__ P, T* __restrict__ dS,
+                            const int* __restrict__ lengths, int nh, int Tn, std::int64_t rows) {
+  const std::int64_t r = blockIdx.x * static_cast<std::int64_t>(blockDim.x / 32) + (threadIdx.x >> 5);
+  if (r >= rows) return;
+  const int lane = threadIdx.x & 31;
+  const int t = static_cast<int>(r % Tn);
+  const int b = static_cast<int>(r / Tn / nh);
+  const bool live = t < lengths[b];
+  const float l = lse[r], d = Dr[r];
+  const std::int64_t o = r * Tn;
+  for (int j = lane; j < Tn; j += 32) {
+    float p = 0.0f, ds = 0.0f;
+    if (live && j <= t) {
+      p = expf(S[o + j] - l);
+      ds = p * (dP[o + j] - d);
+    }
+    P[o + j] = from_f<T>(p);
+    dS[o + j] = from_f<T>(ds);
+  }
+}
+
+/// Dr[(b·nh + h)·Tn + t] = Σ_d dO[n, h·hd + d]·O[n, h·hd + d] (row layout, ld = nh·hd), n = b·Tn + t.
+template <class T>
+__global__ void attn_rowdot(const T* __restrict__ dO, const T* __restrict__ O, float* __restrict__ Dr, int B, int Tn,
+                            int nh, int hd) {
+  const std::int64_t total = static_cast<std::int64_t>(B) * Tn * nh;
+  const std::int64_t idx = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x;
+  if (idx >= total) return;
+  const int h = static_cast<int>(idx % nh);
+  const std::int64_t n = idx / nh;
+  const int t = static_cast<int>(n % Tn), b = static_cast<int>(n / Tn);
+  const std::int64_t off = n * static_cast<std::int64_t>(nh) * hd + static_cast<std::int64_t>(h) * hd;
+  float acc = 0.0f;
+  for (int d = 0; d < hd; ++d) acc += to_f(dO[off + d]) * to_f(O[off + d]);
+  Dr[(static_cast<std::int64_t>(b) * nh + h) * Tn + t] = acc;
+}
+
+__device__ __forceinline__ float sigmoidf_(float x) { return 1.0f / (1.0f + expf(-x)); }
+
+/// act = silu(gate)·up.
+template <class T>
+__global__ void swiglu_fwd(const T* __restrict__ gate, const T* __restrict__ up, T* __restrict__ act, std::int64_t n) {
+  for (std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
+    const float g = to_f(gate[i]);
+    act[i] = from_f<T>(g * sigmoidf_(g) * to_f(up[i]));
+  }
+}
+
+/// d_up = d_act·silu(gate); d_gate = d_act·up·σ(g)(1 + g(1 − σ(g))).
+template <class T>
+__global__ void swiglu_bwd(const T* __restrict__ d_act, const T* __restrict__ gate, const T* __restrict__ up,
+                           T* __restrict__ d_gate, T* __restrict__ d_up, std::int64_t n) {
+  for (std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
+    const float g = to_f(gate[i]), da = to_f(d_act[i]);
+    const float sg = sigmoidf_(g);
+    d_up[i] = from_f<T>(da * g * sg);
+    d_gate[i] = from_f<T>(da * to_f(up[i]) * sg * (1.0f + g * (1.0f - sg)));
+  }
+}
+
+/// dst[i, :] = src[rows[i], :] (ld D).  grid (n), block 256.
+template <class T>
+__global__ void gather_rows(const T* __restrict__ src, const std::int32_t* __restrict__ rows, T* __restrict__ dst, int D) {
+  const T* s = src + static_cast<std::int64_t>(rows[blockIdx.x]) * D;
+  T* d = dst + static_cast<std::int64_t>(blockIdx.x) * D;
+  for (int j = threadIdx.x; j < D; j += blockDim.x) d[j] = s[j];
+}
+/// dst[rows[i], :] = src[i, :] (rows distinct).  grid (n), block 256.
+__global__ void scatter_rows(const float* __restrict__ src, const std::int32_t* __restrict__ rows, float* __restrict__ dst,
+                             int D) {
+  const float* s = src + static_cast<std::int64_t>(blockIdx.x) * D;
+  float* d = dst + static_cast<std::int64_t>(rows[blockIdx.x]) * D;
+  for (int j = threadIdx.x; j < D; j += blockDim.x) d[j] = s[j];
+}
+
+/// Cross-entropy of one logits row (fp32, V entries) against target[i]: row_loss[i] = lse − z_target.
+/// With `dlogits`: dlogits = coef·(softmax − onehot) as T (may alias `logits` when T = float).
+/// grid (rows), block 512.
+template <class T>
+__global__ void cross_entropy(float* logits, const std::int32_t* __restrict__ target, float* __restrict__ row_loss,
+                              T* dlogits, float coef, int V) {
+  __shared__ float sh[32];
+  float* z = logits + static_cast<std::int64_t>(blockIdx.x) * V;
+  float mx = -INFINITY;
+  for (int j = threadIdx.x; j < V; j += blockDim.x) mx = fmaxf(mx, z[j]);
+  mx = block_max(mx, sh);
+  float sum = 0.0f;
+  for (int j = threadIdx.x; j < V; j += blockDim.x) sum += expf(z[j] - mx);
+  sum = block_sum(sum, sh);
+  const int tgt = target[blockIdx.x];
+  if (threadIdx.x == 0) row_loss[blockIdx.x] = mx + logf(sum) - z[tgt];
+  if (dlogits == nullptr) return;
+  __syncthreads();  // z[tgt] read before it is overwritten (aliasing case)
+  T* dz = dlogits + static_cast<std::int64_t>(blockIdx.x) * V;
+  const float c = coef / sum;
+  for (int j = threadIdx.x; j < V; j += blockDim.x) {
+    const float g = c * expf(z[j] - mx) - (j == tgt ? coef : 0.0f);
+    dz[j] = from_f<T>(g);
+  }
+}
+
+/// dst = T(src) / dst = float(src).
+template <class A, class B>
+__global__ void convert(const A* __restrict__ src, B* __restrict__ dst, std::int64_t n) {
+  for (std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<std::int64_t>(gridDim.x) * blockDim.x)
+    dst[i] = from_f<B>(to_f(src[i]));
+}
+
+/// Grid size for a grid-stride loop of n items with 256-thread blocks.
+inline unsigned grid_for(std::int64_t n, int threads = 256) {
+  const std::int64_t g = (n + threads - 1) / threads;
+  return static_cast<unsigned>(g < 1 ? 1 : (g > 65535 * 16 ? 65535 * 16 : g));
+}
+
+}  // namespace hdpissa::llama::gpu::kern

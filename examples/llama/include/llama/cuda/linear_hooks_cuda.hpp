@@ -31,6 +31,7 @@
 
 #include <type_traits>
 
+#include "hdpissa/backend/cuda/cuda_check.hpp"
 #include "hdpissa/core/view.hpp"
 #include "llama/weights.hpp"
 
@@ -81,5 +82,23 @@ class CudaLinearHooks {
 
   cublasHandle_t handle_ = nullptr;
 };
+
+template <class T>
+void CudaLinearHooks<T>::gemm(cublasOperation_t ta, cublasOperation_t tb, float alpha, ConstMatrixView<T> A,
+                              ConstMatrixView<T> B, float beta, MatrixView<T> C) const {
+  const index_t m = ta == CUBLAS_OP_N ? A.rows : A.cols, k = ta == CUBLAS_OP_N ? A.cols : A.rows;
+  const index_t kb = tb == CUBLAS_OP_N ? B.rows : B.cols, n = tb == CUBLAS_OP_N ? B.cols : B.rows;
+  HDPISSA_REQUIRE(handle_ != nullptr, "CudaLinearHooks::gemm: expected a cuBLAS handle (construct the hooks with one, "
+                  "or let CudaLlama set its own), found none");
+  HDPISSA_REQUIRE(k == kb && C.rows == m && C.cols == n, "CudaLinearHooks::gemm: expected op(A) (m, k) x op(B) (k, n) "
+                  "-> C (m, n), found op(A) ", shape_str(m, k), ", op(B) ", shape_str(kb, n), ", C ",
+                  shape_str(C.rows, C.cols));
+  if (m == 0 || n == 0) return;
+  // row-major C = op(A) op(B)  <=>  column-major Cᵀ = op(B)ᵀ op(A)ᵀ
+  const cudaDataType_t t = cuda_type<T>();
+  HDPISSA_CUBLAS_CHECK(cublasGemmEx(handle_, tb, ta, static_cast<int>(n), static_cast<int>(m), static_cast<int>(k),
+                                    &alpha, B.data, t, static_cast<int>(B.ld), A.data, t, static_cast<int>(A.ld), &beta,
+                                    C.data, t, static_cast<int>(C.ld), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+}
 
 }  // namespace hdpissa::llama::gpu

@@ -27,7 +27,11 @@
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstdint>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "hdpissa/backend/cuda/cuda_check.hpp"
@@ -89,11 +93,591 @@ class CudaLlama {
   void forward_logits(const Batch& b, CudaLinearHooks<T>& hooks, std::vector<float>& logits);
 
  private:
-  struct Layer;  // device weights and saved activations of one decoder layer
+  using Buf = DeviceBuffer<T>;
+  using FBuf = DeviceBuffer<float>;
+  using IBuf = DeviceBuffer<std::int32_t>;
+
+  /// Saved activations of one layer (pointers into the arenas). N = max tokens.
+  struct LayerActs {
+    T* xn1;   // (N, D)  attention-norm output = X of q, k, v
+    T* qh;    // (B, nh, T, hd) after RoPE
+    T* kh;    // (B, nkv, T, hd) after RoPE
+    T* vh;    // (B, nkv, T, hd)
+    T* attn;  // (N, q_dim) attention output = X of o
+    T* xn2;   // (N, D)  ffn-norm output = X of gate, up
+    T* gate;  // (N, H)
+    T* up;    // (N, H)
+    T* act;   // (N, H)  silu(gate)·up = X of down
+    float* lse;    // (B·nh·T)
+    float* rstd1;  // (N)
+    float* rstd2;  // (N)
+  };
+
+  /// Checks the batch, builds the target list, uploads tokens / lengths / targets. Returns the
+  /// number of target rows.
+  std::int64_t stage_batch(const Batch& b);
+  void prepare_hooks(CudaLinearHooks<T>& hooks);
+  /// Embedding → final norm (xnf_), saving every layer's activations.
+  void forward_layers(CudaLinearHooks<T>& hooks);
+  /// Loss over the staged targets; with `backward`, d xn_final (dxnf_) for loss_scale·mean.
+  void loss_chunks(std::int64_t n_targets, bool backward, float loss_scale);
+  /// Final norm → layer 0 through hooks.backward.
+  void backward_layers(CudaLinearHooks<T>& hooks);
+  /// Copies the per-row losses back (the one sync) and sums them in double.
+  LossResult read_loss(std::int64_t n_targets);
+
+  // row-major GEMMs on the model's handle (fp32 accumulation), strided-batched when batch > 1
+  void gemm(cublasOperation_t ta, cublasOperation_t tb, std::int64_t m, std::int64_t n, std::int64_t k, float alpha,
+            const void* A, cudaDataType_t at, std::int64_t lda, std::int64_t sa, const void* B, cudaDataType_t bt,
+            std::int64_t ldb, std::int64_t sb, float beta, void* C, cudaDataType_t ct, std::int64_t ldc,
+            std::int64_t sc, int batch) const;
+
+  float* res(int i) const { return res_.get() + static_cast<std::size_t>(i) * ntok_max_ * cfg_.dim; }
+  T* lin_ptr(LinearId id) const { return lin_.get() + lin_off_[id.index()]; }
+  std::pair<index_t, index_t> lin_shape(Module m) const;
+
   ModelConfig cfg_;
   int max_batch_ = 0, max_seq_ = 0;
+  std::int64_t ntok_max_ = 0;
+  int chunk_ = 1024;
   cudaStream_t stream_ = nullptr;
   CublasHandle cublas_;
+  FBuf cublas_ws_;
+  const CudaLinearHooks<T>* reserved_for_ = nullptr;
+
+  // weights
+  FBuf embed_;        // (V, D) fp32, for the gather
+  Buf cls_own_;       // (V, D) T copy of the classifier (unused when T = float and tied)
+  const T* cls_ = nullptr;
+  FBuf norms_;        // (2L + 1, D): attn_norm l, ffn_norm l, final
+  Buf lin_;           // every target linear, contiguous (out, in) each
+  std::vector<std::size_t> lin_off_;
+  FBuf rope_cos_, rope_sin_;  // (max_seq, hd/2)
+  FBuf stage_f32_;            // upload/download staging (largest linear), T = bf16 only
+
+  // activations
+  FBuf res_;                  // (2L + 1) residual buffers (N, D): x_l, h_l, ..., x_final
+  Buf act_t_;                 // arena of every saved T activation
+  FBuf act_f_;                // arena of saved fp32 statistics
+  std::vector<LayerActs> layers_;
+  FBuf rstd_f_;               // (N)
+  Buf xnf_;                   // (N, D) final-norm output
+
+  // scratch
+  Buf q_rows_, k_rows_, v_rows_, oh_, tmp_, dx_t_, dxa_, dxb_, dxc_, d_act_, d_gate_, d_up_, d_attn_, doh_;
+  Buf dqh_, dkh_, dvh_, p_, ds_;
+  FBuf dx_, dr_, s_, dp_, dxnf_;
+  Buf xc_, dlogits_;
+  FBuf logits_, dxchunk_, row_loss_;
+  IBuf ints_;                           // tokens (N) | lengths (B) | target rows (N) | target ids (N)
+  PinnedBuffer<std::int32_t> h_ints_;   // host staging of ints_
+  std::int32_t* tokens() const { return ints_.get(); }
+  std::int32_t* lengths() const { return ints_.get() + ntok_max_; }
+  std::int32_t* target_rows() const { return ints_.get() + ntok_max_ + max_batch_; }
+  std::int32_t* target_ids() const { return ints_.get() + 2 * ntok_max_ + max_batch_; }
+  PinnedBuffer<float> h_loss_;
+
+  // current batch
+  int B_ = 0, T_ = 0;
 };
+
+
+// ------------------------------------------------------------------------------------------------
+// implementation
+
+namespace detail_cuda {
+
+#define HDPISSA_LLAMA_LAUNCH_CHECK(name) HDPISSA_CUDA_CHECK_LAUNCH(name)
+
+/// Host fp32 → device T (synchronous; setup / upload path only). `stage` is an fp32 device
+/// scratch of at least n floats (used only when T ≠ float).
+template <class T>
+void upload_as(const float* host, T* dst, std::int64_t n, float* stage, cudaStream_t s) {
+  if constexpr (std::is_same_v<T, float>) {
+    (void)stage;
+    HDPISSA_CUDA_CHECK(cudaMemcpyAsync(dst, host, n * sizeof(float), cudaMemcpyHostToDevice, s));
+  } else {
+    HDPISSA_CUDA_CHECK(cudaMemcpyAsync(stage, host, n * sizeof(float), cudaMemcpyHostToDevice, s));
+    kern::convert<float, T><<<kern::grid_for(n), 256, 0, s>>>(stage, dst, n);
+    HDPISSA_LLAMA_LAUNCH_CHECK("convert");
+  }
+  HDPISSA_CUDA_CHECK(cudaStreamSynchronize(s));
+}
+
+}  // namespace detail_cuda
+
+template <class T>
+std::pair<index_t, index_t> CudaLlama<T>::lin_shape(Module m) const {
+  const ModelConfig& c = cfg_;
+  switch (m) {
+    case Module::q: return {c.q_dim(), c.dim};
+    case Module::k:
+    case Module::v: return {c.kv_dim(), c.dim};
+    case Module::o: return {c.dim, c.q_dim()};
+    case Module::gate:
+    case Module::up: return {c.hidden_dim, c.dim};
+    case Module::down: return {c.dim, c.hidden_dim};
+  }
+  return {0, 0};
+}
+
+template <class T>
+CudaLlama<T>::CudaLlama(const ModelWeights& host, int max_batch, int max_seq, cudaStream_t stream, int loss_chunk_rows)
+    : cfg_(host.config), max_batch_(max_batch), max_seq_(max_seq), chunk_(loss_chunk_rows), stream_(stream),
+      cublas_(stream) {
+  const ModelConfig& c = cfg_;
+  c.validate();
+  if (max_batch < 1 || max_seq < 1 || loss_chunk_rows < 1)
+    throw LlamaError(cat("CudaLlama: expected max_batch, max_seq and loss_chunk_rows ≥ 1, found ", max_batch, ", ",
+                         max_seq, ", ", loss_chunk_rows));
+  if (max_seq > c.max_seq_len)
+    throw LlamaError(cat("CudaLlama: max_seq ", max_seq, " exceeds max_position_embeddings ", c.max_seq_len));
+  const int L = c.n_layers, D = c.dim, V = c.vocab_size, H = c.hidden_dim, qd = c.q_dim(), kvd = c.kv_dim();
+  auto need = [](const char* what, const Matrix& m, index_t r, index_t cc) {
+    if (m.rows() != r || m.cols() != cc)
+      throw LlamaError(cat("CudaLlama: expected ", what, " of shape [", r, ", ", cc, "], found [", m.rows(), ", ",
+                           m.cols(), "]"));
+  };
+  need("embed_tokens", host.embed, V, D);
+  if (!c.tie_embeddings) need("lm_head", host.lm_head, V, D);
+  if (static_cast<int>(host.layers.size()) != L)
+    throw LlamaError(cat("CudaLlama: expected ", L, " layers, found ", host.layers.size()));
+  if (host.final_norm.size() != D) throw LlamaError(cat("CudaLlama: expected final norm of ", D, ", found ", host.final_norm.size()));
+  for (int l = 0; l < L; ++l) {
+    if (host.layers[l].attn_norm.size() != D || host.layers[l].ffn_norm.size() != D)
+      throw LlamaError(cat("CudaLlama: expected layer ", l, " norms of ", D, " entries, found ",
+                           host.layers[l].attn_norm.size(), " and ", host.layers[l].ffn_norm.size()));
+    for (int m = 0; m < kModulesPerLayer; ++m) {
+      const LinearId id{l, static_cast<Module>(m)};
+      const auto [r, cc] = lin_shape(id.module);
+      need(id.hf_name().c_str(), host.linear(id), r, cc);
+    }
+  }
+  ntok_max_ = static_cast<std::int64_t>(max_batch) * max_seq;
+  const std::int64_t N = ntok_max_;
+
+  // cuBLAS: own workspace (no allocation inside a step), default math (no TF32)
+  constexpr std::size_t kWs = 32u << 20;
+  cublas_ws_.reserve(kWs / sizeof(float));
+  HDPISSA_CUBLAS_CHECK(cublasSetWorkspace(cublas_.get(), cublas_ws_.get(), kWs));
+
+  // weights
+  std::size_t max_lin = 0, total_lin = 0;
+  lin_off_.resize(static_cast<std::size_t>(L) * kModulesPerLayer);
+  for (int l = 0; l < L; ++l)
+    for (int m = 0; m < kModulesPerLayer; ++m) {
+      const LinearId id{l, static_cast<Module>(m)};
+      const auto [r, cc] = lin_shape(id.module);
+      lin_off_[id.index()] = total_lin;
+      total_lin += static_cast<std::size_t>(r * cc);
+      max_lin = std::max(max_lin, static_cast<std::size_t>(r * cc));
+    }
+  lin_.reserve(total_lin);
+  if constexpr (!std::is_same_v<T, float>) stage_f32_.reserve(max_lin);
+  embed_.reserve(static_cast<std::size_t>(V) * D);
+  HDPISSA_CUDA_CHECK(cudaMemcpyAsync(embed_.get(), host.embed.data(), sizeof(float) * V * D, cudaMemcpyHostToDevice, stream_));
+  if (std::is_same_v<T, float> && c.tie_embeddings) {
+    cls_ = reinterpret_cast<const T*>(embed_.get());
+  } else {
+    cls_own_.reserve(static_cast<std::size_t>(V) * D);
+    FBuf tmp_stage;
+    if constexpr (!std::is_same_v<T, float>) tmp_stage.reserve(static_cast<std::size_t>(V) * D);
+    detail_cuda::upload_as<T>(host.classifier().data(), cls_own_.get(), static_cast<std::int64_t>(V) * D,
+                              tmp_stage.get(), stream_);
+    cls_ = cls_own_.get();
+  }
+  {
+    std::vector<float> nh_host(static_cast<std::size_t>(2 * L + 1) * D);
+    for (int l = 0; l < L; ++l) {
+      std::copy(host.layers[l].attn_norm.data(), host.layers[l].attn_norm.data() + D, nh_host.data() + (2 * l) * D);
+      std::copy(host.layers[l].ffn_norm.data(), host.layers[l].ffn_norm.data() + D, nh_host.data() + (2 * l + 1) * D);
+    }
+    std::copy(host.final_norm.data(), host.final_norm.data() + D, nh_host.data() + 2 * L * D);
+    norms_.reserve(nh_host.size());
+    HDPISSA_CUDA_CHECK(cudaMemcpy(norms_.get(), nh_host.data(), nh_host.size() * sizeof(float), cudaMemcpyHostToDevice));
+  }
+  for (int l = 0; l < L; ++l)
+    for (int m = 0; m < kModulesPerLayer; ++m) upload_linear({l, static_cast<Module>(m)}, host.layers[l].linear(static_cast<Module>(m)));
+  {
+    Matrix ct, st;
+    ::hdpissa::llama::detail::rope_tables(c, max_seq, ct, st);  // the CPU model's tables, bit for bit
+    rope_cos_.reserve(ct.size());
+    rope_sin_.reserve(st.size());
+    HDPISSA_CUDA_CHECK(cudaMemcpy(rope_cos_.get(), ct.data(), ct.size() * sizeof(float), cudaMemcpyHostToDevice));
+    HDPISSA_CUDA_CHECK(cudaMemcpy(rope_sin_.get(), st.data(), st.size() * sizeof(float), cudaMemcpyHostToDevice));
+  }
+
+  // activations
+  res_.reserve(static_cast<std::size_t>(2 * L + 1) * N * D);
+  const std::size_t per_layer_t = static_cast<std::size_t>(N) * (2 * D + 2 * qd + 2 * kvd + 3 * static_cast<std::int64_t>(H));
+  const std::size_t per_layer_f = static_cast<std::size_t>(N) * (c.n_heads + 2);
+  act_t_.reserve(per_layer_t * L);
+  act_f_.reserve(per_layer_f * L);
+  layers_.resize(L);
+  for (int l = 0; l < L; ++l) {
+    T* p = act_t_.get() + per_layer_t * l;
+    auto take = [&p](std::int64_t n) { T* r = p; p += n; return r; };
+    LayerActs& a = layers_[l];
+    a.xn1 = take(N * D);
+    a.qh = take(N * qd);
+    a.kh = take(N * kvd);
+    a.vh = take(N * kvd);
+    a.attn = take(N * qd);
+    a.xn2 = take(N * D);
+    a.gate = take(N * H);
+    a.up = take(N * H);
+    a.act = take(N * H);
+    float* f = act_f_.get() + per_layer_f * l;
+    a.lse = f;
+    a.rstd1 = f + N * c.n_heads;
+    a.rstd2 = a.rstd1 + N;
+  }
+  rstd_f_.reserve(N);
+  xnf_.reserve(N * D);
+
+  // scratch
+  q_rows_.reserve(N * qd);
+  k_rows_.reserve(N * kvd);
+  v_rows_.reserve(N * kvd);
+  oh_.reserve(N * qd);
+  tmp_.reserve(N * D);
+  dx_t_.reserve(N * D);
+  dxa_.reserve(N * D);
+  dxb_.reserve(N * D);
+  dxc_.reserve(N * D);
+  d_act_.reserve(N * H);
+  d_gate_.reserve(N * H);
+  d_up_.reserve(N * H);
+  d_attn_.reserve(N * qd);
+  doh_.reserve(N * qd);
+  dqh_.reserve(N * qd);
+  dkh_.reserve(N * kvd);
+  dvh_.reserve(N * kvd);
+  const std::size_t scores = static_cast<std::size_t>(max_batch) * c.n_heads * max_seq * static_cast<std::size_t>(max_seq);
+  p_.reserve(scores);
+  ds_.reserve(scores);
+  s_.reserve(scores);
+  dp_.reserve(scores);
+  dx_.reserve(N * D);
+  dr_.reserve(N * c.n_heads);
+  dxnf_.reserve(N * D);
+  const std::int64_t C = std::min<std::int64_t>(chunk_, N);
+  xc_.reserve(C * D);
+  logits_.reserve(C * V);
+  if constexpr (!std::is_same_v<T, float>) dlogits_.reserve(C * V);
+  dxchunk_.reserve(C * D);
+  row_loss_.reserve(N);
+  ints_.reserve(3 * N + max_batch);
+  h_ints_ = PinnedBuffer<std::int32_t>(3 * N + max_batch);
+  h_loss_ = PinnedBuffer<float>(N);
+  HDPISSA_CUDA_CHECK(cudaStreamSynchronize(stream_));
+}
+
+template <class T>
+MatrixView<T> CudaLlama<T>::linear(LinearId id) {
+  if (id.layer < 0 || id.layer >= cfg_.n_layers)
+    throw LlamaError(cat("CudaLlama::linear: expected a layer in [0, ", cfg_.n_layers, "), found ", id.layer));
+  const auto [r, c] = lin_shape(id.module);
+  return {lin_ptr(id), r, c, c};
+}
+
+template <class T>
+void CudaLlama<T>::upload_linear(LinearId id, const Matrix& host_fp32) {
+  const MatrixView<T> v = linear(id);
+  if (host_fp32.rows() != v.rows || host_fp32.cols() != v.cols)
+    throw LlamaError(cat("CudaLlama::upload_linear(", id.hf_name(), "): expected shape [", v.rows, ", ", v.cols,
+                         "], found [", host_fp32.rows(), ", ", host_fp32.cols(), "]"));
+  detail_cuda::upload_as<T>(host_fp32.data(), v.data, v.rows * v.cols, stage_f32_.get(), stream_);
+}
+
+template <class T>
+void CudaLlama<T>::download_linear(LinearId id, Matrix& host_fp32) const {
+  const MatrixView<T> v = const_cast<CudaLlama*>(this)->linear(id);
+  host_fp32.resize(v.rows, v.cols);
+  const std::int64_t n = v.rows * v.cols;
+  if constexpr (std::is_same_v<T, float>) {
+    HDPISSA_CUDA_CHECK(cudaMemcpyAsync(host_fp32.data(), v.data, n * sizeof(float), cudaMemcpyDeviceToHost, stream_));
+  } else {
+    kern::convert<T, float><<<kern::grid_for(n), 256, 0, stream_>>>(v.data, stage_f32_.get(), n);
+    HDPISSA_LLAMA_LAUNCH_CHECK("convert");
+    HDPISSA_CUDA_CHECK(cudaMemcpyAsync(host_fp32.data(), stage_f32_.get(), n * sizeof(float), cudaMemcpyDeviceToHost, stream_));
+  }
+  HDPISSA_CUDA_CHECK(cudaStreamSynchronize(stream_));
+}
+
+template <class T>
+void CudaLlama<T>::gemm(cublasOperation_t ta, cublasOperation_t tb, std::int64_t m, std::int64_t n, std::int64_t k,
+                        float alpha, const void* A, cudaDataType_t at, std::int64_t lda, std::int64_t sa, const void* B,
+                        cudaDataType_t bt, std::int64_t ldb, std::int64_t sb, float beta, void* C, cudaDataType_t ct,
+                        std::int64_t ldc, std::int64_t sc, int batch) const {
+  // row-major C (m, n) = op(A) op(B)  ⇔  column-major Cᵀ (n, m) = op(B)ᵀ op(A)ᵀ
+  if (batch == 1) {
+    HDPISSA_CUBLAS_CHECK(cublasGemmEx(cublas_.get(), tb, ta, static_cast<int>(n), static_cast<int>(m), static_cast<int>(k),
+                                      &alpha, B, bt, static_cast<int>(ldb), A, at, static_cast<int>(lda), &beta, C, ct,
+                                      static_cast<int>(ldc), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+  } else {
+    HDPISSA_CUBLAS_CHECK(cublasGemmStridedBatchedEx(
+        cublas_.get(), tb, ta, static_cast<int>(n), static_cast<int>(m), static_cast<int>(k), &alpha, B, bt,
+        static_cast<int>(ldb), sb, A, at, static_cast<int>(lda), sa, &beta, C, ct, static_cast<int>(ldc), sc, batch,
+        CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+  }
+}
+
+template <class T>
+std::int64_t CudaLlama<T>::stage_batch(const Batch& b) {
+  b.validate();
+  const ModelConfig& c = cfg_;
+  if (b.batch_size > max_batch_ || b.seq_len > max_seq_)
+    throw LlamaError(cat("CudaLlama: expected a batch of at most ", max_batch_, " x ", max_seq_,
+                         " tokens (the constructor's max_batch x max_seq), found ", b.batch_size, " x ", b.seq_len));
+  B_ = b.batch_size;
+  T_ = b.seq_len;
+  const std::int64_t N = static_cast<std::int64_t>(B_) * T_;
+  std::int32_t* h = h_ints_.get();
+  for (std::int64_t r = 0; r < N; ++r) {
+    const std::int32_t id = b.input_ids[r];
+    if (id < 0 || id >= c.vocab_size)
+      throw LlamaError(cat("CudaLlama: expected token ids in [0, ", c.vocab_size, "), found ", id, " at row ", r / T_,
+                           " position ", r % T_));
+    h[r] = id;
+  }
+  for (int i = 0; i < B_; ++i) h[ntok_max_ + i] = b.lengths[i];
+  std::int32_t* rows = h + ntok_max_ + max_batch_;
+  std::int32_t* ids = h + 2 * ntok_max_ + max_batch_;
+  std::int64_t n = 0;
+  for (int i = 0; i < B_; ++i)
+    for (int t = 0; t + 1 < b.lengths[i]; ++t) {
+      const std::int32_t lab = b.labels[static_cast<std::size_t>(i) * T_ + t + 1];
+      if (lab == kIgnoreIndex) continue;
+      if (lab < 0 || lab >= c.vocab_size)
+        throw LlamaError(cat("CudaLlama: expected labels in [0, ", c.vocab_size, ") or -100, found ", lab, " at row ",
+                             i, " position ", t + 1));
+      rows[n] = static_cast<std::int32_t>(static_cast<std::int64_t>(i) * T_ + t);
+      ids[n] = lab;
+      ++n;
+    }
+  HDPISSA_CUDA_CHECK(cudaMemcpyAsync(ints_.get(), h, sizeof(std::int32_t) * (3 * ntok_max_ + max_batch_),
+                                     cudaMemcpyHostToDevice, stream_));
+  return n;
+}
+
+template <class T>
+void CudaLlama<T>::prepare_hooks(CudaLinearHooks<T>& hooks) {
+  if (hooks.handle() == nullptr) hooks.set_handle(cublas_.get());
+  if (reserved_for_ != &hooks) {
+    hooks.reserve(ntok_max_);
+    reserved_for_ = &hooks;
+  }
+}
+
+template <class T>
+void CudaLlama<T>::forward_layers(CudaLinearHooks<T>& hooks) {
+  const ModelConfig& c = cfg_;
+  const int B = B_, Tn = T_, D = c.dim, H = c.hidden_dim, qd = c.q_dim(), kvd = c.kv_dim();
+  const int nh = c.n_heads, nkv = c.n_kv_heads, hd = c.head_dim, group = nh / nkv, L = c.n_layers;
+  const std::int64_t N = static_cast<std::int64_t>(B) * Tn, gT = static_cast<std::int64_t>(group) * Tn;
+  const unsigned nblk = static_cast<unsigned>(N);
+  const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+  const cudaDataType_t dt = cuda_type<T>();
+  const float* norms = norms_.get();
+  cudaStream_t s = stream_;
+  using CV = ConstMatrixView<T>;
+  using MV = MatrixView<T>;
+
+  kern::embed_gather<<<nblk, 256, 0, s>>>(tokens(), embed_.get(), res(0), D);
+  HDPISSA_LLAMA_LAUNCH_CHECK("embed_gather");
+  for (int l = 0; l < L; ++l) {
+    LayerActs& a = layers_[l];
+    auto W = [&](Module m) { return CV(linear({l, m})); };
+    const float* prev = l == 0 ? res(0) : res(2 * l - 1);
+    kern::add_rmsnorm_fwd<T><<<nblk, 256, 0, s>>>(prev, l == 0 ? nullptr : tmp_.get(), res(2 * l), norms + 2 * l * D,
+                                                  a.rstd1, a.xn1, D, c.norm_eps);
+    HDPISSA_LLAMA_LAUNCH_CHECK("add_rmsnorm_fwd");
+    const CV xn1(a.xn1, N, D, D);
+    hooks.forward({l, Module::q}, W(Module::q), xn1, MV(q_rows_.get(), N, qd, qd));
+    hooks.forward({l, Module::k}, W(Module::k), xn1, MV(k_rows_.get(), N, kvd, kvd));
+    hooks.forward({l, Module::v}, W(Module::v), xn1, MV(v_rows_.get(), N, kvd, kvd));
+    kern::rows_to_heads<T><<<kern::grid_for(N * nh * (hd / 2)), 256, 0, s>>>(q_rows_.get(), qd, a.qh, B, Tn, nh, hd,
+                                                                             rope_cos_.get(), rope_sin_.get(), true);
+    kern::rows_to_heads<T><<<kern::grid_for(N * nkv * (hd / 2)), 256, 0, s>>>(k_rows_.get(), kvd, a.kh, B, Tn, nkv, hd,
+                                                                               rope_cos_.get(), rope_sin_.get(), true);
+    kern::rows_to_heads<T><<<kern::grid_for(N * nkv * (hd / 2)), 256, 0, s>>>(v_rows_.get(), kvd, a.vh, B, Tn, nkv, hd,
+                                                                               rope_cos_.get(), rope_sin_.get(), false);
+    HDPISSA_LLAMA_LAUNCH_CHECK("rows_to_heads");
+    // S = scale·Q Kᵀ per (b, kv group): (group·T, hd) × (T, hd)ᵀ
+    gemm(CUBLAS_OP_N, CUBLAS_OP_T, gT, Tn, hd, scale, a.qh, dt, hd, gT * hd, a.kh, dt, hd,
+         static_cast<std::int64_t>(Tn) * hd, 0.0f, s_.get(), CUDA_R_32F, Tn, gT * Tn, B * nkv);
+    const std::int64_t rows = N * nh;
+    kern::causal_softmax_fwd<T><<<static_cast<unsigned>((rows + 7) / 8), 256, 0, s>>>(s_.get(), p_.get(), a.lse,
+                                                                                      lengths(), nh, Tn, rows);
+    HDPISSA_LLAMA_LAUNCH_CHECK("causal_softmax_fwd");
+    // O = P V: (group·T, T) × (T, hd)
+    gemm(CUBLAS_OP_N, CUBLAS_OP_N, gT, hd, Tn, 1.0f, p_.get(), dt, Tn, gT * Tn, a.vh, dt, hd,
+         static_cast<std::int64_t>(Tn) * hd, 0.0f, oh_.get(), dt, hd, gT * hd, B * nkv);
+    kern::heads_to_rows<T><<<kern::grid_for(N * nh * (hd / 2)), 256, 0, s>>>(oh_.get(), a.attn, qd, B, Tn, nh, hd,
+                                                                             rope_cos_.get(), rope_sin_.get(), false);
+    HDPISSA_LLAMA_LAUNCH_CHECK("heads_to_rows");
+    hooks.forward({l, Module::o}, W(Module::o), CV(a.attn, N, qd, qd), MV(tmp_.get(), N, D, D));
+    kern::add_rmsnorm_fwd<T><<<nblk, 256, 0, s>>>(res(2 * l), tmp_.get(), res(2 * l + 1), norms + (2 * l + 1) * D,
+                                                  a.rstd2, a.xn2, D, c.norm_eps);
+    HDPISSA_LLAMA_LAUNCH_CHECK("add_rmsnorm_fwd");
+    const CV xn2(a.xn2, N, D, D);
+    hooks.forward({l, Module::gate}, W(Module::gate), xn2, MV(a.gate, N, H, H));
+    hooks.forward({l, Module::up}, W(Module::up), xn2, MV(a.up, N, H, H));
+    kern::swiglu_fwd<T><<<kern::grid_for(N * H), 256, 0, s>>>(a.gate, a.up, a.act, N * H);
+    HDPISSA_LLAMA_LAUNCH_CHECK("swiglu_fwd");
+    hooks.forward({l, Module::down}, W(Module::down), CV(a.act, N, H, H), MV(tmp_.get(), N, D, D));
+  }
+  kern::add_rmsnorm_fwd<T><<<nblk, 256, 0, s>>>(res(2 * L - 1), tmp_.get(), res(2 * L), norms + 2 * L * D,
+                                                rstd_f_.get(), xnf_.get(), D, c.norm_eps);
+  HDPISSA_LLAMA_LAUNCH_CHECK("add_rmsnorm_fwd");
+}
+
+template <class T>
+void CudaLlama<T>::loss_chunks(std::int64_t n_targets, bool backward, float loss_scale) {
+  const int D = cfg_.dim, V = cfg_.vocab_size;
+  const cudaDataType_t dt = cuda_type<T>();
+  const float coef = loss_scale / static_cast<float>(n_targets);
+  const std::int64_t chunk = std::min<std::int64_t>(chunk_, ntok_max_);
+  for (std::int64_t s0 = 0; s0 < n_targets; s0 += chunk) {
+    const std::int64_t n = std::min(chunk, n_targets - s0);
+    kern::gather_rows<T><<<static_cast<unsigned>(n), 256, 0, stream_>>>(xnf_.get(), target_rows() + s0, xc_.get(), D);
+    HDPISSA_LLAMA_LAUNCH_CHECK("gather_rows");
+    gemm(CUBLAS_OP_N, CUBLAS_OP_T, n, V, D, 1.0f, xc_.get(), dt, D, 0, cls_, dt, D, 0, 0.0f, logits_.get(), CUDA_R_32F,
+         V, 0, 1);
+    T* dl = nullptr;
+    if (backward) {
+      if constexpr (std::is_same_v<T, float>) dl = logits_.get();  // in place
+      else dl = dlogits_.get();
+    }
+    kern::cross_entropy<T><<<static_cast<unsigned>(n), 512, 0, stream_>>>(logits_.get(), target_ids() + s0,
+                                                                         row_loss_.get() + s0, dl, coef, V);
+    HDPISSA_LLAMA_LAUNCH_CHECK("cross_entropy");
+    if (backward) {
+      gemm(CUBLAS_OP_N, CUBLAS_OP_N, n, D, V, 1.0f, dl, dt, V, 0, cls_, dt, D, 0, 0.0f, dxchunk_.get(), CUDA_R_32F, D, 0, 1);
+      kern::scatter_rows<<<static_cast<unsigned>(n), 256, 0, stream_>>>(dxchunk_.get(), target_rows() + s0, dxnf_.get(), D);
+      HDPISSA_LLAMA_LAUNCH_CHECK("scatter_rows");
+    }
+  }
+}
+
+template <class T>
+void CudaLlama<T>::backward_layers(CudaLinearHooks<T>& hooks) {
+  const ModelConfig& c = cfg_;
+  const int B = B_, Tn = T_, D = c.dim, H = c.hidden_dim, qd = c.q_dim(), kvd = c.kv_dim();
+  const int nh = c.n_heads, nkv = c.n_kv_heads, hd = c.head_dim, group = nh / nkv, L = c.n_layers;
+  const std::int64_t N = static_cast<std::int64_t>(B) * Tn, gT = static_cast<std::int64_t>(group) * Tn;
+  const std::int64_t Thd = static_cast<std::int64_t>(Tn) * hd;
+  const unsigned nblk = static_cast<unsigned>(N);
+  const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+  const cudaDataType_t dt = cuda_type<T>();
+  const float* norms = norms_.get();
+  cudaStream_t s = stream_;
+  using CV = ConstMatrixView<T>;
+  using MV = MatrixView<T>;
+
+  HDPISSA_CUDA_CHECK(cudaMemsetAsync(dx_.get(), 0, sizeof(float) * N * D, s));
+  kern::rmsnorm_bwd<T><<<nblk, 256, 0, s>>>(res(2 * L), rstd_f_.get(), norms + 2 * L * D, dxnf_.get(), nullptr, nullptr,
+                                            nullptr, dx_.get(), dx_t_.get(), D);
+  HDPISSA_LLAMA_LAUNCH_CHECK("rmsnorm_bwd");
+  for (int l = L - 1; l >= 0; --l) {
+    const LayerActs& a = layers_[l];
+    auto W = [&](Module m) { return CV(linear({l, m})); };
+    const CV dxt(dx_t_.get(), N, D, D);
+    hooks.backward({l, Module::down}, W(Module::down), CV(a.act, N, H, H), dxt, MV(d_act_.get(), N, H, H));
+    kern::swiglu_bwd<T><<<kern::grid_for(N * H), 256, 0, s>>>(d_act_.get(), a.gate, a.up, d_gate_.get(), d_up_.get(), N * H);
+    HDPISSA_LLAMA_LAUNCH_CHECK("swiglu_bwd");
+    const CV xn2(a.xn2, N, D, D);
+    hooks.backward({l, Module::up}, W(Module::up), xn2, CV(d_up_.get(), N, H, H), MV(dxa_.get(), N, D, D));
+    hooks.backward({l, Module::gate}, W(Module::gate), xn2, CV(d_gate_.get(), N, H, H), MV(dxb_.get(), N, D, D));
+    kern::rmsnorm_bwd<T><<<nblk, 256, 0, s>>>(res(2 * l + 1), a.rstd2, norms + (2 * l + 1) * D, nullptr, dxa_.get(),
+                                              dxb_.get(), nullptr, dx_.get(), dx_t_.get(), D);
+    HDPISSA_LLAMA_LAUNCH_CHECK("rmsnorm_bwd");
+    hooks.backward({l, Module::o}, W(Module::o), CV(a.attn, N, qd, qd), dxt, MV(d_attn_.get(), N, qd, qd));
+
+    // attention backward (flash-style recompute of P from Q, K and lse)
+    kern::rows_to_heads<T><<<kern::grid_for(N * nh * (hd / 2)), 256, 0, s>>>(d_attn_.get(), qd, doh_.get(), B, Tn, nh,
+                                                                             hd, rope_cos_.get(), rope_sin_.get(), false);
+    HDPISSA_LLAMA_LAUNCH_CHECK("rows_to_heads");
+    kern::attn_rowdot<T><<<kern::grid_for(N * nh), 256, 0, s>>>(d_attn_.get(), a.attn, dr_.get(), B, Tn, nh, hd);
+    HDPISSA_LLAMA_LAUNCH_CHECK("attn_rowdot");
+    gemm(CUBLAS_OP_N, CUBLAS_OP_T, gT, Tn, hd, scale, a.qh, dt, hd, gT * hd, a.kh, dt, hd, Thd, 0.0f, s_.get(),
+         CUDA_R_32F, Tn, gT * Tn, B * nkv);
+    gemm(CUBLAS_OP_N, CUBLAS_OP_T, gT, Tn, hd, 1.0f, doh_.get(), dt, hd, gT * hd, a.vh, dt, hd, Thd, 0.0f, dp_.get(),
+         CUDA_R_32F, Tn, gT * Tn, B * nkv);
+    const std::int64_t rows = N * nh;
+    kern::attn_bwd_ds<T><<<static_cast<unsigned>((rows + 7) / 8), 256, 0, s>>>(s_.get(), dp_.get(), a.lse, dr_.get(),
+                                                                               p_.get(), ds_.get(), lengths(), nh, Tn, rows);
+    HDPISSA_LLAMA_LAUNCH_CHECK("attn_bwd_ds");
+    // dV = Pᵀ dO (sums the group's query heads), dQ = scale·dS K, dK = scale·dSᵀ Q
+    gemm(CUBLAS_OP_T, CUBLAS_OP_N, Tn, hd, gT, 1.0f, p_.get(), dt, Tn, gT * Tn, doh_.get(), dt, hd, gT * hd, 0.0f,
+         dvh_.get(), dt, hd, Thd, B * nkv);
+    gemm(CUBLAS_OP_N, CUBLAS_OP_N, gT, hd, Tn, scale, ds_.get(), dt, Tn, gT * Tn, a.kh, dt, hd, Thd, 0.0f, dqh_.get(),
+         dt, hd, gT * hd, B * nkv);
+    gemm(CUBLAS_OP_T, CUBLAS_OP_N, Tn, hd, gT, scale, ds_.get(), dt, Tn, gT * Tn, a.qh, dt, hd, gT * hd, 0.0f,
+         dkh_.get(), dt, hd, Thd, B * nkv);
+    kern::heads_to_rows<T><<<kern::grid_for(N * nh * (hd / 2)), 256, 0, s>>>(dqh_.get(), q_rows_.get(), qd, B, Tn, nh,
+                                                                             hd, rope_cos_.get(), rope_sin_.get(), true);
+    kern::heads_to_rows<T><<<kern::grid_for(N * nkv * (hd / 2)), 256, 0, s>>>(dkh_.get(), k_rows_.get(), kvd, B, Tn, nkv,
+                                                                              hd, rope_cos_.get(), rope_sin_.get(), true);
+    kern::heads_to_rows<T><<<kern::grid_for(N * nkv * (hd / 2)), 256, 0, s>>>(dvh_.get(), v_rows_.get(), kvd, B, Tn, nkv,
+                                                                              hd, rope_cos_.get(), rope_sin_.get(), false);
+    HDPISSA_LLAMA_LAUNCH_CHECK("heads_to_rows");
+    const CV xn1(a.xn1, N, D, D);
+    hooks.backward({l, Module::v}, W(Module::v), xn1, CV(v_rows_.get(), N, kvd, kvd), MV(dxa_.get(), N, D, D));
+    hooks.backward({l, Module::k}, W(Module::k), xn1, CV(k_rows_.get(), N, kvd, kvd), MV(dxb_.get(), N, D, D));
+    hooks.backward({l, Module::q}, W(Module::q), xn1, CV(q_rows_.get(), N, qd, qd), MV(dxc_.get(), N, D, D));
+    kern::rmsnorm_bwd<T><<<nblk, 256, 0, s>>>(res(2 * l), a.rstd1, norms + 2 * l * D, nullptr, dxa_.get(), dxb_.get(),
+                                              dxc_.get(), dx_.get(), dx_t_.get(), D);
+    HDPISSA_LLAMA_LAUNCH_CHECK("rmsnorm_bwd");
+  }
+}
+
+template <class T>
+LossResult CudaLlama<T>::read_loss(std::int64_t n_targets) {
+  if (n_targets > 0)
+    HDPISSA_CUDA_CHECK(cudaMemcpyAsync(h_loss_.get(), row_loss_.get(), sizeof(float) * n_targets,
+                                       cudaMemcpyDeviceToHost, stream_));
+  HDPISSA_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  LossResult r;
+  r.n_tokens = n_targets;
+  for (std::int64_t i = 0; i < n_targets; ++i) r.loss_sum += static_cast<double>(h_loss_.get()[i]);
+  return r;
+}
+
+template <class T>
+LossResult CudaLlama<T>::forward_backward(const Batch& b, CudaLinearHooks<T>& hooks, float loss_scale) {
+  const std::int64_t n = stage_batch(b);
+  prepare_hooks(hooks);
+  forward_layers(hooks);
+  HDPISSA_CUDA_CHECK(cudaMemsetAsync(dxnf_.get(), 0, sizeof(float) * B_ * T_ * cfg_.dim, stream_));
+  if (n > 0) loss_chunks(n, true, loss_scale);
+  backward_layers(hooks);
+  return read_loss(n);
+}
+
+template <class T>
+LossResult CudaLlama<T>::forward_loss(const Batch& b, CudaLinearHooks<T>& hooks) {
+  const std::int64_t n = stage_batch(b);
+  prepare_hooks(hooks);
+  forward_layers(hooks);
+  if (n > 0) loss_chunks(n, false, 0.0f);
+  return read_loss(n);
+}
+
+template <class T>
+void CudaLlama<T>::forward_logits(const Batch& b, CudaLinearHooks<T>& hooks, std::vector<float>& logits) {
+  stage_batch(b);
+  prepare_hooks(hooks);
+  forward_layers(hooks);
+  const std::int64_t N = static_cast<std::int64_t>(B_) * T_;
+  const int V = cfg_.vocab_size, D = cfg_.dim;
+  FBuf out(static_cast<std::size_t>(N) * V);
+  gemm(CUBLAS_OP_N, CUBLAS_OP_T, N, V, D, 1.0f, xnf_.get(), cuda_type<T>(), D, 0, cls_, cuda_type<T>(), D, 0, 0.0f,
+       out.get(), CUDA_R_32F, V, 0, 1);
+  logits.resize(static_cast<std::size_t>(N) * V);
+  HDPISSA_CUDA_CHECK(cudaMemcpyAsync(logits.data(), out.get(), sizeof(float) * N * V, cudaMemcpyDeviceToHost, stream_));
+  HDPISSA_CUDA_CHECK(cudaStreamSynchronize(stream_));
+}
 
 }  // namespace hdpissa::llama::gpu
