@@ -9,6 +9,7 @@
 #   PREBUILT=dir scripts/gpu-check.sh         # skip configure/build: run binaries found in dir
 #                                             # (hdpissa_cuda_tests, bench_cuda_micro, bench_cuda_e2e)
 #   BENCH_FILTER=regex  E2E_ARGS="svd init7b dwu7b"  STORIES=path/model.safetensors  SKIP_BENCH=1
+#   SKIP_HF=1                                 # skip scripts/hf-check.sh (transformers load/loss check)
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BUILD_DIR="${BUILD_DIR:-$ROOT/build-gpu}"
@@ -60,6 +61,14 @@ if [[ -z "${SKIP_BENCH:-}" ]]; then
     grep '^JSON ' "$OUTDIR/bench_e2e.log" | sed 's/^JSON //' >"$OUTDIR/bench_e2e.jsonl"
     note "bench_cuda_e2e   | $(grep -c '^JSON ' "$OUTDIR/bench_e2e.log") records -> bench_e2e.jsonl"
   fi
+fi
+
+# transformers load/loss check of checkpoints our trainer writes (CPU and --device cuda): scripts/hf-check.sh
+if [[ -z "${SKIP_HF:-}" ]]; then
+  BUILD_DIR="$BUILD_DIR" BIN="${PREBUILT:-$BUILD_DIR/examples/llama}" "$ROOT/scripts/hf-check.sh" >"$OUTDIR/hf-check.log" 2>&1
+  rc=$?
+  [[ $rc -ne 0 && $rc -ne 77 ]] && status=1
+  note "hf-check         | $(grep -E '^hf-check ' "$OUTDIR/hf-check.log" | tr '\n' ' ') (rc $rc)"
 fi
 
 echo

@@ -11,23 +11,23 @@
 # A device is skipped (with a message) when the trainer cannot run on it (no GPU, or a trainer
 # without --device). CKPT=DIR checks an existing checkpoint instead of training one.
 #
-# Env: BUILD_DIR (binaries in $BUILD_DIR/examples/llama; default build/gpu), OUT (results; default
-#      $BUILD_DIR/hf-check), DATA (folder with stories260K-hf/ and gsm8k/{train,test}.jsonl; default
+# Env: BUILD_DIR (binaries in BIN=$BUILD_DIR/examples/llama; default build/gpu), HF_JSON_DIR (result
+#      JSON per check; default WORK=/tmp/hdpissa-hf-check), DATA (folder with stories260K-hf/ and gsm8k/{train,test}.jsonl; default
 #      .devdata/hfcheck if present, else $HDPISSA_DATA, else ../shared/data), PYTHON (python3).
 # Exit: 0 every check that ran passed, 1 a check failed, 77 none could run.
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BUILD_DIR="${BUILD_DIR:-$ROOT/build/gpu}"
-BIN="$BUILD_DIR/examples/llama"
-OUTDIR="${OUT:-$BUILD_DIR/hf-check}"
+BIN="${BIN:-$BUILD_DIR/examples/llama}"
 PY="${PYTHON:-python3}"
 if [[ -z "${DATA:-}" ]]; then
   if [[ -d "$ROOT/.devdata/hfcheck" ]]; then DATA="$ROOT/.devdata/hfcheck"; else DATA="${HDPISSA_DATA:-$ROOT/../shared/data}"; fi
 fi
 WORK="${WORK:-/tmp/hdpissa-hf-check}"
-mkdir -p "$OUTDIR" "$WORK"
+JSON_DIR="${HF_JSON_DIR:-$WORK}"
+mkdir -p "$JSON_DIR" "$WORK"
 for f in stories260K-hf/model.safetensors stories260K-hf/tokenizer.model gsm8k/train.jsonl gsm8k/test.jsonl; do
-  [[ -f "$DATA/$f" ]] || { echo "hf-check: expected $DATA/$f, not found (set DATA)" >&2; exit 2; }
+  [[ -f "$DATA/$f" ]] || { echo "hf-check: SKIP: expected $DATA/$f, not found (set DATA)"; exit 77; }
 done
 [[ -x "$BIN/hdpissa-eval" ]] || { echo "hf-check: SKIP: no hdpissa-eval in $BIN (set BUILD_DIR)"; exit 77; }
 tok="$DATA/stories260K-hf/tokenizer.model"
@@ -35,9 +35,9 @@ ran=0 failed=0
 check() {  # check NAME CHECKPOINT_DIR
   local name="$1" ckpt="$2"
   "$BIN/hdpissa-eval" --model "$ckpt" --tokenizer "$tok" --data "$DATA/gsm8k/test.jsonl" --max-len 256 \
-    --eval-examples 32 --micro-batch 4 --json "$WORK/eval-$name.json" || { failed=1; return; }
+    --eval-examples 32 --micro-batch 4 --threads 1 --json "$WORK/eval-$name.json" || { failed=1; return; }
   "$PY" "$ROOT/tests/reference/hf_load_check.py" --model "$ckpt" --eval-json "$WORK/eval-$name.json" \
-    --backend transformers --out "$OUTDIR/hf-check-$name.json"
+    --backend transformers --out "$JSON_DIR/hf-check-$name.json"
   local rc=$?
   if [[ $rc -eq 77 ]]; then echo "hf-check $name: SKIP (transformers unavailable)"; return; fi
   ran=1

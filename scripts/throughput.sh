@@ -6,7 +6,7 @@
 #
 #   1. builds hdpissa-train + hdpissa-eval (cmake --preset gpu, build/gpu) unless PREBUILT=DIR;
 #   2. makes the model (bench/e2e/make_model.py) in $WORK/tinyllama unless MODEL_DIR exists;
-#   3. PEFT side: bf16 matmul peak, then LoRA, PiSSA (pissa_niter_4), full (bench/e2e/peft_throughput.py);
+#   3. PEFT side: bf16 matmul peak, then LoRA (fp32 adapters + autocast, and all-bf16), PiSSA (pissa_niter_4), full (bench/e2e/peft_throughput.py);
 #   4. our side: hdpissa-train --device cuda --dtype bf16 for lora, pissa, hdpissa K=1, hdpissa K=8
 #      (virtual groups on the one GPU; tokens/s counts all groups' tokens), full — skipped with a
 #      message when the binary or its --device option is missing;
@@ -20,7 +20,7 @@
 #                                          the PEFT side trains on exactly these ids
 # Env: OUT (default build/gpu/throughput), OURS_STEPS (4; the first OURS_SKIP=1 dropped),
 #      PEFT_STEPS (4) PEFT_WARMUP (2), OURS_CONFIGS ("lora pissa hdpissa-K1 hdpissa-K8 full"),
-#      PEFT_METHODS (lora,pissa,full), OURS_TIMEOUT (s per config, 150), JOBS (16)
+#      PEFT_METHODS (lora,lora-bf16,pissa,full), OURS_TIMEOUT (s per config, 150), JOBS (16)
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 DEV="$ROOT/.devdata/throughput"
@@ -70,7 +70,7 @@ fi
 # ---- 3. PEFT side
 t0=$(date +%s)
 PYTHONUNBUFFERED=1 python3 "$ROOT/bench/e2e/peft_throughput.py" --model "$MODEL_DIR" --batches "$DEV/batches.json" \
-  --methods "${PEFT_METHODS:-lora,pissa,full}" --rank 16 --alpha 16 --grad-accum 8 \
+  --methods "${PEFT_METHODS:-lora,lora-bf16,pissa,full}" --rank 16 --alpha 16 --grad-accum 8 \
   --warmup "${PEFT_WARMUP:-2}" --steps "${PEFT_STEPS:-4}" --peak --out "$WORK/peft.jsonl"
 echo "peft side: rc $?, $(( $(date +%s) - t0 )) s"
 
