@@ -252,7 +252,7 @@ ModelWeights tiny_random(unsigned seed) {
 TEST_CASE("fp32 CudaLlama matches the CPU model: tiny random model, untied, llama3 RoPE") {
   const ModelWeights w = tiny_random(11);
   const std::vector<Batch> batches = {make_batch(37, 7, {7, 5, 3}, 3, 7), make_batch(37, 12, {12, 12}, 4, 8)};
-  compare_with_cpu<float>(w, w, batches, 3, 12, {2e-6, 2e-5, 2e-5}, "tiny fp32");
+  compare_with_cpu<float>(w, w, batches, 3, 12, {1e-5, 2e-5, 2e-5}, "tiny fp32");
 }
 
 TEST_CASE("fp32 CudaLlama matches the CPU model on stories260K") {
@@ -261,7 +261,7 @@ TEST_CASE("fp32 CudaLlama matches the CPU model on stories260K") {
     return;
   }
   const ModelWeights w = load_hf_checkpoint(stories_dir());
-  compare_with_cpu<float>(w, w, stories_batches(w.config.vocab_size), 3, 64, {2e-6, 2e-5, 2e-5}, "stories260K fp32");
+  compare_with_cpu<float>(w, w, stories_batches(w.config.vocab_size), 3, 64, {1e-5, 2e-5, 2e-5}, "stories260K fp32");
 }
 
 // bf16: the CPU reference runs on the same bf16-rounded target linears and classifier, so what is

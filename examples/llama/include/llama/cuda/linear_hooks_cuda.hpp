@@ -22,8 +22,8 @@
 ///  - Streams: every call is enqueued on the model's stream (CudaLlama<T>::stream()); hooks must enqueue
 ///    their work on that same stream (construct their CudaBackend / cuBLAS handle on it) and must not
 ///    synchronise the device in these calls. No allocation in forward/backward: size workspaces up
-///    front (the model announces the maximal token count through `reserve(max_tokens)` before the
-///    first call).
+///    front (the model announces the maximal token count through `reserve(max_tokens)` at the start
+///    of every pass; it must be a no-op when nothing grows).
 
 #include <cuda_bf16.h>
 #include <cublas_v2.h>
@@ -55,7 +55,9 @@ class CudaLinearHooks {
   explicit CudaLinearHooks(cublasHandle_t handle = nullptr) : handle_(handle) {}
   virtual ~CudaLinearHooks() = default;
 
-  /// Called once by the model before the first forward with the largest token count it will use.
+  /// Called by the model at the start of EVERY pass (before the first forward of that pass) with the
+  /// largest token count it will ever use (max_batch·max_seq): allocate on the first call or when it
+  /// grows, otherwise do nothing (the same hooks object may serve several passes and models).
   virtual void reserve(index_t max_tokens) { (void)max_tokens; }
 
   /// Y = X Wᵀ.  // X (tokens, in), W (out, in), Y (tokens, out)

@@ -68,7 +68,8 @@ class CudaLlama {
   /// The stream every kernel and GEMM of the model is enqueued on.
   cudaStream_t stream() const { return stream_; }
   /// The model's cuBLAS handle (bound to stream(), default math: no TF32). Hooks constructed without
-  /// a handle get this one at their first pass.
+  /// a handle get this one at their first pass. Every pass calls hooks.reserve(max_batch·max_seq)
+  /// first (so workspaces can be sized before any forward; it must be cheap when nothing grows).
   cublasHandle_t cublas() const { return cublas_.get(); }
   /// Largest batch / sequence the buffers hold.
   int max_batch() const { return max_batch_; }
@@ -143,7 +144,6 @@ class CudaLlama {
   cudaStream_t stream_ = nullptr;
   CublasHandle cublas_;
   FBuf cublas_ws_;
-  const CudaLinearHooks<T>* reserved_for_ = nullptr;
 
   // weights
   FBuf embed_;        // (V, D) fp32, for the gather
@@ -464,10 +464,7 @@ std::int64_t CudaLlama<T>::stage_batch(const Batch& b) {
 template <class T>
 void CudaLlama<T>::prepare_hooks(CudaLinearHooks<T>& hooks) {
   if (hooks.handle() == nullptr) hooks.set_handle(cublas_.get());
-  if (reserved_for_ != &hooks) {
-    hooks.reserve(ntok_max_);
-    reserved_for_ = &hooks;
-  }
+  hooks.reserve(ntok_max_);  // every pass: hooks grow their workspaces once, then it is a no-op
 }
 
 template <class T>

@@ -1,0 +1,242 @@
+// bench_llama_cuda: forward+backward throughput of CudaLlama<T> (examples/llama/include/llama/cuda)
+// with frozen plain hooks (dX through every linear, no weight gradient) on a RANDOM-INIT model of
+// TinyLlama-1.1B's shape (hidden 2048, 22 layers, 32 heads / 4 KV heads, MLP 5632, vocab 32000,
+// untied lm_head), micro-batch B x T (default 2 x 512), every next token a target.
+//
+// Reported, all measured in the same run:
+//  - step time (forward_backward incl. its one loss read-back), tokens/s, eval forward time;
+//  - "linears only": the same 7·L forward + 7·L backward GEMMs of the plain hooks on the same
+//    weights and token count, alone (the floor the linears set);
+//  - the bf16 GEMM ceiling: cublasGemmEx at 8192³ and at the model's own MLP shape;
+//  - FLOPs counted: linears 4·N·P_lin (fwd 2·N·P, dX 2·N·P); lm_head 4·n_targets·V·D; attention as
+//    executed (full T×T products: 2 fwd + 5 bwd GEMMs of 2·B·nh·T²·hd each). TFLOP/s = counted / time.
+//
+// Usage: bench_llama_cuda [--layers 22] [--batch 2] [--seq 512] [--steps 20] [--warmup 3] [--fp32]
+
+#include <cuda_bf16.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "llama/cuda/model_cuda.cuh"
+
+using namespace hdpissa::llama;
+using hdpissa::llama::gpu::CudaLinearHooks;
+using hdpissa::llama::gpu::CudaLlama;
+
+namespace {
+
+struct Args {
+  int layers = 22, batch = 2, seq = 512, steps = 20, warmup = 3;
+  bool fp32 = false;
+};
+
+Args parse(int argc, char** argv) {
+  Args a;
+  for (int i = 1; i < argc; ++i) {
+    const std::string k = argv[i];
+    auto next = [&]() -> int {
+      if (i + 1 >= argc) { std::fprintf(stderr, "expected a value after %s\n", k.c_str()); std::exit(2); }
+      return std::atoi(argv[++i]);
+    };
+    if (k == "--layers") a.layers = next();
+    else if (k == "--batch") a.batch = next();
+    else if (k == "--seq") a.seq = next();
+    else if (k == "--steps") a.steps = next();
+    else if (k == "--warmup") a.warmup = next();
+    else if (k == "--fp32") a.fp32 = true;
+    else { std::fprintf(stderr, "unknown flag %s (expected --layers --batch --seq --steps --warmup --fp32)\n", k.c_str()); std::exit(2); }
+  }
+  return a;
+}
+
+ModelConfig tinyllama(int layers) {
+  ModelConfig c;
+  c.dim = 2048;
+  c.hidden_dim = 5632;
+  c.n_layers = layers;
+  c.n_heads = 32;
+  c.n_kv_heads = 4;
+  c.head_dim = 64;
+  c.vocab_size = 32000;
+  c.max_seq_len = 2048;
+  c.norm_eps = 1e-5f;
+  c.rope_theta = 10000.0;
+  c.tie_embeddings = false;
+  return c;
+}
+
+/// Random init (uniform, std 0.02; norms 1) with a fast xorshift: 1.1e9 values in seconds.
+ModelWeights random_weights(const ModelConfig& c) {
+  ModelWeights w = ModelWeights::zeros(c);
+  std::uint64_t s = 0x9E3779B97F4A7C15ull;
+  const float a = 0.02f * 1.7320508f;
+  w.for_each_parameter([&](const std::string& name, float* p, std::int64_t n, const std::vector<std::int64_t>&) {
+    if (name.find("norm") != std::string::npos) {
+      for (std::int64_t i = 0; i < n; ++i) p[i] = 1.0f;
+      return;
+    }
+    for (std::int64_t i = 0; i < n; ++i) {
+      s ^= s << 13; s ^= s >> 7; s ^= s << 17;
+      p[i] = a * (static_cast<float>(s >> 40) * (2.0f / 16777216.0f) - 1.0f);
+    }
+  });
+  return w;
+}
+
+struct Timer {
+  cudaEvent_t a{}, b{};
+  Timer() { cudaEventCreate(&a); cudaEventCreate(&b); }
+  ~Timer() { cudaEventDestroy(a); cudaEventDestroy(b); }
+  void start(cudaStream_t s) { cudaEventRecord(a, s); }
+  float stop_ms(cudaStream_t s) { cudaEventRecord(b, s); cudaEventSynchronize(b); float ms = 0; cudaEventElapsedTime(&ms, a, b); return ms; }
+};
+
+/// TFLOP/s of C (m, n) = A (m, k) Bᵀ, T operands, fp32 accumulation, best of `reps` after warm-up.
+template <class T>
+double gemm_tflops(cublasHandle_t h, cudaStream_t s, int m, int n, int k, int reps) {
+  hdpissa::DeviceBuffer<T> A(static_cast<std::size_t>(m) * k), B(static_cast<std::size_t>(n) * k), C(static_cast<std::size_t>(m) * n);
+  cudaMemsetAsync(A.get(), 0, sizeof(T) * m * k, s);
+  cudaMemsetAsync(B.get(), 0, sizeof(T) * n * k, s);
+  const float one = 1.0f, zero = 0.0f;
+  const auto t = hdpissa::llama::gpu::cuda_type<T>();
+  auto run = [&] {
+    HDPISSA_CUBLAS_CHECK(cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, n, m, k, &one, B.get(), t, k, A.get(), t, k, &zero,
+                                      C.get(), t, n, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+  };
+  for (int i = 0; i < 3; ++i) run();
+  Timer tm;
+  tm.start(s);
+  for (int i = 0; i < reps; ++i) run();
+  const double ms = tm.stop_ms(s) / reps;
+  return 2.0 * m * n * k / (ms * 1e-3) / 1e12;
+}
+
+template <class T>
+int run(const Args& args) {
+  const ModelConfig c = tinyllama(args.layers);
+  const int B = args.batch, Tn = args.seq;
+  const std::int64_t N = static_cast<std::int64_t>(B) * Tn;
+  std::printf("model: random-init TinyLlama-1.1B shape (dim %d, layers %d, heads %d/%d, hd %d, mlp %d, vocab %d), %s, "
+              "micro-batch %d x %d\n", c.dim, c.n_layers, c.n_heads, c.n_kv_heads, c.head_dim, c.hidden_dim, c.vocab_size,
+              std::is_same_v<T, float> ? "fp32" : "bf16", B, Tn);
+  auto t0 = std::chrono::steady_clock::now();
+  const ModelWeights w = random_weights(c);
+  auto t1 = std::chrono::steady_clock::now();
+  cudaStream_t stream;
+  HDPISSA_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  CudaLlama<T> model(w, B, Tn, stream);
+  auto t2 = std::chrono::steady_clock::now();
+  std::printf("host init %.1f s, upload %.1f s\n", std::chrono::duration<double>(t1 - t0).count(),
+              std::chrono::duration<double>(t2 - t1).count());
+  size_t free_b = 0, total_b = 0;
+  cudaMemGetInfo(&free_b, &total_b);
+  std::printf("GPU memory in use after construction: %.2f GiB\n", (total_b - free_b) / 1073741824.0);
+
+  Batch b;
+  b.batch_size = B;
+  b.seq_len = Tn;
+  b.lengths.assign(B, Tn);
+  std::uint32_t r = 12345;
+  for (std::int64_t i = 0; i < N; ++i) {
+    r = r * 1664525u + 1013904223u;
+    b.input_ids.push_back(static_cast<std::int32_t>((r >> 8) % static_cast<std::uint32_t>(c.vocab_size)));
+  }
+  b.labels = b.input_ids;
+  b.example_ids.assign(B, 0);
+  const std::int64_t n_targets = b.num_target_tokens();
+
+  CudaLinearHooks<T> hooks;  // frozen plain linears; gets the model's cuBLAS handle
+  for (int i = 0; i < args.warmup; ++i) model.forward_backward(b, hooks, 1.0f);
+  Timer tm;
+  std::vector<float> step_ms;
+  double loss = 0;
+  for (int i = 0; i < args.steps; ++i) {
+    tm.start(stream);
+    loss = model.forward_backward(b, hooks, 1.0f).mean();
+    step_ms.push_back(tm.stop_ms(stream));
+  }
+  std::sort(step_ms.begin(), step_ms.end());
+  const double med = step_ms[step_ms.size() / 2];
+  double fwd_ms = 0;
+  {
+    model.forward_loss(b, hooks);
+    tm.start(stream);
+    for (int i = 0; i < 5; ++i) model.forward_loss(b, hooks);
+    fwd_ms = tm.stop_ms(stream) / 5;
+  }
+
+  // linears only: the same GEMMs through the same hooks, nothing else
+  double lin_ms = 0;
+  {
+    const std::int64_t maxw = std::max<std::int64_t>({c.dim, c.hidden_dim, c.q_dim()});
+    hdpissa::DeviceBuffer<T> X(N * maxw), Y(N * maxw), dY(N * maxw), dX(N * maxw);
+    cudaMemsetAsync(X.get(), 0, sizeof(T) * N * maxw, stream);
+    cudaMemsetAsync(dY.get(), 0, sizeof(T) * N * maxw, stream);
+    auto pass = [&] {
+      for (int l = 0; l < c.n_layers; ++l)
+        for (int m = 0; m < kModulesPerLayer; ++m) {
+          const LinearId id{l, static_cast<Module>(m)};
+          const auto W = model.linear(id);
+          hooks.forward(id, W, {X.get(), N, W.cols, W.cols}, {Y.get(), N, W.rows, W.rows});
+        }
+      for (int l = c.n_layers - 1; l >= 0; --l)
+        for (int m = kModulesPerLayer - 1; m >= 0; --m) {
+          const LinearId id{l, static_cast<Module>(m)};
+          const auto W = model.linear(id);
+          hooks.backward(id, W, {X.get(), N, W.cols, W.cols}, {dY.get(), N, W.rows, W.rows}, {dX.get(), N, W.cols, W.cols});
+        }
+    };
+    pass();
+    tm.start(stream);
+    for (int i = 0; i < 5; ++i) pass();
+    lin_ms = tm.stop_ms(stream) / 5;
+  }
+  const double ceil_big = gemm_tflops<T>(model.cublas(), stream, 8192, 8192, 8192, 10);
+  const double ceil_mlp = gemm_tflops<T>(model.cublas(), stream, static_cast<int>(N), c.hidden_dim, c.dim, 50);
+
+  const double P_lin = static_cast<double>(c.n_layers) *
+                       (2.0 * c.dim * c.q_dim() + 2.0 * c.dim * c.kv_dim() + 3.0 * c.dim * c.hidden_dim);
+  const double f_lin = 4.0 * N * P_lin;
+  const double f_head = 4.0 * n_targets * c.vocab_size * c.dim;
+  const double f_attn = c.n_layers * 7.0 * 2.0 * B * c.n_heads * static_cast<double>(Tn) * Tn * c.head_dim;
+  const double f_total = f_lin + f_head + f_attn;
+  const double tflops = f_total / (med * 1e-3) / 1e12;
+  std::printf("loss %.4f (%lld targets)\n", loss, static_cast<long long>(n_targets));
+  std::printf("forward+backward: median %.2f ms/step (min %.2f, max %.2f over %d steps) = %.0f tokens/s\n", med,
+              step_ms.front(), step_ms.back(), args.steps, N / (med * 1e-3));
+  std::printf("eval forward (forward_loss): %.2f ms = %.0f tokens/s\n", fwd_ms, N / (fwd_ms * 1e-3));
+  std::printf("FLOPs counted per step: linears %.3f T + lm_head %.3f T + attention (executed, full T x T) %.3f T = %.3f T\n",
+              f_lin / 1e12, f_head / 1e12, f_attn / 1e12, f_total / 1e12);
+  std::printf("achieved %.1f TFLOP/s\n", tflops);
+  std::printf("bf16 GEMM ceiling (same run): 8192^3 %.1f TFLOP/s; model MLP shape %lldx%dx%d %.1f TFLOP/s\n", ceil_big,
+              static_cast<long long>(N), c.hidden_dim, c.dim, ceil_mlp);
+  std::printf("achieved / 8192^3 ceiling: %.1f %%\n", 100.0 * tflops / ceil_big);
+  std::printf("linears only (same 14*L GEMMs through the hooks): %.2f ms = %.1f TFLOP/s; step / linears-only = %.2f\n",
+              lin_ms, f_lin / (lin_ms * 1e-3) / 1e12, med / lin_ms);
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const Args args = parse(argc, argv);
+  int count = 0;
+  if (cudaGetDeviceCount(&count) != cudaSuccess || count == 0) {
+    std::printf("no CUDA device: nothing to measure\n");
+    return 0;
+  }
+  cudaDeviceProp prop{};
+  cudaGetDeviceProperties(&prop, 0);
+  std::printf("device: %s (%d SMs)\n", prop.name, prop.multiProcessorCount);
+  try {
+    return args.fp32 ? run<float>(args) : run<__nv_bfloat16>(args);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "error: %s\n", e.what());
+    return 1;
+  }
+}
