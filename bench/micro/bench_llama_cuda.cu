@@ -19,6 +19,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <algorithm>
 #include <string>
 #include <vector>
 
@@ -96,12 +97,23 @@ struct Timer {
   float stop_ms(cudaStream_t s) { cudaEventRecord(b, s); cudaEventSynchronize(b); float ms = 0; cudaEventElapsedTime(&ms, a, b); return ms; }
 };
 
+/// Uniform values in [-1, 1) (random data: zeros would let the tensor cores run cooler and faster).
+template <class T>
+__global__ void fill_random(T* p, std::int64_t n, std::uint32_t seed) {
+  for (std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
+    std::uint32_t h = static_cast<std::uint32_t>(i) * 2654435761u ^ seed;
+    h ^= h >> 16; h *= 0x85ebca6bu; h ^= h >> 13; h *= 0xc2b2ae35u; h ^= h >> 16;
+    p[i] = static_cast<T>(static_cast<float>(h >> 8) * (2.0f / 16777216.0f) - 1.0f);
+  }
+}
+
 /// TFLOP/s of C (m, n) = A (m, k) Bᵀ, T operands, fp32 accumulation, best of `reps` after warm-up.
 template <class T>
 double gemm_tflops(cublasHandle_t h, cudaStream_t s, int m, int n, int k, int reps) {
   hdpissa::DeviceBuffer<T> A(static_cast<std::size_t>(m) * k), B(static_cast<std::size_t>(n) * k), C(static_cast<std::size_t>(m) * n);
-  cudaMemsetAsync(A.get(), 0, sizeof(T) * m * k, s);
-  cudaMemsetAsync(B.get(), 0, sizeof(T) * n * k, s);
+  fill_random<T><<<1024, 256, 0, s>>>(A.get(), static_cast<std::int64_t>(m) * k, 1u);
+  fill_random<T><<<1024, 256, 0, s>>>(B.get(), static_cast<std::int64_t>(n) * k, 2u);
   const float one = 1.0f, zero = 0.0f;
   const auto t = hdpissa::llama::gpu::cuda_type<T>();
   auto run = [&] {
@@ -162,6 +174,12 @@ int run(const Args& args) {
   }
   std::sort(step_ms.begin(), step_ms.end());
   const double med = step_ms[step_ms.size() / 2];
+  // where the time goes: the same step with section events (slightly slower than unprofiled)
+  model.enable_profiling(true);
+  const int prof_steps = 5;
+  for (int i = 0; i < prof_steps; ++i) model.forward_backward(b, hooks, 1.0f);
+  const auto prof = model.profile();
+  model.enable_profiling(false);
   double fwd_ms = 0;
   {
     model.forward_loss(b, hooks);
@@ -175,8 +193,8 @@ int run(const Args& args) {
   {
     const std::int64_t maxw = std::max<std::int64_t>({c.dim, c.hidden_dim, c.q_dim()});
     hdpissa::DeviceBuffer<T> X(N * maxw), Y(N * maxw), dY(N * maxw), dX(N * maxw);
-    cudaMemsetAsync(X.get(), 0, sizeof(T) * N * maxw, stream);
-    cudaMemsetAsync(dY.get(), 0, sizeof(T) * N * maxw, stream);
+    fill_random<T><<<1024, 256, 0, stream>>>(X.get(), N * maxw, 3u);
+    fill_random<T><<<1024, 256, 0, stream>>>(dY.get(), N * maxw, 4u);
     auto pass = [&] {
       for (int l = 0; l < c.n_layers; ++l)
         for (int m = 0; m < kModulesPerLayer; ++m) {
@@ -218,6 +236,11 @@ int run(const Args& args) {
   std::printf("achieved / 8192^3 ceiling: %.1f %%\n", 100.0 * tflops / ceil_big);
   std::printf("linears only (same 14*L GEMMs through the hooks): %.2f ms = %.1f TFLOP/s; step / linears-only = %.2f\n",
               lin_ms, f_lin / (lin_ms * 1e-3) / 1e12, med / lin_ms);
+  double prof_total = 0;
+  for (const auto& [name, ms] : prof) prof_total += ms / prof_steps;
+  std::printf("profiled step (section events): %.2f ms\n", prof_total);
+  for (const auto& [name, ms] : prof)
+    std::printf("  %-24s %7.2f ms  %5.1f %%\n", name.c_str(), ms / prof_steps, 100.0 * ms / prof_steps / prof_total);
   return 0;
 }
 

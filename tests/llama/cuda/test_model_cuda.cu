@@ -163,7 +163,7 @@ struct Tol {
 /// GPU (T) vs CPU on `w_ref` (the CPU weights; for bf16 the target linears rounded to bf16 first).
 template <class T>
 void compare_with_cpu(const ModelWeights& w_gpu, const ModelWeights& w_ref, const std::vector<Batch>& batches,
-                      int max_batch, int max_seq, const Tol& tol, const char* tag) {
+                      int max_batch, int max_seq, const Tol& tol, const std::string& tag) {
   CudaLlama<T> model(w_gpu, max_batch, max_seq, nullptr, /*loss_chunk_rows=*/16);  // several loss chunks
   for (std::size_t bi = 0; bi < batches.size(); ++bi) {
     const Batch& b = batches[bi];

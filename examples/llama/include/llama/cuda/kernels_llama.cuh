@@ -166,9 +166,24 @@ __global__ void heads_to_rows(const T* __restrict__ in, T* __restrict__ out, int
   }
 }
 
+/// Stores 4 consecutive values as T (8-byte bf16x4 or 16-byte float4 store; p 4-aligned).
+template <class T>
+__device__ __forceinline__ void store4(T* p, float a, float b, float c, float d) {
+  if constexpr (std::is_same_v<T, float>) {
+    *reinterpret_cast<float4*>(p) = make_float4(a, b, c, d);
+  } else {
+    __nv_bfloat162 lo = __floats2bfloat162_rn(a, b), hi = __floats2bfloat162_rn(c, d);
+    uint2 u;
+    u.x = *reinterpret_cast<unsigned*>(&lo);
+    u.y = *reinterpret_cast<unsigned*>(&hi);
+    *reinterpret_cast<uint2*>(p) = u;
+  }
+}
+
 /// Causal softmax of scaled scores S (rows r = (b·nh + h)·Tn + t, Tn columns) with padding: row
 /// t < L_b attends to keys 0..t; rows t ≥ L_b get P = 0, lse = 0 (like the CPU model).
-/// P = exp(S − lse) as T, lse saved. One warp per row; block 256 (8 rows).
+/// P = exp(S − lse) as T, lse saved. One warp per row (online max / sum: S is read twice, only
+/// its causal part); 4-wide loads and stores when Tn % 4 == 0. Block 256 (8 rows).
 template <class T>
 __global__ void causal_softmax_fwd(const float* __restrict__ S, T* __restrict__ P, float* __restrict__ lse,
                                    const int* __restrict__ lengths, int nh, int Tn, std::int64_t rows) {
@@ -179,25 +194,47 @@ __global__ void causal_softmax_fwd(const float* __restrict__ S, T* __restrict__ 
   const int b = static_cast<int>(r / Tn / nh);
   const float* s = S + r * Tn;
   T* p = P + r * Tn;
+  const bool vec = (Tn & 3) == 0;
   if (t >= lengths[b]) {
     for (int j = lane; j < Tn; j += 32) p[j] = from_f<T>(0.0f);
     if (lane == 0) lse[r] = 0.0f;
     return;
   }
-  float mx = -INFINITY;
-  for (int j = lane; j <= t; j += 32) mx = fmaxf(mx, s[j]);
-  mx = warp_max(mx);
-  float sum = 0.0f;
-  for (int j = lane; j <= t; j += 32) sum += expf(s[j] - mx);
-  sum = warp_sum(sum);
+  float m = -INFINITY, sum = 0.0f;
+  auto acc = [&](float x) {
+    if (x > m) { sum = sum * expf(m - x) + 1.0f; m = x; }
+    else sum += expf(x - m);
+  };
+  if (vec) {
+    for (int j = 4 * lane; j <= t; j += 128) {
+      const float4 v = *reinterpret_cast<const float4*>(s + j);
+      acc(v.x);
+      if (j + 1 <= t) acc(v.y);
+      if (j + 2 <= t) acc(v.z);
+      if (j + 3 <= t) acc(v.w);
+    }
+  } else {
+    for (int j = lane; j <= t; j += 32) acc(s[j]);
+  }
+  const float mx = warp_max(m);
+  sum = warp_sum(m == -INFINITY ? 0.0f : sum * expf(m - mx));
   const float l = mx + logf(sum);
-  for (int j = lane; j < Tn; j += 32) p[j] = from_f<T>(j <= t ? expf(s[j] - l) : 0.0f);
+  if (vec) {
+    for (int j = 4 * lane; j < Tn; j += 128) {
+      if (j > t) { store4(p + j, 0.0f, 0.0f, 0.0f, 0.0f); continue; }
+      const float4 v = *reinterpret_cast<const float4*>(s + j);
+      store4(p + j, expf(v.x - l), j + 1 <= t ? expf(v.y - l) : 0.0f, j + 2 <= t ? expf(v.z - l) : 0.0f,
+             j + 3 <= t ? expf(v.w - l) : 0.0f);
+    }
+  } else {
+    for (int j = lane; j < Tn; j += 32) p[j] = from_f<T>(j <= t ? expf(s[j] - l) : 0.0f);
+  }
   if (lane == 0) lse[r] = l;
 }
 
 /// Attention backward elementwise step, from the recomputed scaled scores S, dP = dO Vᵀ, lse and
 /// Dr = rowsum(dO∘O): P = exp(S − lse) (causal, padding masked), dS = P∘(dP − Dr). Writes P and dS
-/// as T. One warp per row.
+/// as T. One warp per row; 4-wide when Tn % 4 == 0; the masked part is written without reading.
 template <class T>
 __global__ void attn_bwd_ds(const float* __restrict__ S, const float* __restrict__ dP, const float* __restrict__ lse,
                             const float* __restrict__ Dr, T* __restrict__ P, T* __restrict__ dS,
@@ -207,17 +244,35 @@ __global__ void attn_bwd_ds(const float* __restrict__ S, const float* __restrict
   const int lane = threadIdx.x & 31;
   const int t = static_cast<int>(r % Tn);
   const int b = static_cast<int>(r / Tn / nh);
-  const bool live = t < lengths[b];
+  const int last = t < lengths[b] ? t : -1;  // keys 0..last are live
   const float l = lse[r], d = Dr[r];
   const std::int64_t o = r * Tn;
-  for (int j = lane; j < Tn; j += 32) {
-    float p = 0.0f, ds = 0.0f;
-    if (live && j <= t) {
-      p = expf(S[o + j] - l);
-      ds = p * (dP[o + j] - d);
+  if ((Tn & 3) == 0) {
+    for (int j = 4 * lane; j < Tn; j += 128) {
+      if (j > last) {
+        store4(P + o + j, 0.0f, 0.0f, 0.0f, 0.0f);
+        store4(dS + o + j, 0.0f, 0.0f, 0.0f, 0.0f);
+        continue;
+      }
+      const float4 sv = *reinterpret_cast<const float4*>(S + o + j);
+      const float4 gv = *reinterpret_cast<const float4*>(dP + o + j);
+      const float p0 = expf(sv.x - l);
+      const float p1 = j + 1 <= last ? expf(sv.y - l) : 0.0f;
+      const float p2 = j + 2 <= last ? expf(sv.z - l) : 0.0f;
+      const float p3 = j + 3 <= last ? expf(sv.w - l) : 0.0f;
+      store4(P + o + j, p0, p1, p2, p3);
+      store4(dS + o + j, p0 * (gv.x - d), p1 * (gv.y - d), p2 * (gv.z - d), p3 * (gv.w - d));
     }
-    P[o + j] = from_f<T>(p);
-    dS[o + j] = from_f<T>(ds);
+  } else {
+    for (int j = lane; j < Tn; j += 32) {
+      float p = 0.0f, ds = 0.0f;
+      if (j <= last) {
+        p = expf(S[o + j] - l);
+        ds = p * (dP[o + j] - d);
+      }
+      P[o + j] = from_f<T>(p);
+      dS[o + j] = from_f<T>(ds);
+    }
   }
 }
 

@@ -31,6 +31,7 @@
 #include <cmath>
 #include <cstdint>
 #include <type_traits>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -92,6 +93,13 @@ class CudaLlama {
   /// For tests: forward, then the full logits of every row (B·T, vocab) to the host in fp32
   /// (allocates a temporary; not a hot path). Padded rows hold the logits of their (unattended) state.
   void forward_logits(const Batch& b, CudaLinearHooks<T>& hooks, std::vector<float>& logits);
+
+  /// Benchmark aid: with profiling on, every pass records CUDA events at section boundaries and
+  /// profile() returns the accumulated GPU time per section (ms): target linears (the hooks) forward
+  /// / backward, attention forward / backward (permutes, RoPE, score GEMMs, softmax), norms and
+  /// elementwise forward / backward, loss (classifier GEMMs + cross-entropy). Off by default.
+  void enable_profiling(bool on);
+  std::vector<std::pair<std::string, double>> profile() const;
 
  private:
   using Buf = DeviceBuffer<T>;
@@ -179,6 +187,15 @@ class CudaLlama {
 
   // current batch
   int B_ = 0, T_ = 0;
+
+  // profiling (benchmarks only)
+  enum Section { kLinFwd = 0, kAttnFwd, kNormFwd, kLoss, kLinBwd, kAttnBwd, kNormBwd, kNumSections, kEnd = -1 };
+  void mark(int section);
+  void flush_profile();
+  bool prof_on_ = false;
+  std::vector<cudaEvent_t> prof_ev_;
+  std::vector<int> prof_sec_;
+  std::vector<double> prof_ms_ = std::vector<double>(kNumSections, 0.0);
 };
 
 
@@ -481,19 +498,23 @@ void CudaLlama<T>::forward_layers(CudaLinearHooks<T>& hooks) {
   using CV = ConstMatrixView<T>;
   using MV = MatrixView<T>;
 
+  mark(kNormFwd);
   kern::embed_gather<<<nblk, 256, 0, s>>>(tokens(), embed_.get(), res(0), D);
   HDPISSA_LLAMA_LAUNCH_CHECK("embed_gather");
   for (int l = 0; l < L; ++l) {
     LayerActs& a = layers_[l];
     auto W = [&](Module m) { return CV(linear({l, m})); };
     const float* prev = l == 0 ? res(0) : res(2 * l - 1);
+    mark(kNormFwd);
     kern::add_rmsnorm_fwd<T><<<nblk, 256, 0, s>>>(prev, l == 0 ? nullptr : tmp_.get(), res(2 * l), norms + 2 * l * D,
                                                   a.rstd1, a.xn1, D, c.norm_eps);
     HDPISSA_LLAMA_LAUNCH_CHECK("add_rmsnorm_fwd");
     const CV xn1(a.xn1, N, D, D);
+    mark(kLinFwd);
     hooks.forward({l, Module::q}, W(Module::q), xn1, MV(q_rows_.get(), N, qd, qd));
     hooks.forward({l, Module::k}, W(Module::k), xn1, MV(k_rows_.get(), N, kvd, kvd));
     hooks.forward({l, Module::v}, W(Module::v), xn1, MV(v_rows_.get(), N, kvd, kvd));
+    mark(kAttnFwd);
     kern::rows_to_heads<T><<<kern::grid_for(N * nh * (hd / 2)), 256, 0, s>>>(q_rows_.get(), qd, a.qh, B, Tn, nh, hd,
                                                                              rope_cos_.get(), rope_sin_.get(), true);
     kern::rows_to_heads<T><<<kern::grid_for(N * nkv * (hd / 2)), 256, 0, s>>>(k_rows_.get(), kvd, a.kh, B, Tn, nkv, hd,
@@ -514,17 +535,23 @@ void CudaLlama<T>::forward_layers(CudaLinearHooks<T>& hooks) {
     kern::heads_to_rows<T><<<kern::grid_for(N * nh * (hd / 2)), 256, 0, s>>>(oh_.get(), a.attn, qd, B, Tn, nh, hd,
                                                                              rope_cos_.get(), rope_sin_.get(), false);
     HDPISSA_LLAMA_LAUNCH_CHECK("heads_to_rows");
+    mark(kLinFwd);
     hooks.forward({l, Module::o}, W(Module::o), CV(a.attn, N, qd, qd), MV(tmp_.get(), N, D, D));
+    mark(kNormFwd);
     kern::add_rmsnorm_fwd<T><<<nblk, 256, 0, s>>>(res(2 * l), tmp_.get(), res(2 * l + 1), norms + (2 * l + 1) * D,
                                                   a.rstd2, a.xn2, D, c.norm_eps);
     HDPISSA_LLAMA_LAUNCH_CHECK("add_rmsnorm_fwd");
     const CV xn2(a.xn2, N, D, D);
+    mark(kLinFwd);
     hooks.forward({l, Module::gate}, W(Module::gate), xn2, MV(a.gate, N, H, H));
     hooks.forward({l, Module::up}, W(Module::up), xn2, MV(a.up, N, H, H));
+    mark(kNormFwd);
     kern::swiglu_fwd<T><<<kern::grid_for(N * H), 256, 0, s>>>(a.gate, a.up, a.act, N * H);
     HDPISSA_LLAMA_LAUNCH_CHECK("swiglu_fwd");
+    mark(kLinFwd);
     hooks.forward({l, Module::down}, W(Module::down), CV(a.act, N, H, H), MV(tmp_.get(), N, D, D));
   }
+  mark(kNormFwd);
   kern::add_rmsnorm_fwd<T><<<nblk, 256, 0, s>>>(res(2 * L - 1), tmp_.get(), res(2 * L), norms + 2 * L * D,
                                                 rstd_f_.get(), xnf_.get(), D, c.norm_eps);
   HDPISSA_LLAMA_LAUNCH_CHECK("add_rmsnorm_fwd");
@@ -535,6 +562,7 @@ void CudaLlama<T>::loss_chunks(std::int64_t n_targets, bool backward, float loss
   const int D = cfg_.dim, V = cfg_.vocab_size;
   const cudaDataType_t dt = cuda_type<T>();
   const float coef = loss_scale / static_cast<float>(n_targets);
+  mark(kLoss);
   const std::int64_t chunk = std::min<std::int64_t>(chunk_, ntok_max_);
   for (std::int64_t s0 = 0; s0 < n_targets; s0 += chunk) {
     const std::int64_t n = std::min(chunk, n_targets - s0);
@@ -573,6 +601,7 @@ void CudaLlama<T>::backward_layers(CudaLinearHooks<T>& hooks) {
   using CV = ConstMatrixView<T>;
   using MV = MatrixView<T>;
 
+  mark(kNormBwd);
   HDPISSA_CUDA_CHECK(cudaMemsetAsync(dx_.get(), 0, sizeof(float) * N * D, s));
   kern::rmsnorm_bwd<T><<<nblk, 256, 0, s>>>(res(2 * L), rstd_f_.get(), norms + 2 * L * D, dxnf_.get(), nullptr, nullptr,
                                             nullptr, dx_.get(), dx_t_.get(), D);
@@ -581,18 +610,24 @@ void CudaLlama<T>::backward_layers(CudaLinearHooks<T>& hooks) {
     const LayerActs& a = layers_[l];
     auto W = [&](Module m) { return CV(linear({l, m})); };
     const CV dxt(dx_t_.get(), N, D, D);
+    mark(kLinBwd);
     hooks.backward({l, Module::down}, W(Module::down), CV(a.act, N, H, H), dxt, MV(d_act_.get(), N, H, H));
+    mark(kNormBwd);
     kern::swiglu_bwd<T><<<kern::grid_for(N * H), 256, 0, s>>>(d_act_.get(), a.gate, a.up, d_gate_.get(), d_up_.get(), N * H);
     HDPISSA_LLAMA_LAUNCH_CHECK("swiglu_bwd");
     const CV xn2(a.xn2, N, D, D);
+    mark(kLinBwd);
     hooks.backward({l, Module::up}, W(Module::up), xn2, CV(d_up_.get(), N, H, H), MV(dxa_.get(), N, D, D));
     hooks.backward({l, Module::gate}, W(Module::gate), xn2, CV(d_gate_.get(), N, H, H), MV(dxb_.get(), N, D, D));
+    mark(kNormBwd);
     kern::rmsnorm_bwd<T><<<nblk, 256, 0, s>>>(res(2 * l + 1), a.rstd2, norms + (2 * l + 1) * D, nullptr, dxa_.get(),
                                               dxb_.get(), nullptr, dx_.get(), dx_t_.get(), D);
     HDPISSA_LLAMA_LAUNCH_CHECK("rmsnorm_bwd");
+    mark(kLinBwd);
     hooks.backward({l, Module::o}, W(Module::o), CV(a.attn, N, qd, qd), dxt, MV(d_attn_.get(), N, qd, qd));
 
     // attention backward (flash-style recompute of P from Q, K and lse)
+    mark(kAttnBwd);
     kern::rows_to_heads<T><<<kern::grid_for(N * nh * (hd / 2)), 256, 0, s>>>(d_attn_.get(), qd, doh_.get(), B, Tn, nh,
                                                                              hd, rope_cos_.get(), rope_sin_.get(), false);
     HDPISSA_LLAMA_LAUNCH_CHECK("rows_to_heads");
@@ -621,9 +656,11 @@ void CudaLlama<T>::backward_layers(CudaLinearHooks<T>& hooks) {
                                                                               hd, rope_cos_.get(), rope_sin_.get(), false);
     HDPISSA_LLAMA_LAUNCH_CHECK("heads_to_rows");
     const CV xn1(a.xn1, N, D, D);
+    mark(kLinBwd);
     hooks.backward({l, Module::v}, W(Module::v), xn1, CV(v_rows_.get(), N, kvd, kvd), MV(dxa_.get(), N, D, D));
     hooks.backward({l, Module::k}, W(Module::k), xn1, CV(k_rows_.get(), N, kvd, kvd), MV(dxb_.get(), N, D, D));
     hooks.backward({l, Module::q}, W(Module::q), xn1, CV(q_rows_.get(), N, qd, qd), MV(dxc_.get(), N, D, D));
+    mark(kNormBwd);
     kern::rmsnorm_bwd<T><<<nblk, 256, 0, s>>>(res(2 * l), a.rstd1, norms + 2 * l * D, nullptr, dxa_.get(), dxb_.get(),
                                               dxc_.get(), dx_.get(), dx_t_.get(), D);
     HDPISSA_LLAMA_LAUNCH_CHECK("rmsnorm_bwd");
@@ -632,10 +669,12 @@ void CudaLlama<T>::backward_layers(CudaLinearHooks<T>& hooks) {
 
 template <class T>
 LossResult CudaLlama<T>::read_loss(std::int64_t n_targets) {
+  mark(kEnd);
   if (n_targets > 0)
     HDPISSA_CUDA_CHECK(cudaMemcpyAsync(h_loss_.get(), row_loss_.get(), sizeof(float) * n_targets,
                                        cudaMemcpyDeviceToHost, stream_));
   HDPISSA_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  flush_profile();
   LossResult r;
   r.n_tokens = n_targets;
   for (std::int64_t i = 0; i < n_targets; ++i) r.loss_sum += static_cast<double>(h_loss_.get()[i]);
@@ -675,6 +714,48 @@ void CudaLlama<T>::forward_logits(const Batch& b, CudaLinearHooks<T>& hooks, std
   logits.resize(static_cast<std::size_t>(N) * V);
   HDPISSA_CUDA_CHECK(cudaMemcpyAsync(logits.data(), out.get(), sizeof(float) * N * V, cudaMemcpyDeviceToHost, stream_));
   HDPISSA_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  prof_sec_.clear();  // a logits pass is not profiled
+}
+
+template <class T>
+void CudaLlama<T>::enable_profiling(bool on) {
+  prof_on_ = on;
+  if (on && prof_ev_.empty()) {
+    prof_ev_.resize(64 + 40 * static_cast<std::size_t>(cfg_.n_layers));
+    for (auto& e : prof_ev_) HDPISSA_CUDA_CHECK(cudaEventCreate(&e));
+    prof_sec_.reserve(prof_ev_.size());
+  }
+  std::fill(prof_ms_.begin(), prof_ms_.end(), 0.0);
+  prof_sec_.clear();
+}
+
+template <class T>
+void CudaLlama<T>::mark(int section) {
+  if (!prof_on_) return;
+  if (prof_sec_.size() >= prof_ev_.size()) throw LlamaError("CudaLlama: profiling event pool exhausted");
+  HDPISSA_CUDA_CHECK(cudaEventRecord(prof_ev_[prof_sec_.size()], stream_));
+  prof_sec_.push_back(section);
+}
+
+template <class T>
+void CudaLlama<T>::flush_profile() {
+  if (!prof_on_) return;
+  for (std::size_t i = 0; i + 1 < prof_sec_.size(); ++i) {
+    if (prof_sec_[i] < 0) continue;
+    float ms = 0;
+    HDPISSA_CUDA_CHECK(cudaEventElapsedTime(&ms, prof_ev_[i], prof_ev_[i + 1]));
+    prof_ms_[prof_sec_[i]] += ms;
+  }
+  prof_sec_.clear();
+}
+
+template <class T>
+std::vector<std::pair<std::string, double>> CudaLlama<T>::profile() const {
+  static const char* names[] = {"linears fwd", "attention fwd", "norms+elementwise fwd", "loss (lm_head + CE)",
+                                "linears bwd", "attention bwd", "norms+elementwise bwd"};
+  std::vector<std::pair<std::string, double>> out;
+  for (int i = 0; i < kNumSections; ++i) out.emplace_back(names[i], prof_ms_[i]);
+  return out;
 }
 
 }  // namespace hdpissa::llama::gpu
