@@ -158,6 +158,7 @@ struct Tol {
   double loss;    ///< relative error of the mean loss
   double logits;  ///< max |Δlogit| / max |logit|
   double grad;    ///< relative Frobenius error of each gW
+  double grad_qk; ///< the same for q_proj and k_proj (their dY comes through the softmax backward)
 };
 
 /// GPU (T) vs CPU on `w_ref` (the CPU weights; for bf16 the target linears rounded to bf16 first).
@@ -182,7 +183,7 @@ void compare_with_cpu(const ModelWeights& w_gpu, const ModelWeights& w_ref, cons
       const double e = rel_err(grads[i].data(), ref.grads[i].data(), static_cast<std::size_t>(grads[i].size()));
       const LinearId id{static_cast<int>(i) / kModulesPerLayer, static_cast<Module>(i % kModulesPerLayer)};
       INFO(tag << " batch " << bi << " " << id.hf_name() << " gW relative error " << e);
-      CHECK(e <= tol.grad);
+      CHECK(e <= (id.module == Module::q || id.module == Module::k ? tol.grad_qk : tol.grad));
       if (!(e <= worst)) { worst = e; worst_name = id.hf_name(); }
     }
     std::vector<float> logits;
@@ -252,7 +253,7 @@ ModelWeights tiny_random(unsigned seed) {
 TEST_CASE("fp32 CudaLlama matches the CPU model: tiny random model, untied, llama3 RoPE") {
   const ModelWeights w = tiny_random(11);
   const std::vector<Batch> batches = {make_batch(37, 7, {7, 5, 3}, 3, 7), make_batch(37, 12, {12, 12}, 4, 8)};
-  compare_with_cpu<float>(w, w, batches, 3, 12, {1e-5, 2e-5, 2e-5}, "tiny fp32");
+  compare_with_cpu<float>(w, w, batches, 3, 12, {1e-5, 2e-5, 2e-5, 2e-5}, "tiny fp32");
 }
 
 TEST_CASE("fp32 CudaLlama matches the CPU model on stories260K") {
@@ -261,21 +262,24 @@ TEST_CASE("fp32 CudaLlama matches the CPU model on stories260K") {
     return;
   }
   const ModelWeights w = load_hf_checkpoint(stories_dir());
-  compare_with_cpu<float>(w, w, stories_batches(w.config.vocab_size), 3, 64, {1e-5, 2e-5, 2e-5}, "stories260K fp32");
+  compare_with_cpu<float>(w, w, stories_batches(w.config.vocab_size), 3, 64, {1e-5, 2e-5, 2e-5, 2e-5}, "stories260K fp32");
 }
 
 // bf16: the CPU reference runs on the same bf16-rounded target linears and classifier, so what is
 // measured is the bf16 rounding of activations (GEMM operands: xn, q/k/v, P, attn, act, dY, dX)
-// with fp32 accumulation. The unit roundoff of bf16 is 2^-9 ≈ 2e-3 per rounding; ~10 independent
-// roundings along each path through 5 layers give ~1e-2 relative error, so gradients are held to 5e-2
-// and the loss (a mean over many tokens, errors averaging out) to 5e-3.
+// with fp32 accumulation. The unit roundoff of bf16 is 2^-9 ≈ 2e-3 per rounding; ~10 roundings along
+// each path through 5 layers give ~1e-2 relative error: measured on an H200, ≤ 1.9e-2 for v, o, gate,
+// up, down (held to 4e-2). q_proj / k_proj receive dY through dS = P∘(dP − D), a difference of nearly
+// equal terms (Σ_j P_ij dP_ij = D_i) that amplifies the rounding of dO, V and O: measured ≤ 6.0e-2
+// (held to 1.2e-1). Loss (a mean over many tokens): measured ≤ 1.6e-4 (held to 1e-3); logits ≤ 1.3e-2
+// of max |z| (held to 3e-2). fp32 with the same code meets 1e-5, so these are rounding, not logic.
 TEST_CASE("bf16 CudaLlama matches the CPU model on stories260K within bf16 rounding") {
   if (!have_stories()) {
     MESSAGE("SKIPPED: " << stories_dir() << " not found (set HDPISSA_DATA)");
     return;
   }
   const ModelWeights w = load_hf_checkpoint(stories_dir());
-  compare_with_cpu<bf16>(w, rounded_to_bf16(w), stories_batches(w.config.vocab_size), 3, 64, {5e-3, 3e-2, 5e-2},
+  compare_with_cpu<bf16>(w, rounded_to_bf16(w), stories_batches(w.config.vocab_size), 3, 64, {1e-3, 3e-2, 4e-2, 1.2e-1},
                          "stories260K bf16");
 }
 
