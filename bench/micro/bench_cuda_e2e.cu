@@ -354,38 +354,54 @@ void run_dwu7b() {
   const double tokens = 2.0 * 512 * 8, n7b = 6.74e9;
   const double step6 = 6.0 * n7b * tokens / (bf16 * 1e12) * 1e3, step4 = 4.0 * n7b * tokens / (bf16 * 1e12) * 1e3;
   // Each variant with the backend's fused DWU hooks on (multi-tensor Adam + one packing kernel per
-  // layer) and off (the core's generic per-tensor loops: the "before"), in the same process.
-  struct Variant { bool tf32, refresh, fused; };
-  const Variant variants[] = {{false, false, false}, {false, false, true}, {true, false, false},
-                              {true, false, true},   {false, true, false}, {false, true, true}};
+  // layer) and off (the core's generic per-tensor loops), and the GEMM algorithm policy: off (plain
+  // cublasGemmEx: run 8's "after"), bit-exact (cuBLASLt algorithm tuned per shape, verified
+  // bit-identical to cublasGemmEx: the default), fastest (any cuBLASLt algorithm), in one process.
+  // Each variant's first (warm-up, untimed) step tunes its shapes.
+  struct Variant { bool tf32, refresh, fused; GemmTuning tuning; };
+  const Variant variants[] = {
+      {false, false, false, GemmTuning::Off}, {false, false, true, GemmTuning::Off},
+      {false, false, true, GemmTuning::BitExact}, {false, false, true, GemmTuning::Fastest},
+      {true, false, false, GemmTuning::Off}, {true, false, true, GemmTuning::Off},
+      {true, false, true, GemmTuning::BitExact}, {true, false, true, GemmTuning::Fastest},
+      {false, true, true, GemmTuning::Off}, {false, true, true, GemmTuning::BitExact}};
   for (const auto& v : variants) {
     const bool use_tf32 = v.tf32, refresh = v.refresh;
     b.set_tf32(use_tf32);
     b.set_fused_update(v.fused);
+    b.set_gemm_tuning(v.tuning);
     const double ms = time_steps(refresh);
     const double rate = use_tf32 ? tf32 : fp32;
     const double mem_ms = (bytes + (refresh ? 6.0 * N : 0.0)) / (copy_gbps * 1e9) * 1e3;
     const double cmp_ms = flops / (rate * 1e12) * 1e3;
     const double floor_max = std::max(mem_ms, cmp_ms), floor_sum = mem_ms + cmp_ms;
     const std::string name = cat(!use_tf32 && !refresh ? "fp32 W" : use_tf32 ? "fp32 W, tf32 GEMM" : "fp32 master W + bf16 copy",
-                                 v.fused ? ", fused" : ", generic");
+                                 v.fused ? ", fused" : ", generic", ", gemm ", gemm_tuning_name(v.tuning));
     std::printf("dwu7b %-36s: %8.1f ms/step | floor max(mem %.1f, gemm %.1f) = %.1f ms -> %.2fx floor (%.0f%% of floor speed); "
                 "sum-floor %.1f ms -> %.2fx | %.1f%% of a 6N-step (%.0f ms), %.1f%% of a 4N-step (%.0f ms) [target <= 1.25x: %s]\n",
                 name.c_str(), ms, mem_ms, cmp_ms, floor_max, ms / floor_max, 100 * floor_max / ms, floor_sum, ms / floor_sum,
                 100 * ms / (step6 + ms), step6, 100 * ms / (step4 + ms), step4, ms <= 1.25 * floor_max ? "met" : "missed");
-    std::printf("JSON {\"driver\":\"dwu7b\",\"variant\":\"%s\",\"fused\":%s,\"ms\":%.3f,\"floor_mem_ms\":%.3f,\"floor_gemm_ms\":%.3f,\"x_floor\":%.3f,\"step6_ms\":%.1f,\"step4_ms\":%.1f}\n",
-                name.c_str(), v.fused ? "true" : "false", ms, mem_ms, cmp_ms, ms / floor_max, step6, step4);
+    std::printf("JSON {\"driver\":\"dwu7b\",\"variant\":\"%s\",\"fused\":%s,\"gemm_tuning\":\"%s\",\"ms\":%.3f,\"floor_mem_ms\":%.3f,\"floor_gemm_ms\":%.3f,\"x_floor\":%.3f,\"step6_ms\":%.1f,\"step4_ms\":%.1f}\n",
+                name.c_str(), v.fused ? "true" : "false", gemm_tuning_name(v.tuning), ms, mem_ms, cmp_ms, ms / floor_max, step6, step4);
   }
   b.set_fused_update(true);
+  for (GemmTuning tu : {GemmTuning::Off, GemmTuning::BitExact, GemmTuning::Fastest}) {
+    b.set_gemm_tuning(tu);
+    b.set_tf32(false);
+    const double g32 = time_gemms();
+    b.set_tf32(true);
+    const double gtf = time_gemms();
+    std::printf("dwu7b parts: the 224 GEMMs alone, gemm %s: %.1f ms (fp32, %.1f TFLOP/s) / %.1f ms (tf32, %.0f GB/s of W traffic)\n",
+                gemm_tuning_name(tu), g32, flops / g32 * 1e-9, gtf, bytes / gtf * 1e-6);
+    std::printf("JSON {\"driver\":\"dwu7b-parts\",\"gemm_tuning\":\"%s\",\"gemms_fp32_ms\":%.3f,\"gemms_tf32_ms\":%.3f}\n",
+                gemm_tuning_name(tu), g32, gtf);
+  }
   b.set_tf32(false);
-  const double g32 = time_gemms();
-  b.set_tf32(true);
-  const double gtf = time_gemms();
-  b.set_tf32(false);
+  b.set_gemm_tuning(GemmTuning::BitExact);
   const double chk = time_checks();
-  std::printf("dwu7b parts: the 224 GEMMs alone %.1f ms (fp32) / %.1f ms (tf32); the step's %d all_finite checks %.1f ms\n",
-              g32, gtf, int(Ws.size()) * K * 2, chk);
-  std::printf("JSON {\"driver\":\"dwu7b-parts\",\"gemms_fp32_ms\":%.3f,\"gemms_tf32_ms\":%.3f,\"checks_ms\":%.3f}\n", g32, gtf, chk);
+  std::printf("dwu7b parts: the step's %d per-tensor all_finite checks (generic fallback) %.1f ms\n", int(Ws.size()) * K * 2, chk);
+  std::printf("dwu7b GEMM tuning decisions (column-major terms: C = W^T (in x out), k = 2Kr):\n");
+  for (const auto& rec : b.gemm_tuning_report()) std::printf("  tuning: %s\n", rec.str().c_str());
 }
 
 }  // namespace

@@ -26,12 +26,17 @@ bool same_bits(const std::vector<T>& a, const std::vector<T>& b) {
 /// run, a generic GPU run and a CPU run fed the same factors and gradients. `perturb` runs before
 /// each step on both GPU updates (to exercise the fallbacks).
 template <class T, class Perturb>
-void run_fused_vs_generic(AdamConfig cfg, int steps, Perturb perturb, bool check_cpu = true) {
+void run_fused_vs_generic(AdamConfig cfg, int steps, Perturb perturb, bool check_cpu = true, bool tune_fused = false) {
   using GPU = CudaBackend<T>;
   using GDWU = DirectWeightUpdate<GPU, Adam, VirtualRanks<CudaSingleProcess>>;
   GPU fused, generic;
   fused.set_fused_update(true);
   generic.set_fused_update(false);
+  // tune_fused: the fused run's GEMMs go through the cuBLASLt tuner (forced on these small shapes),
+  // the generic run's through plain cublasGemmEx.
+  fused.set_gemm_tuning(tune_fused ? GemmTuning::BitExact : GemmTuning::Off);
+  fused.set_gemm_tuning_min_flop(0);
+  generic.set_gemm_tuning(GemmTuning::Off);
   EigenBackend<T> cpu;
   const int K = 4;
   const index_t r = 3;
@@ -136,4 +141,105 @@ TEST_CASE("fused DWU: replaced moments rebuild the table; unequal step counts fa
   };
   // The CPU run is not perturbed, so only GPU fused vs generic is compared here.
   run_fused_vs_generic<float>(AdamConfig{}, 4, perturb, /*check_cpu=*/false);
+}
+
+TEST_CASE("fused DWU with bit-exact tuned GEMMs (fused + cuBLASLt) equals the generic loops with cublasGemmEx bit for bit") {
+  run_fused_vs_generic<float>(AdamConfig{}, 3, NoPerturb{}, /*check_cpu=*/true, /*tune_fused=*/true);
+}
+
+namespace {
+/// C (m, n; strided, padded) ← α op(A) op(B) + β C on a tuned backend and on an untuned one (same
+/// inputs): returns both results and the CPU reference's.
+struct GemmRun {
+  std::vector<float> tuned, plain;
+  std::vector<double> tuned_d, cpu_d;
+};
+GemmRun tuned_vs_plain(GemmTuning mode, bool tf32, Op ta, Op tb, index_t m, index_t n, index_t k, float alpha, float beta,
+                       std::uint64_t seed, std::vector<GemmTuningRecord>* report = nullptr) {
+  CudaBackend<float> tuned, plain;
+  EigenBackend<float> cpu;
+  tuned.set_gemm_tuning(mode);
+  tuned.set_gemm_tuning_min_flop(0);
+  plain.set_gemm_tuning(GemmTuning::Off);
+  tuned.set_tf32(tf32);
+  plain.set_tf32(tf32);
+  const index_t ar = ta == Op::N ? m : k, ac = ta == Op::N ? k : m, br = tb == Op::N ? k : n, bc = tb == Op::N ? n : k;
+  const index_t pad = 3;  // strided views: C and A are column blocks of wider parents
+  auto hA = random_host<float>(ar, ac + pad, seed), hB = random_host<float>(br, bc, seed + 1),
+       hC = random_host<float>(m, n + pad, seed + 2);
+  auto At = tuned.make_matrix(ar, ac + pad), Bt = tuned.make_matrix(br, bc), Ct = tuned.make_matrix(m, n + pad);
+  auto Ap = plain.make_matrix(ar, ac + pad), Bp = plain.make_matrix(br, bc), Cp = plain.make_matrix(m, n + pad);
+  auto Ac = cpu.make_matrix(ar, ac + pad), Bc = cpu.make_matrix(br, bc), Cc = cpu.make_matrix(m, n + pad);
+  tuned.upload(hA.data(), At.view()), tuned.upload(hB.data(), Bt.view()), tuned.upload(hC.data(), Ct.view());
+  plain.upload(hA.data(), Ap.view()), plain.upload(hB.data(), Bp.view()), plain.upload(hC.data(), Cp.view());
+  cpu.upload(hA.data(), Ac.view()), cpu.upload(hB.data(), Bc.view()), cpu.upload(hC.data(), Cc.view());
+  // Twice: the first call tunes, the second runs the cached choice.
+  for (int rep = 0; rep < 2; ++rep) {
+    tuned.gemm(ta, tb, alpha, ConstMatrixView<float>(At.view().col_block(0, ac)), Bt.cview(), beta, Ct.view().col_block(0, n));
+    plain.gemm(ta, tb, alpha, ConstMatrixView<float>(Ap.view().col_block(0, ac)), Bp.cview(), beta, Cp.view().col_block(0, n));
+    cpu.gemm(ta, tb, alpha, ConstMatrixView<float>(Ac.view().col_block(0, ac)), Bc.cview(), beta, Cc.view().col_block(0, n));
+  }
+  GemmRun out;
+  out.tuned = raw(tuned, Ct.cview());
+  out.plain = raw(plain, Cp.cview());
+  out.tuned_d = dense(tuned, ConstMatrixView<float>(Ct.view().col_block(0, n)));
+  out.cpu_d = dense(ConstMatrixView<float>(Cc.view().col_block(0, n)));
+  if (report) *report = tuned.gemm_tuning_report();
+  return out;
+}
+}  // namespace
+
+TEST_CASE("bit-exact GEMM tuning: cuBLASLt choice equals cublasGemmEx bit for bit (DWU shape, beta = 1, strided), fp32 and TF32") {
+  struct Case { Op ta, tb; index_t m, n, k; float alpha, beta; };
+  const Case cases[] = {{Op::N, Op::N, 700, 520, 256, -0.125f, 1.f},  // W ← W − f·L R (inner 2Kr)
+                        {Op::N, Op::N, 333, 1029, 96, 0.37f, 0.f},
+                        {Op::T, Op::N, 257, 300, 64, 1.f, 0.5f},
+                        {Op::N, Op::T, 300, 257, 128, -1.f, 1.f}};
+  for (bool tf32 : {false, true})
+    for (const auto& c : cases) {
+      CAPTURE(tf32);
+      CAPTURE(c.m);
+      std::vector<GemmTuningRecord> rep;
+      const auto r = tuned_vs_plain(GemmTuning::BitExact, tf32, c.ta, c.tb, c.m, c.n, c.k, c.alpha, c.beta, 31 + c.m, &rep);
+      CHECK(same_bits(r.tuned, r.plain));
+      // And the independent CPU reference (exact fp32 only; TF32 is checked bit for bit above).
+      if (!tf32) CHECK(nmse(r.tuned_d, r.cpu_d) <= nmse_tol<float>());
+      REQUIRE(rep.size() == 1);  // one distinct problem, tuned once
+      INFO(rep[0].str());
+      CHECK(rep[0].m == c.n);  // column-major terms: the row-major C (m, n) is Cᵀ (n × m)
+      CHECK(rep[0].n == c.m);
+      CHECK(rep[0].k == c.k);
+      CHECK(rep[0].tf32 == tf32);
+      CHECK(rep[0].reference_ms > 0);
+      CHECK(rep[0].chosen_ms <= rep[0].reference_ms);
+      if (rep[0].uses_lt) CHECK(rep[0].bit_identical >= 1);
+      MESSAGE(rep[0].str());
+    }
+}
+
+TEST_CASE("fastest GEMM tuning: any cuBLASLt algorithm, still exact fp32 (CPU reference within the fp32 tolerance)") {
+  std::vector<GemmTuningRecord> rep;
+  const auto r = tuned_vs_plain(GemmTuning::Fastest, false, Op::N, Op::N, 700, 520, 256, -0.125f, 1.f, 77, &rep);
+  CHECK(nmse(r.tuned_d, r.cpu_d) <= nmse_tol<float>());
+  REQUIRE(rep.size() == 1);
+  CHECK(rep[0].mode == GemmTuning::Fastest);
+  CHECK(rep[0].best_any_ms <= rep[0].reference_ms);
+}
+
+TEST_CASE("GEMM tuning: small GEMMs below the threshold stay untuned; a bad HDPISSA_CUDA_GEMM_TUNING is named") {
+  CudaBackend<float> b;  // default: BitExact, ≥ 1 GFLOP
+  CHECK(b.gemm_tuning() == GemmTuning::BitExact);
+  auto A = b.make_matrix(64, 64), C = b.make_matrix(64, 64);
+  b.gemm(Op::N, Op::N, 1.f, A.cview(), A.cview(), 0.f, C.view());
+  CHECK(b.gemm_tuning_report().empty());
+  ::setenv("HDPISSA_CUDA_GEMM_TUNING", "sometimes", 1);
+  try {
+    CudaBackend<float> bad;
+    FAIL("expected InvalidArgument");
+  } catch (const InvalidArgument& e) {
+    CHECK(std::string(e.what()).find("expected off, exact or fastest, found 'sometimes'") != std::string::npos);
+  }
+  ::setenv("HDPISSA_CUDA_GEMM_TUNING", "off", 1);
+  CHECK(CudaBackend<float>().gemm_tuning() == GemmTuning::Off);
+  ::unsetenv("HDPISSA_CUDA_GEMM_TUNING");
 }

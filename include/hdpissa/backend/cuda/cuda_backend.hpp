@@ -12,6 +12,8 @@
 ///    Cᵀ = op(B)ᵀ op(A)ᵀ column-major, so operands swap and leading dimensions pass through:
 ///    strided column blocks need no copy). TF32 tensor cores only when CudaBackendOptions::allow_tf32
 ///    is set (compute type CUBLAS_COMPUTE_32F_FAST_TF32); default is exact fp32 (CUBLAS_COMPUTE_32F).
+///    fp32-storage GEMMs of ≥ 1 GFLOP run a cuBLASLt algorithm tuned once per problem and verified
+///    bit-identical to cublasGemmEx (CudaBackendOptions::gemm_tuning, gemm_tuner.hpp).
 ///  - thin_svd: cuSOLVER gesvdj (Jacobi, sorted) on the taller orientation, QR-preconditioned
 ///    (geqrf/orgqr, then gesvdj of the small R) when the matrix is at least twice as tall as wide.
 ///    orthonormalize: geqrf + orgqr. Solvers always run in exact fp32 (bf16 storage goes through
@@ -30,6 +32,7 @@
 #include <vector>
 
 #include "hdpissa/backend/cuda/cuda_handles.hpp"
+#include "hdpissa/backend/cuda/gemm_tuner.hpp"
 #include "hdpissa/backend/cuda/kernels.cuh"
 #include "hdpissa/backend/cuda/solver_calls.hpp"
 #include "hdpissa/core/concepts.hpp"
@@ -46,6 +49,13 @@ struct CudaBackendOptions {
   /// bit; off only to measure the difference. The environment variable HDPISSA_CUDA_FUSED_DWU=0
   /// turns it off at construction.
   bool fused_update = true;
+  /// fp32-storage GEMMs of at least gemm_tuning_min_flop (2·m·n·k) run with a cuBLASLt algorithm
+  /// chosen once per distinct problem (gemm_tuner.hpp). BitExact (default) only accepts algorithms
+  /// whose results equal cublasGemmEx's bit for bit, so results never change; Off always runs
+  /// cublasGemmEx; Fastest accepts any algorithm (rounding differs; the timed choice may differ per
+  /// process). HDPISSA_CUDA_GEMM_TUNING=off|exact|fastest overrides it at construction.
+  GemmTuning gemm_tuning = GemmTuning::BitExact;
+  double gemm_tuning_min_flop = 1e9;
 };
 
 namespace cuda_detail {
@@ -115,6 +125,12 @@ class CudaBackend {
   /// return false and the update falls back to its generic loops.
   bool fused_update() const { return options_.fused_update; }
   void set_fused_update(bool on) { options_.fused_update = on; }
+  /// The GEMM algorithm policy (CudaBackendOptions::gemm_tuning) and its size threshold.
+  GemmTuning gemm_tuning() const { return options_.gemm_tuning; }
+  void set_gemm_tuning(GemmTuning t) { options_.gemm_tuning = t; }
+  void set_gemm_tuning_min_flop(double flop) { options_.gemm_tuning_min_flop = flop; }
+  /// Every tuning decision made so far (one record per distinct problem and policy).
+  const std::vector<GemmTuningRecord>& gemm_tuning_report() const { return tuner_.report(); }
 
   Matrix make_matrix(index_t rows, index_t cols) {
     HDPISSA_REQUIRE(rows >= 0 && cols >= 0, "make_matrix: negative extent ", shape_str(rows, cols));
@@ -139,6 +155,13 @@ class CudaBackend {
     }
     const auto dt = cuda_detail::data_type<Scalar>();
     // Row-major C (m, n) is column-major Cᵀ (n, m) = op(B)ᵀ op(A)ᵀ: swap the operands.
+    if constexpr (std::is_same_v<Scalar, float>) {
+      if (options_.gemm_tuning != GemmTuning::Off && 2.0 * double(m) * double(n) * double(k) >= options_.gemm_tuning_min_flop &&
+          tuner_.run(stream(), cublas(), options_.gemm_tuning, compute_kind(), cuda_detail::cublas_op(tb),
+                     cuda_detail::cublas_op(ta), int(n), int(m), int(k), &alpha, B.data, cuda_detail::ld_of(B), A.data,
+                     cuda_detail::ld_of(A), &beta, C.data, cuda_detail::ld_of(C)))
+        return;
+    }
     HDPISSA_CUBLAS_CHECK(cublasGemmEx(cublas(), cuda_detail::cublas_op(tb), cuda_detail::cublas_op(ta), int(n),
                                       int(m), int(k), &alpha, B.data, dt, cuda_detail::ld_of(B), A.data, dt,
                                       cuda_detail::ld_of(A), &beta, C.data, dt, cuda_detail::ld_of(C),
@@ -261,6 +284,8 @@ class CudaBackend {
                    index_t(cuda_detail::ld_of(t.param)), index_t(cuda_detail::ld_of(t.grad)),
                    index_t(cuda_detail::ld_of(t.m)), index_t(cuda_detail::ld_of(t.v)),
                    index_t(cuda_detail::ld_of(t.delta))});
+      const auto dense = [](const auto& v) { return v.rows <= 1 || v.ld == v.cols; };
+      h.back().flat = dense(t.grad) && dense(t.m) && dense(t.v) && dense(t.delta) ? 1 : 0;
       out.max_elems_ = std::max(out.max_elems_, t.grad.size());
     }
     out.count_ = int(h.size());
@@ -460,6 +485,13 @@ class CudaBackend {
 
   static CudaBackendOptions env_options(CudaBackendOptions o) {
     if (const char* e = std::getenv("HDPISSA_CUDA_FUSED_DWU"); e && std::strcmp(e, "0") == 0) o.fused_update = false;
+    if (const char* e = std::getenv("HDPISSA_CUDA_GEMM_TUNING")) {
+      if (std::strcmp(e, "off") == 0 || std::strcmp(e, "0") == 0) o.gemm_tuning = GemmTuning::Off;
+      else if (std::strcmp(e, "exact") == 0) o.gemm_tuning = GemmTuning::BitExact;
+      else if (std::strcmp(e, "fastest") == 0) o.gemm_tuning = GemmTuning::Fastest;
+      else
+        throw InvalidArgument(cat("HDPISSA_CUDA_GEMM_TUNING: expected off, exact or fastest, found '", e, "'"));
+    }
     return o;
   }
 
@@ -593,6 +625,7 @@ class CudaBackend {
   DeviceBuffer<cuda_kernels::ViewDesc> desc_;
   PinnedBuffer<cuda_kernels::ViewDesc> host_desc_;
   std::size_t desc_capacity_ = 0;
+  CudaGemmTuner tuner_;
 };
 
 static_assert(TensorBackend<CudaBackend<float>>);

@@ -235,6 +235,7 @@ struct AdamTensorDesc {
   void* v;
   void* d;
   index_t rows, cols, ldp, ldg, ldm, ldv, ldd;
+  int flat = 0;  ///< g, m, v, d dense (ld = cols or one row): element idx is at offset idx
 };
 /// Multi-tensor Adam: blockIdx.y picks the tensor, blockIdx.x strides over its elements; the
 /// element math is adam_element, so every tensor gets the bits the per-tensor kernel gives.
@@ -249,6 +250,11 @@ __global__ void adam_multi_kernel(cuda_compute_t<T> b1, cuda_compute_t<T> b2, cu
   T* v = static_cast<T*>(t.v);
   T* d = static_cast<T*>(t.d);
   const index_t n = t.rows * t.cols;
+  if (t.flat && (lr_wd == cuda_compute_t<T>(0) || t.rows == 1 || t.ldp == t.cols)) {  // no index division
+    for (index_t idx = index_t(blockIdx.x) * blockDim.x + threadIdx.x; idx < n; idx += index_t(gridDim.x) * blockDim.x)
+      adam_element<T>(b1, b2, eps, step_size, inv_sqrt_bc2, lr_wd, p + idx, g[idx], m[idx], v[idx], d[idx]);
+    return;
+  }
   for (index_t idx = index_t(blockIdx.x) * blockDim.x + threadIdx.x; idx < n; idx += index_t(gridDim.x) * blockDim.x) {
     const index_t i = idx / t.cols, j = idx - i * t.cols;
     adam_element<T>(b1, b2, eps, step_size, inv_sqrt_bc2, lr_wd, p + (i * t.ldp + j), g[i * t.ldg + j],
@@ -299,11 +305,48 @@ __global__ void dwu_unpack_kernel(const T* A, index_t lda, const T* recv, index_
     }
   }
 }
+/// The same packing without 64-bit divisions per element: blockIdx.y < K·r is a row of the A stack
+/// (x strides over its columns), the remaining y-blocks cover Ldb with 32-bit index arithmetic.
+/// Same element formulas, so the same bits as dwu_unpack_kernel.
+template <class T>
+__global__ void dwu_unpack_rows_kernel(const T* A, index_t lda, const T* recv, index_t chunk, unsigned kr, unsigned r,
+                                       unsigned in, unsigned out, T* R, index_t ldr, T* Ldb, index_t ldl) {
+  using C = cuda_compute_t<T>;
+  if (blockIdx.y < kr) {
+    const unsigned row = blockIdx.y, j = row / r, i = row - j * r;
+    const T* a = A + index_t(row) * lda;
+    const T* x = recv + index_t(j) * chunk + index_t(i) * in;
+    T* top = R + index_t(row) * ldr;
+    T* bot = R + index_t(kr + row) * ldr;
+    for (unsigned c = blockIdx.x * blockDim.x + threadIdx.x; c < in; c += gridDim.x * blockDim.x) {
+      const T xv = x[c];
+      top[c] = store<T>(load<C>(a[c]) + C(-1) * load<C>(xv));
+      bot[c] = xv;
+    }
+  } else {
+    const unsigned total = out * kr;
+    for (unsigned e = ((blockIdx.y - kr) * gridDim.x + blockIdx.x) * blockDim.x + threadIdx.x; e < total;
+         e += (gridDim.y - kr) * gridDim.x * blockDim.x) {
+      const unsigned o = e / kr, col = e - o * kr, j = col / r, c = col - j * r;
+      Ldb[index_t(o) * ldl + col] = recv[index_t(j) * chunk + index_t(r) * in + index_t(o) * r + c];
+    }
+  }
+}
 template <class T>
 inline void launch_dwu_unpack(cudaStream_t s, ConstMatrixView<T> A, const T* recv, index_t chunk, index_t K,
                               index_t r, MatrixView<T> R, MatrixView<T> Ldb) {
   const index_t in = A.cols, out = Ldb.rows, total = K * r * (in + out);
   if (total == 0) return;
+  const index_t kr = K * r;
+  const index_t gx = std::max<index_t>(1, (in + kThreads - 1) / kThreads);
+  const index_t ldb_blocks = (out * kr + kThreads - 1) / kThreads, gy_ldb = (ldb_blocks + gx - 1) / gx;
+  if (kr + gy_ldb <= 65535 && out * kr < (index_t(1) << 31) && in < (index_t(1) << 31) && gx <= 65535) {
+    dwu_unpack_rows_kernel<T><<<dim3(unsigned(gx), unsigned(kr + gy_ldb)), kThreads, 0, s>>>(
+        A.data, layout_of(A).ld, recv, chunk, unsigned(kr), unsigned(r), unsigned(in), unsigned(out), R.data,
+        layout_of(R).ld, Ldb.data, layout_of(Ldb).ld);
+    HDPISSA_CUDA_CHECK_LAUNCH("dwu_unpack_rows_kernel");
+    return;
+  }
   dwu_unpack_kernel<T><<<grid_for(total), kThreads, 0, s>>>(A.data, layout_of(A).ld, recv, chunk, K, r, in, out,
                                                              R.data, layout_of(R).ld, Ldb.data, layout_of(Ldb).ld);
   HDPISSA_CUDA_CHECK_LAUNCH("dwu_unpack_kernel");
@@ -423,6 +466,12 @@ __global__ void non_finite_batch_kernel(const ViewDesc* views, int* flag) {
   const T* x = static_cast<const T*>(v.data);
   const index_t n = v.rows * v.cols;
   bool bad = false;
+  if (v.ld == v.cols || v.rows == 1) {  // dense: no index division
+    for (index_t idx = index_t(blockIdx.x) * blockDim.x + threadIdx.x; idx < n; idx += index_t(gridDim.x) * blockDim.x)
+      bad |= !::isfinite(load<double>(x[idx]));
+    if (__syncthreads_or(bad) && threadIdx.x == 0) *flag = 1;
+    return;
+  }
   for (index_t idx = index_t(blockIdx.x) * blockDim.x + threadIdx.x; idx < n; idx += index_t(gridDim.x) * blockDim.x) {
     const index_t i = idx / v.cols, j = idx - i * v.cols;
     bad |= !::isfinite(load<double>(x[i * v.ld + j]));
