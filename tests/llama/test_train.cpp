@@ -287,6 +287,7 @@ TEST_CASE("train: bad input gives clear errors") {
     expect_error([] { parse_train_args({"--model", "m", "--data", "d", "--rank", "four"}); }, {"--rank", "four"});
     expect_error([] { parse_train_args({"--model", "m", "--data", "d", "--method", "dora"}); }, {"--method", "dora"});
     expect_error([] { parse_train_args({"--model", "m", "--data", "d", "--dtype", "bf16"}); }, {"bf16", "GPU"});
+    expect_error([] { parse_train_args({"--model", "m", "--data", "d", "--device", "tpu"}); }, {"--device", "tpu"});
     expect_error([] { parse_train_args({"--data", "d"}); }, {"--model"});
     expect_error([] { parse_train_args({"--model", "m", "--data", "d", "--targets", "q,x"}); }, {"--targets", "'x'"});
     bool help = false;
@@ -296,6 +297,11 @@ TEST_CASE("train: bad input gives clear errors") {
   if (!llama_test::have_data()) return;
   const fs::path dir = llama_test::scratch("train_errors");
   const fs::path hf = llama_test::data_dir() / "stories260K-hf";
+  SUBCASE("--device cuda in a build without the CUDA engine") {  // this binary never links it
+    TrainOptions o = base_options("hdpissa");
+    o.device = "cuda";
+    expect_error([&] { Run r(o); }, {"--device cuda", "without CUDA"});
+  }
   SUBCASE("missing paths") {
     TrainOptions o = base_options("hdpissa");
     o.data = (dir / "nope.jsonl").string();

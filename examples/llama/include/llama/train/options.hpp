@@ -35,7 +35,8 @@ struct TrainOptions {
   std::string svd = "exact";       ///< exact | randomized (hdpissa / pissa-dwu / pissa init)
   double mute_gamma = 0;           ///< 0 = ExactMute; > 0 = ScaledMute{gamma} (DWU methods)
   std::string aggregation = "sum"; ///< sum (reference) | mean (paper's 1/K)
-  std::string dtype = "fp32";      ///< the CPU path runs fp32 only
+  std::string dtype = "fp32";      ///< fp32 | bf16 (bf16: --device cuda only)
+  std::string device = "cpu";      ///< cpu | cuda (llama/train/engine.hpp)
   // ---- distribution
   std::string comm = "auto";       ///< auto | single | mpi
   int groups_per_process = 1;      ///< V; K = processes × V
@@ -106,7 +107,11 @@ inline const char* train_usage() {
          "  --aggregation sum|mean    DWU aggregation over the K groups (default sum, the reference)\n"
          "  --mute-gamma G            DWU methods: the paper's literal x(W + G a B A)^T forward instead of\n"
          "                            the exact mute (fidelity experiments; default: exact mute)\n"
-         "  --dtype fp32              compute dtype (the CPU path is fp32 only; bf16 is a GPU-path feature)\n"
+         "  --device cpu|cuda         where the model and the method run (default cpu; cuda needs a CUDA build\n"
+         "                            and a GPU; one process, K = --groups-per-process virtual groups)\n"
+         "  --dtype fp32|bf16         compute dtype (default fp32 = exact fp32 everywhere; bf16 = bf16 compute\n"
+         "                            copies of W and the factors, fp32 masters, Adam and gradient sums:\n"
+         "                            --device cuda only)\n"
          "distribution\n"
          "  --groups-per-process V    adapter groups per process (default 1); K = processes x V\n"
          "  --comm auto|single|mpi    communicator (auto: MPI when launched by mpirun and built with MPI)\n"
@@ -219,6 +224,7 @@ inline nlohmann::json TrainOptions::to_json() const {
           {"aggregation", aggregation},
           {"mute_gamma", mute_gamma},
           {"dtype", dtype},
+          {"device", device},
           {"comm", comm},
           {"groups_per_process", groups_per_process},
           {"lr", lr},
@@ -251,9 +257,10 @@ inline void TrainOptions::validate() const {
            method == "pissa-dwu",
        cat("--method: expected full, lora, pissa, hdpissa, lora-dwu or pissa-dwu, found '", method, "'"));
   need(dtype == "fp32" || dtype == "bf16", cat("--dtype: expected fp32 or bf16, found '", dtype, "'"));
-  need(dtype == "fp32",
-       "--dtype bf16: bf16 compute with an fp32 master copy of W is a GPU-path feature; the CPU trainer runs "
-       "fp32 throughout (use --dtype fp32)");
+  need(device == "cpu" || device == "cuda", cat("--device: expected cpu or cuda, found '", device, "'"));
+  need(dtype == "fp32" || device == "cuda",
+       "--dtype bf16: bf16 compute with an fp32 master copy of W is a GPU-path feature (--device cuda); the CPU "
+       "trainer runs fp32 throughout (use --dtype fp32)");
   need(svd == "exact" || svd == "randomized", cat("--svd: expected exact or randomized, found '", svd, "'"));
   need(aggregation == "sum" || aggregation == "mean",
        cat("--aggregation: expected sum or mean, found '", aggregation, "'"));
@@ -322,6 +329,7 @@ inline TrainOptions parse_train_args(const std::vector<std::string>& args, bool*
     else if (f == "--aggregation") o.aggregation = value();
     else if (f == "--mute-gamma") o.mute_gamma = number();
     else if (f == "--dtype") o.dtype = value();
+    else if (f == "--device") o.device = value();
     else if (f == "--comm") o.comm = value();
     else if (f == "--groups-per-process") o.groups_per_process = int(integer());
     else if (f == "--lr") o.lr = number();

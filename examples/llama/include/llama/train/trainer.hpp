@@ -40,6 +40,7 @@
 #include "llama/model.hpp"
 #include "llama/safetensors.hpp"
 #include "llama/tokenizer.hpp"
+#include "llama/train/engine.hpp"
 #include "llama/train/gsm8k.hpp"
 #include "llama/train/methods.hpp"
 #include "llama/train/options.hpp"
@@ -57,6 +58,7 @@ struct TrainSummary {
   double first_loss = 0;                 ///< training loss of this invocation's first step
   double tokens_per_s = 0;               ///< training throughput of this invocation
   double seconds = 0;                    ///< training wall time of this invocation
+  std::optional<std::int64_t> peak_device_bytes;  ///< GPU path: peak device memory in use
   std::optional<double> gsm8k_accuracy;  ///< fraction correct
   std::string sample_after;              ///< generated sample text
 };
@@ -94,8 +96,16 @@ class Trainer {
   }
 
   // ------------------------------------------------------------------ accessors
+  /// The host model: trained in place on the CPU path; the base weights on the GPU path (the live
+  /// weights are on the device: engine().merge_into()).
   ModelWeights& model() { return w_; }
-  TrainMethod& method() { return *method_; }
+  /// The CPU path's method (throws on the GPU path).
+  TrainMethod& method() {
+    auto* cpu = dynamic_cast<CpuEngine*>(eng_.get());
+    if (!cpu) throw LlamaError(cat("Trainer::method(): the method of the ", eng_->device(), " engine is not a host TrainMethod"));
+    return cpu->method();
+  }
+  TrainEngine& engine() { return *eng_; }
   const TrainOptions& options() const { return o_; }
   long step() const { return step_; }
   long total_steps() const { return total_; }
@@ -107,28 +117,25 @@ class Trainer {
   /// Forward/backward of every local group's micro-batches for the next step (gradients zeroed
   /// first). Returns {mean loss over all K groups' micro-batches, tokens processed by all workers}.
   std::pair<double, double> accumulate_gradients() {
-    method_->zero_grad();
+    eng_->zero_grad();
     double sums[3] = {0, 0, 0};  // Σ micro-batch mean losses, Σ real tokens, micro-batches
     const float scale = 1.0f / static_cast<float>(o_.grad_accum);
     for (int lg = 0; lg < comm_->local_groups(); ++lg) {
-      method_->set_group(lg);
       for (int a = 0; a < o_.grad_accum; ++a) {
         const Batch b = loaders_[std::size_t(lg)].next();
-        const LossResult r = forward(w_, b, *method_, acts_);
-        backward(w_, acts_, *method_, nullptr, scale);
+        const LossResult r = eng_->forward_backward(lg, b, scale);
         sums[0] += r.mean();
         for (int len : b.lengths) sums[1] += len;
         sums[2] += 1;
       }
     }
-    method_->set_group(0);
     comm_->all_reduce_sum(sums, 3);
     return {sums[0] / sums[2], sums[1]};
   }
   /// The optimizer step at lr(step); advances the step counter.
   double apply_step() {
     const double lr = sched_(step_);
-    const auto rep = method_->step(lr);
+    const auto rep = eng_->step(lr);
     if (rep.skipped) throw LlamaError(cat("step ", step_ + 1, " skipped: ", rep.reason));
     ++step_;
     return lr;
@@ -137,20 +144,17 @@ class Trainer {
   /// Mean held-out loss over --eval-data's first --eval-examples examples (group 0's view).
   double eval_loss() {
     if (eval_batches_.empty()) throw LlamaError("eval_loss: no --eval-data given");
-    method_->set_group(0);
-    const LossResult r = evaluate_loss(w_, eval_batches_, *method_);
-    return r.mean();
+    return eng_->eval_loss(eval_batches_).mean();
   }
   /// Greedy continuation of `instruction` in the Alpaca template (group 0's view).
   std::string sample(const std::string& instruction, int max_new_tokens) {
-    method_->set_group(0);
     InstructionExample ex{instruction, "", ""};
     const auto prompt = tok_->encode(tpl_.prompt(ex), true);
     GenerateOptions g;
     g.max_new_tokens = std::max(1, std::min<int>(max_new_tokens, w_.config.max_seq_len - int(prompt.size())));
     g.stop_token = tok_->eos_id();
     if (int(prompt.size()) >= w_.config.max_seq_len) return {};
-    return tok_->decode(generate_greedy(w_, prompt, g, *method_));
+    return tok_->decode(eng_->generate(prompt, g));
   }
   /// GSM8K-style accuracy on the first n problems of `file`; returns {correct, evaluated}.
   std::pair<long, long> eval_gsm8k(const std::string& file, int n) {
@@ -175,7 +179,7 @@ class Trainer {
   void save_merged(const std::filesystem::path& dir) {
     if (!root_) return;
     ModelWeights merged = w_;
-    method_->merge_into(merged);
+    eng_->merge_into(merged);
     SaveOptions so;
     if (!o_.tokenizer.empty() && std::filesystem::exists(o_.tokenizer)) so.tokenizer_model = o_.tokenizer;
     save_hf_checkpoint(dir, merged, so);
@@ -220,9 +224,11 @@ class Trainer {
   TrainSummary run() {
     TrainSummary sum;
     sum.total_steps = total_;
-    say(cat("hdpissa-train: ", o_.method, " | ", method_->describe(), "\n", "  workers ", comm_->size(),
+    say(cat("hdpissa-train: ", o_.method, " | ", eng_->describe(), "\n",
+            o_.device == "cpu" ? std::string() : cat("  device ", eng_->device(), ", dtype ", o_.dtype, "\n"),
+            "  workers ", comm_->size(),
             " (", threads_, " thread(s) each), groups per worker ", o_.groups_per_process, ", K = ", comm_->groups(), ", targets ", o_.targets, " (",
-            method_->targets().size(), " linears), trainable ", method_->trainable_parameters(), " of ",
+            eng_->num_targets(), " linears), trainable ", eng_->trainable_parameters(), " of ",
             w_.num_parameters(), " parameters\n", "  data ", data_->size(), " examples (", dropped_,
             " dropped: all labels masked), ", loaders_[0].shard_size(), " per group; ", total_,
             " steps (warmup ", sched_.warmup_steps, ", cosine), tokens per step ≈ K·grad_accum·micro_batch·len\n",
@@ -254,8 +260,10 @@ class Trainer {
                       loss, lr, tok / dt, format_duration(eta).c_str());
         say(line);
       }
-      metric({{"type", "step"}, {"step", step_}, {"total_steps", total_}, {"loss", loss}, {"lr", lr},
-              {"tokens", tok}, {"tokens_per_s", tok / dt}, {"step_s", dt}, {"elapsed_s", elapsed}});
+      nlohmann::json rec = {{"type", "step"}, {"step", step_}, {"total_steps", total_}, {"loss", loss}, {"lr", lr},
+                            {"tokens", tok}, {"tokens_per_s", tok / dt}, {"step_s", dt}, {"elapsed_s", elapsed}};
+      if (const auto peak = eng_->peak_device_bytes()) rec["peak_device_bytes"] = *peak;
+      metric(rec);
       if (o_.eval_every > 0 && step_ % o_.eval_every == 0 && step_ < total_ && !eval_batches_.empty()) {
         const double e = eval_loss();
         say(cat("eval loss (step ", step_, "): ", fixed(e, 4), "\n"));
@@ -267,9 +275,18 @@ class Trainer {
     sum.steps_this_run = step_ - first;
     sum.steps_done = step_;
     sum.tokens_per_s = sum.seconds > 0 ? tokens / sum.seconds : 0;
-    if (comm_->size() > 1) method_->verify_replicas();
+    if (comm_->size() > 1) eng_->verify_replicas();
+    sum.peak_device_bytes = eng_->peak_device_bytes();
     say(cat("trained ", sum.steps_this_run, " steps in ", fixed(sum.seconds, 1), " s (", fixed(sum.tokens_per_s, 0),
-            " tok/s)", step_ < total_ ? cat("; stopped at step ", step_, " of ", total_) : std::string(), "\n"));
+            " tok/s", sum.peak_device_bytes ? cat(", peak device memory ", fixed(double(*sum.peak_device_bytes) / (1 << 20), 0), " MiB") : std::string(),
+            ")", step_ < total_ ? cat("; stopped at step ", step_, " of ", total_) : std::string(), "\n"));
+    {
+      nlohmann::json rec = {{"type", "summary"}, {"step", step_}, {"steps_this_run", sum.steps_this_run},
+                            {"tokens", tokens}, {"seconds", sum.seconds}, {"tokens_per_s", sum.tokens_per_s},
+                            {"device", eng_->device()}, {"dtype", o_.dtype}};
+      if (sum.peak_device_bytes) rec["peak_device_bytes"] = *sum.peak_device_bytes;
+      metric(rec);
+    }
     if (!eval_batches_.empty()) {
       sum.eval_after = eval_loss();
       say(cat("eval loss (after, step ", step_, "): ", fixed(*sum.eval_after, 4),
@@ -348,11 +365,7 @@ class Trainer {
   /// The target weights plus the method's state.
   StateList state_list() {
     StateList s;
-    for (const LinearId& id : method_->targets()) {
-      Matrix& W = w_.linear(id);
-      s.tensors.push_back({"weight." + id.hf_name(), W.data(), W.rows(), W.cols(), false});
-    }
-    method_->collect_state(s);
+    eng_->collect_state(s);
     return s;
   }
 
@@ -447,7 +460,23 @@ class Trainer {
         const Matrix m = shared->read_matrix(name, rows, cols);
         std::copy(m.data(), m.data() + m.size(), data);
       };
-    method_ = make_method(o_, w_, *comm_, loader);
+    if (o_.device == "cpu") {
+      eng_ = std::make_unique<CpuEngine>(w_, make_method(o_, w_, *comm_, loader));
+    } else {
+#ifdef HDPISSA_TRAIN_HAVE_CUDA
+      if (comm_->size() > 1)
+        throw LlamaError(cat("--device cuda: multi-process GPU training (NCCL) is not implemented in hdpissa-train; found ",
+                             comm_->size(), " processes (run one process with --groups-per-process K)"));
+      if (cuda_device_count() == 0)
+        throw LlamaError("--device cuda: no CUDA device found (cudaGetDeviceCount reports none; check the driver and "
+                         "CUDA_VISIBLE_DEVICES), use --device cpu");
+      eng_ = make_cuda_engine(o_, w_, EngineGroups{comm_->groups(), comm_->local_groups(), comm_->first_group(),
+                                                   comm_->size(), comm_->rank()}, loader);
+#else
+      throw LlamaError("--device cuda: this hdpissa-train was built without CUDA (configure with the CUDA toolkit "
+                       "found, HDPISSA_CUDA=ON), use --device cpu");
+#endif
+    }
 
     if (shared) {
       StateList s = state_list();
@@ -461,6 +490,7 @@ class Trainer {
           throw LlamaError(cat(o_.resume, ": expected counter '", c.name, "' in the saved state, not found"));
         *c.value = src[c.name].get<long>();
       }
+      eng_->restore_state();
       const auto& pos = rank_state.at("positions");
       if (pos.size() != loaders_.size() || rank_state.at("first_group").get<int>() != comm_->first_group())
         throw LlamaError(cat(o_.resume, ": the state holds ", pos.size(), " data positions from group ",
@@ -515,8 +545,7 @@ class Trainer {
   std::int64_t dropped_ = 0;
   std::vector<DataLoader> loaders_;
   std::vector<Batch> eval_batches_;
-  std::unique_ptr<TrainMethod> method_;
-  Activations acts_;
+  std::unique_ptr<TrainEngine> eng_;
   long step_ = 0, total_ = 0;
   hdpissa::WarmupCosineSchedule sched_;
   std::string model_fp_, data_fp_;

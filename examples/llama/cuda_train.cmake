@@ -1,0 +1,26 @@
+# hdpissa-train's GPU path (llama/train/engine.hpp, src/engine_cuda.cu, llama/cuda/methods_cuda.cuh):
+# one CUDA translation unit, linked into hdpissa-train (and tests/llama/cuda_train) when CUDA is
+# available; it defines HDPISSA_TRAIN_HAVE_CUDA for its users. Included from CMakeLists.txt after
+# hdpissa-train is defined.
+if(NOT HDPISSA_HAVE_CUDA)
+  return()
+endif()
+add_library(hdpissa_train_cuda STATIC ${CMAKE_CURRENT_LIST_DIR}/src/engine_cuda.cu)
+add_library(hdpissa::train_cuda ALIAS hdpissa_train_cuda)
+target_link_libraries(hdpissa_train_cuda PUBLIC hdpissa_llama hdpissa::cuda)
+if(TARGET hdpissa_llama_cuda)  # the CUDA model's own library, when it has one
+  target_link_libraries(hdpissa_train_cuda PUBLIC hdpissa_llama_cuda)
+endif()
+target_compile_definitions(hdpissa_train_cuda PUBLIC HDPISSA_TRAIN_HAVE_CUDA=1)
+target_compile_options(hdpissa_train_cuda PRIVATE
+  $<$<COMPILE_LANGUAGE:CUDA>:-std=c++20 --expt-relaxed-constexpr -Xcompiler=-Wall,-Wextra -diag-suppress=20012,20013,20014,20015,128>)
+set_target_properties(hdpissa_train_cuda PROPERTIES POSITION_INDEPENDENT_CODE ON CUDA_RESOLVE_DEVICE_SYMBOLS ON)
+target_link_libraries(hdpissa-train PRIVATE hdpissa_train_cuda)
+# --device cuda where no GPU is visible: a clear error (runs in CI, and on a GPU machine too).
+if(EXISTS "${HDPISSA_LLAMA_DEFAULT_DATA}/stories260K-hf/model.safetensors")
+  add_test(NAME example_llama_train_cuda_no_device
+           COMMAND hdpissa-train --device cuda --model ${HDPISSA_LLAMA_DEFAULT_DATA}/stories260K-hf
+                   --data ${HDPISSA_LLAMA_DEFAULT_DATA}/gsm8k/train.jsonl --max-examples 16 --max-len 256 --max-steps 1)
+  set_tests_properties(example_llama_train_cuda_no_device PROPERTIES ENVIRONMENT "CUDA_VISIBLE_DEVICES="
+                       PASS_REGULAR_EXPRESSION "error: --device cuda: no CUDA device found")
+endif()
