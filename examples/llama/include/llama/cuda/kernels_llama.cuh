@@ -53,6 +53,34 @@ __device__ __forceinline__ float block_max(float v, float* sh) {
   return warp_max(r);
 }
 
+/// Stores 4 consecutive values as T (8-byte bf16x4 or 16-byte float4 store; p 4-aligned).
+template <class T>
+__device__ __forceinline__ void store4(T* p, float a, float b, float c, float d) {
+  if constexpr (std::is_same_v<T, float>) {
+    *reinterpret_cast<float4*>(p) = make_float4(a, b, c, d);
+  } else {
+    __nv_bfloat162 lo = __floats2bfloat162_rn(a, b), hi = __floats2bfloat162_rn(c, d);
+    uint2 u;
+    u.x = *reinterpret_cast<unsigned*>(&lo);
+    u.y = *reinterpret_cast<unsigned*>(&hi);
+    *reinterpret_cast<uint2*>(p) = u;
+  }
+}
+
+/// Loads 4 consecutive values as float (16-byte float4 or 8-byte bf16x4 load; p 4-element aligned).
+__device__ __forceinline__ float4 load4(const float* p) { return *reinterpret_cast<const float4*>(p); }
+__device__ __forceinline__ float4 load4(const __nv_bfloat16* p) {
+  const uint2 u = *reinterpret_cast<const uint2*>(p);
+  const float2 a = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&u.x));
+  const float2 b = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&u.y));
+  return make_float4(a.x, a.y, b.x, b.y);
+}
+/// Whether p may be accessed 4 elements at a time (null counts as aligned).
+template <class T>
+__device__ __forceinline__ bool al4(const T* p) {
+  return (reinterpret_cast<std::uintptr_t>(p) % (4 * sizeof(T))) == 0;
+}
+
 /// x[n, :] = emb[tok[n], :] (fp32).  grid (N), block 256.
 __global__ void embed_gather(const std::int32_t* __restrict__ tok, const float* __restrict__ emb, float* __restrict__ x,
                              int D) {
@@ -63,33 +91,56 @@ __global__ void embed_gather(const std::int32_t* __restrict__ tok, const float* 
 }
 
 /// out = prev (+ y); rstd = 1/sqrt(mean(out²) + eps); xn = out·rstd·w (as T). With y == nullptr,
-/// out may alias prev. grid (N), block 256.
+/// out may alias prev. 4-wide accesses when D % 4 == 0 and the rows are aligned. grid (N), block 256.
 template <class T>
 __global__ void add_rmsnorm_fwd(const float* prev, const T* __restrict__ y, float* out, const float* __restrict__ w,
                                 float* __restrict__ rstd, T* __restrict__ xn, int D, float eps) {
   __shared__ float sh[32];
   const std::int64_t base = static_cast<std::int64_t>(blockIdx.x) * D;
+  const bool vec = (D & 3) == 0 && al4(prev) && al4(y) && al4(out) && al4(w) && al4(xn);
   float ss = 0.0f;
-  for (int j = threadIdx.x; j < D; j += blockDim.x) {
-    float v = prev[base + j];
-    if (y) v += to_f(y[base + j]);
-    out[base + j] = v;
-    ss += v * v;
+  if (vec) {
+    for (int j = 4 * threadIdx.x; j < D; j += 4 * blockDim.x) {
+      float4 v = load4(prev + base + j);
+      if (y) {
+        const float4 u = load4(y + base + j);
+        v.x += u.x; v.y += u.y; v.z += u.z; v.w += u.w;
+      }
+      store4(out + base + j, v.x, v.y, v.z, v.w);
+      ss += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
+    }
+  } else {
+    for (int j = threadIdx.x; j < D; j += blockDim.x) {
+      float v = prev[base + j];
+      if (y) v += to_f(y[base + j]);
+      out[base + j] = v;
+      ss += v * v;
+    }
   }
   ss = block_sum(ss, sh);
   const float r = 1.0f / sqrtf(ss / static_cast<float>(D) + eps);
   if (threadIdx.x == 0) rstd[blockIdx.x] = r;
-  for (int j = threadIdx.x; j < D; j += blockDim.x) xn[base + j] = from_f<T>(out[base + j] * r * w[j]);
+  if (vec) {
+    for (int j = 4 * threadIdx.x; j < D; j += 4 * blockDim.x) {
+      const float4 v = load4(out + base + j), g = load4(w + j);
+      store4(xn + base + j, v.x * r * g.x, v.y * r * g.y, v.z * r * g.z, v.w * r * g.w);
+    }
+  } else {
+    for (int j = threadIdx.x; j < D; j += blockDim.x) xn[base + j] = from_f<T>(out[base + j] * r * w[j]);
+  }
 }
 
 /// RMSNorm backward into the residual gradient: with dy = dyf + dy0 + dy1 + dy2 (null terms
-/// skipped), g = dy∘w, dx += r·g − r³·(g·x)/D · x; dx_t = T(dx). grid (N), block 256.
+/// skipped), g = dy∘w, dx += r·g − r³·(g·x)/D · x; dx_t = T(dx). 4-wide when D % 4 == 0 and the rows
+/// are aligned. grid (N), block 256.
 template <class T>
 __global__ void rmsnorm_bwd(const float* __restrict__ x, const float* __restrict__ rstd, const float* __restrict__ w,
                             const float* __restrict__ dyf, const T* __restrict__ dy0, const T* __restrict__ dy1,
                             const T* __restrict__ dy2, float* __restrict__ dx, T* __restrict__ dx_t, int D) {
   __shared__ float sh[32];
   const std::int64_t base = static_cast<std::int64_t>(blockIdx.x) * D;
+  const bool vec = (D & 3) == 0 && al4(x) && al4(w) && al4(dyf) && al4(dy0) && al4(dy1) && al4(dy2) && al4(dx) &&
+                   al4(dx_t);
   auto dy_at = [&](std::int64_t i) {
     float g = 0.0f;
     if (dyf) g += dyf[i];
@@ -98,15 +149,41 @@ __global__ void rmsnorm_bwd(const float* __restrict__ x, const float* __restrict
     if (dy2) g += to_f(dy2[i]);
     return g;
   };
+  auto dy4 = [&](std::int64_t i) {
+    float4 g = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    auto add = [&g](float4 u) { g.x += u.x; g.y += u.y; g.z += u.z; g.w += u.w; };
+    if (dyf) add(load4(dyf + i));
+    if (dy0) add(load4(dy0 + i));
+    if (dy1) add(load4(dy1 + i));
+    if (dy2) add(load4(dy2 + i));
+    return g;
+  };
   float dot = 0.0f;
-  for (int j = threadIdx.x; j < D; j += blockDim.x) dot += dy_at(base + j) * w[j] * x[base + j];
+  if (vec) {
+    for (int j = 4 * threadIdx.x; j < D; j += 4 * blockDim.x) {
+      const float4 g = dy4(base + j), wv = load4(w + j), xv = load4(x + base + j);
+      dot += g.x * wv.x * xv.x + g.y * wv.y * xv.y + g.z * wv.z * xv.z + g.w * wv.w * xv.w;
+    }
+  } else {
+    for (int j = threadIdx.x; j < D; j += blockDim.x) dot += dy_at(base + j) * w[j] * x[base + j];
+  }
   dot = block_sum(dot, sh);
   const float r = rstd[blockIdx.x];
   const float c = r * r * r * dot / static_cast<float>(D);
-  for (int j = threadIdx.x; j < D; j += blockDim.x) {
-    const float v = dx[base + j] + r * dy_at(base + j) * w[j] - c * x[base + j];
-    dx[base + j] = v;
-    dx_t[base + j] = from_f<T>(v);
+  if (vec) {
+    for (int j = 4 * threadIdx.x; j < D; j += 4 * blockDim.x) {
+      const float4 g = dy4(base + j), wv = load4(w + j), xv = load4(x + base + j), d = load4(dx + base + j);
+      const float v0 = d.x + r * g.x * wv.x - c * xv.x, v1 = d.y + r * g.y * wv.y - c * xv.y;
+      const float v2 = d.z + r * g.z * wv.z - c * xv.z, v3 = d.w + r * g.w * wv.w - c * xv.w;
+      store4(dx + base + j, v0, v1, v2, v3);
+      store4(dx_t + base + j, v0, v1, v2, v3);
+    }
+  } else {
+    for (int j = threadIdx.x; j < D; j += blockDim.x) {
+      const float v = dx[base + j] + r * dy_at(base + j) * w[j] - c * x[base + j];
+      dx[base + j] = v;
+      dx_t[base + j] = from_f<T>(v);
+    }
   }
 }
 
@@ -163,20 +240,6 @@ __global__ void heads_to_rows(const T* __restrict__ in, T* __restrict__ out, int
       dst[i] = src[i];
       dst[i + half] = src[i + half];
     }
-  }
-}
-
-/// Stores 4 consecutive values as T (8-byte bf16x4 or 16-byte float4 store; p 4-aligned).
-template <class T>
-__device__ __forceinline__ void store4(T* p, float a, float b, float c, float d) {
-  if constexpr (std::is_same_v<T, float>) {
-    *reinterpret_cast<float4*>(p) = make_float4(a, b, c, d);
-  } else {
-    __nv_bfloat162 lo = __floats2bfloat162_rn(a, b), hi = __floats2bfloat162_rn(c, d);
-    uint2 u;
-    u.x = *reinterpret_cast<unsigned*>(&lo);
-    u.y = *reinterpret_cast<unsigned*>(&hi);
-    *reinterpret_cast<uint2*>(p) = u;
   }
 }
 
@@ -294,26 +357,54 @@ __global__ void attn_rowdot(const T* __restrict__ dO, const T* __restrict__ O, f
 
 __device__ __forceinline__ float sigmoidf_(float x) { return 1.0f / (1.0f + expf(-x)); }
 
-/// act = silu(gate)·up.
+/// act = silu(gate)·up. 4-wide when n % 4 == 0 and aligned.
 template <class T>
 __global__ void swiglu_fwd(const T* __restrict__ gate, const T* __restrict__ up, T* __restrict__ act, std::int64_t n) {
-  for (std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; i < n;
-       i += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
+  const std::int64_t stride = static_cast<std::int64_t>(gridDim.x) * blockDim.x;
+  const std::int64_t first = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x;
+  if ((n & 3) == 0 && al4(gate) && al4(up) && al4(act)) {
+    for (std::int64_t q = first; 4 * q < n; q += stride) {
+      const float4 g = load4(gate + 4 * q), u = load4(up + 4 * q);
+      store4(act + 4 * q, g.x * sigmoidf_(g.x) * u.x, g.y * sigmoidf_(g.y) * u.y, g.z * sigmoidf_(g.z) * u.z,
+             g.w * sigmoidf_(g.w) * u.w);
+    }
+    return;
+  }
+  for (std::int64_t i = first; i < n; i += stride) {
     const float g = to_f(gate[i]);
     act[i] = from_f<T>(g * sigmoidf_(g) * to_f(up[i]));
   }
 }
 
-/// d_up = d_act·silu(gate); d_gate = d_act·up·σ(g)(1 + g(1 − σ(g))).
+/// d_up = d_act·silu(gate); d_gate = d_act·up·σ(g)(1 + g(1 − σ(g))). 4-wide when possible.
 template <class T>
 __global__ void swiglu_bwd(const T* __restrict__ d_act, const T* __restrict__ gate, const T* __restrict__ up,
                            T* __restrict__ d_gate, T* __restrict__ d_up, std::int64_t n) {
-  for (std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; i < n;
-       i += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
-    const float g = to_f(gate[i]), da = to_f(d_act[i]);
+  const std::int64_t stride = static_cast<std::int64_t>(gridDim.x) * blockDim.x;
+  const std::int64_t first = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x;
+  auto one = [](float da, float g, float u, float& dg, float& du) {
     const float sg = sigmoidf_(g);
-    d_up[i] = from_f<T>(da * g * sg);
-    d_gate[i] = from_f<T>(da * to_f(up[i]) * sg * (1.0f + g * (1.0f - sg)));
+    du = da * g * sg;
+    dg = da * u * sg * (1.0f + g * (1.0f - sg));
+  };
+  if ((n & 3) == 0 && al4(d_act) && al4(gate) && al4(up) && al4(d_gate) && al4(d_up)) {
+    for (std::int64_t q = first; 4 * q < n; q += stride) {
+      const float4 da = load4(d_act + 4 * q), g = load4(gate + 4 * q), u = load4(up + 4 * q);
+      float dg0, dg1, dg2, dg3, du0, du1, du2, du3;
+      one(da.x, g.x, u.x, dg0, du0);
+      one(da.y, g.y, u.y, dg1, du1);
+      one(da.z, g.z, u.z, dg2, du2);
+      one(da.w, g.w, u.w, dg3, du3);
+      store4(d_gate + 4 * q, dg0, dg1, dg2, dg3);
+      store4(d_up + 4 * q, du0, du1, du2, du3);
+    }
+    return;
+  }
+  for (std::int64_t i = first; i < n; i += stride) {
+    float dg, du;
+    one(to_f(d_act[i]), to_f(gate[i]), to_f(up[i]), dg, du);
+    d_gate[i] = from_f<T>(dg);
+    d_up[i] = from_f<T>(du);
   }
 }
 

@@ -546,7 +546,7 @@ void CudaLlama<T>::forward_layers(CudaLinearHooks<T>& hooks) {
     hooks.forward({l, Module::gate}, W(Module::gate), xn2, MV(a.gate, N, H, H));
     hooks.forward({l, Module::up}, W(Module::up), xn2, MV(a.up, N, H, H));
     mark(kNormFwd);
-    kern::swiglu_fwd<T><<<kern::grid_for(N * H), 256, 0, s>>>(a.gate, a.up, a.act, N * H);
+    kern::swiglu_fwd<T><<<kern::grid_for((N * H + 3) / 4), 256, 0, s>>>(a.gate, a.up, a.act, N * H);
     HDPISSA_LLAMA_LAUNCH_CHECK("swiglu_fwd");
     mark(kLinFwd);
     hooks.forward({l, Module::down}, W(Module::down), CV(a.act, N, H, H), MV(tmp_.get(), N, D, D));
@@ -613,7 +613,7 @@ void CudaLlama<T>::backward_layers(CudaLinearHooks<T>& hooks) {
     mark(kLinBwd);
     hooks.backward({l, Module::down}, W(Module::down), CV(a.act, N, H, H), dxt, MV(d_act_.get(), N, H, H));
     mark(kNormBwd);
-    kern::swiglu_bwd<T><<<kern::grid_for(N * H), 256, 0, s>>>(d_act_.get(), a.gate, a.up, d_gate_.get(), d_up_.get(), N * H);
+    kern::swiglu_bwd<T><<<kern::grid_for((N * H + 3) / 4), 256, 0, s>>>(d_act_.get(), a.gate, a.up, d_gate_.get(), d_up_.get(), N * H);
     HDPISSA_LLAMA_LAUNCH_CHECK("swiglu_bwd");
     const CV xn2(a.xn2, N, D, D);
     mark(kLinBwd);
