@@ -396,6 +396,54 @@ void run_dwu7b() {
     std::printf("JSON {\"driver\":\"dwu7b-parts\",\"gemm_tuning\":\"%s\",\"gemms_fp32_ms\":%.3f,\"gemms_tf32_ms\":%.3f}\n",
                 gemm_tuning_name(tu), g32, gtf);
   }
+  // Next-step probe: the same 224 GEMMs (the DWU's exact operands: R with ld = in) spread round-robin
+  // over `ns` streams, so one GEMM's C read/write (epilogue) can overlap another's main loop.
+  // Plain cublasGemmEx, one handle per stream; ns = 1 is the serial baseline of the same loop.
+  {
+    auto L = b.make_matrix(11008, 2 * K * r), Rb = b.make_matrix(2 * K * r, 11008);
+    b.fill_normal(L.view(), 3);
+    b.fill_normal(Rb.view(), 4);
+    b.scale(L.view(), 1e-6f);
+    b.synchronize();
+    for (bool tf : {false, true})
+      for (int ns : {1, 2, 3}) {
+        std::vector<CudaStream> ss(static_cast<std::size_t>(ns));
+        std::vector<CublasHandle> hs;
+        std::vector<cudaEvent_t> done(static_cast<std::size_t>(ns));
+        for (int i = 0; i < ns; ++i) {
+          hs.emplace_back(ss[std::size_t(i)].get());
+          HDPISSA_CUDA_CHECK(cudaEventCreateWithFlags(&done[std::size_t(i)], cudaEventDisableTiming));
+        }
+        cudaEvent_t go;
+        HDPISSA_CUDA_CHECK(cudaEventCreateWithFlags(&go, cudaEventDisableTiming));
+        const float alpha = -1.f, beta = 1.f;
+        std::vector<double> ms;
+        for (int it = 0; it < 4; ++it) {
+          t.start();
+          HDPISSA_CUDA_CHECK(cudaEventRecord(go, b.stream()));
+          for (int i = 0; i < ns; ++i) HDPISSA_CUDA_CHECK(cudaStreamWaitEvent(ss[std::size_t(i)].get(), go));
+          for (std::size_t l = 0; l < Ws.size(); ++l) {
+            const int out = int(Ws[l].rows()), in = int(Ws[l].cols());
+            HDPISSA_CUBLAS_CHECK(cublasGemmEx(hs[l % std::size_t(ns)].get(), CUBLAS_OP_N, CUBLAS_OP_N, in, out, 2 * K * int(r), &alpha,
+                                              Rb.data(), CUDA_R_32F, in, L.data(), CUDA_R_32F, 2 * K * int(r), &beta,
+                                              Ws[l].data(), CUDA_R_32F, in,
+                                              tf ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+          }
+          for (int i = 0; i < ns; ++i) {
+            HDPISSA_CUDA_CHECK(cudaEventRecord(done[std::size_t(i)], ss[std::size_t(i)].get()));
+            HDPISSA_CUDA_CHECK(cudaStreamWaitEvent(b.stream(), done[std::size_t(i)]));
+          }
+          const double e = t.stop_ms();
+          if (it > 0) ms.push_back(e);
+        }
+        const double m = median(ms);
+        std::printf("dwu7b probe: 224 GEMMs (DWU operands) on %d stream(s), %s: %.1f ms (%.1f TFLOP/s, %.0f GB/s of W traffic)\n", ns,
+                    tf ? "tf32" : "fp32", m, flops / m * 1e-9, bytes / m * 1e-6);
+        std::printf("JSON {\"driver\":\"dwu7b-streams\",\"streams\":%d,\"tf32\":%d,\"ms\":%.3f}\n", ns, int(tf), m);
+        for (auto e : done) cudaEventDestroy(e);
+        cudaEventDestroy(go);
+      }
+  }
   b.set_tf32(false);
   b.set_gemm_tuning(GemmTuning::BitExact);
   const double chk = time_checks();
