@@ -7,7 +7,7 @@
 //  - step time (forward_backward incl. its one loss read-back), tokens/s, eval forward time;
 //  - "linears only": the same 7·L forward + 7·L backward GEMMs of the plain hooks on the same
 //    weights and token count, alone (the floor the linears set);
-//  - the bf16 GEMM ceiling: cublasGemmEx at 8192³ and at the model's own MLP shape;
+//  - the GEMM ceiling of the compute type: cublasGemmEx at 8192³ and at the model's own MLP shape (random data);
 //  - FLOPs counted: linears 4·N·P_lin (fwd 2·N·P, dX 2·N·P); lm_head 4·n_targets·V·D; attention as
 //    executed (full T×T products: 2 fwd + 5 bwd GEMMs of 2·B·nh·T²·hd each). TFLOP/s = counted / time.
 //
@@ -231,7 +231,8 @@ int run(const Args& args) {
   std::printf("FLOPs counted per step: linears %.3f T + lm_head %.3f T + attention (executed, full T x T) %.3f T = %.3f T\n",
               f_lin / 1e12, f_head / 1e12, f_attn / 1e12, f_total / 1e12);
   std::printf("achieved %.1f TFLOP/s\n", tflops);
-  std::printf("bf16 GEMM ceiling (same run): 8192^3 %.1f TFLOP/s; model MLP shape %lldx%dx%d %.1f TFLOP/s\n", ceil_big,
+  std::printf("%s GEMM ceiling (same run): 8192^3 %.1f TFLOP/s; model MLP shape %lldx%dx%d %.1f TFLOP/s\n",
+              std::is_same_v<T, float> ? "fp32 (no TF32)" : "bf16", ceil_big,
               static_cast<long long>(N), c.hidden_dim, c.dim, ceil_mlp);
   std::printf("achieved / 8192^3 ceiling: %.1f %%\n", 100.0 * tflops / ceil_big);
   std::printf("linears only (same 14*L GEMMs through the hooks): %.2f ms = %.1f TFLOP/s; step / linears-only = %.2f\n",
