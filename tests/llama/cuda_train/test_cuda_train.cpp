@@ -12,7 +12,12 @@
 // example_llama_train_cuda_no_device (hdpissa-train with CUDA_VISIBLE_DEVICES empty).
 
 #define DOCTEST_CONFIG_IMPLEMENT
+#define DOCTEST_CONFIG_NO_POSIX_SIGNALS  // our handler below prints a backtrace instead
 #include <doctest/doctest.h>
+#include <execinfo.h>
+#include <unistd.h>
+
+#include <csignal>
 
 #include <algorithm>
 #include <cmath>
@@ -156,6 +161,7 @@ TEST_CASE("fp32 GPU equals the CPU trainer for every method") {
     CAPTURE(method);
     // CPU reference; its initial state (factors, W_res, zero moments) is saved before training.
     TrainOptions oc = base_options(method, "cpu");
+    std::fprintf(stderr, "[%s] cpu\n", method);
     Run cpu(oc, false);
     const fs::path init = scratch() / (std::string("init-") + method);
     cpu.t->save_state(init);
@@ -168,6 +174,7 @@ TEST_CASE("fp32 GPU equals the CPU trainer for every method") {
     TrainOptions os = base_options(method, "gpu-shared");
     os.device = "cuda";
     os.resume = init.string();
+    std::fprintf(stderr, "[%s] gpu from the cpu init\n", method);
     Run shared(os);
     const ModelWeights ms = shared.merged();
     const double dl = loss_rel_diff(step_losses(os.metrics), lc), dw = update_rel_diff(ms, mc, base);
@@ -178,6 +185,7 @@ TEST_CASE("fp32 GPU equals the CPU trainer for every method") {
     // GPU from scratch (its own init: cuSOLVER SVD / GPU LoRA init).
     TrainOptions of = base_options(method, "gpu-fresh");
     of.device = "cuda";
+    std::fprintf(stderr, "[%s] gpu fresh\n", method);
     Run fresh(of);
     const double fl = loss_rel_diff(step_losses(of.metrics), lc), fw = update_rel_diff(fresh.merged(), mc, base);
     MESSAGE(method, " fresh GPU init: max rel loss diff ", fl, ", rel dW diff ", fw);
@@ -268,8 +276,22 @@ TEST_CASE("GPU resume equals the uninterrupted GPU run") {
   }
 }
 
+namespace {
+void on_crash(int sig) {
+  void* frames[64];
+  const int n = backtrace(frames, 64);
+  const char msg[] = "\nhdpissa_cuda_train_tests: fatal signal, backtrace:\n";
+  (void)!write(2, msg, sizeof msg - 1);
+  backtrace_symbols_fd(frames, n, 2);
+  _exit(128 + sig);
+}
+}  // namespace
+
 int main(int argc, char** argv) {
-  if (cuda_device_count() == 0) {
+  std::signal(SIGSEGV, on_crash);
+  std::signal(SIGABRT, on_crash);
+  std::signal(SIGBUS, on_crash);
+  if (cuda_device_count() == 0 && !std::getenv("HDPISSA_CUDA_TRAIN_TESTS_FORCE")) {  // FORCE: debug the host side
     std::printf("SKIP: no CUDA device; GPU trainer tests not run\n");
     return 77;
   }
