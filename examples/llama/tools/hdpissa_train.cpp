@@ -1,5 +1,6 @@
-// hdpissa-train: fine-tune a LLaMA-family model on the CPU with HD-PiSSA (or LoRA, PiSSA, full
-// fine-tuning and the paper's DWU ablations). See docs/trainer.md and `hdpissa-train --help`.
+// hdpissa-train: fine-tune a LLaMA-family model with HD-PiSSA (or LoRA, PiSSA, full fine-tuning and
+// the paper's DWU ablations), on the CPU or, with --device cuda (built with CUDA), on one GPU.
+// See docs/trainer.md and `hdpissa-train --help`.
 //
 // One process: K = --groups-per-process virtual groups (VirtualRanks<SingleProcess>). Under
 // mpirun (built with hdpissa::mpi): K = processes × groups per process (VirtualRanks<MpiCommunicator>);

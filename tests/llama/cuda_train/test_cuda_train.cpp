@@ -152,13 +152,17 @@ const char* kMethods[] = {"hdpissa", "lora", "pissa", "full", "lora-dwu", "pissa
 // (cuBLAS vs Eigen GEMMs, the GPU model's reductions): one forward/backward differs by ~1e-6
 // relative. The first step's loss is a pure forward, so it agrees to ~1e-6. Later losses follow
 // weights moved by Adam, which normalises each gradient element (delta ≈ lr·g/|g| on the first
-// step): an element whose gradient is at the level of the rounding noise may take a different step,
-// so ΔW agrees only to ~1e-3 in relative Frobenius norm, and losses to ~1e-5. Tolerances are 10× the
-// worst value measured on the H100 (docs/trainer.md, "Running on the GPU").
+// step), which can amplify rounding differences for elements whose gradient is tiny. Measured on an
+// H200 (bench/results-trainer/run-h200-cuda-train-tests.log): shared init, max relative loss
+// difference ≤ 6.9e-8 and relative ‖ΔW_gpu − ΔW_cpu‖_F / ‖ΔW_cpu‖_F ≤ 4.1e-5 over the six methods;
+// fresh GPU init (cuSOLVER SVD vs Eigen's: singular vectors agree to fp32 rounding, signs do not
+// matter since every term is a product of paired factors) ≤ 6.3e-7 and ≤ 1.2e-4. Held to ~10× those
+// (shared 1e-6 / 5e-4, fresh 1e-5 / 2e-3); both runs are deterministic, so the margin covers only a
+// different GPU model's GEMM kernels.
 TEST_CASE("fp32 GPU equals the CPU trainer for every method") {
   const ModelWeights base = load_checkpoint((data_dir() / "stories260K-hf").string());
   for (const char* method : kMethods) {
-    CAPTURE(method);
+    INFO("method ", std::string(method));
     // CPU reference; its initial state (factors, W_res, zero moments) is saved before training.
     TrainOptions oc = base_options(method, "cpu");
     std::fprintf(stderr, "[%s] cpu\n", method);
@@ -178,9 +182,9 @@ TEST_CASE("fp32 GPU equals the CPU trainer for every method") {
     Run shared(os);
     const ModelWeights ms = shared.merged();
     const double dl = loss_rel_diff(step_losses(os.metrics), lc), dw = update_rel_diff(ms, mc, base);
-    MESSAGE(method, " shared init: max rel loss diff ", dl, ", rel dW diff ", dw);
-    CHECK(dl < 1e-4);
-    CHECK(dw < 1e-2);
+    MESSAGE(std::string(method), " shared init: max rel loss diff ", dl, ", rel dW diff ", dw);
+    CHECK(dl < 1e-6);
+    CHECK(dw < 5e-4);
 
     // GPU from scratch (its own init: cuSOLVER SVD / GPU LoRA init).
     TrainOptions of = base_options(method, "gpu-fresh");
@@ -188,15 +192,15 @@ TEST_CASE("fp32 GPU equals the CPU trainer for every method") {
     std::fprintf(stderr, "[%s] gpu fresh\n", method);
     Run fresh(of);
     const double fl = loss_rel_diff(step_losses(of.metrics), lc), fw = update_rel_diff(fresh.merged(), mc, base);
-    MESSAGE(method, " fresh GPU init: max rel loss diff ", fl, ", rel dW diff ", fw);
-    CHECK(fl < 1e-3);
-    CHECK(fw < 5e-2);
+    MESSAGE(std::string(method), " fresh GPU init: max rel loss diff ", fl, ", rel dW diff ", fw);
+    CHECK(fl < 1e-5);
+    CHECK(fw < 2e-3);
   }
 }
 
 TEST_CASE("bf16: first loss matches fp32, training lowers the held-out loss, checkpoint = device weights") {
   for (const char* method : {"hdpissa", "lora", "pissa", "full"}) {
-    CAPTURE(method);
+    INFO("method ", std::string(method));
     TrainOptions o = base_options(method, "bf16");
     o.device = "cuda";
     o.dtype = "bf16";
@@ -209,7 +213,7 @@ TEST_CASE("bf16: first loss matches fp32, training lowers the held-out loss, che
     Run r(o);
     REQUIRE(r.sum.eval_before);
     REQUIRE(r.sum.eval_after);
-    MESSAGE(method, " bf16 held-out loss ", *r.sum.eval_before, " -> ", *r.sum.eval_after, ", ",
+    MESSAGE(std::string(method), " bf16 held-out loss ", *r.sum.eval_before, " -> ", *r.sum.eval_after, ", ",
             r.sum.tokens_per_s, " tok/s");
     CHECK(*r.sum.eval_after < *r.sum.eval_before - 0.05);
 
@@ -218,7 +222,7 @@ TEST_CASE("bf16: first loss matches fp32, training lowers the held-out loss, che
     f.max_steps = 1;
     Run r32(f);
     const double l16 = step_losses(o.metrics).at(0), l32 = step_losses(f.metrics).at(0);
-    MESSAGE(method, " first-step loss bf16 ", l16, " fp32 ", l32);
+    MESSAGE(std::string(method), " first-step loss bf16 ", l16, " fp32 ", l32);
     CHECK(std::abs(l16 - l32) < 1e-2 * l32);
 
     const ModelWeights saved = load_checkpoint(o.output);
@@ -244,8 +248,7 @@ TEST_CASE("GPU resume equals the uninterrupted GPU run") {
     const char* dtype;
   };
   for (const Case c : {Case{"hdpissa", "fp32"}, Case{"pissa", "bf16"}, Case{"full", "fp32"}, Case{"hdpissa", "bf16"}}) {
-    CAPTURE(c.method);
-    CAPTURE(c.dtype);
+    INFO("method ", std::string(c.method), ", dtype ", std::string(c.dtype));
     const std::string tag = std::string("resume-") + c.dtype;
     TrainOptions o = base_options(c.method, tag + "-whole");
     o.device = "cuda";
@@ -267,7 +270,7 @@ TEST_CASE("GPU resume equals the uninterrupted GPU run") {
     p.stop_after = -1;
     Run rest(p);
     const ModelWeights a = whole.merged(), b = rest.merged();
-    MESSAGE(c.method, " ", c.dtype, " resume: max |W_whole - W_resumed| = ", max_abs_diff(a, b));
+    MESSAGE(std::string(c.method), " ", std::string(c.dtype), " resume: max |W_whole - W_resumed| = ", max_abs_diff(a, b));
     CHECK(same_targets(a, b));
     const auto lw = step_losses(o.metrics), lr = step_losses(p.metrics);
     REQUIRE(lw.size() == 5);
