@@ -9,6 +9,8 @@
 ///  eval:  held-out loss, a greedy sample, GSM8K-style accuracy.
 ///  out:   merged HF checkpoint, resumable state (temp dir + rename), metrics JSONL.
 /// Only worker 0 prints and writes shared files; each worker writes its own optimizer state.
+/// The model and the method live behind TrainEngine (engine.hpp): CpuEngine (model.hpp +
+/// methods.hpp) for --device cpu, the CUDA engine (src/engine_cuda.cu) for --device cuda.
 ///
 /// Saved state (a directory): state.json (format, trajectory config, fingerprints of the base
 /// model and the tokenized data, step, shared counters), shared.safetensors (the target W, the
