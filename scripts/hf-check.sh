@@ -51,7 +51,7 @@ else
   for dev in ${DEVICES:-cpu cuda}; do
     [[ -x "$BIN/hdpissa-train" ]] || { echo "hf-check $dev: SKIP: no hdpissa-train in $BIN"; continue; }
     devargs=()
-    if "$BIN/hdpissa-train" --help 2>&1 | grep -q -- '--device'; then
+    if { "$BIN/hdpissa-train" --help 2>&1 || true; } | grep -- "--device" >/dev/null; then
       devargs=(--device "$dev")
       [[ "$dev" == cuda ]] && devargs+=(--dtype fp32)
     elif [[ "$dev" != cpu ]]; then

@@ -79,7 +79,7 @@ note=""
 TRAIN="$BIN/hdpissa-train"
 if [[ ! -x "$TRAIN" ]]; then
   note="Our side not run: no hdpissa-train binary at $TRAIN (build failed or not built)."
-elif ! "$TRAIN" --help 2>&1 | grep -q -- '--device'; then
+elif ! { "$TRAIN" --help 2>&1 || true; } | grep -- "--device" >/dev/null; then
   note="Our side not run: this hdpissa-train has no --device option (the GPU trainer is not in this tree)."
 else
   for cfg in ${OURS_CONFIGS:-lora pissa hdpissa-K1 hdpissa-K8 full}; do
