@@ -15,7 +15,8 @@
 # STEPS (150), RANK (4), LR (1e-3), MAX_LEN (256), GLOBAL (8 sequences per step), EVAL_N (64 held-out
 # examples of GSM8K test), JOBS (2 runs at a time), GAMMA_K (8: K of the γ sweep), GAMMAS, SEED (42),
 # ONLY (space-separated run names to run, e.g. "lora hdpissa-K8"), EXTRA_ARGS (appended to every
-# hdpissa-train command, e.g. "--aggregation mean"), SKIP_BUILD.
+# hdpissa-train command, e.g. "--aggregation mean"), SKIP_BUILD, RANK_THREADS (threads of each rank
+# analysis that runs beside training: nproc / JOBS; the subspace analyses after training use nproc).
 # Every run is one-process, fp32, CPU: K virtual groups time-multiplexed by VirtualRanks, which is
 # bit-identical to K real workers (docs/design.md).
 #
@@ -63,6 +64,8 @@ GAMMAS=${GAMMAS:-"1e-2 1e-4 1e-8 1e-16 1e-32"}
 SEED=${SEED:-42}
 PY=${PY:-/usr/bin/python3}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}  # JOBS runs side by side, one thread each
+NPROC=$(nproc)
+RANK_THREADS=${RANK_THREADS:-$(( NPROC / JOBS > 0 ? NPROC / JOBS : 1 ))}
 
 TRAIN=$BUILD/examples/llama/hdpissa-train
 RANKTOOL=$BUILD/bench/rank_analysis/hdpissa-rank-analysis
@@ -108,7 +111,7 @@ run() {
     return 1
   fi
   "$RANKTOOL" --init "$MODEL" --final "$dir/model" --label "$name" --csv "$dir/rank.csv" --json "$dir/rank.json" \
-    > "$dir/rank.txt"
+    --threads "$RANK_THREADS" > "$dir/rank.txt"
   echo "[$name] done in $((SECONDS - t0)) s: $(grep -m1 'eval loss (after' "$dir/train.log" || true)"
 }
 
@@ -138,7 +141,7 @@ for g in $GAMMAS; do
   d=$OUT/gamma-$g
   [[ -d $d/model && -d $OUT/hdpissa-K$GAMMA_K/model ]] || continue
   "$RANKTOOL" --init "$OUT/hdpissa-K$GAMMA_K/model" --final "$d/model" --label "gamma-$g" \
-    --csv "$d/diff_vs_exact.csv" > "$d/diff_vs_exact.txt"
+    --csv "$d/diff_vs_exact.csv" --threads "$NPROC" > "$d/diff_vs_exact.txt"
 done
 
 # Share of each ΔW outside the first-order subspace {X V_Nᵀ + U_N Y} of W₀ for N = r, 2r, 4r, 8r
@@ -149,7 +152,7 @@ subspace() {
   local dir=$1 N=$2
   [[ -d $dir/model ]] || return 0
   "$RANKTOOL" --init "$MODEL" --final "$dir/model" --subspace-rank "$N" --csv "$dir/subspace-N$N.csv" \
-    > "$dir/subspace-N$N.txt"
+    --threads "$NPROC" > "$dir/subspace-N$N.txt"
 }
 for name in full lora pissa hdpissa-K2 hdpissa-K4 hdpissa-K8 lora-dwu pissa-dwu; do
   for m in 1 2 4 8; do

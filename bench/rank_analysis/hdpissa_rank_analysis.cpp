@@ -33,6 +33,7 @@ using hdpissa::rank_analysis::Options;
                "  --label NAME       method label written to the CSV / JSON\n"
                "  --csv FILE         per-layer metrics\n"
                "  --json FILE        per-layer metrics and full spectra (for plot_spectra.py)\n"
+               "  --threads T        layers analysed concurrently (default 1; results are identical)\n"
                "  --per-layer        print every layer, not only the per-module means\n",
                why, *why ? "\n" : "");
   std::exit(code);
@@ -83,7 +84,11 @@ int main(int argc, char** argv) {
     } else if (a == "--label") o.label = need();
     else if (a == "--csv") o.csv = need();
     else if (a == "--json") o.json = need();
-    else if (a == "--per-layer") per_layer = true;
+    else if (a == "--threads") {
+      const double v = to_double("--threads", need());
+      if (v < 1 || v > 1024 || v != double(long(v))) usage("--threads: expected an integer in [1, 1024]", 2);
+      o.threads = int(v);
+    } else if (a == "--per-layer") per_layer = true;
     else if (a == "--help" || a == "-h") usage("Effective rank of ΔW = W_final − W_init per target layer.", 0);
     else usage(("unknown flag '" + a + "'").c_str(), 2);
   }

@@ -120,8 +120,8 @@ std::vector<double> orthonormal(long rows, long k, std::mt19937& g) {
 }
 
 /// W_init gaussian (std 0.02), ΔW = U diag(s) Vᵀ, both stored in `dtype`.
-Model generic_model(long rows, long cols, const std::vector<double>& s) {
-  std::mt19937 g(7);
+Model generic_model(long rows, long cols, const std::vector<double>& s, unsigned seed = 7) {
+  std::mt19937 g(seed);
   std::normal_distribution<double> n(0, 0.02);
   const long k = long(s.size());
   const auto U = orthonormal(rows, k, g), V = orthonormal(cols, k, g);
@@ -339,6 +339,51 @@ TEST_CASE("share of ΔW outside the first-order subspace {X V_Nᵀ + U_N Y} of W
   CHECK(run("mixed.safetensors", 0).outside_subspace == -1);  // not requested
   CHECK(run("outside.safetensors", 13).outside_subspace < 1e-4);  // u_10, v_12 both inside N = 13
   CHECK(error_of([&] { run("inside.safetensors", 21); }).find("exceeds min(out, in) = 20") != std::string::npos);
+}
+
+TEST_CASE("--threads: the same results in the same order as a serial run; errors as in a serial run") {
+  // Eight layers of different spectra (generic ΔW per layer), analysed with 1, 3 and 16 threads.
+  const auto dir = scratch("threads");
+  std::vector<Tensor> init, fin;
+  for (int l = 0; l < 8; ++l) {
+    std::vector<double> s;
+    for (int i = 0; i <= l; ++i) s.push_back(0.01 * std::pow(10.0, -i / 3.0));
+    Model m = generic_model(20 + 2 * l, 16, s, 100 + l);
+    for (auto& t : m.init) t.name = "model.layers." + std::to_string(l) + ".mlp.up_proj.weight";
+    for (auto& t : m.fin) t.name = "model.layers." + std::to_string(l) + ".mlp.up_proj.weight";
+    init.push_back(m.init.at(0));
+    fin.push_back(m.fin.at(0));
+  }
+  write(dir / "a.safetensors", init);
+  write(dir / "b.safetensors", fin);
+  Options o = opts(dir / "a.safetensors", dir / "b.safetensors");
+  o.subspace_rank = 4;
+  const auto serial = analyse(o);
+  REQUIRE(serial.size() == 8);
+  for (int l = 0; l < 8; ++l) CHECK(serial[std::size_t(l)].metrics.numerical_rank == l + 1);  // σ_l/σ_0 ≥ 10^-7/3 > τ
+  for (int t : {3, 16}) {
+    o.threads = t;
+    const auto par = analyse(o);
+    REQUIRE(par.size() == serial.size());
+    for (std::size_t i = 0; i < par.size(); ++i) {
+      CHECK(par[i].name == serial[i].name);
+      CHECK(par[i].sigma == serial[i].sigma);  // bit-identical: the same code on the same data
+      CHECK(par[i].outside_subspace == serial[i].outside_subspace);
+    }
+  }
+  // Layers 2 and 5 missing from the final checkpoint: the error names layer 2, as a serial run does.
+  auto broken = fin;
+  broken.erase(broken.begin() + 5);
+  broken.erase(broken.begin() + 2);
+  write(dir / "c.safetensors", broken);
+  o.final_ = dir / "c.safetensors";
+  o.threads = 1;
+  const auto e1 = error_of([&] { analyse(o); });
+  o.threads = 8;
+  CHECK(error_of([&] { analyse(o); }) == e1);
+  CHECK(e1.find("model.layers.2.mlp.up_proj.weight") != std::string::npos);
+  o.threads = 0;
+  CHECK(error_of([&] { analyse(o); }).find("--threads") != std::string::npos);
 }
 
 TEST_CASE("sharded checkpoint directories") {
