@@ -157,7 +157,7 @@ def main(argv):
                 cells.append(fmt(s.get(key) / b, "{:.2f}×") if b and s.get(key) is not None else "–")
         md.append(f"| {n} | " + " | ".join(cells) + " |")
     # Per-module numerical rank.
-    md.append("\nNumerical rank (τ = 1e-3) per module, mean over the 5 layers; in brackets min(out, in) "
+    md.append(f"\nNumerical rank (τ = 1e-3) per module, mean over the {n_dec} layers; in brackets min(out, in) "
               f"and the first-order rank bound b (LoRA r, PiSSA 2r, HD-PiSSA 2Kr, LoRA+DWU Kr, PiSSA+DWU 2r), capped at min(out, in):\n")
     shapes = {}
     for s in runs.values():
