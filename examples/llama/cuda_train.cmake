@@ -16,6 +16,17 @@ target_compile_options(hdpissa_train_cuda PRIVATE
   $<$<COMPILE_LANGUAGE:CUDA>:-std=c++20 --expt-relaxed-constexpr -Xcompiler=-Wall,-Wextra -diag-suppress=20012,20013,20014,20015,128>)
 set_target_properties(hdpissa_train_cuda PROPERTIES POSITION_INDEPENDENT_CODE ON CUDA_RESOLVE_DEVICE_SYMBOLS ON)
 target_link_libraries(hdpissa-train PRIVATE hdpissa_train_cuda)
+# --device cuda under mpirun: one process per GPU over NCCL (hdpissa::nccl = CUDA + MPI + NCCL). The
+# NcclCommunicator is made in hdpissa_train.cpp (host compiler); engine_cuda.cu needs no NCCL.
+# Without it, several processes with --device cuda fail with a clear error at run time.
+if(TARGET hdpissa::nccl AND TARGET hdpissa::mpi)
+  target_link_libraries(hdpissa-train PRIVATE hdpissa::nccl)
+  target_compile_definitions(hdpissa-train PRIVATE HDPISSA_TRAIN_HAVE_NCCL=1)
+  set(HDPISSA_TRAIN_HAVE_NCCL ON)
+else()
+  set(HDPISSA_TRAIN_HAVE_NCCL OFF)
+  message(STATUS "hdpissa-train: multi-process --device cuda disabled (needs NCCL and MPI)")
+endif()
 # --device cuda where no GPU is visible: a clear error (runs in CI, and on a GPU machine too).
 if(EXISTS "${HDPISSA_LLAMA_DEFAULT_DATA}/stories260K-hf/model.safetensors")
   add_test(NAME example_llama_train_cuda_no_device

@@ -3,7 +3,14 @@
 // only when CUDA is available; trainer.hpp reaches it through make_cuda_engine().
 //
 // One stream carries everything (model, methods, optimizer, the virtual groups' all-gather), so no
-// event or extra synchronisation is needed between them. Per optimizer step the host waits for the
+// event or extra synchronisation is needed between them (under mpirun NCCL's collectives run on the
+// communicator's own stream, ordered against this one with events by NcclCommunicator).
+//
+// Processes. Alone: device 0 (of the visible ones), DevComm = VirtualRanks<DeviceComm> over
+// CudaSingleProcess. Under mpirun (hdpissa_train.cpp fills EngineGroups::device_comm): one process
+// per GPU, GPU = local rank mod visible GPUs, DeviceComm over the NcclCommunicator that
+// device_comm.make bootstraps (make_nccl_communicator); more processes on a host than GPUs is an
+// error (NCCL rejects two ranks on one device). Per optimizer step the host waits for the
 // device: once per micro-batch (the model reads its loss back), inside the update (the batched
 // non-finite check) and once at the end of step() (so the trainer's step time is the device's).
 // Nothing is allocated per step. Generation (samples, GSM8K) runs on the host on the downloaded
@@ -32,20 +39,22 @@ class CudaEngine final : public TrainEngine {
  public:
   CudaEngine(const TrainOptions& o, const ModelWeights& host, const EngineGroups& g, const TensorLoader& resume)
       : host_(&host),
+        device_(select_device(g)),
         b32_(stream_.get(), hdpissa::CudaBackendOptions{}),
         bt_(make_bt()),
-        comm_(hdpissa::CudaSingleProcess(stream_.get()), g.local_groups),
+        comm_(make_collectives(g, device_, stream_.get()), g.local_groups),
         model_(host, o.micro_batch, o.max_len, stream_.get()) {
-    if (comm_.groups() != g.groups)
-      throw LlamaError(cat("CUDA engine: expected K = ", g.groups, " groups in one process, found ", comm_.groups()));
+    if (comm_.groups() != g.groups || comm_.first_group() != g.first_group || comm_.size() != g.processes)
+      throw LlamaError(cat("CUDA engine: expected K = ", g.groups, " groups over ", g.processes,
+                           " process(es) (first group ", g.first_group, "), the device communicator has ",
+                           comm_.groups(), " over ", comm_.size(), " (first group ", comm_.first_group(), ")"));
     method_ = gpu::make_cuda_method<T>(o, gpu::GpuContext<T>{b32_, bt(), comm_, model_}, host, resume);
     b32_.synchronize();
     sample_memory();
-    int dev = 0;
-    HDPISSA_CUDA_CHECK(cudaGetDevice(&dev));
     cudaDeviceProp p{};
-    HDPISSA_CUDA_CHECK(cudaGetDeviceProperties(&p, dev));
-    name_ = cat("cuda:", dev, " (", p.name, ")");
+    HDPISSA_CUDA_CHECK(cudaGetDeviceProperties(&p, device_));
+    name_ = cat("cuda:", device_, " (", p.name, ")");
+    comm_desc_ = comm_.inner().describe();
   }
 
   [[nodiscard]] std::string device() const override { return name_; }
@@ -109,8 +118,10 @@ class CudaEngine final : public TrainEngine {
   void verify_replicas() override { method_->verify_replicas(); }
   [[nodiscard]] std::int64_t trainable_parameters() const override { return method_->trainable_parameters(); }
   [[nodiscard]] std::string describe() const override {
-    return cat(method_->describe(), std::is_same_v<T, float> ? "; fp32 compute (exact, no TF32)"
-                                                             : "; bf16 compute copies, fp32 masters / gradients / Adam");
+    return cat(method_->describe(),
+               std::is_same_v<T, float> ? "; fp32 compute (exact, no TF32)"
+                                        : "; bf16 compute copies, fp32 masters / gradients / Adam",
+               "; device collectives: ", comm_desc_);
   }
   [[nodiscard]] std::size_t num_targets() const override { return method_->targets().size(); }
   std::optional<std::int64_t> peak_device_bytes() override { return peak_; }
@@ -122,6 +133,34 @@ class CudaEngine final : public TrainEngine {
     HDPISSA_CUDA_CHECK(cudaMemGetInfo(&free, &total));
     peak_ = std::max<std::int64_t>(peak_, std::int64_t(total - free));
   }
+  /// The GPU of this process: local rank mod visible GPUs (made current before anything is
+  /// allocated). Refuses more processes on this host than GPUs.
+  static int select_device(const EngineGroups& g) {
+    const int count = cuda_device_count();
+    if (count == 0) throw LlamaError("--device cuda: no CUDA device found (cudaGetDeviceCount reports none)");
+    const auto& d = g.device_comm;
+    if (g.processes > 1 && d.local_processes > count)
+      throw LlamaError(cat("--device cuda: expected at most one process per GPU, found ", d.local_processes,
+                           " processes on host ", d.host.empty() ? std::string("?") : d.host, " but ", count,
+                           " GPU(s) visible (NCCL rejects two ranks on one device); launch at most ", count,
+                           " process(es) per host and raise --groups-per-process for more groups"));
+    const int dev = g.processes > 1 || d.make ? d.local_rank % count : 0;
+    HDPISSA_CUDA_CHECK(cudaSetDevice(dev));
+    return dev;
+  }
+  /// NCCL from the setup's factory when it has one (mpirun), else CudaSingleProcess (one process).
+  static DeviceComm make_collectives(const EngineGroups& g, int device, cudaStream_t stream) {
+    if (g.device_comm.make) {
+      auto c = g.device_comm.make(device, static_cast<void*>(stream));
+      HDPISSA_REQUIRE(c != nullptr, "CUDA engine: the device communicator factory returned nothing");
+      return DeviceComm(std::move(c));
+    }
+    if (g.processes > 1)
+      throw LlamaError(cat("--device cuda: found ", g.processes, " processes but no device communicator (NCCL)",
+                           g.device_comm.unavailable.empty() ? std::string() : cat(": ", g.device_comm.unavailable)));
+    return DeviceComm(std::make_unique<DeviceCollectivesOf<hdpissa::CudaSingleProcess>>(
+        hdpissa::CudaSingleProcess(stream), "CUDA copy"));
+  }
   std::unique_ptr<hdpissa::CudaBackend<__nv_bfloat16>> make_bt() {
     if constexpr (std::is_same_v<T, float>) return nullptr;
     else return std::make_unique<hdpissa::CudaBackend<__nv_bfloat16>>(stream_.get(), hdpissa::CudaBackendOptions{});
@@ -132,6 +171,7 @@ class CudaEngine final : public TrainEngine {
   }
 
   const ModelWeights* host_;
+  int device_ = 0;  // before stream_: the device is made current before anything is created on it
   hdpissa::CudaStream stream_;
   B32 b32_;
   std::unique_ptr<hdpissa::CudaBackend<__nv_bfloat16>> bt_;
@@ -143,7 +183,7 @@ class CudaEngine final : public TrainEngine {
   ModelWeights merged_;
   bool merged_valid_ = false;
   std::int64_t peak_ = 0;
-  std::string name_;
+  std::string name_, comm_desc_;
 };
 
 }  // namespace

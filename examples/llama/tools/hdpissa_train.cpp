@@ -1,10 +1,14 @@
 // hdpissa-train: fine-tune a LLaMA-family model with HD-PiSSA (or LoRA, PiSSA, full fine-tuning and
-// the paper's DWU ablations), on the CPU or, with --device cuda (built with CUDA), on one GPU.
+// the paper's DWU ablations), on the CPU or, with --device cuda (built with CUDA), on one GPU or,
+// under mpirun (built with NCCL), one GPU per process.
 // See docs/trainer.md and `hdpissa-train --help`.
 //
 // One process: K = --groups-per-process virtual groups (VirtualRanks<SingleProcess>). Under
 // mpirun (built with hdpissa::mpi): K = processes × groups per process (VirtualRanks<MpiCommunicator>);
-// only rank 0 prints and writes the shared files.
+// only rank 0 prints and writes the shared files. --device cuda under mpirun (built with
+// hdpissa::nccl, compile definition HDPISSA_TRAIN_HAVE_NCCL): one process per GPU; the CUDA engine's
+// device communicator is an NcclCommunicator made here with make_nccl_communicator (the ncclUniqueId
+// travels over MPI) and handed to the engine through DeviceCommSetup (llama/train/device_comm.hpp).
 
 #include <cstdlib>
 #include <iostream>
@@ -14,7 +18,13 @@
 #include "llama/train/trainer.hpp"
 
 #ifdef HDPISSA_TRAIN_HAVE_MPI
+#include <mpi.h>
+
 #include "hdpissa/mpi.hpp"
+#endif
+#ifdef HDPISSA_TRAIN_HAVE_NCCL
+#include "hdpissa/comm/nccl_communicator.hpp"
+#include "hdpissa/comm/nccl_mpi_bootstrap.hpp"
 #endif
 
 namespace {
@@ -37,6 +47,37 @@ int run_single(const hdpissa::llama::TrainOptions& o) {
   t.run();
   return 0;
 }
+
+#ifdef HDPISSA_TRAIN_HAVE_MPI
+/// --device cuda under MPI: this process's place on its host, and (built with NCCL) the factory of
+/// the engine's NcclCommunicator over all processes of `world`.
+hdpissa::llama::DeviceCommSetup device_comm_setup(const boost::mpi::communicator& world) {
+  hdpissa::llama::DeviceCommSetup s;
+  MPI_Comm local = MPI_COMM_NULL;  // the processes of this job on this host
+  HDPISSA_MPI_CHECK(MPI_Comm_split_type(MPI_Comm(world), MPI_COMM_TYPE_SHARED, world.rank(), MPI_INFO_NULL, &local));
+  const int rc1 = MPI_Comm_rank(local, &s.local_rank);
+  const int rc2 = MPI_Comm_size(local, &s.local_processes);
+  MPI_Comm_free(&local);
+  HDPISSA_MPI_CHECK(rc1);
+  HDPISSA_MPI_CHECK(rc2);
+  char host[MPI_MAX_PROCESSOR_NAME] = {};
+  int len = 0;
+  if (MPI_Get_processor_name(host, &len) == MPI_SUCCESS) s.host.assign(host, std::size_t(len));
+#ifdef HDPISSA_TRAIN_HAVE_NCCL
+  s.make = [world](int device, void* stream) -> std::unique_ptr<hdpissa::llama::DeviceCollectives> {
+    hdpissa::NcclOptions opt;
+    opt.device = device;
+    opt.compute_stream = static_cast<cudaStream_t>(stream);
+    return std::make_unique<hdpissa::llama::DeviceCollectivesOf<hdpissa::NcclCommunicator>>(
+        hdpissa::make_nccl_communicator(world, opt), "NCCL");
+  };
+#else
+  s.unavailable = "this hdpissa-train was built without NCCL (multi-process --device cuda needs NCCL, CUDA and "
+                  "Boost.MPI found at configure time: the CMake target hdpissa::nccl)";
+#endif
+  return s;
+}
+#endif
 
 }  // namespace
 
@@ -69,7 +110,9 @@ int main(int argc, char** argv) {
     // A failure on any rank ends the whole job (MPI_Abort) instead of leaving peers blocked.
     return hdpissa::run_or_abort([&] {
       hdpissa::VirtualRanks<hdpissa::MpiCommunicator> comm(hdpissa::MpiCommunicator{}, o.groups_per_process);
-      hdpissa::llama::Trainer<decltype(comm)> t(o, comm);
+      hdpissa::llama::DeviceCommSetup dev;
+      if (o.device == "cuda") dev = device_comm_setup(boost::mpi::communicator());
+      hdpissa::llama::Trainer<decltype(comm)> t(o, comm, std::cout, std::move(dev));
       t.run();
       return 0;
     });

@@ -5,8 +5,8 @@
 ///  - CudaDwuMethod (hdpissa, lora-dwu, pissa-dwu): OrthogonalAdapterInit / LoraInit / PissaInit on
 ///    CudaBackend<float> (SVD policy ExactSvd = cuSOLVER, or CholeskyRandomizedSvd for
 ///    --svd randomized), MutedLinear<CudaBackend<T>> forward/backward, and
-///    DirectWeightUpdate<CudaBackend<float>, Adam, VirtualRanks<CudaSingleProcess>, Sum|Mean> on the
-///    fp32 W.
+///    DirectWeightUpdate<CudaBackend<float>, Adam, DevComm, Sum|Mean> on the fp32 W (DevComm =
+///    VirtualRanks over CudaSingleProcess or, under mpirun, NcclCommunicator).
 ///  - CudaAdapterMethod (lora, pissa): AdapterLinear<CudaBackend<T>> + DataParallelUpdate on fp32
 ///    master adapters.
 ///  - CudaFullMethod (full): DenseLinear<CudaBackend<T>> + DataParallelUpdate on fp32 master W.
@@ -32,13 +32,16 @@
 #include "hdpissa/cuda.hpp"
 #include "llama/cuda/linear_hooks_cuda.hpp"
 #include "llama/cuda/model_cuda.cuh"
+#include "llama/train/device_comm.hpp"
 #include "llama/train/methods.hpp"
 #include "llama/train/options.hpp"
 
 namespace hdpissa::llama::gpu {
 
 using B32 = hdpissa::CudaBackend<float>;
-using DevComm = hdpissa::VirtualRanks<hdpissa::CudaSingleProcess>;
+/// The engine's device communicator: K = processes × local groups; DeviceComm is CudaSingleProcess
+/// (one process) or NcclCommunicator (mpirun, one process per GPU), type-erased (train/device_comm.hpp).
+using DevComm = hdpissa::VirtualRanks<DeviceComm>;
 using V32 = hdpissa::MatrixView<float>;
 using CV32 = hdpissa::ConstMatrixView<float>;
 
@@ -85,7 +88,7 @@ template <class T>
 struct GpuContext {
   B32& b32;                  ///< fp32 backend: masters, optimizer, init
   hdpissa::CudaBackend<T>& bt;  ///< compute backend (the same object as b32 when T = float)
-  DevComm& comm;             ///< K = local groups virtual groups on this GPU
+  DevComm& comm;             ///< K groups: local groups on this GPU × processes
   CudaLlama<T>& model;
 };
 

@@ -23,6 +23,7 @@
 
 #include "llama/batch.hpp"
 #include "llama/model.hpp"
+#include "llama/train/device_comm.hpp"
 #include "llama/train/methods.hpp"
 #include "llama/train/options.hpp"
 #include "llama/weights.hpp"
@@ -116,13 +117,17 @@ struct EngineGroups {
   int first_group = 0;   ///< global index of local group 0
   int processes = 1;
   int rank = 0;
+  /// Peers of a multi-process job (local rank, processes on this host, the NCCL factory).
+  DeviceCommSetup device_comm;
 };
 
 #ifdef HDPISSA_TRAIN_HAVE_CUDA
-/// Builds the CUDA engine (engine_cuda.cu): uploads `host` (fp32), builds the method of `o.method`
-/// in `o.dtype` (fp32: exact fp32 throughout; bf16: bf16 compute copies of W and the factors,
+/// Builds the CUDA engine (engine_cuda.cu) on GPU (local rank mod visible GPUs): uploads `host`
+/// (fp32), builds the method of `o.method` in `o.dtype` (fp32: exact fp32 throughout; bf16: bf16 compute copies of W and the factors,
 /// fp32 masters, fp32 gradient accumulation). `resume` (non-empty when resuming) supplies the saved
-/// factors so that no SVD runs. Throws LlamaError when no CUDA device is usable.
+/// factors so that no SVD runs. Device collectives: `g.device_comm.make` (NCCL) when set, else
+/// CudaSingleProcess (one process only). Throws LlamaError when no CUDA device is usable, when
+/// the host runs more processes than it has GPUs, or when several processes lack a factory.
 std::unique_ptr<TrainEngine> make_cuda_engine(const TrainOptions& o, const ModelWeights& host, const EngineGroups& g,
                                               const TensorLoader& resume);
 /// Number of usable CUDA devices (0 when none, or when the driver reports an error).

@@ -85,14 +85,16 @@ inline std::string format_duration(double s) {
   return buf;
 }
 
-/// The training loop over communicator `Comm` (VirtualRanks<SingleProcess> or VirtualRanks<MpiCommunicator>).
+/// The training loop over communicator `Comm` (VirtualRanks<SingleProcess> or VirtualRanks<MpiCommunicator>);
+/// on --device cuda the engine has its own device communicator with the same K groups (engine.hpp).
 template <class Comm>
 class Trainer {
  public:
   /// Loads everything and builds the method (or restores it from --resume). `log` receives the
-  /// human-readable output (on worker 0 only).
-  Trainer(TrainOptions opt, Comm& comm, std::ostream& log = std::cout)
-      : o_(std::move(opt)), comm_(&comm), log_(&log), root_(comm.rank() == 0) {
+  /// human-readable output (on worker 0 only). `device_comm`: how the CUDA engine reaches the other
+  /// processes (--device cuda under several processes; hdpissa-train's main fills it under MPI).
+  Trainer(TrainOptions opt, Comm& comm, std::ostream& log = std::cout, DeviceCommSetup device_comm = {})
+      : o_(std::move(opt)), comm_(&comm), log_(&log), root_(comm.rank() == 0), device_comm_(std::move(device_comm)) {
     o_.validate();
     setup();
   }
@@ -466,14 +468,17 @@ class Trainer {
       eng_ = std::make_unique<CpuEngine>(w_, make_method(o_, w_, *comm_, loader));
     } else {
 #ifdef HDPISSA_TRAIN_HAVE_CUDA
-      if (comm_->size() > 1)
-        throw LlamaError(cat("--device cuda: multi-process GPU training (NCCL) is not implemented in hdpissa-train; found ",
-                             comm_->size(), " processes (run one process with --groups-per-process K)"));
+      if (comm_->size() > 1 && !device_comm_.make)
+        throw LlamaError(cat("--device cuda: found ", comm_->size(), " processes but ",
+                             device_comm_.unavailable.empty()
+                                 ? std::string("no device communicator between them (NCCL) was provided")
+                                 : device_comm_.unavailable,
+                             "; run one process with --groups-per-process K, or use --device cpu"));
       if (cuda_device_count() == 0)
         throw LlamaError("--device cuda: no CUDA device found (cudaGetDeviceCount reports none; check the driver and "
                          "CUDA_VISIBLE_DEVICES), use --device cpu");
       eng_ = make_cuda_engine(o_, w_, EngineGroups{comm_->groups(), comm_->local_groups(), comm_->first_group(),
-                                                   comm_->size(), comm_->rank()}, loader);
+                                                   comm_->size(), comm_->rank(), device_comm_}, loader);
 #else
       throw LlamaError("--device cuda: this hdpissa-train was built without CUDA (configure with the CUDA toolkit "
                        "found, HDPISSA_CUDA=ON), use --device cpu");
@@ -553,6 +558,7 @@ class Trainer {
   std::string model_fp_, data_fp_;
   std::ofstream metrics_;
   int threads_ = 1;
+  DeviceCommSetup device_comm_;
 };
 
 }  // namespace hdpissa::llama
