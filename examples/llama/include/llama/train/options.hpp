@@ -108,13 +108,16 @@ inline const char* train_usage() {
          "  --mute-gamma G            DWU methods: the paper's literal x(W + G a B A)^T forward instead of\n"
          "                            the exact mute (fidelity experiments; default: exact mute)\n"
          "  --device cpu|cuda         where the model and the method run (default cpu; cuda needs a CUDA build\n"
-         "                            and a GPU; one process, K = --groups-per-process virtual groups)\n"
+         "                            and a GPU; --groups-per-process groups per GPU; under mpirun one process\n"
+         "                            per GPU (GPU = rank on its host mod GPUs), NCCL between them, at most\n"
+         "                            one process per GPU of a host)\n"
          "  --dtype fp32|bf16         compute dtype (default fp32 = exact fp32 everywhere; bf16 = bf16 compute\n"
          "                            copies of W and the factors, fp32 masters, Adam and gradient sums:\n"
          "                            --device cuda only)\n"
          "distribution\n"
          "  --groups-per-process V    adapter groups per process (default 1); K = processes x V\n"
-         "  --comm auto|single|mpi    communicator (auto: MPI when launched by mpirun and built with MPI)\n"
+         "  --comm auto|single|mpi    communicator (auto: MPI when launched by mpirun with > 1 process and\n"
+         "                            built with MPI; mpi: also for mpirun -np 1)\n"
          "optimisation\n"
          "  --lr X                    peak learning rate (default 2e-5)\n"
          "  --weight-decay X          AdamW decoupled weight decay (default 0)\n"
@@ -147,7 +150,9 @@ inline const char* train_usage() {
          "example (HD-PiSSA, K = 4 virtual groups, r = 4, on stories260K):\n"
          "  hdpissa-train --model $HDPISSA_DATA/stories260K-hf --data $HDPISSA_DATA/gsm8k/train.jsonl \\\n"
          "      --method hdpissa --groups-per-process 4 --rank 4 --lr 2e-3 --max-len 256 --max-steps 40 \\\n"
-         "      --eval-data $HDPISSA_DATA/gsm8k/test.jsonl --output runs/demo\n";
+         "      --eval-data $HDPISSA_DATA/gsm8k/test.jsonl --output runs/demo\n"
+         "several GPUs (one process each, NCCL; K = 2 x 4 = 8 groups):\n"
+         "  mpirun -np 2 -x NCCL_NVLS_ENABLE=0 hdpissa-train --device cuda --groups-per-process 4 ...\n";
 }
 
 namespace detail {
