@@ -1,11 +1,13 @@
-# hdpissa-train's GPU path (llama/train/engine.hpp, src/engine_cuda.cu, llama/cuda/methods_cuda.cuh):
+# hdpissa-train's GPU path (llama/train/engine.hpp, src/engine_cuda_impl.cuh
+# instantiated by src/engine_cuda.cu (fp32) and src/engine_cuda_bf16.cu, llama/cuda/methods_cuda.cuh):
 # one CUDA translation unit, linked into hdpissa-train (and tests/llama/cuda_train) when CUDA is
 # available; it defines HDPISSA_TRAIN_HAVE_CUDA for its users. Included from CMakeLists.txt after
 # hdpissa-train is defined.
 if(NOT HDPISSA_HAVE_CUDA)
   return()
 endif()
-add_library(hdpissa_train_cuda STATIC ${CMAKE_CURRENT_LIST_DIR}/src/engine_cuda.cu)
+# Two TUs (fp32 + entry points, bf16) so that the two engine instantiations compile in parallel.
+add_library(hdpissa_train_cuda STATIC ${CMAKE_CURRENT_LIST_DIR}/src/engine_cuda.cu ${CMAKE_CURRENT_LIST_DIR}/src/engine_cuda_bf16.cu)
 add_library(hdpissa::train_cuda ALIAS hdpissa_train_cuda)
 target_link_libraries(hdpissa_train_cuda PUBLIC hdpissa_llama hdpissa::cuda)
 if(TARGET hdpissa_llama_cuda)  # the CUDA model's own library, when it has one
@@ -17,7 +19,7 @@ target_compile_options(hdpissa_train_cuda PRIVATE
 set_target_properties(hdpissa_train_cuda PROPERTIES POSITION_INDEPENDENT_CODE ON CUDA_RESOLVE_DEVICE_SYMBOLS ON)
 target_link_libraries(hdpissa-train PRIVATE hdpissa_train_cuda)
 # --device cuda under mpirun: one process per GPU over NCCL (hdpissa::nccl = CUDA + MPI + NCCL). The
-# NcclCommunicator is made in hdpissa_train.cpp (host compiler); engine_cuda.cu needs no NCCL.
+# NcclCommunicator is made in hdpissa_train.cpp (host compiler); the engine (src/engine_cuda*.cu) needs no NCCL.
 # Without it, several processes with --device cuda fail with a clear error at run time.
 if(TARGET hdpissa::nccl AND TARGET hdpissa::mpi)
   target_link_libraries(hdpissa-train PRIVATE hdpissa::nccl)

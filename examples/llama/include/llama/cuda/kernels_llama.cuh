@@ -82,7 +82,7 @@ __device__ __forceinline__ bool al4(const T* p) {
 }
 
 /// x[n, :] = emb[tok[n], :] (fp32).  grid (N), block 256.
-__global__ void embed_gather(const std::int32_t* __restrict__ tok, const float* __restrict__ emb, float* __restrict__ x,
+__global__ inline void embed_gather(const std::int32_t* __restrict__ tok, const float* __restrict__ emb, float* __restrict__ x,
                              int D) {
   const std::int64_t n = blockIdx.x;
   const float* src = emb + static_cast<std::int64_t>(tok[n]) * D;
@@ -416,7 +416,7 @@ __global__ void gather_rows(const T* __restrict__ src, const std::int32_t* __res
   for (int j = threadIdx.x; j < D; j += blockDim.x) d[j] = s[j];
 }
 /// dst[rows[i], :] = src[i, :] (rows distinct).  grid (n), block 256.
-__global__ void scatter_rows(const float* __restrict__ src, const std::int32_t* __restrict__ rows, float* __restrict__ dst,
+__global__ inline void scatter_rows(const float* __restrict__ src, const std::int32_t* __restrict__ rows, float* __restrict__ dst,
                              int D) {
   const float* s = src + static_cast<std::int64_t>(blockIdx.x) * D;
   float* d = dst + static_cast<std::int64_t>(rows[blockIdx.x]) * D;

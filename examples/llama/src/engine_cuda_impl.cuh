@@ -1,0 +1,198 @@
+#pragma once
+// The CUDA engine of hdpissa-train (llama/train/engine.hpp): CudaLlama<T> + the GPU methods of
+// methods_cuda.cuh, behind the TrainEngine interface. Built into hdpissa-train (and its GPU tests)
+// only when CUDA is available; trainer.hpp reaches it through make_cuda_engine().
+//
+// One stream carries everything (model, methods, optimizer, the virtual groups' all-gather), so no
+// event or extra synchronisation is needed between them (under mpirun NCCL's collectives run on the
+// communicator's own stream, ordered against this one with events by NcclCommunicator).
+//
+// Processes. Alone: device 0 (of the visible ones), DevComm = VirtualRanks<DeviceComm> over
+// CudaSingleProcess. Under mpirun (hdpissa_train.cpp fills EngineGroups::device_comm): one process
+// per GPU, GPU = local rank mod visible GPUs, DeviceComm over the NcclCommunicator that
+// device_comm.make bootstraps (make_nccl_communicator); more processes on a host than GPUs is an
+// error (NCCL rejects two ranks on one device). Per optimizer step the host waits for the
+// device: once per micro-batch (the model reads its loss back), inside the update (the batched
+// non-finite check) and once at the end of step() (so the trainer's step time is the device's).
+// Nothing is allocated per step. Generation (samples, GSM8K) runs on the host on the downloaded
+// merged weights, cached until the next step.
+//
+// Two translation units instantiate it in parallel (a shorter build): engine_cuda.cu (fp32,
+// make_cuda_engine, cuda_device_count) and engine_cuda_bf16.cu (bf16).
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "llama/cuda/methods_cuda.cuh"
+#include "llama/cuda/model_cuda.cuh"
+#include "llama/train/engine.hpp"
+
+namespace hdpissa::llama {
+namespace engine_detail {
+
+using gpu::B32;
+using gpu::DevComm;
+
+template <class T>
+class CudaEngine final : public TrainEngine {
+ public:
+  CudaEngine(const TrainOptions& o, const ModelWeights& host, const EngineGroups& g, const TensorLoader& resume)
+      : host_(&host),
+        device_(select_device(g)),
+        b32_(stream_.get(), hdpissa::CudaBackendOptions{}),
+        bt_(make_bt()),
+        comm_(make_collectives(g, device_, stream_.get()), g.local_groups),
+        model_(host, o.micro_batch, o.max_len, stream_.get()) {
+    if (comm_.groups() != g.groups || comm_.first_group() != g.first_group || comm_.size() != g.processes)
+      throw LlamaError(cat("CUDA engine: expected K = ", g.groups, " groups over ", g.processes,
+                           " process(es) (first group ", g.first_group, "), the device communicator has ",
+                           comm_.groups(), " over ", comm_.size(), " (first group ", comm_.first_group(), ")"));
+    method_ = gpu::make_cuda_method<T>(o, gpu::GpuContext<T>{b32_, bt(), comm_, model_}, host, resume);
+    b32_.synchronize();
+    sample_memory();
+    cudaDeviceProp p{};
+    HDPISSA_CUDA_CHECK(cudaGetDeviceProperties(&p, device_));
+    name_ = cat("cuda:", device_, " (", p.name, ")");
+    comm_desc_ = comm_.inner().describe();
+  }
+
+  [[nodiscard]] std::string device() const override { return name_; }
+  void zero_grad() override { method_->zero_grad(); }
+  LossResult forward_backward(int lg, const Batch& b, float scale) override {
+    method_->set_group(lg);
+    const LossResult r = model_.forward_backward(b, *method_, scale);
+    method_->set_group(0);
+    return r;
+  }
+  hdpissa::StepReport step(double lr) override {
+    const auto rep = method_->step(lr);
+    b32_.synchronize();
+    sample_memory();
+    merged_valid_ = false;
+    return rep;
+  }
+  LossResult eval_loss(const std::vector<Batch>& batches) override {
+    method_->set_group(0);
+    LossResult total;
+    for (const Batch& b : batches) {
+      const LossResult r = model_.forward_loss(b, *method_);
+      total.loss_sum += r.loss_sum;
+      total.n_tokens += r.n_tokens;
+    }
+    return total;
+  }
+  std::vector<std::int32_t> generate(const std::vector<std::int32_t>& prompt, const GenerateOptions& g) override {
+    if (!merged_valid_) {
+      merged_ = *host_;
+      merge_into(merged_);
+      merged_valid_ = true;
+    }
+    return generate_greedy(merged_, prompt, g);
+  }
+  void merge_into(ModelWeights& w) override {
+    const auto& ids = method_->targets();
+    for (std::size_t i = 0; i < ids.size(); ++i) method_->merged_weight(i, w.linear(ids[i]));
+  }
+  void collect_state(StateList& s) override {
+    dev_.tensors.clear();  // (not `dev_ = {}`: nvcc 13.0 crashes on it)
+    dev_.counters.clear();
+    method_->collect_state(dev_);
+    staging_.resize(dev_.tensors.size());
+    for (std::size_t k = 0; k < dev_.tensors.size(); ++k) {
+      const auto& t = dev_.tensors[k];
+      HDPISSA_REQUIRE(t.view.contiguous(), "state tensor '", t.name, "' is not contiguous");
+      staging_[k].resize(std::size_t(t.view.rows) * std::size_t(t.view.cols));
+      b32_.download(gpu::CV32(t.view), staging_[k].data());
+      s.tensors.push_back({t.name, staging_[k].data(), t.view.rows, t.view.cols, t.local});
+    }
+    for (const auto& c : dev_.counters) s.counters.push_back(c);
+  }
+  void restore_state() override {
+    HDPISSA_REQUIRE(staging_.size() == dev_.tensors.size(), "restore_state: collect_state was not called first");
+    for (std::size_t k = 0; k < dev_.tensors.size(); ++k) b32_.upload(staging_[k].data(), dev_.tensors[k].view);
+    method_->refresh();
+    b32_.synchronize();
+    merged_valid_ = false;
+  }
+  void verify_replicas() override { method_->verify_replicas(); }
+  [[nodiscard]] std::int64_t trainable_parameters() const override { return method_->trainable_parameters(); }
+  [[nodiscard]] std::string describe() const override {
+    return cat(method_->describe(),
+               std::is_same_v<T, float> ? "; fp32 compute (exact, no TF32)"
+                                        : "; bf16 compute copies, fp32 masters / gradients / Adam",
+               "; device collectives: ", comm_desc_);
+  }
+  [[nodiscard]] std::size_t num_targets() const override { return method_->targets().size(); }
+  std::optional<std::int64_t> peak_device_bytes() override { return peak_; }
+
+ private:
+  /// Device memory in use now (cudaMemGetInfo: total − free, the CUDA context included).
+  void sample_memory() {
+    std::size_t free = 0, total = 0;
+    HDPISSA_CUDA_CHECK(cudaMemGetInfo(&free, &total));
+    peak_ = std::max<std::int64_t>(peak_, std::int64_t(total - free));
+  }
+  /// The GPU of this process: local rank mod visible GPUs (made current before anything is
+  /// allocated). Refuses more processes on this host than GPUs.
+  static int select_device(const EngineGroups& g) {
+    const int count = cuda_device_count();
+    if (count == 0) throw LlamaError("--device cuda: no CUDA device found (cudaGetDeviceCount reports none)");
+    const auto& d = g.device_comm;
+    if (g.processes > 1 && d.local_processes > count)
+      throw LlamaError(cat("--device cuda: expected at most one process per GPU, found ", d.local_processes,
+                           " processes on host ", d.host.empty() ? std::string("?") : d.host, " but ", count,
+                           " GPU(s) visible (NCCL rejects two ranks on one device); launch at most ", count,
+                           " process(es) per host and raise --groups-per-process for more groups"));
+    const int dev = g.processes > 1 || d.make ? d.local_rank % count : 0;
+    HDPISSA_CUDA_CHECK(cudaSetDevice(dev));
+    return dev;
+  }
+  /// NCCL from the setup's factory when it has one (mpirun), else CudaSingleProcess (one process).
+  static DeviceComm make_collectives(const EngineGroups& g, int device, cudaStream_t stream) {
+    if (g.device_comm.make) {
+      auto c = g.device_comm.make(device, static_cast<void*>(stream));
+      HDPISSA_REQUIRE(c != nullptr, "CUDA engine: the device communicator factory returned nothing");
+      return DeviceComm(std::move(c));
+    }
+    if (g.processes > 1)
+      throw LlamaError(cat("--device cuda: found ", g.processes, " processes but no device communicator (NCCL)",
+                           g.device_comm.unavailable.empty() ? std::string() : cat(": ", g.device_comm.unavailable)));
+    return DeviceComm(std::make_unique<DeviceCollectivesOf<hdpissa::CudaSingleProcess>>(
+        hdpissa::CudaSingleProcess(stream), "CUDA copy"));
+  }
+  std::unique_ptr<hdpissa::CudaBackend<__nv_bfloat16>> make_bt() {
+    if constexpr (std::is_same_v<T, float>) return nullptr;
+    else return std::make_unique<hdpissa::CudaBackend<__nv_bfloat16>>(stream_.get(), hdpissa::CudaBackendOptions{});
+  }
+  hdpissa::CudaBackend<T>& bt() {
+    if constexpr (std::is_same_v<T, float>) return b32_;
+    else return *bt_;
+  }
+
+  const ModelWeights* host_;
+  int device_ = 0;  // before stream_: the device is made current before anything is created on it
+  hdpissa::CudaStream stream_;
+  B32 b32_;
+  std::unique_ptr<hdpissa::CudaBackend<__nv_bfloat16>> bt_;
+  DevComm comm_;
+  gpu::CudaLlama<T> model_;
+  std::unique_ptr<gpu::CudaTrainMethod<T>> method_;
+  gpu::DeviceStateList dev_;
+  std::vector<std::vector<float>> staging_;
+  ModelWeights merged_;
+  bool merged_valid_ = false;
+  std::int64_t peak_ = 0;
+  std::string name_, comm_desc_;
+};
+
+/// The bf16 engine (engine_cuda_bf16.cu).
+std::unique_ptr<TrainEngine> make_cuda_engine_bf16(const TrainOptions& o, const ModelWeights& host,
+                                                   const EngineGroups& g, const TensorLoader& resume);
+
+}  // namespace engine_detail
+}  // namespace hdpissa::llama
