@@ -11,7 +11,7 @@
 #   BIN   build directory (default build/gpu; configured with the gpu preset + tests if absent)
 #   OUT   logs (default runs/gpu-mp-check); per-run logs under $OUT/scratch/mp/*/log.txt
 #   JOBS  build parallelism (default: all cores)
-# Exit status 0 when nothing failed (SKIP is not a failure).
+# Exit status 0 when nothing failed (SKIP is not a failure). Last line: gpu-mp-check: PASS|FAIL|SKIP ….
 set -uo pipefail
 BIN=${BIN:-build/gpu}
 DATA=${DATA:-../shared/data}
@@ -43,6 +43,7 @@ echo "gpu-mp-check: built in $((SECONDS - t0)) s"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null | tee "$OUT/device.txt"
 
 T=$BIN/tests/llama/cuda_train/hdpissa_cuda_train_mp_tests
+ran=0  # checks that ran and passed
 check() {  # name, then the test binary's arguments
   local name=$1
   shift
@@ -51,7 +52,7 @@ check() {  # name, then the test binary's arguments
   local rc=$?
   local verdict
   case $rc in
-    0) verdict=PASS ;;
+    0) verdict=PASS; ran=$((ran + 1)) ;;
     77) verdict="SKIP ($(grep -m1 SKIP "$OUT/$name.log"))" ;;
     *) verdict="FAIL (rc $rc, $OUT/$name.log)"; fail=1 ;;
   esac
@@ -65,5 +66,7 @@ check 2gpu --require-gpus 2 "--test-case=2 GPUs*"
 
 echo "== gpu-mp-check summary ($((SECONDS - t0)) s in all)"
 printf '%s\n' "${SUMMARY[@]}"
-if [ $fail = 0 ]; then echo "gpu-mp-check: PASS"; else echo "gpu-mp-check: FAIL"; fi
+if [ $fail != 0 ]; then echo "gpu-mp-check: FAIL"
+elif [ $ran = 0 ]; then echo "gpu-mp-check: SKIP (no check ran: no GPU?)"
+else echo "gpu-mp-check: PASS ($ran of 3 checks ran and passed, none failed)"; fi
 exit $fail
