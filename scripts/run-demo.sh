@@ -7,7 +7,8 @@
 #      min(out, in)), max length 256, printing progress, the held-out loss before and after and a
 #      greedy sample, and writes the merged HF checkpoint to runs/demo/ (git-ignored).
 # Data: $HDPISSA_DATA, else ../shared/data next to the repository. Extra arguments are passed to
-# hdpissa-train (e.g. --max-steps 100, --method pissa).
+# hdpissa-train (e.g. --max-steps 100, --method pissa). HDPISSA_TRAIN_BIN=<hdpissa-train> skips the
+# build (CI passes the binary its test build just made: the CPU path is the same with CUDA linked).
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 data="${HDPISSA_DATA:-$repo/../shared/data}"
@@ -23,19 +24,26 @@ data="$(cd "$data" && pwd)"
 
 "$repo/scripts/install-deps.sh"
 
-build="${BUILD_DIR:-$repo/build-demo}"
-jobs="$(nproc 2>/dev/null || echo 2)"
-echo "run-demo: building hdpissa-train in $build (Release, CUDA off; the first build takes a few minutes)"
-cmake -S "$repo" -B "$build" -DCMAKE_BUILD_TYPE=Release -DHDPISSA_CUDA=OFF \
-      -DHDPISSA_BUILD_TESTS=OFF -DHDPISSA_BUILD_BENCH=OFF >/dev/null
-cmake --build "$build" --target hdpissa-train -j"$jobs"
+if [[ -n "${HDPISSA_TRAIN_BIN:-}" ]]; then  # an hdpissa-train built already (CI: the test build's)
+  train="$HDPISSA_TRAIN_BIN"
+  [[ -x "$train" ]] || { echo "run-demo: HDPISSA_TRAIN_BIN: expected an executable hdpissa-train, found '$train'" >&2; exit 1; }
+  echo "run-demo: using $train (HDPISSA_TRAIN_BIN)"
+else
+  build="${BUILD_DIR:-$repo/build-demo}"
+  jobs="$(nproc 2>/dev/null || echo 2)"
+  echo "run-demo: building hdpissa-train in $build (Release, CUDA off; the first build takes a few minutes)"
+  cmake -S "$repo" -B "$build" -DCMAKE_BUILD_TYPE=Release -DHDPISSA_CUDA=OFF \
+        -DHDPISSA_BUILD_TESTS=OFF -DHDPISSA_BUILD_BENCH=OFF >/dev/null
+  cmake --build "$build" --target hdpissa-train -j"$jobs"
+  train="$build/examples/llama/hdpissa-train"
+fi
 
 out="$repo/runs/demo"
 mkdir -p "$repo/runs"
 echo "run-demo: training; the merged model goes to $out"
 start=$(date +%s)
 # One thread: stories260K's matrices are 64 wide, too small for OpenMP to pay off (docs/trainer.md).
-"$build/examples/llama/hdpissa-train" \
+"$train" \
   --model "$data/stories260K-hf" \
   --data "$data/gsm8k/train.jsonl" \
   --method hdpissa --groups-per-process 4 --rank 4 \
