@@ -7,6 +7,9 @@
 #
 #   DATA=.devdata/repro KEEP=$OUT scripts/gpu-reproduce.sh       # what docs/results.md ran on an H200
 #
+# Time on one H200 (16 cores): build 215 s, the 13 trainings ≈ 6 min (6 at a time), the analyses
+# 1–2 min: ≈ 12 min in all, more than one 600-s device call (docs/results.md says how it was split).
+#
 # Environment: DATA (folder with gsm8k/{train,test}.jsonl, llama2_tokenizer/tokenizer.model and, for
 # the tests, stories260K-hf/; default ../shared/data), KEEP (default runs/gpu-reproduce), WORK (the
 # full outputs, checkpoints included; default runs/reproduce-gpu), BUILD (build-rank-cuda), JOBS
