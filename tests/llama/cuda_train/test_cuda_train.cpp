@@ -30,17 +30,17 @@
 
 #include "llama/train/trainer.hpp"
 
+#include "compare.hpp"
+
 namespace fs = std::filesystem;
 using namespace hdpissa::llama;
+using hdpissa::llama::test::data_dir;
+using hdpissa::llama::test::max_rel_diff;
+using hdpissa::llama::test::update_rel_diff;
 using Comm = hdpissa::VirtualRanks<hdpissa::SingleProcess>;
 
 namespace {
 
-fs::path data_dir() {
-  for (const char* v : {"HDPISSA_GPU_TEST_DATA", "HDPISSA_DATA"})
-    if (const char* s = std::getenv(v); s && *s) return s;
-  return HDPISSA_LLAMA_TEST_DATA;
-}
 fs::path scratch() {
   const char* s = std::getenv("HDPISSA_GPU_TEST_SCRATCH");
   fs::path p = s && *s ? fs::path(s) : fs::temp_directory_path() / "hdpissa-cuda-train-tests";
@@ -104,27 +104,6 @@ std::vector<double> step_losses(const std::string& file) {
   return l;
 }
 
-/// max_i |a_i − b_i| / |b_i| over the per-step losses.
-double loss_rel_diff(const std::vector<double>& a, const std::vector<double>& b) {
-  REQUIRE(a.size() == b.size());
-  double w = 0;
-  for (std::size_t i = 0; i < a.size(); ++i) w = std::max(w, std::abs(a[i] - b[i]) / std::abs(b[i]));
-  return w;
-}
-/// ‖ΔW_a − ΔW_b‖_F / ‖ΔW_b‖_F over every target linear, ΔW = merged − base (in double).
-double update_rel_diff(const ModelWeights& a, const ModelWeights& b, const ModelWeights& base) {
-  double num = 0, den = 0;
-  for (int l = 0; l < base.config.n_layers; ++l)
-    for (int m = 0; m < kModulesPerLayer; ++m) {
-      const LinearId id{l, static_cast<Module>(m)};
-      const Eigen::MatrixXd da = (a.linear(id) - base.linear(id)).cast<double>();
-      const Eigen::MatrixXd db = (b.linear(id) - base.linear(id)).cast<double>();
-      num += (da - db).squaredNorm();
-      den += db.squaredNorm();
-    }
-  REQUIRE(den > 0);
-  return std::sqrt(num / den);
-}
 bool same_targets(const ModelWeights& a, const ModelWeights& b) {
   for (int l = 0; l < a.config.n_layers; ++l)
     for (int m = 0; m < kModulesPerLayer; ++m) {
@@ -181,7 +160,7 @@ TEST_CASE("fp32 GPU equals the CPU trainer for every method") {
     std::fprintf(stderr, "[%s] gpu from the cpu init\n", method);
     Run shared(os);
     const ModelWeights ms = shared.merged();
-    const double dl = loss_rel_diff(step_losses(os.metrics), lc), dw = update_rel_diff(ms, mc, base);
+    const double dl = max_rel_diff(step_losses(os.metrics), lc), dw = update_rel_diff(ms, mc, base);
     MESSAGE(std::string(method), " shared init: max rel loss diff ", dl, ", rel dW diff ", dw);
     CHECK(dl < 1e-6);
     CHECK(dw < 5e-4);
@@ -191,7 +170,7 @@ TEST_CASE("fp32 GPU equals the CPU trainer for every method") {
     of.device = "cuda";
     std::fprintf(stderr, "[%s] gpu fresh\n", method);
     Run fresh(of);
-    const double fl = loss_rel_diff(step_losses(of.metrics), lc), fw = update_rel_diff(fresh.merged(), mc, base);
+    const double fl = max_rel_diff(step_losses(of.metrics), lc), fw = update_rel_diff(fresh.merged(), mc, base);
     MESSAGE(std::string(method), " fresh GPU init: max rel loss diff ", fl, ", rel dW diff ", fw);
     CHECK(fl < 1e-5);
     CHECK(fw < 2e-3);

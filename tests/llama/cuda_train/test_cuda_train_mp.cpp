@@ -41,18 +41,18 @@
 
 #include "llama/checkpoint.hpp"
 
+#include "compare.hpp"
+
 namespace fs = std::filesystem;
 using namespace hdpissa::llama;
+using hdpissa::llama::test::data_dir;
+using hdpissa::llama::test::max_rel_diff;
+using hdpissa::llama::test::update_rel_diff;
 
 namespace {
 
 int g_gpus = 0;
 
-fs::path data_dir() {
-  for (const char* v : {"HDPISSA_GPU_TEST_DATA", "HDPISSA_DATA"})
-    if (const char* s = std::getenv(v); s && *s) return s;
-  return HDPISSA_LLAMA_TEST_DATA;
-}
 fs::path scratch() {
   const char* s = std::getenv("HDPISSA_GPU_TEST_SCRATCH");
   fs::path p = (s && *s ? fs::path(s) : fs::temp_directory_path() / "hdpissa-cuda-train-tests") / "mp";
@@ -150,26 +150,6 @@ std::string bytes_of(const fs::path& p) {
   return ss.str();
 }
 
-double max_rel(const std::vector<double>& a, const std::vector<double>& b) {
-  REQUIRE(a.size() == b.size());
-  double w = 0;
-  for (std::size_t i = 0; i < a.size(); ++i) w = std::max(w, std::abs(a[i] - b[i]) / std::abs(b[i]));
-  return w;
-}
-/// ‖ΔW_a − ΔW_b‖_F / ‖ΔW_b‖_F over every target linear, ΔW = merged − base (in double).
-double update_rel_diff(const ModelWeights& a, const ModelWeights& b, const ModelWeights& base) {
-  double num = 0, den = 0;
-  for (int l = 0; l < base.config.n_layers; ++l)
-    for (int m = 0; m < kModulesPerLayer; ++m) {
-      const LinearId id{l, static_cast<Module>(m)};
-      const Eigen::MatrixXd da = (a.linear(id) - base.linear(id)).cast<double>();
-      const Eigen::MatrixXd db = (b.linear(id) - base.linear(id)).cast<double>();
-      num += (da - db).squaredNorm();
-      den += db.squaredNorm();
-    }
-  REQUIRE(den > 0);
-  return std::sqrt(num / den);
-}
 
 void require_ok(const Outputs& o) {
   INFO("log ", (o.dir / "log.txt").string(), ":\n", o.res.out);
@@ -227,7 +207,7 @@ TEST_CASE("2 GPUs: mpirun -np 2 x 1 group equals one process x 2 groups") {
     const auto e1 = losses(one.metrics(), "eval", "eval_loss"), em = losses(mp.metrics(), "eval", "eval_loss");
     REQUIRE(l1.size() == 3);
     REQUIRE(lm.size() == 3);
-    const double dl = max_rel(lm, l1), de = max_rel(em, e1);
+    const double dl = max_rel_diff(lm, l1), de = max_rel_diff(em, e1);
     const bool same = bytes_of(one.model()) == bytes_of(mp.model());
     const double dw = same ? 0.0 : update_rel_diff(load_checkpoint((mp.dir / "out").string()),
                                                    load_checkpoint((one.dir / "out").string()), base);
