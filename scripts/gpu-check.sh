@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# gpu-check.sh — configure + build (Release, sm_90) the CUDA component, run every `gpu`-labelled
+# gpu-check.sh — configure + build (Release, sm_90a) the CUDA component, run every `gpu`-labelled
 # CTest test (tests/cuda, and any other suite labelled gpu, e.g. tests/nccl), then the CUDA
 # micro-benchmarks and end-to-end drivers. Logs and JSON go to $OUT when set (else build-gpu/out);
 # a short summary table is printed last. Exit status: non-zero if the build or a test failed.
@@ -22,7 +22,7 @@ declare -a SUMMARY
 note() { SUMMARY+=("$1"); }
 
 if [[ -z "${PREBUILT:-}" ]]; then
-  cmake -S "$ROOT" -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90 \
+  cmake -S "$ROOT" -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90a \
         -DHDPISSA_CUDA=ON ${CMAKE_ARGS:-} >"$OUTDIR/configure.log" 2>&1 \
     || { echo "configure failed (see $OUTDIR/configure.log)"; tail -30 "$OUTDIR/configure.log"; exit 2; }
   # Build the gpu-labelled tests and the CUDA benchmarks (plus whatever else the tree defines).

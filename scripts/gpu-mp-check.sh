@@ -27,7 +27,7 @@ fail=0
 
 if ! [ -f "$BIN/CMakeCache.txt" ]; then
   echo "gpu-mp-check: configuring $BIN"
-  cmake -S . -B "$BIN" -DCMAKE_BUILD_TYPE=Release -DHDPISSA_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 \
+  cmake -S . -B "$BIN" -DCMAKE_BUILD_TYPE=Release -DHDPISSA_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90a \
         -DHDPISSA_BUILD_TESTS=ON -DHDPISSA_BUILD_EXAMPLES=ON > "$OUT/configure.log" 2>&1 ||
     { tail -30 "$OUT/configure.log"; echo "gpu-mp-check: FAIL (configure, $OUT/configure.log)"; exit 1; }
 fi

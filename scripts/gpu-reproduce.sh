@@ -36,7 +36,7 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | 
 targets=(hdpissa-train hdpissa-rank-analysis)
 [[ -z "${SKIP_TESTS:-}" ]] && targets+=(hdpissa_cuda_train_tests)
 { [[ -f $BUILD/CMakeCache.txt ]] || cmake -S "$ROOT" -B "$BUILD" -DHDPISSA_CUDA=ON -DHDPISSA_MPI=OFF \
-    -DHDPISSA_BUILD_TESTS=ON -DHDPISSA_BUILD_EXAMPLES=ON -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90; } \
+    -DHDPISSA_BUILD_TESTS=ON -DHDPISSA_BUILD_EXAMPLES=ON -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90a; } \
   > "$KEEP/configure.log" 2>&1 &&
   cmake --build "$BUILD" --target "${targets[@]}" -j"$(nproc)" > "$KEEP/build.log" 2>&1 ||
   { echo "gpu-reproduce: build failed"; tail -30 "$KEEP/build.log"; exit 1; }

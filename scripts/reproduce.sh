@@ -73,7 +73,7 @@ if [[ -z "${SKIP_BUILD:-}" ]]; then
   cuda_flag=OFF
   [[ $DEVICE == cuda ]] && cuda_flag=ON
   [[ -f $BUILD/CMakeCache.txt ]] || cmake -S "$ROOT" -B "$BUILD" -DHDPISSA_CUDA=$cuda_flag -DHDPISSA_MPI=OFF \
-    -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90 >/dev/null
+    -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90a >/dev/null
   cmake --build "$BUILD" --target hdpissa-train hdpissa-rank-analysis -j"$(nproc)"
 fi
 if [[ $SHAPE == large && ! -f $MODEL/model.safetensors ]]; then

@@ -32,6 +32,7 @@ void run_fused_vs_generic(AdamConfig cfg, int steps, Perturb perturb, bool check
   GPU fused, generic;
   fused.set_fused_update(true);
   generic.set_fused_update(false);
+  fused.set_dwu_gemm(DwuGemm::Cublas);  // bit-for-bit: the same GEMM on both (3xTF32: test_dwu_gemm_sm90.cu)
   // tune_fused: the fused run's GEMMs go through the cuBLASLt tuner (forced on these small shapes),
   // the generic run's through plain cublasGemmEx.
   fused.set_gemm_tuning(tune_fused ? GemmTuning::BitExact : GemmTuning::Off);

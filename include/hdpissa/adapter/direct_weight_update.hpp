@@ -14,9 +14,11 @@
 /// identical GEMMs to identical inputs, so W stays bit-identical across workers; verify_replicas()
 /// checks that cheaply.
 ///
-/// Backends may offer two optional hooks (CudaBackend does; see kBatchedAdam / kFusedUnpack): a
-/// multi-tensor optimizer pass over a table prepared in finalize(), and one packing kernel per layer
-/// for R and L. Both give the generic loops' bits; without them (EigenBackend) the loops run.
+/// Backends may offer optional hooks (CudaBackend does; see kBatchedAdam / kFusedUnpack /
+/// kFusedApply): a multi-tensor optimizer pass over a table prepared in finalize(), one packing
+/// kernel per layer for R and L (both give the generic loops' bits), and the whole per-layer
+/// update (packing + the backend's own GEMM; same math, the GEMM's own rounding). Without them
+/// (EigenBackend) the loops run.
 ///
 /// Usage: add_layer() for every target layer, then per optimizer step: write gradients into
 /// grad_A/grad_B (e.g. with MutedLinear::backward), call step(lr), then zero_grad().
@@ -72,6 +74,13 @@ class DirectWeightUpdate {
   /// copy + K·(axpy + 2 copies)); returns false when the backend has it switched off.
   static constexpr bool kFusedUnpack = requires(B& b, CV A, const S* p, V R) {
     { b.dwu_unpack(A, p, std::size_t(0), index_t(0), index_t(0), R, R) } -> std::same_as<bool>;
+  };
+  /// The whole per-layer update in the backend (packing in a layout of its choosing + its own GEMM
+  /// kernel): W += alpha · L · [A − dA; dA] with L's dB half written as dwu_unpack writes it.
+  /// Returns false (nothing done) when the backend does not take this layer; the generic packing
+  /// and gemm then run. CudaBackend uses it for its sm_90a 3xTF32 kernel (dwu_gemm_sm90.cuh).
+  static constexpr bool kFusedApply = requires(B& b, CV A, const S* p, V L, V W) {
+    { b.dwu_apply(A, p, std::size_t(0), index_t(0), index_t(0), S(1), L, W) } -> std::same_as<bool>;
   };
 
   /// One registered layer. `L` holds [dB stack | B stack]; its right half is the constant B_j.
@@ -134,6 +143,10 @@ class DirectWeightUpdate {
     return layers_.size() - 1;
   }
 
+  /// Group g's dB (out, r) as the last step applied it (L's left half, written by that step).
+  CV last_dB(std::size_t layer, int g) const {
+    return CV(const_cast<Layer&>(layers_.at(layer)).L.view().col_block(g * rank_, rank_));
+  }
   /// Group `g`'s constant factors (any group, local or not): A_g (r, in), B_g (out, r).
   CV A(std::size_t layer, int g) const { return CV(layers_.at(layer).A.view().row_block(g * rank_, rank_)); }
   CV Bf(std::size_t layer, int g) const {
@@ -220,6 +233,8 @@ class DirectWeightUpdate {
     const S f = S(Aggregation::factor(groups()));
     const index_t K = groups();
     for (auto& l : layers_) {
+      if constexpr (kFusedApply)
+        if (b_->dwu_apply(CV(l.A.view()), recv_.view().data + l.offset, chunk_, K, r, -f, l.L.view(), l.W)) continue;
       V R{R_.view().data, 2 * K * r, l.in, l.in};
       bool packed = false;
       if constexpr (kFusedUnpack)

@@ -32,12 +32,27 @@
 #include <vector>
 
 #include "hdpissa/backend/cuda/cuda_handles.hpp"
+#include "hdpissa/backend/cuda/dwu_gemm_sm90.cuh"
 #include "hdpissa/backend/cuda/gemm_tuner.hpp"
 #include "hdpissa/backend/cuda/kernels.cuh"
 #include "hdpissa/backend/cuda/solver_calls.hpp"
 #include "hdpissa/core/concepts.hpp"
 
 namespace hdpissa {
+
+/// Which GEMM applies the Direct Weight Update W += −f · L · R (fp32 storage).
+///  - Auto (default): the sm_90a 3xTF32 kernel (dwu_gemm_sm90.cuh) when this binary carries it,
+///    the GPU is compute capability 9.0, TF32 is off and the layer's layout fits; otherwise cuBLAS.
+///  - Tf32x3: the same kernel, required: a GPU or binary without it is an error (layouts the kernel
+///    cannot take still go to cuBLAS).
+///  - Cublas: always the backend's gemm (cublasGemmEx / the tuned cuBLASLt algorithm).
+/// 3xTF32 splits every operand into two TF32 terms and keeps three of the four products, so the
+/// update is fp32-accurate (max error vs fp64 a few fp32 ulps of the update's magnitude, next to
+/// SGEMM's 1–3: docs/cuda.md) but not bit-identical to cuBLAS SGEMM.
+enum class DwuGemm { Auto, Tf32x3, Cublas };
+inline const char* dwu_gemm_name(DwuGemm g) {
+  return g == DwuGemm::Auto ? "auto" : g == DwuGemm::Tf32x3 ? "3xtf32" : "cublas";
+}
 
 /// Construction options of CudaBackend.
 struct CudaBackendOptions {
@@ -56,6 +71,9 @@ struct CudaBackendOptions {
   /// process). HDPISSA_CUDA_GEMM_TUNING=off|exact|fastest overrides it at construction.
   GemmTuning gemm_tuning = GemmTuning::BitExact;
   double gemm_tuning_min_flop = 1e9;
+  /// The Direct Weight Update's GEMM (DwuGemm; used through the fused hooks, so only with
+  /// fused_update). HDPISSA_CUDA_DWU_GEMM=auto|3xtf32|cublas overrides it at construction.
+  DwuGemm dwu_gemm = DwuGemm::Auto;
 };
 
 namespace cuda_detail {
@@ -129,6 +147,16 @@ class CudaBackend {
   GemmTuning gemm_tuning() const { return options_.gemm_tuning; }
   void set_gemm_tuning(GemmTuning t) { options_.gemm_tuning = t; }
   void set_gemm_tuning_min_flop(double flop) { options_.gemm_tuning_min_flop = flop; }
+  DwuGemm dwu_gemm() const { return options_.dwu_gemm; }
+  void set_dwu_gemm(DwuGemm g) { options_.dwu_gemm = g; }
+  /// Whether dwu_apply would run the sm_90a 3xTF32 kernel for a layer whose layout fits (fp32
+  /// storage, fused_update on, TF32 off, the kernel available here and not switched off).
+  bool dwu_gemm_kernel_active() const {
+    if constexpr (!std::is_same_v<Scalar, float>) return false;
+    else
+      return options_.fused_update && options_.dwu_gemm != DwuGemm::Cublas && !options_.allow_tf32 &&
+             cuda_kernels::sm90::dwu_gemm_sm90_supported(device_);
+  }
   /// Every tuning decision made so far (one record per distinct problem and policy).
   const std::vector<GemmTuningRecord>& gemm_tuning_report() const { return tuner_.report(); }
 
@@ -318,6 +346,44 @@ class CudaBackend {
     return true;
   }
 
+  /// The whole per-layer Direct Weight Update on the sm_90a 3xTF32 kernel: Ldb = L's first K·r
+  /// columns get the dB_j (as dwu_unpack), Rt (in, 2Kr) = [A − dA; dA]ᵀ is packed into scratch
+  /// (grown on first use), then W += alpha · L · Rtᵀ in one kernel. Returns false (nothing done)
+  /// when dwu_gemm_kernel_active() is off or the layout does not fit (2Kr or a leading dimension
+  /// not a multiple of 4, a base pointer not 16-byte aligned); DirectWeightUpdate then packs and
+  /// calls gemm. With DwuGemm::Tf32x3 on a GPU/binary without the kernel it throws.
+  bool dwu_apply(ConstMatrixView<Scalar> A, const Scalar* recv, std::size_t chunk, index_t K, index_t r, Scalar alpha,
+                 MatrixView<Scalar> L, MatrixView<Scalar> W) {
+    if constexpr (!std::is_same_v<Scalar, float>) {
+      return false;
+    } else {
+      if (!options_.fused_update || options_.dwu_gemm == DwuGemm::Cublas || options_.allow_tf32) return false;
+      if (!cuda_kernels::sm90::dwu_gemm_sm90_supported(device_)) {
+        if (options_.dwu_gemm == DwuGemm::Tf32x3)
+          throw InvalidArgument(cat("DwuGemm::Tf32x3: device ", device_, " cannot run the sm_90a kernel (expected a ",
+                                    "compute capability 9.0 GPU and a binary built for 90a, e.g. CMAKE_CUDA_ARCHITECTURES=90a)"));
+        return false;
+      }
+      const index_t kr = K * r, kd = 2 * kr, in = A.cols, out = W.rows;
+      require_shape(A, kr, in, "dwu_apply A");
+      require_shape(L, out, kd, "dwu_apply L");
+      require_shape(W, out, in, "dwu_apply W");
+      constexpr index_t kMax = index_t(1) << 30;
+      if (out == 0 || in == 0 || kr == 0) return false;
+      if (out >= kMax || in >= kMax || kd >= kMax) return false;
+      const int ldl = cuda_detail::ld_of(L), ldw = cuda_detail::ld_of(W);
+      // Rt comes from cudaMalloc (aligned, ld = 2Kr): W stands in for its pointer check.
+      if (!cuda_kernels::sm90::dwu_gemm_sm90_layout_ok(W.data, ldw, L.data, ldl, W.data, int(kd), int(kd))) return false;
+      float* rt = dwu_rt_.reserve(std::size_t(in * kd));
+      cuda_kernels::launch_dwu_copy_db(stream(), recv, index_t(chunk), int(kr), int(r), int(in), int(out), L.data, ldl);
+      cuda_kernels::launch_dwu_pack_rt(stream(), A.data, cuda_detail::ld_of(A), recv, index_t(chunk), int(kr), int(r),
+                                       int(in), rt);
+      cuda_kernels::sm90::launch_dwu_gemm_tf32<cuda_kernels::DwuGemm3xTf32Config>(
+          stream(), W.data, ldw, L.data, ldl, rt, int(kd), int(out), int(in), int(kd), alpha, false);
+      return true;
+    }
+  }
+
   /// A (m, n) = U (m, k) diag(S (1, k)) Vt (k, n), k = min(m, n), S descending.
   void thin_svd(ConstMatrixView<Scalar> A, MatrixView<Scalar> U, MatrixView<Scalar> S, MatrixView<Scalar> Vt) {
     const index_t m = A.rows, n = A.cols, k = std::min(m, n);
@@ -481,7 +547,9 @@ class CudaBackend {
         dev_info_(1),
         host_flag_(1),
         host_sum_(1),
-        host_info_(1) {}
+        host_info_(1) {
+    HDPISSA_CUDA_CHECK(cudaGetDevice(&device_));
+  }
 
   static CudaBackendOptions env_options(CudaBackendOptions o) {
     if (const char* e = std::getenv("HDPISSA_CUDA_FUSED_DWU"); e && std::strcmp(e, "0") == 0) o.fused_update = false;
@@ -491,6 +559,12 @@ class CudaBackend {
       else if (std::strcmp(e, "fastest") == 0) o.gemm_tuning = GemmTuning::Fastest;
       else
         throw InvalidArgument(cat("HDPISSA_CUDA_GEMM_TUNING: expected off, exact or fastest, found '", e, "'"));
+    }
+    if (const char* e = std::getenv("HDPISSA_CUDA_DWU_GEMM")) {
+      if (std::strcmp(e, "auto") == 0) o.dwu_gemm = DwuGemm::Auto;
+      else if (std::strcmp(e, "3xtf32") == 0) o.dwu_gemm = DwuGemm::Tf32x3;
+      else if (std::strcmp(e, "cublas") == 0) o.dwu_gemm = DwuGemm::Cublas;
+      else throw InvalidArgument(cat("HDPISSA_CUDA_DWU_GEMM: expected auto, 3xtf32 or cublas, found '", e, "'"));
     }
     return o;
   }
@@ -626,6 +700,8 @@ class CudaBackend {
   PinnedBuffer<cuda_kernels::ViewDesc> host_desc_;
   std::size_t desc_capacity_ = 0;
   CudaGemmTuner tuner_;
+  DeviceBuffer<float> dwu_rt_;  // dwu_apply's packed Rt (in, 2Kr), grown on first use
+  int device_ = 0;
 };
 
 static_assert(TensorBackend<CudaBackend<float>>);
