@@ -147,9 +147,14 @@ std::pair<double, double> hand_step_error(DwuGemm which, float w_scale) {
     gpu.upload(gB.back().data(), dwu.grad_B(0, g));
   }
   CHECK_FALSE(dwu.step(lr).skipped);
-  // First Adam step from zero moments: delta = lr·g/(|g| + eps). Group j owns rows j·r.. of A and
-  // columns j·r.. of B; W ← W − Σ_j [dB_j (A_j − dA_j) + B_j dA_j] (Sum aggregation).
-  auto delta = [&](double g) { return lr * g / (std::fabs(g) + 1e-8); };
+  // First Adam step from zero moments (PyTorch's formula): m = (1 − β1)·g, v = (1 − β2)·g²,
+  // delta = lr/bc1 · m / (√v / √bc2 + eps), bc = 1 − β. The kernel runs in fp32 with β1, β2 as fp32
+  // (1 − 0.999f = 0.00099998713, not 0.001: a 6e-6 relative effect), the corrections in double.
+  // Group j owns rows j·r.. of A and columns j·r.. of B; W ← W − Σ_j [dB_j (A_j − dA_j) + B_j dA_j].
+  const double b1 = double(0.9f), b2 = double(0.999f);
+  auto delta = [&](double g) {
+    return lr / (1 - 0.9) * ((1 - b1) * g) / (std::sqrt((1 - b2) * g * g) / std::sqrt(1 - 0.999) + 1e-8);
+  };
   const auto got = host_of(gpu, W.cview());
   double worst = 0, upd = 0;
   for (index_t i = 0; i < out; ++i)
