@@ -8,7 +8,8 @@
 /// (both operands K-major, as TF32 wgmma requires). Kd = 2Kr is small (256 at K = 8, r = 16), so
 /// the GEMM is a stream over C with a short main loop; the kernel keeps each CTA's operand panels
 /// in a cp.async pipeline (128-byte-swizzled shared tiles read by wgmma.mma_async) and updates C in
-/// its epilogue, after prefetching the C tile into L2 at the start (cp.async.bulk.prefetch.L2).
+/// its epilogue (optionally after prefetching the C tile into L2 at the start with
+/// cp.async.bulk.prefetch.L2: measured neutral on an H200, off in CudaBackend).
 ///
 /// Two precisions, both explicit:
 ///   - Passes = 3 ("3xTF32", fp32-accurate): each operand x is split in shared memory into
