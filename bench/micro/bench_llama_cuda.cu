@@ -11,7 +11,12 @@
 //  - FLOPs counted: linears 4·N·P_lin (fwd 2·N·P, dX 2·N·P); lm_head 4·n_targets·V·D; attention as
 //    executed (full T×T products: 2 fwd + 5 bwd GEMMs of 2·B·nh·T²·hd each). TFLOP/s = counted / time.
 //
+//  - attention: --attention flash (fused kernels, flash_attn.cuh; the bf16 default at head_dim 64)
+//    or gemm (materialised scores, cuBLAS); with flash the attention FLOPs counted are those of the
+//    causal 64×64 tiles it executes (2 fwd + 7 bwd tile products: dK/dV and dQ kernels).
+//
 // Usage: bench_llama_cuda [--layers 22] [--batch 2] [--seq 512] [--steps 20] [--warmup 3] [--fp32]
+//                         [--attention auto|flash|gemm]
 
 #include <cuda_bf16.h>
 
@@ -34,6 +39,7 @@ namespace {
 struct Args {
   int layers = 22, batch = 2, seq = 512, steps = 20, warmup = 3;
   bool fp32 = false;
+  std::string attention = "auto";
 };
 
 Args parse(int argc, char** argv) {
@@ -50,7 +56,15 @@ Args parse(int argc, char** argv) {
     else if (k == "--steps") a.steps = next();
     else if (k == "--warmup") a.warmup = next();
     else if (k == "--fp32") a.fp32 = true;
-    else { std::fprintf(stderr, "unknown flag %s (expected --layers --batch --seq --steps --warmup --fp32)\n", k.c_str()); std::exit(2); }
+    else if (k == "--attention") {
+      if (i + 1 >= argc) { std::fprintf(stderr, "expected a value after --attention\n"); std::exit(2); }
+      a.attention = argv[++i];
+      if (a.attention != "auto" && a.attention != "flash" && a.attention != "gemm") {
+        std::fprintf(stderr, "--attention: expected auto, flash or gemm, found '%s'\n", a.attention.c_str());
+        std::exit(2);
+      }
+    }
+    else { std::fprintf(stderr, "unknown flag %s (expected --layers --batch --seq --steps --warmup --fp32 --attention)\n", k.c_str()); std::exit(2); }
   }
   return a;
 }
@@ -141,7 +155,11 @@ int run(const Args& args) {
   auto t1 = std::chrono::steady_clock::now();
   cudaStream_t stream;
   HDPISSA_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
-  CudaLlama<T> model(w, B, Tn, stream);
+  const auto kind = args.attention == "flash"  ? hdpissa::llama::gpu::Attention::Flash
+                    : args.attention == "gemm" ? hdpissa::llama::gpu::Attention::Gemm
+                                               : hdpissa::llama::gpu::Attention::Auto;
+  CudaLlama<T> model(w, B, Tn, stream, 1024, kind);
+  std::printf("attention: %s\n", model.flash_attention() ? "flash (fused kernels)" : "gemm (materialised scores, cuBLAS)");
   auto t2 = std::chrono::steady_clock::now();
   std::printf("host init %.1f s, upload %.1f s\n", std::chrono::duration<double>(t1 - t0).count(),
               std::chrono::duration<double>(t2 - t1).count());
@@ -221,15 +239,19 @@ int run(const Args& args) {
                        (2.0 * c.dim * c.q_dim() + 2.0 * c.dim * c.kv_dim() + 3.0 * c.dim * c.hidden_dim);
   const double f_lin = 4.0 * N * P_lin;
   const double f_head = 4.0 * n_targets * c.vocab_size * c.dim;
-  const double f_attn = c.n_layers * 7.0 * 2.0 * B * c.n_heads * static_cast<double>(Tn) * Tn * c.head_dim;
+  const double nt = (Tn + 63) / 64;
+  const double f_attn = model.flash_attention()
+                            ? c.n_layers * 9.0 * 2.0 * B * c.n_heads * (nt * (nt + 1) / 2) * 64.0 * 64.0 * c.head_dim
+                            : c.n_layers * 7.0 * 2.0 * B * c.n_heads * static_cast<double>(Tn) * Tn * c.head_dim;
   const double f_total = f_lin + f_head + f_attn;
   const double tflops = f_total / (med * 1e-3) / 1e12;
   std::printf("loss %.4f (%lld targets)\n", loss, static_cast<long long>(n_targets));
   std::printf("forward+backward: median %.2f ms/step (min %.2f, max %.2f over %d steps) = %.0f tokens/s\n", med,
               step_ms.front(), step_ms.back(), args.steps, N / (med * 1e-3));
   std::printf("eval forward (forward_loss): %.2f ms = %.0f tokens/s\n", fwd_ms, N / (fwd_ms * 1e-3));
-  std::printf("FLOPs counted per step: linears %.3f T + lm_head %.3f T + attention (executed, full T x T) %.3f T = %.3f T\n",
-              f_lin / 1e12, f_head / 1e12, f_attn / 1e12, f_total / 1e12);
+  std::printf("FLOPs counted per step: linears %.3f T + lm_head %.3f T + attention (executed: %s) %.3f T = %.3f T\n",
+              f_lin / 1e12, f_head / 1e12, model.flash_attention() ? "causal 64x64 tiles" : "full T x T",
+              f_attn / 1e12, f_total / 1e12);
   std::printf("achieved %.1f TFLOP/s\n", tflops);
   std::printf("%s GEMM ceiling (same run): 8192^3 %.1f TFLOP/s; model MLP shape %lldx%dx%d %.1f TFLOP/s\n",
               std::is_same_v<T, float> ? "fp32 (no TF32)" : "bf16", ceil_big,

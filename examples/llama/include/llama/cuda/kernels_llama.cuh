@@ -243,6 +243,41 @@ __global__ void heads_to_rows(const T* __restrict__ in, T* __restrict__ out, int
   }
 }
 
+/// Sums each kv head's group of fp32 per-query-head partials (B, nkv·group, Tn, hd) — query head
+/// h belongs to kv head h / group — into row layout (ld_out, nkv heads) as T, applying the INVERSE
+/// rotation when `rope` (like heads_to_rows). group = 1 is a plain fp32 → T heads_to_rows (dQ of
+/// the flash backward).
+template <class T>
+__global__ void group_sum_heads_to_rows(const float* __restrict__ in, int group, T* __restrict__ out, int ld_out,
+                                        int B, int Tn, int nkv, int hd, const float* __restrict__ cos_t,
+                                        const float* __restrict__ sin_t, bool rope) {
+  const int half = hd / 2;
+  const std::int64_t total = static_cast<std::int64_t>(B) * Tn * nkv * half;
+  for (std::int64_t idx = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; idx < total;
+       idx += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
+    const int i = static_cast<int>(idx % half);
+    std::int64_t rest = idx / half;
+    const int kvh = static_cast<int>(rest % nkv);
+    const std::int64_t n = rest / nkv;
+    const int t = static_cast<int>(n % Tn), b = static_cast<int>(n / Tn);
+    float a = 0.0f, bb = 0.0f;
+    for (int j = 0; j < group; ++j) {
+      const float* src = in + ((static_cast<std::int64_t>(b) * nkv * group + kvh * group + j) * Tn + t) * hd;
+      a += src[i];
+      bb += src[i + half];
+    }
+    T* dst = out + n * ld_out + kvh * hd;
+    if (rope) {
+      const float c = cos_t[static_cast<std::int64_t>(t) * half + i], s = sin_t[static_cast<std::int64_t>(t) * half + i];
+      dst[i] = from_f<T>(a * c + bb * s);
+      dst[i + half] = from_f<T>(bb * c - a * s);
+    } else {
+      dst[i] = from_f<T>(a);
+      dst[i + half] = from_f<T>(bb);
+    }
+  }
+}
+
 /// Causal softmax of scaled scores S (rows r = (b·nh + h)·Tn + t, Tn columns) with padding: row
 /// t < L_b attends to keys 0..t; rows t ≥ L_b get P = 0, lse = 0 (like the CPU model).
 /// P = exp(S − lse) as T, lse saved. One warp per row (online max / sum: S is read twice, only

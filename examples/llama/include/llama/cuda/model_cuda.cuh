@@ -15,15 +15,21 @@
 /// Attention keeps q, k, v head-major, (B, heads, T, hd), so that the query heads of one KV group are
 /// one contiguous (group·T, hd) matrix: every attention product is ONE strided-batched GEMM over the
 /// B·n_kv groups, and GQA's reduction over a group's query heads (dK, dV) happens inside the GEMM
-/// (no atomics, deterministic). Scores live in one layer-sized fp32 workspace (B·n_heads·T·T); the
-/// forward saves only the row log-sum-exp, the backward recomputes P (flash-attention style).
+/// (no atomics, deterministic). Two attention implementations, chosen at construction (Attention):
+///  - Flash (the default for bf16 with head_dim 64 or 128): fused tensor-core kernels
+///    (flash_attn.cuh) that never materialise the scores; forward saves the row log-sum-exp, the
+///    backward recomputes P tile by tile; deterministic.
+///  - Gemm (fp32, other head dims, or HDPISSA_LLAMA_ATTENTION=gemm): the scores live in one
+///    layer-sized fp32 workspace (B·n_heads·T·T) and every product is one strided-batched cuBLAS
+///    GEMM; the forward saves only the row log-sum-exp, the backward recomputes P.
 /// The loss runs over target rows only, in chunks of `loss_chunk_rows` rows of full-vocabulary
 /// logits (one fused kernel: loss and d(logits) in place, then the dX GEMM of the chunk).
 ///
 /// Every buffer is allocated in the constructor for max_batch × max_seq tokens: a step allocates
-/// nothing and synchronises once (reading back the per-row losses). The attention workspace takes
-/// max_batch·n_heads·max_seq²·(8 + 2·sizeof(T)) bytes (S and dP in fp32, P and dS in T): 160 MiB at
-/// TinyLlama's 32 heads, 2 × 512 in bf16; it grows with the square of max_seq.
+/// nothing and synchronises once (reading back the per-row losses). The Gemm attention workspace
+/// takes max_batch·n_heads·max_seq²·(8 + 2·sizeof(T)) bytes (S and dP in fp32, P and dS in T):
+/// 160 MiB at TinyLlama's 32 heads, 2 × 512 in bf16, growing with the square of max_seq; Flash
+/// needs 3·max_batch·max_seq·q_dim fp32 (the per-head dQ, dK, dV) instead.
 
 #include <cuda_bf16.h>
 #include <cublas_v2.h>
@@ -32,6 +38,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <type_traits>
 #include <string>
 #include <utility>
@@ -42,6 +49,7 @@
 #include "hdpissa/core/view.hpp"
 #include "llama/batch.hpp"
 #include "llama/config.hpp"
+#include "llama/cuda/flash_attn.cuh"
 #include "llama/cuda/kernels_llama.cuh"
 #include "llama/cuda/linear_hooks_cuda.hpp"
 #include "llama/model.hpp"  // LossResult
@@ -50,6 +58,10 @@
 namespace hdpissa::llama::gpu {
 
 /// The LLaMA decoder on one GPU (see the file comment). Not copyable; one stream, one cuBLAS handle.
+/// Attention implementation of CudaLlama (see the file comment). Auto = Flash where supported
+/// (bf16, head_dim 64 or 128), unless the environment sets HDPISSA_LLAMA_ATTENTION=gemm.
+enum class Attention { Auto, Flash, Gemm };
+
 template <class T>
 class CudaLlama {
   static_assert(std::is_same_v<T, float> || std::is_same_v<T, __nv_bfloat16>, "compute type: float or bf16");
@@ -62,12 +74,20 @@ class CudaLlama {
   /// activation and workspace buffer for `max_batch` × `max_seq` tokens. `stream` is borrowed (may be
   /// 0 = the legacy default stream); the model creates its own cuBLAS handle bound to it.
   /// `loss_chunk_rows`: rows of full-vocabulary fp32 logits alive at once.
-  CudaLlama(const ModelWeights& host, int max_batch, int max_seq, cudaStream_t stream, int loss_chunk_rows = 1024);
+  /// `attention`: Flash throws (naming what it needs) where unsupported; Auto falls back to Gemm.
+  CudaLlama(const ModelWeights& host, int max_batch, int max_seq, cudaStream_t stream, int loss_chunk_rows = 1024,
+            Attention attention = Attention::Auto);
   CudaLlama(const CudaLlama&) = delete;
   CudaLlama& operator=(const CudaLlama&) = delete;
 
   /// Hyper-parameters.
   const ModelConfig& config() const { return cfg_; }
+  /// True when the fused flash kernels run the attention, false for the materialised (Gemm) path.
+  bool flash_attention() const { return flash_; }
+  /// Whether Attention::Flash can run this configuration (bf16 and head_dim 64 or 128).
+  static bool flash_supported(const ModelConfig& c) {
+    return std::is_same_v<T, __nv_bfloat16> && flash::supported_head_dim(c.head_dim);
+  }
   /// The stream every kernel and GEMM of the model is enqueued on.
   cudaStream_t stream() const { return stream_; }
   /// The model's cuBLAS handle (bound to stream(), default math: no TF32). Hooks constructed without
@@ -175,7 +195,9 @@ class CudaLlama {
 
   // scratch
   Buf q_rows_, k_rows_, v_rows_, oh_, tmp_, dx_t_, dxa_, dxb_, dxc_, d_act_, d_gate_, d_up_, d_attn_, doh_;
-  Buf dqh_, dkh_, dvh_, p_, ds_;
+  Buf dqh_, dkh_, dvh_, p_, ds_;          // Gemm attention
+  FBuf fdq_, fdk_, fdv_;                   // Flash attention: per-query-head dQ, dK, dV (fp32)
+  bool flash_ = false;
   FBuf dx_, dr_, s_, dp_, dxnf_;
   Buf xc_, dlogits_;
   FBuf logits_, dxchunk_, row_loss_;
@@ -241,7 +263,8 @@ std::pair<index_t, index_t> CudaLlama<T>::lin_shape(Module m) const {
 }
 
 template <class T>
-CudaLlama<T>::CudaLlama(const ModelWeights& host, int max_batch, int max_seq, cudaStream_t stream, int loss_chunk_rows)
+CudaLlama<T>::CudaLlama(const ModelWeights& host, int max_batch, int max_seq, cudaStream_t stream, int loss_chunk_rows,
+                        Attention attention)
     : cfg_(host.config), max_batch_(max_batch), max_seq_(max_seq), chunk_(loss_chunk_rows), stream_(stream),
       cublas_(stream) {
   const ModelConfig& c = cfg_;
@@ -369,14 +392,44 @@ CudaLlama<T>::CudaLlama(const ModelWeights& host, int max_batch, int max_seq, cu
   d_up_.reserve(N * H);
   d_attn_.reserve(N * qd);
   doh_.reserve(N * qd);
-  dqh_.reserve(N * qd);
-  dkh_.reserve(N * kvd);
-  dvh_.reserve(N * kvd);
-  const std::size_t scores = static_cast<std::size_t>(max_batch) * c.n_heads * max_seq * static_cast<std::size_t>(max_seq);
-  p_.reserve(scores);
-  ds_.reserve(scores);
-  s_.reserve(scores);
-  dp_.reserve(scores);
+  {
+    // Flash needs bf16, head_dim 64 / 128 and 16-byte aligned head-major buffers (the arena
+    // offsets are multiples of 8 elements when dim and hidden_dim are).
+    const bool aligned = (static_cast<std::int64_t>(D) % 8 == 0) && (static_cast<std::int64_t>(H) % 8 == 0);
+    const bool ok = flash_supported(c) && aligned;
+    if (attention == Attention::Flash && !ok)
+      throw LlamaError(cat("CudaLlama: Attention::Flash needs bf16 storage, head_dim 64 or 128 and dim, hidden_dim "
+                           "multiples of 8; found ",
+                           std::is_same_v<T, float> ? "fp32" : "bf16", ", head_dim ", c.head_dim, ", dim ", D,
+                           ", hidden_dim ", H));
+    bool want = attention == Attention::Flash;
+    if (attention == Attention::Auto) {
+      const char* env = std::getenv("HDPISSA_LLAMA_ATTENTION");
+      const std::string e = env ? env : "";
+      if (!e.empty() && e != "flash" && e != "gemm" && e != "auto")
+        throw LlamaError(cat("HDPISSA_LLAMA_ATTENTION: expected auto, flash or gemm, found '", e, "'"));
+      if (e == "flash" && !ok)
+        throw LlamaError(cat("HDPISSA_LLAMA_ATTENTION=flash: needs bf16 storage and head_dim 64 or 128; found ",
+                             std::is_same_v<T, float> ? "fp32" : "bf16", ", head_dim ", c.head_dim));
+      want = ok && e != "gemm";
+    }
+    flash_ = want;
+  }
+  if (flash_) {
+    fdq_.reserve(N * qd);
+    fdk_.reserve(N * qd);
+    fdv_.reserve(N * qd);
+  } else {
+    dqh_.reserve(N * qd);
+    dkh_.reserve(N * kvd);
+    dvh_.reserve(N * kvd);
+    const std::size_t scores =
+        static_cast<std::size_t>(max_batch) * c.n_heads * max_seq * static_cast<std::size_t>(max_seq);
+    p_.reserve(scores);
+    ds_.reserve(scores);
+    s_.reserve(scores);
+    dp_.reserve(scores);
+  }
   dx_.reserve(N * D);
   dr_.reserve(N * c.n_heads);
   dxnf_.reserve(N * D);
@@ -524,16 +577,21 @@ void CudaLlama<T>::forward_layers(CudaLinearHooks<T>& hooks) {
     kern::rows_to_heads<T><<<kern::grid_for(N * nkv * (hd / 2)), 256, 0, s>>>(v_rows_.get(), kvd, a.vh, B, Tn, nkv, hd,
                                                                                rope_cos_.get(), rope_sin_.get(), false);
     HDPISSA_LLAMA_LAUNCH_CHECK("rows_to_heads");
-    // S = scale·Q Kᵀ per (b, kv group): (group·T, hd) × (T, hd)ᵀ
-    gemm(CUBLAS_OP_N, CUBLAS_OP_T, gT, Tn, hd, scale, a.qh, dt, hd, gT * hd, a.kh, dt, hd,
-         static_cast<std::int64_t>(Tn) * hd, 0.0f, s_.get(), CUDA_R_32F, Tn, gT * Tn, B * nkv);
-    const std::int64_t rows = N * nh;
-    kern::causal_softmax_fwd<T><<<static_cast<unsigned>((rows + 7) / 8), 256, 0, s>>>(s_.get(), p_.get(), a.lse,
-                                                                                      lengths(), nh, Tn, rows);
-    HDPISSA_LLAMA_LAUNCH_CHECK("causal_softmax_fwd");
-    // O = P V: (group·T, T) × (T, hd)
-    gemm(CUBLAS_OP_N, CUBLAS_OP_N, gT, hd, Tn, 1.0f, p_.get(), dt, Tn, gT * Tn, a.vh, dt, hd,
-         static_cast<std::int64_t>(Tn) * hd, 0.0f, oh_.get(), dt, hd, gT * hd, B * nkv);
+    if constexpr (std::is_same_v<T, __nv_bfloat16>) {
+      if (flash_) flash::forward(a.qh, a.kh, a.vh, oh_.get(), a.lse, lengths(), B, nh, nkv, Tn, hd, scale, s);
+    }
+    if (!flash_) {
+      // S = scale·Q Kᵀ per (b, kv group): (group·T, hd) × (T, hd)ᵀ
+      gemm(CUBLAS_OP_N, CUBLAS_OP_T, gT, Tn, hd, scale, a.qh, dt, hd, gT * hd, a.kh, dt, hd,
+           static_cast<std::int64_t>(Tn) * hd, 0.0f, s_.get(), CUDA_R_32F, Tn, gT * Tn, B * nkv);
+      const std::int64_t rows = N * nh;
+      kern::causal_softmax_fwd<T><<<static_cast<unsigned>((rows + 7) / 8), 256, 0, s>>>(s_.get(), p_.get(), a.lse,
+                                                                                        lengths(), nh, Tn, rows);
+      HDPISSA_LLAMA_LAUNCH_CHECK("causal_softmax_fwd");
+      // O = P V: (group·T, T) × (T, hd)
+      gemm(CUBLAS_OP_N, CUBLAS_OP_N, gT, hd, Tn, 1.0f, p_.get(), dt, Tn, gT * Tn, a.vh, dt, hd,
+           static_cast<std::int64_t>(Tn) * hd, 0.0f, oh_.get(), dt, hd, gT * hd, B * nkv);
+    }
     kern::heads_to_rows<T><<<kern::grid_for(N * nh * (hd / 2)), 256, 0, s>>>(oh_.get(), a.attn, qd, B, Tn, nh, hd,
                                                                              rope_cos_.get(), rope_sin_.get(), false);
     HDPISSA_LLAMA_LAUNCH_CHECK("heads_to_rows");
@@ -635,28 +693,45 @@ void CudaLlama<T>::backward_layers(CudaLinearHooks<T>& hooks) {
     HDPISSA_LLAMA_LAUNCH_CHECK("rows_to_heads");
     kern::attn_rowdot<T><<<kern::grid_for(N * nh), 256, 0, s>>>(d_attn_.get(), a.attn, dr_.get(), B, Tn, nh, hd);
     HDPISSA_LLAMA_LAUNCH_CHECK("attn_rowdot");
-    gemm(CUBLAS_OP_N, CUBLAS_OP_T, gT, Tn, hd, scale, a.qh, dt, hd, gT * hd, a.kh, dt, hd, Thd, 0.0f, s_.get(),
-         CUDA_R_32F, Tn, gT * Tn, B * nkv);
-    gemm(CUBLAS_OP_N, CUBLAS_OP_T, gT, Tn, hd, 1.0f, doh_.get(), dt, hd, gT * hd, a.vh, dt, hd, Thd, 0.0f, dp_.get(),
-         CUDA_R_32F, Tn, gT * Tn, B * nkv);
-    const std::int64_t rows = N * nh;
-    kern::attn_bwd_ds<T><<<static_cast<unsigned>((rows + 7) / 8), 256, 0, s>>>(s_.get(), dp_.get(), a.lse, dr_.get(),
-                                                                               p_.get(), ds_.get(), lengths(), nh, Tn, rows);
-    HDPISSA_LLAMA_LAUNCH_CHECK("attn_bwd_ds");
-    // dV = Pᵀ dO (sums the group's query heads), dQ = scale·dS K, dK = scale·dSᵀ Q
-    gemm(CUBLAS_OP_T, CUBLAS_OP_N, Tn, hd, gT, 1.0f, p_.get(), dt, Tn, gT * Tn, doh_.get(), dt, hd, gT * hd, 0.0f,
-         dvh_.get(), dt, hd, Thd, B * nkv);
-    gemm(CUBLAS_OP_N, CUBLAS_OP_N, gT, hd, Tn, scale, ds_.get(), dt, Tn, gT * Tn, a.kh, dt, hd, Thd, 0.0f, dqh_.get(),
-         dt, hd, gT * hd, B * nkv);
-    gemm(CUBLAS_OP_T, CUBLAS_OP_N, Tn, hd, gT, scale, ds_.get(), dt, Tn, gT * Tn, a.qh, dt, hd, gT * hd, 0.0f,
-         dkh_.get(), dt, hd, Thd, B * nkv);
-    kern::heads_to_rows<T><<<kern::grid_for(N * nh * (hd / 2)), 256, 0, s>>>(dqh_.get(), q_rows_.get(), qd, B, Tn, nh,
-                                                                             hd, rope_cos_.get(), rope_sin_.get(), true);
-    kern::heads_to_rows<T><<<kern::grid_for(N * nkv * (hd / 2)), 256, 0, s>>>(dkh_.get(), k_rows_.get(), kvd, B, Tn, nkv,
-                                                                              hd, rope_cos_.get(), rope_sin_.get(), true);
-    kern::heads_to_rows<T><<<kern::grid_for(N * nkv * (hd / 2)), 256, 0, s>>>(dvh_.get(), v_rows_.get(), kvd, B, Tn, nkv,
-                                                                              hd, rope_cos_.get(), rope_sin_.get(), false);
-    HDPISSA_LLAMA_LAUNCH_CHECK("heads_to_rows");
+    bool flash_done = false;
+    if constexpr (std::is_same_v<T, __nv_bfloat16>) {
+      if (flash_) {
+        flash::backward(a.qh, a.kh, a.vh, doh_.get(), a.lse, dr_.get(), fdq_.get(), fdk_.get(), fdv_.get(), lengths(),
+                        B, nh, nkv, Tn, hd, scale, s);
+        kern::group_sum_heads_to_rows<T><<<kern::grid_for(N * nh * (hd / 2)), 256, 0, s>>>(
+            fdq_.get(), 1, q_rows_.get(), qd, B, Tn, nh, hd, rope_cos_.get(), rope_sin_.get(), true);
+        kern::group_sum_heads_to_rows<T><<<kern::grid_for(N * nkv * (hd / 2)), 256, 0, s>>>(
+            fdk_.get(), group, k_rows_.get(), kvd, B, Tn, nkv, hd, rope_cos_.get(), rope_sin_.get(), true);
+        kern::group_sum_heads_to_rows<T><<<kern::grid_for(N * nkv * (hd / 2)), 256, 0, s>>>(
+            fdv_.get(), group, v_rows_.get(), kvd, B, Tn, nkv, hd, rope_cos_.get(), rope_sin_.get(), false);
+        HDPISSA_LLAMA_LAUNCH_CHECK("group_sum_heads_to_rows");
+        flash_done = true;
+      }
+    }
+    if (!flash_done) {
+      gemm(CUBLAS_OP_N, CUBLAS_OP_T, gT, Tn, hd, scale, a.qh, dt, hd, gT * hd, a.kh, dt, hd, Thd, 0.0f, s_.get(),
+           CUDA_R_32F, Tn, gT * Tn, B * nkv);
+      gemm(CUBLAS_OP_N, CUBLAS_OP_T, gT, Tn, hd, 1.0f, doh_.get(), dt, hd, gT * hd, a.vh, dt, hd, Thd, 0.0f, dp_.get(),
+           CUDA_R_32F, Tn, gT * Tn, B * nkv);
+      const std::int64_t rows = N * nh;
+      kern::attn_bwd_ds<T><<<static_cast<unsigned>((rows + 7) / 8), 256, 0, s>>>(s_.get(), dp_.get(), a.lse, dr_.get(),
+                                                                                 p_.get(), ds_.get(), lengths(), nh, Tn, rows);
+      HDPISSA_LLAMA_LAUNCH_CHECK("attn_bwd_ds");
+      // dV = Pᵀ dO (sums the group's query heads), dQ = scale·dS K, dK = scale·dSᵀ Q
+      gemm(CUBLAS_OP_T, CUBLAS_OP_N, Tn, hd, gT, 1.0f, p_.get(), dt, Tn, gT * Tn, doh_.get(), dt, hd, gT * hd, 0.0f,
+           dvh_.get(), dt, hd, Thd, B * nkv);
+      gemm(CUBLAS_OP_N, CUBLAS_OP_N, gT, hd, Tn, scale, ds_.get(), dt, Tn, gT * Tn, a.kh, dt, hd, Thd, 0.0f, dqh_.get(),
+           dt, hd, gT * hd, B * nkv);
+      gemm(CUBLAS_OP_T, CUBLAS_OP_N, Tn, hd, gT, scale, ds_.get(), dt, Tn, gT * Tn, a.qh, dt, hd, gT * hd, 0.0f,
+           dkh_.get(), dt, hd, Thd, B * nkv);
+      kern::heads_to_rows<T><<<kern::grid_for(N * nh * (hd / 2)), 256, 0, s>>>(dqh_.get(), q_rows_.get(), qd, B, Tn, nh,
+                                                                               hd, rope_cos_.get(), rope_sin_.get(), true);
+      kern::heads_to_rows<T><<<kern::grid_for(N * nkv * (hd / 2)), 256, 0, s>>>(dkh_.get(), k_rows_.get(), kvd, B, Tn, nkv,
+                                                                                hd, rope_cos_.get(), rope_sin_.get(), true);
+      kern::heads_to_rows<T><<<kern::grid_for(N * nkv * (hd / 2)), 256, 0, s>>>(dvh_.get(), v_rows_.get(), kvd, B, Tn, nkv,
+                                                                                hd, rope_cos_.get(), rope_sin_.get(), false);
+      HDPISSA_LLAMA_LAUNCH_CHECK("heads_to_rows");
+    }
     const CV xn1(a.xn1, N, D, D);
     mark(kLinBwd);
     hooks.backward({l, Module::v}, W(Module::v), xn1, CV(v_rows_.get(), N, kvd, kvd), MV(dxa_.get(), N, D, D));

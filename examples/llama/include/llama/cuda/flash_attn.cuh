@@ -1,0 +1,574 @@
+#pragma once
+/// \file flash_attn.cuh
+/// Fused (flash-style) causal grouped-query attention for CudaLlama<bf16>: forward and backward
+/// on bf16 tensor cores (mma.sync m16n8k16, fp32 accumulation, sm_80+), head dim 64 or 128.
+///
+/// Layout and semantics are those of the materialised path in model_cuda.cuh, so the two are
+/// interchangeable:
+///  - Q (B, nh, T, hd), K and V (B, nkv, T, hd) bf16, head-major, after RoPE; query head h reads
+///    kv head h / (nh / nkv).
+///  - Row t of batch b (t < L_b = lengths[b]) attends to keys 0..t with softmax(scale·q·kᵀ); rows
+///    t ≥ L_b (padding) get O = 0 and lse = 0 and carry no gradient.
+///  - lse[(b·nh + h)·T + t] = natural log-sum-exp of the row's scaled scores (fp32).
+///
+/// Forward: one block per (64-query tile, b, h), 4 warps × 16 query rows, K/V tiles of 64 keys
+/// double-buffered through cp.async, online softmax in registers (exp2 domain), P reused from the
+/// score accumulators as the A operand of P·V. Only causal tiles (≤ the diagonal, < L_b) are read.
+///
+/// Backward, two kernels, both deterministic (no atomics):
+///  - dK, dV: one block per (64-key tile, b, query head h), 4 warps × 16 keys; for each query tile
+///    at or after the key tile it recomputes Sᵀ = K·Qᵀ and P from lse, dPᵀ = V·dOᵀ,
+///    dSᵀ = Pᵀ ∘ (dPᵀ − D) with D = rowsum(dO ∘ O) (given), and accumulates dV += Pᵀ·dO and
+///    dK += dSᵀ·Q in registers. Written per query head in fp32 (B, nh, T, hd); the caller sums each
+///    kv head's group (group_sum_heads_to_rows in kernels_llama.cuh) — a block per query head keeps
+///    GQA models with few kv heads (TinyLlama: 4) from running on a few dozen blocks.
+///  - dQ: one block per (64-query tile, b, h), the forward's loop order; recomputes S, P, dP over
+///    the causal key tiles and accumulates dQ = scale·dS·K in registers. This costs two more tile
+///    products than FlashAttention-2's atomic dQ, and buys bit-reproducible gradients (bitwise
+///    resume holds in bf16 too).
+/// Nothing here allocates: the caller owns every buffer.
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "hdpissa/backend/cuda/cuda_check.hpp"
+
+namespace hdpissa::llama::gpu::flash {
+
+using bf16 = __nv_bfloat16;
+
+inline constexpr int kTile = 64;     ///< query rows and keys per tile
+inline constexpr int kThreads = 128; ///< 4 warps × 16 rows
+
+/// Head dims with a compiled kernel.
+inline bool supported_head_dim(int hd) { return hd == 64 || hd == 128; }
+
+namespace detail {
+
+__device__ __forceinline__ std::uint32_t smem_u32(const void* p) {
+  return static_cast<std::uint32_t>(__cvta_generic_to_shared(p));
+}
+__device__ __forceinline__ void cp_async16(std::uint32_t dst, const void* src, bool valid) {
+  const int n = valid ? 16 : 0;  // 0 → zero-fill the 16 bytes
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(n));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+__device__ __forceinline__ void ldsm_x4(std::uint32_t addr, std::uint32_t (&r)[4]) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
+}
+__device__ __forceinline__ void ldsm_x4_t(std::uint32_t addr, std::uint32_t (&r)[4]) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
+}
+/// d += a·b, m16n8k16, bf16 inputs, fp32 accumulators.
+__device__ __forceinline__ void mma(float (&d)[4], const std::uint32_t (&a)[4], std::uint32_t b0, std::uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+__device__ __forceinline__ std::uint32_t pack(float lo, float hi) {
+  __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);  // .x (low 16 bits) = lo
+  return *reinterpret_cast<std::uint32_t*>(&v);
+}
+/// Element offset of (row, 16-byte chunk) in a tile of rows of W bf16 (W/8 chunks), chunks XOR-
+/// swizzled by row so that ldmatrix over 8 rows of one chunk column hits 8 different banks.
+template <int W>
+__device__ __forceinline__ int swz(int row, int chunk) {
+  return row * W + ((chunk ^ (row & 7)) << 3);
+}
+/// 64 rows × HD of a contiguous (rows, HD) head block into a swizzled tile; rows ≥ n_rows zero.
+template <int HD>
+__device__ __forceinline__ void load_tile(bf16* tile, const bf16* g, int row0, int n_rows) {
+  constexpr int CH = HD / 8;
+  for (int c = threadIdx.x; c < kTile * CH; c += kThreads) {
+    const int r = c / CH, ch = c % CH, gr = row0 + r;
+    const bool ok = gr < n_rows;
+    cp_async16(smem_u32(tile + swz<HD>(r, ch)), g + static_cast<std::int64_t>(ok ? gr : 0) * HD + ch * 8, ok);
+  }
+}
+
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr float kLn2 = 0.6931471805599453f;
+
+}  // namespace detail
+
+template <int HD>
+constexpr int fwd_smem_bytes() {
+  return (1 + 4) * kTile * HD * 2;  // Q + double-buffered K, V
+}
+template <int HD>
+constexpr int bwd_smem_bytes() {
+  return 4 * kTile * HD * 2 + 2 * kTile * 4;  // K, V, Q, dO, lse, D
+}
+template <int HD>
+constexpr int dq_smem_bytes() {
+  return (2 + 4) * kTile * HD * 2;  // Q, dO + double-buffered K, V
+}
+
+template <int HD>
+__global__ void __launch_bounds__(kThreads) fwd_kernel(const bf16* __restrict__ Q, const bf16* __restrict__ K,
+                                                       const bf16* __restrict__ V, bf16* __restrict__ O,
+                                                       float* __restrict__ lse, const int* __restrict__ lengths, int nh,
+                                                       int nkv, int Tn, float scale) {
+  using namespace detail;
+  extern __shared__ __align__(128) unsigned char smem_raw[];
+  bf16* sQ = reinterpret_cast<bf16*>(smem_raw);
+  bf16* sK = sQ + kTile * HD;      // 2 stages
+  bf16* sV = sK + 2 * kTile * HD;  // 2 stages
+  const int qt = gridDim.x - 1 - blockIdx.x;  // the longest rows first
+  const int bh = blockIdx.y, b = bh / nh, h = bh % nh, kvh = h / (nh / nkv);
+  const int q0 = qt * kTile;
+  const int Lb = min(lengths[b], Tn);
+  const bf16* Qb = Q + static_cast<std::int64_t>(bh) * Tn * HD;
+  const bf16* Kb = K + (static_cast<std::int64_t>(b) * nkv + kvh) * Tn * HD;
+  const bf16* Vb = V + (static_cast<std::int64_t>(b) * nkv + kvh) * Tn * HD;
+  bf16* Ob = O + static_cast<std::int64_t>(bh) * Tn * HD;
+  float* lb = lse + static_cast<std::int64_t>(bh) * Tn;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, tq = lane & 3;
+
+  if (q0 >= Lb) {  // padding rows only
+    const int rows = min(kTile, Tn - q0);
+    for (int i = threadIdx.x; i < rows * HD / 2; i += kThreads)
+      reinterpret_cast<std::uint32_t*>(Ob + static_cast<std::int64_t>(q0) * HD)[i] = 0u;
+    for (int i = threadIdx.x; i < rows; i += kThreads) lb[q0 + i] = 0.0f;
+    return;
+  }
+  const int n_kt = min(qt + 1, (Lb + kTile - 1) / kTile);
+  load_tile<HD>(sQ, Qb, q0, Tn);
+  load_tile<HD>(sK, Kb, 0, Tn);
+  load_tile<HD>(sV, Vb, 0, Tn);
+  cp_async_commit();
+
+  const float c = scale * kLog2e;
+  const int row_a = q0 + warp * 16 + g, row_b = row_a + 8;
+  float o[HD / 8][4];
+#pragma unroll
+  for (int n = 0; n < HD / 8; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
+  float m_a = -INFINITY, m_b = -INFINITY, l_a = 0.0f, l_b = 0.0f;
+  std::uint32_t qf[HD / 16][4];
+
+  for (int j = 0; j < n_kt; ++j) {
+    if (j + 1 < n_kt) {
+      load_tile<HD>(sK + ((j + 1) & 1) * kTile * HD, Kb, (j + 1) * kTile, Tn);
+      load_tile<HD>(sV + ((j + 1) & 1) * kTile * HD, Vb, (j + 1) * kTile, Tn);
+      cp_async_commit();
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
+    __syncthreads();
+    if (j == 0) {
+#pragma unroll
+      for (int kk = 0; kk < HD / 16; ++kk)
+        ldsm_x4(smem_u32(sQ + swz<HD>(warp * 16 + (lane & 15), kk * 2 + (lane >> 4))), qf[kk]);
+    }
+    const bf16* k = sK + (j & 1) * kTile * HD;
+    const bf16* v = sV + (j & 1) * kTile * HD;
+
+    float s[8][4];
+#pragma unroll
+    for (int n = 0; n < 8; ++n) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
+    const int mi = lane >> 3;
+#pragma unroll
+    for (int kk = 0; kk < HD / 16; ++kk) {
+#pragma unroll
+      for (int np = 0; np < 4; ++np) {
+        std::uint32_t r[4];
+        ldsm_x4(smem_u32(k + swz<HD>(np * 16 + (lane & 7) + (mi >> 1) * 8, kk * 2 + (mi & 1))), r);
+        mma(s[2 * np], qf[kk], r[0], r[1]);
+        mma(s[2 * np + 1], qf[kk], r[2], r[3]);
+      }
+    }
+    // causal mask (only the diagonal tile has masked keys for the live rows) and online softmax
+    const int k0 = j * kTile;
+    const bool diag = k0 + kTile > q0;
+    float mx_a = -INFINITY, mx_b = -INFINITY;
+#pragma unroll
+    for (int n = 0; n < 8; ++n) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int key = k0 + n * 8 + 2 * tq + (e & 1);
+        const int row = e < 2 ? row_a : row_b;
+        const float x = (!diag || key <= row) ? s[n][e] * c : -INFINITY;
+        s[n][e] = x;
+        if (e < 2) mx_a = fmaxf(mx_a, x);
+        else mx_b = fmaxf(mx_b, x);
+      }
+    }
+#pragma unroll
+    for (int off = 1; off <= 2; off <<= 1) {
+      mx_a = fmaxf(mx_a, __shfl_xor_sync(0xffffffffu, mx_a, off));
+      mx_b = fmaxf(mx_b, __shfl_xor_sync(0xffffffffu, mx_b, off));
+    }
+    const float mn_a = fmaxf(m_a, mx_a), mn_b = fmaxf(m_b, mx_b);
+    const float base_a = mn_a == -INFINITY ? 0.0f : mn_a, base_b = mn_b == -INFINITY ? 0.0f : mn_b;
+    const float al_a = exp2f(m_a - base_a), al_b = exp2f(m_b - base_b);
+    m_a = mn_a;
+    m_b = mn_b;
+    float sum_a = 0.0f, sum_b = 0.0f;
+#pragma unroll
+    for (int n = 0; n < 8; ++n) {
+      s[n][0] = exp2f(s[n][0] - base_a);
+      s[n][1] = exp2f(s[n][1] - base_a);
+      s[n][2] = exp2f(s[n][2] - base_b);
+      s[n][3] = exp2f(s[n][3] - base_b);
+      sum_a += s[n][0] + s[n][1];
+      sum_b += s[n][2] + s[n][3];
+    }
+    l_a = l_a * al_a + sum_a;
+    l_b = l_b * al_b + sum_b;
+#pragma unroll
+    for (int n = 0; n < HD / 8; ++n) {
+      o[n][0] *= al_a;
+      o[n][1] *= al_a;
+      o[n][2] *= al_b;
+      o[n][3] *= al_b;
+    }
+    // O += P·V
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) {
+      const std::uint32_t a[4] = {pack(s[2 * kk][0], s[2 * kk][1]), pack(s[2 * kk][2], s[2 * kk][3]),
+                                  pack(s[2 * kk + 1][0], s[2 * kk + 1][1]), pack(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+#pragma unroll
+      for (int dp = 0; dp < HD / 16; ++dp) {
+        std::uint32_t r[4];
+        ldsm_x4_t(smem_u32(v + swz<HD>(kk * 16 + (lane & 7) + (mi & 1) * 8, dp * 2 + (mi >> 1))), r);
+        mma(o[2 * dp], a, r[0], r[1]);
+        mma(o[2 * dp + 1], a, r[2], r[3]);
+      }
+    }
+    __syncthreads();  // this stage is refilled by the iteration after next's prefetch
+  }
+#pragma unroll
+  for (int off = 1; off <= 2; off <<= 1) {
+    l_a += __shfl_xor_sync(0xffffffffu, l_a, off);
+    l_b += __shfl_xor_sync(0xffffffffu, l_b, off);
+  }
+  const bool live_a = row_a < Lb, live_b = row_b < Lb;
+  const float inv_a = live_a ? 1.0f / l_a : 0.0f, inv_b = live_b ? 1.0f / l_b : 0.0f;
+#pragma unroll
+  for (int n = 0; n < HD / 8; ++n) {
+    const int col = n * 8 + 2 * tq;
+    if (row_a < Tn)
+      *reinterpret_cast<std::uint32_t*>(Ob + static_cast<std::int64_t>(row_a) * HD + col) =
+          pack(o[n][0] * inv_a, o[n][1] * inv_a);
+    if (row_b < Tn)
+      *reinterpret_cast<std::uint32_t*>(Ob + static_cast<std::int64_t>(row_b) * HD + col) =
+          pack(o[n][2] * inv_b, o[n][3] * inv_b);
+  }
+  if (tq == 0) {
+    if (row_a < Tn) lb[row_a] = live_a ? (m_a + log2f(l_a)) * kLn2 : 0.0f;
+    if (row_b < Tn) lb[row_b] = live_b ? (m_b + log2f(l_b)) * kLn2 : 0.0f;
+  }
+}
+
+template <int HD>
+__global__ void __launch_bounds__(kThreads) bwd_kernel(const bf16* __restrict__ Q, const bf16* __restrict__ K,
+                                                       const bf16* __restrict__ V, const bf16* __restrict__ dO,
+                                                       const float* __restrict__ lse, const float* __restrict__ Dr,
+                                                       float* __restrict__ dk_part, float* __restrict__ dv_part,
+                                                       const int* __restrict__ lengths,
+                                                       int nh, int nkv, int Tn, float scale) {
+  using namespace detail;
+  extern __shared__ __align__(128) unsigned char smem_raw[];
+  bf16* sK = reinterpret_cast<bf16*>(smem_raw);
+  bf16* sV = sK + kTile * HD;
+  bf16* sQ = sV + kTile * HD;
+  bf16* sdO = sQ + kTile * HD;
+  float* s_lse = reinterpret_cast<float*>(sdO + kTile * HD);
+  float* s_dr = s_lse + kTile;
+  const int kt = blockIdx.x;
+  const int bh = blockIdx.y, b = bh / nh, h = bh % nh, kvh = h / (nh / nkv);
+  const int k0 = kt * kTile;
+  const int Lb = min(lengths[b], Tn);
+  const std::int64_t head = static_cast<std::int64_t>(bh) * Tn * HD;
+  float* dKb = dk_part + head;
+  float* dVb = dv_part + head;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, tq = lane & 3, mi = lane >> 3;
+  const int key_a = k0 + warp * 16 + g, key_b = key_a + 8;
+
+  float dk[HD / 8][4], dv[HD / 8][4];
+#pragma unroll
+  for (int n = 0; n < HD / 8; ++n)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) dk[n][e] = dv[n][e] = 0.0f;
+
+  if (k0 < Lb) {
+    const bf16* Kb = K + (static_cast<std::int64_t>(b) * nkv + kvh) * Tn * HD;
+    const bf16* Vb = V + (static_cast<std::int64_t>(b) * nkv + kvh) * Tn * HD;
+    const bf16* Qb = Q + head;
+    const bf16* dOb = dO + head;
+    const float* lb = lse + static_cast<std::int64_t>(bh) * Tn;
+    const float* db = Dr + static_cast<std::int64_t>(bh) * Tn;
+    load_tile<HD>(sK, Kb, k0, Tn);
+    load_tile<HD>(sV, Vb, k0, Tn);
+    cp_async_commit();
+    const float c = scale * kLog2e;
+    const int n_qt = (Lb + kTile - 1) / kTile;
+    for (int qt = kt; qt < n_qt; ++qt) {
+      const int q0 = qt * kTile;
+      __syncthreads();  // the previous tile's sQ / sdO / sdS reads are done
+      load_tile<HD>(sQ, Qb, q0, Tn);
+      load_tile<HD>(sdO, dOb, q0, Tn);
+      cp_async_commit();
+      if (threadIdx.x < kTile) {
+        const int q = q0 + threadIdx.x;
+        s_lse[threadIdx.x] = q < Lb ? lb[q] * kLog2e : 0.0f;
+        s_dr[threadIdx.x] = q < Lb ? db[q] : 0.0f;
+      }
+      cp_async_wait<0>();
+      __syncthreads();
+
+      // Sᵀ = K·Qᵀ and dPᵀ = V·dOᵀ for this warp's 16 keys × 64 queries
+      float st[8][4], dpt[8][4];
+#pragma unroll
+      for (int n = 0; n < 8; ++n)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) st[n][e] = dpt[n][e] = 0.0f;
+#pragma unroll
+      for (int kk = 0; kk < HD / 16; ++kk) {
+        std::uint32_t ak[4], av[4];
+        ldsm_x4(smem_u32(sK + swz<HD>(warp * 16 + (lane & 15), kk * 2 + (lane >> 4))), ak);
+        ldsm_x4(smem_u32(sV + swz<HD>(warp * 16 + (lane & 15), kk * 2 + (lane >> 4))), av);
+#pragma unroll
+        for (int np = 0; np < 4; ++np) {
+          std::uint32_t r[4];
+          ldsm_x4(smem_u32(sQ + swz<HD>(np * 16 + (lane & 7) + (mi >> 1) * 8, kk * 2 + (mi & 1))), r);
+          mma(st[2 * np], ak, r[0], r[1]);
+          mma(st[2 * np + 1], ak, r[2], r[3]);
+          ldsm_x4(smem_u32(sdO + swz<HD>(np * 16 + (lane & 7) + (mi >> 1) * 8, kk * 2 + (mi & 1))), r);
+          mma(dpt[2 * np], av, r[0], r[1]);
+          mma(dpt[2 * np + 1], av, r[2], r[3]);
+        }
+      }
+      // Pᵀ and dSᵀ (in place: st ← P, dpt ← dS)
+#pragma unroll
+      for (int n = 0; n < 8; ++n) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int ql = n * 8 + 2 * tq + (e & 1), q = q0 + ql;
+          const int key = e < 2 ? key_a : key_b;
+          const bool ok = key <= q && q < Lb;
+          const float p = ok ? exp2f(st[n][e] * c - s_lse[ql]) : 0.0f;
+          st[n][e] = p;
+          dpt[n][e] = p * (dpt[n][e] - s_dr[ql]);
+        }
+      }
+      // dV += Pᵀ·dO, dK += dSᵀ·Q (B operands: dO and Q rows, transposed loads)
+#pragma unroll
+      for (int kk = 0; kk < 4; ++kk) {
+        const std::uint32_t ap[4] = {pack(st[2 * kk][0], st[2 * kk][1]), pack(st[2 * kk][2], st[2 * kk][3]),
+                                     pack(st[2 * kk + 1][0], st[2 * kk + 1][1]),
+                                     pack(st[2 * kk + 1][2], st[2 * kk + 1][3])};
+        const std::uint32_t as[4] = {pack(dpt[2 * kk][0], dpt[2 * kk][1]), pack(dpt[2 * kk][2], dpt[2 * kk][3]),
+                                     pack(dpt[2 * kk + 1][0], dpt[2 * kk + 1][1]),
+                                     pack(dpt[2 * kk + 1][2], dpt[2 * kk + 1][3])};
+#pragma unroll
+        for (int dp = 0; dp < HD / 16; ++dp) {
+          std::uint32_t r[4];
+          ldsm_x4_t(smem_u32(sdO + swz<HD>(kk * 16 + (lane & 7) + (mi & 1) * 8, dp * 2 + (mi >> 1))), r);
+          mma(dv[2 * dp], ap, r[0], r[1]);
+          mma(dv[2 * dp + 1], ap, r[2], r[3]);
+          ldsm_x4_t(smem_u32(sQ + swz<HD>(kk * 16 + (lane & 7) + (mi & 1) * 8, dp * 2 + (mi >> 1))), r);
+          mma(dk[2 * dp], as, r[0], r[1]);
+          mma(dk[2 * dp + 1], as, r[2], r[3]);
+        }
+      }
+    }
+  }
+  // this query head's share of dK (scaled) and dV for the block's keys (zero past L_b)
+#pragma unroll
+  for (int n = 0; n < HD / 8; ++n) {
+    const int col = n * 8 + 2 * tq;
+    if (key_a < Tn) {
+      *reinterpret_cast<float2*>(dKb + static_cast<std::int64_t>(key_a) * HD + col) =
+          make_float2(dk[n][0] * scale, dk[n][1] * scale);
+      *reinterpret_cast<float2*>(dVb + static_cast<std::int64_t>(key_a) * HD + col) = make_float2(dv[n][0], dv[n][1]);
+    }
+    if (key_b < Tn) {
+      *reinterpret_cast<float2*>(dKb + static_cast<std::int64_t>(key_b) * HD + col) =
+          make_float2(dk[n][2] * scale, dk[n][3] * scale);
+      *reinterpret_cast<float2*>(dVb + static_cast<std::int64_t>(key_b) * HD + col) = make_float2(dv[n][2], dv[n][3]);
+    }
+  }
+}
+
+/// dQ of one (64-query tile, b, h): recomputes S = Q·Kᵀ, P and dP = dO·Vᵀ over the causal key
+/// tiles and accumulates dQ = scale·dS·K in registers (deterministic: no atomics). Writes fp32
+/// (B, nh, T, hd), zero on padding rows.
+template <int HD>
+__global__ void __launch_bounds__(kThreads) bwd_dq_kernel(const bf16* __restrict__ Q, const bf16* __restrict__ K,
+                                                          const bf16* __restrict__ V, const bf16* __restrict__ dO,
+                                                          const float* __restrict__ lse, const float* __restrict__ Dr,
+                                                          float* __restrict__ dq, const int* __restrict__ lengths,
+                                                          int nh, int nkv, int Tn, float scale) {
+  using namespace detail;
+  extern __shared__ __align__(128) unsigned char smem_raw[];
+  bf16* sQ = reinterpret_cast<bf16*>(smem_raw);
+  bf16* sdO = sQ + kTile * HD;
+  bf16* sK = sdO + kTile * HD;     // 2 stages
+  bf16* sV = sK + 2 * kTile * HD;  // 2 stages
+  const int qt = gridDim.x - 1 - blockIdx.x;
+  const int bh = blockIdx.y, b = bh / nh, h = bh % nh, kvh = h / (nh / nkv);
+  const int q0 = qt * kTile;
+  const int Lb = min(lengths[b], Tn);
+  const std::int64_t head = static_cast<std::int64_t>(bh) * Tn * HD;
+  float* dQb = dq + head;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, tq = lane & 3, mi = lane >> 3;
+  const int row_a = q0 + warp * 16 + g, row_b = row_a + 8;
+
+  float acc[HD / 8][4];
+#pragma unroll
+  for (int n = 0; n < HD / 8; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
+  if (q0 < Lb) {
+    const bf16* Kb = K + (static_cast<std::int64_t>(b) * nkv + kvh) * Tn * HD;
+    const bf16* Vb = V + (static_cast<std::int64_t>(b) * nkv + kvh) * Tn * HD;
+    load_tile<HD>(sQ, Q + head, q0, Tn);
+    load_tile<HD>(sdO, dO + head, q0, Tn);
+    load_tile<HD>(sK, Kb, 0, Tn);
+    load_tile<HD>(sV, Vb, 0, Tn);
+    cp_async_commit();
+    const float c = scale * kLog2e;
+    const float* lb = lse + static_cast<std::int64_t>(bh) * Tn;
+    const float* db = Dr + static_cast<std::int64_t>(bh) * Tn;
+    const bool live_a = row_a < Lb, live_b = row_b < Lb;
+    const float lse_a = live_a ? lb[row_a] * kLog2e : 0.0f, lse_b = live_b ? lb[row_b] * kLog2e : 0.0f;
+    const float d_a = live_a ? db[row_a] : 0.0f, d_b = live_b ? db[row_b] : 0.0f;
+    const int n_kt = min(qt + 1, (Lb + kTile - 1) / kTile);
+    for (int j = 0; j < n_kt; ++j) {
+      if (j + 1 < n_kt) {
+        load_tile<HD>(sK + ((j + 1) & 1) * kTile * HD, Kb, (j + 1) * kTile, Tn);
+        load_tile<HD>(sV + ((j + 1) & 1) * kTile * HD, Vb, (j + 1) * kTile, Tn);
+        cp_async_commit();
+        cp_async_wait<1>();
+      } else {
+        cp_async_wait<0>();
+      }
+      __syncthreads();
+      const bf16* k = sK + (j & 1) * kTile * HD;
+      const bf16* v = sV + (j & 1) * kTile * HD;
+      float s[8][4], dp[8][4];
+#pragma unroll
+      for (int n = 0; n < 8; ++n)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) s[n][e] = dp[n][e] = 0.0f;
+#pragma unroll
+      for (int kk = 0; kk < HD / 16; ++kk) {
+        std::uint32_t aq[4], ad[4];
+        ldsm_x4(smem_u32(sQ + swz<HD>(warp * 16 + (lane & 15), kk * 2 + (lane >> 4))), aq);
+        ldsm_x4(smem_u32(sdO + swz<HD>(warp * 16 + (lane & 15), kk * 2 + (lane >> 4))), ad);
+#pragma unroll
+        for (int np = 0; np < 4; ++np) {
+          std::uint32_t r[4];
+          ldsm_x4(smem_u32(k + swz<HD>(np * 16 + (lane & 7) + (mi >> 1) * 8, kk * 2 + (mi & 1))), r);
+          mma(s[2 * np], aq, r[0], r[1]);
+          mma(s[2 * np + 1], aq, r[2], r[3]);
+          ldsm_x4(smem_u32(v + swz<HD>(np * 16 + (lane & 7) + (mi >> 1) * 8, kk * 2 + (mi & 1))), r);
+          mma(dp[2 * np], ad, r[0], r[1]);
+          mma(dp[2 * np + 1], ad, r[2], r[3]);
+        }
+      }
+      const int k0 = j * kTile;
+#pragma unroll
+      for (int n = 0; n < 8; ++n) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int key = k0 + n * 8 + 2 * tq + (e & 1);
+          const bool hi = e >= 2;
+          const int row = hi ? row_b : row_a;
+          const bool ok = key <= row && (hi ? live_b : live_a);
+          const float p = ok ? exp2f(s[n][e] * c - (hi ? lse_b : lse_a)) : 0.0f;
+          dp[n][e] = p * (dp[n][e] - (hi ? d_b : d_a));
+        }
+      }
+      // dQ += dS·K (B operand: K rows, transposed loads)
+#pragma unroll
+      for (int kk = 0; kk < 4; ++kk) {
+        const std::uint32_t a[4] = {pack(dp[2 * kk][0], dp[2 * kk][1]), pack(dp[2 * kk][2], dp[2 * kk][3]),
+                                    pack(dp[2 * kk + 1][0], dp[2 * kk + 1][1]),
+                                    pack(dp[2 * kk + 1][2], dp[2 * kk + 1][3])};
+#pragma unroll
+        for (int dd = 0; dd < HD / 16; ++dd) {
+          std::uint32_t r[4];
+          ldsm_x4_t(smem_u32(k + swz<HD>(kk * 16 + (lane & 7) + (mi & 1) * 8, dd * 2 + (mi >> 1))), r);
+          mma(acc[2 * dd], a, r[0], r[1]);
+          mma(acc[2 * dd + 1], a, r[2], r[3]);
+        }
+      }
+      __syncthreads();  // this stage is refilled by the iteration after next's prefetch
+    }
+  }
+#pragma unroll
+  for (int n = 0; n < HD / 8; ++n) {
+    const int col = n * 8 + 2 * tq;
+    if (row_a < Tn)
+      *reinterpret_cast<float2*>(dQb + static_cast<std::int64_t>(row_a) * HD + col) =
+          make_float2(acc[n][0] * scale, acc[n][1] * scale);
+    if (row_b < Tn)
+      *reinterpret_cast<float2*>(dQb + static_cast<std::int64_t>(row_b) * HD + col) =
+          make_float2(acc[n][2] * scale, acc[n][3] * scale);
+  }
+}
+
+namespace detail {
+/// Above 48 KiB of dynamic shared memory needs the opt-in; a host-side attribute of the current
+/// device's function, cheap enough to set at every launch (no static state across devices).
+template <class Kernel>
+inline void set_smem(Kernel k, int bytes) {
+  HDPISSA_CUDA_CHECK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+}
+}  // namespace detail
+
+/// O, lse ← attention(Q, K, V). Q, K, V, O 16-byte aligned; hd ∈ {64, 128}.
+inline void forward(const bf16* Q, const bf16* K, const bf16* V, bf16* O, float* lse, const int* lengths, int B,
+                    int nh, int nkv, int Tn, int hd, float scale, cudaStream_t s) {
+  const dim3 grid(static_cast<unsigned>((Tn + kTile - 1) / kTile), static_cast<unsigned>(B * nh));
+  if (hd == 64) {
+    detail::set_smem(fwd_kernel<64>, fwd_smem_bytes<64>());
+    fwd_kernel<64><<<grid, kThreads, fwd_smem_bytes<64>(), s>>>(Q, K, V, O, lse, lengths, nh, nkv, Tn, scale);
+  } else {
+    detail::set_smem(fwd_kernel<128>, fwd_smem_bytes<128>());
+    fwd_kernel<128><<<grid, kThreads, fwd_smem_bytes<128>(), s>>>(Q, K, V, O, lse, lengths, nh, nkv, Tn, scale);
+  }
+  HDPISSA_CUDA_CHECK_LAUNCH("flash::fwd_kernel");
+}
+
+/// Gradients of forward(): dq ← scale·dS·K; dk_part, dv_part ← each query head's dK, dV (all
+/// fp32, (B, nh, T, hd), fully written: zero on padding rows; dk_part / dv_part still to be summed
+/// over each kv head's group). Dr = rowsum(dO ∘ O) per row, lse from forward. Deterministic.
+inline void backward(const bf16* Q, const bf16* K, const bf16* V, const bf16* dO, const float* lse, const float* Dr,
+                     float* dq, float* dk_part, float* dv_part, const int* lengths, int B, int nh, int nkv, int Tn,
+                     int hd, float scale, cudaStream_t s) {
+  const dim3 grid(static_cast<unsigned>((Tn + kTile - 1) / kTile), static_cast<unsigned>(B * nh));
+  if (hd == 64) {
+    detail::set_smem(bwd_kernel<64>, bwd_smem_bytes<64>());
+    bwd_kernel<64><<<grid, kThreads, bwd_smem_bytes<64>(), s>>>(Q, K, V, dO, lse, Dr, dk_part, dv_part, lengths, nh,
+                                                                 nkv, Tn, scale);
+    HDPISSA_CUDA_CHECK_LAUNCH("flash::bwd_kernel");
+    detail::set_smem(bwd_dq_kernel<64>, dq_smem_bytes<64>());
+    bwd_dq_kernel<64><<<grid, kThreads, dq_smem_bytes<64>(), s>>>(Q, K, V, dO, lse, Dr, dq, lengths, nh, nkv, Tn,
+                                                                   scale);
+  } else {
+    detail::set_smem(bwd_kernel<128>, bwd_smem_bytes<128>());
+    bwd_kernel<128><<<grid, kThreads, bwd_smem_bytes<128>(), s>>>(Q, K, V, dO, lse, Dr, dk_part, dv_part, lengths, nh,
+                                                                   nkv, Tn, scale);
+    HDPISSA_CUDA_CHECK_LAUNCH("flash::bwd_kernel");
+    detail::set_smem(bwd_dq_kernel<128>, dq_smem_bytes<128>());
+    bwd_dq_kernel<128><<<grid, kThreads, dq_smem_bytes<128>(), s>>>(Q, K, V, dO, lse, Dr, dq, lengths, nh, nkv, Tn,
+                                                                     scale);
+  }
+  HDPISSA_CUDA_CHECK_LAUNCH("flash::bwd_dq_kernel");
+}
+
+}  // namespace hdpissa::llama::gpu::flash
