@@ -7,7 +7,9 @@
 #   2. bench_llama_cuda           (TinyLlama shape, bf16: --attention gemm, then flash, at 2 x 512 and
 #                                  8 x 512 — the ratio is measured within this one run)
 #   3. hdpissa_cuda_train_tests   (hdpissa-train --device cuda vs the CPU trainer; needs DATA)
-# Logs go to $OUT (else build/gpu/out). Usage: [DATA=.devdata] [SKIP_TRAIN=1] scripts/gpu-attention-check.sh
+# With PROFILE=1 (and nsys on the machine) also the per-kernel GPU time of the flash 2 x 512 bench.
+# Logs go to $OUT (else build/gpu/out).
+# Usage: [DATA=.devdata] [SKIP_TRAIN=1] [PROFILE=1] scripts/gpu-attention-check.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUTDIR=${OUT:-build/gpu/out}
@@ -43,6 +45,12 @@ for mb in 2 8; do
       "$OUTDIR/bench-$att-${mb}x512.log"
   done
 done
+if [[ -n "${PROFILE:-}" ]] && command -v nsys > /dev/null; then  # per-kernel GPU time, flash 2 x 512
+  run nsys-flash-2x512 180 nsys profile -o "$OUTDIR/prof" --force-overwrite true --stats=false $B --attention flash --steps 5 --warmup 2
+  nsys stats --report cuda_gpu_kern_sum --format csv "$OUTDIR/prof.nsys-rep" > "$OUTDIR/kern-sum.csv" 2>/dev/null
+  rm -f "$OUTDIR/prof.nsys-rep" "$OUTDIR/prof.sqlite"
+  head -25 "$OUTDIR/kern-sum.csv" | cut -c1-220
+fi
 if [[ -z "${SKIP_TRAIN:-}" ]]; then
   HDPISSA_GPU_TEST_DATA="$DATA" HDPISSA_GPU_TEST_SCRATCH="$OUTDIR/scratch" \
     run cuda-train-tests 300 build/gpu/tests/llama/cuda_train/hdpissa_cuda_train_tests --no-intro

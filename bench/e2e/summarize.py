@@ -3,7 +3,8 @@
 
 Inputs: the PEFT side's JSONL (peft_throughput.py --out; it also holds the measured bf16 peak) and
 one metrics JSONL per configuration of our trainer (hdpissa-train --metrics), named
-ours-<config>.jsonl, where <config> is <method> or <method>-K<groups>.
+ours-<config>.jsonl, where <config> is <method> or <method>-K<groups>, optionally followed by
+_<attention> (flash or gemm: HDPISSA_LLAMA_ATTENTION of that run).
 
 Our steady state: the trainer writes one {"type": "step", "tokens", "step_s", "tokens_per_s"} record
 per optimizer step; the first --skip steps (warm-up: cuBLAS heuristics, allocator growth) are
@@ -51,7 +52,8 @@ def read_jsonl(path):
 
 def ours_record(path, skip, n_linear, peak):
     cfg = os.path.basename(path)[len("ours-"):-len(".jsonl")]
-    method, _, k = cfg.partition("-K")
+    base, _, attention = cfg.partition("_")  # optional _flash / _gemm: the GPU model's attention
+    method, _, k = base.partition("-K")
     recs = read_jsonl(path)
     steps = [r for r in recs if r.get("type") == "step" and "step_s" in r and "tokens" in r]
     rec = {"side": "ours", "method": method, "groups": int(k) if k else 1, "config": f"ours-{cfg}", "source": path}
