@@ -14,6 +14,16 @@
 #include "hdpissa/core/error.hpp"
 #include "hdpissa/core/view.hpp"
 
+// Compile time. Eigen's BDCSVD (thin_svd below) is by far the costliest template in the library:
+// about 40 s per scalar type in every translation unit that instantiates it (g++ 12, -O3). A program
+// with many translation units can compile it once: define HDPISSA_EIGEN_SVD_EXTERN in every
+// translation unit and include "hdpissa/backend/eigen/eigen_svd_instantiation.hpp" in exactly one.
+// This repository's own tests, examples and benchmarks do (CMake option HDPISSA_SHARED_EIGEN_SVD).
+#ifdef HDPISSA_EIGEN_SVD_EXTERN
+extern template class Eigen::BDCSVD<Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic>>;
+extern template class Eigen::BDCSVD<Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic>>;
+#endif
+
 namespace hdpissa {
 
 /// CPU backend over Eigen. `Scalar` is float or double; compute_type equals Scalar.
