@@ -7,7 +7,8 @@
 #   2. bench_llama_cuda           (TinyLlama shape, bf16: --attention gemm, then flash, at 2 x 512 and
 #                                  8 x 512 — the ratio is measured within this one run)
 #   3. hdpissa_cuda_train_tests   (hdpissa-train --device cuda vs the CPU trainer; needs DATA)
-# With PROFILE=1 (and nsys on the machine) also the per-kernel GPU time of the flash 2 x 512 bench.
+# With PROFILE=1 (and nsys on the machine) also the per-kernel GPU time of the flash 2 x 512 bench;
+# with BACKEND=1 also the CudaBackend suite (hdpissa_cuda_tests).
 # Logs go to $OUT (else build/gpu/out).
 # Usage: [DATA=.devdata] [SKIP_TRAIN=1] [PROFILE=1] scripts/gpu-attention-check.sh
 set -uo pipefail
@@ -19,6 +20,7 @@ nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv,noheader |
 t0=$(date +%s)
 targets=(hdpissa_llama_cuda_tests bench_llama_cuda)
 [[ -z "${SKIP_TRAIN:-}" ]] && targets+=(hdpissa_cuda_train_tests)
+[[ -n "${BACKEND:-}" ]] && targets+=(hdpissa_cuda_tests)
 { cmake --preset gpu -DHDPISSA_BUILD_TESTS=ON -DHDPISSA_BUILD_EXAMPLES=ON -DHDPISSA_BUILD_BENCH=ON &&
   cmake --build build/gpu -j"${JOBS:-16}" --target "${targets[@]}"; } > "$OUTDIR/build.log" 2>&1 ||
   { echo "build failed"; grep -E "error" "$OUTDIR/build.log" | head -20; exit 1; }
@@ -56,6 +58,11 @@ if [[ -z "${SKIP_TRAIN:-}" ]]; then
     run cuda-train-tests 300 build/gpu/tests/llama/cuda_train/hdpissa_cuda_train_tests --no-intro
   grep -E "^\[doctest\] (test cases|assertions)" "$OUTDIR/cuda-train-tests.log"
   grep -B2 -A12 "ERROR" "$OUTDIR/cuda-train-tests.log" | head -40
+fi
+if [[ -n "${BACKEND:-}" ]]; then
+  run cuda-tests 240 build/gpu/tests/cuda/hdpissa_cuda_tests --no-intro
+  grep -E "^\[doctest\] (test cases|assertions)" "$OUTDIR/cuda-tests.log"
+  grep -B2 -A12 "ERROR" "$OUTDIR/cuda-tests.log" | head -40
 fi
 echo "total: $(( $(date +%s) - t0 )) s, rc $rc"
 exit $rc

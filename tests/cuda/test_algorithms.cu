@@ -187,8 +187,10 @@ TEST_CASE("VirtualRanks K = 4 on one GPU equals the same run on the CPU") {
     auto gset = make_adapter_set(gpu, shapes[l].first, shapes[l].second, K, r);
     gpu.upload(cset.A.data(), gset.A.view());
     gpu.upload(cset.B.data(), gset.B.view());
-    cd.add_layer("w" + std::to_string(l), Ws[l].cv(), cset);
-    gd.add_layer("w" + std::to_string(l), Ws[l].gv(), gset);
+    std::string name = "w";  // (not "w" + std::to_string(l): a GCC 12 -Wrestrict false positive)
+    name += std::to_string(l);
+    cd.add_layer(name, Ws[l].cv(), cset);
+    gd.add_layer(name, Ws[l].gv(), gset);
   }
   for (int step = 0; step < 3; ++step) {
     for (std::size_t l = 0; l < shapes.size(); ++l)

@@ -213,8 +213,8 @@ TEST_CASE("DirectWeightUpdate: 3xTF32 kernel vs cuBLAS over Adam steps (moments 
     auto ks = make_adapter_set(kb, out, in, K, r), cs = make_adapter_set(cb, out, in, K, r);
     kb.upload(hA.data(), ks.A.view()), kb.upload(hB.data(), ks.B.view());
     cb.upload(hA.data(), cs.A.view()), cb.upload(hB.data(), cs.B.view());
-    kd.add_layer("w" + std::to_string(l), Wk.back().view(), ks);
-    cd.add_layer("w" + std::to_string(l), Wc.back().view(), cs);
+    kd.add_layer(std::string("w").append(std::to_string(l)), Wk.back().view(), ks);
+    cd.add_layer(std::string("w").append(std::to_string(l)), Wc.back().view(), cs);
   }
   for (int step = 0; step < 3; ++step) {
     for (std::size_t l = 0; l < shapes.size(); ++l)

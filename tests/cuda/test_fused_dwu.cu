@@ -65,9 +65,9 @@ void run_fused_vs_generic(AdamConfig cfg, int steps, Perturb perturb, bool check
     fused.upload(cset.B.data(), fset.B.view());
     generic.upload(cset.A.data(), gset.A.view());
     generic.upload(cset.B.data(), gset.B.view());
-    cd.add_layer("w" + std::to_string(l), Wc.back().view(), cset);
-    fd.add_layer("w" + std::to_string(l), Wf.back().view(), fset);
-    gd.add_layer("w" + std::to_string(l), Wg.back().view(), gset);
+    cd.add_layer(std::string("w").append(std::to_string(l)), Wc.back().view(), cset);
+    fd.add_layer(std::string("w").append(std::to_string(l)), Wf.back().view(), fset);
+    gd.add_layer(std::string("w").append(std::to_string(l)), Wg.back().view(), gset);
   }
   for (int step = 0; step < steps; ++step) {
     for (std::size_t l = 0; l < shapes.size(); ++l)
