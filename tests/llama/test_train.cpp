@@ -288,6 +288,11 @@ TEST_CASE("train: bad input gives clear errors") {
     expect_error([] { parse_train_args({"--model", "m", "--data", "d", "--method", "dora"}); }, {"--method", "dora"});
     expect_error([] { parse_train_args({"--model", "m", "--data", "d", "--dtype", "bf16"}); }, {"bf16", "GPU"});
     expect_error([] { parse_train_args({"--model", "m", "--data", "d", "--device", "tpu"}); }, {"--device", "tpu"});
+    expect_error([] { parse_train_args({"--model", "m", "--data", "d", "--attention", "flash"}); },
+                 {"--attention flash", "--device cuda"});
+    expect_error([] { parse_train_args({"--model", "m", "--data", "d", "--device", "cuda", "--attention", "sdpa"}); },
+                 {"--attention: expected auto, flash or gemm, found 'sdpa'"});
+    CHECK(parse_train_args({"--model", "m", "--data", "d", "--device", "cuda", "--attention", "gemm"}).attention == "gemm");
     expect_error([] { parse_train_args({"--data", "d"}); }, {"--model"});
     expect_error([] { parse_train_args({"--model", "m", "--data", "d", "--targets", "q,x"}); }, {"--targets", "'x'"});
     bool help = false;

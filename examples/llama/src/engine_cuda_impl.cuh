@@ -47,7 +47,10 @@ class CudaEngine final : public TrainEngine {
         b32_(stream_.get(), hdpissa::CudaBackendOptions{}),
         bt_(make_bt()),
         comm_(make_collectives(g, device_, stream_.get()), g.local_groups),
-        model_(host, o.micro_batch, o.max_len, stream_.get()) {
+        model_(host, o.micro_batch, o.max_len, stream_.get(), 1024,
+               o.attention == "flash"  ? gpu::Attention::Flash
+               : o.attention == "gemm" ? gpu::Attention::Gemm
+                                       : gpu::Attention::Auto) {
     if (comm_.groups() != g.groups || comm_.first_group() != g.first_group || comm_.size() != g.processes)
       throw LlamaError(cat("CUDA engine: expected K = ", g.groups, " groups over ", g.processes,
                            " process(es) (first group ", g.first_group, "), the device communicator has ",
@@ -125,6 +128,7 @@ class CudaEngine final : public TrainEngine {
     return cat(method_->describe(),
                std::is_same_v<T, float> ? "; fp32 compute (exact, no TF32)"
                                         : "; bf16 compute copies, fp32 masters / gradients / Adam",
+               model_.flash_attention() ? "; flash attention" : "; attention through cuBLAS (scores materialised)",
                "; device collectives: ", comm_desc_);
   }
   [[nodiscard]] std::size_t num_targets() const override { return method_->targets().size(); }

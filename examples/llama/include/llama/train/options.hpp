@@ -37,6 +37,7 @@ struct TrainOptions {
   std::string aggregation = "sum"; ///< sum (reference) | mean (paper's 1/K)
   std::string dtype = "fp32";      ///< fp32 | bf16 (bf16: --device cuda only)
   std::string device = "cpu";      ///< cpu | cuda (llama/train/engine.hpp)
+  std::string attention = "auto";  ///< auto | flash | gemm: the GPU model's attention (--device cuda)
   // ---- distribution
   std::string comm = "auto";       ///< auto | single | mpi
   int groups_per_process = 1;      ///< V; K = processes × V
@@ -114,6 +115,9 @@ inline const char* train_usage() {
          "  --dtype fp32|bf16         compute dtype (default fp32 = exact fp32 everywhere; bf16 = bf16 compute\n"
          "                            copies of W and the factors, fp32 masters, Adam and gradient sums:\n"
          "                            --device cuda only)\n"
+         "  --attention auto|flash|gemm  the GPU model's attention (--device cuda): flash = fused kernels\n"
+         "                            (bf16, head_dim 64 or 128), gemm = materialised scores through cuBLAS;\n"
+         "                            auto (default) = flash where it runs, unless HDPISSA_LLAMA_ATTENTION=gemm\n"
          "distribution\n"
          "  --groups-per-process V    adapter groups per process (default 1); K = processes x V\n"
          "  --comm auto|single|mpi    communicator (auto: MPI when launched by mpirun with > 1 process and\n"
@@ -230,6 +234,7 @@ inline nlohmann::json TrainOptions::to_json() const {
           {"mute_gamma", mute_gamma},
           {"dtype", dtype},
           {"device", device},
+          {"attention", attention},
           {"comm", comm},
           {"groups_per_process", groups_per_process},
           {"lr", lr},
@@ -266,6 +271,10 @@ inline void TrainOptions::validate() const {
   need(dtype == "fp32" || device == "cuda",
        "--dtype bf16: bf16 compute with an fp32 master copy of W is a GPU-path feature (--device cuda); the CPU "
        "trainer runs fp32 throughout (use --dtype fp32)");
+  need(attention == "auto" || attention == "flash" || attention == "gemm",
+       cat("--attention: expected auto, flash or gemm, found '", attention, "'"));
+  need(attention == "auto" || device == "cuda",
+       cat("--attention ", attention, ": chooses the GPU model's attention (--device cuda); the CPU model has one"));
   need(svd == "exact" || svd == "randomized", cat("--svd: expected exact or randomized, found '", svd, "'"));
   need(aggregation == "sum" || aggregation == "mean",
        cat("--aggregation: expected sum or mean, found '", aggregation, "'"));
@@ -334,6 +343,7 @@ inline TrainOptions parse_train_args(const std::vector<std::string>& args, bool*
     else if (f == "--aggregation") o.aggregation = value();
     else if (f == "--mute-gamma") o.mute_gamma = number();
     else if (f == "--dtype") o.dtype = value();
+    else if (f == "--attention") o.attention = value();
     else if (f == "--device") o.device = value();
     else if (f == "--comm") o.comm = value();
     else if (f == "--groups-per-process") o.groups_per_process = int(integer());
