@@ -31,7 +31,7 @@
 #include "llama/cuda/model_cuda.cuh"
 
 using namespace hdpissa::llama;
-using hdpissa::llama::gpu::CudaLinearHooks;
+using hdpissa::llama::gpu::CudaHooks;
 using hdpissa::llama::gpu::CudaLlama;
 
 namespace {
@@ -180,7 +180,8 @@ int run(const Args& args) {
   b.example_ids.assign(B, 0);
   const std::int64_t n_targets = b.num_target_tokens();
 
-  CudaLinearHooks<T> hooks;  // frozen plain linears; gets the model's cuBLAS handle
+  hdpissa::CudaBackend<T> backend(model.stream(), {});
+  CudaHooks<T> hooks(backend);  // frozen plain linears on the model's stream
   for (int i = 0; i < args.warmup; ++i) model.forward_backward(b, hooks, 1.0f);
   Timer tm;
   std::vector<float> step_ms;

@@ -1,9 +1,10 @@
 # hdpissa-train's GPU path (llama/train/engine.hpp, src/engine_cuda_impl.cuh
 # instantiated by src/engine_cuda.cu (fp32) and src/engine_cuda_bf16.cu, llama/cuda/methods_cuda.cuh):
-# one CUDA translation unit, linked into hdpissa-train (and tests/llama/cuda_train) when CUDA is
-# available; it defines HDPISSA_TRAIN_HAVE_CUDA for its users. Included from CMakeLists.txt after
-# hdpissa-train is defined.
+# two CUDA translation units, linked into hdpissa-train (and tests/llama/cuda_train) when CUDA is
+# available; otherwise hdpissa-train links hdpissa_train_no_cuda (the same entry points, reporting a
+# build without CUDA). Included from CMakeLists.txt after hdpissa-train is defined.
 if(NOT HDPISSA_HAVE_CUDA)
+  target_link_libraries(hdpissa-train PRIVATE hdpissa_train_no_cuda)
   return()
 endif()
 # Two TUs (fp32 + entry points, bf16) so that the two engine instantiations compile in parallel.
@@ -13,7 +14,6 @@ target_link_libraries(hdpissa_train_cuda PUBLIC hdpissa_llama hdpissa::cuda)
 if(TARGET hdpissa_llama_cuda)  # the CUDA model's own library, when it has one
   target_link_libraries(hdpissa_train_cuda PUBLIC hdpissa_llama_cuda)
 endif()
-target_compile_definitions(hdpissa_train_cuda PUBLIC HDPISSA_TRAIN_HAVE_CUDA=1)
 target_compile_options(hdpissa_train_cuda PRIVATE
   $<$<COMPILE_LANGUAGE:CUDA>:-std=c++20 --expt-relaxed-constexpr -Xcompiler=-Wall,-Wextra -diag-suppress=20012,20013,20014,20015,128>)
 set_target_properties(hdpissa_train_cuda PROPERTIES POSITION_INDEPENDENT_CODE ON CUDA_RESOLVE_DEVICE_SYMBOLS ON)

@@ -65,7 +65,7 @@ TEST_CASE("checkpoint: llama2.c .bin (q/k permuted on load) equals the HF conver
   CHECK_MESSAGE(weights_equal(bin, hf, &diff), "first differing tensor: " << diff);
   // and the same logits (same code path)
   const std::vector<std::int32_t> toks = {1, 400, 31, 7, 260, 15, 99, 2};
-  LinearHooks plain;
+  CpuHooks plain;
   Activations a1, a2;
   forward(bin, Batch::single(toks), plain, a1);
   forward(hf, Batch::single(toks), plain, a2);

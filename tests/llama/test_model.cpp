@@ -63,7 +63,7 @@ Batch tiny_batch(int vocab) {
 }
 
 double loss_of(const ModelWeights& w, const Batch& b) {
-  LinearHooks plain;
+  CpuHooks plain;
   Activations acts;
   return forward(w, b, plain, acts).mean();
 }
@@ -253,21 +253,21 @@ TEST_CASE("model: hooks see every target linear with the documented order, shape
   const ModelConfig c = tiny_config(true);
   const ModelWeights w = random_weights(c, 4);
   const Batch b = tiny_batch(c.vocab_size);
-  struct Recorder : LinearHooks {
+  struct Recorder : EigenHooks {
     std::vector<std::pair<LinearId, bool>> calls;  // (id, is_backward)
     std::vector<Matrix> saved_x;
     int bad_shapes = 0, bad_inputs = 0;
-    void forward(LinearId id, const Matrix& W, ConstMatrixRef X, MatrixRef Y) override {
+    void forward(LinearId id, ConstMatrixRef W, ConstMatrixRef X, MatrixRef Y) override {
       calls.push_back({id, false});
       if (X.cols() != W.cols() || Y.cols() != W.rows() || Y.rows() != X.rows()) ++bad_shapes;
       saved_x.push_back(X);
-      LinearHooks::forward(id, W, X, Y);
+      EigenHooks::forward(id, W, X, Y);
     }
-    void backward(LinearId id, const Matrix& W, ConstMatrixRef X, ConstMatrixRef dY, MatrixRef dX) override {
+    void backward(LinearId id, ConstMatrixRef W, ConstMatrixRef X, ConstMatrixRef dY, MatrixRef dX) override {
       calls.push_back({id, true});
       if (dY.cols() != W.rows() || dX.cols() != W.cols() || dX.rows() != X.rows()) ++bad_shapes;
       if (!X.isApprox(saved_x.at(id.index()), 0.0f) && X != saved_x.at(id.index())) ++bad_inputs;
-      LinearHooks::backward(id, W, X, dY, dX);
+      EigenHooks::backward(id, W, X, dY, dX);
     }
   } rec;
   Activations acts;
@@ -293,7 +293,7 @@ TEST_CASE("model: KV-cache incremental logits equal the full forward") {
   const ModelConfig c = tiny_config(false);
   const ModelWeights w = random_weights(c, 5);
   std::vector<std::int32_t> toks = {1, 4, 9, 16, 25, 36, 2, 3, 5, 7, 11};
-  LinearHooks plain;
+  CpuHooks plain;
   Activations acts;
   forward(w, Batch::single(toks), plain, acts);
   std::vector<std::int64_t> rows(toks.size());
@@ -333,7 +333,7 @@ TEST_CASE("model: held-out loss evaluation sums over batches") {
   const ModelConfig c = tiny_config(true);
   const ModelWeights w = random_weights(c, 6);
   const Batch b = tiny_batch(c.vocab_size);
-  LinearHooks plain;
+  CpuHooks plain;
   const LossResult one = evaluate_loss(w, std::vector<Batch>{b}, plain);
   const LossResult two = evaluate_loss(w, std::vector<Batch>{b, b}, plain);
   CHECK(two.n_tokens == 2 * one.n_tokens);
@@ -344,7 +344,7 @@ TEST_CASE("model: held-out loss evaluation sums over batches") {
 TEST_CASE("model: an active-adapter (LoRA-style) hook gets what it needs; its gradients match finite differences") {
   // Y = X Wᵀ + s (X Aᵀ) Bᵀ on every target linear; backward: dX = dY W + s (dY B) A,
   // g_A += s (dY B)ᵀ X, g_B += s dYᵀ (X Aᵀ). Written only against the LinearHooks contract.
-  struct LoraHooks : LinearHooks {
+  struct LoraHooks : EigenHooks {
     int r = 2;
     float s = 0.5f;
     std::vector<Matrix> A, B, gA, gB;  // per LinearId::index(): A (r, in), B (out, r)
@@ -363,12 +363,12 @@ TEST_CASE("model: an active-adapter (LoRA-style) hook gets what it needs; its gr
           gB.push_back(Matrix::Zero(b.rows(), b.cols()));
         }
     }
-    void forward(LinearId id, const Matrix& W, ConstMatrixRef X, MatrixRef Y) override {
+    void forward(LinearId id, ConstMatrixRef W, ConstMatrixRef X, MatrixRef Y) override {
       const int i = id.index();
       Y.noalias() = X * W.transpose();
       Y.noalias() += s * ((X * A[i].transpose()) * B[i].transpose());
     }
-    void backward(LinearId id, const Matrix& W, ConstMatrixRef X, ConstMatrixRef dY, MatrixRef dX) override {
+    void backward(LinearId id, ConstMatrixRef W, ConstMatrixRef X, ConstMatrixRef dY, MatrixRef dX) override {
       const int i = id.index();
       const Matrix dYB = dY * B[i];  // (tokens, r)
       dX.noalias() = dY * W;

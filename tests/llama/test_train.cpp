@@ -34,7 +34,7 @@ TrainOptions base_options(const std::string& method) {
   o.tokenizer = (d / "stories260K-hf" / "tokenizer.model").string();
   o.data = (d / "gsm8k" / "train.jsonl").string();
   o.max_examples = 160;
-  o.method = method;
+  o.method = parse_choice<Method>("--method", method);
   o.rank = 4;
   o.groups_per_process = 2;
   o.lr = 2e-3;
@@ -45,6 +45,9 @@ TrainOptions base_options(const std::string& method) {
   o.threads = 1;
   return o;
 }
+
+/// The CPU engine's method (tests look inside it; the trainer itself never does).
+TrainMethod<CpuDevice>& method_of(Trainer<Comm>& t) { return dynamic_cast<CpuEngine<Comm>&>(t.engine()).method(); }
 
 struct Run {
   Comm comm;
@@ -132,7 +135,7 @@ TEST_CASE("train: HD-PiSSA on GSM8K lowers the held-out loss; the merged checkpo
   const ModelWeights merged = load_checkpoint(o.output);
   const Tokenizer tok(o.tokenizer);
   const auto batches = eval_batches(tok, o.eval_examples, o.max_len);
-  LinearHooks plain;
+  CpuHooks plain;
   const double reloaded = evaluate_loss(merged, batches, plain).mean();
   CHECK(reloaded == doctest::Approx(*s.eval_after).epsilon(1e-5));
   // Only target linears changed; every one of them did.
@@ -182,7 +185,7 @@ TEST_CASE("train: resuming from a saved state equals an uninterrupted run, bit f
     CHECK(sr.steps_done == 5);
     CHECK(sr.last_loss == sw.last_loss);
     bool all_equal = true;
-    for (const LinearId& id : whole.t->method().targets())
+    for (const LinearId& id : method_of(*whole.t).targets())
       all_equal = all_equal && same_bits(whole.t->model().linear(id), rest.t->model().linear(id));
     CHECK(all_equal);
     // and the run did change W (the comparison is not vacuous)
@@ -197,7 +200,7 @@ TEST_CASE("train: one DWU step on one layer matches a direct computation from th
   o.groups_per_process = 2;
   o.warmup_ratio = 0;  // lr(0) = peak
   Run r(o);
-  auto* m = dynamic_cast<DwuMethod<Comm, hdpissa::ExactMute, hdpissa::SumAggregation>*>(&r.t->method());
+  auto* m = dynamic_cast<DwuMethod<CpuDevice, Comm, hdpissa::ExactMute, hdpissa::SumAggregation>*>(&method_of(*r.t));
   REQUIRE(m != nullptr);
   const ModelWeights W0 = r.t->model();
   const LinearId id{1, Module::up};  // (hidden 172, dim 64)
@@ -254,13 +257,13 @@ TEST_CASE("train: LoRA (B = 0) and PiSSA (W_res + B A = W) leave the forward unc
   const ModelWeights base = load_checkpoint(llama_test::data_dir() / "stories260K-hf");
   const Tokenizer tok(llama_test::data_dir() / "stories260K-hf" / "tokenizer.model");
   const auto batches = eval_batches(tok, 4, 256);
-  LinearHooks plain;
+  CpuHooks plain;
   Activations a0;
   const double ref = forward(base, batches[0], plain, a0).mean();
   for (const std::string method : {"lora", "pissa"}) {
     CAPTURE(method);
     Run r(base_options(method));
-    auto* m = dynamic_cast<AdapterMethod<Comm>*>(&r.t->method());
+    auto* m = dynamic_cast<AdapterMethod<CpuDevice, Comm>*>(&method_of(*r.t));
     REQUIRE(m != nullptr);
     if (method == "lora") {
       bool b_zero = true, a_nonzero = true;
@@ -273,7 +276,7 @@ TEST_CASE("train: LoRA (B = 0) and PiSSA (W_res + B A = W) leave the forward unc
       for (const LinearId& id : m->targets()) CHECK(same_bits(r.t->model().linear(id), base.linear(id)));
     }
     Activations a1;
-    const double got = forward(r.t->model(), batches[0], r.t->method(), a1).mean();
+    const double got = forward(r.t->model(), batches[0], method_of(*r.t).hooks(0), a1).mean();
     CHECK(got == doctest::Approx(ref).epsilon(method == "lora" ? 1e-6 : 1e-5));
     const std::vector<std::int64_t> rows = {0, 5, 17};
     const Matrix l0 = logits_at(base, a0, rows), l1 = logits_at(r.t->model(), a1, rows);
@@ -292,7 +295,7 @@ TEST_CASE("train: bad input gives clear errors") {
                  {"--attention flash", "--device cuda"});
     expect_error([] { parse_train_args({"--model", "m", "--data", "d", "--device", "cuda", "--attention", "sdpa"}); },
                  {"--attention: expected auto, flash or gemm, found 'sdpa'"});
-    CHECK(parse_train_args({"--model", "m", "--data", "d", "--device", "cuda", "--attention", "gemm"}).attention == "gemm");
+    CHECK(parse_train_args({"--model", "m", "--data", "d", "--device", "cuda", "--attention", "gemm"}).attention == AttentionKind::Gemm);
     expect_error([] { parse_train_args({"--data", "d"}); }, {"--model"});
     expect_error([] { parse_train_args({"--model", "m", "--data", "d", "--targets", "q,x"}); }, {"--targets", "'x'"});
     bool help = false;
@@ -304,7 +307,7 @@ TEST_CASE("train: bad input gives clear errors") {
   const fs::path hf = llama_test::data_dir() / "stories260K-hf";
   SUBCASE("--device cuda in a build without the CUDA engine") {  // this binary never links it
     TrainOptions o = base_options("hdpissa");
-    o.device = "cuda";
+    o.device = Device::Cuda;
     expect_error([&] { Run r(o); }, {"--device cuda", "without CUDA"});
   }
   SUBCASE("missing paths") {
@@ -398,7 +401,7 @@ TEST_CASE("train: ScaledMute (the paper's gamma form) tracks ExactMute; the DWU 
   Run scaled(o);
   scaled.t->run();
   double worst = 0, moved = 0;
-  for (const LinearId& id : exact.t->method().targets()) {
+  for (const LinearId& id : method_of(*exact.t).targets()) {
     worst = std::max(worst, double((exact.t->model().linear(id) - scaled.t->model().linear(id)).cwiseAbs().maxCoeff()));
     moved = std::max(moved, double((exact.t->model().linear(id) - W0.linear(id)).cwiseAbs().maxCoeff()));
   }
@@ -412,7 +415,7 @@ TEST_CASE("train: ScaledMute (the paper's gamma form) tracks ExactMute; the DWU 
     a.max_steps = 2;
     a.micro_batch = 1;
     Run r(a);
-    auto* m = dynamic_cast<DwuMethod<Comm, hdpissa::ExactMute, hdpissa::SumAggregation>*>(&r.t->method());
+    auto* m = dynamic_cast<DwuMethod<CpuDevice, Comm, hdpissa::ExactMute, hdpissa::SumAggregation>*>(&method_of(*r.t));
     REQUIRE(m != nullptr);
     const auto& f = m->factors(0);  // layer 0 q_proj, K = 2 groups
     const Matrix A0 = TrainBackend::map(f.A_of(0)), A1 = TrainBackend::map(f.A_of(1));

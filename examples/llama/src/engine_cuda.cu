@@ -15,10 +15,10 @@ int cuda_device_count() {
 }
 
 std::unique_ptr<TrainEngine> make_cuda_engine(const TrainOptions& o, const ModelWeights& host, const EngineGroups& g,
-                                              const TensorLoader& resume) {
+                                              const TrainState* resume) {
   if (cuda_device_count() == 0)
     throw LlamaError("--device cuda: no CUDA device found (cudaGetDeviceCount reports none)");
-  if (o.dtype == "bf16") return engine_detail::make_cuda_engine_bf16(o, host, g, resume);
+  if (o.dtype == ComputeDtype::Bf16) return engine_detail::make_cuda_engine_bf16(o, host, g, resume);
   return std::make_unique<engine_detail::CudaEngine<float>>(o, host, g, resume);
 }
 

@@ -6,7 +6,7 @@
 namespace hdpissa::llama::engine_detail {
 
 std::unique_ptr<TrainEngine> make_cuda_engine_bf16(const TrainOptions& o, const ModelWeights& host,
-                                                   const EngineGroups& g, const TensorLoader& resume) {
+                                                   const EngineGroups& g, const TrainState* resume) {
   return std::make_unique<CudaEngine<__nv_bfloat16>>(o, host, g, resume);
 }
 

@@ -1,21 +1,21 @@
 #pragma once
-// The CUDA engine of hdpissa-train (llama/train/engine.hpp): CudaLlama<T> + the GPU methods of
-// methods_cuda.cuh, behind the TrainEngine interface. Built into hdpissa-train (and its GPU tests)
-// only when CUDA is available; trainer.hpp reaches it through make_cuda_engine().
+// The CUDA engine of hdpissa-train (llama/train/engine.hpp): CudaLlama<T> + the methods of
+// train/methods.hpp on gpu::CudaDevice<T>, behind the TrainEngine interface. Built into
+// hdpissa-train (and its GPU tests) only when CUDA is available; trainer.hpp reaches it through
+// make_cuda_engine() (without CUDA, src/engine_cuda_unavailable.cpp defines it).
 //
-// One stream carries everything (model, methods, optimizer, the virtual groups' all-gather), so no
-// event or extra synchronisation is needed between them (under mpirun NCCL's collectives run on the
-// communicator's own stream, ordered against this one with events by NcclCommunicator).
+// One stream carries everything (model, method, optimizer, the virtual groups' all-gather), so no
+// event or extra synchronisation is needed between them (under several processes NCCL's collectives
+// run on the communicator's own stream, ordered against this one with events by NcclCommunicator).
 //
 // Processes. Alone: device 0 (of the visible ones), DevComm = VirtualRanks<DeviceComm> over
-// CudaSingleProcess. Under mpirun (hdpissa_train.cpp fills EngineGroups::device_comm): one process
-// per GPU, GPU = local rank mod visible GPUs, DeviceComm over the NcclCommunicator that
-// device_comm.make bootstraps (make_nccl_communicator); more processes on a host than GPUs is an
-// error (NCCL rejects two ranks on one device). Per optimizer step the host waits for the
-// device: once per micro-batch (the model reads its loss back), inside the update (the batched
-// non-finite check) and once at the end of step() (so the trainer's step time is the device's).
-// Nothing is allocated per step. Generation (samples, GSM8K) runs on the host on the downloaded
-// merged weights, cached until the next step.
+// CudaSingleProcess. Several (hdpissa_train.cpp fills EngineGroups::device_comm): one process per
+// GPU, GPU = local rank mod visible GPUs, DeviceComm over the NcclCommunicator that device_comm.make
+// bootstraps; more processes on a host than GPUs is an error (NCCL rejects two ranks on one device).
+// Per optimizer step the host waits for the device: once per micro-batch (the model reads its loss
+// back), inside the update (the batched non-finite check) and once at the end of step() (so the
+// trainer's step time is the device's). Nothing is allocated per step. Generation (samples, GSM8K)
+// runs on the host on the downloaded merged weights, cached until the next step.
 //
 // Two translation units instantiate it in parallel (a shorter build): engine_cuda.cu (fp32,
 // make_cuda_engine, cuda_device_count) and engine_cuda_bf16.cu (bf16).
@@ -28,49 +28,61 @@
 #include <string>
 #include <vector>
 
-#include "llama/cuda/methods_cuda.cuh"
+#include "llama/cuda/cuda_device.cuh"
 #include "llama/cuda/model_cuda.cuh"
 #include "llama/train/engine.hpp"
 
 namespace hdpissa::llama {
 namespace engine_detail {
 
-using gpu::B32;
-using gpu::DevComm;
+using B32 = hdpissa::CudaBackend<float>;
+/// The engine's device communicator: K = processes × local groups (train/device_comm.hpp).
+using DevComm = hdpissa::VirtualRanks<DeviceComm>;
+
+inline gpu::Attention attention_of(AttentionKind a) {
+  switch (a) {
+    case AttentionKind::Flash: return gpu::Attention::Flash;
+    case AttentionKind::Gemm: return gpu::Attention::Gemm;
+    case AttentionKind::Auto: break;
+  }
+  return gpu::Attention::Auto;
+}
 
 template <class T>
-class CudaEngine final : public TrainEngine {
+class CudaEngine final : public MethodEngine<gpu::CudaDevice<T>> {
+  using Dev = gpu::CudaDevice<T>;
+  using Base = MethodEngine<Dev>;
+  using Base::method_;
+
  public:
-  CudaEngine(const TrainOptions& o, const ModelWeights& host, const EngineGroups& g, const TensorLoader& resume)
-      : host_(&host),
+  CudaEngine(const TrainOptions& o, const ModelWeights& host, const EngineGroups& g, const TrainState* resume)
+      : Base(b32_),
+        host_(&host),
         device_(select_device(g)),
         b32_(stream_.get(), hdpissa::CudaBackendOptions{}),
         bt_(make_bt()),
         comm_(make_collectives(g, device_, stream_.get()), g.local_groups),
-        model_(host, o.micro_batch, o.max_len, stream_.get(), 1024,
-               o.attention == "flash"  ? gpu::Attention::Flash
-               : o.attention == "gemm" ? gpu::Attention::Gemm
-                                       : gpu::Attention::Auto) {
+        model_(host, o.micro_batch, o.max_len, stream_.get(), 1024, attention_of(o.attention)) {
     if (comm_.groups() != g.groups || comm_.first_group() != g.first_group || comm_.size() != g.processes)
       throw LlamaError(cat("CUDA engine: expected K = ", g.groups, " groups over ", g.processes,
                            " process(es) (first group ", g.first_group, "), the device communicator has ",
                            comm_.groups(), " over ", comm_.size(), " (first group ", comm_.first_group(), ")"));
-    method_ = gpu::make_cuda_method<T>(o, gpu::GpuContext<T>{b32_, bt(), comm_, model_}, host, resume);
+    const MethodContext<Dev, DevComm> ctx{b32_, bt(), comm_, host, [this](LinearId id) { return model_.linear(id); }};
+    method_ = make_method(o, ctx, resume);
     b32_.synchronize();
     sample_memory();
     cudaDeviceProp p{};
     HDPISSA_CUDA_CHECK(cudaGetDeviceProperties(&p, device_));
     name_ = cat("cuda:", device_, " (", p.name, ")");
-    comm_desc_ = comm_.inner().describe();
+    notes_ = cat(std::is_same_v<T, float> ? "; fp32 compute (exact, no TF32)"
+                                          : "; bf16 compute copies, fp32 masters / gradients / Adam",
+                 model_.flash_attention() ? "; flash attention" : "; attention through cuBLAS (scores materialised)",
+                 "; device collectives: ", comm_.inner().describe());
   }
 
-  [[nodiscard]] std::string device() const override { return name_; }
-  void zero_grad() override { method_->zero_grad(); }
+  [[nodiscard]] EngineInfo info() const override { return this->method_info(name_, notes_); }
   LossResult forward_backward(int lg, const Batch& b, float scale) override {
-    method_->set_group(lg);
-    const LossResult r = model_.forward_backward(b, *method_, scale);
-    method_->set_group(0);
-    return r;
+    return model_.forward_backward(b, method_->hooks(lg), scale);
   }
   hdpissa::StepReport step(double lr) override {
     const auto rep = method_->step(lr);
@@ -80,10 +92,9 @@ class CudaEngine final : public TrainEngine {
     return rep;
   }
   LossResult eval_loss(const std::vector<Batch>& batches) override {
-    method_->set_group(0);
     LossResult total;
     for (const Batch& b : batches) {
-      const LossResult r = model_.forward_loss(b, *method_);
+      const LossResult r = model_.forward_loss(b, method_->hooks(0));
       total.loss_sum += r.loss_sum;
       total.n_tokens += r.n_tokens;
     }
@@ -92,49 +103,15 @@ class CudaEngine final : public TrainEngine {
   std::vector<std::int32_t> generate(const std::vector<std::int32_t>& prompt, const GenerateOptions& g) override {
     if (!merged_valid_) {
       merged_ = *host_;
-      merge_into(merged_);
+      this->merge_into(merged_);
       merged_valid_ = true;
     }
     return generate_greedy(merged_, prompt, g);
   }
-  void merge_into(ModelWeights& w) override {
-    const auto& ids = method_->targets();
-    for (std::size_t i = 0; i < ids.size(); ++i) method_->merged_weight(i, w.linear(ids[i]));
-  }
-  void collect_state(StateList& s) override {
-    dev_.tensors.clear();  // (not `dev_ = {}`: nvcc 13.0 crashes on it)
-    dev_.counters.clear();
-    method_->collect_state(dev_);
-    staging_.resize(dev_.tensors.size());
-    for (std::size_t k = 0; k < dev_.tensors.size(); ++k) {
-      const auto& t = dev_.tensors[k];
-      HDPISSA_REQUIRE(t.view.contiguous(), "state tensor '", t.name, "' is not contiguous");
-      staging_[k].resize(std::size_t(t.view.rows) * std::size_t(t.view.cols));
-      b32_.download(gpu::CV32(t.view), staging_[k].data());
-      s.tensors.push_back({t.name, staging_[k].data(), t.view.rows, t.view.cols, t.local});
-    }
-    for (const auto& c : dev_.counters) s.counters.push_back(c);
-  }
-  void restore_state() override {
-    HDPISSA_REQUIRE(staging_.size() == dev_.tensors.size(), "restore_state: collect_state was not called first");
-    for (std::size_t k = 0; k < dev_.tensors.size(); ++k) b32_.upload(staging_[k].data(), dev_.tensors[k].view);
-    method_->refresh();
-    b32_.synchronize();
-    merged_valid_ = false;
-  }
-  void verify_replicas() override { method_->verify_replicas(); }
-  [[nodiscard]] std::int64_t trainable_parameters() const override { return method_->trainable_parameters(); }
-  [[nodiscard]] std::string describe() const override {
-    return cat(method_->describe(),
-               std::is_same_v<T, float> ? "; fp32 compute (exact, no TF32)"
-                                        : "; bf16 compute copies, fp32 masters / gradients / Adam",
-               model_.flash_attention() ? "; flash attention" : "; attention through cuBLAS (scores materialised)",
-               "; device collectives: ", comm_desc_);
-  }
-  [[nodiscard]] std::size_t num_targets() const override { return method_->targets().size(); }
   std::optional<std::int64_t> peak_device_bytes() override { return peak_; }
 
  private:
+  void state_changed() override { merged_valid_ = false; }
   /// Device memory in use now (cudaMemGetInfo: total − free, the CUDA context included).
   void sample_memory() {
     std::size_t free = 0, total = 0;
@@ -156,7 +133,7 @@ class CudaEngine final : public TrainEngine {
     HDPISSA_CUDA_CHECK(cudaSetDevice(dev));
     return dev;
   }
-  /// NCCL from the setup's factory when it has one (mpirun), else CudaSingleProcess (one process).
+  /// NCCL from the setup's factory when it has one, else CudaSingleProcess (one process).
   static DeviceComm make_collectives(const EngineGroups& g, int device, cudaStream_t stream) {
     if (g.device_comm.make) {
       auto c = g.device_comm.make(device, static_cast<void*>(stream));
@@ -185,18 +162,15 @@ class CudaEngine final : public TrainEngine {
   std::unique_ptr<hdpissa::CudaBackend<__nv_bfloat16>> bt_;
   DevComm comm_;
   gpu::CudaLlama<T> model_;
-  std::unique_ptr<gpu::CudaTrainMethod<T>> method_;
-  gpu::DeviceStateList dev_;
-  std::vector<std::vector<float>> staging_;
   ModelWeights merged_;
   bool merged_valid_ = false;
   std::int64_t peak_ = 0;
-  std::string name_, comm_desc_;
+  std::string name_, notes_;
 };
 
 /// The bf16 engine (engine_cuda_bf16.cu).
 std::unique_ptr<TrainEngine> make_cuda_engine_bf16(const TrainOptions& o, const ModelWeights& host,
-                                                   const EngineGroups& g, const TensorLoader& resume);
+                                                   const EngineGroups& g, const TrainState* resume);
 
 }  // namespace engine_detail
 }  // namespace hdpissa::llama

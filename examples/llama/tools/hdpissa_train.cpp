@@ -82,6 +82,8 @@ hdpissa::llama::DeviceCommSetup device_comm_setup(const boost::mpi::communicator
 }  // namespace
 
 int main(int argc, char** argv) {
+  using hdpissa::llama::CommKind;
+  using hdpissa::llama::Device;
   using hdpissa::llama::LlamaError;
   const bool quiet_rank = launcher_rank() != 0;  // only rank 0 prints errors of the argument parse
   hdpissa::llama::TrainOptions o;
@@ -97,8 +99,8 @@ int main(int argc, char** argv) {
     return 2;
   }
   const int world = launcher_world_size();
-  const bool want_mpi = o.comm == "mpi" || (o.comm == "auto" && world > 1);
-  if (o.comm == "single" && world > 1) {  // P independent copies would race on the same outputs
+  const bool want_mpi = o.comm == CommKind::Mpi || (o.comm == CommKind::Auto && world > 1);
+  if (o.comm == CommKind::Single && world > 1) {  // P independent copies would race on the same outputs
     if (!quiet_rank)
       std::cerr << "hdpissa-train: error: --comm single but launched as " << world
                 << " processes; use --comm mpi (or auto), or launch one process\n";
@@ -111,13 +113,13 @@ int main(int argc, char** argv) {
     return hdpissa::run_or_abort([&] {
       hdpissa::VirtualRanks<hdpissa::MpiCommunicator> comm(hdpissa::MpiCommunicator{}, o.groups_per_process);
       hdpissa::llama::DeviceCommSetup dev;
-      if (o.device == "cuda") dev = device_comm_setup(boost::mpi::communicator());
+      if (o.device == Device::Cuda) dev = device_comm_setup(boost::mpi::communicator());
       hdpissa::llama::Trainer<decltype(comm)> t(o, comm, std::cout, std::move(dev));
       t.run();
       return 0;
     });
 #else
-    std::cerr << "hdpissa-train: error: " << (o.comm == "mpi" ? "--comm mpi" : "launched under mpirun with several processes")
+    std::cerr << "hdpissa-train: error: " << (o.comm == CommKind::Mpi ? "--comm mpi" : "launched under mpirun with several processes")
               << " but this build has no MPI support (configure with Boost.MPI + Open MPI installed, HDPISSA_MPI=ON)\n";
     return 2;
 #endif

@@ -151,7 +151,7 @@ int main(int argc, char** argv) {
 
     LossResult r;
     if (w) {
-      LinearHooks plain;
+      CpuHooks plain;
       r = evaluate_loss(*w, batches, plain);
     } else {
       for (const auto& b : batches) r.n_tokens += b.num_target_tokens();

@@ -25,7 +25,7 @@
 #include "llama/model.hpp"
 
 using namespace hdpissa::llama;
-using hdpissa::llama::gpu::CudaLinearHooks;
+using hdpissa::llama::gpu::CudaHooks;
 using hdpissa::llama::gpu::CudaLlama;
 using bf16 = __nv_bfloat16;
 namespace fs = std::filesystem;
@@ -42,9 +42,9 @@ bool have_stories() { return fs::exists(stories_dir() / "model.safetensors"); }
 /// GPU hooks for the comparison: the plain frozen linear (the base class) plus gW += dYᵀX in fp32 for
 /// every target linear, and a log of the call order.
 template <class T>
-class RecordingHooks : public CudaLinearHooks<T> {
+class RecordingHooks : public CudaHooks<T> {
  public:
-  explicit RecordingHooks(const ModelConfig& c) : cfg_(c) {
+  RecordingHooks(hdpissa::CudaBackend<T>& b, const ModelConfig& c) : CudaHooks<T>(b), cfg_(c) {
     for (int l = 0; l < c.n_layers; ++l)
       for (int m = 0; m < kModulesPerLayer; ++m) {
         const auto [r, cc] = shape(static_cast<Module>(m));
@@ -56,16 +56,16 @@ class RecordingHooks : public CudaLinearHooks<T> {
   void forward(LinearId id, hdpissa::ConstMatrixView<T> W, hdpissa::ConstMatrixView<T> X,
                hdpissa::MatrixView<T> Y) override {
     log.push_back(id.index());
-    CudaLinearHooks<T>::forward(id, W, X, Y);
+    CudaHooks<T>::forward(id, W, X, Y);
   }
   void backward(LinearId id, hdpissa::ConstMatrixView<T> W, hdpissa::ConstMatrixView<T> X,
                 hdpissa::ConstMatrixView<T> dY, hdpissa::MatrixView<T> dX) override {
     log.push_back(-1 - id.index());
-    CudaLinearHooks<T>::backward(id, W, X, dY, dX);
+    CudaHooks<T>::backward(id, W, X, dY, dX);
     // row-major gW (out, in) += dYᵀ (out, tok) · X (tok, in)  ⇔  column-major gWᵀ += Xᵀ dY
     const float one = 1.0f;
     const cudaDataType_t t = hdpissa::llama::gpu::cuda_type<T>();
-    HDPISSA_CUBLAS_CHECK(cublasGemmEx(this->handle(), CUBLAS_OP_N, CUBLAS_OP_T, static_cast<int>(X.cols),
+    HDPISSA_CUBLAS_CHECK(cublasGemmEx(this->backend().cublas(), CUBLAS_OP_N, CUBLAS_OP_T, static_cast<int>(X.cols),
                                       static_cast<int>(dY.cols), static_cast<int>(X.rows), &one, X.data, t,
                                       static_cast<int>(X.ld), dY.data, t, static_cast<int>(dY.ld), &one,
                                       grads_[id.index()].get(), CUDA_R_32F, static_cast<int>(X.cols),
@@ -168,11 +168,12 @@ void compare_with_cpu(const ModelWeights& w_gpu, const ModelWeights& w_ref, cons
                       int max_batch, int max_seq, const Tol& tol, const std::string& tag,
                       hdpissa::llama::gpu::Attention att = hdpissa::llama::gpu::Attention::Gemm) {
   CudaLlama<T> model(w_gpu, max_batch, max_seq, nullptr, /*loss_chunk_rows=*/16, att);  // several loss chunks
+  hdpissa::CudaBackend<T> be(model.stream(), {});
   CHECK(model.flash_attention() == (att == hdpissa::llama::gpu::Attention::Flash));
   for (std::size_t bi = 0; bi < batches.size(); ++bi) {
     const Batch& b = batches[bi];
     const CpuRef ref = cpu_reference(w_ref, b);
-    RecordingHooks<T> hooks(w_gpu.config);
+    RecordingHooks<T> hooks(be, w_gpu.config);
     const LossResult loss = model.forward_backward(b, hooks, 1.0f);
     CHECK(hooks.reserved == static_cast<hdpissa::index_t>(max_batch) * max_seq);
     CHECK(loss.n_tokens == ref.loss.n_tokens);
@@ -190,7 +191,7 @@ void compare_with_cpu(const ModelWeights& w_gpu, const ModelWeights& w_ref, cons
       if (!(e <= worst)) { worst = e; worst_name = id.hf_name(); }
     }
     std::vector<float> logits;
-    RecordingHooks<T> plain(w_gpu.config);
+    RecordingHooks<T> plain(be, w_gpu.config);
     model.forward_logits(b, plain, logits);
     REQUIRE(logits.size() == static_cast<std::size_t>(ref.logits.size()));
     double max_ref = 0, max_diff = 0;
@@ -298,7 +299,8 @@ TEST_CASE("bf16 CudaLlama matches the CPU model on stories260K within bf16 round
 template <class T>
 void check_loss_scale_and_order(const ModelWeights& w, const Batch& b) {
   CudaLlama<T> model(w, b.batch_size, b.seq_len, nullptr);
-  RecordingHooks<T> h1(w.config), h4(w.config), heval(w.config);
+  hdpissa::CudaBackend<T> be(model.stream(), {});
+  RecordingHooks<T> h1(be, w.config), h4(be, w.config), heval(be, w.config);
   const LossResult l1 = model.forward_backward(b, h1, 1.0f);
   const LossResult l4 = model.forward_backward(b, h4, 4.0f);
   const LossResult le = model.forward_loss(b, heval);
@@ -351,7 +353,8 @@ TEST_CASE("CudaLlama: linear views, upload / download, bad input") {
   model.download_linear(id, back);
   CHECK(back == twice);
 
-  CudaLinearHooks<float> plain;
+  hdpissa::CudaBackend<float> be(model.stream(), {});
+  CudaHooks<float> plain(be);
   auto expect_error = [](auto&& f, const char* needle) {
     bool thrown = false;
     try {

@@ -55,7 +55,7 @@ TrainOptions base_options(const std::string& method, const std::string& tag) {
   o.tokenizer = (d / "stories260K-hf" / "tokenizer.model").string();
   o.data = (d / "gsm8k" / "train.jsonl").string();
   o.max_examples = 96;
-  o.method = method;
+  o.method = parse_choice<Method>("--method", method);
   o.rank = 4;
   o.groups_per_process = 2;
   o.lr = method == "full" ? 2e-4 : 2e-3;
@@ -155,7 +155,7 @@ TEST_CASE("fp32 GPU equals the CPU trainer for every method") {
 
     // GPU from the CPU's initial state: only the training path differs.
     TrainOptions os = base_options(method, "gpu-shared");
-    os.device = "cuda";
+    os.device = Device::Cuda;
     os.resume = init.string();
     std::fprintf(stderr, "[%s] gpu from the cpu init\n", method);
     Run shared(os);
@@ -167,7 +167,7 @@ TEST_CASE("fp32 GPU equals the CPU trainer for every method") {
 
     // GPU from scratch (its own init: cuSOLVER SVD / GPU LoRA init).
     TrainOptions of = base_options(method, "gpu-fresh");
-    of.device = "cuda";
+    of.device = Device::Cuda;
     std::fprintf(stderr, "[%s] gpu fresh\n", method);
     Run fresh(of);
     const double fl = max_rel_diff(step_losses(of.metrics), lc), fw = update_rel_diff(fresh.merged(), mc, base);
@@ -181,8 +181,8 @@ TEST_CASE("bf16: first loss matches fp32, training lowers the held-out loss, che
   for (const char* method : {"hdpissa", "lora", "pissa", "full"}) {
     INFO("method ", std::string(method));
     TrainOptions o = base_options(method, "bf16");
-    o.device = "cuda";
-    o.dtype = "bf16";
+    o.device = Device::Cuda;
+    o.dtype = ComputeDtype::Bf16;
     o.max_steps = 12;
     o.warmup_ratio = 0.1;
     o.eval_data = (data_dir() / "gsm8k" / "test.jsonl").string();
@@ -197,7 +197,7 @@ TEST_CASE("bf16: first loss matches fp32, training lowers the held-out loss, che
     CHECK(*r.sum.eval_after < *r.sum.eval_before - 0.05);
 
     TrainOptions f = base_options(method, "fp32-first");
-    f.device = "cuda";
+    f.device = Device::Cuda;
     f.max_steps = 1;
     Run r32(f);
     const double l16 = step_losses(o.metrics).at(0), l32 = step_losses(f.metrics).at(0);
@@ -230,8 +230,8 @@ TEST_CASE("GPU resume equals the uninterrupted GPU run") {
     INFO("method ", std::string(c.method), ", dtype ", std::string(c.dtype));
     const std::string tag = std::string("resume-") + c.dtype;
     TrainOptions o = base_options(c.method, tag + "-whole");
-    o.device = "cuda";
-    o.dtype = c.dtype;
+    o.device = Device::Cuda;
+    o.dtype = parse_choice<ComputeDtype>("--dtype", c.dtype);
     o.max_steps = 5;
     o.warmup_ratio = 0.5;  // warmup crosses the interruption
     Run whole(o);

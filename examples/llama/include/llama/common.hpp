@@ -8,9 +8,14 @@
 
 #include <Eigen/Core>
 
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
 #include <cerrno>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -24,6 +29,8 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
+
+#include "hdpissa/core/error.hpp"
 
 /// OpenMP pragma that vanishes (without -Wunknown-pragmas noise) when OpenMP is off.
 #if defined(_OPENMP)
@@ -48,29 +55,13 @@ inline constexpr std::int32_t kIgnoreIndex = -100;
 
 /// Every failure of the LLaMA example (bad checkpoint, bad data, bad arguments). The message says
 /// what was expected and what was found, and names the file / tensor / line involved.
-class LlamaError : public std::runtime_error {
+class LlamaError : public hdpissa::Error {
  public:
-  using std::runtime_error::runtime_error;
+  using hdpissa::Error::Error;
 };
 
-namespace detail {
-
-inline void append_all(std::ostringstream&) {}
-template <class T, class... Rest>
-void append_all(std::ostringstream& os, const T& first, const Rest&... rest) {
-  os << first;
-  append_all(os, rest...);
-}
-
-}  // namespace detail
-
-/// Concatenates streamable pieces into a string: `cat("expected ", a, ", found ", b)`.
-template <class... Parts>
-std::string cat(const Parts&... parts) {
-  std::ostringstream os;
-  detail::append_all(os, parts...);
-  return os.str();
-}
+/// The library's message builder: `cat("expected ", a, ", found ", b)`.
+using hdpissa::cat;
 
 /// Formats a shape as `[a, b, c]`.
 template <class Int>
@@ -205,6 +196,20 @@ inline void write_file_atomic(const std::filesystem::path& path,
 /// Convenience overload for a single buffer.
 inline void write_file_atomic(const std::filesystem::path& path, std::string_view bytes) {
   write_file_atomic(path, std::vector<std::string_view>{bytes});
+}
+
+/// Sets the OpenMP / Eigen thread count: `requested` (> 0), else OMP_NUM_THREADS, else one thread
+/// when `narrow` (tiny models lose more to synchronisation than they gain). Returns the count in
+/// effect (1 without OpenMP).
+inline int configure_threads(int requested, bool narrow) {
+#ifdef _OPENMP
+  if (requested > 0) omp_set_num_threads(requested);
+  else if (!std::getenv("OMP_NUM_THREADS") && narrow) omp_set_num_threads(1);
+  return omp_get_max_threads();
+#else
+  (void)requested, (void)narrow;
+  return 1;
+#endif
 }
 
 }  // namespace hdpissa::llama

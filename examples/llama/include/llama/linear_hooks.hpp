@@ -1,60 +1,125 @@
 #pragma once
 /// \file linear_hooks.hpp
-/// LinearHooks: the one place where the model touches a target linear (q, k, v, o, gate, up,
-/// down). The fine-tuning method is swapped by passing a different hooks object; model code never
-/// changes.
+/// LinearHooks<Backend>: the one place where a model touches a target linear (q, k, v, o, gate, up,
+/// down), on any backend. Both models call it: the CPU model (model.hpp) with
+/// LinearHooks<EigenBackend<float>>, the GPU model (cuda/model_cuda.cuh) with
+/// LinearHooks<CudaBackend<T>>, T = float or bf16. A fine-tuning method (train/methods.hpp, written
+/// once for every backend) is a LinearHooks; the models never change.
 ///
-/// Contract (required expressions, `h` a LinearHooks&, `id` a LinearId, `W` the (out, in) weight):
+/// All operands are row-major library views (hdpissa::MatrixView) in the backend's memory space.
+/// Contract (required expressions, `h` a LinearHooks<B>&, `id` a LinearId, `W` the model's (out, in)
+/// weight in the backend's scalar type):
+///  - `h.reserve(max_tokens)`: called by a model before every pass with the largest token count it
+///    will use; allocate workspaces on the first call or when it grows, else do nothing.
 ///  - `h.forward(id, W, X, Y)`: X (tokens, in) → Y (tokens, out); Y is preallocated and must be
 ///    overwritten. Plain linear: `Y = X Wᵀ`.
-///  - `h.backward(id, W, X, dY, dX)`: X is the same input the forward saw for this id (the model
-///    saves it); dY (tokens, out) is ∂loss/∂Y; dX (tokens, in) is preallocated and must be
-///    OVERWRITTEN with ∂loss/∂X (plain linear: `dX = dY W`). Anything else (weight or adapter
-///    gradients) is the hook's own business: accumulate it (`+=`), because with gradient
-///    accumulation backward runs once per micro-batch.
-///  - Calls come in layer order in the forward (q, k, v, o, gate, up, down per layer) and in
-///    reverse layer order in the backward (down, up, gate, o, v, k, q). A forward without a
-///    following backward happens for evaluation and generation.
-///
-/// Examples of hooks to plug in: HD-PiSSA's MutedLinear (forward = X Wᵀ; backward adds
-/// g_A = α (dY B)ᵀ X, g_B = α dYᵀ (X Aᵀ), dX = dY W), LoRA / PiSSA active adapters
-/// (Y = X Wᵀ + s (X Aᵀ) Bᵀ, saving X Aᵀ themselves if they want it), full fine-tuning
-/// (FullFineTuneHooks below).
+///  - `h.backward(id, W, X, dY, dX)`: X is the input the forward saw for this id; dY (tokens, out)
+///    is ∂loss/∂Y; dX (tokens, in) must be OVERWRITTEN with ∂loss/∂X (plain: `dX = dY W`). Weight or
+///    adapter gradients are the hook's own business and are ACCUMULATED (gradient accumulation runs
+///    backward once per micro-batch before one optimizer step).
+///  - Order: forward in layer order (q, k, v, o, gate, up, down), backward in reverse. A forward
+///    without a backward happens for evaluation and generation.
+///  - Device backends: every call is enqueued on the backend's stream, which must be the model's;
+///    hooks never synchronise and never allocate in forward/backward.
 
+#include <memory>
+#include <type_traits>
+
+#include "hdpissa/backend/eigen/eigen_backend.hpp"
+#include "hdpissa/core/concepts.hpp"
 #include "llama/common.hpp"
 #include "llama/weights.hpp"
 
 namespace hdpissa::llama {
 
-/// Base hooks = frozen plain linear: Y = X Wᵀ, dX = dY W, no weight gradient.
+/// The CPU model's backend.
+using CpuBackend = hdpissa::EigenBackend<float>;
+
+/// Base hooks = frozen plain linear through the backend's GEMM: Y = X Wᵀ, dX = dY W.
+template <class Backend = CpuBackend>
 class LinearHooks {
  public:
+  using backend_type = Backend;
+  using S = typename Backend::scalar_type;
+  using CV = ConstMatrixView<S>;
+  using V = MatrixView<S>;
+
+  /// Hooks over `b` (borrowed; device backends must run on the model's stream).
+  explicit LinearHooks(Backend& b) : b_(&b) {}
+  /// Host backends only: hooks with a backend of their own (plain CPU linears, tests).
+  LinearHooks()
+    requires std::is_same_v<typename Backend::memory_space, host_memory>
+      : own_(std::make_unique<Backend>()), b_(own_.get()) {}
+  LinearHooks(const LinearHooks&) = delete;
+  LinearHooks& operator=(const LinearHooks&) = delete;
   virtual ~LinearHooks() = default;
 
+  virtual void reserve(index_t max_tokens) { (void)max_tokens; }
   /// Y = X Wᵀ.  // X (tokens, in), W (out, in), Y (tokens, out)
-  virtual void forward(LinearId id, const Matrix& W, ConstMatrixRef X, MatrixRef Y) {
+  virtual void forward(LinearId id, CV W, CV X, V Y) {
+    (void)id;
+    b_->gemm(Op::N, Op::T, 1, X, W, 0, Y);
+  }
+  /// dX = dY W.  // dY (tokens, out), W (out, in), dX (tokens, in)
+  virtual void backward(LinearId id, CV W, CV X, CV dY, V dX) {
+    (void)id;
+    (void)X;
+    b_->gemm(Op::N, Op::N, 1, dY, W, 0, dX);
+  }
+
+  Backend& backend() const { return *b_; }
+
+ private:
+  std::unique_ptr<Backend> own_;
+  Backend* b_;
+};
+
+/// The CPU model's hooks.
+using CpuHooks = LinearHooks<CpuBackend>;
+
+/// Library views of the CPU model's Eigen matrices (row-major; ld = outer stride).
+inline ConstMatrixView<float> view_of(const Matrix& m) { return {m.data(), m.rows(), m.cols(), m.cols()}; }
+inline MatrixView<float> view_of(Matrix& m) { return {m.data(), m.rows(), m.cols(), m.cols()}; }
+inline ConstMatrixView<float> view_of(ConstMatrixRef r) { return {r.data(), r.rows(), r.cols(), r.outerStride()}; }
+inline MatrixView<float> view_of(MatrixRef r) { return {r.data(), r.rows(), r.cols(), r.outerStride()}; }
+
+/// CPU convenience base for hooks written over Eigen (tests, quick experiments): the view-based
+/// calls are forwarded to Eigen-typed virtuals with the same contract.
+class EigenHooks : public CpuHooks {
+ public:
+  void forward(LinearId id, CV W, CV X, V Y) final { forward(id, eigen(W), eigen(X), eigen(Y)); }
+  void backward(LinearId id, CV W, CV X, CV dY, V dX) final {
+    backward(id, eigen(W), eigen(X), eigen(dY), eigen(dX));
+  }
+  /// Y = X Wᵀ.
+  virtual void forward(LinearId id, ConstMatrixRef W, ConstMatrixRef X, MatrixRef Y) {
     (void)id;
     Y.noalias() = X * W.transpose();
   }
-
-  /// dX = dY W.  // X (tokens, in), dY (tokens, out), dX (tokens, in)
-  virtual void backward(LinearId id, const Matrix& W, ConstMatrixRef X, ConstMatrixRef dY, MatrixRef dX) {
+  /// dX = dY W.
+  virtual void backward(LinearId id, ConstMatrixRef W, ConstMatrixRef X, ConstMatrixRef dY, MatrixRef dX) {
     (void)id;
     (void)X;
     dX.noalias() = dY * W;
   }
+
+ private:
+  using CMap = Eigen::Map<const Matrix, 0, Eigen::OuterStride<>>;
+  using MMap = Eigen::Map<Matrix, 0, Eigen::OuterStride<>>;
+  static CMap eigen(CV v) { return CMap(v.data, v.rows, v.cols, Eigen::OuterStride<>(v.ld)); }
+  static MMap eigen(V v) { return MMap(v.data, v.rows, v.cols, Eigen::OuterStride<>(v.ld)); }
 };
 
-/// Full fine-tuning: the plain linear plus gW += dYᵀ X into `grads` (a ModelWeights-shaped buffer).
-class FullFineTuneHooks : public LinearHooks {
+/// Full fine-tuning on the CPU without the library's update (reference gradients in tests): the
+/// plain linear plus gW += dYᵀ X into `grads` (a ModelWeights-shaped buffer).
+class FullFineTuneHooks : public LinearHooks<CpuBackend> {
  public:
   /// `grads` must outlive the hooks and have the model's shapes (ModelWeights::zeros_like).
   explicit FullFineTuneHooks(ModelWeights& grads) : grads_(&grads) {}
 
-  /// dX = dY W; gW += dYᵀ X.
-  void backward(LinearId id, const Matrix& W, ConstMatrixRef X, ConstMatrixRef dY, MatrixRef dX) override {
-    dX.noalias() = dY * W;
-    grads_->linear(id).noalias() += dY.transpose() * X;  // (out, in)
+  void backward(LinearId id, CV W, CV X, CV dY, V dX) override {
+    LinearHooks::backward(id, W, X, dY, dX);
+    backend().gemm(Op::T, Op::N, 1, dY, X, 1, view_of(grads_->linear(id)));  // (out, in)
   }
 
  private:

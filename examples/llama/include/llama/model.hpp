@@ -175,11 +175,20 @@ void attention_head_forward(const QB& Q, const KB& K, const VB& V, int q_offset,
 /// SiLU.
 inline float silu(float x) { return x / (1.0f + std::exp(-x)); }
 
+/// A target linear through the hooks, with the CPU model's Eigen operands as library views.
+inline void linear_forward(CpuHooks& h, LinearId id, const Matrix& W, ConstMatrixRef X, MatrixRef Y) {
+  h.forward(id, view_of(W), view_of(X), view_of(Y));
+}
+inline void linear_backward(CpuHooks& h, LinearId id, const Matrix& W, ConstMatrixRef X, ConstMatrixRef dY,
+                            MatrixRef dX) {
+  h.backward(id, view_of(W), view_of(X), view_of(dY), view_of(dX));
+}
+
 }  // namespace detail
 
 /// Runs the model on `batch`, saving what backward() needs in `acts`, and returns the loss
 /// (cross-entropy of labels[b, t+1] given tokens ≤ t, mean over non-masked targets).
-inline LossResult forward(const ModelWeights& w, const Batch& batch, LinearHooks& hooks, Activations& acts,
+inline LossResult forward(const ModelWeights& w, const Batch& batch, CpuHooks& hooks, Activations& acts,
                           const ForwardOptions& opt = {}) {
   batch.validate();
   const ModelConfig& c = w.config;
@@ -215,9 +224,9 @@ inline LossResult forward(const ModelWeights& w, const Batch& batch, LinearHooks
     a.q.resize(N, c.q_dim());
     a.k.resize(N, c.kv_dim());
     a.v.resize(N, c.kv_dim());
-    hooks.forward({l, Module::q}, lw.wq, a.xn1, a.q);
-    hooks.forward({l, Module::k}, lw.wk, a.xn1, a.k);
-    hooks.forward({l, Module::v}, lw.wv, a.xn1, a.v);
+    detail::linear_forward(hooks, {l, Module::q}, lw.wq, a.xn1, a.q);
+    detail::linear_forward(hooks, {l, Module::k}, lw.wk, a.xn1, a.k);
+    detail::linear_forward(hooks, {l, Module::v}, lw.wv, a.xn1, a.v);
     detail::rope_apply(a.q, nh, hd, acts.rope_cos, acts.rope_sin, pos_of, false);
     detail::rope_apply(a.k, nkv, hd, acts.rope_cos, acts.rope_sin, pos_of, false);
     a.attn.setZero(N, c.q_dim());
@@ -239,18 +248,18 @@ HDPISSA_LLAMA_OMP(omp for schedule(dynamic) collapse(2))
           a.lse.block(base, h, L, 1) = lse_buf;
         }
     }
-    hooks.forward({l, Module::o}, lw.wo, a.attn, tmp);
+    detail::linear_forward(hooks, {l, Module::o}, lw.wo, a.attn, tmp);
     a.h = a.x + tmp;
     detail::rmsnorm_forward(a.h, lw.ffn_norm, c.norm_eps, a.xn2, a.rstd2);
     a.gate.resize(N, c.hidden_dim);
     a.up.resize(N, c.hidden_dim);
-    hooks.forward({l, Module::gate}, lw.w_gate, a.xn2, a.gate);
-    hooks.forward({l, Module::up}, lw.w_up, a.xn2, a.up);
+    detail::linear_forward(hooks, {l, Module::gate}, lw.w_gate, a.xn2, a.gate);
+    detail::linear_forward(hooks, {l, Module::up}, lw.w_up, a.xn2, a.up);
     a.act.resize(N, c.hidden_dim);
 HDPISSA_LLAMA_OMP(omp parallel for schedule(static) if (N > 64))
     for (Eigen::Index r = 0; r < N; ++r)
       for (Eigen::Index j = 0; j < c.hidden_dim; ++j) a.act(r, j) = detail::silu(a.gate(r, j)) * a.up(r, j);
-    hooks.forward({l, Module::down}, lw.w_down, a.act, tmp);
+    detail::linear_forward(hooks, {l, Module::down}, lw.w_down, a.act, tmp);
     x = a.h + tmp;
   }
   acts.x_final = std::move(x);
@@ -294,7 +303,7 @@ HDPISSA_LLAMA_OMP(omp parallel for schedule(static) if (N > 64))
 /// go through `hooks.backward` (which owns their weight / adapter gradients); when `grads` is
 /// non-null the other parameters' gradients (embedding, norms, lm_head / tied embedding) are
 /// ACCUMULATED into it. Use grad_scale = 1/accumulation_steps for gradient accumulation.
-inline void backward(const ModelWeights& w, const Activations& acts, LinearHooks& hooks, ModelWeights* grads,
+inline void backward(const ModelWeights& w, const Activations& acts, CpuHooks& hooks, ModelWeights* grads,
                      float grad_scale = 1.0f, int loss_chunk_rows = 256) {
   const ModelConfig& c = w.config;
   const int B = acts.batch_size, T = acts.seq_len;
@@ -344,7 +353,7 @@ inline void backward(const ModelWeights& w, const Activations& acts, LinearHooks
     const LayerActivations& a = acts.layers[l];
     LayerWeights* gl = grads ? &grads->layers[l] : nullptr;
     // x_out = h + down(act): dh = dx
-    hooks.backward({l, Module::down}, lw.w_down, a.act, dx, d_act);
+    detail::linear_backward(hooks, {l, Module::down}, lw.w_down, a.act, dx, d_act);
 HDPISSA_LLAMA_OMP(omp parallel for schedule(static) if (N > 64))
     for (Eigen::Index r = 0; r < N; ++r)
       for (Eigen::Index j = 0; j < c.hidden_dim; ++j) {
@@ -353,12 +362,12 @@ HDPISSA_LLAMA_OMP(omp parallel for schedule(static) if (N > 64))
         d_up(r, j) = d_act(r, j) * g * sig;
         d_gate(r, j) = d_act(r, j) * a.up(r, j) * sig * (1.0f + g * (1.0f - sig));
       }
-    hooks.backward({l, Module::up}, lw.w_up, a.xn2, d_up, d_xn2);
-    hooks.backward({l, Module::gate}, lw.w_gate, a.xn2, d_gate, d_tmp);
+    detail::linear_backward(hooks, {l, Module::up}, lw.w_up, a.xn2, d_up, d_xn2);
+    detail::linear_backward(hooks, {l, Module::gate}, lw.w_gate, a.xn2, d_gate, d_tmp);
     d_xn2 += d_tmp;
     detail::rmsnorm_backward(a.h, a.rstd2, lw.ffn_norm, d_xn2, dx, gl ? &gl->ffn_norm : nullptr);  // dx is now dh
     // h = x + o(attn)
-    hooks.backward({l, Module::o}, lw.wo, a.attn, dx, d_attn);
+    detail::linear_backward(hooks, {l, Module::o}, lw.wo, a.attn, dx, d_attn);
     dq.setZero();
     dk.setZero();
     dv.setZero();
@@ -403,10 +412,10 @@ HDPISSA_LLAMA_OMP(omp for schedule(dynamic) collapse(2))
     }
     detail::rope_apply(dq, nh, hd, acts.rope_cos, acts.rope_sin, pos_of, true);
     detail::rope_apply(dk, nkv, hd, acts.rope_cos, acts.rope_sin, pos_of, true);
-    hooks.backward({l, Module::v}, lw.wv, a.xn1, dv, d_xn2);  // d_xn2 reused as (N, dim) scratch
-    hooks.backward({l, Module::k}, lw.wk, a.xn1, dk, d_tmp);
+    detail::linear_backward(hooks, {l, Module::v}, lw.wv, a.xn1, dv, d_xn2);  // d_xn2 reused as (N, dim) scratch
+    detail::linear_backward(hooks, {l, Module::k}, lw.wk, a.xn1, dk, d_tmp);
     d_xn2 += d_tmp;
-    hooks.backward({l, Module::q}, lw.wq, a.xn1, dq, d_tmp);
+    detail::linear_backward(hooks, {l, Module::q}, lw.wq, a.xn1, dq, d_tmp);
     d_xn2 += d_tmp;
     detail::rmsnorm_backward(a.x, a.rstd1, lw.attn_norm, d_xn2, dx, gl ? &gl->attn_norm : nullptr);
   }
@@ -428,7 +437,7 @@ inline Matrix logits_at(const ModelWeights& w, const Activations& acts, const st
 
 /// Mean held-out loss over batches (forward only, plain or adapter linears through `hooks`).
 template <class BatchRange>
-LossResult evaluate_loss(const ModelWeights& w, const BatchRange& batches, LinearHooks& hooks) {
+LossResult evaluate_loss(const ModelWeights& w, const BatchRange& batches, CpuHooks& hooks) {
   Activations acts;
   LossResult total;
   for (const Batch& b : batches) {
@@ -458,7 +467,7 @@ struct KVCache {
 
 /// Appends `tokens` to the sequence in `cache` and returns their logits (tokens.size(), vocab).
 inline Matrix forward_incremental(const ModelWeights& w, const std::vector<std::int32_t>& tokens, KVCache& cache,
-                                  LinearHooks& hooks) {
+                                  CpuHooks& hooks) {
   const ModelConfig& c = w.config;
   const int n = static_cast<int>(tokens.size()), p0 = cache.length;
   if (n == 0) return Matrix(0, c.vocab_size);
@@ -481,9 +490,9 @@ inline Matrix forward_incremental(const ModelWeights& w, const std::vector<std::
   for (int l = 0; l < c.n_layers; ++l) {
     const LayerWeights& lw = w.layers[l];
     detail::rmsnorm_forward(x, lw.attn_norm, c.norm_eps, xn, rstd);
-    hooks.forward({l, Module::q}, lw.wq, xn, q);
-    hooks.forward({l, Module::k}, lw.wk, xn, kn);
-    hooks.forward({l, Module::v}, lw.wv, xn, vn);
+    detail::linear_forward(hooks, {l, Module::q}, lw.wq, xn, q);
+    detail::linear_forward(hooks, {l, Module::k}, lw.wk, xn, kn);
+    detail::linear_forward(hooks, {l, Module::v}, lw.wv, xn, vn);
     detail::rope_apply(q, nh, hd, cos_t, sin_t, pos_of, false);
     detail::rope_apply(kn, c.n_kv_heads, hd, cos_t, sin_t, pos_of, false);
     cache.k[l].middleRows(p0, n) = kn;
@@ -494,14 +503,14 @@ inline Matrix forward_incremental(const ModelWeights& w, const std::vector<std::
                                      cache.v[l].block(0, g * hd, p0 + n, hd), p0, scale, S,
                                      attn.middleCols(h * hd, hd), nullptr);
     }
-    hooks.forward({l, Module::o}, lw.wo, attn, tmp);
+    detail::linear_forward(hooks, {l, Module::o}, lw.wo, attn, tmp);
     x += tmp;
     detail::rmsnorm_forward(x, lw.ffn_norm, c.norm_eps, xn, rstd);
-    hooks.forward({l, Module::gate}, lw.w_gate, xn, gate);
-    hooks.forward({l, Module::up}, lw.w_up, xn, up);
+    detail::linear_forward(hooks, {l, Module::gate}, lw.w_gate, xn, gate);
+    detail::linear_forward(hooks, {l, Module::up}, lw.w_up, xn, up);
     for (Eigen::Index r = 0; r < n; ++r)
       for (Eigen::Index j = 0; j < c.hidden_dim; ++j) gate(r, j) = detail::silu(gate(r, j)) * up(r, j);
-    hooks.forward({l, Module::down}, lw.w_down, gate, tmp);
+    detail::linear_forward(hooks, {l, Module::down}, lw.w_down, gate, tmp);
     x += tmp;
   }
   cache.length = p0 + n;
@@ -520,7 +529,7 @@ struct GenerateOptions {
 /// Greedy (temperature 0) decoding from `prompt` (which should start with BOS). Returns the new
 /// tokens only. Ties break to the lowest id (like torch.argmax).
 inline std::vector<std::int32_t> generate_greedy(const ModelWeights& w, const std::vector<std::int32_t>& prompt,
-                                                 const GenerateOptions& opt, LinearHooks& hooks) {
+                                                 const GenerateOptions& opt, CpuHooks& hooks) {
   if (prompt.empty()) throw LlamaError("generate_greedy: expected a non-empty prompt (at least BOS), found none");
   const int capacity = std::min<int>(w.config.max_seq_len, static_cast<int>(prompt.size()) + opt.max_new_tokens);
   KVCache cache(w.config, capacity);
@@ -541,7 +550,7 @@ inline std::vector<std::int32_t> generate_greedy(const ModelWeights& w, const st
 /// generate_greedy with plain linears.
 inline std::vector<std::int32_t> generate_greedy(const ModelWeights& w, const std::vector<std::int32_t>& prompt,
                                                  const GenerateOptions& opt = {}) {
-  LinearHooks plain;
+  CpuHooks plain;
   return generate_greedy(w, prompt, opt, plain);
 }
 

@@ -2,7 +2,7 @@
 /// \file model_cuda.cuh
 /// CudaLlama<T>: the LLaMA decoder of model.hpp on one GPU — forward with the chunked cross-entropy
 /// and backward down to every target linear's input, with every target linear going through
-/// CudaLinearHooks<T> (linear_hooks_cuda.hpp). Only target linears train: the model computes no
+/// LinearHooks<CudaBackend<T>> (linear_hooks.hpp). Only target linears train: the model computes no
 /// gradient for the embedding, the norms or the classifier (they are frozen in every method).
 ///
 /// T = float: fp32 throughout, exact fp32 GEMMs (no TF32) — matches the CPU model to ~1e-5.
@@ -51,7 +51,8 @@
 #include "llama/config.hpp"
 #include "llama/cuda/flash_attn.cuh"
 #include "llama/cuda/kernels_llama.cuh"
-#include "llama/cuda/linear_hooks_cuda.hpp"
+#include "hdpissa/backend/cuda/cuda_backend.hpp"
+#include "llama/linear_hooks.hpp"
 #include "llama/model.hpp"  // LossResult
 #include "llama/weights.hpp"
 
@@ -61,6 +62,17 @@ namespace hdpissa::llama::gpu {
 /// Attention implementation of CudaLlama (see the file comment). Auto = Flash where supported
 /// (bf16, head_dim 64 or 128), unless the environment sets HDPISSA_LLAMA_ATTENTION=gemm.
 enum class Attention { Auto, Flash, Gemm };
+
+/// The hooks of the GPU model: the target linears on CudaBackend<T>, on the model's stream.
+template <class T>
+using CudaHooks = LinearHooks<hdpissa::CudaBackend<T>>;
+
+/// cuBLAS data type of a compute type.
+template <class T>
+constexpr cudaDataType_t cuda_type() {
+  if constexpr (std::is_same_v<T, float>) return CUDA_R_32F;
+  else return CUDA_R_16BF;
+}
 
 template <class T>
 class CudaLlama {
@@ -109,12 +121,12 @@ class CudaLlama {
   /// One micro-batch: forward, then backward through `hooks`. The gradient fed back is that of
   /// loss_scale · (mean cross-entropy over the batch's target tokens), exactly like the CPU
   /// backward(..., grad_scale). Returns the loss (sum and count, like the CPU forward).
-  LossResult forward_backward(const Batch& b, CudaLinearHooks<T>& hooks, float loss_scale = 1.0f);
+  LossResult forward_backward(const Batch& b, CudaHooks<T>& hooks, float loss_scale = 1.0f);
   /// Evaluation: forward and loss only (hooks.forward is called, hooks.backward is not).
-  LossResult forward_loss(const Batch& b, CudaLinearHooks<T>& hooks);
+  LossResult forward_loss(const Batch& b, CudaHooks<T>& hooks);
   /// For tests: forward, then the full logits of every row (B·T, vocab) to the host in fp32
   /// (allocates a temporary; not a hot path). Padded rows hold the logits of their (unattended) state.
-  void forward_logits(const Batch& b, CudaLinearHooks<T>& hooks, std::vector<float>& logits);
+  void forward_logits(const Batch& b, CudaHooks<T>& hooks, std::vector<float>& logits);
 
   /// Benchmark aid: with profiling on, every pass records CUDA events at section boundaries and
   /// profile() returns the accumulated GPU time per section (ms): target linears (the hooks) forward
@@ -147,13 +159,13 @@ class CudaLlama {
   /// Checks the batch, builds the target list, uploads tokens / lengths / targets. Returns the
   /// number of target rows.
   std::int64_t stage_batch(const Batch& b);
-  void prepare_hooks(CudaLinearHooks<T>& hooks);
+  void prepare_hooks(CudaHooks<T>& hooks);
   /// Embedding → final norm (xnf_), saving every layer's activations.
-  void forward_layers(CudaLinearHooks<T>& hooks);
+  void forward_layers(CudaHooks<T>& hooks);
   /// Loss over the staged targets; with `backward`, d xn_final (dxnf_) for loss_scale·mean.
   void loss_chunks(std::int64_t n_targets, bool backward, float loss_scale);
   /// Final norm → layer 0 through hooks.backward.
-  void backward_layers(CudaLinearHooks<T>& hooks);
+  void backward_layers(CudaHooks<T>& hooks);
   /// Copies the per-row losses back (the one sync) and sums them in double.
   LossResult read_loss(std::int64_t n_targets);
 
@@ -534,13 +546,12 @@ std::int64_t CudaLlama<T>::stage_batch(const Batch& b) {
 }
 
 template <class T>
-void CudaLlama<T>::prepare_hooks(CudaLinearHooks<T>& hooks) {
-  if (hooks.handle() == nullptr) hooks.set_handle(cublas_.get());
+void CudaLlama<T>::prepare_hooks(CudaHooks<T>& hooks) {
   hooks.reserve(ntok_max_);  // every pass: hooks grow their workspaces once, then it is a no-op
 }
 
 template <class T>
-void CudaLlama<T>::forward_layers(CudaLinearHooks<T>& hooks) {
+void CudaLlama<T>::forward_layers(CudaHooks<T>& hooks) {
   const ModelConfig& c = cfg_;
   const int B = B_, Tn = T_, D = c.dim, H = c.hidden_dim, qd = c.q_dim(), kvd = c.kv_dim();
   const int nh = c.n_heads, nkv = c.n_kv_heads, hd = c.head_dim, group = nh / nkv, L = c.n_layers;
@@ -647,7 +658,7 @@ void CudaLlama<T>::loss_chunks(std::int64_t n_targets, bool backward, float loss
 }
 
 template <class T>
-void CudaLlama<T>::backward_layers(CudaLinearHooks<T>& hooks) {
+void CudaLlama<T>::backward_layers(CudaHooks<T>& hooks) {
   const ModelConfig& c = cfg_;
   const int B = B_, Tn = T_, D = c.dim, H = c.hidden_dim, qd = c.q_dim(), kvd = c.kv_dim();
   const int nh = c.n_heads, nkv = c.n_kv_heads, hd = c.head_dim, group = nh / nkv, L = c.n_layers;
@@ -759,7 +770,7 @@ LossResult CudaLlama<T>::read_loss(std::int64_t n_targets) {
 }
 
 template <class T>
-LossResult CudaLlama<T>::forward_backward(const Batch& b, CudaLinearHooks<T>& hooks, float loss_scale) {
+LossResult CudaLlama<T>::forward_backward(const Batch& b, CudaHooks<T>& hooks, float loss_scale) {
   const std::int64_t n = stage_batch(b);
   prepare_hooks(hooks);
   forward_layers(hooks);
@@ -770,7 +781,7 @@ LossResult CudaLlama<T>::forward_backward(const Batch& b, CudaLinearHooks<T>& ho
 }
 
 template <class T>
-LossResult CudaLlama<T>::forward_loss(const Batch& b, CudaLinearHooks<T>& hooks) {
+LossResult CudaLlama<T>::forward_loss(const Batch& b, CudaHooks<T>& hooks) {
   const std::int64_t n = stage_batch(b);
   prepare_hooks(hooks);
   forward_layers(hooks);
@@ -779,7 +790,7 @@ LossResult CudaLlama<T>::forward_loss(const Batch& b, CudaLinearHooks<T>& hooks)
 }
 
 template <class T>
-void CudaLlama<T>::forward_logits(const Batch& b, CudaLinearHooks<T>& hooks, std::vector<float>& logits) {
+void CudaLlama<T>::forward_logits(const Batch& b, CudaHooks<T>& hooks, std::vector<float>& logits) {
   stage_batch(b);
   prepare_hooks(hooks);
   forward_layers(hooks);

@@ -1,19 +1,19 @@
 #pragma once
 /// \file engine.hpp
 /// TrainEngine: where hdpissa-train's model and method live (host or GPU), behind one small
-/// type-erased interface, so that trainer.hpp stays pure C++ (no CUDA include) and the loop —
-/// data, schedule, progress, metrics, eval, checkpoints, resume — is written once.
+/// interface, so that trainer.hpp stays pure C++ (no CUDA include, no #ifdef) and the loop — data,
+/// schedule, progress, metrics, eval, checkpoints, resume — is written once.
 ///
-///  - CpuEngine<Comm>: the CPU model (model.hpp) + a TrainMethod (methods.hpp), exactly the calls the
-///    trainer made before the interface existed (bit-identical CPU behaviour).
-///  - the CUDA engine (llama/cuda/engine_cuda.cu, built into hdpissa-train only when CUDA is found,
-///    compile definition HDPISSA_TRAIN_HAVE_CUDA): CudaLlama<T> + the GPU methods of
-///    methods_cuda.cuh, created through make_cuda_engine().
+///  - MethodEngine<Dev>: what every engine shares — the method (methods.hpp, one implementation per
+///    method for every device), its state as a value (state() / load_state()), replicas, merging.
+///  - CpuEngine<Comm>: the CPU model (model.hpp) + the methods on CpuDevice.
+///  - the CUDA engine (src/engine_cuda_impl.cuh): CudaLlama<T> + the methods on
+///    gpu::CudaDevice<T>, reached through make_cuda_engine(), which a build without CUDA links from
+///    src/engine_cuda_unavailable.cpp (a clear error) instead.
 ///
-/// State. collect_state() lists every tensor of the run (the target weights `weight.<name>` and the
-/// method's factors / adapters / Adam moments) as contiguous HOST float arrays: the CPU engine
-/// points at its live matrices; the CUDA engine downloads into host staging buffers it owns. After
-/// writing into those arrays (resume), restore_state() pushes them back (a no-op on the CPU).
+/// Groups: forward_backward(lg, …) runs local group lg's hooks (methods.hpp: hooks(lg)).
+/// State: state() returns the run's whole trainable state as a TrainState value; load_state()
+/// takes one back (names and shapes checked) and refreshes the compute copies.
 
 #include <cstdint>
 #include <memory>
@@ -26,87 +26,115 @@
 #include "llama/train/device_comm.hpp"
 #include "llama/train/methods.hpp"
 #include "llama/train/options.hpp"
+#include "llama/train/state.hpp"
 #include "llama/weights.hpp"
 
 namespace hdpissa::llama {
+
+/// What an engine runs, for the config echo.
+struct EngineInfo {
+  std::string device;       ///< "cpu", or the GPU's name
+  std::string description;  ///< the method and the numerics
+  std::int64_t trainable_parameters = 0;
+  std::vector<LinearId> targets;
+};
 
 /// The compute side of a training run (model + method), on one device.
 class TrainEngine {
  public:
   virtual ~TrainEngine() = default;
-  /// "cpu", or the GPU's name.
-  [[nodiscard]] virtual std::string device() const = 0;
+  [[nodiscard]] virtual EngineInfo info() const = 0;
   /// Zeroes every local group's gradient.
   virtual void zero_grad() = 0;
   /// One micro-batch of local group `lg`: forward + backward (loss scaled by `scale`), gradients
   /// accumulated. Returns the micro-batch's loss.
   virtual LossResult forward_backward(int lg, const Batch& b, float scale) = 0;
-  /// One optimizer step of every group at learning rate `lr`.
+  /// One optimizer step of every group at learning rate `lr` (the device is idle when it returns).
   virtual hdpissa::StepReport step(double lr) = 0;
-  /// Summed loss of `batches` with group 0's view of the model (forward only).
+  /// Summed loss of `batches` with local group 0's view of the model (forward only).
   virtual LossResult eval_loss(const std::vector<Batch>& batches) = 0;
-  /// Greedy continuation of `prompt` with group 0's view (the GPU engine runs it on the host, on
-  /// the downloaded merged weights).
+  /// Greedy continuation of `prompt` with group 0's view.
   virtual std::vector<std::int32_t> generate(const std::vector<std::int32_t>& prompt, const GenerateOptions& g) = 0;
   /// Sets every target linear of `w` (a copy of the host weights) to the live merged weight
   /// (W for DWU / full; W_res + s·B A for LoRA / PiSSA).
   virtual void merge_into(ModelWeights& w) = 0;
-  /// Every tensor and counter of the run's state, as host arrays (see the file comment).
-  virtual void collect_state(StateList& s) = 0;
-  /// Makes the values written into collect_state()'s arrays live.
-  virtual void restore_state() = 0;
+  /// The run's whole state as a value.
+  virtual TrainState state() = 0;
+  /// Makes `s` live (every tensor and counter the method lists must be in it, with its shape).
+  virtual void load_state(const TrainState& s, const std::string& origin) = 0;
   /// Checks that W is identical on every worker (DWU methods, several workers).
   virtual void verify_replicas() = 0;
-  [[nodiscard]] virtual std::int64_t trainable_parameters() const = 0;
-  [[nodiscard]] virtual std::string describe() const = 0;
-  [[nodiscard]] virtual std::size_t num_targets() const = 0;
   /// Peak device memory in use since the engine was built (GPU only).
   [[nodiscard]] virtual std::optional<std::int64_t> peak_device_bytes() { return std::nullopt; }
 };
 
-/// The CPU path: ModelWeights + TrainMethod (LinearHooks) + the CPU forward/backward.
-class CpuEngine final : public TrainEngine {
+/// What every engine does the same way, over the method of device policy `Dev`.
+template <class Dev>
+class MethodEngine : public TrainEngine {
  public:
-  /// `w` is the trainer's host model (trained in place); `method` was built on it.
-  CpuEngine(ModelWeights& w, std::unique_ptr<TrainMethod> method) : w_(&w), method_(std::move(method)) {}
-
-  TrainMethod& method() { return *method_; }
-
-  [[nodiscard]] std::string device() const override { return "cpu"; }
   void zero_grad() override { method_->zero_grad(); }
+  TrainState state() override {
+    StateRefs refs;
+    method_->state(refs);
+    return snapshot(*bm_, refs);
+  }
+  void load_state(const TrainState& s, const std::string& origin) override {
+    StateRefs refs;
+    method_->state(refs);
+    restore(*bm_, refs, s, origin);
+    method_->refresh();
+    bm_->synchronize();
+    state_changed();
+  }
+  void verify_replicas() override { method_->verify_replicas(); }
+  void merge_into(ModelWeights& w) override {
+    const auto& ids = method_->targets();
+    for (std::size_t i = 0; i < ids.size(); ++i) method_->merged_weight(i, w.linear(ids[i]));
+  }
+  /// The method (tests and diagnostics).
+  TrainMethod<Dev>& method() { return *method_; }
+
+ protected:
+  explicit MethodEngine(typename Dev::master_backend& bm) : bm_(&bm) {}
+  EngineInfo method_info(std::string device, std::string notes) const {
+    return {std::move(device), method_->describe() + notes, method_->trainable_parameters(), method_->targets()};
+  }
+  /// Called after the live weights changed other than through step() (caches drop).
+  virtual void state_changed() {}
+
+  typename Dev::master_backend* bm_;
+  std::unique_ptr<TrainMethod<Dev>> method_;
+};
+
+/// The CPU path: the host model (trained in place) + the method on CpuDevice.
+template <class Comm>
+class CpuEngine final : public MethodEngine<CpuDevice> {
+ public:
+  /// `w` is the trainer's host model (trained in place); `resume` supplies saved factors or is null.
+  CpuEngine(const TrainOptions& o, ModelWeights& w, Comm& comm, const TrainState* resume)
+      : MethodEngine<CpuDevice>(b_), w_(&w) {
+    const MethodContext<CpuDevice, Comm> ctx{b_, b_, comm, w, [&w](LinearId id) { return view_of(w.linear(id)); }};
+    method_ = make_method(o, ctx, resume);
+  }
+
+  [[nodiscard]] EngineInfo info() const override { return method_info("cpu", ""); }
   LossResult forward_backward(int lg, const Batch& b, float scale) override {
-    method_->set_group(lg);
-    const LossResult r = forward(*w_, b, *method_, acts_);
-    backward(*w_, acts_, *method_, nullptr, scale);
-    method_->set_group(0);
+    auto& hooks = method_->hooks(lg);
+    const LossResult r = forward(*w_, b, hooks, acts_);
+    backward(*w_, acts_, hooks, nullptr, scale);
     return r;
   }
   hdpissa::StepReport step(double lr) override { return method_->step(lr); }
   LossResult eval_loss(const std::vector<Batch>& batches) override {
-    method_->set_group(0);
-    return evaluate_loss(*w_, batches, *method_);
+    return evaluate_loss(*w_, batches, method_->hooks(0));
   }
   std::vector<std::int32_t> generate(const std::vector<std::int32_t>& prompt, const GenerateOptions& g) override {
-    method_->set_group(0);
-    return generate_greedy(*w_, prompt, g, *method_);
+    return generate_greedy(*w_, prompt, g, method_->hooks(0));
   }
-  void merge_into(ModelWeights& w) override { method_->merge_into(w); }
-  void collect_state(StateList& s) override {
-    for (const LinearId& id : method_->targets()) {
-      Matrix& W = w_->linear(id);
-      s.tensors.push_back({"weight." + id.hf_name(), W.data(), W.rows(), W.cols(), false});
-    }
-    method_->collect_state(s);
-  }
-  void restore_state() override {}
-  void verify_replicas() override { method_->verify_replicas(); }
-  [[nodiscard]] std::int64_t trainable_parameters() const override { return method_->trainable_parameters(); }
-  [[nodiscard]] std::string describe() const override { return method_->describe(); }
-  [[nodiscard]] std::size_t num_targets() const override { return method_->targets().size(); }
 
  private:
+  TrainBackend b_;
   ModelWeights* w_;
-  std::unique_ptr<TrainMethod> method_;
   Activations acts_;
 };
 
@@ -121,17 +149,16 @@ struct EngineGroups {
   DeviceCommSetup device_comm;
 };
 
-#ifdef HDPISSA_TRAIN_HAVE_CUDA
-/// Builds the CUDA engine (engine_cuda.cu) on GPU (local rank mod visible GPUs): uploads `host`
-/// (fp32), builds the method of `o.method` in `o.dtype` (fp32: exact fp32 throughout; bf16: bf16 compute copies of W and the factors,
-/// fp32 masters, fp32 gradient accumulation). `resume` (non-empty when resuming) supplies the saved
-/// factors so that no SVD runs. Device collectives: `g.device_comm.make` (NCCL) when set, else
-/// CudaSingleProcess (one process only). Throws LlamaError when no CUDA device is usable, when
-/// the host runs more processes than it has GPUs, or when several processes lack a factory.
+/// Builds the CUDA engine (src/engine_cuda.cu) on GPU (local rank mod visible GPUs): uploads `host`
+/// (fp32), builds the method of `o.method` in `o.dtype` (fp32: exact fp32 throughout; bf16: bf16
+/// compute copies of W and the factors, fp32 masters, fp32 gradient accumulation). `resume`
+/// (non-null when resuming) supplies the saved factors so that no SVD runs. Device collectives:
+/// `g.device_comm.make` (NCCL) when set, else CudaSingleProcess (one process only). Throws
+/// LlamaError when this build has no CUDA, when no CUDA device is usable, when the host runs more
+/// processes than it has GPUs, or when several processes lack a factory.
 std::unique_ptr<TrainEngine> make_cuda_engine(const TrainOptions& o, const ModelWeights& host, const EngineGroups& g,
-                                              const TensorLoader& resume);
-/// Number of usable CUDA devices (0 when none, or when the driver reports an error).
+                                              const TrainState* resume);
+/// Number of usable CUDA devices (0 when none, when the driver reports an error, or without CUDA).
 int cuda_device_count();
-#endif
 
 }  // namespace hdpissa::llama

@@ -1,84 +1,98 @@
 #pragma once
 /// \file methods.hpp
-/// The fine-tuning methods of hdpissa-train, each a LinearHooks (the model never changes) wired
-/// through the library:
+/// hdpissa-train's fine-tuning methods, each written ONCE over a device policy `Dev` and used by
+/// both models (the CPU model with CpuDevice, the GPU model with gpu::CudaDevice<float | bf16>):
 ///  - DwuMethod (hdpissa, lora-dwu, pissa-dwu): MutedLinear (ExactMute, or ScaledMute{γ}) +
 ///    DirectWeightUpdate (Sum or Mean) with per-group Adam. Factors: OrthogonalAdapterInit
 ///    (hdpissa), LoraInit with distinct seeds per group (lora-dwu), PissaInit top-r identical on
 ///    every group (pissa-dwu); computed layer l on worker l mod P and broadcast.
 ///  - AdapterMethod (lora, pissa): AdapterLinear (active adapter, scaling alpha // r) +
-///    DataParallelUpdate over (A, B); PiSSA stores W_res = W − s·B A in the model.
+///    DataParallelUpdate over (A, B); PiSSA stores W_res = W − s·B A.
 ///  - FullMethod (full): DenseLinear + DataParallelUpdate over every target W.
 /// In every method only the target linears train; embeddings, norms and lm_head stay frozen.
-/// Each method lists its state (tensors and step counters, shared or per worker) for
-/// checkpointing, and the trainer restores it through the same list.
+///
+/// A device policy names two backends: `master_backend` (fp32: the weights the optimizer updates,
+/// the factors, Adam, gradient sums; EigenBackend<float> or CudaBackend<float>) and
+/// `compute_backend` (what the model's GEMMs run in: the same type, or CudaBackend<bf16>). When the
+/// two scalar types differ (bf16 compute) the method keeps fp32 masters and bf16 compute copies,
+/// refreshed after every step, and each micro-batch's bf16 gradient is added into the fp32 sums
+/// (Dev::to_compute / Dev::accumulate); otherwise the model's own W is the master and gradients
+/// accumulate in place. The policy also names the randomized SVD (Dev::randomized_svd).
+///
+/// The model reaches a method through hooks(lg): the LinearHooks of local group lg (the group is an
+/// argument, never state set around calls). A method lists its live state (StateRefs, state.hpp):
+/// the target weights `weight.<name>`, the factors / adapters, the Adam moments and step counts.
 
 #include <cstdint>
 #include <functional>
 #include <memory>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "hdpissa/hdpissa.hpp"
 #include "llama/linear_hooks.hpp"
 #include "llama/train/options.hpp"
+#include "llama/train/state.hpp"
 #include "llama/weights.hpp"
 
 namespace hdpissa::llama {
 
-/// The library backend the trainer runs on (fp32, Eigen).
-using TrainBackend = hdpissa::EigenBackend<float>;
-using CView = hdpissa::ConstMatrixView<float>;
-using MView = hdpissa::MatrixView<float>;
-
-/// Library views of the model's Eigen matrices (row-major; ld = outer stride).
-inline CView weight_view(const Matrix& m) { return {m.data(), m.rows(), m.cols(), m.cols()}; }
-inline MView weight_view(Matrix& m) { return {m.data(), m.rows(), m.cols(), m.cols()}; }
-inline CView cref_view(ConstMatrixRef r) { return {r.data(), r.rows(), r.cols(), r.outerStride()}; }
-inline MView ref_view(MatrixRef r) { return {r.data(), r.rows(), r.cols(), r.outerStride()}; }
-
-/// One checkpointed tensor: contiguous row-major floats. `local`: owned by this worker (saved in
-/// its own file), else identical on every worker (saved once by worker 0).
-struct StateTensor {
-  std::string name;
-  float* data = nullptr;
-  std::int64_t rows = 0, cols = 0;
-  bool local = false;
-};
-/// One checkpointed integer (e.g. Adam's step count).
-struct StateCounter {
-  std::string name;
-  long* value = nullptr;
-  bool local = false;
-};
-/// Everything a method must save to resume exactly.
-struct StateList {
-  std::vector<StateTensor> tensors;
-  std::vector<StateCounter> counters;
-  void add_adam(const std::string& name, hdpissa::Adam::state<TrainBackend>& st, bool local) {
-    tensors.push_back({name + ".m", st.m.data(), st.m.rows(), st.m.cols(), local});
-    tensors.push_back({name + ".v", st.v.data(), st.v.rows(), st.v.cols(), local});
-    counters.push_back({name + ".step", &st.step, local});
-  }
+/// The CPU device policy: everything in fp32 on EigenBackend<float>; the model's W is the master.
+struct CpuDevice {
+  using master_backend = hdpissa::EigenBackend<float>;
+  using compute_backend = hdpissa::EigenBackend<float>;
+  using randomized_svd = hdpissa::RandomizedSvd;
+  static constexpr const char* exact_svd_name = "ExactSvd";
+  static constexpr const char* randomized_svd_name = "RandomizedSvd";
+  static constexpr const char* backend_note = "";
 };
 
-/// Reads a shared tensor of a saved state into `data` (shape-checked); empty for a fresh run.
-using TensorLoader = std::function<void(const std::string& name, float* data, std::int64_t rows, std::int64_t cols)>;
+/// The library backend of the CPU trainer (tests use it to look at factors).
+using TrainBackend = CpuDevice::master_backend;
 
-/// A fine-tuning method: the model's hooks plus the optimizer step.
-class TrainMethod : public LinearHooks {
+/// What a method is built from (all borrowed; owned by the engine).
+template <class Dev, class Comm>
+struct MethodContext {
+  using Sc = typename Dev::compute_backend::scalar_type;
+  typename Dev::master_backend& bm;   ///< fp32: masters, optimizer, init
+  typename Dev::compute_backend& bc;  ///< the model's GEMMs (the same object as bm when fp32)
+  Comm& comm;                         ///< K groups: local groups here × processes
+  const ModelWeights& host;           ///< the base model (shapes; fp32 values of bf16 masters)
+  std::function<MatrixView<Sc>(LinearId)> weight;  ///< the model's compute copy of a target
+};
+
+/// A fine-tuning method: per-group hooks for the model, the optimizer step and the state.
+template <class Dev>
+class TrainMethod {
  public:
-  /// Selects the local group whose adapter the next forward/backward uses (0 ≤ lg < local groups).
-  void set_group(int lg) { group_ = lg; }
-  [[nodiscard]] int group() const { return group_; }
+  using Bm = typename Dev::master_backend;
+  using Bc = typename Dev::compute_backend;
+  using Sc = typename Bc::scalar_type;
+  using CVc = ConstMatrixView<Sc>;
+  using Vc = MatrixView<Sc>;
+  using V32 = MatrixView<float>;
+  using CV32 = ConstMatrixView<float>;
+  /// bf16 compute with fp32 masters (else the model's W is the master).
+  static constexpr bool kMixed = !std::is_same_v<Sc, float>;
+  static_assert(std::is_same_v<typename Bm::scalar_type, float>, "the master backend must be fp32");
+
+  TrainMethod(const TrainMethod&) = delete;
+  TrainMethod& operator=(const TrainMethod&) = delete;
+  virtual ~TrainMethod() = default;
+
+  /// The hooks through which the model runs local group `lg` (0 ≤ lg < local groups).
+  LinearHooks<Bc>& hooks(int lg) { return *hooks_.at(std::size_t(lg)); }
   /// Zeroes every local group's gradient.
   virtual void zero_grad() = 0;
-  /// One optimizer step (all groups) at learning rate `lr`.
+  /// One optimizer step (all groups) at learning rate `lr`; the compute copies follow.
   virtual hdpissa::StepReport step(double lr) = 0;
-  /// Folds the adapter into `w` (a copy of the live weights) for export; default: nothing to fold.
-  virtual void merge_into(ModelWeights& w) const { (void)w; }
-  /// Appends the method's state (not the target weights: the trainer saves those).
-  virtual void collect_state(StateList& s) = 0;
+  /// Recomputes every compute copy from the masters (after restore()).
+  virtual void refresh() = 0;
+  /// The merged fp32 weight of target i (W, or W_res + s·B A) into `host` (resized).
+  virtual void merged_weight(std::size_t i, Matrix& host) = 0;
+  /// Views of the whole live state (target weights first).
+  virtual void state(StateRefs& s) = 0;
   /// Checks that W is identical on every worker (DWU); default: nothing to check.
   virtual void verify_replicas() {}
   /// Trainable numbers summed over all K groups.
@@ -91,9 +105,12 @@ class TrainMethod : public LinearHooks {
   [[nodiscard]] int slot(LinearId id) const { return slots_[static_cast<std::size_t>(id.index())]; }
 
  protected:
-  void build_slots(const ModelWeights& w, const std::vector<Module>& modules) {
-    slots_.assign(static_cast<std::size_t>(w.config.n_layers) * kModulesPerLayer, -1);
-    for (int l = 0; l < w.config.n_layers; ++l)
+  template <class Comm>
+  TrainMethod(const MethodContext<Dev, Comm>& ctx, const std::vector<Module>& modules)
+      : bm_(&ctx.bm), bc_(&ctx.bc), weight_(ctx.weight) {
+    const ModelConfig& c = ctx.host.config;
+    slots_.assign(static_cast<std::size_t>(c.n_layers) * kModulesPerLayer, -1);
+    for (int l = 0; l < c.n_layers; ++l)
       for (int m = 0; m < kModulesPerLayer; ++m)
         for (Module t : modules)
           if (t == static_cast<Module>(m)) {
@@ -101,92 +118,208 @@ class TrainMethod : public LinearHooks {
             slots_[static_cast<std::size_t>(id.index())] = static_cast<int>(ids_.size());
             ids_.push_back(id);
           }
+    for (int lg = 0; lg < ctx.comm.local_groups(); ++lg) hooks_.push_back(std::make_unique<GroupHooks>(*this, lg));
+    for (const LinearId& id : ids_) {  // the fp32 masters: the model's own W, or copies of the base
+      if constexpr (kMixed) {
+        const Matrix& W = ctx.host.linear(id);
+        own_.push_back(bm_->make_matrix(W.rows(), W.cols()));
+        bm_->upload(W.data(), own_.back().view());
+        Wm_.push_back(own_.back().view());
+      } else {
+        Wm_.push_back(weight_(id));
+      }
+    }
   }
+
+  /// Target slot `s` of local group `lg`: Y = the method's linear of X.
+  virtual void forward(int lg, std::size_t s, CVc W, CVc X, Vc Y) = 0;
+  /// Its backward: dX overwritten, the method's gradients accumulated.
+  virtual void backward(int lg, std::size_t s, CVc W, CVc X, CVc dY, Vc dX) = 0;
+  /// The model's largest token count (workspaces; a no-op unless it grows).
+  virtual void reserve(index_t max_tokens) { (void)max_tokens; }
+
+  /// The model's compute copy of target i ← its fp32 master (bf16 compute only).
+  void push_weight(std::size_t i) {
+    if constexpr (kMixed) Dev::to_compute(*bm_, CV32(Wm_[i]), weight_(ids_[i]));
+  }
+  /// A compute-dtype copy of an fp32 matrix (bf16 compute only): allocated by `make`, filled here.
+  void to_compute(CV32 src, Vc dst) {
+    if constexpr (kMixed) Dev::to_compute(*bm_, src, dst);
+    else (void)src, (void)dst;
+  }
+  /// dst (fp32 gradient sum) += src (one micro-batch's gradient in the compute dtype).
+  void accumulate(CVc src, V32 dst) {
+    if constexpr (kMixed) Dev::accumulate(*bm_, src, dst);
+    else (void)src, (void)dst;
+  }
+  /// Out and in of target i.
+  [[nodiscard]] std::pair<index_t, index_t> shape(std::size_t i) const { return {Wm_[i].rows, Wm_[i].cols}; }
+  /// Every target weight under `weight.<name>` (shared).
+  void add_weights(StateRefs& s) {
+    for (std::size_t i = 0; i < ids_.size(); ++i) s.add("weight." + ids_[i].hf_name(), Wm_[i], false);
+  }
+  void download(std::size_t i, Matrix& host) {
+    host.resize(Wm_[i].rows, Wm_[i].cols);
+    bm_->download(CV32(Wm_[i]), host.data());
+    bm_->synchronize();
+  }
+
+  Bm* bm_;
+  Bc* bc_;
+  std::function<Vc(LinearId)> weight_;
   std::vector<LinearId> ids_;
   std::vector<int> slots_;
-  int group_ = 0;
+  std::vector<V32> Wm_;                          // fp32 masters, one per target
+  std::vector<typename Bm::matrix_type> own_;    // their storage when kMixed
+
+ private:
+  /// Local group lg's view of the method: frozen linears pass through, targets go to the method.
+  class GroupHooks final : public LinearHooks<Bc> {
+   public:
+    GroupHooks(TrainMethod& m, int lg) : LinearHooks<Bc>(*m.bc_), m_(&m), lg_(lg) {}
+    void reserve(index_t max_tokens) override { m_->reserve(max_tokens); }
+    void forward(LinearId id, CVc W, CVc X, Vc Y) override {
+      const int s = m_->slot(id);
+      if (s < 0) return LinearHooks<Bc>::forward(id, W, X, Y);
+      m_->forward(lg_, std::size_t(s), W, X, Y);
+    }
+    void backward(LinearId id, CVc W, CVc X, CVc dY, Vc dX) override {
+      const int s = m_->slot(id);
+      if (s < 0) return LinearHooks<Bc>::backward(id, W, X, dY, dX);
+      m_->backward(lg_, std::size_t(s), W, X, dY, dX);
+    }
+
+   private:
+    TrainMethod* m_;
+    int lg_;
+  };
+  std::vector<std::unique_ptr<GroupHooks>> hooks_;
 };
 
+namespace detail {
+inline hdpissa::Adam make_adam(const TrainOptions& o) {
+  return hdpissa::Adam(hdpissa::AdamConfig{0.9, 0.999, 1e-8, o.weight_decay});
+}
+/// The factors of every target, computed layer l on worker l mod P and broadcast, with `Init`
+/// templated on the SVD policy the options and the device choose.
+template <class Dev, class Comm, template <class> class Init, class... Args>
+auto init_with_svd(const TrainOptions& o, typename Dev::master_backend& b, Comm& comm,
+                   const std::vector<hdpissa::LayerRef<typename Dev::master_backend>>& refs, int K, index_t r,
+                   Args&&... args) {
+  if (o.svd == SvdKind::Randomized)
+    return hdpissa::init_adapters_distributed(b, comm, Init<typename Dev::randomized_svd>(args...), refs, K, r);
+  return hdpissa::init_adapters_distributed(b, comm, Init<hdpissa::ExactSvd>(args...), refs, K, r);
+}
+template <class Svd>
+struct OrthogonalInitOf : hdpissa::OrthogonalAdapterInit<Svd> {
+  OrthogonalInitOf(int K, index_t r) : hdpissa::OrthogonalAdapterInit<Svd>(K, r) {}
+};
+template <class Svd>
+struct PissaInitOf : hdpissa::PissaInit<Svd> {
+  PissaInitOf(int K, index_t r) : hdpissa::PissaInit<Svd>{K, r, {}} {}
+};
+template <class Dev>
+std::string svd_name(const TrainOptions& o) {
+  return o.svd == SvdKind::Randomized ? Dev::randomized_svd_name : Dev::exact_svd_name;
+}
+template <class Set>
+std::int64_t factor_count(const std::vector<Set>& sets) {
+  std::int64_t n = 0;
+  for (const auto& s : sets) n += std::int64_t(s.A.rows()) * s.A.cols() + std::int64_t(s.B.rows()) * s.B.cols();
+  return n;
+}
+}  // namespace detail
+
 /// HD-PiSSA and the DWU ablations: muted layers, per-group Adam, Direct Weight Update of W.
-template <class Comm, class Mute, class Agg>
-class DwuMethod final : public TrainMethod {
-  using Update = hdpissa::DirectWeightUpdate<TrainBackend, hdpissa::Adam, Comm, Agg>;
+template <class Dev, class Comm, class Mute, class Agg>
+class DwuMethod final : public TrainMethod<Dev> {
+  using Base = TrainMethod<Dev>;
+  using typename Base::Bm;
+  using typename Base::Bc;
+  using typename Base::CVc;
+  using typename Base::Vc;
+  using typename Base::CV32;
+  using Base::kMixed;
+  using Base::ids_;
+  using Base::Wm_;
+  using Update = hdpissa::DirectWeightUpdate<Bm, hdpissa::Adam, Comm, Agg>;
 
  public:
-  DwuMethod(const TrainOptions& o, ModelWeights& w, Comm& comm, Mute mute, const TensorLoader& resume)
-      : comm_(&comm),
+  /// `resume`: a saved state to take the factors from (no SVD runs), or null for a fresh run.
+  DwuMethod(const TrainOptions& o, const MethodContext<Dev, Comm>& ctx, Mute mute, const TrainState* resume)
+      : Base(ctx, o.target_modules()),
+        comm_(&ctx.comm),
         method_(o.method),
-        upd_(b_, comm, hdpissa::Adam(hdpissa::AdamConfig{0.9, 0.999, 1e-8, o.weight_decay})),
-        muted_(b_, hdpissa::reference_scaling(o.effective_alpha(), o.rank), mute),
-        svd_(o.svd) {
-    build_slots(w, o.target_modules());
-    const int K = comm.groups();
-    const hdpissa::index_t r = o.rank;
+        svd_(detail::svd_name<Dev>(o)),
+        upd_(ctx.bm, ctx.comm, detail::make_adam(o)),
+        muted_(ctx.bc, hdpissa::reference_scaling(o.effective_alpha(), o.rank), mute) {
+    const int K = ctx.comm.groups();
+    const index_t r = o.rank;
     // Fail before any SVD: hdpissa needs K·r ≤ min(out, in) (orthogonal slices); the ablations
     // give every group its own rank-r adapter, so r ≤ min(out, in) suffices.
-    for (const LinearId& id : ids_) {
-      const Matrix& W = w.linear(id);
-      hdpissa::check_adapter_fits(id.hf_name(), W.rows(), W.cols(), o.method == "hdpissa" ? K : 1, r);
+    for (std::size_t i = 0; i < ids_.size(); ++i) {
+      const auto [out, in] = this->shape(i);
+      hdpissa::check_adapter_fits(ids_[i].hf_name(), out, in, o.method == Method::Hdpissa ? K : 1, r);
     }
     if (resume) {
-      for (const LinearId& id : ids_) {
-        const Matrix& W = w.linear(id);
-        sets_.push_back(hdpissa::make_adapter_set(b_, W.rows(), W.cols(), K, r));
-        resume("adapter." + id.hf_name() + ".A", sets_.back().A.data(), K * r, W.cols());
-        resume("adapter." + id.hf_name() + ".B", sets_.back().B.data(), W.rows(), K * r);
+      for (std::size_t i = 0; i < ids_.size(); ++i) {
+        const auto [out, in] = this->shape(i);
+        sets_.push_back(hdpissa::make_adapter_set(ctx.bm, out, in, K, r));
+        const std::string n = "adapter." + ids_[i].hf_name();
+        ctx.bm.upload(resume->at(n + ".A", K * r, in, "resume").data.data(), sets_.back().A.view());
+        ctx.bm.upload(resume->at(n + ".B", out, K * r, "resume").data.data(), sets_.back().B.view());
       }
     } else {
-      std::vector<hdpissa::LayerRef<TrainBackend>> refs;
-      for (const LinearId& id : ids_) refs.push_back({id.hf_name(), weight_view(w.linear(id))});
-      if (o.method == "lora-dwu") {
+      std::vector<hdpissa::LayerRef<Bm>> refs;
+      for (std::size_t i = 0; i < ids_.size(); ++i) refs.push_back({ids_[i].hf_name(), CV32(Wm_[i])});
+      if (o.method == Method::LoraDwu) {
         const hdpissa::LoraInit lora{K, r, o.seed, /*same_on_all_groups=*/false};
-        auto init = [&](TrainBackend& b, CView W, const std::string& name) { return lora(b, W.rows, W.cols, name); };
-        sets_ = hdpissa::init_adapters_distributed(b_, comm, init, refs, K, r);
-      } else if (o.method == "pissa-dwu") {
-        sets_ = o.svd == "randomized"
-                    ? hdpissa::init_adapters_distributed(b_, comm, hdpissa::PissaInit<hdpissa::RandomizedSvd>{K, r, {}},
-                                                         refs, K, r)
-                    : hdpissa::init_adapters_distributed(b_, comm, hdpissa::PissaInit<hdpissa::ExactSvd>{K, r, {}},
-                                                         refs, K, r);
+        auto init = [&](Bm& b, CV32 W, const std::string& name) { return lora(b, W.rows, W.cols, name); };
+        sets_ = hdpissa::init_adapters_distributed(ctx.bm, ctx.comm, init, refs, K, r);
+      } else if (o.method == Method::PissaDwu) {
+        sets_ = detail::init_with_svd<Dev, Comm, detail::PissaInitOf>(o, ctx.bm, ctx.comm, refs, K, r, K, r);
       } else {
-        sets_ = o.svd == "randomized"
-                    ? hdpissa::init_adapters_distributed(
-                          b_, comm, hdpissa::OrthogonalAdapterInit<hdpissa::RandomizedSvd>(K, r), refs, K, r)
-                    : hdpissa::init_adapters_distributed(b_, comm, hdpissa::OrthogonalAdapterInit<hdpissa::ExactSvd>(K, r),
-                                                         refs, K, r);
+        sets_ = detail::init_with_svd<Dev, Comm, detail::OrthogonalInitOf>(o, ctx.bm, ctx.comm, refs, K, r, K, r);
       }
     }
-    for (std::size_t i = 0; i < ids_.size(); ++i)
-      upd_.add_layer(ids_[i].hf_name(), weight_view(w.linear(ids_[i])), sets_[i]);
+    index_t scratch = 0;
+    for (std::size_t i = 0; i < ids_.size(); ++i) {
+      upd_.add_layer(ids_[i].hf_name(), Wm_[i], sets_[i]);
+      const auto [out, in] = this->shape(i);
+      scratch = std::max(scratch, r * (out + in));
+    }
     upd_.finalize();
+    if constexpr (kMixed) {  // constant factors: compute copies once; per-micro-batch gradient scratch
+      for (auto& s : sets_) {
+        Ac_.push_back(ctx.bc.make_matrix(s.A.rows(), s.A.cols()));
+        Bc_.push_back(ctx.bc.make_matrix(s.B.rows(), s.B.cols()));
+      }
+      g_ = ctx.bc.make_matrix(1, scratch);
+      refresh();
+    }
   }
 
-  void forward(LinearId id, const Matrix& W, ConstMatrixRef X, MatrixRef Y) override {
-    const int s = slot(id);
-    if (s < 0) return LinearHooks::forward(id, W, X, Y);
-    const int G = comm_->first_group() + group_;
-    muted_.forward(weight_view(W), upd_.A(std::size_t(s), G), upd_.Bf(std::size_t(s), G), cref_view(X), ref_view(Y));
-  }
-  void backward(LinearId id, const Matrix& W, ConstMatrixRef X, ConstMatrixRef dY, MatrixRef dX) override {
-    const int s = slot(id);
-    if (s < 0) return LinearHooks::backward(id, W, X, dY, dX);
-    const int G = comm_->first_group() + group_;
-    muted_.backward(weight_view(W), upd_.A(std::size_t(s), G), upd_.Bf(std::size_t(s), G), cref_view(X),
-                    cref_view(dY), ref_view(dX), upd_.grad_A(std::size_t(s), group_),
-                    upd_.grad_B(std::size_t(s), group_), /*accumulate=*/true);
-  }
   void zero_grad() override { upd_.zero_grad(); }
-  hdpissa::StepReport step(double lr) override { return upd_.step(lr); }
-  void verify_replicas() override { upd_.verify_replicas(); }
-
-  void collect_state(StateList& s) override {
-    const int K = comm_->groups();
-    const auto r = upd_.rank();
+  hdpissa::StepReport step(double lr) override {
+    const auto rep = upd_.step(lr);
+    if (!rep.skipped)
+      for (std::size_t i = 0; i < ids_.size(); ++i) this->push_weight(i);
+    return rep;
+  }
+  void refresh() override {
+    for (std::size_t i = 0; i < ids_.size(); ++i) this->push_weight(i);
+    for (std::size_t i = 0; i < Ac_.size(); ++i) {
+      this->to_compute(CV32(sets_[i].A.view()), Ac_[i].view());
+      this->to_compute(CV32(sets_[i].B.view()), Bc_[i].view());
+    }
+  }
+  void merged_weight(std::size_t i, Matrix& host) override { this->download(i, host); }
+  void state(StateRefs& s) override {
+    this->add_weights(s);
     for (std::size_t i = 0; i < ids_.size(); ++i) {
       const std::string n = ids_[i].hf_name();
-      auto& set = sets_[i];
-      s.tensors.push_back({"adapter." + n + ".A", set.A.data(), K * r, set.A.cols(), false});
-      s.tensors.push_back({"adapter." + n + ".B", set.B.data(), set.B.rows(), K * r, false});
+      s.add("adapter." + n + ".A", sets_[i].A.view(), false);
+      s.add("adapter." + n + ".B", sets_[i].B.view(), false);
       for (int lg = 0; lg < comm_->local_groups(); ++lg) {
         const std::string g = cat(".g", comm_->first_group() + lg);
         s.add_adam("adam." + n + g + ".A", upd_.state_A(i, lg), true);
@@ -194,192 +327,314 @@ class DwuMethod final : public TrainMethod {
       }
     }
   }
-  [[nodiscard]] std::int64_t trainable_parameters() const override {
-    std::int64_t n = 0;
-    for (const auto& set : sets_) n += std::int64_t(set.A.rows()) * set.A.cols() + std::int64_t(set.B.rows()) * set.B.cols();
-    return n;
-  }
+  void verify_replicas() override { upd_.verify_replicas(); }
+  [[nodiscard]] std::int64_t trainable_parameters() const override { return detail::factor_count(sets_); }
   [[nodiscard]] std::string describe() const override {
-    std::string init = method_ == "hdpissa"     ? cat("OrthogonalAdapterInit<", svd_ == "randomized" ? "RandomizedSvd" : "ExactSvd", ">")
-                       : method_ == "lora-dwu" ? std::string("LoraInit (distinct seed per group)")
-                                               : cat("PissaInit<", svd_ == "randomized" ? "RandomizedSvd" : "ExactSvd", "> (top-r on every group)");
+    std::string init = method_ == Method::Hdpissa   ? cat("OrthogonalAdapterInit<", svd_, ">")
+                       : method_ == Method::LoraDwu ? std::string("LoraInit (distinct seed per group)")
+                                                    : cat("PissaInit<", svd_, "> (top-r on every group)");
     return cat(init, " + MutedLinear<", Mute::name(), "> (scaling ", muted_.scaling(), ") + DirectWeightUpdate<",
-               Agg::name(), "> with per-group Adam; K = ", comm_->groups(), ", r = ", upd_.rank());
+               Agg::name(), "> with per-group Adam", Dev::backend_note, "; K = ", comm_->groups(), ", r = ", upd_.rank());
   }
   /// The update rule (for tests and diagnostics).
   Update& update() { return upd_; }
   /// The factors of target slot i (K groups stacked).
-  const hdpissa::AdapterSet<TrainBackend>& factors(std::size_t i) const { return sets_.at(i); }
+  const hdpissa::AdapterSet<Bm>& factors(std::size_t i) const { return sets_.at(i); }
   [[nodiscard]] double scaling() const { return muted_.scaling(); }
 
+ protected:
+  void reserve(index_t max_tokens) override {
+    if (max_tokens <= reserved_) return;
+    reserved_ = max_tokens;
+    for (std::size_t i = 0; i < ids_.size(); ++i) {
+      const auto [out, in] = this->shape(i);
+      muted_.reserve(max_tokens, out, in, upd_.rank());
+    }
+  }
+  void forward(int lg, std::size_t i, CVc W, CVc X, Vc Y) override { muted_.forward(W, A(i, lg), Bf(i, lg), X, Y); }
+  void backward(int lg, std::size_t i, CVc W, CVc X, CVc dY, Vc dX) override {
+    if constexpr (!kMixed) {
+      muted_.backward(W, A(i, lg), Bf(i, lg), X, dY, dX, upd_.grad_A(i, lg), upd_.grad_B(i, lg), /*accumulate=*/true);
+    } else {
+      const auto [out, in] = this->shape(i);
+      const index_t r = upd_.rank();
+      Vc gA{g_.data(), r, in, in}, gB{g_.data() + r * in, out, r, r};
+      muted_.backward(W, A(i, lg), Bf(i, lg), X, dY, dX, gA, gB, /*accumulate=*/false);
+      this->accumulate(CVc(gA), upd_.grad_A(i, lg));
+      this->accumulate(CVc(gB), upd_.grad_B(i, lg));
+    }
+  }
+
  private:
-  TrainBackend b_;
+  /// Group (first_group + lg)'s factors in the compute dtype.
+  CVc A(std::size_t i, int lg) const {
+    const int G = comm_->first_group() + lg;
+    if constexpr (!kMixed) return upd_.A(i, G);
+    else return CVc(Ac_[i].view()).row_block(G * upd_.rank(), upd_.rank());
+  }
+  CVc Bf(std::size_t i, int lg) const {
+    const int G = comm_->first_group() + lg;
+    if constexpr (!kMixed) return upd_.Bf(i, G);
+    else return CVc(Bc_[i].view()).col_block(G * upd_.rank(), upd_.rank());
+  }
+
   Comm* comm_;
-  std::string method_;
-  Update upd_;
-  hdpissa::MutedLinear<TrainBackend, Mute> muted_;
+  Method method_;
   std::string svd_;
-  std::vector<hdpissa::AdapterSet<TrainBackend>> sets_;
+  Update upd_;
+  hdpissa::MutedLinear<Bc, Mute> muted_;
+  std::vector<hdpissa::AdapterSet<Bm>> sets_;
+  std::vector<typename Bc::matrix_type> Ac_, Bc_;  // compute copies of the factors (kMixed)
+  typename Bc::matrix_type g_;                     // one micro-batch's factor gradients (kMixed)
+  index_t reserved_ = 0;
 };
 
 /// LoRA / PiSSA: an active adapter per target, trained data-parallel (gradients averaged over K).
-template <class Comm>
-class AdapterMethod final : public TrainMethod {
-  using Update = hdpissa::DataParallelUpdate<TrainBackend, hdpissa::Adam, Comm>;
+template <class Dev, class Comm>
+class AdapterMethod final : public TrainMethod<Dev> {
+  using Base = TrainMethod<Dev>;
+  using typename Base::Bm;
+  using typename Base::Bc;
+  using typename Base::CVc;
+  using typename Base::Vc;
+  using typename Base::V32;
+  using typename Base::CV32;
+  using Base::kMixed;
+  using Base::ids_;
+  using Base::Wm_;
+  using Update = hdpissa::DataParallelUpdate<Bm, hdpissa::Adam, Comm>;
 
  public:
-  AdapterMethod(const TrainOptions& o, ModelWeights& w, Comm& comm, bool resuming)
-      : comm_(&comm),
+  /// `resuming`: the factors, W_res and moments come from restore() (no initialisation runs).
+  AdapterMethod(const TrainOptions& o, const MethodContext<Dev, Comm>& ctx, bool resuming)
+      : Base(ctx, o.target_modules()),
+        comm_(&ctx.comm),
         method_(o.method),
-        upd_(b_, comm, hdpissa::Adam(hdpissa::AdamConfig{0.9, 0.999, 1e-8, o.weight_decay})),
-        lin_(b_, hdpissa::reference_scaling(o.effective_alpha(), o.rank)) {
-    build_slots(w, o.target_modules());
-    const hdpissa::index_t r = o.rank;
-    for (const LinearId& id : ids_) {
-      const Matrix& W = w.linear(id);
-      hdpissa::check_adapter_fits(id.hf_name(), W.rows(), W.cols(), 1, r);
+        upd_(ctx.bm, ctx.comm, detail::make_adam(o)),
+        lin_(ctx.bc, hdpissa::reference_scaling(o.effective_alpha(), o.rank)) {
+    const index_t r = o.rank;
+    for (std::size_t i = 0; i < ids_.size(); ++i) {
+      const auto [out, in] = this->shape(i);
+      hdpissa::check_adapter_fits(ids_[i].hf_name(), out, in, 1, r);
     }
-    if (resuming) {  // factors, W_res and moments come from the state
-      for (const LinearId& id : ids_)
-        sets_.push_back(hdpissa::make_adapter_set(b_, w.linear(id).rows(), w.linear(id).cols(), 1, r));
+    if (resuming) {
+      for (std::size_t i = 0; i < ids_.size(); ++i) {
+        const auto [out, in] = this->shape(i);
+        sets_.push_back(hdpissa::make_adapter_set(ctx.bm, out, in, 1, r));
+      }
     } else {
-      std::vector<hdpissa::LayerRef<TrainBackend>> refs;
-      for (const LinearId& id : ids_) refs.push_back({id.hf_name(), weight_view(w.linear(id))});
-      if (o.method == "lora") {
+      std::vector<hdpissa::LayerRef<Bm>> refs;
+      for (std::size_t i = 0; i < ids_.size(); ++i) refs.push_back({ids_[i].hf_name(), CV32(Wm_[i])});
+      if (o.method == Method::Lora) {
         const hdpissa::LoraInit lora{1, r, o.seed, /*same_on_all_groups=*/true};
-        auto init = [&](TrainBackend& b, CView W, const std::string& name) { return lora(b, W.rows, W.cols, name); };
-        sets_ = hdpissa::init_adapters_distributed(b_, comm, init, refs, 1, r);
+        auto init = [&](Bm& b, CV32 W, const std::string& name) { return lora(b, W.rows, W.cols, name); };
+        sets_ = hdpissa::init_adapters_distributed(ctx.bm, ctx.comm, init, refs, 1, r);
       } else {
-        sets_ = o.svd == "randomized"
-                    ? hdpissa::init_adapters_distributed(b_, comm, hdpissa::PissaInit<hdpissa::RandomizedSvd>{1, r, {}},
-                                                         refs, 1, r)
-                    : hdpissa::init_adapters_distributed(b_, comm, hdpissa::PissaInit<hdpissa::ExactSvd>{1, r, {}},
-                                                         refs, 1, r);
-        for (std::size_t i = 0; i < ids_.size(); ++i)  // W_res = W − s·B A
-          hdpissa::subtract_adapter(b_, weight_view(w.linear(ids_[i])), sets_[i], 0, lin_.scaling());
+        sets_ = detail::init_with_svd<Dev, Comm, detail::PissaInitOf>(o, ctx.bm, ctx.comm, refs, 1, r, 1, r);
+        for (std::size_t i = 0; i < ids_.size(); ++i) {  // W_res = W − s·B A
+          hdpissa::subtract_adapter(ctx.bm, Wm_[i], sets_[i], 0, lin_.scaling());
+          this->push_weight(i);
+        }
       }
     }
+    index_t scratch = 0;
     for (std::size_t i = 0; i < ids_.size(); ++i) {
       pA_.push_back(upd_.add_param(ids_[i].hf_name() + ".lora_A", sets_[i].A.view()));
       pB_.push_back(upd_.add_param(ids_[i].hf_name() + ".lora_B", sets_[i].B.view()));
+      const auto [out, in] = this->shape(i);
+      scratch = std::max(scratch, r * (out + in));
+      merge_size_ = std::max(merge_size_, out * in);
     }
     upd_.finalize();
-  }
-
-  void forward(LinearId id, const Matrix& W, ConstMatrixRef X, MatrixRef Y) override {
-    const int s = slot(id);
-    if (s < 0) return LinearHooks::forward(id, W, X, Y);
-    const auto& set = sets_[std::size_t(s)];
-    lin_.forward(weight_view(W), set.A.view(), set.B.view(), cref_view(X), ref_view(Y));
-  }
-  void backward(LinearId id, const Matrix& W, ConstMatrixRef X, ConstMatrixRef dY, MatrixRef dX) override {
-    const int s = slot(id);
-    if (s < 0) return LinearHooks::backward(id, W, X, dY, dX);
-    const auto& set = sets_[std::size_t(s)];
-    lin_.backward(weight_view(W), set.A.view(), set.B.view(), cref_view(X), cref_view(dY), ref_view(dX),
-                  upd_.grad(pA_[std::size_t(s)], group_), upd_.grad(pB_[std::size_t(s)], group_), /*accumulate=*/true);
-  }
-  void zero_grad() override { upd_.zero_grad(); }
-  hdpissa::StepReport step(double lr) override { return upd_.step(lr); }
-  /// W ← W_res + s·B A.
-  void merge_into(ModelWeights& w) const override {
-    for (std::size_t i = 0; i < ids_.size(); ++i) {
-      const auto A = TrainBackend::map(sets_[i].A.view());
-      const auto B = TrainBackend::map(sets_[i].B.view());
-      w.linear(ids_[i]).noalias() += static_cast<float>(lin_.scaling()) * (B * A);
+    if constexpr (kMixed) {
+      for (auto& s : sets_) {
+        Ac_.push_back(ctx.bc.make_matrix(s.A.rows(), s.A.cols()));
+        Bc_.push_back(ctx.bc.make_matrix(s.B.rows(), s.B.cols()));
+      }
+      g_ = ctx.bc.make_matrix(1, scratch);
+      refresh_adapters();
     }
   }
-  void collect_state(StateList& s) override {
+
+  void zero_grad() override { upd_.zero_grad(); }
+  hdpissa::StepReport step(double lr) override {
+    const auto rep = upd_.step(lr);
+    if (!rep.skipped) refresh_adapters();
+    return rep;
+  }
+  void refresh() override {
+    for (std::size_t i = 0; i < ids_.size(); ++i) this->push_weight(i);
+    refresh_adapters();
+  }
+  /// W_res + s·B A, computed by the master backend in fp32 (not a hot path).
+  void merged_weight(std::size_t i, Matrix& host) override {
+    if (merge_.rows() == 0) merge_ = this->bm_->make_matrix(1, merge_size_);
+    const auto [out, in] = this->shape(i);
+    V32 M{merge_.data(), out, in, in};
+    this->bm_->copy(CV32(Wm_[i]), M);
+    this->bm_->gemm(hdpissa::Op::N, hdpissa::Op::N, float(lin_.scaling()), CV32(sets_[i].B.view()),
+                    CV32(sets_[i].A.view()), 1.0f, M);
+    host.resize(out, in);
+    this->bm_->download(CV32(M), host.data());
+    this->bm_->synchronize();
+  }
+  void state(StateRefs& s) override {
+    this->add_weights(s);
     for (std::size_t i = 0; i < ids_.size(); ++i) {
       const std::string n = ids_[i].hf_name();
-      auto& set = sets_[i];
-      s.tensors.push_back({"adapter." + n + ".A", set.A.data(), set.A.rows(), set.A.cols(), false});
-      s.tensors.push_back({"adapter." + n + ".B", set.B.data(), set.B.rows(), set.B.cols(), false});
+      s.add("adapter." + n + ".A", sets_[i].A.view(), false);
+      s.add("adapter." + n + ".B", sets_[i].B.view(), false);
       s.add_adam("adam." + n + ".A", upd_.state(pA_[i]), false);
       s.add_adam("adam." + n + ".B", upd_.state(pB_[i]), false);
     }
   }
-  [[nodiscard]] std::int64_t trainable_parameters() const override {
-    std::int64_t n = 0;
-    for (const auto& set : sets_) n += std::int64_t(set.A.rows()) * set.A.cols() + std::int64_t(set.B.rows()) * set.B.cols();
-    return n;
-  }
+  [[nodiscard]] std::int64_t trainable_parameters() const override { return detail::factor_count(sets_); }
   [[nodiscard]] std::string describe() const override {
-    return cat(method_ == "lora" ? "LoraInit (A Kaiming-uniform, B = 0)" : "PissaInit (top-r, W_res = W - s B A)",
-               " + AdapterLinear (scaling ", lin_.scaling(), ") + DataParallelUpdate with Adam; K = ",
-               comm_->groups(), " groups share one adapter");
+    return cat(method_ == Method::Lora ? "LoraInit (A Kaiming-uniform, B = 0)" : "PissaInit (top-r, W_res = W - s B A)",
+               " + AdapterLinear (scaling ", lin_.scaling(), ") + DataParallelUpdate with Adam", Dev::backend_note,
+               "; K = ", comm_->groups(), " groups share one adapter");
   }
   /// The adapter of target slot i.
-  const hdpissa::AdapterSet<TrainBackend>& adapter(std::size_t i) const { return sets_.at(i); }
+  const hdpissa::AdapterSet<Bm>& adapter(std::size_t i) const { return sets_.at(i); }
+
+ protected:
+  void forward(int lg, std::size_t i, CVc W, CVc X, Vc Y) override {
+    (void)lg;
+    lin_.forward(W, A(i), Bf(i), X, Y);
+  }
+  void backward(int lg, std::size_t i, CVc W, CVc X, CVc dY, Vc dX) override {
+    if constexpr (!kMixed) {
+      lin_.backward(W, A(i), Bf(i), X, dY, dX, upd_.grad(pA_[i], lg), upd_.grad(pB_[i], lg), /*accumulate=*/true);
+    } else {
+      const auto [out, in] = this->shape(i);
+      const index_t r = sets_[i].rank;
+      Vc gA{g_.data(), r, in, in}, gB{g_.data() + r * in, out, r, r};
+      lin_.backward(W, A(i), Bf(i), X, dY, dX, gA, gB, /*accumulate=*/false);
+      this->accumulate(CVc(gA), upd_.grad(pA_[i], lg));
+      this->accumulate(CVc(gB), upd_.grad(pB_[i], lg));
+    }
+  }
 
  private:
-  TrainBackend b_;
+  void refresh_adapters() {
+    for (std::size_t i = 0; i < Ac_.size(); ++i) {
+      this->to_compute(CV32(sets_[i].A.view()), Ac_[i].view());
+      this->to_compute(CV32(sets_[i].B.view()), Bc_[i].view());
+    }
+  }
+  CVc A(std::size_t i) const {
+    if constexpr (!kMixed) return sets_[i].A.view();
+    else return Ac_[i].view();
+  }
+  CVc Bf(std::size_t i) const {
+    if constexpr (!kMixed) return sets_[i].B.view();
+    else return Bc_[i].view();
+  }
+
   Comm* comm_;
-  std::string method_;
+  Method method_;
   Update upd_;
-  hdpissa::AdapterLinear<TrainBackend> lin_;
-  std::vector<hdpissa::AdapterSet<TrainBackend>> sets_;
+  hdpissa::AdapterLinear<Bc> lin_;
+  std::vector<hdpissa::AdapterSet<Bm>> sets_;
   std::vector<std::size_t> pA_, pB_;
+  std::vector<typename Bc::matrix_type> Ac_, Bc_;
+  typename Bc::matrix_type g_;
+  typename Bm::matrix_type merge_;
+  index_t merge_size_ = 0;
 };
 
 /// Full fine-tuning of the target linears, data-parallel.
-template <class Comm>
-class FullMethod final : public TrainMethod {
-  using Update = hdpissa::DataParallelUpdate<TrainBackend, hdpissa::Adam, Comm>;
+template <class Dev, class Comm>
+class FullMethod final : public TrainMethod<Dev> {
+  using Base = TrainMethod<Dev>;
+  using typename Base::Bm;
+  using typename Base::Bc;
+  using typename Base::CVc;
+  using typename Base::Vc;
+  using Base::kMixed;
+  using Base::ids_;
+  using Base::Wm_;
+  using Update = hdpissa::DataParallelUpdate<Bm, hdpissa::Adam, Comm>;
 
  public:
-  FullMethod(const TrainOptions& o, ModelWeights& w, Comm& comm)
-      : comm_(&comm), upd_(b_, comm, hdpissa::Adam(hdpissa::AdamConfig{0.9, 0.999, 1e-8, o.weight_decay})), lin_(b_) {
-    build_slots(w, o.target_modules());
-    for (const LinearId& id : ids_) {
-      p_.push_back(upd_.add_param(id.hf_name(), weight_view(w.linear(id))));
-      n_ += w.linear(id).size();
+  FullMethod(const TrainOptions& o, const MethodContext<Dev, Comm>& ctx)
+      : Base(ctx, o.target_modules()), comm_(&ctx.comm), upd_(ctx.bm, ctx.comm, detail::make_adam(o)), lin_(ctx.bc) {
+    index_t scratch = 0;
+    for (std::size_t i = 0; i < ids_.size(); ++i) {
+      p_.push_back(upd_.add_param(ids_[i].hf_name(), Wm_[i]));
+      n_ += std::int64_t(Wm_[i].rows) * Wm_[i].cols;
+      scratch = std::max(scratch, Wm_[i].rows * Wm_[i].cols);
     }
     upd_.finalize();
-  }
-  void forward(LinearId id, const Matrix& W, ConstMatrixRef X, MatrixRef Y) override {
-    if (slot(id) < 0) return LinearHooks::forward(id, W, X, Y);
-    lin_.forward(weight_view(W), cref_view(X), ref_view(Y));
-  }
-  void backward(LinearId id, const Matrix& W, ConstMatrixRef X, ConstMatrixRef dY, MatrixRef dX) override {
-    const int s = slot(id);
-    if (s < 0) return LinearHooks::backward(id, W, X, dY, dX);
-    lin_.backward(weight_view(W), cref_view(X), cref_view(dY), ref_view(dX), upd_.grad(p_[std::size_t(s)], group_),
-                  /*accumulate=*/true);
+    if constexpr (kMixed) g_ = ctx.bc.make_matrix(1, scratch);
   }
   void zero_grad() override { upd_.zero_grad(); }
-  hdpissa::StepReport step(double lr) override { return upd_.step(lr); }
-  void collect_state(StateList& s) override {
+  hdpissa::StepReport step(double lr) override {
+    const auto rep = upd_.step(lr);
+    if (!rep.skipped)
+      for (std::size_t i = 0; i < ids_.size(); ++i) this->push_weight(i);
+    return rep;
+  }
+  void refresh() override {
+    for (std::size_t i = 0; i < ids_.size(); ++i) this->push_weight(i);
+  }
+  void merged_weight(std::size_t i, Matrix& host) override { this->download(i, host); }
+  void state(StateRefs& s) override {
+    this->add_weights(s);
     for (std::size_t i = 0; i < ids_.size(); ++i) s.add_adam("adam." + ids_[i].hf_name(), upd_.state(p_[i]), false);
   }
   [[nodiscard]] std::int64_t trainable_parameters() const override { return n_; }
   [[nodiscard]] std::string describe() const override {
-    return cat("DenseLinear + DataParallelUpdate with Adam on every target W; K = ", comm_->groups(),
-               " groups (embeddings, norms, lm_head frozen)");
+    return cat("DenseLinear + DataParallelUpdate with Adam on every target W", Dev::backend_note, "; K = ",
+               comm_->groups(), " groups (embeddings, norms, lm_head frozen)");
+  }
+
+ protected:
+  void forward(int lg, std::size_t i, CVc W, CVc X, Vc Y) override {
+    (void)lg, (void)i;
+    lin_.forward(W, X, Y);
+  }
+  void backward(int lg, std::size_t i, CVc W, CVc X, CVc dY, Vc dX) override {
+    if constexpr (!kMixed) {
+      lin_.backward(W, X, dY, dX, upd_.grad(p_[i], lg), /*accumulate=*/true);
+    } else {
+      Vc gW{g_.data(), W.rows, W.cols, W.cols};
+      lin_.backward(W, X, dY, dX, gW, /*accumulate=*/false);
+      this->accumulate(CVc(gW), upd_.grad(p_[i], lg));
+    }
   }
 
  private:
-  TrainBackend b_;
   Comm* comm_;
   Update upd_;
-  hdpissa::DenseLinear<TrainBackend> lin_;
+  hdpissa::DenseLinear<Bc> lin_;
   std::vector<std::size_t> p_;
   std::int64_t n_ = 0;
+  typename Bc::matrix_type g_;
 };
 
-/// Builds the method named by `o.method` (policies chosen from the flags).
-template <class Comm>
-std::unique_ptr<TrainMethod> make_method(const TrainOptions& o, ModelWeights& w, Comm& comm, const TensorLoader& resume) {
-  if (o.method == "full") return std::make_unique<FullMethod<Comm>>(o, w, comm);
-  if (o.uses_adapter()) return std::make_unique<AdapterMethod<Comm>>(o, w, comm, bool(resume));
-  const bool mean = o.aggregation == "mean";
+/// Builds the method of `o.method` (policies chosen from the parsed options) on device `Dev`.
+/// `resume`: the saved state (factors are taken from it, no initialisation runs), or null.
+template <class Dev, class Comm>
+std::unique_ptr<TrainMethod<Dev>> make_method(const TrainOptions& o, const MethodContext<Dev, Comm>& ctx,
+                                              const TrainState* resume) {
+  switch (o.method) {
+    case Method::Full: return std::make_unique<FullMethod<Dev, Comm>>(o, ctx);
+    case Method::Lora:
+    case Method::Pissa: return std::make_unique<AdapterMethod<Dev, Comm>>(o, ctx, resume != nullptr);
+    case Method::Hdpissa:
+    case Method::LoraDwu:
+    case Method::PissaDwu: break;
+  }
+  const bool mean = o.aggregation == Aggregation::Mean;
   if (o.mute_gamma > 0) {
     const hdpissa::ScaledMute m{o.mute_gamma};
-    if (mean) return std::make_unique<DwuMethod<Comm, hdpissa::ScaledMute, hdpissa::MeanAggregation>>(o, w, comm, m, resume);
-    return std::make_unique<DwuMethod<Comm, hdpissa::ScaledMute, hdpissa::SumAggregation>>(o, w, comm, m, resume);
+    if (mean) return std::make_unique<DwuMethod<Dev, Comm, hdpissa::ScaledMute, hdpissa::MeanAggregation>>(o, ctx, m, resume);
+    return std::make_unique<DwuMethod<Dev, Comm, hdpissa::ScaledMute, hdpissa::SumAggregation>>(o, ctx, m, resume);
   }
-  if (mean) return std::make_unique<DwuMethod<Comm, hdpissa::ExactMute, hdpissa::MeanAggregation>>(o, w, comm, hdpissa::ExactMute{}, resume);
-  return std::make_unique<DwuMethod<Comm, hdpissa::ExactMute, hdpissa::SumAggregation>>(o, w, comm, hdpissa::ExactMute{}, resume);
+  const hdpissa::ExactMute m{};
+  if (mean) return std::make_unique<DwuMethod<Dev, Comm, hdpissa::ExactMute, hdpissa::MeanAggregation>>(o, ctx, m, resume);
+  return std::make_unique<DwuMethod<Dev, Comm, hdpissa::ExactMute, hdpissa::SumAggregation>>(o, ctx, m, resume);
 }
 
 }  // namespace hdpissa::llama

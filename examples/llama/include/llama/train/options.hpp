@@ -7,7 +7,9 @@
 #include <cstdint>
 #include <cstdlib>
 #include <filesystem>
+#include <iterator>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -16,6 +18,61 @@
 #include "llama/weights.hpp"
 
 namespace hdpissa::llama {
+
+/// A choice-valued option: each enum below has one name per value (the flag's spelling), parsed
+/// once by parse_choice() and printed by name_of(); nothing compares strings after parsing.
+template <class E>
+struct Choices;
+#define HDPISSA_LLAMA_CHOICES(E, ...)                                          \
+  template <>                                                                 \
+  struct Choices<E> {                                                         \
+    static constexpr std::pair<E, const char*> table[] = {__VA_ARGS__};       \
+  }
+
+/// Fine-tuning method (--method).
+enum class Method { Full, Lora, Pissa, Hdpissa, LoraDwu, PissaDwu };
+HDPISSA_LLAMA_CHOICES(Method, {Method::Full, "full"}, {Method::Lora, "lora"}, {Method::Pissa, "pissa"},
+                      {Method::Hdpissa, "hdpissa"}, {Method::LoraDwu, "lora-dwu"}, {Method::PissaDwu, "pissa-dwu"});
+/// SVD of the orthogonal / PiSSA initialisation (--svd).
+enum class SvdKind { Exact, Randomized };
+HDPISSA_LLAMA_CHOICES(SvdKind, {SvdKind::Exact, "exact"}, {SvdKind::Randomized, "randomized"});
+/// DWU aggregation over the K groups (--aggregation).
+enum class Aggregation { Sum, Mean };
+HDPISSA_LLAMA_CHOICES(Aggregation, {Aggregation::Sum, "sum"}, {Aggregation::Mean, "mean"});
+/// Compute dtype (--dtype).
+enum class ComputeDtype { Fp32, Bf16 };
+HDPISSA_LLAMA_CHOICES(ComputeDtype, {ComputeDtype::Fp32, "fp32"}, {ComputeDtype::Bf16, "bf16"});
+/// Where the model and the method run (--device).
+enum class Device { Cpu, Cuda };
+HDPISSA_LLAMA_CHOICES(Device, {Device::Cpu, "cpu"}, {Device::Cuda, "cuda"});
+/// The GPU model's attention (--attention).
+enum class AttentionKind { Auto, Flash, Gemm };
+HDPISSA_LLAMA_CHOICES(AttentionKind, {AttentionKind::Auto, "auto"}, {AttentionKind::Flash, "flash"},
+                      {AttentionKind::Gemm, "gemm"});
+/// Host communicator (--comm).
+enum class CommKind { Auto, Single, Mpi };
+HDPISSA_LLAMA_CHOICES(CommKind, {CommKind::Auto, "auto"}, {CommKind::Single, "single"}, {CommKind::Mpi, "mpi"});
+#undef HDPISSA_LLAMA_CHOICES
+
+/// The flag spelling of `v`.
+template <class E>
+const char* name_of(E v) {
+  for (const auto& [e, n] : Choices<E>::table)
+    if (e == v) return n;
+  return "?";
+}
+/// Parses `value` of `flag` into E; the error lists every accepted spelling.
+template <class E>
+E parse_choice(const std::string& flag, const std::string& value) {
+  std::string all;
+  const auto& t = Choices<E>::table;
+  const std::size_t n = std::size(t);
+  for (std::size_t i = 0; i < n; ++i) {
+    if (value == t[i].second) return t[i].first;
+    all += (i == 0 ? "" : i + 1 == n ? " or " : ", ") + std::string(t[i].second);
+  }
+  throw LlamaError(cat(flag, ": expected ", all, ", found '", value, "'"));
+}
 
 /// Every setting of one training run (defaults = the paper's recipe where it applies, §6).
 struct TrainOptions {
@@ -28,18 +85,18 @@ struct TrainOptions {
   std::string resume;         ///< state directory to resume from ("" = fresh run)
   std::string metrics;        ///< metrics JSONL ("" = none)
   // ---- method
-  std::string method = "hdpissa";  ///< full | lora | pissa | hdpissa | lora-dwu | pissa-dwu
+  Method method = Method::Hdpissa;
   int rank = 16;                   ///< adapter rank r per group
   int alpha = -1;                  ///< adapter alpha; scaling = alpha / r (integer division); -1 = r
   std::string targets = "q,k,v,o,gate,up,down";
-  std::string svd = "exact";       ///< exact | randomized (hdpissa / pissa-dwu / pissa init)
+  SvdKind svd = SvdKind::Exact;    ///< hdpissa / pissa-dwu / pissa init
   double mute_gamma = 0;           ///< 0 = ExactMute; > 0 = ScaledMute{gamma} (DWU methods)
-  std::string aggregation = "sum"; ///< sum (reference) | mean (paper's 1/K)
-  std::string dtype = "fp32";      ///< fp32 | bf16 (bf16: --device cuda only)
-  std::string device = "cpu";      ///< cpu | cuda (llama/train/engine.hpp)
-  std::string attention = "auto";  ///< auto | flash | gemm: the GPU model's attention (--device cuda)
+  Aggregation aggregation = Aggregation::Sum;  ///< sum (reference) | mean (paper's 1/K)
+  ComputeDtype dtype = ComputeDtype::Fp32;  ///< bf16: --device cuda only
+  Device device = Device::Cpu;     ///< llama/train/engine.hpp
+  AttentionKind attention = AttentionKind::Auto;  ///< the GPU model's attention (--device cuda)
   // ---- distribution
-  std::string comm = "auto";       ///< auto | single | mpi
+  CommKind comm = CommKind::Auto;
   int groups_per_process = 1;      ///< V; K = processes × V
   // ---- optimisation
   double lr = 2e-5;
@@ -73,9 +130,11 @@ struct TrainOptions {
   /// alpha, defaulting to r.
   [[nodiscard]] int effective_alpha() const { return alpha > 0 ? alpha : rank; }
   /// Whether the method updates W through the Direct Weight Update (muted layers, per-group Adam).
-  [[nodiscard]] bool uses_dwu() const { return method == "hdpissa" || method == "lora-dwu" || method == "pissa-dwu"; }
+  [[nodiscard]] bool uses_dwu() const {
+    return method == Method::Hdpissa || method == Method::LoraDwu || method == Method::PissaDwu;
+  }
   /// Whether the method trains an active adapter data-parallel (LoRA / PiSSA).
-  [[nodiscard]] bool uses_adapter() const { return method == "lora" || method == "pissa"; }
+  [[nodiscard]] bool uses_adapter() const { return method == Method::Lora || method == Method::Pissa; }
   /// Every field as JSON (echoed at start).
   [[nodiscard]] nlohmann::json to_json() const;
   /// Checks value ranges and combinations; throws LlamaError naming the flag.
@@ -117,7 +176,8 @@ inline const char* train_usage() {
          "                            --device cuda only)\n"
          "  --attention auto|flash|gemm  the GPU model's attention (--device cuda): flash = fused kernels\n"
          "                            (bf16, head_dim 64 or 128), gemm = materialised scores through cuBLAS;\n"
-         "                            auto (default) = flash where it runs, unless HDPISSA_LLAMA_ATTENTION=gemm\n"
+         "                            auto (default) = flash where it runs; without this flag the environment\n"
+         "                            variable HDPISSA_LLAMA_ATTENTION=auto|flash|gemm sets the default\n"
          "distribution\n"
          "  --groups-per-process V    adapter groups per process (default 1); K = processes x V\n"
          "  --comm auto|single|mpi    communicator (auto: MPI when launched by mpirun with > 1 process and\n"
@@ -225,17 +285,17 @@ inline nlohmann::json TrainOptions::to_json() const {
           {"save_state", save_state},
           {"resume", resume},
           {"metrics", metrics},
-          {"method", method},
+          {"method", name_of(method)},
           {"rank", rank},
           {"alpha", effective_alpha()},
           {"targets", targets},
-          {"svd", svd},
-          {"aggregation", aggregation},
+          {"svd", name_of(svd)},
+          {"aggregation", name_of(aggregation)},
           {"mute_gamma", mute_gamma},
-          {"dtype", dtype},
-          {"device", device},
-          {"attention", attention},
-          {"comm", comm},
+          {"dtype", name_of(dtype)},
+          {"device", name_of(device)},
+          {"attention", name_of(attention)},
+          {"comm", name_of(comm)},
           {"groups_per_process", groups_per_process},
           {"lr", lr},
           {"weight_decay", weight_decay},
@@ -263,30 +323,20 @@ inline void TrainOptions::validate() const {
   };
   need(!model.empty(), "missing --model (see --help)");
   need(!data.empty(), "missing --data (see --help)");
-  need(method == "full" || method == "lora" || method == "pissa" || method == "hdpissa" || method == "lora-dwu" ||
-           method == "pissa-dwu",
-       cat("--method: expected full, lora, pissa, hdpissa, lora-dwu or pissa-dwu, found '", method, "'"));
-  need(dtype == "fp32" || dtype == "bf16", cat("--dtype: expected fp32 or bf16, found '", dtype, "'"));
-  need(device == "cpu" || device == "cuda", cat("--device: expected cpu or cuda, found '", device, "'"));
-  need(dtype == "fp32" || device == "cuda",
+  need(dtype == ComputeDtype::Fp32 || device == Device::Cuda,
        "--dtype bf16: bf16 compute with an fp32 master copy of W is a GPU-path feature (--device cuda); the CPU "
        "trainer runs fp32 throughout (use --dtype fp32)");
-  need(attention == "auto" || attention == "flash" || attention == "gemm",
-       cat("--attention: expected auto, flash or gemm, found '", attention, "'"));
-  need(attention == "auto" || device == "cuda",
-       cat("--attention ", attention, ": chooses the GPU model's attention (--device cuda); the CPU model has one"));
-  need(svd == "exact" || svd == "randomized", cat("--svd: expected exact or randomized, found '", svd, "'"));
-  need(aggregation == "sum" || aggregation == "mean",
-       cat("--aggregation: expected sum or mean, found '", aggregation, "'"));
-  need(comm == "auto" || comm == "single" || comm == "mpi", cat("--comm: expected auto, single or mpi, found '", comm, "'"));
+  need(attention == AttentionKind::Auto || device == Device::Cuda,
+       cat("--attention ", name_of(attention), ": chooses the GPU model's attention (--device cuda); the CPU model has one"));
   need(rank >= 1, cat("--rank: expected >= 1, found ", rank));
   need(alpha == -1 || alpha >= 1, cat("--alpha: expected >= 1, found ", alpha));
-  need(effective_alpha() / rank >= 1 || method == "full",
+  need(effective_alpha() / rank >= 1 || method == Method::Full,
        cat("--alpha ", effective_alpha(), " / --rank ", rank, " is 0 in integer division (the reference's scaling); "
            "expected alpha >= rank"));
   need(mute_gamma >= 0, cat("--mute-gamma: expected > 0, found ", mute_gamma));
-  need(mute_gamma == 0 || uses_dwu(), cat("--mute-gamma applies to the DWU methods only, not --method ", method));
-  need(aggregation == "sum" || uses_dwu(), cat("--aggregation applies to the DWU methods only, not --method ", method));
+  need(mute_gamma == 0 || uses_dwu(), cat("--mute-gamma applies to the DWU methods only, not --method ", name_of(method)));
+  need(aggregation == Aggregation::Sum || uses_dwu(),
+       cat("--aggregation applies to the DWU methods only, not --method ", name_of(method)));
   need(groups_per_process >= 1, cat("--groups-per-process: expected >= 1, found ", groups_per_process));
   need(lr > 0, cat("--lr: expected > 0, found ", lr));
   need(weight_decay >= 0, cat("--weight-decay: expected >= 0, found ", weight_decay));
@@ -314,6 +364,7 @@ inline void TrainOptions::validate() const {
 /// flags and malformed values throw LlamaError naming the flag.
 inline TrainOptions parse_train_args(const std::vector<std::string>& args, bool* help = nullptr) {
   TrainOptions o;
+  bool attention_given = false;
   if (help) *help = false;
   for (std::size_t i = 0; i < args.size(); ++i) {
     const std::string& f = args[i];
@@ -335,17 +386,20 @@ inline TrainOptions parse_train_args(const std::vector<std::string>& args, bool*
     else if (f == "--save-state") o.save_state = value();
     else if (f == "--resume") o.resume = value();
     else if (f == "--metrics") o.metrics = value();
-    else if (f == "--method") o.method = value();
+    else if (f == "--method") o.method = parse_choice<Method>(f, value());
     else if (f == "--rank") o.rank = int(integer());
     else if (f == "--alpha") o.alpha = int(integer());
     else if (f == "--targets") o.targets = value();
-    else if (f == "--svd") o.svd = value();
-    else if (f == "--aggregation") o.aggregation = value();
+    else if (f == "--svd") o.svd = parse_choice<SvdKind>(f, value());
+    else if (f == "--aggregation") o.aggregation = parse_choice<Aggregation>(f, value());
     else if (f == "--mute-gamma") o.mute_gamma = number();
-    else if (f == "--dtype") o.dtype = value();
-    else if (f == "--attention") o.attention = value();
-    else if (f == "--device") o.device = value();
-    else if (f == "--comm") o.comm = value();
+    else if (f == "--dtype") o.dtype = parse_choice<ComputeDtype>(f, value());
+    else if (f == "--attention") {
+      o.attention = parse_choice<AttentionKind>(f, value());
+      attention_given = true;
+    }
+    else if (f == "--device") o.device = parse_choice<Device>(f, value());
+    else if (f == "--comm") o.comm = parse_choice<CommKind>(f, value());
     else if (f == "--groups-per-process") o.groups_per_process = int(integer());
     else if (f == "--lr") o.lr = number();
     else if (f == "--weight-decay") o.weight_decay = number();
@@ -375,6 +429,9 @@ inline TrainOptions parse_train_args(const std::vector<std::string>& args, bool*
     else if (f == "--eval-max-new-tokens") o.eval_max_new_tokens = int(integer());
     else throw LlamaError(cat("unknown option '", f, "' (see --help)"));
   }
+  // The environment selects a default only where no flag was given (and --help says so).
+  if (const char* env = std::getenv("HDPISSA_LLAMA_ATTENTION"); env && *env && !attention_given && o.device == Device::Cuda)
+    o.attention = parse_choice<AttentionKind>("HDPISSA_LLAMA_ATTENTION", env);
   if (o.tokenizer.empty() && !o.model.empty() && std::filesystem::is_directory(o.model))
     o.tokenizer = (std::filesystem::path(o.model) / "tokenizer.model").string();
   o.validate();
@@ -385,12 +442,12 @@ inline TrainOptions parse_train_args(const std::vector<std::string>& args, bool*
 /// `processes` is the number of workers (K = processes × groups_per_process). The trainer adds
 /// fingerprints of the base model and of the tokenized data (paths may move; contents may not).
 inline nlohmann::json trajectory_config(const TrainOptions& o, int processes) {
-  return {{"method", o.method},
+  return {{"method", name_of(o.method)},
           {"rank", o.rank},
           {"alpha", o.effective_alpha()},
           {"targets", o.targets},
-          {"svd", o.svd},
-          {"aggregation", o.aggregation},
+          {"svd", name_of(o.svd)},
+          {"aggregation", name_of(o.aggregation)},
           {"mute_gamma", o.mute_gamma},
           {"processes", processes},
           {"groups_per_process", o.groups_per_process},

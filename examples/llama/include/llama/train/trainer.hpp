@@ -33,10 +33,6 @@
 
 #include <nlohmann/json.hpp>
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-
 #include "llama/checkpoint.hpp"
 #include "llama/data.hpp"
 #include "llama/model.hpp"
@@ -103,12 +99,6 @@ class Trainer {
   /// The host model: trained in place on the CPU path; the base weights on the GPU path (the live
   /// weights are on the device: engine().merge_into()).
   ModelWeights& model() { return w_; }
-  /// The CPU path's method (throws on the GPU path).
-  TrainMethod& method() {
-    auto* cpu = dynamic_cast<CpuEngine*>(eng_.get());
-    if (!cpu) throw LlamaError(cat("Trainer::method(): the method of the ", eng_->device(), " engine is not a host TrainMethod"));
-    return cpu->method();
-  }
   TrainEngine& engine() { return *eng_; }
   const TrainOptions& options() const { return o_; }
   long step() const { return step_; }
@@ -228,11 +218,12 @@ class Trainer {
   TrainSummary run() {
     TrainSummary sum;
     sum.total_steps = total_;
-    say(cat("hdpissa-train: ", o_.method, " | ", eng_->describe(), "\n",
-            o_.device == "cpu" ? std::string() : cat("  device ", eng_->device(), ", dtype ", o_.dtype, "\n"),
+    const EngineInfo info = eng_->info();
+    say(cat("hdpissa-train: ", name_of(o_.method), " | ", info.description, "\n",
+            o_.device == Device::Cpu ? std::string() : cat("  device ", info.device, ", dtype ", name_of(o_.dtype), "\n"),
             "  workers ", comm_->size(),
             " (", threads_, " thread(s) each), groups per worker ", o_.groups_per_process, ", K = ", comm_->groups(), ", targets ", o_.targets, " (",
-            eng_->num_targets(), " linears), trainable ", eng_->trainable_parameters(), " of ",
+            info.targets.size(), " linears), trainable ", info.trainable_parameters, " of ",
             w_.num_parameters(), " parameters\n", "  data ", data_->size(), " examples (", dropped_,
             " dropped: all labels masked), ", loaders_[0].shard_size(), " per group; ", total_,
             " steps (warmup ", sched_.warmup_steps, ", cosine), tokens per step ≈ K·grad_accum·micro_batch·len\n",
@@ -287,7 +278,7 @@ class Trainer {
     {
       nlohmann::json rec = {{"type", "summary"}, {"step", step_}, {"steps_this_run", sum.steps_this_run},
                             {"tokens", tokens}, {"seconds", sum.seconds}, {"tokens_per_s", sum.tokens_per_s},
-                            {"device", eng_->device()}, {"dtype", o_.dtype}};
+                            {"device", info.device}, {"dtype", name_of(o_.dtype)}};
       if (sum.peak_device_bytes) rec["peak_device_bytes"] = *sum.peak_device_bytes;
       metric(rec);
     }
@@ -321,11 +312,11 @@ class Trainer {
  private:
   /// This worker's state files inside `tmp` (worker 0 also writes the shared ones, state.json last).
   void write_state_files(const std::filesystem::path& tmp) {
-    StateList s = state_list();
+    const TrainState s = eng_->state();
     std::vector<TensorToWrite> shared, local;
-    for (const auto& t : s.tensors) (t.local ? local : shared).push_back({t.name, {t.rows, t.cols}, t.data});
+    for (const auto& t : s.tensors) (t.local ? local : shared).push_back({t.name, {t.rows, t.cols}, t.data.data()});
     nlohmann::json rank_json, counters_shared = nlohmann::json::object(), counters_local = nlohmann::json::object();
-    for (const auto& c : s.counters) (c.local ? counters_local : counters_shared)[c.name] = *c.value;
+    for (const auto& c : s.counters) (c.local ? counters_local : counters_shared)[c.name] = c.value;
     nlohmann::json positions = nlohmann::json::array();
     for (const auto& l : loaders_) positions.push_back({l.position().epoch, l.position().index});
     rank_json["first_group"] = comm_->first_group();
@@ -366,13 +357,6 @@ class Trainer {
     return j;
   }
 
-  /// The target weights plus the method's state.
-  StateList state_list() {
-    StateList s;
-    eng_->collect_state(s);
-    return s;
-  }
-
   void setup() {
     namespace fs = std::filesystem;
     // ---- model and tokenizer
@@ -391,14 +375,10 @@ class Trainer {
       }
       model_fp_ = hex64(fnv1a(w_.final_norm.data(), std::size_t(w_.final_norm.size()) * 4, h));
     }
-#ifdef _OPENMP
     // Threads: --threads, else OMP_NUM_THREADS, else one thread for narrow models (dim < 512),
     // whose 64..256-wide GEMMs lose more to OpenMP synchronisation than they gain (measured on
     // stories260K: 4190 tok/s with 1 thread vs 465 with 2 on a busy 2-core machine, docs/trainer.md).
-    if (o_.threads > 0) omp_set_num_threads(o_.threads);
-    else if (!std::getenv("OMP_NUM_THREADS") && w_.config.dim < 512) omp_set_num_threads(1);
-    threads_ = omp_get_max_threads();
-#endif
+    threads_ = configure_threads(o_.threads, w_.config.dim < 512);
     if (o_.max_len > w_.config.max_seq_len)
       throw LlamaError(cat("--max-len ", o_.max_len, " exceeds the model's max_position_embeddings ", w_.config.max_seq_len));
     if (!o_.output.empty() && fs::exists(o_.output) && !fs::is_directory(o_.output))
@@ -435,7 +415,7 @@ class Trainer {
     sched_ = hdpissa::WarmupCosineSchedule{o_.lr, hdpissa::warmup_steps_from_ratio(o_.warmup_ratio, total_), total_, 0.0};
 
     // ---- resume: check compatibility before any expensive initialisation
-    std::unique_ptr<SafetensorsFile> shared, local;
+    std::optional<TrainState> saved;
     nlohmann::json state, rank_state;
     if (!o_.resume.empty()) {
       const fs::path dir = o_.resume;
@@ -446,58 +426,34 @@ class Trainer {
       if (state.value("format", std::string()) != "hdpissa-train-state/1")
         throw LlamaError(cat(dir.string(), "/state.json: expected format hdpissa-train-state/1, found ",
                              state.contains("format") ? state["format"].dump() : std::string("none")));
-      const nlohmann::json now = trajectory(), saved = state.at("config");
+      const nlohmann::json now = trajectory(), saved_config = state.at("config");
       for (auto it = now.begin(); it != now.end(); ++it) {
-        const auto s = saved.find(it.key());
-        if (s == saved.end() || *s != it.value())
+        const auto s = saved_config.find(it.key());
+        if (s == saved_config.end() || *s != it.value())
           throw LlamaError(cat("cannot resume from ", dir.string(), ": incompatible config: field '", it.key(),
-                               "' is ", s == saved.end() ? std::string("missing") : s->dump(), " in the state but ",
-                               it.value().dump(), " in this run"));
+                               "' is ", s == saved_config.end() ? std::string("missing") : s->dump(),
+                               " in the state but ", it.value().dump(), " in this run"));
       }
       rank_state = parse_json(dir / cat("rank-", comm_->rank(), ".json"));
-      shared = std::make_unique<SafetensorsFile>(dir / "shared.safetensors");
-      local = std::make_unique<SafetensorsFile>(dir / cat("rank-", comm_->rank(), ".safetensors"));
+      saved = read_state(dir, rank_state, state);
     }
-    TensorLoader loader;
-    if (shared)
-      loader = [&](const std::string& name, float* data, std::int64_t rows, std::int64_t cols) {
-        const Matrix m = shared->read_matrix(name, rows, cols);
-        std::copy(m.data(), m.data() + m.size(), data);
-      };
-    if (o_.device == "cpu") {
-      eng_ = std::make_unique<CpuEngine>(w_, make_method(o_, w_, *comm_, loader));
-    } else {
-#ifdef HDPISSA_TRAIN_HAVE_CUDA
-      if (comm_->size() > 1 && !device_comm_.make)
-        throw LlamaError(cat("--device cuda: found ", comm_->size(), " processes but ",
-                             device_comm_.unavailable.empty()
-                                 ? std::string("no device communicator between them (NCCL) was provided")
-                                 : device_comm_.unavailable,
-                             "; run one process with --groups-per-process K, or use --device cpu"));
-      if (cuda_device_count() == 0)
-        throw LlamaError("--device cuda: no CUDA device found (cudaGetDeviceCount reports none; check the driver and "
-                         "CUDA_VISIBLE_DEVICES), use --device cpu");
-      eng_ = make_cuda_engine(o_, w_, EngineGroups{comm_->groups(), comm_->local_groups(), comm_->first_group(),
-                                                   comm_->size(), comm_->rank(), device_comm_}, loader);
-#else
-      throw LlamaError("--device cuda: this hdpissa-train was built without CUDA (configure with the CUDA toolkit "
-                       "found, HDPISSA_CUDA=ON), use --device cpu");
-#endif
+    const TrainState* resume = saved ? &*saved : nullptr;
+    switch (o_.device) {
+      case Device::Cpu: eng_ = std::make_unique<CpuEngine<Comm>>(o_, w_, *comm_, resume); break;
+      case Device::Cuda:
+        if (comm_->size() > 1 && !device_comm_.make)
+          throw LlamaError(cat("--device cuda: found ", comm_->size(), " processes but ",
+                               device_comm_.unavailable.empty()
+                                   ? std::string("no device communicator between them (NCCL) was provided")
+                                   : device_comm_.unavailable,
+                               "; run one process with --groups-per-process K, or use --device cpu"));
+        eng_ = make_cuda_engine(o_, w_, EngineGroups{comm_->groups(), comm_->local_groups(), comm_->first_group(),
+                                                     comm_->size(), comm_->rank(), device_comm_}, resume);
+        break;
     }
 
-    if (shared) {
-      StateList s = state_list();
-      for (const auto& t : s.tensors) {
-        const Matrix m = (t.local ? local : shared)->read_matrix(t.name, t.rows, t.cols);
-        std::copy(m.data(), m.data() + m.size(), t.data);
-      }
-      for (const auto& c : s.counters) {
-        const nlohmann::json& src = c.local ? rank_state.at("counters") : state.at("counters");
-        if (!src.contains(c.name))
-          throw LlamaError(cat(o_.resume, ": expected counter '", c.name, "' in the saved state, not found"));
-        *c.value = src[c.name].get<long>();
-      }
-      eng_->restore_state();
+    if (saved) {
+      eng_->load_state(*saved, o_.resume);
       const auto& pos = rank_state.at("positions");
       if (pos.size() != loaders_.size() || rank_state.at("first_group").get<int>() != comm_->first_group())
         throw LlamaError(cat(o_.resume, ": the state holds ", pos.size(), " data positions from group ",
@@ -531,6 +487,33 @@ class Trainer {
       metrics_.open(mp, o_.resume.empty() ? std::ios::trunc : std::ios::app);
       if (!metrics_) throw LlamaError(cat("--metrics: cannot open ", o_.metrics, " for writing"));
     }
+  }
+
+  /// A saved state as a value: every tensor of shared.safetensors (shared) and of this worker's
+  /// rank-<p>.safetensors (local), the counters of state.json (shared) and rank-<p>.json (local).
+  TrainState read_state(const std::filesystem::path& dir, const nlohmann::json& rank_state,
+                        const nlohmann::json& state) const {
+    TrainState s;
+    auto read_all = [&](const std::filesystem::path& file, bool local) {
+      const SafetensorsFile f(file);
+      for (const auto& [name, info] : f.tensors()) {
+        if (info.shape.size() != 2)
+          throw LlamaError(cat(file.string(), ": tensor '", name, "': expected 2 dimensions, found ", info.shape.size()));
+        StateTensor t{name, info.shape[0], info.shape[1], std::vector<float>(std::size_t(info.numel())), local};
+        f.read_into(name, t.data.data());
+        s.tensors.push_back(std::move(t));
+      }
+    };
+    read_all(dir / "shared.safetensors", false);
+    read_all(dir / cat("rank-", comm_->rank(), ".safetensors"), true);
+    auto counters = [&](const nlohmann::json& j, bool local) {
+      if (!j.contains("counters")) return;
+      for (auto it = j.at("counters").begin(); it != j.at("counters").end(); ++it)
+        s.counters.push_back({it.key(), it.value().get<long>(), local});
+    };
+    counters(state, false);
+    counters(rank_state, true);
+    return s;
   }
 
   static nlohmann::json parse_json(const std::filesystem::path& p) {

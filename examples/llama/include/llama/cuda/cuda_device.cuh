@@ -1,0 +1,65 @@
+#pragma once
+/// \file cuda_device.cuh
+/// The GPU device policy of hdpissa-train's methods (train/methods.hpp): gpu::CudaDevice<T>, T the
+/// model's compute type (float: exact fp32 throughout, the model's W is the master; __nv_bfloat16:
+/// bf16 GEMM operands with fp32 accumulation, fp32 masters / gradient sums / Adam). It names the
+/// backends (CudaBackend<T> for the model's GEMMs, CudaBackend<float> for everything the optimizer
+/// touches), the randomized SVD (Cholesky-QR2 orthonormalisation: two GEMMs and a small Cholesky
+/// instead of a Householder QR) and the two mixed-precision moves:
+///  - to_compute: the bf16 compute copy ← an fp32 master (one conversion kernel);
+///  - accumulate: an fp32 gradient sum += one micro-batch's bf16 gradient (fp32 accumulation inside
+///    the GEMM over the micro-batch's tokens, rounded once, then added here), so the sum over
+///    micro-batches and groups, Adam and W are all fp32.
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <type_traits>
+
+#include "hdpissa/cuda.hpp"
+
+namespace hdpissa::llama::gpu {
+
+namespace detail {
+__global__ inline void add_bf16_into_f32_kernel(const __nv_bfloat16* __restrict__ src, float* __restrict__ dst,
+                                                std::int64_t n) {
+  for (std::int64_t i = blockIdx.x * std::int64_t(blockDim.x) + threadIdx.x; i < n;
+       i += std::int64_t(gridDim.x) * blockDim.x)
+    dst[i] += __bfloat162float(src[i]);
+}
+}  // namespace detail
+
+/// dst (fp32) += src (bf16), both contiguous and of the same shape (gradient accumulation).
+inline void launch_add_bf16_into_f32(cudaStream_t s, ConstMatrixView<__nv_bfloat16> src, MatrixView<float> dst) {
+  HDPISSA_REQUIRE(src.rows == dst.rows && src.cols == dst.cols, "add_bf16_into_f32: source ",
+                  shape_str(src.rows, src.cols), " vs destination ", shape_str(dst.rows, dst.cols));
+  HDPISSA_REQUIRE(src.contiguous() && dst.contiguous(), "add_bf16_into_f32: expected contiguous views");
+  const std::int64_t n = std::int64_t(dst.rows) * dst.cols;
+  if (n == 0) return;
+  const int threads = 256;
+  const int blocks = int(std::min<std::int64_t>((n + threads - 1) / threads, 4096));
+  detail::add_bf16_into_f32_kernel<<<blocks, threads, 0, s>>>(src.data, dst.data, n);
+  HDPISSA_CUDA_CHECK_LAUNCH("add_bf16_into_f32_kernel");
+}
+
+/// The GPU device policy (see the file comment).
+template <class T>
+struct CudaDevice {
+  static_assert(std::is_same_v<T, float> || std::is_same_v<T, __nv_bfloat16>, "compute type: float or bf16");
+  using master_backend = hdpissa::CudaBackend<float>;
+  using compute_backend = hdpissa::CudaBackend<T>;
+  using randomized_svd = hdpissa::CholeskyRandomizedSvd;
+  static constexpr const char* exact_svd_name = "ExactSvd (cuSOLVER)";
+  static constexpr const char* randomized_svd_name = "CholeskyRandomizedSvd";
+  static constexpr const char* backend_note = " on CudaBackend<float>";
+
+  static void to_compute(master_backend& b, ConstMatrixView<float> src, MatrixView<T> dst) { b.convert(src, dst); }
+  static void accumulate(master_backend& b, ConstMatrixView<T> src, MatrixView<float> dst) {
+    if constexpr (std::is_same_v<T, __nv_bfloat16>) launch_add_bf16_into_f32(b.stream(), src, dst);
+    else b.axpy(1.0f, src, dst);
+  }
+};
+
+}  // namespace hdpissa::llama::gpu

@@ -1,0 +1,16 @@
+// hdpissa-train's CUDA entry points in a build without CUDA: the trainer calls the same functions
+// either way (no #ifdef in its control flow); here they report that this build cannot run on a GPU.
+
+#include "llama/train/engine.hpp"
+
+namespace hdpissa::llama {
+
+int cuda_device_count() { return 0; }
+
+std::unique_ptr<TrainEngine> make_cuda_engine(const TrainOptions&, const ModelWeights&, const EngineGroups&,
+                                              const TrainState*) {
+  throw LlamaError("--device cuda: this hdpissa-train was built without CUDA (configure with the CUDA toolkit "
+                   "found, HDPISSA_CUDA=ON), use --device cpu");
+}
+
+}  // namespace hdpissa::llama
