@@ -21,8 +21,8 @@
 # Env: OUT (default build/gpu/throughput), OURS_STEPS (4; the first OURS_SKIP=1 dropped),
 #      PEFT_STEPS (4) PEFT_WARMUP (2), OURS_CONFIGS ("lora pissa hdpissa-K1 hdpissa-K8 full"),
 #      PEFT_METHODS (lora,lora-bf16,pissa,full), OURS_TIMEOUT (s per config, 150), JOBS (16).
-#      A config may end in _flash or _gemm: that run's HDPISSA_LLAMA_ATTENTION (the GPU model's
-#      attention; default auto = flash for bf16 at head_dim 64 / 128).
+#      A config may end in _flash or _gemm: that run's --attention (the GPU model's attention;
+#      default auto = flash for bf16 at head_dim 64 / 128).
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 DEV="$ROOT/.devdata/throughput"
@@ -85,12 +85,12 @@ elif ! { "$TRAIN" --help 2>&1 || true; } | grep -- "--device" >/dev/null; then
   note="Our side not run: this hdpissa-train has no --device option (the GPU trainer is not in this tree)."
 else
   for cfg in ${OURS_CONFIGS:-lora pissa hdpissa-K1 hdpissa-K8 full}; do
-    att=""; [[ "$cfg" == *_* ]] && att="${cfg##*_}"   # e.g. hdpissa-K8_gemm: HDPISSA_LLAMA_ATTENTION=gemm
+    att=""; [[ "$cfg" == *_* ]] && att="${cfg##*_}"   # e.g. hdpissa-K8_gemm: --attention gemm
     base="${cfg%%_*}"
     method="${base%%-K*}"; k=1; [[ "$base" == *-K* ]] && k="${base##*-K}"
     lr=2e-5; [[ "$method" == full ]] && lr=1e-5
     t0=$(date +%s)
-    HDPISSA_LLAMA_ATTENTION="${att:-auto}" timeout "${OURS_TIMEOUT:-150}" "$TRAIN" --device cuda --dtype bf16 --model "$MODEL_DIR" \
+    timeout "${OURS_TIMEOUT:-150}" "$TRAIN" --device cuda --dtype bf16 --attention "${att:-auto}" --model "$MODEL_DIR" \
       --tokenizer "$DEV/tokenizer.model" --data "$DEV/train.jsonl" --method "$method" --groups-per-process "$k" \
       --rank 16 --alpha 16 --targets q,k,v,o,gate,up,down --svd randomized --micro-batch 2 --grad-accum 8 \
       --max-len 512 --max-steps "${OURS_STEPS:-4}" --lr "$lr" --warmup-ratio 0 --log-every 1 \

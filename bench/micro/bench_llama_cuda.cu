@@ -121,18 +121,22 @@ __global__ void fill_random(T* p, std::int64_t n, std::uint32_t seed) {
     p[i] = static_cast<T>(static_cast<float>(h >> 8) * (2.0f / 16777216.0f) - 1.0f);
   }
 }
+template <class T>
+void launch_fill_random(cudaStream_t s, T* p, std::int64_t n, std::uint32_t seed) {
+  fill_random<T><<<1024, 256, 0, s>>>(p, n, seed);
+  HDPISSA_CUDA_CHECK_LAUNCH("fill_random");
+}
 
 /// TFLOP/s of C (m, n) = A (m, k) Bᵀ, T operands, fp32 accumulation, best of `reps` after warm-up.
 template <class T>
 double gemm_tflops(cublasHandle_t h, cudaStream_t s, int m, int n, int k, int reps) {
   hdpissa::DeviceBuffer<T> A(static_cast<std::size_t>(m) * k), B(static_cast<std::size_t>(n) * k), C(static_cast<std::size_t>(m) * n);
-  fill_random<T><<<1024, 256, 0, s>>>(A.get(), static_cast<std::int64_t>(m) * k, 1u);
-  fill_random<T><<<1024, 256, 0, s>>>(B.get(), static_cast<std::int64_t>(n) * k, 2u);
-  const float one = 1.0f, zero = 0.0f;
-  const auto t = hdpissa::llama::gpu::cuda_type<T>();
+  launch_fill_random<T>(s, A.get(), static_cast<std::int64_t>(m) * k, 1u);
+  launch_fill_random<T>(s, B.get(), static_cast<std::int64_t>(n) * k, 2u);
+  const auto t = hdpissa::llama::gpu::cuda_data_type<T>();
   auto run = [&] {
-    HDPISSA_CUBLAS_CHECK(cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, n, m, k, &one, B.get(), t, k, A.get(), t, k, &zero,
-                                      C.get(), t, n, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    hdpissa::llama::gpu::gemm_rowmajor(h, CUBLAS_OP_N, CUBLAS_OP_T, m, n, k, 1.0f, A.get(), t, k, B.get(), t, k, 0.0f,
+                                       C.get(), t, n);
   };
   for (int i = 0; i < 3; ++i) run();
   Timer tm;
@@ -212,8 +216,8 @@ int run(const Args& args) {
   {
     const std::int64_t maxw = std::max<std::int64_t>({c.dim, c.hidden_dim, c.q_dim()});
     hdpissa::DeviceBuffer<T> X(N * maxw), Y(N * maxw), dY(N * maxw), dX(N * maxw);
-    fill_random<T><<<1024, 256, 0, stream>>>(X.get(), N * maxw, 3u);
-    fill_random<T><<<1024, 256, 0, stream>>>(dY.get(), N * maxw, 4u);
+    launch_fill_random<T>(stream, X.get(), N * maxw, 3u);
+    launch_fill_random<T>(stream, dY.get(), N * maxw, 4u);
     auto pass = [&] {
       for (int l = 0; l < c.n_layers; ++l)
         for (int m = 0; m < kModulesPerLayer; ++m) {

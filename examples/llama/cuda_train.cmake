@@ -1,5 +1,5 @@
 # hdpissa-train's GPU path (llama/train/engine.hpp, src/engine_cuda_impl.cuh
-# instantiated by src/engine_cuda.cu (fp32) and src/engine_cuda_bf16.cu, llama/cuda/methods_cuda.cuh):
+# instantiated by src/engine_cuda.cu (fp32) and src/engine_cuda_bf16.cu, train/methods.hpp on gpu::CudaDevice, llama/cuda/cuda_device.cuh):
 # two CUDA translation units, linked into hdpissa-train (and tests/llama/cuda_train) when CUDA is
 # available; otherwise hdpissa-train links hdpissa_train_no_cuda (the same entry points, reporting a
 # build without CUDA). Included from CMakeLists.txt after hdpissa-train is defined.

@@ -62,14 +62,11 @@ class RecordingHooks : public CudaHooks<T> {
                 hdpissa::ConstMatrixView<T> dY, hdpissa::MatrixView<T> dX) override {
     log.push_back(-1 - id.index());
     CudaHooks<T>::backward(id, W, X, dY, dX);
-    // row-major gW (out, in) += dYᵀ (out, tok) · X (tok, in)  ⇔  column-major gWᵀ += Xᵀ dY
-    const float one = 1.0f;
-    const cudaDataType_t t = hdpissa::llama::gpu::cuda_type<T>();
-    HDPISSA_CUBLAS_CHECK(cublasGemmEx(this->backend().cublas(), CUBLAS_OP_N, CUBLAS_OP_T, static_cast<int>(X.cols),
-                                      static_cast<int>(dY.cols), static_cast<int>(X.rows), &one, X.data, t,
-                                      static_cast<int>(X.ld), dY.data, t, static_cast<int>(dY.ld), &one,
-                                      grads_[id.index()].get(), CUDA_R_32F, static_cast<int>(X.cols),
-                                      CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    // gW (out, in) += dYᵀ (out, tok) · X (tok, in), fp32 accumulator
+    const cudaDataType_t t = hdpissa::llama::gpu::cuda_data_type<T>();
+    hdpissa::llama::gpu::gemm_rowmajor(this->backend().cublas(), CUBLAS_OP_T, CUBLAS_OP_N, dY.cols, X.cols, X.rows, 1.0f,
+                                       dY.data, t, dY.ld, X.data, t, X.ld, 1.0f, grads_[id.index()].get(), CUDA_R_32F,
+                                       X.cols);
   }
   /// gW of every linear, indexed by LinearId::index().
   std::vector<Matrix> download() const {
@@ -604,8 +601,10 @@ TEST_CASE("bf16 CudaLlama with flash attention matches the CPU model (head_dim 6
 TEST_CASE("CudaLlama attention selection: Auto picks flash for bf16 at head_dim 64, Flash refuses what it cannot run") {
   const ModelWeights w = small_hd64(3);
   {
-    CudaLlama<bf16> m(w, 1, 16, nullptr);
-    CHECK(m.flash_attention() == (std::getenv("HDPISSA_LLAMA_ATTENTION") == nullptr));
+    CudaLlama<bf16> m(w, 1, 16, nullptr, 1024, hdpissa::llama::gpu::Attention::Auto);
+    CHECK(m.flash_attention());
+    CudaLlama<float> f(w, 1, 16, nullptr, 1024, hdpissa::llama::gpu::Attention::Auto);
+    CHECK_FALSE(f.flash_attention());  // Auto falls back to Gemm where flash cannot run
   }
   bool thrown = false;
   try {

@@ -1,5 +1,5 @@
 // GPU path of hdpissa-train (--device cuda; llama/train/engine.hpp, src/engine_cuda.cu,
-// llama/cuda/methods_cuda.cuh), checked against the CPU trainer (the independent reference: Eigen
+// train/methods.hpp on gpu::CudaDevice), checked against the CPU trainer (the independent reference: Eigen
 // model, EigenBackend methods) and against invariants, on stories260K + GSM8K:
 //  - fp32: every method's per-step losses and merged weights equal the CPU run's to fp32 tolerance,
 //    both from a shared initial state (the CPU's factors, so only the training path differs) and

@@ -34,9 +34,22 @@ struct Batch {
 
   /// Number of tokens that contribute to the loss (labels[b, t] != -100 for t ≥ 1, t < length).
   [[nodiscard]] std::int64_t num_target_tokens() const {
+    return for_each_target([](std::int64_t, std::int32_t) {});
+  }
+
+  /// The loss targets, in row-major order: calls emit(row, label) for every (b, t) with
+  /// t + 1 < lengths[b] and label = labels[b, t+1] ≠ -100, where row = b·seq_len + t is the token
+  /// row that predicts it. Returns their number. Labels are not range-checked here (see check()).
+  template <class Emit>
+  std::int64_t for_each_target(Emit&& emit) const {
     std::int64_t n = 0;
     for (int b = 0; b < batch_size; ++b)
-      for (int t = 1; t < lengths[b]; ++t) n += labels[static_cast<std::size_t>(b) * seq_len + t] != kIgnoreIndex;
+      for (int t = 0; t + 1 < lengths[b]; ++t) {
+        const std::int32_t lab = labels[static_cast<std::size_t>(b) * seq_len + t + 1];
+        if (lab == kIgnoreIndex) continue;
+        emit(static_cast<std::int64_t>(b) * seq_len + t, lab);
+        ++n;
+      }
     return n;
   }
 
@@ -64,6 +77,25 @@ struct Batch {
     for (int b = 0; b < batch_size; ++b)
       if (lengths[b] < 1 || lengths[b] > seq_len)
         throw LlamaError(cat("batch: expected row lengths in [1, ", seq_len, "], found ", lengths[b], " in row ", b));
+  }
+
+  /// What a model checks before running the batch: validate(), then every input id in
+  /// [0, vocab_size) and every target label (see for_each_target) in [0, vocab_size) or -100.
+  /// Throws at the first bad entry, prefixed with `who` and naming its row and position.
+  void check(int vocab_size, const char* who) const {
+    validate();
+    const auto n = static_cast<std::int64_t>(batch_size) * seq_len;
+    for (std::int64_t r = 0; r < n; ++r) {
+      const std::int32_t id = input_ids[r];
+      if (id < 0 || id >= vocab_size)
+        throw LlamaError(cat(who, ": expected token ids in [0, ", vocab_size, "), found ", id, " at row ", r / seq_len,
+                             " position ", r % seq_len));
+    }
+    for_each_target([&](std::int64_t row, std::int32_t lab) {
+      if (lab < 0 || lab >= vocab_size)
+        throw LlamaError(cat(who, ": expected labels in [0, ", vocab_size, ") or -100, found ", lab, " at row ",
+                             row / seq_len, " position ", row % seq_len + 1));
+    });
   }
 };
 

@@ -190,7 +190,7 @@ inline void linear_backward(CpuHooks& h, LinearId id, const Matrix& W, ConstMatr
 /// (cross-entropy of labels[b, t+1] given tokens ≤ t, mean over non-masked targets).
 inline LossResult forward(const ModelWeights& w, const Batch& batch, CpuHooks& hooks, Activations& acts,
                           const ForwardOptions& opt = {}) {
-  batch.validate();
+  batch.check(w.config.vocab_size, "forward");
   const ModelConfig& c = w.config;
   const int B = batch.batch_size, T = batch.seq_len;
   if (T > c.max_seq_len)
@@ -207,13 +207,7 @@ inline LossResult forward(const ModelWeights& w, const Batch& batch, CpuHooks& h
   auto pos_of = [T](Eigen::Index r) { return static_cast<int>(r % T); };
 
   Matrix x(N, D);  // (N, dim)
-  for (Eigen::Index r = 0; r < N; ++r) {
-    const std::int32_t id = batch.input_ids[r];
-    if (id < 0 || id >= c.vocab_size)
-      throw LlamaError(cat("forward: expected token ids in [0, ", c.vocab_size, "), found ", id, " at row ", r / T,
-                           " position ", r % T));
-    x.row(r) = w.embed.row(id);
-  }
+  for (Eigen::Index r = 0; r < N; ++r) x.row(r) = w.embed.row(batch.input_ids[r]);
   const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
   Matrix tmp(N, D);
   for (int l = 0; l < c.n_layers; ++l) {
@@ -268,16 +262,10 @@ HDPISSA_LLAMA_OMP(omp parallel for schedule(static) if (N > 64))
   // targets: row (b, t) predicts labels[b, t+1]
   acts.target_rows.clear();
   acts.target_ids.clear();
-  for (int b = 0; b < B; ++b)
-    for (int t = 0; t + 1 < batch.lengths[b]; ++t) {
-      const std::int32_t lab = batch.labels[static_cast<std::size_t>(b) * T + t + 1];
-      if (lab == kIgnoreIndex) continue;
-      if (lab < 0 || lab >= c.vocab_size)
-        throw LlamaError(cat("forward: expected labels in [0, ", c.vocab_size, ") or -100, found ", lab, " at row ", b,
-                             " position ", t + 1));
-      acts.target_rows.push_back(static_cast<std::int64_t>(b) * T + t);
-      acts.target_ids.push_back(lab);
-    }
+  batch.for_each_target([&acts](std::int64_t row, std::int32_t lab) {
+    acts.target_rows.push_back(row);
+    acts.target_ids.push_back(lab);
+  });
   LossResult res;
   res.n_tokens = static_cast<std::int64_t>(acts.target_rows.size());
   if (!opt.compute_loss || res.n_tokens == 0) return res;

@@ -26,6 +26,8 @@
 ///    the causal key tiles and accumulates dQ = scale·dS·K in registers. This costs two more tile
 ///    products than FlashAttention-2's atomic dQ, and buys bit-reproducible gradients (bitwise
 ///    resume holds in bf16 too).
+/// Each kernel has a launcher (launch_fwd_kernel<HD>, launch_bwd_kernel<HD>, launch_bwd_dq_kernel<HD>:
+/// stream first, grid computed, launch checked); forward() / backward() pick HD at run time.
 /// Nothing here allocates: the caller owns every buffer.
 
 #include <cuda_bf16.h>
@@ -528,20 +530,50 @@ template <class Kernel>
 inline void set_smem(Kernel k, int bytes) {
   HDPISSA_CUDA_CHECK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
 }
+/// One block per (64-row tile, b, query head): the grid of every kernel here.
+inline dim3 tile_grid(int B, int nh, int Tn) {
+  return dim3(static_cast<unsigned>((Tn + kTile - 1) / kTile), static_cast<unsigned>(B * nh));
+}
 }  // namespace detail
+
+/// fwd_kernel<HD> on stream s (see forward()).
+template <int HD>
+void launch_fwd_kernel(cudaStream_t s, const bf16* Q, const bf16* K, const bf16* V, bf16* O, float* lse,
+                       const int* lengths, int B, int nh, int nkv, int Tn, float scale) {
+  detail::set_smem(fwd_kernel<HD>, fwd_smem_bytes<HD>());
+  fwd_kernel<HD><<<detail::tile_grid(B, nh, Tn), kThreads, fwd_smem_bytes<HD>(), s>>>(Q, K, V, O, lse, lengths, nh,
+                                                                                       nkv, Tn, scale);
+  HDPISSA_CUDA_CHECK_LAUNCH("flash::fwd_kernel");
+}
+
+/// bwd_kernel<HD> (per-query-head dK, dV) on stream s (see backward()).
+template <int HD>
+void launch_bwd_kernel(cudaStream_t s, const bf16* Q, const bf16* K, const bf16* V, const bf16* dO, const float* lse,
+                       const float* Dr, float* dk_part, float* dv_part, const int* lengths, int B, int nh, int nkv,
+                       int Tn, float scale) {
+  detail::set_smem(bwd_kernel<HD>, bwd_smem_bytes<HD>());
+  bwd_kernel<HD><<<detail::tile_grid(B, nh, Tn), kThreads, bwd_smem_bytes<HD>(), s>>>(Q, K, V, dO, lse, Dr, dk_part,
+                                                                                       dv_part, lengths, nh, nkv, Tn,
+                                                                                       scale);
+  HDPISSA_CUDA_CHECK_LAUNCH("flash::bwd_kernel");
+}
+
+/// bwd_dq_kernel<HD> (dQ) on stream s (see backward()).
+template <int HD>
+void launch_bwd_dq_kernel(cudaStream_t s, const bf16* Q, const bf16* K, const bf16* V, const bf16* dO,
+                          const float* lse, const float* Dr, float* dq, const int* lengths, int B, int nh, int nkv,
+                          int Tn, float scale) {
+  detail::set_smem(bwd_dq_kernel<HD>, dq_smem_bytes<HD>());
+  bwd_dq_kernel<HD><<<detail::tile_grid(B, nh, Tn), kThreads, dq_smem_bytes<HD>(), s>>>(Q, K, V, dO, lse, Dr, dq,
+                                                                                        lengths, nh, nkv, Tn, scale);
+  HDPISSA_CUDA_CHECK_LAUNCH("flash::bwd_dq_kernel");
+}
 
 /// O, lse ← attention(Q, K, V). Q, K, V, O 16-byte aligned; hd ∈ {64, 128}.
 inline void forward(const bf16* Q, const bf16* K, const bf16* V, bf16* O, float* lse, const int* lengths, int B,
                     int nh, int nkv, int Tn, int hd, float scale, cudaStream_t s) {
-  const dim3 grid(static_cast<unsigned>((Tn + kTile - 1) / kTile), static_cast<unsigned>(B * nh));
-  if (hd == 64) {
-    detail::set_smem(fwd_kernel<64>, fwd_smem_bytes<64>());
-    fwd_kernel<64><<<grid, kThreads, fwd_smem_bytes<64>(), s>>>(Q, K, V, O, lse, lengths, nh, nkv, Tn, scale);
-  } else {
-    detail::set_smem(fwd_kernel<128>, fwd_smem_bytes<128>());
-    fwd_kernel<128><<<grid, kThreads, fwd_smem_bytes<128>(), s>>>(Q, K, V, O, lse, lengths, nh, nkv, Tn, scale);
-  }
-  HDPISSA_CUDA_CHECK_LAUNCH("flash::fwd_kernel");
+  if (hd == 64) launch_fwd_kernel<64>(s, Q, K, V, O, lse, lengths, B, nh, nkv, Tn, scale);
+  else launch_fwd_kernel<128>(s, Q, K, V, O, lse, lengths, B, nh, nkv, Tn, scale);
 }
 
 /// Gradients of forward(): dq ← scale·dS·K; dk_part, dv_part ← each query head's dK, dV (all
@@ -550,25 +582,13 @@ inline void forward(const bf16* Q, const bf16* K, const bf16* V, bf16* O, float*
 inline void backward(const bf16* Q, const bf16* K, const bf16* V, const bf16* dO, const float* lse, const float* Dr,
                      float* dq, float* dk_part, float* dv_part, const int* lengths, int B, int nh, int nkv, int Tn,
                      int hd, float scale, cudaStream_t s) {
-  const dim3 grid(static_cast<unsigned>((Tn + kTile - 1) / kTile), static_cast<unsigned>(B * nh));
   if (hd == 64) {
-    detail::set_smem(bwd_kernel<64>, bwd_smem_bytes<64>());
-    bwd_kernel<64><<<grid, kThreads, bwd_smem_bytes<64>(), s>>>(Q, K, V, dO, lse, Dr, dk_part, dv_part, lengths, nh,
-                                                                 nkv, Tn, scale);
-    HDPISSA_CUDA_CHECK_LAUNCH("flash::bwd_kernel");
-    detail::set_smem(bwd_dq_kernel<64>, dq_smem_bytes<64>());
-    bwd_dq_kernel<64><<<grid, kThreads, dq_smem_bytes<64>(), s>>>(Q, K, V, dO, lse, Dr, dq, lengths, nh, nkv, Tn,
-                                                                   scale);
+    launch_bwd_kernel<64>(s, Q, K, V, dO, lse, Dr, dk_part, dv_part, lengths, B, nh, nkv, Tn, scale);
+    launch_bwd_dq_kernel<64>(s, Q, K, V, dO, lse, Dr, dq, lengths, B, nh, nkv, Tn, scale);
   } else {
-    detail::set_smem(bwd_kernel<128>, bwd_smem_bytes<128>());
-    bwd_kernel<128><<<grid, kThreads, bwd_smem_bytes<128>(), s>>>(Q, K, V, dO, lse, Dr, dk_part, dv_part, lengths, nh,
-                                                                   nkv, Tn, scale);
-    HDPISSA_CUDA_CHECK_LAUNCH("flash::bwd_kernel");
-    detail::set_smem(bwd_dq_kernel<128>, dq_smem_bytes<128>());
-    bwd_dq_kernel<128><<<grid, kThreads, dq_smem_bytes<128>(), s>>>(Q, K, V, dO, lse, Dr, dq, lengths, nh, nkv, Tn,
-                                                                     scale);
+    launch_bwd_kernel<128>(s, Q, K, V, dO, lse, Dr, dk_part, dv_part, lengths, B, nh, nkv, Tn, scale);
+    launch_bwd_dq_kernel<128>(s, Q, K, V, dO, lse, Dr, dq, lengths, B, nh, nkv, Tn, scale);
   }
-  HDPISSA_CUDA_CHECK_LAUNCH("flash::bwd_dq_kernel");
 }
 
 }  // namespace hdpissa::llama::gpu::flash

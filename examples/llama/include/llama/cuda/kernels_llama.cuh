@@ -8,6 +8,9 @@
 ///
 /// Attention layout (see model_cuda.cuh): head-major (B, heads, T, hd); score rows are indexed
 /// r = (b·n_heads + h)·T + t and have T columns (key positions).
+///
+/// Every kernel has a host launcher, launch_<kernel>(stream, args...), that computes its grid,
+/// enqueues it on the stream and checks the launch; the model calls only the launchers.
 
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
@@ -15,7 +18,15 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "hdpissa/backend/cuda/cuda_check.hpp"
+
 namespace hdpissa::llama::gpu::kern {
+
+/// Grid size for a grid-stride loop of n items with 256-thread blocks.
+inline unsigned grid_for(std::int64_t n, int threads = 256) {
+  const std::int64_t g = (n + threads - 1) / threads;
+  return static_cast<unsigned>(g < 1 ? 1 : (g > 65535 * 16 ? 65535 * 16 : g));
+}
 
 __device__ __forceinline__ float to_f(float x) { return x; }
 __device__ __forceinline__ float to_f(__nv_bfloat16 x) { return __bfloat162float(x); }
@@ -89,6 +100,12 @@ __global__ inline void embed_gather(const std::int32_t* __restrict__ tok, const 
   float* dst = x + n * D;
   for (int j = threadIdx.x; j < D; j += blockDim.x) dst[j] = src[j];
 }
+/// embed_gather over n_rows token rows.
+inline void launch_embed_gather(cudaStream_t s, const std::int32_t* tok, const float* emb, float* x,
+                                std::int64_t n_rows, int D) {
+  embed_gather<<<static_cast<unsigned>(n_rows), 256, 0, s>>>(tok, emb, x, D);
+  HDPISSA_CUDA_CHECK_LAUNCH("embed_gather");
+}
 
 /// out = prev (+ y); rstd = 1/sqrt(mean(out²) + eps); xn = out·rstd·w (as T). With y == nullptr,
 /// out may alias prev. 4-wide accesses when D % 4 == 0 and the rows are aligned. grid (N), block 256.
@@ -128,6 +145,13 @@ __global__ void add_rmsnorm_fwd(const float* prev, const T* __restrict__ y, floa
   } else {
     for (int j = threadIdx.x; j < D; j += blockDim.x) xn[base + j] = from_f<T>(out[base + j] * r * w[j]);
   }
+}
+/// add_rmsnorm_fwd over n_rows rows of D.
+template <class T>
+void launch_add_rmsnorm_fwd(cudaStream_t s, const float* prev, const T* y, float* out, const float* w, float* rstd,
+                            T* xn, std::int64_t n_rows, int D, float eps) {
+  add_rmsnorm_fwd<T><<<static_cast<unsigned>(n_rows), 256, 0, s>>>(prev, y, out, w, rstd, xn, D, eps);
+  HDPISSA_CUDA_CHECK_LAUNCH("add_rmsnorm_fwd");
 }
 
 /// RMSNorm backward into the residual gradient: with dy = dyf + dy0 + dy1 + dy2 (null terms
@@ -186,6 +210,13 @@ __global__ void rmsnorm_bwd(const float* __restrict__ x, const float* __restrict
     }
   }
 }
+/// rmsnorm_bwd over n_rows rows of D.
+template <class T>
+void launch_rmsnorm_bwd(cudaStream_t s, const float* x, const float* rstd, const float* w, const float* dyf,
+                        const T* dy0, const T* dy1, const T* dy2, float* dx, T* dx_t, std::int64_t n_rows, int D) {
+  rmsnorm_bwd<T><<<static_cast<unsigned>(n_rows), 256, 0, s>>>(x, rstd, w, dyf, dy0, dy1, dy2, dx, dx_t, D);
+  HDPISSA_CUDA_CHECK_LAUNCH("rmsnorm_bwd");
+}
 
 /// Row layout (N = B·Tn rows, ld_in ≥ nheads·hd) → head-major (B, nheads, Tn, hd), applying
 /// rotate-half RoPE at position t when `rope`. One thread per (row, head, i < hd/2).
@@ -215,6 +246,15 @@ __global__ void rows_to_heads(const T* __restrict__ in, int ld_in, T* __restrict
   }
 }
 
+/// rows_to_heads, one thread per (token row, head, i < hd/2).
+template <class T>
+void launch_rows_to_heads(cudaStream_t s, const T* in, int ld_in, T* out, int B, int Tn, int nheads, int hd,
+                          const float* cos_t, const float* sin_t, bool rope) {
+  const std::int64_t n = static_cast<std::int64_t>(B) * Tn * nheads * (hd / 2);
+  rows_to_heads<T><<<grid_for(n), 256, 0, s>>>(in, ld_in, out, B, Tn, nheads, hd, cos_t, sin_t, rope);
+  HDPISSA_CUDA_CHECK_LAUNCH("rows_to_heads");
+}
+
 /// Head-major (B, nheads, Tn, hd) → row layout (ld_out), applying the INVERSE rotation (the RoPE
 /// backward) when `rope`.
 template <class T>
@@ -241,6 +281,15 @@ __global__ void heads_to_rows(const T* __restrict__ in, T* __restrict__ out, int
       dst[i + half] = src[i + half];
     }
   }
+}
+
+/// heads_to_rows, one thread per (token row, head, i < hd/2).
+template <class T>
+void launch_heads_to_rows(cudaStream_t s, const T* in, T* out, int ld_out, int B, int Tn, int nheads, int hd,
+                          const float* cos_t, const float* sin_t, bool rope) {
+  const std::int64_t n = static_cast<std::int64_t>(B) * Tn * nheads * (hd / 2);
+  heads_to_rows<T><<<grid_for(n), 256, 0, s>>>(in, out, ld_out, B, Tn, nheads, hd, cos_t, sin_t, rope);
+  HDPISSA_CUDA_CHECK_LAUNCH("heads_to_rows");
 }
 
 /// Sums each kv head's group of fp32 per-query-head partials (B, nkv·group, Tn, hd) — query head
@@ -276,6 +325,15 @@ __global__ void group_sum_heads_to_rows(const float* __restrict__ in, int group,
       dst[i + half] = from_f<T>(bb);
     }
   }
+}
+
+/// group_sum_heads_to_rows, one thread per (token row, kv head, i < hd/2).
+template <class T>
+void launch_group_sum_heads_to_rows(cudaStream_t s, const float* in, int group, T* out, int ld_out, int B, int Tn,
+                                    int nkv, int hd, const float* cos_t, const float* sin_t, bool rope) {
+  const std::int64_t n = static_cast<std::int64_t>(B) * Tn * nkv * (hd / 2);
+  group_sum_heads_to_rows<T><<<grid_for(n), 256, 0, s>>>(in, group, out, ld_out, B, Tn, nkv, hd, cos_t, sin_t, rope);
+  HDPISSA_CUDA_CHECK_LAUNCH("group_sum_heads_to_rows");
 }
 
 /// Causal softmax of scaled scores S (rows r = (b·nh + h)·Tn + t, Tn columns) with padding: row
@@ -330,6 +388,14 @@ __global__ void causal_softmax_fwd(const float* __restrict__ S, T* __restrict__ 
   if (lane == 0) lse[r] = l;
 }
 
+/// causal_softmax_fwd over `rows` score rows, 8 rows (warps) per 256-thread block.
+template <class T>
+void launch_causal_softmax_fwd(cudaStream_t s, const float* S, T* P, float* lse, const int* lengths, int nh, int Tn,
+                               std::int64_t rows) {
+  causal_softmax_fwd<T><<<static_cast<unsigned>((rows + 7) / 8), 256, 0, s>>>(S, P, lse, lengths, nh, Tn, rows);
+  HDPISSA_CUDA_CHECK_LAUNCH("causal_softmax_fwd");
+}
+
 /// Attention backward elementwise step, from the recomputed scaled scores S, dP = dO Vᵀ, lse and
 /// Dr = rowsum(dO∘O): P = exp(S − lse) (causal, padding masked), dS = P∘(dP − Dr). Writes P and dS
 /// as T. One warp per row; 4-wide when Tn % 4 == 0; the masked part is written without reading.
@@ -374,6 +440,14 @@ __global__ void attn_bwd_ds(const float* __restrict__ S, const float* __restrict
   }
 }
 
+/// attn_bwd_ds over `rows` score rows, 8 rows (warps) per 256-thread block.
+template <class T>
+void launch_attn_bwd_ds(cudaStream_t s, const float* S, const float* dP, const float* lse, const float* Dr, T* P, T* dS,
+                        const int* lengths, int nh, int Tn, std::int64_t rows) {
+  attn_bwd_ds<T><<<static_cast<unsigned>((rows + 7) / 8), 256, 0, s>>>(S, dP, lse, Dr, P, dS, lengths, nh, Tn, rows);
+  HDPISSA_CUDA_CHECK_LAUNCH("attn_bwd_ds");
+}
+
 /// Dr[(b·nh + h)·Tn + t] = Σ_d dO[n, h·hd + d]·O[n, h·hd + d] (row layout, ld = nh·hd), n = b·Tn + t.
 template <class T>
 __global__ void attn_rowdot(const T* __restrict__ dO, const T* __restrict__ O, float* __restrict__ Dr, int B, int Tn,
@@ -388,6 +462,13 @@ __global__ void attn_rowdot(const T* __restrict__ dO, const T* __restrict__ O, f
   float acc = 0.0f;
   for (int d = 0; d < hd; ++d) acc += to_f(dO[off + d]) * to_f(O[off + d]);
   Dr[(static_cast<std::int64_t>(b) * nh + h) * Tn + t] = acc;
+}
+
+/// attn_rowdot, one thread per (token row, head).
+template <class T>
+void launch_attn_rowdot(cudaStream_t s, const T* dO, const T* O, float* Dr, int B, int Tn, int nh, int hd) {
+  attn_rowdot<T><<<grid_for(static_cast<std::int64_t>(B) * Tn * nh), 256, 0, s>>>(dO, O, Dr, B, Tn, nh, hd);
+  HDPISSA_CUDA_CHECK_LAUNCH("attn_rowdot");
 }
 
 __device__ __forceinline__ float sigmoidf_(float x) { return 1.0f / (1.0f + expf(-x)); }
@@ -409,6 +490,13 @@ __global__ void swiglu_fwd(const T* __restrict__ gate, const T* __restrict__ up,
     const float g = to_f(gate[i]);
     act[i] = from_f<T>(g * sigmoidf_(g) * to_f(up[i]));
   }
+}
+
+/// swiglu_fwd over n elements, one thread per 4.
+template <class T>
+void launch_swiglu_fwd(cudaStream_t s, const T* gate, const T* up, T* act, std::int64_t n) {
+  swiglu_fwd<T><<<grid_for((n + 3) / 4), 256, 0, s>>>(gate, up, act, n);
+  HDPISSA_CUDA_CHECK_LAUNCH("swiglu_fwd");
 }
 
 /// d_up = d_act·silu(gate); d_gate = d_act·up·σ(g)(1 + g(1 − σ(g))). 4-wide when possible.
@@ -443,6 +531,14 @@ __global__ void swiglu_bwd(const T* __restrict__ d_act, const T* __restrict__ ga
   }
 }
 
+/// swiglu_bwd over n elements, one thread per 4.
+template <class T>
+void launch_swiglu_bwd(cudaStream_t s, const T* d_act, const T* gate, const T* up, T* d_gate, T* d_up,
+                       std::int64_t n) {
+  swiglu_bwd<T><<<grid_for((n + 3) / 4), 256, 0, s>>>(d_act, gate, up, d_gate, d_up, n);
+  HDPISSA_CUDA_CHECK_LAUNCH("swiglu_bwd");
+}
+
 /// dst[i, :] = src[rows[i], :] (ld D).  grid (n), block 256.
 template <class T>
 __global__ void gather_rows(const T* __restrict__ src, const std::int32_t* __restrict__ rows, T* __restrict__ dst, int D) {
@@ -450,12 +546,25 @@ __global__ void gather_rows(const T* __restrict__ src, const std::int32_t* __res
   T* d = dst + static_cast<std::int64_t>(blockIdx.x) * D;
   for (int j = threadIdx.x; j < D; j += blockDim.x) d[j] = s[j];
 }
+/// gather_rows of n rows.
+template <class T>
+void launch_gather_rows(cudaStream_t s, const T* src, const std::int32_t* rows, T* dst, std::int64_t n, int D) {
+  gather_rows<T><<<static_cast<unsigned>(n), 256, 0, s>>>(src, rows, dst, D);
+  HDPISSA_CUDA_CHECK_LAUNCH("gather_rows");
+}
 /// dst[rows[i], :] = src[i, :] (rows distinct).  grid (n), block 256.
 __global__ inline void scatter_rows(const float* __restrict__ src, const std::int32_t* __restrict__ rows, float* __restrict__ dst,
                              int D) {
   const float* s = src + static_cast<std::int64_t>(blockIdx.x) * D;
   float* d = dst + static_cast<std::int64_t>(rows[blockIdx.x]) * D;
   for (int j = threadIdx.x; j < D; j += blockDim.x) d[j] = s[j];
+}
+
+/// scatter_rows of n rows.
+inline void launch_scatter_rows(cudaStream_t s, const float* src, const std::int32_t* rows, float* dst, std::int64_t n,
+                                int D) {
+  scatter_rows<<<static_cast<unsigned>(n), 256, 0, s>>>(src, rows, dst, D);
+  HDPISSA_CUDA_CHECK_LAUNCH("scatter_rows");
 }
 
 /// Cross-entropy of one logits row (fp32, V entries) against target[i]: row_loss[i] = lse − z_target.
@@ -484,6 +593,14 @@ __global__ void cross_entropy(float* logits, const std::int32_t* __restrict__ ta
   }
 }
 
+/// cross_entropy of n logits rows, one 512-thread block per row.
+template <class T>
+void launch_cross_entropy(cudaStream_t s, float* logits, const std::int32_t* target, float* row_loss, T* dlogits,
+                          float coef, std::int64_t n, int V) {
+  cross_entropy<T><<<static_cast<unsigned>(n), 512, 0, s>>>(logits, target, row_loss, dlogits, coef, V);
+  HDPISSA_CUDA_CHECK_LAUNCH("cross_entropy");
+}
+
 /// dst = T(src) / dst = float(src).
 template <class A, class B>
 __global__ void convert(const A* __restrict__ src, B* __restrict__ dst, std::int64_t n) {
@@ -491,11 +608,11 @@ __global__ void convert(const A* __restrict__ src, B* __restrict__ dst, std::int
        i += static_cast<std::int64_t>(gridDim.x) * blockDim.x)
     dst[i] = from_f<B>(to_f(src[i]));
 }
-
-/// Grid size for a grid-stride loop of n items with 256-thread blocks.
-inline unsigned grid_for(std::int64_t n, int threads = 256) {
-  const std::int64_t g = (n + threads - 1) / threads;
-  return static_cast<unsigned>(g < 1 ? 1 : (g > 65535 * 16 ? 65535 * 16 : g));
+/// convert of n contiguous elements.
+template <class A, class B>
+void launch_convert(cudaStream_t s, const A* src, B* dst, std::int64_t n) {
+  convert<A, B><<<grid_for(n), 256, 0, s>>>(src, dst, n);
+  HDPISSA_CUDA_CHECK_LAUNCH("convert");
 }
 
 }  // namespace hdpissa::llama::gpu::kern

@@ -19,7 +19,7 @@
 ///  - Flash (the default for bf16 with head_dim 64 or 128): fused tensor-core kernels
 ///    (flash_attn.cuh) that never materialise the scores; forward saves the row log-sum-exp, the
 ///    backward recomputes P tile by tile; deterministic.
-///  - Gemm (fp32, other head dims, or HDPISSA_LLAMA_ATTENTION=gemm): the scores live in one
+///  - Gemm (fp32, other head dims, or Attention::Gemm): the scores live in one
 ///    layer-sized fp32 workspace (B·n_heads·T·T) and every product is one strided-batched cuBLAS
 ///    GEMM; the forward saves only the row log-sum-exp, the backward recomputes P.
 /// The loss runs over target rows only, in chunks of `loss_chunk_rows` rows of full-vocabulary
@@ -38,7 +38,6 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <cstdlib>
 #include <type_traits>
 #include <string>
 #include <utility>
@@ -49,6 +48,7 @@
 #include "hdpissa/core/view.hpp"
 #include "llama/batch.hpp"
 #include "llama/config.hpp"
+#include "llama/cuda/cublas_gemm.hpp"
 #include "llama/cuda/flash_attn.cuh"
 #include "llama/cuda/kernels_llama.cuh"
 #include "hdpissa/backend/cuda/cuda_backend.hpp"
@@ -58,21 +58,16 @@
 
 namespace hdpissa::llama::gpu {
 
-/// The LLaMA decoder on one GPU (see the file comment). Not copyable; one stream, one cuBLAS handle.
 /// Attention implementation of CudaLlama (see the file comment). Auto = Flash where supported
-/// (bf16, head_dim 64 or 128), unless the environment sets HDPISSA_LLAMA_ATTENTION=gemm.
+/// (bf16, head_dim 64 or 128), Gemm elsewhere. The model reads no environment: a program that
+/// lets the environment choose maps it to this value itself.
 enum class Attention { Auto, Flash, Gemm };
 
 /// The hooks of the GPU model: the target linears on CudaBackend<T>, on the model's stream.
 template <class T>
 using CudaHooks = LinearHooks<hdpissa::CudaBackend<T>>;
 
-/// cuBLAS data type of a compute type.
-template <class T>
-constexpr cudaDataType_t cuda_type() {
-  if constexpr (std::is_same_v<T, float>) return CUDA_R_32F;
-  else return CUDA_R_16BF;
-}
+/// The LLaMA decoder on one GPU (see the file comment). Not copyable; one stream, one cuBLAS handle.
 
 template <class T>
 class CudaLlama {
@@ -156,8 +151,8 @@ class CudaLlama {
     float* rstd2;  // (N)
   };
 
-  /// Checks the batch, builds the target list, uploads tokens / lengths / targets. Returns the
-  /// number of target rows.
+  /// Checks the batch (Batch::check), builds the target list, uploads tokens / lengths / targets.
+  /// Returns the number of target rows.
   std::int64_t stage_batch(const Batch& b);
   void prepare_hooks(CudaHooks<T>& hooks);
   /// Embedding → final norm (xnf_), saving every layer's activations.
@@ -168,12 +163,6 @@ class CudaLlama {
   void backward_layers(CudaHooks<T>& hooks);
   /// Copies the per-row losses back (the one sync) and sums them in double.
   LossResult read_loss(std::int64_t n_targets);
-
-  // row-major GEMMs on the model's handle (fp32 accumulation), strided-batched when batch > 1
-  void gemm(cublasOperation_t ta, cublasOperation_t tb, std::int64_t m, std::int64_t n, std::int64_t k, float alpha,
-            const void* A, cudaDataType_t at, std::int64_t lda, std::int64_t sa, const void* B, cudaDataType_t bt,
-            std::int64_t ldb, std::int64_t sb, float beta, void* C, cudaDataType_t ct, std::int64_t ldc,
-            std::int64_t sc, int batch) const;
 
   float* res(int i) const { return res_.get() + static_cast<std::size_t>(i) * ntok_max_ * cfg_.dim; }
   T* lin_ptr(LinearId id) const { return lin_.get() + lin_off_[id.index()]; }
@@ -240,8 +229,6 @@ class CudaLlama {
 
 namespace detail_cuda {
 
-#define HDPISSA_LLAMA_LAUNCH_CHECK(name) HDPISSA_CUDA_CHECK_LAUNCH(name)
-
 /// Host fp32 → device T (synchronous; setup / upload path only). `stage` is an fp32 device
 /// scratch of at least n floats (used only when T ≠ float).
 template <class T>
@@ -251,8 +238,7 @@ void upload_as(const float* host, T* dst, std::int64_t n, float* stage, cudaStre
     HDPISSA_CUDA_CHECK(cudaMemcpyAsync(dst, host, n * sizeof(float), cudaMemcpyHostToDevice, s));
   } else {
     HDPISSA_CUDA_CHECK(cudaMemcpyAsync(stage, host, n * sizeof(float), cudaMemcpyHostToDevice, s));
-    kern::convert<float, T><<<kern::grid_for(n), 256, 0, s>>>(stage, dst, n);
-    HDPISSA_LLAMA_LAUNCH_CHECK("convert");
+    kern::launch_convert<float, T>(s, stage, dst, n);
   }
   HDPISSA_CUDA_CHECK(cudaStreamSynchronize(s));
 }
@@ -414,18 +400,7 @@ CudaLlama<T>::CudaLlama(const ModelWeights& host, int max_batch, int max_seq, cu
                            "multiples of 8; found ",
                            std::is_same_v<T, float> ? "fp32" : "bf16", ", head_dim ", c.head_dim, ", dim ", D,
                            ", hidden_dim ", H));
-    bool want = attention == Attention::Flash;
-    if (attention == Attention::Auto) {
-      const char* env = std::getenv("HDPISSA_LLAMA_ATTENTION");
-      const std::string e = env ? env : "";
-      if (!e.empty() && e != "flash" && e != "gemm" && e != "auto")
-        throw LlamaError(cat("HDPISSA_LLAMA_ATTENTION: expected auto, flash or gemm, found '", e, "'"));
-      if (e == "flash" && !ok)
-        throw LlamaError(cat("HDPISSA_LLAMA_ATTENTION=flash: needs bf16 storage and head_dim 64 or 128; found ",
-                             std::is_same_v<T, float> ? "fp32" : "bf16", ", head_dim ", c.head_dim));
-      want = ok && e != "gemm";
-    }
-    flash_ = want;
+    flash_ = attention == Attention::Flash || (attention == Attention::Auto && ok);
   }
   if (flash_) {
     fdq_.reserve(N * qd);
@@ -482,35 +457,15 @@ void CudaLlama<T>::download_linear(LinearId id, Matrix& host_fp32) const {
   if constexpr (std::is_same_v<T, float>) {
     HDPISSA_CUDA_CHECK(cudaMemcpyAsync(host_fp32.data(), v.data, n * sizeof(float), cudaMemcpyDeviceToHost, stream_));
   } else {
-    kern::convert<T, float><<<kern::grid_for(n), 256, 0, stream_>>>(v.data, stage_f32_.get(), n);
-    HDPISSA_LLAMA_LAUNCH_CHECK("convert");
+    kern::launch_convert<T, float>(stream_, v.data, stage_f32_.get(), n);
     HDPISSA_CUDA_CHECK(cudaMemcpyAsync(host_fp32.data(), stage_f32_.get(), n * sizeof(float), cudaMemcpyDeviceToHost, stream_));
   }
   HDPISSA_CUDA_CHECK(cudaStreamSynchronize(stream_));
 }
 
 template <class T>
-void CudaLlama<T>::gemm(cublasOperation_t ta, cublasOperation_t tb, std::int64_t m, std::int64_t n, std::int64_t k,
-                        float alpha, const void* A, cudaDataType_t at, std::int64_t lda, std::int64_t sa, const void* B,
-                        cudaDataType_t bt, std::int64_t ldb, std::int64_t sb, float beta, void* C, cudaDataType_t ct,
-                        std::int64_t ldc, std::int64_t sc, int batch) const {
-  // row-major C (m, n) = op(A) op(B)  ⇔  column-major Cᵀ (n, m) = op(B)ᵀ op(A)ᵀ
-  if (batch == 1) {
-    HDPISSA_CUBLAS_CHECK(cublasGemmEx(cublas_.get(), tb, ta, static_cast<int>(n), static_cast<int>(m), static_cast<int>(k),
-                                      &alpha, B, bt, static_cast<int>(ldb), A, at, static_cast<int>(lda), &beta, C, ct,
-                                      static_cast<int>(ldc), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
-  } else {
-    HDPISSA_CUBLAS_CHECK(cublasGemmStridedBatchedEx(
-        cublas_.get(), tb, ta, static_cast<int>(n), static_cast<int>(m), static_cast<int>(k), &alpha, B, bt,
-        static_cast<int>(ldb), sb, A, at, static_cast<int>(lda), sa, &beta, C, ct, static_cast<int>(ldc), sc, batch,
-        CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
-  }
-}
-
-template <class T>
 std::int64_t CudaLlama<T>::stage_batch(const Batch& b) {
-  b.validate();
-  const ModelConfig& c = cfg_;
+  b.check(cfg_.vocab_size, "CudaLlama");
   if (b.batch_size > max_batch_ || b.seq_len > max_seq_)
     throw LlamaError(cat("CudaLlama: expected a batch of at most ", max_batch_, " x ", max_seq_,
                          " tokens (the constructor's max_batch x max_seq), found ", b.batch_size, " x ", b.seq_len));
@@ -518,28 +473,16 @@ std::int64_t CudaLlama<T>::stage_batch(const Batch& b) {
   T_ = b.seq_len;
   const std::int64_t N = static_cast<std::int64_t>(B_) * T_;
   std::int32_t* h = h_ints_.get();
-  for (std::int64_t r = 0; r < N; ++r) {
-    const std::int32_t id = b.input_ids[r];
-    if (id < 0 || id >= c.vocab_size)
-      throw LlamaError(cat("CudaLlama: expected token ids in [0, ", c.vocab_size, "), found ", id, " at row ", r / T_,
-                           " position ", r % T_));
-    h[r] = id;
-  }
+  std::copy(b.input_ids.begin(), b.input_ids.begin() + N, h);
   for (int i = 0; i < B_; ++i) h[ntok_max_ + i] = b.lengths[i];
   std::int32_t* rows = h + ntok_max_ + max_batch_;
   std::int32_t* ids = h + 2 * ntok_max_ + max_batch_;
   std::int64_t n = 0;
-  for (int i = 0; i < B_; ++i)
-    for (int t = 0; t + 1 < b.lengths[i]; ++t) {
-      const std::int32_t lab = b.labels[static_cast<std::size_t>(i) * T_ + t + 1];
-      if (lab == kIgnoreIndex) continue;
-      if (lab < 0 || lab >= c.vocab_size)
-        throw LlamaError(cat("CudaLlama: expected labels in [0, ", c.vocab_size, ") or -100, found ", lab, " at row ",
-                             i, " position ", t + 1));
-      rows[n] = static_cast<std::int32_t>(static_cast<std::int64_t>(i) * T_ + t);
-      ids[n] = lab;
-      ++n;
-    }
+  b.for_each_target([&](std::int64_t row, std::int32_t lab) {
+    rows[n] = static_cast<std::int32_t>(row);
+    ids[n] = lab;
+    ++n;
+  });
   HDPISSA_CUDA_CHECK(cudaMemcpyAsync(ints_.get(), h, sizeof(std::int32_t) * (3 * ntok_max_ + max_batch_),
                                      cudaMemcpyHostToDevice, stream_));
   return n;
@@ -556,103 +499,89 @@ void CudaLlama<T>::forward_layers(CudaHooks<T>& hooks) {
   const int B = B_, Tn = T_, D = c.dim, H = c.hidden_dim, qd = c.q_dim(), kvd = c.kv_dim();
   const int nh = c.n_heads, nkv = c.n_kv_heads, hd = c.head_dim, group = nh / nkv, L = c.n_layers;
   const std::int64_t N = static_cast<std::int64_t>(B) * Tn, gT = static_cast<std::int64_t>(group) * Tn;
-  const unsigned nblk = static_cast<unsigned>(N);
+  const std::int64_t Thd = static_cast<std::int64_t>(Tn) * hd;
   const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
-  const cudaDataType_t dt = cuda_type<T>();
+  const cudaDataType_t dt = cuda_data_type<T>();
   const float* norms = norms_.get();
   cudaStream_t s = stream_;
+  cublasHandle_t cb = cublas_.get();
   using CV = ConstMatrixView<T>;
   using MV = MatrixView<T>;
 
   mark(kNormFwd);
-  kern::embed_gather<<<nblk, 256, 0, s>>>(tokens(), embed_.get(), res(0), D);
-  HDPISSA_LLAMA_LAUNCH_CHECK("embed_gather");
+  kern::launch_embed_gather(s, tokens(), embed_.get(), res(0), N, D);
   for (int l = 0; l < L; ++l) {
     LayerActs& a = layers_[l];
     auto W = [&](Module m) { return CV(linear({l, m})); };
     const float* prev = l == 0 ? res(0) : res(2 * l - 1);
     mark(kNormFwd);
-    kern::add_rmsnorm_fwd<T><<<nblk, 256, 0, s>>>(prev, l == 0 ? nullptr : tmp_.get(), res(2 * l), norms + 2 * l * D,
-                                                  a.rstd1, a.xn1, D, c.norm_eps);
-    HDPISSA_LLAMA_LAUNCH_CHECK("add_rmsnorm_fwd");
+    kern::launch_add_rmsnorm_fwd<T>(s, prev, l == 0 ? nullptr : tmp_.get(), res(2 * l), norms + 2 * l * D, a.rstd1,
+                                    a.xn1, N, D, c.norm_eps);
     const CV xn1(a.xn1, N, D, D);
     mark(kLinFwd);
     hooks.forward({l, Module::q}, W(Module::q), xn1, MV(q_rows_.get(), N, qd, qd));
     hooks.forward({l, Module::k}, W(Module::k), xn1, MV(k_rows_.get(), N, kvd, kvd));
     hooks.forward({l, Module::v}, W(Module::v), xn1, MV(v_rows_.get(), N, kvd, kvd));
     mark(kAttnFwd);
-    kern::rows_to_heads<T><<<kern::grid_for(N * nh * (hd / 2)), 256, 0, s>>>(q_rows_.get(), qd, a.qh, B, Tn, nh, hd,
-                                                                             rope_cos_.get(), rope_sin_.get(), true);
-    kern::rows_to_heads<T><<<kern::grid_for(N * nkv * (hd / 2)), 256, 0, s>>>(k_rows_.get(), kvd, a.kh, B, Tn, nkv, hd,
-                                                                               rope_cos_.get(), rope_sin_.get(), true);
-    kern::rows_to_heads<T><<<kern::grid_for(N * nkv * (hd / 2)), 256, 0, s>>>(v_rows_.get(), kvd, a.vh, B, Tn, nkv, hd,
-                                                                               rope_cos_.get(), rope_sin_.get(), false);
-    HDPISSA_LLAMA_LAUNCH_CHECK("rows_to_heads");
+    kern::launch_rows_to_heads<T>(s, q_rows_.get(), qd, a.qh, B, Tn, nh, hd, rope_cos_.get(), rope_sin_.get(), true);
+    kern::launch_rows_to_heads<T>(s, k_rows_.get(), kvd, a.kh, B, Tn, nkv, hd, rope_cos_.get(), rope_sin_.get(), true);
+    kern::launch_rows_to_heads<T>(s, v_rows_.get(), kvd, a.vh, B, Tn, nkv, hd, rope_cos_.get(), rope_sin_.get(), false);
     if constexpr (std::is_same_v<T, __nv_bfloat16>) {
       if (flash_) flash::forward(a.qh, a.kh, a.vh, oh_.get(), a.lse, lengths(), B, nh, nkv, Tn, hd, scale, s);
     }
     if (!flash_) {
       // S = scale·Q Kᵀ per (b, kv group): (group·T, hd) × (T, hd)ᵀ
-      gemm(CUBLAS_OP_N, CUBLAS_OP_T, gT, Tn, hd, scale, a.qh, dt, hd, gT * hd, a.kh, dt, hd,
-           static_cast<std::int64_t>(Tn) * hd, 0.0f, s_.get(), CUDA_R_32F, Tn, gT * Tn, B * nkv);
-      const std::int64_t rows = N * nh;
-      kern::causal_softmax_fwd<T><<<static_cast<unsigned>((rows + 7) / 8), 256, 0, s>>>(s_.get(), p_.get(), a.lse,
-                                                                                        lengths(), nh, Tn, rows);
-      HDPISSA_LLAMA_LAUNCH_CHECK("causal_softmax_fwd");
+      gemm_rowmajor_strided_batched(cb, CUBLAS_OP_N, CUBLAS_OP_T, gT, Tn, hd, scale, a.qh, dt, hd, gT * hd, a.kh, dt,
+                                    hd, Thd, 0.0f, s_.get(), CUDA_R_32F, Tn, gT * Tn, B * nkv);
+      kern::launch_causal_softmax_fwd<T>(s, s_.get(), p_.get(), a.lse, lengths(), nh, Tn, N * nh);
       // O = P V: (group·T, T) × (T, hd)
-      gemm(CUBLAS_OP_N, CUBLAS_OP_N, gT, hd, Tn, 1.0f, p_.get(), dt, Tn, gT * Tn, a.vh, dt, hd,
-           static_cast<std::int64_t>(Tn) * hd, 0.0f, oh_.get(), dt, hd, gT * hd, B * nkv);
+      gemm_rowmajor_strided_batched(cb, CUBLAS_OP_N, CUBLAS_OP_N, gT, hd, Tn, 1.0f, p_.get(), dt, Tn, gT * Tn, a.vh, dt,
+                                    hd, Thd, 0.0f, oh_.get(), dt, hd, gT * hd, B * nkv);
     }
-    kern::heads_to_rows<T><<<kern::grid_for(N * nh * (hd / 2)), 256, 0, s>>>(oh_.get(), a.attn, qd, B, Tn, nh, hd,
-                                                                             rope_cos_.get(), rope_sin_.get(), false);
-    HDPISSA_LLAMA_LAUNCH_CHECK("heads_to_rows");
+    kern::launch_heads_to_rows<T>(s, oh_.get(), a.attn, qd, B, Tn, nh, hd, rope_cos_.get(), rope_sin_.get(), false);
     mark(kLinFwd);
     hooks.forward({l, Module::o}, W(Module::o), CV(a.attn, N, qd, qd), MV(tmp_.get(), N, D, D));
     mark(kNormFwd);
-    kern::add_rmsnorm_fwd<T><<<nblk, 256, 0, s>>>(res(2 * l), tmp_.get(), res(2 * l + 1), norms + (2 * l + 1) * D,
-                                                  a.rstd2, a.xn2, D, c.norm_eps);
-    HDPISSA_LLAMA_LAUNCH_CHECK("add_rmsnorm_fwd");
+    kern::launch_add_rmsnorm_fwd<T>(s, res(2 * l), tmp_.get(), res(2 * l + 1), norms + (2 * l + 1) * D, a.rstd2, a.xn2,
+                                    N, D, c.norm_eps);
     const CV xn2(a.xn2, N, D, D);
     mark(kLinFwd);
     hooks.forward({l, Module::gate}, W(Module::gate), xn2, MV(a.gate, N, H, H));
     hooks.forward({l, Module::up}, W(Module::up), xn2, MV(a.up, N, H, H));
     mark(kNormFwd);
-    kern::swiglu_fwd<T><<<kern::grid_for((N * H + 3) / 4), 256, 0, s>>>(a.gate, a.up, a.act, N * H);
-    HDPISSA_LLAMA_LAUNCH_CHECK("swiglu_fwd");
+    kern::launch_swiglu_fwd<T>(s, a.gate, a.up, a.act, N * H);
     mark(kLinFwd);
     hooks.forward({l, Module::down}, W(Module::down), CV(a.act, N, H, H), MV(tmp_.get(), N, D, D));
   }
   mark(kNormFwd);
-  kern::add_rmsnorm_fwd<T><<<nblk, 256, 0, s>>>(res(2 * L - 1), tmp_.get(), res(2 * L), norms + 2 * L * D,
-                                                rstd_f_.get(), xnf_.get(), D, c.norm_eps);
-  HDPISSA_LLAMA_LAUNCH_CHECK("add_rmsnorm_fwd");
+  kern::launch_add_rmsnorm_fwd<T>(s, res(2 * L - 1), tmp_.get(), res(2 * L), norms + 2 * L * D, rstd_f_.get(),
+                                  xnf_.get(), N, D, c.norm_eps);
 }
 
 template <class T>
 void CudaLlama<T>::loss_chunks(std::int64_t n_targets, bool backward, float loss_scale) {
   const int D = cfg_.dim, V = cfg_.vocab_size;
-  const cudaDataType_t dt = cuda_type<T>();
+  const cudaDataType_t dt = cuda_data_type<T>();
   const float coef = loss_scale / static_cast<float>(n_targets);
   mark(kLoss);
   const std::int64_t chunk = std::min<std::int64_t>(chunk_, ntok_max_);
   for (std::int64_t s0 = 0; s0 < n_targets; s0 += chunk) {
     const std::int64_t n = std::min(chunk, n_targets - s0);
-    kern::gather_rows<T><<<static_cast<unsigned>(n), 256, 0, stream_>>>(xnf_.get(), target_rows() + s0, xc_.get(), D);
-    HDPISSA_LLAMA_LAUNCH_CHECK("gather_rows");
-    gemm(CUBLAS_OP_N, CUBLAS_OP_T, n, V, D, 1.0f, xc_.get(), dt, D, 0, cls_, dt, D, 0, 0.0f, logits_.get(), CUDA_R_32F,
-         V, 0, 1);
+    kern::launch_gather_rows<T>(stream_, xnf_.get(), target_rows() + s0, xc_.get(), n, D);
+    // logits (n, V) = xc (n, D) · clsᵀ
+    gemm_rowmajor(cublas_.get(), CUBLAS_OP_N, CUBLAS_OP_T, n, V, D, 1.0f, xc_.get(), dt, D, cls_, dt, D, 0.0f,
+                  logits_.get(), CUDA_R_32F, V);
     T* dl = nullptr;
     if (backward) {
       if constexpr (std::is_same_v<T, float>) dl = logits_.get();  // in place
       else dl = dlogits_.get();
     }
-    kern::cross_entropy<T><<<static_cast<unsigned>(n), 512, 0, stream_>>>(logits_.get(), target_ids() + s0,
-                                                                         row_loss_.get() + s0, dl, coef, V);
-    HDPISSA_LLAMA_LAUNCH_CHECK("cross_entropy");
+    kern::launch_cross_entropy<T>(stream_, logits_.get(), target_ids() + s0, row_loss_.get() + s0, dl, coef, n, V);
     if (backward) {
-      gemm(CUBLAS_OP_N, CUBLAS_OP_N, n, D, V, 1.0f, dl, dt, V, 0, cls_, dt, D, 0, 0.0f, dxchunk_.get(), CUDA_R_32F, D, 0, 1);
-      kern::scatter_rows<<<static_cast<unsigned>(n), 256, 0, stream_>>>(dxchunk_.get(), target_rows() + s0, dxnf_.get(), D);
-      HDPISSA_LLAMA_LAUNCH_CHECK("scatter_rows");
+      // dxc (n, D) = dlogits (n, V) · cls
+      gemm_rowmajor(cublas_.get(), CUBLAS_OP_N, CUBLAS_OP_N, n, D, V, 1.0f, dl, dt, V, cls_, dt, D, 0.0f,
+                    dxchunk_.get(), CUDA_R_32F, D);
+      kern::launch_scatter_rows(stream_, dxchunk_.get(), target_rows() + s0, dxnf_.get(), n, D);
     }
   }
 }
@@ -664,19 +593,18 @@ void CudaLlama<T>::backward_layers(CudaHooks<T>& hooks) {
   const int nh = c.n_heads, nkv = c.n_kv_heads, hd = c.head_dim, group = nh / nkv, L = c.n_layers;
   const std::int64_t N = static_cast<std::int64_t>(B) * Tn, gT = static_cast<std::int64_t>(group) * Tn;
   const std::int64_t Thd = static_cast<std::int64_t>(Tn) * hd;
-  const unsigned nblk = static_cast<unsigned>(N);
   const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
-  const cudaDataType_t dt = cuda_type<T>();
+  const cudaDataType_t dt = cuda_data_type<T>();
   const float* norms = norms_.get();
   cudaStream_t s = stream_;
+  cublasHandle_t cb = cublas_.get();
   using CV = ConstMatrixView<T>;
   using MV = MatrixView<T>;
 
   mark(kNormBwd);
   HDPISSA_CUDA_CHECK(cudaMemsetAsync(dx_.get(), 0, sizeof(float) * N * D, s));
-  kern::rmsnorm_bwd<T><<<nblk, 256, 0, s>>>(res(2 * L), rstd_f_.get(), norms + 2 * L * D, dxnf_.get(), nullptr, nullptr,
-                                            nullptr, dx_.get(), dx_t_.get(), D);
-  HDPISSA_LLAMA_LAUNCH_CHECK("rmsnorm_bwd");
+  kern::launch_rmsnorm_bwd<T>(s, res(2 * L), rstd_f_.get(), norms + 2 * L * D, dxnf_.get(), nullptr, nullptr, nullptr,
+                              dx_.get(), dx_t_.get(), N, D);
   for (int l = L - 1; l >= 0; --l) {
     const LayerActs& a = layers_[l];
     auto W = [&](Module m) { return CV(linear({l, m})); };
@@ -684,64 +612,57 @@ void CudaLlama<T>::backward_layers(CudaHooks<T>& hooks) {
     mark(kLinBwd);
     hooks.backward({l, Module::down}, W(Module::down), CV(a.act, N, H, H), dxt, MV(d_act_.get(), N, H, H));
     mark(kNormBwd);
-    kern::swiglu_bwd<T><<<kern::grid_for((N * H + 3) / 4), 256, 0, s>>>(d_act_.get(), a.gate, a.up, d_gate_.get(), d_up_.get(), N * H);
-    HDPISSA_LLAMA_LAUNCH_CHECK("swiglu_bwd");
+    kern::launch_swiglu_bwd<T>(s, d_act_.get(), a.gate, a.up, d_gate_.get(), d_up_.get(), N * H);
     const CV xn2(a.xn2, N, D, D);
     mark(kLinBwd);
     hooks.backward({l, Module::up}, W(Module::up), xn2, CV(d_up_.get(), N, H, H), MV(dxa_.get(), N, D, D));
     hooks.backward({l, Module::gate}, W(Module::gate), xn2, CV(d_gate_.get(), N, H, H), MV(dxb_.get(), N, D, D));
     mark(kNormBwd);
-    kern::rmsnorm_bwd<T><<<nblk, 256, 0, s>>>(res(2 * l + 1), a.rstd2, norms + (2 * l + 1) * D, nullptr, dxa_.get(),
-                                              dxb_.get(), nullptr, dx_.get(), dx_t_.get(), D);
-    HDPISSA_LLAMA_LAUNCH_CHECK("rmsnorm_bwd");
+    kern::launch_rmsnorm_bwd<T>(s, res(2 * l + 1), a.rstd2, norms + (2 * l + 1) * D, nullptr, dxa_.get(), dxb_.get(),
+                                nullptr, dx_.get(), dx_t_.get(), N, D);
     mark(kLinBwd);
     hooks.backward({l, Module::o}, W(Module::o), CV(a.attn, N, qd, qd), dxt, MV(d_attn_.get(), N, qd, qd));
 
     // attention backward (flash-style recompute of P from Q, K and lse)
     mark(kAttnBwd);
-    kern::rows_to_heads<T><<<kern::grid_for(N * nh * (hd / 2)), 256, 0, s>>>(d_attn_.get(), qd, doh_.get(), B, Tn, nh,
-                                                                             hd, rope_cos_.get(), rope_sin_.get(), false);
-    HDPISSA_LLAMA_LAUNCH_CHECK("rows_to_heads");
-    kern::attn_rowdot<T><<<kern::grid_for(N * nh), 256, 0, s>>>(d_attn_.get(), a.attn, dr_.get(), B, Tn, nh, hd);
-    HDPISSA_LLAMA_LAUNCH_CHECK("attn_rowdot");
+    kern::launch_rows_to_heads<T>(s, d_attn_.get(), qd, doh_.get(), B, Tn, nh, hd, rope_cos_.get(), rope_sin_.get(),
+                                  false);
+    kern::launch_attn_rowdot<T>(s, d_attn_.get(), a.attn, dr_.get(), B, Tn, nh, hd);
     bool flash_done = false;
     if constexpr (std::is_same_v<T, __nv_bfloat16>) {
       if (flash_) {
         flash::backward(a.qh, a.kh, a.vh, doh_.get(), a.lse, dr_.get(), fdq_.get(), fdk_.get(), fdv_.get(), lengths(),
                         B, nh, nkv, Tn, hd, scale, s);
-        kern::group_sum_heads_to_rows<T><<<kern::grid_for(N * nh * (hd / 2)), 256, 0, s>>>(
-            fdq_.get(), 1, q_rows_.get(), qd, B, Tn, nh, hd, rope_cos_.get(), rope_sin_.get(), true);
-        kern::group_sum_heads_to_rows<T><<<kern::grid_for(N * nkv * (hd / 2)), 256, 0, s>>>(
-            fdk_.get(), group, k_rows_.get(), kvd, B, Tn, nkv, hd, rope_cos_.get(), rope_sin_.get(), true);
-        kern::group_sum_heads_to_rows<T><<<kern::grid_for(N * nkv * (hd / 2)), 256, 0, s>>>(
-            fdv_.get(), group, v_rows_.get(), kvd, B, Tn, nkv, hd, rope_cos_.get(), rope_sin_.get(), false);
-        HDPISSA_LLAMA_LAUNCH_CHECK("group_sum_heads_to_rows");
+        kern::launch_group_sum_heads_to_rows<T>(s, fdq_.get(), 1, q_rows_.get(), qd, B, Tn, nh, hd, rope_cos_.get(),
+                                                rope_sin_.get(), true);
+        kern::launch_group_sum_heads_to_rows<T>(s, fdk_.get(), group, k_rows_.get(), kvd, B, Tn, nkv, hd,
+                                                rope_cos_.get(), rope_sin_.get(), true);
+        kern::launch_group_sum_heads_to_rows<T>(s, fdv_.get(), group, v_rows_.get(), kvd, B, Tn, nkv, hd,
+                                                rope_cos_.get(), rope_sin_.get(), false);
         flash_done = true;
       }
     }
     if (!flash_done) {
-      gemm(CUBLAS_OP_N, CUBLAS_OP_T, gT, Tn, hd, scale, a.qh, dt, hd, gT * hd, a.kh, dt, hd, Thd, 0.0f, s_.get(),
-           CUDA_R_32F, Tn, gT * Tn, B * nkv);
-      gemm(CUBLAS_OP_N, CUBLAS_OP_T, gT, Tn, hd, 1.0f, doh_.get(), dt, hd, gT * hd, a.vh, dt, hd, Thd, 0.0f, dp_.get(),
-           CUDA_R_32F, Tn, gT * Tn, B * nkv);
-      const std::int64_t rows = N * nh;
-      kern::attn_bwd_ds<T><<<static_cast<unsigned>((rows + 7) / 8), 256, 0, s>>>(s_.get(), dp_.get(), a.lse, dr_.get(),
-                                                                                 p_.get(), ds_.get(), lengths(), nh, Tn, rows);
-      HDPISSA_LLAMA_LAUNCH_CHECK("attn_bwd_ds");
+      // S = scale·Q Kᵀ and dP = dO Vᵀ per (b, kv group): (group·T, hd) × (T, hd)ᵀ
+      gemm_rowmajor_strided_batched(cb, CUBLAS_OP_N, CUBLAS_OP_T, gT, Tn, hd, scale, a.qh, dt, hd, gT * hd, a.kh, dt,
+                                    hd, Thd, 0.0f, s_.get(), CUDA_R_32F, Tn, gT * Tn, B * nkv);
+      gemm_rowmajor_strided_batched(cb, CUBLAS_OP_N, CUBLAS_OP_T, gT, Tn, hd, 1.0f, doh_.get(), dt, hd, gT * hd, a.vh,
+                                    dt, hd, Thd, 0.0f, dp_.get(), CUDA_R_32F, Tn, gT * Tn, B * nkv);
+      kern::launch_attn_bwd_ds<T>(s, s_.get(), dp_.get(), a.lse, dr_.get(), p_.get(), ds_.get(), lengths(), nh, Tn,
+                                  N * nh);
       // dV = Pᵀ dO (sums the group's query heads), dQ = scale·dS K, dK = scale·dSᵀ Q
-      gemm(CUBLAS_OP_T, CUBLAS_OP_N, Tn, hd, gT, 1.0f, p_.get(), dt, Tn, gT * Tn, doh_.get(), dt, hd, gT * hd, 0.0f,
-           dvh_.get(), dt, hd, Thd, B * nkv);
-      gemm(CUBLAS_OP_N, CUBLAS_OP_N, gT, hd, Tn, scale, ds_.get(), dt, Tn, gT * Tn, a.kh, dt, hd, Thd, 0.0f, dqh_.get(),
-           dt, hd, gT * hd, B * nkv);
-      gemm(CUBLAS_OP_T, CUBLAS_OP_N, Tn, hd, gT, scale, ds_.get(), dt, Tn, gT * Tn, a.qh, dt, hd, gT * hd, 0.0f,
-           dkh_.get(), dt, hd, Thd, B * nkv);
-      kern::heads_to_rows<T><<<kern::grid_for(N * nh * (hd / 2)), 256, 0, s>>>(dqh_.get(), q_rows_.get(), qd, B, Tn, nh,
-                                                                               hd, rope_cos_.get(), rope_sin_.get(), true);
-      kern::heads_to_rows<T><<<kern::grid_for(N * nkv * (hd / 2)), 256, 0, s>>>(dkh_.get(), k_rows_.get(), kvd, B, Tn, nkv,
-                                                                                hd, rope_cos_.get(), rope_sin_.get(), true);
-      kern::heads_to_rows<T><<<kern::grid_for(N * nkv * (hd / 2)), 256, 0, s>>>(dvh_.get(), v_rows_.get(), kvd, B, Tn, nkv,
-                                                                                hd, rope_cos_.get(), rope_sin_.get(), false);
-      HDPISSA_LLAMA_LAUNCH_CHECK("heads_to_rows");
+      gemm_rowmajor_strided_batched(cb, CUBLAS_OP_T, CUBLAS_OP_N, Tn, hd, gT, 1.0f, p_.get(), dt, Tn, gT * Tn,
+                                    doh_.get(), dt, hd, gT * hd, 0.0f, dvh_.get(), dt, hd, Thd, B * nkv);
+      gemm_rowmajor_strided_batched(cb, CUBLAS_OP_N, CUBLAS_OP_N, gT, hd, Tn, scale, ds_.get(), dt, Tn, gT * Tn, a.kh,
+                                    dt, hd, Thd, 0.0f, dqh_.get(), dt, hd, gT * hd, B * nkv);
+      gemm_rowmajor_strided_batched(cb, CUBLAS_OP_T, CUBLAS_OP_N, Tn, hd, gT, scale, ds_.get(), dt, Tn, gT * Tn, a.qh,
+                                    dt, hd, gT * hd, 0.0f, dkh_.get(), dt, hd, Thd, B * nkv);
+      kern::launch_heads_to_rows<T>(s, dqh_.get(), q_rows_.get(), qd, B, Tn, nh, hd, rope_cos_.get(), rope_sin_.get(),
+                                    true);
+      kern::launch_heads_to_rows<T>(s, dkh_.get(), k_rows_.get(), kvd, B, Tn, nkv, hd, rope_cos_.get(), rope_sin_.get(),
+                                    true);
+      kern::launch_heads_to_rows<T>(s, dvh_.get(), v_rows_.get(), kvd, B, Tn, nkv, hd, rope_cos_.get(), rope_sin_.get(),
+                                    false);
     }
     const CV xn1(a.xn1, N, D, D);
     mark(kLinBwd);
@@ -749,9 +670,8 @@ void CudaLlama<T>::backward_layers(CudaHooks<T>& hooks) {
     hooks.backward({l, Module::k}, W(Module::k), xn1, CV(k_rows_.get(), N, kvd, kvd), MV(dxb_.get(), N, D, D));
     hooks.backward({l, Module::q}, W(Module::q), xn1, CV(q_rows_.get(), N, qd, qd), MV(dxc_.get(), N, D, D));
     mark(kNormBwd);
-    kern::rmsnorm_bwd<T><<<nblk, 256, 0, s>>>(res(2 * l), a.rstd1, norms + 2 * l * D, nullptr, dxa_.get(), dxb_.get(),
-                                              dxc_.get(), dx_.get(), dx_t_.get(), D);
-    HDPISSA_LLAMA_LAUNCH_CHECK("rmsnorm_bwd");
+    kern::launch_rmsnorm_bwd<T>(s, res(2 * l), a.rstd1, norms + 2 * l * D, nullptr, dxa_.get(), dxb_.get(), dxc_.get(),
+                                dx_.get(), dx_t_.get(), N, D);
   }
 }
 
@@ -797,8 +717,8 @@ void CudaLlama<T>::forward_logits(const Batch& b, CudaHooks<T>& hooks, std::vect
   const std::int64_t N = static_cast<std::int64_t>(B_) * T_;
   const int V = cfg_.vocab_size, D = cfg_.dim;
   FBuf out(static_cast<std::size_t>(N) * V);
-  gemm(CUBLAS_OP_N, CUBLAS_OP_T, N, V, D, 1.0f, xnf_.get(), cuda_type<T>(), D, 0, cls_, cuda_type<T>(), D, 0, 0.0f,
-       out.get(), CUDA_R_32F, V, 0, 1);
+  gemm_rowmajor(cublas_.get(), CUBLAS_OP_N, CUBLAS_OP_T, N, V, D, 1.0f, xnf_.get(), cuda_data_type<T>(), D, cls_,
+                cuda_data_type<T>(), D, 0.0f, out.get(), CUDA_R_32F, V);
   logits.resize(static_cast<std::size_t>(N) * V);
   HDPISSA_CUDA_CHECK(cudaMemcpyAsync(logits.data(), out.get(), sizeof(float) * N * V, cudaMemcpyDeviceToHost, stream_));
   HDPISSA_CUDA_CHECK(cudaStreamSynchronize(stream_));

@@ -1,6 +1,6 @@
 #pragma once
 /// \file device_comm.hpp
-/// The CUDA engine's device communicator, type-erased so that the GPU methods (methods_cuda.cuh)
+/// The CUDA engine's device communicator, type-erased so that the methods on the GPU (train/methods.hpp)
 /// have ONE communicator type, gpu::DevComm = VirtualRanks<DeviceComm>, whichever way the processes
 /// talk (pure C++: no CUDA include, so trainer.hpp and hdpissa_train.cpp can use it):
 ///  - one process (no mpirun): DeviceCollectivesOf<CudaSingleProcess>, built inside the engine;
