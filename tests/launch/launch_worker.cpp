@@ -159,10 +159,10 @@ int main(int argc, char** argv) {
   try {
     return run(std::vector<std::string>(argv + 1, argv + argc));
   } catch (const std::logic_error& e) {
-    std::cerr << "launch_worker: rank " << g_rank << ": error: " << e.what() << std::endl;
+    std::cerr << cat("launch_worker: rank ", g_rank, ": error: ", e.what(), "\n") << std::flush;  // one write
     return 3;
   } catch (const std::exception& e) {
-    std::cerr << "launch_worker: rank " << g_rank << ": error: " << e.what() << std::endl;
+    std::cerr << cat("launch_worker: rank ", g_rank, ": error: ", e.what(), "\n") << std::flush;
     return 1;
   }
 }

@@ -123,8 +123,8 @@ inline std::optional<int> run_launched(const TrainOptions& o) {
     t.run();
     return 0;
   } catch (const std::exception& e) {
-    std::cerr << "hdpissa-train: error on rank " << env.rank << " of " << env.world_size << ": " << e.what()
-              << std::endl;
+    std::cerr << cat("hdpissa-train: error on rank ", env.rank, " of ", env.world_size, ": ", e.what(), "\n")
+              << std::flush;  // one write: the ranks' messages do not interleave
     return 1;
   }
 }

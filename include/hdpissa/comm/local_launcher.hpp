@@ -10,10 +10,14 @@
 ///    `grace`: no job outlives a failed rank by more than 2·grace;
 ///  - SIGINT, SIGTERM and SIGHUP sent to the launcher are forwarded to every process;
 ///  - on Linux every process gets PR_SET_PDEATHSIG, so killing the launcher ends them too;
-///  - run() returns the first failure's exit code (128 + signal for a killed process), else 0.
+///  - run() returns the first failure's exit code (128 + signal for a killed process), else 0. The
+///    first failure is decided after a 200 ms settling window: a crashed process's sockets close
+///    before it can be reaped, so its peers may be reaped first; a process killed by a signal
+///    therefore ranks before the exits of the same window, which otherwise keep their reaping order.
 /// POSIX (fork/exec); the library proper never calls it.
 
 #include <fcntl.h>
+#include <poll.h>
 #include <netinet/in.h>
 #include <signal.h>
 #include <sys/socket.h>
@@ -23,6 +27,7 @@
 #include <sys/prctl.h>
 #endif
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdio>
@@ -62,6 +67,19 @@ inline std::atomic<int>& received_signal() {
   return s;
 }
 inline void on_signal(int sig) { received_signal().store(sig); }
+/// Write end of the self-pipe SIGCHLD writes to, so the launcher wakes the moment a process ends
+/// (and sees the first failure before the failures it causes).
+inline std::atomic<int>& child_pipe() {
+  static std::atomic<int> fd{-1};
+  return fd;
+}
+inline void on_child(int) {
+  const int fd = child_pipe().load();
+  if (fd >= 0) {
+    const char c = 0;
+    (void)!::write(fd, &c, 1);
+  }
+}
 
 inline std::string describe_status(int status) {
   if (WIFEXITED(status)) return cat("exited with code ", WEXITSTATUS(status));
@@ -121,6 +139,28 @@ class LocalLauncher {
     sigaction(SIGTERM, &sa, &old_term);
     sigaction(SIGHUP, &sa, &old_hup);
     launch_detail::received_signal().store(0);
+    int wake[2] = {-1, -1};
+    if (pipe(wake) != 0) throw RuntimeCallError(cat(o_.name, ": pipe(): ", std::strerror(errno)));
+    for (int fd : wake) {
+      (void)fcntl(fd, F_SETFL, fcntl(fd, F_GETFL, 0) | O_NONBLOCK);
+      (void)fcntl(fd, F_SETFD, FD_CLOEXEC);
+    }
+    launch_detail::child_pipe().store(wake[1]);
+    struct sigaction sc {}, old_chld{};
+    sc.sa_handler = &launch_detail::on_child;
+    sigemptyset(&sc.sa_mask);
+    sc.sa_flags = SA_NOCLDSTOP | SA_RESTART;
+    sigaction(SIGCHLD, &sc, &old_chld);
+    struct Cleanup {  // restores SIGCHLD and closes the pipe however run() ends
+      int* w;
+      struct sigaction* old;
+      ~Cleanup() {
+        sigaction(SIGCHLD, old, nullptr);
+        launch_detail::child_pipe().store(-1);
+        ::close(w[0]);
+        ::close(w[1]);
+      }
+    } cleanup{wake, &old_chld};
     std::cout.flush();
     std::cerr.flush();
 
@@ -146,36 +186,66 @@ class LocalLauncher {
     int live = o_.nproc_per_node;
     using clock = std::chrono::steady_clock;
     clock::time_point term_at{}, kill_at{};
-    bool failing = false, termed = false, killed = false;
+    bool failing = false, termed = false, killed = false, decided = false;
+    clock::time_point settle_until{};
     int forwarded = 0;
+    struct Ended {
+      int local, status;
+      pid_t pid;
+    };
+    std::vector<Ended> pending;  // failures of the settling window
     while (live > 0) {
-      int status = 0;
-      const pid_t pid = waitpid(-1, &status, WNOHANG);
-      if (pid > 0) {
+      // Reap everything that ended since the last sweep.
+      std::vector<Ended> ended;
+      for (;;) {
+        int status = 0;
+        const pid_t pid = waitpid(-1, &status, WNOHANG);
+        if (pid <= 0) break;
         int l = 0;
         while (l < o_.nproc_per_node && pids[std::size_t(l)] != pid) ++l;
         if (l == o_.nproc_per_node) continue;  // not ours
         alive[std::size_t(l)] = false;
         --live;
-        const int rank = o_.node_rank * o_.nproc_per_node + l;
-        const int code = launch_detail::exit_code(status);
-        if (code != 0 && !failing) {
-          failing = true;
-          first_code = code;
-          std::cerr << o_.name << ": rank " << rank << " (local rank " << l << ", pid " << pid << ") "
-                    << launch_detail::describe_status(status);
-          if (live > 0)
-            std::cerr << "; stopping the other " << live << " process" << (live > 1 ? "es" : "") << " (SIGTERM after "
-                      << double(o_.grace.count()) / 1000.0 << " s unless they exit first)";
-          std::cerr << std::endl;
-          term_at = clock::now() + o_.grace;
-        } else if (code != 0 && !termed) {
-          std::cerr << o_.name << ": rank " << rank << " (pid " << pid << ") " << launch_detail::describe_status(status)
-                    << std::endl;
-        }
-        continue;
+        ended.push_back({l, status, pid});
       }
-      if (pid < 0 && errno == ECHILD) break;
+      // Decide the first failure after a short settling window: a crashed process can become
+      // reapable only after the peers it took down (its sockets close before it is a zombie), so
+      // among the failures of the window one killed by a signal comes first, else the first reaped.
+      for (const Ended& e : ended) {
+        if (launch_detail::exit_code(e.status) == 0) continue;
+        if (decided) {
+          if (!termed)
+            std::cerr << o_.name << ": rank " << o_.node_rank * o_.nproc_per_node + e.local << " (pid " << e.pid
+                      << ") " << launch_detail::describe_status(e.status) << std::endl;
+          continue;
+        }
+        if (pending.empty()) {
+          settle_until = clock::now() + std::min(o_.grace, std::chrono::milliseconds(200));
+          term_at = clock::now() + o_.grace;
+          failing = true;
+        }
+        pending.push_back(e);
+      }
+      if (!decided && !pending.empty() && (live == 0 || clock::now() >= settle_until)) {
+        decided = true;
+        std::stable_partition(pending.begin(), pending.end(), [](const Ended& e) { return WIFSIGNALED(e.status); });
+        for (std::size_t i = 0; i < pending.size(); ++i) {
+          const Ended& e = pending[i];
+          const int rank = o_.node_rank * o_.nproc_per_node + e.local;
+          std::cerr << o_.name << ": rank " << rank;
+          if (i == 0) {
+            first_code = launch_detail::exit_code(e.status);
+            std::cerr << " (local rank " << e.local << ", pid " << e.pid << ") " << launch_detail::describe_status(e.status);
+            if (live > 0)
+              std::cerr << "; stopping the other processes (SIGTERM after " << double(o_.grace.count()) / 1000.0
+                        << " s unless they exit first)";
+          } else {
+            std::cerr << " (pid " << e.pid << ") " << launch_detail::describe_status(e.status);
+          }
+          std::cerr << std::endl;
+        }
+      }
+      if (live == 0) break;
       const int sig = launch_detail::received_signal().exchange(0);
       if (sig != 0) {
         ++forwarded;
@@ -183,7 +253,7 @@ class LocalLauncher {
                   << (live > 1 ? "es" : "") << std::endl;
         terminate_all(pids, alive, sig);
         if (!failing) {
-          failing = true;
+          failing = decided = true;
           first_code = 128 + sig;
           term_at = clock::now() + o_.grace;
         }
@@ -199,7 +269,11 @@ class LocalLauncher {
         std::cerr << o_.name << ": " << live << " process(es) ignored SIGTERM; sending SIGKILL" << std::endl;
         terminate_all(pids, alive, SIGKILL);
       }
-      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+      pollfd pf{wake[0], POLLIN, 0};
+      (void)::poll(&pf, 1, 50);  // a child's end (or a signal) wakes this at once
+      char buf[64];
+      while (::read(wake[0], buf, sizeof(buf)) > 0) {
+      }
     }
     restore(old_int, old_term, old_hup);
     return first_code;

@@ -27,6 +27,7 @@
 #include <sys/types.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <cstdint>
@@ -396,8 +397,11 @@ inline SocketStar rendezvous(int rank, int size, const RendezvousSpec& spec, std
       s.close();
     }
   }
+  // Rank 0 answers by its own deadline (about ours): wait a little longer to hear its reason.
+  Deadline answer_dl = dl;
+  answer_dl.at += std::max(std::chrono::milliseconds(1000), timeout / 10);
   Answer a;
-  const Io io = recv_all(s.fd(), &a, sizeof(a), dl);
+  const Io io = recv_all(s.fd(), &a, sizeof(a), answer_dl);
   if (io == Io::timeout)
     throw CommError(cat("rendezvous on ", star.where, ": connected to rank 0 at ", at,
                         " but the rendezvous did not complete within ", seconds(timeout),
