@@ -12,6 +12,7 @@ endif()
 if(TARGET hdpissa-run AND EXISTS "${HDPISSA_LLAMA_DEFAULT_DATA}/stories260K-hf/model.safetensors")
   set(_args --model ${HDPISSA_LLAMA_DEFAULT_DATA}/stories260K-hf --data ${HDPISSA_LLAMA_DEFAULT_DATA}/gsm8k/train.jsonl
             --max-examples 200 --method hdpissa --rank 4 --lr 2e-3 --max-len 256 --max-steps 3 --threads 1 --quiet)
+  set(_argl ${_args})
   list(JOIN _args " " _args)
   set(_w "${CMAKE_CURRENT_BINARY_DIR}/train-launch-check")
   set(_t $<TARGET_FILE:hdpissa-train>)
@@ -20,7 +21,7 @@ if(TARGET hdpissa-run AND EXISTS "${HDPISSA_LLAMA_DEFAULT_DATA}/stories260K-hf/m
   set_tests_properties(example_llama_train_launch_matches_single PROPERTIES PASS_REGULAR_EXPRESSION "bit-identical"
                        ENVIRONMENT "HDPISSA_COMM_TIMEOUT_S=120" TIMEOUT 300 LABELS launch)
   add_test(NAME example_llama_train_launch_env_error
-           COMMAND ${CMAKE_COMMAND} -E env WORLD_SIZE=2 RANK=1 ${_t} ${_args} --output ${_w}/never)
+           COMMAND ${CMAKE_COMMAND} -E env WORLD_SIZE=2 RANK=1 ${_t} ${_argl} --output ${_w}/never)
   set_tests_properties(example_llama_train_launch_env_error PROPERTIES LABELS launch
     PASS_REGULAR_EXPRESSION "hdpissa-train: error: environment: WORLD_SIZE=2 but no rendezvous address")
 endif()
