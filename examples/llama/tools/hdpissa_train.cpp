@@ -9,6 +9,9 @@
 // hdpissa::nccl, compile definition HDPISSA_TRAIN_HAVE_NCCL): one process per GPU; the CUDA engine's
 // device communicator is an NcclCommunicator made here with make_nccl_communicator (the ncclUniqueId
 // travels over MPI) and handed to the engine through DeviceCommSetup (llama/train/device_comm.hpp).
+// Without MPI (hdpissa-run, torchrun, srun: WORLD_SIZE/RANK in the environment, or
+// `hdpissa-train --nproc-per-node N`): VirtualRanks<SocketCommunicator>, and NCCL bootstrapped over
+// the same sockets (train_launch.hpp).
 
 #include <cstdlib>
 #include <iostream>
@@ -16,6 +19,7 @@
 #include <vector>
 
 #include "llama/train/trainer.hpp"
+#include "train_launch.hpp"
 
 #ifdef HDPISSA_TRAIN_HAVE_MPI
 #include <mpi.h>
@@ -85,7 +89,8 @@ int main(int argc, char** argv) {
   using hdpissa::llama::CommKind;
   using hdpissa::llama::Device;
   using hdpissa::llama::LlamaError;
-  const bool quiet_rank = launcher_rank() != 0;  // only rank 0 prints errors of the argument parse
+  if (auto rc = hdpissa::llama::launch_if_requested(argc, argv)) return *rc;  // --nproc-per-node N
+  const bool quiet_rank = launcher_rank() != 0 || hdpissa::llama::launched_rank() != 0;  // rank 0 prints parse errors
   hdpissa::llama::TrainOptions o;
   try {
     bool help = false;
@@ -106,6 +111,8 @@ int main(int argc, char** argv) {
                 << " processes; use --comm mpi (or auto), or launch one process\n";
     return 2;
   }
+  if (!want_mpi)  // hdpissa-run, torchrun, srun: WORLD_SIZE/RANK in the environment, no MPI
+    if (auto rc = hdpissa::llama::run_launched(o)) return *rc;
   if (want_mpi) {
 #ifdef HDPISSA_TRAIN_HAVE_MPI
     boost::mpi::environment env(argc, argv);

@@ -1,0 +1,25 @@
+# cmake -DCMD=<prog;args…> -DEXPECT=<regex>[@@<regex>…] [-DEXPECT_RC=<n>] -DMAX_SECONDS=<n> -P check_run.cmake
+# Passes iff the command fails (non-zero status; exactly EXPECT_RC when given) within MAX_SECONDS
+# and its output matches every EXPECT regex.
+string(TIMESTAMP _t0 "%s")
+execute_process(COMMAND ${CMD} RESULT_VARIABLE _rc OUTPUT_VARIABLE _out ERROR_VARIABLE _err
+                TIMEOUT ${MAX_SECONDS})
+string(TIMESTAMP _t1 "%s")
+math(EXPR _dt "${_t1} - ${_t0}")
+message("---- status ${_rc} after ${_dt} s; output:\n${_out}\n${_err}----")
+if(_rc MATCHES "timeout|Process terminated")
+  message(FATAL_ERROR "the job hung: still running after ${MAX_SECONDS} s (${_rc})")
+endif()
+if(_rc EQUAL 0)
+  message(FATAL_ERROR "expected the job to fail, it succeeded")
+endif()
+if(NOT "${EXPECT_RC}" STREQUAL "" AND NOT _rc EQUAL EXPECT_RC)
+  message(FATAL_ERROR "expected exit status ${EXPECT_RC}, found ${_rc}")
+endif()
+string(REPLACE "@@" ";" _expects "${EXPECT}")
+foreach(_e IN LISTS _expects)
+  if(NOT "${_out}${_err}" MATCHES "${_e}")
+    message(FATAL_ERROR "expected the output to match: ${_e}")
+  endif()
+endforeach()
+message("ok: failed as expected in ${_dt} s")
