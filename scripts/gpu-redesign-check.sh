@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# gpu-redesign-check.sh — the trainer redesign (issue 21) on one GPU machine, in one call:
+#   1. builds (preset gpu, sm_90a) this tree's GPU suites, hdpissa-train and hdpissa-eval, and — in
+#      parallel — hdpissa-train of a baseline commit unpacked from BASELINE_TAR (git archive);
+#   2. runs the GPU suites: hdpissa_llama_cuda_tests (the GPU model vs fp64 / the CPU model),
+#      hdpissa_cuda_train_tests (hdpissa-train --device cuda vs the CPU trainer, bf16, resume) and
+#      hdpissa_cuda_tests (CudaBackend), then scripts/hf-check.sh on the GPU (transformers load check);
+#   3. trainer throughput and peak memory, baseline vs this tree, alternating runs of the same
+#      configurations (TinyLlama-1.1B shape, random init, bf16, micro-batch 2 x 512, grad-accum 8,
+#      r = 16): HD-PiSSA K = 8 virtual groups and LoRA; STEPS steps each, the first dropped;
+#   4. with FIXTURES=1, scripts/make-tokenizer-fixtures.py (transformers / tokenizers exist there).
+# Everything lands in $OUT: summary.txt (the table last) and logs.tar.gz.
+# Usage (repository root): [DATA=.devdata] [BASELINE_TAR=.devdata/baseline-a5b240e.tar.gz] [STEPS=5]
+#        [SKIP_TESTS=1] [SKIP_TPUT=1] scripts/gpu-redesign-check.sh
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUTDIR=${OUT:-build/gpu/out}
+DATA=${DATA:-.devdata}
+BASELINE_TAR=${BASELINE_TAR:-.devdata/baseline-a5b240e.tar.gz}
+STEPS=${STEPS:-5}
+LOGS=/tmp/redesign-logs
+mkdir -p "$OUTDIR" "$LOGS"
+S="$OUTDIR/summary.txt"
+say() { echo "$*" | tee -a "$S"; }
+say "gpu-redesign-check at $(git rev-parse --short HEAD 2>/dev/null || echo '?') on $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader)"
+t0=$(date +%s)
+targets=(hdpissa-train hdpissa-eval)
+[[ -z "${SKIP_TESTS:-}" ]] && targets+=(hdpissa_llama_cuda_tests hdpissa_cuda_train_tests hdpissa_cuda_tests)
+( cmake --preset gpu -DHDPISSA_BUILD_TESTS=ON -DHDPISSA_BUILD_EXAMPLES=ON -DHDPISSA_MPI=OFF > "$LOGS/configure.log" 2>&1 &&
+  cmake --build build/gpu -j"${JOBS:-12}" --target "${targets[@]}" > "$LOGS/build.log" 2>&1 ) &
+new_pid=$!
+base_ok=0
+if [[ -z "${SKIP_TPUT:-}" && -f "$BASELINE_TAR" ]]; then
+  rm -rf /tmp/baseline && mkdir -p /tmp/baseline && tar -xzf "$BASELINE_TAR" -C /tmp/baseline &&
+  ( cd /tmp/baseline && cmake --preset gpu -DHDPISSA_MPI=OFF > "$LOGS/base-configure.log" 2>&1 &&
+    cmake --build build/gpu -j"${JOBS_BASE:-6}" --target hdpissa-train > "$LOGS/base-build.log" 2>&1 ) && base_ok=1
+fi
+wait $new_pid; new_rc=$?
+say "build: this tree rc $new_rc, baseline ok $base_ok, $(( $(date +%s) - t0 )) s"
+if [[ $new_rc -ne 0 ]]; then grep -E "error" "$LOGS/build.log" | head -30 | tee -a "$S"; tar -czf "$OUTDIR/logs.tar.gz" -C "$LOGS" .; exit 1; fi
+rc=0
+run() {  # name, timeout, command...
+  local name=$1 lim=$2; shift 2
+  local s=$(date +%s)
+  timeout "$lim" "$@" > "$LOGS/$name.log" 2>&1
+  local r=$?
+  say "$name: rc $r, $(( $(date +%s) - s )) s  $(grep -E '^\[doctest\] (test cases|assertions)' "$LOGS/$name.log" | tr '\n' ' ')"
+  if [[ $r -ne 0 ]]; then rc=1; grep -B3 -A15 "ERROR" "$LOGS/$name.log" | head -60 >> "$S"; fi
+  return 0
+}
+if [[ -z "${SKIP_TESTS:-}" ]]; then
+  HDPISSA_DATA="$DATA" run llama-cuda-tests 300 build/gpu/tests/llama/cuda/hdpissa_llama_cuda_tests --no-intro
+  HDPISSA_GPU_TEST_DATA="$DATA" HDPISSA_GPU_TEST_SCRATCH=/tmp/cuda-train-scratch \
+    run cuda-train-tests 420 build/gpu/tests/llama/cuda_train/hdpissa_cuda_train_tests --no-intro
+  grep -E "shared init|fresh GPU|resume" "$LOGS/cuda-train-tests.log" | head -20 >> "$S"
+  run cuda-backend-tests 300 build/gpu/tests/cuda/hdpissa_cuda_tests --no-intro
+  DATA="$DATA" DEVICES=cuda BUILD_DIR=build/gpu run hf-check 240 scripts/hf-check.sh
+  tail -3 "$LOGS/hf-check.log" >> "$S"
+fi
+if [[ -n "${FIXTURES:-}" && -f scripts/make-tokenizer-fixtures.py ]]; then
+  run tokenizer-fixtures 240 python3 scripts/make-tokenizer-fixtures.py "$DATA" tests/llama/fixtures/tokenizers
+  [[ -d tests/llama/fixtures/tokenizers ]] && tar -czf "$OUTDIR/tokenizer-fixtures.tar.gz" -C tests/llama/fixtures tokenizers
+fi
+if [[ -z "${SKIP_TPUT:-}" ]]; then
+  M=/tmp/tinyllama
+  python3 bench/e2e/make_model.py "$M" --seed 0 > "$LOGS/make-model.log" 2>&1 || { say "make_model failed"; tail -5 "$LOGS/make-model.log" >> "$S"; }
+  cp "$DATA/throughput/tokenizer.model" "$M/" 2>/dev/null
+  bins=("new:build/gpu/examples/llama/hdpissa-train")
+  [[ $base_ok == 1 ]] && bins+=("baseline:/tmp/baseline/build/gpu/examples/llama/hdpissa-train")
+  say ""
+  say "| config | binary | tok/s (steps 2..$STEPS) | peak device GiB | last loss |"
+  say "|---|---|---|---|---|"
+  for rep in 1 2; do
+    for cfg in "hdpissa 8" "lora 1"; do
+      set -- $cfg
+      for b in "${bins[@]}"; do
+        label=${b%%:*}; bin=${b#*:}
+        m="$LOGS/tput-$1-k$2-$label-$rep.jsonl"
+        timeout 240 "$bin" --device cuda --dtype bf16 --method "$1" --groups-per-process "$2" --model "$M" \
+          --tokenizer "$DATA/throughput/tokenizer.model" --data "$DATA/throughput/train.jsonl" --micro-batch 2 \
+          --max-len 512 --grad-accum 8 --rank 16 --alpha 16 --lr 1e-4 --max-steps "$STEPS" --svd randomized --quiet \
+          --metrics "$m" > "$LOGS/tput-$1-k$2-$label-$rep.log" 2>&1 || { say "| $1 K=$2 | $label | FAILED rc $? | | |"; continue; }
+        python3 - "$m" "$1 K=$2" "$label" <<'PY' | tee -a "$S"
+import json, sys
+recs = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+steps = [r for r in recs if r.get("type") == "step"][1:]
+tok = sum(r["tokens"] for r in steps); sec = sum(r["step_s"] for r in steps)
+peak = max([r.get("peak_device_bytes", 0) for r in recs] + [0]) / 2**30
+print(f"| {sys.argv[2]} | {sys.argv[3]} | {tok / sec:.0f} | {peak:.2f} | {steps[-1]['loss']:.4f} |")
+PY
+      done
+    done
+  done
+fi
+say "total $(( $(date +%s) - t0 )) s, rc $rc"
+tar -czf "$OUTDIR/logs.tar.gz" -C "$LOGS" .
+exit $rc
