@@ -70,17 +70,17 @@ struct CudaBackendOptions {
   /// Let DirectWeightUpdate use this backend's fused kernels (DwuKernels<CudaBackend>: one
   /// multi-tensor Adam launch per step, one packing kernel per layer) instead of its generic
   /// per-tensor loops. Same results bit for bit; off only to measure the difference.
-  std::optional<bool> fused_update;
+  std::optional<bool> fused_update = std::nullopt;
   /// fp32-storage GEMMs of at least gemm_tuning_min_flop (2·m·n·k) run with a cuBLASLt algorithm
   /// chosen once per distinct problem (gemm_tuner.hpp). BitExact (default) only accepts algorithms
   /// whose results equal cublasGemmEx's bit for bit, so results never change; Off always runs
   /// cublasGemmEx; Fastest accepts any algorithm (rounding differs; the timed choice may differ per
   /// process).
-  std::optional<GemmTuning> gemm_tuning;
+  std::optional<GemmTuning> gemm_tuning = std::nullopt;
   double gemm_tuning_min_flop = 1e9;
   /// The Direct Weight Update's GEMM (DwuGemm; used through the fused kernels, so only with
   /// fused_update).
-  std::optional<DwuGemm> dwu_gemm;
+  std::optional<DwuGemm> dwu_gemm = std::nullopt;
 
   /// Fills every empty optional field from its environment variable, then from the default.
   /// CudaBackend's constructors call it; an explicit value is kept as given.
