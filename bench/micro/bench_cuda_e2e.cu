@@ -116,7 +116,7 @@ void run_svd(const std::string& stories) {
     for (auto [p, q] : std::vector<std::pair<index_t, int>>{{112, 2}, {128, 2}, {128, 3}}) {
       std::vector<double> s;
       CholeskyRandomizedSvd svd{p, q};
-      svd.intermediate_rounds = 1;
+      svd.orthonormalizer.intermediate_rounds = 1;
       const double ms = time_svd(b, CVf(W.view()), k, svd, s);
       report(CholeskyRandomizedSvd::name() + "-1", p, q, ms, s);
     }

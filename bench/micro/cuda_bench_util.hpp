@@ -11,7 +11,7 @@
 #include "hdpissa/adapter/distributed_init.hpp"
 #include "hdpissa/adapter/muted_linear.hpp"
 #include "hdpissa/adapter/orthogonal_adapter_init.hpp"
-#include "hdpissa/backend/cuda/cholesky_randomized_svd.hpp"
+#include "hdpissa/adapter/svd.hpp"
 #include "hdpissa/backend/cuda/cuda_backend.hpp"
 #include "hdpissa/backend/cuda/cuda_single_process.hpp"
 #include "hdpissa/comm/virtual_ranks.hpp"

@@ -157,8 +157,8 @@ TEST_CASE_TEMPLATE("adam_delta parity over several steps (Adam and AdamW, stride
       a.bias_correction1 = 1 - std::pow(a.beta1, step);
       a.bias_correction2 = 1 - std::pow(a.beta2, step);
       poison(cpu, gpu, D);
-      cpu.adam_delta(a, ConstMatrixView<T>(P.cv()), ConstMatrixView<T>(G.cv()), M.cv(), V.cv(), D.cv());
-      gpu.adam_delta(a, ConstMatrixView<T>(P.gv()), ConstMatrixView<T>(G.gv()), M.gv(), V.gv(), D.gv());
+      adam_delta(cpu, a, ConstMatrixView<T>(P.cv()), ConstMatrixView<T>(G.cv()), M.cv(), V.cv(), D.cv());
+      adam_delta(gpu, a, ConstMatrixView<T>(P.gv()), ConstMatrixView<T>(G.gv()), M.gv(), V.gv(), D.gv());
     }
     check_twin(gpu, M, "adam m");
     check_twin(gpu, V, "adam v");
@@ -178,8 +178,8 @@ TEST_CASE_TEMPLATE("sgd_delta parity (plain, momentum, weight decay)", T, float,
       auto G = twin<T>(cpu, gpu, m, n, 60 + step);
       SgdArgs a{0.05, mu, 0.01};
       poison(cpu, gpu, D);
-      cpu.sgd_delta(a, ConstMatrixView<T>(P.cv()), ConstMatrixView<T>(G.cv()), Bf.cv(), D.cv());
-      gpu.sgd_delta(a, ConstMatrixView<T>(P.gv()), ConstMatrixView<T>(G.gv()), Bf.gv(), D.gv());
+      sgd_delta(cpu, a, ConstMatrixView<T>(P.cv()), ConstMatrixView<T>(G.cv()), Bf.cv(), D.cv());
+      sgd_delta(gpu, a, ConstMatrixView<T>(P.gv()), ConstMatrixView<T>(G.gv()), Bf.gv(), D.gv());
     }
     check_twin(gpu, D, "sgd delta");
     if (mu != 0) check_twin(gpu, Bf, "sgd momentum");
@@ -316,8 +316,8 @@ TEST_CASE("bf16 storage: gemm, elementwise and Adam against fp32 on bf16-rounded
   a.lr = 1e-2;
   a.bias_correction1 = 0.1;
   a.bias_correction2 = 0.001;
-  gpu.adam_delta(a, ConstMatrixView<bf>(G.view()), ConstMatrixView<bf>(G.view()), M.view(), V.view(), D.view());
-  cpu.adam_delta(a, ConstMatrixView<float>(cG.view()), ConstMatrixView<float>(cG.view()), cM.view(), cV.view(), cD.view());
+  adam_delta(gpu, a, ConstMatrixView<bf>(G.view()), ConstMatrixView<bf>(G.view()), M.view(), V.view(), D.view());
+  adam_delta(cpu, a, ConstMatrixView<float>(cG.view()), ConstMatrixView<float>(cG.view()), cM.view(), cV.view(), cD.view());
   CHECK(nmse(dense(gpu, ConstMatrixView<bf>(D.view())), dense(ConstMatrixView<float>(cD.view()))) <= nmse_tol<bf>());
   // fp32 master → bf16 compute copy.
   auto W32 = CudaBackend<float>{}.make_matrix(1, 1);  // different backend instance: allocation only

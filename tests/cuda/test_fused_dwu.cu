@@ -240,7 +240,15 @@ TEST_CASE("GEMM tuning: small GEMMs below the threshold stay untuned; a bad HDPI
   } catch (const InvalidArgument& e) {
     CHECK(std::string(e.what()).find("expected off, exact or fastest, found 'sometimes'") != std::string::npos);
   }
+  // The environment only fills fields the caller left empty: an explicit value is kept (and the
+  // variable not even parsed).
+  CHECK(CudaBackend<float>(CudaBackendOptions{.gemm_tuning = GemmTuning::Fastest}).gemm_tuning() == GemmTuning::Fastest);
   ::setenv("HDPISSA_CUDA_GEMM_TUNING", "off", 1);
   CHECK(CudaBackend<float>().gemm_tuning() == GemmTuning::Off);
+  CHECK(CudaBackend<float>(CudaBackendOptions{.gemm_tuning = GemmTuning::BitExact}).gemm_tuning() == GemmTuning::BitExact);
+  ::setenv("HDPISSA_CUDA_FUSED_DWU", "0", 1);
+  CHECK_FALSE(CudaBackend<float>().fused_update());
+  CHECK(CudaBackend<float>(CudaBackendOptions{.fused_update = true}).fused_update());
+  ::unsetenv("HDPISSA_CUDA_FUSED_DWU");
   ::unsetenv("HDPISSA_CUDA_GEMM_TUNING");
 }

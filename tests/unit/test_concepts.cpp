@@ -27,10 +27,8 @@ struct MockBackend {
   bool all_finite(ConstMatrixView<float>);
   double sum_squares(ConstMatrixView<float>);
   double checksum(ConstMatrixView<float>);
-  void adam_delta(const AdamArgs&, ConstMatrixView<float>, ConstMatrixView<float>, MatrixView<float>,
-                  MatrixView<float>, MatrixView<float>);
-  void sgd_delta(const SgdArgs&, ConstMatrixView<float>, ConstMatrixView<float>, MatrixView<float>,
-                 MatrixView<float>);
+  template <class F, class... Ts>
+  void elementwise(const F&, MatrixView<Ts>...);
   void thin_svd(ConstMatrixView<float>, MatrixView<float>, MatrixView<float>, MatrixView<float>);
   void orthonormalize(MatrixView<float>);
   void synchronize();
@@ -38,6 +36,13 @@ struct MockBackend {
 /// Same as MockBackend but without an SVD: not a backend.
 struct BackendWithoutSvd : MockBackend {
   void thin_svd() = delete;
+};
+/// Same as MockBackend but with the old optimizer-specific hooks instead of the generic map: not
+/// a backend (TensorBackend names no algorithm).
+struct BackendWithOptimizerHooks : MockBackend {
+  void elementwise() = delete;
+  void adam_delta(const AdamArgs&, ConstMatrixView<float>, ConstMatrixView<float>, MatrixView<float>,
+                  MatrixView<float>, MatrixView<float>);
 };
 struct BackendWithoutMemorySpace {
   using scalar_type = float;
@@ -96,6 +101,7 @@ struct InPlaceOptimizer {
 
 static_assert(TensorBackend<MockBackend>);
 static_assert(!TensorBackend<BackendWithoutSvd>);
+static_assert(!TensorBackend<BackendWithOptimizerHooks>);
 static_assert(!TensorBackend<BackendWithoutMemorySpace>);
 static_assert(TensorBackend<EigenBackend<float>> && TensorBackend<EigenBackend<double>>);
 
@@ -109,6 +115,41 @@ static_assert(!Optimizer<InPlaceOptimizer, MockBackend>);
 static_assert(Optimizer<Adam, EigenBackend<float>> && Optimizer<Sgd, EigenBackend<double>>);
 
 static_assert(same_memory_space_v<EigenBackend<float>, ThreadGroup>);
+
+// AdamFamily: what a multi-tensor Adam kernel needs from an optimizer.
+static_assert(AdamFamily<Adam, EigenBackend<float>> && AdamFamily<Adam, MockBackend>);
+static_assert(!AdamFamily<Sgd, EigenBackend<float>> && !AdamFamily<MockOptimizer, MockBackend>);
+
+// DwuKernelSet / FusedDwuKernels. The primary DwuKernels (generic loops) is a kernel set without
+// fused paths; a mock with every fused member satisfies FusedDwuKernels; one whose adam_step has
+// a signature typo (returns void) does not, so a specialisation like it fails its static_assert
+// instead of silently falling back to the generic path.
+struct MockAdamBatch {};
+struct MockFusedKernels {
+  using adam_batch_type = MockAdamBatch;
+  explicit MockFusedKernels(MockBackend&);
+  void unpack(ConstMatrixView<float>, DwuPackedDeltas<const float>, MatrixView<float>, MatrixView<float>);
+  bool enabled() const;
+  bool all_finite_batch(const std::vector<ConstMatrixView<float>>&);
+  MockAdamBatch make_adam_batch(const std::vector<AdamTensor<float>>&);
+  bool adam_step(const AdamArgs&, const MockAdamBatch&);
+  bool unpack_fused(ConstMatrixView<float>, DwuPackedDeltas<const float>, MatrixView<float>, MatrixView<float>);
+  bool apply_fused(ConstMatrixView<float>, DwuPackedDeltas<const float>, float, MatrixView<float>, MatrixView<float>);
+};
+struct FusedKernelsWithTypo : MockFusedKernels {
+  using MockFusedKernels::MockFusedKernels;
+  void adam_step(const AdamArgs&, const MockAdamBatch&);
+};
+static_assert(DwuKernelSet<DwuKernels<MockBackend>, MockBackend>);
+static_assert(DwuKernelSet<DwuKernels<EigenBackend<float>>, EigenBackend<float>>);
+static_assert(!FusedDwuKernels<DwuKernels<EigenBackend<float>>, EigenBackend<float>>);
+static_assert(FusedDwuKernels<MockFusedKernels, MockBackend>);
+static_assert(!FusedDwuKernels<FusedKernelsWithTypo, MockBackend>);
+static_assert(!DirectWeightUpdate<EigenBackend<float>, Adam, SingleProcess>::kFusedKernels);
+
+// CholeskyOrthonormalizable: what the CholeskyQr2 policy needs.
+static_assert(CholeskyOrthonormalizable<EigenBackend<float>> && CholeskyOrthonormalizable<EigenBackend<double>>);
+static_assert(!CholeskyOrthonormalizable<MockBackend>);
 }  // namespace
 
 TEST_CASE("concepts are checked at compile time") { CHECK(true); }

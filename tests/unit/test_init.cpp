@@ -102,6 +102,63 @@ TEST_CASE_TEMPLATE("RandomizedSvd matches the exact SVD on the top components", 
   CHECK(std::equal(again.U.view().data, again.U.view().data + again.U.view().size(), approx.U.view().data));
 }
 
+TEST_CASE_TEMPLATE("CholeskyQr2 and HouseholderQr give the same subspace and reconstruction", T, float, double) {
+  EigenBackend<T> b;
+  const index_t out = 70, in = 45, k = 8;
+  auto W = hdtest::matrix_with_spectrum(b, out, in, decaying(in, 0.7), 33);
+  const double tol = std::is_same_v<T, float> ? 1e-4 : 1e-9;  // per-dtype tolerance
+  SUBCASE("one orthonormalisation: QᵀQ = I and the same span (Q_c Q_cᵀ = Q_h Q_hᵀ)") {
+    auto Y = hdtest::random_matrix(b, out, 12, 4);
+    auto Qh = b.make_matrix(out, 12), Qc = b.make_matrix(out, 12);
+    b.copy(ConstMatrixView<T>(Y.view()), Qh.view());
+    b.copy(ConstMatrixView<T>(Y.view()), Qc.view());
+    HouseholderQr{}.orthonormalize(b, Qh.view(), true);
+    CholeskyQr2{}.orthonormalize(b, Qc.view(), true);
+    const Ref qh = hdtest::to_ref(Qh.view()), qc = hdtest::to_ref(Qc.view());
+    const Ref gram = hdtest::matmul(qc, qc, true, false);
+    Ref eye(12, 12);
+    for (index_t i = 0; i < 12; ++i) eye(i, i) = 1;
+    CHECK(hdtest::count_violations(gram, eye, tol, tol) == 0);
+    CHECK(hdtest::count_violations(hdtest::matmul(qc, qc, false, true), hdtest::matmul(qh, qh, false, true), tol, tol) == 0);
+  }
+  SUBCASE("a rank-deficient input: the Cholesky round declines, the policy falls back to Householder") {
+    auto Y = hdtest::random_matrix(b, out, 6, 5);
+    for (index_t i = 0; i < out; ++i) Y.view()(i, 5) = 0;  // a zero column: G is singular
+    auto Z = b.make_matrix(out, 6);
+    b.copy(ConstMatrixView<T>(Y.view()), Z.view());
+    CHECK_FALSE(b.orthonormalize_cholesky(Z.view()));
+    CHECK(std::equal(Z.view().data, Z.view().data + Z.view().size(), Y.view().data));  // unchanged
+    CholeskyQr2{}.orthonormalize(b, Z.view(), true);
+    const Ref z = hdtest::to_ref(Z.view());
+    Ref eye(6, 6);
+    for (index_t i = 0; i < 6; ++i) eye(i, i) = 1;
+    CHECK(hdtest::count_violations(hdtest::matmul(z, z, true, false), eye, tol, tol) == 0);
+  }
+  SUBCASE("the randomized SVD: same singular values and rank-k reconstruction") {
+    RandomizedSvd hh{8, 3};
+    CholeskyRandomizedSvd ch{8, 3};
+    CHECK(ch.name() == "randomized-cholqr");
+    auto a = hh.top_k(b, ConstMatrixView<T>(W.view()), k);
+    auto c = ch.top_k(b, ConstMatrixView<T>(W.view()), k);
+    for (index_t i = 0; i < k; ++i) {
+      const double sa = a.S.view()(0, i), sc = c.S.view()(0, i);
+      CHECK(std::abs(sc - sa) <= tol * sa);
+    }
+    auto recon = [&](auto& r) {
+      Ref us = hdtest::to_ref(r.U.view());
+      for (index_t i = 0; i < us.rows; ++i)
+        for (index_t j = 0; j < k; ++j) us(i, j) *= double(r.S.view()(0, j));
+      return hdtest::matmul(us, hdtest::to_ref(r.Vt.view()));
+    };
+    CHECK(hdtest::count_violations(recon(c), recon(a), tol * 10, tol * 10) == 0);
+    // intermediate_rounds = 1 (one CholQR round inside the power iterations) still converges.
+    CholeskyRandomizedSvd one{8, 3};
+    one.orthonormalizer.intermediate_rounds = 1;
+    auto o = one.top_k(b, ConstMatrixView<T>(W.view()), k);
+    CHECK(hdtest::count_violations(recon(o), recon(a), tol * 10, tol * 10) == 0);
+  }
+}
+
 TEST_CASE("OrthogonalAdapterInit with RandomizedSvd gives the same adapters as exact, up to tolerance") {
   EigenBackend<double> b;
   auto W = hdtest::matrix_with_spectrum(b, 32, 24, decaying(24, 0.6), 5);

@@ -14,11 +14,14 @@
 /// identical GEMMs to identical inputs, so W stays bit-identical across workers; verify_replicas()
 /// checks that cheaply.
 ///
-/// Backends may offer optional hooks (CudaBackend does; see kBatchedAdam / kFusedUnpack /
-/// kFusedApply): a multi-tensor optimizer pass over a table prepared in finalize(), one packing
-/// kernel per layer for R and L (both give the generic loops' bits), and the whole per-layer
-/// update (packing + the backend's own GEMM; same math, the GEMM's own rounding). Without them
-/// (EigenBackend) the loops run.
+/// The kernels come from the DwuKernels<B> trait (core/dwu_kernels.hpp). For a backend whose
+/// DwuKernels specialisation satisfies FusedDwuKernels (CudaBackend's, backend/cuda/dwu_kernels.hpp)
+/// the fused path is compiled in: a multi-tensor optimizer pass over a table prepared in finalize()
+/// (for AdamFamily optimizers), one packing kernel per layer for R and L (both give the generic
+/// loops' bits), the whole per-layer update (packing + the backend's own GEMM; same math, the
+/// GEMM's own rounding) and one batched non-finite check. Each fused call may decline at run time
+/// (switched off, or a layout it does not take) and the generic path then runs. Other backends
+/// (EigenBackend) get the primary template: the generic loops only.
 ///
 /// Usage: add_layer() for every target layer, then per optimizer step: write gradients into
 /// grad_A/grad_B (e.g. with MutedLinear::backward), call step(lr), then zero_grad().
@@ -31,17 +34,19 @@
 #include "hdpissa/adapter/aggregation.hpp"
 #include "hdpissa/adapter/update_common.hpp"
 #include "hdpissa/core/concepts.hpp"
+#include "hdpissa/core/dwu_kernels.hpp"
+#include "hdpissa/optim/adam.hpp"
 
 namespace hdpissa {
 
 namespace detail {
 struct NoAdamBatch {};
-/// The backend's multi-tensor Adam table type, if it has one.
-template <class X>
+/// The kernels' multi-tensor Adam table type (fused kernels only).
+template <class K, class B>
 struct adam_batch_of { using type = NoAdamBatch; };
-template <class X>
-  requires requires { typename X::adam_batch_type; }
-struct adam_batch_of<X> { using type = typename X::adam_batch_type; };
+template <class K, class B>
+  requires FusedDwuKernels<K, B>
+struct adam_batch_of<K, B> { using type = typename K::adam_batch_type; };
 }  // namespace detail
 
 /// HD-PiSSA's Direct Weight Update over backend B, optimizer Opt and communicator C.
@@ -56,32 +61,17 @@ class DirectWeightUpdate {
   using V = MatrixView<S>;
   using CV = ConstMatrixView<S>;
   using opt_state = typename Opt::template state<B>;
-  using adam_batch_type = typename detail::adam_batch_of<B>::type;
+  /// The kernels this update runs (DwuKernels<B>: generic, or the backend's fused specialisation).
+  using kernels_type = DwuKernels<B>;
+  static_assert(DwuKernelSet<kernels_type, B>, "DwuKernels<B> must provide the generic kernels (DwuKernelSet)");
+  using adam_batch_type = typename detail::adam_batch_of<kernels_type, B>::type;
 
-  /// Optional backend hooks (CudaBackend has them; EigenBackend does not and keeps the generic
-  /// loops). A multi-tensor Adam pass: the optimizer exposes a step's AdamArgs and its moments, the
-  /// backend runs one launch over a table prepared in finalize(), bit for bit its adam_delta.
-  static constexpr bool kBatchedAdam = requires(const Opt& o, opt_state& st, B& b, const std::vector<AdamTensor<S>>& ts,
-                                                const adam_batch_type& bt, const AdamArgs& a) {
-    { o.step_args(st, 1.0) } -> std::same_as<AdamArgs>;
-    { st.m.view() } -> std::same_as<V>;
-    { st.v.view() } -> std::same_as<V>;
-    { b.fused_update() } -> std::convertible_to<bool>;
-    { b.make_adam_batch(ts) } -> std::same_as<adam_batch_type>;
-    { b.adam_delta_batch(a, bt) } -> std::same_as<bool>;
-  };
-  /// One packing kernel per layer for R = [A − dA; dA] and L's dB half (bit for bit the generic
-  /// copy + K·(axpy + 2 copies)); returns false when the backend has it switched off.
-  static constexpr bool kFusedUnpack = requires(B& b, CV A, const S* p, V R) {
-    { b.dwu_unpack(A, p, std::size_t(0), index_t(0), index_t(0), R, R) } -> std::same_as<bool>;
-  };
-  /// The whole per-layer update in the backend (packing in a layout of its choosing + its own GEMM
-  /// kernel): W += alpha · L · [A − dA; dA] with L's dB half written as dwu_unpack writes it.
-  /// Returns false (nothing done) when the backend does not take this layer; the generic packing
-  /// and gemm then run. CudaBackend uses it for its sm_90a 3xTF32 kernel (dwu_gemm_sm90.cuh).
-  static constexpr bool kFusedApply = requires(B& b, CV A, const S* p, V L, V W) {
-    { b.dwu_apply(A, p, std::size_t(0), index_t(0), index_t(0), S(1), L, W) } -> std::same_as<bool>;
-  };
+  /// The fused path, chosen at compile time through the trait (each call can still decline at run
+  /// time). kBatchedAdam also needs an AdamFamily optimizer (one AdamArgs over moments m, v).
+  static constexpr bool kFusedKernels = FusedDwuKernels<kernels_type, B>;
+  static constexpr bool kBatchedAdam = kFusedKernels && AdamFamily<Opt, B>;
+  static constexpr bool kFusedUnpack = kFusedKernels;
+  static constexpr bool kFusedApply = kFusedKernels;
 
   /// One registered layer. `L` holds [dB stack | B stack]; its right half is the constant B_j.
   struct Layer {
@@ -96,7 +86,12 @@ class DirectWeightUpdate {
   };
 
   DirectWeightUpdate(B& b, C& comm, Opt opt = {}, UpdateOptions options = {})
-      : b_(&b), comm_(&comm), opt_(std::move(opt)), options_(options), flag_(b.make_matrix(1, 1)) {}
+      : b_(&b),
+        comm_(&comm),
+        opt_(std::move(opt)),
+        options_(options),
+        kernels_(b),
+        flag_(b.make_matrix(1, 1)) {}
 
   int groups() const { return comm_->groups(); }
   int local_groups() const { return comm_->local_groups(); }
@@ -137,7 +132,7 @@ class DirectWeightUpdate {
       l.stB.push_back(opt_.make_state(*b_, W.rows, r));
     }
     l.offset = chunk_;
-    chunk_ += static_cast<std::size_t>(r * (W.cols + W.rows));
+    chunk_ += DwuPackedDeltas<S>::layer_elements(r, W.cols, W.rows);
     max_in_ = std::max(max_in_, W.cols);
     layers_.push_back(std::move(l));
     return layers_.size() - 1;
@@ -175,6 +170,12 @@ class DirectWeightUpdate {
     recv_ = b_->make_matrix(groups(), index_t(chunk_));
     R_ = b_->make_matrix(2 * groups() * rank_, max_in_);
     if constexpr (kBatchedAdam) build_adam_batch();
+    if constexpr (kFusedKernels)
+      for (auto& l : layers_)
+        for (int g = 0; g < local_groups(); ++g) {
+          finite_views_.push_back(CV(l.gA[g].view()));
+          finite_views_.push_back(CV(l.gB[g].view()));
+        }
     finalized_ = true;
   }
 
@@ -187,18 +188,9 @@ class DirectWeightUpdate {
     // 1. Non-finite gradients: consensus across workers, so all of them skip or none does.
     std::string bad;
     bool check_each = true;
-    if constexpr (requires(std::vector<CV>& vs) { { b_->all_finite_batch(vs) } -> std::convertible_to<bool>; }) {
-      // A backend with a batched check (CudaBackend) waits for the device once, not 2·K·layers
-      // times; the per-tensor loop then runs only to name a culprit.
-      std::vector<CV> grads;
-      grads.reserve(layers_.size() * 2 * std::size_t(local_groups()));
-      for (auto& l : layers_)
-        for (int g = 0; g < local_groups(); ++g) {
-          grads.push_back(CV(l.gA[g].view()));
-          grads.push_back(CV(l.gB[g].view()));
-        }
-      check_each = !b_->all_finite_batch(grads);
-    }
+    // Fused kernels check every gradient in one batched pass (one wait for the device, not 2·K·layers);
+    // the per-tensor loop then runs only to name a culprit.
+    if constexpr (kFusedKernels) check_each = !kernels_.all_finite_batch(finite_views_);
     for (auto& l : layers_)
       for (int g = 0; g < local_groups() && bad.empty() && check_each; ++g)
         if (!b_->all_finite(CV(l.gA[g].view())) || !b_->all_finite(CV(l.gB[g].view())))
@@ -218,39 +210,29 @@ class DirectWeightUpdate {
     bool batched = false;
     if constexpr (kBatchedAdam) batched = batched_adam_step(lr);
     if (!batched)
-      for (auto& l : layers_)
+      for (auto& l : layers_) {
+        const DwuPackedDeltas<S> send = sent(l);
         for (int g = 0; g < local_groups(); ++g) {
-          S* chunk = send_.view().data + std::size_t(g) * chunk_ + l.offset;
-          V dA{chunk, r, l.in, l.in};
-          V dB{chunk + r * l.in, l.out, r, r};
           const int G = comm_->first_group() + g;
-          opt_.compute_delta(*b_, l.stA[g], CV(l.A.view().row_block(G * r, r)), CV(l.gA[g].view()), dA, lr);
-          opt_.compute_delta(*b_, l.stB[g], CV(l.L.view().col_block((groups() + G) * r, r)), CV(l.gB[g].view()), dB, lr);
+          opt_.compute_delta(*b_, l.stA[g], CV(l.A.view().row_block(G * r, r)), CV(l.gA[g].view()), send.dA(g), lr);
+          opt_.compute_delta(*b_, l.stB[g], CV(l.L.view().col_block((groups() + G) * r, r)), CV(l.gB[g].view()),
+                             send.dB(g), lr);
         }
+      }
     // 3. One collective per step: every group's deltas for every layer.
     comm_->all_gather(send_.view().data, recv_.view().data, chunk_);
     // 4. One GEMM per layer: W ← W − f · [dB | B] [A − dA; dA].
     const S f = S(Aggregation::factor(groups()));
     const index_t K = groups();
     for (auto& l : layers_) {
+      const DwuPackedDeltas<const S> recv = received(l);
       if constexpr (kFusedApply)
-        if (b_->dwu_apply(CV(l.A.view()), recv_.view().data + l.offset, chunk_, K, r, -f, l.L.view(), l.W)) continue;
+        if (kernels_.apply_fused(CV(l.A.view()), recv, -f, l.L.view(), l.W)) continue;
       V R{R_.view().data, 2 * K * r, l.in, l.in};
+      const V Ldb = l.L.view().col_block(0, K * r);
       bool packed = false;
-      if constexpr (kFusedUnpack)
-        packed = b_->dwu_unpack(CV(l.A.view()), recv_.view().data + l.offset, chunk_, K, r, R,
-                                l.L.view().col_block(0, K * r));
-      if (!packed) {
-        b_->copy(CV(l.A.view()), R.row_block(0, K * r));
-        for (index_t j = 0; j < K; ++j) {
-          const S* chunk = recv_.view().data + std::size_t(j) * chunk_ + l.offset;
-          CV dA{chunk, r, l.in, l.in};
-          CV dB{chunk + r * l.in, l.out, r, r};
-          b_->axpy(S(-1), dA, R.row_block(j * r, r));
-          b_->copy(dA, R.row_block((K + j) * r, r));
-          b_->copy(dB, l.L.view().col_block(j * r, r));
-        }
-      }
+      if constexpr (kFusedUnpack) packed = kernels_.unpack_fused(CV(l.A.view()), recv, R, Ldb);
+      if (!packed) kernels_.unpack(CV(l.A.view()), recv, R, Ldb);
       b_->gemm(Op::N, Op::N, -f, CV(l.L.view()), CV(R), S(1), l.W);
     }
     ++steps_;
@@ -291,14 +273,21 @@ class DirectWeightUpdate {
   template <class F>
   void for_each_tensor(F&& f) {
     const index_t r = rank_;
-    for (auto& l : layers_)
+    for (auto& l : layers_) {
+      const DwuPackedDeltas<S> send = sent(l);
       for (int g = 0; g < local_groups(); ++g) {
-        S* chunk = send_.view().data + std::size_t(g) * chunk_ + l.offset;
         const int G = comm_->first_group() + g;
-        f(l.stA[g], CV(l.A.view().row_block(G * r, r)), CV(l.gA[g].view()), V{chunk, r, l.in, l.in});
-        f(l.stB[g], CV(l.L.view().col_block((groups() + G) * r, r)), CV(l.gB[g].view()),
-          V{chunk + r * l.in, l.out, r, r});
+        f(l.stA[g], CV(l.A.view().row_block(G * r, r)), CV(l.gA[g].view()), send.dA(g));
+        f(l.stB[g], CV(l.L.view().col_block((groups() + G) * r, r)), CV(l.gB[g].view()), send.dB(g));
       }
+    }
+  }
+  /// Layer l's slice of the send buffer (local groups) and of the all-gathered buffer (all K).
+  DwuPackedDeltas<S> sent(Layer& l) {
+    return {send_.view().data + l.offset, chunk_, index_t(local_groups()), rank_, l.in, l.out};
+  }
+  DwuPackedDeltas<const S> received(Layer& l) {
+    return {recv_.view().data + l.offset, chunk_, index_t(groups()), rank_, l.in, l.out};
   }
   /// The multi-tensor Adam table (setup; again only if a state's moments were replaced).
   void build_adam_batch() {
@@ -309,12 +298,12 @@ class DirectWeightUpdate {
       batch_moments_.push_back(st.m.view().data);
       batch_moments_.push_back(st.v.view().data);
     });
-    adam_batch_ = b_->make_adam_batch(ts);
+    adam_batch_ = kernels_.make_adam_batch(ts);
   }
-  /// One launch for every local optimizer step when the backend's hook is on and every state is at
+  /// One launch for every local optimizer step when the fused kernels are on and every state is at
   /// the same step (so one AdamArgs fits all); false (nothing touched) otherwise.
   bool batched_adam_step(double lr) {
-    if (!b_->fused_update()) return false;
+    if (!kernels_.enabled()) return false;
     bool same_step = true, same_moments = true;
     std::size_t i = 0;
     const long s0 = layers_.front().stA.front().step;
@@ -328,13 +317,14 @@ class DirectWeightUpdate {
     if (!same_moments) build_adam_batch();
     AdamArgs a;
     for_each_tensor([&](opt_state& st, CV, CV, V) { a = opt_.step_args(st, lr); });
-    return b_->adam_delta_batch(a, adam_batch_);
+    return kernels_.adam_step(a, adam_batch_);
   }
 
   B* b_;
   C* comm_;
   Opt opt_;
   UpdateOptions options_;
+  kernels_type kernels_;
   typename B::matrix_type flag_;
   std::vector<Layer> layers_;
   index_t rank_ = 0;
@@ -343,6 +333,7 @@ class DirectWeightUpdate {
   bool finalized_ = false;
   typename B::matrix_type send_, recv_, R_;
   adam_batch_type adam_batch_{};
+  std::vector<CV> finite_views_;  // every local gradient, for the batched non-finite check
   std::vector<const S*> batch_moments_;  // m, v of every tensor in the table (to notice replaced states)
   long steps_ = 0;
 };

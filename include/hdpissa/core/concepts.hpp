@@ -8,7 +8,7 @@
 #include <cstddef>
 #include <string>
 
-#include "hdpissa/core/update_args.hpp"
+#include "hdpissa/core/config.hpp"
 #include "hdpissa/core/view.hpp"
 
 namespace hdpissa {
@@ -17,9 +17,20 @@ namespace hdpissa {
 template <class...>
 inline constexpr bool dependent_false = false;
 
+namespace detail {
+/// A representative elementwise functor (one mutable and one read-only operand) for checking
+/// TensorBackend's `b.elementwise`; a member template cannot be checked for every arity.
+struct ElementwiseProbe {
+  template <class T>
+  HDPISSA_HOST_DEVICE void operator()(T& out, const T& in) const { out = in; }
+};
+}  // namespace detail
+
 /// \concept TensorBackend
-/// Storage, dense linear algebra and the few fused elementwise ops the algorithms need, in one
-/// memory space. With `b` a backend, `s` = B::scalar_type (storage), `c` = B::compute_type
+/// What every backend must have: storage, dense linear algebra and a generic elementwise map, in
+/// one memory space. Nothing here names an algorithm: optimizers are functors over `b.elementwise`
+/// (core/update_args.hpp), and the Direct Weight Update's fused kernels are a separate, optional
+/// trait (DwuKernels / FusedDwuKernels, core/dwu_kernels.hpp). With `b` a backend, `s` = B::scalar_type (storage), `c` = B::compute_type
 /// (accumulation / scalars), `X`,`Y` MatrixView<s>, `CX` ConstMatrixView<s>, `h` a host pointer:
 ///   - `B::scalar_type`, `B::compute_type`, `B::memory_space` (host_memory or device_memory), `B::matrix_type`
 ///   - `b.make_matrix(rows, cols)` → matrix_type, zero-filled, owning (setup only; hot paths never allocate)
@@ -30,7 +41,11 @@ inline constexpr bool dependent_false = false;
 ///   - `b.sqrt(Y)`: elementwise in place
 ///   - `b.upload(const s* h, Y dst)`, `b.download(CX src, s* h)`: dense host (rows×cols) ↔ view
 ///   - `b.all_finite(CX)` → bool; `b.sum_squares(CX)` → double; `b.checksum(CX)` → double (order-sensitive)
-///   - `b.adam_delta(AdamArgs, CX param, CX grad, Y m, Y v, Y delta)`; `b.sgd_delta(SgdArgs, CX param, CX grad, Y buf, Y delta)`
+///   - `b.elementwise(f, V0, V1, …)`: for every element (i, j), `f(v0(i,j), v1(i,j), …)` where each Vk is a
+///     MatrixView<s> (passed as `s&`) or ConstMatrixView<s> (as `const s&`), all of V0's shape
+///     (InvalidArgument otherwise). f is a copyable functor whose operator() is a template over the
+///     element type, marked HDPISSA_HOST_DEVICE (a device backend runs it in a kernel); it converts
+///     with load_as / store_as (core/element.hpp). Elements are independent: no order is promised.
 ///   - `b.thin_svd(CX A, Y U, Y S, Y Vt)`: A (m,n) = U (m,k) diag(S (1,k)) Vt (k,n), k = min(m,n), S descending
 ///   - `b.orthonormalize(Y)`: replaces the (m, n ≤ m) matrix by the Q of its thin QR
 ///   - `b.synchronize()`: waits for queued work (no-op on the CPU)
@@ -39,7 +54,7 @@ concept TensorBackend =
     requires(B& b, typename B::matrix_type& m, MatrixView<typename B::scalar_type> X,
              ConstMatrixView<typename B::scalar_type> CX, typename B::compute_type c,
              const typename B::scalar_type* hin, typename B::scalar_type* hout, index_t n, Op op,
-             const AdamArgs& adam, const SgdArgs& sgd) {
+             detail::ElementwiseProbe probe) {
       typename B::scalar_type;
       typename B::compute_type;
       typename B::memory_space;
@@ -60,8 +75,7 @@ concept TensorBackend =
       { b.all_finite(CX) } -> std::convertible_to<bool>;
       { b.sum_squares(CX) } -> std::convertible_to<double>;
       { b.checksum(CX) } -> std::convertible_to<double>;
-      b.adam_delta(adam, CX, CX, X, X, X);
-      b.sgd_delta(sgd, CX, CX, X, X);
+      b.elementwise(probe, X, CX);
       b.thin_svd(CX, X, X, X);
       b.orthonormalize(X);
       b.synchronize();

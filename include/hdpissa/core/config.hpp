@@ -14,6 +14,15 @@ using index_t = std::int64_t;
 
 }  // namespace hdpissa
 
+/// HDPISSA_HOST_DEVICE marks functions callable from host and device code (elementwise functors
+/// written once for every backend, e.g. AdamElement). Expands to `__host__ __device__` under nvcc
+/// and to nothing for host-only compilers.
+#if defined(__CUDACC__)
+#  define HDPISSA_HOST_DEVICE __host__ __device__
+#else
+#  define HDPISSA_HOST_DEVICE
+#endif
+
 /// HDPISSA_ASSERT(cond, msg): checks programmer errors (broken invariants inside the library).
 /// Define HDPISSA_ASSERT before including hdpissa to route it elsewhere (Eigen's eigen_assert idiom);
 /// define HDPISSA_NO_ASSERT to compile the checks out. User input is never checked with this macro:

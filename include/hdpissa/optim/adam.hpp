@@ -3,14 +3,30 @@
 /// Adam / AdamW producing deltas (param_new = param − delta). Bias-corrected, PyTorch's formulation,
 /// decoupled weight decay defaulting to 0 (so the default is the reference's plain Adam:
 /// β1 = 0.9, β2 = 0.999, ε = 1e-8). The learning rate is passed per step; schedules live in
-/// schedule.hpp. The elementwise pass is the backend's fused adam_delta.
+/// schedule.hpp. The elementwise pass is the AdamElement functor (core/update_args.hpp) run by the
+/// backend's generic elementwise map: one pass over the tensor, the same arithmetic on every backend.
 
 #include <cmath>
 #include <string>
 
 #include "hdpissa/core/concepts.hpp"
+#include "hdpissa/core/update_args.hpp"
 
 namespace hdpissa {
+
+/// One Adam/AdamW elementwise pass on backend b: m, v and delta (and param when weight decay is
+/// on) have the grad's shape. The AdamElement functor over `b.elementwise`.
+template <TensorBackend B>
+void adam_delta(B& b, const AdamArgs& a, ConstMatrixView<typename B::scalar_type> param,
+                ConstMatrixView<typename B::scalar_type> grad, MatrixView<typename B::scalar_type> m,
+                MatrixView<typename B::scalar_type> v, MatrixView<typename B::scalar_type> delta) {
+  require_shape(m, grad.rows, grad.cols, "adam first moment");
+  require_shape(v, grad.rows, grad.cols, "adam second moment");
+  require_shape(delta, grad.rows, grad.cols, "adam delta");
+  if (a.weight_decay != 0) require_shape(param, grad.rows, grad.cols, "adam param");
+  else param = grad;  // not read (lr·weight_decay = 0)
+  b.elementwise(AdamElement<typename B::compute_type>::make(a), delta, m, v, grad, param);
+}
 
 /// Adam/AdamW hyper-parameters.
 struct AdamConfig {
@@ -47,7 +63,8 @@ class Adam {
   }
 
   /// Advances `st` by one step and returns that step's elementwise arguments (what compute_delta
-  /// passes to the backend; a multi-tensor pass uses it for many states at the same step).
+  /// runs; a multi-tensor pass, e.g. FusedDwuKernels::adam_step, uses it for many states at the
+  /// same step).
   template <TensorBackend B>
   AdamArgs step_args(state<B>& st, double lr) const {
     st.step += 1;
@@ -67,11 +84,26 @@ class Adam {
   void compute_delta(B& b, state<B>& st, ConstMatrixView<typename B::scalar_type> param,
                      ConstMatrixView<typename B::scalar_type> grad,
                      MatrixView<typename B::scalar_type> delta, double lr) const {
-    b.adam_delta(step_args(st, lr), param, grad, st.m.view(), st.v.view(), delta);
+    adam_delta(b, step_args(st, lr), param, grad, st.m.view(), st.v.view(), delta);
   }
 
  private:
   AdamConfig cfg_{};
+};
+
+/// \concept AdamFamily
+/// An optimizer whose step is one AdamArgs over per-tensor moments, so a multi-tensor Adam kernel
+/// (FusedDwuKernels::adam_step) can run many of its tensors at once. With `o` an O, `st` an
+/// `O::template state<B>`:
+///   - `o.step_args(st, lr)` → AdamArgs: advances st one step and returns the step's arguments
+///   - `st.m.view()`, `st.v.view()` → MatrixView<B::scalar_type>: the first and second moments
+///   - `st.step`: the completed steps (tensors at equal steps share one AdamArgs)
+template <class O, class B>
+concept AdamFamily = Optimizer<O, B> && requires(const O& o, typename O::template state<B>& st, double lr) {
+  { o.step_args(st, lr) } -> std::same_as<AdamArgs>;
+  { st.m.view() } -> std::same_as<MatrixView<typename B::scalar_type>>;
+  { st.v.view() } -> std::same_as<MatrixView<typename B::scalar_type>>;
+  { st.step } -> std::convertible_to<long>;
 };
 
 }  // namespace hdpissa

@@ -5,8 +5,22 @@
 #include <string>
 
 #include "hdpissa/core/concepts.hpp"
+#include "hdpissa/core/update_args.hpp"
 
 namespace hdpissa {
+
+/// One SGD elementwise pass on backend b: delta (and buf with momentum, param with weight decay)
+/// have the grad's shape. The SgdElement functor over `b.elementwise`.
+template <TensorBackend B>
+void sgd_delta(B& b, const SgdArgs& a, ConstMatrixView<typename B::scalar_type> param,
+               ConstMatrixView<typename B::scalar_type> grad, MatrixView<typename B::scalar_type> buf,
+               MatrixView<typename B::scalar_type> delta) {
+  require_shape(delta, grad.rows, grad.cols, "sgd delta");
+  if (a.momentum != 0) require_shape(buf, grad.rows, grad.cols, "sgd momentum buffer");
+  else buf = delta;  // not touched
+  if (a.weight_decay == 0) param = grad;  // not read
+  b.elementwise(SgdElement<typename B::compute_type>::make(a), delta, buf, grad, param);
+}
 
 /// SGD hyper-parameters.
 struct SgdConfig {
@@ -43,7 +57,7 @@ class Sgd {
     a.lr = lr;
     a.momentum = cfg_.momentum;
     a.weight_decay = cfg_.weight_decay;
-    b.sgd_delta(a, param, grad, st.buf.view(), delta);
+    sgd_delta(b, a, param, grad, st.buf.view(), delta);
   }
 
  private:

@@ -28,6 +28,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <optional>
 #include <type_traits>
 #include <vector>
 
@@ -54,26 +55,61 @@ inline const char* dwu_gemm_name(DwuGemm g) {
   return g == DwuGemm::Auto ? "auto" : g == DwuGemm::Tf32x3 ? "3xtf32" : "cublas";
 }
 
-/// Construction options of CudaBackend.
+/// Construction options of CudaBackend. The three std::optional fields may also come from an
+/// environment variable, which is read only when the caller leaves the field empty (an explicit
+/// value always wins; the setters after construction too):
+///  - fused_update ← HDPISSA_CUDA_FUSED_DWU (0 = off, anything else = on); default on
+///  - gemm_tuning  ← HDPISSA_CUDA_GEMM_TUNING = off | exact | fastest; default exact (BitExact)
+///  - dwu_gemm     ← HDPISSA_CUDA_DWU_GEMM = auto | 3xtf32 | cublas; default auto
+/// An unrecognised value is an InvalidArgument at construction. CudaBackend::options() reports
+/// the resolved values (every optional engaged).
 struct CudaBackendOptions {
   /// Let fp32 GEMMs use TF32 tensor cores (10-bit mantissa inputs, fp32 accumulation). Off by
   /// default: results then match the CPU backend to fp32 rounding.
   bool allow_tf32 = false;
-  /// Let DirectWeightUpdate use this backend's fused hooks (one multi-tensor Adam launch per step,
-  /// one packing kernel per layer) instead of its generic per-tensor loops. Same results bit for
-  /// bit; off only to measure the difference. The environment variable HDPISSA_CUDA_FUSED_DWU=0
-  /// turns it off at construction.
-  bool fused_update = true;
+  /// Let DirectWeightUpdate use this backend's fused kernels (DwuKernels<CudaBackend>: one
+  /// multi-tensor Adam launch per step, one packing kernel per layer) instead of its generic
+  /// per-tensor loops. Same results bit for bit; off only to measure the difference.
+  std::optional<bool> fused_update = std::nullopt;
   /// fp32-storage GEMMs of at least gemm_tuning_min_flop (2·m·n·k) run with a cuBLASLt algorithm
   /// chosen once per distinct problem (gemm_tuner.hpp). BitExact (default) only accepts algorithms
   /// whose results equal cublasGemmEx's bit for bit, so results never change; Off always runs
   /// cublasGemmEx; Fastest accepts any algorithm (rounding differs; the timed choice may differ per
-  /// process). HDPISSA_CUDA_GEMM_TUNING=off|exact|fastest overrides it at construction.
-  GemmTuning gemm_tuning = GemmTuning::BitExact;
+  /// process).
+  std::optional<GemmTuning> gemm_tuning = std::nullopt;
   double gemm_tuning_min_flop = 1e9;
-  /// The Direct Weight Update's GEMM (DwuGemm; used through the fused hooks, so only with
-  /// fused_update). HDPISSA_CUDA_DWU_GEMM=auto|3xtf32|cublas overrides it at construction.
-  DwuGemm dwu_gemm = DwuGemm::Auto;
+  /// The Direct Weight Update's GEMM (DwuGemm; used through the fused kernels, so only with
+  /// fused_update).
+  std::optional<DwuGemm> dwu_gemm = std::nullopt;
+
+  /// Fills every empty optional field from its environment variable, then from the default.
+  /// CudaBackend's constructors call it; an explicit value is kept as given.
+  CudaBackendOptions resolved() const {
+    CudaBackendOptions o = *this;
+    if (!o.fused_update) {
+      const char* e = std::getenv("HDPISSA_CUDA_FUSED_DWU");
+      o.fused_update = !(e && std::strcmp(e, "0") == 0);
+    }
+    if (!o.gemm_tuning) {
+      o.gemm_tuning = GemmTuning::BitExact;
+      if (const char* e = std::getenv("HDPISSA_CUDA_GEMM_TUNING")) {
+        if (std::strcmp(e, "off") == 0 || std::strcmp(e, "0") == 0) o.gemm_tuning = GemmTuning::Off;
+        else if (std::strcmp(e, "exact") == 0) o.gemm_tuning = GemmTuning::BitExact;
+        else if (std::strcmp(e, "fastest") == 0) o.gemm_tuning = GemmTuning::Fastest;
+        else throw InvalidArgument(cat("HDPISSA_CUDA_GEMM_TUNING: expected off, exact or fastest, found '", e, "'"));
+      }
+    }
+    if (!o.dwu_gemm) {
+      o.dwu_gemm = DwuGemm::Auto;
+      if (const char* e = std::getenv("HDPISSA_CUDA_DWU_GEMM")) {
+        if (std::strcmp(e, "auto") == 0) o.dwu_gemm = DwuGemm::Auto;
+        else if (std::strcmp(e, "3xtf32") == 0) o.dwu_gemm = DwuGemm::Tf32x3;
+        else if (std::strcmp(e, "cublas") == 0) o.dwu_gemm = DwuGemm::Cublas;
+        else throw InvalidArgument(cat("HDPISSA_CUDA_DWU_GEMM: expected auto, 3xtf32 or cublas, found '", e, "'"));
+      }
+    }
+    return o;
+  }
 };
 
 namespace cuda_detail {
@@ -139,22 +175,24 @@ class CudaBackend {
   bool tf32() const { return options_.allow_tf32; }
   /// Turns TF32 GEMMs on or off explicitly (fp32 storage only).
   void set_tf32(bool on) { options_.allow_tf32 = on; }
-  /// Whether DirectWeightUpdate's fused hooks (adam_delta_batch, dwu_unpack) run; when off they
-  /// return false and the update falls back to its generic loops.
-  bool fused_update() const { return options_.fused_update; }
+  /// Whether DirectWeightUpdate's fused kernels (DwuKernels<CudaBackend>, dwu_kernels.hpp) run;
+  /// when off they decline and the update runs its generic loops.
+  bool fused_update() const { return *options_.fused_update; }
   void set_fused_update(bool on) { options_.fused_update = on; }
   /// The GEMM algorithm policy (CudaBackendOptions::gemm_tuning) and its size threshold.
-  GemmTuning gemm_tuning() const { return options_.gemm_tuning; }
+  GemmTuning gemm_tuning() const { return *options_.gemm_tuning; }
   void set_gemm_tuning(GemmTuning t) { options_.gemm_tuning = t; }
   void set_gemm_tuning_min_flop(double flop) { options_.gemm_tuning_min_flop = flop; }
-  DwuGemm dwu_gemm() const { return options_.dwu_gemm; }
+  DwuGemm dwu_gemm() const { return *options_.dwu_gemm; }
+  /// The CUDA device this backend was created on.
+  int device() const { return device_; }
   void set_dwu_gemm(DwuGemm g) { options_.dwu_gemm = g; }
-  /// Whether dwu_apply would run the sm_90a 3xTF32 kernel for a layer whose layout fits (fp32
+  /// Whether DwuKernels::apply_fused would run the sm_90a 3xTF32 kernel for a layer whose layout fits (fp32
   /// storage, fused_update on, TF32 off, the kernel available here and not switched off).
   bool dwu_gemm_kernel_active() const {
     if constexpr (!std::is_same_v<Scalar, float>) return false;
     else
-      return options_.fused_update && options_.dwu_gemm != DwuGemm::Cublas && !options_.allow_tf32 &&
+      return fused_update() && dwu_gemm() != DwuGemm::Cublas && !options_.allow_tf32 &&
              cuda_kernels::sm90::dwu_gemm_sm90_supported(device_);
   }
   /// Every tuning decision made so far (one record per distinct problem and policy).
@@ -184,8 +222,8 @@ class CudaBackend {
     const auto dt = cuda_detail::data_type<Scalar>();
     // Row-major C (m, n) is column-major Cᵀ (n, m) = op(B)ᵀ op(A)ᵀ: swap the operands.
     if constexpr (std::is_same_v<Scalar, float>) {
-      if (options_.gemm_tuning != GemmTuning::Off && 2.0 * double(m) * double(n) * double(k) >= options_.gemm_tuning_min_flop &&
-          tuner_.run(stream(), cublas(), options_.gemm_tuning, compute_kind(), cuda_detail::cublas_op(tb),
+      if (gemm_tuning() != GemmTuning::Off && 2.0 * double(m) * double(n) * double(k) >= options_.gemm_tuning_min_flop &&
+          tuner_.run(stream(), cublas(), gemm_tuning(), compute_kind(), cuda_detail::cublas_op(tb),
                      cuda_detail::cublas_op(ta), int(n), int(m), int(k), &alpha, B.data, cuda_detail::ld_of(B), A.data,
                      cuda_detail::ld_of(A), &beta, C.data, cuda_detail::ld_of(C)))
         return;
@@ -265,123 +303,15 @@ class CudaBackend {
   /// deterministic (bit-identical inputs give bit-identical results on any run of the same build).
   double checksum(ConstMatrixView<Scalar> x) { return reduce<cuda_kernels::ReduceKind::Checksum>(x); }
 
-  /// One fused Adam/AdamW pass (PyTorch's formula, as EigenBackend::adam_delta).
-  void adam_delta(const AdamArgs& a, ConstMatrixView<Scalar> param, ConstMatrixView<Scalar> grad,
-                  MatrixView<Scalar> m, MatrixView<Scalar> v, MatrixView<Scalar> delta) {
-    require_shape(m, grad.rows, grad.cols, "adam first moment");
-    require_shape(v, grad.rows, grad.cols, "adam second moment");
-    require_shape(delta, grad.rows, grad.cols, "adam delta");
-    if (a.weight_decay != 0) require_shape(param, grad.rows, grad.cols, "adam param");
-    cuda_kernels::launch_adam(stream(), a, param, grad, m, v, delta);
-  }
-  /// One fused SGD pass (as EigenBackend::sgd_delta).
-  void sgd_delta(const SgdArgs& a, ConstMatrixView<Scalar> param, ConstMatrixView<Scalar> grad,
-                 MatrixView<Scalar> buf, MatrixView<Scalar> delta) {
-    require_shape(delta, grad.rows, grad.cols, "sgd delta");
-    if (a.momentum != 0) require_shape(buf, grad.rows, grad.cols, "sgd momentum buffer");
-    cuda_kernels::launch_sgd(stream(), a, param, grad, buf, delta);
-  }
-
-  /// A multi-tensor Adam table: descriptors of every tensor, uploaded once (setup only).
-  class AdamBatch {
-   public:
-    AdamBatch() = default;
-    int size() const { return count_; }
-
-   private:
-    friend class CudaBackend;
-    DeviceBuffer<cuda_kernels::AdamTensorDesc> desc_;
-    int count_ = 0;
-    index_t max_elems_ = 0;
-  };
-  using adam_batch_type = AdamBatch;
-
-  /// Uploads the descriptor table of a multi-tensor Adam pass (setup: allocates and waits). Every
-  /// tensor's m, v, delta have the grad's shape; param too when weight decay will be used.
-  AdamBatch make_adam_batch(const std::vector<AdamTensor<Scalar>>& ts) {
-    std::vector<cuda_kernels::AdamTensorDesc> h;
-    h.reserve(ts.size());
-    AdamBatch out;
-    for (const auto& t : ts) {
-      require_shape(t.m, t.grad.rows, t.grad.cols, "adam batch first moment");
-      require_shape(t.v, t.grad.rows, t.grad.cols, "adam batch second moment");
-      require_shape(t.delta, t.grad.rows, t.grad.cols, "adam batch delta");
-      require_shape(t.param, t.grad.rows, t.grad.cols, "adam batch param");
-      if (t.grad.empty()) continue;
-      h.push_back({t.param.data, t.grad.data, t.m.data, t.v.data, t.delta.data, t.grad.rows, t.grad.cols,
-                   index_t(cuda_detail::ld_of(t.param)), index_t(cuda_detail::ld_of(t.grad)),
-                   index_t(cuda_detail::ld_of(t.m)), index_t(cuda_detail::ld_of(t.v)),
-                   index_t(cuda_detail::ld_of(t.delta))});
-      const auto dense = [](const auto& v) { return v.rows <= 1 || v.ld == v.cols; };
-      h.back().flat = dense(t.grad) && dense(t.m) && dense(t.v) && dense(t.delta) ? 1 : 0;
-      out.max_elems_ = std::max(out.max_elems_, t.grad.size());
-    }
-    out.count_ = int(h.size());
-    if (!h.empty()) {
-      out.desc_.reserve(h.size());
-      HDPISSA_CUDA_CHECK(cudaMemcpyAsync(out.desc_.get(), h.data(), h.size() * sizeof(h[0]), cudaMemcpyHostToDevice,
-                                         stream()));
-      synchronize();  // h is pageable and local
-    }
-    return out;
-  }
-  /// One Adam pass (the same args for every tensor) over a whole table in one launch; the bits
-  /// equal adam_delta's on each tensor. Returns false (nothing done) when fused_update() is off.
-  bool adam_delta_batch(const AdamArgs& a, const AdamBatch& batch) {
-    if (!options_.fused_update) return false;
-    cuda_kernels::launch_adam_multi<Scalar>(stream(), a, batch.desc_.get(), batch.count_, batch.max_elems_);
-    return true;
-  }
-  /// DirectWeightUpdate's per-layer packing in one launch: from the all-gathered buffer `recv`
-  /// (group j's deltas at recv + j·chunk: dA_j (r, in) then dB_j (out, r), both contiguous) and
-  /// A (K·r, in) build R (2K·r, in) = [A − dA stack; dA stack] and Ldb (out, K·r) = [dB_0 … dB_{K−1}].
-  /// Bit for bit what copy + K·(axpy + 2 copies) give. Returns false when fused_update() is off.
-  bool dwu_unpack(ConstMatrixView<Scalar> A, const Scalar* recv, std::size_t chunk, index_t K, index_t r,
-                  MatrixView<Scalar> R, MatrixView<Scalar> Ldb) {
-    if (!options_.fused_update) return false;
-    require_shape(A, K * r, A.cols, "dwu_unpack A");
-    require_shape(R, 2 * K * r, A.cols, "dwu_unpack R");
-    require_shape(Ldb, Ldb.rows, K * r, "dwu_unpack Ldb");
-    cuda_kernels::launch_dwu_unpack(stream(), A, recv, index_t(chunk), K, r, R, Ldb);
-    return true;
-  }
-
-  /// The whole per-layer Direct Weight Update on the sm_90a 3xTF32 kernel: Ldb = L's first K·r
-  /// columns get the dB_j (as dwu_unpack), Rt (in, 2Kr) = [A − dA; dA]ᵀ is packed into scratch
-  /// (grown on first use), then W += alpha · L · Rtᵀ in one kernel. Returns false (nothing done)
-  /// when dwu_gemm_kernel_active() is off or the layout does not fit (2Kr or a leading dimension
-  /// not a multiple of 4, a base pointer not 16-byte aligned); DirectWeightUpdate then packs and
-  /// calls gemm. With DwuGemm::Tf32x3 on a GPU/binary without the kernel it throws.
-  bool dwu_apply(ConstMatrixView<Scalar> A, const Scalar* recv, std::size_t chunk, index_t K, index_t r, Scalar alpha,
-                 MatrixView<Scalar> L, MatrixView<Scalar> W) {
-    if constexpr (!std::is_same_v<Scalar, float>) {
-      return false;
-    } else {
-      if (!options_.fused_update || options_.dwu_gemm == DwuGemm::Cublas || options_.allow_tf32) return false;
-      if (!cuda_kernels::sm90::dwu_gemm_sm90_supported(device_)) {
-        if (options_.dwu_gemm == DwuGemm::Tf32x3)
-          throw InvalidArgument(cat("DwuGemm::Tf32x3: device ", device_, " cannot run the sm_90a kernel (expected a ",
-                                    "compute capability 9.0 GPU and a binary built for 90a, e.g. CMAKE_CUDA_ARCHITECTURES=90a)"));
-        return false;
-      }
-      const index_t kr = K * r, kd = 2 * kr, in = A.cols, out = W.rows;
-      require_shape(A, kr, in, "dwu_apply A");
-      require_shape(L, out, kd, "dwu_apply L");
-      require_shape(W, out, in, "dwu_apply W");
-      constexpr index_t kMax = index_t(1) << 30;
-      if (out == 0 || in == 0 || kr == 0) return false;
-      if (out >= kMax || in >= kMax || kd >= kMax) return false;
-      const int ldl = cuda_detail::ld_of(L), ldw = cuda_detail::ld_of(W);
-      // Rt comes from cudaMalloc (aligned, ld = 2Kr): W stands in for its pointer check.
-      if (!cuda_kernels::sm90::dwu_gemm_sm90_layout_ok(W.data, ldw, L.data, ldl, W.data, int(kd), int(kd))) return false;
-      float* rt = dwu_rt_.reserve(std::size_t(in * kd));
-      cuda_kernels::launch_dwu_copy_db(stream(), recv, index_t(chunk), int(kr), int(r), int(in), int(out), L.data, ldl);
-      cuda_kernels::launch_dwu_pack_rt(stream(), A.data, cuda_detail::ld_of(A), recv, index_t(chunk), int(kr), int(r),
-                                       int(in), rt);
-      cuda_kernels::sm90::launch_dwu_gemm_tf32<cuda_kernels::DwuGemm3xTf32Config>(
-          stream(), W.data, ldw, L.data, ldl, rt, int(kd), int(out), int(in), int(kd), alpha, false);
-      return true;
-    }
+  /// The generic elementwise map (TensorBackend): one kernel calling f(x0(i,j), x1(i,j), …) for
+  /// every element; f's operator() must be HDPISSA_HOST_DEVICE. Every view has x0's shape.
+  template <class F, class T0, class... Ts>
+  void elementwise(const F& f, MatrixView<T0> x0, MatrixView<Ts>... xs) {
+    static_assert(std::is_same_v<std::remove_const_t<T0>, Scalar> &&
+                      (std::is_same_v<std::remove_const_t<Ts>, Scalar> && ...),
+                  "CudaBackend::elementwise: every view must hold the backend's scalar type");
+    (require_shape(xs, x0.rows, x0.cols, "elementwise operand"), ...);
+    cuda_kernels::launch_elementwise(stream(), f, x0, xs...);
   }
 
   /// A (m, n) = U (m, k) diag(S (1, k)) Vt (k, n), k = min(m, n), S descending.
@@ -455,31 +385,6 @@ class CudaBackend {
     return true;
   }
 
-  /// One batched non-finite check over many views (one kernel, one wait): true when every
-  /// element of every view is finite. The descriptor array grows on first use only.
-  bool all_finite_batch(const std::vector<ConstMatrixView<Scalar>>& views) {
-    if (views.empty()) return true;
-    const std::size_t n = views.size();
-    if (n > desc_capacity_) {
-      host_desc_ = PinnedBuffer<cuda_kernels::ViewDesc>(n);
-      desc_.reserve(n);
-      desc_capacity_ = n;
-    }
-    index_t max_elems = 0;
-    for (std::size_t i = 0; i < n; ++i) {
-      const auto& v = views[i];
-      host_desc_.get()[i] = {v.data, v.rows, v.cols, index_t(cuda_detail::ld_of(v))};
-      max_elems = std::max(max_elems, v.size());
-    }
-    HDPISSA_CUDA_CHECK(cudaMemsetAsync(flag_.get(), 0, sizeof(int), stream()));
-    HDPISSA_CUDA_CHECK(cudaMemcpyAsync(desc_.get(), host_desc_.get(), n * sizeof(cuda_kernels::ViewDesc),
-                                       cudaMemcpyHostToDevice, stream()));
-    cuda_kernels::launch_non_finite_batch<Scalar>(stream(), desc_.get(), int(n), max_elems, flag_.get());
-    HDPISSA_CUDA_CHECK(cudaMemcpyAsync(host_flag_.get(), flag_.get(), sizeof(int), cudaMemcpyDeviceToHost, stream()));
-    synchronize();  // also keeps host_desc_ alive until the copy has read it
-    return *host_flag_.get() == 0;
-  }
-
   /// SVD of a wide C (l, n), l ≤ n, through its Gram matrix in double: G = C Cᵀ (DGEMM-class syrk
   /// on a double copy), G = Q Λ Qᵀ (cuSOLVER syevd), σ = √λ descending, U = Q (l, l),
   /// Vt = diag(1/σ) Uᵀ C (l, n). Squaring the condition number costs nothing in double for an fp32
@@ -538,7 +443,7 @@ class CudaBackend {
   using T = solver_type;
 
   CudaBackend(CudaStream s, CudaBackendOptions options)
-      : options_(env_options(options)),
+      : options_(options.resolved()),
         stream_(std::move(s)),
         cublas_(stream_.get()),
         cusolver_(stream_.get()),
@@ -549,24 +454,6 @@ class CudaBackend {
         host_sum_(1),
         host_info_(1) {
     HDPISSA_CUDA_CHECK(cudaGetDevice(&device_));
-  }
-
-  static CudaBackendOptions env_options(CudaBackendOptions o) {
-    if (const char* e = std::getenv("HDPISSA_CUDA_FUSED_DWU"); e && std::strcmp(e, "0") == 0) o.fused_update = false;
-    if (const char* e = std::getenv("HDPISSA_CUDA_GEMM_TUNING")) {
-      if (std::strcmp(e, "off") == 0 || std::strcmp(e, "0") == 0) o.gemm_tuning = GemmTuning::Off;
-      else if (std::strcmp(e, "exact") == 0) o.gemm_tuning = GemmTuning::BitExact;
-      else if (std::strcmp(e, "fastest") == 0) o.gemm_tuning = GemmTuning::Fastest;
-      else
-        throw InvalidArgument(cat("HDPISSA_CUDA_GEMM_TUNING: expected off, exact or fastest, found '", e, "'"));
-    }
-    if (const char* e = std::getenv("HDPISSA_CUDA_DWU_GEMM")) {
-      if (std::strcmp(e, "auto") == 0) o.dwu_gemm = DwuGemm::Auto;
-      else if (std::strcmp(e, "3xtf32") == 0) o.dwu_gemm = DwuGemm::Tf32x3;
-      else if (std::strcmp(e, "cublas") == 0) o.dwu_gemm = DwuGemm::Cublas;
-      else throw InvalidArgument(cat("HDPISSA_CUDA_DWU_GEMM: expected auto, 3xtf32 or cublas, found '", e, "'"));
-    }
-    return o;
   }
 
   cublasComputeType_t compute_kind() const {
@@ -696,11 +583,7 @@ class CudaBackend {
   DeviceBuffer<T> ws_, tau_, qr_x_, chol_g_, svd_x_, svd_u_, svd_v_, svd_r_, svd_ur_;
   DeviceBuffer<float> bf_a_, bf_u_, bf_s_, bf_v_;
   DeviceBuffer<double> g_c_, g_g_, g_w_, g_u_, g_v_, g_ws_;
-  DeviceBuffer<cuda_kernels::ViewDesc> desc_;
-  PinnedBuffer<cuda_kernels::ViewDesc> host_desc_;
-  std::size_t desc_capacity_ = 0;
   CudaGemmTuner tuner_;
-  DeviceBuffer<float> dwu_rt_;  // dwu_apply's packed Rt (in, 2Kr), grown on first use
   int device_ = 0;
 };
 
@@ -709,3 +592,7 @@ static_assert(TensorBackend<CudaBackend<double>>);
 static_assert(TensorBackend<CudaBackend<__nv_bfloat16>>);
 
 }  // namespace hdpissa
+
+// The Direct Weight Update's fused kernels specialise DwuKernels<CudaBackend<S>>: included here so
+// that every translation unit that sees CudaBackend also sees the specialisation.
+#include "hdpissa/backend/cuda/dwu_kernels.hpp"

@@ -16,18 +16,10 @@
 
 #include "hdpissa/backend/cuda/cuda_check.hpp"
 #include "hdpissa/core/random.hpp"
-#include "hdpissa/core/update_args.hpp"
+#include "hdpissa/core/element.hpp"
 #include "hdpissa/core/view.hpp"
 
 namespace hdpissa {
-
-/// Arithmetic type for storage type T: float for __nv_bfloat16, T otherwise.
-template <class T>
-struct cuda_compute { using type = T; };
-template <>
-struct cuda_compute<__nv_bfloat16> { using type = float; };
-template <class T>
-using cuda_compute_t = typename cuda_compute<T>::type;
 
 namespace cuda_kernels {
 
@@ -46,6 +38,25 @@ template <>
 __host__ __device__ inline __nv_bfloat16 store<__nv_bfloat16, float>(float v) { return __float2bfloat16(v); }
 template <>
 __host__ __device__ inline __nv_bfloat16 store<__nv_bfloat16, double>(double v) { return __float2bfloat16(float(v)); }
+
+}  // namespace cuda_kernels
+
+/// bf16 storage computes in fp32 (the conversions of cuda_kernels::load / store), for functors
+/// written against element_traits (TensorBackend's elementwise map).
+template <>
+struct element_traits<__nv_bfloat16> {
+  using compute_type = float;
+  template <class C>
+  __host__ __device__ static C load(__nv_bfloat16 v) { return cuda_kernels::load<C>(v); }
+  template <class C>
+  __host__ __device__ static __nv_bfloat16 store(C v) { return cuda_kernels::store<__nv_bfloat16>(v); }
+};
+
+/// Arithmetic type for storage type T: float for __nv_bfloat16, T otherwise.
+template <class T>
+using cuda_compute_t = element_compute_t<T>;
+
+namespace cuda_kernels {
 
 /// Row-major layout of a (rows, cols) view with leading dimension ld.
 struct Layout {
@@ -121,6 +132,33 @@ struct NormalOp {
   }
 };
 
+// ---------------------------------------------------------------- elementwise over several matrices
+
+/// One operand of elementwise_kernel: element (i, j) at p[i·ld + j] (T may be const).
+template <class T>
+struct ElementRef {
+  T* p;
+  index_t ld;
+  __device__ T& operator()(index_t i, index_t j) const { return p[i * ld + j]; }
+};
+/// f(x0(i, j), x1(i, j), …) for every element of a rows × cols index space.
+template <class F, class... Ts>
+__global__ void elementwise_kernel(index_t rows, index_t cols, F f, ElementRef<Ts>... xs) {
+  const index_t n = rows * cols;
+  for (index_t idx = index_t(blockIdx.x) * blockDim.x + threadIdx.x; idx < n; idx += index_t(gridDim.x) * blockDim.x) {
+    const index_t i = idx / cols, j = idx - i * cols;
+    f(xs(i, j)...);
+  }
+}
+/// CudaBackend::elementwise's launcher: every view has x0's shape (checked by the caller).
+template <class F, class T0, class... Ts>
+inline void launch_elementwise(cudaStream_t s, const F& f, MatrixView<T0> x0, MatrixView<Ts>... xs) {
+  if (x0.empty()) return;
+  elementwise_kernel<F, T0, Ts...><<<grid_for(x0.size()), kThreads, 0, s>>>(
+      x0.rows, x0.cols, f, ElementRef<T0>{x0.data, layout_of(x0).ld}, ElementRef<Ts>{xs.data, layout_of(xs).ld}...);
+  HDPISSA_CUDA_CHECK_LAUNCH("elementwise_kernel");
+}
+
 // ---------------------------------------------------------------- two operands
 
 /// y = y + a·x (same shape, each with its own leading dimension).
@@ -166,220 +204,6 @@ inline void launch_convert(cudaStream_t s, ConstMatrixView<Src> x, MatrixView<Ds
   }
   convert_kernel<Src, Dst><<<grid_for(y.size()), kThreads, 0, s>>>(x.data, layout_of(x), y.data, layout_of(y));
   HDPISSA_CUDA_CHECK_LAUNCH("convert_kernel");
-}
-
-// ---------------------------------------------------------------- fused optimizer passes
-
-/// One Adam/AdamW element, exactly as EigenBackend::adam_delta (PyTorch's formula), in compute
-/// precision. Shared by the per-tensor and the multi-tensor kernel, so both give the same bits.
-/// `p` is read only when lr_wd ≠ 0.
-template <class T>
-__device__ __forceinline__ void adam_element(cuda_compute_t<T> b1, cuda_compute_t<T> b2, cuda_compute_t<T> eps,
-                                             cuda_compute_t<T> step_size, cuda_compute_t<T> inv_sqrt_bc2,
-                                             cuda_compute_t<T> lr_wd, const T* p, const T& g, T& m, T& v, T& d) {
-  using C = cuda_compute_t<T>;
-  const C gi = load<C>(g);
-  const C mi = b1 * load<C>(m) + (C(1) - b1) * gi;
-  const C vi = b2 * load<C>(v) + (C(1) - b2) * gi * gi;
-  m = store<T>(mi);
-  v = store<T>(vi);
-  // Same operation order as the CPU reference; stored moments are what the next step reads.
-  const C ms = load<C>(store<T>(mi)), vs = load<C>(store<T>(vi));
-  C dl = step_size * ms / (C(::sqrt(vs)) * inv_sqrt_bc2 + eps);
-  if (lr_wd != C(0)) dl += lr_wd * load<C>(*p);
-  d = store<T>(dl);
-}
-
-/// Adam/AdamW exactly as EigenBackend::adam_delta (PyTorch's formula), in compute precision.
-template <class T>
-__global__ void adam_kernel(cuda_compute_t<T> b1, cuda_compute_t<T> b2, cuda_compute_t<T> eps,
-                            cuda_compute_t<T> step_size, cuda_compute_t<T> inv_sqrt_bc2, cuda_compute_t<T> lr_wd,
-                            const T* p, Layout Lp, const T* g, Layout Lg, T* m, Layout Lm, T* v, Layout Lv,
-                            T* d, Layout Ld) {
-  const index_t n = Lg.rows * Lg.cols;
-  for (index_t idx = index_t(blockIdx.x) * blockDim.x + threadIdx.x; idx < n; idx += index_t(gridDim.x) * blockDim.x) {
-    const index_t i = idx / Lg.cols, j = idx - i * Lg.cols;
-    adam_element<T>(b1, b2, eps, step_size, inv_sqrt_bc2, lr_wd, p + Lp.offset(i, j), g[Lg.offset(i, j)],
-                    m[Lm.offset(i, j)], v[Lv.offset(i, j)], d[Ld.offset(i, j)]);
-  }
-}
-/// The per-step scalars of an Adam pass, computed once on the host (the same way for both kernels).
-template <class T>
-struct AdamScalars {
-  cuda_compute_t<T> b1, b2, eps, step_size, inv_sqrt_bc2, lr_wd;
-  explicit AdamScalars(const AdamArgs& a)
-      : b1(cuda_compute_t<T>(a.beta1)),
-        b2(cuda_compute_t<T>(a.beta2)),
-        eps(cuda_compute_t<T>(a.eps)),
-        step_size(cuda_compute_t<T>(a.lr / a.bias_correction1)),
-        inv_sqrt_bc2(cuda_compute_t<T>(1.0 / std::sqrt(a.bias_correction2))),
-        lr_wd(cuda_compute_t<T>(a.lr * a.weight_decay)) {}
-};
-template <class T>
-inline void launch_adam(cudaStream_t s, const AdamArgs& a, ConstMatrixView<T> p, ConstMatrixView<T> g,
-                        MatrixView<T> m, MatrixView<T> v, MatrixView<T> d) {
-  if (g.empty()) return;
-  const AdamScalars<T> c(a);
-  adam_kernel<T><<<grid_for(g.size()), kThreads, 0, s>>>(c.b1, c.b2, c.eps, c.step_size, c.inv_sqrt_bc2, c.lr_wd,
-                                                          p.data, layout_of(p), g.data, layout_of(g), m.data,
-                                                          layout_of(m), v.data, layout_of(v), d.data, layout_of(d));
-  HDPISSA_CUDA_CHECK_LAUNCH("adam_kernel");
-}
-
-/// One tensor of a multi-tensor Adam pass: every operand (rows, cols) with its own leading dimension
-/// (param may be null when there is no weight decay).
-struct AdamTensorDesc {
-  const void* p;
-  const void* g;
-  void* m;
-  void* v;
-  void* d;
-  index_t rows, cols, ldp, ldg, ldm, ldv, ldd;
-  int flat = 0;  ///< g, m, v, d dense (ld = cols or one row): element idx is at offset idx
-};
-/// Multi-tensor Adam: blockIdx.y picks the tensor, blockIdx.x strides over its elements; the
-/// element math is adam_element, so every tensor gets the bits the per-tensor kernel gives.
-template <class T>
-__global__ void adam_multi_kernel(cuda_compute_t<T> b1, cuda_compute_t<T> b2, cuda_compute_t<T> eps,
-                                  cuda_compute_t<T> step_size, cuda_compute_t<T> inv_sqrt_bc2,
-                                  cuda_compute_t<T> lr_wd, const AdamTensorDesc* tensors) {
-  const AdamTensorDesc t = tensors[blockIdx.y];
-  const T* p = static_cast<const T*>(t.p);
-  const T* g = static_cast<const T*>(t.g);
-  T* m = static_cast<T*>(t.m);
-  T* v = static_cast<T*>(t.v);
-  T* d = static_cast<T*>(t.d);
-  const index_t n = t.rows * t.cols;
-  if (t.flat && (lr_wd == cuda_compute_t<T>(0) || t.rows == 1 || t.ldp == t.cols)) {  // no index division
-    for (index_t idx = index_t(blockIdx.x) * blockDim.x + threadIdx.x; idx < n; idx += index_t(gridDim.x) * blockDim.x)
-      adam_element<T>(b1, b2, eps, step_size, inv_sqrt_bc2, lr_wd, p + idx, g[idx], m[idx], v[idx], d[idx]);
-    return;
-  }
-  for (index_t idx = index_t(blockIdx.x) * blockDim.x + threadIdx.x; idx < n; idx += index_t(gridDim.x) * blockDim.x) {
-    const index_t i = idx / t.cols, j = idx - i * t.cols;
-    adam_element<T>(b1, b2, eps, step_size, inv_sqrt_bc2, lr_wd, p + (i * t.ldp + j), g[i * t.ldg + j],
-                    m[i * t.ldm + j], v[i * t.ldv + j], d[i * t.ldd + j]);
-  }
-}
-/// `tensors` is a device array of `count` descriptors; max_elems sizes the x-grid.
-template <class T>
-inline void launch_adam_multi(cudaStream_t s, const AdamArgs& a, const AdamTensorDesc* tensors, int count,
-                              index_t max_elems) {
-  if (count == 0 || max_elems == 0) return;
-  constexpr int kMaxY = 65535;
-  const AdamScalars<T> c(a);
-  // ~8 elements per thread on the largest tensor: enough blocks to fill the GPU, few idle ones.
-  const unsigned bx = std::max(1u, std::min(grid_for(max_elems), grid_for((max_elems + 7) / 8)));
-  for (int first = 0; first < count; first += kMaxY) {
-    const unsigned by = unsigned(std::min(kMaxY, count - first));
-    adam_multi_kernel<T><<<dim3(bx, by), kThreads, 0, s>>>(c.b1, c.b2, c.eps, c.step_size, c.inv_sqrt_bc2, c.lr_wd,
-                                                            tensors + first);
-    HDPISSA_CUDA_CHECK_LAUNCH("adam_multi_kernel");
-  }
-}
-
-// ---------------------------------------------------------------- Direct Weight Update packing
-
-/// Builds one layer's GEMM operands of the Direct Weight Update from the all-gathered deltas in one
-/// pass (what 1 copy + K axpy + 2K copies do in the generic step):
-///   R (2Kr, in):  rows [j·r, (j+1)·r) = A_j − dA_j,  rows [(K+j)·r, …) = dA_j
-///   Ldb (out, Kr): columns [j·r, (j+1)·r) = dB_j
-/// where group j's deltas start at recv + j·chunk: dA_j (r, in) contiguous, then dB_j (out, r).
-/// A_j − dA_j is computed as A + (−1)·dA, bit for bit what the generic axpy gives.
-template <class T>
-__global__ void dwu_unpack_kernel(const T* A, index_t lda, const T* recv, index_t chunk, index_t K, index_t r,
-                                  index_t in, index_t out, T* R, index_t ldr, T* Ldb, index_t ldl) {
-  using C = cuda_compute_t<T>;
-  const index_t kr = K * r, na = kr * in, total = na + out * kr;
-  for (index_t idx = index_t(blockIdx.x) * blockDim.x + threadIdx.x; idx < total; idx += index_t(gridDim.x) * blockDim.x) {
-    if (idx < na) {
-      const index_t row = idx / in, c = idx - row * in;  // row of the A stack: group j = row / r
-      const index_t j = row / r, i = row - j * r;
-      const T x = recv[j * chunk + i * in + c];
-      R[row * ldr + c] = store<T>(load<C>(A[row * lda + c]) + C(-1) * load<C>(x));
-      R[(kr + row) * ldr + c] = x;
-    } else {
-      const index_t e = idx - na, o = e / kr, col = e - o * kr;
-      const index_t j = col / r, c = col - j * r;
-      Ldb[o * ldl + col] = recv[j * chunk + r * in + o * r + c];
-    }
-  }
-}
-/// The same packing without 64-bit divisions per element: blockIdx.y < K·r is a row of the A stack
-/// (x strides over its columns), the remaining y-blocks cover Ldb with 32-bit index arithmetic.
-/// Same element formulas, so the same bits as dwu_unpack_kernel.
-template <class T>
-__global__ void dwu_unpack_rows_kernel(const T* A, index_t lda, const T* recv, index_t chunk, unsigned kr, unsigned r,
-                                       unsigned in, unsigned out, T* R, index_t ldr, T* Ldb, index_t ldl) {
-  using C = cuda_compute_t<T>;
-  if (blockIdx.y < kr) {
-    const unsigned row = blockIdx.y, j = row / r, i = row - j * r;
-    const T* a = A + index_t(row) * lda;
-    const T* x = recv + index_t(j) * chunk + index_t(i) * in;
-    T* top = R + index_t(row) * ldr;
-    T* bot = R + index_t(kr + row) * ldr;
-    for (unsigned c = blockIdx.x * blockDim.x + threadIdx.x; c < in; c += gridDim.x * blockDim.x) {
-      const T xv = x[c];
-      top[c] = store<T>(load<C>(a[c]) + C(-1) * load<C>(xv));
-      bot[c] = xv;
-    }
-  } else {
-    const unsigned total = out * kr;
-    for (unsigned e = ((blockIdx.y - kr) * gridDim.x + blockIdx.x) * blockDim.x + threadIdx.x; e < total;
-         e += (gridDim.y - kr) * gridDim.x * blockDim.x) {
-      const unsigned o = e / kr, col = e - o * kr, j = col / r, c = col - j * r;
-      Ldb[index_t(o) * ldl + col] = recv[index_t(j) * chunk + index_t(r) * in + index_t(o) * r + c];
-    }
-  }
-}
-template <class T>
-inline void launch_dwu_unpack(cudaStream_t s, ConstMatrixView<T> A, const T* recv, index_t chunk, index_t K,
-                              index_t r, MatrixView<T> R, MatrixView<T> Ldb) {
-  const index_t in = A.cols, out = Ldb.rows, total = K * r * (in + out);
-  if (total == 0) return;
-  const index_t kr = K * r;
-  const index_t gx = std::max<index_t>(1, (in + kThreads - 1) / kThreads);
-  const index_t ldb_blocks = (out * kr + kThreads - 1) / kThreads, gy_ldb = (ldb_blocks + gx - 1) / gx;
-  if (kr + gy_ldb <= 65535 && out * kr < (index_t(1) << 31) && in < (index_t(1) << 31) && gx <= 65535) {
-    dwu_unpack_rows_kernel<T><<<dim3(unsigned(gx), unsigned(kr + gy_ldb)), kThreads, 0, s>>>(
-        A.data, layout_of(A).ld, recv, chunk, unsigned(kr), unsigned(r), unsigned(in), unsigned(out), R.data,
-        layout_of(R).ld, Ldb.data, layout_of(Ldb).ld);
-    HDPISSA_CUDA_CHECK_LAUNCH("dwu_unpack_rows_kernel");
-    return;
-  }
-  dwu_unpack_kernel<T><<<grid_for(total), kThreads, 0, s>>>(A.data, layout_of(A).ld, recv, chunk, K, r, in, out,
-                                                             R.data, layout_of(R).ld, Ldb.data, layout_of(Ldb).ld);
-  HDPISSA_CUDA_CHECK_LAUNCH("dwu_unpack_kernel");
-}
-
-/// SGD exactly as EigenBackend::sgd_delta.
-template <class T>
-__global__ void sgd_kernel(cuda_compute_t<T> lr, cuda_compute_t<T> mu, cuda_compute_t<T> wd, const T* p, Layout Lp,
-                           const T* g, Layout Lg, T* buf, Layout Lb, T* d, Layout Ld) {
-  using C = cuda_compute_t<T>;
-  const index_t n = Lg.rows * Lg.cols;
-  for (index_t idx = index_t(blockIdx.x) * blockDim.x + threadIdx.x; idx < n; idx += index_t(gridDim.x) * blockDim.x) {
-    const index_t i = idx / Lg.cols, j = idx - i * Lg.cols;
-    C gi = load<C>(g[Lg.offset(i, j)]);
-    if (wd != C(0)) gi += wd * load<C>(p[Lp.offset(i, j)]);
-    if (mu != C(0)) {
-      const C bi = mu * load<C>(buf[Lb.offset(i, j)]) + gi;
-      buf[Lb.offset(i, j)] = store<T>(bi);
-      gi = load<C>(store<T>(bi));
-    }
-    d[Ld.offset(i, j)] = store<T>(lr * gi);
-  }
-}
-template <class T>
-inline void launch_sgd(cudaStream_t s, const SgdArgs& a, ConstMatrixView<T> p, ConstMatrixView<T> g,
-                       MatrixView<T> buf, MatrixView<T> d) {
-  using C = cuda_compute_t<T>;
-  if (g.empty()) return;
-  const Layout Lb = buf.data ? layout_of(buf) : layout_of(g);
-  sgd_kernel<T><<<grid_for(g.size()), kThreads, 0, s>>>(C(a.lr), C(a.momentum), C(a.weight_decay), p.data,
-                                                         layout_of(p), g.data, layout_of(g), buf.data, Lb, d.data,
-                                                         layout_of(d));
-  HDPISSA_CUDA_CHECK_LAUNCH("sgd_kernel");
 }
 
 // ---------------------------------------------------------------- reductions (deterministic)
@@ -451,43 +275,6 @@ inline void launch_non_finite(cudaStream_t s, ConstMatrixView<T> x, int* flag) {
   if (x.empty()) return;
   non_finite_kernel<T><<<std::min(grid_for(x.size()), 2048u), kThreads, 0, s>>>(x.data, layout_of(x), flag);
   HDPISSA_CUDA_CHECK_LAUNCH("non_finite_kernel");
-}
-
-/// One matrix of a batched check: pointer, rows, cols, leading dimension.
-struct ViewDesc {
-  const void* data;
-  index_t rows, cols, ld;
-};
-/// flag[0] = 1 if any element of any of the described matrices is non-finite; blockIdx.y picks
-/// the matrix, blockIdx.x strides over its elements.
-template <class T>
-__global__ void non_finite_batch_kernel(const ViewDesc* views, int* flag) {
-  const ViewDesc v = views[blockIdx.y];
-  const T* x = static_cast<const T*>(v.data);
-  const index_t n = v.rows * v.cols;
-  bool bad = false;
-  if (v.ld == v.cols || v.rows == 1) {  // dense: no index division
-    for (index_t idx = index_t(blockIdx.x) * blockDim.x + threadIdx.x; idx < n; idx += index_t(gridDim.x) * blockDim.x)
-      bad |= !::isfinite(load<double>(x[idx]));
-    if (__syncthreads_or(bad) && threadIdx.x == 0) *flag = 1;
-    return;
-  }
-  for (index_t idx = index_t(blockIdx.x) * blockDim.x + threadIdx.x; idx < n; idx += index_t(gridDim.x) * blockDim.x) {
-    const index_t i = idx / v.cols, j = idx - i * v.cols;
-    bad |= !::isfinite(load<double>(x[i * v.ld + j]));
-  }
-  if (__syncthreads_or(bad) && threadIdx.x == 0) *flag = 1;
-}
-/// `views` is a device array of `count` descriptors; the flag must be zeroed first.
-template <class T>
-inline void launch_non_finite_batch(cudaStream_t s, const ViewDesc* views, int count, index_t max_elems, int* flag) {
-  constexpr int kMaxY = 65535;
-  const unsigned bx = std::min(grid_for(max_elems), 16u);
-  for (int first = 0; first < count; first += kMaxY) {
-    const unsigned by = unsigned(std::min(kMaxY, count - first));
-    non_finite_batch_kernel<T><<<dim3(bx, by), kThreads, 0, s>>>(views + first, flag);
-    HDPISSA_CUDA_CHECK_LAUNCH("non_finite_batch_kernel");
-  }
 }
 
 // ---------------------------------------------------------------- Gram-matrix SVD helpers

@@ -145,42 +145,16 @@ class EigenBackend {
     return s;
   }
 
-  void adam_delta(const AdamArgs& a, ConstMatrixView<Scalar> param, ConstMatrixView<Scalar> grad,
-                  MatrixView<Scalar> m, MatrixView<Scalar> v, MatrixView<Scalar> delta) {
-    require_shape(m, grad.rows, grad.cols, "adam first moment");
-    require_shape(v, grad.rows, grad.cols, "adam second moment");
-    require_shape(delta, grad.rows, grad.cols, "adam delta");
-    const Scalar b1 = Scalar(a.beta1), b2 = Scalar(a.beta2), eps = Scalar(a.eps);
-    const Scalar step_size = Scalar(a.lr / a.bias_correction1);
-    const Scalar inv_sqrt_bc2 = Scalar(1.0 / std::sqrt(a.bias_correction2));
-    const Scalar lr_wd = Scalar(a.lr * a.weight_decay);
-    for (index_t i = 0; i < grad.rows; ++i)
-      for (index_t j = 0; j < grad.cols; ++j) {
-        const Scalar g = grad(i, j);
-        Scalar& mi = m(i, j);
-        Scalar& vi = v(i, j);
-        mi = b1 * mi + (Scalar(1) - b1) * g;
-        vi = b2 * vi + (Scalar(1) - b2) * g * g;
-        Scalar d = step_size * mi / (std::sqrt(vi) * inv_sqrt_bc2 + eps);
-        if (lr_wd != Scalar(0)) d += lr_wd * param(i, j);
-        delta(i, j) = d;
-      }
-  }
-
-  void sgd_delta(const SgdArgs& a, ConstMatrixView<Scalar> param, ConstMatrixView<Scalar> grad,
-                 MatrixView<Scalar> buf, MatrixView<Scalar> delta) {
-    require_shape(delta, grad.rows, grad.cols, "sgd delta");
-    const Scalar lr = Scalar(a.lr), mu = Scalar(a.momentum), wd = Scalar(a.weight_decay);
-    for (index_t i = 0; i < grad.rows; ++i)
-      for (index_t j = 0; j < grad.cols; ++j) {
-        Scalar g = grad(i, j);
-        if (wd != Scalar(0)) g += wd * param(i, j);
-        if (mu != Scalar(0)) {
-          buf(i, j) = mu * buf(i, j) + g;
-          g = buf(i, j);
-        }
-        delta(i, j) = lr * g;
-      }
+  /// The generic elementwise map (TensorBackend): f(x0(i,j), x1(i,j), …) for every element, row by row (views of
+  /// mutable data pass `Scalar&`, views of const data `const Scalar&`); every view has x0's shape.
+  template <class F, class T0, class... Ts>
+  void elementwise(const F& f, MatrixView<T0> x0, MatrixView<Ts>... xs) {
+    static_assert(std::is_same_v<std::remove_const_t<T0>, Scalar> &&
+                      (std::is_same_v<std::remove_const_t<Ts>, Scalar> && ...),
+                  "EigenBackend::elementwise: every view must hold the backend's scalar type");
+    (require_shape(xs, x0.rows, x0.cols, "elementwise operand"), ...);
+    for (index_t i = 0; i < x0.rows; ++i)
+      for (index_t j = 0; j < x0.cols; ++j) f(x0(i, j), xs(i, j)...);
   }
 
   void thin_svd(ConstMatrixView<Scalar> A, MatrixView<Scalar> U, MatrixView<Scalar> S,
@@ -206,6 +180,23 @@ class EigenBackend {
     Eigen::HouseholderQR<ColMat> qr(y);
     ColMat q = qr.householderQ() * ColMat::Identity(Y.rows, Y.cols);
     map(Y) = q;
+  }
+
+  /// Cholesky QR (G = YᵀY = RᵀR by Eigen's LLT, Y ← Y R⁻¹ by a triangular solve): one round of
+  /// CholeskyQr2 (adapter/svd.hpp). Returns false, leaving Y unchanged, when G is not numerically
+  /// positive definite. Loses orthogonality as cond(Y)²·eps: call it twice.
+  bool orthonormalize_cholesky(MatrixView<Scalar> Y) {
+    HDPISSA_REQUIRE(Y.cols <= Y.rows, "orthonormalize_cholesky: expected a tall matrix, found ",
+                    shape_str(Y.rows, Y.cols));
+    if (Y.empty()) return true;
+    ColMat y = map(Y);
+    ColMat g = y.transpose() * y;
+    Eigen::LLT<ColMat> llt(g);
+    if (llt.info() != Eigen::Success) return false;
+    llt.matrixU().template solveInPlace<Eigen::OnTheRight>(y);
+    if (!y.allFinite()) return false;
+    map(Y) = y;
+    return true;
   }
 
   void synchronize() {}

@@ -1,0 +1,355 @@
+#pragma once
+/// \file dwu_kernels.hpp
+/// DwuKernels<CudaBackend<S>>: the Direct Weight Update's fused CUDA kernels, as a specialisation
+/// of the DwuKernels trait (core/dwu_kernels.hpp) that satisfies FusedDwuKernels:
+///  - one multi-tensor Adam launch per step over a descriptor table uploaded once (make_adam_batch,
+///    adam_step), element math = AdamElement, so the bits equal the per-tensor adam_delta's;
+///  - one packing kernel per layer for R = [A − dA; dA] and L's dB half (unpack_fused), bit for
+///    bit the generic copy + K·(axpy + 2 copies);
+///  - the whole per-layer update on the sm_90a 3xTF32 kernel (apply_fused, dwu_gemm_sm90.cuh);
+///  - one batched non-finite check over every gradient (all_finite_batch).
+/// The packed delta layout these kernels read is DwuPackedDeltas'. Run-time switches live on the
+/// backend: CudaBackend::fused_update() (all fused paths) and dwu_gemm() / tf32() (apply_fused).
+/// cuda_backend.hpp includes this file, so the specialisation is visible wherever CudaBackend is.
+
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "hdpissa/backend/cuda/cuda_backend.hpp"
+#include "hdpissa/backend/cuda/cuda_handles.hpp"
+#include "hdpissa/backend/cuda/dwu_gemm_sm90.cuh"
+#include "hdpissa/backend/cuda/kernels.cuh"
+#include "hdpissa/core/dwu_kernels.hpp"
+#include "hdpissa/core/update_args.hpp"
+
+namespace hdpissa {
+namespace cuda_kernels {
+
+// ---------------------------------------------------------------- multi-tensor Adam
+
+/// One tensor of a multi-tensor Adam pass: every operand (rows, cols) with its own leading dimension.
+struct AdamTensorDesc {
+  const void* p;
+  const void* g;
+  void* m;
+  void* v;
+  void* d;
+  index_t rows, cols, ldp, ldg, ldm, ldv, ldd;
+  int flat = 0;  ///< g, m, v, d dense (ld = cols or one row): element idx is at offset idx
+};
+/// Multi-tensor Adam: blockIdx.y picks the tensor, blockIdx.x strides over its elements; the
+/// element math is the AdamElement functor, so every tensor gets the bits adam_delta gives.
+template <class T>
+__global__ void adam_multi_kernel(AdamElement<cuda_compute_t<T>> f, const AdamTensorDesc* tensors) {
+  const AdamTensorDesc t = tensors[blockIdx.y];
+  const T* p = static_cast<const T*>(t.p);
+  const T* g = static_cast<const T*>(t.g);
+  T* m = static_cast<T*>(t.m);
+  T* v = static_cast<T*>(t.v);
+  T* d = static_cast<T*>(t.d);
+  const index_t n = t.rows * t.cols;
+  if (t.flat && (f.lr_wd == cuda_compute_t<T>(0) || t.rows == 1 || t.ldp == t.cols)) {  // no index division
+    for (index_t idx = index_t(blockIdx.x) * blockDim.x + threadIdx.x; idx < n; idx += index_t(gridDim.x) * blockDim.x)
+      f(d[idx], m[idx], v[idx], g[idx], p[idx]);
+    return;
+  }
+  for (index_t idx = index_t(blockIdx.x) * blockDim.x + threadIdx.x; idx < n; idx += index_t(gridDim.x) * blockDim.x) {
+    const index_t i = idx / t.cols, j = idx - i * t.cols;
+    f(d[i * t.ldd + j], m[i * t.ldm + j], v[i * t.ldv + j], g[i * t.ldg + j], p[i * t.ldp + j]);
+  }
+}
+/// `tensors` is a device array of `count` descriptors; max_elems sizes the x-grid.
+template <class T>
+inline void launch_adam_multi(cudaStream_t s, const AdamArgs& a, const AdamTensorDesc* tensors, int count,
+                              index_t max_elems) {
+  if (count == 0 || max_elems == 0) return;
+  constexpr int kMaxY = 65535;
+  const auto f = AdamElement<cuda_compute_t<T>>::make(a);
+  // ~8 elements per thread on the largest tensor: enough blocks to fill the GPU, few idle ones.
+  const unsigned bx = std::max(1u, std::min(grid_for(max_elems), grid_for((max_elems + 7) / 8)));
+  for (int first = 0; first < count; first += kMaxY) {
+    const unsigned by = unsigned(std::min(kMaxY, count - first));
+    adam_multi_kernel<T><<<dim3(bx, by), kThreads, 0, s>>>(f, tensors + first);
+    HDPISSA_CUDA_CHECK_LAUNCH("adam_multi_kernel");
+  }
+}
+
+
+// ---------------------------------------------------------------- Direct Weight Update packing
+
+/// Builds one layer's GEMM operands of the Direct Weight Update from the all-gathered deltas in one
+/// pass (what 1 copy + K axpy + 2K copies do in the generic step):
+///   R (2Kr, in):  rows [j·r, (j+1)·r) = A_j − dA_j,  rows [(K+j)·r, …) = dA_j
+///   Ldb (out, Kr): columns [j·r, (j+1)·r) = dB_j
+/// where group j's deltas start at recv + j·chunk (DwuPackedDeltas: dA_j (r, in), then dB_j (out, r)).
+/// A_j − dA_j is computed as A + (−1)·dA, bit for bit what the generic axpy gives.
+template <class T>
+__global__ void dwu_unpack_kernel(const T* A, index_t lda, const T* recv, index_t chunk, index_t K, index_t r,
+                                  index_t in, index_t out, T* R, index_t ldr, T* Ldb, index_t ldl) {
+  using C = cuda_compute_t<T>;
+  const index_t kr = K * r, na = kr * in, total = na + out * kr;
+  for (index_t idx = index_t(blockIdx.x) * blockDim.x + threadIdx.x; idx < total; idx += index_t(gridDim.x) * blockDim.x) {
+    if (idx < na) {
+      const index_t row = idx / in, c = idx - row * in;  // row of the A stack: group j = row / r
+      const index_t j = row / r, i = row - j * r;
+      const T x = recv[j * chunk + i * in + c];
+      R[row * ldr + c] = store<T>(load<C>(A[row * lda + c]) + C(-1) * load<C>(x));
+      R[(kr + row) * ldr + c] = x;
+    } else {
+      const index_t e = idx - na, o = e / kr, col = e - o * kr;
+      const index_t j = col / r, c = col - j * r;
+      Ldb[o * ldl + col] = recv[j * chunk + r * in + o * r + c];
+    }
+  }
+}
+/// The same packing without 64-bit divisions per element: blockIdx.y < K·r is a row of the A stack
+/// (x strides over its columns), the remaining y-blocks cover Ldb with 32-bit index arithmetic.
+/// Same element formulas, so the same bits as dwu_unpack_kernel.
+template <class T>
+__global__ void dwu_unpack_rows_kernel(const T* A, index_t lda, const T* recv, index_t chunk, unsigned kr, unsigned r,
+                                       unsigned in, unsigned out, T* R, index_t ldr, T* Ldb, index_t ldl) {
+  using C = cuda_compute_t<T>;
+  if (blockIdx.y < kr) {
+    const unsigned row = blockIdx.y, j = row / r, i = row - j * r;
+    const T* a = A + index_t(row) * lda;
+    const T* x = recv + index_t(j) * chunk + index_t(i) * in;
+    T* top = R + index_t(row) * ldr;
+    T* bot = R + index_t(kr + row) * ldr;
+    for (unsigned c = blockIdx.x * blockDim.x + threadIdx.x; c < in; c += gridDim.x * blockDim.x) {
+      const T xv = x[c];
+      top[c] = store<T>(load<C>(a[c]) + C(-1) * load<C>(xv));
+      bot[c] = xv;
+    }
+  } else {
+    const unsigned total = out * kr;
+    for (unsigned e = ((blockIdx.y - kr) * gridDim.x + blockIdx.x) * blockDim.x + threadIdx.x; e < total;
+         e += (gridDim.y - kr) * gridDim.x * blockDim.x) {
+      const unsigned o = e / kr, col = e - o * kr, j = col / r, c = col - j * r;
+      Ldb[index_t(o) * ldl + col] = recv[index_t(j) * chunk + index_t(r) * in + index_t(o) * r + c];
+    }
+  }
+}
+template <class T>
+inline void launch_dwu_unpack(cudaStream_t s, ConstMatrixView<T> A, const T* recv, index_t chunk, index_t K,
+                              index_t r, MatrixView<T> R, MatrixView<T> Ldb) {
+  const index_t in = A.cols, out = Ldb.rows, total = K * r * (in + out);
+  if (total == 0) return;
+  const index_t kr = K * r;
+  const index_t gx = std::max<index_t>(1, (in + kThreads - 1) / kThreads);
+  const index_t ldb_blocks = (out * kr + kThreads - 1) / kThreads, gy_ldb = (ldb_blocks + gx - 1) / gx;
+  if (kr + gy_ldb <= 65535 && out * kr < (index_t(1) << 31) && in < (index_t(1) << 31) && gx <= 65535) {
+    dwu_unpack_rows_kernel<T><<<dim3(unsigned(gx), unsigned(kr + gy_ldb)), kThreads, 0, s>>>(
+        A.data, layout_of(A).ld, recv, chunk, unsigned(kr), unsigned(r), unsigned(in), unsigned(out), R.data,
+        layout_of(R).ld, Ldb.data, layout_of(Ldb).ld);
+    HDPISSA_CUDA_CHECK_LAUNCH("dwu_unpack_rows_kernel");
+    return;
+  }
+  dwu_unpack_kernel<T><<<grid_for(total), kThreads, 0, s>>>(A.data, layout_of(A).ld, recv, chunk, K, r, in, out,
+                                                             R.data, layout_of(R).ld, Ldb.data, layout_of(Ldb).ld);
+  HDPISSA_CUDA_CHECK_LAUNCH("dwu_unpack_kernel");
+}
+
+
+// ---------------------------------------------------------------- batched non-finite check
+
+/// One matrix of a batched check: pointer, rows, cols, leading dimension.
+struct ViewDesc {
+  const void* data;
+  index_t rows, cols, ld;
+};
+/// flag[0] = 1 if any element of any of the described matrices is non-finite; blockIdx.y picks
+/// the matrix, blockIdx.x strides over its elements.
+template <class T>
+__global__ void non_finite_batch_kernel(const ViewDesc* views, int* flag) {
+  const ViewDesc v = views[blockIdx.y];
+  const T* x = static_cast<const T*>(v.data);
+  const index_t n = v.rows * v.cols;
+  bool bad = false;
+  if (v.ld == v.cols || v.rows == 1) {  // dense: no index division
+    for (index_t idx = index_t(blockIdx.x) * blockDim.x + threadIdx.x; idx < n; idx += index_t(gridDim.x) * blockDim.x)
+      bad |= !::isfinite(load<double>(x[idx]));
+    if (__syncthreads_or(bad) && threadIdx.x == 0) *flag = 1;
+    return;
+  }
+  for (index_t idx = index_t(blockIdx.x) * blockDim.x + threadIdx.x; idx < n; idx += index_t(gridDim.x) * blockDim.x) {
+    const index_t i = idx / v.cols, j = idx - i * v.cols;
+    bad |= !::isfinite(load<double>(x[i * v.ld + j]));
+  }
+  if (__syncthreads_or(bad) && threadIdx.x == 0) *flag = 1;
+}
+/// `views` is a device array of `count` descriptors; the flag must be zeroed first.
+template <class T>
+inline void launch_non_finite_batch(cudaStream_t s, const ViewDesc* views, int count, index_t max_elems, int* flag) {
+  constexpr int kMaxY = 65535;
+  const unsigned bx = std::min(grid_for(max_elems), 16u);
+  for (int first = 0; first < count; first += kMaxY) {
+    const unsigned by = unsigned(std::min(kMaxY, count - first));
+    non_finite_batch_kernel<T><<<dim3(bx, by), kThreads, 0, s>>>(views + first, flag);
+    HDPISSA_CUDA_CHECK_LAUNCH("non_finite_batch_kernel");
+  }
+}
+
+}  // namespace cuda_kernels
+
+/// The fused Direct Weight Update kernels of CudaBackend<S> (see the file comment). Scratch
+/// (descriptor tables, the packed Rt of apply_fused) grows on first use and is reused.
+template <class S>
+class DwuKernels<CudaBackend<S>> : public DwuGenericKernels<CudaBackend<S>> {
+  using Base = DwuGenericKernels<CudaBackend<S>>;
+
+ public:
+  using V = MatrixView<S>;
+  using CV = ConstMatrixView<S>;
+
+  /// A multi-tensor Adam table: descriptors of every tensor, uploaded once (setup only).
+  class AdamBatch {
+   public:
+    AdamBatch() = default;
+    int size() const { return count_; }
+
+   private:
+    friend class DwuKernels;
+    DeviceBuffer<cuda_kernels::AdamTensorDesc> desc_;
+    int count_ = 0;
+    index_t max_elems_ = 0;
+  };
+  using adam_batch_type = AdamBatch;
+
+  explicit DwuKernels(CudaBackend<S>& b) : Base(b), flag_(1), host_flag_(1) {}
+
+  /// The fused paths run (CudaBackendOptions::fused_update).
+  bool enabled() const { return this->backend().fused_update(); }
+
+  /// One batched non-finite check over many views (one kernel, one wait): true when every
+  /// element of every view is finite. The descriptor array grows on first use only.
+  bool all_finite_batch(const std::vector<CV>& views) {
+    auto& b = this->backend();
+    if (views.empty()) return true;
+    const std::size_t n = views.size();
+    if (n > desc_capacity_) {
+      host_desc_ = PinnedBuffer<cuda_kernels::ViewDesc>(n);
+      desc_.reserve(n);
+      desc_capacity_ = n;
+    }
+    index_t max_elems = 0;
+    for (std::size_t i = 0; i < n; ++i) {
+      const auto& v = views[i];
+      host_desc_.get()[i] = {v.data, v.rows, v.cols, index_t(cuda_detail::ld_of(v))};
+      max_elems = std::max(max_elems, v.size());
+    }
+    HDPISSA_CUDA_CHECK(cudaMemsetAsync(flag_.get(), 0, sizeof(int), b.stream()));
+    HDPISSA_CUDA_CHECK(cudaMemcpyAsync(desc_.get(), host_desc_.get(), n * sizeof(cuda_kernels::ViewDesc),
+                                       cudaMemcpyHostToDevice, b.stream()));
+    cuda_kernels::launch_non_finite_batch<S>(b.stream(), desc_.get(), int(n), max_elems, flag_.get());
+    HDPISSA_CUDA_CHECK(cudaMemcpyAsync(host_flag_.get(), flag_.get(), sizeof(int), cudaMemcpyDeviceToHost, b.stream()));
+    b.synchronize();  // also keeps host_desc_ alive until the copy has read it
+    return *host_flag_.get() == 0;
+  }
+
+  /// Uploads the descriptor table of a multi-tensor Adam pass (setup: allocates and waits). Every
+  /// tensor's param, m, v, delta have the grad's shape.
+  AdamBatch make_adam_batch(const std::vector<AdamTensor<S>>& ts) {
+    auto& b = this->backend();
+    std::vector<cuda_kernels::AdamTensorDesc> h;
+    h.reserve(ts.size());
+    AdamBatch out;
+    for (const auto& t : ts) {
+      require_shape(t.m, t.grad.rows, t.grad.cols, "adam batch first moment");
+      require_shape(t.v, t.grad.rows, t.grad.cols, "adam batch second moment");
+      require_shape(t.delta, t.grad.rows, t.grad.cols, "adam batch delta");
+      require_shape(t.param, t.grad.rows, t.grad.cols, "adam batch param");
+      if (t.grad.empty()) continue;
+      h.push_back({t.param.data, t.grad.data, t.m.data, t.v.data, t.delta.data, t.grad.rows, t.grad.cols,
+                   index_t(cuda_detail::ld_of(t.param)), index_t(cuda_detail::ld_of(t.grad)),
+                   index_t(cuda_detail::ld_of(t.m)), index_t(cuda_detail::ld_of(t.v)),
+                   index_t(cuda_detail::ld_of(t.delta))});
+      const auto dense = [](const auto& v) { return v.rows <= 1 || v.ld == v.cols; };
+      h.back().flat = dense(t.grad) && dense(t.m) && dense(t.v) && dense(t.delta) ? 1 : 0;
+      out.max_elems_ = std::max(out.max_elems_, t.grad.size());
+    }
+    out.count_ = int(h.size());
+    if (!h.empty()) {
+      out.desc_.reserve(h.size());
+      HDPISSA_CUDA_CHECK(cudaMemcpyAsync(out.desc_.get(), h.data(), h.size() * sizeof(h[0]), cudaMemcpyHostToDevice,
+                                         b.stream()));
+      b.synchronize();  // h is pageable and local
+    }
+    return out;
+  }
+  /// One Adam pass (the same args for every tensor) over a whole table in one launch; the bits
+  /// equal adam_delta's on each tensor. Returns false (nothing done) when fused_update() is off.
+  bool adam_step(const AdamArgs& a, const AdamBatch& batch) {
+    if (!enabled()) return false;
+    cuda_kernels::launch_adam_multi<S>(this->backend().stream(), a, batch.desc_.get(), batch.count_, batch.max_elems_);
+    return true;
+  }
+
+  /// The per-layer packing in one launch: R (2K·r, in) = [A − dA stack; dA stack] and
+  /// Ldb (out, K·r) = [dB_0 … dB_{K−1}] from the all-gathered deltas d, A (K·r, in). Bit for bit
+  /// what unpack (copy + K·(axpy + 2 copies)) gives. Returns false when fused_update() is off.
+  bool unpack_fused(CV A, DwuPackedDeltas<const S> d, V R, V Ldb) {
+    if (!enabled()) return false;
+    const index_t K = d.groups, r = d.rank;
+    require_shape(A, K * r, A.cols, "dwu unpack A");
+    require_shape(R, 2 * K * r, A.cols, "dwu unpack R");
+    require_shape(Ldb, Ldb.rows, K * r, "dwu unpack Ldb");
+    cuda_kernels::launch_dwu_unpack(this->backend().stream(), A, d.data, index_t(d.chunk), K, r, R, Ldb);
+    return true;
+  }
+
+  /// The whole per-layer Direct Weight Update on the sm_90a 3xTF32 kernel: Ldb = L's first K·r
+  /// columns get the dB_j (as unpack), Rt (in, 2Kr) = [A − dA; dA]ᵀ is packed into scratch
+  /// (grown on first use), then W += alpha · L · Rtᵀ in one kernel. Returns false (nothing done)
+  /// when CudaBackend::dwu_gemm_kernel_active() is off or the layout does not fit (2Kr or a
+  /// leading dimension not a multiple of 4, a base pointer not 16-byte aligned); the update then
+  /// packs and calls gemm. With DwuGemm::Tf32x3 on a GPU/binary without the kernel it throws.
+  bool apply_fused(CV A, DwuPackedDeltas<const S> d, S alpha, V L, V W) {
+    if constexpr (!std::is_same_v<S, float>) {
+      return false;
+    } else {
+      auto& b = this->backend();
+      if (!b.fused_update() || b.dwu_gemm() == DwuGemm::Cublas || b.tf32()) return false;
+      if (!cuda_kernels::sm90::dwu_gemm_sm90_supported(b.device())) {
+        if (b.dwu_gemm() == DwuGemm::Tf32x3)
+          throw InvalidArgument(cat("DwuGemm::Tf32x3: device ", b.device(), " cannot run the sm_90a kernel (expected a ",
+                                    "compute capability 9.0 GPU and a binary built for 90a, e.g. CMAKE_CUDA_ARCHITECTURES=90a)"));
+        return false;
+      }
+      const index_t K = d.groups, r = d.rank;
+      const index_t kr = K * r, kd = 2 * kr, in = A.cols, out = W.rows;
+      require_shape(A, kr, in, "dwu apply A");
+      require_shape(L, out, kd, "dwu apply L");
+      require_shape(W, out, in, "dwu apply W");
+      constexpr index_t kMax = index_t(1) << 30;
+      if (out == 0 || in == 0 || kr == 0) return false;
+      if (out >= kMax || in >= kMax || kd >= kMax) return false;
+      const int ldl = cuda_detail::ld_of(L), ldw = cuda_detail::ld_of(W);
+      // Rt comes from cudaMalloc (aligned, ld = 2Kr): W stands in for its pointer check.
+      if (!cuda_kernels::sm90::dwu_gemm_sm90_layout_ok(W.data, ldw, L.data, ldl, W.data, int(kd), int(kd))) return false;
+      float* rt = rt_.reserve(std::size_t(in * kd));
+      const index_t chunk = index_t(d.chunk);
+      cuda_kernels::launch_dwu_copy_db(b.stream(), d.data, chunk, int(kr), int(r), int(in), int(out), L.data, ldl);
+      cuda_kernels::launch_dwu_pack_rt(b.stream(), A.data, cuda_detail::ld_of(A), d.data, chunk, int(kr), int(r),
+                                       int(in), rt);
+      cuda_kernels::sm90::launch_dwu_gemm_tf32<cuda_kernels::DwuGemm3xTf32Config>(
+          b.stream(), W.data, ldw, L.data, ldl, rt, int(kd), int(out), int(in), int(kd), alpha, false);
+      return true;
+    }
+  }
+
+ private:
+  DeviceBuffer<int> flag_;
+  PinnedBuffer<int> host_flag_;
+  DeviceBuffer<cuda_kernels::ViewDesc> desc_;
+  PinnedBuffer<cuda_kernels::ViewDesc> host_desc_;
+  std::size_t desc_capacity_ = 0;
+  DeviceBuffer<float> rt_;  // apply_fused's packed Rt (in, 2Kr), grown on first use
+};
+
+static_assert(FusedDwuKernels<DwuKernels<CudaBackend<float>>, CudaBackend<float>>);
+static_assert(FusedDwuKernels<DwuKernels<CudaBackend<double>>, CudaBackend<double>>);
+static_assert(FusedDwuKernels<DwuKernels<CudaBackend<__nv_bfloat16>>, CudaBackend<__nv_bfloat16>>);
+
+}  // namespace hdpissa
