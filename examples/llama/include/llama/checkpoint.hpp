@@ -231,9 +231,10 @@ inline void check_unused_tensors(const std::filesystem::path& dir, const Safeten
     else if (n.ends_with(".bias")) biases.push_back(n);
     else others.push_back(n);
   }
-  auto listing = [](const std::vector<std::string>& v) {
-    std::string s = v.front();
-    if (v.size() > 1) s += cat(" (and ", v.size() - 1, " more: ", v[1], v.size() > 2 ? ", ..." : "", ")");
+  auto listing = [](const std::vector<std::string>& v) {  // the first three, then the count
+    std::string s;
+    for (std::size_t i = 0; i < v.size() && i < 3; ++i) s += (i ? ", " : "") + v[i];
+    if (v.size() > 3) s += cat(", ... (", v.size(), " in all)");
     return s;
   };
   std::vector<std::string> problems;

@@ -72,23 +72,10 @@ struct DataFormatOptions {
     (void)parse_data_format(format);
     if (chat_template != "auto") (void)parse_chat_template(chat_template);
   }
-  /// The settings as JSON (for config echoes).
+  /// The settings as JSON (for config echoes). Usage text: train_usage() and hdpissa-eval --help.
   [[nodiscard]] nlohmann::json to_json() const {
     return {{"data_format", format}, {"chat_template", chat_template}, {"prompt_field", prompt_field},
             {"input_field", input_field}, {"response_field", response_field}};
-  }
-  /// Usage lines of the data flags.
-  static const char* usage() {
-    return "  --data-format F           auto (default: from the first record's keys) | alpaca | chat | text | tokens:\n"
-           "                            alpaca = instruction/[input]/response fields, loss on the response;\n"
-           "                            chat = messages [{role, content}] or conversations [{from, value}],\n"
-           "                            loss on assistant turns; text = {text}, loss on everything;\n"
-           "                            tokens = {input_ids, [labels with -100]}, pre-tokenized\n"
-           "  --chat-template T         auto (tokenizer_config.json's, if recognisable) | llama3 | mistral |\n"
-           "                            chatml | alpaca\n"
-           "  --prompt-field NAME       alpaca: the instruction field (default: detected)\n"
-           "  --input-field NAME        alpaca: the optional input field (default: detected)\n"
-           "  --response-field NAME     alpaca: the response field (default: detected)\n";
   }
 };
 
