@@ -495,7 +495,9 @@ class BpeTokenizer {
     if (text.empty()) return;
     std::string prefixed;
     if (add_prefix_space_ && at_start && text.front() != ' ') {
-      prefixed = " " + std::string(text);
+      prefixed.reserve(text.size() + 1);
+      prefixed += ' ';
+      prefixed.append(text);
       text = prefixed;
     }
     std::vector<std::string_view> pieces{text}, next;
