@@ -156,6 +156,10 @@ TEST_CASE("BPE tokenizer: hand-derived encodings of a tiny tokenizer.json (LLaMA
   CHECK(!tok.token_id("<|nope|>"));
   CHECK(tok.piece(258) == "\xC4\xA0the");  // "Ġthe"
   CHECK(tok.chat_template() == "{{ '<|im_start|>' }}");
+  const auto files = tok.files();  // what a saved model directory gets
+  REQUIRE(files.size() == 2);
+  CHECK(files[0].second == "tokenizer.json");
+  CHECK(files[1].second == "tokenizer_config.json");
   // "the": t h e -> (h,e) rank 1 -> [t, he]
   CHECK(tok.encode("the") == Ids{'t', 257});
   // " the": ( ,t) rank 0 -> [ t, h, e] -> (h,e) -> [ t, he] -> ( t,he) rank 2 -> [ the]
@@ -195,6 +199,7 @@ TEST_CASE("BPE tokenizer: LLaMA-3 tiktoken file, detection, errors") {
   const auto dir = tiny_tiktoken("bpe_tiktoken");
   const Tokenizer tok(dir);  // only original/tokenizer.model
   CHECK(tok.kind() == TokenizerKind::tiktoken);
+  CHECK(tok.files().at(0).second == "original/tokenizer.model");
   CHECK(tok.vocab_size() == 263 + 256);
   CHECK(tok.bos_id() == 263);
   CHECK(tok.eos_id() == 264);
