@@ -263,3 +263,102 @@ TEST_CASE("checkpoint: an interrupted save never looks like a checkpoint") {
   CHECK(read_file_text(dir / "f.bin") == "new");
   CHECK_FALSE(fs::exists(dir / "f.bin.tmp"));
 }
+
+// ---------------------------------------------------------------- no silent loss (LoadOptions)
+namespace {
+
+/// A tiny HF checkpoint (dim 4, 1 layer, 2 heads of 2, 1 KV head, vocab 6) with `extra` tensors
+/// added and `config_patch` merged into its config.json.
+fs::path tiny_checkpoint(const std::string& name, const std::vector<std::pair<std::string, std::vector<std::int64_t>>>& extra,
+                         const nlohmann::json& config_patch = nlohmann::json::object()) {
+  ModelConfig c;
+  c.dim = 4;
+  c.hidden_dim = 8;
+  c.n_layers = 1;
+  c.n_heads = 2;
+  c.n_kv_heads = 1;
+  c.head_dim = 2;
+  c.vocab_size = 6;
+  c.max_seq_len = 16;
+  c.tie_embeddings = true;
+  ModelWeights w = ModelWeights::zeros(c);
+  w.embed.setConstant(0.5f);
+  const auto dir = llama_test::scratch(name) / "ckpt";
+  save_hf_checkpoint(dir, w);
+  static const std::vector<float> zeros(64, 0.0f);
+  std::vector<TensorToWrite> tensors;
+  w.for_each_parameter([&](const std::string& n, const float* p, std::int64_t, const std::vector<std::int64_t>& s) {
+    tensors.push_back({n, s, p});
+  });
+  for (const auto& [n, s] : extra) tensors.push_back({n, s, zeros.data()});
+  write_safetensors(dir / "model.safetensors", tensors, DType::F32);
+  nlohmann::json cfg = nlohmann::json::parse(read_file_text(dir / "config.json"));
+  cfg.merge_patch(config_patch);
+  write_file_atomic(dir / "config.json", cfg.dump(2));
+  return dir;
+}
+
+}  // namespace
+
+TEST_CASE("checkpoint: unused tensors and unsupported config fields are errors unless --allow-unused") {
+  const auto ok = tiny_checkpoint("nsl_ok", {});
+  CHECK(load_checkpoint(ok).config.dim == 4);
+
+  SUBCASE("an extra tensor") {
+    const auto dir = tiny_checkpoint("nsl_extra", {{"model.layers.0.mlp.extra.weight", {2, 2}}});
+    LLAMA_CHECK_THROWS_WITH_ALL(load_checkpoint(dir), "model.layers.0.mlp.extra.weight", "not used by the model",
+                                "--allow-unused");
+    std::vector<std::string> warnings;
+    LoadOptions allow{true, [&](const std::string& m) { warnings.push_back(m); }};
+    CHECK(load_checkpoint(dir, allow).config.dim == 4);
+    REQUIRE(warnings.size() == 1);
+    CHECK(llama_test::contains(warnings[0], "model.layers.0.mlp.extra.weight"));
+  }
+  SUBCASE("Qwen2 q/k/v biases") {
+    const auto dir = tiny_checkpoint("nsl_qwen2",
+                                     {{"model.layers.0.self_attn.q_proj.bias", {4}},
+                                      {"model.layers.0.self_attn.k_proj.bias", {2}},
+                                      {"model.layers.0.self_attn.v_proj.bias", {2}}},
+                                     {{"model_type", "qwen2"}, {"architectures", {"Qwen2ForCausalLM"}}});
+    LLAMA_CHECK_THROWS_WITH_ALL(load_checkpoint(dir), "model.layers.0.self_attn.q_proj.bias",
+                                "attention biases (Qwen2) are not supported yet");
+    std::vector<std::string> warnings;
+    CHECK_NOTHROW(load_checkpoint(dir, LoadOptions{true, [&](const std::string& m) { warnings.push_back(m); }}));
+    CHECK(warnings.size() == 1);
+  }
+  SUBCASE("a tied lm_head.weight equal to the embedding is accepted, a different one is not") {
+    const auto dir = tiny_checkpoint("nsl_head", {{"lm_head.weight", {6, 4}}});  // zeros: differs
+    LLAMA_CHECK_THROWS_WITH_ALL(load_checkpoint(dir), "lm_head.weight", "differs");
+  }
+  SUBCASE("unsupported config fields") {
+    LLAMA_CHECK_THROWS_WITH_ALL(load_checkpoint(tiny_checkpoint("nsl_ab", {}, {{"attention_bias", true}})),
+                                "config.json", "attention_bias=true", "--allow-unused");
+    LLAMA_CHECK_THROWS_WITH_ALL(load_checkpoint(tiny_checkpoint("nsl_mlp", {}, {{"mlp_bias", true}})), "mlp_bias=true");
+    const auto yarn = tiny_checkpoint("nsl_yarn", {}, {{"rope_scaling", {{"rope_type", "yarn"}, {"factor", 4.0}}}});
+    LLAMA_CHECK_THROWS_WITH_ALL(load_checkpoint(yarn), "rope type 'yarn'");
+    std::vector<std::string> warnings;
+    const auto w = load_checkpoint(yarn, LoadOptions{true, [&](const std::string& m) { warnings.push_back(m); }});
+    CHECK(w.config.rope_scaling.type == "default");
+    REQUIRE(warnings.size() == 1);
+    CHECK(llama_test::contains(warnings[0], "yarn"));
+    LLAMA_CHECK_THROWS_WITH_ALL(load_checkpoint(tiny_checkpoint("nsl_act", {}, {{"hidden_act", "gelu"}})), "hidden_act");
+    // what already loads keeps loading: llama3 rope scaling, a list of EOS ids
+    const auto l31 = tiny_checkpoint("nsl_l31", {}, {{"rope_scaling", {{"rope_type", "llama3"}, {"factor", 8.0},
+                                                                       {"low_freq_factor", 1.0}, {"high_freq_factor", 4.0},
+                                                                       {"original_max_position_embeddings", 8}}},
+                                                     {"eos_token_id", {5, 4}}});
+    CHECK(load_checkpoint(l31).config.eos_token_id == 5);
+  }
+  SUBCASE("Mistral sliding window: accepted only where it covers every sequence") {
+    const auto dir = tiny_checkpoint("nsl_swa", {}, {{"model_type", "mistral"}, {"sliding_window", 8}});
+    const ModelWeights w = load_checkpoint(dir);
+    CHECK(w.config.sliding_window == 8);
+    CHECK_NOTHROW(w.config.check_sliding_window(8, "--max-len"));
+    LLAMA_CHECK_THROWS_WITH_ALL(w.config.check_sliding_window(16, "--max-len"), "sliding_window 8", "--max-len 16",
+                                "not supported");
+    CHECK(w.config.to_json()["sliding_window"] == 8);  // saved, not dropped
+    CHECK(w.config.to_json()["model_type"] == "mistral");
+    const auto off = tiny_checkpoint("nsl_swa_null", {}, {{"model_type", "mistral"}, {"sliding_window", nullptr}});
+    CHECK(load_checkpoint(off).config.sliding_window == 0);
+  }
+}

@@ -235,3 +235,225 @@ TEST_CASE("data: micro-batches are right-padded and a saved position resumes exa
   CHECK(e.next().position == DataPosition{1, 0});
   LLAMA_CHECK_THROWS_WITH_ALL(e.seek({0, 99}), "index", "99");
 }
+
+// ---------------------------------------------------------------- data formats (data_formats.hpp)
+#include "llama/data_formats.hpp"
+
+namespace {
+
+/// ByteTokenizer plus what chat templates need: special tokens 300.. and a chat_template text.
+struct ChatByteTokenizer : ByteTokenizer {
+  std::string jinja;
+  std::int32_t bos_id() const { return 1; }
+  std::int32_t vocab_size() const { return 310; }
+  std::string chat_template() const { return jinja; }
+  std::optional<std::int32_t> token_id(std::string_view s) const {
+    const char* names[] = {"<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>",
+                           "<|im_start|>", "<|im_end|>"};
+    for (int i = 0; i < 6; ++i)
+      if (s == names[i]) return 300 + i;
+    return std::nullopt;
+  }
+};
+
+using Ids = std::vector<std::int32_t>;
+/// Ids of `s` under ByteTokenizer (byte + 3), written out so expectations read as text.
+Ids B(std::string_view s) {
+  Ids v;
+  for (unsigned char c : s) v.push_back(c + 3);
+  return v;
+}
+/// n masked labels.
+Ids M(std::size_t n) { return Ids(n, kIgnoreIndex); }
+Ids join(std::initializer_list<Ids> parts) {
+  Ids v;
+  for (const auto& p : parts) v.insert(v.end(), p.begin(), p.end());
+  return v;
+}
+
+std::vector<TokenizedExample> load_fmt(const std::string& name, const std::string& text, DataFormatOptions o = {},
+                                       int max_len = 512, DataLoadReport* rep = nullptr, std::string jinja = "") {
+  ChatByteTokenizer tok;
+  tok.jinja = std::move(jinja);
+  return load_tokenized_data(write_text("fmt_" + name, "d.jsonl", text), o, tok, PromptTemplate{}, max_len, -1, rep);
+}
+
+}  // namespace
+
+TEST_CASE("data formats: text (loss on everything) and tokens (pre-tokenized, labels -100)") {
+  DataLoadReport rep;
+  auto t = load_fmt("text", "{\"text\":\"ab\"}\n{\"text\":\"\"}\n", {}, 512, &rep);
+  CHECK(rep.format == DataFormat::text);
+  REQUIRE(t.size() == 2);
+  CHECK(t[0].input_ids == Ids{1, 'a' + 3, 'b' + 3, 2});
+  CHECK(t[0].labels == Ids{1, 'a' + 3, 'b' + 3, 2});
+  CHECK(t[1].input_ids == Ids{1, 2});  // BOS, EOS: EOS is a target
+
+  t = load_fmt("tokens", "{\"input_ids\":[5,6,7,8],\"labels\":[-100,-100,7,8]}\n{\"input_ids\":[9,10]}\n"
+                         "{\"input_ids\":[5,6],\"labels\":[5,-100]}\n", {}, 512, &rep);
+  CHECK(rep.format == DataFormat::tokens);
+  CHECK(rep.dropped == 1);  // the third: its only label is at position 0
+  REQUIRE(t.size() == 2);
+  CHECK(t[0].input_ids == Ids{5, 6, 7, 8});
+  CHECK(t[0].labels == Ids{-100, -100, 7, 8});
+  CHECK(t[1].labels == Ids{9, 10});
+  t = load_fmt("tokens_trunc", "{\"input_ids\":[5,6,7,8],\"labels\":[-100,6,-100,-100]}\n"
+                               "{\"input_ids\":[5,6,7,8],\"labels\":[-100,-100,-100,8]}\n", {}, 3, &rep);
+  CHECK(rep.dropped == 1);
+  REQUIRE(t.size() == 1);
+  CHECK(t[0].input_ids == Ids{5, 6, 7});
+  CHECK(t[0].labels == Ids{-100, 6, -100});
+
+  SUBCASE("malformed") {
+    LLAMA_CHECK_THROWS_WITH_ALL(load_fmt("bad1", "{\"input_ids\":[1,2],\"labels\":[1]}\n"), "d.jsonl:1", "labels",
+                                "as long as 'input_ids' (2)", "found 1");
+    LLAMA_CHECK_THROWS_WITH_ALL(load_fmt("bad2", "{\"input_ids\":[1,400]}\n"), "input_ids[1]", "[0, 310)", "400");
+    LLAMA_CHECK_THROWS_WITH_ALL(load_fmt("bad3", "{\"input_ids\":[1,-100]}\n"), "input_ids[1]", "-100");
+    LLAMA_CHECK_THROWS_WITH_ALL(load_fmt("bad4", "{\"input_ids\":[1,\"x\"]}\n"), "input_ids[1]", "expected an integer");
+    LLAMA_CHECK_THROWS_WITH_ALL(load_fmt("bad5", "{\"input_ids\":[1,2],\"labels\":[1,-5]}\n"), "labels[1]", "or -100", "-5");
+    LLAMA_CHECK_THROWS_WITH_ALL(load_fmt("bad6", "{\"input_ids\":\"12\"}\n"), "array of integers", "string");
+    DataFormatOptions o;
+    o.format = "text";
+    LLAMA_CHECK_THROWS_WITH_ALL(load_fmt("bad7", "{\"text\":3}\n", o), "d.jsonl:1", "'text'", "number");
+    LLAMA_CHECK_THROWS_WITH_ALL(load_fmt("bad8", "{\"body\":\"x\"}\n", o), "'text'", "body");
+  }
+}
+
+TEST_CASE("data formats: alpaca with --prompt-field / --response-field / --input-field") {
+  const PromptTemplate tpl;
+  DataFormatOptions o;
+  o.prompt_field = "q";
+  o.response_field = "r";
+  DataLoadReport rep;
+  auto t = load_fmt("alp", "{\"q\":\"Add.\",\"r\":\"5\"}\n", o, 512, &rep);
+  CHECK(rep.format == DataFormat::alpaca);  // detected through the named fields
+  REQUIRE(t.size() == 1);
+  const std::string prompt = tpl.prompt({"Add.", "", ""});
+  CHECK(t[0].input_ids == join({{1}, B(prompt), B("5\n"), {2}}));
+  CHECK(t[0].labels == join({M(1 + prompt.size()), B("5\n"), {2}}));
+  o.input_field = "ctx";
+  t = load_fmt("alp_in", "{\"q\":\"Add.\",\"ctx\":\"2 and 3\",\"r\":\"5\"}\n{\"q\":\"Go.\",\"r\":\"ok\"}\n", o);
+  REQUIRE(t.size() == 2);
+  const std::string p_in = tpl.prompt({"Add.", "2 and 3", ""});
+  CHECK(t[0].labels == join({M(1 + p_in.size()), B("5\n"), {2}}));
+  CHECK(t[1].input_ids == join({{1}, B(tpl.prompt({"Go.", "", ""})), B("ok\n"), {2}}));
+  // one field flag overrides the detected one; a record without it is an error naming the field
+  DataFormatOptions only_response;
+  only_response.response_field = "solution2";
+  t = load_fmt("alp_one", "{\"question\":\"x\",\"answer\":\"a\",\"solution2\":\"b\"}\n", only_response);
+  REQUIRE(t.size() == 1);
+  CHECK(t[0].labels == join({M(1 + tpl.prompt({"x", "", ""}).size()), B("b\n"), {2}}));
+  LLAMA_CHECK_THROWS_WITH_ALL(load_fmt("alp_missing", "{\"q\":\"x\",\"r\":\"y\"}\n{\"q\":\"x\"}\n", o), "d.jsonl:2",
+                              "expected field 'r'");
+  // the detection error names the flags, not a C++ type
+  LLAMA_CHECK_THROWS_WITH_ALL(load_instruction_data(write_text("alp_err", "d.jsonl", "{\"foo\":1,\"bar\":2}\n")),
+                              "bar, foo", "--prompt-field", "--response-field", "--input-field");
+}
+
+TEST_CASE("data formats: auto detection from the first record's keys") {
+  DataLoadReport rep;
+  load_fmt("auto_chat", "{\"messages\":[{\"role\":\"user\",\"content\":\"q\"},{\"role\":\"assistant\",\"content\":\"a\"}]}\n",
+           {}, 512, &rep, "{{ '<|im_start|>' }}");
+  CHECK(rep.format == DataFormat::chat);
+  CHECK(rep.chat_template == "chatml");
+  load_fmt("auto_alp", "{\"question\":\"q\",\"answer\":\"a\",\"text\":\"t\"}\n", {}, 512, &rep);
+  CHECK(rep.format == DataFormat::alpaca);
+  LLAMA_CHECK_THROWS_WITH_ALL(load_fmt("auto_bad", "{\"foo\":1,\"bar\":\"x\"}\n"), "d.jsonl:1",
+                              "cannot detect the data format", "{bar, foo}", "--data-format");
+  LLAMA_CHECK_THROWS_WITH_ALL(load_fmt("auto_arr", "[1]\n"), "element 0", "expected a JSON object");
+  DataFormatOptions o;
+  o.format = "json";
+  LLAMA_CHECK_THROWS_WITH_ALL(load_fmt("auto_flag", "{\"text\":\"x\"}\n", o), "--data-format", "'json'");
+}
+
+TEST_CASE("data formats: chat templates, loss on assistant turns only") {
+  DataFormatOptions o;
+  o.format = "chat";
+  const std::string two = "{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"},{\"role\":\"assistant\",\"content\":\" ok \"}]}\n";
+  SUBCASE("llama3") {
+    o.chat_template = "llama3";
+    auto t = load_fmt("c_llama3", two, o);
+    REQUIRE(t.size() == 1);
+    // <|begin_of_text|> <|start_header_id|>user<|end_header_id|>\n\nhi<|eot_id|>
+    // <|start_header_id|>assistant<|end_header_id|>\n\n [ok<|eot_id|>]   (content trimmed)
+    CHECK(t[0].input_ids == join({{300, 301}, B("user"), {302}, B("\n\nhi"), {303, 301}, B("assistant"), {302}, B("\n\n"),
+                                  B("ok"), {303}}));
+    CHECK(t[0].labels == join({M(2 + 4 + 1 + 4 + 2 + 9 + 1 + 2), B("ok"), {303}}));
+  }
+  SUBCASE("chatml, ShareGPT conversations, system and two turns") {
+    o.chat_template = "chatml";
+    auto t = load_fmt("c_chatml",
+                      "{\"conversations\":[{\"from\":\"system\",\"value\":\"S\"},{\"from\":\"human\",\"value\":\"q\"},"
+                      "{\"from\":\"gpt\",\"value\":\"a\"},{\"from\":\"human\",\"value\":\"r\"},{\"from\":\"gpt\",\"value\":\"b\"}]}\n",
+                      o);
+    REQUIRE(t.size() == 1);
+    CHECK(t[0].input_ids == join({{304}, B("system\nS"), {305}, B("\n"), {304}, B("user\nq"), {305}, B("\n"), {304},
+                                  B("assistant\n"), B("a"), {305}, B("\n"), {304}, B("user\nr"), {305}, B("\n"), {304},
+                                  B("assistant\n"), B("b"), {305}, B("\n")}));
+    CHECK(t[0].labels == join({M(1 + 8 + 1 + 1 + 1 + 6 + 1 + 1 + 1 + 10), B("a"), {305}, M(1 + 1 + 6 + 1 + 1 + 1 + 10),
+                               B("b"), {305}, M(1)}));
+  }
+  SUBCASE("mistral with a system message") {
+    o.chat_template = "mistral";
+    auto t = load_fmt("c_mistral",
+                      "{\"messages\":[{\"role\":\"system\",\"content\":\"S\"},{\"role\":\"user\",\"content\":\"u\"},"
+                      "{\"role\":\"assistant\",\"content\":\"A\"}]}\n",
+                      o);
+    REQUIRE(t.size() == 1);
+    CHECK(t[0].input_ids == join({{1}, B("[INST] S\n\nu [/INST]"), B("A"), {2}}));
+    CHECK(t[0].labels == join({M(1 + 19), B("A"), {2}}));
+  }
+  SUBCASE("alpaca") {
+    o.chat_template = "alpaca";
+    auto t = load_fmt("c_alpaca", two, o);
+    REQUIRE(t.size() == 1);
+    const std::string prompt = PromptTemplate{}.prompt({"hi", "", ""});
+    CHECK(t[0].input_ids == join({{1}, B(prompt), B(" ok \n"), {2}}));
+    CHECK(t[0].labels == join({M(1 + prompt.size()), B(" ok \n"), {2}}));
+  }
+  SUBCASE("auto: the tokenizer's template, recognised by its markers") {
+    DataLoadReport rep;
+    load_fmt("c_auto1", two, o, 512, &rep, "{% for m in messages %}<|start_header_id|>...{% endfor %}");
+    CHECK(rep.chat_template == "llama3");
+    load_fmt("c_auto2", two, o, 512, &rep, "{{ bos_token }}[INST] {{ m }} [/INST]");
+    CHECK(rep.chat_template == "mistral");
+    LLAMA_CHECK_THROWS_WITH_ALL(load_fmt("c_auto3", two, o), "--chat-template auto", "no chat_template",
+                                "--chat-template llama3|mistral|chatml|alpaca");
+    LLAMA_CHECK_THROWS_WITH_ALL(load_fmt("c_auto4", two, o, 512, nullptr, "{{ unknown }}"), "not recognisably");
+  }
+  SUBCASE("truncation and dropping") {
+    o.chat_template = "chatml";
+    DataLoadReport rep;
+    // the assistant content starts at position 1 + 7 + 1 + 1 + 1 + 10 = 21: max_len 21 leaves no label
+    auto t = load_fmt("c_trunc", two + two, o, 21, &rep);
+    CHECK(t.empty());
+    CHECK(rep.dropped == 2);
+    t = load_fmt("c_trunc2", two, o, 22, &rep);
+    REQUIRE(t.size() == 1);
+    CHECK(t[0].labels.back() == ' ' + 3);
+  }
+  SUBCASE("malformed") {
+    o.chat_template = "chatml";
+    LLAMA_CHECK_THROWS_WITH_ALL(load_fmt("m1", "{\"messages\":[{\"role\":\"robot\",\"content\":\"x\"}]}\n", o),
+                                "d.jsonl:1", "message 0", "'robot'");
+    LLAMA_CHECK_THROWS_WITH_ALL(load_fmt("m2", "{\"messages\":\"hi\"}\n", o), "'messages'", "non-empty array", "string");
+    LLAMA_CHECK_THROWS_WITH_ALL(load_fmt("m3", "{\"messages\":[]}\n", o), "an empty array");
+    LLAMA_CHECK_THROWS_WITH_ALL(load_fmt("m4", "{\"messages\":[{\"role\":\"user\",\"content\":5}]}\n", o), "messages[0]",
+                                "'role' and 'content'");
+    LLAMA_CHECK_THROWS_WITH_ALL(load_fmt("m5", "{\"conversations\":[{\"from\":\"alien\",\"value\":\"x\"}]}\n", o),
+                                "conversations[0]", "'alien'");
+    LLAMA_CHECK_THROWS_WITH_ALL(load_fmt("m6", "{\"text\":\"x\"}\n", o), "'messages' or 'conversations'", "text");
+    o.chat_template = "mistral";
+    LLAMA_CHECK_THROWS_WITH_ALL(load_fmt("m7", "{\"messages\":[{\"role\":\"assistant\",\"content\":\"x\"}]}\n", o),
+                                "message 0", "alternating", "'assistant'");
+    o.chat_template = "vicuna";
+    LLAMA_CHECK_THROWS_WITH_ALL(load_fmt("m8", two, o), "--chat-template", "'vicuna'");
+    // a tokenizer without the template's special tokens
+    o.chat_template = "llama3";
+    struct NoSpecial : ChatByteTokenizer {
+      std::optional<std::int32_t> token_id(std::string_view) const { return std::nullopt; }
+    } none;
+    LLAMA_CHECK_THROWS_WITH_ALL(load_tokenized_data(write_text("m9", "d.jsonl", two), o, none, PromptTemplate{}, 512),
+                                "chat template llama3", "<|start_header_id|>");
+  }
+}

@@ -439,3 +439,20 @@ TEST_CASE("train: GSM8K-style evaluation runs generation and scores against the 
   std::ofstream(dir / "noanswer.jsonl") << "{\"question\": \"1+1?\", \"answer\": \"two\"}\n";
   expect_error([&] { r.t->eval_gsm8k((dir / "noanswer.jsonl").string(), 1); }, {"noanswer.jsonl", "reference answer"});
 }
+
+TEST_CASE("train: data-format flags and --allow-unused are parsed, checked and echoed") {
+  const auto o = parse_train_args({"--model", "m", "--data", "d", "--data-format", "chat", "--chat-template", "llama3",
+                                   "--prompt-field", "q", "--input-field", "c", "--response-field", "r", "--allow-unused"});
+  CHECK(o.data_format.format == "chat");
+  CHECK(o.data_format.chat_template == "llama3");
+  CHECK(o.data_format.prompt_field == "q");
+  CHECK(o.data_format.input_field == "c");
+  CHECK(o.data_format.response_field == "r");
+  CHECK(o.allow_unused);
+  CHECK(o.to_json()["data_format"]["chat_template"] == "llama3");
+  CHECK(!parse_train_args({"--model", "m", "--data", "d"}).allow_unused);
+  expect_error([] { parse_train_args({"--model", "m", "--data", "d", "--data-format", "csv"}); }, {"--data-format", "'csv'"});
+  expect_error([] { parse_train_args({"--model", "m", "--data", "d", "--chat-template", "zephyr"}); },
+               {"--chat-template", "'zephyr'"});
+  expect_error([] { parse_train_args({"--model", "m", "--data", "d", "--prompt-field"}); }, {"--prompt-field", "expects a value"});
+}

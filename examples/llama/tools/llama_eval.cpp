@@ -28,6 +28,7 @@
 
 #include "llama/checkpoint.hpp"
 #include "llama/data.hpp"
+#include "llama/data_formats.hpp"
 #include "llama/linear_hooks.hpp"
 #include "llama/model.hpp"
 #include "llama/tokenizer.hpp"
@@ -42,7 +43,10 @@ const char* kUsage =
     "Held-out loss of a LLaMA checkpoint (our CPU model) and the exact batches it was computed on.\n"
     "\n"
     "  --model PATH          HF directory (config.json + model.safetensors[.index.json]) or llama2.c .bin\n"
-    "  --tokenizer PATH      SentencePiece .model (default: tokenizer.model inside an HF directory)\n"
+    "  --tokenizer PATH      SentencePiece .model, tokenizer.json, tiktoken file or a directory (default: --model)\n"
+    "  --allow-unused        warn instead of failing on unused checkpoint tensors / unsupported config fields\n"
+    "  --data-format F, --chat-template T, --prompt-field N, --input-field N, --response-field N\n"
+    "                        how to read --data, as in hdpissa-train --help (default: auto)\n"
     "  --data FILE           instruction data, JSON array or JSONL (instruction/output, query/response,\n"
     "                        question/answer, ...), Alpaca template\n"
     "  --max-len N           truncate tokenized examples to N tokens (default 512)\n"
@@ -60,7 +64,8 @@ const char* kUsage =
 struct Args {
   std::string model, tokenizer, data, json;
   int max_len = 512, eval_examples = 32, micro_batch = 4, threads = 0;
-  bool tokens_only = false, help = false;
+  bool tokens_only = false, help = false, allow_unused = false;
+  hdpissa::llama::DataFormatOptions data_format;
 };
 
 int positive(const std::string& flag, const std::string& v, int min = 1) {
@@ -96,16 +101,16 @@ Args parse(int argc, char** argv) {
     else if (f == "--micro-batch") a.micro_batch = positive(f, value(i, f));
     else if (f == "--threads") a.threads = positive(f, value(i, f));
     else if (f == "--tokens-only") a.tokens_only = true;
+    else if (f == "--allow-unused") a.allow_unused = true;
+    else if (a.data_format.parse_flag(f, [&] { return value(i, f); })) {}
     else throw LlamaError("unknown option '" + f + "' (see --help)");
   }
   if (a.model.empty() && !a.tokens_only) throw LlamaError("missing --model (see --help)");
   if (a.data.empty()) throw LlamaError("missing --data (see --help)");
+  a.data_format.validate();
   if (a.tokenizer.empty()) {
-    const auto guess = std::filesystem::path(a.model) / "tokenizer.model";
-    if (!a.model.empty() && std::filesystem::is_directory(a.model) && std::filesystem::exists(guess))
-      a.tokenizer = guess.string();
-    else
-      throw LlamaError("missing --tokenizer (see --help): '" + a.model + "' holds no tokenizer.model");
+    if (!a.model.empty() && std::filesystem::is_directory(a.model)) a.tokenizer = a.model;  // detect_tokenizer
+    else throw LlamaError("missing --tokenizer (see --help): '" + a.model + "' is not a directory holding a tokenizer");
   }
   return a;
 }
@@ -125,7 +130,7 @@ int main(int argc, char** argv) {
 #endif
     const auto t0 = std::chrono::steady_clock::now();
     std::unique_ptr<ModelWeights> w;
-    if (!args.tokens_only) w = std::make_unique<ModelWeights>(load_checkpoint(args.model));
+    if (!args.tokens_only) w = std::make_unique<ModelWeights>(load_checkpoint(args.model, LoadOptions{args.allow_unused, {}}));
     const Tokenizer tok(args.tokenizer);
     if (w && tok.vocab_size() > w->config.vocab_size)
       throw LlamaError(cat(args.tokenizer, ": the tokenizer has ", tok.vocab_size(),
@@ -133,12 +138,12 @@ int main(int argc, char** argv) {
     if (w && args.max_len > w->config.max_seq_len)
       throw LlamaError(cat("--max-len ", args.max_len, " exceeds the model's max_position_embeddings ",
                            w->config.max_seq_len));
+    if (w) w->config.check_sliding_window(args.max_len, "--max-len");
 
-    auto raw = load_instruction_data(args.data);
-    if (raw.size() > static_cast<std::size_t>(args.eval_examples)) raw.resize(static_cast<std::size_t>(args.eval_examples));
-    std::int64_t dropped = 0;
+    DataLoadReport rep;
     auto data = std::make_shared<std::vector<TokenizedExample>>(
-        tokenize_dataset(raw, tok, PromptTemplate{}, args.max_len, &dropped));
+        load_tokenized_data(args.data, args.data_format, tok, PromptTemplate{}, args.max_len, args.eval_examples, &rep));
+    const std::int64_t dropped = rep.dropped;
     if (data->empty())
       throw LlamaError(cat(args.data, ": expected at least one example with a target token within --max-len ",
                            args.max_len, ", found none (", dropped, " dropped)"));

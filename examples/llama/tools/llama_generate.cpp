@@ -22,7 +22,9 @@ const char* kUsage =
     "Greedy (temperature 0) generation with a LLaMA-family model on the CPU.\n"
     "\n"
     "  --checkpoint PATH     HF directory (config.json + model.safetensors[.index.json]) or llama2.c .bin\n"
-    "  --tokenizer PATH      SentencePiece .model (default: tokenizer.model inside an HF checkpoint)\n"
+    "  --tokenizer PATH      SentencePiece .model, tokenizer.json, tiktoken file or a directory\n"
+    "                        (default: the checkpoint directory)\n"
+    "  --allow-unused        warn instead of failing on unused checkpoint tensors / unsupported config fields\n"
     "  --prompt TEXT         text to continue (default: empty, i.e. BOS only)\n"
     "  --template            wrap the prompt in the Alpaca instruction template (spec section 6)\n"
     "  --max-new-tokens N    tokens to generate (default 256)\n"
@@ -34,7 +36,7 @@ const char* kUsage =
 
 struct Args {
   std::string checkpoint, tokenizer, prompt;
-  bool use_template = false, stop = true, help = false;
+  bool use_template = false, stop = true, help = false, allow_unused = false;
   int max_new_tokens = 256;
 };
 
@@ -57,6 +59,8 @@ Args parse(int argc, char** argv) {
       a.prompt = value(i, f);
     } else if (f == "--template") {
       a.use_template = true;
+    } else if (f == "--allow-unused") {
+      a.allow_unused = true;
     } else if (f == "--no-stop") {
       a.stop = false;
     } else if (f == "--max-new-tokens") {
@@ -75,8 +79,7 @@ Args parse(int argc, char** argv) {
   }
   if (a.checkpoint.empty()) throw hdpissa::llama::LlamaError("missing --checkpoint (see --help)");
   if (a.tokenizer.empty()) {
-    const auto guess = std::filesystem::path(a.checkpoint) / "tokenizer.model";
-    if (std::filesystem::is_directory(a.checkpoint) && std::filesystem::exists(guess)) a.tokenizer = guess.string();
+    if (std::filesystem::is_directory(a.checkpoint)) a.tokenizer = a.checkpoint;  // detect_tokenizer
     else throw hdpissa::llama::LlamaError("missing --tokenizer (see --help)");
   }
   return a;
@@ -93,9 +96,9 @@ int main(int argc, char** argv) {
       return 0;
     }
     const auto t0 = std::chrono::steady_clock::now();
-    const ModelWeights w = load_checkpoint(args.checkpoint);
+    const ModelWeights w = load_checkpoint(args.checkpoint, LoadOptions{args.allow_unused, {}});
     const Tokenizer tok(args.tokenizer);
-    if (tok.vocab_size() != w.config.vocab_size)
+    if (tok.vocab_size() > w.config.vocab_size)
       throw LlamaError(cat("tokenizer has ", tok.vocab_size(), " pieces but the model expects vocab_size ",
                            w.config.vocab_size));
     std::string text = args.prompt;
@@ -103,6 +106,7 @@ int main(int argc, char** argv) {
     const std::vector<std::int32_t> prompt = tok.encode(text, /*add_bos=*/true);
     GenerateOptions opt;
     opt.max_new_tokens = args.max_new_tokens;
+    w.config.check_sliding_window(int(prompt.size()) + args.max_new_tokens, "the prompt plus --max-new-tokens");
     if (args.stop) opt.stop_token = tok.eos_id();
     const auto t1 = std::chrono::steady_clock::now();
     std::vector<std::int32_t> out = generate_greedy(w, prompt, opt);
@@ -115,7 +119,7 @@ int main(int argc, char** argv) {
     const auto t2 = std::chrono::steady_clock::now();
     std::vector<std::int32_t> all = prompt;
     all.insert(all.end(), out.begin(), out.end());
-    std::cout << tok.decode(all) << "\n";
+    std::cout << tok.decode(all, /*skip_special=*/true) << "\n";
     const double load_s = std::chrono::duration<double>(t1 - t0).count();
     const double gen_s = std::chrono::duration<double>(t2 - t1).count();
     std::cerr << "[hdpissa-generate] " << w.num_parameters() << " parameters, load " << load_s << " s, "

@@ -12,7 +12,10 @@
 #include <cstdint>
 #include <cstring>
 #include <filesystem>
+#include <functional>
+#include <iostream>
 #include <map>
+#include <set>
 #include <memory>
 #include <string>
 #include <vector>
@@ -157,6 +160,12 @@ class SafetensorsCollection {
     files_.push_back(std::make_shared<SafetensorsFile>(file));
     for (const auto& [name, info] : files_.back()->tensors()) where_.emplace(name, files_.size() - 1);
   }
+  /// Every tensor name, sorted.
+  [[nodiscard]] std::vector<std::string> names() const {
+    std::vector<std::string> n;
+    for (const auto& [name, i] : where_) n.push_back(name);
+    return n;
+  }
   /// Whether `name` exists.
   [[nodiscard]] bool contains(const std::string& name) const { return where_.count(name) != 0; }
   /// The file holding `name`; throws naming the tensor if none does.
@@ -183,13 +192,75 @@ class SafetensorsCollection {
   std::map<std::string, std::size_t> where_;
 };
 
+/// Options of the checkpoint loaders.
+struct LoadOptions {
+  /// false (default): a tensor the model does not use (e.g. Qwen2's q/k/v biases) or a config
+  /// field that changes the architecture and is not implemented is an error naming it. true
+  /// (`--allow-unused`): they are ignored, each reported through `warn`.
+  bool allow_unused = false;
+  /// Receives warnings (default: "warning: ..." on stderr).
+  std::function<void(const std::string&)> warn;
+};
+
+namespace detail {
+inline void load_warning(const LoadOptions& opt, const std::string& msg) {
+  if (opt.warn) opt.warn(msg);
+  else std::cerr << "warning: " << msg << "\n";
+}
+
+/// Throws (or, with allow_unused, warns) about tensors of `st` that the model `w` does not hold.
+/// Derived buffers (rotary_emb.inv_freq) are skipped; a tied checkpoint's lm_head.weight is
+/// accepted when it equals the embedding.
+inline void check_unused_tensors(const std::filesystem::path& dir, const SafetensorsCollection& st, const ModelWeights& w,
+                                 const LoadOptions& opt) {
+  std::set<std::string> used;
+  w.for_each_parameter([&](const std::string& n, const float*, std::int64_t, const std::vector<std::int64_t>&) { used.insert(n); });
+  std::vector<std::string> biases, attn_biases, others;
+  for (const auto& n : st.names()) {
+    if (used.count(n)) continue;
+    if (n.size() > 21 && n.ends_with("rotary_emb.inv_freq")) continue;  // recomputed from rope_theta
+    if (n == "lm_head.weight" && w.config.tie_embeddings) {
+      const Matrix head = st.read_matrix(n, w.embed.rows(), w.embed.cols());
+      if (head == w.embed) continue;
+      others.push_back(n + " (differs from model.embed_tokens.weight, but tie_word_embeddings=true)");
+      continue;
+    }
+    const bool attn = n.ends_with("q_proj.bias") || n.ends_with("k_proj.bias") || n.ends_with("v_proj.bias") ||
+                      n.ends_with("o_proj.bias");
+    if (attn) attn_biases.push_back(n);
+    else if (n.ends_with(".bias")) biases.push_back(n);
+    else others.push_back(n);
+  }
+  auto listing = [](const std::vector<std::string>& v) {  // the first three, then the count
+    std::string s;
+    for (std::size_t i = 0; i < v.size() && i < 3; ++i) s += (i ? ", " : "") + v[i];
+    if (v.size() > 3) s += cat(", ... (", v.size(), " in all)");
+    return s;
+  };
+  std::vector<std::string> problems;
+  if (!attn_biases.empty()) problems.push_back(listing(attn_biases) + ": attention biases (Qwen2) are not supported yet");
+  if (!biases.empty()) problems.push_back(listing(biases) + ": biases are not supported yet");
+  if (!others.empty()) problems.push_back(listing(others) + ": not used by the model (LLaMA architecture)");
+  if (problems.empty()) return;
+  std::string msg;
+  for (const auto& p : problems) msg += (msg.empty() ? "" : "; ") + p;
+  if (!opt.allow_unused)
+    throw LlamaError(cat(dir.string(), ": ", msg, " (pass --allow-unused to drop such tensors with a warning; "
+                                                  "the model then differs from the checkpoint)"));
+  load_warning(opt, cat(dir.string(), ": dropping ", msg));
+}
+}  // namespace detail
+
 /// Loads an HF LLaMA checkpoint directory (`config.json` + safetensors, sharded or not). Every
 /// tensor's shape is checked against the config; a mismatch names the tensor and both shapes.
-inline ModelWeights load_hf_checkpoint(const std::filesystem::path& dir) {
+/// Tensors the model does not use and unsupported config fields are errors (see LoadOptions).
+inline ModelWeights load_hf_checkpoint(const std::filesystem::path& dir, const LoadOptions& opt = {}) {
   if (!std::filesystem::exists(dir)) throw LlamaError(cat("checkpoint not found: ", dir.string()));
   if (!std::filesystem::is_directory(dir))
     throw LlamaError(cat("expected an HF checkpoint directory (config.json + model.safetensors), found a file: ", dir.string()));
-  const ModelConfig c = ModelConfig::from_file(dir / "config.json");
+  std::vector<std::string> warnings;
+  const ModelConfig c = ModelConfig::from_file(dir / "config.json", opt.allow_unused, &warnings);
+  for (const auto& m : warnings) detail::load_warning(opt, m);
   const SafetensorsCollection st = SafetensorsCollection::open_directory(dir);
   ModelWeights w;
   w.config = c;
@@ -214,18 +285,19 @@ inline ModelWeights load_hf_checkpoint(const std::filesystem::path& dir) {
       throw LlamaError(cat(dir.string(), ": config says tie_word_embeddings=false, so expected tensor 'lm_head.weight', not found"));
     w.lm_head = st.read_matrix("lm_head.weight", V, D);
   }
+  detail::check_unused_tensors(dir, st, w, opt);
   return w;
 }
 
 /// Loads any supported checkpoint: an HF directory, a `.safetensors` file (config.json beside
 /// it), or a llama2.c `.bin`.
-inline ModelWeights load_checkpoint(const std::filesystem::path& path) {
+inline ModelWeights load_checkpoint(const std::filesystem::path& path, const LoadOptions& opt = {}) {
   if (!std::filesystem::exists(path)) throw LlamaError(cat("checkpoint not found: ", path.string()));
-  if (std::filesystem::is_directory(path)) return load_hf_checkpoint(path);
+  if (std::filesystem::is_directory(path)) return load_hf_checkpoint(path, opt);
   if (path.extension() == ".safetensors") {
     if (path.filename() != "model.safetensors")
       throw LlamaError(cat("expected an HF directory or its model.safetensors, found ", path.string()));
-    return load_hf_checkpoint(path.parent_path().empty() ? std::filesystem::path(".") : path.parent_path());
+    return load_hf_checkpoint(path.parent_path().empty() ? std::filesystem::path(".") : path.parent_path(), opt);
   }
   return load_llama2c_checkpoint(path);
 }
@@ -234,6 +306,8 @@ inline ModelWeights load_checkpoint(const std::filesystem::path& path) {
 struct SaveOptions {
   DType dtype = DType::F32;                  ///< F32 or BF16
   std::filesystem::path tokenizer_model;     ///< optional: copied in as tokenizer.model
+  /// optional: (source, name inside `dir`) copied in, e.g. Tokenizer::files() (tokenizer.json, ...)
+  std::vector<std::pair<std::filesystem::path, std::string>> tokenizer_files;
   bool overwrite = true;                     ///< replace an existing directory at `dir`
 };
 
@@ -264,6 +338,11 @@ inline void save_hf_checkpoint(const std::filesystem::path& dir, const ModelWeig
   if (!opt.tokenizer_model.empty()) {
     const auto bytes = read_file_bytes(opt.tokenizer_model);
     write_file_atomic(tmp / "tokenizer.model", std::string_view(bytes.data(), bytes.size()));
+  }
+  for (const auto& [src, name] : opt.tokenizer_files) {
+    const auto bytes = read_file_bytes(src);
+    fs::create_directories((tmp / name).parent_path());
+    write_file_atomic(tmp / name, std::string_view(bytes.data(), bytes.size()));
   }
   fsync_path(tmp, true);
   const bool had_old = fs::exists(target);

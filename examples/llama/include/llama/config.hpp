@@ -40,11 +40,23 @@ struct ModelConfig {
   bool tie_embeddings = true;    ///< tie_word_embeddings (lm_head = embed_tokens)
   int bos_token_id = 1;          ///< bos_token_id
   int eos_token_id = 2;          ///< eos_token_id (first one if a list)
+  int sliding_window = 0;        ///< Mistral's sliding_window (0 = none); only accepted where it covers
+                                 ///< every sequence (check_sliding_window), so attention is unchanged
 
   /// Width of the q projection output, n_heads·head_dim.
   [[nodiscard]] int q_dim() const { return n_heads * head_dim; }
   /// Width of the k / v projection outputs, n_kv_heads·head_dim.
   [[nodiscard]] int kv_dim() const { return n_kv_heads * head_dim; }
+
+  /// Throws unless every sequence of up to `max_len` tokens fits in the sliding window (the models
+  /// attend to all earlier positions; a window smaller than a sequence would change attention).
+  /// `what` names where max_len comes from (e.g. "--max-len").
+  void check_sliding_window(int max_len, const std::string& what) const {
+    if (sliding_window > 0 && sliding_window < max_len)
+      throw LlamaError(cat("model config: sliding_window ", sliding_window, " is smaller than ", what, " ", max_len,
+                           ": sliding-window attention (Mistral) is not supported yet; use ", what, " <= ",
+                           sliding_window));
+  }
 
   /// Checks internal consistency; throws LlamaError saying which field is wrong and why.
   void validate() const {
@@ -71,7 +83,12 @@ struct ModelConfig {
 
   /// Parses a HF `config.json` object. Accepts `rope_theta` at top level (transformers 4) or in
   /// `rope_parameters` (transformers 5), and `rope_scaling` of type llama3 / linear.
-  static ModelConfig from_json(const nlohmann::json& j, const std::string& source = "config.json") {
+  /// Fields that change the architecture in ways the model does not implement (attention_bias,
+  /// mlp_bias, other rope types, hidden_act other than silu, qk norms, soft-capping, partial
+  /// rotary, non-full attention layers) are errors naming them; with `allow_unsupported` they are
+  /// ignored instead and reported through `warnings` (the model then differs from the checkpoint's).
+  static ModelConfig from_json(const nlohmann::json& j, const std::string& source = "config.json",
+                               bool allow_unsupported = false, std::vector<std::string>* warnings = nullptr) {
     ModelConfig c;
     auto need_int = [&](const char* key) -> int {
       if (!j.contains(key) || !j[key].is_number_integer())
@@ -79,16 +96,33 @@ struct ModelConfig {
                              j.contains(key) ? j[key].dump() : std::string("nothing")));
       return j[key].get<int>();
     };
+    std::string model_type = "llama";
     if (j.contains("model_type") && j["model_type"].is_string()) {
-      const auto mt = j["model_type"].get<std::string>();
-      if (mt != "llama" && mt != "mistral" && mt != "qwen2" && mt != "llama2c")
-        throw LlamaError(cat(source, ": expected model_type llama (or mistral), found '", mt, "'"));
+      model_type = j["model_type"].get<std::string>();
+      if (model_type != "llama" && model_type != "mistral" && model_type != "qwen2" && model_type != "llama2c")
+        throw LlamaError(cat(source, ": expected model_type llama (or mistral), found '", model_type, "'"));
     }
+    std::vector<std::string> unsupported;
+    auto truthy = [&](const char* key) {
+      if (!j.contains(key) || j[key].is_null()) return false;
+      const auto& v = j[key];
+      return v.is_boolean() ? v.get<bool>() : !(v.is_number() && v.get<double>() == 0);
+    };
     for (const char* key : {"attention_bias", "mlp_bias"})
-      if (j.contains(key) && j[key].is_boolean() && j[key].get<bool>())
-        throw LlamaError(cat(source, ": ", key, "=true is not supported (expected bias-free linears)"));
+      if (truthy(key)) unsupported.push_back(cat(key, "=true (biases in the linears)"));
+    for (const char* key : {"qk_layernorm", "use_qk_norm", "attn_logit_softcapping", "final_logit_softcapping"})
+      if (truthy(key)) unsupported.push_back(cat(key, "=", j[key].dump()));
+    if (j.contains("partial_rotary_factor") && j["partial_rotary_factor"].is_number() &&
+        j["partial_rotary_factor"].get<double>() != 1.0)
+      unsupported.push_back(cat("partial_rotary_factor=", j["partial_rotary_factor"].dump()));
     if (j.contains("hidden_act") && j["hidden_act"] != "silu")
-      throw LlamaError(cat(source, ": expected hidden_act \"silu\", found ", j["hidden_act"].dump()));
+      unsupported.push_back(cat("hidden_act=", j["hidden_act"].dump(), " (expected \"silu\")"));
+    if (j.contains("layer_types") && j["layer_types"].is_array())
+      for (const auto& t : j["layer_types"])
+        if (t != "full_attention") {
+          unsupported.push_back(cat("layer_types containing ", t.dump(), " (expected full_attention only)"));
+          break;
+        }
     c.dim = need_int("hidden_size");
     c.hidden_dim = need_int("intermediate_size");
     c.n_layers = need_int("num_hidden_layers");
@@ -128,12 +162,30 @@ struct ModelConfig {
     if (j.contains("rope_theta")) c.rope_theta = j["rope_theta"].get<double>();
     if (j.contains("rope_scaling") && j["rope_scaling"].is_object()) read_rope(j["rope_scaling"]);
     if (j.contains("rope_parameters") && j["rope_parameters"].is_object()) read_rope(j["rope_parameters"]);
+    if (c.rope_scaling.type != "default" && c.rope_scaling.type != "llama3" && c.rope_scaling.type != "linear") {
+      unsupported.push_back(cat("rope type '", c.rope_scaling.type, "' (expected default, linear or llama3)"));
+      c.rope_scaling = RopeScaling{};
+    }
+    // sliding window: Mistral's sliding_window (Qwen2: only when use_sliding_window is true)
+    const bool window_on = model_type == "mistral" || (j.contains("use_sliding_window") && truthy("use_sliding_window"));
+    if (window_on && j.contains("sliding_window") && j["sliding_window"].is_number_integer())
+      c.sliding_window = j["sliding_window"].get<int>();
+    if (!unsupported.empty()) {
+      std::string list;
+      for (const auto& u : unsupported) list += (list.empty() ? "" : "; ") + u;
+      if (!allow_unsupported)
+        throw LlamaError(cat(source, ": unsupported architecture field(s): ", list,
+                             " (pass --allow-unused to ignore them with a warning; the model then differs)"));
+      if (warnings)
+        for (const auto& u : unsupported) warnings->push_back(cat(source, ": ignoring unsupported field ", u));
+    }
     c.validate();
     return c;
   }
 
   /// Reads and parses `config.json`; errors name the file.
-  static ModelConfig from_file(const std::filesystem::path& path) {
+  static ModelConfig from_file(const std::filesystem::path& path, bool allow_unsupported = false,
+                               std::vector<std::string>* warnings = nullptr) {
     const std::string text = read_file_text(path);
     nlohmann::json j;
     try {
@@ -142,14 +194,15 @@ struct ModelConfig {
       throw LlamaError(cat(path.string(), ": corrupt JSON (", e.what(), ")"));
     }
     if (!j.is_object()) throw LlamaError(cat(path.string(), ": expected a JSON object, found ", j.type_name()));
-    return from_json(j, path.string());
+    return from_json(j, path.string(), allow_unsupported, warnings);
   }
 
   /// HF `config.json` loadable by transformers 4.x and 5.x (`rope_theta` top level + `rope_scaling`).
   [[nodiscard]] nlohmann::json to_json(const std::string& dtype = "float32") const {
     nlohmann::json j;
-    j["architectures"] = {"LlamaForCausalLM"};
-    j["model_type"] = "llama";
+    j["architectures"] = {sliding_window > 0 ? "MistralForCausalLM" : "LlamaForCausalLM"};
+    j["model_type"] = sliding_window > 0 ? "mistral" : "llama";
+    if (sliding_window > 0) j["sliding_window"] = sliding_window;
     j["attention_bias"] = false;
     j["attention_dropout"] = 0.0;
     j["mlp_bias"] = false;

@@ -16,6 +16,7 @@
 #include <numeric>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -56,7 +57,8 @@ inline FieldNames detect_fields(const nlohmann::json& record, const std::string&
   for (auto it = record.begin(); it != record.end(); ++it) keys += (keys.empty() ? "" : ", ") + it.key();
   throw LlamaError(cat(where, ": cannot detect the instruction/response fields: expected one of "
                               "instruction/output, query/response, question/answer, prompt/completion, "
-                              "problem/solution; found keys {", keys, "} (pass FieldNames explicitly)"));
+                              "problem/solution; found keys {", keys, "} (name them with --prompt-field, --response-field "
+                              "and --input-field, or choose another --data-format)"));
 }
 
 namespace detail {
@@ -87,14 +89,18 @@ inline InstructionExample to_example(const nlohmann::json& rec, std::optional<Fi
 
 }  // namespace detail
 
-/// Loads instruction data from a JSON array file or a JSONL file (detected from the first
-/// non-blank character). `fields` overrides auto-detection (done on the first record). Errors name
-/// the file, the line number and what was wrong.
-inline std::vector<InstructionExample> load_instruction_data(const std::filesystem::path& path,
-                                                            std::optional<FieldNames> fields = std::nullopt) {
+/// One record of a JSON / JSONL data file and where it came from ("file:line" or "file: element i").
+struct JsonRecord {
+  nlohmann::json value;  ///< the parsed record
+  std::string where;     ///< location for error messages
+};
+
+/// Reads a JSON array file or a JSONL file (detected from the first non-blank character) into
+/// records. Errors name the file, the line number and what was wrong.
+inline std::vector<JsonRecord> read_json_records(const std::filesystem::path& path) {
   const std::string text = read_file_text(path);
   const std::string file = path.string();
-  std::vector<InstructionExample> out;
+  std::vector<JsonRecord> out;
   const auto first = text.find_first_not_of(" \t\r\n");
   if (first == std::string::npos) return out;
   if (text[first] == '[') {
@@ -107,8 +113,7 @@ inline std::vector<InstructionExample> load_instruction_data(const std::filesyst
       throw LlamaError(cat(file, ":", line, ": invalid JSON array (", e.what(), ")"));
     }
     out.reserve(j.size());
-    for (std::size_t i = 0; i < j.size(); ++i)
-      out.push_back(detail::to_example(j[i], fields, cat(file, ": element ", i)));
+    for (std::size_t i = 0; i < j.size(); ++i) out.push_back({std::move(j[i]), cat(file, ": element ", i)});
     return out;
   }
   std::size_t pos = 0;
@@ -120,15 +125,25 @@ inline std::vector<InstructionExample> load_instruction_data(const std::filesyst
     const std::string_view line(text.data() + pos, end - pos);
     pos = end + 1;
     if (line.find_first_not_of(" \t\r") == std::string_view::npos) continue;
-    const std::string where = cat(file, ":", line_no);
+    std::string where = cat(file, ":", line_no);
     nlohmann::json rec;
     try {
       rec = nlohmann::json::parse(line);
     } catch (const nlohmann::json::parse_error& e) {
       throw LlamaError(cat(where, ": expected one JSON object per line, parse failed (", e.what(), ")"));
     }
-    out.push_back(detail::to_example(rec, fields, where));
+    out.push_back({std::move(rec), std::move(where)});
   }
+  return out;
+}
+
+/// Loads instruction data from a JSON array file or a JSONL file (detected from the first
+/// non-blank character). `fields` overrides auto-detection (done on the first record). Errors name
+/// the file, the line number and what was wrong.
+inline std::vector<InstructionExample> load_instruction_data(const std::filesystem::path& path,
+                                                            std::optional<FieldNames> fields = std::nullopt) {
+  std::vector<InstructionExample> out;
+  for (const auto& r : read_json_records(path)) out.push_back(detail::to_example(r.value, fields, r.where));
   return out;
 }
 

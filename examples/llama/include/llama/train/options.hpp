@@ -15,6 +15,7 @@
 #include <nlohmann/json.hpp>
 
 #include "llama/common.hpp"
+#include "llama/data_formats.hpp"
 #include "llama/weights.hpp"
 
 namespace hdpissa::llama {
@@ -78,12 +79,14 @@ E parse_choice(const std::string& flag, const std::string& value) {
 struct TrainOptions {
   // ---- inputs / outputs
   std::string model;          ///< HF directory or llama2.c .bin
-  std::string tokenizer;      ///< SentencePiece .model (default: tokenizer.model inside an HF dir)
+  std::string tokenizer;      ///< tokenizer file or directory (default: the model directory; llama/tokenizer.hpp)
   std::string data;           ///< training JSON / JSONL
   std::string output;         ///< merged HF checkpoint directory written at the end ("" = none)
   std::string save_state;     ///< resumable training state directory ("" = none)
   std::string resume;         ///< state directory to resume from ("" = fresh run)
   std::string metrics;        ///< metrics JSONL ("" = none)
+  DataFormatOptions data_format;  ///< --data-format, --chat-template, --prompt/input/response-field
+  bool allow_unused = false;      ///< --allow-unused: unused tensors / unsupported config fields warn instead of failing
   // ---- method
   Method method = Method::Hdpissa;
   int rank = 16;                   ///< adapter rank r per group
@@ -149,9 +152,22 @@ inline const char* train_usage() {
          "\n"
          "inputs / outputs\n"
          "  --model PATH              HF directory (config.json + model.safetensors) or llama2.c .bin\n"
-         "  --tokenizer PATH          SentencePiece .model (default: <model>/tokenizer.model)\n"
+         "  --tokenizer PATH          SentencePiece .model, tokenizer.json, tiktoken tokenizer.model or a\n"
+         "                            directory holding one (default: the model directory)\n"
          "  --data FILE               training data, JSON array or JSONL (instruction/output,\n"
          "                            query/response, question/answer, prompt/completion)\n"
+         "  --data-format F           auto (default: from the first record's keys) | alpaca | chat | text |\n"
+         "                            tokens: alpaca = instruction/[input]/response fields, loss on the response;\n"
+         "                            chat = messages [{role, content}] or conversations [{from, value}], loss\n"
+         "                            on assistant turns; text = {text}, loss on everything; tokens =\n"
+         "                            {input_ids, [labels, -100 = no loss]}, pre-tokenized\n"
+         "  --chat-template T         auto (tokenizer_config.json's, if recognisable) | llama3 | mistral |\n"
+         "                            chatml | alpaca\n"
+         "  --prompt-field NAME       alpaca: the instruction field (default: detected)\n"
+         "  --input-field NAME        alpaca: the optional input field (default: detected)\n"
+         "  --response-field NAME     alpaca: the response field (default: detected)\n"
+         "  --allow-unused            warn instead of failing on checkpoint tensors the model does not use\n"
+         "                            and unsupported config fields (the model then differs from the checkpoint)\n"
          "  --max-examples N          use only the first N training examples\n"
          "  --output DIR              write the merged model (HF safetensors + config.json) here at the end\n"
          "  --save-state DIR          write a resumable training state here (at the end, at --stop-after,\n"
@@ -285,6 +301,8 @@ inline nlohmann::json TrainOptions::to_json() const {
           {"save_state", save_state},
           {"resume", resume},
           {"metrics", metrics},
+          {"data_format", data_format.to_json()},
+          {"allow_unused", allow_unused},
           {"method", name_of(method)},
           {"rank", rank},
           {"alpha", effective_alpha()},
@@ -323,6 +341,7 @@ inline void TrainOptions::validate() const {
   };
   need(!model.empty(), "missing --model (see --help)");
   need(!data.empty(), "missing --data (see --help)");
+  data_format.validate();
   need(dtype == ComputeDtype::Fp32 || device == Device::Cuda,
        "--dtype bf16: bf16 compute with an fp32 master copy of W is a GPU-path feature (--device cuda); the CPU "
        "trainer runs fp32 throughout (use --dtype fp32)");
@@ -380,6 +399,8 @@ inline TrainOptions parse_train_args(const std::vector<std::string>& args, bool*
     }
     else if (f == "--model") o.model = value();
     else if (f == "--tokenizer") o.tokenizer = value();
+    else if (o.data_format.parse_flag(f, value)) {}
+    else if (f == "--allow-unused") o.allow_unused = true;
     else if (f == "--data") o.data = value();
     else if (f == "--max-examples") o.max_examples = integer();
     else if (f == "--output") o.output = value();
@@ -433,7 +454,7 @@ inline TrainOptions parse_train_args(const std::vector<std::string>& args, bool*
   if (const char* env = std::getenv("HDPISSA_LLAMA_ATTENTION"); env && *env && !attention_given && o.device == Device::Cuda)
     o.attention = parse_choice<AttentionKind>("HDPISSA_LLAMA_ATTENTION", env);
   if (o.tokenizer.empty() && !o.model.empty() && std::filesystem::is_directory(o.model))
-    o.tokenizer = (std::filesystem::path(o.model) / "tokenizer.model").string();
+    o.tokenizer = o.model;  // detect_tokenizer picks tokenizer.model / tokenizer.json / original/tokenizer.model
   o.validate();
   return o;
 }

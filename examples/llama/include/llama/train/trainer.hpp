@@ -35,6 +35,7 @@
 
 #include "llama/checkpoint.hpp"
 #include "llama/data.hpp"
+#include "llama/data_formats.hpp"
 #include "llama/model.hpp"
 #include "llama/safetensors.hpp"
 #include "llama/tokenizer.hpp"
@@ -175,7 +176,7 @@ class Trainer {
     ModelWeights merged = w_;
     eng_->merge_into(merged);
     SaveOptions so;
-    if (!o_.tokenizer.empty() && std::filesystem::exists(o_.tokenizer)) so.tokenizer_model = o_.tokenizer;
+    so.tokenizer_files = tok_->files();  // tokenizer.model / tokenizer.json (+ tokenizer_config.json)
     save_hf_checkpoint(dir, merged, so);
   }
 
@@ -360,9 +361,12 @@ class Trainer {
   void setup() {
     namespace fs = std::filesystem;
     // ---- model and tokenizer
-    w_ = load_checkpoint(o_.model);
+    LoadOptions load_opt;
+    load_opt.allow_unused = o_.allow_unused;
+    if (!root_) load_opt.warn = [](const std::string&) {};  // rank 0 prints the warnings
+    w_ = load_checkpoint(o_.model, load_opt);
     if (o_.tokenizer.empty())
-      throw LlamaError(cat("missing --tokenizer: ", o_.model, " is not an HF directory with tokenizer.model"));
+      throw LlamaError(cat("missing --tokenizer: ", o_.model, " is not a directory holding a tokenizer"));
     tok_ = std::make_unique<Tokenizer>(o_.tokenizer);
     if (tok_->vocab_size() > w_.config.vocab_size)
       throw LlamaError(cat(o_.tokenizer, ": the tokenizer has ", tok_->vocab_size(), " pieces but the model's vocab_size is ",
@@ -381,15 +385,17 @@ class Trainer {
     threads_ = configure_threads(o_.threads, w_.config.dim < 512);
     if (o_.max_len > w_.config.max_seq_len)
       throw LlamaError(cat("--max-len ", o_.max_len, " exceeds the model's max_position_embeddings ", w_.config.max_seq_len));
+    w_.config.check_sliding_window(o_.max_len, "--max-len");
     if (!o_.output.empty() && fs::exists(o_.output) && !fs::is_directory(o_.output))
       throw LlamaError(cat("--output ", o_.output, " exists and is not a directory"));
 
     // ---- data, one shard per group
-    auto raw = load_instruction_data(o_.data);
-    if (o_.max_examples > 0 && raw.size() > std::size_t(o_.max_examples)) raw.resize(std::size_t(o_.max_examples));
-    auto tokenized = std::make_shared<std::vector<TokenizedExample>>(tokenize_dataset(raw, *tok_, tpl_, o_.max_len, &dropped_));
+    DataLoadReport data_rep;
+    auto tokenized = std::make_shared<std::vector<TokenizedExample>>(
+        load_tokenized_data(o_.data, o_.data_format, *tok_, tpl_, o_.max_len, o_.max_examples, &data_rep));
+    dropped_ = data_rep.dropped;
     if (tokenized->empty())
-      throw LlamaError(cat(o_.data, ": no usable training examples (", raw.size(), " read, ", dropped_,
+      throw LlamaError(cat(o_.data, ": no usable training examples (", data_rep.records, " read, ", dropped_,
                            " dropped because every label was masked at --max-len ", o_.max_len, ")"));
     if (tokenized->size() < std::size_t(comm_->groups()))
       throw LlamaError(cat(o_.data, ": ", tokenized->size(), " usable examples cannot feed K = ", comm_->groups(), " groups"));
@@ -466,9 +472,8 @@ class Trainer {
 
     // ---- evaluation data (file order, micro-batches of --micro-batch)
     if (!o_.eval_data.empty()) {
-      auto ev = load_instruction_data(o_.eval_data);
-      if (ev.size() > std::size_t(o_.eval_examples)) ev.resize(std::size_t(o_.eval_examples));
-      auto tev = std::make_shared<std::vector<TokenizedExample>>(tokenize_dataset(ev, *tok_, tpl_, o_.max_len));
+      auto tev = std::make_shared<std::vector<TokenizedExample>>(
+          load_tokenized_data(o_.eval_data, o_.data_format, *tok_, tpl_, o_.max_len, o_.eval_examples));
       if (tev->empty()) throw LlamaError(cat(o_.eval_data, ": no usable held-out examples"));
       LoaderOptions lo;
       lo.micro_batch = o_.micro_batch;
