@@ -24,23 +24,29 @@ S="$OUTDIR/summary.txt"
 say() { echo "$*" | tee -a "$S"; }
 say "gpu-redesign-check at $(git rev-parse --short HEAD 2>/dev/null || echo '?') on $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader)"
 t0=$(date +%s)
+M=/tmp/tinyllama  # made on the GPU while the build runs
+[[ -z "${SKIP_TPUT:-}" ]] && { python3 bench/e2e/make_model.py "$M" --seed 0 > "$LOGS/make-model.log" 2>&1 & model_pid=$!; }
 targets=(hdpissa-train hdpissa-eval)
 [[ -z "${SKIP_TESTS:-}" ]] && targets+=(hdpissa_llama_cuda_tests hdpissa_cuda_train_tests hdpissa_cuda_tests)
 ( cmake --preset gpu -DHDPISSA_BUILD_TESTS=ON -DHDPISSA_BUILD_EXAMPLES=ON -DHDPISSA_MPI=OFF > "$LOGS/configure.log" 2>&1 &&
-  cmake --build build/gpu -j"${JOBS:-12}" --target "${targets[@]}" > "$LOGS/build.log" 2>&1 ) &
+  cmake --build build/gpu -j"${JOBS:-16}" --target "${targets[@]}" > "$LOGS/build.log" 2>&1 ) &
 new_pid=$!
 base_ok=0
 if [[ -z "${SKIP_TPUT:-}" && -f "$BASELINE_TAR" ]]; then
   rm -rf /tmp/baseline && mkdir -p /tmp/baseline && tar -xzf "$BASELINE_TAR" -C /tmp/baseline &&
   ( cd /tmp/baseline && cmake --preset gpu -DHDPISSA_MPI=OFF > "$LOGS/base-configure.log" 2>&1 &&
-    cmake --build build/gpu -j"${JOBS_BASE:-6}" --target hdpissa-train > "$LOGS/base-build.log" 2>&1 ) && base_ok=1
+    cmake --build build/gpu -j"${JOBS_BASE:-8}" --target hdpissa-train > "$LOGS/base-build.log" 2>&1 ) && base_ok=1
 fi
 wait $new_pid; new_rc=$?
 say "build: this tree rc $new_rc, baseline ok $base_ok, $(( $(date +%s) - t0 )) s"
 if [[ $new_rc -ne 0 ]]; then grep -E "error" "$LOGS/build.log" | head -30 | tee -a "$S"; tar -czf "$OUTDIR/logs.tar.gz" -C "$LOGS" .; exit 1; fi
 rc=0
+DEADLINE=${DEADLINE:-560}  # seconds after the start: later steps are skipped (said in the summary)
+left() { echo $(( DEADLINE - ($(date +%s) - t0) )); }
 run() {  # name, timeout, command...
   local name=$1 lim=$2; shift 2
+  if (( $(left) < 20 )); then say "$name: SKIPPED (time)"; return 0; fi
+  (( lim > $(left) )) && lim=$(left)
   local s=$(date +%s)
   timeout "$lim" "$@" > "$LOGS/$name.log" 2>&1
   local r=$?
@@ -49,34 +55,24 @@ run() {  # name, timeout, command...
   return 0
 }
 if [[ -z "${SKIP_TESTS:-}" ]]; then
-  HDPISSA_DATA="$DATA" run llama-cuda-tests 300 build/gpu/tests/llama/cuda/hdpissa_llama_cuda_tests --no-intro
-  HDPISSA_GPU_TEST_DATA="$DATA" HDPISSA_GPU_TEST_SCRATCH=/tmp/cuda-train-scratch \
-    run cuda-train-tests 420 build/gpu/tests/llama/cuda_train/hdpissa_cuda_train_tests --no-intro
-  grep -E "shared init|fresh GPU|resume" "$LOGS/cuda-train-tests.log" | head -20 >> "$S"
-  run cuda-backend-tests 300 build/gpu/tests/cuda/hdpissa_cuda_tests --no-intro
-  DATA="$DATA" DEVICES=cuda BUILD_DIR=build/gpu run hf-check 240 scripts/hf-check.sh
-  tail -3 "$LOGS/hf-check.log" >> "$S"
-fi
-if [[ -n "${FIXTURES:-}" && -f scripts/make-tokenizer-fixtures.py ]]; then
-  run tokenizer-fixtures 240 python3 scripts/make-tokenizer-fixtures.py "$DATA" tests/llama/fixtures/tokenizers
-  [[ -d tests/llama/fixtures/tokenizers ]] && tar -czf "$OUTDIR/tokenizer-fixtures.tar.gz" -C tests/llama/fixtures tokenizers
+  HDPISSA_DATA="$DATA" run llama-cuda-tests ${T_MODEL:-120} build/gpu/tests/llama/cuda/hdpissa_llama_cuda_tests --no-intro
 fi
 if [[ -z "${SKIP_TPUT:-}" ]]; then
-  M=/tmp/tinyllama
-  python3 bench/e2e/make_model.py "$M" --seed 0 > "$LOGS/make-model.log" 2>&1 || { say "make_model failed"; tail -5 "$LOGS/make-model.log" >> "$S"; }
+  wait "$model_pid" || { say "make_model failed"; tail -5 "$LOGS/make-model.log" >> "$S"; }
   cp "$DATA/throughput/tokenizer.model" "$M/" 2>/dev/null
   bins=("new:build/gpu/examples/llama/hdpissa-train")
   [[ $base_ok == 1 ]] && bins+=("baseline:/tmp/baseline/build/gpu/examples/llama/hdpissa-train")
   say ""
   say "| config | binary | tok/s (steps 2..$STEPS) | peak device GiB | last loss |"
   say "|---|---|---|---|---|"
-  for rep in 1 2; do
+  for rep in $(seq 1 ${REPS:-1}); do
     for cfg in "hdpissa 8" "lora 1"; do
       set -- $cfg
       for b in "${bins[@]}"; do
         label=${b%%:*}; bin=${b#*:}
         m="$LOGS/tput-$1-k$2-$label-$rep.jsonl"
-        timeout 240 "$bin" --device cuda --dtype bf16 --method "$1" --groups-per-process "$2" --model "$M" \
+        (( $(left) < 30 )) && { say "| $1 K=$2 | $label | SKIPPED (time) | | |"; continue; }
+        timeout $(( $(left) < 120 ? $(left) : 120 )) "$bin" --device cuda --dtype bf16 --method "$1" --groups-per-process "$2" --model "$M" \
           --tokenizer "$DATA/throughput/tokenizer.model" --data "$DATA/throughput/train.jsonl" --micro-batch 2 \
           --max-len 512 --grad-accum 8 --rank 16 --alpha 16 --lr 1e-4 --max-steps "$STEPS" --svd randomized --quiet \
           --metrics "$m" > "$LOGS/tput-$1-k$2-$label-$rep.log" 2>&1 || { say "| $1 K=$2 | $label | FAILED rc $? | | |"; continue; }
@@ -91,6 +87,18 @@ PY
       done
     done
   done
+fi
+if [[ -n "${FIXTURES:-}" && -f scripts/make-tokenizer-fixtures.py ]]; then
+  run tokenizer-fixtures 120 python3 scripts/make-tokenizer-fixtures.py "$DATA/gsm8k" --out tests/llama/fixtures/tokenizers
+  [[ -d tests/llama/fixtures/tokenizers ]] && tar -czf "$OUTDIR/tokenizer-fixtures.tar.gz" -C tests/llama/fixtures tokenizers
+fi
+if [[ -z "${SKIP_TESTS:-}" ]]; then
+  HDPISSA_GPU_TEST_DATA="$DATA" HDPISSA_GPU_TEST_SCRATCH=/tmp/cuda-train-scratch \
+    run cuda-train-tests ${T_TRAIN:-200} build/gpu/tests/llama/cuda_train/hdpissa_cuda_train_tests --no-intro
+  grep -E "shared init|fresh GPU|resume" "$LOGS/cuda-train-tests.log" | head -20 >> "$S"
+  run cuda-backend-tests ${T_BACKEND:-120} build/gpu/tests/cuda/hdpissa_cuda_tests --no-intro
+  DATA="$DATA" DEVICES=cuda BUILD_DIR=build/gpu run hf-check ${T_HF:-90} scripts/hf-check.sh
+  tail -3 "$LOGS/hf-check.log" >> "$S"
 fi
 say "total $(( $(date +%s) - t0 )) s, rc $rc"
 tar -czf "$OUTDIR/logs.tar.gz" -C "$LOGS" .
