@@ -42,7 +42,13 @@ M=/tmp/tinyllama  # made on the GPU while the build runs
 [[ -z "${SKIP_TPUT:-}" ]] && { python3 bench/e2e/make_model.py "$M" --seed 0 > "$LOGS/make-model.log" 2>&1 & model_pid=$!; }
 targets=(hdpissa-train)
 [[ -z "${SKIP_HF:-}" ]] && targets+=(hdpissa-eval)
-[[ -z "${SKIP_TESTS:-}" ]] && targets+=(hdpissa_llama_cuda_tests hdpissa_cuda_train_tests hdpissa_cuda_tests)
+# SUITES: which GPU suites to build and run (default all three): train model backend
+SUITES=${SUITES:-train model backend}
+if [[ -z "${SKIP_TESTS:-}" ]]; then
+  [[ " $SUITES " == *" train "* ]] && targets+=(hdpissa_cuda_train_tests)
+  [[ " $SUITES " == *" model "* ]] && targets+=(hdpissa_llama_cuda_tests)
+  [[ " $SUITES " == *" backend "* ]] && targets+=(hdpissa_cuda_tests)
+fi
 ( cmake --preset gpu -DHDPISSA_BUILD_TESTS=ON -DHDPISSA_BUILD_EXAMPLES=ON -DHDPISSA_MPI=OFF > "$LOGS/configure.log" 2>&1 &&
   cmake --build build/gpu -j"${JOBS:-16}" --target "${targets[@]}" > "$LOGS/build.log" 2>&1 ) &
 new_pid=$!
@@ -70,7 +76,7 @@ run() {  # name, timeout, command...
   return 0
 }
 if [[ -z "${SKIP_TESTS:-}" ]]; then
-  HDPISSA_GPU_TEST_DATA="$DATA" HDPISSA_GPU_TEST_SCRATCH=/tmp/cuda-train-scratch \
+  [[ " $SUITES " == *" train "* ]] && HDPISSA_GPU_TEST_DATA="$DATA" HDPISSA_GPU_TEST_SCRATCH=/tmp/cuda-train-scratch \
     run cuda-train-tests ${T_TRAIN:-200} build/gpu/tests/llama/cuda_train/hdpissa_cuda_train_tests --no-intro
   grep -E "shared init|fresh GPU|resume" "$LOGS/cuda-train-tests.log" | head -20 >> "$S"
 fi
@@ -110,8 +116,8 @@ if [[ -n "${fix_pid:-}" ]]; then
   [[ -d tests/llama/fixtures/tokenizers ]] && tar -czf "$OUTDIR/tokenizer-fixtures.tar.gz" -C tests/llama/fixtures tokenizers
 fi
 if [[ -z "${SKIP_TESTS:-}" ]]; then
-  HDPISSA_DATA="$DATA" run llama-cuda-tests ${T_MODEL:-120} build/gpu/tests/llama/cuda/hdpissa_llama_cuda_tests --no-intro
-  run cuda-backend-tests ${T_BACKEND:-120} build/gpu/tests/cuda/hdpissa_cuda_tests --no-intro
+  [[ " $SUITES " == *" model "* ]] && HDPISSA_DATA="$DATA" run llama-cuda-tests ${T_MODEL:-120} build/gpu/tests/llama/cuda/hdpissa_llama_cuda_tests --no-intro
+  [[ " $SUITES " == *" backend "* ]] && run cuda-backend-tests ${T_BACKEND:-120} build/gpu/tests/cuda/hdpissa_cuda_tests --no-intro
   if [[ -z "${SKIP_HF:-}" ]]; then
     DATA="$DATA" DEVICES=cuda BUILD_DIR=build/gpu run hf-check ${T_HF:-90} scripts/hf-check.sh
     tail -3 "$LOGS/hf-check.log" >> "$S"
