@@ -10,6 +10,7 @@
 #      r = 16): HD-PiSSA K = 8 virtual groups and LoRA; STEPS steps each, the first dropped;
 #   4. with FIXTURES=1, scripts/make-tokenizer-fixtures.py (transformers / tokenizers exist there).
 # Everything lands in $OUT: summary.txt (the table last) and logs.tar.gz.
+# Order after the build: throughput, the trainer suite, fixtures, the model and backend suites, hf-check.
 # Usage (repository root): [DATA=.devdata] [BASELINE_TAR=.devdata/baseline-a5b240e.tar.gz] [STEPS=5]
 #        [SKIP_TESTS=1] [SKIP_TPUT=1] scripts/gpu-redesign-check.sh
 set -uo pipefail
@@ -75,11 +76,6 @@ run() {  # name, timeout, command...
   if [[ $r -ne 0 ]]; then rc=1; grep -B3 -A15 "ERROR" "$LOGS/$name.log" | head -60 >> "$S"; fi
   return 0
 }
-if [[ -z "${SKIP_TESTS:-}" ]]; then
-  [[ " $SUITES " == *" train "* ]] && HDPISSA_GPU_TEST_DATA="$DATA" HDPISSA_GPU_TEST_SCRATCH=/tmp/cuda-train-scratch \
-    run cuda-train-tests ${T_TRAIN:-200} build/gpu/tests/llama/cuda_train/hdpissa_cuda_train_tests --no-intro
-  grep -E "shared init|fresh GPU|resume" "$LOGS/cuda-train-tests.log" | head -20 >> "$S"
-fi
 if [[ -z "${SKIP_TPUT:-}" ]]; then
   wait "$model_pid" || { say "make_model failed"; tail -5 "$LOGS/make-model.log" >> "$S"; }
   cp "$DATA/throughput/tokenizer.model" "$M/" 2>/dev/null
@@ -110,6 +106,11 @@ PY
       done
     done
   done
+fi
+if [[ -z "${SKIP_TESTS:-}" ]]; then
+  [[ " $SUITES " == *" train "* ]] && HDPISSA_GPU_TEST_DATA="$DATA" HDPISSA_GPU_TEST_SCRATCH=/tmp/cuda-train-scratch \
+    run cuda-train-tests ${T_TRAIN:-200} build/gpu/tests/llama/cuda_train/hdpissa_cuda_train_tests --no-intro
+  grep -E "shared init|fresh GPU|resume" "$LOGS/cuda-train-tests.log" | head -20 >> "$S"
 fi
 if [[ -n "${fix_pid:-}" ]]; then
   wait "$fix_pid"; say "tokenizer-fixtures: $(tail -1 "$LOGS/tokenizer-fixtures.log")"
