@@ -25,15 +25,7 @@ S="$OUTDIR/summary.txt"
 say() { echo "$*" | tee -a "$S"; }
 say "gpu-redesign-check at $(git rev-parse --short HEAD 2>/dev/null || echo '?') on $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader)"
 t0=$(date +%s)
-# PCRE2 (the byte-level BPE tokenizer) where the machine lacks it: Debian's .debs carried in
-# .devdata/debs (apt-get download libpcre2-dev libpcre2-{8-0,16-0,32-0,posix3}), unpacked under /tmp.
-if ! pkg-config --exists libpcre2-8 2>/dev/null && ls .devdata/debs/*.deb > /dev/null 2>&1; then
-  mkdir -p /tmp/pt && for f in .devdata/debs/*.deb; do dpkg -x "$f" /tmp/pt; done
-  sed -i 's#^prefix=/usr$#prefix=/tmp/pt/usr#' /tmp/pt/usr/lib/x86_64-linux-gnu/pkgconfig/*.pc
-  export PKG_CONFIG_PATH=/tmp/pt/usr/lib/x86_64-linux-gnu/pkgconfig${PKG_CONFIG_PATH:+:$PKG_CONFIG_PATH}
-  export LD_LIBRARY_PATH=/tmp/pt/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
-  say "pcre2: from .devdata/debs ($(pkg-config --modversion libpcre2-8))"
-fi
+source scripts/device-env.sh  # PCRE2 where the machine lacks it (.devdata/debs)
 if [[ -n "${FIXTURES:-}" && -f scripts/make-tokenizer-fixtures.py ]]; then  # CPU only: beside the build
   ( timeout 240 python3 scripts/make-tokenizer-fixtures.py "$DATA/gsm8k" --out tests/llama/fixtures/tokenizers \
       > "$LOGS/tokenizer-fixtures.log" 2>&1; echo "rc $?" >> "$LOGS/tokenizer-fixtures.log" ) &
