@@ -54,3 +54,13 @@ start=$(date +%s)
   --metrics "$repo/runs/demo-metrics.jsonl" \
   --output "$out" --threads "${DEMO_THREADS:-1}" "$@"
 echo "run-demo: done in $(( $(date +%s) - start )) s; merged checkpoint: $out (metrics: runs/demo-metrics.jsonl)"
+# A loss / learning-rate / throughput plot of the run (matplotlib; the demo does not need it).
+plot_python=python3  # the first python3 that has matplotlib (a pyenv one may lack Debian's)
+for p in python3 /usr/bin/python3; do
+  if command -v "$p" >/dev/null && "$p" -c "import matplotlib" 2>/dev/null; then plot_python="$p"; break; fi
+done
+if "$plot_python" "$repo/scripts/plot-metrics.py" "$repo/runs/demo-metrics.jsonl" -o "$repo/runs/demo-metrics.png"; then
+  echo "run-demo: plot: runs/demo-metrics.png"
+else
+  echo "run-demo: note: no plot (scripts/plot-metrics.py needs python3-matplotlib)"
+fi

@@ -24,3 +24,11 @@ endif()
 run(${CMAKE_COMMAND} --build "${WORK_DIR}/consumer" -j 2)
 run("${WORK_DIR}/consumer/consumer")
 message(STATUS "packaging (${MODE}): consumer built and ran")
+if(MODE STREQUAL "find_package")
+  # Example 01 (the README's "Using the library") as a user builds it: against the installed package.
+  run(${CMAKE_COMMAND} -S "${SOURCE_DIR}/examples/01_user_trainer" -B "${WORK_DIR}/example01" ${common}
+      -DCMAKE_PREFIX_PATH=${WORK_DIR}/prefix)
+  run(${CMAKE_COMMAND} --build "${WORK_DIR}/example01" -j 2)
+  run("${WORK_DIR}/example01/hdpissa_example_user_trainer")
+  message(STATUS "packaging (${MODE}): examples/01_user_trainer built against the installed package and passed")
+endif()

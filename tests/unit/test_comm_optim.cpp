@@ -119,6 +119,9 @@ TEST_CASE("LR schedules: exact values") {
   CHECK(warmup_steps_from_ratio(0.03, 100) == 3);
   CHECK(reference_scaling(16, 16) == 1.0);
   CHECK(reference_scaling(32, 12) == 2.0);  // integer division, as the authors' code
+  CHECK(peft_scaling(12, 8) == 1.5);         // PEFT: alpha / r as a float
+  CHECK(peft_scaling(16, 64) == 0.25);       // alpha < r (QLoRA's r = 64, alpha = 16)
+  CHECK_THROWS_AS(peft_scaling(16, 0), InvalidArgument);
 }
 
 TEST_CASE("effective-rank metrics against closed forms") {

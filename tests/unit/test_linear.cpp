@@ -144,6 +144,37 @@ TEST_CASE("linear layers: bias is added to every row") {
   CHECK(hdtest::violations<double>(hdtest::to_ref(Y.view()), expect) == 0);
 }
 
+TEST_CASE("AdapterHandle: dwu.adapter(layer, g) with MutedLinear's handle overloads; Matrix passes as a const view") {
+  using Backend = EigenBackend<double>;
+  Backend b;
+  auto W = b.make_matrix(6, 5), X = b.make_matrix(3, 5), Y = b.make_matrix(3, 6), Y2 = b.make_matrix(3, 6);
+  fill_gaussian(b, W.view(), 1);
+  fill_gaussian(b, X.view(), 2);
+  static_assert(std::is_convertible_v<const Backend::Matrix&, CV>, "an owning matrix converts to a const view");
+  static_assert(!std::is_convertible_v<const Backend::Matrix&, MatrixView<double>>, "but never to a mutable one");
+  SingleProcess one;
+  VirtualRanks<SingleProcess> comm(one, 2);
+  auto factors = OrthogonalAdapterInit<ExactSvd>(2, 2)(b, W, "w");  // W, not CV(W.view())
+  DirectWeightUpdate<Backend, Adam, VirtualRanks<SingleProcess>> dwu(b, comm);
+  const auto id = dwu.add_layer("w", W.view(), factors);
+  MutedLinear<Backend> layer(b, peft_scaling(3, 2));
+  for (int g = 0; g < 2; ++g) {
+    const AdapterHandle<double> h = dwu.adapter(id, g);
+    CHECK(h.A.data == dwu.A(id, g).data);
+    CHECK(h.B.data == dwu.Bf(id, g).data);
+    CHECK(h.grad_A.data == dwu.grad_A(id, g).data);
+    CHECK(h.grad_B.data == dwu.grad_B(id, g).data);
+    layer.forward(W, h, X, Y.view());
+    layer.forward(W, dwu.A(id, g), dwu.Bf(id, g), X, Y2.view());
+    CHECK(b.checksum(Y) == b.checksum(Y2));
+    auto gA = b.make_matrix(2, 5), gB = b.make_matrix(6, 2);
+    layer.backward(W, h, X, Y, {});
+    layer.backward(W, dwu.A(id, g), dwu.Bf(id, g), X, Y, {}, gA.view(), gB.view());
+    CHECK(b.checksum(h.grad_A) == b.checksum(gA));  // the handle's buffers got the same gradients
+    CHECK(b.checksum(h.grad_B) == b.checksum(gB));
+  }
+}
+
 TEST_CASE("linear layers: mismatched shapes are clear errors") {
   EigenBackend<float> b;
   auto W = b.make_matrix(6, 8), X = b.make_matrix(4, 7), A = b.make_matrix(2, 8), Bf = b.make_matrix(6, 2);

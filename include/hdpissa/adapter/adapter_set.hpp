@@ -33,6 +33,17 @@ struct AdapterSet {
   ConstMatrixView<scalar_type> B_of(int g) const { return const_cast<AdapterSet*>(this)->B_of(g); }
 };
 
+/// One group's adapter of one layer as a layer consumes it: the factors A (r, in), B (out, r) and
+/// the gradient buffers of the same shapes. Views only: valid while the owner (e.g. a
+/// DirectWeightUpdate, from adapter(layer, local_group)) lives and adds no layers.
+template <class S>
+struct AdapterHandle {
+  ConstMatrixView<S> A;   // (r, in)
+  ConstMatrixView<S> B;   // (out, r)
+  MatrixView<S> grad_A;   // (r, in)
+  MatrixView<S> grad_B;   // (out, r)
+};
+
 /// Allocates a zero AdapterSet for K groups of rank r on an (out, in) layer.
 template <TensorBackend Backend>
 AdapterSet<Backend> make_adapter_set(Backend& b, index_t out, index_t in, int groups, index_t rank) {

@@ -24,7 +24,8 @@
 /// (EigenBackend) get the primary template: the generic loops only.
 ///
 /// Usage: add_layer() for every target layer, then per optimizer step: write gradients into
-/// grad_A/grad_B (e.g. with MutedLinear::backward), call step(lr), then zero_grad().
+/// grad_A/grad_B (e.g. with MutedLinear::backward(W, dwu.adapter(layer, lg), …)), call step(lr),
+/// then zero_grad().
 
 #include <concepts>
 #include <string>
@@ -150,6 +151,12 @@ class DirectWeightUpdate {
   /// Gradient buffers of local group `lg` (0 ≤ lg < local_groups(); global group first_group()+lg).
   V grad_A(std::size_t layer, int lg) { finalize(); return layers_.at(layer).gA.at(lg).view(); }
   V grad_B(std::size_t layer, int lg) { finalize(); return layers_.at(layer).gB.at(lg).view(); }
+  /// Local group `lg`'s adapter of `layer` in one handle (its factors A, B and gradient buffers), for
+  /// MutedLinear::forward(W, handle, X, Y) / backward(W, handle, X, dY, dX).
+  AdapterHandle<S> adapter(std::size_t layer, int lg) {
+    const int G = comm_->first_group() + lg;
+    return {A(layer, G), Bf(layer, G), grad_A(layer, lg), grad_B(layer, lg)};
+  }
   /// Optimizer state of local group `lg` (for checkpointing / resuming).
   opt_state& state_A(std::size_t layer, int lg) { return layers_.at(layer).stA.at(lg); }
   opt_state& state_B(std::size_t layer, int lg) { return layers_.at(layer).stB.at(lg); }

@@ -10,6 +10,7 @@
 ///    materialising the (out, in) product as the reference does. For fidelity experiments only.
 /// Valid only with adapter dropout 0 (as in every published run).
 
+#include "hdpissa/adapter/adapter_set.hpp"
 #include "hdpissa/adapter/linear_workspace.hpp"
 #include "hdpissa/core/concepts.hpp"
 
@@ -27,7 +28,7 @@ struct ScaledMute {
 };
 
 /// The muted HD-PiSSA linear layer over backend B. α is the adapter scaling (alpha / r; see
-/// reference_scaling()). One instance can serve every layer: its scratch grows to the largest.
+/// peft_scaling(), reference_scaling()). One instance can serve every layer: its scratch grows to the largest.
 template <TensorBackend B, class Mute = ExactMute>
 class MutedLinear {
  public:
@@ -65,6 +66,13 @@ class MutedLinear {
       b_->gemm(Op::N, Op::T, S(1), X, W, S(0), Y);
     }
     detail::add_bias(*b_, ones_, bias, Y);
+  }
+
+  /// forward() with the factors of an AdapterHandle (e.g. DirectWeightUpdate::adapter(layer, lg)).
+  void forward(CV W, const AdapterHandle<S>& h, CV X, V Y, CV bias = {}) { forward(W, h.A, h.B, X, Y, bias); }
+  /// backward() into the handle's gradient buffers (added to them when `accumulate`).
+  void backward(CV W, const AdapterHandle<S>& h, CV X, CV dY, V dX, bool accumulate = true) {
+    backward(W, h.A, h.B, X, dY, dX, h.grad_A, h.grad_B, accumulate);
   }
 
   /// dX (tokens, in) = dY W (skipped if dX.data is null); gA (r, in), gB (out, r) get the adapter
@@ -124,10 +132,18 @@ class MutedLinear {
   detail::Scratch<B> t1_, t2_, ones_, weff_, g_;
 };
 
-/// The reference's adapter scaling alpha // r (integer division, as in the authors' code).
+/// The reference's adapter scaling alpha // r (integer division, as in the authors' code): for
+/// fidelity runs only (r = 8, alpha = 12 gives 1, not 1.5; alpha < r gives 0).
 inline double reference_scaling(long alpha, long rank) {
   HDPISSA_REQUIRE(rank > 0, "adapter rank must be positive, found ", rank);
   return double(alpha / rank);
+}
+
+/// PEFT's adapter scaling alpha / r in floating point (LoraConfig without rslora): the default.
+inline double peft_scaling(double alpha, long rank) {
+  HDPISSA_REQUIRE(rank > 0, "adapter rank must be positive, found ", rank);
+  HDPISSA_REQUIRE(alpha > 0, "adapter alpha must be positive, found ", alpha);
+  return alpha / double(rank);
 }
 
 }  // namespace hdpissa

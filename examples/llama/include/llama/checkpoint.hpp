@@ -6,7 +6,8 @@
 ///  - llama2.c legacy `.bin`: 7 int32 header + fp32 tensors. Its q/k rows are in llama2.c's
 ///    interleaved-pair RoPE order; they are permuted on load into HF's rotate-half order, so one
 ///    model code path (HF RoPE) serves both formats.
-///  - Saving: HF safetensors (F32 or BF16) + config.json, written into a temporary directory that
+///  - Saving: HF safetensors (F32, BF16 or F16; sharded with an index above a size limit) +
+///    config.json (the input's, kept, when given), written into a temporary directory that
 ///    is renamed into place only when complete.
 
 #include <cstdint>
@@ -302,9 +303,34 @@ inline ModelWeights load_checkpoint(const std::filesystem::path& path, const Loa
   return load_llama2c_checkpoint(path);
 }
 
+/// The element type of a checkpoint's weights (model.embed_tokens.weight's): F32, BF16 or F16 for
+/// an HF directory or its model.safetensors, F32 for a llama2.c .bin.
+inline DType checkpoint_dtype(const std::filesystem::path& path) {
+  namespace fs = std::filesystem;
+  fs::path dir = path;
+  if (!fs::is_directory(path)) {
+    if (path.extension() != ".safetensors") return DType::F32;
+    dir = path.parent_path().empty() ? fs::path(".") : path.parent_path();
+  }
+  const auto st = SafetensorsCollection::open_directory(dir);
+  const DType d = st.file_of("model.embed_tokens.weight").info("model.embed_tokens.weight").dtype;
+  return d == DType::BF16 || d == DType::F16 ? d : DType::F32;
+}
+
+/// transformers' torch_dtype spelling of a floating dtype.
+inline const char* torch_dtype_name(DType d) {
+  return d == DType::BF16 ? "bfloat16" : d == DType::F16 ? "float16" : "float32";
+}
+
 /// Options for save_hf_checkpoint.
 struct SaveOptions {
-  DType dtype = DType::F32;                  ///< F32 or BF16
+  DType dtype = DType::F32;                  ///< F32, BF16 or F16
+  /// > 0: shard above this many bytes of data (model-0000i-of-0000n.safetensors +
+  /// model.safetensors.index.json, as transformers' save_pretrained(max_shard_size=...)); 0: one file
+  std::int64_t max_shard_bytes = 0;
+  /// optional: the input checkpoint's directory; its config.json is kept (architectures,
+  /// model_type and every other field; torch_dtype set to `dtype`) and its generation_config.json copied
+  std::filesystem::path source_config_dir;
   std::filesystem::path tokenizer_model;     ///< optional: copied in as tokenizer.model
   /// optional: (source, name inside `dir`) copied in, e.g. Tokenizer::files() (tokenizer.json, ...)
   std::vector<std::pair<std::filesystem::path, std::string>> tokenizer_files;
@@ -329,12 +355,46 @@ inline void save_hf_checkpoint(const std::filesystem::path& dir, const ModelWeig
   w.for_each_parameter([&](const std::string& name, const float* data, std::int64_t, const std::vector<std::int64_t>& shape) {
     tensors.push_back({name, shape, data});
   });
-  write_safetensors(tmp / "model.safetensors", tensors, opt.dtype);
-  const char* dtype = opt.dtype == DType::BF16 ? "bfloat16" : "float32";
-  write_file_atomic(tmp / "config.json", w.config.to_json(dtype).dump(2) + "\n");
-  nlohmann::json gen = {{"bos_token_id", w.config.bos_token_id}, {"eos_token_id", w.config.eos_token_id},
-                        {"_from_model_config", true}};
-  write_file_atomic(tmp / "generation_config.json", gen.dump(2) + "\n");
+  const std::uint64_t total = safetensors_data_bytes(tensors, opt.dtype);
+  if (opt.max_shard_bytes <= 0 || total <= std::uint64_t(opt.max_shard_bytes)) {
+    write_safetensors(tmp / "model.safetensors", tensors, opt.dtype);
+  } else {  // consecutive tensors per shard; a tensor larger than the limit gets a shard of its own
+    std::vector<std::vector<TensorToWrite>> shards(1);
+    std::uint64_t in_shard = 0;
+    for (const auto& t : tensors) {
+      const std::uint64_t b = safetensors_data_bytes({t}, opt.dtype);
+      if (!shards.back().empty() && in_shard + b > std::uint64_t(opt.max_shard_bytes)) shards.emplace_back(), in_shard = 0;
+      shards.back().push_back(t);
+      in_shard += b;
+    }
+    nlohmann::ordered_json index;
+    index["metadata"] = {{"total_size", total}};
+    index["weight_map"] = nlohmann::ordered_json::object();
+    for (std::size_t i = 0; i < shards.size(); ++i) {
+      char name[64];
+      std::snprintf(name, sizeof name, "model-%05zu-of-%05zu.safetensors", i + 1, shards.size());
+      write_safetensors(tmp / name, shards[i], opt.dtype);
+      for (const auto& t : shards[i]) index["weight_map"][t.name] = name;
+    }
+    write_file_atomic(tmp / "model.safetensors.index.json", index.dump(2) + "\n");
+  }
+  const char* dtype = torch_dtype_name(opt.dtype);
+  const fs::path src_config = opt.source_config_dir / "config.json";
+  if (!opt.source_config_dir.empty() && fs::exists(src_config)) {
+    nlohmann::ordered_json j = nlohmann::ordered_json::parse(read_file_text(src_config));
+    if (j.contains("dtype")) j["dtype"] = dtype;  // transformers >= 4.56 spells torch_dtype "dtype"
+    else j["torch_dtype"] = dtype;
+    write_file_atomic(tmp / "config.json", j.dump(2) + "\n");
+  } else {
+    write_file_atomic(tmp / "config.json", w.config.to_json(dtype).dump(2) + "\n");
+  }
+  if (const fs::path g = opt.source_config_dir / "generation_config.json"; !opt.source_config_dir.empty() && fs::exists(g)) {
+    write_file_atomic(tmp / "generation_config.json", read_file_text(g));
+  } else {
+    nlohmann::json gen = {{"bos_token_id", w.config.bos_token_id}, {"eos_token_id", w.config.eos_token_id},
+                          {"_from_model_config", true}};
+    write_file_atomic(tmp / "generation_config.json", gen.dump(2) + "\n");
+  }
   if (!opt.tokenizer_model.empty()) {
     const auto bytes = read_file_bytes(opt.tokenizer_model);
     write_file_atomic(tmp / "tokenizer.model", std::string_view(bytes.data(), bytes.size()));

@@ -3,7 +3,7 @@
 /// A safetensors reader/writer pair. Format: 8-byte little-endian header length N, N bytes of JSON
 /// `{name: {dtype, shape, data_offsets: [begin, end]}, "__metadata__": {...}}`, then the data.
 /// The reader converts F32 / BF16 / F16 (and I32 / I64) to float; the writer emits F32 or BF16
-/// (round-to-nearest-even) and writes atomically (name.tmp, fsync, rename).
+/// or F16 (round-to-nearest-even) and writes atomically (name.tmp, fsync, rename).
 
 #include <algorithm>
 #include <bit>
@@ -65,6 +65,20 @@ inline std::uint16_t float_to_bf16(float f) {
   if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<std::uint16_t>((u >> 16) | 0x40u);
   u += 0x7fffu + ((u >> 16) & 1u);
   return static_cast<std::uint16_t>(u >> 16);
+}
+
+/// float -> IEEE half bits, round to nearest even (overflow to ±inf, subnormals kept, NaN quiet).
+inline std::uint16_t float_to_f16(float f) {
+  const std::uint32_t u = std::bit_cast<std::uint32_t>(f);
+  const auto sign = static_cast<std::uint16_t>((u >> 16) & 0x8000u);
+  std::uint32_t a = u & 0x7fffffffu;
+  if (a > 0x7f800000u) return sign | 0x7e00u;           // NaN
+  if (a >= 0x477ff000u) return sign | 0x7c00u;          // >= 65520 rounds to inf
+  if (a < 0x38800000u)                                  // below 2^-14: a half subnormal (or 0)
+    return sign | static_cast<std::uint16_t>(std::nearbyint(std::bit_cast<float>(a) * 16777216.0f));
+  a -= 0x38000000u;                                     // rebias the exponent (127 → 15)
+  a += 0xfffu + ((a >> 13) & 1u);                       // round the 23-bit mantissa to 10 bits
+  return sign | static_cast<std::uint16_t>(a >> 13);
 }
 
 /// IEEE half bits -> float (exact, subnormals included).
@@ -238,13 +252,24 @@ struct TensorToWrite {
   const float* data = nullptr;      ///< numel floats, row-major
 };
 
-/// Writes tensors to a safetensors file, converting to `dtype` (F32 or BF16), atomically
+/// Bytes `tensors` take in `dtype` (data only).
+inline std::uint64_t safetensors_data_bytes(const std::vector<TensorToWrite>& tensors, DType dtype) {
+  std::uint64_t bytes = 0;
+  for (const auto& t : tensors) {
+    std::uint64_t n = 1;
+    for (auto d : t.shape) n *= static_cast<std::uint64_t>(d);
+    bytes += n * dtype_size(dtype);
+  }
+  return bytes;
+}
+
+/// Writes tensors to a safetensors file, converting to `dtype` (F32, BF16 or F16), atomically
 /// (`path.tmp`, fsync, rename). Tensors are stored in the given order, 8-byte aligned header.
 inline void write_safetensors(const std::filesystem::path& path, const std::vector<TensorToWrite>& tensors,
                               DType dtype = DType::F32,
                               const std::map<std::string, std::string>& metadata = {{"format", "pt"}}) {
-  if (dtype != DType::F32 && dtype != DType::BF16)
-    throw LlamaError(cat("write_safetensors: expected dtype F32 or BF16, found ", dtype_name(dtype)));
+  if (dtype != DType::F32 && dtype != DType::BF16 && dtype != DType::F16)
+    throw LlamaError(cat("write_safetensors: expected dtype F32, BF16 or F16, found ", dtype_name(dtype)));
   nlohmann::ordered_json header;
   if (!metadata.empty()) header["__metadata__"] = metadata;
   std::uint64_t offset = 0;
@@ -271,7 +296,7 @@ inline void write_safetensors(const std::filesystem::path& path, const std::vect
     } else {
       std::string buf(static_cast<std::size_t>(count) * 2, '\0');
       for (std::int64_t i = 0; i < count; ++i) {
-        const std::uint16_t h = float_to_bf16(t.data[i]);
+        const std::uint16_t h = dtype == DType::BF16 ? float_to_bf16(t.data[i]) : float_to_f16(t.data[i]);
         std::memcpy(buf.data() + 2 * i, &h, 2);
       }
       converted.push_back(std::move(buf));

@@ -147,6 +147,8 @@ class CudaBackend {
     MatrixView<Scalar> view() { return {buf_.get(), rows_, cols_, cols_}; }
     ConstMatrixView<Scalar> view() const { return {buf_.get(), rows_, cols_, cols_}; }
     ConstMatrixView<Scalar> cview() const { return view(); }
+    /// An owning matrix passes wherever a view of const data is expected: f(W), not f(W.view()).
+    operator ConstMatrixView<Scalar>() const { return view(); }
     index_t rows() const { return rows_; }
     index_t cols() const { return cols_; }
     Scalar* data() { return buf_.get(); }

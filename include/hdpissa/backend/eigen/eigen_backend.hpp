@@ -50,6 +50,8 @@ class EigenBackend {
     MatrixView<Scalar> view() { return {data_.data(), rows_, cols_, cols_}; }
     ConstMatrixView<Scalar> view() const { return {data_.data(), rows_, cols_, cols_}; }
     ConstMatrixView<Scalar> cview() const { return view(); }
+    /// An owning matrix passes wherever a view of const data is expected: f(W), not f(W.view()).
+    operator ConstMatrixView<Scalar>() const { return view(); }
     index_t rows() const { return rows_; }
     index_t cols() const { return cols_; }
     Scalar* data() { return data_.data(); }

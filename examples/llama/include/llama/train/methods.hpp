@@ -6,8 +6,9 @@
 ///    DirectWeightUpdate (Sum or Mean) with per-group Adam. Factors: OrthogonalAdapterInit
 ///    (hdpissa), LoraInit with distinct seeds per group (lora-dwu), PissaInit top-r identical on
 ///    every group (pissa-dwu); computed layer l on worker l mod P and broadcast.
-///  - AdapterMethod (lora, pissa): AdapterLinear (active adapter, scaling alpha // r) +
-///    DataParallelUpdate over (A, B); PiSSA stores W_res = W − s·B A.
+///  - AdapterMethod (lora, pissa): AdapterLinear (active adapter, scaling s = alpha / r, or
+///    alpha // r with --scaling reference) + DataParallelUpdate over (A, B); PiSSA's factors are
+///    PEFT's (s·B A = the top-r part) and it stores W_res = W − s·B A.
 ///  - FullMethod (full): DenseLinear + DataParallelUpdate over every target W.
 /// In every method only the target linears train; embeddings, norms and lm_head stay frozen.
 ///
@@ -23,6 +24,7 @@
 /// argument, never state set around calls). A method lists its live state (StateRefs, state.hpp):
 /// the target weights `weight.<name>`, the factors / adapters, the Adam moments and step counts.
 
+#include <cmath>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -279,7 +281,7 @@ class DwuMethod final : public TrainMethod<Dev> {
         method_(o.method),
         svd_(detail::svd_name<Dev>(o)),
         upd_(ctx.bm, ctx.comm, detail::make_adam(o)),
-        muted_(ctx.bc, hdpissa::reference_scaling(o.effective_alpha(), o.rank), mute) {
+        muted_(ctx.bc, o.adapter_scaling(), mute) {
     const int K = ctx.comm.groups();
     const index_t r = o.rank;
     // Fail before any SVD: hdpissa needs K·r ≤ min(out, in) (orthogonal slices); the ablations
@@ -427,7 +429,7 @@ class AdapterMethod final : public TrainMethod<Dev> {
         comm_(&ctx.comm),
         method_(o.method),
         upd_(ctx.bm, ctx.comm, detail::make_adam(o)),
-        lin_(ctx.bc, hdpissa::reference_scaling(o.effective_alpha(), o.rank)) {
+        lin_(ctx.bc, o.adapter_scaling()) {
     const index_t r = o.rank;
     for (std::size_t i = 0; i < ids_.size(); ++i) {
       const auto [out, in] = this->shape(i);
@@ -447,6 +449,13 @@ class AdapterMethod final : public TrainMethod<Dev> {
         sets_ = hdpissa::init_adapters_distributed(ctx.bm, ctx.comm, init, refs, 1, r);
       } else {
         sets_ = detail::init_with_svd<Dev, Comm, detail::PissaInitOf>(o, ctx.bm, ctx.comm, refs, 1, r, 1, r);
+        // PEFT's PiSSA: A = √(S/s) Vᵀ, B = U √(S/s), so that s·B A is the principal part U S Vᵀ
+        // whatever the scaling s (no-op, bit for bit, at s = 1).
+        const double s = lin_.scaling();
+        for (std::size_t i = 0; i < ids_.size() && s != 1.0; ++i) {
+          ctx.bm.scale(sets_[i].A.view(), float(1.0 / std::sqrt(s)));
+          ctx.bm.scale(sets_[i].B.view(), float(1.0 / std::sqrt(s)));
+        }
         for (std::size_t i = 0; i < ids_.size(); ++i) {  // W_res = W − s·B A
           hdpissa::subtract_adapter(ctx.bm, Wm_[i], sets_[i], 0, lin_.scaling());
           this->push_weight(i);

@@ -14,6 +14,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "hdpissa/adapter/muted_linear.hpp"
 #include "llama/common.hpp"
 #include "llama/data_formats.hpp"
 #include "llama/weights.hpp"
@@ -53,6 +54,13 @@ HDPISSA_LLAMA_CHOICES(AttentionKind, {AttentionKind::Auto, "auto"}, {AttentionKi
 /// Host communicator (--comm).
 enum class CommKind { Auto, Single, Mpi };
 HDPISSA_LLAMA_CHOICES(CommKind, {CommKind::Auto, "auto"}, {CommKind::Single, "single"}, {CommKind::Mpi, "mpi"});
+/// Adapter scaling (--scaling): PEFT's alpha / r, or the reference's integer alpha // r.
+enum class ScalingKind { Peft, Reference };
+HDPISSA_LLAMA_CHOICES(ScalingKind, {ScalingKind::Peft, "peft"}, {ScalingKind::Reference, "reference"});
+/// Element type of the merged output (--output-dtype); auto = the input checkpoint's.
+enum class OutputDtype { Auto, F32, Bf16, F16 };
+HDPISSA_LLAMA_CHOICES(OutputDtype, {OutputDtype::Auto, "auto"}, {OutputDtype::F32, "f32"}, {OutputDtype::Bf16, "bf16"},
+                      {OutputDtype::F16, "f16"});
 #undef HDPISSA_LLAMA_CHOICES
 
 /// The flag spelling of `v`.
@@ -87,10 +95,17 @@ struct TrainOptions {
   std::string metrics;        ///< metrics JSONL ("" = none)
   DataFormatOptions data_format;  ///< --data-format, --chat-template, --prompt/input/response-field
   bool allow_unused = false;      ///< --allow-unused: unused tensors / unsupported config fields warn instead of failing
+  // ---- Hugging Face outputs (llama/train/lora_export.hpp, llama/peft_export.hpp)
+  OutputDtype output_dtype = OutputDtype::Auto;  ///< merged model's dtype (auto: the input checkpoint's)
+  std::int64_t max_shard_bytes = 5'000'000'000;  ///< --max-shard-size: shard the merged model above this
+  std::string adapter_output;      ///< PEFT adapter directory ("" = <output>/adapter)
+  int export_lora_rank = 0;        ///< > 0: ΔW → rank-R LoRA adapter (DWU methods, full)
+  double export_lora_energy = 0;   ///< in (0, 1]: the smallest rank per layer keeping this share of ‖ΔW‖²
   // ---- method
   Method method = Method::Hdpissa;
   int rank = 16;                   ///< adapter rank r per group
-  int alpha = -1;                  ///< adapter alpha; scaling = alpha / r (integer division); -1 = r
+  int alpha = -1;                  ///< adapter alpha; scaling = alpha / r (--scaling); -1 = r
+  ScalingKind scaling = ScalingKind::Peft;  ///< peft: alpha / r; reference: alpha // r
   std::string targets = "q,k,v,o,gate,up,down";
   SvdKind svd = SvdKind::Exact;    ///< hdpissa / pissa-dwu / pissa init
   double mute_gamma = 0;           ///< 0 = ExactMute; > 0 = ScaledMute{gamma} (DWU methods)
@@ -132,6 +147,19 @@ struct TrainOptions {
   [[nodiscard]] std::vector<Module> target_modules() const;
   /// alpha, defaulting to r.
   [[nodiscard]] int effective_alpha() const { return alpha > 0 ? alpha : rank; }
+  /// The adapter scaling s of y = x (W + s·B A)ᵀ: alpha / r (peft) or alpha // r (reference).
+  [[nodiscard]] double adapter_scaling() const {
+    return scaling == ScalingKind::Reference ? hdpissa::reference_scaling(effective_alpha(), rank)
+                                             : hdpissa::peft_scaling(effective_alpha(), rank);
+  }
+  /// Whether a ΔW → truncated LoRA export was asked for (--export-lora-rank / --export-lora-energy).
+  [[nodiscard]] bool exports_truncated_lora() const { return export_lora_rank > 0 || export_lora_energy > 0; }
+  /// Where PEFT adapters go: --adapter-output, else <output>/adapter, else "" (none).
+  [[nodiscard]] std::string adapter_dir() const {
+    if (!adapter_output.empty()) return adapter_output;
+    if (output.empty() || !(uses_adapter() || exports_truncated_lora())) return {};
+    return (std::filesystem::path(output) / "adapter").string();
+  }
   /// Whether the method updates W through the Direct Weight Update (muted layers, per-group Adam).
   [[nodiscard]] bool uses_dwu() const {
     return method == Method::Hdpissa || method == Method::LoraDwu || method == Method::PissaDwu;
@@ -169,7 +197,20 @@ inline const char* train_usage() {
          "  --allow-unused            warn instead of failing on checkpoint tensors the model does not use\n"
          "                            and unsupported config fields (the model then differs from the checkpoint)\n"
          "  --max-examples N          use only the first N training examples\n"
-         "  --output DIR              write the merged model (HF safetensors + config.json) here at the end\n"
+         "  --output DIR              write the merged model (HF safetensors + config.json + tokenizer files)\n"
+         "                            here at the end; lora / pissa also write a PEFT adapter to DIR/adapter\n"
+         "  --output-dtype D          auto (default: the input checkpoint's dtype) | f32 | bf16 | f16\n"
+         "  --max-shard-size SIZE     shard the merged model above SIZE (bytes, or 500MB, 5GB; default 5GB),\n"
+         "                            with model.safetensors.index.json as Hugging Face does\n"
+         "  --adapter-output DIR      PEFT adapter directory (adapter_config.json + adapter_model.safetensors;\n"
+         "                            default DIR/adapter of --output); pissa: DIR = the rank-2r LoRA of the\n"
+         "                            update relative to the original base, DIR/pissa = the PiSSA adapter\n"
+         "                            relative to the residual base in DIR/pissa/residual_model\n"
+         "  --export-lora-rank R      hdpissa, *-dwu, full: also write W_final - W_init as a rank-R PEFT LoRA\n"
+         "                            (truncated SVD per layer; kept share of |dW|^2 per layer in the log and\n"
+         "                            in lora_export.json beside the adapter)\n"
+         "  --export-lora-energy E    as --export-lora-rank, with the smallest rank per layer keeping a share\n"
+         "                            E in (0, 1] of |dW|^2 (PEFT rank_pattern)\n"
          "  --save-state DIR          write a resumable training state here (at the end, at --stop-after,\n"
          "                            and every --save-every steps)\n"
          "  --resume DIR              continue a run from its saved state (the config must match)\n"
@@ -177,7 +218,9 @@ inline const char* train_usage() {
          "method\n"
          "  --method M                hdpissa (default) | lora | pissa | full | lora-dwu | pissa-dwu\n"
          "  --rank R                  adapter rank per group (default 16)\n"
-         "  --alpha A                 adapter alpha; scaling = A / R, integer division (default A = R)\n"
+         "  --alpha A                 adapter alpha >= 1 (default A = R); scaling = A / R (--scaling)\n"
+         "  --scaling peft|reference  peft (default): A / R as a float, as PEFT; reference: A // R in integer\n"
+         "                            division, as the authors' code (fidelity runs; needs A >= R)\n"
          "  --targets LIST            target linears (default q,k,v,o,gate,up,down)\n"
          "  --svd exact|randomized    SVD of the orthogonal / PiSSA initialisation (default exact)\n"
          "  --aggregation sum|mean    DWU aggregation over the K groups (default sum, the reference)\n"
@@ -260,6 +303,25 @@ inline double parse_double(const std::string& flag, const std::string& v) {
   return x;
 }
 
+/// A byte count: an integer with an optional unit B, KB, MB, GB, TB (powers of 1000, as
+/// transformers' max_shard_size) or KiB, MiB, GiB (powers of 1024).
+inline std::int64_t parse_size(const std::string& flag, const std::string& v) {
+  std::size_t used = 0;
+  double x = 0;
+  try {
+    x = std::stod(v, &used);
+  } catch (const std::exception&) {
+    used = 0;
+  }
+  const std::string unit = used ? v.substr(used) : std::string();
+  const std::pair<const char*, double> units[] = {{"", 1},      {"B", 1},     {"KB", 1e3},          {"MB", 1e6},
+                                                  {"GB", 1e9},  {"TB", 1e12}, {"KiB", 1024.0},      {"MiB", 1048576.0},
+                                                  {"GiB", 1073741824.0}};
+  for (const auto& [u, m] : units)
+    if (used && unit == u && x > 0) return std::int64_t(x * m);
+  throw LlamaError(cat(flag, " expects a positive size such as 500MB or 5GB, found '", v, "'"));
+}
+
 }  // namespace detail
 
 inline std::vector<Module> TrainOptions::target_modules() const {
@@ -306,6 +368,12 @@ inline nlohmann::json TrainOptions::to_json() const {
           {"method", name_of(method)},
           {"rank", rank},
           {"alpha", effective_alpha()},
+          {"scaling", name_of(scaling)},
+          {"output_dtype", name_of(output_dtype)},
+          {"max_shard_bytes", max_shard_bytes},
+          {"adapter_output", adapter_dir()},
+          {"export_lora_rank", export_lora_rank},
+          {"export_lora_energy", export_lora_energy},
           {"targets", targets},
           {"svd", name_of(svd)},
           {"aggregation", name_of(aggregation)},
@@ -349,9 +417,19 @@ inline void TrainOptions::validate() const {
        cat("--attention ", name_of(attention), ": chooses the GPU model's attention (--device cuda); the CPU model has one"));
   need(rank >= 1, cat("--rank: expected >= 1, found ", rank));
   need(alpha == -1 || alpha >= 1, cat("--alpha: expected >= 1, found ", alpha));
-  need(effective_alpha() / rank >= 1 || method == Method::Full,
-       cat("--alpha ", effective_alpha(), " / --rank ", rank, " is 0 in integer division (the reference's scaling); "
-           "expected alpha >= rank"));
+  need(scaling == ScalingKind::Peft || effective_alpha() / rank >= 1 || method == Method::Full,
+       cat("--alpha ", effective_alpha(), " / --rank ", rank, " is 0 in integer division (--scaling reference); "
+           "expected alpha >= rank, or --scaling peft"));
+  need(max_shard_bytes >= 1, cat("--max-shard-size: expected > 0 bytes, found ", max_shard_bytes));
+  need(export_lora_rank >= 0, cat("--export-lora-rank: expected >= 1, found ", export_lora_rank));
+  need(export_lora_energy == 0 || (export_lora_energy > 0 && export_lora_energy <= 1),
+       cat("--export-lora-energy: expected a share in (0, 1], found ", export_lora_energy));
+  need(export_lora_rank == 0 || export_lora_energy == 0, "--export-lora-rank and --export-lora-energy exclude each other");
+  need(!exports_truncated_lora() || !uses_adapter(),
+       cat("--export-lora-rank / --export-lora-energy apply to hdpissa, the DWU methods and full; --method ",
+           name_of(method), " writes its own adapter (--adapter-output)"));
+  need(!exports_truncated_lora() || !adapter_dir().empty(),
+       "--export-lora-rank / --export-lora-energy need --adapter-output DIR or --output DIR");
   need(mute_gamma >= 0, cat("--mute-gamma: expected > 0, found ", mute_gamma));
   need(mute_gamma == 0 || uses_dwu(), cat("--mute-gamma applies to the DWU methods only, not --method ", name_of(method)));
   need(aggregation == Aggregation::Sum || uses_dwu(),
@@ -404,6 +482,12 @@ inline TrainOptions parse_train_args(const std::vector<std::string>& args, bool*
     else if (f == "--data") o.data = value();
     else if (f == "--max-examples") o.max_examples = integer();
     else if (f == "--output") o.output = value();
+    else if (f == "--output-dtype") o.output_dtype = parse_choice<OutputDtype>(f, value());
+    else if (f == "--max-shard-size") o.max_shard_bytes = detail::parse_size(f, value());
+    else if (f == "--adapter-output") o.adapter_output = value();
+    else if (f == "--export-lora-rank") o.export_lora_rank = int(integer());
+    else if (f == "--export-lora-energy") o.export_lora_energy = number();
+    else if (f == "--scaling") o.scaling = parse_choice<ScalingKind>(f, value());
     else if (f == "--save-state") o.save_state = value();
     else if (f == "--resume") o.resume = value();
     else if (f == "--metrics") o.metrics = value();
@@ -466,6 +550,7 @@ inline nlohmann::json trajectory_config(const TrainOptions& o, int processes) {
   return {{"method", name_of(o.method)},
           {"rank", o.rank},
           {"alpha", o.effective_alpha()},
+          {"scaling", name_of(o.scaling)},
           {"targets", o.targets},
           {"svd", name_of(o.svd)},
           {"aggregation", name_of(o.aggregation)},

@@ -7,7 +7,8 @@
 ///         hooks, loss scaled by 1/grad_accum) → method step (DWU or data-parallel) at the
 ///         warmup+cosine learning rate.
 ///  eval:  held-out loss, a greedy sample, GSM8K-style accuracy.
-///  out:   merged HF checkpoint, resumable state (temp dir + rename), metrics JSONL.
+///  out:   merged HF checkpoint (input dtype, sharded), PEFT adapters (lora_export.hpp), resumable
+///         state (temp dir + rename), metrics JSONL.
 /// Only worker 0 prints and writes shared files; each worker writes its own optimizer state.
 /// The model and the method live behind TrainEngine (engine.hpp): CpuEngine (model.hpp +
 /// methods.hpp) for --device cpu, the CUDA engine (src/engine_cuda.cu) for --device cuda.
@@ -41,6 +42,7 @@
 #include "llama/tokenizer.hpp"
 #include "llama/train/engine.hpp"
 #include "llama/train/gsm8k.hpp"
+#include "llama/train/lora_export.hpp"
 #include "llama/train/methods.hpp"
 #include "llama/train/options.hpp"
 
@@ -175,9 +177,16 @@ class Trainer {
     if (!root_) return;
     ModelWeights merged = w_;
     eng_->merge_into(merged);
-    SaveOptions so;
-    so.tokenizer_files = tok_->files();  // tokenizer.model / tokenizer.json (+ tokenizer_config.json)
-    save_hf_checkpoint(dir, merged, so);
+    save_hf_checkpoint(dir, merged, hf_save_options());
+  }
+  /// Writes the PEFT adapters (lora, pissa; a truncated LoRA of ΔW with --export-lora-rank/-energy)
+  /// into o.adapter_dir() (llama/train/lora_export.hpp); returns the truncated export's report.
+  nlohmann::json save_adapters() {
+    if (!root_ || o_.adapter_dir().empty() || !(o_.uses_adapter() || o_.exports_truncated_lora())) return {};
+    const TrainState live = eng_->state();
+    AdapterExportInputs in{&o_, eng_->info().targets, &live, [this](LinearId id) -> const Matrix& { return initial_target(id); },
+                           pissa_init_ ? &*pissa_init_ : nullptr, &w_, hf_save_options(), log_};
+    return write_adapter_outputs(in);
   }
 
   /// Writes the resumable state into `dir` (temp dir + rename; collective over workers).
@@ -305,8 +314,9 @@ class Trainer {
     }
     if (!o_.output.empty()) {
       save_merged(o_.output);
-      say(cat("merged model written to ", o_.output, "\n"));
+      say(cat("merged model written to ", o_.output, " (", torch_dtype_name(hf_save_options().dtype), ")\n"));
     }
+    save_adapters();
     return sum;
   }
 
@@ -337,6 +347,36 @@ class Trainer {
       write_file_atomic(tmp / "state.json", j.dump(1) + "\n");
       fsync_path(tmp, true);
     }
+  }
+
+  /// How HF outputs are saved: --output-dtype (auto: the input's), --max-shard-size, the input's
+  /// config.json kept (unless --allow-unused dropped tensors), the tokenizer's files copied.
+  SaveOptions hf_save_options() const {
+    namespace fs = std::filesystem;
+    SaveOptions so;
+    switch (o_.output_dtype) {
+      case OutputDtype::Auto: so.dtype = checkpoint_dtype(o_.model); break;
+      case OutputDtype::F32: so.dtype = DType::F32; break;
+      case OutputDtype::Bf16: so.dtype = DType::BF16; break;
+      case OutputDtype::F16: so.dtype = DType::F16; break;
+    }
+    so.max_shard_bytes = o_.max_shard_bytes;
+    if (!o_.allow_unused && fs::is_directory(o_.model)) so.source_config_dir = o_.model;
+    so.tokenizer_files = tok_->files();  // tokenizer.model / tokenizer.json (+ tokenizer_config.json)
+    const fs::path tdir = fs::is_directory(o_.tokenizer) ? fs::path(o_.tokenizer) : fs::path(o_.tokenizer).parent_path();
+    for (const char* f : {"tokenizer_config.json", "special_tokens_map.json", "added_tokens.json"}) {
+      bool listed = false;
+      for (const auto& [src, name] : so.tokenizer_files) listed = listed || name == f;
+      if (!listed && fs::exists(tdir / f)) so.tokenizer_files.emplace_back(tdir / f, f);
+    }
+    return so;
+  }
+  /// W_init of a target: the copy kept at setup (CPU path), else the host model (the GPU path's base).
+  const Matrix& initial_target(LinearId id) const {
+    if (initial_targets_.empty()) return w_.linear(id);
+    for (std::size_t i = 0; i < initial_ids_.size(); ++i)
+      if (initial_ids_[i] == id) return initial_targets_[i];
+    throw LlamaError(cat("adapter export: no initial weight kept for ", id.hf_name()));
   }
 
   static std::string fixed(double v, int digits) {
@@ -444,6 +484,14 @@ class Trainer {
       saved = read_state(dir, rank_state, state);
     }
     const TrainState* resume = saved ? &*saved : nullptr;
+    // ---- adapter exports: W_init of the targets (the CPU path trains the host model in place)
+    const bool adapters = root_ && !o_.adapter_dir().empty() && (o_.exports_truncated_lora() || o_.method == Method::Pissa);
+    if (adapters && o_.device == Device::Cpu)
+      for (const Module m : o_.target_modules())
+        for (int l = 0; l < w_.config.n_layers; ++l) {
+          initial_ids_.push_back({l, m});
+          initial_targets_.push_back(w_.linear({l, m}));
+        }
     switch (o_.device) {
       case Device::Cpu: eng_ = std::make_unique<CpuEngine<Comm>>(o_, w_, *comm_, resume); break;
       case Device::Cuda:
@@ -468,6 +516,11 @@ class Trainer {
       for (std::size_t i = 0; i < loaders_.size(); ++i)
         loaders_[i].seek({pos[i][0].get<std::int64_t>(), pos[i][1].get<std::int64_t>()});
       step_ = state.at("step").get<long>();
+    } else if (adapters && o_.method == Method::Pissa) {  // PiSSA's A0, B0 for the converted adapter
+      pissa_init_.emplace();
+      TrainState now = eng_->state();
+      for (auto& t : now.tensors)
+        if (t.name.starts_with("adapter.")) pissa_init_->tensors.push_back(std::move(t));
     }
 
     // ---- evaluation data (file order, micro-batches of --micro-batch)
@@ -547,6 +600,9 @@ class Trainer {
   std::ofstream metrics_;
   int threads_ = 1;
   DeviceCommSetup device_comm_;
+  std::vector<LinearId> initial_ids_;     // targets whose W_init is kept (adapter exports, CPU path)
+  std::vector<Matrix> initial_targets_;
+  std::optional<TrainState> pissa_init_;  // PiSSA's initial factors (fresh runs with an adapter output)
 };
 
 }  // namespace hdpissa::llama
