@@ -22,6 +22,7 @@ JOBS=${JOBS:-$(nproc)}
 [ -d /usr/local/cuda/bin ] && export PATH=/usr/local/cuda/bin:$PATH
 export NCCL_NVLS_ENABLE=0 HDPISSA_COMM_TIMEOUT_S=${HDPISSA_COMM_TIMEOUT_S:-30}
 mkdir -p "$OUT"
+source scripts/device-env.sh  # PCRE2 where the machine lacks it (.devdata/debs)
 declare -a SUMMARY
 fail=0
 note() { SUMMARY+=("$1"); echo "gpu-launch-check: $1"; case "$1" in FAIL*) fail=1;; esac; }

@@ -10,6 +10,7 @@
 #      r = 16): HD-PiSSA K = 8 virtual groups and LoRA; STEPS steps each, the first dropped;
 #   4. with FIXTURES=1, scripts/make-tokenizer-fixtures.py (transformers / tokenizers exist there).
 # Everything lands in $OUT: summary.txt (the table last) and logs.tar.gz.
+# Order after the build: throughput, the trainer suite, fixtures, the model and backend suites, hf-check.
 # Usage (repository root): [DATA=.devdata] [BASELINE_TAR=.devdata/baseline-a5b240e.tar.gz] [STEPS=5]
 #        [SKIP_TESTS=1] [SKIP_TPUT=1] scripts/gpu-redesign-check.sh
 set -uo pipefail
@@ -24,10 +25,23 @@ S="$OUTDIR/summary.txt"
 say() { echo "$*" | tee -a "$S"; }
 say "gpu-redesign-check at $(git rev-parse --short HEAD 2>/dev/null || echo '?') on $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader)"
 t0=$(date +%s)
+source scripts/device-env.sh  # PCRE2 where the machine lacks it (.devdata/debs)
+if [[ -n "${FIXTURES:-}" && -f scripts/make-tokenizer-fixtures.py ]]; then  # CPU only: beside the build
+  ( timeout 240 python3 scripts/make-tokenizer-fixtures.py "$DATA/gsm8k" --out tests/llama/fixtures/tokenizers \
+      > "$LOGS/tokenizer-fixtures.log" 2>&1; echo "rc $?" >> "$LOGS/tokenizer-fixtures.log" ) &
+  fix_pid=$!
+fi
 M=/tmp/tinyllama  # made on the GPU while the build runs
 [[ -z "${SKIP_TPUT:-}" ]] && { python3 bench/e2e/make_model.py "$M" --seed 0 > "$LOGS/make-model.log" 2>&1 & model_pid=$!; }
-targets=(hdpissa-train hdpissa-eval)
-[[ -z "${SKIP_TESTS:-}" ]] && targets+=(hdpissa_llama_cuda_tests hdpissa_cuda_train_tests hdpissa_cuda_tests)
+targets=(hdpissa-train)
+[[ -z "${SKIP_HF:-}" ]] && targets+=(hdpissa-eval)
+# SUITES: which GPU suites to build and run (default all three): train model backend
+SUITES=${SUITES:-train model backend}
+if [[ -z "${SKIP_TESTS:-}" ]]; then
+  [[ " $SUITES " == *" train "* ]] && targets+=(hdpissa_cuda_train_tests)
+  [[ " $SUITES " == *" model "* ]] && targets+=(hdpissa_llama_cuda_tests)
+  [[ " $SUITES " == *" backend "* ]] && targets+=(hdpissa_cuda_tests)
+fi
 ( cmake --preset gpu -DHDPISSA_BUILD_TESTS=ON -DHDPISSA_BUILD_EXAMPLES=ON -DHDPISSA_MPI=OFF > "$LOGS/configure.log" 2>&1 &&
   cmake --build build/gpu -j"${JOBS:-16}" --target "${targets[@]}" > "$LOGS/build.log" 2>&1 ) &
 new_pid=$!
@@ -54,9 +68,6 @@ run() {  # name, timeout, command...
   if [[ $r -ne 0 ]]; then rc=1; grep -B3 -A15 "ERROR" "$LOGS/$name.log" | head -60 >> "$S"; fi
   return 0
 }
-if [[ -z "${SKIP_TESTS:-}" ]]; then
-  HDPISSA_DATA="$DATA" run llama-cuda-tests ${T_MODEL:-120} build/gpu/tests/llama/cuda/hdpissa_llama_cuda_tests --no-intro
-fi
 if [[ -z "${SKIP_TPUT:-}" ]]; then
   wait "$model_pid" || { say "make_model failed"; tail -5 "$LOGS/make-model.log" >> "$S"; }
   cp "$DATA/throughput/tokenizer.model" "$M/" 2>/dev/null
@@ -88,17 +99,22 @@ PY
     done
   done
 fi
-if [[ -n "${FIXTURES:-}" && -f scripts/make-tokenizer-fixtures.py ]]; then
-  run tokenizer-fixtures 120 python3 scripts/make-tokenizer-fixtures.py "$DATA/gsm8k" --out tests/llama/fixtures/tokenizers
+if [[ -z "${SKIP_TESTS:-}" ]]; then
+  [[ " $SUITES " == *" train "* ]] && HDPISSA_GPU_TEST_DATA="$DATA" HDPISSA_GPU_TEST_SCRATCH=/tmp/cuda-train-scratch \
+    run cuda-train-tests ${T_TRAIN:-200} build/gpu/tests/llama/cuda_train/hdpissa_cuda_train_tests --no-intro
+  grep -E "shared init|fresh GPU|resume" "$LOGS/cuda-train-tests.log" | head -20 >> "$S"
+fi
+if [[ -n "${fix_pid:-}" ]]; then
+  wait "$fix_pid"; say "tokenizer-fixtures: $(tail -1 "$LOGS/tokenizer-fixtures.log")"
   [[ -d tests/llama/fixtures/tokenizers ]] && tar -czf "$OUTDIR/tokenizer-fixtures.tar.gz" -C tests/llama/fixtures tokenizers
 fi
 if [[ -z "${SKIP_TESTS:-}" ]]; then
-  HDPISSA_GPU_TEST_DATA="$DATA" HDPISSA_GPU_TEST_SCRATCH=/tmp/cuda-train-scratch \
-    run cuda-train-tests ${T_TRAIN:-200} build/gpu/tests/llama/cuda_train/hdpissa_cuda_train_tests --no-intro
-  grep -E "shared init|fresh GPU|resume" "$LOGS/cuda-train-tests.log" | head -20 >> "$S"
-  run cuda-backend-tests ${T_BACKEND:-120} build/gpu/tests/cuda/hdpissa_cuda_tests --no-intro
-  DATA="$DATA" DEVICES=cuda BUILD_DIR=build/gpu run hf-check ${T_HF:-90} scripts/hf-check.sh
-  tail -3 "$LOGS/hf-check.log" >> "$S"
+  [[ " $SUITES " == *" model "* ]] && HDPISSA_DATA="$DATA" run llama-cuda-tests ${T_MODEL:-120} build/gpu/tests/llama/cuda/hdpissa_llama_cuda_tests --no-intro
+  [[ " $SUITES " == *" backend "* ]] && run cuda-backend-tests ${T_BACKEND:-120} build/gpu/tests/cuda/hdpissa_cuda_tests --no-intro
+  if [[ -z "${SKIP_HF:-}" ]]; then
+    DATA="$DATA" DEVICES=cuda BUILD_DIR=build/gpu run hf-check ${T_HF:-90} scripts/hf-check.sh
+    tail -3 "$LOGS/hf-check.log" >> "$S"
+  fi
 fi
 say "total $(( $(date +%s) - t0 )) s, rc $rc"
 tar -czf "$OUTDIR/logs.tar.gz" -C "$LOGS" .

@@ -1,28 +1,58 @@
 #!/usr/bin/env bash
-# throughput.sh — side-by-side training throughput, our trainer vs PEFT, in one go on one GPU
-# (docs/throughput.md). Same random-init TinyLlama-1.1B-shaped model (made here by transformers,
-# bf16 safetensors), same data (every micro-batch 2 x 512 tokens), grad accumulation 8, r = 16,
-# alpha 16, targets q,k,v,o,gate,up,down, AdamW, bf16.
+# throughput.sh — training throughput and peak memory, our trainer vs the strongest PEFT setups, in
+# one device call on one GPU (docs/throughput.md, "How to run"). Random-init LLaMA models made here
+# by transformers (bf16 safetensors), same data (every micro-batch M x 512 tokens, no padding),
+# r = 16, alpha 16, targets q,k,v,o,gate,up,down, AdamW, bf16, no gradient checkpointing.
+# One markdown table per (model shape, micro-batch), every ratio against the best PEFT row of it.
 #
 #   1. builds hdpissa-train + hdpissa-eval (cmake --preset gpu, build/gpu) unless PREBUILT=DIR;
-#   2. makes the model (bench/e2e/make_model.py) in $WORK/tinyllama unless MODEL_DIR exists;
-#   3. PEFT side: bf16 matmul peak, then LoRA (fp32 adapters + autocast, and all-bf16), PiSSA (pissa_niter_4), full (bench/e2e/peft_throughput.py);
-#   4. our side: hdpissa-train --device cuda --dtype bf16 for lora, pissa, hdpissa K=1, hdpissa K=8
-#      (virtual groups on the one GPU; tokens/s counts all groups' tokens), full — skipped with a
-#      message when the binary or its --device option is missing;
-#   5. bench/e2e/summarize.py: $OUT/throughput.{json,csv,md}; the table is printed last.
+#      BASELINE_TAR (a `git archive` .tar.gz of another commit) is built beside it, unless BASELINE_BIN;
+#   2. bf16 matmul peak (for MFU), once;
+#   3. per shape in SHAPES: makes the model (bench/e2e/make_model.py --preset SHAPE) unless it exists;
+#   4. per micro-batch M in MICRO_BATCHES (grad-accum G = TOKENS_PER_STEP / (M x 512), or "M:G"):
+#      our configs (OURS_CONFIGS), the baseline binary's (BASELINE_CONFIGS, rows "ours@baseline"),
+#      then the PEFT methods (PEFT_METHODS; one process per method: clean peak memory), each run
+#      under its own timeout and the global DEADLINE_S;
+#   5. bench/e2e/summarize.py after every run (so a call cut short still returns the table so far).
 #
 # Inputs (git-ignored; made on the developer machine by `scripts/throughput.sh prepare`, which
-# needs a CPU build of hdpissa-eval in BUILD_DIR and the shared data):
+# needs a CPU build of hdpissa-eval in BUILD_DIR and the shared data; carry .devdata):
 #   .devdata/throughput/train.jsonl        GSM8K-train text, every example >= 512 LLaMA-2 tokens
 #   .devdata/throughput/tokenizer.model    the LLaMA-2 SentencePiece model (32000 pieces)
 #   .devdata/throughput/batches.json       hdpissa-eval --tokens-only ids of train.jsonl (micro-batch 2):
-#                                          the PEFT side trains on exactly these ids
-# Env: OUT (default build/gpu/throughput), OURS_STEPS (4; the first OURS_SKIP=1 dropped),
-#      PEFT_STEPS (4) PEFT_WARMUP (2), OURS_CONFIGS ("lora pissa hdpissa-K1 hdpissa-K8 full"),
-#      PEFT_METHODS (lora,lora-bf16,pissa,full), OURS_TIMEOUT (s per config, 150), JOBS (16).
-#      A config may end in _flash or _gemm: that run's --attention (the GPU model's attention;
-#      default auto = flash for bf16 at head_dim 64 / 128).
+#                                          the PEFT side trains on exactly these ids (regrouped for M > 2)
+# Output ($OUT, default build/gpu/throughput; 5 files): throughput.md (the tables), throughput.json,
+#   throughput.csv, throughput.log (this script's console), throughput-logs.tar.gz (every run's
+#   metrics JSONL, log and status, PEFT records, model/build logs).
+#
+# Env (defaults in brackets; a *_7B variable applies to llama2-7b only and wins over the plain one):
+#   SHAPES [tinyllama]                  tinyllama and/or llama2-7b
+#   MICRO_BATCHES ["2 8"]               "M" or "M:G" entries; TOKENS_PER_STEP [8192] sets G for "M"
+#   OURS_CONFIGS ["lora pissa hdpissa-K1 hdpissa-K8 full"; 7B: "lora hdpissa-K1 hdpissa-K8"]
+#                                       <method>[-K<groups>][_flash|_gemm]; hdpissa-K1 = one group per
+#                                       process (what each GPU holds in a K-GPU run), K8 = 8 virtual groups
+#   BASELINE_BIN                        a second hdpissa-train (file, or a directory holding one):
+#                                       its runs are the "ours@baseline" rows (before/after a change)
+#   BASELINE_TAR                        instead: a git-archive .tar.gz, built here (JOBS_BASE [8] jobs)
+#   BASELINE_LABEL                      text naming the baseline in the table (default: the path)
+#   BASELINE_CONFIGS ["lora hdpissa-K8"]
+#   PEFT_METHODS ["lora-bf16,lora-compile,lora-bf16-compile"; 7B: "lora-bf16,lora-bf16-compile"]
+#                                       lora|pissa|full + -bf16 (bf16 adapters, no autocast) -compile
+#                                       (torch.compile) -cg (compile, mode reduce-overhead); e.g. also
+#                                       lora (PEFT defaults, eager), pissa-compile, lora-bf16-cg
+#   PEFT_COMPILE_MODE [default]  PEFT_COMPILE_TARGET [peft]  PEFT_GRAD_CKPT [0]
+#   OURS_STEPS [4] OURS_SKIP [1]        our steps per run, the first OURS_SKIP dropped
+#   PEFT_WARMUP [2] PEFT_STEPS [3]      PEFT warm-up steps (the first holds the compilation) + timed
+#   OURS_TIMEOUT [150; 7B 360]  PEFT_TIMEOUT [240; 7B 420]  (s per run; *_7B for the 7B shape)
+#   DEADLINE_S [0 = none]               seconds after the start: later runs are capped, then skipped
+#                                       (use ~570 in a 600-s device call)
+#   FAST=1                              OURS_STEPS 3, PEFT_WARMUP 1, PEFT_STEPS 2, ours "lora
+#                                       hdpissa-K8", baseline "hdpissa-K8", PEFT "lora-bf16,lora-bf16-compile"
+#   LAYERS_7B [32] LAYERS_TINY [22]     a shorter model of the same width (the table says so)
+#   MODEL_DIR [$WORK/tinyllama]  MODEL_DIR_7B [$WORK/llama2-7b-L<layers>]   made unless config.json exists
+#   OURS_ARGS / BASELINE_ARGS           extra hdpissa-train flags for the new / baseline binary
+#   WORK [/tmp/hdpissa-throughput] (models, runs, inductor cache; use build/... to keep models between
+#   calls on a warm machine), PREBUILT, JOBS [16], OUT.
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 DEV="$ROOT/.devdata/throughput"
@@ -42,69 +72,284 @@ if [[ "${1:-}" == "prepare" ]]; then  # on the developer machine
   exit 0
 fi
 
+T0=$(date +%s)
 OUTDIR="${OUT:-$ROOT/build/gpu/throughput}"
 WORK="${WORK:-/tmp/hdpissa-throughput}"
-mkdir -p "$OUTDIR" "$WORK/ours"
-rm -f "$WORK"/ours/ours-*.jsonl "$WORK/peft.jsonl"
-for f in train.jsonl tokenizer.model batches.json; do
-  [[ -f "$DEV/$f" ]] || { echo "throughput.sh: expected $DEV/$f (run 'scripts/throughput.sh prepare' on the developer machine and carry .devdata)" >&2; exit 2; }
-done
-nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader 2>/dev/null | sed 's/^/gpu: /'
+case "$OUTDIR" in /*) ;; *) OUTDIR="$PWD/$OUTDIR" ;; esac
+case "$WORK" in /*) ;; *) WORK="$PWD/$WORK" ;; esac
+RUNS="$WORK/runs"
+mkdir -p "$OUTDIR" "$WORK"
+rm -rf "$RUNS" "$WORK/ours" "$WORK/peft.jsonl"
+mkdir -p "$RUNS"
+LOG="$OUTDIR/throughput.log"
+: >"$LOG"
+rm -f "$OUTDIR"/throughput.{md,json,csv} "$OUTDIR/throughput-logs.tar.gz"
+say() { echo "$*" | tee -a "$LOG"; }
+elapsed() { echo $(( $(date +%s) - T0 )); }
 
-# ---- 1. build
+FAST="${FAST:-0}"
+if [[ "$FAST" == 1 ]]; then
+  : "${OURS_STEPS:=3}" "${PEFT_WARMUP:=1}" "${PEFT_STEPS:=2}" "${OURS_CONFIGS:=lora hdpissa-K8}"
+  : "${BASELINE_CONFIGS:=hdpissa-K8}" "${PEFT_METHODS:=lora-bf16,lora-bf16-compile}"
+fi
+OURS_STEPS="${OURS_STEPS:-4}"
+OURS_SKIP="${OURS_SKIP:-1}"
+PEFT_WARMUP="${PEFT_WARMUP:-2}"
+PEFT_STEPS="${PEFT_STEPS:-3}"
+SEQ=512
+TOKENS_PER_STEP="${TOKENS_PER_STEP:-8192}"
+DEADLINE_S="${DEADLINE_S:-0}"
+SHAPES="${SHAPES:-tinyllama}"
+MICRO_BATCHES="${MICRO_BATCHES:-2 8}"
+export TORCHINDUCTOR_CACHE_DIR="${TORCHINDUCTOR_CACHE_DIR:-$WORK/inductor-cache}"
+
+# per-shape setting: NAME_7B (llama2-7b only) > NAME > the shape's default
+shape_val() {  # NAME SHAPE DEFAULT_TINY DEFAULT_7B
+  local name=$1 shape=$2 v7="${1}_7B"
+  if [[ "$shape" == llama2-7b ]]; then
+    if [[ -n "${!v7:-}" ]]; then echo "${!v7}"; elif [[ -n "${!name:-}" ]]; then echo "${!name}"; else echo "$4"; fi
+  else
+    if [[ -n "${!name:-}" ]]; then echo "${!name}"; else echo "$3"; fi
+  fi
+}
+
+# a run's timeout under the deadline: min(LIMIT, what is left - 15 s for the summary); 0 = skip
+capped() {
+  local lim=$1
+  if (( DEADLINE_S > 0 )); then
+    local left=$(( DEADLINE_S - $(elapsed) - 15 ))
+    (( left < lim )) && lim=$left
+    (( lim < 20 )) && lim=0
+  fi
+  echo "$lim"
+}
+
+write_status() {  # FILE RC WALL TIMEOUT SKIPPED LOGFILE
+  python3 - "$@" <<'PY'
+import json, re, sys
+path, rc, wall, to, skipped, log = sys.argv[1:7]
+last = ""
+try:
+    lines = open(log, errors="replace").read().splitlines()
+    hits = [l for l in lines if re.search(r"error|Error|ERROR|FAILED|what\(\)|Killed|out of memory|Traceback", l)]
+    last = (hits or lines or [""])[-1].strip()[:300]
+except OSError:
+    pass
+rc = int(rc)
+import time
+json.dump({"rc": rc, "wall_s": float(wall), "timeout_s": int(to), "timed_out": rc in (124, 137),
+           "ended": time.time(),
+           "skipped": skipped or None, "last_line": last}, open(path, "w"))
+PY
+}
+
+snapshot() {  # the tables so far + every log, into $OUT (quiet); FINAL=1 prints the tables
+  local notes=()
+  [[ -n "${NOTE_OURS:-}" ]] && notes+=(--note "$NOTE_OURS")
+  [[ -n "${NOTE_BASE:-}" ]] && notes+=(--note "$NOTE_BASE")
+  if [[ "${1:-}" == final ]]; then
+    python3 "$ROOT/bench/e2e/summarize.py" --runs "$RUNS" --out-prefix "$OUTDIR/throughput" --skip "$OURS_SKIP" \
+      "${notes[@]}" 2>&1 | tee -a "$LOG"
+  else
+    python3 "$ROOT/bench/e2e/summarize.py" --runs "$RUNS" --out-prefix "$OUTDIR/throughput" --skip "$OURS_SKIP" \
+      "${notes[@]}" >/dev/null 2>>"$LOG"
+  fi
+  (cd "$WORK" && tar czf "$OUTDIR/throughput-logs.tar.gz.tmp" runs logs 2>/dev/null \
+     && mv -f "$OUTDIR/throughput-logs.tar.gz.tmp" "$OUTDIR/throughput-logs.tar.gz")
+}
+
+for f in train.jsonl tokenizer.model batches.json; do
+  [[ -f "$DEV/$f" ]] || { say "throughput.sh: expected $DEV/$f (run 'scripts/throughput.sh prepare' on the developer machine and carry .devdata)"; exit 2; }
+done
+mkdir -p "$WORK/logs"
+say "throughput.sh at $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?'): SHAPES='$SHAPES' MICRO_BATCHES='$MICRO_BATCHES' FAST=$FAST DEADLINE_S=$DEADLINE_S"
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader 2>/dev/null | sed 's/^/gpu: /' | tee -a "$LOG"
+
+# ---- 1. build (this tree, and the baseline tar beside it)
+base_pid=""
+if [[ -z "${BASELINE_BIN:-}" && -n "${BASELINE_TAR:-}" ]]; then
+  if [[ -f "$BASELINE_TAR" ]]; then
+    BSRC="$WORK/baseline-src"
+    rm -rf "$BSRC" && mkdir -p "$BSRC" && tar -xzf "$BASELINE_TAR" -C "$BSRC" \
+      && ( cd "$BSRC" && cmake --preset gpu -DHDPISSA_MPI=OFF >"$WORK/logs/base-configure.log" 2>&1 \
+           && cmake --build build/gpu -j"${JOBS_BASE:-8}" --target hdpissa-train >"$WORK/logs/base-build.log" 2>&1 ) &
+    base_pid=$!
+    BASELINE_BIN="$BSRC/build/gpu/examples/llama/hdpissa-train"
+    : "${BASELINE_LABEL:=$(basename "$BASELINE_TAR") (built here)}"
+  else
+    say "throughput.sh: BASELINE_TAR=$BASELINE_TAR not found: no baseline rows"
+  fi
+fi
 if [[ -n "${PREBUILT:-}" ]]; then
   BIN="$PREBUILT"
 else
   BIN="$ROOT/build/gpu/examples/llama"
   t0=$(date +%s)
-  (cd "$ROOT" && cmake --preset gpu >"$WORK/configure.log" 2>&1 \
-     && cmake --build build/gpu --target hdpissa-train hdpissa-eval -j"${JOBS:-16}" >"$WORK/build.log" 2>&1) \
-    || echo "throughput.sh: build FAILED (the PEFT side still runs): $(grep -E 'error' "$WORK/build.log" "$WORK/configure.log" 2>/dev/null | head -3)"
-  echo "build: $(( $(date +%s) - t0 )) s"
+  (cd "$ROOT" && cmake --preset gpu >"$WORK/logs/configure.log" 2>&1 \
+     && cmake --build build/gpu --target hdpissa-train hdpissa-eval -j"${JOBS:-16}" >"$WORK/logs/build.log" 2>&1) \
+    || say "throughput.sh: build FAILED (the PEFT side still runs): $(grep -E 'error' "$WORK/logs/build.log" "$WORK/logs/configure.log" 2>/dev/null | head -3)"
+  say "build: $(( $(date +%s) - t0 )) s"
+fi
+if [[ -n "$base_pid" ]]; then
+  wait "$base_pid" && say "baseline build: ok, $(elapsed) s since start" \
+    || say "baseline build FAILED: $(grep -E 'error' "$WORK/logs/base-build.log" "$WORK/logs/base-configure.log" 2>/dev/null | head -3)"
 fi
 
-# ---- 2. model
-MODEL_DIR="${MODEL_DIR:-$WORK/tinyllama}"
-if [[ ! -f "$MODEL_DIR/config.json" ]]; then
-  python3 "$ROOT/bench/e2e/make_model.py" "$MODEL_DIR" --seed 0 || { echo "throughput.sh: make_model.py failed" >&2; exit 1; }
-fi
-
-# ---- 3. PEFT side
-t0=$(date +%s)
-PYTHONUNBUFFERED=1 python3 "$ROOT/bench/e2e/peft_throughput.py" --model "$MODEL_DIR" --batches "$DEV/batches.json" \
-  --methods "${PEFT_METHODS:-lora,lora-bf16,pissa,full}" --rank 16 --alpha 16 --grad-accum 8 \
-  --warmup "${PEFT_WARMUP:-2}" --steps "${PEFT_STEPS:-4}" --peak --out "$WORK/peft.jsonl"
-echo "peft side: rc $?, $(( $(date +%s) - t0 )) s"
-
-# ---- 4. our side
-note=""
+# our binaries: "new" always, "baseline" when given; a binary without --device is reported, not run
 TRAIN="$BIN/hdpissa-train"
+NOTE_OURS=""
 if [[ ! -x "$TRAIN" ]]; then
-  note="Our side not run: no hdpissa-train binary at $TRAIN (build failed or not built)."
+  NOTE_OURS="Our side not run: no hdpissa-train binary at $TRAIN (build failed or not built)."
 elif ! { "$TRAIN" --help 2>&1 || true; } | grep -- "--device" >/dev/null; then
-  note="Our side not run: this hdpissa-train has no --device option (the GPU trainer is not in this tree)."
-else
-  for cfg in ${OURS_CONFIGS:-lora pissa hdpissa-K1 hdpissa-K8 full}; do
-    att=""; [[ "$cfg" == *_* ]] && att="${cfg##*_}"   # e.g. hdpissa-K8_gemm: --attention gemm
-    base="${cfg%%_*}"
-    method="${base%%-K*}"; k=1; [[ "$base" == *-K* ]] && k="${base##*-K}"
-    lr=2e-5; [[ "$method" == full ]] && lr=1e-5
-    t0=$(date +%s)
-    timeout "${OURS_TIMEOUT:-150}" "$TRAIN" --device cuda --dtype bf16 --attention "${att:-auto}" --model "$MODEL_DIR" \
-      --tokenizer "$DEV/tokenizer.model" --data "$DEV/train.jsonl" --method "$method" --groups-per-process "$k" \
-      --rank 16 --alpha 16 --targets q,k,v,o,gate,up,down --svd randomized --micro-batch 2 --grad-accum 8 \
-      --max-len 512 --max-steps "${OURS_STEPS:-4}" --lr "$lr" --warmup-ratio 0 --log-every 1 \
-      --metrics "$WORK/ours/ours-$cfg.jsonl" >"$WORK/ours/ours-$cfg.log" 2>&1
-    rc=$?
-    echo "ours $cfg: rc $rc, $(( $(date +%s) - t0 )) s; $(grep -E 'trained|error' "$WORK/ours/ours-$cfg.log" | tail -1)"
-    [[ $rc -ne 0 ]] && tail -5 "$WORK/ours/ours-$cfg.log"
-  done
+  NOTE_OURS="Our side not run: this hdpissa-train has no --device option (the GPU trainer is not in this tree)."
 fi
-[[ -n "$note" ]] && echo "$note"
+BTRAIN=""
+NOTE_BASE=""
+if [[ -n "${BASELINE_BIN:-}" ]]; then
+  BTRAIN="$BASELINE_BIN"
+  [[ -d "$BTRAIN" ]] && BTRAIN="$BTRAIN/hdpissa-train"
+  case "$BTRAIN" in /*) ;; *) BTRAIN="$PWD/$BTRAIN" ;; esac
+  if [[ ! -x "$BTRAIN" ]]; then
+    NOTE_BASE="Baseline not run: no executable hdpissa-train at $BTRAIN."
+    BTRAIN=""
+  fi
+fi
+HELP_NEW="$({ "$TRAIN" --help 2>&1 || true; } | tr '\n' ' ')"
+HELP_BASE=""
+[[ -n "$BTRAIN" ]] && HELP_BASE="$({ "$BTRAIN" --help 2>&1 || true; } | tr '\n' ' ')"
+[[ -n "$NOTE_OURS" ]] && say "$NOTE_OURS"
+[[ -n "$NOTE_BASE" ]] && say "$NOTE_BASE"
+python3 - "$RUNS/meta.json" "${BASELINE_LABEL:-${BASELINE_BIN:-}}" "$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null)" <<'PY'
+import json, sys
+json.dump({"baseline_label": sys.argv[2] or None, "commit": sys.argv[3] or None}, open(sys.argv[1], "w"))
+PY
 
-# ---- 5. summary
-python3 "$ROOT/bench/e2e/summarize.py" --peft "$WORK/peft.jsonl" --ours-dir "$WORK/ours" \
-  --config "$MODEL_DIR/config.json" --out-prefix "$OUTDIR/throughput" --skip "${OURS_SKIP:-1}" --note "$note"
-cp "$WORK/peft.jsonl" "$OUTDIR/peft.jsonl" 2>/dev/null
-(cd "$WORK" && tar czf "$OUTDIR/throughput-logs.tar.gz" ours *.log 2>/dev/null)
+# ---- 2. bf16 matmul peak (MFU), once
+to=$(capped 120)
+if (( to > 0 )); then
+  timeout -k 10 "$to" python3 "$ROOT/bench/e2e/peft_throughput.py" --peak-only --out "$RUNS/device.jsonl" \
+    >"$WORK/logs/peak.log" 2>&1
+  say "peak: rc $?, $(tail -1 "$WORK/logs/peak.log")"
+fi
+
+run_ours() {  # SIDE(ours|base) BINARY HELP CFG MODEL MB GA MBDIR TIMEOUT EXTRA_ARGS
+  local side=$1 bin=$2 help=$3 cfg=$4 model=$5 mb=$6 ga=$7 mbdir=$8 lim=$9 extra=${10}
+  local att="" base method k lr name="$side-$cfg" to s rc
+  [[ "$cfg" == *_* ]] && att="${cfg##*_}"   # e.g. hdpissa-K8_gemm: --attention gemm
+  base="${cfg%%_*}"
+  method="${base%%-K*}"; k=1; [[ "$base" == *-K* ]] && k="${base##*-K}"
+  lr=2e-5; [[ "$method" == full ]] && lr=1e-5
+  local attflag=()
+  if [[ -n "$att" || "$help" == *--attention* ]]; then attflag=(--attention "${att:-auto}"); fi
+  to=$(capped "$lim")
+  if (( to == 0 )); then
+    write_status "$mbdir/$name.status.json" 0 0 0 "deadline (DEADLINE_S=$DEADLINE_S)" /dev/null
+    say "  $name: SKIPPED (deadline)"; return
+  fi
+  s=$(date +%s.%N)
+  # shellcheck disable=SC2086
+  timeout -k 10 "$to" "$bin" --device cuda --dtype bf16 "${attflag[@]}" --model "$model" \
+    --tokenizer "$DEV/tokenizer.model" --data "$DEV/train.jsonl" --method "$method" --groups-per-process "$k" \
+    --rank 16 --alpha 16 --targets q,k,v,o,gate,up,down --svd randomized --micro-batch "$mb" --grad-accum "$ga" \
+    --max-len "$SEQ" --max-steps "$OURS_STEPS" --lr "$lr" --warmup-ratio 0 --log-every 1 \
+    --metrics "$mbdir/$name.jsonl" $extra >"$mbdir/$name.log" 2>&1
+  rc=$?
+  local wall; wall=$(python3 -c "import time; print(round(time.time() - $s, 1))")
+  write_status "$mbdir/$name.status.json" "$rc" "$wall" "$to" "" "$mbdir/$name.log"
+  say "  $name: rc $rc, ${wall} s; $(grep -E 'trained|error' "$mbdir/$name.log" | tail -1)"
+  [[ $rc -ne 0 ]] && tail -5 "$mbdir/$name.log" | sed 's/^/    /' | tee -a "$LOG"
+  snapshot
+}
+
+run_peft() {  # METHOD MODEL MB GA MBDIR TIMEOUT SHAPE
+  local m=$1 model=$2 mb=$3 ga=$4 mbdir=$5 lim=$6 shape=$7 to s rc
+  to=$(capped "$lim")
+  if (( to == 0 )); then
+    write_status "$mbdir/peft-$m.status.json" 0 0 0 "deadline (DEADLINE_S=$DEADLINE_S)" /dev/null
+    say "  peft-$m: SKIPPED (deadline)"; return
+  fi
+  local extra=()
+  [[ "${PEFT_GRAD_CKPT:-0}" == 1 ]] && extra+=(--grad-ckpt)
+  s=$(date +%s.%N)
+  PYTHONUNBUFFERED=1 timeout -k 10 "$to" python3 "$ROOT/bench/e2e/peft_throughput.py" --model "$model" \
+    --batches "$DEV/batches.json" --methods "$m" --rank 16 --alpha 16 --micro-batch "$mb" --grad-accum "$ga" \
+    --seq-len "$SEQ" --warmup "$PEFT_WARMUP" --steps "$PEFT_STEPS" --compile-mode "${PEFT_COMPILE_MODE:-default}" \
+    --compile-target "${PEFT_COMPILE_TARGET:-peft}" --tag "$shape" "${extra[@]}" --out "$mbdir/peft.jsonl" \
+    >"$mbdir/peft-$m.log" 2>&1
+  rc=$?
+  local wall; wall=$(python3 -c "import time; print(round(time.time() - $s, 1))")
+  write_status "$mbdir/peft-$m.status.json" "$rc" "$wall" "$to" "" "$mbdir/peft-$m.log"
+  say "  peft-$m: rc $rc, ${wall} s; $(grep -E "^peft $m:|FAILED" "$mbdir/peft-$m.log" | tail -1)"
+  [[ $rc -ne 0 ]] && tail -5 "$mbdir/peft-$m.log" | sed 's/^/    /' | tee -a "$LOG"
+  snapshot
+}
+
+# ---- 3./4. per shape, per micro-batch
+for shape in $SHAPES; do
+  case "$shape" in
+    tinyllama) layers="${LAYERS_TINY:-22}"; model="${MODEL_DIR:-$WORK/tinyllama}"
+               [[ "$layers" != 22 && -z "${MODEL_DIR:-}" ]] && model="$WORK/tinyllama-L$layers" ;;
+    llama2-7b) layers="${LAYERS_7B:-32}"; model="${MODEL_DIR_7B:-$WORK/llama2-7b-L$layers}" ;;
+    *) say "throughput.sh: unknown shape '$shape' (expected tinyllama or llama2-7b): skipped"; continue ;;
+  esac
+  sdir="$RUNS/$shape"
+  mkdir -p "$sdir"
+  if [[ ! -f "$model/config.json" ]]; then
+    to=$(capped 400)
+    if (( to == 0 )); then say "$shape: model not made (deadline)"; continue; fi
+    t0=$(date +%s)
+    timeout -k 10 "$to" python3 "$ROOT/bench/e2e/make_model.py" "$model" --preset "$shape" --layers "$layers" --seed 0 \
+      >"$WORK/logs/make-model-$shape.log" 2>&1
+    rc=$?
+    say "$shape: make_model rc $rc, $(( $(date +%s) - t0 )) s: $(tail -1 "$WORK/logs/make-model-$shape.log")"
+    [[ $rc -ne 0 || ! -f "$model/config.json" ]] && { say "$shape: no model: skipped"; continue; }
+  else
+    say "$shape: model $model exists (not remade)"
+  fi
+  cp "$model/config.json" "$sdir/config.json"
+  if [[ -f "$model/shape.json" ]]; then cp "$model/shape.json" "$sdir/shape.json"
+  else  # a model made by an older make_model.py (no shape.json)
+    pl=22; [[ "$shape" == llama2-7b ]] && pl=32
+    echo "{\"preset\": \"$shape\", \"preset_layers\": $pl}" >"$sdir/shape.json"
+  fi
+  layers="$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["num_hidden_layers"])' "$model/config.json" 2>/dev/null || echo "$layers")"
+  ours_cfgs="$(shape_val OURS_CONFIGS "$shape" "lora pissa hdpissa-K1 hdpissa-K8 full" "lora hdpissa-K1 hdpissa-K8")"
+  base_cfgs="$(shape_val BASELINE_CONFIGS "$shape" "lora hdpissa-K8" "lora hdpissa-K8")"
+  peft_methods="$(shape_val PEFT_METHODS "$shape" "lora-bf16,lora-compile,lora-bf16-compile" "lora-bf16,lora-bf16-compile")"
+  ours_to="${OURS_TIMEOUT:-150}"; peft_to="${PEFT_TIMEOUT:-240}"
+  [[ "$shape" == llama2-7b ]] && { ours_to="${OURS_TIMEOUT_7B:-360}"; peft_to="${PEFT_TIMEOUT_7B:-420}"; }
+  for entry in $MICRO_BATCHES; do
+    mb="${entry%%:*}"
+    if [[ "$entry" == *:* ]]; then ga="${entry#*:}"
+    else
+      if (( TOKENS_PER_STEP % (mb * SEQ) != 0 )); then
+        say "$shape mb $mb: TOKENS_PER_STEP=$TOKENS_PER_STEP is not a multiple of $mb x $SEQ: skipped"; continue
+      fi
+      ga=$(( TOKENS_PER_STEP / (mb * SEQ) ))
+    fi
+    mbdir="$sdir/mb$mb"
+    [[ "$entry" == *:* ]] && mbdir="$sdir/mb$mb-ga$ga"   # an explicit grad-accum: its own table
+    mkdir -p "$mbdir"
+    echo "{\"micro_batch\": $mb, \"grad_accum\": $ga, \"seq_len\": $SEQ}" >"$mbdir/run.json"
+    say "== $shape ($layers layers), micro-batch $mb x $SEQ, grad-accum $ga ($(elapsed) s since start)"
+    if [[ -z "$NOTE_OURS" ]]; then
+      for cfg in $ours_cfgs; do
+        run_ours ours "$TRAIN" "$HELP_NEW" "$cfg" "$model" "$mb" "$ga" "$mbdir" "$ours_to" "${OURS_ARGS:-}"
+      done
+    fi
+    if [[ -n "$BTRAIN" ]]; then
+      for cfg in $base_cfgs; do
+        run_ours base "$BTRAIN" "$HELP_BASE" "$cfg" "$model" "$mb" "$ga" "$mbdir" "$ours_to" "${BASELINE_ARGS:-}"
+      done
+    fi
+    for m in ${peft_methods//,/ }; do
+      run_peft "$m" "$model" "$mb" "$ga" "$mbdir" "$peft_to" "$shape"
+    done
+  done
+done
+
+# ---- 5. summary (printed last)
+say "total $(elapsed) s"
+say ""
+snapshot final
 exit 0

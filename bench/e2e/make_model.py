@@ -1,33 +1,52 @@
 #!/usr/bin/env python3
-"""A random-init TinyLlama-1.1B-shaped LLaMA, saved by transformers as BF16 safetensors.
+"""A random-init LLaMA of a known shape, saved by transformers as BF16 safetensors.
 
-Shapes of TinyLlama-1.1B: hidden 2048, 22 layers, 32 heads, 4 KV heads (GQA), intermediate 5632,
-vocab 32000 (the LLaMA-2 tokenizer), rope_theta 10000, max_position 2048, RMSNorm eps 1e-5,
-untied lm_head. Weights: transformers' own LlamaForCausalLM initialisation (normal, std 0.02)
-under torch.manual_seed(--seed), made on the GPU when there is one, cast to bf16 and written with
-save_pretrained. No pretrained weights exist here: throughput only, never quality.
+Presets (--preset, default tinyllama):
+  tinyllama  TinyLlama-1.1B: hidden 2048, 22 layers, 32 heads, 4 KV heads (GQA), intermediate 5632,
+             max_position 2048
+  llama2-7b  LLaMA-2-7B: hidden 4096, 32 layers, 32 heads, 32 KV heads (no GQA), intermediate 11008,
+             max_position 4096
+Both: vocab 32000 (the LLaMA-2 tokenizer), rope_theta 10000, RMSNorm eps 1e-5, untied lm_head.
+--layers N overrides num_hidden_layers (a shorter model of the same width when time is short; the
+benchmark table reports it). Weights: transformers' own LlamaForCausalLM initialisation (normal,
+std 0.02) under torch.manual_seed(--seed), made directly in bf16 (torch default dtype bf16 while the
+model is built: no fp32 copy anywhere) on the GPU when there is one, and written with
+save_pretrained (tensors copied to the host one at a time). 7B shape: 13.5 GB on disk; on an H200
+the init takes seconds and the write is bound by the disk. No pretrained weights exist here:
+throughput only, never quality. Writes shape.json (preset, layers) beside config.json.
 
-usage: make_model.py OUT_DIR [--seed 0] [--layers 22]   (needs torch + transformers)
+usage: make_model.py OUT_DIR [--preset tinyllama|llama2-7b] [--layers N] [--seed 0]   (torch + transformers)
 """
 import argparse
+import json
 import os
 import sys
 import time
+
+PRESETS = {
+    "tinyllama": dict(vocab_size=32000, hidden_size=2048, intermediate_size=5632, num_hidden_layers=22,
+                      num_attention_heads=32, num_key_value_heads=4, max_position_embeddings=2048),
+    "llama2-7b": dict(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
+                      num_attention_heads=32, num_key_value_heads=32, max_position_embeddings=4096),
+}
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("out")
+    ap.add_argument("--preset", choices=sorted(PRESETS), default="tinyllama")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--layers", type=int, default=22, help="num_hidden_layers (22 = TinyLlama)")
+    ap.add_argument("--layers", type=int, default=0, help="num_hidden_layers override (0 = the preset's)")
     a = ap.parse_args()
     import torch
     import transformers
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    kw = dict(vocab_size=32000, hidden_size=2048, intermediate_size=5632, num_hidden_layers=a.layers,
-              num_attention_heads=32, num_key_value_heads=4, max_position_embeddings=2048, rms_norm_eps=1e-5,
-              hidden_act="silu", tie_word_embeddings=False, bos_token_id=1, eos_token_id=2,
+    kw = dict(PRESETS[a.preset])
+    full_layers = kw["num_hidden_layers"]
+    if a.layers:
+        kw["num_hidden_layers"] = a.layers
+    kw.update(rms_norm_eps=1e-5, hidden_act="silu", tie_word_embeddings=False, bos_token_id=1, eos_token_id=2,
               initializer_range=0.02)
     try:  # transformers 5: rope parameters in one dict
         cfg = LlamaConfig(rope_parameters={"rope_type": "default", "rope_theta": 10000.0}, **kw)
@@ -36,16 +55,26 @@ def main():
     t0 = time.time()
     torch.manual_seed(a.seed)
     dev = "cuda" if torch.cuda.is_available() else "cpu"
-    with torch.device(dev):
-        model = LlamaForCausalLM(cfg)
-    model = model.to(torch.bfloat16)
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)  # parameters are created and initialised in bf16
+    try:
+        with torch.device(dev):
+            model = LlamaForCausalLM(cfg)
+    finally:
+        torch.set_default_dtype(old)
+    model = model.to(torch.bfloat16)  # no-op unless some buffer/parameter escaped the default dtype
     n = sum(p.numel() for p in model.parameters())
+    if dev == "cuda":
+        torch.cuda.synchronize()
     t1 = time.time()
     os.makedirs(a.out, exist_ok=True)
-    model.save_pretrained(a.out)
-    print(f"make_model.py: transformers {transformers.__version__}, {n / 1e9:.4f} B parameters "
-          f"(seed {a.seed}, init {t1 - t0:.1f} s on {dev}, save {time.time() - t1:.1f} s) -> {a.out}: "
-          f"{sorted(os.listdir(a.out))}")
+    model.save_pretrained(a.out, max_shard_size="5GB")
+    with open(os.path.join(a.out, "shape.json"), "w") as f:
+        json.dump({"preset": a.preset, "layers": kw["num_hidden_layers"], "preset_layers": full_layers,
+                   "parameters": n, "seed": a.seed}, f)
+    print(f"make_model.py: {a.preset} ({kw['num_hidden_layers']} of {full_layers} layers), transformers "
+          f"{transformers.__version__}, {n / 1e9:.4f} B parameters (seed {a.seed}, init {t1 - t0:.1f} s on {dev}, "
+          f"save {time.time() - t1:.1f} s) -> {a.out}: {sorted(os.listdir(a.out))}", flush=True)
     return 0
 
 

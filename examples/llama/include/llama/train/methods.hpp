@@ -152,6 +152,33 @@ class TrainMethod {
     if constexpr (kMixed) Dev::accumulate(*bm_, src, dst);
     else (void)src, (void)dst;
   }
+  /// Compute-dtype copies of a method's factors / adapters, and one micro-batch's factor-gradient
+  /// scratch (kMixed only; empty otherwise).
+  struct ComputeCopies {
+    std::vector<typename Bc::matrix_type> A, B;
+    typename Bc::matrix_type g;
+  };
+  /// Allocates `c` for `sets` (kMixed) with `scratch` elements of gradient scratch, and fills it.
+  template <class Sets>
+  void make_copies(ComputeCopies& c, const Sets& sets, index_t scratch) {
+    if constexpr (kMixed) {
+      for (const auto& s : sets) {
+        c.A.push_back(bc_->make_matrix(s.A.rows(), s.A.cols()));
+        c.B.push_back(bc_->make_matrix(s.B.rows(), s.B.cols()));
+      }
+      c.g = bc_->make_matrix(1, scratch);
+      refresh_copies(c, sets);
+    }
+  }
+  /// The compute copies ← the fp32 factors.
+  template <class Sets>
+  void refresh_copies(ComputeCopies& c, const Sets& sets) {
+    for (std::size_t i = 0; i < c.A.size(); ++i) {
+      to_compute(CV32(sets[i].A.view()), c.A[i].view());
+      to_compute(CV32(sets[i].B.view()), c.B[i].view());
+    }
+  }
+
   /// Out and in of target i.
   [[nodiscard]] std::pair<index_t, index_t> shape(std::size_t i) const { return {Wm_[i].rows, Wm_[i].cols}; }
   /// Every target weight under `weight.<name>` (shared).
@@ -293,14 +320,7 @@ class DwuMethod final : public TrainMethod<Dev> {
       scratch = std::max(scratch, r * (out + in));
     }
     upd_.finalize();
-    if constexpr (kMixed) {  // constant factors: compute copies once; per-micro-batch gradient scratch
-      for (auto& s : sets_) {
-        Ac_.push_back(ctx.bc.make_matrix(s.A.rows(), s.A.cols()));
-        Bc_.push_back(ctx.bc.make_matrix(s.B.rows(), s.B.cols()));
-      }
-      g_ = ctx.bc.make_matrix(1, scratch);
-      refresh();
-    }
+    this->make_copies(cc_, sets_, scratch);  // constant factors: compute copies made once
   }
 
   void zero_grad() override { upd_.zero_grad(); }
@@ -312,10 +332,7 @@ class DwuMethod final : public TrainMethod<Dev> {
   }
   void refresh() override {
     for (std::size_t i = 0; i < ids_.size(); ++i) this->push_weight(i);
-    for (std::size_t i = 0; i < Ac_.size(); ++i) {
-      this->to_compute(CV32(sets_[i].A.view()), Ac_[i].view());
-      this->to_compute(CV32(sets_[i].B.view()), Bc_[i].view());
-    }
+    this->refresh_copies(cc_, sets_);
   }
   void merged_weight(std::size_t i, Matrix& host) override { this->download(i, host); }
   void state(StateRefs& s) override {
@@ -362,7 +379,7 @@ class DwuMethod final : public TrainMethod<Dev> {
     } else {
       const auto [out, in] = this->shape(i);
       const index_t r = upd_.rank();
-      Vc gA{g_.data(), r, in, in}, gB{g_.data() + r * in, out, r, r};
+      Vc gA{cc_.g.data(), r, in, in}, gB{cc_.g.data() + r * in, out, r, r};
       muted_.backward(W, A(i, lg), Bf(i, lg), X, dY, dX, gA, gB, /*accumulate=*/false);
       this->accumulate(CVc(gA), upd_.grad_A(i, lg));
       this->accumulate(CVc(gB), upd_.grad_B(i, lg));
@@ -374,12 +391,12 @@ class DwuMethod final : public TrainMethod<Dev> {
   CVc A(std::size_t i, int lg) const {
     const int G = comm_->first_group() + lg;
     if constexpr (!kMixed) return upd_.A(i, G);
-    else return CVc(Ac_[i].view()).row_block(G * upd_.rank(), upd_.rank());
+    else return CVc(cc_.A[i].view()).row_block(G * upd_.rank(), upd_.rank());
   }
   CVc Bf(std::size_t i, int lg) const {
     const int G = comm_->first_group() + lg;
     if constexpr (!kMixed) return upd_.Bf(i, G);
-    else return CVc(Bc_[i].view()).col_block(G * upd_.rank(), upd_.rank());
+    else return CVc(cc_.B[i].view()).col_block(G * upd_.rank(), upd_.rank());
   }
 
   Comm* comm_;
@@ -388,8 +405,7 @@ class DwuMethod final : public TrainMethod<Dev> {
   Update upd_;
   hdpissa::MutedLinear<Bc, Mute> muted_;
   std::vector<hdpissa::AdapterSet<Bm>> sets_;
-  std::vector<typename Bc::matrix_type> Ac_, Bc_;  // compute copies of the factors (kMixed)
-  typename Bc::matrix_type g_;                     // one micro-batch's factor gradients (kMixed)
+  typename Base::ComputeCopies cc_;  // compute copies of the factors, gradient scratch (kMixed)
   index_t reserved_ = 0;
 };
 
@@ -450,25 +466,18 @@ class AdapterMethod final : public TrainMethod<Dev> {
       merge_size_ = std::max(merge_size_, out * in);
     }
     upd_.finalize();
-    if constexpr (kMixed) {
-      for (auto& s : sets_) {
-        Ac_.push_back(ctx.bc.make_matrix(s.A.rows(), s.A.cols()));
-        Bc_.push_back(ctx.bc.make_matrix(s.B.rows(), s.B.cols()));
-      }
-      g_ = ctx.bc.make_matrix(1, scratch);
-      refresh_adapters();
-    }
+    this->make_copies(cc_, sets_, scratch);
   }
 
   void zero_grad() override { upd_.zero_grad(); }
   hdpissa::StepReport step(double lr) override {
     const auto rep = upd_.step(lr);
-    if (!rep.skipped) refresh_adapters();
+    if (!rep.skipped) this->refresh_copies(cc_, sets_);
     return rep;
   }
   void refresh() override {
     for (std::size_t i = 0; i < ids_.size(); ++i) this->push_weight(i);
-    refresh_adapters();
+    this->refresh_copies(cc_, sets_);
   }
   /// W_res + s·B A, computed by the master backend in fp32 (not a hot path).
   void merged_weight(std::size_t i, Matrix& host) override {
@@ -512,7 +521,7 @@ class AdapterMethod final : public TrainMethod<Dev> {
     } else {
       const auto [out, in] = this->shape(i);
       const index_t r = sets_[i].rank;
-      Vc gA{g_.data(), r, in, in}, gB{g_.data() + r * in, out, r, r};
+      Vc gA{cc_.g.data(), r, in, in}, gB{cc_.g.data() + r * in, out, r, r};
       lin_.backward(W, A(i), Bf(i), X, dY, dX, gA, gB, /*accumulate=*/false);
       this->accumulate(CVc(gA), upd_.grad(pA_[i], lg));
       this->accumulate(CVc(gB), upd_.grad(pB_[i], lg));
@@ -520,19 +529,13 @@ class AdapterMethod final : public TrainMethod<Dev> {
   }
 
  private:
-  void refresh_adapters() {
-    for (std::size_t i = 0; i < Ac_.size(); ++i) {
-      this->to_compute(CV32(sets_[i].A.view()), Ac_[i].view());
-      this->to_compute(CV32(sets_[i].B.view()), Bc_[i].view());
-    }
-  }
   CVc A(std::size_t i) const {
     if constexpr (!kMixed) return sets_[i].A.view();
-    else return Ac_[i].view();
+    else return cc_.A[i].view();
   }
   CVc Bf(std::size_t i) const {
     if constexpr (!kMixed) return sets_[i].B.view();
-    else return Bc_[i].view();
+    else return cc_.B[i].view();
   }
 
   Comm* comm_;
@@ -541,8 +544,7 @@ class AdapterMethod final : public TrainMethod<Dev> {
   hdpissa::AdapterLinear<Bc> lin_;
   std::vector<hdpissa::AdapterSet<Bm>> sets_;
   std::vector<std::size_t> pA_, pB_;
-  std::vector<typename Bc::matrix_type> Ac_, Bc_;
-  typename Bc::matrix_type g_;
+  typename Base::ComputeCopies cc_;
   typename Bm::matrix_type merge_;
   index_t merge_size_ = 0;
 };
