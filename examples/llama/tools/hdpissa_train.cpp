@@ -48,8 +48,8 @@ int launcher_rank() {
 int run_single(const hdpissa::llama::TrainOptions& o) {
   hdpissa::VirtualRanks<hdpissa::SingleProcess> comm(hdpissa::SingleProcess{}, o.groups_per_process);
   hdpissa::llama::Trainer<decltype(comm)> t(o, comm);
-  t.run();
-  return 0;
+  const auto sum = t.run();
+  return sum.stop_signal ? 128 + sum.stop_signal : 0;  // stopped by SIGINT / SIGTERM / SIGUSR1 (state saved)
 }
 
 #ifdef HDPISSA_TRAIN_HAVE_MPI
@@ -122,8 +122,8 @@ int main(int argc, char** argv) {
       hdpissa::llama::DeviceCommSetup dev;
       if (o.device == Device::Cuda) dev = device_comm_setup(boost::mpi::communicator());
       hdpissa::llama::Trainer<decltype(comm)> t(o, comm, std::cout, std::move(dev));
-      t.run();
-      return 0;
+      const auto sum = t.run();
+      return sum.stop_signal ? 128 + sum.stop_signal : 0;
     });
 #else
     std::cerr << "hdpissa-train: error: " << (o.comm == CommKind::Mpi ? "--comm mpi" : "launched under mpirun with several processes")

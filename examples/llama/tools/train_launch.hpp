@@ -120,8 +120,8 @@ inline std::optional<int> run_launched(const TrainOptions& o) {
     DeviceCommSetup dev;
     if (o.device == Device::Cuda) dev = socket_device_comm_setup(comm.inner(), env);
     Trainer<decltype(comm)> t(o, comm, std::cout, std::move(dev));
-    t.run();
-    return 0;
+    const auto sum = t.run();
+    return sum.stop_signal ? 128 + sum.stop_signal : 0;  // every rank stopped after the same step
   } catch (const std::exception& e) {
     std::cerr << cat("hdpissa-train: error on rank ", env.rank, " of ", env.world_size, ": ", e.what(), "\n")
               << std::flush;  // one write: the ranks' messages do not interleave

@@ -229,6 +229,10 @@ namespace detail {
 inline hdpissa::Adam make_adam(const TrainOptions& o) {
   return hdpissa::Adam(hdpissa::AdamConfig{0.9, 0.999, 1e-8, o.weight_decay});
 }
+/// --on-nonfinite as the update rules' options.
+inline hdpissa::UpdateOptions update_options(const TrainOptions& o) {
+  return {o.on_nonfinite == OnNonFinite::Skip ? hdpissa::NonFinitePolicy::SkipStep : hdpissa::NonFinitePolicy::Throw};
+}
 /// The factors of every target, computed layer l on worker l mod P and broadcast, with `Init`
 /// templated on the SVD policy the options and the device choose.
 template <class Dev, class Comm, template <class> class Init, class... Args>
@@ -280,7 +284,7 @@ class DwuMethod final : public TrainMethod<Dev> {
         comm_(&ctx.comm),
         method_(o.method),
         svd_(detail::svd_name<Dev>(o)),
-        upd_(ctx.bm, ctx.comm, detail::make_adam(o)),
+        upd_(ctx.bm, ctx.comm, detail::make_adam(o), detail::update_options(o)),
         muted_(ctx.bc, o.adapter_scaling(), mute) {
     const int K = ctx.comm.groups();
     const index_t r = o.rank;
@@ -428,7 +432,7 @@ class AdapterMethod final : public TrainMethod<Dev> {
       : Base(ctx, o.target_modules()),
         comm_(&ctx.comm),
         method_(o.method),
-        upd_(ctx.bm, ctx.comm, detail::make_adam(o)),
+        upd_(ctx.bm, ctx.comm, detail::make_adam(o), detail::update_options(o)),
         lin_(ctx.bc, o.adapter_scaling()) {
     const index_t r = o.rank;
     for (std::size_t i = 0; i < ids_.size(); ++i) {
@@ -569,7 +573,7 @@ class FullMethod final : public TrainMethod<Dev> {
 
  public:
   FullMethod(const TrainOptions& o, const MethodContext<Dev, Comm>& ctx)
-      : Base(ctx, o.target_modules()), comm_(&ctx.comm), upd_(ctx.bm, ctx.comm, detail::make_adam(o)), lin_(ctx.bc) {
+      : Base(ctx, o.target_modules()), comm_(&ctx.comm), upd_(ctx.bm, ctx.comm, detail::make_adam(o), detail::update_options(o)), lin_(ctx.bc) {
     index_t scratch = 0;
     for (std::size_t i = 0; i < ids_.size(); ++i) {
       p_.push_back(upd_.add_param(ids_[i].hf_name(), Wm_[i]));

@@ -61,6 +61,9 @@ HDPISSA_LLAMA_CHOICES(ScalingKind, {ScalingKind::Peft, "peft"}, {ScalingKind::Re
 enum class OutputDtype { Auto, F32, Bf16, F16 };
 HDPISSA_LLAMA_CHOICES(OutputDtype, {OutputDtype::Auto, "auto"}, {OutputDtype::F32, "f32"}, {OutputDtype::Bf16, "bf16"},
                       {OutputDtype::F16, "f16"});
+/// A step with a non-finite gradient (--on-nonfinite): the library's NonFinitePolicy Throw / SkipStep.
+enum class OnNonFinite { Error, Skip };
+HDPISSA_LLAMA_CHOICES(OnNonFinite, {OnNonFinite::Error, "error"}, {OnNonFinite::Skip, "skip"});
 #undef HDPISSA_LLAMA_CHOICES
 
 /// The flag spelling of `v`.
@@ -142,6 +145,11 @@ struct TrainOptions {
   int eval_max_new_tokens = 256;
   bool quiet = false;              ///< no per-step lines (errors and the summary still print)
   int threads = 0;                 ///< OpenMP / Eigen threads (0: the OpenMP default, OMP_NUM_THREADS)
+  // ---- safety: divergence guard and non-finite policy (issue 18; checkpoints: llama/train/state_dir.hpp)
+  double max_loss = 0;             ///< > 0: stop with an error when a step's loss exceeds it
+  double loss_spike_factor = 0;    ///< > 0: stop when the loss is above factor x its running median ...
+  int loss_spike_steps = 3;        ///< ... for this many consecutive steps
+  OnNonFinite on_nonfinite = OnNonFinite::Error;  ///< non-finite gradient: error, or skip the step
 
   /// The parsed --targets list.
   [[nodiscard]] std::vector<Module> target_modules() const;
@@ -259,6 +267,20 @@ inline const char* train_usage() {
          "  --quiet                   no progress lines\n"
          "  --threads N               OpenMP/Eigen threads (default: OMP_NUM_THREADS or all cores; tiny\n"
          "                            models such as stories260K run fastest with 1)\n"
+         "safety (docs/trainer.md, \"Checkpoints\")\n"
+         "  SIGINT, SIGTERM, SIGUSR1  finish the current step, save the state (--save-state), flush the\n"
+         "                            metrics and exit with 128 + signal; a second SIGINT exits at once\n"
+         "  checkpoints               a state directory has a manifest.json (size + xxHash64 of every file,\n"
+         "                            run id, step) that --resume verifies; --resume DIR takes the newest\n"
+         "                            complete state among DIR, DIR.tmp-*, DIR.old-*; DIR.lock keeps a\n"
+         "                            second trainer out; a resumed run drops --metrics records after its\n"
+         "                            step; outputs are checked (writable, distinct, free space) up front\n"
+         "  --max-loss X              stop with an error when a step's loss exceeds X (before its update)\n"
+         "  --loss-spike-factor K     stop with an error when the loss stays above K x its running median\n"
+         "  --loss-spike-steps N      ... for N consecutive steps (default 3); either guard keeps the last\n"
+         "                            good state (saved to --save-state)\n"
+         "  --on-nonfinite error|skip a NaN/Inf gradient: stop with an error (default) or skip that step\n"
+         "                            on every worker (the optimizer state is left untouched)\n"
          "evaluation\n"
          "  --eval-data FILE          held-out data for the loss\n"
          "  --eval-examples N         first N held-out examples (default 64)\n"
@@ -400,7 +422,11 @@ inline nlohmann::json TrainOptions::to_json() const {
           {"eval_examples", eval_examples},
           {"sample_prompt", sample_prompt},
           {"eval_gsm8k", eval_gsm8k},
-          {"eval_gsm8k_n", eval_gsm8k_n}};
+          {"eval_gsm8k_n", eval_gsm8k_n},
+          {"max_loss", max_loss},
+          {"loss_spike_factor", loss_spike_factor},
+          {"loss_spike_steps", loss_spike_steps},
+          {"on_nonfinite", name_of(on_nonfinite)}};
 }
 
 inline void TrainOptions::validate() const {
@@ -454,6 +480,10 @@ inline void TrainOptions::validate() const {
   need(eval_gsm8k_n >= 1, cat("--eval-gsm8k-n: expected >= 1, found ", eval_gsm8k_n));
   need(eval_max_new_tokens >= 1, cat("--eval-max-new-tokens: expected >= 1, found ", eval_max_new_tokens));
   need(sample_max_new_tokens >= 1, cat("--sample-max-new-tokens: expected >= 1, found ", sample_max_new_tokens));
+  need(max_loss >= 0, cat("--max-loss: expected > 0, found ", max_loss));
+  need(loss_spike_factor == 0 || loss_spike_factor > 1,
+       cat("--loss-spike-factor: expected > 1, found ", loss_spike_factor));
+  need(loss_spike_steps >= 1, cat("--loss-spike-steps: expected >= 1, found ", loss_spike_steps));
   (void)target_modules();
 }
 
@@ -532,6 +562,10 @@ inline TrainOptions parse_train_args(const std::vector<std::string>& args, bool*
     else if (f == "--eval-gsm8k") o.eval_gsm8k = value();
     else if (f == "--eval-gsm8k-n") o.eval_gsm8k_n = int(integer());
     else if (f == "--eval-max-new-tokens") o.eval_max_new_tokens = int(integer());
+    else if (f == "--max-loss") o.max_loss = number();
+    else if (f == "--loss-spike-factor") o.loss_spike_factor = number();
+    else if (f == "--loss-spike-steps") o.loss_spike_steps = int(integer());
+    else if (f == "--on-nonfinite") o.on_nonfinite = parse_choice<OnNonFinite>(f, value());
     else throw LlamaError(cat("unknown option '", f, "' (see --help)"));
   }
   // The environment selects a default only where no flag was given (and --help says so).

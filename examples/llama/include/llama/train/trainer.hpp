@@ -13,21 +13,34 @@
 /// The model and the method live behind TrainEngine (engine.hpp): CpuEngine (model.hpp +
 /// methods.hpp) for --device cpu, the CUDA engine (src/engine_cuda.cu) for --device cuda.
 ///
-/// Saved state (a directory): state.json (format, trajectory config, fingerprints of the base
-/// model and the tokenized data, step, shared counters), shared.safetensors (the target W, the
-/// factors / adapters, data-parallel Adam moments), rank-<p>.safetensors + rank-<p>.json (worker
-/// p's per-group Adam moments and step counts, its groups' data positions). Resuming restores all of
-/// it, so the continued run is bit-identical to an uninterrupted one (same machine and thread count:
-/// Eigen's GEMM blocking depends on the number of threads).
+/// Saved state (a directory): state.json (format, run id, step, trajectory config, fingerprints of
+/// the base model and the tokenized data, shared counters, the divergence guard's recent losses),
+/// shared.safetensors (the target W, the factors / adapters, data-parallel Adam moments),
+/// rank-<p>.safetensors + rank-<p>.json (worker p's per-group Adam moments and step counts, its
+/// groups' data positions), manifest.json (every file's size and xxHash64, written last; every file
+/// carries the run id and step: state_dir.hpp). Resuming verifies and restores all of it, so the
+/// continued run is bit-identical to an uninterrupted one (same machine and thread count: Eigen's
+/// GEMM blocking depends on the number of threads).
+/// Safety (issue 18): up-front path checks (preflight.hpp), a flock on the state directory,
+/// recovery of interrupted saves, SIGINT/SIGTERM/SIGUSR1 stop after the current step with a save
+/// (signals.hpp), fatal metrics write errors, a divergence guard.
 
+#include <algorithm>
 #include <chrono>
+#include <cerrno>
+#include <cmath>
+#include <csignal>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <map>
 #include <memory>
+#include <random>
+#include <sstream>
 #include <optional>
 #include <string>
 #include <vector>
@@ -45,6 +58,9 @@
 #include "llama/train/lora_export.hpp"
 #include "llama/train/methods.hpp"
 #include "llama/train/options.hpp"
+#include "llama/train/preflight.hpp"
+#include "llama/train/signals.hpp"
+#include "llama/train/state_dir.hpp"
 
 namespace hdpissa::llama {
 
@@ -62,6 +78,42 @@ struct TrainSummary {
   std::optional<std::int64_t> peak_device_bytes;  ///< GPU path: peak device memory in use
   std::optional<double> gsm8k_accuracy;  ///< fraction correct
   std::string sample_after;              ///< generated sample text
+  int stop_signal = 0;                   ///< SIGINT / SIGTERM / SIGUSR1 that stopped the run early (0: none)
+};
+
+/// The metrics JSONL (worker 0): every record is written and flushed at once, and a failed write
+/// is an error naming the file and the cause (a full disk must not leave a silently cut log).
+class MetricsFile {
+ public:
+  MetricsFile() = default;
+  MetricsFile(const MetricsFile&) = delete;
+  MetricsFile& operator=(const MetricsFile&) = delete;
+  ~MetricsFile() { close(); }
+  void open(const std::filesystem::path& p, bool append) {
+    path_ = p.string();
+    f_ = std::fopen(p.c_str(), append ? "ab" : "wb");
+    if (!f_) throw LlamaError(cat("--metrics: cannot open ", path_, " for writing: ", std::strerror(errno)));
+  }
+  [[nodiscard]] bool is_open() const { return f_ != nullptr; }
+  void write(const std::string& line) {
+    if (!f_) return;
+    errno = 0;
+    if (std::fputs(line.c_str(), f_) < 0 || std::fputc('\n', f_) == EOF || std::fflush(f_) != 0) {
+      const int err = errno;
+      throw LlamaError(cat("--metrics ", path_, ": write failed after ", records_, " complete record(s): ",
+                           err ? std::strerror(err) : "unknown error", "; stopping (the metrics log must be complete)"));
+    }
+    ++records_;
+  }
+  void close() {
+    if (f_) std::fclose(f_);
+    f_ = nullptr;
+  }
+
+ private:
+  std::FILE* f_ = nullptr;
+  std::string path_;
+  long records_ = 0;
 };
 
 /// 64-bit FNV-1a of raw bytes (fingerprints: cheap, deterministic, order-sensitive).
@@ -130,13 +182,27 @@ class Trainer {
     return {sums[0] / sums[2], sums[1]};
   }
   /// The optimizer step at lr(step); advances the step counter.
+  /// With --on-nonfinite skip a step with a non-finite gradient is skipped on every worker (the
+  /// data and the schedule move on; last_step_skipped() says so).
   double apply_step() {
     const double lr = sched_(step_);
-    const auto rep = eng_->step(lr);
-    if (rep.skipped) throw LlamaError(cat("step ", step_ + 1, " skipped: ", rep.reason));
+    hdpissa::StepReport rep;
+    try {
+      rep = eng_->step(lr);
+    } catch (const hdpissa::NumericError& e) {  // the library names its C++ policy; users have a flag
+      std::string m = e.what();
+      const auto at = m.find(" (set NonFinitePolicy::SkipStep");
+      if (at != std::string::npos) m.erase(at, m.find(')', at) + 1 - at);
+      throw LlamaError(cat(m, " (pass --on-nonfinite skip to skip such steps instead)"));
+    }
+    skipped_ = rep.skipped ? std::optional<std::string>(rep.reason) : std::nullopt;
+    if (rep.skipped && o_.on_nonfinite != OnNonFinite::Skip)
+      throw LlamaError(cat("step ", step_ + 1, " skipped: ", rep.reason));
     ++step_;
     return lr;
   }
+  /// Why the last step was skipped (--on-nonfinite skip), if it was.
+  const std::optional<std::string>& last_step_skipped() const { return skipped_; }
 
   /// Mean held-out loss over --eval-data's first --eval-examples examples (group 0's view).
   double eval_loss() {
@@ -189,43 +255,17 @@ class Trainer {
     return write_adapter_outputs(in);
   }
 
-  /// Writes the resumable state into `dir` (temp dir + rename; collective over workers).
-  void save_state(const std::filesystem::path& dir) {
-    namespace fs = std::filesystem;
-    const fs::path target = fs::absolute(dir).lexically_normal();
-    const fs::path tmp = target.string() + ".tmp";
-    const fs::path old = target.string() + ".old";
-    if (root_) {
-      fs::remove_all(tmp);
-      std::error_code ec;
-      fs::create_directories(tmp, ec);
-      if (ec) throw LlamaError(cat("cannot create ", tmp.string(), ": ", ec.message()));
-    }
-    comm_->barrier();
-    try {
-      write_state_files(tmp);
-    } catch (...) {
-      if (root_) fs::remove_all(tmp);  // never leave a half-written state behind
-      throw;
-    }
-    comm_->barrier();
-    if (root_) {  // the complete state replaces the previous one in one rename
-      std::error_code ec;
-      fs::remove_all(old);
-      const bool had = fs::exists(target);
-      if (had) fs::rename(target, old, ec);
-      if (ec) throw LlamaError(cat("cannot move the old state ", target.string(), " aside: ", ec.message()));
-      fs::rename(tmp, target, ec);
-      if (ec) throw LlamaError(cat("cannot rename ", tmp.string(), " to ", target.string(), ": ", ec.message()));
-      fsync_path(target.parent_path(), true);
-      if (had) fs::remove_all(old);
-    }
-    comm_->barrier();
-  }
+  /// Writes the resumable state into `dir` (collective over workers): every file goes into
+  /// `dir.tmp-<pid>-<nonce>`, worker 0 adds manifest.json (every worker's files, sizes, checksums)
+  /// after a barrier, then moves the previous state to `dir.old-<pid>-<nonce>`, renames the new one
+  /// into place and removes the old one. A crash at any point leaves a complete state that
+  /// `--resume dir` finds (state_dir.hpp).
+  void save_state(const std::filesystem::path& dir) { save_snapshot(dir, take_snapshot(positions())); }
 
   /// The whole run: echo, eval before, the steps (progress, metrics, periodic eval/state), eval
   /// after, sample, GSM8K, state, merged output.
   TrainSummary run() {
+    const StopSignals signals;  // SIGINT / SIGTERM / SIGUSR1: finish the step, save, exit 128 + signal
     TrainSummary sum;
     sum.total_steps = total_;
     const EngineInfo info = eng_->info();
@@ -238,7 +278,7 @@ class Trainer {
             " dropped: all labels masked), ", loaders_[0].shard_size(), " per group; ", total_,
             " steps (warmup ", sched_.warmup_steps, ", cosine), tokens per step ≈ K·grad_accum·micro_batch·len\n",
             "  config ", o_.to_json().dump(), "\n"));
-    if (step_ > 0) say(cat("  resumed from ", o_.resume, " at step ", step_, "\n"));
+    if (step_ > 0) say(cat("  resumed from ", resume_dir_.string(), " at step ", step_, " (run ", run_id_, ")\n"));
     if (!eval_batches_.empty()) {
       sum.eval_before = eval_loss();
       say(cat("eval loss (before, step ", step_, "): ", fixed(*sum.eval_before, 4), "\n"));
@@ -251,7 +291,10 @@ class Trainer {
     const long first = step_;
     while (step_ < total_ && !(o_.stop_after > 0 && step_ - first >= o_.stop_after)) {
       const auto ts = std::chrono::steady_clock::now();
+      const std::vector<DataPosition> before = positions();
       const auto [loss, tok] = accumulate_gradients();
+      signal_test_hook(step_ + 1, comm_->rank());
+      guard_divergence(loss, before);  // throws (after keeping the last good state) when it trips
       const double lr = apply_step();
       const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - ts).count();
       const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -268,18 +311,28 @@ class Trainer {
       nlohmann::json rec = {{"type", "step"}, {"step", step_}, {"total_steps", total_}, {"loss", loss}, {"lr", lr},
                             {"tokens", tok}, {"tokens_per_s", tok / dt}, {"step_s", dt}, {"elapsed_s", elapsed}};
       if (const auto peak = eng_->peak_device_bytes()) rec["peak_device_bytes"] = *peak;
+      if (skipped_) {
+        rec["skipped"] = true;
+        rec["reason"] = *skipped_;
+        say(cat("step ", step_, " skipped (--on-nonfinite skip): ", *skipped_, "\n"));
+      }
       metric(rec);
       if (o_.eval_every > 0 && step_ % o_.eval_every == 0 && step_ < total_ && !eval_batches_.empty()) {
         const double e = eval_loss();
         say(cat("eval loss (step ", step_, "): ", fixed(e, 4), "\n"));
         metric({{"type", "eval"}, {"step", step_}, {"eval_loss", e}});
       }
-      if (o_.save_every > 0 && step_ % o_.save_every == 0 && step_ < total_) save_state(o_.save_state);
+      if (o_.save_every > 0 && step_ % o_.save_every == 0 && step_ < total_) {
+        if (spike_start_) say(cat("step ", step_, ": periodic save skipped (the loss is spiking)\n"));
+        else save_state(o_.save_state);
+      }
+      if ((sum.stop_signal = agree_on_stop()) != 0) break;  // every worker stops after the same step
     }
     sum.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     sum.steps_this_run = step_ - first;
     sum.steps_done = step_;
     sum.tokens_per_s = sum.seconds > 0 ? tokens / sum.seconds : 0;
+    if (sum.stop_signal) return stop_on_signal(sum, tokens);
     if (comm_->size() > 1) eng_->verify_replicas();
     sum.peak_device_bytes = eng_->peak_device_bytes();
     say(cat("trained ", sum.steps_this_run, " steps in ", fixed(sum.seconds, 1), " s (", fixed(sum.tokens_per_s, 0),
@@ -309,7 +362,7 @@ class Trainer {
       metric({{"type", "gsm8k"}, {"step", step_}, {"correct", c}, {"n", n}, {"accuracy", *sum.gsm8k_accuracy}});
     }
     if (!o_.save_state.empty()) {
-      save_state(o_.save_state);
+      if (last_saved_step_ != step_) save_state(o_.save_state);
       say(cat("state saved to ", o_.save_state, " (step ", step_, ")\n"));
     }
     if (!o_.output.empty()) {
@@ -317,36 +370,245 @@ class Trainer {
       say(cat("merged model written to ", o_.output, " (", torch_dtype_name(hf_save_options().dtype), ")\n"));
     }
     save_adapters();
+    release_locks();
     return sum;
   }
 
  private:
-  /// This worker's state files inside `tmp` (worker 0 also writes the shared ones, state.json last).
-  void write_state_files(const std::filesystem::path& tmp) {
-    const TrainState s = eng_->state();
+  /// What a save writes: the engine's state, this worker's data positions, the step, the guard's
+  /// window (taken before a step's update when the divergence guard keeps a last good state).
+  struct Snapshot {
+    TrainState state;
+    std::vector<DataPosition> positions;
+    long step = 0;
+    std::vector<double> recent_losses;
+  };
+  std::vector<DataPosition> positions() const {
+    std::vector<DataPosition> p;
+    for (const auto& l : loaders_) p.push_back(l.position());
+    return p;
+  }
+  Snapshot take_snapshot(std::vector<DataPosition> pos) { return {eng_->state(), std::move(pos), step_, recent_losses_}; }
+
+  void save_snapshot(const std::filesystem::path& dir, const Snapshot& snap) {
+    namespace fs = std::filesystem;
+    if (root_ && !state_lock_.held() && fs::absolute(dir).lexically_normal() == fs::absolute(o_.save_state).lexically_normal())
+      state_lock_ = DirLock(dir, true, "--save-state");  // save_state() after run() released it
+    const fs::path target = fs::absolute(dir).lexically_normal();
+    // A name unique to this save: worker 0's pid and a random nonce, shared with every worker.
+    double id[2] = {0, 0};
+    if (root_) {
+      std::random_device rd;
+      id[0] = double(::getpid());
+      id[1] = double(rd() & 0xffffffu);
+    }
+    comm_->all_reduce_sum(id, 2);
+    char suffix[48];
+    std::snprintf(suffix, sizeof suffix, "-%ld-%06lx", long(id[0]), static_cast<unsigned long>(id[1]));
+    const fs::path tmp = target.string() + ".tmp" + suffix;
+    const fs::path old = target.string() + ".old" + suffix;
+    if (root_) {
+      fs::remove_all(tmp);
+      std::error_code ec;
+      fs::create_directories(tmp, ec);
+      if (ec) throw LlamaError(cat("cannot create ", tmp.string(), ": ", ec.message()));
+    }
+    comm_->barrier();
+    const int P = comm_->size();
+    std::vector<double> digests(std::size_t(P) * 2 * 4, 0.0);  // per worker, per file: size hi/lo, hash hi/lo
+    std::map<std::string, FileDigest> mine;
+    try {
+      mine = write_state_files(tmp, snap);
+      const auto names = rank_files(comm_->rank());
+      for (std::size_t f = 0; f < 2; ++f) {
+        const FileDigest& d = mine.at(names[f]);
+        const std::uint64_t h = std::stoull(d.xxh64, nullptr, 16);
+        double* o = &digests[(std::size_t(comm_->rank()) * 2 + f) * 4];
+        o[0] = double(d.size >> 32), o[1] = double(d.size & 0xffffffffu), o[2] = double(h >> 32), o[3] = double(h & 0xffffffffu);
+      }
+    } catch (...) {
+      if (root_) fs::remove_all(tmp);  // never leave a half-written state behind
+      throw;
+    }
+    comm_->all_reduce_sum(digests.data(), digests.size());  // also the barrier after every worker's files
+    if (root_) {
+      StateManifest m;
+      m.stamp = {run_id_, snap.step};
+      m.processes = P;
+      for (const auto& n : shared_files()) m.files[n] = mine.at(n);
+      for (int p = 0; p < P; ++p) {
+        const auto names = rank_files(p);
+        for (std::size_t f = 0; f < 2; ++f) {
+          const double* o = &digests[(std::size_t(p) * 2 + f) * 4];
+          const auto u = [](double hi, double lo) { return (std::uint64_t(hi) << 32) | std::uint64_t(lo); };
+          m.files[names[f]] = {u(o[0], o[1]), hex64(u(o[2], o[3]))};
+        }
+      }
+      write_manifest(tmp, m);
+      fsync_path(tmp, true);
+      save_stage_hook(1, snap.step);
+      // the complete state replaces the previous one: DIR -> DIR.old-*, DIR.tmp-* -> DIR, rm DIR.old-*
+      std::error_code ec;
+      const bool had = fs::exists(target);
+      if (had) fs::rename(target, old, ec);
+      if (ec) throw LlamaError(cat("cannot move the old state ", target.string(), " aside: ", ec.message()));
+      save_stage_hook(2, snap.step);
+      fs::rename(tmp, target, ec);
+      if (ec) throw LlamaError(cat("cannot rename ", tmp.string(), " to ", target.string(), ": ", ec.message()));
+      fsync_path(target.parent_path(), true);
+      save_stage_hook(3, snap.step);
+      if (had) fs::remove_all(old);
+    }
+    comm_->barrier();
+    if (target == fs::absolute(o_.save_state).lexically_normal()) last_saved_step_ = snap.step;
+  }
+
+  /// This worker's state files inside `tmp` (worker 0 also writes the shared ones, state.json last),
+  /// each stamped with the run id and step. Returns their sizes and checksums.
+  std::map<std::string, FileDigest> write_state_files(const std::filesystem::path& tmp, const Snapshot& snap) {
+    const TrainState& s = snap.state;
+    const StateStamp stamp{run_id_, snap.step};
     std::vector<TensorToWrite> shared, local;
     for (const auto& t : s.tensors) (t.local ? local : shared).push_back({t.name, {t.rows, t.cols}, t.data.data()});
     nlohmann::json rank_json, counters_shared = nlohmann::json::object(), counters_local = nlohmann::json::object();
     for (const auto& c : s.counters) (c.local ? counters_local : counters_shared)[c.name] = c.value;
     nlohmann::json positions = nlohmann::json::array();
-    for (const auto& l : loaders_) positions.push_back({l.position().epoch, l.position().index});
+    for (const auto& p : snap.positions) positions.push_back({p.epoch, p.index});
+    rank_json["run_id"] = run_id_;
+    rank_json["step"] = snap.step;
     rank_json["first_group"] = comm_->first_group();
     rank_json["positions"] = positions;
     rank_json["counters"] = counters_local;
-    const std::string p = cat("rank-", comm_->rank());
-    write_safetensors(tmp / (p + ".safetensors"), local);
-    write_file_atomic(tmp / (p + ".json"), rank_json.dump(1) + "\n");
+    const auto names = rank_files(comm_->rank());
+    write_safetensors(tmp / names[1], local, DType::F32, stamp_metadata(stamp));
+    write_file_atomic(tmp / names[0], rank_json.dump(1) + "\n");
+    std::vector<std::string> written = names;
     if (root_) {
-      write_safetensors(tmp / "shared.safetensors", shared);
+      write_safetensors(tmp / "shared.safetensors", shared, DType::F32, stamp_metadata(stamp));
       nlohmann::json j;
-      j["format"] = "hdpissa-train-state/1";
+      j["format"] = kStateFormat;
+      j["run_id"] = run_id_;
+      j["step"] = snap.step;
       j["config"] = trajectory();
-      j["step"] = step_;
       j["total_steps"] = total_;
       j["counters"] = counters_shared;
+      j["recent_losses"] = snap.recent_losses;
       write_file_atomic(tmp / "state.json", j.dump(1) + "\n");
-      fsync_path(tmp, true);
+      written.push_back("shared.safetensors");
+      written.push_back("state.json");
     }
+    std::map<std::string, FileDigest> out;
+    for (const auto& n : written) out[n] = {std::uint64_t(std::filesystem::file_size(tmp / n)), file_xxh64(tmp / n)};
+    return out;
+  }
+
+  /// --max-loss and the loss-spike detector, before step_+1's update (`before`: the data positions
+  /// at its start). On a trip: the last good state — the live one, or the one kept when the spike
+  /// began — is saved to --save-state (unless already there) and a LlamaError says what happened.
+  void guard_divergence(double loss, const std::vector<DataPosition>& before) {
+    if (!std::isfinite(loss)) return;  // --on-nonfinite decides
+    std::string why;
+    if (o_.max_loss > 0 && loss > o_.max_loss)
+      why = cat("loss ", fixed(loss, 4), " at step ", step_ + 1, " exceeds --max-loss ", o_.max_loss);
+    if (why.empty() && o_.loss_spike_factor > 0 && recent_losses_.size() >= 3) {
+      std::vector<double> w = recent_losses_;
+      std::nth_element(w.begin(), w.begin() + std::ptrdiff_t(w.size() / 2), w.end());
+      const double median = w[w.size() / 2];
+      if (loss > o_.loss_spike_factor * median) {
+        if (!spike_start_) spike_start_ = take_snapshot(before);  // the state before the first spiking step
+        if (++spike_run_ >= o_.loss_spike_steps)
+          why = cat("loss ", fixed(loss, 4), " at step ", step_ + 1, " is above ", o_.loss_spike_factor,
+                    " x its running median ", fixed(median, 4), " for ", spike_run_, " consecutive step(s) "
+                    "(--loss-spike-factor ", o_.loss_spike_factor, " --loss-spike-steps ", o_.loss_spike_steps, ")");
+        else return;
+      }
+    }
+    if (why.empty()) {
+      spike_run_ = 0;
+      spike_start_.reset();
+      recent_losses_.push_back(loss);
+      if (recent_losses_.size() > kLossWindow) recent_losses_.erase(recent_losses_.begin());
+      return;
+    }
+    const Snapshot good = spike_start_ ? std::move(*spike_start_) : take_snapshot(before);
+    spike_start_.reset();
+    std::string kept = " (no --save-state: nothing saved)";
+    if (!o_.save_state.empty()) {
+      if (last_saved_step_ != good.step) save_snapshot(o_.save_state, good);
+      kept = cat("; the last good state (step ", good.step, ", before the divergence) is in ", o_.save_state);
+    }
+    metric({{"type", "diverged"}, {"step", step_ + 1}, {"loss", loss}, {"reason", why}});
+    release_locks();
+    throw LlamaError(cat("divergence guard: ", why, kept));
+  }
+
+  /// Whether any worker received a stop signal, agreed by all (the first such signal; 0: none).
+  int agree_on_stop() {
+    const int mine = stop_signal_received();
+    double v[2] = {mine ? 1.0 : 0.0, double(mine)};
+    comm_->all_reduce_sum(v, 2);
+    if (v[0] == 0) return 0;
+    const int sig = int(v[1] / v[0] + 0.5);
+    return double(sig) * v[0] == v[1] ? sig : SIGTERM;
+  }
+
+  /// The end of a run stopped by a signal: save (if --save-state), flush the metrics, say so.
+  TrainSummary& stop_on_signal(TrainSummary& sum, double tokens) {
+    if (!o_.save_state.empty() && last_saved_step_ != step_) save_state(o_.save_state);
+    metric({{"type", "summary"}, {"step", step_}, {"steps_this_run", sum.steps_this_run}, {"tokens", tokens},
+            {"seconds", sum.seconds}, {"tokens_per_s", sum.tokens_per_s}, {"stopped_by", signal_name(sum.stop_signal)}});
+    metrics_.close();
+    say(cat("hdpissa-train: received ", signal_name(sum.stop_signal), ": stopped after step ", step_, " of ", total_,
+            o_.save_state.empty() ? std::string("; no --save-state, so the progress is not saved")
+                                  : cat("; state saved to ", o_.save_state, " (continue with --resume ", o_.save_state, ")"),
+            "; exit code ", 128 + sum.stop_signal, "\n"));
+    release_locks();
+    return sum;
+  }
+
+  void release_locks() {
+    state_lock_.release();
+    resume_lock_.release();
+    output_lock_.release();
+  }
+
+  /// Worker 0's 32-hex-digit `id` on every worker (through the host communicator, 16 bits a double).
+  std::string share_hex_id(const std::string& id) {
+    double v[8] = {};
+    if (root_)
+      for (int i = 0; i < 8; ++i) v[i] = double(std::stoul(id.substr(std::size_t(4 * i), 4), nullptr, 16));
+    comm_->all_reduce_sum(v, 8);
+    std::string out;
+    char buf[5];
+    for (double x : v) {
+      std::snprintf(buf, sizeof buf, "%04x", unsigned(x));
+      out += buf;
+    }
+    return out;
+  }
+
+  /// A resumed run's metrics log keeps only the records up to the resumed step (and drops a
+  /// cut-off last line), so that no step appears twice.
+  void truncate_metrics(const std::filesystem::path& p) {
+    std::error_code ec;
+    if (!std::filesystem::is_regular_file(p, ec)) return;
+    std::istringstream in(read_file_text(p));
+    std::string line, kept;
+    long dropped = 0;
+    while (std::getline(in, line)) {
+      if (line.empty()) continue;
+      bool keep = false;
+      try {
+        const auto j = nlohmann::json::parse(line);
+        keep = !j.contains("step") || !j["step"].is_number() || j["step"].get<long>() <= step_;
+      } catch (const nlohmann::json::exception&) {
+      }
+      if (keep) kept += line + "\n";
+      else ++dropped;
+    }
+    if (dropped == 0) return;
+    write_file_atomic(p, kept);
+    say(cat("--metrics ", p.string(), ": removed ", dropped, " record(s) after the resumed step ", step_, "\n"));
   }
 
   /// How HF outputs are saved: --output-dtype (auto: the input's), --max-shard-size, the input's
@@ -388,7 +650,7 @@ class Trainer {
     if (root_) *log_ << s << std::flush;
   }
   void metric(const nlohmann::json& j) {
-    if (root_ && metrics_.is_open()) metrics_ << j.dump() << "\n" << std::flush;
+    if (root_ && metrics_.is_open()) metrics_.write(j.dump());
   }
 
   nlohmann::json trajectory() const {
@@ -400,6 +662,60 @@ class Trainer {
 
   void setup() {
     namespace fs = std::filesystem;
+    // ---- up-front checks and locks, before anything expensive (preflight.hpp, state_dir.hpp)
+    (void)check_run_paths(o_, comm_->size());
+    const auto same = [](const std::string& a, const std::string& b) {
+      return !a.empty() && !b.empty() && fs::absolute(a).lexically_normal() == fs::absolute(b).lexically_normal();
+    };
+    if (root_) {  // worker 0 holds the locks for the job
+      if (!o_.save_state.empty()) state_lock_ = DirLock(o_.save_state, true, "--save-state");
+      if (!o_.resume.empty() && !same(o_.resume, o_.save_state)) resume_lock_ = DirLock(o_.resume, false, "--resume");
+      if (!o_.output.empty()) {
+        output_lock_ = DirLock(o_.output, true, "--output");
+        recover_output_dir(o_.output, [this](const std::string& m) { say(m); });
+      }
+    }
+    std::optional<StateChoice> choice;
+    if (!o_.resume.empty()) {
+      // worker 0 verifies every candidate and picks one; the others verify their own files of it
+      double pick = 0;
+      std::string err;
+      if (root_) {
+        try {
+          choice = find_newest_state(o_.resume);
+          const auto cands = state_candidates(o_.resume);
+          pick = double(std::find(cands.begin(), cands.end(), choice->dir) - cands.begin());
+        } catch (const std::exception& e) {
+          err = e.what();
+          pick = -1;
+        }
+      }
+      comm_->all_reduce_sum(&pick, 1);
+      if (pick < 0) throw LlamaError(root_ ? err : cat("--resume ", o_.resume, ": worker 0 found no complete state"));
+      if (root_) {
+        resume_dir_ = choice->dir;
+        const fs::path target = fs::absolute(o_.resume).lexically_normal();
+        if (resume_dir_ != target)
+          say(cat("--resume ", o_.resume, ": taking ", resume_dir_.filename().string(), " (step ", choice->manifest.stamp.step,
+                  "), the newest complete state (a save was interrupted)\n"));
+        for (const auto& n : choice->notes) say(cat("  ", n, "\n"));
+      } else {
+        resume_dir_ = state_candidates(o_.resume).at(std::size_t(pick));
+        auto files = shared_files();
+        for (auto& f : rank_files(comm_->rank())) files.push_back(std::move(f));
+        (void)verify_state(resume_dir_, files);
+      }
+      run_id_ = read_manifest(resume_dir_).stamp.run_id;
+    } else {
+      run_id_ = share_hex_id(root_ ? new_run_id() : std::string());
+      if (root_ && !o_.save_state.empty())  // leftovers of crashed saves of an earlier run into this directory
+        for (const auto& d : state_candidates(o_.save_state))
+          if (d != fs::absolute(o_.save_state).lexically_normal()) {
+            say(cat("--save-state: removing ", d.filename().string(), ", left by an interrupted save (this is a fresh run)\n"));
+            std::error_code ec;
+            fs::remove_all(d, ec);
+          }
+    }
     // ---- model and tokenizer
     LoadOptions load_opt;
     load_opt.allow_unused = o_.allow_unused;
@@ -464,13 +780,10 @@ class Trainer {
     std::optional<TrainState> saved;
     nlohmann::json state, rank_state;
     if (!o_.resume.empty()) {
-      const fs::path dir = o_.resume;
-      if (!fs::is_directory(dir)) throw LlamaError(cat("--resume ", dir.string(), ": no such state directory"));
-      if (!fs::exists(dir / "state.json"))
-        throw LlamaError(cat("--resume ", dir.string(), ": expected a training state (state.json), found none"));
+      const fs::path dir = resume_dir_;
       state = parse_json(dir / "state.json");
-      if (state.value("format", std::string()) != "hdpissa-train-state/1")
-        throw LlamaError(cat(dir.string(), "/state.json: expected format hdpissa-train-state/1, found ",
+      if (state.value("format", std::string()) != kStateFormat)
+        throw LlamaError(cat(dir.string(), "/state.json: expected format ", kStateFormat, ", found ",
                              state.contains("format") ? state["format"].dump() : std::string("none")));
       const nlohmann::json now = trajectory(), saved_config = state.at("config");
       for (auto it = now.begin(); it != now.end(); ++it) {
@@ -482,6 +795,26 @@ class Trainer {
       }
       rank_state = parse_json(dir / cat("rank-", comm_->rank(), ".json"));
       saved = read_state(dir, rank_state, state);
+      if (state.contains("recent_losses")) recent_losses_ = state["recent_losses"].get<std::vector<double>>();
+      comm_->barrier();  // every worker has read its files
+      if (root_ && choice && same(o_.resume, o_.save_state)) {
+        // this run owns S: S becomes the state resumed from, the other candidates go
+        const fs::path target = fs::absolute(o_.resume).lexically_normal();
+        std::error_code ec;
+        for (const auto& d : choice->stale) {
+          say(cat("--resume: removing ", d.filename().string(), " (older than ", resume_dir_.filename().string(),
+                  ", or incomplete)\n"));
+          fs::remove_all(d, ec);
+        }
+        if (resume_dir_ != target) {
+          fs::rename(resume_dir_, target, ec);
+          if (ec) throw LlamaError(cat("cannot rename ", resume_dir_.string(), " to ", target.string(), ": ", ec.message()));
+          fsync_path(target.parent_path(), true);
+          resume_dir_ = target;
+        }
+      }
+      last_saved_step_ = same(o_.resume, o_.save_state) ? state.at("step").get<long>() : -1;
+      resume_lock_.release();
     }
     const TrainState* resume = saved ? &*saved : nullptr;
     // ---- adapter exports: W_init of the targets (the CPU path trains the host model in place)
@@ -507,10 +840,10 @@ class Trainer {
     }
 
     if (saved) {
-      eng_->load_state(*saved, o_.resume);
+      eng_->load_state(*saved, resume_dir_.string());
       const auto& pos = rank_state.at("positions");
       if (pos.size() != loaders_.size() || rank_state.at("first_group").get<int>() != comm_->first_group())
-        throw LlamaError(cat(o_.resume, ": the state holds ", pos.size(), " data positions from group ",
+        throw LlamaError(cat(resume_dir_.string(), ": the state holds ", pos.size(), " data positions from group ",
                              rank_state.at("first_group").dump(), ", this worker runs ", loaders_.size(),
                              " from group ", comm_->first_group()));
       for (std::size_t i = 0; i < loaders_.size(); ++i)
@@ -537,13 +870,14 @@ class Trainer {
     if (!o_.eval_gsm8k.empty() && !fs::exists(o_.eval_gsm8k))
       throw LlamaError(cat("--eval-gsm8k: file not found: ", o_.eval_gsm8k));
     // ---- the metrics log, opened last so that a failed setup leaves no file behind (a resumed run
-    // appends; every line is a complete JSON object, flushed as written)
+    // drops the records after its step, then appends; every line is a complete JSON object, flushed
+    // as written; a failed write is an error)
     if (!o_.metrics.empty() && root_) {
       const fs::path mp = fs::absolute(o_.metrics);
       std::error_code ec;
       fs::create_directories(mp.parent_path(), ec);
-      metrics_.open(mp, o_.resume.empty() ? std::ios::trunc : std::ios::app);
-      if (!metrics_) throw LlamaError(cat("--metrics: cannot open ", o_.metrics, " for writing"));
+      if (!o_.resume.empty()) truncate_metrics(mp);
+      metrics_.open(mp, !o_.resume.empty());
     }
   }
 
@@ -597,7 +931,17 @@ class Trainer {
   long step_ = 0, total_ = 0;
   hdpissa::WarmupCosineSchedule sched_;
   std::string model_fp_, data_fp_;
-  std::ofstream metrics_;
+  MetricsFile metrics_;
+  // ---- issue 18: identity, locks, guard
+  static constexpr std::size_t kLossWindow = 100;  ///< the spike detector's running-median window
+  std::string run_id_;
+  std::filesystem::path resume_dir_;  ///< the state actually resumed from (S, or S.tmp-* / S.old-*)
+  DirLock state_lock_, resume_lock_, output_lock_;
+  long last_saved_step_ = -1;
+  std::vector<double> recent_losses_;
+  int spike_run_ = 0;
+  std::optional<Snapshot> spike_start_;
+  std::optional<std::string> skipped_;
   int threads_ = 1;
   DeviceCommSetup device_comm_;
   std::vector<LinearId> initial_ids_;     // targets whose W_init is kept (adapter exports, CPU path)
