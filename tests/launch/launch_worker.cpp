@@ -27,7 +27,7 @@
 
 #include "hdpissa/comm/socket_communicator.hpp"
 #include "hdpissa/hdpissa.hpp"
-#include "hdpissa_problem.hpp"
+#include "../common/hdpissa_problem.hpp"
 
 using namespace hdpissa;
 
