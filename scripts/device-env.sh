@@ -4,8 +4,9 @@
 # (made here with: mkdir -p .devdata/debs && cd .devdata/debs &&
 #  apt-get download libpcre2-dev libpcre2-8-0 libpcre2-16-0 libpcre2-32-0 libpcre2-posix3),
 # unpacked under /tmp/pt (never over /) and found through PKG_CONFIG_PATH / LD_LIBRARY_PATH.
-if ! pkg-config --exists libpcre2-8 2>/dev/null && ls .devdata/debs/*.deb > /dev/null 2>&1; then
-  mkdir -p /tmp/pt && for f in .devdata/debs/*.deb; do dpkg -x "$f" /tmp/pt; done
+_hd_debs="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/.devdata/debs"
+if ! pkg-config --exists libpcre2-8 2>/dev/null && ls "$_hd_debs"/*.deb > /dev/null 2>&1; then
+  mkdir -p /tmp/pt && for f in "$_hd_debs"/*.deb; do dpkg -x "$f" /tmp/pt; done
   sed -i 's#^prefix=/usr$#prefix=/tmp/pt/usr#' /tmp/pt/usr/lib/x86_64-linux-gnu/pkgconfig/*.pc
   export PKG_CONFIG_PATH=/tmp/pt/usr/lib/x86_64-linux-gnu/pkgconfig${PKG_CONFIG_PATH:+:$PKG_CONFIG_PATH}
   export LD_LIBRARY_PATH=/tmp/pt/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}

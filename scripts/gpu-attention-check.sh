@@ -16,6 +16,7 @@ cd "$(dirname "$0")/.."
 OUTDIR=${OUT:-build/gpu/out}
 DATA=${DATA:-.devdata}
 mkdir -p "$OUTDIR"
+source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/device-env.sh"  # PCRE2 on a GPU image without it
 nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv,noheader | tee "$OUTDIR/device.txt"
 t0=$(date +%s)
 targets=(hdpissa_llama_cuda_tests bench_llama_cuda)

@@ -11,6 +11,7 @@
 #   BENCH_FILTER=regex  E2E_ARGS="svd init7b dwu7b"  STORIES=path/model.safetensors  SKIP_BENCH=1
 #   SKIP_HF=1                                 # skip scripts/hf-check.sh (transformers load/loss check)
 set -uo pipefail
+source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/device-env.sh"  # PCRE2 on a GPU image without it
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BUILD_DIR="${BUILD_DIR:-$ROOT/build-gpu}"
 OUTDIR="${OUT:-$BUILD_DIR/out}"

@@ -7,6 +7,7 @@
 #   4. hdpissa_cuda_train_tests           (hdpissa-train --device cuda vs the CPU trainer; needs DATA)
 # Logs go to $OUT (else build/gpu/out). Usage: [DATA=.devdata] [SKIP_TRAIN=1] scripts/gpu-dwu-check.sh
 set -uo pipefail
+source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/device-env.sh"  # PCRE2 on a GPU image without it
 cd "$(dirname "$0")/.."
 OUTDIR=${OUT:-build/gpu/out}
 DATA=${DATA:-.devdata}

@@ -16,6 +16,7 @@
 # (training runs side by side on the GPU, default 6), SKIP_TESTS; every other reproduce.sh variable
 # (STEPS, RANK, GLOBAL, ...) passes through.
 set -uo pipefail
+source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/device-env.sh"  # PCRE2 on a GPU image without it
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 DATA=$(cd "${DATA:-$ROOT/../shared/data}" && pwd)
 KEEP=${KEEP:-$ROOT/runs/gpu-reproduce}

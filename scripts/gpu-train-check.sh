@@ -14,6 +14,7 @@ DATA=${DATA:-../shared/data}
 OUT=${OUT:-runs/gpu-train-check}
 TL_LAYERS=${TL_LAYERS:-4}
 mkdir -p "$OUT"
+source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/device-env.sh"  # PCRE2 on a GPU image without it
 if ! [ -x "$BIN/examples/llama/hdpissa-train" ] || ! [ -x "$BIN/tests/llama/cuda_train/hdpissa_cuda_train_tests" ] ||
    ldd "$BIN/examples/llama/hdpissa-train" "$BIN/tests/llama/cuda_train/hdpissa_cuda_train_tests" | grep -q "not found"; then
   echo "gpu-train-check: building in build/gpu"

@@ -16,6 +16,7 @@
 #      .devdata/hfcheck if present, else $HDPISSA_DATA, else ../shared/data), PYTHON (python3).
 # Exit: 0 every check that ran passed, 1 a check failed, 77 none could run.
 set -uo pipefail
+source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/device-env.sh"  # PCRE2 on a GPU image without it
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BUILD_DIR="${BUILD_DIR:-$ROOT/build/gpu}"
 BIN="${BIN:-$BUILD_DIR/examples/llama}"

@@ -166,6 +166,7 @@ say "throughput.sh at $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || ech
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader 2>/dev/null | sed 's/^/gpu: /' | tee -a "$LOG"
 
 # ---- 1. build (this tree, and the baseline tar beside it)
+source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/device-env.sh"  # PCRE2 on a GPU image without it
 base_pid=""
 if [[ -z "${BASELINE_BIN:-}" && -n "${BASELINE_TAR:-}" ]]; then
   if [[ -f "$BASELINE_TAR" ]]; then
