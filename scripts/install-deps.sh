@@ -5,7 +5,7 @@
 set -euo pipefail
 pkgs=(cmake g++ make pkg-config libeigen3-dev doctest-dev libbenchmark-dev
       libboost-mpi-dev libboost-serialization-dev libopenmpi-dev openmpi-bin
-      nlohmann-json3-dev libsentencepiece-dev libpcre2-dev libxxhash-dev
+      nlohmann-json3-dev libsentencepiece-dev libpcre2-dev libxxhash-dev libcli11-dev
       python3 python3-numpy python3-torch python3-matplotlib)
 missing=()
 for p in "${pkgs[@]}"; do

@@ -11,6 +11,10 @@
 
 int main(int argc, char** argv) {
   try {
+    if (argc == 2 && std::string(argv[1]) == "--version") {
+      std::cout << "hdpissa-run (hdpissa) " << HDPISSA_VERSION_STRING << "\n";
+      return 0;
+    }
     bool help = false;
     hdpissa::LaunchOptions o = hdpissa::parse_launch_args(std::vector<std::string>(argv + 1, argv + argc), &help);
     if (help) {

@@ -8,91 +8,69 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
+#include <vector>
 #include <sstream>
 #include <string>
 
+#include "llama/cli.hpp"
 #include "rank_analysis.hpp"
 
 namespace {
 
 using hdpissa::rank_analysis::Options;
 
-[[noreturn]] void usage(const char* why, int code) {
-  std::fprintf(code ? stderr : stdout,
-               "%s%s"
-               "usage: hdpissa-rank-analysis --init PATH --final PATH [options]\n"
-               "  PATH: an HF checkpoint directory (model.safetensors or a sharded index) or a .safetensors file\n"
-               "  --layers A,B,...   tensor names to analyse (default: every *_proj.weight of --modules)\n"
-               "  --layers-file F    tensor names, one per line\n"
-               "  --modules LIST     default selection, comma-separated (default q,k,v,o,gate,up,down)\n"
-               "  --tau T            numerical rank = #{σ_i > T σ_1} (default 1e-3: 1-3 orders above the fp32\n"
-               "                     storage-rounding floor of ΔW, which is reported per layer)\n"
-               "  --energy E         energy rank: smallest k with Σ_{i≤k} σ_i² ≥ E Σ σ_i² (default 0.9)\n"
-               "  --subspace-rank N  also report ‖ΔW outside {X V_Nᵀ + U_N Y}‖_F / ‖ΔW‖_F, (U_N, V_N) = top-N singular\n"
-               "                     vectors of W_init: HD-PiSSA's first-order subspace for N = K·r (spec §4)\n"
-               "  --label NAME       method label written to the CSV / JSON\n"
-               "  --csv FILE         per-layer metrics\n"
-               "  --json FILE        per-layer metrics and full spectra (for plot_spectra.py)\n"
-               "  --threads T        layers analysed concurrently (default 1; results are identical)\n"
-               "  --per-layer        print every layer, not only the per-module means\n",
-               why, *why ? "\n" : "");
-  std::exit(code);
-}
-
-std::vector<std::string> split(const std::string& s, char sep) {
-  std::vector<std::string> out;
-  std::stringstream ss(s);
-  for (std::string item; std::getline(ss, item, sep);)
-    if (!item.empty()) out.push_back(item);
-  return out;
-}
-
-double to_double(const char* flag, const char* s) {
-  char* end = nullptr;
-  const double v = std::strtod(s, &end);
-  if (!*s || *end) usage((std::string(flag) + ": expected a number, found '" + s + "'").c_str(), 2);
-  return v;
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
+  namespace cli = hdpissa::llama::cli;
   Options o;
   bool per_layer = false;
-  for (int i = 1; i < argc; ++i) {
-    const std::string a = argv[i];
-    auto need = [&]() -> const char* {
-      if (i + 1 >= argc) usage(("missing value after " + a).c_str(), 2);
-      return argv[++i];
-    };
-    if (a == "--init") o.init = need();
-    else if (a == "--final") o.final_ = need();
-    else if (a == "--layers") o.layers = split(need(), ',');
-    else if (a == "--layers-file") {
-      const std::string f = need();
-      std::ifstream in(f);
-      if (!in) usage(("--layers-file: cannot read '" + f + "'").c_str(), 2);
-      for (std::string line; std::getline(in, line);)
-        if (!line.empty() && line[0] != '#') o.layers.push_back(line);
-    } else if (a == "--modules") o.modules = split(need(), ',');
-    else if (a == "--tau") o.tau = to_double("--tau", need());
-    else if (a == "--energy") o.energy = to_double("--energy", need());
-    else if (a == "--subspace-rank") {
-      const double v = to_double("--subspace-rank", need());
-      if (v < 1 || v != double(long(v))) usage("--subspace-rank: expected a positive integer", 2);
-      o.subspace_rank = long(v);
-    } else if (a == "--label") o.label = need();
-    else if (a == "--csv") o.csv = need();
-    else if (a == "--json") o.json = need();
-    else if (a == "--threads") {
-      const double v = to_double("--threads", need());
-      if (v < 1 || v > 1024 || v != double(long(v))) usage("--threads: expected an integer in [1, 1024]", 2);
-      o.threads = int(v);
-    } else if (a == "--per-layer") per_layer = true;
-    else if (a == "--help" || a == "-h") usage("Effective rank of ΔW = W_final − W_init per target layer.", 0);
-    else usage(("unknown flag '" + a + "'").c_str(), 2);
+  CLI::App app{"Effective rank of dW = W_final - W_init per target layer (spec section 8).", "hdpissa-rank-analysis"};
+  cli::setup(app);
+  app.footer("PATH: an HF checkpoint directory (model.safetensors or a sharded index) or a .safetensors file");
+  app.add_option("--init", o.init, "the checkpoint before fine-tuning")->type_name("PATH")->required();
+  app.add_option("--final", o.final_, "the checkpoint after fine-tuning")->type_name("PATH")->required();
+  app.add_option_function<std::vector<std::string>>(
+         "--layers", [&o](const std::vector<std::string>& v) { o.layers = cli::split_list(v); },
+         "tensor names to analyse, comma- or space-separated (default: every *_proj.weight of --modules)")
+      ->type_name("A,B,...")->expected(1, -1);
+  app.add_option_function<std::string>(
+         "--layers-file",
+         [&o](const std::string& f) {
+           std::ifstream in(f);
+           if (!in) throw cli::UsageError("--layers-file: cannot read '" + f + "'");
+           for (std::string line; std::getline(in, line);)
+             if (!line.empty() && line[0] != '#') o.layers.push_back(line);
+         },
+         "tensor names, one per line")->type_name("FILE");
+  app.add_option_function<std::vector<std::string>>(
+         "--modules,--targets", [&o](const std::vector<std::string>& v) {
+           o.modules = cli::split_list(v);
+           if (o.modules == std::vector<std::string>{"all-linear"}) o.modules = {"q", "k", "v", "o", "gate", "up", "down"};
+         },
+         "default selection, comma- or space-separated, or all-linear (default q,k,v,o,gate,up,down)")
+      ->type_name("LIST")->expected(1, -1);
+  app.add_option("--tau", o.tau, "numerical rank = #{s_i > T s_1} (default 1e-3: 1-3 orders above the fp32 "
+                                 "storage-rounding floor of dW, which is reported per layer)")->type_name("T");
+  app.add_option("--energy", o.energy, "energy rank: smallest k with sum_{i<=k} s_i^2 >= E sum s_i^2 (default 0.9)")
+      ->type_name("E")->check(CLI::Range(0.0, 1.0));
+  app.add_option("--subspace-rank", o.subspace_rank,
+                 "also report |dW outside {X V_N^T + U_N Y}|_F / |dW|_F, (U_N, V_N) = top-N singular vectors of "
+                 "W_init: HD-PiSSA's first-order subspace for N = K r (spec section 4)")
+      ->type_name("N")->check(CLI::PositiveNumber);
+  app.add_option("--label", o.label, "method label written to the CSV / JSON")->type_name("NAME");
+  app.add_option("--csv", o.csv, "per-layer metrics")->type_name("FILE");
+  app.add_option("--json", o.json, "per-layer metrics and full spectra (for plot_spectra.py)")->type_name("FILE");
+  app.add_option("--threads", o.threads, "layers analysed concurrently (default 1; results are identical)")
+      ->type_name("T")->check(CLI::Range(1, 1024));
+  app.add_flag("--per-layer", per_layer, "print every layer, not only the per-module means");
+  try {
+    if (cli::parse(app, std::vector<std::string>(argv + 1, argv + argc)) != cli::Outcome::Run) return 0;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "hdpissa-rank-analysis: error: %s\n", e.what());
+    return 2;
   }
-  if (o.init.empty() || o.final_.empty()) usage("--init and --final are required", 2);
   try {
     const auto rs = hdpissa::rank_analysis::analyse(o);
     if (!o.csv.empty()) hdpissa::rank_analysis::write_csv(o.csv, rs, o);

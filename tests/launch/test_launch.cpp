@@ -144,6 +144,8 @@ TEST_CASE("hdpissa-run's arguments") {
   CHECK(p.command == std::vector<std::string>{"prog", "--nproc-per-node", "9"});  // the program's own flags
   CHECK(error_of([] { (void)parse_launch_args({"--bogus", "prog"}); }).find("unknown option '--bogus'") !=
         std::string::npos);
+  CHECK(error_of([] { (void)parse_launch_args({"--nproc-per-nod", "2", "prog"}); }).find("did you mean '--nproc-per-node'?") !=
+        std::string::npos);
   CHECK(error_of([] { LaunchOptions l; l.command = {"x"}; l.nnodes = 2; LocalLauncher{l}; })
             .find("need --master-port") != std::string::npos);
 }

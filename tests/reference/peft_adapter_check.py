@@ -34,6 +34,8 @@ def main():
     ap.add_argument("--eval-json", required=True, help="hdpissa-eval --json output for our merged model")
     ap.add_argument("--rtol", type=float, default=1e-4)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--record", help="append {label, loss_ours, loss_peft, n_tokens, peft} as a JSON line here")
+    ap.add_argument("--label", default="")
     a = ap.parse_args()
     try:
         import torch
@@ -71,6 +73,10 @@ def main():
     print(f"peft_adapter_check: peft {peft.__version__}: {a.adapter} on {a.base}: {n_lora} LoRA layers loaded")
     print(f"peft_adapter_check: loss ours (merged) {ours:.8f}  PeftModel {theirs:.8f}  |rel diff| {rel:.2e} "
           f"(rtol {a.rtol:g}); {n_tokens} target tokens (ours {ev['n_tokens']})")
+    if a.record:
+        with open(a.record, "a") as f:
+            f.write(json.dumps({"label": a.label, "loss_ours": ours, "loss_peft": theirs, "n_tokens": n_tokens,
+                                "peft": peft.__version__, "pass": ok}) + "\n")
     print("peft_adapter_check: " + ("PASS" if ok else "FAIL"))
     return 0 if ok else 1
 

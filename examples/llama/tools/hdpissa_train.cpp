@@ -15,6 +15,7 @@
 
 #include <cstdlib>
 #include <iostream>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -93,10 +94,11 @@ int main(int argc, char** argv) {
   const bool quiet_rank = launcher_rank() != 0 || hdpissa::llama::launched_rank() != 0;  // rank 0 prints parse errors
   hdpissa::llama::TrainOptions o;
   try {
-    bool help = false;
-    o = hdpissa::llama::parse_train_args(std::vector<std::string>(argv + 1, argv + argc), &help);
+    bool help = false;  // --help / --version: printed by rank 0
+    std::ostringstream text;
+    o = hdpissa::llama::parse_train_args(std::vector<std::string>(argv + 1, argv + argc), &help, text);
     if (help) {
-      if (!quiet_rank) std::cout << hdpissa::llama::train_usage();
+      if (!quiet_rank) std::cout << text.str();
       return 0;
     }
   } catch (const std::exception& e) {

@@ -10,6 +10,7 @@
 #include <random>
 #include <string>
 
+#include "llama/cli.hpp"
 #include "llama/model.hpp"
 
 int main(int argc, char** argv) {
@@ -19,20 +20,21 @@ int main(int argc, char** argv) {
     c.dim = 512; c.hidden_dim = 1376; c.n_layers = 4; c.n_heads = 8; c.n_kv_heads = 8;
     c.vocab_size = 32000; c.max_seq_len = 4096;
     int B = 4, T = 256, iters = 3;
-    for (int i = 1; i < argc; ++i) {
-      const std::string f = argv[i];
-      if (f == "--help") {
-        std::cout << "usage: hdpissa-llama-bench [--dim N] [--hidden N] [--layers N] [--heads N] [--kv-heads N] "
-                     "[--vocab N] [--batch N] [--seq N] [--iters N]\n(random weights: throughput only)\n";
-        return 0;
-      }
-      if (i + 1 >= argc) throw LlamaError("option " + f + " expects a value");
-      const int v = std::stoi(argv[++i]);
-      if (f == "--dim") c.dim = v; else if (f == "--hidden") c.hidden_dim = v; else if (f == "--layers") c.n_layers = v;
-      else if (f == "--heads") c.n_heads = v; else if (f == "--kv-heads") c.n_kv_heads = v;
-      else if (f == "--vocab") c.vocab_size = v; else if (f == "--batch") B = v; else if (f == "--seq") T = v;
-      else if (f == "--iters") iters = v; else throw LlamaError("unknown option '" + f + "'");
-    }
+    CLI::App app{"CPU model forward/backward throughput on random weights (throughput only).", "hdpissa-llama-bench"};
+    cli::setup(app);
+    auto pos = [&](const std::string& flag, int& ref, const std::string& help) {
+      app.add_option(flag, ref, help)->type_name("N")->check(CLI::PositiveNumber);
+    };
+    pos("--dim", c.dim, "model width (default 512)");
+    pos("--hidden", c.hidden_dim, "MLP width (default 1376)");
+    pos("--layers", c.n_layers, "decoder layers (default 4)");
+    pos("--heads", c.n_heads, "attention heads (default 8)");
+    pos("--kv-heads", c.n_kv_heads, "key/value heads (default 8)");
+    pos("--vocab", c.vocab_size, "vocabulary (default 32000)");
+    pos("--batch,--micro-batch", B, "sequences per batch (default 4)");
+    pos("--seq,--max-len", T, "tokens per sequence (default 256)");
+    pos("--iters", iters, "timed iterations (default 3)");
+    if (cli::parse(app, std::vector<std::string>(argv + 1, argv + argc)) != cli::Outcome::Run) return 0;
     c.head_dim = c.dim / c.n_heads;
     c.tie_embeddings = false;
     c.validate();

@@ -27,6 +27,7 @@
 #endif
 
 #include "llama/checkpoint.hpp"
+#include "llama/cli.hpp"
 #include "llama/data.hpp"
 #include "llama/data_formats.hpp"
 #include "llama/linear_hooks.hpp"
@@ -37,30 +38,6 @@ namespace {
 
 using hdpissa::llama::LlamaError;
 
-const char* kUsage =
-    "usage: hdpissa-eval --model DIR --data FILE [options]\n"
-    "\n"
-    "Held-out loss of a LLaMA checkpoint (our CPU model) and the exact batches it was computed on.\n"
-    "\n"
-    "  --model PATH          HF directory (config.json + model.safetensors[.index.json]) or llama2.c .bin\n"
-    "  --tokenizer PATH      SentencePiece .model, tokenizer.json, tiktoken file or a directory (default: --model)\n"
-    "  --allow-unused        warn instead of failing on unused checkpoint tensors / unsupported config fields\n"
-    "  --data-format F, --chat-template T, --prompt-field N, --input-field N, --response-field N\n"
-    "                        how to read --data, as in hdpissa-train --help (default: auto)\n"
-    "  --data FILE           instruction data, JSON array or JSONL (instruction/output, query/response,\n"
-    "                        question/answer, ...), Alpaca template\n"
-    "  --max-len N           truncate tokenized examples to N tokens (default 512)\n"
-    "  --eval-examples N     use the first N records of FILE, in file order (default 32)\n"
-    "  --micro-batch N       sequences per right-padded batch (default 4)\n"
-    "  --json FILE           write {loss, loss_sum, n_tokens, batches: [{input_ids, labels, lengths}], ...}\n"
-    "  --tokens-only         tokenize and write the batches only: no model is loaded, no loss computed\n"
-    "                        (--model is then optional; used to feed identical ids to other frameworks)\n"
-    "  --threads N           OpenMP threads (default: OMP_NUM_THREADS or all)\n"
-    "  --help                this text\n"
-    "\n"
-    "example: hdpissa-eval --model runs/demo --tokenizer $HDPISSA_DATA/stories260K/tok512.model \\\n"
-    "             --data $HDPISSA_DATA/gsm8k/test.jsonl --max-len 256 --eval-examples 32 --json eval.json\n";
-
 struct Args {
   std::string model, tokenizer, data, json;
   int max_len = 512, eval_examples = 32, micro_batch = 4, threads = 0;
@@ -68,45 +45,55 @@ struct Args {
   hdpissa::llama::DataFormatOptions data_format;
 };
 
-int positive(const std::string& flag, const std::string& v, int min = 1) {
-  std::size_t used = 0;
-  long x = 0;
-  try {
-    x = std::stol(v, &used);
-  } catch (const std::exception&) {
-    used = 0;
-  }
-  if (used != v.size() || x < min || x > 1'000'000'000)
-    throw LlamaError(flag + " expects an integer >= " + std::to_string(min) + ", found '" + v + "'");
-  return static_cast<int>(x);
+/// An integer option with a lower bound (the error names the flag and the bound).
+CLI::Option* add_int(CLI::App& app, const std::string& flag, int& ref, int min, const std::string& help) {
+  return hdpissa::llama::cli::add_parsed(
+             app, flag, flag, ref,
+             [min](const std::string& f, const std::string& v) {
+               std::size_t used = 0;
+               long x = 0;
+               try {
+                 x = std::stol(v, &used);
+               } catch (const std::exception&) {
+                 used = 0;
+               }
+               if (used != v.size() || x < min || x > 1'000'000'000)
+                 throw LlamaError(f + " expects an integer >= " + std::to_string(min) + ", found '" + v + "'");
+               return static_cast<int>(x);
+             },
+             help, "N");
 }
 
 Args parse(int argc, char** argv) {
+  namespace cli = hdpissa::llama::cli;
   Args a;
-  auto value = [&](int& i, const std::string& flag) -> std::string {
-    if (i + 1 >= argc) throw LlamaError("option " + flag + " expects a value, found none");
-    return argv[++i];
-  };
-  for (int i = 1; i < argc; ++i) {
-    const std::string f = argv[i];
-    if (f == "--help" || f == "-h") {
-      a.help = true;
-      return a;
-    } else if (f == "--model") a.model = value(i, f);
-    else if (f == "--tokenizer") a.tokenizer = value(i, f);
-    else if (f == "--data") a.data = value(i, f);
-    else if (f == "--json") a.json = value(i, f);
-    else if (f == "--max-len") a.max_len = positive(f, value(i, f), 2);
-    else if (f == "--eval-examples") a.eval_examples = positive(f, value(i, f));
-    else if (f == "--micro-batch") a.micro_batch = positive(f, value(i, f));
-    else if (f == "--threads") a.threads = positive(f, value(i, f));
-    else if (f == "--tokens-only") a.tokens_only = true;
-    else if (f == "--allow-unused") a.allow_unused = true;
-    else if (a.data_format.parse_flag(f, [&] { return value(i, f); })) {}
-    else throw LlamaError("unknown option '" + f + "' (see --help)");
+  CLI::App app{"Held-out loss of a LLaMA checkpoint (our CPU model) and the exact batches it was computed on.",
+               "hdpissa-eval"};
+  cli::setup(app);
+  app.footer("example: hdpissa-eval --model runs/demo --tokenizer $HDPISSA_DATA/stories260K/tok512.model \\\n"
+             "             --data $HDPISSA_DATA/gsm8k/test.jsonl --max-len 256 --eval-examples 32 --json eval.json");
+  app.add_option("--model", a.model, "HF directory (config.json + model.safetensors[.index.json]) or llama2.c .bin")
+      ->type_name("PATH");
+  app.add_option("--tokenizer", a.tokenizer,
+                 "SentencePiece .model, tokenizer.json, tiktoken file or a directory (default: --model)")->type_name("PATH");
+  app.add_flag("--allow-unused", a.allow_unused, "warn instead of failing on unused checkpoint tensors / unsupported config fields");
+  app.add_option("--data", a.data, "instruction data, JSON array or JSONL (instruction/output, query/response, "
+                                   "question/answer, chat, text, tokens), Alpaca template")->type_name("FILE");
+  cli::add_data_format_options(app, a.data_format, "data format (as hdpissa-train)");
+  add_int(app, "--max-len", a.max_len, 2, "truncate tokenized examples to N tokens (default 512)");
+  add_int(app, "--eval-examples", a.eval_examples, 1, "use the first N records of FILE, in file order (default 32)");
+  add_int(app, "--micro-batch", a.micro_batch, 1, "sequences per right-padded batch (default 4)");
+  add_int(app, "--threads", a.threads, 1, "OpenMP threads (default: OMP_NUM_THREADS or all)");
+  app.add_option("--json", a.json, "write {loss, loss_sum, n_tokens, batches: [{input_ids, labels, lengths}], ...}")
+      ->type_name("FILE");
+  app.add_flag("--tokens-only", a.tokens_only, "tokenize and write the batches only: no model is loaded, no loss "
+                                               "computed (--model is then optional; feeds identical ids to other frameworks)");
+  if (cli::parse(app, std::vector<std::string>(argv + 1, argv + argc)) != cli::Outcome::Run) {
+    a.help = true;
+    return a;
   }
-  if (a.model.empty() && !a.tokens_only) throw LlamaError("missing --model (see --help)");
-  if (a.data.empty()) throw LlamaError("missing --data (see --help)");
+  if (a.model.empty() && !a.tokens_only) throw cli::UsageError("missing --model (see --help)");
+  if (a.data.empty()) throw cli::UsageError("missing --data (see --help)");
   a.data_format.validate();
   if (a.tokenizer.empty()) {
     if (!a.model.empty() && std::filesystem::is_directory(a.model)) a.tokenizer = a.model;  // detect_tokenizer
@@ -121,10 +108,7 @@ int main(int argc, char** argv) {
   using namespace hdpissa::llama;
   try {
     const Args args = parse(argc, argv);
-    if (args.help) {
-      std::cout << kUsage;
-      return 0;
-    }
+    if (args.help) return 0;  // --help / --version: printed
 #ifdef _OPENMP
     if (args.threads > 0) omp_set_num_threads(args.threads);
 #endif

@@ -1,7 +1,7 @@
 // hdpissa-generate: load a LLaMA checkpoint (HF directory or llama2.c .bin) and a SentencePiece
 // tokenizer, and greedily continue a prompt on the CPU.
 //
-//   hdpissa-generate --checkpoint DIR_OR_BIN --tokenizer tok.model [--prompt TEXT]
+//   hdpissa-generate --model DIR_OR_BIN (or --checkpoint) --tokenizer tok.model [--prompt TEXT]
 //                    [--max-new-tokens N] [--template] [--no-bos] [--stop-at-eos|--no-stop]
 
 #include <chrono>
@@ -10,29 +10,12 @@
 #include <vector>
 
 #include "llama/checkpoint.hpp"
+#include "llama/cli.hpp"
 #include "llama/data.hpp"
 #include "llama/model.hpp"
 #include "llama/tokenizer.hpp"
 
 namespace {
-
-const char* kUsage =
-    "usage: hdpissa-generate --checkpoint PATH --tokenizer PATH [options]\n"
-    "\n"
-    "Greedy (temperature 0) generation with a LLaMA-family model on the CPU.\n"
-    "\n"
-    "  --checkpoint PATH     HF directory (config.json + model.safetensors[.index.json]) or llama2.c .bin\n"
-    "  --tokenizer PATH      SentencePiece .model, tokenizer.json, tiktoken file or a directory\n"
-    "                        (default: the checkpoint directory)\n"
-    "  --allow-unused        warn instead of failing on unused checkpoint tensors / unsupported config fields\n"
-    "  --prompt TEXT         text to continue (default: empty, i.e. BOS only)\n"
-    "  --template            wrap the prompt in the Alpaca instruction template (spec section 6)\n"
-    "  --max-new-tokens N    tokens to generate (default 256)\n"
-    "  --no-stop             do not stop at EOS / BOS\n"
-    "  --help                this text\n"
-    "\n"
-    "example: hdpissa-generate --checkpoint $HDPISSA_DATA/stories260K/stories260K.bin \\\n"
-    "             --tokenizer $HDPISSA_DATA/stories260K/tok512.model --max-new-tokens 64\n";
 
 struct Args {
   std::string checkpoint, tokenizer, prompt;
@@ -41,46 +24,42 @@ struct Args {
 };
 
 Args parse(int argc, char** argv) {
+  namespace cli = hdpissa::llama::cli;
   Args a;
-  auto value = [&](int& i, const std::string& flag) -> std::string {
-    if (i + 1 >= argc) throw hdpissa::llama::LlamaError("option " + flag + " expects a value, found none");
-    return argv[++i];
-  };
-  for (int i = 1; i < argc; ++i) {
-    const std::string f = argv[i];
-    if (f == "--help" || f == "-h") {
-      a.help = true;
-      return a;
-    } else if (f == "--checkpoint") {
-      a.checkpoint = value(i, f);
-    } else if (f == "--tokenizer") {
-      a.tokenizer = value(i, f);
-    } else if (f == "--prompt") {
-      a.prompt = value(i, f);
-    } else if (f == "--template") {
-      a.use_template = true;
-    } else if (f == "--allow-unused") {
-      a.allow_unused = true;
-    } else if (f == "--no-stop") {
-      a.stop = false;
-    } else if (f == "--max-new-tokens") {
-      const std::string v = value(i, f);
-      std::size_t used = 0;
-      try {
-        a.max_new_tokens = std::stoi(v, &used);
-      } catch (const std::exception&) {
-        used = 0;
-      }
-      if (used != v.size() || a.max_new_tokens < 1)
-        throw hdpissa::llama::LlamaError("--max-new-tokens expects a positive integer, found '" + v + "'");
-    } else {
-      throw hdpissa::llama::LlamaError("unknown option '" + f + "' (see --help)");
-    }
+  CLI::App app{"Greedy (temperature 0) generation with a LLaMA-family model on the CPU.", "hdpissa-generate"};
+  cli::setup(app);
+  app.footer("example: hdpissa-generate --model $HDPISSA_DATA/stories260K/stories260K.bin \\\n"
+             "             --tokenizer $HDPISSA_DATA/stories260K/tok512.model --max-new-tokens 64");
+  app.add_option("--model,--checkpoint", a.checkpoint,
+                 "HF directory (config.json + model.safetensors[.index.json]) or llama2.c .bin")->type_name("PATH");
+  app.add_option("--tokenizer", a.tokenizer, "SentencePiece .model, tokenizer.json, tiktoken file or a directory "
+                                             "(default: the model directory)")->type_name("PATH");
+  app.add_flag("--allow-unused", a.allow_unused, "warn instead of failing on unused checkpoint tensors / unsupported config fields");
+  app.add_option("--prompt", a.prompt, "text to continue (default: empty, i.e. BOS only)")->type_name("TEXT");
+  app.add_flag("--template", a.use_template, "wrap the prompt in the Alpaca instruction template (spec section 6)");
+  cli::add_parsed(app, "--max-new-tokens", "--max-new-tokens", a.max_new_tokens,
+                  [](const std::string& f, const std::string& v) {
+                    std::size_t used = 0;
+                    int x = 0;
+                    try {
+                      x = std::stoi(v, &used);
+                    } catch (const std::exception&) {
+                      used = 0;
+                    }
+                    if (used != v.size() || x < 1)
+                      throw hdpissa::llama::LlamaError(f + " expects a positive integer, found '" + v + "'");
+                    return x;
+                  },
+                  "tokens to generate (default 256)", "N");
+  app.add_flag_callback("--no-stop", [&a] { a.stop = false; }, "do not stop at EOS / BOS");
+  if (cli::parse(app, std::vector<std::string>(argv + 1, argv + argc)) != cli::Outcome::Run) {
+    a.help = true;
+    return a;
   }
-  if (a.checkpoint.empty()) throw hdpissa::llama::LlamaError("missing --checkpoint (see --help)");
+  if (a.checkpoint.empty()) throw cli::UsageError("missing --model (see --help)");
   if (a.tokenizer.empty()) {
     if (std::filesystem::is_directory(a.checkpoint)) a.tokenizer = a.checkpoint;  // detect_tokenizer
-    else throw hdpissa::llama::LlamaError("missing --tokenizer (see --help)");
+    else throw cli::UsageError("missing --tokenizer (see --help)");
   }
   return a;
 }
@@ -91,10 +70,7 @@ int main(int argc, char** argv) {
   using namespace hdpissa::llama;
   try {
     const Args args = parse(argc, argv);
-    if (args.help) {
-      std::cout << kUsage;
-      return 0;
-    }
+    if (args.help) return 0;  // --help / --version: printed
     const auto t0 = std::chrono::steady_clock::now();
     const ModelWeights w = load_checkpoint(args.checkpoint, LoadOptions{args.allow_unused, {}});
     const Tokenizer tok(args.tokenizer);

@@ -387,7 +387,28 @@ inline LaunchOptions parse_launch_args(const std::vector<std::string>& args, boo
     else if (f == "--rendezvous") o.rendezvous = value(f);
     else if (f == "--timeout") o.timeout_s = number(f);
     else if (f == "--grace") o.grace = std::chrono::milliseconds(static_cast<long long>(number(f) * 1000.0));
-    else if (f.rfind("-", 0) == 0) throw InvalidArgument(cat(o.name, ": unknown option '", f, "' (see --help)"));
+    else if (f.rfind("-", 0) == 0) {
+      // Did you mean: the known option within edit distance max(2, |f| / 3), if any.
+      const char* known[] = {"--nproc-per-node", "--nnodes", "--node-rank", "--master-addr", "--master-port",
+                             "--rendezvous", "--timeout", "--grace", "--help", "--version"};
+      auto distance = [](const std::string& a, const std::string& b) {
+        std::vector<std::size_t> prev(b.size() + 1), cur(b.size() + 1);
+        for (std::size_t j = 0; j <= b.size(); ++j) prev[j] = j;
+        for (std::size_t r = 1; r <= a.size(); ++r) {
+          cur[0] = r;
+          for (std::size_t j = 1; j <= b.size(); ++j)
+            cur[j] = std::min({prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (a[r - 1] == b[j - 1] ? 0u : 1u)});
+          std::swap(prev, cur);
+        }
+        return prev[b.size()];
+      };
+      std::string best;
+      std::size_t best_d = f.size();
+      for (const char* k : known)
+        if (const std::size_t d = distance(f, k); d < best_d) best_d = d, best = k;
+      const std::string hint = best_d <= std::max<std::size_t>(2, f.size() / 3) ? cat("; did you mean '", best, "'?") : "";
+      throw InvalidArgument(cat(o.name, ": unknown option '", f, "'", hint, " (see --help)"));
+    }
     else break;
   }
   o.command.assign(args.begin() + std::ptrdiff_t(std::min(i, args.size())), args.end());

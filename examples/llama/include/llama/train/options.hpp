@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <filesystem>
+#include <iostream>
 #include <iterator>
 #include <string>
 #include <utility>
@@ -15,6 +16,7 @@
 #include <nlohmann/json.hpp>
 
 #include "hdpissa/adapter/muted_linear.hpp"
+#include "llama/cli.hpp"
 #include "llama/common.hpp"
 #include "llama/data_formats.hpp"
 #include "llama/weights.hpp"
@@ -179,134 +181,6 @@ struct TrainOptions {
   /// Checks value ranges and combinations; throws LlamaError naming the flag.
   void validate() const;
 };
-
-/// The usage text of hdpissa-train.
-inline const char* train_usage() {
-  return "usage: hdpissa-train --model PATH --data FILE [options]\n"
-         "\n"
-         "Fine-tunes a LLaMA-family model on the CPU (fp32) with HD-PiSSA or a baseline.\n"
-         "\n"
-         "inputs / outputs\n"
-         "  --model PATH              HF directory (config.json + model.safetensors) or llama2.c .bin\n"
-         "  --tokenizer PATH          SentencePiece .model, tokenizer.json, tiktoken tokenizer.model or a\n"
-         "                            directory holding one (default: the model directory)\n"
-         "  --data FILE               training data, JSON array or JSONL (instruction/output,\n"
-         "                            query/response, question/answer, prompt/completion)\n"
-         "  --data-format F           auto (default: from the first record's keys) | alpaca | chat | text |\n"
-         "                            tokens: alpaca = instruction/[input]/response fields, loss on the response;\n"
-         "                            chat = messages [{role, content}] or conversations [{from, value}], loss\n"
-         "                            on assistant turns; text = {text}, loss on everything; tokens =\n"
-         "                            {input_ids, [labels, -100 = no loss]}, pre-tokenized\n"
-         "  --chat-template T         auto (tokenizer_config.json's, if recognisable) | llama3 | mistral |\n"
-         "                            chatml | alpaca\n"
-         "  --prompt-field NAME       alpaca: the instruction field (default: detected)\n"
-         "  --input-field NAME        alpaca: the optional input field (default: detected)\n"
-         "  --response-field NAME     alpaca: the response field (default: detected)\n"
-         "  --allow-unused            warn instead of failing on checkpoint tensors the model does not use\n"
-         "                            and unsupported config fields (the model then differs from the checkpoint)\n"
-         "  --max-examples N          use only the first N training examples\n"
-         "  --output DIR              write the merged model (HF safetensors + config.json + tokenizer files)\n"
-         "                            here at the end; lora / pissa also write a PEFT adapter to DIR/adapter\n"
-         "  --output-dtype D          auto (default: the input checkpoint's dtype) | f32 | bf16 | f16\n"
-         "  --max-shard-size SIZE     shard the merged model above SIZE (bytes, or 500MB, 5GB; default 5GB),\n"
-         "                            with model.safetensors.index.json as Hugging Face does\n"
-         "  --adapter-output DIR      PEFT adapter directory (adapter_config.json + adapter_model.safetensors;\n"
-         "                            default DIR/adapter of --output); pissa: DIR = the rank-2r LoRA of the\n"
-         "                            update relative to the original base, DIR/pissa = the PiSSA adapter\n"
-         "                            relative to the residual base in DIR/pissa/residual_model\n"
-         "  --export-lora-rank R      hdpissa, *-dwu, full: also write W_final - W_init as a rank-R PEFT LoRA\n"
-         "                            (truncated SVD per layer; kept share of |dW|^2 per layer in the log and\n"
-         "                            in lora_export.json beside the adapter)\n"
-         "  --export-lora-energy E    as --export-lora-rank, with the smallest rank per layer keeping a share\n"
-         "                            E in (0, 1] of |dW|^2 (PEFT rank_pattern)\n"
-         "  --save-state DIR          write a resumable training state here (at the end, at --stop-after,\n"
-         "                            and every --save-every steps)\n"
-         "  --resume DIR              continue a run from its saved state (the config must match)\n"
-         "  --metrics FILE            JSONL: one object per step plus eval records\n"
-         "method\n"
-         "  --method M                hdpissa (default) | lora | pissa | full | lora-dwu | pissa-dwu\n"
-         "  --rank R                  adapter rank per group (default 16)\n"
-         "  --alpha A                 adapter alpha >= 1 (default A = R); scaling = A / R (--scaling)\n"
-         "  --scaling peft|reference  peft (default): A / R as a float, as PEFT; reference: A // R in integer\n"
-         "                            division, as the authors' code (fidelity runs; needs A >= R)\n"
-         "  --targets LIST            target linears (default q,k,v,o,gate,up,down)\n"
-         "  --svd exact|randomized    SVD of the orthogonal / PiSSA initialisation (default exact)\n"
-         "  --aggregation sum|mean    DWU aggregation over the K groups (default sum, the reference)\n"
-         "  --mute-gamma G            DWU methods: the paper's literal x(W + G a B A)^T forward instead of\n"
-         "                            the exact mute (fidelity experiments; default: exact mute)\n"
-         "  --device cpu|cuda         where the model and the method run (default cpu; cuda needs a CUDA build\n"
-         "                            and a GPU; --groups-per-process groups per GPU; under mpirun one process\n"
-         "                            per GPU (GPU = rank on its host mod GPUs), NCCL between them, at most\n"
-         "                            one process per GPU of a host)\n"
-         "  --dtype fp32|bf16         compute dtype (default fp32 = exact fp32 everywhere; bf16 = bf16 compute\n"
-         "                            copies of W and the factors, fp32 masters, Adam and gradient sums:\n"
-         "                            --device cuda only)\n"
-         "  --attention auto|flash|gemm  the GPU model's attention (--device cuda): flash = fused kernels\n"
-         "                            (bf16, head_dim 64 or 128), gemm = materialised scores through cuBLAS;\n"
-         "                            auto (default) = flash where it runs; without this flag the environment\n"
-         "                            variable HDPISSA_LLAMA_ATTENTION=auto|flash|gemm sets the default\n"
-         "distribution\n"
-         "  --groups-per-process V    adapter groups per process (default 1); K = processes x V\n"
-         "  --comm auto|single|mpi    communicator (auto: MPI when launched by mpirun with > 1 process and\n"
-         "                            built with MPI; mpi: also for mpirun -np 1)\n"
-         "optimisation\n"
-         "  --lr X                    peak learning rate (default 2e-5)\n"
-         "  --weight-decay X          AdamW decoupled weight decay (default 0)\n"
-         "  --warmup-ratio X          linear warmup fraction before cosine decay (default 0.03)\n"
-         "  --grad-accum N            micro-batches per group per step (default 1)\n"
-         "  --micro-batch N           sequences per micro-batch (default 1)\n"
-         "  --max-len N               truncate sequences to N tokens (default 512)\n"
-         "  --epochs N                epochs over each group's shard (default 1)\n"
-         "  --max-steps N             optimizer steps (overrides --epochs)\n"
-         "  --seed N                  data order / LoRA init seed (default 42)\n"
-         "run control\n"
-         "  --stop-after N            stop after N steps of this invocation (state saved if --save-state)\n"
-         "  --save-every N            save the state every N steps\n"
-         "  --eval-every N            held-out loss every N steps (default: before and after training)\n"
-         "  --log-every N             progress line every N steps (default 1)\n"
-         "  --quiet                   no progress lines\n"
-         "  --threads N               OpenMP/Eigen threads (default: OMP_NUM_THREADS or all cores; tiny\n"
-         "                            models such as stories260K run fastest with 1)\n"
-         "safety (docs/trainer.md, \"Checkpoints\")\n"
-         "  SIGINT, SIGTERM, SIGUSR1  finish the current step, save the state (--save-state), flush the\n"
-         "                            metrics and exit with 128 + signal; a second SIGINT exits at once\n"
-         "  checkpoints               a state directory has a manifest.json (size + xxHash64 of every file,\n"
-         "                            run id, step) that --resume verifies; --resume DIR takes the newest\n"
-         "                            complete state among DIR, DIR.tmp-*, DIR.old-*; DIR.lock keeps a\n"
-         "                            second trainer out; a resumed run drops --metrics records after its\n"
-         "                            step; outputs are checked (writable, distinct, free space) up front\n"
-         "  --max-loss X              stop with an error when a step's loss exceeds X (before its update)\n"
-         "  --loss-spike-factor K     stop with an error when the loss stays above K x its running median\n"
-         "  --loss-spike-steps N      ... for N consecutive steps (default 3); either guard keeps the last\n"
-         "                            good state (saved to --save-state)\n"
-         "  --on-nonfinite error|skip a NaN/Inf gradient: stop with an error (default) or skip that step\n"
-         "                            on every worker (the optimizer state is left untouched)\n"
-         "evaluation\n"
-         "  --eval-data FILE          held-out data for the loss\n"
-         "  --eval-examples N         first N held-out examples (default 64)\n"
-         "  --sample-prompt TEXT      greedy sample for this instruction before and after training\n"
-         "  --sample-max-new-tokens N (default 64)\n"
-         "  --eval-gsm8k FILE         GSM8K-style accuracy after training (answer after \"The answer is: \"\n"
-         "                            or \"#### \", commas removed, compared as numbers)\n"
-         "  --eval-gsm8k-n N          problems to evaluate (default 50)\n"
-         "  --eval-max-new-tokens N   generation budget per problem (default 256)\n"
-         "  --help                    this text\n"
-         "environment (each only a default: a flag, where there is one, wins)\n"
-         "  HDPISSA_LLAMA_ATTENTION   auto|flash|gemm: --attention's default (--device cuda)\n"
-         "  HDPISSA_CUDA_FUSED_DWU    0 turns off the fused DWU / multi-tensor Adam kernels (measurements only)\n"
-         "  HDPISSA_CUDA_GEMM_TUNING  off|exact|fastest: the fp32 GEMM algorithm policy (default exact = bit-identical)\n"
-         "  HDPISSA_CUDA_DWU_GEMM     auto|3xtf32|cublas: the Direct Weight Update's GEMM on the GPU\n"
-         "  HDPISSA_COMM_TIMEOUT_S    collective / rendezvous timeout of the multi-process paths (seconds)\n"
-         "  RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT (torchrun, hdpissa-run) or SLURM_PROCID,\n"
-         "  SLURM_NTASKS, SLURM_LOCALID (srun): one process of a multi-process run (docs/distributed.md)\n"
-         "\n"
-         "example (HD-PiSSA, K = 4 virtual groups, r = 4, on stories260K):\n"
-         "  hdpissa-train --model $HDPISSA_DATA/stories260K-hf --data $HDPISSA_DATA/gsm8k/train.jsonl \\\n"
-         "      --method hdpissa --groups-per-process 4 --rank 4 --lr 2e-3 --max-len 256 --max-steps 40 \\\n"
-         "      --eval-data $HDPISSA_DATA/gsm8k/test.jsonl --output runs/demo\n"
-         "several GPUs (one process each, NCCL; K = 2 x 4 = 8 groups):\n"
-         "  mpirun -np 2 -x NCCL_NVLS_ENABLE=0 hdpissa-train --device cuda --groups-per-process 4 ...\n";
-}
 
 namespace detail {
 
@@ -495,89 +369,214 @@ inline void TrainOptions::validate() const {
   (void)target_modules();
 }
 
-/// Parses hdpissa-train's arguments. `help` is set (and nothing validated) for --help; unknown
-/// flags and malformed values throw LlamaError naming the flag.
-inline TrainOptions parse_train_args(const std::vector<std::string>& args, bool* help = nullptr) {
-  TrainOptions o;
-  bool attention_given = false;
-  if (help) *help = false;
-  for (std::size_t i = 0; i < args.size(); ++i) {
-    const std::string& f = args[i];
-    auto value = [&]() -> std::string {
-      if (i + 1 >= args.size()) throw LlamaError(cat("option ", f, " expects a value, found none"));
-      return args[++i];
+/// The target-module list of --targets: "q,k,v" or "q k v", full names (q_proj …) or PEFT's
+/// "all-linear" (every target linear of a LLaMA layer).
+inline std::string parse_targets_list(const std::vector<std::string>& values) {
+  std::string out;
+  for (const std::string& t : cli::split_list(values)) {
+    const std::string item = t == "all-linear" ? std::string("q,k,v,o,gate,up,down") : t;
+    out += (out.empty() ? "" : ",") + item;
+  }
+  return out;
+}
+
+/// Every option of hdpissa-train, registered on `app` and writing into `o`. `attention` receives
+/// the --attention option (its count tells whether the flag was given).
+inline void add_train_options(CLI::App& app, TrainOptions& o, CLI::Option** attention = nullptr) {
+  cli::setup(app);
+  app.description("Fine-tunes a LLaMA-family model (LLaMA 1-3, Mistral, Qwen2 shapes) with HD-PiSSA or a baseline, "
+                  "on the CPU (fp32) or a GPU (--device cuda).");
+  app.footer(
+      "safety (docs/trainer.md, \"Checkpoints\"):\n"
+      "  SIGINT, SIGTERM, SIGUSR1 finish the current step, save the state (--save-state), flush the metrics and exit\n"
+      "  with 128 + signal; a second SIGINT exits at once. A state directory has a manifest.json (size + xxHash64 of\n"
+      "  every file, run id, step) that --resume verifies; --resume DIR takes the newest complete state among DIR,\n"
+      "  DIR.tmp-*, DIR.old-*; DIR.lock keeps a second trainer out; outputs are checked up front.\n"
+      "environment (each only a default: a flag, where there is one, wins):\n"
+      "  HDPISSA_LLAMA_ATTENTION   auto|flash|gemm: --attention's default (--device cuda)\n"
+      "  HDPISSA_CUDA_FUSED_DWU    0 turns off the fused DWU / multi-tensor Adam kernels (measurements only)\n"
+      "  HDPISSA_CUDA_GEMM_TUNING  off|exact|fastest: the fp32 GEMM algorithm policy (default exact = bit-identical)\n"
+      "  HDPISSA_CUDA_DWU_GEMM     auto|3xtf32|cublas: the Direct Weight Update's GEMM on the GPU\n"
+      "  HDPISSA_COMM_TIMEOUT_S    collective / rendezvous timeout of the multi-process paths (seconds)\n"
+      "  RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT (torchrun, hdpissa-run) or SLURM_PROCID,\n"
+      "  SLURM_NTASKS, SLURM_LOCALID (srun): one process of a multi-process run (docs/distributed.md)\n"
+      "\n"
+      "example (HD-PiSSA, K = 4 virtual groups, r = 4, on stories260K):\n"
+      "  hdpissa-train --model $HDPISSA_DATA/stories260K-hf --data $HDPISSA_DATA/gsm8k/train.jsonl \\\n"
+      "      --method hdpissa --groups-per-process 4 --rank 4 --lr 2e-3 --max-len 256 --max-steps 40 \\\n"
+      "      --eval-data $HDPISSA_DATA/gsm8k/test.jsonl --output runs/demo\n"
+      "several GPUs of one host (one process each, NCCL; K = 2 x 4 = 8 groups):\n"
+      "  hdpissa-train --nproc-per-node 2 --device cuda --groups-per-process 4 ...   (or hdpissa-run, mpirun)\n");
+  auto integer_at_least = [](long min) {
+    return [min](const std::string& flag, const std::string& v) {
+      const long x = detail::parse_long(flag, v);
+      if (x < min) throw LlamaError(cat(flag, ": expected >= ", min, ", found ", x));
+      return x;
     };
-    auto integer = [&]() { return detail::parse_long(f, value()); };
-    auto number = [&]() { return detail::parse_double(f, value()); };
-    if (f == "--help" || f == "-h") {
-      if (help) *help = true;
-      return o;
-    }
-    else if (f == "--model") o.model = value();
-    else if (f == "--tokenizer") o.tokenizer = value();
-    else if (o.data_format.parse_flag(f, value)) {}
-    else if (f == "--allow-unused") o.allow_unused = true;
-    else if (f == "--data") o.data = value();
-    else if (f == "--max-examples") o.max_examples = integer();
-    else if (f == "--output") o.output = value();
-    else if (f == "--output-dtype") o.output_dtype = parse_choice<OutputDtype>(f, value());
-    else if (f == "--max-shard-size") o.max_shard_bytes = detail::parse_size(f, value());
-    else if (f == "--adapter-output") o.adapter_output = value();
-    else if (f == "--export-lora-rank") o.export_lora_rank = int(integer());
-    else if (f == "--export-lora-energy") o.export_lora_energy = number();
-    else if (f == "--scaling") o.scaling = parse_choice<ScalingKind>(f, value());
-    else if (f == "--save-state") o.save_state = value();
-    else if (f == "--resume") o.resume = value();
-    else if (f == "--metrics") o.metrics = value();
-    else if (f == "--method") o.method = parse_choice<Method>(f, value());
-    else if (f == "--rank") o.rank = int(integer());
-    else if (f == "--alpha") o.alpha = int(integer());
-    else if (f == "--targets") o.targets = value();
-    else if (f == "--svd") o.svd = parse_choice<SvdKind>(f, value());
-    else if (f == "--aggregation") o.aggregation = parse_choice<Aggregation>(f, value());
-    else if (f == "--mute-gamma") o.mute_gamma = number();
-    else if (f == "--dtype") o.dtype = parse_choice<ComputeDtype>(f, value());
-    else if (f == "--attention") {
-      o.attention = parse_choice<AttentionKind>(f, value());
-      attention_given = true;
-    }
-    else if (f == "--device") o.device = parse_choice<Device>(f, value());
-    else if (f == "--comm") o.comm = parse_choice<CommKind>(f, value());
-    else if (f == "--groups-per-process") o.groups_per_process = int(integer());
-    else if (f == "--lr") o.lr = number();
-    else if (f == "--weight-decay") o.weight_decay = number();
-    else if (f == "--warmup-ratio") o.warmup_ratio = number();
-    else if (f == "--grad-accum") o.grad_accum = int(integer());
-    else if (f == "--micro-batch") o.micro_batch = int(integer());
-    else if (f == "--max-len") o.max_len = int(integer());
-    else if (f == "--epochs") o.epochs = int(integer());
-    else if (f == "--max-steps") o.max_steps = integer();
-    else if (f == "--seed") {
-      const long s = integer();
-      if (s < 0) throw LlamaError(cat("--seed: expected >= 0, found ", s));
-      o.seed = std::uint64_t(s);
-    }
-    else if (f == "--stop-after") o.stop_after = integer();
-    else if (f == "--save-every") o.save_every = integer();
-    else if (f == "--eval-every") o.eval_every = integer();
-    else if (f == "--log-every") o.log_every = int(integer());
-    else if (f == "--quiet") o.quiet = true;
-    else if (f == "--threads") o.threads = int(integer());
-    else if (f == "--eval-data") o.eval_data = value();
-    else if (f == "--eval-examples") o.eval_examples = int(integer());
-    else if (f == "--sample-prompt") o.sample_prompt = value();
-    else if (f == "--sample-max-new-tokens") o.sample_max_new_tokens = int(integer());
-    else if (f == "--eval-gsm8k") o.eval_gsm8k = value();
-    else if (f == "--eval-gsm8k-n") o.eval_gsm8k_n = int(integer());
-    else if (f == "--eval-max-new-tokens") o.eval_max_new_tokens = int(integer());
-    else if (f == "--max-loss") o.max_loss = number();
-    else if (f == "--loss-spike-factor") o.loss_spike_factor = number();
-    else if (f == "--loss-spike-steps") o.loss_spike_steps = int(integer());
-    else if (f == "--on-nonfinite") o.on_nonfinite = parse_choice<OnNonFinite>(f, value());
-    else throw LlamaError(cat("unknown option '", f, "' (see --help)"));
+  };
+  const std::string io = "inputs / outputs", me = "method", di = "distribution", op = "optimisation",
+                    rc = "run control", sa = "safety", ev = "evaluation";
+  app.add_option("--model", o.model, "HF directory (config.json + model.safetensors[.index.json]) or llama2.c .bin")
+      ->group(io)->type_name("PATH");
+  app.add_option("--tokenizer", o.tokenizer, "SentencePiece .model, tokenizer.json, tiktoken tokenizer.model or a "
+                                             "directory holding one (default: the model directory)")
+      ->group(io)->type_name("PATH");
+  app.add_option("--data", o.data, "training data, JSON array or JSONL (instruction/output, query/response, "
+                                   "question/answer, prompt/completion, chat, text, tokens)")
+      ->group(io)->type_name("FILE");
+  cli::add_data_format_options(app, o.data_format, io);
+  app.add_flag("--allow-unused", o.allow_unused, "warn instead of failing on checkpoint tensors the model does not use "
+                                                 "and unsupported config fields (the model then differs from the checkpoint)")
+      ->group(io);
+  cli::add_parsed(app, "--max-examples", "--max-examples", o.max_examples, integer_at_least(1),
+                  "use only the first N training examples", "N")->group(io);
+  app.add_option("--output,--output-dir", o.output, "write the merged model (HF safetensors + config.json + tokenizer "
+                                                    "files) here at the end; lora / pissa also write a PEFT adapter to DIR/adapter")
+      ->group(io)->type_name("DIR");
+  cli::add_parsed(app, "--output-dtype", "--output-dtype", o.output_dtype, parse_choice<OutputDtype>,
+                  "merged model's dtype: auto (the input checkpoint's) | f32 | bf16 | f16", "auto|f32|bf16|f16")->group(io);
+  cli::add_parsed(app, "--max-shard-size", "--max-shard-size", o.max_shard_bytes, detail::parse_size,
+                  "shard the merged model above SIZE (bytes, or 500MB, 5GB; default 5GB), with "
+                  "model.safetensors.index.json as Hugging Face does", "SIZE")->group(io);
+  app.add_option("--adapter-output", o.adapter_output,
+                 "PEFT adapter directory (adapter_config.json + adapter_model.safetensors; default DIR/adapter of "
+                 "--output); pissa: DIR = the rank-2r LoRA of the update relative to the original base, DIR/pissa = "
+                 "the PiSSA adapter relative to the residual base in DIR/pissa/residual_model")
+      ->group(io)->type_name("DIR");
+  cli::add_parsed(app, "--export-lora-rank", "--export-lora-rank", o.export_lora_rank,
+                  [](const std::string& f, const std::string& v) { return int(detail::parse_long(f, v)); },
+                  "hdpissa, *-dwu, full: also write W_final - W_init as a rank-R PEFT LoRA (truncated SVD per layer; "
+                  "kept share of |dW|^2 per layer in the log and in lora_export.json)", "R")->group(io);
+  app.add_option("--export-lora-energy", o.export_lora_energy,
+                 "as --export-lora-rank, with the smallest rank per layer keeping a share E in (0, 1] of |dW|^2 "
+                 "(PEFT rank_pattern)")->group(io)->type_name("E");
+  app.add_option("--save-state", o.save_state, "write a resumable training state here (at the end, at --stop-after, "
+                                               "and every --save-every steps)")->group(io)->type_name("DIR");
+  app.add_option("--resume", o.resume, "continue a run from its saved state (the config must match)")->group(io)->type_name("DIR");
+  app.add_option("--metrics", o.metrics, "JSONL: one object per step plus eval records")->group(io)->type_name("FILE");
+
+  cli::add_parsed(app, "--method", "--method", o.method, parse_choice<Method>, "fine-tuning method (default hdpissa)",
+                  "hdpissa|lora|pissa|full|lora-dwu|pissa-dwu")->group(me);
+  cli::add_parsed(app, "--rank,-r,--lora-r", "--rank", o.rank,
+                  [](const std::string& f, const std::string& v) { return int(detail::parse_long(f, v)); },
+                  "adapter rank per group (default 16)", "R")->group(me);
+  cli::add_parsed(app, "--alpha,--lora-alpha", "--alpha", o.alpha,
+                  [](const std::string& f, const std::string& v) { return int(detail::parse_long(f, v)); },
+                  "adapter alpha >= 1 (default A = R); scaling = A / R (--scaling)", "A")->group(me);
+  cli::add_parsed(app, "--scaling", "--scaling", o.scaling, parse_choice<ScalingKind>,
+                  "peft (default): A / R as a float, as PEFT; reference: A // R in integer division, as the authors' "
+                  "code (fidelity runs; needs A >= R)", "peft|reference")->group(me);
+  app.add_option_function<std::vector<std::string>>(
+         "--targets,--target-modules", [&o](const std::vector<std::string>& v) { o.targets = parse_targets_list(v); },
+         "target linears: a subset of q,k,v,o,gate,up,down (or q_proj, …), comma- or space-separated, or all-linear "
+         "(default all seven)")
+      ->group(me)->type_name("LIST")->expected(1, -1);
+  cli::add_parsed(app, "--svd", "--svd", o.svd, parse_choice<SvdKind>,
+                  "SVD of the orthogonal / PiSSA initialisation (default exact)", "exact|randomized")->group(me);
+  cli::add_parsed(app, "--aggregation", "--aggregation", o.aggregation, parse_choice<Aggregation>,
+                  "DWU aggregation over the K groups (default sum, the reference)", "sum|mean")->group(me);
+  app.add_option("--mute-gamma", o.mute_gamma, "DWU methods: the paper's literal x(W + G a B A)^T forward instead of the "
+                                               "exact mute (fidelity experiments; default: exact mute)")->group(me)->type_name("G");
+  cli::add_parsed(app, "--device", "--device", o.device, parse_choice<Device>,
+                  "where the model and the method run (default cpu; cuda needs a CUDA build and a GPU; "
+                  "--groups-per-process groups per GPU; several processes: one per GPU, NCCL between them)",
+                  "cpu|cuda")->group(me);
+  cli::add_parsed(app, "--dtype", "--dtype", o.dtype, parse_choice<ComputeDtype>,
+                  "compute dtype (default fp32 = exact fp32 everywhere; bf16 = bf16 compute copies of W and the factors, "
+                  "fp32 masters, Adam and gradient sums: --device cuda only)", "fp32|bf16")->group(me);
+  CLI::Option* att = cli::add_parsed(
+      app, "--attention", "--attention", o.attention, parse_choice<AttentionKind>,
+      "the GPU model's attention (--device cuda): flash = fused kernels (bf16, head_dim 64 or 128), gemm = "
+      "materialised scores through cuBLAS; auto (default) = flash where it runs; without this flag the environment "
+      "variable HDPISSA_LLAMA_ATTENTION sets the default", "auto|flash|gemm")->group(me);
+  if (attention) *attention = att;
+
+  cli::add_parsed(app, "--groups-per-process", "--groups-per-process", o.groups_per_process,
+                  [](const std::string& f, const std::string& v) { return int(detail::parse_long(f, v)); },
+                  "adapter groups per process (default 1); K = processes x V", "V")->group(di);
+  int nproc = 1;  // handled (and removed from the arguments) before parsing: train_launch.hpp
+  app.add_option("--nproc-per-node", nproc, "start N processes of this host (one per GPU) under the MPI-free launcher "
+                                            "(as hdpissa-run -n N; docs/distributed.md)")->group(di)->type_name("N");
+  cli::add_parsed(app, "--comm", "--comm", o.comm, parse_choice<CommKind>,
+                  "host communicator (auto: MPI when launched by mpirun with > 1 process and built with MPI, the "
+                  "socket communicator under hdpissa-run / torchrun; mpi: also for mpirun -np 1)", "auto|single|mpi")->group(di);
+
+  app.add_option("--lr,--learning-rate", o.lr, "peak learning rate (default 2e-5)")->group(op)->type_name("X");
+  app.add_option("--weight-decay", o.weight_decay, "AdamW decoupled weight decay (default 0)")->group(op)->type_name("X");
+  app.add_option("--warmup-ratio", o.warmup_ratio, "linear warmup fraction before cosine decay (default 0.03)")->group(op)->type_name("X");
+  app.add_option("--grad-accum,--gradient-accumulation-steps", o.grad_accum, "micro-batches per group per step (default 1)")
+      ->group(op)->type_name("N");
+  app.add_option("--micro-batch,--per-device-train-batch-size", o.micro_batch, "sequences per micro-batch (default 1)")
+      ->group(op)->type_name("N");
+  app.add_option("--max-len,--max-seq-length", o.max_len, "truncate sequences to N tokens (default 512)")->group(op)->type_name("N");
+  app.add_option("--epochs,--num-train-epochs", o.epochs, "epochs over each group's shard (default 1)")->group(op)->type_name("N");
+  app.add_option("--max-steps", o.max_steps, "optimizer steps (overrides --epochs)")->group(op)->type_name("N");
+  cli::add_parsed(app, "--seed", "--seed", o.seed,
+                  [](const std::string& f, const std::string& v) {
+                    const long x = detail::parse_long(f, v);
+                    if (x < 0) throw LlamaError(cat(f, ": expected >= 0, found ", x));
+                    return std::uint64_t(x);
+                  },
+                  "data order / LoRA init seed (default 42)", "N")->group(op);
+
+  app.add_option("--stop-after", o.stop_after, "stop after N steps of this invocation (state saved if --save-state)")
+      ->group(rc)->type_name("N");
+  app.add_option("--save-every,--save-steps", o.save_every, "save the state every N steps")->group(rc)->type_name("N");
+  app.add_option("--eval-every,--eval-steps", o.eval_every, "held-out loss every N steps (default: before and after training)")
+      ->group(rc)->type_name("N");
+  app.add_option("--log-every,--logging-steps", o.log_every, "progress line every N steps (default 1)")->group(rc)->type_name("N");
+  app.add_flag("--quiet,-q", o.quiet, "no progress lines")->group(rc);
+  app.add_option("--threads", o.threads, "OpenMP/Eigen threads (default: OMP_NUM_THREADS or all cores; tiny models such "
+                                         "as stories260K run fastest with 1)")->group(rc)->type_name("N");
+
+  app.add_option("--max-loss", o.max_loss, "stop with an error when a step's loss exceeds X (before its update)")
+      ->group(sa)->type_name("X");
+  app.add_option("--loss-spike-factor", o.loss_spike_factor,
+                 "stop with an error when the loss stays above K x its running median ...")->group(sa)->type_name("K");
+  app.add_option("--loss-spike-steps", o.loss_spike_steps,
+                 "... for N consecutive steps (default 3); either guard keeps the last good state (saved to --save-state)")
+      ->group(sa)->type_name("N");
+  cli::add_parsed(app, "--on-nonfinite", "--on-nonfinite", o.on_nonfinite, parse_choice<OnNonFinite>,
+                  "a NaN/Inf gradient: stop with an error (default) or skip that step on every worker (the optimizer "
+                  "state is left untouched)", "error|skip")->group(sa);
+
+  app.add_option("--eval-data", o.eval_data, "held-out data for the loss")->group(ev)->type_name("FILE");
+  app.add_option("--eval-examples", o.eval_examples, "first N held-out examples (default 64)")->group(ev)->type_name("N");
+  app.add_option("--sample-prompt", o.sample_prompt, "greedy sample for this instruction before and after training")
+      ->group(ev)->type_name("TEXT");
+  app.add_option("--sample-max-new-tokens", o.sample_max_new_tokens, "(default 64)")->group(ev)->type_name("N");
+  app.add_option("--eval-gsm8k", o.eval_gsm8k, "GSM8K-style accuracy after training (answer after \"The answer is: \" or "
+                                               "\"#### \", commas removed, compared as numbers)")->group(ev)->type_name("FILE");
+  app.add_option("--eval-gsm8k-n", o.eval_gsm8k_n, "problems to evaluate (default 50)")->group(ev)->type_name("N");
+  app.add_option("--eval-max-new-tokens", o.eval_max_new_tokens, "generation budget per problem (default 256)")
+      ->group(ev)->type_name("N");
+}
+
+/// hdpissa-train's help text.
+inline std::string train_usage() {
+  TrainOptions o;
+  CLI::App app{"", "hdpissa-train"};
+  add_train_options(app, o);
+  return app.help();
+}
+
+/// Parses hdpissa-train's arguments (CLI11; llama/cli.hpp has the conventions). `help` is set
+/// (and nothing validated) for --help or --version, whose text goes to `out`. Unknown options
+/// and malformed values throw cli::UsageError naming the flag; bad combinations LlamaError.
+inline TrainOptions parse_train_args(const std::vector<std::string>& args, bool* help = nullptr,
+                                     std::ostream& out = std::cout) {
+  TrainOptions o;
+  CLI::App app{"", "hdpissa-train"};
+  CLI::Option* attention = nullptr;
+  add_train_options(app, o, &attention);
+  if (help) *help = false;
+  if (cli::parse(app, args, out) != cli::Outcome::Run) {
+    if (help) *help = true;
+    return o;
   }
   // The environment selects a default only where no flag was given (and --help says so).
-  if (const char* env = std::getenv("HDPISSA_LLAMA_ATTENTION"); env && *env && !attention_given && o.device == Device::Cuda)
+  if (const char* env = std::getenv("HDPISSA_LLAMA_ATTENTION");
+      env && *env && attention->count() == 0 && o.device == Device::Cuda)
     o.attention = parse_choice<AttentionKind>("HDPISSA_LLAMA_ATTENTION", env);
   if (o.tokenizer.empty() && !o.model.empty() && std::filesystem::is_directory(o.model))
     o.tokenizer = o.model;  // detect_tokenizer picks tokenizer.model / tokenizer.json / original/tokenizer.model

@@ -1,0 +1,150 @@
+// The command-line conventions (llama/cli.hpp, CLI11) on hdpissa-train's real options: aliases,
+// --x=y, lists, all-linear, --config files with command-line overrides, did-you-mean, choice
+// errors, --help / --version. Each expectation is an exact value or the exact text of an error.
+#include <doctest/doctest.h>
+
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "llama/cli.hpp"
+#include "llama/train/options.hpp"
+
+using namespace hdpissa::llama;
+
+namespace {
+
+std::string error_of(const std::vector<std::string>& args, bool* usage = nullptr) {
+  std::ostringstream sink;
+  try {
+    (void)parse_train_args(args, nullptr, sink);
+  } catch (const cli::UsageError& e) {
+    if (usage) *usage = true;
+    return e.what();
+  } catch (const std::exception& e) {
+    if (usage) *usage = false;
+    return e.what();
+  }
+  return "";
+}
+
+bool contains(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
+
+std::vector<std::string> base(std::vector<std::string> more) {
+  std::vector<std::string> a{"--model", "m", "--data", "d"};
+  a.insert(a.end(), more.begin(), more.end());
+  return a;
+}
+
+}  // namespace
+
+TEST_CASE("cli: edit distance and suggestions") {
+  CHECK(cli::edit_distance("", "abc") == 3);
+  CHECK(cli::edit_distance("kitten", "sitting") == 3);
+  CHECK(cli::edit_distance("--lr", "--lr") == 0);
+  CHECK(cli::split_list({"q,k", "v", "o, gate"}) == std::vector<std::string>{"q", "k", "v", "o", "gate"});
+}
+
+TEST_CASE("cli: --x=y equals --x y, aliases, negative values") {
+  const TrainOptions a = parse_train_args(base({"--lr=3e-4", "--rank=8", "--method=lora", "--max-len", "128"}));
+  const TrainOptions b = parse_train_args(base({"--learning-rate", "3e-4", "--lora-r", "8", "--method", "lora",
+                                                "--max-seq-length=128"}));
+  CHECK(a.lr == 3e-4);
+  CHECK(b.lr == 3e-4);
+  CHECK(a.rank == 8);
+  CHECK(b.rank == 8);
+  CHECK(a.method == Method::Lora);
+  CHECK(b.method == Method::Lora);
+  CHECK(a.max_len == 128);
+  CHECK(b.max_len == 128);
+  CHECK(parse_train_args(base({"--gradient-accumulation-steps", "4", "--per-device-train-batch-size=2"})).grad_accum == 4);
+  CHECK(parse_train_args(base({"--per-device-train-batch-size=2"})).micro_batch == 2);
+  CHECK(parse_train_args(base({"--output-dir", "o"})).output == "o");
+  CHECK(parse_train_args(base({"-q"})).quiet);
+  CHECK(parse_train_args(base({"--max-steps", "-1"})).max_steps == -1);  // a negative number is a value
+  CHECK(parse_train_args(base({"--max-shard-size=500MB"})).max_shard_bytes == 500'000'000);
+}
+
+TEST_CASE("cli: --targets lists: commas, spaces, full names, all-linear") {
+  CHECK(parse_train_args(base({"--targets", "q,k,v"})).targets == "q,k,v");
+  CHECK(parse_train_args(base({"--targets", "q", "k", "v", "--rank", "4"})).targets == "q,k,v");
+  CHECK(parse_train_args(base({"--targets=q_proj,down_proj"})).target_modules() ==
+        std::vector<Module>{Module::q, Module::down});
+  const TrainOptions all = parse_train_args(base({"--target-modules", "all-linear"}));
+  CHECK(all.target_modules().size() == 7);
+  CHECK(contains(error_of(base({"--targets", "q,x"})), "'x'"));
+}
+
+TEST_CASE("cli: unknown options name themselves and suggest the closest") {
+  bool usage = false;
+  const std::string e = error_of(base({"--lrr", "1e-3"}), &usage);
+  CHECK(usage);
+  CHECK(contains(e, "unknown option '--lrr'"));
+  CHECK(contains(e, "did you mean '--lr'?"));
+  CHECK(contains(error_of(base({"--grad-acum=2"})), "did you mean '--grad-accum'?"));
+  const std::string far = error_of(base({"--completely-unrelated"}));
+  CHECK(contains(far, "unknown option '--completely-unrelated'"));
+  CHECK(!contains(far, "did you mean"));
+}
+
+TEST_CASE("cli: malformed values and choices name the flag") {
+  CHECK(contains(error_of(base({"--method", "dora"})), "--method: expected full, lora, pissa, hdpissa, lora-dwu or pissa-dwu, found 'dora'"));
+  CHECK(contains(error_of(base({"--rank", "four"})), "--rank expects an integer, found 'four'"));
+  bool usage = false;
+  const std::string e = error_of(base({"--micro-batch", "two"}), &usage);
+  CHECK(usage);
+  CHECK(contains(e, "--micro-batch"));
+  CHECK(contains(e, "two"));
+  CHECK(contains(error_of({"--model", "m", "--data", "d", "--prompt-field"}), "--prompt-field"));
+  CHECK(contains(error_of(base({"--seed", "-3"})), "--seed: expected >= 0, found -3"));
+  CHECK(contains(error_of(base({"--max-examples", "0"})), "--max-examples: expected >= 1, found 0"));
+  CHECK(contains(error_of({"--data", "d"}), "missing --model"));
+}
+
+TEST_CASE("cli: --config TOML / INI, the command line wins") {
+  const auto dir = std::filesystem::path(HDPISSA_LLAMA_SCRATCH) / "cli-config";
+  std::filesystem::create_directories(dir);
+  const auto toml = dir / "run.toml";
+  {
+    std::ofstream f(toml);
+    f << "# hdpissa-train options\nmodel = \"m\"\ndata = \"d\"\nmethod = \"pissa\"\nrank = 8\nlr = 1e-3\n"
+         "targets = [\"q\", \"v\"]\nquiet = true\nmax-len = 256\n";
+  }
+  const TrainOptions a = parse_train_args({"--config", toml.string()});
+  CHECK(a.model == "m");
+  CHECK(a.method == Method::Pissa);
+  CHECK(a.rank == 8);
+  CHECK(a.lr == 1e-3);
+  CHECK(a.targets == "q,v");
+  CHECK(a.quiet);
+  CHECK(a.max_len == 256);
+  const TrainOptions b = parse_train_args({"--config=" + toml.string(), "--rank", "4", "--method", "hdpissa"});
+  CHECK(b.rank == 4);  // the command line wins
+  CHECK(b.method == Method::Hdpissa);
+  CHECK(b.lr == 1e-3);  // the rest from the file
+  const auto bad = dir / "bad.toml";
+  {
+    std::ofstream f(bad);
+    f << "model = \"m\"\ndata = \"d\"\nmethod = \"dora\"\n";
+  }
+  CHECK(contains(error_of({"--config", bad.string()}), "--method: expected"));
+  CHECK(contains(error_of({"--config", (dir / "absent.toml").string()}), "absent.toml"));
+}
+
+TEST_CASE("cli: --help and --version print and ask for no validation") {
+  std::ostringstream out;
+  bool help = false;
+  (void)parse_train_args({"--help"}, &help, out);
+  CHECK(help);
+  CHECK(contains(out.str(), "--groups-per-process"));
+  CHECK(contains(out.str(), "--config"));
+  CHECK(contains(out.str(), "hdpissa|lora|pissa|full|lora-dwu|pissa-dwu"));
+  std::ostringstream ver;
+  help = false;
+  (void)parse_train_args({"--version"}, &help, ver);
+  CHECK(help);
+  CHECK(contains(ver.str(), std::string("hdpissa-train (hdpissa) ") + HDPISSA_VERSION_STRING));
+  CHECK(std::string(HDPISSA_VERSION_STRING) != "unknown");
+}
