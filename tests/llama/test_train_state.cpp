@@ -222,6 +222,24 @@ TEST_CASE("train state: a second trainer on the same --save-state is refused") {
   CHECK(again.t->step() == 0);
 }
 
+TEST_CASE("train state: save_state(dir) without --save-state (the GPU suite's initial-state save)") {
+  if (!llama_test::have_data()) return;
+  const fs::path dir = llama_test::scratch("state_explicit");
+  TrainOptions o = small_options();
+  o.max_steps = 2;
+  Run a(o);  // no --save-state: an explicit save still works and can be resumed from
+  a.t->save_state(dir / "init");
+  CHECK(fs::exists(dir / "init" / "manifest.json"));
+  a.t->run();
+  TrainOptions r = small_options();
+  r.max_steps = 2;
+  r.resume = (dir / "init").string();
+  Run b(r);
+  CHECK(b.t->step() == 0);
+  b.t->run();
+  CHECK(same_targets(*b.t, a.t->model()));  // resuming the step-0 state replays the same run
+}
+
 TEST_CASE("train state: a crash at each rename of a save; --resume takes the newest complete state, bit-exact") {
   if (!llama_test::have_data()) return;
   const ModelWeights& ref = reference_model();

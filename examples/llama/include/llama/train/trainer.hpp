@@ -392,7 +392,9 @@ class Trainer {
 
   void save_snapshot(const std::filesystem::path& dir, const Snapshot& snap) {
     namespace fs = std::filesystem;
-    if (root_ && !state_lock_.held() && fs::absolute(dir).lexically_normal() == fs::absolute(o_.save_state).lexically_normal())
+    // fs::absolute("") throws: an explicit save_state(dir) without --save-state compares with nothing.
+    const bool to_save_state = !o_.save_state.empty() && fs::absolute(dir).lexically_normal() == fs::absolute(o_.save_state).lexically_normal();
+    if (root_ && !state_lock_.held() && to_save_state)
       state_lock_ = DirLock(dir, true, "--save-state");  // save_state() after run() released it
     const fs::path target = fs::absolute(dir).lexically_normal();
     // A name unique to this save: worker 0's pid and a random nonce, shared with every worker.
@@ -460,7 +462,7 @@ class Trainer {
       if (had) fs::remove_all(old);
     }
     comm_->barrier();
-    if (target == fs::absolute(o_.save_state).lexically_normal()) last_saved_step_ = snap.step;
+    if (to_save_state) last_saved_step_ = snap.step;
   }
 
   /// This worker's state files inside `tmp` (worker 0 also writes the shared ones, state.json last),
