@@ -272,6 +272,11 @@ CudaLlama<T>::CudaLlama(const ModelWeights& host, int max_batch, int max_seq, cu
                          max_seq, ", ", loss_chunk_rows));
   if (max_seq > c.max_seq_len)
     throw LlamaError(cat("CudaLlama: max_seq ", max_seq, " exceeds max_position_embeddings ", c.max_seq_len));
+  // Not implemented on the GPU model yet (the CPU model has both): errors naming them, never silently dropped.
+  if (c.qkv_bias)
+    throw LlamaError(cat("CudaLlama: q/k/v biases (model_type ", c.model_type,
+                         ") are not implemented on the GPU model yet; the CPU model (model.hpp) supports them"));
+  c.check_sliding_window(max_seq, "the GPU model's max_seq");
   const int L = c.n_layers, D = c.dim, V = c.vocab_size, H = c.hidden_dim, qd = c.q_dim(), kvd = c.kv_dim();
   auto need = [](const char* what, const Matrix& m, index_t r, index_t cc) {
     if (m.rows() != r || m.cols() != cc)
