@@ -7,6 +7,7 @@
 
 #include <cmath>
 #include <map>
+#include <tuple>
 #include <random>
 
 #include <doctest/doctest.h>
@@ -289,8 +290,8 @@ TEST_CASE("model families: adapters see X·Wᵀ only; the frozen bias is kept (a
     for (Module m : {Module::q, Module::v}) {
       const LinearId id{l, m};
       Matrix a(w.linear(id).rows(), 2), bb(2, w.linear(id).cols());
-      for (float& x : a.reshaped()) x = n(rng);
-      for (float& x : bb.reshaped()) x = n(rng);
+      for (Eigen::Index i = 0; i < a.size(); ++i) a.data()[i] = n(rng);
+      for (Eigen::Index i = 0; i < bb.size(); ++i) bb.data()[i] = n(rng);
       hooks.delta[id.index()] = a * bb;
       merged.linear(id) += a * bb;
     }
