@@ -314,17 +314,58 @@ TEST_CASE("checkpoint: unused tensors and unsupported config fields are errors u
     REQUIRE(warnings.size() == 1);
     CHECK(llama_test::contains(warnings[0], "model.layers.0.mlp.extra.weight"));
   }
-  SUBCASE("Qwen2 q/k/v biases") {
-    const auto dir = tiny_checkpoint("nsl_qwen2",
-                                     {{"model.layers.0.self_attn.q_proj.bias", {4}},
-                                      {"model.layers.0.self_attn.k_proj.bias", {2}},
-                                      {"model.layers.0.self_attn.v_proj.bias", {2}}},
-                                     {{"model_type", "qwen2"}, {"architectures", {"Qwen2ForCausalLM"}}});
+  SUBCASE("Qwen2 q/k/v biases: loaded for qwen2, required there, an error elsewhere") {
+    const std::vector<std::pair<std::string, std::vector<std::int64_t>>> biases = {
+        {"model.layers.0.self_attn.q_proj.bias", {4}},
+        {"model.layers.0.self_attn.k_proj.bias", {2}},
+        {"model.layers.0.self_attn.v_proj.bias", {2}}};
+    const nlohmann::json qwen2 = {{"model_type", "qwen2"}, {"architectures", {"Qwen2ForCausalLM"}}};
+    const ModelWeights w = load_checkpoint(tiny_checkpoint("nsl_qwen2", biases, qwen2));
+    CHECK(w.config.qkv_bias);
+    CHECK(w.config.model_type == "qwen2");
+    CHECK(w.layers[0].bq.size() == 4);
+    CHECK(w.layers[0].bv.size() == 2);
+    CHECK(w.layers[0].bias(Module::o) == nullptr);
+    CHECK(w.config.to_json()["model_type"] == "qwen2");
+    CHECK(w.config.to_json()["architectures"][0] == "Qwen2ForCausalLM");
+    // a qwen2 config without the biases: the missing tensor is named
+    LLAMA_CHECK_THROWS_WITH_ALL(load_checkpoint(tiny_checkpoint("nsl_qwen2_nob", {}, qwen2)),
+                                "model.layers.0.self_attn.q_proj.bias");
+    // biases in a llama checkpoint: not part of the architecture
+    const auto dir = tiny_checkpoint("nsl_llama_bias", biases);
     LLAMA_CHECK_THROWS_WITH_ALL(load_checkpoint(dir), "model.layers.0.self_attn.q_proj.bias",
-                                "attention biases (Qwen2) are not supported yet");
+                                "not part of model_type llama");
     std::vector<std::string> warnings;
     CHECK_NOTHROW(load_checkpoint(dir, LoadOptions{true, [&](const std::string& m) { warnings.push_back(m); }}));
     CHECK(warnings.size() == 1);
+    // o_proj bias in a qwen2 checkpoint: named, never dropped
+    LLAMA_CHECK_THROWS_WITH_ALL(
+        load_checkpoint(tiny_checkpoint("nsl_qwen2_o", {biases[0], biases[1], biases[2],
+                                                         {"model.layers.0.self_attn.o_proj.bias", {4}}}, qwen2)),
+        "model.layers.0.self_attn.o_proj.bias");
+  }
+  SUBCASE("Qwen2 sliding window: use_sliding_window, max_window_layers, layer_types") {
+    auto cfg_of = [](const nlohmann::json& patch) {
+      nlohmann::json j = {{"model_type", "qwen2"}, {"hidden_size", 8}, {"intermediate_size", 16},
+                          {"num_hidden_layers", 4}, {"num_attention_heads", 2}, {"vocab_size", 10}};
+      j.merge_patch(patch);
+      return ModelConfig::from_json(j);
+    };
+    CHECK(cfg_of({{"use_sliding_window", false}, {"sliding_window", 4}}).sliding_window == 0);
+    const ModelConfig c = cfg_of({{"use_sliding_window", true}, {"sliding_window", 4}, {"max_window_layers", 2}});
+    CHECK(c.attention_window(1) == 0);
+    CHECK(c.attention_window(2) == 4);
+    CHECK(c.to_json()["max_window_layers"] == 2);
+    CHECK(c.to_json()["use_sliding_window"] == true);
+    CHECK(cfg_of({{"use_sliding_window", true}, {"sliding_window", 4}, {"max_window_layers", 4}}).sliding_window == 0);
+    const ModelConfig lt = cfg_of({{"use_sliding_window", true}, {"sliding_window", 4},
+                                   {"layer_types", {"full_attention", "full_attention", "full_attention", "sliding_attention"}}});
+    CHECK(lt.attention_window(2) == 0);
+    CHECK(lt.attention_window(3) == 4);
+    LLAMA_CHECK_THROWS_WITH_ALL(
+        cfg_of({{"use_sliding_window", true}, {"sliding_window", 4},
+                {"layer_types", {"sliding_attention", "full_attention", "full_attention", "full_attention"}}}),
+        "layer_types");
   }
   SUBCASE("a tied lm_head.weight equal to the embedding is accepted, a different one is not") {
     const auto dir = tiny_checkpoint("nsl_head", {{"lm_head.weight", {6, 4}}});  // zeros: differs
@@ -349,10 +390,13 @@ TEST_CASE("checkpoint: unused tensors and unsupported config fields are errors u
                                                      {"eos_token_id", {5, 4}}});
     CHECK(load_checkpoint(l31).config.eos_token_id == 5);
   }
-  SUBCASE("Mistral sliding window: accepted only where it covers every sequence") {
+  SUBCASE("Mistral sliding window: loaded and saved; consumers without it reject binding windows") {
     const auto dir = tiny_checkpoint("nsl_swa", {}, {{"model_type", "mistral"}, {"sliding_window", 8}});
     const ModelWeights w = load_checkpoint(dir);
     CHECK(w.config.sliding_window == 8);
+    CHECK(w.config.attention_window(0) == 8);
+    CHECK_FALSE(w.config.window_binds(8));
+    CHECK(w.config.window_binds(9));
     CHECK_NOTHROW(w.config.check_sliding_window(8, "--max-len"));
     LLAMA_CHECK_THROWS_WITH_ALL(w.config.check_sliding_window(16, "--max-len"), "sliding_window 8", "--max-len 16",
                                 "not supported");
@@ -361,4 +405,5 @@ TEST_CASE("checkpoint: unused tensors and unsupported config fields are errors u
     const auto off = tiny_checkpoint("nsl_swa_null", {}, {{"model_type", "mistral"}, {"sliding_window", nullptr}});
     CHECK(load_checkpoint(off).config.sliding_window == 0);
   }
+
 }

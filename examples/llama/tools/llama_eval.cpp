@@ -122,7 +122,6 @@ int main(int argc, char** argv) {
     if (w && args.max_len > w->config.max_seq_len)
       throw LlamaError(cat("--max-len ", args.max_len, " exceeds the model's max_position_embeddings ",
                            w->config.max_seq_len));
-    if (w) w->config.check_sliding_window(args.max_len, "--max-len");
 
     DataLoadReport rep;
     auto data = std::make_shared<std::vector<TokenizedExample>>(

@@ -82,7 +82,6 @@ int main(int argc, char** argv) {
     const std::vector<std::int32_t> prompt = tok.encode(text, /*add_bos=*/true);
     GenerateOptions opt;
     opt.max_new_tokens = args.max_new_tokens;
-    w.config.check_sliding_window(int(prompt.size()) + args.max_new_tokens, "the prompt plus --max-new-tokens");
     if (args.stop) opt.stop_token = tok.eos_id();
     const auto t1 = std::chrono::steady_clock::now();
     std::vector<std::int32_t> out = generate_greedy(w, prompt, opt);

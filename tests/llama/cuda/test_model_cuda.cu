@@ -627,6 +627,88 @@ TEST_CASE("CudaLlama attention selection: Auto picks flash for bf16 at head_dim 
   CHECK_FALSE(g.flash_attention());
 }
 
+// ---- model families: Qwen2 q/k/v biases and sliding-window attention (Mistral; Qwen2 layers >=
+// max_window_layers), GPU vs the CPU model (itself checked against a naive double-precision model,
+// finite differences and transformers in tests/llama/test_model_families.cpp).
+namespace {
+/// `base` with random q/k/v biases (qkv_bias) and/or a sliding window on layers >= from_layer.
+ModelWeights with_family(const ModelWeights& base, bool bias, int window, int from_layer, unsigned seed, float sd) {
+  ModelWeights w = base;
+  w.config.qkv_bias = bias;
+  w.config.model_type = bias ? "qwen2" : window > 0 ? "mistral" : "llama";
+  w.config.sliding_window = window;
+  w.config.window_from_layer = from_layer;
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> n(0.0f, sd);
+  if (bias)
+    for (auto& l : w.layers) {
+      l.bq = Vector(w.config.q_dim());
+      l.bk = Vector(w.config.kv_dim());
+      l.bv = Vector(w.config.kv_dim());
+      for (Vector* v : {&l.bq, &l.bk, &l.bv})
+        for (Eigen::Index i = 0; i < v->size(); ++i) (*v)(i) = n(rng);
+    }
+  return w;
+}
+}  // namespace
+
+TEST_CASE("model families: fp32 CudaLlama matches the CPU model with q/k/v biases and sliding windows") {
+  const std::vector<Batch> batches = {make_batch(37, 7, {7, 5, 3}, 3, 7), make_batch(37, 12, {12, 12}, 4, 8)};
+  const ModelWeights base = tiny_random(11);
+  compare_with_cpu<float>(with_family(base, true, 0, 0, 1, 0.35f), with_family(base, true, 0, 0, 1, 0.35f), batches, 3,
+                          12, {1e-5, 2e-5, 2e-5, 2e-5}, "tiny fp32 qwen2 bias");
+  for (int window : {1, 3, 5}) {
+    const ModelWeights w = with_family(base, false, window, 0, 2, 0.35f);
+    compare_with_cpu<float>(w, w, batches, 3, 12, {1e-5, 2e-5, 2e-5, 2e-5}, cat("tiny fp32 window ", window));
+  }
+  const ModelWeights both = with_family(base, true, 4, 1, 3, 0.35f);  // bias + window on layer 1 only
+  compare_with_cpu<float>(both, both, batches, 3, 12, {1e-5, 2e-5, 2e-5, 2e-5}, "tiny fp32 bias + window from layer 1");
+}
+
+TEST_CASE("model families: bf16 CudaLlama matches the CPU model with q/k/v biases and sliding windows") {
+  const std::vector<Batch> batches = {make_batch(37, 7, {7, 5, 3}, 3, 7), make_batch(37, 12, {12, 12}, 4, 8)};
+  const ModelWeights w = with_family(tiny_random(11), true, 3, 0, 4, 0.35f);
+  compare_with_cpu<bf16>(w, rounded_to_bf16(w), batches, 3, 12, {1e-2, 5e-2, 1e-1, 2e-1}, "tiny bf16 bias + window");
+}
+
+// head_dim 64 (the flash shape): biases on the flash and Gemm paths; a binding window runs on the
+// Gemm path (Auto picks it; Flash refuses by name). Same bounds as the llama hd64 case above.
+TEST_CASE("model families: bf16 hd64 with biases (flash and gemm) and a sliding window (gemm)") {
+  const ModelWeights base = small_hd64(21);
+  const std::vector<Batch> batches = {make_batch(61, 150, {150, 97, 64}, 20, 31), make_batch(61, 70, {70, 1}, 0, 32)};
+  const Tol tol{2e-3, 5e-2, 8e-2, 1e-1};
+  const ModelWeights wb = with_family(base, true, 0, 0, 5, 0.5f);
+  compare_with_cpu<bf16>(wb, rounded_to_bf16(wb), batches, 3, 150, tol, "hd64 bf16 bias flash",
+                         hdpissa::llama::gpu::Attention::Flash);
+  compare_with_cpu<bf16>(wb, rounded_to_bf16(wb), batches, 3, 150, tol, "hd64 bf16 bias gemm",
+                         hdpissa::llama::gpu::Attention::Gemm);
+  const ModelWeights ww = with_family(base, true, 40, 0, 6, 0.5f);
+  compare_with_cpu<bf16>(ww, rounded_to_bf16(ww), batches, 3, 150, tol, "hd64 bf16 bias + window 40 gemm",
+                         hdpissa::llama::gpu::Attention::Gemm);
+  CudaLlama<bf16> autom(ww, 1, 150, nullptr, 1024, hdpissa::llama::gpu::Attention::Auto);
+  CHECK_FALSE(autom.flash_attention());  // the window binds at max_seq 150
+  CudaLlama<bf16> fits(ww, 1, 40, nullptr, 1024, hdpissa::llama::gpu::Attention::Auto);
+  CHECK(fits.flash_attention());  // a window covering max_seq changes nothing: flash is exact
+  bool thrown = false;
+  try {
+    CudaLlama<bf16> m(ww, 1, 150, nullptr, 1024, hdpissa::llama::gpu::Attention::Flash);
+  } catch (const LlamaError& e) {
+    thrown = true;
+    CHECK(std::string(e.what()).find("sliding_window 40") != std::string::npos);
+  }
+  CHECK(thrown);
+  ModelWeights missing = wb;  // config says biases, the weights lack one: named
+  missing.layers[1].bk = Vector();
+  thrown = false;
+  try {
+    CudaLlama<bf16> m(missing, 1, 16, nullptr, 1024, hdpissa::llama::gpu::Attention::Gemm);
+  } catch (const LlamaError& e) {
+    thrown = true;
+    CHECK(std::string(e.what()).find("model.layers.1.self_attn.k_proj.bias") != std::string::npos);
+  }
+  CHECK(thrown);
+}
+
 int main(int argc, char** argv) {
   int count = 0;
   const cudaError_t e = cudaGetDeviceCount(&count);

@@ -239,7 +239,9 @@ inline void check_unused_tensors(const std::filesystem::path& dir, const Safeten
     return s;
   };
   std::vector<std::string> problems;
-  if (!attn_biases.empty()) problems.push_back(listing(attn_biases) + ": attention biases (Qwen2) are not supported yet");
+  if (!attn_biases.empty())
+    problems.push_back(listing(attn_biases) + cat(": attention biases are not part of model_type ", w.config.model_type,
+                                                  " (only qwen2's q/k/v biases are supported)"));
   if (!biases.empty()) problems.push_back(listing(biases) + ": biases are not supported yet");
   if (!others.empty()) problems.push_back(listing(others) + ": not used by the model (LLaMA architecture)");
   if (problems.empty()) return;
@@ -278,6 +280,10 @@ inline ModelWeights load_hf_checkpoint(const std::filesystem::path& dir, const L
     for (int m = 0; m < kModulesPerLayer; ++m) {
       const LinearId id{i, static_cast<Module>(m)};
       l.linear(id.module) = st.read_matrix(id.hf_name(), rows[m], cols[m]);
+      if (c.qkv_bias && m <= static_cast<int>(Module::v)) {  // Qwen2: q/k/v biases are required
+        Vector& b = id.module == Module::q ? l.bq : id.module == Module::k ? l.bk : l.bv;
+        b = st.read_vector(id.hf_bias_name(), rows[m]);
+      }
     }
   }
   w.final_norm = st.read_vector("model.norm.weight", D);

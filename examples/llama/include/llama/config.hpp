@@ -40,21 +40,34 @@ struct ModelConfig {
   bool tie_embeddings = true;    ///< tie_word_embeddings (lm_head = embed_tokens)
   int bos_token_id = 1;          ///< bos_token_id
   int eos_token_id = 2;          ///< eos_token_id (first one if a list)
-  int sliding_window = 0;        ///< Mistral's sliding_window (0 = none); only accepted where it covers
-                                 ///< every sequence (check_sliding_window), so attention is unchanged
+  int sliding_window = 0;        ///< sliding_window W (0 = none): query i attends to keys j with
+                                 ///< i − W < j ≤ i (transformers' masking_utils convention)
+  int window_from_layer = 0;     ///< layers l ≥ this use the window (Qwen2's max_window_layers; 0 for Mistral)
+  bool qkv_bias = false;         ///< q/k/v projections carry biases (Qwen2; o_proj and the MLP do not)
+  std::string model_type = "llama";  ///< HF model_type: llama, mistral or qwen2 (llama2c → llama);
+                                     ///< kept so a saved config names the same architecture
 
   /// Width of the q projection output, n_heads·head_dim.
   [[nodiscard]] int q_dim() const { return n_heads * head_dim; }
   /// Width of the k / v projection outputs, n_kv_heads·head_dim.
   [[nodiscard]] int kv_dim() const { return n_kv_heads * head_dim; }
 
-  /// Throws unless every sequence of up to `max_len` tokens fits in the sliding window (the models
-  /// attend to all earlier positions; a window smaller than a sequence would change attention).
-  /// `what` names where max_len comes from (e.g. "--max-len").
+  /// The attention window of decoder layer `layer`: sliding_window where that layer is a
+  /// sliding-attention layer, else 0 (full causal attention).
+  [[nodiscard]] int attention_window(int layer) const {
+    return sliding_window > 0 && layer >= window_from_layer ? sliding_window : 0;
+  }
+  /// Whether any layer's window is smaller than `max_len` (so attention differs from full causal).
+  [[nodiscard]] bool window_binds(int max_len) const {
+    return sliding_window > 0 && window_from_layer < n_layers && sliding_window < max_len;
+  }
+  /// For a consumer that implements full causal attention only: throws unless every sequence of up
+  /// to `max_len` tokens fits in the sliding window. `what` names that consumer and where max_len
+  /// comes from (e.g. "--max-len").
   void check_sliding_window(int max_len, const std::string& what) const {
-    if (sliding_window > 0 && sliding_window < max_len)
+    if (window_binds(max_len))
       throw LlamaError(cat("model config: sliding_window ", sliding_window, " is smaller than ", what, " ", max_len,
-                           ": sliding-window attention (Mistral) is not supported yet; use ", what, " <= ",
+                           ": sliding-window attention is not supported there; use ", what, " <= ",
                            sliding_window));
   }
 
@@ -100,8 +113,10 @@ struct ModelConfig {
     if (j.contains("model_type") && j["model_type"].is_string()) {
       model_type = j["model_type"].get<std::string>();
       if (model_type != "llama" && model_type != "mistral" && model_type != "qwen2" && model_type != "llama2c")
-        throw LlamaError(cat(source, ": expected model_type llama (or mistral), found '", model_type, "'"));
+        throw LlamaError(cat(source, ": expected model_type llama, mistral or qwen2, found '", model_type, "'"));
     }
+    c.model_type = model_type == "llama2c" ? "llama" : model_type;
+    c.qkv_bias = model_type == "qwen2";  // transformers' Qwen2Attention: q/k/v bias=True, o_proj bias=False
     std::vector<std::string> unsupported;
     auto truthy = [&](const char* key) {
       if (!j.contains(key) || j[key].is_null()) return false;
@@ -117,12 +132,23 @@ struct ModelConfig {
       unsupported.push_back(cat("partial_rotary_factor=", j["partial_rotary_factor"].dump()));
     if (j.contains("hidden_act") && j["hidden_act"] != "silu")
       unsupported.push_back(cat("hidden_act=", j["hidden_act"].dump(), " (expected \"silu\")"));
-    if (j.contains("layer_types") && j["layer_types"].is_array())
-      for (const auto& t : j["layer_types"])
-        if (t != "full_attention") {
-          unsupported.push_back(cat("layer_types containing ", t.dump(), " (expected full_attention only)"));
+    // layer_types (transformers >= 4.53): full_attention layers, then optionally sliding_attention
+    // ones (the form Qwen2's max_window_layers produces); anything else is unsupported
+    int first_sliding = -1;
+    bool layer_types_bad = false;
+    if (j.contains("layer_types") && j["layer_types"].is_array()) {
+      const auto& lt = j["layer_types"];
+      for (std::size_t i = 0; i < lt.size(); ++i) {
+        if (lt[i] == "sliding_attention") {
+          if (first_sliding < 0) first_sliding = static_cast<int>(i);
+        } else if (lt[i] != "full_attention" || first_sliding >= 0) {
+          unsupported.push_back(cat("layer_types ", lt.dump(),
+                                    " (expected full_attention layers followed by sliding_attention layers)"));
+          layer_types_bad = true;
           break;
         }
+      }
+    }
     c.dim = need_int("hidden_size");
     c.hidden_dim = need_int("intermediate_size");
     c.n_layers = need_int("num_hidden_layers");
@@ -166,10 +192,27 @@ struct ModelConfig {
       unsupported.push_back(cat("rope type '", c.rope_scaling.type, "' (expected default, linear or llama3)"));
       c.rope_scaling = RopeScaling{};
     }
-    // sliding window: Mistral's sliding_window (Qwen2: only when use_sliding_window is true)
-    const bool window_on = model_type == "mistral" || (j.contains("use_sliding_window") && truthy("use_sliding_window"));
-    if (window_on && j.contains("sliding_window") && j["sliding_window"].is_number_integer())
+    // sliding window: Mistral's sliding_window applies to every layer; Qwen2's only when
+    // use_sliding_window is true, and then to layers >= max_window_layers (transformers'
+    // Qwen2Config builds layer_types that way)
+    const bool window_on = model_type == "mistral" || (model_type == "qwen2" && truthy("use_sliding_window"));
+    if (window_on && j.contains("sliding_window") && j["sliding_window"].is_number_integer() &&
+        j["sliding_window"].get<int>() > 0) {
       c.sliding_window = j["sliding_window"].get<int>();
+      if (model_type == "qwen2")
+        c.window_from_layer = j.contains("max_window_layers") && j["max_window_layers"].is_number_integer()
+                                  ? j["max_window_layers"].get<int>() : 0;
+      if (first_sliding >= 0) c.window_from_layer = first_sliding;  // explicit layer_types win
+      else if (j.contains("layer_types") && j["layer_types"].is_array() && !layer_types_bad)
+        c.window_from_layer = c.n_layers;  // every layer listed as full_attention
+    } else if (first_sliding >= 0) {
+      unsupported.push_back(cat("layer_types with sliding_attention but no usable sliding_window (found ",
+                                j.contains("sliding_window") ? j["sliding_window"].dump() : std::string("none"), ")"));
+    }
+    if (c.sliding_window > 0 && c.window_from_layer >= c.n_layers) {  // no layer uses it
+      c.sliding_window = 0;
+      c.window_from_layer = 0;
+    }
     if (!unsupported.empty()) {
       std::string list;
       for (const auto& u : unsupported) list += (list.empty() ? "" : "; ") + u;
@@ -200,10 +243,18 @@ struct ModelConfig {
   /// HF `config.json` loadable by transformers 4.x and 5.x (`rope_theta` top level + `rope_scaling`).
   [[nodiscard]] nlohmann::json to_json(const std::string& dtype = "float32") const {
     nlohmann::json j;
-    j["architectures"] = {sliding_window > 0 ? "MistralForCausalLM" : "LlamaForCausalLM"};
-    j["model_type"] = sliding_window > 0 ? "mistral" : "llama";
-    if (sliding_window > 0) j["sliding_window"] = sliding_window;
-    j["attention_bias"] = false;
+    const bool qwen2 = model_type == "qwen2" || qkv_bias;
+    const bool mistral = !qwen2 && (model_type == "mistral" || sliding_window > 0);
+    j["architectures"] = {qwen2 ? "Qwen2ForCausalLM" : mistral ? "MistralForCausalLM" : "LlamaForCausalLM"};
+    j["model_type"] = qwen2 ? "qwen2" : mistral ? "mistral" : "llama";
+    if (qwen2) {  // Qwen2Config: sliding window on layers >= max_window_layers when use_sliding_window
+      j["use_sliding_window"] = sliding_window > 0;
+      j["sliding_window"] = sliding_window > 0 ? nlohmann::json(sliding_window) : nlohmann::json(nullptr);
+      j["max_window_layers"] = sliding_window > 0 ? window_from_layer : n_layers;
+    } else if (mistral) {
+      j["sliding_window"] = sliding_window > 0 ? nlohmann::json(sliding_window) : nlohmann::json(nullptr);
+    }
+    if (!qwen2) j["attention_bias"] = false;
     j["attention_dropout"] = 0.0;
     j["mlp_bias"] = false;
     j["hidden_act"] = "silu";
@@ -232,7 +283,7 @@ struct ModelConfig {
     j["bos_token_id"] = bos_token_id;
     j["eos_token_id"] = eos_token_id;
     j["initializer_range"] = 0.02;
-    j["pretraining_tp"] = 1;
+    if (!qwen2) j["pretraining_tp"] = 1;
     j["use_cache"] = true;
     j["torch_dtype"] = dtype;
     return j;

@@ -3,9 +3,9 @@
 /// The LLaMA-family decoder on the CPU in fp32 with Eigen: forward with loss, backward with every
 /// gradient, held-out loss, and greedy generation with a KV cache.
 ///
-/// Architecture (HF LlamaForCausalLM): embedding → n_layers × [RMSNorm → q,k,v → RoPE (HF
+/// Architecture (HF LlamaForCausalLM; Mistral, Qwen2): embedding → n_layers × [RMSNorm → q,k,v (+ Qwen2 bias) → RoPE (HF
 /// rotate-half; theta, llama3 / linear scaling from the config) → causal grouped-query attention
-/// (right padding masked) → o, residual → RMSNorm → SwiGLU (gate, up, down), residual] → RMSNorm →
+/// (right padding masked; sliding window per config.attention_window) → o, residual → RMSNorm → SwiGLU (gate, up, down), residual] → RMSNorm →
 /// lm_head (tied or not) → cross-entropy (ignore_index -100, mean over non-masked targets).
 /// Every target linear goes through LinearHooks. Attention probabilities are not stored: the
 /// backward recomputes them from the saved q, k and row log-sum-exp (flash-attention style), and
@@ -147,29 +147,44 @@ HDPISSA_LLAMA_OMP(omp parallel for schedule(static) if (n > 64))
   }
 }
 
-/// Causal attention of one head. Queries are at absolute positions q_offset + i, keys at 0..m-1.
+/// First key position visible from query position `pos` with attention window `window` (0 = full
+/// causal). transformers' masking_utils: sliding_window_causal_mask_function(W) =
+/// and_masks(sliding_window_overlay(W), causal_mask_function), where sliding_window_overlay allows
+/// `kv_idx > q_idx - sliding_window` and causal allows `kv_idx <= q_idx`; so query i sees the W keys
+/// max(0, i − W + 1) .. i.
+inline int first_visible_key(int pos, int window) { return window > 0 ? std::max(0, pos - window + 1) : 0; }
+
+/// Causal attention of one head. Queries are at absolute positions q_offset + i, keys at 0..m-1;
+/// `window` > 0 restricts query i to the keys first_visible_key(q_offset + i, window) .. q_offset + i.
 /// S is a scratch (n, m). O (n, hd) is written; lse (n) receives the row log-sum-exp if non-null.
 template <class QB, class KB, class VB, class OB>
 void attention_head_forward(const QB& Q, const KB& K, const VB& V, int q_offset, float scale, Matrix& S, OB&& O,
-                            float* lse) {
+                            float* lse, int window = 0) {
   const Eigen::Index n = Q.rows(), m = K.rows();
   S.resize(n, m);
   S.noalias() = (Q * K.transpose()) * scale;
   for (Eigen::Index i = 0; i < n; ++i) {
     const Eigen::Index last = std::min<Eigen::Index>(m - 1, q_offset + i);  // causal: keys ≤ position
+    const Eigen::Index first = first_visible_key(static_cast<int>(q_offset + i), window);
     auto row = S.row(i);
-    const float mx = row.head(last + 1).maxCoeff();
+    const float mx = row.segment(first, last + 1 - first).maxCoeff();
     double sum = 0.0;
-    for (Eigen::Index j = 0; j <= last; ++j) {
+    for (Eigen::Index j = 0; j < first; ++j) row(j) = 0.0f;
+    for (Eigen::Index j = first; j <= last; ++j) {
       const float e = std::exp(row(j) - mx);
       row(j) = e;
       sum += e;
     }
     for (Eigen::Index j = last + 1; j < m; ++j) row(j) = 0.0f;
-    row.head(last + 1) *= static_cast<float>(1.0 / sum);
+    row.segment(first, last + 1 - first) *= static_cast<float>(1.0 / sum);
     if (lse) lse[i] = mx + static_cast<float>(std::log(sum));
   }
   O.noalias() = S * V;
+}
+
+/// Adds a linear's frozen bias (if any) to every row of its output Y (tokens, out).
+inline void add_bias(const Vector* b, Matrix& Y) {
+  if (b) Y.rowwise() += b->transpose();
 }
 
 /// SiLU.
@@ -221,10 +236,14 @@ inline LossResult forward(const ModelWeights& w, const Batch& batch, CpuHooks& h
     detail::linear_forward(hooks, {l, Module::q}, lw.wq, a.xn1, a.q);
     detail::linear_forward(hooks, {l, Module::k}, lw.wk, a.xn1, a.k);
     detail::linear_forward(hooks, {l, Module::v}, lw.wv, a.xn1, a.v);
+    detail::add_bias(lw.bias(Module::q), a.q);  // Qwen2: bias after X·Wᵀ (adapters never see it), before RoPE
+    detail::add_bias(lw.bias(Module::k), a.k);
+    detail::add_bias(lw.bias(Module::v), a.v);
     detail::rope_apply(a.q, nh, hd, acts.rope_cos, acts.rope_sin, pos_of, false);
     detail::rope_apply(a.k, nkv, hd, acts.rope_cos, acts.rope_sin, pos_of, false);
     a.attn.setZero(N, c.q_dim());
     a.lse.setZero(N, nh);
+    const int window = c.attention_window(l);
 HDPISSA_LLAMA_OMP(omp parallel)
     {
       Matrix S;
@@ -238,7 +257,7 @@ HDPISSA_LLAMA_OMP(omp for schedule(dynamic) collapse(2))
           lse_buf.resize(L);
           detail::attention_head_forward(a.q.block(base, h * hd, L, hd), a.k.block(base, g * hd, L, hd),
                                          a.v.block(base, g * hd, L, hd), 0, scale, S,
-                                         a.attn.block(base, h * hd, L, hd), lse_buf.data());
+                                         a.attn.block(base, h * hd, L, hd), lse_buf.data(), window);
           a.lse.block(base, h, L, 1) = lse_buf;
         }
     }
@@ -289,7 +308,7 @@ HDPISSA_LLAMA_OMP(omp parallel for schedule(static) if (N > 64))
 
 /// Backpropagates `grad_scale` · mean loss of the last forward() through the model. Target linears
 /// go through `hooks.backward` (which owns their weight / adapter gradients); when `grads` is
-/// non-null the other parameters' gradients (embedding, norms, lm_head / tied embedding) are
+/// non-null the other parameters' gradients (embedding, norms, lm_head / tied embedding, frozen q/k/v biases) are
 /// ACCUMULATED into it. Use grad_scale = 1/accumulation_steps for gradient accumulation.
 inline void backward(const ModelWeights& w, const Activations& acts, CpuHooks& hooks, ModelWeights* grads,
                      float grad_scale = 1.0f, int loss_chunk_rows = 256) {
@@ -359,6 +378,7 @@ HDPISSA_LLAMA_OMP(omp parallel for schedule(static) if (N > 64))
     dq.setZero();
     dk.setZero();
     dv.setZero();
+    const int window = c.attention_window(l);
 HDPISSA_LLAMA_OMP(omp parallel)
     {
       Matrix S, dP, dKacc, dVacc;
@@ -378,15 +398,17 @@ HDPISSA_LLAMA_OMP(omp for schedule(dynamic) collapse(2))
             const auto dO = d_attn.block(base, h * hd, L, hd);
             S.resize(L, L);
             S.noalias() = (Q * K.transpose()) * scale;
-            for (int i = 0; i < L; ++i) {  // P = exp(S − lse), causal
+            for (int i = 0; i < L; ++i) {  // P = exp(S − lse), causal (within the window)
               const float lse = a.lse(base + i, h);
-              for (int j = 0; j <= i; ++j) S(i, j) = std::exp(S(i, j) - lse);
+              const int first = detail::first_visible_key(i, window);
+              for (int j = 0; j < first; ++j) S(i, j) = 0.0f;
+              for (int j = first; j <= i; ++j) S(i, j) = std::exp(S(i, j) - lse);
               for (int j = i + 1; j < L; ++j) S(i, j) = 0.0f;
             }
             dP.resize(L, L);
             dP.noalias() = dO * V.transpose();  // (L, L)
             Drow = dO.cwiseProduct(O).rowwise().sum();
-            for (int i = 0; i < L; ++i)  // dS = P ∘ (dP − D)
+            for (int i = 0; i < L; ++i)  // dS = P ∘ (dP − D); P is 0 outside the window
               for (int j = 0; j <= i; ++j) dP(i, j) = S(i, j) * (dP(i, j) - Drow(i));
             for (int i = 0; i < L; ++i)
               for (int j = i + 1; j < L; ++j) dP(i, j) = 0.0f;
@@ -400,6 +422,11 @@ HDPISSA_LLAMA_OMP(omp for schedule(dynamic) collapse(2))
     }
     detail::rope_apply(dq, nh, hd, acts.rope_cos, acts.rope_sin, pos_of, true);
     detail::rope_apply(dk, nkv, hd, acts.rope_cos, acts.rope_sin, pos_of, true);
+    if (gl) {  // frozen biases: their gradient (Σ over rows of ∂/∂Y; padding rows are zero) for checks only
+      if (Vector* b = gl->bias(Module::q)) *b += dq.colwise().sum().transpose();
+      if (Vector* b = gl->bias(Module::k)) *b += dk.colwise().sum().transpose();
+      if (Vector* b = gl->bias(Module::v)) *b += dv.colwise().sum().transpose();
+    }
     detail::linear_backward(hooks, {l, Module::v}, lw.wv, a.xn1, dv, d_xn2);  // d_xn2 reused as (N, dim) scratch
     detail::linear_backward(hooks, {l, Module::k}, lw.wk, a.xn1, dk, d_tmp);
     d_xn2 += d_tmp;
@@ -481,6 +508,9 @@ inline Matrix forward_incremental(const ModelWeights& w, const std::vector<std::
     detail::linear_forward(hooks, {l, Module::q}, lw.wq, xn, q);
     detail::linear_forward(hooks, {l, Module::k}, lw.wk, xn, kn);
     detail::linear_forward(hooks, {l, Module::v}, lw.wv, xn, vn);
+    detail::add_bias(lw.bias(Module::q), q);
+    detail::add_bias(lw.bias(Module::k), kn);
+    detail::add_bias(lw.bias(Module::v), vn);
     detail::rope_apply(q, nh, hd, cos_t, sin_t, pos_of, false);
     detail::rope_apply(kn, c.n_kv_heads, hd, cos_t, sin_t, pos_of, false);
     cache.k[l].middleRows(p0, n) = kn;
@@ -489,7 +519,7 @@ inline Matrix forward_incremental(const ModelWeights& w, const std::vector<std::
       const int g = h / group;
       detail::attention_head_forward(q.middleCols(h * hd, hd), cache.k[l].block(0, g * hd, p0 + n, hd),
                                      cache.v[l].block(0, g * hd, p0 + n, hd), p0, scale, S,
-                                     attn.middleCols(h * hd, hd), nullptr);
+                                     attn.middleCols(h * hd, hd), nullptr, c.attention_window(l));
     }
     detail::linear_forward(hooks, {l, Module::o}, lw.wo, attn, tmp);
     x += tmp;

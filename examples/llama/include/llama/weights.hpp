@@ -35,6 +35,11 @@ struct LinearId {
     const bool attn = module == Module::q || module == Module::k || module == Module::v || module == Module::o;
     return cat("model.layers.", layer, attn ? ".self_attn." : ".mlp.", module_name(module), ".weight");
   }
+  /// HF parameter name of the bias, e.g. "model.layers.3.self_attn.q_proj.bias".
+  [[nodiscard]] std::string hf_bias_name() const {
+    std::string n = hf_name();
+    return n.substr(0, n.size() - 6) + "bias";
+  }
   friend bool operator==(const LinearId&, const LinearId&) = default;
 };
 
@@ -49,6 +54,19 @@ struct LayerWeights {
   Matrix w_gate;     ///< gate_proj (hidden, dim)
   Matrix w_up;       ///< up_proj (hidden, dim)
   Matrix w_down;     ///< down_proj (dim, hidden)
+  Vector bq;         ///< q_proj.bias (n_heads·head_dim), only with config.qkv_bias (Qwen2), else empty
+  Vector bk;         ///< k_proj.bias (n_kv_heads·head_dim), as bq
+  Vector bv;         ///< v_proj.bias (n_kv_heads·head_dim), as bq
+
+  /// The bias of a target linear: bq / bk / bv for q / k / v when present (non-empty), else
+  /// nullptr. Biases are frozen: a linear computes Y = X Wᵀ (through the hooks) and the model adds
+  /// the bias afterwards, so adapters and merged weights never see it.
+  Vector* bias(Module m) {
+    Vector* b = m == Module::q ? &bq : m == Module::k ? &bk : m == Module::v ? &bv : nullptr;
+    return b && b->size() > 0 ? b : nullptr;
+  }
+  /// The bias of a target linear (const); nullptr when it has none.
+  [[nodiscard]] const Vector* bias(Module m) const { return const_cast<LayerWeights*>(this)->bias(m); }
 
   /// The weight of a target linear.
   Matrix& linear(Module m) {
@@ -101,6 +119,11 @@ struct ModelWeights {
       l.w_gate = Matrix::Zero(c.hidden_dim, c.dim);
       l.w_up = Matrix::Zero(c.hidden_dim, c.dim);
       l.w_down = Matrix::Zero(c.dim, c.hidden_dim);
+      if (c.qkv_bias) {
+        l.bq = Vector::Zero(c.q_dim());
+        l.bk = Vector::Zero(c.kv_dim());
+        l.bv = Vector::Zero(c.kv_dim());
+      }
     }
     w.final_norm = Vector::Zero(c.dim);
     if (!c.tie_embeddings) w.lm_head = Matrix::Zero(c.vocab_size, c.dim);
@@ -131,6 +154,7 @@ struct ModelWeights {
       for (int m = 0; m < kModulesPerLayer; ++m) {
         const LinearId id{i, static_cast<Module>(m)};
         mat(id.hf_name(), l.linear(id.module));
+        if (Vector* b = l.bias(id.module)) vec(id.hf_bias_name(), *b);
       }
       vec(p + "post_attention_layernorm.weight", l.ffn_norm);
     }

@@ -337,17 +337,20 @@ void launch_group_sum_heads_to_rows(cudaStream_t s, const float* in, int group, 
 }
 
 /// Causal softmax of scaled scores S (rows r = (b·nh + h)·Tn + t, Tn columns) with padding: row
-/// t < L_b attends to keys 0..t; rows t ≥ L_b get P = 0, lse = 0 (like the CPU model).
+/// t < L_b attends to keys first..t, first = max(0, t − window + 1) for a sliding window (window > 0;
+/// transformers' sliding_window_overlay: kv > q − W), else 0; rows t ≥ L_b get P = 0, lse = 0 (like
+/// the CPU model).
 /// P = exp(S − lse) as T, lse saved. One warp per row (online max / sum: S is read twice, only
 /// its causal part); 4-wide loads and stores when Tn % 4 == 0. Block 256 (8 rows).
 template <class T>
 __global__ void causal_softmax_fwd(const float* __restrict__ S, T* __restrict__ P, float* __restrict__ lse,
-                                   const int* __restrict__ lengths, int nh, int Tn, std::int64_t rows) {
+                                   const int* __restrict__ lengths, int nh, int Tn, std::int64_t rows, int window) {
   const std::int64_t r = blockIdx.x * static_cast<std::int64_t>(blockDim.x / 32) + (threadIdx.x >> 5);
   if (r >= rows) return;
   const int lane = threadIdx.x & 31;
   const int t = static_cast<int>(r % Tn);
   const int b = static_cast<int>(r / Tn / nh);
+  const int first = window > 0 && t - window + 1 > 0 ? t - window + 1 : 0;  // keys first..t are live
   const float* s = S + r * Tn;
   T* p = P + r * Tn;
   const bool vec = (Tn & 3) == 0;
@@ -362,28 +365,29 @@ __global__ void causal_softmax_fwd(const float* __restrict__ S, T* __restrict__ 
     else sum += expf(x - m);
   };
   if (vec) {
-    for (int j = 4 * lane; j <= t; j += 128) {
+    for (int j = 4 * (first / 4) + 4 * lane; j <= t; j += 128) {
       const float4 v = *reinterpret_cast<const float4*>(s + j);
-      acc(v.x);
-      if (j + 1 <= t) acc(v.y);
-      if (j + 2 <= t) acc(v.z);
-      if (j + 3 <= t) acc(v.w);
+      if (j >= first) acc(v.x);
+      if (j + 1 >= first && j + 1 <= t) acc(v.y);
+      if (j + 2 >= first && j + 2 <= t) acc(v.z);
+      if (j + 3 >= first && j + 3 <= t) acc(v.w);
     }
   } else {
-    for (int j = lane; j <= t; j += 32) acc(s[j]);
+    for (int j = first + lane; j <= t; j += 32) acc(s[j]);
   }
   const float mx = warp_max(m);
   sum = warp_sum(m == -INFINITY ? 0.0f : sum * expf(m - mx));
   const float l = mx + logf(sum);
   if (vec) {
     for (int j = 4 * lane; j < Tn; j += 128) {
-      if (j > t) { store4(p + j, 0.0f, 0.0f, 0.0f, 0.0f); continue; }
+      if (j > t || j + 3 < first) { store4(p + j, 0.0f, 0.0f, 0.0f, 0.0f); continue; }
       const float4 v = *reinterpret_cast<const float4*>(s + j);
-      store4(p + j, expf(v.x - l), j + 1 <= t ? expf(v.y - l) : 0.0f, j + 2 <= t ? expf(v.z - l) : 0.0f,
-             j + 3 <= t ? expf(v.w - l) : 0.0f);
+      auto live = [&](int jj) { return jj >= first && jj <= t; };
+      store4(p + j, live(j) ? expf(v.x - l) : 0.0f, live(j + 1) ? expf(v.y - l) : 0.0f,
+             live(j + 2) ? expf(v.z - l) : 0.0f, live(j + 3) ? expf(v.w - l) : 0.0f);
     }
   } else {
-    for (int j = lane; j < Tn; j += 32) p[j] = from_f<T>(j <= t ? expf(s[j] - l) : 0.0f);
+    for (int j = lane; j < Tn; j += 32) p[j] = from_f<T>(j >= first && j <= t ? expf(s[j] - l) : 0.0f);
   }
   if (lane == 0) lse[r] = l;
 }
@@ -391,46 +395,48 @@ __global__ void causal_softmax_fwd(const float* __restrict__ S, T* __restrict__ 
 /// causal_softmax_fwd over `rows` score rows, 8 rows (warps) per 256-thread block.
 template <class T>
 void launch_causal_softmax_fwd(cudaStream_t s, const float* S, T* P, float* lse, const int* lengths, int nh, int Tn,
-                               std::int64_t rows) {
-  causal_softmax_fwd<T><<<static_cast<unsigned>((rows + 7) / 8), 256, 0, s>>>(S, P, lse, lengths, nh, Tn, rows);
+                               std::int64_t rows, int window = 0) {
+  causal_softmax_fwd<T><<<static_cast<unsigned>((rows + 7) / 8), 256, 0, s>>>(S, P, lse, lengths, nh, Tn, rows, window);
   HDPISSA_CUDA_CHECK_LAUNCH("causal_softmax_fwd");
 }
 
 /// Attention backward elementwise step, from the recomputed scaled scores S, dP = dO Vᵀ, lse and
-/// Dr = rowsum(dO∘O): P = exp(S − lse) (causal, padding masked), dS = P∘(dP − Dr). Writes P and dS
+/// Dr = rowsum(dO∘O): P = exp(S − lse) (causal within the window, padding masked), dS = P∘(dP − Dr). Writes P and dS
 /// as T. One warp per row; 4-wide when Tn % 4 == 0; the masked part is written without reading.
 template <class T>
 __global__ void attn_bwd_ds(const float* __restrict__ S, const float* __restrict__ dP, const float* __restrict__ lse,
                             const float* __restrict__ Dr, T* __restrict__ P, T* __restrict__ dS,
-                            const int* __restrict__ lengths, int nh, int Tn, std::int64_t rows) {
+                            const int* __restrict__ lengths, int nh, int Tn, std::int64_t rows, int window) {
   const std::int64_t r = blockIdx.x * static_cast<std::int64_t>(blockDim.x / 32) + (threadIdx.x >> 5);
   if (r >= rows) return;
   const int lane = threadIdx.x & 31;
   const int t = static_cast<int>(r % Tn);
   const int b = static_cast<int>(r / Tn / nh);
-  const int last = t < lengths[b] ? t : -1;  // keys 0..last are live
+  const int last = t < lengths[b] ? t : -1;  // keys first..last are live
+  const int first = window > 0 && t - window + 1 > 0 ? t - window + 1 : 0;
   const float l = lse[r], d = Dr[r];
   const std::int64_t o = r * Tn;
   if ((Tn & 3) == 0) {
     for (int j = 4 * lane; j < Tn; j += 128) {
-      if (j > last) {
+      if (j > last || j + 3 < first) {
         store4(P + o + j, 0.0f, 0.0f, 0.0f, 0.0f);
         store4(dS + o + j, 0.0f, 0.0f, 0.0f, 0.0f);
         continue;
       }
       const float4 sv = *reinterpret_cast<const float4*>(S + o + j);
       const float4 gv = *reinterpret_cast<const float4*>(dP + o + j);
-      const float p0 = expf(sv.x - l);
-      const float p1 = j + 1 <= last ? expf(sv.y - l) : 0.0f;
-      const float p2 = j + 2 <= last ? expf(sv.z - l) : 0.0f;
-      const float p3 = j + 3 <= last ? expf(sv.w - l) : 0.0f;
+      auto live = [&](int jj) { return jj >= first && jj <= last; };
+      const float p0 = live(j) ? expf(sv.x - l) : 0.0f;
+      const float p1 = live(j + 1) ? expf(sv.y - l) : 0.0f;
+      const float p2 = live(j + 2) ? expf(sv.z - l) : 0.0f;
+      const float p3 = live(j + 3) ? expf(sv.w - l) : 0.0f;
       store4(P + o + j, p0, p1, p2, p3);
       store4(dS + o + j, p0 * (gv.x - d), p1 * (gv.y - d), p2 * (gv.z - d), p3 * (gv.w - d));
     }
   } else {
     for (int j = lane; j < Tn; j += 32) {
       float p = 0.0f, ds = 0.0f;
-      if (j <= last) {
+      if (j >= first && j <= last) {
         p = expf(S[o + j] - l);
         ds = p * (dP[o + j] - d);
       }
@@ -443,8 +449,9 @@ __global__ void attn_bwd_ds(const float* __restrict__ S, const float* __restrict
 /// attn_bwd_ds over `rows` score rows, 8 rows (warps) per 256-thread block.
 template <class T>
 void launch_attn_bwd_ds(cudaStream_t s, const float* S, const float* dP, const float* lse, const float* Dr, T* P, T* dS,
-                        const int* lengths, int nh, int Tn, std::int64_t rows) {
-  attn_bwd_ds<T><<<static_cast<unsigned>((rows + 7) / 8), 256, 0, s>>>(S, dP, lse, Dr, P, dS, lengths, nh, Tn, rows);
+                        const int* lengths, int nh, int Tn, std::int64_t rows, int window = 0) {
+  attn_bwd_ds<T><<<static_cast<unsigned>((rows + 7) / 8), 256, 0, s>>>(S, dP, lse, Dr, P, dS, lengths, nh, Tn, rows,
+                                                                         window);
   HDPISSA_CUDA_CHECK_LAUNCH("attn_bwd_ds");
 }
 
@@ -469,6 +476,20 @@ template <class T>
 void launch_attn_rowdot(cudaStream_t s, const T* dO, const T* O, float* Dr, int B, int Tn, int nh, int hd) {
   attn_rowdot<T><<<grid_for(static_cast<std::int64_t>(B) * Tn * nh), 256, 0, s>>>(dO, O, Dr, B, Tn, nh, hd);
   HDPISSA_CUDA_CHECK_LAUNCH("attn_rowdot");
+}
+
+/// Y[r, j] += bias[j] (a frozen linear bias, Qwen2's q/k/v), Y (rows, cols) contiguous, bias fp32.
+template <class T>
+__global__ void add_bias_rows(T* __restrict__ Y, const float* __restrict__ bias, std::int64_t rows, int cols) {
+  const std::int64_t n = rows * cols;
+  for (std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<std::int64_t>(gridDim.x) * blockDim.x)
+    Y[i] = from_f<T>(to_f(Y[i]) + bias[i % cols]);
+}
+template <class T>
+void launch_add_bias_rows(cudaStream_t s, T* Y, const float* bias, std::int64_t rows, int cols) {
+  add_bias_rows<T><<<grid_for(rows * cols), 256, 0, s>>>(Y, bias, rows, cols);
+  HDPISSA_CUDA_CHECK_LAUNCH("add_bias_rows");
 }
 
 __device__ __forceinline__ float sigmoidf_(float x) { return 1.0f / (1.0f + expf(-x)); }

@@ -181,6 +181,7 @@ class CudaLlama {
   Buf cls_own_;       // (V, D) T copy of the classifier (unused when T = float and tied)
   const T* cls_ = nullptr;
   FBuf norms_;        // (2L + 1, D): attn_norm l, ffn_norm l, final
+  FBuf bias_;         // Qwen2 only: per layer bq (qd), bk (kvd), bv (kvd), fp32; empty otherwise
   Buf lin_;           // every target linear, contiguous (out, in) each
   std::vector<std::size_t> lin_off_;
   FBuf rope_cos_, rope_sin_;  // (max_seq, hd/2)
@@ -272,6 +273,15 @@ CudaLlama<T>::CudaLlama(const ModelWeights& host, int max_batch, int max_seq, cu
                          max_seq, ", ", loss_chunk_rows));
   if (max_seq > c.max_seq_len)
     throw LlamaError(cat("CudaLlama: max_seq ", max_seq, " exceeds max_position_embeddings ", c.max_seq_len));
+  if (c.qkv_bias)  // Qwen2: frozen q/k/v biases, fp32 on the device, added after the hooks' X·Wᵀ
+    for (int l = 0; l < c.n_layers; ++l)
+      for (Module m : {Module::q, Module::k, Module::v}) {
+        const Vector* b = host.layers[l].bias(m);
+        const index_t want = m == Module::q ? c.q_dim() : c.kv_dim();
+        if (!b || b->size() != want)
+          throw LlamaError(cat("CudaLlama: config says q/k/v biases (model_type ", c.model_type, "), expected ",
+                               LinearId{l, m}.hf_bias_name(), " of ", want, " entries, found ", b ? b->size() : 0));
+      }
   const int L = c.n_layers, D = c.dim, V = c.vocab_size, H = c.hidden_dim, qd = c.q_dim(), kvd = c.kv_dim();
   auto need = [](const char* what, const Matrix& m, index_t r, index_t cc) {
     if (m.rows() != r || m.cols() != cc)
@@ -338,6 +348,16 @@ CudaLlama<T>::CudaLlama(const ModelWeights& host, int max_batch, int max_seq, cu
   }
   for (int l = 0; l < L; ++l)
     for (int m = 0; m < kModulesPerLayer; ++m) upload_linear({l, static_cast<Module>(m)}, host.layers[l].linear(static_cast<Module>(m)));
+  if (c.qkv_bias) {
+    std::vector<float> bh;
+    for (int l = 0; l < L; ++l)
+      for (Module m : {Module::q, Module::k, Module::v}) {
+        const Vector& b = *host.layers[l].bias(m);
+        bh.insert(bh.end(), b.data(), b.data() + b.size());
+      }
+    bias_.reserve(bh.size());
+    HDPISSA_CUDA_CHECK(cudaMemcpy(bias_.get(), bh.data(), bh.size() * sizeof(float), cudaMemcpyHostToDevice));
+  }
   {
     Matrix ct, st;
     ::hdpissa::llama::detail::rope_tables(c, max_seq, ct, st);  // the CPU model's tables, bit for bit
@@ -400,7 +420,13 @@ CudaLlama<T>::CudaLlama(const ModelWeights& host, int max_batch, int max_seq, cu
                            "multiples of 8; found ",
                            std::is_same_v<T, float> ? "fp32" : "bf16", ", head_dim ", c.head_dim, ", dim ", D,
                            ", hidden_dim ", H));
-    flash_ = attention == Attention::Flash || (attention == Attention::Auto && ok);
+    // A sliding window smaller than max_seq runs on the Gemm path (its softmax kernels mask the
+    // window); the flash kernels implement full causal attention only.
+    const bool window = c.window_binds(max_seq);
+    if (attention == Attention::Flash && window)
+      throw LlamaError(cat("CudaLlama: Attention::Flash does not implement sliding_window ", c.sliding_window,
+                           " < max_seq ", max_seq, " yet; use Attention::Gemm or Auto (which picks Gemm)"));
+    flash_ = attention == Attention::Flash || (attention == Attention::Auto && ok && !window);
   }
   if (flash_) {
     fdq_.reserve(N * qd);
@@ -522,6 +548,12 @@ void CudaLlama<T>::forward_layers(CudaHooks<T>& hooks) {
     hooks.forward({l, Module::q}, W(Module::q), xn1, MV(q_rows_.get(), N, qd, qd));
     hooks.forward({l, Module::k}, W(Module::k), xn1, MV(k_rows_.get(), N, kvd, kvd));
     hooks.forward({l, Module::v}, W(Module::v), xn1, MV(v_rows_.get(), N, kvd, kvd));
+    if (c.qkv_bias) {  // frozen biases after X·Wᵀ (the hooks never see them), before RoPE
+      const float* bl = bias_.get() + static_cast<std::int64_t>(l) * (qd + 2 * kvd);
+      kern::launch_add_bias_rows<T>(s, q_rows_.get(), bl, N, qd);
+      kern::launch_add_bias_rows<T>(s, k_rows_.get(), bl + qd, N, kvd);
+      kern::launch_add_bias_rows<T>(s, v_rows_.get(), bl + qd + kvd, N, kvd);
+    }
     mark(kAttnFwd);
     kern::launch_rows_to_heads<T>(s, q_rows_.get(), qd, a.qh, B, Tn, nh, hd, rope_cos_.get(), rope_sin_.get(), true);
     kern::launch_rows_to_heads<T>(s, k_rows_.get(), kvd, a.kh, B, Tn, nkv, hd, rope_cos_.get(), rope_sin_.get(), true);
@@ -533,7 +565,8 @@ void CudaLlama<T>::forward_layers(CudaHooks<T>& hooks) {
       // S = scale·Q Kᵀ per (b, kv group): (group·T, hd) × (T, hd)ᵀ
       gemm_rowmajor_strided_batched(cb, CUBLAS_OP_N, CUBLAS_OP_T, gT, Tn, hd, scale, a.qh, dt, hd, gT * hd, a.kh, dt,
                                     hd, Thd, 0.0f, s_.get(), CUDA_R_32F, Tn, gT * Tn, B * nkv);
-      kern::launch_causal_softmax_fwd<T>(s, s_.get(), p_.get(), a.lse, lengths(), nh, Tn, N * nh);
+      kern::launch_causal_softmax_fwd<T>(s, s_.get(), p_.get(), a.lse, lengths(), nh, Tn, N * nh,
+                                         c.attention_window(l));
       // O = P V: (group·T, T) × (T, hd)
       gemm_rowmajor_strided_batched(cb, CUBLAS_OP_N, CUBLAS_OP_N, gT, hd, Tn, 1.0f, p_.get(), dt, Tn, gT * Tn, a.vh, dt,
                                     hd, Thd, 0.0f, oh_.get(), dt, hd, gT * hd, B * nkv);
@@ -649,7 +682,7 @@ void CudaLlama<T>::backward_layers(CudaHooks<T>& hooks) {
       gemm_rowmajor_strided_batched(cb, CUBLAS_OP_N, CUBLAS_OP_T, gT, Tn, hd, 1.0f, doh_.get(), dt, hd, gT * hd, a.vh,
                                     dt, hd, Thd, 0.0f, dp_.get(), CUDA_R_32F, Tn, gT * Tn, B * nkv);
       kern::launch_attn_bwd_ds<T>(s, s_.get(), dp_.get(), a.lse, dr_.get(), p_.get(), ds_.get(), lengths(), nh, Tn,
-                                  N * nh);
+                                  N * nh, c.attention_window(l));
       // dV = Pᵀ dO (sums the group's query heads), dQ = scale·dS K, dK = scale·dSᵀ Q
       gemm_rowmajor_strided_batched(cb, CUBLAS_OP_T, CUBLAS_OP_N, Tn, hd, gT, 1.0f, p_.get(), dt, Tn, gT * Tn,
                                     doh_.get(), dt, hd, gT * hd, 0.0f, dvh_.get(), dt, hd, Thd, B * nkv);

@@ -743,7 +743,7 @@ class Trainer {
     threads_ = configure_threads(o_.threads, w_.config.dim < 512);
     if (o_.max_len > w_.config.max_seq_len)
       throw LlamaError(cat("--max-len ", o_.max_len, " exceeds the model's max_position_embeddings ", w_.config.max_seq_len));
-    w_.config.check_sliding_window(o_.max_len, "--max-len");
+    // sliding window / q-k-v biases: the CPU model implements them; the GPU model rejects them by name
     if (!o_.output.empty() && fs::exists(o_.output) && !fs::is_directory(o_.output))
       throw LlamaError(cat("--output ", o_.output, " exists and is not a directory"));
 
