@@ -29,6 +29,7 @@
 #include "llama/checkpoint.hpp"
 #include "llama/data.hpp"
 #include "llama/data_formats.hpp"
+#include "llama/eval/evaluators.hpp"
 #include "llama/linear_hooks.hpp"
 #include "llama/model.hpp"
 #include "llama/tokenizer.hpp"
@@ -56,6 +57,18 @@ const char* kUsage =
     "  --tokens-only         tokenize and write the batches only: no model is loaded, no loss computed\n"
     "                        (--model is then optional; used to feed identical ids to other frameworks)\n"
     "  --threads N           OpenMP threads (default: OMP_NUM_THREADS or all)\n"
+    "\n"
+    "generation tasks (docs/evaluation.md): greedy decoding, scored per problem\n"
+    "  --task T              loss (default: the held-out loss above), gsm8k, math, humaneval or mbpp\n"
+    "  --data FILE           the task's JSONL (gsm8k/test.jsonl, math500/test.jsonl or math_test_5000/MATH_test.jsonl,\n"
+    "                        humaneval/HumanEval.jsonl.gz, mbpp/mbpp.jsonl: the test split task_id 11-510 is used)\n"
+    "  --max-new-tokens N    generation budget per problem (default 512; capped by the model's context)\n"
+    "  --limit N             the first N problems in file order (default: all)\n"
+    "  --batch N             prompts per generator call (default 1; the CPU decoder loops over them)\n"
+    "  --output DIR          writes DIR/<task>.jsonl (one record per problem) and DIR/<task>_summary.json\n"
+    "                        (default: eval-<task>)\n"
+    "  --gsm8k-last-number   GSM8K: fall back to the last number when no answer marker is found (off)\n"
+    "  --timeout S           code tasks: wall-clock seconds per program (default 10)\n"
     "  --help                this text\n"
     "\n"
     "example: hdpissa-eval --model runs/demo --tokenizer $HDPISSA_DATA/stories260K/tok512.model \\\n"
@@ -66,6 +79,13 @@ struct Args {
   int max_len = 512, eval_examples = 32, micro_batch = 4, threads = 0;
   bool tokens_only = false, help = false, allow_unused = false;
   hdpissa::llama::DataFormatOptions data_format;
+  // ---- generation tasks (--task ...): begin
+  std::string task = "loss", output;
+  int max_new_tokens = 512, batch = 1;
+  long limit = 0;
+  double timeout = 10;
+  bool gsm8k_last_number = false;
+  // ---- generation tasks: end
 };
 
 int positive(const std::string& flag, const std::string& v, int min = 1) {
@@ -103,7 +123,21 @@ Args parse(int argc, char** argv) {
     else if (f == "--tokens-only") a.tokens_only = true;
     else if (f == "--allow-unused") a.allow_unused = true;
     else if (a.data_format.parse_flag(f, [&] { return value(i, f); })) {}
+    // ---- generation tasks (--task ...): begin
+    else if (f == "--task") a.task = value(i, f);
+    else if (f == "--output") a.output = value(i, f);
+    else if (f == "--max-new-tokens") a.max_new_tokens = positive(f, value(i, f));
+    else if (f == "--limit") a.limit = positive(f, value(i, f));
+    else if (f == "--batch") a.batch = positive(f, value(i, f));
+    else if (f == "--timeout") a.timeout = positive(f, value(i, f));
+    else if (f == "--gsm8k-last-number") a.gsm8k_last_number = true;
+    // ---- generation tasks: end
     else throw LlamaError("unknown option '" + f + "' (see --help)");
+  }
+  if (a.task != "loss") {
+    hdpissa::llama::eval::parse_task(a.task);  // throws on an unknown task
+    if (a.tokens_only) throw LlamaError("--tokens-only applies to --task loss only");
+    if (a.output.empty()) a.output = "eval-" + a.task;
   }
   if (a.model.empty() && !a.tokens_only) throw LlamaError("missing --model (see --help)");
   if (a.data.empty()) throw LlamaError("missing --data (see --help)");
@@ -113,6 +147,39 @@ Args parse(int argc, char** argv) {
     else throw LlamaError("missing --tokenizer (see --help): '" + a.model + "' is not a directory holding a tokenizer");
   }
   return a;
+}
+
+/// --task gsm8k|math|humaneval|mbpp: every input path is checked before the model is loaded.
+int run_task(const Args& args) {
+  namespace ev = hdpissa::llama::eval;
+  using namespace hdpissa::llama;
+  const ev::Task task = ev::parse_task(args.task);
+  for (const auto& [flag, path] : {std::pair<const char*, std::string>{"--model", args.model},
+                                   {"--tokenizer", args.tokenizer}, {"--data", args.data}})
+    if (!std::filesystem::exists(path)) throw LlamaError(cat(flag, ": no such file or directory: '", path, "'"));
+  if (!std::filesystem::is_regular_file(args.data))
+    throw LlamaError(cat("--data: expected a file, found a directory or special file: '", args.data, "'"));
+  if (std::filesystem::exists(args.output) && !std::filesystem::is_directory(args.output))
+    throw LlamaError(cat("--output: expected a directory, found a file: '", args.output, "'"));
+  const auto problems_check = ev::load_task(task, args.data);  // parse errors before the model load
+  const ModelWeights w = load_checkpoint(args.model, LoadOptions{args.allow_unused, {}});
+  const Tokenizer tok(args.tokenizer);
+  if (tok.vocab_size() > w.config.vocab_size)
+    throw LlamaError(cat(args.tokenizer, ": the tokenizer has ", tok.vocab_size(),
+                         " pieces but the model's vocab_size is ", w.config.vocab_size));
+  ev::EvalOptions o;
+  o.max_new_tokens = args.max_new_tokens;
+  o.limit = args.limit;
+  o.batch_size = args.batch;
+  o.gsm8k_last_number_fallback = args.gsm8k_last_number;
+  o.sandbox.wall_seconds = args.timeout;
+  o.sandbox.cpu_seconds = static_cast<long>(args.timeout) + 1;
+  o.progress = ev::stderr_progress("hdpissa-eval", task);
+  const ev::EvalSummary s = ev::evaluate_to_dir(task, args.data, ev::cpu_greedy_generator(w), tok, o, args.output);
+  std::cout << args.task << " accuracy " << std::setprecision(6) << s.accuracy << " (" << s.correct << "/" << s.n
+            << ") in " << std::setprecision(3) << s.seconds << " s; records in " << args.output << "/" << args.task
+            << ".jsonl\n";
+  return 0;
 }
 
 }  // namespace
@@ -128,6 +195,7 @@ int main(int argc, char** argv) {
 #ifdef _OPENMP
     if (args.threads > 0) omp_set_num_threads(args.threads);
 #endif
+    if (args.task != "loss") return run_task(args);
     const auto t0 = std::chrono::steady_clock::now();
     std::unique_ptr<ModelWeights> w;
     if (!args.tokens_only) w = std::make_unique<ModelWeights>(load_checkpoint(args.model, LoadOptions{args.allow_unused, {}}));

@@ -143,6 +143,12 @@ struct TrainOptions {
   std::string eval_gsm8k;          ///< GSM8K-style JSONL test set ("" = none)
   int eval_gsm8k_n = 50;
   int eval_max_new_tokens = 256;
+  // ---- generation evaluators after training (llama/eval/evaluators.hpp): begin
+  std::string eval_math;           ///< MATH JSONL (math500 / math_test_5000) ("" = none)
+  std::string eval_humaneval;      ///< HumanEval JSONL(.gz) ("" = none)
+  std::string eval_mbpp;           ///< MBPP JSONL, test split task_id 11-510 ("" = none)
+  std::string eval_records;        ///< directory for <task>.jsonl + <task>_summary.json ("" = none)
+  // ---- generation evaluators: end
   bool quiet = false;              ///< no per-step lines (errors and the summary still print)
   int threads = 0;                 ///< OpenMP / Eigen threads (0: the OpenMP default, OMP_NUM_THREADS)
   // ---- safety: divergence guard and non-finite policy (issue 18; checkpoints: llama/train/state_dir.hpp)
@@ -290,6 +296,11 @@ inline const char* train_usage() {
          "                            or \"#### \", commas removed, compared as numbers)\n"
          "  --eval-gsm8k-n N          problems to evaluate (default 50)\n"
          "  --eval-max-new-tokens N   generation budget per problem (default 256)\n"
+         "  --eval-math FILE          MATH accuracy after training (last \\boxed{}, Hendrycks normalisation)\n"
+         "  --eval-humaneval FILE     HumanEval pass@1 after training (sandboxed python3, docs/evaluation.md)\n"
+         "  --eval-mbpp FILE          MBPP pass@1 after training (test split task_id 11-510)\n"
+         "                            (each evaluates the first --eval-gsm8k-n problems)\n"
+         "  --eval-records DIR        write per-problem records and summaries of the --eval-* tasks here\n"
          "  --help                    this text\n"
          "environment (each only a default: a flag, where there is one, wins)\n"
          "  HDPISSA_LLAMA_ATTENTION   auto|flash|gemm: --attention's default (--device cuda)\n"
@@ -431,6 +442,10 @@ inline nlohmann::json TrainOptions::to_json() const {
           {"sample_prompt", sample_prompt},
           {"eval_gsm8k", eval_gsm8k},
           {"eval_gsm8k_n", eval_gsm8k_n},
+          {"eval_math", eval_math},
+          {"eval_humaneval", eval_humaneval},
+          {"eval_mbpp", eval_mbpp},
+          {"eval_records", eval_records},
           {"max_loss", max_loss},
           {"loss_spike_factor", loss_spike_factor},
           {"loss_spike_steps", loss_spike_steps},
@@ -570,6 +585,12 @@ inline TrainOptions parse_train_args(const std::vector<std::string>& args, bool*
     else if (f == "--eval-gsm8k") o.eval_gsm8k = value();
     else if (f == "--eval-gsm8k-n") o.eval_gsm8k_n = int(integer());
     else if (f == "--eval-max-new-tokens") o.eval_max_new_tokens = int(integer());
+    // ---- generation evaluators: begin
+    else if (f == "--eval-math") o.eval_math = value();
+    else if (f == "--eval-humaneval") o.eval_humaneval = value();
+    else if (f == "--eval-mbpp") o.eval_mbpp = value();
+    else if (f == "--eval-records") o.eval_records = value();
+    // ---- generation evaluators: end
     else if (f == "--max-loss") o.max_loss = number();
     else if (f == "--loss-spike-factor") o.loss_spike_factor = number();
     else if (f == "--loss-spike-steps") o.loss_spike_steps = int(integer());
