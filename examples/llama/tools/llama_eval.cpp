@@ -154,14 +154,15 @@ int run_task(const Args& args) {
   namespace ev = hdpissa::llama::eval;
   using namespace hdpissa::llama;
   const ev::Task task = ev::parse_task(args.task);
-  for (const auto& [flag, path] : {std::pair<const char*, std::string>{"--model", args.model},
-                                   {"--tokenizer", args.tokenizer}, {"--data", args.data}})
+  const std::pair<const char*, std::string> inputs[] = {
+      {"--model", args.model}, {"--tokenizer", args.tokenizer}, {"--data", args.data}};
+  for (const auto& [flag, path] : inputs)
     if (!std::filesystem::exists(path)) throw LlamaError(cat(flag, ": no such file or directory: '", path, "'"));
   if (!std::filesystem::is_regular_file(args.data))
     throw LlamaError(cat("--data: expected a file, found a directory or special file: '", args.data, "'"));
   if (std::filesystem::exists(args.output) && !std::filesystem::is_directory(args.output))
     throw LlamaError(cat("--output: expected a directory, found a file: '", args.output, "'"));
-  const auto problems_check = ev::load_task(task, args.data);  // parse errors before the model load
+  (void)ev::load_task(task, args.data);  // parse errors before the model load
   const ModelWeights w = load_checkpoint(args.model, LoadOptions{args.allow_unused, {}});
   const Tokenizer tok(args.tokenizer);
   if (tok.vocab_size() > w.config.vocab_size)

@@ -8,6 +8,7 @@
 ///    normalised by math_strip_string (Hendrycks et al.'s `strip_string`, reimplemented) and compared
 ///    as strings, like the MATH dataset's `is_equiv`.
 
+#include <algorithm>
 #include <cctype>
 #include <cmath>
 #include <cstdlib>
