@@ -167,7 +167,7 @@ inline SandboxResult run_python_sandboxed(const std::string& program, const Sand
     dup2(devnull, 0);
     dup2(devnull, 1);
     dup2(err, 2);
-    auto lim = [](int what, rlim_t v) {
+    auto lim = [](auto what, rlim_t v) {  // auto: glibc types the resource as an enum in C++
       struct rlimit r {v, v};
       setrlimit(what, &r);
     };
