@@ -30,6 +30,7 @@
 #include "llama/cli.hpp"
 #include "llama/data.hpp"
 #include "llama/data_formats.hpp"
+#include "llama/eval/evaluators.hpp"
 #include "llama/linear_hooks.hpp"
 #include "llama/model.hpp"
 #include "llama/tokenizer.hpp"
@@ -43,6 +44,13 @@ struct Args {
   int max_len = 512, eval_examples = 32, micro_batch = 4, threads = 0;
   bool tokens_only = false, help = false, allow_unused = false;
   hdpissa::llama::DataFormatOptions data_format;
+  // ---- generation tasks (--task ...): begin
+  std::string task = "loss", output;
+  int max_new_tokens = 512, batch = 1;
+  long limit = 0;
+  double timeout = 10;
+  bool gsm8k_last_number = false;
+  // ---- generation tasks: end
 };
 
 /// An integer option with a lower bound (the error names the flag and the bound).
@@ -88,9 +96,31 @@ Args parse(int argc, char** argv) {
       ->type_name("FILE");
   app.add_flag("--tokens-only", a.tokens_only, "tokenize and write the batches only: no model is loaded, no loss "
                                                "computed (--model is then optional; feeds identical ids to other frameworks)");
+  // ---- generation tasks (--task ...; docs/evaluation.md): greedy decoding, scored per problem
+  const std::string gt = "generation tasks (docs/evaluation.md)";
+  app.add_option("--task", a.task, "loss (default: the held-out loss), gsm8k, math, humaneval or mbpp; --data is "
+                                   "then the task's JSONL (gsm8k/test.jsonl, math500/test.jsonl or "
+                                   "math_test_5000/MATH_test.jsonl, humaneval/HumanEval.jsonl.gz, mbpp/mbpp.jsonl: "
+                                   "the test split task_id 11-510)")->group(gt)->type_name("T");
+  add_int(app, "--max-new-tokens", a.max_new_tokens, 1, "generation budget per problem (default 512; capped by the "
+                                                         "model's context)")->group(gt);
+  app.add_option("--limit", a.limit, "the first N problems in file order (default: all)")
+      ->group(gt)->type_name("N")->check(CLI::PositiveNumber);
+  add_int(app, "--batch", a.batch, 1, "prompts per generator call (default 1; the CPU decoder loops over them)")->group(gt);
+  app.add_option("--output", a.output, "writes DIR/<task>.jsonl (one record per problem) and DIR/<task>_summary.json "
+                                       "(default: eval-<task>)")->group(gt)->type_name("DIR");
+  app.add_flag("--gsm8k-last-number", a.gsm8k_last_number,
+               "GSM8K: fall back to the last number when no answer marker is found (off)")->group(gt);
+  app.add_option("--timeout", a.timeout, "code tasks: wall-clock seconds per program (default 10)")
+      ->group(gt)->type_name("S")->check(CLI::PositiveNumber);
   if (cli::parse(app, std::vector<std::string>(argv + 1, argv + argc)) != cli::Outcome::Run) {
     a.help = true;
     return a;
+  }
+  if (a.task != "loss") {
+    hdpissa::llama::eval::parse_task(a.task);  // throws on an unknown task
+    if (a.tokens_only) throw cli::UsageError("--tokens-only applies to --task loss only");
+    if (a.output.empty()) a.output = "eval-" + a.task;
   }
   if (a.model.empty() && !a.tokens_only) throw cli::UsageError("missing --model (see --help)");
   if (a.data.empty()) throw cli::UsageError("missing --data (see --help)");
@@ -100,6 +130,40 @@ Args parse(int argc, char** argv) {
     else throw LlamaError("missing --tokenizer (see --help): '" + a.model + "' is not a directory holding a tokenizer");
   }
   return a;
+}
+
+/// --task gsm8k|math|humaneval|mbpp: every input path is checked before the model is loaded.
+int run_task(const Args& args) {
+  namespace ev = hdpissa::llama::eval;
+  using namespace hdpissa::llama;
+  const ev::Task task = ev::parse_task(args.task);
+  const std::pair<const char*, std::string> inputs[] = {
+      {"--model", args.model}, {"--tokenizer", args.tokenizer}, {"--data", args.data}};
+  for (const auto& [flag, path] : inputs)
+    if (!std::filesystem::exists(path)) throw LlamaError(cat(flag, ": no such file or directory: '", path, "'"));
+  if (!std::filesystem::is_regular_file(args.data))
+    throw LlamaError(cat("--data: expected a file, found a directory or special file: '", args.data, "'"));
+  if (std::filesystem::exists(args.output) && !std::filesystem::is_directory(args.output))
+    throw LlamaError(cat("--output: expected a directory, found a file: '", args.output, "'"));
+  (void)ev::load_task(task, args.data);  // parse errors before the model load
+  const ModelWeights w = load_checkpoint(args.model, LoadOptions{args.allow_unused, {}});
+  const Tokenizer tok(args.tokenizer);
+  if (tok.vocab_size() > w.config.vocab_size)
+    throw LlamaError(cat(args.tokenizer, ": the tokenizer has ", tok.vocab_size(),
+                         " pieces but the model's vocab_size is ", w.config.vocab_size));
+  ev::EvalOptions o;
+  o.max_new_tokens = args.max_new_tokens;
+  o.limit = args.limit;
+  o.batch_size = args.batch;
+  o.gsm8k_last_number_fallback = args.gsm8k_last_number;
+  o.sandbox.wall_seconds = args.timeout;
+  o.sandbox.cpu_seconds = static_cast<long>(args.timeout) + 1;
+  o.progress = ev::stderr_progress("hdpissa-eval", task);
+  const ev::EvalSummary s = ev::evaluate_to_dir(task, args.data, ev::cpu_greedy_generator(w), tok, o, args.output);
+  std::cout << args.task << " accuracy " << std::setprecision(6) << s.accuracy << " (" << s.correct << "/" << s.n
+            << ") in " << std::setprecision(3) << s.seconds << " s; records in " << args.output << "/" << args.task
+            << ".jsonl\n";
+  return 0;
 }
 
 }  // namespace
@@ -112,6 +176,7 @@ int main(int argc, char** argv) {
 #ifdef _OPENMP
     if (args.threads > 0) omp_set_num_threads(args.threads);
 #endif
+    if (args.task != "loss") return run_task(args);
     const auto t0 = std::chrono::steady_clock::now();
     std::unique_ptr<ModelWeights> w;
     if (!args.tokens_only) w = std::make_unique<ModelWeights>(load_checkpoint(args.model, LoadOptions{args.allow_unused, {}}));

@@ -145,6 +145,12 @@ struct TrainOptions {
   std::string eval_gsm8k;          ///< GSM8K-style JSONL test set ("" = none)
   int eval_gsm8k_n = 50;
   int eval_max_new_tokens = 256;
+  // ---- generation evaluators after training (llama/eval/evaluators.hpp): begin
+  std::string eval_math;           ///< MATH JSONL (math500 / math_test_5000) ("" = none)
+  std::string eval_humaneval;      ///< HumanEval JSONL(.gz) ("" = none)
+  std::string eval_mbpp;           ///< MBPP JSONL, test split task_id 11-510 ("" = none)
+  std::string eval_records;        ///< directory for <task>.jsonl + <task>_summary.json ("" = none)
+  // ---- generation evaluators: end
   bool quiet = false;              ///< no per-step lines (errors and the summary still print)
   int threads = 0;                 ///< OpenMP / Eigen threads (0: the OpenMP default, OMP_NUM_THREADS)
   // ---- safety: divergence guard and non-finite policy (issue 18; checkpoints: llama/train/state_dir.hpp)
@@ -305,6 +311,10 @@ inline nlohmann::json TrainOptions::to_json() const {
           {"sample_prompt", sample_prompt},
           {"eval_gsm8k", eval_gsm8k},
           {"eval_gsm8k_n", eval_gsm8k_n},
+          {"eval_math", eval_math},
+          {"eval_humaneval", eval_humaneval},
+          {"eval_mbpp", eval_mbpp},
+          {"eval_records", eval_records},
           {"max_loss", max_loss},
           {"loss_spike_factor", loss_spike_factor},
           {"loss_spike_steps", loss_spike_steps},
@@ -550,6 +560,14 @@ inline void add_train_options(CLI::App& app, TrainOptions& o, CLI::Option** atte
   app.add_option("--eval-gsm8k-n", o.eval_gsm8k_n, "problems to evaluate (default 50)")->group(ev)->type_name("N");
   app.add_option("--eval-max-new-tokens", o.eval_max_new_tokens, "generation budget per problem (default 256)")
       ->group(ev)->type_name("N");
+  app.add_option("--eval-math", o.eval_math, "MATH accuracy after training (last \\boxed{}, Hendrycks normalisation; "
+                                             "the first --eval-gsm8k-n problems)")->group(ev)->type_name("FILE");
+  app.add_option("--eval-humaneval", o.eval_humaneval, "HumanEval pass@1 after training (sandboxed python3, "
+                                                       "docs/evaluation.md)")->group(ev)->type_name("FILE");
+  app.add_option("--eval-mbpp", o.eval_mbpp, "MBPP pass@1 after training (test split task_id 11-510)")
+      ->group(ev)->type_name("FILE");
+  app.add_option("--eval-records", o.eval_records, "write per-problem records and summaries of the --eval-* tasks here")
+      ->group(ev)->type_name("DIR");
 }
 
 /// hdpissa-train's help text.

@@ -121,6 +121,9 @@ inline PreflightReport check_run_paths(const TrainOptions& o, int processes = 1)
   check_input("--data", o.data);
   check_input("--eval-data", o.eval_data);
   check_input("--eval-gsm8k", o.eval_gsm8k);
+  check_input("--eval-math", o.eval_math);
+  check_input("--eval-humaneval", o.eval_humaneval);
+  check_input("--eval-mbpp", o.eval_mbpp);
   check_input("--tokenizer", o.tokenizer);
 
   struct Out {

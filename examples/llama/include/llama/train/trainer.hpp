@@ -54,6 +54,7 @@
 #include "llama/safetensors.hpp"
 #include "llama/tokenizer.hpp"
 #include "llama/train/engine.hpp"
+#include "llama/eval/evaluators.hpp"
 #include "llama/train/gsm8k.hpp"
 #include "llama/train/lora_export.hpp"
 #include "llama/train/methods.hpp"
@@ -219,22 +220,60 @@ class Trainer {
     if (int(prompt.size()) >= w_.config.max_seq_len) return {};
     return tok_->decode(eng_->generate(prompt, g));
   }
-  /// GSM8K-style accuracy on the first n problems of `file`; returns {correct, evaluated}.
-  std::pair<long, long> eval_gsm8k(const std::string& file, int n) {
-    const auto problems = load_instruction_data(file);
-    long correct = 0, total = 0;
-    for (const auto& p : problems) {
-      if (total >= n) break;
-      const auto gold = extract_answer(p.response);
-      if (!gold)
-        throw LlamaError(cat(file, ": problem ", total + 1, ": expected a reference answer after \"The answer is: \" or "
-                                   "\"#### \", found none in '", p.response.substr(0, 80), "'"));
-      const std::string text = sample(p.instruction, o_.eval_max_new_tokens);
-      const auto pred = extract_answer(text);
-      correct += pred && answers_match(*pred, *gold);
-      ++total;
+  /// The engine's greedy decoder as an eval::Generator (one prompt at a time; every worker calls it,
+  /// as for sample()). The budget is capped so that prompt + completion fit max_seq_len.
+  eval::Generator engine_generator() {
+    return [this](const eval::GenerationRequest& req) {
+      std::vector<std::vector<std::int32_t>> out;
+      for (const auto& prompt : req.prompts) {
+        const int room = w_.config.max_seq_len - int(prompt.size());
+        if (room < 1) {
+          out.emplace_back();
+          continue;
+        }
+        GenerateOptions g;
+        g.max_new_tokens = std::min(req.max_new_tokens, room);
+        if (!req.stop_tokens.empty()) g.stop_token = req.stop_tokens.front();
+        auto ids = eng_->generate(prompt, g);
+        for (std::size_t i = 0; i < ids.size(); ++i)
+          if (std::find(req.stop_tokens.begin(), req.stop_tokens.end(), ids[i]) != req.stop_tokens.end()) {
+            ids.resize(i);
+            break;
+          }
+        out.push_back(std::move(ids));
+      }
+      return out;
+    };
+  }
+  /// `task` on the first n problems of `file` (llama/eval/evaluators.hpp, the code hdpissa-eval
+  /// --task runs); per-problem records under --eval-records (worker 0 only).
+  eval::EvalSummary eval_task(eval::Task task, const std::string& file, int n) {
+    const auto problems = eval::load_task(task, file, eval::PromptTemplates{tpl_});
+    eval::EvalOptions eo;
+    eo.max_new_tokens = o_.eval_max_new_tokens;
+    eo.limit = n;
+    std::ofstream rec;
+    std::ostream* recp = nullptr;
+    const std::filesystem::path dir = o_.eval_records;
+    if (root_ && !o_.eval_records.empty()) {
+      std::filesystem::create_directories(dir);
+      rec.open(dir / (std::string(eval::task_name(task)) + ".jsonl"), std::ios::binary);
+      if (!rec) throw LlamaError(cat("--eval-records: cannot write in ", o_.eval_records));
+      recp = &rec;
     }
-    return {correct, total};
+    const eval::EvalSummary s = eval::evaluate(task, problems, engine_generator(), *tok_, eo, recp);
+    if (recp) {
+      nlohmann::json j = s.to_json();
+      j["data"] = file;
+      j["protocol"] = eval::task_protocol(task, eo, eval::PromptTemplates{tpl_});
+      std::ofstream(dir / (std::string(eval::task_name(task)) + "_summary.json")) << j.dump(2) << "\n";
+    }
+    return s;
+  }
+  /// GSM8K accuracy on the first n problems of `file`; returns {correct, evaluated}.
+  std::pair<long, long> eval_gsm8k(const std::string& file, int n) {
+    const eval::EvalSummary s = eval_task(eval::Task::gsm8k, file, n);
+    return {s.correct, s.n};
   }
 
   /// Writes the merged model (W for DWU / full; W_res + s·B A for LoRA / PiSSA) as an HF
@@ -360,6 +399,13 @@ class Trainer {
       sum.gsm8k_accuracy = n ? double(c) / double(n) : 0.0;
       say(cat("gsm8k accuracy: ", c, "/", n, " = ", fixed(100.0 * *sum.gsm8k_accuracy, 1), "%\n"));
       metric({{"type", "gsm8k"}, {"step", step_}, {"correct", c}, {"n", n}, {"accuracy", *sum.gsm8k_accuracy}});
+    }
+    for (const auto& [task, file] : {std::pair{eval::Task::math, o_.eval_math}, std::pair{eval::Task::humaneval, o_.eval_humaneval},
+                                     std::pair{eval::Task::mbpp, o_.eval_mbpp}}) {
+      if (file.empty()) continue;
+      const eval::EvalSummary s = eval_task(task, file, o_.eval_gsm8k_n);
+      say(cat(eval::task_name(task), " accuracy: ", s.correct, "/", s.n, " = ", fixed(100.0 * s.accuracy, 1), "%\n"));
+      metric({{"type", eval::task_name(task)}, {"step", step_}, {"correct", s.correct}, {"n", s.n}, {"accuracy", s.accuracy}});
     }
     if (!o_.save_state.empty()) {
       if (last_saved_step_ != step_) save_state(o_.save_state);
@@ -871,6 +917,10 @@ class Trainer {
     }
     if (!o_.eval_gsm8k.empty() && !fs::exists(o_.eval_gsm8k))
       throw LlamaError(cat("--eval-gsm8k: file not found: ", o_.eval_gsm8k));
+    // parse the evaluation sets now: a malformed file fails before training, not after it
+    for (const auto& [task, file] : {std::pair{eval::Task::gsm8k, o_.eval_gsm8k}, std::pair{eval::Task::math, o_.eval_math},
+                                     std::pair{eval::Task::humaneval, o_.eval_humaneval}, std::pair{eval::Task::mbpp, o_.eval_mbpp}})
+      if (!file.empty()) (void)eval::load_task(task, file);
     // ---- the metrics log, opened last so that a failed setup leaves no file behind (a resumed run
     // drops the records after its step, then appends; every line is a complete JSON object, flushed
     // as written; a failed write is an error)

@@ -1,0 +1,161 @@
+// Answer extractors of examples/llama/include/llama/eval/answers.hpp, against the datasets' own
+// reference solutions (GSM8K train + test, MATH-500 solutions vs its answers) and adversarial strings.
+
+#include <fstream>
+#include <string>
+
+#include <doctest/doctest.h>
+#include <nlohmann/json.hpp>
+
+#include "../test_util.hpp"
+#include "llama/eval/answers.hpp"
+#include "llama/eval/evaluators.hpp"
+
+using namespace hdpissa::llama::eval;
+
+namespace {
+std::vector<nlohmann::json> jsonl(const std::filesystem::path& p) {
+  std::vector<nlohmann::json> out;
+  std::ifstream in(p);
+  std::string line;
+  while (std::getline(in, line))
+    if (!line.empty()) out.push_back(nlohmann::json::parse(line));
+  return out;
+}
+}  // namespace
+
+TEST_CASE("GSM8K extractor: every reference solution of train and test yields its '####' number") {
+  const auto dir = llama_test::data_dir() / "gsm8k";
+  if (!std::filesystem::exists(dir / "test.jsonl")) {
+    MESSAGE("skipped: no " << dir.string());
+    return;
+  }
+  for (const char* split : {"train.jsonl", "test.jsonl"}) {
+    const auto recs = jsonl(dir / split);
+    long ok = 0;
+    for (const auto& r : recs) {
+      const std::string ans = r["answer"];
+      // independent reference: the text after the last "#### " with commas removed (the dataset's spec)
+      std::string gold = ans.substr(ans.rfind("#### ") + 5);
+      std::string g2;
+      for (char c : gold)
+        if (c != ',') g2 += c;
+      const auto got = extract_gsm8k(ans);
+      if (got && numbers_match(got->value, std::stod(g2)) && got->method == "####") ++ok;
+      else FAIL_CHECK("no match in '" << ans.substr(ans.size() > 60 ? ans.size() - 60 : 0) << "'");
+    }
+    CHECK(ok == static_cast<long>(recs.size()));
+    MESSAGE(split << ": " << ok << "/" << recs.size());
+  }
+  // MetaMath form of the test set: "The answer is: N" agrees with GSM8K's own "####" answers
+  const auto mm = llama_test::data_dir() / "metamath_eval";
+  if (std::filesystem::exists(mm)) {
+    for (const auto& e : std::filesystem::directory_iterator(mm)) {
+      if (e.path().extension() != ".jsonl") continue;
+      const auto recs = jsonl(e.path());
+      long ok = 0, n = 0;
+      for (const auto& r : recs) {
+        if (!r.contains("response")) continue;
+        ++n;
+        ok += extract_gsm8k(r["response"].get<std::string>()).has_value();
+      }
+      CHECK(ok == n);
+    }
+  }
+}
+
+TEST_CASE("GSM8K extractor: adversarial strings") {
+  auto v = [](std::string_view s, bool fb = false) { return extract_gsm8k(s, fb); };
+  CHECK(v("so #### 1,234,567")->value == 1234567);
+  CHECK(v("The answer is: -42")->value == -42);
+  CHECK(v("The answer is: \u221242")->value == -42);  // Unicode minus
+  CHECK(v("The answer is: $1,000.00.")->value == 1000);
+  CHECK(v("The answer is: 12.")->value == 12);
+  CHECK(v("The answer is: .5")->value == 0.5);
+  CHECK(v("#### 3\nThe answer is: 7")->value == 7);  // "The answer is" wins over "####"
+  CHECK(v("The answer is: 3 ... The answer is: 9")->value == 9);  // the last marker
+  CHECK(v("The answer is 18 dollars")->value == 18);
+  CHECK_FALSE(v("no answer here"));
+  CHECK_FALSE(v(""));
+  CHECK_FALSE(v("The answer is: unknown\n5"));  // marker without a number: no fallback to other lines
+  CHECK_FALSE(v("she has 5 apples and 7 pears"));
+  CHECK(v("she has 5 apples and 7 pears", true)->value == 7);
+  CHECK(v("she has 5 apples and 7 pears", true)->method == "last number");
+  CHECK(v("range 3-5 #### 2")->value == 2);
+  CHECK(numbers_match(*normalize_number("1,000"), 1000));
+  CHECK_FALSE(normalize_number("12a"));
+}
+
+TEST_CASE("MATH: last \\boxed{} and normalisation, adversarial strings") {
+  CHECK(*last_boxed("a \\boxed{1} b \\boxed{\\frac{1}{2}}") == "\\frac{1}{2}");
+  CHECK(*last_boxed("\\boxed{\\{1,2\\}}") == "\\{1,2\\}");  // escaped braces do not count
+  CHECK(*last_boxed("x \\boxed{a^{b^{c}}} y") == "a^{b^{c}}");
+  CHECK(*last_boxed("$\\boxed 5$.") == "5");
+  CHECK(*last_boxed("\\fbox{7}") == "7");
+  CHECK(*last_boxed("\\boxed{1} then \\fbox{2}") == "2");
+  CHECK_FALSE(last_boxed("\\boxed{unclosed"));
+  CHECK_FALSE(last_boxed("no box"));
+  CHECK(math_strip_string("\\left( 3, \\frac12 \\right)") == "(3,\\frac{1}{2})");
+  CHECK(math_strip_string("\\dfrac{3}{4}") == "\\frac{3}{4}");
+  CHECK(math_strip_string("3/4") == "\\frac{3}{4}");
+  CHECK(math_strip_string("0.5") == "\\frac{1}{2}");
+  CHECK(math_strip_string(".5") == "\\frac{1}{2}");
+  CHECK(math_strip_string("90^\\circ") == "90");
+  CHECK(math_strip_string("\\$18.90") == "18.90");
+  CHECK(math_strip_string("50\\%") == "50");
+  CHECK(math_strip_string("x = 5") == "5");
+  CHECK(math_strip_string("5\\text{ cm}") == "5");
+  CHECK(math_strip_string("10\\text{cents}") == "10");
+  CHECK(math_strip_string("\\sqrt3") == "\\sqrt{3}");
+  CHECK(math_strip_string("7.") == "7");
+  CHECK(math_strip_string("\\!1,\\!000") == "1,000");
+  CHECK(math_equiv("\\tfrac{1}{2}", "\\frac12"));
+  CHECK_FALSE(math_equiv("\\frac{1}{3}", "\\frac{1}{2}"));
+}
+
+TEST_CASE("MATH: math500 solutions' last \\boxed{} equals its 'answer' after normalisation") {
+  const auto path = llama_test::data_dir() / "math500" / "test.jsonl";
+  if (!std::filesystem::exists(path)) {
+    MESSAGE("skipped: no " << path.string());
+    return;
+  }
+  const auto recs = jsonl(path);
+  long ok = 0;
+  for (const auto& r : recs) {
+    const auto b = last_boxed(r["solution"].get<std::string>());
+    const std::string ans = r["answer"];
+    if (b && math_equiv(*b, ans)) ++ok;
+    else FAIL_CHECK(r["unique_id"].get<std::string>() << ": boxed '" << (b ? *b : "<none>") << "' vs answer '" << ans << "'");
+  }
+  MESSAGE("math500: " << ok << "/" << recs.size());
+  CHECK(ok == static_cast<long>(recs.size()));
+}
+
+TEST_CASE("MATH: math_test_5000 answers are loaded, and each is equivalent to itself boxed") {
+  const auto path = llama_test::data_dir() / "math_test_5000" / "MATH_test.jsonl";
+  if (!std::filesystem::exists(path)) {
+    MESSAGE("skipped: no " << path.string());
+    return;
+  }
+  const auto probs = load_task(Task::math, path);
+  CHECK(probs.size() == 5000);
+  long ok = 0;
+  for (const auto& p : probs) {
+    const std::string completion = "Therefore the answer is $\\boxed{" + p.reference + "}$.";
+    ok += score(Task::math, p, completion, EvalOptions{}).correct;
+  }
+  CHECK(ok == static_cast<long>(probs.size()));
+}
+
+TEST_CASE("GSM8K loader and scorer: the reference solution scores correct") {
+  const auto path = llama_test::data_dir() / "gsm8k" / "test.jsonl";
+  if (!std::filesystem::exists(path)) return;
+  const auto probs = load_task(Task::gsm8k, path);
+  REQUIRE(probs.size() == 1319);
+  const auto recs = jsonl(path);
+  long ok = 0;
+  for (std::size_t i = 0; i < probs.size(); ++i)
+    ok += score(Task::gsm8k, probs[i], recs[i]["answer"].get<std::string>(), EvalOptions{}).correct;
+  CHECK(ok == 1319);
+  CHECK_THROWS_AS(load_task(Task::gsm8k, "/nonexistent/gsm8k.jsonl"), hdpissa::llama::LlamaError);
+}
