@@ -103,7 +103,7 @@ class TrainMethod {
   virtual void verify_replicas() {}
   /// Device bytes per target-weight parameter that W occupies: 4 (fp32 W), 6 (fp32 master + bf16
   /// compute copy), 2 (frozen W kept only in bf16).
-  [[nodiscard]] int w_bytes_per_param() const { return !kMixed ? 4 : frozen_compute_ ? 2 : 6; }
+  [[nodiscard]] virtual int w_bytes_per_param() const { return !kMixed ? 4 : frozen_compute_ ? 2 : 6; }
   /// Trainable numbers summed over all K groups.
   [[nodiscard]] virtual std::int64_t trainable_parameters() const = 0;
   /// One-line description for the config echo.
@@ -304,6 +304,7 @@ class DwuMethod final : public TrainMethod<Dev> {
   using Base::kMixed;
   using Base::ids_;
   using Base::Wm_;
+  using typename Base::V32;
   using Update = hdpissa::DirectWeightUpdate<Bm, hdpissa::Adam, Comm, Agg>;
 
  public:
@@ -352,13 +353,16 @@ class DwuMethod final : public TrainMethod<Dev> {
     }
     upd_.finalize();
     this->make_copies(cc_, sets_, scratch);  // constant factors: compute copies made once
+    setup_w_precision(o);
   }
 
   void zero_grad() override { upd_.zero_grad(); }
   hdpissa::StepReport step(double lr) override {
     const auto rep = upd_.step(lr);
-    if (!rep.skipped)
+    if (!rep.skipped) {
+      ++w_step_;  // the stochastic rounding's step counter (applied steps only)
       for (std::size_t i = 0; i < ids_.size(); ++i) this->push_weight(i);
+    }
     return rep;
   }
   void refresh() override {
@@ -366,8 +370,20 @@ class DwuMethod final : public TrainMethod<Dev> {
     this->refresh_copies(cc_, sets_);
   }
   void merged_weight(std::size_t i, Matrix& host) override { this->download(i, host); }
+  [[nodiscard]] int w_bytes_per_param() const override {
+    switch (wprec_) {
+      case hdpissa::WPrecision::Fp32Master: break;
+      case hdpissa::WPrecision::Bf16Compensated: return hdpissa::Bf16Compensated::w_bytes_per_param(kMixed);
+      case hdpissa::WPrecision::Bf16StochasticRounding: return hdpissa::Bf16StochasticRounding::w_bytes_per_param(kMixed);
+    }
+    return Base::w_bytes_per_param();
+  }
   void state(StateRefs& s) override {
     this->add_weights(s);
+    // The W-precision policy's state: the Kahan compensation of every target, the SR step counter.
+    for (std::size_t i = 0; i < comp_.size(); ++i)
+      s.add("wprec." + ids_[i].hf_name() + ".compensation", comp_[i].view(), false);
+    if (wprec_ == hdpissa::WPrecision::Bf16StochasticRounding) s.counters.push_back({"wprec.sr_step", &w_step_, false});
     for (std::size_t i = 0; i < ids_.size(); ++i) {
       const std::string n = ids_[i].hf_name();
       s.add("adapter." + n + ".A", sets_[i].A.view(), false);
@@ -386,7 +402,8 @@ class DwuMethod final : public TrainMethod<Dev> {
                        : method_ == Method::LoraDwu ? std::string("LoraInit (distinct seed per group)")
                                                     : cat("PissaInit<", svd_, "> (top-r on every group)");
     return cat(init, " + MutedLinear<", Mute::name(), "> (scaling ", muted_.scaling(), ") + DirectWeightUpdate<",
-               Agg::name(), "> with per-group Adam", Dev::backend_note, "; K = ", comm_->groups(), ", r = ", upd_.rank());
+               Agg::name(), "> with per-group Adam", Dev::backend_note, "; K = ", comm_->groups(), ", r = ", upd_.rank(),
+               "; W ", hdpissa::w_precision_name(wprec_));
   }
   /// The update rule (for tests and diagnostics).
   Update& update() { return upd_; }
@@ -418,6 +435,49 @@ class DwuMethod final : public TrainMethod<Dev> {
   }
 
  private:
+  /// --w-precision: fp32-master leaves the Direct Weight Update as it is (W += Δ in fp32). The bf16
+  /// policies (CPU reference path: the fp32 tensors hold bf16 values, bit-exact with the rule on
+  /// bf16 storage) round W to the nearest bf16 once — after the factors were computed from the fp32
+  /// W — and let the update hand each layer's Δ to apply_w().
+  void setup_w_precision(const TrainOptions& o) {
+    wprec_ = o.w_precision;
+    sr_seed_ = std::uint64_t(o.seed);
+    if (wprec_ == hdpissa::WPrecision::Fp32Master) return;
+    if constexpr (kMixed || !std::is_same_v<typename Bm::memory_space, hdpissa::host_memory>) {
+      throw LlamaError(cat("--w-precision ", hdpissa::w_precision_name(wprec_),
+                           ": the GPU apply kernel of the bf16 W policies is not implemented yet (CPU trainer only)"));
+    } else {
+      std::uint64_t offset = 0;
+      for (std::size_t i = 0; i < ids_.size(); ++i) {
+        const V32 W = Wm_[i];
+        for (index_t r = 0; r < W.rows; ++r)
+          for (index_t c = 0; c < W.cols; ++c) W.data[r * W.ld + c] = hdpissa::round_bf16(W.data[r * W.ld + c]);
+        offsets_.push_back(offset);  // element indices of the SR stream: targets in order, row-major
+        offset += std::uint64_t(W.rows) * std::uint64_t(W.cols);
+        if (wprec_ == hdpissa::WPrecision::Bf16Compensated) {
+          comp_.push_back(this->bm_->make_matrix(W.rows, W.cols));
+          this->bm_->fill(comp_.back().view(), 0.0f);
+        }
+      }
+      upd_.set_w_apply([this](std::size_t layer, CV32 delta) { apply_w(layer, delta); });
+    }
+  }
+  /// Folds the update Δ of target `i` into W by the policy's elementwise rule (host loop).
+  void apply_w(std::size_t i, CV32 D) {
+    const V32 W = Wm_[i];
+    if (wprec_ == hdpissa::WPrecision::Bf16Compensated) {
+      const V32 C = comp_[i].view();
+      const hdpissa::Bf16Compensated rule{};
+      for (index_t r = 0; r < W.rows; ++r)
+        for (index_t c = 0; c < W.cols; ++c) rule(W.data[r * W.ld + c], C.data[r * C.ld + c], D.data[r * D.ld + c]);
+    } else {
+      const hdpissa::Bf16StochasticRounding rule{sr_seed_, std::uint64_t(w_step_)};
+      for (index_t r = 0; r < W.rows; ++r)
+        for (index_t c = 0; c < W.cols; ++c)
+          rule(W.data[r * W.ld + c], D.data[r * D.ld + c], offsets_[i] + std::uint64_t(r * W.cols + c));
+    }
+  }
+
   /// Group (first_group + lg)'s factors in the compute dtype.
   CVc A(std::size_t i, int lg) const {
     const int G = comm_->first_group() + lg;
@@ -438,6 +498,11 @@ class DwuMethod final : public TrainMethod<Dev> {
   std::vector<hdpissa::AdapterSet<Bm>> sets_;
   typename Base::ComputeCopies cc_;  // compute copies of the factors, gradient scratch (kMixed)
   index_t reserved_ = 0;
+  hdpissa::WPrecision wprec_ = hdpissa::WPrecision::Fp32Master;
+  std::uint64_t sr_seed_ = 0;
+  long w_step_ = 0;                               // applied optimizer steps (the SR stream's step)
+  std::vector<std::uint64_t> offsets_;            // first SR element index of each target
+  std::vector<typename Bm::matrix_type> comp_;    // Kahan compensation per target (bf16 values)
 };
 
 /// LoRA / PiSSA: an active adapter per target, trained data-parallel (gradients averaged over K).
