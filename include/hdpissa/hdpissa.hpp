@@ -9,6 +9,7 @@
 #include "hdpissa/core/error.hpp"
 #include "hdpissa/core/random.hpp"
 #include "hdpissa/core/view.hpp"
+#include "hdpissa/core/w_precision.hpp"
 
 #include "hdpissa/backend/eigen/eigen_backend.hpp"
 

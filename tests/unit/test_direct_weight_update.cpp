@@ -41,7 +41,7 @@ struct Problem {
 };
 
 template <Communicator C>
-std::vector<std::vector<float>> run_hdpissa(C& comm, int K) {
+std::vector<std::vector<float>> run_hdpissa(C& comm, int K, std::vector<int>* hook_calls = nullptr) {
   EigenBackend<float> b;
   std::vector<EigenBackend<float>::Matrix> W;
   std::vector<AdapterSet<EigenBackend<float>>> sets;
@@ -54,6 +54,17 @@ std::vector<std::vector<float>> run_hdpissa(C& comm, int K) {
   for (int l = 0; l < Problem::layers; ++l) {
     sets.push_back(init(b, ConstMatrixView<float>(W[l].view()), "layer" + std::to_string(l)));
     dwu.add_layer("layer" + std::to_string(l), W[l].view(), sets.back());
+  }
+  if (hook_calls) {  // the external W update: W += Δ by hand (what a W-precision policy does)
+    hook_calls->assign(Problem::layers, 0);
+    dwu.set_w_apply([&W, hook_calls](std::size_t l, ConstMatrixView<float> D) {
+      ++(*hook_calls)[l];
+      const MatrixView<float> w = W[l].view();
+      REQUIRE(D.rows == w.rows);
+      REQUIRE(D.cols == w.cols);
+      for (index_t i = 0; i < w.rows; ++i)
+        for (index_t j = 0; j < w.cols; ++j) w.data[i * w.ld + j] += D.data[i * D.ld + j];
+    });
   }
   MutedLinear<EigenBackend<float>> muted(b, 1.0);
   for (int step = 0; step < Problem::steps; ++step) {
@@ -285,4 +296,22 @@ TEST_CASE("DataParallelUpdate: the mean gradient over K groups, one optimizer st
     ++checked;
   });
   CHECK(checked == 2);
+}
+
+TEST_CASE("DirectWeightUpdate::set_w_apply: Δ handed per layer and step; W += Δ by hand = the in-place update") {
+  SingleProcess one;
+  VirtualRanks<SingleProcess> virt(one, 4);
+  const auto plain = run_hdpissa(virt, 4);
+  std::vector<int> calls;
+  const auto hooked = run_hdpissa(virt, 4, &calls);
+  for (int l = 0; l < Problem::layers; ++l) {
+    CAPTURE(l);
+    CHECK(calls[std::size_t(l)] == Problem::steps);
+    // Same Δ; only the fp32 rounding of W + Δ (GEMM with β = 1 vs a separate add) may differ.
+    double worst = 0;
+    for (std::size_t i = 0; i < plain[std::size_t(l)].size(); ++i)
+      worst = std::max(worst, double(std::fabs(plain[std::size_t(l)][i] - hooked[std::size_t(l)][i])) /
+                                  (std::fabs(double(plain[std::size_t(l)][i])) + 1e-3));
+    CHECK(worst < 1e-5);
+  }
 }

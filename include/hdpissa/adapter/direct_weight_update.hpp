@@ -27,7 +27,10 @@
 /// grad_A/grad_B (e.g. with MutedLinear::backward(W, dwu.adapter(layer, lg), …)), call step(lr),
 /// then zero_grad().
 
+#include <algorithm>
 #include <concepts>
+#include <functional>
+#include <utility>
 #include <string>
 #include <vector>
 
@@ -100,6 +103,15 @@ class DirectWeightUpdate {
   std::size_t num_layers() const { return layers_.size(); }
   const Layer& layer(std::size_t i) const { return layers_.at(i); }
   long steps() const { return steps_; }
+
+  /// An external W update (a W-precision policy, core/w_precision.hpp): with one set, step() does
+  /// not write W itself but computes each layer's update Δ = −f · L R into a dense (out, in) scratch
+  /// (the same GEMM, β = 0) and calls `apply(layer, Δ)`, which folds Δ into the policy's storage of
+  /// W (e.g. bf16 W + Kahan compensation, or stochastic rounding). The W registered by add_layer
+  /// must still be that storage's value (verify_replicas() checksums it). Unset (empty): W += Δ in
+  /// place (fused where the backend offers it), as before.
+  using WApply = std::function<void(std::size_t layer, ConstMatrixView<S> delta)>;
+  void set_w_apply(WApply apply) { w_apply_ = std::move(apply); }
   const Opt& optimizer() const { return opt_; }
   static constexpr const char* aggregation() { return Aggregation::name(); }
 
@@ -231,15 +243,27 @@ class DirectWeightUpdate {
     // 4. One GEMM per layer: W ← W − f · [dB | B] [A − dA; dA].
     const S f = S(Aggregation::factor(groups()));
     const index_t K = groups();
-    for (auto& l : layers_) {
+    if (w_apply_ && delta_.rows() == 0) {
+      index_t most = 0;
+      for (const auto& l : layers_) most = std::max(most, l.out * l.in);
+      delta_ = b_->make_matrix(1, most);
+    }
+    for (std::size_t li = 0; li < layers_.size(); ++li) {
+      auto& l = layers_[li];
       const DwuPackedDeltas<const S> recv = received(l);
       if constexpr (kFusedApply)
-        if (kernels_.apply_fused(CV(l.A.view()), recv, -f, l.L.view(), l.W)) continue;
+        if (!w_apply_ && kernels_.apply_fused(CV(l.A.view()), recv, -f, l.L.view(), l.W)) continue;
       V R{R_.view().data, 2 * K * r, l.in, l.in};
       const V Ldb = l.L.view().col_block(0, K * r);
       bool packed = false;
       if constexpr (kFusedUnpack) packed = kernels_.unpack_fused(CV(l.A.view()), recv, R, Ldb);
       if (!packed) kernels_.unpack(CV(l.A.view()), recv, R, Ldb);
+      if (w_apply_) {
+        const V D{delta_.view().data, l.out, l.in, l.in};
+        b_->gemm(Op::N, Op::N, -f, CV(l.L.view()), CV(R), S(0), D);
+        w_apply_(li, CV(D));
+        continue;
+      }
       b_->gemm(Op::N, Op::N, -f, CV(l.L.view()), CV(R), S(1), l.W);
     }
     ++steps_;
@@ -339,6 +363,8 @@ class DirectWeightUpdate {
   index_t max_in_ = 0;
   bool finalized_ = false;
   typename B::matrix_type send_, recv_, R_;
+  typename B::matrix_type delta_;  // Δ scratch of the external W update (allocated on first use)
+  WApply w_apply_;
   adam_batch_type adam_batch_{};
   std::vector<CV> finite_views_;  // every local gradient, for the batched non-finite check
   std::vector<const S*> batch_moments_;  // m, v of every tensor in the table (to notice replaced states)

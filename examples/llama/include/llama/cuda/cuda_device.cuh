@@ -15,6 +15,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <vector>
 #include <cstdint>
 #include <type_traits>
 
@@ -59,6 +60,31 @@ struct CudaDevice {
   static void accumulate(master_backend& b, ConstMatrixView<T> src, MatrixView<float> dst) {
     if constexpr (std::is_same_v<T, __nv_bfloat16>) launch_add_bf16_into_f32(b.stream(), src, dst);
     else b.axpy(1.0f, src, dst);
+  }
+  /// dst (fp32) ← src (compute dtype), exactly (every bf16 value is an fp32 value).
+  static void to_master(master_backend& b, ConstMatrixView<T> src, MatrixView<float> dst) { b.convert(src, dst); }
+  /// Host fp32 ← a contiguous compute-dtype device matrix (exact; no device scratch). Waits.
+  static void download_compute(master_backend& b, ConstMatrixView<T> src, float* host) {
+    HDPISSA_REQUIRE(src.contiguous(), "download_compute: expected a contiguous view");
+    std::vector<T> tmp(std::size_t(src.size()));
+    HDPISSA_CUDA_CHECK(cudaMemcpyAsync(tmp.data(), src.data, tmp.size() * sizeof(T), cudaMemcpyDeviceToHost, b.stream()));
+    b.synchronize();
+    for (std::size_t k = 0; k < tmp.size(); ++k) {
+      if constexpr (std::is_same_v<T, float>) host[k] = tmp[k];
+      else host[k] = __bfloat162float(tmp[k]);
+    }
+  }
+  /// A contiguous compute-dtype device matrix ← host fp32, rounded to nearest even (the same
+  /// rounding as to_compute). Waits.
+  static void upload_compute(master_backend& b, const float* host, MatrixView<T> dst) {
+    HDPISSA_REQUIRE(dst.contiguous(), "upload_compute: expected a contiguous view");
+    std::vector<T> tmp(std::size_t(dst.size()));
+    for (std::size_t k = 0; k < tmp.size(); ++k) {
+      if constexpr (std::is_same_v<T, float>) tmp[k] = host[k];
+      else tmp[k] = __float2bfloat16_rn(host[k]);
+    }
+    HDPISSA_CUDA_CHECK(cudaMemcpyAsync(dst.data, tmp.data(), tmp.size() * sizeof(T), cudaMemcpyHostToDevice, b.stream()));
+    b.synchronize();
   }
 };
 

@@ -37,6 +37,7 @@ struct EngineInfo {
   std::string description;  ///< the method and the numerics
   std::int64_t trainable_parameters = 0;
   std::vector<LinearId> targets;
+  int w_bytes_per_param = 4;  ///< device bytes per target-weight parameter held for W (TrainMethod)
 };
 
 /// The compute side of a training run (model + method), on one device.
@@ -97,7 +98,8 @@ class MethodEngine : public TrainEngine {
  protected:
   explicit MethodEngine(typename Dev::master_backend& bm) : bm_(&bm) {}
   EngineInfo method_info(std::string device, std::string notes) const {
-    return {std::move(device), method_->describe() + notes, method_->trainable_parameters(), method_->targets()};
+    return {std::move(device), method_->describe() + notes, method_->trainable_parameters(), method_->targets(),
+            method_->w_bytes_per_param()};
   }
   /// Called after the live weights changed other than through step() (caches drop).
   virtual void state_changed() {}

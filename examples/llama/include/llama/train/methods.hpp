@@ -15,8 +15,11 @@
 /// A device policy names two backends: `master_backend` (fp32: the weights the optimizer updates,
 /// the factors, Adam, gradient sums; EigenBackend<float> or CudaBackend<float>) and
 /// `compute_backend` (what the model's GEMMs run in: the same type, or CudaBackend<bf16>). When the
-/// two scalar types differ (bf16 compute) the method keeps fp32 masters and bf16 compute copies,
-/// refreshed after every step, and each micro-batch's bf16 gradient is added into the fp32 sums
+/// two scalar types differ (bf16 compute) the methods that update W (DWU, full) keep fp32 masters
+/// and bf16 compute copies, refreshed after every step (6 bytes per target parameter); the methods
+/// whose W is frozen (lora, pissa) keep W ONLY in the compute dtype (2 bytes per parameter: PiSSA's
+/// W_res is formed in fp32 a few layers at a time, then rounded once to bf16, the same bits the
+/// fp32-master path produced). Each micro-batch's bf16 gradient is added into the fp32 sums
 /// (Dev::to_compute / Dev::accumulate); otherwise the model's own W is the master and gradients
 /// accumulate in place. The policy also names the randomized SVD (Dev::randomized_svd).
 ///
@@ -24,6 +27,7 @@
 /// argument, never state set around calls). A method lists its live state (StateRefs, state.hpp):
 /// the target weights `weight.<name>`, the factors / adapters, the Adam moments and step counts.
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <functional>
@@ -97,6 +101,9 @@ class TrainMethod {
   virtual void state(StateRefs& s) = 0;
   /// Checks that W is identical on every worker (DWU); default: nothing to check.
   virtual void verify_replicas() {}
+  /// Device bytes per target-weight parameter that W occupies: 4 (fp32 W), 6 (fp32 master + bf16
+  /// compute copy), 2 (frozen W kept only in bf16).
+  [[nodiscard]] virtual int w_bytes_per_param() const { return !kMixed ? 4 : frozen_compute_ ? 2 : 6; }
   /// Trainable numbers summed over all K groups.
   [[nodiscard]] virtual std::int64_t trainable_parameters() const = 0;
   /// One-line description for the config echo.
@@ -107,9 +114,11 @@ class TrainMethod {
   [[nodiscard]] int slot(LinearId id) const { return slots_[static_cast<std::size_t>(id.index())]; }
 
  protected:
+  /// `updates_w`: the optimizer changes W (false: W is frozen; with bf16 compute it is then kept only
+  /// as the model's bf16 copy, and Wm_ stays empty).
   template <class Comm>
-  TrainMethod(const MethodContext<Dev, Comm>& ctx, const std::vector<Module>& modules)
-      : bm_(&ctx.bm), bc_(&ctx.bc), weight_(ctx.weight) {
+  TrainMethod(const MethodContext<Dev, Comm>& ctx, const std::vector<Module>& modules, bool updates_w = true)
+      : bm_(&ctx.bm), bc_(&ctx.bc), weight_(ctx.weight), frozen_compute_(kMixed && !updates_w) {
     const ModelConfig& c = ctx.host.config;
     slots_.assign(static_cast<std::size_t>(c.n_layers) * kModulesPerLayer, -1);
     for (int l = 0; l < c.n_layers; ++l)
@@ -122,6 +131,8 @@ class TrainMethod {
           }
     for (int lg = 0; lg < ctx.comm.local_groups(); ++lg) hooks_.push_back(std::make_unique<GroupHooks>(*this, lg));
     for (const LinearId& id : ids_) {  // the fp32 masters: the model's own W, or copies of the base
+      Wc_.push_back(weight_(id));
+      if (frozen_compute_) continue;
       if constexpr (kMixed) {
         const Matrix& W = ctx.host.linear(id);
         own_.push_back(bm_->make_matrix(W.rows(), W.cols()));
@@ -142,7 +153,8 @@ class TrainMethod {
 
   /// The model's compute copy of target i ← its fp32 master (bf16 compute only).
   void push_weight(std::size_t i) {
-    if constexpr (kMixed) Dev::to_compute(*bm_, CV32(Wm_[i]), weight_(ids_[i]));
+    if constexpr (kMixed)
+      if (!frozen_compute_) Dev::to_compute(*bm_, CV32(Wm_[i]), weight_(ids_[i]));
   }
   /// A compute-dtype copy of an fp32 matrix (bf16 compute only): allocated by `make`, filled here.
   void to_compute(CV32 src, Vc dst) {
@@ -182,10 +194,25 @@ class TrainMethod {
   }
 
   /// Out and in of target i.
-  [[nodiscard]] std::pair<index_t, index_t> shape(std::size_t i) const { return {Wm_[i].rows, Wm_[i].cols}; }
-  /// Every target weight under `weight.<name>` (shared).
+  [[nodiscard]] std::pair<index_t, index_t> shape(std::size_t i) const { return {Wc_[i].rows, Wc_[i].cols}; }
+  /// Every target weight under `weight.<name>` (shared). A bf16-only frozen W is saved as its exact
+  /// fp32 values and restored by rounding to nearest (bit-identical for its own saves; an fp32
+  /// master saved by an older run rounds exactly as that run's compute copy did).
   void add_weights(StateRefs& s) {
-    for (std::size_t i = 0; i < ids_.size(); ++i) s.add("weight." + ids_[i].hf_name(), Wm_[i], false);
+    for (std::size_t i = 0; i < ids_.size(); ++i) {
+      if constexpr (kMixed) {
+        if (frozen_compute_) {
+          const Vc W = Wc_[i];
+          Bm* b = bm_;
+          s.add_converted(
+              "weight." + ids_[i].hf_name(), W.rows, W.cols, false,
+              [b, W](float* host) { Dev::download_compute(*b, CVc(W), host); },
+              [b, W](const float* host) { Dev::upload_compute(*b, host, W); });
+          continue;
+        }
+      }
+      s.add("weight." + ids_[i].hf_name(), Wm_[i], false);
+    }
   }
   void download(std::size_t i, Matrix& host) {
     host.resize(Wm_[i].rows, Wm_[i].cols);
@@ -198,8 +225,10 @@ class TrainMethod {
   std::function<Vc(LinearId)> weight_;
   std::vector<LinearId> ids_;
   std::vector<int> slots_;
-  std::vector<V32> Wm_;                          // fp32 masters, one per target
+  std::vector<V32> Wm_;                          // fp32 masters, one per target (empty if frozen_compute_)
   std::vector<typename Bm::matrix_type> own_;    // their storage when kMixed
+  std::vector<Vc> Wc_;                           // the model's compute copies, one per target
+  bool frozen_compute_ = false;                  // W frozen and kept only in the compute dtype
 
  private:
   /// Local group lg's view of the method: frozen linears pass through, targets go to the method.
@@ -275,6 +304,7 @@ class DwuMethod final : public TrainMethod<Dev> {
   using Base::kMixed;
   using Base::ids_;
   using Base::Wm_;
+  using typename Base::V32;
   using Update = hdpissa::DirectWeightUpdate<Bm, hdpissa::Adam, Comm, Agg>;
 
  public:
@@ -323,13 +353,16 @@ class DwuMethod final : public TrainMethod<Dev> {
     }
     upd_.finalize();
     this->make_copies(cc_, sets_, scratch);  // constant factors: compute copies made once
+    setup_w_precision(o);
   }
 
   void zero_grad() override { upd_.zero_grad(); }
   hdpissa::StepReport step(double lr) override {
     const auto rep = upd_.step(lr);
-    if (!rep.skipped)
+    if (!rep.skipped) {
+      ++w_step_;  // the stochastic rounding's step counter (applied steps only)
       for (std::size_t i = 0; i < ids_.size(); ++i) this->push_weight(i);
+    }
     return rep;
   }
   void refresh() override {
@@ -337,8 +370,20 @@ class DwuMethod final : public TrainMethod<Dev> {
     this->refresh_copies(cc_, sets_);
   }
   void merged_weight(std::size_t i, Matrix& host) override { this->download(i, host); }
+  [[nodiscard]] int w_bytes_per_param() const override {
+    switch (wprec_) {
+      case hdpissa::WPrecision::Fp32Master: break;
+      case hdpissa::WPrecision::Bf16Compensated: return hdpissa::Bf16Compensated::w_bytes_per_param(kMixed);
+      case hdpissa::WPrecision::Bf16StochasticRounding: return hdpissa::Bf16StochasticRounding::w_bytes_per_param(kMixed);
+    }
+    return Base::w_bytes_per_param();
+  }
   void state(StateRefs& s) override {
     this->add_weights(s);
+    // The W-precision policy's state: the Kahan compensation of every target, the SR step counter.
+    for (std::size_t i = 0; i < comp_.size(); ++i)
+      s.add("wprec." + ids_[i].hf_name() + ".compensation", comp_[i].view(), false);
+    if (wprec_ == hdpissa::WPrecision::Bf16StochasticRounding) s.counters.push_back({"wprec.sr_step", &w_step_, false});
     for (std::size_t i = 0; i < ids_.size(); ++i) {
       const std::string n = ids_[i].hf_name();
       s.add("adapter." + n + ".A", sets_[i].A.view(), false);
@@ -357,7 +402,8 @@ class DwuMethod final : public TrainMethod<Dev> {
                        : method_ == Method::LoraDwu ? std::string("LoraInit (distinct seed per group)")
                                                     : cat("PissaInit<", svd_, "> (top-r on every group)");
     return cat(init, " + MutedLinear<", Mute::name(), "> (scaling ", muted_.scaling(), ") + DirectWeightUpdate<",
-               Agg::name(), "> with per-group Adam", Dev::backend_note, "; K = ", comm_->groups(), ", r = ", upd_.rank());
+               Agg::name(), "> with per-group Adam", Dev::backend_note, "; K = ", comm_->groups(), ", r = ", upd_.rank(),
+               "; W ", hdpissa::w_precision_name(wprec_));
   }
   /// The update rule (for tests and diagnostics).
   Update& update() { return upd_; }
@@ -389,6 +435,49 @@ class DwuMethod final : public TrainMethod<Dev> {
   }
 
  private:
+  /// --w-precision: fp32-master leaves the Direct Weight Update as it is (W += Δ in fp32). The bf16
+  /// policies (CPU reference path: the fp32 tensors hold bf16 values, bit-exact with the rule on
+  /// bf16 storage) round W to the nearest bf16 once — after the factors were computed from the fp32
+  /// W — and let the update hand each layer's Δ to apply_w().
+  void setup_w_precision(const TrainOptions& o) {
+    wprec_ = o.w_precision;
+    sr_seed_ = std::uint64_t(o.seed);
+    if (wprec_ == hdpissa::WPrecision::Fp32Master) return;
+    if constexpr (kMixed || !std::is_same_v<typename Bm::memory_space, hdpissa::host_memory>) {
+      throw LlamaError(cat("--w-precision ", hdpissa::w_precision_name(wprec_),
+                           ": the GPU apply kernel of the bf16 W policies is not implemented yet (CPU trainer only)"));
+    } else {
+      std::uint64_t offset = 0;
+      for (std::size_t i = 0; i < ids_.size(); ++i) {
+        const V32 W = Wm_[i];
+        for (index_t r = 0; r < W.rows; ++r)
+          for (index_t c = 0; c < W.cols; ++c) W.data[r * W.ld + c] = hdpissa::round_bf16(W.data[r * W.ld + c]);
+        offsets_.push_back(offset);  // element indices of the SR stream: targets in order, row-major
+        offset += std::uint64_t(W.rows) * std::uint64_t(W.cols);
+        if (wprec_ == hdpissa::WPrecision::Bf16Compensated) {
+          comp_.push_back(this->bm_->make_matrix(W.rows, W.cols));
+          this->bm_->fill(comp_.back().view(), 0.0f);
+        }
+      }
+      upd_.set_w_apply([this](std::size_t layer, CV32 delta) { apply_w(layer, delta); });
+    }
+  }
+  /// Folds the update Δ of target `i` into W by the policy's elementwise rule (host loop).
+  void apply_w(std::size_t i, CV32 D) {
+    const V32 W = Wm_[i];
+    if (wprec_ == hdpissa::WPrecision::Bf16Compensated) {
+      const V32 C = comp_[i].view();
+      const hdpissa::Bf16Compensated rule{};
+      for (index_t r = 0; r < W.rows; ++r)
+        for (index_t c = 0; c < W.cols; ++c) rule(W.data[r * W.ld + c], C.data[r * C.ld + c], D.data[r * D.ld + c]);
+    } else {
+      const hdpissa::Bf16StochasticRounding rule{sr_seed_, std::uint64_t(w_step_)};
+      for (index_t r = 0; r < W.rows; ++r)
+        for (index_t c = 0; c < W.cols; ++c)
+          rule(W.data[r * W.ld + c], D.data[r * D.ld + c], offsets_[i] + std::uint64_t(r * W.cols + c));
+    }
+  }
+
   /// Group (first_group + lg)'s factors in the compute dtype.
   CVc A(std::size_t i, int lg) const {
     const int G = comm_->first_group() + lg;
@@ -409,6 +498,11 @@ class DwuMethod final : public TrainMethod<Dev> {
   std::vector<hdpissa::AdapterSet<Bm>> sets_;
   typename Base::ComputeCopies cc_;  // compute copies of the factors, gradient scratch (kMixed)
   index_t reserved_ = 0;
+  hdpissa::WPrecision wprec_ = hdpissa::WPrecision::Fp32Master;
+  std::uint64_t sr_seed_ = 0;
+  long w_step_ = 0;                               // applied optimizer steps (the SR stream's step)
+  std::vector<std::uint64_t> offsets_;            // first SR element index of each target
+  std::vector<typename Bm::matrix_type> comp_;    // Kahan compensation per target (bf16 values)
 };
 
 /// LoRA / PiSSA: an active adapter per target, trained data-parallel (gradients averaged over K).
@@ -429,7 +523,7 @@ class AdapterMethod final : public TrainMethod<Dev> {
  public:
   /// `resuming`: the factors, W_res and moments come from restore() (no initialisation runs).
   AdapterMethod(const TrainOptions& o, const MethodContext<Dev, Comm>& ctx, bool resuming)
-      : Base(ctx, o.target_modules()),
+      : Base(ctx, o.target_modules(), /*updates_w=*/false),
         comm_(&ctx.comm),
         method_(o.method),
         upd_(ctx.bm, ctx.comm, detail::make_adam(o), detail::update_options(o)),
@@ -444,26 +538,52 @@ class AdapterMethod final : public TrainMethod<Dev> {
         const auto [out, in] = this->shape(i);
         sets_.push_back(hdpissa::make_adapter_set(ctx.bm, out, in, 1, r));
       }
-    } else {
+    } else if (o.method == Method::Lora) {  // LoRA's init needs only the shapes
       std::vector<hdpissa::LayerRef<Bm>> refs;
-      for (std::size_t i = 0; i < ids_.size(); ++i) refs.push_back({ids_[i].hf_name(), CV32(Wm_[i])});
-      if (o.method == Method::Lora) {
-        const hdpissa::LoraInit lora{1, r, o.seed, /*same_on_all_groups=*/true};
-        auto init = [&](Bm& b, CV32 W, const std::string& name) { return lora(b, W.rows, W.cols, name); };
-        sets_ = hdpissa::init_adapters_distributed(ctx.bm, ctx.comm, init, refs, 1, r);
-      } else {
-        sets_ = detail::init_with_svd<Dev, Comm, detail::PissaInitOf>(o, ctx.bm, ctx.comm, refs, 1, r, 1, r);
+      for (std::size_t i = 0; i < ids_.size(); ++i) {
+        const auto [out, in] = this->shape(i);
+        refs.push_back({ids_[i].hf_name(), CV32{nullptr, out, in, in}});
+      }
+      const hdpissa::LoraInit lora{1, r, o.seed, /*same_on_all_groups=*/true};
+      auto init = [&](Bm& b, CV32 W, const std::string& name) { return lora(b, W.rows, W.cols, name); };
+      sets_ = hdpissa::init_adapters_distributed(ctx.bm, ctx.comm, init, refs, 1, r);
+    } else {
+      // PiSSA. Without fp32 masters (bf16 compute) W is formed in fp32 only for P layers at a time
+      // (P = workers: the layers one init_adapters_distributed round spreads, so every layer has the
+      // owner it would have in one call), W_res computed in fp32 and rounded once into the model's
+      // bf16 copy; the fp32 scratch is freed before the next P layers.
+      const std::size_t n = ids_.size();
+      const std::size_t chunk = this->frozen_compute_ ? std::size_t(ctx.comm.size()) : n;
+      for (std::size_t c0 = 0; c0 < n; c0 += chunk) {
+        const std::size_t c1 = std::min(n, c0 + chunk);
+        std::vector<typename Bm::matrix_type> tmp;
+        std::vector<V32> W;
+        std::vector<hdpissa::LayerRef<Bm>> refs;
+        for (std::size_t i = c0; i < c1; ++i) {
+          if (this->frozen_compute_) {
+            const Matrix& Wh = ctx.host.linear(ids_[i]);
+            tmp.push_back(ctx.bm.make_matrix(Wh.rows(), Wh.cols()));
+            ctx.bm.upload(Wh.data(), tmp.back().view());
+            W.push_back(tmp.back().view());
+          } else {
+            W.push_back(Wm_[i]);
+          }
+          refs.push_back({ids_[i].hf_name(), CV32(W.back())});
+        }
+        auto part = detail::init_with_svd<Dev, Comm, detail::PissaInitOf>(o, ctx.bm, ctx.comm, refs, 1, r, 1, r);
         // PEFT's PiSSA: A = √(S/s) Vᵀ, B = U √(S/s), so that s·B A is the principal part U S Vᵀ
         // whatever the scaling s (no-op, bit for bit, at s = 1).
         const double s = lin_.scaling();
-        for (std::size_t i = 0; i < ids_.size() && s != 1.0; ++i) {
-          ctx.bm.scale(sets_[i].A.view(), float(1.0 / std::sqrt(s)));
-          ctx.bm.scale(sets_[i].B.view(), float(1.0 / std::sqrt(s)));
+        for (std::size_t j = 0; j < part.size() && s != 1.0; ++j) {
+          ctx.bm.scale(part[j].A.view(), float(1.0 / std::sqrt(s)));
+          ctx.bm.scale(part[j].B.view(), float(1.0 / std::sqrt(s)));
         }
-        for (std::size_t i = 0; i < ids_.size(); ++i) {  // W_res = W − s·B A
-          hdpissa::subtract_adapter(ctx.bm, Wm_[i], sets_[i], 0, lin_.scaling());
-          this->push_weight(i);
+        for (std::size_t j = 0; j < part.size(); ++j) {  // W_res = W − s·B A (fp32), then the compute copy
+          hdpissa::subtract_adapter(ctx.bm, W[j], part[j], 0, s);
+          if constexpr (kMixed) Dev::to_compute(ctx.bm, CV32(W[j]), this->weight_(ids_[c0 + j]));
+          sets_.push_back(std::move(part[j]));
         }
+        ctx.bm.synchronize();  // the fp32 scratch is released only after its last use
       }
     }
     index_t scratch = 0;
@@ -488,12 +608,15 @@ class AdapterMethod final : public TrainMethod<Dev> {
     for (std::size_t i = 0; i < ids_.size(); ++i) this->push_weight(i);
     this->refresh_copies(cc_, sets_);
   }
-  /// W_res + s·B A, computed by the master backend in fp32 (not a hot path).
+  /// W_res + s·B A, computed by the master backend in fp32 (not a hot path). With bf16 compute the
+  /// W_res term is the bf16 W the model trained with, widened exactly to fp32: the merge differs
+  /// from an fp32-master merge only by W_res's one bf16 rounding (|Δ| ≤ 2⁻⁹·|W_res| per element).
   void merged_weight(std::size_t i, Matrix& host) override {
     if (merge_.rows() == 0) merge_ = this->bm_->make_matrix(1, merge_size_);
     const auto [out, in] = this->shape(i);
     V32 M{merge_.data(), out, in, in};
-    this->bm_->copy(CV32(Wm_[i]), M);
+    if constexpr (kMixed) Dev::to_master(*this->bm_, CVc(this->Wc_[i]), M);
+    else this->bm_->copy(CV32(Wm_[i]), M);
     this->bm_->gemm(hdpissa::Op::N, hdpissa::Op::N, float(lin_.scaling()), CV32(sets_[i].B.view()),
                     CV32(sets_[i].A.view()), 1.0f, M);
     host.resize(out, in);

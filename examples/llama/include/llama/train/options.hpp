@@ -16,6 +16,7 @@
 #include <nlohmann/json.hpp>
 
 #include "hdpissa/adapter/muted_linear.hpp"
+#include "hdpissa/core/w_precision.hpp"
 #include "llama/cli.hpp"
 #include "llama/common.hpp"
 #include "llama/data_formats.hpp"
@@ -59,6 +60,10 @@ HDPISSA_LLAMA_CHOICES(CommKind, {CommKind::Auto, "auto"}, {CommKind::Single, "si
 /// Adapter scaling (--scaling): PEFT's alpha / r, or the reference's integer alpha // r.
 enum class ScalingKind { Peft, Reference };
 HDPISSA_LLAMA_CHOICES(ScalingKind, {ScalingKind::Peft, "peft"}, {ScalingKind::Reference, "reference"});
+/// How a method that updates W stores and updates it (--w-precision; hdpissa/core/w_precision.hpp).
+HDPISSA_LLAMA_CHOICES(hdpissa::WPrecision, {hdpissa::WPrecision::Fp32Master, "fp32-master"},
+                      {hdpissa::WPrecision::Bf16Compensated, "bf16-compensated"},
+                      {hdpissa::WPrecision::Bf16StochasticRounding, "bf16-sr"});
 /// Element type of the merged output (--output-dtype); auto = the input checkpoint's.
 enum class OutputDtype { Auto, F32, Bf16, F16 };
 HDPISSA_LLAMA_CHOICES(OutputDtype, {OutputDtype::Auto, "auto"}, {OutputDtype::F32, "f32"}, {OutputDtype::Bf16, "bf16"},
@@ -116,6 +121,7 @@ struct TrainOptions {
   double mute_gamma = 0;           ///< 0 = ExactMute; > 0 = ScaledMute{gamma} (DWU methods)
   Aggregation aggregation = Aggregation::Sum;  ///< sum (reference) | mean (paper's 1/K)
   ComputeDtype dtype = ComputeDtype::Fp32;  ///< bf16: --device cuda only
+  hdpissa::WPrecision w_precision = hdpissa::WPrecision::Fp32Master;  ///< --w-precision (W-updating methods)
   Device device = Device::Cpu;     ///< llama/train/engine.hpp
   AttentionKind attention = AttentionKind::Auto;  ///< the GPU model's attention (--device cuda)
   // ---- distribution
@@ -289,6 +295,7 @@ inline nlohmann::json TrainOptions::to_json() const {
           {"aggregation", name_of(aggregation)},
           {"mute_gamma", mute_gamma},
           {"dtype", name_of(dtype)},
+          {"w_precision", name_of(w_precision)},
           {"device", name_of(device)},
           {"attention", name_of(attention)},
           {"comm", name_of(comm)},
@@ -331,6 +338,14 @@ inline void TrainOptions::validate() const {
   need(dtype == ComputeDtype::Fp32 || device == Device::Cuda,
        "--dtype bf16: bf16 compute with an fp32 master copy of W is a GPU-path feature (--device cuda); the CPU "
        "trainer runs fp32 throughout (use --dtype fp32)");
+  need(w_precision == hdpissa::WPrecision::Fp32Master || method == Method::Hdpissa || method == Method::LoraDwu ||
+           method == Method::PissaDwu,
+       cat("--w-precision ", name_of(w_precision), ": applies to the methods whose W the Direct Weight Update changes "
+           "(hdpissa, lora-dwu, pissa-dwu); lora / pissa keep a frozen W (bf16-only under --dtype bf16) and full "
+           "fine-tuning's bf16 W update is not implemented"));
+  need(w_precision == hdpissa::WPrecision::Fp32Master || device == Device::Cpu,
+       cat("--w-precision ", name_of(w_precision), ": the GPU apply kernel of the bf16 W policies is not implemented "
+           "yet; the CPU trainer runs them (bf16 values in fp32 tensors: the bit-exact reference of the rule)"));
   need(attention == AttentionKind::Auto || device == Device::Cuda,
        cat("--attention ", name_of(attention), ": chooses the GPU model's attention (--device cuda); the CPU model has one"));
   need(rank >= 1, cat("--rank: expected >= 1, found ", rank));
@@ -494,6 +509,11 @@ inline void add_train_options(CLI::App& app, TrainOptions& o, CLI::Option** atte
   cli::add_parsed(app, "--dtype", "--dtype", o.dtype, parse_choice<ComputeDtype>,
                   "compute dtype (default fp32 = exact fp32 everywhere; bf16 = bf16 compute copies of W and the factors, "
                   "fp32 masters, Adam and gradient sums: --device cuda only)", "fp32|bf16")->group(me);
+  cli::add_parsed(app, "--w-precision", "--w-precision", o.w_precision, parse_choice<hdpissa::WPrecision>,
+                  "how hdpissa / lora-dwu / pissa-dwu store and update W: fp32-master (default: fp32 W, plus a bf16 "
+                  "compute copy under --dtype bf16), bf16-compensated (bf16 W + bf16 Kahan compensation) or bf16-sr "
+                  "(bf16 W, stochastic rounding seeded by --seed, step and element); docs/trainer.md",
+                  "fp32-master|bf16-compensated|bf16-sr")->group(me);
   CLI::Option* att = cli::add_parsed(
       app, "--attention", "--attention", o.attention, parse_choice<AttentionKind>,
       "the GPU model's attention (--device cuda): flash = fused kernels (bf16, head_dim 64 or 128), gemm = "

@@ -7,6 +7,7 @@
 /// nothing depends on call order and no raw pointers cross the engine boundary.
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -60,10 +61,15 @@ struct TrainState {
 
 /// A method's live state: views into its storage (fp32, in the master backend's memory space).
 struct StateRefs {
+  /// A tensor is an fp32 view, or (view.data null) a tensor stored in another dtype, reached
+  /// through `get` (host fp32 ← live, exact) and `set` (live ← host fp32): e.g. a bf16-only frozen
+  /// W. Its saved form is fp32 either way, so checkpoints do not depend on the storage dtype.
   struct Tensor {
     std::string name;
     MatrixView<float> view;
     bool local = false;
+    std::function<void(float*)> get{};
+    std::function<void(const float*)> set{};
   };
   struct Counter {
     std::string name;
@@ -74,6 +80,11 @@ struct StateRefs {
   std::vector<Counter> counters;
 
   void add(std::string name, MatrixView<float> v, bool local) { tensors.push_back({std::move(name), v, local}); }
+  /// A (rows, cols) tensor kept in another dtype, through `get` / `set` (see Tensor).
+  void add_converted(std::string name, index_t rows, index_t cols, bool local, std::function<void(float*)> get,
+                     std::function<void(const float*)> set) {
+    tensors.push_back({std::move(name), MatrixView<float>{nullptr, rows, cols, cols}, local, std::move(get), std::move(set)});
+  }
   /// An Adam state (moments and step count) under `name`.m / .v / .step.
   template <class AdamState>
   void add_adam(const std::string& name, AdamState& st, bool local) {
@@ -90,7 +101,8 @@ TrainState snapshot(Backend& b, const StateRefs& refs) {
   for (const auto& r : refs.tensors) {
     HDPISSA_REQUIRE(r.view.contiguous(), "state tensor '", r.name, "' is not contiguous");
     StateTensor t{r.name, r.view.rows, r.view.cols, std::vector<float>(std::size_t(r.view.size())), r.local};
-    b.download(ConstMatrixView<float>(r.view), t.data.data());
+    if (r.get) r.get(t.data.data());
+    else b.download(ConstMatrixView<float>(r.view), t.data.data());
     s.tensors.push_back(std::move(t));
   }
   for (const auto& c : refs.counters) s.counters.push_back({c.name, *c.value, c.local});
@@ -107,7 +119,8 @@ void restore(Backend& b, const StateRefs& refs, const TrainState& s, const std::
     if (t.local != r.local)
       throw LlamaError(cat(origin, ": tensor '", r.name, "' is saved as ", t.local ? "per-worker" : "shared",
                            " but this run keeps it ", r.local ? "per worker" : "shared"));
-    b.upload(t.data.data(), r.view);
+    if (r.set) r.set(t.data.data());
+    else b.upload(t.data.data(), r.view);
   }
   for (const auto& c : refs.counters) {
     const StateCounter* v = s.find_counter(c.name);

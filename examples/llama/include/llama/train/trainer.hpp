@@ -313,7 +313,7 @@ class Trainer {
             "  workers ", comm_->size(),
             " (", threads_, " thread(s) each), groups per worker ", o_.groups_per_process, ", K = ", comm_->groups(), ", targets ", o_.targets, " (",
             info.targets.size(), " linears), trainable ", info.trainable_parameters, " of ",
-            w_.num_parameters(), " parameters\n", "  data ", data_->size(), " examples (", dropped_,
+            w_.num_parameters(), " parameters; W ", info.w_bytes_per_param, " bytes per target parameter (w_bytes_per_param)\n", "  data ", data_->size(), " examples (", dropped_,
             " dropped: all labels masked), ", loaders_[0].shard_size(), " per group; ", total_,
             " steps (warmup ", sched_.warmup_steps, ", cosine), tokens per step ≈ K·grad_accum·micro_batch·len\n",
             "  config ", o_.to_json().dump(), "\n"));
@@ -380,7 +380,8 @@ class Trainer {
     {
       nlohmann::json rec = {{"type", "summary"}, {"step", step_}, {"steps_this_run", sum.steps_this_run},
                             {"tokens", tokens}, {"seconds", sum.seconds}, {"tokens_per_s", sum.tokens_per_s},
-                            {"device", info.device}, {"dtype", name_of(o_.dtype)}};
+                            {"device", info.device}, {"dtype", name_of(o_.dtype)},
+                            {"w_bytes_per_param", info.w_bytes_per_param}};
       if (sum.peak_device_bytes) rec["peak_device_bytes"] = *sum.peak_device_bytes;
       metric(rec);
     }
