@@ -131,6 +131,14 @@ TEST_CASE("cli: --config TOML / INI, the command line wins") {
   }
   CHECK(contains(error_of({"--config", bad.string()}), "--method: expected"));
   CHECK(contains(error_of({"--config", (dir / "absent.toml").string()}), "absent.toml"));
+  const auto extra = dir / "extra.toml";
+  {
+    std::ofstream f(extra);
+    f << "model = \"m\"\ndata = \"d\"\nmax-lenn = 64\n";
+  }
+  const std::string e = error_of({"--config", extra.string()});  // an unknown key is not silently ignored
+  CHECK(contains(e, "max-lenn"));
+  CHECK(contains(e, "did you mean 'max-len'?"));
 }
 
 TEST_CASE("cli: --help and --version print and ask for no validation") {

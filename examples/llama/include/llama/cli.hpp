@@ -77,6 +77,7 @@ inline void setup(CLI::App& app, bool config = true) {
     app.set_config("--config", "", "read options from a TOML or INI file (keys: long option names, e.g. "
                                    "max-len = 256); options on the command line win");
     app.config_formatter(std::make_shared<CLI::ConfigTOML>());
+    app.allow_config_extras(false);  // an unknown key in a config file is an error (CLI11 ignores it by default)
   }
   app.get_formatter()->column_width(34);
 }
@@ -121,6 +122,13 @@ inline Outcome parse(CLI::App& app, const std::vector<std::string>& args, std::o
     }
     if (msg.empty()) msg = e.what();
     throw UsageError(cat(msg, hint, " (see --help)"));
+  } catch (const CLI::ConfigError& e) {  // e.g. an unknown key: "INI was not able to parse max-lenn"
+    std::string msg = e.what(), hint;
+    const std::string marker = "parse ";
+    if (const auto at = msg.rfind(marker); at != std::string::npos)
+      if (const std::string s = suggest(app, "--" + msg.substr(at + marker.size())); !s.empty())
+        hint = cat("; did you mean '", s.substr(2), "'?");
+    throw UsageError(cat("--config: ", msg, hint));
   } catch (const CLI::ArgumentMismatch& e) {  // "--x" at the end, or followed by another option
     throw UsageError(cat(e.what(), ": expects a value, found none (see --help)"));
   } catch (const CLI::ParseError& e) {
