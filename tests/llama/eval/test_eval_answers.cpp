@@ -45,7 +45,7 @@ TEST_CASE("GSM8K extractor: every reference solution of train and test yields it
       else FAIL_CHECK("no match in '" << ans.substr(ans.size() > 60 ? ans.size() - 60 : 0) << "'");
     }
     CHECK(ok == static_cast<long>(recs.size()));
-    MESSAGE(split << ": " << ok << "/" << recs.size());
+    MESSAGE(std::string(split) << ": " << ok << "/" << recs.size());
   }
   // MetaMath form of the test set: "The answer is: N" agrees with GSM8K's own "####" answers
   const auto mm = llama_test::data_dir() / "metamath_eval";

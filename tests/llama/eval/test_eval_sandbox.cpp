@@ -32,7 +32,7 @@ void canonical(Task task, const char* rel, long stride) {
     if (r.status == "passed") ++ok;
     else FAIL_CHECK(p.id << ": " << r.status << " (exit " << r.exit_code << "): " << r.stderr_tail);
   }
-  MESSAGE(task_name(task) << " canonical: " << ok << "/" << n);
+  MESSAGE(std::string(task_name(task)) << " canonical: " << ok << "/" << n);
   CHECK(ok == n);
 }
 }  // namespace
