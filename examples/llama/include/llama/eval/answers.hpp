@@ -100,7 +100,7 @@ struct Gsm8kAnswer {
 };
 
 /// The GSM8K answer of `text`: the first number after the last "The answer is" (optional ':'; case
-/// sensitive, MetaMath's form) or, if absent, after the last "####". With `last_number_fallback`,
+/// sensitive, MetaMath's form) or the last "####", whichever occurs later in the text. With `last_number_fallback`,
 /// a text with neither marker yields its last number (method "last number"). Only the rest of the
 /// marker's line is searched. nullopt when nothing is found.
 inline std::optional<Gsm8kAnswer> extract_gsm8k(std::string_view text, bool last_number_fallback = false) {
@@ -108,9 +108,19 @@ inline std::optional<Gsm8kAnswer> extract_gsm8k(std::string_view text, bool last
     std::string_view s;
     const char* name;
   };
-  for (const Marker m : {Marker{"The answer is", "the answer is"}, Marker{"####", "####"}}) {
-    const std::size_t p = text.rfind(m.s);
-    if (p == std::string_view::npos) continue;
+  // whichever marker occurs last wins: two GSM8K train solutions say "The answer is ..." in the
+  // reasoning and end with "#### N"; a MetaMath-style completion ends with "The answer is: N"
+  const Marker markers[] = {{"The answer is", "the answer is"}, {"####", "####"}};
+  const Marker* best = nullptr;
+  std::size_t best_pos = 0;
+  for (const Marker& m : markers)
+    if (const std::size_t p = text.rfind(m.s); p != std::string_view::npos && (!best || p > best_pos)) {
+      best = &m;
+      best_pos = p;
+    }
+  if (best) {
+    const Marker& m = *best;
+    const std::size_t p = best_pos;
     std::string_view rest = text.substr(p + m.s.size());
     if (const std::size_t nl = rest.find('\n'); nl != std::string_view::npos) rest = rest.substr(0, nl);
     const auto toks = detail::number_tokens(rest);
@@ -133,8 +143,10 @@ inline bool numbers_match(double predicted, double gold) {
 // ----------------------------------------------------------------------------------------------- MATH
 
 /// The content of the last \boxed{...} or \fbox{...} in `text` (braces balanced; "\boxed 5" gives
-/// the text up to the next '$' or end, as in Hendrycks' `last_boxed_only_string`). nullopt if none
-/// or if the braces never close.
+/// the text up to the next '$' or end, as in Hendrycks' `last_boxed_only_string`). Like the reference,
+/// every '{' and '}' counts, escaped or not ("\{1,2\}" balances either way; math_test_5000's
+/// geometry/1107 answer "\frac{\}{p}i4+2-\sqrt{2}" only balances this way). nullopt if none or if
+/// the braces never close.
 inline std::optional<std::string> last_boxed(std::string_view text) {
   std::size_t p = text.rfind("\\boxed");
   const std::size_t f = text.rfind("\\fbox");
@@ -156,10 +168,6 @@ inline std::optional<std::string> last_boxed(std::string_view text) {
   if (i >= text.size() || text[i] != '{') return std::nullopt;
   int depth = 0;
   for (std::size_t j = i; j < text.size(); ++j) {
-    if (text[j] == '\\' && j + 1 < text.size()) {  // escaped brace \{ \} does not count
-      ++j;
-      continue;
-    }
     if (text[j] == '{') ++depth;
     else if (text[j] == '}' && --depth == 0) return std::string(text.substr(i + 1, j - i - 1));
   }
