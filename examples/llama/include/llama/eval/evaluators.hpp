@@ -187,7 +187,7 @@ inline std::string id_of(const nlohmann::json& r, const char* key, std::size_t i
 ///  - math: JSONL with "problem"/"question" and "answer" (math500, math_test_5000), else the last
 ///    \boxed{} of "solution";
 ///  - humaneval: HumanEval JSONL (optionally .gz): program = prompt + completion + test + check(entry_point);
-///  - mbpp: MBPP JSONL, the test split task_id 11–510 only; program = test_setup_code + completion + asserts.
+///  - mbpp: MBPP JSONL, the test split task_id 11–510 only; program = completion + test_setup_code + asserts.
 inline std::vector<EvalProblem> load_task(Task task, const std::filesystem::path& path,
                                           const PromptTemplates& tpl = {}) {
   if (!std::filesystem::is_regular_file(path))
@@ -242,10 +242,12 @@ inline std::vector<EvalProblem> load_task(Task task, const std::filesystem::path
         std::string tests;
         for (const auto& t : r.at("test_list")) tests += t.get<std::string>() + "\n";
         p.prompt = replace_all(replace_all(tpl.mbpp, "{text}", p.question), "{tests}", tests);
-        p.program_prefix = r.contains("test_setup_code") && r["test_setup_code"].is_string()
-                               ? r["test_setup_code"].get<std::string>() + "\n"
-                               : std::string();
-        p.program_suffix = "\n" + tests;
+        // test_setup_code goes after the completion: task 367's setup builds trees of the Node class
+        // that the solution defines (found by running all 500 canonical solutions)
+        const std::string setup = r.contains("test_setup_code") && r["test_setup_code"].is_string()
+                                      ? r["test_setup_code"].get<std::string>()
+                                      : std::string();
+        p.program_suffix = "\n" + setup + "\n" + tests;
         p.reference = detail::str_field(r, {"code"}, where);
         break;
       }
@@ -427,7 +429,7 @@ inline nlohmann::json task_protocol(Task task, const EvalOptions& o, const Promp
       j["prompt_template"] = tpl.mbpp;
       j["split"] = "test: task_id 11-510";
       j["stop_strings"] = task_stop_strings(task);
-      j["program"] = "test_setup_code + completion (inside of a ``` fence if any) + test_list asserts";
+      j["program"] = "completion (inside of a ``` fence if any) + test_setup_code + test_list asserts";
       break;
   }
   if (is_code_task(task))
