@@ -34,7 +34,7 @@ int main(int argc, char** argv) {
   app.add_option_function<std::vector<std::string>>(
          "--layers", [&o](const std::vector<std::string>& v) { o.layers = cli::split_list(v); },
          "tensor names to analyse, comma- or space-separated (default: every *_proj.weight of --modules)")
-      ->type_name("A,B,...")->expected(1, -1);
+      ->type_name("A,B,...")->expected(1, -1)->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
   app.add_option_function<std::string>(
          "--layers-file",
          [&o](const std::string& f) {
@@ -50,7 +50,7 @@ int main(int argc, char** argv) {
            if (o.modules == std::vector<std::string>{"all-linear"}) o.modules = {"q", "k", "v", "o", "gate", "up", "down"};
          },
          "default selection, comma- or space-separated, or all-linear (default q,k,v,o,gate,up,down)")
-      ->type_name("LIST")->expected(1, -1);
+      ->type_name("LIST")->expected(1, -1)->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
   app.add_option("--tau", o.tau, "numerical rank = #{s_i > T s_1} (default 1e-3: 1-3 orders above the fp32 "
                                  "storage-rounding floor of dW, which is reported per layer)")->type_name("T");
   app.add_option("--energy", o.energy, "energy rank: smallest k with sum_{i<=k} s_i^2 >= E sum s_i^2 (default 0.9)")

@@ -64,6 +64,7 @@ TEST_CASE("cli: --x=y equals --x y, aliases, negative values") {
   CHECK(parse_train_args(base({"--output-dir", "o"})).output == "o");
   CHECK(parse_train_args(base({"-q"})).quiet);
   CHECK(parse_train_args(base({"--max-steps", "-1"})).max_steps == -1);  // a negative number is a value
+  CHECK(parse_train_args(base({"--max-steps", "4", "--max-steps=9"})).max_steps == 9);  // the last one wins
   CHECK(parse_train_args(base({"--max-shard-size=500MB"})).max_shard_bytes == 500'000'000);
 }
 

@@ -72,7 +72,9 @@ inline std::string suggest(const CLI::App& app, std::string arg) {
 /// A CLI::App with the shared conventions: --version and (when `config`) --config FILE.
 inline void setup(CLI::App& app, bool config = true) {
   app.set_version_flag("--version", std::string(app.get_name()) + " (hdpissa) " + HDPISSA_VERSION_STRING);
-  app.option_defaults()->always_capture_default();
+  // A repeated option: the last one wins (as the hand parsers did; scripts append overrides). List
+  // options set TakeAll themselves.
+  app.option_defaults()->always_capture_default()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
   if (config) {
     app.set_config("--config", "", "read options from a TOML or INI file (keys: long option names, e.g. "
                                    "max-len = 256); options on the command line win");

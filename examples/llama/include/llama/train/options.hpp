@@ -495,7 +495,7 @@ inline void add_train_options(CLI::App& app, TrainOptions& o, CLI::Option** atte
          "--targets,--target-modules", [&o](const std::vector<std::string>& v) { o.targets = parse_targets_list(v); },
          "target linears: a subset of q,k,v,o,gate,up,down (or q_proj, …), comma- or space-separated, or all-linear "
          "(default all seven)")
-      ->group(me)->type_name("LIST")->expected(1, -1);
+      ->group(me)->type_name("LIST")->expected(1, -1)->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
   cli::add_parsed(app, "--svd", "--svd", o.svd, parse_choice<SvdKind>,
                   "SVD of the orthogonal / PiSSA initialisation (default exact)", "exact|randomized")->group(me);
   cli::add_parsed(app, "--aggregation", "--aggregation", o.aggregation, parse_choice<Aggregation>,
