@@ -383,13 +383,14 @@ namespace {
 
 namespace flash = hdpissa::llama::gpu::flash;
 
-/// softmax(scale·q·kᵀ) over keys 0..t for rows t < L_b, zero elsewhere; gradients for a given dO.
+/// softmax(scale·q·kᵀ) over keys 0..t (window > 0: max(0, t − W + 1)..t) for rows t < L_b, zero elsewhere;
+/// gradients for a given dO.
 struct AttnRef {
   std::vector<double> O, lse, dQ, dK, dV, D;
 };
 AttnRef attention_reference(const std::vector<float>& Q, const std::vector<float>& K, const std::vector<float>& V,
                             const std::vector<float>& dO, int B, int nh, int nkv, int T, int hd,
-                            const std::vector<int>& lengths, double scale) {
+                            const std::vector<int>& lengths, double scale, int window = 0) {
   AttnRef r;
   const std::size_t nq = static_cast<std::size_t>(B) * nh * T * hd, nk = static_cast<std::size_t>(B) * nkv * T * hd;
   r.O.assign(nq, 0.0);
@@ -405,25 +406,26 @@ AttnRef attention_reference(const std::vector<float>& Q, const std::vector<float
       const std::size_t qh = (static_cast<std::size_t>(b) * nh + h) * T, kh = (static_cast<std::size_t>(b) * nkv + h / group) * T;
       for (int t = 0; t < lengths[b]; ++t) {
         const float* q = &Q[(qh + t) * hd];
+        const int j_lo = window > 0 ? std::max(0, t - window + 1) : 0;  // sliding window: keys > t − W
         double m = -1e300;
-        for (int j = 0; j <= t; ++j) {
+        for (int j = j_lo; j <= t; ++j) {
           double s = 0;
           for (int d = 0; d < hd; ++d) s += static_cast<double>(q[d]) * K[(kh + j) * hd + d];
           p[j] = scale * s;
           m = std::max(m, p[j]);
         }
         double z = 0;
-        for (int j = 0; j <= t; ++j) z += std::exp(p[j] - m);
+        for (int j = j_lo; j <= t; ++j) z += std::exp(p[j] - m);
         r.lse[qh + t] = m + std::log(z);
-        for (int j = 0; j <= t; ++j) p[j] = std::exp(p[j] - r.lse[qh + t]);
+        for (int j = j_lo; j <= t; ++j) p[j] = std::exp(p[j] - r.lse[qh + t]);
         double* o = &r.O[(qh + t) * hd];
-        for (int j = 0; j <= t; ++j)
+        for (int j = j_lo; j <= t; ++j)
           for (int d = 0; d < hd; ++d) o[d] += p[j] * V[(kh + j) * hd + d];
         const float* g = &dO[(qh + t) * hd];
         double D = 0;
         for (int d = 0; d < hd; ++d) D += static_cast<double>(g[d]) * o[d];
         r.D[qh + t] = D;
-        for (int j = 0; j <= t; ++j) {
+        for (int j = j_lo; j <= t; ++j) {
           double s = 0;
           for (int d = 0; d < hd; ++d) s += static_cast<double>(g[d]) * V[(kh + j) * hd + d];
           dp[j] = p[j] * (s - D);  // dS
@@ -447,7 +449,7 @@ double rel_err_d(const std::vector<float>& a, const std::vector<double>& b) {
   return std::sqrt(num / den);
 }
 
-void check_flash_kernels(int hd) {
+void check_flash_kernels(int hd, int window = 0) {
   const int B = 2, nh = 4, nkv = 2, T = 150;  // T not a multiple of the 64-row tile; GQA group 2
   const std::vector<int> lengths = {150, 97};
   const double scale = 1.0 / std::sqrt(static_cast<double>(hd));
@@ -461,7 +463,7 @@ void check_flash_kernels(int hd) {
     return v;
   };
   const auto Q = fill(nq, 1.5f), K = fill(nk, 1.5f), V = fill(nk, 1.0f), dO = fill(nq, 1.0f);
-  const AttnRef ref = attention_reference(Q, K, V, dO, B, nh, nkv, T, hd, lengths, scale);
+  const AttnRef ref = attention_reference(Q, K, V, dO, B, nh, nkv, T, hd, lengths, scale, window);
 
   auto up_bf16 = [](const std::vector<float>& v) {
     std::vector<bf16> h(v.size());
@@ -484,9 +486,9 @@ void check_flash_kernels(int hd) {
   for (auto* g : {&gq, &gk, &gv}) HDPISSA_CUDA_CHECK(cudaMemset(g->get(), 0xff, sizeof(float) * nq));
 
   flash::forward(dQ_.get(), dK_.get(), dV_.get(), dOut.get(), dlse.get(), dlen.get(), B, nh, nkv, T, hd,
-                 static_cast<float>(scale), nullptr);
+                 static_cast<float>(scale), nullptr, window);
   flash::backward(dQ_.get(), dK_.get(), dV_.get(), ddO.get(), dlse.get(), dD.get(), gq.get(), gk.get(), gv.get(),
-                  dlen.get(), B, nh, nkv, T, hd, static_cast<float>(scale), nullptr);
+                  dlen.get(), B, nh, nkv, T, hd, static_cast<float>(scale), nullptr, window);
   HDPISSA_CUDA_CHECK(cudaDeviceSynchronize());
   auto down = [](const auto& d, std::size_t n) {
     using E = std::remove_cv_t<std::remove_pointer_t<decltype(d.get())>>;
@@ -533,7 +535,7 @@ void check_flash_kernels(int hd) {
   // in aggregate) and of O's store. lse has no bf16 step: fp32 accumulation and exp2 / log2 only.
   const double eO = rel_err_d(O, ref.O), eQ = rel_err_d(dq, ref.dQ), eK = rel_err_d(dk, ref.dK),
                eV = rel_err_d(dv, ref.dV);
-  MESSAGE("flash hd " << hd << ": O rel " << eO << ", lse max|Δ| " << lse_err << ", dQ rel " << eQ << ", dK rel " << eK
+  MESSAGE("flash hd " << hd << " window " << window << ": O rel " << eO << ", lse max|Δ| " << lse_err << ", dQ rel " << eQ << ", dK rel " << eK
                       << ", dV rel " << eV);
   CHECK(eO <= 1e-2);
   CHECK(lse_err <= 1e-4);
@@ -543,7 +545,7 @@ void check_flash_kernels(int hd) {
 
   // deterministic: a second backward gives the same bits
   flash::backward(dQ_.get(), dK_.get(), dV_.get(), ddO.get(), dlse.get(), dD.get(), gq.get(), gk.get(), gv.get(),
-                  dlen.get(), B, nh, nkv, T, hd, static_cast<float>(scale), nullptr);
+                  dlen.get(), B, nh, nkv, T, hd, static_cast<float>(scale), nullptr, window);
   HDPISSA_CUDA_CHECK(cudaDeviceSynchronize());
   CHECK(down(gq, nq) == dq);
   CHECK(down(gk, nq) == dkp);
@@ -581,6 +583,10 @@ ModelWeights small_hd64(unsigned seed) {
 TEST_CASE("flash attention kernels match a double-precision reference (hd 64 and 128, GQA, padding)") {
   SUBCASE("hd 64") { check_flash_kernels(64); }
   SUBCASE("hd 128") { check_flash_kernels(128); }
+  // sliding windows: 1 (self only), 40 (partial tiles; query tile 2 skips key tile 0), 64 (= the tile)
+  SUBCASE("hd 64, window 1") { check_flash_kernels(64, 1); }
+  SUBCASE("hd 64, window 40") { check_flash_kernels(64, 40); }
+  SUBCASE("hd 128, window 64") { check_flash_kernels(128, 64); }
 }
 
 // The bf16 model with the fused kernels against the CPU model, next to the same model with the
@@ -671,9 +677,9 @@ TEST_CASE("model families: bf16 CudaLlama matches the CPU model with q/k/v biase
   compare_with_cpu<bf16>(w, rounded_to_bf16(w), batches, 3, 12, {1e-2, 5e-2, 1e-1, 2e-1}, "tiny bf16 bias + window");
 }
 
-// head_dim 64 (the flash shape): biases on the flash and Gemm paths; a binding window runs on the
-// Gemm path (Auto picks it; Flash refuses by name). Same bounds as the llama hd64 case above.
-TEST_CASE("model families: bf16 hd64 with biases (flash and gemm) and a sliding window (gemm)") {
+// head_dim 64 (the flash shape): biases and sliding windows on the flash and Gemm paths. Same
+// bounds as the llama hd64 case above.
+TEST_CASE("model families: bf16 hd64 with biases and sliding windows, flash and gemm attention") {
   const ModelWeights base = small_hd64(21);
   const std::vector<Batch> batches = {make_batch(61, 150, {150, 97, 64}, 20, 31), make_batch(61, 70, {70, 1}, 0, 32)};
   const Tol tol{2e-3, 5e-2, 8e-2, 1e-1};
@@ -682,24 +688,19 @@ TEST_CASE("model families: bf16 hd64 with biases (flash and gemm) and a sliding 
                          hdpissa::llama::gpu::Attention::Flash);
   compare_with_cpu<bf16>(wb, rounded_to_bf16(wb), batches, 3, 150, tol, "hd64 bf16 bias gemm",
                          hdpissa::llama::gpu::Attention::Gemm);
-  const ModelWeights ww = with_family(base, true, 40, 0, 6, 0.5f);
+  const ModelWeights ww = with_family(base, true, 40, 0, 6, 0.5f);  // window 40 < T = 150
+  compare_with_cpu<bf16>(ww, rounded_to_bf16(ww), batches, 3, 150, tol, "hd64 bf16 bias + window 40 flash",
+                         hdpissa::llama::gpu::Attention::Flash);
   compare_with_cpu<bf16>(ww, rounded_to_bf16(ww), batches, 3, 150, tol, "hd64 bf16 bias + window 40 gemm",
                          hdpissa::llama::gpu::Attention::Gemm);
+  const ModelWeights wl = with_family(base, false, 70, 1, 7, 0.5f);  // window on layer 1 only
+  compare_with_cpu<bf16>(wl, rounded_to_bf16(wl), batches, 3, 150, tol, "hd64 bf16 window 70 from layer 1 flash",
+                         hdpissa::llama::gpu::Attention::Flash);
   CudaLlama<bf16> autom(ww, 1, 150, nullptr, 1024, hdpissa::llama::gpu::Attention::Auto);
-  CHECK_FALSE(autom.flash_attention());  // the window binds at max_seq 150
-  CudaLlama<bf16> fits(ww, 1, 40, nullptr, 1024, hdpissa::llama::gpu::Attention::Auto);
-  CHECK(fits.flash_attention());  // a window covering max_seq changes nothing: flash is exact
-  bool thrown = false;
-  try {
-    CudaLlama<bf16> m(ww, 1, 150, nullptr, 1024, hdpissa::llama::gpu::Attention::Flash);
-  } catch (const LlamaError& e) {
-    thrown = true;
-    CHECK(std::string(e.what()).find("sliding_window 40") != std::string::npos);
-  }
-  CHECK(thrown);
+  CHECK(autom.flash_attention());  // flash implements the window
   ModelWeights missing = wb;  // config says biases, the weights lack one: named
   missing.layers[1].bk = Vector();
-  thrown = false;
+  bool thrown = false;
   try {
     CudaLlama<bf16> m(missing, 1, 16, nullptr, 1024, hdpissa::llama::gpu::Attention::Gemm);
   } catch (const LlamaError& e) {

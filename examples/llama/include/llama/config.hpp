@@ -254,6 +254,11 @@ struct ModelConfig {
     } else if (mistral) {
       j["sliding_window"] = sliding_window > 0 ? nlohmann::json(sliding_window) : nlohmann::json(nullptr);
     }
+    if (sliding_window > 0 && window_from_layer > 0) {  // which layers slide, explicitly (transformers >= 4.53)
+      nlohmann::json lt = nlohmann::json::array();
+      for (int l = 0; l < n_layers; ++l) lt.push_back(l >= window_from_layer ? "sliding_attention" : "full_attention");
+      j["layer_types"] = lt;
+    }
     if (!qwen2) j["attention_bias"] = false;
     j["attention_dropout"] = 0.0;
     j["mlp_bias"] = false;

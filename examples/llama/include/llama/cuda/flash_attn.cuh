@@ -118,11 +118,19 @@ constexpr int dq_smem_bytes() {
   return (2 + 4) * kTile * HD * 2;  // Q, dO + double-buffered K, V
 }
 
+/// Sliding window (window > 0): key visible from query row iff key > row − window (transformers'
+/// masking_utils.sliding_window_overlay; the causal part key ≤ row is tested separately).
+__device__ __forceinline__ bool in_window(int key, int row, int window) { return window <= 0 || key > row - window; }
+/// First key tile any row of the query tile starting at q0 can see: the one holding q0 − W + 1.
+__device__ __forceinline__ int first_key_tile(int q0, int window) {
+  return window > 0 && q0 - window + 1 > 0 ? (q0 - window + 1) / kTile : 0;
+}
+
 template <int HD>
 __global__ void __launch_bounds__(kThreads) fwd_kernel(const bf16* __restrict__ Q, const bf16* __restrict__ K,
                                                        const bf16* __restrict__ V, bf16* __restrict__ O,
                                                        float* __restrict__ lse, const int* __restrict__ lengths, int nh,
-                                                       int nkv, int Tn, float scale) {
+                                                       int nkv, int Tn, float scale, int window) {
   using namespace detail;
   extern __shared__ __align__(128) unsigned char smem_raw[];
   bf16* sQ = reinterpret_cast<bf16*>(smem_raw);
@@ -147,9 +155,10 @@ __global__ void __launch_bounds__(kThreads) fwd_kernel(const bf16* __restrict__ 
     return;
   }
   const int n_kt = min(qt + 1, (Lb + kTile - 1) / kTile);
+  const int j0 = first_key_tile(q0, window);  // key tiles before it are outside every row's window
   load_tile<HD>(sQ, Qb, q0, Tn);
-  load_tile<HD>(sK, Kb, 0, Tn);
-  load_tile<HD>(sV, Vb, 0, Tn);
+  load_tile<HD>(sK + (j0 & 1) * kTile * HD, Kb, j0 * kTile, Tn);
+  load_tile<HD>(sV + (j0 & 1) * kTile * HD, Vb, j0 * kTile, Tn);
   cp_async_commit();
 
   const float c = scale * kLog2e;
@@ -160,7 +169,7 @@ __global__ void __launch_bounds__(kThreads) fwd_kernel(const bf16* __restrict__ 
   float m_a = -INFINITY, m_b = -INFINITY, l_a = 0.0f, l_b = 0.0f;
   std::uint32_t qf[HD / 16][4];
 
-  for (int j = 0; j < n_kt; ++j) {
+  for (int j = j0; j < n_kt; ++j) {
     if (j + 1 < n_kt) {
       load_tile<HD>(sK + ((j + 1) & 1) * kTile * HD, Kb, (j + 1) * kTile, Tn);
       load_tile<HD>(sV + ((j + 1) & 1) * kTile * HD, Vb, (j + 1) * kTile, Tn);
@@ -170,7 +179,7 @@ __global__ void __launch_bounds__(kThreads) fwd_kernel(const bf16* __restrict__ 
       cp_async_wait<0>();
     }
     __syncthreads();
-    if (j == 0) {
+    if (j == j0) {
 #pragma unroll
       for (int kk = 0; kk < HD / 16; ++kk)
         ldsm_x4(smem_u32(sQ + swz<HD>(warp * 16 + (lane & 15), kk * 2 + (lane >> 4))), qf[kk]);
@@ -202,7 +211,7 @@ __global__ void __launch_bounds__(kThreads) fwd_kernel(const bf16* __restrict__ 
       for (int e = 0; e < 4; ++e) {
         const int key = k0 + n * 8 + 2 * tq + (e & 1);
         const int row = e < 2 ? row_a : row_b;
-        const float x = (!diag || key <= row) ? s[n][e] * c : -INFINITY;
+        const float x = (!diag || key <= row) && in_window(key, row, window) ? s[n][e] * c : -INFINITY;
         s[n][e] = x;
         if (e < 2) mx_a = fmaxf(mx_a, x);
         else mx_b = fmaxf(mx_b, x);
@@ -281,7 +290,7 @@ __global__ void __launch_bounds__(kThreads) bwd_kernel(const bf16* __restrict__ 
                                                        const float* __restrict__ lse, const float* __restrict__ Dr,
                                                        float* __restrict__ dk_part, float* __restrict__ dv_part,
                                                        const int* __restrict__ lengths,
-                                                       int nh, int nkv, int Tn, float scale) {
+                                                       int nh, int nkv, int Tn, float scale, int window) {
   using namespace detail;
   extern __shared__ __align__(128) unsigned char smem_raw[];
   bf16* sK = reinterpret_cast<bf16*>(smem_raw);
@@ -317,7 +326,9 @@ __global__ void __launch_bounds__(kThreads) bwd_kernel(const bf16* __restrict__ 
     load_tile<HD>(sV, Vb, k0, Tn);
     cp_async_commit();
     const float c = scale * kLog2e;
-    const int n_qt = (Lb + kTile - 1) / kTile;
+    // query tiles after the last one whose rows can see this block's keys (key + W − 1) are skipped
+    const int n_qt = window > 0 ? min((Lb + kTile - 1) / kTile, (k0 + kTile - 1 + window - 1) / kTile + 1)
+                                : (Lb + kTile - 1) / kTile;
     for (int qt = kt; qt < n_qt; ++qt) {
       const int q0 = qt * kTile;
       __syncthreads();  // the previous tile's sQ / sdO / sdS reads are done
@@ -361,7 +372,7 @@ __global__ void __launch_bounds__(kThreads) bwd_kernel(const bf16* __restrict__ 
         for (int e = 0; e < 4; ++e) {
           const int ql = n * 8 + 2 * tq + (e & 1), q = q0 + ql;
           const int key = e < 2 ? key_a : key_b;
-          const bool ok = key <= q && q < Lb;
+          const bool ok = key <= q && q < Lb && in_window(key, q, window);
           const float p = ok ? exp2f(st[n][e] * c - s_lse[ql]) : 0.0f;
           st[n][e] = p;
           dpt[n][e] = p * (dpt[n][e] - s_dr[ql]);
@@ -414,7 +425,7 @@ __global__ void __launch_bounds__(kThreads) bwd_dq_kernel(const bf16* __restrict
                                                           const bf16* __restrict__ V, const bf16* __restrict__ dO,
                                                           const float* __restrict__ lse, const float* __restrict__ Dr,
                                                           float* __restrict__ dq, const int* __restrict__ lengths,
-                                                          int nh, int nkv, int Tn, float scale) {
+                                                          int nh, int nkv, int Tn, float scale, int window) {
   using namespace detail;
   extern __shared__ __align__(128) unsigned char smem_raw[];
   bf16* sQ = reinterpret_cast<bf16*>(smem_raw);
@@ -438,8 +449,9 @@ __global__ void __launch_bounds__(kThreads) bwd_dq_kernel(const bf16* __restrict
     const bf16* Vb = V + (static_cast<std::int64_t>(b) * nkv + kvh) * Tn * HD;
     load_tile<HD>(sQ, Q + head, q0, Tn);
     load_tile<HD>(sdO, dO + head, q0, Tn);
-    load_tile<HD>(sK, Kb, 0, Tn);
-    load_tile<HD>(sV, Vb, 0, Tn);
+    const int j0 = first_key_tile(q0, window);
+    load_tile<HD>(sK + (j0 & 1) * kTile * HD, Kb, j0 * kTile, Tn);
+    load_tile<HD>(sV + (j0 & 1) * kTile * HD, Vb, j0 * kTile, Tn);
     cp_async_commit();
     const float c = scale * kLog2e;
     const float* lb = lse + static_cast<std::int64_t>(bh) * Tn;
@@ -448,7 +460,7 @@ __global__ void __launch_bounds__(kThreads) bwd_dq_kernel(const bf16* __restrict
     const float lse_a = live_a ? lb[row_a] * kLog2e : 0.0f, lse_b = live_b ? lb[row_b] * kLog2e : 0.0f;
     const float d_a = live_a ? db[row_a] : 0.0f, d_b = live_b ? db[row_b] : 0.0f;
     const int n_kt = min(qt + 1, (Lb + kTile - 1) / kTile);
-    for (int j = 0; j < n_kt; ++j) {
+    for (int j = j0; j < n_kt; ++j) {
       if (j + 1 < n_kt) {
         load_tile<HD>(sK + ((j + 1) & 1) * kTile * HD, Kb, (j + 1) * kTile, Tn);
         load_tile<HD>(sV + ((j + 1) & 1) * kTile * HD, Vb, (j + 1) * kTile, Tn);
@@ -489,7 +501,7 @@ __global__ void __launch_bounds__(kThreads) bwd_dq_kernel(const bf16* __restrict
           const int key = k0 + n * 8 + 2 * tq + (e & 1);
           const bool hi = e >= 2;
           const int row = hi ? row_b : row_a;
-          const bool ok = key <= row && (hi ? live_b : live_a);
+          const bool ok = key <= row && (hi ? live_b : live_a) && in_window(key, row, window);
           const float p = ok ? exp2f(s[n][e] * c - (hi ? lse_b : lse_a)) : 0.0f;
           dp[n][e] = p * (dp[n][e] - (hi ? d_b : d_a));
         }
@@ -539,10 +551,10 @@ inline dim3 tile_grid(int B, int nh, int Tn) {
 /// fwd_kernel<HD> on stream s (see forward()).
 template <int HD>
 void launch_fwd_kernel(cudaStream_t s, const bf16* Q, const bf16* K, const bf16* V, bf16* O, float* lse,
-                       const int* lengths, int B, int nh, int nkv, int Tn, float scale) {
+                       const int* lengths, int B, int nh, int nkv, int Tn, float scale, int window = 0) {
   detail::set_smem(fwd_kernel<HD>, fwd_smem_bytes<HD>());
   fwd_kernel<HD><<<detail::tile_grid(B, nh, Tn), kThreads, fwd_smem_bytes<HD>(), s>>>(Q, K, V, O, lse, lengths, nh,
-                                                                                       nkv, Tn, scale);
+                                                                                       nkv, Tn, scale, window);
   HDPISSA_CUDA_CHECK_LAUNCH("flash::fwd_kernel");
 }
 
@@ -550,11 +562,11 @@ void launch_fwd_kernel(cudaStream_t s, const bf16* Q, const bf16* K, const bf16*
 template <int HD>
 void launch_bwd_kernel(cudaStream_t s, const bf16* Q, const bf16* K, const bf16* V, const bf16* dO, const float* lse,
                        const float* Dr, float* dk_part, float* dv_part, const int* lengths, int B, int nh, int nkv,
-                       int Tn, float scale) {
+                       int Tn, float scale, int window = 0) {
   detail::set_smem(bwd_kernel<HD>, bwd_smem_bytes<HD>());
   bwd_kernel<HD><<<detail::tile_grid(B, nh, Tn), kThreads, bwd_smem_bytes<HD>(), s>>>(Q, K, V, dO, lse, Dr, dk_part,
                                                                                        dv_part, lengths, nh, nkv, Tn,
-                                                                                       scale);
+                                                                                       scale, window);
   HDPISSA_CUDA_CHECK_LAUNCH("flash::bwd_kernel");
 }
 
@@ -562,18 +574,21 @@ void launch_bwd_kernel(cudaStream_t s, const bf16* Q, const bf16* K, const bf16*
 template <int HD>
 void launch_bwd_dq_kernel(cudaStream_t s, const bf16* Q, const bf16* K, const bf16* V, const bf16* dO,
                           const float* lse, const float* Dr, float* dq, const int* lengths, int B, int nh, int nkv,
-                          int Tn, float scale) {
+                          int Tn, float scale, int window = 0) {
   detail::set_smem(bwd_dq_kernel<HD>, dq_smem_bytes<HD>());
   bwd_dq_kernel<HD><<<detail::tile_grid(B, nh, Tn), kThreads, dq_smem_bytes<HD>(), s>>>(Q, K, V, dO, lse, Dr, dq,
-                                                                                        lengths, nh, nkv, Tn, scale);
+                                                                                        lengths, nh, nkv, Tn, scale,
+                                                                                        window);
   HDPISSA_CUDA_CHECK_LAUNCH("flash::bwd_dq_kernel");
 }
 
-/// O, lse ← attention(Q, K, V). Q, K, V, O 16-byte aligned; hd ∈ {64, 128}.
+/// O, lse ← attention(Q, K, V). Q, K, V, O 16-byte aligned; hd ∈ {64, 128}. `window` > 0: sliding
+/// window (row t sees keys max(0, t − window + 1)..t; key tiles wholly before the window are skipped,
+/// partial ones masked).
 inline void forward(const bf16* Q, const bf16* K, const bf16* V, bf16* O, float* lse, const int* lengths, int B,
-                    int nh, int nkv, int Tn, int hd, float scale, cudaStream_t s) {
-  if (hd == 64) launch_fwd_kernel<64>(s, Q, K, V, O, lse, lengths, B, nh, nkv, Tn, scale);
-  else launch_fwd_kernel<128>(s, Q, K, V, O, lse, lengths, B, nh, nkv, Tn, scale);
+                    int nh, int nkv, int Tn, int hd, float scale, cudaStream_t s, int window = 0) {
+  if (hd == 64) launch_fwd_kernel<64>(s, Q, K, V, O, lse, lengths, B, nh, nkv, Tn, scale, window);
+  else launch_fwd_kernel<128>(s, Q, K, V, O, lse, lengths, B, nh, nkv, Tn, scale, window);
 }
 
 /// Gradients of forward(): dq ← scale·dS·K; dk_part, dv_part ← each query head's dK, dV (all
@@ -581,13 +596,13 @@ inline void forward(const bf16* Q, const bf16* K, const bf16* V, bf16* O, float*
 /// over each kv head's group). Dr = rowsum(dO ∘ O) per row, lse from forward. Deterministic.
 inline void backward(const bf16* Q, const bf16* K, const bf16* V, const bf16* dO, const float* lse, const float* Dr,
                      float* dq, float* dk_part, float* dv_part, const int* lengths, int B, int nh, int nkv, int Tn,
-                     int hd, float scale, cudaStream_t s) {
+                     int hd, float scale, cudaStream_t s, int window = 0) {
   if (hd == 64) {
-    launch_bwd_kernel<64>(s, Q, K, V, dO, lse, Dr, dk_part, dv_part, lengths, B, nh, nkv, Tn, scale);
-    launch_bwd_dq_kernel<64>(s, Q, K, V, dO, lse, Dr, dq, lengths, B, nh, nkv, Tn, scale);
+    launch_bwd_kernel<64>(s, Q, K, V, dO, lse, Dr, dk_part, dv_part, lengths, B, nh, nkv, Tn, scale, window);
+    launch_bwd_dq_kernel<64>(s, Q, K, V, dO, lse, Dr, dq, lengths, B, nh, nkv, Tn, scale, window);
   } else {
-    launch_bwd_kernel<128>(s, Q, K, V, dO, lse, Dr, dk_part, dv_part, lengths, B, nh, nkv, Tn, scale);
-    launch_bwd_dq_kernel<128>(s, Q, K, V, dO, lse, Dr, dq, lengths, B, nh, nkv, Tn, scale);
+    launch_bwd_kernel<128>(s, Q, K, V, dO, lse, Dr, dk_part, dv_part, lengths, B, nh, nkv, Tn, scale, window);
+    launch_bwd_dq_kernel<128>(s, Q, K, V, dO, lse, Dr, dq, lengths, B, nh, nkv, Tn, scale, window);
   }
 }
 

@@ -420,13 +420,7 @@ CudaLlama<T>::CudaLlama(const ModelWeights& host, int max_batch, int max_seq, cu
                            "multiples of 8; found ",
                            std::is_same_v<T, float> ? "fp32" : "bf16", ", head_dim ", c.head_dim, ", dim ", D,
                            ", hidden_dim ", H));
-    // A sliding window smaller than max_seq runs on the Gemm path (its softmax kernels mask the
-    // window); the flash kernels implement full causal attention only.
-    const bool window = c.window_binds(max_seq);
-    if (attention == Attention::Flash && window)
-      throw LlamaError(cat("CudaLlama: Attention::Flash does not implement sliding_window ", c.sliding_window,
-                           " < max_seq ", max_seq, " yet; use Attention::Gemm or Auto (which picks Gemm)"));
-    flash_ = attention == Attention::Flash || (attention == Attention::Auto && ok && !window);
+    flash_ = attention == Attention::Flash || (attention == Attention::Auto && ok);
   }
   if (flash_) {
     fdq_.reserve(N * qd);
@@ -559,7 +553,9 @@ void CudaLlama<T>::forward_layers(CudaHooks<T>& hooks) {
     kern::launch_rows_to_heads<T>(s, k_rows_.get(), kvd, a.kh, B, Tn, nkv, hd, rope_cos_.get(), rope_sin_.get(), true);
     kern::launch_rows_to_heads<T>(s, v_rows_.get(), kvd, a.vh, B, Tn, nkv, hd, rope_cos_.get(), rope_sin_.get(), false);
     if constexpr (std::is_same_v<T, __nv_bfloat16>) {
-      if (flash_) flash::forward(a.qh, a.kh, a.vh, oh_.get(), a.lse, lengths(), B, nh, nkv, Tn, hd, scale, s);
+      if (flash_)
+        flash::forward(a.qh, a.kh, a.vh, oh_.get(), a.lse, lengths(), B, nh, nkv, Tn, hd, scale, s,
+                       c.attention_window(l));
     }
     if (!flash_) {
       // S = scale·Q Kᵀ per (b, kv group): (group·T, hd) × (T, hd)ᵀ
@@ -665,7 +661,7 @@ void CudaLlama<T>::backward_layers(CudaHooks<T>& hooks) {
     if constexpr (std::is_same_v<T, __nv_bfloat16>) {
       if (flash_) {
         flash::backward(a.qh, a.kh, a.vh, doh_.get(), a.lse, dr_.get(), fdq_.get(), fdk_.get(), fdv_.get(), lengths(),
-                        B, nh, nkv, Tn, hd, scale, s);
+                        B, nh, nkv, Tn, hd, scale, s, c.attention_window(l));
         kern::launch_group_sum_heads_to_rows<T>(s, fdq_.get(), 1, q_rows_.get(), qd, B, Tn, nh, hd, rope_cos_.get(),
                                                 rope_sin_.get(), true);
         kern::launch_group_sum_heads_to_rows<T>(s, fdk_.get(), group, k_rows_.get(), kvd, B, Tn, nkv, hd,
