@@ -5,7 +5,9 @@
 # compared with the loss PEFT 0.21 computed for base + our adapter on the GPU machine, recorded in
 # tests/llama/fixtures/peft/peft_losses.jsonl (label, loss_peft, n_tokens). Passes when every label's
 # |ours - PEFT| <= 1e-4 relative and the target-token counts are equal: our adapter export and our
-# merge still mean what PEFT reads from them.
+# merge still mean what PEFT reads from them. Then two truncated exports (hdpissa --export-lora-rank 4,
+# lora-dwu --export-lora-energy 0.9): each layer's chosen rank and kept share of |dW|^2 against torch's
+# float64 SVD of the same runs (tests/llama/fixtures/peft/truncated_exports.json, |diff| <= 1e-4).
 # Usage: scripts/peft-fixture-check.sh BUILD_DIR [DATA]      (exit 0 pass, 1 mismatch, 2 bad input)
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -27,6 +29,27 @@ train() {  # NAME ARGS... — exactly gpu-peft-check.sh's runs
 train peft-lora --method lora --alpha 8
 train peft-pissa --method pissa --alpha 8
 train peft-hd --method hdpissa --groups-per-process 4 --export-lora-rank 172
+# the truncated exports (R < full): per-layer rank and kept share of |dW|^2 vs torch's float64 SVD,
+# recorded in tests/llama/fixtures/peft/truncated_exports.json
+train peft-hd-r4 --method hdpissa --groups-per-process 4 --export-lora-rank 4
+train peft-dwu-e90 --method lora-dwu --export-lora-energy 0.9
+python3 - "$ROOT/tests/llama/fixtures/peft/truncated_exports.json" "$W" <<'PY' || exit 1
+import json, sys
+fix = json.load(open(sys.argv[1]))
+bad = 0
+for label, r in fix["runs"].items():
+    ours = {l["name"]: l for l in json.load(open(f"{sys.argv[2]}/{r['run']}/adapter/lora_export.json"))["layers"]}
+    worst = 0.0
+    for ref in r["layers"]:
+        o = ours.get(ref["layer"])
+        if o is None or o["rank"] != ref["rank"]:
+            print(f"peft-fixture-check: {label}: {ref['layer']}: rank {o and o['rank']}, torch reference {ref['rank']}"); bad += 1; continue
+        worst = max(worst, abs(o["kept_share"] - ref["kept_share_ref"]))
+    ok = worst <= 1e-4 and len(ours) == len(r["layers"])
+    bad += not ok
+    print(f"peft-fixture-check: truncated {label}: {len(ours)} layers, ranks equal, max |kept share - torch| {worst:.1e}  {'ok' if ok else 'MISMATCH'}")
+sys.exit(1 if bad else 0)
+PY
 python3 - "$FIX" "$W" <<'PY'
 import json, sys
 fix, w = sys.argv[1], sys.argv[2]
