@@ -11,6 +11,8 @@
 #   4. with FIXTURES=1, scripts/make-tokenizer-fixtures.py (transformers / tokenizers exist there).
 # Everything lands in $OUT: summary.txt (the table last) and logs.tar.gz.
 # Order after the build: throughput, the trainer suite, fixtures, the model and backend suites, hf-check.
+# SUITES (default "train model backend"; also decode, export), EXTRA_TARGETS (more tools to build),
+# FIDELITY=1 (scripts/w-precision-fidelity.sh beside the suites; FID_ENV, T_FID).
 # Usage (repository root): [DATA=.devdata] [BASELINE_TAR=.devdata/baseline-a5b240e.tar.gz] [STEPS=5]
 #        [SKIP_TESTS=1] [SKIP_TPUT=1] scripts/gpu-redesign-check.sh
 set -uo pipefail
@@ -35,12 +37,17 @@ M=/tmp/tinyllama  # made on the GPU while the build runs
 [[ -z "${SKIP_TPUT:-}" ]] && { python3 bench/e2e/make_model.py "$M" --seed 0 > "$LOGS/make-model.log" 2>&1 & model_pid=$!; }
 targets=(hdpissa-train)
 [[ -z "${SKIP_HF:-}" ]] && targets+=(hdpissa-eval)
+# EXTRA_TARGETS: more tools to build (e.g. hdpissa-generate hdpissa-rank-analysis for a later warm call)
+targets+=(${EXTRA_TARGETS:-})
+[[ -n "${FIDELITY:-}" ]] && targets+=(hdpissa-rank-analysis)
 # SUITES: which GPU suites to build and run (default all three): train model backend
 SUITES=${SUITES:-train model backend}
 if [[ -z "${SKIP_TESTS:-}" ]]; then
   [[ " $SUITES " == *" train "* ]] && targets+=(hdpissa_cuda_train_tests)
   [[ " $SUITES " == *" model "* ]] && targets+=(hdpissa_llama_cuda_tests)
   [[ " $SUITES " == *" backend "* ]] && targets+=(hdpissa_cuda_tests)
+  [[ " $SUITES " == *" decode "* ]] && targets+=(hdpissa_llama_decode_cuda_tests)
+  [[ " $SUITES " == *" export "* ]] && targets+=(hdpissa_cuda_lora_export_tests)
 fi
 ( cmake --preset gpu -DHDPISSA_BUILD_TESTS=ON -DHDPISSA_BUILD_EXAMPLES=ON -DHDPISSA_MPI=OFF > "$LOGS/configure.log" 2>&1 &&
   cmake --build build/gpu -j"${JOBS:-16}" --target "${targets[@]}" > "$LOGS/build.log" 2>&1 ) &
@@ -54,6 +61,13 @@ fi
 wait $new_pid; new_rc=$?
 say "build: this tree rc $new_rc, baseline ok $base_ok, $(( $(date +%s) - t0 )) s"
 if [[ $new_rc -ne 0 ]]; then grep -E "error" "$LOGS/build.log" | head -30 | tee -a "$S"; tar -czf "$OUTDIR/logs.tar.gz" -C "$LOGS" .; exit 1; fi
+# FIDELITY=1: scripts/w-precision-fidelity.sh (small models) on the GPU beside the suites (numbers
+# about precision, not time); its table lands in $OUTDIR/fidelity.
+if [[ -n "${FIDELITY:-}" ]]; then
+  ( timeout "${T_FID:-200}" env BUILD=build/gpu DATA="$DATA" OUT="$OUTDIR/fidelity" ${FID_ENV:-} bash scripts/w-precision-fidelity.sh \
+      > "$LOGS/fidelity.log" 2>&1; echo "rc $?" >> "$LOGS/fidelity.log" ) &
+  fid_pid=$!
+fi
 rc=0
 DEADLINE=${DEADLINE:-560}  # seconds after the start: later steps are skipped (said in the summary)
 left() { echo $(( DEADLINE - ($(date +%s) - t0) )); }
@@ -111,10 +125,16 @@ fi
 if [[ -z "${SKIP_TESTS:-}" ]]; then
   [[ " $SUITES " == *" model "* ]] && HDPISSA_DATA="$DATA" run llama-cuda-tests ${T_MODEL:-120} build/gpu/tests/llama/cuda/hdpissa_llama_cuda_tests --no-intro
   [[ " $SUITES " == *" backend "* ]] && run cuda-backend-tests ${T_BACKEND:-120} build/gpu/tests/cuda/hdpissa_cuda_tests --no-intro
+  [[ " $SUITES " == *" decode "* ]] && HDPISSA_DATA="$DATA" run llama-decode-tests ${T_DECODE:-120} build/gpu/tests/llama/cuda/hdpissa_llama_decode_cuda_tests --no-intro
+  [[ " $SUITES " == *" export "* ]] && HDPISSA_DATA="$DATA" HDPISSA_GPU_TEST_DATA="$DATA" run lora-export-tests ${T_EXPORT:-120} build/gpu/tests/llama/cuda_train/hdpissa_cuda_lora_export_tests --no-intro
   if [[ -z "${SKIP_HF:-}" ]]; then
     DATA="$DATA" DEVICES=cuda BUILD_DIR=build/gpu run hf-check ${T_HF:-90} scripts/hf-check.sh
     tail -3 "$LOGS/hf-check.log" >> "$S"
   fi
+fi
+if [[ -n "${fid_pid:-}" ]]; then
+  wait "$fid_pid"; say "fidelity: $(tail -1 "$LOGS/fidelity.log")"
+  [[ -f "$OUTDIR/fidelity/w-precision-fidelity.md" ]] && cat "$OUTDIR/fidelity/w-precision-fidelity.md" >> "$S"
 fi
 say "total $(( $(date +%s) - t0 )) s, rc $rc"
 tar -czf "$OUTDIR/logs.tar.gz" -C "$LOGS" .

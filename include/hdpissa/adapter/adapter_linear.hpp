@@ -21,17 +21,24 @@ class AdapterLinear {
   explicit AdapterLinear(B& b, double scaling = 1.0) : b_(&b), s_(scaling) {}
   double scaling() const { return s_; }
 
-  void forward(CV W, CV A, CV Bf, CV X, V Y, CV bias = {}) {
+  /// Y = X Wᵀ + s (X Aᵀ) Bᵀ (+ bias). With `keep_xa` (tokens, r) given, X Aᵀ is written there, for
+  /// the backward of the same X to reuse (it then reads X once less).
+  void forward(CV W, CV A, CV Bf, CV X, V Y, CV bias = {}, V keep_xa = {}) {
     check(W, A, Bf, X);
     require_shape(Y, X.rows, W.rows, "AdapterLinear Y");
-    auto t = t1_.get(*b_, X.rows, A.rows);  // (tokens, r) = X Aᵀ
+    if (keep_xa.data) require_shape(keep_xa, X.rows, A.rows, "AdapterLinear keep_xa");
+    auto t = keep_xa.data ? keep_xa : t1_.get(*b_, X.rows, A.rows);  // (tokens, r) = X Aᵀ
     b_->gemm(Op::N, Op::T, S(1), X, A, S(0), t);
-    b_->gemm(Op::N, Op::T, S(1), X, W, S(0), Y);
-    b_->gemm(Op::N, Op::T, S(s_), CV(t), Bf, S(1), Y);
+    // The thin product first (it only writes Y), then the frozen GEMM adds itself to it (beta 1):
+    // Y is read in that GEMM's epilogue instead of read and written again by the thin one.
+    b_->gemm(Op::N, Op::T, S(s_), CV(t), Bf, S(0), Y);
+    b_->gemm(Op::N, Op::T, S(1), X, W, S(1), Y);
     detail::add_bias(*b_, ones_, bias, Y);
   }
 
-  void backward(CV W, CV A, CV Bf, CV X, CV dY, V dX, V gA, V gB, bool accumulate = true) {
+  /// dX = dY W + s (dY B) A (skipped if dX.data is null); gA, gB get the adapter gradients (added
+  /// when `accumulate`). `xa`: the forward's X Aᵀ for this X (forward(…, keep_xa)), or empty.
+  void backward(CV W, CV A, CV Bf, CV X, CV dY, V dX, V gA, V gB, bool accumulate = true, CV xa = {}) {
     check(W, A, Bf, X);
     require_shape(dY, X.rows, W.rows, "AdapterLinear dY");
     require_shape(gA, A.rows, A.cols, "AdapterLinear gA");
@@ -41,13 +48,18 @@ class AdapterLinear {
     b_->gemm(Op::N, Op::N, S(1), dY, Bf, S(0), u);
     if (dX.data) {
       require_shape(dX, X.rows, W.cols, "AdapterLinear dX");
-      b_->gemm(Op::N, Op::N, S(1), dY, W, S(0), dX);
-      b_->gemm(Op::N, Op::N, S(s_), CV(u), A, S(1), dX);
+      b_->gemm(Op::N, Op::N, S(s_), CV(u), A, S(0), dX);  // as in the forward: thin first
+      b_->gemm(Op::N, Op::N, S(1), dY, W, S(1), dX);
     }
     b_->gemm(Op::T, Op::N, S(s_), CV(u), X, beta, gA);
-    auto t = t2_.get(*b_, X.rows, A.rows);  // (tokens, r) = X Aᵀ
-    b_->gemm(Op::N, Op::T, S(1), X, A, S(0), t);
-    b_->gemm(Op::T, Op::N, S(s_), dY, CV(t), beta, gB);
+    if (xa.data) {
+      require_shape(xa, X.rows, A.rows, "AdapterLinear xa");
+      b_->gemm(Op::T, Op::N, S(s_), dY, xa, beta, gB);
+    } else {
+      auto t = t2_.get(*b_, X.rows, A.rows);  // (tokens, r) = X Aᵀ
+      b_->gemm(Op::N, Op::T, S(1), X, A, S(0), t);
+      b_->gemm(Op::T, Op::N, S(s_), dY, CV(t), beta, gB);
+    }
   }
 
  private:

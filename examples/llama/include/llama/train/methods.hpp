@@ -643,18 +643,36 @@ class AdapterMethod final : public TrainMethod<Dev> {
   const hdpissa::AdapterSet<Bm>& adapter(std::size_t i) const { return sets_.at(i); }
 
  protected:
+  /// Per target, room for the forward's X Aᵀ (max_tokens, r): the backward of the same micro-batch
+  /// reuses it instead of reading X again (AdapterLinear keep_xa / xa).
+  void reserve(index_t max_tokens) override {
+    if (max_tokens <= reserved_) return;
+    reserved_ = max_tokens;
+    xa_.clear();
+    for (std::size_t i = 0; i < ids_.size(); ++i) xa_.push_back(this->bc_->make_matrix(max_tokens, sets_[i].rank));
+    xa_rows_.assign(ids_.size(), -1);
+  }
   void forward(int lg, std::size_t i, CVc W, CVc X, Vc Y) override {
     (void)lg;
-    lin_.forward(W, A(i), Bf(i), X, Y);
+    Vc keep{};
+    if (i < xa_.size() && X.rows <= reserved_) {
+      keep = Vc{xa_[i].data(), X.rows, sets_[i].rank, sets_[i].rank};
+      xa_rows_[i] = X.rows;
+    }
+    lin_.forward(W, A(i), Bf(i), X, Y, {}, keep);
   }
   void backward(int lg, std::size_t i, CVc W, CVc X, CVc dY, Vc dX) override {
+    // the X Aᵀ of this micro-batch's forward (the model runs a layer's backward after its forward
+    // of the same X; with activation checkpointing, after its recomputed forward)
+    CVc xa{};
+    if (i < xa_.size() && xa_rows_[i] == X.rows) xa = CVc{xa_[i].data(), X.rows, sets_[i].rank, sets_[i].rank};
     if constexpr (!kMixed) {
-      lin_.backward(W, A(i), Bf(i), X, dY, dX, upd_.grad(pA_[i], lg), upd_.grad(pB_[i], lg), /*accumulate=*/true);
+      lin_.backward(W, A(i), Bf(i), X, dY, dX, upd_.grad(pA_[i], lg), upd_.grad(pB_[i], lg), /*accumulate=*/true, xa);
     } else {
       const auto [out, in] = this->shape(i);
       const index_t r = sets_[i].rank;
       Vc gA{cc_.g.data(), r, in, in}, gB{cc_.g.data() + r * in, out, r, r};
-      lin_.backward(W, A(i), Bf(i), X, dY, dX, gA, gB, /*accumulate=*/false);
+      lin_.backward(W, A(i), Bf(i), X, dY, dX, gA, gB, /*accumulate=*/false, xa);
       this->accumulate(CVc(gA), upd_.grad(pA_[i], lg));
       this->accumulate(CVc(gB), upd_.grad(pB_[i], lg));
     }
@@ -674,6 +692,9 @@ class AdapterMethod final : public TrainMethod<Dev> {
   Method method_;
   Update upd_;
   hdpissa::AdapterLinear<Bc> lin_;
+  std::vector<typename Bc::matrix_type> xa_;     // per target: the forward's X Aᵀ (reserve())
+  std::vector<index_t> xa_rows_;                 // its rows (-1: none)
+  index_t reserved_ = 0;
   std::vector<hdpissa::AdapterSet<Bm>> sets_;
   std::vector<std::size_t> pA_, pB_;
   typename Base::ComputeCopies cc_;
