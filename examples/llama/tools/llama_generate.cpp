@@ -28,6 +28,8 @@ namespace {
 struct Args {
   std::string checkpoint, tokenizer, prompt, input, output, device = "cpu", dtype = "bf16";
   int batch_size = 64;
+  std::string stats_json;
+  bool warmup = false;
   bool use_template = false, stop = true, help = false, allow_unused = false;
   int max_new_tokens = 256;
 };
@@ -63,6 +65,9 @@ Args parse(int argc, char** argv) {
   app.add_flag_callback("--no-stop", [&a] { a.stop = false; }, "do not stop at EOS / BOS");
   app.add_option("--input", a.input, "JSONL of prompts (a JSON string or {\"prompt\": ..., \"id\": ...} per line); "
                                      "writes one JSON line per prompt")->type_name("FILE");
+  app.add_option("--stats-json", a.stats_json, "write the timings (load, prefill / decode tokens and seconds, "
+                                               "tok/s) as JSON")->type_name("FILE");
+  app.add_flag("--warmup", a.warmup, "run the whole generation once untimed first (benchmarks)");
   app.add_option("--output", a.output, "with --input: where the JSON lines go (default: stdout)")->type_name("FILE");
   app.add_option("--device", a.device, "cpu (default) or cuda (batched KV-cached decoding on GPU 0)")
       ->type_name("D")->check(CLI::IsMember({"cpu", "cuda"}));
@@ -110,6 +115,7 @@ int main(int argc, char** argv) {
       throw LlamaError(cat("tokenizer has ", tok.vocab_size(), " pieces but the model expects vocab_size ",
                            w.config.vocab_size));
     std::vector<std::string> texts, ids;
+    std::vector<std::vector<std::int32_t>> pre_ids;  // per prompt: given ids (empty: tokenize the text)
     if (args.input.empty()) {
       texts.push_back(args.prompt);
       ids.emplace_back("0");
@@ -129,8 +135,19 @@ int main(int argc, char** argv) {
           texts.push_back(j.get<std::string>());
         } else if (j.is_object() && j.contains("prompt") && j["prompt"].is_string()) {
           texts.push_back(j["prompt"].get<std::string>());
+        } else if (j.is_object() && j.contains("ids") && j["ids"].is_array()) {  // pre-tokenized (BOS included)
+          std::vector<std::int32_t> v;
+          for (const auto& x : j["ids"]) {
+            if (!x.is_number_integer() || x.get<long>() < 0 || x.get<long>() >= w.config.vocab_size)
+              throw LlamaError(cat(args.input, ":", ln, ": \"ids\" must hold token ids in [0, ", w.config.vocab_size, ")"));
+            v.push_back(x.get<std::int32_t>());
+          }
+          pre_ids.resize(texts.size());
+          pre_ids.push_back(std::move(v));
+          texts.emplace_back();
         } else {
-          throw LlamaError(cat(args.input, ":", ln, ": expected a JSON string or an object with a string \"prompt\""));
+          throw LlamaError(cat(args.input, ":", ln, ": expected a JSON string or an object with a string \"prompt\" "
+                               "or an array \"ids\""));
         }
         ids.push_back(j.is_object() && j.contains("id") ? (j["id"].is_string() ? j["id"].get<std::string>() : j["id"].dump())
                                                         : std::to_string(texts.size() - 1));
@@ -143,14 +160,23 @@ int main(int argc, char** argv) {
       // llama2.c-trained models end a story with BOS; stop there too
       if (tok.bos_id() >= 0 && tok.bos_id() != tok.eos_id()) req.stop_tokens.push_back(tok.bos_id());
     }
-    for (const auto& t : texts)
-      req.prompts.push_back(tok.encode(args.use_template ? PromptTemplate{}.prompt({t, "", ""}) : t, /*add_bos=*/true));
+    pre_ids.resize(texts.size());
+    for (std::size_t i = 0; i < texts.size(); ++i)
+      req.prompts.push_back(!pre_ids[i].empty() ? pre_ids[i]
+                                                : tok.encode(args.use_template ? PromptTemplate{}.prompt({texts[i], "", ""})
+                                                                               : texts[i],
+                                                             /*add_bos=*/true));
     std::unique_ptr<eval::CudaGenerator> gpu;
     if (args.device == "cuda") {
       eval::CudaGeneratorOptions go;
       go.bf16 = args.dtype == "bf16";
       go.decode.slots = args.batch_size;
       gpu = eval::make_cuda_generator(w, go);
+    }
+    DecodeStats before;
+    if (args.warmup) {
+      (void)(gpu ? gpu->generate(req) : eval::cpu_greedy_generator(w)(req));
+      if (gpu) before = gpu->stats();
     }
     const auto t1 = std::chrono::steady_clock::now();
     const auto outs = gpu ? gpu->generate(req) : eval::cpu_greedy_generator(w)(req);
@@ -180,13 +206,36 @@ int main(int argc, char** argv) {
     std::cerr << "[hdpissa-generate] " << w.num_parameters() << " parameters, " << (gpu ? gpu->describe() : "cpu")
               << ", load " << load_s << " s, " << outs.size() << " prompt(s), " << n_new << " tokens in " << gen_s
               << " s (" << (gen_s > 0 ? double(n_new) / gen_s : 0.0) << " tok/s)";
+    DecodeStats st;
     if (gpu) {
-      const DecodeStats st = gpu->stats();
+      const DecodeStats after = gpu->stats();
+      st.prompts = after.prompts - before.prompts;
+      st.prefill_tokens = after.prefill_tokens - before.prefill_tokens;
+      st.decode_tokens = after.decode_tokens - before.decode_tokens;
+      st.decode_steps = after.decode_steps - before.decode_steps;
+      st.prefill_seconds = after.prefill_seconds - before.prefill_seconds;
+      st.decode_seconds = after.decode_seconds - before.decode_seconds;
       std::cerr << "; prefill " << st.prefill_tokens << " tokens, " << static_cast<long>(st.prefill_tok_s())
                 << " tok/s; decode " << st.decode_tokens << " tokens in " << st.decode_steps << " steps, "
                 << static_cast<long>(st.decode_tok_s()) << " tok/s";
     }
     std::cerr << "\n";
+    if (!args.stats_json.empty()) {
+      long prompt_tokens = 0;
+      for (const auto& p : req.prompts) prompt_tokens += static_cast<long>(p.size());
+      const nlohmann::json j = {{"side", "ours"}, {"device", gpu ? gpu->describe() : std::string("cpu")},
+                                {"batch_size", args.batch_size}, {"prompts", outs.size()},
+                                {"prompt_tokens", prompt_tokens}, {"new_tokens", n_new},
+                                {"max_new_tokens", args.max_new_tokens}, {"load_seconds", load_s},
+                                {"generate_seconds", gen_s}, {"e2e_tok_s", gen_s > 0 ? double(n_new) / gen_s : 0.0},
+                                {"prefill_tokens", st.prefill_tokens}, {"prefill_seconds", st.prefill_seconds},
+                                {"prefill_tok_s", st.prefill_tok_s()}, {"decode_tokens", st.decode_tokens},
+                                {"decode_steps", st.decode_steps}, {"decode_seconds", st.decode_seconds},
+                                {"decode_tok_s", st.decode_tok_s()}};
+      std::ofstream f(args.stats_json);
+      f << j.dump(1) << "\n";
+      if (!f) throw LlamaError(cat("--stats-json: cannot write '", args.stats_json, "'"));
+    }
     return 0;
   } catch (const std::exception& e) {
     std::cerr << "hdpissa-generate: error: " << e.what() << "\n";
