@@ -143,8 +143,8 @@ int main(int argc, char** argv) {
             v.push_back(x.get<std::int32_t>());
           }
           pre_ids.resize(texts.size());
+          texts.push_back(tok.decode(v));  // for the output record
           pre_ids.push_back(std::move(v));
-          texts.emplace_back();
         } else {
           throw LlamaError(cat(args.input, ":", ln, ": expected a JSON string or an object with a string \"prompt\" "
                                "or an array \"ids\""));

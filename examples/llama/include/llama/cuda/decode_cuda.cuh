@@ -407,7 +407,7 @@ class CudaGreedyDecoder {
   bool graphs_;
   cudaStream_t stream_;
   static constexpr int kDecodeChunk = 128, kPrefillChunk = 512;
-  int decode_splits_ = 1, splits_max_ = 1;
+  int decode_splits_ = 1;
 
   Buf kc_, vc_;        // (L, slots, nkv, max_ctx, hd)
   FBuf rope_cos_, rope_sin_;  // (max_ctx, hd/2)
@@ -478,7 +478,8 @@ CudaGreedyDecoder<T>::CudaGreedyDecoder(const CudaLlama<T>& model, int slots, in
   p_sel_ = p_pos_ + prefill_rows;
   d_next_ = p_sel_ + slots;
   h_next_ = h_ints_.get() + (d_next_ - d_tok_);
-  HDPISSA_CUDA_CHECK(cudaMemset(ints_.get(), 0, ni * sizeof(std::int32_t)));
+  HDPISSA_CUDA_CHECK(cudaMemsetAsync(ints_.get(), 0, ni * sizeof(std::int32_t), stream_));
+  HDPISSA_CUDA_CHECK(cudaStreamSynchronize(stream_));
 }
 
 template <class T>
