@@ -236,6 +236,7 @@ __global__ void __launch_bounds__(kAttnThreads) cache_attention_split(
     const float* pg = p_s + g * chunk;
     const T* vcol = vbase + static_cast<std::int64_t>(k0) * hd + d;
     float acc = 0.0f;
+#pragma unroll 8
     for (int j = 0; j < cnt; ++j) acc += pg[j] * to_f(vcol[static_cast<std::int64_t>(j) * hd]);
     part_o[(part + static_cast<std::int64_t>(g) * splits) * hd + d] = acc;
   }
