@@ -76,50 +76,9 @@ with open(out, "w") as f:
         f.write(json.dumps({"ids": [1] + [rng.randrange(3, 32000) for _ in range(n - 1)]}) + "\n")
 PY
 
-# ---- 3. per shape
-for shape in $SHAPES; do
-  layers="${LAYERS_TINY:-22}"
-  [[ "$shape" == llama2-7b ]] && layers="${LAYERS_7B:-32}"
-  model="$WORK/$shape-L$layers"
-  if [[ ! -f "$model/config.json" ]]; then
-    t=$(date +%s)
-    python3 "$ROOT/bench/e2e/make_model.py" "$model" --preset "$shape" --layers "$layers" --seed 0 \
-      >"$WORK/logs/make-model-$shape.log" 2>&1
-    say "$shape: make_model rc $?, $(( $(date +%s) - t )) s"
-  fi
-  t=$(date +%s)
-  timeout -k 10 "${OURS_TIMEOUT:-240}" "$GEN" --device cuda --dtype bf16 --model "$model" --tokenizer "$TOK" \
-    --input "$PROMPTS" --output "$WORK/runs/ours-$shape.jsonl" --batch-size "$BATCH" --max-new-tokens "$NEW" \
-    --no-stop --warmup --stats-json "$WORK/runs/ours-$shape.json" >"$WORK/logs/ours-$shape.log" 2>&1
-  say "$shape ours: rc $?, $(( $(date +%s) - t )) s: $(tail -1 "$WORK/logs/ours-$shape.log")"
-  for c in 0 ${HF_COMPILE:-0}; do
-    [[ "$c" == 1 ]] && tag=hf-compile || tag=hf
-    [[ "$c" == 1 ]] && flag=--compile || flag=
-    t=$(date +%s)
-    timeout -k 10 "${HF_TIMEOUT:-300}" python3 "$ROOT/bench/e2e/hf_generate_bench.py" --model "$model" \
-      --prompts "$PROMPTS" --max-new-tokens "$NEW" --out "$WORK/runs/$tag-$shape.json" $flag >"$WORK/logs/$tag-$shape.log" 2>&1
-    say "$shape $tag: rc $?, $(( $(date +%s) - t )) s: $(tail -1 "$WORK/logs/$tag-$shape.log" | cut -c1-300)"
-    [[ "${HF_COMPILE:-0}" == 1 ]] || break
-  done
-  if [[ " $GSM8K_SHAPES " == *" $shape "* ]]; then
-    if [[ -z "$GSM" ]]; then
-      say "$shape gsm8k: no gsm8k/test.jsonl under .devdata/ or \$HDPISSA_DATA: skipped"
-    else
-      lim=()
-      [[ "${GSM8K_LIMIT:-0}" != 0 ]] && lim=(--limit "$GSM8K_LIMIT")
-      t=$(date +%s)
-      timeout -k 10 "${GSM8K_TIMEOUT:-300}" "$EVAL" --task gsm8k --device cuda --dtype bf16 --batch-size "$BATCH" \
-        --model "$model" --tokenizer "$TOK" --data "$GSM" --max-new-tokens "${GSM8K_NEW:-512}" "${lim[@]}" \
-        --output "$WORK/runs/gsm8k-$shape" >"$WORK/logs/gsm8k-$shape.log" 2>&1
-      rc=$?
-      echo "{\"rc\": $rc, \"wall_seconds\": $(( $(date +%s) - t ))}" >"$WORK/runs/gsm8k-$shape.status.json"
-      say "$shape gsm8k: rc $rc, $(( $(date +%s) - t )) s: $(grep -E 'decode:|problems' "$WORK/logs/gsm8k-$shape.log" | tail -1)"
-    fi
-  fi
-done
-
-# ---- 5. summary
-python3 - "$WORK" "$OUTDIR" "$SHAPES" "$BATCH" "$NEW" "$PROMPT_LEN" "$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')" <<'PY' | tee -a "$LOG"
+# ---- 5. summary (after every run, so that a call cut short still returns the table so far)
+summarize() {
+python3 - "$WORK" "$OUTDIR" "$SHAPES" "$BATCH" "$NEW" "$PROMPT_LEN" "$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')" <<'PY' > "$WORK/summary.txt"
 import json, os, re, sys
 work, outdir, shapes, batch, new, plen, commit = sys.argv[1:8]
 runs = os.path.join(work, "runs")
@@ -154,10 +113,12 @@ md += ["", "GSM8K test (hdpissa-eval --task gsm8k --device cuda --dtype bf16, Al
        "|---|---:|---:|---:|---:|---:|---:|---|"]
 for shape in shapes.split():
     st = load(f"{runs}/gsm8k-{shape}.status.json")
-    if st is None:
-        continue
-    summ = load(f"{runs}/gsm8k-{shape}/gsm8k_summary.json")
     logp = f"{work}/logs/gsm8k-{shape}.log"
+    if st is None:
+        if not os.path.exists(logp):
+            continue
+        st = {"rc": "still running (or killed)", "wall_seconds": "-"}
+    summ = load(f"{runs}/gsm8k-{shape}/gsm8k_summary.json")
     log = open(logp).read() if os.path.exists(logp) else ""
     dec = re.findall(r"decode: (\d+) prompts, prefill (\d+) tokens in ([\d.e+-]+) s \((\d+) tok/s\), decode (\d+) tokens in (\d+) steps, ([\d.e+-]+) s \((\d+) tok/s\)", log)
     prog = re.findall(r"gsm8k: (\d+)/(\d+) problems, ([\d.]+) tok/s, prefill (\d+) tok/s, decode (\d+) tok/s, elapsed (\d+) s", log)
@@ -184,5 +145,57 @@ open(f"{outdir}/decode-bench.md", "w").write("\n".join(md) + "\n")
 json.dump(res, open(f"{outdir}/decode-bench.json", "w"), indent=1)
 print("\n".join(md))
 PY
+}
+
+# ---- 3. per shape
+for shape in $SHAPES; do
+  layers="${LAYERS_TINY:-22}"
+  [[ "$shape" == llama2-7b ]] && layers="${LAYERS_7B:-32}"
+  model="$WORK/$shape-L$layers"
+  if [[ ! -f "$model/config.json" ]]; then
+    t=$(date +%s)
+    python3 "$ROOT/bench/e2e/make_model.py" "$model" --preset "$shape" --layers "$layers" --seed 0 \
+      >"$WORK/logs/make-model-$shape.log" 2>&1
+    say "$shape: make_model rc $?, $(( $(date +%s) - t )) s"
+  fi
+  t=$(date +%s)
+  timeout -k 10 "${OURS_TIMEOUT:-240}" "$GEN" --device cuda --dtype bf16 --model "$model" --tokenizer "$TOK" \
+    --input "$PROMPTS" --output "$WORK/runs/ours-$shape.jsonl" --batch-size "$BATCH" --max-new-tokens "$NEW" \
+    --no-stop --warmup --stats-json "$WORK/runs/ours-$shape.json" >"$WORK/logs/ours-$shape.log" 2>&1
+  say "$shape ours: rc $?, $(( $(date +%s) - t )) s: $(tail -1 "$WORK/logs/ours-$shape.log")"
+  summarize
+  for c in 0 ${HF_COMPILE:-0}; do
+    [[ "$c" == 1 ]] && tag=hf-compile || tag=hf
+    [[ "$c" == 1 ]] && flag=--compile || flag=
+    t=$(date +%s)
+    timeout -k 10 "${HF_TIMEOUT:-300}" python3 "$ROOT/bench/e2e/hf_generate_bench.py" --model "$model" \
+      --prompts "$PROMPTS" --max-new-tokens "$NEW" --out "$WORK/runs/$tag-$shape.json" $flag >"$WORK/logs/$tag-$shape.log" 2>&1
+    say "$shape $tag: rc $?, $(( $(date +%s) - t )) s: $(tail -1 "$WORK/logs/$tag-$shape.log" | cut -c1-300)"
+    summarize
+    [[ "${HF_COMPILE:-0}" == 1 ]] || break
+  done
+  if [[ " $GSM8K_SHAPES " == *" $shape "* ]]; then
+    if [[ -z "$GSM" ]]; then
+      say "$shape gsm8k: no gsm8k/test.jsonl under .devdata/ or \$HDPISSA_DATA: skipped"
+    else
+      lim=()
+      [[ "${GSM8K_LIMIT:-0}" != 0 ]] && lim=(--limit "$GSM8K_LIMIT")
+      t=$(date +%s)
+      ( while sleep 15; do summarize; done ) &  # the table so far, even if this call is cut
+      spid=$!
+      timeout -k 10 "${GSM8K_TIMEOUT:-300}" "$EVAL" --task gsm8k --device cuda --dtype bf16 --batch-size "$BATCH" \
+        --model "$model" --tokenizer "$TOK" --data "$GSM" --max-new-tokens "${GSM8K_NEW:-512}" "${lim[@]}" \
+        --output "$WORK/runs/gsm8k-$shape" >"$WORK/logs/gsm8k-$shape.log" 2>&1
+      rc=$?
+      kill "$spid" 2>/dev/null; wait "$spid" 2>/dev/null
+      echo "{\"rc\": $rc, \"wall_seconds\": $(( $(date +%s) - t ))}" >"$WORK/runs/gsm8k-$shape.status.json"
+      summarize
+      say "$shape gsm8k: rc $rc, $(( $(date +%s) - t )) s: $(grep -E 'decode:|problems' "$WORK/logs/gsm8k-$shape.log" | tail -1)"
+    fi
+  fi
+done
+
+summarize
+cat "$WORK/summary.txt" | tee -a "$LOG"
 (cd "$WORK" && tar czf "$OUTDIR/decode-bench-logs.tar.gz" runs logs --exclude='*.safetensors' 2>/dev/null)
 say "done"
