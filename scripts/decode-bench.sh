@@ -130,7 +130,7 @@ for shape in shapes.split():
         d, tot, tps, pf, dc, el = prog[-1]
         g.update(problems=int(d), total=int(tot), generation_seconds=float(el),
                  extrapolated_seconds=float(el) * int(tot) / max(1, int(d)))
-        note = f"cut at {d}/{tot} by the timeout: {g['extrapolated_seconds']:.0f} s extrapolated to {tot}"
+        note = f"partial ({d}/{tot} done: timeout, kill or still running): {g['extrapolated_seconds']:.0f} s generation extrapolated to {tot}"
     else:
         note = f"failed (rc {st['rc']})"
     if dec:
