@@ -14,8 +14,11 @@
 // bootstraps; more processes on a host than GPUs is an error (NCCL rejects two ranks on one device).
 // Per optimizer step the host waits for the device: once per micro-batch (the model reads its loss
 // back), inside the update (the batched non-finite check) and once at the end of step() (so the
-// trainer's step time is the device's). Nothing is allocated per step. Generation (samples, GSM8K)
-// runs on the host on the downloaded merged weights, cached until the next step.
+// trainer's step time is the device's). Nothing is allocated per step. Generation (samples, the
+// --eval-* tasks) runs on the GPU: the batched KV-cached greedy decoder (llama/cuda/decode_cuda.cuh)
+// over the model's compute weights through group 0's hooks — muted adapters decode W itself, LoRA /
+// PiSSA add their adapter product — with no host copy of the model. Its KV cache is allocated at
+// the first generation and kept (rebuilt only for a longer context).
 //
 // Two translation units instantiate it in parallel (a shorter build): engine_cuda.cu (fp32,
 // make_cuda_engine, cuda_device_count) and engine_cuda_bf16.cu (bf16).
@@ -29,6 +32,7 @@
 #include <vector>
 
 #include "llama/cuda/cuda_device.cuh"
+#include "llama/cuda/greedy_generator.cuh"
 #include "llama/cuda/model_cuda.cuh"
 #include "llama/train/engine.hpp"
 
@@ -88,7 +92,6 @@ class CudaEngine final : public MethodEngine<gpu::CudaDevice<T>> {
     const auto rep = method_->step(lr);
     b32_.synchronize();
     sample_memory();
-    merged_valid_ = false;
     return rep;
   }
   LossResult eval_loss(const std::vector<Batch>& batches) override {
@@ -101,17 +104,28 @@ class CudaEngine final : public MethodEngine<gpu::CudaDevice<T>> {
     return total;
   }
   std::vector<std::int32_t> generate(const std::vector<std::int32_t>& prompt, const GenerateOptions& g) override {
-    if (!merged_valid_) {
-      merged_ = *host_;
-      this->merge_into(merged_);
-      merged_valid_ = true;
-    }
-    return generate_greedy(merged_, prompt, g);
+    std::vector<std::int32_t> stops;
+    if (g.stop_token) stops.push_back(*g.stop_token);
+    return generate_batch({prompt}, g.max_new_tokens, stops, host_->config.max_seq_len).front();
+  }
+  std::vector<std::vector<std::int32_t>> generate_batch(const std::vector<std::vector<std::int32_t>>& prompts,
+                                                        int max_new_tokens, const std::vector<std::int32_t>& stop_tokens,
+                                                        int max_seq_len) override {
+    if (!gen_) gen_ = std::make_unique<gpu::GreedyGenerator<T>>(model_, method_->hooks(0), GreedyGeneratorOptions{});
+    eval::GenerationRequest req;
+    req.prompts = prompts;
+    req.max_new_tokens = max_new_tokens;
+    req.stop_tokens = stop_tokens;
+    (void)max_seq_len;  // the decoder caps by the model's max_position_embeddings, the same value
+    auto out = (*gen_)(req);
+    b32_.synchronize();
+    sample_memory();
+    return out;
   }
   std::optional<std::int64_t> peak_device_bytes() override { return peak_; }
 
  private:
-  void state_changed() override { merged_valid_ = false; }
+  void state_changed() override { gen_.reset(); }  // the hooks may have been rebuilt
   /// Device memory in use now (cudaMemGetInfo: total − free, the CUDA context included).
   void sample_memory() {
     std::size_t free = 0, total = 0;
@@ -162,8 +176,7 @@ class CudaEngine final : public MethodEngine<gpu::CudaDevice<T>> {
   std::unique_ptr<hdpissa::CudaBackend<__nv_bfloat16>> bt_;
   DevComm comm_;
   gpu::CudaLlama<T> model_;
-  ModelWeights merged_;
-  bool merged_valid_ = false;
+  std::unique_ptr<gpu::GreedyGenerator<T>> gen_;  // after model_: destroyed first
   std::int64_t peak_ = 0;
   std::string name_, notes_;
 };

@@ -30,6 +30,7 @@
 #include "llama/cli.hpp"
 #include "llama/data.hpp"
 #include "llama/data_formats.hpp"
+#include "llama/eval/cuda_generator.hpp"
 #include "llama/eval/evaluators.hpp"
 #include "llama/linear_hooks.hpp"
 #include "llama/model.hpp"
@@ -50,6 +51,9 @@ struct Args {
   long limit = 0;
   double timeout = 10;
   bool gsm8k_last_number = false;
+  std::string device = "cpu", dtype = "bf16";
+  int batch_size = 64;
+  bool batch_given = false;
   // ---- generation tasks: end
 };
 
@@ -109,6 +113,13 @@ Args parse(int argc, char** argv) {
   add_int(app, "--batch", a.batch, 1, "prompts per generator call (default 1; the CPU decoder loops over them)")->group(gt);
   app.add_option("--output", a.output, "writes DIR/<task>.jsonl (one record per problem) and DIR/<task>_summary.json "
                                        "(default: eval-<task>)")->group(gt)->type_name("DIR");
+  app.add_option("--device", a.device, "cpu (default: one prompt at a time) or cuda (batched KV-cached greedy decoding "
+                                       "on GPU 0, docs/evaluation.md)")->group(gt)->type_name("D")
+      ->check(CLI::IsMember({"cpu", "cuda"}));
+  app.add_option("--dtype", a.dtype, "--device cuda: bf16 (default) or fp32 compute")->group(gt)->type_name("T")
+      ->check(CLI::IsMember({"fp32", "bf16"}));
+  add_int(app, "--batch-size", a.batch_size, 1, "--device cuda: sequences decoded at once (default 64); --batch "
+                                                "then defaults to 4x this")->group(gt);
   app.add_flag("--gsm8k-last-number", a.gsm8k_last_number,
                "GSM8K: fall back to the last number when no answer marker is found (off)")->group(gt);
   app.add_option("--timeout", a.timeout, "code tasks: wall-clock seconds per program (default 10)")
@@ -117,6 +128,7 @@ Args parse(int argc, char** argv) {
     a.help = true;
     return a;
   }
+  a.batch_given = app.count("--batch") > 0;
   if (a.task != "loss") {
     hdpissa::llama::eval::parse_task(a.task);  // throws on an unknown task
     if (a.tokens_only) throw cli::UsageError("--tokens-only applies to --task loss only");
@@ -158,8 +170,26 @@ int run_task(const Args& args) {
   o.gsm8k_last_number_fallback = args.gsm8k_last_number;
   o.sandbox.wall_seconds = args.timeout;
   o.sandbox.cpu_seconds = static_cast<long>(args.timeout) + 1;
-  o.progress = ev::stderr_progress("hdpissa-eval", task);
-  const ev::EvalSummary s = ev::evaluate_to_dir(task, args.data, ev::cpu_greedy_generator(w), tok, o, args.output);
+  std::unique_ptr<ev::CudaGenerator> gpu;
+  if (args.device == "cuda") {
+    ev::CudaGeneratorOptions go;
+    go.bf16 = args.dtype == "bf16";
+    go.decode.slots = args.batch_size;
+    go.decode.detokenize = [&tok](const std::vector<std::int32_t>& ids) { return tok.decode(ids); };
+    gpu = ev::make_cuda_generator(w, go);
+    if (!args.batch_given) o.batch_size = 4 * args.batch_size;
+    std::cerr << "[hdpissa-eval] decoding on " << gpu->describe() << ", " << o.batch_size << " prompts per call\n";
+  }
+  o.progress = ev::stderr_progress_with("hdpissa-eval", task, gpu.get());
+  const ev::EvalSummary s = ev::evaluate_to_dir(task, args.data, gpu ? ev::as_generator(*gpu) : ev::cpu_greedy_generator(w),
+                                                tok, o, args.output);
+  if (gpu) {
+    const DecodeStats st = gpu->stats();
+    std::cout << "decode: " << st.prompts << " prompts, prefill " << st.prefill_tokens << " tokens in "
+              << st.prefill_seconds << " s (" << static_cast<long>(st.prefill_tok_s()) << " tok/s), decode "
+              << st.decode_tokens << " tokens in " << st.decode_steps << " steps, " << st.decode_seconds << " s ("
+              << static_cast<long>(st.decode_tok_s()) << " tok/s)\n";
+  }
   std::cout << args.task << " accuracy " << std::setprecision(6) << s.accuracy << " (" << s.correct << "/" << s.n
             << ") in " << std::setprecision(3) << s.seconds << " s; records in " << args.output << "/" << args.task
             << ".jsonl\n";

@@ -105,6 +105,15 @@ class CudaLlama {
   int max_batch() const { return max_batch_; }
   int max_seq() const { return max_seq_; }
 
+  /// Frozen device tensors, read by the KV-cached decoder (decode_cuda.cuh): the fp32 embedding
+  /// (V, D), the classifier in T (V, D; the embedding when tied and T = float), the fp32 norms
+  /// (2L + 1, D: attn_norm l, ffn_norm l, final) and the fp32 q/k/v biases (per layer bq | bk | bv;
+  /// null without qkv_bias).
+  const float* embedding() const { return embed_.get(); }
+  const T* classifier() const { return cls_; }
+  const float* norm_weights() const { return norms_.get(); }
+  const float* qkv_biases() const { return cfg_.qkv_bias ? bias_.get() : nullptr; }
+
   /// Device compute copy of a target linear, (out, in) row-major, contiguous. Writing through it
   /// (e.g. a DWU step in T) changes the model.
   MatrixView<T> linear(LinearId id);

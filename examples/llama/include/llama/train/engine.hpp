@@ -15,6 +15,7 @@
 /// State: state() returns the run's whole trainable state as a TrainState value; load_state()
 /// takes one back (names and shapes checked) and refreshes the compute copies.
 
+#include <algorithm>
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -56,6 +57,34 @@ class TrainEngine {
   virtual LossResult eval_loss(const std::vector<Batch>& batches) = 0;
   /// Greedy continuation of `prompt` with group 0's view.
   virtual std::vector<std::int32_t> generate(const std::vector<std::int32_t>& prompt, const GenerateOptions& g) = 0;
+  /// Greedy completions of a batch with group 0's view (the eval::Generator contract: per prompt
+  /// at most min(max_new_tokens, max_seq_len − prompt) new tokens, ending before the first stop
+  /// token; a prompt without room gets none). Default: generate() one prompt at a time; the CUDA
+  /// engine decodes the batch on the GPU (llama/cuda/decode_cuda.cuh).
+  virtual std::vector<std::vector<std::int32_t>> generate_batch(const std::vector<std::vector<std::int32_t>>& prompts,
+                                                                int max_new_tokens,
+                                                                const std::vector<std::int32_t>& stop_tokens,
+                                                                int max_seq_len) {
+    std::vector<std::vector<std::int32_t>> out;
+    for (const auto& prompt : prompts) {
+      const int room = max_seq_len - static_cast<int>(prompt.size());
+      if (room < 1 || prompt.empty()) {
+        out.emplace_back();
+        continue;
+      }
+      GenerateOptions g;
+      g.max_new_tokens = std::min(max_new_tokens, room);
+      if (!stop_tokens.empty()) g.stop_token = stop_tokens.front();
+      auto ids = generate(prompt, g);
+      for (std::size_t i = 0; i < ids.size(); ++i)
+        if (std::find(stop_tokens.begin(), stop_tokens.end(), ids[i]) != stop_tokens.end()) {
+          ids.resize(i);
+          break;
+        }
+      out.push_back(std::move(ids));
+    }
+    return out;
+  }
   /// Sets every target linear of `w` (a copy of the host weights) to the live merged weight
   /// (W for DWU / full; W_res + s·B A for LoRA / PiSSA).
   virtual void merge_into(ModelWeights& w) = 0;

@@ -220,29 +220,12 @@ class Trainer {
     if (int(prompt.size()) >= w_.config.max_seq_len) return {};
     return tok_->decode(eng_->generate(prompt, g));
   }
-  /// The engine's greedy decoder as an eval::Generator (one prompt at a time; every worker calls it,
-  /// as for sample()). The budget is capped so that prompt + completion fit max_seq_len.
+  /// The engine's greedy decoder as an eval::Generator (TrainEngine::generate_batch: batched on the
+  /// GPU, one prompt at a time on the CPU; every worker calls it, as for sample()). The budget is
+  /// capped so that prompt + completion fit max_seq_len.
   eval::Generator engine_generator() {
     return [this](const eval::GenerationRequest& req) {
-      std::vector<std::vector<std::int32_t>> out;
-      for (const auto& prompt : req.prompts) {
-        const int room = w_.config.max_seq_len - int(prompt.size());
-        if (room < 1) {
-          out.emplace_back();
-          continue;
-        }
-        GenerateOptions g;
-        g.max_new_tokens = std::min(req.max_new_tokens, room);
-        if (!req.stop_tokens.empty()) g.stop_token = req.stop_tokens.front();
-        auto ids = eng_->generate(prompt, g);
-        for (std::size_t i = 0; i < ids.size(); ++i)
-          if (std::find(req.stop_tokens.begin(), req.stop_tokens.end(), ids[i]) != req.stop_tokens.end()) {
-            ids.resize(i);
-            break;
-          }
-        out.push_back(std::move(ids));
-      }
-      return out;
+      return eng_->generate_batch(req.prompts, req.max_new_tokens, req.stop_tokens, w_.config.max_seq_len);
     };
   }
   /// `task` on the first n problems of `file` (llama/eval/evaluators.hpp, the code hdpissa-eval
@@ -252,6 +235,7 @@ class Trainer {
     eval::EvalOptions eo;
     eo.max_new_tokens = o_.eval_max_new_tokens;
     eo.limit = n;
+    eo.batch_size = 256;  // prompts per generate_batch: the GPU decoder refills its slots from them
     std::ofstream rec;
     std::ostream* recp = nullptr;
     const std::filesystem::path dir = o_.eval_records;

@@ -1,0 +1,698 @@
+#pragma once
+/// \file decode_cuda.cuh
+/// CudaGreedyDecoder<T>: batched, KV-cached greedy decoding on the weights of a CudaLlama<T>
+/// (model_cuda.cuh), T = float or bf16, with continuous batching.
+///
+/// KV cache. Fixed blocks: `slots` sequence slots × `max_ctx` positions per layer, K and V in T,
+/// laid out (layer, slot, kv_head, pos, head_dim) so that one kv head's keys of one slot are one
+/// contiguous (pos, hd) matrix. GQA: query head h reads kv head h / (n_heads / n_kv_heads).
+///
+/// Rows. One pass of the decoder ("forward_rows") runs n token rows, each with its slot, its
+/// position and its token, through every layer: embedding gather → per layer RMSNorm → q, k, v
+/// through the hooks (+ the Qwen2 biases) → RoPE at each row's own position, k and v written into
+/// the cache at (slot, pos) → attention of each row's query over its slot's cache positions
+/// first_visible_key(pos, window) .. pos (sliding window per layer) → o → residual → RMSNorm → gate,
+/// up → SwiGLU → down → residual; then the final norm of the selected rows, the classifier and an
+/// argmax on the device. Only the argmax ids (one int per selected row) go to the host.
+///  - Prefill: the rows are the prompts' tokens packed back to back (no padding), in chunks of at
+///    most `prefill_rows` rows; since attention reads the cache, a prompt may span chunks. The
+///    selected rows are each prompt's last token.
+///  - Decode step: one row per slot (all slots, a fixed shape: inactive slots run at position 0 on
+///    token 0 and are ignored), selected rows = all. On a non-default stream the step is captured
+///    once per generate() call into a CUDA graph and replayed (falls back to plain launches if the
+///    capture fails); the host uploads the (token, position) of every slot before each replay.
+///
+/// Attention (cache_attention_*): one block per (row, kv head, split of `chunk` keys), all the
+/// group's query heads in the block (each key is read once per group): scores in shared memory
+/// (key-parallel dot products, 16-byte loads), a per-split softmax, then P·V; the splits'
+/// (max, sum, unnormalised output) are merged by a second kernel (flash-decoding). Long caches thus
+/// spread over many blocks; fp32 statistics throughout.
+///
+/// Sequences: a prompt is assigned to a free slot, prefilled (with the other new prompts), then
+/// decoded one token per step. A sequence leaves its slot when it produces a stop token (not
+/// returned), reaches its budget (max_new_tokens, capped so that prompt + completion ≤
+/// max_position_embeddings) or when the caller's `should_stop` callback says so (stop strings); the
+/// freed slot is refilled from the remaining prompts at the next step (continuous batching). The
+/// other sequences never wait.
+///
+/// Linears go through `hooks` (LinearHooks<CudaBackend<T>>): plain hooks decode the model's W; a
+/// training method's hooks decode its current view (muted adapters: W itself; LoRA / PiSSA: W plus
+/// the adapter's product) without a host copy of anything. Every buffer is allocated in the
+/// constructor (hooks.reserve is called once per generate()); nothing is allocated per step.
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <functional>
+#include <limits>
+#include <type_traits>
+#include <vector>
+
+#include "hdpissa/backend/cuda/cuda_check.hpp"
+#include "hdpissa/backend/cuda/cuda_handles.hpp"
+#include "llama/cuda/cublas_gemm.hpp"
+#include "llama/cuda/kernels_llama.cuh"
+#include "llama/cuda/model_cuda.cuh"
+#include "llama/decode_options.hpp"
+#include "llama/model.hpp"
+
+namespace hdpissa::llama::gpu {
+
+// ------------------------------------------------------------------------------------------------
+// kernels
+
+namespace decode_kern {
+
+using kern::from_f;
+using kern::to_f;
+
+/// Per row r (slot = slot[r] or r, position pos[r]): q (+bias) rotated in place; k (+bias)
+/// rotated and v (+bias) copied into the cache at (slot, pos). One thread per (row, head of the
+/// nh + 2·nkv, i < hd/2).
+template <class T>
+__global__ void qkv_to_cache(T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
+                             const float* __restrict__ bias, const std::int32_t* __restrict__ slot,
+                             const std::int32_t* __restrict__ pos, T* __restrict__ kc, T* __restrict__ vc, int n,
+                             int nh, int nkv, int hd, int max_ctx, const float* __restrict__ cos_t,
+                             const float* __restrict__ sin_t) {
+  const int half = hd / 2, heads = nh + 2 * nkv, qd = nh * hd, kvd = nkv * hd;
+  const std::int64_t total = static_cast<std::int64_t>(n) * heads * half;
+  for (std::int64_t idx = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; idx < total;
+       idx += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
+    const int i = static_cast<int>(idx % half);
+    const std::int64_t rest = idx / half;
+    const int hh = static_cast<int>(rest % heads);
+    const int r = static_cast<int>(rest / heads);
+    const int p = pos[r], s = slot ? slot[r] : r;
+    const float c = cos_t[static_cast<std::int64_t>(p) * half + i], sn = sin_t[static_cast<std::int64_t>(p) * half + i];
+    if (hh < nh) {
+      T* x = q + static_cast<std::int64_t>(r) * qd + hh * hd;
+      float a = to_f(x[i]), b = to_f(x[i + half]);
+      if (bias) a += bias[hh * hd + i], b += bias[hh * hd + i + half];
+      x[i] = from_f<T>(a * c - b * sn);
+      x[i + half] = from_f<T>(b * c + a * sn);
+    } else {
+      const bool is_k = hh < nh + nkv;
+      const int h = is_k ? hh - nh : hh - nh - nkv;
+      const T* x = (is_k ? k : v) + static_cast<std::int64_t>(r) * kvd + h * hd;
+      float a = to_f(x[i]), b = to_f(x[i + half]);
+      if (bias) {
+        const float* bb = bias + qd + (is_k ? 0 : kvd) + h * hd;
+        a += bb[i], b += bb[i + half];
+      }
+      T* dst = (is_k ? kc : vc) + ((static_cast<std::int64_t>(s) * nkv + h) * max_ctx + p) * hd;
+      if (is_k) {
+        dst[i] = from_f<T>(a * c - b * sn);
+        dst[i + half] = from_f<T>(b * c + a * sn);
+      } else {
+        dst[i] = from_f<T>(a);
+        dst[i + half] = from_f<T>(b);
+      }
+    }
+  }
+}
+
+template <class T>
+void launch_qkv_to_cache(cudaStream_t st, T* q, const T* k, const T* v, const float* bias, const std::int32_t* slot,
+                         const std::int32_t* pos, T* kc, T* vc, int n, int nh, int nkv, int hd, int max_ctx,
+                         const float* cos_t, const float* sin_t) {
+  const std::int64_t total = static_cast<std::int64_t>(n) * (nh + 2 * nkv) * (hd / 2);
+  qkv_to_cache<T><<<kern::grid_for(total), 256, 0, st>>>(q, k, v, bias, slot, pos, kc, vc, n, nh, nkv, hd, max_ctx,
+                                                         cos_t, sin_t);
+  HDPISSA_CUDA_CHECK_LAUNCH("qkv_to_cache");
+}
+
+/// Loads VEC consecutive T as floats (VEC·sizeof(T) = 16 bytes, or VEC = 1).
+template <int VEC, class T>
+__device__ __forceinline__ void load_vec(const T* p, float (&out)[VEC]) {
+  if constexpr (VEC == 1) {
+    out[0] = to_f(p[0]);
+  } else if constexpr (std::is_same_v<T, float>) {
+    static_assert(VEC == 4);
+    const float4 u = *reinterpret_cast<const float4*>(p);
+    out[0] = u.x, out[1] = u.y, out[2] = u.z, out[3] = u.w;
+  } else {
+    static_assert(VEC == 8);
+    const uint4 u = *reinterpret_cast<const uint4*>(p);
+    const unsigned w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const float2 f = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&w[j]));
+      out[2 * j] = f.x, out[2 * j + 1] = f.y;
+    }
+  }
+}
+
+inline constexpr int kAttnThreads = 128;
+inline constexpr int kMaxVecPerLane = 4;
+
+/// One block per (row, kv head, split): the query heads of kv head `blockIdx.y` of row
+/// `blockIdx.x` over the split's keys [k0, k1) of the visible range [lo, pos]. Writes the split's
+/// unnormalised output o = Σ exp(s − m)·v (per query head, fp32) and (m, l = Σ exp(s − m)); an
+/// empty split writes l = 0. lpk = lanes per key (a power of 2 ≤ 32), hd = lpk·nv·VEC or less.
+template <class T, int VEC>
+__global__ void __launch_bounds__(kAttnThreads) cache_attention_split(
+    const T* __restrict__ q, const T* __restrict__ kc, const T* __restrict__ vc, const std::int32_t* __restrict__ slot,
+    const std::int32_t* __restrict__ pos, int nh, int nkv, int hd, int max_ctx, int window, float scale, int chunk,
+    int lpk, float* __restrict__ part_o, float* __restrict__ part_ml) {
+  extern __shared__ float sh[];
+  const int group = nh / nkv, splits = gridDim.z;
+  const int r = blockIdx.x, kvh = blockIdx.y, sp = blockIdx.z;
+  const int p = pos[r], s = slot ? slot[r] : r;
+  const int lo = window > 0 ? max(0, p - window + 1) : 0, hi = p + 1;
+  const int k0 = lo + sp * chunk, k1 = min(hi, k0 + chunk);
+  const std::int64_t part = (static_cast<std::int64_t>(r) * nh + kvh * group) * splits + sp;  // + g·splits
+  if (k0 >= hi) {
+    for (int g = threadIdx.x; g < group; g += blockDim.x) {
+      part_ml[2 * (part + static_cast<std::int64_t>(g) * splits)] = -INFINITY;
+      part_ml[2 * (part + static_cast<std::int64_t>(g) * splits) + 1] = 0.0f;
+    }
+    return;
+  }
+  const int cnt = k1 - k0;
+  float* q_s = sh;                           // (group, hd)
+  float* p_s = sh + group * hd;              // (group, chunk)
+  float* ml_s = p_s + group * chunk;         // (group, 2)
+  const T* qrow = q + static_cast<std::int64_t>(r) * nh * hd + static_cast<std::int64_t>(kvh) * group * hd;
+  for (int i = threadIdx.x; i < group * hd; i += blockDim.x) q_s[i] = to_f(qrow[i]);
+  __syncthreads();
+
+  const std::int64_t head_base = (static_cast<std::int64_t>(s) * nkv + kvh) * max_ctx;
+  const T* kbase = kc + head_base * hd;
+  const T* vbase = vc + head_base * hd;
+  // scores: lpk lanes per key, each lane VEC-wide chunks li, li + lpk, ...
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nwarps = blockDim.x >> 5;
+  const int kpw = 32 / lpk, sub = lane / lpk, li = lane % lpk, nvec = hd / VEC;
+  for (int kb = k0 + warp * kpw; kb < k1; kb += nwarps * kpw) {
+    const int key = kb + sub;
+    const bool valid = key < k1;
+    float kr[kMaxVecPerLane][VEC];
+#pragma unroll
+    for (int u = 0; u < kMaxVecPerLane; ++u) {
+      const int c = li + u * lpk;
+      if (valid && c < nvec) {
+        load_vec<VEC>(kbase + static_cast<std::int64_t>(key) * hd + c * VEC, kr[u]);
+      } else {
+#pragma unroll
+        for (int e = 0; e < VEC; ++e) kr[u][e] = 0.0f;
+      }
+    }
+    for (int g = 0; g < group; ++g) {
+      float acc = 0.0f;
+#pragma unroll
+      for (int u = 0; u < kMaxVecPerLane; ++u) {
+        const int c = li + u * lpk;
+        if (c < nvec) {
+#pragma unroll
+          for (int e = 0; e < VEC; ++e) acc += kr[u][e] * q_s[g * hd + c * VEC + e];
+        }
+      }
+      for (int o = lpk >> 1; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
+      if (valid && li == 0) p_s[g * chunk + (key - k0)] = acc * scale;
+    }
+  }
+  __syncthreads();
+  // per-split softmax statistics: one warp per query head
+  for (int g = warp; g < group; g += nwarps) {
+    float m = -INFINITY;
+    for (int j = lane; j < cnt; j += 32) m = fmaxf(m, p_s[g * chunk + j]);
+    m = kern::warp_max(m);
+    float l = 0.0f;
+    for (int j = lane; j < cnt; j += 32) {
+      const float e = __expf(p_s[g * chunk + j] - m);
+      p_s[g * chunk + j] = e;
+      l += e;
+    }
+    l = kern::warp_sum(l);
+    if (lane == 0) ml_s[2 * g] = m, ml_s[2 * g + 1] = l;
+  }
+  __syncthreads();
+  for (int idx = threadIdx.x; idx < group * hd; idx += blockDim.x) {
+    const int g = idx / hd, d = idx % hd;
+    const float* pg = p_s + g * chunk;
+    const T* vcol = vbase + static_cast<std::int64_t>(k0) * hd + d;
+    float acc = 0.0f;
+#pragma unroll 8
+    for (int j = 0; j < cnt; ++j) acc += pg[j] * to_f(vcol[static_cast<std::int64_t>(j) * hd]);
+    part_o[(part + static_cast<std::int64_t>(g) * splits) * hd + d] = acc;
+  }
+  for (int g = threadIdx.x; g < group; g += blockDim.x) {
+    part_ml[2 * (part + static_cast<std::int64_t>(g) * splits)] = ml_s[2 * g];
+    part_ml[2 * (part + static_cast<std::int64_t>(g) * splits) + 1] = ml_s[2 * g + 1];
+  }
+}
+
+/// Merges the splits of every (row, query head) into the attention output (n, nh·hd) in T.
+/// grid (n·nh), block 128.
+template <class T>
+__global__ void cache_attention_combine(const float* __restrict__ part_o, const float* __restrict__ part_ml, int splits,
+                                        int hd, T* __restrict__ out) {
+  const std::int64_t rh = blockIdx.x;  // r·nh + h: out row-major (n, nh·hd) is (n·nh, hd)
+  const float* ml = part_ml + 2 * rh * splits;
+  float M = -INFINITY;
+  for (int i = 0; i < splits; ++i)
+    if (ml[2 * i + 1] > 0.0f) M = fmaxf(M, ml[2 * i]);
+  float L = 0.0f;
+  for (int i = 0; i < splits; ++i)
+    if (ml[2 * i + 1] > 0.0f) L += __expf(ml[2 * i] - M) * ml[2 * i + 1];
+  const float inv = L > 0.0f ? 1.0f / L : 0.0f;
+  for (int d = threadIdx.x; d < hd; d += blockDim.x) {
+    float acc = 0.0f;
+    for (int i = 0; i < splits; ++i)
+      if (ml[2 * i + 1] > 0.0f) acc += __expf(ml[2 * i] - M) * part_o[(rh * splits + i) * hd + d];
+    out[rh * hd + d] = from_f<T>(acc * inv);
+  }
+}
+
+/// The attention of n rows over the cache (see the file comment): splits = ⌈largest visible
+/// range / chunk⌉ (or more); part_o holds n·nh·splits·hd floats, part_ml n·nh·splits·2.
+template <class T>
+void launch_cache_attention(cudaStream_t st, const T* q, const T* kc, const T* vc, const std::int32_t* slot,
+                            const std::int32_t* pos, int n, int nh, int nkv, int hd, int max_ctx, int window,
+                            float scale, int chunk, int splits, float* part_o, float* part_ml, T* out) {
+  const int group = nh / nkv;
+  const std::size_t smem = sizeof(float) * (static_cast<std::size_t>(group) * (hd + chunk) + 2 * group);
+  constexpr int kVec = 16 / static_cast<int>(sizeof(T));
+  const dim3 grid(static_cast<unsigned>(n), static_cast<unsigned>(nkv), static_cast<unsigned>(splits));
+  auto lanes_for = [](int nvec) {
+    int l = 1;
+    while (l * 2 <= nvec && l * 2 <= 32) l *= 2;
+    return l;
+  };
+  if (hd % kVec == 0) {
+    const int nvec = hd / kVec, lpk = lanes_for(nvec);
+    HDPISSA_REQUIRE((nvec + lpk - 1) / lpk <= kMaxVecPerLane, "cache attention: head_dim ", hd, " too large");
+    if (smem > 48 * 1024)
+      HDPISSA_CUDA_CHECK(cudaFuncSetAttribute(cache_attention_split<T, kVec>,
+                                              cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+    cache_attention_split<T, kVec><<<grid, kAttnThreads, smem, st>>>(q, kc, vc, slot, pos, nh, nkv, hd, max_ctx, window,
+                                                                     scale, chunk, lpk, part_o, part_ml);
+  } else {
+    const int lpk = lanes_for(hd);
+    HDPISSA_REQUIRE((hd + lpk - 1) / lpk <= kMaxVecPerLane, "cache attention: head_dim ", hd, " too large");
+    if (smem > 48 * 1024)
+      HDPISSA_CUDA_CHECK(cudaFuncSetAttribute(cache_attention_split<T, 1>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                              static_cast<int>(smem)));
+    cache_attention_split<T, 1><<<grid, kAttnThreads, smem, st>>>(q, kc, vc, slot, pos, nh, nkv, hd, max_ctx, window,
+                                                                  scale, chunk, lpk, part_o, part_ml);
+  }
+  HDPISSA_CUDA_CHECK_LAUNCH("cache_attention_split");
+  cache_attention_combine<T><<<static_cast<unsigned>(n) * nh, 128, 0, st>>>(part_o, part_ml, splits, hd, out);
+  HDPISSA_CUDA_CHECK_LAUNCH("cache_attention_combine");
+}
+
+/// next[r] = argmax_j logits[r, j] (fp32, ties to the lowest index, like torch.argmax and Eigen's
+/// maxCoeff). grid (n), block 1024.
+__global__ inline void argmax_rows(const float* __restrict__ logits, int V, std::int32_t* __restrict__ next) {
+  __shared__ float sv[32];
+  __shared__ int si[32];
+  const float* row = logits + static_cast<std::int64_t>(blockIdx.x) * V;
+  float bv = -INFINITY;
+  int bi = V;
+  for (int j = threadIdx.x; j < V; j += blockDim.x) {
+    const float x = row[j];
+    if (x > bv || (x == bv && j < bi)) bv = x, bi = j;  // NaN never wins
+  }
+  for (int o = 16; o > 0; o >>= 1) {
+    const float ov = __shfl_xor_sync(0xffffffffu, bv, o);
+    const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
+    if (ov > bv || (ov == bv && oi < bi)) bv = ov, bi = oi;
+  }
+  const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nw = blockDim.x >> 5;
+  if (lane == 0) sv[wid] = bv, si[wid] = bi;
+  __syncthreads();
+  if (wid == 0) {
+    bv = lane < nw ? sv[lane] : -INFINITY;
+    bi = lane < nw ? si[lane] : V;
+    for (int o = 16; o > 0; o >>= 1) {
+      const float ov = __shfl_xor_sync(0xffffffffu, bv, o);
+      const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
+      if (ov > bv || (ov == bv && oi < bi)) bv = ov, bi = oi;
+    }
+    if (lane == 0) next[blockIdx.x] = bi < V ? bi : 0;
+  }
+}
+
+inline void launch_argmax_rows(cudaStream_t st, const float* logits, int n, int V, std::int32_t* next) {
+  argmax_rows<<<static_cast<unsigned>(n), 1024, 0, st>>>(logits, V, next);
+  HDPISSA_CUDA_CHECK_LAUNCH("argmax_rows");
+}
+
+}  // namespace decode_kern
+
+// ------------------------------------------------------------------------------------------------
+// the decoder
+
+/// What generate() does with a batch of prompts (see the file comment).
+struct GreedyDecodeOptions {
+  int max_new_tokens = 256;               ///< per prompt; capped so that prompt + completion fit the context
+  std::vector<std::int32_t> stop_tokens;  ///< a sequence ends at the first of these (not returned)
+  /// Optional: after each new token, (prompt index, completion so far) → true ends that sequence
+  /// (the token is kept). E.g. a stop-string check on the decoded tail.
+  std::function<bool(std::size_t, const std::vector<std::int32_t>&)> should_stop;
+};
+
+/// Batched greedy decoder over the weights of a CudaLlama<T> (see the file comment). Borrows the
+/// model (its weights, stream and cuBLAS handle); not copyable.
+template <class T>
+class CudaGreedyDecoder {
+ public:
+  /// `slots` sequences decode at once, each up to `max_ctx` positions (prompt + completion − 1;
+  /// ≤ max_position_embeddings); prefill runs at most `prefill_rows` prompt tokens per pass.
+  /// `cuda_graphs`: capture the decode step (only on a non-default stream).
+  CudaGreedyDecoder(const CudaLlama<T>& model, int slots, int max_ctx, int prefill_rows = 1024, bool cuda_graphs = true);
+  CudaGreedyDecoder(const CudaGreedyDecoder&) = delete;
+  CudaGreedyDecoder& operator=(const CudaGreedyDecoder&) = delete;
+  ~CudaGreedyDecoder() { drop_graph(); }
+
+  int slots() const { return slots_; }
+  int max_ctx() const { return max_ctx_; }
+  const DecodeStats& stats() const { return stats_; }
+  void reset_stats() { stats_ = {}; }
+
+  /// Greedy completions (new tokens only) of every prompt, in order. A prompt that is empty or
+  /// leaves no room in the context gets an empty completion. Throws when a prompt + its budget
+  /// does not fit max_ctx.
+  std::vector<std::vector<std::int32_t>> generate(const std::vector<std::vector<std::int32_t>>& prompts,
+                                                  const GreedyDecodeOptions& o, CudaHooks<T>& hooks);
+
+  /// The budget generate() gives a prompt of `prompt_len` tokens (0 = none).
+  int budget(int prompt_len, int max_new_tokens) const {
+    if (prompt_len < 1) return 0;
+    return std::max(0, std::min(max_new_tokens, cfg_.max_seq_len - prompt_len));
+  }
+
+ private:
+  using Buf = DeviceBuffer<T>;
+  using FBuf = DeviceBuffer<float>;
+  using IBuf = DeviceBuffer<std::int32_t>;
+
+  /// n rows (tokens tok, slots slot — null: row r is slot r — positions pos) through the model;
+  /// argmax of the n_sel rows `sel` (null: all n) into next_. Enqueued only.
+  void forward_rows(int n, const std::int32_t* tok, const std::int32_t* slot, const std::int32_t* pos, int chunk,
+                    int splits, int n_sel, const std::int32_t* sel, CudaHooks<T>& hooks);
+  /// One decode step over every slot (graph replay where possible); waits; tokens in h_next_.
+  void decode_step(CudaHooks<T>& hooks);
+  void drop_graph() {
+    if (exec_) (void)cudaGraphExecDestroy(exec_);
+    exec_ = nullptr;
+  }
+
+  const CudaLlama<T>* model_;
+  ModelConfig cfg_;
+  int slots_, max_ctx_, prefill_rows_, rows_max_;
+  bool graphs_;
+  cudaStream_t stream_;
+  static constexpr int kDecodeChunk = 128, kPrefillChunk = 512;
+  int decode_splits_ = 1;
+
+  Buf kc_, vc_;        // (L, slots, nkv, max_ctx, hd)
+  FBuf rope_cos_, rope_sin_;  // (max_ctx, hd/2)
+  FBuf res_, rstd_;    // (rows, D), (rows)
+  Buf xn_, q_, k_, v_, attn_, tmp_, gate_, up_, act_, xsel_;
+  FBuf part_o_, part_ml_, logits_;
+  IBuf ints_;          // decode: tok (slots) | pos (slots); prefill: tok | slot | pos (prefill_rows) | sel (slots); next (slots)
+  PinnedBuffer<std::int32_t> h_ints_;
+  std::int32_t *d_tok_, *d_pos_, *p_tok_, *p_slot_, *p_pos_, *p_sel_, *d_next_;
+  std::int32_t* h_next_ = nullptr;
+  cudaGraphExec_t exec_ = nullptr;
+  bool graph_failed_ = false;
+  DecodeStats stats_;
+};
+
+template <class T>
+CudaGreedyDecoder<T>::CudaGreedyDecoder(const CudaLlama<T>& model, int slots, int max_ctx, int prefill_rows,
+                                        bool cuda_graphs)
+    : model_(&model), cfg_(model.config()), slots_(slots), max_ctx_(max_ctx), prefill_rows_(prefill_rows),
+      graphs_(cuda_graphs && model.stream() != nullptr), stream_(model.stream()) {
+  const ModelConfig& c = cfg_;
+  if (slots < 1 || max_ctx < 1 || prefill_rows < 1)
+    throw LlamaError(cat("CudaGreedyDecoder: expected slots, max_ctx and prefill_rows >= 1, found ", slots, ", ",
+                         max_ctx, ", ", prefill_rows));
+  if (max_ctx > c.max_seq_len)
+    throw LlamaError(cat("CudaGreedyDecoder: max_ctx ", max_ctx, " exceeds max_position_embeddings ", c.max_seq_len));
+  if (c.head_dim % 2 != 0) throw LlamaError(cat("CudaGreedyDecoder: expected an even head_dim, found ", c.head_dim));
+  rows_max_ = std::max(slots, prefill_rows);
+  const std::int64_t R = rows_max_, D = c.dim, H = c.hidden_dim, qd = c.q_dim(), kvd = c.kv_dim();
+  const std::int64_t cache = static_cast<std::int64_t>(c.n_layers) * slots * c.n_kv_heads * max_ctx * c.head_dim;
+  kc_.reserve(cache);
+  vc_.reserve(cache);
+  {
+    Matrix ct, st;
+    ::hdpissa::llama::detail::rope_tables(c, max_ctx, ct, st);  // the CPU model's tables, bit for bit
+    rope_cos_.reserve(ct.size());
+    rope_sin_.reserve(st.size());
+    HDPISSA_CUDA_CHECK(cudaMemcpy(rope_cos_.get(), ct.data(), ct.size() * sizeof(float), cudaMemcpyHostToDevice));
+    HDPISSA_CUDA_CHECK(cudaMemcpy(rope_sin_.get(), st.data(), st.size() * sizeof(float), cudaMemcpyHostToDevice));
+  }
+  res_.reserve(R * D);
+  rstd_.reserve(R);
+  xn_.reserve(R * D);
+  q_.reserve(R * qd);
+  k_.reserve(R * kvd);
+  v_.reserve(R * kvd);
+  attn_.reserve(R * qd);
+  tmp_.reserve(R * D);
+  gate_.reserve(R * H);
+  up_.reserve(R * H);
+  act_.reserve(R * H);
+  xsel_.reserve(static_cast<std::int64_t>(slots) * D);
+  decode_splits_ = (max_ctx + kDecodeChunk - 1) / kDecodeChunk;
+  const int prefill_splits = (max_ctx + kPrefillChunk - 1) / kPrefillChunk;
+  const std::int64_t parts = std::max<std::int64_t>(static_cast<std::int64_t>(slots) * decode_splits_,
+                                                    static_cast<std::int64_t>(prefill_rows) * prefill_splits);
+  part_o_.reserve(parts * c.n_heads * c.head_dim);
+  part_ml_.reserve(parts * c.n_heads * 2);
+  logits_.reserve(static_cast<std::int64_t>(slots) * c.vocab_size);
+  const std::int64_t ni = 2 * slots + 3 * static_cast<std::int64_t>(prefill_rows) + 2 * slots;
+  ints_.reserve(ni);
+  h_ints_ = PinnedBuffer<std::int32_t>(ni);
+  d_tok_ = ints_.get();
+  d_pos_ = d_tok_ + slots;
+  p_tok_ = d_pos_ + slots;
+  p_slot_ = p_tok_ + prefill_rows;
+  p_pos_ = p_slot_ + prefill_rows;
+  p_sel_ = p_pos_ + prefill_rows;
+  d_next_ = p_sel_ + slots;
+  h_next_ = h_ints_.get() + (d_next_ - d_tok_);
+  HDPISSA_CUDA_CHECK(cudaMemsetAsync(ints_.get(), 0, ni * sizeof(std::int32_t), stream_));
+  HDPISSA_CUDA_CHECK(cudaStreamSynchronize(stream_));
+}
+
+template <class T>
+void CudaGreedyDecoder<T>::forward_rows(int n, const std::int32_t* tok, const std::int32_t* slot,
+                                        const std::int32_t* pos, int chunk, int splits, int n_sel,
+                                        const std::int32_t* sel, CudaHooks<T>& hooks) {
+  const ModelConfig& c = cfg_;
+  const int D = c.dim, H = c.hidden_dim, qd = c.q_dim(), kvd = c.kv_dim(), L = c.n_layers, V = c.vocab_size;
+  const float scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
+  const float* norms = model_->norm_weights();
+  const float* bias = model_->qkv_biases();
+  const std::int64_t layer_cache = static_cast<std::int64_t>(slots_) * c.n_kv_heads * max_ctx_ * c.head_dim;
+  cudaStream_t s = stream_;
+  using CV = ConstMatrixView<T>;
+  using MV = MatrixView<T>;
+  auto& m = const_cast<CudaLlama<T>&>(*model_);
+  kern::launch_embed_gather(s, tok, model_->embedding(), res_.get(), n, D);
+  for (int l = 0; l < L; ++l) {
+    auto W = [&](Module mod) { return CV(m.linear({l, mod})); };
+    kern::launch_add_rmsnorm_fwd<T>(s, res_.get(), l == 0 ? nullptr : tmp_.get(), res_.get(), norms + 2 * l * D,
+                                    rstd_.get(), xn_.get(), n, D, c.norm_eps);
+    const CV xn(xn_.get(), n, D, D);
+    hooks.forward({l, Module::q}, W(Module::q), xn, MV(q_.get(), n, qd, qd));
+    hooks.forward({l, Module::k}, W(Module::k), xn, MV(k_.get(), n, kvd, kvd));
+    hooks.forward({l, Module::v}, W(Module::v), xn, MV(v_.get(), n, kvd, kvd));
+    T* kc = kc_.get() + l * layer_cache;
+    T* vc = vc_.get() + l * layer_cache;
+    decode_kern::launch_qkv_to_cache<T>(s, q_.get(), k_.get(), v_.get(),
+                                        bias ? bias + static_cast<std::int64_t>(l) * (qd + 2 * kvd) : nullptr, slot,
+                                        pos, kc, vc, n, c.n_heads, c.n_kv_heads, c.head_dim, max_ctx_,
+                                        rope_cos_.get(), rope_sin_.get());
+    decode_kern::launch_cache_attention<T>(s, q_.get(), kc, vc, slot, pos, n, c.n_heads, c.n_kv_heads, c.head_dim,
+                                           max_ctx_, c.attention_window(l), scale, chunk, splits, part_o_.get(),
+                                           part_ml_.get(), attn_.get());
+    hooks.forward({l, Module::o}, W(Module::o), CV(attn_.get(), n, qd, qd), MV(tmp_.get(), n, D, D));
+    kern::launch_add_rmsnorm_fwd<T>(s, res_.get(), tmp_.get(), res_.get(), norms + (2 * l + 1) * D, rstd_.get(),
+                                    xn_.get(), n, D, c.norm_eps);
+    hooks.forward({l, Module::gate}, W(Module::gate), xn, MV(gate_.get(), n, H, H));
+    hooks.forward({l, Module::up}, W(Module::up), xn, MV(up_.get(), n, H, H));
+    kern::launch_swiglu_fwd<T>(s, gate_.get(), up_.get(), act_.get(), static_cast<std::int64_t>(n) * H);
+    hooks.forward({l, Module::down}, W(Module::down), CV(act_.get(), n, H, H), MV(tmp_.get(), n, D, D));
+  }
+  kern::launch_add_rmsnorm_fwd<T>(s, res_.get(), tmp_.get(), res_.get(), norms + 2 * L * D, rstd_.get(), xn_.get(), n,
+                                  D, c.norm_eps);
+  if (n_sel == 0) return;  // a prefill chunk that ends no prompt
+  const T* x = xn_.get();
+  if (sel) {
+    kern::launch_gather_rows<T>(s, xn_.get(), sel, xsel_.get(), n_sel, D);
+    x = xsel_.get();
+  }
+  // logits (n_sel, V) = x (n_sel, D) · clsᵀ
+  gemm_rowmajor(model_->cublas(), CUBLAS_OP_N, CUBLAS_OP_T, n_sel, V, D, 1.0f, x, cuda_data_type<T>(), D,
+                model_->classifier(), cuda_data_type<T>(), D, 0.0f, logits_.get(), CUDA_R_32F, V);
+  decode_kern::launch_argmax_rows(s, logits_.get(), n_sel, V, d_next_);
+}
+
+template <class T>
+void CudaGreedyDecoder<T>::decode_step(CudaHooks<T>& hooks) {
+  cudaStream_t s = stream_;
+  // the host's (token, position) of every slot: h_ints_ mirrors ints_ (tok | pos first)
+  HDPISSA_CUDA_CHECK(cudaMemcpyAsync(d_tok_, h_ints_.get(), sizeof(std::int32_t) * 2 * slots_, cudaMemcpyHostToDevice, s));
+  auto eager = [&] {
+    forward_rows(slots_, d_tok_, nullptr, d_pos_, kDecodeChunk, decode_splits_, slots_, nullptr, hooks);
+  };
+  if (graphs_ && !graph_failed_ && stats_.decode_steps > 0 && !exec_) {  // capture after one eager step
+    cudaGraph_t g = nullptr;
+    bool ok = cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal) == cudaSuccess;
+    if (ok) {
+      try {
+        eager();
+      } catch (const std::exception&) {
+        ok = false;
+      }
+      const cudaError_t e = cudaStreamEndCapture(s, &g);
+      ok = ok && e == cudaSuccess && g != nullptr;
+      if (ok) ok = cudaGraphInstantiate(&exec_, g, 0) == cudaSuccess;
+      if (g) (void)cudaGraphDestroy(g);
+    }
+    if (!ok) {
+      (void)cudaGetLastError();
+      exec_ = nullptr;
+      graph_failed_ = true;
+    }
+  }
+  if (exec_) HDPISSA_CUDA_CHECK(cudaGraphLaunch(exec_, s));
+  else eager();
+  HDPISSA_CUDA_CHECK(cudaMemcpyAsync(h_next_, d_next_, sizeof(std::int32_t) * slots_, cudaMemcpyDeviceToHost, s));
+  HDPISSA_CUDA_CHECK(cudaStreamSynchronize(s));
+}
+
+template <class T>
+std::vector<std::vector<std::int32_t>> CudaGreedyDecoder<T>::generate(
+    const std::vector<std::vector<std::int32_t>>& prompts, const GreedyDecodeOptions& o, CudaHooks<T>& hooks) {
+  using clock = std::chrono::steady_clock;
+  const std::size_t np = prompts.size();
+  std::vector<std::vector<std::int32_t>> out(np);
+  std::vector<int> room(np);
+  for (std::size_t i = 0; i < np; ++i) {
+    const int P = static_cast<int>(prompts[i].size());
+    room[i] = budget(P, o.max_new_tokens);
+    if (room[i] > 0 && P + room[i] - 1 > max_ctx_)
+      throw LlamaError(cat("CudaGreedyDecoder: prompt ", i, " of ", P, " tokens + ", room[i],
+                           " new tokens needs ", P + room[i] - 1, " cache positions, the decoder holds ", max_ctx_));
+    for (std::int32_t t : prompts[i])
+      if (t < 0 || t >= cfg_.vocab_size)
+        throw LlamaError(cat("CudaGreedyDecoder: prompt ", i, " holds token id ", t, " outside [0, ", cfg_.vocab_size, ")"));
+  }
+  hooks.reserve(rows_max_);
+  drop_graph();  // hooks (and their workspaces) may differ from the last call
+  graph_failed_ = false;
+  const std::int64_t steps_before = stats_.decode_steps;
+  stats_.decode_steps = 0;  // decode_step captures after its first eager step of this call
+
+  std::int32_t* h_tok = h_ints_.get();
+  std::int32_t* h_pos = h_tok + slots_;
+  std::vector<long> job(slots_, -1);  // prompt index per slot
+  std::size_t next_prompt = 0;
+  auto is_stop = [&](std::int32_t t) {
+    return std::find(o.stop_tokens.begin(), o.stop_tokens.end(), t) != o.stop_tokens.end();
+  };
+  // a new token of slot s: returns whether the sequence goes on
+  auto accept = [&](int s, std::int32_t t) {
+    const long j = job[s];
+    bool live = !is_stop(t);
+    if (live) {
+      out[j].push_back(t);
+      live = static_cast<int>(out[j].size()) < room[j] && !(o.should_stop && o.should_stop(j, out[j]));
+    }
+    if (live) {
+      h_tok[s] = t;
+      h_pos[s] = static_cast<int>(prompts[j].size() + out[j].size()) - 1;
+    } else {
+      job[s] = -1;
+      h_tok[s] = 0;
+      h_pos[s] = 0;
+    }
+    return live;
+  };
+  for (int s = 0; s < slots_; ++s) h_tok[s] = 0, h_pos[s] = 0;
+
+  for (;;) {
+    // refill: free slots take the next prompts, prefilled in chunks of ≤ prefill_rows_ tokens
+    std::vector<int> fresh;  // slots assigned now
+    for (int s = 0; s < slots_ && next_prompt < np; ++s) {
+      if (job[s] >= 0) continue;
+      while (next_prompt < np && room[next_prompt] == 0) ++next_prompt;
+      if (next_prompt >= np) break;
+      job[s] = static_cast<long>(next_prompt++);
+      fresh.push_back(s);
+    }
+    if (!fresh.empty()) {
+      const auto t0 = clock::now();
+      std::int32_t* ptok = h_ints_.get() + (p_tok_ - d_tok_);
+      std::int32_t* pslot = h_ints_.get() + (p_slot_ - d_tok_);
+      std::int32_t* ppos = h_ints_.get() + (p_pos_ - d_tok_);
+      std::int32_t* psel = h_ints_.get() + (p_sel_ - d_tok_);
+      std::size_t fi = 0;
+      int off = 0;  // tokens of fresh[fi] already prefilled
+      while (fi < fresh.size()) {
+        int n = 0, n_sel = 0, max_pos = 0;
+        std::vector<int> done_slots;
+        while (fi < fresh.size() && n < prefill_rows_) {
+          const int s = fresh[fi];
+          const auto& p = prompts[job[s]];
+          const int take = std::min<int>(static_cast<int>(p.size()) - off, prefill_rows_ - n);
+          for (int i = 0; i < take; ++i) {
+            ptok[n + i] = p[off + i];
+            pslot[n + i] = s;
+            ppos[n + i] = off + i;
+          }
+          n += take;
+          off += take;
+          max_pos = std::max(max_pos, off - 1);
+          if (off == static_cast<int>(p.size())) {
+            psel[n_sel++] = n - 1;
+            done_slots.push_back(s);
+            ++fi;
+            off = 0;
+          }
+        }
+        HDPISSA_CUDA_CHECK(cudaMemcpyAsync(p_tok_, ptok, sizeof(std::int32_t) * (3 * prefill_rows_ + slots_),
+                                           cudaMemcpyHostToDevice, stream_));
+        const int splits = max_pos / kPrefillChunk + 1;
+        forward_rows(n, p_tok_, p_slot_, p_pos_, kPrefillChunk, splits, n_sel, p_sel_, hooks);
+        if (n_sel > 0)
+          HDPISSA_CUDA_CHECK(cudaMemcpyAsync(h_next_, d_next_, sizeof(std::int32_t) * n_sel, cudaMemcpyDeviceToHost,
+                                             stream_));
+        HDPISSA_CUDA_CHECK(cudaStreamSynchronize(stream_));
+        stats_.prefill_tokens += n;
+        const std::vector<std::int32_t> first(h_next_, h_next_ + n_sel);
+        for (int k = 0; k < n_sel; ++k) accept(done_slots[k], first[k]);
+      }
+      stats_.prompts += static_cast<std::int64_t>(fresh.size());
+      stats_.prefill_seconds += std::chrono::duration<double>(clock::now() - t0).count();
+    }
+    int live = 0;
+    for (int s = 0; s < slots_; ++s) live += job[s] >= 0;
+    if (live == 0) {
+      if (next_prompt >= np) break;
+      continue;  // every new sequence ended at its first token: refill
+    }
+    const auto t0 = clock::now();
+    decode_step(hooks);
+    ++stats_.decode_steps;
+    stats_.decode_tokens += live;
+    const std::vector<std::int32_t> next(h_next_, h_next_ + slots_);
+    for (int s = 0; s < slots_; ++s)
+      if (job[s] >= 0) accept(s, next[s]);
+    stats_.decode_seconds += std::chrono::duration<double>(clock::now() - t0).count();
+  }
+  stats_.decode_steps += steps_before;
+  return out;
+}
+
+}  // namespace hdpissa::llama::gpu
