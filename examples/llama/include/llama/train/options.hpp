@@ -343,9 +343,9 @@ inline void TrainOptions::validate() const {
        cat("--w-precision ", name_of(w_precision), ": applies to the methods whose W the Direct Weight Update changes "
            "(hdpissa, lora-dwu, pissa-dwu); lora / pissa keep a frozen W (bf16-only under --dtype bf16) and full "
            "fine-tuning's bf16 W update is not implemented"));
-  need(w_precision == hdpissa::WPrecision::Fp32Master || device == Device::Cpu,
-       cat("--w-precision ", name_of(w_precision), ": the GPU apply kernel of the bf16 W policies is not implemented "
-           "yet; the CPU trainer runs them (bf16 values in fp32 tensors: the bit-exact reference of the rule)"));
+  need(w_precision == hdpissa::WPrecision::Fp32Master || device == Device::Cpu || dtype == ComputeDtype::Bf16,
+       cat("--w-precision ", name_of(w_precision), ": on --device cuda the bf16 W policies keep W as the model's bf16 "
+           "copy, so they need --dtype bf16 (found --dtype fp32); the CPU trainer runs them in fp32 compute"));
   need(attention == AttentionKind::Auto || device == Device::Cuda,
        cat("--attention ", name_of(attention), ": chooses the GPU model's attention (--device cuda); the CPU model has one"));
   need(rank >= 1, cat("--rank: expected >= 1, found ", rank));
@@ -512,7 +512,8 @@ inline void add_train_options(CLI::App& app, TrainOptions& o, CLI::Option** atte
   cli::add_parsed(app, "--w-precision", "--w-precision", o.w_precision, parse_choice<hdpissa::WPrecision>,
                   "how hdpissa / lora-dwu / pissa-dwu store and update W: fp32-master (default: fp32 W, plus a bf16 "
                   "compute copy under --dtype bf16), bf16-compensated (bf16 W + bf16 Kahan compensation) or bf16-sr "
-                  "(bf16 W, stochastic rounding seeded by --seed, step and element); docs/trainer.md",
+                  "(bf16 W, stochastic rounding seeded by --seed, step and element); on --device cuda the bf16 policies need "
+                  "--dtype bf16 and keep no fp32 W (the rule is fused into the update GEMM); docs/trainer.md",
                   "fp32-master|bf16-compensated|bf16-sr")->group(me);
   CLI::Option* att = cli::add_parsed(
       app, "--attention", "--attention", o.attention, parse_choice<AttentionKind>,
