@@ -67,7 +67,8 @@ class CudaEngine final : public MethodEngine<gpu::CudaDevice<T>> {
       throw LlamaError(cat("CUDA engine: expected K = ", g.groups, " groups over ", g.processes,
                            " process(es) (first group ", g.first_group, "), the device communicator has ",
                            comm_.groups(), " over ", comm_.size(), " (first group ", comm_.first_group(), ")"));
-    const MethodContext<Dev, DevComm> ctx{b32_, bt(), comm_, host, [this](LinearId id) { return model_.linear(id); }};
+    const MethodContext<Dev, DevComm> ctx{b32_, bt(), comm_, host, [this](LinearId id) { return model_.linear(id); },
+                                          g.init_progress};
     method_ = make_method(o, ctx, resume);
     b32_.synchronize();
     sample_memory();

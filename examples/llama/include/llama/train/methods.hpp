@@ -66,7 +66,20 @@ struct MethodContext {
   Comm& comm;                         ///< K groups: local groups here × processes
   const ModelWeights& host;           ///< the base model (shapes; fp32 values of bf16 masters)
   std::function<MatrixView<Sc>(LinearId)> weight;  ///< the model's compute copy of a target
+  /// Adapter initialisation progress (target layers done, total), called after each batch of layers
+  /// (optional; the trainer prints it: the SVDs of a 7B model take a while).
+  std::function<void(std::size_t, std::size_t)> progress = {};
 };
+
+namespace detail {
+/// Layers per init_adapters_distributed call: a multiple of the worker count P (so that layer l
+/// keeps the owner l mod P of one call) giving ~16 progress reports; P when an fp32 scratch per
+/// layer must stay small.
+inline std::size_t init_chunk(std::size_t n, std::size_t P, bool small) {
+  if (small) return P;
+  return P * std::max<std::size_t>(1, n / (P * 16));
+}
+}  // namespace detail
 
 /// A fine-tuning method: per-group hooks for the model, the optimizer step and the state.
 template <class Dev>
@@ -342,7 +355,7 @@ class DwuMethod final : public TrainMethod<Dev> {
       // the owner one call would give it) and freed after; LoRA's init needs only the shapes.
       const std::size_t n = ids_.size();
       const bool fp32_scratch = this->frozen_compute_ && o.method != Method::LoraDwu;
-      const std::size_t chunk = fp32_scratch ? std::size_t(ctx.comm.size()) : n;
+      const std::size_t chunk = detail::init_chunk(n, std::size_t(ctx.comm.size()), fp32_scratch);
       for (std::size_t c0 = 0; c0 < n; c0 += chunk) {
         const std::size_t c1 = std::min(n, c0 + chunk);
         std::vector<typename Bm::matrix_type> tmp;
@@ -374,13 +387,13 @@ class DwuMethod final : public TrainMethod<Dev> {
         }
         for (auto& p : part) sets_.push_back(std::move(p));
         ctx.bm.synchronize();  // the fp32 scratch is released only after its last use
+        if (ctx.progress) ctx.progress(c1, n);
       }
     }
     index_t scratch = 0;
     for (std::size_t i = 0; i < ids_.size(); ++i) {
       const auto [out, in] = this->shape(i);
       upd_.add_layer(ids_[i].hf_name(), this->frozen_compute_ ? V32{nullptr, out, in, in} : Wm_[i], sets_[i]);
-      const auto [out, in] = this->shape(i);
       scratch = std::max(scratch, r * (out + in));
     }
     upd_.finalize();
@@ -631,7 +644,7 @@ class AdapterMethod final : public TrainMethod<Dev> {
       // owner it would have in one call), W_res computed in fp32 and rounded once into the model's
       // bf16 copy; the fp32 scratch is freed before the next P layers.
       const std::size_t n = ids_.size();
-      const std::size_t chunk = this->frozen_compute_ ? std::size_t(ctx.comm.size()) : n;
+      const std::size_t chunk = detail::init_chunk(n, std::size_t(ctx.comm.size()), this->frozen_compute_);
       for (std::size_t c0 = 0; c0 < n; c0 += chunk) {
         const std::size_t c1 = std::min(n, c0 + chunk);
         std::vector<typename Bm::matrix_type> tmp;
@@ -662,6 +675,7 @@ class AdapterMethod final : public TrainMethod<Dev> {
           sets_.push_back(std::move(part[j]));
         }
         ctx.bm.synchronize();  // the fp32 scratch is released only after its last use
+        if (ctx.progress) ctx.progress(c1, n);
       }
     }
     index_t scratch = 0;
