@@ -468,7 +468,8 @@ TEST_CASE("bf16 W policies on the GPU: peak memory drops by 2 B per target param
 
 // Issue 13 item 4: --activation-checkpointing recomputes each decoder layer's forward (same kernels,
 // same inputs) just before its backward, so losses and the trained weights equal the stored-
-// activation run bit for bit: fp32 (cuBLAS attention), bf16 with flash attention, bf16 GEMM attention.
+// activation run bit for bit: stories260K in fp32 and bf16 (GEMM attention: head_dim 8), and the wide
+// 2-layer model in bf16 (head_dim 128: flash attention).
 // The memory: one layer's activation arena instead of L, measured on the wide 2-layer model at
 // micro-batch 8 × 512 (the saved arena is (L−1)·N·(2D + 2q + 2kv + 3H) bf16 elements).
 TEST_CASE("activation checkpointing: the same losses and weights bit for bit; one layer's activations") {
@@ -502,7 +503,10 @@ TEST_CASE("activation checkpointing: the same losses and weights bit for bit; on
     MESSAGE("memory part skipped: run the 'bf16 lora / pissa hold W only in bf16' test first (it writes the model)");
     return;
   }
+  // The wide model has head_dim 128: flash attention (stories260K's head_dim 8 runs the GEMM path).
   std::vector<std::int64_t> peaks;
+  std::vector<std::vector<double>> losses;
+  std::vector<ModelWeights> merged;
   for (const bool ckpt : {false, true}) {
     TrainOptions o = base_options("lora", ckpt ? "ckpt-mem-on" : "ckpt-mem-off");
     o.model = model_dir.string();
@@ -511,13 +515,18 @@ TEST_CASE("activation checkpointing: the same losses and weights bit for bit; on
     o.groups_per_process = 1;
     o.micro_batch = 8;
     o.max_len = 512;
-    o.max_steps = 1;
+    o.max_steps = 2;
     o.activation_checkpointing = ckpt;
     Run r(o);
     const auto sums = records(o.metrics, "summary");
     REQUIRE(sums.size() == 1);
     peaks.push_back(sums[0]["peak_device_bytes"].get<std::int64_t>());
+    losses.push_back(step_losses(o.metrics));
+    merged.push_back(r.merged());
+    MESSAGE("wide model, checkpointing ", ckpt, ": ", r.t->engine().info().description);
   }
+  CHECK(losses[0] == losses[1]);  // flash attention, bf16
+  CHECK(same_targets(merged[0], merged[1]));
   const ModelConfig c = load_checkpoint(model_dir).config;
   const std::int64_t N = 8 * 512;
   const std::int64_t arena = N * (2 * c.dim + 2 * c.q_dim() + 2 * c.kv_dim() + 3 * std::int64_t(c.hidden_dim)) * 2;
