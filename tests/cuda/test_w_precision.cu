@@ -180,7 +180,7 @@ StorageRun run_storage(Bk& b, Comm& comm, WPrecision policy, int steps) {
     for (std::size_t i = 0; i < B.size(); ++i) B[i] = small_int_over(400 + l, i, 4, 8.f);
     b.upload(A.data(), set.A.view());
     b.upload(B.data(), set.B.view());
-    dwu.add_layer("w" + std::to_string(l), MatrixView<float>{nullptr, o, in, in}, set);
+    dwu.add_layer(std::string("w").append(std::to_string(l)), MatrixView<float>{nullptr, o, in, in}, set);
     hw.push_back(w0_bits(l, o, in));
     hc.push_back(std::vector<std::uint16_t>(n, 0));
     if constexpr (dev) {

@@ -347,7 +347,7 @@ TEST_CASE("DirectWeightUpdate::set_w_storage: bf16 bits == the set_w_apply path 
         for (index_t i = 0; i < out; ++i)
           for (index_t j = 0; j < in; ++j) Wb.back().push_back(bf16_bits_rn(Wf.back().view()(i, j)));
         Cb.emplace_back(std::size_t(out * in), std::uint16_t(0));
-        dwu.add_layer("w" + std::to_string(l), storage ? MatrixView<float>{nullptr, out, in, in} : Wf.back().view(),
+        dwu.add_layer(std::string("w").append(std::to_string(l)), storage ? MatrixView<float>{nullptr, out, in, in} : Wf.back().view(),
                       sets.back());
         if (storage) {
           Bf16WStorage st;
