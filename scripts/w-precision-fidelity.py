@@ -13,10 +13,8 @@ The report, per model × lr × policy (hdpissa; fp32-master is the reference):
     rank, averaged over the layers) and
   - the policy's noise floor, measured: σ₁(W_policy − W_fp32) (the spectral norm of the policy's
     error matrix, from hdpissa-rank-analysis --init fp32 --final policy), and predicted for
-    stochastic rounding: T steps of independent zero-mean rounding errors of variance u²/6 (u the
-    bf16 spacing at |w|) give an iid error of std ū·√(T/6), whose spectral norm is about
-    ū·√(T/6)·(√out + √in); `rank>floor` counts the singular values of ΔW_policy above the
-    measured floor (directions that stand out of the policy's own noise).
+    stochastic rounding (sr_floor below); `rank>floor` counts the singular values of ΔW_policy above
+    the measured floor (directions that stand out of the policy's own noise).
 """
 import glob
 import json
@@ -135,14 +133,17 @@ def rank_summary(path):
             "sigma": {x["name"]: x["sigma"] for x in L}, "sigma_max": {x["name"]: (x["sigma"][0] if x["sigma"] else 0.0) for x in L}}
 
 
-def sr_floor(W, steps):
-    """Predicted σ₁ of T steps of SR noise on W: ū·√(T/6)·(√out + √in), ū = rms bf16 spacing at |w|."""
-    a = np.abs(W[W != 0]).astype(np.float64)
-    if a.size == 0:
-        return 0.0
-    u = np.exp2(np.floor(np.log2(a)) - 7)
-    ubar = math.sqrt(float(np.mean(u * u)))
-    return ubar * math.sqrt(steps / 6.0) * (math.sqrt(W.shape[0]) + math.sqrt(W.shape[1]))
+def sr_floor(W, dW_ref, steps):
+    """Predicted σ₁ of the stochastic-rounding noise in W after T steps. Step t rounds w + Δ_t to a
+    bf16 neighbour with an error of mean 0 and variance u·|Δ_t| − Δ_t² ≤ u²/4 (u: the bf16 spacing at
+    |w|), independently per element and step, so the accumulated error has variance Σ_t u·|Δ_t| ≈
+    u·|ΔW| when the per-step updates keep their sign and stay below u (capped at T·u²/4): an iid
+    matrix of rms s = √mean(min(u·|ΔW_fp32|, T·u²/4)) whose spectral norm is ≈ s·(√out + √in). A
+    lower estimate where the updates change sign (then Σ|Δ_t| > |ΔW|)."""
+    a = np.abs(W).astype(np.float64)
+    u = np.exp2(np.floor(np.log2(np.maximum(a, 1e-30))) - 7)
+    var = np.minimum(u * np.abs(dW_ref.astype(np.float64)), steps * u * u / 4.0)
+    return math.sqrt(float(np.mean(var))) * (math.sqrt(W.shape[0]) + math.sqrt(W.shape[1]))
 
 
 def fmt(x, p=3):
@@ -204,8 +205,8 @@ def cmd_report(work, out_md):
                     ab.append(sum(1 for s in sig if s > f))
                 floor_meas = float(np.mean(fm)) if fm else None
                 above = float(np.mean(ab)) if ab else None
-            if policy == "bf16-sr":
-                floor_pred = float(np.mean([sr_floor(W[n], steps) for n in names]))
+            if policy == "bf16-sr" and Wf:
+                floor_pred = float(np.mean([sr_floor(W[n], Wf[n] - W0[n], steps) for n in names]))
             lines.append("| " + " | ".join([
                 model, str(lr), policy, str(bpp), fmt(rel) if policy != "fp32-master" else "0 (reference)", tl, ev or "–",
                 fmt(dW), fmt(rk["entropy"], 1) if rk else "–", fmt(rk["stable"], 2) if rk else "–",
@@ -217,9 +218,11 @@ def cmd_report(work, out_md):
                  "target of ΔW_policy = W_final − W_0 (hdpissa-rank-analysis). `σ₁ floor measured`: mean over layers "
                  "of σ₁(W_policy − W_fp32), the spectral norm of everything the policy changed relative to fp32 "
                  "(rounding noise plus the drift it caused); `rank > floor`: mean number of singular values of "
-                 "ΔW_policy above that floor. `SR floor predicted`: ū·√(T/6)·(√out+√in), the spectral norm of T "
-                 "steps of independent stochastic-rounding errors (variance u²/6 per element and step, u the bf16 "
-                 "spacing at |w|).")
+                 "ΔW_policy above that floor. `SR floor predicted`: the spectral norm of T steps of independent "
+                 "stochastic-rounding errors: per element and step mean 0 and variance u·|Δ_t| − Δ_t² (u the bf16 "
+                 "spacing at |w|), ≈ u·|ΔW_fp32| accumulated when the steps keep their sign (a lower estimate "
+                 "otherwise), capped at T·u²/4, times (√out + √in). bf16-compensated: the stored W omits its "
+                 "compensation c (|c| ≤ half a bf16 spacing), which is part of its rel_err at small lr.")
     lines.append("")
     lines.append("Noise floor of hdpissa-rank-analysis. Its own `noise_floor` assumes the storage rounding of a "
                  "checkpoint written once (u·rms(W)·(√out+√in)/√3, u of the file's dtype: 2⁻²⁴ for the F32 files "
