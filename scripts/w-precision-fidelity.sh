@@ -22,6 +22,8 @@
 #   STEPS       stories260K steps (default 300 GPU, 20 CPU)        TL_STEPS TinyLlama steps (default 200)
 #   LRS         learning rates (default "2e-5 2e-4")               TL_LAYERS TinyLlama layers (default 2)
 #   MODELS      "stories tinyllama" on cuda, "stories" on cpu      POLICIES (default all three)
+#   TL_MODULES  TinyLlama's analysed targets (default q,k,o,down: one of each shape; the double-
+#               precision SVDs of 5632×2048 matrices dominate the host time), RANK_THREADS (nproc)
 set -uo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 DEVICE=${DEVICE:-cuda}
@@ -32,6 +34,8 @@ LRS=${LRS:-2e-5 2e-4}
 POLICIES=${POLICIES:-fp32-master bf16-compensated bf16-sr}
 TL_LAYERS=${TL_LAYERS:-2}
 TL_STEPS=${TL_STEPS:-200}
+TL_MODULES=${TL_MODULES:-q,k,o,down}
+RANK_THREADS=${RANK_THREADS:-$(nproc)}
 if [ "$DEVICE" = cpu ]; then
   STEPS=${STEPS:-20}; MODELS=${MODELS:-stories}; DTYPE=fp32
 else
@@ -69,11 +73,13 @@ for model in $MODELS; do
     args=(--model "$OUT/models/stories" --tokenizer "$OUT/models/stories/tokenizer.model" --groups-per-process 4 --rank 4
           --micro-batch 8 --max-len 256 --max-steps "$STEPS" --eval-every $(( STEPS / 4 > 0 ? STEPS / 4 : 1 )))
     steps=$STEPS
+    rank_args=(--threads "$RANK_THREADS")
   else
     args=(--model "$OUT/models/tinyllama" --tokenizer "$OUT/models/tinyllama/tokenizer.model" --groups-per-process 4
           --rank 16 --micro-batch 4 --max-len 256 --max-steps "$TL_STEPS" --svd randomized
           --eval-every $(( TL_STEPS / 4 > 0 ? TL_STEPS / 4 : 1 )))
     steps=$TL_STEPS
+    rank_args=(--threads "$RANK_THREADS" --modules "$TL_MODULES")
   fi
   for lr in $LRS; do
     runs_json=""
@@ -89,10 +95,10 @@ for model in $MODELS; do
         { rc=1; say "$tag failed:"; tail -5 "$OUT/logs/$tag.log"; }
       say "$tag: $(( $(date +%s) - t0 )) s; $(grep -E 'eval loss \(after' "$OUT/logs/$tag.log" | tail -1)"
       if [ -d "$o" ]; then
-        "$RANK" --init "$OUT/models/$model" --final "$o" --label "$tag" --json "$OUT/runs/$tag.rank.json" \
+        "$RANK" "${rank_args[@]}" --init "$OUT/models/$model" --final "$o" --label "$tag" --json "$OUT/runs/$tag.rank.json" \
           > "$OUT/logs/$tag.rank.log" 2>&1 || { rc=1; tail -3 "$OUT/logs/$tag.rank.log"; }
         if [ "$p" != fp32-master ] && [ -d "$OUT/runs/$model-lr$lr-fp32-master" ]; then
-          "$RANK" --init "$OUT/runs/$model-lr$lr-fp32-master" --final "$o" --label "$tag-err" \
+          "$RANK" "${rank_args[@]}" --init "$OUT/runs/$model-lr$lr-fp32-master" --final "$o" --label "$tag-err" \
             --json "$OUT/runs/$tag.err.json" > "$OUT/logs/$tag.err.log" 2>&1 || { rc=1; tail -3 "$OUT/logs/$tag.err.log"; }
         fi
       fi
