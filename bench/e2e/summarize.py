@@ -133,7 +133,7 @@ def ours_record(path, skip, side):
 
 def ours_sort_key(r):
     cfg = r.get("ours_config", "")
-    base = cfg.split("@")[0].split("_")[0]
+    base = cfg.split("+")[0].split("@")[0].split("_")[0]
     i = OURS_ORDER.index(base) if base in OURS_ORDER else len(OURS_ORDER)
     return (i, cfg, r["side"] != "ours")
 

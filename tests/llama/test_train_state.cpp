@@ -353,6 +353,60 @@ TEST_CASE("train state: bad outputs fail before the first step; a metrics write 
   }
 }
 
+// Issue 13 item 5: every input is checked before the first long phase (the checkpoint load, the
+// SVDs). The --model here is a directory whose model.safetensors is garbage: loading it would fail
+// with a checkpoint error, so an error naming the bad input proves it came first.
+TEST_CASE("train state: bad inputs fail before the checkpoint is loaded; start-up progress lines") {
+  if (!llama_test::have_data()) return;
+  const fs::path dir = llama_test::scratch("startup_inputs");
+  const fs::path bad_model = dir / "garbage-model";
+  fs::create_directories(bad_model);
+  fs::copy_file(llama_test::data_dir() / "stories260K-hf" / "config.json", bad_model / "config.json",
+                fs::copy_options::overwrite_existing);
+  std::ofstream(bad_model / "model.safetensors") << "not a safetensors file";
+  TrainOptions o = small_options();
+  o.model = bad_model.string();
+  SUBCASE("the garbage model itself fails at load (the premise)") {
+    CHECK_ERROR(Run r(o), "model.safetensors");
+  }
+  SUBCASE("a missing --eval-gsm8k") {
+    o.eval_gsm8k = (dir / "no-gsm8k.jsonl").string();
+    CHECK_ERROR(Run r(o), "--eval-gsm8k", "no-gsm8k.jsonl", "no such file");
+  }
+  SUBCASE("a malformed --eval-gsm8k, --eval-math, --eval-mbpp") {
+    std::ofstream(dir / "broken.jsonl") << "{\"question\": \"no answer field\"}\n";
+    o.eval_gsm8k = (dir / "broken.jsonl").string();
+    CHECK_ERROR(Run r(o), "broken.jsonl");
+    o.eval_gsm8k.clear();
+    o.eval_math = (dir / "broken.jsonl").string();
+    CHECK_ERROR(Run r(o), "broken.jsonl");
+    o.eval_math.clear();
+    o.eval_mbpp = (dir / "broken.jsonl").string();
+    CHECK_ERROR(Run r(o), "broken.jsonl");
+  }
+  SUBCASE("a bad tokenizer") {
+    o.tokenizer = (dir / "no-tokenizer.model").string();
+    CHECK_ERROR(Run r(o), "--tokenizer", "no-tokenizer.model", "no such file");
+    std::ofstream(dir / "bad-tokenizer.model") << "garbage";
+    o.tokenizer = (dir / "bad-tokenizer.model").string();
+    CHECK_ERROR(Run r(o), "bad-tokenizer.model");
+  }
+  SUBCASE("an --eval-records directory that cannot be written") {
+    o.eval_records = ::geteuid() == 0 ? "/sys/hdpissa-test-records" : "/proc/hdpissa-test-records";
+    CHECK_ERROR(Run r(o), "--eval-records", "cannot be written");
+  }
+  SUBCASE("progress lines: load (GB/s) and adapter init (layers done / total)") {
+    TrainOptions g = small_options();
+    g.quiet = false;
+    g.max_steps = 1;
+    Run r(g);
+    const std::string log = r.log.str();
+    CHECK(log.find("loaded ") != std::string::npos);
+    CHECK(log.find(" GB/s)") != std::string::npos);
+    CHECK(log.find("adapter init: 35/35 target layers") != std::string::npos);  // stories260K: 5 layers × 7
+  }
+}
+
 TEST_CASE("train state: the divergence guard keeps the last good state; --on-nonfinite") {
   if (!llama_test::have_data()) return;
   const fs::path dir = llama_test::scratch("state_guard");

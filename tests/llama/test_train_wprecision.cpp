@@ -236,5 +236,5 @@ TEST_CASE("w-precision: parsed, echoed, refused where it does not apply") {
   };
   refused("lora", "cpu", "--w-precision bf16-compensated");
   refused("full", "cpu", "full fine-tuning");
-  refused("hdpissa", "cuda", "not implemented yet");
+  refused("hdpissa", "cuda", "need --dtype bf16");  // GPU fp32 compute: W is the bf16 compute copy
 }

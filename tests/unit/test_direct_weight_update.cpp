@@ -315,3 +315,94 @@ TEST_CASE("DirectWeightUpdate::set_w_apply: Î” handed per layer and step; W += Î
     CHECK(worst < 1e-5);
   }
 }
+
+// DirectWeightUpdate::set_w_storage (raw bf16 bits, the GPU trainer's layout) on the CPU == the CPU
+// trainer's path (set_w_apply + the same rule on fp32 slots holding bf16 values), bit for bit, for
+// both bf16 policies; verify_replicas checksums the storage; a resumed SR stream (set_w_step) matches.
+TEST_CASE("DirectWeightUpdate::set_w_storage: bf16 bits == the set_w_apply path on fp32 slots, per policy") {
+  for (const WPrecision p : {WPrecision::Bf16Compensated, WPrecision::Bf16StochasticRounding}) {
+    CAPTURE(w_precision_name(p));
+    const int K = 2, steps = 4;
+    const index_t r = 2;
+    const std::vector<std::pair<index_t, index_t>> shapes{{12, 10}, {9, 14}};
+    auto run = [&](bool storage) {
+      EigenBackend<float> b;
+      SingleProcess one;
+      VirtualRanks<SingleProcess> comm(one, K);
+      DirectWeightUpdate<EigenBackend<float>, Adam, VirtualRanks<SingleProcess>> dwu(b, comm, Adam{});
+      std::vector<EigenBackend<float>::Matrix> Wf, Cf;
+      std::vector<std::vector<std::uint16_t>> Wb, Cb;
+      std::vector<AdapterSet<EigenBackend<float>>> sets;
+      std::uint64_t offset = 0;
+      for (std::size_t l = 0; l < shapes.size(); ++l) {
+        const auto [out, in] = shapes[l];
+        auto W = hdtest::matrix_with_spectrum(b, out, in, decaying<float>(std::min(out, in)), 700 + l);
+        sets.push_back(OrthogonalAdapterInit<ExactSvd>(K, r)(b, ConstMatrixView<float>(W.view()), "w"));
+        for (index_t i = 0; i < W.view().rows; ++i)
+          for (index_t j = 0; j < W.view().cols; ++j) W.view()(i, j) = round_bf16(W.view()(i, j));
+        Wf.push_back(std::move(W));
+        Cf.push_back(b.make_matrix(out, in));
+        b.fill(Cf.back().view(), 0.0f);
+        Wb.emplace_back();
+        for (index_t i = 0; i < out; ++i)
+          for (index_t j = 0; j < in; ++j) Wb.back().push_back(bf16_bits_rn(Wf.back().view()(i, j)));
+        Cb.emplace_back(std::size_t(out * in), std::uint16_t(0));
+        dwu.add_layer(std::string("w").append(std::to_string(l)), storage ? MatrixView<float>{nullptr, out, in, in} : Wf.back().view(),
+                      sets.back());
+        if (storage) {
+          Bf16WStorage st;
+          st.policy = p;
+          st.w = Wb.back().data();
+          st.ldw = in;
+          st.c = Cb.back().data();
+          st.ldc = in;
+          st.seed = 11;
+          st.offset = offset;
+          dwu.set_w_storage(l, st);
+        }
+        offset += std::uint64_t(out * in);
+      }
+      long step = 5;  // as if resumed at step 5
+      dwu.set_w_step(std::uint64_t(step));
+      if (!storage)
+        dwu.set_w_apply([&](std::size_t l, ConstMatrixView<float> D) {
+          const auto W = Wf[l].view(), C = Cf[l].view();
+          std::uint64_t off = 0;
+          for (std::size_t m = 0; m < l; ++m) off += std::uint64_t(shapes[m].first * shapes[m].second);
+          for (index_t i = 0; i < W.rows; ++i)
+            for (index_t j = 0; j < W.cols; ++j) {
+              if (p == WPrecision::Bf16Compensated) Bf16Compensated{}(W(i, j), C(i, j), D(i, j));
+              else Bf16StochasticRounding{11, std::uint64_t(step)}(W(i, j), D(i, j), off + std::uint64_t(i * W.cols + j));
+            }
+        });
+      for (int s = 0; s < steps; ++s) {
+        for (std::size_t l = 0; l < shapes.size(); ++l)
+          for (int g = 0; g < K; ++g) {
+            fill_gaussian(b, dwu.grad_A(l, g), 900 + 10 * s + 3 * l + g);
+            fill_gaussian(b, dwu.grad_B(l, g), 950 + 10 * s + 3 * l + g);
+          }
+        dwu.step(1e-2);
+        ++step;
+      }
+      if (storage) dwu.verify_replicas();
+      std::vector<std::uint16_t> out;  // W bits, then c bits, of every layer
+      for (std::size_t l = 0; l < shapes.size(); ++l) {
+        if (storage) {
+          out.insert(out.end(), Wb[l].begin(), Wb[l].end());
+          if (p == WPrecision::Bf16Compensated) out.insert(out.end(), Cb[l].begin(), Cb[l].end());
+        } else {
+          const auto W = Wf[l].view(), C = Cf[l].view();
+          for (index_t i = 0; i < W.rows; ++i)
+            for (index_t j = 0; j < W.cols; ++j) out.push_back(bf16_bits_rn(W(i, j)));
+          if (p == WPrecision::Bf16Compensated)
+            for (index_t i = 0; i < C.rows; ++i)
+              for (index_t j = 0; j < C.cols; ++j) out.push_back(bf16_bits_rn(C(i, j)));
+        }
+      }
+      return out;
+    };
+    const auto a = run(true), b = run(false);
+    CHECK(a.size() == b.size());
+    CHECK(a == b);
+  }
+}

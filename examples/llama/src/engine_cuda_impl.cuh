@@ -66,12 +66,14 @@ class CudaEngine final : public MethodEngine<gpu::CudaDevice<T>> {
         b32_(stream_.get(), hdpissa::CudaBackendOptions{}),
         bt_(make_bt()),
         comm_(make_collectives(g, device_, stream_.get()), g.local_groups),
-        model_(host, o.micro_batch, o.max_len, stream_.get(), 1024, attention_of(o.attention)) {
+        model_(host, o.micro_batch, o.max_len, stream_.get(), 1024, attention_of(o.attention),
+               o.activation_checkpointing) {
     if (comm_.groups() != g.groups || comm_.first_group() != g.first_group || comm_.size() != g.processes)
       throw LlamaError(cat("CUDA engine: expected K = ", g.groups, " groups over ", g.processes,
                            " process(es) (first group ", g.first_group, "), the device communicator has ",
                            comm_.groups(), " over ", comm_.size(), " (first group ", comm_.first_group(), ")"));
-    const MethodContext<Dev, DevComm> ctx{b32_, bt(), comm_, host, [this](LinearId id) { return model_.linear(id); }};
+    const MethodContext<Dev, DevComm> ctx{b32_, bt(), comm_, host, [this](LinearId id) { return model_.linear(id); },
+                                          g.init_progress};
     method_ = make_method(o, ctx, resume);
     b32_.synchronize();
     sample_memory();
@@ -79,8 +81,11 @@ class CudaEngine final : public MethodEngine<gpu::CudaDevice<T>> {
     HDPISSA_CUDA_CHECK(cudaGetDeviceProperties(&p, device_));
     name_ = cat("cuda:", device_, " (", p.name, ")");
     notes_ = cat(std::is_same_v<T, float> ? "; fp32 compute (exact, no TF32)"
-                                          : "; bf16 compute copies, fp32 masters / gradients / Adam",
+                 : o.w_precision == hdpissa::WPrecision::Fp32Master
+                     ? "; bf16 compute copies, fp32 masters / gradients / Adam"
+                     : cat("; bf16 W (", hdpissa::w_precision_name(o.w_precision), ", no fp32 W), fp32 gradients / Adam"),
                  model_.flash_attention() ? "; flash attention" : "; attention through cuBLAS (scores materialised)",
+                 model_.activation_checkpointing() ? "; activation checkpointing (per decoder layer)" : "",
                  "; device collectives: ", comm_.inner().describe());
   }
 

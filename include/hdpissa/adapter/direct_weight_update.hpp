@@ -29,9 +29,11 @@
 
 #include <algorithm>
 #include <concepts>
+#include <cstdint>
 #include <functional>
 #include <utility>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "hdpissa/adapter/adapter_set.hpp"
@@ -39,6 +41,7 @@
 #include "hdpissa/adapter/update_common.hpp"
 #include "hdpissa/core/concepts.hpp"
 #include "hdpissa/core/dwu_kernels.hpp"
+#include "hdpissa/core/w_precision.hpp"
 #include "hdpissa/optim/adam.hpp"
 
 namespace hdpissa {
@@ -87,6 +90,8 @@ class DirectWeightUpdate {
     std::vector<typename B::matrix_type> gA, gB;  // per local group: (r, in), (out, r)
     std::vector<opt_state> stA, stB;               // per local group
     std::size_t offset = 0;          // of this layer's (dA, dB) inside one group's packed chunk
+    bool bf16_w = false;             // W lives in `wst` (set_w_storage), not in the view W
+    Bf16WStorage wst{};
   };
 
   DirectWeightUpdate(B& b, C& comm, Opt opt = {}, UpdateOptions options = {})
@@ -112,6 +117,30 @@ class DirectWeightUpdate {
   /// place (fused where the backend offers it), as before.
   using WApply = std::function<void(std::size_t layer, ConstMatrixView<S> delta)>;
   void set_w_apply(WApply apply) { w_apply_ = std::move(apply); }
+
+  /// A bf16 W-precision storage for `layer` (Bf16Compensated or Bf16StochasticRounding; raw bf16
+  /// bits in the backend's memory, core/w_precision.hpp): step() then folds the layer's update into
+  /// it by the policy's rule instead of writing the fp32 view given to add_layer (which may then be
+  /// a view with no data: only its shape is used). With the fused kernels (CudaBackend<float>,
+  /// sm_90a) the rule runs in the update GEMM's epilogue, one pass over W; otherwise the GEMM writes
+  /// a dense Δ scratch and one elementwise pass applies the rule. verify_replicas() checksums the
+  /// storage. `s.cols` is set here; SR's `s.step` comes from w_step() at each step.
+  void set_w_storage(std::size_t layer, Bf16WStorage s) {
+    static_assert(std::is_same_v<S, float>, "set_w_storage: the update's Δ must be fp32 (an fp32 master backend)");
+    auto& l = layers_.at(layer);
+    HDPISSA_REQUIRE(s.policy != WPrecision::Fp32Master, "set_w_storage('", l.name,
+                    "'): Fp32Master keeps W in the fp32 view given to add_layer; expected a bf16 policy");
+    HDPISSA_REQUIRE(s.w != nullptr && s.ldw >= l.in, "set_w_storage('", l.name, "'): no W storage or ld < ", l.in);
+    HDPISSA_REQUIRE(s.policy != WPrecision::Bf16Compensated || (s.c != nullptr && s.ldc >= l.in), "set_w_storage('",
+                    l.name, "'): Bf16Compensated needs a compensation buffer of ", shape_str(l.out, l.in));
+    s.cols = l.in;
+    l.wst = s;
+    l.bf16_w = true;
+  }
+  /// The step number the stochastic rounding of the next step() uses (its counter-based hash
+  /// input); advanced by every applied step. Set it when resuming so the stream continues.
+  std::uint64_t w_step() const { return w_step_; }
+  void set_w_step(std::uint64_t step) { w_step_ = step; }
   const Opt& optimizer() const { return opt_; }
   static constexpr const char* aggregation() { return Aggregation::name(); }
 
@@ -243,14 +272,32 @@ class DirectWeightUpdate {
     // 4. One GEMM per layer: W ← W − f · [dB | B] [A − dA; dA].
     const S f = S(Aggregation::factor(groups()));
     const index_t K = groups();
-    if (w_apply_ && delta_.rows() == 0) {
+    auto need_delta = [&] {
+      if (delta_.rows() != 0) return;
       index_t most = 0;
       for (const auto& l : layers_) most = std::max(most, l.out * l.in);
       delta_ = b_->make_matrix(1, most);
-    }
+    };
+    if (w_apply_) need_delta();
     for (std::size_t li = 0; li < layers_.size(); ++li) {
       auto& l = layers_[li];
       const DwuPackedDeltas<const S> recv = received(l);
+      if (l.bf16_w) {  // a bf16 W-precision storage: the rule folds Δ in (fused where offered)
+        Bf16WStorage st = l.wst;
+        st.step = w_step_;
+        if constexpr (requires { kernels_.apply_fused_w(CV(l.A.view()), recv, -f, l.L.view(), st); })
+          if (kernels_.apply_fused_w(CV(l.A.view()), recv, -f, l.L.view(), st)) continue;
+        need_delta();
+        V R{R_.view().data, 2 * K * r, l.in, l.in};
+        const V Ldb = l.L.view().col_block(0, K * r);
+        bool packed = false;
+        if constexpr (kFusedUnpack) packed = kernels_.unpack_fused(CV(l.A.view()), recv, R, Ldb);
+        if (!packed) kernels_.unpack(CV(l.A.view()), recv, R, Ldb);
+        const V D{delta_.view().data, l.out, l.in, l.in};
+        b_->gemm(Op::N, Op::N, -f, CV(l.L.view()), CV(R), S(0), D);
+        kernels_.apply_w_storage(CV(D), st);
+        continue;
+      }
       if constexpr (kFusedApply)
         if (!w_apply_ && kernels_.apply_fused(CV(l.A.view()), recv, -f, l.L.view(), l.W)) continue;
       V R{R_.view().data, 2 * K * r, l.in, l.in};
@@ -267,6 +314,7 @@ class DirectWeightUpdate {
       b_->gemm(Op::N, Op::N, -f, CV(l.L.view()), CV(R), S(1), l.W);
     }
     ++steps_;
+    ++w_step_;
     return StepReport{false, steps_, {}};
   }
 
@@ -278,7 +326,8 @@ class DirectWeightUpdate {
     auto buf = b_->make_matrix(1, index_t(2 * n));
     std::vector<S> mine(2 * n);
     for (std::size_t i = 0; i < n; ++i) {
-      const double c = b_->checksum(CV(layers_[i].W));
+      const auto& l = layers_[i];
+      const double c = l.bf16_w ? kernels_.checksum_w_storage(l.wst, l.out, l.in) : b_->checksum(CV(l.W));
       mine[2 * i] = S(c);
       mine[2 * i + 1] = S(c - double(S(c)));
     }
@@ -369,6 +418,7 @@ class DirectWeightUpdate {
   std::vector<CV> finite_views_;  // every local gradient, for the batched non-finite check
   std::vector<const S*> batch_moments_;  // m, v of every tensor in the table (to notice replaced states)
   long steps_ = 0;
+  std::uint64_t w_step_ = 0;  // the stochastic rounding's step (applied steps; set_w_step on resume)
 };
 
 }  // namespace hdpissa

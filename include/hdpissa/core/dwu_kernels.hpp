@@ -13,11 +13,14 @@
 
 #include <concepts>
 #include <cstddef>
+#include <type_traits>
 #include <vector>
 
 #include "hdpissa/core/concepts.hpp"
+#include "hdpissa/core/error.hpp"
 #include "hdpissa/core/update_args.hpp"
 #include "hdpissa/core/view.hpp"
+#include "hdpissa/core/w_precision.hpp"
 
 namespace hdpissa {
 
@@ -73,6 +76,34 @@ class DwuGenericKernels {
       b_->axpy(S(-1), d.dA(j), R.row_block(j * r, r));
       b_->copy(d.dA(j), R.row_block((K + j) * r, r));
       b_->copy(d.dB(j), Ldb.col_block(j * r, r));
+    }
+  }
+
+  /// Folds a layer's dense update D (rows, cols) into its bf16 storage `w` by the policy's rule,
+  /// element by element (the unfused path; host memory here, the CUDA specialisation overrides).
+  void apply_w_storage(CV D, const Bf16WStorage& w) {
+    if constexpr (std::is_same_v<typename B::memory_space, host_memory>) {
+      for (index_t i = 0; i < D.rows; ++i)
+        for (index_t j = 0; j < D.cols; ++j) w.apply(i, j, float(D.data[i * D.ld + j]));
+    } else {
+      (void)D, (void)w;
+      throw InvalidArgument("DwuKernels: this backend has no kernel for a bf16 W storage");
+    }
+  }
+  /// EigenBackend's order-sensitive checksum Σ x_ij·(1 + ((i·cols + j) mod 1021)/1021) of the
+  /// storage's W values (rows, cols), in double (verify_replicas).
+  double checksum_w_storage(const Bf16WStorage& w, index_t rows, index_t cols) {
+    if constexpr (std::is_same_v<typename B::memory_space, host_memory>) {
+      double s = 0;
+      for (index_t i = 0; i < rows; ++i)
+        for (index_t j = 0; j < cols; ++j) {
+          const index_t idx = i * cols + j;
+          s += double(bf16_bits_to_float(w.w[i * w.ldw + j])) * (1.0 + double(idx % 1021) / 1021.0);
+        }
+      return s;
+    } else {
+      (void)w, (void)rows, (void)cols;
+      throw InvalidArgument("DwuKernels: this backend has no kernel for a bf16 W storage");
     }
   }
 

@@ -137,6 +137,30 @@ struct Bf16StochasticRounding {
   }
 };
 
+/// One layer's W held under a bf16 policy as raw bf16 bits (in the backend's memory: host for
+/// EigenBackend, device for CudaBackend), for DirectWeightUpdate::set_w_storage: the update folds
+/// each element's fp32 Δ into it by the policy's rule (fused into the GEMM's epilogue on the GPU).
+///   w (rows, cols), row-major with leading dimension ldw;
+///   c the Kahan compensation (Bf16Compensated only; same shape, leading dimension ldc);
+///   seed / offset: the SR stream and this layer's first element index in it (element (i, j) is
+///   offset + i·cols + j), step: the optimizer step being applied (set per step by the update).
+struct Bf16WStorage {
+  WPrecision policy = WPrecision::Bf16StochasticRounding;
+  std::uint16_t* w = nullptr;
+  std::int64_t ldw = 0;
+  std::uint16_t* c = nullptr;
+  std::int64_t ldc = 0;
+  std::int64_t cols = 0;
+  std::uint64_t seed = 0, step = 0, offset = 0;
+  /// Folds `delta` into element (i, j) by the policy's rule (the same function as everywhere).
+  HDPISSA_HOST_DEVICE void apply(std::int64_t i, std::int64_t j, float delta) const {
+    if (policy == WPrecision::Bf16Compensated)
+      Bf16Compensated{}(w[i * ldw + j], c[i * ldc + j], delta);
+    else
+      Bf16StochasticRounding{seed, step}(w[i * ldw + j], delta, offset + std::uint64_t(i * cols + j));
+  }
+};
+
 /// Parses "fp32-master" | "bf16-compensated" | "bf16-sr"; false if `s` is none of them.
 inline bool parse_w_precision(std::string_view s, WPrecision& out) {
   if (s == Fp32Master::name()) out = WPrecision::Fp32Master;

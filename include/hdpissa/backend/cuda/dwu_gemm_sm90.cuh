@@ -28,10 +28,12 @@
 #include <algorithm>
 #include <cstdint>
 #include <mutex>
+#include <type_traits>
 #include <vector>
 
 #include "hdpissa/backend/cuda/cuda_check.hpp"
 #include "hdpissa/core/view.hpp"
+#include "hdpissa/core/w_precision.hpp"
 
 namespace hdpissa::cuda_kernels::sm90 {
 
@@ -154,10 +156,19 @@ struct DwuGemmConfig {
   static_assert(Stages >= 2, "at least two cp.async stages");
 };
 
-template <class Cfg>
+/// The kernel's default epilogue: C += alpha · acc (one fmaf per element, C read and written as fp32).
+struct AddToC {};
+/// The W-precision epilogue: W (bf16 bits) folds Δ = alpha · acc of each element by the storage's
+/// policy rule (core/w_precision.hpp), in the same pass: no dense Δ, no fp32 W (C is unused).
+struct Bf16WEpilogue {
+  Bf16WStorage w;
+};
+
+template <class Cfg, class Epi = AddToC>
 __global__ void __launch_bounds__(Cfg::kThreads)
     dwu_gemm_tf32_kernel(float* __restrict__ C, int ldc, const float* __restrict__ P, int ldp,
-                         const float* __restrict__ Q, int ldq, int M, int N, int Kd, float alpha, int prefetch_c) {
+                         const float* __restrict__ Q, int ldq, int M, int N, int Kd, float alpha, int prefetch_c,
+                         Epi epi = {}) {
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
   constexpr int BM = Cfg::kBM, BN = Cfg::kBN, BK = Cfg::kBK, S = Cfg::kStages, T = Cfg::kThreads;
   constexpr int kRegs = Wgmma<BN>::kRegs;
@@ -259,6 +270,22 @@ __global__ void __launch_bounds__(Cfg::kThreads)
   // 4j + {2,3} the same columns of the lower row.
   const int t = tid % 128, warp = t / 32, lane = t % 32;
   const int row0 = m0 + wg * 64 + warp * 16 + lane / 4;
+  if constexpr (std::is_same_v<Epi, Bf16WEpilogue>) {
+    // Each element once: Δ = alpha · acc (the generic path's GEMM with β = 0 gives the same product),
+    // then the policy's rule on the bf16 W element (and its compensation).
+#pragma unroll
+    for (int j = 0; j < BN / 8; ++j)
+#pragma unroll
+      for (int h = 0; h < 2; ++h)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const int row = row0 + 8 * h, col = n0 + 8 * j + 2 * (lane % 4) + e;
+          if (row < M && col < N) epi.w.apply(row, col, __fmul_rn(alpha, acc[4 * j + 2 * h + e]));  // no FMA contraction: Δ is rounded first
+        }
+    (void)C; (void)ldc;
+    return;
+  } else {
+  (void)epi;
   constexpr int kGroup = 8;  // column blocks per batch of loads (16 float2 loads in flight)
 #pragma unroll
   for (int jb = 0; jb < BN / 8; jb += kGroup) {
@@ -289,8 +316,9 @@ __global__ void __launch_bounds__(Cfg::kThreads)
         }
       }
   }
+  }
 #else
-  (void)C; (void)ldc; (void)P; (void)ldp; (void)Q; (void)ldq; (void)M; (void)N; (void)Kd; (void)alpha; (void)prefetch_c;
+  (void)C; (void)ldc; (void)P; (void)ldp; (void)Q; (void)ldq; (void)M; (void)N; (void)Kd; (void)alpha; (void)prefetch_c; (void)epi;
 #endif
 }
 
@@ -347,6 +375,21 @@ inline void launch_dwu_gemm_tf32(cudaStream_t stream, float* C, int ldc, const f
   dwu_gemm_tf32_kernel<Cfg><<<grid, Cfg::kThreads, Cfg::kSmemBytes, stream>>>(C, ldc, P, ldp, Q, ldq, M, N, Kd, alpha,
                                                                               prefetch_c ? 1 : 0);
   HDPISSA_CUDA_CHECK_LAUNCH("dwu_gemm_tf32_kernel");
+}
+
+/// Launches W ⊕= alpha · P · Qᵀ into a bf16 W storage (Bf16WEpilogue) with configuration Cfg on
+/// `stream`: M = W's rows, N = its columns. The caller checked dwu_gemm_sm90_supported() and the
+/// operands' layout (dwu_gemm_sm90_layout_ok with P and Q).
+template <class Cfg>
+inline void launch_dwu_gemm_tf32_bf16w(cudaStream_t stream, const Bf16WStorage& w, const float* P, int ldp, const float* Q,
+                                       int ldq, int M, int N, int Kd, float alpha) {
+  if (M <= 0 || N <= 0) return;
+  HDPISSA_CUDA_CHECK(cudaFuncSetAttribute(dwu_gemm_tf32_kernel<Cfg, Bf16WEpilogue>,
+                                          cudaFuncAttributeMaxDynamicSharedMemorySize, Cfg::kSmemBytes));
+  const dim3 grid(unsigned((N + Cfg::kBN - 1) / Cfg::kBN), unsigned((M + Cfg::kBM - 1) / Cfg::kBM));
+  dwu_gemm_tf32_kernel<Cfg, Bf16WEpilogue><<<grid, Cfg::kThreads, Cfg::kSmemBytes, stream>>>(
+      nullptr, 0, P, ldp, Q, ldq, M, N, Kd, alpha, 0, Bf16WEpilogue{w});
+  HDPISSA_CUDA_CHECK_LAUNCH("dwu_gemm_tf32_kernel<Bf16WEpilogue>");
 }
 
 }  // namespace hdpissa::cuda_kernels::sm90

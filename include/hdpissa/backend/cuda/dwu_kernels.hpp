@@ -191,6 +191,26 @@ inline void launch_non_finite_batch(cudaStream_t s, const ViewDesc* views, int c
   }
 }
 
+// ---------------------------------------------------------------- bf16 W storage (W-precision policies)
+
+/// The unfused policy apply: every element of the dense update D (rows, cols) folded into the bf16
+/// storage by its rule (the same function as the CPU loop and the fused epilogue).
+template <int = 0>
+__global__ void apply_w_storage_kernel(const float* __restrict__ D, index_t ldd, index_t rows, index_t cols,
+                                       Bf16WStorage w) {
+  const index_t n = rows * cols;
+  for (index_t idx = index_t(blockIdx.x) * blockDim.x + threadIdx.x; idx < n; idx += index_t(gridDim.x) * blockDim.x) {
+    const index_t i = idx / cols, j = idx - i * cols;
+    w.apply(i, j, D[i * ldd + j]);
+  }
+}
+inline void launch_apply_w_storage(cudaStream_t s, const float* D, index_t ldd, index_t rows, index_t cols,
+                                   const Bf16WStorage& w) {
+  if (rows * cols == 0) return;
+  apply_w_storage_kernel<><<<grid_for(rows * cols), kThreads, 0, s>>>(D, ldd, rows, cols, w);
+  HDPISSA_CUDA_CHECK_LAUNCH("apply_w_storage_kernel");
+}
+
 }  // namespace cuda_kernels
 
 /// The fused Direct Weight Update kernels of CudaBackend<S> (see the file comment). Scratch
@@ -339,7 +359,69 @@ class DwuKernels<CudaBackend<S>> : public DwuGenericKernels<CudaBackend<S>> {
     }
   }
 
+  /// apply_fused into a bf16 W storage (a W-precision policy, core/w_precision.hpp): the same
+  /// packing and sm_90a 3xTF32 GEMM, whose epilogue folds each Δ = alpha · (L R)_ij into the bf16 W
+  /// (and its compensation) by the policy's rule: one pass over W, no dense Δ, no fp32 W. Returns
+  /// false (nothing done) where apply_fused would; the update then runs the generic GEMM into a Δ
+  /// scratch and apply_w_storage.
+  bool apply_fused_w(CV A, DwuPackedDeltas<const S> d, S alpha, V L, const Bf16WStorage& w) {
+    if constexpr (!std::is_same_v<S, float>) {
+      return false;
+    } else {
+      auto& b = this->backend();
+      if (!b.fused_update() || b.dwu_gemm() == DwuGemm::Cublas || b.tf32()) return false;
+      if (!cuda_kernels::sm90::dwu_gemm_sm90_supported(b.device())) {
+        if (b.dwu_gemm() == DwuGemm::Tf32x3)
+          throw InvalidArgument(cat("DwuGemm::Tf32x3: device ", b.device(), " cannot run the sm_90a kernel (expected a ",
+                                    "compute capability 9.0 GPU and a binary built for 90a, e.g. CMAKE_CUDA_ARCHITECTURES=90a)"));
+        return false;
+      }
+      const index_t K = d.groups, r = d.rank;
+      const index_t kr = K * r, kd = 2 * kr, in = A.cols, out = L.rows;
+      require_shape(A, kr, in, "dwu apply A");
+      require_shape(L, out, kd, "dwu apply L");
+      constexpr index_t kMax = index_t(1) << 30;
+      if (out == 0 || in == 0 || kr == 0) return false;
+      if (out >= kMax || in >= kMax || kd >= kMax) return false;
+      const int ldl = cuda_detail::ld_of(L);
+      if (!cuda_kernels::sm90::dwu_gemm_sm90_layout_ok(L.data, ldl, L.data, ldl, L.data, int(kd), int(kd))) return false;
+      float* rt = rt_.reserve(std::size_t(in * kd));
+      const index_t chunk = index_t(d.chunk);
+      cuda_kernels::launch_dwu_copy_db(b.stream(), d.data, chunk, int(kr), int(r), int(in), int(out), L.data, ldl);
+      cuda_kernels::launch_dwu_pack_rt(b.stream(), A.data, cuda_detail::ld_of(A), d.data, chunk, int(kr), int(r),
+                                       int(in), rt);
+      cuda_kernels::sm90::launch_dwu_gemm_tf32_bf16w<cuda_kernels::DwuGemm3xTf32Config>(
+          b.stream(), w, L.data, ldl, rt, int(kd), int(out), int(in), int(kd), alpha);
+      return true;
+    }
+  }
+  /// The unfused policy apply: the dense update D (out, in), fp32, folded into the bf16 storage.
+  void apply_w_storage(CV D, const Bf16WStorage& w) {
+    if constexpr (!std::is_same_v<S, float>) {
+      (void)D, (void)w;
+      throw InvalidArgument("DwuKernels<CudaBackend>: a bf16 W storage needs the fp32 master backend");
+    } else {
+      cuda_kernels::launch_apply_w_storage(this->backend().stream(), D.data, index_t(cuda_detail::ld_of(D)), D.rows,
+                                           D.cols, w);
+    }
+  }
+  /// The order-sensitive checksum of the storage's W (rows, cols) (CudaBackend::checksum's formula
+  /// over the bf16 values; verify_replicas). Waits.
+  double checksum_w_storage(const Bf16WStorage& w, index_t rows, index_t cols) {
+    auto& b = this->backend();
+    if (!sum_.get()) sum_.reserve(cuda_kernels::kReduceBlocks + 1), host_sum_ = PinnedBuffer<double>(1);
+    const ConstMatrixView<__nv_bfloat16> x{reinterpret_cast<const __nv_bfloat16*>(w.w), rows, cols, index_t(w.ldw)};
+    cuda_kernels::launch_reduce<cuda_kernels::ReduceKind::Checksum>(b.stream(), x, sum_.get(),
+                                                                     sum_.get() + cuda_kernels::kReduceBlocks);
+    HDPISSA_CUDA_CHECK(cudaMemcpyAsync(host_sum_.get(), sum_.get() + cuda_kernels::kReduceBlocks, sizeof(double),
+                                       cudaMemcpyDeviceToHost, b.stream()));
+    b.synchronize();
+    return *host_sum_.get();
+  }
+
  private:
+  DeviceBuffer<double> sum_;   // checksum_w_storage's partial sums (first use)
+  PinnedBuffer<double> host_sum_;
   DeviceBuffer<int> flag_;
   PinnedBuffer<int> host_flag_;
   DeviceBuffer<cuda_kernels::ViewDesc> desc_;

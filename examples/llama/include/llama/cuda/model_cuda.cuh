@@ -82,8 +82,13 @@ class CudaLlama {
   /// 0 = the legacy default stream); the model creates its own cuBLAS handle bound to it.
   /// `loss_chunk_rows`: rows of full-vocabulary fp32 logits alive at once.
   /// `attention`: Flash throws (naming what it needs) where unsupported; Auto falls back to Gemm.
+  /// `activation_checkpointing`: keep only each decoder layer's residual-stream input and mid-layer
+  /// residual (fp32) and ONE layer's saved activations; backward recomputes layer l's forward (its
+  /// norms, q/k/v/o/gate/up through the hooks, attention, SwiGLU) just before its backward. The
+  /// recompute runs the same kernels on the same inputs, so the gradients are bit-identical to the
+  /// stored-activation path; it costs one more forward of every layer but the last.
   CudaLlama(const ModelWeights& host, int max_batch, int max_seq, cudaStream_t stream, int loss_chunk_rows = 1024,
-            Attention attention = Attention::Auto);
+            Attention attention = Attention::Auto, bool activation_checkpointing = false);
   CudaLlama(const CudaLlama&) = delete;
   CudaLlama& operator=(const CudaLlama&) = delete;
 
@@ -91,6 +96,8 @@ class CudaLlama {
   const ModelConfig& config() const { return cfg_; }
   /// True when the fused flash kernels run the attention, false for the materialised (Gemm) path.
   bool flash_attention() const { return flash_; }
+  /// Whether backward recomputes each layer's activations (the constructor's argument).
+  bool activation_checkpointing() const { return ckpt_; }
   /// Whether Attention::Flash can run this configuration (bf16 and head_dim 64 or 128).
   static bool flash_supported(const ModelConfig& c) {
     return std::is_same_v<T, __nv_bfloat16> && flash::supported_head_dim(c.head_dim);
@@ -164,8 +171,13 @@ class CudaLlama {
   /// Returns the number of target rows.
   std::int64_t stage_batch(const Batch& b);
   void prepare_hooks(CudaHooks<T>& hooks);
-  /// Embedding → final norm (xnf_), saving every layer's activations.
+  /// Embedding → final norm (xnf_), saving every layer's activations (with checkpointing: the
+  /// residuals of every layer, the activations of the last one).
   void forward_layers(CudaHooks<T>& hooks);
+  /// Layer l from its residual input res(2l) (in place when `add` is null: res(2l) + add otherwise)
+  /// to its activations in layers_[l] and res(2l + 1); with `down`, also the down projection into
+  /// tmp_ (the next layer's residual add). The forward pass and the checkpointing recompute share it.
+  void layer_forward(CudaHooks<T>& hooks, int l, const float* prev, const T* add, bool down);
   /// Loss over the staged targets; with `backward`, d xn_final (dxnf_) for loss_scale·mean.
   void loss_chunks(std::int64_t n_targets, bool backward, float loss_scale);
   /// Final norm → layer 0 through hooks.backward.
@@ -209,6 +221,7 @@ class CudaLlama {
   Buf dqh_, dkh_, dvh_, p_, ds_;          // Gemm attention
   FBuf fdq_, fdk_, fdv_;                   // Flash attention: per-query-head dQ, dK, dV (fp32)
   bool flash_ = false;
+  bool ckpt_ = false;                      // activation checkpointing: one LayerActs arena for every layer
   FBuf dx_, dr_, s_, dp_, dxnf_;
   Buf xc_, dlogits_;
   FBuf logits_, dxchunk_, row_loss_;
@@ -272,9 +285,9 @@ std::pair<index_t, index_t> CudaLlama<T>::lin_shape(Module m) const {
 
 template <class T>
 CudaLlama<T>::CudaLlama(const ModelWeights& host, int max_batch, int max_seq, cudaStream_t stream, int loss_chunk_rows,
-                        Attention attention)
+                        Attention attention, bool activation_checkpointing)
     : cfg_(host.config), max_batch_(max_batch), max_seq_(max_seq), chunk_(loss_chunk_rows), stream_(stream),
-      cublas_(stream) {
+      cublas_(stream), ckpt_(activation_checkpointing) {
   const ModelConfig& c = cfg_;
   c.validate();
   if (max_batch < 1 || max_seq < 1 || loss_chunk_rows < 1)
@@ -380,11 +393,13 @@ CudaLlama<T>::CudaLlama(const ModelWeights& host, int max_batch, int max_seq, cu
   res_.reserve(static_cast<std::size_t>(2 * L + 1) * N * D);
   const std::size_t per_layer_t = static_cast<std::size_t>(N) * (2 * D + 2 * qd + 2 * kvd + 3 * static_cast<std::int64_t>(H));
   const std::size_t per_layer_f = static_cast<std::size_t>(N) * (c.n_heads + 2);
-  act_t_.reserve(per_layer_t * L);
-  act_f_.reserve(per_layer_f * L);
+  const int arenas = ckpt_ ? 1 : L;  // checkpointing: every layer's activations share one arena
+  act_t_.reserve(per_layer_t * arenas);
+  act_f_.reserve(per_layer_f * arenas);
   layers_.resize(L);
   for (int l = 0; l < L; ++l) {
-    T* p = act_t_.get() + per_layer_t * l;
+    const int slot = ckpt_ ? 0 : l;
+    T* p = act_t_.get() + per_layer_t * slot;
     auto take = [&p](std::int64_t n) { T* r = p; p += n; return r; };
     LayerActs& a = layers_[l];
     a.xn1 = take(N * D);
@@ -396,7 +411,7 @@ CudaLlama<T>::CudaLlama(const ModelWeights& host, int max_batch, int max_seq, cu
     a.gate = take(N * H);
     a.up = take(N * H);
     a.act = take(N * H);
-    float* f = act_f_.get() + per_layer_f * l;
+    float* f = act_f_.get() + per_layer_f * slot;
     a.lse = f;
     a.rstd1 = f + N * c.n_heads;
     a.rstd2 = a.rstd1 + N;
@@ -525,8 +540,22 @@ void CudaLlama<T>::prepare_hooks(CudaHooks<T>& hooks) {
 template <class T>
 void CudaLlama<T>::forward_layers(CudaHooks<T>& hooks) {
   const ModelConfig& c = cfg_;
+  const int D = c.dim, L = c.n_layers;
+  const std::int64_t N = static_cast<std::int64_t>(B_) * T_;
+  mark(kNormFwd);
+  kern::launch_embed_gather(stream_, tokens(), embed_.get(), res(0), N, D);
+  for (int l = 0; l < L; ++l)
+    layer_forward(hooks, l, l == 0 ? res(0) : res(2 * l - 1), l == 0 ? nullptr : tmp_.get(), /*down=*/true);
+  mark(kNormFwd);
+  kern::launch_add_rmsnorm_fwd<T>(stream_, res(2 * L - 1), tmp_.get(), res(2 * L), norms_.get() + 2 * L * D,
+                                  rstd_f_.get(), xnf_.get(), N, D, c.norm_eps);
+}
+
+template <class T>
+void CudaLlama<T>::layer_forward(CudaHooks<T>& hooks, int l, const float* prev, const T* add, bool down) {
+  const ModelConfig& c = cfg_;
   const int B = B_, Tn = T_, D = c.dim, H = c.hidden_dim, qd = c.q_dim(), kvd = c.kv_dim();
-  const int nh = c.n_heads, nkv = c.n_kv_heads, hd = c.head_dim, group = nh / nkv, L = c.n_layers;
+  const int nh = c.n_heads, nkv = c.n_kv_heads, hd = c.head_dim, group = nh / nkv;
   const std::int64_t N = static_cast<std::int64_t>(B) * Tn, gT = static_cast<std::int64_t>(group) * Tn;
   const std::int64_t Thd = static_cast<std::int64_t>(Tn) * hd;
   const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
@@ -536,16 +565,11 @@ void CudaLlama<T>::forward_layers(CudaHooks<T>& hooks) {
   cublasHandle_t cb = cublas_.get();
   using CV = ConstMatrixView<T>;
   using MV = MatrixView<T>;
-
-  mark(kNormFwd);
-  kern::launch_embed_gather(s, tokens(), embed_.get(), res(0), N, D);
-  for (int l = 0; l < L; ++l) {
+  {
     LayerActs& a = layers_[l];
     auto W = [&](Module m) { return CV(linear({l, m})); };
-    const float* prev = l == 0 ? res(0) : res(2 * l - 1);
     mark(kNormFwd);
-    kern::launch_add_rmsnorm_fwd<T>(s, prev, l == 0 ? nullptr : tmp_.get(), res(2 * l), norms + 2 * l * D, a.rstd1,
-                                    a.xn1, N, D, c.norm_eps);
+    kern::launch_add_rmsnorm_fwd<T>(s, prev, add, res(2 * l), norms + 2 * l * D, a.rstd1, a.xn1, N, D, c.norm_eps);
     const CV xn1(a.xn1, N, D, D);
     mark(kLinFwd);
     hooks.forward({l, Module::q}, W(Module::q), xn1, MV(q_rows_.get(), N, qd, qd));
@@ -588,12 +612,11 @@ void CudaLlama<T>::forward_layers(CudaHooks<T>& hooks) {
     hooks.forward({l, Module::up}, W(Module::up), xn2, MV(a.up, N, H, H));
     mark(kNormFwd);
     kern::launch_swiglu_fwd<T>(s, a.gate, a.up, a.act, N * H);
-    mark(kLinFwd);
-    hooks.forward({l, Module::down}, W(Module::down), CV(a.act, N, H, H), MV(tmp_.get(), N, D, D));
+    if (down) {
+      mark(kLinFwd);
+      hooks.forward({l, Module::down}, W(Module::down), CV(a.act, N, H, H), MV(tmp_.get(), N, D, D));
+    }
   }
-  mark(kNormFwd);
-  kern::launch_add_rmsnorm_fwd<T>(s, res(2 * L - 1), tmp_.get(), res(2 * L), norms + 2 * L * D, rstd_f_.get(),
-                                  xnf_.get(), N, D, c.norm_eps);
 }
 
 template <class T>
@@ -644,6 +667,9 @@ void CudaLlama<T>::backward_layers(CudaHooks<T>& hooks) {
   kern::launch_rmsnorm_bwd<T>(s, res(2 * L), rstd_f_.get(), norms + 2 * L * D, dxnf_.get(), nullptr, nullptr, nullptr,
                               dx_.get(), dx_t_.get(), N, D);
   for (int l = L - 1; l >= 0; --l) {
+    // Checkpointing: the shared arena holds the last layer's activations from the forward; every
+    // other layer is recomputed from its residual input res(2l) (normalised in place, as layer 0).
+    if (ckpt_ && l < L - 1) layer_forward(hooks, l, res(2 * l), nullptr, /*down=*/false);
     const LayerActs& a = layers_[l];
     auto W = [&](Module m) { return CV(linear({l, m})); };
     const CV dxt(dx_t_.get(), N, D, D);

@@ -17,6 +17,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -142,9 +143,12 @@ template <class Comm>
 class CpuEngine final : public MethodEngine<CpuDevice> {
  public:
   /// `w` is the trainer's host model (trained in place); `resume` supplies saved factors or is null.
-  CpuEngine(const TrainOptions& o, ModelWeights& w, Comm& comm, const TrainState* resume)
+  /// `progress`: adapter initialisation progress (MethodContext::progress), optional.
+  CpuEngine(const TrainOptions& o, ModelWeights& w, Comm& comm, const TrainState* resume,
+            std::function<void(std::size_t, std::size_t)> progress = {})
       : MethodEngine<CpuDevice>(b_), w_(&w) {
-    const MethodContext<CpuDevice, Comm> ctx{b_, b_, comm, w, [&w](LinearId id) { return view_of(w.linear(id)); }};
+    const MethodContext<CpuDevice, Comm> ctx{b_, b_, comm, w, [&w](LinearId id) { return view_of(w.linear(id)); },
+                                             std::move(progress)};
     method_ = make_method(o, ctx, resume);
   }
 
@@ -178,6 +182,8 @@ struct EngineGroups {
   int rank = 0;
   /// Peers of a multi-process job (local rank, processes on this host, the NCCL factory).
   DeviceCommSetup device_comm;
+  /// Adapter initialisation progress (MethodContext::progress), optional.
+  std::function<void(std::size_t, std::size_t)> init_progress = {};
 };
 
 /// Builds the CUDA engine (src/engine_cuda.cu) on GPU (local rank mod visible GPUs): uploads `host`

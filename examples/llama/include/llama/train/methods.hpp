@@ -66,7 +66,20 @@ struct MethodContext {
   Comm& comm;                         ///< K groups: local groups here × processes
   const ModelWeights& host;           ///< the base model (shapes; fp32 values of bf16 masters)
   std::function<MatrixView<Sc>(LinearId)> weight;  ///< the model's compute copy of a target
+  /// Adapter initialisation progress (target layers done, total), called after each batch of layers
+  /// (optional; the trainer prints it: the SVDs of a 7B model take a while).
+  std::function<void(std::size_t, std::size_t)> progress = {};
 };
+
+namespace detail {
+/// Layers per init_adapters_distributed call: a multiple of the worker count P (so that layer l
+/// keeps the owner l mod P of one call) giving ~16 progress reports; P when an fp32 scratch per
+/// layer must stay small.
+inline std::size_t init_chunk(std::size_t n, std::size_t P, bool small) {
+  if (small) return P;
+  return P * std::max<std::size_t>(1, n / (P * 16));
+}
+}  // namespace detail
 
 /// A fine-tuning method: per-group hooks for the model, the optimizer step and the state.
 template <class Dev>
@@ -116,9 +129,12 @@ class TrainMethod {
  protected:
   /// `updates_w`: the optimizer changes W (false: W is frozen; with bf16 compute it is then kept only
   /// as the model's bf16 copy, and Wm_ stays empty).
+  /// `bf16_w`: W changes but a bf16 W-precision policy keeps it only as the model's bf16 copy (the
+  /// update writes that copy in place; bf16 compute only, as for a frozen W).
   template <class Comm>
-  TrainMethod(const MethodContext<Dev, Comm>& ctx, const std::vector<Module>& modules, bool updates_w = true)
-      : bm_(&ctx.bm), bc_(&ctx.bc), weight_(ctx.weight), frozen_compute_(kMixed && !updates_w) {
+  TrainMethod(const MethodContext<Dev, Comm>& ctx, const std::vector<Module>& modules, bool updates_w = true,
+              bool bf16_w = false)
+      : bm_(&ctx.bm), bc_(&ctx.bc), weight_(ctx.weight), frozen_compute_(kMixed && (!updates_w || bf16_w)) {
     const ModelConfig& c = ctx.host.config;
     slots_.assign(static_cast<std::size_t>(c.n_layers) * kModulesPerLayer, -1);
     for (int l = 0; l < c.n_layers; ++l)
@@ -228,7 +244,7 @@ class TrainMethod {
   std::vector<V32> Wm_;                          // fp32 masters, one per target (empty if frozen_compute_)
   std::vector<typename Bm::matrix_type> own_;    // their storage when kMixed
   std::vector<Vc> Wc_;                           // the model's compute copies, one per target
-  bool frozen_compute_ = false;                  // W frozen and kept only in the compute dtype
+  bool frozen_compute_ = false;                  // W kept only in the compute dtype (frozen, or a bf16 W policy)
 
  private:
   /// Local group lg's view of the method: frozen linears pass through, targets go to the method.
@@ -305,12 +321,13 @@ class DwuMethod final : public TrainMethod<Dev> {
   using Base::ids_;
   using Base::Wm_;
   using typename Base::V32;
+  using typename Base::Sc;
   using Update = hdpissa::DirectWeightUpdate<Bm, hdpissa::Adam, Comm, Agg>;
 
  public:
   /// `resume`: a saved state to take the factors from (no SVD runs), or null for a fresh run.
   DwuMethod(const TrainOptions& o, const MethodContext<Dev, Comm>& ctx, Mute mute, const TrainState* resume)
-      : Base(ctx, o.target_modules()),
+      : Base(ctx, o.target_modules(), true, o.w_precision != hdpissa::WPrecision::Fp32Master),
         comm_(&ctx.comm),
         method_(o.method),
         svd_(detail::svd_name<Dev>(o)),
@@ -333,22 +350,50 @@ class DwuMethod final : public TrainMethod<Dev> {
         ctx.bm.upload(resume->at(n + ".B", out, K * r, "resume").data.data(), sets_.back().B.view());
       }
     } else {
-      std::vector<hdpissa::LayerRef<Bm>> refs;
-      for (std::size_t i = 0; i < ids_.size(); ++i) refs.push_back({ids_[i].hf_name(), CV32(Wm_[i])});
-      if (o.method == Method::LoraDwu) {
-        const hdpissa::LoraInit lora{K, r, o.seed, /*same_on_all_groups=*/false};
-        auto init = [&](Bm& b, CV32 W, const std::string& name) { return lora(b, W.rows, W.cols, name); };
-        sets_ = hdpissa::init_adapters_distributed(ctx.bm, ctx.comm, init, refs, K, r);
-      } else if (o.method == Method::PissaDwu) {
-        sets_ = detail::init_with_svd<Dev, Comm, detail::PissaInitOf>(o, ctx.bm, ctx.comm, refs, K, r, K, r);
-      } else {
-        sets_ = detail::init_with_svd<Dev, Comm, detail::OrthogonalInitOf>(o, ctx.bm, ctx.comm, refs, K, r, K, r);
+      // Without fp32 masters (a bf16 W policy on the GPU) the SVDs read the fp32 base W, uploaded P
+      // layers at a time (P = workers: one init_adapters_distributed round, so every layer keeps
+      // the owner one call would give it) and freed after; LoRA's init needs only the shapes.
+      const std::size_t n = ids_.size();
+      const bool fp32_scratch = this->frozen_compute_ && o.method != Method::LoraDwu;
+      const std::size_t chunk = detail::init_chunk(n, std::size_t(ctx.comm.size()), fp32_scratch);
+      for (std::size_t c0 = 0; c0 < n; c0 += chunk) {
+        const std::size_t c1 = std::min(n, c0 + chunk);
+        std::vector<typename Bm::matrix_type> tmp;
+        std::vector<hdpissa::LayerRef<Bm>> refs;
+        for (std::size_t i = c0; i < c1; ++i) {
+          CV32 W;
+          if (fp32_scratch) {
+            const Matrix& Wh = ctx.host.linear(ids_[i]);
+            tmp.push_back(ctx.bm.make_matrix(Wh.rows(), Wh.cols()));
+            ctx.bm.upload(Wh.data(), tmp.back().view());
+            W = CV32(tmp.back().view());
+          } else if (this->frozen_compute_) {
+            const auto [out, in] = this->shape(i);
+            W = CV32{nullptr, out, in, in};
+          } else {
+            W = CV32(Wm_[i]);
+          }
+          refs.push_back({ids_[i].hf_name(), W});
+        }
+        std::vector<hdpissa::AdapterSet<Bm>> part;
+        if (o.method == Method::LoraDwu) {
+          const hdpissa::LoraInit lora{K, r, o.seed, /*same_on_all_groups=*/false};
+          auto init = [&](Bm& b, CV32 W, const std::string& name) { return lora(b, W.rows, W.cols, name); };
+          part = hdpissa::init_adapters_distributed(ctx.bm, ctx.comm, init, refs, K, r);
+        } else if (o.method == Method::PissaDwu) {
+          part = detail::init_with_svd<Dev, Comm, detail::PissaInitOf>(o, ctx.bm, ctx.comm, refs, K, r, K, r);
+        } else {
+          part = detail::init_with_svd<Dev, Comm, detail::OrthogonalInitOf>(o, ctx.bm, ctx.comm, refs, K, r, K, r);
+        }
+        for (auto& p : part) sets_.push_back(std::move(p));
+        ctx.bm.synchronize();  // the fp32 scratch is released only after its last use
+        if (ctx.progress) ctx.progress(c1, n);
       }
     }
     index_t scratch = 0;
     for (std::size_t i = 0; i < ids_.size(); ++i) {
-      upd_.add_layer(ids_[i].hf_name(), Wm_[i], sets_[i]);
       const auto [out, in] = this->shape(i);
+      upd_.add_layer(ids_[i].hf_name(), this->frozen_compute_ ? V32{nullptr, out, in, in} : Wm_[i], sets_[i]);
       scratch = std::max(scratch, r * (out + in));
     }
     upd_.finalize();
@@ -358,6 +403,7 @@ class DwuMethod final : public TrainMethod<Dev> {
 
   void zero_grad() override { upd_.zero_grad(); }
   hdpissa::StepReport step(double lr) override {
+    upd_.set_w_step(std::uint64_t(w_step_));  // the GPU storage's SR stream (restored on resume)
     const auto rep = upd_.step(lr);
     if (!rep.skipped) {
       ++w_step_;  // the stochastic rounding's step counter (applied steps only)
@@ -369,7 +415,17 @@ class DwuMethod final : public TrainMethod<Dev> {
     for (std::size_t i = 0; i < ids_.size(); ++i) this->push_weight(i);
     this->refresh_copies(cc_, sets_);
   }
-  void merged_weight(std::size_t i, Matrix& host) override { this->download(i, host); }
+  void merged_weight(std::size_t i, Matrix& host) override {
+    if constexpr (kMixed) {
+      if (this->frozen_compute_) {  // a bf16 W policy: the model's bf16 W is W (widened exactly)
+        const auto [out, in] = this->shape(i);
+        host.resize(out, in);
+        Dev::download_compute(*this->bm_, CVc(this->Wc_[i]), host.data());
+        return;
+      }
+    }
+    this->download(i, host);
+  }
   [[nodiscard]] int w_bytes_per_param() const override {
     switch (wprec_) {
       case hdpissa::WPrecision::Fp32Master: break;
@@ -383,6 +439,17 @@ class DwuMethod final : public TrainMethod<Dev> {
     // The W-precision policy's state: the Kahan compensation of every target, the SR step counter.
     for (std::size_t i = 0; i < comp_.size(); ++i)
       s.add("wprec." + ids_[i].hf_name() + ".compensation", comp_[i].view(), false);
+    // The GPU's bf16 compensation: saved as its exact fp32 values (the CPU's format), restored exactly.
+    for (std::size_t i = 0; i < compc_.size(); ++i) {
+      if constexpr (kMixed) {
+        const Vc C = compc_[i].view();
+        Bm* b = this->bm_;
+        s.add_converted(
+            "wprec." + ids_[i].hf_name() + ".compensation", C.rows, C.cols, false,
+            [b, C](float* host) { Dev::download_compute(*b, CVc(C), host); },
+            [b, C](const float* host) { Dev::upload_compute(*b, host, C); });
+      }
+    }
     if (wprec_ == hdpissa::WPrecision::Bf16StochasticRounding) s.counters.push_back({"wprec.sr_step", &w_step_, false});
     for (std::size_t i = 0; i < ids_.size(); ++i) {
       const std::string n = ids_[i].hf_name();
@@ -443,9 +510,32 @@ class DwuMethod final : public TrainMethod<Dev> {
     wprec_ = o.w_precision;
     sr_seed_ = std::uint64_t(o.seed);
     if (wprec_ == hdpissa::WPrecision::Fp32Master) return;
-    if constexpr (kMixed || !std::is_same_v<typename Bm::memory_space, hdpissa::host_memory>) {
+    if constexpr (kMixed) {
+      // GPU, bf16 compute: W is the model's bf16 copy (bf16_rn of the fp32 W the factors came from:
+      // the CPU path's rounding), updated in place by the Direct Weight Update through the policy's
+      // rule (fused into its GEMM on sm_90a); Bf16Compensated adds a zeroed bf16 compensation.
+      std::uint64_t offset = 0;
+      for (std::size_t i = 0; i < ids_.size(); ++i) {
+        const Vc W = this->Wc_[i];
+        hdpissa::Bf16WStorage st;
+        st.policy = wprec_;
+        st.w = reinterpret_cast<std::uint16_t*>(W.data);
+        st.ldw = W.ld;
+        st.seed = sr_seed_;
+        st.offset = offset;
+        if (wprec_ == hdpissa::WPrecision::Bf16Compensated) {
+          compc_.push_back(this->bc_->make_matrix(W.rows, W.cols));
+          this->bc_->fill(compc_.back().view(), Sc(0.0f));
+          st.c = reinterpret_cast<std::uint16_t*>(compc_.back().view().data);
+          st.ldc = compc_.back().view().ld;
+        }
+        offsets_.push_back(offset);
+        offset += std::uint64_t(W.rows) * std::uint64_t(W.cols);
+        upd_.set_w_storage(i, st);
+      }
+    } else if constexpr (!std::is_same_v<typename Bm::memory_space, hdpissa::host_memory>) {
       throw LlamaError(cat("--w-precision ", hdpissa::w_precision_name(wprec_),
-                           ": the GPU apply kernel of the bf16 W policies is not implemented yet (CPU trainer only)"));
+                           ": on the GPU the bf16 W policies need --dtype bf16 (W is the bf16 compute copy)"));
     } else {
       std::uint64_t offset = 0;
       for (std::size_t i = 0; i < ids_.size(); ++i) {
@@ -502,7 +592,8 @@ class DwuMethod final : public TrainMethod<Dev> {
   std::uint64_t sr_seed_ = 0;
   long w_step_ = 0;                               // applied optimizer steps (the SR stream's step)
   std::vector<std::uint64_t> offsets_;            // first SR element index of each target
-  std::vector<typename Bm::matrix_type> comp_;    // Kahan compensation per target (bf16 values)
+  std::vector<typename Bm::matrix_type> comp_;    // Kahan compensation per target (bf16 values; CPU)
+  std::vector<typename Bc::matrix_type> compc_;   // the same in bf16 storage (GPU, bf16 compute)
 };
 
 /// LoRA / PiSSA: an active adapter per target, trained data-parallel (gradients averaged over K).
@@ -553,7 +644,7 @@ class AdapterMethod final : public TrainMethod<Dev> {
       // owner it would have in one call), W_res computed in fp32 and rounded once into the model's
       // bf16 copy; the fp32 scratch is freed before the next P layers.
       const std::size_t n = ids_.size();
-      const std::size_t chunk = this->frozen_compute_ ? std::size_t(ctx.comm.size()) : n;
+      const std::size_t chunk = detail::init_chunk(n, std::size_t(ctx.comm.size()), this->frozen_compute_);
       for (std::size_t c0 = 0; c0 < n; c0 += chunk) {
         const std::size_t c1 = std::min(n, c0 + chunk);
         std::vector<typename Bm::matrix_type> tmp;
@@ -584,6 +675,7 @@ class AdapterMethod final : public TrainMethod<Dev> {
           sets_.push_back(std::move(part[j]));
         }
         ctx.bm.synchronize();  // the fp32 scratch is released only after its last use
+        if (ctx.progress) ctx.progress(c1, n);
       }
     }
     index_t scratch = 0;

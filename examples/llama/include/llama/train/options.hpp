@@ -124,6 +124,7 @@ struct TrainOptions {
   hdpissa::WPrecision w_precision = hdpissa::WPrecision::Fp32Master;  ///< --w-precision (W-updating methods)
   Device device = Device::Cpu;     ///< llama/train/engine.hpp
   AttentionKind attention = AttentionKind::Auto;  ///< the GPU model's attention (--device cuda)
+  bool activation_checkpointing = false;  ///< --activation-checkpointing: recompute each layer in backward (GPU)
   // ---- distribution
   CommKind comm = CommKind::Auto;
   int groups_per_process = 1;      ///< V; K = processes × V
@@ -298,6 +299,7 @@ inline nlohmann::json TrainOptions::to_json() const {
           {"w_precision", name_of(w_precision)},
           {"device", name_of(device)},
           {"attention", name_of(attention)},
+          {"activation_checkpointing", activation_checkpointing},
           {"comm", name_of(comm)},
           {"groups_per_process", groups_per_process},
           {"lr", lr},
@@ -343,9 +345,12 @@ inline void TrainOptions::validate() const {
        cat("--w-precision ", name_of(w_precision), ": applies to the methods whose W the Direct Weight Update changes "
            "(hdpissa, lora-dwu, pissa-dwu); lora / pissa keep a frozen W (bf16-only under --dtype bf16) and full "
            "fine-tuning's bf16 W update is not implemented"));
-  need(w_precision == hdpissa::WPrecision::Fp32Master || device == Device::Cpu,
-       cat("--w-precision ", name_of(w_precision), ": the GPU apply kernel of the bf16 W policies is not implemented "
-           "yet; the CPU trainer runs them (bf16 values in fp32 tensors: the bit-exact reference of the rule)"));
+  need(w_precision == hdpissa::WPrecision::Fp32Master || device == Device::Cpu || dtype == ComputeDtype::Bf16,
+       cat("--w-precision ", name_of(w_precision), ": on --device cuda the bf16 W policies keep W as the model's bf16 "
+           "copy, so they need --dtype bf16 (found --dtype fp32); the CPU trainer runs them in fp32 compute"));
+  need(!activation_checkpointing || device == Device::Cuda,
+       "--activation-checkpointing: recomputes the GPU model's layers in backward (--device cuda); the CPU model keeps "
+       "its activations");
   need(attention == AttentionKind::Auto || device == Device::Cuda,
        cat("--attention ", name_of(attention), ": chooses the GPU model's attention (--device cuda); the CPU model has one"));
   need(rank >= 1, cat("--rank: expected >= 1, found ", rank));
@@ -512,7 +517,8 @@ inline void add_train_options(CLI::App& app, TrainOptions& o, CLI::Option** atte
   cli::add_parsed(app, "--w-precision", "--w-precision", o.w_precision, parse_choice<hdpissa::WPrecision>,
                   "how hdpissa / lora-dwu / pissa-dwu store and update W: fp32-master (default: fp32 W, plus a bf16 "
                   "compute copy under --dtype bf16), bf16-compensated (bf16 W + bf16 Kahan compensation) or bf16-sr "
-                  "(bf16 W, stochastic rounding seeded by --seed, step and element); docs/trainer.md",
+                  "(bf16 W, stochastic rounding seeded by --seed, step and element); on --device cuda the bf16 policies need "
+                  "--dtype bf16 and keep no fp32 W (the rule is fused into the update GEMM); docs/trainer.md",
                   "fp32-master|bf16-compensated|bf16-sr")->group(me);
   CLI::Option* att = cli::add_parsed(
       app, "--attention", "--attention", o.attention, parse_choice<AttentionKind>,
@@ -520,6 +526,10 @@ inline void add_train_options(CLI::App& app, TrainOptions& o, CLI::Option** atte
       "materialised scores through cuBLAS; auto (default) = flash where it runs; without this flag the environment "
       "variable HDPISSA_LLAMA_ATTENTION sets the default", "auto|flash|gemm")->group(me);
   if (attention) *attention = att;
+  app.add_flag("--activation-checkpointing", o.activation_checkpointing,
+               "--device cuda: keep only each decoder layer's residual input (fp32) and one layer's activations, "
+               "recompute each layer's forward in backward (same gradients bit for bit; about one more forward pass "
+               "per step, for long sequences and large micro-batches)")->group(me);
 
   cli::add_parsed(app, "--groups-per-process", "--groups-per-process", o.groups_per_process,
                   [](const std::string& f, const std::string& v) { return int(detail::parse_long(f, v)); },

@@ -4,7 +4,7 @@
 /// trains for hours and then fails to write its result:
 ///  - every input path (--model, --data, --eval-data, --eval-gsm8k, --tokenizer) exists and is
 ///    readable (--resume is checked by find_newest_state, which also looks at S.tmp* / S.old*);
-///  - --output, --save-state and --metrics are distinct, none inside another, and creatable and
+///  - --output, --save-state, --metrics and --eval-records are distinct, none inside another, and creatable and
 ///    writable (probed by creating a file in the directory where they will be renamed into place);
 ///  - the file systems of --output and --save-state have room for one merged model and one state,
 ///    estimated from the model's parameter count (safetensors headers, or the llama2.c file size).
@@ -105,6 +105,23 @@ inline std::int64_t parameter_count(const std::string& p) {
 
 }  // namespace preflight_detail
 
+/// Bytes of the checkpoint at `p` on disk (a directory: its *.safetensors / *.bin files; a file:
+/// its size); 0 if unknown. For the load's progress line (GB/s).
+inline std::uint64_t checkpoint_bytes(const std::string& p) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  if (!fs::is_directory(p, ec)) {
+    const auto n = fs::file_size(p, ec);
+    return ec ? 0 : std::uint64_t(n);
+  }
+  std::uint64_t n = 0;
+  for (const auto& e : fs::directory_iterator(p, ec)) {
+    const auto ext = e.path().extension();
+    if (ext == ".safetensors" || ext == ".bin") n += std::uint64_t(e.file_size(ec));
+  }
+  return n;
+}
+
 /// What check_run_paths found (for the echo).
 struct PreflightReport {
   std::int64_t parameters = 0;        ///< of the base model
@@ -135,6 +152,7 @@ inline PreflightReport check_run_paths(const TrainOptions& o, int processes = 1)
   if (!o.output.empty()) outs.push_back({"--output", o.output, false});
   if (!o.save_state.empty()) outs.push_back({"--save-state", o.save_state, false});
   if (!o.metrics.empty()) outs.push_back({"--metrics", o.metrics, true});
+  if (!o.eval_records.empty()) outs.push_back({"--eval-records", o.eval_records, false});
   for (std::size_t i = 0; i < outs.size(); ++i)
     for (std::size_t j = 0; j < outs.size(); ++j) {
       if (i == j) continue;

@@ -682,6 +682,19 @@ class Trainer {
   void say(const std::string& s) {
     if (root_) *log_ << s << std::flush;
   }
+  /// The adapter initialisation's progress line (target layers done / total, elapsed), at most one
+  /// every 2 s and the last; nothing under --quiet or when resuming (no initialisation runs).
+  std::function<void(std::size_t, std::size_t)> init_progress() {
+    if (o_.quiet || !root_) return {};
+    const auto t0 = std::chrono::steady_clock::now();
+    auto last = std::make_shared<double>(-1e9);
+    return [this, t0, last](std::size_t done, std::size_t total) {
+      const double t = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      if (done < total && t - *last < 2.0) return;
+      *last = t;
+      say(cat("adapter init: ", done, "/", total, " target layers, ", fixed(t, 1), " s\n"));
+    };
+  }
   void metric(const nlohmann::json& j) {
     if (root_ && metrics_.is_open()) metrics_.write(j.dump());
   }
@@ -697,6 +710,15 @@ class Trainer {
     namespace fs = std::filesystem;
     // ---- up-front checks and locks, before anything expensive (preflight.hpp, state_dir.hpp)
     (void)check_run_paths(o_, comm_->size());
+    // The inputs' contents, before the first long phase (the checkpoint load, the SVDs): the
+    // tokenizer and every evaluation set are read now, so a malformed --eval-gsm8k fails in a second,
+    // not after the model loaded (or, as once, after training).
+    if (o_.tokenizer.empty())
+      throw LlamaError(cat("missing --tokenizer: ", o_.model, " is not a directory holding a tokenizer"));
+    tok_ = std::make_unique<Tokenizer>(o_.tokenizer);
+    for (const auto& [task, file] : {std::pair{eval::Task::gsm8k, o_.eval_gsm8k}, std::pair{eval::Task::math, o_.eval_math},
+                                     std::pair{eval::Task::humaneval, o_.eval_humaneval}, std::pair{eval::Task::mbpp, o_.eval_mbpp}})
+      if (!file.empty()) (void)eval::load_task(task, file);
     const auto same = [](const std::string& a, const std::string& b) {
       return !a.empty() && !b.empty() && fs::absolute(a).lexically_normal() == fs::absolute(b).lexically_normal();
     };
@@ -753,10 +775,15 @@ class Trainer {
     LoadOptions load_opt;
     load_opt.allow_unused = o_.allow_unused;
     if (!root_) load_opt.warn = [](const std::string&) {};  // rank 0 prints the warnings
-    w_ = load_checkpoint(o_.model, load_opt);
-    if (o_.tokenizer.empty())
-      throw LlamaError(cat("missing --tokenizer: ", o_.model, " is not a directory holding a tokenizer"));
-    tok_ = std::make_unique<Tokenizer>(o_.tokenizer);
+    {
+      const auto t0 = std::chrono::steady_clock::now();
+      if (!o_.quiet) say(cat("loading ", o_.model, " (", fixed(double(checkpoint_bytes(o_.model)) / 1e9, 2), " GB)\n"));
+      w_ = load_checkpoint(o_.model, load_opt);
+      const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      if (!o_.quiet)
+        say(cat("loaded ", w_.config.n_layers, " layers in ", fixed(secs, 1), " s (",
+              fixed(double(checkpoint_bytes(o_.model)) / 1e9 / std::max(secs, 1e-9), 2), " GB/s)\n"));
+    }
     if (tok_->vocab_size() > w_.config.vocab_size)
       throw LlamaError(cat(o_.tokenizer, ": the tokenizer has ", tok_->vocab_size(), " pieces but the model's vocab_size is ",
                            w_.config.vocab_size));
@@ -859,7 +886,7 @@ class Trainer {
           initial_targets_.push_back(w_.linear({l, m}));
         }
     switch (o_.device) {
-      case Device::Cpu: eng_ = std::make_unique<CpuEngine<Comm>>(o_, w_, *comm_, resume); break;
+      case Device::Cpu: eng_ = std::make_unique<CpuEngine<Comm>>(o_, w_, *comm_, resume, init_progress()); break;
       case Device::Cuda:
         if (comm_->size() > 1 && !device_comm_.make)
           throw LlamaError(cat("--device cuda: found ", comm_->size(), " processes but ",
@@ -868,7 +895,8 @@ class Trainer {
                                    : device_comm_.unavailable,
                                "; run one process with --groups-per-process K, or use --device cpu"));
         eng_ = make_cuda_engine(o_, w_, EngineGroups{comm_->groups(), comm_->local_groups(), comm_->first_group(),
-                                                     comm_->size(), comm_->rank(), device_comm_}, resume);
+                                                     comm_->size(), comm_->rank(), device_comm_, init_progress()},
+                               resume);
         break;
     }
 
@@ -900,12 +928,6 @@ class Trainer {
       DataLoader dl(tev, lo);
       for (std::int64_t i = 0; i < dl.batches_per_epoch(); ++i) eval_batches_.push_back(dl.next());
     }
-    if (!o_.eval_gsm8k.empty() && !fs::exists(o_.eval_gsm8k))
-      throw LlamaError(cat("--eval-gsm8k: file not found: ", o_.eval_gsm8k));
-    // parse the evaluation sets now: a malformed file fails before training, not after it
-    for (const auto& [task, file] : {std::pair{eval::Task::gsm8k, o_.eval_gsm8k}, std::pair{eval::Task::math, o_.eval_math},
-                                     std::pair{eval::Task::humaneval, o_.eval_humaneval}, std::pair{eval::Task::mbpp, o_.eval_mbpp}})
-      if (!file.empty()) (void)eval::load_task(task, file);
     // ---- the metrics log, opened last so that a failed setup leaves no file behind (a resumed run
     // drops the records after its step, then appends; every line is a complete JSON object, flushed
     // as written; a failed write is an error)
