@@ -292,9 +292,15 @@ class Trainer {
     const bool where_w_lives = !o_.uses_adapter() && eng_->truncates_delta_where_w_lives();
     std::optional<TrainState> live;
     if (!where_w_lives) live = eng_->state();
-    AdapterExportInputs in{&o_, eng_->info().targets, live ? &*live : nullptr,
-                           [this](LinearId id) -> const Matrix& { return initial_target(id); },
-                           pissa_init_ ? &*pissa_init_ : nullptr, &w_, hf_save_options(), log_};
+    AdapterExportInputs in;
+    in.o = &o_;
+    in.targets = eng_->info().targets;
+    in.state = live ? &*live : nullptr;
+    in.initial = [this](LinearId id) -> const Matrix& { return initial_target(id); };
+    in.pissa_init = pissa_init_ ? &*pissa_init_ : nullptr;
+    in.frame = &w_;
+    in.save = hf_save_options();
+    in.log = log_;
     if (where_w_lives) {
       in.truncate = [this](std::size_t i, const Matrix& w0, int rank, double energy) {
         return eng_->truncated_delta_where_w_lives(i, w0, rank, energy);
