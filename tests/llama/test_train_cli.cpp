@@ -104,6 +104,29 @@ TEST_CASE("cli: malformed values and choices name the flag") {
   CHECK(contains(error_of({"--data", "d"}), "missing --model"));
 }
 
+TEST_CASE("cli: parse_int (hdpissa-train and hdpissa-eval) checks the whole text and the range") {
+  CHECK(cli::parse_int<int>("--x", "42") == 42);
+  CHECK(cli::parse_int<long>("--x", "-7", -10, 10) == -7);
+  auto err = [](auto f) -> std::string {
+    try {
+      (void)f();
+    } catch (const LlamaError& e) {
+      return e.what();
+    }
+    return "";
+  };
+  CHECK(err([] { return cli::parse_int<int>("--x", ""); }) == "--x expects an integer, found ''");
+  CHECK(err([] { return cli::parse_int<int>("--x", "12abc"); }) == "--x expects an integer, found '12abc'");
+  CHECK(err([] { return cli::parse_int<int>("--x", "1e3"); }) == "--x expects an integer, found '1e3'");
+  CHECK(err([] { return cli::parse_int<int>("--x", "99999999999999999999"); }) ==
+        "--x expects an integer, found '99999999999999999999'");
+  CHECK(err([] { return cli::parse_int<int>("--x", "3", 4); }) == "--x: expected >= 4, found 3");
+  CHECK(err([] { return cli::parse_int<int>("--x", "9", 0, 8); }) == "--x: expected <= 8, found 9");
+  CHECK(err([] { return cli::parse_int<int>("--x", "4294967296"); }) == "--x: expected <= 2147483647, found 4294967296");
+  CHECK(contains(error_of(base({"--rank", "4294967296"})), "--rank: expected <= 2147483647, found 4294967296"));
+  CHECK(contains(error_of(base({"--groups-per-process=1.5"})), "--groups-per-process expects an integer, found '1.5'"));
+}
+
 TEST_CASE("cli: --config TOML / INI, the command line wins") {
   const auto dir = std::filesystem::path(HDPISSA_LLAMA_SCRATCH) / "cli-config";
   std::filesystem::create_directories(dir);

@@ -14,6 +14,16 @@ int cuda_device_count() {
   return n;
 }
 
+TruncatedDelta cuda_truncated_delta(const Matrix& W, const Matrix& W0, int rank, double energy) {
+  if (cuda_device_count() == 0) throw LlamaError("cuda_truncated_delta: no CUDA device found");
+  hdpissa::CudaStream stream;
+  hdpissa::CudaBackend<float> b32(stream.get(), hdpissa::CudaBackendOptions{});
+  hdpissa::CudaBackend<double> b64(stream.get(), hdpissa::CudaBackendOptions{});
+  auto Wd = b32.make_matrix(W.rows(), W.cols());
+  b32.upload(W.data(), Wd.view());
+  return truncated_delta_cuda(b64, ConstMatrixView<float>(Wd.view()), W0, rank, energy);
+}
+
 std::unique_ptr<TrainEngine> make_cuda_engine(const TrainOptions& o, const ModelWeights& host, const EngineGroups& g,
                                               const TrainState* resume) {
   if (cuda_device_count() == 0)

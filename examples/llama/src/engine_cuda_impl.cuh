@@ -34,6 +34,7 @@
 #include "llama/cuda/cuda_device.cuh"
 #include "llama/cuda/greedy_generator.cuh"
 #include "llama/cuda/model_cuda.cuh"
+#include "llama/cuda/truncated_delta_cuda.cuh"
 #include "llama/train/engine.hpp"
 
 namespace hdpissa::llama {
@@ -128,6 +129,16 @@ class CudaEngine final : public MethodEngine<gpu::CudaDevice<T>> {
     return out;
   }
   std::optional<std::int64_t> peak_device_bytes() override { return peak_; }
+  /// The truncated LoRA export on the GPU (truncated_delta_cuda.cuh): ΔW from the fp32 master W
+  /// (DWU, full) and the host W_init, in double. A CudaBackend<double> per call on the engine's
+  /// stream, so its SVD scratch is released with it (the export runs once, after training).
+  [[nodiscard]] bool truncates_delta_where_w_lives() const override { return true; }
+  TruncatedDelta truncated_delta_where_w_lives(std::size_t i, const Matrix& initial, int rank, double energy) override {
+    hdpissa::CudaBackend<double> b64(stream_.get(), hdpissa::CudaBackendOptions{});
+    TruncatedDelta t = truncated_delta_cuda(b64, method_->master_weight(i), initial, rank, energy);
+    sample_memory();
+    return t;
+  }
 
  private:
   void state_changed() override { gen_.reset(); }  // the hooks may have been rebuilt

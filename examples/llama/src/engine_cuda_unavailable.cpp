@@ -13,4 +13,8 @@ std::unique_ptr<TrainEngine> make_cuda_engine(const TrainOptions&, const ModelWe
                    "found, HDPISSA_CUDA=ON), use --device cpu");
 }
 
+TruncatedDelta cuda_truncated_delta(const Matrix&, const Matrix&, int, double) {
+  throw LlamaError("cuda_truncated_delta: this build has no CUDA (configure with the CUDA toolkit found, HDPISSA_CUDA=ON)");
+}
+
 }  // namespace hdpissa::llama

@@ -57,23 +57,12 @@ struct Args {
   // ---- generation tasks: end
 };
 
-/// An integer option with a lower bound (the error names the flag and the bound).
+/// An integer option with a lower bound (cli::parse_int: the error names the flag and the value).
 CLI::Option* add_int(CLI::App& app, const std::string& flag, int& ref, int min, const std::string& help) {
   return hdpissa::llama::cli::add_parsed(
-             app, flag, flag, ref,
-             [min](const std::string& f, const std::string& v) {
-               std::size_t used = 0;
-               long x = 0;
-               try {
-                 x = std::stol(v, &used);
-               } catch (const std::exception&) {
-                 used = 0;
-               }
-               if (used != v.size() || x < min || x > 1'000'000'000)
-                 throw LlamaError(f + " expects an integer >= " + std::to_string(min) + ", found '" + v + "'");
-               return static_cast<int>(x);
-             },
-             help, "N");
+      app, flag, flag, ref,
+      [min](const std::string& f, const std::string& v) { return hdpissa::llama::cli::parse_int<int>(f, v, min); },
+      help, "N");
 }
 
 Args parse(int argc, char** argv) {

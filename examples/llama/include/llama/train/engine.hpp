@@ -29,6 +29,7 @@
 #include "llama/train/methods.hpp"
 #include "llama/train/options.hpp"
 #include "llama/train/state.hpp"
+#include "llama/train/truncated_delta.hpp"
 #include "llama/weights.hpp"
 
 namespace hdpissa::llama {
@@ -95,6 +96,16 @@ class TrainEngine {
   virtual void load_state(const TrainState& s, const std::string& origin) = 0;
   /// Checks that W is identical on every worker (DWU methods, several workers).
   virtual void verify_replicas() = 0;
+  /// Whether truncated_delta_where_w_lives() is available (the GPU engine); otherwise the
+  /// truncated LoRA export runs on the host over state() (truncated_delta.hpp).
+  [[nodiscard]] virtual bool truncates_delta_where_w_lives() const { return false; }
+  /// ΔW = W_live − `initial` (W_init, (out, in) on the host) of target i (position in
+  /// info().targets) as a truncated LoRA (truncate_delta), computed where W lives: only the R
+  /// factors and the singular values come back. DWU methods and full only (W is what trains).
+  virtual TruncatedDelta truncated_delta_where_w_lives(std::size_t i, const Matrix& initial, int rank, double energy) {
+    (void)i, (void)initial, (void)rank, (void)energy;
+    throw LlamaError("truncated_delta_where_w_lives: this engine truncates on the host (use state())");
+  }
   /// Peak device memory in use since the engine was built (GPU only).
   [[nodiscard]] virtual std::optional<std::int64_t> peak_device_bytes() { return std::nullopt; }
 };
@@ -197,5 +208,9 @@ std::unique_ptr<TrainEngine> make_cuda_engine(const TrainOptions& o, const Model
                                               const TrainState* resume);
 /// Number of usable CUDA devices (0 when none, when the driver reports an error, or without CUDA).
 int cuda_device_count();
+/// The CUDA engine's truncation (llama/cuda/truncated_delta_cuda.cuh) of ΔW = W − W0 (host fp32
+/// matrices, uploaded) on the current CUDA device: the GPU path of the truncated LoRA export, for
+/// tests against the host truncated_delta(W, W0, rank, energy). Throws LlamaError without CUDA.
+TruncatedDelta cuda_truncated_delta(const Matrix& W, const Matrix& W0, int rank, double energy);
 
 }  // namespace hdpissa::llama

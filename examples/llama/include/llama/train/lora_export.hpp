@@ -12,8 +12,11 @@
 ///                 saves it, so that loading does not run the SVD again) with the residual base it
 ///                 belongs to in DIR/pissa/residual_model (W_res = W − s·B0 A0 in the target linears).
 ///  - hdpissa, lora-dwu, pissa-dwu, full with --export-lora-rank R / --export-lora-energy E: the
-///    learned update ΔW = W_final − W_init of every target as a truncated LoRA (truncated_delta()),
-///    each layer's kept share of ‖ΔW‖²_F in the log and in DIR/lora_export.json.
+///    learned update ΔW = W_final − W_init of every target as a truncated LoRA (truncated_delta.hpp),
+///    each layer's kept share of ‖ΔW‖²_F in the log and in DIR/lora_export.json. Where W lives: the
+///    CPU engine truncates on the host (truncated_delta over the live state); the CUDA engine on
+///    the GPU (AdapterExportInputs::truncate: ΔW formed, decomposed and truncated on the device in
+///    double, only the R factors downloaded; no host copy of the trained W is made).
 /// W_init is the base checkpoint's target weights: the trainer keeps a host copy of them (the CPU
 /// path trains the host model in place; the GPU path's host model is the base itself).
 
@@ -31,73 +34,26 @@
 #include "llama/peft_export.hpp"
 #include "llama/train/options.hpp"
 #include "llama/train/state.hpp"
+#include "llama/train/truncated_delta.hpp"
 #include "llama/weights.hpp"
 
 namespace hdpissa::llama {
-
-/// A rank-R LoRA of an update ΔW: B A = U_R diag(S_R) V_Rᵀ, the best rank-R approximation.
-/// Convention: B = U_R √S_R (out, R), A = √S_R V_Rᵀ (R, in), to be used at scaling 1
-/// (lora_alpha = r): the exported adapter's s·B A is exactly the truncated SVD.
-struct TruncatedDelta {
-  Matrix A;                 // (R, in)
-  Matrix B;                 // (out, R)
-  int rank = 0;             ///< R
-  double delta_sq = 0;      ///< ‖ΔW‖²_F
-  double kept_share = 1;    ///< Σ_{i<R} σ_i² / ‖ΔW‖²_F (1 for ΔW = 0)
-  std::vector<double> singular_values;  ///< the σ_i computed (all of them, or the top ones of a randomized SVD)
-};
-
-/// Truncates ΔW (out, in) to rank `rank`, or (energy > 0) to the smallest rank whose σ_i² keep a
-/// share `energy` of ‖ΔW‖²_F. SVD in double: exact (Eigen BDCSVD), or randomized
-/// (RandomizedSvd) for a fixed rank below min(out, in)/2 of a layer with min(out, in) > 1024.
-inline TruncatedDelta truncated_delta(const Matrix& dW, int rank, double energy) {
-  using Backend = hdpissa::EigenBackend<double>;
-  Backend b;
-  const index_t m = dW.rows(), n = dW.cols(), k = std::min(m, n);
-  HDPISSA_REQUIRE(rank > 0 || energy > 0, "truncated_delta: expected a rank > 0 or an energy share in (0, 1]");
-  auto D = b.make_matrix(m, n);
-  for (index_t i = 0; i < m * n; ++i) D.data()[i] = double(dW.data()[i]);
-  TruncatedDelta t;
-  t.delta_sq = b.sum_squares(D);
-  const index_t want = energy > 0 ? k : std::min<index_t>(rank, k);
-  const bool randomized = energy == 0 && k > 1024 && want < k / 2;
-  auto svd = randomized ? hdpissa::RandomizedSvd{}.top_k(b, D, want) : hdpissa::ExactSvd{}.top_k(b, D, k);
-  const index_t got = svd.S.cols();
-  t.singular_values.assign(svd.S.data(), svd.S.data() + got);
-  index_t R = want;
-  if (energy > 0) {  // the smallest R with Σ_{i<R} σ_i² ≥ energy·‖ΔW‖²
-    double acc = 0;
-    R = 1;
-    for (index_t i = 0; i < got; ++i) {
-      acc += t.singular_values[i] * t.singular_values[i];
-      R = i + 1;
-      if (acc >= energy * t.delta_sq) break;
-    }
-  }
-  double kept = 0;
-  for (index_t i = 0; i < R; ++i) kept += t.singular_values[i] * t.singular_values[i];
-  t.kept_share = t.delta_sq > 0 ? std::min(1.0, kept / t.delta_sq) : 1.0;
-  t.rank = int(R);
-  t.A.resize(R, n);
-  t.B.resize(m, R);
-  for (index_t i = 0; i < R; ++i) {
-    const double root = std::sqrt(t.singular_values[i]);
-    for (index_t j = 0; j < n; ++j) t.A(i, j) = float(root * svd.Vt.data()[i * n + j]);
-    for (index_t j = 0; j < m; ++j) t.B(j, i) = float(svd.U.data()[j * svd.U.cols() + i] * root);
-  }
-  return t;
-}
 
 /// What the adapter outputs are made from (all borrowed).
 struct AdapterExportInputs {
   const TrainOptions* o = nullptr;
   std::vector<LinearId> targets;
   const TrainState* state = nullptr;   ///< the live state: weight.<name> (W, W_res), adapter.<name>.A / .B
+                                       ///< (may be null for a truncated export with `truncate`)
   std::function<const Matrix&(LinearId)> initial;  ///< W_init of a target (the base checkpoint's)
   const TrainState* pissa_init = nullptr;  ///< PiSSA's A0, B0 (adapter.*) from the start; null: recomputed
   const ModelWeights* frame = nullptr; ///< the base model's other parameters (PiSSA's residual model)
   SaveOptions save;                    ///< as the merged model (PiSSA's residual model)
   std::ostream* log = nullptr;
+  /// Truncated export where W lives (the GPU engine): target i (position in `targets`), its W_init,
+  /// rank, energy → its TruncatedDelta. Empty: truncated_delta on the host over `state`.
+  std::function<TruncatedDelta(std::size_t, const Matrix&, int, double)> truncate;
+  std::string truncation_device = "cuda";  ///< where `truncate` runs (lora_export.json "computed_on")
 };
 
 namespace detail {
@@ -181,18 +137,25 @@ inline nlohmann::json write_adapter_outputs(const AdapterExportInputs& in) {
   report["rank"] = o.export_lora_rank > 0 ? nlohmann::ordered_json(o.export_lora_rank) : nlohmann::ordered_json(nullptr);
   report["energy"] = o.export_lora_energy > 0 ? nlohmann::ordered_json(o.export_lora_energy) : nlohmann::ordered_json(nullptr);
   report["convention"] = "B = U_R sqrt(S_R), A = sqrt(S_R) V_R^T, lora_alpha = r (scaling 1)";
+  report["computed_on"] = in.truncate ? in.truncation_device + " (double)" : std::string("host (double)");
   report["layers"] = nlohmann::ordered_json::array();
   std::vector<PeftLoraLayer> layers;
   std::vector<int> ranks;
   double total_sq = 0, kept_sq = 0;
-  for (const LinearId& id : in.targets) {
+  for (std::size_t i = 0; i < in.targets.size(); ++i) {
+    const LinearId& id = in.targets[i];
     const auto [out, inn] = shape(id);
-    const Matrix dW = detail::state_matrix(*in.state, "weight." + id.hf_name(), out, inn) - in.initial(id);
-    TruncatedDelta t = truncated_delta(dW, o.export_lora_rank, o.export_lora_energy);
+    HDPISSA_REQUIRE(in.truncate || in.state, "adapter export: expected the live state or a truncation where W lives");
+    TruncatedDelta t =
+        in.truncate ? in.truncate(i, in.initial(id), o.export_lora_rank, o.export_lora_energy)
+                    : truncated_delta(detail::state_matrix(*in.state, "weight." + id.hf_name(), out, inn),
+                                      in.initial(id), o.export_lora_rank, o.export_lora_energy);
     total_sq += t.delta_sq;
     kept_sq += t.kept_share * t.delta_sq;
-    report["layers"].push_back({{"name", peft_module_path(id)}, {"rank", t.rank}, {"kept_share", t.kept_share},
-                                {"delta_frobenius_sq", t.delta_sq}});
+    report["layers"].push_back(
+        {{"name", peft_module_path(id)}, {"rank", t.rank}, {"kept_share", t.kept_share},
+         {"delta_frobenius_sq", t.delta_sq},
+         {"svd", truncation_uses_randomized_svd(out, inn, o.export_lora_rank, o.export_lora_energy) ? "randomized" : "exact"}});
     log << "lora export: " << peft_module_path(id) << " rank " << t.rank << " keeps " << 100.0 * t.kept_share
         << "% of |dW|^2\n";
     ranks.push_back(t.rank);

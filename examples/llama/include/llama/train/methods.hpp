@@ -123,6 +123,14 @@ class TrainMethod {
   [[nodiscard]] virtual std::string describe() const = 0;
   /// The targeted linears, in layer order.
   [[nodiscard]] const std::vector<LinearId>& targets() const { return ids_; }
+  /// The fp32 weight the method keeps for target i, where it lives (host or device): W for DWU and
+  /// full (what the optimizer updates), the frozen W (lora) or W_res (pissa) otherwise; none for a
+  /// bf16-only frozen W (then an error).
+  [[nodiscard]] CV32 master_weight(std::size_t i) const {
+    HDPISSA_REQUIRE(i < Wm_.size(), "master_weight: target ", i, " has no fp32 weight (", Wm_.size(),
+                    " held; a bf16-only frozen W has none)");
+    return CV32(Wm_[i]);
+  }
   /// Position of `id` in targets(), or -1 if it is frozen.
   [[nodiscard]] int slot(LinearId id) const { return slots_[static_cast<std::size_t>(id.index())]; }
 

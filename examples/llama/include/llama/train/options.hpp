@@ -197,17 +197,6 @@ struct TrainOptions {
 
 namespace detail {
 
-inline long parse_long(const std::string& flag, const std::string& v) {
-  std::size_t used = 0;
-  long x = 0;
-  try {
-    x = std::stol(v, &used);
-  } catch (const std::exception&) {
-    used = 0;
-  }
-  if (used != v.size() || v.empty()) throw LlamaError(cat(flag, " expects an integer, found '", v, "'"));
-  return x;
-}
 inline double parse_double(const std::string& flag, const std::string& v) {
   std::size_t used = 0;
   double x = 0;
@@ -438,11 +427,7 @@ inline void add_train_options(CLI::App& app, TrainOptions& o, CLI::Option** atte
       "several GPUs of one host (one process each, NCCL; K = 2 x 4 = 8 groups):\n"
       "  hdpissa-train --nproc-per-node 2 --device cuda --groups-per-process 4 ...   (or hdpissa-run, mpirun)\n");
   auto integer_at_least = [](long min) {
-    return [min](const std::string& flag, const std::string& v) {
-      const long x = detail::parse_long(flag, v);
-      if (x < min) throw LlamaError(cat(flag, ": expected >= ", min, ", found ", x));
-      return x;
-    };
+    return [min](const std::string& flag, const std::string& v) { return cli::parse_int<long>(flag, v, min); };
   };
   const std::string io = "inputs / outputs", me = "method", di = "distribution", op = "optimisation",
                     rc = "run control", sa = "safety", ev = "evaluation";
@@ -474,7 +459,7 @@ inline void add_train_options(CLI::App& app, TrainOptions& o, CLI::Option** atte
                  "the PiSSA adapter relative to the residual base in DIR/pissa/residual_model")
       ->group(io)->type_name("DIR");
   cli::add_parsed(app, "--export-lora-rank", "--export-lora-rank", o.export_lora_rank,
-                  [](const std::string& f, const std::string& v) { return int(detail::parse_long(f, v)); },
+                  [](const std::string& f, const std::string& v) { return cli::parse_int<int>(f, v); },
                   "hdpissa, *-dwu, full: also write W_final - W_init as a rank-R PEFT LoRA (truncated SVD per layer; "
                   "kept share of |dW|^2 per layer in the log and in lora_export.json)", "R")->group(io);
   app.add_option("--export-lora-energy", o.export_lora_energy,
@@ -488,10 +473,10 @@ inline void add_train_options(CLI::App& app, TrainOptions& o, CLI::Option** atte
   cli::add_parsed(app, "--method", "--method", o.method, parse_choice<Method>, "fine-tuning method (default hdpissa)",
                   "hdpissa|lora|pissa|full|lora-dwu|pissa-dwu")->group(me);
   cli::add_parsed(app, "--rank,-r,--lora-r", "--rank", o.rank,
-                  [](const std::string& f, const std::string& v) { return int(detail::parse_long(f, v)); },
+                  [](const std::string& f, const std::string& v) { return cli::parse_int<int>(f, v); },
                   "adapter rank per group (default 16)", "R")->group(me);
   cli::add_parsed(app, "--alpha,--lora-alpha", "--alpha", o.alpha,
-                  [](const std::string& f, const std::string& v) { return int(detail::parse_long(f, v)); },
+                  [](const std::string& f, const std::string& v) { return cli::parse_int<int>(f, v); },
                   "adapter alpha >= 1 (default A = R); scaling = A / R (--scaling)", "A")->group(me);
   cli::add_parsed(app, "--scaling", "--scaling", o.scaling, parse_choice<ScalingKind>,
                   "peft (default): A / R as a float, as PEFT; reference: A // R in integer division, as the authors' "
@@ -532,7 +517,7 @@ inline void add_train_options(CLI::App& app, TrainOptions& o, CLI::Option** atte
                "per step, for long sequences and large micro-batches)")->group(me);
 
   cli::add_parsed(app, "--groups-per-process", "--groups-per-process", o.groups_per_process,
-                  [](const std::string& f, const std::string& v) { return int(detail::parse_long(f, v)); },
+                  [](const std::string& f, const std::string& v) { return cli::parse_int<int>(f, v); },
                   "adapter groups per process (default 1); K = processes x V", "V")->group(di);
   int nproc = 1;  // handled (and removed from the arguments) before parsing: train_launch.hpp
   app.add_option("--nproc-per-node", nproc, "start N processes of this host (one per GPU) under the MPI-free launcher "
@@ -552,11 +537,7 @@ inline void add_train_options(CLI::App& app, TrainOptions& o, CLI::Option** atte
   app.add_option("--epochs,--num-train-epochs", o.epochs, "epochs over each group's shard (default 1)")->group(op)->type_name("N");
   app.add_option("--max-steps", o.max_steps, "optimizer steps (overrides --epochs)")->group(op)->type_name("N");
   cli::add_parsed(app, "--seed", "--seed", o.seed,
-                  [](const std::string& f, const std::string& v) {
-                    const long x = detail::parse_long(f, v);
-                    if (x < 0) throw LlamaError(cat(f, ": expected >= 0, found ", x));
-                    return std::uint64_t(x);
-                  },
+                  [](const std::string& f, const std::string& v) { return std::uint64_t(cli::parse_int<long>(f, v, 0)); },
                   "data order / LoRA init seed (default 42)", "N")->group(op);
 
   app.add_option("--stop-after", o.stop_after, "stop after N steps of this invocation (state saved if --save-state)")

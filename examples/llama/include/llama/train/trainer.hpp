@@ -272,9 +272,25 @@ class Trainer {
   /// into o.adapter_dir() (llama/train/lora_export.hpp); returns the truncated export's report.
   nlohmann::json save_adapters() {
     if (!root_ || o_.adapter_dir().empty() || !(o_.uses_adapter() || o_.exports_truncated_lora())) return {};
-    const TrainState live = eng_->state();
-    AdapterExportInputs in{&o_, eng_->info().targets, &live, [this](LinearId id) -> const Matrix& { return initial_target(id); },
-                           pissa_init_ ? &*pissa_init_ : nullptr, &w_, hf_save_options(), log_};
+    // A truncated export on an engine that truncates where W lives (the GPU) downloads no W.
+    const bool where_w_lives = !o_.uses_adapter() && eng_->truncates_delta_where_w_lives();
+    std::optional<TrainState> live;
+    if (!where_w_lives) live = eng_->state();
+    AdapterExportInputs in;
+    in.o = &o_;
+    in.targets = eng_->info().targets;
+    in.state = live ? &*live : nullptr;
+    in.initial = [this](LinearId id) -> const Matrix& { return initial_target(id); };
+    in.pissa_init = pissa_init_ ? &*pissa_init_ : nullptr;
+    in.frame = &w_;
+    in.save = hf_save_options();
+    in.log = log_;
+    if (where_w_lives) {
+      in.truncate = [this](std::size_t i, const Matrix& w0, int rank, double energy) {
+        return eng_->truncated_delta_where_w_lives(i, w0, rank, energy);
+      };
+      in.truncation_device = eng_->info().device;
+    }
     return write_adapter_outputs(in);
   }
 
