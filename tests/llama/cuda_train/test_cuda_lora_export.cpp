@@ -52,7 +52,11 @@ void check_same(const TruncatedDelta& g, const TruncatedDelta& h, const std::str
   REQUIRE(g.B.rows() == h.B.rows());
   REQUIRE(g.B.cols() == h.B.cols());
   CHECK(std::abs(g.kept_share - h.kept_share) <= 1e-6);
-  CHECK(std::abs(g.delta_sq - h.delta_sq) <= 1e-12 * h.delta_sq);
+  // ‖ΔW‖² is a sum of m·n double squares, reduced in another order on the GPU: the bound is the
+  // worst case of recursive summation, (m·n)·2⁻⁵³ relative (an H200 measured 2.0e-12 relative at
+  // 1100 × 1300, where 1e-12 was too tight).
+  const double n_terms = double(g.A.cols()) * double(g.B.rows());
+  CHECK(std::abs(g.delta_sq - h.delta_sq) <= std::max(1e-12, n_terms * 0x1p-53) * h.delta_sq);
   REQUIRE(g.singular_values.size() == h.singular_values.size());
   const double smax = h.singular_values.empty() ? 0 : h.singular_values[0];
   double sv = 0;
