@@ -35,5 +35,6 @@ if(EXISTS "${HDPISSA_LLAMA_DEFAULT_DATA}/stories260K-hf/model.safetensors")
            COMMAND hdpissa-train --device cuda --model ${HDPISSA_LLAMA_DEFAULT_DATA}/stories260K-hf
                    --data ${HDPISSA_LLAMA_DEFAULT_DATA}/gsm8k/train.jsonl --max-examples 16 --max-len 256 --max-steps 1)
   set_tests_properties(example_llama_train_cuda_no_device PROPERTIES ENVIRONMENT "CUDA_VISIBLE_DEVICES="
-                       PASS_REGULAR_EXPRESSION "error: --device cuda: no CUDA device found")
+                       PASS_REGULAR_EXPRESSION "error: --device cuda: no CUDA device found"
+                       FAIL_REGULAR_EXPRESSION "loaded [0-9]+ layers")  # before the checkpoint loads
 endif()

@@ -14,6 +14,10 @@ int cuda_device_count() {
   return n;
 }
 
+std::string cuda_unavailable_reason() {
+  return cuda_device_count() == 0 ? "--device cuda: no CUDA device found (cudaGetDeviceCount reports none)" : "";
+}
+
 TruncatedDelta cuda_truncated_delta(const Matrix& W, const Matrix& W0, int rank, double energy) {
   if (cuda_device_count() == 0) throw LlamaError("cuda_truncated_delta: no CUDA device found");
   hdpissa::CudaStream stream;

@@ -7,6 +7,11 @@ namespace hdpissa::llama {
 
 int cuda_device_count() { return 0; }
 
+std::string cuda_unavailable_reason() {
+  return "--device cuda: this hdpissa-train was built without CUDA (configure with the CUDA toolkit found, "
+         "HDPISSA_CUDA=ON), use --device cpu";
+}
+
 std::unique_ptr<TrainEngine> make_cuda_engine(const TrainOptions&, const ModelWeights&, const EngineGroups&,
                                               const TrainState*) {
   throw LlamaError("--device cuda: this hdpissa-train was built without CUDA (configure with the CUDA toolkit "

@@ -208,6 +208,9 @@ std::unique_ptr<TrainEngine> make_cuda_engine(const TrainOptions& o, const Model
                                               const TrainState* resume);
 /// Number of usable CUDA devices (0 when none, when the driver reports an error, or without CUDA).
 int cuda_device_count();
+/// Why `--device cuda` cannot run here, or "" when it can: this build has no CUDA, or no device is
+/// visible. The trainer asks before the checkpoint loads.
+std::string cuda_unavailable_reason();
 /// The CUDA engine's truncation (llama/cuda/truncated_delta_cuda.cuh) of ΔW = W − W0 (host fp32
 /// matrices, uploaded) on the current CUDA device: the GPU path of the truncated LoRA export, for
 /// tests against the host truncated_delta(W, W0, rank, energy). Throws LlamaError without CUDA.

@@ -726,6 +726,8 @@ class Trainer {
     namespace fs = std::filesystem;
     // ---- up-front checks and locks, before anything expensive (preflight.hpp, state_dir.hpp)
     (void)check_run_paths(o_, comm_->size());
+    if (o_.device == Device::Cuda)  // no GPU (or no CUDA in this build): say so now, not after loading
+      if (const std::string why = cuda_unavailable_reason(); !why.empty()) throw LlamaError(why);
     // The inputs' contents, before the first long phase (the checkpoint load, the SVDs): the
     // tokenizer and every evaluation set are read now, so a malformed --eval-gsm8k fails in a second,
     // not after the model loaded (or, as once, after training).
