@@ -34,7 +34,7 @@
 #include "llama/cuda/cuda_device.cuh"
 #include "llama/cuda/greedy_generator.cuh"
 #include "llama/cuda/model_cuda.cuh"
-#include "llama/cuda/truncated_delta_cuda.cuh"
+#include "llama/train/truncated_delta_cuda.cuh"
 #include "llama/train/engine.hpp"
 
 namespace hdpissa::llama {

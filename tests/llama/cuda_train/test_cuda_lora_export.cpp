@@ -1,4 +1,4 @@
-// The truncated LoRA export on the GPU (issue 17 item 2; llama/cuda/truncated_delta_cuda.cuh,
+// The truncated LoRA export on the GPU (issue 17 item 2; llama/train/truncated_delta_cuda.cuh,
 // the CUDA engine's truncated_delta_where_w_lives) against the host path (truncated_delta on
 // EigenBackend<double>, the reference the CPU engine uses):
 //  - random low-rank-plus-noise ΔW of square, wide, tall (QR-preconditioned gesvdj) and large

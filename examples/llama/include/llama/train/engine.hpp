@@ -211,7 +211,7 @@ int cuda_device_count();
 /// Why `--device cuda` cannot run here, or "" when it can: this build has no CUDA, or no device is
 /// visible. The trainer asks before the checkpoint loads.
 std::string cuda_unavailable_reason();
-/// The CUDA engine's truncation (llama/cuda/truncated_delta_cuda.cuh) of ΔW = W − W0 (host fp32
+/// The CUDA engine's truncation (llama/train/truncated_delta_cuda.cuh) of ΔW = W − W0 (host fp32
 /// matrices, uploaded) on the current CUDA device: the GPU path of the truncated LoRA export, for
 /// tests against the host truncated_delta(W, W0, rank, energy). Throws LlamaError without CUDA.
 TruncatedDelta cuda_truncated_delta(const Matrix& W, const Matrix& W0, int rank, double energy);

@@ -5,7 +5,7 @@
 /// over any double-precision TensorBackend, so that the host and the GPU take the same decisions:
 ///  - host (the CPU engine): truncated_delta(W, W0, rank, energy) on EigenBackend<double>
 ///    (Eigen BDCSVD, or RandomizedSvd);
-///  - GPU (the CUDA engine, llama/cuda/truncated_delta_cuda.cuh): ΔW formed in double on the device
+///  - GPU (the CUDA engine, llama/train/truncated_delta_cuda.cuh): ΔW formed in double on the device
 ///    from the live fp32 W and the uploaded W_init, then truncate_delta on CudaBackend<double>
 ///    (cuSOLVER gesvdj in double through ExactSvd, or RandomizedSvd over cuBLAS / cuSOLVER in
 ///    double). Only S (min(out, in) values) and the R kept columns of U / rows of Vᵀ come back.
