@@ -30,8 +30,7 @@ TruncatedDelta cuda_truncated_delta(const Matrix& W, const Matrix& W0, int rank,
 
 std::unique_ptr<TrainEngine> make_cuda_engine(const TrainOptions& o, const ModelWeights& host, const EngineGroups& g,
                                               const TrainState* resume) {
-  if (cuda_device_count() == 0)
-    throw LlamaError("--device cuda: no CUDA device found (cudaGetDeviceCount reports none)");
+  if (const std::string why = cuda_unavailable_reason(); !why.empty()) throw LlamaError(why);
   if (o.dtype == ComputeDtype::Bf16) return engine_detail::make_cuda_engine_bf16(o, host, g, resume);
   return std::make_unique<engine_detail::CudaEngine<float>>(o, host, g, resume);
 }

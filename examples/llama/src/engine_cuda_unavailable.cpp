@@ -14,8 +14,7 @@ std::string cuda_unavailable_reason() {
 
 std::unique_ptr<TrainEngine> make_cuda_engine(const TrainOptions&, const ModelWeights&, const EngineGroups&,
                                               const TrainState*) {
-  throw LlamaError("--device cuda: this hdpissa-train was built without CUDA (configure with the CUDA toolkit "
-                   "found, HDPISSA_CUDA=ON), use --device cpu");
+  throw LlamaError(cuda_unavailable_reason());
 }
 
 TruncatedDelta cuda_truncated_delta(const Matrix&, const Matrix&, int, double) {

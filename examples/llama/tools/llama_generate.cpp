@@ -48,19 +48,9 @@ Args parse(int argc, char** argv) {
   app.add_flag("--allow-unused", a.allow_unused, "warn instead of failing on unused checkpoint tensors / unsupported config fields");
   app.add_option("--prompt", a.prompt, "text to continue (default: empty, i.e. BOS only)")->type_name("TEXT");
   app.add_flag("--template", a.use_template, "wrap the prompt in the Alpaca instruction template (spec section 6)");
+  const auto positive_int = [](const std::string& f, const std::string& v) { return cli::parse_int<int>(f, v, 1); };
   cli::add_parsed(app, "--max-new-tokens", "--max-new-tokens", a.max_new_tokens,
-                  [](const std::string& f, const std::string& v) {
-                    std::size_t used = 0;
-                    int x = 0;
-                    try {
-                      x = std::stoi(v, &used);
-                    } catch (const std::exception&) {
-                      used = 0;
-                    }
-                    if (used != v.size() || x < 1)
-                      throw hdpissa::llama::LlamaError(f + " expects a positive integer, found '" + v + "'");
-                    return x;
-                  },
+                  positive_int,
                   "tokens to generate (default 256)", "N");
   app.add_flag_callback("--no-stop", [&a] { a.stop = false; }, "do not stop at EOS / BOS");
   app.add_option("--input", a.input, "JSONL of prompts (a JSON string or {\"prompt\": ..., \"id\": ...} per line); "
@@ -74,18 +64,7 @@ Args parse(int argc, char** argv) {
   app.add_option("--dtype", a.dtype, "--device cuda: bf16 (default) or fp32 compute")->type_name("T")
       ->check(CLI::IsMember({"fp32", "bf16"}));
   cli::add_parsed(app, "--batch-size", "--batch-size", a.batch_size,
-                  [](const std::string& f, const std::string& v) {
-                    std::size_t used = 0;
-                    int x = 0;
-                    try {
-                      x = std::stoi(v, &used);
-                    } catch (const std::exception&) {
-                      used = 0;
-                    }
-                    if (used != v.size() || x < 1)
-                      throw hdpissa::llama::LlamaError(f + " expects a positive integer, found '" + v + "'");
-                    return x;
-                  },
+                  positive_int,
                   "--device cuda: sequences decoded at once (default 64)", "N");
   if (cli::parse(app, std::vector<std::string>(argv + 1, argv + argc)) != cli::Outcome::Run) {
     a.help = true;
