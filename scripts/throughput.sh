@@ -56,7 +56,8 @@
 #   calls on a warm machine), PREBUILT, JOBS [16], OUT.
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-DEV="$ROOT/.devdata/throughput"
+DEV="${THROUGHPUT_DATA:-$ROOT/.devdata/throughput}"  # SEQ=2048: THROUGHPUT_DATA=.devdata/throughput2048
+case "$DEV" in /*) ;; *) DEV="$PWD/$DEV" ;; esac
 
 if [[ "${1:-}" == "prepare" ]]; then  # on the developer machine
   data="${HDPISSA_DATA:-$ROOT/../shared/data}"
@@ -65,10 +66,12 @@ if [[ "${1:-}" == "prepare" ]]; then  # on the developer machine
   [[ -f "$data/gsm8k/train.jsonl" && -f "$data/llama2_tokenizer/tokenizer.model" ]] \
     || { echo "throughput.sh prepare: expected gsm8k/train.jsonl and llama2_tokenizer/tokenizer.model under $data" >&2; exit 2; }
   mkdir -p "$DEV"
-  python3 "$ROOT/bench/e2e/make_data.py" "$data/gsm8k/train.jsonl" "$DEV/train.jsonl" --records 1200 || exit 1
+  pseq="${SEQ:-512}"  # every example >= pseq tokens: ~6 characters per LLaMA-2 token, with margin
+  python3 "$ROOT/bench/e2e/make_data.py" "$data/gsm8k/train.jsonl" "$DEV/train.jsonl" --records $(( 1200 * 512 / pseq )) \
+    --min-chars $(( 3000 * pseq / 512 )) || exit 1
   cp "$data/llama2_tokenizer/tokenizer.model" "$DEV/tokenizer.model"
-  "$eval_bin" --tokens-only --tokenizer "$DEV/tokenizer.model" --data "$DEV/train.jsonl" --max-len 512 \
-    --eval-examples 256 --micro-batch 2 --json "$DEV/batches.json" || exit 1
+  "$eval_bin" --tokens-only --tokenizer "$DEV/tokenizer.model" --data "$DEV/train.jsonl" --max-len "$pseq" \
+    --eval-examples $(( 256 * 512 / pseq )) --micro-batch 2 --json "$DEV/batches.json" || exit 1
   du -sh "$DEV"
   exit 0
 fi

@@ -18,6 +18,7 @@
 #
 # Environment:
 #   DEVICE      cuda (default) | cpu        BUILD  build dir with hdpissa-train + hdpissa-rank-analysis
+#   PREBUILT    instead of BUILD: a folder holding both binaries (.devbin, scripts/prebuilt-pack.sh)
 #   DATA        $HDPISSA_DATA or ../shared/data                    OUT  output folder (runs/w-precision)
 #   STEPS       stories260K steps (default 300 GPU, 20 CPU)        TL_STEPS TinyLlama steps (default 200)
 #   LRS         learning rates (default "2e-5 2e-4")               TL_LAYERS TinyLlama layers (default 2)
@@ -42,8 +43,8 @@ else
   STEPS=${STEPS:-300}; MODELS=${MODELS:-stories tinyllama}; DTYPE=bf16
 fi
 [ -f "$ROOT/scripts/device-env.sh" ] && source "$ROOT/scripts/device-env.sh" 2>/dev/null
-TRAIN=$BUILD/examples/llama/hdpissa-train
-RANK=$BUILD/bench/rank_analysis/hdpissa-rank-analysis
+TRAIN=${PREBUILT:+$PREBUILT/hdpissa-train}; TRAIN=${TRAIN:-$BUILD/examples/llama/hdpissa-train}  # PREBUILT=.devbin
+RANK=${PREBUILT:+$PREBUILT/hdpissa-rank-analysis}; RANK=${RANK:-$BUILD/bench/rank_analysis/hdpissa-rank-analysis}
 for b in "$TRAIN" "$RANK"; do
   [ -x "$b" ] || { echo "w-precision-fidelity: missing $b (cmake --build $BUILD --target hdpissa-train hdpissa-rank-analysis)" >&2; exit 2; }
 done
