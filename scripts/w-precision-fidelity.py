@@ -5,6 +5,10 @@
                                bf16 (stored F32), so that every policy starts from the same W_0
                                (bf16 policies round W_0 once at start; fp32-master would not)
   report WORK OUT_MD           the fidelity table of the runs under WORK/runs (see the .sh)
+  collect WORK [NOTE]          writes WORK/runs.json from the files under WORK/runs (for a run cut short
+                               before the .sh wrote it, or logs brought back without the checkpoints:
+                               the report then takes the norms from hdpissa-rank-analysis's JSON —
+                               delta_fro per analysed target — instead of the W files)
 
 The report, per model × lr × policy (hdpissa; fp32-master is the reference):
   - rel_err   = ‖W_policy − W_fp32‖_F / ‖ΔW_fp32‖_F over every target linear (ΔW = W_final − W_0);
@@ -20,6 +24,7 @@ import glob
 import json
 import math
 import os
+import re
 import struct
 import sys
 
@@ -146,6 +151,36 @@ def sr_floor(W, dW_ref, steps):
     return math.sqrt(float(np.mean(var))) * (math.sqrt(W.shape[0]) + math.sqrt(W.shape[1]))
 
 
+def json_fro(path):
+    """sqrt(Σ delta_fro²) over the targets of a hdpissa-rank-analysis JSON (None if absent)."""
+    if not path or not os.path.exists(path):
+        return None
+    L = json.load(open(path)).get("layers", [])
+    return math.sqrt(sum(float(x["delta_fro"]) ** 2 for x in L)) if L else None
+
+
+def cmd_collect(work, note):
+    """runs.json from the files under WORK/runs: groups by (model, lr), policies in the .sh's order."""
+    groups = {}
+    for m in sorted(glob.glob(os.path.join(work, "runs", "*.jsonl"))):
+        tag = os.path.basename(m)[:-len(".jsonl")]
+        mt = re.match(r"^(.+)-lr([0-9.]+(?:e-?[0-9]+)?)-(.+)$", tag)
+        if not mt:
+            continue
+        model, lr, policy = mt.groups()
+        base = os.path.join(work, "runs", tag)
+        groups.setdefault((model, lr), {})[policy] = {
+            "output": base, "metrics": m, "log": os.path.join(work, "logs", tag + ".log"),
+            "rank_json": base + ".rank.json", "err_json": base + ".err.json"}
+    out = []
+    for (model, lr), runs in groups.items():
+        for p in ("fp32-master", "bf16-compensated", "bf16-sr"):
+            runs.setdefault(p, {"output": "", "metrics": "", "log": "", "rank_json": "", "why": "the call ran out of time"})
+        steps = max((r["step"] for r in records(runs["fp32-master"]["metrics"], "step")), default=0)
+        out.append({"model": model, "lr": lr, "w0": os.path.join(work, "models", model), "steps": steps, "runs": runs})
+    json.dump({"device": "cuda", "note": note, "groups": out}, open(os.path.join(work, "runs.json"), "w"), indent=1)
+
+
 def fmt(x, p=3):
     if x is None or (isinstance(x, float) and not math.isfinite(x)):
         return "–"
@@ -165,23 +200,31 @@ def cmd_report(work, out_md):
     csv = ["model,lr,policy,step,loss"]
     for group in runs["groups"]:
         model, lr, w0dir, steps = group["model"], group["lr"], group["w0"], group["steps"]
-        W0 = load_dir(w0dir)
-        names = targets(W0)
+        W0 = load_dir(w0dir) if os.path.isdir(w0dir) else None
+        names = targets(W0) if W0 else []
         ref_dir = group["runs"].get("fp32-master")
-        Wf = load_dir(ref_dir["output"]) if ref_dir and os.path.isdir(ref_dir["output"]) else None
+        Wf = load_dir(ref_dir["output"]) if W0 and ref_dir and os.path.isdir(ref_dir["output"]) else None
         dref = math.sqrt(sum(float(np.sum((Wf[n].astype(np.float64) - W0[n]) ** 2)) for n in names)) if Wf else None
+        if dref is None and ref_dir:  # no checkpoints: the analysed targets' norms from the rank JSON
+            dref = json_fro(ref_dir.get("rank_json", ""))
         for policy in ("fp32-master", "bf16-compensated", "bf16-sr"):
             r = group["runs"].get(policy)
             if not r:
                 continue
-            if not os.path.isdir(r["output"]):
-                lines.append(f"| {model} | {lr} | {policy} | – | run failed (see {r['log']}) | | | | | | | | | |")
+            have_w = W0 is not None and os.path.isdir(r["output"])
+            if not have_w and not os.path.exists(r["metrics"]):
+                lines.append(f"| {model} | {lr} | {policy} | – | not run ({r.get('why', 'see ' + r['log'])}) | | | | | | | | | |")
                 continue
-            W = load_dir(r["output"])
-            dW = math.sqrt(sum(float(np.sum((W[n].astype(np.float64) - W0[n]) ** 2)) for n in names))
+            W = load_dir(r["output"]) if have_w else None
+            if W is not None:
+                dW = math.sqrt(sum(float(np.sum((W[n].astype(np.float64) - W0[n]) ** 2)) for n in names))
+            else:
+                dW = json_fro(r["rank_json"])
             rel = None
-            if Wf and dref:
+            if W is not None and Wf and dref:
                 rel = math.sqrt(sum(float(np.sum((W[n].astype(np.float64) - Wf[n]) ** 2)) for n in names)) / dref
+            elif dref and json_fro(r.get("err_json", "")) is not None:
+                rel = json_fro(r["err_json"]) / dref
             st = records(r["metrics"], "step")
             losses = [s["loss"] for s in st]
             for s in st:
@@ -205,7 +248,7 @@ def cmd_report(work, out_md):
                     ab.append(sum(1 for s in sig if s > f))
                 floor_meas = float(np.mean(fm)) if fm else None
                 above = float(np.mean(ab)) if ab else None
-            if policy == "bf16-sr" and Wf:
+            if policy == "bf16-sr" and Wf and W is not None:
                 floor_pred = float(np.mean([sr_floor(W[n], Wf[n] - W0[n], steps) for n in names]))
             lines.append("| " + " | ".join([
                 model, str(lr), policy, str(bpp), fmt(rel) if policy != "fp32-master" else "0 (reference)", tl, ev or "–",
@@ -240,6 +283,8 @@ def cmd_report(work, out_md):
 if __name__ == "__main__":
     if len(sys.argv) == 4 and sys.argv[1] == "round-bf16":
         cmd_round(sys.argv[2], sys.argv[3])
+    elif len(sys.argv) in (3, 4) and sys.argv[1] == "collect":
+        cmd_collect(sys.argv[2], sys.argv[3] if len(sys.argv) == 4 else "")
     elif len(sys.argv) == 4 and sys.argv[1] == "report":
         cmd_report(sys.argv[2], sys.argv[3])
     else:

@@ -24,7 +24,8 @@
 #   LRS         learning rates (default "2e-5 2e-4")               TL_LAYERS TinyLlama layers (default 2)
 #   MODELS      "stories tinyllama" on cuda, "stories" on cpu      POLICIES (default all three)
 #   TL_MODULES  TinyLlama's analysed targets (default q,k,o,down: one of each shape; the double-
-#               precision SVDs of 5632×2048 matrices dominate the host time), RANK_THREADS (nproc)
+#               precision SVDs of 5632×2048 matrices dominate the host time), RANK_JOBS analyses at a
+#               time in the background (4), RANK_THREADS threads each (nproc / RANK_JOBS)
 set -uo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 DEVICE=${DEVICE:-cuda}
@@ -36,7 +37,8 @@ POLICIES=${POLICIES:-fp32-master bf16-compensated bf16-sr}
 TL_LAYERS=${TL_LAYERS:-2}
 TL_STEPS=${TL_STEPS:-200}
 TL_MODULES=${TL_MODULES:-q,k,o,down}
-RANK_THREADS=${RANK_THREADS:-$(nproc)}
+RANK_JOBS=${RANK_JOBS:-4}                                  # rank analyses at a time (background)
+RANK_THREADS=${RANK_THREADS:-$(( $(nproc) / RANK_JOBS > 0 ? $(nproc) / RANK_JOBS : 1 ))}
 if [ "$DEVICE" = cpu ]; then
   STEPS=${STEPS:-20}; MODELS=${MODELS:-stories}; DTYPE=fp32
 else
@@ -96,11 +98,15 @@ for model in $MODELS; do
         { rc=1; say "$tag failed:"; tail -5 "$OUT/logs/$tag.log"; }
       say "$tag: $(( $(date +%s) - t0 )) s; $(grep -E 'eval loss \(after' "$OUT/logs/$tag.log" | tail -1)"
       if [ -d "$o" ]; then
+        # the double-precision SVDs run in the background, beside the next training runs (they
+        # dominated the wall time when run in line: ~1 min per TinyLlama policy on 16 cores)
+        while (( $(jobs -rp | wc -l) >= RANK_JOBS )); do wait -n; done
         "$RANK" "${rank_args[@]}" --init "$OUT/models/$model" --final "$o" --label "$tag" --json "$OUT/runs/$tag.rank.json" \
-          > "$OUT/logs/$tag.rank.log" 2>&1 || { rc=1; tail -3 "$OUT/logs/$tag.rank.log"; }
+          > "$OUT/logs/$tag.rank.log" 2>&1 &
         if [ "$p" != fp32-master ] && [ -d "$OUT/runs/$model-lr$lr-fp32-master" ]; then
+          while (( $(jobs -rp | wc -l) >= RANK_JOBS )); do wait -n; done
           "$RANK" "${rank_args[@]}" --init "$OUT/runs/$model-lr$lr-fp32-master" --final "$o" --label "$tag-err" \
-            --json "$OUT/runs/$tag.err.json" > "$OUT/logs/$tag.err.log" 2>&1 || { rc=1; tail -3 "$OUT/logs/$tag.err.log"; }
+            --json "$OUT/runs/$tag.err.json" > "$OUT/logs/$tag.err.log" 2>&1 &
         fi
       fi
       runs_json+="${runs_json:+,}\"$p\": {\"output\": \"$o\", \"metrics\": \"$OUT/runs/$tag.jsonl\", \"log\": \"$OUT/logs/$tag.log\",
@@ -108,6 +114,11 @@ for model in $MODELS; do
     done
     groups_json+="${groups_json:+,}{\"model\": \"$model\", \"lr\": \"$lr\", \"w0\": \"$OUT/models/$model\", \"steps\": $steps, \"runs\": {$runs_json}}"
   done
+done
+wait  # the rank analyses
+for f in "$OUT"/logs/*.rank.log "$OUT"/logs/*.err.log; do
+  j="$OUT/runs/$(basename "${f%.log}").json"
+  [ -f "$j" ] || { rc=1; say "rank analysis failed: $f"; tail -3 "$f"; }
 done
 dev_name=$DEVICE
 [ "$DEVICE" = cuda ] && command -v nvidia-smi > /dev/null && dev_name="cuda: $(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)"
