@@ -238,3 +238,57 @@ TEST_CASE("w-precision: parsed, echoed, refused where it does not apply") {
   refused("full", "cpu", "full fine-tuning");
   refused("hdpissa", "cuda", "need --dtype bf16");  // GPU fp32 compute: W is the bf16 compute copy
 }
+
+TEST_CASE("w-precision: the command line's default is bf16-sr for the DWU methods in GPU bf16, fp32-master elsewhere") {
+  using hdpissa::WPrecision;
+  auto parsed = [](std::vector<std::string> extra) {
+    std::vector<std::string> a{"--model", "m", "--data", "d"};
+    a.insert(a.end(), extra.begin(), extra.end());
+    return parse_train_args(a).w_precision;
+  };
+  for (const char* m : {"hdpissa", "lora-dwu", "pissa-dwu"}) {
+    CAPTURE(m);
+    CHECK(parsed({"--method", m, "--device", "cuda", "--dtype", "bf16"}) == WPrecision::Bf16StochasticRounding);
+    CHECK(parsed({"--method", m, "--device", "cuda", "--dtype", "fp32"}) == WPrecision::Fp32Master);
+    CHECK(parsed({"--method", m}) == WPrecision::Fp32Master);  // CPU: the exact fp32 reference
+    // an explicit choice wins
+    CHECK(parsed({"--method", m, "--device", "cuda", "--dtype", "bf16", "--w-precision", "fp32-master"}) ==
+          WPrecision::Fp32Master);
+    CHECK(parsed({"--method", m, "--device", "cuda", "--dtype", "bf16", "--w-precision", "bf16-compensated"}) ==
+          WPrecision::Bf16Compensated);
+  }
+  for (const char* m : {"lora", "pissa", "full"}) {  // frozen W, or full fine-tuning (fp32 master only)
+    CAPTURE(m);
+    CHECK(parsed({"--method", m, "--device", "cuda", "--dtype", "bf16"}) == WPrecision::Fp32Master);
+  }
+  // the struct's own default stays fp32-master (code that builds TrainOptions chooses explicitly)
+  CHECK(TrainOptions{}.w_precision == WPrecision::Fp32Master);
+}
+
+TEST_CASE("w-precision: resuming under another policy is refused by name") {
+  if (!llama_test::have_data()) return;
+  const fs::path dir = llama_test::scratch("wprec_resume_mismatch");
+  TrainOptions first = wp_options("hdpissa", "bf16-sr");
+  first.max_steps = 4;
+  first.stop_after = 2;
+  first.save_state = (dir / "state").string();
+  fs::remove_all(first.save_state);
+  {
+    Run part(first);
+    part.t->run();
+    REQUIRE(part.t->step() == 2);
+  }
+  TrainOptions second = wp_options("hdpissa", "fp32-master");
+  second.max_steps = 4;
+  second.resume = first.save_state;
+  std::string msg;
+  try {
+    Run r(second);
+    r.t->run();
+  } catch (const std::exception& e) {
+    msg = e.what();
+  }
+  INFO("message: " << msg);
+  for (const char* needle : {"incompatible config", "'w_precision'", "\"bf16-sr\"", "\"fp32-master\""})
+    CHECK_MESSAGE(msg.find(needle) != std::string::npos, needle);
+}

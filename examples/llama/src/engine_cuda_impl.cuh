@@ -81,7 +81,9 @@ class CudaEngine final : public MethodEngine<gpu::CudaDevice<T>> {
     cudaDeviceProp p{};
     HDPISSA_CUDA_CHECK(cudaGetDeviceProperties(&p, device_));
     name_ = cat("cuda:", device_, " (", p.name, ")");
+    const bool frozen_w = o.method == Method::Lora || o.method == Method::Pissa;
     notes_ = cat(std::is_same_v<T, float> ? "; fp32 compute (exact, no TF32)"
+                 : frozen_w ? "; frozen W in bf16 only (no fp32 copy), fp32 adapters / gradients / Adam"
                  : o.w_precision == hdpissa::WPrecision::Fp32Master
                      ? "; bf16 compute copies, fp32 masters / gradients / Adam"
                      : cat("; bf16 W (", hdpissa::w_precision_name(o.w_precision), ", no fp32 W), fp32 gradients / Adam"),

@@ -89,6 +89,7 @@ int main(int argc, char** argv) {
     if (args.help) return 0;  // --help / --version: printed
     const auto t0 = std::chrono::steady_clock::now();
     const ModelWeights w = load_checkpoint(args.checkpoint, LoadOptions{args.allow_unused, {}});
+    const auto t_loaded = std::chrono::steady_clock::now();
     const Tokenizer tok(args.tokenizer);
     if (tok.vocab_size() > w.config.vocab_size)
       throw LlamaError(cat("tokenizer has ", tok.vocab_size(), " pieces but the model expects vocab_size ",
@@ -152,6 +153,7 @@ int main(int argc, char** argv) {
       go.decode.slots = args.batch_size;
       gpu = eval::make_cuda_generator(w, go);
     }
+    const auto t_ready = std::chrono::steady_clock::now();
     DecodeStats before;
     if (args.warmup) {
       (void)(gpu ? gpu->generate(req) : eval::cpu_greedy_generator(w)(req));
@@ -180,10 +182,14 @@ int main(int argc, char** argv) {
       }
       if (!os) throw LlamaError(cat("--output: write to '", args.output, "' failed"));
     }
-    const double load_s = std::chrono::duration<double>(t1 - t0).count();
-    const double gen_s = std::chrono::duration<double>(t2 - t1).count();
+    // load = the checkpoint read; setup = tokenizer, prompts and the GPU model (upload); warm-up =
+    // the untimed --warmup pass. Earlier builds printed their sum as "load".
+    const auto secs = [](auto a, auto b) { return std::chrono::duration<double>(b - a).count(); };
+    const double load_s = secs(t0, t_loaded), setup_s = secs(t_loaded, t_ready), warmup_s = secs(t_ready, t1);
+    const double gen_s = secs(t1, t2);
     std::cerr << "[hdpissa-generate] " << w.num_parameters() << " parameters, " << (gpu ? gpu->describe() : "cpu")
-              << ", load " << load_s << " s, " << outs.size() << " prompt(s), " << n_new << " tokens in " << gen_s
+              << ", load " << load_s << " s, setup " << setup_s << " s" << (args.warmup ? ", warm-up " : "")
+              << (args.warmup ? std::to_string(warmup_s) + " s" : std::string()) << ", " << outs.size() << " prompt(s), " << n_new << " tokens in " << gen_s
               << " s (" << (gen_s > 0 ? double(n_new) / gen_s : 0.0) << " tok/s)";
     DecodeStats st;
     if (gpu) {
@@ -206,6 +212,7 @@ int main(int argc, char** argv) {
                                 {"batch_size", args.batch_size}, {"prompts", outs.size()},
                                 {"prompt_tokens", prompt_tokens}, {"new_tokens", n_new},
                                 {"max_new_tokens", args.max_new_tokens}, {"load_seconds", load_s},
+                                {"setup_seconds", setup_s}, {"warmup_seconds", args.warmup ? warmup_s : 0.0},
                                 {"generate_seconds", gen_s}, {"e2e_tok_s", gen_s > 0 ? double(n_new) / gen_s : 0.0},
                                 {"prefill_tokens", st.prefill_tokens}, {"prefill_seconds", st.prefill_seconds},
                                 {"prefill_tok_s", st.prefill_tok_s()}, {"decode_tokens", st.decode_tokens},

@@ -161,7 +161,9 @@ class CudaLlama {
     T* xn2;   // (N, D)  ffn-norm output = X of gate, up
     T* gate;  // (N, H)
     T* up;    // (N, H)
-    T* act;   // (N, H)  silu(gate)·up = X of down
+    // silu(gate)·up, the X of down, is not saved: the forward writes it to act_ (one (N, H) buffer
+    // for every layer) and the backward recomputes it there from gate and up with the same kernel
+    // (bit-identical), saving n_layers·N·H·sizeof(T) (2.8 GB at LLaMA-2-7B, 8 × 512, bf16).
     float* lse;    // (B·nh·T)
     float* rstd1;  // (N)
     float* rstd2;  // (N)
@@ -218,6 +220,7 @@ class CudaLlama {
 
   // scratch
   Buf q_rows_, k_rows_, v_rows_, oh_, tmp_, dx_t_, dxa_, dxb_, dxc_, d_act_, d_gate_, d_up_, d_attn_, doh_;
+  Buf act_;  // (N, H) silu(gate)·up of the layer at hand (forward, and recomputed in backward)
   Buf dqh_, dkh_, dvh_, p_, ds_;          // Gemm attention
   FBuf fdq_, fdk_, fdv_;                   // Flash attention: per-query-head dQ, dK, dV (fp32)
   bool flash_ = false;
@@ -391,7 +394,7 @@ CudaLlama<T>::CudaLlama(const ModelWeights& host, int max_batch, int max_seq, cu
 
   // activations
   res_.reserve(static_cast<std::size_t>(2 * L + 1) * N * D);
-  const std::size_t per_layer_t = static_cast<std::size_t>(N) * (2 * D + 2 * qd + 2 * kvd + 3 * static_cast<std::int64_t>(H));
+  const std::size_t per_layer_t = static_cast<std::size_t>(N) * (2 * D + 2 * qd + 2 * kvd + 2 * static_cast<std::int64_t>(H));
   const std::size_t per_layer_f = static_cast<std::size_t>(N) * (c.n_heads + 2);
   const int arenas = ckpt_ ? 1 : L;  // checkpointing: every layer's activations share one arena
   act_t_.reserve(per_layer_t * arenas);
@@ -410,7 +413,6 @@ CudaLlama<T>::CudaLlama(const ModelWeights& host, int max_batch, int max_seq, cu
     a.xn2 = take(N * D);
     a.gate = take(N * H);
     a.up = take(N * H);
-    a.act = take(N * H);
     float* f = act_f_.get() + per_layer_f * slot;
     a.lse = f;
     a.rstd1 = f + N * c.n_heads;
@@ -430,6 +432,7 @@ CudaLlama<T>::CudaLlama(const ModelWeights& host, int max_batch, int max_seq, cu
   dxb_.reserve(N * D);
   dxc_.reserve(N * D);
   d_act_.reserve(N * H);
+  act_.reserve(N * H);
   d_gate_.reserve(N * H);
   d_up_.reserve(N * H);
   d_attn_.reserve(N * qd);
@@ -611,10 +614,10 @@ void CudaLlama<T>::layer_forward(CudaHooks<T>& hooks, int l, const float* prev, 
     hooks.forward({l, Module::gate}, W(Module::gate), xn2, MV(a.gate, N, H, H));
     hooks.forward({l, Module::up}, W(Module::up), xn2, MV(a.up, N, H, H));
     mark(kNormFwd);
-    kern::launch_swiglu_fwd<T>(s, a.gate, a.up, a.act, N * H);
+    kern::launch_swiglu_fwd<T>(s, a.gate, a.up, act_.get(), N * H);
     if (down) {
       mark(kLinFwd);
-      hooks.forward({l, Module::down}, W(Module::down), CV(a.act, N, H, H), MV(tmp_.get(), N, D, D));
+      hooks.forward({l, Module::down}, W(Module::down), CV(act_.get(), N, H, H), MV(tmp_.get(), N, D, D));
     }
   }
 }
@@ -673,8 +676,10 @@ void CudaLlama<T>::backward_layers(CudaHooks<T>& hooks) {
     const LayerActs& a = layers_[l];
     auto W = [&](Module m) { return CV(linear({l, m})); };
     const CV dxt(dx_t_.get(), N, D, D);
+    mark(kNormBwd);
+    kern::launch_swiglu_fwd<T>(s, a.gate, a.up, act_.get(), N * H);  // X of down, recomputed (not saved)
     mark(kLinBwd);
-    hooks.backward({l, Module::down}, W(Module::down), CV(a.act, N, H, H), dxt, MV(d_act_.get(), N, H, H));
+    hooks.backward({l, Module::down}, W(Module::down), CV(act_.get(), N, H, H), dxt, MV(d_act_.get(), N, H, H));
     mark(kNormBwd);
     kern::launch_swiglu_bwd<T>(s, d_act_.get(), a.gate, a.up, d_gate_.get(), d_up_.get(), N * H);
     const CV xn2(a.xn2, N, D, D);

@@ -401,7 +401,8 @@ inline std::string parse_targets_list(const std::vector<std::string>& values) {
 
 /// Every option of hdpissa-train, registered on `app` and writing into `o`. `attention` receives
 /// the --attention option (its count tells whether the flag was given).
-inline void add_train_options(CLI::App& app, TrainOptions& o, CLI::Option** attention = nullptr) {
+inline void add_train_options(CLI::App& app, TrainOptions& o, CLI::Option** attention = nullptr,
+                              CLI::Option** w_precision = nullptr) {
   cli::setup(app);
   app.description("Fine-tunes a LLaMA-family model (LLaMA 1-3, Mistral, Qwen2 shapes) with HD-PiSSA or a baseline, "
                   "on the CPU (fp32) or a GPU (--device cuda).");
@@ -499,12 +500,17 @@ inline void add_train_options(CLI::App& app, TrainOptions& o, CLI::Option** atte
   cli::add_parsed(app, "--dtype", "--dtype", o.dtype, parse_choice<ComputeDtype>,
                   "compute dtype (default fp32 = exact fp32 everywhere; bf16 = bf16 compute copies of W and the factors, "
                   "fp32 masters, Adam and gradient sums: --device cuda only)", "fp32|bf16")->group(me);
-  cli::add_parsed(app, "--w-precision", "--w-precision", o.w_precision, parse_choice<hdpissa::WPrecision>,
-                  "how hdpissa / lora-dwu / pissa-dwu store and update W: fp32-master (default: fp32 W, plus a bf16 "
-                  "compute copy under --dtype bf16), bf16-compensated (bf16 W + bf16 Kahan compensation) or bf16-sr "
-                  "(bf16 W, stochastic rounding seeded by --seed, step and element); on --device cuda the bf16 policies need "
-                  "--dtype bf16 and keep no fp32 W (the rule is fused into the update GEMM); docs/trainer.md",
-                  "fp32-master|bf16-compensated|bf16-sr")->group(me);
+  CLI::Option* wp = cli::add_parsed(
+      app, "--w-precision", "--w-precision", o.w_precision, parse_choice<hdpissa::WPrecision>,
+      "how hdpissa / lora-dwu / pissa-dwu store and update W: fp32-master (fp32 W, plus a bf16 compute copy under "
+      "--dtype bf16; 6 B per parameter), bf16-compensated (bf16 W + bf16 Kahan compensation; 4 B) or bf16-sr (bf16 W, "
+      "stochastic rounding seeded by --seed, step and element; 2 B, LoRA's memory). Default: bf16-sr under --device "
+      "cuda --dtype bf16 (same loss as fp32-master in docs/trainer.md's fidelity table; for studies of the update's "
+      "spectrum pick bf16-compensated or fp32-master: SR's rounding noise is full-rank), fp32-master otherwise. On "
+      "--device cuda the bf16 policies need --dtype bf16 and keep no fp32 W (the rule is fused into the update GEMM)",
+      "fp32-master|bf16-compensated|bf16-sr");
+  wp->group(me);
+  if (w_precision) *w_precision = wp;
   CLI::Option* att = cli::add_parsed(
       app, "--attention", "--attention", o.attention, parse_choice<AttentionKind>,
       "the GPU model's attention (--device cuda): flash = fused kernels (bf16, head_dim 64 or 128), gemm = "
@@ -589,6 +595,17 @@ inline std::string train_usage() {
   return app.help();
 }
 
+/// The command line's W policy when --w-precision is not given: bf16-sr for the methods whose W the
+/// DWU updates (hdpissa, lora-dwu, pissa-dwu) under --device cuda --dtype bf16 — 2 bytes per
+/// parameter, LoRA's memory; the fidelity table in docs/trainer.md found the same training and
+/// held-out loss as fp32-master — and fp32-master otherwise (the exact fp32 paths). A TrainOptions
+/// built in code keeps its member default (fp32-master) unless it calls this.
+inline hdpissa::WPrecision default_w_precision(const TrainOptions& o) {
+  const bool dwu = o.method == Method::Hdpissa || o.method == Method::LoraDwu || o.method == Method::PissaDwu;
+  return dwu && o.device == Device::Cuda && o.dtype == ComputeDtype::Bf16 ? hdpissa::WPrecision::Bf16StochasticRounding
+                                                                        : hdpissa::WPrecision::Fp32Master;
+}
+
 /// Parses hdpissa-train's arguments (CLI11; llama/cli.hpp has the conventions). `help` is set
 /// (and nothing validated) for --help or --version, whose text goes to `out`. Unknown options
 /// and malformed values throw cli::UsageError naming the flag; bad combinations LlamaError.
@@ -597,7 +614,8 @@ inline TrainOptions parse_train_args(const std::vector<std::string>& args, bool*
   TrainOptions o;
   CLI::App app{"", "hdpissa-train"};
   CLI::Option* attention = nullptr;
-  add_train_options(app, o, &attention);
+  CLI::Option* w_precision = nullptr;
+  add_train_options(app, o, &attention, &w_precision);
   if (help) *help = false;
   if (cli::parse(app, args, out) != cli::Outcome::Run) {
     if (help) *help = true;
@@ -607,6 +625,7 @@ inline TrainOptions parse_train_args(const std::vector<std::string>& args, bool*
   if (const char* env = std::getenv("HDPISSA_LLAMA_ATTENTION");
       env && *env && attention->count() == 0 && o.device == Device::Cuda)
     o.attention = parse_choice<AttentionKind>("HDPISSA_LLAMA_ATTENTION", env);
+  if (w_precision->count() == 0) o.w_precision = default_w_precision(o);
   if (o.tokenizer.empty() && !o.model.empty() && std::filesystem::is_directory(o.model))
     o.tokenizer = o.model;  // detect_tokenizer picks tokenizer.model / tokenizer.json / original/tokenizer.model
   o.validate();
@@ -636,7 +655,8 @@ inline nlohmann::json trajectory_config(const TrainOptions& o, int processes) {
           {"epochs", o.epochs},
           {"max_steps", o.max_steps},
           {"max_examples", o.max_examples},
-          {"seed", o.seed}};
+          {"seed", o.seed},
+          {"w_precision", name_of(o.w_precision)}};
 }
 
 }  // namespace hdpissa::llama

@@ -866,6 +866,8 @@ class Trainer {
       const nlohmann::json now = trajectory(), saved_config = state.at("config");
       for (auto it = now.begin(); it != now.end(); ++it) {
         const auto s = saved_config.find(it.key());
+        // states written before w_precision was recorded were fp32-master runs
+        if (s == saved_config.end() && it.key() == "w_precision" && it.value() == "fp32-master") continue;
         if (s == saved_config.end() || *s != it.value())
           throw LlamaError(cat("cannot resume from ", dir.string(), ": incompatible config: field '", it.key(),
                                "' is ", s == saved_config.end() ? std::string("missing") : s->dump(),
