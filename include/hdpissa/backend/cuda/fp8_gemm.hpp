@@ -16,8 +16,11 @@
 /// The workflow follows the usual can_implement → run form: can_implement() names the first
 /// requirement a problem breaks (empty: none), run() returns false — having run nothing — when
 /// cuBLASLt proposes no algorithm for it, so the caller can take another path and say so. Every
-/// distinct problem (shapes, leading dimensions, formats, β = 0 or not, pointer alignments) asks
-/// the heuristic once; its plan (descriptors, algorithm) is cached. The workspace is allocated in
+/// distinct problem (shapes, leading dimensions, formats, β = 0 or not) asks the heuristic once,
+/// for algorithms that accept 16-byte aligned operands (what can_implement requires; Hopper's
+/// TMA-based kernels need no more); its plan (descriptors, algorithm) is cached. The choice thus
+/// depends on the shapes only, never on where the buffers happen to lie: the same problem runs the
+/// same algorithm (the same bits) in every pass, recompute and process. The workspace is allocated in
 /// the constructor: run() never allocates device memory. Not thread-safe (like the backends).
 
 #include <cublasLt.h>
@@ -76,7 +79,7 @@ class CudaFp8Gemm {
            float beta, __nv_bfloat16* D, index_t ldd) {
     const std::string why = can_implement(M, N, K, fa, lda, fb, ldb, ldd, A, B, D);
     HDPISSA_REQUIRE(why.empty(), "CudaFp8Gemm: ", why);
-    const Key key{M, N, K, lda, ldb, ldd, int(fa), int(fb), beta == 0.0f, align(A), align(B), align(D)};
+    const Key key{M, N, K, lda, ldb, ldd, int(fa), int(fb), beta == 0.0f};
     auto it = plans_.find(key);
     if (it == plans_.end()) it = plans_.emplace(key, make_plan(key)).first;
     Plan& p = it->second;
@@ -100,8 +103,8 @@ class CudaFp8Gemm {
   }
 
  private:
-  // M, N, K, lda, ldb, ldd, fa, fb, beta == 0, alignment classes of A, B, D
-  using Key = std::tuple<index_t, index_t, index_t, index_t, index_t, index_t, int, int, bool, int, int, int>;
+  // M, N, K, lda, ldb, ldd, fa, fb, beta == 0
+  using Key = std::tuple<index_t, index_t, index_t, index_t, index_t, index_t, int, int, bool>;
   struct Plan {
     bool ok = false;
     cublasLtMatmulDesc_t desc = nullptr;
@@ -116,14 +119,8 @@ class CudaFp8Gemm {
       desc = nullptr;
     }
   };
-  static int align(const void* p) {
-    const auto v = reinterpret_cast<std::uintptr_t>(p);
-    int a = 16;
-    while (a < 256 && v % std::uintptr_t(2 * a) == 0) a *= 2;
-    return a;
-  }
   Plan make_plan(const Key& k) {
-    const auto [M, N, K, lda, ldb, ldd, fa, fb, beta0, alA, alB, alD] = k;
+    const auto [M, N, K, lda, ldb, ldd, fa, fb, beta0] = k;
     (void)beta0;
     Plan p;
     const cublasOperation_t opT = CUBLAS_OP_T, opN = CUBLAS_OP_N;
@@ -147,7 +144,7 @@ class CudaFp8Gemm {
     cublasLtMatmulPreference_t pref = nullptr;
     HDPISSA_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
     const std::size_t ws = ws_.size();
-    const std::uint32_t a_al = std::uint32_t(alB), b_al = std::uint32_t(alA), d_al = std::uint32_t(alD);
+    const std::uint32_t a_al = 16, b_al = 16, d_al = 16;  // can_implement's requirement
     cublasStatus_t st = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws));
     if (st == CUBLAS_STATUS_SUCCESS)
       st = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &a_al, sizeof(a_al));
