@@ -249,3 +249,60 @@ TEST_CASE("fp8 GEMM: can_implement names the broken requirement") {
   CHECK(!CudaFp8Gemm::can_implement(8, 32, 32, Fp8Format::E5M2, 32, Fp8Format::E5M2, 32, 32).empty());
   CHECK(CudaFp8Gemm::can_implement(5, 32, 32, Fp8Format::E5M2, 32, Fp8Format::E4M3, 32, 32).empty());
 }
+
+// Informational (no assertion on speed): the FP8 GEMM against the bf16 cuBLAS GEMM the trainer runs
+// without --compute fp8, at LLaMA-2-7B's linear shapes for a micro-batch of 8 × 512 tokens, plus the
+// cost of quantising the activation (amax + cast) that --compute fp8 adds per call. Prints TFLOP/s.
+TEST_CASE("fp8 GEMM throughput at LLaMA-2-7B shapes (informational)") {
+  const index_t M = 4096;
+  struct Shape {
+    const char* name;
+    index_t N, K;
+  };
+  CudaBackend<__nv_bfloat16> b;
+  cudaStream_t s = b.stream();
+  cudaEvent_t e0, e1;
+  REQUIRE(cudaEventCreate(&e0) == cudaSuccess);
+  REQUIRE(cudaEventCreate(&e1) == cudaSuccess);
+  auto time_ms = [&](auto&& f, int reps) {
+    f();  // warm-up (plan, heuristic)
+    REQUIRE(cudaEventRecord(e0, s) == cudaSuccess);
+    for (int i = 0; i < reps; ++i) f();
+    REQUIRE(cudaEventRecord(e1, s) == cudaSuccess);
+    REQUIRE(cudaEventSynchronize(e1) == cudaSuccess);
+    float ms = 0;
+    REQUIRE(cudaEventElapsedTime(&ms, e0, e1) == cudaSuccess);
+    return double(ms) / reps;
+  };
+  CudaFp8Gemm gemm;
+  for (const Shape& sh : {Shape{"q/o (4096x4096)", 4096, 4096}, Shape{"gate/up (11008x4096)", 11008, 4096},
+                          Shape{"down (4096x11008)", 4096, 11008}}) {
+    auto A = b.make_matrix(M, sh.K), W = b.make_matrix(sh.N, sh.K), Y = b.make_matrix(M, sh.N);
+    const auto ha = spread_data<__nv_bfloat16>(M, sh.K, 21, 1.0), hw = spread_data<__nv_bfloat16>(sh.N, sh.K, 22, 0.02);
+    b.upload(ha.data(), A.view());
+    b.upload(hw.data(), W.view());
+    DeviceBuffer<unsigned char> a8(std::size_t(M * sh.K)), w8(std::size_t(2 * sh.N * sh.K));
+    DeviceBuffer<float> sc(4);
+    launch_fp8_amax(s, A.cview(), sc.get());
+    launch_fp8_quantize<Fp8Format::E4M3>(s, A.cview(), sc.get(), a8.get(), sh.K, sc.get() + 1);
+    launch_fp8_amax(s, W.cview(), sc.get() + 2);
+    launch_fp8_quantize_transpose<Fp8Format::E4M3>(s, W.cview(), sc.get() + 2, w8.get(), w8.get() + sh.N * sh.K,
+                                                   sc.get() + 3);
+    const double flop = 2.0 * double(M) * double(sh.N) * double(sh.K);
+    bool ran = true;
+    const double t8 = time_ms([&] {
+      ran = ran && gemm.run(s, M, sh.N, sh.K, Fp8Format::E4M3, a8.get(), sh.K, sc.get() + 1, Fp8Format::E4M3, w8.get(),
+                            sh.K, sc.get() + 3, 1.0f, 0.0f, Y.data(), sh.N);
+    }, 20);
+    CHECK(ran);
+    const double tq = time_ms([&] {
+      launch_fp8_amax(s, A.cview(), sc.get());
+      launch_fp8_quantize<Fp8Format::E4M3>(s, A.cview(), sc.get(), a8.get(), sh.K, sc.get() + 1);
+    }, 20);
+    const double t16 = time_ms([&] { b.gemm(Op::N, Op::T, 1.0f, A.cview(), W.cview(), 0.0f, Y.view()); }, 20);
+    MESSAGE(sh.name, " M ", M, ": bf16 ", t16, " ms (", flop / t16 * 1e-9, " TFLOP/s), fp8 ", t8, " ms (",
+            flop / t8 * 1e-9, " TFLOP/s), activation quantisation ", tq, " ms; fp8 + quantisation = ",
+            t16 / (t8 + tq), "x bf16");
+  }
+  cudaEventDestroy(e0), cudaEventDestroy(e1);
+}
