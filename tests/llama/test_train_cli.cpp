@@ -180,3 +180,20 @@ TEST_CASE("cli: --help and --version print and ask for no validation") {
   CHECK(contains(ver.str(), std::string("hdpissa-train (hdpissa) ") + HDPISSA_VERSION_STRING));
   CHECK(std::string(HDPISSA_VERSION_STRING) != "unknown");
 }
+
+TEST_CASE("cli: --compute fp8 needs --device cuda --dtype bf16 and the exact mute, and says so") {
+  CHECK(contains(error_of(base({"--compute", "fp16"})), "--compute: expected dtype or fp8, found 'fp16'"));
+  CHECK(contains(error_of(base({"--compute", "fp8"})),
+                 "--compute fp8: runs the target linears' base GEMMs in FP8 on the GPU; expected --device cuda --dtype "
+                 "bf16, found --device cpu --dtype fp32"));
+  CHECK(contains(error_of(base({"--compute", "fp8", "--device", "cuda"})),
+                 "expected --device cuda --dtype bf16, found --device cuda --dtype fp32"));
+  CHECK(contains(error_of(base({"--compute", "fp8", "--device", "cuda", "--dtype", "bf16", "--mute-gamma", "1e-8"})),
+                 "--compute fp8: expected the exact mute (--mute-gamma 0), found --mute-gamma 1e-08"));
+  // accepted: parsed into the options, echoed in the run's config
+  std::ostringstream sink;
+  const TrainOptions o = parse_train_args(base({"--compute", "fp8", "--device", "cuda", "--dtype", "bf16"}), nullptr, sink);
+  CHECK(o.compute == ComputeKind::Fp8);
+  CHECK(o.to_json()["compute"] == "fp8");
+  CHECK(parse_train_args(base({}), nullptr, sink).compute == ComputeKind::Dtype);
+}

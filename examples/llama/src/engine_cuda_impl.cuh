@@ -89,7 +89,7 @@ class CudaEngine final : public MethodEngine<gpu::CudaDevice<T>> {
                      : cat("; bf16 W (", hdpissa::w_precision_name(o.w_precision), ", no fp32 W), fp32 gradients / Adam"),
                  model_.flash_attention() ? "; flash attention" : "; attention through cuBLAS (scores materialised)",
                  model_.activation_checkpointing() ? "; activation checkpointing (per decoder layer)" : "",
-                 "; device collectives: ", comm_.inner().describe());
+                 method_->fp8_note(), "; device collectives: ", comm_.inner().describe());
   }
 
   [[nodiscard]] EngineInfo info() const override { return this->method_info(name_, notes_); }

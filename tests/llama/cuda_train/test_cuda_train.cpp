@@ -598,3 +598,95 @@ int main(int argc, char** argv) {
   doctest::Context ctx(argc, argv);
   return ctx.run();
 }
+
+// Issue 20 item 3: --compute fp8 (llama/cuda/fp8_linears.cuh; docs/trainer.md, "FP8 compute"), the
+// same runs with and without it, on stories260K (q, k, v, o — (64, 64) and (32, 64) — take FP8;
+// gate, up, down have hidden 172, not a multiple of 16, and keep bf16: the notes must say so):
+//  - per-step losses within 5e-2 relative of the bf16 run (the FP8 product error is ~3.8e-2
+//    normwise per forward GEMM, tests/cuda/test_fp8.cu; the loss, an average over tokens, moves far
+//    less: this bound is a chosen margin, the measured deviation is printed for the record);
+//  - ΔW (merged − base) within 1.0 relative of the bf16 run's: a sanity bound only — Adam's first
+//    steps are nearly lr·sign(g), so elements whose gradient is small flip with the FP8 noise; two
+//    uncorrelated updates of equal norm would give √2. The measured value is printed for the record;
+//  - every FP8 copy equals a fresh quantisation of the live W after training (fp8_stale_targets()
+//    = 0): the methods that change W (DWU, full) refreshed it after their last step;
+//  - generation (GPU decoder through the same hooks) runs;
+//  - on a model whose every target is FP8-able (dim 1024, hidden 2816), w_bytes_per_param is the
+//    bf16 value + 2 (W8 and W8ᵀ), and the notes name the covered targets.
+TEST_CASE("--compute fp8: losses and dW track bf16, FP8 copies follow W, notes and bytes per parameter") {
+  const ModelWeights base = load_checkpoint((data_dir() / "stories260K-hf").string());
+  for (const char* method : {"hdpissa", "lora", "pissa", "full", "lora-dwu"}) {
+    INFO("method ", std::string(method));
+    auto opts = [&](const char* tag, bool fp8) {
+      TrainOptions o = base_options(method, tag);
+      o.device = Device::Cuda;
+      o.dtype = ComputeDtype::Bf16;
+      o.compute = fp8 ? ComputeKind::Fp8 : ComputeKind::Dtype;
+      o.max_steps = 8;
+      o.warmup_ratio = 0.1;
+      return o;
+    };
+    const TrainOptions ob = opts("fp8-ref-bf16", false), of = opts("fp8-run", true);
+    Run rb(ob);
+    Run rf(of);
+    const auto lb = step_losses(ob.metrics), lf = step_losses(of.metrics);
+    REQUIRE(lb.size() == 8);
+    REQUIRE(lf.size() == 8);
+    for (double l : lf) CHECK(std::isfinite(l));
+    const double dl = max_rel_diff(lf, lb);
+    const double dw = update_rel_diff(rf.merged(), rb.merged(), base);
+    MESSAGE(std::string(method), " fp8 vs bf16: max rel loss diff ", dl, ", rel dW diff ", dw, "; tok/s bf16 ",
+            rb.sum.tokens_per_s, " fp8 ", rf.sum.tokens_per_s);
+    CHECK(dl < 5e-2);
+    CHECK(dw < 1.0);
+    const EngineInfo info = rf.t->engine().info();
+    CHECK(info.description.find("FP8 compute (E4M3 W and X, E5M2 dY") != std::string::npos);
+    CHECK(info.description.find("on 20 of 35 targets") != std::string::npos);
+    CHECK(info.description.find("bf16 for 15 target(s)") != std::string::npos);
+    CHECK(info.w_bytes_per_param == rb.t->engine().info().w_bytes_per_param);  // not every target covered
+    const auto stale = rf.t->engine().fp8_stale_targets();
+    REQUIRE(stale.has_value());
+    CHECK(*stale == 0);
+    CHECK_FALSE(rb.t->engine().fp8_stale_targets().has_value());
+    GenerateOptions g;
+    g.max_new_tokens = 4;
+    CHECK_NOTHROW((void)rf.t->engine().generate({1, 2, 3}, g));
+  }
+
+  // every target FP8-able: + 2 bytes per parameter
+  ModelConfig c = base.config;
+  c.dim = 1024, c.hidden_dim = 2816, c.n_layers = 2, c.n_heads = 8, c.n_kv_heads = 8, c.head_dim = 128;
+  const fs::path model_dir = scratch() / "wide-2layer-fp8";
+  {
+    ModelWeights w = ModelWeights::zeros(c);
+    std::uint64_t k = 0;
+    w.for_each_parameter([&](const std::string& name, float* p, std::int64_t count, const std::vector<std::int64_t>&) {
+      const bool norm = name.find("norm") != std::string::npos;
+      for (std::int64_t i = 0; i < count; ++i, ++k)
+        p[i] = norm ? 1.0f : float(0.02 * (hdpissa::counter_uniform(77, k) - 0.5));
+    });
+    fs::remove_all(model_dir);
+    SaveOptions so;
+    so.overwrite = true;
+    save_hf_checkpoint(model_dir, w, so);
+  }
+  for (const auto& [method, bf16_bytes] : {std::pair{"hdpissa", 6}, std::pair{"lora", 2}}) {
+    INFO("method ", std::string(method));
+    TrainOptions o = base_options(method, "fp8-wide");
+    o.model = model_dir.string();
+    o.device = Device::Cuda;
+    o.dtype = ComputeDtype::Bf16;
+    o.compute = ComputeKind::Fp8;
+    o.groups_per_process = 1;
+    o.max_steps = 2;
+    Run r(o);
+    const EngineInfo info = r.t->engine().info();
+    CHECK(info.w_bytes_per_param == bf16_bytes + 2);
+    CHECK(info.description.find("on 14 of 14 targets") != std::string::npos);
+    CHECK(info.description.find("bf16 for") == std::string::npos);
+    const auto stale = r.t->engine().fp8_stale_targets();
+    REQUIRE(stale.has_value());
+    CHECK(*stale == 0);
+    for (double l : step_losses(o.metrics)) CHECK(std::isfinite(l));
+  }
+}

@@ -40,7 +40,7 @@ struct EngineInfo {
   std::string description;  ///< the method and the numerics
   std::int64_t trainable_parameters = 0;
   std::vector<LinearId> targets;
-  int w_bytes_per_param = 4;  ///< device bytes per target-weight parameter held for W (TrainMethod)
+  int w_bytes_per_param = 4;  ///< device bytes per target-weight parameter held for W (TrainMethod; + 2 for --compute fp8's copies)
 };
 
 /// The compute side of a training run (model + method), on one device.
@@ -108,6 +108,9 @@ class TrainEngine {
   }
   /// Peak device memory in use since the engine was built (GPU only).
   [[nodiscard]] virtual std::optional<std::int64_t> peak_device_bytes() { return std::nullopt; }
+  /// --compute fp8 diagnostic (tests; waits): the number of targets whose FP8 copy differs from a
+  /// fresh quantisation of the live W (0: every copy current); nullopt without --compute fp8.
+  [[nodiscard]] virtual std::optional<std::int64_t> fp8_stale_targets() { return std::nullopt; }
 };
 
 /// What every engine does the same way, over the method of device policy `Dev`.
@@ -129,6 +132,10 @@ class MethodEngine : public TrainEngine {
     state_changed();
   }
   void verify_replicas() override { method_->verify_replicas(); }
+  [[nodiscard]] std::optional<std::int64_t> fp8_stale_targets() override {
+    const std::int64_t n = method_->fp8_stale_targets();
+    return n < 0 ? std::nullopt : std::optional<std::int64_t>(n);
+  }
   void merge_into(ModelWeights& w) override {
     const auto& ids = method_->targets();
     for (std::size_t i = 0; i < ids.size(); ++i) method_->merged_weight(i, w.linear(ids[i]));
@@ -140,7 +147,7 @@ class MethodEngine : public TrainEngine {
   explicit MethodEngine(typename Dev::master_backend& bm) : bm_(&bm) {}
   EngineInfo method_info(std::string device, std::string notes) const {
     return {std::move(device), method_->describe() + notes, method_->trainable_parameters(), method_->targets(),
-            method_->w_bytes_per_param()};
+            method_->w_bytes_per_param() + method_->fp8_bytes_per_param()};
   }
   /// Called after the live weights changed other than through step() (caches drop).
   virtual void state_changed() {}

@@ -81,6 +81,19 @@ inline std::size_t init_chunk(std::size_t n, std::size_t P, bool small) {
 }
 }  // namespace detail
 
+namespace detail {
+/// The device policy's FP8 linears (Dev::fp8_linears, --compute fp8), or void when it has none.
+template <class Dev>
+struct Fp8LinearsOf {
+  using type = void;
+};
+template <class Dev>
+  requires requires { typename Dev::fp8_linears; }
+struct Fp8LinearsOf<Dev> {
+  using type = typename Dev::fp8_linears;
+};
+}  // namespace detail
+
 /// A fine-tuning method: per-group hooks for the model, the optimizer step and the state.
 template <class Dev>
 class TrainMethod {
@@ -119,6 +132,50 @@ class TrainMethod {
   [[nodiscard]] virtual int w_bytes_per_param() const { return !kMixed ? 4 : frozen_compute_ ? 2 : 6; }
   /// Trainable numbers summed over all K groups.
   [[nodiscard]] virtual std::int64_t trainable_parameters() const = 0;
+
+  /// --compute fp8 (the device policy's Dev::fp8_linears; void: the device has none).
+  using Fp8 = typename detail::Fp8LinearsOf<Dev>::type;
+  static constexpr bool kFp8Capable = !std::is_void_v<Fp8>;
+  /// Turns --compute fp8 on: FP8 copies of every target that can take them, quantised now from the
+  /// model's compute W (after the method's initialisation, e.g. PiSSA's W_res). Called once, by
+  /// make_method. Throws where the device has no FP8 path.
+  void enable_fp8() {
+    if constexpr (kFp8Capable) {
+      std::vector<std::pair<index_t, index_t>> shapes;
+      std::vector<std::string> names;
+      for (std::size_t i = 0; i < ids_.size(); ++i) {
+        shapes.push_back(shape(i));
+        names.push_back(ids_[i].hf_name());
+      }
+      fp8_ = std::make_unique<Fp8>(*bc_, shapes, names);
+      for (std::size_t i = 0; i < ids_.size(); ++i) fp8_->set_bf16_weight(i, CVc(Wc_[i]));
+      refresh_fp8();
+    } else {
+      throw LlamaError("--compute fp8: expected a bf16 GPU device (--device cuda --dtype bf16); this engine has no FP8 path");
+    }
+  }
+  /// The FP8 part of the engine's notes ("" when off).
+  [[nodiscard]] std::string fp8_note() const {
+    if constexpr (kFp8Capable) {
+      if (fp8_) return "; " + fp8_->describe();
+    }
+    return {};
+  }
+  /// Extra device bytes per target parameter of the FP8 copies (2 when every target has them).
+  [[nodiscard]] int fp8_bytes_per_param() const {
+    if constexpr (kFp8Capable) {
+      if (fp8_) return fp8_->bytes_per_param();
+    }
+    return 0;
+  }
+  /// Diagnostic (tests; waits): FP8 targets whose copy differs from a fresh quantisation of the live
+  /// compute W (0: every copy current), or -1 when --compute fp8 is off.
+  [[nodiscard]] std::int64_t fp8_stale_targets() {
+    if constexpr (kFp8Capable) {
+      if (fp8_) return fp8_->stale_targets([this](std::size_t i) { return CVc(Wc_[i]); });
+    }
+    return -1;
+  }
   /// One-line description for the config echo.
   [[nodiscard]] virtual std::string describe() const = 0;
   /// The targeted linears, in layer order.
@@ -219,6 +276,27 @@ class TrainMethod {
 
   /// Out and in of target i.
   [[nodiscard]] std::pair<index_t, index_t> shape(std::size_t i) const { return {Wc_[i].rows, Wc_[i].cols}; }
+  /// Whether target i's base GEMMs run in FP8 (--compute fp8 and a shape the FP8 GEMM takes).
+  [[nodiscard]] bool fp8_on(std::size_t i) const {
+    if constexpr (kFp8Capable) return fp8_ && fp8_->enabled(i);
+    else return (void)i, false;
+  }
+  /// Rebuilds every FP8 copy from the compute W: after any change of W (an optimizer step of a
+  /// method that updates W, a restore). Stream-ordered after the update; no synchronisation.
+  void refresh_fp8() {
+    if constexpr (kFp8Capable) {
+      if (fp8_)
+        for (std::size_t i = 0; i < ids_.size(); ++i) fp8_->quantize_weight(i, CVc(Wc_[i]));
+    }
+  }
+  /// The FP8 activation buffers follow the model's largest token count.
+  void reserve_fp8(index_t max_tokens) {
+    if constexpr (kFp8Capable) {
+      if (fp8_) fp8_->reserve(max_tokens);
+    } else {
+      (void)max_tokens;
+    }
+  }
   /// Every target weight under `weight.<name>` (shared). A bf16-only frozen W is saved as its exact
   /// fp32 values and restored by rounding to nearest (bit-identical for its own saves; an fp32
   /// master saved by an older run rounds exactly as that run's compute copy did).
@@ -253,13 +331,17 @@ class TrainMethod {
   std::vector<typename Bm::matrix_type> own_;    // their storage when kMixed
   std::vector<Vc> Wc_;                           // the model's compute copies, one per target
   bool frozen_compute_ = false;                  // W kept only in the compute dtype (frozen, or a bf16 W policy)
+  std::unique_ptr<std::conditional_t<kFp8Capable, Fp8, char>> fp8_;  // --compute fp8 (null: off)
 
  private:
   /// Local group lg's view of the method: frozen linears pass through, targets go to the method.
   class GroupHooks final : public LinearHooks<Bc> {
    public:
     GroupHooks(TrainMethod& m, int lg) : LinearHooks<Bc>(*m.bc_), m_(&m), lg_(lg) {}
-    void reserve(index_t max_tokens) override { m_->reserve(max_tokens); }
+    void reserve(index_t max_tokens) override {
+      m_->reserve_fp8(max_tokens);
+      m_->reserve(max_tokens);
+    }
     void forward(LinearId id, CVc W, CVc X, Vc Y) override {
       const int s = m_->slot(id);
       if (s < 0) return LinearHooks<Bc>::forward(id, W, X, Y);
@@ -416,12 +498,14 @@ class DwuMethod final : public TrainMethod<Dev> {
     if (!rep.skipped) {
       ++w_step_;  // the stochastic rounding's step counter (applied steps only)
       for (std::size_t i = 0; i < ids_.size(); ++i) this->push_weight(i);
+      this->refresh_fp8();  // W changed: its FP8 copies follow, once per optimizer step
     }
     return rep;
   }
   void refresh() override {
     for (std::size_t i = 0; i < ids_.size(); ++i) this->push_weight(i);
     this->refresh_copies(cc_, sets_);
+    this->refresh_fp8();
   }
   void merged_weight(std::size_t i, Matrix& host) override {
     if constexpr (kMixed) {
@@ -495,7 +579,13 @@ class DwuMethod final : public TrainMethod<Dev> {
       muted_.reserve(max_tokens, out, in, upd_.rank());
     }
   }
-  void forward(int lg, std::size_t i, CVc W, CVc X, Vc Y) override { muted_.forward(W, A(i, lg), Bf(i, lg), X, Y); }
+  void forward(int lg, std::size_t i, CVc W, CVc X, Vc Y) override {
+    if constexpr (Base::kFp8Capable && std::is_same_v<Mute, hdpissa::ExactMute>) {
+      // --compute fp8 (ExactMute only; validated): the muted forward is the base product alone.
+      if (this->fp8_on(i)) return this->fp8_->forward(i, X, Y, 0.0f);
+    }
+    muted_.forward(W, A(i, lg), Bf(i, lg), X, Y);
+  }
   void backward(int lg, std::size_t i, CVc W, CVc X, CVc dY, Vc dX) override {
     if constexpr (!kMixed) {
       muted_.backward(W, A(i, lg), Bf(i, lg), X, dY, dX, upd_.grad_A(i, lg), upd_.grad_B(i, lg), /*accumulate=*/true);
@@ -503,7 +593,12 @@ class DwuMethod final : public TrainMethod<Dev> {
       const auto [out, in] = this->shape(i);
       const index_t r = upd_.rank();
       Vc gA{cc_.g.data(), r, in, in}, gB{cc_.g.data() + r * in, out, r, r};
-      muted_.backward(W, A(i, lg), Bf(i, lg), X, dY, dX, gA, gB, /*accumulate=*/false);
+      // --compute fp8: dX = dY W from the FP8 copy; the adapter gradients stay bf16 (no dX there).
+      const bool fp8 = std::is_same_v<Mute, hdpissa::ExactMute> && this->fp8_on(i);
+      if constexpr (Base::kFp8Capable) {
+        if (fp8 && dX.data) this->fp8_->backward_dx(i, dY, dX, 0.0f);
+      }
+      muted_.backward(W, A(i, lg), Bf(i, lg), X, dY, fp8 ? Vc{} : dX, gA, gB, /*accumulate=*/false);
       this->accumulate(CVc(gA), upd_.grad_A(i, lg));
       this->accumulate(CVc(gB), upd_.grad_B(i, lg));
     }
@@ -707,6 +802,7 @@ class AdapterMethod final : public TrainMethod<Dev> {
   void refresh() override {
     for (std::size_t i = 0; i < ids_.size(); ++i) this->push_weight(i);
     this->refresh_copies(cc_, sets_);
+    this->refresh_fp8();  // a restored W_res
   }
   /// W_res + s·B A, computed by the master backend in fp32 (not a hot path). With bf16 compute the
   /// W_res term is the bf16 W the model trained with, widened exactly to fp32: the merge differs
@@ -751,6 +847,7 @@ class AdapterMethod final : public TrainMethod<Dev> {
     xa_.clear();
     for (std::size_t i = 0; i < ids_.size(); ++i) xa_.push_back(this->bc_->make_matrix(max_tokens, sets_[i].rank));
     xa_rows_.assign(ids_.size(), -1);
+    if (this->fp8_ && !sets_.empty()) u_ = this->bc_->make_matrix(max_tokens, sets_.front().rank);
   }
   void forward(int lg, std::size_t i, CVc W, CVc X, Vc Y) override {
     (void)lg;
@@ -758,6 +855,16 @@ class AdapterMethod final : public TrainMethod<Dev> {
     if (i < xa_.size() && X.rows <= reserved_) {
       keep = Vc{xa_[i].data(), X.rows, sets_[i].rank, sets_[i].rank};
       xa_rows_[i] = X.rows;
+    }
+    if constexpr (Base::kFp8Capable) {
+      if (this->fp8_on(i) && keep.data) {  // keep exists: the model reserves before every pass
+        // AdapterLinear's forward with the frozen product in FP8: the thin s (X Aᵀ) Bᵀ first, then
+        // the FP8 GEMM adds X Wᵀ to it (β = 1, in its epilogue).
+        using S = typename Bc::scalar_type;
+        this->bc_->gemm(hdpissa::Op::N, hdpissa::Op::T, S(1), X, A(i), S(0), keep);
+        this->bc_->gemm(hdpissa::Op::N, hdpissa::Op::T, S(lin_.scaling()), CVc(keep), Bf(i), S(0), Y);
+        return this->fp8_->forward(i, X, Y, 1.0f);
+      }
     }
     lin_.forward(W, A(i), Bf(i), X, Y, {}, keep);
   }
@@ -772,7 +879,19 @@ class AdapterMethod final : public TrainMethod<Dev> {
       const auto [out, in] = this->shape(i);
       const index_t r = sets_[i].rank;
       Vc gA{cc_.g.data(), r, in, in}, gB{cc_.g.data() + r * in, out, r, r};
-      lin_.backward(W, A(i), Bf(i), X, dY, dX, gA, gB, /*accumulate=*/false, xa);
+      const bool fp8 = this->fp8_on(i) && dX.data && dY.rows <= u_.rows();
+      lin_.backward(W, A(i), Bf(i), X, dY, fp8 ? Vc{} : dX, gA, gB, /*accumulate=*/false, xa);
+      if constexpr (Base::kFp8Capable) {
+        if (fp8) {
+          // dX = s (dY B) A + dY W: the thin part first (bf16, as AdapterLinear), then the FP8 GEMM
+          // adds dY W (β = 1). dY B is recomputed (tokens × out × r: ~r / in of the FP8 GEMM).
+          using S = typename Bc::scalar_type;
+          const Vc u{u_.data(), dY.rows, r, r};
+          this->bc_->gemm(hdpissa::Op::N, hdpissa::Op::N, S(1), dY, Bf(i), S(0), u);
+          this->bc_->gemm(hdpissa::Op::N, hdpissa::Op::N, S(lin_.scaling()), CVc(u), A(i), S(0), dX);
+          this->fp8_->backward_dx(i, dY, dX, 1.0f);
+        }
+      }
       this->accumulate(CVc(gA), upd_.grad(pA_[i], lg));
       this->accumulate(CVc(gB), upd_.grad(pB_[i], lg));
     }
@@ -793,6 +912,7 @@ class AdapterMethod final : public TrainMethod<Dev> {
   Update upd_;
   hdpissa::AdapterLinear<Bc> lin_;
   std::vector<typename Bc::matrix_type> xa_;     // per target: the forward's X Aᵀ (reserve())
+  typename Bc::matrix_type u_;                   // --compute fp8: dY B (max_tokens, r) for dX's thin part
   std::vector<index_t> xa_rows_;                 // its rows (-1: none)
   index_t reserved_ = 0;
   std::vector<hdpissa::AdapterSet<Bm>> sets_;
@@ -830,12 +950,15 @@ class FullMethod final : public TrainMethod<Dev> {
   void zero_grad() override { upd_.zero_grad(); }
   hdpissa::StepReport step(double lr) override {
     const auto rep = upd_.step(lr);
-    if (!rep.skipped)
+    if (!rep.skipped) {
       for (std::size_t i = 0; i < ids_.size(); ++i) this->push_weight(i);
+      this->refresh_fp8();  // W changed: its FP8 copies follow, once per optimizer step
+    }
     return rep;
   }
   void refresh() override {
     for (std::size_t i = 0; i < ids_.size(); ++i) this->push_weight(i);
+    this->refresh_fp8();
   }
   void merged_weight(std::size_t i, Matrix& host) override { this->download(i, host); }
   void state(StateRefs& s) override {
@@ -850,7 +973,10 @@ class FullMethod final : public TrainMethod<Dev> {
 
  protected:
   void forward(int lg, std::size_t i, CVc W, CVc X, Vc Y) override {
-    (void)lg, (void)i;
+    (void)lg;
+    if constexpr (Base::kFp8Capable) {
+      if (this->fp8_on(i)) return this->fp8_->forward(i, X, Y, 0.0f);
+    }
     lin_.forward(W, X, Y);
   }
   void backward(int lg, std::size_t i, CVc W, CVc X, CVc dY, Vc dX) override {
@@ -858,7 +984,12 @@ class FullMethod final : public TrainMethod<Dev> {
       lin_.backward(W, X, dY, dX, upd_.grad(p_[i], lg), /*accumulate=*/true);
     } else {
       Vc gW{g_.data(), W.rows, W.cols, W.cols};
-      lin_.backward(W, X, dY, dX, gW, /*accumulate=*/false);
+      // --compute fp8: dX from the FP8 copy; the weight gradient dYᵀ X stays bf16.
+      const bool fp8 = this->fp8_on(i);
+      if constexpr (Base::kFp8Capable) {
+        if (fp8 && dX.data) this->fp8_->backward_dx(i, dY, dX, 0.0f);
+      }
+      lin_.backward(W, X, dY, fp8 ? Vc{} : dX, gW, /*accumulate=*/false);
       this->accumulate(CVc(gW), upd_.grad(p_[i], lg));
     }
   }
@@ -872,11 +1003,11 @@ class FullMethod final : public TrainMethod<Dev> {
   typename Bc::matrix_type g_;
 };
 
-/// Builds the method of `o.method` (policies chosen from the parsed options) on device `Dev`.
-/// `resume`: the saved state (factors are taken from it, no initialisation runs), or null.
+/// The method of `o.method` (policies chosen from the parsed options) on device `Dev`, before
+/// --compute (make_method below adds it).
 template <class Dev, class Comm>
-std::unique_ptr<TrainMethod<Dev>> make_method(const TrainOptions& o, const MethodContext<Dev, Comm>& ctx,
-                                              const TrainState* resume) {
+std::unique_ptr<TrainMethod<Dev>> make_method_of(const TrainOptions& o, const MethodContext<Dev, Comm>& ctx,
+                                                 const TrainState* resume) {
   switch (o.method) {
     case Method::Full: return std::make_unique<FullMethod<Dev, Comm>>(o, ctx);
     case Method::Lora:
@@ -894,6 +1025,17 @@ std::unique_ptr<TrainMethod<Dev>> make_method(const TrainOptions& o, const Metho
   const hdpissa::ExactMute m{};
   if (mean) return std::make_unique<DwuMethod<Dev, Comm, hdpissa::ExactMute, hdpissa::MeanAggregation>>(o, ctx, m, resume);
   return std::make_unique<DwuMethod<Dev, Comm, hdpissa::ExactMute, hdpissa::SumAggregation>>(o, ctx, m, resume);
+}
+
+/// Builds the method of `o.method` (policies chosen from the parsed options) on device `Dev`, with
+/// --compute fp8's FP8 copies when asked for. `resume`: the saved state (factors are taken from it,
+/// no initialisation runs), or null.
+template <class Dev, class Comm>
+std::unique_ptr<TrainMethod<Dev>> make_method(const TrainOptions& o, const MethodContext<Dev, Comm>& ctx,
+                                              const TrainState* resume) {
+  auto m = make_method_of(o, ctx, resume);
+  if (o.compute == ComputeKind::Fp8) m->enable_fp8();
+  return m;
 }
 
 }  // namespace hdpissa::llama

@@ -47,6 +47,11 @@ HDPISSA_LLAMA_CHOICES(Aggregation, {Aggregation::Sum, "sum"}, {Aggregation::Mean
 /// Compute dtype (--dtype).
 enum class ComputeDtype { Fp32, Bf16 };
 HDPISSA_LLAMA_CHOICES(ComputeDtype, {ComputeDtype::Fp32, "fp32"}, {ComputeDtype::Bf16, "bf16"});
+/// Which GEMMs use which arithmetic (--compute): dtype = every GEMM in --dtype (default); fp8 = the
+/// target linears' large base GEMMs (forward and dX) in FP8 on cuBLASLt (--device cuda --dtype bf16;
+/// docs/trainer.md, "FP8 compute").
+enum class ComputeKind { Dtype, Fp8 };
+HDPISSA_LLAMA_CHOICES(ComputeKind, {ComputeKind::Dtype, "dtype"}, {ComputeKind::Fp8, "fp8"});
 /// Where the model and the method run (--device).
 enum class Device { Cpu, Cuda };
 HDPISSA_LLAMA_CHOICES(Device, {Device::Cpu, "cpu"}, {Device::Cuda, "cuda"});
@@ -121,6 +126,7 @@ struct TrainOptions {
   double mute_gamma = 0;           ///< 0 = ExactMute; > 0 = ScaledMute{gamma} (DWU methods)
   Aggregation aggregation = Aggregation::Sum;  ///< sum (reference) | mean (paper's 1/K)
   ComputeDtype dtype = ComputeDtype::Fp32;  ///< bf16: --device cuda only
+  ComputeKind compute = ComputeKind::Dtype;  ///< fp8: --device cuda --dtype bf16 only
   hdpissa::WPrecision w_precision = hdpissa::WPrecision::Fp32Master;  ///< --w-precision (W-updating methods)
   Device device = Device::Cpu;     ///< llama/train/engine.hpp
   AttentionKind attention = AttentionKind::Auto;  ///< the GPU model's attention (--device cuda)
@@ -285,6 +291,7 @@ inline nlohmann::json TrainOptions::to_json() const {
           {"aggregation", name_of(aggregation)},
           {"mute_gamma", mute_gamma},
           {"dtype", name_of(dtype)},
+          {"compute", name_of(compute)},
           {"w_precision", name_of(w_precision)},
           {"device", name_of(device)},
           {"attention", name_of(attention)},
@@ -337,6 +344,12 @@ inline void TrainOptions::validate() const {
   need(w_precision == hdpissa::WPrecision::Fp32Master || device == Device::Cpu || dtype == ComputeDtype::Bf16,
        cat("--w-precision ", name_of(w_precision), ": on --device cuda the bf16 W policies keep W as the model's bf16 "
            "copy, so they need --dtype bf16 (found --dtype fp32); the CPU trainer runs them in fp32 compute"));
+  need(compute == ComputeKind::Dtype || (device == Device::Cuda && dtype == ComputeDtype::Bf16),
+       cat("--compute fp8: runs the target linears' base GEMMs in FP8 on the GPU; expected --device cuda --dtype bf16, "
+           "found --device ", name_of(device), " --dtype ", name_of(dtype)));
+  need(compute == ComputeKind::Dtype || mute_gamma == 0,
+       cat("--compute fp8: expected the exact mute (--mute-gamma 0), found --mute-gamma ", mute_gamma,
+           ": the scaled mute multiplies X by W + gamma alpha B A, which has no FP8 copy"));
   need(!activation_checkpointing || device == Device::Cuda,
        "--activation-checkpointing: recomputes the GPU model's layers in backward (--device cuda); the CPU model keeps "
        "its activations");
@@ -500,6 +513,12 @@ inline void add_train_options(CLI::App& app, TrainOptions& o, CLI::Option** atte
   cli::add_parsed(app, "--dtype", "--dtype", o.dtype, parse_choice<ComputeDtype>,
                   "compute dtype (default fp32 = exact fp32 everywhere; bf16 = bf16 compute copies of W and the factors, "
                   "fp32 masters, Adam and gradient sums: --device cuda only)", "fp32|bf16")->group(me);
+  cli::add_parsed(app, "--compute", "--compute", o.compute, parse_choice<ComputeKind>,
+                  "dtype (default: every GEMM in --dtype) or fp8: the target linears' forward and dX base GEMMs in FP8 "
+                  "(E4M3 W and X, E5M2 dY, per-tensor scaling, cuBLASLt; adapters, attention, lm_head, weight "
+                  "gradients stay bf16; +2 bytes per target parameter); needs --device cuda --dtype bf16; "
+                  "docs/trainer.md",
+                  "dtype|fp8")->group(me);
   CLI::Option* wp = cli::add_parsed(
       app, "--w-precision", "--w-precision", o.w_precision, parse_choice<hdpissa::WPrecision>,
       "how hdpissa / lora-dwu / pissa-dwu store and update W: fp32-master (fp32 W, plus a bf16 compute copy under "

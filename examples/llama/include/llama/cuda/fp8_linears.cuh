@@ -1,0 +1,238 @@
+#pragma once
+/// \file fp8_linears.cuh
+/// gpu::Fp8Linears: the FP8 copies of a model's target weights and the FP8 base products of
+/// hdpissa-train's --compute fp8 (docs/trainer.md, "FP8 compute"), on CudaBackend<bf16>'s stream.
+///
+/// Per eligible target i (out and in multiples of 16, the FP8 GEMM's requirement):
+///  - W8 (out, in) and W8ᵀ (in, out) in E4M3 with one per-tensor scale (amax of the bf16 W): the
+///    K-contiguous operands of the forward Y = X Wᵀ (K = in) and of the backward dX = dY W
+///    (K = out). quantize_weight(i, W) rebuilds them from the model's bf16 W; a method calls it once
+///    at the start (frozen W) and after every optimizer step that changed W (DWU, full). 2 bytes per
+///    target parameter, device-resident.
+///  - forward: X (bf16) → E4M3 with its own current amax, then Y = X8 · W8ᵀ (+ β Y), bf16 out.
+///  - backward_dx: dY (bf16) → E5M2 (gradients: the wider range; E4M3 × E5M2 is a Hopper FP8 pair)
+///    with its own current amax, then dX = dY8 · (W8ᵀ)ᵀ (+ β dX).
+/// Every scale stays on the device (cuBLASLt reads it through a pointer): nothing synchronises.
+/// Targets whose shape the FP8 GEMM cannot take keep the bf16 product (listed by describe()); a
+/// problem for which cuBLASLt proposes no algorithm (e.g. an unusual token count), or whose bf16
+/// output is not 16-byte aligned, runs in bf16 too, and is REPORTED: one line on stderr the first time, and fallback_problems() counts them.
+/// One process's object: several processes each hold their own copy of their (identical) W.
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <iostream>
+#include <set>
+#include <string>
+#include <tuple>
+#include <utility>
+#include <vector>
+
+#include "hdpissa/backend/cuda/cuda_backend.hpp"
+#include "hdpissa/backend/cuda/cuda_handles.hpp"
+#include "hdpissa/backend/cuda/fp8_gemm.hpp"
+#include "hdpissa/backend/cuda/fp8_quantize.hpp"
+
+namespace hdpissa::llama::gpu {
+
+/// FP8 copies of the target weights and the FP8 base GEMMs (see the file comment).
+class Fp8Linears {
+ public:
+  using Bc = hdpissa::CudaBackend<__nv_bfloat16>;
+  using CV = ConstMatrixView<__nv_bfloat16>;
+  using V = MatrixView<__nv_bfloat16>;
+  static constexpr Fp8Format kWeightFormat = Fp8Format::E4M3;
+  static constexpr Fp8Format kActivationFormat = Fp8Format::E4M3;
+  static constexpr Fp8Format kGradientFormat = Fp8Format::E5M2;
+
+  /// Why a (out, in) target keeps its bf16 product; empty when it can run in FP8.
+  static std::string ineligible_reason(index_t out, index_t in) {
+    if (out % 16 != 0 || in % 16 != 0)
+      return cat("(", out, ", ", in, ") is not a multiple of 16 in both dimensions");
+    return {};
+  }
+
+  /// FP8 copies for every target of `shapes` ((out, in) each, in target order) that can take them;
+  /// `names`: the targets' names (for describe()). Allocates the copies (not filled: quantize_weight).
+  Fp8Linears(Bc& b, const std::vector<std::pair<index_t, index_t>>& shapes, const std::vector<std::string>& names)
+      : b_(&b), shapes_(shapes) {
+    std::size_t bytes = 0;
+    off_.assign(shapes.size(), SIZE_MAX);
+    for (std::size_t i = 0; i < shapes.size(); ++i) {
+      const auto [out, in] = shapes[i];
+      if (!ineligible_reason(out, in).empty()) {
+        skipped_.push_back(i < names.size() ? names[i] : cat("target ", i));
+        continue;
+      }
+      off_[i] = bytes;
+      bytes += round256(2 * std::size_t(out) * std::size_t(in));  // W8 then W8ᵀ
+      ++n_fp8_;
+      params_fp8_ += std::int64_t(out) * in;
+      max_in_ = std::max(max_in_, in);
+      max_out_ = std::max(max_out_, out);
+    }
+    params_all_ = 0;
+    for (const auto& [o, i] : shapes) params_all_ += std::int64_t(o) * i;
+    w8_.reserve(std::max<std::size_t>(bytes, 1));
+    scales_.reserve(2 * shapes.size() + 4);
+    HDPISSA_CUDA_CHECK(cudaMemsetAsync(scales_.get(), 0, sizeof(float) * (2 * shapes.size() + 4), b.stream()));
+  }
+
+  /// Whether target i runs in FP8.
+  [[nodiscard]] bool enabled(std::size_t i) const { return i < off_.size() && off_[i] != SIZE_MAX; }
+  /// Targets with FP8 copies / all targets.
+  [[nodiscard]] std::size_t fp8_targets() const { return n_fp8_; }
+  [[nodiscard]] std::size_t targets() const { return shapes_.size(); }
+  /// Device bytes of the FP8 copies (W8 and W8ᵀ: 2 per covered parameter) and of the activation
+  /// buffers (after reserve()).
+  [[nodiscard]] std::int64_t weight_bytes() const { return 2 * params_fp8_; }
+  [[nodiscard]] std::int64_t activation_bytes() const { return std::int64_t(x8_.size() + dy8_.size()); }
+  /// Extra device bytes per target parameter: 2 when every target has FP8 copies, else 0 (then
+  /// describe() says which ones have them and how many bytes they take).
+  [[nodiscard]] int bytes_per_param() const { return n_fp8_ == shapes_.size() && n_fp8_ > 0 ? 2 : 0; }
+  /// Problems that fell back to bf16 because cuBLASLt had no FP8 algorithm for them.
+  [[nodiscard]] std::size_t fallback_problems() const { return fallbacks_.size(); }
+
+  /// One line for the engine's notes.
+  [[nodiscard]] std::string describe() const {
+    std::string s = cat("FP8 compute (", fp8_format_name(kWeightFormat), " W and X, ", fp8_format_name(kGradientFormat),
+                        " dY, per-tensor current scaling, cuBLASLt) on ", n_fp8_, " of ", shapes_.size(),
+                        " targets' forward and dX GEMMs; FP8 copies W8 + W8^T ", weight_bytes(), " bytes (2 per ",
+                        "covered parameter)");
+    if (!skipped_.empty()) {
+      s += cat("; bf16 for ", skipped_.size(), " target(s) whose shape is not a multiple of 16 (", skipped_.front());
+      s += skipped_.size() > 1 ? cat(", ... ", skipped_.back(), ")") : std::string(")");
+    }
+    return s;
+  }
+
+  /// Sizes the FP8 activation buffers for up to `max_tokens` rows (setup; no-op unless it grows).
+  void reserve(index_t max_tokens) {
+    if (max_tokens <= reserved_) return;
+    reserved_ = max_tokens;
+    x8_.reserve(std::max<std::size_t>(1, std::size_t(max_tokens) * std::size_t(max_in_)));
+    dy8_.reserve(std::max<std::size_t>(1, std::size_t(max_tokens) * std::size_t(max_out_)));
+  }
+
+  /// Rebuilds target i's W8, W8ᵀ and scale from the bf16 W (out, in) (no-op for a bf16 target).
+  void quantize_weight(std::size_t i, CV W) {
+    if (!enabled(i)) return;
+    HDPISSA_REQUIRE(W.rows == shapes_[i].first && W.cols == shapes_[i].second, "Fp8Linears: target ", i, " is ",
+                    shape_str(shapes_[i].first, shapes_[i].second), ", W is ", shape_str(W.rows, W.cols));
+    cudaStream_t s = b_->stream();
+    launch_fp8_amax(s, W, w_amax(i));
+    launch_fp8_quantize_transpose<kWeightFormat>(s, W, w_amax(i), w8(i), w8t(i), w_dequant(i));
+  }
+
+  /// Y (tokens, out) ← X (tokens, in) · Wᵀ + β·Y with target i's FP8 copy.
+  void forward(std::size_t i, CV X, V Y, float beta) {
+    HDPISSA_REQUIRE(enabled(i), "Fp8Linears::forward: target ", i, " has no FP8 copy");
+    const auto [out, in] = shapes_[i];
+    HDPISSA_REQUIRE(X.cols == in && Y.rows == X.rows && Y.cols == out, "Fp8Linears::forward: X ",
+                    shape_str(X.rows, X.cols), ", Y ", shape_str(Y.rows, Y.cols), " for W ", shape_str(out, in));
+    HDPISSA_REQUIRE(X.rows <= reserved_, "Fp8Linears: ", X.rows, " tokens, reserve() was for ", reserved_);
+    if (X.rows == 0) return;
+    cudaStream_t s = b_->stream();
+    launch_fp8_amax(s, X, act_amax());
+    launch_fp8_quantize<kActivationFormat>(s, X, act_amax(), x8_.get(), in, act_dequant());
+    if (aligned16(Y.data, Y.ld) &&
+        gemm_.run(s, X.rows, out, in, kActivationFormat, x8_.get(), in, act_dequant(), kWeightFormat, w8(i), in,
+                  w_dequant(i), 1.0f, beta, Y.data, Y.ld))
+      return;
+    report_fallback("forward", X.rows, out, in);
+    b_->gemm(Op::N, Op::T, __nv_bfloat16(1.0f), X, W_bf16(i), __nv_bfloat16(beta), Y);
+  }
+
+  /// dX (tokens, in) ← dY (tokens, out) · W + β·dX with target i's FP8 copy (W8ᵀ).
+  void backward_dx(std::size_t i, CV dY, V dX, float beta) {
+    HDPISSA_REQUIRE(enabled(i), "Fp8Linears::backward_dx: target ", i, " has no FP8 copy");
+    const auto [out, in] = shapes_[i];
+    HDPISSA_REQUIRE(dY.cols == out && dX.rows == dY.rows && dX.cols == in, "Fp8Linears::backward_dx: dY ",
+                    shape_str(dY.rows, dY.cols), ", dX ", shape_str(dX.rows, dX.cols), " for W ", shape_str(out, in));
+    HDPISSA_REQUIRE(dY.rows <= reserved_, "Fp8Linears: ", dY.rows, " tokens, reserve() was for ", reserved_);
+    if (dY.rows == 0) return;
+    cudaStream_t s = b_->stream();
+    launch_fp8_amax(s, dY, grad_amax());
+    launch_fp8_quantize<kGradientFormat>(s, dY, grad_amax(), dy8_.get(), out, grad_dequant());
+    if (aligned16(dX.data, dX.ld) &&
+        gemm_.run(s, dY.rows, in, out, kGradientFormat, dy8_.get(), out, grad_dequant(), kWeightFormat, w8t(i), out,
+                  w_dequant(i), 1.0f, beta, dX.data, dX.ld))
+      return;
+    report_fallback("dX", dY.rows, in, out);
+    b_->gemm(Op::N, Op::N, __nv_bfloat16(1.0f), dY, W_bf16(i), __nv_bfloat16(beta), dX);
+  }
+
+  /// The bf16 W each target's fallback GEMM reads (set by the method: the model's compute copy).
+  void set_bf16_weight(std::size_t i, CV W) {
+    if (wb_.size() < shapes_.size()) wb_.resize(shapes_.size());
+    wb_[i] = W;
+  }
+
+  /// Diagnostic (tests; allocates and waits): the number of FP8 targets whose stored W8 / W8ᵀ /
+  /// scale differ from a fresh quantisation of `W(i)` — 0 when every copy is current.
+  template <class GetW>
+  std::int64_t stale_targets(GetW&& W) {
+    cudaStream_t s = b_->stream();
+    std::int64_t stale = 0;
+    for (std::size_t i = 0; i < shapes_.size(); ++i) {
+      if (!enabled(i)) continue;
+      const auto [out, in] = shapes_[i];
+      const std::size_t n = std::size_t(out) * std::size_t(in);
+      DeviceBuffer<unsigned char> fresh(2 * n);
+      DeviceBuffer<float> sc(2);
+      const CV w = W(i);
+      launch_fp8_amax(s, w, sc.get());
+      launch_fp8_quantize_transpose<kWeightFormat>(s, w, sc.get(), fresh.get(), fresh.get() + n, sc.get() + 1);
+      std::vector<unsigned char> a(2 * n), c(2 * n);
+      float sa[2], sf[2];
+      HDPISSA_CUDA_CHECK(cudaMemcpyAsync(a.data(), w8(i), 2 * n, cudaMemcpyDeviceToHost, s));
+      HDPISSA_CUDA_CHECK(cudaMemcpyAsync(c.data(), fresh.get(), 2 * n, cudaMemcpyDeviceToHost, s));
+      HDPISSA_CUDA_CHECK(cudaMemcpyAsync(sa, w_amax(i), 2 * sizeof(float), cudaMemcpyDeviceToHost, s));
+      HDPISSA_CUDA_CHECK(cudaMemcpyAsync(sf, sc.get(), 2 * sizeof(float), cudaMemcpyDeviceToHost, s));
+      HDPISSA_CUDA_CHECK(cudaStreamSynchronize(s));
+      stale += (a != c || sa[0] != sf[0] || sa[1] != sf[1]) ? 1 : 0;
+    }
+    return stale;
+  }
+
+ private:
+  static std::size_t round256(std::size_t n) { return (n + 255) / 256 * 256; }
+  /// The bf16 output's rows start on 16-byte boundaries (else the bf16 fallback, reported).
+  static bool aligned16(const void* p, index_t ld) { return reinterpret_cast<std::uintptr_t>(p) % 16 == 0 && ld % 8 == 0; }
+  unsigned char* w8(std::size_t i) const { return w8_.get() + off_[i]; }
+  unsigned char* w8t(std::size_t i) const {
+    return w8_.get() + off_[i] + std::size_t(shapes_[i].first) * std::size_t(shapes_[i].second);
+  }
+  float* w_amax(std::size_t i) const { return scales_.get() + 2 * i; }
+  float* w_dequant(std::size_t i) const { return scales_.get() + 2 * i + 1; }
+  float* act_amax() const { return scales_.get() + 2 * shapes_.size(); }
+  float* act_dequant() const { return scales_.get() + 2 * shapes_.size() + 1; }
+  float* grad_amax() const { return scales_.get() + 2 * shapes_.size() + 2; }
+  float* grad_dequant() const { return scales_.get() + 2 * shapes_.size() + 3; }
+  CV W_bf16(std::size_t i) const {
+    HDPISSA_REQUIRE(i < wb_.size() && wb_[i].data, "Fp8Linears: no bf16 weight set for target ", i,
+                    " (needed by the bf16 fallback)");
+    return wb_[i];
+  }
+  void report_fallback(const char* what, index_t M, index_t N, index_t K) {
+    if (fallbacks_.insert({what[0] == 'f', M, N, K}).second)
+      std::cerr << "hdpissa-train --compute fp8: cuBLASLt proposes no FP8 algorithm for the " << what << " GEMM M "
+                << M << " N " << N << " K " << K << "; this problem runs in bf16\n";
+  }
+
+  Bc* b_;
+  std::vector<std::pair<index_t, index_t>> shapes_;
+  std::vector<std::size_t> off_;        // byte offset of target i's W8 (then W8ᵀ) in w8_; SIZE_MAX: bf16
+  std::vector<std::string> skipped_;
+  std::vector<CV> wb_;                  // the bf16 W per target (fallback)
+  std::size_t n_fp8_ = 0;
+  std::int64_t params_fp8_ = 0, params_all_ = 0;
+  index_t max_in_ = 0, max_out_ = 0, reserved_ = 0;
+  DeviceBuffer<unsigned char> w8_, x8_, dy8_;
+  DeviceBuffer<float> scales_;          // per target (amax, 1/s); then X (amax, 1/s), dY (amax, 1/s)
+  CudaFp8Gemm gemm_;
+  std::set<std::tuple<bool, index_t, index_t, index_t>> fallbacks_;
+};
+
+}  // namespace hdpissa::llama::gpu
