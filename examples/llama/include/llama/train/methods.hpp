@@ -30,7 +30,9 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <functional>
+#include <future>
 #include <memory>
 #include <string>
 #include <type_traits>
@@ -78,6 +80,27 @@ namespace detail {
 inline std::size_t init_chunk(std::size_t n, std::size_t P, bool small) {
   if (small) return P;
   return P * std::max<std::size_t>(1, n / (P * 16));
+}
+/// Whether every value of `m` is a bf16 value (the low 16 bits of each float are zero), e.g. a
+/// matrix read from a BF16 checkpoint. Up to 16 threads (a 4096 × 11008 matrix is 180 MB).
+inline bool bf16_exact(const Matrix& m) {
+  const float* p = m.data();
+  const std::int64_t n = m.size();
+  auto part = [p](std::int64_t a, std::int64_t b) {
+    for (std::int64_t i = a; i < b; ++i) {
+      std::uint32_t u;
+      std::memcpy(&u, p + i, 4);
+      if (u & 0xFFFFu) return false;
+    }
+    return true;
+  };
+  const std::int64_t parts = n < (std::int64_t(1) << 20) ? 1 : 16;
+  std::vector<std::future<bool>> fut;
+  for (std::int64_t t = 1; t < parts; ++t)
+    fut.push_back(std::async(std::launch::async, part, n * t / parts, n * (t + 1) / parts));
+  bool ok = part(0, n / parts);
+  for (auto& f : fut) ok = f.get() && ok;
+  return ok;
 }
 }  // namespace detail
 
@@ -276,6 +299,20 @@ class TrainMethod {
 
   /// Out and in of target i.
   [[nodiscard]] std::pair<index_t, index_t> shape(std::size_t i) const { return {Wc_[i].rows, Wc_[i].cols}; }
+  /// Target i's base W in fp32 into the device scratch `dst` (bf16 compute without fp32 masters, at
+  /// initialisation, before the method changes the model's copy). When the host values are
+  /// bf16-exact (a BF16 checkpoint) the model's bf16 copy holds exactly them: widen it on the device
+  /// (the same bits, no host transfer: at 7B the pageable host copies dominated the SVD
+  /// initialisation); otherwise upload the host fp32 values.
+  void base_w_fp32(const Matrix& host, std::size_t i, V32 dst) {
+    if constexpr (kMixed) {
+      if (detail::bf16_exact(host)) {
+        Dev::to_master(*bm_, CVc(Wc_[i]), dst);
+        return;
+      }
+    }
+    bm_->upload(host.data(), dst);
+  }
   /// Whether target i's base GEMMs run in FP8 (--compute fp8 and a shape the FP8 GEMM takes).
   [[nodiscard]] bool fp8_on(std::size_t i) const {
     if constexpr (kFp8Capable) return fp8_ && fp8_->enabled(i);
@@ -455,7 +492,7 @@ class DwuMethod final : public TrainMethod<Dev> {
           if (fp32_scratch) {
             const Matrix& Wh = ctx.host.linear(ids_[i]);
             tmp.push_back(ctx.bm.make_matrix(Wh.rows(), Wh.cols()));
-            ctx.bm.upload(Wh.data(), tmp.back().view());
+            this->base_w_fp32(Wh, i, tmp.back().view());
             W = CV32(tmp.back().view());
           } else if (this->frozen_compute_) {
             const auto [out, in] = this->shape(i);
@@ -757,7 +794,7 @@ class AdapterMethod final : public TrainMethod<Dev> {
           if (this->frozen_compute_) {
             const Matrix& Wh = ctx.host.linear(ids_[i]);
             tmp.push_back(ctx.bm.make_matrix(Wh.rows(), Wh.cols()));
-            ctx.bm.upload(Wh.data(), tmp.back().view());
+            this->base_w_fp32(Wh, i, tmp.back().view());
             W.push_back(tmp.back().view());
           } else {
             W.push_back(Wm_[i]);
