@@ -19,6 +19,7 @@
 #include <doctest/doctest.h>
 
 #include "llama/train/trainer.hpp"
+#include "train_run.hpp"
 #include "test_util.hpp"
 
 namespace fs = std::filesystem;
@@ -49,14 +50,7 @@ TrainOptions base_options(const std::string& method) {
 /// The CPU engine's method (tests look inside it; the trainer itself never does).
 TrainMethod<CpuDevice>& method_of(Trainer<Comm>& t) { return dynamic_cast<CpuEngine<Comm>&>(t.engine()).method(); }
 
-struct Run {
-  Comm comm;
-  std::ostringstream log;
-  std::unique_ptr<Trainer<Comm>> t;
-  explicit Run(const TrainOptions& o) : comm(hdpissa::SingleProcess{}, o.groups_per_process) {
-    t = std::make_unique<Trainer<Comm>>(o, comm, log);
-  }
-};
+using Run = llama_test::TrainRun;
 
 /// Held-out batches built independently of the trainer (file order, micro-batches of 2).
 std::vector<Batch> eval_batches(const Tokenizer& tok, int n, int max_len) {
@@ -87,10 +81,7 @@ void expect_error(Fn&& fn, std::initializer_list<const char*> needles) {
   CHECK_MESSAGE(thrown, "expected an exception");
 }
 
-bool same_bits(const Matrix& a, const Matrix& b) {
-  return a.rows() == b.rows() && a.cols() == b.cols() &&
-         std::memcmp(a.data(), b.data(), std::size_t(a.size()) * sizeof(float)) == 0;
-}
+using llama_test::same_bits;
 
 }  // namespace
 

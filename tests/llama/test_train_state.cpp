@@ -22,6 +22,7 @@
 #include <doctest/doctest.h>
 
 #include "llama/train/trainer.hpp"
+#include "train_run.hpp"
 #include "test_util.hpp"
 
 namespace fs = std::filesystem;
@@ -50,14 +51,7 @@ TrainOptions small_options() {
   return o;
 }
 
-struct Run {
-  Comm comm;
-  std::ostringstream log;
-  std::unique_ptr<Trainer<Comm>> t;
-  explicit Run(const TrainOptions& o) : comm(hdpissa::SingleProcess{}, o.groups_per_process) {
-    t = std::make_unique<Trainer<Comm>>(o, comm, log);
-  }
-};
+using Run = llama_test::TrainRun;
 
 template <class Fn>
 std::string error_of(Fn&& fn) {

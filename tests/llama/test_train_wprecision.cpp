@@ -18,6 +18,7 @@
 #include <doctest/doctest.h>
 
 #include "llama/train/trainer.hpp"
+#include "train_run.hpp"
 #include "test_util.hpp"
 
 namespace fs = std::filesystem;
@@ -45,17 +46,8 @@ TrainOptions wp_options(const std::string& method, const std::string& wp) {
   o.threads = 1;
   return o;
 }
-struct Run {
-  Comm comm;
-  std::ostringstream log;
-  std::unique_ptr<Trainer<Comm>> t;
-  explicit Run(const TrainOptions& o) : comm(hdpissa::SingleProcess{}, o.groups_per_process) {
-    t = std::make_unique<Trainer<Comm>>(o, comm, log);
-  }
-};
-bool same_bits(const Matrix& a, const Matrix& b) {
-  return a.size() == b.size() && std::memcmp(a.data(), b.data(), std::size_t(a.size()) * sizeof(float)) == 0;
-}
+using Run = llama_test::TrainRun;
+using llama_test::same_bits;
 bool on_bf16_grid(const Matrix& m) {
   for (std::int64_t i = 0; i < m.size(); ++i)
     if (hdpissa::round_bf16(m.data()[i]) != m.data()[i]) return false;
