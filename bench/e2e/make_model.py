@@ -6,7 +6,10 @@ Presets (--preset, default tinyllama):
              max_position 2048
   llama2-7b  LLaMA-2-7B: hidden 4096, 32 layers, 32 heads, 32 KV heads (no GQA), intermediate 11008,
              max_position 4096
-Both: vocab 32000 (the LLaMA-2 tokenizer), rope_theta 10000, RMSNorm eps 1e-5, untied lm_head.
+  codellama-34b  CodeLlama-34B's shape (issue 13's one-GPU fit target): hidden 8192, 48 layers, 64 heads,
+             8 KV heads, intermediate 22016, max_position 16384; 67.5 GB in bf16 — more than the
+             single-H200 machine's 64 GiB disk (use --layers, or a machine with a larger disk)
+All: vocab 32000 (the LLaMA-2 tokenizer), rope_theta 10000, RMSNorm eps 1e-5, untied lm_head.
 --layers N overrides num_hidden_layers (a shorter model of the same width when time is short; the
 benchmark table reports it). Weights: transformers' own LlamaForCausalLM initialisation (normal,
 std 0.02) under torch.manual_seed(--seed), made directly in bf16 (torch default dtype bf16 while the
@@ -15,7 +18,7 @@ save_pretrained (tensors copied to the host one at a time). 7B shape: 13.5 GB on
 the init takes seconds and the write is bound by the disk. No pretrained weights exist here:
 throughput only, never quality. Writes shape.json (preset, layers) beside config.json.
 
-usage: make_model.py OUT_DIR [--preset tinyllama|llama2-7b] [--layers N] [--seed 0]   (torch + transformers)
+usage: make_model.py OUT_DIR [--preset tinyllama|llama2-7b|codellama-34b] [--layers N] [--seed 0]   (torch + transformers)
 """
 import argparse
 import json
@@ -28,6 +31,8 @@ PRESETS = {
                       num_attention_heads=32, num_key_value_heads=4, max_position_embeddings=2048),
     "llama2-7b": dict(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
                       num_attention_heads=32, num_key_value_heads=32, max_position_embeddings=4096),
+    "codellama-34b": dict(vocab_size=32000, hidden_size=8192, intermediate_size=22016, num_hidden_layers=48,
+                          num_attention_heads=64, num_key_value_heads=8, max_position_embeddings=16384),
 }
 
 
