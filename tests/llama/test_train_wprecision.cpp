@@ -281,6 +281,7 @@ TEST_CASE("w-precision: resuming under another policy is refused by name") {
     msg = e.what();
   }
   INFO("message: " << msg);
-  for (const char* needle : {"incompatible config", "'w_precision'", "\"bf16-sr\"", "\"fp32-master\""})
+  for (const char* needle : {"incompatible config", "'w_precision'", "\"bf16-sr\"", "\"fp32-master\"",
+                            "pass --w-precision bf16-sr to continue it"})
     CHECK_MESSAGE(msg.find(needle) != std::string::npos, needle);
 }

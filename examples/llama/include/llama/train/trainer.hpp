@@ -868,10 +868,17 @@ class Trainer {
         const auto s = saved_config.find(it.key());
         // states written before w_precision was recorded were fp32-master runs
         if (s == saved_config.end() && it.key() == "w_precision" && it.value() == "fp32-master") continue;
-        if (s == saved_config.end() || *s != it.value())
+        if (s == saved_config.end() || *s != it.value()) {
+          // the W policy's default depends on device and dtype: say how to keep the saved one
+          const std::string hint =
+              it.key() != "w_precision" ? std::string()
+              : s == saved_config.end() ? std::string(" (a state without it was trained with fp32-master: pass "
+                                                      "--w-precision fp32-master to continue it)")
+                                        : cat(" (pass --w-precision ", s->get<std::string>(), " to continue it)");
           throw LlamaError(cat("cannot resume from ", dir.string(), ": incompatible config: field '", it.key(),
                                "' is ", s == saved_config.end() ? std::string("missing") : s->dump(),
-                               " in the state but ", it.value().dump(), " in this run"));
+                               " in the state but ", it.value().dump(), " in this run", hint));
+        }
       }
       rank_state = parse_json(dir / cat("rank-", comm_->rank(), ".json"));
       saved = read_state(dir, rank_state, state);
