@@ -125,6 +125,20 @@ double max_abs_diff(const ModelWeights& a, const ModelWeights& b) {
 
 const char* kMethods[] = {"hdpissa", "lora", "pissa", "full", "lora-dwu", "pissa-dwu"};
 
+/// A random model of config `c` (norms 1, other weights uniform in ±0.01 from counter_uniform(77, ·))
+/// saved as an HF checkpoint at `dir` (replacing it).
+void write_random_model(const fs::path& dir, const ModelConfig& c) {
+  ModelWeights w = ModelWeights::zeros(c);
+  std::uint64_t k = 0;
+  w.for_each_parameter([&](const std::string& name, float* p, std::int64_t count, const std::vector<std::int64_t>&) {
+    const bool norm = name.find("norm") != std::string::npos;
+    for (std::int64_t i = 0; i < count; ++i, ++k) p[i] = norm ? 1.0f : float(0.02 * (hdpissa::counter_uniform(77, k) - 0.5));
+  });
+  fs::remove_all(dir);
+  SaveOptions so;
+  so.overwrite = true;
+  save_hf_checkpoint(dir, w, so);
+}
 }  // namespace
 
 // Tolerances (fp32). Both paths run the same algorithm in fp32 with different summation orders
@@ -242,19 +256,7 @@ TEST_CASE("bf16 lora / pissa hold W only in bf16: 2 bytes per parameter, no fp32
   c.n_heads = 8;
   c.n_kv_heads = 8;
   c.head_dim = 128;
-  {
-    ModelWeights w = ModelWeights::zeros(c);
-    std::uint64_t k = 0;
-    w.for_each_parameter([&](const std::string& name, float* p, std::int64_t count, const std::vector<std::int64_t>&) {
-      const bool norm = name.find("norm") != std::string::npos;
-      for (std::int64_t i = 0; i < count; ++i, ++k)
-        p[i] = norm ? 1.0f : float(0.02 * (hdpissa::counter_uniform(77, k) - 0.5));
-    });
-    fs::remove_all(model_dir);
-    SaveOptions so;
-    so.overwrite = true;
-    save_hf_checkpoint(model_dir, w, so);
-  }
+  write_random_model(model_dir, c);
   std::int64_t target_params = 0;
   {
     const ModelWeights w = load_checkpoint(model_dir);
@@ -657,19 +659,7 @@ TEST_CASE("--compute fp8: losses and dW track bf16, FP8 copies follow W, notes a
   ModelConfig c = base.config;
   c.dim = 1024, c.hidden_dim = 2816, c.n_layers = 2, c.n_heads = 8, c.n_kv_heads = 8, c.head_dim = 128;
   const fs::path model_dir = scratch() / "wide-2layer-fp8";
-  {
-    ModelWeights w = ModelWeights::zeros(c);
-    std::uint64_t k = 0;
-    w.for_each_parameter([&](const std::string& name, float* p, std::int64_t count, const std::vector<std::int64_t>&) {
-      const bool norm = name.find("norm") != std::string::npos;
-      for (std::int64_t i = 0; i < count; ++i, ++k)
-        p[i] = norm ? 1.0f : float(0.02 * (hdpissa::counter_uniform(77, k) - 0.5));
-    });
-    fs::remove_all(model_dir);
-    SaveOptions so;
-    so.overwrite = true;
-    save_hf_checkpoint(model_dir, w, so);
-  }
+  write_random_model(model_dir, c);
   for (const auto& [method, bf16_bytes] : {std::pair{"hdpissa", 6}, std::pair{"lora", 2}}) {
     INFO("method ", std::string(method));
     TrainOptions o = base_options(method, "fp8-wide");
