@@ -573,7 +573,10 @@ TEST_CASE("activation checkpointing: the same losses and weights bit for bit; on
   CHECK(same_targets(merged[0], merged[1]));
   const ModelConfig c = load_checkpoint(model_dir).config;
   const std::int64_t N = 8 * 512;
-  const std::int64_t arena = N * (2 * c.dim + 2 * c.q_dim() + 2 * c.kv_dim() + 3 * std::int64_t(c.hidden_dim)) * 2;
+  // What one layer saves for its backward in bf16: the residual-stream input and the normed
+  // input (2·D), q and the attention output (2·q_dim), k and v (2·kv_dim), gate and up (2·H);
+  // silu(gate)·up is recomputed in the backward (one shared buffer), so it is not per layer.
+  const std::int64_t arena = N * (2 * c.dim + 2 * c.q_dim() + 2 * c.kv_dim() + 2 * std::int64_t(c.hidden_dim)) * 2;
   MESSAGE("peak device bytes without / with checkpointing: ", peaks[0], " / ", peaks[1], " (one layer's arena: ", arena, ")");
   CHECK(peaks[0] - peaks[1] >= std::int64_t(0.9 * double((c.n_layers - 1) * arena)));
 }
