@@ -175,23 +175,23 @@ void check_gemm(index_t M, index_t N, index_t K, float beta, bool transposed_b, 
   REQUIRE(cudaMalloc(&a8, std::size_t(M * K)) == cudaSuccess);
   REQUIRE(cudaMalloc(&b8, std::size_t(N * K)) == cudaSuccess);
   REQUIRE(cudaMalloc(&b8t, std::size_t(N * K)) == cudaSuccess);
-  REQUIRE(cudaMalloc(&sc, 4 * sizeof(float)) == cudaSuccess);
+  REQUIRE(cudaMalloc(&sc, 16 * sizeof(float)) == cudaSuccess);  // one 16-byte slot per scale
   cudaStream_t s = nullptr;
   launch_fp8_amax(s, ConstMatrixView<__nv_bfloat16>{a, M, K, K}, sc);
-  launch_fp8_quantize<FA>(s, ConstMatrixView<__nv_bfloat16>{a, M, K, K}, sc, a8, K, sc + 1);
+  launch_fp8_quantize<FA>(s, ConstMatrixView<__nv_bfloat16>{a, M, K, K}, sc, a8, K, sc + 4);
   const ConstMatrixView<__nv_bfloat16> bv = transposed_b ? ConstMatrixView<__nv_bfloat16>{b, K, N, N}
                                                          : ConstMatrixView<__nv_bfloat16>{b, N, K, K};
-  launch_fp8_amax(s, bv, sc + 2);
-  launch_fp8_quantize_transpose<Fp8Format::E4M3>(s, bv, sc + 2, b8, b8t, sc + 3);
+  launch_fp8_amax(s, bv, sc + 8);
+  launch_fp8_quantize_transpose<Fp8Format::E4M3>(s, bv, sc + 8, b8, b8t, sc + 12);
   // the (N, K) K-contiguous operand: b8 itself, or the transpose of the (K, N) weight
   const std::uint8_t* bk = transposed_b ? b8t : b8;
   CudaFp8Gemm gemm;
   CHECK(CudaFp8Gemm::can_implement(M, N, K, FA, K, Fp8Format::E4M3, K, N).empty());
-  const bool ran = gemm.run(s, M, N, K, FA, a8, K, sc + 1, Fp8Format::E4M3, bk, K, sc + 3, 1.0f, beta, d, N);
+  const bool ran = gemm.run(s, M, N, K, FA, a8, K, sc + 4, Fp8Format::E4M3, bk, K, sc + 12, 1.0f, beta, d, N);
   REQUIRE(ran);  // cuBLASLt must have an algorithm for these aligned shapes on sm_90
   REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
   const auto hd = to_host(d, std::size_t(M * N));
-  const auto scales = to_host(sc, 4);
+  const auto scales = to_host(sc, 16);
   const auto qa = to_host(a8, std::size_t(M * K));
   const auto qb = to_host(bk, std::size_t(N * K));
   std::vector<double> out(std::size_t(M * N)), ref_q(out.size()), ref(out.size());
@@ -206,7 +206,7 @@ void check_gemm(index_t M, index_t N, index_t K, float beta, bool transposed_b, 
       }
       const double c = beta * double(__bfloat162float(hc[std::size_t(m * N + n)]));
       const std::size_t i = std::size_t(m * N + n);
-      ref_q[i] = sq * double(scales[1]) * double(scales[3]) + c;
+      ref_q[i] = sq * double(scales[4]) * double(scales[12]) + c;
       ref[i] = sx + c;
       out[i] = double(__bfloat162float(hd[i]));
       finite = finite && std::isfinite(out[i]);
@@ -248,6 +248,19 @@ TEST_CASE("fp8 GEMM: can_implement names the broken requirement") {
         std::string::npos);
   CHECK(!CudaFp8Gemm::can_implement(8, 32, 32, Fp8Format::E5M2, 32, Fp8Format::E5M2, 32, 32).empty());
   CHECK(CudaFp8Gemm::can_implement(5, 32, 32, Fp8Format::E5M2, 32, Fp8Format::E4M3, 32, 32).empty());
+  // A scale at a 4-byte offset: cuBLASLt's heuristic accepts the problem, but cublasLtMatmul refuses
+  // it (NOT_SUPPORTED, seen on an H200 with CUDA 13); run() names the requirement instead.
+  DeviceBuffer<unsigned char> a8(32 * 32), b8(32 * 32);
+  DeviceBuffer<__nv_bfloat16> d(32 * 32);
+  DeviceBuffer<float> sc(8);
+  CudaFp8Gemm gemm;
+  try {
+    (void)gemm.run(nullptr, 32, 32, 32, Fp8Format::E4M3, a8.get(), 32, sc.get() + 1, Fp8Format::E4M3, b8.get(), 32,
+                   sc.get() + 4, 1.0f, 0.0f, d.get(), 32);
+    FAIL("a scale pointer at a 4-byte offset was accepted");
+  } catch (const InvalidArgument& e) {
+    CHECK(std::string(e.what()).find("16-byte aligned") != std::string::npos);
+  }
 }
 
 // Informational (no assertion on speed): the FP8 GEMM against the bf16 cuBLAS GEMM the trainer runs
@@ -282,22 +295,22 @@ TEST_CASE("fp8 GEMM throughput at LLaMA-2-7B shapes (informational)") {
     b.upload(ha.data(), A.view());
     b.upload(hw.data(), W.view());
     DeviceBuffer<unsigned char> a8(std::size_t(M * sh.K)), w8(std::size_t(2 * sh.N * sh.K));
-    DeviceBuffer<float> sc(4);
+    DeviceBuffer<float> sc(16);  // one 16-byte slot per scale
     launch_fp8_amax(s, A.cview(), sc.get());
-    launch_fp8_quantize<Fp8Format::E4M3>(s, A.cview(), sc.get(), a8.get(), sh.K, sc.get() + 1);
-    launch_fp8_amax(s, W.cview(), sc.get() + 2);
-    launch_fp8_quantize_transpose<Fp8Format::E4M3>(s, W.cview(), sc.get() + 2, w8.get(), w8.get() + sh.N * sh.K,
-                                                   sc.get() + 3);
+    launch_fp8_quantize<Fp8Format::E4M3>(s, A.cview(), sc.get(), a8.get(), sh.K, sc.get() + 4);
+    launch_fp8_amax(s, W.cview(), sc.get() + 8);
+    launch_fp8_quantize_transpose<Fp8Format::E4M3>(s, W.cview(), sc.get() + 8, w8.get(), w8.get() + sh.N * sh.K,
+                                                   sc.get() + 12);
     const double flop = 2.0 * double(M) * double(sh.N) * double(sh.K);
     bool ran = true;
     const double t8 = time_ms([&] {
-      ran = ran && gemm.run(s, M, sh.N, sh.K, Fp8Format::E4M3, a8.get(), sh.K, sc.get() + 1, Fp8Format::E4M3, w8.get(),
-                            sh.K, sc.get() + 3, 1.0f, 0.0f, Y.data(), sh.N);
+      ran = ran && gemm.run(s, M, sh.N, sh.K, Fp8Format::E4M3, a8.get(), sh.K, sc.get() + 4, Fp8Format::E4M3, w8.get(),
+                            sh.K, sc.get() + 12, 1.0f, 0.0f, Y.data(), sh.N);
     }, 20);
     CHECK(ran);
     const double tq = time_ms([&] {
       launch_fp8_amax(s, A.cview(), sc.get());
-      launch_fp8_quantize<Fp8Format::E4M3>(s, A.cview(), sc.get(), a8.get(), sh.K, sc.get() + 1);
+      launch_fp8_quantize<Fp8Format::E4M3>(s, A.cview(), sc.get(), a8.get(), sh.K, sc.get() + 4);
     }, 20);
     const double t16 = time_ms([&] { b.gemm(Op::N, Op::T, 1.0f, A.cview(), W.cview(), 0.0f, Y.view()); }, 20);
     MESSAGE(sh.name, " M ", M, ": bf16 ", t16, " ms (", flop / t16 * 1e-9, " TFLOP/s), fp8 ", t8, " ms (",

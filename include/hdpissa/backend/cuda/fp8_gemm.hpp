@@ -9,7 +9,9 @@
 /// cuBLASLt's FP8 kernels on sm_89 / sm_90 need the "TN" form, which is exactly this one seen
 /// column-major (Dᵀ (N, M) = op_T(B) · op_N(A)). `a_scale` / `b_scale` are DEVICE pointers to the
 /// per-tensor dequantisation scales (fp8_quantize.hpp writes them), passed as
-/// CUBLASLT_MATMUL_DESC_B/A_SCALE_POINTER, so a call never synchronises. Accumulation is fp32 with
+/// CUBLASLT_MATMUL_DESC_B/A_SCALE_POINTER, so a call never synchronises. Each scale pointer must be
+/// 16-byte aligned, like the operands: cuBLASLt's heuristic does not see the pointers, but
+/// cublasLtMatmul refuses (NOT_SUPPORTED) a scale at a 4-byte offset (see kScaleAlignment). Accumulation is fp32 with
 /// cuBLASLt's default (no FAST_ACCUM: the partial sums are promoted, not kept in the tensor core's
 /// reduced-precision accumulator). β ≠ 0 reads D as C (bf16).
 ///
@@ -41,6 +43,9 @@ namespace hdpissa {
 /// cuBLASLt FP8 GEMM with device-side per-tensor scales (see the file comment).
 class CudaFp8Gemm {
  public:
+  /// The alignment, in bytes, that run() requires of the operands and of the two scale pointers.
+  static constexpr std::size_t kScaleAlignment = 16;
+
   /// `workspace_bytes`: cuBLASLt's workspace (32 MiB is what NVIDIA recommends on Hopper).
   explicit CudaFp8Gemm(std::size_t workspace_bytes = std::size_t(32) << 20) : ws_(workspace_bytes) {
     HDPISSA_CUBLAS_CHECK(cublasLtCreate(&lt_));
@@ -79,6 +84,11 @@ class CudaFp8Gemm {
            float beta, __nv_bfloat16* D, index_t ldd) {
     const std::string why = can_implement(M, N, K, fa, lda, fb, ldb, ldd, A, B, D);
     HDPISSA_REQUIRE(why.empty(), "CudaFp8Gemm: ", why);
+    HDPISSA_REQUIRE(reinterpret_cast<std::uintptr_t>(a_scale) % kScaleAlignment == 0 &&
+                        reinterpret_cast<std::uintptr_t>(b_scale) % kScaleAlignment == 0,
+                    "CudaFp8Gemm: the scale pointers must be ", kScaleAlignment, "-byte aligned (found offsets ",
+                    reinterpret_cast<std::uintptr_t>(a_scale) % kScaleAlignment, " and ",
+                    reinterpret_cast<std::uintptr_t>(b_scale) % kScaleAlignment, ")");
     const Key key{M, N, K, lda, ldb, ldd, int(fa), int(fb), beta == 0.0f};
     auto it = plans_.find(key);
     if (it == plans_.end()) it = plans_.emplace(key, make_plan(key)).first;
@@ -89,8 +99,13 @@ class CudaFp8Gemm {
                                                         sizeof(b_scale)));
     HDPISSA_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &a_scale,
                                                         sizeof(a_scale)));
-    HDPISSA_CUBLAS_CHECK(cublasLtMatmul(lt_, p.desc, &alpha, B, p.la, A, p.lb, &beta, D, p.ld, D, p.ld, &p.algo,
-                                        ws_.get(), ws_.size(), s));
+    const cublasStatus_t st = cublasLtMatmul(lt_, p.desc, &alpha, B, p.la, A, p.lb, &beta, D, p.ld, D, p.ld, &p.algo,
+                                             ws_.get(), ws_.size(), s);
+    if (st == CUBLAS_STATUS_NOT_SUPPORTED) {  // the heuristic's algorithm refused at run time: the caller's
+      p.ok = false;                           // fallback takes this problem from now on (and reports it)
+      return false;
+    }
+    HDPISSA_CUBLAS_CHECK(st);
     return true;
   }
 

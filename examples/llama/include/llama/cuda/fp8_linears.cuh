@@ -75,8 +75,9 @@ class Fp8Linears {
     params_all_ = 0;
     for (const auto& [o, i] : shapes) params_all_ += std::int64_t(o) * i;
     w8_.reserve(std::max<std::size_t>(bytes, 1));
-    scales_.reserve(2 * shapes.size() + 4);
-    HDPISSA_CUDA_CHECK(cudaMemsetAsync(scales_.get(), 0, sizeof(float) * (2 * shapes.size() + 4), b.stream()));
+    scales_.reserve(kScaleStride * (2 * shapes.size() + 4));
+    HDPISSA_CUDA_CHECK(
+        cudaMemsetAsync(scales_.get(), 0, sizeof(float) * kScaleStride * (2 * shapes.size() + 4), b.stream()));
   }
 
   /// Whether target i runs in FP8.
@@ -188,7 +189,8 @@ class Fp8Linears {
       float sa[2], sf[2];
       HDPISSA_CUDA_CHECK(cudaMemcpyAsync(a.data(), w8(i), 2 * n, cudaMemcpyDeviceToHost, s));
       HDPISSA_CUDA_CHECK(cudaMemcpyAsync(c.data(), fresh.get(), 2 * n, cudaMemcpyDeviceToHost, s));
-      HDPISSA_CUDA_CHECK(cudaMemcpyAsync(sa, w_amax(i), 2 * sizeof(float), cudaMemcpyDeviceToHost, s));
+      HDPISSA_CUDA_CHECK(cudaMemcpyAsync(sa, w_amax(i), sizeof(float), cudaMemcpyDeviceToHost, s));
+      HDPISSA_CUDA_CHECK(cudaMemcpyAsync(sa + 1, w_dequant(i), sizeof(float), cudaMemcpyDeviceToHost, s));
       HDPISSA_CUDA_CHECK(cudaMemcpyAsync(sf, sc.get(), 2 * sizeof(float), cudaMemcpyDeviceToHost, s));
       HDPISSA_CUDA_CHECK(cudaStreamSynchronize(s));
       stale += (a != c || sa[0] != sf[0] || sa[1] != sf[1]) ? 1 : 0;
@@ -204,12 +206,16 @@ class Fp8Linears {
   unsigned char* w8t(std::size_t i) const {
     return w8_.get() + off_[i] + std::size_t(shapes_[i].first) * std::size_t(shapes_[i].second);
   }
-  float* w_amax(std::size_t i) const { return scales_.get() + 2 * i; }
-  float* w_dequant(std::size_t i) const { return scales_.get() + 2 * i + 1; }
-  float* act_amax() const { return scales_.get() + 2 * shapes_.size(); }
-  float* act_dequant() const { return scales_.get() + 2 * shapes_.size() + 1; }
-  float* grad_amax() const { return scales_.get() + 2 * shapes_.size() + 2; }
-  float* grad_dequant() const { return scales_.get() + 2 * shapes_.size() + 3; }
+  // Every scale in its own 16-byte slot: cuBLASLt reads the dequantisation scales through pointers
+  // that must be 16-byte aligned (CudaFp8Gemm::kScaleAlignment).
+  static constexpr std::size_t kScaleStride = CudaFp8Gemm::kScaleAlignment / sizeof(float);
+  float* scale(std::size_t slot) const { return scales_.get() + kScaleStride * slot; }
+  float* w_amax(std::size_t i) const { return scale(2 * i); }
+  float* w_dequant(std::size_t i) const { return scale(2 * i + 1); }
+  float* act_amax() const { return scale(2 * shapes_.size()); }
+  float* act_dequant() const { return scale(2 * shapes_.size() + 1); }
+  float* grad_amax() const { return scale(2 * shapes_.size() + 2); }
+  float* grad_dequant() const { return scale(2 * shapes_.size() + 3); }
   CV W_bf16(std::size_t i) const {
     HDPISSA_REQUIRE(i < wb_.size() && wb_[i].data, "Fp8Linears: no bf16 weight set for target ", i,
                     " (needed by the bf16 fallback)");
@@ -230,7 +236,7 @@ class Fp8Linears {
   std::int64_t params_fp8_ = 0, params_all_ = 0;
   index_t max_in_ = 0, max_out_ = 0, reserved_ = 0;
   DeviceBuffer<unsigned char> w8_, x8_, dy8_;
-  DeviceBuffer<float> scales_;          // per target (amax, 1/s); then X (amax, 1/s), dY (amax, 1/s)
+  DeviceBuffer<float> scales_;          // per target (amax, 1/s); then X (amax, 1/s), dY (amax, 1/s); kScaleStride apart
   CudaFp8Gemm gemm_;
   std::set<std::tuple<bool, index_t, index_t, index_t>> fallbacks_;
 };
