@@ -1,3 +1,15 @@
+#!/usr/bin/env python3
+"""Per-kernel time of the last PASSES decoder passes of an Nsight Compute CSV (docs/evaluation.md,
+"Decode profile"). A pass starts at each embed_gather launch (one per forward_rows call: prefill
+chunks first, then one per decode step), so the last passes are decode steps.
+
+    ncu --clock-control none --metrics gpu__time_duration.sum,dram__bytes.sum --csv --print-units base \
+        --launch-count 2500 hdpissa-generate --device cuda --dtype bf16 ... --max-new-tokens 24 --no-stop > ncu.csv
+    gzip ncu.csv; scripts/ncu-decode-summary.py ncu.csv.gz [PASSES=10]
+
+Prints, per (kernel, grid): share of the time, microseconds per pass, launches per pass, and the
+DRAM bytes over the time (GB/s).
+"""
 import csv, gzip, sys, re, collections
 rows = list(csv.reader(gzip.open(sys.argv[1], 'rt')))
 # find header
