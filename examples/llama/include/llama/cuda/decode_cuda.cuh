@@ -23,10 +23,12 @@
 ///    capture fails); the host uploads the (token, position) of every slot before each replay.
 ///
 /// Attention (cache_attention_*): one block per (row, kv head, split of `chunk` keys), all the
-/// group's query heads in the block (each key is read once per group): scores in shared memory
-/// (key-parallel dot products, 16-byte loads), a per-split softmax, then P·V; the splits'
-/// (max, sum, unnormalised output) are merged by a second kernel (flash-decoding). Long caches thus
-/// spread over many blocks; fp32 statistics throughout.
+/// group's query heads in the block (each key is read once per group); the splits' (max, sum,
+/// unnormalised output) are merged by a second kernel (flash-decoding). Long caches thus spread over
+/// many blocks; fp32 statistics throughout. Two split kernels (CacheAttentionKernel): the fused one
+/// (MHA and groups of 2 by default) streams K and V once with 16-byte loads and an online softmax in
+/// registers; the two-phase one (larger groups) puts the scores in shared memory (key-parallel dot
+/// products, 16-byte loads), runs a per-split softmax, then P·V.
 ///
 /// Sequences: a prompt is assigned to a free slot, prefilled (with the other new prompts), then
 /// decoded one token per step. A sequence leaves its slot when it produces a stop token (not
@@ -246,6 +248,179 @@ __global__ void __launch_bounds__(kAttnThreads) cache_attention_split(
   }
 }
 
+/// Merges two online-softmax states (max m in the log2 domain, sum l, unnormalised output o) into
+/// the first; an empty state has m = -inf, l = 0, o = 0 (two empty states stay empty).
+__device__ __forceinline__ void merge_softmax_state(float& m, float& l, float om, float ol, float& scale_a,
+                                                    float& scale_b) {
+  const float mn = fmaxf(m, om);
+  scale_a = mn == -INFINITY ? 0.0f : exp2f(m - mn);
+  scale_b = mn == -INFINITY ? 0.0f : exp2f(om - mn);
+  l = l * scale_a + ol * scale_b;
+  m = mn;
+}
+
+/// The fused (single-pass) split kernel of the cache attention, for head dims of at most 2 × 32
+/// 16-byte vectors and GQA groups of at most GROUP query heads: one block per (row, kv head, split)
+/// like cache_attention_split, with the same outputs (part_o unnormalised, part_ml = (m, l) in the
+/// natural-log domain), but every key is read exactly once, K and V with 16-byte loads, and the
+/// softmax is online: lane subgroups of lpk lanes each own one key at a time (kpw = 32 / lpk keys
+/// per warp and step), keep a running (m, l, o) per query head of the group in registers, and are
+/// merged at the end, first across the warp's subgroups (shuffles), then across the warps (shared
+/// memory). No score round trip through shared memory, no idle warps during the softmax: the kernel
+/// streams the cache at close to the memory bandwidth, which the two-phase kernel did not
+/// (2.1 TB/s at LLaMA-2-7B, batch 64, contexts ≈ 300: docs/evaluation.md, "Decode profile").
+template <class T, int VEC, int GROUP, int NV>
+__global__ void __launch_bounds__(kAttnThreads) cache_attention_fused(
+    const T* __restrict__ q, const T* __restrict__ kc, const T* __restrict__ vc, const std::int32_t* __restrict__ slot,
+    const std::int32_t* __restrict__ pos, int nh, int nkv, int hd, int max_ctx, int window, float scale_log2,
+    int chunk, int lpk, float* __restrict__ part_o, float* __restrict__ part_ml) {
+  extern __shared__ float sh[];
+  const int group = nh / nkv, splits = gridDim.z;
+  const int r = blockIdx.x, kvh = blockIdx.y, sp = blockIdx.z;
+  const int p = pos[r], s = slot ? slot[r] : r;
+  const int lo = window > 0 ? max(0, p - window + 1) : 0, hi = p + 1;
+  const int k0 = lo + sp * chunk, k1 = min(hi, k0 + chunk);
+  const std::int64_t part = (static_cast<std::int64_t>(r) * nh + kvh * group) * splits + sp;  // + g·splits
+  if (k0 >= hi) {
+    for (int g = threadIdx.x; g < group; g += blockDim.x) {
+      part_ml[2 * (part + static_cast<std::int64_t>(g) * splits)] = -INFINITY;
+      part_ml[2 * (part + static_cast<std::int64_t>(g) * splits) + 1] = 0.0f;
+    }
+    return;
+  }
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nwarps = blockDim.x >> 5;
+  const int kpw = 32 / lpk, sub = lane / lpk, li = lane % lpk, nvec = hd / VEC;
+  // this lane's query slices, pre-scaled by scale·log2(e) (scores in the log2 domain)
+  float qv[GROUP][NV][VEC];
+  const T* qrow = q + static_cast<std::int64_t>(r) * nh * hd + static_cast<std::int64_t>(kvh) * group * hd;
+#pragma unroll
+  for (int g = 0; g < GROUP; ++g)
+#pragma unroll
+    for (int u = 0; u < NV; ++u) {
+      const int c = li + u * lpk;
+      if (g < group && c < nvec) {
+        load_vec<VEC>(qrow + static_cast<std::int64_t>(g) * hd + c * VEC, qv[g][u]);
+#pragma unroll
+        for (int e = 0; e < VEC; ++e) qv[g][u][e] *= scale_log2;
+      } else {
+#pragma unroll
+        for (int e = 0; e < VEC; ++e) qv[g][u][e] = 0.0f;
+      }
+    }
+  float m[GROUP], l[GROUP], o[GROUP][NV][VEC];
+#pragma unroll
+  for (int g = 0; g < GROUP; ++g) {
+    m[g] = -INFINITY, l[g] = 0.0f;
+#pragma unroll
+    for (int u = 0; u < NV; ++u)
+#pragma unroll
+      for (int e = 0; e < VEC; ++e) o[g][u][e] = 0.0f;
+  }
+  const std::int64_t head_base = (static_cast<std::int64_t>(s) * nkv + kvh) * max_ctx;
+  const T* kbase = kc + head_base * hd;
+  const T* vbase = vc + head_base * hd;
+  const int stride = nwarps * kpw;  // keys per block and step
+  // Two keys per subgroup and iteration: both keys' K and V loads are issued before the math.
+  for (int kb = k0 + warp * kpw; kb < k1; kb += 2 * stride) {
+    float kr[2][NV][VEC], vr[2][NV][VEC];
+    bool valid[2];
+#pragma unroll
+    for (int t = 0; t < 2; ++t) {
+      const int key = kb + t * stride + sub;
+      valid[t] = key < k1;
+#pragma unroll
+      for (int u = 0; u < NV; ++u) {
+        const int c = li + u * lpk;
+        if (valid[t] && c < nvec) {
+          load_vec<VEC>(kbase + static_cast<std::int64_t>(key) * hd + c * VEC, kr[t][u]);
+          load_vec<VEC>(vbase + static_cast<std::int64_t>(key) * hd + c * VEC, vr[t][u]);
+        } else {
+#pragma unroll
+          for (int e = 0; e < VEC; ++e) kr[t][u][e] = 0.0f, vr[t][u][e] = 0.0f;
+        }
+      }
+    }
+#pragma unroll
+    for (int t = 0; t < 2; ++t) {
+#pragma unroll
+      for (int g = 0; g < GROUP; ++g) {
+        float dot = 0.0f;
+#pragma unroll
+        for (int u = 0; u < NV; ++u)
+#pragma unroll
+          for (int e = 0; e < VEC; ++e) dot += kr[t][u][e] * qv[g][u][e];
+        for (int off = lpk >> 1; off > 0; off >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, off);
+        if (g < group && valid[t]) {  // uniform within the subgroup
+          const float mn = fmaxf(m[g], dot);
+          const float corr = exp2f(m[g] - mn), pe = exp2f(dot - mn);
+          l[g] = l[g] * corr + pe;
+#pragma unroll
+          for (int u = 0; u < NV; ++u)
+#pragma unroll
+            for (int e = 0; e < VEC; ++e) o[g][u][e] = o[g][u][e] * corr + pe * vr[t][u][e];
+          m[g] = mn;
+        }
+      }
+    }
+  }
+  // merge the warp's subgroups (lanes li, li + lpk, ... hold the same slices of different keys)
+  for (int off = lpk; off < 32; off <<= 1) {
+#pragma unroll
+    for (int g = 0; g < GROUP; ++g) {
+      const float om = __shfl_xor_sync(0xffffffffu, m[g], off), ol = __shfl_xor_sync(0xffffffffu, l[g], off);
+      float sa, sb;
+      merge_softmax_state(m[g], l[g], om, ol, sa, sb);
+#pragma unroll
+      for (int u = 0; u < NV; ++u)
+#pragma unroll
+        for (int e = 0; e < VEC; ++e) {
+          const float oo = __shfl_xor_sync(0xffffffffu, o[g][u][e], off);
+          o[g][u][e] = o[g][u][e] * sa + oo * sb;
+        }
+    }
+  }
+  // merge the warps through shared memory: (nwarps, group, hd) outputs, then (nwarps, group) m, l
+  float* o_s = sh;
+  float* m_s = sh + static_cast<std::size_t>(nwarps) * group * hd;
+  float* l_s = m_s + nwarps * group;
+  if (sub == 0) {
+#pragma unroll
+    for (int g = 0; g < GROUP; ++g) {
+      if (g >= group) break;
+#pragma unroll
+      for (int u = 0; u < NV; ++u) {
+        const int c = li + u * lpk;
+        if (c < nvec) {
+#pragma unroll
+          for (int e = 0; e < VEC; ++e) o_s[(warp * group + g) * hd + c * VEC + e] = o[g][u][e];
+        }
+      }
+      if (li == 0) m_s[warp * group + g] = m[g], l_s[warp * group + g] = l[g];
+    }
+  }
+  __syncthreads();
+  constexpr float kLn2 = 0.69314718055994530942f;
+  for (int idx = threadIdx.x; idx < group * hd; idx += blockDim.x) {
+    const int g = idx / hd, d = idx % hd;
+    float M = -INFINITY;
+    for (int w = 0; w < nwarps; ++w) M = fmaxf(M, m_s[w * group + g]);
+    float acc = 0.0f, L = 0.0f;
+    if (M != -INFINITY) {
+      for (int w = 0; w < nwarps; ++w) {
+        const float f = exp2f(m_s[w * group + g] - M);  // an empty warp: exp2(-inf) = 0
+        acc += f * o_s[(w * group + g) * hd + d];
+        L += f * l_s[w * group + g];
+      }
+    }
+    const std::int64_t pi = part + static_cast<std::int64_t>(g) * splits;
+    part_o[pi * hd + d] = acc;
+    if (d == 0) {  // (m, l) in the natural-log domain, as cache_attention_combine reads them
+      part_ml[2 * pi] = M == -INFINITY ? -INFINITY : M * kLn2;
+      part_ml[2 * pi + 1] = L;
+    }
+  }
+}
+
 /// Merges the splits of every (row, query head) into the attention output (n, nh·hd) in T.
 /// grid (n·nh), block 128.
 template <class T>
@@ -268,13 +443,79 @@ __global__ void cache_attention_combine(const float* __restrict__ part_o, const 
   }
 }
 
+/// Which split kernel launch_cache_attention runs. Auto: the fused one for MHA and groups of 2
+/// (its registers grow with the group: 72 at group 1, 255 at group 8 with hd 64–128, against the
+/// two-phase kernel's 64, which already reads each key once per group), the two-phase one otherwise
+/// and wherever the fused one does not take the shape. Fused / TwoPhase: that kernel (Fused falls
+/// back to the two-phase one for a shape it does not take); the tests run both.
+enum class CacheAttentionKernel { Auto, Fused, TwoPhase };
+
+/// Whether cache_attention_fused takes (hd, group) for T: hd a multiple of the 16-byte vector,
+/// at most 2 vectors per lane (hd ≤ 512 bytes), group ≤ 8.
+template <class T>
+inline bool cache_attention_fused_supported(int hd, int group) {
+  constexpr int kVec = 16 / static_cast<int>(sizeof(T));
+  return hd % kVec == 0 && hd / kVec <= 64 && group >= 1 && group <= 8;
+}
+
+/// Launches cache_attention_fused (the split part; the caller runs the combine) when it takes the
+/// shape; false, launching nothing, when it does not.
+template <class T>
+bool launch_cache_attention_fused(cudaStream_t st, const T* q, const T* kc, const T* vc, const std::int32_t* slot,
+                                  const std::int32_t* pos, int n, int nh, int nkv, int hd, int max_ctx, int window,
+                                  float scale, int chunk, int splits, float* part_o, float* part_ml) {
+  const int group = nh / nkv;
+  if (!cache_attention_fused_supported<T>(hd, group)) return false;
+  constexpr int kVec = 16 / static_cast<int>(sizeof(T));
+  const int nvec = hd / kVec;
+  int lpk = 1;
+  while (lpk * 2 <= nvec && lpk * 2 <= 32) lpk *= 2;
+  const int nv = (nvec + lpk - 1) / lpk;  // 1 or 2
+  const std::size_t smem =
+      sizeof(float) * (static_cast<std::size_t>(kAttnThreads / 32) * group * (hd + 2));
+  const dim3 grid(static_cast<unsigned>(n), static_cast<unsigned>(nkv), static_cast<unsigned>(splits));
+  const float scale_log2 = scale * 1.44269504088896340736f;
+  auto go = [&](auto kernel) {
+    if (smem > 48 * 1024)
+      HDPISSA_CUDA_CHECK(
+          cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+    kernel<<<grid, kAttnThreads, smem, st>>>(q, kc, vc, slot, pos, nh, nkv, hd, max_ctx, window, scale_log2, chunk,
+                                             lpk, part_o, part_ml);
+    HDPISSA_CUDA_CHECK_LAUNCH("cache_attention_fused");
+  };
+  auto by_nv = [&](auto group_c) {
+    constexpr int G = decltype(group_c)::value;
+    if (nv == 1)
+      go(cache_attention_fused<T, kVec, G, 1>);
+    else
+      go(cache_attention_fused<T, kVec, G, 2>);
+  };
+  if (group == 1)
+    by_nv(std::integral_constant<int, 1>{});
+  else if (group == 2)
+    by_nv(std::integral_constant<int, 2>{});
+  else if (group <= 4)
+    by_nv(std::integral_constant<int, 4>{});
+  else
+    by_nv(std::integral_constant<int, 8>{});
+  return true;
+}
+
 /// The attention of n rows over the cache (see the file comment): splits = ⌈largest visible
 /// range / chunk⌉ (or more); part_o holds n·nh·splits·hd floats, part_ml n·nh·splits·2.
 template <class T>
 void launch_cache_attention(cudaStream_t st, const T* q, const T* kc, const T* vc, const std::int32_t* slot,
                             const std::int32_t* pos, int n, int nh, int nkv, int hd, int max_ctx, int window,
-                            float scale, int chunk, int splits, float* part_o, float* part_ml, T* out) {
+                            float scale, int chunk, int splits, float* part_o, float* part_ml, T* out,
+                            CacheAttentionKernel kernel = CacheAttentionKernel::Auto) {
   const int group = nh / nkv;
+  const bool fused = kernel == CacheAttentionKernel::Fused || (kernel == CacheAttentionKernel::Auto && group <= 2);
+  if (fused && launch_cache_attention_fused<T>(st, q, kc, vc, slot, pos, n, nh, nkv, hd, max_ctx, window, scale,
+                                                chunk, splits, part_o, part_ml)) {
+    cache_attention_combine<T><<<static_cast<unsigned>(n) * nh, 128, 0, st>>>(part_o, part_ml, splits, hd, out);
+    HDPISSA_CUDA_CHECK_LAUNCH("cache_attention_combine");
+    return;
+  }
   const std::size_t smem = sizeof(float) * (static_cast<std::size_t>(group) * (hd + chunk) + 2 * group);
   constexpr int kVec = 16 / static_cast<int>(sizeof(T));
   const dim3 grid(static_cast<unsigned>(n), static_cast<unsigned>(nkv), static_cast<unsigned>(splits));
