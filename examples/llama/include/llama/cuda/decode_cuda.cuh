@@ -37,7 +37,8 @@
 /// freed slot is refilled from the remaining prompts at the next step (continuous batching). The
 /// other sequences never wait.
 ///
-/// Linears go through `hooks` (LinearHooks<CudaBackend<T>>): plain hooks decode the model's W; a
+/// Linears go through `hooks` (LinearHooks<CudaBackend<T>>): plain hooks decode the model's W (with
+/// one GEMM for q|k|v and one for gate|up per layer, whose weights CudaLlama stores back to back); a
 /// training method's hooks decode its current view (muted adapters: W itself; LoRA / PiSSA: W plus
 /// the adapter's product) without a host copy of anything. Every buffer is allocated in the
 /// constructor (hooks.reserve is called once per generate()); nothing is allocated per step.
@@ -52,6 +53,7 @@
 #include <functional>
 #include <limits>
 #include <type_traits>
+#include <typeinfo>
 #include <vector>
 
 #include "hdpissa/backend/cuda/cuda_check.hpp"
@@ -72,12 +74,13 @@ namespace decode_kern {
 using kern::from_f;
 using kern::to_f;
 
-/// Per row r (slot = slot[r] or r, position pos[r]): q (+bias) rotated in place; k (+bias)
-/// rotated and v (+bias) copied into the cache at (slot, pos). One thread per (row, head of the
-/// nh + 2·nkv, i < hd/2).
+/// Per row r (slot = slot[r] or r, position pos[r]): q (+bias) rotated into q_out (n, nh·hd; may
+/// be q itself); k (+bias) rotated and v (+bias) copied into the cache at (slot, pos). q, k, v rows
+/// are ldq, ldk, ldv elements apart (separate (n, ·) buffers, or the column blocks of one fused
+/// (n, qd + 2·kvd) product). One thread per (row, head of the nh + 2·nkv, i < hd/2).
 template <class T>
-__global__ void qkv_to_cache(T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
-                             const float* __restrict__ bias, const std::int32_t* __restrict__ slot,
+__global__ void qkv_to_cache(const T* q, int ldq, T* q_out, const T* __restrict__ k, int ldk, const T* __restrict__ v,
+                             int ldv, const float* __restrict__ bias, const std::int32_t* __restrict__ slot,
                              const std::int32_t* __restrict__ pos, T* __restrict__ kc, T* __restrict__ vc, int n,
                              int nh, int nkv, int hd, int max_ctx, const float* __restrict__ cos_t,
                              const float* __restrict__ sin_t) {
@@ -92,15 +95,16 @@ __global__ void qkv_to_cache(T* __restrict__ q, const T* __restrict__ k, const T
     const int p = pos[r], s = slot ? slot[r] : r;
     const float c = cos_t[static_cast<std::int64_t>(p) * half + i], sn = sin_t[static_cast<std::int64_t>(p) * half + i];
     if (hh < nh) {
-      T* x = q + static_cast<std::int64_t>(r) * qd + hh * hd;
+      const T* x = q + static_cast<std::int64_t>(r) * ldq + hh * hd;
       float a = to_f(x[i]), b = to_f(x[i + half]);
       if (bias) a += bias[hh * hd + i], b += bias[hh * hd + i + half];
-      x[i] = from_f<T>(a * c - b * sn);
-      x[i + half] = from_f<T>(b * c + a * sn);
+      T* y = q_out + static_cast<std::int64_t>(r) * qd + hh * hd;
+      y[i] = from_f<T>(a * c - b * sn);
+      y[i + half] = from_f<T>(b * c + a * sn);
     } else {
       const bool is_k = hh < nh + nkv;
       const int h = is_k ? hh - nh : hh - nh - nkv;
-      const T* x = (is_k ? k : v) + static_cast<std::int64_t>(r) * kvd + h * hd;
+      const T* x = is_k ? k + static_cast<std::int64_t>(r) * ldk + h * hd : v + static_cast<std::int64_t>(r) * ldv + h * hd;
       float a = to_f(x[i]), b = to_f(x[i + half]);
       if (bias) {
         const float* bb = bias + qd + (is_k ? 0 : kvd) + h * hd;
@@ -118,14 +122,34 @@ __global__ void qkv_to_cache(T* __restrict__ q, const T* __restrict__ k, const T
   }
 }
 
+/// qkv_to_cache with row strides (see the kernel); q_out (n, nh·hd) contiguous.
 template <class T>
-void launch_qkv_to_cache(cudaStream_t st, T* q, const T* k, const T* v, const float* bias, const std::int32_t* slot,
-                         const std::int32_t* pos, T* kc, T* vc, int n, int nh, int nkv, int hd, int max_ctx,
-                         const float* cos_t, const float* sin_t) {
+void launch_qkv_to_cache(cudaStream_t st, const T* q, int ldq, T* q_out, const T* k, int ldk, const T* v, int ldv,
+                         const float* bias, const std::int32_t* slot, const std::int32_t* pos, T* kc, T* vc, int n,
+                         int nh, int nkv, int hd, int max_ctx, const float* cos_t, const float* sin_t) {
   const std::int64_t total = static_cast<std::int64_t>(n) * (nh + 2 * nkv) * (hd / 2);
-  qkv_to_cache<T><<<kern::grid_for(total), 256, 0, st>>>(q, k, v, bias, slot, pos, kc, vc, n, nh, nkv, hd, max_ctx,
-                                                         cos_t, sin_t);
+  qkv_to_cache<T><<<kern::grid_for(total), 256, 0, st>>>(q, ldq, q_out, k, ldk, v, ldv, bias, slot, pos, kc, vc, n, nh,
+                                                         nkv, hd, max_ctx, cos_t, sin_t);
   HDPISSA_CUDA_CHECK_LAUNCH("qkv_to_cache");
+}
+
+/// act (n, H) = silu(gate)·up from one fused (n, 2H) product [gate | up] (ld 2H): the same
+/// arithmetic as kern::swiglu_fwd, element for element. One thread per element.
+template <class T>
+__global__ void swiglu_fused_rows(const T* __restrict__ gu, T* __restrict__ act, int H, std::int64_t total) {
+  for (std::int64_t idx = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; idx < total;
+       idx += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
+    const std::int64_t r = idx / H, j = idx % H;
+    const float g = to_f(gu[r * 2 * H + j]);
+    act[idx] = from_f<T>(g * kern::sigmoidf_(g) * to_f(gu[r * 2 * H + H + j]));
+  }
+}
+
+template <class T>
+void launch_swiglu_fused_rows(cudaStream_t st, const T* gu, T* act, int n, int H) {
+  const std::int64_t total = static_cast<std::int64_t>(n) * H;
+  swiglu_fused_rows<T><<<kern::grid_for(total), 256, 0, st>>>(gu, act, H, total);
+  HDPISSA_CUDA_CHECK_LAUNCH("swiglu_fused_rows");
 }
 
 /// Loads VEC consecutive T as floats (VEC·sizeof(T) = 16 bytes, or VEC = 1).
@@ -647,6 +671,7 @@ class CudaGreedyDecoder {
   ModelConfig cfg_;
   int slots_, max_ctx_, prefill_rows_, rows_max_;
   bool graphs_;
+  bool fusable_ = false;  // q|k|v and gate|up lie back to back in the model (one GEMM each with plain hooks)
   cudaStream_t stream_;
   static constexpr int kDecodeChunk = 128, kPrefillChunk = 512;
   int decode_splits_ = 1;
@@ -654,7 +679,9 @@ class CudaGreedyDecoder {
   Buf kc_, vc_;        // (L, slots, nkv, max_ctx, hd)
   FBuf rope_cos_, rope_sin_;  // (max_ctx, hd/2)
   FBuf res_, rstd_;    // (rows, D), (rows)
-  Buf xn_, q_, k_, v_, attn_, tmp_, gate_, up_, act_, xsel_;
+  // gate_ holds (rows, 2H): gate | up one after the other (unfused: up at gate_ + rows·H), or the
+  // fused [gate | up] product, or, before it, the fused (rows, qd + 2·kvd) q | k | v product.
+  Buf xn_, q_, k_, v_, attn_, tmp_, gate_, act_, xsel_;
   FBuf part_o_, part_ml_, logits_;
   IBuf ints_;          // decode: tok (slots) | pos (slots); prefill: tok | slot | pos (prefill_rows) | sel (slots); next (slots)
   PinnedBuffer<std::int32_t> h_ints_;
@@ -698,9 +725,17 @@ CudaGreedyDecoder<T>::CudaGreedyDecoder(const CudaLlama<T>& model, int slots, in
   v_.reserve(R * kvd);
   attn_.reserve(R * qd);
   tmp_.reserve(R * D);
-  gate_.reserve(R * H);
-  up_.reserve(R * H);
+  gate_.reserve(R * std::max(2 * H, qd + 2 * kvd));
   act_.reserve(R * H);
+  {  // the model's linears: q, k, v (and gate, up) back to back in every layer?
+    auto& m = const_cast<CudaLlama<T>&>(model);
+    fusable_ = true;
+    for (int l = 0; l < c.n_layers && fusable_; ++l) {
+      const T* pq = m.linear({l, Module::q}).data;
+      fusable_ = m.linear({l, Module::k}).data == pq + qd * D && m.linear({l, Module::v}).data == pq + (qd + kvd) * D &&
+                 m.linear({l, Module::up}).data == m.linear({l, Module::gate}).data + H * D;
+    }
+  }
   xsel_.reserve(static_cast<std::int64_t>(slots) * D);
   decode_splits_ = (max_ctx + kDecodeChunk - 1) / kDecodeChunk;
   const int prefill_splits = (max_ctx + kPrefillChunk - 1) / kPrefillChunk;
@@ -738,30 +773,48 @@ void CudaGreedyDecoder<T>::forward_rows(int n, const std::int32_t* tok, const st
   using CV = ConstMatrixView<T>;
   using MV = MatrixView<T>;
   auto& m = const_cast<CudaLlama<T>&>(*model_);
+  // Plain hooks (exactly CudaHooks<T>: Y = X Wᵀ, nothing else) on a model whose q, k, v and gate, up
+  // lie back to back: one GEMM for q|k|v and one for gate|up per layer (fewer, larger weight-bound
+  // GEMMs at decode's few rows). A training method's hooks (adapters) see every linear separately.
+  const bool fused = fusable_ && typeid(hooks) == typeid(CudaHooks<T>);
   kern::launch_embed_gather(s, tok, model_->embedding(), res_.get(), n, D);
   for (int l = 0; l < L; ++l) {
     auto W = [&](Module mod) { return CV(m.linear({l, mod})); };
     kern::launch_add_rmsnorm_fwd<T>(s, res_.get(), l == 0 ? nullptr : tmp_.get(), res_.get(), norms + 2 * l * D,
                                     rstd_.get(), xn_.get(), n, D, c.norm_eps);
     const CV xn(xn_.get(), n, D, D);
-    hooks.forward({l, Module::q}, W(Module::q), xn, MV(q_.get(), n, qd, qd));
-    hooks.forward({l, Module::k}, W(Module::k), xn, MV(k_.get(), n, kvd, kvd));
-    hooks.forward({l, Module::v}, W(Module::v), xn, MV(v_.get(), n, kvd, kvd));
     T* kc = kc_.get() + l * layer_cache;
     T* vc = vc_.get() + l * layer_cache;
-    decode_kern::launch_qkv_to_cache<T>(s, q_.get(), k_.get(), v_.get(),
-                                        bias ? bias + static_cast<std::int64_t>(l) * (qd + 2 * kvd) : nullptr, slot,
-                                        pos, kc, vc, n, c.n_heads, c.n_kv_heads, c.head_dim, max_ctx_,
-                                        rope_cos_.get(), rope_sin_.get());
+    const float* lbias = bias ? bias + static_cast<std::int64_t>(l) * (qd + 2 * kvd) : nullptr;
+    if (fused) {  // one GEMM over [Wq; Wk; Wv] (qd + 2·kvd, D), back to back in the model
+      const int ld = qd + 2 * kvd;
+      hooks.forward({l, Module::q}, CV(W(Module::q).data, ld, D, D), xn, MV(gate_.get(), n, ld, ld));
+      decode_kern::launch_qkv_to_cache<T>(s, gate_.get(), ld, q_.get(), gate_.get() + qd, ld, gate_.get() + qd + kvd, ld,
+                                          lbias, slot, pos, kc, vc, n, c.n_heads, c.n_kv_heads, c.head_dim, max_ctx_,
+                                          rope_cos_.get(), rope_sin_.get());
+    } else {
+      hooks.forward({l, Module::q}, W(Module::q), xn, MV(q_.get(), n, qd, qd));
+      hooks.forward({l, Module::k}, W(Module::k), xn, MV(k_.get(), n, kvd, kvd));
+      hooks.forward({l, Module::v}, W(Module::v), xn, MV(v_.get(), n, kvd, kvd));
+      decode_kern::launch_qkv_to_cache<T>(s, q_.get(), qd, q_.get(), k_.get(), kvd, v_.get(), kvd, lbias, slot, pos, kc,
+                                          vc, n, c.n_heads, c.n_kv_heads, c.head_dim, max_ctx_, rope_cos_.get(),
+                                          rope_sin_.get());
+    }
     decode_kern::launch_cache_attention<T>(s, q_.get(), kc, vc, slot, pos, n, c.n_heads, c.n_kv_heads, c.head_dim,
                                            max_ctx_, c.attention_window(l), scale, chunk, splits, part_o_.get(),
                                            part_ml_.get(), attn_.get());
     hooks.forward({l, Module::o}, W(Module::o), CV(attn_.get(), n, qd, qd), MV(tmp_.get(), n, D, D));
     kern::launch_add_rmsnorm_fwd<T>(s, res_.get(), tmp_.get(), res_.get(), norms + (2 * l + 1) * D, rstd_.get(),
                                     xn_.get(), n, D, c.norm_eps);
-    hooks.forward({l, Module::gate}, W(Module::gate), xn, MV(gate_.get(), n, H, H));
-    hooks.forward({l, Module::up}, W(Module::up), xn, MV(up_.get(), n, H, H));
-    kern::launch_swiglu_fwd<T>(s, gate_.get(), up_.get(), act_.get(), static_cast<std::int64_t>(n) * H);
+    if (fused) {  // one GEMM over [Wgate; Wup] (2H, D)
+      hooks.forward({l, Module::gate}, CV(W(Module::gate).data, 2 * H, D, D), xn, MV(gate_.get(), n, 2 * H, 2 * H));
+      decode_kern::launch_swiglu_fused_rows<T>(s, gate_.get(), act_.get(), n, H);
+    } else {
+      T* up = gate_.get() + static_cast<std::int64_t>(rows_max_) * H;
+      hooks.forward({l, Module::gate}, W(Module::gate), xn, MV(gate_.get(), n, H, H));
+      hooks.forward({l, Module::up}, W(Module::up), xn, MV(up, n, H, H));
+      kern::launch_swiglu_fwd<T>(s, gate_.get(), up, act_.get(), static_cast<std::int64_t>(n) * H);
+    }
     hooks.forward({l, Module::down}, W(Module::down), CV(act_.get(), n, H, H), MV(tmp_.get(), n, D, D));
   }
   kern::launch_add_rmsnorm_fwd<T>(s, res_.get(), tmp_.get(), res_.get(), norms + 2 * L * D, rstd_.get(), xn_.get(), n,
