@@ -515,11 +515,13 @@ TEST_CASE("bf16 W policies on the GPU: peak memory drops by 2 B per target param
 // of every W is folded into it by the policy's rule (DataParallelUpdate::set_w_storage, one
 // elementwise kernel after Adam; with --weight-decay the bf16 W is widened exactly for Adam).
 //  - against the CPU trainer with the same policy from the CPU's initial state (as the DWU case
-//    above): per-step losses within bf16 compute rounding (≤ 2e-2 relative); the update
-//    ΔW = W_final − W_init within the DWU case's bounds (0.5 Kahan, 1.0 SR) of the CPU's — full FT's
-//    Adam step is ≈ lr·sign(g) on every element, so bf16 gradients that flip the sign of tiny
-//    elements dominate this difference (not measured yet on an H200: the first run's MESSAGE lines
-//    give the margin);
+//    above; lr 1e-3, where full FT's per-step update of stories260K is mostly above half a bf16 ulp —
+//    at 2e-4 the CPU suite measures SR noise larger than the update itself): per-step losses within
+//    bf16 compute rounding (≤ 2e-2 relative); the update ΔW = W_final − W_init within the DWU case's
+//    bounds (0.5 Kahan, 1.0 SR) of the CPU's, or within twice what bf16 compute alone causes (the
+//    same comparison under fp32-master: GPU bf16 vs CPU fp32), whichever is larger — full FT's Adam
+//    step is ≈ lr·sign(g) on every element, so bf16 gradients that flip the sign of tiny elements
+//    may dominate this difference (not measured yet on an H200: the MESSAGE lines give the margin);
 //  - the GPU Kahan pair w + c tracks the GPU fp32-master bf16 run (the same bf16 compute, an fp32
 //    W): ‖(w + c) − W_master‖_F ≤ 0.1 ‖W_master − W_init‖_F (the CPU suite measures the same
 //    quantity against fp32 W at < 0.02);
@@ -528,11 +530,34 @@ TEST_CASE("bf16 W policies on the GPU: peak memory drops by 2 B per target param
 //    uninterrupted run bit for bit; with --weight-decay 0.1 too (the widened-W path).
 TEST_CASE("bf16 W policies on the GPU: full fine-tuning vs the CPU trainer, bf16 W, bytes per parameter, resume") {
   const std::string method = "full";
+  const double lr = 1e-3;
+  // The baseline: what bf16 compute alone changes (fp32-master, GPU bf16 vs CPU fp32).
+  double dw_master = 0;
+  {
+    TrainOptions oc = base_options(method, "wpfull-master-cpu");
+    oc.lr = lr;
+    Run cpu(oc, false);
+    const ModelWeights m0 = cpu.merged();
+    const fs::path init = scratch() / "wpfull-master-init";
+    cpu.t->save_state(init);
+    cpu.sum = cpu.t->run();
+    TrainOptions og = base_options(method, "wpfull-master-gpu");
+    og.lr = lr;
+    og.device = Device::Cuda;
+    og.dtype = ComputeDtype::Bf16;
+    og.w_precision = hdpissa::WPrecision::Fp32Master;
+    og.resume = init.string();
+    Run gpu(og);
+    dw_master = update_rel_diff(gpu.merged(), cpu.merged(), m0);
+    MESSAGE("full fp32-master: GPU bf16 vs CPU, max rel loss diff ",
+            max_rel_diff(step_losses(og.metrics), step_losses(oc.metrics)), ", rel dW diff ", dw_master);
+  }
   for (const char* policy : {"bf16-compensated", "bf16-sr"}) {
     INFO("policy ", std::string(policy));
     const bool sr = std::string(policy) == "bf16-sr";
     const std::string tag = std::string("wpfull-") + policy;
     TrainOptions oc = base_options(method, tag + "-cpu");
+    oc.lr = lr;
     oc.w_precision = parse_choice<hdpissa::WPrecision>("--w-precision", policy);
     Run cpu(oc, false);
     const ModelWeights m0 = cpu.merged();  // W_init: the base W rounded to bf16
@@ -542,6 +567,7 @@ TEST_CASE("bf16 W policies on the GPU: full fine-tuning vs the CPU trainer, bf16
     const ModelWeights mc = cpu.merged();
 
     TrainOptions og = base_options(method, tag + "-gpu");
+    og.lr = lr;
     og.device = Device::Cuda;
     og.dtype = ComputeDtype::Bf16;
     og.w_precision = oc.w_precision;
@@ -550,9 +576,10 @@ TEST_CASE("bf16 W policies on the GPU: full fine-tuning vs the CPU trainer, bf16
     const ModelWeights mg = gpu.merged();
     const double dl = max_rel_diff(step_losses(og.metrics), step_losses(oc.metrics));
     const double dw = update_rel_diff(mg, mc, m0);
-    MESSAGE("full ", std::string(policy), ": GPU bf16 vs CPU, max rel loss diff ", dl, ", rel dW diff ", dw);
+    MESSAGE("full ", std::string(policy), ": GPU bf16 vs CPU, max rel loss diff ", dl, ", rel dW diff ", dw,
+            " (fp32-master's: ", dw_master, ")");
     CHECK(dl < 2e-2);
-    CHECK(dw < (sr ? 1.0 : 0.5));
+    CHECK(dw < std::max(sr ? 1.0 : 0.5, 2.0 * dw_master));
     bool bf16_values = true;
     for (int l = 0; l < mg.config.n_layers; ++l)
       for (int m = 0; m < kModulesPerLayer; ++m) {
@@ -595,6 +622,7 @@ TEST_CASE("bf16 W policies on the GPU: full fine-tuning vs the CPU trainer, bf16
     for (const double wd : {0.0, 0.1}) {
       INFO("weight decay ", wd);
       TrainOptions ow = base_options(method, tag + "-whole");
+      ow.lr = lr;
       ow.device = Device::Cuda;
       ow.dtype = ComputeDtype::Bf16;
       ow.w_precision = oc.w_precision;
