@@ -264,3 +264,102 @@ TEST_CASE("DWU with a bf16 W storage: GPU fused epilogue == GPU unfused == CPU, 
     CHECK(changed > 0);  // the updates did move W (not a vacuous comparison)
   }
 }
+
+// DataParallelUpdate::set_w_storage on the GPU (full fine-tuning's bf16 W: CudaBackend<float>, the
+// unfused apply_w_storage kernel after the optimizer, the bf16 W widened for weight decay) == the
+// same update on the CPU (EigenBackend<float>, host bf16 bits), bit for bit, per policy, with and
+// without weight decay. K = 4 groups, SGD on dyadic data (gradients k/64, lr 1/4, weight decay 1/2
+// on bf16 W): the mean gradient, the decay term and Δ are exact in fp32 on both, so only the
+// policies' rounding (and the SR stream's indices and steps) is compared.
+namespace {
+constexpr int kDK = 4;
+const std::vector<std::pair<index_t, index_t>> kDShapes{{70, 33}, {16, 130}};
+template <class Bk, class Comm>
+StorageRun run_dp_storage(Bk& b, Comm& comm, WPrecision policy, double wd, int steps) {
+  constexpr bool dev = std::is_same_v<typename Bk::memory_space, device_memory>;
+  DataParallelUpdate<Bk, Sgd, Comm> dp(b, comm, Sgd(SgdConfig{0, wd}));
+  std::vector<std::vector<std::uint16_t>> hw, hc;
+  std::vector<std::uint16_t*> W, C;
+  std::uint64_t offset = 0;
+  for (std::size_t l = 0; l < kDShapes.size(); ++l) {
+    const auto [o, in] = kDShapes[l];
+    dp.add_param(std::string("w").append(std::to_string(l)), MatrixView<float>{nullptr, o, in, in});
+  }
+  for (std::size_t l = 0; l < kDShapes.size(); ++l) {
+    const auto [o, in] = kDShapes[l];
+    const std::size_t n = std::size_t(o * in);
+    hw.push_back(w0_bits(10 + l, o, in));
+    hc.push_back(std::vector<std::uint16_t>(n, 0));
+    if constexpr (dev) {
+      W.push_back(dalloc<std::uint16_t>(n));
+      C.push_back(dalloc<std::uint16_t>(n));
+      h2d(W.back(), hw.back());
+      h2d(C.back(), hc.back());
+    } else {
+      W.push_back(hw.back().data());
+      C.push_back(hc.back().data());
+    }
+    Bf16WStorage st;
+    st.policy = policy;
+    st.w = W.back();
+    st.ldw = in;
+    st.c = policy == WPrecision::Bf16Compensated ? C.back() : nullptr;
+    st.ldc = in;
+    st.seed = 9;
+    st.offset = offset;
+    offset += std::uint64_t(n);
+    dp.set_w_storage(l, st);
+  }
+  dp.set_w_step(2);  // as after a resume at step 2
+  for (int s = 0; s < steps; ++s) {
+    dp.zero_grad();
+    for (std::size_t l = 0; l < kDShapes.size(); ++l)
+      for (int g = 0; g < comm.local_groups(); ++g) {
+        const auto [o, in] = kDShapes[l];
+        std::vector<float> gr(std::size_t(o * in));
+        for (std::size_t i = 0; i < gr.size(); ++i) gr[i] = small_int_over(7000 + 97 * s + 13 * l + g, i, 8, 64.f);
+        b.upload(gr.data(), dp.grad(l, g));
+      }
+    dp.step(0.25);
+  }
+  b.synchronize();
+  StorageRun out;
+  for (std::size_t l = 0; l < kDShapes.size(); ++l) {
+    const auto [o, in] = kDShapes[l];
+    if constexpr (dev) {
+      out.w.push_back(d2h(W[l], std::size_t(o * in)));
+      out.c.push_back(d2h(C[l], std::size_t(o * in)));
+      cudaFree(W[l]);
+      cudaFree(C[l]);
+    } else {
+      out.w.push_back(hw[l]);
+      out.c.push_back(hc[l]);
+    }
+  }
+  return out;
+}
+}  // namespace
+
+TEST_CASE("DataParallelUpdate with a bf16 W storage (full fine-tuning): GPU == CPU, bit for bit, per policy") {
+  for (const WPrecision p : {WPrecision::Bf16Compensated, WPrecision::Bf16StochasticRounding})
+    for (const double wd : {0.0, 0.5}) {
+      CAPTURE(w_precision_name(p));
+      CAPTURE(wd);
+      const int steps = 5;
+      EigenBackend<float> cpu;
+      VirtualRanks<SingleProcess> ccomm(SingleProcess{}, kDK);
+      const StorageRun ref = run_dp_storage(cpu, ccomm, p, wd, steps);
+      CudaBackend<float> gpu;
+      VirtualRanks<CudaSingleProcess> gcomm(CudaSingleProcess(gpu.stream()), kDK);
+      const StorageRun g = run_dp_storage(gpu, gcomm, p, wd, steps);
+      std::size_t changed = 0;
+      for (std::size_t l = 0; l < kDShapes.size(); ++l) {
+        CAPTURE(l);
+        CHECK(g.w[l] == ref.w[l]);
+        CHECK(g.c[l] == ref.c[l]);
+        const auto w0 = w0_bits(10 + l, kDShapes[l].first, kDShapes[l].second);
+        for (std::size_t i = 0; i < w0.size(); ++i) changed += w0[i] != ref.w[l][i];
+      }
+      CHECK(changed > 0);
+    }
+}

@@ -1,5 +1,6 @@
 // DirectWeightUpdate (spec §3–4) and DataParallelUpdate against hand-computed references and
 // invariants; communicators against each other.
+#include <memory>
 #include <mutex>
 
 #include "test_util.hpp"
@@ -404,5 +405,140 @@ TEST_CASE("DirectWeightUpdate::set_w_storage: bf16 bits == the set_w_apply path 
     const auto a = run(true), b = run(false);
     CHECK(a.size() == b.size());
     CHECK(a == b);
+  }
+}
+
+// DataParallelUpdate::set_w_storage (raw bf16 bits: the GPU trainer's full fine-tuning layout) on
+// the CPU against a hand reference: the mean gradient over K = 4 groups, SGD with decoupled weight
+// decay reading the bf16 W (its exact fp32 widening), Δ = −delta folded into W by the policy's rule
+// at SR element offset + r·cols + c and step set_w_step + applied steps. SGD on small dyadic values
+// makes every fp32 operation exact, so the reference is bit-exact whatever the evaluation order. The
+// same run through set_w_apply on fp32 slots holding bf16 values (the CPU trainer's path) with Adam
+// (AdamW) gives the same bits as the storage with Adam.
+TEST_CASE("DataParallelUpdate::set_w_storage: bf16 bits == hand reference (SGD) and == the set_w_apply path (AdamW)") {
+  const int K = 4, steps = 4;
+  const std::vector<std::pair<index_t, index_t>> shapes{{9, 7}, {5, 12}};
+  const double lr = 0.25, wd = 0.5;
+  const std::uint64_t seed = 13, first_step = 6;
+  auto w0 = [](std::size_t l, std::size_t i) { return bf16_bits_rn(float(4.0 * (counter_uniform(70 + l, i) - 0.5))); };
+  auto grad = [](int s, std::size_t l, int g, std::size_t i) {  // small multiples of 1/64
+    return float(int(counter_uniform(800 + 31 * std::uint64_t(s) + 7 * l + std::uint64_t(g), i) * 17) - 8) / 64.f;
+  };
+  for (const WPrecision p : {WPrecision::Bf16Compensated, WPrecision::Bf16StochasticRounding}) {
+    CAPTURE(w_precision_name(p));
+    // kind 0: storage + SGD; 1: storage + AdamW; 2: set_w_apply on fp32 slots + AdamW
+    auto run = [&](int kind) {
+      EigenBackend<float> b;
+      SingleProcess one;
+      VirtualRanks<SingleProcess> comm(one, K);
+      using Upd = DataParallelUpdate<EigenBackend<float>, Adam, VirtualRanks<SingleProcess>>;
+      using UpdS = DataParallelUpdate<EigenBackend<float>, Sgd, VirtualRanks<SingleProcess>>;
+      std::unique_ptr<Upd> adam;
+      std::unique_ptr<UpdS> sgd;
+      if (kind == 0) sgd = std::make_unique<UpdS>(b, comm, Sgd(SgdConfig{0, wd}));
+      else adam = std::make_unique<Upd>(b, comm, Adam(AdamConfig{0.9, 0.999, 1e-8, 0.1}));
+      std::vector<std::vector<std::uint16_t>> Wb, Cb;
+      std::vector<EigenBackend<float>::Matrix> Wf, Cf;
+      std::uint64_t offset = 0;
+      std::vector<std::uint64_t> offs;
+      for (std::size_t l = 0; l < shapes.size(); ++l) {
+        const auto [out, in] = shapes[l];
+        const std::size_t n = std::size_t(out * in);
+        Wb.emplace_back(n);
+        for (std::size_t i = 0; i < n; ++i) Wb.back()[i] = w0(l, i);
+        Cb.emplace_back(n, std::uint16_t(0));
+        Wf.push_back(b.make_matrix(out, in));
+        Cf.push_back(b.make_matrix(out, in));
+        b.fill(Cf.back().view(), 0.0f);
+        for (std::size_t i = 0; i < n; ++i) Wf.back().view().data[i] = bf16_bits_to_float(Wb.back()[i]);
+        const MatrixView<float> view = kind == 2 ? Wf.back().view() : MatrixView<float>{nullptr, out, in, in};
+        const std::string name = std::string("w").append(std::to_string(l));
+        if (sgd) sgd->add_param(name, view);
+        else adam->add_param(name, view);
+        if (kind != 2) {
+          Bf16WStorage st;
+          st.policy = p;
+          st.w = Wb.back().data();
+          st.ldw = in;
+          st.c = Cb.back().data();
+          st.ldc = in;
+          st.seed = seed;
+          st.offset = offset;
+          if (sgd) sgd->set_w_storage(l, st);
+          else adam->set_w_storage(l, st);
+        }
+        offs.push_back(offset);
+        offset += n;
+      }
+      std::uint64_t step = first_step;  // as if resumed
+      if (sgd) sgd->set_w_step(step);
+      else adam->set_w_step(step);
+      if (kind == 2)
+        adam->set_w_apply([&](std::size_t l, ConstMatrixView<float> D) {
+          const auto W = Wf[l].view(), C = Cf[l].view();
+          for (index_t i = 0; i < W.rows; ++i)
+            for (index_t j = 0; j < W.cols; ++j) {
+              if (p == WPrecision::Bf16Compensated) Bf16Compensated{}(W(i, j), C(i, j), D(i, j));
+              else Bf16StochasticRounding{seed, step}(W(i, j), D(i, j), offs[l] + std::uint64_t(i * W.cols + j));
+            }
+        });
+      for (int s = 0; s < steps; ++s) {
+        for (std::size_t l = 0; l < shapes.size(); ++l)
+          for (int g = 0; g < K; ++g) {
+            const MatrixView<float> G = sgd ? sgd->grad(l, g) : adam->grad(l, g);
+            for (index_t i = 0; i < G.rows * G.cols; ++i) G.data[i] = grad(s, l, g, std::size_t(i));
+          }
+        const StepReport rep = sgd ? sgd->step(lr) : adam->step(1e-2);
+        CHECK_FALSE(rep.skipped);
+        ++step;
+        CHECK((sgd ? sgd->w_step() : adam->w_step()) == step);
+        if (sgd) sgd->zero_grad();
+        else adam->zero_grad();
+      }
+      std::vector<std::uint16_t> out;  // W bits, then c bits, of every tensor
+      for (std::size_t l = 0; l < shapes.size(); ++l) {
+        if (kind != 2) {
+          out.insert(out.end(), Wb[l].begin(), Wb[l].end());
+          if (p == WPrecision::Bf16Compensated) out.insert(out.end(), Cb[l].begin(), Cb[l].end());
+        } else {
+          const auto W = Wf[l].view(), C = Cf[l].view();
+          for (index_t i = 0; i < W.rows * W.cols; ++i) out.push_back(bf16_bits_rn(W.data[i]));
+          if (p == WPrecision::Bf16Compensated)
+            for (index_t i = 0; i < C.rows * C.cols; ++i) out.push_back(bf16_bits_rn(C.data[i]));
+        }
+      }
+      return out;
+    };
+    // The hand reference of kind 0, element by element (every operation exact in fp32).
+    std::vector<std::uint16_t> ref;
+    {
+      std::vector<std::vector<std::uint16_t>> W, C;
+      std::uint64_t offset = 0;
+      for (std::size_t l = 0; l < shapes.size(); ++l) {
+        const std::size_t n = std::size_t(shapes[l].first * shapes[l].second);
+        W.emplace_back(n);
+        C.emplace_back(n, std::uint16_t(0));
+        for (std::size_t i = 0; i < n; ++i) W.back()[i] = w0(l, i);
+        for (int s = 0; s < steps; ++s)
+          for (std::size_t i = 0; i < n; ++i) {
+            double gsum = 0;
+            for (int g = 0; g < K; ++g) gsum += grad(s, l, g, i);
+            const double w = bf16_bits_to_float(W.back()[i]);
+            const float delta = float(-lr * (gsum / K + wd * w));  // exact
+            if (p == WPrecision::Bf16Compensated) Bf16Compensated{}(W.back()[i], C.back()[i], delta);
+            else Bf16StochasticRounding{seed, first_step + std::uint64_t(s)}(W.back()[i], delta, offset + i);
+          }
+        offset += n;
+        ref.insert(ref.end(), W.back().begin(), W.back().end());
+        if (p == WPrecision::Bf16Compensated) ref.insert(ref.end(), C.back().begin(), C.back().end());
+      }
+    }
+    const auto a = run(0);
+    CHECK(a == ref);
+    std::size_t moved = 0;
+    for (std::size_t l = 0, k = 0; l < shapes.size(); ++l)
+      for (std::size_t i = 0; i < std::size_t(shapes[l].first * shapes[l].second); ++i, ++k) moved += a[k] != w0(l, i);
+    CHECK(moved > 0);
+    CHECK(run(1) == run(2));
   }
 }

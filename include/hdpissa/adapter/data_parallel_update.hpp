@@ -5,12 +5,26 @@
 /// every group (LoRA/PiSSA adapters, or W for full fine-tuning); each local group accumulates its own
 /// gradient; step() sums the local groups' gradients, all-reduces them over workers (one call for
 /// all parameters), divides by K, and applies one optimizer step to the parameters in place.
+///
+/// W-precision policies (core/w_precision.hpp), as in DirectWeightUpdate: by default a parameter
+/// is updated in fp32 in place (p ← p − delta). set_w_storage(i, …) keeps parameter i as bf16 bits
+/// (+ a Kahan compensation) instead and folds its fp32 update Δ = −delta into them by the policy's
+/// rule (DwuKernels<B>::apply_w_storage: the same elementwise function as the DWU's, a host loop or
+/// one CUDA kernel); set_w_apply(fn) hands each parameter's Δ to the caller instead (the CPU
+/// trainer's reference path: fp32 tensors holding bf16 values).
 
+#include <algorithm>
+#include <cstdint>
+#include <functional>
+#include <optional>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "hdpissa/adapter/update_common.hpp"
 #include "hdpissa/core/concepts.hpp"
+#include "hdpissa/core/dwu_kernels.hpp"
+#include "hdpissa/core/w_precision.hpp"
 
 namespace hdpissa {
 
@@ -38,6 +52,41 @@ class DataParallelUpdate {
     total_ += std::size_t(param.size());
     return params_.size() - 1;
   }
+  /// An external update of the parameters (a W-precision policy's CPU reference path): with one set,
+  /// step() does not write a parameter itself but hands its update Δ = −delta (the optimizer's
+  /// delta negated, exact) to `apply(i, Δ)`, which folds it into the policy's storage. The view given
+  /// to add_param must still hold the parameter's current value when the optimizer reads it (weight
+  /// decay). Unset (empty): p ← p − delta in place.
+  using WApply = std::function<void(std::size_t param, ConstMatrixView<S> delta)>;
+  void set_w_apply(WApply apply) { w_apply_ = std::move(apply); }
+
+  /// A bf16 W-precision storage for parameter `i` (Bf16Compensated or Bf16StochasticRounding; raw
+  /// bf16 bits in the backend's memory): step() then folds the parameter's update Δ = −delta into it
+  /// by the policy's rule (DwuKernels<B>::apply_w_storage, the DWU's unfused apply) instead of
+  /// writing the fp32 view given to add_param, which may then be a view with no data (only its shape
+  /// is used). When the optimizer reads the parameter (weight decay) the bf16 values are widened
+  /// exactly into an fp32 scratch for it. `s.cols` is set here; element (r, c) of the SR stream is
+  /// s.offset + r·cols + c, and SR's `s.step` comes from w_step() at each step.
+  void set_w_storage(std::size_t i, Bf16WStorage s) {
+    static_assert(std::is_same_v<S, float>, "set_w_storage: the update's delta must be fp32 (an fp32 backend)");
+    auto& p = params_.at(i);
+    HDPISSA_REQUIRE(s.policy != WPrecision::Fp32Master, "set_w_storage('", p.name,
+                    "'): Fp32Master keeps the parameter in the fp32 view given to add_param; expected a bf16 policy");
+    HDPISSA_REQUIRE(s.w != nullptr && s.ldw >= p.value.cols, "set_w_storage('", p.name, "'): no W storage or ld < ",
+                    p.value.cols);
+    HDPISSA_REQUIRE(s.policy != WPrecision::Bf16Compensated || (s.c != nullptr && s.ldc >= p.value.cols),
+                    "set_w_storage('", p.name, "'): Bf16Compensated needs a compensation buffer of ",
+                    shape_str(p.value.rows, p.value.cols));
+    s.cols = p.value.cols;
+    p.wst = s;
+    p.bf16_w = true;
+    if (!kernels_) kernels_.emplace(*b_);
+  }
+  /// The step number the stochastic rounding of the next step() uses (its counter-based hash
+  /// input); advanced by every applied step. Set it when resuming so the stream continues.
+  std::uint64_t w_step() const { return w_step_; }
+  void set_w_step(std::uint64_t step) { w_step_ = step; }
+
   std::size_t num_params() const { return params_.size(); }
   const std::string& name(std::size_t i) const { return params_.at(i).name; }
   long steps() const { return steps_; }
@@ -82,10 +131,33 @@ class DataParallelUpdate {
     for (std::size_t i = 0; i < params_.size(); ++i) {
       Param& p = params_[i];
       V d{delta_.view().data, p.value.rows, p.value.cols, p.value.cols};
-      opt_.compute_delta(*b_, p.st, CV(p.value), CV(grad(i, 0)), d, lr);
-      b_->axpy(S(-1), CV(d), p.value);
+      if (!p.bf16_w) {
+        opt_.compute_delta(*b_, p.st, CV(p.value), CV(grad(i, 0)), d, lr);
+        if (!w_apply_) {
+          b_->axpy(S(-1), CV(d), p.value);
+          continue;
+        }
+        b_->scale(d, S(-1));  // Δ = −delta (exact)
+        w_apply_(i, CV(d));
+        continue;
+      }
+      // A bf16 storage: the optimizer reads the exact fp32 widening of the bf16 W (weight decay)
+      // or, when it does not read the parameter, the gradient in its place (never read).
+      CV param = CV(grad(i, 0));
+      if (optimizer_reads_param()) {
+        if (param_.rows() == 0) param_ = b_->make_matrix(1, index_t(max_size()));
+        const V wide{param_.view().data, p.value.rows, p.value.cols, p.value.cols};
+        kernels_->widen_w_storage(p.wst, wide);
+        param = CV(wide);
+      }
+      opt_.compute_delta(*b_, p.st, param, CV(grad(i, 0)), d, lr);
+      b_->scale(d, S(-1));  // Δ = −delta (exact): the rule computes w + Δ
+      Bf16WStorage st = p.wst;
+      st.step = w_step_;
+      kernels_->apply_w_storage(CV(d), st);
     }
     ++steps_;
+    ++w_step_;
     return StepReport{false, steps_, {}};
   }
 
@@ -95,7 +167,15 @@ class DataParallelUpdate {
     V value;
     std::size_t offset;
     opt_state st;
+    bool bf16_w = false;  // the parameter lives in `wst` (set_w_storage), not in `value`
+    Bf16WStorage wst{};
   };
+  /// Whether the optimizer's delta depends on the parameter's value (decoupled weight decay); an
+  /// optimizer without a `config().weight_decay` is assumed to read it.
+  bool optimizer_reads_param() const {
+    if constexpr (requires { opt_.config().weight_decay; }) return opt_.config().weight_decay != 0;
+    else return true;
+  }
   std::size_t max_size() const {
     std::size_t m = 0;
     for (auto& p : params_) m = std::max(m, std::size_t(p.value.size()));
@@ -109,9 +189,13 @@ class DataParallelUpdate {
   std::vector<Param> params_;
   std::vector<typename B::matrix_type> grads_;
   typename B::matrix_type delta_;
+  typename B::matrix_type param_;                // fp32 widening of a bf16 storage (weight decay; first use)
+  std::optional<DwuKernels<B>> kernels_;         // the policy's apply (first set_w_storage)
+  WApply w_apply_;
   std::size_t total_ = 0;
   bool finalized_ = false;
   long steps_ = 0;
+  std::uint64_t w_step_ = 0;  // the stochastic rounding's step (applied steps; set_w_step on resume)
 };
 
 }  // namespace hdpissa

@@ -90,6 +90,17 @@ class DwuGenericKernels {
       throw InvalidArgument("DwuKernels: this backend has no kernel for a bf16 W storage");
     }
   }
+  /// The exact fp32 values of the storage's W into `dst` (its shape: rows, cols): what an optimizer
+  /// that reads the parameter (weight decay) sees (DataParallelUpdate; host memory here).
+  void widen_w_storage(const Bf16WStorage& w, V dst) {
+    if constexpr (std::is_same_v<typename B::memory_space, host_memory>) {
+      for (index_t i = 0; i < dst.rows; ++i)
+        for (index_t j = 0; j < dst.cols; ++j) dst.data[i * dst.ld + j] = S(bf16_bits_to_float(w.w[i * w.ldw + j]));
+    } else {
+      (void)w, (void)dst;
+      throw InvalidArgument("DwuKernels: this backend has no kernel for a bf16 W storage");
+    }
+  }
   /// EigenBackend's order-sensitive checksum Σ x_ij·(1 + ((i·cols + j) mod 1021)/1021) of the
   /// storage's W values (rows, cols), in double (verify_replicas).
   double checksum_w_storage(const Bf16WStorage& w, index_t rows, index_t cols) {

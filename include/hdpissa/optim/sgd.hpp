@@ -42,6 +42,7 @@ class Sgd {
     HDPISSA_REQUIRE(cfg.momentum >= 0 && cfg.momentum < 1, "Sgd: expected momentum in [0, 1), found ",
                     cfg.momentum);
   }
+  const SgdConfig& config() const { return cfg_; }
   std::string name() const { return "sgd"; }
 
   template <TensorBackend B>

@@ -405,6 +405,18 @@ class DwuKernels<CudaBackend<S>> : public DwuGenericKernels<CudaBackend<S>> {
                                            D.cols, w);
     }
   }
+  /// The exact fp32 values of the storage's W into `dst` (its shape): the backend's bf16 → fp32
+  /// conversion kernel over the raw bits (DataParallelUpdate, an optimizer with weight decay).
+  void widen_w_storage(const Bf16WStorage& w, V dst) {
+    if constexpr (!std::is_same_v<S, float>) {
+      (void)w, (void)dst;
+      throw InvalidArgument("DwuKernels<CudaBackend>: a bf16 W storage needs the fp32 master backend");
+    } else {
+      const ConstMatrixView<__nv_bfloat16> x{reinterpret_cast<const __nv_bfloat16*>(w.w), dst.rows, dst.cols,
+                                             index_t(w.ldw)};
+      this->backend().convert(x, dst);
+    }
+  }
   /// The order-sensitive checksum of the storage's W (rows, cols) (CudaBackend::checksum's formula
   /// over the bf16 values; verify_replicas). Waits.
   double checksum_w_storage(const Bf16WStorage& w, index_t rows, index_t cols) {

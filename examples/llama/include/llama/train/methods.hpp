@@ -151,8 +151,16 @@ class TrainMethod {
   /// Checks that W is identical on every worker (DWU); default: nothing to check.
   virtual void verify_replicas() {}
   /// Device bytes per target-weight parameter that W occupies: 4 (fp32 W), 6 (fp32 master + bf16
-  /// compute copy), 2 (frozen W kept only in bf16).
-  [[nodiscard]] virtual int w_bytes_per_param() const { return !kMixed ? 4 : frozen_compute_ ? 2 : 6; }
+  /// compute copy), 2 (frozen W kept only in bf16); under a bf16 W-precision policy (DWU, full) the
+  /// policy's: 4 (bf16 W + bf16 compensation), 2 (bf16 W, stochastic rounding).
+  [[nodiscard]] int w_bytes_per_param() const {
+    switch (wprec_) {
+      case hdpissa::WPrecision::Fp32Master: break;
+      case hdpissa::WPrecision::Bf16Compensated: return hdpissa::Bf16Compensated::w_bytes_per_param(kMixed);
+      case hdpissa::WPrecision::Bf16StochasticRounding: return hdpissa::Bf16StochasticRounding::w_bytes_per_param(kMixed);
+    }
+    return !kMixed ? 4 : frozen_compute_ ? 2 : 6;
+  }
   /// Trainable numbers summed over all K groups.
   [[nodiscard]] virtual std::int64_t trainable_parameters() const = 0;
 
@@ -353,10 +361,122 @@ class TrainMethod {
       s.add("weight." + ids_[i].hf_name(), Wm_[i], false);
     }
   }
+  /// Target i's W in fp32 into `host` (resized): the fp32 master, or — W kept only as the model's
+  /// bf16 copy (a bf16 W-precision policy) — that copy widened exactly.
   void download(std::size_t i, Matrix& host) {
+    if constexpr (kMixed) {
+      if (frozen_compute_) {
+        const auto [out, in] = shape(i);
+        host.resize(out, in);
+        Dev::download_compute(*bm_, CVc(Wc_[i]), host.data());
+        return;
+      }
+    }
     host.resize(Wm_[i].rows, Wm_[i].cols);
     bm_->download(CV32(Wm_[i]), host.data());
     bm_->synchronize();
+  }
+
+  // ---------------------------------------------------------------- --w-precision (DWU, full)
+  /// Sets up --w-precision for a method whose update `upd` changes W (DirectWeightUpdate or
+  /// DataParallelUpdate: both take set_w_storage(target, Bf16WStorage) and set_w_apply(fn(target,
+  /// Δ))); call it after the targets were registered with `upd` (target i = upd's layer / param i).
+  /// fp32-master leaves the update as it is (W += Δ in fp32). The bf16 policies:
+  ///  - GPU, bf16 compute: W is the model's bf16 copy (bf16_rn of the fp32 W: the CPU path's
+  ///    rounding), registered with the update as a Bf16WStorage and updated in place by the policy's
+  ///    rule (the library's kernels: fused into the DWU GEMM on sm_90a, else one elementwise pass
+  ///    over a dense Δ); Bf16Compensated adds a zeroed bf16 compensation. No fp32 W exists.
+  ///  - CPU (the reference path: the fp32 tensors hold bf16 values, bit-exact with the rule on bf16
+  ///    storage): W is rounded to the nearest bf16 once — for DWU after the factors were computed
+  ///    from the fp32 W — and the update hands each target's Δ to apply_w().
+  /// SR's random bits: hash(--seed, applied-step count w_step_, element index), the index running
+  /// over the targets in order, row-major — the same on every worker and after a resume.
+  template <class Upd>
+  void setup_w_precision(const TrainOptions& o, Upd& upd) {
+    wprec_ = o.w_precision;
+    sr_seed_ = std::uint64_t(o.seed);
+    if (wprec_ == hdpissa::WPrecision::Fp32Master) return;
+    if constexpr (kMixed) {
+      std::uint64_t offset = 0;
+      for (std::size_t i = 0; i < ids_.size(); ++i) {
+        const Vc W = Wc_[i];
+        hdpissa::Bf16WStorage st;
+        st.policy = wprec_;
+        st.w = reinterpret_cast<std::uint16_t*>(W.data);
+        st.ldw = W.ld;
+        st.seed = sr_seed_;
+        st.offset = offset;
+        if (wprec_ == hdpissa::WPrecision::Bf16Compensated) {
+          compc_.push_back(bc_->make_matrix(W.rows, W.cols));
+          bc_->fill(compc_.back().view(), Sc(0.0f));
+          st.c = reinterpret_cast<std::uint16_t*>(compc_.back().view().data);
+          st.ldc = compc_.back().view().ld;
+        }
+        w_offsets_.push_back(offset);
+        offset += std::uint64_t(W.rows) * std::uint64_t(W.cols);
+        upd.set_w_storage(i, st);
+      }
+    } else if constexpr (!std::is_same_v<typename Bm::memory_space, hdpissa::host_memory>) {
+      (void)upd;
+      throw LlamaError(cat("--w-precision ", hdpissa::w_precision_name(wprec_),
+                           ": on the GPU the bf16 W policies need --dtype bf16 (W is the bf16 compute copy)"));
+    } else {
+      std::uint64_t offset = 0;
+      for (std::size_t i = 0; i < ids_.size(); ++i) {
+        const V32 W = Wm_[i];
+        for (index_t r = 0; r < W.rows; ++r)
+          for (index_t c = 0; c < W.cols; ++c) W.data[r * W.ld + c] = hdpissa::round_bf16(W.data[r * W.ld + c]);
+        w_offsets_.push_back(offset);  // element indices of the SR stream: targets in order, row-major
+        offset += std::uint64_t(W.rows) * std::uint64_t(W.cols);
+        if (wprec_ == hdpissa::WPrecision::Bf16Compensated) {
+          comp_.push_back(bm_->make_matrix(W.rows, W.cols));
+          bm_->fill(comp_.back().view(), 0.0f);
+        }
+      }
+      upd.set_w_apply([this](std::size_t i, CV32 delta) { apply_w(i, delta); });
+    }
+  }
+  /// Folds the update Δ of target `i` into W by the policy's elementwise rule (host loop; CPU).
+  void apply_w(std::size_t i, CV32 D) {
+    const V32 W = Wm_[i];
+    if (wprec_ == hdpissa::WPrecision::Bf16Compensated) {
+      const V32 C = comp_[i].view();
+      const hdpissa::Bf16Compensated rule{};
+      for (index_t r = 0; r < W.rows; ++r)
+        for (index_t c = 0; c < W.cols; ++c) rule(W.data[r * W.ld + c], C.data[r * C.ld + c], D.data[r * D.ld + c]);
+    } else {
+      const hdpissa::Bf16StochasticRounding rule{sr_seed_, std::uint64_t(w_step_)};
+      for (index_t r = 0; r < W.rows; ++r)
+        for (index_t c = 0; c < W.cols; ++c)
+          rule(W.data[r * W.ld + c], D.data[r * D.ld + c], w_offsets_[i] + std::uint64_t(r * W.cols + c));
+    }
+  }
+  /// One optimizer step of `upd` under the policy: SR's step number goes in (the GPU storage's
+  /// stream; restored on resume), and counts applied steps only.
+  template <class Upd>
+  hdpissa::StepReport step_w(Upd& upd, double lr) {
+    upd.set_w_step(std::uint64_t(w_step_));
+    const auto rep = upd.step(lr);
+    if (!rep.skipped) ++w_step_;
+    return rep;
+  }
+  /// The policy's state: the Kahan compensation of every target (`wprec.<target>.compensation`; the
+  /// GPU's bf16 buffer saved as its exact fp32 values, the CPU's format, restored exactly) and SR's
+  /// step counter (`wprec.sr_step`).
+  void add_w_precision_state(StateRefs& s) {
+    for (std::size_t i = 0; i < comp_.size(); ++i)
+      s.add("wprec." + ids_[i].hf_name() + ".compensation", comp_[i].view(), false);
+    for (std::size_t i = 0; i < compc_.size(); ++i) {
+      if constexpr (kMixed) {
+        const Vc C = compc_[i].view();
+        Bm* b = bm_;
+        s.add_converted(
+            "wprec." + ids_[i].hf_name() + ".compensation", C.rows, C.cols, false,
+            [b, C](float* host) { Dev::download_compute(*b, CVc(C), host); },
+            [b, C](const float* host) { Dev::upload_compute(*b, host, C); });
+      }
+    }
+    if (wprec_ == hdpissa::WPrecision::Bf16StochasticRounding) s.counters.push_back({"wprec.sr_step", &w_step_, false});
   }
 
   Bm* bm_;
@@ -369,6 +489,13 @@ class TrainMethod {
   std::vector<Vc> Wc_;                           // the model's compute copies, one per target
   bool frozen_compute_ = false;                  // W kept only in the compute dtype (frozen, or a bf16 W policy)
   std::unique_ptr<std::conditional_t<kFp8Capable, Fp8, char>> fp8_;  // --compute fp8 (null: off)
+  // --w-precision (setup_w_precision; fp32-master unless a method that updates W sets it up)
+  hdpissa::WPrecision wprec_ = hdpissa::WPrecision::Fp32Master;
+  std::uint64_t sr_seed_ = 0;
+  long w_step_ = 0;                               // applied optimizer steps (the SR stream's step)
+  std::vector<std::uint64_t> w_offsets_;          // first SR element index of each target
+  std::vector<typename Bm::matrix_type> comp_;    // Kahan compensation per target (bf16 values; CPU)
+  std::vector<typename Bc::matrix_type> compc_;   // the same in bf16 storage (GPU, bf16 compute)
 
  private:
   /// Local group lg's view of the method: frozen linears pass through, targets go to the method.
@@ -525,15 +652,13 @@ class DwuMethod final : public TrainMethod<Dev> {
     }
     upd_.finalize();
     this->make_copies(cc_, sets_, scratch);  // constant factors: compute copies made once
-    setup_w_precision(o);
+    this->setup_w_precision(o, upd_);
   }
 
   void zero_grad() override { upd_.zero_grad(); }
   hdpissa::StepReport step(double lr) override {
-    upd_.set_w_step(std::uint64_t(w_step_));  // the GPU storage's SR stream (restored on resume)
-    const auto rep = upd_.step(lr);
+    const auto rep = this->step_w(upd_, lr);
     if (!rep.skipped) {
-      ++w_step_;  // the stochastic rounding's step counter (applied steps only)
       for (std::size_t i = 0; i < ids_.size(); ++i) this->push_weight(i);
       this->refresh_fp8();  // W changed: its FP8 copies follow, once per optimizer step
     }
@@ -544,42 +669,11 @@ class DwuMethod final : public TrainMethod<Dev> {
     this->refresh_copies(cc_, sets_);
     this->refresh_fp8();
   }
-  void merged_weight(std::size_t i, Matrix& host) override {
-    if constexpr (kMixed) {
-      if (this->frozen_compute_) {  // a bf16 W policy: the model's bf16 W is W (widened exactly)
-        const auto [out, in] = this->shape(i);
-        host.resize(out, in);
-        Dev::download_compute(*this->bm_, CVc(this->Wc_[i]), host.data());
-        return;
-      }
-    }
-    this->download(i, host);
-  }
-  [[nodiscard]] int w_bytes_per_param() const override {
-    switch (wprec_) {
-      case hdpissa::WPrecision::Fp32Master: break;
-      case hdpissa::WPrecision::Bf16Compensated: return hdpissa::Bf16Compensated::w_bytes_per_param(kMixed);
-      case hdpissa::WPrecision::Bf16StochasticRounding: return hdpissa::Bf16StochasticRounding::w_bytes_per_param(kMixed);
-    }
-    return Base::w_bytes_per_param();
-  }
+  /// W (a bf16 W policy: the model's bf16 W, widened exactly).
+  void merged_weight(std::size_t i, Matrix& host) override { this->download(i, host); }
   void state(StateRefs& s) override {
     this->add_weights(s);
-    // The W-precision policy's state: the Kahan compensation of every target, the SR step counter.
-    for (std::size_t i = 0; i < comp_.size(); ++i)
-      s.add("wprec." + ids_[i].hf_name() + ".compensation", comp_[i].view(), false);
-    // The GPU's bf16 compensation: saved as its exact fp32 values (the CPU's format), restored exactly.
-    for (std::size_t i = 0; i < compc_.size(); ++i) {
-      if constexpr (kMixed) {
-        const Vc C = compc_[i].view();
-        Bm* b = this->bm_;
-        s.add_converted(
-            "wprec." + ids_[i].hf_name() + ".compensation", C.rows, C.cols, false,
-            [b, C](float* host) { Dev::download_compute(*b, CVc(C), host); },
-            [b, C](const float* host) { Dev::upload_compute(*b, host, C); });
-      }
-    }
-    if (wprec_ == hdpissa::WPrecision::Bf16StochasticRounding) s.counters.push_back({"wprec.sr_step", &w_step_, false});
+    this->add_w_precision_state(s);  // the Kahan compensation of every target, the SR step counter
     for (std::size_t i = 0; i < ids_.size(); ++i) {
       const std::string n = ids_[i].hf_name();
       s.add("adapter." + n + ".A", sets_[i].A.view(), false);
@@ -599,7 +693,7 @@ class DwuMethod final : public TrainMethod<Dev> {
                                                     : cat("PissaInit<", svd_, "> (top-r on every group)");
     return cat(init, " + MutedLinear<", Mute::name(), "> (scaling ", muted_.scaling(), ") + DirectWeightUpdate<",
                Agg::name(), "> with per-group Adam", Dev::backend_note, "; K = ", comm_->groups(), ", r = ", upd_.rank(),
-               "; W ", hdpissa::w_precision_name(wprec_));
+               "; W ", hdpissa::w_precision_name(this->wprec_));
   }
   /// The update rule (for tests and diagnostics).
   Update& update() { return upd_; }
@@ -642,72 +736,6 @@ class DwuMethod final : public TrainMethod<Dev> {
   }
 
  private:
-  /// --w-precision: fp32-master leaves the Direct Weight Update as it is (W += Δ in fp32). The bf16
-  /// policies (CPU reference path: the fp32 tensors hold bf16 values, bit-exact with the rule on
-  /// bf16 storage) round W to the nearest bf16 once — after the factors were computed from the fp32
-  /// W — and let the update hand each layer's Δ to apply_w().
-  void setup_w_precision(const TrainOptions& o) {
-    wprec_ = o.w_precision;
-    sr_seed_ = std::uint64_t(o.seed);
-    if (wprec_ == hdpissa::WPrecision::Fp32Master) return;
-    if constexpr (kMixed) {
-      // GPU, bf16 compute: W is the model's bf16 copy (bf16_rn of the fp32 W the factors came from:
-      // the CPU path's rounding), updated in place by the Direct Weight Update through the policy's
-      // rule (fused into its GEMM on sm_90a); Bf16Compensated adds a zeroed bf16 compensation.
-      std::uint64_t offset = 0;
-      for (std::size_t i = 0; i < ids_.size(); ++i) {
-        const Vc W = this->Wc_[i];
-        hdpissa::Bf16WStorage st;
-        st.policy = wprec_;
-        st.w = reinterpret_cast<std::uint16_t*>(W.data);
-        st.ldw = W.ld;
-        st.seed = sr_seed_;
-        st.offset = offset;
-        if (wprec_ == hdpissa::WPrecision::Bf16Compensated) {
-          compc_.push_back(this->bc_->make_matrix(W.rows, W.cols));
-          this->bc_->fill(compc_.back().view(), Sc(0.0f));
-          st.c = reinterpret_cast<std::uint16_t*>(compc_.back().view().data);
-          st.ldc = compc_.back().view().ld;
-        }
-        offsets_.push_back(offset);
-        offset += std::uint64_t(W.rows) * std::uint64_t(W.cols);
-        upd_.set_w_storage(i, st);
-      }
-    } else if constexpr (!std::is_same_v<typename Bm::memory_space, hdpissa::host_memory>) {
-      throw LlamaError(cat("--w-precision ", hdpissa::w_precision_name(wprec_),
-                           ": on the GPU the bf16 W policies need --dtype bf16 (W is the bf16 compute copy)"));
-    } else {
-      std::uint64_t offset = 0;
-      for (std::size_t i = 0; i < ids_.size(); ++i) {
-        const V32 W = Wm_[i];
-        for (index_t r = 0; r < W.rows; ++r)
-          for (index_t c = 0; c < W.cols; ++c) W.data[r * W.ld + c] = hdpissa::round_bf16(W.data[r * W.ld + c]);
-        offsets_.push_back(offset);  // element indices of the SR stream: targets in order, row-major
-        offset += std::uint64_t(W.rows) * std::uint64_t(W.cols);
-        if (wprec_ == hdpissa::WPrecision::Bf16Compensated) {
-          comp_.push_back(this->bm_->make_matrix(W.rows, W.cols));
-          this->bm_->fill(comp_.back().view(), 0.0f);
-        }
-      }
-      upd_.set_w_apply([this](std::size_t layer, CV32 delta) { apply_w(layer, delta); });
-    }
-  }
-  /// Folds the update Δ of target `i` into W by the policy's elementwise rule (host loop).
-  void apply_w(std::size_t i, CV32 D) {
-    const V32 W = Wm_[i];
-    if (wprec_ == hdpissa::WPrecision::Bf16Compensated) {
-      const V32 C = comp_[i].view();
-      const hdpissa::Bf16Compensated rule{};
-      for (index_t r = 0; r < W.rows; ++r)
-        for (index_t c = 0; c < W.cols; ++c) rule(W.data[r * W.ld + c], C.data[r * C.ld + c], D.data[r * D.ld + c]);
-    } else {
-      const hdpissa::Bf16StochasticRounding rule{sr_seed_, std::uint64_t(w_step_)};
-      for (index_t r = 0; r < W.rows; ++r)
-        for (index_t c = 0; c < W.cols; ++c)
-          rule(W.data[r * W.ld + c], D.data[r * D.ld + c], offsets_[i] + std::uint64_t(r * W.cols + c));
-    }
-  }
-
   /// Group (first_group + lg)'s factors in the compute dtype.
   CVc A(std::size_t i, int lg) const {
     const int G = comm_->first_group() + lg;
@@ -728,12 +756,6 @@ class DwuMethod final : public TrainMethod<Dev> {
   std::vector<hdpissa::AdapterSet<Bm>> sets_;
   typename Base::ComputeCopies cc_;  // compute copies of the factors, gradient scratch (kMixed)
   index_t reserved_ = 0;
-  hdpissa::WPrecision wprec_ = hdpissa::WPrecision::Fp32Master;
-  std::uint64_t sr_seed_ = 0;
-  long w_step_ = 0;                               // applied optimizer steps (the SR stream's step)
-  std::vector<std::uint64_t> offsets_;            // first SR element index of each target
-  std::vector<typename Bm::matrix_type> comp_;    // Kahan compensation per target (bf16 values; CPU)
-  std::vector<typename Bc::matrix_type> compc_;   // the same in bf16 storage (GPU, bf16 compute)
 };
 
 /// LoRA / PiSSA: an active adapter per target, trained data-parallel (gradients averaged over K).
@@ -959,7 +981,10 @@ class AdapterMethod final : public TrainMethod<Dev> {
   index_t merge_size_ = 0;
 };
 
-/// Full fine-tuning of the target linears, data-parallel.
+/// Full fine-tuning of the target linears, data-parallel. Under a bf16 W-precision policy
+/// (--w-precision bf16-compensated | bf16-sr) Adam's fp32 update Δ of each W is folded into the bf16
+/// W by the policy's rule (TrainMethod::setup_w_precision; DataParallelUpdate::set_w_storage on the
+/// GPU, set_w_apply on the CPU): no fp32 W is kept.
 template <class Dev, class Comm>
 class FullMethod final : public TrainMethod<Dev> {
   using Base = TrainMethod<Dev>;
@@ -967,6 +992,7 @@ class FullMethod final : public TrainMethod<Dev> {
   using typename Base::Bc;
   using typename Base::CVc;
   using typename Base::Vc;
+  using typename Base::V32;
   using Base::kMixed;
   using Base::ids_;
   using Base::Wm_;
@@ -974,19 +1000,25 @@ class FullMethod final : public TrainMethod<Dev> {
 
  public:
   FullMethod(const TrainOptions& o, const MethodContext<Dev, Comm>& ctx)
-      : Base(ctx, o.target_modules()), comm_(&ctx.comm), upd_(ctx.bm, ctx.comm, detail::make_adam(o), detail::update_options(o)), lin_(ctx.bc) {
+      : Base(ctx, o.target_modules(), true, o.w_precision != hdpissa::WPrecision::Fp32Master),
+        comm_(&ctx.comm),
+        upd_(ctx.bm, ctx.comm, detail::make_adam(o), detail::update_options(o)),
+        lin_(ctx.bc) {
     index_t scratch = 0;
     for (std::size_t i = 0; i < ids_.size(); ++i) {
-      p_.push_back(upd_.add_param(ids_[i].hf_name(), Wm_[i]));
-      n_ += std::int64_t(Wm_[i].rows) * Wm_[i].cols;
-      scratch = std::max(scratch, Wm_[i].rows * Wm_[i].cols);
+      const auto [out, in] = this->shape(i);
+      // a bf16-only W (GPU, bf16 policy): the update sees its shape; the storage comes below
+      p_.push_back(upd_.add_param(ids_[i].hf_name(), this->frozen_compute_ ? V32{nullptr, out, in, in} : Wm_[i]));
+      n_ += std::int64_t(out) * in;
+      scratch = std::max(scratch, out * in);
     }
     upd_.finalize();
     if constexpr (kMixed) g_ = ctx.bc.make_matrix(1, scratch);
+    this->setup_w_precision(o, upd_);
   }
   void zero_grad() override { upd_.zero_grad(); }
   hdpissa::StepReport step(double lr) override {
-    const auto rep = upd_.step(lr);
+    const auto rep = this->step_w(upd_, lr);
     if (!rep.skipped) {
       for (std::size_t i = 0; i < ids_.size(); ++i) this->push_weight(i);
       this->refresh_fp8();  // W changed: its FP8 copies follow, once per optimizer step
@@ -1000,13 +1032,17 @@ class FullMethod final : public TrainMethod<Dev> {
   void merged_weight(std::size_t i, Matrix& host) override { this->download(i, host); }
   void state(StateRefs& s) override {
     this->add_weights(s);
+    this->add_w_precision_state(s);
     for (std::size_t i = 0; i < ids_.size(); ++i) s.add_adam("adam." + ids_[i].hf_name(), upd_.state(p_[i]), false);
   }
   [[nodiscard]] std::int64_t trainable_parameters() const override { return n_; }
   [[nodiscard]] std::string describe() const override {
     return cat("DenseLinear + DataParallelUpdate with Adam on every target W", Dev::backend_note, "; K = ",
-               comm_->groups(), " groups (embeddings, norms, lm_head frozen)");
+               comm_->groups(), " groups (embeddings, norms, lm_head frozen); W ",
+               hdpissa::w_precision_name(this->wprec_));
   }
+  /// The update rule (for tests and diagnostics).
+  Update& update() { return upd_; }
 
  protected:
   void forward(int lg, std::size_t i, CVc W, CVc X, Vc Y) override {

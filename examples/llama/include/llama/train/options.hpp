@@ -195,6 +195,8 @@ struct TrainOptions {
   }
   /// Whether the method trains an active adapter data-parallel (LoRA / PiSSA).
   [[nodiscard]] bool uses_adapter() const { return method == Method::Lora || method == Method::Pissa; }
+  /// Whether the method updates W (DWU methods, full): the ones --w-precision applies to.
+  [[nodiscard]] bool updates_w() const { return uses_dwu() || method == Method::Full; }
   /// Every field as JSON (echoed at start).
   [[nodiscard]] nlohmann::json to_json() const;
   /// Checks value ranges and combinations; throws LlamaError naming the flag.
@@ -336,11 +338,10 @@ inline void TrainOptions::validate() const {
   need(dtype == ComputeDtype::Fp32 || device == Device::Cuda,
        "--dtype bf16: bf16 compute with an fp32 master copy of W is a GPU-path feature (--device cuda); the CPU "
        "trainer runs fp32 throughout (use --dtype fp32)");
-  need(w_precision == hdpissa::WPrecision::Fp32Master || method == Method::Hdpissa || method == Method::LoraDwu ||
-           method == Method::PissaDwu,
-       cat("--w-precision ", name_of(w_precision), ": applies to the methods whose W the Direct Weight Update changes "
-           "(hdpissa, lora-dwu, pissa-dwu); lora / pissa keep a frozen W (bf16-only under --dtype bf16) and full "
-           "fine-tuning's bf16 W update is not implemented"));
+  need(w_precision == hdpissa::WPrecision::Fp32Master || updates_w(),
+       cat("--w-precision ", name_of(w_precision), ": applies to the methods that update W (hdpissa, lora-dwu, "
+           "pissa-dwu through the Direct Weight Update; full through Adam on W); lora / pissa keep a frozen W "
+           "(bf16-only under --dtype bf16)"));
   need(w_precision == hdpissa::WPrecision::Fp32Master || device == Device::Cpu || dtype == ComputeDtype::Bf16,
        cat("--w-precision ", name_of(w_precision), ": on --device cuda the bf16 W policies keep W as the model's bf16 "
            "copy, so they need --dtype bf16 (found --dtype fp32); the CPU trainer runs them in fp32 compute"));
@@ -521,12 +522,13 @@ inline void add_train_options(CLI::App& app, TrainOptions& o, CLI::Option** atte
                   "dtype|fp8")->group(me);
   CLI::Option* wp = cli::add_parsed(
       app, "--w-precision", "--w-precision", o.w_precision, parse_choice<hdpissa::WPrecision>,
-      "how hdpissa / lora-dwu / pissa-dwu store and update W: fp32-master (fp32 W, plus a bf16 compute copy under "
+      "how the methods that update W (hdpissa / lora-dwu / pissa-dwu, full) store and update it: fp32-master (fp32 W, plus a bf16 compute copy under "
       "--dtype bf16; 6 B per parameter), bf16-compensated (bf16 W + bf16 Kahan compensation; 4 B) or bf16-sr (bf16 W, "
-      "stochastic rounding seeded by --seed, step and element; 2 B, LoRA's memory). Default: bf16-sr under --device "
-      "cuda --dtype bf16 (same loss as fp32-master in docs/trainer.md's fidelity table; for studies of the update's "
-      "spectrum pick bf16-compensated or fp32-master: SR's rounding noise is full-rank), fp32-master otherwise. On "
-      "--device cuda the bf16 policies need --dtype bf16 and keep no fp32 W (the rule is fused into the update GEMM)",
+      "stochastic rounding seeded by --seed, step and element; 2 B, LoRA's memory). Default: bf16-sr for the DWU methods "
+      "under --device cuda --dtype bf16 (same loss as fp32-master in docs/trainer.md's fidelity table; for studies of the update's "
+      "spectrum pick bf16-compensated or fp32-master: SR's rounding noise is full-rank), fp32-master otherwise (full "
+      "included: its dense update has no fidelity measurement under SR). On --device cuda the bf16 policies need "
+      "--dtype bf16 and keep no fp32 W (DWU: the rule is fused into the update GEMM; full: one pass after Adam)",
       "fp32-master|bf16-compensated|bf16-sr");
   wp->group(me);
   if (w_precision) *w_precision = wp;
@@ -619,6 +621,13 @@ inline std::string train_usage() {
 /// parameter, LoRA's memory; the fidelity table in docs/trainer.md found the same training and
 /// held-out loss as fp32-master — and fp32-master otherwise (the exact fp32 paths). A TrainOptions
 /// built in code keeps its member default (fp32-master) unless it calls this.
+///
+/// full keeps fp32-master as its default (a bf16 policy is opt-in): its update is not low-rank —
+/// Adam moves every element of W by ~lr each step, which for lr ≪ |w|·2⁻⁸ is far below a bf16 ulp,
+/// so bf16-sr turns every step into a full-rank random walk of ±ulp/2-scale rounding noise on all of
+/// W (DWU's Δ is low-rank and its SR noise was measured harmless; full FT's has not been measured),
+/// and fp32 masters are what the reference full fine-tuning uses. Ask for --w-precision bf16-sr or
+/// bf16-compensated to fit a larger model (e.g. 7B full FT on one H200).
 inline hdpissa::WPrecision default_w_precision(const TrainOptions& o) {
   const bool dwu = o.method == Method::Hdpissa || o.method == Method::LoraDwu || o.method == Method::PissaDwu;
   return dwu && o.device == Device::Cuda && o.dtype == ComputeDtype::Bf16 ? hdpissa::WPrecision::Bf16StochasticRounding

@@ -172,8 +172,10 @@ inline PreflightReport check_run_paths(const TrainOptions& o, int processes = 1)
   r.parameters = parameter_count(o.model);
   const std::uint64_t n = std::uint64_t(std::max<std::int64_t>(r.parameters, 0));
   r.output_bytes = 4 * n;  // F32
-  // Full fine-tuning keeps W and Adam's two moments; the adapter and DWU methods W plus small factors.
+  // Full fine-tuning keeps W and Adam's two moments; the adapter and DWU methods W plus small factors;
+  // --w-precision bf16-compensated adds the compensation of W (saved as fp32 values, like W).
   r.state_bytes = o.method == Method::Full ? 12 * n : 4 * n + 4 * n / 8;
+  if (o.updates_w() && o.w_precision == hdpissa::WPrecision::Bf16Compensated) r.state_bytes += 4 * n;
   (void)processes;
   std::map<std::uint64_t, std::pair<std::uint64_t, std::string>> need;  // device -> (bytes, paths)
   auto add = [&](const std::string& p, const char* flag, std::uint64_t bytes) {
