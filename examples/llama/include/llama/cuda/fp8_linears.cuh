@@ -10,6 +10,11 @@
 ///    at the start (frozen W) and after every optimizer step that changed W (DWU, full). 2 bytes per
 ///    target parameter, device-resident.
 ///  - forward: X (bf16) → E4M3 with its own current amax, then Y = X8 · W8ᵀ (+ β Y), bf16 out.
+///    Linears that read the same input — q, k, v of a layer (its attention norm's output) and
+///    gate, up (the MLP norm's output), which the model runs one after the other on one buffer —
+///    quantise it once: a call for k, v or up reuses X8 when the previous forward call was an
+///    earlier member of the same group of the same layer on the same X view (set_input_ids). Any
+///    other call quantises; so does every call when the ids are not given.
 ///  - backward_dx: dY (bf16) → E5M2 (gradients: the wider range; E4M3 × E5M2 is a Hopper FP8 pair)
 ///    with its own current amax, then dX = dY8 · (W8ᵀ)ᵀ (+ β dX).
 /// Every scale stays on the device (cuBLASLt reads it through a pointer): nothing synchronises.
@@ -33,6 +38,7 @@
 #include "hdpissa/backend/cuda/cuda_handles.hpp"
 #include "hdpissa/backend/cuda/fp8_gemm.hpp"
 #include "hdpissa/backend/cuda/fp8_quantize.hpp"
+#include "llama/weights.hpp"
 
 namespace hdpissa::llama::gpu {
 
@@ -79,6 +85,18 @@ class Fp8Linears {
     HDPISSA_CUDA_CHECK(
         cudaMemsetAsync(scales_.get(), 0, sizeof(float) * kScaleStride * (2 * shapes.size() + 4), b.stream()));
   }
+
+  /// The targets' (layer, module) ids, in target order: enables the reuse of X8 across the linears
+  /// of one input group (see the file comment). Without it every forward quantises its X.
+  void set_input_ids(const std::vector<LinearId>& ids) {
+    HDPISSA_REQUIRE(ids.size() == shapes_.size(), "Fp8Linears::set_input_ids: ", ids.size(), " ids for ",
+                    shapes_.size(), " targets");
+    ids_ = ids;
+    last_ = -1;
+  }
+  /// Forward calls that quantised their X / that reused the previous call's X8 (tests, profiles).
+  [[nodiscard]] std::int64_t x_quantisations() const { return n_quant_; }
+  [[nodiscard]] std::int64_t x_reuses() const { return n_reuse_; }
 
   /// Whether target i runs in FP8.
   [[nodiscard]] bool enabled(std::size_t i) const { return i < off_.size() && off_[i] != SIZE_MAX; }
@@ -135,8 +153,15 @@ class Fp8Linears {
     HDPISSA_REQUIRE(X.rows <= reserved_, "Fp8Linears: ", X.rows, " tokens, reserve() was for ", reserved_);
     if (X.rows == 0) return;
     cudaStream_t s = b_->stream();
-    launch_fp8_amax(s, X, act_amax());
-    launch_fp8_quantize<kActivationFormat>(s, X, act_amax(), x8_.get(), in, act_dequant());
+    if (shares_input_with_last(i, X)) {
+      ++n_reuse_;
+    } else {
+      launch_fp8_amax(s, X, act_amax());
+      launch_fp8_quantize<kActivationFormat>(s, X, act_amax(), x8_.get(), in, act_dequant());
+      ++n_quant_;
+    }
+    last_ = static_cast<std::int64_t>(i);
+    last_x_ = X;
     if (aligned16(Y.data, Y.ld) &&
         gemm_.run(s, X.rows, out, in, kActivationFormat, x8_.get(), in, act_dequant(), kWeightFormat, w8(i), in,
                   w_dequant(i), 1.0f, beta, Y.data, Y.ld))
@@ -200,6 +225,23 @@ class Fp8Linears {
 
  private:
   static std::size_t round256(std::size_t n) { return (n + 255) / 256 * 256; }
+  /// 0 for q, k, v (the attention norm's output), 1 for gate, up (the MLP norm's), -1 otherwise.
+  static int input_group(Module m) {
+    if (m == Module::q || m == Module::k || m == Module::v) return 0;
+    if (m == Module::gate || m == Module::up) return 1;
+    return -1;
+  }
+  /// X8 already holds target i's input: the previous forward call was an earlier member of i's
+  /// input group, in the same layer, on the same X view (the model runs a group back to back on
+  /// one unchanged buffer; a new pass starts at the group's first member, which always quantises).
+  bool shares_input_with_last(std::size_t i, CV X) const {
+    if (ids_.empty() || last_ < 0) return false;
+    const LinearId a = ids_[static_cast<std::size_t>(last_)], b = ids_[i];
+    const int g = input_group(b.module);
+    return g >= 0 && input_group(a.module) == g && a.layer == b.layer &&
+           static_cast<int>(a.module) < static_cast<int>(b.module) && last_x_.data == X.data &&
+           last_x_.rows == X.rows && last_x_.cols == X.cols && last_x_.ld == X.ld;
+  }
   /// The bf16 output's rows start on 16-byte boundaries (else the bf16 fallback, reported).
   static bool aligned16(const void* p, index_t ld) { return reinterpret_cast<std::uintptr_t>(p) % 16 == 0 && ld % 8 == 0; }
   unsigned char* w8(std::size_t i) const { return w8_.get() + off_[i]; }
@@ -232,6 +274,10 @@ class Fp8Linears {
   std::vector<std::size_t> off_;        // byte offset of target i's W8 (then W8ᵀ) in w8_; SIZE_MAX: bf16
   std::vector<std::string> skipped_;
   std::vector<CV> wb_;                  // the bf16 W per target (fallback)
+  std::vector<LinearId> ids_;           // per target (set_input_ids; empty: no X8 reuse)
+  std::int64_t last_ = -1;              // the target of the last forward call (-1: none)
+  CV last_x_{};                         // ... and its X
+  std::int64_t n_quant_ = 0, n_reuse_ = 0;
   std::size_t n_fp8_ = 0;
   std::int64_t params_fp8_ = 0, params_all_ = 0;
   index_t max_in_ = 0, max_out_ = 0, reserved_ = 0;

@@ -179,6 +179,7 @@ class TrainMethod {
         names.push_back(ids_[i].hf_name());
       }
       fp8_ = std::make_unique<Fp8>(*bc_, shapes, names);
+      fp8_->set_input_ids(ids_);  // q|k|v and gate|up quantise their shared input once
       for (std::size_t i = 0; i < ids_.size(); ++i) fp8_->set_bf16_weight(i, CVc(Wc_[i]));
       refresh_fp8();
     } else {
