@@ -781,7 +781,7 @@ void CudaGreedyDecoder<T>::forward_rows(int n, const std::int32_t* tok, const st
   for (int l = 0; l < L; ++l) {
     auto W = [&](Module mod) { return CV(m.linear({l, mod})); };
     kern::launch_add_rmsnorm_fwd<T>(s, res_.get(), l == 0 ? nullptr : tmp_.get(), res_.get(), norms + 2 * l * D,
-                                    rstd_.get(), xn_.get(), n, D, c.norm_eps);
+                                    rstd_.get(), xn_.get(), n, D, c.norm_eps, /*wide_rows=*/true);
     const CV xn(xn_.get(), n, D, D);
     T* kc = kc_.get() + l * layer_cache;
     T* vc = vc_.get() + l * layer_cache;
@@ -805,7 +805,7 @@ void CudaGreedyDecoder<T>::forward_rows(int n, const std::int32_t* tok, const st
                                            part_ml_.get(), attn_.get());
     hooks.forward({l, Module::o}, W(Module::o), CV(attn_.get(), n, qd, qd), MV(tmp_.get(), n, D, D));
     kern::launch_add_rmsnorm_fwd<T>(s, res_.get(), tmp_.get(), res_.get(), norms + (2 * l + 1) * D, rstd_.get(),
-                                    xn_.get(), n, D, c.norm_eps);
+                                    xn_.get(), n, D, c.norm_eps, /*wide_rows=*/true);
     if (fused) {  // one GEMM over [Wgate; Wup] (2H, D)
       hooks.forward({l, Module::gate}, CV(W(Module::gate).data, 2 * H, D, D), xn, MV(gate_.get(), n, 2 * H, 2 * H));
       decode_kern::launch_swiglu_fused_rows<T>(s, gate_.get(), act_.get(), n, H);
@@ -818,7 +818,7 @@ void CudaGreedyDecoder<T>::forward_rows(int n, const std::int32_t* tok, const st
     hooks.forward({l, Module::down}, W(Module::down), CV(act_.get(), n, H, H), MV(tmp_.get(), n, D, D));
   }
   kern::launch_add_rmsnorm_fwd<T>(s, res_.get(), tmp_.get(), res_.get(), norms + 2 * L * D, rstd_.get(), xn_.get(), n,
-                                  D, c.norm_eps);
+                                  D, c.norm_eps, /*wide_rows=*/true);
   if (n_sel == 0) return;  // a prefill chunk that ends no prompt
   const T* x = xn_.get();
   if (sel) {

@@ -147,15 +147,15 @@ __global__ void add_rmsnorm_fwd(const float* prev, const T* __restrict__ y, floa
     for (int j = threadIdx.x; j < D; j += blockDim.x) xn[base + j] = from_f<T>(out[base + j] * r * w[j]);
   }
 }
-/// add_rmsnorm_fwd over n_rows rows of D. 256 threads a row; few rows (a decode step: one row per
-/// sequence, fewer blocks than two per SM) get up to 1024 threads a row, one float4 each, so that
-/// the step's latency-bound norms (2·n_layers + 1 per token) spread over more of the GPU. The block
-/// size is a function of (n_rows, D) only: the same call always reduces in the same order.
+/// add_rmsnorm_fwd over n_rows rows of D, 256 threads a row. `wide_rows` (the decoder's steps: one
+/// row per sequence, fewer blocks than two per SM) gives rows of up to 256 rows up to 1024 threads,
+/// one float4 each, so that the step's latency-bound norms spread over more of the GPU; the
+/// training model never sets it, so its reductions keep their order (and its results their bits).
 template <class T>
 void launch_add_rmsnorm_fwd(cudaStream_t s, const float* prev, const T* y, float* out, const float* w, float* rstd,
-                            T* xn, std::int64_t n_rows, int D, float eps) {
+                            T* xn, std::int64_t n_rows, int D, float eps, bool wide_rows = false) {
   int threads = 256;
-  if (n_rows <= 256) threads = std::min(1024, std::max(256, (D / 4 + 31) / 32 * 32));
+  if (wide_rows && n_rows <= 256) threads = std::min(1024, std::max(256, (D / 4 + 31) / 32 * 32));
   add_rmsnorm_fwd<T><<<static_cast<unsigned>(n_rows), threads, 0, s>>>(prev, y, out, w, rstd, xn, D, eps);
   HDPISSA_CUDA_CHECK_LAUNCH("add_rmsnorm_fwd");
 }
