@@ -257,7 +257,7 @@ namespace {
 /// (T-valued) q, K, V: rows with their own slot and position (mixed context lengths across split
 /// boundaries), a sliding window or none. Returns the two normalised errors ‖out − ref‖ / ‖ref‖.
 template <class T>
-std::pair<double, double> cache_attention_errors(int nh, int nkv, int hd, int window, unsigned seed) {
+std::pair<double, double> cache_attention_errors(int nh, int nkv, int hd, int window, unsigned seed, float q_sd = 1.0f) {
   const int slots = 5, max_ctx = 300, chunk = 128, splits = (max_ctx + chunk - 1) / chunk;
   const std::vector<int> row_slot{0, 1, 2, 3, 4, 2, 0};
   const std::vector<int> row_pos{0, 1, 127, 128, 299, 200, 257};  // split edges, a full cache
@@ -269,7 +269,7 @@ std::pair<double, double> cache_attention_errors(int nh, int nkv, int hd, int wi
     for (auto& x : v) x = static_cast<T>(nd(rng) * sd);
     return v;
   };
-  const auto hq = fill(std::size_t(n) * nh * hd, 1.0f);
+  const auto hq = fill(std::size_t(n) * nh * hd, q_sd);  // q_sd > 1: widely separated running maxima
   const auto hk = fill(std::size_t(slots) * nkv * max_ctx * hd, 1.0f);
   const auto hv = fill(std::size_t(slots) * nkv * max_ctx * hd, 1.0f);
   auto up = [](const auto& h) {
@@ -311,8 +311,19 @@ std::pair<double, double> cache_attention_errors(int nh, int nkv, int hd, int wi
           ref[(std::size_t(r) * nh + h) * hd + e] += sc[std::size_t(j - lo)] / sum * to_d(hv[(base + j) * hd + e]);
     }
   double errs[2];
+  const std::size_t n_parts = std::size_t(n) * nh * splits;
   for (int f = 0; f < 2; ++f) {
     REQUIRE(cudaMemset(out, 0xFF, sizeof(T) * std::size_t(n) * nh * hd) == cudaSuccess);  // NaN poison
+    // Poison the split partials too, so that neither kernel can lean on the other's leftovers: o NaN,
+    // (m, l) = (1e30, 1): an unwritten split would dominate the merge instead of being skipped.
+    REQUIRE(cudaMemset(part_o, 0xFF, sizeof(float) * n_parts * hd) == cudaSuccess);
+    {
+      std::vector<float> ml(2 * n_parts);
+      for (std::size_t i = 0; i < n_parts; ++i) ml[2 * i] = 1e30f, ml[2 * i + 1] = 1.0f;
+      REQUIRE(cudaMemcpy(part_ml, ml.data(), ml.size() * sizeof(float), cudaMemcpyHostToDevice) == cudaSuccess);
+    }
+    if (f == 0)  // the fused kernel must really run (Fused falls back to the two-phase one silently)
+      REQUIRE(hdpissa::llama::gpu::decode_kern::cache_attention_fused_supported<T>(hd, nh / nkv));
     hdpissa::llama::gpu::decode_kern::launch_cache_attention<T>(nullptr, q, kc, vc, slot, pos, n, nh, nkv, hd, max_ctx,
                                                                 window, scale, chunk, splits, part_o, part_ml, out,
                                                                 f == 0 ? CacheAttentionKernel::Fused
@@ -349,6 +360,11 @@ TEST_CASE("cache attention: the fused and the two-phase kernels against float64 
     CHECK(hdpissa::llama::gpu::decode_kern::cache_attention_fused_supported<bf16>(sh.hd, sh.nh / sh.nkv));
     const auto [f32_fused, f32_two] = cache_attention_errors<float>(sh.nh, sh.nkv, sh.hd, sh.window, 11);
     const auto [b16_fused, b16_two] = cache_attention_errors<bf16>(sh.nh, sh.nkv, sh.hd, sh.window, 12);
+    // peaked softmax: q 6× larger, scores spread over tens of units (online rescales, merges)
+    const auto [pk_fused, pk_two] = cache_attention_errors<float>(sh.nh, sh.nkv, sh.hd, sh.window, 13, 6.0f);
+    MESSAGE("  peaked fp32: fused " << pk_fused << " two-phase " << pk_two);
+    CHECK(pk_fused < 1e-5);
+    CHECK(pk_two < 1e-5);
     MESSAGE("nh " << sh.nh << " nkv " << sh.nkv << " hd " << sh.hd << " window " << sh.window << ": fp32 fused "
                   << f32_fused << " two-phase " << f32_two << "; bf16 fused " << b16_fused << " two-phase " << b16_two);
     CHECK(f32_fused < 1e-5);  // fp32 arithmetic throughout

@@ -785,19 +785,63 @@ TEST_CASE("Fp8Linears: q|k|v and gate|up quantise their shared input once, bit-i
     // pass 2: new content in the same buffer, layer 0's k first (k after another layer's up: must quantise)
     b.copy(X2.cview(), X.view());
     call(1), call(2), call(0), call(1);
+    // q on X, then k on another buffer (X2) and on fewer rows of X: each must quantise
+    f.forward(0, X.cview(), Y.view(), 0.0f);
+    f.forward(1, X2.cview(), Y.view(), 0.0f);
+    f.forward(2, hdpissa::ConstMatrixView<bf16>{X.data(), N / 2, D, D}, hdpissa::MatrixView<bf16>{Y.data(), N / 2, D, D}, 0.0f);
+    // the FP8 GEMMs really ran (a bf16 fallback never reads X8 and would pass the comparison trivially)
+    CHECK(f.fallback_problems() == 0);
     return std::tuple{out, f.x_quantisations(), f.x_reuses()};
   };
   const auto [plain, q0, r0] = run(false);
   const auto [shared, q1, r1] = run(true);
   CHECK(r0 == 0);
-  CHECK(q0 == 16);
+  CHECK(q0 == 16 + 3);
   // pass 1: per layer q quantises, k, v reuse, o quantises, gate quantises, up reuses -> 3 + 3 each;
-  // pass 2: k (after layer 1's up) quantises, v reuses, q quantises, k reuses
-  CHECK(q1 == 6 + 2);
+  // pass 2: k (after layer 1's up) quantises, v reuses, q quantises, k reuses; then q, k on another
+  // buffer, v on fewer rows: 3 quantisations
+  CHECK(q1 == 6 + 2 + 3);
   CHECK(r1 == 6 + 2);
   REQUIRE(plain.size() == shared.size());
   for (std::size_t c = 0; c < plain.size(); ++c) {
     INFO("call " << c);
     CHECK(std::memcmp(plain[c].data(), shared[c].data(), plain[c].size() * sizeof(bf16)) == 0);
   }
+}
+
+TEST_CASE("PinnedUploader: the same bits as the device-side conversion (ties, subnormals, inf; chunked, threaded)") {
+  // The start-up upload (host threads round fp32 to bf16 into pinned chunks) against upload_as
+  // (fp32 to the device, converted there): every bit equal, over arrays that span several chunks,
+  // with the host fill split across threads (n ≥ 2^20), and special values at the front.
+  using hdpissa::llama::gpu::detail_cuda::PinnedUploader;
+  using hdpissa::llama::gpu::detail_cuda::upload_as;
+  const std::int64_t n = (std::int64_t(1) << 21) + 12345;
+  std::vector<float> h(static_cast<std::size_t>(n));
+  std::mt19937 rng(5);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  for (std::size_t i = 0; i < h.size(); ++i) h[i] = nd(rng) * std::ldexp(1.0f, int(i % 61) - 30);
+  const float special[] = {1.0f + 0x1p-8f,  1.0f + 0x1p-7f + 0x1p-8f, -(1.0f + 0x1p-8f), 1e-40f, -1e-40f, 0x1p-130f,
+                           INFINITY,        -INFINITY,                 -0.0f,              0.0f,   3.4028235e38f, 0x1.fffffep127f};
+  std::copy(std::begin(special), std::end(special), h.begin());
+  hdpissa::CudaStream stream;
+  hdpissa::DeviceBuffer<bf16> a(static_cast<std::size_t>(n)), b(static_cast<std::size_t>(n));
+  hdpissa::DeviceBuffer<float> stage(static_cast<std::size_t>(n));
+  {
+    PinnedUploader<bf16> up(stream.get(), std::int64_t(1) << 19);  // 4+ chunks per array
+    up.upload(h.data(), a.get(), n / 3);
+    up.upload(h.data() + n / 3, a.get() + n / 3, n - n / 3);
+    up.finish();
+  }
+  upload_as<bf16>(h.data(), b.get(), n, stage.get(), stream.get());
+  std::vector<bf16> ha(static_cast<std::size_t>(n)), hb(static_cast<std::size_t>(n));
+  REQUIRE(cudaMemcpy(ha.data(), a.get(), ha.size() * sizeof(bf16), cudaMemcpyDeviceToHost) == cudaSuccess);
+  REQUIRE(cudaMemcpy(hb.data(), b.get(), hb.size() * sizeof(bf16), cudaMemcpyDeviceToHost) == cudaSuccess);
+  std::size_t diff = 0, first = ha.size();
+  for (std::size_t i = 0; i < ha.size(); ++i)
+    if (std::memcmp(&ha[i], &hb[i], sizeof(bf16)) != 0) {
+      ++diff;
+      first = std::min(first, i);
+    }
+  INFO("first difference at " << first);
+  CHECK(diff == 0);
 }

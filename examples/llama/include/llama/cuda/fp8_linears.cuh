@@ -130,6 +130,7 @@ class Fp8Linears {
   void reserve(index_t max_tokens) {
     if (max_tokens <= reserved_) return;
     reserved_ = max_tokens;
+    last_ = -1;  // a new X8 buffer holds nothing to reuse
     x8_.reserve(std::max<std::size_t>(1, std::size_t(max_tokens) * std::size_t(max_in_)));
     dy8_.reserve(std::max<std::size_t>(1, std::size_t(max_tokens) * std::size_t(max_out_)));
   }
