@@ -19,6 +19,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <string>
 #include <vector>
 
 #include "cuda_test_util.hpp"
@@ -313,7 +314,7 @@ TEST_CASE("fp8 GEMM throughput at LLaMA-2-7B shapes (informational)") {
       launch_fp8_quantize<Fp8Format::E4M3>(s, A.cview(), sc.get(), a8.get(), sh.K, sc.get() + 4);
     }, 20);
     const double t16 = time_ms([&] { b.gemm(Op::N, Op::T, 1.0f, A.cview(), W.cview(), 0.0f, Y.view()); }, 20);
-    MESSAGE(sh.name, " M ", M, ": bf16 ", t16, " ms (", flop / t16 * 1e-9, " TFLOP/s), fp8 ", t8, " ms (",
+    MESSAGE(std::string(sh.name), " M ", M, ": bf16 ", t16, " ms (", flop / t16 * 1e-9, " TFLOP/s), fp8 ", t8, " ms (",
             flop / t8 * 1e-9, " TFLOP/s), activation quantisation ", tq, " ms; fp8 + quantisation = ",
             t16 / (t8 + tq), "x bf16");
   }
