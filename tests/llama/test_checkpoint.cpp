@@ -407,3 +407,165 @@ TEST_CASE("checkpoint: unused tensors and unsupported config fields are errors u
   }
 
 }
+
+// ---------------------------------------------------------------- stored linears (stored_linears.hpp)
+
+namespace {
+std::string file_bytes(const fs::path& p) {
+  const auto b = read_file_bytes(p);
+  return std::string(b.begin(), b.end());
+}
+/// Every file of an HF directory's weights (model.safetensors, or the index and its shards), by name.
+std::map<std::string, std::string> weight_files(const fs::path& dir) {
+  std::map<std::string, std::string> out;
+  for (const auto& e : fs::directory_iterator(dir)) {
+    const std::string n = e.path().filename().string();
+    if (n.ends_with(".safetensors") || n == "model.safetensors.index.json") out[n] = file_bytes(e.path());
+  }
+  return out;
+}
+LoadOptions stored_load() {
+  LoadOptions o;
+  o.keep_linears_stored = true;
+  return o;
+}
+}  // namespace
+
+TEST_CASE("stored linears: a stored load holds no target linear and gives the full load's values (F32, BF16, F16; sharded)") {
+  if (!llama_test::have_data()) { MESSAGE("SKIPPED: no shared data"); return; }
+  const ModelWeights base = load_checkpoint(llama_test::data_dir() / "stories260K-hf");  // F32
+  const auto dir = llama_test::scratch("stored_load");
+  struct Case { const char* name; DType dtype; std::int64_t shard; };
+  for (const Case c : {Case{"f32", DType::F32, 0}, Case{"bf16", DType::BF16, 0}, Case{"f16", DType::F16, 0},
+                       Case{"bf16-sharded", DType::BF16, 100000}}) {
+    CAPTURE(c.name);
+    SaveOptions so;
+    so.dtype = c.dtype;
+    so.max_shard_bytes = c.shard;
+    save_hf_checkpoint(dir / c.name, base, so);
+    if (c.shard) REQUIRE(fs::exists(dir / c.name / "model.safetensors.index.json"));
+    const ModelWeights full = load_checkpoint(dir / c.name);
+    const ModelWeights st = load_checkpoint(dir / c.name, stored_load());
+    REQUIRE(st.stored_linears != nullptr);
+    CHECK_FALSE(st.holds_linears());
+    CHECK(full.holds_linears());
+    CHECK(st.stored_linears->describe().find(dtype_name(c.dtype)) != std::string::npos);
+    CHECK(st.num_parameters() == full.num_parameters());
+    CHECK(st.num_parameters() == base.num_parameters());
+    // the other parameters are loaded as before
+    CHECK(st.embed == full.embed);
+    CHECK(st.final_norm == full.final_norm);
+    long mismatched = 0, held = 0;
+    for (int l = 0; l < full.config.n_layers; ++l) {
+      CHECK(st.layers[l].attn_norm == full.layers[l].attn_norm);
+      CHECK(st.layers[l].ffn_norm == full.layers[l].ffn_norm);
+      for (int m = 0; m < kModulesPerLayer; ++m) {
+        const LinearId id{l, static_cast<Module>(m)};
+        held += st.linear(id).size() != 0;
+        REQUIRE(st.is_stored(id));
+        const auto sl = stored_linear(st, id);
+        REQUIRE(sl.has_value());
+        CHECK(sl->dtype == c.dtype);
+        CHECK(stored_bf16_exact(st, id).has_value() == (c.dtype == DType::BF16));
+        Matrix scratch;
+        const Matrix& v = linear_value(st, id, scratch);
+        CHECK(&v == &scratch);
+        mismatched += !(v == full.linear(id));
+        // a held linear wins over the source (a copy given a merged value)
+        ModelWeights copy = st;
+        copy.linear(id) = full.linear(id) * 2.0f;
+        CHECK_FALSE(copy.is_stored(id));
+        CHECK(&linear_value(copy, id, scratch) == &copy.linear(id));
+      }
+    }
+    CHECK(held == 0);
+    CHECK(mismatched == 0);
+    CHECK(weights_equal(held_copy(st), full));
+    CHECK(held_copy(st).holds_linears());
+    CHECK(held_copy(st).stored_linears == nullptr);
+  }
+  // a llama2.c .bin is always loaded in full (its q/k rows are permuted on load)
+  const ModelWeights bin = load_checkpoint(llama_test::data_dir() / "stories260K" / "stories260K.bin", stored_load());
+  CHECK(bin.holds_linears());
+  CHECK(bin.stored_linears == nullptr);
+}
+
+TEST_CASE("stored linears: saving a stored model writes the bytes of saving the full one (F32, BF16; sharded)") {
+  if (!llama_test::have_data()) { MESSAGE("SKIPPED: no shared data"); return; }
+  const auto src = llama_test::data_dir() / "stories260K-hf";
+  const ModelWeights full = load_checkpoint(src);
+  const ModelWeights st = load_checkpoint(src, stored_load());
+  const auto dir = llama_test::scratch("stored_save");
+  for (const DType d : {DType::F32, DType::BF16})
+    for (const std::int64_t shard : {std::int64_t(0), std::int64_t(150000)}) {
+      const std::string dname = dtype_name(d);
+      CAPTURE(dname);
+      CAPTURE(shard);
+      SaveOptions so;
+      so.dtype = d;
+      so.max_shard_bytes = shard;
+      save_hf_checkpoint(dir / "full", full, so);
+      save_hf_checkpoint(dir / "stored", st, so);
+      const auto a = weight_files(dir / "full"), b = weight_files(dir / "stored");
+      if (shard) CHECK((a.size() >= 3 && a.count("model.safetensors.index.json") == 1));  // shards + the index
+      else CHECK(a.size() == 1u);
+      CHECK(a == b);
+      CHECK(file_bytes(dir / "full" / "config.json") == file_bytes(dir / "stored" / "config.json"));
+    }
+}
+
+TEST_CASE("save_hf_checkpoint: an override replaces exactly its linears; a bad one leaves nothing behind") {
+  if (!llama_test::have_data()) { MESSAGE("SKIPPED: no shared data"); return; }
+  const auto src = llama_test::data_dir() / "stories260K-hf";
+  const ModelWeights full = load_checkpoint(src);
+  const ModelWeights st = load_checkpoint(src, stored_load());
+  const auto dir = llama_test::scratch("override_save");
+  // the reference: a held copy whose q and down projections changed
+  auto changed = [](LinearId id) { return id.module == Module::q || id.module == Module::down; };
+  auto value = [&](LinearId id) { return Matrix(full.linear(id).array() * 0.5f + float(id.layer)); };
+  ModelWeights ref = full;
+  for (int l = 0; l < full.config.n_layers; ++l)
+    for (int m = 0; m < kModulesPerLayer; ++m)
+      if (const LinearId id{l, static_cast<Module>(m)}; changed(id)) ref.linear(id) = value(id);
+  int calls = 0;
+  const LinearOverride over = [&](LinearId id, Matrix& out) {
+    ++calls;
+    if (!changed(id)) return false;
+    out = value(id);
+    return true;
+  };
+  SaveOptions so;
+  so.dtype = DType::BF16;
+  save_hf_checkpoint(dir / "ref", ref, so);
+  save_hf_checkpoint(dir / "stored", st, so, over);
+  CHECK(calls == full.config.n_layers * kModulesPerLayer);  // once per linear
+  save_hf_checkpoint(dir / "held", full, so, over);
+  CHECK(weight_files(dir / "ref") == weight_files(dir / "stored"));
+  CHECK(weight_files(dir / "ref") == weight_files(dir / "held"));
+  // an override of the wrong shape: an error naming the tensor; the previous checkpoint stays, no temporary
+  const auto before = weight_files(dir / "stored");
+  const LinearOverride bad = [](LinearId id, Matrix& out) {
+    if (id.layer != 1 || id.module != Module::o) return false;
+    out = Matrix::Zero(3, 4);
+    return true;
+  };
+  CHECK_THROWS_WITH_AS(save_hf_checkpoint(dir / "stored", st, so, bad),
+                       doctest::Contains("model.layers.1.self_attn.o_proj.weight has shape [3, 4], expected [64, 64]"),
+                       LlamaError);
+  CHECK(weight_files(dir / "stored") == before);
+  for (const auto& e : fs::directory_iterator(dir)) {
+    CAPTURE(e.path().filename().string());
+    CHECK(e.path().filename().string().find(".tmp") == std::string::npos);
+  }
+}
+
+TEST_CASE("stored linears: a mis-shaped linear is refused at load, naming it and both shapes") {
+  if (!llama_test::have_data()) { MESSAGE("SKIPPED: no shared data"); return; }
+  ModelWeights w = load_checkpoint(llama_test::data_dir() / "stories260K-hf");
+  w.layers[3].w_up = Matrix::Zero(w.config.hidden_dim + 1, w.config.dim);
+  const auto dir = llama_test::scratch("stored_misshaped");
+  save_hf_checkpoint(dir / "m", w);
+  CHECK_THROWS_WITH_AS(load_checkpoint(dir / "m", stored_load()),
+                       doctest::Contains("tensor 'model.layers.3.mlp.up_proj.weight' has the wrong shape: expected [172, 64], found [173, 64]"),
+                       LlamaError);
+}

@@ -147,7 +147,9 @@ int run_task(const Args& args) {
   if (std::filesystem::exists(args.output) && !std::filesystem::is_directory(args.output))
     throw LlamaError(cat("--output: expected a directory, found a file: '", args.output, "'"));
   (void)ev::load_task(task, args.data);  // parse errors before the model load
-  const ModelWeights w = load_checkpoint(args.model, LoadOptions{args.allow_unused, {}});
+  LoadOptions lo{args.allow_unused, {}};
+  lo.keep_linears_stored = args.device == "cuda";  // uploaded from the mapped checkpoint
+  const ModelWeights w = load_checkpoint(args.model, lo);
   const Tokenizer tok(args.tokenizer);
   if (tok.vocab_size() > w.config.vocab_size)
     throw LlamaError(cat(args.tokenizer, ": the tokenizer has ", tok.vocab_size(),

@@ -88,7 +88,9 @@ int main(int argc, char** argv) {
     const Args args = parse(argc, argv);
     if (args.help) return 0;  // --help / --version: printed
     const auto t0 = std::chrono::steady_clock::now();
-    const ModelWeights w = load_checkpoint(args.checkpoint, LoadOptions{args.allow_unused, {}});
+    LoadOptions lo{args.allow_unused, {}};
+    lo.keep_linears_stored = args.device == "cuda";  // uploaded from the mapped checkpoint
+    const ModelWeights w = load_checkpoint(args.checkpoint, lo);
     const auto t_loaded = std::chrono::steady_clock::now();
     const Tokenizer tok(args.tokenizer);
     if (tok.vocab_size() > w.config.vocab_size)

@@ -28,6 +28,7 @@
 #include "llama/common.hpp"
 #include "llama/config.hpp"
 #include "llama/safetensors.hpp"
+#include "llama/stored_linears.hpp"
 #include "llama/weights.hpp"
 
 namespace hdpissa::llama {
@@ -201,6 +202,53 @@ struct LoadOptions {
   bool allow_unused = false;
   /// Receives warnings (default: "warning: ..." on stderr).
   std::function<void(const std::string&)> warn;
+  /// true: an HF safetensors checkpoint's target linears are not converted to fp32; they stay in
+  /// the mapped files and ModelWeights::stored_linears reads them (llama/stored_linears.hpp). Their
+  /// names, shapes and dtypes are checked as a full load checks them. The GPU paths load this way.
+  /// A llama2.c .bin (its q/k rows need a permutation) is always loaded in full.
+  bool keep_linears_stored = false;
+};
+
+/// The target linears of an HF safetensors checkpoint, in its mapped files (one or several shards).
+class SafetensorsLinearSource final : public LinearSource {
+ public:
+  /// `st` is the checkpoint's collection; every target linear of `c` must be in it with its shape
+  /// (checked here, naming the tensor, the expected and the found shape).
+  SafetensorsLinearSource(SafetensorsCollection st, const ModelConfig& c, std::string where)
+      : st_(std::move(st)), where_(std::move(where)) {
+    layers_ = c.n_layers;
+    views_.resize(static_cast<std::size_t>(c.n_layers) * kModulesPerLayer);
+    std::map<std::string, int> dtypes;
+    for (int l = 0; l < c.n_layers; ++l)
+      for (int m = 0; m < kModulesPerLayer; ++m) {
+        const LinearId id{l, static_cast<Module>(m)};
+        const std::string name = id.hf_name();
+        const SafetensorsFile& f = st_.file_of(name);
+        const TensorInfo& t = f.info(name);
+        const auto [rows, cols] = linear_shape(c, id.module);
+        if (t.shape.size() != 2 || t.shape[0] != rows || t.shape[1] != cols)
+          throw LlamaError(cat(f.path().string(), ": tensor '", name, "' has the wrong shape: expected ",
+                               shape_string(std::vector<std::int64_t>{rows, cols}), ", found ", shape_string(t.shape)));
+        if (t.dtype != DType::F32 && t.dtype != DType::BF16 && t.dtype != DType::F16)
+          throw LlamaError(cat(f.path().string(), ": tensor '", name, "': expected a floating dtype (F32, BF16 or F16), found ",
+                               dtype_name(t.dtype)));
+        views_[static_cast<std::size_t>(id.index())] = {t.dtype, f.raw(name), rows, cols};
+        ++dtypes[dtype_name(t.dtype)];
+      }
+    for (const auto& [d, n] : dtypes) dtypes_ += cat(dtypes_.empty() ? "" : "/", d);
+  }
+  [[nodiscard]] StoredLinear stored(LinearId id) const override {
+    if (id.layer < 0 || id.layer >= layers_)
+      throw LlamaError(cat("stored linears of ", where_, ": expected a layer in [0, ", layers_, "), found ", id.layer));
+    return views_[static_cast<std::size_t>(id.index())];
+  }
+  [[nodiscard]] std::string describe() const override { return cat(where_, " (", dtypes_, ", mapped)"); }
+
+ private:
+  SafetensorsCollection st_;  // keeps the mappings alive
+  std::string where_, dtypes_;
+  int layers_ = 0;
+  std::vector<StoredLinear> views_;
 };
 
 namespace detail {
@@ -279,7 +327,7 @@ inline ModelWeights load_hf_checkpoint(const std::filesystem::path& dir, const L
     const std::int64_t cols[] = {D, D, D, c.q_dim(), D, D, H};
     for (int m = 0; m < kModulesPerLayer; ++m) {
       const LinearId id{i, static_cast<Module>(m)};
-      l.linear(id.module) = st.read_matrix(id.hf_name(), rows[m], cols[m]);
+      if (!opt.keep_linears_stored) l.linear(id.module) = st.read_matrix(id.hf_name(), rows[m], cols[m]);
       if (c.qkv_bias && m <= static_cast<int>(Module::v)) {  // Qwen2: q/k/v biases are required
         Vector& b = id.module == Module::q ? l.bq : id.module == Module::k ? l.bk : l.bv;
         b = st.read_vector(id.hf_bias_name(), rows[m]);
@@ -292,6 +340,7 @@ inline ModelWeights load_hf_checkpoint(const std::filesystem::path& dir, const L
       throw LlamaError(cat(dir.string(), ": config says tie_word_embeddings=false, so expected tensor 'lm_head.weight', not found"));
     w.lm_head = st.read_matrix("lm_head.weight", V, D);
   }
+  if (opt.keep_linears_stored) w.stored_linears = std::make_shared<const SafetensorsLinearSource>(st, c, dir.string());
   detail::check_unused_tensors(dir, st, w, opt);
   return w;
 }
@@ -343,11 +392,20 @@ struct SaveOptions {
   bool overwrite = true;                     ///< replace an existing directory at `dir`
 };
 
+/// A target linear's value to save instead of the model's (e.g. the merged weight of a training
+/// run, computed where it lives): fills `out` with the (out, in) fp32 matrix and returns true, or
+/// returns false to save the model's own (held or stored) value.
+using LinearOverride = std::function<bool(LinearId, Matrix& out)>;
+
 /// Writes `w` as an HF checkpoint directory (`config.json`, `generation_config.json`,
 /// `model.safetensors`, optional `tokenizer.model`) that transformers' LlamaForCausalLM loads.
 /// Crash safety: everything is written and fsynced inside `dir.tmp-<pid>`, which is then renamed
 /// to `dir` (an existing `dir` is first moved aside and removed only after the rename).
-inline void save_hf_checkpoint(const std::filesystem::path& dir, const ModelWeights& w, const SaveOptions& opt = {}) {
+/// Stored linears (ModelWeights::stored_linears) and `override`'s linears are made one at a time as
+/// the writer reaches them, so saving a stored model or a merged one needs one linear of host
+/// memory, not the model.
+inline void save_hf_checkpoint(const std::filesystem::path& dir, const ModelWeights& w, const SaveOptions& opt = {},
+                               const LinearOverride& override_linear = {}) {
   namespace fs = std::filesystem;
   const fs::path target = fs::absolute(dir).lexically_normal();
   const fs::path tmp = target.string() + cat(".tmp-", ::getpid());
@@ -357,60 +415,88 @@ inline void save_hf_checkpoint(const std::filesystem::path& dir, const ModelWeig
   std::error_code ec;
   fs::create_directories(tmp, ec);
   if (ec) throw LlamaError(cat("cannot create ", tmp.string(), ": ", ec.message()));
-  std::vector<TensorToWrite> tensors;
-  w.for_each_parameter([&](const std::string& name, const float* data, std::int64_t, const std::vector<std::int64_t>& shape) {
-    tensors.push_back({name, shape, data});
-  });
-  const std::uint64_t total = safetensors_data_bytes(tensors, opt.dtype);
-  if (opt.max_shard_bytes <= 0 || total <= std::uint64_t(opt.max_shard_bytes)) {
-    write_safetensors(tmp / "model.safetensors", tensors, opt.dtype);
-  } else {  // consecutive tensors per shard; a tensor larger than the limit gets a shard of its own
-    std::vector<std::vector<TensorToWrite>> shards(1);
-    std::uint64_t in_shard = 0;
-    for (const auto& t : tensors) {
-      const std::uint64_t b = safetensors_data_bytes({t}, opt.dtype);
-      if (!shards.back().empty() && in_shard + b > std::uint64_t(opt.max_shard_bytes)) shards.emplace_back(), in_shard = 0;
-      shards.back().push_back(t);
-      in_shard += b;
+  auto write_files = [&] {  // everything inside tmp; on any error tmp is removed
+    std::map<std::string, LinearId> linear_of;  // HF name → target linear
+    for (int l = 0; l < static_cast<int>(w.layers.size()); ++l)
+      for (int m = 0; m < kModulesPerLayer; ++m) {
+        const LinearId id{l, static_cast<Module>(m)};
+        linear_of.emplace(id.hf_name(), id);
+      }
+    std::vector<TensorToWrite> tensors;
+    w.for_each_parameter([&](const std::string& name, const float* data, std::int64_t, const std::vector<std::int64_t>& shape) {
+      const auto it = linear_of.find(name);
+      if (it == linear_of.end() || (!override_linear && !w.is_stored(it->second))) {
+        tensors.push_back({name, shape, data});
+        return;
+      }
+      const LinearId id = it->second;
+      const auto [rows, cols] = linear_shape(w.config, id.module);
+      tensors.push_back({name, {rows, cols}, nullptr, [&w, &override_linear, id, rows, cols](Matrix& scratch) -> const float* {
+                           const Matrix& v = override_linear && override_linear(id, scratch) ? scratch : linear_value(w, id, scratch);
+                           if (v.rows() != rows || v.cols() != cols)
+                             throw LlamaError(cat("save_hf_checkpoint: ", id.hf_name(), " has shape [", v.rows(), ", ", v.cols(),
+                                                  "], expected [", rows, ", ", cols, "] (config)"));
+                           return v.data();
+                         }});
+    });
+    const std::uint64_t total = safetensors_data_bytes(tensors, opt.dtype);
+    if (opt.max_shard_bytes <= 0 || total <= std::uint64_t(opt.max_shard_bytes)) {
+      write_safetensors(tmp / "model.safetensors", tensors, opt.dtype);
+    } else {  // consecutive tensors per shard; a tensor larger than the limit gets a shard of its own
+      std::vector<std::vector<TensorToWrite>> shards(1);
+      std::uint64_t in_shard = 0;
+      for (const auto& t : tensors) {
+        const std::uint64_t b = safetensors_data_bytes({t}, opt.dtype);
+        if (!shards.back().empty() && in_shard + b > std::uint64_t(opt.max_shard_bytes)) shards.emplace_back(), in_shard = 0;
+        shards.back().push_back(t);
+        in_shard += b;
+      }
+      nlohmann::ordered_json index;
+      index["metadata"] = {{"total_size", total}};
+      index["weight_map"] = nlohmann::ordered_json::object();
+      for (std::size_t i = 0; i < shards.size(); ++i) {
+        char name[64];
+        std::snprintf(name, sizeof name, "model-%05zu-of-%05zu.safetensors", i + 1, shards.size());
+        write_safetensors(tmp / name, shards[i], opt.dtype);
+        for (const auto& t : shards[i]) index["weight_map"][t.name] = name;
+      }
+      write_file_atomic(tmp / "model.safetensors.index.json", index.dump(2) + "\n");
     }
-    nlohmann::ordered_json index;
-    index["metadata"] = {{"total_size", total}};
-    index["weight_map"] = nlohmann::ordered_json::object();
-    for (std::size_t i = 0; i < shards.size(); ++i) {
-      char name[64];
-      std::snprintf(name, sizeof name, "model-%05zu-of-%05zu.safetensors", i + 1, shards.size());
-      write_safetensors(tmp / name, shards[i], opt.dtype);
-      for (const auto& t : shards[i]) index["weight_map"][t.name] = name;
+    const char* dtype = torch_dtype_name(opt.dtype);
+    const fs::path src_config = opt.source_config_dir / "config.json";
+    if (!opt.source_config_dir.empty() && fs::exists(src_config)) {
+      nlohmann::ordered_json j = nlohmann::ordered_json::parse(read_file_text(src_config));
+      if (j.contains("dtype")) j["dtype"] = dtype;  // transformers >= 4.56 spells torch_dtype "dtype"
+      else j["torch_dtype"] = dtype;
+      write_file_atomic(tmp / "config.json", j.dump(2) + "\n");
+    } else {
+      write_file_atomic(tmp / "config.json", w.config.to_json(dtype).dump(2) + "\n");
     }
-    write_file_atomic(tmp / "model.safetensors.index.json", index.dump(2) + "\n");
+    if (const fs::path g = opt.source_config_dir / "generation_config.json"; !opt.source_config_dir.empty() && fs::exists(g)) {
+      write_file_atomic(tmp / "generation_config.json", read_file_text(g));
+    } else {
+      nlohmann::json gen = {{"bos_token_id", w.config.bos_token_id}, {"eos_token_id", w.config.eos_token_id},
+                            {"_from_model_config", true}};
+      write_file_atomic(tmp / "generation_config.json", gen.dump(2) + "\n");
+    }
+    if (!opt.tokenizer_model.empty()) {
+      const auto bytes = read_file_bytes(opt.tokenizer_model);
+      write_file_atomic(tmp / "tokenizer.model", std::string_view(bytes.data(), bytes.size()));
+    }
+    for (const auto& [src, name] : opt.tokenizer_files) {
+      const auto bytes = read_file_bytes(src);
+      fs::create_directories((tmp / name).parent_path());
+      write_file_atomic(tmp / name, std::string_view(bytes.data(), bytes.size()));
+    }
+    fsync_path(tmp, true);
+  };
+  try {
+    write_files();
+  } catch (...) {
+    std::error_code ec2;
+    fs::remove_all(tmp, ec2);
+    throw;
   }
-  const char* dtype = torch_dtype_name(opt.dtype);
-  const fs::path src_config = opt.source_config_dir / "config.json";
-  if (!opt.source_config_dir.empty() && fs::exists(src_config)) {
-    nlohmann::ordered_json j = nlohmann::ordered_json::parse(read_file_text(src_config));
-    if (j.contains("dtype")) j["dtype"] = dtype;  // transformers >= 4.56 spells torch_dtype "dtype"
-    else j["torch_dtype"] = dtype;
-    write_file_atomic(tmp / "config.json", j.dump(2) + "\n");
-  } else {
-    write_file_atomic(tmp / "config.json", w.config.to_json(dtype).dump(2) + "\n");
-  }
-  if (const fs::path g = opt.source_config_dir / "generation_config.json"; !opt.source_config_dir.empty() && fs::exists(g)) {
-    write_file_atomic(tmp / "generation_config.json", read_file_text(g));
-  } else {
-    nlohmann::json gen = {{"bos_token_id", w.config.bos_token_id}, {"eos_token_id", w.config.eos_token_id},
-                          {"_from_model_config", true}};
-    write_file_atomic(tmp / "generation_config.json", gen.dump(2) + "\n");
-  }
-  if (!opt.tokenizer_model.empty()) {
-    const auto bytes = read_file_bytes(opt.tokenizer_model);
-    write_file_atomic(tmp / "tokenizer.model", std::string_view(bytes.data(), bytes.size()));
-  }
-  for (const auto& [src, name] : opt.tokenizer_files) {
-    const auto bytes = read_file_bytes(src);
-    fs::create_directories((tmp / name).parent_path());
-    write_file_atomic(tmp / name, std::string_view(bytes.data(), bytes.size()));
-  }
-  fsync_path(tmp, true);
   const bool had_old = fs::exists(target);
   if (had_old) {
     fs::remove_all(old);

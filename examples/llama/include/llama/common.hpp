@@ -161,36 +161,64 @@ inline void fsync_path(const std::filesystem::path& path, bool is_dir = false) {
     throw LlamaError(cat("fsync of ", path.string(), " failed: ", std::strerror(err)));
 }
 
-/// Writes pieces of bytes to `path` atomically: they go to `path.tmp`, which is fsynced and then
-/// renamed over `path` (and the parent directory fsynced), so a crash leaves either the old file or
-/// the complete new one, never a truncated file under the final name.
+/// A file written atomically, piece by piece: the bytes go to `path.tmp`; commit() fsyncs it,
+/// renames it over `path` and fsyncs the parent directory, so a crash leaves either the old file or
+/// the complete new one, never a truncated file under the final name. Destroyed without commit()
+/// (an exception while writing), the temporary file is removed.
+class AtomicFileWriter {
+ public:
+  explicit AtomicFileWriter(std::filesystem::path path) : path_(std::move(path)), tmp_(path_.string() + ".tmp") {
+    f_ = std::fopen(tmp_.c_str(), "wb");
+    if (!f_) throw LlamaError(cat("cannot create ", tmp_.string(), ": ", std::strerror(errno)));
+  }
+  AtomicFileWriter(const AtomicFileWriter&) = delete;
+  AtomicFileWriter& operator=(const AtomicFileWriter&) = delete;
+  ~AtomicFileWriter() {
+    if (!f_) return;
+    std::fclose(f_);
+    std::error_code ec;
+    std::filesystem::remove(tmp_, ec);
+  }
+  /// Appends `piece`.
+  void write(std::string_view piece) {
+    if (!piece.empty() && std::fwrite(piece.data(), 1, piece.size(), f_) != piece.size())
+      fail(cat("short write to ", tmp_.string(), ": ", std::strerror(errno)));
+  }
+  /// Flushes, fsyncs and renames the file into place.
+  void commit() {
+    if (std::fflush(f_) != 0 || ::fsync(::fileno(f_)) != 0) fail(cat("cannot flush ", tmp_.string(), ": ", std::strerror(errno)));
+    const int rc = std::fclose(f_);
+    f_ = nullptr;
+    if (rc != 0) {
+      std::error_code ec;
+      std::filesystem::remove(tmp_, ec);
+      throw LlamaError(cat("cannot close ", tmp_.string()));
+    }
+    std::error_code ec;
+    std::filesystem::rename(tmp_, path_, ec);
+    if (ec) throw LlamaError(cat("cannot rename ", tmp_.string(), " to ", path_.string(), ": ", ec.message()));
+    const auto parent = path_.has_parent_path() ? path_.parent_path() : std::filesystem::path(".");
+    fsync_path(parent, /*is_dir=*/true);
+  }
+
+ private:
+  [[noreturn]] void fail(const std::string& msg) {
+    std::fclose(f_);
+    f_ = nullptr;
+    std::error_code ec;
+    std::filesystem::remove(tmp_, ec);
+    throw LlamaError(msg);
+  }
+  std::filesystem::path path_, tmp_;
+  std::FILE* f_ = nullptr;
+};
+
+/// Writes pieces of bytes to `path` atomically (AtomicFileWriter).
 inline void write_file_atomic(const std::filesystem::path& path,
                               const std::vector<std::string_view>& pieces) {
-  const std::filesystem::path tmp = path.string() + ".tmp";
-  {
-    std::FILE* f = std::fopen(tmp.c_str(), "wb");
-    if (!f) throw LlamaError(cat("cannot create ", tmp.string(), ": ", std::strerror(errno)));
-    for (const auto piece : pieces) {
-      if (!piece.empty() && std::fwrite(piece.data(), 1, piece.size(), f) != piece.size()) {
-        const int err = errno;
-        std::fclose(f);
-        std::filesystem::remove(tmp);
-        throw LlamaError(cat("short write to ", tmp.string(), ": ", std::strerror(err)));
-      }
-    }
-    if (std::fflush(f) != 0 || ::fsync(::fileno(f)) != 0) {
-      const int err = errno;
-      std::fclose(f);
-      std::filesystem::remove(tmp);
-      throw LlamaError(cat("cannot flush ", tmp.string(), ": ", std::strerror(err)));
-    }
-    if (std::fclose(f) != 0) throw LlamaError(cat("cannot close ", tmp.string()));
-  }
-  std::error_code ec;
-  std::filesystem::rename(tmp, path, ec);
-  if (ec) throw LlamaError(cat("cannot rename ", tmp.string(), " to ", path.string(), ": ", ec.message()));
-  const auto parent = path.has_parent_path() ? path.parent_path() : std::filesystem::path(".");
-  fsync_path(parent, /*is_dir=*/true);
+  AtomicFileWriter f(path);
+  for (const auto piece : pieces) f.write(piece);
+  f.commit();
 }
 
 /// Convenience overload for a single buffer.

@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <cstring>
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <string>
 #include <vector>
@@ -101,6 +102,33 @@ inline float f16_to_float(std::uint16_t h) {
     bits = sign | ((exp + 127 - 15) << 23) | (man << 13);
   }
   return std::bit_cast<float>(bits);
+}
+
+/// Converts `n` stored values of `dtype` at `src` (any alignment) to float. The 16-bit conversions
+/// of large arrays run on every OpenMP thread (a 7B checkpoint: 6.7e9 elements; elementwise, so the
+/// result does not depend on the thread count).
+inline void convert_to_float(DType dtype, const char* src, std::int64_t n, float* out) {
+  switch (dtype) {
+    case DType::F32: std::memcpy(out, src, static_cast<std::size_t>(n) * 4); break;
+    case DType::BF16:
+#if defined(_OPENMP)
+#pragma omp parallel for schedule(static) if (n >= (std::int64_t(1) << 20))
+#endif
+      for (std::int64_t i = 0; i < n; ++i) { std::uint16_t h; std::memcpy(&h, src + 2 * i, 2); out[i] = bf16_to_float(h); }
+      break;
+    case DType::F16:
+#if defined(_OPENMP)
+#pragma omp parallel for schedule(static) if (n >= (std::int64_t(1) << 20))
+#endif
+      for (std::int64_t i = 0; i < n; ++i) { std::uint16_t h; std::memcpy(&h, src + 2 * i, 2); out[i] = f16_to_float(h); }
+      break;
+    case DType::I32:
+      for (std::int64_t i = 0; i < n; ++i) { std::int32_t v; std::memcpy(&v, src + 4 * i, 4); out[i] = static_cast<float>(v); }
+      break;
+    case DType::I64:
+      for (std::int64_t i = 0; i < n; ++i) { std::int64_t v; std::memcpy(&v, src + 8 * i, 8); out[i] = static_cast<float>(v); }
+      break;
+  }
 }
 
 /// One entry of a safetensors header.
@@ -195,32 +223,10 @@ class SafetensorsFile {
   /// Converts tensor `name` to float into `out` (exactly numel() floats).
   void read_into(const std::string& name, float* out) const {
     const TensorInfo& t = info(name);
-    const char* src = bytes_.data() + data_offset_ + t.begin;
-    const std::int64_t n = t.numel();
-    switch (t.dtype) {
-      case DType::F32: std::memcpy(out, src, static_cast<std::size_t>(n) * 4); break;
-      // The 16-bit conversions of large tensors run on every OpenMP thread (a 7B checkpoint: 6.7e9
-      // elements; elementwise, so the result does not depend on the thread count).
-      case DType::BF16:
-#if defined(_OPENMP)
-#pragma omp parallel for schedule(static) if (n >= (std::int64_t(1) << 20))
-#endif
-        for (std::int64_t i = 0; i < n; ++i) { std::uint16_t h; std::memcpy(&h, src + 2 * i, 2); out[i] = bf16_to_float(h); }
-        break;
-      case DType::F16:
-#if defined(_OPENMP)
-#pragma omp parallel for schedule(static) if (n >= (std::int64_t(1) << 20))
-#endif
-        for (std::int64_t i = 0; i < n; ++i) { std::uint16_t h; std::memcpy(&h, src + 2 * i, 2); out[i] = f16_to_float(h); }
-        break;
-      case DType::I32:
-        for (std::int64_t i = 0; i < n; ++i) { std::int32_t v; std::memcpy(&v, src + 4 * i, 4); out[i] = static_cast<float>(v); }
-        break;
-      case DType::I64:
-        for (std::int64_t i = 0; i < n; ++i) { std::int64_t v; std::memcpy(&v, src + 8 * i, 8); out[i] = static_cast<float>(v); }
-        break;
-    }
+    convert_to_float(t.dtype, raw(name), t.numel(), out);
   }
+  /// The stored bytes of tensor `name` (its dtype and shape: info(name)); valid while this lives.
+  [[nodiscard]] const char* raw(const std::string& name) const { return bytes_.data() + data_offset_ + info(name).begin; }
 
   /// Tensor `name` as a float vector.
   [[nodiscard]] std::vector<float> read(const std::string& name) const {
@@ -253,11 +259,15 @@ class SafetensorsFile {
   std::map<std::string, std::string> metadata_;
 };
 
-/// A tensor to write: name, shape, and `numel` contiguous floats (not owned).
+/// A tensor to write: name, shape, and `numel` contiguous floats — borrowed (`data`), or made when
+/// the writer reaches the tensor (`produce`, when `data` is null: it returns numel floats, e.g. in
+/// the scratch matrix it is given, valid until the next call), so that a writer holds one tensor at
+/// a time (a stored or merged model: llama/stored_linears.hpp).
 struct TensorToWrite {
   std::string name;                 ///< tensor name
   std::vector<std::int64_t> shape;  ///< logical shape
-  const float* data = nullptr;      ///< numel floats, row-major
+  const float* data = nullptr;      ///< numel floats, row-major (or null: produce)
+  std::function<const float*(Matrix& scratch)> produce = {};
 };
 
 /// Bytes `tensors` take in `dtype` (data only).
@@ -271,13 +281,17 @@ inline std::uint64_t safetensors_data_bytes(const std::vector<TensorToWrite>& te
   return bytes;
 }
 
-/// Writes tensors to a safetensors file, converting to `dtype` (F32, BF16 or F16), atomically
-/// (`path.tmp`, fsync, rename). Tensors are stored in the given order, 8-byte aligned header.
+/// Writes tensors to a safetensors file, converting to `dtype` (F32, BF16 or F16, round to nearest
+/// even), atomically (AtomicFileWriter: `path.tmp`, fsync, rename). Tensors are stored in the given
+/// order, 8-byte aligned header. One tensor at a time: the writer holds at most one produced tensor
+/// and one converted copy.
 inline void write_safetensors(const std::filesystem::path& path, const std::vector<TensorToWrite>& tensors,
                               DType dtype = DType::F32,
                               const std::map<std::string, std::string>& metadata = {{"format", "pt"}}) {
   if (dtype != DType::F32 && dtype != DType::BF16 && dtype != DType::F16)
     throw LlamaError(cat("write_safetensors: expected dtype F32, BF16 or F16, found ", dtype_name(dtype)));
+  for (const auto& t : tensors)
+    if (!t.data && !t.produce) throw LlamaError(cat("write_safetensors: tensor '", t.name, "' has neither data nor a producer"));
   nlohmann::ordered_json header;
   if (!metadata.empty()) header["__metadata__"] = metadata;
   std::uint64_t offset = 0;
@@ -293,25 +307,28 @@ inline void write_safetensors(const std::filesystem::path& path, const std::vect
   std::string prefix(8, '\0');
   std::uint64_t n = json.size();
   for (int i = 0; i < 8; ++i) prefix[i] = static_cast<char>((n >> (8 * i)) & 0xff);
-  std::vector<std::string> converted;  // bf16 copies
-  std::vector<std::string_view> pieces{prefix, json};
-  converted.reserve(tensors.size());
+  AtomicFileWriter out(path);
+  out.write(prefix);
+  out.write(json);
+  Matrix scratch;
+  std::vector<std::uint16_t> half;  // one tensor's 16-bit copy
   for (const auto& t : tensors) {
     std::int64_t count = 1;
     for (auto d : t.shape) count *= d;
+    const float* src = t.data ? t.data : t.produce(scratch);
     if (dtype == DType::F32) {
-      pieces.emplace_back(reinterpret_cast<const char*>(t.data), static_cast<std::size_t>(count) * 4);
-    } else {
-      std::string buf(static_cast<std::size_t>(count) * 2, '\0');
-      for (std::int64_t i = 0; i < count; ++i) {
-        const std::uint16_t h = dtype == DType::BF16 ? float_to_bf16(t.data[i]) : float_to_f16(t.data[i]);
-        std::memcpy(buf.data() + 2 * i, &h, 2);
-      }
-      converted.push_back(std::move(buf));
-      pieces.emplace_back(converted.back());
+      out.write(std::string_view(reinterpret_cast<const char*>(src), static_cast<std::size_t>(count) * 4));
+      continue;
     }
+    half.resize(static_cast<std::size_t>(count));
+    const bool bf16 = dtype == DType::BF16;
+#if defined(_OPENMP)
+#pragma omp parallel for schedule(static) if (count >= (std::int64_t(1) << 20))
+#endif
+    for (std::int64_t i = 0; i < count; ++i) half[static_cast<std::size_t>(i)] = bf16 ? float_to_bf16(src[i]) : float_to_f16(src[i]);
+    out.write(std::string_view(reinterpret_cast<const char*>(half.data()), half.size() * 2));
   }
-  write_file_atomic(path, pieces);
+  out.commit();
 }
 
 }  // namespace hdpissa::llama

@@ -5,7 +5,9 @@
 
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "llama/common.hpp"
@@ -42,6 +44,24 @@ struct LinearId {
   }
   friend bool operator==(const LinearId&, const LinearId&) = default;
 };
+
+/// Shape (out, in) of a target linear under `c` (HF layout).
+inline std::pair<std::int64_t, std::int64_t> linear_shape(const ModelConfig& c, Module m) {
+  switch (m) {
+    case Module::q: return {c.q_dim(), c.dim};
+    case Module::k:
+    case Module::v: return {c.kv_dim(), c.dim};
+    case Module::o: return {c.dim, c.q_dim()};
+    case Module::gate:
+    case Module::up: return {c.hidden_dim, c.dim};
+    case Module::down: return {c.dim, c.hidden_dim};
+  }
+  return {0, 0};
+}
+
+/// Where the target linears of a ModelWeights live when the model does not hold them in fp32 (a
+/// stored load, llama/stored_linears.hpp: the mapped safetensors of the checkpoint). Defined there.
+class LinearSource;
 
 /// Parameters of one decoder layer.
 struct LayerWeights {
@@ -87,12 +107,34 @@ struct LayerWeights {
 
 /// All parameters of a LLaMA decoder. With `config.tie_embeddings` the classifier is `embed` and
 /// `lm_head` is empty.
+///
+/// Stored linears. A checkpoint loaded with `LoadOptions::keep_linears_stored` (the GPU paths) does
+/// not convert its target linears to fp32: their matrices stay empty (0 × 0) and `stored_linears`
+/// reads them from the mapped checkpoint on demand (llama/stored_linears.hpp: `linear_value`,
+/// `stored_linear`). At 34B that is the difference between 135 GB of host fp32 and none. A linear
+/// that is held (non-empty) always wins over the stored one, so a copy of a stored model can be
+/// given some linears (a merged model, PiSSA's residual) and saved: save_hf_checkpoint reads the
+/// others from the source, one tensor at a time. Code that needs every value in fp32 (the CPU
+/// model) takes a held model; `holds_linears()` says which this is.
 struct ModelWeights {
   ModelConfig config;               ///< hyper-parameters
   Matrix embed;                     ///< embed_tokens (vocab, dim)
   std::vector<LayerWeights> layers; ///< n_layers
   Vector final_norm;                ///< norm (dim)
   Matrix lm_head;                   ///< (vocab, dim), empty when tied
+  /// Non-null: the target linears whose matrices are empty are read from here (see above).
+  std::shared_ptr<const LinearSource> stored_linears;
+
+  /// Whether every target linear is held in fp32 (no stored linear).
+  [[nodiscard]] bool holds_linears() const {
+    if (!stored_linears) return true;
+    for (const auto& l : layers)
+      for (int m = 0; m < kModulesPerLayer; ++m)
+        if (l.linear(static_cast<Module>(m)).size() == 0) return false;
+    return true;
+  }
+  /// Whether target `id` is stored (not held): its matrix is empty and a source is set.
+  [[nodiscard]] bool is_stored(LinearId id) const { return stored_linears && linear(id).size() == 0; }
 
   /// The classifier matrix (vocab, dim): lm_head, or embed when tied.
   [[nodiscard]] const Matrix& classifier() const { return config.tie_embeddings ? embed : lm_head; }
@@ -140,7 +182,8 @@ struct ModelWeights {
   }
 
   /// Visits every parameter as (HF name, data, numel, HF shape), in checkpoint order. Tied
-  /// classifiers are visited once (as the embedding).
+  /// classifiers are visited once (as the embedding). A stored linear is visited as what the model
+  /// holds of it: an empty matrix (numel 0, shape [0, 0]).
   template <class F>
   void for_each_parameter(F&& f) {
     using S = std::vector<std::int64_t>;
@@ -169,10 +212,16 @@ struct ModelWeights {
           f(n, static_cast<const float*>(p), c, s);
         });
   }
-  /// Total number of parameters (tied classifier counted once).
+  /// Total number of parameters (tied classifier counted once; stored linears by their shapes).
   [[nodiscard]] std::int64_t num_parameters() const {
     std::int64_t n = 0;
     for_each_parameter([&](const std::string&, const float*, std::int64_t c, const std::vector<std::int64_t>&) { n += c; });
+    for (int l = 0; l < static_cast<int>(layers.size()); ++l)
+      for (int m = 0; m < kModulesPerLayer; ++m)
+        if (const LinearId id{l, static_cast<Module>(m)}; is_stored(id)) {
+          const auto [r, c] = linear_shape(config, id.module);
+          n += r * c;
+        }
     return n;
   }
 };

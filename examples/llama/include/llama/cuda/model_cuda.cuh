@@ -57,6 +57,7 @@
 #include "hdpissa/backend/cuda/cuda_backend.hpp"
 #include "llama/linear_hooks.hpp"
 #include "llama/model.hpp"  // LossResult
+#include "llama/stored_linears.hpp"
 #include "llama/weights.hpp"
 
 namespace hdpissa::llama::gpu {
@@ -272,11 +273,13 @@ void upload_as(const float* host, T* dst, std::int64_t n, float* stage, cudaStre
   HDPISSA_CUDA_CHECK(cudaStreamSynchronize(s));
 }
 
-/// Host fp32 → device T for many arrays at start-up, through two pinned staging chunks: host
-/// threads fill one chunk (converting to T with round-to-nearest-even, the rule of the device's
-/// converter, so the bits equal upload_as's) while the stream copies the other. Moves
-/// sizeof(T) bytes per value over the bus from pinned memory, instead of 4 from pageable memory
-/// (LLaMA-2-7B: 13.5 GB instead of 27 GB). finish() (or the destructor) waits for the last copy.
+/// Host fp32 (or stored F32 / BF16 / F16) → device T for many arrays at start-up, through two
+/// pinned staging chunks: host threads fill one chunk (converting to T with round-to-nearest-even,
+/// the rule of the device's converter, so the bits equal upload_as's) while the stream copies the
+/// other. Moves sizeof(T) bytes per value over the bus from pinned memory, instead of 4 from
+/// pageable memory (LLaMA-2-7B: 13.5 GB instead of 27 GB). A stored BF16 array into a bf16 model
+/// is copied as it is (upload_stored: the mapped checkpoint straight into the staging chunk).
+/// finish() (or the destructor) waits for the last copy.
 template <class T>
 class PinnedUploader {
  public:
@@ -293,11 +296,20 @@ class PinnedUploader {
   }
   /// Enqueues dst[0, n) ← T(host[0, n)); host must stay valid until finish().
   void upload(const float* host, T* dst, std::int64_t n) {
+    upload_stored(DType::F32, reinterpret_cast<const char*>(host), dst, n);
+  }
+  /// Enqueues dst[0, n) ← T(the n values of `dtype` (F32, BF16 or F16) at `src`, any alignment):
+  /// the same bits as converting them to fp32 first (exact) and uploading that. `src` must stay
+  /// valid until finish().
+  void upload_stored(DType dtype, const char* src, T* dst, std::int64_t n) {
+    if (dtype != DType::F32 && dtype != DType::BF16 && dtype != DType::F16)
+      throw LlamaError(cat("PinnedUploader: expected F32, BF16 or F16 values, found ", dtype_name(dtype)));
+    const std::size_t es = dtype_size(dtype);
     for (std::int64_t off = 0; off < n; off += chunk_) {
       const std::int64_t m = std::min(chunk_, n - off);
       if (used_[b_]) HDPISSA_CUDA_CHECK(cudaEventSynchronize(ev_[b_]));  // its previous copy is done
       T* st = buf_[b_].get();
-      fill(host + off, st, m);
+      fill(dtype, src + std::size_t(off) * es, st, m);
       HDPISSA_CUDA_CHECK(cudaMemcpyAsync(dst + off, st, std::size_t(m) * sizeof(T), cudaMemcpyHostToDevice, s_));
       HDPISSA_CUDA_CHECK(cudaEventRecord(ev_[b_], s_));
       used_[b_] = true;
@@ -307,13 +319,33 @@ class PinnedUploader {
   void finish() { HDPISSA_CUDA_CHECK(cudaStreamSynchronize(s_)); }
 
  private:
-  static void fill(const float* src, T* dst, std::int64_t n) {
-    auto part = [src, dst](std::int64_t a, std::int64_t b) {
-      if constexpr (std::is_same_v<T, float>) {
-        std::memcpy(dst + a, src + a, std::size_t(b - a) * sizeof(float));
-      } else {
-        for (std::int64_t i = a; i < b; ++i) dst[i] = __float2bfloat16_rn(src[i]);
+  static void fill(DType dtype, const char* src, T* dst, std::int64_t n) {
+    auto part = [dtype, src, dst](std::int64_t a, std::int64_t b) {
+      constexpr bool kF32 = std::is_same_v<T, float>;
+      if ((kF32 && dtype == DType::F32) || (!kF32 && dtype == DType::BF16)) {  // the same bits
+        std::memcpy(dst + a, src + std::size_t(a) * sizeof(T), std::size_t(b - a) * sizeof(T));
+        return;
       }
+      auto convert = [&](auto load) {  // one loop per source dtype (no branch inside)
+        for (std::int64_t i = a; i < b; ++i) {
+          const float f = load(std::size_t(i));
+          if constexpr (kF32) dst[i] = f;
+          else dst[i] = __float2bfloat16_rn(f);
+        }
+      };
+      auto half = [src](std::size_t i) {
+        std::uint16_t h;
+        std::memcpy(&h, src + 2 * i, 2);
+        return h;
+      };
+      if (dtype == DType::F32)
+        convert([src](std::size_t i) {
+          float f;
+          std::memcpy(&f, src + 4 * i, 4);
+          return f;
+        });
+      else if (dtype == DType::BF16) convert([&half](std::size_t i) { return bf16_to_float(half(i)); });
+      else convert([&half](std::size_t i) { return f16_to_float(half(i)); });
     };
     const int parts = n < (std::int64_t(1) << 20) ? 1 : int(std::clamp<unsigned>(std::thread::hardware_concurrency(), 1u, 16u));
     std::vector<std::future<void>> fut;
@@ -385,6 +417,12 @@ CudaLlama<T>::CudaLlama(const ModelWeights& host, int max_batch, int max_seq, cu
     for (int m = 0; m < kModulesPerLayer; ++m) {
       const LinearId id{l, static_cast<Module>(m)};
       const auto [r, cc] = lin_shape(id.module);
+      if (const auto st = stored_linear(host, id)) {  // stored: read from the mapped checkpoint below
+        if (st->rows != r || st->cols != cc)
+          throw LlamaError(cat("CudaLlama: expected stored ", id.hf_name(), " of shape [", r, ", ", cc, "], found [",
+                               st->rows, ", ", st->cols, "]"));
+        continue;
+      }
       need(id.hf_name().c_str(), host.linear(id), r, cc);
     }
   }
@@ -436,8 +474,12 @@ CudaLlama<T>::CudaLlama(const ModelWeights& host, int max_batch, int max_seq, cu
     for (int l = 0; l < L; ++l)
       for (int m = 0; m < kModulesPerLayer; ++m) {
         const LinearId id{l, static_cast<Module>(m)};
-        const Matrix& w = host.layers[l].linear(id.module);
         const auto [r, cc] = lin_shape(id.module);
+        if (const auto st = stored_linear(host, id)) {  // from the mapping, in its stored dtype
+          up.upload_stored(st->dtype, st->data, lin_ptr(id), static_cast<std::int64_t>(r) * cc);
+          continue;
+        }
+        const Matrix& w = host.layers[l].linear(id.module);
         if (w.rows() != r || w.cols() != cc)
           throw LlamaError(cat("CudaLlama: ", id.hf_name(), ": expected shape [", r, ", ", cc, "], found [", w.rows(),
                                ", ", w.cols(), "]"));

@@ -25,6 +25,7 @@
 
 #include "llama/batch.hpp"
 #include "llama/model.hpp"
+#include "llama/stored_linears.hpp"
 #include "llama/train/device_comm.hpp"
 #include "llama/train/methods.hpp"
 #include "llama/train/options.hpp"
@@ -88,8 +89,11 @@ class TrainEngine {
     return out;
   }
   /// Sets every target linear of `w` (a copy of the host weights) to the live merged weight
-  /// (W for DWU / full; W_res + s·B A for LoRA / PiSSA).
+  /// (W for DWU / full; W_res + s·B A for LoRA / PiSSA); a `w` with stored linears comes back
+  /// holding every linear (held_copy: the whole model in host fp32; tests, small models).
   virtual void merge_into(ModelWeights& w) = 0;
+  /// The live merged weight of target i (position in info().targets) into `out` (resized), fp32.
+  virtual void merged_weight(std::size_t i, Matrix& out) = 0;
   /// The run's whole state as a value.
   virtual TrainState state() = 0;
   /// Makes `s` live (every tensor and counter the method lists must be in it, with its shape).
@@ -139,6 +143,11 @@ class MethodEngine : public TrainEngine {
   void merge_into(ModelWeights& w) override {
     const auto& ids = method_->targets();
     for (std::size_t i = 0; i < ids.size(); ++i) method_->merged_weight(i, w.linear(ids[i]));
+    if (w.stored_linears) w = held_copy(w);
+  }
+  void merged_weight(std::size_t i, Matrix& out) override {
+    HDPISSA_REQUIRE(i < method_->targets().size(), "merged_weight: target ", i, " of ", method_->targets().size());
+    method_->merged_weight(i, out);
   }
   /// The method (tests and diagnostics).
   TrainMethod<Dev>& method() { return *method_; }
@@ -165,6 +174,9 @@ class CpuEngine final : public MethodEngine<CpuDevice> {
   CpuEngine(const TrainOptions& o, ModelWeights& w, Comm& comm, const TrainState* resume,
             std::function<void(std::size_t, std::size_t)> progress = {})
       : MethodEngine<CpuDevice>(b_), w_(&w) {
+    if (!w.holds_linears())
+      throw LlamaError(cat("CPU engine: expected a model holding every target linear in fp32, found linears stored in ",
+                           w.stored_linears->describe(), " (load without LoadOptions::keep_linears_stored)"));
     const MethodContext<CpuDevice, Comm> ctx{b_, b_, comm, w, [&w](LinearId id) { return view_of(w.linear(id)); },
                                              std::move(progress)};
     method_ = make_method(o, ctx, resume);

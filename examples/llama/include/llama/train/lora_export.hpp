@@ -45,7 +45,8 @@ struct AdapterExportInputs {
   std::vector<LinearId> targets;
   const TrainState* state = nullptr;   ///< the live state: weight.<name> (W, W_res), adapter.<name>.A / .B
                                        ///< (may be null for a truncated export with `truncate`)
-  std::function<const Matrix&(LinearId)> initial;  ///< W_init of a target (the base checkpoint's)
+  /// W_init of a target (the base checkpoint's); the reference may be valid only until the next call
+  std::function<const Matrix&(LinearId)> initial;
   const TrainState* pissa_init = nullptr;  ///< PiSSA's A0, B0 (adapter.*) from the start; null: recomputed
   const ModelWeights* frame = nullptr; ///< the base model's other parameters (PiSSA's residual model)
   SaveOptions save;                    ///< as the merged model (PiSSA's residual model)
@@ -87,7 +88,11 @@ inline nlohmann::json write_adapter_outputs(const AdapterExportInputs& in) {
   PeftLoraConfig cfg;
   cfg.target_modules = o.target_modules();
   cfg.base_model_name_or_path = o.model;
-  auto shape = [&](LinearId id) { return std::pair<std::int64_t, std::int64_t>{in.initial(id).rows(), in.initial(id).cols()}; };
+  auto shape = [&](LinearId id) {  // from the config when there is a frame (no read of a stored W_init)
+    if (in.frame) return linear_shape(in.frame->config, id.module);
+    const Matrix& w0 = in.initial(id);
+    return std::pair<std::int64_t, std::int64_t>{w0.rows(), w0.cols()};
+  };
   const double s = o.adapter_scaling();
 
   if (o.uses_adapter()) {

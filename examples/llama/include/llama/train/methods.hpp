@@ -41,6 +41,7 @@
 #include "hdpissa/hdpissa.hpp"
 #include "llama/linear_hooks.hpp"
 #include "llama/train/options.hpp"
+#include "llama/stored_linears.hpp"
 #include "llama/train/state.hpp"
 #include "llama/weights.hpp"
 
@@ -66,7 +67,9 @@ struct MethodContext {
   typename Dev::master_backend& bm;   ///< fp32: masters, optimizer, init
   typename Dev::compute_backend& bc;  ///< the model's GEMMs (the same object as bm when fp32)
   Comm& comm;                         ///< K groups: local groups here × processes
-  const ModelWeights& host;           ///< the base model (shapes; fp32 values of bf16 masters)
+  /// The base model (config; fp32 values of bf16 masters and SVD inputs). Its target linears may be
+  /// stored (llama/stored_linears.hpp): read them with linear_value / base_w_fp32, never linear().
+  const ModelWeights& host;
   std::function<MatrixView<Sc>(LinearId)> weight;  ///< the model's compute copy of a target
   /// Adapter initialisation progress (target layers done, total), called after each batch of layers
   /// (optional; the trainer prints it: the SVDs of a 7B model take a while).
@@ -247,9 +250,9 @@ class TrainMethod {
       Wc_.push_back(weight_(id));
       if (frozen_compute_) continue;
       if constexpr (kMixed) {
-        const Matrix& W = ctx.host.linear(id);
-        own_.push_back(bm_->make_matrix(W.rows(), W.cols()));
-        bm_->upload(W.data(), own_.back().view());
+        const auto [out, in] = linear_shape(c, id.module);
+        own_.push_back(bm_->make_matrix(out, in));
+        base_w_fp32(ctx.host, Wc_.size() - 1, own_.back().view(), /*scan_held=*/false);
         Wm_.push_back(own_.back().view());
       } else {
         Wm_.push_back(weight_(id));
@@ -308,19 +311,28 @@ class TrainMethod {
 
   /// Out and in of target i.
   [[nodiscard]] std::pair<index_t, index_t> shape(std::size_t i) const { return {Wc_[i].rows, Wc_[i].cols}; }
-  /// Target i's base W in fp32 into the device scratch `dst` (bf16 compute without fp32 masters, at
-  /// initialisation, before the method changes the model's copy). When the host values are
-  /// bf16-exact (a BF16 checkpoint) the model's bf16 copy holds exactly them: widen it on the device
-  /// (the same bits, no host transfer: at 7B the pageable host copies dominated the SVD
-  /// initialisation); otherwise upload the host fp32 values.
-  void base_w_fp32(const Matrix& host, std::size_t i, V32 dst) {
+  /// Target i's base W in fp32 into `dst` (at initialisation, before the method changes the model's
+  /// copy: fp32 masters, and the SVD inputs of bf16 compute without them). When the values are
+  /// bf16-exact — stored as BF16 (a stored linear, llama/stored_linears.hpp), or, with `scan_held`,
+  /// a held matrix whose every value is a bf16 value — the model's bf16 copy holds exactly them:
+  /// widen it on the device (the same bits, no host transfer: at 7B the pageable host copies
+  /// dominated the SVD initialisation). Otherwise upload the fp32 values (a stored linear converted
+  /// first, one matrix at a time).
+  void base_w_fp32(const ModelWeights& host, std::size_t i, V32 dst, bool scan_held = true) {
+    const LinearId id = ids_[i];
     if constexpr (kMixed) {
-      if (detail::bf16_exact(host)) {
+      const bool exact = host.is_stored(id) ? stored_bf16_exact(host, id).value_or(false)
+                                            : scan_held && detail::bf16_exact(host.linear(id));
+      if (exact) {
         Dev::to_master(*bm_, CVc(Wc_[i]), dst);
         return;
       }
     }
-    bm_->upload(host.data(), dst);
+    Matrix scratch;
+    const Matrix& v = linear_value(host, id, scratch);
+    HDPISSA_REQUIRE(v.rows() == dst.rows && v.cols() == dst.cols, "base W of ", id.hf_name(), ": [", v.rows(), ", ",
+                    v.cols(), "] into [", dst.rows, ", ", dst.cols, "]");
+    bm_->upload(v.data(), dst);  // waits (both backends), so the scratch may go
   }
   /// Whether target i's base GEMMs run in FP8 (--compute fp8 and a shape the FP8 GEMM takes).
   [[nodiscard]] bool fp8_on(std::size_t i) const {
@@ -618,9 +630,9 @@ class DwuMethod final : public TrainMethod<Dev> {
         for (std::size_t i = c0; i < c1; ++i) {
           CV32 W;
           if (fp32_scratch) {
-            const Matrix& Wh = ctx.host.linear(ids_[i]);
-            tmp.push_back(ctx.bm.make_matrix(Wh.rows(), Wh.cols()));
-            this->base_w_fp32(Wh, i, tmp.back().view());
+            const auto [out, in] = this->shape(i);
+            tmp.push_back(ctx.bm.make_matrix(out, in));
+            this->base_w_fp32(ctx.host, i, tmp.back().view());
             W = CV32(tmp.back().view());
           } else if (this->frozen_compute_) {
             const auto [out, in] = this->shape(i);
@@ -815,9 +827,9 @@ class AdapterMethod final : public TrainMethod<Dev> {
         std::vector<hdpissa::LayerRef<Bm>> refs;
         for (std::size_t i = c0; i < c1; ++i) {
           if (this->frozen_compute_) {
-            const Matrix& Wh = ctx.host.linear(ids_[i]);
-            tmp.push_back(ctx.bm.make_matrix(Wh.rows(), Wh.cols()));
-            this->base_w_fp32(Wh, i, tmp.back().view());
+            const auto [out, in] = this->shape(i);
+            tmp.push_back(ctx.bm.make_matrix(out, in));
+            this->base_w_fp32(ctx.host, i, tmp.back().view());
             W.push_back(tmp.back().view());
           } else {
             W.push_back(Wm_[i]);

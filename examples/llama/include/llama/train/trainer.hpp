@@ -152,8 +152,10 @@ class Trainer {
   }
 
   // ------------------------------------------------------------------ accessors
-  /// The host model: trained in place on the CPU path; the base weights on the GPU path (the live
-  /// weights are on the device: engine().merge_into()).
+  /// The host model: trained in place on the CPU path; the base weights on the GPU path, whose
+  /// target linears stay stored in the mapped checkpoint when it is an HF safetensors directory
+  /// (llama/stored_linears.hpp: linear_value, held_copy; the live weights are on the device:
+  /// engine().merge_into()).
   ModelWeights& model() { return w_; }
   TrainEngine& engine() { return *eng_; }
   const TrainOptions& options() const { return o_; }
@@ -262,11 +264,19 @@ class Trainer {
 
   /// Writes the merged model (W for DWU / full; W_res + s·B A for LoRA / PiSSA) as an HF
   /// checkpoint, atomically. Worker 0 only.
+  /// One target at a time: the engine's merged weight of each target is made as the writer reaches
+  /// it (no merged copy of the model on the host); the other linears come from the host model.
   void save_merged(const std::filesystem::path& dir) {
     if (!root_) return;
-    ModelWeights merged = w_;
-    eng_->merge_into(merged);
-    save_hf_checkpoint(dir, merged, hf_save_options());
+    const auto targets = eng_->info().targets;
+    std::vector<int> slot(std::size_t(w_.config.n_layers) * kModulesPerLayer, -1);
+    for (std::size_t i = 0; i < targets.size(); ++i) slot[std::size_t(targets[i].index())] = int(i);
+    save_hf_checkpoint(dir, w_, hf_save_options(), [&](LinearId id, Matrix& out) {
+      const int i = slot[std::size_t(id.index())];
+      if (i < 0) return false;
+      eng_->merged_weight(std::size_t(i), out);
+      return true;
+    });
   }
   /// Writes the PEFT adapters (lora, pissa; a truncated LoRA of ΔW with --export-lora-rank/-energy)
   /// into o.adapter_dir() (llama/train/lora_export.hpp); returns the truncated export's report.
@@ -682,9 +692,18 @@ class Trainer {
     }
     return so;
   }
-  /// W_init of a target: the copy kept at setup (CPU path), else the host model (the GPU path's base).
+  /// W_init of a target: the copy kept at setup (CPU path), else the host model (the GPU path's
+  /// base; a stored linear is converted into a one-entry cache, valid until the next other id).
   const Matrix& initial_target(LinearId id) const {
-    if (initial_targets_.empty()) return w_.linear(id);
+    if (initial_targets_.empty()) {
+      if (!w_.is_stored(id)) return w_.linear(id);
+      if (!(initial_cached_ == id)) {
+        initial_cached_ = LinearId{-1, Module::q};
+        linear_value(w_, id, initial_cache_);
+        initial_cached_ = id;
+      }
+      return initial_cache_;
+    }
     for (std::size_t i = 0; i < initial_ids_.size(); ++i)
       if (initial_ids_[i] == id) return initial_targets_[i];
     throw LlamaError(cat("adapter export: no initial weight kept for ", id.hf_name()));
@@ -792,6 +811,8 @@ class Trainer {
     // ---- model and tokenizer
     LoadOptions load_opt;
     load_opt.allow_unused = o_.allow_unused;
+    // The GPU engine uploads the target linears from the mapped checkpoint (no host fp32 copy).
+    load_opt.keep_linears_stored = o_.device == Device::Cuda;
     if (!root_) load_opt.warn = [](const std::string&) {};  // rank 0 prints the warnings
     {
       const auto t0 = std::chrono::steady_clock::now();
@@ -799,8 +820,12 @@ class Trainer {
       w_ = load_checkpoint(o_.model, load_opt);
       const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
       if (!o_.quiet)
-        say(cat("loaded ", w_.config.n_layers, " layers in ", fixed(secs, 1), " s (",
-              fixed(double(checkpoint_bytes(o_.model)) / 1e9 / std::max(secs, 1e-9), 2), " GB/s)\n"));
+        say(w_.holds_linears()
+                ? cat("loaded ", w_.config.n_layers, " layers in ", fixed(secs, 1), " s (",
+                      fixed(double(checkpoint_bytes(o_.model)) / 1e9 / std::max(secs, 1e-9), 2), " GB/s)\n")
+                : cat("loaded ", w_.config.n_layers, " layers in ", fixed(secs, 1), " s (embedding, norms, lm_head; the ",
+                      w_.config.n_layers * kModulesPerLayer, " target linears stay mapped: ", w_.stored_linears->describe(),
+                      ", uploaded by the engine)\n"));
     }
     if (tok_->vocab_size() > w_.config.vocab_size)
       throw LlamaError(cat(o_.tokenizer, ": the tokenizer has ", tok_->vocab_size(), " pieces but the model's vocab_size is ",
@@ -1032,6 +1057,8 @@ class Trainer {
   DeviceCommSetup device_comm_;
   std::vector<LinearId> initial_ids_;     // targets whose W_init is kept (adapter exports, CPU path)
   std::vector<Matrix> initial_targets_;
+  mutable Matrix initial_cache_;                         // initial_target()'s stored linear
+  mutable LinearId initial_cached_{-1, Module::q};
   std::optional<TrainState> pissa_init_;  // PiSSA's initial factors (fresh runs with an adapter output)
 };
 
