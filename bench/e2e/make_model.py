@@ -8,7 +8,7 @@ Presets (--preset, default tinyllama):
              max_position 4096
   codellama-34b  CodeLlama-34B's shape (issue 13's one-GPU fit target): hidden 8192, 48 layers, 64 heads,
              8 KV heads, intermediate 22016, max_position 16384; 67.5 GB in bf16 — more than the
-             single-H200 machine's 64 GiB disk (use --layers, or a machine with a larger disk)
+             single-H200 machine's 64 GiB disk: write it with --shard-dirs (below)
 All: vocab 32000 (the LLaMA-2 tokenizer), rope_theta 10000, RMSNorm eps 1e-5, untied lm_head.
 --layers N overrides num_hidden_layers (a shorter model of the same width when time is short; the
 benchmark table reports it). Weights: transformers' own LlamaForCausalLM initialisation (normal,
@@ -18,7 +18,15 @@ save_pretrained (tensors copied to the host one at a time). 7B shape: 13.5 GB on
 the init takes seconds and the write is bound by the disk. No pretrained weights exist here:
 throughput only, never quality. Writes shape.json (preset, layers) beside config.json.
 
-usage: make_model.py OUT_DIR [--preset tinyllama|llama2-7b|codellama-34b] [--layers N] [--seed 0]   (torch + transformers)
+--shard-dirs DIR[,DIR...]: write the weights shard by shard (--max-shard-gb each, default 5) with
+safetensors' save_file instead of save_pretrained, each shard into whichever of the directories
+has the most free space at that moment, symlinked from OUT_DIR; OUT_DIR gets config.json,
+generation_config.json, model.safetensors.index.json and shape.json as save_pretrained writes them.
+Host memory holds one shard at a time. For a checkpoint larger than one filesystem, e.g. the 34B
+shape on the device machine: --shard-dirs /dev/shm/m34,/tmp/m34 (RAM-backed tmpfs + disk).
+
+usage: make_model.py OUT_DIR [--preset tinyllama|llama2-7b|codellama-34b] [--layers N] [--seed 0]
+                     [--shard-dirs DIR,... [--max-shard-gb 5]]   (torch + transformers + safetensors)
 """
 import argparse
 import json
@@ -36,13 +44,63 @@ PRESETS = {
 }
 
 
+def write_sharded(model, out, dirs, max_bytes):
+    """Shards of <= max_bytes (a larger tensor gets its own), each into the directory of `dirs` with the
+    most free space, symlinked from `out`; the index, config and generation config into `out`."""
+    import shutil
+    import torch
+    from safetensors.torch import save_file
+    for d in dirs:
+        os.makedirs(d, exist_ok=True)
+    sd = model.state_dict()
+    groups, cur, size = [], [], 0
+    for name, t in sd.items():
+        b = t.numel() * t.element_size()
+        if cur and size + b > max_bytes:
+            groups.append(cur)
+            cur, size = [], 0
+        cur.append(name)
+        size += b
+    if cur:
+        groups.append(cur)
+    weight_map, total = {}, 0
+    for i, names in enumerate(groups):
+        fname = f"model-{i + 1:05d}-of-{len(groups):05d}.safetensors"
+        need = sum(sd[n].numel() * sd[n].element_size() for n in names)
+        d = max(dirs, key=lambda x: shutil.disk_usage(x).free)
+        free = shutil.disk_usage(d).free
+        if free < need + (1 << 28):
+            raise SystemExit(f"make_model.py: shard {fname} needs {need / 1e9:.2f} GB, the roomiest of {dirs} ({d}) "
+                             f"has {free / 1e9:.2f} GB free")
+        path = os.path.join(d, fname)
+        save_file({n: sd[n].detach().to("cpu").contiguous() for n in names}, path, metadata={"format": "pt"})
+        link = os.path.join(out, fname)
+        if os.path.abspath(path) != os.path.abspath(link):
+            if os.path.lexists(link):
+                os.remove(link)
+            os.symlink(os.path.abspath(path), link)
+        for n in names:
+            weight_map[n] = fname
+        total += need
+        print(f"make_model.py: {fname} ({len(names)} tensors, {need / 1e9:.2f} GB) -> {d}", flush=True)
+        torch.cuda.empty_cache() if torch.cuda.is_available() else None
+    with open(os.path.join(out, "model.safetensors.index.json"), "w") as f:
+        json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
+    model.config.save_pretrained(out)
+    if getattr(model, "generation_config", None) is not None:
+        model.generation_config.save_pretrained(out)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("out")
     ap.add_argument("--preset", choices=sorted(PRESETS), default="tinyllama")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--layers", type=int, default=0, help="num_hidden_layers override (0 = the preset's)")
+    ap.add_argument("--shard-dirs", default="", help="comma-separated directories for the shards (see above)")
+    ap.add_argument("--max-shard-gb", type=float, default=5.0)
     a = ap.parse_args()
+    shard_dirs = [d for d in a.shard_dirs.split(",") if d]
     import torch
     import transformers
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -73,7 +131,10 @@ def main():
         torch.cuda.synchronize()
     t1 = time.time()
     os.makedirs(a.out, exist_ok=True)
-    model.save_pretrained(a.out, max_shard_size="5GB")
+    if shard_dirs:
+        write_sharded(model, a.out, shard_dirs, int(a.max_shard_gb * 1e9))
+    else:
+        model.save_pretrained(a.out, max_shard_size="5GB")
     with open(os.path.join(a.out, "shape.json"), "w") as f:
         json.dump({"preset": a.preset, "layers": kw["num_hidden_layers"], "preset_layers": full_layers,
                    "parameters": n, "seed": a.seed}, f)

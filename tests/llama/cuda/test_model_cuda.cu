@@ -12,6 +12,7 @@
 #include <doctest/doctest.h>
 
 #include <cmath>
+#include <unistd.h>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -844,4 +845,98 @@ TEST_CASE("PinnedUploader: the same bits as the device-side conversion (ties, su
     }
   INFO("first difference at " << first);
   CHECK(diff == 0);
+}
+
+TEST_CASE("PinnedUploader::upload_stored: BF16 / F16 / F32 bytes (unaligned) give the bits of converting to fp32 first") {
+  // The stored-linear upload (a mapped checkpoint's values in their own dtype, at any alignment)
+  // against upload() of the same values converted to fp32 on the host (exact): equal bits, into
+  // bf16 and fp32 arrays, over several chunks with a threaded fill.
+  using hdpissa::llama::gpu::detail_cuda::PinnedUploader;
+  const std::int64_t n = (std::int64_t(1) << 21) + 777;
+  std::mt19937 rng(9);
+  std::uniform_int_distribution<int> bits(0, 0xffff);
+  std::vector<std::uint16_t> h16(static_cast<std::size_t>(n));
+  for (auto& v : h16) v = static_cast<std::uint16_t>(bits(rng));
+  for (const DType d : {DType::BF16, DType::F16, DType::F32}) {
+    const std::string dname = dtype_name(d);
+    INFO("stored dtype " << dname);
+    std::vector<float> f32(static_cast<std::size_t>(n));
+    for (std::size_t i = 0; i < f32.size(); ++i)
+      f32[i] = d == DType::F16 ? f16_to_float(h16[i]) : bf16_to_float(h16[i]) * (d == DType::F32 ? 1.0009765625f : 1.0f);
+    // the stored bytes, one byte off alignment
+    std::vector<char> raw(static_cast<std::size_t>(n) * dtype_size(d) + 1);
+    const char* src = raw.data() + 1;
+    if (d == DType::F32) std::memcpy(raw.data() + 1, f32.data(), std::size_t(n) * 4);
+    else std::memcpy(raw.data() + 1, h16.data(), std::size_t(n) * 2);
+    hdpissa::CudaStream stream;
+    auto both = [&](auto tag) {
+      using T = decltype(tag);
+      hdpissa::DeviceBuffer<T> a(static_cast<std::size_t>(n)), b(static_cast<std::size_t>(n));
+      {
+        PinnedUploader<T> up(stream.get(), std::int64_t(1) << 19);
+        up.upload_stored(d, src, a.get(), n);
+        up.upload(f32.data(), b.get(), n);
+        up.finish();
+      }
+      std::vector<T> ha(static_cast<std::size_t>(n)), hb(static_cast<std::size_t>(n));
+      REQUIRE(cudaMemcpy(ha.data(), a.get(), ha.size() * sizeof(T), cudaMemcpyDeviceToHost) == cudaSuccess);
+      REQUIRE(cudaMemcpy(hb.data(), b.get(), hb.size() * sizeof(T), cudaMemcpyDeviceToHost) == cudaSuccess);
+      CHECK(std::memcmp(ha.data(), hb.data(), ha.size() * sizeof(T)) == 0);
+    };
+    both(bf16{});
+    both(float{});
+  }
+  hdpissa::CudaStream stream;
+  hdpissa::DeviceBuffer<bf16> x(4);
+  PinnedUploader<bf16> up(stream.get(), 4);
+  CHECK_THROWS_WITH_AS(up.upload_stored(DType::I32, reinterpret_cast<const char*>(h16.data()), x.get(), 2),
+                       doctest::Contains("expected F32, BF16 or F16 values, found I32"), LlamaError);
+}
+
+TEST_CASE("CudaLlama from stored linears: the device weights and logits of the full load (F32 / BF16 / F16 checkpoints)") {
+  // The GPU paths load HF checkpoints with LoadOptions::keep_linears_stored: the model uploads each
+  // target linear from the mapped file. Against the model built from the fully loaded (fp32 host)
+  // weights of the same checkpoint: every linear bit-identical after download, and the logits of
+  // one batch bit-identical, for fp32 and bf16 models.
+  const ModelWeights base = load_checkpoint(stories_dir());
+  const fs::path dir = fs::temp_directory_path() / cat("hdpissa-stored-", ::getpid());
+  fs::remove_all(dir);
+  const Batch batch = make_batch(base.config.vocab_size, 24, {24, 17}, 4, 3);
+  for (const DType d : {DType::F32, DType::BF16, DType::F16}) {
+    const std::string dname = dtype_name(d);
+    INFO("checkpoint dtype " << dname);
+    SaveOptions so;
+    so.dtype = d;
+    save_hf_checkpoint(dir / dname, base, so);
+    const ModelWeights full = load_checkpoint(dir / dname);
+    LoadOptions lo;
+    lo.keep_linears_stored = true;
+    const ModelWeights st = load_checkpoint(dir / dname, lo);
+    REQUIRE_FALSE(st.holds_linears());
+    auto compare = [&](auto tag) {
+      using T = decltype(tag);
+      hdpissa::CudaStream stream;
+      CudaLlama<T> a(full, batch.batch_size, batch.seq_len, stream.get()), b(st, batch.batch_size, batch.seq_len, stream.get());
+      long differ = 0;
+      for (int l = 0; l < base.config.n_layers; ++l)
+        for (int m = 0; m < kModulesPerLayer; ++m) {
+          const LinearId id{l, static_cast<Module>(m)};
+          Matrix x, y;
+          a.download_linear(id, x);
+          b.download_linear(id, y);
+          differ += !(x == y);
+        }
+      CHECK(differ == 0);
+      hdpissa::CudaBackend<T> be(stream.get(), {});
+      CudaHooks<T> ha(be), hb(be);
+      std::vector<float> la, lb;
+      a.forward_logits(batch, ha, la);
+      b.forward_logits(batch, hb, lb);
+      REQUIRE(la.size() == lb.size());
+      CHECK(std::memcmp(la.data(), lb.data(), la.size() * sizeof(float)) == 0);
+    };
+    compare(float{});
+    compare(bf16{});
+  }
+  fs::remove_all(dir);
 }

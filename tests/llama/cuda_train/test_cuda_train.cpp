@@ -235,6 +235,55 @@ TEST_CASE("bf16: first loss matches fp32, training lowers the held-out loss, che
   }
 }
 
+// Stored linears (llama/stored_linears.hpp): under --device cuda the trainer loads HF checkpoints
+// without converting the target linears; the model uploads them from the mapping and the methods'
+// fp32 inputs (masters, SVD inputs) come from the model's bf16 copy (a BF16 checkpoint: widened on
+// the device) or from the stored values converted one at a time (any other dtype). A BF16
+// checkpoint and an F32 checkpoint holding the same (bf16-exact) values take those two different
+// routes to the same device state, so every run must be bit-identical between them: losses, the
+// merged weights, the saved checkpoint. Methods: hdpissa (bf16-sr: SVD inputs without masters),
+// pissa (W_res formed in fp32), lora-dwu with fp32 masters (the masters' upload), and fp32 compute
+// (bf16 → fp32 widening on the host side of the upload). The trainer also reports the stored load.
+TEST_CASE("stored linears: a BF16 checkpoint and its F32 copy train bit-identically on the GPU") {
+  ModelWeights w = load_checkpoint((data_dir() / "stories260K-hf").string());
+  w.for_each_parameter([](const std::string&, float* p, std::int64_t n, const std::vector<std::int64_t>&) {
+    for (std::int64_t i = 0; i < n; ++i) p[i] = bf16_to_float(float_to_bf16(p[i]));  // bf16-exact values
+  });
+  const fs::path f32 = scratch() / "stored-f32", b16 = scratch() / "stored-bf16";
+  SaveOptions so;
+  so.source_config_dir = data_dir() / "stories260K-hf";
+  save_hf_checkpoint(f32, w, so);
+  so.dtype = DType::BF16;
+  save_hf_checkpoint(b16, w, so);
+  struct Case { const char* method; ComputeDtype dtype; const char* wprec; };
+  for (const Case c : {Case{"hdpissa", ComputeDtype::Bf16, "bf16-sr"}, Case{"pissa", ComputeDtype::Bf16, ""},
+                       Case{"lora-dwu", ComputeDtype::Bf16, "fp32-master"}, Case{"hdpissa", ComputeDtype::Fp32, ""}}) {
+    const std::string tag = cat(c.method, c.dtype == ComputeDtype::Bf16 ? "-bf16" : "-fp32");
+    INFO(tag);
+    std::vector<std::vector<double>> losses;
+    std::vector<ModelWeights> merged;
+    for (const fs::path& model : {f32, b16}) {
+      TrainOptions o = base_options(c.method, cat("stored-", tag, "-", model.filename().string()));
+      o.model = model.string();
+      o.device = Device::Cuda;
+      o.dtype = c.dtype;
+      if (*c.wprec) REQUIRE(hdpissa::parse_w_precision(c.wprec, o.w_precision));
+      o.output = (scratch() / cat("stored-out-", tag, "-", model.filename().string())).string();
+      fs::remove_all(o.output);
+      o.quiet = false;
+      Run r(o);
+      CHECK(r.log.str().find("target linears stay mapped") != std::string::npos);
+      losses.push_back(step_losses(o.metrics));
+      merged.push_back(r.merged());
+      CHECK(r.t->model().stored_linears != nullptr);
+      CHECK(same_targets(load_checkpoint(o.output), merged.back()));  // the streamed save
+    }
+    REQUIRE(losses[0].size() == 3);
+    CHECK(losses[0] == losses[1]);
+    CHECK(same_targets(merged[0], merged[1]));
+  }
+}
+
 // Issue 13 item 1: with --dtype bf16, lora / pissa keep their frozen W (PiSSA: W_res, formed in fp32
 // then rounded once) only as the model's bf16 copy: 2 bytes per target parameter, no fp32 master.
 //  - the reported w_bytes_per_param (startup info and the summary record): 2 for lora / pissa bf16,

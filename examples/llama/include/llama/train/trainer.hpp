@@ -937,6 +937,7 @@ class Trainer {
           initial_ids_.push_back({l, m});
           initial_targets_.push_back(w_.linear({l, m}));
         }
+    const auto t_engine = std::chrono::steady_clock::now();
     switch (o_.device) {
       case Device::Cpu: eng_ = std::make_unique<CpuEngine<Comm>>(o_, w_, *comm_, resume, init_progress()); break;
       case Device::Cuda:
@@ -951,6 +952,10 @@ class Trainer {
                                resume);
         break;
     }
+    if (!o_.quiet)
+      say(cat("engine ready in ", fixed(std::chrono::duration<double>(std::chrono::steady_clock::now() - t_engine).count(), 1),
+              " s (", eng_->info().device, resume ? ": factors from the saved state" : ": model upload + adapter initialisation",
+              ")\n"));
 
     if (saved) {
       eng_->load_state(*saved, resume_dir_.string());
