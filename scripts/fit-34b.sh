@@ -17,7 +17,9 @@
 # Env: PREBUILT (dir with hdpissa-train) or BIN [build/gpu/examples/llama], WORK [/tmp/fit34],
 #   SHARD_DIRS [/dev/shm/hdpissa-m34,$WORK/shards], STEPS [4], MB [2], SEQ [512], LAYERS [48]
 #   (a shorter model of the same width), W_PRECISION [bf16-sr], EXTRA (more hdpissa-train flags),
-#   THROUGHPUT_DATA [.devdata/throughput], OUT [build/gpu/fit34], KEEP_MODEL [0].
+#   THROUGHPUT_DATA [.devdata/throughput], OUT [build/gpu/fit34], KEEP_MODEL [0], RAM_GB [what is
+#   missing + 4] (the tmpfs mounted, as root, when SHARD_DIRS lack the room). Cleanup removes only the
+#   model-*-of-*.safetensors shards, the directories left empty and the checkpoint directory.
 # Output: OUT/fit34.md (one table), OUT/train.log, OUT/metrics.jsonl, OUT/smi.csv, OUT/make_model.log.
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -35,19 +37,48 @@ mkdir -p "$OUT" "$WORK"
 MODEL="$WORK/codellama-34b-L$LAYERS"
 cleanup() {
   [[ -n "${SMI_PID:-}" ]] && kill "$SMI_PID" 2>/dev/null
-  if [[ "${KEEP_MODEL:-0}" != 1 ]]; then
-    IFS=',' read -ra _d <<<"$SHARD_DIRS"; rm -rf "$MODEL" "${_d[@]}"
+  if [[ "${KEEP_MODEL:-0}" != 1 ]]; then  # only what make_model.py wrote: the shards, then the empty dirs
+    IFS=',' read -ra _d <<<"$SHARD_DIRS"
+    for d in "${_d[@]}"; do
+      rm -f "$d"/model-*-of-*.safetensors
+      rmdir "$d" 2>/dev/null
+    done
+    rm -rf "$MODEL"
+    [[ -n "${RAM_MOUNT:-}" ]] && umount "$RAM_MOUNT" 2>/dev/null && rmdir "$RAM_MOUNT" 2>/dev/null
   fi
 }
 trap cleanup EXIT
 say() { echo "[fit-34b $(date +%T)] $*" | tee -a "$OUT/fit34.log"; }
 say "free: $(free -g | awk '/Mem:/{print $2" GiB RAM, "$7" available"}'); /dev/shm $(df -h /dev/shm | awk 'NR==2{print $4}') free; $WORK $(df -h "$WORK" | awk 'NR==2{print $4}') free"
 
-# ---- 1. the checkpoint
+# ---- 1. the checkpoint (67.5 GB at 48 layers): if SHARD_DIRS lack the room (a container's /dev/shm
+# can be tiny) and we are root, a tmpfs of RAM_GB [48] is mounted at $WORK/ram and added to them
+need_gb=$(( 3 + 68 * LAYERS / 48 ))
+have_gb=0
+IFS=',' read -ra _dirs <<<"$SHARD_DIRS"
+declare -A _seen=()  # free space per filesystem, counted once
+for d in "${_dirs[@]}"; do
+  mkdir -p "$d" 2>/dev/null || continue
+  fsid=$(stat -f -c %i "$d")
+  [[ -n "${_seen[$fsid]:-}" ]] && continue
+  _seen[$fsid]=1
+  have_gb=$(( have_gb + $(df -BG --output=avail "$d" | tail -1 | tr -dc 0-9) ))
+done
+if [[ ! -f "$MODEL/config.json" ]] && (( have_gb < need_gb )); then
+  ram_gb=${RAM_GB:-$(( need_gb - have_gb + 4 ))}
+  if [[ $(id -u) == 0 ]] && mkdir -p "$WORK/ram" && mount -t tmpfs -o size="${ram_gb}g" tmpfs "$WORK/ram" 2>>"$OUT/fit34.log" \
+     && (( have_gb + ram_gb >= need_gb )); then
+    RAM_MOUNT="$WORK/ram"; SHARD_DIRS="$SHARD_DIRS,$RAM_MOUNT"
+    say "SHARD_DIRS had ${have_gb} GB of the ${need_gb} needed: mounted a ${ram_gb} GB tmpfs at $RAM_MOUNT"
+  else
+    say "SHARD_DIRS ($SHARD_DIRS) have ${have_gb} GB free, the checkpoint needs ~${need_gb} GB, and no tmpfs could be mounted: set SHARD_DIRS or LAYERS"
+    exit 2
+  fi
+fi
 if [[ ! -f "$MODEL/config.json" ]]; then
   s=$(date +%s)
   layer_flag=(); [[ "$LAYERS" != 48 ]] && layer_flag=(--layers "$LAYERS")
-  python3 "$ROOT/bench/e2e/make_model.py" "$MODEL" --preset codellama-34b "${layer_flag[@]}" --seed 0 \
+  python3 "$ROOT/bench/e2e/make_model.py" "$MODEL" --preset codellama-34b ${layer_flag[@]+"${layer_flag[@]}"} --seed 0 \
     --shard-dirs "$SHARD_DIRS" >"$OUT/make_model.log" 2>&1 || { say "make_model.py failed:"; tail -5 "$OUT/make_model.log"; exit 1; }
   say "model: $(tail -1 "$OUT/make_model.log" | cut -c1-200) ($(( $(date +%s) - s )) s)"
 fi
@@ -59,7 +90,7 @@ timefmt=()
 [[ -x /usr/bin/time ]] && timefmt=(/usr/bin/time -v -o "$OUT/time.txt")
 s=$(date +%s.%N)
 # shellcheck disable=SC2086
-"${timefmt[@]}" "$T" --device cuda --dtype bf16 --model "$MODEL" --tokenizer "$DEV/tokenizer.model" --data "$DEV/train.jsonl" \
+${timefmt[@]+"${timefmt[@]}"} "$T" --device cuda --dtype bf16 --model "$MODEL" --tokenizer "$DEV/tokenizer.model" --data "$DEV/train.jsonl" \
   --method hdpissa --groups-per-process 1 --rank 16 --alpha 16 --targets q,k,v,o,gate,up,down --svd randomized \
   --w-precision "$W_PRECISION" --micro-batch "$MB" --grad-accum 1 --max-len "$SEQ" --max-steps "$STEPS" --lr 2e-5 \
   --warmup-ratio 0 --log-every 1 --metrics "$OUT/metrics.jsonl" ${EXTRA:-} >"$OUT/train.log" 2>&1
@@ -99,9 +130,12 @@ print(f"| peak device memory (trainer, cudaMemGetInfo) | {peak / 2**30:.1f} GiB 
 if smi:
     print(f"| peak device memory (nvidia-smi, 0.5 s samples) | {max(u for u, _ in smi) / 1024:.1f} GiB of {smi[0][1] / 1024:.1f} |")
 print(f"| host peak RSS (/usr/bin/time) | {rss} |")
-print(f"| W bytes per target parameter | {grab(r'W (\d+) bytes per target parameter')} |")
-print(f"| load | {grab(r'loaded \d+ layers in ([0-9.]+ s)')} |")
-print(f"| engine (upload + SVD inits) | {grab(r'engine ready in ([0-9.]+ s)')} |")
+wbytes = grab(r"W (\d+) bytes per target parameter")
+load = grab(r"loaded \d+ layers in ([0-9.]+ s)")
+engine = grab(r"engine ready in ([0-9.]+ s)")
+print(f"| W bytes per target parameter | {wbytes} |")
+print(f"| load | {load} |")
+print(f"| engine (upload + SVD inits) | {engine} |")
 print(f"| tokens/s (steps after the first, median) | {sorted(tps)[len(tps) // 2]:.0f} |" if tps else "| tokens/s | ? |")
 print(f"| final loss | {steps[-1]['loss']:.4f} |" if steps else "| final loss | ? |")
 PY

@@ -86,6 +86,8 @@ def write_sharded(model, out, dirs, max_bytes):
         torch.cuda.empty_cache() if torch.cuda.is_available() else None
     with open(os.path.join(out, "model.safetensors.index.json"), "w") as f:
         json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
+    model.config.torch_dtype = torch.bfloat16  # as save_pretrained records them
+    model.config.architectures = [type(model).__name__]
     model.config.save_pretrained(out)
     if getattr(model, "generation_config", None) is not None:
         model.generation_config.save_pretrained(out)

@@ -169,3 +169,31 @@ TEST_CASE("parse_w_precision / w_precision_name round trip") {
   WPrecision q{};
   CHECK_FALSE(parse_w_precision("bf16", q));
 }
+
+TEST_CASE("checked_w_storage: the validation both updates share names the parameter and what is missing") {
+  std::uint16_t w[12] = {}, c[12] = {};
+  Bf16WStorage s;
+  s.policy = WPrecision::Bf16StochasticRounding;
+  s.w = w;
+  s.ldw = 4;
+  const Bf16WStorage ok = checked_w_storage(s, "layer0.q", 3, 4, "add_layer");
+  CHECK(ok.cols == 4);
+  CHECK(ok.w == w);
+  Bf16WStorage bad = s;
+  bad.policy = WPrecision::Fp32Master;
+  CHECK_THROWS_WITH(checked_w_storage(bad, "layer0.q", 3, 4, "add_param"),
+                    doctest::Contains("set_w_storage('layer0.q'): Fp32Master keeps W in the fp32 view given to add_param"));
+  bad = s;
+  bad.ldw = 3;
+  CHECK_THROWS_WITH(checked_w_storage(bad, "layer0.q", 3, 4, "add_layer"), doctest::Contains("no W storage or ld < 4"));
+  bad = s;
+  bad.w = nullptr;
+  CHECK_THROWS_WITH(checked_w_storage(bad, "layer0.q", 3, 4, "add_layer"), doctest::Contains("no W storage"));
+  bad = s;
+  bad.policy = WPrecision::Bf16Compensated;
+  CHECK_THROWS_WITH(checked_w_storage(bad, "layer0.q", 3, 4, "add_layer"),
+                    doctest::Contains("Bf16Compensated needs a compensation buffer of (3, 4)"));
+  bad.c = c;
+  bad.ldc = 4;
+  CHECK(checked_w_storage(bad, "layer0.q", 3, 4, "add_layer").c == c);
+}

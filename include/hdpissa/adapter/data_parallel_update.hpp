@@ -70,15 +70,7 @@ class DataParallelUpdate {
   void set_w_storage(std::size_t i, Bf16WStorage s) {
     static_assert(std::is_same_v<S, float>, "set_w_storage: the update's delta must be fp32 (an fp32 backend)");
     auto& p = params_.at(i);
-    HDPISSA_REQUIRE(s.policy != WPrecision::Fp32Master, "set_w_storage('", p.name,
-                    "'): Fp32Master keeps the parameter in the fp32 view given to add_param; expected a bf16 policy");
-    HDPISSA_REQUIRE(s.w != nullptr && s.ldw >= p.value.cols, "set_w_storage('", p.name, "'): no W storage or ld < ",
-                    p.value.cols);
-    HDPISSA_REQUIRE(s.policy != WPrecision::Bf16Compensated || (s.c != nullptr && s.ldc >= p.value.cols),
-                    "set_w_storage('", p.name, "'): Bf16Compensated needs a compensation buffer of ",
-                    shape_str(p.value.rows, p.value.cols));
-    s.cols = p.value.cols;
-    p.wst = s;
+    p.wst = checked_w_storage(s, p.name, p.value.rows, p.value.cols, "add_param");
     p.bf16_w = true;
     if (!kernels_) kernels_.emplace(*b_);
   }
@@ -151,10 +143,9 @@ class DataParallelUpdate {
         param = CV(wide);
       }
       opt_.compute_delta(*b_, p.st, param, CV(grad(i, 0)), d, lr);
-      b_->scale(d, S(-1));  // Δ = −delta (exact): the rule computes w + Δ
       Bf16WStorage st = p.wst;
       st.step = w_step_;
-      kernels_->apply_w_storage(CV(d), st);
+      kernels_->apply_w_storage(CV(d), st, -1.0f);  // Δ = −delta (exact) in the apply: the rule computes w + Δ
     }
     ++steps_;
     ++w_step_;

@@ -128,13 +128,7 @@ class DirectWeightUpdate {
   void set_w_storage(std::size_t layer, Bf16WStorage s) {
     static_assert(std::is_same_v<S, float>, "set_w_storage: the update's Δ must be fp32 (an fp32 master backend)");
     auto& l = layers_.at(layer);
-    HDPISSA_REQUIRE(s.policy != WPrecision::Fp32Master, "set_w_storage('", l.name,
-                    "'): Fp32Master keeps W in the fp32 view given to add_layer; expected a bf16 policy");
-    HDPISSA_REQUIRE(s.w != nullptr && s.ldw >= l.in, "set_w_storage('", l.name, "'): no W storage or ld < ", l.in);
-    HDPISSA_REQUIRE(s.policy != WPrecision::Bf16Compensated || (s.c != nullptr && s.ldc >= l.in), "set_w_storage('",
-                    l.name, "'): Bf16Compensated needs a compensation buffer of ", shape_str(l.out, l.in));
-    s.cols = l.in;
-    l.wst = s;
+    l.wst = checked_w_storage(s, l.name, l.out, l.in, "add_layer");
     l.bf16_w = true;
   }
   /// The step number the stochastic rounding of the next step() uses (its counter-based hash

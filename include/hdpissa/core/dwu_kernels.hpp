@@ -79,14 +79,15 @@ class DwuGenericKernels {
     }
   }
 
-  /// Folds a layer's dense update D (rows, cols) into its bf16 storage `w` by the policy's rule,
-  /// element by element (the unfused path; host memory here, the CUDA specialisation overrides).
-  void apply_w_storage(CV D, const Bf16WStorage& w) {
+  /// Folds a layer's dense update Δ = sign · D (D (rows, cols); sign +1 or −1, so Δ is exact) into
+  /// its bf16 storage `w` by the policy's rule, element by element (the unfused path; host memory
+  /// here, the CUDA specialisation overrides). sign −1 serves an optimizer's p ← p − delta.
+  void apply_w_storage(CV D, const Bf16WStorage& w, float sign = 1.0f) {
     if constexpr (std::is_same_v<typename B::memory_space, host_memory>) {
       for (index_t i = 0; i < D.rows; ++i)
-        for (index_t j = 0; j < D.cols; ++j) w.apply(i, j, float(D.data[i * D.ld + j]));
+        for (index_t j = 0; j < D.cols; ++j) w.apply(i, j, sign * float(D.data[i * D.ld + j]));
     } else {
-      (void)D, (void)w;
+      (void)D, (void)w, (void)sign;
       throw InvalidArgument("DwuKernels: this backend has no kernel for a bf16 W storage");
     }
   }

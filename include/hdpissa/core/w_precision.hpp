@@ -24,6 +24,7 @@
 #include <string_view>
 
 #include "hdpissa/core/config.hpp"
+#include "hdpissa/core/error.hpp"
 #include "hdpissa/core/random.hpp"
 
 namespace hdpissa {
@@ -160,6 +161,21 @@ struct Bf16WStorage {
       Bf16StochasticRounding{seed, step}(w[i * ldw + j], delta, offset + std::uint64_t(i * cols + j));
   }
 };
+
+/// `s` checked for the (rows, cols) parameter `name` (whose fp32 view was registered by
+/// `registered_by`, e.g. "add_layer"), with s.cols set: the validation DirectWeightUpdate and
+/// DataParallelUpdate::set_w_storage share (a bf16 policy, W storage with ld ≥ cols, and a
+/// compensation buffer for Bf16Compensated).
+inline Bf16WStorage checked_w_storage(Bf16WStorage s, std::string_view name, index_t rows, index_t cols,
+                                      std::string_view registered_by) {
+  HDPISSA_REQUIRE(s.policy != WPrecision::Fp32Master, "set_w_storage('", name, "'): Fp32Master keeps W in the fp32 view given to ",
+                  registered_by, "; expected a bf16 policy");
+  HDPISSA_REQUIRE(s.w != nullptr && s.ldw >= cols, "set_w_storage('", name, "'): no W storage or ld < ", cols);
+  HDPISSA_REQUIRE(s.policy != WPrecision::Bf16Compensated || (s.c != nullptr && s.ldc >= cols), "set_w_storage('", name,
+                  "'): Bf16Compensated needs a compensation buffer of ", shape_str(rows, cols));
+  s.cols = cols;
+  return s;
+}
 
 /// Parses "fp32-master" | "bf16-compensated" | "bf16-sr"; false if `s` is none of them.
 inline bool parse_w_precision(std::string_view s, WPrecision& out) {

@@ -244,6 +244,8 @@ TEST_CASE("bf16: first loss matches fp32, training lowers the held-out loss, che
 // merged weights, the saved checkpoint. Methods: hdpissa (bf16-sr: SVD inputs without masters),
 // pissa (W_res formed in fp32), lora-dwu with fp32 masters (the masters' upload), and fp32 compute
 // (bf16 → fp32 widening on the host side of the upload). The trainer also reports the stored load.
+// The F32 route itself is checked against the independent CPU trainer (which loads in full) by
+// "fp32 GPU equals the CPU trainer for every method" above: stories260K-hf is an F32 checkpoint.
 TEST_CASE("stored linears: a BF16 checkpoint and its F32 copy train bit-identically on the GPU") {
   ModelWeights w = load_checkpoint((data_dir() / "stories260K-hf").string());
   w.for_each_parameter([](const std::string&, float* p, std::int64_t n, const std::vector<std::int64_t>&) {
@@ -269,6 +271,7 @@ TEST_CASE("stored linears: a BF16 checkpoint and its F32 copy train bit-identica
       o.dtype = c.dtype;
       if (*c.wprec) REQUIRE(hdpissa::parse_w_precision(c.wprec, o.w_precision));
       o.output = (scratch() / cat("stored-out-", tag, "-", model.filename().string())).string();
+      o.output_dtype = OutputDtype::F32;  // auto would save the BF16 input's runs in bf16
       fs::remove_all(o.output);
       o.quiet = false;
       Run r(o);

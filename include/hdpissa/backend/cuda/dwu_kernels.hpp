@@ -193,21 +193,21 @@ inline void launch_non_finite_batch(cudaStream_t s, const ViewDesc* views, int c
 
 // ---------------------------------------------------------------- bf16 W storage (W-precision policies)
 
-/// The unfused policy apply: every element of the dense update D (rows, cols) folded into the bf16
-/// storage by its rule (the same function as the CPU loop and the fused epilogue).
+/// The unfused policy apply: every element of the dense update Δ = sign · D (rows, cols; sign ±1)
+/// folded into the bf16 storage by its rule (the same function as the CPU loop and the fused epilogue).
 template <int = 0>
 __global__ void apply_w_storage_kernel(const float* __restrict__ D, index_t ldd, index_t rows, index_t cols,
-                                       Bf16WStorage w) {
+                                       Bf16WStorage w, float sign) {
   const index_t n = rows * cols;
   for (index_t idx = index_t(blockIdx.x) * blockDim.x + threadIdx.x; idx < n; idx += index_t(gridDim.x) * blockDim.x) {
     const index_t i = idx / cols, j = idx - i * cols;
-    w.apply(i, j, D[i * ldd + j]);
+    w.apply(i, j, sign * D[i * ldd + j]);
   }
 }
 inline void launch_apply_w_storage(cudaStream_t s, const float* D, index_t ldd, index_t rows, index_t cols,
-                                   const Bf16WStorage& w) {
+                                   const Bf16WStorage& w, float sign = 1.0f) {
   if (rows * cols == 0) return;
-  apply_w_storage_kernel<><<<grid_for(rows * cols), kThreads, 0, s>>>(D, ldd, rows, cols, w);
+  apply_w_storage_kernel<><<<grid_for(rows * cols), kThreads, 0, s>>>(D, ldd, rows, cols, w, sign);
   HDPISSA_CUDA_CHECK_LAUNCH("apply_w_storage_kernel");
 }
 
@@ -395,14 +395,15 @@ class DwuKernels<CudaBackend<S>> : public DwuGenericKernels<CudaBackend<S>> {
       return true;
     }
   }
-  /// The unfused policy apply: the dense update D (out, in), fp32, folded into the bf16 storage.
-  void apply_w_storage(CV D, const Bf16WStorage& w) {
+  /// The unfused policy apply: the dense update Δ = sign · D (out, in; fp32, sign ±1) folded into
+  /// the bf16 storage.
+  void apply_w_storage(CV D, const Bf16WStorage& w, float sign = 1.0f) {
     if constexpr (!std::is_same_v<S, float>) {
-      (void)D, (void)w;
+      (void)D, (void)w, (void)sign;
       throw InvalidArgument("DwuKernels<CudaBackend>: a bf16 W storage needs the fp32 master backend");
     } else {
       cuda_kernels::launch_apply_w_storage(this->backend().stream(), D.data, index_t(cuda_detail::ld_of(D)), D.rows,
-                                           D.cols, w);
+                                           D.cols, w, sign);
     }
   }
   /// The exact fp32 values of the storage's W into `dst` (its shape): the backend's bf16 → fp32

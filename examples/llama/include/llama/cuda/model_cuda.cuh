@@ -299,8 +299,8 @@ class PinnedUploader {
     upload_stored(DType::F32, reinterpret_cast<const char*>(host), dst, n);
   }
   /// Enqueues dst[0, n) ← T(the n values of `dtype` (F32, BF16 or F16) at `src`, any alignment):
-  /// the same bits as converting them to fp32 first (exact) and uploading that. `src` must stay
-  /// valid until finish().
+  /// the same bits as converting them to fp32 first (exact) and uploading that, NaN payloads aside
+  /// (BF16 into bf16 is a copy, which keeps them). `src` is read before this returns.
   void upload_stored(DType dtype, const char* src, T* dst, std::int64_t n) {
     if (dtype != DType::F32 && dtype != DType::BF16 && dtype != DType::F16)
       throw LlamaError(cat("PinnedUploader: expected F32, BF16 or F16 values, found ", dtype_name(dtype)));
