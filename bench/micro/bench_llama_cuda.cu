@@ -15,8 +15,10 @@
 //    or gemm (materialised scores, cuBLAS); with flash the attention FLOPs counted are those of the
 //    causal 64×64 tiles it executes (2 fwd + 7 bwd tile products: dK/dV and dQ kernels).
 //
-// Usage: bench_llama_cuda [--layers 22] [--batch 2] [--seq 512] [--steps 20] [--warmup 3] [--fp32]
-//                         [--attention auto|flash|gemm]
+// Usage: bench_llama_cuda [--shape tinyllama|llama2-7b] [--layers N] [--batch 2] [--seq 512] [--steps 20]
+//                         [--warmup 3] [--fp32] [--attention auto|flash|gemm]
+// --shape llama2-7b: hidden 4096, 32 layers, 32 heads (no GQA), head_dim 128, MLP 11008, vocab 32000
+// (the trainer's 7B benchmark shape; the bare model beside `hdpissa-train --profile` of the same shape).
 
 #include <cuda_bf16.h>
 
@@ -37,9 +39,9 @@ using hdpissa::llama::gpu::CudaLlama;
 namespace {
 
 struct Args {
-  int layers = 22, batch = 2, seq = 512, steps = 20, warmup = 3;
+  int layers = 0, batch = 2, seq = 512, steps = 20, warmup = 3;  // layers 0: the shape's
   bool fp32 = false;
-  std::string attention = "auto";
+  std::string attention = "auto", shape = "tinyllama";
 };
 
 Args parse(int argc, char** argv) {
@@ -56,6 +58,14 @@ Args parse(int argc, char** argv) {
     else if (k == "--steps") a.steps = next();
     else if (k == "--warmup") a.warmup = next();
     else if (k == "--fp32") a.fp32 = true;
+    else if (k == "--shape") {
+      if (i + 1 >= argc) { std::fprintf(stderr, "expected a value after --shape\n"); std::exit(2); }
+      a.shape = argv[++i];
+      if (a.shape != "tinyllama" && a.shape != "llama2-7b") {
+        std::fprintf(stderr, "--shape: expected tinyllama or llama2-7b, found '%s'\n", a.shape.c_str());
+        std::exit(2);
+      }
+    }
     else if (k == "--attention") {
       if (i + 1 >= argc) { std::fprintf(stderr, "expected a value after --attention\n"); std::exit(2); }
       a.attention = argv[++i];
@@ -64,21 +74,22 @@ Args parse(int argc, char** argv) {
         std::exit(2);
       }
     }
-    else { std::fprintf(stderr, "unknown flag %s (expected --layers --batch --seq --steps --warmup --fp32 --attention)\n", k.c_str()); std::exit(2); }
+    else { std::fprintf(stderr, "unknown flag %s (expected --shape --layers --batch --seq --steps --warmup --fp32 --attention)\n", k.c_str()); std::exit(2); }
   }
   return a;
 }
 
-ModelConfig tinyllama(int layers) {
+ModelConfig model_shape(const std::string& shape, int layers) {
   ModelConfig c;
-  c.dim = 2048;
-  c.hidden_dim = 5632;
-  c.n_layers = layers;
+  const bool l7 = shape == "llama2-7b";
+  c.dim = l7 ? 4096 : 2048;
+  c.hidden_dim = l7 ? 11008 : 5632;
+  c.n_layers = layers > 0 ? layers : l7 ? 32 : 22;
   c.n_heads = 32;
-  c.n_kv_heads = 4;
-  c.head_dim = 64;
+  c.n_kv_heads = l7 ? 32 : 4;
+  c.head_dim = l7 ? 128 : 64;
   c.vocab_size = 32000;
-  c.max_seq_len = 2048;
+  c.max_seq_len = l7 ? 4096 : 2048;
   c.norm_eps = 1e-5f;
   c.rope_theta = 10000.0;
   c.tie_embeddings = false;
@@ -148,11 +159,11 @@ double gemm_tflops(cublasHandle_t h, cudaStream_t s, int m, int n, int k, int re
 
 template <class T>
 int run(const Args& args) {
-  const ModelConfig c = tinyllama(args.layers);
+  const ModelConfig c = model_shape(args.shape, args.layers);
   const int B = args.batch, Tn = args.seq;
   const std::int64_t N = static_cast<std::int64_t>(B) * Tn;
-  std::printf("model: random-init TinyLlama-1.1B shape (dim %d, layers %d, heads %d/%d, hd %d, mlp %d, vocab %d), %s, "
-              "micro-batch %d x %d\n", c.dim, c.n_layers, c.n_heads, c.n_kv_heads, c.head_dim, c.hidden_dim, c.vocab_size,
+  std::printf("model: random-init %s shape (dim %d, layers %d, heads %d/%d, hd %d, mlp %d, vocab %d), %s, "
+              "micro-batch %d x %d\n", args.shape == "llama2-7b" ? "LLaMA-2-7B" : "TinyLlama-1.1B", c.dim, c.n_layers, c.n_heads, c.n_kv_heads, c.head_dim, c.hidden_dim, c.vocab_size,
               std::is_same_v<T, float> ? "fp32" : "bf16", B, Tn);
   auto t0 = std::chrono::steady_clock::now();
   const ModelWeights w = random_weights(c);

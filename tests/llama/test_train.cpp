@@ -287,6 +287,9 @@ TEST_CASE("train: bad input gives clear errors") {
     expect_error([] { parse_train_args({"--model", "m", "--data", "d", "--device", "cuda", "--attention", "sdpa"}); },
                  {"--attention: expected auto, flash or gemm, found 'sdpa'"});
     CHECK(parse_train_args({"--model", "m", "--data", "d", "--device", "cuda", "--attention", "gemm"}).attention == AttentionKind::Gemm);
+    expect_error([] { parse_train_args({"--model", "m", "--data", "d", "--profile"}); }, {"--profile", "--device cuda"});
+    CHECK(parse_train_args({"--model", "m", "--data", "d", "--device", "cuda", "--profile"}).profile);
+    CHECK_FALSE(parse_train_args({"--model", "m", "--data", "d", "--device", "cuda"}).profile);
     expect_error([] { parse_train_args({"--data", "d"}); }, {"--model"});
     expect_error([] { parse_train_args({"--model", "m", "--data", "d", "--targets", "q,x"}); }, {"--targets", "'x'"});
     bool help = false;

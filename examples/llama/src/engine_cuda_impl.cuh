@@ -78,6 +78,10 @@ class CudaEngine final : public MethodEngine<gpu::CudaDevice<T>> {
     method_ = make_method(o, ctx, resume);
     b32_.synchronize();
     sample_memory();
+    if (o.profile) {
+      model_.enable_profiling(true);
+      for (auto& e : step_ev_) HDPISSA_CUDA_CHECK(cudaEventCreate(&e));
+    }
     cudaDeviceProp p{};
     HDPISSA_CUDA_CHECK(cudaGetDeviceProperties(&p, device_));
     name_ = cat("cuda:", device_, " (", p.name, ")");
@@ -97,19 +101,49 @@ class CudaEngine final : public MethodEngine<gpu::CudaDevice<T>> {
     return model_.forward_backward(b, method_->hooks(lg), scale);
   }
   hdpissa::StepReport step(double lr) override {
+    if (step_ev_[0]) HDPISSA_CUDA_CHECK(cudaEventRecord(step_ev_[0], stream_.get()));
     const auto rep = method_->step(lr);
+    if (step_ev_[0]) HDPISSA_CUDA_CHECK(cudaEventRecord(step_ev_[1], stream_.get()));
     b32_.synchronize();
+    if (step_ev_[0]) {
+      float ms = 0;
+      HDPISSA_CUDA_CHECK(cudaEventElapsedTime(&ms, step_ev_[0], step_ev_[1]));
+      step_ms_ += ms;
+    }
     sample_memory();
     return rep;
   }
   LossResult eval_loss(const std::vector<Batch>& batches) override {
+    const auto before = model_.profile();  // evaluation passes are not part of --profile
     LossResult total;
     for (const Batch& b : batches) {
       const LossResult r = model_.forward_loss(b, method_->hooks(0));
       total.loss_sum += r.loss_sum;
       total.n_tokens += r.n_tokens;
     }
+    if (step_ev_[0]) {
+      const auto after = model_.profile();
+      excluded_.resize(after.size(), 0.0);
+      for (std::size_t i = 0; i < after.size(); ++i) excluded_[i] += after[i].second - before[i].second;
+    }
     return total;
+  }
+  std::vector<std::pair<std::string, double>> profile() override {
+    if (!step_ev_[0]) return {};
+    auto p = model_.profile();
+    for (std::size_t i = 0; i < p.size() && i < excluded_.size(); ++i) p[i].second -= excluded_[i];
+    p.emplace_back("optimizer step (update, collectives)", step_ms_);
+    return p;
+  }
+  void reset_profile() override {
+    if (!step_ev_[0]) return;
+    model_.enable_profiling(true);  // zeroes its sections
+    step_ms_ = 0;
+    excluded_.clear();
+  }
+  ~CudaEngine() override {
+    for (auto e : step_ev_)
+      if (e) (void)cudaEventDestroy(e);
   }
   std::vector<std::int32_t> generate(const std::vector<std::int32_t>& prompt, const GenerateOptions& g) override {
     std::vector<std::int32_t> stops;
@@ -197,6 +231,9 @@ class CudaEngine final : public MethodEngine<gpu::CudaDevice<T>> {
   std::unique_ptr<gpu::GreedyGenerator<T>> gen_;  // after model_: destroyed first
   std::int64_t peak_ = 0;
   std::string name_, notes_;
+  cudaEvent_t step_ev_[2] = {nullptr, nullptr};  // --profile: around the optimizer step
+  double step_ms_ = 0;
+  std::vector<double> excluded_;  // --profile: evaluation passes' section times, subtracted
 };
 
 /// The bf16 engine (engine_cuda_bf16.cu).

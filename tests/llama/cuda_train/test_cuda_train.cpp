@@ -287,6 +287,53 @@ TEST_CASE("stored linears: a BF16 checkpoint and its F32 copy train bit-identica
   }
 }
 
+// --profile: the model's section times and the optimizer step's, per step after the first. The same
+// losses as without it, bit for bit (events change no arithmetic); every section's GPU time is
+// positive, and their sum is at most the step's wall time (one stream: the sections are disjoint
+// intervals inside the step); the summary record carries the table. Evaluation passes are excluded
+// (--eval-every inside the run, so the check also covers the subtraction).
+TEST_CASE("--profile: sections per step within the step's wall time; the same losses bit for bit") {
+  for (const bool ckpt : {false, true}) {
+    INFO("activation checkpointing " << ckpt);
+    std::vector<std::vector<double>> losses;
+    for (const bool prof : {false, true}) {
+      TrainOptions o = base_options("hdpissa", cat("profile-", ckpt, "-", prof));
+      o.device = Device::Cuda;
+      o.dtype = ComputeDtype::Bf16;
+      o.max_steps = 4;
+      o.activation_checkpointing = ckpt;
+      o.profile = prof;
+      o.quiet = false;
+      o.eval_data = (data_dir() / "gsm8k" / "test.jsonl").string();
+      o.eval_examples = 8;
+      o.eval_every = 2;
+      Run r(o);
+      losses.push_back(step_losses(o.metrics));
+      if (!prof) continue;
+      CHECK(r.log.str().find("profile: GPU time per step") != std::string::npos);
+      const auto sums = records(o.metrics, "summary");
+      REQUIRE(sums.size() == 1);
+      REQUIRE(sums[0].contains("profile"));
+      const auto& p = sums[0]["profile"];
+      CHECK(p["steps"] == 3);
+      const double step_ms = p["step_ms"].get<double>();
+      double total = 0;
+      for (const char* name : {"linears fwd", "attention fwd", "norms+elementwise fwd", "loss (lm_head + CE)", "linears bwd",
+                               "attention bwd", "norms+elementwise bwd", "optimizer step (update, collectives)"}) {
+        INFO(name);
+        REQUIRE(p["sections_ms"].contains(name));
+        const double ms = p["sections_ms"][name].get<double>();
+        CHECK(ms > 0);
+        total += ms;
+      }
+      MESSAGE("profile: ", total, " ms of GPU sections in a ", step_ms, " ms step");
+      CHECK(total <= step_ms * 1.02);
+      CHECK(p["rest_ms"].get<double>() == doctest::Approx(step_ms - total).epsilon(1e-9));
+    }
+    CHECK(losses[0] == losses[1]);
+  }
+}
+
 // Issue 13 item 1: with --dtype bf16, lora / pissa keep their frozen W (PiSSA: W_res, formed in fp32
 // then rounded once) only as the model's bf16 copy: 2 bytes per target parameter, no fp32 master.
 //  - the reported w_bytes_per_param (startup info and the summary record): 2 for lora / pissa bf16,

@@ -112,6 +112,12 @@ class TrainEngine {
   }
   /// Peak device memory in use since the engine was built (GPU only).
   [[nodiscard]] virtual std::optional<std::int64_t> peak_device_bytes() { return std::nullopt; }
+  /// --profile (GPU): GPU milliseconds per section accumulated over the training passes
+  /// (forward_backward) and optimizer steps since the last reset_profile() (evaluation passes
+  /// excluded); empty when the engine does not profile.
+  [[nodiscard]] virtual std::vector<std::pair<std::string, double>> profile() { return {}; }
+  /// Zeroes the profile (the trainer drops the first step: cuBLAS heuristics, first allocations).
+  virtual void reset_profile() {}
   /// --compute fp8 diagnostic (tests; waits): the number of targets whose FP8 copy differs from a
   /// fresh quantisation of the live W (0: every copy current); nullopt without --compute fp8.
   [[nodiscard]] virtual std::optional<std::int64_t> fp8_stale_targets() { return std::nullopt; }

@@ -131,6 +131,7 @@ struct TrainOptions {
   Device device = Device::Cpu;     ///< llama/train/engine.hpp
   AttentionKind attention = AttentionKind::Auto;  ///< the GPU model's attention (--device cuda)
   bool activation_checkpointing = false;  ///< --activation-checkpointing: recompute each layer in backward (GPU)
+  bool profile = false;  ///< --profile: GPU time per model section and optimizer step (CUDA events), per step
   // ---- distribution
   CommKind comm = CommKind::Auto;
   int groups_per_process = 1;      ///< V; K = processes × V
@@ -298,6 +299,7 @@ inline nlohmann::json TrainOptions::to_json() const {
           {"device", name_of(device)},
           {"attention", name_of(attention)},
           {"activation_checkpointing", activation_checkpointing},
+          {"profile", profile},
           {"comm", name_of(comm)},
           {"groups_per_process", groups_per_process},
           {"lr", lr},
@@ -354,6 +356,8 @@ inline void TrainOptions::validate() const {
   need(!activation_checkpointing || device == Device::Cuda,
        "--activation-checkpointing: recomputes the GPU model's layers in backward (--device cuda); the CPU model keeps "
        "its activations");
+  need(!profile || device == Device::Cuda,
+       "--profile: times the GPU model's sections with CUDA events (--device cuda); the CPU path has no section timers");
   need(attention == AttentionKind::Auto || device == Device::Cuda,
        cat("--attention ", name_of(attention), ": chooses the GPU model's attention (--device cuda); the CPU model has one"));
   need(rank >= 1, cat("--rank: expected >= 1, found ", rank));
@@ -542,6 +546,11 @@ inline void add_train_options(CLI::App& app, TrainOptions& o, CLI::Option** atte
                "--device cuda: keep only each decoder layer's residual input (fp32) and one layer's activations, "
                "recompute each layer's forward in backward (same gradients bit for bit; about one more forward pass "
                "per step, for long sequences and large micro-batches)")->group(me);
+  app.add_flag("--profile", o.profile,
+               "--device cuda: time the model's sections (linears / attention / norms+elementwise, forward and "
+               "backward; loss) and the optimizer step with CUDA events; at the end print their GPU ms per step over "
+               "the steps after the first, and the rest of the step (host gaps, read-backs), also in the summary "
+               "record (\"profile\"). Same results; a little host time per section")->group(me);
 
   cli::add_parsed(app, "--groups-per-process", "--groups-per-process", o.groups_per_process,
                   [](const std::string& f, const std::string& v) { return cli::parse_int<int>(f, v); },

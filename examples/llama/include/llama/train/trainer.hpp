@@ -338,6 +338,8 @@ class Trainer {
     const auto t0 = std::chrono::steady_clock::now();
     double tokens = 0;
     const long first = step_;
+    double prof_wall = 0;  // --profile: the steps after this run's first
+    long prof_steps = 0;
     while (step_ < total_ && !(o_.stop_after > 0 && step_ - first >= o_.stop_after)) {
       const auto ts = std::chrono::steady_clock::now();
       const std::vector<DataPosition> before = positions();
@@ -348,6 +350,10 @@ class Trainer {
       const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - ts).count();
       const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
       tokens += tok;
+      if (o_.profile) {
+        if (step_ == first + 1) eng_->reset_profile();
+        else prof_wall += dt, ++prof_steps;
+      }
       if (step_ == first + 1) sum.first_loss = loss;
       sum.last_loss = loss;
       const double eta = elapsed / double(step_ - first) * double(total_ - step_);
@@ -393,6 +399,7 @@ class Trainer {
                             {"device", info.device}, {"dtype", name_of(o_.dtype)},
                             {"w_bytes_per_param", info.w_bytes_per_param}};
       if (sum.peak_device_bytes) rec["peak_device_bytes"] = *sum.peak_device_bytes;
+      if (o_.profile) rec["profile"] = report_profile(prof_wall, prof_steps);
       metric(rec);
     }
     if (!eval_batches_.empty()) {
@@ -599,6 +606,39 @@ class Trainer {
     metric({{"type", "diverged"}, {"step", step_ + 1}, {"loss", loss}, {"reason", why}});
     release_locks();
     throw LlamaError(cat("divergence guard: ", why, kept));
+  }
+
+  /// --profile: prints the engine's GPU ms per section per step over `steps` steps of `wall` seconds
+  /// (this run's steps after the first) with each share of the step's wall time, and the rest of the
+  /// step (host work, waits, read-backs); returns it as JSON ({} when there is nothing to report).
+  nlohmann::json report_profile(double wall, long steps) {
+    const auto p = eng_->profile();
+    if (p.empty() || steps < 1) {
+      say("profile: needs at least 2 steps in this run (the first is dropped)\n");
+      return {{"steps", steps}};
+    }
+    const double step_ms = 1e3 * wall / double(steps);
+    nlohmann::ordered_json j;
+    j["steps"] = steps;
+    j["step_ms"] = step_ms;
+    std::string table = cat("profile: GPU time per step (CUDA events), mean of ", steps,
+                            " steps after the first; step wall time ", fixed(step_ms, 2), " ms\n");
+    double in_sections = 0;
+    for (const auto& [name, ms] : p) {
+      const double per = ms / double(steps);
+      in_sections += per;
+      j["sections_ms"][name] = per;
+      char line[160];
+      std::snprintf(line, sizeof line, "  %-40s %10.3f ms  %5.1f %%\n", name.c_str(), per, 100.0 * per / step_ms);
+      table += line;
+    }
+    char line[160];
+    std::snprintf(line, sizeof line, "  %-40s %10.3f ms  %5.1f %%\n", "rest (host, waits, read-backs, gaps)",
+                  step_ms - in_sections, 100.0 * (step_ms - in_sections) / step_ms);
+    table += line;
+    j["rest_ms"] = step_ms - in_sections;
+    say(table);
+    return nlohmann::json::parse(j.dump());
   }
 
   /// Whether any worker received a stop signal, agreed by all (the first such signal; 0: none).
