@@ -994,7 +994,9 @@ class Trainer {
     }
     if (!o_.quiet)
       say(cat("engine ready in ", fixed(std::chrono::duration<double>(std::chrono::steady_clock::now() - t_engine).count(), 1),
-              " s (", eng_->info().device, resume ? ": factors from the saved state" : ": model upload + adapter initialisation",
+              " s (", eng_->info().device,
+              resume ? ": factors from the saved state"
+                     : o_.device == Device::Cuda ? ": model upload + adapter initialisation" : ": adapter initialisation",
               ")\n"));
 
     if (saved) {
