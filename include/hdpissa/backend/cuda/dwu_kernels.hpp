@@ -319,6 +319,28 @@ class DwuKernels<CudaBackend<S>> : public DwuGenericKernels<CudaBackend<S>> {
     return true;
   }
 
+  /// The guard apply_fused and apply_fused_w share: whether the sm_90a kernel may run (the fused
+  /// update on, the kernel chosen, no TF32, a device and binary that have it — DwuGemm::Tf32x3 on one
+  /// that does not throws), the shapes (A (K·r, in), L (out, 2K·r), W (out, in) when given) and the
+  /// sizes (non-empty, every extent under 2^30). The callers check their pointers' layout.
+  bool fused_kernel_usable(CV A, const DwuPackedDeltas<const S>& d, V L, index_t out, const V* W) {
+    auto& b = this->backend();
+    if (!b.fused_update() || b.dwu_gemm() == DwuGemm::Cublas || b.tf32()) return false;
+    if (!cuda_kernels::sm90::dwu_gemm_sm90_supported(b.device())) {
+      if (b.dwu_gemm() == DwuGemm::Tf32x3)
+        throw InvalidArgument(cat("DwuGemm::Tf32x3: device ", b.device(), " cannot run the sm_90a kernel (expected a ",
+                                  "compute capability 9.0 GPU and a binary built for 90a, e.g. CMAKE_CUDA_ARCHITECTURES=90a)"));
+      return false;
+    }
+    const index_t kr = d.groups * d.rank, kd = 2 * kr, in = A.cols;
+    require_shape(A, kr, in, "dwu apply A");
+    require_shape(L, out, kd, "dwu apply L");
+    if (W) require_shape(*W, out, in, "dwu apply W");
+    constexpr index_t kMax = index_t(1) << 30;
+    if (out == 0 || in == 0 || kr == 0) return false;
+    return out < kMax && in < kMax && kd < kMax;
+  }
+
   /// The whole per-layer Direct Weight Update on the sm_90a 3xTF32 kernel: Ldb = L's first K·r
   /// columns get the dB_j (as unpack), Rt (in, 2Kr) = [A − dA; dA]ᵀ is packed into scratch
   /// (grown on first use), then W += alpha · L · Rtᵀ in one kernel. Returns false (nothing done)
@@ -330,21 +352,8 @@ class DwuKernels<CudaBackend<S>> : public DwuGenericKernels<CudaBackend<S>> {
       return false;
     } else {
       auto& b = this->backend();
-      if (!b.fused_update() || b.dwu_gemm() == DwuGemm::Cublas || b.tf32()) return false;
-      if (!cuda_kernels::sm90::dwu_gemm_sm90_supported(b.device())) {
-        if (b.dwu_gemm() == DwuGemm::Tf32x3)
-          throw InvalidArgument(cat("DwuGemm::Tf32x3: device ", b.device(), " cannot run the sm_90a kernel (expected a ",
-                                    "compute capability 9.0 GPU and a binary built for 90a, e.g. CMAKE_CUDA_ARCHITECTURES=90a)"));
-        return false;
-      }
-      const index_t K = d.groups, r = d.rank;
-      const index_t kr = K * r, kd = 2 * kr, in = A.cols, out = W.rows;
-      require_shape(A, kr, in, "dwu apply A");
-      require_shape(L, out, kd, "dwu apply L");
-      require_shape(W, out, in, "dwu apply W");
-      constexpr index_t kMax = index_t(1) << 30;
-      if (out == 0 || in == 0 || kr == 0) return false;
-      if (out >= kMax || in >= kMax || kd >= kMax) return false;
+      if (!fused_kernel_usable(A, d, L, W.rows, &W)) return false;
+      const index_t r = d.rank, kr = d.groups * r, kd = 2 * kr, in = A.cols, out = W.rows;
       const int ldl = cuda_detail::ld_of(L), ldw = cuda_detail::ld_of(W);
       // Rt comes from cudaMalloc (aligned, ld = 2Kr): W stands in for its pointer check.
       if (!cuda_kernels::sm90::dwu_gemm_sm90_layout_ok(W.data, ldw, L.data, ldl, W.data, int(kd), int(kd))) return false;
@@ -369,20 +378,8 @@ class DwuKernels<CudaBackend<S>> : public DwuGenericKernels<CudaBackend<S>> {
       return false;
     } else {
       auto& b = this->backend();
-      if (!b.fused_update() || b.dwu_gemm() == DwuGemm::Cublas || b.tf32()) return false;
-      if (!cuda_kernels::sm90::dwu_gemm_sm90_supported(b.device())) {
-        if (b.dwu_gemm() == DwuGemm::Tf32x3)
-          throw InvalidArgument(cat("DwuGemm::Tf32x3: device ", b.device(), " cannot run the sm_90a kernel (expected a ",
-                                    "compute capability 9.0 GPU and a binary built for 90a, e.g. CMAKE_CUDA_ARCHITECTURES=90a)"));
-        return false;
-      }
-      const index_t K = d.groups, r = d.rank;
-      const index_t kr = K * r, kd = 2 * kr, in = A.cols, out = L.rows;
-      require_shape(A, kr, in, "dwu apply A");
-      require_shape(L, out, kd, "dwu apply L");
-      constexpr index_t kMax = index_t(1) << 30;
-      if (out == 0 || in == 0 || kr == 0) return false;
-      if (out >= kMax || in >= kMax || kd >= kMax) return false;
+      if (!fused_kernel_usable(A, d, L, L.rows, nullptr)) return false;
+      const index_t r = d.rank, kr = d.groups * r, kd = 2 * kr, in = A.cols, out = L.rows;
       const int ldl = cuda_detail::ld_of(L);
       if (!cuda_kernels::sm90::dwu_gemm_sm90_layout_ok(L.data, ldl, L.data, ldl, L.data, int(kd), int(kd))) return false;
       float* rt = rt_.reserve(std::size_t(in * kd));

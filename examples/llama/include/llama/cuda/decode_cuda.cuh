@@ -176,6 +176,35 @@ __device__ __forceinline__ void load_vec(const T* p, float (&out)[VEC]) {
 inline constexpr int kAttnThreads = 128;
 inline constexpr int kMaxVecPerLane = 4;
 
+/// What block (row blockIdx.x, kv head blockIdx.y, split blockIdx.z) of a cache-attention launch
+/// covers: cache slot s of the row, keys [k0, k1) of its visible range [max(0, pos − window + 1),
+/// pos] (split sp takes chunk keys from the start of the range), and `part`, the index of its first
+/// query head's partial result (head g of the group: part + g·splits). An empty split (k0 ≥ k1)
+/// has its (m, l) = (−inf, 0) written here for every head of the group, which the combine skips.
+struct CacheSplit {
+  int s, k0, k1;
+  std::int64_t part;
+};
+__device__ __forceinline__ CacheSplit cache_split(const std::int32_t* __restrict__ pos, const std::int32_t* __restrict__ slot,
+                                                  int nh, int group, int window, int chunk, float* __restrict__ part_ml) {
+  const int splits = gridDim.z, r = blockIdx.x, kvh = blockIdx.y, sp = blockIdx.z;
+  const int p = pos[r];
+  const int lo = window > 0 ? max(0, p - window + 1) : 0, hi = p + 1;
+  CacheSplit c;
+  c.s = slot ? slot[r] : r;
+  c.k0 = lo + sp * chunk;
+  c.k1 = min(hi, c.k0 + chunk);
+  c.part = (static_cast<std::int64_t>(r) * nh + kvh * group) * splits + sp;
+  if (c.k0 >= hi) {
+    c.k1 = c.k0;
+    for (int g = threadIdx.x; g < group; g += blockDim.x) {
+      part_ml[2 * (c.part + static_cast<std::int64_t>(g) * splits)] = -INFINITY;
+      part_ml[2 * (c.part + static_cast<std::int64_t>(g) * splits) + 1] = 0.0f;
+    }
+  }
+  return c;
+}
+
 /// One block per (row, kv head, split): the query heads of kv head `blockIdx.y` of row
 /// `blockIdx.x` over the split's keys [k0, k1) of the visible range [lo, pos]. Writes the split's
 /// unnormalised output o = Σ exp(s − m)·v (per query head, fp32) and (m, l = Σ exp(s − m)); an
@@ -187,18 +216,11 @@ __global__ void __launch_bounds__(kAttnThreads) cache_attention_split(
     int lpk, float* __restrict__ part_o, float* __restrict__ part_ml) {
   extern __shared__ float sh[];
   const int group = nh / nkv, splits = gridDim.z;
-  const int r = blockIdx.x, kvh = blockIdx.y, sp = blockIdx.z;
-  const int p = pos[r], s = slot ? slot[r] : r;
-  const int lo = window > 0 ? max(0, p - window + 1) : 0, hi = p + 1;
-  const int k0 = lo + sp * chunk, k1 = min(hi, k0 + chunk);
-  const std::int64_t part = (static_cast<std::int64_t>(r) * nh + kvh * group) * splits + sp;  // + g·splits
-  if (k0 >= hi) {
-    for (int g = threadIdx.x; g < group; g += blockDim.x) {
-      part_ml[2 * (part + static_cast<std::int64_t>(g) * splits)] = -INFINITY;
-      part_ml[2 * (part + static_cast<std::int64_t>(g) * splits) + 1] = 0.0f;
-    }
-    return;
-  }
+  const int r = blockIdx.x, kvh = blockIdx.y;
+  const CacheSplit cs = cache_split(pos, slot, nh, group, window, chunk, part_ml);
+  if (cs.k0 >= cs.k1) return;  // empty: (m, l) written
+  const int s = cs.s, k0 = cs.k0, k1 = cs.k1;
+  const std::int64_t part = cs.part;
   const int cnt = k1 - k0;
   float* q_s = sh;                           // (group, hd)
   float* p_s = sh + group * hd;              // (group, chunk)
@@ -300,18 +322,11 @@ __global__ void __launch_bounds__(kAttnThreads) cache_attention_fused(
     int chunk, int lpk, float* __restrict__ part_o, float* __restrict__ part_ml) {
   extern __shared__ float sh[];
   const int group = nh / nkv, splits = gridDim.z;
-  const int r = blockIdx.x, kvh = blockIdx.y, sp = blockIdx.z;
-  const int p = pos[r], s = slot ? slot[r] : r;
-  const int lo = window > 0 ? max(0, p - window + 1) : 0, hi = p + 1;
-  const int k0 = lo + sp * chunk, k1 = min(hi, k0 + chunk);
-  const std::int64_t part = (static_cast<std::int64_t>(r) * nh + kvh * group) * splits + sp;  // + g·splits
-  if (k0 >= hi) {
-    for (int g = threadIdx.x; g < group; g += blockDim.x) {
-      part_ml[2 * (part + static_cast<std::int64_t>(g) * splits)] = -INFINITY;
-      part_ml[2 * (part + static_cast<std::int64_t>(g) * splits) + 1] = 0.0f;
-    }
-    return;
-  }
+  const int r = blockIdx.x, kvh = blockIdx.y;
+  const CacheSplit cs = cache_split(pos, slot, nh, group, window, chunk, part_ml);
+  if (cs.k0 >= cs.k1) return;  // empty: (m, l) written
+  const int s = cs.s, k0 = cs.k0, k1 = cs.k1;
+  const std::int64_t part = cs.part;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nwarps = blockDim.x >> 5;
   const int kpw = 32 / lpk, sub = lane / lpk, li = lane % lpk, nvec = hd / VEC;
   // this lane's query slices, pre-scaled by scale·log2(e) (scores in the log2 domain)
