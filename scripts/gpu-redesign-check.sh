@@ -47,7 +47,7 @@ if [[ -z "${SKIP_TESTS:-}" ]]; then
   [[ " $SUITES " == *" model "* ]] && targets+=(hdpissa_llama_cuda_tests)
   [[ " $SUITES " == *" backend "* ]] && targets+=(hdpissa_cuda_tests)
   [[ " $SUITES " == *" decode "* ]] && targets+=(hdpissa_llama_decode_cuda_tests)
-  [[ " $SUITES " == *" export "* ]] && targets+=(hdpissa_cuda_lora_export_tests)
+  [[ " $SUITES " == *" export "* ]] && targets+=(hdpissa_cuda_train_tests)
 fi
 ( cmake --preset gpu -DHDPISSA_BUILD_TESTS=ON -DHDPISSA_BUILD_EXAMPLES=ON -DHDPISSA_MPI=OFF > "$LOGS/configure.log" 2>&1 &&
   cmake --build build/gpu -j"${JOBS:-16}" --target "${targets[@]}" > "$LOGS/build.log" 2>&1 ) &
@@ -126,7 +126,7 @@ if [[ -z "${SKIP_TESTS:-}" ]]; then
   [[ " $SUITES " == *" model "* ]] && HDPISSA_DATA="$DATA" run llama-cuda-tests ${T_MODEL:-120} build/gpu/tests/llama/cuda/hdpissa_llama_cuda_tests --no-intro
   [[ " $SUITES " == *" backend "* ]] && run cuda-backend-tests ${T_BACKEND:-120} build/gpu/tests/cuda/hdpissa_cuda_tests --no-intro
   [[ " $SUITES " == *" decode "* ]] && HDPISSA_DATA="$DATA" run llama-decode-tests ${T_DECODE:-120} build/gpu/tests/llama/cuda/hdpissa_llama_decode_cuda_tests --no-intro
-  [[ " $SUITES " == *" export "* ]] && HDPISSA_DATA="$DATA" HDPISSA_GPU_TEST_DATA="$DATA" run lora-export-tests ${T_EXPORT:-120} build/gpu/tests/llama/cuda_train/hdpissa_cuda_lora_export_tests --no-intro
+  [[ " $SUITES " == *" export "* ]] && HDPISSA_DATA="$DATA" HDPISSA_GPU_TEST_DATA="$DATA" run lora-export-tests ${T_EXPORT:-120} build/gpu/tests/llama/cuda_train/hdpissa_cuda_train_tests --no-intro "--test-case=lora export:*"
   if [[ -z "${SKIP_HF:-}" ]]; then
     DATA="$DATA" DEVICES=cuda BUILD_DIR=build/gpu run hf-check ${T_HF:-90} scripts/hf-check.sh
     tail -3 "$LOGS/hf-check.log" >> "$S"

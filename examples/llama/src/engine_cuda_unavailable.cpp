@@ -1,7 +1,7 @@
 // hdpissa-train's CUDA entry points in a build without CUDA: the trainer calls the same functions
 // either way (no #ifdef in its control flow); here they report that this build cannot run on a GPU.
 
-#include "llama/train/engine.hpp"
+#include "llama/train/cuda_entry.hpp"
 
 namespace hdpissa::llama {
 

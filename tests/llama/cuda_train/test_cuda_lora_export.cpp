@@ -10,9 +10,10 @@
 // 1e-5 relative, for components whose σ_i is separated from its neighbours (a relative gap of
 // 1e-6; within a cluster of equal σ only the span is defined, which B·A covers). Both sides run
 // in double end to end; what remains is the factors' fp32 rounding (~6e-8).
-// Exits 77 (CTest: skipped) without a CUDA device.
+// Part of hdpissa_cuda_train_tests (one unity translation unit with test_cuda_train.cpp, whose
+// main exits 77 without a CUDA device); CTest llama_cuda_lora_export runs the "lora export: *" cases.
+// Helpers live in namespace lora_export_tests (the unity TU shares file scope with test_cuda_train.cpp).
 
-#define DOCTEST_CONFIG_IMPLEMENT
 #include <doctest/doctest.h>
 
 #include <algorithm>
@@ -32,6 +33,7 @@ using namespace hdpissa::llama;
 using hdpissa::llama::test::data_dir;
 using Comm = hdpissa::VirtualRanks<hdpissa::SingleProcess>;
 
+namespace lora_export_tests {
 namespace {
 
 fs::path scratch() {
@@ -136,7 +138,7 @@ std::vector<LinearId> all_targets(const ModelWeights& w) {
 
 }  // namespace
 
-TEST_CASE("GPU truncation equals the host truncated_delta on low-rank-plus-noise matrices") {
+TEST_CASE("lora export: GPU truncation equals the host truncated_delta on low-rank-plus-noise matrices") {
   struct Case {
     int m, n, p;
     double noise;
@@ -174,7 +176,7 @@ TEST_CASE("GPU truncation equals the host truncated_delta on low-rank-plus-noise
   CHECK_THROWS_AS(cuda_truncated_delta(W, Matrix(W.rows(), W.cols() + 1), 2, 0), LlamaError);
 }
 
-TEST_CASE("trained stories260K on the GPU: the exported adapter and lora_export.json equal the host truncation") {
+TEST_CASE("lora export: trained stories260K on the GPU: the exported adapter and lora_export.json equal the host truncation") {
   const ModelWeights base = load_checkpoint((data_dir() / "stories260K-hf").string());
   const auto ids = all_targets(base);
   TrainOptions o = run_options("hdpissa", "rank3");
@@ -220,7 +222,7 @@ TEST_CASE("trained stories260K on the GPU: the exported adapter and lora_export.
   }
 }
 
-TEST_CASE("bf16 hdpissa and fp32 full: the engine truncates its fp32 master W as the host does") {
+TEST_CASE("lora export: bf16 hdpissa and fp32 full: the engine truncates its fp32 master W as the host does") {
   const ModelWeights base = load_checkpoint((data_dir() / "stories260K-hf").string());
   const auto ids = all_targets(base);
   struct Case {
@@ -245,11 +247,4 @@ TEST_CASE("bf16 hdpissa and fp32 full: the engine truncates its fp32 master W as
   }
 }
 
-int main(int argc, char** argv) {
-  if (cuda_device_count() == 0) {
-    std::printf("SKIP: no CUDA device; GPU truncated-export tests not run\n");
-    return 77;
-  }
-  doctest::Context ctx(argc, argv);
-  return ctx.run();
-}
+}  // namespace lora_export_tests

@@ -26,6 +26,7 @@
 #include "llama/batch.hpp"
 #include "llama/model.hpp"
 #include "llama/stored_linears.hpp"
+#include "llama/train/cuda_entry.hpp"
 #include "llama/train/device_comm.hpp"
 #include "llama/train/methods.hpp"
 #include "llama/train/options.hpp"
@@ -208,37 +209,5 @@ class CpuEngine final : public MethodEngine<CpuDevice> {
   ModelWeights* w_;
   Activations acts_;
 };
-
-/// Where the GPU engine's groups sit among all K (mirrors the trainer's host communicator).
-struct EngineGroups {
-  int groups = 1;        ///< K
-  int local_groups = 1;  ///< groups hosted by this process
-  int first_group = 0;   ///< global index of local group 0
-  int processes = 1;
-  int rank = 0;
-  /// Peers of a multi-process job (local rank, processes on this host, the NCCL factory).
-  DeviceCommSetup device_comm;
-  /// Adapter initialisation progress (MethodContext::progress), optional.
-  std::function<void(std::size_t, std::size_t)> init_progress = {};
-};
-
-/// Builds the CUDA engine (src/engine_cuda.cu) on GPU (local rank mod visible GPUs): uploads `host`
-/// (fp32), builds the method of `o.method` in `o.dtype` (fp32: exact fp32 throughout; bf16: bf16
-/// compute copies of W and the factors, fp32 masters, fp32 gradient accumulation). `resume`
-/// (non-null when resuming) supplies the saved factors so that no SVD runs. Device collectives:
-/// `g.device_comm.make` (NCCL) when set, else CudaSingleProcess (one process only). Throws
-/// LlamaError when this build has no CUDA, when no CUDA device is usable, when the host runs more
-/// processes than it has GPUs, or when several processes lack a factory.
-std::unique_ptr<TrainEngine> make_cuda_engine(const TrainOptions& o, const ModelWeights& host, const EngineGroups& g,
-                                              const TrainState* resume);
-/// Number of usable CUDA devices (0 when none, when the driver reports an error, or without CUDA).
-int cuda_device_count();
-/// Why `--device cuda` cannot run here, or "" when it can: this build has no CUDA, or no device is
-/// visible. The trainer asks before the checkpoint loads.
-std::string cuda_unavailable_reason();
-/// The CUDA engine's truncation (llama/train/truncated_delta_cuda.cuh) of ΔW = W − W0 (host fp32
-/// matrices, uploaded) on the current CUDA device: the GPU path of the truncated LoRA export, for
-/// tests against the host truncated_delta(W, W0, rank, energy). Throws LlamaError without CUDA.
-TruncatedDelta cuda_truncated_delta(const Matrix& W, const Matrix& W0, int rank, double energy);
 
 }  // namespace hdpissa::llama

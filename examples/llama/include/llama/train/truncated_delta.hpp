@@ -20,21 +20,11 @@
 
 #include "hdpissa/hdpissa.hpp"
 #include "llama/common.hpp"
+#include "llama/train/truncated_delta_type.hpp"
 #include "llama/weights.hpp"
 
 namespace hdpissa::llama {
 
-/// A rank-R LoRA of an update ΔW: B A = U_R diag(S_R) V_Rᵀ, the best rank-R approximation.
-/// Convention: B = U_R √S_R (out, R), A = √S_R V_Rᵀ (R, in), to be used at scaling 1
-/// (lora_alpha = r): the exported adapter's s·B A is exactly the truncated SVD.
-struct TruncatedDelta {
-  Matrix A;                 // (R, in)
-  Matrix B;                 // (out, R)
-  int rank = 0;             ///< R
-  double delta_sq = 0;      ///< ‖ΔW‖²_F
-  double kept_share = 1;    ///< Σ_{i<R} σ_i² / ‖ΔW‖²_F (1 for ΔW = 0)
-  std::vector<double> singular_values;  ///< the σ_i computed (all of them, or the top ones of a randomized SVD)
-};
 
 /// Whether truncate_delta uses RandomizedSvd (else ExactSvd): a fixed rank below min(out, in)/2 of
 /// a layer with min(out, in) > 1024. An energy share needs every σ_i, so it is always exact.
