@@ -978,6 +978,23 @@ class Trainer {
           initial_targets_.push_back(w_.linear({l, m}));
         }
     const auto t_engine = std::chrono::steady_clock::now();
+    if (!o_.quiet && o_.device == Device::Cuda) {  // the upload is silent: say what it moves
+      std::int64_t bytes = 0;
+      int stored = 0;
+      for (int l = 0; l < w_.config.n_layers; ++l)
+        for (int m = 0; m < kModulesPerLayer; ++m) {
+          const LinearId id{l, static_cast<Module>(m)};
+          if (const auto st = stored_linear(w_, id)) {
+            bytes += st->numel() * std::int64_t(dtype_size(st->dtype));
+            ++stored;
+          } else {
+            bytes += std::int64_t(w_.linear(id).size()) * 4;
+          }
+        }
+      say(cat("engine: uploading ", w_.config.n_layers * kModulesPerLayer, " target linears (", fixed(double(bytes) / 1e9, 2),
+              " GB ", stored ? "from the mapped checkpoint" : "of host fp32", ") to the GPU",
+              resume ? "" : ", then the adapter initialisation", "\n"));
+    }
     switch (o_.device) {
       case Device::Cpu: eng_ = std::make_unique<CpuEngine<Comm>>(o_, w_, *comm_, resume, init_progress()); break;
       case Device::Cuda:
