@@ -90,6 +90,10 @@ TEST_CASE("sandbox: hostile and broken programs fail cleanly") {
   }
   SUBCASE("os.abort") { CHECK(run("import os\nos.abort()\n").status == "error"); }
   SUBCASE("memory hog") {
+    // The address-space limit is under test, not the clock: zero-filling 512 MB on a loaded 2-core
+    // CI machine once took longer than the 3 s the other cases get (a timeout, not a MemoryError).
+    lim.wall_seconds = 20;
+    lim.cpu_seconds = 20;
     const auto r = run("x = []\nwhile True:\n    x.append(bytearray(50 * 1024 * 1024))\n");
     CHECK(r.status == "failed");
     CHECK(llama_test::contains(r.stderr_tail, "MemoryError"));
