@@ -315,7 +315,7 @@ inline ModelWeights load_hf_checkpoint(const std::filesystem::path& dir, const L
   const SafetensorsCollection st = SafetensorsCollection::open_directory(dir);
   ModelWeights w;
   w.config = c;
-  const std::int64_t D = c.dim, H = c.hidden_dim, V = c.vocab_size;
+  const std::int64_t D = c.dim, V = c.vocab_size;
   w.embed = st.read_matrix("model.embed_tokens.weight", V, D);
   w.layers.resize(c.n_layers);
   for (int i = 0; i < c.n_layers; ++i) {
@@ -323,14 +323,13 @@ inline ModelWeights load_hf_checkpoint(const std::filesystem::path& dir, const L
     const std::string p = cat("model.layers.", i, ".");
     l.attn_norm = st.read_vector(p + "input_layernorm.weight", D);
     l.ffn_norm = st.read_vector(p + "post_attention_layernorm.weight", D);
-    const std::int64_t rows[] = {c.q_dim(), c.kv_dim(), c.kv_dim(), D, H, H, D};
-    const std::int64_t cols[] = {D, D, D, c.q_dim(), D, D, H};
     for (int m = 0; m < kModulesPerLayer; ++m) {
       const LinearId id{i, static_cast<Module>(m)};
-      if (!opt.keep_linears_stored) l.linear(id.module) = st.read_matrix(id.hf_name(), rows[m], cols[m]);
+      const auto [rows, cols] = linear_shape(c, id.module);
+      if (!opt.keep_linears_stored) l.linear(id.module) = st.read_matrix(id.hf_name(), rows, cols);
       if (c.qkv_bias && m <= static_cast<int>(Module::v)) {  // Qwen2: q/k/v biases are required
         Vector& b = id.module == Module::q ? l.bq : id.module == Module::k ? l.bk : l.bv;
-        b = st.read_vector(id.hf_bias_name(), rows[m]);
+        b = st.read_vector(id.hf_bias_name(), rows);
       }
     }
   }

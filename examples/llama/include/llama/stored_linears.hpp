@@ -60,13 +60,10 @@ inline const Matrix& linear_value(const ModelWeights& w, LinearId id, Matrix& sc
   return scratch;
 }
 
-/// Whether every value of target `id` is exactly a bf16 value without reading a held matrix:
-/// true for a linear stored as BF16; nullopt when the answer needs the values (held, or stored in
-/// another dtype).
-inline std::optional<bool> stored_bf16_exact(const ModelWeights& w, LinearId id) {
+/// Whether target `id` is stored as BF16 (its values are then bf16-exact without reading them).
+inline bool stored_as_bf16(const ModelWeights& w, LinearId id) {
   const auto s = stored_linear(w, id);
-  if (!s || s->dtype != DType::BF16) return std::nullopt;
-  return true;
+  return s && s->dtype == DType::BF16;
 }
 
 /// A copy of `w` holding every target linear in fp32 (converted from the source; `w` itself when it

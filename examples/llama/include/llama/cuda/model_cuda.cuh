@@ -365,17 +365,8 @@ class PinnedUploader {
 
 template <class T>
 std::pair<index_t, index_t> CudaLlama<T>::lin_shape(Module m) const {
-  const ModelConfig& c = cfg_;
-  switch (m) {
-    case Module::q: return {c.q_dim(), c.dim};
-    case Module::k:
-    case Module::v: return {c.kv_dim(), c.dim};
-    case Module::o: return {c.dim, c.q_dim()};
-    case Module::gate:
-    case Module::up: return {c.hidden_dim, c.dim};
-    case Module::down: return {c.dim, c.hidden_dim};
-  }
-  return {0, 0};
+  const auto [out, in] = linear_shape(cfg_, m);
+  return {index_t(out), index_t(in)};
 }
 
 template <class T>

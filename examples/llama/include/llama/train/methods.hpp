@@ -321,7 +321,7 @@ class TrainMethod {
   void base_w_fp32(const ModelWeights& host, std::size_t i, V32 dst, bool scan_held = true) {
     const LinearId id = ids_[i];
     if constexpr (kMixed) {
-      const bool exact = host.is_stored(id) ? stored_bf16_exact(host, id).value_or(false)
+      const bool exact = host.is_stored(id) ? stored_as_bf16(host, id)
                                             : scan_held && detail::bf16_exact(host.linear(id));
       if (exact) {
         Dev::to_master(*bm_, CVc(Wc_[i]), dst);
