@@ -693,8 +693,25 @@ TEST_CASE("bf16 W policies on the GPU: full fine-tuning vs the CPU trainer, bf16
     CHECK(gpu.log.str().find(std::string("W ") + policy) != std::string::npos);  // the method description
 
     if (!sr) {  // Kahan: w + c against the fp32-master run with the same bf16 compute, same init
+      // The fp32-master run starts from the same W_init (the base rounded to bf16). It cannot resume
+      // the bf16-compensated state (the trainer refuses a changed --w-precision, rightly: session
+      // 12's run of this case), so it resumes a CPU fp32-master state of a checkpoint holding W_init.
+      const fs::path w0dir = scratch() / (tag + "-w0");
+      fs::remove_all(w0dir);
+      SaveOptions so;
+      so.source_config_dir = base_options(method, tag).model;
+      save_hf_checkpoint(w0dir, m0, so);
+      TrainOptions ocm = base_options(method, tag + "-cpu-master");
+      ocm.lr = lr;
+      ocm.model = w0dir.string();
+      ocm.w_precision = hdpissa::WPrecision::Fp32Master;
+      Run cpum(ocm, false);
+      const fs::path initm = scratch() / (tag + "-init-master");
+      cpum.t->save_state(initm);
       TrainOptions om = og;
+      om.model = ocm.model;
       om.w_precision = hdpissa::WPrecision::Fp32Master;
+      om.resume = initm.string();
       om.metrics = (scratch() / (tag + "-gpu-master.jsonl")).string();
       fs::remove(om.metrics);
       Run master(om);
