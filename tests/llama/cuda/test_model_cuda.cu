@@ -796,6 +796,7 @@ TEST_CASE("Fp8Linears: q|k|v and gate|up quantise their shared input once, bit-i
   };
   const auto [plain, q0, r0] = run(false);
   const auto [shared, q1, r1] = run(true);
+  const auto [plain2, q2, r2] = run(false);  // a second unshared instance: the GEMMs' own reproducibility
   CHECK(r0 == 0);
   CHECK(q0 == 16 + 3);
   // pass 1: per layer q quantises, k, v reuse, o quantises, gate quantises, up reuses -> 3 + 3 each;
@@ -804,9 +805,30 @@ TEST_CASE("Fp8Linears: q|k|v and gate|up quantise their shared input once, bit-i
   CHECK(q1 == 6 + 2 + 3);
   CHECK(r1 == 6 + 2);
   REQUIRE(plain.size() == shared.size());
+  REQUIRE(plain.size() == plain2.size());
+  // Session 12 on an H200: every shared output differed from the unshared one, the first call too
+  // (which quantises in both), so the reuse alone cannot explain it. If two unshared instances
+  // already differ, the FP8 GEMM is not bit-reproducible between instances, and the reuse is
+  // held to that variation (relative Frobenius difference); otherwise it must be bit-identical.
+  auto rel = [](const std::vector<bf16>& a, const std::vector<bf16>& b) {
+    double num = 0, den = 0;
+    for (std::size_t i = 0; i < a.size(); ++i) {
+      const double x = __bfloat162float(a[i]), y = __bfloat162float(b[i]);
+      num += (x - y) * (x - y);
+      den += x * x;
+    }
+    return den > 0 ? std::sqrt(num / den) : std::sqrt(num);
+  };
   for (std::size_t c = 0; c < plain.size(); ++c) {
     INFO("call " << c);
-    CHECK(std::memcmp(plain[c].data(), shared[c].data(), plain[c].size() * sizeof(bf16)) == 0);
+    const bool reproducible = std::memcmp(plain[c].data(), plain2[c].data(), plain[c].size() * sizeof(bf16)) == 0;
+    const double d_plain = rel(plain[c], plain2[c]), d_shared = rel(plain[c], shared[c]);
+    MESSAGE("call ", c, ": unshared instances bit-identical ", reproducible, ", rel diff unshared ", d_plain,
+            ", shared vs unshared ", d_shared);
+    if (reproducible)
+      CHECK(std::memcmp(plain[c].data(), shared[c].data(), plain[c].size() * sizeof(bf16)) == 0);
+    else
+      CHECK(d_shared <= 2.0 * d_plain + 1e-6);
   }
 }
 
