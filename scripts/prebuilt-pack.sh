@@ -28,3 +28,8 @@ cp -fL "$sp" "$ROOT/.devbin/lib/libsentencepiece.so.0"
 git -C "$ROOT" rev-parse --short HEAD > "$ROOT/.devbin/COMMIT"
 if git -C "$ROOT" status --porcelain --untracked-files=no | grep -q .; then echo "+dirty" >> "$ROOT/.devbin/COMMIT"; fi
 du -sh "$ROOT/.devbin"; ls "$ROOT/.devbin"
+# The packed binaries compressed (52 MiB -> ~11 MiB), so that every .devdata part fits beside them in
+# a call's 64 MiB: carry [".devpack", ".devdata"] and unpack on the device with
+# `tar xJf .devpack/devbin.tar.xz` (scripts/device-calls/*.sh do; .devpack is git-ignored).
+mkdir -p "$ROOT/.devpack"
+(cd "$ROOT" && tar cf - .devbin | xz -T0 -6 > .devpack/devbin.tar.xz) && du -sh "$ROOT/.devpack/devbin.tar.xz"
