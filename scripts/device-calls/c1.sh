@@ -1,8 +1,5 @@
 # call 1: every packed GPU suite (two streams in parallel), then the 34B fit if time is left
-set -uo pipefail
-tar xJf .devpack/devbin.tar.xz
-T0=$(date +%s); el() { echo $(( $(date +%s) - T0 )); }
-source scripts/prebuilt-env.sh
+source scripts/device-calls/common.sh
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 O=/tmp/o1; mkdir -p $O
 (OUT=$O/a HDPISSA_GPU_TEST_SCRATCH=/tmp/hs1 SUITES=hdpissa_cuda_train_tests timeout ${SUITE_T:-330} scripts/prebuilt-suites.sh > $O/a.txt 2>&1; echo "stream a rc $? done at $(el) s" >> $O/a.txt) &
@@ -11,7 +8,7 @@ wait
 cat $O/a.txt $O/b.txt; cp $O/a.txt $O/b.txt $OUT/
 echo "suites done at $(el) s"
 if (( $(el) < ${FIT_IF_BEFORE:-360} )); then
-  OUT=$O/fit34 PREBUILT=$PWD/.devbin timeout $(( ${END_S:-540} - $(el) )) scripts/fit-34b.sh
+  OUT=$O/fit34 PREBUILT=$PWD/.devbin timeout $(( END - $(el) )) scripts/fit-34b.sh
   echo "fit rc $? done at $(el) s"; cp $O/fit34/fit34.md $OUT/ 2>/dev/null
 fi
 tar czf $OUT/c1-logs.tgz -C $O . ; ls -la $OUT

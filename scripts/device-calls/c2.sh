@@ -1,9 +1,5 @@
 # call 2: 7B throughput + memory vs PEFT+compile: 8x512 (bf16 + fp8), then 2x512 (memory); then profile / fp8 deviation if time is left
-set -uo pipefail
-tar xJf .devpack/devbin.tar.xz
-T0=$(date +%s); el() { echo $(( $(date +%s) - T0 )); }
-END=${END_S:-545}
-source scripts/prebuilt-env.sh
+source scripts/device-calls/common.sh
 O=/tmp/o2; mkdir -p $O
 OUT=$O/t8 WORK=/tmp/tpw PREBUILT=$PWD/.devbin SHAPES=llama2-7b MICRO_BATCHES=8 \
   OURS_CONFIGS="${OURS8:-lora hdpissa-K1 lora+fp8 hdpissa-K1+fp8}" PEFT_METHODS=lora-bf16-compile DEADLINE_S=${D8:-290} scripts/throughput.sh > $O/t8.txt 2>&1
@@ -16,7 +12,7 @@ if (( $(el) < ${MB2_IF_BEFORE:-330} )); then
   cp $O/t2/throughput.md $OUT/t2.md 2>/dev/null; grep -E "rc |total" $O/t2/throughput.log
   echo "mb2 done at $(el) s"
 fi
-grep -h -E "loaded .* in|engine ready|engine: uploading" $O/runs8/*/*.log /tmp/tpw/runs/*/*.log 2>/dev/null > $OUT/startup.txt; cat $OUT/startup.txt
+startup_lines $O/runs8 /tmp/tpw/runs > $OUT/startup.txt; cat $OUT/startup.txt
 if (( $(el) < ${PROF_IF_BEFORE:-440} )); then
   OUT=$O/prof WORK=/tmp/tpw PREBUILT=$PWD/.devbin SHAPE=llama2-7b MB=8 timeout $(( END - $(el) )) scripts/profile-step.sh > $O/prof.txt 2>&1
   cp $O/prof/profile.md $OUT/ 2>/dev/null; cat $O/prof/profile.md; echo "profile done at $(el) s"

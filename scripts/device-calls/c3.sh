@@ -1,9 +1,5 @@
 # call 3: decode bench (TinyLlama + 7B, batch 64) vs transformers generate, GSM8K at 7B; then the FP8 deviation if time is left
-set -uo pipefail
-tar xJf .devpack/devbin.tar.xz
-T0=$(date +%s); el() { echo $(( $(date +%s) - T0 )); }
-END=${END_S:-545}
-source scripts/prebuilt-env.sh
+source scripts/device-calls/common.sh
 O=/tmp/o3; mkdir -p $O
 OUT=$O/d WORK=/tmp/dbw PREBUILT=$PWD/.devbin SHAPES="${SHAPES:-tinyllama llama2-7b}" GSM8K_TIMEOUT=${GSM8K_TIMEOUT:-150} GSM8K_SHAPES="${GSM8K_SHAPES-llama2-7b}" timeout $(( END - $(el) )) scripts/decode-bench.sh > $O/d.txt 2>&1
 cp $O/d/decode-bench.md $OUT/ 2>/dev/null; cat $O/d/decode-bench.md; echo "decode done at $(el) s"

@@ -699,7 +699,7 @@ TEST_CASE("bf16 W policies on the GPU: full fine-tuning vs the CPU trainer, bf16
       const fs::path w0dir = scratch() / (tag + "-w0");
       fs::remove_all(w0dir);
       SaveOptions so;
-      so.source_config_dir = base_options(method, tag).model;
+      so.source_config_dir = oc.model;  // the stories260K-hf config
       save_hf_checkpoint(w0dir, m0, so);
       TrainOptions ocm = base_options(method, tag + "-cpu-master");
       ocm.lr = lr;

@@ -1,0 +1,13 @@
+# Sourced first by every call script here (session 12's device calls; run from the repository root on
+# the GPU machine with carry [".devpack", ".devdata"]): c0 decode + model suites, the 7B decode bench,
+# the 34B fit (ran); c2 7B throughput 8 x 512 (bf16 + fp8) and 2 x 512, the step profile (ran);
+# c1 every suite then the fit, c3 the decode bench at both shapes then the FP8 deviation (plans, not
+# run in this form). Unpacks the binaries (scripts/prebuilt-pack.sh), sets the clock and the library
+# path; each call keeps its outputs in /tmp and returns at most 8 files under $OUT.
+set -uo pipefail
+tar xJf .devpack/devbin.tar.xz
+T0=$(date +%s); el() { echo $(( $(date +%s) - T0 )); }
+END=${END_S:-545}
+source scripts/prebuilt-env.sh
+# the start-up lines of every trainer log under the given directories (docs/trainer.md "Start-up")
+startup_lines() { grep -rh --include='*.log' -E "loaded .* in|engine ready|engine: uploading" "$@" 2>/dev/null; }
