@@ -7,6 +7,7 @@
 #include "hdpissa/core/concepts.hpp"
 #include "hdpissa/core/config.hpp"
 #include "hdpissa/core/error.hpp"
+#include "hdpissa/core/memory_ledger.hpp"
 #include "hdpissa/core/random.hpp"
 #include "hdpissa/core/view.hpp"
 #include "hdpissa/core/w_precision.hpp"

@@ -41,8 +41,17 @@ struct Problem {
   static constexpr index_t shapes[layers][2] = {{12, 10}, {10, 14}, {16, 12}};
 };
 
+/// What run_hdpissa reports of the update besides W.
+struct RunInfo {
+  std::size_t collectives = 0, receive_bytes = 0, sent_bytes = 0;
+};
+
+/// `opts`: the update's options (exchange buckets); `move_factors`: hand the factors over with
+/// add_layer(…, AdapterSet&&) instead of copying them.
 template <Communicator C>
-std::vector<std::vector<float>> run_hdpissa(C& comm, int K, std::vector<int>* hook_calls = nullptr) {
+std::vector<std::vector<float>> run_hdpissa(C& comm, int K, std::vector<int>* hook_calls = nullptr,
+                                            UpdateOptions opts = {}, bool move_factors = false,
+                                            RunInfo* info = nullptr) {
   EigenBackend<float> b;
   std::vector<EigenBackend<float>::Matrix> W;
   std::vector<AdapterSet<EigenBackend<float>>> sets;
@@ -51,10 +60,20 @@ std::vector<std::vector<float>> run_hdpissa(C& comm, int K, std::vector<int>* ho
     const index_t out = Problem::shapes[l][0], in = Problem::shapes[l][1];
     W.push_back(hdtest::matrix_with_spectrum(b, out, in, decaying<float>(std::min(out, in)), 100 + l));
   }
-  DirectWeightUpdate<EigenBackend<float>, Adam, C> dwu(b, comm, Adam{});
+  DirectWeightUpdate<EigenBackend<float>, Adam, C> dwu(b, comm, Adam{}, opts);
   for (int l = 0; l < Problem::layers; ++l) {
     sets.push_back(init(b, ConstMatrixView<float>(W[l].view()), "layer" + std::to_string(l)));
-    dwu.add_layer("layer" + std::to_string(l), W[l].view(), sets.back());
+    if (!move_factors) {
+      dwu.add_layer("layer" + std::to_string(l), W[l].view(), sets.back());
+      continue;
+    }
+    const Ref A = hdtest::to_ref(ConstMatrixView<float>(sets.back().A.view()));
+    const Ref B = hdtest::to_ref(ConstMatrixView<float>(sets.back().B.view()));
+    dwu.add_layer("layer" + std::to_string(l), W[l].view(), std::move(sets.back()));
+    CHECK(sets.back().A.view().size() == 0);  // handed over: the caller keeps no copy
+    CHECK(sets.back().B.view().size() == 0);
+    CHECK(hdtest::violations<float>(hdtest::to_ref(ConstMatrixView<float>(dwu.stacked_A(l))), A, 0) == 0);
+    CHECK(hdtest::violations<float>(hdtest::to_ref(ConstMatrixView<float>(dwu.stacked_B(l))), B, 0) == 0);
   }
   if (hook_calls) {  // the external W update: W += Δ by hand (what a W-precision policy does)
     hook_calls->assign(Problem::layers, 0);
@@ -84,6 +103,7 @@ std::vector<std::vector<float>> run_hdpissa(C& comm, int K, std::vector<int>* ho
     dwu.step(1e-2);
   }
   dwu.verify_replicas();
+  if (info) *info = {dwu.collectives_per_step(), dwu.receive_buffer_bytes(), dwu.bytes_sent_per_step()};
   std::vector<std::vector<float>> out;
   for (auto& w : W) out.emplace_back(w.data(), w.data() + w.view().size());
   return out;
@@ -152,6 +172,64 @@ TEST_CASE("ThreadGroup K = 4 and VirtualRanks K = 4 give the same W, and the sam
   SUBCASE("the update really depends on K: K = 2 differs") {
     VirtualRanks<SingleProcess> two(single, 2);
     CHECK(run_hdpissa(two, 2)[0] != reference[0]);
+  }
+}
+
+TEST_CASE("DWU exchange buckets: any bucketing gives W bit for bit, with a receive buffer of one bucket") {
+  SingleProcess single;
+  VirtualRanks<SingleProcess> virt(single, 4);
+  RunInfo one_worker;
+  const auto reference = run_hdpissa(virt, 4, nullptr, {}, false, &one_worker);
+  // One worker exchanges nothing: its send buffer is the received one.
+  CHECK(one_worker.collectives == 0);
+  CHECK(one_worker.receive_bytes == 0);
+  // The layers' packed deltas per group: r·(in + out) floats each.
+  std::size_t per_group = 0;
+  for (const auto& sh : Problem::shapes) per_group += std::size_t(Problem::r * (sh[0] + sh[1]));
+  struct Case {
+    const char* what;
+    std::size_t bucket_bytes;
+    std::size_t collectives;
+  };
+  // Layer sizes per group (r = 2): 44, 48, 56 floats; K = 4 → 704, 768, 896 bytes per layer.
+  for (const Case c : {Case{"one bucket (0 = unbounded)", 0, 1}, Case{"the default (256 MiB)", std::size_t(256) << 20, 1},
+                       Case{"one layer per bucket", 1, 3}, Case{"two layers fit, then one", 1500, 2}}) {
+    CAPTURE(c.what);
+    UpdateOptions opts;
+    opts.exchange_bucket_bytes = c.bucket_bytes;
+    std::mutex mu;
+    std::vector<std::vector<std::vector<float>>> per_rank(4);
+    std::vector<RunInfo> infos(4);
+    ThreadGroup::run(4, [&](ThreadGroup& comm) {
+      RunInfo info;
+      auto w = run_hdpissa(comm, 4, nullptr, opts, /*move_factors=*/comm.rank() % 2 == 1, &info);
+      std::lock_guard lock(mu);
+      per_rank[comm.rank()] = std::move(w);
+      infos[comm.rank()] = info;
+    });
+    for (int rank = 0; rank < 4; ++rank) {
+      for (int l = 0; l < Problem::layers; ++l) CHECK(per_rank[rank][l] == reference[l]);  // bit-identical
+      CHECK(infos[rank].collectives == c.collectives);
+      CHECK(infos[rank].sent_bytes == per_group * sizeof(float));
+    }
+    // The receive buffer: K × the largest bucket.
+    const std::size_t largest = c.collectives == 1 ? per_group
+                                : c.collectives == 3 ? std::size_t(Problem::r * (16 + 12))
+                                                     : std::size_t(Problem::r * (12 + 10 + 10 + 14));
+    CHECK(infos[0].receive_bytes == 4 * largest * sizeof(float));
+    // 2 threads × 2 virtual groups: the virtual groups' deltas travel in the same buckets.
+    std::vector<std::vector<std::vector<float>>> mixed(2);
+    ThreadGroup::run(2, [&](ThreadGroup& tg) {
+      VirtualRanks<ThreadGroup> comm(tg, 2);
+      auto w = run_hdpissa(comm, 4, nullptr, opts);
+      std::lock_guard lock(mu);
+      mixed[tg.rank()] = std::move(w);
+    });
+    for (int rank = 0; rank < 2; ++rank)
+      for (int l = 0; l < Problem::layers; ++l) CHECK(mixed[rank][l] == reference[l]);
+  }
+  SUBCASE("handing the factors over (add_layer with an rvalue set) gives the same W") {
+    CHECK(run_hdpissa(virt, 4, nullptr, {}, /*move_factors=*/true) == reference);
   }
 }
 

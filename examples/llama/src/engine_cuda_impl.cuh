@@ -67,7 +67,7 @@ class CudaEngine final : public MethodEngine<gpu::CudaDevice<T>> {
         b32_(stream_.get(), hdpissa::CudaBackendOptions{}),
         bt_(make_bt()),
         comm_(make_collectives(g, device_, stream_.get()), g.local_groups),
-        model_(host, o.micro_batch, o.max_len, stream_.get(), 1024, attention_of(o.attention),
+        model_(host, o.micro_batch, o.max_len, stream_.get(), gpu::CudaLlama<T>::default_loss_chunk_rows(host.config.vocab_size), attention_of(o.attention),
                o.activation_checkpointing) {
     if (comm_.groups() != g.groups || comm_.first_group() != g.first_group || comm_.size() != g.processes)
       throw LlamaError(cat("CUDA engine: expected K = ", g.groups, " groups over ", g.processes,
@@ -75,8 +75,13 @@ class CudaEngine final : public MethodEngine<gpu::CudaDevice<T>> {
                            comm_.groups(), " over ", comm_.size(), " (first group ", comm_.first_group(), ")"));
     const MethodContext<Dev, DevComm> ctx{b32_, bt(), comm_, host, [this](LinearId id) { return model_.linear(id); },
                                           g.init_progress};
-    method_ = make_method(o, ctx, resume);
-    b32_.synchronize();
+    {
+      hdpissa::memory::PartScope part("method");  // what the method's own parts do not name
+      method_ = make_method(o, ctx, resume);
+    }
+    // The initialisation's SVD / QR scratch is not needed for training: give it back.
+    b32_.release_solver_scratch();
+    if (bt_) bt_->release_solver_scratch();
     sample_memory();
     if (o.profile) {
       model_.enable_profiling(true);
@@ -153,8 +158,12 @@ class CudaEngine final : public MethodEngine<gpu::CudaDevice<T>> {
   std::vector<std::vector<std::int32_t>> generate_batch(const std::vector<std::vector<std::int32_t>>& prompts,
                                                         int max_new_tokens, const std::vector<std::int32_t>& stop_tokens,
                                                         int max_seq_len) override {
-    if (!gen_) gen_ = std::make_unique<gpu::GreedyGenerator<T>>(model_, method_->hooks(0), GreedyGeneratorOptions{});
+    if (!gen_) {
+      hdpissa::memory::PartScope part("decoder");
+      gen_ = std::make_unique<gpu::GreedyGenerator<T>>(model_, method_->hooks(0), GreedyGeneratorOptions{});
+    }
     eval::GenerationRequest req;
+    hdpissa::memory::PartScope part("decoder");  // its KV cache grows with the context
     req.prompts = prompts;
     req.max_new_tokens = max_new_tokens;
     req.stop_tokens = stop_tokens;
@@ -165,6 +174,20 @@ class CudaEngine final : public MethodEngine<gpu::CudaDevice<T>> {
     return out;
   }
   std::optional<std::int64_t> peak_device_bytes() override { return peak_; }
+  std::vector<std::pair<std::string, std::int64_t>> peak_memory_parts() override {
+    std::vector<std::pair<std::string, std::int64_t>> out;
+    std::int64_t tracked = 0;
+    for (const auto& p : peak_parts_)
+      if (p.bytes > 0) out.emplace_back(p.name, p.bytes), tracked += p.bytes;
+    out.emplace_back("untracked", peak_ - tracked);
+    return out;
+  }
+  std::vector<std::pair<std::string, std::int64_t>> tracked_peak_parts() override {
+    std::vector<std::pair<std::string, std::int64_t>> out;
+    for (const auto& p : hdpissa::memory::Ledger::instance().at_peak())
+      if (p.bytes > 0) out.emplace_back(p.name, p.bytes);
+    return out;
+  }
   /// The truncated LoRA export on the GPU (truncated_delta_cuda.cuh): ΔW from the fp32 master W
   /// (DWU, full) and the host W_init, in double. A CudaBackend<double> per call on the engine's
   /// stream, so its SVD scratch is released with it (the export runs once, after training).
@@ -182,7 +205,10 @@ class CudaEngine final : public MethodEngine<gpu::CudaDevice<T>> {
   void sample_memory() {
     std::size_t free = 0, total = 0;
     HDPISSA_CUDA_CHECK(cudaMemGetInfo(&free, &total));
-    peak_ = std::max<std::int64_t>(peak_, std::int64_t(total - free));
+    if (std::int64_t(total - free) > peak_) {
+      peak_ = std::int64_t(total - free);
+      peak_parts_ = hdpissa::memory::Ledger::instance().parts();  // the ledger at the same moment
+    }
   }
   /// The GPU of this process: local rank mod visible GPUs (made current before anything is
   /// allocated). Refuses more processes on this host than GPUs.
@@ -230,6 +256,7 @@ class CudaEngine final : public MethodEngine<gpu::CudaDevice<T>> {
   gpu::CudaLlama<T> model_;
   std::unique_ptr<gpu::GreedyGenerator<T>> gen_;  // after model_: destroyed first
   std::int64_t peak_ = 0;
+  std::vector<hdpissa::memory::Part> peak_parts_;  // the ledger when peak_ was sampled
   std::string name_, notes_;
   cudaEvent_t step_ev_[2] = {nullptr, nullptr};  // --profile: around the optimizer step
   double step_ms_ = 0;

@@ -24,6 +24,7 @@
 #include "hdpissa/adapter/update_common.hpp"
 #include "hdpissa/core/concepts.hpp"
 #include "hdpissa/core/dwu_kernels.hpp"
+#include "hdpissa/core/memory_ledger.hpp"
 #include "hdpissa/core/w_precision.hpp"
 
 namespace hdpissa {
@@ -48,6 +49,7 @@ class DataParallelUpdate {
   std::size_t add_param(std::string name, V param) {
     HDPISSA_REQUIRE(!finalized_, "DataParallelUpdate::add_param('", name,
                     "'): parameters must be added before the first step or gradient access");
+    memory::PartScope part("dp.optimizer");
     params_.push_back(Param{std::move(name), param, total_, opt_.make_state(*b_, param.rows, param.cols)});
     total_ += std::size_t(param.size());
     return params_.size() - 1;
@@ -87,7 +89,11 @@ class DataParallelUpdate {
   void finalize() {
     if (finalized_) return;
     HDPISSA_REQUIRE(!params_.empty(), "DataParallelUpdate: no parameters were added");
-    for (int g = 0; g < comm_->local_groups(); ++g) grads_.push_back(b_->make_matrix(1, index_t(total_)));
+    {
+      memory::PartScope part("dp.gradients");
+      for (int g = 0; g < comm_->local_groups(); ++g) grads_.push_back(b_->make_matrix(1, index_t(total_)));
+    }
+    memory::PartScope part("dp.scratch");
     delta_ = b_->make_matrix(1, index_t(max_size()));
     finalized_ = true;
   }
@@ -137,7 +143,10 @@ class DataParallelUpdate {
       // or, when it does not read the parameter, the gradient in its place (never read).
       CV param = CV(grad(i, 0));
       if (optimizer_reads_param()) {
-        if (param_.rows() == 0) param_ = b_->make_matrix(1, index_t(max_size()));
+        if (param_.rows() == 0) {
+          memory::PartScope part("dp.scratch");
+          param_ = b_->make_matrix(1, index_t(max_size()));
+        }
         const V wide{param_.view().data, p.value.rows, p.value.cols, p.value.cols};
         kernels_->widen_w_storage(p.wst, wide);
         param = CV(wide);

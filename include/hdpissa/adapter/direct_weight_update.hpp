@@ -8,8 +8,9 @@
 /// one GEMM of inner dimension 2Kr per layer, which also avoids forming (B−dB)(A−dA) − BA.
 ///
 /// Per step only the factor deltas travel: each worker packs its local groups' (dA, dB) for every
-/// layer into one buffer, and one all_gather per step exchanges them (r·(in+out) numbers per layer
-/// per group). The factors A_j, B_j are constant after initialisation (as in the reference) and are
+/// layer into one buffer, and all_gathers exchange them (r·(in+out) numbers per layer per group):
+/// one per bucket of consecutive layers (UpdateOptions::exchange_bucket_bytes bounds the receive
+/// buffer), none with one worker (its send buffer is the received one). The factors A_j, B_j are constant after initialisation (as in the reference) and are
 /// known to every worker. Gradients are never averaged across groups. Every worker then applies the
 /// identical GEMMs to identical inputs, so W stays bit-identical across workers; verify_replicas()
 /// checks that cheaply.
@@ -41,6 +42,7 @@
 #include "hdpissa/adapter/update_common.hpp"
 #include "hdpissa/core/concepts.hpp"
 #include "hdpissa/core/dwu_kernels.hpp"
+#include "hdpissa/core/memory_ledger.hpp"
 #include "hdpissa/core/w_precision.hpp"
 #include "hdpissa/optim/adam.hpp"
 
@@ -90,6 +92,7 @@ class DirectWeightUpdate {
     std::vector<typename B::matrix_type> gA, gB;  // per local group: (r, in), (out, r)
     std::vector<opt_state> stA, stB;               // per local group
     std::size_t offset = 0;          // of this layer's (dA, dB) inside one group's packed chunk
+    std::size_t bucket = 0;          // its exchange bucket (finalize())
     bool bf16_w = false;             // W lives in `wst` (set_w_storage), not in the view W
     Bf16WStorage wst{};
   };
@@ -141,6 +144,20 @@ class DirectWeightUpdate {
   /// Registers W (out, in) with the factors of all K groups (e.g. from OrthogonalAdapterInit, or
   /// broadcast by init_adapters_distributed). Returns the layer's index. W must outlive this object.
   std::size_t add_layer(std::string name, V W, const AdapterSet<B>& factors) {
+    return add_layer_impl(std::move(name), W, factors, /*copy_A=*/true);
+  }
+
+  /// add_layer taking the factors over: A is moved in (not copied), B is copied into L and freed
+  /// with `factors`, so the caller need not keep a second copy of the constant factors.
+  std::size_t add_layer(std::string name, V W, AdapterSet<B>&& factors) {
+    const std::size_t i = add_layer_impl(std::move(name), W, std::as_const(factors), /*copy_A=*/false);
+    layers_[i].A = std::move(factors.A);
+    factors = AdapterSet<B>{};
+    return i;
+  }
+
+ private:
+  std::size_t add_layer_impl(std::string name, V W, const AdapterSet<B>& factors, bool copy_A) {
     HDPISSA_REQUIRE(!finalized_, "DirectWeightUpdate::add_layer('", name,
                     "'): layers must be added before the first step or gradient access");
     HDPISSA_REQUIRE(factors.groups == groups(), "layer '", name, "': expected factors for K = ", groups(),
@@ -157,13 +174,22 @@ class DirectWeightUpdate {
     l.W = W;
     l.out = W.rows;
     l.in = W.cols;
-    l.A = b_->make_matrix(K * r, W.cols);
-    b_->copy(CV(factors.A.view()), l.A.view());
-    l.L = b_->make_matrix(W.rows, 2 * K * r);
-    b_->copy(CV(factors.B.view()), l.L.view().col_block(K * r, K * r));
+    {
+      memory::PartScope part("dwu.factors");
+      if (copy_A) {
+        l.A = b_->make_matrix(K * r, W.cols);
+        b_->copy(CV(factors.A.view()), l.A.view());
+      }
+      l.L = b_->make_matrix(W.rows, 2 * K * r);
+      b_->copy(CV(factors.B.view()), l.L.view().col_block(K * r, K * r));
+    }
     for (int g = 0; g < local_groups(); ++g) {
-      l.gA.push_back(b_->make_matrix(r, W.cols));
-      l.gB.push_back(b_->make_matrix(W.rows, r));
+      {
+        memory::PartScope part("dwu.gradients");
+        l.gA.push_back(b_->make_matrix(r, W.cols));
+        l.gB.push_back(b_->make_matrix(W.rows, r));
+      }
+      memory::PartScope part("dwu.optimizer");
       l.stA.push_back(opt_.make_state(*b_, r, W.cols));
       l.stB.push_back(opt_.make_state(*b_, W.rows, r));
     }
@@ -174,6 +200,12 @@ class DirectWeightUpdate {
     return layers_.size() - 1;
   }
 
+
+ public:
+  /// Every group's constant factors of `layer`, stacked as in AdapterSet: A (K·r, in) and B
+  /// (out, K·r; strided, ld = 2K·r). Writing them (restoring a saved state) changes the update.
+  V stacked_A(std::size_t layer) { return layers_.at(layer).A.view(); }
+  V stacked_B(std::size_t layer) { return layers_.at(layer).L.view().col_block(groups() * rank_, groups() * rank_); }
   /// Group g's dB (out, r) as the last step applied it (L's left half, written by that step).
   CV last_dB(std::size_t layer, int g) const {
     return CV(const_cast<Layer&>(layers_.at(layer)).L.view().col_block(g * rank_, rank_));
@@ -208,8 +240,25 @@ class DirectWeightUpdate {
   void finalize() {
     if (finalized_) return;
     HDPISSA_REQUIRE(!layers_.empty(), "DirectWeightUpdate: no layers were added");
+    HDPISSA_REQUIRE(comm_->size() > 1 || local_groups() == groups(), "DirectWeightUpdate: one worker must host all ",
+                    groups(), " groups, found ", local_groups());
+    // Exchange buckets: consecutive layers while K·(bucket elements) fits exchange_bucket_bytes.
+    bucket_start_.clear();
+    bucket_len_.clear();
+    const std::size_t cap = options_.exchange_bucket_bytes / (sizeof(S) * std::size_t(groups()));
+    for (auto& l : layers_) {
+      const std::size_t n = DwuPackedDeltas<S>::layer_elements(rank_, l.in, l.out);
+      if (bucket_len_.empty() || (options_.exchange_bucket_bytes != 0 && bucket_len_.back() + n > cap)) {
+        bucket_start_.push_back(l.offset);
+        bucket_len_.push_back(0);
+      }
+      l.bucket = bucket_len_.size() - 1;
+      bucket_len_.back() += n;
+    }
+    memory::PartScope part("dwu.exchange");
     send_ = b_->make_matrix(local_groups(), index_t(chunk_));
-    recv_ = b_->make_matrix(groups(), index_t(chunk_));
+    if (comm_->size() > 1)
+      recv_ = b_->make_matrix(groups(), index_t(*std::max_element(bucket_len_.begin(), bucket_len_.end())));
     R_ = b_->make_matrix(2 * groups() * rank_, max_in_);
     if constexpr (kBatchedAdam) build_adam_batch();
     if constexpr (kFusedKernels)
@@ -223,6 +272,12 @@ class DirectWeightUpdate {
 
   /// Bytes each worker contributes to the per-step all-gather (one worker's packed deltas).
   std::size_t bytes_sent_per_step() const { return chunk_ * sizeof(S) * std::size_t(local_groups()); }
+  /// All-gathers per step (the exchange buckets; 0 with one worker). Known after finalize().
+  std::size_t collectives_per_step() const { return comm_->size() > 1 ? bucket_len_.size() : 0; }
+  /// Bytes of the receive buffer (K × the largest bucket; 0 with one worker). After finalize().
+  std::size_t receive_buffer_bytes() const {
+    return std::size_t(recv_.rows()) * std::size_t(recv_.cols()) * sizeof(S);
+  }
 
   /// One optimizer step at learning rate `lr` for every local group, then the shared W update.
   StepReport step(double lr) {
@@ -261,20 +316,23 @@ class DirectWeightUpdate {
                              send.dB(g), lr);
         }
       }
-    // 3. One collective per step: every group's deltas for every layer.
-    comm_->all_gather(send_.view().data, recv_.view().data, chunk_);
-    // 4. One GEMM per layer: W ← W − f · [dB | B] [A − dA; dA].
+    // 3.–4. Per exchange bucket, one collective (every group's deltas for its layers; none with
+    //       one worker), then one GEMM per layer: W ← W − f · [dB | B] [A − dA; dA].
     const S f = S(Aggregation::factor(groups()));
     const index_t K = groups();
     auto need_delta = [&] {
       if (delta_.rows() != 0) return;
       index_t most = 0;
       for (const auto& l : layers_) most = std::max(most, l.out * l.in);
+      memory::PartScope part("dwu.delta-scratch");
       delta_ = b_->make_matrix(1, most);
     };
     if (w_apply_) need_delta();
     for (std::size_t li = 0; li < layers_.size(); ++li) {
       auto& l = layers_[li];
+      if ((li == 0 || layers_[li - 1].bucket != l.bucket) && comm_->size() > 1)
+        comm_->all_gather(send_.view().data + bucket_start_[l.bucket] * std::size_t(local_groups()),
+                          recv_.view().data, bucket_len_[l.bucket]);
       const DwuPackedDeltas<const S> recv = received(l);
       if (l.bf16_w) {  // a bf16 W-precision storage: the rule folds Δ in (fused where offered)
         Bf16WStorage st = l.wst;
@@ -356,12 +414,22 @@ class DirectWeightUpdate {
       }
     }
   }
-  /// Layer l's slice of the send buffer (local groups) and of the all-gathered buffer (all K).
+  /// Layer l's slice of the send buffer (local groups) and of the all-gathered buffer (all K). The
+  /// send buffer is bucket-major: bucket b holds [local group][its layers' deltas] (one bucket: the
+  /// plain [group][every layer] layout); the receive buffer holds one bucket, [group][its layers].
+  /// With one worker the send buffer is the received one.
   DwuPackedDeltas<S> sent(Layer& l) {
-    return {send_.view().data + l.offset, chunk_, index_t(local_groups()), rank_, l.in, l.out};
+    const std::size_t b0 = bucket_start_[l.bucket], n = bucket_len_[l.bucket];
+    return {send_.view().data + b0 * std::size_t(local_groups()) + (l.offset - b0), n, index_t(local_groups()), rank_,
+            l.in, l.out};
   }
   DwuPackedDeltas<const S> received(Layer& l) {
-    return {recv_.view().data + l.offset, chunk_, index_t(groups()), rank_, l.in, l.out};
+    if (comm_->size() == 1) {
+      const DwuPackedDeltas<S> d = sent(l);
+      return {d.data, d.chunk, index_t(groups()), rank_, l.in, l.out};
+    }
+    const std::size_t b0 = bucket_start_[l.bucket], n = bucket_len_[l.bucket];
+    return {recv_.view().data + (l.offset - b0), n, index_t(groups()), rank_, l.in, l.out};
   }
   /// The multi-tensor Adam table (setup; again only if a state's moments were replaced).
   void build_adam_batch() {
@@ -403,6 +471,7 @@ class DirectWeightUpdate {
   std::vector<Layer> layers_;
   index_t rank_ = 0;
   std::size_t chunk_ = 0;  // elements of one group's packed deltas
+  std::vector<std::size_t> bucket_start_, bucket_len_;  // exchange buckets: first offset, elements (finalize())
   index_t max_in_ = 0;
   bool finalized_ = false;
   typename B::matrix_type send_, recv_, R_;

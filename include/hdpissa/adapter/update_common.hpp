@@ -18,6 +18,13 @@ enum class NonFinitePolicy {
 /// Options shared by the update rules.
 struct UpdateOptions {
   NonFinitePolicy on_non_finite = NonFinitePolicy::Throw;
+  /// DirectWeightUpdate, several workers: the most bytes of all-gathered deltas alive at once. The
+  /// layers are exchanged in buckets of consecutive layers (one all_gather each, at least one layer
+  /// per bucket), so the receive buffer holds K·(one bucket) instead of K·(every layer): at
+  /// LLaMA-2-7B, r = 16, K = 8 that is 256 MiB instead of 1.2 GiB per worker. 0: one bucket (one
+  /// collective per step). The values exchanged, and so W, are the same bits for any bucketing. One
+  /// worker (size() == 1) exchanges nothing: its send buffer is the received one.
+  std::size_t exchange_bucket_bytes = std::size_t(256) << 20;
 };
 
 /// What step() did.

@@ -972,3 +972,78 @@ TEST_CASE("CudaLlama from stored linears: the device weights and logits of the f
   }
   fs::remove_all(dir);
 }
+
+// ------------------------------------------------------------------------------------------------
+// Memory: the embedding stored in bf16 when that is exact, and the ledger's parts against the
+// buffers' sizes.
+
+namespace {
+std::int64_t ledger_bytes(const std::string& part) {
+  for (const auto& p : hdpissa::memory::Ledger::instance().parts())
+    if (p.name == part) return p.bytes;
+  return 0;
+}
+}  // namespace
+
+TEST_CASE("CudaLlama bf16: a bf16-exact embedding is stored in bf16, gathers the same bits, and the ledger counts it") {
+  ModelWeights w = rounded_to_bf16(tiny_random(5));
+  Matrix& E = w.embed;
+  for (Eigen::Index i = 0; i < E.size(); ++i) E.data()[i] = __bfloat162float(__float2bfloat16_rn(E.data()[i]));
+  ModelWeights w32 = w;  // the same, but token V−1's embedding row is not a bf16 value: fp32 storage
+  const int V = w.config.vocab_size, D = w.config.dim, L = w.config.n_layers;
+  w32.embed(V - 1, 0) = std::nextafter(w32.embed(V - 1, 0), 10.0f);
+  Batch b = make_batch(V, 12, {12, 9}, 3, 4);
+  for (auto& t : b.input_ids) t = t % (V - 1);  // token V−1 (the only difference) never appears
+  std::int64_t lin = 0;
+  for (int m = 0; m < kModulesPerLayer; ++m) {
+    const auto [r, c] = linear_shape(w.config, static_cast<Module>(m));
+    lin += std::int64_t(r) * c * L;
+  }
+  const std::int64_t lin0 = ledger_bytes("model.linears"), emb0 = ledger_bytes("model.embedding+classifier");
+  std::vector<float> l16, l32;
+  {
+    CudaLlama<bf16> m16(w, 2, 12, nullptr);
+    CHECK(m16.embedding_in_compute_type());
+    CHECK(ledger_bytes("model.linears") - lin0 == lin * 2);
+    CHECK(ledger_bytes("model.embedding+classifier") - emb0 == std::int64_t(V) * D * (2 + 2));  // untied: bf16 + bf16
+    hdpissa::CudaBackend<bf16> be(m16.stream(), {});
+    CudaHooks<bf16> plain(be);
+    m16.forward_logits(b, plain, l16);
+  }
+  CHECK(ledger_bytes("model.linears") == lin0);  // given back with the model
+  CHECK(ledger_bytes("model.embedding+classifier") == emb0);
+  {
+    CudaLlama<bf16> m32(w32, 2, 12, nullptr);
+    CHECK_FALSE(m32.embedding_in_compute_type());
+    CHECK(ledger_bytes("model.embedding+classifier") - emb0 == std::int64_t(V) * D * (4 + 2));  // fp32 + bf16
+    hdpissa::CudaBackend<bf16> be(m32.stream(), {});
+    CudaHooks<bf16> plain(be);
+    m32.forward_logits(b, plain, l32);
+  }
+  REQUIRE(l16.size() == l32.size());
+  CHECK(std::memcmp(l16.data(), l32.data(), l16.size() * sizeof(float)) == 0);  // bit for bit
+  SUBCASE("tied and bf16-exact: the classifier is the bf16 embedding itself") {
+    ModelWeights t = w;
+    t.config.tie_embeddings = true;
+    t.lm_head = Matrix();
+    CudaLlama<bf16> m(t, 1, 4, nullptr);
+    CHECK(ledger_bytes("model.embedding+classifier") - emb0 == std::int64_t(V) * D * 2);
+  }
+}
+
+TEST_CASE("CudaLlama: default loss chunk within 96 MiB; the bf16 staging is chunked (a linear larger than the stage)") {
+  CHECK(CudaLlama<bf16>::default_loss_chunk_rows(32000) == 512);
+  CHECK(CudaLlama<bf16>::default_loss_chunk_rows(128256) == 128);
+  CHECK(CudaLlama<bf16>::default_loss_chunk_rows(37) == 1024);
+  CHECK(CudaLlama<float>::default_loss_chunk_rows(32000) == 384);
+  // upload / download through the chunked stage give the bits of the one-shot conversion.
+  const ModelWeights w = tiny_random(9);
+  CudaLlama<bf16> m(w, 1, 4, nullptr);
+  m.set_staging_elements(7);  // 384 elements in 55 chunks (the last one short)
+  const LinearId id{1, Module::down};
+  Matrix x = w.linear(id) * 3.0f, back;
+  m.upload_linear(id, x);
+  m.download_linear(id, back);
+  for (Eigen::Index i = 0; i < x.size(); ++i)
+    CHECK(back.data()[i] == __bfloat162float(__float2bfloat16_rn(x.data()[i])));
+}

@@ -316,6 +316,17 @@ class CudaBackend {
     cuda_kernels::launch_elementwise(stream(), f, x0, xs...);
   }
 
+  /// Frees the solvers' grow-only scratch (SVD, QR, Cholesky, Gram eigensolver; ledger part
+  /// "backend.solver-scratch") after waiting for the stream: call it after a set-up phase (e.g. the
+  /// adapters' SVD initialisation) so training does not keep the largest SVD's buffers. A later
+  /// solver call allocates again.
+  void release_solver_scratch() {
+    synchronize();
+    for (auto* b : {&ws_, &tau_, &qr_x_, &chol_g_, &svd_x_, &svd_u_, &svd_v_, &svd_r_, &svd_ur_}) b->reset();
+    for (auto* b : {&bf_a_, &bf_u_, &bf_s_, &bf_v_}) b->reset();
+    for (auto* b : {&g_c_, &g_g_, &g_w_, &g_u_, &g_v_, &g_ws_}) b->reset();
+  }
+
   /// A (m, n) = U (m, k) diag(S (1, k)) Vt (k, n), k = min(m, n), S descending.
   void thin_svd(ConstMatrixView<Scalar> A, MatrixView<Scalar> U, MatrixView<Scalar> S, MatrixView<Scalar> Vt) {
     const index_t m = A.rows, n = A.cols, k = std::min(m, n);
@@ -327,10 +338,10 @@ class CudaBackend {
       svd_impl(A.data, m, n, cuda_detail::ld_of(A), U.data, cuda_detail::ld_of(U), S.data, Vt.data,
                cuda_detail::ld_of(Vt));
     } else {  // bf16 storage: solve in fp32 scratch
-      float* a = bf_a_.reserve(std::size_t(m * n));
-      float* u = bf_u_.reserve(std::size_t(m * k));
-      float* s = bf_s_.reserve(std::size_t(k));
-      float* vt = bf_v_.reserve(std::size_t(k * n));
+      float* a = solver_scratch(bf_a_, std::size_t(m * n));
+      float* u = solver_scratch(bf_u_, std::size_t(m * k));
+      float* s = solver_scratch(bf_s_, std::size_t(k));
+      float* vt = solver_scratch(bf_v_, std::size_t(k * n));
       cuda_kernels::launch_convert(stream(), A, MatrixView<float>(a, m, n));
       svd_impl(a, m, n, int(n), u, int(k), s, vt, int(n));
       cuda_kernels::launch_convert(stream(), ConstMatrixView<float>(u, m, k), U);
@@ -344,13 +355,13 @@ class CudaBackend {
     HDPISSA_REQUIRE(Y.cols <= Y.rows, "orthonormalize: expected a tall matrix, found ", shape_str(Y.rows, Y.cols));
     if (Y.empty()) return;
     const int m = int(Y.rows), n = int(Y.cols);
-    solver_type* x = qr_x_.reserve(std::size_t(m) * n);
+    solver_type* x = solver_scratch(qr_x_, std::size_t(m) * n);
     if constexpr (std::is_same_v<Scalar, solver_type>) {
       to_colmajor(Y, x);
       householder_q(x, m, n);
       from_colmajor(x, Y);
     } else {  // bf16 storage: solve in fp32 scratch
-      MatrixView<float> y32(bf_a_.reserve(std::size_t(m) * n), m, n);
+      MatrixView<float> y32(solver_scratch(bf_a_, std::size_t(m) * n), m, n);
       cuda_kernels::launch_convert(stream(), ConstMatrixView<Scalar>(Y), y32);
       to_colmajor(y32, x);
       householder_q(x, m, n);
@@ -370,7 +381,7 @@ class CudaBackend {
                     shape_str(Y.rows, Y.cols));
     if (Y.empty()) return true;
     const int m = int(Y.rows), n = int(Y.cols), ldy = cuda_detail::ld_of(Y);
-    solver_type* g = chol_g_.reserve(std::size_t(n) * n);
+    solver_type* g = solver_scratch(chol_g_, std::size_t(n) * n);
     const solver_type one = 1, zero = 0;
     set_exact_math();
     // Row-major Y is column-major Yc = Yᵀ (n × m): G = Yc Ycᵀ.
@@ -402,11 +413,11 @@ class CudaBackend {
     require_shape(S, 1, l, "wide_svd_gram S");
     require_shape(Vt, l, n, "wide_svd_gram Vt");
     if (l == 0) return;
-    double* cd = g_c_.reserve(std::size_t(l * n));
-    double* g = g_g_.reserve(std::size_t(l * l));
-    double* lam = g_w_.reserve(std::size_t(l));
-    double* ud = g_u_.reserve(std::size_t(l * l));
-    double* vtd = g_v_.reserve(std::size_t(l * n));
+    double* cd = solver_scratch(g_c_, std::size_t(l * n));
+    double* g = solver_scratch(g_g_, std::size_t(l * l));
+    double* lam = solver_scratch(g_w_, std::size_t(l));
+    double* ud = solver_scratch(g_u_, std::size_t(l * l));
+    double* vtd = solver_scratch(g_v_, std::size_t(l * n));
     cuda_kernels::launch_convert(stream(), C, MatrixView<double>(cd, l, n));
     const double one = 1, zero = 0;
     set_exact_math();
@@ -415,7 +426,7 @@ class CudaBackend {
                                      &zero, g, int(l)));
     int lw = 0;
     HDPISSA_CUSOLVER_CHECK(cuda_detail::syevd_buffer(cusolver(), CUBLAS_FILL_MODE_LOWER, int(l), g, int(l), lam, &lw));
-    double* w = g_ws_.reserve(std::size_t(std::max(lw, 1)));
+    double* w = solver_scratch(g_ws_, std::size_t(std::max(lw, 1)));
     HDPISSA_CUSOLVER_CHECK(cuda_detail::syevd(cusolver(), CUBLAS_FILL_MODE_LOWER, int(l), g, int(l), lam, w, lw,
                                               dev_info_.get()));
     cuda_kernels::gram_sort_kernel<Scalar><<<cuda_kernels::grid_for(l * l), cuda_kernels::kThreads, 0, stream()>>>(
@@ -481,7 +492,7 @@ class CudaBackend {
     synchronize();
     return *host_info_.get();
   }
-  T* workspace(int lwork) { return ws_.reserve(std::size_t(std::max(lwork, 1))); }
+  T* workspace(int lwork) { return solver_scratch(ws_, std::size_t(std::max(lwork, 1))); }
 
   /// Column-major copy (rows×cols, ld rows) of a row-major view (a transpose through geam).
   void to_colmajor(MatrixView<T> Y, T* x) {
@@ -498,7 +509,7 @@ class CudaBackend {
   }
   /// In place: column-major X (m × n, ld m) ← Q of its QR.
   void householder_q(T* x, int m, int n) {
-    T* tau = tau_.reserve(std::size_t(n));
+    T* tau = solver_scratch(tau_, std::size_t(n));
     int lw1 = 0, lw2 = 0;
     HDPISSA_CUSOLVER_CHECK(cuda_detail::geqrf_buffer(cusolver(), m, n, x, m, &lw1));
     HDPISSA_CUSOLVER_CHECK(cuda_detail::orgqr_buffer(cusolver(), m, n, n, x, m, tau, &lw2));
@@ -512,9 +523,9 @@ class CudaBackend {
   void tall_svd(T* x, int p, int q, T* ux, T* s, T* vx) {
     gesvdjInfo_t prm = gesvdj_.get();
     if (p >= 2 * q) {
-      T* r = svd_r_.reserve(std::size_t(q) * q);
-      T* ur = svd_ur_.reserve(std::size_t(q) * q);
-      T* tau = tau_.reserve(std::size_t(q));
+      T* r = solver_scratch(svd_r_, std::size_t(q) * q);
+      T* ur = solver_scratch(svd_ur_, std::size_t(q) * q);
+      T* tau = solver_scratch(tau_, std::size_t(q));
       int lw1 = 0, lw2 = 0, lw3 = 0;
       HDPISSA_CUSOLVER_CHECK(cuda_detail::geqrf_buffer(cusolver(), p, q, x, p, &lw1));
       HDPISSA_CUSOLVER_CHECK(cuda_detail::orgqr_buffer(cusolver(), p, q, q, x, p, tau, &lw2));
@@ -551,9 +562,9 @@ class CudaBackend {
     const T one = 1, zero = 0;
     const bool tall = m >= n;
     const int p = int(tall ? m : n), q = int(tall ? n : m), k = q;
-    T* x = svd_x_.reserve(std::size_t(p) * q);
-    T* ux = svd_u_.reserve(std::size_t(p) * q);
-    T* vx = svd_v_.reserve(std::size_t(q) * q);
+    T* x = solver_scratch(svd_x_, std::size_t(p) * q);
+    T* ux = solver_scratch(svd_u_, std::size_t(p) * q);
+    T* vx = solver_scratch(svd_v_, std::size_t(q) * q);
     set_exact_math();
     // Row-major A is column-major Aᵀ (n × m). Tall: X = A (transpose); wide: X = Aᵀ (copy).
     HDPISSA_CUBLAS_CHECK(cuda_detail::geam(cublas(), tall ? CUBLAS_OP_T : CUBLAS_OP_N, CUBLAS_OP_N, p, q, &one, A,
@@ -581,10 +592,15 @@ class CudaBackend {
   PinnedBuffer<int> host_flag_;
   PinnedBuffer<double> host_sum_;
   PinnedBuffer<int> host_info_;
-  // Solver scratch: grown on first use, reused afterwards.
+  // Solver scratch: grown on first use, reused afterwards, freed by release_solver_scratch().
   DeviceBuffer<T> ws_, tau_, qr_x_, chol_g_, svd_x_, svd_u_, svd_v_, svd_r_, svd_ur_;
   DeviceBuffer<float> bf_a_, bf_u_, bf_s_, bf_v_;
   DeviceBuffer<double> g_c_, g_g_, g_w_, g_u_, g_v_, g_ws_;
+  template <class U>
+  static U* solver_scratch(DeviceBuffer<U>& b, std::size_t n) {
+    memory::PartScope part("backend.solver-scratch");
+    return b.reserve(n);
+  }
   CudaGemmTuner tuner_;
   int device_ = 0;
 };

@@ -8,6 +8,7 @@
 #include <utility>
 
 #include "hdpissa/backend/cuda/cuda_check.hpp"
+#include "hdpissa/core/memory_ledger.hpp"
 
 namespace hdpissa {
 
@@ -99,15 +100,22 @@ class GesvdjParams {
 };
 
 /// Device memory of `size()` elements of T (uninitialised). reserve(n) grows it (setup / first use
-/// only: contents are discarded), never shrinks.
+/// only: contents are discarded), never shrinks. Its bytes are charged to the memory ledger
+/// (core/memory_ledger.hpp) under the allocating thread's current part, and given back on free.
 template <class T>
 class DeviceBuffer {
  public:
   DeviceBuffer() = default;
   explicit DeviceBuffer(std::size_t n) { reserve(n); }
-  DeviceBuffer(DeviceBuffer&& o) noexcept : p_(std::exchange(o.p_, nullptr)), n_(std::exchange(o.n_, 0)) {}
+  DeviceBuffer(DeviceBuffer&& o) noexcept
+      : p_(std::exchange(o.p_, nullptr)), n_(std::exchange(o.n_, 0)), part_(std::exchange(o.part_, nullptr)) {}
   DeviceBuffer& operator=(DeviceBuffer&& o) noexcept {
-    if (this != &o) { release(); p_ = std::exchange(o.p_, nullptr); n_ = std::exchange(o.n_, 0); }
+    if (this != &o) {
+      release();
+      p_ = std::exchange(o.p_, nullptr);
+      n_ = std::exchange(o.n_, 0);
+      part_ = std::exchange(o.part_, nullptr);
+    }
     return *this;
   }
   DeviceBuffer(const DeviceBuffer&) = delete;
@@ -122,20 +130,31 @@ class DeviceBuffer {
       HDPISSA_CUDA_CHECK(cudaMalloc(&p, n * sizeof(T)));
       p_ = static_cast<T*>(p);
       n_ = n;
+      part_ = memory::current_part();
+      memory::Ledger::instance().charge(part_, static_cast<std::int64_t>(n * sizeof(T)));
     }
     return p_;
   }
+  /// Frees the memory now (size() becomes 0).
+  void reset() noexcept { release(); }
   T* get() const { return p_; }
   std::size_t size() const { return n_; }
+  /// The ledger part its bytes are charged to (null while empty).
+  const char* part() const { return part_; }
 
  private:
   void release() noexcept {
-    if (p_) (void)cudaFree(p_);
+    if (p_) {
+      (void)cudaFree(p_);
+      memory::Ledger::instance().charge(part_, -static_cast<std::int64_t>(n_ * sizeof(T)));
+    }
     p_ = nullptr;
     n_ = 0;
+    part_ = nullptr;
   }
   T* p_ = nullptr;
   std::size_t n_ = 0;
+  const char* part_ = nullptr;
 };
 
 /// Page-locked host memory of n elements (for the small device → host reads of reductions).

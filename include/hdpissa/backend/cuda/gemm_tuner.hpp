@@ -210,8 +210,11 @@ class CudaGemmTuner {
         cuda_kernels::launch_map(s, MatrixView<float>(fills[i], 1, index_t(elems[i])),
                                  cuda_kernels::NormalOp<float>{std::uint64_t(7919 + i), index_t(elems[i])});
     if (!lt_) HDPISSA_CUBLAS_CHECK(cublasLtCreate(&lt_));
-    ws_.reserve(kWorkspace);
-    flag_.reserve(1);
+    {
+      memory::PartScope part("cublaslt.workspace");
+      ws_.reserve(kWorkspace);
+      flag_.reserve(1);
+    }
     if (!host_flag_.get()) host_flag_ = PinnedBuffer<int>(1);
     EventPair ev;
 

@@ -792,7 +792,7 @@ void CudaGreedyDecoder<T>::forward_rows(int n, const std::int32_t* tok, const st
   // lie back to back: one GEMM for q|k|v and one for gate|up per layer (fewer, larger weight-bound
   // GEMMs at decode's few rows). A training method's hooks (adapters) see every linear separately.
   const bool fused = fusable_ && typeid(hooks) == typeid(CudaHooks<T>);
-  kern::launch_embed_gather(s, tok, model_->embedding(), res_.get(), n, D);
+  model_->gather_embeddings(s, tok, res_.get(), n);
   for (int l = 0; l < L; ++l) {
     auto W = [&](Module mod) { return CV(m.linear({l, mod})); };
     kern::launch_add_rmsnorm_fwd<T>(s, res_.get(), l == 0 ? nullptr : tmp_.get(), res_.get(), norms + 2 * l * D,

@@ -93,18 +93,20 @@ __device__ __forceinline__ bool al4(const T* p) {
   return (reinterpret_cast<std::uintptr_t>(p) % (4 * sizeof(T))) == 0;
 }
 
-/// x[n, :] = emb[tok[n], :] (fp32).  grid (N), block 256.
-__global__ inline void embed_gather(const std::int32_t* __restrict__ tok, const float* __restrict__ emb, float* __restrict__ x,
+/// x[n, :] = fp32(emb[tok[n], :]) (emb in fp32 or bf16: exact).  grid (N), block 256.
+template <class E>
+__global__ void embed_gather(const std::int32_t* __restrict__ tok, const E* __restrict__ emb, float* __restrict__ x,
                              int D) {
   const std::int64_t n = blockIdx.x;
-  const float* src = emb + static_cast<std::int64_t>(tok[n]) * D;
+  const E* src = emb + static_cast<std::int64_t>(tok[n]) * D;
   float* dst = x + n * D;
-  for (int j = threadIdx.x; j < D; j += blockDim.x) dst[j] = src[j];
+  for (int j = threadIdx.x; j < D; j += blockDim.x) dst[j] = to_f(src[j]);
 }
 /// embed_gather over n_rows token rows.
-inline void launch_embed_gather(cudaStream_t s, const std::int32_t* tok, const float* emb, float* x,
+template <class E>
+inline void launch_embed_gather(cudaStream_t s, const std::int32_t* tok, const E* emb, float* x,
                                 std::int64_t n_rows, int D) {
-  embed_gather<<<static_cast<unsigned>(n_rows), 256, 0, s>>>(tok, emb, x, D);
+  embed_gather<E><<<static_cast<unsigned>(n_rows), 256, 0, s>>>(tok, emb, x, D);
   HDPISSA_CUDA_CHECK_LAUNCH("embed_gather");
 }
 

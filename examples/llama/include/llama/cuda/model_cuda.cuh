@@ -96,6 +96,15 @@ class CudaLlama {
   CudaLlama(const CudaLlama&) = delete;
   CudaLlama& operator=(const CudaLlama&) = delete;
 
+  /// The loss chunk a trainer should pass for a vocabulary of `vocab` entries: as many rows as keep
+  /// the chunk's full-vocabulary logits (fp32) and their gradient (T) within 96 MiB, a multiple of
+  /// 64 in [64, 1024] (LLaMA-2's 32,000: 512 rows; LLaMA-3's 128,256: 128).
+  static int default_loss_chunk_rows(int vocab) {
+    const std::int64_t per_row = static_cast<std::int64_t>(std::max(vocab, 1)) * std::int64_t(4 + sizeof(T));
+    const std::int64_t rows = (std::int64_t(96) << 20) / per_row / 64 * 64;
+    return static_cast<int>(std::clamp<std::int64_t>(rows, 64, 1024));
+  }
+
   /// Hyper-parameters.
   const ModelConfig& config() const { return cfg_; }
   /// True when the fused flash kernels run the attention, false for the materialised (Gemm) path.
@@ -116,12 +125,20 @@ class CudaLlama {
   int max_batch() const { return max_batch_; }
   int max_seq() const { return max_seq_; }
 
-  /// Frozen device tensors, read by the KV-cached decoder (decode_cuda.cuh): the fp32 embedding
-  /// (V, D), the classifier in T (V, D; the embedding when tied and T = float), the fp32 norms
-  /// (2L + 1, D: attn_norm l, ffn_norm l, final) and the fp32 q/k/v biases (per layer bq | bk | bv;
-  /// null without qkv_bias).
-  const float* embedding() const { return embed_.get(); }
+  /// Frozen device tensors, read by the KV-cached decoder (decode_cuda.cuh): the classifier in T
+  /// (V, D; the embedding when tied and the embedding is stored in T), the fp32 norms (2L + 1, D:
+  /// attn_norm l, ffn_norm l, final) and the fp32 q/k/v biases (per layer bq | bk | bv; null
+  /// without qkv_bias). The embedding is read through gather_embeddings().
   const T* classifier() const { return cls_; }
+  /// x[i, :] = fp32(embedding[tok[i], :]) for i < n_rows, on `s` (x: (n_rows, dim) fp32). Exact:
+  /// the embedding is stored in T only when every value is a T value.
+  void gather_embeddings(cudaStream_t s, const std::int32_t* tok, float* x, std::int64_t n_rows) const {
+    if (embed_in_t_) kern::launch_embed_gather(s, tok, embed_t_.get(), x, n_rows, cfg_.dim);
+    else kern::launch_embed_gather(s, tok, embed_.get(), x, n_rows, cfg_.dim);
+  }
+  /// Whether the embedding is stored in T (every value of the checkpoint's embedding is a T value)
+  /// rather than fp32.
+  bool embedding_in_compute_type() const { return embed_in_t_; }
   const float* norm_weights() const { return norms_.get(); }
   const float* qkv_biases() const { return cfg_.qkv_bias ? bias_.get() : nullptr; }
 
@@ -132,6 +149,14 @@ class CudaLlama {
   void upload_linear(LinearId id, const Matrix& host_fp32);
   /// Copies a target linear to the host as fp32 (resizes `host_fp32`).
   void download_linear(LinearId id, Matrix& host_fp32) const;
+  /// bf16: upload_linear / download_linear convert through an fp32 device stage of at most `n`
+  /// floats (default 4 Mi = 16 MiB), allocated on first use, a linear going through it in chunks.
+  /// (Tests set a small one to exercise the chunking.)
+  void set_staging_elements(std::int64_t n) {
+    if (n < 1) throw LlamaError(cat("CudaLlama::set_staging_elements: expected ≥ 1, found ", n));
+    stage_cap_ = n;
+    stage_f32_.reset();
+  }
 
   /// One micro-batch: forward, then backward through `hooks`. The gradient fed back is that of
   /// loss_scale · (mean cross-entropy over the batch's target tokens), exactly like the CPU
@@ -204,15 +229,24 @@ class CudaLlama {
   FBuf cublas_ws_;
 
   // weights
-  FBuf embed_;        // (V, D) fp32, for the gather
-  Buf cls_own_;       // (V, D) T copy of the classifier (unused when T = float and tied)
+  FBuf embed_;        // (V, D) fp32, for the gather (when !embed_in_t_)
+  Buf embed_t_;       // (V, D) in T (when embed_in_t_: every value a T value)
+  bool embed_in_t_ = false;
+  Buf cls_own_;       // (V, D) T copy of the classifier (unused when tied and embed_in_t_)
   const T* cls_ = nullptr;
   FBuf norms_;        // (2L + 1, D): attn_norm l, ffn_norm l, final
   FBuf bias_;         // Qwen2 only: per layer bq (qd), bk (kvd), bv (kvd), fp32; empty otherwise
   Buf lin_;           // every target linear, contiguous (out, in) each
   std::vector<std::size_t> lin_off_;
   FBuf rope_cos_, rope_sin_;  // (max_seq, hd/2)
-  FBuf stage_f32_;            // upload/download staging (largest linear), T = bf16 only
+  FBuf stage_f32_;            // upload/download staging, T = bf16 only: kStageElems, allocated on first use
+  std::int64_t max_lin_ = 0;  // elements of the largest target linear
+  std::int64_t stage_cap_ = std::int64_t(1) << 22;  // 16 MiB of fp32
+  std::int64_t stage_elems() const { return std::max<std::int64_t>(1, std::min(stage_cap_, max_lin_)); }
+  float* stage() {
+    ::hdpissa::memory::PartScope part("model.staging");
+    return stage_f32_.reserve(static_cast<std::size_t>(stage_elems()));
+  }
 
   // activations
   FBuf res_;                  // (2L + 1) residual buffers (N, D): x_l, h_l, ..., x_final
@@ -260,17 +294,31 @@ class CudaLlama {
 namespace detail_cuda {
 
 /// Host fp32 → device T (synchronous; setup / upload path only). `stage` is an fp32 device
-/// scratch of at least n floats (used only when T ≠ float).
+/// scratch of `stage_n` ≥ 1 floats (used only when T ≠ float): the values go through it in chunks.
 template <class T>
-void upload_as(const float* host, T* dst, std::int64_t n, float* stage, cudaStream_t s) {
+void upload_as(const float* host, T* dst, std::int64_t n, float* stage, std::int64_t stage_n, cudaStream_t s) {
   if constexpr (std::is_same_v<T, float>) {
-    (void)stage;
+    (void)stage, (void)stage_n;
     HDPISSA_CUDA_CHECK(cudaMemcpyAsync(dst, host, n * sizeof(float), cudaMemcpyHostToDevice, s));
   } else {
-    HDPISSA_CUDA_CHECK(cudaMemcpyAsync(stage, host, n * sizeof(float), cudaMemcpyHostToDevice, s));
-    kern::launch_convert<float, T>(s, stage, dst, n);
+    for (std::int64_t off = 0; off < n; off += stage_n) {
+      const std::int64_t m = std::min(stage_n, n - off);
+      HDPISSA_CUDA_CHECK(cudaMemcpyAsync(stage, host + off, m * sizeof(float), cudaMemcpyHostToDevice, s));
+      kern::launch_convert<float, T>(s, stage, dst + off, m);
+    }
   }
   HDPISSA_CUDA_CHECK(cudaStreamSynchronize(s));
+}
+
+/// Whether every value is a bf16 value (its low 16 bits are zero): then bf16 storage is exact.
+inline bool all_bf16_exact(const float* p, std::int64_t n) {
+  std::uint32_t any = 0;
+  for (std::int64_t i = 0; i < n; ++i) {
+    std::uint32_t u;
+    std::memcpy(&u, p + i, 4);
+    any |= u & 0xFFFFu;
+  }
+  return any == 0;
 }
 
 /// Host fp32 (or stored F32 / BF16 / F16) → device T for many arrays at start-up, through two
@@ -422,7 +470,10 @@ CudaLlama<T>::CudaLlama(const ModelWeights& host, int max_batch, int max_seq, cu
 
   // cuBLAS: own workspace (no allocation inside a step), default math (no TF32)
   constexpr std::size_t kWs = 32u << 20;
-  cublas_ws_.reserve(kWs / sizeof(float));
+  {
+    ::hdpissa::memory::PartScope part("model.cublas-workspace");
+    cublas_ws_.reserve(kWs / sizeof(float));
+  }
   HDPISSA_CUBLAS_CHECK(cublasSetWorkspace(cublas_.get(), cublas_ws_.get(), kWs));
 
   // weights
@@ -436,20 +487,37 @@ CudaLlama<T>::CudaLlama(const ModelWeights& host, int max_batch, int max_seq, cu
       total_lin += static_cast<std::size_t>(r * cc);
       max_lin = std::max(max_lin, static_cast<std::size_t>(r * cc));
     }
-  lin_.reserve(total_lin);
-  if constexpr (!std::is_same_v<T, float>) stage_f32_.reserve(max_lin);
-  embed_.reserve(static_cast<std::size_t>(V) * D);
-  HDPISSA_CUDA_CHECK(cudaMemcpyAsync(embed_.get(), host.embed.data(), sizeof(float) * V * D, cudaMemcpyHostToDevice, stream_));
-  if (std::is_same_v<T, float> && c.tie_embeddings) {
-    cls_ = reinterpret_cast<const T*>(embed_.get());
-  } else {
-    cls_own_.reserve(static_cast<std::size_t>(V) * D);
-    FBuf tmp_stage;
-    if constexpr (!std::is_same_v<T, float>) tmp_stage.reserve(static_cast<std::size_t>(V) * D);
-    detail_cuda::upload_as<T>(host.classifier().data(), cls_own_.get(), static_cast<std::int64_t>(V) * D,
-                              tmp_stage.get(), stream_);
-    cls_ = cls_own_.get();
+  {
+    ::hdpissa::memory::PartScope part("model.linears");
+    lin_.reserve(total_lin);
   }
+  max_lin_ = static_cast<std::int64_t>(max_lin);
+  // The embedding (for the gather into the fp32 residual stream): in T when every value is a T
+  // value (a bf16 checkpoint into a bf16 model: exact, half the bytes), fp32 otherwise. The
+  // classifier in T: the T embedding itself when tied, else its own copy (host-converted, no fp32
+  // device staging).
+  {
+    ::hdpissa::memory::PartScope part("model.embedding+classifier");
+    const std::int64_t VD = static_cast<std::int64_t>(V) * D;
+    detail_cuda::PinnedUploader<T> up(stream_, std::min<std::int64_t>(std::int64_t(1) << 24, VD));
+    embed_in_t_ = std::is_same_v<T, float> || detail_cuda::all_bf16_exact(host.embed.data(), VD);
+    if (embed_in_t_) {
+      embed_t_.reserve(static_cast<std::size_t>(VD));
+      up.upload(host.embed.data(), embed_t_.get(), VD);
+    } else {
+      embed_.reserve(static_cast<std::size_t>(VD));
+      HDPISSA_CUDA_CHECK(cudaMemcpyAsync(embed_.get(), host.embed.data(), sizeof(float) * VD, cudaMemcpyHostToDevice, stream_));
+    }
+    if (c.tie_embeddings && embed_in_t_) {
+      cls_ = embed_t_.get();
+    } else {
+      cls_own_.reserve(static_cast<std::size_t>(VD));
+      up.upload(host.classifier().data(), cls_own_.get(), VD);
+      cls_ = cls_own_.get();
+    }
+    up.finish();
+  }
+  ::hdpissa::memory::PartScope frozen_part("model.norms+rope+biases");
   {
     std::vector<float> nh_host(static_cast<std::size_t>(2 * L + 1) * D);
     for (int l = 0; l < L; ++l) {
@@ -498,6 +566,7 @@ CudaLlama<T>::CudaLlama(const ModelWeights& host, int max_batch, int max_seq, cu
   }
 
   // activations
+  ::hdpissa::memory::PartScope act_part("model.activations");
   res_.reserve(static_cast<std::size_t>(2 * L + 1) * N * D);
   const std::size_t per_layer_t = static_cast<std::size_t>(N) * (2 * D + 2 * qd + 2 * kvd + 2 * static_cast<std::int64_t>(H));
   const std::size_t per_layer_f = static_cast<std::size_t>(N) * (c.n_heads + 2);
@@ -527,6 +596,7 @@ CudaLlama<T>::CudaLlama(const ModelWeights& host, int max_batch, int max_seq, cu
   xnf_.reserve(N * D);
 
   // scratch
+  ::hdpissa::memory::PartScope scratch_part("model.scratch");
   q_rows_.reserve(N * qd);
   k_rows_.reserve(N * kvd);
   v_rows_.reserve(N * kvd);
@@ -573,11 +643,13 @@ CudaLlama<T>::CudaLlama(const ModelWeights& host, int max_batch, int max_seq, cu
   dr_.reserve(N * c.n_heads);
   dxnf_.reserve(N * D);
   const std::int64_t C = std::min<std::int64_t>(chunk_, N);
+  ::hdpissa::memory::PartScope loss_part("model.loss");
   xc_.reserve(C * D);
   logits_.reserve(C * V);
   if constexpr (!std::is_same_v<T, float>) dlogits_.reserve(C * V);
   dxchunk_.reserve(C * D);
   row_loss_.reserve(N);
+  ::hdpissa::memory::PartScope ints_part("model.scratch");
   ints_.reserve(3 * N + max_batch);
   h_ints_ = PinnedBuffer<std::int32_t>(3 * N + max_batch);
   h_loss_ = PinnedBuffer<float>(N);
@@ -598,7 +670,8 @@ void CudaLlama<T>::upload_linear(LinearId id, const Matrix& host_fp32) {
   if (host_fp32.rows() != v.rows || host_fp32.cols() != v.cols)
     throw LlamaError(cat("CudaLlama::upload_linear(", id.hf_name(), "): expected shape [", v.rows, ", ", v.cols,
                          "], found [", host_fp32.rows(), ", ", host_fp32.cols(), "]"));
-  detail_cuda::upload_as<T>(host_fp32.data(), v.data, v.rows * v.cols, stage_f32_.get(), stream_);
+  float* st = std::is_same_v<T, float> ? nullptr : stage();  // fp32: a direct copy, no stage
+  detail_cuda::upload_as<T>(host_fp32.data(), v.data, v.rows * v.cols, st, stage_elems(), stream_);
 }
 
 template <class T>
@@ -609,8 +682,14 @@ void CudaLlama<T>::download_linear(LinearId id, Matrix& host_fp32) const {
   if constexpr (std::is_same_v<T, float>) {
     HDPISSA_CUDA_CHECK(cudaMemcpyAsync(host_fp32.data(), v.data, n * sizeof(float), cudaMemcpyDeviceToHost, stream_));
   } else {
-    kern::launch_convert<T, float>(stream_, v.data, stage_f32_.get(), n);
-    HDPISSA_CUDA_CHECK(cudaMemcpyAsync(host_fp32.data(), stage_f32_.get(), n * sizeof(float), cudaMemcpyDeviceToHost, stream_));
+    float* st = const_cast<CudaLlama*>(this)->stage();
+    const std::int64_t sn = stage_elems();
+    for (std::int64_t off = 0; off < n; off += sn) {
+      const std::int64_t m = std::min(sn, n - off);
+      kern::launch_convert<T, float>(stream_, v.data + off, st, m);
+      HDPISSA_CUDA_CHECK(cudaMemcpyAsync(host_fp32.data() + off, st, m * sizeof(float), cudaMemcpyDeviceToHost, stream_));
+      HDPISSA_CUDA_CHECK(cudaStreamSynchronize(stream_));  // the stage is reused by the next chunk
+    }
   }
   HDPISSA_CUDA_CHECK(cudaStreamSynchronize(stream_));
 }
@@ -651,7 +730,7 @@ void CudaLlama<T>::forward_layers(CudaHooks<T>& hooks) {
   const int D = c.dim, L = c.n_layers;
   const std::int64_t N = static_cast<std::int64_t>(B_) * T_;
   mark(kNormFwd);
-  kern::launch_embed_gather(stream_, tokens(), embed_.get(), res(0), N, D);
+  gather_embeddings(stream_, tokens(), res(0), N);
   for (int l = 0; l < L; ++l)
     layer_forward(hooks, l, l == 0 ? res(0) : res(2 * l - 1), l == 0 ? nullptr : tmp_.get(), /*down=*/true);
   mark(kNormFwd);

@@ -113,6 +113,14 @@ class TrainEngine {
   }
   /// Peak device memory in use since the engine was built (GPU only).
   [[nodiscard]] virtual std::optional<std::int64_t> peak_device_bytes() { return std::nullopt; }
+  /// Where the bytes of that peak go (GPU only): the memory ledger's parts (hdpissa/core/
+  /// memory_ledger.hpp) as they stood at the sampled peak, non-empty parts only, then
+  /// "untracked" = the peak − their sum (the CUDA context and loaded modules, the library handles'
+  /// own workspaces, raw cudaMalloc). Bytes per part name, in charge order.
+  [[nodiscard]] virtual std::vector<std::pair<std::string, std::int64_t>> peak_memory_parts() { return {}; }
+  /// The most bytes the ledger's parts held at once (GPU only; between samples too, e.g. the
+  /// initialisation's transient scratch), and the parts at that moment.
+  [[nodiscard]] virtual std::vector<std::pair<std::string, std::int64_t>> tracked_peak_parts() { return {}; }
   /// --profile (GPU): GPU milliseconds per section accumulated over the training passes
   /// (forward_backward) and optimizer steps since the last reset_profile() (evaluation passes
   /// excluded); empty when the engine does not profile.

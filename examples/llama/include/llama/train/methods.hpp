@@ -181,6 +181,7 @@ class TrainMethod {
         shapes.push_back(shape(i));
         names.push_back(ids_[i].hf_name());
       }
+      hdpissa::memory::PartScope part("fp8.copies");
       fp8_ = std::make_unique<Fp8>(*bc_, shapes, names);
       fp8_->set_input_ids(ids_);  // q|k|v and gate|up quantise their shared input once
       for (std::size_t i = 0; i < ids_.size(); ++i) fp8_->set_bf16_weight(i, CVc(Wc_[i]));
@@ -251,6 +252,7 @@ class TrainMethod {
       if (frozen_compute_) continue;
       if constexpr (kMixed) {
         const auto [out, in] = linear_shape(c, id.module);
+        hdpissa::memory::PartScope part("w.fp32-master");
         own_.push_back(bm_->make_matrix(out, in));
         base_w_fp32(ctx.host, Wc_.size() - 1, own_.back().view(), /*scan_held=*/false);
         Wm_.push_back(own_.back().view());
@@ -608,13 +610,15 @@ class DwuMethod final : public TrainMethod<Dev> {
       const auto [out, in] = this->shape(i);
       hdpissa::check_adapter_fits(ids_[i].hf_name(), out, in, o.method == Method::Hdpissa ? K : 1, r);
     }
+    std::vector<hdpissa::AdapterSet<Bm>> sets;  // handed to the update (which keeps the only copy)
+    hdpissa::memory::PartScope part("adapter.factors");
     if (resume) {
       for (std::size_t i = 0; i < ids_.size(); ++i) {
         const auto [out, in] = this->shape(i);
-        sets_.push_back(hdpissa::make_adapter_set(ctx.bm, out, in, K, r));
+        sets.push_back(hdpissa::make_adapter_set(ctx.bm, out, in, K, r));
         const std::string n = "adapter." + ids_[i].hf_name();
-        ctx.bm.upload(resume->at(n + ".A", K * r, in, "resume").data.data(), sets_.back().A.view());
-        ctx.bm.upload(resume->at(n + ".B", out, K * r, "resume").data.data(), sets_.back().B.view());
+        ctx.bm.upload(resume->at(n + ".A", K * r, in, "resume").data.data(), sets.back().A.view());
+        ctx.bm.upload(resume->at(n + ".B", out, K * r, "resume").data.data(), sets.back().B.view());
       }
     } else {
       // Without fp32 masters (a bf16 W policy on the GPU) the SVDs read the fp32 base W, uploaded P
@@ -631,6 +635,7 @@ class DwuMethod final : public TrainMethod<Dev> {
           CV32 W;
           if (fp32_scratch) {
             const auto [out, in] = this->shape(i);
+            hdpissa::memory::PartScope scratch_part("init.fp32-w-scratch");
             tmp.push_back(ctx.bm.make_matrix(out, in));
             this->base_w_fp32(ctx.host, i, tmp.back().view());
             W = CV32(tmp.back().view());
@@ -652,19 +657,27 @@ class DwuMethod final : public TrainMethod<Dev> {
         } else {
           part = detail::init_with_svd<Dev, Comm, detail::OrthogonalInitOf>(o, ctx.bm, ctx.comm, refs, K, r, K, r);
         }
-        for (auto& p : part) sets_.push_back(std::move(p));
+        for (auto& p : part) sets.push_back(std::move(p));
         ctx.bm.synchronize();  // the fp32 scratch is released only after its last use
         if (ctx.progress) ctx.progress(c1, n);
       }
     }
     index_t scratch = 0;
+    trainable_ = detail::factor_count(sets);
     for (std::size_t i = 0; i < ids_.size(); ++i) {
       const auto [out, in] = this->shape(i);
-      upd_.add_layer(ids_[i].hf_name(), this->frozen_compute_ ? V32{nullptr, out, in, in} : Wm_[i], sets_[i]);
+      upd_.add_layer(ids_[i].hf_name(), this->frozen_compute_ ? V32{nullptr, out, in, in} : Wm_[i], std::move(sets[i]));
       scratch = std::max(scratch, r * (out + in));
     }
-    upd_.finalize();
-    this->make_copies(cc_, sets_, scratch);  // constant factors: compute copies made once
+    {
+      hdpissa::memory::PartScope ex("dwu.exchange");
+      upd_.finalize();
+    }
+    {
+      hdpissa::memory::PartScope cp("adapter.compute-copies");
+      this->make_copies(cc_, stacked(), scratch);  // constant factors: compute copies made once
+    }
+    hdpissa::memory::PartScope wp("w-precision.state");
     this->setup_w_precision(o, upd_);
   }
 
@@ -679,7 +692,7 @@ class DwuMethod final : public TrainMethod<Dev> {
   }
   void refresh() override {
     for (std::size_t i = 0; i < ids_.size(); ++i) this->push_weight(i);
-    this->refresh_copies(cc_, sets_);
+    this->refresh_copies(cc_, stacked());
     this->refresh_fp8();
   }
   /// W (a bf16 W policy: the model's bf16 W, widened exactly).
@@ -689,8 +702,11 @@ class DwuMethod final : public TrainMethod<Dev> {
     this->add_w_precision_state(s);  // the Kahan compensation of every target, the SR step counter
     for (std::size_t i = 0; i < ids_.size(); ++i) {
       const std::string n = ids_[i].hf_name();
-      s.add("adapter." + n + ".A", sets_[i].A.view(), false);
-      s.add("adapter." + n + ".B", sets_[i].B.view(), false);
+      s.add("adapter." + n + ".A", upd_.stacked_A(i), false);
+      const V32 B = upd_.stacked_B(i);  // strided (inside the update's [dB | B]): through get / set
+      Bm* bm = this->bm_;
+      s.add_converted("adapter." + n + ".B", B.rows, B.cols, false, [bm, B](float* h) { bm->download(CV32(B), h); },
+                      [bm, B](const float* h) { bm->upload(h, B); });
       for (int lg = 0; lg < comm_->local_groups(); ++lg) {
         const std::string g = cat(".g", comm_->first_group() + lg);
         s.add_adam("adam." + n + g + ".A", upd_.state_A(i, lg), true);
@@ -699,7 +715,7 @@ class DwuMethod final : public TrainMethod<Dev> {
     }
   }
   void verify_replicas() override { upd_.verify_replicas(); }
-  [[nodiscard]] std::int64_t trainable_parameters() const override { return detail::factor_count(sets_); }
+  [[nodiscard]] std::int64_t trainable_parameters() const override { return trainable_; }
   [[nodiscard]] std::string describe() const override {
     std::string init = method_ == Method::Hdpissa   ? cat("OrthogonalAdapterInit<", svd_, ">")
                        : method_ == Method::LoraDwu ? std::string("LoraInit (distinct seed per group)")
@@ -710,14 +726,23 @@ class DwuMethod final : public TrainMethod<Dev> {
   }
   /// The update rule (for tests and diagnostics).
   Update& update() { return upd_; }
-  /// The factors of target slot i (K groups stacked).
-  const hdpissa::AdapterSet<Bm>& factors(std::size_t i) const { return sets_.at(i); }
+  /// The factors of target slot i (K groups stacked; views into the update, which keeps them).
+  struct Factors {
+    CV32 A, B;  // (K·r, in), (out, K·r)
+    index_t rank = 0;
+    CV32 A_of(int g) const { return A.row_block(g * rank, rank); }
+    CV32 B_of(int g) const { return B.col_block(g * rank, rank); }
+  };
+  Factors factors(std::size_t i) {
+    return {CV32(upd_.stacked_A(i)), CV32(upd_.stacked_B(i)), upd_.rank()};
+  }
   [[nodiscard]] double scaling() const { return muted_.scaling(); }
 
  protected:
   void reserve(index_t max_tokens) override {
     if (max_tokens <= reserved_) return;
     reserved_ = max_tokens;
+    hdpissa::memory::PartScope part("adapter.scratch");
     for (std::size_t i = 0; i < ids_.size(); ++i) {
       const auto [out, in] = this->shape(i);
       muted_.reserve(max_tokens, out, in, upd_.rank());
@@ -749,6 +774,21 @@ class DwuMethod final : public TrainMethod<Dev> {
   }
 
  private:
+  /// Every target's stacked factors, as make_copies / refresh_copies read them.
+  struct StackedRef {
+    struct M {
+      V32 v;
+      index_t rows() const { return v.rows; }
+      index_t cols() const { return v.cols; }
+      V32 view() const { return v; }
+    };
+    M A, B;
+  };
+  std::vector<StackedRef> stacked() {
+    std::vector<StackedRef> out;
+    for (std::size_t i = 0; i < ids_.size(); ++i) out.push_back({{upd_.stacked_A(i)}, {upd_.stacked_B(i)}});
+    return out;
+  }
   /// Group (first_group + lg)'s factors in the compute dtype.
   CVc A(std::size_t i, int lg) const {
     const int G = comm_->first_group() + lg;
@@ -766,7 +806,7 @@ class DwuMethod final : public TrainMethod<Dev> {
   std::string svd_;
   Update upd_;
   hdpissa::MutedLinear<Bc, Mute> muted_;
-  std::vector<hdpissa::AdapterSet<Bm>> sets_;
+  std::int64_t trainable_ = 0;
   typename Base::ComputeCopies cc_;  // compute copies of the factors, gradient scratch (kMixed)
   index_t reserved_ = 0;
 };
@@ -794,6 +834,7 @@ class AdapterMethod final : public TrainMethod<Dev> {
         method_(o.method),
         upd_(ctx.bm, ctx.comm, detail::make_adam(o), detail::update_options(o)),
         lin_(ctx.bc, o.adapter_scaling()) {
+    hdpissa::memory::PartScope part("adapter.factors");
     const index_t r = o.rank;
     for (std::size_t i = 0; i < ids_.size(); ++i) {
       const auto [out, in] = this->shape(i);
@@ -828,6 +869,7 @@ class AdapterMethod final : public TrainMethod<Dev> {
         for (std::size_t i = c0; i < c1; ++i) {
           if (this->frozen_compute_) {
             const auto [out, in] = this->shape(i);
+            hdpissa::memory::PartScope scratch_part("init.fp32-w-scratch");
             tmp.push_back(ctx.bm.make_matrix(out, in));
             this->base_w_fp32(ctx.host, i, tmp.back().view());
             W.push_back(tmp.back().view());
@@ -862,6 +904,7 @@ class AdapterMethod final : public TrainMethod<Dev> {
       merge_size_ = std::max(merge_size_, out * in);
     }
     upd_.finalize();
+    hdpissa::memory::PartScope cp("adapter.compute-copies");
     this->make_copies(cc_, sets_, scratch);
   }
 
@@ -880,7 +923,10 @@ class AdapterMethod final : public TrainMethod<Dev> {
   /// W_res term is the bf16 W the model trained with, widened exactly to fp32: the merge differs
   /// from an fp32-master merge only by W_res's one bf16 rounding (|Δ| ≤ 2⁻⁹·|W_res| per element).
   void merged_weight(std::size_t i, Matrix& host) override {
-    if (merge_.rows() == 0) merge_ = this->bm_->make_matrix(1, merge_size_);
+    if (merge_.rows() == 0) {
+      hdpissa::memory::PartScope part("export.merge-scratch");
+      merge_ = this->bm_->make_matrix(1, merge_size_);
+    }
     const auto [out, in] = this->shape(i);
     V32 M{merge_.data(), out, in, in};
     if constexpr (kMixed) Dev::to_master(*this->bm_, CVc(this->Wc_[i]), M);
@@ -916,6 +962,7 @@ class AdapterMethod final : public TrainMethod<Dev> {
   void reserve(index_t max_tokens) override {
     if (max_tokens <= reserved_) return;
     reserved_ = max_tokens;
+    hdpissa::memory::PartScope part("adapter.activations");
     xa_.clear();
     for (std::size_t i = 0; i < ids_.size(); ++i) xa_.push_back(this->bc_->make_matrix(max_tokens, sets_[i].rank));
     xa_rows_.assign(ids_.size(), -1);

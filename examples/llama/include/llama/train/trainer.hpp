@@ -399,6 +399,19 @@ class Trainer {
                             {"device", info.device}, {"dtype", name_of(o_.dtype)},
                             {"w_bytes_per_param", info.w_bytes_per_param}};
       if (sum.peak_device_bytes) rec["peak_device_bytes"] = *sum.peak_device_bytes;
+      if (const auto parts = eng_->peak_memory_parts(); !parts.empty()) {
+        nlohmann::json by = nlohmann::json::object(), tracked = nlohmann::json::object();
+        std::string line = "device memory at the peak, MiB:";
+        for (const auto& [name, bytes] : parts) {
+          by[name] = bytes;
+          line += cat(" ", name, " ", fixed(double(bytes) / (1 << 20), 0), ";");
+        }
+        for (const auto& [name, bytes] : eng_->tracked_peak_parts()) tracked[name] = bytes;
+        rec["peak_memory_parts"] = by;
+        rec["tracked_peak_parts"] = tracked;
+        line.back() = '\n';
+        if (!o_.quiet) say(line);
+      }
       if (o_.profile) rec["profile"] = report_profile(prof_wall, prof_steps);
       metric(rec);
     }
