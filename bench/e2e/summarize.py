@@ -114,6 +114,9 @@ def ours_record(path, skip, side):
         rec["attention"] = attention
     peaks = [r["peak_device_bytes"] for r in recs if isinstance(r.get("peak_device_bytes"), (int, float))]
     rec["peak_device_bytes"] = max(peaks) if peaks else None
+    parts = [r["peak_memory_parts"] for r in recs if r.get("type") == "summary" and isinstance(r.get("peak_memory_parts"), dict)]
+    if parts:
+        rec["memory_parts"] = parts[-1]
     timed = steps[skip:]
     if not timed:
         rec["error"] = (f"{len(steps)} step records, none left after skipping {skip} warm-up steps" if recs
@@ -275,6 +278,50 @@ def group_table(g, peak_label):
     return lines
 
 
+# The memory ledger's parts (hdpissa-train's summary "peak_memory_parts", bytes at the sampled peak)
+# folded into a few columns; a part is matched by its name's prefix, the first matching column wins.
+MEMORY_COLUMNS = [
+    ("linears", ("model.linears",)),
+    ("embedding + classifier", ("model.embedding+classifier",)),
+    ("activations", ("model.activations",)),
+    ("model scratch + loss", ("model.",)),
+    ("adapters, grads, optimizer", ("adapter.", "dwu.", "dp.", "method")),
+    ("W precision / masters / FP8", ("w-precision.", "w.", "fp8.")),
+    ("other tracked", ("",)),
+]
+
+
+def memory_columns(parts):
+    """{column: bytes} for the MEMORY_COLUMNS plus 'untracked' (context, library handles)."""
+    cols = {name: 0 for name, _ in MEMORY_COLUMNS}
+    untracked = 0
+    for part, b in parts.items():
+        if part == "untracked":
+            untracked += b
+            continue
+        for name, prefixes in MEMORY_COLUMNS:
+            if any(part.startswith(p) for p in prefixes):
+                cols[name] += b
+                break
+    cols["untracked"] = untracked
+    return cols
+
+
+def memory_table(g):
+    rows = [r for r in g["rows"] if r.get("memory_parts")]
+    if not rows:
+        return []
+    names = [n for n, _ in MEMORY_COLUMNS] + ["untracked"]
+    lines = ["Ours at the peak, GiB (the trainer's memory ledger; untracked = device-wide peak - tracked: the CUDA "
+             "context, loaded kernels, library handles' own workspaces):", "",
+             "| run | " + " | ".join(names) + " | total |", "|---|" + "---|" * (len(names) + 1)]
+    for r in rows:
+        c = memory_columns(r["memory_parts"])
+        lines.append(f"| {r['config']} | " + " | ".join(f"{c[n] / 2**30:.2f}" for n in names)
+                     + f" | {sum(c.values()) / 2**30:.2f} |")
+    return lines + [""]
+
+
 def shape_groups(runs, skip):
     groups = []
     for sd in sorted(p for p in glob.glob(os.path.join(runs, "*")) if os.path.isdir(p)):
@@ -377,6 +424,7 @@ def main():
         lines += ["No runs found.", ""]
     for g in groups:
         lines += group_table(g, peak_label) + [""]
+        lines += memory_table(g)
     for n in list(meta.get("notes") or []) + a.note:
         if n:
             lines.append(n)

@@ -29,13 +29,16 @@ def w(path, obj):
         json.dump(obj, f)
 
 
-def ours_jsonl(path, tokens, step_s, peak, first=2.0):
+def ours_jsonl(path, tokens, step_s, peak, first=2.0, parts=None):
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w") as f:
         for i, s in enumerate([first] + [step_s] * 3):
             f.write(json.dumps({"type": "step", "step": i + 1, "tokens": tokens, "step_s": s, "loss": 10.0 - i,
                                 "peak_device_bytes": peak - 1}) + "\n")
-        f.write(json.dumps({"type": "summary", "peak_device_bytes": peak}) + "\n")
+        summary = {"type": "summary", "peak_device_bytes": peak}
+        if parts:
+            summary["peak_memory_parts"] = parts
+        f.write(json.dumps(summary) + "\n")
 
 
 def peft_rec(method, tps, alloc, device, **kw):
@@ -98,7 +101,11 @@ def main():
         # tinyllama, mb 8
         m8 = os.path.join(t, "mb8")
         w(os.path.join(m8, "run.json"), {"micro_batch": 8, "grad_accum": 2, "seq_len": 512})
-        ours_jsonl(os.path.join(m8, "ours-lora.jsonl"), 8192.0, 0.125, 13 * 2**30)        # 65536
+        GI = 2**30
+        ours_jsonl(os.path.join(m8, "ours-lora.jsonl"), 8192.0, 0.125, 13 * GI,           # 65536
+                   parts={"model.linears": 8 * GI, "model.embedding+classifier": GI // 4, "model.activations": 2 * GI,
+                          "model.scratch": GI // 4, "model.loss": GI // 8, "dp.optimizer": GI // 2,
+                          "adapter.factors": GI // 4, "backend.solver-scratch": GI // 8, "untracked": GI + GI // 2})
         with open(os.path.join(m8, "peft.jsonl"), "w") as f:
             f.write(json.dumps(peft_rec("lora-compile", 70000.0, 8 * 2**30, 9 * 2**30)) + "\n")
             f.write(json.dumps(peft_rec("lora-bf16-compile", 72000.0, 8 * 2**30, 9 * 2**30)) + "\n")
@@ -142,6 +149,13 @@ def main():
         g7 = groups[("llama2-7b", 2)]
         check(g7["best_peft"] is None and g7["rows"][0]["vs_best_peft"] is None, "no PEFT rows: no ratio, no crash")
         md = open(prefix + ".md").read()
+        check(sm.memory_columns({"model.linears": 8, "model.loss": 1, "model.scratch": 2, "dwu.exchange": 3, "method": 1,
+                                 "fp8.copies": 4, "cublaslt.workspace": 5, "untracked": 6})
+              == {"linears": 8, "embedding + classifier": 0, "activations": 0, "model scratch + loss": 3,
+                  "adapters, grads, optimizer": 4, "W precision / masters / FP8": 4, "other tracked": 5, "untracked": 6},
+              "memory parts folded into columns by prefix")
+        check("| ours-lora | 8.00 | 0.25 | 2.00 | 0.38 | 0.75 | 0.00 | 0.12 | 1.50 | 13.00 |" in md,
+              "the memory table: one row per run with a breakdown, summing to its peak")
         check("### llama2-7b (8 of 32 layers), micro-batch 2 × 512, grad-accum 8" in md, "a shortened model says so")
         check("| **peft-lora-bf16-compile** |" in md and "compile 41 s, 2 graph breaks" in md, "best row bold, compile time in notes")
         check("ours@baseline = abc1234 (previous commit)" in md, "baseline label printed")

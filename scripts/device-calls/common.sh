@@ -1,4 +1,4 @@
-# Sourced first by every call script here (session 12's device calls; run from the repository root on
+# Sourced first by every call script here (session 12's device calls, and c4 of session 13; run from the repository root on
 # the GPU machine with carry [".devpack", ".devdata"]): c0 decode + model suites, the 7B decode bench,
 # the 34B fit (ran); c2 7B throughput 8 x 512 (bf16 + fp8) and 2 x 512, the step profile (ran);
 # c1 every suite then the fit, c3 the decode bench at both shapes then the FP8 deviation (plans, not

@@ -73,6 +73,9 @@ class CudaEngine final : public MethodEngine<gpu::CudaDevice<T>> {
       throw LlamaError(cat("CUDA engine: expected K = ", g.groups, " groups over ", g.processes,
                            " process(es) (first group ", g.first_group, "), the device communicator has ",
                            comm_.groups(), " over ", comm_.size(), " (first group ", comm_.first_group(), ")"));
+    // One stream carries every GEMM: the backends share the model's cuBLAS workspace.
+    b32_.share_workspace(model_.cublas_workspace(), model_.cublas_workspace_bytes());
+    if (bt_) bt_->share_workspace(model_.cublas_workspace(), model_.cublas_workspace_bytes());
     const MethodContext<Dev, DevComm> ctx{b32_, bt(), comm_, host, [this](LinearId id) { return model_.linear(id); },
                                           g.init_progress};
     {

@@ -855,7 +855,7 @@ TEST_CASE("PinnedUploader: the same bits as the device-side conversion (ties, su
     up.upload(h.data() + n / 3, a.get() + n / 3, n - n / 3);
     up.finish();
   }
-  upload_as<bf16>(h.data(), b.get(), n, stage.get(), stream.get());
+  upload_as<bf16>(h.data(), b.get(), n, stage.get(), n / 7 + 1, stream.get());  // through the stage in 7 chunks
   std::vector<bf16> ha(static_cast<std::size_t>(n)), hb(static_cast<std::size_t>(n));
   REQUIRE(cudaMemcpy(ha.data(), a.get(), ha.size() * sizeof(bf16), cudaMemcpyDeviceToHost) == cudaSuccess);
   REQUIRE(cudaMemcpy(hb.data(), b.get(), hb.size() * sizeof(bf16), cudaMemcpyDeviceToHost) == cudaSuccess);

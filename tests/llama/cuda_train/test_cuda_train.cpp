@@ -983,3 +983,44 @@ TEST_CASE("--compute fp8: losses and dW track bf16, FP8 copies follow W, notes a
     for (double l : step_losses(o.metrics)) CHECK(std::isfinite(l));
   }
 }
+
+// The memory ledger (hdpissa/core/memory_ledger.hpp) in the trainer's summary: the parts at the
+// sampled peak plus "untracked" add up to the peak; the parts that have a formula match it exactly
+// (bf16 linears, the DWU's one copy of its factors, its send buffer and no receive buffer with one
+// process); the initialisation's solver scratch is gone by then. stories260K, hdpissa K = 2 on one
+// process, r = 4, bf16-sr (nothing else holds W).
+TEST_CASE("memory ledger: the parts at the peak add up to it and match their formulas (hdpissa, one process)") {
+  TrainOptions o = base_options("hdpissa", "ledger");
+  o.device = Device::Cuda;
+  o.dtype = ComputeDtype::Bf16;
+  o.w_precision = hdpissa::WPrecision::Bf16StochasticRounding;
+  o.max_steps = 2;
+  Run r(o);
+  const auto sums = records(o.metrics, "summary");
+  REQUIRE(sums.size() == 1);
+  const auto& parts = sums[0]["peak_memory_parts"];
+  REQUIRE(parts.is_object());
+  std::int64_t total = 0;
+  for (const auto& [name, bytes] : parts.items()) total += bytes.get<std::int64_t>();
+  CHECK(total == sums[0]["peak_device_bytes"].get<std::int64_t>());
+  CHECK(parts.value("untracked", std::int64_t(0)) > 0);  // at least the CUDA context
+  CHECK_FALSE(parts.contains("backend.solver-scratch"));  // released after the initialisation
+  const ModelWeights w = load_checkpoint(o.model);
+  const int K = 2, rk = o.rank;
+  std::int64_t lin = 0, factors = 0, packed = 0;
+  for (int l = 0; l < w.config.n_layers; ++l)
+    for (int m = 0; m < kModulesPerLayer; ++m) {
+      const auto [out, in] = linear_shape(w.config, static_cast<Module>(m));
+      lin += std::int64_t(out) * in;
+      factors += std::int64_t(K) * rk * in + std::int64_t(out) * 2 * K * rk;  // A (K·r, in), L = [dB | B] (out, 2K·r)
+      packed += std::int64_t(rk) * (in + out);
+    }
+  CHECK(parts.value("model.linears", std::int64_t(0)) == lin * 2);
+  CHECK(parts.value("dwu.factors", std::int64_t(0)) == factors * 4);  // fp32, and no second copy
+  CHECK(parts.value("dwu.exchange", std::int64_t(0)) >= K * packed * 4);  // send buffer (+ R, a few rows)
+  CHECK(parts.value("dwu.exchange", std::int64_t(0)) < 2 * K * packed * 4);  // no receive buffer of the same size
+  CHECK_FALSE(parts.contains("adapter.factors"));  // the method keeps no copy of its own
+  std::ostringstream what;
+  for (const auto& [name, bytes] : parts.items()) what << " " << name << " " << bytes.get<std::int64_t>();
+  MESSAGE("peak parts:", what.str());
+}

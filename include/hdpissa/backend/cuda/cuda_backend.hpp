@@ -197,6 +197,14 @@ class CudaBackend {
       return fused_update() && dwu_gemm() != DwuGemm::Cublas && !options_.allow_tf32 &&
              cuda_kernels::sm90::dwu_gemm_sm90_supported(device_);
   }
+  /// Shares a caller-owned device workspace of `bytes` ≥ 32 MiB with this backend's cuBLAS handle
+  /// (cublasSetWorkspace) and its GEMM tuner's cuBLASLt calls, instead of each keeping its own: for
+  /// backends and models whose GEMMs run on one stream (they never overlap), e.g. a trainer's
+  /// engine. The caller keeps `p` alive while the backend runs GEMMs.
+  void share_workspace(void* p, std::size_t bytes) {
+    HDPISSA_CUBLAS_CHECK(cublasSetWorkspace(cublas_.get(), p, bytes));
+    tuner_.set_workspace(p, bytes);
+  }
   /// Every tuning decision made so far (one record per distinct problem and policy).
   const std::vector<GemmTuningRecord>& gemm_tuning_report() const { return tuner_.report(); }
 

@@ -118,16 +118,28 @@ class CudaGemmTuner {
     }
     Entry& e = it->second;
     if (!e.use_lt) return false;
-    HDPISSA_CUBLAS_CHECK(cublasLtMatmul(lt_, e.op, alpha, A, e.a, B, e.b, beta, C, e.c, C, e.c, &e.algo, ws_.get(),
+    HDPISSA_CUBLAS_CHECK(cublasLtMatmul(lt_, e.op, alpha, A, e.a, B, e.b, beta, C, e.c, C, e.c, &e.algo, ws(),
                                         e.ws, s));
     return true;
   }
 
   const std::vector<GemmTuningRecord>& report() const { return report_; }
 
+  /// The cuBLASLt workspace every tuned call gets, in bytes (its own is allocated at the first tuning).
+  static constexpr std::size_t kWorkspace = std::size_t(32) << 20;
+  /// Uses `p` (≥ kWorkspace bytes, caller-owned, alive while this tuner runs GEMMs) instead of a
+  /// workspace of its own: for GEMMs on one stream shared with other users of `p` (they never
+  /// overlap). Frees its own workspace if it had one.
+  void set_workspace(void* p, std::size_t bytes) {
+    HDPISSA_REQUIRE(p != nullptr && bytes >= kWorkspace, "CudaGemmTuner::set_workspace: expected at least ",
+                    kWorkspace, " bytes, found ", bytes, p ? "" : " (null)");
+    ext_ws_ = static_cast<char*>(p);
+    ws_.reset();
+  }
+
  private:
   static constexpr std::size_t kMaxEntries = 256;
-  static constexpr std::size_t kWorkspace = std::size_t(32) << 20;
+  char* ws() { return ext_ws_ ? ext_ws_ : ws_.get(); }
   static constexpr int kRequested = 32;
 
   using Key = std::tuple<int, int, int, int, int, int, int, int, int, int, int, int, int, bool>;
@@ -212,7 +224,7 @@ class CudaGemmTuner {
     if (!lt_) HDPISSA_CUBLAS_CHECK(cublasLtCreate(&lt_));
     {
       memory::PartScope part("cublaslt.workspace");
-      ws_.reserve(kWorkspace);
+      if (!ext_ws_) ws_.reserve(kWorkspace);
       flag_.reserve(1);
     }
     if (!host_flag_.get()) host_flag_ = PinnedBuffer<int>(1);
@@ -287,7 +299,7 @@ class CudaGemmTuner {
       }
     }
     auto lt_run = [&](const cublasLtMatmulAlgo_t& algo, std::size_t ws, float a, float* out) {
-      return cublasLtMatmul(lt_, e.op, &a, dA, e.a, dB, e.b, &beta, out, e.c, out, e.c, &algo, ws_.get(), ws, s) ==
+      return cublasLtMatmul(lt_, e.op, &a, dA, e.a, dB, e.b, &beta, out, e.c, out, e.c, &algo, this->ws(), ws, s) ==
              CUBLAS_STATUS_SUCCESS;
     };
     double best_exact = 1e30, best_any = 1e30;
@@ -367,6 +379,7 @@ class CudaGemmTuner {
 
   cublasLtHandle_t lt_ = nullptr;
   DeviceBuffer<char> ws_;
+  char* ext_ws_ = nullptr;  // set_workspace: a shared workspace instead of ws_
   DeviceBuffer<int> flag_;
   PinnedBuffer<int> host_flag_;
   std::map<Key, Entry> cache_;

@@ -121,6 +121,10 @@ class CudaLlama {
   /// a handle get this one at their first pass. Every pass calls hooks.reserve(max_batch·max_seq)
   /// first (so workspaces can be sized before any forward; it must be cheap when nothing grows).
   cublasHandle_t cublas() const { return cublas_.get(); }
+  /// The model's cuBLAS workspace (32 MiB; its GEMMs run on stream()): a backend on the same stream
+  /// may share it (CudaBackend::share_workspace) instead of allocating its own.
+  void* cublas_workspace() const { return cublas_ws_.get(); }
+  std::size_t cublas_workspace_bytes() const { return cublas_ws_.size() * sizeof(float); }
   /// Largest batch / sequence the buffers hold.
   int max_batch() const { return max_batch_; }
   int max_seq() const { return max_seq_; }

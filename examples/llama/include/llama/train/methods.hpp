@@ -611,7 +611,7 @@ class DwuMethod final : public TrainMethod<Dev> {
       hdpissa::check_adapter_fits(ids_[i].hf_name(), out, in, o.method == Method::Hdpissa ? K : 1, r);
     }
     std::vector<hdpissa::AdapterSet<Bm>> sets;  // handed to the update (which keeps the only copy)
-    hdpissa::memory::PartScope part("adapter.factors");
+    hdpissa::memory::PartScope part("dwu.factors");  // A is moved into the update: charged as its factors
     if (resume) {
       for (std::size_t i = 0; i < ids_.size(); ++i) {
         const auto [out, in] = this->shape(i);
