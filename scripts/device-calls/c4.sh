@@ -1,20 +1,15 @@
-# call 4 (session 13's plan; not run: no device was lent in session 13): the GPU suites that changed
-# since session 12 (the two mended failures, the ledger / embedding / staging tests, the DWU with one
-# copy of its factors and no receive buffer), then issue 13's micro-batch-2 memory against PEFT +
-# compile at TinyLlama and 7B with the ledger's breakdown (throughput.md's "at the peak" table).
-# Run as: bash scripts/device-calls/c4.sh   (carry [".devpack", ".devdata"]; binaries at >= this commit)
+# call 4 (session 13's plan; not run: no device was lent in session 13): every packed GPU suite —
+# the two session-12 failures mended blind, the new ledger / bf16-embedding / chunked-stage / trainer
+# memory-parts cases, the DWU with one copy of its factors and no receive buffer — in two parallel
+# streams. Then call 5 (c5.sh) measures the memory. Run as: bash scripts/device-calls/c4.sh
+# (carry [".devpack", ".devdata"]; binaries packed at >= 283e9eb).
 source scripts/device-calls/common.sh
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 O=/tmp/o4; mkdir -p $O
-export HDPISSA_DATA=$PWD/.devdata HDPISSA_GPU_TEST_SCRATCH=/tmp/gts
-for t in hdpissa_llama_cuda_tests hdpissa_cuda_train_tests hdpissa_cuda_tests; do
-  timeout $(( ${SUITE_S:-150} )) .devbin/$t --no-intro > $O/$t.txt 2>&1; echo "$t rc $? at $(el) s"
-  grep -E "test cases:|assertions:|ERROR|peak parts" $O/$t.txt | head -20
-done
-OUT=$O/tt WORK=/tmp/tpw PREBUILT=$PWD/.devbin SHAPES=tinyllama MICRO_BATCHES=2 \
-  OURS_CONFIGS="lora pissa hdpissa-K1" PEFT_METHODS=lora-bf16-compile DEADLINE_S=$(( (END - $(el)) / 3 )) scripts/throughput.sh > $O/tt.txt 2>&1
-cp $O/tt/throughput.md $OUT/tiny-mb2.md 2>/dev/null; grep -E "rc |total" $O/tt/throughput.log; echo "tiny mb2 done at $(el) s"
-OUT=$O/t2 WORK=/tmp/tpw PREBUILT=$PWD/.devbin SHAPES=llama2-7b MICRO_BATCHES=2 \
-  OURS_CONFIGS="lora hdpissa-K1 pissa" PEFT_METHODS=lora-bf16-compile DEADLINE_S=$(( END - 10 - $(el) )) scripts/throughput.sh > $O/t2.txt 2>&1
-cp $O/t2/throughput.md $OUT/7b-mb2.md 2>/dev/null; grep -E "rc |total" $O/t2/throughput.log; echo "7b mb2 done at $(el) s"
-grep -h "device memory at the peak" -r /tmp/tpw/runs $O 2>/dev/null | head -20
-tar czf $OUT/c4-logs.tgz -C $O . 2>/dev/null; ls -la $OUT
+(OUT=$O/a HDPISSA_GPU_TEST_SCRATCH=/tmp/hs1 SUITES=hdpissa_cuda_train_tests timeout ${SUITE_T:-420} scripts/prebuilt-suites.sh > $O/a.txt 2>&1; echo "stream a rc $? done at $(el) s" >> $O/a.txt) &
+(OUT=$O/b HDPISSA_GPU_TEST_SCRATCH=/tmp/hs2 SUITES="hdpissa_cuda_tests hdpissa_llama_cuda_tests hdpissa_llama_decode_cuda_tests" timeout ${SUITE_T:-420} scripts/prebuilt-suites.sh > $O/b.txt 2>&1; echo "stream b rc $? done at $(el) s" >> $O/b.txt) &
+wait
+cat $O/a.txt $O/b.txt; cp $O/a.txt $O/b.txt $OUT/
+grep -h "peak parts" -r $O 2>/dev/null | head -3
+echo "suites done at $(el) s"
+tar czf $OUT/c4-logs.tgz -C $O . ; ls -la $OUT

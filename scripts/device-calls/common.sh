@@ -1,6 +1,6 @@
 # Sourced first by every call script here (session 12's device calls, and c4 of session 13; run from the repository root on
 # the GPU machine with carry [".devpack", ".devdata"]): c0 decode + model suites, the 7B decode bench,
-# the 34B fit (ran); c2 7B throughput 8 x 512 (bf16 + fp8) and 2 x 512, the step profile (ran);
+# the 34B fit (ran); c4 / c5 (session 13: suites, then the micro-batch-2 memory; plans); c2 7B throughput 8 x 512 (bf16 + fp8) and 2 x 512, the step profile (ran);
 # c1 every suite then the fit, c3 the decode bench at both shapes then the FP8 deviation (plans, not
 # run in this form). Unpacks the binaries (scripts/prebuilt-pack.sh), sets the clock and the library
 # path; each call keeps its outputs in /tmp and returns at most 8 files under $OUT.
