@@ -1,5 +1,6 @@
 // DirectWeightUpdate (spec §3–4) and DataParallelUpdate against hand-computed references and
 // invariants; communicators against each other.
+#include <cstring>
 #include <memory>
 #include <mutex>
 
@@ -175,6 +176,16 @@ TEST_CASE("ThreadGroup K = 4 and VirtualRanks K = 4 give the same W, and the sam
   }
 }
 
+namespace {
+/// Bit-for-bit equality of two runs' weights (memcmp: -0.0 ≠ +0.0, a NaN equals itself).
+bool same_bits(const std::vector<std::vector<float>>& a, const std::vector<std::vector<float>>& b) {
+  if (a.size() != b.size()) return false;
+  for (std::size_t i = 0; i < a.size(); ++i)
+    if (a[i].size() != b[i].size() || std::memcmp(a[i].data(), b[i].data(), a[i].size() * sizeof(float)) != 0) return false;
+  return true;
+}
+}  // namespace
+
 TEST_CASE("DWU exchange buckets: any bucketing gives W bit for bit, with a receive buffer of one bucket") {
   SingleProcess single;
   VirtualRanks<SingleProcess> virt(single, 4);
@@ -208,7 +219,7 @@ TEST_CASE("DWU exchange buckets: any bucketing gives W bit for bit, with a recei
       infos[comm.rank()] = info;
     });
     for (int rank = 0; rank < 4; ++rank) {
-      for (int l = 0; l < Problem::layers; ++l) CHECK(per_rank[rank][l] == reference[l]);  // bit-identical
+      CHECK(same_bits(per_rank[rank], reference));
       CHECK(infos[rank].collectives == c.collectives);
       CHECK(infos[rank].sent_bytes == per_group * sizeof(float));
     }
@@ -225,11 +236,19 @@ TEST_CASE("DWU exchange buckets: any bucketing gives W bit for bit, with a recei
       std::lock_guard lock(mu);
       mixed[tg.rank()] = std::move(w);
     });
-    for (int rank = 0; rank < 2; ++rank)
-      for (int l = 0; l < Problem::layers; ++l) CHECK(mixed[rank][l] == reference[l]);
+    for (int rank = 0; rank < 2; ++rank) CHECK(same_bits(mixed[rank], reference));
   }
   SUBCASE("handing the factors over (add_layer with an rvalue set) gives the same W") {
-    CHECK(run_hdpissa(virt, 4, nullptr, {}, /*move_factors=*/true) == reference);
+    CHECK(same_bits(run_hdpissa(virt, 4, nullptr, {}, /*move_factors=*/true), reference));
+  }
+  SUBCASE("a set whose A does not have K·r rows is refused, copied or handed over") {
+    EigenBackend<float> b;
+    auto W = b.make_matrix(12, 10);
+    DirectWeightUpdate<EigenBackend<float>, Adam, VirtualRanks<SingleProcess>> dwu(b, virt, Adam{});
+    AdapterSet<EigenBackend<float>> bad{b.make_matrix(7, 10), b.make_matrix(12, 8), 4, 2};  // A: 7 rows, K·r = 8
+    CHECK_THROWS_WITH_AS(dwu.add_layer("w", W.view(), bad), doctest::Contains("expected A (K·r, in)"), InvalidArgument);
+    CHECK_THROWS_WITH_AS(dwu.add_layer("w", W.view(), std::move(bad)), doctest::Contains("found A with 7 rows"),
+                         InvalidArgument);
   }
 }
 

@@ -62,6 +62,7 @@ class CudaEngine final : public MethodEngine<gpu::CudaDevice<T>> {
  public:
   CudaEngine(const TrainOptions& o, const ModelWeights& host, const EngineGroups& g, const TrainState* resume)
       : Base(b32_),
+        alloc0_(start_ledger()),
         host_(&host),
         device_(select_device(g)),
         b32_(stream_.get(), hdpissa::CudaBackendOptions{}),
@@ -185,6 +186,16 @@ class CudaEngine final : public MethodEngine<gpu::CudaDevice<T>> {
     out.emplace_back("untracked", peak_ - tracked);
     return out;
   }
+  std::vector<std::pair<std::string, std::int64_t>> memory_allocations() override {
+    std::vector<std::pair<std::string, std::int64_t>> out;
+    for (const auto& p : hdpissa::memory::Ledger::instance().parts()) {
+      std::int64_t before = 0;
+      for (const auto& q : alloc0_)
+        if (q.name == p.name) before = q.allocations;
+      if (p.allocations > before) out.emplace_back(p.name, p.allocations - before);
+    }
+    return out;
+  }
   std::vector<std::pair<std::string, std::int64_t>> tracked_peak_parts() override {
     std::vector<std::pair<std::string, std::int64_t>> out;
     for (const auto& p : hdpissa::memory::Ledger::instance().at_peak())
@@ -204,6 +215,12 @@ class CudaEngine final : public MethodEngine<gpu::CudaDevice<T>> {
 
  private:
   void state_changed() override { gen_.reset(); }  // the hooks may have been rebuilt
+  /// The ledger's peak restarts with this engine (a process may build several); the allocation
+  /// counts so far are kept to report this engine's own.
+  static std::vector<hdpissa::memory::Part> start_ledger() {
+    hdpissa::memory::Ledger::instance().reset_peak();
+    return hdpissa::memory::Ledger::instance().parts();
+  }
   /// Device memory in use now (cudaMemGetInfo: total − free, the CUDA context included).
   void sample_memory() {
     std::size_t free = 0, total = 0;
@@ -250,6 +267,7 @@ class CudaEngine final : public MethodEngine<gpu::CudaDevice<T>> {
     else return *bt_;
   }
 
+  std::vector<hdpissa::memory::Part> alloc0_;  // first: the ledger's state when this engine began
   const ModelWeights* host_;
   int device_ = 0;  // before stream_: the device is made current before anything is created on it
   hdpissa::CudaStream stream_;

@@ -167,6 +167,11 @@ class DirectWeightUpdate {
                     shape_str(factors.out(), factors.in()));
     HDPISSA_REQUIRE(rank_ == 0 || factors.rank == rank_, "layer '", name, "': expected rank r = ", rank_,
                     " like the other layers, found ", factors.rank);
+    HDPISSA_REQUIRE(factors.A.rows() == index_t(factors.groups) * factors.rank &&
+                        factors.B.cols() == index_t(factors.groups) * factors.rank,
+                    "layer '", name, "': expected A (K·r, in) and B (out, K·r) with K·r = ",
+                    index_t(factors.groups) * factors.rank, ", found A with ", factors.A.rows(), " rows and B with ",
+                    factors.B.cols(), " columns");
     rank_ = factors.rank;
     const index_t K = groups(), r = rank_;
     Layer l;

@@ -10,8 +10,9 @@
 /// loaded, library handles' own workspaces, allocations made with raw cudaMalloc).
 ///
 /// No CUDA here: the ledger counts bytes and is testable on any machine. Thread-safe (one mutex;
-/// allocations are rare: set-up and first use, never a step's hot path). Part names are compared
-/// by content; a scope stores the pointer, so pass string literals (or strings that outlive it).
+/// allocations are rare: set-up and first use, never a step's hot path). Part names are interned
+/// (Ledger::intern: one stable copy per distinct name, kept for the process), so a scope may be
+/// given any string, not only a literal.
 ///
 /// \code
 ///   { hdpissa::memory::PartScope s("model.activations"); acts.reserve(n); }   // charged there
@@ -21,6 +22,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <deque>
 #include <mutex>
 #include <string>
 #include <vector>
@@ -56,6 +58,15 @@ class Ledger {
       at_peak_.clear();
       for (const Part& q : parts_) at_peak_.push_back({q.name, q.bytes, q.peak, q.allocations});
     }
+  }
+
+  /// A stable copy of `name` (the same pointer for equal names, valid until the process ends).
+  const char* intern(const char* name) {
+    std::lock_guard<std::mutex> g(mu_);
+    for (const std::string& n : names_)
+      if (n == name) return n.c_str();
+    names_.emplace_back(name);
+    return names_.back().c_str();
   }
 
   /// Every part (in first-charge order) with its bytes held now.
@@ -104,6 +115,7 @@ class Ledger {
     return parts_.back();
   }
   mutable std::mutex mu_;
+  std::deque<std::string> names_;  // interned part names (stable addresses)
   std::vector<Part> parts_;
   std::vector<Part> at_peak_;
   std::int64_t total_ = 0, peak_total_ = 0;
@@ -123,10 +135,14 @@ inline const char*& current_part() {
 inline const char* current_part() { return detail::current_part(); }
 
 /// Makes `part` the calling thread's current part until the scope ends (scopes nest: the innermost
-/// wins; the previous part comes back at the end). Not movable; use on the stack.
+/// wins; the previous part comes back at the end). The name is interned: any string will do. Not
+/// movable; use on the stack.
 class PartScope {
  public:
-  explicit PartScope(const char* part) : prev_(detail::current_part()) { detail::current_part() = part; }
+  explicit PartScope(const char* part) : prev_(detail::current_part()) {
+    detail::current_part() = Ledger::instance().intern(part);
+  }
+  explicit PartScope(const std::string& part) : PartScope(part.c_str()) {}
   PartScope(const PartScope&) = delete;
   PartScope& operator=(const PartScope&) = delete;
   ~PartScope() { detail::current_part() = prev_; }

@@ -97,10 +97,12 @@ class CudaLlama {
   CudaLlama& operator=(const CudaLlama&) = delete;
 
   /// The loss chunk a trainer should pass for a vocabulary of `vocab` entries: as many rows as keep
-  /// the chunk's full-vocabulary logits (fp32) and their gradient (T) within 96 MiB, a multiple of
-  /// 64 in [64, 1024] (LLaMA-2's 32,000: 512 rows; LLaMA-3's 128,256: 128).
+  /// the chunk's full-vocabulary logits (fp32) and, for bf16, their gradient (T) within 96 MiB, a
+  /// multiple of 64 in [64, 1024] (bf16: LLaMA-2's 32,000 → 512 rows; LLaMA-3's 128,256 → 128).
   static int default_loss_chunk_rows(int vocab) {
-    const std::int64_t per_row = static_cast<std::int64_t>(std::max(vocab, 1)) * std::int64_t(4 + sizeof(T));
+    // fp32 logits (4 bytes) and, for bf16, their gradient in T (fp32 writes it in place).
+    constexpr std::int64_t grad = std::is_same_v<T, float> ? 0 : std::int64_t(sizeof(T));
+    const std::int64_t per_row = static_cast<std::int64_t>(std::max(vocab, 1)) * (4 + grad);
     const std::int64_t rows = (std::int64_t(96) << 20) / per_row / 64 * 64;
     return static_cast<int>(std::clamp<std::int64_t>(rows, 64, 1024));
   }
@@ -243,7 +245,7 @@ class CudaLlama {
   Buf lin_;           // every target linear, contiguous (out, in) each
   std::vector<std::size_t> lin_off_;
   FBuf rope_cos_, rope_sin_;  // (max_seq, hd/2)
-  FBuf stage_f32_;            // upload/download staging, T = bf16 only: kStageElems, allocated on first use
+  FBuf stage_f32_;            // upload/download staging, T = bf16 only: stage_elems(), allocated on first use
   std::int64_t max_lin_ = 0;  // elements of the largest target linear
   std::int64_t stage_cap_ = std::int64_t(1) << 22;  // 16 MiB of fp32
   std::int64_t stage_elems() const { return std::max<std::int64_t>(1, std::min(stage_cap_, max_lin_)); }
@@ -690,9 +692,8 @@ void CudaLlama<T>::download_linear(LinearId id, Matrix& host_fp32) const {
     const std::int64_t sn = stage_elems();
     for (std::int64_t off = 0; off < n; off += sn) {
       const std::int64_t m = std::min(sn, n - off);
-      kern::launch_convert<T, float>(stream_, v.data + off, st, m);
+      kern::launch_convert<T, float>(stream_, v.data + off, st, m);  // after the previous chunk's copy (stream order)
       HDPISSA_CUDA_CHECK(cudaMemcpyAsync(host_fp32.data() + off, st, m * sizeof(float), cudaMemcpyDeviceToHost, stream_));
-      HDPISSA_CUDA_CHECK(cudaStreamSynchronize(stream_));  // the stage is reused by the next chunk
     }
   }
   HDPISSA_CUDA_CHECK(cudaStreamSynchronize(stream_));

@@ -121,6 +121,9 @@ class TrainEngine {
   /// The most bytes the ledger's parts held at once (GPU only; between samples too, e.g. the
   /// initialisation's transient scratch), and the parts at that moment.
   [[nodiscard]] virtual std::vector<std::pair<std::string, std::int64_t>> tracked_peak_parts() { return {}; }
+  /// Allocations charged to each part so far (GPU only): many small ones hint at the allocator's
+  /// rounding in "untracked" (cudaMalloc maps whole pages).
+  [[nodiscard]] virtual std::vector<std::pair<std::string, std::int64_t>> memory_allocations() { return {}; }
   /// --profile (GPU): GPU milliseconds per section accumulated over the training passes
   /// (forward_backward) and optimizer steps since the last reset_profile() (evaluation passes
   /// excluded); empty when the engine does not profile.

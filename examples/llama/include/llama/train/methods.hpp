@@ -611,7 +611,7 @@ class DwuMethod final : public TrainMethod<Dev> {
       hdpissa::check_adapter_fits(ids_[i].hf_name(), out, in, o.method == Method::Hdpissa ? K : 1, r);
     }
     std::vector<hdpissa::AdapterSet<Bm>> sets;  // handed to the update (which keeps the only copy)
-    hdpissa::memory::PartScope part("dwu.factors");  // A is moved into the update: charged as its factors
+    hdpissa::memory::PartScope scope("dwu.factors");  // A is moved into the update: charged as its factors
     if (resume) {
       for (std::size_t i = 0; i < ids_.size(); ++i) {
         const auto [out, in] = this->shape(i);
@@ -834,7 +834,7 @@ class AdapterMethod final : public TrainMethod<Dev> {
         method_(o.method),
         upd_(ctx.bm, ctx.comm, detail::make_adam(o), detail::update_options(o)),
         lin_(ctx.bc, o.adapter_scaling()) {
-    hdpissa::memory::PartScope part("adapter.factors");
+    hdpissa::memory::PartScope scope("adapter.factors");
     const index_t r = o.rank;
     for (std::size_t i = 0; i < ids_.size(); ++i) {
       const auto [out, in] = this->shape(i);

@@ -409,6 +409,9 @@ class Trainer {
         for (const auto& [name, bytes] : eng_->tracked_peak_parts()) tracked[name] = bytes;
         rec["peak_memory_parts"] = by;
         rec["tracked_peak_parts"] = tracked;
+        nlohmann::json allocs = nlohmann::json::object();
+        for (const auto& [name, n] : eng_->memory_allocations()) allocs[name] = n;
+        rec["memory_allocations"] = allocs;
         line.back() = '\n';
         if (!o_.quiet) say(line);
       }
