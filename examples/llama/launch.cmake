@@ -7,8 +7,9 @@ if(TARGET hdpissa_train_cuda AND NCCL_FOUND AND TARGET NCCL::NCCL)
   target_compile_definitions(hdpissa-train PRIVATE HDPISSA_TRAIN_HAVE_NCCL_SOCKET=1)
 endif()
 #  - CPU tests, no MPI: `hdpissa-run --nproc-per-node 2` and `hdpissa-train --nproc-per-node 2`,
-#    2 groups per process, must give the bit-identical merged model of 1 process x 4 groups; an
-#    environment with WORLD_SIZE but no rendezvous address is a clear error.
+#    2 groups per process, must give the bit-identical merged model of 1 process x 4 groups, also
+#    with the deltas exchanged in ~4 KiB buckets (--exchange-bucket-mb 0.004: several all-gathers per
+#    step); an environment with WORLD_SIZE but no rendezvous address is a clear error.
 if(TARGET hdpissa-run AND EXISTS "${HDPISSA_LLAMA_DEFAULT_DATA}/stories260K-hf/model.safetensors")
   set(_args --model ${HDPISSA_LLAMA_DEFAULT_DATA}/stories260K-hf --data ${HDPISSA_LLAMA_DEFAULT_DATA}/gsm8k/train.jsonl
             --max-examples 200 --method hdpissa --rank 4 --lr 2e-3 --max-len 256 --max-steps 3 --threads 1 --quiet)
@@ -17,7 +18,7 @@ if(TARGET hdpissa-run AND EXISTS "${HDPISSA_LLAMA_DEFAULT_DATA}/stories260K-hf/m
   set(_w "${CMAKE_CURRENT_BINARY_DIR}/train-launch-check")
   set(_t $<TARGET_FILE:hdpissa-train>)
   add_test(NAME example_llama_train_launch_matches_single
-           COMMAND bash -c "rm -rf ${_w} && ${_t} ${_args} --groups-per-process 4 --output ${_w}/single && $<TARGET_FILE:hdpissa-run> --nproc-per-node 2 ${_t} ${_args} --groups-per-process 2 --output ${_w}/run && cmp ${_w}/single/model.safetensors ${_w}/run/model.safetensors && ${_t} --nproc-per-node 2 ${_args} --groups-per-process 2 --output ${_w}/self && cmp ${_w}/single/model.safetensors ${_w}/self/model.safetensors && echo bit-identical")
+           COMMAND bash -c "rm -rf ${_w} && ${_t} ${_args} --groups-per-process 4 --output ${_w}/single && $<TARGET_FILE:hdpissa-run> --nproc-per-node 2 ${_t} ${_args} --groups-per-process 2 --output ${_w}/run && cmp ${_w}/single/model.safetensors ${_w}/run/model.safetensors && ${_t} --nproc-per-node 2 ${_args} --groups-per-process 2 --output ${_w}/self && cmp ${_w}/single/model.safetensors ${_w}/self/model.safetensors && ${_t} --nproc-per-node 2 ${_args} --groups-per-process 2 --exchange-bucket-mb 0.004 --output ${_w}/buckets && cmp ${_w}/single/model.safetensors ${_w}/buckets/model.safetensors && echo bit-identical")
   set_tests_properties(example_llama_train_launch_matches_single PROPERTIES PASS_REGULAR_EXPRESSION "bit-identical"
                        ENVIRONMENT "HDPISSA_COMM_TIMEOUT_S=120" TIMEOUT 300 LABELS launch)
   #  - SIGTERM to the launcher (sent by rank 0's test hook at step 3, forwarded to both ranks): exit

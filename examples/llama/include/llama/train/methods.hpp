@@ -545,7 +545,10 @@ inline hdpissa::Adam make_adam(const TrainOptions& o) {
 }
 /// --on-nonfinite as the update rules' options.
 inline hdpissa::UpdateOptions update_options(const TrainOptions& o) {
-  return {o.on_nonfinite == OnNonFinite::Skip ? hdpissa::NonFinitePolicy::SkipStep : hdpissa::NonFinitePolicy::Throw};
+  hdpissa::UpdateOptions u;
+  u.on_non_finite = o.on_nonfinite == OnNonFinite::Skip ? hdpissa::NonFinitePolicy::SkipStep : hdpissa::NonFinitePolicy::Throw;
+  u.exchange_bucket_bytes = std::size_t(o.exchange_bucket_mb * double(1 << 20));
+  return u;
 }
 /// The factors of every target, computed layer l on worker l mod P and broadcast, with `Init`
 /// templated on the SVD policy the options and the device choose.

@@ -135,6 +135,7 @@ struct TrainOptions {
   // ---- distribution
   CommKind comm = CommKind::Auto;
   int groups_per_process = 1;      ///< V; K = processes × V
+  double exchange_bucket_mb = 256;  ///< DWU methods, several processes: MiB of deltas received per all-gather (0: one)
   // ---- optimisation
   double lr = 2e-5;
   double weight_decay = 0;
@@ -302,6 +303,7 @@ inline nlohmann::json TrainOptions::to_json() const {
           {"profile", profile},
           {"comm", name_of(comm)},
           {"groups_per_process", groups_per_process},
+          {"exchange_bucket_mb", exchange_bucket_mb},
           {"lr", lr},
           {"weight_decay", weight_decay},
           {"warmup_ratio", warmup_ratio},
@@ -380,6 +382,8 @@ inline void TrainOptions::validate() const {
   need(aggregation == Aggregation::Sum || uses_dwu(),
        cat("--aggregation applies to the DWU methods only, not --method ", name_of(method)));
   need(groups_per_process >= 1, cat("--groups-per-process: expected >= 1, found ", groups_per_process));
+  need(exchange_bucket_mb >= 0 && exchange_bucket_mb <= 1e6,
+       cat("--exchange-bucket-mb: expected a size in [0, 1e6] MiB, found ", exchange_bucket_mb));
   need(lr > 0, cat("--lr: expected > 0, found ", lr));
   need(weight_decay >= 0, cat("--weight-decay: expected >= 0, found ", weight_decay));
   need(warmup_ratio >= 0 && warmup_ratio <= 1, cat("--warmup-ratio: expected [0, 1], found ", warmup_ratio));
@@ -555,6 +559,10 @@ inline void add_train_options(CLI::App& app, TrainOptions& o, CLI::Option** atte
   cli::add_parsed(app, "--groups-per-process", "--groups-per-process", o.groups_per_process,
                   [](const std::string& f, const std::string& v) { return cli::parse_int<int>(f, v); },
                   "adapter groups per process (default 1); K = processes x V", "V")->group(di);
+  app.add_option("--exchange-bucket-mb", o.exchange_bucket_mb,
+                 "DWU methods over several processes: all-gather the factor deltas in buckets of consecutive layers "
+                 "of at most this many MiB received (default 256; 0 = one all-gather per step). Same weights, bit "
+                 "for bit; a smaller receive buffer")->group(di)->type_name("MIB");
   int nproc = 1;  // handled (and removed from the arguments) before parsing: train_launch.hpp
   app.add_option("--nproc-per-node", nproc, "start N processes of this host (one per GPU) under the MPI-free launcher "
                                             "(as hdpissa-run -n N; docs/distributed.md)")->group(di)->type_name("N");
