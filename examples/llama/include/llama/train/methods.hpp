@@ -725,7 +725,9 @@ class DwuMethod final : public TrainMethod<Dev> {
                                                     : cat("PissaInit<", svd_, "> (top-r on every group)");
     return cat(init, " + MutedLinear<", Mute::name(), "> (scaling ", muted_.scaling(), ") + DirectWeightUpdate<",
                Agg::name(), "> with per-group Adam", Dev::backend_note, "; K = ", comm_->groups(), ", r = ", upd_.rank(),
-               "; W ", hdpissa::w_precision_name(this->wprec_));
+               "; W ", hdpissa::w_precision_name(this->wprec_),
+               comm_->size() > 1 ? cat("; deltas all-gathered in ", upd_.collectives_per_step(), " bucket(s) per step")
+                                 : std::string());
   }
   /// The update rule (for tests and diagnostics).
   Update& update() { return upd_; }
