@@ -2,7 +2,7 @@
 # the two session-12 failures mended blind, the new ledger / bf16-embedding / chunked-stage / trainer
 # memory-parts cases, the DWU with one copy of its factors and no receive buffer — one after the
 # other. Then call 5 (c5.sh) measures the memory. Run as: bash scripts/device-calls/c4.sh
-# (carry [".devpack", ".devdata"]; binaries packed at >= 283e9eb).
+# (carry [".devpack", ".devdata"]; binaries packed at >= e74c88a).
 source scripts/device-calls/common.sh
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 O=/tmp/o4; mkdir -p $O

@@ -1,7 +1,7 @@
 # call 5 (session 13's plan; not run): issue 13's micro-batch-2 memory against PEFT + compile, with the
 # memory ledger's breakdown ("Ours at the peak" in throughput.md): TinyLlama, then the 7B shape (made
 # here; ~1 min). One process at a time on the GPU (device-wide peaks). Run as:
-# bash scripts/device-calls/c5.sh   (carry [".devpack", ".devdata"]; binaries packed at >= 283e9eb)
+# bash scripts/device-calls/c5.sh   (carry [".devpack", ".devdata"]; binaries packed at >= e74c88a)
 source scripts/device-calls/common.sh
 O=/tmp/o5; mkdir -p $O
 OUT=$O/tt WORK=/tmp/tpw PREBUILT=$PWD/.devbin SHAPES=tinyllama MICRO_BATCHES=2 \
