@@ -162,12 +162,9 @@ class CudaEngine final : public MethodEngine<gpu::CudaDevice<T>> {
   std::vector<std::vector<std::int32_t>> generate_batch(const std::vector<std::vector<std::int32_t>>& prompts,
                                                         int max_new_tokens, const std::vector<std::int32_t>& stop_tokens,
                                                         int max_seq_len) override {
-    if (!gen_) {
-      hdpissa::memory::PartScope part("decoder");
-      gen_ = std::make_unique<gpu::GreedyGenerator<T>>(model_, method_->hooks(0), GreedyGeneratorOptions{});
-    }
+    hdpissa::memory::PartScope part("decoder");  // the generator, and its KV cache (grown with the context)
+    if (!gen_) gen_ = std::make_unique<gpu::GreedyGenerator<T>>(model_, method_->hooks(0), GreedyGeneratorOptions{});
     eval::GenerationRequest req;
-    hdpissa::memory::PartScope part("decoder");  // its KV cache grows with the context
     req.prompts = prompts;
     req.max_new_tokens = max_new_tokens;
     req.stop_tokens = stop_tokens;

@@ -290,13 +290,18 @@ class TrainMethod {
     std::vector<typename Bc::matrix_type> A, B;
     typename Bc::matrix_type g;
   };
+  /// A factor as a view: an owning matrix, or already a view (e.g. into a DirectWeightUpdate).
+  static CV32 factor_view(const typename Bm::matrix_type& m) { return CV32(m.view()); }
+  static CV32 factor_view(V32 v) { return CV32(v); }
   /// Allocates `c` for `sets` (kMixed) with `scratch` elements of gradient scratch, and fills it.
+  /// Each element of `sets` has factors A and B (owning matrices or views).
   template <class Sets>
   void make_copies(ComputeCopies& c, const Sets& sets, index_t scratch) {
     if constexpr (kMixed) {
       for (const auto& s : sets) {
-        c.A.push_back(bc_->make_matrix(s.A.rows(), s.A.cols()));
-        c.B.push_back(bc_->make_matrix(s.B.rows(), s.B.cols()));
+        const CV32 A = factor_view(s.A), B = factor_view(s.B);
+        c.A.push_back(bc_->make_matrix(A.rows, A.cols));
+        c.B.push_back(bc_->make_matrix(B.rows, B.cols));
       }
       c.g = bc_->make_matrix(1, scratch);
       refresh_copies(c, sets);
@@ -306,8 +311,8 @@ class TrainMethod {
   template <class Sets>
   void refresh_copies(ComputeCopies& c, const Sets& sets) {
     for (std::size_t i = 0; i < c.A.size(); ++i) {
-      to_compute(CV32(sets[i].A.view()), c.A[i].view());
-      to_compute(CV32(sets[i].B.view()), c.B[i].view());
+      to_compute(factor_view(sets[i].A), c.A[i].view());
+      to_compute(factor_view(sets[i].B), c.B[i].view());
     }
   }
 
@@ -779,19 +784,13 @@ class DwuMethod final : public TrainMethod<Dev> {
   }
 
  private:
-  /// Every target's stacked factors, as make_copies / refresh_copies read them.
-  struct StackedRef {
-    struct M {
-      V32 v;
-      index_t rows() const { return v.rows; }
-      index_t cols() const { return v.cols; }
-      V32 view() const { return v; }
-    };
-    M A, B;
+  /// Every target's stacked factors (views into the update), as make_copies / refresh_copies read them.
+  struct Stacked {
+    V32 A, B;
   };
-  std::vector<StackedRef> stacked() {
-    std::vector<StackedRef> out;
-    for (std::size_t i = 0; i < ids_.size(); ++i) out.push_back({{upd_.stacked_A(i)}, {upd_.stacked_B(i)}});
+  std::vector<Stacked> stacked() {
+    std::vector<Stacked> out;
+    for (std::size_t i = 0; i < ids_.size(); ++i) out.push_back({upd_.stacked_A(i), upd_.stacked_B(i)});
     return out;
   }
   /// Group (first_group + lg)'s factors in the compute dtype.
