@@ -23,7 +23,7 @@ timeout 200 $NCU --clock-control none --metrics gpu__time_duration.sum,dram__byt
 echo "ncu rc $? at $(el) s"; tail -3 $O/ncu.err
 gzip -f $O/ncu.csv; python3 scripts/ncu-decode-summary.py $O/ncu.csv.gz 20 > $O/ncu-summary.txt 2>&1; cat $O/ncu-summary.txt
 cp $O/ncu.csv.gz $O/ncu-summary.txt $OUT/
-OUT=$O/d WORK=/tmp/dbw PREBUILT=$PWD/.devbin SHAPES="tinyllama llama2-7b" GSM8K_SHAPES="" HF_TIMEOUT=200 \
+OUT=$O/d WORK=/tmp/dbw PREBUILT=$PWD/.devbin SHAPES="tinyllama llama2-7b" GSM8K_SHAPES=none HF_TIMEOUT=200 \
   timeout $(( END - 10 - $(el) )) scripts/decode-bench.sh > $O/d.txt 2>&1
 cp $O/d/decode-bench.md $OUT/ 2>/dev/null; cat $O/d/decode-bench.md; echo "decode done at $(el) s"
 tar czf $OUT/c6-logs.tgz -C $O --exclude ncu.csv.gz . ; ls -la $OUT
