@@ -222,9 +222,12 @@ class CudaGemmTuner {
         cuda_kernels::launch_map(s, MatrixView<float>(fills[i], 1, index_t(elems[i])),
                                  cuda_kernels::NormalOp<float>{std::uint64_t(7919 + i), index_t(elems[i])});
     if (!lt_) HDPISSA_CUBLAS_CHECK(cublasLtCreate(&lt_));
-    {
+    if (!ext_ws_) {
       memory::PartScope part("cublaslt.workspace");
-      if (!ext_ws_) ws_.reserve(kWorkspace);
+      ws_.reserve(kWorkspace);
+    }
+    {
+      memory::PartScope part("cublaslt.tuner");  // the tuner's 4-byte verdict flag
       flag_.reserve(1);
     }
     if (!host_flag_.get()) host_flag_ = PinnedBuffer<int>(1);
