@@ -29,10 +29,12 @@
 #   SHAPES [tinyllama]                  tinyllama and/or llama2-7b
 #   MICRO_BATCHES ["2 8"]               "M" or "M:G" entries; TOKENS_PER_STEP [8192] sets G for "M"
 #   OURS_CONFIGS ["lora pissa hdpissa-K1 hdpissa-K8 full"; 7B: "lora hdpissa-K1 hdpissa-K8"]
-#                                       <method>[-K<groups>][_flash|_gemm][@<w-precision>][+ckpt][+fp8]; hdpissa-K1 = one
+#                                       <method>[-K<groups>][_flash|_gemm][@<w-precision>][+ckpt][+fp8][+tune]; hdpissa-K1 = one
 #                                       group per process (what each GPU holds in a K-GPU run), K8 = 8 virtual groups;
 #                                       +ckpt = --activation-checkpointing (e.g. lora+ckpt, hdpissa-K1@bf16-sr+ckpt);
-#                                       +fp8 = --compute fp8 (e.g. lora+fp8, hdpissa-K1@bf16-sr+ckpt+fp8)
+#                                       +fp8 = --compute fp8 (e.g. lora+fp8, hdpissa-K1@bf16-sr+ckpt+fp8);
+#                                       +tune = HDPISSA_CUDA_GEMM_TUNING_BF16=exact for that run (bit-exact cuBLASLt
+#                                       choice of the bf16 GEMMs; other runs get the caller's value, default off)
 #   BASELINE_BIN                        a second hdpissa-train (file, or a directory holding one):
 #                                       its runs are the "ours@baseline" rows (before/after a change)
 #   BASELINE_TAR                        instead: a git-archive .tar.gz, built here (JOBS_BASE [8] jobs)
@@ -240,8 +242,9 @@ fi
 
 run_ours() {  # SIDE(ours|base) BINARY HELP CFG MODEL MB GA MBDIR TIMEOUT EXTRA_ARGS
   local side=$1 bin=$2 help=$3 cfg=$4 model=$5 mb=$6 ga=$7 mbdir=$8 lim=$9 extra=${10}
-  local att="" base method k lr name="$side-$cfg" to s rc wp="" wpflag=() ckflag=() fp8flag=()
+  local att="" base method k lr name="$side-$cfg" to s rc wp="" wpflag=() ckflag=() fp8flag=() tune="${HDPISSA_CUDA_GEMM_TUNING_BF16:-off}"
   [[ "$cfg" == *+fp8* ]] && { cfg="${cfg//+fp8/}"; fp8flag=(--compute fp8); }  # hdpissa-K1+fp8
+  [[ "$cfg" == *+tune* ]] && { cfg="${cfg//+tune/}"; tune=exact; }  # lora+tune: HDPISSA_CUDA_GEMM_TUNING_BF16=exact
   [[ "$cfg" == *+ckpt* ]] && { cfg="${cfg//+ckpt/}"; ckflag=(--activation-checkpointing); }  # hdpissa-K1+ckpt
   [[ "$cfg" == *@* ]] && { wp="${cfg##*@}"; cfg="${cfg%@*}"; wpflag=(--w-precision "$wp"); }  # hdpissa-K1@bf16-sr
   [[ "$cfg" == *_* ]] && att="${cfg##*_}"   # e.g. hdpissa-K8_gemm: --attention gemm
@@ -257,6 +260,7 @@ run_ours() {  # SIDE(ours|base) BINARY HELP CFG MODEL MB GA MBDIR TIMEOUT EXTRA_
   fi
   s=$(date +%s.%N)
   # shellcheck disable=SC2086
+  HDPISSA_CUDA_GEMM_TUNING_BF16="$tune" \
   timeout -k 10 "$to" "$bin" --device cuda --dtype bf16 "${attflag[@]}" --model "$model" \
     --tokenizer "$DEV/tokenizer.model" --data "$DEV/train.jsonl" --method "$method" --groups-per-process "$k" \
     --rank 16 --alpha 16 --targets q,k,v,o,gate,up,down --svd randomized --micro-batch "$mb" --grad-accum "$ga" \

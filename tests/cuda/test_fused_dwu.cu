@@ -227,6 +227,127 @@ TEST_CASE("fastest GEMM tuning: any cuBLASLt algorithm, still exact fp32 (CPU re
   CHECK(rep[0].best_any_ms <= rep[0].reference_ms);
 }
 
+TEST_CASE("bit-exact bf16 GEMM tuning: equals cublasGemmEx bit for bit (decode M = 64, long k, beta != 0, strided); the fp32 CPU agrees") {
+  using bf = __nv_bfloat16;
+  struct Case { Op ta, tb; index_t m, n, k; float alpha, beta; };
+  // Row-major terms, as CudaLlama's linears call the backend: Y (rows, out) = X (rows, in) · Wᵀ.
+  const Case cases[] = {{Op::N, Op::T, 64, 3072, 1024, 1.f, 0.f},   // a decode step's fused q|k|v (64 rows)
+                        {Op::N, Op::T, 64, 1024, 2816, 1.f, 0.f},   // its down projection (long k)
+                        {Op::N, Op::N, 512, 700, 256, 1.f, 1.f},    // dX += dY · W (beta = 1)
+                        {Op::T, Op::N, 300, 257, 128, -1.f, 0.5f}};
+  auto to_bf = [](const std::vector<float>& v) {
+    std::vector<bf> o(v.size());
+    for (std::size_t i = 0; i < v.size(); ++i) o[i] = __float2bfloat16(v[i]);
+    return o;
+  };
+  auto rounded = [](std::vector<float> v) {
+    for (auto& x : v) x = __bfloat162float(__float2bfloat16(x));
+    return v;
+  };
+  for (const auto& c : cases) {
+    CAPTURE(c.m);
+    CAPTURE(c.n);
+    CAPTURE(c.k);
+    CudaBackend<bf> tuned(CudaBackendOptions{.gemm_tuning_bf16 = GemmTuning::BitExact});
+    CudaBackend<bf> plain(CudaBackendOptions{.gemm_tuning_bf16 = GemmTuning::Off});
+    EigenBackend<float> cpu;
+    tuned.set_gemm_tuning_min_flop(0);
+    const index_t ar = c.ta == Op::N ? c.m : c.k, ac = c.ta == Op::N ? c.k : c.m;
+    const index_t br = c.tb == Op::N ? c.k : c.n, bc = c.tb == Op::N ? c.n : c.k;
+    const index_t pad = 3;  // A and C are column blocks of wider parents
+    const auto hA = rounded(random_host<float>(ar, ac + pad, 41 + c.m)), hB = rounded(random_host<float>(br, bc, 42 + c.n)),
+               hC = rounded(random_host<float>(c.m, c.n + pad, 43 + c.k));
+    const auto bA = to_bf(hA), bB = to_bf(hB), bC = to_bf(hC);
+    auto At = tuned.make_matrix(ar, ac + pad), Bt = tuned.make_matrix(br, bc), Ct = tuned.make_matrix(c.m, c.n + pad);
+    auto Ap = plain.make_matrix(ar, ac + pad), Bp = plain.make_matrix(br, bc), Cp = plain.make_matrix(c.m, c.n + pad);
+    auto Ac = cpu.make_matrix(ar, ac + pad), Bc = cpu.make_matrix(br, bc), Cc = cpu.make_matrix(c.m, c.n + pad);
+    tuned.upload(bA.data(), At.view()), tuned.upload(bB.data(), Bt.view()), tuned.upload(bC.data(), Ct.view());
+    plain.upload(bA.data(), Ap.view()), plain.upload(bB.data(), Bp.view()), plain.upload(bC.data(), Cp.view());
+    cpu.upload(hA.data(), Ac.view()), cpu.upload(hB.data(), Bc.view()), cpu.upload(hC.data(), Cc.view());
+    for (int rep = 0; rep < 2; ++rep) {  // the first call tunes, the second runs the cached choice
+      tuned.gemm(c.ta, c.tb, c.alpha, ConstMatrixView<bf>(At.view().col_block(0, ac)), Bt.cview(), c.beta,
+                 Ct.view().col_block(0, c.n));
+      plain.gemm(c.ta, c.tb, c.alpha, ConstMatrixView<bf>(Ap.view().col_block(0, ac)), Bp.cview(), c.beta,
+                 Cp.view().col_block(0, c.n));
+      if (rep == 0)  // the CPU reference of the first product (the GPUs' second call adds it again when beta != 0)
+        cpu.gemm(c.ta, c.tb, c.alpha, ConstMatrixView<float>(Ac.view().col_block(0, ac)), Bc.cview(), c.beta,
+                 Cc.view().col_block(0, c.n));
+    }
+    CHECK(same_bits(raw(tuned, Ct.cview()), raw(plain, Cp.cview())));  // pad columns included: untouched
+    const auto& rep = tuned.gemm_tuning_report();
+    REQUIRE(rep.size() == 1);
+    INFO(rep[0].str());
+    CHECK(rep[0].bf16);
+    CHECK(rep[0].m == c.n);  // column-major terms
+    CHECK(rep[0].n == c.m);
+    CHECK(rep[0].reference_ms > 0);
+    CHECK(rep[0].chosen_ms <= rep[0].reference_ms);
+    if (rep[0].uses_lt) CHECK(rep[0].bit_identical >= 1);
+    CHECK(plain.gemm_tuning_report().empty());
+    MESSAGE(rep[0].str());
+    if (c.beta == 0.f) {  // one product (beta = 0 makes the second call repeat it): the fp32 CPU agrees
+      CHECK(nmse(dense(tuned, ConstMatrixView<bf>(Ct.view().col_block(0, c.n))),
+                 dense(ConstMatrixView<float>(Cc.view().col_block(0, c.n)))) <= nmse_tol<bf>());
+    }
+  }
+}
+
+TEST_CASE("GEMM tuning: at most 4 row counts tuned per weight shape (a prefill's varying rows pay no search each); results unchanged") {
+  CudaBackend<float> tuned(CudaBackendOptions{.gemm_tuning = GemmTuning::BitExact});
+  CudaBackend<float> plain(CudaBackendOptions{.gemm_tuning = GemmTuning::Off});
+  tuned.set_gemm_tuning_min_flop(0);
+  const index_t in = 96, out = 160;
+  auto hW = random_host<float>(out, in, 3);
+  auto Wt = tuned.make_matrix(out, in), Wp = plain.make_matrix(out, in);
+  tuned.upload(hW.data(), Wt.view());
+  plain.upload(hW.data(), Wp.view());
+  for (index_t rows : {8, 24, 40, 72, 136, 8}) {  // Y (rows, out) = X Wᵀ; the last repeats the first
+    CAPTURE(rows);
+    auto hX = random_host<float>(rows, in, 100 + rows);
+    auto Xt = tuned.make_matrix(rows, in), Yt = tuned.make_matrix(rows, out);
+    auto Xp = plain.make_matrix(rows, in), Yp = plain.make_matrix(rows, out);
+    tuned.upload(hX.data(), Xt.view());
+    plain.upload(hX.data(), Xp.view());
+    tuned.gemm(Op::N, Op::T, 1.f, Xt.cview(), Wt.cview(), 0.f, Yt.view());
+    plain.gemm(Op::N, Op::T, 1.f, Xp.cview(), Wp.cview(), 0.f, Yp.view());
+    CHECK(same_bits(raw(tuned, Yt.cview()), raw(plain, Yp.cview())));
+  }
+  const auto& rep = tuned.gemm_tuning_report();
+  REQUIRE(rep.size() == 4);  // rows 8, 24, 40, 72 tuned; 136 runs cublasGemmEx untuned; 8 again is cached
+  for (const auto& r : rep) CHECK(r.m == out);
+}
+
+TEST_CASE("GEMM tuning under CUDA graph capture: a new problem is not tuned while captured, runs cublasGemmEx, is tuned later") {
+  CudaBackend<float> b(CudaBackendOptions{.gemm_tuning = GemmTuning::BitExact});
+  b.set_gemm_tuning_min_flop(0);
+  auto A = b.make_matrix(256, 192), B = b.make_matrix(192, 320), C = b.make_matrix(256, 320);
+  b.fill_normal(A.view(), 5);
+  b.fill_normal(B.view(), 6);
+  b.synchronize();  // the capture below records only the GEMM
+  CudaBackend<float> ref(CudaBackendOptions{.gemm_tuning = GemmTuning::Off});
+  auto Ar = ref.make_matrix(256, 192), Br = ref.make_matrix(192, 320), R = ref.make_matrix(256, 320);
+  ref.fill_normal(Ar.view(), 5);
+  ref.fill_normal(Br.view(), 6);
+  ref.gemm(Op::N, Op::N, 1.f, Ar.cview(), Br.cview(), 0.f, R.view());  // the untuned product, same inputs
+  cudaGraph_t g = nullptr;
+  HDPISSA_CUDA_CHECK(cudaStreamBeginCapture(b.stream(), cudaStreamCaptureModeRelaxed));
+  b.gemm(Op::N, Op::N, 1.f, A.cview(), B.cview(), 0.f, C.view());
+  HDPISSA_CUDA_CHECK(cudaStreamEndCapture(b.stream(), &g));
+  CHECK(b.gemm_tuning_report().empty());  // nothing tuned inside the capture
+  cudaGraphExec_t ex = nullptr;
+  HDPISSA_CUDA_CHECK(cudaGraphInstantiate(&ex, g, 0));
+  HDPISSA_CUDA_CHECK(cudaGraphLaunch(ex, b.stream()));
+  b.synchronize();
+  ref.synchronize();
+  CHECK(same_bits(raw(b, C.cview()), raw(ref, R.cview())));  // the captured call ran cublasGemmEx
+  (void)cudaGraphExecDestroy(ex);
+  (void)cudaGraphDestroy(g);
+  b.gemm(Op::N, Op::N, 1.f, A.cview(), B.cview(), 0.f, C.view());  // outside a capture: tuned now
+  b.synchronize();
+  CHECK(b.gemm_tuning_report().size() == 1);
+  CHECK(same_bits(raw(b, C.cview()), raw(ref, R.cview())));
+}
+
 TEST_CASE("GEMM tuning: small GEMMs below the threshold stay untuned; a bad HDPISSA_CUDA_GEMM_TUNING is named") {
   CudaBackend<float> b;  // default: BitExact, ≥ 1 GFLOP
   CHECK(b.gemm_tuning() == GemmTuning::BitExact);
@@ -246,6 +367,19 @@ TEST_CASE("GEMM tuning: small GEMMs below the threshold stay untuned; a bad HDPI
   ::setenv("HDPISSA_CUDA_GEMM_TUNING", "off", 1);
   CHECK(CudaBackend<float>().gemm_tuning() == GemmTuning::Off);
   CHECK(CudaBackend<float>(CudaBackendOptions{.gemm_tuning = GemmTuning::BitExact}).gemm_tuning() == GemmTuning::BitExact);
+  // bf16 storage: its own variable, off by default, the same values and the same error.
+  CHECK(CudaBackend<__nv_bfloat16>().gemm_tuning_bf16() == GemmTuning::Off);
+  ::setenv("HDPISSA_CUDA_GEMM_TUNING_BF16", "exact", 1);
+  CHECK(CudaBackend<__nv_bfloat16>().gemm_tuning_bf16() == GemmTuning::BitExact);
+  ::setenv("HDPISSA_CUDA_GEMM_TUNING_BF16", "always", 1);
+  try {
+    CudaBackend<__nv_bfloat16> bad;
+    FAIL("expected InvalidArgument");
+  } catch (const InvalidArgument& e) {
+    CHECK(std::string(e.what()).find("HDPISSA_CUDA_GEMM_TUNING_BF16: expected off, exact or fastest, found 'always'") !=
+          std::string::npos);
+  }
+  ::unsetenv("HDPISSA_CUDA_GEMM_TUNING_BF16");
   ::setenv("HDPISSA_CUDA_FUSED_DWU", "0", 1);
   CHECK_FALSE(CudaBackend<float>().fused_update());
   CHECK(CudaBackend<float>(CudaBackendOptions{.fused_update = true}).fused_update());

@@ -206,6 +206,26 @@ TEST_CASE("fp32 GPU greedy decoding equals the CPU decoder with sliding windows 
   }
 }
 
+TEST_CASE("HDPISSA_DECODE_CHUNK: every split size still gives the CPU decoder's fp32 tokens; a bad value is named") {
+  // 16 keys per split: many splits per row; 8192: one split (the combine merges one part).
+  const auto prompts = make_prompts(37, {1, 9, 3, 20, 14, 2, 33}, 3);
+  const ModelWeights w = tiny_random(7, false, 0, 0);
+  for (const char* chunk : {"16", "8192"}) {
+    ::setenv("HDPISSA_DECODE_CHUNK", chunk, 1);
+    check_fp32_equal(w, prompts, 40, 3, 8, {}, true, cat("tiny fp32, HDPISSA_DECODE_CHUNK=", chunk));
+    if (have_stories()) {
+      const ModelWeights s = load_hf_checkpoint(stories_dir());
+      check_fp32_equal(s, make_prompts(s.config.vocab_size, {1, 30, 7, 60}, 6), 80, 4, 32, {}, true,
+                       cat("stories260K fp32, HDPISSA_DECODE_CHUNK=", chunk));
+    }
+  }
+  ::setenv("HDPISSA_DECODE_CHUNK", "8", 1);
+  CudaLlama<float> model(w, 1, 1, nullptr);
+  CHECK_THROWS_WITH_AS(CudaGreedyDecoder<float>(model, 2, 16),
+                       doctest::Contains("HDPISSA_DECODE_CHUNK: expected an integer in [16, 8192]"), LlamaError);
+  ::unsetenv("HDPISSA_DECODE_CHUNK");
+}
+
 TEST_CASE("bf16 GPU greedy decoding follows the CPU decoder up to near-ties (stories260K)") {
   if (!have_stories()) {
     MESSAGE("SKIPPED: " << stories_dir() << " not found (set HDPISSA_DATA)");

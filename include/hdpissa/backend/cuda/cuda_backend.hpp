@@ -13,7 +13,8 @@
 ///    strided column blocks need no copy). TF32 tensor cores only when CudaBackendOptions::allow_tf32
 ///    is set (compute type CUBLAS_COMPUTE_32F_FAST_TF32); default is exact fp32 (CUBLAS_COMPUTE_32F).
 ///    fp32-storage GEMMs of ≥ 1 GFLOP run a cuBLASLt algorithm tuned once per problem and verified
-///    bit-identical to cublasGemmEx (CudaBackendOptions::gemm_tuning, gemm_tuner.hpp).
+///    bit-identical to cublasGemmEx (CudaBackendOptions::gemm_tuning, gemm_tuner.hpp); bf16-storage
+///    ones too when CudaBackendOptions::gemm_tuning_bf16 asks for it (off by default).
 ///  - thin_svd: cuSOLVER gesvdj (Jacobi, sorted) on the taller orientation, QR-preconditioned
 ///    (geqrf/orgqr, then gesvdj of the small R) when the matrix is at least twice as tall as wide.
 ///    orthonormalize: geqrf + orgqr. Solvers always run in exact fp32 (bf16 storage goes through
@@ -55,11 +56,12 @@ inline const char* dwu_gemm_name(DwuGemm g) {
   return g == DwuGemm::Auto ? "auto" : g == DwuGemm::Tf32x3 ? "3xtf32" : "cublas";
 }
 
-/// Construction options of CudaBackend. The three std::optional fields may also come from an
+/// Construction options of CudaBackend. The four std::optional fields may also come from an
 /// environment variable, which is read only when the caller leaves the field empty (an explicit
 /// value always wins; the setters after construction too):
 ///  - fused_update ← HDPISSA_CUDA_FUSED_DWU (0 = off, anything else = on); default on
 ///  - gemm_tuning  ← HDPISSA_CUDA_GEMM_TUNING = off | exact | fastest; default exact (BitExact)
+///  - gemm_tuning_bf16 ← HDPISSA_CUDA_GEMM_TUNING_BF16 = off | exact | fastest; default off
 ///  - dwu_gemm     ← HDPISSA_CUDA_DWU_GEMM = auto | 3xtf32 | cublas; default auto
 /// An unrecognised value is an InvalidArgument at construction. CudaBackend::options() reports
 /// the resolved values (every optional engaged).
@@ -77,6 +79,10 @@ struct CudaBackendOptions {
   /// cublasGemmEx; Fastest accepts any algorithm (rounding differs; the timed choice may differ per
   /// process).
   std::optional<GemmTuning> gemm_tuning = std::nullopt;
+  /// The same for bf16-storage GEMMs (CudaBackend<__nv_bfloat16>: a bf16 model's linears and their
+  /// adapters), same threshold. Off by default until measured (docs/evaluation.md, docs/throughput.md);
+  /// BitExact keeps every result, so greedy tokens and trained weights do not change.
+  std::optional<GemmTuning> gemm_tuning_bf16 = std::nullopt;
   double gemm_tuning_min_flop = 1e9;
   /// The Direct Weight Update's GEMM (DwuGemm; used through the fused kernels, so only with
   /// fused_update).
@@ -90,15 +96,18 @@ struct CudaBackendOptions {
       const char* e = std::getenv("HDPISSA_CUDA_FUSED_DWU");
       o.fused_update = !(e && std::strcmp(e, "0") == 0);
     }
-    if (!o.gemm_tuning) {
-      o.gemm_tuning = GemmTuning::BitExact;
-      if (const char* e = std::getenv("HDPISSA_CUDA_GEMM_TUNING")) {
-        if (std::strcmp(e, "off") == 0 || std::strcmp(e, "0") == 0) o.gemm_tuning = GemmTuning::Off;
-        else if (std::strcmp(e, "exact") == 0) o.gemm_tuning = GemmTuning::BitExact;
-        else if (std::strcmp(e, "fastest") == 0) o.gemm_tuning = GemmTuning::Fastest;
-        else throw InvalidArgument(cat("HDPISSA_CUDA_GEMM_TUNING: expected off, exact or fastest, found '", e, "'"));
+    auto tuning_from_env = [](const char* var, GemmTuning dflt) {
+      GemmTuning t = dflt;
+      if (const char* e = std::getenv(var)) {
+        if (std::strcmp(e, "off") == 0 || std::strcmp(e, "0") == 0) t = GemmTuning::Off;
+        else if (std::strcmp(e, "exact") == 0) t = GemmTuning::BitExact;
+        else if (std::strcmp(e, "fastest") == 0) t = GemmTuning::Fastest;
+        else throw InvalidArgument(cat(var, ": expected off, exact or fastest, found '", e, "'"));
       }
-    }
+      return t;
+    };
+    if (!o.gemm_tuning) o.gemm_tuning = tuning_from_env("HDPISSA_CUDA_GEMM_TUNING", GemmTuning::BitExact);
+    if (!o.gemm_tuning_bf16) o.gemm_tuning_bf16 = tuning_from_env("HDPISSA_CUDA_GEMM_TUNING_BF16", GemmTuning::Off);
     if (!o.dwu_gemm) {
       o.dwu_gemm = DwuGemm::Auto;
       if (const char* e = std::getenv("HDPISSA_CUDA_DWU_GEMM")) {
@@ -184,6 +193,8 @@ class CudaBackend {
   /// The GEMM algorithm policy (CudaBackendOptions::gemm_tuning) and its size threshold.
   GemmTuning gemm_tuning() const { return *options_.gemm_tuning; }
   void set_gemm_tuning(GemmTuning t) { options_.gemm_tuning = t; }
+  GemmTuning gemm_tuning_bf16() const { return *options_.gemm_tuning_bf16; }
+  void set_gemm_tuning_bf16(GemmTuning t) { options_.gemm_tuning_bf16 = t; }
   void set_gemm_tuning_min_flop(double flop) { options_.gemm_tuning_min_flop = flop; }
   DwuGemm dwu_gemm() const { return *options_.dwu_gemm; }
   /// The CUDA device this backend was created on.
@@ -231,11 +242,12 @@ class CudaBackend {
     }
     const auto dt = cuda_detail::data_type<Scalar>();
     // Row-major C (m, n) is column-major Cᵀ (n, m) = op(B)ᵀ op(A)ᵀ: swap the operands.
-    if constexpr (std::is_same_v<Scalar, float>) {
-      if (gemm_tuning() != GemmTuning::Off && 2.0 * double(m) * double(n) * double(k) >= options_.gemm_tuning_min_flop &&
-          tuner_.run(stream(), cublas(), gemm_tuning(), compute_kind(), cuda_detail::cublas_op(tb),
-                     cuda_detail::cublas_op(ta), int(n), int(m), int(k), &alpha, B.data, cuda_detail::ld_of(B), A.data,
-                     cuda_detail::ld_of(A), &beta, C.data, cuda_detail::ld_of(C)))
+    if constexpr (std::is_same_v<Scalar, float> || std::is_same_v<Scalar, __nv_bfloat16>) {
+      const GemmTuning mode = std::is_same_v<Scalar, float> ? gemm_tuning() : gemm_tuning_bf16();
+      if (mode != GemmTuning::Off && 2.0 * double(m) * double(n) * double(k) >= options_.gemm_tuning_min_flop &&
+          tuner_.run(stream(), cublas(), mode, compute_kind(), cuda_detail::cublas_op(tb), cuda_detail::cublas_op(ta),
+                     int(n), int(m), int(k), &alpha, B.data, cuda_detail::ld_of(B), A.data, cuda_detail::ld_of(A), &beta,
+                     C.data, cuda_detail::ld_of(C)))
         return;
     }
     HDPISSA_CUBLAS_CHECK(cublasGemmEx(cublas(), cuda_detail::cublas_op(tb), cuda_detail::cublas_op(ta), int(n),

@@ -1,9 +1,10 @@
 #pragma once
 /// \file gemm_tuner.hpp
 /// CudaGemmTuner: picks, once per distinct GEMM problem, the fastest cuBLASLt algorithm for an fp32
-/// (or TF32) GEMM and caches it, so that repeated GEMMs of the same shape — the Direct Weight
-/// Update's W ← W − f·L R with inner dimension 2Kr and β = 1, for the ~3 distinct shapes of a
-/// transformer — run with it.
+/// (or TF32) or a bf16 GEMM (bf16 A, B, C; fp32 accumulation) and caches it, so that repeated GEMMs
+/// of the same shape — the Direct Weight Update's W ← W − f·L R with inner dimension 2Kr and β = 1,
+/// for the ~3 distinct shapes of a transformer; a bf16 model's linears, e.g. the M = 64 weight GEMMs
+/// of a decode step — run with it.
 ///
 /// The search (first call of a problem; setup cost, allocates scratch and waits for the stream):
 ///  - scratch operands with the real call's shape, leading dimensions and pointer alignment (class
@@ -22,9 +23,14 @@
 /// Every decision is recorded in report() (shape, reference / chosen / best-of-all times, numbers of
 /// candidates and of bit-identical ones, the chosen algorithm's id, tile, stages, split-K, swizzle).
 /// If the scratch cannot be allocated the problem is marked untuned (cublasGemmEx) and the error
-/// cleared.
+/// cleared. At most kMaxNPerShape distinct n are tuned per (m, k, ops, types): a model's linears
+/// see one n per micro-batch or decode batch, but a prefill's row count varies from call to call,
+/// and those calls must not each pay a search (the rest run cublasGemmEx). A problem first met while its stream is being captured into a CUDA graph is not tuned
+/// then (the search allocates and waits): that call runs cublasGemmEx, and a later call outside a
+/// capture tunes it. A problem tuned before the capture is captured with its cuBLASLt algorithm.
 
 #include <cublasLt.h>
+#include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -32,6 +38,7 @@
 #include <map>
 #include <string>
 #include <tuple>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -55,6 +62,7 @@ inline const char* gemm_tuning_name(GemmTuning t) {
 struct GemmTuningRecord {
   GemmTuning mode = GemmTuning::Off;
   bool tf32 = false;
+  bool bf16 = false;  ///< bf16 A, B, C (fp32 accumulation); else fp32 storage
   char ta = 'N', tb = 'N';
   long m = 0, n = 0, k = 0, lda = 0, ldb = 0, ldc = 0;
   bool beta_zero = false;
@@ -70,7 +78,7 @@ struct GemmTuningRecord {
 };
 
 inline std::string GemmTuningRecord::str() const {
-  return cat(gemm_tuning_name(mode), tf32 ? " tf32" : " fp32", " C(", m, "x", n, ") k=", k, " op ", ta, tb, " ld ", lda,
+  return cat(gemm_tuning_name(mode), bf16 ? " bf16" : tf32 ? " tf32" : " fp32", " C(", m, "x", n, ") k=", k, " op ", ta, tb, " ld ", lda,
              "/", ldb, "/", ldc, beta_zero ? " beta=0" : " beta!=0", ": cublasGemmEx ", reference_ms, " ms, chosen ",
              chosen_ms, " ms (", uses_lt ? "cuBLASLt algo " + std::to_string(algo_id) + " tile " + std::to_string(tile) +
                                                " stages " + std::to_string(stages) + " splitK " +
@@ -81,8 +89,9 @@ inline std::string GemmTuningRecord::str() const {
 }
 
 namespace cuda_kernels {
-/// flag ← 1 if any 32-bit word of a and b differ (n words).
-__global__ inline void bits_differ_kernel(const std::uint32_t* a, const std::uint32_t* b, std::size_t n, int* flag) {
+/// flag ← 1 if any word (W: 16 or 32 bits) of a and b differ (n words).
+template <class W>
+__global__ void bits_differ_kernel(const W* a, const W* b, std::size_t n, int* flag) {
   bool d = false;
   for (std::size_t i = std::size_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += std::size_t(gridDim.x) * blockDim.x)
     d |= a[i] != b[i];
@@ -90,7 +99,7 @@ __global__ inline void bits_differ_kernel(const std::uint32_t* a, const std::uin
 }
 }  // namespace cuda_kernels
 
-/// Per-backend cache of tuned fp32/TF32 GEMM algorithms (not thread-safe, like the backend).
+/// Per-backend cache of tuned fp32/TF32/bf16 GEMM algorithms (not thread-safe, like the backend).
 class CudaGemmTuner {
  public:
   CudaGemmTuner() = default;
@@ -101,20 +110,33 @@ class CudaGemmTuner {
     if (lt_) (void)cublasLtDestroy(lt_);
   }
 
-  /// Column-major C (m×n, ldc) ← α op(A) op(B) + β C in fp32 storage with compute type `ct`.
-  /// Runs it with a tuned cuBLASLt algorithm and returns true, or returns false (the caller then
-  /// runs cublasGemmEx) when the problem is untuned or cublasGemmEx was fastest.
+  /// Column-major C (m×n, ldc) ← α op(A) op(B) + β C with compute type `ct`, in fp32 storage
+  /// (T = float) or bf16 storage (T = __nv_bfloat16: A, B and C bf16, α, β and the accumulation
+  /// fp32). Runs it with a tuned cuBLASLt algorithm and returns true, or returns false (the caller
+  /// then runs cublasGemmEx with the same types) when the problem is untuned or cublasGemmEx was
+  /// fastest.
+  template <class T>
   bool run(cudaStream_t s, cublasHandle_t h, GemmTuning mode, cublasComputeType_t ct, cublasOperation_t ta,
-           cublasOperation_t tb, int m, int n, int k, const float* alpha, const float* A, int lda, const float* B,
-           int ldb, const float* beta, float* C, int ldc) {
+           cublasOperation_t tb, int m, int n, int k, const float* alpha, const T* A, int lda, const T* B, int ldb,
+           const float* beta, T* C, int ldc) {
+    static_assert(std::is_same_v<T, float> || std::is_same_v<T, __nv_bfloat16>, "CudaGemmTuner: fp32 or bf16");
     if (mode == GemmTuning::Off) return false;
     const Key key{int(mode), int(ct), int(ta), int(tb), m, n, k, lda, ldb, ldc, align_of(A), align_of(B), align_of(C),
-                  *beta == 0.f};
+                  *beta == 0.f, int(data_type<T>())};
     auto it = cache_.find(key);
     if (it == cache_.end()) {
       if (cache_.size() >= kMaxEntries) return false;
+      const Shape shape{int(mode), int(ct), int(ta), int(tb), m, k, int(data_type<T>())};
+      if (auto sh = n_per_shape_.find(shape); sh != n_per_shape_.end() && sh->second >= kMaxNPerShape) return false;
+      cudaStreamCaptureStatus cap = cudaStreamCaptureStatusNone;
+      if (cudaStreamIsCapturing(s, &cap) != cudaSuccess) {
+        (void)cudaGetLastError();
+        return false;
+      }
+      if (cap != cudaStreamCaptureStatusNone) return false;  // tuned by a later call outside the capture
+      ++n_per_shape_[shape];
       it = cache_.emplace(key, Entry{}).first;
-      tune(s, h, key, *alpha, *beta, it->second);
+      tune<T>(s, h, key, *alpha, *beta, it->second);
     }
     Entry& e = it->second;
     if (!e.use_lt) return false;
@@ -139,10 +161,16 @@ class CudaGemmTuner {
 
  private:
   static constexpr std::size_t kMaxEntries = 256;
+  static constexpr int kMaxNPerShape = 4;
   char* ws() { return ext_ws_ ? ext_ws_ : ws_.get(); }
   static constexpr int kRequested = 32;
 
-  using Key = std::tuple<int, int, int, int, int, int, int, int, int, int, int, int, int, bool>;
+  using Key = std::tuple<int, int, int, int, int, int, int, int, int, int, int, int, int, bool, int>;
+  using Shape = std::tuple<int, int, int, int, int, int, int>;  // mode, ct, ta, tb, m, k, type: n varies
+  template <class T>
+  static constexpr cudaDataType_t data_type() {
+    return std::is_same_v<T, float> ? CUDA_R_32F : CUDA_R_16BF;
+  }
   struct Entry {
     bool use_lt = false;
     cublasLtMatmulDesc_t op = nullptr;
@@ -174,7 +202,9 @@ class CudaGemmTuner {
     return int(v);
   }
 
+  template <class T>
   void tune(cudaStream_t s, cublasHandle_t h, const Key& key, float alpha, float beta, Entry& e) {
+    constexpr cudaDataType_t dt = data_type<T>();
     // Plain variables (not structured bindings: they are captured by the lambdas below).
     const auto mode = GemmTuning(std::get<0>(key));
     const auto ct = cublasComputeType_t(std::get<1>(key));
@@ -186,6 +216,7 @@ class CudaGemmTuner {
     GemmTuningRecord rec;
     rec.mode = mode;
     rec.tf32 = ct == CUBLAS_COMPUTE_32F_FAST_TF32;
+    rec.bf16 = dt == CUDA_R_16BF;
     rec.ta = ta == CUBLAS_OP_N ? 'N' : 'T';
     rec.tb = tb == CUBLAS_OP_N ? 'N' : 'T';
     rec.m = m, rec.n = n, rec.k = k, rec.lda = lda, rec.ldb = ldb, rec.ldc = ldc, rec.beta_zero = beta_zero;
@@ -193,7 +224,7 @@ class CudaGemmTuner {
     const std::size_t a_cols = std::size_t(ta == CUBLAS_OP_N ? k : m), b_cols = std::size_t(tb == CUBLAS_OP_N ? n : k);
     const std::size_t na = std::size_t(lda) * a_cols, nb = std::size_t(ldb) * b_cols, nc = std::size_t(ldc) * n;
     // Scratch: A, B, C0 (the input C), Wk (a candidate's output), Ref[2] (cublasGemmEx at two α).
-    auto padded = [](std::size_t elems) { return (elems * sizeof(float) + 1023) / 1024 * 1024; };
+    auto padded = [](std::size_t elems) { return (elems * sizeof(T) + 1023) / 1024 * 1024; };
     const std::size_t total = padded(na) + padded(nb) + 4 * padded(nc) + 6 * 256;
     void* raw = nullptr;
     if (cudaMalloc(&raw, total) != cudaSuccess) {
@@ -207,20 +238,20 @@ class CudaGemmTuner {
     auto carve = [&](std::size_t elems, int align) {  // same alignment class as the real operand
       char* p = cur + (align >= 256 ? 0 : align);
       cur += padded(elems) + 256;
-      return reinterpret_cast<float*>(p);
+      return reinterpret_cast<T*>(p);
     };
-    float* dA = carve(na, al_a);
-    float* dB = carve(nb, al_b);
-    float* dC0 = carve(nc, al_c);
-    float* dW = carve(nc, al_c);
-    float* dRef[2] = {carve(nc, al_c), carve(nc, al_c)};
+    T* dA = carve(na, al_a);
+    T* dB = carve(nb, al_b);
+    T* dC0 = carve(nc, al_c);
+    T* dW = carve(nc, al_c);
+    T* dRef[2] = {carve(nc, al_c), carve(nc, al_c)};
     const float alphas[2] = {alpha, 0.78539818f};  // the call's α and a generic one (exposes epilogue rounding)
     const std::size_t elems[3] = {na, nb, nc};
-    float* fills[3] = {dA, dB, dC0};
+    T* fills[3] = {dA, dB, dC0};
     for (int i = 0; i < 3; ++i)
       if (elems[i] > 0)
-        cuda_kernels::launch_map(s, MatrixView<float>(fills[i], 1, index_t(elems[i])),
-                                 cuda_kernels::NormalOp<float>{std::uint64_t(7919 + i), index_t(elems[i])});
+        cuda_kernels::launch_map(s, MatrixView<T>(fills[i], 1, index_t(elems[i])),
+                                 cuda_kernels::NormalOp<T>{std::uint64_t(7919 + i), index_t(elems[i])});
     if (!lt_) HDPISSA_CUBLAS_CHECK(cublasLtCreate(&lt_));
     if (!ext_ws_) {
       memory::PartScope part("cublaslt.workspace");
@@ -233,12 +264,12 @@ class CudaGemmTuner {
     if (!host_flag_.get()) host_flag_ = PinnedBuffer<int>(1);
     EventPair ev;
 
-    auto reference = [&](float a, float* out) {
-      HDPISSA_CUBLAS_CHECK(cublasGemmEx(h, ta, tb, m, n, k, &a, dA, CUDA_R_32F, lda, dB, CUDA_R_32F, ldb, &beta, out,
-                                        CUDA_R_32F, ldc, ct, CUBLAS_GEMM_DEFAULT));
+    auto reference = [&](float a, T* out) {
+      HDPISSA_CUBLAS_CHECK(cublasGemmEx(h, ta, tb, m, n, k, &a, dA, dt, lda, dB, dt, ldb, &beta, out, dt, ldc, ct,
+                                        CUBLAS_GEMM_DEFAULT));
     };
     for (int i = 0; i < 2; ++i) {
-      HDPISSA_CUDA_CHECK(cudaMemcpyAsync(dRef[i], dC0, nc * sizeof(float), cudaMemcpyDeviceToDevice, s));
+      HDPISSA_CUDA_CHECK(cudaMemcpyAsync(dRef[i], dC0, nc * sizeof(T), cudaMemcpyDeviceToDevice, s));
       reference(alphas[i], dRef[i]);
     }
     // Median-free but robust: best average of two windows of 3 runs after one warm-up.
@@ -263,11 +294,11 @@ class CudaGemmTuner {
     HDPISSA_CUBLAS_CHECK(cublasLtMatmulDescCreate(&e.op, ct, CUDA_R_32F));
     HDPISSA_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(e.op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof(ta)));
     HDPISSA_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(e.op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof(tb)));
-    HDPISSA_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&e.a, CUDA_R_32F, ta == CUBLAS_OP_N ? m : k,
-                                                    ta == CUBLAS_OP_N ? k : m, lda));
-    HDPISSA_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&e.b, CUDA_R_32F, tb == CUBLAS_OP_N ? k : n,
-                                                    tb == CUBLAS_OP_N ? n : k, ldb));
-    HDPISSA_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&e.c, CUDA_R_32F, m, n, ldc));
+    HDPISSA_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&e.a, dt, ta == CUBLAS_OP_N ? m : k, ta == CUBLAS_OP_N ? k : m,
+                                                    lda));
+    HDPISSA_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&e.b, dt, tb == CUBLAS_OP_N ? k : n, tb == CUBLAS_OP_N ? n : k,
+                                                    ldb));
+    HDPISSA_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&e.c, dt, m, n, ldc));
     cublasLtMatmulPreference_t pref = nullptr;
     HDPISSA_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
     PrefGuard pg{pref};
@@ -301,7 +332,7 @@ class CudaGemmTuner {
           cands[ncand++] = alt;
       }
     }
-    auto lt_run = [&](const cublasLtMatmulAlgo_t& algo, std::size_t ws, float a, float* out) {
+    auto lt_run = [&](const cublasLtMatmulAlgo_t& algo, std::size_t ws, float a, T* out) {
       return cublasLtMatmul(lt_, e.op, &a, dA, e.a, dB, e.b, &beta, out, e.c, out, e.c, &algo, this->ws(), ws, s) ==
              CUBLAS_STATUS_SUCCESS;
     };
@@ -316,7 +347,7 @@ class CudaGemmTuner {
       wss[i] = chk.workspaceSize;
       bool same = true, ran = true;
       for (int j = 0; j < 2 && ran; ++j) {
-        HDPISSA_CUDA_CHECK(cudaMemcpyAsync(dW, dC0, nc * sizeof(float), cudaMemcpyDeviceToDevice, s));
+        HDPISSA_CUDA_CHECK(cudaMemcpyAsync(dW, dC0, nc * sizeof(T), cudaMemcpyDeviceToDevice, s));
         ran = lt_run(cands[i], wss[i], alphas[j], dW);
         if (ran) same = same && equal_bits(s, dW, dRef[j], nc);
       }
@@ -350,10 +381,13 @@ class CudaGemmTuner {
     report_.push_back(rec);
   }
 
-  bool equal_bits(cudaStream_t s, const float* a, const float* b, std::size_t n) {
+  template <class T>
+  bool equal_bits(cudaStream_t s, const T* a, const T* b, std::size_t n) {
+    using W = std::conditional_t<sizeof(T) == 4, std::uint32_t, std::uint16_t>;
+    static_assert(sizeof(T) == sizeof(W));
     HDPISSA_CUDA_CHECK(cudaMemsetAsync(flag_.get(), 0, sizeof(int), s));
-    cuda_kernels::bits_differ_kernel<<<1024, 256, 0, s>>>(reinterpret_cast<const std::uint32_t*>(a),
-                                                          reinterpret_cast<const std::uint32_t*>(b), n, flag_.get());
+    cuda_kernels::bits_differ_kernel<W><<<1024, 256, 0, s>>>(reinterpret_cast<const W*>(a),
+                                                             reinterpret_cast<const W*>(b), n, flag_.get());
     HDPISSA_CUDA_CHECK_LAUNCH("bits_differ_kernel");
     HDPISSA_CUDA_CHECK(cudaMemcpyAsync(host_flag_.get(), flag_.get(), sizeof(int), cudaMemcpyDeviceToHost, s));
     HDPISSA_CUDA_CHECK(cudaStreamSynchronize(s));
@@ -386,6 +420,7 @@ class CudaGemmTuner {
   DeviceBuffer<int> flag_;
   PinnedBuffer<int> host_flag_;
   std::map<Key, Entry> cache_;
+  std::map<Shape, int> n_per_shape_;  // distinct n tuned so far per Shape
   std::vector<GemmTuningRecord> report_;
 };
 

@@ -50,6 +50,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <functional>
 #include <limits>
 #include <type_traits>
@@ -689,6 +690,9 @@ class CudaGreedyDecoder {
   bool fusable_ = false;  // q|k|v and gate|up lie back to back in the model (one GEMM each with plain hooks)
   cudaStream_t stream_;
   static constexpr int kDecodeChunk = 128, kPrefillChunk = 512;
+  /// Keys per split of a decode step's cache attention: kDecodeChunk, or HDPISSA_DECODE_CHUNK
+  /// (16…8192; a measurement knob: the split count trades the per-block overhead against blocks).
+  int decode_chunk_ = kDecodeChunk;
   int decode_splits_ = 1;
 
   Buf kc_, vc_;        // (L, slots, nkv, max_ctx, hd)
@@ -752,7 +756,15 @@ CudaGreedyDecoder<T>::CudaGreedyDecoder(const CudaLlama<T>& model, int slots, in
     }
   }
   xsel_.reserve(static_cast<std::int64_t>(slots) * D);
-  decode_splits_ = (max_ctx + kDecodeChunk - 1) / kDecodeChunk;
+  if (const char* e = std::getenv("HDPISSA_DECODE_CHUNK"); e && *e) {
+    char* end = nullptr;
+    const long v = std::strtol(e, &end, 10);
+    if (*end != '\0' || v < 16 || v > 8192)
+      throw LlamaError(cat("HDPISSA_DECODE_CHUNK: expected an integer in [16, 8192] (keys per split of the decode "
+                           "attention), found '", e, "'"));
+    decode_chunk_ = static_cast<int>(v);
+  }
+  decode_splits_ = (max_ctx + decode_chunk_ - 1) / decode_chunk_;
   const int prefill_splits = (max_ctx + kPrefillChunk - 1) / kPrefillChunk;
   const std::int64_t parts = std::max<std::int64_t>(static_cast<std::int64_t>(slots) * decode_splits_,
                                                     static_cast<std::int64_t>(prefill_rows) * prefill_splits);
@@ -852,7 +864,7 @@ void CudaGreedyDecoder<T>::decode_step(CudaHooks<T>& hooks) {
   // the host's (token, position) of every slot: h_ints_ mirrors ints_ (tok | pos first)
   HDPISSA_CUDA_CHECK(cudaMemcpyAsync(d_tok_, h_ints_.get(), sizeof(std::int32_t) * 2 * slots_, cudaMemcpyHostToDevice, s));
   auto eager = [&] {
-    forward_rows(slots_, d_tok_, nullptr, d_pos_, kDecodeChunk, decode_splits_, slots_, nullptr, hooks);
+    forward_rows(slots_, d_tok_, nullptr, d_pos_, decode_chunk_, decode_splits_, slots_, nullptr, hooks);
   };
   if (graphs_ && !graph_failed_ && stats_.decode_steps > 0 && !exec_) {  // capture after one eager step
     cudaGraph_t g = nullptr;
