@@ -1,7 +1,8 @@
 # call 8 (session 14's plan; not run): the new GPU cases (bf16 GEMM tuning bit for bit, tuning under
 # graph capture, HDPISSA_DECODE_CHUNK), then issue 16's decode A/B at the 7B shape in one call:
 # decode-bench.sh (ours + transformers generate), then ours again on the same model and prompts
-# with the bf16 GEMM tuner (exact: same tokens; fastest: informational) and other split sizes.
+# with the bf16 GEMM tuner (exact: same tokens; fastest: informational) and other split sizes
+# (8192: one split, the fused kernel writes the output itself and no combine runs).
 # Run as: bash scripts/device-calls/c8.sh   (carry [".devpack", ".devdata"])
 source scripts/device-calls/common.sh
 O=/tmp/o8; mkdir -p $O
@@ -16,7 +17,7 @@ OUT=$O/d WORK=/tmp/dbw PREBUILT=$PWD/.devbin SHAPES=llama2-7b GSM8K_SHAPES=none 
 cp $O/d/decode-bench.md $OUT/ 2>/dev/null; cat $O/d/decode-bench.md; echo "decode-bench done at $(el) s"
 M=/tmp/dbw/llama2-7b-L32; P=/tmp/dbw/prompts-b64.jsonl; TOK=.devdata/llama2_tokenizer/tokenizer.model
 i=0
-for v in HDPISSA_CUDA_GEMM_TUNING_BF16=exact HDPISSA_DECODE_CHUNK=256 HDPISSA_DECODE_CHUNK=64 \
+for v in HDPISSA_CUDA_GEMM_TUNING_BF16=exact HDPISSA_DECODE_CHUNK=8192 HDPISSA_DECODE_CHUNK=256 HDPISSA_DECODE_CHUNK=64 \
          "HDPISSA_CUDA_GEMM_TUNING_BF16=exact HDPISSA_DECODE_CHUNK=256" HDPISSA_CUDA_GEMM_TUNING_BF16=fastest; do
   (( $(el) > END - 30 )) && { echo "variant $v: SKIPPED (deadline)"; continue; }
   i=$((i + 1))

@@ -18,6 +18,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <algorithm>
 #include <random>
@@ -277,8 +278,9 @@ namespace {
 /// (T-valued) q, K, V: rows with their own slot and position (mixed context lengths across split
 /// boundaries), a sliding window or none. Returns the two normalised errors ‖out − ref‖ / ‖ref‖.
 template <class T>
-std::pair<double, double> cache_attention_errors(int nh, int nkv, int hd, int window, unsigned seed, float q_sd = 1.0f) {
-  const int slots = 5, max_ctx = 300, chunk = 128, splits = (max_ctx + chunk - 1) / chunk;
+std::pair<double, double> cache_attention_errors(int nh, int nkv, int hd, int window, unsigned seed, float q_sd = 1.0f,
+                                                 int chunk = 128) {
+  const int slots = 5, max_ctx = 300, splits = (max_ctx + chunk - 1) / chunk;
   const std::vector<int> row_slot{0, 1, 2, 3, 4, 2, 0};
   const std::vector<int> row_pos{0, 1, 127, 128, 299, 200, 257};  // split edges, a full cache
   const int n = static_cast<int>(row_slot.size());
@@ -391,9 +393,78 @@ TEST_CASE("cache attention: the fused and the two-phase kernels against float64 
     CHECK(f32_two < 1e-5);
     CHECK(b16_fused < 6e-3);  // the bf16 output's rounding (2^-9 relative) dominates
     CHECK(b16_two < 6e-3);
+    // one split (chunk ≥ max_ctx): the fused kernel writes the output itself, no combine
+    const auto [one_fused, one_two] = cache_attention_errors<float>(sh.nh, sh.nkv, sh.hd, sh.window, 14, 6.0f, 512);
+    const auto [one_b16, one_b16_two] = cache_attention_errors<bf16>(sh.nh, sh.nkv, sh.hd, sh.window, 15, 1.0f, 512);
+    MESSAGE("  one split: fp32 fused " << one_fused << " two-phase " << one_two << "; bf16 fused " << one_b16);
+    CHECK(one_fused < 1e-5);
+    CHECK(one_two < 1e-5);
+    CHECK(one_b16 < 6e-3);
+    CHECK(one_b16_two < 6e-3);
   }
   CHECK(!hdpissa::llama::gpu::decode_kern::cache_attention_fused_supported<bf16>(128, 16));  // group 16: two-phase
   CHECK(!hdpissa::llama::gpu::decode_kern::cache_attention_fused_supported<bf16>(100, 1));   // hd not 8-aligned
+}
+
+TEST_CASE("cache attention, one split: the fused kernel's own output equals its partial + the combine, bit for bit") {
+  namespace dk = hdpissa::llama::gpu::decode_kern;
+  auto run = [](auto tag, int nh, int nkv, int hd, int window) {
+    using T = decltype(tag);
+    const int slots = 3, max_ctx = 200, n = 4;
+    const std::vector<std::int32_t> row_slot{0, 1, 2, 1}, row_pos{0, 57, 199, 130};
+    std::mt19937 rng(5 + hd);
+    std::normal_distribution<float> nd(0.0f, 2.0f);
+    auto fill = [&](std::size_t count) {
+      std::vector<T> v(count);
+      for (auto& x : v) x = static_cast<T>(nd(rng));
+      return v;
+    };
+    const auto hq = fill(std::size_t(n) * nh * hd), hk = fill(std::size_t(slots) * nkv * max_ctx * hd),
+               hv = fill(std::size_t(slots) * nkv * max_ctx * hd);
+    auto up = [](const auto& h) {
+      using E = typename std::decay_t<decltype(h)>::value_type;
+      E* d = nullptr;
+      REQUIRE(cudaMalloc(&d, h.size() * sizeof(E)) == cudaSuccess);
+      REQUIRE(cudaMemcpy(d, h.data(), h.size() * sizeof(E), cudaMemcpyHostToDevice) == cudaSuccess);
+      return d;
+    };
+    T *q = up(hq), *kc = up(hk), *vc = up(hv);
+    std::int32_t *slot = up(row_slot), *pos = up(row_pos);
+    float *part_o = nullptr, *part_ml = nullptr;
+    T *a = nullptr, *b = nullptr;
+    const std::size_t outn = std::size_t(n) * nh * hd;
+    REQUIRE(cudaMalloc(&part_o, sizeof(float) * outn) == cudaSuccess);
+    REQUIRE(cudaMalloc(&part_ml, sizeof(float) * std::size_t(n) * nh * 2) == cudaSuccess);
+    REQUIRE(cudaMalloc(&a, sizeof(T) * outn) == cudaSuccess);
+    REQUIRE(cudaMalloc(&b, sizeof(T) * outn) == cudaSuccess);
+    REQUIRE(cudaMemset(a, 0xFF, sizeof(T) * outn) == cudaSuccess);
+    REQUIRE(cudaMemset(b, 0x7F, sizeof(T) * outn) == cudaSuccess);
+    const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+    // (a) the partial of the one split, then the combine kernel
+    REQUIRE(dk::launch_cache_attention_fused<T>(nullptr, q, kc, vc, slot, pos, n, nh, nkv, hd, max_ctx, window, scale,
+                                                max_ctx, 1, part_o, part_ml));
+    dk::cache_attention_combine<T><<<static_cast<unsigned>(n) * nh, 128>>>(part_o, part_ml, 1, hd, a);
+    // (b) the direct output (launch_cache_attention with one split)
+    dk::launch_cache_attention<T>(nullptr, q, kc, vc, slot, pos, n, nh, nkv, hd, max_ctx, window, scale, max_ctx, 1,
+                                  part_o, part_ml, b, CacheAttentionKernel::Fused);
+    REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
+    std::vector<T> ha(outn), hb(outn);
+    REQUIRE(cudaMemcpy(ha.data(), a, sizeof(T) * outn, cudaMemcpyDeviceToHost) == cudaSuccess);
+    REQUIRE(cudaMemcpy(hb.data(), b, sizeof(T) * outn, cudaMemcpyDeviceToHost) == cudaSuccess);
+    CHECK(std::memcmp(ha.data(), hb.data(), sizeof(T) * outn) == 0);
+    CHECK_THROWS_AS(dk::launch_cache_attention_fused<T>(nullptr, q, kc, vc, slot, pos, n, nh, nkv, hd, max_ctx, window,
+                                                        scale, 64, 4, part_o, part_ml, b),
+                    hdpissa::InvalidArgument);  // a direct output with several splits is refused
+    cudaFree(q), cudaFree(kc), cudaFree(vc), cudaFree(slot), cudaFree(pos), cudaFree(part_o), cudaFree(part_ml),
+        cudaFree(a), cudaFree(b);
+  };
+  for (int w : {0, 37}) {
+    CAPTURE(w);
+    run(float{}, 32, 32, 128, w);
+    run(bf16{}, 32, 32, 128, w);
+    run(bf16{}, 8, 4, 8, w);
+    run(float{}, 4, 2, 256, w);
+  }
 }
 
 TEST_CASE("decoder input checks") {

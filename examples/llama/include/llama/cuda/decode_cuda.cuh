@@ -316,16 +316,24 @@ __device__ __forceinline__ void merge_softmax_state(float& m, float& l, float om
 /// memory). No score round trip through shared memory, no idle warps during the softmax: the kernel
 /// streams the cache at close to the memory bandwidth, which the two-phase kernel did not
 /// (2.1 TB/s at LLaMA-2-7B, batch 64, contexts ≈ 300: docs/evaluation.md, "Decode profile").
+/// `out` (non-null only with one split): the block writes the normalised attention output (n,
+/// nh·hd) itself, exactly what cache_attention_combine would write from its one part (the same
+/// float operations), and no combine runs.
 template <class T, int VEC, int GROUP, int NV>
 __global__ void __launch_bounds__(kAttnThreads) cache_attention_fused(
     const T* __restrict__ q, const T* __restrict__ kc, const T* __restrict__ vc, const std::int32_t* __restrict__ slot,
     const std::int32_t* __restrict__ pos, int nh, int nkv, int hd, int max_ctx, int window, float scale_log2,
-    int chunk, int lpk, float* __restrict__ part_o, float* __restrict__ part_ml) {
+    int chunk, int lpk, float* __restrict__ part_o, float* __restrict__ part_ml, T* __restrict__ out) {
   extern __shared__ float sh[];
   const int group = nh / nkv, splits = gridDim.z;
   const int r = blockIdx.x, kvh = blockIdx.y;
   const CacheSplit cs = cache_split(pos, slot, nh, group, window, chunk, part_ml);
-  if (cs.k0 >= cs.k1) return;  // empty: (m, l) written
+  if (cs.k0 >= cs.k1) {  // empty: (m, l) written; with `out`, the combine's output of an empty row: 0
+    if (out != nullptr)
+      for (int idx = threadIdx.x; idx < group * hd; idx += blockDim.x)
+        out[(static_cast<std::int64_t>(r) * nh + kvh * group) * hd + idx] = from_f<T>(0.0f);
+    return;
+  }
   const int s = cs.s, k0 = cs.k0, k1 = cs.k1;
   const std::int64_t part = cs.part;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nwarps = blockDim.x >> 5;
@@ -452,6 +460,11 @@ __global__ void __launch_bounds__(kAttnThreads) cache_attention_fused(
         L += f * l_s[w * group + g];
       }
     }
+    if (out != nullptr) {  // one split: the combine's arithmetic (exp(0)·l = l, exp(0)·o = o, o·(1/l))
+      const float inv = L > 0.0f ? 1.0f / L : 0.0f;
+      out[(static_cast<std::int64_t>(r) * nh + kvh * group + g) * hd + d] = from_f<T>((L > 0.0f ? acc : 0.0f) * inv);
+      continue;
+    }
     const std::int64_t pi = part + static_cast<std::int64_t>(g) * splits;
     part_o[pi * hd + d] = acc;
     if (d == 0) {  // (m, l) in the natural-log domain, as cache_attention_combine reads them
@@ -499,13 +512,16 @@ inline bool cache_attention_fused_supported(int hd, int group) {
 }
 
 /// Launches cache_attention_fused (the split part; the caller runs the combine) when it takes the
-/// shape; false, launching nothing, when it does not.
+/// shape; false, launching nothing, when it does not. `out` (only with splits == 1): the kernel
+/// writes the final output itself and the caller runs no combine.
 template <class T>
 bool launch_cache_attention_fused(cudaStream_t st, const T* q, const T* kc, const T* vc, const std::int32_t* slot,
                                   const std::int32_t* pos, int n, int nh, int nkv, int hd, int max_ctx, int window,
-                                  float scale, int chunk, int splits, float* part_o, float* part_ml) {
+                                  float scale, int chunk, int splits, float* part_o, float* part_ml, T* out = nullptr) {
   const int group = nh / nkv;
   if (!cache_attention_fused_supported<T>(hd, group)) return false;
+  HDPISSA_REQUIRE(out == nullptr || splits == 1, "launch_cache_attention_fused: a direct output needs one split, found ",
+                  splits);
   constexpr int kVec = 16 / static_cast<int>(sizeof(T));
   const int nvec = hd / kVec;
   int lpk = 1;
@@ -520,7 +536,7 @@ bool launch_cache_attention_fused(cudaStream_t st, const T* q, const T* kc, cons
       HDPISSA_CUDA_CHECK(
           cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
     kernel<<<grid, kAttnThreads, smem, st>>>(q, kc, vc, slot, pos, nh, nkv, hd, max_ctx, window, scale_log2, chunk,
-                                             lpk, part_o, part_ml);
+                                             lpk, part_o, part_ml, out);
     HDPISSA_CUDA_CHECK_LAUNCH("cache_attention_fused");
   };
   auto by_nv = [&](auto group_c) {
@@ -551,9 +567,11 @@ void launch_cache_attention(cudaStream_t st, const T* q, const T* kc, const T* v
   const int group = nh / nkv;
   const bool fused = kernel == CacheAttentionKernel::Fused || (kernel == CacheAttentionKernel::Auto && group <= 2);
   if (fused && launch_cache_attention_fused<T>(st, q, kc, vc, slot, pos, n, nh, nkv, hd, max_ctx, window, scale,
-                                                chunk, splits, part_o, part_ml)) {
-    cache_attention_combine<T><<<static_cast<unsigned>(n) * nh, 128, 0, st>>>(part_o, part_ml, splits, hd, out);
-    HDPISSA_CUDA_CHECK_LAUNCH("cache_attention_combine");
+                                                chunk, splits, part_o, part_ml, splits == 1 ? out : nullptr)) {
+    if (splits > 1) {  // one split: the kernel wrote `out` itself
+      cache_attention_combine<T><<<static_cast<unsigned>(n) * nh, 128, 0, st>>>(part_o, part_ml, splits, hd, out);
+      HDPISSA_CUDA_CHECK_LAUNCH("cache_attention_combine");
+    }
     return;
   }
   const std::size_t smem = sizeof(float) * (static_cast<std::size_t>(group) * (hd + chunk) + 2 * group);
