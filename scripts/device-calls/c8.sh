@@ -6,22 +6,22 @@
 # Run as: bash scripts/device-calls/c8.sh   (carry [".devpack", ".devdata"])
 source scripts/device-calls/common.sh
 O=/tmp/o8; mkdir -p $O
-for t in hdpissa_cuda_tests:120 hdpissa_llama_decode_cuda_tests:60; do
+for t in hdpissa_cuda_tests:90 hdpissa_llama_decode_cuda_tests:45; do
   s=${t%%:*}; lim=${t##*:}
   OUT=$O HDPISSA_GPU_TEST_SCRATCH=/tmp/hs SUITES=$s timeout $lim scripts/prebuilt-suites.sh >> $O/suites.txt 2>&1
   echo "$s rc $? at $(el) s" >> $O/suites.txt
 done
 cat $O/suites.txt; cp $O/suites.txt $OUT/
 OUT=$O/d WORK=/tmp/dbw PREBUILT=$PWD/.devbin SHAPES=llama2-7b GSM8K_SHAPES=none HF_TIMEOUT=200 \
-  timeout $(( END - 150 - $(el) )) scripts/decode-bench.sh > $O/d.txt 2>&1
+  timeout $(( END - 100 - $(el) )) scripts/decode-bench.sh > $O/d.txt 2>&1
 cp $O/d/decode-bench.md $OUT/ 2>/dev/null; cat $O/d/decode-bench.md; echo "decode-bench done at $(el) s"
 M=/tmp/dbw/llama2-7b-L32; P=/tmp/dbw/prompts-b64.jsonl; TOK=.devdata/llama2_tokenizer/tokenizer.model
 i=0
 for v in HDPISSA_CUDA_GEMM_TUNING_BF16=exact HDPISSA_DECODE_CHUNK=8192 HDPISSA_DECODE_CHUNK=256 HDPISSA_DECODE_CHUNK=64 \
          "HDPISSA_CUDA_GEMM_TUNING_BF16=exact HDPISSA_DECODE_CHUNK=256" HDPISSA_CUDA_GEMM_TUNING_BF16=fastest; do
-  (( $(el) > END - 30 )) && { echo "variant $v: SKIPPED (deadline)"; continue; }
+  (( $(el) > END - 40 )) && { echo "variant $v: SKIPPED (deadline)"; continue; }
   i=$((i + 1))
-  env $v timeout 60 .devbin/hdpissa-generate --device cuda --dtype bf16 --model $M --tokenizer $TOK --input $P \
+  env $v timeout $(( END - 5 - $(el) < 90 ? END - 5 - $(el) : 90 )) .devbin/hdpissa-generate --device cuda --dtype bf16 --model $M --tokenizer $TOK --input $P \
     --output $O/v$i.jsonl --batch-size 64 --max-new-tokens 256 --no-stop --warmup --stats-json $O/v$i.json > $O/v$i.log 2>&1
   echo "variant $i ($v): rc $? at $(el) s; $(tail -1 $O/v$i.log | cut -c1-200)"
   python3 - "$O/v$i.json" /tmp/dbw/runs/ours-llama2-7b.json /tmp/dbw/runs/hf-llama2-7b.json "$v" \

@@ -2,7 +2,9 @@
 // against the core's generic per-tensor loops (the same backend with fused_update off): the math
 // is the same, so W, the moments and the packed deltas must agree BIT FOR BIT; and against the CPU
 // reference (EigenBackend) within the fp32/fp64 tolerance table.
+#include <cstdlib>
 #include <cstring>
+#include <string>
 
 #include "cuda_test_util.hpp"
 
@@ -10,6 +12,26 @@ using namespace hdpissa;
 using namespace hdpissa::test;
 
 namespace {
+
+/// Sets (or, with nullptr, unsets) an environment variable for a scope and restores its earlier
+/// value (or absence) on exit, also when a REQUIRE / FAIL leaves the scope early.
+struct ScopedEnv {
+  std::string name;
+  bool had = false;
+  std::string old;
+  ScopedEnv(const char* n, const char* value) : name(n) {
+    if (const char* e = std::getenv(n)) had = true, old = e;
+    if (value) ::setenv(n, value, 1);
+    else ::unsetenv(n);
+  }
+  ~ScopedEnv() {
+    if (had) ::setenv(name.c_str(), old.c_str(), 1);
+    else ::unsetenv(name.c_str());
+  }
+  ScopedEnv(const ScopedEnv&) = delete;
+  ScopedEnv& operator=(const ScopedEnv&) = delete;
+};
+
 
 template <class T>
 std::vector<T> raw(CudaBackend<T>& g, ConstMatrixView<T> v) {
@@ -278,6 +300,7 @@ TEST_CASE("bit-exact bf16 GEMM tuning: equals cublasGemmEx bit for bit (decode M
     REQUIRE(rep.size() == 1);
     INFO(rep[0].str());
     CHECK(rep[0].bf16);
+    CHECK(rep[0].candidates > 0);  // cuBLASLt offered and ran algorithms for this bf16 problem
     CHECK(rep[0].m == c.n);  // column-major terms
     CHECK(rep[0].n == c.m);
     CHECK(rep[0].reference_ms > 0);
@@ -301,7 +324,9 @@ TEST_CASE("GEMM tuning: at most 4 row counts tuned per weight shape (a prefill's
   auto Wt = tuned.make_matrix(out, in), Wp = plain.make_matrix(out, in);
   tuned.upload(hW.data(), Wt.view());
   plain.upload(hW.data(), Wp.view());
-  for (index_t rows : {8, 24, 40, 72, 136, 8}) {  // Y (rows, out) = X Wᵀ; the last repeats the first
+  std::size_t expected_report[] = {1, 2, 2, 3, 4, 4, 4};  // 8 again is a cache hit; 136 is over the cap
+  std::size_t i = 0;
+  for (index_t rows : {8, 24, 8, 40, 72, 136, 8}) {  // Y (rows, out) = X Wᵀ
     CAPTURE(rows);
     auto hX = random_host<float>(rows, in, 100 + rows);
     auto Xt = tuned.make_matrix(rows, in), Yt = tuned.make_matrix(rows, out);
@@ -311,9 +336,10 @@ TEST_CASE("GEMM tuning: at most 4 row counts tuned per weight shape (a prefill's
     tuned.gemm(Op::N, Op::T, 1.f, Xt.cview(), Wt.cview(), 0.f, Yt.view());
     plain.gemm(Op::N, Op::T, 1.f, Xp.cview(), Wp.cview(), 0.f, Yp.view());
     CHECK(same_bits(raw(tuned, Yt.cview()), raw(plain, Yp.cview())));
+    CHECK(tuned.gemm_tuning_report().size() == expected_report[i++]);
   }
   const auto& rep = tuned.gemm_tuning_report();
-  REQUIRE(rep.size() == 4);  // rows 8, 24, 40, 72 tuned; 136 runs cublasGemmEx untuned; 8 again is cached
+  REQUIRE(rep.size() == 4);  // rows 8, 24, 40, 72 tuned; 136 runs cublasGemmEx untuned
   for (const auto& r : rep) CHECK(r.m == out);
 }
 
@@ -367,19 +393,24 @@ TEST_CASE("GEMM tuning: small GEMMs below the threshold stay untuned; a bad HDPI
   ::setenv("HDPISSA_CUDA_GEMM_TUNING", "off", 1);
   CHECK(CudaBackend<float>().gemm_tuning() == GemmTuning::Off);
   CHECK(CudaBackend<float>(CudaBackendOptions{.gemm_tuning = GemmTuning::BitExact}).gemm_tuning() == GemmTuning::BitExact);
-  // bf16 storage: its own variable, off by default, the same values and the same error.
-  CHECK(CudaBackend<__nv_bfloat16>().gemm_tuning_bf16() == GemmTuning::Off);
-  ::setenv("HDPISSA_CUDA_GEMM_TUNING_BF16", "exact", 1);
-  CHECK(CudaBackend<__nv_bfloat16>().gemm_tuning_bf16() == GemmTuning::BitExact);
-  ::setenv("HDPISSA_CUDA_GEMM_TUNING_BF16", "always", 1);
-  try {
-    CudaBackend<__nv_bfloat16> bad;
-    FAIL("expected InvalidArgument");
-  } catch (const InvalidArgument& e) {
-    CHECK(std::string(e.what()).find("HDPISSA_CUDA_GEMM_TUNING_BF16: expected off, exact or fastest, found 'always'") !=
-          std::string::npos);
+  {  // bf16 storage: its own variable, off by default, the same values and the same error
+    ScopedEnv unset("HDPISSA_CUDA_GEMM_TUNING_BF16", nullptr);
+    CHECK(CudaBackend<__nv_bfloat16>().gemm_tuning_bf16() == GemmTuning::Off);
   }
-  ::unsetenv("HDPISSA_CUDA_GEMM_TUNING_BF16");
+  {
+    ScopedEnv exact("HDPISSA_CUDA_GEMM_TUNING_BF16", "exact");
+    CHECK(CudaBackend<__nv_bfloat16>().gemm_tuning_bf16() == GemmTuning::BitExact);
+  }
+  {
+    ScopedEnv bad_value("HDPISSA_CUDA_GEMM_TUNING_BF16", "always");
+    try {
+      CudaBackend<__nv_bfloat16> bad;
+      FAIL("expected InvalidArgument");
+    } catch (const InvalidArgument& e) {
+      CHECK(std::string(e.what()).find("HDPISSA_CUDA_GEMM_TUNING_BF16: expected off, exact or fastest, found 'always'") !=
+            std::string::npos);
+    }
+  }
   ::setenv("HDPISSA_CUDA_FUSED_DWU", "0", 1);
   CHECK_FALSE(CudaBackend<float>().fused_update());
   CHECK(CudaBackend<float>(CudaBackendOptions{.fused_update = true}).fused_update());

@@ -42,6 +42,26 @@ namespace fs = std::filesystem;
 
 namespace {
 
+/// Sets (or, with nullptr, unsets) an environment variable for a scope and restores its earlier
+/// value (or absence) on exit, also when a REQUIRE / FAIL leaves the scope early.
+struct ScopedEnv {
+  std::string name;
+  bool had = false;
+  std::string old;
+  ScopedEnv(const char* n, const char* value) : name(n) {
+    if (const char* e = std::getenv(n)) had = true, old = e;
+    if (value) ::setenv(n, value, 1);
+    else ::unsetenv(n);
+  }
+  ~ScopedEnv() {
+    if (had) ::setenv(name.c_str(), old.c_str(), 1);
+    else ::unsetenv(name.c_str());
+  }
+  ScopedEnv(const ScopedEnv&) = delete;
+  ScopedEnv& operator=(const ScopedEnv&) = delete;
+};
+
+
 fs::path data_dir() {
   if (const char* env = std::getenv("HDPISSA_DATA"); env && *env) return env;
   return HDPISSA_LLAMA_TEST_DATA;
@@ -208,11 +228,32 @@ TEST_CASE("fp32 GPU greedy decoding equals the CPU decoder with sliding windows 
 }
 
 TEST_CASE("HDPISSA_DECODE_CHUNK: every split size still gives the CPU decoder's fp32 tokens; a bad value is named") {
-  // 16 keys per split: many splits per row; 8192: one split (the combine merges one part).
+  // 16 keys per split: many splits per row; 8192 (capped at the context): one split, the fused
+  // kernel (stories260K: GQA group 2) writes the output itself; the tiny model (group 2) too.
   const auto prompts = make_prompts(37, {1, 9, 3, 20, 14, 2, 33}, 3);
   const ModelWeights w = tiny_random(7, false, 0, 0);
+  {
+    CudaLlama<float> model(w, 1, 1, nullptr);
+    {
+      ScopedEnv e("HDPISSA_DECODE_CHUNK", nullptr);
+      CudaGreedyDecoder<float> d(model, 2, 40);
+      CHECK(d.decode_chunk() == 40);  // the default 128, capped at max_ctx 40
+      CHECK(d.decode_splits() == 1);
+    }
+    {
+      ScopedEnv e("HDPISSA_DECODE_CHUNK", "16");
+      CudaGreedyDecoder<float> d(model, 2, 40);
+      CHECK(d.decode_chunk() == 16);
+      CHECK(d.decode_splits() == 3);
+    }
+    {
+      ScopedEnv e("HDPISSA_DECODE_CHUNK", "8");
+      CHECK_THROWS_WITH_AS(CudaGreedyDecoder<float>(model, 2, 16),
+                           doctest::Contains("HDPISSA_DECODE_CHUNK: expected an integer in [16, 8192]"), LlamaError);
+    }
+  }
   for (const char* chunk : {"16", "8192"}) {
-    ::setenv("HDPISSA_DECODE_CHUNK", chunk, 1);
+    ScopedEnv e("HDPISSA_DECODE_CHUNK", chunk);
     check_fp32_equal(w, prompts, 40, 3, 8, {}, true, cat("tiny fp32, HDPISSA_DECODE_CHUNK=", chunk));
     if (have_stories()) {
       const ModelWeights s = load_hf_checkpoint(stories_dir());
@@ -220,11 +261,6 @@ TEST_CASE("HDPISSA_DECODE_CHUNK: every split size still gives the CPU decoder's 
                        cat("stories260K fp32, HDPISSA_DECODE_CHUNK=", chunk));
     }
   }
-  ::setenv("HDPISSA_DECODE_CHUNK", "8", 1);
-  CudaLlama<float> model(w, 1, 1, nullptr);
-  CHECK_THROWS_WITH_AS(CudaGreedyDecoder<float>(model, 2, 16),
-                       doctest::Contains("HDPISSA_DECODE_CHUNK: expected an integer in [16, 8192]"), LlamaError);
-  ::unsetenv("HDPISSA_DECODE_CHUNK");
 }
 
 TEST_CASE("bf16 GPU greedy decoding follows the CPU decoder up to near-ties (stories260K)") {
@@ -410,8 +446,9 @@ TEST_CASE("cache attention, one split: the fused kernel's own output equals its 
   namespace dk = hdpissa::llama::gpu::decode_kern;
   auto run = [](auto tag, int nh, int nkv, int hd, int window) {
     using T = decltype(tag);
-    const int slots = 3, max_ctx = 200, n = 4;
-    const std::vector<std::int32_t> row_slot{0, 1, 2, 1}, row_pos{0, 57, 199, 130};
+    const int slots = 3, max_ctx = 200, n = 5;
+    // pos −1: an empty visible range (the combine writes 0 there; the direct path must too)
+    const std::vector<std::int32_t> row_slot{0, 1, 2, 1, 0}, row_pos{0, 57, 199, 130, -1};
     std::mt19937 rng(5 + hd);
     std::normal_distribution<float> nd(0.0f, 2.0f);
     auto fill = [&](std::size_t count) {

@@ -23,11 +23,13 @@
 /// Every decision is recorded in report() (shape, reference / chosen / best-of-all times, numbers of
 /// candidates and of bit-identical ones, the chosen algorithm's id, tile, stages, split-K, swizzle).
 /// If the scratch cannot be allocated the problem is marked untuned (cublasGemmEx) and the error
-/// cleared. At most kMaxNPerShape distinct n are tuned per (m, k, ops, types): a model's linears
-/// see one n per micro-batch or decode batch, but a prefill's row count varies from call to call,
-/// and those calls must not each pay a search (the rest run cublasGemmEx). A problem first met while its stream is being captured into a CUDA graph is not tuned
-/// then (the search allocates and waits): that call runs cublasGemmEx, and a later call outside a
-/// capture tunes it. A problem tuned before the capture is captured with its cuBLASLt algorithm.
+/// cleared. At most kMaxNPerShape distinct n are tuned per problem otherwise equal (m, k, ops,
+/// leading dimensions, alignment classes, β = 0 or not, types): a model's linears see one n per
+/// micro-batch or decode batch, but a prefill's row count varies from call to call, and those calls
+/// must not each pay a search (the rest run cublasGemmEx). A problem first met while its stream is
+/// being captured into a CUDA graph is not tuned then (the search allocates and waits): that call
+/// runs cublasGemmEx, and a later call outside a capture tunes it. A problem tuned before the
+/// capture is captured with its cuBLASLt algorithm.
 
 #include <cublasLt.h>
 #include <cuda_bf16.h>
@@ -126,7 +128,8 @@ class CudaGemmTuner {
     auto it = cache_.find(key);
     if (it == cache_.end()) {
       if (cache_.size() >= kMaxEntries) return false;
-      const Shape shape{int(mode), int(ct), int(ta), int(tb), m, k, int(data_type<T>())};
+      Key shape = key;  // the problem without its n: every new key of one shape differs in n only
+      std::get<5>(shape) = 0;
       if (auto sh = n_per_shape_.find(shape); sh != n_per_shape_.end() && sh->second >= kMaxNPerShape) return false;
       cudaStreamCaptureStatus cap = cudaStreamCaptureStatusNone;
       if (cudaStreamIsCapturing(s, &cap) != cudaSuccess) {
@@ -166,7 +169,6 @@ class CudaGemmTuner {
   static constexpr int kRequested = 32;
 
   using Key = std::tuple<int, int, int, int, int, int, int, int, int, int, int, int, int, bool, int>;
-  using Shape = std::tuple<int, int, int, int, int, int, int>;  // mode, ct, ta, tb, m, k, type: n varies
   template <class T>
   static constexpr cudaDataType_t data_type() {
     return std::is_same_v<T, float> ? CUDA_R_32F : CUDA_R_16BF;
@@ -420,7 +422,7 @@ class CudaGemmTuner {
   DeviceBuffer<int> flag_;
   PinnedBuffer<int> host_flag_;
   std::map<Key, Entry> cache_;
-  std::map<Shape, int> n_per_shape_;  // distinct n tuned so far per Shape
+  std::map<Key, int> n_per_shape_;  // distinct n tuned so far per problem-without-n (n zeroed in the key)
   std::vector<GemmTuningRecord> report_;
 };
 

@@ -670,6 +670,9 @@ class CudaGreedyDecoder {
 
   int slots() const { return slots_; }
   int max_ctx() const { return max_ctx_; }
+  /// Keys per split and splits of a decode step's cache attention (HDPISSA_DECODE_CHUNK, capped at max_ctx).
+  int decode_chunk() const { return decode_chunk_; }
+  int decode_splits() const { return decode_splits_; }
   const DecodeStats& stats() const { return stats_; }
   void reset_stats() { stats_ = {}; }
 
@@ -781,6 +784,19 @@ CudaGreedyDecoder<T>::CudaGreedyDecoder(const CudaLlama<T>& model, int slots, in
       throw LlamaError(cat("HDPISSA_DECODE_CHUNK: expected an integer in [16, 8192] (keys per split of the decode "
                            "attention), found '", e, "'"));
     decode_chunk_ = static_cast<int>(v);
+  }
+  decode_chunk_ = std::min(decode_chunk_, max_ctx);  // a larger chunk is one split all the same
+  {  // the two-phase kernel (GQA groups > 2, or shapes the fused one does not take) keeps a chunk of scores
+    const int group = c.n_heads / c.n_kv_heads;
+    const std::size_t smem = sizeof(float) * (static_cast<std::size_t>(group) * (c.head_dim + decode_chunk_) + 2 * group);
+    int dev = 0, optin = 0;
+    HDPISSA_CUDA_CHECK(cudaGetDevice(&dev));
+    HDPISSA_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+    const bool fused = decode_kern::cache_attention_fused_supported<T>(c.head_dim, group) && group <= 2;
+    if (!fused && smem > static_cast<std::size_t>(optin))
+      throw LlamaError(cat("HDPISSA_DECODE_CHUNK: ", decode_chunk_, " keys per split need ", smem,
+                           " bytes of shared memory in the two-phase cache attention (group ", group, ", head_dim ",
+                           c.head_dim, "); this device gives a block at most ", optin, ": choose a smaller chunk"));
   }
   decode_splits_ = (max_ctx + decode_chunk_ - 1) / decode_chunk_;
   const int prefill_splits = (max_ctx + kPrefillChunk - 1) / kPrefillChunk;
