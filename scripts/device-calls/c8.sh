@@ -24,6 +24,7 @@ for v in HDPISSA_CUDA_GEMM_TUNING_BF16=exact HDPISSA_DECODE_CHUNK=8192 HDPISSA_D
   env $v timeout $(( END - 5 - $(el) < 90 ? END - 5 - $(el) : 90 )) .devbin/hdpissa-generate --device cuda --dtype bf16 --model $M --tokenizer $TOK --input $P \
     --output $O/v$i.jsonl --batch-size 64 --max-new-tokens 256 --no-stop --warmup --stats-json $O/v$i.json > $O/v$i.log 2>&1
   echo "variant $i ($v): rc $? at $(el) s; $(tail -1 $O/v$i.log | cut -c1-200)"
+  grep "gemm tuning" $O/v$i.log | cut -c1-260 | head -8
   python3 - "$O/v$i.json" /tmp/dbw/runs/ours-llama2-7b.json /tmp/dbw/runs/hf-llama2-7b.json "$v" \
       /tmp/dbw/runs/ours-llama2-7b.jsonl "$O/v$i.jsonl" <<'PY' | tee -a $O/variants.md
 import json, sys

@@ -6,6 +6,7 @@
 
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "hdpissa/backend/cuda/cuda_backend.hpp"
 #include "llama/cuda/greedy_generator.cuh"
@@ -33,6 +34,11 @@ class CudaGeneratorImpl final : public CudaGenerator {
   DecodeStats stats() const override { return gen_.stats(); }
   std::string describe() const override {
     return cat(name_, ", ", std::is_same_v<T, float> ? "fp32" : "bf16", ", ", slots_, " slots");
+  }
+  std::vector<std::string> gemm_tuning_report() const override {
+    std::vector<std::string> out;
+    for (const auto& r : backend_.gemm_tuning_report()) out.push_back(r.str());
+    return out;
   }
 
  private:

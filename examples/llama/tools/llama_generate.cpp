@@ -189,6 +189,8 @@ int main(int argc, char** argv) {
     const auto secs = [](auto a, auto b) { return std::chrono::duration<double>(b - a).count(); };
     const double load_s = secs(t0, t_loaded), setup_s = secs(t_loaded, t_ready), warmup_s = secs(t_ready, t1);
     const double gen_s = secs(t1, t2);
+    const std::vector<std::string> tuning = gpu ? gpu->gemm_tuning_report() : std::vector<std::string>{};
+    for (const auto& r : tuning) std::cerr << "[hdpissa-generate] gemm tuning: " << r << "\n";
     std::cerr << "[hdpissa-generate] " << w.num_parameters() << " parameters, " << (gpu ? gpu->describe() : "cpu")
               << ", load " << load_s << " s, setup " << setup_s << " s" << (args.warmup ? ", warm-up " : "")
               << (args.warmup ? std::to_string(warmup_s) + " s" : std::string()) << ", " << outs.size() << " prompt(s), " << n_new << " tokens in " << gen_s
@@ -219,7 +221,7 @@ int main(int argc, char** argv) {
                                 {"prefill_tokens", st.prefill_tokens}, {"prefill_seconds", st.prefill_seconds},
                                 {"prefill_tok_s", st.prefill_tok_s()}, {"decode_tokens", st.decode_tokens},
                                 {"decode_steps", st.decode_steps}, {"decode_seconds", st.decode_seconds},
-                                {"decode_tok_s", st.decode_tok_s()}};
+                                {"decode_tok_s", st.decode_tok_s()}, {"gemm_tuning", tuning}};
       std::ofstream f(args.stats_json);
       f << j.dump(1) << "\n";
       if (!f) throw LlamaError(cat("--stats-json: cannot write '", args.stats_json, "'"));

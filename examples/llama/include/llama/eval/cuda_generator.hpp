@@ -33,6 +33,9 @@ class CudaGenerator {
   [[nodiscard]] virtual DecodeStats stats() const = 0;
   /// "cuda:0 (NVIDIA H200), bf16, 64 slots".
   [[nodiscard]] virtual std::string describe() const = 0;
+  /// The GEMM tuner's decisions so far (GemmTuningRecord::str(), one per tuned problem; empty when
+  /// tuning is off: HDPISSA_CUDA_GEMM_TUNING_BF16 for bf16, HDPISSA_CUDA_GEMM_TUNING for fp32).
+  [[nodiscard]] virtual std::vector<std::string> gemm_tuning_report() const { return {}; }
 };
 
 /// Whether this build has the GPU decoder and a CUDA device is visible.
