@@ -6,31 +6,13 @@
 #include <cstring>
 #include <string>
 
+#include "../common/scoped_env.hpp"
 #include "cuda_test_util.hpp"
 
 using namespace hdpissa;
 using namespace hdpissa::test;
 
 namespace {
-
-/// Sets (or, with nullptr, unsets) an environment variable for a scope and restores its earlier
-/// value (or absence) on exit, also when a REQUIRE / FAIL leaves the scope early.
-struct ScopedEnv {
-  std::string name;
-  bool had = false;
-  std::string old;
-  ScopedEnv(const char* n, const char* value) : name(n) {
-    if (const char* e = std::getenv(n)) had = true, old = e;
-    if (value) ::setenv(n, value, 1);
-    else ::unsetenv(n);
-  }
-  ~ScopedEnv() {
-    if (had) ::setenv(name.c_str(), old.c_str(), 1);
-    else ::unsetenv(name.c_str());
-  }
-  ScopedEnv(const ScopedEnv&) = delete;
-  ScopedEnv& operator=(const ScopedEnv&) = delete;
-};
 
 
 template <class T>

@@ -27,6 +27,7 @@
 #include <string>
 #include <vector>
 
+#include "../../common/scoped_env.hpp"
 #include "llama/checkpoint.hpp"
 #include "llama/cuda/decode_cuda.cuh"
 #include "llama/model.hpp"
@@ -39,27 +40,9 @@ using hdpissa::llama::gpu::GreedyDecodeOptions;
 using hdpissa::llama::gpu::decode_kern::CacheAttentionKernel;
 using bf16 = __nv_bfloat16;
 namespace fs = std::filesystem;
+using hdpissa::test::ScopedEnv;
 
 namespace {
-
-/// Sets (or, with nullptr, unsets) an environment variable for a scope and restores its earlier
-/// value (or absence) on exit, also when a REQUIRE / FAIL leaves the scope early.
-struct ScopedEnv {
-  std::string name;
-  bool had = false;
-  std::string old;
-  ScopedEnv(const char* n, const char* value) : name(n) {
-    if (const char* e = std::getenv(n)) had = true, old = e;
-    if (value) ::setenv(n, value, 1);
-    else ::unsetenv(n);
-  }
-  ~ScopedEnv() {
-    if (had) ::setenv(name.c_str(), old.c_str(), 1);
-    else ::unsetenv(name.c_str());
-  }
-  ScopedEnv(const ScopedEnv&) = delete;
-  ScopedEnv& operator=(const ScopedEnv&) = delete;
-};
 
 
 fs::path data_dir() {
@@ -309,6 +292,15 @@ TEST_CASE("bf16 GPU greedy decoding follows the CPU decoder up to near-ties (sto
 
 namespace {
 
+/// A device copy of a host vector (cudaFree by the caller).
+template <class E>
+E* to_device(const std::vector<E>& h) {
+  E* d = nullptr;
+  REQUIRE(cudaMalloc(&d, h.size() * sizeof(E)) == cudaSuccess);
+  REQUIRE(cudaMemcpy(d, h.data(), h.size() * sizeof(E), cudaMemcpyHostToDevice) == cudaSuccess);
+  return d;
+}
+
 /// One cache-attention problem on random data, run through launch_cache_attention with the fused
 /// kernel and with the two-phase kernel, each against a float64 softmax attention over the same
 /// (T-valued) q, K, V: rows with their own slot and position (mixed context lengths across split
@@ -330,16 +322,9 @@ std::pair<double, double> cache_attention_errors(int nh, int nkv, int hd, int wi
   const auto hq = fill(std::size_t(n) * nh * hd, q_sd);  // q_sd > 1: widely separated running maxima
   const auto hk = fill(std::size_t(slots) * nkv * max_ctx * hd, 1.0f);
   const auto hv = fill(std::size_t(slots) * nkv * max_ctx * hd, 1.0f);
-  auto up = [](const auto& h) {
-    using E = typename std::decay_t<decltype(h)>::value_type;
-    E* d = nullptr;
-    REQUIRE(cudaMalloc(&d, h.size() * sizeof(E)) == cudaSuccess);
-    REQUIRE(cudaMemcpy(d, h.data(), h.size() * sizeof(E), cudaMemcpyHostToDevice) == cudaSuccess);
-    return d;
-  };
-  T *q = up(hq), *kc = up(hk), *vc = up(hv);
-  std::int32_t* slot = up(std::vector<std::int32_t>(row_slot.begin(), row_slot.end()));
-  std::int32_t* pos = up(std::vector<std::int32_t>(row_pos.begin(), row_pos.end()));
+  T *q = to_device(hq), *kc = to_device(hk), *vc = to_device(hv);
+  std::int32_t* slot = to_device(std::vector<std::int32_t>(row_slot.begin(), row_slot.end()));
+  std::int32_t* pos = to_device(std::vector<std::int32_t>(row_pos.begin(), row_pos.end()));
   float *part_o = nullptr, *part_ml = nullptr;
   T* out = nullptr;
   REQUIRE(cudaMalloc(&part_o, sizeof(float) * std::size_t(n) * nh * splits * hd) == cudaSuccess);
@@ -458,15 +443,8 @@ TEST_CASE("cache attention, one split: the fused kernel's own output equals its 
     };
     const auto hq = fill(std::size_t(n) * nh * hd), hk = fill(std::size_t(slots) * nkv * max_ctx * hd),
                hv = fill(std::size_t(slots) * nkv * max_ctx * hd);
-    auto up = [](const auto& h) {
-      using E = typename std::decay_t<decltype(h)>::value_type;
-      E* d = nullptr;
-      REQUIRE(cudaMalloc(&d, h.size() * sizeof(E)) == cudaSuccess);
-      REQUIRE(cudaMemcpy(d, h.data(), h.size() * sizeof(E), cudaMemcpyHostToDevice) == cudaSuccess);
-      return d;
-    };
-    T *q = up(hq), *kc = up(hk), *vc = up(hv);
-    std::int32_t *slot = up(row_slot), *pos = up(row_pos);
+    T *q = to_device(hq), *kc = to_device(hk), *vc = to_device(hv);
+    std::int32_t *slot = to_device(row_slot), *pos = to_device(row_pos);
     float *part_o = nullptr, *part_ml = nullptr;
     T *a = nullptr, *b = nullptr;
     const std::size_t outn = std::size_t(n) * nh * hd;

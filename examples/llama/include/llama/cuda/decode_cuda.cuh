@@ -511,6 +511,19 @@ inline bool cache_attention_fused_supported(int hd, int group) {
   return hd % kVec == 0 && hd / kVec <= 64 && group >= 1 && group <= 8;
 }
 
+/// Whether CacheAttentionKernel::Auto runs the fused kernel for (hd, group): MHA and groups of 2,
+/// where the fused kernel takes the shape.
+template <class T>
+inline bool cache_attention_auto_fused(int hd, int group) {
+  return group <= 2 && cache_attention_fused_supported<T>(hd, group);
+}
+
+/// Dynamic shared memory of the two-phase kernel (cache_attention_split): a chunk of scores and the
+/// query slices per group head, plus (m, l) per head.
+inline std::size_t cache_attention_split_smem(int group, int hd, int chunk) {
+  return sizeof(float) * (static_cast<std::size_t>(group) * (hd + chunk) + 2 * group);
+}
+
 /// Launches cache_attention_fused (the split part; the caller runs the combine) when it takes the
 /// shape; false, launching nothing, when it does not. `out` (only with splits == 1): the kernel
 /// writes the final output itself and the caller runs no combine.
@@ -565,7 +578,8 @@ void launch_cache_attention(cudaStream_t st, const T* q, const T* kc, const T* v
                             float scale, int chunk, int splits, float* part_o, float* part_ml, T* out,
                             CacheAttentionKernel kernel = CacheAttentionKernel::Auto) {
   const int group = nh / nkv;
-  const bool fused = kernel == CacheAttentionKernel::Fused || (kernel == CacheAttentionKernel::Auto && group <= 2);
+  const bool fused = kernel == CacheAttentionKernel::Fused ||
+                     (kernel == CacheAttentionKernel::Auto && cache_attention_auto_fused<T>(hd, group));
   if (fused && launch_cache_attention_fused<T>(st, q, kc, vc, slot, pos, n, nh, nkv, hd, max_ctx, window, scale,
                                                 chunk, splits, part_o, part_ml, splits == 1 ? out : nullptr)) {
     if (splits > 1) {  // one split: the kernel wrote `out` itself
@@ -574,7 +588,7 @@ void launch_cache_attention(cudaStream_t st, const T* q, const T* kc, const T* v
     }
     return;
   }
-  const std::size_t smem = sizeof(float) * (static_cast<std::size_t>(group) * (hd + chunk) + 2 * group);
+  const std::size_t smem = cache_attention_split_smem(group, hd, chunk);
   constexpr int kVec = 16 / static_cast<int>(sizeof(T));
   const dim3 grid(static_cast<unsigned>(n), static_cast<unsigned>(nkv), static_cast<unsigned>(splits));
   auto lanes_for = [](int nvec) {
@@ -788,12 +802,11 @@ CudaGreedyDecoder<T>::CudaGreedyDecoder(const CudaLlama<T>& model, int slots, in
   decode_chunk_ = std::min(decode_chunk_, max_ctx);  // a larger chunk is one split all the same
   {  // the two-phase kernel (GQA groups > 2, or shapes the fused one does not take) keeps a chunk of scores
     const int group = c.n_heads / c.n_kv_heads;
-    const std::size_t smem = sizeof(float) * (static_cast<std::size_t>(group) * (c.head_dim + decode_chunk_) + 2 * group);
+    const std::size_t smem = decode_kern::cache_attention_split_smem(group, c.head_dim, decode_chunk_);
     int dev = 0, optin = 0;
     HDPISSA_CUDA_CHECK(cudaGetDevice(&dev));
     HDPISSA_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
-    const bool fused = decode_kern::cache_attention_fused_supported<T>(c.head_dim, group) && group <= 2;
-    if (!fused && smem > static_cast<std::size_t>(optin))
+    if (!decode_kern::cache_attention_auto_fused<T>(c.head_dim, group) && smem > static_cast<std::size_t>(optin))
       throw LlamaError(cat("HDPISSA_DECODE_CHUNK: ", decode_chunk_, " keys per split need ", smem,
                            " bytes of shared memory in the two-phase cache attention (group ", group, ", head_dim ",
                            c.head_dim, "); this device gives a block at most ", optin, ": choose a smaller chunk"));
