@@ -268,6 +268,9 @@ TEST_CASE("DwuGemm selection: TF32 or Cublas keep cuBLAS; HDPISSA_CUDA_DWU_GEMM 
   CHECK_FALSE(d.dwu_gemm_kernel_active());
   setenv("HDPISSA_CUDA_DWU_GEMM", "cublas", 1);
   CHECK(CudaBackend<float>().dwu_gemm() == DwuGemm::Cublas);
+  setenv("HDPISSA_CUDA_DWU_GEMM", "simt", 1);
+  CHECK(CudaBackend<float>().dwu_gemm() == DwuGemm::Simt);
+  CHECK_FALSE(CudaBackend<float>().dwu_gemm_kernel_active());  // Simt is not the sm_90a kernel
   setenv("HDPISSA_CUDA_DWU_GEMM", "fast", 1);
   try {
     CudaBackend<float> bad;
@@ -278,4 +281,30 @@ TEST_CASE("DwuGemm selection: TF32 or Cublas keep cuBLAS; HDPISSA_CUDA_DWU_GEMM 
     CHECK(what.find("'fast'") != std::string::npos);
   }
   unsetenv("HDPISSA_CUDA_DWU_GEMM");
+}
+
+TEST_CASE("DwuGemm::Simt: fp32 W within rounding of cuBLAS; 2Kr above the CUDA-core kernel's limit is named") {
+  // fp32 W: Auto keeps the sm_90a / cuBLAS path; Simt runs the CUDA-core kernel (plain fp32 fmaf
+  // chain, so within a few ulps of cuBLAS SGEMM's sum).
+  const auto [e_cublas, upd] = hand_step_error(DwuGemm::Cublas, 1.f);
+  const auto [e_simt, upd2] = hand_step_error(DwuGemm::Simt, 1.f);
+  INFO("max normalised error vs the fp64 hand step: cuBLAS ", e_cublas, ", simt ", e_simt);
+  CHECK(upd2 == upd);
+  CHECK(e_simt <= std::max(8 * e_cublas, 1.5e-6));
+  CudaBackend<float> gpu;
+  gpu.set_dwu_gemm(DwuGemm::Simt);
+  const index_t out = 40, in = 24, r = 17;  // K = 2: 2Kr = 68 > 64
+  auto W = gpu.make_matrix(out, in);
+  auto set = make_adapter_set(gpu, out, in, 2, r);
+  VirtualRanks<CudaSingleProcess> comm(CudaSingleProcess(gpu.stream()), 2);
+  GDWU dwu(gpu, comm);
+  dwu.add_layer("w", W.view(), set);
+  try {
+    dwu.step(1e-3);
+    FAIL("expected InvalidArgument");
+  } catch (const InvalidArgument& e) {
+    const std::string what = e.what();
+    CHECK(what.find("2Kr = 68") != std::string::npos);
+    CHECK(what.find("64") != std::string::npos);
+  }
 }

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "cuda_test_util.hpp"
+#include "hdpissa/backend/cuda/dwu_lowrank.cuh"
 #include "hdpissa/core/w_precision.hpp"
 
 using namespace hdpissa;
@@ -237,14 +238,22 @@ StorageRun run_storage(Bk& b, Comm& comm, WPrecision policy, int steps) {
 }  // namespace
 
 TEST_CASE("DWU with a bf16 W storage: GPU fused epilogue == GPU unfused == CPU, bit for bit, per policy") {
+  // 2Kr = 24: Auto runs the CUDA-core low-rank kernel (dwu_lowrank.cuh); Tf32x3 the sm_90a kernel
+  // where this GPU and binary have it. Dyadic data: every product and sum is exact in fp32 (and in
+  // 3xTF32), so the paths must agree bit for bit whatever their summation order.
+  std::vector<DwuGemm> kernels{DwuGemm::Auto, DwuGemm::Simt};
+  if (cuda_kernels::sm90::dwu_gemm_sm90_supported(0)) kernels.push_back(DwuGemm::Tf32x3);
+  for (const DwuGemm which : kernels)
   for (const WPrecision p : {WPrecision::Bf16Compensated, WPrecision::Bf16StochasticRounding}) {
     CAPTURE(w_precision_name(p));
+    CAPTURE(dwu_gemm_name(which));
     const int steps = 6;
     EigenBackend<float> cpu;
     VirtualRanks<SingleProcess> ccomm(SingleProcess{}, kSK);
     const StorageRun ref = run_storage(cpu, ccomm, p, steps);
     CudaBackend<float> fused, generic;
     fused.set_fused_update(true);
+    fused.set_dwu_gemm(which);
     generic.set_fused_update(false);
     VirtualRanks<CudaSingleProcess> fcomm(CudaSingleProcess(fused.stream()), kSK),
         gcomm(CudaSingleProcess(generic.stream()), kSK);
@@ -362,4 +371,109 @@ TEST_CASE("DataParallelUpdate with a bf16 W storage (full fine-tuning): GPU == C
       }
       CHECK(changed > 0);
     }
+}
+
+// The CUDA-core low-rank DWU kernel (dwu_lowrank.cuh) on its own, against a host replay of its
+// contract: acc = Σ_k L(i,k)·R(k,j) as one fmaf chain in k order, Δ = alpha·acc rounded, then the
+// policy's rule (bf16 storage, bit for bit) or w = fmaf(alpha, acc, w) (fp32 W, bit for bit).
+// Random (not dyadic) data, so any other summation order or a TF32 rounding would show; shapes with
+// ragged and unaligned column blocks (scalar path), kd from 1 to the kernel's limit, strided L / W.
+namespace {
+float host_delta(const std::vector<float>& L, index_t ldl, const std::vector<float>& R, index_t ldr, index_t i,
+                 index_t j, int kd, float alpha, float* acc_out = nullptr) {
+  float acc = 0.f;
+  for (int k = 0; k < kd; ++k) acc = std::fmaf(L[std::size_t(i * ldl + k)], R[std::size_t(k * ldr + j)], acc);
+  if (acc_out) *acc_out = acc;
+  volatile float d = alpha * acc;  // rounded on its own (no contraction into the rule's add)
+  return d;
+}
+}  // namespace
+
+TEST_CASE("low-rank DWU kernel (CUDA cores): bf16 SR / compensated and fp32 W equal a host replay bit for bit") {
+  struct Shape { int M, N, kd; index_t ldl, ldw; };
+  const std::vector<Shape> shapes{{130, 72, 24, 24, 72},   {64, 200, 32, 40, 208}, {33, 20, 8, 8, 20},
+                                  {257, 513, 64, 64, 520}, {70, 33, 1, 3, 33},     {128, 4096, 32, 32, 4096}};
+  for (const Shape& sh : shapes) {
+    CAPTURE(sh.M);
+    CAPTURE(sh.N);
+    CAPTURE(sh.kd);
+    const float alpha = -0.75f;
+    const index_t ldr = sh.N + 3;
+    std::vector<float> L(std::size_t(sh.M * sh.ldl)), R(std::size_t(sh.kd * ldr));
+    for (std::size_t i = 0; i < L.size(); ++i) L[i] = float(counter_uniform(71, i) - 0.5) * 0.2f;
+    for (std::size_t i = 0; i < R.size(); ++i) R[i] = float(counter_uniform(72, i) - 0.5) * 0.5f;
+    float* dL = dalloc<float>(L.size());
+    float* dR = dalloc<float>(R.size());
+    h2d(dL, L);
+    h2d(dR, R);
+    const std::size_t nw = std::size_t(sh.M * sh.ldw);
+    for (const WPrecision p : {WPrecision::Bf16StochasticRounding, WPrecision::Bf16Compensated}) {
+      CAPTURE(w_precision_name(p));
+      std::vector<std::uint16_t> w(nw), c(nw);
+      for (std::size_t i = 0; i < nw; ++i) {
+        w[i] = bf16_bits_rn(float(2.0 * (counter_uniform(73, i) - 0.5)));
+        c[i] = bf16_bits_rn(float(1e-3 * (counter_uniform(74, i) - 0.5)));
+      }
+      auto* dw = dalloc<std::uint16_t>(nw);
+      auto* dc = dalloc<std::uint16_t>(nw);
+      h2d(dw, w);
+      h2d(dc, c);
+      Bf16WStorage st;
+      st.policy = p;
+      st.w = dw;
+      st.ldw = sh.ldw;
+      st.c = p == WPrecision::Bf16Compensated ? dc : nullptr;
+      st.ldc = sh.ldw;
+      st.cols = sh.N;
+      st.seed = 11;
+      st.step = 5;
+      st.offset = 1000;
+      cuda_kernels::launch_dwu_lowrank(nullptr, st, dL, sh.ldl, dR, ldr, sh.M, sh.N, sh.kd, alpha);
+      REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
+      const auto gw = d2h(dw, nw), gc = d2h(dc, nw);
+      std::size_t bad = 0, moved = 0;
+      for (index_t i = 0; i < sh.M; ++i)
+        for (index_t j = 0; j < sh.ldw; ++j) {
+          const std::size_t e = std::size_t(i * sh.ldw + j);
+          std::uint16_t ew = w[e], ec = c[e];
+          if (j < sh.N) {
+            const float d = host_delta(L, sh.ldl, R, ldr, i, j, sh.kd, alpha);
+            if (p == WPrecision::Bf16Compensated) Bf16Compensated{}(ew, ec, d);
+            else Bf16StochasticRounding{11, 5}(ew, d, 1000 + std::uint64_t(i * sh.N + j));
+          }
+          bad += gw[e] != ew || (p == WPrecision::Bf16Compensated && gc[e] != ec);
+          moved += ew != w[e] || ec != c[e];
+        }
+      CHECK(bad == 0);          // padding columns (j ≥ N) untouched as well
+      CHECK(moved > nw / 10);   // the update did move W
+      cudaFree(dw);
+      cudaFree(dc);
+    }
+    {  // fp32 W
+      std::vector<float> w(nw);
+      for (std::size_t i = 0; i < nw; ++i) w[i] = float(counter_uniform(75, i) - 0.5);
+      float* dw = dalloc<float>(nw);
+      h2d(dw, w);
+      cuda_kernels::launch_dwu_lowrank(nullptr, cuda_kernels::DwuLowrankFp32W{dw, sh.ldw}, dL, sh.ldl, dR, ldr, sh.M,
+                                       sh.N, sh.kd, alpha);
+      REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
+      const auto gw = d2h(dw, nw);
+      std::size_t bad = 0;
+      for (index_t i = 0; i < sh.M; ++i)
+        for (index_t j = 0; j < sh.ldw; ++j) {
+          const std::size_t e = std::size_t(i * sh.ldw + j);
+          float ew = w[e];
+          if (j < sh.N) {
+            float acc = 0;
+            host_delta(L, sh.ldl, R, ldr, i, j, sh.kd, alpha, &acc);
+            ew = std::fmaf(alpha, acc, w[e]);
+          }
+          bad += std::memcmp(&gw[e], &ew, sizeof(float)) != 0;
+        }
+      CHECK(bad == 0);
+      cudaFree(dw);
+    }
+    cudaFree(dL);
+    cudaFree(dR);
+  }
 }

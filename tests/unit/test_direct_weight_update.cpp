@@ -396,6 +396,49 @@ TEST_CASE("DataParallelUpdate: the mean gradient over K groups, one optimizer st
   CHECK(checked == 2);
 }
 
+TEST_CASE("DataParallelUpdate: a non-finite gradient in any parameter is found (one batched check) and named") {
+  // The step checks the whole flat gradient buffer once and only then looks for the parameter, so
+  // the parameter named must be the right one wherever the bad value sits (first, middle, last
+  // element of the buffer).
+  EigenBackend<float> b;
+  SingleProcess comm;
+  auto p0 = b.make_matrix(3, 5), p1 = b.make_matrix(4, 2), p2 = b.make_matrix(2, 7);
+  for (auto* m : {&p0, &p1, &p2}) b.fill(m->view(), 0.5f);
+  struct Case { int param, row, col; float value; const char* name; };
+  for (const Case c : {Case{0, 0, 0, std::numeric_limits<float>::quiet_NaN(), "first.lora_A"},
+                       Case{1, 2, 1, std::numeric_limits<float>::infinity(), "middle.lora_B"},
+                       Case{2, 1, 6, -std::numeric_limits<float>::infinity(), "last.lora_A"}}) {
+    CAPTURE(c.name);
+    for (const bool skip : {false, true}) {
+      DataParallelUpdate<EigenBackend<float>, Adam, SingleProcess> dp(
+          b, comm, Adam{}, {skip ? NonFinitePolicy::SkipStep : NonFinitePolicy::Throw});
+      dp.add_param("first.lora_A", p0.view());
+      dp.add_param("middle.lora_B", p1.view());
+      dp.add_param("last.lora_A", p2.view());
+      dp.zero_grad();
+      dp.grad(std::size_t(c.param), 0)(c.row, c.col) = c.value;
+      if (skip) {
+        const auto rep = dp.step(1e-3);
+        CHECK(rep.skipped);
+        CHECK(rep.reason.find(c.name) != std::string::npos);
+        CHECK(dp.steps() == 0);
+      } else {
+        hdtest::check_throws_with<NumericError>([&] { dp.step(1e-3); }, {c.name, "SkipStep"});
+      }
+      for (auto* m : {&p0, &p1, &p2})
+        for (index_t i = 0; i < m->view().size(); ++i) CHECK(m->data()[i] == 0.5f);
+    }
+  }
+  SUBCASE("finite gradients: the step is taken") {
+    DataParallelUpdate<EigenBackend<float>, Adam, SingleProcess> dp(b, comm, Adam{});
+    dp.add_param("a", p0.view());
+    dp.zero_grad();
+    dp.grad(0, 0)(1, 1) = 1.0f;
+    CHECK_FALSE(dp.step(1e-3).skipped);
+    CHECK(p0.data()[1 * 5 + 1] != 0.5f);
+  }
+}
+
 TEST_CASE("DirectWeightUpdate::set_w_apply: Δ handed per layer and step; W += Δ by hand = the in-place update") {
   SingleProcess one;
   VirtualRanks<SingleProcess> virt(one, 4);

@@ -116,9 +116,18 @@ class DataParallelUpdate {
     comm_->all_reduce_sum(all.data, total_);
     b_->scale(all, S(1.0 / double(comm_->groups())));
     // After the all-reduce every worker holds the same gradient, so the finiteness decision agrees.
+    // One check over the whole flat buffer (the parameters' gradients lie back to back with no gaps:
+    // one reduction and one read-back per step, not one per parameter); only a failing step looks
+    // for the first parameter to name.
     std::string bad;
-    for (std::size_t i = 0; i < params_.size() && bad.empty(); ++i)
-      if (!b_->all_finite(CV(grad(i, 0)))) bad = params_[i].name;
+    if (!b_->all_finite(CV(all))) {
+      bad = "(the flat gradient buffer)";  // replaced below: the buffer has no gaps
+      for (std::size_t i = 0; i < params_.size(); ++i)
+        if (!b_->all_finite(CV(grad(i, 0)))) {
+          bad = params_[i].name;
+          break;
+        }
+    }
     if (!bad.empty()) {
       const std::string why = cat("non-finite gradient in '", bad, "'");
       if (options_.on_non_finite == NonFinitePolicy::Throw)

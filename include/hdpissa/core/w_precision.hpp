@@ -87,9 +87,18 @@ struct Bf16Slot<float> {
   HDPISSA_HOST_DEVICE static float store(std::uint16_t bits) { return bf16_bits_to_float(bits); }
 };
 
+/// The per-step part of the SR stream's hash (the same for every element of a step): kernels that
+/// round many elements of one step compute it once and call sr_bits_keyed per element.
+HDPISSA_HOST_DEVICE inline std::uint64_t sr_step_key(std::uint64_t seed, std::uint64_t step) {
+  return splitmix64(splitmix64(seed) ^ step);
+}
+/// The 16 random bits of element `index` under a step key (sr_step_key).
+HDPISSA_HOST_DEVICE inline std::uint32_t sr_bits_keyed(std::uint64_t key, std::uint64_t index) {
+  return std::uint32_t(splitmix64(key ^ index) >> 48);
+}
 /// The 16 random bits of element `index` at optimizer step `step` of stream `seed`.
 HDPISSA_HOST_DEVICE inline std::uint32_t sr_bits(std::uint64_t seed, std::uint64_t step, std::uint64_t index) {
-  return std::uint32_t(splitmix64(splitmix64(splitmix64(seed) ^ step) ^ index) >> 48);
+  return sr_bits_keyed(sr_step_key(seed, step), index);
 }
 
 // ---------------------------------------------------------------- the policies
@@ -134,7 +143,12 @@ struct Bf16StochasticRounding {
   /// (e.g. a per-layer offset + row·cols + col), the same on every worker.
   template <class T>
   HDPISSA_HOST_DEVICE void operator()(T& w, float delta, std::uint64_t index) const {
-    w = Bf16Slot<T>::store(bf16_bits_sr(Bf16Slot<T>::load(w) + delta, sr_bits(seed, step, index)));
+    apply_keyed(w, delta, sr_step_key(seed, step), index);
+  }
+  /// The same rule with the step's hash part precomputed (key = sr_step_key(seed, step)).
+  template <class T>
+  HDPISSA_HOST_DEVICE static void apply_keyed(T& w, float delta, std::uint64_t key, std::uint64_t index) {
+    w = Bf16Slot<T>::store(bf16_bits_sr(Bf16Slot<T>::load(w) + delta, sr_bits_keyed(key, index)));
   }
 };
 

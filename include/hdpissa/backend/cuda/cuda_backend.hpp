@@ -51,9 +51,12 @@ namespace hdpissa {
 /// 3xTF32 splits every operand into two TF32 terms and keeps three of the four products, so the
 /// update is fp32-accurate (max error vs fp64 a few fp32 ulps of the update's magnitude, next to
 /// SGEMM's 1–3: docs/cuda.md) but not bit-identical to cuBLAS SGEMM.
-enum class DwuGemm { Auto, Tf32x3, Cublas };
+/// The Direct Weight Update's GEMM: Auto = the CUDA-core low-rank kernel for a bf16 W storage at
+/// 2Kr ≤ 64 (dwu_lowrank.cuh), else the sm_90a 3xTF32 kernel where the device has it, else cuBLAS;
+/// Tf32x3 / Simt / Cublas force one (Simt also for fp32 W; 2Kr > 64 is then an error).
+enum class DwuGemm { Auto, Tf32x3, Cublas, Simt };
 inline const char* dwu_gemm_name(DwuGemm g) {
-  return g == DwuGemm::Auto ? "auto" : g == DwuGemm::Tf32x3 ? "3xtf32" : "cublas";
+  return g == DwuGemm::Auto ? "auto" : g == DwuGemm::Tf32x3 ? "3xtf32" : g == DwuGemm::Simt ? "simt" : "cublas";
 }
 
 /// Construction options of CudaBackend. The four std::optional fields may also come from an
@@ -62,7 +65,7 @@ inline const char* dwu_gemm_name(DwuGemm g) {
 ///  - fused_update ← HDPISSA_CUDA_FUSED_DWU (0 = off, anything else = on); default on
 ///  - gemm_tuning  ← HDPISSA_CUDA_GEMM_TUNING = off | exact | fastest; default exact (BitExact)
 ///  - gemm_tuning_bf16 ← HDPISSA_CUDA_GEMM_TUNING_BF16 = off | exact | fastest; default off
-///  - dwu_gemm     ← HDPISSA_CUDA_DWU_GEMM = auto | 3xtf32 | cublas; default auto
+///  - dwu_gemm     ← HDPISSA_CUDA_DWU_GEMM = auto | 3xtf32 | simt | cublas; default auto
 /// An unrecognised value is an InvalidArgument at construction. CudaBackend::options() reports
 /// the resolved values (every optional engaged).
 struct CudaBackendOptions {
@@ -114,7 +117,8 @@ struct CudaBackendOptions {
         if (std::strcmp(e, "auto") == 0) o.dwu_gemm = DwuGemm::Auto;
         else if (std::strcmp(e, "3xtf32") == 0) o.dwu_gemm = DwuGemm::Tf32x3;
         else if (std::strcmp(e, "cublas") == 0) o.dwu_gemm = DwuGemm::Cublas;
-        else throw InvalidArgument(cat("HDPISSA_CUDA_DWU_GEMM: expected auto, 3xtf32 or cublas, found '", e, "'"));
+        else if (std::strcmp(e, "simt") == 0) o.dwu_gemm = DwuGemm::Simt;
+        else throw InvalidArgument(cat("HDPISSA_CUDA_DWU_GEMM: expected auto, 3xtf32, simt or cublas, found '", e, "'"));
       }
     }
     return o;
@@ -205,7 +209,7 @@ class CudaBackend {
   bool dwu_gemm_kernel_active() const {
     if constexpr (!std::is_same_v<Scalar, float>) return false;
     else
-      return fused_update() && dwu_gemm() != DwuGemm::Cublas && !options_.allow_tf32 &&
+      return fused_update() && dwu_gemm() != DwuGemm::Cublas && dwu_gemm() != DwuGemm::Simt && !options_.allow_tf32 &&
              cuda_kernels::sm90::dwu_gemm_sm90_supported(device_);
   }
   /// Shares a caller-owned device workspace of `bytes` ≥ 32 MiB with this backend's cuBLAS handle

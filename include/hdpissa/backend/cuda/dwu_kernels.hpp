@@ -20,6 +20,7 @@
 #include "hdpissa/backend/cuda/cuda_backend.hpp"
 #include "hdpissa/backend/cuda/cuda_handles.hpp"
 #include "hdpissa/backend/cuda/dwu_gemm_sm90.cuh"
+#include "hdpissa/backend/cuda/dwu_lowrank.cuh"
 #include "hdpissa/backend/cuda/kernels.cuh"
 #include "hdpissa/core/dwu_kernels.hpp"
 #include "hdpissa/core/update_args.hpp"
@@ -319,13 +320,42 @@ class DwuKernels<CudaBackend<S>> : public DwuGenericKernels<CudaBackend<S>> {
     return true;
   }
 
+  /// Whether the update of a layer with inner dimension kd = 2Kr runs the CUDA-core low-rank kernel
+  /// (dwu_lowrank.cuh): DwuGemm::Simt asks for it (kd above its limit is an InvalidArgument), Auto
+  /// takes it for a bf16 W storage (`bf16_w`) at kd ≤ 64; never with the fused update off or TF32
+  /// on (TF32 keeps cuBLAS). Shapes as fused_kernel_usable.
+  bool lowrank_usable(CV A, const DwuPackedDeltas<const S>& d, V L, index_t out, bool bf16_w) {
+    auto& b = this->backend();
+    if (!b.fused_update() || b.tf32()) return false;
+    const index_t kr = d.groups * d.rank, kd = 2 * kr, in = A.cols;
+    const bool asked = b.dwu_gemm() == DwuGemm::Simt;
+    if (!asked && !(b.dwu_gemm() == DwuGemm::Auto && bf16_w && kd <= cuda_kernels::DwuLowrank::kMaxKd)) return false;
+    if (asked && kd > cuda_kernels::DwuLowrank::kMaxKd)
+      throw InvalidArgument(cat("DwuGemm::Simt: the CUDA-core DWU kernel takes 2Kr ≤ ", cuda_kernels::DwuLowrank::kMaxKd,
+                                ", found 2Kr = ", kd, " (K = ", d.groups, ", r = ", d.rank,
+                                "); use auto or 3xtf32 for this rank"));
+    require_shape(A, kr, in, "dwu apply A");
+    require_shape(L, out, kd, "dwu apply L");
+    return out > 0 && in > 0 && kr > 0 && out < (index_t(1) << 30) && in < (index_t(1) << 30);
+  }
+  /// The low-rank path's packing: Ldb = L's first K·r columns get the dB_j and R (2Kr, in) =
+  /// [A − dA; dA] (unpack_fused's one kernel, the generic path's bits) into the scratch.
+  float* lowrank_pack(CV A, const DwuPackedDeltas<const S>& d, V L) {
+    const index_t kr = d.groups * d.rank, in = A.cols;
+    float* rbuf = rt_.reserve(std::size_t(in * 2 * kr));
+    cuda_kernels::launch_dwu_unpack(this->backend().stream(), A, d.data, index_t(d.chunk), d.groups, d.rank,
+                                    V{rbuf, 2 * kr, in, in}, L.col_block(0, kr));
+    return rbuf;
+  }
+
   /// The guard apply_fused and apply_fused_w share: whether the sm_90a kernel may run (the fused
   /// update on, the kernel chosen, no TF32, a device and binary that have it — DwuGemm::Tf32x3 on one
   /// that does not throws), the shapes (A (K·r, in), L (out, 2K·r), W (out, in) when given) and the
   /// sizes (non-empty, every extent under 2^30). The callers check their pointers' layout.
   bool fused_kernel_usable(CV A, const DwuPackedDeltas<const S>& d, V L, index_t out, const V* W) {
     auto& b = this->backend();
-    if (!b.fused_update() || b.dwu_gemm() == DwuGemm::Cublas || b.tf32()) return false;
+    if (!b.fused_update() || b.dwu_gemm() == DwuGemm::Cublas || b.dwu_gemm() == DwuGemm::Simt || b.tf32())
+      return false;
     if (!cuda_kernels::sm90::dwu_gemm_sm90_supported(b.device())) {
       if (b.dwu_gemm() == DwuGemm::Tf32x3)
         throw InvalidArgument(cat("DwuGemm::Tf32x3: device ", b.device(), " cannot run the sm_90a kernel (expected a ",
@@ -352,6 +382,13 @@ class DwuKernels<CudaBackend<S>> : public DwuGenericKernels<CudaBackend<S>> {
       return false;
     } else {
       auto& b = this->backend();
+      if (lowrank_usable(A, d, L, W.rows, false)) {
+        const float* R = lowrank_pack(A, d, L);
+        cuda_kernels::launch_dwu_lowrank(b.stream(), cuda_kernels::DwuLowrankFp32W{W.data, index_t(cuda_detail::ld_of(W))},
+                                         L.data, index_t(cuda_detail::ld_of(L)), R, A.cols, int(W.rows), int(W.cols),
+                                         int(2 * d.groups * d.rank), alpha);
+        return true;
+      }
       if (!fused_kernel_usable(A, d, L, W.rows, &W)) return false;
       const index_t r = d.rank, kr = d.groups * r, kd = 2 * kr, in = A.cols, out = W.rows;
       const int ldl = cuda_detail::ld_of(L), ldw = cuda_detail::ld_of(W);
@@ -378,6 +415,12 @@ class DwuKernels<CudaBackend<S>> : public DwuGenericKernels<CudaBackend<S>> {
       return false;
     } else {
       auto& b = this->backend();
+      if (lowrank_usable(A, d, L, L.rows, true)) {
+        const float* R = lowrank_pack(A, d, L);
+        cuda_kernels::launch_dwu_lowrank(b.stream(), w, L.data, index_t(cuda_detail::ld_of(L)), R, A.cols, int(L.rows),
+                                         int(A.cols), int(2 * d.groups * d.rank), alpha);
+        return true;
+      }
       if (!fused_kernel_usable(A, d, L, L.rows, nullptr)) return false;
       const index_t r = d.rank, kr = d.groups * r, kd = 2 * kr, in = A.cols, out = L.rows;
       const int ldl = cuda_detail::ld_of(L);
