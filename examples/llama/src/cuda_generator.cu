@@ -8,6 +8,8 @@
 #include <string>
 #include <vector>
 
+#include <cstdlib>
+
 #include "hdpissa/backend/cuda/cuda_backend.hpp"
 #include "llama/cuda/greedy_generator.cuh"
 #include "llama/eval/cuda_generator.hpp"
@@ -15,12 +17,23 @@
 namespace hdpissa::llama::eval {
 namespace {
 
+/// The decoder's backend options: bf16 GEMM tuning BitExact unless HDPISSA_CUDA_GEMM_TUNING_BF16
+/// says otherwise. Bit-exact tuning only takes cuBLASLt algorithms whose results equal
+/// cublasGemmEx's bit for bit, so the tokens cannot change; a decode step at the 7B shape gained
+/// 1–2 % with it (H200, session 15, docs/evaluation.md) for ≈ 0.3 s of timing at the first calls.
+inline hdpissa::CudaBackendOptions decoder_backend_options() {
+  hdpissa::CudaBackendOptions o;
+  const char* e = std::getenv("HDPISSA_CUDA_GEMM_TUNING_BF16");
+  if (e == nullptr || *e == '\0') o.gemm_tuning_bf16 = hdpissa::GemmTuning::BitExact;
+  return o;
+}
+
 template <class T>
 class CudaGeneratorImpl final : public CudaGenerator {
  public:
   CudaGeneratorImpl(const ModelWeights& w, const CudaGeneratorOptions& o)
       : model_(w, /*max_batch=*/1, /*max_seq=*/1, stream_.get()),  // the training buffers stay minimal
-        backend_(stream_.get(), {}),
+        backend_(stream_.get(), decoder_backend_options()),
         hooks_(backend_),
         gen_(model_, hooks_, o.decode),
         slots_(o.decode.slots) {

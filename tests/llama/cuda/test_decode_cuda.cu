@@ -220,8 +220,18 @@ TEST_CASE("HDPISSA_DECODE_CHUNK: every split size still gives the CPU decoder's 
     {
       ScopedEnv e("HDPISSA_DECODE_CHUNK", nullptr);
       CudaGreedyDecoder<float> d(model, 2, 40);
-      CHECK(d.decode_chunk() == 40);  // the default 128, capped at max_ctx 40
+      CHECK(d.decode_chunk() == 40);  // the default (256: the fused kernel runs at group 2), capped at max_ctx 40
       CHECK(d.decode_splits() == 1);
+    }
+    {  // the same weights with a longer context: the fused kernel's default of 256 keys per split
+      ModelWeights longer = w;
+      longer.config.max_seq_len = 600;
+      CudaLlama<float> m2(longer, 1, 1, nullptr);
+      ScopedEnv e("HDPISSA_DECODE_CHUNK", nullptr);
+      REQUIRE(hdpissa::llama::gpu::decode_kern::cache_attention_auto_fused<float>(w.config.head_dim, w.config.n_heads / w.config.n_kv_heads));
+      CudaGreedyDecoder<float> d(m2, 2, 600);
+      CHECK(d.decode_chunk() == 256);
+      CHECK(d.decode_splits() == 3);
     }
     {
       ScopedEnv e("HDPISSA_DECODE_CHUNK", "16");
