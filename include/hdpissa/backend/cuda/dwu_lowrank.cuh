@@ -29,15 +29,17 @@
 
 namespace hdpissa::cuda_kernels {
 
-/// Tile of dwu_lowrank_kernel: 256 threads as 32 (columns) × 8 (rows), each with 8 × 8 elements,
-/// so a block covers 64 rows × 256 columns and walks down its column strip tile by tile (the strip's
-/// R block stays in shared memory).
+/// Tile of dwu_lowrank_kernel: 256 threads as 32 (columns) × 8 (rows), each with 8 rows × 8
+/// columns — columns 4·tx…4·tx+3 and 128+4·tx…128+4·tx+3 of the block, so that every shared-memory
+/// vector load of a warp is 512 contiguous bytes (no bank conflicts) and every global access of a
+/// warp 256 contiguous bytes per half. A block covers 64 rows × 256 columns and walks down its
+/// column strip tile by tile (the strip's R block stays in shared memory).
 struct DwuLowrank {
   static constexpr int kThreads = 256, kBM = 64, kBN = 256, kPer = 8, kMaxKd = 64;
-  /// Dynamic shared memory for inner dimension kd: R block (kd × 256) + L tile (kd × 65, padded)
-  /// + the bf16 W tile (64 × 256) in flight during the products.
+  /// Dynamic shared memory for inner dimension kd: R block (kd × 256) + L tile (kd × 64) + the bf16
+  /// W tile (64 × 256) in flight during the products.
   static constexpr std::size_t smem_bytes(int kd) {
-    return std::size_t(kd) * (kBN + kBM + 1) * sizeof(float) + std::size_t(kBM) * kBN * sizeof(std::uint16_t);
+    return std::size_t(kd) * (kBN + kBM) * sizeof(float) + std::size_t(kBM) * kBN * sizeof(std::uint16_t);
   }
 };
 
@@ -47,22 +49,22 @@ struct DwuLowrankFp32W {
   index_t ldw;
 };
 
-/// A 16-byte global → shared copy that does not hold registers (cp.async on sm_80+; a plain copy
+/// An 8-byte global → shared copy that holds no registers (cp.async on sm_80+; a plain copy
 /// before), its commit and the wait for every copy this thread issued.
-__device__ inline void copy16_async(void* smem_dst, const void* gmem_src) {
+__device__ inline void copy8_async(void* smem_dst, const void* gmem_src) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   const auto dst = static_cast<std::uint32_t>(__cvta_generic_to_shared(smem_dst));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(gmem_src) : "memory");
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 8;\n" ::"r"(dst), "l"(gmem_src) : "memory");
 #else
-  *static_cast<uint4*>(smem_dst) = *static_cast<const uint4*>(gmem_src);
+  *static_cast<uint2*>(smem_dst) = *static_cast<const uint2*>(gmem_src);
 #endif
 }
-__device__ inline void copy16_commit() {
+__device__ inline void copy_async_commit() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   asm volatile("cp.async.commit_group;\n" ::: "memory");
 #endif
 }
-__device__ inline void copy16_wait_all() {
+__device__ inline void copy_async_wait_all() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   asm volatile("cp.async.wait_all;\n" ::: "memory");
 #endif
@@ -75,47 +77,50 @@ __global__ void __launch_bounds__(DwuLowrank::kThreads, 2)
     dwu_lowrank_kernel(Out o, const float* __restrict__ L, index_t ldl, const float* __restrict__ R, index_t ldr,
                        int M, int N, int kd, float alpha) {
   constexpr int BM = DwuLowrank::kBM, BN = DwuLowrank::kBN, P = DwuLowrank::kPer, T = DwuLowrank::kThreads;
-  constexpr int LP = BM + 1;  // padded L tile rows: the transposing stores hit distinct banks
+  constexpr int H = P / 2, HALF = BN / 2;  // a thread's two column groups of 4, 128 columns apart
   extern __shared__ float smem[];
   float* Rs = smem;            // [kd][BN]
-  float* Ls = smem + kd * BN;  // [kd][LP]
+  float* Ls = smem + kd * BN;  // [kd][BM]
   // [BM][BN] bf16 bits: each thread's own 8 rows × 8 columns, copied asynchronously (cp.async) at
   // the start of a tile and read back by the same thread in the epilogue (no registers held).
-  std::uint16_t* Ws = reinterpret_cast<std::uint16_t*>(Ls + kd * LP);
+  std::uint16_t* Ws = reinterpret_cast<std::uint16_t*>(Ls + kd * BM);
   const int tid = int(threadIdx.x), tx = tid & 31, ty = tid >> 5;
   const int n0 = int(blockIdx.x) * BN;
-  const int c0 = n0 + tx * P;  // this thread's first column
+  const int cb[2] = {tx * H, HALF + tx * H};  // the two groups' first column within the block
   for (int i = tid; i < kd * BN; i += T) {
     const int k = i / BN, c = i - k * BN;
     Rs[i] = n0 + c < N ? R[index_t(k) * ldr + n0 + c] : 0.f;
   }
   constexpr bool kBf16 = std::is_same_v<Out, Bf16WStorage>;
   std::uint64_t key = 0;
-  bool vec = false;  // 16-byte W rows for this thread (8 columns in range, aligned)
-  if constexpr (kBf16) {
-    key = sr_step_key(o.seed, o.step);
-    vec = c0 + P <= N && o.ldw % 8 == 0 && (reinterpret_cast<std::uintptr_t>(o.w) & 15u) == 0;
-  } else {
-    vec = c0 + P <= N && o.ldw % 4 == 0 && (reinterpret_cast<std::uintptr_t>(o.w) & 15u) == 0;
+  bool vec[2];  // a group's 4 columns in range and its W address aligned for one vector access
+  {
+    const std::uintptr_t base = reinterpret_cast<std::uintptr_t>(o.w);
+    const bool al = kBf16 ? o.ldw % 4 == 0 && (base & 7u) == 0 : o.ldw % 4 == 0 && (base & 15u) == 0;
+    for (int h = 0; h < 2; ++h) vec[h] = al && n0 + cb[h] + H <= N;
   }
+  if constexpr (kBf16) key = sr_step_key(o.seed, o.step);
   const int tiles = (M + BM - 1) / BM;
   for (int t = int(blockIdx.y); t < tiles; t += int(gridDim.y)) {
     const int m0 = t * BM;
     __syncthreads();  // the previous tile's readers of Ls (and, first time, Rs's writers) are done
+    // L tile, transposed: consecutive threads take consecutive rows (conflict-free stores; the
+    // global reads are row-strided, but the tile is 64 × kd floats of an L2-resident L).
     for (int i = tid; i < kd * BM; i += T) {
-      const int r = i / kd, k = i - r * kd;
-      Ls[k * LP + r] = m0 + r < M ? L[index_t(m0 + r) * ldl + k] : 0.f;
+      const int k = i / BM, r = i - k * BM;
+      Ls[i] = m0 + r < M ? L[index_t(m0 + r) * ldl + k] : 0.f;
     }
     // This thread's W rows, in flight while the products are summed (bf16 storage).
     if constexpr (kBf16) {
-      if (vec) {
 #pragma unroll
-        for (int i = 0; i < P; ++i) {
-          const int row = m0 + ty * P + i;
-          if (row < M) copy16_async(Ws + (ty * P + i) * BN + tx * P, o.w + index_t(row) * o.ldw + c0);
-        }
-        copy16_commit();
+      for (int i = 0; i < P; ++i) {
+        const int row = m0 + ty * P + i;
+        if (row >= M) break;
+#pragma unroll
+        for (int h = 0; h < 2; ++h)
+          if (vec[h]) copy8_async(Ws + (ty * P + i) * BN + cb[h], o.w + index_t(row) * o.ldw + n0 + cb[h]);
       }
+      copy_async_commit();
     }
     __syncthreads();
     float acc[P][P];
@@ -125,72 +130,66 @@ __global__ void __launch_bounds__(DwuLowrank::kThreads, 2)
       for (int j = 0; j < P; ++j) acc[i][j] = 0.f;
 #pragma unroll 4
     for (int k = 0; k < kd; ++k) {
-      const float4 r0 = *reinterpret_cast<const float4*>(Rs + k * BN + tx * P);
-      const float4 r1 = *reinterpret_cast<const float4*>(Rs + k * BN + tx * P + 4);
+      const float4 r0 = *reinterpret_cast<const float4*>(Rs + k * BN + cb[0]);
+      const float4 r1 = *reinterpret_cast<const float4*>(Rs + k * BN + cb[1]);
+      const float4 l0 = *reinterpret_cast<const float4*>(Ls + k * BM + ty * P);
+      const float4 l1 = *reinterpret_cast<const float4*>(Ls + k * BM + ty * P + 4);
       const float rv[P] = {r0.x, r0.y, r0.z, r0.w, r1.x, r1.y, r1.z, r1.w};
+      const float lv[P] = {l0.x, l0.y, l0.z, l0.w, l1.x, l1.y, l1.z, l1.w};
 #pragma unroll
-      for (int i = 0; i < P; ++i) {
-        const float l = Ls[k * LP + ty * P + i];
+      for (int i = 0; i < P; ++i)
 #pragma unroll
-        for (int j = 0; j < P; ++j) acc[i][j] = fmaf(l, rv[j], acc[i][j]);
-      }
+        for (int j = 0; j < P; ++j) acc[i][j] = fmaf(lv[i], rv[j], acc[i][j]);
     }
-    if constexpr (kBf16)
-      if (vec) copy16_wait_all();  // this thread's W rows have landed in Ws
+    if constexpr (kBf16) copy_async_wait_all();  // this thread's W rows have landed in Ws
 #pragma unroll
     for (int i = 0; i < P; ++i) {
       const int row = m0 + ty * P + i;
-      if (row >= M) continue;
-      if constexpr (kBf16) {
-        std::uint16_t wb[P];
-        if (vec) {
-          const uint4 wv = *reinterpret_cast<const uint4*>(Ws + (ty * P + i) * BN + tx * P);
-          const std::uint32_t u[4] = {wv.x, wv.y, wv.z, wv.w};
+      if (row >= M) break;
 #pragma unroll
-          for (int q = 0; q < 4; ++q) {
-            wb[2 * q] = std::uint16_t(u[q] & 0xffffu);
-            wb[2 * q + 1] = std::uint16_t(u[q] >> 16);
+      for (int h = 0; h < 2; ++h) {
+        const int c0 = n0 + cb[h];  // first global column of this group
+        if constexpr (kBf16) {
+          std::uint16_t wb[H];
+          if (vec[h]) {
+            const uint2 wv = *reinterpret_cast<const uint2*>(Ws + (ty * P + i) * BN + cb[h]);
+            wb[0] = std::uint16_t(wv.x & 0xffffu), wb[1] = std::uint16_t(wv.x >> 16);
+            wb[2] = std::uint16_t(wv.y & 0xffffu), wb[3] = std::uint16_t(wv.y >> 16);
+          } else {
+#pragma unroll
+            for (int j = 0; j < H; ++j) wb[j] = c0 + j < N ? o.w[index_t(row) * o.ldw + c0 + j] : std::uint16_t(0);
+          }
+#pragma unroll
+          for (int j = 0; j < H; ++j) {
+            const int col = c0 + j;
+            if (col >= N) continue;
+            const float delta = __fmul_rn(alpha, acc[i][h * H + j]);  // Δ rounded first, as the other paths
+            if constexpr (Pol == WPrecision::Bf16Compensated)
+              Bf16Compensated{}(wb[j], o.c[index_t(row) * o.ldc + col], delta);
+            else
+              Bf16StochasticRounding::apply_keyed(wb[j], delta, key, o.offset + std::uint64_t(index_t(row) * o.cols + col));
+          }
+          if (vec[h]) {
+            const uint2 nv{std::uint32_t(wb[0]) | (std::uint32_t(wb[1]) << 16),
+                           std::uint32_t(wb[2]) | (std::uint32_t(wb[3]) << 16)};
+            *reinterpret_cast<uint2*>(o.w + index_t(row) * o.ldw + c0) = nv;
+          } else {
+#pragma unroll
+            for (int j = 0; j < H; ++j)
+              if (c0 + j < N) o.w[index_t(row) * o.ldw + c0 + j] = wb[j];
           }
         } else {
+          float* w = o.w + index_t(row) * o.ldw + c0;
+          if (vec[h]) {
+            float4 a = *reinterpret_cast<const float4*>(w);
+            a.x = fmaf(alpha, acc[i][h * H + 0], a.x), a.y = fmaf(alpha, acc[i][h * H + 1], a.y);
+            a.z = fmaf(alpha, acc[i][h * H + 2], a.z), a.w = fmaf(alpha, acc[i][h * H + 3], a.w);
+            *reinterpret_cast<float4*>(w) = a;
+          } else {
 #pragma unroll
-          for (int j = 0; j < P; ++j) wb[j] = c0 + j < N ? o.w[index_t(row) * o.ldw + c0 + j] : std::uint16_t(0);
-        }
-#pragma unroll
-        for (int j = 0; j < P; ++j) {
-          const int col = c0 + j;
-          if (col >= N) continue;
-          const float delta = __fmul_rn(alpha, acc[i][j]);  // Δ rounded first, as the other paths
-          if constexpr (Pol == WPrecision::Bf16Compensated)
-            Bf16Compensated{}(wb[j], o.c[index_t(row) * o.ldc + col], delta);
-          else
-            Bf16StochasticRounding::apply_keyed(wb[j], delta, key, o.offset + std::uint64_t(index_t(row) * o.cols + col));
-        }
-        if (vec) {
-          uint4 nv;
-          nv.x = std::uint32_t(wb[0]) | (std::uint32_t(wb[1]) << 16);
-          nv.y = std::uint32_t(wb[2]) | (std::uint32_t(wb[3]) << 16);
-          nv.z = std::uint32_t(wb[4]) | (std::uint32_t(wb[5]) << 16);
-          nv.w = std::uint32_t(wb[6]) | (std::uint32_t(wb[7]) << 16);
-          *reinterpret_cast<uint4*>(o.w + index_t(row) * o.ldw + c0) = nv;
-        } else {
-#pragma unroll
-          for (int j = 0; j < P; ++j)
-            if (c0 + j < N) o.w[index_t(row) * o.ldw + c0 + j] = wb[j];
-        }
-      } else {
-        float* w = o.w + index_t(row) * o.ldw + c0;
-        if (vec) {
-          float4 a = *reinterpret_cast<const float4*>(w), b = *reinterpret_cast<const float4*>(w + 4);
-          a.x = fmaf(alpha, acc[i][0], a.x), a.y = fmaf(alpha, acc[i][1], a.y);
-          a.z = fmaf(alpha, acc[i][2], a.z), a.w = fmaf(alpha, acc[i][3], a.w);
-          b.x = fmaf(alpha, acc[i][4], b.x), b.y = fmaf(alpha, acc[i][5], b.y);
-          b.z = fmaf(alpha, acc[i][6], b.z), b.w = fmaf(alpha, acc[i][7], b.w);
-          *reinterpret_cast<float4*>(w) = a;
-          *reinterpret_cast<float4*>(w + 4) = b;
-        } else {
-#pragma unroll
-          for (int j = 0; j < P; ++j)
-            if (c0 + j < N) w[j] = fmaf(alpha, acc[i][j], w[j]);
+            for (int j = 0; j < H; ++j)
+              if (c0 + j < N) w[j] = fmaf(alpha, acc[i][h * H + j], w[j]);
+          }
         }
       }
     }
