@@ -80,7 +80,7 @@ PY
 summarize() {
 # The binaries' commit: a prebuilt directory's COMMIT stamp (scripts/prebuilt-pack.sh) when it has
 # one — on the device machine the working tree's git metadata need not be the binaries' — else HEAD.
-BUILD_COMMIT="$(tr '\n' ' ' < "${PREBUILT:-/nonexistent}/COMMIT" 2>/dev/null | sed 's/ *$//')"
+BUILD_COMMIT="$({ tr '\n' ' ' < "${PREBUILT:-/nonexistent}/COMMIT"; } 2>/dev/null | sed 's/ *$//')"
 [[ -n "$BUILD_COMMIT" ]] || BUILD_COMMIT="$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')"
 python3 - "$WORK" "$OUTDIR" "$SHAPES" "$BATCH" "$NEW" "$PROMPT_LEN" "$BUILD_COMMIT" <<'PY' > "$WORK/summary.txt"
 import json, os, re, sys

@@ -171,7 +171,7 @@ for f in train.jsonl tokenizer.model batches.json; do
   [[ -f "$DEV/$f" ]] || { say "throughput.sh: expected $DEV/$f (run 'scripts/throughput.sh prepare' on the developer machine and carry .devdata)"; exit 2; }
 done
 mkdir -p "$WORK/logs"
-say "throughput.sh at $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?') (binaries: $(tr '\n' ' ' < "${PREBUILT:-/nonexistent}/COMMIT" 2>/dev/null || echo 'built here')): SHAPES='$SHAPES' MICRO_BATCHES='$MICRO_BATCHES' FAST=$FAST DEADLINE_S=$DEADLINE_S"
+say "throughput.sh at $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?') (binaries: $({ tr '\n' ' ' < "${PREBUILT:-/nonexistent}/COMMIT"; } 2>/dev/null || echo 'built here')): SHAPES='$SHAPES' MICRO_BATCHES='$MICRO_BATCHES' FAST=$FAST DEADLINE_S=$DEADLINE_S"
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader 2>/dev/null | sed 's/^/gpu: /' | tee -a "$LOG"
 
 # ---- 1. build (this tree, and the baseline tar beside it)

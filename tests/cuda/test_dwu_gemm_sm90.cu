@@ -286,6 +286,19 @@ TEST_CASE("DwuGemm selection: TF32 or Cublas keep cuBLAS; HDPISSA_CUDA_DWU_GEMM 
 TEST_CASE("DwuGemm::Simt: fp32 W within rounding of cuBLAS; 2Kr above the CUDA-core kernel's limit is named") {
   // fp32 W: Auto keeps the sm_90a / cuBLAS path; Simt runs the CUDA-core kernel (plain fp32 fmaf
   // chain, so within a few ulps of cuBLAS SGEMM's sum).
+  {  // which layers take the CUDA-core kernel (so the comparison below is not a silent fallback)
+    CudaBackend<float> g;
+    DwuKernels<CudaBackend<float>> k(g);
+    auto A = g.make_matrix(2 * 4, 40), L = g.make_matrix(72, 16);
+    const DwuPackedDeltas<const float> d{nullptr, 0, 2, 4, 40, 72};  // K = 2, r = 4: 2Kr = 16
+    g.set_dwu_gemm(DwuGemm::Simt);
+    CHECK(k.lowrank_usable(A.cview(), d, L.view(), 72, false));
+    g.set_dwu_gemm(DwuGemm::Auto);
+    CHECK_FALSE(k.lowrank_usable(A.cview(), d, L.view(), 72, false));  // Auto: fp32 W keeps 3xTF32 / cuBLAS
+    CHECK(k.lowrank_usable(A.cview(), d, L.view(), 72, true));         // Auto: a bf16 storage takes it
+    g.set_tf32(true);
+    CHECK_FALSE(k.lowrank_usable(A.cview(), d, L.view(), 72, true));   // TF32 keeps cuBLAS
+  }
   const auto [e_cublas, upd] = hand_step_error(DwuGemm::Cublas, 1.f);
   const auto [e_simt, upd2] = hand_step_error(DwuGemm::Simt, 1.f);
   INFO("max normalised error vs the fp64 hand step: cuBLAS ", e_cublas, ", simt ", e_simt);

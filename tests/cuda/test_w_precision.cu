@@ -393,7 +393,11 @@ TEST_CASE("low-rank DWU kernel (CUDA cores): bf16 SR / compensated and fp32 W eq
   struct Shape { int M, N, kd; index_t ldl, ldw; };
   const std::vector<Shape> shapes{{130, 72, 24, 24, 72},   {64, 200, 32, 40, 208}, {33, 20, 8, 8, 20},
                                   {257, 513, 64, 64, 520}, {70, 33, 1, 3, 33},     {128, 4096, 32, 32, 4096}};
+  // cap: 0 = the launcher's grid; 1 = one row block per column strip, so every block walks all of
+  // its strip's row tiles (the L tile and the W staging reused across tiles, as at the 7B shapes).
+  for (const int cap : {0, 1})
   for (const Shape& sh : shapes) {
+    CAPTURE(cap);
     CAPTURE(sh.M);
     CAPTURE(sh.N);
     CAPTURE(sh.kd);
@@ -428,7 +432,7 @@ TEST_CASE("low-rank DWU kernel (CUDA cores): bf16 SR / compensated and fp32 W eq
       st.seed = 11;
       st.step = 5;
       st.offset = 1000;
-      cuda_kernels::launch_dwu_lowrank(nullptr, st, dL, sh.ldl, dR, ldr, sh.M, sh.N, sh.kd, alpha);
+      cuda_kernels::launch_dwu_lowrank(nullptr, st, dL, sh.ldl, dR, ldr, sh.M, sh.N, sh.kd, alpha, cap);
       REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
       const auto gw = d2h(dw, nw), gc = d2h(dc, nw);
       std::size_t bad = 0, moved = 0;
@@ -455,7 +459,7 @@ TEST_CASE("low-rank DWU kernel (CUDA cores): bf16 SR / compensated and fp32 W eq
       float* dw = dalloc<float>(nw);
       h2d(dw, w);
       cuda_kernels::launch_dwu_lowrank(nullptr, cuda_kernels::DwuLowrankFp32W{dw, sh.ldw}, dL, sh.ldl, dR, ldr, sh.M,
-                                       sh.N, sh.kd, alpha);
+                                       sh.N, sh.kd, alpha, cap);
       REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
       const auto gw = d2h(dw, nw);
       std::size_t bad = 0;

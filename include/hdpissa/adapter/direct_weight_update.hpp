@@ -260,6 +260,10 @@ class DirectWeightUpdate {
       l.bucket = bucket_len_.size() - 1;
       bucket_len_.back() += n;
     }
+    // A kernel policy that refuses some layers (e.g. a forced kernel that cannot take this rank)
+    // says so now, before any state moves.
+    if constexpr (requires(kernels_type& k) { k.check_layer(index_t(1), index_t(1), true); })
+      for (const auto& l : layers_) kernels_.check_layer(groups(), rank_, l.bf16_w);
     memory::PartScope part("dwu.exchange");
     send_ = b_->make_matrix(local_groups(), index_t(chunk_));
     if (comm_->size() > 1)

@@ -204,8 +204,10 @@ class CudaBackend {
   /// The CUDA device this backend was created on.
   int device() const { return device_; }
   void set_dwu_gemm(DwuGemm g) { options_.dwu_gemm = g; }
-  /// Whether DwuKernels::apply_fused would run the sm_90a 3xTF32 kernel for a layer whose layout fits (fp32
-  /// storage, fused_update on, TF32 off, the kernel available here and not switched off).
+  /// Whether DwuKernels::apply_fused would run the sm_90a 3xTF32 kernel for an fp32-W layer whose layout fits
+  /// (fp32 storage, fused_update on, TF32 off, the kernel available here and not switched off or replaced by
+  /// Simt). A bf16 W storage at 2Kr ≤ 64 runs the CUDA-core kernel under Auto whatever this says
+  /// (DwuKernels::lowrank_usable).
   bool dwu_gemm_kernel_active() const {
     if constexpr (!std::is_same_v<Scalar, float>) return false;
     else

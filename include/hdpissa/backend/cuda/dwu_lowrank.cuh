@@ -21,7 +21,9 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <mutex>
 #include <type_traits>
+#include <vector>
 
 #include "hdpissa/backend/cuda/cuda_check.hpp"
 #include "hdpissa/core/view.hpp"
@@ -36,10 +38,24 @@ namespace hdpissa::cuda_kernels {
 /// column strip tile by tile (the strip's R block stays in shared memory).
 struct DwuLowrank {
   static constexpr int kThreads = 256, kBM = 64, kBN = 256, kPer = 8, kMaxKd = 64;
-  /// Dynamic shared memory for inner dimension kd: R block (kd × 256) + L tile (kd × 64) + the bf16
-  /// W tile (64 × 256) in flight during the products.
-  static constexpr std::size_t smem_bytes(int kd) {
-    return std::size_t(kd) * (kBN + kBM) * sizeof(float) + std::size_t(kBM) * kBN * sizeof(std::uint16_t);
+  /// Dynamic shared memory for inner dimension kd: R block (kd × 256) + L tile (kd × 64), plus for a
+  /// bf16 W storage the W tile (64 × 256 bf16) in flight during the products: 72 KiB at kd = 32 and
+  /// 112 KiB at kd = 64 (bf16 W). Callers check it against the device's per-block opt-in limit.
+  static constexpr std::size_t smem_bytes(int kd, bool bf16_w) {
+    return std::size_t(kd) * (kBN + kBM) * sizeof(float) +
+           (bf16_w ? std::size_t(kBM) * kBN * sizeof(std::uint16_t) : std::size_t(0));
+  }
+  /// Whether the kernel fits inner dimension kd on `device` (the shared-memory opt-in limit; cached
+  /// per device).
+  static bool fits(int kd, bool bf16_w, int device) {
+    static std::mutex mu;
+    static std::vector<int> optin;  // -1: not asked yet
+    std::lock_guard<std::mutex> lock(mu);
+    if (device < 0) return false;
+    if (optin.size() <= std::size_t(device)) optin.resize(std::size_t(device) + 1, -1);
+    int& o = optin[std::size_t(device)];
+    if (o < 0 && cudaDeviceGetAttribute(&o, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) != cudaSuccess) o = 0;
+    return kd >= 1 && kd <= kMaxKd && smem_bytes(kd, bf16_w) <= std::size_t(o);
   }
 };
 
@@ -197,20 +213,22 @@ __global__ void __launch_bounds__(DwuLowrank::kThreads, 2)
 }
 
 /// W (M, N) ⊕= alpha · L (M, kd) · R (kd, N) on `stream`; `out` is a Bf16WStorage (its rule per
-/// element) or DwuLowrankFp32W. Needs 1 ≤ kd ≤ DwuLowrank::kMaxKd (the caller checks; larger inner
+/// element) or DwuLowrankFp32W. Needs DwuLowrank::fits(kd, …) (the caller checks; larger inner
 /// dimensions are the tensor-core kernel's). Any leading dimensions and alignment: unaligned or
 /// ragged column blocks take the scalar path.
 template <class Out>
 inline void launch_dwu_lowrank(cudaStream_t stream, const Out& out, const float* L, index_t ldl, const float* R,
-                               index_t ldr, int M, int N, int kd, float alpha) {
+                               index_t ldr, int M, int N, int kd, float alpha, int max_row_blocks = 0) {
   if (M <= 0 || N <= 0) return;
-  const std::size_t smem = DwuLowrank::smem_bytes(kd);
+  const std::size_t smem = DwuLowrank::smem_bytes(kd, std::is_same_v<Out, Bf16WStorage>);
   int dev = 0, sms = 0;
   HDPISSA_CUDA_CHECK(cudaGetDevice(&dev));
   HDPISSA_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
   const int strips = (N + DwuLowrank::kBN - 1) / DwuLowrank::kBN, tiles = (M + DwuLowrank::kBM - 1) / DwuLowrank::kBM;
   // About four blocks per SM in all; each walks tiles / rows_per_grid row tiles of its strip.
-  const int rows = std::max(1, std::min(tiles, (4 * sms + strips - 1) / strips));
+  // max_row_blocks > 0 caps it (tests: every block then walks several tiles, as at the 7B shapes).
+  int rows = std::max(1, std::min(tiles, (4 * sms + strips - 1) / strips));
+  if (max_row_blocks > 0) rows = std::min(rows, max_row_blocks);
   const dim3 grid{unsigned(strips), unsigned(rows), 1u};
   auto run = [&](auto kernel) {
     if (smem > 48 * 1024)
