@@ -68,11 +68,14 @@ CLI::Option* add_int(CLI::App& app, const std::string& flag, int& ref, int min, 
 Args parse(int argc, char** argv) {
   namespace cli = hdpissa::llama::cli;
   Args a;
-  CLI::App app{"Held-out loss of a LLaMA checkpoint (our CPU model) and the exact batches it was computed on.",
+  CLI::App app{"Evaluates a LLaMA checkpoint: the held-out loss (our CPU model, with the exact batches it was computed "
+               "on) or a task (GSM8K, MATH, HumanEval, MBPP) by greedy decoding on the CPU or the GPU.",
                "hdpissa-eval"};
   cli::setup(app);
   app.footer("example: hdpissa-eval --model runs/demo --tokenizer $HDPISSA_DATA/stories260K/tok512.model \\\n"
-             "             --data $HDPISSA_DATA/gsm8k/test.jsonl --max-len 256 --eval-examples 32 --json eval.json");
+             "             --data $HDPISSA_DATA/gsm8k/test.jsonl --max-len 256 --eval-examples 32 --json eval.json\n"
+             "environment (--device cuda): HDPISSA_CUDA_GEMM_TUNING_BF16 (default here: exact, bit-identical) and\n"
+             "  HDPISSA_DECODE_CHUNK (keys per split of the decode attention), as for hdpissa-generate");
   app.add_option("--model", a.model, "HF directory (config.json + model.safetensors[.index.json]) or llama2.c .bin")
       ->type_name("PATH");
   app.add_option("--tokenizer", a.tokenizer,

@@ -37,10 +37,17 @@ struct Args {
 Args parse(int argc, char** argv) {
   namespace cli = hdpissa::llama::cli;
   Args a;
-  CLI::App app{"Greedy (temperature 0) generation with a LLaMA-family model on the CPU.", "hdpissa-generate"};
+  CLI::App app{"Greedy (temperature 0) generation with a LLaMA-family model: on the CPU, or batched with a KV cache "
+               "on the GPU (--device cuda).",
+               "hdpissa-generate"};
   cli::setup(app);
   app.footer("example: hdpissa-generate --model $HDPISSA_DATA/stories260K/stories260K.bin \\\n"
-             "             --tokenizer $HDPISSA_DATA/stories260K/tok512.model --max-new-tokens 64");
+             "             --tokenizer $HDPISSA_DATA/stories260K/tok512.model --max-new-tokens 64\n"
+             "environment (--device cuda):\n"
+             "  HDPISSA_CUDA_GEMM_TUNING_BF16  off|exact|fastest: bf16 GEMM algorithm choice (default here: exact,\n"
+             "                                 bit-identical to cuBLAS's default, so the tokens do not change)\n"
+             "  HDPISSA_DECODE_CHUNK           16..8192 keys per split of the decode attention (default 256 for MHA and\n"
+             "                                 GQA groups of 2, else 128)");
   app.add_option("--model,--checkpoint", a.checkpoint,
                  "HF directory (config.json + model.safetensors[.index.json]) or llama2.c .bin")->type_name("PATH");
   app.add_option("--tokenizer", a.tokenizer, "SentencePiece .model, tokenizer.json, tiktoken file or a directory "
