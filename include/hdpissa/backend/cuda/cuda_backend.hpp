@@ -43,17 +43,18 @@
 namespace hdpissa {
 
 /// Which GEMM applies the Direct Weight Update W += −f · L · R (fp32 storage).
-///  - Auto (default): the sm_90a 3xTF32 kernel (dwu_gemm_sm90.cuh) when this binary carries it,
-///    the GPU is compute capability 9.0, TF32 is off and the layer's layout fits; otherwise cuBLAS.
-///  - Tf32x3: the same kernel, required: a GPU or binary without it is an error (layouts the kernel
+///  - Auto (default): for a bf16 W storage at 2Kr ≤ 64 the CUDA-core low-rank kernel
+///    (dwu_lowrank.cuh) where its shared memory fits the device; otherwise the sm_90a 3xTF32 kernel
+///    (dwu_gemm_sm90.cuh) when this binary carries it, the GPU is compute capability 9.0, TF32 is off
+///    and the layer's layout fits; otherwise cuBLAS.
+///  - Tf32x3: the sm_90a kernel, required: a GPU or binary without it is an error (layouts the kernel
 ///    cannot take still go to cuBLAS).
+///  - Simt: the CUDA-core kernel for every layer (fp32 W too); a rank it cannot take is an error.
 ///  - Cublas: always the backend's gemm (cublasGemmEx / the tuned cuBLASLt algorithm).
 /// 3xTF32 splits every operand into two TF32 terms and keeps three of the four products, so the
 /// update is fp32-accurate (max error vs fp64 a few fp32 ulps of the update's magnitude, next to
-/// SGEMM's 1–3: docs/cuda.md) but not bit-identical to cuBLAS SGEMM.
-/// The Direct Weight Update's GEMM: Auto = the CUDA-core low-rank kernel for a bf16 W storage at
-/// 2Kr ≤ 64 (dwu_lowrank.cuh), else the sm_90a 3xTF32 kernel where the device has it, else cuBLAS;
-/// Tf32x3 / Simt / Cublas force one (Simt also for fp32 W; 2Kr > 64 is then an error).
+/// SGEMM's 1–3: docs/cuda.md) but not bit-identical to cuBLAS SGEMM; the CUDA-core kernel sums in
+/// plain fp32.
 enum class DwuGemm { Auto, Tf32x3, Cublas, Simt };
 inline const char* dwu_gemm_name(DwuGemm g) {
   return g == DwuGemm::Auto ? "auto" : g == DwuGemm::Tf32x3 ? "3xtf32" : g == DwuGemm::Simt ? "simt" : "cublas";

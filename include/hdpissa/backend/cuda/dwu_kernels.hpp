@@ -322,46 +322,40 @@ class DwuKernels<CudaBackend<S>> : public DwuGenericKernels<CudaBackend<S>> {
 
   /// Whether the update of a layer with inner dimension kd = 2Kr runs the CUDA-core low-rank kernel
   /// (dwu_lowrank.cuh): DwuGemm::Simt asks for it, Auto takes it for a bf16 W storage (`bf16_w`) at
-  /// kd ≤ 64; never with the fused update off or TF32 on (TF32 keeps cuBLAS), and under Auto only
-  /// where the kernel's shared memory fits the device (e.g. kd ≤ 25 on 64 KiB GPUs). Simt with a kd
-  /// it cannot take is an InvalidArgument (check_layer names it before the first step). Shapes as
-  /// fused_kernel_usable.
+  /// kd ≤ 64 where the kernel's shared memory fits the device (e.g. kd ≤ 25 on 64 KiB GPUs); never
+  /// with the fused update off or TF32 on (TF32 keeps cuBLAS). Simt with a kd it cannot take is
+  /// check_layer's InvalidArgument. Shapes as fused_kernel_usable.
   bool lowrank_usable(CV A, const DwuPackedDeltas<const S>& d, V L, index_t out, bool bf16_w) {
     auto& b = this->backend();
     if (!b.fused_update() || b.tf32()) return false;
+    check_layer(d.groups, d.rank, bf16_w);
     const index_t kr = d.groups * d.rank, kd = 2 * kr, in = A.cols;
-    const bool asked = b.dwu_gemm() == DwuGemm::Simt;
-    if (!asked && !(b.dwu_gemm() == DwuGemm::Auto && bf16_w)) return false;
-    if (!cuda_kernels::DwuLowrank::fits(int(std::min<index_t>(kd, 1 << 20)), bf16_w, b.device())) {
-      if (asked) throw InvalidArgument(simt_refusal(d.groups, d.rank, bf16_w));
+    if (b.dwu_gemm() != DwuGemm::Simt &&
+        !(b.dwu_gemm() == DwuGemm::Auto && bf16_w && cuda_kernels::DwuLowrank::fits(kd, bf16_w, b.device())))
       return false;
-    }
     require_shape(A, kr, in, "dwu apply A");
     require_shape(L, out, kd, "dwu apply L");
     return out > 0 && in > 0 && kr > 0 && out < (index_t(1) << 30) && in < (index_t(1) << 30);
   }
-  /// Before the first step (DirectWeightUpdate::finalize, per layer): DwuGemm::Simt with a rank the
-  /// CUDA-core kernel cannot take is refused here, not in the middle of a step.
+  /// DwuGemm::Simt with a rank the CUDA-core kernel cannot take is an InvalidArgument. Also called
+  /// per layer before the first step (DirectWeightUpdate::finalize), so it is refused there, not in
+  /// the middle of a step.
   void check_layer(index_t groups, index_t rank, bool bf16_w) {
     auto& b = this->backend();
     if (b.dwu_gemm() != DwuGemm::Simt || !b.fused_update() || b.tf32()) return;
-    if (!cuda_kernels::DwuLowrank::fits(int(std::min<index_t>(2 * groups * rank, 1 << 20)), bf16_w, b.device()))
-      throw InvalidArgument(simt_refusal(groups, rank, bf16_w));
-  }
-  std::string simt_refusal(index_t groups, index_t rank, bool bf16_w) {
     const index_t kd = 2 * groups * rank;
-    return cat("DwuGemm::Simt: the CUDA-core DWU kernel takes 2Kr ≤ ", cuda_kernels::DwuLowrank::kMaxKd,
-               " within the device's shared memory per block (", cuda_kernels::DwuLowrank::smem_bytes(int(std::min<index_t>(kd, 1 << 20)), bf16_w),
-               " bytes needed), found 2Kr = ", kd, " (K = ", groups, ", r = ", rank,
-               "); use auto or 3xtf32 for this rank");
+    if (!cuda_kernels::DwuLowrank::fits(kd, bf16_w, b.device()))
+      throw InvalidArgument(cat("DwuGemm::Simt: the CUDA-core DWU kernel takes 2Kr ≤ ", cuda_kernels::DwuLowrank::kMaxKd,
+                                " within the device's shared memory per block (",
+                                cuda_kernels::DwuLowrank::smem_bytes(kd, bf16_w), " bytes needed), found 2Kr = ", kd,
+                                " (K = ", groups, ", r = ", rank, "); use auto or 3xtf32 for this rank"));
   }
-  /// The low-rank path's packing: Ldb = L's first K·r columns get the dB_j and R (2Kr, in) =
-  /// [A − dA; dA] (unpack_fused's one kernel, the generic path's bits) into the scratch.
+  /// The low-rank path's packing into the scratch: unpack_fused's R (2Kr, in) = [A − dA; dA] and
+  /// L's dB columns (the generic path's bits).
   float* lowrank_pack(CV A, const DwuPackedDeltas<const S>& d, V L) {
     const index_t kr = d.groups * d.rank, in = A.cols;
     float* rbuf = rt_.reserve(std::size_t(in * 2 * kr));
-    cuda_kernels::launch_dwu_unpack(this->backend().stream(), A, d.data, index_t(d.chunk), d.groups, d.rank,
-                                    V{rbuf, 2 * kr, in, in}, L.col_block(0, kr));
+    unpack_fused(A, d, V{rbuf, 2 * kr, in, in}, L.col_block(0, kr));  // fused_update is on (lowrank_usable)
     return rbuf;
   }
 

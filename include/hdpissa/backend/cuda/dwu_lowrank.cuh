@@ -7,9 +7,9 @@
 /// main loop is one 32-deep step, so the tensor-core kernel is a load → three wgmma passes →
 /// epilogue chain with nothing to overlap; the 7B trainer's step measured 37 ms for 224 layers whose
 /// W traffic (bf16 read + write) takes ≈ 5.5 ms at the H200's copy rate. Here each thread keeps an
-/// 8 × 8 block of W: its bf16 W row segments (16 bytes each, coalesced across the warp) are loaded
-/// before the k loop so the DRAM reads overlap the FMAs, and 2Kr = 32 is 32 fp32 FMAs per element —
-/// about what the W traffic costs, on any CUDA GPU.
+/// 8 × 8 block of W: its bf16 W row segments (8 bytes each, 256 contiguous bytes per warp) are
+/// copied to shared memory with cp.async before the k loop so the DRAM reads overlap the FMAs, and
+/// 2Kr = 32 is 32 fp32 FMAs per element — about what the W traffic costs, on any CUDA GPU.
 ///
 /// Arithmetic (the contract the tests check): acc(i, j) = Σ_k L(i, k)·R(k, j) as one fmaf chain in
 /// k order from 0 (plain fp32, no TF32: at least as accurate as 3xTF32), Δ = alpha·acc rounded
@@ -41,13 +41,13 @@ struct DwuLowrank {
   /// Dynamic shared memory for inner dimension kd: R block (kd × 256) + L tile (kd × 64), plus for a
   /// bf16 W storage the W tile (64 × 256 bf16) in flight during the products: 72 KiB at kd = 32 and
   /// 112 KiB at kd = 64 (bf16 W). Callers check it against the device's per-block opt-in limit.
-  static constexpr std::size_t smem_bytes(int kd, bool bf16_w) {
+  static constexpr std::size_t smem_bytes(index_t kd, bool bf16_w) {
     return std::size_t(kd) * (kBN + kBM) * sizeof(float) +
            (bf16_w ? std::size_t(kBM) * kBN * sizeof(std::uint16_t) : std::size_t(0));
   }
   /// Whether the kernel fits inner dimension kd on `device` (the shared-memory opt-in limit; cached
   /// per device).
-  static bool fits(int kd, bool bf16_w, int device) {
+  static bool fits(index_t kd, bool bf16_w, int device) {
     static std::mutex mu;
     static std::vector<int> optin;  // -1: not asked yet
     std::lock_guard<std::mutex> lock(mu);

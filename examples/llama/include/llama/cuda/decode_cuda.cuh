@@ -727,10 +727,9 @@ class CudaGreedyDecoder {
   /// Keys per split of a decode step's cache attention by default: 256 where the fused kernel runs
   /// (MHA, groups of 2: at the 7B shape on an H200, 256 gave 1.1 % more decode tokens/s than 128,
   /// one split 0.2 %, 64 −4.2 %; session 15), 128 for the two-phase kernel (GQA > 2, unmeasured
-  /// elsewhere). HDPISSA_DECODE_CHUNK overrides it.
+  /// elsewhere). HDPISSA_DECODE_CHUNK (16…8192) overrides it: the split count trades the per-block
+  /// overhead against blocks in flight.
   static constexpr int kDecodeChunkFused = 256, kDecodeChunk = 128, kPrefillChunk = 512;
-  /// Keys per split of a decode step's cache attention: the default above, or HDPISSA_DECODE_CHUNK
-  /// (16…8192; a measurement knob: the split count trades the per-block overhead against blocks).
   int decode_chunk_ = kDecodeChunk;
   int decode_splits_ = 1;
 
@@ -795,7 +794,8 @@ CudaGreedyDecoder<T>::CudaGreedyDecoder(const CudaLlama<T>& model, int slots, in
     }
   }
   xsel_.reserve(static_cast<std::int64_t>(slots) * D);
-  if (decode_kern::cache_attention_auto_fused<T>(c.head_dim, c.n_heads / c.n_kv_heads)) decode_chunk_ = kDecodeChunkFused;
+  decode_chunk_ = decode_kern::cache_attention_auto_fused<T>(c.head_dim, c.n_heads / c.n_kv_heads) ? kDecodeChunkFused
+                                                                                                 : kDecodeChunk;
   if (const char* e = std::getenv("HDPISSA_DECODE_CHUNK"); e && *e) {
     char* end = nullptr;
     const long v = std::strtol(e, &end, 10);
