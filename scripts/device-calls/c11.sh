@@ -6,12 +6,7 @@
 # Run as: bash scripts/device-calls/c11.sh   (carry [".devpack", ".devdata"])
 source scripts/device-calls/common.sh
 O=/tmp/o11; mkdir -p $O
-for t in hdpissa_cuda_tests:90 hdpissa_cuda_train_tests:120; do
-  s=${t%%:*}; lim=${t##*:}
-  OUT=$O HDPISSA_GPU_TEST_SCRATCH=/tmp/hs SUITES=$s timeout $lim scripts/prebuilt-suites.sh >> $O/suites.txt 2>&1
-  echo "$s rc $? at $(el) s" >> $O/suites.txt
-done
-cat $O/suites.txt; cp $O/suites.txt $OUT/
+run_suites $O hdpissa_cuda_tests:90 hdpissa_cuda_train_tests:120
 OUT=$O/t8 WORK=/tmp/tpw PREBUILT=$PWD/.devbin SHAPES=llama2-7b MICRO_BATCHES=8 \
   OURS_CONFIGS="hdpissa-K1 hdpissa-K1+3xtf32 lora" PEFT_METHODS=lora-bf16-compile \
   DEADLINE_S=$(( END - 10 - $(el) )) scripts/throughput.sh > $O/t8.txt 2>&1

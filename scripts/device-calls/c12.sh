@@ -5,8 +5,7 @@
 # Run as: bash scripts/device-calls/c12.sh   (carry [".devpack", ".devdata"])
 source scripts/device-calls/common.sh
 O=/tmp/o12; mkdir -p $O
-OUT=$O HDPISSA_GPU_TEST_SCRATCH=/tmp/hs SUITES=hdpissa_llama_decode_cuda_tests timeout 45 scripts/prebuilt-suites.sh >> $O/suites.txt 2>&1
-echo "decode suite rc $? at $(el) s" >> $O/suites.txt; cat $O/suites.txt; cp $O/suites.txt $OUT/
+run_suites $O hdpissa_llama_decode_cuda_tests:45
 OUT=$O/d WORK=/tmp/dbw PREBUILT=$PWD/.devbin SHAPES="llama2-7b tinyllama" GSM8K_SHAPES=none HF_TIMEOUT=150 \
   timeout $(( ${END_S:-360} - $(el) )) scripts/decode-bench.sh > $O/d.txt 2>&1
 echo "rc $? at $(el) s"; cp $O/d/decode-bench.md $OUT/ 2>/dev/null; cat $O/d/decode-bench.md

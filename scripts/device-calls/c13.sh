@@ -7,12 +7,7 @@ source scripts/device-calls/common.sh
 O=/tmp/o13; mkdir -p $O
 # b91a98e's GPU changes (the low-rank kernel's shared-memory fit check, Simt refused at finalize,
 # the multi-tile kernel test) were compiled, not run: the CUDA library and trainer suites first.
-for t in hdpissa_cuda_tests:90 hdpissa_cuda_train_tests:120; do
-  s=${t%%:*}; lim=${t##*:}
-  OUT=$O HDPISSA_GPU_TEST_SCRATCH=/tmp/hs SUITES=$s timeout $lim scripts/prebuilt-suites.sh >> $O/suites.txt 2>&1
-  echo "$s rc $? at $(el) s" >> $O/suites.txt
-done
-cat $O/suites.txt; cp $O/suites.txt $OUT/
+run_suites $O hdpissa_cuda_tests:90 hdpissa_cuda_train_tests:120
 OUT=$O/tt WORK=/tmp/tpw-tiny PREBUILT=$PWD/.devbin SHAPES=tinyllama MICRO_BATCHES=8 \
   OURS_CONFIGS="lora hdpissa-K1 hdpissa-K1+3xtf32" PEFT_METHODS=lora-bf16-compile DEADLINE_S=$(( END - 150 - $(el) )) scripts/throughput.sh > $O/tt.txt 2>&1
 cp $O/tt/throughput.md $OUT/tiny-mb8.md 2>/dev/null; grep -E "rc |total" $O/tt/throughput.log; echo "tiny mb8 done at $(el) s"

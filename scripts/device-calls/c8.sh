@@ -6,12 +6,7 @@
 # Run as: bash scripts/device-calls/c8.sh   (carry [".devpack", ".devdata"])
 source scripts/device-calls/common.sh
 O=/tmp/o8; mkdir -p $O
-for t in hdpissa_cuda_tests:90 hdpissa_llama_decode_cuda_tests:45; do
-  s=${t%%:*}; lim=${t##*:}
-  OUT=$O HDPISSA_GPU_TEST_SCRATCH=/tmp/hs SUITES=$s timeout $lim scripts/prebuilt-suites.sh >> $O/suites.txt 2>&1
-  echo "$s rc $? at $(el) s" >> $O/suites.txt
-done
-cat $O/suites.txt; cp $O/suites.txt $OUT/
+run_suites $O hdpissa_cuda_tests:90 hdpissa_llama_decode_cuda_tests:45
 OUT=$O/d WORK=/tmp/dbw PREBUILT=$PWD/.devbin SHAPES=llama2-7b GSM8K_SHAPES=none HF_TIMEOUT=200 \
   timeout $(( END - 100 - $(el) )) scripts/decode-bench.sh > $O/d.txt 2>&1
 cp $O/d/decode-bench.md $OUT/ 2>/dev/null; cat $O/d/decode-bench.md; echo "decode-bench done at $(el) s"

@@ -11,3 +11,14 @@ END=${END_S:-545}
 source scripts/prebuilt-env.sh
 # the start-up lines of every trainer log under the given directories (docs/trainer.md "Start-up")
 startup_lines() { grep -rh --include='*.log' -E "loaded .* in|engine ready|engine: uploading" "$@" 2>/dev/null; }
+# run_suites DIR SUITE:LIMIT_S ...: each prebuilt GPU test suite under its time limit, its summary and
+# rc appended to DIR/suites.txt, then the file printed and copied to $OUT.
+run_suites() {
+  local dir=$1 t s lim; shift
+  for t in "$@"; do
+    s=${t%%:*}; lim=${t##*:}
+    OUT=$dir HDPISSA_GPU_TEST_SCRATCH=/tmp/hs SUITES=$s timeout "$lim" scripts/prebuilt-suites.sh >> "$dir/suites.txt" 2>&1
+    echo "$s rc $? at $(el) s" >> "$dir/suites.txt"
+  done
+  cat "$dir/suites.txt"; cp "$dir/suites.txt" "$OUT/"
+}
