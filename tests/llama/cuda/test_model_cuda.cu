@@ -604,6 +604,162 @@ TEST_CASE("flash attention kernels match a double-precision reference (hd 64 and
   SUBCASE("hd 128, window 64") { check_flash_kernels(128, 64); }
 }
 
+/// forward()'s register target (kFwdMinBlocks: 4 resident blocks per SM at head dim 64) changes
+/// register allocation only: the forward must give the unconstrained kernel's bits, with padding,
+/// partial tiles and sliding windows.
+template <int HD>
+void check_flash_fwd_min_blocks_bitwise(int T, std::vector<int> lengths, int window) {
+  const int B = static_cast<int>(lengths.size()), nh = 4, nkv = 2;
+  const std::size_t nq = std::size_t(B) * nh * T * HD, nk = std::size_t(B) * nkv * T * HD, nr = std::size_t(B) * nh * T;
+  std::mt19937 rng(5u + HD + T + window);
+  std::normal_distribution<float> nd(0.0f, 1.5f);
+  auto up = [&](std::size_t n) {
+    std::vector<bf16> h(n);
+    for (auto& x : h) x = __float2bfloat16_rn(nd(rng));
+    hdpissa::DeviceBuffer<bf16> d(n);
+    HDPISSA_CUDA_CHECK(cudaMemcpy(d.get(), h.data(), sizeof(bf16) * n, cudaMemcpyHostToDevice));
+    return d;
+  };
+  auto Q = up(nq), K = up(nk), V = up(nk);
+  hdpissa::DeviceBuffer<bf16> O(nq);
+  hdpissa::DeviceBuffer<float> lse(nr);
+  hdpissa::DeviceBuffer<int> L(B);
+  HDPISSA_CUDA_CHECK(cudaMemcpy(L.get(), lengths.data(), sizeof(int) * B, cudaMemcpyHostToDevice));
+  const float scale = 1.0f / std::sqrt(float(HD));
+  auto bits = [](const auto& d, std::size_t n) {
+    using E = std::remove_cv_t<std::remove_pointer_t<decltype(d.get())>>;
+    std::vector<E> h(n);
+    HDPISSA_CUDA_CHECK(cudaDeviceSynchronize());
+    HDPISSA_CUDA_CHECK(cudaMemcpy(h.data(), d.get(), sizeof(E) * n, cudaMemcpyDeviceToHost));
+    std::vector<unsigned char> b(sizeof(E) * n);
+    std::memcpy(b.data(), h.data(), b.size());
+    return b;
+  };
+  auto poison = [&] {
+    HDPISSA_CUDA_CHECK(cudaMemset(O.get(), 0xff, sizeof(bf16) * nq));
+    HDPISSA_CUDA_CHECK(cudaMemset(lse.get(), 0xff, sizeof(float) * nr));
+  };
+  poison();
+  flash::launch_fwd_kernel<HD, 1>(nullptr, Q.get(), K.get(), V.get(), O.get(), lse.get(), L.get(), B, nh, nkv, T, scale, window);
+  const auto O1 = bits(O, nq), l1 = bits(lse, nr);
+  for (int variant = 0; variant < 2; ++variant) {
+    poison();
+    if (variant == 0)
+      flash::launch_fwd_kernel<HD, 4>(nullptr, Q.get(), K.get(), V.get(), O.get(), lse.get(), L.get(), B, nh, nkv, T, scale, window);
+    else
+      flash::forward(Q.get(), K.get(), V.get(), O.get(), lse.get(), L.get(), B, nh, nkv, T, HD, scale, nullptr, window);
+    CHECK(bits(O, nq) == O1);
+    CHECK(bits(lse, nr) == l1);
+  }
+}
+
+TEST_CASE("flash forward: the register target gives the unconstrained kernel's bits") {
+  for (int window : {0, 1, 40, 100}) {
+    CAPTURE(window);
+    check_flash_fwd_min_blocks_bitwise<64>(150, {150, 97, 1, 64}, window);
+    check_flash_fwd_min_blocks_bitwise<128>(300, {300, 129, 256, 190}, window);
+  }
+}
+
+/// The attention layout kernels' 4-wide forms (kernels_llama.cuh) against the scalar kernels, bit
+/// for bit: rows → heads with and without RoPE, heads → rows with the inverse rotation, the fp32
+/// group sum; a row stride wider than the heads; head dims 8, 64, 128; bf16 and fp32. attn_rowdot's
+/// 4-wide form sums in another order: both against a double-precision sum.
+template <class T>
+void check_layout_kernels(int hd, int extra_ld) {
+  namespace kern = hdpissa::llama::gpu::kern;
+  const int B = 2, Tn = 37, nh = 4, nkv = 2, group = nh / nkv, half = hd / 2;
+  const int ld = nh * hd + extra_ld, N = B * Tn;
+  std::mt19937 rng(11u + hd + extra_ld);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  auto host = [&](std::size_t n) {
+    std::vector<T> h(n);
+    for (auto& x : h) x = T(nd(rng));
+    return h;
+  };
+  auto dev = [](const auto& h) {
+    using E = typename std::decay_t<decltype(h)>::value_type;
+    hdpissa::DeviceBuffer<E> d(h.size());
+    HDPISSA_CUDA_CHECK(cudaMemcpy(d.get(), h.data(), sizeof(E) * h.size(), cudaMemcpyHostToDevice));
+    return d;
+  };
+  auto down = [](const auto& d, std::size_t n) {
+    using E = std::remove_cv_t<std::remove_pointer_t<decltype(d.get())>>;
+    std::vector<E> h(n);
+    HDPISSA_CUDA_CHECK(cudaDeviceSynchronize());
+    HDPISSA_CUDA_CHECK(cudaMemcpy(h.data(), d.get(), sizeof(E) * n, cudaMemcpyDeviceToHost));
+    std::vector<unsigned char> b(sizeof(E) * n);
+    std::memcpy(b.data(), h.data(), b.size());
+    return b;
+  };
+  std::vector<float> cs(static_cast<std::size_t>(Tn) * half), sn(cs.size());
+  for (int t = 0; t < Tn; ++t)
+    for (int i = 0; i < half; ++i) {
+      const double th = t * std::pow(10000.0, -2.0 * i / hd);
+      cs[t * half + i] = static_cast<float>(std::cos(th));
+      sn[t * half + i] = static_cast<float>(std::sin(th));
+    }
+  auto dcos = dev(cs), dsin = dev(sn);
+  const auto rows_h = host(static_cast<std::size_t>(N) * ld);
+  auto rows = dev(rows_h);
+  const std::size_t nheads_el = static_cast<std::size_t>(B) * nh * Tn * hd;
+  hdpissa::DeviceBuffer<T> h1(nheads_el), h2(nheads_el), r1(static_cast<std::size_t>(N) * ld), r2(r1.size());
+  const unsigned g = 64;
+  for (bool rope : {false, true}) {
+    CAPTURE(rope);
+    kern::rows_to_heads<T><<<g, 256>>>(rows.get(), ld, h1.get(), B, Tn, nh, hd, dcos.get(), dsin.get(), rope);
+    kern::launch_rows_to_heads<T>(nullptr, rows.get(), ld, h2.get(), B, Tn, nh, hd, dcos.get(), dsin.get(), rope);
+    CHECK(down(h1, nheads_el) == down(h2, nheads_el));
+    HDPISSA_CUDA_CHECK(cudaMemset(r1.get(), 0, sizeof(T) * r1.size()));
+    HDPISSA_CUDA_CHECK(cudaMemset(r2.get(), 0, sizeof(T) * r2.size()));
+    kern::heads_to_rows<T><<<g, 256>>>(h1.get(), r1.get(), ld, B, Tn, nh, hd, dcos.get(), dsin.get(), rope);
+    kern::launch_heads_to_rows<T>(nullptr, h1.get(), r2.get(), ld, B, Tn, nh, hd, dcos.get(), dsin.get(), rope);
+    CHECK(down(r1, r1.size()) == down(r2, r2.size()));
+    // fp32 per-query-head partials summed over each kv head's group
+    std::vector<float> part(nheads_el);
+    for (auto& x : part) x = nd(rng);
+    auto dpart = dev(part);
+    const int ldk = nkv * hd + extra_ld;
+    hdpissa::DeviceBuffer<T> k1(static_cast<std::size_t>(N) * ldk), k2(k1.size());
+    HDPISSA_CUDA_CHECK(cudaMemset(k1.get(), 0, sizeof(T) * k1.size()));
+    HDPISSA_CUDA_CHECK(cudaMemset(k2.get(), 0, sizeof(T) * k2.size()));
+    kern::group_sum_heads_to_rows<T><<<g, 256>>>(dpart.get(), group, k1.get(), ldk, B, Tn, nkv, hd, dcos.get(), dsin.get(), rope);
+    kern::launch_group_sum_heads_to_rows<T>(nullptr, dpart.get(), group, k2.get(), ldk, B, Tn, nkv, hd, dcos.get(), dsin.get(), rope);
+    CHECK(down(k1, k1.size()) == down(k2, k2.size()));
+  }
+  // D = rowsum(dO ∘ O) per (row, head), rows of nh·hd
+  const auto a = host(static_cast<std::size_t>(N) * nh * hd), b = host(a.size());
+  auto da = dev(a), db = dev(b);
+  hdpissa::DeviceBuffer<float> D(static_cast<std::size_t>(B) * nh * Tn);
+  kern::launch_attn_rowdot<T>(nullptr, da.get(), db.get(), D.get(), B, Tn, nh, hd);
+  std::vector<float> Dh(D.size());
+  HDPISSA_CUDA_CHECK(cudaDeviceSynchronize());
+  HDPISSA_CUDA_CHECK(cudaMemcpy(Dh.data(), D.get(), sizeof(float) * Dh.size(), cudaMemcpyDeviceToHost));
+  double worst = 0;
+  for (int n = 0; n < N; ++n)
+    for (int h = 0; h < nh; ++h) {
+      double ref = 0, mag = 0;
+      for (int d = 0; d < hd; ++d) {
+        const double p = double(float(a[(std::size_t(n) * nh + h) * hd + d])) * double(float(b[(std::size_t(n) * nh + h) * hd + d]));
+        ref += p;
+        mag += std::abs(p);
+      }
+      const int bb = n / Tn, t = n % Tn;
+      worst = std::max(worst, std::abs(Dh[(std::size_t(bb) * nh + h) * Tn + t] - ref) / (mag + 1e-30));
+    }
+  CHECK(worst <= 1e-6);  // fp32 sums of hd ≤ 128 products: ≲ hd · 2^-24 of Σ|p|
+}
+
+TEST_CASE("attention layout kernels: the 4-wide forms give the scalar kernels' bits; rowdot against a double sum") {
+  for (int hd : {8, 64, 128})
+    for (int extra : {0, 8}) {
+      CAPTURE(hd);
+      CAPTURE(extra);
+      check_layout_kernels<bf16>(hd, extra);
+      check_layout_kernels<float>(hd, extra);
+    }
+}
+
 // The bf16 model with the fused kernels against the CPU model, next to the same model with the
 // materialised (Gemm) attention: both see the same bf16 rounding of the linears; flash rounds P and
 // dS as tensor-core operands where Gemm rounds them as stored matrices. Same bounds for both.

@@ -126,8 +126,10 @@ __device__ __forceinline__ int first_key_tile(int q0, int window) {
   return window > 0 && q0 - window + 1 > 0 ? (q0 - window + 1) / kTile : 0;
 }
 
-template <int HD>
-__global__ void __launch_bounds__(kThreads) fwd_kernel(const bf16* __restrict__ Q, const bf16* __restrict__ K,
+/// kMinBlocks: the register budget's target of resident 128-thread blocks per SM (__launch_bounds__);
+/// it changes register allocation only, never the arithmetic (GPU test: the same bits).
+template <int HD, int kMinBlocks = 1>
+__global__ void __launch_bounds__(kThreads, kMinBlocks) fwd_kernel(const bf16* __restrict__ Q, const bf16* __restrict__ K,
                                                        const bf16* __restrict__ V, bf16* __restrict__ O,
                                                        float* __restrict__ lse, const int* __restrict__ lengths, int nh,
                                                        int nkv, int Tn, float scale, int window) {
@@ -548,13 +550,21 @@ inline dim3 tile_grid(int B, int nh, int Tn) {
 }
 }  // namespace detail
 
-/// fwd_kernel<HD> on stream s (see forward()).
+/// Resident forward blocks per SM that forward() asks the register allocator for: 4 at head dim 64
+/// (≤ 128 registers; measured 1.05–1.14× the unconstrained 130-register kernel on an H100, B 2 and
+/// 8 × 512, TinyLlama's heads; bench_flash_attn), 1 (no constraint) at 128, where fewer registers
+/// were slower.
 template <int HD>
+inline constexpr int kFwdMinBlocks = HD == 64 ? 4 : 1;
+
+/// fwd_kernel<HD, kMinBlocks> on stream s (see forward()).
+template <int HD, int kMinBlocks = kFwdMinBlocks<HD>>
 void launch_fwd_kernel(cudaStream_t s, const bf16* Q, const bf16* K, const bf16* V, bf16* O, float* lse,
                        const int* lengths, int B, int nh, int nkv, int Tn, float scale, int window = 0) {
-  detail::set_smem(fwd_kernel<HD>, fwd_smem_bytes<HD>());
-  fwd_kernel<HD><<<detail::tile_grid(B, nh, Tn), kThreads, fwd_smem_bytes<HD>(), s>>>(Q, K, V, O, lse, lengths, nh,
-                                                                                       nkv, Tn, scale, window);
+  auto* kernel = fwd_kernel<HD, kMinBlocks>;
+  detail::set_smem(kernel, fwd_smem_bytes<HD>());
+  kernel<<<detail::tile_grid(B, nh, Tn), kThreads, fwd_smem_bytes<HD>(), s>>>(Q, K, V, O, lse, lengths, nh, nkv, Tn,
+                                                                              scale, window);
   HDPISSA_CUDA_CHECK_LAUNCH("flash::fwd_kernel");
 }
 

@@ -17,6 +17,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <initializer_list>
 #include <type_traits>
 
 #include "hdpissa/backend/cuda/cuda_check.hpp"
@@ -226,6 +227,107 @@ void launch_rmsnorm_bwd(cudaStream_t s, const float* x, const float* rstd, const
   HDPISSA_CUDA_CHECK_LAUNCH("rmsnorm_bwd");
 }
 
+/// Rotate-half RoPE of the pair (a = x[i], b = x[i + hd/2]) by (c, s) = (cos, sin)(t·θ_i), and its
+/// inverse (the RoPE backward). Every product and sum rounded on its own (no FMA contraction), so
+/// the scalar and the vectorised layout kernels below give the same bits (GPU test).
+__device__ __forceinline__ float rope_lo(float a, float b, float c, float s) { return __fsub_rn(__fmul_rn(a, c), __fmul_rn(b, s)); }
+__device__ __forceinline__ float rope_hi(float a, float b, float c, float s) { return __fadd_rn(__fmul_rn(b, c), __fmul_rn(a, s)); }
+__device__ __forceinline__ float unrope_lo(float a, float b, float c, float s) { return __fadd_rn(__fmul_rn(a, c), __fmul_rn(b, s)); }
+__device__ __forceinline__ float unrope_hi(float a, float b, float c, float s) { return __fsub_rn(__fmul_rn(b, c), __fmul_rn(a, s)); }
+
+/// The layout kernels' 4-wide forms (issue 20: the scalar ones ran at about a quarter of the copy
+/// bandwidth, on 64-bit index arithmetic and 2-byte accesses). Item idx of a flattened
+/// (token row n, head h, 4-chunk ci) space moves x[i..i+3] and its rotate-half partners
+/// x[i+hd/2..+3], i = 4·ci; 32-bit index arithmetic. Same arithmetic per element as the scalar
+/// kernels (the same bits; GPU test). Usable when vec4_layout_ok().
+inline bool vec4_layout_ok(int hd, std::int64_t total, std::initializer_list<const void*> ptrs, std::initializer_list<int> lds,
+                           int elem_bytes) {
+  if (hd % 8 != 0 || total >= (std::int64_t(1) << 30)) return false;
+  for (const void* p : ptrs)
+    if (reinterpret_cast<std::uintptr_t>(p) % (4 * static_cast<std::uintptr_t>(elem_bytes)) != 0) return false;
+  for (int ld : lds)
+    if (ld % 4 != 0) return false;
+  return true;
+}
+
+template <class T, bool kRope>
+__global__ void rows_to_heads_vec(const T* __restrict__ in, int ld_in, T* __restrict__ out, int Tn, int nheads, int hd,
+                                  const float* __restrict__ cos_t, const float* __restrict__ sin_t, int total) {
+  const int half = hd >> 1, cpr = half >> 2, items = nheads * cpr;
+  for (int idx = blockIdx.x * blockDim.x + threadIdx.x; idx < total; idx += gridDim.x * blockDim.x) {
+    const int n = idx / items, w = idx - n * items;
+    const int h = w / cpr, i = (w - h * cpr) * 4;
+    const int b = n / Tn, t = n - b * Tn;
+    const T* src = in + static_cast<std::int64_t>(n) * ld_in + h * hd;
+    T* dst = out + ((static_cast<std::int64_t>(b) * nheads + h) * Tn + t) * hd;
+    const float4 x = load4(src + i), y = load4(src + i + half);
+    if constexpr (kRope) {
+      const float4 c = load4(cos_t + t * half + i), sn = load4(sin_t + t * half + i);
+      store4(dst + i, rope_lo(x.x, y.x, c.x, sn.x), rope_lo(x.y, y.y, c.y, sn.y), rope_lo(x.z, y.z, c.z, sn.z),
+             rope_lo(x.w, y.w, c.w, sn.w));
+      store4(dst + i + half, rope_hi(x.x, y.x, c.x, sn.x), rope_hi(x.y, y.y, c.y, sn.y), rope_hi(x.z, y.z, c.z, sn.z),
+             rope_hi(x.w, y.w, c.w, sn.w));
+    } else {
+      store4(dst + i, x.x, x.y, x.z, x.w);
+      store4(dst + i + half, y.x, y.y, y.z, y.w);
+    }
+  }
+}
+
+template <class T, bool kRope>
+__global__ void heads_to_rows_vec(const T* __restrict__ in, T* __restrict__ out, int ld_out, int Tn, int nheads, int hd,
+                                  const float* __restrict__ cos_t, const float* __restrict__ sin_t, int total) {
+  const int half = hd >> 1, cpr = half >> 2, items = nheads * cpr;
+  for (int idx = blockIdx.x * blockDim.x + threadIdx.x; idx < total; idx += gridDim.x * blockDim.x) {
+    const int n = idx / items, w = idx - n * items;
+    const int h = w / cpr, i = (w - h * cpr) * 4;
+    const int b = n / Tn, t = n - b * Tn;
+    const T* src = in + ((static_cast<std::int64_t>(b) * nheads + h) * Tn + t) * hd;
+    T* dst = out + static_cast<std::int64_t>(n) * ld_out + h * hd;
+    const float4 x = load4(src + i), y = load4(src + i + half);
+    if constexpr (kRope) {
+      const float4 c = load4(cos_t + t * half + i), sn = load4(sin_t + t * half + i);
+      store4(dst + i, unrope_lo(x.x, y.x, c.x, sn.x), unrope_lo(x.y, y.y, c.y, sn.y), unrope_lo(x.z, y.z, c.z, sn.z),
+             unrope_lo(x.w, y.w, c.w, sn.w));
+      store4(dst + i + half, unrope_hi(x.x, y.x, c.x, sn.x), unrope_hi(x.y, y.y, c.y, sn.y),
+             unrope_hi(x.z, y.z, c.z, sn.z), unrope_hi(x.w, y.w, c.w, sn.w));
+    } else {
+      store4(dst + i, x.x, x.y, x.z, x.w);
+      store4(dst + i + half, y.x, y.y, y.z, y.w);
+    }
+  }
+}
+
+template <class T, bool kRope>
+__global__ void group_sum_heads_to_rows_vec(const float* __restrict__ in, int group, T* __restrict__ out, int ld_out,
+                                            int Tn, int nkv, int hd, const float* __restrict__ cos_t,
+                                            const float* __restrict__ sin_t, int total) {
+  const int half = hd >> 1, cpr = half >> 2, items = nkv * cpr;
+  for (int idx = blockIdx.x * blockDim.x + threadIdx.x; idx < total; idx += gridDim.x * blockDim.x) {
+    const int n = idx / items, w = idx - n * items;
+    const int kvh = w / cpr, i = (w - kvh * cpr) * 4;
+    const int b = n / Tn, t = n - b * Tn;
+    float4 x = make_float4(0.0f, 0.0f, 0.0f, 0.0f), y = x;
+    for (int j = 0; j < group; ++j) {  // the scalar kernel's order: 0 + head 0 + head 1 + …
+      const float* src = in + ((static_cast<std::int64_t>(b) * nkv * group + kvh * group + j) * Tn + t) * hd;
+      const float4 u = load4(src + i), v = load4(src + i + half);
+      x.x += u.x; x.y += u.y; x.z += u.z; x.w += u.w;
+      y.x += v.x; y.y += v.y; y.z += v.z; y.w += v.w;
+    }
+    T* dst = out + static_cast<std::int64_t>(n) * ld_out + kvh * hd;
+    if constexpr (kRope) {
+      const float4 c = load4(cos_t + t * half + i), sn = load4(sin_t + t * half + i);
+      store4(dst + i, unrope_lo(x.x, y.x, c.x, sn.x), unrope_lo(x.y, y.y, c.y, sn.y), unrope_lo(x.z, y.z, c.z, sn.z),
+             unrope_lo(x.w, y.w, c.w, sn.w));
+      store4(dst + i + half, unrope_hi(x.x, y.x, c.x, sn.x), unrope_hi(x.y, y.y, c.y, sn.y),
+             unrope_hi(x.z, y.z, c.z, sn.z), unrope_hi(x.w, y.w, c.w, sn.w));
+    } else {
+      store4(dst + i, x.x, x.y, x.z, x.w);
+      store4(dst + i + half, y.x, y.y, y.z, y.w);
+    }
+  }
+}
+
 /// Row layout (N = B·Tn rows, ld_in ≥ nheads·hd) → head-major (B, nheads, Tn, hd), applying
 /// rotate-half RoPE at position t when `rope`. One thread per (row, head, i < hd/2).
 template <class T>
@@ -245,8 +347,8 @@ __global__ void rows_to_heads(const T* __restrict__ in, int ld_in, T* __restrict
     const float a = to_f(src[i]), bb = to_f(src[i + half]);
     if (rope) {
       const float c = cos_t[static_cast<std::int64_t>(t) * half + i], s = sin_t[static_cast<std::int64_t>(t) * half + i];
-      dst[i] = from_f<T>(a * c - bb * s);
-      dst[i + half] = from_f<T>(bb * c + a * s);
+      dst[i] = from_f<T>(rope_lo(a, bb, c, s));
+      dst[i + half] = from_f<T>(rope_hi(a, bb, c, s));
     } else {
       dst[i] = src[i];
       dst[i + half] = src[i + half];
@@ -258,6 +360,13 @@ __global__ void rows_to_heads(const T* __restrict__ in, int ld_in, T* __restrict
 template <class T>
 void launch_rows_to_heads(cudaStream_t s, const T* in, int ld_in, T* out, int B, int Tn, int nheads, int hd,
                           const float* cos_t, const float* sin_t, bool rope) {
+  const std::int64_t total4 = static_cast<std::int64_t>(B) * Tn * nheads * (hd / 8);
+  if (vec4_layout_ok(hd, total4, {in, out}, {ld_in}, sizeof(T))) {
+    auto* k = rope ? rows_to_heads_vec<T, true> : rows_to_heads_vec<T, false>;
+    k<<<grid_for(total4), 256, 0, s>>>(in, ld_in, out, Tn, nheads, hd, cos_t, sin_t, static_cast<int>(total4));
+    HDPISSA_CUDA_CHECK_LAUNCH("rows_to_heads_vec");
+    return;
+  }
   const std::int64_t n = static_cast<std::int64_t>(B) * Tn * nheads * (hd / 2);
   rows_to_heads<T><<<grid_for(n), 256, 0, s>>>(in, ld_in, out, B, Tn, nheads, hd, cos_t, sin_t, rope);
   HDPISSA_CUDA_CHECK_LAUNCH("rows_to_heads");
@@ -282,8 +391,8 @@ __global__ void heads_to_rows(const T* __restrict__ in, T* __restrict__ out, int
     if (rope) {
       const float a = to_f(src[i]), bb = to_f(src[i + half]);
       const float c = cos_t[static_cast<std::int64_t>(t) * half + i], s = sin_t[static_cast<std::int64_t>(t) * half + i];
-      dst[i] = from_f<T>(a * c + bb * s);
-      dst[i + half] = from_f<T>(bb * c - a * s);
+      dst[i] = from_f<T>(unrope_lo(a, bb, c, s));
+      dst[i + half] = from_f<T>(unrope_hi(a, bb, c, s));
     } else {
       dst[i] = src[i];
       dst[i + half] = src[i + half];
@@ -295,6 +404,13 @@ __global__ void heads_to_rows(const T* __restrict__ in, T* __restrict__ out, int
 template <class T>
 void launch_heads_to_rows(cudaStream_t s, const T* in, T* out, int ld_out, int B, int Tn, int nheads, int hd,
                           const float* cos_t, const float* sin_t, bool rope) {
+  const std::int64_t total4 = static_cast<std::int64_t>(B) * Tn * nheads * (hd / 8);
+  if (vec4_layout_ok(hd, total4, {in, out}, {ld_out}, sizeof(T))) {
+    auto* k = rope ? heads_to_rows_vec<T, true> : heads_to_rows_vec<T, false>;
+    k<<<grid_for(total4), 256, 0, s>>>(in, out, ld_out, Tn, nheads, hd, cos_t, sin_t, static_cast<int>(total4));
+    HDPISSA_CUDA_CHECK_LAUNCH("heads_to_rows_vec");
+    return;
+  }
   const std::int64_t n = static_cast<std::int64_t>(B) * Tn * nheads * (hd / 2);
   heads_to_rows<T><<<grid_for(n), 256, 0, s>>>(in, out, ld_out, B, Tn, nheads, hd, cos_t, sin_t, rope);
   HDPISSA_CUDA_CHECK_LAUNCH("heads_to_rows");
@@ -326,8 +442,8 @@ __global__ void group_sum_heads_to_rows(const float* __restrict__ in, int group,
     T* dst = out + n * ld_out + kvh * hd;
     if (rope) {
       const float c = cos_t[static_cast<std::int64_t>(t) * half + i], s = sin_t[static_cast<std::int64_t>(t) * half + i];
-      dst[i] = from_f<T>(a * c + bb * s);
-      dst[i + half] = from_f<T>(bb * c - a * s);
+      dst[i] = from_f<T>(unrope_lo(a, bb, c, s));
+      dst[i + half] = from_f<T>(unrope_hi(a, bb, c, s));
     } else {
       dst[i] = from_f<T>(a);
       dst[i + half] = from_f<T>(bb);
@@ -339,6 +455,13 @@ __global__ void group_sum_heads_to_rows(const float* __restrict__ in, int group,
 template <class T>
 void launch_group_sum_heads_to_rows(cudaStream_t s, const float* in, int group, T* out, int ld_out, int B, int Tn,
                                     int nkv, int hd, const float* cos_t, const float* sin_t, bool rope) {
+  const std::int64_t total4 = static_cast<std::int64_t>(B) * Tn * nkv * (hd / 8);
+  if (vec4_layout_ok(hd, total4, {out}, {ld_out}, sizeof(T)) && vec4_layout_ok(hd, total4, {in}, {}, sizeof(float))) {
+    auto* k = rope ? group_sum_heads_to_rows_vec<T, true> : group_sum_heads_to_rows_vec<T, false>;
+    k<<<grid_for(total4), 256, 0, s>>>(in, group, out, ld_out, Tn, nkv, hd, cos_t, sin_t, static_cast<int>(total4));
+    HDPISSA_CUDA_CHECK_LAUNCH("group_sum_heads_to_rows_vec");
+    return;
+  }
   const std::int64_t n = static_cast<std::int64_t>(B) * Tn * nkv * (hd / 2);
   group_sum_heads_to_rows<T><<<grid_for(n), 256, 0, s>>>(in, group, out, ld_out, B, Tn, nkv, hd, cos_t, sin_t, rope);
   HDPISSA_CUDA_CHECK_LAUNCH("group_sum_heads_to_rows");
@@ -479,9 +602,42 @@ __global__ void attn_rowdot(const T* __restrict__ dO, const T* __restrict__ O, f
   Dr[(static_cast<std::int64_t>(b) * nh + h) * Tn + t] = acc;
 }
 
-/// attn_rowdot, one thread per (token row, head).
+/// attn_rowdot's 4-wide form: hd/4 lanes per (token row, head) (hd/4 a power of two ≤ 32), each a
+/// 4-element partial dot product, summed by an xor butterfly. Not attn_rowdot's summation order
+/// (GPU test: both against a double-precision sum).
+template <class T>
+__global__ void attn_rowdot_vec(const T* __restrict__ dO, const T* __restrict__ O, float* __restrict__ Dr, int Tn, int nh,
+                                int hd, int total) {
+  const int tph = hd >> 2;
+  const int total_r = (total + 31) & ~31;  // whole warps iterate together (the shuffles)
+  for (int idx = blockIdx.x * blockDim.x + threadIdx.x; idx < total_r; idx += gridDim.x * blockDim.x) {
+    const bool ok = idx < total;
+    const int q = idx / tph, c = idx - q * tph;  // q = n·nh + h
+    float acc = 0.0f;
+    if (ok) {
+      const std::int64_t off = static_cast<std::int64_t>(q) * hd + c * 4;
+      const float4 a = load4(dO + off), b = load4(O + off);
+      acc = a.x * b.x + a.y * b.y + a.z * b.z + a.w * b.w;
+    }
+    for (int o = tph >> 1; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
+    if (ok && c == 0) {
+      const int n = q / nh, h = q - n * nh, b = n / Tn, t = n - b * Tn;
+      Dr[(static_cast<std::int64_t>(b) * nh + h) * Tn + t] = acc;
+    }
+  }
+}
+
+/// attn_rowdot: the 4-wide form where it applies (hd ∈ {8, 16, 32, 64, 128}, aligned), else one
+/// thread per (token row, head).
 template <class T>
 void launch_attn_rowdot(cudaStream_t s, const T* dO, const T* O, float* Dr, int B, int Tn, int nh, int hd) {
+  const std::int64_t total4 = static_cast<std::int64_t>(B) * Tn * nh * (hd / 4);
+  const int tph = hd / 4;
+  if (vec4_layout_ok(hd, total4, {dO, O}, {}, sizeof(T)) && tph <= 32 && (tph & (tph - 1)) == 0) {
+    attn_rowdot_vec<T><<<grid_for(total4), 256, 0, s>>>(dO, O, Dr, Tn, nh, hd, static_cast<int>(total4));
+    HDPISSA_CUDA_CHECK_LAUNCH("attn_rowdot_vec");
+    return;
+  }
   attn_rowdot<T><<<grid_for(static_cast<std::int64_t>(B) * Tn * nh), 256, 0, s>>>(dO, O, Dr, B, Tn, nh, hd);
   HDPISSA_CUDA_CHECK_LAUNCH("attn_rowdot");
 }
