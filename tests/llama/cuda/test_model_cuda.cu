@@ -760,6 +760,178 @@ TEST_CASE("attention layout kernels: the 4-wide forms give the scalar kernels' b
     }
 }
 
+/// The flash kernels' row-layout operands against the head-major ones plus the layout kernels, bit
+/// for bit: O written as rows (stride wider than the heads), dO read from rows, and the gradients
+/// written as bf16 rows (flash::RowGrads: dQ always, dK and dV for MHA) against the fp32 partials
+/// taken through group_sum_heads_to_rows; padding rows and a sliding window included. RowGrads for
+/// K and V with GQA is refused.
+void check_flash_row_layouts(int hd, int nh, int nkv, int window) {
+  namespace kern = hdpissa::llama::gpu::kern;
+  const int T = 150, half = hd / 2;
+  const std::vector<int> lengths = {150, 97, 1};
+  const int B = static_cast<int>(lengths.size()), N = B * T, group = nh / nkv;
+  const int ldo = nh * hd + 8, ldq = nh * hd, ldkv = nkv * hd;
+  const std::size_t nq = std::size_t(B) * nh * T * hd, nk = std::size_t(B) * nkv * T * hd, nr = std::size_t(B) * nh * T;
+  std::mt19937 rng(3u + hd + nkv + window);
+  std::normal_distribution<float> nd(0.0f, 1.5f);
+  auto up_bf = [&](std::size_t n) {
+    std::vector<bf16> h(n);
+    for (auto& x : h) x = __float2bfloat16_rn(nd(rng));
+    hdpissa::DeviceBuffer<bf16> d(n);
+    HDPISSA_CUDA_CHECK(cudaMemcpy(d.get(), h.data(), sizeof(bf16) * n, cudaMemcpyHostToDevice));
+    return d;
+  };
+  auto up_f = [&](const std::vector<float>& h) {
+    hdpissa::DeviceBuffer<float> d(h.size());
+    HDPISSA_CUDA_CHECK(cudaMemcpy(d.get(), h.data(), sizeof(float) * h.size(), cudaMemcpyHostToDevice));
+    return d;
+  };
+  auto bits = [](const auto& d, std::size_t n) {
+    using E = std::remove_cv_t<std::remove_pointer_t<decltype(d.get())>>;
+    std::vector<E> h(n);
+    HDPISSA_CUDA_CHECK(cudaDeviceSynchronize());
+    HDPISSA_CUDA_CHECK(cudaMemcpy(h.data(), d.get(), sizeof(E) * n, cudaMemcpyDeviceToHost));
+    std::vector<unsigned char> b(sizeof(E) * n);
+    std::memcpy(b.data(), h.data(), b.size());
+    return b;
+  };
+  std::vector<float> cs(std::size_t(T) * half), sn(cs.size()), Dh(nr);
+  for (int t = 0; t < T; ++t)
+    for (int i = 0; i < half; ++i) {
+      const double th = t * std::pow(10000.0, -2.0 * i / hd);
+      cs[t * half + i] = static_cast<float>(std::cos(th));
+      sn[t * half + i] = static_cast<float>(std::sin(th));
+    }
+  for (auto& x : Dh) x = 0.1f * nd(rng);
+  auto dcos = up_f(cs), dsin = up_f(sn), D = up_f(Dh);
+  auto Q = up_bf(nq), K = up_bf(nk), V = up_bf(nk), dOh = up_bf(nq);
+  hdpissa::DeviceBuffer<int> L(B);
+  HDPISSA_CUDA_CHECK(cudaMemcpy(L.get(), lengths.data(), sizeof(int) * B, cudaMemcpyHostToDevice));
+  const float scale = 1.0f / std::sqrt(float(hd));
+
+  // forward: head-major O then heads_to_rows == O written as rows
+  hdpissa::DeviceBuffer<bf16> Oh(nq), Or1(std::size_t(N) * ldo), Or2(Or1.size());
+  hdpissa::DeviceBuffer<float> lse(nr);
+  HDPISSA_CUDA_CHECK(cudaMemset(Or1.get(), 0, sizeof(bf16) * Or1.size()));
+  HDPISSA_CUDA_CHECK(cudaMemset(Or2.get(), 0, sizeof(bf16) * Or2.size()));
+  flash::forward(Q.get(), K.get(), V.get(), Oh.get(), lse.get(), L.get(), B, nh, nkv, T, hd, scale, nullptr, window);
+  kern::launch_heads_to_rows<bf16>(nullptr, Oh.get(), Or1.get(), ldo, B, T, nh, hd, dcos.get(), dsin.get(), false);
+  flash::forward(Q.get(), K.get(), V.get(), Or2.get(), lse.get(), L.get(), B, nh, nkv, T, hd, scale, nullptr, window, ldo);
+  CHECK(bits(Or1, Or1.size()) == bits(Or2, Or2.size()));
+
+  // backward: head-major dO, fp32 partials, group sums (the model's GQA path) ...
+  hdpissa::DeviceBuffer<bf16> dOr(std::size_t(N) * ldo);
+  kern::launch_heads_to_rows<bf16>(nullptr, dOh.get(), dOr.get(), ldo, B, T, nh, hd, dcos.get(), dsin.get(), false);
+  hdpissa::DeviceBuffer<float> fq(nq), fk(nq), fv(nq);
+  hdpissa::DeviceBuffer<bf16> q1(std::size_t(N) * ldq), k1(std::size_t(N) * ldkv), v1(k1.size());
+  hdpissa::DeviceBuffer<bf16> q2(q1.size()), k2(k1.size()), v2(k1.size());
+  flash::backward(Q.get(), K.get(), V.get(), dOh.get(), lse.get(), D.get(), fq.get(), fk.get(), fv.get(), L.get(), B, nh,
+                  nkv, T, hd, scale, nullptr, window);
+  kern::launch_group_sum_heads_to_rows<bf16>(nullptr, fq.get(), 1, q1.get(), ldq, B, T, nh, hd, dcos.get(), dsin.get(), true);
+  kern::launch_group_sum_heads_to_rows<bf16>(nullptr, fk.get(), group, k1.get(), ldkv, B, T, nkv, hd, dcos.get(), dsin.get(), true);
+  kern::launch_group_sum_heads_to_rows<bf16>(nullptr, fv.get(), group, v1.get(), ldkv, B, T, nkv, hd, dcos.get(), dsin.get(), false);
+  // ... against dO read from rows and the gradients written as bf16 rows (K, V only for MHA)
+  flash::RowGrads rg{q2.get(), ldq, nullptr, nullptr, ldkv, dcos.get(), dsin.get()};
+  if (group == 1) {
+    rg.k = k2.get();
+    rg.v = v2.get();
+  }
+  hdpissa::DeviceBuffer<float> gk(nq), gv(nq);
+  flash::backward(Q.get(), K.get(), V.get(), dOr.get(), lse.get(), D.get(), nullptr, gk.get(), gv.get(), L.get(), B, nh,
+                  nkv, T, hd, scale, nullptr, window, ldo, rg);
+  CHECK(bits(q1, q1.size()) == bits(q2, q2.size()));
+  if (group == 1) {
+    CHECK(bits(k1, k1.size()) == bits(k2, k2.size()));
+    CHECK(bits(v1, v1.size()) == bits(v2, v2.size()));
+  } else {  // GQA: the partials, read through the row-layout dO, are the head-major ones
+    CHECK(bits(gk, nq) == bits(fk, nq));
+    CHECK(bits(gv, nq) == bits(fv, nq));
+    flash::RowGrads bad = rg;
+    bad.k = k2.get();
+    bad.v = v2.get();
+    CHECK_THROWS_WITH_AS(flash::backward(Q.get(), K.get(), V.get(), dOr.get(), lse.get(), D.get(), nullptr, gk.get(),
+                                         gv.get(), L.get(), B, nh, nkv, T, hd, scale, nullptr, window, ldo, bad),
+                         doctest::Contains("need MHA (nh == nkv)"), std::invalid_argument);
+  }
+}
+
+TEST_CASE("flash attention row layouts (O out, dO in, bf16 row gradients) give the head-major path's bits") {
+  for (int window : {0, 40}) {
+    CAPTURE(window);
+    check_flash_row_layouts(64, 4, 4, window);   // MHA: dQ, dK, dV as rows
+    check_flash_row_layouts(128, 4, 4, window);
+    check_flash_row_layouts(64, 4, 2, window);   // GQA: dQ as rows, dK / dV partials + group sum
+  }
+}
+
+/// The register-cached RMSNorm kernels (kCache > 0, what the launchers pick for 4-wide rows up to
+/// 8192) against the two-pass form, bit for bit: forward with and without the residual add,
+/// backward with one to three bf16 gradient terms and the fp32 one; D at, below and between the
+/// cache sizes.
+template <class T>
+void check_cached_norms(int D) {
+  namespace kern = hdpissa::llama::gpu::kern;
+  const int N = 37;
+  std::mt19937 rng(29u + D);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  auto upf = [&](std::size_t n) {
+    std::vector<float> h(n);
+    for (auto& x : h) x = nd(rng);
+    hdpissa::DeviceBuffer<float> d(n);
+    HDPISSA_CUDA_CHECK(cudaMemcpy(d.get(), h.data(), sizeof(float) * n, cudaMemcpyHostToDevice));
+    return d;
+  };
+  auto upt = [&](std::size_t n) {
+    std::vector<T> h(n);
+    for (auto& x : h) x = T(nd(rng));
+    hdpissa::DeviceBuffer<T> d(n);
+    HDPISSA_CUDA_CHECK(cudaMemcpy(d.get(), h.data(), sizeof(T) * n, cudaMemcpyHostToDevice));
+    return d;
+  };
+  auto bits = [](const auto& d, std::size_t n) {
+    using E = std::remove_cv_t<std::remove_pointer_t<decltype(d.get())>>;
+    std::vector<E> h(n);
+    HDPISSA_CUDA_CHECK(cudaDeviceSynchronize());
+    HDPISSA_CUDA_CHECK(cudaMemcpy(h.data(), d.get(), sizeof(E) * n, cudaMemcpyDeviceToHost));
+    std::vector<unsigned char> b(sizeof(E) * n);
+    std::memcpy(b.data(), h.data(), b.size());
+    return b;
+  };
+  const std::size_t n = std::size_t(N) * D;
+  auto prev = upf(n), w = upf(D), dyf = upf(n), dx0 = upf(n);
+  auto y = upt(n), dy0 = upt(n), dy1 = upt(n), dy2 = upt(n);
+  hdpissa::DeviceBuffer<float> out1(n), out2(n), r1(N), r2(N), dx1(n), dx2(n);
+  hdpissa::DeviceBuffer<T> xn1(n), xn2(n), dt1(n), dt2(n);
+  for (bool add : {false, true}) {
+    kern::add_rmsnorm_fwd<T, 0><<<N, 256>>>(prev.get(), add ? y.get() : nullptr, out1.get(), w.get(), r1.get(), xn1.get(), D, 1e-5f);
+    kern::launch_add_rmsnorm_fwd<T>(nullptr, prev.get(), add ? y.get() : nullptr, out2.get(), w.get(), r2.get(), xn2.get(), N, D, 1e-5f);
+    CHECK(bits(out1, n) == bits(out2, n));
+    CHECK(bits(r1, N) == bits(r2, N));
+    CHECK(bits(xn1, n) == bits(xn2, n));
+  }
+  for (int terms = 1; terms <= 4; ++terms) {
+    CAPTURE(terms);
+    const float* f = terms == 4 ? dyf.get() : nullptr;
+    const T* a = dy0.get();
+    const T* b = terms >= 2 ? dy1.get() : nullptr;
+    const T* c = terms >= 3 ? dy2.get() : nullptr;
+    HDPISSA_CUDA_CHECK(cudaMemcpy(dx1.get(), dx0.get(), sizeof(float) * n, cudaMemcpyDeviceToDevice));
+    HDPISSA_CUDA_CHECK(cudaMemcpy(dx2.get(), dx0.get(), sizeof(float) * n, cudaMemcpyDeviceToDevice));
+    kern::rmsnorm_bwd<T, 0><<<N, 256>>>(out1.get(), r1.get(), w.get(), f, a, b, c, dx1.get(), dt1.get(), D);
+    kern::launch_rmsnorm_bwd<T>(nullptr, out1.get(), r1.get(), w.get(), f, a, b, c, dx2.get(), dt2.get(), N, D);
+    CHECK(bits(dx1, n) == bits(dx2, n));
+    CHECK(bits(dt1, n) == bits(dt2, n));
+  }
+}
+
+TEST_CASE("register-cached RMSNorm kernels give the two-pass kernels' bits") {
+  for (int D : {64, 2048, 3000, 4096, 5120, 8192}) {
+    CAPTURE(D);
+    check_cached_norms<bf16>(D);
+    check_cached_norms<float>(D);
+  }
+}
+
 // The bf16 model with the fused kernels against the CPU model, next to the same model with the
 // materialised (Gemm) attention: both see the same bf16 rounding of the linears; flash rounds P and
 // dS as tensor-core operands where Gemm rounds them as stored matrices. Same bounds for both.

@@ -34,8 +34,11 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <stdexcept>
+#include <string>
 
 #include "hdpissa/backend/cuda/cuda_check.hpp"
+#include "llama/cuda/kernels_llama.cuh"
 
 namespace hdpissa::llama::gpu::flash {
 
@@ -89,20 +92,76 @@ template <int W>
 __device__ __forceinline__ int swz(int row, int chunk) {
   return row * W + ((chunk ^ (row & 7)) << 3);
 }
-/// 64 rows × HD of a contiguous (rows, HD) head block into a swizzled tile; rows ≥ n_rows zero.
+/// 64 rows × HD of a (rows, HD) head block with row stride ld (HD: head-major, contiguous) into a
+/// swizzled tile; rows ≥ n_rows zero.
 template <int HD>
-__device__ __forceinline__ void load_tile(bf16* tile, const bf16* g, int row0, int n_rows) {
+__device__ __forceinline__ void load_tile(bf16* tile, const bf16* g, int row0, int n_rows, int ld = HD) {
   constexpr int CH = HD / 8;
   for (int c = threadIdx.x; c < kTile * CH; c += kThreads) {
     const int r = c / CH, ch = c % CH, gr = row0 + r;
     const bool ok = gr < n_rows;
-    cp_async16(smem_u32(tile + swz<HD>(r, ch)), g + static_cast<std::int64_t>(ok ? gr : 0) * HD + ch * 8, ok);
+    cp_async16(smem_u32(tile + swz<HD>(r, ch)), g + static_cast<std::int64_t>(ok ? gr : 0) * ld + ch * 8, ok);
   }
+}
+/// Element offset of head h of batch b (nheads heads, Tn rows) and its row stride: head-major
+/// (B, nheads, Tn, HD) when ld == 0, else the row layout (B·Tn rows of stride ld, head h at h·HD).
+template <int HD>
+__device__ __forceinline__ std::int64_t head_offset(int b, int h, int nheads, int Tn, int ld) {
+  return ld == 0 ? (static_cast<std::int64_t>(b) * nheads + h) * Tn * HD
+                 : static_cast<std::int64_t>(b) * Tn * ld + static_cast<std::int64_t>(h) * HD;
 }
 
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
 
+}  // namespace detail
+
+/// Where the backward kernels can write their gradients directly (dQ always; dK, dV for MHA, nh == nkv): bf16 rows
+/// (B·Tn rows of stride ld, head h at h·HD), dQ and dK with the inverse rotate-half RoPE (cos_t,
+/// sin_t: (Tn, HD/2) fp32), dV as is — the same elementwise arithmetic as the fp32 partials taken
+/// through group_sum_heads_to_rows (0 + x, then kern::unrope_lo / unrope_hi, rounded once to
+/// bf16), so the same bits (GPU test), without the fp32 round trip.
+struct RowGrads {
+  bf16* q = nullptr;
+  int ld_q = 0;
+  bf16* k = nullptr;
+  bf16* v = nullptr;
+  int ld_kv = 0;
+  const float* cos_t = nullptr;
+  const float* sin_t = nullptr;
+};
+
+namespace detail {
+/// Writes one accumulator row's HD values (`acc`, the mma layout: thread holds columns
+/// n·8 + 2tq + {0, 1}; `hi` picks elements 2, 3) times `mul` to bf16 row `row` of `dst`, with the
+/// inverse RoPE at position `row` when `rope`.
+template <int HD>
+__device__ __forceinline__ void store_row_grad(bf16* dst, int row, const float (&acc)[HD / 8][4], bool hi, float mul,
+                                               bool rope, const float* cos_t, const float* sin_t, int tq) {
+  constexpr int H2 = HD / 16, half = HD / 2;
+  const int e0 = hi ? 2 : 0;
+#pragma unroll
+  for (int n = 0; n < H2; ++n) {
+    const int c = n * 8 + 2 * tq;  // columns c, c + 1 and their partners c + half, c + 1 + half
+    float lo[2], up[2];
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      const float a = __fadd_rn(0.0f, __fmul_rn(acc[n][e0 + e], mul));
+      const float bb = __fadd_rn(0.0f, __fmul_rn(acc[n + H2][e0 + e], mul));
+      if (rope) {
+        const float cs = cos_t[static_cast<std::int64_t>(row) * half + c + e];
+        const float sn = sin_t[static_cast<std::int64_t>(row) * half + c + e];
+        lo[e] = kern::unrope_lo(a, bb, cs, sn);
+        up[e] = kern::unrope_hi(a, bb, cs, sn);
+      } else {
+        lo[e] = a;
+        up[e] = bb;
+      }
+    }
+    *reinterpret_cast<std::uint32_t*>(dst + c) = pack(lo[0], lo[1]);
+    *reinterpret_cast<std::uint32_t*>(dst + c + half) = pack(up[0], up[1]);
+  }
+}
 }  // namespace detail
 
 template <int HD>
@@ -132,7 +191,7 @@ template <int HD, int kMinBlocks = 1>
 __global__ void __launch_bounds__(kThreads, kMinBlocks) fwd_kernel(const bf16* __restrict__ Q, const bf16* __restrict__ K,
                                                        const bf16* __restrict__ V, bf16* __restrict__ O,
                                                        float* __restrict__ lse, const int* __restrict__ lengths, int nh,
-                                                       int nkv, int Tn, float scale, int window) {
+                                                       int nkv, int Tn, float scale, int window, int ld_o) {
   using namespace detail;
   extern __shared__ __align__(128) unsigned char smem_raw[];
   bf16* sQ = reinterpret_cast<bf16*>(smem_raw);
@@ -145,14 +204,15 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) fwd_kernel(const bf16* _
   const bf16* Qb = Q + static_cast<std::int64_t>(bh) * Tn * HD;
   const bf16* Kb = K + (static_cast<std::int64_t>(b) * nkv + kvh) * Tn * HD;
   const bf16* Vb = V + (static_cast<std::int64_t>(b) * nkv + kvh) * Tn * HD;
-  bf16* Ob = O + static_cast<std::int64_t>(bh) * Tn * HD;
+  bf16* Ob = O + head_offset<HD>(b, h, nh, Tn, ld_o);
+  const int ro = ld_o == 0 ? HD : ld_o;  // O's row stride
   float* lb = lse + static_cast<std::int64_t>(bh) * Tn;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, tq = lane & 3;
 
   if (q0 >= Lb) {  // padding rows only
     const int rows = min(kTile, Tn - q0);
     for (int i = threadIdx.x; i < rows * HD / 2; i += kThreads)
-      reinterpret_cast<std::uint32_t*>(Ob + static_cast<std::int64_t>(q0) * HD)[i] = 0u;
+      reinterpret_cast<std::uint32_t*>(Ob + static_cast<std::int64_t>(q0 + i / (HD / 2)) * ro)[i % (HD / 2)] = 0u;
     for (int i = threadIdx.x; i < rows; i += kThreads) lb[q0 + i] = 0.0f;
     return;
   }
@@ -274,10 +334,10 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) fwd_kernel(const bf16* _
   for (int n = 0; n < HD / 8; ++n) {
     const int col = n * 8 + 2 * tq;
     if (row_a < Tn)
-      *reinterpret_cast<std::uint32_t*>(Ob + static_cast<std::int64_t>(row_a) * HD + col) =
+      *reinterpret_cast<std::uint32_t*>(Ob + static_cast<std::int64_t>(row_a) * ro + col) =
           pack(o[n][0] * inv_a, o[n][1] * inv_a);
     if (row_b < Tn)
-      *reinterpret_cast<std::uint32_t*>(Ob + static_cast<std::int64_t>(row_b) * HD + col) =
+      *reinterpret_cast<std::uint32_t*>(Ob + static_cast<std::int64_t>(row_b) * ro + col) =
           pack(o[n][2] * inv_b, o[n][3] * inv_b);
   }
   if (tq == 0) {
@@ -292,7 +352,8 @@ __global__ void __launch_bounds__(kThreads) bwd_kernel(const bf16* __restrict__ 
                                                        const float* __restrict__ lse, const float* __restrict__ Dr,
                                                        float* __restrict__ dk_part, float* __restrict__ dv_part,
                                                        const int* __restrict__ lengths,
-                                                       int nh, int nkv, int Tn, float scale, int window) {
+                                                       int nh, int nkv, int Tn, float scale, int window, int ld_do,
+                                                       RowGrads rg) {
   using namespace detail;
   extern __shared__ __align__(128) unsigned char smem_raw[];
   bf16* sK = reinterpret_cast<bf16*>(smem_raw);
@@ -321,7 +382,8 @@ __global__ void __launch_bounds__(kThreads) bwd_kernel(const bf16* __restrict__ 
     const bf16* Kb = K + (static_cast<std::int64_t>(b) * nkv + kvh) * Tn * HD;
     const bf16* Vb = V + (static_cast<std::int64_t>(b) * nkv + kvh) * Tn * HD;
     const bf16* Qb = Q + head;
-    const bf16* dOb = dO + head;
+    const bf16* dOb = dO + head_offset<HD>(b, h, nh, Tn, ld_do);
+    const int rdo = ld_do == 0 ? HD : ld_do;
     const float* lb = lse + static_cast<std::int64_t>(bh) * Tn;
     const float* db = Dr + static_cast<std::int64_t>(bh) * Tn;
     load_tile<HD>(sK, Kb, k0, Tn);
@@ -335,7 +397,7 @@ __global__ void __launch_bounds__(kThreads) bwd_kernel(const bf16* __restrict__ 
       const int q0 = qt * kTile;
       __syncthreads();  // the previous tile's sQ / sdO / sdS reads are done
       load_tile<HD>(sQ, Qb, q0, Tn);
-      load_tile<HD>(sdO, dOb, q0, Tn);
+      load_tile<HD>(sdO, dOb, q0, Tn, rdo);
       cp_async_commit();
       if (threadIdx.x < kTile) {
         const int q = q0 + threadIdx.x;
@@ -402,6 +464,19 @@ __global__ void __launch_bounds__(kThreads) bwd_kernel(const bf16* __restrict__ 
       }
     }
   }
+  if (rg.k) {  // MHA: dK, dV straight to bf16 rows (RowGrads)
+    bf16* kr = rg.k + head_offset<HD>(b, h, nh, Tn, rg.ld_kv);
+    bf16* vr = rg.v + head_offset<HD>(b, h, nh, Tn, rg.ld_kv);
+    if (key_a < Tn) {
+      store_row_grad<HD>(kr + static_cast<std::int64_t>(key_a) * rg.ld_kv, key_a, dk, false, scale, true, rg.cos_t, rg.sin_t, tq);
+      store_row_grad<HD>(vr + static_cast<std::int64_t>(key_a) * rg.ld_kv, key_a, dv, false, 1.0f, false, nullptr, nullptr, tq);
+    }
+    if (key_b < Tn) {
+      store_row_grad<HD>(kr + static_cast<std::int64_t>(key_b) * rg.ld_kv, key_b, dk, true, scale, true, rg.cos_t, rg.sin_t, tq);
+      store_row_grad<HD>(vr + static_cast<std::int64_t>(key_b) * rg.ld_kv, key_b, dv, true, 1.0f, false, nullptr, nullptr, tq);
+    }
+    return;
+  }
   // this query head's share of dK (scaled) and dV for the block's keys (zero past L_b)
 #pragma unroll
   for (int n = 0; n < HD / 8; ++n) {
@@ -427,7 +502,8 @@ __global__ void __launch_bounds__(kThreads) bwd_dq_kernel(const bf16* __restrict
                                                           const bf16* __restrict__ V, const bf16* __restrict__ dO,
                                                           const float* __restrict__ lse, const float* __restrict__ Dr,
                                                           float* __restrict__ dq, const int* __restrict__ lengths,
-                                                          int nh, int nkv, int Tn, float scale, int window) {
+                                                          int nh, int nkv, int Tn, float scale, int window, int ld_do,
+                                                          RowGrads rg) {
   using namespace detail;
   extern __shared__ __align__(128) unsigned char smem_raw[];
   bf16* sQ = reinterpret_cast<bf16*>(smem_raw);
@@ -450,7 +526,7 @@ __global__ void __launch_bounds__(kThreads) bwd_dq_kernel(const bf16* __restrict
     const bf16* Kb = K + (static_cast<std::int64_t>(b) * nkv + kvh) * Tn * HD;
     const bf16* Vb = V + (static_cast<std::int64_t>(b) * nkv + kvh) * Tn * HD;
     load_tile<HD>(sQ, Q + head, q0, Tn);
-    load_tile<HD>(sdO, dO + head, q0, Tn);
+    load_tile<HD>(sdO, dO + head_offset<HD>(b, h, nh, Tn, ld_do), q0, Tn, ld_do == 0 ? HD : ld_do);
     const int j0 = first_key_tile(q0, window);
     load_tile<HD>(sK + (j0 & 1) * kTile * HD, Kb, j0 * kTile, Tn);
     load_tile<HD>(sV + (j0 & 1) * kTile * HD, Vb, j0 * kTile, Tn);
@@ -525,6 +601,14 @@ __global__ void __launch_bounds__(kThreads) bwd_dq_kernel(const bf16* __restrict
       __syncthreads();  // this stage is refilled by the iteration after next's prefetch
     }
   }
+  if (rg.q) {  // dQ straight to bf16 rows (RowGrads)
+    bf16* qr = rg.q + head_offset<HD>(b, h, nh, Tn, rg.ld_q);
+    if (row_a < Tn)
+      store_row_grad<HD>(qr + static_cast<std::int64_t>(row_a) * rg.ld_q, row_a, acc, false, scale, true, rg.cos_t, rg.sin_t, tq);
+    if (row_b < Tn)
+      store_row_grad<HD>(qr + static_cast<std::int64_t>(row_b) * rg.ld_q, row_b, acc, true, scale, true, rg.cos_t, rg.sin_t, tq);
+    return;
+  }
 #pragma unroll
   for (int n = 0; n < HD / 8; ++n) {
     const int col = n * 8 + 2 * tq;
@@ -560,59 +644,67 @@ inline constexpr int kFwdMinBlocks = HD == 64 ? 4 : 1;
 /// fwd_kernel<HD, kMinBlocks> on stream s (see forward()).
 template <int HD, int kMinBlocks = kFwdMinBlocks<HD>>
 void launch_fwd_kernel(cudaStream_t s, const bf16* Q, const bf16* K, const bf16* V, bf16* O, float* lse,
-                       const int* lengths, int B, int nh, int nkv, int Tn, float scale, int window = 0) {
+                       const int* lengths, int B, int nh, int nkv, int Tn, float scale, int window = 0, int ld_o = 0) {
   auto* kernel = fwd_kernel<HD, kMinBlocks>;
   detail::set_smem(kernel, fwd_smem_bytes<HD>());
   kernel<<<detail::tile_grid(B, nh, Tn), kThreads, fwd_smem_bytes<HD>(), s>>>(Q, K, V, O, lse, lengths, nh, nkv, Tn,
-                                                                              scale, window);
+                                                                              scale, window, ld_o);
   HDPISSA_CUDA_CHECK_LAUNCH("flash::fwd_kernel");
 }
 
-/// bwd_kernel<HD> (per-query-head dK, dV) on stream s (see backward()).
+/// bwd_kernel<HD> (per-query-head dK, dV, or MHA's bf16 rows through rg.k / rg.v) on stream s (see backward()).
 template <int HD>
 void launch_bwd_kernel(cudaStream_t s, const bf16* Q, const bf16* K, const bf16* V, const bf16* dO, const float* lse,
                        const float* Dr, float* dk_part, float* dv_part, const int* lengths, int B, int nh, int nkv,
-                       int Tn, float scale, int window = 0) {
+                       int Tn, float scale, int window = 0, int ld_do = 0, RowGrads rg = {}) {
   detail::set_smem(bwd_kernel<HD>, bwd_smem_bytes<HD>());
-  bwd_kernel<HD><<<detail::tile_grid(B, nh, Tn), kThreads, bwd_smem_bytes<HD>(), s>>>(Q, K, V, dO, lse, Dr, dk_part,
-                                                                                       dv_part, lengths, nh, nkv, Tn,
-                                                                                       scale, window);
+  bwd_kernel<HD><<<detail::tile_grid(B, nh, Tn), kThreads, bwd_smem_bytes<HD>(), s>>>(
+      Q, K, V, dO, lse, Dr, dk_part, dv_part, lengths, nh, nkv, Tn, scale, window, ld_do, rg);
   HDPISSA_CUDA_CHECK_LAUNCH("flash::bwd_kernel");
 }
 
-/// bwd_dq_kernel<HD> (dQ) on stream s (see backward()).
+/// bwd_dq_kernel<HD> (dQ, or its bf16 rows through rg.q) on stream s (see backward()).
 template <int HD>
 void launch_bwd_dq_kernel(cudaStream_t s, const bf16* Q, const bf16* K, const bf16* V, const bf16* dO,
                           const float* lse, const float* Dr, float* dq, const int* lengths, int B, int nh, int nkv,
-                          int Tn, float scale, int window = 0) {
+                          int Tn, float scale, int window = 0, int ld_do = 0, RowGrads rg = {}) {
   detail::set_smem(bwd_dq_kernel<HD>, dq_smem_bytes<HD>());
-  bwd_dq_kernel<HD><<<detail::tile_grid(B, nh, Tn), kThreads, dq_smem_bytes<HD>(), s>>>(Q, K, V, dO, lse, Dr, dq,
-                                                                                        lengths, nh, nkv, Tn, scale,
-                                                                                        window);
+  bwd_dq_kernel<HD><<<detail::tile_grid(B, nh, Tn), kThreads, dq_smem_bytes<HD>(), s>>>(
+      Q, K, V, dO, lse, Dr, dq, lengths, nh, nkv, Tn, scale, window, ld_do, rg);
   HDPISSA_CUDA_CHECK_LAUNCH("flash::bwd_dq_kernel");
 }
 
 /// O, lse ← attention(Q, K, V). Q, K, V, O 16-byte aligned; hd ∈ {64, 128}. `window` > 0: sliding
 /// window (row t sees keys max(0, t − window + 1)..t; key tiles wholly before the window are skipped,
-/// partial ones masked).
+/// partial ones masked). Q, K, V head-major; O head-major (B, nh, T, hd) when ld_o == 0, else the
+/// row layout (B·T rows of stride ld_o ≥ nh·hd, a multiple of 8; head h at column h·hd), which is
+/// what the model's o projection reads.
 inline void forward(const bf16* Q, const bf16* K, const bf16* V, bf16* O, float* lse, const int* lengths, int B,
-                    int nh, int nkv, int Tn, int hd, float scale, cudaStream_t s, int window = 0) {
-  if (hd == 64) launch_fwd_kernel<64>(s, Q, K, V, O, lse, lengths, B, nh, nkv, Tn, scale, window);
-  else launch_fwd_kernel<128>(s, Q, K, V, O, lse, lengths, B, nh, nkv, Tn, scale, window);
+                    int nh, int nkv, int Tn, int hd, float scale, cudaStream_t s, int window = 0, int ld_o = 0) {
+  if (hd == 64) launch_fwd_kernel<64>(s, Q, K, V, O, lse, lengths, B, nh, nkv, Tn, scale, window, ld_o);
+  else launch_fwd_kernel<128>(s, Q, K, V, O, lse, lengths, B, nh, nkv, Tn, scale, window, ld_o);
 }
 
 /// Gradients of forward(): dq ← scale·dS·K; dk_part, dv_part ← each query head's dK, dV (all
 /// fp32, (B, nh, T, hd), fully written: zero on padding rows; dk_part / dv_part still to be summed
 /// over each kv head's group). Dr = rowsum(dO ∘ O) per row, lse from forward. Deterministic.
+/// dO head-major when ld_do == 0, else rows of stride ld_do (as forward's ld_o). With rg.q, dQ goes
+/// to bf16 rows instead (RowGrads), with rg.k and rg.v (MHA only, nh == nkv) dK and dV; the matching
+/// fp32 outputs are then not written (may be null).
 inline void backward(const bf16* Q, const bf16* K, const bf16* V, const bf16* dO, const float* lse, const float* Dr,
                      float* dq, float* dk_part, float* dv_part, const int* lengths, int B, int nh, int nkv, int Tn,
-                     int hd, float scale, cudaStream_t s, int window = 0) {
+                     int hd, float scale, cudaStream_t s, int window = 0, int ld_do = 0, RowGrads rg = {}) {
+  if ((rg.k || rg.v) && (nh != nkv || !rg.k || !rg.v))
+    throw std::invalid_argument("flash::backward: bf16 row gradients of K and V need MHA (nh == nkv) and both rows; found nh " +
+                                std::to_string(nh) + ", nkv " + std::to_string(nkv));
+  if ((rg.q || rg.k) && (!rg.cos_t || !rg.sin_t))
+    throw std::invalid_argument("flash::backward: bf16 row gradients of Q and K need the RoPE tables (cos_t, sin_t)");
   if (hd == 64) {
-    launch_bwd_kernel<64>(s, Q, K, V, dO, lse, Dr, dk_part, dv_part, lengths, B, nh, nkv, Tn, scale, window);
-    launch_bwd_dq_kernel<64>(s, Q, K, V, dO, lse, Dr, dq, lengths, B, nh, nkv, Tn, scale, window);
+    launch_bwd_kernel<64>(s, Q, K, V, dO, lse, Dr, dk_part, dv_part, lengths, B, nh, nkv, Tn, scale, window, ld_do, rg);
+    launch_bwd_dq_kernel<64>(s, Q, K, V, dO, lse, Dr, dq, lengths, B, nh, nkv, Tn, scale, window, ld_do, rg);
   } else {
-    launch_bwd_kernel<128>(s, Q, K, V, dO, lse, Dr, dk_part, dv_part, lengths, B, nh, nkv, Tn, scale, window);
-    launch_bwd_dq_kernel<128>(s, Q, K, V, dO, lse, Dr, dq, lengths, B, nh, nkv, Tn, scale, window);
+    launch_bwd_kernel<128>(s, Q, K, V, dO, lse, Dr, dk_part, dv_part, lengths, B, nh, nkv, Tn, scale, window, ld_do, rg);
+    launch_bwd_dq_kernel<128>(s, Q, K, V, dO, lse, Dr, dq, lengths, B, nh, nkv, Tn, scale, window, ld_do, rg);
   }
 }
 

@@ -113,13 +113,45 @@ inline void launch_embed_gather(cudaStream_t s, const std::int32_t* tok, const E
 
 /// out = prev (+ y); rstd = 1/sqrt(mean(out²) + eps); xn = out·rstd·w (as T). With y == nullptr,
 /// out may alias prev. 4-wide accesses when D % 4 == 0 and the rows are aligned. grid (N), block 256.
-template <class T>
+/// kCache > 0 (launcher: 256-thread rows, D ≤ 4·256·kCache, the 4-wide path): the second pass
+/// takes each thread's ≤ kCache float4 of `out` from registers instead of re-reading them; the same
+/// values in the same order, so the same bits as kCache = 0.
+template <class T, int kCache = 0>
 __global__ void add_rmsnorm_fwd(const float* prev, const T* __restrict__ y, float* out, const float* __restrict__ w,
                                 float* __restrict__ rstd, T* __restrict__ xn, int D, float eps) {
   __shared__ float sh[32];
   const std::int64_t base = static_cast<std::int64_t>(blockIdx.x) * D;
   const bool vec = (D & 3) == 0 && al4(prev) && al4(y) && al4(out) && al4(w) && al4(xn);
   float ss = 0.0f;
+  if constexpr (kCache > 0) {
+    float4 vc[kCache];
+#pragma unroll
+    for (int k = 0; k < kCache; ++k) {
+      const int j = 4 * threadIdx.x + k * 4 * blockDim.x;
+      if (j < D) {
+        float4 v = load4(prev + base + j);
+        if (y) {
+          const float4 u = load4(y + base + j);
+          v.x += u.x; v.y += u.y; v.z += u.z; v.w += u.w;
+        }
+        store4(out + base + j, v.x, v.y, v.z, v.w);
+        ss += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
+        vc[k] = v;
+      }
+    }
+    ss = block_sum(ss, sh);
+    const float r = 1.0f / sqrtf(ss / static_cast<float>(D) + eps);
+    if (threadIdx.x == 0) rstd[blockIdx.x] = r;
+#pragma unroll
+    for (int k = 0; k < kCache; ++k) {
+      const int j = 4 * threadIdx.x + k * 4 * blockDim.x;
+      if (j < D) {
+        const float4 v = vc[k], g = load4(w + j);
+        store4(xn + base + j, v.x * r * g.x, v.y * r * g.y, v.z * r * g.z, v.w * r * g.w);
+      }
+    }
+    return;
+  }
   if (vec) {
     for (int j = 4 * threadIdx.x; j < D; j += 4 * blockDim.x) {
       float4 v = load4(prev + base + j);
@@ -159,14 +191,25 @@ void launch_add_rmsnorm_fwd(cudaStream_t s, const float* prev, const T* y, float
                             T* xn, std::int64_t n_rows, int D, float eps, bool wide_rows = false) {
   int threads = 256;
   if (wide_rows && n_rows <= 256) threads = std::min(1024, std::max(256, (D / 4 + 31) / 32 * 32));
-  add_rmsnorm_fwd<T><<<static_cast<unsigned>(n_rows), threads, 0, s>>>(prev, y, out, w, rstd, xn, D, eps);
+  auto a4 = [](const void* p, std::size_t es) { return reinterpret_cast<std::uintptr_t>(p) % (4 * es) == 0; };
+  const bool vec = D % 4 == 0 && a4(prev, 4) && a4(y, sizeof(T)) && a4(out, 4) && a4(w, 4) && a4(xn, sizeof(T));
+  auto* k = add_rmsnorm_fwd<T, 0>;
+  if (threads == 256 && vec) {  // the register-cached form (same bits)
+    if (D <= 4 * 256 * 2) k = add_rmsnorm_fwd<T, 2>;
+    else if (D <= 4 * 256 * 4) k = add_rmsnorm_fwd<T, 4>;
+    else if (D <= 4 * 256 * 8) k = add_rmsnorm_fwd<T, 8>;
+  }
+  k<<<static_cast<unsigned>(n_rows), threads, 0, s>>>(prev, y, out, w, rstd, xn, D, eps);
   HDPISSA_CUDA_CHECK_LAUNCH("add_rmsnorm_fwd");
 }
 
 /// RMSNorm backward into the residual gradient: with dy = dyf + dy0 + dy1 + dy2 (null terms
 /// skipped), g = dy∘w, dx += r·g − r³·(g·x)/D · x; dx_t = T(dx). 4-wide when D % 4 == 0 and the rows
 /// are aligned. grid (N), block 256.
-template <class T>
+/// kCache > 0 (launcher: when D ≤ 4·256·kCache and the 4-wide path applies): each thread keeps its
+/// ≤ kCache float4 of dy and x from the first pass in registers for the second, which then reads
+/// only dx from memory. The same values in the same order: the same bits as kCache = 0.
+template <class T, int kCache = 0>
 __global__ void rmsnorm_bwd(const float* __restrict__ x, const float* __restrict__ rstd, const float* __restrict__ w,
                             const float* __restrict__ dyf, const T* __restrict__ dy0, const T* __restrict__ dy1,
                             const T* __restrict__ dy2, float* __restrict__ dx, T* __restrict__ dx_t, int D) {
@@ -192,6 +235,34 @@ __global__ void rmsnorm_bwd(const float* __restrict__ x, const float* __restrict
     return g;
   };
   float dot = 0.0f;
+  if constexpr (kCache > 0) {
+    float4 gc[kCache], xc[kCache];
+#pragma unroll
+    for (int k = 0; k < kCache; ++k) {
+      const int j = 4 * threadIdx.x + k * 4 * blockDim.x;
+      if (j < D) {
+        gc[k] = dy4(base + j);
+        xc[k] = load4(x + base + j);
+        const float4 wv = load4(w + j), g = gc[k], xv = xc[k];
+        dot += g.x * wv.x * xv.x + g.y * wv.y * xv.y + g.z * wv.z * xv.z + g.w * wv.w * xv.w;
+      }
+    }
+    dot = block_sum(dot, sh);
+    const float r = rstd[blockIdx.x];
+    const float c = r * r * r * dot / static_cast<float>(D);
+#pragma unroll
+    for (int k = 0; k < kCache; ++k) {
+      const int j = 4 * threadIdx.x + k * 4 * blockDim.x;
+      if (j < D) {
+        const float4 g = gc[k], wv = load4(w + j), xv = xc[k], d = load4(dx + base + j);
+        const float v0 = d.x + r * g.x * wv.x - c * xv.x, v1 = d.y + r * g.y * wv.y - c * xv.y;
+        const float v2 = d.z + r * g.z * wv.z - c * xv.z, v3 = d.w + r * g.w * wv.w - c * xv.w;
+        store4(dx + base + j, v0, v1, v2, v3);
+        store4(dx_t + base + j, v0, v1, v2, v3);
+      }
+    }
+    return;
+  }
   if (vec) {
     for (int j = 4 * threadIdx.x; j < D; j += 4 * blockDim.x) {
       const float4 g = dy4(base + j), wv = load4(w + j), xv = load4(x + base + j);
@@ -219,11 +290,19 @@ __global__ void rmsnorm_bwd(const float* __restrict__ x, const float* __restrict
     }
   }
 }
-/// rmsnorm_bwd over n_rows rows of D.
+/// rmsnorm_bwd over n_rows rows of D: the register-cached form (kCache 2, 4 or 8) where the 4-wide
+/// path applies and D ≤ 8192, else the two-pass form.
 template <class T>
 void launch_rmsnorm_bwd(cudaStream_t s, const float* x, const float* rstd, const float* w, const float* dyf,
                         const T* dy0, const T* dy1, const T* dy2, float* dx, T* dx_t, std::int64_t n_rows, int D) {
-  rmsnorm_bwd<T><<<static_cast<unsigned>(n_rows), 256, 0, s>>>(x, rstd, w, dyf, dy0, dy1, dy2, dx, dx_t, D);
+  auto a4 = [](const void* p, std::size_t es) { return reinterpret_cast<std::uintptr_t>(p) % (4 * es) == 0; };
+  const bool vec = D % 4 == 0 && a4(x, 4) && a4(w, 4) && a4(dyf, 4) && a4(dy0, sizeof(T)) && a4(dy1, sizeof(T)) &&
+                   a4(dy2, sizeof(T)) && a4(dx, 4) && a4(dx_t, sizeof(T));
+  auto* k = rmsnorm_bwd<T, 0>;
+  if (vec && D <= 4 * 256 * 2) k = rmsnorm_bwd<T, 2>;
+  else if (vec && D <= 4 * 256 * 4) k = rmsnorm_bwd<T, 4>;
+  else if (vec && D <= 4 * 256 * 8) k = rmsnorm_bwd<T, 8>;
+  k<<<static_cast<unsigned>(n_rows), 256, 0, s>>>(x, rstd, w, dyf, dy0, dy1, dy2, dx, dx_t, D);
   HDPISSA_CUDA_CHECK_LAUNCH("rmsnorm_bwd");
 }
 

@@ -778,9 +778,9 @@ void CudaLlama<T>::layer_forward(CudaHooks<T>& hooks, int l, const float* prev, 
     kern::launch_rows_to_heads<T>(s, k_rows_.get(), kvd, a.kh, B, Tn, nkv, hd, rope_cos_.get(), rope_sin_.get(), true);
     kern::launch_rows_to_heads<T>(s, v_rows_.get(), kvd, a.vh, B, Tn, nkv, hd, rope_cos_.get(), rope_sin_.get(), false);
     if constexpr (std::is_same_v<T, __nv_bfloat16>) {
-      if (flash_)
-        flash::forward(a.qh, a.kh, a.vh, oh_.get(), a.lse, lengths(), B, nh, nkv, Tn, hd, scale, s,
-                       c.attention_window(l));
+      if (flash_)  // O straight into the o projection's row layout
+        flash::forward(a.qh, a.kh, a.vh, a.attn, a.lse, lengths(), B, nh, nkv, Tn, hd, scale, s,
+                       c.attention_window(l), qd);
     }
     if (!flash_) {
       // S = scale·Q Kᵀ per (b, kv group): (group·T, hd) × (T, hd)ᵀ
@@ -792,7 +792,8 @@ void CudaLlama<T>::layer_forward(CudaHooks<T>& hooks, int l, const float* prev, 
       gemm_rowmajor_strided_batched(cb, CUBLAS_OP_N, CUBLAS_OP_N, gT, hd, Tn, 1.0f, p_.get(), dt, Tn, gT * Tn, a.vh, dt,
                                     hd, Thd, 0.0f, oh_.get(), dt, hd, gT * hd, B * nkv);
     }
-    kern::launch_heads_to_rows<T>(s, oh_.get(), a.attn, qd, B, Tn, nh, hd, rope_cos_.get(), rope_sin_.get(), false);
+    if (!flash_)
+      kern::launch_heads_to_rows<T>(s, oh_.get(), a.attn, qd, B, Tn, nh, hd, rope_cos_.get(), rope_sin_.get(), false);
     mark(kLinFwd);
     hooks.forward({l, Module::o}, W(Module::o), CV(a.attn, N, qd, qd), MV(tmp_.get(), N, D, D));
     mark(kNormFwd);
@@ -883,20 +884,28 @@ void CudaLlama<T>::backward_layers(CudaHooks<T>& hooks) {
 
     // attention backward (flash-style recompute of P from Q, K and lse)
     mark(kAttnBwd);
-    kern::launch_rows_to_heads<T>(s, d_attn_.get(), qd, doh_.get(), B, Tn, nh, hd, rope_cos_.get(), rope_sin_.get(),
-                                  false);
+    if (!flash_)  // the flash kernels read dO in the row layout
+      kern::launch_rows_to_heads<T>(s, d_attn_.get(), qd, doh_.get(), B, Tn, nh, hd, rope_cos_.get(), rope_sin_.get(),
+                                    false);
     kern::launch_attn_rowdot<T>(s, d_attn_.get(), a.attn, dr_.get(), B, Tn, nh, hd);
     bool flash_done = false;
     if constexpr (std::is_same_v<T, __nv_bfloat16>) {
       if (flash_) {
-        flash::backward(a.qh, a.kh, a.vh, doh_.get(), a.lse, dr_.get(), fdq_.get(), fdk_.get(), fdv_.get(), lengths(),
-                        B, nh, nkv, Tn, hd, scale, s, c.attention_window(l));
-        kern::launch_group_sum_heads_to_rows<T>(s, fdq_.get(), 1, q_rows_.get(), qd, B, Tn, nh, hd, rope_cos_.get(),
-                                                rope_sin_.get(), true);
-        kern::launch_group_sum_heads_to_rows<T>(s, fdk_.get(), group, k_rows_.get(), kvd, B, Tn, nkv, hd,
-                                                rope_cos_.get(), rope_sin_.get(), true);
-        kern::launch_group_sum_heads_to_rows<T>(s, fdv_.get(), group, v_rows_.get(), kvd, B, Tn, nkv, hd,
-                                                rope_cos_.get(), rope_sin_.get(), false);
+        // dQ straight to bf16 rows (un-RoPE'd); dK, dV too for MHA (group 1), else fp32 per query
+        // head, summed over each kv head's group below (flash::RowGrads: the same bits either way)
+        flash::RowGrads rg{q_rows_.get(), qd, nullptr, nullptr, kvd, rope_cos_.get(), rope_sin_.get()};
+        if (group == 1) {
+          rg.k = k_rows_.get();
+          rg.v = v_rows_.get();
+        }
+        flash::backward(a.qh, a.kh, a.vh, d_attn_.get(), a.lse, dr_.get(), fdq_.get(), fdk_.get(), fdv_.get(),
+                        lengths(), B, nh, nkv, Tn, hd, scale, s, c.attention_window(l), qd, rg);
+        if (group != 1) {
+          kern::launch_group_sum_heads_to_rows<T>(s, fdk_.get(), group, k_rows_.get(), kvd, B, Tn, nkv, hd,
+                                                  rope_cos_.get(), rope_sin_.get(), true);
+          kern::launch_group_sum_heads_to_rows<T>(s, fdv_.get(), group, v_rows_.get(), kvd, B, Tn, nkv, hd,
+                                                  rope_cos_.get(), rope_sin_.get(), false);
+        }
         flash_done = true;
       }
     }
