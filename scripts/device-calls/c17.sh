@@ -18,7 +18,7 @@ done; done
 echo "bare done at $(el) s"
 OUT=$O/t8 WORK=/tmp/tpw PREBUILT=$PWD/.devbin SHAPES=llama2-7b MICRO_BATCHES=8 \
   OURS_CONFIGS="hdpissa-K1 lora" PEFT_METHODS=lora-bf16-compile \
-  DEADLINE_S=$(( END - 100 - $(el) )) scripts/throughput.sh > $O/t8.txt 2>&1
+  DEADLINE_S=$(( END - 80 - $(el) )) scripts/throughput.sh > $O/t8.txt 2>&1
 cp $O/t8/throughput.md $OUT/7b-mb8.md 2>/dev/null; grep -E "rc |total" $O/t8/throughput.log; echo "7b mb8 done at $(el) s"
 grep -E "^\| (\*\*)?(ours|peft)" $O/t8/throughput.md | head
 (( END - $(el) > 95 )) && run_suites $O hdpissa_cuda_train_tests:$(( END - 15 - $(el) ))
