@@ -568,13 +568,13 @@ void check_flash_kernels(int hd, int window = 0) {
 }
 
 /// A small random model with head_dim 64 (the flash kernels' shape): GQA 4/2, untied.
-ModelWeights small_hd64(unsigned seed) {
+ModelWeights small_hd64(unsigned seed, int n_kv_heads = 2) {
   ModelConfig c;
   c.dim = 256;
   c.hidden_dim = 384;
   c.n_layers = 2;
   c.n_heads = 4;
-  c.n_kv_heads = 2;
+  c.n_kv_heads = n_kv_heads;
   c.head_dim = 64;
   c.vocab_size = 61;
   c.max_seq_len = 160;
@@ -812,12 +812,27 @@ void check_flash_row_layouts(int hd, int nh, int nkv, int window) {
   // forward: head-major O then heads_to_rows == O written as rows
   hdpissa::DeviceBuffer<bf16> Oh(nq), Or1(std::size_t(N) * ldo), Or2(Or1.size());
   hdpissa::DeviceBuffer<float> lse(nr);
-  HDPISSA_CUDA_CHECK(cudaMemset(Or1.get(), 0, sizeof(bf16) * Or1.size()));
-  HDPISSA_CUDA_CHECK(cudaMemset(Or2.get(), 0, sizeof(bf16) * Or2.size()));
+  // poisoned alike: every row the kernels own (padding rows included) must be written, the
+  // stride's spare columns must not
+  HDPISSA_CUDA_CHECK(cudaMemset(Or1.get(), 0xff, sizeof(bf16) * Or1.size()));
+  HDPISSA_CUDA_CHECK(cudaMemset(Or2.get(), 0xff, sizeof(bf16) * Or2.size()));
   flash::forward(Q.get(), K.get(), V.get(), Oh.get(), lse.get(), L.get(), B, nh, nkv, T, hd, scale, nullptr, window);
   kern::launch_heads_to_rows<bf16>(nullptr, Oh.get(), Or1.get(), ldo, B, T, nh, hd, dcos.get(), dsin.get(), false);
   flash::forward(Q.get(), K.get(), V.get(), Or2.get(), lse.get(), L.get(), B, nh, nkv, T, hd, scale, nullptr, window, ldo);
   CHECK(bits(Or1, Or1.size()) == bits(Or2, Or2.size()));
+  {  // rows past a sequence's length: +0 in every head's columns (batch 2 has length 1)
+    std::vector<bf16> h(Or2.size());
+    HDPISSA_CUDA_CHECK(cudaMemcpy(h.data(), Or2.get(), sizeof(bf16) * h.size(), cudaMemcpyDeviceToHost));
+    long long bad = 0;
+    for (int b = 0; b < B; ++b)
+      for (int t = lengths[b]; t < T; ++t)
+        for (int j = 0; j < nh * hd; ++j) {
+          std::uint16_t u;
+          std::memcpy(&u, &h[(std::size_t(b) * T + t) * ldo + j], 2);
+          bad += u != 0;
+        }
+    CHECK(bad == 0);
+  }
 
   // backward: head-major dO, fp32 partials, group sums (the model's GQA path) ...
   hdpissa::DeviceBuffer<bf16> dOr(std::size_t(N) * ldo);
@@ -825,6 +840,7 @@ void check_flash_row_layouts(int hd, int nh, int nkv, int window) {
   hdpissa::DeviceBuffer<float> fq(nq), fk(nq), fv(nq);
   hdpissa::DeviceBuffer<bf16> q1(std::size_t(N) * ldq), k1(std::size_t(N) * ldkv), v1(k1.size());
   hdpissa::DeviceBuffer<bf16> q2(q1.size()), k2(k1.size()), v2(k1.size());
+  for (auto* d : {&q1, &k1, &v1, &q2, &k2, &v2}) HDPISSA_CUDA_CHECK(cudaMemset(d->get(), 0xff, sizeof(bf16) * d->size()));
   flash::backward(Q.get(), K.get(), V.get(), dOh.get(), lse.get(), D.get(), fq.get(), fk.get(), fv.get(), L.get(), B, nh,
                   nkv, T, hd, scale, nullptr, window);
   kern::launch_group_sum_heads_to_rows<bf16>(nullptr, fq.get(), 1, q1.get(), ldq, B, T, nh, hd, dcos.get(), dsin.get(), true);
@@ -938,13 +954,18 @@ TEST_CASE("register-cached RMSNorm kernels give the two-pass kernels' bits") {
 // Measured on an H200 (run 15): loss rel ≤ 6.5e-4 (flash) / 5.7e-4 (gemm); logits max|Δ|/max|z|
 // 3.4e-2 / 2.9e-2; worst gW (q_proj / k_proj) 4.7e-2 / 4.7e-2 — this model's q/k weights are twice
 // fan-in scale, so its attention rows are peaked and its logits larger than stories260K's.
-TEST_CASE("bf16 CudaLlama with flash attention matches the CPU model (head_dim 64, GQA, padding)") {
+TEST_CASE("bf16 CudaLlama with flash attention matches the CPU model (head_dim 64, GQA and MHA, padding)") {
   const ModelWeights w = small_hd64(21);
   const ModelWeights wr = rounded_to_bf16(w);
   const std::vector<Batch> batches = {make_batch(61, 150, {150, 97, 64}, 20, 31), make_batch(61, 70, {70, 1}, 0, 32)};
   const Tol tol{2e-3, 5e-2, 8e-2, 1e-1};
   compare_with_cpu<bf16>(w, wr, batches, 3, 150, tol, "hd64 bf16 flash", hdpissa::llama::gpu::Attention::Flash);
   compare_with_cpu<bf16>(w, wr, batches, 3, 150, tol, "hd64 bf16 gemm", hdpissa::llama::gpu::Attention::Gemm);
+  // MHA (4/4): the model's other flash wiring — dK, dV as bf16 rows (flash::RowGrads), no group sums
+  const ModelWeights m = small_hd64(22, 4);
+  const ModelWeights mr = rounded_to_bf16(m);
+  compare_with_cpu<bf16>(m, mr, batches, 3, 150, tol, "hd64 MHA bf16 flash", hdpissa::llama::gpu::Attention::Flash);
+  compare_with_cpu<bf16>(m, mr, batches, 3, 150, tol, "hd64 MHA bf16 gemm", hdpissa::llama::gpu::Attention::Gemm);
 }
 
 TEST_CASE("CudaLlama attention selection: Auto picks flash for bf16 at head_dim 64, Flash refuses what it cannot run") {

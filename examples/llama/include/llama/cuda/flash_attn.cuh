@@ -19,13 +19,15 @@
 ///  - dK, dV: one block per (64-key tile, b, query head h), 4 warps × 16 keys; for each query tile
 ///    at or after the key tile it recomputes Sᵀ = K·Qᵀ and P from lse, dPᵀ = V·dOᵀ,
 ///    dSᵀ = Pᵀ ∘ (dPᵀ − D) with D = rowsum(dO ∘ O) (given), and accumulates dV += Pᵀ·dO and
-///    dK += dSᵀ·Q in registers. Written per query head in fp32 (B, nh, T, hd); the caller sums each
-///    kv head's group (group_sum_heads_to_rows in kernels_llama.cuh) — a block per query head keeps
-///    GQA models with few kv heads (TinyLlama: 4) from running on a few dozen blocks.
+///    dK += dSᵀ·Q in registers. Written per query head in fp32 (B, nh, T, hd), the caller summing
+///    each kv head's group (group_sum_heads_to_rows in kernels_llama.cuh) — a block per query head
+///    keeps GQA models with few kv heads (TinyLlama: 4) from running on a few dozen blocks — or,
+///    for MHA, straight to bf16 rows with the inverse RoPE (RowGrads).
 ///  - dQ: one block per (64-query tile, b, h), the forward's loop order; recomputes S, P, dP over
 ///    the causal key tiles and accumulates dQ = scale·dS·K in registers. This costs two more tile
 ///    products than FlashAttention-2's atomic dQ, and buys bit-reproducible gradients (bitwise
-///    resume holds in bf16 too).
+///    resume holds in bf16 too). Written as fp32 (B, nh, T, hd) or as bf16 rows (RowGrads).
+/// O (forward) and dO (backward) are head-major or in the o projection's row layout (ld_o, ld_do).
 /// Each kernel has a launcher (launch_fwd_kernel<HD>, launch_bwd_kernel<HD>, launch_bwd_dq_kernel<HD>:
 /// stream first, grid computed, launch checked); forward() / backward() pick HD at run time.
 /// Nothing here allocates: the caller owns every buffer.
@@ -496,7 +498,7 @@ __global__ void __launch_bounds__(kThreads) bwd_kernel(const bf16* __restrict__ 
 
 /// dQ of one (64-query tile, b, h): recomputes S = Q·Kᵀ, P and dP = dO·Vᵀ over the causal key
 /// tiles and accumulates dQ = scale·dS·K in registers (deterministic: no atomics). Writes fp32
-/// (B, nh, T, hd), zero on padding rows.
+/// (B, nh, T, hd), or bf16 rows with the inverse RoPE (rg.q); zero on padding rows.
 template <int HD>
 __global__ void __launch_bounds__(kThreads) bwd_dq_kernel(const bf16* __restrict__ Q, const bf16* __restrict__ K,
                                                           const bf16* __restrict__ V, const bf16* __restrict__ dO,
@@ -622,6 +624,16 @@ __global__ void __launch_bounds__(kThreads) bwd_dq_kernel(const bf16* __restrict
 }
 
 namespace detail {
+/// A row-layout operand's stride: 0 (head-major; allowed unless `required`), else at least the
+/// heads' width, a multiple of 8 elements, the base 16-byte aligned (cp.async reads 16 bytes, the
+/// epilogues store bf16 pairs).
+inline void check_row_stride(const char* what, int ld, int width, const void* base, bool required = false) {
+  if (ld == 0 && !required) return;
+  if (ld < width || ld % 8 != 0 || reinterpret_cast<std::uintptr_t>(base) % 16 != 0)
+    throw std::invalid_argument(std::string("flash::") + what + ": expected a row stride >= " + std::to_string(width) +
+                                ", a multiple of 8, on a 16-byte aligned base; found " + std::to_string(ld) +
+                                (reinterpret_cast<std::uintptr_t>(base) % 16 != 0 ? " (base not aligned)" : ""));
+}
 /// Above 48 KiB of dynamic shared memory needs the opt-in; a host-side attribute of the current
 /// device's function, cheap enough to set at every launch (no static state across devices).
 template <class Kernel>
@@ -681,6 +693,7 @@ void launch_bwd_dq_kernel(cudaStream_t s, const bf16* Q, const bf16* K, const bf
 /// what the model's o projection reads.
 inline void forward(const bf16* Q, const bf16* K, const bf16* V, bf16* O, float* lse, const int* lengths, int B,
                     int nh, int nkv, int Tn, int hd, float scale, cudaStream_t s, int window = 0, int ld_o = 0) {
+  detail::check_row_stride("forward: ld_o", ld_o, nh * hd, O);
   if (hd == 64) launch_fwd_kernel<64>(s, Q, K, V, O, lse, lengths, B, nh, nkv, Tn, scale, window, ld_o);
   else launch_fwd_kernel<128>(s, Q, K, V, O, lse, lengths, B, nh, nkv, Tn, scale, window, ld_o);
 }
@@ -694,6 +707,10 @@ inline void forward(const bf16* Q, const bf16* K, const bf16* V, bf16* O, float*
 inline void backward(const bf16* Q, const bf16* K, const bf16* V, const bf16* dO, const float* lse, const float* Dr,
                      float* dq, float* dk_part, float* dv_part, const int* lengths, int B, int nh, int nkv, int Tn,
                      int hd, float scale, cudaStream_t s, int window = 0, int ld_do = 0, RowGrads rg = {}) {
+  detail::check_row_stride("backward: ld_do", ld_do, nh * hd, dO);
+  if (rg.q) detail::check_row_stride("backward: RowGrads ld_q", rg.ld_q, nh * hd, rg.q, true);
+  if (rg.k) detail::check_row_stride("backward: RowGrads ld_kv", rg.ld_kv, nkv * hd, rg.k, true);
+  if (rg.v) detail::check_row_stride("backward: RowGrads ld_kv", rg.ld_kv, nkv * hd, rg.v, true);
   if ((rg.k || rg.v) && (nh != nkv || !rg.k || !rg.v))
     throw std::invalid_argument("flash::backward: bf16 row gradients of K and V need MHA (nh == nkv) and both rows; found nh " +
                                 std::to_string(nh) + ", nkv " + std::to_string(nkv));

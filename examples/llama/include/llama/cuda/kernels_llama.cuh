@@ -88,6 +88,12 @@ __device__ __forceinline__ float4 load4(const __nv_bfloat16* p) {
   const float2 b = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&u.y));
   return make_float4(a.x, a.y, b.x, b.y);
 }
+/// Copies 4 consecutive elements bit for bit (8-byte bf16x4 or 16-byte float4; both 4-element aligned).
+template <class T>
+__device__ __forceinline__ void copy4(T* dst, const T* src) {
+  if constexpr (std::is_same_v<T, float>) *reinterpret_cast<float4*>(dst) = *reinterpret_cast<const float4*>(src);
+  else *reinterpret_cast<uint2*>(dst) = *reinterpret_cast<const uint2*>(src);
+}
 /// Whether p may be accessed 4 elements at a time (null counts as aligned).
 template <class T>
 __device__ __forceinline__ bool al4(const T* p) {
@@ -113,7 +119,8 @@ inline void launch_embed_gather(cudaStream_t s, const std::int32_t* tok, const E
 
 /// out = prev (+ y); rstd = 1/sqrt(mean(out²) + eps); xn = out·rstd·w (as T). With y == nullptr,
 /// out may alias prev. 4-wide accesses when D % 4 == 0 and the rows are aligned. grid (N), block 256.
-/// kCache > 0 (launcher: 256-thread rows, D ≤ 4·256·kCache, the 4-wide path): the second pass
+/// kCache > 0 (launcher only: 256-thread rows, D ≤ 4·256·kCache and the 4-wide path's alignment, which
+/// the kernel does not check): the second pass
 /// takes each thread's ≤ kCache float4 of `out` from registers instead of re-reading them; the same
 /// values in the same order, so the same bits as kCache = 0.
 template <class T, int kCache = 0>
@@ -193,6 +200,7 @@ void launch_add_rmsnorm_fwd(cudaStream_t s, const float* prev, const T* y, float
   if (wide_rows && n_rows <= 256) threads = std::min(1024, std::max(256, (D / 4 + 31) / 32 * 32));
   auto a4 = [](const void* p, std::size_t es) { return reinterpret_cast<std::uintptr_t>(p) % (4 * es) == 0; };
   const bool vec = D % 4 == 0 && a4(prev, 4) && a4(y, sizeof(T)) && a4(out, 4) && a4(w, 4) && a4(xn, sizeof(T));
+  if (n_rows == 0) return;
   auto* k = add_rmsnorm_fwd<T, 0>;
   if (threads == 256 && vec) {  // the register-cached form (same bits)
     if (D <= 4 * 256 * 2) k = add_rmsnorm_fwd<T, 2>;
@@ -206,7 +214,8 @@ void launch_add_rmsnorm_fwd(cudaStream_t s, const float* prev, const T* y, float
 /// RMSNorm backward into the residual gradient: with dy = dyf + dy0 + dy1 + dy2 (null terms
 /// skipped), g = dy∘w, dx += r·g − r³·(g·x)/D · x; dx_t = T(dx). 4-wide when D % 4 == 0 and the rows
 /// are aligned. grid (N), block 256.
-/// kCache > 0 (launcher: when D ≤ 4·256·kCache and the 4-wide path applies): each thread keeps its
+/// kCache > 0 (launcher only: needs the 4-wide path's alignment and D ≤ 4·blockDim·kCache, which the
+/// kernel does not check; picked when D ≤ 4·256·kCache and the 4-wide path applies): each thread keeps its
 /// ≤ kCache float4 of dy and x from the first pass in registers for the second, which then reads
 /// only dx from memory. The same values in the same order: the same bits as kCache = 0.
 template <class T, int kCache = 0>
@@ -298,6 +307,7 @@ void launch_rmsnorm_bwd(cudaStream_t s, const float* x, const float* rstd, const
   auto a4 = [](const void* p, std::size_t es) { return reinterpret_cast<std::uintptr_t>(p) % (4 * es) == 0; };
   const bool vec = D % 4 == 0 && a4(x, 4) && a4(w, 4) && a4(dyf, 4) && a4(dy0, sizeof(T)) && a4(dy1, sizeof(T)) &&
                    a4(dy2, sizeof(T)) && a4(dx, 4) && a4(dx_t, sizeof(T));
+  if (n_rows == 0) return;
   auto* k = rmsnorm_bwd<T, 0>;
   if (vec && D <= 4 * 256 * 2) k = rmsnorm_bwd<T, 2>;
   else if (vec && D <= 4 * 256 * 4) k = rmsnorm_bwd<T, 4>;
@@ -339,16 +349,16 @@ __global__ void rows_to_heads_vec(const T* __restrict__ in, int ld_in, T* __rest
     const int b = n / Tn, t = n - b * Tn;
     const T* src = in + static_cast<std::int64_t>(n) * ld_in + h * hd;
     T* dst = out + ((static_cast<std::int64_t>(b) * nheads + h) * Tn + t) * hd;
-    const float4 x = load4(src + i), y = load4(src + i + half);
-    if constexpr (kRope) {
+    if constexpr (!kRope) {  // a permutation: the bits as they are
+      copy4(dst + i, src + i);
+      copy4(dst + i + half, src + i + half);
+    } else {
+      const float4 x = load4(src + i), y = load4(src + i + half);
       const float4 c = load4(cos_t + t * half + i), sn = load4(sin_t + t * half + i);
       store4(dst + i, rope_lo(x.x, y.x, c.x, sn.x), rope_lo(x.y, y.y, c.y, sn.y), rope_lo(x.z, y.z, c.z, sn.z),
              rope_lo(x.w, y.w, c.w, sn.w));
       store4(dst + i + half, rope_hi(x.x, y.x, c.x, sn.x), rope_hi(x.y, y.y, c.y, sn.y), rope_hi(x.z, y.z, c.z, sn.z),
              rope_hi(x.w, y.w, c.w, sn.w));
-    } else {
-      store4(dst + i, x.x, x.y, x.z, x.w);
-      store4(dst + i + half, y.x, y.y, y.z, y.w);
     }
   }
 }
@@ -363,16 +373,16 @@ __global__ void heads_to_rows_vec(const T* __restrict__ in, T* __restrict__ out,
     const int b = n / Tn, t = n - b * Tn;
     const T* src = in + ((static_cast<std::int64_t>(b) * nheads + h) * Tn + t) * hd;
     T* dst = out + static_cast<std::int64_t>(n) * ld_out + h * hd;
-    const float4 x = load4(src + i), y = load4(src + i + half);
-    if constexpr (kRope) {
+    if constexpr (!kRope) {  // a permutation: the bits as they are
+      copy4(dst + i, src + i);
+      copy4(dst + i + half, src + i + half);
+    } else {
+      const float4 x = load4(src + i), y = load4(src + i + half);
       const float4 c = load4(cos_t + t * half + i), sn = load4(sin_t + t * half + i);
       store4(dst + i, unrope_lo(x.x, y.x, c.x, sn.x), unrope_lo(x.y, y.y, c.y, sn.y), unrope_lo(x.z, y.z, c.z, sn.z),
              unrope_lo(x.w, y.w, c.w, sn.w));
       store4(dst + i + half, unrope_hi(x.x, y.x, c.x, sn.x), unrope_hi(x.y, y.y, c.y, sn.y),
              unrope_hi(x.z, y.z, c.z, sn.z), unrope_hi(x.w, y.w, c.w, sn.w));
-    } else {
-      store4(dst + i, x.x, x.y, x.z, x.w);
-      store4(dst + i + half, y.x, y.y, y.z, y.w);
     }
   }
 }
@@ -440,7 +450,8 @@ template <class T>
 void launch_rows_to_heads(cudaStream_t s, const T* in, int ld_in, T* out, int B, int Tn, int nheads, int hd,
                           const float* cos_t, const float* sin_t, bool rope) {
   const std::int64_t total4 = static_cast<std::int64_t>(B) * Tn * nheads * (hd / 8);
-  if (vec4_layout_ok(hd, total4, {in, out}, {ld_in}, sizeof(T))) {
+  if (vec4_layout_ok(hd, total4, {in, out}, {ld_in}, sizeof(T)) &&
+      (!rope || vec4_layout_ok(hd, total4, {cos_t, sin_t}, {}, sizeof(float)))) {
     auto* k = rope ? rows_to_heads_vec<T, true> : rows_to_heads_vec<T, false>;
     k<<<grid_for(total4), 256, 0, s>>>(in, ld_in, out, Tn, nheads, hd, cos_t, sin_t, static_cast<int>(total4));
     HDPISSA_CUDA_CHECK_LAUNCH("rows_to_heads_vec");
@@ -484,7 +495,8 @@ template <class T>
 void launch_heads_to_rows(cudaStream_t s, const T* in, T* out, int ld_out, int B, int Tn, int nheads, int hd,
                           const float* cos_t, const float* sin_t, bool rope) {
   const std::int64_t total4 = static_cast<std::int64_t>(B) * Tn * nheads * (hd / 8);
-  if (vec4_layout_ok(hd, total4, {in, out}, {ld_out}, sizeof(T))) {
+  if (vec4_layout_ok(hd, total4, {in, out}, {ld_out}, sizeof(T)) &&
+      (!rope || vec4_layout_ok(hd, total4, {cos_t, sin_t}, {}, sizeof(float)))) {
     auto* k = rope ? heads_to_rows_vec<T, true> : heads_to_rows_vec<T, false>;
     k<<<grid_for(total4), 256, 0, s>>>(in, out, ld_out, Tn, nheads, hd, cos_t, sin_t, static_cast<int>(total4));
     HDPISSA_CUDA_CHECK_LAUNCH("heads_to_rows_vec");
@@ -497,8 +509,7 @@ void launch_heads_to_rows(cudaStream_t s, const T* in, T* out, int ld_out, int B
 
 /// Sums each kv head's group of fp32 per-query-head partials (B, nkv·group, Tn, hd) — query head
 /// h belongs to kv head h / group — into row layout (ld_out, nkv heads) as T, applying the INVERSE
-/// rotation when `rope` (like heads_to_rows). group = 1 is a plain fp32 → T heads_to_rows (dQ of
-/// the flash backward).
+/// rotation when `rope` (like heads_to_rows). group = 1 is a plain fp32 → T heads_to_rows.
 template <class T>
 __global__ void group_sum_heads_to_rows(const float* __restrict__ in, int group, T* __restrict__ out, int ld_out,
                                         int B, int Tn, int nkv, int hd, const float* __restrict__ cos_t,
@@ -535,7 +546,8 @@ template <class T>
 void launch_group_sum_heads_to_rows(cudaStream_t s, const float* in, int group, T* out, int ld_out, int B, int Tn,
                                     int nkv, int hd, const float* cos_t, const float* sin_t, bool rope) {
   const std::int64_t total4 = static_cast<std::int64_t>(B) * Tn * nkv * (hd / 8);
-  if (vec4_layout_ok(hd, total4, {out}, {ld_out}, sizeof(T)) && vec4_layout_ok(hd, total4, {in}, {}, sizeof(float))) {
+  if (vec4_layout_ok(hd, total4, {out}, {ld_out}, sizeof(T)) && vec4_layout_ok(hd, total4, {in}, {}, sizeof(float)) &&
+      (!rope || vec4_layout_ok(hd, total4, {cos_t, sin_t}, {}, sizeof(float)))) {
     auto* k = rope ? group_sum_heads_to_rows_vec<T, true> : group_sum_heads_to_rows_vec<T, false>;
     k<<<grid_for(total4), 256, 0, s>>>(in, group, out, ld_out, Tn, nkv, hd, cos_t, sin_t, static_cast<int>(total4));
     HDPISSA_CUDA_CHECK_LAUNCH("group_sum_heads_to_rows_vec");

@@ -265,8 +265,8 @@ class CudaLlama {
   // scratch
   Buf q_rows_, k_rows_, v_rows_, oh_, tmp_, dx_t_, dxa_, dxb_, dxc_, d_act_, d_gate_, d_up_, d_attn_, doh_;
   Buf act_;  // (N, H) silu(gate)·up of the layer at hand (forward, and recomputed in backward)
-  Buf dqh_, dkh_, dvh_, p_, ds_;          // Gemm attention
-  FBuf fdq_, fdk_, fdv_;                   // Flash attention: per-query-head dQ, dK, dV (fp32)
+  Buf dqh_, dkh_, dvh_, p_, ds_;          // Gemm attention (with oh_, doh_: head-major O, dO)
+  FBuf fdk_, fdv_;                         // Flash attention, GQA: per-query-head dK, dV (fp32)
   bool flash_ = false;
   bool ckpt_ = false;                      // activation checkpointing: one LayerActs arena for every layer
   FBuf dx_, dr_, s_, dp_, dxnf_;
@@ -606,7 +606,6 @@ CudaLlama<T>::CudaLlama(const ModelWeights& host, int max_batch, int max_seq, cu
   q_rows_.reserve(N * qd);
   k_rows_.reserve(N * kvd);
   v_rows_.reserve(N * kvd);
-  oh_.reserve(N * qd);
   tmp_.reserve(N * D);
   dx_t_.reserve(N * D);
   dxa_.reserve(N * D);
@@ -617,7 +616,6 @@ CudaLlama<T>::CudaLlama(const ModelWeights& host, int max_batch, int max_seq, cu
   d_gate_.reserve(N * H);
   d_up_.reserve(N * H);
   d_attn_.reserve(N * qd);
-  doh_.reserve(N * qd);
   {
     // Flash needs bf16, head_dim 64 / 128 and 16-byte aligned head-major buffers (the arena
     // offsets are multiples of 8 elements when dim and hidden_dim are).
@@ -631,10 +629,15 @@ CudaLlama<T>::CudaLlama(const ModelWeights& host, int max_batch, int max_seq, cu
     flash_ = attention == Attention::Flash || (attention == Attention::Auto && ok);
   }
   if (flash_) {
-    fdq_.reserve(N * qd);
-    fdk_.reserve(N * qd);
-    fdv_.reserve(N * qd);
+    // O and dO stay in the row layout, dQ (and MHA's dK, dV) leave the kernels as bf16 rows:
+    // only GQA needs the fp32 per-query-head dK / dV partials
+    if (kvd != qd) {
+      fdk_.reserve(N * qd);
+      fdv_.reserve(N * qd);
+    }
   } else {
+    oh_.reserve(N * qd);
+    doh_.reserve(N * qd);
     dqh_.reserve(N * qd);
     dkh_.reserve(N * kvd);
     dvh_.reserve(N * kvd);
@@ -898,7 +901,7 @@ void CudaLlama<T>::backward_layers(CudaHooks<T>& hooks) {
           rg.k = k_rows_.get();
           rg.v = v_rows_.get();
         }
-        flash::backward(a.qh, a.kh, a.vh, d_attn_.get(), a.lse, dr_.get(), fdq_.get(), fdk_.get(), fdv_.get(),
+        flash::backward(a.qh, a.kh, a.vh, d_attn_.get(), a.lse, dr_.get(), nullptr, fdk_.get(), fdv_.get(),
                         lengths(), B, nh, nkv, Tn, hd, scale, s, c.attention_window(l), qd, rg);
         if (group != 1) {
           kern::launch_group_sum_heads_to_rows<T>(s, fdk_.get(), group, k_rows_.get(), kvd, B, Tn, nkv, hd,
