@@ -604,6 +604,49 @@ TEST_CASE("flash attention kernels match a double-precision reference (hd 64 and
   SUBCASE("hd 128, window 64") { check_flash_kernels(128, 64); }
 }
 
+namespace {
+// Shared by the bitwise kernel tests below.
+
+/// A host vector on the device.
+template <class E>
+hdpissa::DeviceBuffer<E> to_device(const std::vector<E>& h) {
+  hdpissa::DeviceBuffer<E> d(h.size());
+  HDPISSA_CUDA_CHECK(cudaMemcpy(d.get(), h.data(), sizeof(E) * h.size(), cudaMemcpyHostToDevice));
+  return d;
+}
+/// n draws of N(0, sd) as E (each rounded once), on the device.
+template <class E>
+hdpissa::DeviceBuffer<E> random_device(std::size_t n, std::mt19937& rng, float sd) {
+  std::normal_distribution<float> nd(0.0f, sd);
+  std::vector<E> h(n);
+  for (auto& x : h) x = E(nd(rng));
+  return to_device(h);
+}
+/// The first n elements of a device buffer as bytes, once the device is idle: for bitwise checks.
+template <class E>
+std::vector<unsigned char> bits(const hdpissa::DeviceBuffer<E>& d, std::size_t n) {
+  std::vector<unsigned char> b(sizeof(E) * n);
+  HDPISSA_CUDA_CHECK(cudaDeviceSynchronize());
+  HDPISSA_CUDA_CHECK(cudaMemcpy(b.data(), d.get(), b.size(), cudaMemcpyDeviceToHost));
+  return b;
+}
+/// Rotate-half RoPE tables (T, hd/2) with θ_i = 10000^(−2i/hd), on the device.
+struct DeviceRope {
+  hdpissa::DeviceBuffer<float> cos, sin;
+};
+DeviceRope device_rope(int T, int hd) {
+  const int half = hd / 2;
+  std::vector<float> cs(std::size_t(T) * half), sn(cs.size());
+  for (int t = 0; t < T; ++t)
+    for (int i = 0; i < half; ++i) {
+      const double th = t * std::pow(10000.0, -2.0 * i / hd);
+      cs[std::size_t(t) * half + i] = static_cast<float>(std::cos(th));
+      sn[std::size_t(t) * half + i] = static_cast<float>(std::sin(th));
+    }
+  return {to_device(cs), to_device(sn)};
+}
+}  // namespace
+
 /// forward()'s register target (kFwdMinBlocks: 4 resident blocks per SM at head dim 64) changes
 /// register allocation only: the forward must give the unconstrained kernel's bits, with padding,
 /// partial tiles and sliding windows.
@@ -612,29 +655,11 @@ void check_flash_fwd_min_blocks_bitwise(int T, std::vector<int> lengths, int win
   const int B = static_cast<int>(lengths.size()), nh = 4, nkv = 2;
   const std::size_t nq = std::size_t(B) * nh * T * HD, nk = std::size_t(B) * nkv * T * HD, nr = std::size_t(B) * nh * T;
   std::mt19937 rng(5u + HD + T + window);
-  std::normal_distribution<float> nd(0.0f, 1.5f);
-  auto up = [&](std::size_t n) {
-    std::vector<bf16> h(n);
-    for (auto& x : h) x = __float2bfloat16_rn(nd(rng));
-    hdpissa::DeviceBuffer<bf16> d(n);
-    HDPISSA_CUDA_CHECK(cudaMemcpy(d.get(), h.data(), sizeof(bf16) * n, cudaMemcpyHostToDevice));
-    return d;
-  };
-  auto Q = up(nq), K = up(nk), V = up(nk);
+  auto Q = random_device<bf16>(nq, rng, 1.5f), K = random_device<bf16>(nk, rng, 1.5f), V = random_device<bf16>(nk, rng, 1.5f);
   hdpissa::DeviceBuffer<bf16> O(nq);
   hdpissa::DeviceBuffer<float> lse(nr);
-  hdpissa::DeviceBuffer<int> L(B);
-  HDPISSA_CUDA_CHECK(cudaMemcpy(L.get(), lengths.data(), sizeof(int) * B, cudaMemcpyHostToDevice));
+  auto L = to_device(lengths);
   const float scale = 1.0f / std::sqrt(float(HD));
-  auto bits = [](const auto& d, std::size_t n) {
-    using E = std::remove_cv_t<std::remove_pointer_t<decltype(d.get())>>;
-    std::vector<E> h(n);
-    HDPISSA_CUDA_CHECK(cudaDeviceSynchronize());
-    HDPISSA_CUDA_CHECK(cudaMemcpy(h.data(), d.get(), sizeof(E) * n, cudaMemcpyDeviceToHost));
-    std::vector<unsigned char> b(sizeof(E) * n);
-    std::memcpy(b.data(), h.data(), b.size());
-    return b;
-  };
   auto poison = [&] {
     HDPISSA_CUDA_CHECK(cudaMemset(O.get(), 0xff, sizeof(bf16) * nq));
     HDPISSA_CUDA_CHECK(cudaMemset(lse.get(), 0xff, sizeof(float) * nr));
@@ -668,7 +693,7 @@ TEST_CASE("flash forward: the register target gives the unconstrained kernel's b
 template <class T>
 void check_layout_kernels(int hd, int extra_ld) {
   namespace kern = hdpissa::llama::gpu::kern;
-  const int B = 2, Tn = 37, nh = 4, nkv = 2, group = nh / nkv, half = hd / 2;
+  const int B = 2, Tn = 37, nh = 4, nkv = 2, group = nh / nkv;
   const int ld = nh * hd + extra_ld, N = B * Tn;
   std::mt19937 rng(11u + hd + extra_ld);
   std::normal_distribution<float> nd(0.0f, 1.0f);
@@ -677,59 +702,38 @@ void check_layout_kernels(int hd, int extra_ld) {
     for (auto& x : h) x = T(nd(rng));
     return h;
   };
-  auto dev = [](const auto& h) {
-    using E = typename std::decay_t<decltype(h)>::value_type;
-    hdpissa::DeviceBuffer<E> d(h.size());
-    HDPISSA_CUDA_CHECK(cudaMemcpy(d.get(), h.data(), sizeof(E) * h.size(), cudaMemcpyHostToDevice));
-    return d;
-  };
-  auto down = [](const auto& d, std::size_t n) {
-    using E = std::remove_cv_t<std::remove_pointer_t<decltype(d.get())>>;
-    std::vector<E> h(n);
-    HDPISSA_CUDA_CHECK(cudaDeviceSynchronize());
-    HDPISSA_CUDA_CHECK(cudaMemcpy(h.data(), d.get(), sizeof(E) * n, cudaMemcpyDeviceToHost));
-    std::vector<unsigned char> b(sizeof(E) * n);
-    std::memcpy(b.data(), h.data(), b.size());
-    return b;
-  };
-  std::vector<float> cs(static_cast<std::size_t>(Tn) * half), sn(cs.size());
-  for (int t = 0; t < Tn; ++t)
-    for (int i = 0; i < half; ++i) {
-      const double th = t * std::pow(10000.0, -2.0 * i / hd);
-      cs[t * half + i] = static_cast<float>(std::cos(th));
-      sn[t * half + i] = static_cast<float>(std::sin(th));
-    }
-  auto dcos = dev(cs), dsin = dev(sn);
-  const auto rows_h = host(static_cast<std::size_t>(N) * ld);
-  auto rows = dev(rows_h);
+  const DeviceRope rp = device_rope(Tn, hd);
+  const float* dcos = rp.cos.get();
+  const float* dsin = rp.sin.get();
+  auto rows = random_device<T>(static_cast<std::size_t>(N) * ld, rng, 1.0f);
   const std::size_t nheads_el = static_cast<std::size_t>(B) * nh * Tn * hd;
   hdpissa::DeviceBuffer<T> h1(nheads_el), h2(nheads_el), r1(static_cast<std::size_t>(N) * ld), r2(r1.size());
   const unsigned g = 64;
   for (bool rope : {false, true}) {
     CAPTURE(rope);
-    kern::rows_to_heads<T><<<g, 256>>>(rows.get(), ld, h1.get(), B, Tn, nh, hd, dcos.get(), dsin.get(), rope);
-    kern::launch_rows_to_heads<T>(nullptr, rows.get(), ld, h2.get(), B, Tn, nh, hd, dcos.get(), dsin.get(), rope);
-    CHECK(down(h1, nheads_el) == down(h2, nheads_el));
+    kern::rows_to_heads<T><<<g, 256>>>(rows.get(), ld, h1.get(), B, Tn, nh, hd, dcos, dsin, rope);
+    kern::launch_rows_to_heads<T>(nullptr, rows.get(), ld, h2.get(), B, Tn, nh, hd, dcos, dsin, rope);
+    CHECK(bits(h1, nheads_el) == bits(h2, nheads_el));
     HDPISSA_CUDA_CHECK(cudaMemset(r1.get(), 0, sizeof(T) * r1.size()));
     HDPISSA_CUDA_CHECK(cudaMemset(r2.get(), 0, sizeof(T) * r2.size()));
-    kern::heads_to_rows<T><<<g, 256>>>(h1.get(), r1.get(), ld, B, Tn, nh, hd, dcos.get(), dsin.get(), rope);
-    kern::launch_heads_to_rows<T>(nullptr, h1.get(), r2.get(), ld, B, Tn, nh, hd, dcos.get(), dsin.get(), rope);
-    CHECK(down(r1, r1.size()) == down(r2, r2.size()));
+    kern::heads_to_rows<T><<<g, 256>>>(h1.get(), r1.get(), ld, B, Tn, nh, hd, dcos, dsin, rope);
+    kern::launch_heads_to_rows<T>(nullptr, h1.get(), r2.get(), ld, B, Tn, nh, hd, dcos, dsin, rope);
+    CHECK(bits(r1, r1.size()) == bits(r2, r2.size()));
     // fp32 per-query-head partials summed over each kv head's group
     std::vector<float> part(nheads_el);
     for (auto& x : part) x = nd(rng);
-    auto dpart = dev(part);
+    auto dpart = to_device(part);
     const int ldk = nkv * hd + extra_ld;
     hdpissa::DeviceBuffer<T> k1(static_cast<std::size_t>(N) * ldk), k2(k1.size());
     HDPISSA_CUDA_CHECK(cudaMemset(k1.get(), 0, sizeof(T) * k1.size()));
     HDPISSA_CUDA_CHECK(cudaMemset(k2.get(), 0, sizeof(T) * k2.size()));
-    kern::group_sum_heads_to_rows<T><<<g, 256>>>(dpart.get(), group, k1.get(), ldk, B, Tn, nkv, hd, dcos.get(), dsin.get(), rope);
-    kern::launch_group_sum_heads_to_rows<T>(nullptr, dpart.get(), group, k2.get(), ldk, B, Tn, nkv, hd, dcos.get(), dsin.get(), rope);
-    CHECK(down(k1, k1.size()) == down(k2, k2.size()));
+    kern::group_sum_heads_to_rows<T><<<g, 256>>>(dpart.get(), group, k1.get(), ldk, B, Tn, nkv, hd, dcos, dsin, rope);
+    kern::launch_group_sum_heads_to_rows<T>(nullptr, dpart.get(), group, k2.get(), ldk, B, Tn, nkv, hd, dcos, dsin, rope);
+    CHECK(bits(k1, k1.size()) == bits(k2, k2.size()));
   }
   // D = rowsum(dO ∘ O) per (row, head), rows of nh·hd
   const auto a = host(static_cast<std::size_t>(N) * nh * hd), b = host(a.size());
-  auto da = dev(a), db = dev(b);
+  auto da = to_device(a), db = to_device(b);
   hdpissa::DeviceBuffer<float> D(static_cast<std::size_t>(B) * nh * Tn);
   kern::launch_attn_rowdot<T>(nullptr, da.get(), db.get(), D.get(), B, Tn, nh, hd);
   std::vector<float> Dh(D.size());
@@ -767,46 +771,19 @@ TEST_CASE("attention layout kernels: the 4-wide forms give the scalar kernels' b
 /// K and V with GQA is refused.
 void check_flash_row_layouts(int hd, int nh, int nkv, int window) {
   namespace kern = hdpissa::llama::gpu::kern;
-  const int T = 150, half = hd / 2;
+  const int T = 150;
   const std::vector<int> lengths = {150, 97, 1};
   const int B = static_cast<int>(lengths.size()), N = B * T, group = nh / nkv;
   const int ldo = nh * hd + 8, ldq = nh * hd, ldkv = nkv * hd;
   const std::size_t nq = std::size_t(B) * nh * T * hd, nk = std::size_t(B) * nkv * T * hd, nr = std::size_t(B) * nh * T;
   std::mt19937 rng(3u + hd + nkv + window);
-  std::normal_distribution<float> nd(0.0f, 1.5f);
-  auto up_bf = [&](std::size_t n) {
-    std::vector<bf16> h(n);
-    for (auto& x : h) x = __float2bfloat16_rn(nd(rng));
-    hdpissa::DeviceBuffer<bf16> d(n);
-    HDPISSA_CUDA_CHECK(cudaMemcpy(d.get(), h.data(), sizeof(bf16) * n, cudaMemcpyHostToDevice));
-    return d;
-  };
-  auto up_f = [&](const std::vector<float>& h) {
-    hdpissa::DeviceBuffer<float> d(h.size());
-    HDPISSA_CUDA_CHECK(cudaMemcpy(d.get(), h.data(), sizeof(float) * h.size(), cudaMemcpyHostToDevice));
-    return d;
-  };
-  auto bits = [](const auto& d, std::size_t n) {
-    using E = std::remove_cv_t<std::remove_pointer_t<decltype(d.get())>>;
-    std::vector<E> h(n);
-    HDPISSA_CUDA_CHECK(cudaDeviceSynchronize());
-    HDPISSA_CUDA_CHECK(cudaMemcpy(h.data(), d.get(), sizeof(E) * n, cudaMemcpyDeviceToHost));
-    std::vector<unsigned char> b(sizeof(E) * n);
-    std::memcpy(b.data(), h.data(), b.size());
-    return b;
-  };
-  std::vector<float> cs(std::size_t(T) * half), sn(cs.size()), Dh(nr);
-  for (int t = 0; t < T; ++t)
-    for (int i = 0; i < half; ++i) {
-      const double th = t * std::pow(10000.0, -2.0 * i / hd);
-      cs[t * half + i] = static_cast<float>(std::cos(th));
-      sn[t * half + i] = static_cast<float>(std::sin(th));
-    }
-  for (auto& x : Dh) x = 0.1f * nd(rng);
-  auto dcos = up_f(cs), dsin = up_f(sn), D = up_f(Dh);
-  auto Q = up_bf(nq), K = up_bf(nk), V = up_bf(nk), dOh = up_bf(nq);
-  hdpissa::DeviceBuffer<int> L(B);
-  HDPISSA_CUDA_CHECK(cudaMemcpy(L.get(), lengths.data(), sizeof(int) * B, cudaMemcpyHostToDevice));
+  auto Q = random_device<bf16>(nq, rng, 1.5f), K = random_device<bf16>(nk, rng, 1.5f);
+  auto V = random_device<bf16>(nk, rng, 1.5f), dOh = random_device<bf16>(nq, rng, 1.5f);
+  auto D = random_device<float>(nr, rng, 0.15f);
+  const DeviceRope rp = device_rope(T, hd);
+  const float* dcos = rp.cos.get();
+  const float* dsin = rp.sin.get();
+  auto L = to_device(lengths);
   const float scale = 1.0f / std::sqrt(float(hd));
 
   // forward: head-major O then heads_to_rows == O written as rows
@@ -817,7 +794,7 @@ void check_flash_row_layouts(int hd, int nh, int nkv, int window) {
   HDPISSA_CUDA_CHECK(cudaMemset(Or1.get(), 0xff, sizeof(bf16) * Or1.size()));
   HDPISSA_CUDA_CHECK(cudaMemset(Or2.get(), 0xff, sizeof(bf16) * Or2.size()));
   flash::forward(Q.get(), K.get(), V.get(), Oh.get(), lse.get(), L.get(), B, nh, nkv, T, hd, scale, nullptr, window);
-  kern::launch_heads_to_rows<bf16>(nullptr, Oh.get(), Or1.get(), ldo, B, T, nh, hd, dcos.get(), dsin.get(), false);
+  kern::launch_heads_to_rows<bf16>(nullptr, Oh.get(), Or1.get(), ldo, B, T, nh, hd, dcos, dsin, false);
   flash::forward(Q.get(), K.get(), V.get(), Or2.get(), lse.get(), L.get(), B, nh, nkv, T, hd, scale, nullptr, window, ldo);
   CHECK(bits(Or1, Or1.size()) == bits(Or2, Or2.size()));
   {  // rows past a sequence's length: +0 in every head's columns (batch 2 has length 1)
@@ -836,18 +813,18 @@ void check_flash_row_layouts(int hd, int nh, int nkv, int window) {
 
   // backward: head-major dO, fp32 partials, group sums (the model's GQA path) ...
   hdpissa::DeviceBuffer<bf16> dOr(std::size_t(N) * ldo);
-  kern::launch_heads_to_rows<bf16>(nullptr, dOh.get(), dOr.get(), ldo, B, T, nh, hd, dcos.get(), dsin.get(), false);
+  kern::launch_heads_to_rows<bf16>(nullptr, dOh.get(), dOr.get(), ldo, B, T, nh, hd, dcos, dsin, false);
   hdpissa::DeviceBuffer<float> fq(nq), fk(nq), fv(nq);
   hdpissa::DeviceBuffer<bf16> q1(std::size_t(N) * ldq), k1(std::size_t(N) * ldkv), v1(k1.size());
   hdpissa::DeviceBuffer<bf16> q2(q1.size()), k2(k1.size()), v2(k1.size());
   for (auto* d : {&q1, &k1, &v1, &q2, &k2, &v2}) HDPISSA_CUDA_CHECK(cudaMemset(d->get(), 0xff, sizeof(bf16) * d->size()));
   flash::backward(Q.get(), K.get(), V.get(), dOh.get(), lse.get(), D.get(), fq.get(), fk.get(), fv.get(), L.get(), B, nh,
                   nkv, T, hd, scale, nullptr, window);
-  kern::launch_group_sum_heads_to_rows<bf16>(nullptr, fq.get(), 1, q1.get(), ldq, B, T, nh, hd, dcos.get(), dsin.get(), true);
-  kern::launch_group_sum_heads_to_rows<bf16>(nullptr, fk.get(), group, k1.get(), ldkv, B, T, nkv, hd, dcos.get(), dsin.get(), true);
-  kern::launch_group_sum_heads_to_rows<bf16>(nullptr, fv.get(), group, v1.get(), ldkv, B, T, nkv, hd, dcos.get(), dsin.get(), false);
+  kern::launch_group_sum_heads_to_rows<bf16>(nullptr, fq.get(), 1, q1.get(), ldq, B, T, nh, hd, dcos, dsin, true);
+  kern::launch_group_sum_heads_to_rows<bf16>(nullptr, fk.get(), group, k1.get(), ldkv, B, T, nkv, hd, dcos, dsin, true);
+  kern::launch_group_sum_heads_to_rows<bf16>(nullptr, fv.get(), group, v1.get(), ldkv, B, T, nkv, hd, dcos, dsin, false);
   // ... against dO read from rows and the gradients written as bf16 rows (K, V only for MHA)
-  flash::RowGrads rg{q2.get(), ldq, nullptr, nullptr, ldkv, dcos.get(), dsin.get()};
+  flash::RowGrads rg{q2.get(), ldq, nullptr, nullptr, ldkv, dcos, dsin};
   if (group == 1) {
     rg.k = k2.get();
     rg.v = v2.get();
@@ -889,33 +866,11 @@ void check_cached_norms(int D) {
   namespace kern = hdpissa::llama::gpu::kern;
   const int N = 37;
   std::mt19937 rng(29u + D);
-  std::normal_distribution<float> nd(0.0f, 1.0f);
-  auto upf = [&](std::size_t n) {
-    std::vector<float> h(n);
-    for (auto& x : h) x = nd(rng);
-    hdpissa::DeviceBuffer<float> d(n);
-    HDPISSA_CUDA_CHECK(cudaMemcpy(d.get(), h.data(), sizeof(float) * n, cudaMemcpyHostToDevice));
-    return d;
-  };
-  auto upt = [&](std::size_t n) {
-    std::vector<T> h(n);
-    for (auto& x : h) x = T(nd(rng));
-    hdpissa::DeviceBuffer<T> d(n);
-    HDPISSA_CUDA_CHECK(cudaMemcpy(d.get(), h.data(), sizeof(T) * n, cudaMemcpyHostToDevice));
-    return d;
-  };
-  auto bits = [](const auto& d, std::size_t n) {
-    using E = std::remove_cv_t<std::remove_pointer_t<decltype(d.get())>>;
-    std::vector<E> h(n);
-    HDPISSA_CUDA_CHECK(cudaDeviceSynchronize());
-    HDPISSA_CUDA_CHECK(cudaMemcpy(h.data(), d.get(), sizeof(E) * n, cudaMemcpyDeviceToHost));
-    std::vector<unsigned char> b(sizeof(E) * n);
-    std::memcpy(b.data(), h.data(), b.size());
-    return b;
-  };
   const std::size_t n = std::size_t(N) * D;
-  auto prev = upf(n), w = upf(D), dyf = upf(n), dx0 = upf(n);
-  auto y = upt(n), dy0 = upt(n), dy1 = upt(n), dy2 = upt(n);
+  auto prev = random_device<float>(n, rng, 1.0f), w = random_device<float>(D, rng, 1.0f);
+  auto dyf = random_device<float>(n, rng, 1.0f), dx0 = random_device<float>(n, rng, 1.0f);
+  auto y = random_device<T>(n, rng, 1.0f), dy0 = random_device<T>(n, rng, 1.0f);
+  auto dy1 = random_device<T>(n, rng, 1.0f), dy2 = random_device<T>(n, rng, 1.0f);
   hdpissa::DeviceBuffer<float> out1(n), out2(n), r1(N), r2(N), dx1(n), dx2(n);
   hdpissa::DeviceBuffer<T> xn1(n), xn2(n), dt1(n), dt2(n);
   for (bool add : {false, true}) {

@@ -96,7 +96,7 @@ __device__ __forceinline__ void copy4(T* dst, const T* src) {
 }
 /// Whether p may be accessed 4 elements at a time (null counts as aligned).
 template <class T>
-__device__ __forceinline__ bool al4(const T* p) {
+__host__ __device__ __forceinline__ bool al4(const T* p) {
   return (reinterpret_cast<std::uintptr_t>(p) % (4 * sizeof(T))) == 0;
 }
 
@@ -198,8 +198,7 @@ void launch_add_rmsnorm_fwd(cudaStream_t s, const float* prev, const T* y, float
                             T* xn, std::int64_t n_rows, int D, float eps, bool wide_rows = false) {
   int threads = 256;
   if (wide_rows && n_rows <= 256) threads = std::min(1024, std::max(256, (D / 4 + 31) / 32 * 32));
-  auto a4 = [](const void* p, std::size_t es) { return reinterpret_cast<std::uintptr_t>(p) % (4 * es) == 0; };
-  const bool vec = D % 4 == 0 && a4(prev, 4) && a4(y, sizeof(T)) && a4(out, 4) && a4(w, 4) && a4(xn, sizeof(T));
+  const bool vec = D % 4 == 0 && al4(prev) && al4(y) && al4(out) && al4(w) && al4(xn);  // the kernel's 4-wide test
   if (n_rows == 0) return;
   auto* k = add_rmsnorm_fwd<T, 0>;
   if (threads == 256 && vec) {  // the register-cached form (same bits)
@@ -304,9 +303,8 @@ __global__ void rmsnorm_bwd(const float* __restrict__ x, const float* __restrict
 template <class T>
 void launch_rmsnorm_bwd(cudaStream_t s, const float* x, const float* rstd, const float* w, const float* dyf,
                         const T* dy0, const T* dy1, const T* dy2, float* dx, T* dx_t, std::int64_t n_rows, int D) {
-  auto a4 = [](const void* p, std::size_t es) { return reinterpret_cast<std::uintptr_t>(p) % (4 * es) == 0; };
-  const bool vec = D % 4 == 0 && a4(x, 4) && a4(w, 4) && a4(dyf, 4) && a4(dy0, sizeof(T)) && a4(dy1, sizeof(T)) &&
-                   a4(dy2, sizeof(T)) && a4(dx, 4) && a4(dx_t, sizeof(T));
+  const bool vec = D % 4 == 0 && al4(x) && al4(w) && al4(dyf) && al4(dy0) && al4(dy1) && al4(dy2) && al4(dx) &&
+                   al4(dx_t);  // the kernel's 4-wide test
   if (n_rows == 0) return;
   auto* k = rmsnorm_bwd<T, 0>;
   if (vec && D <= 4 * 256 * 2) k = rmsnorm_bwd<T, 2>;
@@ -339,50 +337,50 @@ inline bool vec4_layout_ok(int hd, std::int64_t total, std::initializer_list<con
   return true;
 }
 
-template <class T, bool kRope>
-__global__ void rows_to_heads_vec(const T* __restrict__ in, int ld_in, T* __restrict__ out, int Tn, int nheads, int hd,
-                                  const float* __restrict__ cos_t, const float* __restrict__ sin_t, int total) {
-  const int half = hd >> 1, cpr = half >> 2, items = nheads * cpr;
-  for (int idx = blockIdx.x * blockDim.x + threadIdx.x; idx < total; idx += gridDim.x * blockDim.x) {
-    const int n = idx / items, w = idx - n * items;
-    const int h = w / cpr, i = (w - h * cpr) * 4;
-    const int b = n / Tn, t = n - b * Tn;
-    const T* src = in + static_cast<std::int64_t>(n) * ld_in + h * hd;
-    T* dst = out + ((static_cast<std::int64_t>(b) * nheads + h) * Tn + t) * hd;
-    if constexpr (!kRope) {  // a permutation: the bits as they are
-      copy4(dst + i, src + i);
-      copy4(dst + i + half, src + i + half);
-    } else {
-      const float4 x = load4(src + i), y = load4(src + i + half);
-      const float4 c = load4(cos_t + t * half + i), sn = load4(sin_t + t * half + i);
-      store4(dst + i, rope_lo(x.x, y.x, c.x, sn.x), rope_lo(x.y, y.y, c.y, sn.y), rope_lo(x.z, y.z, c.z, sn.z),
-             rope_lo(x.w, y.w, c.w, sn.w));
-      store4(dst + i + half, rope_hi(x.x, y.x, c.x, sn.x), rope_hi(x.y, y.y, c.y, sn.y), rope_hi(x.z, y.z, c.z, sn.z),
-             rope_hi(x.w, y.w, c.w, sn.w));
-    }
-  }
+/// Item idx of the 4-wide layout kernels: token row n = b·Tn + t, head h, first-half column i.
+struct Vec4Item {
+  int n, b, t, h, i;
+};
+__device__ __forceinline__ Vec4Item vec4_item(int idx, int nheads, int hd, int Tn) {
+  const int cpr = hd >> 3, items = nheads * cpr;  // 4-chunks per half row
+  Vec4Item it;
+  it.n = idx / items;
+  const int w = idx - it.n * items;
+  it.h = w / cpr;
+  it.i = (w - it.h * cpr) * 4;
+  it.b = it.n / Tn;
+  it.t = it.n - it.b * Tn;
+  return it;
+}
+/// Stores a 4-chunk pair (x at lo, its rotate-half partners y at hi) rotated at the position whose
+/// table rows are cs, sn (the RoPE forward, or its inverse when kInverse).
+template <bool kInverse, class T>
+__device__ __forceinline__ void store_rotated4(T* lo, T* hi, float4 x, float4 y, const float* cs, const float* sn) {
+  const float4 c = load4(cs), s = load4(sn);
+  auto L = [](float a, float b, float c, float s) { return kInverse ? unrope_lo(a, b, c, s) : rope_lo(a, b, c, s); };
+  auto H = [](float a, float b, float c, float s) { return kInverse ? unrope_hi(a, b, c, s) : rope_hi(a, b, c, s); };
+  store4(lo, L(x.x, y.x, c.x, s.x), L(x.y, y.y, c.y, s.y), L(x.z, y.z, c.z, s.z), L(x.w, y.w, c.w, s.w));
+  store4(hi, H(x.x, y.x, c.x, s.x), H(x.y, y.y, c.y, s.y), H(x.z, y.z, c.z, s.z), H(x.w, y.w, c.w, s.w));
 }
 
-template <class T, bool kRope>
-__global__ void heads_to_rows_vec(const T* __restrict__ in, T* __restrict__ out, int ld_out, int Tn, int nheads, int hd,
+/// rows_to_heads (kToHeads) or heads_to_rows, 4-wide: `ld` is the row layout's stride; the RoPE
+/// forward into heads, its inverse out of them.
+template <class T, bool kToHeads, bool kRope>
+__global__ void permute_heads_vec(const T* __restrict__ in, T* __restrict__ out, int ld, int Tn, int nheads, int hd,
                                   const float* __restrict__ cos_t, const float* __restrict__ sin_t, int total) {
-  const int half = hd >> 1, cpr = half >> 2, items = nheads * cpr;
+  const int half = hd >> 1;
   for (int idx = blockIdx.x * blockDim.x + threadIdx.x; idx < total; idx += gridDim.x * blockDim.x) {
-    const int n = idx / items, w = idx - n * items;
-    const int h = w / cpr, i = (w - h * cpr) * 4;
-    const int b = n / Tn, t = n - b * Tn;
-    const T* src = in + ((static_cast<std::int64_t>(b) * nheads + h) * Tn + t) * hd;
-    T* dst = out + static_cast<std::int64_t>(n) * ld_out + h * hd;
+    const Vec4Item it = vec4_item(idx, nheads, hd, Tn);
+    const std::int64_t rows = static_cast<std::int64_t>(it.n) * ld + it.h * hd;
+    const std::int64_t heads = ((static_cast<std::int64_t>(it.b) * nheads + it.h) * Tn + it.t) * hd;
+    const T* src = in + (kToHeads ? rows : heads) + it.i;
+    T* dst = out + (kToHeads ? heads : rows) + it.i;
     if constexpr (!kRope) {  // a permutation: the bits as they are
-      copy4(dst + i, src + i);
-      copy4(dst + i + half, src + i + half);
+      copy4(dst, src);
+      copy4(dst + half, src + half);
     } else {
-      const float4 x = load4(src + i), y = load4(src + i + half);
-      const float4 c = load4(cos_t + t * half + i), sn = load4(sin_t + t * half + i);
-      store4(dst + i, unrope_lo(x.x, y.x, c.x, sn.x), unrope_lo(x.y, y.y, c.y, sn.y), unrope_lo(x.z, y.z, c.z, sn.z),
-             unrope_lo(x.w, y.w, c.w, sn.w));
-      store4(dst + i + half, unrope_hi(x.x, y.x, c.x, sn.x), unrope_hi(x.y, y.y, c.y, sn.y),
-             unrope_hi(x.z, y.z, c.z, sn.z), unrope_hi(x.w, y.w, c.w, sn.w));
+      store_rotated4<!kToHeads>(dst, dst + half, load4(src), load4(src + half), cos_t + it.t * half + it.i,
+                                sin_t + it.t * half + it.i);
     }
   }
 }
@@ -391,28 +389,22 @@ template <class T, bool kRope>
 __global__ void group_sum_heads_to_rows_vec(const float* __restrict__ in, int group, T* __restrict__ out, int ld_out,
                                             int Tn, int nkv, int hd, const float* __restrict__ cos_t,
                                             const float* __restrict__ sin_t, int total) {
-  const int half = hd >> 1, cpr = half >> 2, items = nkv * cpr;
+  const int half = hd >> 1;
   for (int idx = blockIdx.x * blockDim.x + threadIdx.x; idx < total; idx += gridDim.x * blockDim.x) {
-    const int n = idx / items, w = idx - n * items;
-    const int kvh = w / cpr, i = (w - kvh * cpr) * 4;
-    const int b = n / Tn, t = n - b * Tn;
+    const Vec4Item it = vec4_item(idx, nkv, hd, Tn);  // it.h: the kv head
     float4 x = make_float4(0.0f, 0.0f, 0.0f, 0.0f), y = x;
     for (int j = 0; j < group; ++j) {  // the scalar kernel's order: 0 + head 0 + head 1 + …
-      const float* src = in + ((static_cast<std::int64_t>(b) * nkv * group + kvh * group + j) * Tn + t) * hd;
-      const float4 u = load4(src + i), v = load4(src + i + half);
+      const float* src = in + ((static_cast<std::int64_t>(it.b) * nkv * group + it.h * group + j) * Tn + it.t) * hd + it.i;
+      const float4 u = load4(src), v = load4(src + half);
       x.x += u.x; x.y += u.y; x.z += u.z; x.w += u.w;
       y.x += v.x; y.y += v.y; y.z += v.z; y.w += v.w;
     }
-    T* dst = out + static_cast<std::int64_t>(n) * ld_out + kvh * hd;
+    T* dst = out + static_cast<std::int64_t>(it.n) * ld_out + it.h * hd + it.i;
     if constexpr (kRope) {
-      const float4 c = load4(cos_t + t * half + i), sn = load4(sin_t + t * half + i);
-      store4(dst + i, unrope_lo(x.x, y.x, c.x, sn.x), unrope_lo(x.y, y.y, c.y, sn.y), unrope_lo(x.z, y.z, c.z, sn.z),
-             unrope_lo(x.w, y.w, c.w, sn.w));
-      store4(dst + i + half, unrope_hi(x.x, y.x, c.x, sn.x), unrope_hi(x.y, y.y, c.y, sn.y),
-             unrope_hi(x.z, y.z, c.z, sn.z), unrope_hi(x.w, y.w, c.w, sn.w));
+      store_rotated4<true>(dst, dst + half, x, y, cos_t + it.t * half + it.i, sin_t + it.t * half + it.i);
     } else {
-      store4(dst + i, x.x, x.y, x.z, x.w);
-      store4(dst + i + half, y.x, y.y, y.z, y.w);
+      store4(dst, x.x, x.y, x.z, x.w);
+      store4(dst + half, y.x, y.y, y.z, y.w);
     }
   }
 }
@@ -452,9 +444,9 @@ void launch_rows_to_heads(cudaStream_t s, const T* in, int ld_in, T* out, int B,
   const std::int64_t total4 = static_cast<std::int64_t>(B) * Tn * nheads * (hd / 8);
   if (vec4_layout_ok(hd, total4, {in, out}, {ld_in}, sizeof(T)) &&
       (!rope || vec4_layout_ok(hd, total4, {cos_t, sin_t}, {}, sizeof(float)))) {
-    auto* k = rope ? rows_to_heads_vec<T, true> : rows_to_heads_vec<T, false>;
-    k<<<grid_for(total4), 256, 0, s>>>(in, ld_in, out, Tn, nheads, hd, cos_t, sin_t, static_cast<int>(total4));
-    HDPISSA_CUDA_CHECK_LAUNCH("rows_to_heads_vec");
+    auto* k = rope ? permute_heads_vec<T, true, true> : permute_heads_vec<T, true, false>;
+    k<<<grid_for(total4), 256, 0, s>>>(in, out, ld_in, Tn, nheads, hd, cos_t, sin_t, static_cast<int>(total4));
+    HDPISSA_CUDA_CHECK_LAUNCH("permute_heads_vec (rows to heads)");
     return;
   }
   const std::int64_t n = static_cast<std::int64_t>(B) * Tn * nheads * (hd / 2);
@@ -497,9 +489,9 @@ void launch_heads_to_rows(cudaStream_t s, const T* in, T* out, int ld_out, int B
   const std::int64_t total4 = static_cast<std::int64_t>(B) * Tn * nheads * (hd / 8);
   if (vec4_layout_ok(hd, total4, {in, out}, {ld_out}, sizeof(T)) &&
       (!rope || vec4_layout_ok(hd, total4, {cos_t, sin_t}, {}, sizeof(float)))) {
-    auto* k = rope ? heads_to_rows_vec<T, true> : heads_to_rows_vec<T, false>;
+    auto* k = rope ? permute_heads_vec<T, false, true> : permute_heads_vec<T, false, false>;
     k<<<grid_for(total4), 256, 0, s>>>(in, out, ld_out, Tn, nheads, hd, cos_t, sin_t, static_cast<int>(total4));
-    HDPISSA_CUDA_CHECK_LAUNCH("heads_to_rows_vec");
+    HDPISSA_CUDA_CHECK_LAUNCH("permute_heads_vec (heads to rows)");
     return;
   }
   const std::int64_t n = static_cast<std::int64_t>(B) * Tn * nheads * (hd / 2);
