@@ -100,8 +100,8 @@ __global__ void qkv_to_cache(const T* q, int ldq, T* q_out, const T* __restrict_
       float a = to_f(x[i]), b = to_f(x[i + half]);
       if (bias) a += bias[hh * hd + i], b += bias[hh * hd + i + half];
       T* y = q_out + static_cast<std::int64_t>(r) * qd + hh * hd;
-      y[i] = from_f<T>(a * c - b * sn);
-      y[i + half] = from_f<T>(b * c + a * sn);
+      y[i] = from_f<T>(kern::rope_lo(a, b, c, sn));  // the training model's RoPE, no FMA contraction
+      y[i + half] = from_f<T>(kern::rope_hi(a, b, c, sn));
     } else {
       const bool is_k = hh < nh + nkv;
       const int h = is_k ? hh - nh : hh - nh - nkv;
@@ -113,8 +113,8 @@ __global__ void qkv_to_cache(const T* q, int ldq, T* q_out, const T* __restrict_
       }
       T* dst = (is_k ? kc : vc) + ((static_cast<std::int64_t>(s) * nkv + h) * max_ctx + p) * hd;
       if (is_k) {
-        dst[i] = from_f<T>(a * c - b * sn);
-        dst[i + half] = from_f<T>(b * c + a * sn);
+        dst[i] = from_f<T>(kern::rope_lo(a, b, c, sn));
+        dst[i + half] = from_f<T>(kern::rope_hi(a, b, c, sn));
       } else {
         dst[i] = from_f<T>(a);
         dst[i + half] = from_f<T>(b);

@@ -331,16 +331,18 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) fwd_kernel(const bf16* _
     l_b += __shfl_xor_sync(0xffffffffu, l_b, off);
   }
   const bool live_a = row_a < Lb, live_b = row_b < Lb;
+  // Padding rows of a live tile are written as +0 by selection, not as o·0: their o is finite but
+  // signed (−0 after the product), or NaN where a sliding window leaves them no key.
   const float inv_a = live_a ? 1.0f / l_a : 0.0f, inv_b = live_b ? 1.0f / l_b : 0.0f;
 #pragma unroll
   for (int n = 0; n < HD / 8; ++n) {
     const int col = n * 8 + 2 * tq;
     if (row_a < Tn)
       *reinterpret_cast<std::uint32_t*>(Ob + static_cast<std::int64_t>(row_a) * ro + col) =
-          pack(o[n][0] * inv_a, o[n][1] * inv_a);
+          live_a ? pack(o[n][0] * inv_a, o[n][1] * inv_a) : 0u;
     if (row_b < Tn)
       *reinterpret_cast<std::uint32_t*>(Ob + static_cast<std::int64_t>(row_b) * ro + col) =
-          pack(o[n][2] * inv_b, o[n][3] * inv_b);
+          live_b ? pack(o[n][2] * inv_b, o[n][3] * inv_b) : 0u;
   }
   if (tq == 0) {
     if (row_a < Tn) lb[row_a] = live_a ? (m_a + log2f(l_a)) * kLn2 : 0.0f;
