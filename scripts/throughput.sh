@@ -36,7 +36,9 @@
 #                                       +tune = HDPISSA_CUDA_GEMM_TUNING_BF16=exact for that run (bit-exact cuBLASLt
 #                                       choice of the bf16 GEMMs; other runs get the caller's value, default off);
 #                                       +3xtf32 = HDPISSA_CUDA_DWU_GEMM=3xtf32 (the sm_90a DWU kernel instead of
-#                                       auto's CUDA-core kernel at 2Kr <= 64: a before/after of the DWU step)
+#                                       auto's CUDA-core kernel at 2Kr <= 64: a before/after of the DWU step);
+#                                       +nofused = HDPISSA_FUSED_ADAPTER_GRADS=0 (the DWU methods' adapter
+#                                       gradients through MutedLinear's cuBLAS GEMMs instead of adapter_grads.cuh)
 #   BASELINE_BIN                        a second hdpissa-train (file, or a directory holding one):
 #                                       its runs are the "ours@baseline" rows (before/after a change)
 #   BASELINE_TAR                        instead: a git-archive .tar.gz, built here (JOBS_BASE [8] jobs)
@@ -249,6 +251,8 @@ run_ours() {  # SIDE(ours|base) BINARY HELP CFG MODEL MB GA MBDIR TIMEOUT EXTRA_
   [[ "$cfg" == *+tune* ]] && { cfg="${cfg//+tune/}"; tune=exact; }  # lora+tune: HDPISSA_CUDA_GEMM_TUNING_BF16=exact
   local dwug="${HDPISSA_CUDA_DWU_GEMM:-auto}"
   [[ "$cfg" == *+3xtf32* ]] && { cfg="${cfg//+3xtf32/}"; dwug=3xtf32; }  # hdpissa-K1+3xtf32: the sm_90a DWU kernel
+  local fused="${HDPISSA_FUSED_ADAPTER_GRADS:-1}"
+  [[ "$cfg" == *+nofused* ]] && { cfg="${cfg//+nofused/}"; fused=0; }  # hdpissa-K1+nofused: the cuBLAS adapter gradients
   [[ "$cfg" == *+ckpt* ]] && { cfg="${cfg//+ckpt/}"; ckflag=(--activation-checkpointing); }  # hdpissa-K1+ckpt
   [[ "$cfg" == *@* ]] && { wp="${cfg##*@}"; cfg="${cfg%@*}"; wpflag=(--w-precision "$wp"); }  # hdpissa-K1@bf16-sr
   [[ "$cfg" == *_* ]] && att="${cfg##*_}"   # e.g. hdpissa-K8_gemm: --attention gemm
@@ -264,7 +268,7 @@ run_ours() {  # SIDE(ours|base) BINARY HELP CFG MODEL MB GA MBDIR TIMEOUT EXTRA_
   fi
   s=$(date +%s.%N)
   # shellcheck disable=SC2086
-  HDPISSA_CUDA_GEMM_TUNING_BF16="$tune" HDPISSA_CUDA_DWU_GEMM="$dwug" \
+  HDPISSA_CUDA_GEMM_TUNING_BF16="$tune" HDPISSA_CUDA_DWU_GEMM="$dwug" HDPISSA_FUSED_ADAPTER_GRADS="$fused" \
   timeout -k 10 "$to" "$bin" --device cuda --dtype bf16 "${attflag[@]}" --model "$model" \
     --tokenizer "$DEV/tokenizer.model" --data "$DEV/train.jsonl" --method "$method" --groups-per-process "$k" \
     --rank 16 --alpha 16 --targets q,k,v,o,gate,up,down --svd randomized --micro-batch "$mb" --grad-accum "$ga" \

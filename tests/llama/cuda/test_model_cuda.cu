@@ -23,7 +23,9 @@
 #include <type_traits>
 #include <vector>
 
+#include "hdpissa/cuda.hpp"
 #include "llama/checkpoint.hpp"
+#include "llama/cuda/adapter_grads.cuh"
 #include "llama/cuda/fp8_linears.cuh"
 #include "llama/cuda/model_cuda.cuh"
 #include "llama/model.hpp"
@@ -1350,4 +1352,125 @@ TEST_CASE("CudaLlama: default loss chunk within 96 MiB; the bf16 staging is chun
   m.download_linear(id, back);
   for (Eigen::Index i = 0; i < x.size(); ++i)
     CHECK(back.data()[i] == __bfloat162float(__float2bfloat16_rn(x.data()[i])));
+}
+
+/// HD-PiSSA's fused adapter gradients (adapter_grads.cuh) against a float64 reference and against
+/// the cuBLAS path they replace (MutedLinear<CudaBackend<bf16>>::backward, bf16 gradients added into
+/// fp32): gA += α (dY B)ᵀ X, gB += α dYᵀ (X Aᵀ), accumulated onto non-zero fp32 gradients. Shapes
+/// with one and several token slices, partial 64-column strips, token counts off every tile size.
+TEST_CASE("fused adapter gradients: float64 reference, no worse than the cuBLAS path, deterministic") {
+  using hdpissa::llama::gpu::FusedAdapterGrads;
+  using CVb = hdpissa::ConstMatrixView<bf16>;
+  struct Shape {
+    int N, in, out;
+  };
+  for (const Shape sh : {Shape{4096, 2048, 256}, Shape{1000, 2048, 5632}, Shape{37, 64, 72}, Shape{513, 136, 48},
+                         Shape{1, 8, 8}}) {
+    CAPTURE(sh.N);
+    CAPTURE(sh.in);
+    CAPTURE(sh.out);
+    const int N = sh.N, in = sh.in, out = sh.out, r = 16;
+    const float alpha = 2.0f;
+    std::mt19937 rng(11u + N + in + out);
+    std::normal_distribution<float> nd(0.0f, 1.0f);
+    auto hostb = [&](std::size_t n, float sd) {
+      std::vector<bf16> h(n);
+      for (auto& x : h) x = bf16(sd * nd(rng));
+      return h;
+    };
+    const auto X = hostb(std::size_t(N) * in, 1.0f), dY = hostb(std::size_t(N) * out, 1.0f);
+    const auto A = hostb(std::size_t(r) * in, 0.1f), B = hostb(std::size_t(out) * r, 0.1f);
+    std::vector<float> gA0(std::size_t(r) * in), gB0(std::size_t(out) * r);
+    for (auto& x : gA0) x = nd(rng);
+    for (auto& x : gB0) x = nd(rng);
+    auto dX = to_device(X), ddY = to_device(dY), dA = to_device(A), dB = to_device(B);
+    hdpissa::DeviceBuffer<bf16> dBt(std::size_t(r) * out);
+    FusedAdapterGrads::transpose_into(nullptr, CVb(dB.get(), out, r, r), hdpissa::MatrixView<bf16>(dBt.get(), r, out, out));
+    const CVb Xv(dX.get(), N, in, in), dYv(ddY.get(), N, out, out), Av(dA.get(), r, in, in), Btv(dBt.get(), r, out, out);
+
+    // float64 reference of the increments
+    std::vector<double> t(std::size_t(N) * r, 0.0), u(std::size_t(N) * r, 0.0);
+    for (int n = 0; n < N; ++n)
+      for (int j = 0; j < r; ++j) {
+        double st = 0, su = 0;
+        for (int o = 0; o < out; ++o) st += double(float(dY[std::size_t(n) * out + o])) * double(float(B[std::size_t(o) * r + j]));
+        for (int i = 0; i < in; ++i) su += double(float(X[std::size_t(n) * in + i])) * double(float(A[std::size_t(j) * in + i]));
+        t[std::size_t(n) * r + j] = st;
+        u[std::size_t(n) * r + j] = su;
+      }
+    std::vector<double> incA(std::size_t(r) * in, 0.0), incB(std::size_t(out) * r, 0.0);
+    for (int n = 0; n < N; ++n) {
+      for (int j = 0; j < r; ++j) {
+        const double tj = t[std::size_t(n) * r + j];
+        for (int i = 0; i < in; ++i) incA[std::size_t(j) * in + i] += alpha * tj * double(float(X[std::size_t(n) * in + i]));
+      }
+      for (int o = 0; o < out; ++o) {
+        const double y = double(float(dY[std::size_t(n) * out + o]));
+        for (int j = 0; j < r; ++j) incB[std::size_t(o) * r + j] += alpha * y * u[std::size_t(n) * r + j];
+      }
+    }
+    // normalised error of (g − g0) against the increment: max |Δ| / max |inc|
+    auto err = [](const std::vector<float>& g, const std::vector<float>& g0, const std::vector<double>& inc) {
+      double worst = 0, mag = 0;
+      for (std::size_t k = 0; k < inc.size(); ++k) {
+        worst = std::max(worst, std::abs(double(g[k]) - double(g0[k]) - inc[k]));
+        mag = std::max(mag, std::abs(inc[k]));
+      }
+      return worst / (mag + 1e-30);
+    };
+    auto download = [](const hdpissa::DeviceBuffer<float>& d, std::size_t n) {
+      std::vector<float> h(n);
+      HDPISSA_CUDA_CHECK(cudaDeviceSynchronize());
+      HDPISSA_CUDA_CHECK(cudaMemcpy(h.data(), d.get(), sizeof(float) * n, cudaMemcpyDeviceToHost));
+      return h;
+    };
+
+    // the fused kernels, twice from the same start: the same bits (the slice partials' order is fixed)
+    FusedAdapterGrads ag;
+    std::vector<float> fa[2], fb[2];
+    for (int rep = 0; rep < 2; ++rep) {
+      auto gA = to_device(gA0), gB = to_device(gB0);
+      const hdpissa::MatrixView<float> gAv(gA.get(), r, in, in), gBv(gB.get(), out, r, r);
+      REQUIRE(FusedAdapterGrads::usable(Xv, dYv, Av, Btv, gAv, gBv));
+      ag.run(nullptr, Xv, dYv, Av, Btv, alpha, gAv, gBv);
+      fa[rep] = download(gA, gA0.size());
+      fb[rep] = download(gB, gB0.size());
+    }
+    CHECK(std::memcmp(fa[0].data(), fa[1].data(), sizeof(float) * fa[0].size()) == 0);
+    CHECK(std::memcmp(fb[0].data(), fb[1].data(), sizeof(float) * fb[0].size()) == 0);
+
+    // the cuBLAS path: MutedLinear's four GEMMs into bf16, then added into fp32
+    hdpissa::CudaBackend<bf16> be(nullptr, {});
+    hdpissa::MutedLinear<hdpissa::CudaBackend<bf16>> ml(be, alpha);
+    hdpissa::DeviceBuffer<bf16> ga16(gA0.size()), gb16(gB0.size());
+    ml.backward(CVb(nullptr, out, in, in), Av, CVb(dB.get(), out, r, r), Xv, dYv, hdpissa::MatrixView<bf16>{},
+                hdpissa::MatrixView<bf16>(ga16.get(), r, in, in), hdpissa::MatrixView<bf16>(gb16.get(), out, r, r), false);
+    std::vector<bf16> ha(gA0.size()), hb(gB0.size());
+    HDPISSA_CUDA_CHECK(cudaDeviceSynchronize());
+    HDPISSA_CUDA_CHECK(cudaMemcpy(ha.data(), ga16.get(), sizeof(bf16) * ha.size(), cudaMemcpyDeviceToHost));
+    HDPISSA_CUDA_CHECK(cudaMemcpy(hb.data(), gb16.get(), sizeof(bf16) * hb.size(), cudaMemcpyDeviceToHost));
+    std::vector<float> ca(gA0), cbv(gB0);
+    for (std::size_t k = 0; k < ca.size(); ++k) ca[k] += float(ha[k]);
+    for (std::size_t k = 0; k < cbv.size(); ++k) cbv[k] += float(hb[k]);
+
+    const double ea = err(fa[0], gA0, incA), eb = err(fb[0], gB0, incB);
+    const double ca_err = err(ca, gA0, incA), cb_err = err(cbv, gB0, incB);
+    MESSAGE("fused adapter grads N ", N, " in ", in, " out ", out, ": gA err ", ea, " (cuBLAS path ", ca_err, "), gB err ",
+            eb, " (cuBLAS path ", cb_err, ")");
+    // t and u are rounded to bf16 once (as on the cuBLAS path): ≲ 2^-8 of the largest increment
+    CHECK(ea <= 8e-3);
+    CHECK(eb <= 8e-3);
+    CHECK(ea <= 1.25 * ca_err + 1e-4);
+    CHECK(eb <= 1.25 * cb_err + 1e-4);
+  }
+  SUBCASE("operands the kernels do not take are refused (the caller then runs MutedLinear)") {
+    hdpissa::DeviceBuffer<bf16> x(64 * 24), a(16 * 24), bt(16 * 24);
+    hdpissa::DeviceBuffer<float> ga(16 * 24), gb(24 * 16);
+    const CVb X(x.get(), 64, 24, 24), A(a.get(), 16, 24, 24), Bt(bt.get(), 16, 24, 24);
+    const hdpissa::MatrixView<float> gA(ga.get(), 16, 24, 24), gB(gb.get(), 24, 16, 16);
+    CHECK(FusedAdapterGrads::usable(X, X, A, Bt, gA, gB));
+    CHECK_FALSE(FusedAdapterGrads::usable(CVb(x.get(), 64, 20, 20), X, A, Bt, gA, gB));  // width not a multiple of 8
+    CHECK_FALSE(FusedAdapterGrads::usable(CVb(x.get() + 1, 64, 24, 24), X, A, Bt, gA, gB));  // misaligned rows
+    CHECK_FALSE(FusedAdapterGrads::usable(X, X, CVb(a.get(), 8, 24, 24), Bt, gA, gB));  // rank 8
+  }
 }

@@ -10,7 +10,8 @@
 ///  - accumulate: an fp32 gradient sum += one micro-batch's bf16 gradient (fp32 accumulation inside
 ///    the GEMM over the micro-batch's tokens, rounded once, then added here), so the sum over
 ///    micro-batches and groups, Adam and W are all fp32.
-/// With bf16 compute it also names --compute fp8's FP8 linears (fp8_linears.cuh).
+/// With bf16 compute it also names --compute fp8's FP8 linears (fp8_linears.cuh) and HD-PiSSA's fused
+/// adapter-gradient kernels (adapter_grads.cuh).
 
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
@@ -21,6 +22,7 @@
 #include <type_traits>
 
 #include "hdpissa/cuda.hpp"
+#include "llama/cuda/adapter_grads.cuh"
 #include "llama/cuda/fp8_linears.cuh"
 
 namespace hdpissa::llama::gpu {
@@ -59,6 +61,8 @@ struct CudaDevice {
   static constexpr const char* backend_note = " on CudaBackend<float>";
   /// --compute fp8's FP8 copies and GEMMs (fp8_linears.cuh): bf16 compute only (void: none).
   using fp8_linears = std::conditional_t<std::is_same_v<T, __nv_bfloat16>, Fp8Linears, void>;
+  /// HD-PiSSA's fused adapter-gradient kernels (adapter_grads.cuh): bf16 compute only (void: none).
+  using adapter_grads = std::conditional_t<std::is_same_v<T, __nv_bfloat16>, FusedAdapterGrads, void>;
 
   static void to_compute(master_backend& b, ConstMatrixView<float> src, MatrixView<T> dst) { b.convert(src, dst); }
   static void accumulate(master_backend& b, ConstMatrixView<T> src, MatrixView<float> dst) {

@@ -118,6 +118,16 @@ template <class Dev>
 struct Fp8LinearsOf<Dev> {
   using type = typename Dev::fp8_linears;
 };
+/// The device policy's fused adapter-gradient kernels (Dev::adapter_grads), or void.
+template <class Dev>
+struct AdapterGradsOf {
+  using type = void;
+};
+template <class Dev>
+  requires requires { typename Dev::adapter_grads; }
+struct AdapterGradsOf<Dev> {
+  using type = typename Dev::adapter_grads;
+};
 }  // namespace detail
 
 /// A fine-tuning method: per-group hooks for the model, the optimizer step and the state.
@@ -600,6 +610,8 @@ class DwuMethod final : public TrainMethod<Dev> {
   using typename Base::V32;
   using typename Base::Sc;
   using Update = hdpissa::DirectWeightUpdate<Bm, hdpissa::Adam, Comm, Agg>;
+  using AG = typename detail::AdapterGradsOf<Dev>::type;
+  static constexpr bool kFusedGrads = !std::is_void_v<AG>;
 
  public:
   /// `resume`: a saved state to take the factors from (no SVD runs), or null for a fresh run.
@@ -684,6 +696,18 @@ class DwuMethod final : public TrainMethod<Dev> {
     {
       hdpissa::memory::PartScope cp("adapter.compute-copies");
       this->make_copies(cc_, stacked(), scratch);  // constant factors: compute copies made once
+      if constexpr (kFusedGrads) {
+        // HD-PiSSA's fused adapter gradients (bf16, exact mute, r = 16): Bᵀ copies of the factors.
+        ag_on_ = kMixed && std::is_same_v<Mute, hdpissa::ExactMute> && r == 16 && AG::enabled_by_env();
+        if (ag_on_) {
+          for (std::size_t i = 0; i < ids_.size(); ++i) {
+            const auto [out, in] = this->shape(i);
+            (void)in;
+            bt_.push_back(this->bc_->make_matrix(K * r, out));
+          }
+          fill_bt();
+        }
+      }
     }
     hdpissa::memory::PartScope wp("w-precision.state");
     this->setup_w_precision(o, upd_);
@@ -701,6 +725,7 @@ class DwuMethod final : public TrainMethod<Dev> {
   void refresh() override {
     for (std::size_t i = 0; i < ids_.size(); ++i) this->push_weight(i);
     this->refresh_copies(cc_, stacked());
+    if constexpr (kFusedGrads) fill_bt();
     this->refresh_fp8();
   }
   /// W (a bf16 W policy: the model's bf16 W, widened exactly).
@@ -753,10 +778,14 @@ class DwuMethod final : public TrainMethod<Dev> {
     if (max_tokens <= reserved_) return;
     reserved_ = max_tokens;
     hdpissa::memory::PartScope part("adapter.scratch");
+    index_t widths = 0;
     for (std::size_t i = 0; i < ids_.size(); ++i) {
       const auto [out, in] = this->shape(i);
       muted_.reserve(max_tokens, out, in, upd_.rank());
+      widths = std::max(widths, out + in);
     }
+    if constexpr (kFusedGrads)
+      if (ag_on_) ag_.reserve(max_tokens, widths);
   }
   void forward(int lg, std::size_t i, CVc W, CVc X, Vc Y) override {
     if constexpr (Base::kFp8Capable && std::is_same_v<Mute, hdpissa::ExactMute>) {
@@ -766,6 +795,8 @@ class DwuMethod final : public TrainMethod<Dev> {
     muted_.forward(W, A(i, lg), Bf(i, lg), X, Y);
   }
   void backward(int lg, std::size_t i, CVc W, CVc X, CVc dY, Vc dX) override {
+    if constexpr (kFusedGrads)
+      if (ag_on_ && fused_backward(lg, i, W, X, dY, dX)) return;
     if constexpr (!kMixed) {
       muted_.backward(W, A(i, lg), Bf(i, lg), X, dY, dX, upd_.grad_A(i, lg), upd_.grad_B(i, lg), /*accumulate=*/true);
     } else {
@@ -793,6 +824,39 @@ class DwuMethod final : public TrainMethod<Dev> {
     for (std::size_t i = 0; i < ids_.size(); ++i) out.push_back({upd_.stacked_A(i), upd_.stacked_B(i)});
     return out;
   }
+  /// The fused adapter-gradient path (adapter_grads.cuh): dX as MutedLinear computes it (the same
+  /// GEMM, or the FP8 one), then gA, gB accumulated in fp32 by two kernels. False (nothing done)
+  /// when the kernels do not take the operands: the caller runs MutedLinear.
+  bool fused_backward(int lg, std::size_t i, CVc W, CVc X, CVc dY, Vc dX) {
+    if constexpr (kFusedGrads) {
+      const index_t r = upd_.rank();
+      const int G = comm_->first_group() + lg;
+      const CVc Bt = CVc(bt_[i].view()).row_block(G * r, r);
+      const V32 gA = upd_.grad_A(i, lg), gB = upd_.grad_B(i, lg);
+      if (!AG::usable(X, dY, A(i, lg), Bt, gA, gB) || W.cols != X.cols || W.rows != dY.cols) return false;
+      bool fp8 = false;
+      if constexpr (Base::kFp8Capable) fp8 = this->fp8_on(i);
+      if (dX.data) {
+        if constexpr (Base::kFp8Capable)
+          if (fp8) this->fp8_->backward_dx(i, dY, dX, 0.0f);
+        if (!fp8) {
+          hdpissa::require_shape(dX, X.rows, W.cols, "MutedLinear dX");
+          this->bc_->gemm(hdpissa::Op::N, hdpissa::Op::N, Sc(1), dY, W, Sc(0), dX);  // MutedLinear's dX GEMM
+        }
+      }
+      ag_.run(this->bc_->stream(), X, dY, A(i, lg), Bt, float(muted_.scaling()), gA, gB);
+      return true;
+    } else {
+      (void)lg, (void)i, (void)W, (void)X, (void)dY, (void)dX;
+      return false;
+    }
+  }
+  /// The Bᵀ copies ← the compute copies of B (setup and refresh()).
+  void fill_bt() {
+    if constexpr (kFusedGrads)
+      for (std::size_t i = 0; i < bt_.size(); ++i)
+        AG::transpose_into(this->bc_->stream(), CVc(cc_.B[i].view()), bt_[i].view());
+  }
   /// Group (first_group + lg)'s factors in the compute dtype.
   CVc A(std::size_t i, int lg) const {
     const int G = comm_->first_group() + lg;
@@ -813,6 +877,11 @@ class DwuMethod final : public TrainMethod<Dev> {
   std::int64_t trainable_ = 0;
   typename Base::ComputeCopies cc_;  // compute copies of the factors, gradient scratch (kMixed)
   index_t reserved_ = 0;
+  // the fused adapter gradients (Dev::adapter_grads; an empty stand-in where the device has none)
+  struct NoAdapterGrads {};
+  std::conditional_t<kFusedGrads, AG, NoAdapterGrads> ag_;
+  bool ag_on_ = false;
+  std::vector<typename Bc::matrix_type> bt_;  // per target: Bᵀ (K·r, out) of the compute copy
 };
 
 /// LoRA / PiSSA: an active adapter per target, trained data-parallel (gradients averaged over K).
