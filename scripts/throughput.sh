@@ -37,8 +37,8 @@
 #                                       choice of the bf16 GEMMs; other runs get the caller's value, default off);
 #                                       +3xtf32 = HDPISSA_CUDA_DWU_GEMM=3xtf32 (the sm_90a DWU kernel instead of
 #                                       auto's CUDA-core kernel at 2Kr <= 64: a before/after of the DWU step);
-#                                       +nofused = HDPISSA_FUSED_ADAPTER_GRADS=0 (the DWU methods' adapter
-#                                       gradients through MutedLinear's cuBLAS GEMMs instead of adapter_grads.cuh)
+#                                       +fused = HDPISSA_FUSED_ADAPTER_GRADS=1 (the DWU methods' adapter
+#                                       gradients through adapter_grads.cuh instead of MutedLinear's cuBLAS GEMMs)
 #   BASELINE_BIN                        a second hdpissa-train (file, or a directory holding one):
 #                                       its runs are the "ours@baseline" rows (before/after a change)
 #   BASELINE_TAR                        instead: a git-archive .tar.gz, built here (JOBS_BASE [8] jobs)
@@ -251,8 +251,8 @@ run_ours() {  # SIDE(ours|base) BINARY HELP CFG MODEL MB GA MBDIR TIMEOUT EXTRA_
   [[ "$cfg" == *+tune* ]] && { cfg="${cfg//+tune/}"; tune=exact; }  # lora+tune: HDPISSA_CUDA_GEMM_TUNING_BF16=exact
   local dwug="${HDPISSA_CUDA_DWU_GEMM:-auto}"
   [[ "$cfg" == *+3xtf32* ]] && { cfg="${cfg//+3xtf32/}"; dwug=3xtf32; }  # hdpissa-K1+3xtf32: the sm_90a DWU kernel
-  local fused="${HDPISSA_FUSED_ADAPTER_GRADS:-1}"
-  [[ "$cfg" == *+nofused* ]] && { cfg="${cfg//+nofused/}"; fused=0; }  # hdpissa-K1+nofused: the cuBLAS adapter gradients
+  local fused="${HDPISSA_FUSED_ADAPTER_GRADS:-0}"
+  [[ "$cfg" == *+fused* ]] && { cfg="${cfg//+fused/}"; fused=1; }  # hdpissa-K1+fused: adapter_grads.cuh (opt-in)
   [[ "$cfg" == *+ckpt* ]] && { cfg="${cfg//+ckpt/}"; ckflag=(--activation-checkpointing); }  # hdpissa-K1+ckpt
   [[ "$cfg" == *@* ]] && { wp="${cfg##*@}"; cfg="${cfg%@*}"; wpflag=(--w-precision "$wp"); }  # hdpissa-K1@bf16-sr
   [[ "$cfg" == *_* ]] && att="${cfg##*_}"   # e.g. hdpissa-K8_gemm: --attention gemm

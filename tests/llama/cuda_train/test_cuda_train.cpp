@@ -1035,8 +1035,8 @@ TEST_CASE("memory ledger: the parts at the peak add up to it and match their for
 }
 
 // HD-PiSSA's fused adapter gradients (llama/cuda/adapter_grads.cuh) inside the trainer: bf16, r = 16
-// (K = 2 groups: K·r = 32 fits stories260K's kv width), against the cuBLAS path of the same run
-// (HDPISSA_FUSED_ADAPTER_GRADS=0). stories260K's q/k/v/o (widths 64 and 32) take the fused kernels;
+// (K = 2 groups: K·r = 32 fits stories260K's kv width; HDPISSA_FUSED_ADAPTER_GRADS=1, opt-in), against
+// the cuBLAS path (the default). stories260K's q/k/v/o (widths 64 and 32) take the fused kernels;
 // gate/up/down (172 wide, not a multiple of 8) fall back, so both paths run in one model. The fused
 // path accumulates each micro-batch's gradient in fp32 instead of rounding it to bf16 first: the
 // losses agree closely but not bit for bit.
@@ -1049,8 +1049,7 @@ TEST_CASE("fused adapter gradients in the trainer (bf16, r 16): the losses of th
     o.rank = 16;
     o.alpha = 16;
     o.max_steps = 6;
-    if (fused) unsetenv("HDPISSA_FUSED_ADAPTER_GRADS");
-    else setenv("HDPISSA_FUSED_ADAPTER_GRADS", "0", 1);
+    setenv("HDPISSA_FUSED_ADAPTER_GRADS", fused ? "1" : "0", 1);
     Run r(o);
     unsetenv("HDPISSA_FUSED_ADAPTER_GRADS");
     losses[fused] = step_losses(o.metrics);
