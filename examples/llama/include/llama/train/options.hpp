@@ -440,6 +440,7 @@ inline void add_train_options(CLI::App& app, TrainOptions& o, CLI::Option** atte
       "  HDPISSA_CUDA_GEMM_TUNING  off|exact|fastest: the fp32 GEMM algorithm policy (default exact = bit-identical)\n"
       "  HDPISSA_CUDA_GEMM_TUNING_BF16  off|exact|fastest: the same for bf16 GEMMs (--dtype bf16 linears; default off)\n"
       "  HDPISSA_CUDA_DWU_GEMM     auto|3xtf32|simt|cublas: the Direct Weight Update's GEMM on the GPU\n"
+      "  HDPISSA_FUSED_ADAPTER_GRADS  1: fused adapter-gradient kernels for the DWU methods (bf16, r 16; opt-in, untested on GPU)\n"
       "  HDPISSA_COMM_TIMEOUT_S    collective / rendezvous timeout of the multi-process paths (seconds)\n"
       "  RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT (torchrun, hdpissa-run) or SLURM_PROCID,\n"
       "  SLURM_NTASKS, SLURM_LOCALID (srun): one process of a multi-process run (docs/distributed.md)\n"
