@@ -9,6 +9,10 @@ source scripts/device-calls/common.sh
 O=/tmp/o22; mkdir -p $O
 run_suites $O hdpissa_llama_cuda_tests:40
 timeout 30 .devbin/hdpissa_llama_cuda_tests --test-case="fused adapter*" -s 2>&1 | grep -E "fused adapter grads|ERROR|CHECK" | head -20
+# out-of-bounds accesses of the new kernels (the test's shapes include partial strips and odd N)
+CS=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null)
+[[ -n "$CS" ]] && timeout 90 "$CS" --tool memcheck --error-exitcode 9 .devbin/hdpissa_llama_cuda_tests \
+  --test-case="fused adapter*" > $O/memcheck.txt 2>&1; echo "memcheck rc $? (${CS:-no compute-sanitizer})"; tail -3 $O/memcheck.txt
 if ! grep -q "hdpissa_llama_cuda_tests rc 0" $O/suites.txt; then
   tar czf $OUT/c22-logs.tgz -C $O . 2>/dev/null; echo "llama CUDA suite failed: stopping"; exit 1
 fi

@@ -11,6 +11,7 @@
 #define DOCTEST_CONFIG_IMPLEMENT
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <unistd.h>
 #include <cstdio>
@@ -1357,19 +1358,21 @@ TEST_CASE("CudaLlama: default loss chunk within 96 MiB; the bf16 staging is chun
 /// HD-PiSSA's fused adapter gradients (adapter_grads.cuh) against a float64 reference and against
 /// the cuBLAS path they replace (MutedLinear<CudaBackend<bf16>>::backward, bf16 gradients added into
 /// fp32): gA += α (dY B)ᵀ X, gB += α dYᵀ (X Aᵀ), accumulated onto non-zero fp32 gradients. Shapes
-/// with one and several token slices, partial 64-column strips, token counts off every tile size.
+/// with one and several token slices, partial 64-column strips, token counts off every tile size,
+/// and X / dY rows wider than their columns with NaN in the spare columns.
 TEST_CASE("fused adapter gradients: float64 reference, no worse than the cuBLAS path, deterministic") {
   using hdpissa::llama::gpu::FusedAdapterGrads;
   using CVb = hdpissa::ConstMatrixView<bf16>;
   struct Shape {
-    int N, in, out;
+    int N, in, out, pad;  // pad: X and dY rows `pad` elements wider than their columns, filled with NaN
   };
-  for (const Shape sh : {Shape{4096, 2048, 256}, Shape{1000, 2048, 5632}, Shape{37, 64, 72}, Shape{513, 136, 48},
-                         Shape{1, 8, 8}}) {
+  for (const Shape sh : {Shape{4096, 2048, 256, 0}, Shape{1000, 2048, 5632, 0}, Shape{37, 64, 72, 8},
+                         Shape{513, 136, 48, 16}, Shape{1, 8, 8, 0}}) {
     CAPTURE(sh.N);
     CAPTURE(sh.in);
     CAPTURE(sh.out);
-    const int N = sh.N, in = sh.in, out = sh.out, r = 16;
+    CAPTURE(sh.pad);
+    const int N = sh.N, in = sh.in, out = sh.out, r = 16, ldx = in + sh.pad, ldy = out + sh.pad;
     const float alpha = 2.0f;
     std::mt19937 rng(11u + N + in + out);
     std::normal_distribution<float> nd(0.0f, 1.0f);
@@ -1378,7 +1381,11 @@ TEST_CASE("fused adapter gradients: float64 reference, no worse than the cuBLAS 
       for (auto& x : h) x = bf16(sd * nd(rng));
       return h;
     };
-    const auto X = hostb(std::size_t(N) * in, 1.0f), dY = hostb(std::size_t(N) * out, 1.0f);
+    auto X = hostb(std::size_t(N) * ldx, 1.0f), dY = hostb(std::size_t(N) * ldy, 1.0f);
+    for (int n = 0; n < N; ++n) {  // the stride's spare columns: NaN, which must not reach a gradient
+      for (int i = in; i < ldx; ++i) X[std::size_t(n) * ldx + i] = bf16(std::nanf(""));
+      for (int o = out; o < ldy; ++o) dY[std::size_t(n) * ldy + o] = bf16(std::nanf(""));
+    }
     const auto A = hostb(std::size_t(r) * in, 0.1f), B = hostb(std::size_t(out) * r, 0.1f);
     std::vector<float> gA0(std::size_t(r) * in), gB0(std::size_t(out) * r);
     for (auto& x : gA0) x = nd(rng);
@@ -1386,15 +1393,15 @@ TEST_CASE("fused adapter gradients: float64 reference, no worse than the cuBLAS 
     auto dX = to_device(X), ddY = to_device(dY), dA = to_device(A), dB = to_device(B);
     hdpissa::DeviceBuffer<bf16> dBt(std::size_t(r) * out);
     FusedAdapterGrads::transpose_into(nullptr, CVb(dB.get(), out, r, r), hdpissa::MatrixView<bf16>(dBt.get(), r, out, out));
-    const CVb Xv(dX.get(), N, in, in), dYv(ddY.get(), N, out, out), Av(dA.get(), r, in, in), Btv(dBt.get(), r, out, out);
+    const CVb Xv(dX.get(), N, in, ldx), dYv(ddY.get(), N, out, ldy), Av(dA.get(), r, in, in), Btv(dBt.get(), r, out, out);
 
     // float64 reference of the increments
     std::vector<double> t(std::size_t(N) * r, 0.0), u(std::size_t(N) * r, 0.0);
     for (int n = 0; n < N; ++n)
       for (int j = 0; j < r; ++j) {
         double st = 0, su = 0;
-        for (int o = 0; o < out; ++o) st += double(float(dY[std::size_t(n) * out + o])) * double(float(B[std::size_t(o) * r + j]));
-        for (int i = 0; i < in; ++i) su += double(float(X[std::size_t(n) * in + i])) * double(float(A[std::size_t(j) * in + i]));
+        for (int o = 0; o < out; ++o) st += double(float(dY[std::size_t(n) * ldy + o])) * double(float(B[std::size_t(o) * r + j]));
+        for (int i = 0; i < in; ++i) su += double(float(X[std::size_t(n) * ldx + i])) * double(float(A[std::size_t(j) * in + i]));
         t[std::size_t(n) * r + j] = st;
         u[std::size_t(n) * r + j] = su;
       }
@@ -1402,10 +1409,10 @@ TEST_CASE("fused adapter gradients: float64 reference, no worse than the cuBLAS 
     for (int n = 0; n < N; ++n) {
       for (int j = 0; j < r; ++j) {
         const double tj = t[std::size_t(n) * r + j];
-        for (int i = 0; i < in; ++i) incA[std::size_t(j) * in + i] += alpha * tj * double(float(X[std::size_t(n) * in + i]));
+        for (int i = 0; i < in; ++i) incA[std::size_t(j) * in + i] += alpha * tj * double(float(X[std::size_t(n) * ldx + i]));
       }
       for (int o = 0; o < out; ++o) {
-        const double y = double(float(dY[std::size_t(n) * out + o]));
+        const double y = double(float(dY[std::size_t(n) * ldy + o]));
         for (int j = 0; j < r; ++j) incB[std::size_t(o) * r + j] += alpha * y * u[std::size_t(n) * r + j];
       }
     }
@@ -1436,6 +1443,8 @@ TEST_CASE("fused adapter gradients: float64 reference, no worse than the cuBLAS 
       fa[rep] = download(gA, gA0.size());
       fb[rep] = download(gB, gB0.size());
     }
+    CHECK(std::all_of(fa[0].begin(), fa[0].end(), [](float v) { return std::isfinite(v); }));
+    CHECK(std::all_of(fb[0].begin(), fb[0].end(), [](float v) { return std::isfinite(v); }));
     CHECK(std::memcmp(fa[0].data(), fa[1].data(), sizeof(float) * fa[0].size()) == 0);
     CHECK(std::memcmp(fb[0].data(), fb[1].data(), sizeof(float) * fb[0].size()) == 0);
 

@@ -71,10 +71,10 @@ struct ProjArgs {
 
 /// blockIdx.y = 0: uᵀ = (X Aᵀ)ᵀ; 1: tᵀ = (dY B)ᵀ. blockIdx.x: 16 tokens. See the file comment.
 __global__ inline void __launch_bounds__(kThreads) proj_kernel(ProjArgs a) {
-  const int which = blockIdx.y;
-  const bf16* D = a.data[which];
-  const int ld = a.ld[which], K = a.K[which];
-  const bf16* F = a.fac[which];
+  const int which = blockIdx.y;  // selected with ?: (no dynamic indexing of the parameter arrays)
+  const bf16* D = which ? a.data[1] : a.data[0];
+  const int ld = which ? a.ld[1] : a.ld[0], K = which ? a.K[1] : a.K[0];
+  const bf16* F = which ? a.fac[1] : a.fac[0];
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
   const int r0 = blockIdx.x * 16, ra = r0 + g, rb = ra + 8;
   const bool va = ra < a.N, vb = rb < a.N;
@@ -113,7 +113,7 @@ __global__ inline void __launch_bounds__(kThreads) proj_kernel(ProjArgs a) {
 #pragma unroll
     for (int e = 0; e < 4; ++e) red[warp][e < 2 ? g : g + 8][nt * 8 + 2 * t + (e & 1)] = c[nt][e];
   __syncthreads();
-  bf16* out = a.outT[which];
+  bf16* out = which ? a.outT[1] : a.outT[0];
   for (int i = threadIdx.x; i < 16 * kR; i += kThreads) {
     const int n = i >> 4, row = i & 15, tok = r0 + row;  // consecutive threads: consecutive tokens
     if (tok < a.N) {
@@ -149,9 +149,9 @@ __global__ inline void __launch_bounds__(kThreads) wgrad_kernel(WgradArgs a) {
   __shared__ int last;
   const int strip = blockIdx.x, which = strip < a.strips0 ? 0 : 1;
   const int c0 = (which == 0 ? strip : strip - a.strips0) * kCols;
-  const bf16* D = a.data[which];
-  const int ld = a.ld[which], cols = a.cols[which];
-  const bf16* P = a.P[which];
+  const bf16* D = which ? a.data[1] : a.data[0];
+  const int ld = which ? a.ld[1] : a.ld[0], cols = which ? a.cols[1] : a.cols[0];
+  const bf16* P = which ? a.P[1] : a.P[0];
   const int n0 = blockIdx.y * a.slice, n1 = min(a.N, n0 + a.slice);
   const int nch = n1 > n0 ? (n1 - n0 + kChunk - 1) / kChunk : 0;
   auto load = [&](int stage, int chunk) {
@@ -193,7 +193,7 @@ __global__ inline void __launch_bounds__(kThreads) wgrad_kernel(WgradArgs a) {
       mma(c[1], A, r[2], r[3]);
     }
   }
-  float* G = a.G[which];
+  float* G = which ? a.G[1] : a.G[0];
   auto apply = [&](int j, int col, float v) {  // j: adapter component, col: within the strip
     const int gc = c0 + col;
     if (gc >= cols) return;
@@ -268,15 +268,16 @@ class FusedAdapterGrads {
   }
 
   /// Sizes the scratch for up to `tokens` rows and linears of in + out ≤ `widths`, so that run()
-  /// does not allocate (call it under the memory ledger's part for the adapters' scratch).
-  void reserve(index_t tokens, index_t widths) {
+  /// does not allocate (call it under the memory ledger's part for the adapters' scratch). The
+  /// counters are zeroed on `s`, the stream run() will use (ordered before its kernels).
+  void reserve(index_t tokens, index_t widths, cudaStream_t s) {
     namespace d = adapter_grads_detail;
     proj_.reserve(std::size_t(2) * d::kR * std::size_t(tokens + 1));
     const std::size_t strips = std::size_t(widths / d::kCols + 2);
     part_.reserve((std::size_t(2) * std::size_t(sms()) + strips) * d::kR * d::kCols);
     if (cnt_.size() < strips) {
       cnt_.reserve(strips);
-      HDPISSA_CUDA_CHECK(cudaMemset(cnt_.get(), 0, sizeof(int) * cnt_.size()));
+      HDPISSA_CUDA_CHECK(cudaMemsetAsync(cnt_.get(), 0, sizeof(int) * cnt_.size(), s));
     }
   }
 
@@ -292,7 +293,7 @@ class FusedAdapterGrads {
     HDPISSA_CUDA_CHECK_LAUNCH("adapter proj_kernel");
 
     const int s0 = (in + d::kCols - 1) / d::kCols, strips = s0 + (out + d::kCols - 1) / d::kCols;
-    // Token slices: about two blocks per SM in all, each slice at least 4 tiles of 64 tokens.
+    // Token slices: about two blocks per SM in all; at most one slice per 4 tiles of 64 tokens.
     const int most = std::max(1, (N + 4 * d::kChunk - 1) / (4 * d::kChunk));
     const int want = std::clamp((2 * sms() + strips - 1) / strips, 1, most);
     const int slice = ((N + want - 1) / want + d::kChunk - 1) / d::kChunk * d::kChunk;

@@ -785,7 +785,7 @@ class DwuMethod final : public TrainMethod<Dev> {
       widths = std::max(widths, out + in);
     }
     if constexpr (kFusedGrads)
-      if (ag_on_) ag_.reserve(max_tokens, widths);
+      if (ag_on_) ag_.reserve(max_tokens, widths, this->bc_->stream());
   }
   void forward(int lg, std::size_t i, CVc W, CVc X, Vc Y) override {
     if constexpr (Base::kFp8Capable && std::is_same_v<Mute, hdpissa::ExactMute>) {
