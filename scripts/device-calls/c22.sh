@@ -1,10 +1,11 @@
 # call 22 (session 17): c21's first attempt lost its machine (no output came back) and most of the
-# session's device time; this is c21 cut to what 6 minutes hold: the llama CUDA suite (the fused
-# adapter-gradient kernel test) and the trainer suite (fused vs cuBLAS path in the trainer), then
-# TinyLlama 8 x 512 with the fused path on (+fused, opt-in) and off against PEFT + compile, if time is left.
+# session's device time; this is c21 cut down: the llama CUDA suite (the fused adapter-gradient
+# kernel test), compute-sanitizer memcheck on that test, the trainer suite (fused vs cuBLAS path in
+# the trainer), then TinyLlama 8 x 512 with the fused path on (+fused, opt-in) and off against
+# PEFT + compile, if time is left.
 # Not run: two attempts in session 17 lost their machines and the device time ran out. Next session
 # (it is the first call to make, after a rebuild and repack; the full c21.sh if time allows):
-# Run as: END_S=230 bash scripts/device-calls/c22.sh   (carry [".devpack", ".devdata"])
+# Run as: bash scripts/device-calls/c22.sh   (carry [".devpack", ".devdata"]; END_S=230 fits a 6-minute remainder)
 source scripts/device-calls/common.sh
 O=/tmp/o22; mkdir -p $O
 run_suites $O hdpissa_llama_cuda_tests:40
