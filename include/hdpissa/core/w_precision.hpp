@@ -92,20 +92,9 @@ struct Bf16Slot<float> {
 HDPISSA_HOST_DEVICE inline std::uint64_t sr_step_key(std::uint64_t seed, std::uint64_t step) {
   return splitmix64(splitmix64(seed) ^ step);
 }
-/// The 64 random bits of the aligned group of four elements 4·group … 4·group + 3 under a step key:
-/// one splitmix64 serves four elements, element index takes the 16-bit lane index % 4 (bits
-/// 16·(index % 4) … 16·(index % 4) + 15). A kernel that rounds four consecutive aligned elements
-/// hashes once (sr_bits4_keyed, then sr_lane); the per-element form below gives the same bits.
-HDPISSA_HOST_DEVICE inline std::uint64_t sr_bits4_keyed(std::uint64_t key, std::uint64_t group) {
-  return splitmix64(key ^ group);
-}
-/// Lane `lane` (0…3) of sr_bits4_keyed's 64 bits.
-HDPISSA_HOST_DEVICE inline std::uint32_t sr_lane(std::uint64_t bits4, unsigned lane) {
-  return std::uint32_t(bits4 >> (16u * lane)) & 0xffffu;
-}
 /// The 16 random bits of element `index` under a step key (sr_step_key).
 HDPISSA_HOST_DEVICE inline std::uint32_t sr_bits_keyed(std::uint64_t key, std::uint64_t index) {
-  return sr_lane(sr_bits4_keyed(key, index >> 2), unsigned(index & 3u));
+  return std::uint32_t(splitmix64(key ^ index) >> 48);
 }
 /// The 16 random bits of element `index` at optimizer step `step` of stream `seed`.
 HDPISSA_HOST_DEVICE inline std::uint32_t sr_bits(std::uint64_t seed, std::uint64_t step, std::uint64_t index) {
@@ -159,12 +148,7 @@ struct Bf16StochasticRounding {
   /// The same rule with the step's hash part precomputed (key = sr_step_key(seed, step)).
   template <class T>
   HDPISSA_HOST_DEVICE static void apply_keyed(T& w, float delta, std::uint64_t key, std::uint64_t index) {
-    apply_bits(w, delta, sr_bits_keyed(key, index));
-  }
-  /// The rule with the element's 16 random bits given (sr_bits_keyed / sr_lane).
-  template <class T>
-  HDPISSA_HOST_DEVICE static void apply_bits(T& w, float delta, std::uint32_t bits) {
-    w = Bf16Slot<T>::store(bf16_bits_sr(Bf16Slot<T>::load(w) + delta, bits));
+    w = Bf16Slot<T>::store(bf16_bits_sr(Bf16Slot<T>::load(w) + delta, sr_bits_keyed(key, index)));
   }
 };
 

@@ -175,15 +175,6 @@ __global__ void __launch_bounds__(DwuLowrank::kThreads, 2)
 #pragma unroll
             for (int j = 0; j < H; ++j) wb[j] = c0 + j < N ? o.w[index_t(row) * o.ldw + c0 + j] : std::uint16_t(0);
           }
-          // SR: one hash for the group's four elements when their indices form an aligned group of
-          // four (always at the trainer's shapes), else one per element; the same bits either way.
-          const std::uint64_t idx0 = o.offset + std::uint64_t(index_t(row) * o.cols + c0);
-          std::uint64_t bits4 = 0;
-          bool one_hash = false;
-          if constexpr (Pol == WPrecision::Bf16StochasticRounding) {
-            one_hash = (idx0 & 3u) == 0 && c0 + H <= N;
-            if (one_hash) bits4 = sr_bits4_keyed(key, idx0 >> 2);
-          }
 #pragma unroll
           for (int j = 0; j < H; ++j) {
             const int col = c0 + j;
@@ -192,8 +183,7 @@ __global__ void __launch_bounds__(DwuLowrank::kThreads, 2)
             if constexpr (Pol == WPrecision::Bf16Compensated)
               Bf16Compensated{}(wb[j], o.c[index_t(row) * o.ldc + col], delta);
             else
-              Bf16StochasticRounding::apply_bits(wb[j], delta,
-                                                 one_hash ? sr_lane(bits4, unsigned(j)) : sr_bits_keyed(key, idx0 + j));
+              Bf16StochasticRounding::apply_keyed(wb[j], delta, key, o.offset + std::uint64_t(index_t(row) * o.cols + col));
           }
           if (vec[h]) {
             const uint2 nv{std::uint32_t(wb[0]) | (std::uint32_t(wb[1]) << 16),

@@ -108,26 +108,26 @@ inline bool bf16_exact(const Matrix& m) {
 }  // namespace detail
 
 namespace detail {
-/// The device policy's FP8 linears (Dev::fp8_linears, --compute fp8), or void when it has none.
-template <class Dev>
-struct Fp8LinearsOf {
+/// Member type Get<Dev> of a device policy, or void when the policy has none.
+template <template <class> class Get, class Dev>
+struct PolicyTypeOr {
   using type = void;
 };
-template <class Dev>
-  requires requires { typename Dev::fp8_linears; }
-struct Fp8LinearsOf<Dev> {
-  using type = typename Dev::fp8_linears;
-};
-/// The device policy's fused adapter-gradient kernels (Dev::adapter_grads), or void.
-template <class Dev>
-struct AdapterGradsOf {
-  using type = void;
+template <template <class> class Get, class Dev>
+  requires requires { typename Get<Dev>; }
+struct PolicyTypeOr<Get, Dev> {
+  using type = Get<Dev>;
 };
 template <class Dev>
-  requires requires { typename Dev::adapter_grads; }
-struct AdapterGradsOf<Dev> {
-  using type = typename Dev::adapter_grads;
-};
+using fp8_linears_t = typename Dev::fp8_linears;  ///< --compute fp8's FP8 linears
+template <class Dev>
+using adapter_grads_t = typename Dev::adapter_grads;  ///< the fused adapter-gradient kernels
+/// The device policy's FP8 linears, or void when it has none.
+template <class Dev>
+using Fp8LinearsOf = PolicyTypeOr<fp8_linears_t, Dev>;
+/// The device policy's fused adapter-gradient kernels, or void.
+template <class Dev>
+using AdapterGradsOf = PolicyTypeOr<adapter_grads_t, Dev>;
 }  // namespace detail
 
 /// A fine-tuning method: per-group hooks for the model, the optimizer step and the state.
