@@ -39,6 +39,10 @@
 #                                       auto's CUDA-core kernel at 2Kr <= 64: a before/after of the DWU step);
 #                                       +fused = HDPISSA_FUSED_ADAPTER_GRADS=1 (the DWU methods' adapter
 #                                       gradients through adapter_grads.cuh instead of MutedLinear's cuBLAS GEMMs)
+#                                       +rows4 = HDPISSA_CUDA_DWU_ROWS=4 (the low-rank DWU kernel's 4-rows-per-thread
+#                                       tiling; same bits as the default 8)
+#                                       +chunk<rows> = HDPISSA_LOSS_CHUNK_ROWS=<rows> (the loss's rows of logits
+#                                       alive at once; default CudaLlama::default_loss_chunk_rows, 512 at 32k vocab)
 #   BASELINE_BIN                        a second hdpissa-train (file, or a directory holding one):
 #                                       its runs are the "ours@baseline" rows (before/after a change)
 #   BASELINE_TAR                        instead: a git-archive .tar.gz, built here (JOBS_BASE [8] jobs)
@@ -253,6 +257,10 @@ run_ours() {  # SIDE(ours|base) BINARY HELP CFG MODEL MB GA MBDIR TIMEOUT EXTRA_
   [[ "$cfg" == *+3xtf32* ]] && { cfg="${cfg//+3xtf32/}"; dwug=3xtf32; }  # hdpissa-K1+3xtf32: the sm_90a DWU kernel
   local fused="${HDPISSA_FUSED_ADAPTER_GRADS:-0}"
   [[ "$cfg" == *+fused* ]] && { cfg="${cfg//+fused/}"; fused=1; }  # hdpissa-K1+fused: adapter_grads.cuh (opt-in)
+  local rows="${HDPISSA_CUDA_DWU_ROWS:-8}"
+  [[ "$cfg" == *+rows4* ]] && { cfg="${cfg//+rows4/}"; rows=4; }  # hdpissa-K1+rows4: HDPISSA_CUDA_DWU_ROWS=4
+  local chunk="${HDPISSA_LOSS_CHUNK_ROWS:-}"
+  if [[ "$cfg" =~ \+chunk([0-9]+) ]]; then chunk="${BASH_REMATCH[1]}"; cfg="${cfg//+chunk$chunk/}"; fi  # +chunk1024: HDPISSA_LOSS_CHUNK_ROWS
   [[ "$cfg" == *+ckpt* ]] && { cfg="${cfg//+ckpt/}"; ckflag=(--activation-checkpointing); }  # hdpissa-K1+ckpt
   [[ "$cfg" == *@* ]] && { wp="${cfg##*@}"; cfg="${cfg%@*}"; wpflag=(--w-precision "$wp"); }  # hdpissa-K1@bf16-sr
   [[ "$cfg" == *_* ]] && att="${cfg##*_}"   # e.g. hdpissa-K8_gemm: --attention gemm
@@ -268,7 +276,7 @@ run_ours() {  # SIDE(ours|base) BINARY HELP CFG MODEL MB GA MBDIR TIMEOUT EXTRA_
   fi
   s=$(date +%s.%N)
   # shellcheck disable=SC2086
-  HDPISSA_CUDA_GEMM_TUNING_BF16="$tune" HDPISSA_CUDA_DWU_GEMM="$dwug" HDPISSA_FUSED_ADAPTER_GRADS="$fused" \
+  HDPISSA_CUDA_GEMM_TUNING_BF16="$tune" HDPISSA_CUDA_DWU_GEMM="$dwug" HDPISSA_FUSED_ADAPTER_GRADS="$fused" HDPISSA_LOSS_CHUNK_ROWS="$chunk" HDPISSA_CUDA_DWU_ROWS="$rows" \
   timeout -k 10 "$to" "$bin" --device cuda --dtype bf16 "${attflag[@]}" --model "$model" \
     --tokenizer "$DEV/tokenizer.model" --data "$DEV/train.jsonl" --method "$method" --groups-per-process "$k" \
     --rank 16 --alpha 16 --targets q,k,v,o,gate,up,down --svd randomized --micro-batch "$mb" --grad-accum "$ga" \

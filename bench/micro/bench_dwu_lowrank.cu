@@ -9,7 +9,8 @@
 // arithmetic part. Run it under `ncu --clock-control none -k regex:dwu_lowrank` for the stall
 // reasons (scripts/device-calls/c23.sh).
 //
-// Usage: bench_dwu_lowrank [--reps N] [--shape M,N] [--kd K] [--policy sr|comp|fp32]
+// Usage: bench_dwu_lowrank [--reps N] [--shape M,N] [--kd K] [--policy sr|comp|fp32] [--rows-per-thread 8|4]
+// (rows per thread: the kernel's two thread tilings, same bits; both unless given)
 // Every "JSON " line is one machine-readable record.
 #include <cuda_bf16.h>
 
@@ -37,7 +38,7 @@ struct Result {
   double gbps;  // W bytes read + written (and the compensation buffer's) per second
 };
 
-Result run_one(cudaStream_t s, int M, int N, int kd, Pol pol, int reps) {
+Result run_one(cudaStream_t s, int M, int N, int kd, Pol pol, int reps, int rpt) {
   const std::size_t mn = std::size_t(M) * std::size_t(N);
   DeviceBuffer<float> L(std::size_t(M) * std::size_t(std::max(kd, 1))), R(std::size_t(std::max(kd, 1)) * std::size_t(N));
   GB b(s, {});
@@ -58,7 +59,7 @@ Result run_one(cudaStream_t s, int M, int N, int kd, Pol pol, int reps) {
     DeviceBuffer<float> W(mn);
     b.fill_normal(MatrixView<float>(W.get(), M, N), 13);
     ck::DwuLowrankFp32W o{W.get(), N};
-    time([&](int) { ck::launch_dwu_lowrank(s, o, L.get(), std::max(kd, 1), R.get(), N, M, N, kd, 1e-6f); });
+    time([&](int) { ck::launch_dwu_lowrank(s, o, L.get(), std::max(kd, 1), R.get(), N, M, N, kd, 1e-6f, 0, rpt); });
     bytes = 8.0 * double(mn);
   } else {
     DeviceBuffer<std::uint16_t> W(mn), C(pol == Pol::Comp ? mn : 1);
@@ -69,7 +70,7 @@ Result run_one(cudaStream_t s, int M, int N, int kd, Pol pol, int reps) {
     o.w = W.get(), o.ldw = N, o.c = pol == Pol::Comp ? C.get() : nullptr, o.ldc = N, o.cols = N, o.seed = 7;
     time([&](int i) {
       o.step = std::uint64_t(i);
-      ck::launch_dwu_lowrank(s, o, L.get(), std::max(kd, 1), R.get(), N, M, N, kd, 1e-3f);
+      ck::launch_dwu_lowrank(s, o, L.get(), std::max(kd, 1), R.get(), N, M, N, kd, 1e-3f, 0, rpt);
     });
     bytes = (pol == Pol::Comp ? 8.0 : 4.0) * double(mn);
   }
@@ -80,6 +81,7 @@ Result run_one(cudaStream_t s, int M, int N, int kd, Pol pol, int reps) {
 
 int main(int argc, char** argv) {
   int reps = 20, only_kd = -1, sm = 0, sn = 0;
+  std::vector<int> rpts{8, 4};
   std::vector<Pol> pols{Pol::Sr, Pol::Fp32};
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
@@ -92,6 +94,14 @@ int main(int argc, char** argv) {
     };
     if (a == "--reps") reps = std::atoi(next());
     else if (a == "--kd") only_kd = std::atoi(next());
+    else if (a == "--rows-per-thread") {
+      const int r = std::atoi(next());
+      if (r != 8 && r != 4) {
+        std::fprintf(stderr, "bench_dwu_lowrank: --rows-per-thread expects 8 or 4, found %d\n", r);
+        return 2;
+      }
+      rpts = {r};
+    }
     else if (a == "--shape") {
       if (std::sscanf(next(), "%d,%d", &sm, &sn) != 2 || sm < 1 || sn < 1) {
         std::fprintf(stderr, "bench_dwu_lowrank: --shape expects M,N (positive), e.g. 4096,11008\n");
@@ -107,7 +117,7 @@ int main(int argc, char** argv) {
         return 2;
       }
     } else {
-      std::fprintf(stderr, "bench_dwu_lowrank: unknown argument '%s' (expected --reps, --shape, --kd, --policy)\n", a.c_str());
+      std::fprintf(stderr, "bench_dwu_lowrank: unknown argument '%s' (expected --reps, --shape, --kd, --policy, --rows-per-thread)\n", a.c_str());
       return 2;
     }
   }
@@ -124,25 +134,29 @@ int main(int argc, char** argv) {
   if (sm > 0) shapes = {{sm, sn}};
   std::vector<int> kds{0, 8, 16, 32, 64};
   if (only_kd >= 0) kds = {only_kd};
+  for (int rpt : rpts)
   for (Pol p : pols)
     for (auto [M, N] : shapes)
       for (int kd : kds) {
-        const Result r = run_one(stream.get(), int(M), int(N), kd, p, reps);
-        std::printf("%-17s %6lld x %-6lld kd %2d: %9.1f us  %7.0f GB/s  (%.2f of copy)\n", pol_name(p), (long long)M,
-                    (long long)N, kd, r.us, r.gbps, r.gbps / copy);
-        std::printf("JSON {\"bench\":\"dwu_lowrank\",\"policy\":\"%s\",\"M\":%lld,\"N\":%lld,\"kd\":%d,\"us\":%.2f,\"gbps\":%.1f}\n",
-                    pol_name(p), (long long)M, (long long)N, kd, r.us, r.gbps);
+        const Result r = run_one(stream.get(), int(M), int(N), kd, p, reps, rpt);
+        std::printf("%-17s rpt %d %6lld x %-6lld kd %2d: %9.1f us  %7.0f GB/s  (%.2f of copy)\n", pol_name(p), rpt,
+                    (long long)M, (long long)N, kd, r.us, r.gbps, r.gbps / copy);
+        std::printf("JSON {\"bench\":\"dwu_lowrank\",\"policy\":\"%s\",\"rows_per_thread\":%d,\"M\":%lld,\"N\":%lld,\"kd\":%d,\"us\":%.2f,\"gbps\":%.1f}\n",
+                    pol_name(p), rpt, (long long)M, (long long)N, kd, r.us, r.gbps);
       }
   // The 7B model's 224 updates at kd = 32 (one group per GPU, r = 16): 32 layers × (q, k, v, o at
   // 4096², gate and up at 11008 × 4096, down at 4096 × 11008), bf16 SR, summed from the rows above.
-  if (sm == 0 && (only_kd < 0 || only_kd == 32)) {
-    const double q = run_one(stream.get(), 4096, 4096, 32, Pol::Sr, reps).us;
-    const double gu = run_one(stream.get(), 11008, 4096, 32, Pol::Sr, reps).us;
-    const double d = run_one(stream.get(), 4096, 11008, 32, Pol::Sr, reps).us;
-    const double total_ms = 32 * (4 * q + 2 * gu + d) / 1e3;
-    const double floor_ms = 32.0 * (4.0 * 4096 * 4096 + 3.0 * 11008 * 4096) * 4.0 / (copy * 1e9) * 1e3;
-    std::printf("7B, 224 updates at kd 32 (bf16 SR): %.2f ms; the W traffic at the copy rate: %.2f ms\n", total_ms, floor_ms);
-    std::printf("JSON {\"bench\":\"dwu_lowrank_7b_total\",\"ms\":%.3f,\"copy_floor_ms\":%.3f}\n", total_ms, floor_ms);
-  }
+  if (sm == 0 && (only_kd < 0 || only_kd == 32))
+    for (int rpt : rpts) {
+      const double q = run_one(stream.get(), 4096, 4096, 32, Pol::Sr, reps, rpt).us;
+      const double gu = run_one(stream.get(), 11008, 4096, 32, Pol::Sr, reps, rpt).us;
+      const double d = run_one(stream.get(), 4096, 11008, 32, Pol::Sr, reps, rpt).us;
+      const double total_ms = 32 * (4 * q + 2 * gu + d) / 1e3;
+      const double floor_ms = 32.0 * (4.0 * 4096 * 4096 + 3.0 * 11008 * 4096) * 4.0 / (copy * 1e9) * 1e3;
+      std::printf("7B, 224 updates at kd 32 (bf16 SR, rows per thread %d): %.2f ms; the W traffic at the copy rate: %.2f ms\n",
+                  rpt, total_ms, floor_ms);
+      std::printf("JSON {\"bench\":\"dwu_lowrank_7b_total\",\"rows_per_thread\":%d,\"ms\":%.3f,\"copy_floor_ms\":%.3f}\n",
+                  rpt, total_ms, floor_ms);
+    }
   return 0;
 }

@@ -281,6 +281,25 @@ TEST_CASE("DwuGemm selection: TF32 or Cublas keep cuBLAS; HDPISSA_CUDA_DWU_GEMM 
     CHECK(what.find("'fast'") != std::string::npos);
   }
   unsetenv("HDPISSA_CUDA_DWU_GEMM");
+  // the low-rank kernel's tiling: 8 rows per thread by default, 4 by option or environment
+  CHECK(CudaBackend<float>().dwu_lowrank_rows() == 8);
+  {
+    CudaBackendOptions o;
+    o.dwu_lowrank_rows = 4;
+    CHECK(CudaBackend<float>(o).dwu_lowrank_rows() == 4);
+    o.dwu_lowrank_rows = 6;
+    CHECK_THROWS_AS(CudaBackend<float>{o}, InvalidArgument);
+  }
+  setenv("HDPISSA_CUDA_DWU_ROWS", "4", 1);
+  CHECK(CudaBackend<float>().dwu_lowrank_rows() == 4);
+  setenv("HDPISSA_CUDA_DWU_ROWS", "16", 1);
+  try {
+    CudaBackend<float> bad;
+    FAIL("expected InvalidArgument");
+  } catch (const InvalidArgument& e) {
+    CHECK(std::string(e.what()).find("HDPISSA_CUDA_DWU_ROWS: expected 8 or 4, found '16'") != std::string::npos);
+  }
+  unsetenv("HDPISSA_CUDA_DWU_ROWS");
 }
 
 TEST_CASE("DwuGemm::Simt: fp32 W within rounding of cuBLAS; 2Kr above the CUDA-core kernel's limit is named") {

@@ -395,8 +395,11 @@ TEST_CASE("low-rank DWU kernel (CUDA cores): bf16 SR / compensated and fp32 W eq
                                   {257, 513, 64, 64, 520}, {70, 33, 1, 3, 33},     {128, 4096, 32, 32, 4096}};
   // cap: 0 = the launcher's grid; 1 = one row block per column strip, so every block walks all of
   // its strip's row tiles (the L tile and the W staging reused across tiles, as at the 7B shapes).
+  // rpt: rows per thread, 8 (256 threads) or 4 (512): the same contract, so the same bits.
+  for (const int rpt : {8, 4})
   for (const int cap : {0, 1})
   for (const Shape& sh : shapes) {
+    CAPTURE(rpt);
     CAPTURE(cap);
     CAPTURE(sh.M);
     CAPTURE(sh.N);
@@ -432,7 +435,7 @@ TEST_CASE("low-rank DWU kernel (CUDA cores): bf16 SR / compensated and fp32 W eq
       st.seed = 11;
       st.step = 5;
       st.offset = 1000;
-      cuda_kernels::launch_dwu_lowrank(nullptr, st, dL, sh.ldl, dR, ldr, sh.M, sh.N, sh.kd, alpha, cap);
+      cuda_kernels::launch_dwu_lowrank(nullptr, st, dL, sh.ldl, dR, ldr, sh.M, sh.N, sh.kd, alpha, cap, rpt);
       REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
       const auto gw = d2h(dw, nw), gc = d2h(dc, nw);
       std::size_t bad = 0, moved = 0;
@@ -459,7 +462,7 @@ TEST_CASE("low-rank DWU kernel (CUDA cores): bf16 SR / compensated and fp32 W eq
       float* dw = dalloc<float>(nw);
       h2d(dw, w);
       cuda_kernels::launch_dwu_lowrank(nullptr, cuda_kernels::DwuLowrankFp32W{dw, sh.ldw}, dL, sh.ldl, dR, ldr, sh.M,
-                                       sh.N, sh.kd, alpha, cap);
+                                       sh.N, sh.kd, alpha, cap, rpt);
       REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
       const auto gw = d2h(dw, nw);
       std::size_t bad = 0;

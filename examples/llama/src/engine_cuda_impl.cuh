@@ -27,6 +27,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <memory>
 #include <string>
 #include <vector>
@@ -68,7 +69,7 @@ class CudaEngine final : public MethodEngine<gpu::CudaDevice<T>> {
         b32_(stream_.get(), hdpissa::CudaBackendOptions{}),
         bt_(make_bt()),
         comm_(make_collectives(g, device_, stream_.get()), g.local_groups),
-        model_(host, o.micro_batch, o.max_len, stream_.get(), gpu::CudaLlama<T>::default_loss_chunk_rows(host.config.vocab_size), attention_of(o.attention),
+        model_(host, o.micro_batch, o.max_len, stream_.get(), loss_chunk_rows(host.config.vocab_size), attention_of(o.attention),
                o.activation_checkpointing) {
     if (comm_.groups() != g.groups || comm_.first_group() != g.first_group || comm_.size() != g.processes)
       throw LlamaError(cat("CUDA engine: expected K = ", g.groups, " groups over ", g.processes,
@@ -229,6 +230,18 @@ class CudaEngine final : public MethodEngine<gpu::CudaDevice<T>> {
   }
   /// The GPU of this process: local rank mod visible GPUs (made current before anything is
   /// allocated). Refuses more processes on this host than GPUs.
+  /// The loss chunk: CudaLlama's default for the vocabulary, or HDPISSA_LOSS_CHUNK_ROWS (a row count
+  /// in [1, 65536]; for measuring the chunk's speed against its memory, scripts/throughput.sh
+  /// `+chunk<rows>`).
+  static int loss_chunk_rows(int vocab) {
+    const char* e = std::getenv("HDPISSA_LOSS_CHUNK_ROWS");
+    if (!e || !*e) return gpu::CudaLlama<T>::default_loss_chunk_rows(vocab);
+    char* end = nullptr;
+    const long v = std::strtol(e, &end, 10);
+    if (*end != '\0' || v < 1 || v > 65536)
+      throw LlamaError(cat("HDPISSA_LOSS_CHUNK_ROWS: expected a row count in [1, 65536], found '", e, "'"));
+    return static_cast<int>(v);
+  }
   static int select_device(const EngineGroups& g) {
     const int count = cuda_device_count();
     if (count == 0) throw LlamaError("--device cuda: no CUDA device found (cudaGetDeviceCount reports none)");

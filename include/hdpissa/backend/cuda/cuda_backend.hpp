@@ -67,6 +67,7 @@ inline const char* dwu_gemm_name(DwuGemm g) {
 ///  - gemm_tuning  ← HDPISSA_CUDA_GEMM_TUNING = off | exact | fastest; default exact (BitExact)
 ///  - gemm_tuning_bf16 ← HDPISSA_CUDA_GEMM_TUNING_BF16 = off | exact | fastest; default off
 ///  - dwu_gemm     ← HDPISSA_CUDA_DWU_GEMM = auto | 3xtf32 | simt | cublas; default auto
+///  - dwu_lowrank_rows ← HDPISSA_CUDA_DWU_ROWS = 8 | 4; default 8
 /// An unrecognised value is an InvalidArgument at construction. CudaBackend::options() reports
 /// the resolved values (every optional engaged).
 struct CudaBackendOptions {
@@ -91,6 +92,10 @@ struct CudaBackendOptions {
   /// The Direct Weight Update's GEMM (DwuGemm; used through the fused kernels, so only with
   /// fused_update).
   std::optional<DwuGemm> dwu_gemm = std::nullopt;
+  /// Rows of W per thread of the low-rank CUDA-core DWU kernel (dwu_lowrank.cuh, 2Kr ≤ 64): 8 (256
+  /// threads a block, 128 registers) or 4 (512 threads, 64 registers: twice the warps per SM). The
+  /// same bits either way; only the speed differs (bench_dwu_lowrank, docs/cuda.md).
+  std::optional<int> dwu_lowrank_rows = std::nullopt;
 
   /// Fills every empty optional field from its environment variable, then from the default.
   /// CudaBackend's constructors call it; an explicit value is kept as given.
@@ -122,6 +127,16 @@ struct CudaBackendOptions {
         else throw InvalidArgument(cat("HDPISSA_CUDA_DWU_GEMM: expected auto, 3xtf32, simt or cublas, found '", e, "'"));
       }
     }
+    if (!o.dwu_lowrank_rows) {
+      o.dwu_lowrank_rows = 8;
+      if (const char* e = std::getenv("HDPISSA_CUDA_DWU_ROWS")) {
+        if (std::strcmp(e, "8") == 0) o.dwu_lowrank_rows = 8;
+        else if (std::strcmp(e, "4") == 0) o.dwu_lowrank_rows = 4;
+        else throw InvalidArgument(cat("HDPISSA_CUDA_DWU_ROWS: expected 8 or 4, found '", e, "'"));
+      }
+    }
+    HDPISSA_REQUIRE(*o.dwu_lowrank_rows == 8 || *o.dwu_lowrank_rows == 4,
+                    "CudaBackendOptions::dwu_lowrank_rows: expected 8 or 4, found ", *o.dwu_lowrank_rows);
     return o;
   }
 };
@@ -202,6 +217,8 @@ class CudaBackend {
   void set_gemm_tuning_bf16(GemmTuning t) { options_.gemm_tuning_bf16 = t; }
   void set_gemm_tuning_min_flop(double flop) { options_.gemm_tuning_min_flop = flop; }
   DwuGemm dwu_gemm() const { return *options_.dwu_gemm; }
+  /// CudaBackendOptions::dwu_lowrank_rows (resolved).
+  int dwu_lowrank_rows() const { return *options_.dwu_lowrank_rows; }
   /// The CUDA device this backend was created on.
   int device() const { return device_; }
   void set_dwu_gemm(DwuGemm g) { options_.dwu_gemm = g; }

@@ -398,7 +398,7 @@ class DwuKernels<CudaBackend<S>> : public DwuGenericKernels<CudaBackend<S>> {
         const float* R = lowrank_pack(A, d, L);
         cuda_kernels::launch_dwu_lowrank(b.stream(), cuda_kernels::DwuLowrankFp32W{W.data, index_t(cuda_detail::ld_of(W))},
                                          L.data, index_t(cuda_detail::ld_of(L)), R, A.cols, int(W.rows), int(W.cols),
-                                         int(2 * d.groups * d.rank), alpha);
+                                         int(2 * d.groups * d.rank), alpha, 0, b.dwu_lowrank_rows());
         return true;
       }
       if (!fused_kernel_usable(A, d, L, W.rows, &W)) return false;
@@ -430,7 +430,7 @@ class DwuKernels<CudaBackend<S>> : public DwuGenericKernels<CudaBackend<S>> {
       if (lowrank_usable(A, d, L, L.rows, true)) {
         const float* R = lowrank_pack(A, d, L);
         cuda_kernels::launch_dwu_lowrank(b.stream(), w, L.data, index_t(cuda_detail::ld_of(L)), R, A.cols, int(L.rows),
-                                         int(A.cols), int(2 * d.groups * d.rank), alpha);
+                                         int(A.cols), int(2 * d.groups * d.rank), alpha, 0, b.dwu_lowrank_rows());
         return true;
       }
       if (!fused_kernel_usable(A, d, L, L.rows, nullptr)) return false;

@@ -38,6 +38,10 @@ namespace hdpissa::cuda_kernels {
 /// column strip tile by tile (the strip's R block stays in shared memory).
 struct DwuLowrank {
   static constexpr int kThreads = 256, kBM = 64, kBN = 256, kPer = 8, kMaxKd = 64;
+  /// Threads of a block whose threads keep `rows` rows × 8 columns each (8: the default, 256
+  /// threads; 4: 512 threads at half the registers, so twice the warps per SM). Every element's
+  /// fmaf chain is the same either way: the bits do not depend on it.
+  static constexpr int threads(int rows) { return 32 * kBM / rows; }
   /// Dynamic shared memory for inner dimension kd: R block (kd × 256) + L tile (kd × 64), plus for a
   /// bf16 W storage the W tile (64 × 256 bf16) in flight during the products: 72 KiB at kd = 32 and
   /// 112 KiB at kd = 64 (bf16 W). Callers check it against the device's per-block opt-in limit.
@@ -88,11 +92,12 @@ __device__ inline void copy_async_wait_all() {
 
 /// Pol: the bf16 storage's policy (one instantiation each, so the SR path does not carry the
 /// compensated one's registers); ignored for fp32 W.
-template <class Out, WPrecision Pol = WPrecision::Fp32Master>
-__global__ void __launch_bounds__(DwuLowrank::kThreads, 2)
+template <class Out, WPrecision Pol = WPrecision::Fp32Master, int PR = DwuLowrank::kPer>
+__global__ void __launch_bounds__(DwuLowrank::threads(PR), 2)
     dwu_lowrank_kernel(Out o, const float* __restrict__ L, index_t ldl, const float* __restrict__ R, index_t ldr,
                        int M, int N, int kd, float alpha) {
-  constexpr int BM = DwuLowrank::kBM, BN = DwuLowrank::kBN, P = DwuLowrank::kPer, T = DwuLowrank::kThreads;
+  static_assert(PR == 8 || PR == 4, "dwu_lowrank_kernel: 8 or 4 rows per thread");
+  constexpr int BM = DwuLowrank::kBM, BN = DwuLowrank::kBN, P = DwuLowrank::kPer, T = DwuLowrank::threads(PR);
   constexpr int H = P / 2, HALF = BN / 2;  // a thread's two column groups of 4, 128 columns apart
   extern __shared__ float smem[];
   float* Rs = smem;            // [kd][BN]
@@ -129,38 +134,41 @@ __global__ void __launch_bounds__(DwuLowrank::kThreads, 2)
     // This thread's W rows, in flight while the products are summed (bf16 storage).
     if constexpr (kBf16) {
 #pragma unroll
-      for (int i = 0; i < P; ++i) {
-        const int row = m0 + ty * P + i;
+      for (int i = 0; i < PR; ++i) {
+        const int row = m0 + ty * PR + i;
         if (row >= M) break;
 #pragma unroll
         for (int h = 0; h < 2; ++h)
-          if (vec[h]) copy8_async(Ws + (ty * P + i) * BN + cb[h], o.w + index_t(row) * o.ldw + n0 + cb[h]);
+          if (vec[h]) copy8_async(Ws + (ty * PR + i) * BN + cb[h], o.w + index_t(row) * o.ldw + n0 + cb[h]);
       }
       copy_async_commit();
     }
     __syncthreads();
-    float acc[P][P];
+    float acc[PR][P];
 #pragma unroll
-    for (int i = 0; i < P; ++i)
+    for (int i = 0; i < PR; ++i)
 #pragma unroll
       for (int j = 0; j < P; ++j) acc[i][j] = 0.f;
 #pragma unroll 4
     for (int k = 0; k < kd; ++k) {
       const float4 r0 = *reinterpret_cast<const float4*>(Rs + k * BN + cb[0]);
       const float4 r1 = *reinterpret_cast<const float4*>(Rs + k * BN + cb[1]);
-      const float4 l0 = *reinterpret_cast<const float4*>(Ls + k * BM + ty * P);
-      const float4 l1 = *reinterpret_cast<const float4*>(Ls + k * BM + ty * P + 4);
       const float rv[P] = {r0.x, r0.y, r0.z, r0.w, r1.x, r1.y, r1.z, r1.w};
-      const float lv[P] = {l0.x, l0.y, l0.z, l0.w, l1.x, l1.y, l1.z, l1.w};
+      float lv[PR];
 #pragma unroll
-      for (int i = 0; i < P; ++i)
+      for (int q = 0; q < PR / 4; ++q) {
+        const float4 l = *reinterpret_cast<const float4*>(Ls + k * BM + ty * PR + 4 * q);
+        lv[4 * q] = l.x, lv[4 * q + 1] = l.y, lv[4 * q + 2] = l.z, lv[4 * q + 3] = l.w;
+      }
+#pragma unroll
+      for (int i = 0; i < PR; ++i)
 #pragma unroll
         for (int j = 0; j < P; ++j) acc[i][j] = fmaf(lv[i], rv[j], acc[i][j]);
     }
     if constexpr (kBf16) copy_async_wait_all();  // this thread's W rows have landed in Ws
 #pragma unroll
-    for (int i = 0; i < P; ++i) {
-      const int row = m0 + ty * P + i;
+    for (int i = 0; i < PR; ++i) {
+      const int row = m0 + ty * PR + i;
       if (row >= M) break;
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
@@ -168,7 +176,7 @@ __global__ void __launch_bounds__(DwuLowrank::kThreads, 2)
         if constexpr (kBf16) {
           std::uint16_t wb[H];
           if (vec[h]) {
-            const uint2 wv = *reinterpret_cast<const uint2*>(Ws + (ty * P + i) * BN + cb[h]);
+            const uint2 wv = *reinterpret_cast<const uint2*>(Ws + (ty * PR + i) * BN + cb[h]);
             wb[0] = std::uint16_t(wv.x & 0xffffu), wb[1] = std::uint16_t(wv.x >> 16);
             wb[2] = std::uint16_t(wv.y & 0xffffu), wb[3] = std::uint16_t(wv.y >> 16);
           } else {
@@ -215,11 +223,15 @@ __global__ void __launch_bounds__(DwuLowrank::kThreads, 2)
 /// W (M, N) ⊕= alpha · L (M, kd) · R (kd, N) on `stream`; `out` is a Bf16WStorage (its rule per
 /// element) or DwuLowrankFp32W. Needs DwuLowrank::fits(kd, …) (the caller checks; larger inner
 /// dimensions are the tensor-core kernel's). Any leading dimensions and alignment: unaligned or
-/// ragged column blocks take the scalar path.
+/// ragged column blocks take the scalar path. `rows_per_thread`: 8 (256 threads a block) or 4 (512
+/// threads, half the registers each); the same bits either way (bench_dwu_lowrank times both).
 template <class Out>
 inline void launch_dwu_lowrank(cudaStream_t stream, const Out& out, const float* L, index_t ldl, const float* R,
-                               index_t ldr, int M, int N, int kd, float alpha, int max_row_blocks = 0) {
+                               index_t ldr, int M, int N, int kd, float alpha, int max_row_blocks = 0,
+                               int rows_per_thread = DwuLowrank::kPer) {
   if (M <= 0 || N <= 0) return;
+  HDPISSA_REQUIRE(rows_per_thread == 8 || rows_per_thread == 4,
+                  "launch_dwu_lowrank: rows_per_thread must be 8 or 4, found ", rows_per_thread);
   const std::size_t smem = DwuLowrank::smem_bytes(kd, std::is_same_v<Out, Bf16WStorage>);
   int dev = 0, sms = 0;
   HDPISSA_CUDA_CHECK(cudaGetDevice(&dev));
@@ -230,17 +242,25 @@ inline void launch_dwu_lowrank(cudaStream_t stream, const Out& out, const float*
   int rows = std::max(1, std::min(tiles, (4 * sms + strips - 1) / strips));
   if (max_row_blocks > 0) rows = std::min(rows, max_row_blocks);
   const dim3 grid{unsigned(strips), unsigned(rows), 1u};
+  const int threads = DwuLowrank::threads(rows_per_thread);
   auto run = [&](auto kernel) {
     if (smem > 48 * 1024)
       HDPISSA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-    kernel<<<grid, DwuLowrank::kThreads, smem, stream>>>(out, L, ldl, R, ldr, M, N, kd, alpha);
+    kernel<<<grid, threads, smem, stream>>>(out, L, ldl, R, ldr, M, N, kd, alpha);
     HDPISSA_CUDA_CHECK_LAUNCH("dwu_lowrank_kernel");
   };
+  auto pick = [&](auto rule) {
+    constexpr WPrecision P = decltype(rule)::value;
+    if (rows_per_thread == 4) run(dwu_lowrank_kernel<Out, P, 4>);
+    else run(dwu_lowrank_kernel<Out, P, 8>);
+  };
   if constexpr (std::is_same_v<Out, Bf16WStorage>) {
-    if (out.policy == WPrecision::Bf16Compensated) run(dwu_lowrank_kernel<Out, WPrecision::Bf16Compensated>);
-    else run(dwu_lowrank_kernel<Out, WPrecision::Bf16StochasticRounding>);
+    if (out.policy == WPrecision::Bf16Compensated)
+      pick(std::integral_constant<WPrecision, WPrecision::Bf16Compensated>{});
+    else
+      pick(std::integral_constant<WPrecision, WPrecision::Bf16StochasticRounding>{});
   } else {
-    run(dwu_lowrank_kernel<Out>);
+    pick(std::integral_constant<WPrecision, WPrecision::Fp32Master>{});
   }
 }
 

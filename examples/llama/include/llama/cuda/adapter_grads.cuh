@@ -8,10 +8,10 @@
 /// model's linears, +17.5 ms at 7B; the thin GEMMs ran on a few dozen blocks each).
 ///
 ///  1. proj_kernel: uᵀ = (X Aᵀ)ᵀ and tᵀ = (dY B)ᵀ, (r, tokens) bf16, in one launch. A block takes 16
-///     tokens; its 4 warps split the reduction dimension in 32-wide chunks (warp w: chunks w, w + 4,
+///     tokens; its 8 warps split the reduction dimension in 32-wide chunks (warp w: chunks w, w + 8,
 ///     …), each chunk one 16-byte load per row and factor row and four m16n8k16 MMAs (the chunk's
 ///     8 elements per thread are the MMA's k in a permuted order, the same permutation for both
-///     operands, so no shared memory); the four warps' fp32 sums are added in warp order, rounded
+///     operands, so no shared memory); the warps' fp32 sums are added in warp order, rounded
 ///     once to bf16 (as the cuBLAS path's bf16 t and u). B is read as Bᵀ (r, out): the method keeps
 ///     a transposed copy of its constant factors (transpose_into).
 ///  2. wgrad_kernel: gA += α tᵀ X and gBᵀ += α uᵀ dY, one launch: a block owns 64 columns of X (gA)
@@ -56,7 +56,11 @@ inline constexpr int kR = 16;       ///< adapter rank the kernels take (one MMA 
 inline constexpr int kCols = 64;    ///< columns per wgrad block
 inline constexpr int kChunk = 64;   ///< tokens per wgrad tile
 inline constexpr int kStages = 3;   ///< wgrad cp.async stages
-inline constexpr int kThreads = 128;
+inline constexpr int kThreads = 128;   ///< wgrad block
+inline constexpr int kProjWarps = 8;   ///< proj block: warps splitting the reduction dimension
+/// Blocks per SM the wgrad launch aims at through its token slices (c23, session 18: at 2 per SM the
+/// kernels ran at 14 % achieved occupancy, latency-bound, slower than the cuBLAS path).
+inline constexpr int kWgradBlocksPerSm = 8;
 
 __device__ __forceinline__ uint4 ldg16(const bf16* p) { return __ldg(reinterpret_cast<const uint4*>(p)); }
 
@@ -70,7 +74,7 @@ struct ProjArgs {
 };
 
 /// blockIdx.y = 0: uᵀ = (X Aᵀ)ᵀ; 1: tᵀ = (dY B)ᵀ. blockIdx.x: 16 tokens. See the file comment.
-__global__ inline void __launch_bounds__(kThreads) proj_kernel(ProjArgs a) {
+__global__ inline void __launch_bounds__(kProjWarps * 32) proj_kernel(ProjArgs a) {
   const int which = blockIdx.y;  // selected with ?: (no dynamic indexing of the parameter arrays)
   const bf16* D = which ? a.data[1] : a.data[0];
   const int ld = which ? a.ld[1] : a.ld[0], K = which ? a.K[1] : a.K[0];
@@ -85,12 +89,12 @@ __global__ inline void __launch_bounds__(kThreads) proj_kernel(ProjArgs a) {
   float c[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
   const int nch = (K + 31) / 32;
   const uint4 z = make_uint4(0u, 0u, 0u, 0u);
-  for (int ch0 = warp; ch0 < nch; ch0 += 8) {  // two chunks per iteration: loads first
+  for (int ch0 = warp; ch0 < nch; ch0 += 2 * kProjWarps) {  // two chunks per iteration: loads first
     uint4 x0[2], x1[2], w0[2], w1[2];
 #pragma unroll
     for (int u = 0; u < 2; ++u) {
-      const int k = (ch0 + 4 * u) * 32 + 8 * t;
-      const bool kv = ch0 + 4 * u < nch && k < K;  // K % 8 == 0: a thread's 8 elements are all in or out
+      const int k = (ch0 + kProjWarps * u) * 32 + 8 * t;
+      const bool kv = ch0 + kProjWarps * u < nch && k < K;  // K % 8 == 0: a thread's 8 elements are all in or out
       x0[u] = kv && va ? ldg16(pa + k) : z;
       x1[u] = kv && vb ? ldg16(pb + k) : z;
       w0[u] = kv ? ldg16(f0 + k) : z;
@@ -107,17 +111,19 @@ __global__ inline void __launch_bounds__(kThreads) proj_kernel(ProjArgs a) {
       mma(c[1], A2, w1[u].z, w1[u].w);
     }
   }
-  __shared__ float red[4][16][kR + 1];
+  __shared__ float red[kProjWarps][16][kR + 1];
 #pragma unroll
   for (int nt = 0; nt < 2; ++nt)
 #pragma unroll
     for (int e = 0; e < 4; ++e) red[warp][e < 2 ? g : g + 8][nt * 8 + 2 * t + (e & 1)] = c[nt][e];
   __syncthreads();
   bf16* out = which ? a.outT[1] : a.outT[0];
-  for (int i = threadIdx.x; i < 16 * kR; i += kThreads) {
+  for (int i = threadIdx.x; i < 16 * kR; i += kProjWarps * 32) {
     const int n = i >> 4, row = i & 15, tok = r0 + row;  // consecutive threads: consecutive tokens
     if (tok < a.N) {
-      const float s = ((red[0][row][n] + red[1][row][n]) + red[2][row][n]) + red[3][row][n];
+      float s = red[0][row][n];
+#pragma unroll
+      for (int w = 1; w < kProjWarps; ++w) s += red[w][row][n];  // warp order
       out[static_cast<std::int64_t>(n) * a.ldp + tok] = __float2bfloat16_rn(s);
     }
   }
@@ -274,7 +280,7 @@ class FusedAdapterGrads {
     namespace d = adapter_grads_detail;
     proj_.reserve(std::size_t(2) * d::kR * std::size_t(tokens + 1));
     const std::size_t strips = std::size_t(widths / d::kCols + 2);
-    part_.reserve((std::size_t(2) * std::size_t(sms()) + strips) * d::kR * d::kCols);
+    part_.reserve((std::size_t(d::kWgradBlocksPerSm) * std::size_t(sms()) + strips) * d::kR * d::kCols);
     if (cnt_.size() < strips) {
       cnt_.reserve(strips);
       HDPISSA_CUDA_CHECK(cudaMemsetAsync(cnt_.get(), 0, sizeof(int) * cnt_.size(), s));
@@ -289,13 +295,14 @@ class FusedAdapterGrads {
     bf16* pt = proj_.reserve(std::size_t(2) * d::kR * std::size_t(ldp));
     d::ProjArgs pa{{X.data, dY.data}, {int(ld(X)), int(ld(dY))}, {in, out}, {A.data, Bt.data},
                    {pt, pt + std::size_t(d::kR) * ldp}, N, ldp};
-    d::proj_kernel<<<dim3(unsigned((N + 15) / 16), 2u), d::kThreads, 0, s>>>(pa);
+    d::proj_kernel<<<dim3(unsigned((N + 15) / 16), 2u), d::kProjWarps * 32, 0, s>>>(pa);
     HDPISSA_CUDA_CHECK_LAUNCH("adapter proj_kernel");
 
     const int s0 = (in + d::kCols - 1) / d::kCols, strips = s0 + (out + d::kCols - 1) / d::kCols;
-    // Token slices: about two blocks per SM in all; at most one slice per 4 tiles of 64 tokens.
-    const int most = std::max(1, (N + 4 * d::kChunk - 1) / (4 * d::kChunk));
-    const int want = std::clamp((2 * sms() + strips - 1) / strips, 1, most);
+    // Token slices: about kWgradBlocksPerSm blocks per SM in all; at most one slice per 2 tiles of
+    // 64 tokens. (S · strips ≤ kWgradBlocksPerSm · SMs + strips: reserve()'s partials.)
+    const int most = std::max(1, (N + 2 * d::kChunk - 1) / (2 * d::kChunk));
+    const int want = std::clamp((d::kWgradBlocksPerSm * sms() + strips - 1) / strips, 1, most);
     const int slice = ((N + want - 1) / want + d::kChunk - 1) / d::kChunk * d::kChunk;
     const int S = (N + slice - 1) / slice;
     float* part = nullptr;
