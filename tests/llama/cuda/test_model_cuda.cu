@@ -1338,11 +1338,12 @@ TEST_CASE("CudaLlama bf16: a bf16-exact embedding is stored in bf16, gathers the
   }
 }
 
-TEST_CASE("CudaLlama: default loss chunk within 96 MiB; the bf16 staging is chunked (a linear larger than the stage)") {
-  CHECK(CudaLlama<bf16>::default_loss_chunk_rows(32000) == 512);
-  CHECK(CudaLlama<bf16>::default_loss_chunk_rows(128256) == 128);
+TEST_CASE("CudaLlama: default loss chunk within 192 MiB; the bf16 staging is chunked (a linear larger than the stage)") {
+  CHECK(CudaLlama<bf16>::default_loss_chunk_rows(32000) == 1024);   // 32000 · 6 B · 1024 = 187.5 MiB
+  CHECK(CudaLlama<bf16>::default_loss_chunk_rows(128256) == 256);   // 128256 · 6 B · 256 = 187.9 MiB
   CHECK(CudaLlama<bf16>::default_loss_chunk_rows(37) == 1024);
-  CHECK(CudaLlama<float>::default_loss_chunk_rows(32000) == 768);  // fp32: the gradient is written in place
+  CHECK(CudaLlama<float>::default_loss_chunk_rows(32000) == 1024);  // fp32: the gradient is written in place
+  CHECK(CudaLlama<float>::default_loss_chunk_rows(128256) == 384);  // 128256 · 4 B · 384 = 187.9 MiB
   // upload / download through the chunked stage give the bits of the one-shot conversion.
   const ModelWeights w = tiny_random(9);
   CudaLlama<bf16> m(w, 1, 4, nullptr);

@@ -225,11 +225,24 @@ __global__ inline void __launch_bounds__(kThreads) wgrad_kernel(WgradArgs a) {
   __syncthreads();
   if (!last) return;
   __threadfence();
-  for (int i = threadIdx.x; i < kR * kCols; i += kThreads) {
-    float v = 0.f;
-    for (int s = 0; s < a.S; ++s)  // slice order: the same sum whichever block arrives last
-      v += __ldcg(a.part + (static_cast<std::int64_t>(s) * a.strips + strip) * (kR * kCols) + i);
-    apply(i / kCols, i % kCols, v);
+  // Each thread sums 8 consecutive entries over the S slices, in slice order (the same sum whichever
+  // block arrives last), two 16-byte loads per slice and several slices in flight (c24: with one
+  // dependent 4-byte load per add, this tail ran serially behind every strip's last block).
+  static_assert(kR * kCols == 8 * kThreads, "wgrad_kernel: 8 partial entries per thread");
+  float v[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+  const float* base = a.part + static_cast<std::int64_t>(strip) * (kR * kCols) + 8 * threadIdx.x;
+  const std::int64_t sstride = static_cast<std::int64_t>(a.strips) * (kR * kCols);
+#pragma unroll 4
+  for (int s = 0; s < a.S; ++s) {
+    const float4 x0 = __ldcg(reinterpret_cast<const float4*>(base + s * sstride));
+    const float4 x1 = __ldcg(reinterpret_cast<const float4*>(base + s * sstride + 4));
+    v[0] += x0.x, v[1] += x0.y, v[2] += x0.z, v[3] += x0.w;
+    v[4] += x1.x, v[5] += x1.y, v[6] += x1.z, v[7] += x1.w;
+  }
+#pragma unroll
+  for (int e = 0; e < 8; ++e) {
+    const int i = 8 * threadIdx.x + e;
+    apply(i / kCols, i % kCols, v[e]);
   }
   if (threadIdx.x == 0) a.cnt[strip] = 0;  // ready for the next launch (stream order)
 }
