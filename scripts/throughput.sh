@@ -42,7 +42,7 @@
 #                                       +rows4 = HDPISSA_CUDA_DWU_ROWS=4 (the low-rank DWU kernel's 4-rows-per-thread
 #                                       tiling; same bits as the default 8)
 #                                       +chunk<rows> = HDPISSA_LOSS_CHUNK_ROWS=<rows> (the loss's rows of logits
-#                                       alive at once; default CudaLlama::default_loss_chunk_rows, 512 at 32k vocab)
+#                                       alive at once; default CudaLlama::default_loss_chunk_rows, 1024 at 32k vocab)
 #   BASELINE_BIN                        a second hdpissa-train (file, or a directory holding one):
 #                                       its runs are the "ours@baseline" rows (before/after a change)
 #   BASELINE_TAR                        instead: a git-archive .tar.gz, built here (JOBS_BASE [8] jobs)

@@ -228,8 +228,6 @@ class CudaEngine final : public MethodEngine<gpu::CudaDevice<T>> {
       peak_parts_ = hdpissa::memory::Ledger::instance().parts();  // the ledger at the same moment
     }
   }
-  /// The GPU of this process: local rank mod visible GPUs (made current before anything is
-  /// allocated). Refuses more processes on this host than GPUs.
   /// The loss chunk: CudaLlama's default for the vocabulary, or HDPISSA_LOSS_CHUNK_ROWS (a row count
   /// in [1, 65536]; for measuring the chunk's speed against its memory, scripts/throughput.sh
   /// `+chunk<rows>`).
@@ -242,6 +240,8 @@ class CudaEngine final : public MethodEngine<gpu::CudaDevice<T>> {
       throw LlamaError(cat("HDPISSA_LOSS_CHUNK_ROWS: expected a row count in [1, 65536], found '", e, "'"));
     return static_cast<int>(v);
   }
+  /// The GPU of this process: local rank mod visible GPUs (made current before anything is
+  /// allocated). Refuses more processes on this host than GPUs.
   static int select_device(const EngineGroups& g) {
     const int count = cuda_device_count();
     if (count == 0) throw LlamaError("--device cuda: no CUDA device found (cudaGetDeviceCount reports none)");

@@ -1071,3 +1071,56 @@ TEST_CASE("fused adapter gradients in the trainer (bf16, r 16): the losses of th
   CHECK(differs);
   CHECK(losses[1].back() < losses[1].front());
 }
+
+TEST_CASE("HDPISSA_LOSS_CHUNK_ROWS: a bad value is an error naming it; a small chunk gives the default's losses") {
+  const char* prev = std::getenv("HDPISSA_LOSS_CHUNK_ROWS");
+  const std::string saved = prev ? prev : "";
+  auto options = [](const char* tag) {
+    TrainOptions o = base_options("hdpissa", tag);
+    o.device = Device::Cuda;
+    o.dtype = ComputeDtype::Bf16;
+    o.max_steps = 3;
+    return o;
+  };
+  std::vector<std::string> errors;
+  for (const char* bad : {"0", "12x", "65537", "-4"}) {
+    setenv("HDPISSA_LOSS_CHUNK_ROWS", bad, 1);
+    try {
+      Run r(options("chunk-bad"));
+      errors.emplace_back("(no error)");
+    } catch (const LlamaError& e) {
+      errors.emplace_back(e.what());
+    }
+  }
+  // several loss chunks per micro-batch (stories260K micro-batches have far more than 3 target rows)
+  setenv("HDPISSA_LOSS_CHUNK_ROWS", "3", 1);
+  std::vector<double> small, dflt;
+  bool ran = false;
+  try {
+    TrainOptions o = options("chunk-3");
+    Run r(o);
+    small = step_losses(o.metrics);
+    ran = true;
+  } catch (...) {
+  }
+  if (prev) setenv("HDPISSA_LOSS_CHUNK_ROWS", saved.c_str(), 1);  // restored before any check can stop the test
+  else unsetenv("HDPISSA_LOSS_CHUNK_ROWS");
+  for (const std::string& e : errors) {
+    CAPTURE(e);
+    CHECK(e.find("HDPISSA_LOSS_CHUNK_ROWS: expected a row count in [1, 65536], found '") != std::string::npos);
+  }
+  REQUIRE(ran);
+  {
+    TrainOptions o = options("chunk-default");
+    Run r(o);
+    dflt = step_losses(o.metrics);
+  }
+  REQUIRE(small.size() == 3);
+  REQUIRE(dflt.size() == 3);
+  // the per-row losses and the chunk's dX rows come from GEMMs of another row count: equal to
+  // rounding, not necessarily bit for bit
+  for (std::size_t s = 0; s < 3; ++s) {
+    CAPTURE(s);
+    CHECK(std::abs(small[s] - dflt[s]) <= 1e-3 * std::abs(dflt[s]));
+  }
+}

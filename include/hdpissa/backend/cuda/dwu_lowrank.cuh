@@ -229,9 +229,9 @@ template <class Out>
 inline void launch_dwu_lowrank(cudaStream_t stream, const Out& out, const float* L, index_t ldl, const float* R,
                                index_t ldr, int M, int N, int kd, float alpha, int max_row_blocks = 0,
                                int rows_per_thread = DwuLowrank::kPer) {
-  if (M <= 0 || N <= 0) return;
   HDPISSA_REQUIRE(rows_per_thread == 8 || rows_per_thread == 4,
                   "launch_dwu_lowrank: rows_per_thread must be 8 or 4, found ", rows_per_thread);
+  if (M <= 0 || N <= 0) return;
   const std::size_t smem = DwuLowrank::smem_bytes(kd, std::is_same_v<Out, Bf16WStorage>);
   int dev = 0, sms = 0;
   HDPISSA_CUDA_CHECK(cudaGetDevice(&dev));
