@@ -1,4 +1,4 @@
-# call 27 (session 18, the last ~6 minutes of device time): the fused adapter-gradient kernels against
+# call 27 (session 18; NOT RUN: no H100 could be started and too little time was left for another kind; c28.sh includes it): the fused adapter-gradient kernels against
 # MutedLinear's cuBLAS path at every linear shape the trainer runs (bench_adapter_grads: TinyLlama
 # and LLaMA-2-7B at N = 4096 tokens, i.e. one 8 x 512 micro-batch), to find where the trainer's
 # 3-5 % loss with them on comes from (c26).
