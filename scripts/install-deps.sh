@@ -3,7 +3,7 @@
 # The CUDA toolkit (nvcc, cuBLAS, cuSOLVER, NCCL) is not a Debian package here: when
 # /usr/local/cuda exists the CUDA parts are compiled, otherwise they are skipped.
 set -euo pipefail
-pkgs=(cmake g++ make pkg-config libeigen3-dev doctest-dev libbenchmark-dev
+pkgs=(cmake g++ make ninja-build pkg-config libeigen3-dev doctest-dev libbenchmark-dev
       libboost-mpi-dev libboost-serialization-dev libopenmpi-dev openmpi-bin
       nlohmann-json3-dev libsentencepiece-dev libpcre2-dev libxxhash-dev libcli11-dev
       python3 python3-numpy python3-torch python3-matplotlib)
