@@ -62,6 +62,39 @@ class AdapterLinear {
     }
   }
 
+  /// backward() with fp32 gradients for a lower-precision backend (bf16 storage): the two gradient
+  /// GEMMs write fp32 results (fp32 sums over the tokens, never rounded to the storage type), added
+  /// to gA, gB when `accumulate`; dX and the thin products as in backward(). Needs gemm_f32.
+  template <class G>
+    requires(!std::is_same_v<G, S>)
+  void backward(CV W, CV A, CV Bf, CV X, CV dY, V dX, MatrixView<G> gA, MatrixView<G> gB, bool accumulate = true,
+                CV xa = {}) {
+    static_assert(std::is_same_v<G, float>, "AdapterLinear: fp32 gradients only");
+    static_assert(requires(B& b, MatrixView<float> c) { b.gemm_f32(Op::T, Op::N, 1.0f, CV{}, CV{}, 1.0f, c); },
+                  "AdapterLinear: fp32 gradients need a backend with gemm_f32");
+    check(W, A, Bf, X);
+    require_shape(dY, X.rows, W.rows, "AdapterLinear dY");
+    require_shape(gA, A.rows, A.cols, "AdapterLinear gA");
+    require_shape(gB, Bf.rows, Bf.cols, "AdapterLinear gB");
+    const float beta = accumulate ? 1.0f : 0.0f, s = float(s_);
+    auto u = t1_.get(*b_, X.rows, A.rows);  // (tokens, r) = dY B
+    b_->gemm(Op::N, Op::N, S(1), dY, Bf, S(0), u);
+    if (dX.data) {
+      require_shape(dX, X.rows, W.cols, "AdapterLinear dX");
+      b_->gemm(Op::N, Op::N, S(s_), CV(u), A, S(0), dX);
+      b_->gemm(Op::N, Op::N, S(1), dY, W, S(1), dX);
+    }
+    b_->gemm_f32(Op::T, Op::N, s, CV(u), X, beta, gA);
+    if (xa.data) {
+      require_shape(xa, X.rows, A.rows, "AdapterLinear xa");
+      b_->gemm_f32(Op::T, Op::N, s, dY, xa, beta, gB);
+    } else {
+      auto t = t2_.get(*b_, X.rows, A.rows);  // (tokens, r) = X Aᵀ
+      b_->gemm(Op::N, Op::T, S(1), X, A, S(0), t);
+      b_->gemm_f32(Op::T, Op::N, s, dY, CV(t), beta, gB);
+    }
+  }
+
  private:
   void check(CV W, CV A, CV Bf, CV X) const {
     HDPISSA_REQUIRE(X.cols == W.cols && A.cols == W.cols && Bf.rows == W.rows && A.rows == Bf.cols,

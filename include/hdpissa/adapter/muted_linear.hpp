@@ -110,6 +110,34 @@ class MutedLinear {
     }
   }
 
+  /// backward() with fp32 gradients for a lower-precision backend (bf16 storage): gA, gB get the
+  /// fp32 results of the two gradient GEMMs (fp32 sums over the tokens, never rounded to the
+  /// storage type), added to their contents when `accumulate`. The thin products dY B and X Aᵀ stay
+  /// in the storage type, as in backward(). Needs a backend with gemm_f32 (CudaBackend) and ExactMute.
+  template <class G>
+    requires(!std::is_same_v<G, S>)
+  void backward(CV W, CV A, CV Bf, CV X, CV dY, V dX, MatrixView<G> gA, MatrixView<G> gB, bool accumulate = true) {
+    static_assert(std::is_same_v<G, float>, "MutedLinear: fp32 gradients only");
+    static_assert(std::is_same_v<Mute, ExactMute>, "MutedLinear: fp32 gradients need ExactMute");
+    static_assert(requires(B& b, MatrixView<float> c) { b.gemm_f32(Op::T, Op::N, 1.0f, CV{}, CV{}, 1.0f, c); },
+                  "MutedLinear: fp32 gradients need a backend with gemm_f32");
+    check(W, A, Bf, X);
+    require_shape(dY, X.rows, W.rows, "MutedLinear dY");
+    require_shape(gA, A.rows, A.cols, "MutedLinear gA");
+    require_shape(gB, Bf.rows, Bf.cols, "MutedLinear gB");
+    const float beta = accumulate ? 1.0f : 0.0f, a = float(alpha_);
+    if (dX.data) {
+      require_shape(dX, X.rows, W.cols, "MutedLinear dX");
+      b_->gemm(Op::N, Op::N, S(1), dY, W, S(0), dX);
+    }
+    auto t = t1_.get(*b_, X.rows, A.rows);  // (tokens, r) = dY B
+    b_->gemm(Op::N, Op::N, S(1), dY, Bf, S(0), t);
+    b_->gemm_f32(Op::T, Op::N, a, CV(t), X, beta, gA);
+    auto u = t2_.get(*b_, X.rows, A.rows);  // (tokens, r) = X Aᵀ
+    b_->gemm(Op::N, Op::T, S(1), X, A, S(0), u);
+    b_->gemm_f32(Op::T, Op::N, a, dY, CV(u), beta, gB);
+  }
+
  private:
   void check(CV W, CV A, CV Bf, CV X) const {
     HDPISSA_REQUIRE(X.cols == W.cols, "MutedLinear: X is ", shape_str(X.rows, X.cols), " but W is ",

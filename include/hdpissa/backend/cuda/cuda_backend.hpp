@@ -280,6 +280,36 @@ class CudaBackend {
                                       compute_kind(), CUBLAS_GEMM_DEFAULT));
   }
 
+  /// C (fp32) ← α op(A) op(B) + β C with A, B in the storage type: the products summed in fp32 and
+  /// the result kept in fp32, never rounded to the storage type. For mixed-precision gradient sums
+  /// (a bf16 model's micro-batch adapter gradients added straight into their fp32 sums, β = 1: no
+  /// bf16 scratch, no separate accumulation pass). One cublasGemmEx call (bf16 A, B; fp32 C;
+  /// CUBLAS_COMPUTE_32F). For float storage it is gemm() (TF32 included when allowed).
+  void gemm_f32(Op ta, Op tb, float alpha, ConstMatrixView<Scalar> A, ConstMatrixView<Scalar> B, float beta,
+                MatrixView<float> C)
+    requires(!std::is_same_v<Scalar, double>)
+  {
+    if constexpr (std::is_same_v<Scalar, float>) {
+      gemm(ta, tb, alpha, A, B, beta, C);
+    } else {
+      const index_t m = op_rows(ta, A), k = op_cols(ta, A), kb = op_rows(tb, B), n = op_cols(tb, B);
+      HDPISSA_REQUIRE(k == kb && C.rows == m && C.cols == n, "gemm_f32: op(A) is ", shape_str(m, k), ", op(B) is ",
+                      shape_str(kb, n), ", C is ", shape_str(C.rows, C.cols), "; expected C ", shape_str(m, n),
+                      " and matching inner dimensions");
+      if (m == 0 || n == 0) return;
+      if (k == 0) {
+        if (beta == 0.0f) cuda_kernels::launch_map(stream(), C, cuda_kernels::FillOp<float>{0.0f});
+        else cuda_kernels::launch_map(stream(), C, cuda_kernels::ScaleOp<float>{beta});
+        return;
+      }
+      const auto dt = cuda_detail::data_type<Scalar>();
+      HDPISSA_CUBLAS_CHECK(cublasGemmEx(cublas(), cuda_detail::cublas_op(tb), cuda_detail::cublas_op(ta), int(n),
+                                        int(m), int(k), &alpha, B.data, dt, cuda_detail::ld_of(B), A.data, dt,
+                                        cuda_detail::ld_of(A), &beta, C.data, CUDA_R_32F, cuda_detail::ld_of(C),
+                                        CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    }
+  }
+
   /// dst ← src, one cudaMemcpy2DAsync (both may be strided).
   void copy(ConstMatrixView<Scalar> src, MatrixView<Scalar> dst) {
     require_shape(dst, src.rows, src.cols, "copy destination");

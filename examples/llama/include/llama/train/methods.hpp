@@ -19,9 +19,11 @@
 /// and bf16 compute copies, refreshed after every step (6 bytes per target parameter); the methods
 /// whose W is frozen (lora, pissa) keep W ONLY in the compute dtype (2 bytes per parameter: PiSSA's
 /// W_res is formed in fp32 a few layers at a time, then rounded once to bf16, the same bits the
-/// fp32-master path produced). Each micro-batch's bf16 gradient is added into the fp32 sums
-/// (Dev::to_compute / Dev::accumulate); otherwise the model's own W is the master and gradients
-/// accumulate in place. The policy also names the randomized SVD (Dev::randomized_svd).
+/// fp32-master path produced). The adapter methods' gradient GEMMs (bf16 operands) write their fp32
+/// results straight into the fp32 gradient sums (MutedLinear / AdapterLinear's fp32-gradient
+/// backward, CudaBackend::gemm_f32); full fine-tuning's bf16 gW (and ScaledMute's gradients) are
+/// added into the fp32 sums (Dev::accumulate). Without bf16 compute the model's own W is the master
+/// and gradients accumulate in place. The policy also names the randomized SVD (Dev::randomized_svd).
 ///
 /// The model reaches a method through hooks(lg): the LinearHooks of local group lg (the group is an
 /// argument, never state set around calls). A method lists its live state (StateRefs, state.hpp):
@@ -695,7 +697,9 @@ class DwuMethod final : public TrainMethod<Dev> {
     }
     {
       hdpissa::memory::PartScope cp("adapter.compute-copies");
-      this->make_copies(cc_, stacked(), scratch);  // constant factors: compute copies made once
+      // constant factors: compute copies made once; the gradient scratch only for ScaledMute (ExactMute's
+      // gradient GEMMs write the fp32 sums directly)
+      this->make_copies(cc_, stacked(), std::is_same_v<Mute, hdpissa::ExactMute> ? index_t(0) : scratch);
       if constexpr (kFusedGrads) {
         // HD-PiSSA's fused adapter gradients (bf16, exact mute, r = 16): Bᵀ copies of the factors.
         ag_on_ = kMixed && std::is_same_v<Mute, hdpissa::ExactMute> && r == 16 && AG::enabled_by_env();
@@ -800,17 +804,23 @@ class DwuMethod final : public TrainMethod<Dev> {
     if constexpr (!kMixed) {
       muted_.backward(W, A(i, lg), Bf(i, lg), X, dY, dX, upd_.grad_A(i, lg), upd_.grad_B(i, lg), /*accumulate=*/true);
     } else {
-      const auto [out, in] = this->shape(i);
-      const index_t r = upd_.rank();
-      Vc gA{cc_.g.data(), r, in, in}, gB{cc_.g.data() + r * in, out, r, r};
       // --compute fp8: dX = dY W from the FP8 copy; the adapter gradients stay bf16 (no dX there).
       const bool fp8 = std::is_same_v<Mute, hdpissa::ExactMute> && this->fp8_on(i);
       if constexpr (Base::kFp8Capable) {
         if (fp8 && dX.data) this->fp8_->backward_dx(i, dY, dX, 0.0f);
       }
-      muted_.backward(W, A(i, lg), Bf(i, lg), X, dY, fp8 ? Vc{} : dX, gA, gB, /*accumulate=*/false);
-      this->accumulate(CVc(gA), upd_.grad_A(i, lg));
-      this->accumulate(CVc(gB), upd_.grad_B(i, lg));
+      if constexpr (std::is_same_v<Mute, hdpissa::ExactMute>) {
+        // the two gradient GEMMs add their fp32 results straight into the fp32 sums
+        muted_.backward(W, A(i, lg), Bf(i, lg), X, dY, fp8 ? Vc{} : dX, upd_.grad_A(i, lg), upd_.grad_B(i, lg),
+                        /*accumulate=*/true);
+      } else {
+        const auto [out, in] = this->shape(i);
+        const index_t r = upd_.rank();
+        Vc gA{cc_.g.data(), r, in, in}, gB{cc_.g.data() + r * in, out, r, r};
+        muted_.backward(W, A(i, lg), Bf(i, lg), X, dY, fp8 ? Vc{} : dX, gA, gB, /*accumulate=*/false);
+        this->accumulate(CVc(gA), upd_.grad_A(i, lg));
+        this->accumulate(CVc(gB), upd_.grad_B(i, lg));
+      }
     }
   }
 
@@ -968,17 +978,15 @@ class AdapterMethod final : public TrainMethod<Dev> {
         if (ctx.progress) ctx.progress(c1, n);
       }
     }
-    index_t scratch = 0;
     for (std::size_t i = 0; i < ids_.size(); ++i) {
       pA_.push_back(upd_.add_param(ids_[i].hf_name() + ".lora_A", sets_[i].A.view()));
       pB_.push_back(upd_.add_param(ids_[i].hf_name() + ".lora_B", sets_[i].B.view()));
       const auto [out, in] = this->shape(i);
-      scratch = std::max(scratch, r * (out + in));
       merge_size_ = std::max(merge_size_, out * in);
     }
     upd_.finalize();
     hdpissa::memory::PartScope cp("adapter.compute-copies");
-    this->make_copies(cc_, sets_, scratch);
+    this->make_copies(cc_, sets_, 0);  // no gradient scratch: the gradient GEMMs write the fp32 sums
   }
 
   void zero_grad() override { upd_.zero_grad(); }
@@ -1068,11 +1076,11 @@ class AdapterMethod final : public TrainMethod<Dev> {
     if constexpr (!kMixed) {
       lin_.backward(W, A(i), Bf(i), X, dY, dX, upd_.grad(pA_[i], lg), upd_.grad(pB_[i], lg), /*accumulate=*/true, xa);
     } else {
-      const auto [out, in] = this->shape(i);
       const index_t r = sets_[i].rank;
-      Vc gA{cc_.g.data(), r, in, in}, gB{cc_.g.data() + r * in, out, r, r};
       const bool fp8 = this->fp8_on(i) && dX.data && dY.rows <= u_.rows();
-      lin_.backward(W, A(i), Bf(i), X, dY, fp8 ? Vc{} : dX, gA, gB, /*accumulate=*/false, xa);
+      // the two gradient GEMMs add their fp32 results straight into the fp32 sums
+      lin_.backward(W, A(i), Bf(i), X, dY, fp8 ? Vc{} : dX, upd_.grad(pA_[i], lg), upd_.grad(pB_[i], lg),
+                    /*accumulate=*/true, xa);
       if constexpr (Base::kFp8Capable) {
         if (fp8) {
           // dX = s (dY B) A + dY W: the thin part first (bf16, as AdapterLinear), then the FP8 GEMM
@@ -1084,8 +1092,6 @@ class AdapterMethod final : public TrainMethod<Dev> {
           this->fp8_->backward_dx(i, dY, dX, 1.0f);
         }
       }
-      this->accumulate(CVc(gA), upd_.grad(pA_[i], lg));
-      this->accumulate(CVc(gB), upd_.grad(pB_[i], lg));
     }
   }
 
