@@ -1,9 +1,10 @@
 // bench_adapter_grads — the DWU methods' adapter gradients of one muted linear, per linear shape of
 // TinyLlama and LLaMA-2-7B at N tokens (a micro-batch of 8 × 512 by default):
 //   gA (r, in) += α (dY B)ᵀ X,  gB (out, r) += α dYᵀ (X Aᵀ),  r = 16,
-// on the two paths the trainer has: MutedLinear's four cuBLAS GEMMs into bf16 scratch plus the two
-// bf16 → fp32 accumulation passes (the default), and the fused kernels of adapter_grads.cuh
-// (HDPISSA_FUSED_ADAPTER_GRADS=1). Both in one process, best of --reps, with the bytes each must
+// on the paths the trainer has had: MutedLinear's four cuBLAS GEMMs into bf16 scratch plus the two
+// bf16 → fp32 accumulation passes (the default until session 18), MutedLinear's fp32-gradient
+// backward (the two gradient GEMMs write the fp32 sums, CudaBackend::gemm_f32: the default since
+// session 19), and the fused kernels of adapter_grads.cuh (HDPISSA_FUSED_ADAPTER_GRADS=1). Both in one process, best of --reps, with the bytes each must
 // read at least (X and dY twice: once for t / u, once for the weight gradients) over the copy rate.
 //
 // Why: session 18 measured the fused kernels at parity with the cuBLAS path at one shape (N 4096,
@@ -98,15 +99,17 @@ int main(int argc, char** argv) {
   MutedLinear<CudaBackend<bf16>> ml(be, alpha);
   FusedAdapterGrads ag;
   EventTimer timer(s);
-  double total[2][2] = {{0, 0}, {0, 0}};  // [model][path]: per micro-batch, all layers
+  constexpr int kPaths = 3;  // cuBLAS into bf16 + accumulation (before session 19), cuBLAS fp32 sums, fused
+  double total[2][kPaths] = {};  // [model][path]: per micro-batch, all layers
   for (const Linear& L : linears) {
     const int in = L.in, out = L.out;
     auto X = random_bf16(std::size_t(N) * in, 1.0f, 1u), dY = random_bf16(std::size_t(N) * out, 1.0f, 2u);
     auto A = random_bf16(std::size_t(r) * in, 0.1f, 3u), B = random_bf16(std::size_t(out) * r, 0.1f, 4u);
     DeviceBuffer<bf16> Bt(std::size_t(r) * out), ga16(std::size_t(r) * in), gb16(std::size_t(out) * r);
-    DeviceBuffer<float> gA[2] = {DeviceBuffer<float>(std::size_t(r) * in), DeviceBuffer<float>(std::size_t(r) * in)};
-    DeviceBuffer<float> gB[2] = {DeviceBuffer<float>(std::size_t(out) * r), DeviceBuffer<float>(std::size_t(out) * r)};
-    for (int p = 0; p < 2; ++p) {
+    DeviceBuffer<float> gA[kPaths], gB[kPaths];
+    for (int p = 0; p < kPaths; ++p) {
+      gA[p].reserve(std::size_t(r) * in);
+      gB[p].reserve(std::size_t(out) * r);
       HDPISSA_CUDA_CHECK(cudaMemsetAsync(gA[p].get(), 0, sizeof(float) * r * in, s));
       HDPISSA_CUDA_CHECK(cudaMemsetAsync(gB[p].get(), 0, sizeof(float) * out * r, s));
     }
@@ -120,27 +123,31 @@ int main(int argc, char** argv) {
       llama::gpu::launch_add_bf16_into_f32(s, CVb(ga16.get(), r, in, in), MVf(gA[0].get(), r, in, in));
       llama::gpu::launch_add_bf16_into_f32(s, CVb(gb16.get(), out, r, r), MVf(gB[0].get(), out, r, r));
     };
-    auto fused_path = [&] {
-      ag.run(s, Xv, dYv, Av, Btv, alpha, MVf(gA[1].get(), r, in, in), MVf(gB[1].get(), out, r, r));
+    auto f32_path = [&] {  // the trainer's default since session 19: the gradient GEMMs write fp32 sums
+      ml.backward(CVb(nullptr, out, in, in), Av, Bv, Xv, dYv, MVb{}, MVf(gA[1].get(), r, in, in),
+                  MVf(gB[1].get(), out, r, r), true);
     };
-    // one call of each from zero: the sanity comparison
-    cublas_path();
-    fused_path();
-    const auto a0 = download(gA[0], std::size_t(r) * in), a1 = download(gA[1], std::size_t(r) * in);
-    const auto b0 = download(gB[0], std::size_t(out) * r), b1 = download(gB[1], std::size_t(out) * r);
+    auto fused_path = [&] {
+      ag.run(s, Xv, dYv, Av, Btv, alpha, MVf(gA[2].get(), r, in, in), MVf(gB[2].get(), out, r, r));
+    };
+    auto run_path = [&](int p) { p == 0 ? cublas_path() : p == 1 ? f32_path() : fused_path(); };
+    // one call of each from zero: the sanity comparison (fp32 sums and fused against the bf16 path)
+    for (int p = 0; p < kPaths; ++p) run_path(p);
+    const auto a0 = download(gA[0], std::size_t(r) * in), a1 = download(gA[2], std::size_t(r) * in);
+    const auto b0 = download(gB[0], std::size_t(out) * r), b1 = download(gB[2], std::size_t(out) * r);
+    const auto a2 = download(gA[1], std::size_t(r) * in), b2 = download(gB[1], std::size_t(out) * r);
     auto rel = [](const std::vector<float>& x, const std::vector<float>& y) {
       double d = 0, m = 0;
       for (std::size_t k = 0; k < x.size(); ++k) d = std::max(d, double(std::abs(x[k] - y[k]))), m = std::max(m, double(std::abs(y[k])));
       return d / (m + 1e-30);
     };
-    const double da = rel(a1, a0), db = rel(b1, b0);
-    double us[2];
-    for (int p = 0; p < 2; ++p) {
+    const double da = rel(a1, a0), db = rel(b1, b0), fa = rel(a2, a0), fb = rel(b2, b0);
+    double us[kPaths];
+    for (int p = 0; p < kPaths; ++p) {
       double best = 1e30;
       for (int i = 0; i < reps + 3; ++i) {
         timer.start();
-        if (p == 0) cublas_path();
-        else fused_path();
+        run_path(p);
         const double ms = timer.stop_ms();
         if (i >= 3) best = std::min(best, ms);
       }
@@ -148,23 +155,26 @@ int main(int argc, char** argv) {
     }
     const double bytes = 2.0 * 2.0 * double(N) * double(in + out);  // X and dY, each read twice (bf16)
     const double floor_us = bytes / (copy * 1e9) * 1e6;
-    std::printf("%-9s %-8s in %5d out %5d: cuBLAS path %7.1f us, fused %7.1f us (%.2fx); floor %5.1f us; "
-                "max rel diff gA %.1e gB %.1e\n",
-                L.model, L.name, in, out, us[0], us[1], us[0] / us[1], floor_us, da, db);
+    std::printf("%-9s %-8s in %5d out %5d: cuBLAS bf16 + add %7.1f us, cuBLAS fp32 sums %7.1f us, fused %7.1f us; "
+                "floor %5.1f us; max rel diff to bf16 + add: fp32 sums gA %.1e gB %.1e, fused gA %.1e gB %.1e\n",
+                L.model, L.name, in, out, us[0], us[1], us[2], floor_us, fa, fb, da, db);
     std::printf("JSON {\"bench\":\"adapter_grads\",\"model\":\"%s\",\"linear\":\"%s\",\"in\":%d,\"out\":%d,\"tokens\":%d,"
-                "\"cublas_us\":%.2f,\"fused_us\":%.2f,\"floor_us\":%.2f,\"rel_diff_gA\":%.3e,\"rel_diff_gB\":%.3e}\n",
-                L.model, L.name, in, out, N, us[0], us[1], floor_us, da, db);
+                "\"cublas_us\":%.2f,\"cublas_f32_us\":%.2f,\"fused_us\":%.2f,\"floor_us\":%.2f,\"rel_diff_gA\":%.3e,"
+                "\"rel_diff_gB\":%.3e}\n",
+                L.model, L.name, in, out, N, us[0], us[1], us[2], floor_us, da, db);
     // per micro-batch: TinyLlama 22 layers (q, o, k, v, gate, up, down), 7B 32 layers (4 + 2 + 1)
     const std::string nm = L.name;
     const int m = std::string(L.model) == "tinyllama" ? 0 : 1, layers = m == 0 ? 22 : 32;
     const int per_layer = nm == "q/k/v/o" ? 4 : nm == "down" ? 1 : 2;
-    for (int p = 0; p < 2; ++p) total[m][p] += us[p] * per_layer * layers / 1e3;
+    for (int p = 0; p < kPaths; ++p) total[m][p] += us[p] * per_layer * layers / 1e3;
   }
   for (int m = 0; m < 2; ++m) {
-    std::printf("%s, one micro-batch of %d tokens, every layer: cuBLAS path %.2f ms, fused %.2f ms\n",
-                m == 0 ? "tinyllama" : "llama2-7b", N, total[m][0], total[m][1]);
-    std::printf("JSON {\"bench\":\"adapter_grads_total\",\"model\":\"%s\",\"tokens\":%d,\"cublas_ms\":%.3f,\"fused_ms\":%.3f}\n",
-                m == 0 ? "tinyllama" : "llama2-7b", N, total[m][0], total[m][1]);
+    std::printf("%s, one micro-batch of %d tokens, every layer: cuBLAS bf16 + add %.2f ms, cuBLAS fp32 sums %.2f ms, "
+                "fused %.2f ms\n",
+                m == 0 ? "tinyllama" : "llama2-7b", N, total[m][0], total[m][1], total[m][2]);
+    std::printf("JSON {\"bench\":\"adapter_grads_total\",\"model\":\"%s\",\"tokens\":%d,\"cublas_ms\":%.3f,"
+                "\"cublas_f32_ms\":%.3f,\"fused_ms\":%.3f}\n",
+                m == 0 ? "tinyllama" : "llama2-7b", N, total[m][0], total[m][1], total[m][2]);
   }
   return 0;
 }
