@@ -1,10 +1,15 @@
-# call 31 (session 19): 1) bench_adapter_grads with the new default path (the gradient GEMMs writing
+# call 31 (session 19): 0) the CUDA library and trainer suites after the closing review's test
+# changes (the fp32-gradient test's reference from the GPU's own thin products, AdapterLinear with
+# the forward's X Aᵀ, gemm_f32 at k = 0; ±inf, NaN and ±max W in the low-rank DWU kernel's host
+# replay); 1) bench_adapter_grads with the new default path (the gradient GEMMs writing
 # fp32 sums) beside the old bf16 + add path and the fused kernels, at every linear shape; 2) TinyLlama
 # 2 x 512 x 8: HD-PiSSA K1 and LoRA against PEFT + compile; 3) the TinyLlama 8 x 512 x 2 section
 # profile (bare model vs HD-PiSSA K1) with this session's code.
 # Run as: bash scripts/device-calls/c31.sh   (carry [".devpack", ".devdata"])
 source scripts/device-calls/common.sh
 O=/tmp/o31; mkdir -p $O
+run_suites $O hdpissa_cuda_tests:100 hdpissa_cuda_train_tests:100
+grep -h -E "ERROR|FAILED" $O/suites/*.log | head -20
 timeout 90 .devbin/bench_adapter_grads --reps 20 > $O/adapter-grads.txt 2>&1; echo "bench rc $? at $(el) s"
 grep -v JSON $O/adapter-grads.txt; cp $O/adapter-grads.txt $OUT/
 if (( END - $(el) > 150 )); then

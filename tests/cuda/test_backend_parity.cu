@@ -459,23 +459,38 @@ TEST_CASE("MutedLinear and AdapterLinear on bf16: fp32 gradients against float64
     return m;
   };
   auto W = up(hW, out, in), A = up(hA, r, in), B = up(hB, out, r), X = up(hX, N, in), dY = up(hdY, N, out);
-  // float64 reference: the thin products dY B and X Aᵀ are bf16 in the layers, so round them here too
-  auto round_d = [](std::vector<double> v) {
-    for (auto& x : v) x = double(__bfloat162float(__float2bfloat16(float(x))));
-    return v;
+  // float64 reference of the gradient GEMMs. Their thin operands dY B and X Aᵀ are bf16 in the layers:
+  // taken from the same cuBLAS calls here (a float64 product rounded to bf16 may land on the other
+  // bf16 neighbour of a value near a rounding boundary, ≈ 1.5e-8 of normalised MSE per such element)
+  auto thin = [&](Op tb, const auto& lhs, const auto& rhs, index_t rows) {
+    auto m = gpu.make_matrix(rows, r);
+    gpu.gemm(Op::N, tb, 1.0f, CVb(lhs.view()), CVb(rhs.view()), 0.0f, m.view());
+    gpu.synchronize();
+    const auto d = dense(gpu, CVb(m.view()));
+    return std::vector<float>(d.begin(), d.end());
   };
-  const auto t = round_d(ref_gemm(Op::N, Op::N, hdY, out, hB, r, N, r, out));  // (N, r) = dY B
-  const auto u = round_d(ref_gemm(Op::N, Op::T, hX, in, hA, in, N, r, in));    // (N, r) = X Aᵀ
-  const std::vector<float> tf(t.begin(), t.end()), uf(u.begin(), u.end());
+  const auto tf = thin(Op::N, dY, B, N);  // (N, r) = dY B
+  const auto uf = thin(Op::T, X, A, N);   // (N, r) = X Aᵀ
   const auto pA = ref_gemm(Op::T, Op::N, tf, r, hX, in, r, in, N), pB = ref_gemm(Op::T, Op::N, hdY, out, uf, r, out, r, N);
   std::vector<double> wantA(pA.size()), wantB(pB.size());
   for (std::size_t i = 0; i < pA.size(); ++i) wantA[i] = gA0[i] + alpha * pA[i];
   for (std::size_t i = 0; i < pB.size(); ++i) wantB[i] = gB0[i] + alpha * pB[i];
-  auto run = [&](auto& layer, bool fp32_grads) {
+  auto run = [&](auto& layer, bool fp32_grads, bool with_xa = false) {
     auto gA = g32.make_matrix(r, in), gB = g32.make_matrix(out, r);
     g32.upload(gA0.data(), gA.view());
     g32.upload(gB0.data(), gB.view());
     if (fp32_grads) {
+      if constexpr (std::is_same_v<std::decay_t<decltype(layer)>, AdapterLinear<CudaBackend<bf>>>) {
+        if (with_xa) {  // the trainer's way: X Aᵀ kept from the forward of the same X
+          auto Y = gpu.make_matrix(N, out), xa = gpu.make_matrix(N, r);
+          layer.forward(CVb(W.view()), CVb(A.view()), CVb(B.view()), CVb(X.view()), Y.view(), {}, xa.view());
+          layer.backward(CVb(W.view()), CVb(A.view()), CVb(B.view()), CVb(X.view()), CVb(dY.view()), MatrixView<bf>{},
+                         gA.view(), gB.view(), /*accumulate=*/true, CVb(xa.view()));
+          gpu.synchronize();
+          return std::pair{nmse(dense(g32, ConstMatrixView<float>(gA.view())), wantA),
+                           nmse(dense(g32, ConstMatrixView<float>(gB.view())), wantB)};
+        }
+      }
       layer.backward(CVb(W.view()), CVb(A.view()), CVb(B.view()), CVb(X.view()), CVb(dY.view()), MatrixView<bf>{},
                      gA.view(), gB.view(), /*accumulate=*/true);
     } else {  // the bf16 gradients of one call, then added into the fp32 sums on the host
@@ -496,15 +511,36 @@ TEST_CASE("MutedLinear and AdapterLinear on bf16: fp32 gradients against float64
   AdapterLinear<CudaBackend<bf>> adapter(gpu, alpha);
   const auto [mA, mB] = run(muted, true);
   const auto [aA, aB] = run(adapter, true);
+  const auto [xA, xB] = run(adapter, true, /*with_xa=*/true);
   const auto [mA16, mB16] = run(muted, false);
   CAPTURE(mA16);
   CAPTURE(mB16);
-  // fp32 sums over 200 tokens: ≈ 1e-13 (a rare one-ulp difference in a bf16 thin product can add
-  // ≈ 1e-9); bf16 gradients: ≈ 1e-6
-  CHECK(mA <= 1e-8);
-  CHECK(mB <= 1e-8);
-  CHECK(aA <= 1e-8);
-  CHECK(aB <= 1e-8);
+  // fp32 sums over 200 tokens: ≈ 1e-13; bf16 gradients: ≈ 1e-6 (one rounding of every result)
+  CHECK(mA <= 1e-10);
+  CHECK(mB <= 1e-10);
+  CHECK(aA <= 1e-10);
+  CHECK(aB <= 1e-10);
+  CHECK(xA <= 1e-10);
+  CHECK(xB <= 1e-10);
   CHECK(mA16 > 1e-8);  // the bf16-gradient path, for contrast: what the fp32 results remove
   CHECK(mB16 > 1e-8);
+}
+
+TEST_CASE("bf16 storage: gemm_f32 with an empty inner dimension fills (beta 0) or scales (beta 1) C") {
+  using bf = __nv_bfloat16;
+  CudaBackend<bf> gpu;
+  CudaBackend<float> g32;
+  auto A = gpu.make_matrix(5, 0), B = gpu.make_matrix(0, 7);
+  auto C = g32.make_matrix(5, 7);
+  const auto h = random_host<float>(5, 7, 31);
+  for (float beta : {0.0f, 1.0f}) {
+    g32.upload(h.data(), C.view());
+    gpu.gemm_f32(Op::N, Op::N, 2.0f, ConstMatrixView<bf>(A.view()), ConstMatrixView<bf>(B.view()), beta, C.view());
+    gpu.synchronize();
+    std::vector<float> out(35);
+    g32.download(ConstMatrixView<float>(C.view()), out.data());
+    bool ok = true;
+    for (std::size_t i = 0; i < out.size(); ++i) ok = ok && out[i] == (beta == 0.0f ? 0.0f : h[i]);
+    CHECK(ok);
+  }
 }

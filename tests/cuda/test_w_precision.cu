@@ -421,6 +421,14 @@ TEST_CASE("low-rank DWU kernel (CUDA cores): bf16 SR / compensated and fp32 W eq
         w[i] = bf16_bits_rn(float(2.0 * (counter_uniform(73, i) - 0.5)));
         c[i] = bf16_bits_rn(float(1e-3 * (counter_uniform(74, i) - 0.5)));
       }
+      // non-finite and extreme W in every row (vector and scalar paths alike): ±inf, NaNs of both
+      // signs, ± the largest finite bf16 (an update may round it to ±inf), the smallest normal
+      const std::uint16_t special[] = {0x7f80u, 0xff80u, 0x7fc1u, 0xffffu, 0x7f7fu, 0xff7fu, 0x0080u};
+      for (index_t i = 0; i < sh.M; ++i)
+        for (int q = 0; q < 2; ++q) {
+          const index_t j = (i * 7 + q * (sh.N / 2)) % sh.N;
+          w[std::size_t(i * sh.ldw + j)] = special[std::size_t(i * 2 + q) % std::size(special)];
+        }
       auto* dw = dalloc<std::uint16_t>(nw);
       auto* dc = dalloc<std::uint16_t>(nw);
       h2d(dw, w);

@@ -76,7 +76,9 @@ class AdapterLinear {
     require_shape(dY, X.rows, W.rows, "AdapterLinear dY");
     require_shape(gA, A.rows, A.cols, "AdapterLinear gA");
     require_shape(gB, Bf.rows, Bf.cols, "AdapterLinear gB");
-    const float beta = accumulate ? 1.0f : 0.0f, s = float(s_);
+    // the scale as the forward applies it (rounded to the storage type there), so that these are the
+    // gradients of the forward that ran
+    const float beta = accumulate ? 1.0f : 0.0f, s = float(S(s_));
     auto u = t1_.get(*b_, X.rows, A.rows);  // (tokens, r) = dY B
     b_->gemm(Op::N, Op::N, S(1), dY, Bf, S(0), u);
     if (dX.data) {
