@@ -12,7 +12,8 @@
 #   GA [1], STEPS [5] (trainer steps; the first is dropped), CONFIGS ["lora hdpissa-K1"] (method[-K<n>],
 #   as in throughput.sh), EXTRA (more hdpissa-train flags), WORK [/tmp/hdpissa-throughput] (the model,
 #   made by bench/e2e/make_model.py unless WORK/<shape>/config.json exists: the throughput.sh place),
-#   THROUGHPUT_DATA [.devdata/throughput], OUT [build/gpu/profile].
+#   THROUGHPUT_DATA [.devdata/throughput], OUT [build/gpu/profile], BARE_ARGS (more bench_llama_cuda flags,
+#   e.g. "--prompt-fraction 0.2": the loss over the rows the trainer's data has as targets).
 # Output: OUT/profile.md (the table), OUT/bare.log, OUT/<config>.log / .jsonl.
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -36,7 +37,8 @@ if [[ ! -f "$MODEL/config.json" ]]; then
     { echo "profile-step: make_model.py failed:"; tail -5 "$OUT/make_model.log"; exit 1; }
 fi
 echo "[profile-step] bare model: $B --shape $SHAPE --batch $MB --seq $SEQ"
-"$B" --shape "$SHAPE" --batch "$MB" --seq "$SEQ" --steps 10 --warmup 3 >"$OUT/bare.log" 2>&1 ||
+# shellcheck disable=SC2086
+"$B" --shape "$SHAPE" --batch "$MB" --seq "$SEQ" --steps 10 --warmup 3 ${BARE_ARGS:-} >"$OUT/bare.log" 2>&1 ||
   { echo "  bench_llama_cuda failed:"; tail -5 "$OUT/bare.log"; }
 for cfg in $CONFIGS; do
   method="${cfg%%-K*}"; k=1; [[ "$cfg" == *-K* ]] && k="${cfg##*-K}"

@@ -16,7 +16,10 @@
 //    causal 64×64 tiles it executes (2 fwd + 7 bwd tile products: dK/dV and dQ kernels).
 //
 // Usage: bench_llama_cuda [--shape tinyllama|llama2-7b] [--layers N] [--batch 2] [--seq 512] [--steps 20]
-//                         [--warmup 3] [--fp32] [--attention auto|flash|gemm]
+//                         [--warmup 3] [--fp32] [--attention auto|flash|gemm] [--prompt-fraction F]
+// --prompt-fraction F (0 ≤ F < 1, default 0): the first ⌊F·seq⌋ labels of every row are ignored, as a
+// trainer's prompt masking does (the trainer's throughput data has ≈ 20 % prompt), so the loss covers
+// the other rows only: to compare the loss section with `hdpissa-train --profile`'s.
 // --shape llama2-7b: hidden 4096, 32 layers, 32 heads (no GQA), head_dim 128, MLP 11008, vocab 32000
 // (the trainer's 7B benchmark shape; the bare model beside `hdpissa-train --profile` of the same shape).
 
@@ -41,6 +44,7 @@ namespace {
 struct Args {
   int layers = 0, batch = 2, seq = 512, steps = 20, warmup = 3;  // layers 0: the shape's
   bool fp32 = false;
+  double prompt_fraction = 0.0;
   std::string attention = "auto", shape = "tinyllama";
 };
 
@@ -58,6 +62,15 @@ Args parse(int argc, char** argv) {
     else if (k == "--steps") a.steps = next();
     else if (k == "--warmup") a.warmup = next();
     else if (k == "--fp32") a.fp32 = true;
+    else if (k == "--prompt-fraction") {
+      if (i + 1 >= argc) { std::fprintf(stderr, "expected a value after --prompt-fraction\n"); std::exit(2); }
+      char* end = nullptr;
+      a.prompt_fraction = std::strtod(argv[++i], &end);
+      if (end == argv[i] || *end != '\0' || !(a.prompt_fraction >= 0.0 && a.prompt_fraction < 1.0)) {
+        std::fprintf(stderr, "--prompt-fraction: expected a number in [0, 1), found '%s'\n", argv[i]);
+        std::exit(2);
+      }
+    }
     else if (k == "--shape") {
       if (i + 1 >= argc) { std::fprintf(stderr, "expected a value after --shape\n"); std::exit(2); }
       a.shape = argv[++i];
@@ -74,7 +87,7 @@ Args parse(int argc, char** argv) {
         std::exit(2);
       }
     }
-    else { std::fprintf(stderr, "unknown flag %s (expected --shape --layers --batch --seq --steps --warmup --fp32 --attention)\n", k.c_str()); std::exit(2); }
+    else { std::fprintf(stderr, "unknown flag %s (expected --shape --layers --batch --seq --steps --warmup --fp32 --attention --prompt-fraction)\n", k.c_str()); std::exit(2); }
   }
   return a;
 }
@@ -192,6 +205,9 @@ int run(const Args& args) {
     b.input_ids.push_back(static_cast<std::int32_t>((r >> 8) % static_cast<std::uint32_t>(c.vocab_size)));
   }
   b.labels = b.input_ids;
+  const int prompt = static_cast<int>(args.prompt_fraction * Tn);  // masked like a prompt
+  for (int row = 0; row < B; ++row)
+    for (int t = 0; t < prompt; ++t) b.labels[static_cast<std::size_t>(row) * Tn + t] = kIgnoreIndex;
   b.example_ids.assign(B, 0);
   const std::int64_t n_targets = b.num_target_tokens();
 
