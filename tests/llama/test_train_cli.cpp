@@ -197,3 +197,38 @@ TEST_CASE("cli: --compute fp8 needs --device cuda --dtype bf16 and the exact mut
   CHECK(o.to_json()["compute"] == "fp8");
   CHECK(parse_train_args(base({}), nullptr, sink).compute == ComputeKind::Dtype);
 }
+
+TEST_CASE("cli: the GPU engine's environment switches are checked with the command line, naming the variable") {
+  struct Restore {  // the variables as they were, whatever the checks do
+    std::string fused, chunk;
+    bool had_fused, had_chunk;
+    Restore() {
+      const char* f = std::getenv("HDPISSA_FUSED_ADAPTER_GRADS");
+      const char* c = std::getenv("HDPISSA_LOSS_CHUNK_ROWS");
+      had_fused = f != nullptr, had_chunk = c != nullptr;
+      fused = f ? f : "", chunk = c ? c : "";
+    }
+    ~Restore() {
+      if (had_fused) ::setenv("HDPISSA_FUSED_ADAPTER_GRADS", fused.c_str(), 1);
+      else ::unsetenv("HDPISSA_FUSED_ADAPTER_GRADS");
+      if (had_chunk) ::setenv("HDPISSA_LOSS_CHUNK_ROWS", chunk.c_str(), 1);
+      else ::unsetenv("HDPISSA_LOSS_CHUNK_ROWS");
+    }
+  } restore;
+  ::unsetenv("HDPISSA_LOSS_CHUNK_ROWS");
+  ::setenv("HDPISSA_FUSED_ADAPTER_GRADS", "yes", 1);
+  CHECK(error_of(base({})) == "HDPISSA_FUSED_ADAPTER_GRADS: expected 0 or 1, found 'yes'");
+  for (const char* ok : {"0", "1", ""}) {
+    ::setenv("HDPISSA_FUSED_ADAPTER_GRADS", ok, 1);
+    CHECK(error_of(base({})) == "");
+  }
+  ::unsetenv("HDPISSA_FUSED_ADAPTER_GRADS");
+  for (const char* bad : {"0", "65537", "12x", "-4", "x"}) {
+    ::setenv("HDPISSA_LOSS_CHUNK_ROWS", bad, 1);
+    CHECK(error_of(base({})) == std::string("HDPISSA_LOSS_CHUNK_ROWS: expected a row count in [1, 65536], found '") + bad + "'");
+  }
+  for (const char* ok : {"1", "512", "65536"}) {
+    ::setenv("HDPISSA_LOSS_CHUNK_ROWS", ok, 1);
+    CHECK(error_of(base({})) == "");
+  }
+}

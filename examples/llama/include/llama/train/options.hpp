@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <iostream>
 #include <iterator>
@@ -440,7 +441,9 @@ inline void add_train_options(CLI::App& app, TrainOptions& o, CLI::Option** atte
       "  HDPISSA_CUDA_GEMM_TUNING  off|exact|fastest: the fp32 GEMM algorithm policy (default exact = bit-identical)\n"
       "  HDPISSA_CUDA_GEMM_TUNING_BF16  off|exact|fastest: the same for bf16 GEMMs (--dtype bf16 linears; default off)\n"
       "  HDPISSA_CUDA_DWU_GEMM     auto|3xtf32|simt|cublas: the Direct Weight Update's GEMM on the GPU\n"
-      "  HDPISSA_FUSED_ADAPTER_GRADS  1: fused adapter-gradient kernels for the DWU methods (bf16, r 16; opt-in, untested on GPU)\n"
+      "  HDPISSA_FUSED_ADAPTER_GRADS  0|1: fused adapter-gradient kernels for the DWU methods (bf16, r 16; opt-in:\n"
+      "                            faster only at narrow outputs, docs/trainer.md)\n"
+      "  HDPISSA_LOSS_CHUNK_ROWS   rows of full-vocabulary logits per loss chunk (GPU; default: a 192 MiB budget)\n"
       "  HDPISSA_COMM_TIMEOUT_S    collective / rendezvous timeout of the multi-process paths (seconds)\n"
       "  RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT (torchrun, hdpissa-run) or SLURM_PROCID,\n"
       "  SLURM_NTASKS, SLURM_LOCALID (srun): one process of a multi-process run (docs/distributed.md)\n"
@@ -656,6 +659,22 @@ inline hdpissa::WPrecision default_w_precision(const TrainOptions& o) {
 /// Parses hdpissa-train's arguments (CLI11; llama/cli.hpp has the conventions). `help` is set
 /// (and nothing validated) for --help or --version, whose text goes to `out`. Unknown options
 /// and malformed values throw cli::UsageError naming the flag; bad combinations LlamaError.
+/// The GPU engine's measurement switches, checked with the command line (before any model is
+/// loaded): a value the engine would not understand is an error naming the variable, not a silent
+/// default. HDPISSA_FUSED_ADAPTER_GRADS: 0 or 1 (llama/cuda/adapter_grads.cuh); HDPISSA_LOSS_CHUNK_ROWS:
+/// a row count in [1, 65536] (the engine reads it again when it sizes the loss).
+inline void check_engine_env() {
+  if (const char* e = std::getenv("HDPISSA_FUSED_ADAPTER_GRADS"); e && *e && std::strcmp(e, "0") != 0 &&
+                                                                  std::strcmp(e, "1") != 0)
+    throw LlamaError(cat("HDPISSA_FUSED_ADAPTER_GRADS: expected 0 or 1, found '", e, "'"));
+  if (const char* e = std::getenv("HDPISSA_LOSS_CHUNK_ROWS"); e && *e) {
+    char* end = nullptr;
+    const long v = std::strtol(e, &end, 10);
+    if (end == e || *end != '\0' || v < 1 || v > 65536)
+      throw LlamaError(cat("HDPISSA_LOSS_CHUNK_ROWS: expected a row count in [1, 65536], found '", e, "'"));
+  }
+}
+
 inline TrainOptions parse_train_args(const std::vector<std::string>& args, bool* help = nullptr,
                                      std::ostream& out = std::cout) {
   TrainOptions o;
@@ -673,6 +692,7 @@ inline TrainOptions parse_train_args(const std::vector<std::string>& args, bool*
       env && *env && attention->count() == 0 && o.device == Device::Cuda)
     o.attention = parse_choice<AttentionKind>("HDPISSA_LLAMA_ATTENTION", env);
   if (w_precision->count() == 0) o.w_precision = default_w_precision(o);
+  check_engine_env();
   if (o.tokenizer.empty() && !o.model.empty() && std::filesystem::is_directory(o.model))
     o.tokenizer = o.model;  // detect_tokenizer picks tokenizer.model / tokenizer.json / original/tokenizer.model
   o.validate();
