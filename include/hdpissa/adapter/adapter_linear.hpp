@@ -4,8 +4,6 @@
 ///  - AdapterLinear: an active low-rank adapter (LoRA, PiSSA): y = x Wᵀ + s (x Aᵀ) Bᵀ (+ bias);
 ///    backward dX = dY W + s (dY B) A, g_A = s (dY B)ᵀ X, g_B = s dYᵀ (X Aᵀ).
 ///  - DenseLinear: full fine-tuning: y = x Wᵀ (+ bias); backward dX = dY W, g_W = dYᵀ X.
-/// On a bf16 backend with gemm_f32 (CudaBackend), each backward also takes fp32 gradients, which the
-/// gradient GEMMs write (or add to) in fp32: a mixed-precision trainer's fp32 gradient sums directly.
 
 #include "hdpissa/adapter/linear_workspace.hpp"
 #include "hdpissa/core/concepts.hpp"
@@ -133,20 +131,6 @@ class DenseLinear {
     require_shape(gW, W.rows, W.cols, "DenseLinear gW");
     if (dX.data) b_->gemm(Op::N, Op::N, S(1), dY, W, S(0), dX);
     b_->gemm(Op::T, Op::N, S(1), dY, X, accumulate ? S(1) : S(0), gW);
-  }
-
-  /// backward() with an fp32 gW for a lower-precision backend (bf16 storage): dYᵀ X summed in fp32
-  /// and written (added when `accumulate`) as fp32, never rounded to the storage type. Needs gemm_f32.
-  template <class G>
-    requires(!std::is_same_v<G, S>)
-  void backward(CV W, CV X, CV dY, V dX, MatrixView<G> gW, bool accumulate = true) {
-    static_assert(std::is_same_v<G, float>, "DenseLinear: fp32 gradients only");
-    static_assert(requires(B& b, MatrixView<float> c) { b.gemm_f32(Op::T, Op::N, 1.0f, CV{}, CV{}, 1.0f, c); },
-                  "DenseLinear: fp32 gradients need a backend with gemm_f32");
-    require_shape(dY, X.rows, W.rows, "DenseLinear dY");
-    require_shape(gW, W.rows, W.cols, "DenseLinear gW");
-    if (dX.data) b_->gemm(Op::N, Op::N, S(1), dY, W, S(0), dX);
-    b_->gemm_f32(Op::T, Op::N, 1.0f, dY, X, accumulate ? 1.0f : 0.0f, gW);
   }
 
  private:

@@ -7,8 +7,9 @@
 /// touches), the randomized SVD (Cholesky-QR2 orthonormalisation: two GEMMs and a small Cholesky
 /// instead of a Householder QR) and the two mixed-precision moves:
 ///  - to_compute: the bf16 compute copy ← an fp32 master (one conversion kernel);
-///  - accumulate: an fp32 gradient sum += one micro-batch's bf16 gradient (--mute-gamma's gradients
-///    only), so the sum over micro-batches and groups, Adam and W are all fp32. Every other method's
+///  - accumulate: an fp32 gradient sum += one micro-batch's bf16 gradient (full fine-tuning's gW:
+///    fp32 accumulation inside the GEMM over the micro-batch's tokens, rounded once, then added
+///    here), so the sum over micro-batches and groups, Adam and W are all fp32. The adapter methods'
 ///    gradient GEMMs skip the bf16 round: they write fp32 sums directly (CudaBackend::gemm_f32).
 /// With bf16 compute it also names --compute fp8's FP8 linears (fp8_linears.cuh) and HD-PiSSA's fused
 /// adapter-gradient kernels (adapter_grads.cuh).

@@ -21,8 +21,8 @@
 /// W_res is formed in fp32 a few layers at a time, then rounded once to bf16, the same bits the
 /// fp32-master path produced). The adapter methods' gradient GEMMs (bf16 operands) write their fp32
 /// results straight into the fp32 gradient sums (MutedLinear / AdapterLinear's fp32-gradient
-/// backward, CudaBackend::gemm_f32), and so does full fine-tuning's gW (DenseLinear); only
-/// ScaledMute's gradients are bf16, added into the fp32 sums (Dev::accumulate). Without bf16 compute the model's own W is the master
+/// backward, CudaBackend::gemm_f32); full fine-tuning's bf16 gW (and ScaledMute's gradients) are
+/// added into the fp32 sums (Dev::accumulate). Without bf16 compute the model's own W is the master
 /// and gradients accumulate in place. The policy also names the randomized SVD (Dev::randomized_svd).
 ///
 /// The model reaches a method through hooks(lg): the LinearHooks of local group lg (the group is an
@@ -1143,13 +1143,16 @@ class FullMethod final : public TrainMethod<Dev> {
         comm_(&ctx.comm),
         upd_(ctx.bm, ctx.comm, detail::make_adam(o), detail::update_options(o)),
         lin_(ctx.bc) {
+    index_t scratch = 0;
     for (std::size_t i = 0; i < ids_.size(); ++i) {
       const auto [out, in] = this->shape(i);
       // a bf16-only W (GPU, bf16 policy): the update sees its shape; the storage comes below
       p_.push_back(upd_.add_param(ids_[i].hf_name(), this->frozen_compute_ ? V32{nullptr, out, in, in} : Wm_[i]));
       n_ += std::int64_t(out) * in;
+      scratch = std::max(scratch, out * in);
     }
     upd_.finalize();
+    if constexpr (kMixed) g_ = ctx.bc.make_matrix(1, scratch);
     this->setup_w_precision(o, upd_);
   }
   void zero_grad() override { upd_.zero_grad(); }
@@ -1192,13 +1195,14 @@ class FullMethod final : public TrainMethod<Dev> {
     if constexpr (!kMixed) {
       lin_.backward(W, X, dY, dX, upd_.grad(p_[i], lg), /*accumulate=*/true);
     } else {
-      // --compute fp8: dX from the FP8 copy; the weight gradient dYᵀ X stays a bf16 GEMM.
+      Vc gW{g_.data(), W.rows, W.cols, W.cols};
+      // --compute fp8: dX from the FP8 copy; the weight gradient dYᵀ X stays bf16.
       const bool fp8 = this->fp8_on(i);
       if constexpr (Base::kFp8Capable) {
         if (fp8 && dX.data) this->fp8_->backward_dx(i, dY, dX, 0.0f);
       }
-      // the gradient GEMM adds its fp32 result straight into the fp32 sum
-      lin_.backward(W, X, dY, fp8 ? Vc{} : dX, upd_.grad(p_[i], lg), /*accumulate=*/true);
+      lin_.backward(W, X, dY, fp8 ? Vc{} : dX, gW, /*accumulate=*/false);
+      this->accumulate(CVc(gW), upd_.grad(p_[i], lg));
     }
   }
 
@@ -1208,6 +1212,7 @@ class FullMethod final : public TrainMethod<Dev> {
   hdpissa::DenseLinear<Bc> lin_;
   std::vector<std::size_t> p_;
   std::int64_t n_ = 0;
+  typename Bc::matrix_type g_;
 };
 
 /// The method of `o.method` (policies chosen from the parsed options) on device `Dev`, before
