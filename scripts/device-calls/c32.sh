@@ -6,10 +6,7 @@
 #    (c31: 3.71 vs 2.43 ms) and nothing in the code explains it: the bare model with all rows as targets
 #    and with the first 20 % of every row masked as a prompt (the trainer's data has ≈ 20 %), then
 #    the trainer's profile, in one call. 2) the low-rank DWU kernel after the words epilogue, kd 0 to
-#    64 (what is left per element: the hash and the products), and bench_dwu_lowrank's hash
-#    experiment: the words kernel with a cheaper hash (murmur3 fmix32, another SR stream) timed beside
-#    it — if it is clearly faster, changing the SR stream's definition (sr_bits_keyed, shared by CPU
-#    and GPU) is worth it.
+#    64 (what is left per element: the hash and the products).
 # Run as: bash scripts/device-calls/c32.sh   (carry [".devpack", ".devdata"])
 source scripts/device-calls/common.sh
 O=/tmp/o32; mkdir -p $O
