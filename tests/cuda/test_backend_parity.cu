@@ -526,6 +526,83 @@ TEST_CASE("MutedLinear and AdapterLinear on bf16: fp32 gradients against float64
   CHECK(mB16 > 1e-8);
 }
 
+TEST_CASE("MutedLinear::backward_shared on bf16 (q, k, v reading one X): fp32 gradients against float64") {
+  using bf = __nv_bfloat16;
+  using CVb = ConstMatrixView<bf>;
+  CudaBackend<bf> gpu;
+  CudaBackend<float> g32;
+  const index_t N = 200, in = 96, r = 16, n = 3;
+  const index_t outs[n] = {24, 24, 80};  // v, k (GQA: narrow), q
+  const double alpha = 0.5;
+  auto up = [&](const std::vector<float>& h, index_t rows, index_t cols) {
+    auto m = gpu.make_matrix(rows, cols);
+    const auto b = to_bf16(h);
+    gpu.upload(b.data(), m.view());
+    return m;
+  };
+  const auto hX = bf16_rounded(random_host<float>(N, in, 60)), hA = bf16_rounded(random_host<float>(n * r, in, 61));
+  auto X = up(hX, N, in), A = up(hA, n * r, in);
+  std::vector<std::vector<float>> hW, hB, hdY, gB0;
+  std::vector<CudaBackend<bf>::matrix_type> W, B, dY, dX;
+  std::vector<CudaBackend<float>::matrix_type> gB;
+  for (index_t j = 0; j < n; ++j) {
+    const auto o = outs[j];
+    const std::uint64_t sd = 70 + 10 * std::uint64_t(j);
+    hW.push_back(bf16_rounded(random_host<float>(o, in, sd)));
+    hB.push_back(bf16_rounded(random_host<float>(o, r, sd + 1)));
+    hdY.push_back(bf16_rounded(random_host<float>(N, o, sd + 2)));
+    gB0.push_back(random_host<float>(o, r, sd + 3));  // fp32 sums so far
+    W.push_back(up(hW.back(), o, in));
+    B.push_back(up(hB.back(), o, r));
+    dY.push_back(up(hdY.back(), N, o));
+    dX.push_back(gpu.make_matrix(N, in));
+    gB.push_back(g32.make_matrix(o, r));
+    g32.upload(gB0.back().data(), gB.back().view());
+  }
+  const auto gA0 = random_host<float>(n * r, in, 99);
+  auto gA = g32.make_matrix(n * r, in);
+  g32.upload(gA0.data(), gA.view());
+
+  MutedLinear<CudaBackend<bf>> layer(gpu, alpha);
+  using SI = MutedLinear<CudaBackend<bf>>::SharedInput<float>;
+  std::vector<SI> lins;
+  for (index_t j = 0; j < n; ++j)
+    lins.push_back({CVb(W[j].view()), CVb(B[j].view()), CVb(dY[j].view()), dX[j].view(), gB[j].view()});
+  layer.reserve_shared(N, n, r);
+  layer.backward_shared(CVb(X.view()), CVb(A.view()), std::span<const SI>(lins), gA.view(), /*accumulate=*/true);
+  gpu.synchronize();
+
+  // float64 reference. The thin products are bf16 in the layer: taken from the same cuBLAS calls
+  // (the same shapes and leading dimensions), so that no bf16 rounding boundary separates the sides.
+  auto t = gpu.make_matrix(N, n * r), u = gpu.make_matrix(N, n * r);
+  for (index_t j = 0; j < n; ++j)
+    gpu.gemm(Op::N, Op::N, 1.0f, CVb(dY[j].view()), CVb(B[j].view()), 0.0f, t.view().col_block(j * r, r));
+  gpu.gemm(Op::N, Op::T, 1.0f, CVb(X.view()), CVb(A.view()), 0.0f, u.view());
+  gpu.synchronize();
+  const auto td = dense(gpu, CVb(t.view())), ud = dense(gpu, CVb(u.view()));
+  const std::vector<float> tf(td.begin(), td.end()), uf(ud.begin(), ud.end());
+  const auto pA = ref_gemm(Op::T, Op::N, tf, n * r, hX, in, n * r, in, N);
+  std::vector<double> wantA(pA.size());
+  for (std::size_t i = 0; i < pA.size(); ++i) wantA[i] = gA0[i] + alpha * pA[i];
+  CHECK(nmse(dense(g32, ConstMatrixView<float>(gA.view())), wantA) <= 1e-10);
+  for (index_t j = 0; j < n; ++j) {
+    CAPTURE(j);
+    const auto o = outs[j];
+    std::vector<float> uj(std::size_t(N * r));  // column block j of u
+    for (index_t i = 0; i < N; ++i)
+      for (index_t c = 0; c < r; ++c) uj[std::size_t(i * r + c)] = uf[std::size_t(i * n * r + j * r + c)];
+    const auto pB = ref_gemm(Op::T, Op::N, hdY[j], o, uj, r, o, r, N);
+    std::vector<double> wantB(pB.size());
+    for (std::size_t i = 0; i < pB.size(); ++i) wantB[i] = gB0[j][i] + alpha * pB[i];
+    CHECK(nmse(dense(g32, ConstMatrixView<float>(gB[j].view())), wantB) <= 1e-10);
+    // dX_j = dY_j W_j: the same GEMM as the per-linear backward, bit for bit
+    auto ref = gpu.make_matrix(N, in);
+    gpu.gemm(Op::N, Op::N, 1.0f, CVb(dY[j].view()), CVb(W[j].view()), 0.0f, ref.view());
+    gpu.synchronize();
+    CHECK(dense(gpu, CVb(dX[j].view())) == dense(gpu, CVb(ref.view())));
+  }
+}
+
 TEST_CASE("bf16 storage: gemm_f32 with an empty inner dimension fills (beta 0) or scales (beta 1) C") {
   using bf = __nv_bfloat16;
   CudaBackend<bf> gpu;

@@ -189,3 +189,71 @@ TEST_CASE("linear layers: mismatched shapes are clear errors") {
       [&] { layer.forward(FV(W.view()), FV(A_bad.view()), FV(Bf.view()), FV(X_ok.view()), Y.view()); },
       {"expected A (r, 8)", "found A (2, 5)"});
 }
+
+TEST_CASE("MutedLinear::backward_shared (linears reading one X): every gradient equals finite differences") {
+  // Three linears of different widths reading the same X (a layer's v, k, q), their A factors
+  // stacked: each gA_j / gB_j must be its own layer's finite-difference gradient, each dX_j = dY_j W_j.
+  EigenBackend<double> b;
+  const index_t tokens = 5, in = 7, r = 2;
+  const double alpha = 1.5;
+  const index_t outs[3] = {3, 4, 6};
+  auto X = hdtest::random_matrix(b, tokens, in, 40);
+  const Ref x = hdtest::to_ref(X.view());
+  using M = typename EigenBackend<double>::matrix_type;
+  std::vector<M> W, Bf, dY, dX, gB;
+  for (int j = 0; j < 3; ++j) {
+    W.push_back(hdtest::random_matrix(b, outs[j], in, 41 + 10 * std::uint64_t(j)));
+    Bf.push_back(hdtest::random_matrix(b, outs[j], r, 42 + 10 * std::uint64_t(j)));
+    dY.push_back(hdtest::random_matrix(b, tokens, outs[j], 43 + 10 * std::uint64_t(j)));
+    dX.push_back(b.make_matrix(tokens, in));
+    gB.push_back(b.make_matrix(outs[j], r));
+  }
+  auto A_stack = hdtest::random_matrix(b, 3 * r, in, 70);
+  auto gA_stack = b.make_matrix(3 * r, in);
+  MutedLinear<EigenBackend<double>> layer(b, alpha);
+  using SI = MutedLinear<EigenBackend<double>>::SharedInput<double>;
+  std::vector<SI> lins;
+  for (int j = 0; j < 3; ++j) lins.push_back({CV(W[j].view()), CV(Bf[j].view()), CV(dY[j].view()), dX[j].view(), gB[j].view()});
+  layer.backward_shared(CV(X.view()), CV(A_stack.view()), std::span<const SI>(lins), gA_stack.view(), false);
+  const Ref gas = hdtest::to_ref(gA_stack.view()), as = hdtest::to_ref(A_stack.view());
+  for (int j = 0; j < 3; ++j) {
+    CAPTURE(j);
+    const Ref w = hdtest::to_ref(W[j].view()), bb = hdtest::to_ref(Bf[j].view()), c = hdtest::to_ref(dY[j].view());
+    Ref a(r, in);
+    for (index_t i = 0; i < r * in; ++i) a.v[std::size_t(i)] = as.v[std::size_t(j * r * in + i)];  // A_j
+    const Ref wres = hdtest::add(w, hdtest::matmul(bb, a), -alpha);
+    const Ref fd_a = fd_grad(a, [&](const Ref& ap) { return pissa_loss(x, wres, ap, bb, c, alpha); });
+    const Ref fd_b = fd_grad(bb, [&](const Ref& bp) { return pissa_loss(x, wres, a, bp, c, alpha); });
+    Ref ga(r, in);
+    for (index_t i = 0; i < r * in; ++i) ga.v[std::size_t(i)] = gas.v[std::size_t(j * r * in + i)];
+    CHECK(hdtest::count_violations(ga, fd_a, 1e-7, 1e-6) == 0);
+    CHECK(hdtest::count_violations(hdtest::to_ref(gB[j].view()), fd_b, 1e-7, 1e-6) == 0);
+    CHECK(hdtest::violations<double>(hdtest::to_ref(dX[j].view()), hdtest::matmul(c, w)) == 0);
+  }
+
+  SUBCASE("accumulate adds; a null dX is skipped") {
+    const Ref gb0 = hdtest::to_ref(gB[1].view());
+    for (auto& l : lins) l.dX = MatrixView<double>{};
+    b.fill(dX[0].view(), 7.0);
+    layer.backward_shared(CV(X.view()), CV(A_stack.view()), std::span<const SI>(lins), gA_stack.view(), true);
+    Ref twice_a = gas, twice_b = gb0;
+    for (auto& v : twice_a.v) v *= 2;
+    for (auto& v : twice_b.v) v *= 2;
+    CHECK(hdtest::count_violations(hdtest::to_ref(gA_stack.view()), twice_a, 1e-12, 1e-12) == 0);
+    CHECK(hdtest::count_violations(hdtest::to_ref(gB[1].view()), twice_b, 1e-12, 1e-12) == 0);
+    bool untouched = true;
+    for (double v : hdtest::to_ref(dX[0].view()).v) untouched = untouched && v == 7.0;
+    CHECK(untouched);
+  }
+
+  SUBCASE("a stack that does not split into n blocks of r rows, or a wrong gA_stack, is a clear error") {
+    auto A_bad = b.make_matrix(3 * r + 1, in);
+    hdtest::check_throws_with<InvalidArgument>(
+        [&] { layer.backward_shared(CV(X.view()), CV(A_bad.view()), std::span<const SI>(lins), gA_stack.view(), false); },
+        {"A_stack (n·r, in) for n = 3", "(7, 7)"});
+    auto gA_bad = b.make_matrix(2 * r, in);
+    hdtest::check_throws_with<InvalidArgument>(
+        [&] { layer.backward_shared(CV(X.view()), CV(A_stack.view()), std::span<const SI>(lins), gA_bad.view(), false); },
+        {"gA_stack"});
+  }
+}

@@ -10,6 +10,8 @@
 ///    materialising the (out, in) product as the reference does. For fidelity experiments only.
 /// Valid only with adapter dropout 0 (as in every published run).
 
+#include <span>
+
 #include "hdpissa/adapter/adapter_set.hpp"
 #include "hdpissa/adapter/linear_workspace.hpp"
 #include "hdpissa/core/concepts.hpp"
@@ -136,6 +138,70 @@ class MutedLinear {
     auto u = t2_.get(*b_, X.rows, A.rows);  // (tokens, r) = X Aᵀ
     b_->gemm(Op::N, Op::T, S(1), X, A, S(0), u);
     b_->gemm_f32(Op::T, Op::N, a, dY, CV(u), beta, gB);
+  }
+
+  /// One linear of a group that reads the same input, for backward_shared(): W (out, in), its B
+  /// factor Bf (out, r), dY (tokens, out), dX (tokens, in; a null data pointer skips it) and gB
+  /// (out, r), in the gradient type G (S, or float on a backend with gemm_f32).
+  template <class G = S>
+  struct SharedInput {
+    CV W, Bf, dY;
+    V dX;
+    MatrixView<G> gB;
+  };
+
+  /// Sizes the scratch of backward_shared() for groups of up to `n` linears of rank r.
+  void reserve_shared(index_t tokens, index_t n, index_t r) {
+    t1_.get(*b_, tokens, n * r);
+    t2_.get(*b_, tokens, n * r);
+  }
+
+  /// backward() of n linears y_j = X W_jᵀ that read the same X (a LLaMA layer's q, k, v or gate,
+  /// up), ExactMute: their A factors stacked in A_stack (n·r, in) = [A_0; …; A_{n-1}], and
+  /// gA_stack (n·r, in) receiving [gA_0; …; gA_{n-1}] (added to when `accumulate`). X is read by two
+  /// GEMMs for the whole group, U = X A_stackᵀ and gA_stack = α [dY_0 B_0 | … | dY_{n-1} B_{n-1}]ᵀ X,
+  /// instead of by two per linear; dX_j, dY_j B_j and gB_j = α dY_jᵀ U_j are per linear as in
+  /// backward(). Each result is backward()'s up to the summation order of the stacked GEMMs.
+  /// G = S, or float with a lower-precision S (the fp32-gradient form of backward()).
+  template <class G>
+  void backward_shared(CV X, CV A_stack, std::span<const SharedInput<G>> lins, MatrixView<G> gA_stack,
+                       bool accumulate = true) {
+    static_assert(std::is_same_v<Mute, ExactMute>, "MutedLinear::backward_shared: ExactMute only");
+    static_assert(std::is_same_v<G, S> || std::is_same_v<G, float>, "MutedLinear: gradients in S or fp32");
+    if constexpr (!std::is_same_v<G, S>)
+      static_assert(requires(B& b, MatrixView<float> c) { b.gemm_f32(Op::T, Op::N, 1.0f, CV{}, CV{}, 1.0f, c); },
+                    "MutedLinear: fp32 gradients need a backend with gemm_f32");
+    const index_t n = static_cast<index_t>(lins.size());
+    HDPISSA_REQUIRE(n >= 1 && A_stack.rows % n == 0, "MutedLinear::backward_shared: expected A_stack (n·r, in) for n = ",
+                    n, " linears, found ", shape_str(A_stack.rows, A_stack.cols));
+    const index_t r = A_stack.rows / n;
+    require_shape(gA_stack, A_stack.rows, A_stack.cols, "MutedLinear gA_stack");
+    for (index_t j = 0; j < n; ++j) {
+      const auto& l = lins[std::size_t(j)];
+      check(l.W, A_stack.row_block(j * r, r), l.Bf, X);
+      require_shape(l.dY, X.rows, l.W.rows, "MutedLinear dY");
+      require_shape(l.gB, l.Bf.rows, l.Bf.cols, "MutedLinear gB");
+      if (l.dX.data) require_shape(l.dX, X.rows, l.W.cols, "MutedLinear dX");
+    }
+    const G beta = accumulate ? G(1) : G(0), a = G(alpha_);
+    auto gemm_g = [&](Op ta, Op tb, CV P, CV Q, MatrixView<G> C) {
+      if constexpr (std::is_same_v<G, S>) b_->gemm(ta, tb, a, P, Q, beta, C);
+      else b_->gemm_f32(ta, tb, float(a), P, Q, float(beta), C);
+    };
+    for (const auto& l : lins)
+      if (l.dX.data) b_->gemm(Op::N, Op::N, S(1), l.dY, l.W, S(0), l.dX);
+    auto t = t1_.get(*b_, X.rows, n * r);  // (tokens, n·r) = [dY_j B_j]
+    for (index_t j = 0; j < n; ++j) {
+      const auto& l = lins[std::size_t(j)];
+      b_->gemm(Op::N, Op::N, S(1), l.dY, l.Bf, S(0), t.col_block(j * r, r));
+    }
+    gemm_g(Op::T, Op::N, CV(t), X, gA_stack);
+    auto u = t2_.get(*b_, X.rows, n * r);  // (tokens, n·r) = X A_stackᵀ
+    b_->gemm(Op::N, Op::T, S(1), X, A_stack, S(0), u);
+    for (index_t j = 0; j < n; ++j) {
+      const auto& l = lins[std::size_t(j)];
+      gemm_g(Op::T, Op::N, l.dY, CV(u).col_block(j * r, r), l.gB);
+    }
   }
 
  private:

@@ -17,12 +17,20 @@
 ///    is ∂loss/∂Y; dX (tokens, in) must be OVERWRITTEN with ∂loss/∂X (plain: `dX = dY W`). Weight or
 ///    adapter gradients are the hook's own business and are ACCUMULATED (gradient accumulation runs
 ///    backward once per micro-batch before one optimizer step).
+///  - `h.backward_shared(lins, X)`: the backward of linears that read the same X (a layer's v, k, q
+///    and up, gate: kSharedInputAttention, kSharedInputMlp), each `lins[j]` = {id, W, dY, dX} under backward()'s
+///    contract, in the order given. The default calls backward() for each; hooks may override it to
+///    share work over X (the DWU methods read X twice for the group instead of twice per linear). A
+///    model may call it or the per-linear backward() (the GPU model calls it; the CPU model, which
+///    reuses one dX scratch across the group, calls backward()).
 ///  - Order: forward in layer order (q, k, v, o, gate, up, down), backward in reverse. A forward
 ///    without a backward happens for evaluation and generation.
 ///  - Device backends: every call is enqueued on the backend's stream, which must be the model's;
 ///    hooks never synchronise and never allocate in forward/backward.
 
+#include <array>
 #include <memory>
+#include <span>
 #include <type_traits>
 
 #include "hdpissa/backend/eigen/eigen_backend.hpp"
@@ -31,6 +39,11 @@
 #include "llama/weights.hpp"
 
 namespace hdpissa::llama {
+
+/// The linears of a LLaMA layer that read the same input, in the order the backward reaches them
+/// (reverse layer order): v, k, q read the attention's normalised input; up, gate the MLP's.
+inline constexpr std::array<Module, 3> kSharedInputAttention{Module::v, Module::k, Module::q};
+inline constexpr std::array<Module, 2> kSharedInputMlp{Module::up, Module::gate};
 
 /// The CPU model's backend.
 using CpuBackend = hdpissa::EigenBackend<float>;
@@ -65,6 +78,17 @@ class LinearHooks {
     (void)id;
     (void)X;
     b_->gemm(Op::N, Op::N, 1, dY, W, 0, dX);
+  }
+
+  /// One linear of backward_shared(): its id, W (out, in), dY (tokens, out) and dX (tokens, in).
+  struct SharedLinear {
+    LinearId id;
+    CV W, dY;
+    V dX;
+  };
+  /// backward() of linears that read the same X, in order (the default: one backward() each).
+  virtual void backward_shared(std::span<const SharedLinear> lins, CV X) {
+    for (const auto& l : lins) backward(l.id, l.W, X, l.dY, l.dX);
   }
 
   Backend& backend() const { return *b_; }

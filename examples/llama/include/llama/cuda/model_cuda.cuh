@@ -879,8 +879,12 @@ void CudaLlama<T>::backward_layers(CudaHooks<T>& hooks) {
     kern::launch_swiglu_bwd<T>(s, d_act_.get(), a.gate, a.up, d_gate_.get(), d_up_.get(), N * H);
     const CV xn2(a.xn2, N, D, D);
     mark(kLinBwd);
-    hooks.backward({l, Module::up}, W(Module::up), xn2, CV(d_up_.get(), N, H, H), MV(dxa_.get(), N, D, D));
-    hooks.backward({l, Module::gate}, W(Module::gate), xn2, CV(d_gate_.get(), N, H, H), MV(dxb_.get(), N, D, D));
+    {
+      using SL = typename CudaHooks<T>::SharedLinear;  // kSharedInputMlp's order
+      const SL mlp[2] = {{{l, Module::up}, W(Module::up), CV(d_up_.get(), N, H, H), MV(dxa_.get(), N, D, D)},
+                         {{l, Module::gate}, W(Module::gate), CV(d_gate_.get(), N, H, H), MV(dxb_.get(), N, D, D)}};
+      hooks.backward_shared(mlp, xn2);
+    }
     mark(kNormBwd);
     kern::launch_rmsnorm_bwd<T>(s, res(2 * l + 1), a.rstd2, norms + (2 * l + 1) * D, nullptr, dxa_.get(), dxb_.get(),
                                 nullptr, dx_.get(), dx_t_.get(), N, D);
@@ -938,9 +942,13 @@ void CudaLlama<T>::backward_layers(CudaHooks<T>& hooks) {
     }
     const CV xn1(a.xn1, N, D, D);
     mark(kLinBwd);
-    hooks.backward({l, Module::v}, W(Module::v), xn1, CV(v_rows_.get(), N, kvd, kvd), MV(dxa_.get(), N, D, D));
-    hooks.backward({l, Module::k}, W(Module::k), xn1, CV(k_rows_.get(), N, kvd, kvd), MV(dxb_.get(), N, D, D));
-    hooks.backward({l, Module::q}, W(Module::q), xn1, CV(q_rows_.get(), N, qd, qd), MV(dxc_.get(), N, D, D));
+    {
+      using SL = typename CudaHooks<T>::SharedLinear;  // kSharedInputAttention's order
+      const SL attn[3] = {{{l, Module::v}, W(Module::v), CV(v_rows_.get(), N, kvd, kvd), MV(dxa_.get(), N, D, D)},
+                          {{l, Module::k}, W(Module::k), CV(k_rows_.get(), N, kvd, kvd), MV(dxb_.get(), N, D, D)},
+                          {{l, Module::q}, W(Module::q), CV(q_rows_.get(), N, qd, qd), MV(dxc_.get(), N, D, D)}};
+      hooks.backward_shared(attn, xn1);
+    }
     mark(kNormBwd);
     kern::launch_rmsnorm_bwd<T>(s, res(2 * l), a.rstd1, norms + 2 * l * D, nullptr, dxa_.get(), dxb_.get(), dxc_.get(),
                                 dx_.get(), dx_t_.get(), N, D);

@@ -30,12 +30,14 @@
 /// the target weights `weight.<name>`, the factors / adapters, the Adam moments and step counts.
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <functional>
 #include <future>
 #include <memory>
+#include <span>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -278,6 +280,16 @@ class TrainMethod {
   virtual void forward(int lg, std::size_t s, CVc W, CVc X, Vc Y) = 0;
   /// Its backward: dX overwritten, the method's gradients accumulated.
   virtual void backward(int lg, std::size_t s, CVc W, CVc X, CVc dY, Vc dX) = 0;
+  /// One target of a shared-input group (LinearHooks::backward_shared): its slot and backward()'s operands.
+  struct SharedCall {
+    std::size_t slot;
+    CVc W, dY;
+    Vc dX;
+  };
+  /// The backward of targets that read the same X, in the order given (default: backward() each).
+  virtual void backward_shared(int lg, std::span<const SharedCall> calls, CVc X) {
+    for (const auto& c : calls) backward(lg, c.slot, c.W, X, c.dY, c.dX);
+  }
   /// The model's largest token count (workspaces; a no-op unless it grows).
   virtual void reserve(index_t max_tokens) { (void)max_tokens; }
 
@@ -548,6 +560,18 @@ class TrainMethod {
       if (s < 0) return LinearHooks<Bc>::backward(id, W, X, dY, dX);
       m_->backward(lg_, std::size_t(s), W, X, dY, dX);
     }
+    /// Every linear a target (and at most 3): the method's shared-input backward; else one by one.
+    void backward_shared(std::span<const typename LinearHooks<Bc>::SharedLinear> lins, CVc X) override {
+      std::array<SharedCall, 3> calls{};
+      bool all = !lins.empty() && lins.size() <= calls.size();
+      for (std::size_t j = 0; all && j < lins.size(); ++j) {
+        const int s = m_->slot(lins[j].id);
+        all = s >= 0;
+        calls[j] = {std::size_t(std::max(s, 0)), lins[j].W, lins[j].dY, lins[j].dX};
+      }
+      if (!all) return LinearHooks<Bc>::backward_shared(lins, X);
+      m_->backward_shared(lg_, std::span<const SharedCall>(calls.data(), lins.size()), X);
+    }
 
    private:
     TrainMethod* m_;
@@ -712,6 +736,7 @@ class DwuMethod final : public TrainMethod<Dev> {
           fill_bt();
         }
       }
+      make_stacks();
     }
     hdpissa::memory::PartScope wp("w-precision.state");
     this->setup_w_precision(o, upd_);
@@ -730,6 +755,7 @@ class DwuMethod final : public TrainMethod<Dev> {
     for (std::size_t i = 0; i < ids_.size(); ++i) this->push_weight(i);
     this->refresh_copies(cc_, stacked());
     if constexpr (kFusedGrads) fill_bt();
+    fill_stacks();
     this->refresh_fp8();
   }
   /// W (a bf16 W policy: the model's bf16 W, widened exactly).
@@ -788,6 +814,7 @@ class DwuMethod final : public TrainMethod<Dev> {
       muted_.reserve(max_tokens, out, in, upd_.rank());
       widths = std::max(widths, out + in);
     }
+    if (!stacks_.empty()) muted_.reserve_shared(max_tokens, 3, upd_.rank());
     if constexpr (kFusedGrads)
       if (ag_on_) ag_.reserve(max_tokens, widths, this->bc_->stream());
   }
@@ -797,6 +824,17 @@ class DwuMethod final : public TrainMethod<Dev> {
       if (this->fp8_on(i)) return this->fp8_->forward(i, X, Y, 0.0f);
     }
     muted_.forward(W, A(i, lg), Bf(i, lg), X, Y);
+  }
+  /// q|k|v and gate|up (bf16 compute, exact mute, all targets): X is read twice for the group
+  /// (MutedLinear::backward_shared over the stacked A copies) instead of twice per linear; the
+  /// stacked gA lands in an fp32 scratch and is added to each target's fp32 sum. Else (or with the
+  /// fused kernels, which go linear by linear) one backward() each.
+  void backward_shared(int lg, std::span<const typename Base::SharedCall> calls, CVc X) override {
+    if constexpr (kMixed && std::is_same_v<Mute, hdpissa::ExactMute>) {
+      if (!ag_on_)
+        if (const Stack* st = find_stack(calls)) return shared_backward(lg, *st, calls, X);
+    }
+    Base::backward_shared(lg, calls, X);
   }
   void backward(int lg, std::size_t i, CVc W, CVc X, CVc dY, Vc dX) override {
     if constexpr (kFusedGrads)
@@ -861,6 +899,84 @@ class DwuMethod final : public TrainMethod<Dev> {
       return false;
     }
   }
+  /// A shared-input group of targets (kSharedInputAttention or kSharedInputMlp of one layer, every
+  /// member a target, bf16 compute, exact mute): their slots in the model's call order and the
+  /// stacked compute copies of their A, per group g rows [g·n·r, (g+1)·n·r) = [A_0(g); …; A_{n-1}(g)].
+  struct Stack {
+    std::array<std::size_t, 3> slots{};
+    std::size_t n = 0;
+    typename Bc::matrix_type A;  // (K·n·r, in)
+  };
+  void make_stacks() {
+    if constexpr (kMixed && std::is_same_v<Mute, hdpissa::ExactMute>) {
+      if (ids_.empty()) return;
+      const index_t r = upd_.rank(), K = comm_->groups();
+      auto add = [&](int l, std::span<const Module> mods) {
+        Stack st;
+        for (Module m : mods) {
+          const int s = this->slot(LinearId{l, m});
+          if (s < 0) return;
+          st.slots[st.n++] = std::size_t(s);
+        }
+        const auto [out, in] = this->shape(st.slots[0]);
+        (void)out;
+        st.A = this->bc_->make_matrix(K * index_t(st.n) * r, in);
+        stacks_.push_back(std::move(st));
+      };
+      for (int l = 0; l <= ids_.back().layer; ++l) {
+        add(l, kSharedInputAttention);
+        add(l, kSharedInputMlp);
+      }
+      index_t widest = 0;
+      for (const auto& st : stacks_) widest = std::max(widest, index_t(st.n) * r * st.A.view().cols);
+      if (widest > 0) ga_stack_ = this->bm_->make_matrix(1, widest);
+      fill_stacks();
+    }
+  }
+  /// The stacked A copies ← the compute copies of A (setup and refresh()).
+  void fill_stacks() {
+    const index_t r = upd_.rank();
+    for (auto& st : stacks_) {
+      const index_t n = index_t(st.n);
+      for (int g = 0; g < comm_->groups(); ++g)
+        for (index_t j = 0; j < n; ++j)
+          this->bc_->copy(CVc(cc_.A[st.slots[std::size_t(j)]].view()).row_block(g * r, r),
+                          st.A.view().row_block((g * n + j) * r, r));
+    }
+  }
+  const Stack* find_stack(std::span<const typename Base::SharedCall> calls) const {
+    for (const auto& st : stacks_) {
+      if (st.n != calls.size() || st.slots[0] != calls[0].slot) continue;
+      for (std::size_t j = 1; j < st.n; ++j)
+        if (st.slots[j] != calls[j].slot) return nullptr;
+      return &st;
+    }
+    return nullptr;
+  }
+  void shared_backward(int lg, const Stack& st, std::span<const typename Base::SharedCall> calls, CVc X) {
+    if constexpr (kMixed && std::is_same_v<Mute, hdpissa::ExactMute>) {
+      const index_t r = upd_.rank(), n = index_t(st.n), in = st.A.view().cols;
+      const int G = comm_->first_group() + lg;
+      using SI = typename hdpissa::MutedLinear<Bc, Mute>::template SharedInput<float>;
+      std::array<SI, 3> lin{};
+      for (std::size_t j = 0; j < st.n; ++j) {
+        const auto& c = calls[j];
+        bool fp8 = false;
+        if constexpr (Base::kFp8Capable) {
+          fp8 = this->fp8_on(c.slot);
+          if (fp8 && c.dX.data) this->fp8_->backward_dx(c.slot, c.dY, c.dX, 0.0f);  // dX from the FP8 copy
+        }
+        lin[j] = SI{c.W, Bf(c.slot, lg), c.dY, fp8 ? Vc{} : c.dX, upd_.grad_B(c.slot, lg)};
+      }
+      const V32 gA{ga_stack_.view().data, n * r, in, in};
+      muted_.backward_shared(X, CVc(st.A.view()).row_block(G * n * r, n * r), std::span<const SI>(lin.data(), st.n), gA,
+                             /*accumulate=*/false);
+      for (index_t j = 0; j < n; ++j)
+        this->bm_->axpy(1.0f, CV32(gA.row_block(j * r, r)), upd_.grad_A(st.slots[std::size_t(j)], lg));
+    } else {
+      (void)lg, (void)st, (void)calls, (void)X;
+    }
+  }
   /// The Bᵀ copies ← the compute copies of B (setup and refresh()).
   void fill_bt() {
     if constexpr (kFusedGrads)
@@ -892,6 +1008,8 @@ class DwuMethod final : public TrainMethod<Dev> {
   std::conditional_t<kFusedGrads, AG, NoAdapterGrads> ag_;
   bool ag_on_ = false;
   std::vector<typename Bc::matrix_type> bt_;  // per target: Bᵀ (K·r, out) of the compute copy
+  std::vector<Stack> stacks_;                 // shared-input groups (backward_shared)
+  typename Bm::matrix_type ga_stack_{};       // their stacked fp32 gA (one micro-batch's)
 };
 
 /// LoRA / PiSSA: an active adapter per target, trained data-parallel (gradients averaged over K).
