@@ -246,6 +246,17 @@ TEST_CASE("MutedLinear::backward_shared (linears reading one X): every gradient 
     CHECK(untouched);
   }
 
+  SUBCASE("accumulate_gA = false: gA_stack overwritten (a per-micro-batch scratch), the gB_j still added to") {
+    const Ref gb0 = hdtest::to_ref(gB[2].view());
+    b.fill(gA_stack.view(), 5.0);  // stale scratch contents must not survive
+    layer.backward_shared(CV(X.view()), CV(A_stack.view()), std::span<const SI>(lins), gA_stack.view(),
+                          /*accumulate=*/true, /*accumulate_gA=*/false);
+    Ref twice_b = gb0;
+    for (auto& v : twice_b.v) v *= 2;
+    CHECK(hdtest::count_violations(hdtest::to_ref(gA_stack.view()), gas, 1e-12, 1e-12) == 0);
+    CHECK(hdtest::count_violations(hdtest::to_ref(gB[2].view()), twice_b, 1e-12, 1e-12) == 0);
+  }
+
   SUBCASE("a stack that does not split into n blocks of r rows, or a wrong gA_stack, is a clear error") {
     auto A_bad = b.make_matrix(3 * r + 1, in);
     hdtest::check_throws_with<InvalidArgument>(

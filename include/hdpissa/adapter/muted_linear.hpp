@@ -10,6 +10,7 @@
 ///    materialising the (out, in) product as the reference does. For fidelity experiments only.
 /// Valid only with adapter dropout 0 (as in every published run).
 
+#include <optional>
 #include <span>
 
 #include "hdpissa/adapter/adapter_set.hpp"
@@ -163,9 +164,12 @@ class MutedLinear {
   /// instead of by two per linear; dX_j, dY_j B_j and gB_j = α dY_jᵀ U_j are per linear as in
   /// backward(). Each result is backward()'s up to the summation order of the stacked GEMMs.
   /// G = S, or float with a lower-precision S (the fp32-gradient form of backward()).
+  /// `accumulate`: every gB_j and gA_stack are added to (gradient accumulation), else overwritten;
+  /// `accumulate_gA`, when given, decides for gA_stack alone (e.g. a scratch the caller then adds
+  /// into per-linear sums, while the gB_j are the sums themselves).
   template <class G>
   void backward_shared(CV X, CV A_stack, std::span<const SharedInput<G>> lins, MatrixView<G> gA_stack,
-                       bool accumulate = true) {
+                       bool accumulate = true, std::optional<bool> accumulate_gA = std::nullopt) {
     static_assert(std::is_same_v<Mute, ExactMute>, "MutedLinear::backward_shared: ExactMute only");
     static_assert(std::is_same_v<G, S> || std::is_same_v<G, float>, "MutedLinear: gradients in S or fp32");
     if constexpr (!std::is_same_v<G, S>)
@@ -183,8 +187,9 @@ class MutedLinear {
       require_shape(l.gB, l.Bf.rows, l.Bf.cols, "MutedLinear gB");
       if (l.dX.data) require_shape(l.dX, X.rows, l.W.cols, "MutedLinear dX");
     }
-    const G beta = accumulate ? G(1) : G(0), a = G(alpha_);
-    auto gemm_g = [&](Op ta, Op tb, CV P, CV Q, MatrixView<G> C) {
+    const G a = G(alpha_);
+    auto gemm_g = [&](Op ta, Op tb, CV P, CV Q, bool acc, MatrixView<G> C) {
+      const G beta = acc ? G(1) : G(0);
       if constexpr (std::is_same_v<G, S>) b_->gemm(ta, tb, a, P, Q, beta, C);
       else b_->gemm_f32(ta, tb, float(a), P, Q, float(beta), C);
     };
@@ -195,12 +200,12 @@ class MutedLinear {
       const auto& l = lins[std::size_t(j)];
       b_->gemm(Op::N, Op::N, S(1), l.dY, l.Bf, S(0), t.col_block(j * r, r));
     }
-    gemm_g(Op::T, Op::N, CV(t), X, gA_stack);
+    gemm_g(Op::T, Op::N, CV(t), X, accumulate_gA.value_or(accumulate), gA_stack);
     auto u = t2_.get(*b_, X.rows, n * r);  // (tokens, n·r) = X A_stackᵀ
     b_->gemm(Op::N, Op::T, S(1), X, A_stack, S(0), u);
     for (index_t j = 0; j < n; ++j) {
       const auto& l = lins[std::size_t(j)];
-      gemm_g(Op::T, Op::N, l.dY, CV(u).col_block(j * r, r), l.gB);
+      gemm_g(Op::T, Op::N, l.dY, CV(u).col_block(j * r, r), accumulate, l.gB);
     }
   }
 

@@ -969,8 +969,9 @@ class DwuMethod final : public TrainMethod<Dev> {
         lin[j] = SI{c.W, Bf(c.slot, lg), c.dY, fp8 ? Vc{} : c.dX, upd_.grad_B(c.slot, lg)};
       }
       const V32 gA{ga_stack_.view().data, n * r, in, in};
+      // the gB_j are the fp32 sums (added to); the stacked gA is this micro-batch's, added below
       muted_.backward_shared(X, CVc(st.A.view()).row_block(G * n * r, n * r), std::span<const SI>(lin.data(), st.n), gA,
-                             /*accumulate=*/false);
+                             /*accumulate=*/true, /*accumulate_gA=*/false);
       for (index_t j = 0; j < n; ++j)
         this->bm_->axpy(1.0f, CV32(gA.row_block(j * r, r)), upd_.grad_A(st.slots[std::size_t(j)], lg));
     } else {
