@@ -262,6 +262,12 @@ TEST_CASE("MutedLinear::backward_shared (linears reading one X): every gradient 
     hdtest::check_throws_with<InvalidArgument>(
         [&] { layer.backward_shared(CV(X.view()), CV(A_bad.view()), std::span<const SI>(lins), gA_stack.view(), false); },
         {"A_stack (n·r, in) for n = 3", "(7, 7)"});
+    auto dY_bad = b.make_matrix(tokens, outs[1] + 1);  // linear 1's dY one column too wide
+    auto bad = lins;
+    bad[1].dY = CV(dY_bad.view());
+    hdtest::check_throws_with<InvalidArgument>(
+        [&] { layer.backward_shared(CV(X.view()), CV(A_stack.view()), std::span<const SI>(bad), gA_stack.view(), false); },
+        {"backward_shared, linear 1 of 3", "rows 2..3 of A_stack", "MutedLinear dY", "(5, 4)", "(5, 5)"});
     auto gA_bad = b.make_matrix(2 * r, in);
     hdtest::check_throws_with<InvalidArgument>(
         [&] { layer.backward_shared(CV(X.view()), CV(A_stack.view()), std::span<const SI>(lins), gA_bad.view(), false); },

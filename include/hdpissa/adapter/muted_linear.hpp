@@ -182,10 +182,15 @@ class MutedLinear {
     require_shape(gA_stack, A_stack.rows, A_stack.cols, "MutedLinear gA_stack");
     for (index_t j = 0; j < n; ++j) {
       const auto& l = lins[std::size_t(j)];
-      check(l.W, A_stack.row_block(j * r, r), l.Bf, X);
-      require_shape(l.dY, X.rows, l.W.rows, "MutedLinear dY");
-      require_shape(l.gB, l.Bf.rows, l.Bf.cols, "MutedLinear gB");
-      if (l.dX.data) require_shape(l.dX, X.rows, l.W.cols, "MutedLinear dX");
+      try {  // the message names the member (its A is rows [j·r, (j+1)·r) of A_stack)
+        check(l.W, A_stack.row_block(j * r, r), l.Bf, X);
+        require_shape(l.dY, X.rows, l.W.rows, "MutedLinear dY");
+        require_shape(l.gB, l.Bf.rows, l.Bf.cols, "MutedLinear gB");
+        if (l.dX.data) require_shape(l.dX, X.rows, l.W.cols, "MutedLinear dX");
+      } catch (const InvalidArgument& e) {
+        throw InvalidArgument(cat("MutedLinear::backward_shared, linear ", j, " of ", n, " (A = rows ", j * r, "..",
+                                  (j + 1) * r - 1, " of A_stack): ", e.what()));
+      }
     }
     const G a = G(alpha_);
     auto gemm_g = [&](Op ta, Op tb, CV P, CV Q, bool acc, MatrixView<G> C) {

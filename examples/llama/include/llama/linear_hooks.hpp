@@ -20,7 +20,8 @@
 ///  - `h.backward_shared(lins, X)`: the backward of linears that read the same X (a layer's v, k, q
 ///    and up, gate: kSharedInputAttention, kSharedInputMlp), each `lins[j]` = {id, W, dY, dX} under backward()'s
 ///    contract, in the order given. The default calls backward() for each; hooks may override it to
-///    share work over X (the DWU methods read X twice for the group instead of twice per linear). A
+///    share work over X (the DWU methods on bf16 compute with the exact mute read X twice for the
+///    group instead of twice per linear, when every member is a target). A
 ///    model may call it or the per-linear backward() (the GPU model calls it; the CPU model, which
 ///    reuses one dX scratch across the group, calls backward()).
 ///  - Order: forward in layer order (q, k, v, o, gate, up, down), backward in reverse. A forward
