@@ -88,4 +88,12 @@ for n in names:
 print("| optimizer step (per step) | — | " + " | ".join(cell(cols[c], "optimizer step (update, collectives)", False) for c in configs) + " |")
 print("| rest (per step: host, waits, read-backs) | — | " + " | ".join(f"{cols[c]['rest_ms']:.2f}" if cols[c] and "rest_ms" in cols[c] else "—" for c in configs) + " |")
 print(f"| **step** | {bare_step if bare_step is not None else float('nan'):.2f} (profiled pass) | " + " | ".join(f"{cols[c]['step_ms']:.2f}" if cols[c] and "step_ms" in cols[c] else "—" for c in configs) + " |")
+# the loss row in its parts (bench: "    loss: ... ms  (part of the loss row)"; trainer: loss_parts_ms per step)
+part = re.compile(r"^\s+(loss: .*?)\s+([0-9.]+) ms\s+\(part")
+bare_parts = {m.group(1): float(m.group(2)) for m in map(part.match, text.splitlines()) if m}
+part_names = list(bare_parts) or sorted({n for c in configs if cols[c] for n in cols[c].get("loss_parts_ms", {})})
+for n in part_names:
+    vals = [f"{cols[c]['loss_parts_ms'][n] / ga:.2f}" if cols[c] and n in cols[c].get("loss_parts_ms", {}) else "—"
+            for c in configs]
+    print(f"| ({n}) | {bare_parts.get(n, float('nan')):.2f} | " + " | ".join(vals) + " |")
 PY

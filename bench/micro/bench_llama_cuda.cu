@@ -229,6 +229,7 @@ int run(const Args& args) {
   const int prof_steps = 5;
   for (int i = 0; i < prof_steps; ++i) model.forward_backward(b, hooks, 1.0f);
   const auto prof = model.profile();
+  const auto loss_parts = model.loss_parts();
   model.enable_profiling(false);
   double fwd_ms = 0;
   {
@@ -296,6 +297,8 @@ int run(const Args& args) {
   std::printf("profiled step (section events): %.2f ms\n", prof_total);
   for (const auto& [name, ms] : prof)
     std::printf("  %-24s %7.2f ms  %5.1f %%\n", name.c_str(), ms / prof_steps, 100.0 * ms / prof_steps / prof_total);
+  for (const auto& [name, ms] : loss_parts)  // already counted in the loss row
+    std::printf("    %-30s %7.2f ms  (part of the loss row)\n", name.c_str(), ms / prof_steps);
   return 0;
 }
 

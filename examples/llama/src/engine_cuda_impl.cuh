@@ -125,6 +125,7 @@ class CudaEngine final : public MethodEngine<gpu::CudaDevice<T>> {
   }
   LossResult eval_loss(const std::vector<Batch>& batches) override {
     const auto before = model_.profile();  // evaluation passes are not part of --profile
+    const auto before_parts = model_.loss_parts();
     LossResult total;
     for (const Batch& b : batches) {
       const LossResult r = model_.forward_loss(b, method_->hooks(0));
@@ -135,8 +136,18 @@ class CudaEngine final : public MethodEngine<gpu::CudaDevice<T>> {
       const auto after = model_.profile();
       excluded_.resize(after.size(), 0.0);
       for (std::size_t i = 0; i < after.size(); ++i) excluded_[i] += after[i].second - before[i].second;
+      const auto after_parts = model_.loss_parts();
+      excluded_parts_.resize(after_parts.size(), 0.0);
+      for (std::size_t i = 0; i < after_parts.size(); ++i)
+        excluded_parts_[i] += after_parts[i].second - before_parts[i].second;
     }
     return total;
+  }
+  std::vector<std::pair<std::string, double>> profile_loss_parts() override {
+    if (!step_ev_[0]) return {};
+    auto p = model_.loss_parts();
+    for (std::size_t i = 0; i < p.size() && i < excluded_parts_.size(); ++i) p[i].second -= excluded_parts_[i];
+    return p;
   }
   std::vector<std::pair<std::string, double>> profile() override {
     if (!step_ev_[0]) return {};
@@ -150,6 +161,7 @@ class CudaEngine final : public MethodEngine<gpu::CudaDevice<T>> {
     model_.enable_profiling(true);  // zeroes its sections
     step_ms_ = 0;
     excluded_.clear();
+    excluded_parts_.clear();
   }
   ~CudaEngine() override {
     for (auto e : step_ev_)
@@ -292,6 +304,7 @@ class CudaEngine final : public MethodEngine<gpu::CudaDevice<T>> {
   cudaEvent_t step_ev_[2] = {nullptr, nullptr};  // --profile: around the optimizer step
   double step_ms_ = 0;
   std::vector<double> excluded_;  // --profile: evaluation passes' section times, subtracted
+  std::vector<double> excluded_parts_;  // the same for the loss section's parts
 };
 
 /// The bf16 engine (engine_cuda_bf16.cu).

@@ -326,6 +326,16 @@ TEST_CASE("--profile: sections per step within the step's wall time; the same lo
         CHECK(ms > 0);
         total += ms;
       }
+      // the loss row's parts (logits GEMMs, gathers + cross-entropy, dX GEMMs + scatters) sum to it
+      REQUIRE(p.contains("loss_parts_ms"));
+      double parts = 0;
+      for (const auto& [name, ms] : p["loss_parts_ms"].items()) {
+        INFO(name);
+        CHECK(ms.get<double>() > 0);
+        parts += ms.get<double>();
+      }
+      CHECK(p["loss_parts_ms"].size() == 3);
+      CHECK(parts == doctest::Approx(p["sections_ms"]["loss (lm_head + CE)"].get<double>()).epsilon(1e-6));
       MESSAGE("profile: ", total, " ms of GPU sections in a ", step_ms, " ms step");
       CHECK(total <= step_ms * 1.02);
       CHECK(p["rest_ms"].get<double>() == doctest::Approx(step_ms - total).epsilon(1e-9));

@@ -182,6 +182,9 @@ class CudaLlama {
   /// elementwise forward / backward, loss (classifier GEMMs + cross-entropy). Off by default.
   void enable_profiling(bool on);
   std::vector<std::pair<std::string, double>> profile() const;
+  /// With profiling on: the loss row of profile() in its parts (ms, accumulated like profile()):
+  /// the logits GEMMs, the gathers and cross-entropies, the dX GEMMs and scatters. They sum to it.
+  std::vector<std::pair<std::string, double>> loss_parts() const;
 
  private:
   using Buf = DeviceBuffer<T>;
@@ -286,13 +289,18 @@ class CudaLlama {
   int B_ = 0, T_ = 0;
 
   // profiling (benchmarks only)
-  enum Section { kLinFwd = 0, kAttnFwd, kNormFwd, kLoss, kLinBwd, kAttnBwd, kNormBwd, kNumSections, kEnd = -1 };
+  // kLoss is recorded as its three parts (kLossCE: gathers and cross-entropies; kLossLogits: the
+  // logits GEMMs; kLossDx: the dX GEMMs and scatters); profile() sums them into the loss row.
+  enum Section {
+    kLinFwd = 0, kAttnFwd, kNormFwd, kLoss, kLinBwd, kAttnBwd, kNormBwd, kNumSections,
+    kLossLogits = kNumSections, kLossCE, kLossDx, kNumMarks, kEnd = -1
+  };
   void mark(int section);
   void flush_profile();
   bool prof_on_ = false;
   std::vector<cudaEvent_t> prof_ev_;
   std::vector<int> prof_sec_;
-  std::vector<double> prof_ms_ = std::vector<double>(kNumSections, 0.0);
+  std::vector<double> prof_ms_ = std::vector<double>(kNumMarks, 0.0);
 };
 
 
@@ -822,12 +830,13 @@ void CudaLlama<T>::loss_chunks(std::int64_t n_targets, bool backward, float loss
   const int D = cfg_.dim, V = cfg_.vocab_size;
   const cudaDataType_t dt = cuda_data_type<T>();
   const float coef = loss_scale / static_cast<float>(n_targets);
-  mark(kLoss);
   const std::int64_t chunk = std::min<std::int64_t>(chunk_, ntok_max_);
   for (std::int64_t s0 = 0; s0 < n_targets; s0 += chunk) {
     const std::int64_t n = std::min(chunk, n_targets - s0);
+    mark(kLossCE);
     kern::launch_gather_rows<T>(stream_, xnf_.get(), target_rows() + s0, xc_.get(), n, D);
     // logits (n, V) = xc (n, D) · clsᵀ
+    mark(kLossLogits);
     gemm_rowmajor(cublas_.get(), CUBLAS_OP_N, CUBLAS_OP_T, n, V, D, 1.0f, xc_.get(), dt, D, cls_, dt, D, 0.0f,
                   logits_.get(), CUDA_R_32F, V);
     T* dl = nullptr;
@@ -835,8 +844,10 @@ void CudaLlama<T>::loss_chunks(std::int64_t n_targets, bool backward, float loss
       if constexpr (std::is_same_v<T, float>) dl = logits_.get();  // in place
       else dl = dlogits_.get();
     }
+    mark(kLossCE);
     kern::launch_cross_entropy<T>(stream_, logits_.get(), target_ids() + s0, row_loss_.get() + s0, dl, coef, n, V);
     if (backward) {
+      mark(kLossDx);
       // dxc (n, D) = dlogits (n, V) · cls
       gemm_rowmajor(cublas_.get(), CUBLAS_OP_N, CUBLAS_OP_N, n, D, V, 1.0f, dl, dt, V, cls_, dt, D, 0.0f,
                     dxchunk_.get(), CUDA_R_32F, D);
@@ -1020,7 +1031,11 @@ void CudaLlama<T>::enable_profiling(bool on) {
 template <class T>
 void CudaLlama<T>::mark(int section) {
   if (!prof_on_) return;
-  if (prof_sec_.size() >= prof_ev_.size()) throw LlamaError("CudaLlama: profiling event pool exhausted");
+  if (prof_sec_.size() >= prof_ev_.size()) {  // many loss chunks: the pool grows (host-side, not captured)
+    const std::size_t more = prof_ev_.size();
+    prof_ev_.resize(2 * more);
+    for (std::size_t i = more; i < prof_ev_.size(); ++i) HDPISSA_CUDA_CHECK(cudaEventCreate(&prof_ev_[i]));
+  }
   HDPISSA_CUDA_CHECK(cudaEventRecord(prof_ev_[prof_sec_.size()], stream_));
   prof_sec_.push_back(section);
 }
@@ -1042,8 +1057,17 @@ std::vector<std::pair<std::string, double>> CudaLlama<T>::profile() const {
   static const char* names[] = {"linears fwd", "attention fwd", "norms+elementwise fwd", "loss (lm_head + CE)",
                                 "linears bwd", "attention bwd", "norms+elementwise bwd"};
   std::vector<std::pair<std::string, double>> out;
-  for (int i = 0; i < kNumSections; ++i) out.emplace_back(names[i], prof_ms_[i]);
+  for (int i = 0; i < kNumSections; ++i)
+    out.emplace_back(names[i], i == kLoss ? prof_ms_[kLoss] + prof_ms_[kLossLogits] + prof_ms_[kLossCE] + prof_ms_[kLossDx]
+                                          : prof_ms_[i]);
   return out;
+}
+
+template <class T>
+std::vector<std::pair<std::string, double>> CudaLlama<T>::loss_parts() const {
+  return {{"loss: logits GEMMs", prof_ms_[kLossLogits]},
+          {"loss: gathers + cross-entropy", prof_ms_[kLoss] + prof_ms_[kLossCE]},
+          {"loss: dX GEMMs + scatters", prof_ms_[kLossDx]}};
 }
 
 }  // namespace hdpissa::llama::gpu

@@ -128,6 +128,9 @@ class TrainEngine {
   /// (forward_backward) and optimizer steps since the last reset_profile() (evaluation passes
   /// excluded); empty when the engine does not profile.
   [[nodiscard]] virtual std::vector<std::pair<std::string, double>> profile() { return {}; }
+  /// --profile (GPU): the loss section of profile() in its parts (they sum to its loss row), the
+  /// same accumulation and exclusions; empty when the engine does not profile.
+  [[nodiscard]] virtual std::vector<std::pair<std::string, double>> profile_loss_parts() { return {}; }
   /// Zeroes the profile (the trainer drops the first step: cuBLAS heuristics, first allocations).
   virtual void reset_profile() {}
   /// --compute fp8 diagnostic (tests; waits): the number of targets whose FP8 copy differs from a

@@ -653,6 +653,13 @@ class Trainer {
                   step_ms - in_sections, 100.0 * (step_ms - in_sections) / step_ms);
     table += line;
     j["rest_ms"] = step_ms - in_sections;
+    // the loss row in its parts (indented: already counted in the row above)
+    for (const auto& [name, ms] : eng_->profile_loss_parts()) {
+      const double per = ms / double(steps);
+      j["loss_parts_ms"][name] = per;
+      std::snprintf(line, sizeof line, "    %-38s %10.3f ms  (part of the loss row)\n", name.c_str(), per);
+      table += line;
+    }
     say(table);
     return nlohmann::json::parse(j.dump());
   }
