@@ -115,6 +115,13 @@ class AdapterLinear {
     MatrixView<G> gB;
   };
 
+  /// Sizes the scratch of forward_shared() / backward_shared() for groups of up to `n` linears of
+  /// rank r, so that later calls never allocate.
+  void reserve_shared(index_t tokens, index_t n, index_t r) {
+    t1_.get(*b_, tokens, n * r);
+    t2_.get(*b_, tokens, n * r);
+  }
+
   /// forward() of n linears that read the same X, their A factors stacked in A_stack (n·r, in):
   /// U = X A_stackᵀ (tokens, n·r) in one GEMM (X read once for the group, not once per linear), then
   /// per linear Y_j = s U_j B_jᵀ + X W_jᵀ as forward(). With `keep_u` (tokens, n·r) given, U is
