@@ -335,6 +335,36 @@ TEST_CASE("AdapterLinear::forward_shared / backward_shared (linears reading one 
     }
   }
 
+  SUBCASE("two linears, U recomputed, the trainer's flags: gB added to, gA_stack overwritten") {
+    // linears 0 and 1 as a group of two (A rows 0..2r-1): after a first call, a second one with
+    // accumulate = true, accumulate_gA = false leaves gA_stack at one call's value and doubles gB
+    auto A2 = b.make_matrix(2 * r, in);
+    b.copy(CV(A_stack.view()).row_block(0, 2 * r), A2.view());
+    std::vector<SB> bw;
+    std::vector<M> g2;
+    for (int j = 0; j < 2; ++j) {
+      g2.push_back(b.make_matrix(outs[j], r));
+      bw.push_back({CV(W[j].view()), CV(Bf[j].view()), CV(C[j].view()), MatrixView<double>{}, g2.back().view()});
+    }
+    auto gA2 = b.make_matrix(2 * r, in);
+    layer.backward_shared(CV(X.view()), CV(A2.view()), std::span<const SB>(bw), gA2.view(), false);
+    const Ref ga1 = hdtest::to_ref(gA2.view()), gb1 = hdtest::to_ref(g2[1].view());
+    layer.backward_shared(CV(X.view()), CV(A2.view()), std::span<const SB>(bw), gA2.view(), true, false);
+    Ref twice_b = gb1;
+    for (auto& v : twice_b.v) v *= 2;
+    CHECK(hdtest::count_violations(hdtest::to_ref(gA2.view()), ga1, 1e-12, 1e-12) == 0);
+    CHECK(hdtest::count_violations(hdtest::to_ref(g2[1].view()), twice_b, 1e-12, 1e-12) == 0);
+    for (int j = 0; j < 2; ++j) {  // and one call's values are the finite differences
+      CAPTURE(j);
+      const Ref w = hdtest::to_ref(W[j].view()), bb = hdtest::to_ref(Bf[j].view()), c = hdtest::to_ref(C[j].view());
+      const Ref a = a_of(j);
+      auto loss = [&](const Ref& ap) { return pissa_loss(x, w, ap, bb, c, s); };
+      Ref gaj(r, in);
+      for (index_t i = 0; i < r * in; ++i) gaj.v[std::size_t(i)] = ga1.v[std::size_t(j * r * in + i)];
+      CHECK(hdtest::count_violations(gaj, fd_grad(a, loss), 1e-7, 1e-6) == 0);
+    }
+  }
+
   SUBCASE("a wrong member is a clear error naming it") {
     auto Y_bad = b.make_matrix(tokens, outs[2] + 1);
     auto bad = fw;

@@ -1191,7 +1191,11 @@ class AdapterMethod final : public TrainMethod<Dev> {
     reserved_ = max_tokens;
     hdpissa::memory::PartScope part("adapter.activations");
     xa_.clear();
-    for (std::size_t i = 0; i < ids_.size(); ++i) xa_.push_back(this->bc_->make_matrix(max_tokens, sets_[i].rank));
+    for (std::size_t i = 0; i < ids_.size(); ++i) {
+      // a stacked target without FP8 keeps its X Aᵀ in the stack's U (forward_shared) instead
+      const bool in_u = i < stack_of_.size() && stack_of_[i] >= 0 && shared_ok(stacks_[std::size_t(stack_of_[i])]);
+      xa_.push_back(in_u ? typename Bc::matrix_type{} : this->bc_->make_matrix(max_tokens, sets_[i].rank));
+    }
     xa_rows_.assign(ids_.size(), -1);
     if (this->fp8_ && !sets_.empty()) u_ = this->bc_->make_matrix(max_tokens, sets_.front().rank);
     for (auto& st : stacks_) {
@@ -1250,7 +1254,7 @@ class AdapterMethod final : public TrainMethod<Dev> {
     (void)lg;
     if (i < stack_of_.size() && stack_of_[i] >= 0) stacks_[std::size_t(stack_of_[i])].u_rows = -1;  // U not current
     Vc keep{};
-    if (i < xa_.size() && X.rows <= reserved_) {
+    if (i < xa_.size() && X.rows <= reserved_ && xa_[i].data()) {
       keep = Vc{xa_[i].data(), X.rows, sets_[i].rank, sets_[i].rank};
       xa_rows_[i] = X.rows;
     }
@@ -1356,6 +1360,11 @@ class AdapterMethod final : public TrainMethod<Dev> {
   bool shared_ok(const Calls& calls) const {
     for (const auto& c : calls)
       if (this->fp8_on(c.slot)) return false;
+    return true;
+  }
+  bool shared_ok(const Stack& st) const {
+    for (std::size_t j = 0; j < st.n; ++j)
+      if (this->fp8_on(st.slots[j])) return false;
     return true;
   }
   /// The stack of exactly these slots: in its order, or (any_order) as a set.
