@@ -274,3 +274,107 @@ TEST_CASE("MutedLinear::backward_shared (linears reading one X): every gradient 
         {"gA_stack"});
   }
 }
+
+TEST_CASE("AdapterLinear::forward_shared / backward_shared (linears reading one X): outputs and gradients") {
+  // Three LoRA linears of different widths reading the same X, their A factors stacked: Y_j is X (W_j +
+  // s B_j A_j)ᵀ, and every dX_j, gA_j, gB_j is its own layer's finite-difference gradient of
+  // Σ C_j ⊙ Y_j, with U from the forward (keep_u) and recomputed.
+  EigenBackend<double> b;
+  const index_t tokens = 5, in = 7, r = 2;
+  const double s = 0.75;
+  const index_t outs[3] = {3, 4, 6};
+  auto X = hdtest::random_matrix(b, tokens, in, 140);
+  auto A_stack = hdtest::random_matrix(b, 3 * r, in, 141);
+  const Ref x = hdtest::to_ref(X.view()), as = hdtest::to_ref(A_stack.view());
+  using M = typename EigenBackend<double>::matrix_type;
+  using AL = AdapterLinear<EigenBackend<double>>;
+  std::vector<M> W, Bf, C, Y, dX, gB;
+  for (int j = 0; j < 3; ++j) {
+    W.push_back(hdtest::random_matrix(b, outs[j], in, 150 + 10 * std::uint64_t(j)));
+    Bf.push_back(hdtest::random_matrix(b, outs[j], r, 151 + 10 * std::uint64_t(j)));
+    C.push_back(hdtest::random_matrix(b, tokens, outs[j], 152 + 10 * std::uint64_t(j)));
+    Y.push_back(b.make_matrix(tokens, outs[j]));
+    dX.push_back(b.make_matrix(tokens, in));
+    gB.push_back(b.make_matrix(outs[j], r));
+  }
+  AL layer(b, s);
+  std::vector<AL::SharedForward> fw;
+  for (int j = 0; j < 3; ++j) fw.push_back({CV(W[j].view()), CV(Bf[j].view()), Y[j].view()});
+  auto U = b.make_matrix(tokens, 3 * r);
+  layer.forward_shared(CV(X.view()), CV(A_stack.view()), std::span<const AL::SharedForward>(fw), U.view());
+  auto a_of = [&](int j) {
+    Ref a(r, in);
+    for (index_t i = 0; i < r * in; ++i) a.v[std::size_t(i)] = as.v[std::size_t(j * r * in + i)];
+    return a;
+  };
+  for (int j = 0; j < 3; ++j) {
+    CAPTURE(j);
+    const Ref w = hdtest::to_ref(W[j].view()), bb = hdtest::to_ref(Bf[j].view());
+    CHECK(hdtest::violations<double>(hdtest::to_ref(Y[j].view()),
+                                     hdtest::matmul(x, hdtest::add(w, hdtest::matmul(bb, a_of(j)), s), false, true)) == 0);
+  }
+  using SB = AL::SharedBackward<double>;
+  for (bool keep : {true, false}) {
+    CAPTURE(keep);
+    std::vector<SB> bw;
+    for (int j = 0; j < 3; ++j) bw.push_back({CV(W[j].view()), CV(Bf[j].view()), CV(C[j].view()), dX[j].view(), gB[j].view()});
+    auto gA = b.make_matrix(3 * r, in);
+    layer.backward_shared(CV(X.view()), CV(A_stack.view()), std::span<const SB>(bw), gA.view(), false, std::nullopt,
+                          keep ? CV(U.view()) : CV{});
+    const Ref ga = hdtest::to_ref(gA.view());
+    for (int j = 0; j < 3; ++j) {
+      CAPTURE(j);
+      const Ref w = hdtest::to_ref(W[j].view()), bb = hdtest::to_ref(Bf[j].view()), c = hdtest::to_ref(C[j].view());
+      const Ref a = a_of(j);
+      auto loss = [&](const Ref& xp, const Ref& ap, const Ref& bp) { return pissa_loss(xp, w, ap, bp, c, s); };
+      Ref gaj(r, in);
+      for (index_t i = 0; i < r * in; ++i) gaj.v[std::size_t(i)] = ga.v[std::size_t(j * r * in + i)];
+      CHECK(hdtest::count_violations(hdtest::to_ref(dX[j].view()), fd_grad(x, [&](const Ref& p) { return loss(p, a, bb); }), 1e-7, 1e-6) == 0);
+      CHECK(hdtest::count_violations(gaj, fd_grad(a, [&](const Ref& p) { return loss(x, p, bb); }), 1e-7, 1e-6) == 0);
+      CHECK(hdtest::count_violations(hdtest::to_ref(gB[j].view()), fd_grad(bb, [&](const Ref& p) { return loss(x, a, p); }), 1e-7, 1e-6) == 0);
+    }
+  }
+
+  SUBCASE("two linears, U recomputed, the trainer's flags: gB added to, gA_stack overwritten") {
+    // linears 0 and 1 as a group of two (A rows 0..2r-1): after a first call, a second one with
+    // accumulate = true, accumulate_gA = false leaves gA_stack at one call's value and doubles gB
+    auto A2 = b.make_matrix(2 * r, in);
+    b.copy(CV(A_stack.view()).row_block(0, 2 * r), A2.view());
+    std::vector<SB> bw;
+    std::vector<M> g2;
+    for (int j = 0; j < 2; ++j) {
+      g2.push_back(b.make_matrix(outs[j], r));
+      bw.push_back({CV(W[j].view()), CV(Bf[j].view()), CV(C[j].view()), MatrixView<double>{}, g2.back().view()});
+    }
+    auto gA2 = b.make_matrix(2 * r, in);
+    layer.backward_shared(CV(X.view()), CV(A2.view()), std::span<const SB>(bw), gA2.view(), false);
+    const Ref ga1 = hdtest::to_ref(gA2.view()), gb1 = hdtest::to_ref(g2[1].view());
+    layer.backward_shared(CV(X.view()), CV(A2.view()), std::span<const SB>(bw), gA2.view(), true, false);
+    Ref twice_b = gb1;
+    for (auto& v : twice_b.v) v *= 2;
+    CHECK(hdtest::count_violations(hdtest::to_ref(gA2.view()), ga1, 1e-12, 1e-12) == 0);
+    CHECK(hdtest::count_violations(hdtest::to_ref(g2[1].view()), twice_b, 1e-12, 1e-12) == 0);
+    for (int j = 0; j < 2; ++j) {  // and one call's values are the finite differences
+      CAPTURE(j);
+      const Ref w = hdtest::to_ref(W[j].view()), bb = hdtest::to_ref(Bf[j].view()), c = hdtest::to_ref(C[j].view());
+      const Ref a = a_of(j);
+      auto loss = [&](const Ref& ap) { return pissa_loss(x, w, ap, bb, c, s); };
+      Ref gaj(r, in);
+      for (index_t i = 0; i < r * in; ++i) gaj.v[std::size_t(i)] = ga1.v[std::size_t(j * r * in + i)];
+      CHECK(hdtest::count_violations(gaj, fd_grad(a, loss), 1e-7, 1e-6) == 0);
+    }
+  }
+
+  SUBCASE("a wrong member is a clear error naming it") {
+    auto Y_bad = b.make_matrix(tokens, outs[2] + 1);
+    auto bad = fw;
+    bad[2].Y = Y_bad.view();
+    hdtest::check_throws_with<InvalidArgument>(
+        [&] { layer.forward_shared(CV(X.view()), CV(A_stack.view()), std::span<const AL::SharedForward>(bad)); },
+        {"shared-input group, linear 2 of 3", "rows 4..5 of A_stack", "AdapterLinear Y"});
+    auto A_bad = b.make_matrix(3 * r + 2, in);
+    hdtest::check_throws_with<InvalidArgument>(
+        [&] { layer.forward_shared(CV(X.view()), CV(A_bad.view()), std::span<const AL::SharedForward>(fw)); },
+        {"A_stack (n·r, in) for n = 3", "(8, 7)"});
+  }
+}

@@ -5,6 +5,9 @@
 ///    backward dX = dY W + s (dY B) A, g_A = s (dY B)ᵀ X, g_B = s dYᵀ (X Aᵀ).
 ///  - DenseLinear: full fine-tuning: y = x Wᵀ (+ bias); backward dX = dY W, g_W = dYᵀ X.
 
+#include <optional>
+#include <span>
+
 #include "hdpissa/adapter/linear_workspace.hpp"
 #include "hdpissa/core/concepts.hpp"
 
@@ -97,7 +100,125 @@ class AdapterLinear {
     }
   }
 
+  /// One linear of a group that reads the same input (a LLaMA layer's q, k, v or gate, up), for
+  /// forward_shared(): W (out, in), its B factor Bf (out, r) and Y (tokens, out).
+  struct SharedForward {
+    CV W, Bf;
+    V Y;
+  };
+  /// The same for backward_shared(): W, Bf, dY (tokens, out), dX (tokens, in; null data: skipped)
+  /// and gB (out, r) in the gradient type G (S, or float on a backend with gemm_f32).
+  template <class G = S>
+  struct SharedBackward {
+    CV W, Bf, dY;
+    V dX;
+    MatrixView<G> gB;
+  };
+
+  /// Sizes the scratch of forward_shared() / backward_shared() for groups of up to `n` linears of
+  /// rank r, so that later calls never allocate.
+  void reserve_shared(index_t tokens, index_t n, index_t r) {
+    t1_.get(*b_, tokens, n * r);
+    t2_.get(*b_, tokens, n * r);
+  }
+
+  /// forward() of n linears that read the same X, their A factors stacked in A_stack (n·r, in):
+  /// U = X A_stackᵀ (tokens, n·r) in one GEMM (X read once for the group, not once per linear), then
+  /// per linear Y_j = s U_j B_jᵀ + X W_jᵀ as forward(). With `keep_u` (tokens, n·r) given, U is
+  /// written there for backward_shared() of the same X.
+  void forward_shared(CV X, CV A_stack, std::span<const SharedForward> lins, V keep_u = {}) {
+    const index_t n = static_cast<index_t>(lins.size());
+    const index_t r = stack_rank(A_stack, n);
+    for (index_t j = 0; j < n; ++j) {
+      const auto& l = lins[std::size_t(j)];
+      member(j, n, r, [&] {
+        check(l.W, A_stack.row_block(j * r, r), l.Bf, X);
+        require_shape(l.Y, X.rows, l.W.rows, "AdapterLinear Y");
+      });
+    }
+    if (keep_u.data) require_shape(keep_u, X.rows, n * r, "AdapterLinear keep_u");
+    auto u = keep_u.data ? keep_u : t1_.get(*b_, X.rows, n * r);
+    b_->gemm(Op::N, Op::T, S(1), X, A_stack, S(0), u);
+    for (index_t j = 0; j < n; ++j) {
+      const auto& l = lins[std::size_t(j)];
+      b_->gemm(Op::N, Op::T, S(s_), CV(u).col_block(j * r, r), l.Bf, S(0), l.Y);  // thin first, as forward()
+      b_->gemm(Op::N, Op::T, S(1), X, l.W, S(1), l.Y);
+    }
+  }
+
+  /// backward() of n linears that read the same X, their A factors stacked in A_stack (n·r, in):
+  /// t = [dY_0 B_0 | … | dY_{n-1} B_{n-1}], gA_stack (n·r, in) = s tᵀ X in one GEMM (X read once for
+  /// the group), dX_j = s t_j A_j + dY_j W_j and gB_j = s dY_jᵀ U_j per linear, U = the forward's
+  /// X A_stackᵀ (`u`, from forward_shared's keep_u) or recomputed. `accumulate`: the gB_j and
+  /// gA_stack are added to, else overwritten; `accumulate_gA`, when given, decides for gA_stack
+  /// alone. G = S, or float with a lower-precision S (fp32 gradient GEMMs, the scale as the forward
+  /// rounds it, as backward()'s fp32 form). Each result is backward()'s up to the stacked GEMMs'
+  /// summation order.
+  template <class G>
+  void backward_shared(CV X, CV A_stack, std::span<const SharedBackward<G>> lins, MatrixView<G> gA_stack,
+                       bool accumulate = true, std::optional<bool> accumulate_gA = std::nullopt, CV u = {}) {
+    static_assert(std::is_same_v<G, S> || std::is_same_v<G, float>, "AdapterLinear: gradients in S or fp32");
+    if constexpr (!std::is_same_v<G, S>)
+      static_assert(requires(B& b, MatrixView<float> c) { b.gemm_f32(Op::T, Op::N, 1.0f, CV{}, CV{}, 1.0f, c); },
+                    "AdapterLinear: fp32 gradients need a backend with gemm_f32");
+    const index_t n = static_cast<index_t>(lins.size());
+    const index_t r = stack_rank(A_stack, n);
+    require_shape(gA_stack, A_stack.rows, A_stack.cols, "AdapterLinear gA_stack");
+    for (index_t j = 0; j < n; ++j) {
+      const auto& l = lins[std::size_t(j)];
+      member(j, n, r, [&] {
+        check(l.W, A_stack.row_block(j * r, r), l.Bf, X);
+        require_shape(l.dY, X.rows, l.W.rows, "AdapterLinear dY");
+        require_shape(l.gB, l.Bf.rows, l.Bf.cols, "AdapterLinear gB");
+        if (l.dX.data) require_shape(l.dX, X.rows, l.W.cols, "AdapterLinear dX");
+      });
+    }
+    if (u.data) require_shape(u, X.rows, n * r, "AdapterLinear u");
+    const G sg = std::is_same_v<G, S> ? G(S(s_)) : G(float(S(s_)));
+    auto gemm_g = [&](Op ta, Op tb, CV P, CV Q, bool acc, MatrixView<G> C) {
+      const G beta = acc ? G(1) : G(0);
+      if constexpr (std::is_same_v<G, S>) b_->gemm(ta, tb, sg, P, Q, beta, C);
+      else b_->gemm_f32(ta, tb, float(sg), P, Q, float(beta), C);
+    };
+    auto t = t1_.get(*b_, X.rows, n * r);  // (tokens, n·r) = [dY_j B_j]
+    for (index_t j = 0; j < n; ++j) {
+      const auto& l = lins[std::size_t(j)];
+      b_->gemm(Op::N, Op::N, S(1), l.dY, l.Bf, S(0), t.col_block(j * r, r));
+      if (l.dX.data) {
+        b_->gemm(Op::N, Op::N, S(s_), CV(t).col_block(j * r, r), A_stack.row_block(j * r, r), S(0), l.dX);
+        b_->gemm(Op::N, Op::N, S(1), l.dY, l.W, S(1), l.dX);
+      }
+    }
+    gemm_g(Op::T, Op::N, CV(t), X, accumulate_gA.value_or(accumulate), gA_stack);
+    CV U = u;
+    if (!U.data) {
+      auto w = t2_.get(*b_, X.rows, n * r);
+      b_->gemm(Op::N, Op::T, S(1), X, A_stack, S(0), w);
+      U = CV(w);
+    }
+    for (index_t j = 0; j < n; ++j) {
+      const auto& l = lins[std::size_t(j)];
+      gemm_g(Op::T, Op::N, l.dY, U.col_block(j * r, r), accumulate, l.gB);
+    }
+  }
+
  private:
+  /// r of an (n·r, in) stack of n A factors (a clear error when it does not split).
+  static index_t stack_rank(CV A_stack, index_t n) {
+    HDPISSA_REQUIRE(n >= 1 && A_stack.rows % n == 0, "AdapterLinear: expected A_stack (n·r, in) for n = ", n,
+                    " linears, found ", shape_str(A_stack.rows, A_stack.cols));
+    return A_stack.rows / n;
+  }
+  /// Runs a member's checks; an error names the member.
+  template <class F>
+  static void member(index_t j, index_t n, index_t r, F&& checks) {
+    try {
+      checks();
+    } catch (const InvalidArgument& e) {
+      throw InvalidArgument(cat("AdapterLinear shared-input group, linear ", j, " of ", n, " (A = rows ", j * r, "..",
+                                (j + 1) * r - 1, " of A_stack): ", e.what()));
+    }
+  }
   void check(CV W, CV A, CV Bf, CV X) const {
     HDPISSA_REQUIRE(X.cols == W.cols && A.cols == W.cols && Bf.rows == W.rows && A.rows == Bf.cols,
                     "AdapterLinear: expected X (tokens, in), W (out, in), A (r, in), B (out, r); found X ",

@@ -17,6 +17,10 @@
 ///    is ∂loss/∂Y; dX (tokens, in) must be OVERWRITTEN with ∂loss/∂X (plain: `dX = dY W`). Weight or
 ///    adapter gradients are the hook's own business and are ACCUMULATED (gradient accumulation runs
 ///    backward once per micro-batch before one optimizer step).
+///  - `h.forward_shared(lins, X)`: the forward of linears that read the same X (a layer's q, k, v
+///    and gate, up), each `lins[j]` = {id, W, Y} under forward()'s contract; the default calls
+///    forward() for each. The GPU model calls it; LoRA / PiSSA on bf16 compute read X once for the
+///    group's X·Aᵀ (and keep it for backward_shared).
 ///  - `h.backward_shared(lins, X)`: the backward of linears that read the same X (a layer's v, k, q
 ///    and up, gate: kSharedInputAttention, kSharedInputMlp), each `lins[j]` = {id, W, dY, dX} under backward()'s
 ///    contract, in the order given. The default calls backward() for each; hooks may override it to
@@ -81,6 +85,16 @@ class LinearHooks {
     b_->gemm(Op::N, Op::N, 1, dY, W, 0, dX);
   }
 
+  /// One linear of forward_shared(): its id, W (out, in) and Y (tokens, out).
+  struct SharedForwardLinear {
+    LinearId id;
+    CV W;
+    V Y;
+  };
+  /// forward() of linears that read the same X, in order (the default: one forward() each).
+  virtual void forward_shared(std::span<const SharedForwardLinear> lins, CV X) {
+    for (const auto& l : lins) forward(l.id, l.W, X, l.Y);
+  }
   /// One linear of backward_shared(): its id, W (out, in), dY (tokens, out) and dX (tokens, in).
   struct SharedLinear {
     LinearId id;

@@ -777,9 +777,13 @@ void CudaLlama<T>::layer_forward(CudaHooks<T>& hooks, int l, const float* prev, 
     kern::launch_add_rmsnorm_fwd<T>(s, prev, add, res(2 * l), norms + 2 * l * D, a.rstd1, a.xn1, N, D, c.norm_eps);
     const CV xn1(a.xn1, N, D, D);
     mark(kLinFwd);
-    hooks.forward({l, Module::q}, W(Module::q), xn1, MV(q_rows_.get(), N, qd, qd));
-    hooks.forward({l, Module::k}, W(Module::k), xn1, MV(k_rows_.get(), N, kvd, kvd));
-    hooks.forward({l, Module::v}, W(Module::v), xn1, MV(v_rows_.get(), N, kvd, kvd));
+    {
+      using SF = typename CudaHooks<T>::SharedForwardLinear;
+      const SF qkv[3] = {{{l, Module::q}, W(Module::q), MV(q_rows_.get(), N, qd, qd)},
+                         {{l, Module::k}, W(Module::k), MV(k_rows_.get(), N, kvd, kvd)},
+                         {{l, Module::v}, W(Module::v), MV(v_rows_.get(), N, kvd, kvd)}};
+      hooks.forward_shared(qkv, xn1);
+    }
     if (c.qkv_bias) {  // frozen biases after X·Wᵀ (the hooks never see them), before RoPE
       const float* bl = bias_.get() + static_cast<std::int64_t>(l) * (qd + 2 * kvd);
       kern::launch_add_bias_rows<T>(s, q_rows_.get(), bl, N, qd);
@@ -814,8 +818,12 @@ void CudaLlama<T>::layer_forward(CudaHooks<T>& hooks, int l, const float* prev, 
                                     N, D, c.norm_eps);
     const CV xn2(a.xn2, N, D, D);
     mark(kLinFwd);
-    hooks.forward({l, Module::gate}, W(Module::gate), xn2, MV(a.gate, N, H, H));
-    hooks.forward({l, Module::up}, W(Module::up), xn2, MV(a.up, N, H, H));
+    {
+      using SF = typename CudaHooks<T>::SharedForwardLinear;
+      const SF mlp[2] = {{{l, Module::gate}, W(Module::gate), MV(a.gate, N, H, H)},
+                         {{l, Module::up}, W(Module::up), MV(a.up, N, H, H)}};
+      hooks.forward_shared(mlp, xn2);
+    }
     mark(kNormFwd);
     kern::launch_swiglu_fwd<T>(s, a.gate, a.up, act_.get(), N * H);
     if (down) {

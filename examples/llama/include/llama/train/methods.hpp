@@ -280,6 +280,16 @@ class TrainMethod {
   virtual void forward(int lg, std::size_t s, CVc W, CVc X, Vc Y) = 0;
   /// Its backward: dX overwritten, the method's gradients accumulated.
   virtual void backward(int lg, std::size_t s, CVc W, CVc X, CVc dY, Vc dX) = 0;
+  /// One target of a shared-input forward (LinearHooks::forward_shared): its slot and forward()'s operands.
+  struct SharedForwardCall {
+    std::size_t slot;
+    CVc W;
+    Vc Y;
+  };
+  /// The forward of targets that read the same X, in the order given (default: forward() each).
+  virtual void forward_shared(int lg, std::span<const SharedForwardCall> calls, CVc X) {
+    for (const auto& c : calls) forward(lg, c.slot, c.W, X, c.Y);
+  }
   /// One target of a shared-input group (LinearHooks::backward_shared): its slot and backward()'s operands.
   struct SharedCall {
     std::size_t slot;
@@ -559,6 +569,18 @@ class TrainMethod {
       const int s = m_->slot(id);
       if (s < 0) return LinearHooks<Bc>::backward(id, W, X, dY, dX);
       m_->backward(lg_, std::size_t(s), W, X, dY, dX);
+    }
+    /// Every linear a target (and at most 3): the method's shared-input forward; else one by one.
+    void forward_shared(std::span<const typename LinearHooks<Bc>::SharedForwardLinear> lins, CVc X) override {
+      std::array<SharedForwardCall, 3> calls{};
+      bool all = !lins.empty() && lins.size() <= calls.size();
+      for (std::size_t j = 0; all && j < lins.size(); ++j) {
+        const int s = m_->slot(lins[j].id);
+        all = s >= 0;
+        calls[j] = {std::size_t(std::max(s, 0)), lins[j].W, lins[j].Y};
+      }
+      if (!all) return LinearHooks<Bc>::forward_shared(lins, X);
+      m_->forward_shared(lg_, std::span<const SharedForwardCall>(calls.data(), lins.size()), X);
     }
     /// Every linear a target (and at most 3): the method's shared-input backward; else one by one.
     void backward_shared(std::span<const typename LinearHooks<Bc>::SharedLinear> lins, CVc X) override {
@@ -1106,17 +1128,22 @@ class AdapterMethod final : public TrainMethod<Dev> {
     upd_.finalize();
     hdpissa::memory::PartScope cp("adapter.compute-copies");
     this->make_copies(cc_, sets_, 0);  // no gradient scratch: the gradient GEMMs write the fp32 sums
+    make_stacks();
   }
 
   void zero_grad() override { upd_.zero_grad(); }
   hdpissa::StepReport step(double lr) override {
     const auto rep = upd_.step(lr);
-    if (!rep.skipped) this->refresh_copies(cc_, sets_);
+    if (!rep.skipped) {
+      this->refresh_copies(cc_, sets_);
+      fill_stacks();  // A trains: the stacked copies follow every step
+    }
     return rep;
   }
   void refresh() override {
     for (std::size_t i = 0; i < ids_.size(); ++i) this->push_weight(i);
     this->refresh_copies(cc_, sets_);
+    fill_stacks();
     this->refresh_fp8();  // a restored W_res
   }
   /// W_res + s·B A, computed by the master backend in fp32 (not a hot path). With bf16 compute the
@@ -1164,14 +1191,70 @@ class AdapterMethod final : public TrainMethod<Dev> {
     reserved_ = max_tokens;
     hdpissa::memory::PartScope part("adapter.activations");
     xa_.clear();
-    for (std::size_t i = 0; i < ids_.size(); ++i) xa_.push_back(this->bc_->make_matrix(max_tokens, sets_[i].rank));
+    for (std::size_t i = 0; i < ids_.size(); ++i) {
+      // a stacked target without FP8 keeps its X Aᵀ in the stack's U (forward_shared) instead
+      const bool in_u = i < stack_of_.size() && stack_of_[i] >= 0 && shared_ok(stacks_[std::size_t(stack_of_[i])]);
+      xa_.push_back(in_u ? typename Bc::matrix_type{} : this->bc_->make_matrix(max_tokens, sets_[i].rank));
+    }
     xa_rows_.assign(ids_.size(), -1);
     if (this->fp8_ && !sets_.empty()) u_ = this->bc_->make_matrix(max_tokens, sets_.front().rank);
+    for (auto& st : stacks_) {
+      st.U = this->bc_->make_matrix(max_tokens, index_t(st.n) * st.r);
+      st.u_rows = -1;
+    }
+    if (!stacks_.empty()) lin_.reserve_shared(max_tokens, 3, stacks_.front().r);
+  }
+  /// q|k|v and gate|up (bf16 compute, every member a target, no FP8 copy): U = X·A_stackᵀ in one GEMM
+  /// (AdapterLinear::forward_shared over stacked compute copies of A, refreshed every step), kept for
+  /// backward_shared. Else one forward() each.
+  void forward_shared(int lg, std::span<const typename Base::SharedForwardCall> calls, CVc X) override {
+    if constexpr (kMixed) {
+      Stack* st = shared_ok(calls) && X.rows <= reserved_ ? find_stack(calls, /*any_order=*/false) : nullptr;
+      if (st) {
+        const index_t r = st->r;
+        std::array<typename hdpissa::AdapterLinear<Bc>::SharedForward, 3> fw{};
+        for (std::size_t j = 0; j < st->n; ++j) {
+          fw[j] = {calls[j].W, Bf(calls[j].slot), calls[j].Y};
+          xa_rows_[calls[j].slot] = -1;  // the per-target X Aᵀ is not written on this path
+        }
+        const Vc keep{st->U.data(), X.rows, index_t(st->n) * r, index_t(st->n) * r};
+        lin_.forward_shared(X, CVc(st->A.view()),
+                            std::span<const typename hdpissa::AdapterLinear<Bc>::SharedForward>(fw.data(), st->n), keep);
+        st->u_rows = X.rows;
+        return;
+      }
+    }
+    Base::forward_shared(lg, calls, X);
+  }
+  /// The backward of a group whose forward ran forward_shared (its calls in any order: the model
+  /// runs the backward in reverse): the stacked gA lands in an fp32 scratch and is added to each
+  /// target's sum, the gB GEMMs add into theirs, U comes from the forward. Else one backward() each.
+  void backward_shared(int lg, std::span<const typename Base::SharedCall> calls, CVc X) override {
+    if constexpr (kMixed) {
+      Stack* st = shared_ok(calls) ? find_stack(calls, /*any_order=*/true) : nullptr;
+      if (st) {
+        const index_t r = st->r, n = index_t(st->n), in = st->A.view().cols;
+        using SB = typename hdpissa::AdapterLinear<Bc>::template SharedBackward<float>;
+        std::array<SB, 3> bw{};
+        for (std::size_t p = 0; p < st->n; ++p)  // in the stack's order
+          for (const auto& c : calls)
+            if (c.slot == st->slots[p]) bw[p] = SB{c.W, Bf(c.slot), c.dY, c.dX, upd_.grad(pB_[c.slot], lg)};
+        const V32 gA{ga_stack_.data(), n * r, in, in};
+        const CVc u = st->u_rows == X.rows ? CVc{st->U.data(), X.rows, n * r, n * r} : CVc{};
+        lin_.backward_shared(X, CVc(st->A.view()), std::span<const SB>(bw.data(), st->n), gA, /*accumulate=*/true,
+                             /*accumulate_gA=*/false, u);
+        for (index_t p = 0; p < n; ++p)
+          this->bm_->axpy(1.0f, CV32(gA.row_block(p * r, r)), upd_.grad(pA_[st->slots[std::size_t(p)]], lg));
+        return;
+      }
+    }
+    Base::backward_shared(lg, calls, X);
   }
   void forward(int lg, std::size_t i, CVc W, CVc X, Vc Y) override {
     (void)lg;
+    if (i < stack_of_.size() && stack_of_[i] >= 0) stacks_[std::size_t(stack_of_[i])].u_rows = -1;  // U not current
     Vc keep{};
-    if (i < xa_.size() && X.rows <= reserved_) {
+    if (i < xa_.size() && X.rows <= reserved_ && xa_[i].data()) {
       keep = Vc{xa_[i].data(), X.rows, sets_[i].rank, sets_[i].rank};
       xa_rows_[i] = X.rows;
     }
@@ -1224,6 +1307,88 @@ class AdapterMethod final : public TrainMethod<Dev> {
     else return cc_.B[i].view();
   }
 
+  /// A shared-input group of targets (q, k, v or gate, up of one layer, every member a target, bf16
+  /// compute): their slots in forward order, the stacked compute copy of their A (n·r, in) and the
+  /// forward's U = X·A_stackᵀ (max tokens, n·r) with its row count (-1: not current).
+  struct Stack {
+    std::array<std::size_t, 3> slots{};
+    std::size_t n = 0;
+    index_t r = 0;
+    typename Bc::matrix_type A, U;
+    index_t u_rows = -1;
+  };
+  void make_stacks() {
+    if constexpr (kMixed) {
+      stack_of_.assign(ids_.size(), -1);
+      if (ids_.empty()) return;
+      static constexpr std::array<Module, 3> kAttn{Module::q, Module::k, Module::v};
+      static constexpr std::array<Module, 2> kMlp{Module::gate, Module::up};
+      auto add = [&](int l, std::span<const Module> mods) {
+        Stack st;
+        for (Module m : mods) {
+          const int s = this->slot(LinearId{l, m});
+          if (s < 0) return;
+          st.slots[st.n++] = std::size_t(s);
+        }
+        st.r = sets_[st.slots[0]].rank;
+        for (std::size_t j = 1; j < st.n; ++j)
+          if (sets_[st.slots[j]].rank != st.r) return;
+        const auto [out, in] = this->shape(st.slots[0]);
+        (void)out;
+        st.A = this->bc_->make_matrix(index_t(st.n) * st.r, in);
+        for (std::size_t j = 0; j < st.n; ++j) stack_of_[st.slots[j]] = int(stacks_.size());
+        stacks_.push_back(std::move(st));
+      };
+      for (int l = 0; l <= ids_.back().layer; ++l) {
+        add(l, kAttn);
+        add(l, kMlp);
+      }
+      index_t widest = 0;
+      for (const auto& st : stacks_) widest = std::max(widest, index_t(st.n) * st.r * st.A.view().cols);
+      if (widest > 0) ga_stack_ = this->bm_->make_matrix(1, widest);
+      fill_stacks();
+    }
+  }
+  /// The stacked A copies ← the compute copies of A.
+  void fill_stacks() {
+    for (auto& st : stacks_)
+      for (std::size_t j = 0; j < st.n; ++j)
+        this->bc_->copy(CVc(cc_.A[st.slots[j]].view()), st.A.view().row_block(index_t(j) * st.r, st.r));
+  }
+  /// No member has an FP8 copy (those take forward()'s FP8 path).
+  template <class Calls>
+  bool shared_ok(const Calls& calls) const {
+    for (const auto& c : calls)
+      if (this->fp8_on(c.slot)) return false;
+    return true;
+  }
+  bool shared_ok(const Stack& st) const {
+    for (std::size_t j = 0; j < st.n; ++j)
+      if (this->fp8_on(st.slots[j])) return false;
+    return true;
+  }
+  /// The stack of exactly these slots: in its order, or (any_order) as a set.
+  template <class Calls>
+  Stack* find_stack(const Calls& calls, bool any_order) {
+    if (calls.empty() || calls[0].slot >= stack_of_.size() || stack_of_[calls[0].slot] < 0) return nullptr;
+    Stack& st = stacks_[std::size_t(stack_of_[calls[0].slot])];
+    if (st.n != calls.size()) return nullptr;
+    for (std::size_t j = 0; j < st.n; ++j) {
+      if (!any_order) {
+        if (st.slots[j] != calls[j].slot) return nullptr;
+      } else if (stack_of_[calls[j].slot] != stack_of_[calls[0].slot]) {
+        return nullptr;
+      }
+    }
+    if (any_order)  // every member once
+      for (std::size_t p = 0; p < st.n; ++p) {
+        int hits = 0;
+        for (const auto& c : calls) hits += c.slot == st.slots[p];
+        if (hits != 1) return nullptr;
+      }
+    return &st;
+  }
+
   Comm* comm_;
   Method method_;
   Update upd_;
@@ -1237,6 +1402,9 @@ class AdapterMethod final : public TrainMethod<Dev> {
   typename Base::ComputeCopies cc_;
   typename Bm::matrix_type merge_;
   index_t merge_size_ = 0;
+  std::vector<Stack> stacks_;       // shared-input groups (forward_shared / backward_shared)
+  std::vector<int> stack_of_;       // per target: its stack, or -1
+  typename Bm::matrix_type ga_stack_{};  // their stacked fp32 gA (one micro-batch's)
 };
 
 /// Full fine-tuning of the target linears, data-parallel. Under a bf16 W-precision policy
