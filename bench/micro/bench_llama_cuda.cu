@@ -230,6 +230,7 @@ int run(const Args& args) {
   for (int i = 0; i < prof_steps; ++i) model.forward_backward(b, hooks, 1.0f);
   const auto prof = model.profile();
   const auto loss_parts = model.loss_parts();
+  const auto host_prof = model.host_profile();
   model.enable_profiling(false);
   double fwd_ms = 0;
   {
@@ -299,6 +300,9 @@ int run(const Args& args) {
     std::printf("  %-24s %7.2f ms  %5.1f %%\n", name.c_str(), ms / prof_steps, 100.0 * ms / prof_steps / prof_total);
   for (const auto& [name, ms] : loss_parts)  // already counted in the loss row
     std::printf("    %-30s %7.2f ms  (part of the loss row)\n", name.c_str(), ms / prof_steps);
+  std::printf("host time between the same marks, ms per step:");
+  for (const auto& [name, ms] : host_prof) std::printf(" %s %.2f;", name.c_str(), ms / prof_steps);
+  std::printf("\n");
   return 0;
 }
 

@@ -231,6 +231,11 @@ TEST_CASE("fp8 amax and quantisation: exact against the host, E4M3 / E5M2, bf16 
   check_quantize<Fp8Format::E4M3, float>(96, 64, 64, 5, 0.02);
   check_quantize<Fp8Format::E4M3, float>(31, 17, 20, 6, 50.0);
   check_quantize<Fp8Format::E4M3, __nv_bfloat16>(16, 32, 32, 7, 1.0, /*zero=*/true);
+  // the vectorised quantise-transpose on partial 64x64 tiles (rows, cols multiples of 8 only),
+  // a strided input (ld > cols: the vectorised transpose, the scalar quantize), and fp32
+  check_quantize<Fp8Format::E4M3, __nv_bfloat16>(200, 88, 88, 8, 2.0);
+  check_quantize<Fp8Format::E5M2, __nv_bfloat16>(136, 264, 272, 9, 0.5);
+  check_quantize<Fp8Format::E4M3, float>(72, 200, 200, 10, 4.0);
 }
 
 TEST_CASE("fp8 GEMM: forward and dX against float64 references, beta 0 and 1, every element written") {

@@ -126,6 +126,7 @@ class CudaEngine final : public MethodEngine<gpu::CudaDevice<T>> {
   LossResult eval_loss(const std::vector<Batch>& batches) override {
     const auto before = model_.profile();  // evaluation passes are not part of --profile
     const auto before_parts = model_.loss_parts();
+    const auto before_host = model_.host_profile();
     LossResult total;
     for (const Batch& b : batches) {
       const LossResult r = model_.forward_loss(b, method_->hooks(0));
@@ -140,6 +141,9 @@ class CudaEngine final : public MethodEngine<gpu::CudaDevice<T>> {
       excluded_parts_.resize(after_parts.size(), 0.0);
       for (std::size_t i = 0; i < after_parts.size(); ++i)
         excluded_parts_[i] += after_parts[i].second - before_parts[i].second;
+      const auto after_host = model_.host_profile();
+      excluded_host_.resize(after_host.size(), 0.0);
+      for (std::size_t i = 0; i < after_host.size(); ++i) excluded_host_[i] += after_host[i].second - before_host[i].second;
     }
     return total;
   }
@@ -147,6 +151,12 @@ class CudaEngine final : public MethodEngine<gpu::CudaDevice<T>> {
     if (!step_ev_[0]) return {};
     auto p = model_.loss_parts();
     for (std::size_t i = 0; i < p.size() && i < excluded_parts_.size(); ++i) p[i].second -= excluded_parts_[i];
+    return p;
+  }
+  std::vector<std::pair<std::string, double>> profile_host() override {
+    if (!step_ev_[0]) return {};
+    auto p = model_.host_profile();
+    for (std::size_t i = 0; i < p.size() && i < excluded_host_.size(); ++i) p[i].second -= excluded_host_[i];
     return p;
   }
   std::vector<std::pair<std::string, double>> profile() override {
@@ -162,6 +172,7 @@ class CudaEngine final : public MethodEngine<gpu::CudaDevice<T>> {
     step_ms_ = 0;
     excluded_.clear();
     excluded_parts_.clear();
+    excluded_host_.clear();
   }
   ~CudaEngine() override {
     for (auto e : step_ev_)
@@ -305,6 +316,7 @@ class CudaEngine final : public MethodEngine<gpu::CudaDevice<T>> {
   double step_ms_ = 0;
   std::vector<double> excluded_;  // --profile: evaluation passes' section times, subtracted
   std::vector<double> excluded_parts_;  // the same for the loss section's parts
+  std::vector<double> excluded_host_;   // the same for the host times between the marks
 };
 
 /// The bf16 engine (engine_cuda_bf16.cu).

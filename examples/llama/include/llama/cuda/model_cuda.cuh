@@ -36,6 +36,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -185,6 +186,10 @@ class CudaLlama {
   /// With profiling on: the loss row of profile() in its parts (ms, accumulated like profile()):
   /// the logits GEMMs, the gathers and cross-entropies, the dX GEMMs and scatters. They sum to it.
   std::vector<std::pair<std::string, double>> loss_parts() const;
+  /// With profiling on: the host's time (ms, accumulated) between the same marks, per section and
+  /// loss part in the order of profile() then loss_parts(): where it exceeds the GPU time of a
+  /// section, the GPU waited for the host there.
+  std::vector<std::pair<std::string, double>> host_profile() const;
 
  private:
   using Buf = DeviceBuffer<T>;
@@ -301,6 +306,8 @@ class CudaLlama {
   std::vector<cudaEvent_t> prof_ev_;
   std::vector<int> prof_sec_;
   std::vector<double> prof_ms_ = std::vector<double>(kNumMarks, 0.0);
+  std::vector<std::chrono::steady_clock::time_point> prof_host_t_;  // host time of each mark
+  std::vector<double> prof_host_ms_ = std::vector<double>(kNumMarks, 0.0);
 };
 
 
@@ -1022,6 +1029,7 @@ void CudaLlama<T>::forward_logits(const Batch& b, CudaHooks<T>& hooks, std::vect
   HDPISSA_CUDA_CHECK(cudaMemcpyAsync(logits.data(), out.get(), sizeof(float) * N * V, cudaMemcpyDeviceToHost, stream_));
   HDPISSA_CUDA_CHECK(cudaStreamSynchronize(stream_));
   prof_sec_.clear();  // a logits pass is not profiled
+  prof_host_t_.clear();
 }
 
 template <class T>
@@ -1033,7 +1041,9 @@ void CudaLlama<T>::enable_profiling(bool on) {
     prof_sec_.reserve(prof_ev_.size());
   }
   std::fill(prof_ms_.begin(), prof_ms_.end(), 0.0);
+  std::fill(prof_host_ms_.begin(), prof_host_ms_.end(), 0.0);
   prof_sec_.clear();
+  prof_host_t_.clear();
 }
 
 template <class T>
@@ -1046,6 +1056,7 @@ void CudaLlama<T>::mark(int section) {
   }
   HDPISSA_CUDA_CHECK(cudaEventRecord(prof_ev_[prof_sec_.size()], stream_));
   prof_sec_.push_back(section);
+  prof_host_t_.push_back(std::chrono::steady_clock::now());
 }
 
 template <class T>
@@ -1056,8 +1067,12 @@ void CudaLlama<T>::flush_profile() {
     float ms = 0;
     HDPISSA_CUDA_CHECK(cudaEventElapsedTime(&ms, prof_ev_[i], prof_ev_[i + 1]));
     prof_ms_[prof_sec_[i]] += ms;
+    if (i + 1 < prof_host_t_.size())
+      prof_host_ms_[prof_sec_[i]] +=
+          std::chrono::duration<double, std::milli>(prof_host_t_[i + 1] - prof_host_t_[i]).count();
   }
   prof_sec_.clear();
+  prof_host_t_.clear();
 }
 
 template <class T>
@@ -1076,6 +1091,21 @@ std::vector<std::pair<std::string, double>> CudaLlama<T>::loss_parts() const {
   return {{"loss: logits GEMMs", prof_ms_[kLossLogits]},
           {"loss: gathers + cross-entropy", prof_ms_[kLoss] + prof_ms_[kLossCE]},
           {"loss: dX GEMMs + scatters", prof_ms_[kLossDx]}};
+}
+
+template <class T>
+std::vector<std::pair<std::string, double>> CudaLlama<T>::host_profile() const {
+  static const char* names[] = {"linears fwd", "attention fwd", "norms+elementwise fwd", "loss (lm_head + CE)",
+                                "linears bwd", "attention bwd", "norms+elementwise bwd"};
+  std::vector<std::pair<std::string, double>> out;
+  for (int i = 0; i < kNumSections; ++i)
+    out.emplace_back(names[i], i == kLoss ? prof_host_ms_[kLoss] + prof_host_ms_[kLossLogits] + prof_host_ms_[kLossCE] +
+                                                prof_host_ms_[kLossDx]
+                                          : prof_host_ms_[i]);
+  out.emplace_back("loss: logits GEMMs", prof_host_ms_[kLossLogits]);
+  out.emplace_back("loss: gathers + cross-entropy", prof_host_ms_[kLoss] + prof_host_ms_[kLossCE]);
+  out.emplace_back("loss: dX GEMMs + scatters", prof_host_ms_[kLossDx]);
+  return out;
 }
 
 }  // namespace hdpissa::llama::gpu

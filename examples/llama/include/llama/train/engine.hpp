@@ -131,6 +131,10 @@ class TrainEngine {
   /// --profile (GPU): the loss section of profile() in its parts (they sum to its loss row), the
   /// same accumulation and exclusions; empty when the engine does not profile.
   [[nodiscard]] virtual std::vector<std::pair<std::string, double>> profile_loss_parts() { return {}; }
+  /// --profile (GPU): the host's milliseconds between the same section marks (profile()'s sections,
+  /// then the loss parts), the same accumulation and exclusions: a section whose host time exceeds
+  /// its GPU time kept the GPU waiting. Empty when the engine does not profile.
+  [[nodiscard]] virtual std::vector<std::pair<std::string, double>> profile_host() { return {}; }
   /// Zeroes the profile (the trainer drops the first step: cuBLAS heuristics, first allocations).
   virtual void reset_profile() {}
   /// --compute fp8 diagnostic (tests; waits): the number of targets whose FP8 copy differs from a

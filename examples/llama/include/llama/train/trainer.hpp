@@ -660,6 +660,14 @@ class Trainer {
       std::snprintf(line, sizeof line, "    %-38s %10.3f ms  (part of the loss row)\n", name.c_str(), per);
       table += line;
     }
+    // the host's time between the same marks: where it exceeds a section's GPU time, the GPU waited
+    std::string host;
+    for (const auto& [name, ms] : eng_->profile_host()) {
+      const double per = ms / double(steps);
+      j["host_ms"][name] = per;
+      host += cat(host.empty() ? "" : "; ", name, " ", fixed(per, 2));
+    }
+    if (!host.empty()) table += "  host time between the same marks, ms per step: " + host + "\n";
     say(table);
     return nlohmann::json::parse(j.dump());
   }
