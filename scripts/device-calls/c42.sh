@@ -1,7 +1,8 @@
 # call 42 (session 21, next/s21 at the commit in .devbin/COMMIT; c41's binaries had a stale engine
 # object — built from engine.hpp before the profile_host() virtual was added, a vtable mismatch that
 # failed the trainer's FP8 test and crashed --profile's report — rebuilt here from touched headers):
-# 1) the whole trainer suite and the FP8 library tests;
+# 1) the whole trainer suite and the CUDA library suite (new: AdapterLinear's shared-input forward
+#    and backward on bf16 against float64; MutedLinear::backward_shared with accumulate_gA = false);
 # 2) section profiles with the host's time between the marks: TinyLlama 8 x 512 (bare, HD-PiSSA K1,
 #    LoRA), TinyLlama 2 x 512 (bare, HD-PiSSA K1), LLaMA-2-7B 8 x 512 --compute fp8 (HD-PiSSA K1);
 # 3) TinyLlama 8 x 512 again against PEFT + compile (c40's PEFT, 46k tok/s, was 25 % under session
@@ -9,8 +10,7 @@
 # Run as: bash scripts/device-calls/c42.sh   (carry [".devpack", ".devdata"])
 source scripts/device-calls/common.sh
 O=/tmp/o42; mkdir -p $O
-run_suites $O hdpissa_cuda_train_tests:130
-ARGS="-tc=*fp8*" run_suites $O hdpissa_cuda_tests:60
+run_suites $O hdpissa_cuda_train_tests:130 hdpissa_cuda_tests:90
 grep -h -E "ERROR|FAILED" $O/suites/*.log | head -20
 prof() {  # NAME SHAPE MB GA CONFIGS [EXTRA] [BARE_ARGS]
   OUT=$O/$1 WORK=/tmp/tpw PREBUILT=$PWD/.devbin SHAPE=$2 MB=$3 GA=$4 STEPS=4 CONFIGS="$5" EXTRA="${6:-}" \

@@ -601,6 +601,150 @@ TEST_CASE("MutedLinear::backward_shared on bf16 (q, k, v reading one X): fp32 gr
     gpu.synchronize();
     CHECK(dense(gpu, CVb(dX[j].view())) == dense(gpu, CVb(ref.view())));
   }
+
+  // The trainer's call (DwuMethod::shared_backward): the gB_j added to their sums, the stacked gA
+  // written (accumulate_gA = false: one micro-batch's, added to each target's sum by the caller).
+  for (index_t j = 0; j < n; ++j) lins[std::size_t(j)].dX = MatrixView<bf>{};  // dX skipped
+  layer.backward_shared(CVb(X.view()), CVb(A.view()), std::span<const SI>(lins), gA.view(), /*accumulate=*/true,
+                        /*accumulate_gA=*/false);
+  gpu.synchronize();
+  std::vector<double> onceA(pA.size());
+  for (std::size_t i = 0; i < pA.size(); ++i) onceA[i] = alpha * pA[i];
+  CHECK(nmse(dense(g32, ConstMatrixView<float>(gA.view())), onceA) <= 1e-10);
+  for (index_t j = 0; j < n; ++j) {
+    CAPTURE(j);
+    const auto o = outs[j];
+    std::vector<float> uj(std::size_t(N * r));
+    for (index_t i = 0; i < N; ++i)
+      for (index_t c = 0; c < r; ++c) uj[std::size_t(i * r + c)] = uf[std::size_t(i * n * r + j * r + c)];
+    const auto pB = ref_gemm(Op::T, Op::N, hdY[j], o, uj, r, o, r, N);
+    std::vector<double> twiceB(pB.size());
+    for (std::size_t i = 0; i < pB.size(); ++i) twiceB[i] = gB0[j][i] + 2.0 * alpha * pB[i];
+    CHECK(nmse(dense(g32, ConstMatrixView<float>(gB[j].view())), twiceB) <= 1e-10);
+  }
+}
+
+TEST_CASE("AdapterLinear::forward_shared / backward_shared on bf16 (gate, up reading one X): against float64") {
+  using bf = __nv_bfloat16;
+  using CVb = ConstMatrixView<bf>;
+  CudaBackend<bf> gpu;
+  CudaBackend<float> g32;
+  const index_t N = 160, in = 64, r = 8, n = 2;
+  const index_t outs[n] = {112, 48};
+  const double alpha = 2.0;
+  auto up = [&](const std::vector<float>& h, index_t rows, index_t cols) {
+    auto m = gpu.make_matrix(rows, cols);
+    const auto b = to_bf16(h);
+    gpu.upload(b.data(), m.view());
+    return m;
+  };
+  const auto hX = bf16_rounded(random_host<float>(N, in, 160)), hA = bf16_rounded(random_host<float>(n * r, in, 161));
+  auto X = up(hX, N, in), A = up(hA, n * r, in);
+  std::vector<std::vector<float>> hW, hB, hdY, gB0;
+  std::vector<CudaBackend<bf>::matrix_type> W, B, dY, dX, Y;
+  std::vector<CudaBackend<float>::matrix_type> gB;
+  for (index_t j = 0; j < n; ++j) {
+    const auto o = outs[j];
+    const std::uint64_t sd = 170 + 10 * std::uint64_t(j);
+    hW.push_back(bf16_rounded(random_host<float>(o, in, sd)));
+    hB.push_back(bf16_rounded(random_host<float>(o, r, sd + 1)));
+    hdY.push_back(bf16_rounded(random_host<float>(N, o, sd + 2)));
+    gB0.push_back(random_host<float>(o, r, sd + 3));
+    W.push_back(up(hW.back(), o, in));
+    B.push_back(up(hB.back(), o, r));
+    dY.push_back(up(hdY.back(), N, o));
+    dX.push_back(gpu.make_matrix(N, in));
+    Y.push_back(gpu.make_matrix(N, o));
+    gB.push_back(g32.make_matrix(o, r));
+    g32.upload(gB0.back().data(), gB.back().view());
+  }
+  const auto gA0 = random_host<float>(n * r, in, 199);
+  auto gA = g32.make_matrix(n * r, in);
+  g32.upload(gA0.data(), gA.view());
+
+  AdapterLinear<CudaBackend<bf>> layer(gpu, alpha);
+  using AL = AdapterLinear<CudaBackend<bf>>;
+  layer.reserve_shared(N, n, r);
+  // forward: Y_j = X W_jᵀ + s (X A_jᵀ) B_jᵀ, U = X A_stackᵀ kept
+  auto U = gpu.make_matrix(N, n * r);
+  std::vector<AL::SharedForward> fw;
+  for (index_t j = 0; j < n; ++j) fw.push_back({CVb(W[j].view()), CVb(B[j].view()), Y[j].view()});
+  layer.forward_shared(CVb(X.view()), CVb(A.view()), std::span<const AL::SharedForward>(fw), U.view());
+  gpu.synchronize();
+  const auto ud = dense(gpu, CVb(U.view()));
+  const std::vector<float> uf(ud.begin(), ud.end());  // the layer's bf16 U: the reference's thin operand
+  CHECK(nmse(ud, ref_gemm(Op::N, Op::T, hX, in, hA, in, N, n * r, in)) <= 1e-4);  // one bf16 rounding
+  for (index_t j = 0; j < n; ++j) {
+    CAPTURE(j);
+    const auto o = outs[j];
+    std::vector<float> uj(std::size_t(N * r));
+    for (index_t i = 0; i < N; ++i)
+      for (index_t c = 0; c < r; ++c) uj[std::size_t(i * r + c)] = uf[std::size_t(i * n * r + j * r + c)];
+    auto want = ref_gemm(Op::N, Op::T, hX, in, hW[j], in, N, o, in);
+    const auto low = ref_gemm(Op::N, Op::T, uj, r, hB[j], r, N, o, r);
+    for (std::size_t i = 0; i < want.size(); ++i) want[i] += alpha * low[i];
+    CHECK(nmse(dense(gpu, CVb(Y[j].view())), want) <= 1e-4);  // bf16 Y (two roundings at most)
+  }
+
+  // backward with fp32 gradients, dX and the kept U; gA_stack and the gB_j added to their sums
+  using SB = AL::SharedBackward<float>;
+  std::vector<SB> bw;
+  for (index_t j = 0; j < n; ++j)
+    bw.push_back({CVb(W[j].view()), CVb(B[j].view()), CVb(dY[j].view()), dX[j].view(), gB[j].view()});
+  layer.backward_shared(CVb(X.view()), CVb(A.view()), std::span<const SB>(bw), gA.view(), /*accumulate=*/true,
+                        std::nullopt, CVb(U.view()));
+  gpu.synchronize();
+  // t_j = dY_j B_j as the layer's bf16 GEMMs (same shapes and leading dimensions)
+  auto t = gpu.make_matrix(N, n * r);
+  for (index_t j = 0; j < n; ++j)
+    gpu.gemm(Op::N, Op::N, 1.0f, CVb(dY[j].view()), CVb(B[j].view()), 0.0f, t.view().col_block(j * r, r));
+  gpu.synchronize();
+  const auto td = dense(gpu, CVb(t.view()));
+  const std::vector<float> tf(td.begin(), td.end());
+  const auto pA = ref_gemm(Op::T, Op::N, tf, n * r, hX, in, n * r, in, N);
+  std::vector<double> wantA(pA.size());
+  for (std::size_t i = 0; i < pA.size(); ++i) wantA[i] = gA0[i] + alpha * pA[i];
+  CHECK(nmse(dense(g32, ConstMatrixView<float>(gA.view())), wantA) <= 1e-10);
+  for (index_t j = 0; j < n; ++j) {
+    CAPTURE(j);
+    const auto o = outs[j];
+    std::vector<float> uj(std::size_t(N * r)), tj(std::size_t(N * r));
+    for (index_t i = 0; i < N; ++i)
+      for (index_t c = 0; c < r; ++c) {
+        uj[std::size_t(i * r + c)] = uf[std::size_t(i * n * r + j * r + c)];
+        tj[std::size_t(i * r + c)] = tf[std::size_t(i * n * r + j * r + c)];
+      }
+    const auto pB = ref_gemm(Op::T, Op::N, hdY[j], o, uj, r, o, r, N);
+    std::vector<double> wantB(pB.size());
+    for (std::size_t i = 0; i < pB.size(); ++i) wantB[i] = gB0[j][i] + alpha * pB[i];
+    CHECK(nmse(dense(g32, ConstMatrixView<float>(gB[j].view())), wantB) <= 1e-10);
+    // dX_j = dY_j W_j + s t_j A_j (bf16)
+    std::vector<float> Aj(hA.begin() + std::ptrdiff_t(j * r * in), hA.begin() + std::ptrdiff_t((j + 1) * r * in));
+    auto wantX = ref_gemm(Op::N, Op::N, hdY[j], o, hW[j], in, N, in, o);
+    const auto lowX = ref_gemm(Op::N, Op::N, tj, r, Aj, in, N, in, r);
+    for (std::size_t i = 0; i < wantX.size(); ++i) wantX[i] += alpha * lowX[i];
+    CHECK(nmse(dense(gpu, CVb(dX[j].view())), wantX) <= 1e-4);
+  }
+  // the gradients alone, overwritten (accumulate = false), U recomputed by the layer
+  for (auto& b : bw) b.dX = MatrixView<bf>{};
+  layer.backward_shared(CVb(X.view()), CVb(A.view()), std::span<const SB>(bw), gA.view(), /*accumulate=*/false);
+  gpu.synchronize();
+  std::vector<double> onceA(pA.size());
+  for (std::size_t i = 0; i < pA.size(); ++i) onceA[i] = alpha * pA[i];
+  CHECK(nmse(dense(g32, ConstMatrixView<float>(gA.view())), onceA) <= 1e-10);
+  for (index_t j = 0; j < n; ++j) {
+    CAPTURE(j);
+    const auto o = outs[j];
+    std::vector<float> uj(std::size_t(N * r));
+    for (index_t i = 0; i < N; ++i)
+      for (index_t c = 0; c < r; ++c) uj[std::size_t(i * r + c)] = uf[std::size_t(i * n * r + j * r + c)];
+    const auto pB = ref_gemm(Op::T, Op::N, hdY[j], o, uj, r, o, r, N);
+    std::vector<double> onceB(pB.size());
+    for (std::size_t i = 0; i < pB.size(); ++i) onceB[i] = alpha * pB[i];
+    // U recomputed in the layer's scratch (the forward's GEMM shape; a last-bit difference of a U
+    // element would give ≈ 1e-7): overwritten, not added to gB0 (that would give ≈ 1)
+    CHECK(nmse(dense(g32, ConstMatrixView<float>(gB[j].view())), onceB) <= 1e-6);
+  }
 }
 
 TEST_CASE("bf16 storage: gemm_f32 with an empty inner dimension fills (beta 0) or scales (beta 1) C") {
