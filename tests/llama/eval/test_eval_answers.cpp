@@ -64,6 +64,17 @@ TEST_CASE("GSM8K extractor: every reference solution of train and test yields it
   }
 }
 
+TEST_CASE("replace_all: left to right, never inside a replacement, exact values") {
+  CHECK(replace_all("1,234,567", ",", "") == "1234567");
+  CHECK(replace_all("aaa", "a", "aa") == "aaaaaa");    // the replacement contains the pattern
+  CHECK(replace_all("aaaa", "aa", "a") == "aa");       // non-overlapping matches
+  CHECK(replace_all("abcabc", "abc", "") == "");
+  CHECK(replace_all("x\\left(y\\right)", "\\left", "") == "x(y\\right)");
+  CHECK(replace_all("unchanged", "zz", "y") == "unchanged");
+  CHECK(replace_all("keep", "", "y") == "keep");       // an empty pattern replaces nothing
+  CHECK(replace_all("", "a", "b") == "");
+}
+
 TEST_CASE("GSM8K extractor: adversarial strings") {
   auto v = [](std::string_view s, bool fb = false) { return extract_gsm8k(s, fb); };
   CHECK(v("so #### 1,234,567")->value == 1234567);

@@ -20,14 +20,20 @@
 namespace hdpissa::llama::eval {
 
 /// Replace every occurrence of `from` in `s` by `to`.
+/// Left to right, never inside a replacement. (Built into a new string: GCC 12's -Wrestrict
+/// misfires on std::string::replace in place.)
 inline std::string replace_all(std::string s, std::string_view from, std::string_view to) {
   if (from.empty()) return s;
-  std::size_t p = 0;
-  while ((p = s.find(from, p)) != std::string::npos) {
-    s.replace(p, from.size(), to);
-    p += to.size();
+  std::string out;
+  out.reserve(s.size());
+  std::size_t p = 0, q = 0;
+  while ((q = s.find(from, p)) != std::string::npos) {
+    out.append(s, p, q - p);
+    out.append(to);
+    p = q + from.size();
   }
-  return s;
+  out.append(s, p, std::string::npos);
+  return out;
 }
 
 // ---------------------------------------------------------------------------------------------- GSM8K
