@@ -868,7 +868,8 @@ void CudaLlama<T>::loss_chunks(std::int64_t n_targets, bool backward, float loss
     // the host a cuBLAS heuristics query (and a kernel's first use a module load, which waits for
     // the GPU) in the middle of the step — 1-4 ms per TinyLlama micro-batch in the trainer, with the
     // GPU idle behind it (docs/throughput.md §000000000). Rows n..m of xc_ / dlogits_ hold zeros or an
-    // earlier chunk's rows (finite); their logits and dX rows are computed and never read.
+    // earlier chunk's rows; a GEMM's output row depends on its input row only, and the cross-entropy
+    // and the scatter read rows 0..n only, so whatever those rows hold never reaches a result.
     const std::int64_t m = std::min(chunk, (n + loss_row_align_ - 1) / loss_row_align_ * loss_row_align_);
     mark(kLossCE);
     kern::launch_gather_rows<T>(stream_, xnf_.get(), target_rows() + s0, xc_.get(), n, D);

@@ -658,14 +658,6 @@ inline hdpissa::WPrecision default_w_precision(const TrainOptions& o) {
                                                                         : hdpissa::WPrecision::Fp32Master;
 }
 
-/// Parses hdpissa-train's arguments (CLI11; llama/cli.hpp has the conventions). `help` is set
-/// (and nothing validated) for --help or --version, whose text goes to `out`. Unknown options
-/// and malformed values throw cli::UsageError naming the flag; bad combinations LlamaError.
-/// The GPU engine's measurement switches, checked with the command line (before any model is
-/// loaded): a value the engine would not understand is an error naming the variable, not a silent
-/// default. HDPISSA_FUSED_ADAPTER_GRADS: 0 or 1 (llama/cuda/adapter_grads.cuh); HDPISSA_LOSS_CHUNK_ROWS:
-/// a row count in [1, 65536]; HDPISSA_LOSS_ROW_ALIGN: [1, 1024] (the engine reads both again, with
-/// env_row_count, when it sizes the loss).
 /// The row-count environment variable `name` in [lo, hi]: nullopt when unset or empty; otherwise the
 /// value, or an error naming the variable, the range and what was found. The one parser of the GPU
 /// engine's row-count switches (check_engine_env validates them with the command line; the engine
@@ -684,6 +676,11 @@ inline std::optional<int> env_loss_chunk_rows() { return env_row_count("HDPISSA_
 /// HDPISSA_LOSS_ROW_ALIGN: the loss GEMMs' row multiple, [1, 1024] (CudaLlama::set_loss_row_align).
 inline std::optional<int> env_loss_row_align() { return env_row_count("HDPISSA_LOSS_ROW_ALIGN", 1, 1024); }
 
+/// The GPU engine's measurement switches, checked with the command line (before any model is
+/// loaded): a value the engine would not understand is an error naming the variable, not a silent
+/// default. HDPISSA_FUSED_ADAPTER_GRADS: 0 or 1 (llama/cuda/adapter_grads.cuh); HDPISSA_LOSS_CHUNK_ROWS:
+/// a row count in [1, 65536]; HDPISSA_LOSS_ROW_ALIGN: [1, 1024] (the engine reads both again, with
+/// env_row_count, when it sizes the loss).
 inline void check_engine_env() {
   if (const char* e = std::getenv("HDPISSA_FUSED_ADAPTER_GRADS"); e && *e && std::strcmp(e, "0") != 0 &&
                                                                   std::strcmp(e, "1") != 0)
@@ -692,6 +689,9 @@ inline void check_engine_env() {
   (void)env_loss_row_align();
 }
 
+/// Parses hdpissa-train's arguments (CLI11; llama/cli.hpp has the conventions). `help` is set
+/// (and nothing validated) for --help or --version, whose text goes to `out`. Unknown options
+/// and malformed values throw cli::UsageError naming the flag; bad combinations LlamaError.
 inline TrainOptions parse_train_args(const std::vector<std::string>& args, bool* help = nullptr,
                                      std::ostream& out = std::cout) {
   TrainOptions o;
