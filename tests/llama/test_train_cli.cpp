@@ -200,22 +200,26 @@ TEST_CASE("cli: --compute fp8 needs --device cuda --dtype bf16 and the exact mut
 
 TEST_CASE("cli: the GPU engine's environment switches are checked with the command line, naming the variable") {
   struct Restore {  // the variables as they were, whatever the checks do
-    std::string fused, chunk;
-    bool had_fused, had_chunk;
+    std::string fused, chunk, align;
+    bool had_fused, had_chunk, had_align;
     Restore() {
       const char* f = std::getenv("HDPISSA_FUSED_ADAPTER_GRADS");
       const char* c = std::getenv("HDPISSA_LOSS_CHUNK_ROWS");
-      had_fused = f != nullptr, had_chunk = c != nullptr;
-      fused = f ? f : "", chunk = c ? c : "";
+      const char* a = std::getenv("HDPISSA_LOSS_ROW_ALIGN");
+      had_fused = f != nullptr, had_chunk = c != nullptr, had_align = a != nullptr;
+      fused = f ? f : "", chunk = c ? c : "", align = a ? a : "";
     }
     ~Restore() {
       if (had_fused) ::setenv("HDPISSA_FUSED_ADAPTER_GRADS", fused.c_str(), 1);
       else ::unsetenv("HDPISSA_FUSED_ADAPTER_GRADS");
       if (had_chunk) ::setenv("HDPISSA_LOSS_CHUNK_ROWS", chunk.c_str(), 1);
       else ::unsetenv("HDPISSA_LOSS_CHUNK_ROWS");
+      if (had_align) ::setenv("HDPISSA_LOSS_ROW_ALIGN", align.c_str(), 1);
+      else ::unsetenv("HDPISSA_LOSS_ROW_ALIGN");
     }
   } restore;
   ::unsetenv("HDPISSA_LOSS_CHUNK_ROWS");
+  ::unsetenv("HDPISSA_LOSS_ROW_ALIGN");
   ::setenv("HDPISSA_FUSED_ADAPTER_GRADS", "yes", 1);
   CHECK(error_of(base({})) == "HDPISSA_FUSED_ADAPTER_GRADS: expected 0 or 1, found 'yes'");
   for (const char* ok : {"0", "1", ""}) {
@@ -230,5 +234,20 @@ TEST_CASE("cli: the GPU engine's environment switches are checked with the comma
   for (const char* ok : {"1", "512", "65536"}) {
     ::setenv("HDPISSA_LOSS_CHUNK_ROWS", ok, 1);
     CHECK(error_of(base({})) == "");
+    CHECK(env_loss_chunk_rows() == std::atoi(ok));  // the value the engine sizes the loss with
   }
+  ::unsetenv("HDPISSA_LOSS_CHUNK_ROWS");
+  CHECK_FALSE(env_loss_chunk_rows().has_value());
+  // HDPISSA_LOSS_ROW_ALIGN: the loss GEMMs' row multiple (GPU engine), the same parser
+  for (const char* bad : {"0", "1025", "128rows", "-1", " "}) {
+    ::setenv("HDPISSA_LOSS_ROW_ALIGN", bad, 1);
+    CHECK(error_of(base({})) == std::string("HDPISSA_LOSS_ROW_ALIGN: expected a row count in [1, 1024], found '") + bad + "'");
+  }
+  for (const char* ok : {"1", "128", "1024"}) {
+    ::setenv("HDPISSA_LOSS_ROW_ALIGN", ok, 1);
+    CHECK(error_of(base({})) == "");
+    CHECK(env_loss_row_align() == std::atoi(ok));
+  }
+  ::unsetenv("HDPISSA_LOSS_ROW_ALIGN");
+  CHECK_FALSE(env_loss_row_align().has_value());
 }

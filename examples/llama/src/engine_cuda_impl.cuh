@@ -75,6 +75,8 @@ class CudaEngine final : public MethodEngine<gpu::CudaDevice<T>> {
       throw LlamaError(cat("CUDA engine: expected K = ", g.groups, " groups over ", g.processes,
                            " process(es) (first group ", g.first_group, "), the device communicator has ",
                            comm_.groups(), " over ", comm_.size(), " (first group ", comm_.first_group(), ")"));
+    // HDPISSA_LOSS_ROW_ALIGN: the loss GEMMs' row multiple (A/B of the padded loss shapes; 1: exact)
+    if (const auto a = env_loss_row_align()) model_.set_loss_row_align(*a);
     // One stream carries every GEMM: the backends share the model's cuBLAS workspace.
     b32_.share_workspace(model_.cublas_workspace(), model_.cublas_workspace_bytes());
     if (bt_) bt_->share_workspace(model_.cublas_workspace(), model_.cublas_workspace_bytes());
@@ -255,13 +257,8 @@ class CudaEngine final : public MethodEngine<gpu::CudaDevice<T>> {
   /// in [1, 65536]; for measuring the chunk's speed against its memory, scripts/throughput.sh
   /// `+chunk<rows>`).
   static int loss_chunk_rows(int vocab) {
-    const char* e = std::getenv("HDPISSA_LOSS_CHUNK_ROWS");
-    if (!e || !*e) return gpu::CudaLlama<T>::default_loss_chunk_rows(vocab);
-    char* end = nullptr;
-    const long v = std::strtol(e, &end, 10);
-    if (*end != '\0' || v < 1 || v > 65536)
-      throw LlamaError(cat("HDPISSA_LOSS_CHUNK_ROWS: expected a row count in [1, 65536], found '", e, "'"));
-    return static_cast<int>(v);
+    if (const auto rows = env_loss_chunk_rows()) return *rows;
+    return gpu::CudaLlama<T>::default_loss_chunk_rows(vocab);
   }
   /// The GPU of this process: local rank mod visible GPUs (made current before anything is
   /// allocated). Refuses more processes on this host than GPUs.

@@ -190,6 +190,15 @@ class CudaLlama {
   /// loss part in the order of profile() then loss_parts(): where it exceeds the GPU time of a
   /// section, the GPU waited for the host there.
   std::vector<std::pair<std::string, double>> host_profile() const;
+  /// The loss GEMMs' row count is a chunk's target count rounded up to a multiple of `rows` (in
+  /// [1, 1024]; default 128): a bounded set of GEMM shapes (docs/throughput.md §000000000). 1: the
+  /// exact count (a new shape for almost every batch).
+  void set_loss_row_align(int rows) {
+    if (rows < 1 || rows > 1024)
+      throw LlamaError(cat("CudaLlama::set_loss_row_align: expected rows in [1, 1024], found ", rows));
+    loss_row_align_ = rows;
+  }
+  [[nodiscard]] int loss_row_align() const { return loss_row_align_; }
 
  private:
   using Buf = DeviceBuffer<T>;
@@ -227,6 +236,7 @@ class CudaLlama {
   void layer_forward(CudaHooks<T>& hooks, int l, const float* prev, const T* add, bool down);
   /// Loss over the staged targets; with `backward`, d xn_final (dxnf_) for loss_scale·mean.
   void loss_chunks(std::int64_t n_targets, bool backward, float loss_scale);
+  int loss_row_align_ = 128;  // set_loss_row_align
   /// Final norm → layer 0 through hooks.backward.
   void backward_layers(CudaHooks<T>& hooks);
   /// Copies the per-row losses back (the one sync) and sums them in double.
@@ -674,6 +684,11 @@ CudaLlama<T>::CudaLlama(const ModelWeights& host, int max_batch, int max_seq, cu
   logits_.reserve(C * V);
   if constexpr (!std::is_same_v<T, float>) dlogits_.reserve(C * V);
   dxchunk_.reserve(C * D);
+  // the loss GEMMs read up to loss_row_align_ - 1 rows past a chunk's targets: zeros until written
+  HDPISSA_CUDA_CHECK(cudaMemsetAsync(xc_.get(), 0, sizeof(T) * C * D, stream_));
+  HDPISSA_CUDA_CHECK(cudaMemsetAsync(logits_.get(), 0, sizeof(float) * C * V, stream_));
+  if constexpr (!std::is_same_v<T, float>)
+    HDPISSA_CUDA_CHECK(cudaMemsetAsync(dlogits_.get(), 0, sizeof(T) * C * V, stream_));
   row_loss_.reserve(N);
   ::hdpissa::memory::PartScope ints_part("model.scratch");
   ints_.reserve(3 * N + max_batch);
@@ -848,11 +863,19 @@ void CudaLlama<T>::loss_chunks(std::int64_t n_targets, bool backward, float loss
   const std::int64_t chunk = std::min<std::int64_t>(chunk_, ntok_max_);
   for (std::int64_t s0 = 0; s0 < n_targets; s0 += chunk) {
     const std::int64_t n = std::min(chunk, n_targets - s0);
+    // The two GEMMs run over m ≥ n rows: n rounded up to a multiple of loss_row_align_, capped at the
+    // chunk. The last chunk's target count changes with every batch, and each new GEMM shape costs
+    // the host a cuBLAS heuristics query (and a kernel's first use a module load, which waits for
+    // the GPU) in the middle of the step — 1-4 ms per TinyLlama micro-batch in the trainer, with the
+    // GPU idle behind it (docs/throughput.md §000000000). Rows n..m of xc_ / dlogits_ hold zeros or an
+    // earlier chunk's rows; a GEMM's output row depends on its input row only, and the cross-entropy
+    // and the scatter read rows 0..n only, so whatever those rows hold never reaches a result.
+    const std::int64_t m = std::min(chunk, (n + loss_row_align_ - 1) / loss_row_align_ * loss_row_align_);
     mark(kLossCE);
     kern::launch_gather_rows<T>(stream_, xnf_.get(), target_rows() + s0, xc_.get(), n, D);
-    // logits (n, V) = xc (n, D) · clsᵀ
+    // logits (m, V) = xc (m, D) · clsᵀ
     mark(kLossLogits);
-    gemm_rowmajor(cublas_.get(), CUBLAS_OP_N, CUBLAS_OP_T, n, V, D, 1.0f, xc_.get(), dt, D, cls_, dt, D, 0.0f,
+    gemm_rowmajor(cublas_.get(), CUBLAS_OP_N, CUBLAS_OP_T, m, V, D, 1.0f, xc_.get(), dt, D, cls_, dt, D, 0.0f,
                   logits_.get(), CUDA_R_32F, V);
     T* dl = nullptr;
     if (backward) {
@@ -863,8 +886,8 @@ void CudaLlama<T>::loss_chunks(std::int64_t n_targets, bool backward, float loss
     kern::launch_cross_entropy<T>(stream_, logits_.get(), target_ids() + s0, row_loss_.get() + s0, dl, coef, n, V);
     if (backward) {
       mark(kLossDx);
-      // dxc (n, D) = dlogits (n, V) · cls
-      gemm_rowmajor(cublas_.get(), CUBLAS_OP_N, CUBLAS_OP_N, n, D, V, 1.0f, dl, dt, V, cls_, dt, D, 0.0f,
+      // dxc (m, D) = dlogits (m, V) · cls (rows n..m unused)
+      gemm_rowmajor(cublas_.get(), CUBLAS_OP_N, CUBLAS_OP_N, m, D, V, 1.0f, dl, dt, V, cls_, dt, D, 0.0f,
                     dxchunk_.get(), CUDA_R_32F, D);
       kern::launch_scatter_rows(stream_, dxchunk_.get(), target_rows() + s0, dxnf_.get(), n, D);
     }

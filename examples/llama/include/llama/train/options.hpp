@@ -10,6 +10,7 @@
 #include <filesystem>
 #include <iostream>
 #include <iterator>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -444,6 +445,7 @@ inline void add_train_options(CLI::App& app, TrainOptions& o, CLI::Option** atte
       "  HDPISSA_FUSED_ADAPTER_GRADS  0|1: fused adapter-gradient kernels for the DWU methods (bf16, r 16; opt-in:\n"
       "                            faster only at narrow outputs, docs/trainer.md)\n"
       "  HDPISSA_LOSS_CHUNK_ROWS   rows of full-vocabulary logits per loss chunk (GPU; default: a 192 MiB budget)\n"
+      "  HDPISSA_LOSS_ROW_ALIGN    the loss GEMMs' row multiple (GPU; default 128: a few GEMM shapes; 1: exact)\n"
       "  HDPISSA_COMM_TIMEOUT_S    collective / rendezvous timeout of the multi-process paths (seconds)\n"
       "  RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT (torchrun, hdpissa-run) or SLURM_PROCID,\n"
       "  SLURM_NTASKS, SLURM_LOCALID (srun): one process of a multi-process run (docs/distributed.md)\n"
@@ -656,25 +658,40 @@ inline hdpissa::WPrecision default_w_precision(const TrainOptions& o) {
                                                                         : hdpissa::WPrecision::Fp32Master;
 }
 
-/// Parses hdpissa-train's arguments (CLI11; llama/cli.hpp has the conventions). `help` is set
-/// (and nothing validated) for --help or --version, whose text goes to `out`. Unknown options
-/// and malformed values throw cli::UsageError naming the flag; bad combinations LlamaError.
+/// The row-count environment variable `name` in [lo, hi]: nullopt when unset or empty; otherwise the
+/// value, or an error naming the variable, the range and what was found. The one parser of the GPU
+/// engine's row-count switches (check_engine_env validates them with the command line; the engine
+/// reads them with the same function when it sizes the loss).
+inline std::optional<int> env_row_count(const char* name, long lo, long hi) {
+  const char* e = std::getenv(name);
+  if (!e || !*e) return std::nullopt;
+  char* end = nullptr;
+  const long v = std::strtol(e, &end, 10);
+  if (end == e || *end != '\0' || v < lo || v > hi)
+    throw LlamaError(cat(name, ": expected a row count in [", lo, ", ", hi, "], found '", e, "'"));
+  return static_cast<int>(v);
+}
+/// HDPISSA_LOSS_CHUNK_ROWS: rows of full-vocabulary logits per loss chunk, [1, 65536].
+inline std::optional<int> env_loss_chunk_rows() { return env_row_count("HDPISSA_LOSS_CHUNK_ROWS", 1, 65536); }
+/// HDPISSA_LOSS_ROW_ALIGN: the loss GEMMs' row multiple, [1, 1024] (CudaLlama::set_loss_row_align).
+inline std::optional<int> env_loss_row_align() { return env_row_count("HDPISSA_LOSS_ROW_ALIGN", 1, 1024); }
+
 /// The GPU engine's measurement switches, checked with the command line (before any model is
 /// loaded): a value the engine would not understand is an error naming the variable, not a silent
 /// default. HDPISSA_FUSED_ADAPTER_GRADS: 0 or 1 (llama/cuda/adapter_grads.cuh); HDPISSA_LOSS_CHUNK_ROWS:
-/// a row count in [1, 65536] (the engine reads it again when it sizes the loss).
+/// a row count in [1, 65536]; HDPISSA_LOSS_ROW_ALIGN: [1, 1024] (the engine reads both again, with
+/// env_row_count, when it sizes the loss).
 inline void check_engine_env() {
   if (const char* e = std::getenv("HDPISSA_FUSED_ADAPTER_GRADS"); e && *e && std::strcmp(e, "0") != 0 &&
                                                                   std::strcmp(e, "1") != 0)
     throw LlamaError(cat("HDPISSA_FUSED_ADAPTER_GRADS: expected 0 or 1, found '", e, "'"));
-  if (const char* e = std::getenv("HDPISSA_LOSS_CHUNK_ROWS"); e && *e) {
-    char* end = nullptr;
-    const long v = std::strtol(e, &end, 10);
-    if (end == e || *end != '\0' || v < 1 || v > 65536)
-      throw LlamaError(cat("HDPISSA_LOSS_CHUNK_ROWS: expected a row count in [1, 65536], found '", e, "'"));
-  }
+  (void)env_loss_chunk_rows();
+  (void)env_loss_row_align();
 }
 
+/// Parses hdpissa-train's arguments (CLI11; llama/cli.hpp has the conventions). `help` is set
+/// (and nothing validated) for --help or --version, whose text goes to `out`. Unknown options
+/// and malformed values throw cli::UsageError naming the flag; bad combinations LlamaError.
 inline TrainOptions parse_train_args(const std::vector<std::string>& args, bool* help = nullptr,
                                      std::ostream& out = std::cout) {
   TrainOptions o;
