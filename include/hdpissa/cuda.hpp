@@ -10,4 +10,5 @@
 #include "hdpissa/backend/cuda/kernels.cuh"
 #include "hdpissa/backend/cuda/cuda_backend.hpp"
 #include "hdpissa/backend/cuda/dwu_kernels.hpp"
+#include "hdpissa/backend/cuda/convert_batch.hpp"
 #include "hdpissa/backend/cuda/cuda_single_process.hpp"

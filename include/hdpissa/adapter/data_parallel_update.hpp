@@ -12,6 +12,11 @@
 /// rule (DwuKernels<B>::apply_w_storage: the same elementwise function as the DWU's, a host loop or
 /// one CUDA kernel); set_w_apply(fn) hands each parameter's Δ to the caller instead (the CPU
 /// trainer's reference path: fp32 tensors holding bf16 values).
+///
+/// Where the backend's DwuKernels offer an in-place multi-tensor Adam (InPlaceAdamKernels:
+/// CudaBackend's with fused_update on) and the optimizer is Adam-family, the step of every fp32
+/// parameter runs in one launch instead of an Adam pass and an axpy per parameter, with the same
+/// bits (kBatchedAdam; a bf16 storage, an external apply or unequal step counts take the loop).
 
 #include <algorithm>
 #include <cstdint>
@@ -26,6 +31,7 @@
 #include "hdpissa/core/dwu_kernels.hpp"
 #include "hdpissa/core/memory_ledger.hpp"
 #include "hdpissa/core/w_precision.hpp"
+#include "hdpissa/optim/adam.hpp"
 
 namespace hdpissa {
 
@@ -41,6 +47,9 @@ class DataParallelUpdate {
   using V = MatrixView<S>;
   using CV = ConstMatrixView<S>;
   using opt_state = typename Opt::template state<B>;
+  /// One multi-tensor launch applies every parameter's Adam step (see the file comment); each step
+  /// can still decline at run time (fused_update off, a bf16 storage, an external apply).
+  static constexpr bool kBatchedAdam = InPlaceAdamKernels<DwuKernels<B>, B> && AdamFamily<Opt, B>;
 
   DataParallelUpdate(B& b, C& comm, Opt opt = {}, UpdateOptions options = {})
       : b_(&b), comm_(&comm), opt_(std::move(opt)), options_(options), flag_(b.make_matrix(1, 1)) {}
@@ -95,6 +104,8 @@ class DataParallelUpdate {
     }
     memory::PartScope part("dp.scratch");
     delta_ = b_->make_matrix(1, index_t(max_size()));
+    if constexpr (kBatchedAdam)
+      if (!kernels_) kernels_.emplace(*b_);
     finalized_ = true;
   }
   /// Gradient of parameter i for local group lg, shaped like the parameter.
@@ -134,6 +145,13 @@ class DataParallelUpdate {
         throw NumericError(cat("DataParallelUpdate step ", steps_ + 1, ": ", why,
                                " (set NonFinitePolicy::SkipStep to skip such steps)"));
       return StepReport{true, steps_, why};
+    }
+    if constexpr (kBatchedAdam) {
+      if (batched_adam_step(lr)) {
+        ++steps_;
+        ++w_step_;
+        return StepReport{false, steps_, {}};
+      }
     }
     for (std::size_t i = 0; i < params_.size(); ++i) {
       Param& p = params_[i];
@@ -185,6 +203,34 @@ class DataParallelUpdate {
     if constexpr (requires { opt_.config().weight_decay; }) return opt_.config().weight_decay != 0;
     else return true;
   }
+  /// The whole step in one multi-tensor launch: p ← p − delta for every parameter (kBatchedAdam),
+  /// when the fused kernels are on, every parameter is an fp32 one updated in place and every state
+  /// is at the same step (one AdamArgs). False, with nothing touched, otherwise.
+  bool batched_adam_step(double lr) {
+    if (w_apply_ || !kernels_ || !kernels_->enabled()) return false;
+    const long s0 = params_.front().st.step;
+    bool same_moments = batch_moments_.size() == 2 * params_.size();
+    for (std::size_t i = 0; i < params_.size(); ++i) {
+      const Param& p = params_[i];
+      if (p.bf16_w || p.st.step != s0) return false;
+      same_moments = same_moments && batch_moments_[2 * i] == p.st.m.view().data &&
+                     batch_moments_[2 * i + 1] == p.st.v.view().data;
+    }
+    if (!same_moments) {  // first step, or a state's moments were replaced (restore)
+      std::vector<AdamTensor<S>> ts;
+      batch_moments_.clear();
+      for (std::size_t i = 0; i < params_.size(); ++i) {
+        Param& p = params_[i];
+        ts.push_back({CV(p.value), CV(grad(i, 0)), p.st.m.view(), p.st.v.view(), p.value});
+        batch_moments_.push_back(p.st.m.view().data);
+        batch_moments_.push_back(p.st.v.view().data);
+      }
+      adam_batch_ = kernels_->make_adam_batch(ts, /*apply_in_place=*/true);
+    }
+    AdamArgs a;
+    for (auto& p : params_) a = opt_.step_args(p.st, lr);
+    return kernels_->adam_step(a, adam_batch_);
+  }
   std::size_t max_size() const {
     std::size_t m = 0;
     for (auto& p : params_) m = std::max(m, std::size_t(p.value.size()));
@@ -199,7 +245,9 @@ class DataParallelUpdate {
   std::vector<typename B::matrix_type> grads_;
   typename B::matrix_type delta_;
   typename B::matrix_type param_;                // fp32 widening of a bf16 storage (weight decay; first use)
-  std::optional<DwuKernels<B>> kernels_;         // the policy's apply (first set_w_storage)
+  std::optional<DwuKernels<B>> kernels_;         // the policy's apply (first set_w_storage), the batched Adam
+  typename detail::adam_batch_of<DwuKernels<B>, B>::type adam_batch_{};  // kBatchedAdam's table
+  std::vector<const S*> batch_moments_;          // the moments it was built for (m, v per parameter)
   WApply w_apply_;
   std::size_t total_ = 0;
   bool finalized_ = false;

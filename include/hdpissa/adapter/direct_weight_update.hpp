@@ -48,16 +48,6 @@
 
 namespace hdpissa {
 
-namespace detail {
-struct NoAdamBatch {};
-/// The kernels' multi-tensor Adam table type (fused kernels only).
-template <class K, class B>
-struct adam_batch_of { using type = NoAdamBatch; };
-template <class K, class B>
-  requires FusedDwuKernels<K, B>
-struct adam_batch_of<K, B> { using type = typename K::adam_batch_type; };
-}  // namespace detail
-
 /// HD-PiSSA's Direct Weight Update over backend B, optimizer Opt and communicator C.
 template <TensorBackend B, class Opt, Communicator C, class Aggregation = SumAggregation>
   requires Optimizer<Opt, B>

@@ -180,4 +180,25 @@ concept FusedDwuKernels = DwuKernelSet<K, B> &&
       { k.apply_fused(A, d, alpha, R, R) } -> std::same_as<bool>;
     };
 
+/// \concept InPlaceAdamKernels
+/// FusedDwuKernels whose multi-tensor Adam table can also apply the step in place
+/// (`k.make_adam_batch(ts, true)`: each tensor's `delta` view receives param − delta, bit for bit
+/// adam_delta followed by the backend's axpy(−1, delta, param)). DataParallelUpdate's batched step
+/// (one launch for every parameter) needs it.
+template <class K, class B>
+concept InPlaceAdamKernels = FusedDwuKernels<K, B> &&
+    requires(K& k, const std::vector<AdamTensor<typename B::scalar_type>>& ts) {
+      { k.make_adam_batch(ts, true) } -> std::same_as<typename K::adam_batch_type>;
+    };
+
+namespace detail {
+struct NoAdamBatch {};
+/// The kernels' multi-tensor Adam table type (fused kernels only; NoAdamBatch otherwise).
+template <class K, class B>
+struct adam_batch_of { using type = NoAdamBatch; };
+template <class K, class B>
+  requires FusedDwuKernels<K, B>
+struct adam_batch_of<K, B> { using type = typename K::adam_batch_type; };
+}  // namespace detail
+
 }  // namespace hdpissa

@@ -38,8 +38,22 @@ struct AdamTensorDesc {
   void* v;
   void* d;
   index_t rows, cols, ldp, ldg, ldm, ldv, ldd;
-  int flat = 0;  ///< g, m, v, d dense (ld = cols or one row): element idx is at offset idx
+  int flat = 0;   ///< g, m, v, d dense (ld = cols or one row): element idx is at offset idx
+  int apply = 0;  ///< d ← p − delta (d may be p itself: the step applied in place), not d ← delta
 };
+/// One element of a multi-tensor Adam pass: d ← delta, or (apply) d ← p + (−1)·delta, the
+/// backend's axpy(−1, delta, p) formula on the delta rounded to T, so the bits equal adam_delta
+/// followed by that axpy. p is read before d is written (d may alias p).
+template <class T>
+__device__ __forceinline__ void adam_multi_element(const AdamElement<cuda_compute_t<T>>& f, bool apply, T& d, T& m,
+                                                   T& v, const T& g, const T& p) {
+  using C = cuda_compute_t<T>;
+  if (!apply) return f(d, m, v, g, p);
+  const T pv = p;
+  T delta;
+  f(delta, m, v, g, pv);
+  d = store<T>(load<C>(pv) + C(-1) * load<C>(delta));
+}
 /// Multi-tensor Adam: blockIdx.y picks the tensor, blockIdx.x strides over its elements; the
 /// element math is the AdamElement functor, so every tensor gets the bits adam_delta gives.
 template <class T>
@@ -50,15 +64,20 @@ __global__ void adam_multi_kernel(AdamElement<cuda_compute_t<T>> f, const AdamTe
   T* m = static_cast<T*>(t.m);
   T* v = static_cast<T*>(t.v);
   T* d = static_cast<T*>(t.d);
+  const bool apply = t.apply != 0;
   const index_t n = t.rows * t.cols;
-  if (t.flat && (f.lr_wd == cuda_compute_t<T>(0) || t.rows == 1 || t.ldp == t.cols)) {  // no index division
+  // p is read at the flat offset when it is dense too, or when it is never read (no weight decay
+  // and not applied)
+  const bool p_flat = t.rows == 1 || t.ldp == t.cols || (!apply && f.lr_wd == cuda_compute_t<T>(0));
+  if (t.flat && p_flat) {  // no index division
     for (index_t idx = index_t(blockIdx.x) * blockDim.x + threadIdx.x; idx < n; idx += index_t(gridDim.x) * blockDim.x)
-      f(d[idx], m[idx], v[idx], g[idx], p[idx]);
+      adam_multi_element<T>(f, apply, d[idx], m[idx], v[idx], g[idx], p[idx]);
     return;
   }
   for (index_t idx = index_t(blockIdx.x) * blockDim.x + threadIdx.x; idx < n; idx += index_t(gridDim.x) * blockDim.x) {
     const index_t i = idx / t.cols, j = idx - i * t.cols;
-    f(d[i * t.ldd + j], m[i * t.ldm + j], v[i * t.ldv + j], g[i * t.ldg + j], p[i * t.ldp + j]);
+    adam_multi_element<T>(f, apply, d[i * t.ldd + j], m[i * t.ldm + j], v[i * t.ldv + j], g[i * t.ldg + j],
+                          p[i * t.ldp + j]);
   }
 }
 /// `tensors` is a device array of `count` descriptors; max_elems sizes the x-grid.
@@ -270,8 +289,10 @@ class DwuKernels<CudaBackend<S>> : public DwuGenericKernels<CudaBackend<S>> {
   }
 
   /// Uploads the descriptor table of a multi-tensor Adam pass (setup: allocates and waits). Every
-  /// tensor's param, m, v, delta have the grad's shape.
-  AdamBatch make_adam_batch(const std::vector<AdamTensor<S>>& ts) {
+  /// tensor's param, m, v, delta have the grad's shape. `apply_in_place`: each tensor's `delta` view
+  /// receives param − delta instead of delta (it may be the param itself: the step applied in place,
+  /// DataParallelUpdate's p ← p − delta, bit for bit adam_delta then axpy(−1)).
+  AdamBatch make_adam_batch(const std::vector<AdamTensor<S>>& ts, bool apply_in_place = false) {
     auto& b = this->backend();
     std::vector<cuda_kernels::AdamTensorDesc> h;
     h.reserve(ts.size());
@@ -288,6 +309,7 @@ class DwuKernels<CudaBackend<S>> : public DwuGenericKernels<CudaBackend<S>> {
                    index_t(cuda_detail::ld_of(t.delta))});
       const auto dense = [](const auto& v) { return v.rows <= 1 || v.ld == v.cols; };
       h.back().flat = dense(t.grad) && dense(t.m) && dense(t.v) && dense(t.delta) ? 1 : 0;
+      h.back().apply = apply_in_place ? 1 : 0;
       out.max_elems_ = std::max(out.max_elems_, t.grad.size());
     }
     out.count_ = int(h.size());

@@ -66,6 +66,13 @@ struct CudaDevice {
   using adapter_grads = std::conditional_t<std::is_same_v<T, __nv_bfloat16>, FusedAdapterGrads, void>;
 
   static void to_compute(master_backend& b, ConstMatrixView<float> src, MatrixView<T> dst) { b.convert(src, dst); }
+  /// Many to_compute conversions in one launch (hdpissa::CudaConvertBatch; the same bits as one
+  /// to_compute per pair), on the master backend's stream: built once over fixed buffers, run per step.
+  using compute_batch = hdpissa::CudaConvertBatch<float, T>;
+  static compute_batch make_compute_batch(master_backend& b, const std::vector<typename compute_batch::Pair>& pairs) {
+    return compute_batch(pairs, b.stream());
+  }
+  static void run_compute_batch(master_backend& b, const compute_batch& c) { c.run(b.stream()); }
   static void accumulate(master_backend& b, ConstMatrixView<T> src, MatrixView<float> dst) {
     if constexpr (std::is_same_v<T, __nv_bfloat16>) launch_add_bf16_into_f32(b.stream(), src, dst);
     else b.axpy(1.0f, src, dst);

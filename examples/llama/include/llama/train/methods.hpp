@@ -603,6 +603,18 @@ class TrainMethod {
 };
 
 namespace detail {
+/// A device policy's batch of compute-copy conversions (CudaDevice::compute_batch), or an empty
+/// placeholder where the policy has none (fp32 compute: no compute copies).
+struct NoComputeBatch {};
+template <class Dev>
+struct compute_batch_of {
+  using type = NoComputeBatch;
+};
+template <class Dev>
+  requires requires { typename Dev::compute_batch; }
+struct compute_batch_of<Dev> {
+  using type = typename Dev::compute_batch;
+};
 inline hdpissa::Adam make_adam(const TrainOptions& o) {
   return hdpissa::Adam(hdpissa::AdamConfig{0.9, 0.999, 1e-8, o.weight_decay});
 }
@@ -1129,14 +1141,15 @@ class AdapterMethod final : public TrainMethod<Dev> {
     hdpissa::memory::PartScope cp("adapter.compute-copies");
     this->make_copies(cc_, sets_, 0);  // no gradient scratch: the gradient GEMMs write the fp32 sums
     make_stacks();
+    make_copy_batch();
   }
 
   void zero_grad() override { upd_.zero_grad(); }
   hdpissa::StepReport step(double lr) override {
     const auto rep = upd_.step(lr);
     if (!rep.skipped) {
-      this->refresh_copies(cc_, sets_);
-      fill_stacks();  // A trains: the stacked copies follow every step
+      // A and B train: their compute copies and the stacked A copies follow every step
+      if constexpr (kMixed) Dev::run_compute_batch(*this->bm_, copy_batch_);
     }
     return rep;
   }
@@ -1349,6 +1362,22 @@ class AdapterMethod final : public TrainMethod<Dev> {
       fill_stacks();
     }
   }
+  /// Every step's conversions in one table (bf16 compute): A_i, B_i → their compute copies and each
+  /// stacked member's A → its rows of the stack, straight from the fp32 factor (the same bits as
+  /// refresh_copies + fill_stacks: a bf16 copy is exact). The buffers are fixed from here on.
+  void make_copy_batch() {
+    if constexpr (kMixed) {
+      std::vector<typename Dev::compute_batch::Pair> pairs;
+      for (std::size_t i = 0; i < sets_.size(); ++i) {
+        pairs.emplace_back(Base::factor_view(sets_[i].A), cc_.A[i].view());
+        pairs.emplace_back(Base::factor_view(sets_[i].B), cc_.B[i].view());
+      }
+      for (auto& st : stacks_)
+        for (std::size_t j = 0; j < st.n; ++j)
+          pairs.emplace_back(Base::factor_view(sets_[st.slots[j]].A), st.A.view().row_block(index_t(j) * st.r, st.r));
+      copy_batch_ = Dev::make_compute_batch(*this->bm_, pairs);
+    }
+  }
   /// The stacked A copies ← the compute copies of A.
   void fill_stacks() {
     for (auto& st : stacks_)
@@ -1405,6 +1434,7 @@ class AdapterMethod final : public TrainMethod<Dev> {
   std::vector<Stack> stacks_;       // shared-input groups (forward_shared / backward_shared)
   std::vector<int> stack_of_;       // per target: its stack, or -1
   typename Bm::matrix_type ga_stack_{};  // their stacked fp32 gA (one micro-batch's)
+  typename detail::compute_batch_of<Dev>::type copy_batch_{};  // step()'s conversions (make_copy_batch)
 };
 
 /// Full fine-tuning of the target linears, data-parallel. Under a bf16 W-precision policy
