@@ -236,6 +236,45 @@ TEST_CASE("data: micro-batches are right-padded and a saved position resumes exa
   LLAMA_CHECK_THROWS_WITH_ALL(e.seek({0, 99}), "index", "99");
 }
 
+TEST_CASE("data: --pad-to-multiple rounds each micro-batch's length up (capped at max_len), same tokens and labels") {
+  const auto data = numbered(11);  // lengths 2..6
+  for (const int m : {1, 4, 8}) {
+    CAPTURE(m);
+    LoaderOptions o;
+    o.micro_batch = 3;
+    o.seed = 5;
+    o.pad_multiple = m;
+    o.max_len = 7;  // caps the rounding to 8
+    LoaderOptions plain = o;
+    plain.pad_multiple = 1;
+    DataLoader dl(data, o), ref(data, plain);
+    for (int k = 0; k < 6; ++k) {  // two epochs' worth
+      const Batch b = dl.next(), r = ref.next();
+      b.validate();
+      CHECK(b.example_ids == r.example_ids);
+      CHECK(b.lengths == r.lengths);
+      const int want = m == 1 ? r.seq_len : std::min((r.seq_len + m - 1) / m * m, 7);
+      CHECK(b.seq_len == want);
+      CHECK(b.seq_len >= r.seq_len);
+      for (int row = 0; row < b.batch_size; ++row)
+        for (int t = 0; t < b.seq_len; ++t) {
+          const auto i = std::size_t(row) * std::size_t(b.seq_len) + std::size_t(t);
+          if (t < r.seq_len) {
+            const auto j = std::size_t(row) * std::size_t(r.seq_len) + std::size_t(t);
+            CHECK(b.input_ids[i] == r.input_ids[j]);
+            CHECK(b.labels[i] == r.labels[j]);
+          } else {  // the extra padding: pad id, never a target
+            CHECK(b.input_ids[i] == o.pad_id);
+            CHECK(b.labels[i] == kIgnoreIndex);
+          }
+        }
+    }
+  }
+  LoaderOptions bad;
+  bad.pad_multiple = 0;
+  LLAMA_CHECK_THROWS_WITH_ALL(DataLoader(data, bad), "pad_multiple", "0");
+}
+
 // ---------------------------------------------------------------- data formats (data_formats.hpp)
 #include "llama/data_formats.hpp"
 

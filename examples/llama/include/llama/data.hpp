@@ -268,6 +268,9 @@ struct LoaderOptions {
                               ///< (keeps groups in lock-step); false: shards cover everything
   bool drop_last = false;     ///< drop a final micro-batch smaller than micro_batch
   std::int32_t pad_id = 0;    ///< token used for right padding (label -100, never attended)
+  int pad_multiple = 1;       ///< a micro-batch's length: its longest example rounded up to a multiple
+                              ///< of this (fewer distinct shapes for the GPU's GEMMs), capped at max_len
+  int max_len = 0;            ///< the cap of that rounding (0: none); never below the longest example
 };
 
 /// Iterates micro-batches of one shard. Per epoch e the global order is
@@ -280,6 +283,8 @@ class DataLoader {
       : data_(std::move(data)), opt_(opt) {
     if (!data_ || data_->empty()) throw LlamaError("DataLoader: expected a non-empty data set, found none");
     if (opt_.micro_batch < 1) throw LlamaError(cat("DataLoader: expected micro_batch >= 1, found ", opt_.micro_batch));
+    if (opt_.pad_multiple < 1)
+      throw LlamaError(cat("DataLoader: expected pad_multiple >= 1, found ", opt_.pad_multiple));
     if (opt_.num_shards < 1 || opt_.shard_index < 0 || opt_.shard_index >= opt_.num_shards)
       throw LlamaError(cat("DataLoader: expected 0 <= shard_index < num_shards, found shard_index ", opt_.shard_index,
                            " and num_shards ", opt_.num_shards));
@@ -337,6 +342,11 @@ class DataLoader {
     for (std::int64_t i = 0; i < count; ++i) b.example_ids.push_back(order_[pos_.index + i]);
     int len = 0;
     for (auto id : b.example_ids) len = std::max<int>(len, static_cast<int>((*data_)[id].input_ids.size()));
+    if (opt_.pad_multiple > 1) {  // right padding up to the multiple (capped at max_len, never below len)
+      int padded = (len + opt_.pad_multiple - 1) / opt_.pad_multiple * opt_.pad_multiple;
+      if (opt_.max_len > 0) padded = std::min(padded, std::max(opt_.max_len, len));
+      len = padded;
+    }
     b.seq_len = len;
     b.input_ids.assign(static_cast<std::size_t>(count) * len, opt_.pad_id);
     b.labels.assign(static_cast<std::size_t>(count) * len, kIgnoreIndex);

@@ -145,6 +145,7 @@ struct TrainOptions {
   int grad_accum = 1;
   int micro_batch = 1;
   int max_len = 512;
+  int pad_to_multiple = 1;         ///< --pad-to-multiple: micro-batch lengths rounded up to multiples of N
   int epochs = 1;
   long max_steps = -1;             ///< > 0 overrides epochs
   long max_examples = -1;          ///< use only the first N training examples (> 0)
@@ -312,6 +313,7 @@ inline nlohmann::json TrainOptions::to_json() const {
           {"grad_accum", grad_accum},
           {"micro_batch", micro_batch},
           {"max_len", max_len},
+          {"pad_to_multiple", pad_to_multiple},
           {"epochs", epochs},
           {"max_steps", max_steps},
           {"seed", seed},
@@ -392,6 +394,7 @@ inline void TrainOptions::validate() const {
   need(grad_accum >= 1, cat("--grad-accum: expected >= 1, found ", grad_accum));
   need(micro_batch >= 1, cat("--micro-batch: expected >= 1, found ", micro_batch));
   need(max_len >= 2, cat("--max-len: expected >= 2, found ", max_len));
+  need(pad_to_multiple >= 1, cat("--pad-to-multiple: expected >= 1, found ", pad_to_multiple));
   need(epochs >= 1, cat("--epochs: expected >= 1, found ", epochs));
   need(max_steps == -1 || max_steps >= 1, cat("--max-steps: expected >= 1, found ", max_steps));
   need(max_examples == -1 || max_examples >= 1, cat("--max-examples: expected >= 1, found ", max_examples));
@@ -585,6 +588,11 @@ inline void add_train_options(CLI::App& app, TrainOptions& o, CLI::Option** atte
   app.add_option("--micro-batch,--per-device-train-batch-size", o.micro_batch, "sequences per micro-batch (default 1)")
       ->group(op)->type_name("N");
   app.add_option("--max-len,--max-seq-length", o.max_len, "truncate sequences to N tokens (default 512)")->group(op)->type_name("N");
+  app.add_option("--pad-to-multiple", o.pad_to_multiple,
+                 "pad each micro-batch to a multiple of N tokens, at most --max-len (default 1: its longest "
+                 "example); fewer distinct shapes for the GPU")
+      ->group(op)
+      ->type_name("N");
   app.add_option("--epochs,--num-train-epochs", o.epochs, "epochs over each group's shard (default 1)")->group(op)->type_name("N");
   app.add_option("--max-steps", o.max_steps, "optimizer steps (overrides --epochs)")->group(op)->type_name("N");
   cli::add_parsed(app, "--seed", "--seed", o.seed,
@@ -736,6 +744,7 @@ inline nlohmann::json trajectory_config(const TrainOptions& o, int processes) {
           {"grad_accum", o.grad_accum},
           {"micro_batch", o.micro_batch},
           {"max_len", o.max_len},
+          {"pad_to_multiple", o.pad_to_multiple},
           {"epochs", o.epochs},
           {"max_steps", o.max_steps},
           {"max_examples", o.max_examples},

@@ -942,6 +942,8 @@ class Trainer {
       LoaderOptions lo;
       lo.micro_batch = o_.micro_batch;
       lo.seed = o_.seed;
+      lo.pad_multiple = o_.pad_to_multiple;
+      lo.max_len = o_.max_len;
       lo.num_shards = comm_->groups();
       lo.shard_index = comm_->first_group() + lg;
       loaders_.emplace_back(data_, lo);
@@ -964,6 +966,8 @@ class Trainer {
         const auto s = saved_config.find(it.key());
         // states written before w_precision was recorded were fp32-master runs
         if (s == saved_config.end() && it.key() == "w_precision" && it.value() == "fp32-master") continue;
+        // ... and before pad_to_multiple was recorded, unpadded (1)
+        if (s == saved_config.end() && it.key() == "pad_to_multiple" && it.value() == 1) continue;
         if (s == saved_config.end() || *s != it.value()) {
           // the W policy's default depends on device and dtype: say how to keep the saved one
           const std::string hint =
@@ -1072,6 +1076,8 @@ class Trainer {
       LoaderOptions lo;
       lo.micro_batch = o_.micro_batch;
       lo.shuffle = false;
+      lo.pad_multiple = o_.pad_to_multiple;
+      lo.max_len = o_.max_len;
       DataLoader dl(tev, lo);
       for (std::int64_t i = 0; i < dl.batches_per_epoch(); ++i) eval_batches_.push_back(dl.next());
     }
