@@ -968,6 +968,37 @@ TEST_CASE("--compute fp8: losses and dW track bf16, FP8 copies follow W, notes a
     CHECK_NOTHROW((void)rf.t->engine().generate({1, 2, 3}, g));
   }
 
+  // a DWU method under a bf16 W policy (the CLI's default for hdpissa on bf16): the DWU kernels keep
+  // each FP8 target's max |W| (Bf16WStorage::amax) and the refresh skips its amax pass; every copy,
+  // amax and scale must still equal a fresh quantisation of the live W (fp8_stale_targets, bytes and
+  // scales compared exactly), after every step of a run and after the last
+  for (const hdpissa::WPrecision wp : {hdpissa::WPrecision::Bf16StochasticRounding, hdpissa::WPrecision::Bf16Compensated})
+    for (const char* method : {"hdpissa", "lora-dwu"}) {
+      INFO("method ", std::string(method), ", ", hdpissa::w_precision_name(wp));
+      TrainOptions o = base_options(method, "fp8-amax");
+      o.device = Device::Cuda;
+      o.dtype = ComputeDtype::Bf16;
+      o.compute = ComputeKind::Fp8;
+      o.w_precision = wp;
+      o.max_steps = 4;
+      Run r(o);
+      CHECK(r.t->engine().info().description.find("W amax kept by the update's kernels") != std::string::npos);
+      const auto stale = r.t->engine().fp8_stale_targets();
+      REQUIRE(stale.has_value());
+      CHECK(*stale == 0);
+      for (double l : step_losses(o.metrics)) CHECK(std::isfinite(l));
+    }
+  {  // fp32 masters (no bf16 storage): the refresh keeps its amax passes
+    TrainOptions o = base_options("hdpissa", "fp8-amax-fp32");
+    o.device = Device::Cuda;
+    o.dtype = ComputeDtype::Bf16;
+    o.compute = ComputeKind::Fp8;
+    o.max_steps = 2;
+    Run r(o);
+    CHECK(r.t->engine().info().description.find("W amax kept") == std::string::npos);
+    CHECK(*r.t->engine().fp8_stale_targets() == 0);
+  }
+
   // every target FP8-able: + 2 bytes per parameter
   ModelConfig c = base.config;
   c.dim = 1024, c.hidden_dim = 2816, c.n_layers = 2, c.n_heads = 8, c.n_kv_heads = 8, c.head_dim = 128;

@@ -230,6 +230,26 @@ inline void launch_apply_w_storage(cudaStream_t s, const float* D, index_t ldd, 
   apply_w_storage_kernel<><<<grid_for(rows * cols), kThreads, 0, s>>>(D, ldd, rows, cols, w, sign);
   HDPISSA_CUDA_CHECK_LAUNCH("apply_w_storage_kernel");
 }
+/// *w.amax ← max(*w.amax, max |w|) over the storage's (rows, cols) W by the bits (Bf16WStorage::amax),
+/// one atomicMax per warp: the pass for the apply paths whose kernels do not keep the maximum.
+template <int = 0>
+__global__ void w_storage_amax_kernel(const std::uint16_t* __restrict__ w, index_t ldw, index_t rows, index_t cols,
+                                      unsigned int* __restrict__ amax_bits) {
+  const index_t n = rows * cols;
+  std::uint32_t m = 0;
+  for (index_t idx = index_t(blockIdx.x) * blockDim.x + threadIdx.x; idx < n; idx += index_t(gridDim.x) * blockDim.x) {
+    const index_t i = idx / cols, j = idx - i * cols;
+    m = max(m, bf16_abs_bits_f32(w[i * ldw + j]));
+  }
+  for (int o = 16; o > 0; o >>= 1) m = max(m, __shfl_xor_sync(0xffffffffu, m, o));
+  if ((threadIdx.x & 31) == 0 && m != 0u) atomicMax(amax_bits, m);
+}
+inline void launch_w_storage_amax(cudaStream_t s, const Bf16WStorage& w, index_t rows, index_t cols) {
+  if (!w.amax || rows * cols == 0) return;
+  w_storage_amax_kernel<><<<grid_for(rows * cols), kThreads, 0, s>>>(w.w, index_t(w.ldw), rows, cols,
+                                                                       reinterpret_cast<unsigned int*>(w.amax));
+  HDPISSA_CUDA_CHECK_LAUNCH("w_storage_amax_kernel");
+}
 
 }  // namespace cuda_kernels
 
@@ -441,7 +461,9 @@ class DwuKernels<CudaBackend<S>> : public DwuGenericKernels<CudaBackend<S>> {
 
   /// apply_fused into a bf16 W storage (a W-precision policy, core/w_precision.hpp): the same
   /// packing and sm_90a 3xTF32 GEMM, whose epilogue folds each Δ = alpha · (L R)_ij into the bf16 W
-  /// (and its compensation) by the policy's rule: one pass over W, no dense Δ, no fp32 W. Returns
+  /// (and its compensation) by the policy's rule: one pass over W, no dense Δ, no fp32 W. With
+  /// w.amax set, the low-rank kernel keeps max |w| in its epilogue; after the 3xTF32 one a pass over
+  /// W does (apply_w_storage too). Returns
   /// false (nothing done) where apply_fused would; the update then runs the generic GEMM into a Δ
   /// scratch and apply_w_storage.
   bool apply_fused_w(CV A, DwuPackedDeltas<const S> d, S alpha, V L, const Bf16WStorage& w) {
@@ -466,6 +488,7 @@ class DwuKernels<CudaBackend<S>> : public DwuGenericKernels<CudaBackend<S>> {
                                        int(in), rt);
       cuda_kernels::sm90::launch_dwu_gemm_tf32_bf16w<cuda_kernels::DwuGemm3xTf32Config>(
           b.stream(), w, L.data, ldl, rt, int(kd), int(out), int(in), int(kd), alpha);
+      cuda_kernels::launch_w_storage_amax(b.stream(), w, out, in);  // its epilogue keeps no maximum
       return true;
     }
   }
@@ -478,6 +501,7 @@ class DwuKernels<CudaBackend<S>> : public DwuGenericKernels<CudaBackend<S>> {
     } else {
       cuda_kernels::launch_apply_w_storage(this->backend().stream(), D.data, index_t(cuda_detail::ld_of(D)), D.rows,
                                            D.cols, w, sign);
+      cuda_kernels::launch_w_storage_amax(this->backend().stream(), w, D.rows, D.cols);
     }
   }
   /// The exact fp32 values of the storage's W into `dst` (its shape): the backend's bf16 → fp32

@@ -200,6 +200,7 @@ class TrainMethod {
       fp8_->set_input_ids(ids_);  // q|k|v and gate|up quantise their shared input once
       for (std::size_t i = 0; i < ids_.size(); ++i) fp8_->set_bf16_weight(i, CVc(Wc_[i]));
       refresh_fp8();
+      fp8_enabled();
     } else {
       throw LlamaError("--compute fp8: expected a bf16 GPU device (--device cuda --dtype bf16); this engine has no FP8 path");
     }
@@ -207,7 +208,7 @@ class TrainMethod {
   /// The FP8 part of the engine's notes ("" when off).
   [[nodiscard]] std::string fp8_note() const {
     if constexpr (kFp8Capable) {
-      if (fp8_) return "; " + fp8_->describe();
+      if (fp8_) return "; " + fp8_->describe() + (amax_in_update_ ? "; W amax kept by the update's kernels" : "");
     }
     return {};
   }
@@ -382,11 +383,61 @@ class TrainMethod {
   }
   /// Rebuilds every FP8 copy from the compute W: after any change of W (an optimizer step of a
   /// method that updates W, a restore). Stream-ordered after the update; no synchronisation.
-  void refresh_fp8() {
+  /// `amax_current`: the update left each FP8 target's max |W| in its amax slot (w_storage_amax()).
+  void refresh_fp8(bool amax_current = false) {
     if constexpr (kFp8Capable) {
       if (fp8_)
-        for (std::size_t i = 0; i < ids_.size(); ++i) fp8_->quantize_weight(i, CVc(Wc_[i]));
+        for (std::size_t i = 0; i < ids_.size(); ++i) fp8_->quantize_weight(i, CVc(Wc_[i]), amax_current);
+    } else {
+      (void)amax_current;
     }
+  }
+  /// Called at the end of enable_fp8() (the FP8 copies exist): a method that updates W under a bf16
+  /// policy points its storages' amax at the copies' slots here.
+  virtual void fp8_enabled() {}
+  /// Points every FP8 target's bf16 W storage at its copy's amax slot (Bf16WStorage::amax) in `upd`
+  /// (DirectWeightUpdate / DataParallelUpdate::set_w_storage), so the update's kernels keep max |W|
+  /// and refresh_fp8(true) skips the amax passes. False (nothing changed) without FP8 targets or
+  /// without bf16 storages (setup_w_precision on the GPU with a bf16 policy).
+  template <class Upd>
+  bool w_storage_amax(Upd& upd) {
+    if constexpr (kFp8Capable) {
+      if (!fp8_ || w_storage_.size() != ids_.size()) return false;
+      bool any = false;
+      for (std::size_t i = 0; i < ids_.size(); ++i) {
+        if (!fp8_on(i)) continue;
+        hdpissa::Bf16WStorage st = w_storage_[i];
+        st.amax = fp8_->weight_amax(i);
+        upd.set_w_storage(i, st);
+        any = true;
+      }
+      return any;
+    } else {
+      (void)upd;
+      return false;
+    }
+  }
+  /// Before an update that maxes into the FP8 amax slots (w_storage_amax): every slot ← 0.
+  void zero_fp8_amax() {
+    if constexpr (kFp8Capable) {
+      if (fp8_) fp8_->zero_weight_amax();
+    }
+  }
+  /// The step of a method that updates W (step_w), then W's compute copies and FP8 copies follow,
+  /// once per optimizer step. With amax_in_update_ the update's kernels leave max |W| in the FP8
+  /// amax slots (reset first), so the refresh skips its amax passes; a skipped step (nothing
+  /// written after the reset) runs them.
+  template <class Upd>
+  hdpissa::StepReport step_updating_w(Upd& upd, double lr) {
+    if (amax_in_update_) zero_fp8_amax();
+    const auto rep = step_w(upd, lr);
+    if (!rep.skipped) {
+      for (std::size_t i = 0; i < ids_.size(); ++i) push_weight(i);
+      refresh_fp8(amax_in_update_);
+    } else if (amax_in_update_) {
+      refresh_fp8();
+    }
+    return rep;
   }
   /// The FP8 activation buffers follow the model's largest token count.
   void reserve_fp8(index_t max_tokens) {
@@ -469,6 +520,7 @@ class TrainMethod {
         w_offsets_.push_back(offset);
         offset += std::uint64_t(W.rows) * std::uint64_t(W.cols);
         upd.set_w_storage(i, st);
+        w_storage_.push_back(st);
       }
     } else if constexpr (!std::is_same_v<typename Bm::memory_space, hdpissa::host_memory>) {
       (void)upd;
@@ -548,6 +600,8 @@ class TrainMethod {
   std::uint64_t sr_seed_ = 0;
   long w_step_ = 0;                               // applied optimizer steps (the SR stream's step)
   std::vector<std::uint64_t> w_offsets_;          // first SR element index of each target
+  std::vector<hdpissa::Bf16WStorage> w_storage_;   // per target: its bf16 W storage (GPU bf16 policies)
+  bool amax_in_update_ = false;                    // the FP8 amax slots come from the update (fp8_enabled)
   std::vector<typename Bm::matrix_type> comp_;    // Kahan compensation per target (bf16 values; CPU)
   std::vector<typename Bc::matrix_type> compc_;   // the same in bf16 storage (GPU, bf16 compute)
 
@@ -777,14 +831,8 @@ class DwuMethod final : public TrainMethod<Dev> {
   }
 
   void zero_grad() override { upd_.zero_grad(); }
-  hdpissa::StepReport step(double lr) override {
-    const auto rep = this->step_w(upd_, lr);
-    if (!rep.skipped) {
-      for (std::size_t i = 0; i < ids_.size(); ++i) this->push_weight(i);
-      this->refresh_fp8();  // W changed: its FP8 copies follow, once per optimizer step
-    }
-    return rep;
-  }
+  hdpissa::StepReport step(double lr) override { return this->step_updating_w(upd_, lr); }
+  void fp8_enabled() override { this->amax_in_update_ = this->w_storage_amax(upd_); }
   void refresh() override {
     for (std::size_t i = 0; i < ids_.size(); ++i) this->push_weight(i);
     this->refresh_copies(cc_, stacked());
@@ -1473,14 +1521,8 @@ class FullMethod final : public TrainMethod<Dev> {
     this->setup_w_precision(o, upd_);
   }
   void zero_grad() override { upd_.zero_grad(); }
-  hdpissa::StepReport step(double lr) override {
-    const auto rep = this->step_w(upd_, lr);
-    if (!rep.skipped) {
-      for (std::size_t i = 0; i < ids_.size(); ++i) this->push_weight(i);
-      this->refresh_fp8();  // W changed: its FP8 copies follow, once per optimizer step
-    }
-    return rep;
-  }
+  hdpissa::StepReport step(double lr) override { return this->step_updating_w(upd_, lr); }
+  void fp8_enabled() override { this->amax_in_update_ = this->w_storage_amax(upd_); }
   void refresh() override {
     for (std::size_t i = 0; i < ids_.size(); ++i) this->push_weight(i);
     this->refresh_fp8();
