@@ -968,12 +968,13 @@ TEST_CASE("--compute fp8: losses and dW track bf16, FP8 copies follow W, notes a
     CHECK_NOTHROW((void)rf.t->engine().generate({1, 2, 3}, g));
   }
 
-  // a DWU method under a bf16 W policy (the CLI's default for hdpissa on bf16): the DWU kernels keep
-  // each FP8 target's max |W| (Bf16WStorage::amax) and the refresh skips its amax pass; every copy,
-  // amax and scale must still equal a fresh quantisation of the live W (fp8_stale_targets, bytes and
-  // scales compared exactly), after every step of a run and after the last
+  // a method that updates W under a bf16 W policy (the CLI's default for hdpissa on bf16): the
+  // update keeps each FP8 target's max |W| (Bf16WStorage::amax: the DWU's low-rank kernel at
+  // 2Kr = 16, the pass after full fine-tuning's unfused apply) and the refresh skips its amax pass;
+  // after training every copy, amax and scale must equal a fresh quantisation of the live W
+  // (fp8_stale_targets: bytes and scales compared exactly)
   for (const hdpissa::WPrecision wp : {hdpissa::WPrecision::Bf16StochasticRounding, hdpissa::WPrecision::Bf16Compensated})
-    for (const char* method : {"hdpissa", "lora-dwu"}) {
+    for (const char* method : {"hdpissa", "lora-dwu", "full"}) {
       INFO("method ", std::string(method), ", ", hdpissa::w_precision_name(wp));
       TrainOptions o = base_options(method, "fp8-amax");
       o.device = Device::Cuda;
@@ -1018,6 +1019,24 @@ TEST_CASE("--compute fp8: losses and dW track bf16, FP8 copies follow W, notes a
     CHECK(info.w_bytes_per_param == bf16_bytes + 2);
     CHECK(info.description.find("on 14 of 14 targets") != std::string::npos);
     CHECK(info.description.find("bf16 for") == std::string::npos);
+    const auto stale = r.t->engine().fp8_stale_targets();
+    REQUIRE(stale.has_value());
+    CHECK(*stale == 0);
+    for (double l : step_losses(o.metrics)) CHECK(std::isfinite(l));
+  }
+  {  // the DWU at 2Kr = 160 (> the low-rank kernel's 64): the sm_90a 3xTF32 kernel (or, where this
+     // GPU has none, the unfused apply), then the storage's amax pass
+    TrainOptions o = base_options("hdpissa", "fp8-amax-wide");
+    o.model = model_dir.string();
+    o.device = Device::Cuda;
+    o.dtype = ComputeDtype::Bf16;
+    o.compute = ComputeKind::Fp8;
+    o.w_precision = hdpissa::WPrecision::Bf16StochasticRounding;
+    o.rank = 40;
+    o.groups_per_process = 2;
+    o.max_steps = 2;
+    Run r(o);
+    CHECK(r.t->engine().info().description.find("W amax kept by the update's kernels") != std::string::npos);
     const auto stale = r.t->engine().fp8_stale_targets();
     REQUIRE(stale.has_value());
     CHECK(*stale == 0);

@@ -21,6 +21,7 @@
 #include "hdpissa/backend/cuda/cuda_handles.hpp"
 #include "hdpissa/backend/cuda/dwu_gemm_sm90.cuh"
 #include "hdpissa/backend/cuda/dwu_lowrank.cuh"
+#include "hdpissa/backend/cuda/fp8_quantize.hpp"
 #include "hdpissa/backend/cuda/kernels.cuh"
 #include "hdpissa/core/dwu_kernels.hpp"
 #include "hdpissa/core/update_args.hpp"
@@ -230,25 +231,14 @@ inline void launch_apply_w_storage(cudaStream_t s, const float* D, index_t ldd, 
   apply_w_storage_kernel<><<<grid_for(rows * cols), kThreads, 0, s>>>(D, ldd, rows, cols, w, sign);
   HDPISSA_CUDA_CHECK_LAUNCH("apply_w_storage_kernel");
 }
-/// *w.amax ← max(*w.amax, max |w|) over the storage's (rows, cols) W by the bits (Bf16WStorage::amax),
-/// one atomicMax per warp: the pass for the apply paths whose kernels do not keep the maximum.
-template <int = 0>
-__global__ void w_storage_amax_kernel(const std::uint16_t* __restrict__ w, index_t ldw, index_t rows, index_t cols,
-                                      unsigned int* __restrict__ amax_bits) {
-  const index_t n = rows * cols;
-  std::uint32_t m = 0;
-  for (index_t idx = index_t(blockIdx.x) * blockDim.x + threadIdx.x; idx < n; idx += index_t(gridDim.x) * blockDim.x) {
-    const index_t i = idx / cols, j = idx - i * cols;
-    m = max(m, bf16_abs_bits_f32(w[i * ldw + j]));
-  }
-  for (int o = 16; o > 0; o >>= 1) m = max(m, __shfl_xor_sync(0xffffffffu, m, o));
-  if ((threadIdx.x & 31) == 0 && m != 0u) atomicMax(amax_bits, m);
-}
+/// *w.amax ← max(*w.amax, max |w|) over the storage's (rows, cols) W (Bf16WStorage::amax): the pass
+/// for the apply paths whose kernels do not keep the maximum — fp8_amax_kernel over the raw bf16 W
+/// (vector loads, one atomicMax per block), what the FP8 refresh's own amax pass would run.
 inline void launch_w_storage_amax(cudaStream_t s, const Bf16WStorage& w, index_t rows, index_t cols) {
   if (!w.amax || rows * cols == 0) return;
-  w_storage_amax_kernel<><<<grid_for(rows * cols), kThreads, 0, s>>>(w.w, index_t(w.ldw), rows, cols,
-                                                                       reinterpret_cast<unsigned int*>(w.amax));
-  HDPISSA_CUDA_CHECK_LAUNCH("w_storage_amax_kernel");
+  launch_fp8_amax_into(s, ConstMatrixView<__nv_bfloat16>{reinterpret_cast<const __nv_bfloat16*>(w.w), rows, cols,
+                                                         index_t(w.ldw)},
+                       w.amax);
 }
 
 }  // namespace cuda_kernels

@@ -136,8 +136,9 @@ class Fp8Linears {
   }
 
   /// Rebuilds target i's W8, W8ᵀ and scale from the bf16 W (out, in) (no-op for a bf16 target).
-  /// `amax_current`: weight_amax(i) already holds max |W| (a DWU step wrote it, Bf16WStorage::amax),
-  /// so the amax pass is skipped: the same bytes, one read of W fewer.
+  /// `amax_current`: weight_amax(i) already holds max |W| (the update wrote it, Bf16WStorage::amax),
+  /// so the amax pass is skipped: the same bytes; one read of W fewer where the update's kernel kept
+  /// the maximum in its epilogue (the DWU's low-rank kernel; other paths run the pass themselves).
   void quantize_weight(std::size_t i, CV W, bool amax_current = false) {
     if (!enabled(i)) return;
     HDPISSA_REQUIRE(W.rows == shapes_[i].first && W.cols == shapes_[i].second, "Fp8Linears: target ", i, " is ",
