@@ -1050,12 +1050,22 @@ class DwuMethod final : public TrainMethod<Dev> {
         }
         lin[j] = SI{c.W, Bf(c.slot, lg), c.dY, fp8 ? Vc{} : c.dX, upd_.grad_B(c.slot, lg)};
       }
-      const V32 gA{ga_stack_.view().data, n * r, in, in};
-      // the gB_j are the fp32 sums (added to); the stacked gA is this micro-batch's, added below
+      // The members' fp32 gA sums are adjacent rows of the update's flat gradients (the DWU lays
+      // consecutive layers' gA out back to back): the stacked GEMM adds into them directly. Else
+      // this micro-batch's stacked gA lands in a scratch and is added to each sum.
+      const V32 g0 = upd_.grad_A(st.slots[0], lg);
+      bool adjacent = g0.ld == in;
+      for (index_t j = 1; j < n && adjacent; ++j) {
+        const V32 gj = upd_.grad_A(st.slots[std::size_t(j)], lg);
+        adjacent = gj.ld == in && gj.data == g0.data + j * r * in;
+      }
+      const V32 gA = adjacent ? V32{g0.data, n * r, in, in} : V32{ga_stack_.view().data, n * r, in, in};
+      // the gB_j are the fp32 sums (added to)
       muted_.backward_shared(X, CVc(st.A.view()).row_block(G * n * r, n * r), std::span<const SI>(lin.data(), st.n), gA,
-                             /*accumulate=*/true, /*accumulate_gA=*/false);
-      for (index_t j = 0; j < n; ++j)
-        this->bm_->axpy(1.0f, CV32(gA.row_block(j * r, r)), upd_.grad_A(st.slots[std::size_t(j)], lg));
+                             /*accumulate=*/true, /*accumulate_gA=*/adjacent);
+      if (!adjacent)
+        for (index_t j = 0; j < n; ++j)
+          this->bm_->axpy(1.0f, CV32(gA.row_block(j * r, r)), upd_.grad_A(st.slots[std::size_t(j)], lg));
     } else {
       (void)lg, (void)st, (void)calls, (void)X;
     }
@@ -1179,8 +1189,11 @@ class AdapterMethod final : public TrainMethod<Dev> {
         if (ctx.progress) ctx.progress(c1, n);
       }
     }
+    // Every A first, then every B: the update's flat gradient buffer then holds consecutive
+    // targets' gA as adjacent rows, so a shared-input group (q, k, v; gate, up) adds its stacked gA
+    // GEMM into them directly (backward_shared).
+    for (std::size_t i = 0; i < ids_.size(); ++i) pA_.push_back(upd_.add_param(ids_[i].hf_name() + ".lora_A", sets_[i].A.view()));
     for (std::size_t i = 0; i < ids_.size(); ++i) {
-      pA_.push_back(upd_.add_param(ids_[i].hf_name() + ".lora_A", sets_[i].A.view()));
       pB_.push_back(upd_.add_param(ids_[i].hf_name() + ".lora_B", sets_[i].B.view()));
       const auto [out, in] = this->shape(i);
       merge_size_ = std::max(merge_size_, out * in);
@@ -1300,12 +1313,21 @@ class AdapterMethod final : public TrainMethod<Dev> {
         for (std::size_t p = 0; p < st->n; ++p)  // in the stack's order
           for (const auto& c : calls)
             if (c.slot == st->slots[p]) bw[p] = SB{c.W, Bf(c.slot), c.dY, c.dX, upd_.grad(pB_[c.slot], lg)};
-        const V32 gA{ga_stack_.data(), n * r, in, in};
+        // the members' fp32 gA sums, adjacent rows of the update's flat gradients (A registered first):
+        // the stacked GEMM adds into them; else a scratch and one add per member
+        const V32 g0 = upd_.grad(pA_[st->slots[0]], lg);
+        bool adjacent = g0.ld == in;
+        for (index_t p = 1; p < n && adjacent; ++p) {
+          const V32 gp = upd_.grad(pA_[st->slots[std::size_t(p)]], lg);
+          adjacent = gp.ld == in && gp.data == g0.data + p * r * in;
+        }
+        const V32 gA = adjacent ? V32{g0.data, n * r, in, in} : V32{ga_stack_.data(), n * r, in, in};
         const CVc u = st->u_rows == X.rows ? CVc{st->U.data(), X.rows, n * r, n * r} : CVc{};
         lin_.backward_shared(X, CVc(st->A.view()), std::span<const SB>(bw.data(), st->n), gA, /*accumulate=*/true,
-                             /*accumulate_gA=*/false, u);
-        for (index_t p = 0; p < n; ++p)
-          this->bm_->axpy(1.0f, CV32(gA.row_block(p * r, r)), upd_.grad(pA_[st->slots[std::size_t(p)]], lg));
+                             /*accumulate_gA=*/adjacent, u);
+        if (!adjacent)
+          for (index_t p = 0; p < n; ++p)
+            this->bm_->axpy(1.0f, CV32(gA.row_block(p * r, r)), upd_.grad(pA_[st->slots[std::size_t(p)]], lg));
         return;
       }
     }
