@@ -754,3 +754,60 @@ TEST_CASE("DataParallelUpdate::set_w_storage: bf16 bits == hand reference (SGD) 
     CHECK(run(1) == run(2));
   }
 }
+
+// The local gradients live in one flat buffer (allocate_gradients): per local group every layer's
+// gA, then every layer's gB, each block on a 64-byte boundary. Consecutive layers' gA are adjacent
+// rows where r·in is a multiple of 16 floats (the trainer's stacked gA GEMM writes into them);
+// no two views overlap; zero_grad zeroes every gradient and nothing else.
+TEST_CASE("DirectWeightUpdate gradients: one flat buffer, gA of consecutive layers adjacent, zero_grad one fill") {
+  EigenBackend<float> b;
+  SingleProcess one;
+  const int K = 2;
+  const index_t r = 4;
+  VirtualRanks<SingleProcess> comm(one, K);
+  DirectWeightUpdate<EigenBackend<float>, Adam, VirtualRanks<SingleProcess>> dwu(b, comm, Adam{});
+  // (out, in): the first three share in = 64 (r·in = 256: adjacent); the last has r·in = 4·13 = 52
+  const std::vector<std::pair<index_t, index_t>> shapes{{64, 64}, {32, 64}, {32, 64}, {9, 13}};
+  std::vector<EigenBackend<float>::Matrix> W;
+  for (std::size_t l = 0; l < shapes.size(); ++l) {
+    const auto [out, in] = shapes[l];
+    W.push_back(hdtest::matrix_with_spectrum(b, out, in, decaying<float>(std::min(out, in)), 500 + l));
+    dwu.add_layer("w" + std::to_string(l), W.back().view(),
+                  OrthogonalAdapterInit<ExactSvd>(K, r)(b, ConstMatrixView<float>(W.back().view()), "w"));
+  }
+  for (int g = 0; g < K; ++g) {
+    CAPTURE(g);
+    CHECK(dwu.grad_A(1, g).data == dwu.grad_A(0, g).data + r * 64);
+    CHECK(dwu.grad_A(2, g).data == dwu.grad_A(1, g).data + r * 64);
+    CHECK(dwu.grad_A(0, g).ld == 64);
+  }
+  // every element of every view is its own (no overlap): mark them all, count the marks
+  std::vector<MatrixView<float>> views;
+  for (std::size_t l = 0; l < shapes.size(); ++l)
+    for (int g = 0; g < K; ++g) {
+      views.push_back(dwu.grad_A(l, g));
+      views.push_back(dwu.grad_B(l, g));
+    }
+  for (auto& v : views) b.fill(v, 0.0f);
+  std::size_t elems = 0;
+  for (auto& v : views) {
+    for (index_t i = 0; i < v.rows; ++i)
+      for (index_t j = 0; j < v.cols; ++j) v(i, j) += 1.0f;
+    elems += std::size_t(v.size());
+  }
+  std::size_t ones = 0;
+  for (auto& v : views)
+    for (index_t i = 0; i < v.rows; ++i)
+      for (index_t j = 0; j < v.cols; ++j) ones += v(i, j) == 1.0f;
+  CHECK(ones == elems);
+  // zero_grad: every gradient back to 0; W untouched
+  const auto w0 = W[0].view()(3, 5);
+  for (auto& v : views) fill_gaussian(b, v, 9);
+  dwu.zero_grad();
+  std::size_t nonzero = 0;
+  for (auto& v : views)
+    for (index_t i = 0; i < v.rows; ++i)
+      for (index_t j = 0; j < v.cols; ++j) nonzero += v(i, j) != 0.0f;
+  CHECK(nonzero == 0);
+  CHECK(W[0].view()(3, 5) == w0);
+}
