@@ -94,11 +94,17 @@ class DirectWeightUpdate {
         options_(options),
         kernels_(b),
         flag_(b.make_matrix(1, 1)) {}
+  // The layers' gradient views point into this object's flat buffer: a copy would share it.
+  DirectWeightUpdate(const DirectWeightUpdate&) = delete;
+  DirectWeightUpdate& operator=(const DirectWeightUpdate&) = delete;
+  DirectWeightUpdate(DirectWeightUpdate&&) = default;
+  DirectWeightUpdate& operator=(DirectWeightUpdate&&) = default;
 
   int groups() const { return comm_->groups(); }
   int local_groups() const { return comm_->local_groups(); }
   index_t rank() const { return rank_; }
   std::size_t num_layers() const { return layers_.size(); }
+  /// Layer i (its gA / gB views are empty until finalize(); grad_A / grad_B finalize first).
   const Layer& layer(std::size_t i) const { return layers_.at(i); }
   long steps() const { return steps_; }
 
@@ -218,7 +224,8 @@ class DirectWeightUpdate {
   opt_state& state_A(std::size_t layer, int lg) { return layers_.at(layer).stA.at(lg); }
   opt_state& state_B(std::size_t layer, int lg) { return layers_.at(layer).stB.at(lg); }
 
-  /// Every local gradient ← 0: one fill of the flat gradient buffer.
+  /// Every local gradient ← 0: one fill of the flat gradient buffer. Like the gradient accessors it
+  /// finalizes the update (no add_layer after it).
   void zero_grad() {
     finalize();
     b_->fill(grads_.view(), S(0));

@@ -909,7 +909,8 @@ class DwuMethod final : public TrainMethod<Dev> {
   }
   /// q|k|v and gate|up (bf16 compute, exact mute, all targets): X is read twice for the group
   /// (MutedLinear::backward_shared over the stacked A copies) instead of twice per linear; the
-  /// stacked gA lands in an fp32 scratch and is added to each target's fp32 sum. Else (or with the
+  /// stacked gA GEMM adds straight into the members' adjacent fp32 sums (else into a scratch, then
+  /// one add per member). Else (or with the
   /// fused kernels, which go linear by linear) one backward() each.
   void backward_shared(int lg, std::span<const typename Base::SharedCall> calls, CVc X) override {
     if constexpr (kMixed && std::is_same_v<Mute, hdpissa::ExactMute>) {
@@ -982,8 +983,9 @@ class DwuMethod final : public TrainMethod<Dev> {
     }
   }
   /// A shared-input group of targets (kSharedInputAttention or kSharedInputMlp of one layer, every
-  /// member a target, bf16 compute, exact mute): their slots in the model's call order and the
-  /// stacked compute copies of their A, per group g rows [g·n·r, (g+1)·n·r) = [A_0(g); …; A_{n-1}(g)].
+  /// member a target, bf16 compute, exact mute): their slots in module order (q, k, v; gate, up: the
+  /// order of their gA in the update's gradients) and the stacked compute copies of their A, per
+  /// group g rows [g·n·r, (g+1)·n·r) = [A_0(g); …; A_{n-1}(g)].
   struct Stack {
     std::array<std::size_t, 3> slots{};
     std::size_t n = 0;
@@ -1005,9 +1007,14 @@ class DwuMethod final : public TrainMethod<Dev> {
         st.A = this->bc_->make_matrix(K * index_t(st.n) * r, in);
         stacks_.push_back(std::move(st));
       };
+      // Members in module (forward) order, the order of their gA in the update's flat gradients, so
+      // the stacked gA GEMM can add straight into them (shared_backward); the model's backward calls
+      // them in kSharedInputAttention / kSharedInputMlp order (v, k, q; up, gate): matched by slot.
+      static constexpr std::array<Module, 3> kAttn{Module::q, Module::k, Module::v};
+      static constexpr std::array<Module, 2> kMlp{Module::gate, Module::up};
       for (int l = 0; l <= ids_.back().layer; ++l) {
-        add(l, kSharedInputAttention);
-        add(l, kSharedInputMlp);
+        add(l, kAttn);
+        add(l, kMlp);
       }
       index_t widest = 0;
       for (const auto& st : stacks_) widest = std::max(widest, index_t(st.n) * r * st.A.view().cols);
@@ -1026,12 +1033,17 @@ class DwuMethod final : public TrainMethod<Dev> {
                           st.A.view().row_block((g * n + j) * r, r));
     }
   }
+  /// The stack whose members are exactly these calls' targets, each once, in any order.
   const Stack* find_stack(std::span<const typename Base::SharedCall> calls) const {
     for (const auto& st : stacks_) {
-      if (st.n != calls.size() || st.slots[0] != calls[0].slot) continue;
-      for (std::size_t j = 1; j < st.n; ++j)
-        if (st.slots[j] != calls[j].slot) return nullptr;
-      return &st;
+      if (st.n != calls.size()) continue;
+      bool all = true;
+      for (std::size_t p = 0; p < st.n && all; ++p) {
+        int hits = 0;
+        for (const auto& c : calls) hits += c.slot == st.slots[p];
+        all = hits == 1;
+      }
+      if (all) return &st;
     }
     return nullptr;
   }
@@ -1041,8 +1053,10 @@ class DwuMethod final : public TrainMethod<Dev> {
       const int G = comm_->first_group() + lg;
       using SI = typename hdpissa::MutedLinear<Bc, Mute>::template SharedInput<float>;
       std::array<SI, 3> lin{};
-      for (std::size_t j = 0; j < st.n; ++j) {
-        const auto& c = calls[j];
+      for (std::size_t j = 0; j < st.n; ++j) {  // in the stack's order (find_stack matched the set)
+        std::size_t at = 0;
+        while (calls[at].slot != st.slots[j]) ++at;
+        const auto& c = calls[at];
         bool fp8 = false;
         if constexpr (Base::kFp8Capable) {
           fp8 = this->fp8_on(c.slot);
@@ -1301,8 +1315,9 @@ class AdapterMethod final : public TrainMethod<Dev> {
     Base::forward_shared(lg, calls, X);
   }
   /// The backward of a group whose forward ran forward_shared (its calls in any order: the model
-  /// runs the backward in reverse): the stacked gA lands in an fp32 scratch and is added to each
-  /// target's sum, the gB GEMMs add into theirs, U comes from the forward. Else one backward() each.
+  /// runs the backward in reverse): the stacked gA GEMM adds straight into the members' adjacent
+  /// fp32 sums (else into a scratch, then one add per member), the gB GEMMs add into theirs, U comes
+  /// from the forward. Else one backward() each.
   void backward_shared(int lg, std::span<const typename Base::SharedCall> calls, CVc X) override {
     if constexpr (kMixed) {
       Stack* st = shared_ok(calls) ? find_stack(calls, /*any_order=*/true) : nullptr;
