@@ -1044,6 +1044,29 @@ TEST_CASE("--compute fp8: losses and dW track bf16, FP8 copies follow W, notes a
   }
 }
 
+// The shared-input backward (q|k|v, gate|up; bf16 compute) adds its stacked gA GEMM straight into
+// the members' adjacent fp32 gradient sums: every such call of these runs takes the direct path
+// (the update's flat gradients hold consecutive targets' gA back to back; the stacks are in that
+// order). The GPU-vs-CPU checks above pass on either path, so this says which one ran.
+TEST_CASE("bf16 shared-input backward: the stacked gA GEMM adds into the adjacent sums (no scratch)") {
+  for (const char* method : {"hdpissa", "lora", "pissa", "lora-dwu"}) {
+    INFO("method ", std::string(method));
+    TrainOptions o = base_options(method, "stacked-ga");
+    o.device = Device::Cuda;
+    o.dtype = ComputeDtype::Bf16;
+    o.max_steps = 2;
+    Run r(o);
+    const auto [direct, scratch] = r.t->engine().stacked_ga_calls();
+    // two per layer (q|k|v and gate|up) for every micro-batch and local group
+    const std::int64_t per_pass = 2LL * r.t->model().config.n_layers;
+    INFO("direct ", direct, ", through the scratch ", scratch);
+    CHECK(direct >= per_pass * o.max_steps * o.grad_accum * o.groups_per_process);
+    CHECK(direct % per_pass == 0);
+    CHECK(scratch == 0);
+    for (double l : step_losses(o.metrics)) CHECK(std::isfinite(l));
+  }
+}
+
 // The memory ledger (hdpissa/core/memory_ledger.hpp) in the trainer's summary: the parts at the
 // sampled peak plus "untracked" add up to the peak; the parts that have a formula match it exactly
 // (bf16 linears, the DWU's one copy of its factors, its send buffer and no receive buffer with one

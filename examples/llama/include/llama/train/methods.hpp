@@ -227,6 +227,9 @@ class TrainMethod {
     }
     return -1;
   }
+  /// Diagnostic: shared-input backward calls whose stacked gA GEMM added straight into the adjacent
+  /// sums (first) or went through the scratch (second).
+  [[nodiscard]] std::pair<std::int64_t, std::int64_t> stacked_ga_calls() const { return stacked_ga_; }
   /// One-line description for the config echo.
   [[nodiscard]] virtual std::string describe() const = 0;
   /// The targeted linears, in layer order.
@@ -601,6 +604,7 @@ class TrainMethod {
   long w_step_ = 0;                               // applied optimizer steps (the SR stream's step)
   std::vector<std::uint64_t> w_offsets_;          // first SR element index of each target
   std::vector<hdpissa::Bf16WStorage> w_storage_;   // per target: its bf16 W storage (GPU bf16 policies)
+  std::pair<std::int64_t, std::int64_t> stacked_ga_{0, 0};  // stacked_ga_calls(): direct, through the scratch
   bool amax_in_update_ = false;                    // the FP8 amax slots come from the update (fp8_enabled)
   std::vector<typename Bm::matrix_type> comp_;    // Kahan compensation per target (bf16 values; CPU)
   std::vector<typename Bc::matrix_type> compc_;   // the same in bf16 storage (GPU, bf16 compute)
@@ -1077,6 +1081,7 @@ class DwuMethod final : public TrainMethod<Dev> {
       // the gB_j are the fp32 sums (added to)
       muted_.backward_shared(X, CVc(st.A.view()).row_block(G * n * r, n * r), std::span<const SI>(lin.data(), st.n), gA,
                              /*accumulate=*/true, /*accumulate_gA=*/adjacent);
+      ++(adjacent ? this->stacked_ga_.first : this->stacked_ga_.second);
       if (!adjacent)
         for (index_t j = 0; j < n; ++j)
           this->bm_->axpy(1.0f, CV32(gA.row_block(j * r, r)), upd_.grad_A(st.slots[std::size_t(j)], lg));
@@ -1340,6 +1345,7 @@ class AdapterMethod final : public TrainMethod<Dev> {
         const CVc u = st->u_rows == X.rows ? CVc{st->U.data(), X.rows, n * r, n * r} : CVc{};
         lin_.backward_shared(X, CVc(st->A.view()), std::span<const SB>(bw.data(), st->n), gA, /*accumulate=*/true,
                              /*accumulate_gA=*/adjacent, u);
+        ++(adjacent ? this->stacked_ga_.first : this->stacked_ga_.second);
         if (!adjacent)
           for (index_t p = 0; p < n; ++p)
             this->bm_->axpy(1.0f, CV32(gA.row_block(p * r, r)), upd_.grad(pA_[st->slots[std::size_t(p)]], lg));
