@@ -1235,8 +1235,7 @@ class AdapterMethod final : public TrainMethod<Dev> {
   }
   void refresh() override {
     for (std::size_t i = 0; i < ids_.size(); ++i) this->push_weight(i);
-    this->refresh_copies(cc_, sets_);
-    fill_stacks();
+    if constexpr (kMixed) Dev::run_compute_batch(*this->bm_, copy_batch_);  // restored A, B: their copies
     this->refresh_fp8();  // a restored W_res
   }
   /// W_res + s·B A, computed by the master backend in fp32 (not a hot path). With bf16 compute the
@@ -1450,12 +1449,12 @@ class AdapterMethod final : public TrainMethod<Dev> {
       index_t widest = 0;
       for (const auto& st : stacks_) widest = std::max(widest, index_t(st.n) * st.r * st.A.view().cols);
       if (widest > 0) ga_stack_ = this->bm_->make_matrix(1, widest);
-      fill_stacks();
     }
   }
-  /// Every step's conversions in one table (bf16 compute): A_i, B_i → their compute copies and each
-  /// stacked member's A → its rows of the stack, straight from the fp32 factor (the same bits as
-  /// refresh_copies + fill_stacks: a bf16 copy is exact). The buffers are fixed from here on.
+  /// The conversions of every step and of refresh() in one table (bf16 compute): A_i, B_i → their
+  /// compute copies and each stacked member's A → its rows of the stack, straight from the fp32
+  /// factor (a stacked row is the member's compute copy, bit for bit). Built once (the buffers are
+  /// fixed from here on) and run now, which fills the stacks.
   void make_copy_batch() {
     if constexpr (kMixed) {
       std::vector<typename Dev::compute_batch::Pair> pairs;
@@ -1467,13 +1466,8 @@ class AdapterMethod final : public TrainMethod<Dev> {
         for (std::size_t j = 0; j < st.n; ++j)
           pairs.emplace_back(Base::factor_view(sets_[st.slots[j]].A), st.A.view().row_block(index_t(j) * st.r, st.r));
       copy_batch_ = Dev::make_compute_batch(*this->bm_, pairs);
+      Dev::run_compute_batch(*this->bm_, copy_batch_);
     }
-  }
-  /// The stacked A copies ← the compute copies of A.
-  void fill_stacks() {
-    for (auto& st : stacks_)
-      for (std::size_t j = 0; j < st.n; ++j)
-        this->bc_->copy(CVc(cc_.A[st.slots[j]].view()), st.A.view().row_block(index_t(j) * st.r, st.r));
   }
   /// No member has an FP8 copy (those take forward()'s FP8 path).
   template <class Calls>
