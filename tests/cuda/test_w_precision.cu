@@ -151,6 +151,42 @@ TEST_CASE("W-precision rules: GPU kernel == CPU rule, bit for bit (raw bits and 
 namespace {
 struct StorageRun {
   std::vector<std::vector<std::uint16_t>> w, c;  // per layer: W bits, compensation bits
+  std::vector<std::uint32_t> amax;               // per layer: Bf16WStorage::amax after the last step (bits)
+};
+/// max |w| over bf16 bits, as the bits of the float (what Bf16WStorage::amax must hold).
+std::uint32_t max_abs_bits(const std::vector<std::uint16_t>& w) {
+  std::uint32_t m = 0;
+  for (const std::uint16_t b : w) m = std::max(m, std::uint32_t(b & 0x7fffu) << 16);
+  return m;
+}
+/// Storage-side float slots for Bf16WStorage::amax: device floats for a device backend, host ones
+/// otherwise; reset() zeroes them (stream-ordered on the GPU), bits() reads them back.
+template <class Bk>
+struct AmaxSlots {
+  static constexpr bool dev = std::is_same_v<typename Bk::memory_space, device_memory>;
+  Bk* b;
+  std::vector<float> host;
+  float* d = nullptr;
+  AmaxSlots(Bk& bk, std::size_t n) : b(&bk), host(n, 0.f) {
+    if constexpr (dev) d = dalloc<float>(n);
+  }
+  ~AmaxSlots() {
+    if constexpr (dev) cudaFree(d);
+  }
+  float* at(std::size_t l) { return dev ? d + l : host.data() + l; }
+  void reset() {
+    if constexpr (dev) REQUIRE(cudaMemsetAsync(d, 0, host.size() * sizeof(float), b->stream()) == cudaSuccess);
+    else std::fill(host.begin(), host.end(), 0.f);
+  }
+  std::vector<std::uint32_t> bits() {
+    if constexpr (dev) {
+      b->synchronize();
+      REQUIRE(cudaMemcpy(host.data(), d, host.size() * sizeof(float), cudaMemcpyDeviceToHost) == cudaSuccess);
+    }
+    std::vector<std::uint32_t> out(host.size());
+    std::memcpy(out.data(), host.data(), host.size() * sizeof(float));
+    return out;
+  }
 };
 constexpr int kSK = 3;
 constexpr index_t kSr = 4;
@@ -171,6 +207,7 @@ StorageRun run_storage(Bk& b, Comm& comm, WPrecision policy, int steps) {
   DirectWeightUpdate<Bk, Sgd, Comm> dwu(b, comm, Sgd{});
   std::vector<std::vector<std::uint16_t>> hw, hc;  // host storage (CPU)
   std::vector<std::uint16_t*> W, C;
+  AmaxSlots<Bk> amax(b, kSShapes.size());
   std::uint64_t offset = 0;
   for (std::size_t l = 0; l < kSShapes.size(); ++l) {
     const auto [o, in] = kSShapes[l];
@@ -201,6 +238,7 @@ StorageRun run_storage(Bk& b, Comm& comm, WPrecision policy, int steps) {
     st.ldc = in;
     st.seed = 7;
     st.offset = offset;
+    st.amax = amax.at(l);
     offset += std::uint64_t(n);
     dwu.set_w_storage(l, st);
   }
@@ -215,12 +253,14 @@ StorageRun run_storage(Bk& b, Comm& comm, WPrecision policy, int steps) {
         b.upload(ga.data(), dwu.grad_A(l, g));
         b.upload(gb.data(), dwu.grad_B(l, g));
       }
+    amax.reset();
     dwu.step(0.25);
     dwu.zero_grad();
   }
   dwu.verify_replicas();
   b.synchronize();
   StorageRun out;
+  out.amax = amax.bits();
   for (std::size_t l = 0; l < kSShapes.size(); ++l) {
     const auto [o, in] = kSShapes[l];
     if constexpr (dev) {
@@ -267,6 +307,12 @@ TEST_CASE("DWU with a bf16 W storage: GPU fused epilogue == GPU unfused == CPU, 
       CHECK(g.w[l] == ref.w[l]);
       CHECK(f.c[l] == ref.c[l]);
       CHECK(g.c[l] == ref.c[l]);
+      // Bf16WStorage::amax after the last step: max |w| of the updated W on every path (the
+      // low-rank kernel's epilogue, the pass after the 3xTF32 kernel and after the unfused apply,
+      // the CPU loop)
+      CHECK(ref.amax[l] == max_abs_bits(ref.w[l]));
+      CHECK(f.amax[l] == ref.amax[l]);
+      CHECK(g.amax[l] == ref.amax[l]);
       const auto w0 = w0_bits(l, kSShapes[l].first, kSShapes[l].second);
       for (std::size_t i = 0; i < w0.size(); ++i) changed += w0[i] != ref.w[l][i];
     }
@@ -289,6 +335,7 @@ StorageRun run_dp_storage(Bk& b, Comm& comm, WPrecision policy, double wd, int s
   DataParallelUpdate<Bk, Sgd, Comm> dp(b, comm, Sgd(SgdConfig{0, wd}));
   std::vector<std::vector<std::uint16_t>> hw, hc;
   std::vector<std::uint16_t*> W, C;
+  AmaxSlots<Bk> amax(b, kDShapes.size());
   std::uint64_t offset = 0;
   for (std::size_t l = 0; l < kDShapes.size(); ++l) {
     const auto [o, in] = kDShapes[l];
@@ -316,6 +363,7 @@ StorageRun run_dp_storage(Bk& b, Comm& comm, WPrecision policy, double wd, int s
     st.ldc = in;
     st.seed = 9;
     st.offset = offset;
+    st.amax = amax.at(l);
     offset += std::uint64_t(n);
     dp.set_w_storage(l, st);
   }
@@ -329,10 +377,12 @@ StorageRun run_dp_storage(Bk& b, Comm& comm, WPrecision policy, double wd, int s
         for (std::size_t i = 0; i < gr.size(); ++i) gr[i] = small_int_over(7000 + 97 * s + 13 * l + g, i, 8, 64.f);
         b.upload(gr.data(), dp.grad(l, g));
       }
+    amax.reset();
     dp.step(0.25);
   }
   b.synchronize();
   StorageRun out;
+  out.amax = amax.bits();
   for (std::size_t l = 0; l < kDShapes.size(); ++l) {
     const auto [o, in] = kDShapes[l];
     if constexpr (dev) {
@@ -366,6 +416,8 @@ TEST_CASE("DataParallelUpdate with a bf16 W storage (full fine-tuning): GPU == C
         CAPTURE(l);
         CHECK(g.w[l] == ref.w[l]);
         CHECK(g.c[l] == ref.c[l]);
+        CHECK(ref.amax[l] == max_abs_bits(ref.w[l]));  // Bf16WStorage::amax (the pass after the apply)
+        CHECK(g.amax[l] == ref.amax[l]);
         const auto w0 = w0_bits(10 + l, kDShapes[l].first, kDShapes[l].second);
         for (std::size_t i = 0; i < w0.size(); ++i) changed += w0[i] != ref.w[l][i];
       }
@@ -443,9 +495,18 @@ TEST_CASE("low-rank DWU kernel (CUDA cores): bf16 SR / compensated and fp32 W eq
       st.seed = 11;
       st.step = 5;
       st.offset = 1000;
+      float* damax = dalloc<float>(1);
+      REQUIRE(cudaMemset(damax, 0, sizeof(float)) == cudaSuccess);
+      st.amax = damax;  // the epilogue's max |w| (Bf16WStorage::amax)
       cuda_kernels::launch_dwu_lowrank(nullptr, st, dL, sh.ldl, dR, ldr, sh.M, sh.N, sh.kd, alpha, cap, rpt);
       REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
       const auto gw = d2h(dw, nw), gc = d2h(dc, nw);
+      std::uint32_t amax_bits = 0, want_amax = 0;
+      REQUIRE(cudaMemcpy(&amax_bits, damax, sizeof amax_bits, cudaMemcpyDeviceToHost) == cudaSuccess);
+      cudaFree(damax);
+      for (index_t i = 0; i < sh.M; ++i)  // over the updated columns only (not the padding)
+        for (index_t j = 0; j < sh.N; ++j) want_amax = std::max(want_amax, bf16_abs_bits_f32(gw[std::size_t(i * sh.ldw + j)]));
+      CHECK(amax_bits == want_amax);  // a NaN in W (the specials) included: the largest bits win
       std::size_t bad = 0, moved = 0;
       for (index_t i = 0; i < sh.M; ++i)
         for (index_t j = 0; j < sh.ldw; ++j) {

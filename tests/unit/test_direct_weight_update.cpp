@@ -548,6 +548,78 @@ TEST_CASE("DirectWeightUpdate::set_w_storage: bf16 bits == the set_w_apply path 
   }
 }
 
+// Bf16WStorage::amax: after each step it holds max |w| over the updated storage, as the bits of the
+// float (the FP8 copies' scale input), for both policies and both updates (DirectWeightUpdate,
+// DataParallelUpdate); the update maxes into it, so a value left from before stays when larger.
+TEST_CASE("Bf16WStorage::amax: each update leaves max |w| of the updated bf16 W, by the bits") {
+  auto max_abs_bits = [](const std::vector<std::uint16_t>& w) {
+    std::uint32_t m = 0;
+    for (const std::uint16_t b : w) m = std::max(m, std::uint32_t(b & 0x7fffu) << 16);
+    float f;
+    std::memcpy(&f, &m, sizeof f);
+    return f;
+  };
+  for (const WPrecision p : {WPrecision::Bf16Compensated, WPrecision::Bf16StochasticRounding}) {
+    CAPTURE(w_precision_name(p));
+    const int K = 2;
+    const index_t r = 2, out = 11, in = 13;
+    EigenBackend<float> b;
+    SingleProcess one;
+    VirtualRanks<SingleProcess> comm(one, K);
+    DirectWeightUpdate<EigenBackend<float>, Adam, VirtualRanks<SingleProcess>> dwu(b, comm, Adam{});
+    auto W = hdtest::matrix_with_spectrum(b, out, in, decaying<float>(std::min(out, in)), 77);
+    const auto set = OrthogonalAdapterInit<ExactSvd>(K, r)(b, ConstMatrixView<float>(W.view()), "w");
+    std::vector<std::uint16_t> wb, cb(std::size_t(out * in), 0);
+    for (index_t i = 0; i < out; ++i)
+      for (index_t j = 0; j < in; ++j) wb.push_back(bf16_bits_rn(W.view()(i, j)));
+    float amax = 0;
+    dwu.add_layer("w", MatrixView<float>{nullptr, out, in, in}, set);
+    Bf16WStorage st;
+    st.policy = p;
+    st.w = wb.data();
+    st.ldw = in;
+    st.c = cb.data();
+    st.ldc = in;
+    st.seed = 3;
+    st.amax = &amax;
+    dwu.set_w_storage(0, st);
+    // DataParallelUpdate on a second W (full fine-tuning's layout), SGD
+    DataParallelUpdate<EigenBackend<float>, Sgd, VirtualRanks<SingleProcess>> dp(b, comm, Sgd{});
+    std::vector<std::uint16_t> wb2(std::size_t(out * in)), cb2(std::size_t(out * in), 0);
+    for (std::size_t k = 0; k < wb2.size(); ++k) wb2[k] = bf16_bits_rn(float(0.01 * (double(k % 17) - 8.0)));
+    float amax2 = 0;
+    dp.add_param("w2", MatrixView<float>{nullptr, out, in, in});
+    Bf16WStorage st2 = st;
+    st2.w = wb2.data();
+    st2.c = cb2.data();
+    st2.amax = &amax2;
+    dp.set_w_storage(0, st2);
+    for (int s = 0; s < 3; ++s) {
+      for (int g = 0; g < K; ++g) {
+        fill_gaussian(b, dwu.grad_A(0, g), 40 + 10 * s + g);
+        fill_gaussian(b, dwu.grad_B(0, g), 60 + 10 * s + g);
+        fill_gaussian(b, dp.grad(0, g), 80 + 10 * s + g);
+      }
+      const auto before = wb;
+      amax = 0;
+      amax2 = 0;
+      dwu.step(1e-2);
+      dp.step(1e-1);
+      CHECK(wb != before);  // the step changed W
+      CHECK(amax == max_abs_bits(wb));
+      CHECK(amax2 == max_abs_bits(wb2));
+      CHECK(amax > 0.0f);
+    }
+    amax = 1e30f;  // not reset: the update maxes into it
+    for (int g = 0; g < K; ++g) {
+      fill_gaussian(b, dwu.grad_A(0, g), 7 + g);
+      fill_gaussian(b, dwu.grad_B(0, g), 9 + g);
+    }
+    dwu.step(1e-2);
+    CHECK(amax == 1e30f);
+  }
+}
+
 // DataParallelUpdate::set_w_storage (raw bf16 bits: the GPU trainer's full fine-tuning layout) on
 // the CPU against a hand reference: the mean gradient over K = 4 groups, SGD with decoupled weight
 // decay reading the bf16 W (its exact fp32 widening), Δ = −delta folded into W by the policy's rule
@@ -681,4 +753,61 @@ TEST_CASE("DataParallelUpdate::set_w_storage: bf16 bits == hand reference (SGD) 
     CHECK(moved > 0);
     CHECK(run(1) == run(2));
   }
+}
+
+// The local gradients live in one flat buffer (allocate_gradients): per local group every layer's
+// gA, then every layer's gB, each block on a 64-byte boundary. Consecutive layers' gA are adjacent
+// rows where r·in is a multiple of 16 floats (the trainer's stacked gA GEMM writes into them);
+// no two views overlap; zero_grad zeroes every gradient and nothing else.
+TEST_CASE("DirectWeightUpdate gradients: one flat buffer, gA of consecutive layers adjacent, zero_grad one fill") {
+  EigenBackend<float> b;
+  SingleProcess one;
+  const int K = 2;
+  const index_t r = 4;
+  VirtualRanks<SingleProcess> comm(one, K);
+  DirectWeightUpdate<EigenBackend<float>, Adam, VirtualRanks<SingleProcess>> dwu(b, comm, Adam{});
+  // (out, in): the first three share in = 64 (r·in = 256: adjacent); the last has r·in = 4·13 = 52
+  const std::vector<std::pair<index_t, index_t>> shapes{{64, 64}, {32, 64}, {32, 64}, {9, 13}};
+  std::vector<EigenBackend<float>::Matrix> W;
+  for (std::size_t l = 0; l < shapes.size(); ++l) {
+    const auto [out, in] = shapes[l];
+    W.push_back(hdtest::matrix_with_spectrum(b, out, in, decaying<float>(std::min(out, in)), 500 + l));
+    dwu.add_layer("w" + std::to_string(l), W.back().view(),
+                  OrthogonalAdapterInit<ExactSvd>(K, r)(b, ConstMatrixView<float>(W.back().view()), "w"));
+  }
+  for (int g = 0; g < K; ++g) {
+    CAPTURE(g);
+    CHECK(dwu.grad_A(1, g).data == dwu.grad_A(0, g).data + r * 64);
+    CHECK(dwu.grad_A(2, g).data == dwu.grad_A(1, g).data + r * 64);
+    CHECK(dwu.grad_A(0, g).ld == 64);
+  }
+  // every element of every view is its own (no overlap): mark them all, count the marks
+  std::vector<MatrixView<float>> views;
+  for (std::size_t l = 0; l < shapes.size(); ++l)
+    for (int g = 0; g < K; ++g) {
+      views.push_back(dwu.grad_A(l, g));
+      views.push_back(dwu.grad_B(l, g));
+    }
+  for (auto& v : views) b.fill(v, 0.0f);
+  std::size_t elems = 0;
+  for (auto& v : views) {
+    for (index_t i = 0; i < v.rows; ++i)
+      for (index_t j = 0; j < v.cols; ++j) v(i, j) += 1.0f;
+    elems += std::size_t(v.size());
+  }
+  std::size_t ones = 0;
+  for (auto& v : views)
+    for (index_t i = 0; i < v.rows; ++i)
+      for (index_t j = 0; j < v.cols; ++j) ones += v(i, j) == 1.0f;
+  CHECK(ones == elems);
+  // zero_grad: every gradient back to 0; W untouched
+  const auto w0 = W[0].view()(3, 5);
+  for (auto& v : views) fill_gaussian(b, v, 9);
+  dwu.zero_grad();
+  std::size_t nonzero = 0;
+  for (auto& v : views)
+    for (index_t i = 0; i < v.rows; ++i)
+      for (index_t j = 0; j < v.cols; ++j) nonzero += v(i, j) != 0.0f;
+  CHECK(nonzero == 0);
+  CHECK(W[0].view()(3, 5) == w0);
 }

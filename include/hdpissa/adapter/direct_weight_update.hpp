@@ -79,7 +79,7 @@ class DirectWeightUpdate {
     index_t out = 0, in = 0;
     typename B::matrix_type A;       // (K·r, in), constant
     typename B::matrix_type L;       // (out, 2K·r)
-    std::vector<typename B::matrix_type> gA, gB;  // per local group: (r, in), (out, r)
+    std::vector<V> gA, gB;           // per local group: (r, in), (out, r), views into the flat gradients (finalize())
     std::vector<opt_state> stA, stB;               // per local group
     std::size_t offset = 0;          // of this layer's (dA, dB) inside one group's packed chunk
     std::size_t bucket = 0;          // its exchange bucket (finalize())
@@ -94,11 +94,17 @@ class DirectWeightUpdate {
         options_(options),
         kernels_(b),
         flag_(b.make_matrix(1, 1)) {}
+  // The layers' gradient views point into this object's flat buffer: a copy would share it.
+  DirectWeightUpdate(const DirectWeightUpdate&) = delete;
+  DirectWeightUpdate& operator=(const DirectWeightUpdate&) = delete;
+  DirectWeightUpdate(DirectWeightUpdate&&) = default;
+  DirectWeightUpdate& operator=(DirectWeightUpdate&&) = default;
 
   int groups() const { return comm_->groups(); }
   int local_groups() const { return comm_->local_groups(); }
   index_t rank() const { return rank_; }
   std::size_t num_layers() const { return layers_.size(); }
+  /// Layer i (its gA / gB views are empty until finalize(); grad_A / grad_B finalize first).
   const Layer& layer(std::size_t i) const { return layers_.at(i); }
   long steps() const { return steps_; }
 
@@ -179,11 +185,6 @@ class DirectWeightUpdate {
       b_->copy(CV(factors.B.view()), l.L.view().col_block(K * r, K * r));
     }
     for (int g = 0; g < local_groups(); ++g) {
-      {
-        memory::PartScope part("dwu.gradients");
-        l.gA.push_back(b_->make_matrix(r, W.cols));
-        l.gB.push_back(b_->make_matrix(W.rows, r));
-      }
       memory::PartScope part("dwu.optimizer");
       l.stA.push_back(opt_.make_state(*b_, r, W.cols));
       l.stB.push_back(opt_.make_state(*b_, W.rows, r));
@@ -211,8 +212,8 @@ class DirectWeightUpdate {
     return CV(const_cast<Layer&>(layers_.at(layer)).L.view().col_block((groups() + g) * rank_, rank_));
   }
   /// Gradient buffers of local group `lg` (0 ≤ lg < local_groups(); global group first_group()+lg).
-  V grad_A(std::size_t layer, int lg) { finalize(); return layers_.at(layer).gA.at(lg).view(); }
-  V grad_B(std::size_t layer, int lg) { finalize(); return layers_.at(layer).gB.at(lg).view(); }
+  V grad_A(std::size_t layer, int lg) { finalize(); return layers_.at(layer).gA.at(lg); }
+  V grad_B(std::size_t layer, int lg) { finalize(); return layers_.at(layer).gB.at(lg); }
   /// Local group `lg`'s adapter of `layer` in one handle (its factors A, B and gradient buffers), for
   /// MutedLinear::forward(W, handle, X, Y) / backward(W, handle, X, dY, dX).
   AdapterHandle<S> adapter(std::size_t layer, int lg) {
@@ -223,12 +224,11 @@ class DirectWeightUpdate {
   opt_state& state_A(std::size_t layer, int lg) { return layers_.at(layer).stA.at(lg); }
   opt_state& state_B(std::size_t layer, int lg) { return layers_.at(layer).stB.at(lg); }
 
+  /// Every local gradient ← 0: one fill of the flat gradient buffer. Like the gradient accessors it
+  /// finalizes the update (no add_layer after it).
   void zero_grad() {
-    for (auto& l : layers_)
-      for (int g = 0; g < local_groups(); ++g) {
-        b_->fill(l.gA[g].view(), S(0));
-        b_->fill(l.gB[g].view(), S(0));
-      }
+    finalize();
+    b_->fill(grads_.view(), S(0));
   }
 
   /// Allocates the packed exchange buffers (done by the first step or gradient access).
@@ -254,6 +254,7 @@ class DirectWeightUpdate {
     // says so now, before any state moves.
     if constexpr (requires(kernels_type& k) { k.check_layer(index_t(1), index_t(1), true); })
       for (const auto& l : layers_) kernels_.check_layer(groups(), rank_, l.bf16_w);
+    allocate_gradients();
     memory::PartScope part("dwu.exchange");
     send_ = b_->make_matrix(local_groups(), index_t(chunk_));
     if (comm_->size() > 1)
@@ -263,8 +264,8 @@ class DirectWeightUpdate {
     if constexpr (kFusedKernels)
       for (auto& l : layers_)
         for (int g = 0; g < local_groups(); ++g) {
-          finite_views_.push_back(CV(l.gA[g].view()));
-          finite_views_.push_back(CV(l.gB[g].view()));
+          finite_views_.push_back(CV(l.gA[g]));
+          finite_views_.push_back(CV(l.gB[g]));
         }
     finalized_ = true;
   }
@@ -289,7 +290,7 @@ class DirectWeightUpdate {
     if constexpr (kFusedKernels) check_each = !kernels_.all_finite_batch(finite_views_);
     for (auto& l : layers_)
       for (int g = 0; g < local_groups() && bad.empty() && check_each; ++g)
-        if (!b_->all_finite(CV(l.gA[g].view())) || !b_->all_finite(CV(l.gB[g].view())))
+        if (!b_->all_finite(CV(l.gA[g])) || !b_->all_finite(CV(l.gB[g])))
           bad = cat("layer '", l.name, "', group ", comm_->first_group() + g);
     const double bad_workers = detail::consensus_count(*b_, *comm_, flag_, !bad.empty());
     if (bad_workers > 0) {
@@ -310,8 +311,8 @@ class DirectWeightUpdate {
         const DwuPackedDeltas<S> send = sent(l);
         for (int g = 0; g < local_groups(); ++g) {
           const int G = comm_->first_group() + g;
-          opt_.compute_delta(*b_, l.stA[g], CV(l.A.view().row_block(G * r, r)), CV(l.gA[g].view()), send.dA(g), lr);
-          opt_.compute_delta(*b_, l.stB[g], CV(l.L.view().col_block((groups() + G) * r, r)), CV(l.gB[g].view()),
+          opt_.compute_delta(*b_, l.stA[g], CV(l.A.view().row_block(G * r, r)), CV(l.gA[g]), send.dA(g), lr);
+          opt_.compute_delta(*b_, l.stB[g], CV(l.L.view().col_block((groups() + G) * r, r)), CV(l.gB[g]),
                              send.dB(g), lr);
         }
       }
@@ -399,6 +400,39 @@ class DirectWeightUpdate {
   }
 
  private:
+  /// The local gradients in one flat buffer (zero_grad is one fill), per local group every layer's
+  /// gA (r, in) in layer order, then every layer's gB (out, r): the gA of consecutive layers are
+  /// consecutive rows, so a caller may write the gradients of layers that share an input (a
+  /// LLaMA layer's q, k, v) with one stacked GEMM when grad_A's pointers say they are adjacent.
+  /// Each block starts on a 64-byte boundary (padding only where r·in or out·r is not a multiple).
+  void allocate_gradients() {
+    const index_t r = rank_;
+    constexpr index_t kAlign = index_t(64 / sizeof(S)) > 0 ? index_t(64 / sizeof(S)) : 1;
+    auto up = [&](index_t n) { return (n + kAlign - 1) / kAlign * kAlign; };
+    index_t total = 0;
+    for (const auto& l : layers_) total += up(r * l.in) + up(l.out * r);
+    total *= index_t(local_groups());
+    {
+      memory::PartScope part("dwu.gradients");
+      grads_ = b_->make_matrix(1, std::max<index_t>(total, 1));
+    }
+    b_->fill(grads_.view(), S(0));
+    S* p = grads_.view().data;
+    for (auto& l : layers_) {
+      l.gA.assign(std::size_t(local_groups()), V{});
+      l.gB.assign(std::size_t(local_groups()), V{});
+    }
+    for (int g = 0; g < local_groups(); ++g) {
+      for (auto& l : layers_) {
+        l.gA[std::size_t(g)] = V{p, r, l.in, l.in};
+        p += up(r * l.in);
+      }
+      for (auto& l : layers_) {
+        l.gB[std::size_t(g)] = V{p, l.out, r, r};
+        p += up(l.out * r);
+      }
+    }
+  }
   /// Calls f(layer, local group, state, param, grad, delta) for every optimizer tensor, in the
   /// generic loop's order (A then B per layer and group).
   template <class F>
@@ -408,8 +442,8 @@ class DirectWeightUpdate {
       const DwuPackedDeltas<S> send = sent(l);
       for (int g = 0; g < local_groups(); ++g) {
         const int G = comm_->first_group() + g;
-        f(l.stA[g], CV(l.A.view().row_block(G * r, r)), CV(l.gA[g].view()), send.dA(g));
-        f(l.stB[g], CV(l.L.view().col_block((groups() + G) * r, r)), CV(l.gB[g].view()), send.dB(g));
+        f(l.stA[g], CV(l.A.view().row_block(G * r, r)), CV(l.gA[g]), send.dA(g));
+        f(l.stB[g], CV(l.L.view().col_block((groups() + G) * r, r)), CV(l.gB[g]), send.dB(g));
       }
     }
   }
@@ -478,6 +512,7 @@ class DirectWeightUpdate {
   WApply w_apply_;
   adam_batch_type adam_batch_{};
   std::vector<CV> finite_views_;  // every local gradient, for the batched non-finite check
+  typename B::matrix_type grads_;  // every local gradient, flat (allocate_gradients)
   std::vector<const S*> batch_moments_;  // m, v of every tensor in the table (to notice replaced states)
   long steps_ = 0;
   std::uint64_t w_step_ = 0;  // the stochastic rounding's step (applied steps; set_w_step on resume)

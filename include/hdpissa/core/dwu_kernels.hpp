@@ -11,7 +11,10 @@
 ///    FusedDwuKernels<DwuKernels<B>, B> holds, so a signature typo in a specialisation is a
 ///    static_assert failure next to it, not a silent fallback to the generic loops.
 
+#include <algorithm>
 #include <concepts>
+#include <cstdint>
+#include <cstring>
 #include <cstddef>
 #include <type_traits>
 #include <vector>
@@ -86,10 +89,20 @@ class DwuGenericKernels {
     if constexpr (std::is_same_v<typename B::memory_space, host_memory>) {
       for (index_t i = 0; i < D.rows; ++i)
         for (index_t j = 0; j < D.cols; ++j) w.apply(i, j, sign * float(D.data[i * D.ld + j]));
+      if (w.amax) max_abs_into(w, D.rows, D.cols);
     } else {
       (void)D, (void)w, (void)sign;
       throw InvalidArgument("DwuKernels: this backend has no kernel for a bf16 W storage");
     }
+  }
+  /// *w.amax ← max(*w.amax, max |w|) over the storage's (rows, cols) W, by the bits
+  /// (Bf16WStorage::amax; host memory).
+  static void max_abs_into(const Bf16WStorage& w, index_t rows, index_t cols) {
+    std::uint32_t m;
+    std::memcpy(&m, w.amax, sizeof m);
+    for (index_t i = 0; i < rows; ++i)
+      for (index_t j = 0; j < cols; ++j) m = std::max(m, bf16_abs_bits_f32(w.w[i * w.ldw + j]));
+    std::memcpy(w.amax, &m, sizeof m);
   }
   /// The exact fp32 values of the storage's W into `dst` (its shape: rows, cols): what an optimizer
   /// that reads the parameter (weight decay) sees (DataParallelUpdate; host memory here).

@@ -167,6 +167,13 @@ struct Bf16WStorage {
   std::int64_t ldc = 0;
   std::int64_t cols = 0;
   std::uint64_t seed = 0, step = 0, offset = 0;
+  /// Optional: where every apply path leaves max |w| over the storage's updated W (the storage's
+  /// memory: device for CudaBackend, host for EigenBackend). It holds the bits of a non-negative
+  /// float, so the unsigned maximum is the float maximum (a NaN sorts above +inf); each path maxes
+  /// into it (the fused kernels in their epilogue, the others in a pass over W after the update), so
+  /// the caller zeroes it before the step. It is launch_fp8_amax's value over the same W: an FP8
+  /// copy of W takes its scale from it without a pass of its own (the GPU trainer's --compute fp8).
+  float* amax = nullptr;
   /// Folds `delta` into element (i, j) by the policy's rule (the same function as everywhere).
   HDPISSA_HOST_DEVICE void apply(std::int64_t i, std::int64_t j, float delta) const {
     if (policy == WPrecision::Bf16Compensated)
@@ -175,6 +182,9 @@ struct Bf16WStorage {
       Bf16StochasticRounding{seed, step}(w[i * ldw + j], delta, offset + std::uint64_t(i * cols + j));
   }
 };
+
+/// The bits of |w| as an fp32 value, for a bf16 element's bits (what Bf16WStorage::amax maxes over).
+HDPISSA_HOST_DEVICE inline std::uint32_t bf16_abs_bits_f32(std::uint16_t b) { return std::uint32_t(b & 0x7fffu) << 16; }
 
 /// `s` checked for the (rows, cols) parameter `name` (whose fp32 view was registered by
 /// `registered_by`, e.g. "add_layer"), with s.cols set: the validation DirectWeightUpdate and

@@ -968,6 +968,38 @@ TEST_CASE("--compute fp8: losses and dW track bf16, FP8 copies follow W, notes a
     CHECK_NOTHROW((void)rf.t->engine().generate({1, 2, 3}, g));
   }
 
+  // a method that updates W under a bf16 W policy (the CLI's default for hdpissa on bf16): the
+  // update keeps each FP8 target's max |W| (Bf16WStorage::amax: the DWU's low-rank kernel at
+  // 2Kr = 16, the pass after full fine-tuning's unfused apply) and the refresh skips its amax pass;
+  // after training every copy, amax and scale must equal a fresh quantisation of the live W
+  // (fp8_stale_targets: bytes and scales compared exactly)
+  for (const hdpissa::WPrecision wp : {hdpissa::WPrecision::Bf16StochasticRounding, hdpissa::WPrecision::Bf16Compensated})
+    for (const char* method : {"hdpissa", "lora-dwu", "full"}) {
+      INFO("method ", std::string(method), ", ", hdpissa::w_precision_name(wp));
+      TrainOptions o = base_options(method, "fp8-amax");
+      o.device = Device::Cuda;
+      o.dtype = ComputeDtype::Bf16;
+      o.compute = ComputeKind::Fp8;
+      o.w_precision = wp;
+      o.max_steps = 4;
+      Run r(o);
+      CHECK(r.t->engine().info().description.find("W amax kept by the update's kernels") != std::string::npos);
+      const auto stale = r.t->engine().fp8_stale_targets();
+      REQUIRE(stale.has_value());
+      CHECK(*stale == 0);
+      for (double l : step_losses(o.metrics)) CHECK(std::isfinite(l));
+    }
+  {  // fp32 masters (no bf16 storage): the refresh keeps its amax passes
+    TrainOptions o = base_options("hdpissa", "fp8-amax-fp32");
+    o.device = Device::Cuda;
+    o.dtype = ComputeDtype::Bf16;
+    o.compute = ComputeKind::Fp8;
+    o.max_steps = 2;
+    Run r(o);
+    CHECK(r.t->engine().info().description.find("W amax kept") == std::string::npos);
+    CHECK(*r.t->engine().fp8_stale_targets() == 0);
+  }
+
   // every target FP8-able: + 2 bytes per parameter
   ModelConfig c = base.config;
   c.dim = 1024, c.hidden_dim = 2816, c.n_layers = 2, c.n_heads = 8, c.n_kv_heads = 8, c.head_dim = 128;
@@ -990,6 +1022,47 @@ TEST_CASE("--compute fp8: losses and dW track bf16, FP8 copies follow W, notes a
     const auto stale = r.t->engine().fp8_stale_targets();
     REQUIRE(stale.has_value());
     CHECK(*stale == 0);
+    for (double l : step_losses(o.metrics)) CHECK(std::isfinite(l));
+  }
+  {  // the DWU at 2Kr = 160 (> the low-rank kernel's 64): the sm_90a 3xTF32 kernel (or, where this
+     // GPU has none, the unfused apply), then the storage's amax pass
+    TrainOptions o = base_options("hdpissa", "fp8-amax-wide");
+    o.model = model_dir.string();
+    o.device = Device::Cuda;
+    o.dtype = ComputeDtype::Bf16;
+    o.compute = ComputeKind::Fp8;
+    o.w_precision = hdpissa::WPrecision::Bf16StochasticRounding;
+    o.rank = 40;
+    o.groups_per_process = 2;
+    o.max_steps = 2;
+    Run r(o);
+    CHECK(r.t->engine().info().description.find("W amax kept by the update's kernels") != std::string::npos);
+    const auto stale = r.t->engine().fp8_stale_targets();
+    REQUIRE(stale.has_value());
+    CHECK(*stale == 0);
+    for (double l : step_losses(o.metrics)) CHECK(std::isfinite(l));
+  }
+}
+
+// The shared-input backward (q|k|v, gate|up; bf16 compute) adds its stacked gA GEMM straight into
+// the members' adjacent fp32 gradient sums: every such call of these runs takes the direct path
+// (the update's flat gradients hold consecutive targets' gA back to back; the stacks are in that
+// order). The GPU-vs-CPU checks above pass on either path, so this says which one ran.
+TEST_CASE("bf16 shared-input backward: the stacked gA GEMM adds into the adjacent sums (no scratch)") {
+  for (const char* method : {"hdpissa", "lora", "pissa", "lora-dwu"}) {
+    INFO("method ", std::string(method));
+    TrainOptions o = base_options(method, "stacked-ga");
+    o.device = Device::Cuda;
+    o.dtype = ComputeDtype::Bf16;
+    o.max_steps = 2;
+    Run r(o);
+    const auto [direct, scratch] = r.t->engine().stacked_ga_calls();
+    // two per layer (q|k|v and gate|up) for every micro-batch and local group
+    const std::int64_t per_pass = 2LL * r.t->model().config.n_layers;
+    INFO("direct ", direct, ", through the scratch ", scratch);
+    CHECK(direct >= per_pass * o.max_steps * o.grad_accum * o.groups_per_process);
+    CHECK(direct % per_pass == 0);
+    CHECK(scratch == 0);
     for (double l : step_losses(o.metrics)) CHECK(std::isfinite(l));
   }
 }

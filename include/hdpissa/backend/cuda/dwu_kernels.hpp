@@ -21,6 +21,7 @@
 #include "hdpissa/backend/cuda/cuda_handles.hpp"
 #include "hdpissa/backend/cuda/dwu_gemm_sm90.cuh"
 #include "hdpissa/backend/cuda/dwu_lowrank.cuh"
+#include "hdpissa/backend/cuda/fp8_quantize.hpp"
 #include "hdpissa/backend/cuda/kernels.cuh"
 #include "hdpissa/core/dwu_kernels.hpp"
 #include "hdpissa/core/update_args.hpp"
@@ -229,6 +230,15 @@ inline void launch_apply_w_storage(cudaStream_t s, const float* D, index_t ldd, 
   if (rows * cols == 0) return;
   apply_w_storage_kernel<><<<grid_for(rows * cols), kThreads, 0, s>>>(D, ldd, rows, cols, w, sign);
   HDPISSA_CUDA_CHECK_LAUNCH("apply_w_storage_kernel");
+}
+/// *w.amax ← max(*w.amax, max |w|) over the storage's (rows, cols) W (Bf16WStorage::amax): the pass
+/// for the apply paths whose kernels do not keep the maximum — fp8_amax_kernel over the raw bf16 W
+/// (vector loads, one atomicMax per block), what the FP8 refresh's own amax pass would run.
+inline void launch_w_storage_amax(cudaStream_t s, const Bf16WStorage& w, index_t rows, index_t cols) {
+  if (!w.amax || rows * cols == 0) return;
+  launch_fp8_amax_into(s, ConstMatrixView<__nv_bfloat16>{reinterpret_cast<const __nv_bfloat16*>(w.w), rows, cols,
+                                                         index_t(w.ldw)},
+                       w.amax);
 }
 
 }  // namespace cuda_kernels
@@ -441,7 +451,9 @@ class DwuKernels<CudaBackend<S>> : public DwuGenericKernels<CudaBackend<S>> {
 
   /// apply_fused into a bf16 W storage (a W-precision policy, core/w_precision.hpp): the same
   /// packing and sm_90a 3xTF32 GEMM, whose epilogue folds each Δ = alpha · (L R)_ij into the bf16 W
-  /// (and its compensation) by the policy's rule: one pass over W, no dense Δ, no fp32 W. Returns
+  /// (and its compensation) by the policy's rule: one pass over W, no dense Δ, no fp32 W. With
+  /// w.amax set, the low-rank kernel keeps max |w| in its epilogue; after the 3xTF32 one a pass over
+  /// W does (apply_w_storage too). Returns
   /// false (nothing done) where apply_fused would; the update then runs the generic GEMM into a Δ
   /// scratch and apply_w_storage.
   bool apply_fused_w(CV A, DwuPackedDeltas<const S> d, S alpha, V L, const Bf16WStorage& w) {
@@ -466,6 +478,7 @@ class DwuKernels<CudaBackend<S>> : public DwuGenericKernels<CudaBackend<S>> {
                                        int(in), rt);
       cuda_kernels::sm90::launch_dwu_gemm_tf32_bf16w<cuda_kernels::DwuGemm3xTf32Config>(
           b.stream(), w, L.data, ldl, rt, int(kd), int(out), int(in), int(kd), alpha);
+      cuda_kernels::launch_w_storage_amax(b.stream(), w, out, in);  // its epilogue keeps no maximum
       return true;
     }
   }
@@ -478,6 +491,7 @@ class DwuKernels<CudaBackend<S>> : public DwuGenericKernels<CudaBackend<S>> {
     } else {
       cuda_kernels::launch_apply_w_storage(this->backend().stream(), D.data, index_t(cuda_detail::ld_of(D)), D.rows,
                                            D.cols, w, sign);
+      cuda_kernels::launch_w_storage_amax(this->backend().stream(), w, D.rows, D.cols);
     }
   }
   /// The exact fp32 values of the storage's W into `dst` (its shape): the backend's bf16 → fp32

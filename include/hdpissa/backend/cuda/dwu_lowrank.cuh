@@ -16,6 +16,9 @@
 /// (no contraction with the rule), then the W-precision rule of each element — the same functions
 /// as the CPU (core/w_precision.hpp) — or, for fp32 W, w = fmaf(alpha, acc, w) like the sm_90a
 /// kernel's epilogue. Deterministic: every worker with the same inputs writes the same bits.
+/// With a bf16 storage whose `amax` is set, the epilogue also keeps max |w| over the elements it
+/// writes and maxes it into *amax (one atomicMax per warp; max is exact in any order), so an FP8
+/// copy of W needs no amax pass of its own.
 
 #include <cuda_runtime.h>
 
@@ -121,6 +124,8 @@ __global__ void __launch_bounds__(DwuLowrank::threads(PR), 2)
     for (int h = 0; h < 2; ++h) vec[h] = al && n0 + cb[h] + H <= N;
   }
   if constexpr (kBf16) key = sr_step_key(o.seed, o.step);
+  // max |w| over this thread's updated elements, by the bits (Bf16WStorage::amax; bf16 storage only)
+  std::uint32_t amax = 0;
   const int tiles = (M + BM - 1) / BM;
   for (int t = int(blockIdx.y); t < tiles; t += int(gridDim.y)) {
     const int m0 = t * BM;
@@ -193,6 +198,7 @@ __global__ void __launch_bounds__(DwuLowrank::threads(PR), 2)
               if ((u_lo & 0x7fffffffu) > 0x7f800000u) b_lo = 0x7fc0u;
               if ((u_hi & 0x7fffffffu) > 0x7f800000u) b_hi = 0x7fc00000u;
               nw[q] = b_hi | b_lo;
+              amax = max(amax, max(nw[q] & 0x7fff0000u, (nw[q] << 16) & 0x7fff0000u));
             }
             *reinterpret_cast<uint2*>(o.w + index_t(row) * o.ldw + c0) = uint2{nw[0], nw[1]};
           } else {
@@ -200,8 +206,10 @@ __global__ void __launch_bounds__(DwuLowrank::threads(PR), 2)
             for (int j = 0; j < H; ++j) {
               const int col = c0 + j;
               if (col >= N) continue;
-              Bf16StochasticRounding::apply_keyed(o.w[index_t(row) * o.ldw + col], __fmul_rn(alpha, acc[i][h * H + j]),
-                                                  key, o.offset + std::uint64_t(index_t(row) * o.cols + col));
+              std::uint16_t& e = o.w[index_t(row) * o.ldw + col];
+              Bf16StochasticRounding::apply_keyed(e, __fmul_rn(alpha, acc[i][h * H + j]), key,
+                                                  o.offset + std::uint64_t(index_t(row) * o.cols + col));
+              amax = max(amax, bf16_abs_bits_f32(e));
             }
           }
         } else if constexpr (kBf16) {
@@ -223,6 +231,7 @@ __global__ void __launch_bounds__(DwuLowrank::threads(PR), 2)
               Bf16Compensated{}(wb[j], o.c[index_t(row) * o.ldc + col], delta);
             else
               Bf16StochasticRounding::apply_keyed(wb[j], delta, key, o.offset + std::uint64_t(index_t(row) * o.cols + col));
+            amax = max(amax, bf16_abs_bits_f32(wb[j]));
           }
           if (vec[h]) {
             const uint2 nv{std::uint32_t(wb[0]) | (std::uint32_t(wb[1]) << 16),
@@ -248,6 +257,14 @@ __global__ void __launch_bounds__(DwuLowrank::threads(PR), 2)
         }
       }
     }
+  }
+  if constexpr (kBf16) {
+    if (o.amax) {  // one atomicMax per warp (the order of the maxima does not matter: max is exact)
+      for (int off = 16; off > 0; off >>= 1) amax = max(amax, __shfl_xor_sync(0xffffffffu, amax, off));
+      if ((tid & 31) == 0 && amax != 0u) atomicMax(reinterpret_cast<unsigned int*>(o.amax), amax);
+    }
+  } else {
+    (void)amax;
   }
 }
 

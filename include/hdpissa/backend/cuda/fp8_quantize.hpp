@@ -254,12 +254,12 @@ inline int grid_for(std::int64_t n, int threads) {
 inline bool aligned(const void* p, std::uintptr_t bytes) { return reinterpret_cast<std::uintptr_t>(p) % bytes == 0; }
 }  // namespace fp8_detail
 
-/// *amax ← max |x| (fp32, on the device). Resets *amax first (stream-ordered memset).
+/// *amax ← max(*amax, max |x|) (fp32 bits on the device, as fp8_amax_kernel): no reset, so several
+/// calls (or an update that already maxed into it, Bf16WStorage::amax) accumulate.
 template <class T>
-void launch_fp8_amax(cudaStream_t s, ConstMatrixView<T> x, float* amax) {
+void launch_fp8_amax_into(cudaStream_t s, ConstMatrixView<T> x, float* amax) {
   static_assert(std::is_same_v<T, float> || std::is_same_v<T, __nv_bfloat16>, "fp8_amax: float or bf16 input");
   HDPISSA_REQUIRE(amax != nullptr, "fp8_amax: null amax");
-  HDPISSA_CUDA_CHECK(cudaMemsetAsync(amax, 0, sizeof(float), s));
   const std::int64_t n = std::int64_t(x.rows) * x.cols;
   if (n == 0) return;
   const int threads = 256;
@@ -267,6 +267,13 @@ void launch_fp8_amax(cudaStream_t s, ConstMatrixView<T> x, float* amax) {
   cuda_kernels::fp8_amax_kernel<T><<<fp8_detail::grid_for(vec8 ? n / 8 : n, threads), threads, 0, s>>>(
       x.data, x.rows, x.cols, x.ld, vec8, reinterpret_cast<unsigned int*>(amax));
   HDPISSA_CUDA_CHECK_LAUNCH("fp8_amax_kernel");
+}
+/// *amax ← max |x| (fp32, on the device). Resets *amax first (stream-ordered memset).
+template <class T>
+void launch_fp8_amax(cudaStream_t s, ConstMatrixView<T> x, float* amax) {
+  HDPISSA_REQUIRE(amax != nullptr, "fp8_amax: null amax");
+  HDPISSA_CUDA_CHECK(cudaMemsetAsync(amax, 0, sizeof(float), s));
+  launch_fp8_amax_into(s, x, amax);
 }
 
 /// q (x.rows, x.cols, ldq; FP8 of format F) ← fp8(x · s), s = fp8_quant_scale(*amax);

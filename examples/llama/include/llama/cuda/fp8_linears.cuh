@@ -136,13 +136,29 @@ class Fp8Linears {
   }
 
   /// Rebuilds target i's W8, W8ᵀ and scale from the bf16 W (out, in) (no-op for a bf16 target).
-  void quantize_weight(std::size_t i, CV W) {
+  /// `amax_current`: weight_amax(i) already holds max |W| (the update wrote it, Bf16WStorage::amax),
+  /// so the amax pass is skipped: the same bytes; one read of W fewer where the update's kernel kept
+  /// the maximum in its epilogue (the DWU's low-rank kernel; other paths run the pass themselves).
+  void quantize_weight(std::size_t i, CV W, bool amax_current = false) {
     if (!enabled(i)) return;
     HDPISSA_REQUIRE(W.rows == shapes_[i].first && W.cols == shapes_[i].second, "Fp8Linears: target ", i, " is ",
                     shape_str(shapes_[i].first, shapes_[i].second), ", W is ", shape_str(W.rows, W.cols));
     cudaStream_t s = b_->stream();
-    launch_fp8_amax(s, W, w_amax(i));
+    if (!amax_current) launch_fp8_amax(s, W, w_amax(i));
     launch_fp8_quantize_transpose<kWeightFormat>(s, W, w_amax(i), w8(i), w8t(i), w_dequant(i));
+  }
+  /// Target i's weight-amax slot (device; what quantize_weight's amax pass writes): a W update that
+  /// maxes max |W| into it (Bf16WStorage::amax) lets the next quantize_weight skip that pass.
+  float* weight_amax(std::size_t i) const {
+    HDPISSA_REQUIRE(enabled(i), "Fp8Linears::weight_amax: target ", i, " has no FP8 copy");
+    return w_amax(i);
+  }
+  /// Every target's weight-amax slot ← 0 (one strided memset, stream-ordered), before an update
+  /// that maxes into them.
+  void zero_weight_amax() {
+    if (shapes_.empty()) return;
+    HDPISSA_CUDA_CHECK(cudaMemset2DAsync(w_amax(0), 2 * kScaleStride * sizeof(float), 0, sizeof(float),
+                                         shapes_.size(), b_->stream()));
   }
 
   /// Y (tokens, out) ← X (tokens, in) · Wᵀ + β·Y with target i's FP8 copy.

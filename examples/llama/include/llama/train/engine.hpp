@@ -140,6 +140,9 @@ class TrainEngine {
   /// --compute fp8 diagnostic (tests; waits): the number of targets whose FP8 copy differs from a
   /// fresh quantisation of the live W (0: every copy current); nullopt without --compute fp8.
   [[nodiscard]] virtual std::optional<std::int64_t> fp8_stale_targets() { return std::nullopt; }
+  /// Diagnostic (tests): shared-input backward calls (q|k|v, gate|up) whose stacked gA GEMM added
+  /// straight into the adjacent gradient sums, and those that went through a scratch.
+  [[nodiscard]] virtual std::pair<std::int64_t, std::int64_t> stacked_ga_calls() const { return {0, 0}; }
 };
 
 /// What every engine does the same way, over the method of device policy `Dev`.
@@ -164,6 +167,9 @@ class MethodEngine : public TrainEngine {
   [[nodiscard]] std::optional<std::int64_t> fp8_stale_targets() override {
     const std::int64_t n = method_->fp8_stale_targets();
     return n < 0 ? std::nullopt : std::optional<std::int64_t>(n);
+  }
+  [[nodiscard]] std::pair<std::int64_t, std::int64_t> stacked_ga_calls() const override {
+    return method_->stacked_ga_calls();
   }
   void merge_into(ModelWeights& w) override {
     const auto& ids = method_->targets();

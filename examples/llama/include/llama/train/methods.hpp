@@ -200,6 +200,7 @@ class TrainMethod {
       fp8_->set_input_ids(ids_);  // q|k|v and gate|up quantise their shared input once
       for (std::size_t i = 0; i < ids_.size(); ++i) fp8_->set_bf16_weight(i, CVc(Wc_[i]));
       refresh_fp8();
+      fp8_enabled();
     } else {
       throw LlamaError("--compute fp8: expected a bf16 GPU device (--device cuda --dtype bf16); this engine has no FP8 path");
     }
@@ -207,7 +208,7 @@ class TrainMethod {
   /// The FP8 part of the engine's notes ("" when off).
   [[nodiscard]] std::string fp8_note() const {
     if constexpr (kFp8Capable) {
-      if (fp8_) return "; " + fp8_->describe();
+      if (fp8_) return "; " + fp8_->describe() + (amax_in_update_ ? "; W amax kept by the update's kernels" : "");
     }
     return {};
   }
@@ -226,6 +227,9 @@ class TrainMethod {
     }
     return -1;
   }
+  /// Diagnostic: shared-input backward calls whose stacked gA GEMM added straight into the adjacent
+  /// sums (first) or went through the scratch (second).
+  [[nodiscard]] std::pair<std::int64_t, std::int64_t> stacked_ga_calls() const { return stacked_ga_; }
   /// One-line description for the config echo.
   [[nodiscard]] virtual std::string describe() const = 0;
   /// The targeted linears, in layer order.
@@ -382,11 +386,61 @@ class TrainMethod {
   }
   /// Rebuilds every FP8 copy from the compute W: after any change of W (an optimizer step of a
   /// method that updates W, a restore). Stream-ordered after the update; no synchronisation.
-  void refresh_fp8() {
+  /// `amax_current`: the update left each FP8 target's max |W| in its amax slot (w_storage_amax()).
+  void refresh_fp8(bool amax_current = false) {
     if constexpr (kFp8Capable) {
       if (fp8_)
-        for (std::size_t i = 0; i < ids_.size(); ++i) fp8_->quantize_weight(i, CVc(Wc_[i]));
+        for (std::size_t i = 0; i < ids_.size(); ++i) fp8_->quantize_weight(i, CVc(Wc_[i]), amax_current);
+    } else {
+      (void)amax_current;
     }
+  }
+  /// Called at the end of enable_fp8() (the FP8 copies exist): a method that updates W under a bf16
+  /// policy points its storages' amax at the copies' slots here.
+  virtual void fp8_enabled() {}
+  /// Points every FP8 target's bf16 W storage at its copy's amax slot (Bf16WStorage::amax) in `upd`
+  /// (DirectWeightUpdate / DataParallelUpdate::set_w_storage), so the update's kernels keep max |W|
+  /// and refresh_fp8(true) skips the amax passes. False (nothing changed) without FP8 targets or
+  /// without bf16 storages (setup_w_precision on the GPU with a bf16 policy).
+  template <class Upd>
+  bool w_storage_amax(Upd& upd) {
+    if constexpr (kFp8Capable) {
+      if (!fp8_ || w_storage_.size() != ids_.size()) return false;
+      bool any = false;
+      for (std::size_t i = 0; i < ids_.size(); ++i) {
+        if (!fp8_on(i)) continue;
+        hdpissa::Bf16WStorage st = w_storage_[i];
+        st.amax = fp8_->weight_amax(i);
+        upd.set_w_storage(i, st);
+        any = true;
+      }
+      return any;
+    } else {
+      (void)upd;
+      return false;
+    }
+  }
+  /// Before an update that maxes into the FP8 amax slots (w_storage_amax): every slot ← 0.
+  void zero_fp8_amax() {
+    if constexpr (kFp8Capable) {
+      if (fp8_) fp8_->zero_weight_amax();
+    }
+  }
+  /// The step of a method that updates W (step_w), then W's compute copies and FP8 copies follow,
+  /// once per optimizer step. With amax_in_update_ the update's kernels leave max |W| in the FP8
+  /// amax slots (reset first), so the refresh skips its amax passes; a skipped step (nothing
+  /// written after the reset) runs them.
+  template <class Upd>
+  hdpissa::StepReport step_updating_w(Upd& upd, double lr) {
+    if (amax_in_update_) zero_fp8_amax();
+    const auto rep = step_w(upd, lr);
+    if (!rep.skipped) {
+      for (std::size_t i = 0; i < ids_.size(); ++i) push_weight(i);
+      refresh_fp8(amax_in_update_);
+    } else if (amax_in_update_) {
+      refresh_fp8();
+    }
+    return rep;
   }
   /// The FP8 activation buffers follow the model's largest token count.
   void reserve_fp8(index_t max_tokens) {
@@ -469,6 +523,7 @@ class TrainMethod {
         w_offsets_.push_back(offset);
         offset += std::uint64_t(W.rows) * std::uint64_t(W.cols);
         upd.set_w_storage(i, st);
+        w_storage_.push_back(st);
       }
     } else if constexpr (!std::is_same_v<typename Bm::memory_space, hdpissa::host_memory>) {
       (void)upd;
@@ -548,6 +603,9 @@ class TrainMethod {
   std::uint64_t sr_seed_ = 0;
   long w_step_ = 0;                               // applied optimizer steps (the SR stream's step)
   std::vector<std::uint64_t> w_offsets_;          // first SR element index of each target
+  std::vector<hdpissa::Bf16WStorage> w_storage_;   // per target: its bf16 W storage (GPU bf16 policies)
+  std::pair<std::int64_t, std::int64_t> stacked_ga_{0, 0};  // stacked_ga_calls(): direct, through the scratch
+  bool amax_in_update_ = false;                    // the FP8 amax slots come from the update (fp8_enabled)
   std::vector<typename Bm::matrix_type> comp_;    // Kahan compensation per target (bf16 values; CPU)
   std::vector<typename Bc::matrix_type> compc_;   // the same in bf16 storage (GPU, bf16 compute)
 
@@ -777,14 +835,8 @@ class DwuMethod final : public TrainMethod<Dev> {
   }
 
   void zero_grad() override { upd_.zero_grad(); }
-  hdpissa::StepReport step(double lr) override {
-    const auto rep = this->step_w(upd_, lr);
-    if (!rep.skipped) {
-      for (std::size_t i = 0; i < ids_.size(); ++i) this->push_weight(i);
-      this->refresh_fp8();  // W changed: its FP8 copies follow, once per optimizer step
-    }
-    return rep;
-  }
+  hdpissa::StepReport step(double lr) override { return this->step_updating_w(upd_, lr); }
+  void fp8_enabled() override { this->amax_in_update_ = this->w_storage_amax(upd_); }
   void refresh() override {
     for (std::size_t i = 0; i < ids_.size(); ++i) this->push_weight(i);
     this->refresh_copies(cc_, stacked());
@@ -861,7 +913,8 @@ class DwuMethod final : public TrainMethod<Dev> {
   }
   /// q|k|v and gate|up (bf16 compute, exact mute, all targets): X is read twice for the group
   /// (MutedLinear::backward_shared over the stacked A copies) instead of twice per linear; the
-  /// stacked gA lands in an fp32 scratch and is added to each target's fp32 sum. Else (or with the
+  /// stacked gA GEMM adds straight into the members' adjacent fp32 sums (else into a scratch, then
+  /// one add per member). Else (or with the
   /// fused kernels, which go linear by linear) one backward() each.
   void backward_shared(int lg, std::span<const typename Base::SharedCall> calls, CVc X) override {
     if constexpr (kMixed && std::is_same_v<Mute, hdpissa::ExactMute>) {
@@ -934,8 +987,9 @@ class DwuMethod final : public TrainMethod<Dev> {
     }
   }
   /// A shared-input group of targets (kSharedInputAttention or kSharedInputMlp of one layer, every
-  /// member a target, bf16 compute, exact mute): their slots in the model's call order and the
-  /// stacked compute copies of their A, per group g rows [g·n·r, (g+1)·n·r) = [A_0(g); …; A_{n-1}(g)].
+  /// member a target, bf16 compute, exact mute): their slots in module order (q, k, v; gate, up: the
+  /// order of their gA in the update's gradients) and the stacked compute copies of their A, per
+  /// group g rows [g·n·r, (g+1)·n·r) = [A_0(g); …; A_{n-1}(g)].
   struct Stack {
     std::array<std::size_t, 3> slots{};
     std::size_t n = 0;
@@ -957,9 +1011,14 @@ class DwuMethod final : public TrainMethod<Dev> {
         st.A = this->bc_->make_matrix(K * index_t(st.n) * r, in);
         stacks_.push_back(std::move(st));
       };
+      // Members in module (forward) order, the order of their gA in the update's flat gradients, so
+      // the stacked gA GEMM can add straight into them (shared_backward); the model's backward calls
+      // them in kSharedInputAttention / kSharedInputMlp order (v, k, q; up, gate): matched by slot.
+      static constexpr std::array<Module, 3> kAttn{Module::q, Module::k, Module::v};
+      static constexpr std::array<Module, 2> kMlp{Module::gate, Module::up};
       for (int l = 0; l <= ids_.back().layer; ++l) {
-        add(l, kSharedInputAttention);
-        add(l, kSharedInputMlp);
+        add(l, kAttn);
+        add(l, kMlp);
       }
       index_t widest = 0;
       for (const auto& st : stacks_) widest = std::max(widest, index_t(st.n) * r * st.A.view().cols);
@@ -978,12 +1037,17 @@ class DwuMethod final : public TrainMethod<Dev> {
                           st.A.view().row_block((g * n + j) * r, r));
     }
   }
+  /// The stack whose members are exactly these calls' targets, each once, in any order.
   const Stack* find_stack(std::span<const typename Base::SharedCall> calls) const {
     for (const auto& st : stacks_) {
-      if (st.n != calls.size() || st.slots[0] != calls[0].slot) continue;
-      for (std::size_t j = 1; j < st.n; ++j)
-        if (st.slots[j] != calls[j].slot) return nullptr;
-      return &st;
+      if (st.n != calls.size()) continue;
+      bool all = true;
+      for (std::size_t p = 0; p < st.n && all; ++p) {
+        int hits = 0;
+        for (const auto& c : calls) hits += c.slot == st.slots[p];
+        all = hits == 1;
+      }
+      if (all) return &st;
     }
     return nullptr;
   }
@@ -993,8 +1057,10 @@ class DwuMethod final : public TrainMethod<Dev> {
       const int G = comm_->first_group() + lg;
       using SI = typename hdpissa::MutedLinear<Bc, Mute>::template SharedInput<float>;
       std::array<SI, 3> lin{};
-      for (std::size_t j = 0; j < st.n; ++j) {
-        const auto& c = calls[j];
+      for (std::size_t j = 0; j < st.n; ++j) {  // in the stack's order (find_stack matched the set)
+        std::size_t at = 0;
+        while (calls[at].slot != st.slots[j]) ++at;
+        const auto& c = calls[at];
         bool fp8 = false;
         if constexpr (Base::kFp8Capable) {
           fp8 = this->fp8_on(c.slot);
@@ -1002,12 +1068,23 @@ class DwuMethod final : public TrainMethod<Dev> {
         }
         lin[j] = SI{c.W, Bf(c.slot, lg), c.dY, fp8 ? Vc{} : c.dX, upd_.grad_B(c.slot, lg)};
       }
-      const V32 gA{ga_stack_.view().data, n * r, in, in};
-      // the gB_j are the fp32 sums (added to); the stacked gA is this micro-batch's, added below
+      // The members' fp32 gA sums are adjacent rows of the update's flat gradients (the DWU lays
+      // consecutive layers' gA out back to back): the stacked GEMM adds into them directly. Else
+      // this micro-batch's stacked gA lands in a scratch and is added to each sum.
+      const V32 g0 = upd_.grad_A(st.slots[0], lg);
+      bool adjacent = g0.ld == in;
+      for (index_t j = 1; j < n && adjacent; ++j) {
+        const V32 gj = upd_.grad_A(st.slots[std::size_t(j)], lg);
+        adjacent = gj.ld == in && gj.data == g0.data + j * r * in;
+      }
+      const V32 gA = adjacent ? V32{g0.data, n * r, in, in} : V32{ga_stack_.view().data, n * r, in, in};
+      // the gB_j are the fp32 sums (added to)
       muted_.backward_shared(X, CVc(st.A.view()).row_block(G * n * r, n * r), std::span<const SI>(lin.data(), st.n), gA,
-                             /*accumulate=*/true, /*accumulate_gA=*/false);
-      for (index_t j = 0; j < n; ++j)
-        this->bm_->axpy(1.0f, CV32(gA.row_block(j * r, r)), upd_.grad_A(st.slots[std::size_t(j)], lg));
+                             /*accumulate=*/true, /*accumulate_gA=*/adjacent);
+      ++(adjacent ? this->stacked_ga_.first : this->stacked_ga_.second);
+      if (!adjacent)
+        for (index_t j = 0; j < n; ++j)
+          this->bm_->axpy(1.0f, CV32(gA.row_block(j * r, r)), upd_.grad_A(st.slots[std::size_t(j)], lg));
     } else {
       (void)lg, (void)st, (void)calls, (void)X;
     }
@@ -1131,8 +1208,11 @@ class AdapterMethod final : public TrainMethod<Dev> {
         if (ctx.progress) ctx.progress(c1, n);
       }
     }
+    // Every A first, then every B: the update's flat gradient buffer then holds consecutive
+    // targets' gA as adjacent rows, so a shared-input group (q, k, v; gate, up) adds its stacked gA
+    // GEMM into them directly (backward_shared).
+    for (std::size_t i = 0; i < ids_.size(); ++i) pA_.push_back(upd_.add_param(ids_[i].hf_name() + ".lora_A", sets_[i].A.view()));
     for (std::size_t i = 0; i < ids_.size(); ++i) {
-      pA_.push_back(upd_.add_param(ids_[i].hf_name() + ".lora_A", sets_[i].A.view()));
       pB_.push_back(upd_.add_param(ids_[i].hf_name() + ".lora_B", sets_[i].B.view()));
       const auto [out, in] = this->shape(i);
       merge_size_ = std::max(merge_size_, out * in);
@@ -1155,8 +1235,7 @@ class AdapterMethod final : public TrainMethod<Dev> {
   }
   void refresh() override {
     for (std::size_t i = 0; i < ids_.size(); ++i) this->push_weight(i);
-    this->refresh_copies(cc_, sets_);
-    fill_stacks();
+    if constexpr (kMixed) Dev::run_compute_batch(*this->bm_, copy_batch_);  // restored A, B: their copies
     this->refresh_fp8();  // a restored W_res
   }
   /// W_res + s·B A, computed by the master backend in fp32 (not a hot path). With bf16 compute the
@@ -1240,8 +1319,9 @@ class AdapterMethod final : public TrainMethod<Dev> {
     Base::forward_shared(lg, calls, X);
   }
   /// The backward of a group whose forward ran forward_shared (its calls in any order: the model
-  /// runs the backward in reverse): the stacked gA lands in an fp32 scratch and is added to each
-  /// target's sum, the gB GEMMs add into theirs, U comes from the forward. Else one backward() each.
+  /// runs the backward in reverse): the stacked gA GEMM adds straight into the members' adjacent
+  /// fp32 sums (else into a scratch, then one add per member), the gB GEMMs add into theirs, U comes
+  /// from the forward. Else one backward() each.
   void backward_shared(int lg, std::span<const typename Base::SharedCall> calls, CVc X) override {
     if constexpr (kMixed) {
       Stack* st = shared_ok(calls) ? find_stack(calls, /*any_order=*/true) : nullptr;
@@ -1252,12 +1332,22 @@ class AdapterMethod final : public TrainMethod<Dev> {
         for (std::size_t p = 0; p < st->n; ++p)  // in the stack's order
           for (const auto& c : calls)
             if (c.slot == st->slots[p]) bw[p] = SB{c.W, Bf(c.slot), c.dY, c.dX, upd_.grad(pB_[c.slot], lg)};
-        const V32 gA{ga_stack_.data(), n * r, in, in};
+        // the members' fp32 gA sums, adjacent rows of the update's flat gradients (A registered first):
+        // the stacked GEMM adds into them; else a scratch and one add per member
+        const V32 g0 = upd_.grad(pA_[st->slots[0]], lg);
+        bool adjacent = g0.ld == in;
+        for (index_t p = 1; p < n && adjacent; ++p) {
+          const V32 gp = upd_.grad(pA_[st->slots[std::size_t(p)]], lg);
+          adjacent = gp.ld == in && gp.data == g0.data + p * r * in;
+        }
+        const V32 gA = adjacent ? V32{g0.data, n * r, in, in} : V32{ga_stack_.data(), n * r, in, in};
         const CVc u = st->u_rows == X.rows ? CVc{st->U.data(), X.rows, n * r, n * r} : CVc{};
         lin_.backward_shared(X, CVc(st->A.view()), std::span<const SB>(bw.data(), st->n), gA, /*accumulate=*/true,
-                             /*accumulate_gA=*/false, u);
-        for (index_t p = 0; p < n; ++p)
-          this->bm_->axpy(1.0f, CV32(gA.row_block(p * r, r)), upd_.grad(pA_[st->slots[std::size_t(p)]], lg));
+                             /*accumulate_gA=*/adjacent, u);
+        ++(adjacent ? this->stacked_ga_.first : this->stacked_ga_.second);
+        if (!adjacent)
+          for (index_t p = 0; p < n; ++p)
+            this->bm_->axpy(1.0f, CV32(gA.row_block(p * r, r)), upd_.grad(pA_[st->slots[std::size_t(p)]], lg));
         return;
       }
     }
@@ -1359,12 +1449,12 @@ class AdapterMethod final : public TrainMethod<Dev> {
       index_t widest = 0;
       for (const auto& st : stacks_) widest = std::max(widest, index_t(st.n) * st.r * st.A.view().cols);
       if (widest > 0) ga_stack_ = this->bm_->make_matrix(1, widest);
-      fill_stacks();
     }
   }
-  /// Every step's conversions in one table (bf16 compute): A_i, B_i → their compute copies and each
-  /// stacked member's A → its rows of the stack, straight from the fp32 factor (the same bits as
-  /// refresh_copies + fill_stacks: a bf16 copy is exact). The buffers are fixed from here on.
+  /// The conversions of every step and of refresh() in one table (bf16 compute): A_i, B_i → their
+  /// compute copies and each stacked member's A → its rows of the stack, straight from the fp32
+  /// factor (a stacked row is the member's compute copy, bit for bit). Built once (the buffers are
+  /// fixed from here on) and run now, which fills the stacks.
   void make_copy_batch() {
     if constexpr (kMixed) {
       std::vector<typename Dev::compute_batch::Pair> pairs;
@@ -1376,13 +1466,8 @@ class AdapterMethod final : public TrainMethod<Dev> {
         for (std::size_t j = 0; j < st.n; ++j)
           pairs.emplace_back(Base::factor_view(sets_[st.slots[j]].A), st.A.view().row_block(index_t(j) * st.r, st.r));
       copy_batch_ = Dev::make_compute_batch(*this->bm_, pairs);
+      Dev::run_compute_batch(*this->bm_, copy_batch_);
     }
-  }
-  /// The stacked A copies ← the compute copies of A.
-  void fill_stacks() {
-    for (auto& st : stacks_)
-      for (std::size_t j = 0; j < st.n; ++j)
-        this->bc_->copy(CVc(cc_.A[st.slots[j]].view()), st.A.view().row_block(index_t(j) * st.r, st.r));
   }
   /// No member has an FP8 copy (those take forward()'s FP8 path).
   template <class Calls>
@@ -1473,14 +1558,8 @@ class FullMethod final : public TrainMethod<Dev> {
     this->setup_w_precision(o, upd_);
   }
   void zero_grad() override { upd_.zero_grad(); }
-  hdpissa::StepReport step(double lr) override {
-    const auto rep = this->step_w(upd_, lr);
-    if (!rep.skipped) {
-      for (std::size_t i = 0; i < ids_.size(); ++i) this->push_weight(i);
-      this->refresh_fp8();  // W changed: its FP8 copies follow, once per optimizer step
-    }
-    return rep;
-  }
+  hdpissa::StepReport step(double lr) override { return this->step_updating_w(upd_, lr); }
+  void fp8_enabled() override { this->amax_in_update_ = this->w_storage_amax(upd_); }
   void refresh() override {
     for (std::size_t i = 0; i < ids_.size(); ++i) this->push_weight(i);
     this->refresh_fp8();
