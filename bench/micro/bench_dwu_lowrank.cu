@@ -10,7 +10,11 @@
 // reasons (scripts/device-calls/c23.sh).
 //
 // Usage: bench_dwu_lowrank [--reps N] [--shape M,N] [--kd K] [--policy sr|comp|fp32] [--rows-per-thread 8|4]
-// (rows per thread: the kernel's two thread tilings, same bits; both unless given)
+//                          [--stages 0|1|2|all]
+// (rows per thread: the kernel's two thread tilings, same bits; both unless given. stages: the
+// tile buffers, 0 = the launcher's choice (default), all = 1 and 2; same bits)
+// bench_dwu_lowrank_g4 is the same source with -DHDPISSA_EXPERIMENT_SR_GROUP4 (another SR stream,
+// one hash per 4 elements): timing only, never a library build.
 // Every "JSON " line is one machine-readable record.
 #include <cuda_bf16.h>
 
@@ -38,7 +42,7 @@ struct Result {
   double gbps;  // W bytes read + written (and the compensation buffer's) per second
 };
 
-Result run_one(cudaStream_t s, int M, int N, int kd, Pol pol, int reps, int rpt) {
+Result run_one(cudaStream_t s, int M, int N, int kd, Pol pol, int reps, int rpt, int stages) {
   const std::size_t mn = std::size_t(M) * std::size_t(N);
   DeviceBuffer<float> L(std::size_t(M) * std::size_t(std::max(kd, 1))), R(std::size_t(std::max(kd, 1)) * std::size_t(N));
   GB b(s, {});
@@ -59,7 +63,7 @@ Result run_one(cudaStream_t s, int M, int N, int kd, Pol pol, int reps, int rpt)
     DeviceBuffer<float> W(mn);
     b.fill_normal(MatrixView<float>(W.get(), M, N), 13);
     ck::DwuLowrankFp32W o{W.get(), N};
-    time([&](int) { ck::launch_dwu_lowrank(s, o, L.get(), std::max(kd, 1), R.get(), N, M, N, kd, 1e-6f, 0, rpt); });
+    time([&](int) { ck::launch_dwu_lowrank(s, o, L.get(), std::max(kd, 1), R.get(), N, M, N, kd, 1e-6f, 0, rpt, stages); });
     bytes = 8.0 * double(mn);
   } else {
     DeviceBuffer<std::uint16_t> W(mn), C(pol == Pol::Comp ? mn : 1);
@@ -70,7 +74,7 @@ Result run_one(cudaStream_t s, int M, int N, int kd, Pol pol, int reps, int rpt)
     o.w = W.get(), o.ldw = N, o.c = pol == Pol::Comp ? C.get() : nullptr, o.ldc = N, o.cols = N, o.seed = 7;
     time([&](int i) {
       o.step = std::uint64_t(i);
-      ck::launch_dwu_lowrank(s, o, L.get(), std::max(kd, 1), R.get(), N, M, N, kd, 1e-3f, 0, rpt);
+      ck::launch_dwu_lowrank(s, o, L.get(), std::max(kd, 1), R.get(), N, M, N, kd, 1e-3f, 0, rpt, stages);
     });
     bytes = (pol == Pol::Comp ? 8.0 : 4.0) * double(mn);
   }
@@ -82,6 +86,7 @@ Result run_one(cudaStream_t s, int M, int N, int kd, Pol pol, int reps, int rpt)
 int main(int argc, char** argv) {
   int reps = 20, only_kd = -1, sm = 0, sn = 0;
   std::vector<int> rpts{8, 4};
+  std::vector<int> stage_list{0};
   std::vector<Pol> pols{Pol::Sr, Pol::Fp32};
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
@@ -102,6 +107,15 @@ int main(int argc, char** argv) {
       }
       rpts = {r};
     }
+    else if (a == "--stages") {
+      const std::string v = next();
+      if (v == "all") stage_list = {1, 2};
+      else if (v == "0" || v == "1" || v == "2") stage_list = {std::atoi(v.c_str())};
+      else {
+        std::fprintf(stderr, "bench_dwu_lowrank: --stages expects 0, 1, 2 or all, found '%s'\n", v.c_str());
+        return 2;
+      }
+    }
     else if (a == "--shape") {
       if (std::sscanf(next(), "%d,%d", &sm, &sn) != 2 || sm < 1 || sn < 1) {
         std::fprintf(stderr, "bench_dwu_lowrank: --shape expects M,N (positive), e.g. 4096,11008\n");
@@ -117,7 +131,7 @@ int main(int argc, char** argv) {
         return 2;
       }
     } else {
-      std::fprintf(stderr, "bench_dwu_lowrank: unknown argument '%s' (expected --reps, --shape, --kd, --policy, --rows-per-thread)\n", a.c_str());
+      std::fprintf(stderr, "bench_dwu_lowrank: unknown argument '%s' (expected --reps, --shape, --kd, --policy, --rows-per-thread, --stages)\n", a.c_str());
       return 2;
     }
   }
@@ -134,29 +148,38 @@ int main(int argc, char** argv) {
   if (sm > 0) shapes = {{sm, sn}};
   std::vector<int> kds{0, 8, 16, 32, 64};
   if (only_kd >= 0) kds = {only_kd};
+  for (int st : stage_list)
   for (int rpt : rpts)
   for (Pol p : pols)
     for (auto [M, N] : shapes)
       for (int kd : kds) {
-        const Result r = run_one(stream.get(), int(M), int(N), kd, p, reps, rpt);
-        std::printf("%-17s rpt %d %6lld x %-6lld kd %2d: %9.1f us  %7.0f GB/s  (%.2f of copy)\n", pol_name(p), rpt,
+        const Result r = run_one(stream.get(), int(M), int(N), kd, p, reps, rpt, st);
+        std::printf("%-17s rpt %d st %d %6lld x %-6lld kd %2d: %9.1f us  %7.0f GB/s  (%.2f of copy)\n", pol_name(p), rpt, st,
                     (long long)M, (long long)N, kd, r.us, r.gbps, r.gbps / copy);
-        std::printf("JSON {\"bench\":\"dwu_lowrank\",\"policy\":\"%s\",\"rows_per_thread\":%d,\"M\":%lld,\"N\":%lld,\"kd\":%d,\"us\":%.2f,\"gbps\":%.1f}\n",
-                    pol_name(p), rpt, (long long)M, (long long)N, kd, r.us, r.gbps);
+        std::printf("JSON {\"bench\":\"dwu_lowrank\",\"policy\":\"%s\",\"rows_per_thread\":%d,\"stages\":%d,\"M\":%lld,\"N\":%lld,\"kd\":%d,\"us\":%.2f,\"gbps\":%.1f}\n",
+                    pol_name(p), rpt, st, (long long)M, (long long)N, kd, r.us, r.gbps);
       }
-  // The 7B model's 224 updates at kd = 32 (one group per GPU, r = 16): 32 layers × (q, k, v, o at
-  // 4096², gate and up at 11008 × 4096, down at 4096 × 11008), bf16 SR, summed from the rows above.
+  // The models' updates at kd = 32 (one group per GPU, r = 16), bf16 SR: 7B, 32 layers × (q, k, v, o
+  // at 4096², gate and up at 11008 × 4096, down at 4096 × 11008); TinyLlama, 22 layers × (q, o at
+  // 2048², k, v at 256 × 2048, gate and up at 5632 × 2048, down at 2048 × 5632).
   if (sm == 0 && (only_kd < 0 || only_kd == 32))
+    for (int st : stage_list)
     for (int rpt : rpts) {
-      const double q = run_one(stream.get(), 4096, 4096, 32, Pol::Sr, reps, rpt).us;
-      const double gu = run_one(stream.get(), 11008, 4096, 32, Pol::Sr, reps, rpt).us;
-      const double d = run_one(stream.get(), 4096, 11008, 32, Pol::Sr, reps, rpt).us;
+      auto us = [&](int M, int N) { return run_one(stream.get(), M, N, 32, Pol::Sr, reps, rpt, st).us; };
+      const double q = us(4096, 4096), gu = us(11008, 4096), d = us(4096, 11008);
       const double total_ms = 32 * (4 * q + 2 * gu + d) / 1e3;
       const double floor_ms = 32.0 * (4.0 * 4096 * 4096 + 3.0 * 11008 * 4096) * 4.0 / (copy * 1e9) * 1e3;
-      std::printf("7B, 224 updates at kd 32 (bf16 SR, rows per thread %d): %.2f ms; the W traffic at the copy rate: %.2f ms\n",
-                  rpt, total_ms, floor_ms);
-      std::printf("JSON {\"bench\":\"dwu_lowrank_7b_total\",\"rows_per_thread\":%d,\"ms\":%.3f,\"copy_floor_ms\":%.3f}\n",
-                  rpt, total_ms, floor_ms);
+      std::printf("7B, 224 updates at kd 32 (bf16 SR, rows per thread %d, stages %d): %.2f ms; the W traffic at the copy rate: %.2f ms\n",
+                  rpt, st, total_ms, floor_ms);
+      std::printf("JSON {\"bench\":\"dwu_lowrank_7b_total\",\"rows_per_thread\":%d,\"stages\":%d,\"ms\":%.3f,\"copy_floor_ms\":%.3f}\n",
+                  rpt, st, total_ms, floor_ms);
+      const double tq = us(2048, 2048), tk = us(256, 2048), tg = us(5632, 2048), td = us(2048, 5632);
+      const double ttotal = 22 * (2 * tq + 2 * tk + 2 * tg + td) / 1e3;
+      const double tfloor = 22.0 * (2.0 * 2048 * 2048 + 2.0 * 256 * 2048 + 3.0 * 5632 * 2048) * 4.0 / (copy * 1e9) * 1e3;
+      std::printf("TinyLlama, 154 updates at kd 32 (bf16 SR, rows per thread %d, stages %d): %.2f ms; the W traffic at the copy rate: %.2f ms\n",
+                  rpt, st, ttotal, tfloor);
+      std::printf("JSON {\"bench\":\"dwu_lowrank_tiny_total\",\"rows_per_thread\":%d,\"stages\":%d,\"ms\":%.3f,\"copy_floor_ms\":%.3f}\n",
+                  rpt, st, ttotal, tfloor);
     }
   return 0;
 }

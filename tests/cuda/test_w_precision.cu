@@ -448,9 +448,18 @@ TEST_CASE("low-rank DWU kernel (CUDA cores): bf16 SR / compensated and fp32 W eq
   // cap: 0 = the launcher's grid; 1 = one row block per column strip, so every block walks all of
   // its strip's row tiles (the L tile and the W staging reused across tiles, as at the 7B shapes).
   // rpt: rows per thread, 8 (256 threads) or 4 (512): the same contract, so the same bits.
+  // stages: one tile buffer, or two (the next row tile's L and W copied during this one); the
+  // launcher's choice (0) too. The same contract, so the same bits.
+  for (const int stages : {0, 1, 2})
   for (const int rpt : {8, 4})
   for (const int cap : {0, 1})
   for (const Shape& sh : shapes) {
+    {  // two stages at kd = 64 may exceed a device's shared memory per block
+      int optin = 0;
+      REQUIRE(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, 0) == cudaSuccess);
+      if (stages == 2 && cuda_kernels::DwuLowrank::smem_bytes(sh.kd, true, 2) > std::size_t(optin)) continue;
+    }
+    CAPTURE(stages);
     CAPTURE(rpt);
     CAPTURE(cap);
     CAPTURE(sh.M);
@@ -494,11 +503,11 @@ TEST_CASE("low-rank DWU kernel (CUDA cores): bf16 SR / compensated and fp32 W eq
       st.cols = sh.N;
       st.seed = 11;
       st.step = 5;
-      st.offset = 1000;
+      st.offset = sh.M % 2 ? 1003 : 1000;  // a base that is not a multiple of 4 too
       float* damax = dalloc<float>(1);
       REQUIRE(cudaMemset(damax, 0, sizeof(float)) == cudaSuccess);
       st.amax = damax;  // the epilogue's max |w| (Bf16WStorage::amax)
-      cuda_kernels::launch_dwu_lowrank(nullptr, st, dL, sh.ldl, dR, ldr, sh.M, sh.N, sh.kd, alpha, cap, rpt);
+      cuda_kernels::launch_dwu_lowrank(nullptr, st, dL, sh.ldl, dR, ldr, sh.M, sh.N, sh.kd, alpha, cap, rpt, stages);
       REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
       const auto gw = d2h(dw, nw), gc = d2h(dc, nw);
       std::uint32_t amax_bits = 0, want_amax = 0;
@@ -515,7 +524,7 @@ TEST_CASE("low-rank DWU kernel (CUDA cores): bf16 SR / compensated and fp32 W eq
           if (j < sh.N) {
             const float d = host_delta(L, sh.ldl, R, ldr, i, j, sh.kd, alpha);
             if (p == WPrecision::Bf16Compensated) Bf16Compensated{}(ew, ec, d);
-            else Bf16StochasticRounding{11, 5}(ew, d, 1000 + std::uint64_t(i * sh.N + j));
+            else Bf16StochasticRounding{11, 5}(ew, d, st.offset + std::uint64_t(i * sh.N + j));
           }
           bad += gw[e] != ew || (p == WPrecision::Bf16Compensated && gc[e] != ec);
           moved += ew != w[e] || ec != c[e];
@@ -531,7 +540,7 @@ TEST_CASE("low-rank DWU kernel (CUDA cores): bf16 SR / compensated and fp32 W eq
       float* dw = dalloc<float>(nw);
       h2d(dw, w);
       cuda_kernels::launch_dwu_lowrank(nullptr, cuda_kernels::DwuLowrankFp32W{dw, sh.ldw}, dL, sh.ldl, dR, ldr, sh.M,
-                                       sh.N, sh.kd, alpha, cap, rpt);
+                                       sh.N, sh.kd, alpha, cap, rpt, stages);
       REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
       const auto gw = d2h(dw, nw);
       std::size_t bad = 0;

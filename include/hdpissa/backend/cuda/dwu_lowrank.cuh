@@ -45,12 +45,15 @@ struct DwuLowrank {
   /// threads; 4: 512 threads at half the registers, so twice the warps per SM). Every element's
   /// fmaf chain is the same either way: the bits do not depend on it.
   static constexpr int threads(int rows) { return 32 * kBM / rows; }
-  /// Dynamic shared memory for inner dimension kd: R block (kd × 256) + L tile (kd × 64), plus for a
-  /// bf16 W storage the W tile (64 × 256 bf16) in flight during the products: 72 KiB at kd = 32 and
-  /// 112 KiB at kd = 64 (bf16 W). Callers check it against the device's per-block opt-in limit.
-  static constexpr std::size_t smem_bytes(index_t kd, bool bf16_w) {
-    return std::size_t(kd) * (kBN + kBM) * sizeof(float) +
-           (bf16_w ? std::size_t(kBM) * kBN * sizeof(std::uint16_t) : std::size_t(0));
+  /// Dynamic shared memory for inner dimension kd and `stages` tile buffers: the R block (kd × 256)
+  /// once, and per stage the L tile (kd × 64) plus, for a bf16 W storage, the W tile (64 × 256 bf16)
+  /// in flight during the products. One stage: 72 KiB at kd = 32 and 112 KiB at kd = 64 (bf16 W);
+  /// two stages (the next tile's L and W copied while this one is computed): 112 KiB at kd = 32.
+  /// Callers check the one-stage size against the device's per-block opt-in limit (fits).
+  static constexpr std::size_t smem_bytes(index_t kd, bool bf16_w, int stages = 1) {
+    return std::size_t(kd) * kBN * sizeof(float) +
+           std::size_t(stages) * (std::size_t(kd) * kBM * sizeof(float) +
+                                  (bf16_w ? std::size_t(kBM) * kBN * sizeof(std::uint16_t) : std::size_t(0)));
   }
   /// Whether the kernel fits inner dimension kd on `device` (the shared-memory opt-in limit; cached
   /// per device).
@@ -82,6 +85,15 @@ __device__ inline void copy8_async(void* smem_dst, const void* gmem_src) {
   *static_cast<uint2*>(smem_dst) = *static_cast<const uint2*>(gmem_src);
 #endif
 }
+/// The same for 4 bytes (the R block and the transposed L tile: one float each).
+__device__ inline void copy4_async(void* smem_dst, const void* gmem_src) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  const auto dst = static_cast<std::uint32_t>(__cvta_generic_to_shared(smem_dst));
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(dst), "l"(gmem_src) : "memory");
+#else
+  *static_cast<float*>(smem_dst) = *static_cast<const float*>(gmem_src);
+#endif
+}
 __device__ inline void copy_async_commit() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   asm volatile("cp.async.commit_group;\n" ::: "memory");
@@ -92,30 +104,42 @@ __device__ inline void copy_async_wait_all() {
   asm volatile("cp.async.wait_all;\n" ::: "memory");
 #endif
 }
+/// Wait until at most one committed group of this thread's copies is still in flight.
+__device__ inline void copy_async_wait_prior() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.wait_group 1;\n" ::: "memory");
+#endif
+}
 
 /// Pol: the bf16 storage's policy (one instantiation each, so the SR path does not carry the
-/// compensated one's registers); ignored for fp32 W.
-template <class Out, WPrecision Pol = WPrecision::Fp32Master, int PR = DwuLowrank::kPer>
+/// compensated one's registers); ignored for fp32 W. S: tile buffers (1, or 2: the next row tile's
+/// L and W are copied with cp.async while this one's products and epilogue run). The R block and
+/// the L tiles are cp.async copies too (no load → store chains: the per-block start was ≈ kd
+/// dependent L2 round trips). Neither PR nor S changes any element's arithmetic: the same bits.
+template <class Out, WPrecision Pol = WPrecision::Fp32Master, int PR = DwuLowrank::kPer, int S = 1>
 __global__ void __launch_bounds__(DwuLowrank::threads(PR), 2)
     dwu_lowrank_kernel(Out o, const float* __restrict__ L, index_t ldl, const float* __restrict__ R, index_t ldr,
                        int M, int N, int kd, float alpha) {
   static_assert(PR == 8 || PR == 4, "dwu_lowrank_kernel: 8 or 4 rows per thread");
+  static_assert(S == 1 || S == 2, "dwu_lowrank_kernel: 1 or 2 stages");
   constexpr int BM = DwuLowrank::kBM, BN = DwuLowrank::kBN, P = DwuLowrank::kPer, T = DwuLowrank::threads(PR);
   constexpr int H = P / 2, HALF = BN / 2;  // a thread's two column groups of 4, 128 columns apart
+  constexpr bool kBf16 = std::is_same_v<Out, Bf16WStorage>;
   extern __shared__ float smem[];
-  float* Rs = smem;            // [kd][BN]
-  float* Ls = smem + kd * BN;  // [kd][BM]
-  // [BM][BN] bf16 bits: each thread's own 8 rows × 8 columns, copied asynchronously (cp.async) at
-  // the start of a tile and read back by the same thread in the epilogue (no registers held).
-  std::uint16_t* Ws = reinterpret_cast<std::uint16_t*>(Ls + kd * BM);
+  float* Rs = smem;  // [kd][BN]
+  // stage s: Ls_s [kd][BM], then (bf16 storage) Ws_s [BM][BN] bf16 bits: each thread's own 8 rows
+  // × 8 columns, copied asynchronously and read back by the same thread in the epilogue.
+  const int stage_floats = kd * BM + (kBf16 ? BM * BN / 2 : 0);
+  auto Ls_of = [&](int st) { return smem + kd * BN + st * stage_floats; };
+  auto Ws_of = [&](int st) { return reinterpret_cast<std::uint16_t*>(Ls_of(st) + kd * BM); };
   const int tid = int(threadIdx.x), tx = tid & 31, ty = tid >> 5;
   const int n0 = int(blockIdx.x) * BN;
   const int cb[2] = {tx * H, HALF + tx * H};  // the two groups' first column within the block
   for (int i = tid; i < kd * BN; i += T) {
     const int k = i / BN, c = i - k * BN;
-    Rs[i] = n0 + c < N ? R[index_t(k) * ldr + n0 + c] : 0.f;
+    if (n0 + c < N) copy4_async(Rs + i, R + index_t(k) * ldr + n0 + c);
+    else Rs[i] = 0.f;
   }
-  constexpr bool kBf16 = std::is_same_v<Out, Bf16WStorage>;
   std::uint64_t key = 0;
   bool vec[2];  // a group's 4 columns in range and its W address aligned for one vector access
   {
@@ -124,20 +148,18 @@ __global__ void __launch_bounds__(DwuLowrank::threads(PR), 2)
     for (int h = 0; h < 2; ++h) vec[h] = al && n0 + cb[h] + H <= N;
   }
   if constexpr (kBf16) key = sr_step_key(o.seed, o.step);
-  // max |w| over this thread's updated elements, by the bits (Bf16WStorage::amax; bf16 storage only)
-  std::uint32_t amax = 0;
-  const int tiles = (M + BM - 1) / BM;
-  for (int t = int(blockIdx.y); t < tiles; t += int(gridDim.y)) {
+  // Copies of row tile t into stage st: the L tile transposed (consecutive threads take consecutive
+  // rows: conflict-free; the tile is 64 × kd floats of an L2-resident L) and this thread's W rows.
+  auto issue = [&](int t, int st) {
     const int m0 = t * BM;
-    __syncthreads();  // the previous tile's readers of Ls (and, first time, Rs's writers) are done
-    // L tile, transposed: consecutive threads take consecutive rows (conflict-free stores; the
-    // global reads are row-strided, but the tile is 64 × kd floats of an L2-resident L).
+    float* Ls = Ls_of(st);
     for (int i = tid; i < kd * BM; i += T) {
       const int k = i / BM, r = i - k * BM;
-      Ls[i] = m0 + r < M ? L[index_t(m0 + r) * ldl + k] : 0.f;
+      if (m0 + r < M) copy4_async(Ls + i, L + index_t(m0 + r) * ldl + k);
+      else Ls[i] = 0.f;
     }
-    // This thread's W rows, in flight while the products are summed (bf16 storage).
     if constexpr (kBf16) {
+      std::uint16_t* Ws = Ws_of(st);
 #pragma unroll
       for (int i = 0; i < PR; ++i) {
         const int row = m0 + ty * PR + i;
@@ -146,9 +168,34 @@ __global__ void __launch_bounds__(DwuLowrank::threads(PR), 2)
         for (int h = 0; h < 2; ++h)
           if (vec[h]) copy8_async(Ws + (ty * PR + i) * BN + cb[h], o.w + index_t(row) * o.ldw + n0 + cb[h]);
       }
-      copy_async_commit();
     }
-    __syncthreads();
+  };
+  // max |w| over this thread's updated elements, by the bits (Bf16WStorage::amax; bf16 storage only)
+  std::uint32_t amax = 0;
+  const int tiles = (M + BM - 1) / BM, ystride = int(gridDim.y);
+  if constexpr (S == 2) {
+    if (int(blockIdx.y) < tiles) issue(int(blockIdx.y), 0);
+    copy_async_commit();  // group: R and the first tile
+  }
+  int it = 0;
+  for (int t = int(blockIdx.y); t < tiles; t += ystride, ++it) {
+    const int m0 = t * BM;
+    const int st = S == 2 ? (it & 1) : 0;
+    // Every thread is done with the stage about to be refilled (the previous tile's products read
+    // all of its L tile).
+    if (it > 0) __syncthreads();
+    if constexpr (S == 2) {
+      if (t + ystride < tiles) issue(t + ystride, st ^ 1);
+      copy_async_commit();     // (an empty group on the last tile keeps the count)
+      copy_async_wait_prior(); // this tile's group (and R) have landed
+    } else {
+      issue(t, 0);
+      copy_async_commit();
+      copy_async_wait_all();
+    }
+    __syncthreads();  // every thread's L (and R) copies visible
+    const float* Ls = Ls_of(st);
+    const std::uint16_t* Ws = kBf16 ? Ws_of(st) : nullptr;
     float acc[PR][P];
 #pragma unroll
     for (int i = 0; i < PR; ++i)
@@ -170,7 +217,6 @@ __global__ void __launch_bounds__(DwuLowrank::threads(PR), 2)
 #pragma unroll
         for (int j = 0; j < P; ++j) acc[i][j] = fmaf(lv[i], rv[j], acc[i][j]);
     }
-    if constexpr (kBf16) copy_async_wait_all();  // this thread's W rows have landed in Ws
 #pragma unroll
     for (int i = 0; i < PR; ++i) {
       const int row = m0 + ty * PR + i;
@@ -187,14 +233,30 @@ __global__ void __launch_bounds__(DwuLowrank::threads(PR), 2)
             const uint2 wv = *reinterpret_cast<const uint2*>(Ws + (ty * PR + i) * BN + cb[h]);
             const std::uint64_t ib = o.offset + std::uint64_t(index_t(row) * o.cols + c0);
             std::uint32_t nw[2];
+#if defined(HDPISSA_EXPERIMENT_SR_GROUP4)
+            std::uint32_t rb[4];
+            if ((ib & 3u) == 0) {  // the group's 4 fields from one hash
+              const std::uint64_t hh = splitmix64(key ^ (ib >> 2));
+              rb[0] = std::uint32_t(hh) & 0xffffu, rb[1] = std::uint32_t(hh) >> 16;
+              rb[2] = std::uint32_t(hh >> 32) & 0xffffu, rb[3] = std::uint32_t(hh >> 48);
+            } else {
+#pragma unroll
+              for (int j = 0; j < 4; ++j) rb[j] = sr_bits_keyed(key, ib + j);
+            }
+#endif
 #pragma unroll
             for (int q = 0; q < 2; ++q) {
               const std::uint32_t w = q ? wv.y : wv.x;
               const float s_lo = __uint_as_float(w << 16) + __fmul_rn(alpha, acc[i][h * H + 2 * q]);
               const float s_hi = __uint_as_float(w & 0xffff0000u) + __fmul_rn(alpha, acc[i][h * H + 2 * q + 1]);
               const std::uint32_t u_lo = __float_as_uint(s_lo), u_hi = __float_as_uint(s_hi);
+#if defined(HDPISSA_EXPERIMENT_SR_GROUP4)
+              std::uint32_t b_lo = (u_lo + rb[2 * q]) >> 16;
+              std::uint32_t b_hi = (u_hi + rb[2 * q + 1]) & 0xffff0000u;
+#else
               std::uint32_t b_lo = (u_lo + sr_bits_keyed(key, ib + 2 * q)) >> 16;
               std::uint32_t b_hi = (u_hi + sr_bits_keyed(key, ib + 2 * q + 1)) & 0xffff0000u;
+#endif
               if ((u_lo & 0x7fffffffu) > 0x7f800000u) b_lo = 0x7fc0u;
               if ((u_hi & 0x7fffffffu) > 0x7f800000u) b_hi = 0x7fc00000u;
               nw[q] = b_hi | b_lo;
@@ -268,26 +330,62 @@ __global__ void __launch_bounds__(DwuLowrank::threads(PR), 2)
   }
 }
 
+/// The device facts the launcher needs, read once per device: SM count, shared memory per SM and
+/// the per-block reservation.
+struct DwuLowrankDevice {
+  int sms = 0, smem_per_sm = 0, reserved = 0;
+  static const DwuLowrankDevice& of(int device) {
+    static std::mutex mu;
+    static std::vector<DwuLowrankDevice> cache;
+    std::lock_guard<std::mutex> lock(mu);
+    if (cache.size() <= std::size_t(device)) cache.resize(std::size_t(device) + 1);
+    DwuLowrankDevice& d = cache[std::size_t(device)];
+    if (d.sms == 0) {
+      HDPISSA_CUDA_CHECK(cudaDeviceGetAttribute(&d.smem_per_sm, cudaDevAttrMaxSharedMemoryPerMultiprocessor, device));
+      HDPISSA_CUDA_CHECK(cudaDeviceGetAttribute(&d.reserved, cudaDevAttrReservedSharedMemoryPerBlock, device));
+      HDPISSA_CUDA_CHECK(cudaDeviceGetAttribute(&d.sms, cudaDevAttrMultiProcessorCount, device));
+    }
+    return d;
+  }
+  /// Blocks of `smem` dynamic bytes that fit one SM's shared memory (the kernel's launch bounds
+  /// allow two).
+  int blocks_per_sm(std::size_t smem) const {
+    return std::max(1, std::min(2, int(std::size_t(smem_per_sm) / (smem + std::size_t(reserved)))));
+  }
+};
+
 /// W (M, N) ⊕= alpha · L (M, kd) · R (kd, N) on `stream`; `out` is a Bf16WStorage (its rule per
 /// element) or DwuLowrankFp32W. Needs DwuLowrank::fits(kd, …) (the caller checks; larger inner
 /// dimensions are the tensor-core kernel's). Any leading dimensions and alignment: unaligned or
 /// ragged column blocks take the scalar path. `rows_per_thread`: 8 (256 threads a block) or 4 (512
-/// threads, half the registers each); the same bits either way (bench_dwu_lowrank times both).
+/// threads, half the registers each). `stages`: 1, 2 (the next row tile copied during this one), or
+/// 0 = 2 where two blocks of it still fit an SM, else 1. The grid is one wave (the blocks an SM
+/// holds × SMs), each block walking its column strip's row tiles. The same bits for every choice
+/// (bench_dwu_lowrank times them).
 template <class Out>
 inline void launch_dwu_lowrank(cudaStream_t stream, const Out& out, const float* L, index_t ldl, const float* R,
                                index_t ldr, int M, int N, int kd, float alpha, int max_row_blocks = 0,
-                               int rows_per_thread = DwuLowrank::kPer) {
+                               int rows_per_thread = DwuLowrank::kPer, int stages = 0) {
   HDPISSA_REQUIRE(rows_per_thread == 8 || rows_per_thread == 4,
                   "launch_dwu_lowrank: rows_per_thread must be 8 or 4, found ", rows_per_thread);
+  HDPISSA_REQUIRE(stages >= 0 && stages <= 2, "launch_dwu_lowrank: stages must be 0 (auto), 1 or 2, found ", stages);
   if (M <= 0 || N <= 0) return;
-  const std::size_t smem = DwuLowrank::smem_bytes(kd, std::is_same_v<Out, Bf16WStorage>);
-  int dev = 0, sms = 0;
+  constexpr bool kBf16 = std::is_same_v<Out, Bf16WStorage>;
+  int dev = 0;
   HDPISSA_CUDA_CHECK(cudaGetDevice(&dev));
-  HDPISSA_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+  const DwuLowrankDevice& d = DwuLowrankDevice::of(dev);
+  if (stages == 0) {
+    const std::size_t two = DwuLowrank::smem_bytes(kd, kBf16, 2);
+    stages = DwuLowrank::fits(kd, kBf16, dev) && d.blocks_per_sm(two) == 2 &&
+                     two <= std::size_t(d.smem_per_sm) - std::size_t(d.reserved)
+                 ? 2
+                 : 1;
+  }
+  const std::size_t smem = DwuLowrank::smem_bytes(kd, kBf16, stages);
   const int strips = (N + DwuLowrank::kBN - 1) / DwuLowrank::kBN, tiles = (M + DwuLowrank::kBM - 1) / DwuLowrank::kBM;
-  // About four blocks per SM in all; each walks tiles / rows_per_grid row tiles of its strip.
+  // One wave: the blocks every SM holds at once; each walks tiles / rows of its strip.
   // max_row_blocks > 0 caps it (tests: every block then walks several tiles, as at the 7B shapes).
-  int rows = std::max(1, std::min(tiles, (4 * sms + strips - 1) / strips));
+  int rows = std::max(1, std::min(tiles, d.blocks_per_sm(smem) * d.sms / strips));
   if (max_row_blocks > 0) rows = std::min(rows, max_row_blocks);
   const dim3 grid{unsigned(strips), unsigned(rows), 1u};
   const int threads = DwuLowrank::threads(rows_per_thread);
@@ -299,10 +397,15 @@ inline void launch_dwu_lowrank(cudaStream_t stream, const Out& out, const float*
   };
   auto pick = [&](auto rule) {
     constexpr WPrecision P = decltype(rule)::value;
-    if (rows_per_thread == 4) run(dwu_lowrank_kernel<Out, P, 4>);
-    else run(dwu_lowrank_kernel<Out, P, 8>);
+    if (rows_per_thread == 4) {
+      if (stages == 2) run(dwu_lowrank_kernel<Out, P, 4, 2>);
+      else run(dwu_lowrank_kernel<Out, P, 4, 1>);
+    } else {
+      if (stages == 2) run(dwu_lowrank_kernel<Out, P, 8, 2>);
+      else run(dwu_lowrank_kernel<Out, P, 8, 1>);
+    }
   };
-  if constexpr (std::is_same_v<Out, Bf16WStorage>) {
+  if constexpr (kBf16) {
     if (out.policy == WPrecision::Bf16Compensated)
       pick(std::integral_constant<WPrecision, WPrecision::Bf16Compensated>{});
     else
