@@ -13,8 +13,6 @@
 //                          [--stages 0|1|2|all]
 // (rows per thread: the kernel's two thread tilings, same bits; both unless given. stages: the
 // tile buffers, 0 = the launcher's choice (default), all = 1 and 2; same bits)
-// bench_dwu_lowrank_g4 is the same source with -DHDPISSA_EXPERIMENT_SR_GROUP4 (another SR stream,
-// one hash per 4 elements): timing only, never a library build.
 // Every "JSON " line is one machine-readable record.
 #include <cuda_bf16.h>
 

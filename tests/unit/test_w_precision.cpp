@@ -128,6 +128,45 @@ TEST_CASE("Bf16StochasticRounding: P(round up) is the fractional position; unbia
   CHECK(Bf16StochasticRounding::w_bytes_per_param(true) == 2);
 }
 
+TEST_CASE("SR stream: four consecutive elements share one splitmix64; their rounding decisions are independent") {
+  // The definition, as exact values: element 4g + j takes the 16-bit field j of splitmix64(key ^ g).
+  const std::uint64_t key = sr_step_key(5, 10);
+  for (std::uint64_t g : {std::uint64_t(0), std::uint64_t(1), std::uint64_t(250), std::uint64_t(1) << 40}) {
+    const std::uint64_t h = splitmix64(key ^ g);
+    for (std::uint64_t j = 0; j < 4; ++j) {
+      CAPTURE(g);
+      CAPTURE(j);
+      CHECK(sr_bits_keyed(key, 4 * g + j) == std::uint32_t((h >> (16 * j)) & 0xffffu));
+      CHECK(sr_bits(5, 10, 4 * g + j) == sr_bits_keyed(key, 4 * g + j));
+    }
+  }
+  // Independence inside a group: at a half-ulp update each element rounds up with p = 1/2, so two
+  // elements of one group (fields 0 and 1, 0 and 3, 2 and 3) both round up with p = 1/4, and
+  // across groups too (field 3 of g and field 0 of g + 1).
+  const Bf16StochasticRounding sr{.seed = 77, .step = 3};
+  const float w0 = 1.5f, delta = float(0.5 * std::ldexp(1.0, -7));
+  auto up = [&](std::uint64_t i) {
+    float w = w0;
+    sr(w, delta, i);
+    return w != w0;
+  };
+  const int G = 100000;
+  const double se = std::sqrt(0.25 * 0.75 / G);
+  const std::pair<int, int> pairs[] = {{0, 1}, {0, 3}, {2, 3}, {3, 4}};
+  for (const auto& [a, b] : pairs) {
+    CAPTURE(a);
+    CAPTURE(b);
+    int both = 0, ua = 0;
+    for (int g = 0; g < G; ++g) {
+      const bool x = up(std::uint64_t(4 * g + a)), y = up(std::uint64_t(4 * g + b));
+      both += x && y;
+      ua += x;
+    }
+    CHECK(std::fabs(double(ua) / G - 0.5) <= 5 * std::sqrt(0.25 / G));
+    CHECK(std::fabs(double(both) / G - 0.25) <= 5 * se);
+  }
+}
+
 TEST_CASE("Bf16StochasticRounding: same bits for the same (seed, step, index), different across steps") {
   const int N = 4096;
   const float w0 = 1.0f, delta = float(0.5 * std::ldexp(1.0, -7));

@@ -92,20 +92,14 @@ struct Bf16Slot<float> {
 HDPISSA_HOST_DEVICE inline std::uint64_t sr_step_key(std::uint64_t seed, std::uint64_t step) {
   return splitmix64(splitmix64(seed) ^ step);
 }
-#if defined(HDPISSA_EXPERIMENT_SR_GROUP4)
-/// EXPERIMENT ONLY (bench_dwu_lowrank_g4; never define it in a build that trains): another SR
-/// stream, one splitmix64 per 4 consecutive elements (element `index` takes the 16-bit field
-/// index & 3 of splitmix64(key ^ (index >> 2))), to time the low-rank DWU kernel with a quarter of
-/// the hashes. The library's stream is the one below.
+/// The 16 random bits of element `index` under a step key (sr_step_key): field index & 3 of one
+/// splitmix64 of key ^ (index >> 2), so four consecutive elements (index 4g … 4g + 3) share one
+/// hash. Kernels that round such a group together hash once (dwu_lowrank.cuh); every other caller
+/// computes the element's field, with the same bits. (Session 23: the stream was one splitmix64 per
+/// element before; a quarter of the hashes made the 7B step's 224 low-rank updates 13 % faster.)
 HDPISSA_HOST_DEVICE inline std::uint32_t sr_bits_keyed(std::uint64_t key, std::uint64_t index) {
   return std::uint32_t(splitmix64(key ^ (index >> 2)) >> (16 * (index & 3u))) & 0xffffu;
 }
-#else
-/// The 16 random bits of element `index` under a step key (sr_step_key).
-HDPISSA_HOST_DEVICE inline std::uint32_t sr_bits_keyed(std::uint64_t key, std::uint64_t index) {
-  return std::uint32_t(splitmix64(key ^ index) >> 48);
-}
-#endif
 /// The 16 random bits of element `index` at optimizer step `step` of stream `seed`.
 HDPISSA_HOST_DEVICE inline std::uint32_t sr_bits(std::uint64_t seed, std::uint64_t step, std::uint64_t index) {
   return sr_bits_keyed(sr_step_key(seed, step), index);

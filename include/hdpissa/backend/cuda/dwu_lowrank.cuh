@@ -233,9 +233,10 @@ __global__ void __launch_bounds__(DwuLowrank::threads(PR), 2)
             const uint2 wv = *reinterpret_cast<const uint2*>(Ws + (ty * PR + i) * BN + cb[h]);
             const std::uint64_t ib = o.offset + std::uint64_t(index_t(row) * o.cols + c0);
             std::uint32_t nw[2];
-#if defined(HDPISSA_EXPERIMENT_SR_GROUP4)
+            // The group's 4 random fields (sr_bits_keyed): one hash when its first index is a multiple
+            // of 4 (always, for a layer whose offset and columns are).
             std::uint32_t rb[4];
-            if ((ib & 3u) == 0) {  // the group's 4 fields from one hash
+            if ((ib & 3u) == 0) {
               const std::uint64_t hh = splitmix64(key ^ (ib >> 2));
               rb[0] = std::uint32_t(hh) & 0xffffu, rb[1] = std::uint32_t(hh) >> 16;
               rb[2] = std::uint32_t(hh >> 32) & 0xffffu, rb[3] = std::uint32_t(hh >> 48);
@@ -243,20 +244,14 @@ __global__ void __launch_bounds__(DwuLowrank::threads(PR), 2)
 #pragma unroll
               for (int j = 0; j < 4; ++j) rb[j] = sr_bits_keyed(key, ib + j);
             }
-#endif
 #pragma unroll
             for (int q = 0; q < 2; ++q) {
               const std::uint32_t w = q ? wv.y : wv.x;
               const float s_lo = __uint_as_float(w << 16) + __fmul_rn(alpha, acc[i][h * H + 2 * q]);
               const float s_hi = __uint_as_float(w & 0xffff0000u) + __fmul_rn(alpha, acc[i][h * H + 2 * q + 1]);
               const std::uint32_t u_lo = __float_as_uint(s_lo), u_hi = __float_as_uint(s_hi);
-#if defined(HDPISSA_EXPERIMENT_SR_GROUP4)
               std::uint32_t b_lo = (u_lo + rb[2 * q]) >> 16;
               std::uint32_t b_hi = (u_hi + rb[2 * q + 1]) & 0xffff0000u;
-#else
-              std::uint32_t b_lo = (u_lo + sr_bits_keyed(key, ib + 2 * q)) >> 16;
-              std::uint32_t b_hi = (u_hi + sr_bits_keyed(key, ib + 2 * q + 1)) & 0xffff0000u;
-#endif
               if ((u_lo & 0x7fffffffu) > 0x7f800000u) b_lo = 0x7fc0u;
               if ((u_hi & 0x7fffffffu) > 0x7f800000u) b_hi = 0x7fc00000u;
               nw[q] = b_hi | b_lo;
@@ -359,7 +354,7 @@ struct DwuLowrankDevice {
 /// dimensions are the tensor-core kernel's). Any leading dimensions and alignment: unaligned or
 /// ragged column blocks take the scalar path. `rows_per_thread`: 8 (256 threads a block) or 4 (512
 /// threads, half the registers each). `stages`: 1, 2 (the next row tile copied during this one), or
-/// 0 = 2 where two blocks of it still fit an SM, else 1. The grid is one wave (the blocks an SM
+/// 0 = the default, 1. The grid is one wave (the blocks an SM
 /// holds × SMs), each block walking its column strip's row tiles. The same bits for every choice
 /// (bench_dwu_lowrank times them).
 template <class Out>
@@ -374,13 +369,9 @@ inline void launch_dwu_lowrank(cudaStream_t stream, const Out& out, const float*
   int dev = 0;
   HDPISSA_CUDA_CHECK(cudaGetDevice(&dev));
   const DwuLowrankDevice& d = DwuLowrankDevice::of(dev);
-  if (stages == 0) {
-    const std::size_t two = DwuLowrank::smem_bytes(kd, kBf16, 2);
-    stages = DwuLowrank::fits(kd, kBf16, dev) && d.blocks_per_sm(two) == 2 &&
-                     two <= std::size_t(d.smem_per_sm) - std::size_t(d.reserved)
-                 ? 2
-                 : 1;
-  }
+  // Two stages measured slower than one on an H100 (c50: 7B's 224 updates 27.1 against 26.1 ms;
+  // the kernel is issue-bound and the second buffer costs spills): one unless asked.
+  if (stages == 0) stages = 1;
   const std::size_t smem = DwuLowrank::smem_bytes(kd, kBf16, stages);
   const int strips = (N + DwuLowrank::kBN - 1) / DwuLowrank::kBN, tiles = (M + DwuLowrank::kBM - 1) / DwuLowrank::kBM;
   // One wave: the blocks every SM holds at once; each walks tiles / rows of its strip.
