@@ -320,6 +320,42 @@ TEST_CASE("w-precision: resuming under another policy is refused by name") {
     CHECK_MESSAGE(msg.find(needle) != std::string::npos, needle);
 }
 
+TEST_CASE("w-precision: a bf16-sr state of another SR stream is refused on resume, naming it") {
+  if (!llama_test::have_data()) return;
+  const fs::path dir = llama_test::scratch("wprec_sr_stream");
+  TrainOptions first = wp_options("hdpissa", "bf16-sr");
+  first.max_steps = 4;
+  first.stop_after = 2;
+  first.save_state = (dir / "state").string();
+  fs::remove_all(first.save_state);
+  {
+    Run part(first);
+    part.t->run();
+  }
+  const fs::path st = first.save_state;
+  nlohmann::json j = nlohmann::json::parse(std::ifstream(st / "state.json"));
+  REQUIRE(j["config"]["sr_stream"] == hdpissa::kSrStreamVersion);  // recorded
+  // a state of stream 1 (written before the stream had a version): no field
+  j["config"].erase("sr_stream");
+  std::ofstream(st / "state.json") << j.dump();
+  StateManifest m = read_manifest(st);  // the checksums made to match, as a genuine old state's would
+  for (auto& [name, d] : m.files) d = {std::uint64_t(fs::file_size(st / name)), file_xxh64(st / name)};
+  write_manifest(st, m);
+  TrainOptions second = wp_options("hdpissa", "bf16-sr");
+  second.max_steps = 4;
+  second.resume = first.save_state;
+  std::string msg;
+  try {
+    Run r(second);
+    r.t->run();
+  } catch (const std::exception& e) {
+    msg = e.what();
+  }
+  INFO("message: " << msg);
+  for (const char* needle : {"incompatible config", "'sr_stream'", "missing", "stream changed"})
+    CHECK_MESSAGE(msg.find(needle) != std::string::npos, needle);
+}
+
 // ---------------------------------------------------------------- full fine-tuning (issue 13 item 2)
 
 // Full fine-tuning takes the three policies: W bytes per target parameter 4 / 4 / 2 on the CPU (the

@@ -100,6 +100,10 @@ HDPISSA_HOST_DEVICE inline std::uint64_t sr_step_key(std::uint64_t seed, std::ui
 HDPISSA_HOST_DEVICE inline std::uint32_t sr_bits_keyed(std::uint64_t key, std::uint64_t index) {
   return std::uint32_t(splitmix64(key ^ (index >> 2)) >> (16 * (index & 3u))) & 0xffffu;
 }
+/// The SR stream's version: 2 since the four-element hash (1: one splitmix64 per element, before
+/// session 23). A trainer records it with a run's state so that a run is never resumed under
+/// another stream (its rounding would no longer match an uninterrupted run).
+inline constexpr int kSrStreamVersion = 2;
 /// The 16 random bits of element `index` at optimizer step `step` of stream `seed`.
 HDPISSA_HOST_DEVICE inline std::uint32_t sr_bits(std::uint64_t seed, std::uint64_t step, std::uint64_t index) {
   return sr_bits_keyed(sr_step_key(seed, step), index);

@@ -728,7 +728,7 @@ inline TrainOptions parse_train_args(const std::vector<std::string>& args, bool*
 /// `processes` is the number of workers (K = processes × groups_per_process). The trainer adds
 /// fingerprints of the base model and of the tokenized data (paths may move; contents may not).
 inline nlohmann::json trajectory_config(const TrainOptions& o, int processes) {
-  return {{"method", name_of(o.method)},
+  nlohmann::json j = {{"method", name_of(o.method)},
           {"rank", o.rank},
           {"alpha", o.effective_alpha()},
           {"scaling", name_of(o.scaling)},
@@ -750,6 +750,9 @@ inline nlohmann::json trajectory_config(const TrainOptions& o, int processes) {
           {"max_examples", o.max_examples},
           {"seed", o.seed},
           {"w_precision", name_of(o.w_precision)}};
+  // bf16-sr's rounding follows the SR stream's definition (hdpissa::kSrStreamVersion)
+  if (o.w_precision == hdpissa::WPrecision::Bf16StochasticRounding) j["sr_stream"] = hdpissa::kSrStreamVersion;
+  return j;
 }
 
 }  // namespace hdpissa::llama

@@ -971,7 +971,10 @@ class Trainer {
         if (s == saved_config.end() || *s != it.value()) {
           // the W policy's default depends on device and dtype: say how to keep the saved one
           const std::string hint =
-              it.key() != "w_precision" ? std::string()
+              it.key() == "sr_stream"
+                  ? std::string(" (the bf16-sr rounding stream changed in session 23: a state saved with stream 1 "
+                                "continues only under the build that wrote it; start a new run here)")
+              : it.key() != "w_precision" ? std::string()
               : s == saved_config.end() ? std::string(" (a state without it was trained with fp32-master: pass "
                                                       "--w-precision fp32-master to continue it)")
                                         : cat(" (pass --w-precision ", s->get<std::string>(), " to continue it)");
