@@ -373,6 +373,9 @@ inline void launch_dwu_lowrank(cudaStream_t stream, const Out& out, const float*
   // the kernel is issue-bound and the second buffer costs spills): one unless asked.
   if (stages == 0) stages = 1;
   const std::size_t smem = DwuLowrank::smem_bytes(kd, kBf16, stages);
+  HDPISSA_REQUIRE(stages == 1 || smem + std::size_t(d.reserved) <= std::size_t(d.smem_per_sm),
+                  "launch_dwu_lowrank: two stages need ", smem, " bytes of shared memory per block at kd = ", kd,
+                  ", more than this device's SM holds (", d.smem_per_sm, "); use stages 1 (the default)");
   const int strips = (N + DwuLowrank::kBN - 1) / DwuLowrank::kBN, tiles = (M + DwuLowrank::kBM - 1) / DwuLowrank::kBM;
   // One wave: the blocks every SM holds at once; each walks tiles / rows of its strip.
   // max_row_blocks > 0 caps it (tests: every block then walks several tiles, as at the 7B shapes).
