@@ -354,6 +354,31 @@ TEST_CASE("w-precision: a bf16-sr state of another SR stream is refused on resum
   INFO("message: " << msg);
   for (const char* needle : {"incompatible config", "'sr_stream'", "missing", "stream changed"})
     CHECK_MESSAGE(msg.find(needle) != std::string::npos, needle);
+  // A state of another policy resumed under bf16-sr (e.g. the CUDA default for a DWU method) is
+  // refused by its policy, with the hint to pass it, not by the stream.
+  TrainOptions fp = wp_options("hdpissa", "fp32-master");
+  fp.max_steps = 4;
+  fp.stop_after = 2;
+  fp.save_state = (dir / "fp32").string();
+  fs::remove_all(fp.save_state);
+  {
+    Run part(fp);
+    part.t->run();
+  }
+  TrainOptions sr = wp_options("hdpissa", "bf16-sr");
+  sr.max_steps = 4;
+  sr.resume = fp.save_state;
+  msg.clear();
+  try {
+    Run r(sr);
+    r.t->run();
+  } catch (const std::exception& e) {
+    msg = e.what();
+  }
+  INFO("message: " << msg);
+  for (const char* needle : {"incompatible config", "'w_precision'", "pass --w-precision fp32-master to continue it"})
+    CHECK_MESSAGE(msg.find(needle) != std::string::npos, needle);
+  CHECK(msg.find("sr_stream") == std::string::npos);
 }
 
 // ---------------------------------------------------------------- full fine-tuning (issue 13 item 2)

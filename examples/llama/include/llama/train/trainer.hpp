@@ -968,6 +968,11 @@ class Trainer {
         if (s == saved_config.end() && it.key() == "w_precision" && it.value() == "fp32-master") continue;
         // ... and before pad_to_multiple was recorded, unpadded (1)
         if (s == saved_config.end() && it.key() == "pad_to_multiple" && it.value() == 1) continue;
+        // the SR stream matters only between two bf16-sr runs: a state of another policy is refused
+        // by the w_precision check, with its hint (the keys are sorted: sr_stream comes first)
+        if (it.key() == "sr_stream" && saved_config.value("w_precision", std::string("fp32-master")) !=
+                                           now.value("w_precision", std::string()))
+          continue;
         if (s == saved_config.end() || *s != it.value()) {
           // the W policy's default depends on device and dtype: say how to keep the saved one
           const std::string hint =
