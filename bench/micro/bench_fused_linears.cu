@@ -109,6 +109,8 @@ Times time_group(const Gemm& g, cudaStream_t s, const Group& gr, int N, int r, i
   DeviceBuffer<bf16> Y(std::size_t(N) * (O + nr)), dX(std::size_t(N) * (in + nr)), U(std::size_t(N) * nr),
       Tb(std::size_t(N) * nr);
   DeviceBuffer<float> gA(std::size_t(nr) * in), gB(std::size_t(O) * r);
+  HDPISSA_CUDA_CHECK(cudaMemsetAsync(gA.get(), 0, std::size_t(nr) * in * sizeof(float), s));
+  HDPISSA_CUDA_CHECK(cudaMemsetAsync(gB.get(), 0, std::size_t(O) * r * sizeof(float), s));
   std::vector<int> off(std::size_t(n), 0);
   for (int j = 1; j < n; ++j) off[std::size_t(j)] = off[std::size_t(j - 1)] + gr.outs[std::size_t(j - 1)];
   EventTimer t(s);

@@ -446,13 +446,15 @@ TEST_CASE("low-rank DWU kernel (CUDA cores): bf16 SR / compensated and fp32 W eq
   const std::vector<Shape> shapes{{130, 72, 24, 24, 72},   {64, 200, 32, 40, 208}, {33, 20, 8, 8, 20},
                                   {257, 513, 64, 64, 520}, {70, 33, 1, 3, 33},     {128, 4096, 32, 32, 4096}};
   // cap: 0 = the launcher's grid; 1 = one row block per column strip, so every block walks all of
-  // its strip's row tiles (the L tile and the W staging reused across tiles, as at the 7B shapes).
+  // its strip's row tiles (the L tile and the W staging reused across tiles, as at the 7B shapes);
+  // 2 = two row blocks, each walking every other tile (the production case of a row stride > 1
+  // with several tiles per block: 7B gate / up has 16 row blocks × 11 tiles).
   // rpt: rows per thread, 8 (256 threads) or 4 (512): the same contract, so the same bits.
   // stages: one tile buffer (0, the launcher's default, is 1), or two (the next row tile's L and W
   // copied during this one). The same contract, so the same bits.
   for (const int stages : {0, 2})
   for (const int rpt : {8, 4})
-  for (const int cap : {0, 1})
+  for (const int cap : {0, 1, 2})
   for (const Shape& sh : shapes) {
     {  // two stages at kd = 64 may exceed a device's shared memory per block
       int optin = 0;

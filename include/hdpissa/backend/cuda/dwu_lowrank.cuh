@@ -150,7 +150,7 @@ __global__ void __launch_bounds__(DwuLowrank::threads(PR), 2)
   if constexpr (kBf16) key = sr_step_key(o.seed, o.step);
   // Copies of row tile t into stage st: the L tile transposed (consecutive threads take consecutive
   // rows: conflict-free; the tile is 64 × kd floats of an L2-resident L) and this thread's W rows.
-  auto issue = [&](int t, int st) {
+  auto issue_l = [&](int t, int st) {
     const int m0 = t * BM;
     float* Ls = Ls_of(st);
     for (int i = tid; i < kd * BM; i += T) {
@@ -158,6 +158,9 @@ __global__ void __launch_bounds__(DwuLowrank::threads(PR), 2)
       if (m0 + r < M) copy4_async(Ls + i, L + index_t(m0 + r) * ldl + k);
       else Ls[i] = 0.f;
     }
+  };
+  auto issue_w = [&](int t, int st) {
+    const int m0 = t * BM;
     if constexpr (kBf16) {
       std::uint16_t* Ws = Ws_of(st);
 #pragma unroll
@@ -168,7 +171,13 @@ __global__ void __launch_bounds__(DwuLowrank::threads(PR), 2)
         for (int h = 0; h < 2; ++h)
           if (vec[h]) copy8_async(Ws + (ty * PR + i) * BN + cb[h], o.w + index_t(row) * o.ldw + n0 + cb[h]);
       }
+    } else {
+      (void)t, (void)st, (void)m0;
     }
+  };
+  auto issue = [&](int t, int st) {
+    issue_l(t, st);
+    issue_w(t, st);
   };
   // max |w| over this thread's updated elements, by the bits (Bf16WStorage::amax; bf16 storage only)
   std::uint32_t amax = 0;
@@ -189,9 +198,14 @@ __global__ void __launch_bounds__(DwuLowrank::threads(PR), 2)
       copy_async_commit();     // (an empty group on the last tile keeps the count)
       copy_async_wait_prior(); // this tile's group (and R) have landed
     } else {
-      issue(t, 0);
+      // Two groups: R (first tile) and the L tile, then this thread's W rows, which only this
+      // thread reads (in the epilogue): the products start once L has landed, the W reads overlap
+      // them.
+      issue_l(t, 0);
       copy_async_commit();
-      copy_async_wait_all();
+      issue_w(t, 0);
+      copy_async_commit();
+      copy_async_wait_prior();
     }
     __syncthreads();  // every thread's L (and R) copies visible
     const float* Ls = Ls_of(st);
@@ -217,6 +231,7 @@ __global__ void __launch_bounds__(DwuLowrank::threads(PR), 2)
 #pragma unroll
         for (int j = 0; j < P; ++j) acc[i][j] = fmaf(lv[i], rv[j], acc[i][j]);
     }
+    if constexpr (S == 1) copy_async_wait_all();  // this thread's W rows (S = 2: landed with the tile's group)
 #pragma unroll
     for (int i = 0; i < PR; ++i) {
       const int row = m0 + ty * PR + i;
@@ -329,7 +344,7 @@ __global__ void __launch_bounds__(DwuLowrank::threads(PR), 2)
 /// the per-block reservation.
 struct DwuLowrankDevice {
   int sms = 0, smem_per_sm = 0, reserved = 0;
-  static const DwuLowrankDevice& of(int device) {
+  static DwuLowrankDevice of(int device) {  // by value: the cache may grow under another thread
     static std::mutex mu;
     static std::vector<DwuLowrankDevice> cache;
     std::lock_guard<std::mutex> lock(mu);
@@ -368,7 +383,7 @@ inline void launch_dwu_lowrank(cudaStream_t stream, const Out& out, const float*
   constexpr bool kBf16 = std::is_same_v<Out, Bf16WStorage>;
   int dev = 0;
   HDPISSA_CUDA_CHECK(cudaGetDevice(&dev));
-  const DwuLowrankDevice& d = DwuLowrankDevice::of(dev);
+  const DwuLowrankDevice d = DwuLowrankDevice::of(dev);
   // Two stages measured slower than one on an H100 (c50: 7B's 224 updates 27.1 against 26.1 ms;
   // the kernel is issue-bound and the second buffer costs spills): one unless asked.
   if (stages == 0) stages = 1;
