@@ -291,29 +291,38 @@ TEST_CASE("w-precision: the command line's default is bf16-sr for the DWU method
   CHECK(TrainOptions{}.w_precision == WPrecision::Fp32Master);
 }
 
+namespace {
+/// Stops an hdpissa run of 4 steps under policy `wp` after 2 and saves its state under dir / name.
+fs::path save_half(const fs::path& dir, const std::string& name, const std::string& wp) {
+  TrainOptions o = wp_options("hdpissa", wp);
+  o.max_steps = 4;
+  o.stop_after = 2;
+  o.save_state = (dir / name).string();
+  fs::remove_all(o.save_state);
+  Run part(o);
+  part.t->run();
+  REQUIRE(part.t->step() == 2);
+  return o.save_state;
+}
+/// The error of resuming `state` under policy `wp` ("" if it resumed).
+std::string resume_error(const fs::path& state, const std::string& wp) {
+  TrainOptions o = wp_options("hdpissa", wp);
+  o.max_steps = 4;
+  o.resume = state.string();
+  try {
+    Run r(o);
+    r.t->run();
+  } catch (const std::exception& e) {
+    return e.what();
+  }
+  return {};
+}
+}  // namespace
+
 TEST_CASE("w-precision: resuming under another policy is refused by name") {
   if (!llama_test::have_data()) return;
   const fs::path dir = llama_test::scratch("wprec_resume_mismatch");
-  TrainOptions first = wp_options("hdpissa", "bf16-sr");
-  first.max_steps = 4;
-  first.stop_after = 2;
-  first.save_state = (dir / "state").string();
-  fs::remove_all(first.save_state);
-  {
-    Run part(first);
-    part.t->run();
-    REQUIRE(part.t->step() == 2);
-  }
-  TrainOptions second = wp_options("hdpissa", "fp32-master");
-  second.max_steps = 4;
-  second.resume = first.save_state;
-  std::string msg;
-  try {
-    Run r(second);
-    r.t->run();
-  } catch (const std::exception& e) {
-    msg = e.what();
-  }
+  const std::string msg = resume_error(save_half(dir, "state", "bf16-sr"), "fp32-master");
   INFO("message: " << msg);
   for (const char* needle : {"incompatible config", "'w_precision'", "\"bf16-sr\"", "\"fp32-master\"",
                             "pass --w-precision bf16-sr to continue it"})
@@ -323,62 +332,26 @@ TEST_CASE("w-precision: resuming under another policy is refused by name") {
 TEST_CASE("w-precision: a bf16-sr state of another SR stream is refused on resume, naming it") {
   if (!llama_test::have_data()) return;
   const fs::path dir = llama_test::scratch("wprec_sr_stream");
-  TrainOptions first = wp_options("hdpissa", "bf16-sr");
-  first.max_steps = 4;
-  first.stop_after = 2;
-  first.save_state = (dir / "state").string();
-  fs::remove_all(first.save_state);
-  {
-    Run part(first);
-    part.t->run();
-  }
-  const fs::path st = first.save_state;
+  const fs::path st = save_half(dir, "state", "bf16-sr");
   nlohmann::json j = nlohmann::json::parse(std::ifstream(st / "state.json"));
   REQUIRE(j["config"]["sr_stream"] == hdpissa::kSrStreamVersion);  // recorded
   // a state of stream 1 (written before the stream had a version): no field
   j["config"].erase("sr_stream");
   std::ofstream(st / "state.json") << j.dump();
-  StateManifest m = read_manifest(st);  // the checksums made to match, as a genuine old state's would
-  for (auto& [name, d] : m.files) d = {std::uint64_t(fs::file_size(st / name)), file_xxh64(st / name)};
-  write_manifest(st, m);
-  TrainOptions second = wp_options("hdpissa", "bf16-sr");
-  second.max_steps = 4;
-  second.resume = first.save_state;
-  std::string msg;
-  try {
-    Run r(second);
-    r.t->run();
-  } catch (const std::exception& e) {
-    msg = e.what();
+  llama_test::forge_manifest(st);  // the checksums made to match, as a genuine old state's would
+  std::string msg = resume_error(st, "bf16-sr");
+  {
+    INFO("message: " << msg);
+    for (const char* needle : {"incompatible config", "'sr_stream'", "missing", "stream changed"})
+      CHECK_MESSAGE(msg.find(needle) != std::string::npos, needle);
   }
-  INFO("message: " << msg);
-  for (const char* needle : {"incompatible config", "'sr_stream'", "missing", "stream changed"})
-    CHECK_MESSAGE(msg.find(needle) != std::string::npos, needle);
   // A state of another policy resumed under bf16-sr (e.g. the CUDA default for a DWU method) is
   // refused by its policy, with the hint to pass it, not by the stream.
-  TrainOptions fp = wp_options("hdpissa", "fp32-master");
-  fp.max_steps = 4;
-  fp.stop_after = 2;
-  fp.save_state = (dir / "fp32").string();
-  fs::remove_all(fp.save_state);
-  {
-    Run part(fp);
-    part.t->run();
-  }
-  TrainOptions sr = wp_options("hdpissa", "bf16-sr");
-  sr.max_steps = 4;
-  sr.resume = fp.save_state;
-  msg.clear();
-  try {
-    Run r(sr);
-    r.t->run();
-  } catch (const std::exception& e) {
-    msg = e.what();
-  }
+  msg = resume_error(save_half(dir, "fp32", "fp32-master"), "bf16-sr");
   INFO("message: " << msg);
   for (const char* needle : {"incompatible config", "'w_precision'", "pass --w-precision fp32-master to continue it"})
     CHECK_MESSAGE(msg.find(needle) != std::string::npos, needle);
-  CHECK(msg.find("sr_stream") == std::string::npos);
+  CHECK(msg.find("'sr_stream'") == std::string::npos);  // the field (the scratch path holds the words)
 }
 
 // ---------------------------------------------------------------- full fine-tuning (issue 13 item 2)

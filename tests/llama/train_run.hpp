@@ -3,7 +3,9 @@
 // groups, and bitwise matrix equality. Those files compile as one translation unit
 // (tests/llama/CMakeLists.txt), so the trainer's templates are instantiated and optimised once.
 
+#include <cstdint>
 #include <cstring>
+#include <filesystem>
 #include <memory>
 #include <sstream>
 
@@ -21,6 +23,15 @@ struct TrainRun {
     t = std::make_unique<hdpissa::llama::Trainer<Comm>>(o, comm, log);
   }
 };
+
+/// Rewrites a saved state's manifest.json to match the files present (what a genuine state with
+/// those contents would hold, or a forger who fixed the checksums).
+inline void forge_manifest(const std::filesystem::path& dir) {
+  hdpissa::llama::StateManifest m = hdpissa::llama::read_manifest(dir);
+  for (auto& [name, d] : m.files)
+    d = {std::uint64_t(std::filesystem::file_size(dir / name)), hdpissa::llama::file_xxh64(dir / name)};
+  hdpissa::llama::write_manifest(dir, m);
+}
 
 /// Same shape and the same bits.
 inline bool same_bits(const hdpissa::llama::Matrix& a, const hdpissa::llama::Matrix& b) {

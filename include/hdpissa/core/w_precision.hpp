@@ -96,7 +96,7 @@ HDPISSA_HOST_DEVICE inline std::uint64_t sr_step_key(std::uint64_t seed, std::ui
 /// splitmix64 of key ^ (index >> 2), so four consecutive elements (index 4g … 4g + 3) share one
 /// hash. Kernels that round such a group together hash once (dwu_lowrank.cuh); every other caller
 /// computes the element's field, with the same bits. (Session 23: the stream was one splitmix64 per
-/// element before; a quarter of the hashes made the 7B step's 224 low-rank updates 13 % faster.)
+/// element before; a quarter of the hashes made the 7B step's 224 low-rank updates 12 % faster, c50.)
 HDPISSA_HOST_DEVICE inline std::uint32_t sr_bits_keyed(std::uint64_t key, std::uint64_t index) {
   return std::uint32_t(splitmix64(key ^ (index >> 2)) >> (16 * (index & 3u))) & 0xffffu;
 }
