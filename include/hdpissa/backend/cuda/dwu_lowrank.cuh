@@ -8,8 +8,8 @@
 /// epilogue chain with nothing to overlap; the 7B trainer's step measured 37 ms for 224 layers whose
 /// W traffic (bf16 read + write) takes ≈ 5.5 ms at the H200's copy rate. Here each thread keeps an
 /// 8 × 8 block of W: its bf16 W row segments (8 bytes each, 256 contiguous bytes per warp) are
-/// copied to shared memory with cp.async with the tile's L (one stage: waited for before the k
-/// loop, so these reads do not overlap the FMAs; next/s24 gives them their own group), and 2Kr = 32
+/// copied to shared memory with cp.async in their own group (one stage: issued after the tile's L,
+/// waited for only before the epilogue, so these reads overlap the k loop's FMAs), and 2Kr = 32
 /// is 32 fp32 FMAs per element — about what the W traffic costs, on any CUDA GPU.
 ///
 /// Arithmetic (the contract the tests check): acc(i, j) = Σ_k L(i, k)·R(k, j) as one fmaf chain in
