@@ -29,9 +29,11 @@
 #   SHAPES [tinyllama]                  tinyllama and/or llama2-7b
 #   MICRO_BATCHES ["2 8"]               "M" or "M:G" entries; TOKENS_PER_STEP [8192] sets G for "M"
 #   OURS_CONFIGS ["lora pissa hdpissa-K1 hdpissa-K8 full"; 7B: "lora hdpissa-K1 hdpissa-K8"]
-#                                       <method>[-K<groups>][_flash|_gemm][@<w-precision>][+ckpt][+fp8][+tune]; hdpissa-K1 = one
+#                                       <method>[-K<groups>][_flash|_gemm][@<w-precision>][+ckpt|+keep][+fp8][+tune]; hdpissa-K1 = one
 #                                       group per process (what each GPU holds in a K-GPU run), K8 = 8 virtual groups;
 #                                       +ckpt = --activation-checkpointing (e.g. lora+ckpt, hdpissa-K1@bf16-sr+ckpt);
+#                                       +keep = --keep-swiglu (every layer's SwiGLU output kept for the backward;
+#                                       not with +ckpt);
 #                                       +fp8 = --compute fp8 (e.g. lora+fp8, hdpissa-K1@bf16-sr+ckpt+fp8);
 #                                       +tune = HDPISSA_CUDA_GEMM_TUNING_BF16=exact for that run (bit-exact cuBLASLt
 #                                       choice of the bf16 GEMMs; other runs get the caller's value, default off);
@@ -261,6 +263,7 @@ run_ours() {  # SIDE(ours|base) BINARY HELP CFG MODEL MB GA MBDIR TIMEOUT EXTRA_
   [[ "$cfg" == *+rows4* ]] && { cfg="${cfg//+rows4/}"; rows=4; }  # hdpissa-K1+rows4: HDPISSA_CUDA_DWU_ROWS=4
   local chunk="${HDPISSA_LOSS_CHUNK_ROWS:-}"
   if [[ "$cfg" =~ \+chunk([0-9]+) ]]; then chunk="${BASH_REMATCH[1]}"; cfg="${cfg//+chunk$chunk/}"; fi  # +chunk1024: HDPISSA_LOSS_CHUNK_ROWS
+  [[ "$cfg" == *+keep* ]] && { cfg="${cfg//+keep/}"; ckflag=(--keep-swiglu); }  # hdpissa-K1+keep: --keep-swiglu
   [[ "$cfg" == *+ckpt* ]] && { cfg="${cfg//+ckpt/}"; ckflag=(--activation-checkpointing); }  # hdpissa-K1+ckpt
   [[ "$cfg" == *@* ]] && { wp="${cfg##*@}"; cfg="${cfg%@*}"; wpflag=(--w-precision "$wp"); }  # hdpissa-K1@bf16-sr
   [[ "$cfg" == *_* ]] && att="${cfg##*_}"   # e.g. hdpissa-K8_gemm: --attention gemm

@@ -329,6 +329,13 @@ TEST_CASE("train: bad input gives clear errors") {
     expect_error([] { parse_train_args({"--model", "m", "--data", "d", "--profile"}); }, {"--profile", "--device cuda"});
     CHECK(parse_train_args({"--model", "m", "--data", "d", "--device", "cuda", "--profile"}).profile);
     CHECK_FALSE(parse_train_args({"--model", "m", "--data", "d", "--device", "cuda"}).profile);
+    expect_error([] { parse_train_args({"--model", "m", "--data", "d", "--keep-swiglu"}); },
+                 {"--keep-swiglu", "--device cuda"});
+    expect_error([] {
+      parse_train_args({"--model", "m", "--data", "d", "--device", "cuda", "--keep-swiglu", "--activation-checkpointing"});
+    }, {"--keep-swiglu", "--activation-checkpointing", "found both"});
+    CHECK(parse_train_args({"--model", "m", "--data", "d", "--device", "cuda", "--keep-swiglu"}).keep_swiglu);
+    CHECK_FALSE(parse_train_args({"--model", "m", "--data", "d", "--device", "cuda"}).keep_swiglu);
     expect_error([] { parse_train_args({"--data", "d"}); }, {"--model"});
     expect_error([] { parse_train_args({"--model", "m", "--data", "d", "--targets", "q,x"}); }, {"--targets", "'x'"});
     bool help = false;

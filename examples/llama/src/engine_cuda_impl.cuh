@@ -70,7 +70,7 @@ class CudaEngine final : public MethodEngine<gpu::CudaDevice<T>> {
         bt_(make_bt()),
         comm_(make_collectives(g, device_, stream_.get()), g.local_groups),
         model_(host, o.micro_batch, o.max_len, stream_.get(), loss_chunk_rows(host.config.vocab_size), attention_of(o.attention),
-               o.activation_checkpointing) {
+               o.activation_checkpointing, o.keep_swiglu) {
     if (comm_.groups() != g.groups || comm_.first_group() != g.first_group || comm_.size() != g.processes)
       throw LlamaError(cat("CUDA engine: expected K = ", g.groups, " groups over ", g.processes,
                            " process(es) (first group ", g.first_group, "), the device communicator has ",
@@ -105,6 +105,7 @@ class CudaEngine final : public MethodEngine<gpu::CudaDevice<T>> {
                      : cat("; bf16 W (", hdpissa::w_precision_name(o.w_precision), ", no fp32 W), fp32 gradients / Adam"),
                  model_.flash_attention() ? "; flash attention" : "; attention through cuBLAS (scores materialised)",
                  model_.activation_checkpointing() ? "; activation checkpointing (per decoder layer)" : "",
+                 model_.keep_swiglu() ? "; SwiGLU outputs kept for the backward" : "",
                  method_->fp8_note(), "; device collectives: ", comm_.inner().describe());
   }
 

@@ -914,6 +914,76 @@ int main(int argc, char** argv) {
   return ctx.run();
 }
 
+// --keep-swiglu: the backward reads each layer's SwiGLU output kept by the forward instead of
+// recomputing it with the same kernel from the same gate and up, so the gradients, losses and
+// weights are the same bits; the activation arena grows by a layer's (N, H) output and the shared
+// recompute buffer goes: (n_layers − 1)·N·H·2 bytes more at the peak (bf16).
+TEST_CASE("--keep-swiglu: the same losses and weights bit for bit; (layers - 1) SwiGLU outputs more") {
+  struct Case {
+    const char* method;
+    const char* dtype;
+    const char* attention;
+  };
+  for (const Case c : {Case{"hdpissa", "fp32", "auto"}, Case{"lora", "bf16", "auto"}, Case{"hdpissa", "bf16", "gemm"}}) {
+    INFO("method ", std::string(c.method), ", dtype ", std::string(c.dtype), ", attention ", std::string(c.attention));
+    auto run = [&](bool keep) {
+      TrainOptions o = base_options(c.method, hdpissa::cat("keepsw-", c.dtype, "-", c.attention, keep ? "-on" : "-off"));
+      o.device = Device::Cuda;
+      o.dtype = parse_choice<ComputeDtype>("--dtype", c.dtype);
+      o.attention = parse_choice<AttentionKind>("--attention", c.attention);
+      o.keep_swiglu = keep;
+      auto r = std::make_unique<Run>(o);
+      return std::pair{std::move(r), step_losses(o.metrics)};
+    };
+    auto [off, loff] = run(false);
+    auto [on, lon] = run(true);
+    REQUIRE(loff.size() == 3);
+    CHECK(loff == lon);
+    CHECK(same_targets(off->merged(), on->merged()));
+    CHECK(on->t->engine().info().description.find("SwiGLU outputs kept") != std::string::npos);
+    CHECK(off->t->engine().info().description.find("SwiGLU outputs kept") == std::string::npos);
+  }
+  const fs::path model_dir = scratch() / "wide-2layer";
+  if (!fs::exists(model_dir / "config.json")) {
+    MESSAGE("memory part skipped: run the 'bf16 lora / pissa hold W only in bf16' test first (it writes the model)");
+    return;
+  }
+  // The wide model (head_dim 128: flash attention), HD-PiSSA in bf16, with and without --compute fp8
+  // (down's FP8 input is the kept output of its own layer).
+  for (const bool fp8 : {false, true}) {
+    INFO("--compute fp8 ", fp8);
+    std::vector<std::int64_t> peaks;
+    std::vector<std::vector<double>> losses;
+    std::vector<ModelWeights> merged;
+    for (const bool keep : {false, true}) {
+      TrainOptions o = base_options("hdpissa", hdpissa::cat("keepsw-mem-", fp8, keep ? "-on" : "-off"));
+      o.model = model_dir.string();
+      o.device = Device::Cuda;
+      o.dtype = ComputeDtype::Bf16;
+      o.compute = fp8 ? ComputeKind::Fp8 : ComputeKind::Dtype;
+      o.groups_per_process = 1;
+      o.micro_batch = 8;
+      o.max_len = 512;
+      o.max_steps = 2;
+      o.keep_swiglu = keep;
+      Run r(o);
+      const auto sums = records(o.metrics, "summary");
+      REQUIRE(sums.size() == 1);
+      peaks.push_back(sums[0]["peak_device_bytes"].get<std::int64_t>());
+      losses.push_back(step_losses(o.metrics));
+      merged.push_back(r.merged());
+    }
+    CHECK(losses[0] == losses[1]);
+    CHECK(same_targets(merged[0], merged[1]));
+    const ModelConfig c = load_checkpoint(model_dir).config;
+    const std::int64_t more = std::int64_t(c.n_layers - 1) * 8 * 512 * std::int64_t(c.hidden_dim) * 2;
+    MESSAGE("wide model, fp8 ", fp8, ": peak device bytes without / with --keep-swiglu: ", peaks[0], " / ", peaks[1],
+            " (expected + ", more, ")");
+    CHECK(peaks[1] - peaks[0] >= std::int64_t(0.9 * double(more)));
+    CHECK(peaks[1] - peaks[0] <= std::int64_t(1.1 * double(more)) + (std::int64_t(4) << 20));
+  }
+}
+
 // Issue 20 item 3: --compute fp8 (llama/cuda/fp8_linears.cuh; docs/trainer.md, "FP8 compute"), the
 // same runs with and without it, on stories260K (q, k, v, o — (64, 64) and (32, 64) — take FP8;
 // gate, up, down have hidden 172, not a multiple of 16, and keep bf16: the notes must say so):

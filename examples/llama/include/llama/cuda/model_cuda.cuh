@@ -92,8 +92,13 @@ class CudaLlama {
   /// norms, q/k/v/o/gate/up through the hooks, attention, SwiGLU) just before its backward. The
   /// recompute runs the same kernels on the same inputs, so the gradients are bit-identical to the
   /// stored-activation path; it costs one more forward of every layer but the last.
+  /// `keep_swiglu`: keep every layer's silu(gate)·up (the X of down) from the forward for the
+  /// backward, instead of one shared buffer that the backward refills from gate and up with the same
+  /// kernel: + (n_layers − 1)·N·H·sizeof(T) (2.7 GiB at LLaMA-2-7B, 8 × 512, bf16), one elementwise
+  /// pass over gate and up less per layer and micro-batch; the same bits either way. Not with
+  /// activation checkpointing (which recomputes the layer anyway): throws naming both.
   CudaLlama(const ModelWeights& host, int max_batch, int max_seq, cudaStream_t stream, int loss_chunk_rows = 1024,
-            Attention attention = Attention::Auto, bool activation_checkpointing = false);
+            Attention attention = Attention::Auto, bool activation_checkpointing = false, bool keep_swiglu = false);
   CudaLlama(const CudaLlama&) = delete;
   CudaLlama& operator=(const CudaLlama&) = delete;
 
@@ -116,6 +121,8 @@ class CudaLlama {
   bool flash_attention() const { return flash_; }
   /// Whether backward recomputes each layer's activations (the constructor's argument).
   bool activation_checkpointing() const { return ckpt_; }
+  /// Whether every layer keeps its SwiGLU output for the backward (the constructor's `keep_swiglu`).
+  bool keep_swiglu() const { return keep_swiglu_; }
   /// Whether Attention::Flash can run this configuration (bf16 and head_dim 64 or 128).
   static bool flash_supported(const ModelConfig& c) {
     return std::is_same_v<T, __nv_bfloat16> && flash::supported_head_dim(c.head_dim);
@@ -215,9 +222,11 @@ class CudaLlama {
     T* xn2;   // (N, D)  ffn-norm output = X of gate, up
     T* gate;  // (N, H)
     T* up;    // (N, H)
-    // silu(gate)·up, the X of down, is not saved: the forward writes it to act_ (one (N, H) buffer
-    // for every layer) and the backward recomputes it there from gate and up with the same kernel
-    // (bit-identical), saving n_layers·N·H·sizeof(T) (2.8 GB at LLaMA-2-7B, 8 × 512, bf16).
+    // silu(gate)·up, the X of down: with keep_swiglu, saved here; otherwise (act == nullptr) the
+    // forward writes it to act_ (one (N, H) buffer for every layer) and the backward recomputes it
+    // there from gate and up with the same kernel (bit-identical), saving (n_layers − 1)·N·H·sizeof(T)
+    // (2.7 GiB at LLaMA-2-7B, 8 × 512, bf16) for one more elementwise pass per layer.
+    T* act;   // (N, H) or nullptr
     float* lse;    // (B·nh·T)
     float* rstd1;  // (N)
     float* rstd2;  // (N)
@@ -289,6 +298,7 @@ class CudaLlama {
   FBuf fdk_, fdv_;                         // Flash attention, GQA: per-query-head dK, dV (fp32)
   bool flash_ = false;
   bool ckpt_ = false;                      // activation checkpointing: one LayerActs arena for every layer
+  bool keep_swiglu_ = false;               // LayerActs::act per layer (no act_)
   FBuf dx_, dr_, s_, dp_, dxnf_;
   Buf xc_, dlogits_;
   FBuf logits_, dxchunk_, row_loss_;
@@ -452,11 +462,14 @@ std::pair<index_t, index_t> CudaLlama<T>::lin_shape(Module m) const {
 
 template <class T>
 CudaLlama<T>::CudaLlama(const ModelWeights& host, int max_batch, int max_seq, cudaStream_t stream, int loss_chunk_rows,
-                        Attention attention, bool activation_checkpointing)
+                        Attention attention, bool activation_checkpointing, bool keep_swiglu)
     : cfg_(host.config), max_batch_(max_batch), max_seq_(max_seq), chunk_(loss_chunk_rows), stream_(stream),
-      cublas_(stream), ckpt_(activation_checkpointing) {
+      cublas_(stream), ckpt_(activation_checkpointing), keep_swiglu_(keep_swiglu) {
   const ModelConfig& c = cfg_;
   c.validate();
+  if (ckpt_ && keep_swiglu_)
+    throw LlamaError("CudaLlama: keep_swiglu keeps every layer's SwiGLU output for the backward, activation "
+                     "checkpointing recomputes each layer in its backward; expected at most one of them, found both");
   if (max_batch < 1 || max_seq < 1 || loss_chunk_rows < 1)
     throw LlamaError(cat("CudaLlama: expected max_batch, max_seq and loss_chunk_rows ≥ 1, found ", max_batch, ", ",
                          max_seq, ", ", loss_chunk_rows));
@@ -601,7 +614,8 @@ CudaLlama<T>::CudaLlama(const ModelWeights& host, int max_batch, int max_seq, cu
   // activations
   ::hdpissa::memory::PartScope act_part("model.activations");
   res_.reserve(static_cast<std::size_t>(2 * L + 1) * N * D);
-  const std::size_t per_layer_t = static_cast<std::size_t>(N) * (2 * D + 2 * qd + 2 * kvd + 2 * static_cast<std::int64_t>(H));
+  const std::size_t per_layer_t =
+      static_cast<std::size_t>(N) * (2 * D + 2 * qd + 2 * kvd + (keep_swiglu_ ? 3 : 2) * static_cast<std::int64_t>(H));
   const std::size_t per_layer_f = static_cast<std::size_t>(N) * (c.n_heads + 2);
   const int arenas = ckpt_ ? 1 : L;  // checkpointing: every layer's activations share one arena
   act_t_.reserve(per_layer_t * arenas);
@@ -620,6 +634,7 @@ CudaLlama<T>::CudaLlama(const ModelWeights& host, int max_batch, int max_seq, cu
     a.xn2 = take(N * D);
     a.gate = take(N * H);
     a.up = take(N * H);
+    a.act = keep_swiglu_ ? take(N * H) : nullptr;
     float* f = act_f_.get() + per_layer_f * slot;
     a.lse = f;
     a.rstd1 = f + N * c.n_heads;
@@ -639,7 +654,7 @@ CudaLlama<T>::CudaLlama(const ModelWeights& host, int max_batch, int max_seq, cu
   dxb_.reserve(N * D);
   dxc_.reserve(N * D);
   d_act_.reserve(N * H);
-  act_.reserve(N * H);
+  if (!keep_swiglu_) act_.reserve(N * H);
   d_gate_.reserve(N * H);
   d_up_.reserve(N * H);
   d_attn_.reserve(N * qd);
@@ -847,10 +862,11 @@ void CudaLlama<T>::layer_forward(CudaHooks<T>& hooks, int l, const float* prev, 
       hooks.forward_shared(mlp, xn2);
     }
     mark(kNormFwd);
-    kern::launch_swiglu_fwd<T>(s, a.gate, a.up, act_.get(), N * H);
+    T* act = a.act ? a.act : act_.get();
+    kern::launch_swiglu_fwd<T>(s, a.gate, a.up, act, N * H);
     if (down) {
       mark(kLinFwd);
-      hooks.forward({l, Module::down}, W(Module::down), CV(act_.get(), N, H, H), MV(tmp_.get(), N, D, D));
+      hooks.forward({l, Module::down}, W(Module::down), CV(act, N, H, H), MV(tmp_.get(), N, D, D));
     }
   }
 }
@@ -920,10 +936,14 @@ void CudaLlama<T>::backward_layers(CudaHooks<T>& hooks) {
     const LayerActs& a = layers_[l];
     auto W = [&](Module m) { return CV(linear({l, m})); };
     const CV dxt(dx_t_.get(), N, D, D);
-    mark(kNormBwd);
-    kern::launch_swiglu_fwd<T>(s, a.gate, a.up, act_.get(), N * H);  // X of down, recomputed (not saved)
+    const T* act = a.act;  // X of down: kept by the forward, or recomputed (the same kernel and bits)
+    if (!act) {
+      mark(kNormBwd);
+      kern::launch_swiglu_fwd<T>(s, a.gate, a.up, act_.get(), N * H);
+      act = act_.get();
+    }
     mark(kLinBwd);
-    hooks.backward({l, Module::down}, W(Module::down), CV(act_.get(), N, H, H), dxt, MV(d_act_.get(), N, H, H));
+    hooks.backward({l, Module::down}, W(Module::down), CV(act, N, H, H), dxt, MV(d_act_.get(), N, H, H));
     mark(kNormBwd);
     kern::launch_swiglu_bwd<T>(s, d_act_.get(), a.gate, a.up, d_gate_.get(), d_up_.get(), N * H);
     const CV xn2(a.xn2, N, D, D);

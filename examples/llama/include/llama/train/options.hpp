@@ -133,6 +133,7 @@ struct TrainOptions {
   Device device = Device::Cpu;     ///< llama/train/engine.hpp
   AttentionKind attention = AttentionKind::Auto;  ///< the GPU model's attention (--device cuda)
   bool activation_checkpointing = false;  ///< --activation-checkpointing: recompute each layer in backward (GPU)
+  bool keep_swiglu = false;  ///< --keep-swiglu: every layer keeps silu(gate)·up for the backward (GPU)
   bool profile = false;  ///< --profile: GPU time per model section and optimizer step (CUDA events), per step
   // ---- distribution
   CommKind comm = CommKind::Auto;
@@ -303,6 +304,7 @@ inline nlohmann::json TrainOptions::to_json() const {
           {"device", name_of(device)},
           {"attention", name_of(attention)},
           {"activation_checkpointing", activation_checkpointing},
+          {"keep_swiglu", keep_swiglu},
           {"profile", profile},
           {"comm", name_of(comm)},
           {"groups_per_process", groups_per_process},
@@ -362,6 +364,12 @@ inline void TrainOptions::validate() const {
   need(!activation_checkpointing || device == Device::Cuda,
        "--activation-checkpointing: recomputes the GPU model's layers in backward (--device cuda); the CPU model keeps "
        "its activations");
+  need(!keep_swiglu || device == Device::Cuda,
+       "--keep-swiglu: keeps the GPU model's SwiGLU outputs for the backward (--device cuda); the CPU model keeps all "
+       "its activations");
+  need(!(keep_swiglu && activation_checkpointing),
+       "--keep-swiglu keeps every layer's SwiGLU output for the backward, --activation-checkpointing recomputes each "
+       "layer in its backward; expected at most one of them, found both");
   need(!profile || device == Device::Cuda,
        "--profile: times the GPU model's sections with CUDA events (--device cuda); the CPU path has no section timers");
   need(attention == AttentionKind::Auto || device == Device::Cuda,
@@ -560,6 +568,10 @@ inline void add_train_options(CLI::App& app, TrainOptions& o, CLI::Option** atte
                "--device cuda: keep only each decoder layer's residual input (fp32) and one layer's activations, "
                "recompute each layer's forward in backward (same gradients bit for bit; about one more forward pass "
                "per step, for long sequences and large micro-batches)")->group(me);
+  app.add_flag("--keep-swiglu", o.keep_swiglu,
+               "--device cuda: keep every layer's silu(gate)*up (the X of down) from the forward for the backward "
+               "instead of recomputing it there: + (layers - 1) x tokens x hidden_dim x 2 bytes (2.7 GiB at "
+               "LLaMA-2-7B, 8 x 512), one elementwise pass per layer less; the same gradients bit for bit")->group(me);
   app.add_flag("--profile", o.profile,
                "--device cuda: time the model's sections (linears / attention / norms+elementwise, forward and "
                "backward; loss) and the optimizer step with CUDA events; at the end print their GPU ms per step over "
