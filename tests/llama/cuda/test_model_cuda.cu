@@ -906,6 +906,91 @@ TEST_CASE("register-cached RMSNorm kernels give the two-pass kernels' bits") {
   }
 }
 
+/// Producer-kept amax (FP8 compute, issue 20): each kernel that writes a tensor an FP8 GEMM
+/// quantises next (the RMSNorm forward's xn, the backward's dx_t, SwiGLU's act, d_gate, d_up) maxes
+/// max |output| into a slot. The outputs are the same bits as without the slot, and the slot holds
+/// exactly what launch_fp8_amax reads back from the stored output (the FP8 copy then quantises with
+/// the same scale). Rows on the 4-wide, register-cached and scalar paths, an odd element count for
+/// SwiGLU, and a slot that already holds a larger value (the kernels max into it, they do not reset).
+template <class T>
+void check_producer_amax(int D, int N) {
+  namespace kern = hdpissa::llama::gpu::kern;
+  CAPTURE(D);
+  CAPTURE(N);
+  std::mt19937 rng(71u + D + N);
+  const std::size_t n = std::size_t(N) * D;
+  auto prev = random_device<float>(n, rng, 1.0f), w = random_device<float>(D, rng, 1.0f);
+  auto y = random_device<T>(n, rng, 1.0f), dy0 = random_device<T>(n, rng, 3.0f), dx0 = random_device<float>(n, rng, 1.0f);
+  auto gate = random_device<T>(n, rng, 2.0f), up = random_device<T>(n, rng, 2.0f), dact = random_device<T>(n, rng, 1.0f);
+  hdpissa::DeviceBuffer<float> out1(n), out2(n), r1(N), r2(N), dx1(n), dx2(n), slots(8);
+  hdpissa::DeviceBuffer<T> o1(n), o2(n), p1(n), p2(n);
+  // (the slot, the output just written): the slot must equal launch_fp8_amax over the output
+  auto check_slot = [&](int k, const hdpissa::DeviceBuffer<T>& out, std::size_t count, float floor) {
+    hdpissa::DeviceBuffer<float> ref(1);
+    using hdpissa::index_t;
+    hdpissa::launch_fp8_amax<T>(nullptr, hdpissa::ConstMatrixView<T>(out.get(), index_t(1), index_t(count), index_t(count)),
+                                ref.get());
+    float got = 0, want = 0;
+    HDPISSA_CUDA_CHECK(cudaMemcpy(&got, slots.get() + k, sizeof(float), cudaMemcpyDeviceToHost));
+    HDPISSA_CUDA_CHECK(cudaMemcpy(&want, ref.get(), sizeof(float), cudaMemcpyDeviceToHost));
+    CHECK(want > 0.0f);
+    CHECK(got == std::max(want, floor));
+  };
+  auto reset = [&](float v) {
+    std::vector<float> h(8, v);
+    HDPISSA_CUDA_CHECK(cudaMemcpy(slots.get(), h.data(), sizeof(float) * 8, cudaMemcpyHostToDevice));
+  };
+  for (const float floor : {0.0f, 1e6f}) {
+    CAPTURE(floor);
+    reset(floor);
+    kern::launch_add_rmsnorm_fwd<T>(nullptr, prev.get(), y.get(), out1.get(), w.get(), r1.get(), o1.get(), N, D, 1e-5f);
+    kern::launch_add_rmsnorm_fwd<T>(nullptr, prev.get(), y.get(), out2.get(), w.get(), r2.get(), o2.get(), N, D, 1e-5f,
+                                    false, slots.get() + 0);
+    CHECK(bits(o1, n) == bits(o2, n));
+    CHECK(bits(out1, n) == bits(out2, n));
+    check_slot(0, o2, n, floor);
+    HDPISSA_CUDA_CHECK(cudaMemcpy(dx1.get(), dx0.get(), sizeof(float) * n, cudaMemcpyDeviceToDevice));
+    HDPISSA_CUDA_CHECK(cudaMemcpy(dx2.get(), dx0.get(), sizeof(float) * n, cudaMemcpyDeviceToDevice));
+    kern::launch_rmsnorm_bwd<T>(nullptr, out1.get(), r1.get(), w.get(), nullptr, dy0.get(), y.get(), nullptr, dx1.get(),
+                                o1.get(), N, D);
+    kern::launch_rmsnorm_bwd<T>(nullptr, out1.get(), r1.get(), w.get(), nullptr, dy0.get(), y.get(), nullptr, dx2.get(),
+                                o2.get(), N, D, slots.get() + 1);
+    CHECK(bits(o1, n) == bits(o2, n));
+    CHECK(bits(dx1, n) == bits(dx2, n));
+    check_slot(1, o2, n, floor);
+    for (const std::size_t m : {n, n - 3}) {  // n - 3: the scalar path
+      CAPTURE(m);
+      reset(floor);
+      kern::launch_swiglu_fwd<T>(nullptr, gate.get(), up.get(), o1.get(), std::int64_t(m));
+      kern::launch_swiglu_fwd<T>(nullptr, gate.get(), up.get(), o2.get(), std::int64_t(m), slots.get() + 2);
+      CHECK(bits(o1, m) == bits(o2, m));
+      check_slot(2, o2, m, floor);
+      kern::launch_swiglu_bwd<T>(nullptr, dact.get(), gate.get(), up.get(), o1.get(), p1.get(), std::int64_t(m));
+      kern::launch_swiglu_bwd<T>(nullptr, dact.get(), gate.get(), up.get(), o2.get(), p2.get(), std::int64_t(m),
+                                 slots.get() + 3, slots.get() + 4);
+      CHECK(bits(o1, m) == bits(o2, m));
+      CHECK(bits(p1, m) == bits(p2, m));
+      check_slot(3, o2, m, floor);
+      check_slot(4, p2, m, floor);
+      // one of the two slots only
+      reset(floor);
+      kern::launch_swiglu_bwd<T>(nullptr, dact.get(), gate.get(), up.get(), o2.get(), p2.get(), std::int64_t(m),
+                                 nullptr, slots.get() + 4);
+      CHECK(bits(p1, m) == bits(p2, m));
+      check_slot(4, p2, m, floor);
+    }
+  }
+}
+
+TEST_CASE("producer-kept amax: RMSNorm and SwiGLU kernels keep max |output| exactly, their outputs unchanged") {
+  // D: register-cached rows (64, 2048, 3000, 4096), the two-pass 4-wide form (10000), scalar (1001)
+  for (const auto [D, N] : {std::pair{64, 37}, std::pair{2048, 64}, std::pair{4096, 33}, std::pair{3000, 17},
+                            std::pair{10000, 9}, std::pair{1001, 5}}) {
+    check_producer_amax<bf16>(D, N);
+    check_producer_amax<float>(D, N);
+  }
+}
+
 // The bf16 model with the fused kernels against the CPU model, next to the same model with the
 // materialised (Gemm) attention: both see the same bf16 rounding of the linears; flash rounds P and
 // dS as tensor-core operands where Gemm rounds them as stored matrices. Same bounds for both.

@@ -1114,6 +1114,78 @@ TEST_CASE("--compute fp8: losses and dW track bf16, FP8 copies follow W, notes a
   }
 }
 
+// Producer-kept amax (issue 20): under --compute fp8 the model's RMSNorm and SwiGLU kernels keep
+// max |X| / max |dY| of the tensors the next FP8 GEMM quantises (llama/cuda/fp8_linears.cuh,
+// amax_hint), and the FP8 calls skip their own amax pass. The amax is the same value, so the runs
+// with and without it (HDPISSA_FP8_PRODUCER_AMAX=0) give the same losses and weights bit for bit —
+// also with activation checkpointing, whose recompute between a producer and its consumer drops the
+// hint (that call then runs its own pass). Without checkpointing every layer's q|k|v, gate|up and
+// down inputs and its down, gate, up and o gradients take the hint: at least 7 per layer and
+// micro-batch.
+TEST_CASE("--compute fp8: the X / dY amax kept by the model's kernels give the amax passes' bits") {
+  const fs::path model_dir = scratch() / "wide-2layer-fp8";
+  if (!fs::exists(model_dir / "config.json")) {
+    MESSAGE("skipped: run the '--compute fp8: losses and dW track bf16' test first (it writes the model)");
+    return;
+  }
+  const int L = load_checkpoint(model_dir).config.n_layers;
+  for (const char* method : {"hdpissa", "lora"}) {
+    for (const bool ckpt : {false, true}) {
+      INFO("method ", std::string(method), ", checkpointing ", ckpt);
+      std::vector<std::vector<double>> losses;
+      std::vector<ModelWeights> merged;
+      std::vector<std::int64_t> used;
+      for (const bool hints : {false, true}) {
+        TrainOptions o = base_options(method, hdpissa::cat("fp8-hints-", ckpt, "-", hints));
+        o.model = model_dir.string();
+        o.device = Device::Cuda;
+        o.dtype = ComputeDtype::Bf16;
+        o.compute = ComputeKind::Fp8;
+        o.groups_per_process = 1;
+        o.max_steps = 2;
+        o.activation_checkpointing = ckpt;
+        if (hints) unsetenv("HDPISSA_FP8_PRODUCER_AMAX");  // the default: on
+        else setenv("HDPISSA_FP8_PRODUCER_AMAX", "0", 1);
+        Run r(o);
+        unsetenv("HDPISSA_FP8_PRODUCER_AMAX");
+        losses.push_back(step_losses(o.metrics));
+        merged.push_back(r.merged());
+        const auto n = r.t->engine().fp8_amax_hints_used();
+        REQUIRE(n.has_value());
+        used.push_back(*n);
+        CHECK((r.t->engine().info().description.find("amax kept by the kernels that write them") != std::string::npos) ==
+              hints);
+      }
+      REQUIRE(losses[0].size() == 2);
+      CHECK(losses[0] == losses[1]);
+      CHECK(same_targets(merged[0], merged[1]));
+      CHECK(used[0] == 0);
+      const std::int64_t micro_batches = 2 * 2;  // max_steps × grad_accum, one group
+      if (!ckpt) CHECK(used[1] >= 7 * L * micro_batches);
+      else CHECK(used[1] > 0);
+      MESSAGE(std::string(method), ", checkpointing ", ckpt, ": FP8 calls with a producer-kept amax: ", used[1]);
+    }
+  }
+  // a bad value is an error naming the variable
+  setenv("HDPISSA_FP8_PRODUCER_AMAX", "yes", 1);
+  TrainOptions o = base_options("hdpissa", "fp8-hints-bad");
+  o.model = model_dir.string();
+  o.device = Device::Cuda;
+  o.dtype = ComputeDtype::Bf16;
+  o.compute = ComputeKind::Fp8;
+  o.groups_per_process = 1;
+  o.max_steps = 1;
+  std::string error = "(no error)";
+  try {
+    Run r(o);
+  } catch (const std::exception& e) {
+    error = e.what();
+  }
+  unsetenv("HDPISSA_FP8_PRODUCER_AMAX");  // before any check can stop the test
+  CHECK(error.find("HDPISSA_FP8_PRODUCER_AMAX: expected 0") != std::string::npos);
+  CHECK(error.find("found 'yes'") != std::string::npos);
+}
+
 // The shared-input backward (q|k|v, gate|up; bf16 compute) adds its stacked gA GEMM straight into
 // the members' adjacent fp32 gradient sums: every such call of these runs takes the direct path
 // (the update's flat gradients hold consecutive targets' gA back to back; the stacks are in that

@@ -28,6 +28,11 @@
 ///    group instead of twice per linear, when every member is a target). A
 ///    model may call it or the per-linear backward() (the GPU model calls it; the CPU model, which
 ///    reuses one dX scratch across the group, calls backward()).
+///  - `h.amax_hint(data, rows, cols, ld)` / `h.drop_amax_hints()` (optional; FP8 compute): a model
+///    about to write a tensor t that it passes next as a forward's X or a backward's dY may ask for a
+///    device fp32 slot (zeroed) into which its kernel maxes max |t|; hooks that quantise t then skip
+///    their own amax pass. nullptr (the default): the hooks do not want it. The model calls
+///    drop_amax_hints() after the hooks call that follows the producer.
 ///  - Order: forward in layer order (q, k, v, o, gate, up, down), backward in reverse. A forward
 ///    without a backward happens for evaluation and generation.
 ///  - Device backends: every call is enqueued on the backend's stream, which must be the model's;
@@ -105,6 +110,15 @@ class LinearHooks {
   virtual void backward_shared(std::span<const SharedLinear> lins, CV X) {
     for (const auto& l : lins) backward(l.id, l.W, X, l.dY, l.dX);
   }
+
+  /// A device fp32 slot, zeroed, for max |t| of t = (data, rows, cols, ld), which the model writes
+  /// next and passes to the next call as X or dY (see the file comment); nullptr: not wanted.
+  virtual float* amax_hint(const S* data, index_t rows, index_t cols, index_t ld) {
+    (void)data, (void)rows, (void)cols, (void)ld;
+    return nullptr;
+  }
+  /// Forgets every amax_hint().
+  virtual void drop_amax_hints() {}
 
   Backend& backend() const { return *b_; }
 

@@ -26,7 +26,9 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
+#include <array>
 #include <cstdint>
+#include <cstdlib>
 #include <iostream>
 #include <set>
 #include <string>
@@ -81,10 +83,45 @@ class Fp8Linears {
     params_all_ = 0;
     for (const auto& [o, i] : shapes) params_all_ += std::int64_t(o) * i;
     w8_.reserve(std::max<std::size_t>(bytes, 1));
-    scales_.reserve(kScaleStride * (2 * shapes.size() + 4));
-    HDPISSA_CUDA_CHECK(
-        cudaMemsetAsync(scales_.get(), 0, sizeof(float) * kScaleStride * (2 * shapes.size() + 4), b.stream()));
+    scales_.reserve(kScaleStride * (2 * shapes.size() + 4 + kHintSlots));
+    HDPISSA_CUDA_CHECK(cudaMemsetAsync(scales_.get(), 0,
+                                       sizeof(float) * kScaleStride * (2 * shapes.size() + 4 + kHintSlots), b.stream()));
+    if (const char* e = std::getenv("HDPISSA_FP8_PRODUCER_AMAX")) {
+      const std::string v(e);
+      HDPISSA_REQUIRE(v == "0" || v == "1", "HDPISSA_FP8_PRODUCER_AMAX: expected 0 (every FP8 call runs its own amax ",
+                      "pass) or 1 (the default: the model's kernels keep X's and dY's amax), found '", v, "'");
+      hints_on_ = v == "1";
+    }
   }
+
+  /// Producer-kept amax (issue 20). The model's kernel that writes t — the next forward's X or the
+  /// next backward_dx's dY — can max max |t| into a device slot; the FP8 call that reads exactly t
+  /// (data, rows, cols, ld) then quantises with it and skips its own amax pass over t: the same amax
+  /// bits (the kernels' rule is fp8_amax_kernel's), so the same X8 / dY8 and products. amax_hint
+  /// returns the slot, zeroed (stream-ordered), or null when hints are off (HDPISSA_FP8_PRODUCER_AMAX=0)
+  /// or kHintSlots are pending. A hint lasts until that call consumes it or drop_amax_hints(): the
+  /// model drops them after the hooks call that follows the producer, so none outlives t's contents.
+  float* amax_hint(const void* data, index_t rows, index_t cols, index_t ld) {
+    if (!hints_on_ || !data || rows <= 0 || cols <= 0) return nullptr;
+    std::size_t k = 0;  // the pending hint on the same buffer (replaced), else the first free slot
+    while (k < kHintSlots && hints_[k].data != data) ++k;
+    if (k == kHintSlots) {
+      k = 0;
+      while (k < kHintSlots && hints_[k].data) ++k;
+      if (k == kHintSlots) return nullptr;
+    }
+    hints_[k] = {data, rows, cols, ld};
+    HDPISSA_CUDA_CHECK(cudaMemsetAsync(hint_amax(k), 0, sizeof(float), b_->stream()));
+    return hint_amax(k);
+  }
+  /// Forgets every pending amax_hint.
+  void drop_amax_hints() {
+    for (Hint& h : hints_) h = Hint{};
+  }
+  /// FP8 calls that took their amax from a producer's hint (tests, profiles).
+  [[nodiscard]] std::int64_t amax_hints_used() const { return n_hinted_; }
+  /// Whether amax_hint hands out slots (HDPISSA_FP8_PRODUCER_AMAX, default on).
+  [[nodiscard]] bool amax_hints_enabled() const { return hints_on_; }
 
   /// The targets' (layer, module) ids, in target order: enables the reuse of X8 across the linears
   /// of one input group (see the file comment). Without it every forward quantises its X.
@@ -116,7 +153,8 @@ class Fp8Linears {
   /// One line for the engine's notes.
   [[nodiscard]] std::string describe() const {
     std::string s = cat("FP8 compute (", fp8_format_name(kWeightFormat), " W and X, ", fp8_format_name(kGradientFormat),
-                        " dY, per-tensor current scaling, cuBLASLt) on ", n_fp8_, " of ", shapes_.size(),
+                        " dY, per-tensor current scaling, cuBLASLt", hints_on_ ? "; X and dY amax kept by the kernels that write them" : "",
+                        ") on ", n_fp8_, " of ", shapes_.size(),
                         " targets' forward and dX GEMMs; FP8 copies W8 + W8^T ", weight_bytes(), " bytes (2 per ",
                         "covered parameter)");
     if (!skipped_.empty()) {
@@ -173,8 +211,12 @@ class Fp8Linears {
     if (shares_input_with_last(i, X)) {
       ++n_reuse_;
     } else {
-      launch_fp8_amax(s, X, act_amax());
-      launch_fp8_quantize<kActivationFormat>(s, X, act_amax(), x8_.get(), in, act_dequant());
+      const float* am = take_hint(X);
+      if (!am) {
+        launch_fp8_amax(s, X, act_amax());
+        am = act_amax();
+      }
+      launch_fp8_quantize<kActivationFormat>(s, X, am, x8_.get(), in, act_dequant());
       ++n_quant_;
     }
     last_ = static_cast<std::int64_t>(i);
@@ -196,8 +238,12 @@ class Fp8Linears {
     HDPISSA_REQUIRE(dY.rows <= reserved_, "Fp8Linears: ", dY.rows, " tokens, reserve() was for ", reserved_);
     if (dY.rows == 0) return;
     cudaStream_t s = b_->stream();
-    launch_fp8_amax(s, dY, grad_amax());
-    launch_fp8_quantize<kGradientFormat>(s, dY, grad_amax(), dy8_.get(), out, grad_dequant());
+    const float* am = take_hint(dY);
+    if (!am) {
+      launch_fp8_amax(s, dY, grad_amax());
+      am = grad_amax();
+    }
+    launch_fp8_quantize<kGradientFormat>(s, dY, am, dy8_.get(), out, grad_dequant());
     if (aligned16(dX.data, dX.ld) &&
         gemm_.run(s, dY.rows, in, out, kGradientFormat, dy8_.get(), out, grad_dequant(), kWeightFormat, w8t(i), out,
                   w_dequant(i), 1.0f, beta, dX.data, dX.ld))
@@ -275,6 +321,19 @@ class Fp8Linears {
   float* act_dequant() const { return scale(2 * shapes_.size() + 1); }
   float* grad_amax() const { return scale(2 * shapes_.size() + 2); }
   float* grad_dequant() const { return scale(2 * shapes_.size() + 3); }
+  float* hint_amax(std::size_t k) const { return scale(2 * shapes_.size() + 4 + k); }
+  /// The slot of the pending hint for exactly t (consumed: freed), or null.
+  const float* take_hint(CV t) {
+    for (std::size_t k = 0; k < kHintSlots; ++k) {
+      Hint& h = hints_[k];
+      if (h.data == t.data && h.rows == t.rows && h.cols == t.cols && h.ld == t.ld && h.data) {
+        h = Hint{};
+        ++n_hinted_;
+        return hint_amax(k);
+      }
+    }
+    return nullptr;
+  }
   CV W_bf16(std::size_t i) const {
     HDPISSA_REQUIRE(i < wb_.size() && wb_[i].data, "Fp8Linears: no bf16 weight set for target ", i,
                     " (needed by the bf16 fallback)");
@@ -302,6 +361,14 @@ class Fp8Linears {
   DeviceBuffer<float> scales_;          // per target (amax, 1/s); then X (amax, 1/s), dY (amax, 1/s); kScaleStride apart
   CudaFp8Gemm gemm_;
   std::set<std::tuple<bool, index_t, index_t, index_t>> fallbacks_;
+  struct Hint {
+    const void* data = nullptr;
+    index_t rows = 0, cols = 0, ld = 0;
+  };
+  static constexpr std::size_t kHintSlots = 4;  // the model's largest set: d_gate and d_up (and spares)
+  std::array<Hint, kHintSlots> hints_{};         // amax_hint()s pending, slot k's amax at hint_amax(k)
+  bool hints_on_ = true;                         // HDPISSA_FP8_PRODUCER_AMAX
+  std::int64_t n_hinted_ = 0;
 };
 
 }  // namespace hdpissa::llama::gpu

@@ -66,6 +66,32 @@ __device__ __forceinline__ float block_max(float v, float* sh) {
   return warp_max(r);
 }
 
+/// Producer-kept amax (FP8 compute, issue 20): m ← max(m, |v|) keeping a NaN, the rule of
+/// fp8_amax_kernel (include/hdpissa/backend/cuda/fp8_quantize.hpp).
+__device__ __forceinline__ float amax_acc(float m, float v) {
+  const float a = fabsf(v);
+  return (a > m || a != a) ? a : m;
+}
+/// *amax_bits ← max(*amax_bits, bits of T(m)) over the block: every thread of the block calls it
+/// with its own m (max |v| over the unrounded values it stored as T). Rounding to T is monotone and
+/// symmetric, so T(max |v|) is max |T(v)|: exactly what fp8_amax_kernel reads back from the stored
+/// tensor. One atomicMax per block (none for an all-zero block); a no-op for a null amax_bits.
+template <class T>
+__device__ __forceinline__ void block_amax_into(float m, unsigned int* amax_bits, unsigned int* sh /*32*/) {
+  if (!amax_bits) return;
+  unsigned int b = __float_as_uint(to_f(from_f<T>(m)));  // m ≥ 0 or a positive NaN: unsigned order
+  for (int o = 16; o > 0; o >>= 1) b = max(b, __shfl_xor_sync(0xffffffffu, b, o));
+  const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nw = blockDim.x >> 5;
+  __syncthreads();  // sh may still be read by a previous reduction
+  if (lane == 0) sh[wid] = b;
+  __syncthreads();
+  if (wid == 0) {
+    b = lane < nw ? sh[lane] : 0u;
+    for (int o = 16; o > 0; o >>= 1) b = max(b, __shfl_xor_sync(0xffffffffu, b, o));
+    if (lane == 0 && b != 0u) atomicMax(amax_bits, b);
+  }
+}
+
 /// Stores 4 consecutive values as T (8-byte bf16x4 or 16-byte float4 store; p 4-aligned).
 template <class T>
 __device__ __forceinline__ void store4(T* p, float a, float b, float c, float d) {
@@ -123,9 +149,11 @@ inline void launch_embed_gather(cudaStream_t s, const std::int32_t* tok, const E
 /// the kernel does not check): the second pass
 /// takes each thread's ≤ kCache float4 of `out` from registers instead of re-reading them; the same
 /// values in the same order, so the same bits as kCache = 0.
+/// `amax_bits` (may be null): maxed with the bits of max |xn| over the rows (block_amax_into).
 template <class T, int kCache = 0>
 __global__ void add_rmsnorm_fwd(const float* prev, const T* __restrict__ y, float* out, const float* __restrict__ w,
-                                float* __restrict__ rstd, T* __restrict__ xn, int D, float eps) {
+                                float* __restrict__ rstd, T* __restrict__ xn, int D, float eps,
+                                unsigned int* __restrict__ amax_bits = nullptr) {
   __shared__ float sh[32];
   const std::int64_t base = static_cast<std::int64_t>(blockIdx.x) * D;
   const bool vec = (D & 3) == 0 && al4(prev) && al4(y) && al4(out) && al4(w) && al4(xn);
@@ -149,14 +177,18 @@ __global__ void add_rmsnorm_fwd(const float* prev, const T* __restrict__ y, floa
     ss = block_sum(ss, sh);
     const float r = 1.0f / sqrtf(ss / static_cast<float>(D) + eps);
     if (threadIdx.x == 0) rstd[blockIdx.x] = r;
+    float m = 0.0f;
 #pragma unroll
     for (int k = 0; k < kCache; ++k) {
       const int j = 4 * threadIdx.x + k * 4 * blockDim.x;
       if (j < D) {
         const float4 v = vc[k], g = load4(w + j);
-        store4(xn + base + j, v.x * r * g.x, v.y * r * g.y, v.z * r * g.z, v.w * r * g.w);
+        const float o0 = v.x * r * g.x, o1 = v.y * r * g.y, o2 = v.z * r * g.z, o3 = v.w * r * g.w;
+        store4(xn + base + j, o0, o1, o2, o3);
+        if (amax_bits) m = amax_acc(amax_acc(amax_acc(amax_acc(m, o0), o1), o2), o3);
       }
     }
+    block_amax_into<T>(m, amax_bits, reinterpret_cast<unsigned int*>(sh));
     return;
   }
   if (vec) {
@@ -180,22 +212,33 @@ __global__ void add_rmsnorm_fwd(const float* prev, const T* __restrict__ y, floa
   ss = block_sum(ss, sh);
   const float r = 1.0f / sqrtf(ss / static_cast<float>(D) + eps);
   if (threadIdx.x == 0) rstd[blockIdx.x] = r;
+  float m = 0.0f;
   if (vec) {
     for (int j = 4 * threadIdx.x; j < D; j += 4 * blockDim.x) {
       const float4 v = load4(out + base + j), g = load4(w + j);
-      store4(xn + base + j, v.x * r * g.x, v.y * r * g.y, v.z * r * g.z, v.w * r * g.w);
+      const float o0 = v.x * r * g.x, o1 = v.y * r * g.y, o2 = v.z * r * g.z, o3 = v.w * r * g.w;
+      store4(xn + base + j, o0, o1, o2, o3);
+      if (amax_bits) m = amax_acc(amax_acc(amax_acc(amax_acc(m, o0), o1), o2), o3);
     }
   } else {
-    for (int j = threadIdx.x; j < D; j += blockDim.x) xn[base + j] = from_f<T>(out[base + j] * r * w[j]);
+    for (int j = threadIdx.x; j < D; j += blockDim.x) {
+      const float o = out[base + j] * r * w[j];
+      xn[base + j] = from_f<T>(o);
+      if (amax_bits) m = amax_acc(m, o);
+    }
   }
+  block_amax_into<T>(m, amax_bits, reinterpret_cast<unsigned int*>(sh));
 }
 /// add_rmsnorm_fwd over n_rows rows of D, 256 threads a row. `wide_rows` (the decoder's steps: one
 /// row per sequence, fewer blocks than two per SM) gives rows of up to 256 rows up to 1024 threads,
 /// one float4 each, so that the step's latency-bound norms spread over more of the GPU; the
 /// training model never sets it, so its reductions keep their order (and its results their bits).
+/// `amax` (may be null; fp32 on the device, not reset here): *amax ← max(*amax, max |xn|), the value
+/// launch_fp8_amax would read from xn, for the FP8 quantisation of xn (issue 20, FP8 compute).
 template <class T>
 void launch_add_rmsnorm_fwd(cudaStream_t s, const float* prev, const T* y, float* out, const float* w, float* rstd,
-                            T* xn, std::int64_t n_rows, int D, float eps, bool wide_rows = false) {
+                            T* xn, std::int64_t n_rows, int D, float eps, bool wide_rows = false,
+                            float* amax = nullptr) {
   int threads = 256;
   if (wide_rows && n_rows <= 256) threads = std::min(1024, std::max(256, (D / 4 + 31) / 32 * 32));
   const bool vec = D % 4 == 0 && al4(prev) && al4(y) && al4(out) && al4(w) && al4(xn);  // the kernel's 4-wide test
@@ -206,7 +249,8 @@ void launch_add_rmsnorm_fwd(cudaStream_t s, const float* prev, const T* y, float
     else if (D <= 4 * 256 * 4) k = add_rmsnorm_fwd<T, 4>;
     else if (D <= 4 * 256 * 8) k = add_rmsnorm_fwd<T, 8>;
   }
-  k<<<static_cast<unsigned>(n_rows), threads, 0, s>>>(prev, y, out, w, rstd, xn, D, eps);
+  k<<<static_cast<unsigned>(n_rows), threads, 0, s>>>(prev, y, out, w, rstd, xn, D, eps,
+                                                     reinterpret_cast<unsigned int*>(amax));
   HDPISSA_CUDA_CHECK_LAUNCH("add_rmsnorm_fwd");
 }
 
@@ -217,10 +261,12 @@ void launch_add_rmsnorm_fwd(cudaStream_t s, const float* prev, const T* y, float
 /// kernel does not check; picked when D ≤ 4·256·kCache and the 4-wide path applies): each thread keeps its
 /// ≤ kCache float4 of dy and x from the first pass in registers for the second, which then reads
 /// only dx from memory. The same values in the same order: the same bits as kCache = 0.
+/// `amax_bits` (may be null): maxed with the bits of max |dx_t| over the rows (block_amax_into).
 template <class T, int kCache = 0>
 __global__ void rmsnorm_bwd(const float* __restrict__ x, const float* __restrict__ rstd, const float* __restrict__ w,
                             const float* __restrict__ dyf, const T* __restrict__ dy0, const T* __restrict__ dy1,
-                            const T* __restrict__ dy2, float* __restrict__ dx, T* __restrict__ dx_t, int D) {
+                            const T* __restrict__ dy2, float* __restrict__ dx, T* __restrict__ dx_t, int D,
+                            unsigned int* __restrict__ amax_bits = nullptr) {
   __shared__ float sh[32];
   const std::int64_t base = static_cast<std::int64_t>(blockIdx.x) * D;
   const bool vec = (D & 3) == 0 && al4(x) && al4(w) && al4(dyf) && al4(dy0) && al4(dy1) && al4(dy2) && al4(dx) &&
@@ -258,6 +304,7 @@ __global__ void rmsnorm_bwd(const float* __restrict__ x, const float* __restrict
     dot = block_sum(dot, sh);
     const float r = rstd[blockIdx.x];
     const float c = r * r * r * dot / static_cast<float>(D);
+    float m = 0.0f;
 #pragma unroll
     for (int k = 0; k < kCache; ++k) {
       const int j = 4 * threadIdx.x + k * 4 * blockDim.x;
@@ -267,8 +314,10 @@ __global__ void rmsnorm_bwd(const float* __restrict__ x, const float* __restrict
         const float v2 = d.z + r * g.z * wv.z - c * xv.z, v3 = d.w + r * g.w * wv.w - c * xv.w;
         store4(dx + base + j, v0, v1, v2, v3);
         store4(dx_t + base + j, v0, v1, v2, v3);
+        if (amax_bits) m = amax_acc(amax_acc(amax_acc(amax_acc(m, v0), v1), v2), v3);
       }
     }
+    block_amax_into<T>(m, amax_bits, reinterpret_cast<unsigned int*>(sh));
     return;
   }
   if (vec) {
@@ -282,6 +331,7 @@ __global__ void rmsnorm_bwd(const float* __restrict__ x, const float* __restrict
   dot = block_sum(dot, sh);
   const float r = rstd[blockIdx.x];
   const float c = r * r * r * dot / static_cast<float>(D);
+  float m = 0.0f;
   if (vec) {
     for (int j = 4 * threadIdx.x; j < D; j += 4 * blockDim.x) {
       const float4 g = dy4(base + j), wv = load4(w + j), xv = load4(x + base + j), d = load4(dx + base + j);
@@ -289,20 +339,25 @@ __global__ void rmsnorm_bwd(const float* __restrict__ x, const float* __restrict
       const float v2 = d.z + r * g.z * wv.z - c * xv.z, v3 = d.w + r * g.w * wv.w - c * xv.w;
       store4(dx + base + j, v0, v1, v2, v3);
       store4(dx_t + base + j, v0, v1, v2, v3);
+      if (amax_bits) m = amax_acc(amax_acc(amax_acc(amax_acc(m, v0), v1), v2), v3);
     }
   } else {
     for (int j = threadIdx.x; j < D; j += blockDim.x) {
       const float v = dx[base + j] + r * dy_at(base + j) * w[j] - c * x[base + j];
       dx[base + j] = v;
       dx_t[base + j] = from_f<T>(v);
+      if (amax_bits) m = amax_acc(m, v);
     }
   }
+  block_amax_into<T>(m, amax_bits, reinterpret_cast<unsigned int*>(sh));
 }
 /// rmsnorm_bwd over n_rows rows of D: the register-cached form (kCache 2, 4 or 8) where the 4-wide
-/// path applies and D ≤ 8192, else the two-pass form.
+/// path applies and D ≤ 8192, else the two-pass form. `amax` (may be null; not reset here):
+/// *amax ← max(*amax, max |dx_t|), as launch_add_rmsnorm_fwd's.
 template <class T>
 void launch_rmsnorm_bwd(cudaStream_t s, const float* x, const float* rstd, const float* w, const float* dyf,
-                        const T* dy0, const T* dy1, const T* dy2, float* dx, T* dx_t, std::int64_t n_rows, int D) {
+                        const T* dy0, const T* dy1, const T* dy2, float* dx, T* dx_t, std::int64_t n_rows, int D,
+                        float* amax = nullptr) {
   const bool vec = D % 4 == 0 && al4(x) && al4(w) && al4(dyf) && al4(dy0) && al4(dy1) && al4(dy2) && al4(dx) &&
                    al4(dx_t);  // the kernel's 4-wide test
   if (n_rows == 0) return;
@@ -310,7 +365,8 @@ void launch_rmsnorm_bwd(cudaStream_t s, const float* x, const float* rstd, const
   if (vec && D <= 4 * 256 * 2) k = rmsnorm_bwd<T, 2>;
   else if (vec && D <= 4 * 256 * 4) k = rmsnorm_bwd<T, 4>;
   else if (vec && D <= 4 * 256 * 8) k = rmsnorm_bwd<T, 8>;
-  k<<<static_cast<unsigned>(n_rows), 256, 0, s>>>(x, rstd, w, dyf, dy0, dy1, dy2, dx, dx_t, D);
+  k<<<static_cast<unsigned>(n_rows), 256, 0, s>>>(x, rstd, w, dyf, dy0, dy1, dy2, dx, dx_t, D,
+                                                  reinterpret_cast<unsigned int*>(amax));
   HDPISSA_CUDA_CHECK_LAUNCH("rmsnorm_bwd");
 }
 
@@ -741,36 +797,57 @@ void launch_add_bias_rows(cudaStream_t s, T* Y, const float* bias, std::int64_t 
 
 __device__ __forceinline__ float sigmoidf_(float x) { return 1.0f / (1.0f + expf(-x)); }
 
-/// act = silu(gate)·up. 4-wide when n % 4 == 0 and aligned.
+/// act = silu(gate)·up. 4-wide when n % 4 == 0 and aligned. `amax_bits` (may be null): maxed with
+/// the bits of max |act| (block_amax_into).
 template <class T>
-__global__ void swiglu_fwd(const T* __restrict__ gate, const T* __restrict__ up, T* __restrict__ act, std::int64_t n) {
+__global__ void swiglu_fwd(const T* __restrict__ gate, const T* __restrict__ up, T* __restrict__ act, std::int64_t n,
+                           unsigned int* __restrict__ amax_bits = nullptr) {
   const std::int64_t stride = static_cast<std::int64_t>(gridDim.x) * blockDim.x;
   const std::int64_t first = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x;
+  float m = 0.0f;
   if ((n & 3) == 0 && al4(gate) && al4(up) && al4(act)) {
     for (std::int64_t q = first; 4 * q < n; q += stride) {
       const float4 g = load4(gate + 4 * q), u = load4(up + 4 * q);
-      store4(act + 4 * q, g.x * sigmoidf_(g.x) * u.x, g.y * sigmoidf_(g.y) * u.y, g.z * sigmoidf_(g.z) * u.z,
-             g.w * sigmoidf_(g.w) * u.w);
+      const float a0 = g.x * sigmoidf_(g.x) * u.x, a1 = g.y * sigmoidf_(g.y) * u.y, a2 = g.z * sigmoidf_(g.z) * u.z,
+                  a3 = g.w * sigmoidf_(g.w) * u.w;
+      store4(act + 4 * q, a0, a1, a2, a3);
+      if (amax_bits) m = amax_acc(amax_acc(amax_acc(amax_acc(m, a0), a1), a2), a3);
     }
-    return;
+  } else {
+    for (std::int64_t i = first; i < n; i += stride) {
+      const float g = to_f(gate[i]);
+      const float a = g * sigmoidf_(g) * to_f(up[i]);
+      act[i] = from_f<T>(a);
+      if (amax_bits) m = amax_acc(m, a);
+    }
   }
-  for (std::int64_t i = first; i < n; i += stride) {
-    const float g = to_f(gate[i]);
-    act[i] = from_f<T>(g * sigmoidf_(g) * to_f(up[i]));
-  }
+  __shared__ unsigned int sh[32];
+  block_amax_into<T>(m, amax_bits, sh);
 }
 
-/// swiglu_fwd over n elements, one thread per 4.
+/// The grid of the elementwise SwiGLU kernels: one thread per 4 elements, or, with an amax to keep,
+/// at most 2048 blocks (grid-stride loops) so that the per-block atomics stay few.
+inline unsigned swiglu_grid(std::int64_t n, bool amax) {
+  const unsigned g = grid_for((n + 3) / 4);
+  return amax ? std::min(g, 2048u) : g;
+}
+
+/// swiglu_fwd over n elements, one thread per 4. `amax` (may be null; not reset here):
+/// *amax ← max(*amax, max |act|), as launch_add_rmsnorm_fwd's.
 template <class T>
-void launch_swiglu_fwd(cudaStream_t s, const T* gate, const T* up, T* act, std::int64_t n) {
-  swiglu_fwd<T><<<grid_for((n + 3) / 4), 256, 0, s>>>(gate, up, act, n);
+void launch_swiglu_fwd(cudaStream_t s, const T* gate, const T* up, T* act, std::int64_t n, float* amax = nullptr) {
+  swiglu_fwd<T><<<swiglu_grid(n, amax != nullptr), 256, 0, s>>>(gate, up, act, n,
+                                                                reinterpret_cast<unsigned int*>(amax));
   HDPISSA_CUDA_CHECK_LAUNCH("swiglu_fwd");
 }
 
 /// d_up = d_act·silu(gate); d_gate = d_act·up·σ(g)(1 + g(1 − σ(g))). 4-wide when possible.
+/// `amax_gate_bits`, `amax_up_bits` (each may be null): maxed with the bits of max |d_gate|, max |d_up|.
 template <class T>
 __global__ void swiglu_bwd(const T* __restrict__ d_act, const T* __restrict__ gate, const T* __restrict__ up,
-                           T* __restrict__ d_gate, T* __restrict__ d_up, std::int64_t n) {
+                           T* __restrict__ d_gate, T* __restrict__ d_up, std::int64_t n,
+                           unsigned int* __restrict__ amax_gate_bits = nullptr,
+                           unsigned int* __restrict__ amax_up_bits = nullptr) {
   const std::int64_t stride = static_cast<std::int64_t>(gridDim.x) * blockDim.x;
   const std::int64_t first = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x;
   auto one = [](float da, float g, float u, float& dg, float& du) {
@@ -778,6 +855,7 @@ __global__ void swiglu_bwd(const T* __restrict__ d_act, const T* __restrict__ ga
     du = da * g * sg;
     dg = da * u * sg * (1.0f + g * (1.0f - sg));
   };
+  float mg = 0.0f, mu = 0.0f;
   if ((n & 3) == 0 && al4(d_act) && al4(gate) && al4(up) && al4(d_gate) && al4(d_up)) {
     for (std::int64_t q = first; 4 * q < n; q += stride) {
       const float4 da = load4(d_act + 4 * q), g = load4(gate + 4 * q), u = load4(up + 4 * q);
@@ -788,22 +866,32 @@ __global__ void swiglu_bwd(const T* __restrict__ d_act, const T* __restrict__ ga
       one(da.w, g.w, u.w, dg3, du3);
       store4(d_gate + 4 * q, dg0, dg1, dg2, dg3);
       store4(d_up + 4 * q, du0, du1, du2, du3);
+      if (amax_gate_bits) mg = amax_acc(amax_acc(amax_acc(amax_acc(mg, dg0), dg1), dg2), dg3);
+      if (amax_up_bits) mu = amax_acc(amax_acc(amax_acc(amax_acc(mu, du0), du1), du2), du3);
     }
-    return;
+  } else {
+    for (std::int64_t i = first; i < n; i += stride) {
+      float dg, du;
+      one(to_f(d_act[i]), to_f(gate[i]), to_f(up[i]), dg, du);
+      d_gate[i] = from_f<T>(dg);
+      d_up[i] = from_f<T>(du);
+      if (amax_gate_bits) mg = amax_acc(mg, dg);
+      if (amax_up_bits) mu = amax_acc(mu, du);
+    }
   }
-  for (std::int64_t i = first; i < n; i += stride) {
-    float dg, du;
-    one(to_f(d_act[i]), to_f(gate[i]), to_f(up[i]), dg, du);
-    d_gate[i] = from_f<T>(dg);
-    d_up[i] = from_f<T>(du);
-  }
+  __shared__ unsigned int sh[32];
+  block_amax_into<T>(mg, amax_gate_bits, sh);
+  block_amax_into<T>(mu, amax_up_bits, sh);
 }
 
-/// swiglu_bwd over n elements, one thread per 4.
+/// swiglu_bwd over n elements, one thread per 4. `amax_gate`, `amax_up` (each may be null; not
+/// reset here): *amax ← max(*amax, max |d_gate|), max |d_up|, as launch_add_rmsnorm_fwd's.
 template <class T>
 void launch_swiglu_bwd(cudaStream_t s, const T* d_act, const T* gate, const T* up, T* d_gate, T* d_up,
-                       std::int64_t n) {
-  swiglu_bwd<T><<<grid_for((n + 3) / 4), 256, 0, s>>>(d_act, gate, up, d_gate, d_up, n);
+                       std::int64_t n, float* amax_gate = nullptr, float* amax_up = nullptr) {
+  swiglu_bwd<T><<<swiglu_grid(n, amax_gate || amax_up), 256, 0, s>>>(
+      d_act, gate, up, d_gate, d_up, n, reinterpret_cast<unsigned int*>(amax_gate),
+      reinterpret_cast<unsigned int*>(amax_up));
   HDPISSA_CUDA_CHECK_LAUNCH("swiglu_bwd");
 }
 

@@ -811,7 +811,10 @@ void CudaLlama<T>::layer_forward(CudaHooks<T>& hooks, int l, const float* prev, 
     LayerActs& a = layers_[l];
     auto W = [&](Module m) { return CV(linear({l, m})); };
     mark(kNormFwd);
-    kern::launch_add_rmsnorm_fwd<T>(s, prev, add, res(2 * l), norms + 2 * l * D, a.rstd1, a.xn1, N, D, c.norm_eps);
+    // Each tensor the next hooks call quantises (FP8 compute) gets its amax from the kernel that
+    // writes it (hooks.amax_hint; null unless the hooks want it); dropped after that call.
+    kern::launch_add_rmsnorm_fwd<T>(s, prev, add, res(2 * l), norms + 2 * l * D, a.rstd1, a.xn1, N, D, c.norm_eps,
+                                    false, hooks.amax_hint(a.xn1, N, D, D));
     const CV xn1(a.xn1, N, D, D);
     mark(kLinFwd);
     {
@@ -820,6 +823,7 @@ void CudaLlama<T>::layer_forward(CudaHooks<T>& hooks, int l, const float* prev, 
                          {{l, Module::k}, W(Module::k), MV(k_rows_.get(), N, kvd, kvd)},
                          {{l, Module::v}, W(Module::v), MV(v_rows_.get(), N, kvd, kvd)}};
       hooks.forward_shared(qkv, xn1);
+      hooks.drop_amax_hints();
     }
     if (c.qkv_bias) {  // frozen biases after X·Wᵀ (the hooks never see them), before RoPE
       const float* bl = bias_.get() + static_cast<std::int64_t>(l) * (qd + 2 * kvd);
@@ -852,7 +856,7 @@ void CudaLlama<T>::layer_forward(CudaHooks<T>& hooks, int l, const float* prev, 
     hooks.forward({l, Module::o}, W(Module::o), CV(a.attn, N, qd, qd), MV(tmp_.get(), N, D, D));
     mark(kNormFwd);
     kern::launch_add_rmsnorm_fwd<T>(s, res(2 * l), tmp_.get(), res(2 * l + 1), norms + (2 * l + 1) * D, a.rstd2, a.xn2,
-                                    N, D, c.norm_eps);
+                                    N, D, c.norm_eps, false, hooks.amax_hint(a.xn2, N, D, D));
     const CV xn2(a.xn2, N, D, D);
     mark(kLinFwd);
     {
@@ -860,13 +864,15 @@ void CudaLlama<T>::layer_forward(CudaHooks<T>& hooks, int l, const float* prev, 
       const SF mlp[2] = {{{l, Module::gate}, W(Module::gate), MV(a.gate, N, H, H)},
                          {{l, Module::up}, W(Module::up), MV(a.up, N, H, H)}};
       hooks.forward_shared(mlp, xn2);
+      hooks.drop_amax_hints();
     }
     mark(kNormFwd);
     T* act = a.act ? a.act : act_.get();
-    kern::launch_swiglu_fwd<T>(s, a.gate, a.up, act, N * H);
+    kern::launch_swiglu_fwd<T>(s, a.gate, a.up, act, N * H, down ? hooks.amax_hint(act, N, H, H) : nullptr);
     if (down) {
       mark(kLinFwd);
       hooks.forward({l, Module::down}, W(Module::down), CV(act, N, H, H), MV(tmp_.get(), N, D, D));
+      hooks.drop_amax_hints();
     }
   }
 }
@@ -927,8 +933,10 @@ void CudaLlama<T>::backward_layers(CudaHooks<T>& hooks) {
 
   mark(kNormBwd);
   HDPISSA_CUDA_CHECK(cudaMemsetAsync(dx_.get(), 0, sizeof(float) * N * D, s));
+  // dx_t: the last layer's down's dY (its amax kept for FP8 compute; a checkpointing recompute in
+  // between drops the hint, and the hooks then run their own amax pass)
   kern::launch_rmsnorm_bwd<T>(s, res(2 * L), rstd_f_.get(), norms + 2 * L * D, dxnf_.get(), nullptr, nullptr, nullptr,
-                              dx_.get(), dx_t_.get(), N, D);
+                              dx_.get(), dx_t_.get(), N, D, hooks.amax_hint(dx_t_.get(), N, D, D));
   for (int l = L - 1; l >= 0; --l) {
     // Checkpointing: the shared arena holds the last layer's activations from the forward; every
     // other layer is recomputed from its residual input res(2l) (normalised in place, as layer 0).
@@ -944,8 +952,13 @@ void CudaLlama<T>::backward_layers(CudaHooks<T>& hooks) {
     }
     mark(kLinBwd);
     hooks.backward({l, Module::down}, W(Module::down), CV(act, N, H, H), dxt, MV(d_act_.get(), N, H, H));
+    hooks.drop_amax_hints();
     mark(kNormBwd);
-    kern::launch_swiglu_bwd<T>(s, d_act_.get(), a.gate, a.up, d_gate_.get(), d_up_.get(), N * H);
+    {
+      float* amax_gate = hooks.amax_hint(d_gate_.get(), N, H, H);
+      float* amax_up = hooks.amax_hint(d_up_.get(), N, H, H);
+      kern::launch_swiglu_bwd<T>(s, d_act_.get(), a.gate, a.up, d_gate_.get(), d_up_.get(), N * H, amax_gate, amax_up);
+    }
     const CV xn2(a.xn2, N, D, D);
     mark(kLinBwd);
     {
@@ -953,12 +966,14 @@ void CudaLlama<T>::backward_layers(CudaHooks<T>& hooks) {
       const SL mlp[2] = {{{l, Module::up}, W(Module::up), CV(d_up_.get(), N, H, H), MV(dxa_.get(), N, D, D)},
                          {{l, Module::gate}, W(Module::gate), CV(d_gate_.get(), N, H, H), MV(dxb_.get(), N, D, D)}};
       hooks.backward_shared(mlp, xn2);
+      hooks.drop_amax_hints();
     }
     mark(kNormBwd);
     kern::launch_rmsnorm_bwd<T>(s, res(2 * l + 1), a.rstd2, norms + (2 * l + 1) * D, nullptr, dxa_.get(), dxb_.get(),
-                                nullptr, dx_.get(), dx_t_.get(), N, D);
+                                nullptr, dx_.get(), dx_t_.get(), N, D, hooks.amax_hint(dx_t_.get(), N, D, D));
     mark(kLinBwd);
     hooks.backward({l, Module::o}, W(Module::o), CV(a.attn, N, qd, qd), dxt, MV(d_attn_.get(), N, qd, qd));
+    hooks.drop_amax_hints();
 
     // attention backward (flash-style recompute of P from Q, K and lse)
     mark(kAttnBwd);
@@ -1019,9 +1034,11 @@ void CudaLlama<T>::backward_layers(CudaHooks<T>& hooks) {
       hooks.backward_shared(attn, xn1);
     }
     mark(kNormBwd);
+    // dx_t: layer l − 1's down's dY (none after layer 0)
     kern::launch_rmsnorm_bwd<T>(s, res(2 * l), a.rstd1, norms + 2 * l * D, nullptr, dxa_.get(), dxb_.get(), dxc_.get(),
-                                dx_.get(), dx_t_.get(), N, D);
+                                dx_.get(), dx_t_.get(), N, D, l > 0 ? hooks.amax_hint(dx_t_.get(), N, D, D) : nullptr);
   }
+  hooks.drop_amax_hints();
 }
 
 template <class T>

@@ -143,6 +143,9 @@ class TrainEngine {
   /// Diagnostic (tests): shared-input backward calls (q|k|v, gate|up) whose stacked gA GEMM added
   /// straight into the adjacent gradient sums, and those that went through a scratch.
   [[nodiscard]] virtual std::pair<std::int64_t, std::int64_t> stacked_ga_calls() const { return {0, 0}; }
+  /// --compute fp8 diagnostic (tests): FP8 quantisations of X / dY that took their amax from the
+  /// model's producing kernel (Fp8Linears::amax_hint); nullopt without --compute fp8.
+  [[nodiscard]] virtual std::optional<std::int64_t> fp8_amax_hints_used() const { return std::nullopt; }
 };
 
 /// What every engine does the same way, over the method of device policy `Dev`.
@@ -170,6 +173,10 @@ class MethodEngine : public TrainEngine {
   }
   [[nodiscard]] std::pair<std::int64_t, std::int64_t> stacked_ga_calls() const override {
     return method_->stacked_ga_calls();
+  }
+  [[nodiscard]] std::optional<std::int64_t> fp8_amax_hints_used() const override {
+    const std::int64_t n = method_->fp8_amax_hints_used();
+    return n < 0 ? std::nullopt : std::optional<std::int64_t>(n);
   }
   void merge_into(ModelWeights& w) override {
     const auto& ids = method_->targets();

@@ -227,6 +227,14 @@ class TrainMethod {
     }
     return -1;
   }
+  /// Diagnostic: FP8 quantisations that took their amax from the model's producing kernel, or -1
+  /// when --compute fp8 is off.
+  [[nodiscard]] std::int64_t fp8_amax_hints_used() const {
+    if constexpr (kFp8Capable) {
+      if (fp8_) return fp8_->amax_hints_used();
+    }
+    return -1;
+  }
   /// Diagnostic: shared-input backward calls whose stacked gA GEMM added straight into the adjacent
   /// sums (first) or went through the scratch (second).
   [[nodiscard]] std::pair<std::int64_t, std::int64_t> stacked_ga_calls() const { return stacked_ga_; }
@@ -651,6 +659,18 @@ class TrainMethod {
       }
       if (!all) return LinearHooks<Bc>::backward_shared(lins, X);
       m_->backward_shared(lg_, std::span<const SharedCall>(calls.data(), lins.size()), X);
+    }
+    /// --compute fp8: the FP8 copies' producer-kept amax (Fp8Linears::amax_hint); else none.
+    float* amax_hint(const typename LinearHooks<Bc>::S* data, index_t rows, index_t cols, index_t ld) override {
+      if constexpr (kFp8Capable) {
+        if (m_->fp8_) return m_->fp8_->amax_hint(data, rows, cols, ld);
+      }
+      return nullptr;
+    }
+    void drop_amax_hints() override {
+      if constexpr (kFp8Capable) {
+        if (m_->fp8_) m_->fp8_->drop_amax_hints();
+      }
     }
 
    private:
