@@ -920,7 +920,8 @@ void check_producer_amax(int D, int N) {
   std::mt19937 rng(71u + D + N);
   const std::size_t n = std::size_t(N) * D;
   auto prev = random_device<float>(n, rng, 1.0f), w = random_device<float>(D, rng, 1.0f);
-  auto y = random_device<T>(n, rng, 1.0f), dy0 = random_device<T>(n, rng, 3.0f), dx0 = random_device<float>(n, rng, 1.0f);
+  auto y = random_device<T>(n, rng, 1.0f), dy0 = random_device<T>(n, rng, 3.0f);
+  auto dx0 = random_device<float>(n, rng, 1.0f);
   auto gate = random_device<T>(n, rng, 2.0f), up = random_device<T>(n, rng, 2.0f), dact = random_device<T>(n, rng, 1.0f);
   hdpissa::DeviceBuffer<float> out1(n), out2(n), r1(N), r2(N), dx1(n), dx2(n), slots(8);
   hdpissa::DeviceBuffer<T> o1(n), o2(n), p1(n), p2(n);
