@@ -985,7 +985,7 @@ void check_producer_amax(int D, int N) {
 
 TEST_CASE("producer-kept amax: RMSNorm and SwiGLU kernels keep max |output| exactly, their outputs unchanged") {
   // D: register-cached rows (64, 2048, 3000, 4096), the two-pass 4-wide form (10000), scalar (1001)
-  for (const auto [D, N] : {std::pair{64, 37}, std::pair{2048, 64}, std::pair{4096, 33}, std::pair{3000, 17},
+  for (const auto& [D, N] : {std::pair{64, 37}, std::pair{2048, 64}, std::pair{4096, 33}, std::pair{3000, 17},
                             std::pair{10000, 9}, std::pair{1001, 5}}) {
     check_producer_amax<bf16>(D, N);
     check_producer_amax<float>(D, N);
