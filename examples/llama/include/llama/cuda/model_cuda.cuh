@@ -94,7 +94,7 @@ class CudaLlama {
   /// stored-activation path; it costs one more forward of every layer but the last.
   /// `keep_swiglu`: keep every layer's silu(gate)·up (the X of down) from the forward for the
   /// backward, instead of one shared buffer that the backward refills from gate and up with the same
-  /// kernel: + (n_layers − 1)·N·H·sizeof(T) (2.7 GiB at LLaMA-2-7B, 8 × 512, bf16), one elementwise
+  /// kernel: + (n_layers − 1)·N·H·sizeof(T) (2.6 GiB at LLaMA-2-7B, 8 × 512, bf16), one elementwise
   /// pass over gate and up less per layer and micro-batch; the same bits either way. Not with
   /// activation checkpointing (which recomputes the layer anyway): throws naming both.
   CudaLlama(const ModelWeights& host, int max_batch, int max_seq, cudaStream_t stream, int loss_chunk_rows = 1024,
@@ -225,7 +225,7 @@ class CudaLlama {
     // silu(gate)·up, the X of down: with keep_swiglu, saved here; otherwise (act == nullptr) the
     // forward writes it to act_ (one (N, H) buffer for every layer) and the backward recomputes it
     // there from gate and up with the same kernel (bit-identical), saving (n_layers − 1)·N·H·sizeof(T)
-    // (2.7 GiB at LLaMA-2-7B, 8 × 512, bf16) for one more elementwise pass per layer.
+    // (2.6 GiB at LLaMA-2-7B, 8 × 512, bf16) for one more elementwise pass per layer.
     T* act;   // (N, H) or nullptr
     float* lse;    // (B·nh·T)
     float* rstd1;  // (N)
