@@ -29,6 +29,7 @@
 #include "hdpissa/adapter/data_parallel_update.hpp"
 #include "hdpissa/adapter/direct_weight_update.hpp"
 #include "hdpissa/adapter/distributed_init.hpp"
+#include "hdpissa/adapter/folded_linears.hpp"
 #include "hdpissa/adapter/muted_linear.hpp"
 #include "hdpissa/adapter/orthogonal_adapter_init.hpp"
 #include "hdpissa/adapter/svd.hpp"

@@ -378,3 +378,131 @@ TEST_CASE("AdapterLinear::forward_shared / backward_shared (linears reading one 
         {"A_stack (n·r, in) for n = 3", "(8, 7)"});
   }
 }
+
+// FoldedMutedLinears (folded_linears.hpp): three linears of different widths reading one X, their
+// W, A and B in one folded storage (with ld > cols and garbage where the layout says "unused" or
+// before zero_adapter_columns): the forward's [Y_j | U] and the backward's dX = Σ_j dY_j W_j, V, gA
+// and gB_j equal MutedLinear's forward / backward_shared on separate matrices (the reference), up
+// to the GEMMs' summation order.
+TEST_CASE("FoldedMutedLinears: one forward GEMM and one dX GEMM give MutedLinear's results") {
+  EigenBackend<double> b;
+  using M = typename EigenBackend<double>::matrix_type;
+  const index_t tokens = 5, in = 7, r = 2;
+  const double alpha = 1.5;
+  const std::vector<index_t> outs = {3, 4, 6};
+  const FoldedLayout L(outs, in, r);
+  REQUIRE(L.out_total() == 13);
+  REQUIRE(L.rows() == 19);
+  REQUIRE(L.cols() == 13);
+  CHECK(L.row_of(2) == 7);
+  auto X = hdtest::random_matrix(b, tokens, in, 140);
+  std::vector<M> W, Bf, dY, dX, gB, Y;
+  for (int j = 0; j < 3; ++j) {
+    W.push_back(hdtest::random_matrix(b, outs[j], in, 141 + 10 * std::uint64_t(j)));
+    Bf.push_back(hdtest::random_matrix(b, outs[j], r, 142 + 10 * std::uint64_t(j)));
+    dY.push_back(hdtest::random_matrix(b, tokens, outs[j], 143 + 10 * std::uint64_t(j)));
+    dX.push_back(b.make_matrix(tokens, in));
+    gB.push_back(b.make_matrix(outs[j], r));
+    Y.push_back(b.make_matrix(tokens, outs[j]));
+  }
+  auto A_stack = hdtest::random_matrix(b, 3 * r, in, 170);
+  auto gA_stack = b.make_matrix(3 * r, in);
+
+  // the reference: MutedLinear on separate matrices
+  MutedLinear<EigenBackend<double>> layer(b, alpha);
+  using SI = MutedLinear<EigenBackend<double>>::SharedInput<double>;
+  std::vector<SI> lins;
+  for (int j = 0; j < 3; ++j) {
+    lins.push_back({CV(W[j].view()), CV(Bf[j].view()), CV(dY[j].view()), dX[j].view(), gB[j].view()});
+    layer.forward(CV(W[j].view()), CV(A_stack.view()).row_block(j * r, r), CV(Bf[j].view()), CV(X.view()), Y[j].view());
+  }
+  layer.backward_shared(CV(X.view()), CV(A_stack.view()), std::span<const SI>(lins), gA_stack.view(), false);
+  auto U_ref = b.make_matrix(tokens, 3 * r);
+  b.gemm(Op::N, Op::T, 1.0, CV(X.view()), CV(A_stack.view()), 0.0, U_ref.view());
+  Ref dX_ref = hdtest::to_ref(dX[0].view());
+  for (int j = 1; j < 3; ++j) dX_ref = hdtest::add(dX_ref, hdtest::to_ref(dX[j].view()), 1.0);
+
+  // the folded storage: ld 15 > cols 13, every element 9 first
+  auto big = b.make_matrix(L.rows(), L.cols() + 2);
+  b.fill(big.view(), 9.0);
+  const MatrixView<double> store(big.view().data, L.rows(), L.cols(), L.cols() + 2);
+  L.zero_adapter_columns(b, store);
+  for (int j = 0; j < 3; ++j) {
+    b.copy(CV(W[j].view()), L.W(store, j));
+    b.copy(CV(A_stack.view()).row_block(j * r, r), L.A(store, j));
+    b.copy(CV(Bf[j].view()), L.B(store, j));
+  }
+  {  // every adapter column outside the B_j is zero (and the rows' W / A untouched by the zeroing)
+    const Ref s = hdtest::to_ref(CV(store));
+    long nonzero = 0;
+    for (index_t i = 0; i < L.rows(); ++i)
+      for (index_t c = in; c < L.cols(); ++c) {
+        const int blk = int((c - in) / r);
+        const bool in_b = i < L.out_total() && i >= L.row_of(blk) && i < L.row_of(blk) + L.out(blk);
+        if (!in_b && s.v[std::size_t(i * L.cols() + c)] != 0.0) ++nonzero;
+      }
+    CHECK(nonzero == 0);
+  }
+  FoldedMutedLinears<EigenBackend<double>> folded(b, alpha);
+  auto YU = b.make_matrix(tokens, L.rows());
+  folded.forward(L, CV(store), CV(X.view()), YU.view());
+  for (int j = 0; j < 3; ++j) {
+    CAPTURE(j);
+    CHECK(hdtest::count_violations(hdtest::to_ref(CV(YU.view()).col_block(L.row_of(j), outs[j])),
+                                   hdtest::to_ref(Y[j].view()), 1e-13, 1e-13) == 0);
+  }
+  const CV U = CV(YU.view()).col_block(L.out_total(), 3 * r);
+  CHECK(hdtest::count_violations(hdtest::to_ref(U), hdtest::to_ref(U_ref.view()), 1e-13, 1e-13) == 0);
+
+  auto dY_all = b.make_matrix(tokens, L.out_total());
+  for (int j = 0; j < 3; ++j) b.copy(CV(dY[j].view()), dY_all.view().col_block(L.row_of(j), outs[j]));
+  auto dXV = b.make_matrix(tokens, L.cols());
+  auto gA_f = b.make_matrix(3 * r, in);
+  std::vector<M> gB_f;
+  std::vector<MatrixView<double>> gBv;
+  for (int j = 0; j < 3; ++j) gB_f.push_back(b.make_matrix(outs[j], r));
+  for (auto& g : gB_f) gBv.push_back(g.view());
+  b.fill(gA_f.view(), 3.0);  // overwritten without accumulate
+  folded.backward(L, CV(store), CV(X.view()), CV(dY_all.view()), U, dXV.view(), gA_f.view(),
+                  std::span<const MatrixView<double>>(gBv), false);
+  CHECK(hdtest::count_violations(hdtest::to_ref(CV(dXV.view()).col_block(0, in)), dX_ref, 1e-13, 1e-13) == 0);
+  CHECK(hdtest::count_violations(hdtest::to_ref(gA_f.view()), hdtest::to_ref(gA_stack.view()), 1e-13, 1e-13) == 0);
+  for (int j = 0; j < 3; ++j) {
+    CAPTURE(j);
+    CHECK(hdtest::count_violations(hdtest::to_ref(gB_f[j].view()), hdtest::to_ref(gB[j].view()), 1e-13, 1e-13) == 0);
+    // V_j = dY_j B_j
+    CHECK(hdtest::count_violations(hdtest::to_ref(CV(dXV.view()).col_block(in + j * r, r)),
+                                   hdtest::matmul(hdtest::to_ref(dY[j].view()), hdtest::to_ref(Bf[j].view())), 1e-13,
+                                   1e-13) == 0);
+  }
+
+  SUBCASE("accumulate adds") {
+    folded.backward(L, CV(store), CV(X.view()), CV(dY_all.view()), U, dXV.view(), gA_f.view(),
+                    std::span<const MatrixView<double>>(gBv), true);
+    Ref twice_a = hdtest::to_ref(gA_stack.view()), twice_b = hdtest::to_ref(gB[1].view());
+    for (auto& v : twice_a.v) v *= 2;
+    for (auto& v : twice_b.v) v *= 2;
+    CHECK(hdtest::count_violations(hdtest::to_ref(gA_f.view()), twice_a, 1e-13, 1e-13) == 0);
+    CHECK(hdtest::count_violations(hdtest::to_ref(gB_f[1].view()), twice_b, 1e-13, 1e-13) == 0);
+  }
+
+  SUBCASE("wrong shapes are clear errors") {
+    auto small = b.make_matrix(L.rows() - 1, L.cols());
+    hdtest::check_throws_with<InvalidArgument>([&] { folded.forward(L, CV(small.view()), CV(X.view()), YU.view()); },
+                                               {"FoldedLayout storage", "(19, 13)", "(18, 13)"});
+    auto dY_bad = b.make_matrix(tokens, L.out_total() + 1);
+    hdtest::check_throws_with<InvalidArgument>(
+        [&] {
+          folded.backward(L, CV(store), CV(X.view()), CV(dY_bad.view()), U, dXV.view(), gA_f.view(),
+                          std::span<const MatrixView<double>>(gBv), false);
+        },
+        {"FoldedMutedLinears dY"});
+    hdtest::check_throws_with<InvalidArgument>(
+        [&] {
+          folded.backward(L, CV(store), CV(X.view()), CV(dY_all.view()), U, dXV.view(), gA_f.view(),
+                          std::span<const MatrixView<double>>(gBv).first(2), false);
+        },
+        {"expected 3 gB views, found 2"});
+    hdtest::check_throws_with<InvalidArgument>([] { (void)FoldedLayout({}, 4, 2); }, {"at least one linear"});
+  }
+}
