@@ -765,3 +765,111 @@ TEST_CASE("bf16 storage: gemm_f32 with an empty inner dimension fills (beta 0) o
     CHECK(ok);
   }
 }
+
+// FoldedMutedLinears (folded_linears.hpp) on bf16 with fp32 gradients: one storage of (v, k, q)'s
+// W, A and block-diagonal B with ld > cols, the forward's [Y_j | U] and the backward's dX, V, gA,
+// gB_j against float64. The bf16 outputs (Y, U, dX, V) are one rounding of an fp32 sum: nmse within
+// bf16's; the fp32 gradients are computed from the layer's own V and U (as the MutedLinear test
+// above takes its t and u), so they match float64 to fp32 summation error.
+TEST_CASE("FoldedMutedLinears on bf16 (q, k, v in one storage): against float64") {
+  using bf = __nv_bfloat16;
+  using CVb = ConstMatrixView<bf>;
+  CudaBackend<bf> gpu;
+  CudaBackend<float> g32;
+  const index_t N = 200, in = 96, r = 16, n = 3, pad = 8;
+  const std::vector<index_t> outs = {24, 24, 80};  // v, k (GQA: narrow), q
+  const double alpha = 0.5;
+  const FoldedLayout L(outs, in, r);
+  const index_t O = L.out_total(), ld = L.cols() + pad;
+  // the storage on the host: W_j, A_j, B_j in place, zeros in the other adapter blocks, 7 in the pad
+  std::vector<float> hs(std::size_t(L.rows() * ld), 7.0f);
+  for (index_t i = 0; i < L.rows(); ++i)
+    for (index_t c = in; c < L.cols(); ++c) hs[std::size_t(i * ld + c)] = 0.0f;
+  std::vector<std::vector<float>> hW, hB;
+  const auto hA = bf16_rounded(random_host<float>(n * r, in, 161));
+  for (index_t j = 0; j < n; ++j) {
+    const std::uint64_t sd = 170 + 10 * std::uint64_t(j);
+    hW.push_back(bf16_rounded(random_host<float>(outs[j], in, sd)));
+    hB.push_back(bf16_rounded(random_host<float>(outs[j], r, sd + 1)));
+    for (index_t i = 0; i < outs[j]; ++i) {
+      for (index_t c = 0; c < in; ++c) hs[std::size_t((L.row_of(int(j)) + i) * ld + c)] = hW[j][std::size_t(i * in + c)];
+      for (index_t c = 0; c < r; ++c)
+        hs[std::size_t((L.row_of(int(j)) + i) * ld + in + j * r + c)] = hB[j][std::size_t(i * r + c)];
+    }
+  }
+  for (index_t i = 0; i < n * r; ++i)
+    for (index_t c = 0; c < in; ++c) hs[std::size_t((O + i) * ld + c)] = hA[std::size_t(i * in + c)];
+  auto up = [&](const std::vector<float>& h, index_t rows, index_t cols) {
+    auto m = gpu.make_matrix(rows, cols);
+    const auto b = to_bf16(h);
+    gpu.upload(b.data(), m.view());
+    return m;
+  };
+  auto store_m = up(hs, L.rows(), ld);
+  const CVb store(store_m.view().data, L.rows(), L.cols(), ld);
+  const auto hX = bf16_rounded(random_host<float>(N, in, 160));
+  auto X = up(hX, N, in);
+  const auto hdY = bf16_rounded(random_host<float>(N, O, 162));  // [dY_v | dY_k | dY_q]
+  auto dY = up(hdY, N, O);
+
+  FoldedMutedLinears<CudaBackend<bf>> folded(gpu, alpha);
+  auto YU = gpu.make_matrix(N, L.rows());
+  folded.forward(L, store, CVb(X.view()), YU.view());
+  gpu.synchronize();
+  const auto yu = dense(gpu, CVb(YU.view()));
+  // float64: X [W; A]ᵀ from the host storage's first `in` columns
+  std::vector<float> hWA(std::size_t(L.rows() * in));
+  for (index_t i = 0; i < L.rows(); ++i)
+    for (index_t c = 0; c < in; ++c) hWA[std::size_t(i * in + c)] = hs[std::size_t(i * ld + c)];
+  const auto wantYU = ref_gemm(Op::N, Op::T, hX, in, hWA, in, N, L.rows(), in);
+  CHECK(nmse(yu, wantYU) <= nmse_tol<bf>());
+
+  auto gA = g32.make_matrix(n * r, in);
+  const auto gA0 = random_host<float>(n * r, in, 199);
+  g32.upload(gA0.data(), gA.view());
+  std::vector<CudaBackend<float>::matrix_type> gB;
+  std::vector<MatrixView<float>> gBv;
+  std::vector<std::vector<float>> gB0;
+  for (index_t j = 0; j < n; ++j) {
+    gB0.push_back(random_host<float>(outs[j], r, 180 + std::uint64_t(j)));
+    gB.push_back(g32.make_matrix(outs[j], r));
+    g32.upload(gB0.back().data(), gB.back().view());
+  }
+  for (auto& g : gB) gBv.push_back(g.view());
+  auto dXV = gpu.make_matrix(N, L.cols());
+  const CVb U = CVb(YU.view()).col_block(O, n * r);
+  folded.backward(L, store, CVb(X.view()), CVb(dY.view()), U, dXV.view(), gA.view(),
+                  std::span<const MatrixView<float>>(gBv), /*accumulate=*/true);
+  gpu.synchronize();
+  // dY [W | blockdiag(B)] in float64
+  std::vector<float> hWB(std::size_t(O * L.cols()));
+  for (index_t i = 0; i < O; ++i)
+    for (index_t c = 0; c < L.cols(); ++c) hWB[std::size_t(i * L.cols() + c)] = hs[std::size_t(i * ld + c)];
+  const auto wantXV = ref_gemm(Op::N, Op::N, hdY, O, hWB, L.cols(), N, L.cols(), O);
+  const auto xv = dense(gpu, CVb(dXV.view()));
+  CHECK(nmse(xv, wantXV) <= nmse_tol<bf>());
+  // the gradients from the layer's own bf16 V and U
+  std::vector<float> vf(std::size_t(N * n * r)), uf(std::size_t(N * n * r));
+  for (index_t i = 0; i < N; ++i)
+    for (index_t c = 0; c < n * r; ++c) {
+      vf[std::size_t(i * n * r + c)] = float(xv[std::size_t(i * L.cols() + in + c)]);
+      uf[std::size_t(i * n * r + c)] = float(yu[std::size_t(i * L.rows() + O + c)]);
+    }
+  const auto pA = ref_gemm(Op::T, Op::N, vf, n * r, hX, in, n * r, in, N);
+  std::vector<double> wantA(pA.size());
+  for (std::size_t i = 0; i < pA.size(); ++i) wantA[i] = gA0[i] + alpha * pA[i];
+  CHECK(nmse(dense(g32, ConstMatrixView<float>(gA.view())), wantA) <= 1e-10);
+  for (index_t j = 0; j < n; ++j) {
+    CAPTURE(j);
+    const index_t o = outs[j];
+    std::vector<float> dyj(std::size_t(N * o)), uj(std::size_t(N * r));
+    for (index_t i = 0; i < N; ++i) {
+      for (index_t c = 0; c < o; ++c) dyj[std::size_t(i * o + c)] = hdY[std::size_t(i * O + L.row_of(int(j)) + c)];
+      for (index_t c = 0; c < r; ++c) uj[std::size_t(i * r + c)] = uf[std::size_t(i * n * r + j * r + c)];
+    }
+    const auto pB = ref_gemm(Op::T, Op::N, dyj, o, uj, r, o, r, N);
+    std::vector<double> wantB(pB.size());
+    for (std::size_t i = 0; i < pB.size(); ++i) wantB[i] = gB0[std::size_t(j)][i] + alpha * pB[i];
+    CHECK(nmse(dense(g32, ConstMatrixView<float>(gB[std::size_t(j)].view())), wantB) <= 1e-10);
+  }
+}
