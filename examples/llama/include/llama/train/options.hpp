@@ -570,7 +570,7 @@ inline void add_train_options(CLI::App& app, TrainOptions& o, CLI::Option** atte
                "per step, for long sequences and large micro-batches)")->group(me);
   app.add_flag("--keep-swiglu", o.keep_swiglu,
                "--device cuda: keep every layer's silu(gate)*up (the X of down) from the forward for the backward "
-               "instead of recomputing it there: + (layers - 1) x tokens x hidden_dim x 2 bytes (2.7 GiB at "
+               "instead of recomputing it there: + (layers - 1) x tokens x hidden_dim x 2 bytes (2.6 GiB at "
                "LLaMA-2-7B, 8 x 512), one elementwise pass per layer less; the same gradients bit for bit")->group(me);
   app.add_flag("--profile", o.profile,
                "--device cuda: time the model's sections (linears / attention / norms+elementwise, forward and "
