@@ -18,6 +18,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <limits>
 #include <random>
 #include <string>
 #include <tuple>
@@ -983,7 +984,44 @@ void check_producer_amax(int D, int N) {
   }
 }
 
+/// Special values through SwiGLU's slot: an all-zero output leaves it at 0 (no atomic, as the amax
+/// pass's memset), −0 counts as 0, and a NaN makes it NaN (as the pass: a NaN amax scales by 1).
+void check_producer_amax_special() {
+  namespace kern = hdpissa::llama::gpu::kern;
+  using hdpissa::index_t;
+  const std::size_t n = 4096;
+  std::vector<bf16> g(n, bf16(-0.0f)), u(n, bf16(1.0f));
+  auto gate = to_device(g), up = to_device(u);
+  hdpissa::DeviceBuffer<bf16> act(n);
+  hdpissa::DeviceBuffer<float> slot(1), ref(1);
+  auto run = [&] {
+    HDPISSA_CUDA_CHECK(cudaMemset(slot.get(), 0, sizeof(float)));
+    kern::launch_swiglu_fwd<bf16>(nullptr, gate.get(), up.get(), act.get(), std::int64_t(n), slot.get());
+    hdpissa::launch_fp8_amax<bf16>(nullptr, hdpissa::ConstMatrixView<bf16>(act.get(), index_t(1), index_t(n), index_t(n)),
+                                   ref.get());
+    float got = 0, want = 0;
+    HDPISSA_CUDA_CHECK(cudaMemcpy(&got, slot.get(), sizeof(float), cudaMemcpyDeviceToHost));
+    HDPISSA_CUDA_CHECK(cudaMemcpy(&want, ref.get(), sizeof(float), cudaMemcpyDeviceToHost));
+    return std::pair{got, want};
+  };
+  {  // silu(−0)·1 = −0 everywhere
+    const auto [got, want] = run();
+    CHECK(want == 0.0f);
+    CHECK(got == 0.0f);
+    CHECK_FALSE(std::signbit(got));
+  }
+  g[1234] = bf16(std::numeric_limits<float>::quiet_NaN());
+  gate = to_device(g);
+  {
+    const auto [got, want] = run();
+    CHECK(std::isnan(want));
+    CHECK(std::isnan(got));
+  }
+}
+
 TEST_CASE("producer-kept amax: RMSNorm and SwiGLU kernels keep max |output| exactly, their outputs unchanged") {
+  check_producer_amax_special();
+  check_producer_amax<bf16>(4096, 600);  // 2.5 M elements: SwiGLU's grid at its 2048-block cap, several loops a thread
   // D: register-cached rows (64, 2048, 3000, 4096), the two-pass 4-wide form (10000), scalar (1001)
   for (const auto& [D, N] : {std::pair{64, 37}, std::pair{2048, 64}, std::pair{4096, 33}, std::pair{3000, 17},
                             std::pair{10000, 9}, std::pair{1001, 5}}) {

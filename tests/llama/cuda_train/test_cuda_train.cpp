@@ -944,9 +944,10 @@ TEST_CASE("--keep-swiglu: the same losses and weights bit for bit; (layers - 1) 
     CHECK(off->t->engine().info().description.find("SwiGLU outputs kept") == std::string::npos);
   }
   const fs::path model_dir = scratch() / "wide-2layer";
-  if (!fs::exists(model_dir / "config.json")) {
-    MESSAGE("memory part skipped: run the 'bf16 lora / pissa hold W only in bf16' test first (it writes the model)");
-    return;
+  if (!fs::exists(model_dir / "config.json")) {  // the 'bf16 lora / pissa hold W only in bf16' test writes the same
+    ModelConfig c = load_checkpoint(data_dir() / "stories260K-hf").config;
+    c.dim = 1024, c.hidden_dim = 2816, c.n_layers = 2, c.n_heads = 8, c.n_kv_heads = 8, c.head_dim = 128;
+    write_random_model(model_dir, c);
   }
   // The wide model (head_dim 128: flash attention), HD-PiSSA in bf16, with and without --compute fp8
   // (down's FP8 input is the kept output of its own layer).
@@ -1117,63 +1118,75 @@ TEST_CASE("--compute fp8: losses and dW track bf16, FP8 copies follow W, notes a
 // Producer-kept amax (issue 20): under --compute fp8 the model's RMSNorm and SwiGLU kernels keep
 // max |X| / max |dY| of the tensors the next FP8 GEMM quantises (llama/cuda/fp8_linears.cuh,
 // amax_hint), and the FP8 calls skip their own amax pass. The amax is the same value, so the runs
-// with and without it (HDPISSA_FP8_PRODUCER_AMAX=0) give the same losses and weights bit for bit —
-// also with activation checkpointing, whose recompute between a producer and its consumer drops the
-// hint (that call then runs its own pass). Without checkpointing every layer's q|k|v, gate|up and
-// down inputs and its down, gate, up and o gradients take the hint: at least 7 per layer and
-// micro-batch.
+// with and without it (HDPISSA_FP8_PRODUCER_AMAX=0) give the same losses and weights bit for bit:
+//  - the wide model (every target FP8), one group, with and without activation checkpointing
+//    (whose recompute between a producer and its consumer drops the hint: that call runs its own
+//    pass). Without checkpointing every layer's q|k|v, gate|up and down inputs and its down, gate,
+//    up and o gradients take the hint: at least 7 per layer and micro-batch;
+//  - stories260K (q, k, v, o in FP8, the MLP in bf16: hints handed out for the MLP are never taken
+//    and must be dropped), K = 2 local groups, and --targets q,v (o, gate, up, down are not targets:
+//    their tensors' hints are dropped unused).
 TEST_CASE("--compute fp8: the X / dY amax kept by the model's kernels give the amax passes' bits") {
-  const fs::path model_dir = scratch() / "wide-2layer-fp8";
-  if (!fs::exists(model_dir / "config.json")) {
-    MESSAGE("skipped: run the '--compute fp8: losses and dW track bf16' test first (it writes the model)");
-    return;
+  const ModelWeights base = load_checkpoint((data_dir() / "stories260K-hf").string());
+  const fs::path wide = scratch() / "wide-2layer-fp8";
+  if (!fs::exists(wide / "config.json")) {  // the FP8 test above writes the same model
+    ModelConfig c = base.config;
+    c.dim = 1024, c.hidden_dim = 2816, c.n_layers = 2, c.n_heads = 8, c.n_kv_heads = 8, c.head_dim = 128;
+    write_random_model(wide, c);
   }
-  const int L = load_checkpoint(model_dir).config.n_layers;
-  for (const char* method : {"hdpissa", "lora"}) {
-    for (const bool ckpt : {false, true}) {
-      INFO("method ", std::string(method), ", checkpointing ", ckpt);
-      std::vector<std::vector<double>> losses;
-      std::vector<ModelWeights> merged;
-      std::vector<std::int64_t> used;
-      for (const bool hints : {false, true}) {
-        TrainOptions o = base_options(method, hdpissa::cat("fp8-hints-", ckpt, "-", hints));
-        o.model = model_dir.string();
-        o.device = Device::Cuda;
-        o.dtype = ComputeDtype::Bf16;
-        o.compute = ComputeKind::Fp8;
-        o.groups_per_process = 1;
-        o.max_steps = 2;
-        o.activation_checkpointing = ckpt;
-        if (hints) unsetenv("HDPISSA_FP8_PRODUCER_AMAX");  // the default: on
-        else setenv("HDPISSA_FP8_PRODUCER_AMAX", "0", 1);
-        Run r(o);
-        unsetenv("HDPISSA_FP8_PRODUCER_AMAX");
-        losses.push_back(step_losses(o.metrics));
-        merged.push_back(r.merged());
-        const auto n = r.t->engine().fp8_amax_hints_used();
-        REQUIRE(n.has_value());
-        used.push_back(*n);
-        CHECK((r.t->engine().info().description.find("amax kept by the kernels that write them") != std::string::npos) ==
-              hints);
-      }
-      REQUIRE(losses[0].size() == 2);
-      CHECK(losses[0] == losses[1]);
-      CHECK(same_targets(merged[0], merged[1]));
-      CHECK(used[0] == 0);
-      const std::int64_t micro_batches = 2 * 2;  // max_steps × grad_accum, one group
-      if (!ckpt) CHECK(used[1] >= 7 * L * micro_batches);
-      else CHECK(used[1] > 0);
-      MESSAGE(std::string(method), ", checkpointing ", ckpt, ": FP8 calls with a producer-kept amax: ", used[1]);
+  struct Case {
+    const char* method;
+    bool wide, ckpt;
+    int groups;
+    const char* targets;
+  };
+  for (const Case c : {Case{"hdpissa", true, false, 1, ""}, Case{"hdpissa", true, true, 1, ""},
+                       Case{"lora", true, false, 1, ""}, Case{"lora", true, true, 1, ""},
+                       Case{"hdpissa", false, false, 2, ""}, Case{"hdpissa", false, false, 1, "q,v"}}) {
+    INFO("method ", std::string(c.method), ", wide ", c.wide, ", checkpointing ", c.ckpt, ", groups ", c.groups,
+         ", targets '", std::string(c.targets), "'");
+    std::vector<std::vector<double>> losses;
+    std::vector<ModelWeights> merged;
+    std::vector<std::int64_t> used;
+    for (const bool hints : {false, true}) {
+      TrainOptions o = base_options(c.method, hdpissa::cat("fp8-hints-", c.wide, c.ckpt, c.groups, c.targets, "-", hints));
+      if (c.wide) o.model = wide.string();
+      o.device = Device::Cuda;
+      o.dtype = ComputeDtype::Bf16;
+      o.compute = ComputeKind::Fp8;
+      o.groups_per_process = c.groups;
+      o.max_steps = 2;
+      o.activation_checkpointing = c.ckpt;
+      if (*c.targets) o.targets = c.targets;
+      if (hints) unsetenv("HDPISSA_FP8_PRODUCER_AMAX");  // the default: on
+      else setenv("HDPISSA_FP8_PRODUCER_AMAX", "0", 1);
+      Run r(o);
+      unsetenv("HDPISSA_FP8_PRODUCER_AMAX");
+      losses.push_back(step_losses(o.metrics));
+      merged.push_back(r.merged());
+      const auto n = r.t->engine().fp8_amax_hints_used();
+      REQUIRE(n.has_value());
+      used.push_back(*n);
+      CHECK((r.t->engine().info().description.find("amax kept by the kernels that write them") != std::string::npos) ==
+            hints);
     }
+    REQUIRE(losses[0].size() == 2);
+    CHECK(losses[0] == losses[1]);
+    CHECK(same_targets(merged[0], merged[1]));
+    CHECK(used[0] == 0);
+    CHECK(used[1] > 0);
+    const int L = c.wide ? 2 : base.config.n_layers;
+    const std::int64_t micro_batches = 2 * 2 * c.groups;  // max_steps × grad_accum × local groups
+    if (c.wide && !c.ckpt) CHECK(used[1] >= 7 * L * micro_batches);
+    MESSAGE(std::string(c.method), ", wide ", c.wide, ", checkpointing ", c.ckpt, ", groups ", c.groups, ", targets '",
+            std::string(c.targets), "': FP8 calls with a producer-kept amax: ", used[1]);
   }
   // a bad value is an error naming the variable
   setenv("HDPISSA_FP8_PRODUCER_AMAX", "yes", 1);
   TrainOptions o = base_options("hdpissa", "fp8-hints-bad");
-  o.model = model_dir.string();
   o.device = Device::Cuda;
   o.dtype = ComputeDtype::Bf16;
   o.compute = ComputeKind::Fp8;
-  o.groups_per_process = 1;
   o.max_steps = 1;
   std::string error = "(no error)";
   try {

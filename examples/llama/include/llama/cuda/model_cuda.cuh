@@ -614,8 +614,14 @@ CudaLlama<T>::CudaLlama(const ModelWeights& host, int max_batch, int max_seq, cu
   // activations
   ::hdpissa::memory::PartScope act_part("model.activations");
   res_.reserve(static_cast<std::size_t>(2 * L + 1) * N * D);
-  const std::size_t per_layer_t =
-      static_cast<std::size_t>(N) * (2 * D + 2 * qd + 2 * kvd + (keep_swiglu_ ? 3 : 2) * static_cast<std::int64_t>(H));
+  // Every saved activation starts on a 128-byte boundary (its element count rounded up): cuBLAS
+  // chooses algorithms partly by pointer alignment, so layer l's buffers must not drift with N·H
+  // (odd N and H % 8 != 0) — the same alignment in every layer, with or without checkpointing (one
+  // arena) and --keep-swiglu (one more buffer per layer), hence the same bits.
+  constexpr std::int64_t kAlignT = 128 / static_cast<std::int64_t>(sizeof(T));
+  auto rounded = [](std::int64_t n) { return (n + kAlignT - 1) / kAlignT * kAlignT; };
+  const std::size_t per_layer_t = static_cast<std::size_t>(
+      2 * rounded(N * D) + 2 * rounded(N * qd) + 2 * rounded(N * kvd) + (keep_swiglu_ ? 3 : 2) * rounded(N * H));
   const std::size_t per_layer_f = static_cast<std::size_t>(N) * (c.n_heads + 2);
   const int arenas = ckpt_ ? 1 : L;  // checkpointing: every layer's activations share one arena
   act_t_.reserve(per_layer_t * arenas);
@@ -624,7 +630,7 @@ CudaLlama<T>::CudaLlama(const ModelWeights& host, int max_batch, int max_seq, cu
   for (int l = 0; l < L; ++l) {
     const int slot = ckpt_ ? 0 : l;
     T* p = act_t_.get() + per_layer_t * slot;
-    auto take = [&p](std::int64_t n) { T* r = p; p += n; return r; };
+    auto take = [&p, &rounded](std::int64_t n) { T* r = p; p += rounded(n); return r; };
     LayerActs& a = layers_[l];
     a.xn1 = take(N * D);
     a.qh = take(N * qd);
@@ -785,6 +791,7 @@ void CudaLlama<T>::forward_layers(CudaHooks<T>& hooks) {
   const int D = c.dim, L = c.n_layers;
   const std::int64_t N = static_cast<std::int64_t>(B_) * T_;
   mark(kNormFwd);
+  hooks.drop_amax_hints();  // none may survive an earlier pass that stopped on an error
   gather_embeddings(stream_, tokens(), res(0), N);
   for (int l = 0; l < L; ++l)
     layer_forward(hooks, l, l == 0 ? res(0) : res(2 * l - 1), l == 0 ? nullptr : tmp_.get(), /*down=*/true);
@@ -866,10 +873,10 @@ void CudaLlama<T>::layer_forward(CudaHooks<T>& hooks, int l, const float* prev, 
       hooks.forward_shared(mlp, xn2);
       hooks.drop_amax_hints();
     }
-    mark(kNormFwd);
-    T* act = a.act ? a.act : act_.get();
-    kern::launch_swiglu_fwd<T>(s, a.gate, a.up, act, N * H, down ? hooks.amax_hint(act, N, H, H) : nullptr);
-    if (down) {
+    if (down) {  // (a checkpointing recompute stops here: the backward recomputes SwiGLU itself)
+      mark(kNormFwd);
+      T* act = a.act ? a.act : act_.get();
+      kern::launch_swiglu_fwd<T>(s, a.gate, a.up, act, N * H, hooks.amax_hint(act, N, H, H));
       mark(kLinFwd);
       hooks.forward({l, Module::down}, W(Module::down), CV(act, N, H, H), MV(tmp_.get(), N, D, D));
       hooks.drop_amax_hints();
@@ -932,6 +939,7 @@ void CudaLlama<T>::backward_layers(CudaHooks<T>& hooks) {
   using MV = MatrixView<T>;
 
   mark(kNormBwd);
+  hooks.drop_amax_hints();  // none may survive an earlier pass that stopped on an error
   HDPISSA_CUDA_CHECK(cudaMemsetAsync(dx_.get(), 0, sizeof(float) * N * D, s));
   // dx_t: the last layer's down's dY (its amax kept for FP8 compute; a checkpointing recompute in
   // between drops the hint, and the hooks then run their own amax pass)
