@@ -96,6 +96,29 @@ __device__ inline void fp8_load8(const T* __restrict__ p, float (&v)[8]) {
   }
 }
 
+/// m ← max(m, |v|), keeping a NaN: the amax rule (also the model's kernels that keep the amax of
+/// what they write, examples/llama/include/llama/cuda/kernels_llama.cuh).
+__device__ __forceinline__ float fp8_amax_acc(float m, float v) {
+  const float a = fabsf(v);
+  return (a > m || a != a) ? a : m;
+}
+/// *amax_bits ← max(*amax_bits, max of `b` over the block): b holds the bits of a value ≥ 0 or of a
+/// positive NaN, so the unsigned order is the float order with NaN above +inf. Every thread of the
+/// block calls it; `sh` is 32 unsigned of shared memory (a barrier comes first, so it may be
+/// reused); one atomicMax per block, none when the block's max is 0.
+__device__ __forceinline__ void fp8_block_amax_into(unsigned int b, unsigned int* amax_bits, unsigned int* sh) {
+  for (int o = 16; o > 0; o >>= 1) b = max(b, __shfl_xor_sync(0xffffffffu, b, o));
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
+  __syncthreads();
+  if (lane == 0) sh[warp] = b;
+  __syncthreads();
+  if (warp == 0) {
+    b = lane < nw ? sh[lane] : 0u;
+    for (int o = 16; o > 0; o >>= 1) b = max(b, __shfl_xor_sync(0xffffffffu, b, o));
+    if (lane == 0 && b != 0u) atomicMax(amax_bits, b);
+  }
+}
+
 /// amax_bits ← max(amax_bits, bits of max |x|) over the (rows, cols, ld) matrix x. Grid-stride;
 /// one atomicMax per block. `vec8`: x is contiguous, rows·cols % 8 == 0 and x 16-byte aligned
 /// (eight elements per load).
@@ -110,31 +133,16 @@ __global__ void fp8_amax_kernel(const T* __restrict__ x, std::int64_t rows, std:
       float v[8];
       fp8_load8(x + 8 * i, v);
 #pragma unroll
-      for (int k = 0; k < 8; ++k) {
-        const float a = fabsf(v[k]);
-        m = (a > m || a != a) ? a : m;  // keeps a NaN
-      }
+      for (int k = 0; k < 8; ++k) m = fp8_amax_acc(m, v[k]);
     }
   } else {
     for (std::int64_t i = tid; i < n; i += stride) {
       const std::int64_t r = i / cols, c = i - r * cols;
-      const float a = fabsf(fp8_to_float_in(x[r * ld + c]));
-      m = (a > m || a != a) ? a : m;
+      m = fp8_amax_acc(m, fp8_to_float_in(x[r * ld + c]));
     }
   }
-  // max over the block by the bits (|x| ≥ 0: unsigned order = float order, NaN above +inf)
-  unsigned int b = __float_as_uint(m);
-  for (int o = 16; o > 0; o >>= 1) b = max(b, __shfl_xor_sync(0xffffffffu, b, o));
   __shared__ unsigned int warp_max[32];
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  if (lane == 0) warp_max[warp] = b;
-  __syncthreads();
-  if (warp == 0) {
-    const int nw = (blockDim.x + 31) >> 5;
-    b = lane < nw ? warp_max[lane] : 0u;
-    for (int o = 16; o > 0; o >>= 1) b = max(b, __shfl_xor_sync(0xffffffffu, b, o));
-    if (lane == 0 && b != 0u) atomicMax(amax_bits, b);
-  }
+  fp8_block_amax_into(__float_as_uint(m), amax_bits, warp_max);
 }
 
 /// q (rows, cols, ldq) ← fp8(x · s), s = fp8_quant_scale(*amax); block 0 writes *dequant = 1 / s.

@@ -21,6 +21,7 @@
 #include <type_traits>
 
 #include "hdpissa/backend/cuda/cuda_check.hpp"
+#include "hdpissa/backend/cuda/fp8_quantize.hpp"
 
 namespace hdpissa::llama::gpu::kern {
 
@@ -66,30 +67,17 @@ __device__ __forceinline__ float block_max(float v, float* sh) {
   return warp_max(r);
 }
 
-/// Producer-kept amax (FP8 compute, issue 20): m ← max(m, |v|) keeping a NaN, the rule of
-/// fp8_amax_kernel (include/hdpissa/backend/cuda/fp8_quantize.hpp).
-__device__ __forceinline__ float amax_acc(float m, float v) {
-  const float a = fabsf(v);
-  return (a > m || a != a) ? a : m;
-}
+/// Producer-kept amax (FP8 compute, issue 20): m ← max(m, |v|) keeping a NaN, fp8_amax_kernel's
+/// rule (include/hdpissa/backend/cuda/fp8_quantize.hpp).
+__device__ __forceinline__ float amax_acc(float m, float v) { return ::hdpissa::cuda_kernels::fp8_amax_acc(m, v); }
 /// *amax_bits ← max(*amax_bits, bits of T(m)) over the block: every thread of the block calls it
 /// with its own m (max |v| over the unrounded values it stored as T). Rounding to T is monotone and
 /// symmetric, so T(max |v|) is max |T(v)|: exactly what fp8_amax_kernel reads back from the stored
-/// tensor. One atomicMax per block (none for an all-zero block); a no-op for a null amax_bits.
+/// tensor, with its block reduction (fp8_block_amax_into). A no-op for a null amax_bits.
 template <class T>
 __device__ __forceinline__ void block_amax_into(float m, unsigned int* amax_bits, unsigned int* sh /*32*/) {
   if (!amax_bits) return;
-  unsigned int b = __float_as_uint(to_f(from_f<T>(m)));  // m ≥ 0 or a positive NaN: unsigned order
-  for (int o = 16; o > 0; o >>= 1) b = max(b, __shfl_xor_sync(0xffffffffu, b, o));
-  const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nw = blockDim.x >> 5;
-  __syncthreads();  // sh may still be read by a previous reduction
-  if (lane == 0) sh[wid] = b;
-  __syncthreads();
-  if (wid == 0) {
-    b = lane < nw ? sh[lane] : 0u;
-    for (int o = 16; o > 0; o >>= 1) b = max(b, __shfl_xor_sync(0xffffffffu, b, o));
-    if (lane == 0 && b != 0u) atomicMax(amax_bits, b);
-  }
+  ::hdpissa::cuda_kernels::fp8_block_amax_into(__float_as_uint(to_f(from_f<T>(m))), amax_bits, sh);
 }
 
 /// Stores 4 consecutive values as T (8-byte bf16x4 or 16-byte float4 store; p 4-aligned).
