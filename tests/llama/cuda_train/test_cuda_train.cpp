@@ -139,6 +139,22 @@ void write_random_model(const fs::path& dir, const ModelConfig& c) {
   so.overwrite = true;
   save_hf_checkpoint(dir, w, so);
 }
+/// stories260K's config at widths every FP8 and flash path takes: dim 1024, hidden 2816, 2 layers,
+/// 8 heads (MHA) of 128.
+ModelConfig wide_config() {
+  ModelConfig c = load_checkpoint(data_dir() / "stories260K-hf").config;
+  c.dim = 1024, c.hidden_dim = 2816, c.n_layers = 2, c.n_heads = 8, c.n_kv_heads = 8, c.head_dim = 128;
+  return c;
+}
+/// The wide model (random weights, write_random_model), written once per run under scratch().
+fs::path wide_model() {
+  static const fs::path dir = [] {
+    const fs::path d = scratch() / "wide-2layer";
+    write_random_model(d, wide_config());
+    return d;
+  }();
+  return dir;
+}
 }  // namespace
 
 // Tolerances (fp32). Both paths run the same algorithm in fp32 with different summation orders
@@ -356,16 +372,8 @@ TEST_CASE("--profile: sections per step within the step's wall time; the same lo
 //  - merged output: W_res(bf16, widened exactly) + s·B A in fp32 — lora's merge at step 0 (B = 0)
 //    is exactly the bf16-rounded base weight.
 TEST_CASE("bf16 lora / pissa hold W only in bf16: 2 bytes per parameter, no fp32 master") {
-  const fs::path model_dir = scratch() / "wide-2layer";
-  ModelWeights base = load_checkpoint(data_dir() / "stories260K-hf");
-  ModelConfig c = base.config;
-  c.dim = 1024;
-  c.hidden_dim = 2816;
-  c.n_layers = 2;
-  c.n_heads = 8;
-  c.n_kv_heads = 8;
-  c.head_dim = 128;
-  write_random_model(model_dir, c);
+  const fs::path model_dir = wide_model();
+  const ModelConfig c = wide_config();
   std::int64_t target_params = 0;
   {
     const ModelWeights w = load_checkpoint(model_dir);
@@ -589,11 +597,7 @@ TEST_CASE("bf16 W policies on the GPU: vs the CPU trainer, bf16 W, bytes per par
 // parameters), hdpissa bf16 under fp32-master holds 6 B per target parameter, bf16-compensated 4,
 // bf16-sr 2; the peaks (cudaMemGetInfo) differ by at least 0.9 × 2 B per target parameter per step.
 TEST_CASE("bf16 W policies on the GPU: peak memory drops by 2 B per target parameter per policy step") {
-  const fs::path model_dir = scratch() / "wide-2layer";
-  if (!fs::exists(model_dir / "config.json")) {
-    MESSAGE("skipped: run the 'bf16 lora / pissa hold W only in bf16' test first (it writes ", model_dir.string(), ")");
-    return;
-  }
+  const fs::path model_dir = wide_model();
   std::int64_t target_params = 0;
   {
     const ModelWeights w = load_checkpoint(model_dir);
@@ -778,17 +782,7 @@ TEST_CASE("bf16 W policies on the GPU: full fine-tuning vs the CPU trainer, bf16
 // keep: w_bytes_per_param reports 6 / 4 / 2, and the peaks (cudaMemGetInfo) differ by at least
 // 0.9 × 2 B per target parameter per policy step.
 TEST_CASE("bf16 W policies on the GPU: full fine-tuning's peak memory drops by 2 B per target parameter per policy step") {
-  const fs::path model_dir = scratch() / "wide-2layer";
-  if (!fs::exists(model_dir / "config.json")) {
-    ModelConfig c = load_checkpoint(data_dir() / "stories260K-hf").config;
-    c.dim = 1024;
-    c.hidden_dim = 2816;
-    c.n_layers = 2;
-    c.n_heads = 8;
-    c.n_kv_heads = 8;
-    c.head_dim = 128;
-    write_random_model(model_dir, c);
-  }
+  const fs::path model_dir = wide_model();
   std::int64_t target_params = 0;
   {
     const ModelWeights w = load_checkpoint(model_dir);
@@ -852,11 +846,7 @@ TEST_CASE("activation checkpointing: the same losses and weights bit for bit; on
     MESSAGE(std::string(c.method), " ", std::string(c.dtype), " ", std::string(c.attention),
             ": max |W_off - W_on| = ", max_abs_diff(off->merged(), on->merged()));
   }
-  const fs::path model_dir = scratch() / "wide-2layer";
-  if (!fs::exists(model_dir / "config.json")) {
-    MESSAGE("memory part skipped: run the 'bf16 lora / pissa hold W only in bf16' test first (it writes the model)");
-    return;
-  }
+  const fs::path model_dir = wide_model();
   // The wide model has head_dim 128: flash attention (stories260K's head_dim 8 runs the GEMM path).
   std::vector<std::int64_t> peaks;
   std::vector<std::vector<double>> losses;
@@ -943,12 +933,7 @@ TEST_CASE("--keep-swiglu: the same losses and weights bit for bit; (layers - 1) 
     CHECK(on->t->engine().info().description.find("SwiGLU outputs kept") != std::string::npos);
     CHECK(off->t->engine().info().description.find("SwiGLU outputs kept") == std::string::npos);
   }
-  const fs::path model_dir = scratch() / "wide-2layer";
-  if (!fs::exists(model_dir / "config.json")) {  // the 'bf16 lora / pissa hold W only in bf16' test writes the same
-    ModelConfig c = load_checkpoint(data_dir() / "stories260K-hf").config;
-    c.dim = 1024, c.hidden_dim = 2816, c.n_layers = 2, c.n_heads = 8, c.n_kv_heads = 8, c.head_dim = 128;
-    write_random_model(model_dir, c);
-  }
+  const fs::path model_dir = wide_model();
   // The wide model (head_dim 128: flash attention), HD-PiSSA in bf16, with and without --compute fp8
   // (down's FP8 input is the kept output of its own layer).
   for (const bool fp8 : {false, true}) {
@@ -1072,10 +1057,7 @@ TEST_CASE("--compute fp8: losses and dW track bf16, FP8 copies follow W, notes a
   }
 
   // every target FP8-able: + 2 bytes per parameter
-  ModelConfig c = base.config;
-  c.dim = 1024, c.hidden_dim = 2816, c.n_layers = 2, c.n_heads = 8, c.n_kv_heads = 8, c.head_dim = 128;
-  const fs::path model_dir = scratch() / "wide-2layer-fp8";
-  write_random_model(model_dir, c);
+  const fs::path model_dir = wide_model();
   for (const auto& [method, bf16_bytes] : {std::pair{"hdpissa", 6}, std::pair{"lora", 2}}) {
     INFO("method ", std::string(method));
     TrainOptions o = base_options(method, "fp8-wide");
@@ -1128,12 +1110,7 @@ TEST_CASE("--compute fp8: losses and dW track bf16, FP8 copies follow W, notes a
 //    their tensors' hints are dropped unused).
 TEST_CASE("--compute fp8: the X / dY amax kept by the model's kernels give the amax passes' bits") {
   const ModelWeights base = load_checkpoint((data_dir() / "stories260K-hf").string());
-  const fs::path wide = scratch() / "wide-2layer-fp8";
-  if (!fs::exists(wide / "config.json")) {  // the FP8 test above writes the same model
-    ModelConfig c = base.config;
-    c.dim = 1024, c.hidden_dim = 2816, c.n_layers = 2, c.n_heads = 8, c.n_kv_heads = 8, c.head_dim = 128;
-    write_random_model(wide, c);
-  }
+  const fs::path wide = wide_model();
   struct Case {
     const char* method;
     bool wide, ckpt;
