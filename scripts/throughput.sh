@@ -266,8 +266,9 @@ run_ours() {  # SIDE(ours|base) BINARY HELP CFG MODEL MB GA MBDIR TIMEOUT EXTRA_
   [[ "$cfg" == *+rows4* ]] && { cfg="${cfg//+rows4/}"; rows=4; }  # hdpissa-K1+rows4: HDPISSA_CUDA_DWU_ROWS=4
   local chunk="${HDPISSA_LOSS_CHUNK_ROWS:-}"
   if [[ "$cfg" =~ \+chunk([0-9]+) ]]; then chunk="${BASH_REMATCH[1]}"; cfg="${cfg//+chunk$chunk/}"; fi  # +chunk1024: HDPISSA_LOSS_CHUNK_ROWS
-  [[ "$cfg" == *+keep* ]] && { cfg="${cfg//+keep/}"; ckflag=(--keep-swiglu); }  # hdpissa-K1+keep: --keep-swiglu
-  [[ "$cfg" == *+ckpt* ]] && { cfg="${cfg//+ckpt/}"; ckflag=(--activation-checkpointing); }  # hdpissa-K1+ckpt
+  # (+keep and +ckpt together pass both flags: the trainer refuses the pair, naming both)
+  [[ "$cfg" == *+keep* ]] && { cfg="${cfg//+keep/}"; ckflag+=(--keep-swiglu); }  # hdpissa-K1+keep: --keep-swiglu
+  [[ "$cfg" == *+ckpt* ]] && { cfg="${cfg//+ckpt/}"; ckflag+=(--activation-checkpointing); }  # hdpissa-K1+ckpt
   [[ "$cfg" == *@* ]] && { wp="${cfg##*@}"; cfg="${cfg%@*}"; wpflag=(--w-precision "$wp"); }  # hdpissa-K1@bf16-sr
   [[ "$cfg" == *_* ]] && att="${cfg##*_}"   # e.g. hdpissa-K8_gemm: --attention gemm
   base="${cfg%%_*}"
