@@ -4,6 +4,7 @@
 #include <cstdlib>
 #include <random>
 #include <set>
+#include <tuple>
 
 #include <doctest/doctest.h>
 
@@ -442,4 +443,45 @@ TEST_CASE("model: end-to-end — real data, tokenizer, loader, full fine-tuning 
   }
   INFO("losses " << losses[0] << " " << losses[1] << " " << losses[2] << " " << losses[3] << " " << losses[4]);
   for (std::size_t i = 1; i < losses.size(); ++i) CHECK(losses[i] < losses[i - 1]);
+}
+
+// stack_linears (linear_hooks.hpp): the GPU model's [W_q; W_k; W_v] rows and [q | k | v] columns
+// seen as one linear, whatever the order the members come in; any gap, other ld or width mismatch
+// is "not stacked" (the hooks then run one GEMM per member).
+TEST_CASE("stack_linears: consecutive W rows and output columns are one linear; anything else is not") {
+  using CV = hdpissa::ConstMatrixView<float>;
+  std::vector<float> w(13 * 7), z(5 * 15);
+  const float* W = w.data();
+  const float* Z = z.data();
+  // widths 3, 4, 6 over in = 7; outputs in a (5, 15) buffer
+  const CV Wq(W, 3, 7, 7), Wk(W + 3 * 7, 4, 7, 7), Wv(W + 7 * 7, 6, 7, 7);
+  const CV Zq(Z, 5, 3, 15), Zk(Z + 3, 5, 4, 15), Zv(Z + 7, 5, 6, 15);
+  for (const auto& [ws, zs, first] :
+       {std::tuple{std::array{Wq, Wk, Wv}, std::array{Zq, Zk, Zv}, std::size_t(0)},
+        std::tuple{std::array{Wv, Wk, Wq}, std::array{Zv, Zk, Zq}, std::size_t(2)}}) {
+    const auto st = stack_linears<float>(std::span<const CV>(ws), std::span<const CV>(zs));
+    REQUIRE(st.has_value());
+    CHECK(st->n == 3);
+    CHECK(st->order[0] == first);
+    CHECK(st->W.data == W);
+    CHECK(st->W.rows == 13);
+    CHECK(st->W.cols == 7);
+    CHECK(st->W.ld == 7);
+    CHECK(st->Z.data == Z);
+    CHECK(st->Z.rows == 5);
+    CHECK(st->Z.cols == 13);
+    CHECK(st->Z.ld == 15);
+  }
+  auto none = [](std::array<CV, 3> ws, std::array<CV, 3> zs) {
+    return !stack_linears<float>(std::span<const CV>(ws), std::span<const CV>(zs)).has_value();
+  };
+  CHECK(none({Wq, Wk, CV(W + 8 * 7, 5, 7, 7)}, {Zq, Zk, CV(Z + 7, 5, 5, 15)}));      // a gap in W's rows
+  CHECK(none({Wq, Wk, Wv}, {Zq, Zk, CV(Z + 8, 5, 6, 15)}));                           // a gap in the columns
+  CHECK(none({Wq, Wk, Wv}, {Zq, Zv, Zk}));                                            // output order differs
+  CHECK(none({Wq, Wk, Wv}, {Zq, Zk, CV(Z + 7, 4, 6, 15)}));                           // other token count
+  CHECK_FALSE(none({Wq, Wk, Wv}, {CV(Z, 5, 3, 13), CV(Z + 3, 5, 4, 13), CV(Z + 7, 5, 6, 13)}));  // ld = 13 fits
+  CHECK(none({Wq, Wk, Wv}, {Zq, Zk, CV(Z + 7, 5, 6, 14)}));                           // one member's ld differs
+  CHECK(none({Wq, Wk, CV(W + 7 * 7, 6, 6, 7)}, {Zq, Zk, Zv}));                         // other input width
+  const std::array<CV, 1> one{Wq};
+  CHECK_FALSE(stack_linears<float>(std::span<const CV>(one), std::span<const CV>(one)).has_value());
 }

@@ -506,3 +506,94 @@ TEST_CASE("FoldedMutedLinears: one forward GEMM and one dX GEMM give MutedLinear
     hdtest::check_throws_with<InvalidArgument>([] { (void)FoldedLayout({}, 4, 2); }, {"at least one linear"});
   }
 }
+
+// MutedLinear::backward_stacked: three linears of different widths reading one X, their W as
+// consecutive row blocks of one W_cat (ld > cols) and their dY as consecutive column blocks of one
+// dY_cat (ld > Σ out): dX_sum = Σ_j dY_j W_j (against the plain products), gA_stack and the gB_j
+// equal backward_shared() on separate matrices, up to the GEMMs' summation order.
+TEST_CASE("MutedLinear::backward_stacked: stacked W rows and dY columns give backward_shared's gradients") {
+  EigenBackend<double> b;
+  using M = typename EigenBackend<double>::matrix_type;
+  const index_t tokens = 5, in = 7, r = 2, O = 13;
+  const double alpha = 1.5;
+  const std::vector<index_t> outs = {3, 4, 6};
+  auto X = hdtest::random_matrix(b, tokens, in, 240);
+  auto Wbig = b.make_matrix(O, in + 3);  // W_cat, ld 10
+  auto dYbig = b.make_matrix(tokens, O + 2);  // dY_cat, ld 15
+  b.fill(Wbig.view(), 9.0);
+  b.fill(dYbig.view(), 9.0);
+  const MatrixView<double> W_cat(Wbig.view().data, O, in, in + 3), dY_cat(dYbig.view().data, tokens, O, O + 2);
+  auto A_stack = hdtest::random_matrix(b, 3 * r, in, 270);
+  auto B_diag = b.make_matrix(O, 3 * r);
+  b.fill(B_diag.view(), 0.0);
+  std::vector<M> W, Bf, dY, dX, gB;
+  index_t o = 0;
+  for (int j = 0; j < 3; ++j) {
+    W.push_back(hdtest::random_matrix(b, outs[j], in, 241 + 10 * std::uint64_t(j)));
+    Bf.push_back(hdtest::random_matrix(b, outs[j], r, 242 + 10 * std::uint64_t(j)));
+    dY.push_back(hdtest::random_matrix(b, tokens, outs[j], 243 + 10 * std::uint64_t(j)));
+    dX.push_back(b.make_matrix(tokens, in));
+    gB.push_back(b.make_matrix(outs[j], r));
+    b.copy(CV(W[j].view()), W_cat.row_block(o, outs[j]));
+    b.copy(CV(dY[j].view()), dY_cat.col_block(o, outs[j]));
+    b.copy(CV(Bf[j].view()), B_diag.view().block(o, j * r, outs[j], r));
+    o += outs[j];
+  }
+  // the reference gradients: backward_shared on separate matrices; dX: Σ_j dY_j W_j, plain products
+  MutedLinear<EigenBackend<double>> layer(b, alpha);
+  using SI = MutedLinear<EigenBackend<double>>::SharedInput<double>;
+  std::vector<SI> lins;
+  for (int j = 0; j < 3; ++j)
+    lins.push_back({CV(W[j].view()), CV(Bf[j].view()), CV(dY[j].view()), dX[j].view(), gB[j].view()});
+  auto gA_ref = b.make_matrix(3 * r, in);
+  layer.backward_shared(CV(X.view()), CV(A_stack.view()), std::span<const SI>(lins), gA_ref.view(), false);
+  Ref dX_ref = hdtest::matmul(hdtest::to_ref(dY[0].view()), hdtest::to_ref(W[0].view()));
+  for (int j = 1; j < 3; ++j)
+    dX_ref = hdtest::add(dX_ref, hdtest::matmul(hdtest::to_ref(dY[j].view()), hdtest::to_ref(W[j].view())), 1.0);
+
+  auto dX_sum = b.make_matrix(tokens, in);
+  b.fill(dX_sum.view(), 5.0);  // overwritten
+  auto gA = b.make_matrix(3 * r, in);
+  b.fill(gA.view(), 3.0);  // overwritten without accumulate
+  std::vector<M> gB_s;
+  std::vector<MatrixView<double>> gBv;
+  for (int j = 0; j < 3; ++j) gB_s.push_back(b.make_matrix(outs[j], r));
+  for (auto& g : gB_s) gBv.push_back(g.view());
+  MutedLinear<EigenBackend<double>> stacked(b, alpha);
+  stacked.backward_stacked(CV(X.view()), CV(W_cat), CV(A_stack.view()), CV(B_diag.view()), CV(dY_cat),
+                           std::span<const index_t>(outs), dX_sum.view(), std::span<const MatrixView<double>>(gBv),
+                           gA.view(), false);
+  CHECK(hdtest::count_violations(hdtest::to_ref(dX_sum.view()), dX_ref, 1e-13, 1e-13) == 0);
+  CHECK(hdtest::count_violations(hdtest::to_ref(gA.view()), hdtest::to_ref(gA_ref.view()), 1e-13, 1e-13) == 0);
+  for (int j = 0; j < 3; ++j) {
+    CAPTURE(j);
+    CHECK(hdtest::count_violations(hdtest::to_ref(gB_s[j].view()), hdtest::to_ref(gB[j].view()), 1e-13, 1e-13) == 0);
+  }
+
+  SUBCASE("accumulate adds, accumulate_gA decides for gA alone") {
+    stacked.backward_stacked(CV(X.view()), CV(W_cat), CV(A_stack.view()), CV(B_diag.view()), CV(dY_cat),
+                             std::span<const index_t>(outs), dX_sum.view(), std::span<const MatrixView<double>>(gBv),
+                             gA.view(), true, false);
+    Ref twice_b = hdtest::to_ref(gB[2].view());
+    for (auto& v : twice_b.v) v *= 2;
+    CHECK(hdtest::count_violations(hdtest::to_ref(gB_s[2].view()), twice_b, 1e-13, 1e-13) == 0);
+    CHECK(hdtest::count_violations(hdtest::to_ref(gA.view()), hdtest::to_ref(gA_ref.view()), 1e-13, 1e-13) == 0);
+    CHECK(hdtest::count_violations(hdtest::to_ref(dX_sum.view()), dX_ref, 1e-13, 1e-13) == 0);
+  }
+  SUBCASE("wrong shapes are clear errors") {
+    hdtest::check_throws_with<InvalidArgument>(
+        [&] {
+          stacked.backward_stacked(CV(X.view()), CV(W_cat).row_block(0, O - 1), CV(A_stack.view()), CV(B_diag.view()),
+                                   CV(dY_cat), std::span<const index_t>(outs), dX_sum.view(),
+                                   std::span<const MatrixView<double>>(gBv), gA.view(), false);
+        },
+        {"backward_stacked W_cat", "(13, 7)", "(12, 7)"});
+    hdtest::check_throws_with<InvalidArgument>(
+        [&] {
+          stacked.backward_stacked(CV(X.view()), CV(W_cat), CV(A_stack.view()), CV(B_diag.view()), CV(dY_cat),
+                                   std::span<const index_t>(outs), dX_sum.view(),
+                                   std::span<const MatrixView<double>>(gBv).first(2), gA.view(), false);
+        },
+        {"3 widths, 2 gB"});
+  }
+}

@@ -214,6 +214,63 @@ class MutedLinear {
     }
   }
 
+  /// backward_shared() for n linears stored stacked: their W_j consecutive row blocks of W_cat
+  /// (O, in), O = Σ out_j, and their dY_j consecutive column blocks of dY_cat (tokens, O) (a LLaMA
+  /// layer's [W_q; W_k; W_v] and [dY_q | dY_k | dY_v]). Four GEMMs over the group instead of
+  /// 2 + 3n:
+  ///   dX_sum (tokens, in) = dY_cat W_cat = Σ_j dY_j W_j (overwritten; the group's dX, summed);
+  ///   V (tokens, n·r) = dY_cat B_diag, B_diag (O, n·r) holding B_j in rows [o_j, o_j + out_j) and
+  ///   columns [j·r, (j+1)·r), zeros elsewhere (so V = [dY_0 B_0 | … | dY_{n-1} B_{n-1}]);
+  ///   gA_stack (n·r, in) = α Vᵀ X; U = X A_stackᵀ; gB_j = α dY_jᵀ U_j (`outs` = the out_j).
+  /// Each result is backward_shared()'s (dX_sum: the sum of its dX_j) up to the order of the sums
+  /// inside the GEMMs. `accumulate` / `accumulate_gA` as backward_shared(); G = S or float.
+  template <class G>
+  void backward_stacked(CV X, CV W_cat, CV A_stack, CV B_diag, CV dY_cat, std::span<const index_t> outs, V dX_sum,
+                        std::span<const MatrixView<G>> gB, MatrixView<G> gA_stack, bool accumulate = true,
+                        std::optional<bool> accumulate_gA = std::nullopt) {
+    static_assert(std::is_same_v<Mute, ExactMute>, "MutedLinear::backward_stacked: ExactMute only");
+    static_assert(std::is_same_v<G, S> || std::is_same_v<G, float>, "MutedLinear: gradients in S or fp32");
+    const index_t n = static_cast<index_t>(outs.size());
+    HDPISSA_REQUIRE(n >= 1 && gB.size() == outs.size() && A_stack.rows % n == 0,
+                    "MutedLinear::backward_stacked: expected n ≥ 1 widths, as many gB and A_stack (n·r, in); found ",
+                    n, " widths, ", gB.size(), " gB, A_stack ", shape_str(A_stack.rows, A_stack.cols));
+    const index_t r = A_stack.rows / n;
+    index_t O = 0;
+    for (index_t j = 0; j < n; ++j) {
+      HDPISSA_REQUIRE(outs[std::size_t(j)] >= 1, "MutedLinear::backward_stacked: linear ", j, " has width ",
+                      outs[std::size_t(j)]);
+      require_shape(gB[std::size_t(j)], outs[std::size_t(j)], r, "MutedLinear::backward_stacked gB");
+      O += outs[std::size_t(j)];
+    }
+    HDPISSA_REQUIRE(X.cols == W_cat.cols && A_stack.cols == W_cat.cols,
+                    "MutedLinear::backward_stacked: X ", shape_str(X.rows, X.cols), ", W_cat ",
+                    shape_str(W_cat.rows, W_cat.cols), ", A_stack ", shape_str(A_stack.rows, A_stack.cols),
+                    "; expected the same input width");
+    require_shape(W_cat, O, W_cat.cols, "MutedLinear::backward_stacked W_cat");
+    require_shape(B_diag, O, n * r, "MutedLinear::backward_stacked B_diag");
+    require_shape(dY_cat, X.rows, O, "MutedLinear::backward_stacked dY_cat");
+    require_shape(dX_sum, X.rows, X.cols, "MutedLinear::backward_stacked dX_sum");
+    require_shape(gA_stack, n * r, X.cols, "MutedLinear::backward_stacked gA_stack");
+    const G a = G(alpha_);
+    auto gemm_g = [&](Op ta, Op tb, CV P, CV Q, bool acc, MatrixView<G> C) {
+      const G beta = acc ? G(1) : G(0);
+      if constexpr (std::is_same_v<G, S>) b_->gemm(ta, tb, a, P, Q, beta, C);
+      else b_->gemm_f32(ta, tb, float(a), P, Q, float(beta), C);
+    };
+    b_->gemm(Op::N, Op::N, S(1), dY_cat, W_cat, S(0), dX_sum);
+    auto t = t1_.get(*b_, X.rows, n * r);  // V = dY_cat B_diag
+    b_->gemm(Op::N, Op::N, S(1), dY_cat, B_diag, S(0), t);
+    gemm_g(Op::T, Op::N, CV(t), X, accumulate_gA.value_or(accumulate), gA_stack);
+    auto u = t2_.get(*b_, X.rows, n * r);  // U = X A_stackᵀ
+    b_->gemm(Op::N, Op::T, S(1), X, A_stack, S(0), u);
+    index_t o = 0;
+    for (index_t j = 0; j < n; ++j) {
+      const index_t w = outs[std::size_t(j)];
+      gemm_g(Op::T, Op::N, dY_cat.col_block(o, w), CV(u).col_block(j * r, r), accumulate, gB[std::size_t(j)]);
+      o += w;
+    }
+  }
+
  private:
   void check(CV W, CV A, CV Bf, CV X) const {
     HDPISSA_REQUIRE(X.cols == W.cols, "MutedLinear: X is ", shape_str(X.rows, X.cols), " but W is ",

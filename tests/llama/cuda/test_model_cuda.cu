@@ -1030,6 +1030,72 @@ TEST_CASE("producer-kept amax: RMSNorm and SwiGLU kernels keep max |output| exac
   }
 }
 
+// The strided SwiGLU kernels (the model's [gate | up] rows, ld 2H, and [d_gate | d_up] likewise):
+// each output element is the contiguous kernels' bits on the same values (one kernel function, the
+// index arithmetic only differs), on the 4-wide path (H % 4 == 0) and the scalar one (H odd), with
+// the amax slots equal to launch_fp8_amax over the contiguous outputs.
+template <class T>
+void check_swiglu_strided(int H, int N) {
+  namespace kern = hdpissa::llama::gpu::kern;
+  using hdpissa::index_t;
+  CAPTURE(H);
+  CAPTURE(N);
+  std::mt19937 rng(91u + H + N);
+  const std::size_t n = std::size_t(N) * H;
+  std::normal_distribution<float> nd(0.0f, 2.0f);
+  std::vector<T> g(n), u(n), da(n), gu(2 * n, T(7.0f));
+  for (std::size_t i = 0; i < n; ++i) g[i] = T(nd(rng)), u[i] = T(nd(rng)), da[i] = T(nd(rng));
+  for (int r = 0; r < N; ++r)
+    for (int c = 0; c < H; ++c) {
+      gu[std::size_t(r) * 2 * H + c] = g[std::size_t(r) * H + c];
+      gu[std::size_t(r) * 2 * H + H + c] = u[std::size_t(r) * H + c];
+    }
+  auto dg = to_device(g), du = to_device(u), dda = to_device(da), dgu = to_device(gu);
+  hdpissa::DeviceBuffer<T> act1(n), act2(n), dg1(n), du1(n), dgu2(2 * n);
+  hdpissa::DeviceBuffer<float> slots(3), ref(3);
+  HDPISSA_CUDA_CHECK(cudaMemset(slots.get(), 0, 3 * sizeof(float)));
+  HDPISSA_CUDA_CHECK(cudaMemset(dgu2.get(), 0, 2 * n * sizeof(T)));
+  kern::launch_swiglu_fwd<T>(nullptr, dg.get(), du.get(), act1.get(), std::int64_t(n));
+  kern::launch_swiglu_fwd<T>(nullptr, dgu.get(), dgu.get() + H, 2 * H, act2.get(), N, H, slots.get());
+  CHECK(bits(act1, n) == bits(act2, n));
+  kern::launch_swiglu_bwd<T>(nullptr, dda.get(), dg.get(), du.get(), dg1.get(), du1.get(), std::int64_t(n));
+  kern::launch_swiglu_bwd<T>(nullptr, dda.get(), dgu.get(), dgu.get() + H, 2 * H, dgu2.get(), dgu2.get() + H, 2 * H,
+                             N, H, slots.get() + 1, slots.get() + 2);
+  std::vector<T> h1(n), h2(2 * n), h3(n);
+  HDPISSA_CUDA_CHECK(cudaMemcpy(h1.data(), dg1.get(), sizeof(T) * n, cudaMemcpyDeviceToHost));
+  HDPISSA_CUDA_CHECK(cudaMemcpy(h3.data(), du1.get(), sizeof(T) * n, cudaMemcpyDeviceToHost));
+  HDPISSA_CUDA_CHECK(cudaMemcpy(h2.data(), dgu2.get(), sizeof(T) * 2 * n, cudaMemcpyDeviceToHost));
+  long wrong = 0;
+  for (int r = 0; r < N; ++r)
+    for (int c = 0; c < H; ++c) {
+      const std::size_t at = std::size_t(r) * H + c, st = std::size_t(r) * 2 * H + c;
+      wrong += std::memcmp(&h1[at], &h2[st], sizeof(T)) != 0;
+      wrong += std::memcmp(&h3[at], &h2[st + H], sizeof(T)) != 0;
+    }
+  CHECK(wrong == 0);
+  hdpissa::launch_fp8_amax<T>(nullptr, hdpissa::ConstMatrixView<T>(act1.get(), index_t(1), index_t(n), index_t(n)),
+                              ref.get());
+  hdpissa::launch_fp8_amax<T>(nullptr, hdpissa::ConstMatrixView<T>(dg1.get(), index_t(1), index_t(n), index_t(n)),
+                              ref.get() + 1);
+  hdpissa::launch_fp8_amax<T>(nullptr, hdpissa::ConstMatrixView<T>(du1.get(), index_t(1), index_t(n), index_t(n)),
+                              ref.get() + 2);
+  float got[3], want[3];
+  HDPISSA_CUDA_CHECK(cudaMemcpy(got, slots.get(), sizeof(got), cudaMemcpyDeviceToHost));
+  HDPISSA_CUDA_CHECK(cudaMemcpy(want, ref.get(), sizeof(want), cudaMemcpyDeviceToHost));
+  for (int k = 0; k < 3; ++k) {
+    CAPTURE(k);
+    CHECK(want[k] > 0.0f);
+    CHECK(got[k] == want[k]);
+  }
+}
+
+TEST_CASE("SwiGLU over [gate | up] rows (ld 2H): the contiguous kernels' bits and amax") {
+  for (const auto& [H, N] : {std::pair{172, 9}, std::pair{37, 5}, std::pair{5632, 3}}) {
+    check_swiglu_strided<bf16>(H, N);
+    check_swiglu_strided<float>(H, N);
+  }
+}
+
 // The bf16 model with the fused kernels against the CPU model, next to the same model with the
 // materialised (Gemm) attention: both see the same bf16 rounding of the linears; flash rounds P and
 // dS as tensor-core operands where Gemm rounds them as stored matrices. Same bounds for both.

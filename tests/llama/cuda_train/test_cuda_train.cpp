@@ -1287,6 +1287,54 @@ TEST_CASE("fused adapter gradients in the trainer (bf16, r 16): the losses of th
   CHECK(losses[1].back() < losses[1].front());
 }
 
+// The stacked q|k|v and gate|up GEMMs (HDPISSA_STACKED_LINEARS, default on): the model lays a
+// layer's q, k, v outputs (and dY) out as column blocks of one buffer next to its consecutive
+// [W_q; W_k; W_v] rows (and gate, up likewise), so the methods run a group's forward as one GEMM and
+// its backward as MutedLinear::backward_stacked (dX summed in one GEMM, dY B_j in one over the
+// block-diagonal B copy); frozen groups take one plain GEMM each way. Against the per-member path
+// (HDPISSA_STACKED_LINEARS=0): the same losses within bf16 GEMM-order noise over 6 steps, HD-PiSSA
+// with every target (K = 2 groups on one process: the B copy's per-group blocks) and with
+// --targets q,v (k frozen: q|k|v mixed, per member; gate|up frozen: stacked plain GEMMs).
+TEST_CASE("stacked q|k|v, gate|up GEMMs (HDPISSA_STACKED_LINEARS): the per-member path's losses") {
+  for (const bool qv : {false, true}) {
+    INFO("targets ", qv ? "q,v" : "all");
+    std::vector<double> losses[2];
+    std::pair<std::int64_t, std::int64_t> calls[2];
+    for (int on = 0; on < 2; ++on) {
+      TrainOptions o = base_options("hdpissa", on ? "stacked-on" : "stacked-off");
+      o.device = Device::Cuda;
+      o.dtype = ComputeDtype::Bf16;
+      o.max_steps = 6;
+      if (qv) o.targets = "q,v";
+      const char* prev = std::getenv("HDPISSA_STACKED_LINEARS");
+      const std::string saved = prev ? prev : "";
+      setenv("HDPISSA_STACKED_LINEARS", on ? "1" : "0", 1);
+      Run r(o);
+      if (prev) setenv("HDPISSA_STACKED_LINEARS", saved.c_str(), 1);
+      else unsetenv("HDPISSA_STACKED_LINEARS");
+      losses[on] = step_losses(o.metrics);
+      calls[on] = r.t->engine().stacked_linear_calls();
+      REQUIRE(losses[on].size() == 6);
+    }
+    const std::int64_t L = 5;  // stories260K's layers
+    MESSAGE("stacked calls: forward ", calls[1].first, ", summed backward ", calls[1].second);
+    CHECK(calls[0].first == 0);
+    CHECK(calls[0].second == 0);
+    // every micro-batch's forward and backward, per local group: all targets 2 groups per layer each
+    // way; q,v: gate|up only (q|k|v mixes a frozen k)
+    const std::int64_t per_pass = (qv ? 1 : 2) * L;
+    CHECK(calls[1].second >= per_pass * 6 * 2);
+    CHECK(calls[1].second % per_pass == 0);
+    CHECK(calls[1].first >= calls[1].second);
+    for (std::size_t s = 0; s < 6; ++s) {
+      CAPTURE(s);
+      MESSAGE("step ", s + 1, " loss per member ", losses[0][s], ", stacked ", losses[1][s]);
+      CHECK(std::abs(losses[1][s] - losses[0][s]) <= 2e-3 * std::abs(losses[0][s]));
+    }
+    CHECK(losses[1].back() < losses[1].front());
+  }
+}
+
 TEST_CASE("HDPISSA_LOSS_CHUNK_ROWS: a bad value is an error naming it; a small chunk gives the default's losses") {
   const char* prev = std::getenv("HDPISSA_LOSS_CHUNK_ROWS");
   const std::string saved = prev ? prev : "";

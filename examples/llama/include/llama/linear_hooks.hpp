@@ -28,6 +28,12 @@
 ///    group instead of twice per linear, when every member is a target). A
 ///    model may call it or the per-linear backward() (the GPU model calls it; the CPU model, which
 ///    reuses one dX scratch across the group, calls backward()).
+///  - `h.backward_shared_summed(lins, X, dX_sum)` (optional; the GPU model asks first): backward_shared()
+///    with the group's input gradient summed, dX_sum (tokens, in) OVERWRITTEN with Σ_j dY_j-path
+///    ∂loss/∂X (each lins[j].dX unused). Returns false, having done nothing, when the hooks do not
+///    offer it (the default); the model then calls backward_shared(). The GPU model passes the
+///    members' dY as consecutive column blocks of one buffer, so hooks can read them as one
+///    (tokens, Σ out) matrix against the model's consecutive W rows (stack_linears()).
 ///  - `h.amax_hint(data, rows, cols, ld)` / `h.drop_amax_hints()` (optional; FP8 compute): a model
 ///    about to write a tensor t that it passes next as a forward's X or a backward's dY may ask for a
 ///    device fp32 slot (zeroed) into which its kernel maxes max |t|; hooks that quantise t then skip
@@ -40,8 +46,10 @@
 
 #include <array>
 #include <memory>
+#include <optional>
 #include <span>
 #include <type_traits>
+#include <utility>
 
 #include "hdpissa/backend/eigen/eigen_backend.hpp"
 #include "hdpissa/core/concepts.hpp"
@@ -111,6 +119,13 @@ class LinearHooks {
     for (const auto& l : lins) backward(l.id, l.W, X, l.dY, l.dX);
   }
 
+  /// backward_shared() with the members' dX summed into dX_sum (see the file comment); false: not
+  /// offered (the default), nothing done.
+  virtual bool backward_shared_summed(std::span<const SharedLinear> lins, CV X, V dX_sum) {
+    (void)lins, (void)X, (void)dX_sum;
+    return false;
+  }
+
   /// A device fp32 slot, zeroed, for max |t| of t = (data, rows, cols, ld), which the model writes
   /// next and passes to the next call as X or dY (see the file comment); nullptr: not wanted.
   virtual float* amax_hint(const S* data, index_t rows, index_t cols, index_t ld) {
@@ -129,6 +144,48 @@ class LinearHooks {
 
 /// The CPU model's hooks.
 using CpuHooks = LinearHooks<CpuBackend>;
+
+/// n ≤ 3 linears that read one X, seen as one: their W_j consecutive row blocks of W (Σ out, in) and
+/// their outputs Z_j (Y in a forward, dY in a backward) consecutive column blocks of Z (tokens, Σ out),
+/// in the same order. `order[p]` is the member (index into the caller's list) at position p.
+template <class S>
+struct StackedLinears {
+  ConstMatrixView<S> W;
+  ConstMatrixView<S> Z;
+  std::array<std::size_t, 3> order{};
+  std::size_t n = 0;
+};
+
+/// The members (W_j, Z_j) as one stacked linear, or nothing when their storage is not laid out so (W
+/// rows not consecutive in one matrix of one ld, Z blocks not consecutive columns of one matrix of
+/// one ld, widths differing between W_j and Z_j): the GPU model's [W_q; W_k; W_v] rows and
+/// [q | k | v] output columns, in any order given.
+template <class S>
+std::optional<StackedLinears<S>> stack_linears(std::span<const ConstMatrixView<S>> W,
+                                               std::span<const ConstMatrixView<S>> Z) {
+  StackedLinears<S> st;
+  st.n = W.size();
+  if (st.n < 2 || st.n > 3 || Z.size() != st.n) return std::nullopt;
+  for (std::size_t j = 0; j < st.n; ++j) st.order[j] = j;
+  for (std::size_t p = 1; p < st.n; ++p)  // by W's address (insertion sort of ≤ 3)
+    for (std::size_t q = p; q > 0 && W[st.order[q]].data < W[st.order[q - 1]].data; --q)
+      std::swap(st.order[q], st.order[q - 1]);
+  const ConstMatrixView<S>& w0 = W[st.order[0]];
+  const ConstMatrixView<S>& z0 = Z[st.order[0]];
+  index_t out = 0;
+  for (std::size_t p = 0; p < st.n; ++p) {
+    const ConstMatrixView<S>& w = W[st.order[p]];
+    const ConstMatrixView<S>& z = Z[st.order[p]];
+    if (!w.data || !z.data || w.cols != w0.cols || w.ld != w0.ld || z.rows != z0.rows || z.ld != z0.ld ||
+        z.cols != w.rows || w.data != w0.data + out * w0.ld || z.data != z0.data + out)
+      return std::nullopt;
+    out += w.rows;
+  }
+  if (out > z0.ld) return std::nullopt;
+  st.W = ConstMatrixView<S>(w0.data, out, w0.cols, w0.ld);
+  st.Z = ConstMatrixView<S>(z0.data, z0.rows, out, z0.ld);
+  return st;
+}
 
 /// Library views of the CPU model's Eigen matrices (row-major; ld = outer stride).
 inline ConstMatrixView<float> view_of(const Matrix& m) { return {m.data(), m.rows(), m.cols(), m.cols()}; }

@@ -785,26 +785,32 @@ void launch_add_bias_rows(cudaStream_t s, T* Y, const float* bias, std::int64_t 
 
 __device__ __forceinline__ float sigmoidf_(float x) { return 1.0f / (1.0f + expf(-x)); }
 
-/// act = silu(gate)·up. 4-wide when n % 4 == 0 and aligned. `amax_bits` (may be null): maxed with
-/// the bits of max |act| (block_amax_into).
+/// act (rows, cols; contiguous) = silu(gate)·up, gate and up (rows, cols) with row stride ld_gu (a
+/// layer's [gate | up] in one (rows, 2·cols) buffer: ld_gu = 2·cols). 4-wide when cols, ld_gu are
+/// multiples of 4 and the pointers aligned. `amax_bits` (may be null): maxed with the bits of max
+/// |act| (block_amax_into).
 template <class T>
-__global__ void swiglu_fwd(const T* __restrict__ gate, const T* __restrict__ up, T* __restrict__ act, std::int64_t n,
+__global__ void swiglu_fwd(const T* __restrict__ gate, const T* __restrict__ up, std::int64_t ld_gu,
+                           T* __restrict__ act, std::int64_t rows, std::int64_t cols,
                            unsigned int* __restrict__ amax_bits = nullptr) {
   const std::int64_t stride = static_cast<std::int64_t>(gridDim.x) * blockDim.x;
   const std::int64_t first = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x;
+  const std::int64_t n = rows * cols;
   float m = 0.0f;
-  if ((n & 3) == 0 && al4(gate) && al4(up) && al4(act)) {
+  if ((cols & 3) == 0 && (ld_gu & 3) == 0 && al4(gate) && al4(up) && al4(act)) {
     for (std::int64_t q = first; 4 * q < n; q += stride) {
-      const float4 g = load4(gate + 4 * q), u = load4(up + 4 * q);
+      const std::int64_t e = 4 * q, r = e / cols, at = r * ld_gu + (e - r * cols);
+      const float4 g = load4(gate + at), u = load4(up + at);
       const float a0 = g.x * sigmoidf_(g.x) * u.x, a1 = g.y * sigmoidf_(g.y) * u.y, a2 = g.z * sigmoidf_(g.z) * u.z,
                   a3 = g.w * sigmoidf_(g.w) * u.w;
-      store4(act + 4 * q, a0, a1, a2, a3);
+      store4(act + e, a0, a1, a2, a3);
       if (amax_bits) m = amax_acc(amax_acc(amax_acc(amax_acc(m, a0), a1), a2), a3);
     }
   } else {
     for (std::int64_t i = first; i < n; i += stride) {
-      const float g = to_f(gate[i]);
-      const float a = g * sigmoidf_(g) * to_f(up[i]);
+      const std::int64_t r = i / cols, at = r * ld_gu + (i - r * cols);
+      const float g = to_f(gate[at]);
+      const float a = g * sigmoidf_(g) * to_f(up[at]);
       act[i] = from_f<T>(a);
       if (amax_bits) m = amax_acc(m, a);
     }
@@ -824,45 +830,59 @@ inline unsigned swiglu_grid(std::int64_t n, bool amax) {
 /// *amax ← max(*amax, max |act|), as launch_add_rmsnorm_fwd's.
 template <class T>
 void launch_swiglu_fwd(cudaStream_t s, const T* gate, const T* up, T* act, std::int64_t n, float* amax = nullptr) {
-  swiglu_fwd<T><<<swiglu_grid(n, amax != nullptr), 256, 0, s>>>(gate, up, act, n,
+  swiglu_fwd<T><<<swiglu_grid(n, amax != nullptr), 256, 0, s>>>(gate, up, n, act, std::int64_t(n > 0), n,
                                                                 reinterpret_cast<unsigned int*>(amax));
   HDPISSA_CUDA_CHECK_LAUNCH("swiglu_fwd");
 }
+/// The strided form: gate, up (rows, cols) with row stride ld_gu; act (rows, cols) contiguous.
+template <class T>
+void launch_swiglu_fwd(cudaStream_t s, const T* gate, const T* up, std::int64_t ld_gu, T* act, std::int64_t rows,
+                       std::int64_t cols, float* amax = nullptr) {
+  HDPISSA_REQUIRE(ld_gu >= cols, "swiglu_fwd: expected ld_gu >= cols = ", cols, ", found ", ld_gu);
+  swiglu_fwd<T><<<swiglu_grid(rows * cols, amax != nullptr), 256, 0, s>>>(gate, up, ld_gu, act, rows, cols,
+                                                                          reinterpret_cast<unsigned int*>(amax));
+  HDPISSA_CUDA_CHECK_LAUNCH("swiglu_fwd");
+}
 
-/// d_up = d_act·silu(gate); d_gate = d_act·up·σ(g)(1 + g(1 − σ(g))). 4-wide when possible.
+/// d_up = d_act·silu(gate); d_gate = d_act·up·σ(g)(1 + g(1 − σ(g))), over (rows, cols): d_act
+/// contiguous, gate and up with row stride ld_gu, d_gate and d_up with ld_dgu. 4-wide when possible.
 /// `amax_gate_bits`, `amax_up_bits` (each may be null): maxed with the bits of max |d_gate|, max |d_up|.
 template <class T>
 __global__ void swiglu_bwd(const T* __restrict__ d_act, const T* __restrict__ gate, const T* __restrict__ up,
-                           T* __restrict__ d_gate, T* __restrict__ d_up, std::int64_t n,
-                           unsigned int* __restrict__ amax_gate_bits = nullptr,
+                           std::int64_t ld_gu, T* __restrict__ d_gate, T* __restrict__ d_up, std::int64_t ld_dgu,
+                           std::int64_t rows, std::int64_t cols, unsigned int* __restrict__ amax_gate_bits = nullptr,
                            unsigned int* __restrict__ amax_up_bits = nullptr) {
   const std::int64_t stride = static_cast<std::int64_t>(gridDim.x) * blockDim.x;
   const std::int64_t first = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x;
+  const std::int64_t n = rows * cols;
   auto one = [](float da, float g, float u, float& dg, float& du) {
     const float sg = sigmoidf_(g);
     du = da * g * sg;
     dg = da * u * sg * (1.0f + g * (1.0f - sg));
   };
   float mg = 0.0f, mu = 0.0f;
-  if ((n & 3) == 0 && al4(d_act) && al4(gate) && al4(up) && al4(d_gate) && al4(d_up)) {
+  if ((cols & 3) == 0 && (ld_gu & 3) == 0 && (ld_dgu & 3) == 0 && al4(d_act) && al4(gate) && al4(up) &&
+      al4(d_gate) && al4(d_up)) {
     for (std::int64_t q = first; 4 * q < n; q += stride) {
-      const float4 da = load4(d_act + 4 * q), g = load4(gate + 4 * q), u = load4(up + 4 * q);
+      const std::int64_t e = 4 * q, r = e / cols, c = e - r * cols, at = r * ld_gu + c, to = r * ld_dgu + c;
+      const float4 da = load4(d_act + e), g = load4(gate + at), u = load4(up + at);
       float dg0, dg1, dg2, dg3, du0, du1, du2, du3;
       one(da.x, g.x, u.x, dg0, du0);
       one(da.y, g.y, u.y, dg1, du1);
       one(da.z, g.z, u.z, dg2, du2);
       one(da.w, g.w, u.w, dg3, du3);
-      store4(d_gate + 4 * q, dg0, dg1, dg2, dg3);
-      store4(d_up + 4 * q, du0, du1, du2, du3);
+      store4(d_gate + to, dg0, dg1, dg2, dg3);
+      store4(d_up + to, du0, du1, du2, du3);
       if (amax_gate_bits) mg = amax_acc(amax_acc(amax_acc(amax_acc(mg, dg0), dg1), dg2), dg3);
       if (amax_up_bits) mu = amax_acc(amax_acc(amax_acc(amax_acc(mu, du0), du1), du2), du3);
     }
   } else {
     for (std::int64_t i = first; i < n; i += stride) {
+      const std::int64_t r = i / cols, c = i - r * cols, at = r * ld_gu + c, to = r * ld_dgu + c;
       float dg, du;
-      one(to_f(d_act[i]), to_f(gate[i]), to_f(up[i]), dg, du);
-      d_gate[i] = from_f<T>(dg);
-      d_up[i] = from_f<T>(du);
+      one(to_f(d_act[i]), to_f(gate[at]), to_f(up[at]), dg, du);
+      d_gate[to] = from_f<T>(dg);
+      d_up[to] = from_f<T>(du);
       if (amax_gate_bits) mg = amax_acc(mg, dg);
       if (amax_up_bits) mu = amax_acc(mu, du);
     }
@@ -878,7 +898,20 @@ template <class T>
 void launch_swiglu_bwd(cudaStream_t s, const T* d_act, const T* gate, const T* up, T* d_gate, T* d_up,
                        std::int64_t n, float* amax_gate = nullptr, float* amax_up = nullptr) {
   swiglu_bwd<T><<<swiglu_grid(n, amax_gate || amax_up), 256, 0, s>>>(
-      d_act, gate, up, d_gate, d_up, n, reinterpret_cast<unsigned int*>(amax_gate),
+      d_act, gate, up, n, d_gate, d_up, n, std::int64_t(n > 0), n, reinterpret_cast<unsigned int*>(amax_gate),
+      reinterpret_cast<unsigned int*>(amax_up));
+  HDPISSA_CUDA_CHECK_LAUNCH("swiglu_bwd");
+}
+/// The strided form: d_act (rows, cols) contiguous; gate, up with row stride ld_gu; d_gate, d_up
+/// with ld_dgu.
+template <class T>
+void launch_swiglu_bwd(cudaStream_t s, const T* d_act, const T* gate, const T* up, std::int64_t ld_gu, T* d_gate,
+                       T* d_up, std::int64_t ld_dgu, std::int64_t rows, std::int64_t cols, float* amax_gate = nullptr,
+                       float* amax_up = nullptr) {
+  HDPISSA_REQUIRE(ld_gu >= cols && ld_dgu >= cols, "swiglu_bwd: expected ld_gu, ld_dgu >= cols = ", cols,
+                  ", found ", ld_gu, ", ", ld_dgu);
+  swiglu_bwd<T><<<swiglu_grid(rows * cols, amax_gate || amax_up), 256, 0, s>>>(
+      d_act, gate, up, ld_gu, d_gate, d_up, ld_dgu, rows, cols, reinterpret_cast<unsigned int*>(amax_gate),
       reinterpret_cast<unsigned int*>(amax_up));
   HDPISSA_CUDA_CHECK_LAUNCH("swiglu_bwd");
 }

@@ -220,8 +220,8 @@ class CudaLlama {
     T* vh;    // (B, nkv, T, hd)
     T* attn;  // (N, q_dim) attention output = X of o
     T* xn2;   // (N, D)  ffn-norm output = X of gate, up
-    T* gate;  // (N, H)
-    T* up;    // (N, H)
+    T* gate;  // (N, H), ld 2H: columns [0, H) of one (N, 2H) buffer [gate | up], the output of the
+    T* up;    // (N, H), ld 2H   layer's stacked [W_gate; W_up] (one GEMM when the hooks stack them)
     // silu(gate)·up, the X of down: with keep_swiglu, saved here; otherwise (act == nullptr) the
     // forward writes it to act_ (one (N, H) buffer for every layer) and the backward recomputes it
     // there from gate and up with the same kernel (bit-identical), saving (n_layers − 1)·N·H·sizeof(T)
@@ -252,6 +252,12 @@ class CudaLlama {
   LossResult read_loss(std::int64_t n_targets);
 
   float* res(int i) const { return res_.get() + static_cast<std::size_t>(i) * ntok_max_ * cfg_.dim; }
+  /// The q, k, v column blocks of qkv_rows_ (row stride q_dim + 2·kv_dim) and d_gate, d_up of d_gu_ (2H).
+  T* q_rows() const { return qkv_rows_.get(); }
+  T* k_rows() const { return qkv_rows_.get() + cfg_.q_dim(); }
+  T* v_rows() const { return qkv_rows_.get() + cfg_.q_dim() + cfg_.kv_dim(); }
+  T* d_gate() const { return d_gu_.get(); }
+  T* d_up() const { return d_gu_.get() + cfg_.hidden_dim; }
   T* lin_ptr(LinearId id) const { return lin_.get() + lin_off_[id.index()]; }
   std::pair<index_t, index_t> lin_shape(Module m) const;
 
@@ -292,7 +298,9 @@ class CudaLlama {
   Buf xnf_;                   // (N, D) final-norm output
 
   // scratch
-  Buf q_rows_, k_rows_, v_rows_, oh_, tmp_, dx_t_, dxa_, dxb_, dxc_, d_act_, d_gate_, d_up_, d_attn_, doh_;
+  // qkv_rows_: (N, qd + 2·kvd) = [q | k | v] rows, the output of the stacked [W_q; W_k; W_v] (and
+  // in the backward their dY, the same columns); d_gu_: (N, 2H) = [d_gate | d_up] likewise
+  Buf qkv_rows_, oh_, tmp_, dx_t_, dxa_, dxb_, dxc_, d_act_, d_gu_, d_attn_, doh_;
   Buf act_;  // (N, H) silu(gate)·up of the layer at hand (forward, and recomputed in backward)
   Buf dqh_, dkh_, dvh_, p_, ds_;          // Gemm attention (with oh_, doh_: head-major O, dO)
   FBuf fdk_, fdv_;                         // Flash attention, GQA: per-query-head dK, dV (fp32)
@@ -638,8 +646,8 @@ CudaLlama<T>::CudaLlama(const ModelWeights& host, int max_batch, int max_seq, cu
     a.vh = take(N * kvd);
     a.attn = take(N * qd);
     a.xn2 = take(N * D);
-    a.gate = take(N * H);
-    a.up = take(N * H);
+    a.gate = take(2 * rounded(N * H));  // [gate | up], as much as two rounded (N, H) buffers
+    a.up = a.gate + H;
     a.act = keep_swiglu_ ? take(N * H) : nullptr;
     float* f = act_f_.get() + per_layer_f * slot;
     a.lse = f;
@@ -651,9 +659,7 @@ CudaLlama<T>::CudaLlama(const ModelWeights& host, int max_batch, int max_seq, cu
 
   // scratch
   ::hdpissa::memory::PartScope scratch_part("model.scratch");
-  q_rows_.reserve(N * qd);
-  k_rows_.reserve(N * kvd);
-  v_rows_.reserve(N * kvd);
+  qkv_rows_.reserve(N * (qd + 2 * kvd));
   tmp_.reserve(N * D);
   dx_t_.reserve(N * D);
   dxa_.reserve(N * D);
@@ -661,8 +667,7 @@ CudaLlama<T>::CudaLlama(const ModelWeights& host, int max_batch, int max_seq, cu
   dxc_.reserve(N * D);
   d_act_.reserve(N * H);
   if (!keep_swiglu_) act_.reserve(N * H);
-  d_gate_.reserve(N * H);
-  d_up_.reserve(N * H);
+  d_gu_.reserve(2 * N * H);
   d_attn_.reserve(N * qd);
   {
     // Flash needs bf16, head_dim 64 / 128 and 16-byte aligned head-major buffers (the arena
@@ -803,7 +808,7 @@ void CudaLlama<T>::forward_layers(CudaHooks<T>& hooks) {
 template <class T>
 void CudaLlama<T>::layer_forward(CudaHooks<T>& hooks, int l, const float* prev, const T* add, bool down) {
   const ModelConfig& c = cfg_;
-  const int B = B_, Tn = T_, D = c.dim, H = c.hidden_dim, qd = c.q_dim(), kvd = c.kv_dim();
+  const int B = B_, Tn = T_, D = c.dim, H = c.hidden_dim, qd = c.q_dim(), kvd = c.kv_dim(), QKV = qd + 2 * kvd;
   const int nh = c.n_heads, nkv = c.n_kv_heads, hd = c.head_dim, group = nh / nkv;
   const std::int64_t N = static_cast<std::int64_t>(B) * Tn, gT = static_cast<std::int64_t>(group) * Tn;
   const std::int64_t Thd = static_cast<std::int64_t>(Tn) * hd;
@@ -826,22 +831,20 @@ void CudaLlama<T>::layer_forward(CudaHooks<T>& hooks, int l, const float* prev, 
     mark(kLinFwd);
     {
       using SF = typename CudaHooks<T>::SharedForwardLinear;
-      const SF qkv[3] = {{{l, Module::q}, W(Module::q), MV(q_rows_.get(), N, qd, qd)},
-                         {{l, Module::k}, W(Module::k), MV(k_rows_.get(), N, kvd, kvd)},
-                         {{l, Module::v}, W(Module::v), MV(v_rows_.get(), N, kvd, kvd)}};
+      const SF qkv[3] = {{{l, Module::q}, W(Module::q), MV(q_rows(), N, qd, QKV)},
+                         {{l, Module::k}, W(Module::k), MV(k_rows(), N, kvd, QKV)},
+                         {{l, Module::v}, W(Module::v), MV(v_rows(), N, kvd, QKV)}};
       hooks.forward_shared(qkv, xn1);
       hooks.drop_amax_hints();
     }
     if (c.qkv_bias) {  // frozen biases after X·Wᵀ (the hooks never see them), before RoPE
       const float* bl = bias_.get() + static_cast<std::int64_t>(l) * (qd + 2 * kvd);
-      kern::launch_add_bias_rows<T>(s, q_rows_.get(), bl, N, qd);
-      kern::launch_add_bias_rows<T>(s, k_rows_.get(), bl + qd, N, kvd);
-      kern::launch_add_bias_rows<T>(s, v_rows_.get(), bl + qd + kvd, N, kvd);
+      kern::launch_add_bias_rows<T>(s, q_rows(), bl, N, QKV);  // [q | k | v] biases, one row each
     }
     mark(kAttnFwd);
-    kern::launch_rows_to_heads<T>(s, q_rows_.get(), qd, a.qh, B, Tn, nh, hd, rope_cos_.get(), rope_sin_.get(), true);
-    kern::launch_rows_to_heads<T>(s, k_rows_.get(), kvd, a.kh, B, Tn, nkv, hd, rope_cos_.get(), rope_sin_.get(), true);
-    kern::launch_rows_to_heads<T>(s, v_rows_.get(), kvd, a.vh, B, Tn, nkv, hd, rope_cos_.get(), rope_sin_.get(), false);
+    kern::launch_rows_to_heads<T>(s, q_rows(), QKV, a.qh, B, Tn, nh, hd, rope_cos_.get(), rope_sin_.get(), true);
+    kern::launch_rows_to_heads<T>(s, k_rows(), QKV, a.kh, B, Tn, nkv, hd, rope_cos_.get(), rope_sin_.get(), true);
+    kern::launch_rows_to_heads<T>(s, v_rows(), QKV, a.vh, B, Tn, nkv, hd, rope_cos_.get(), rope_sin_.get(), false);
     if constexpr (std::is_same_v<T, __nv_bfloat16>) {
       if (flash_)  // O straight into the o projection's row layout
         flash::forward(a.qh, a.kh, a.vh, a.attn, a.lse, lengths(), B, nh, nkv, Tn, hd, scale, s,
@@ -868,15 +871,15 @@ void CudaLlama<T>::layer_forward(CudaHooks<T>& hooks, int l, const float* prev, 
     mark(kLinFwd);
     {
       using SF = typename CudaHooks<T>::SharedForwardLinear;
-      const SF mlp[2] = {{{l, Module::gate}, W(Module::gate), MV(a.gate, N, H, H)},
-                         {{l, Module::up}, W(Module::up), MV(a.up, N, H, H)}};
+      const SF mlp[2] = {{{l, Module::gate}, W(Module::gate), MV(a.gate, N, H, 2 * H)},
+                         {{l, Module::up}, W(Module::up), MV(a.up, N, H, 2 * H)}};
       hooks.forward_shared(mlp, xn2);
       hooks.drop_amax_hints();
     }
     if (down) {  // (a checkpointing recompute stops here: the backward recomputes SwiGLU itself)
       mark(kNormFwd);
       T* act = a.act ? a.act : act_.get();
-      kern::launch_swiglu_fwd<T>(s, a.gate, a.up, act, N * H, hooks.amax_hint(act, N, H, H));
+      kern::launch_swiglu_fwd<T>(s, a.gate, a.up, 2 * H, act, N, H, hooks.amax_hint(act, N, H, H));
       mark(kLinFwd);
       hooks.forward({l, Module::down}, W(Module::down), CV(act, N, H, H), MV(tmp_.get(), N, D, D));
       hooks.drop_amax_hints();
@@ -926,7 +929,7 @@ void CudaLlama<T>::loss_chunks(std::int64_t n_targets, bool backward, float loss
 template <class T>
 void CudaLlama<T>::backward_layers(CudaHooks<T>& hooks) {
   const ModelConfig& c = cfg_;
-  const int B = B_, Tn = T_, D = c.dim, H = c.hidden_dim, qd = c.q_dim(), kvd = c.kv_dim();
+  const int B = B_, Tn = T_, D = c.dim, H = c.hidden_dim, qd = c.q_dim(), kvd = c.kv_dim(), QKV = qd + 2 * kvd;
   const int nh = c.n_heads, nkv = c.n_kv_heads, hd = c.head_dim, group = nh / nkv, L = c.n_layers;
   const std::int64_t N = static_cast<std::int64_t>(B) * Tn, gT = static_cast<std::int64_t>(group) * Tn;
   const std::int64_t Thd = static_cast<std::int64_t>(Tn) * hd;
@@ -952,10 +955,11 @@ void CudaLlama<T>::backward_layers(CudaHooks<T>& hooks) {
     const LayerActs& a = layers_[l];
     auto W = [&](Module m) { return CV(linear({l, m})); };
     const CV dxt(dx_t_.get(), N, D, D);
+    bool summed = false;   // the hooks summed a group's dX into dxa_ (backward_shared_summed)
     const T* act = a.act;  // X of down: kept by the forward, or recomputed (the same kernel and bits)
     if (!act) {
       mark(kNormBwd);
-      kern::launch_swiglu_fwd<T>(s, a.gate, a.up, act_.get(), N * H);
+      kern::launch_swiglu_fwd<T>(s, a.gate, a.up, 2 * H, act_.get(), N, H);
       act = act_.get();
     }
     mark(kLinBwd);
@@ -963,22 +967,26 @@ void CudaLlama<T>::backward_layers(CudaHooks<T>& hooks) {
     hooks.drop_amax_hints();
     mark(kNormBwd);
     {
-      float* amax_gate = hooks.amax_hint(d_gate_.get(), N, H, H);
-      float* amax_up = hooks.amax_hint(d_up_.get(), N, H, H);
-      kern::launch_swiglu_bwd<T>(s, d_act_.get(), a.gate, a.up, d_gate_.get(), d_up_.get(), N * H, amax_gate, amax_up);
+      float* amax_gate = hooks.amax_hint(d_gate(), N, H, 2 * H);
+      float* amax_up = hooks.amax_hint(d_up(), N, H, 2 * H);
+      kern::launch_swiglu_bwd<T>(s, d_act_.get(), a.gate, a.up, 2 * H, d_gate(), d_up(), 2 * H, N, H, amax_gate,
+                                 amax_up);
     }
     const CV xn2(a.xn2, N, D, D);
     mark(kLinBwd);
     {
       using SL = typename CudaHooks<T>::SharedLinear;  // kSharedInputMlp's order
-      const SL mlp[2] = {{{l, Module::up}, W(Module::up), CV(d_up_.get(), N, H, H), MV(dxa_.get(), N, D, D)},
-                         {{l, Module::gate}, W(Module::gate), CV(d_gate_.get(), N, H, H), MV(dxb_.get(), N, D, D)}};
-      hooks.backward_shared(mlp, xn2);
+      const SL mlp[2] = {{{l, Module::up}, W(Module::up), CV(d_up(), N, H, 2 * H), MV(dxa_.get(), N, D, D)},
+                         {{l, Module::gate}, W(Module::gate), CV(d_gate(), N, H, 2 * H), MV(dxb_.get(), N, D, D)}};
+      // the hooks may sum the group's dX in their GEMM (into dxa_), else one dX per member
+      summed = hooks.backward_shared_summed(mlp, xn2, MV(dxa_.get(), N, D, D));
+      if (!summed) hooks.backward_shared(mlp, xn2);
       hooks.drop_amax_hints();
     }
     mark(kNormBwd);
-    kern::launch_rmsnorm_bwd<T>(s, res(2 * l + 1), a.rstd2, norms + (2 * l + 1) * D, nullptr, dxa_.get(), dxb_.get(),
-                                nullptr, dx_.get(), dx_t_.get(), N, D, hooks.amax_hint(dx_t_.get(), N, D, D));
+    kern::launch_rmsnorm_bwd<T>(s, res(2 * l + 1), a.rstd2, norms + (2 * l + 1) * D, nullptr, dxa_.get(),
+                                summed ? nullptr : dxb_.get(), nullptr, dx_.get(), dx_t_.get(), N, D,
+                                hooks.amax_hint(dx_t_.get(), N, D, D));
     mark(kLinBwd);
     hooks.backward({l, Module::o}, W(Module::o), CV(a.attn, N, qd, qd), dxt, MV(d_attn_.get(), N, qd, qd));
     hooks.drop_amax_hints();
@@ -994,17 +1002,17 @@ void CudaLlama<T>::backward_layers(CudaHooks<T>& hooks) {
       if (flash_) {
         // dQ straight to bf16 rows (un-RoPE'd); dK, dV too for MHA (group 1), else fp32 per query
         // head, summed over each kv head's group below (flash::RowGrads: the same bits either way)
-        flash::RowGrads rg{q_rows_.get(), qd, nullptr, nullptr, kvd, rope_cos_.get(), rope_sin_.get()};
+        flash::RowGrads rg{q_rows(), QKV, nullptr, nullptr, QKV, rope_cos_.get(), rope_sin_.get()};
         if (group == 1) {
-          rg.k = k_rows_.get();
-          rg.v = v_rows_.get();
+          rg.k = k_rows();
+          rg.v = v_rows();
         }
         flash::backward(a.qh, a.kh, a.vh, d_attn_.get(), a.lse, dr_.get(), nullptr, fdk_.get(), fdv_.get(),
                         lengths(), B, nh, nkv, Tn, hd, scale, s, c.attention_window(l), qd, rg);
         if (group != 1) {
-          kern::launch_group_sum_heads_to_rows<T>(s, fdk_.get(), group, k_rows_.get(), kvd, B, Tn, nkv, hd,
+          kern::launch_group_sum_heads_to_rows<T>(s, fdk_.get(), group, k_rows(), QKV, B, Tn, nkv, hd,
                                                   rope_cos_.get(), rope_sin_.get(), true);
-          kern::launch_group_sum_heads_to_rows<T>(s, fdv_.get(), group, v_rows_.get(), kvd, B, Tn, nkv, hd,
+          kern::launch_group_sum_heads_to_rows<T>(s, fdv_.get(), group, v_rows(), QKV, B, Tn, nkv, hd,
                                                   rope_cos_.get(), rope_sin_.get(), false);
         }
         flash_done = true;
@@ -1025,26 +1033,26 @@ void CudaLlama<T>::backward_layers(CudaHooks<T>& hooks) {
                                     dt, hd, Thd, 0.0f, dqh_.get(), dt, hd, gT * hd, B * nkv);
       gemm_rowmajor_strided_batched(cb, CUBLAS_OP_T, CUBLAS_OP_N, Tn, hd, gT, scale, ds_.get(), dt, Tn, gT * Tn, a.qh,
                                     dt, hd, gT * hd, 0.0f, dkh_.get(), dt, hd, Thd, B * nkv);
-      kern::launch_heads_to_rows<T>(s, dqh_.get(), q_rows_.get(), qd, B, Tn, nh, hd, rope_cos_.get(), rope_sin_.get(),
-                                    true);
-      kern::launch_heads_to_rows<T>(s, dkh_.get(), k_rows_.get(), kvd, B, Tn, nkv, hd, rope_cos_.get(), rope_sin_.get(),
-                                    true);
-      kern::launch_heads_to_rows<T>(s, dvh_.get(), v_rows_.get(), kvd, B, Tn, nkv, hd, rope_cos_.get(), rope_sin_.get(),
+      kern::launch_heads_to_rows<T>(s, dqh_.get(), q_rows(), QKV, B, Tn, nh, hd, rope_cos_.get(), rope_sin_.get(), true);
+      kern::launch_heads_to_rows<T>(s, dkh_.get(), k_rows(), QKV, B, Tn, nkv, hd, rope_cos_.get(), rope_sin_.get(), true);
+      kern::launch_heads_to_rows<T>(s, dvh_.get(), v_rows(), QKV, B, Tn, nkv, hd, rope_cos_.get(), rope_sin_.get(),
                                     false);
     }
     const CV xn1(a.xn1, N, D, D);
     mark(kLinBwd);
     {
       using SL = typename CudaHooks<T>::SharedLinear;  // kSharedInputAttention's order
-      const SL attn[3] = {{{l, Module::v}, W(Module::v), CV(v_rows_.get(), N, kvd, kvd), MV(dxa_.get(), N, D, D)},
-                          {{l, Module::k}, W(Module::k), CV(k_rows_.get(), N, kvd, kvd), MV(dxb_.get(), N, D, D)},
-                          {{l, Module::q}, W(Module::q), CV(q_rows_.get(), N, qd, qd), MV(dxc_.get(), N, D, D)}};
-      hooks.backward_shared(attn, xn1);
+      const SL attn[3] = {{{l, Module::v}, W(Module::v), CV(v_rows(), N, kvd, QKV), MV(dxa_.get(), N, D, D)},
+                          {{l, Module::k}, W(Module::k), CV(k_rows(), N, kvd, QKV), MV(dxb_.get(), N, D, D)},
+                          {{l, Module::q}, W(Module::q), CV(q_rows(), N, qd, QKV), MV(dxc_.get(), N, D, D)}};
+      summed = hooks.backward_shared_summed(attn, xn1, MV(dxa_.get(), N, D, D));
+      if (!summed) hooks.backward_shared(attn, xn1);
     }
     mark(kNormBwd);
     // dx_t: layer l − 1's down's dY (none after layer 0)
-    kern::launch_rmsnorm_bwd<T>(s, res(2 * l), a.rstd1, norms + 2 * l * D, nullptr, dxa_.get(), dxb_.get(), dxc_.get(),
-                                dx_.get(), dx_t_.get(), N, D, l > 0 ? hooks.amax_hint(dx_t_.get(), N, D, D) : nullptr);
+    kern::launch_rmsnorm_bwd<T>(s, res(2 * l), a.rstd1, norms + 2 * l * D, nullptr, dxa_.get(),
+                                summed ? nullptr : dxb_.get(), summed ? nullptr : dxc_.get(), dx_.get(), dx_t_.get(), N,
+                                D, l > 0 ? hooks.amax_hint(dx_t_.get(), N, D, D) : nullptr);
   }
   hooks.drop_amax_hints();
 }

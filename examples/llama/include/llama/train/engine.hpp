@@ -143,6 +143,9 @@ class TrainEngine {
   /// Diagnostic (tests): shared-input backward calls (q|k|v, gate|up) whose stacked gA GEMM added
   /// straight into the adjacent gradient sums, and those that went through a scratch.
   [[nodiscard]] virtual std::pair<std::int64_t, std::int64_t> stacked_ga_calls() const { return {0, 0}; }
+  /// Diagnostic (tests): shared-input groups (q|k|v, gate|up) run as stacked GEMMs
+  /// (HDPISSA_STACKED_LINEARS): forwards, and backwards with the group's dX summed in one GEMM.
+  [[nodiscard]] virtual std::pair<std::int64_t, std::int64_t> stacked_linear_calls() const { return {0, 0}; }
   /// --compute fp8 diagnostic (tests): FP8 quantisations of X / dY that took their amax from the
   /// model's producing kernel (Fp8Linears::amax_hint); nullopt without --compute fp8.
   [[nodiscard]] virtual std::optional<std::int64_t> fp8_amax_hints_used() const { return std::nullopt; }
@@ -173,6 +176,9 @@ class MethodEngine : public TrainEngine {
   }
   [[nodiscard]] std::pair<std::int64_t, std::int64_t> stacked_ga_calls() const override {
     return method_->stacked_ga_calls();
+  }
+  [[nodiscard]] std::pair<std::int64_t, std::int64_t> stacked_linear_calls() const override {
+    return method_->stacked_linear_calls();
   }
   [[nodiscard]] std::optional<std::int64_t> fp8_amax_hints_used() const override {
     const std::int64_t n = method_->fp8_amax_hints_used();

@@ -238,6 +238,8 @@ class TrainMethod {
   /// Diagnostic: shared-input backward calls whose stacked gA GEMM added straight into the adjacent
   /// sums (first) or went through the scratch (second).
   [[nodiscard]] std::pair<std::int64_t, std::int64_t> stacked_ga_calls() const { return stacked_ga_; }
+  /// Diagnostic: shared-input groups run stacked (HDPISSA_STACKED_LINEARS): forwards, summed backwards.
+  [[nodiscard]] std::pair<std::int64_t, std::int64_t> stacked_linear_calls() const { return stacked_calls_; }
   /// One-line description for the config echo.
   [[nodiscard]] virtual std::string describe() const = 0;
   /// The targeted linears, in layer order.
@@ -312,6 +314,27 @@ class TrainMethod {
   virtual void backward_shared(int lg, std::span<const SharedCall> calls, CVc X) {
     for (const auto& c : calls) backward(lg, c.slot, c.W, X, c.dY, c.dX);
   }
+  /// backward_shared() with the members' dX summed into dX_sum (LinearHooks::backward_shared_summed);
+  /// false (the default): not offered here, nothing done.
+  virtual bool backward_shared_summed(int lg, std::span<const SharedCall> calls, CVc X, Vc dX_sum) {
+    (void)lg, (void)calls, (void)X, (void)dX_sum;
+    return false;
+  }
+  /// The members of a shared-input call as one stacked linear (stack_linears over their W and Y /
+  /// dY), when HDPISSA_STACKED_LINEARS is on and the model lays them out so; else nothing.
+  template <class Calls>
+  std::optional<StackedLinears<typename Bc::scalar_type>> stack_of(const Calls& calls) const {
+    if (!stacked_on_ || calls.size() > 3) return std::nullopt;
+    std::array<CVc, 3> W{}, Z{};
+    for (std::size_t j = 0; j < calls.size(); ++j) {
+      W[j] = calls[j].W;
+      if constexpr (requires(const typename Calls::value_type& c) { c.dY; }) Z[j] = calls[j].dY;
+      else Z[j] = CVc(calls[j].Y);
+    }
+    return stack_linears<typename Bc::scalar_type>(std::span<const CVc>(W.data(), calls.size()),
+                                                   std::span<const CVc>(Z.data(), calls.size()));
+  }
+  bool stacked_on_ = env_stacked_linears();  // HDPISSA_STACKED_LINEARS
   /// The model's largest token count (workspaces; a no-op unless it grows).
   virtual void reserve(index_t max_tokens) { (void)max_tokens; }
 
@@ -613,6 +636,7 @@ class TrainMethod {
   std::vector<std::uint64_t> w_offsets_;          // first SR element index of each target
   std::vector<hdpissa::Bf16WStorage> w_storage_;   // per target: its bf16 W storage (GPU bf16 policies)
   std::pair<std::int64_t, std::int64_t> stacked_ga_{0, 0};  // stacked_ga_calls(): direct, through the scratch
+  std::pair<std::int64_t, std::int64_t> stacked_calls_{0, 0};  // stacked_linear_calls()
   bool amax_in_update_ = false;                    // the FP8 amax slots come from the update (fp8_enabled)
   std::vector<typename Bm::matrix_type> comp_;    // Kahan compensation per target (bf16 values; CPU)
   std::vector<typename Bc::matrix_type> compc_;   // the same in bf16 storage (GPU, bf16 compute)
@@ -645,8 +669,37 @@ class TrainMethod {
         all = s >= 0;
         calls[j] = {std::size_t(std::max(s, 0)), lins[j].W, lins[j].Y};
       }
-      if (!all) return LinearHooks<Bc>::forward_shared(lins, X);
+      if (!all) {
+        if (none_targets(lins))  // frozen members: the plain product, one GEMM when stacked
+          if (const auto st = m_->stack_of(lins)) {
+            using S = typename Bc::scalar_type;
+            this->backend().gemm(hdpissa::Op::N, hdpissa::Op::T, S(1), X, st->W, S(0), mutable_view(st->Z));
+            ++m_->stacked_calls_.first;
+            return;
+          }
+        return LinearHooks<Bc>::forward_shared(lins, X);
+      }
       m_->forward_shared(lg_, std::span<const SharedForwardCall>(calls.data(), lins.size()), X);
+    }
+    /// Every linear a target: the method's summed backward, if it offers one; frozen members: the
+    /// plain dX = Σ dY_j W_j in one GEMM when stacked; else false.
+    bool backward_shared_summed(std::span<const typename LinearHooks<Bc>::SharedLinear> lins, CVc X,
+                                Vc dX_sum) override {
+      std::array<SharedCall, 3> calls{};
+      bool all = !lins.empty() && lins.size() <= calls.size();
+      for (std::size_t j = 0; all && j < lins.size(); ++j) {
+        const int s = m_->slot(lins[j].id);
+        all = s >= 0;
+        calls[j] = {std::size_t(std::max(s, 0)), lins[j].W, lins[j].dY, lins[j].dX};
+      }
+      if (all) return m_->backward_shared_summed(lg_, std::span<const SharedCall>(calls.data(), lins.size()), X, dX_sum);
+      if (!none_targets(lins)) return false;
+      const auto st = m_->stack_of(lins);
+      if (!st) return false;
+      using S = typename Bc::scalar_type;
+      this->backend().gemm(hdpissa::Op::N, hdpissa::Op::N, S(1), st->Z, st->W, S(0), dX_sum);
+      ++m_->stacked_calls_.second;
+      return true;
     }
     /// Every linear a target (and at most 3): the method's shared-input backward; else one by one.
     void backward_shared(std::span<const typename LinearHooks<Bc>::SharedLinear> lins, CVc X) override {
@@ -674,6 +727,13 @@ class TrainMethod {
     }
 
    private:
+    template <class Lins>
+    bool none_targets(const Lins& lins) const {
+      for (const auto& l : lins)
+        if (m_->slot(l.id) >= 0) return false;
+      return !lins.empty();
+    }
+    static Vc mutable_view(CVc v) { return Vc{const_cast<typename Bc::scalar_type*>(v.data), v.rows, v.cols, v.ld}; }
     TrainMethod* m_;
     int lg_;
   };
@@ -924,6 +984,54 @@ class DwuMethod final : public TrainMethod<Dev> {
     if constexpr (kFusedGrads)
       if (ag_on_) ag_.reserve(max_tokens, widths, this->bc_->stream());
   }
+  /// q|k|v and gate|up (exact mute, no FP8 copy, stored stacked by the model): the muted forward
+  /// Y_j = X W_jᵀ of the group in one GEMM. Else one forward() each.
+  void forward_shared(int lg, std::span<const typename Base::SharedForwardCall> calls, CVc X) override {
+    if constexpr (std::is_same_v<Mute, hdpissa::ExactMute>) {
+      if (!any_fp8(calls))
+        if (const auto st = this->stack_of(calls)) {
+          const Vc Y{const_cast<Sc*>(st->Z.data), st->Z.rows, st->Z.cols, st->Z.ld};
+          this->bc_->gemm(hdpissa::Op::N, hdpissa::Op::T, Sc(1), X, st->W, Sc(0), Y);
+          ++this->stacked_calls_.first;
+          return;
+        }
+    }
+    Base::forward_shared(lg, calls, X);
+  }
+  /// q|k|v and gate|up (bf16 compute, exact mute, all targets, no FP8 copy, stored stacked):
+  /// MutedLinear::backward_stacked — the group's dX summed in one GEMM over [W_q; W_k; W_v], the
+  /// adapters' dY B_j in one over the block-diagonal B copy, then the stacked gA and the gB_j as
+  /// backward_shared. False (nothing done) otherwise: the model then calls backward_shared().
+  bool backward_shared_summed(int lg, std::span<const typename Base::SharedCall> calls, CVc X, Vc dX_sum) override {
+    if constexpr (kMixed && std::is_same_v<Mute, hdpissa::ExactMute>) {
+      if (ag_on_ || any_fp8(calls)) return false;
+      const Stack* st = find_stack(calls);
+      if (!st || !st->Bd.view().data) return false;
+      const auto sl = this->stack_of(calls);
+      if (!sl) return false;
+      for (std::size_t p = 0; p < st->n; ++p)
+        if (calls[sl->order[p]].slot != st->slots[p]) return false;  // W order = the stack's (module) order
+      const index_t r = upd_.rank(), n = index_t(st->n);
+      const int G = comm_->first_group() + lg;
+      std::array<V32, 3> gB{};
+      for (std::size_t p = 0; p < st->n; ++p) gB[p] = upd_.grad_B(st->slots[p], lg);
+      const auto [gA, adjacent] = stacked_ga(*st, lg);
+      muted_.backward_stacked(X, sl->W, CVc(st->A.view()).row_block(G * n * r, n * r),
+                              CVc(st->Bd.view()).col_block(index_t(lg) * n * r, n * r), sl->Z,
+                              std::span<const index_t>(st->outs.data(), st->n), dX_sum,
+                              std::span<const V32>(gB.data(), st->n), gA, /*accumulate=*/true,
+                              /*accumulate_gA=*/adjacent);
+      ++(adjacent ? this->stacked_ga_.first : this->stacked_ga_.second);
+      ++this->stacked_calls_.second;
+      if (!adjacent)
+        for (index_t j = 0; j < n; ++j)
+          this->bm_->axpy(1.0f, CV32(gA.row_block(j * r, r)), upd_.grad_A(st->slots[std::size_t(j)], lg));
+      return true;
+    } else {
+      (void)lg, (void)calls, (void)X, (void)dX_sum;
+      return false;
+    }
+  }
   void forward(int lg, std::size_t i, CVc W, CVc X, Vc Y) override {
     if constexpr (Base::kFp8Capable && std::is_same_v<Mute, hdpissa::ExactMute>) {
       // --compute fp8 (ExactMute only; validated): the muted forward is the base product alone.
@@ -1014,7 +1122,34 @@ class DwuMethod final : public TrainMethod<Dev> {
     std::array<std::size_t, 3> slots{};
     std::size_t n = 0;
     typename Bc::matrix_type A;  // (K·n·r, in)
+    // backward_stacked's B_diag per local group lg: columns [lg·n·r, (lg+1)·n·r) of (O, local·n·r)
+    // hold blockdiag(B_0(G), …, B_{n-1}(G)), G = first_group + lg (zeros off the blocks); O = Σ outs
+    typename Bc::matrix_type Bd;
+    std::array<index_t, 3> outs{};
   };
+  /// Any member with an FP8 copy (--compute fp8): those keep the per-member path.
+  template <class Calls>
+  bool any_fp8(const Calls& calls) const {
+    if constexpr (Base::kFp8Capable) {
+      for (const auto& c : calls)
+        if (this->fp8_on(c.slot)) return true;
+    }
+    (void)calls;
+    return false;
+  }
+  /// The members' fp32 gA sums, if they are adjacent rows of the update's flat gradients (the DWU
+  /// lays a layer's gA out back to back): one (n·r, in) view the stacked GEMM adds into; else the
+  /// scratch (overwritten, then added to each sum). Second: adjacent.
+  std::pair<V32, bool> stacked_ga(const Stack& st, int lg) {
+    const index_t r = upd_.rank(), n = index_t(st.n), in = st.A.view().cols;
+    const V32 g0 = upd_.grad_A(st.slots[0], lg);
+    bool adjacent = g0.ld == in;
+    for (index_t j = 1; j < n && adjacent; ++j) {
+      const V32 gj = upd_.grad_A(st.slots[std::size_t(j)], lg);
+      adjacent = gj.ld == in && gj.data == g0.data + j * r * in;
+    }
+    return {adjacent ? V32{g0.data, n * r, in, in} : V32{ga_stack_.view().data, n * r, in, in}, adjacent};
+  }
   void make_stacks() {
     if constexpr (kMixed && std::is_same_v<Mute, hdpissa::ExactMute>) {
       if (ids_.empty()) return;
@@ -1029,6 +1164,12 @@ class DwuMethod final : public TrainMethod<Dev> {
         const auto [out, in] = this->shape(st.slots[0]);
         (void)out;
         st.A = this->bc_->make_matrix(K * index_t(st.n) * r, in);
+        index_t O = 0;
+        for (std::size_t j = 0; j < st.n; ++j) O += (st.outs[j] = this->shape(st.slots[j]).first);
+        if (this->stacked_on_ && !ag_on_) {  // zeros off the diagonal blocks, set once (fill_stacks writes the blocks)
+          st.Bd = this->bc_->make_matrix(O, index_t(comm_->local_groups()) * index_t(st.n) * r);
+          this->bc_->fill(st.Bd.view(), typename Bc::compute_type(0));
+        }
         stacks_.push_back(std::move(st));
       };
       // Members in module (forward) order, the order of their gA in the update's flat gradients, so
@@ -1055,6 +1196,17 @@ class DwuMethod final : public TrainMethod<Dev> {
         for (index_t j = 0; j < n; ++j)
           this->bc_->copy(CVc(cc_.A[st.slots[std::size_t(j)]].view()).row_block(g * r, r),
                           st.A.view().row_block((g * n + j) * r, r));
+      if (!st.Bd.view().data) continue;
+      for (int lg = 0; lg < comm_->local_groups(); ++lg) {
+        const int G = comm_->first_group() + lg;
+        index_t o = 0;
+        for (index_t j = 0; j < n; ++j) {
+          const index_t w = st.outs[std::size_t(j)];
+          this->bc_->copy(CVc(cc_.B[st.slots[std::size_t(j)]].view()).col_block(G * r, r),
+                          st.Bd.view().block(o, (index_t(lg) * n + j) * r, w, r));
+          o += w;
+        }
+      }
     }
   }
   /// The stack whose members are exactly these calls' targets, each once, in any order.
@@ -1073,7 +1225,7 @@ class DwuMethod final : public TrainMethod<Dev> {
   }
   void shared_backward(int lg, const Stack& st, std::span<const typename Base::SharedCall> calls, CVc X) {
     if constexpr (kMixed && std::is_same_v<Mute, hdpissa::ExactMute>) {
-      const index_t r = upd_.rank(), n = index_t(st.n), in = st.A.view().cols;
+      const index_t r = upd_.rank(), n = index_t(st.n);
       const int G = comm_->first_group() + lg;
       using SI = typename hdpissa::MutedLinear<Bc, Mute>::template SharedInput<float>;
       std::array<SI, 3> lin{};
@@ -1088,16 +1240,8 @@ class DwuMethod final : public TrainMethod<Dev> {
         }
         lin[j] = SI{c.W, Bf(c.slot, lg), c.dY, fp8 ? Vc{} : c.dX, upd_.grad_B(c.slot, lg)};
       }
-      // The members' fp32 gA sums are adjacent rows of the update's flat gradients (the DWU lays
-      // consecutive layers' gA out back to back): the stacked GEMM adds into them directly. Else
-      // this micro-batch's stacked gA lands in a scratch and is added to each sum.
-      const V32 g0 = upd_.grad_A(st.slots[0], lg);
-      bool adjacent = g0.ld == in;
-      for (index_t j = 1; j < n && adjacent; ++j) {
-        const V32 gj = upd_.grad_A(st.slots[std::size_t(j)], lg);
-        adjacent = gj.ld == in && gj.data == g0.data + j * r * in;
-      }
-      const V32 gA = adjacent ? V32{g0.data, n * r, in, in} : V32{ga_stack_.view().data, n * r, in, in};
+      // the stacked GEMM adds into the members' adjacent fp32 gA sums, else into a scratch
+      const auto [gA, adjacent] = stacked_ga(st, lg);
       // the gB_j are the fp32 sums (added to)
       muted_.backward_shared(X, CVc(st.A.view()).row_block(G * n * r, n * r), std::span<const SI>(lin.data(), st.n), gA,
                              /*accumulate=*/true, /*accumulate_gA=*/adjacent);

@@ -455,6 +455,8 @@ inline void add_train_options(CLI::App& app, TrainOptions& o, CLI::Option** atte
       "  HDPISSA_CUDA_DWU_GEMM     auto|3xtf32|simt|cublas: the Direct Weight Update's GEMM on the GPU\n"
       "  HDPISSA_FUSED_ADAPTER_GRADS  0|1: fused adapter-gradient kernels for the DWU methods (bf16, r 16; opt-in:\n"
       "                            faster only at narrow outputs, docs/trainer.md)\n"
+      "  HDPISSA_STACKED_LINEARS   0 turns off the stacked q|k|v, gate|up GEMMs of the GPU trainer (measurements\n"
+      "                            only; default 1: one forward and one summed-dX GEMM per group, docs/trainer.md)\n"
       "  HDPISSA_LOSS_CHUNK_ROWS   rows of full-vocabulary logits per loss chunk (GPU; default: a 192 MiB budget)\n"
       "  HDPISSA_LOSS_ROW_ALIGN    the loss GEMMs' row multiple (GPU; default 128: a few GEMM shapes; 1: exact)\n"
       "  HDPISSA_COMM_TIMEOUT_S    collective / rendezvous timeout of the multi-process paths (seconds)\n"
@@ -696,6 +698,16 @@ inline std::optional<int> env_loss_chunk_rows() { return env_row_count("HDPISSA_
 /// HDPISSA_LOSS_ROW_ALIGN: the loss GEMMs' row multiple, [1, 1024] (CudaLlama::set_loss_row_align).
 inline std::optional<int> env_loss_row_align() { return env_row_count("HDPISSA_LOSS_ROW_ALIGN", 1, 1024); }
 
+/// HDPISSA_STACKED_LINEARS: 1 (default, unset or empty) or 0. On: the training methods run a
+/// layer's q|k|v and gate|up as stacked GEMMs where the model lays them out so (LinearHooks
+/// backward_shared_summed, stack_linears); 0: one GEMM per member (measurements).
+inline bool env_stacked_linears() {
+  const char* e = std::getenv("HDPISSA_STACKED_LINEARS");
+  if (!e || !*e || std::strcmp(e, "1") == 0) return true;
+  if (std::strcmp(e, "0") == 0) return false;
+  throw LlamaError(cat("HDPISSA_STACKED_LINEARS: expected 0 or 1, found '", e, "'"));
+}
+
 /// The GPU engine's measurement switches, checked with the command line (before any model is
 /// loaded): a value the engine would not understand is an error naming the variable, not a silent
 /// default. HDPISSA_FUSED_ADAPTER_GRADS: 0 or 1 (llama/cuda/adapter_grads.cuh); HDPISSA_LOSS_CHUNK_ROWS:
@@ -705,6 +717,7 @@ inline void check_engine_env() {
   if (const char* e = std::getenv("HDPISSA_FUSED_ADAPTER_GRADS"); e && *e && std::strcmp(e, "0") != 0 &&
                                                                   std::strcmp(e, "1") != 0)
     throw LlamaError(cat("HDPISSA_FUSED_ADAPTER_GRADS: expected 0 or 1, found '", e, "'"));
+  (void)env_stacked_linears();
   (void)env_loss_chunk_rows();
   (void)env_loss_row_align();
 }
