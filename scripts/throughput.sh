@@ -34,6 +34,8 @@
 #                                       +ckpt = --activation-checkpointing (e.g. lora+ckpt, hdpissa-K1@bf16-sr+ckpt);
 #                                       +nohint = HDPISSA_FP8_PRODUCER_AMAX=0 (with +fp8: every FP8 quantisation
 #                                       runs its own amax pass; the A/B of the producer-kept amax)
+#                                       +unstacked = HDPISSA_STACKED_LINEARS=0 (q|k|v, gate|up one GEMM per
+#                                       member: the A/B of the stacked GEMMs)
 #                                       +keep = --keep-swiglu (every layer's SwiGLU output kept for the backward;
 #                                       not with +ckpt);
 #                                       +fp8 = --compute fp8 (e.g. lora+fp8, hdpissa-K1@bf16-sr+ckpt+fp8);
@@ -262,6 +264,8 @@ run_ours() {  # SIDE(ours|base) BINARY HELP CFG MODEL MB GA MBDIR TIMEOUT EXTRA_
   local fused="${HDPISSA_FUSED_ADAPTER_GRADS:-0}" hint="${HDPISSA_FP8_PRODUCER_AMAX:-1}"
   [[ "$cfg" == *+nohint* ]] && { cfg="${cfg//+nohint/}"; hint=0; }  # hdpissa-K1+nohint+fp8: the FP8 amax passes
   [[ "$cfg" == *+fused* ]] && { cfg="${cfg//+fused/}"; fused=1; }  # hdpissa-K1+fused: adapter_grads.cuh (opt-in)
+  local stacked="${HDPISSA_STACKED_LINEARS:-1}"
+  [[ "$cfg" == *+unstacked* ]] && { cfg="${cfg//+unstacked/}"; stacked=0; }  # lora+unstacked: per-member GEMMs
   local rows="${HDPISSA_CUDA_DWU_ROWS:-8}"
   [[ "$cfg" == *+rows4* ]] && { cfg="${cfg//+rows4/}"; rows=4; }  # hdpissa-K1+rows4: HDPISSA_CUDA_DWU_ROWS=4
   local chunk="${HDPISSA_LOSS_CHUNK_ROWS:-}"
@@ -283,7 +287,7 @@ run_ours() {  # SIDE(ours|base) BINARY HELP CFG MODEL MB GA MBDIR TIMEOUT EXTRA_
   fi
   s=$(date +%s.%N)
   # shellcheck disable=SC2086
-  HDPISSA_CUDA_GEMM_TUNING_BF16="$tune" HDPISSA_CUDA_DWU_GEMM="$dwug" HDPISSA_FUSED_ADAPTER_GRADS="$fused" HDPISSA_FP8_PRODUCER_AMAX="$hint" HDPISSA_LOSS_CHUNK_ROWS="$chunk" HDPISSA_CUDA_DWU_ROWS="$rows" \
+  HDPISSA_CUDA_GEMM_TUNING_BF16="$tune" HDPISSA_CUDA_DWU_GEMM="$dwug" HDPISSA_FUSED_ADAPTER_GRADS="$fused" HDPISSA_FP8_PRODUCER_AMAX="$hint" HDPISSA_STACKED_LINEARS="$stacked" HDPISSA_LOSS_CHUNK_ROWS="$chunk" HDPISSA_CUDA_DWU_ROWS="$rows" \
   timeout -k 10 "$to" "$bin" --device cuda --dtype bf16 "${attflag[@]}" --model "$model" \
     --tokenizer "$DEV/tokenizer.model" --data "$DEV/train.jsonl" --method "$method" --groups-per-process "$k" \
     --rank 16 --alpha 16 --targets q,k,v,o,gate,up,down --svd randomized --micro-batch "$mb" --grad-accum "$ga" \
