@@ -597,3 +597,92 @@ TEST_CASE("MutedLinear::backward_stacked: stacked W rows and dY columns give bac
         {"3 widths, 2 gB"});
   }
 }
+
+// AdapterLinear::forward_stacked / backward_stacked: three LoRA linears of different widths reading
+// one X, stored stacked (W_cat rows with ld > cols, Y_cat / dY_cat columns with ld > Σ out, B_diag
+// block-diagonal): Y_j = X (W_j + s B_j A_j)ᵀ and dX_sum = Σ_j dX_j against plain products, gA and
+// gB_j against backward_shared() on separate matrices, U kept by the forward and recomputed.
+TEST_CASE("AdapterLinear::forward_stacked / backward_stacked: plain products and backward_shared's gradients") {
+  EigenBackend<double> b;
+  using M = typename EigenBackend<double>::matrix_type;
+  using AL = AdapterLinear<EigenBackend<double>>;
+  const index_t tokens = 5, in = 7, r = 2, O = 13;
+  const double s = 0.75;
+  const std::vector<index_t> outs = {3, 4, 6};
+  auto X = hdtest::random_matrix(b, tokens, in, 340);
+  auto A_stack = hdtest::random_matrix(b, 3 * r, in, 341);
+  auto Wbig = b.make_matrix(O, in + 3), Ybig = b.make_matrix(tokens, O + 2), dYbig = b.make_matrix(tokens, O + 2);
+  b.fill(Wbig.view(), 9.0);
+  b.fill(Ybig.view(), 9.0);
+  b.fill(dYbig.view(), 9.0);
+  const MatrixView<double> W_cat(Wbig.view().data, O, in, in + 3), Y_cat(Ybig.view().data, tokens, O, O + 2),
+      dY_cat(dYbig.view().data, tokens, O, O + 2);
+  auto B_diag = b.make_matrix(O, 3 * r);
+  b.fill(B_diag.view(), 0.0);
+  std::vector<M> W, Bf, dY, dX, gB;
+  index_t o = 0;
+  for (int j = 0; j < 3; ++j) {
+    W.push_back(hdtest::random_matrix(b, outs[j], in, 350 + 10 * std::uint64_t(j)));
+    Bf.push_back(hdtest::random_matrix(b, outs[j], r, 351 + 10 * std::uint64_t(j)));
+    dY.push_back(hdtest::random_matrix(b, tokens, outs[j], 352 + 10 * std::uint64_t(j)));
+    dX.push_back(b.make_matrix(tokens, in));
+    gB.push_back(b.make_matrix(outs[j], r));
+    b.copy(CV(W[j].view()), W_cat.row_block(o, outs[j]));
+    b.copy(CV(dY[j].view()), dY_cat.col_block(o, outs[j]));
+    b.copy(CV(Bf[j].view()), B_diag.view().block(o, j * r, outs[j], r));
+    o += outs[j];
+  }
+  AL ref(b, s), stacked(b, s);
+  auto keep = b.make_matrix(tokens, 3 * r);
+  stacked.forward_stacked(CV(X.view()), CV(W_cat), CV(A_stack.view()), CV(B_diag.view()), Y_cat, keep.view());
+  const Ref x = hdtest::to_ref(X.view());
+  o = 0;
+  Ref dX_ref;
+  for (int j = 0; j < 3; ++j) {
+    CAPTURE(j);
+    // Y_j = X Wᵀ + s (X Aᵀ) Bᵀ, plain products
+    const Ref a = hdtest::to_ref(CV(A_stack.view()).row_block(j * r, r));
+    Ref want = hdtest::matmul(x, hdtest::to_ref(W[j].view()), false, true);
+    want = hdtest::add(want, hdtest::matmul(hdtest::matmul(x, a, false, true), hdtest::to_ref(Bf[j].view()), false, true),
+                       s);
+    CHECK(hdtest::count_violations(hdtest::to_ref(CV(Y_cat).col_block(o, outs[j])), want, 1e-13, 1e-13) == 0);
+    // dX_j = dY_j W_j + s (dY_j B_j) A_j
+    Ref dxj = hdtest::matmul(hdtest::to_ref(dY[j].view()), hdtest::to_ref(W[j].view()));
+    dxj = hdtest::add(dxj, hdtest::matmul(hdtest::matmul(hdtest::to_ref(dY[j].view()), hdtest::to_ref(Bf[j].view())), a),
+                      s);
+    dX_ref = j == 0 ? dxj : hdtest::add(dX_ref, dxj, 1.0);
+    o += outs[j];
+  }
+  // reference gradients: backward_shared on separate matrices
+  std::vector<AL::SharedBackward<double>> lins;
+  for (int j = 0; j < 3; ++j)
+    lins.push_back({CV(W[j].view()), CV(Bf[j].view()), CV(dY[j].view()), dX[j].view(), gB[j].view()});
+  auto gA_ref = b.make_matrix(3 * r, in);
+  ref.backward_shared(CV(X.view()), CV(A_stack.view()), std::span<const AL::SharedBackward<double>>(lins),
+                      gA_ref.view(), false);
+  for (const bool kept : {true, false}) {
+    CAPTURE(kept);
+    auto dX_sum = b.make_matrix(tokens, in), gA = b.make_matrix(3 * r, in);
+    b.fill(dX_sum.view(), 5.0);
+    b.fill(gA.view(), 3.0);
+    std::vector<M> gB_s;
+    std::vector<MatrixView<double>> gBv;
+    for (int j = 0; j < 3; ++j) gB_s.push_back(b.make_matrix(outs[j], r));
+    for (auto& g : gB_s) gBv.push_back(g.view());
+    stacked.backward_stacked(CV(X.view()), CV(W_cat), CV(A_stack.view()), CV(B_diag.view()), CV(dY_cat),
+                             std::span<const index_t>(outs), dX_sum.view(), std::span<const MatrixView<double>>(gBv),
+                             gA.view(), false, std::nullopt, kept ? CV(keep.view()) : CV{});
+    CHECK(hdtest::count_violations(hdtest::to_ref(dX_sum.view()), dX_ref, 1e-13, 1e-13) == 0);
+    CHECK(hdtest::count_violations(hdtest::to_ref(gA.view()), hdtest::to_ref(gA_ref.view()), 1e-13, 1e-13) == 0);
+    for (int j = 0; j < 3; ++j) {
+      CAPTURE(j);
+      CHECK(hdtest::count_violations(hdtest::to_ref(gB_s[j].view()), hdtest::to_ref(gB[j].view()), 1e-13, 1e-13) == 0);
+    }
+  }
+  hdtest::check_throws_with<InvalidArgument>(
+      [&] {
+        stacked.forward_stacked(CV(X.view()), CV(W_cat), CV(A_stack.view()), CV(B_diag.view()).row_block(0, O - 1),
+                                Y_cat);
+      },
+      {"AdapterLinear stacked group", "B_diag (12, 6)"});
+}

@@ -1294,14 +1294,16 @@ TEST_CASE("fused adapter gradients in the trainer (bf16, r 16): the losses of th
 // block-diagonal B copy); frozen groups take one plain GEMM each way. Against the per-member path
 // (HDPISSA_STACKED_LINEARS=0): the same losses within bf16 GEMM-order noise over 6 steps, HD-PiSSA
 // with every target (K = 2 groups on one process: the B copy's per-group blocks) and with
-// --targets q,v (k frozen: q|k|v mixed, per member; gate|up frozen: stacked plain GEMMs).
+// --targets q,v (k frozen: q|k|v mixed, per member; gate|up frozen: stacked plain GEMMs), LoRA and
+// PiSSA with every target (AdapterLinear::forward_stacked / backward_stacked).
 TEST_CASE("stacked q|k|v, gate|up GEMMs (HDPISSA_STACKED_LINEARS): the per-member path's losses") {
-  for (const bool qv : {false, true}) {
-    INFO("targets ", qv ? "q,v" : "all");
+  for (const auto& [method, qv] : {std::pair{"hdpissa", false}, std::pair{"hdpissa", true}, std::pair{"lora", false},
+                                   std::pair{"pissa", false}}) {
+    INFO("method ", std::string(method), ", targets ", qv ? "q,v" : "all");
     std::vector<double> losses[2];
     std::pair<std::int64_t, std::int64_t> calls[2];
     for (int on = 0; on < 2; ++on) {
-      TrainOptions o = base_options("hdpissa", on ? "stacked-on" : "stacked-off");
+      TrainOptions o = base_options(method, hdpissa::cat("stacked-", method, qv, on));
       o.device = Device::Cuda;
       o.dtype = ComputeDtype::Bf16;
       o.max_steps = 6;

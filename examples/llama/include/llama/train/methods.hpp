@@ -1468,6 +1468,15 @@ class AdapterMethod final : public TrainMethod<Dev> {
       Stack* st = shared_ok(calls) && X.rows <= reserved_ ? find_stack(calls, /*any_order=*/false) : nullptr;
       if (st) {
         const index_t r = st->r;
+        if (const auto sl = stacked_in_order(*st, calls)) {  // three GEMMs for the group
+          for (std::size_t j = 0; j < st->n; ++j) xa_rows_[calls[j].slot] = -1;
+          const Vc Y{const_cast<typename Bc::scalar_type*>(sl->Z.data), sl->Z.rows, sl->Z.cols, sl->Z.ld};
+          const Vc keep_s{st->U.data(), X.rows, index_t(st->n) * r, index_t(st->n) * r};
+          lin_.forward_stacked(X, sl->W, CVc(st->A.view()), CVc(st->Bd.view()), Y, keep_s);
+          st->u_rows = X.rows;
+          ++this->stacked_calls_.first;
+          return;
+        }
         std::array<typename hdpissa::AdapterLinear<Bc>::SharedForward, 3> fw{};
         for (std::size_t j = 0; j < st->n; ++j) {
           fw[j] = {calls[j].W, Bf(calls[j].slot), calls[j].Y};
@@ -1516,6 +1525,40 @@ class AdapterMethod final : public TrainMethod<Dev> {
       }
     }
     Base::backward_shared(lg, calls, X);
+  }
+  /// backward_shared() of a stack stored stacked by the model (no FP8 copy): AdapterLinear::
+  /// backward_stacked — dY B_j in one GEMM over the block-diagonal B copy, the group's dX summed in
+  /// two, U from the forward. False (nothing done) otherwise: the model then calls backward_shared().
+  bool backward_shared_summed(int lg, std::span<const typename Base::SharedCall> calls, CVc X, Vc dX_sum) override {
+    if constexpr (kMixed) {
+      Stack* st = shared_ok(calls) ? find_stack(calls, /*any_order=*/true) : nullptr;
+      const auto sl = st ? stacked_in_order(*st, calls) : std::nullopt;
+      if (!sl) return false;
+      const index_t r = st->r, n = index_t(st->n), in = st->A.view().cols;
+      std::array<V32, 3> gB{};
+      for (std::size_t p = 0; p < st->n; ++p) gB[p] = upd_.grad(pB_[st->slots[p]], lg);
+      const V32 g0 = upd_.grad(pA_[st->slots[0]], lg);
+      bool adjacent = g0.ld == in;
+      for (index_t p = 1; p < n && adjacent; ++p) {
+        const V32 gp = upd_.grad(pA_[st->slots[std::size_t(p)]], lg);
+        adjacent = gp.ld == in && gp.data == g0.data + p * r * in;
+      }
+      const V32 gA = adjacent ? V32{g0.data, n * r, in, in} : V32{ga_stack_.data(), n * r, in, in};
+      const CVc u = st->u_rows == X.rows ? CVc{st->U.data(), X.rows, n * r, n * r} : CVc{};
+      lin_.backward_stacked(X, sl->W, CVc(st->A.view()), CVc(st->Bd.view()), sl->Z,
+                            std::span<const index_t>(st->outs.data(), st->n), dX_sum,
+                            std::span<const V32>(gB.data(), st->n), gA, /*accumulate=*/true, /*accumulate_gA=*/adjacent,
+                            u);
+      ++(adjacent ? this->stacked_ga_.first : this->stacked_ga_.second);
+      ++this->stacked_calls_.second;
+      if (!adjacent)
+        for (index_t p = 0; p < n; ++p)
+          this->bm_->axpy(1.0f, CV32(gA.row_block(p * r, r)), upd_.grad(pA_[st->slots[std::size_t(p)]], lg));
+      return true;
+    } else {
+      (void)lg, (void)calls, (void)X, (void)dX_sum;
+      return false;
+    }
   }
   void forward(int lg, std::size_t i, CVc W, CVc X, Vc Y) override {
     (void)lg;
@@ -1583,7 +1626,22 @@ class AdapterMethod final : public TrainMethod<Dev> {
     index_t r = 0;
     typename Bc::matrix_type A, U;
     index_t u_rows = -1;
+    // the stacked GEMMs' B_diag (O, n·r): B_j's compute copy in rows [o_j, o_j + out_j), columns
+    // [j·r, (j+1)·r), zeros elsewhere (HDPISSA_STACKED_LINEARS; empty when off); O = Σ outs
+    typename Bc::matrix_type Bd;
+    std::array<index_t, 3> outs{};
   };
+  /// The calls as one stacked linear in the stack's (module) order, when st has a B_diag and the
+  /// model lays the members out so (stack_of); else nothing.
+  template <class Calls>
+  std::optional<StackedLinears<typename Bc::scalar_type>> stacked_in_order(const Stack& st, const Calls& calls) const {
+    if (!st.Bd.data()) return std::nullopt;
+    auto sl = this->stack_of(calls);
+    if (!sl) return std::nullopt;
+    for (std::size_t p = 0; p < st.n; ++p)
+      if (calls[sl->order[p]].slot != st.slots[p]) return std::nullopt;
+    return sl;
+  }
   void make_stacks() {
     if constexpr (kMixed) {
       stack_of_.assign(ids_.size(), -1);
@@ -1603,6 +1661,12 @@ class AdapterMethod final : public TrainMethod<Dev> {
         const auto [out, in] = this->shape(st.slots[0]);
         (void)out;
         st.A = this->bc_->make_matrix(index_t(st.n) * st.r, in);
+        index_t O = 0;
+        for (std::size_t j = 0; j < st.n; ++j) O += (st.outs[j] = this->shape(st.slots[j]).first);
+        if (this->stacked_on_) {  // zeros off the diagonal blocks, set once (the copy batch writes the blocks)
+          st.Bd = this->bc_->make_matrix(O, index_t(st.n) * st.r);
+          this->bc_->fill(st.Bd.view(), typename Bc::compute_type(0));
+        }
         for (std::size_t j = 0; j < st.n; ++j) stack_of_[st.slots[j]] = int(stacks_.size());
         stacks_.push_back(std::move(st));
       };
@@ -1626,9 +1690,16 @@ class AdapterMethod final : public TrainMethod<Dev> {
         pairs.emplace_back(Base::factor_view(sets_[i].A), cc_.A[i].view());
         pairs.emplace_back(Base::factor_view(sets_[i].B), cc_.B[i].view());
       }
-      for (auto& st : stacks_)
-        for (std::size_t j = 0; j < st.n; ++j)
+      for (auto& st : stacks_) {
+        index_t o = 0;
+        for (std::size_t j = 0; j < st.n; ++j) {
           pairs.emplace_back(Base::factor_view(sets_[st.slots[j]].A), st.A.view().row_block(index_t(j) * st.r, st.r));
+          if (st.Bd.data())
+            pairs.emplace_back(Base::factor_view(sets_[st.slots[j]].B),
+                               st.Bd.view().block(o, index_t(j) * st.r, st.outs[j], st.r));
+          o += st.outs[j];
+        }
+      }
       copy_batch_ = Dev::make_compute_batch(*this->bm_, pairs);
       Dev::run_compute_batch(*this->bm_, copy_batch_);
     }
