@@ -218,7 +218,8 @@ class MutedLinear {
   /// (O, in), O = Σ out_j, and their dY_j consecutive column blocks of dY_cat (tokens, O) (a LLaMA
   /// layer's [W_q; W_k; W_v] and [dY_q | dY_k | dY_v]). Four GEMMs over the group instead of
   /// 2 + 3n:
-  ///   dX_sum (tokens, in) = dY_cat W_cat = Σ_j dY_j W_j (overwritten; the group's dX, summed);
+  ///   dX_sum (tokens, in) = dY_cat W_cat = Σ_j dY_j W_j (overwritten; the group's dX, summed; a
+  ///   null data pointer skips it);
   ///   V (tokens, n·r) = dY_cat B_diag, B_diag (O, n·r) holding B_j in rows [o_j, o_j + out_j) and
   ///   columns [j·r, (j+1)·r), zeros elsewhere (so V = [dY_0 B_0 | … | dY_{n-1} B_{n-1}]);
   ///   gA_stack (n·r, in) = α Vᵀ X; U = X A_stackᵀ; gB_j = α dY_jᵀ U_j (`outs` = the out_j).
@@ -249,7 +250,7 @@ class MutedLinear {
     require_shape(W_cat, O, W_cat.cols, "MutedLinear::backward_stacked W_cat");
     require_shape(B_diag, O, n * r, "MutedLinear::backward_stacked B_diag");
     require_shape(dY_cat, X.rows, O, "MutedLinear::backward_stacked dY_cat");
-    require_shape(dX_sum, X.rows, X.cols, "MutedLinear::backward_stacked dX_sum");
+    if (dX_sum.data) require_shape(dX_sum, X.rows, X.cols, "MutedLinear::backward_stacked dX_sum");
     require_shape(gA_stack, n * r, X.cols, "MutedLinear::backward_stacked gA_stack");
     const G a = G(alpha_);
     auto gemm_g = [&](Op ta, Op tb, CV P, CV Q, bool acc, MatrixView<G> C) {
@@ -257,7 +258,7 @@ class MutedLinear {
       if constexpr (std::is_same_v<G, S>) b_->gemm(ta, tb, a, P, Q, beta, C);
       else b_->gemm_f32(ta, tb, float(a), P, Q, float(beta), C);
     };
-    b_->gemm(Op::N, Op::N, S(1), dY_cat, W_cat, S(0), dX_sum);
+    if (dX_sum.data) b_->gemm(Op::N, Op::N, S(1), dY_cat, W_cat, S(0), dX_sum);
     auto t = t1_.get(*b_, X.rows, n * r);  // V = dY_cat B_diag
     b_->gemm(Op::N, Op::N, S(1), dY_cat, B_diag, S(0), t);
     gemm_g(Op::T, Op::N, CV(t), X, accumulate_gA.value_or(accumulate), gA_stack);

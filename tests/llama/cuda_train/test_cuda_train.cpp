@@ -1337,6 +1337,57 @@ TEST_CASE("stacked q|k|v, gate|up GEMMs (HDPISSA_STACKED_LINEARS): the per-membe
   }
 }
 
+// The adapters' second stream (HDPISSA_ADAPTER_STREAM, default on): the DWU methods' adapter-
+// gradient GEMMs run on a stream of their own beside the backward's dX GEMMs; the same GEMMs in the
+// same order on each stream, so the losses and the trained W must be bit for bit those of the
+// one-stream run (a missing join would show as a race: gradients read before they land, buffers
+// rewritten while read). HD-PiSSA K = 2 (the stacked groups), with activation checkpointing (the
+// recompute rewrites the saved activations the side reads), with --targets q,v (per-linear calls,
+// frozen members), lora-dwu, and --compute fp8 on the wide model (the FP8 dX beside the side's
+// bf16 gradients).
+TEST_CASE("adapter gradients on a second stream (HDPISSA_ADAPTER_STREAM): the one-stream run bit for bit") {
+  struct Case {
+    const char* method;
+    bool ckpt;
+    const char* targets;
+    bool fp8;
+  };
+  const fs::path wide = wide_model();
+  for (const Case c : {Case{"hdpissa", false, "", false}, Case{"hdpissa", true, "", false},
+                       Case{"hdpissa", false, "q,v", false}, Case{"lora-dwu", false, "", false},
+                       Case{"hdpissa", false, "", true}}) {
+    INFO("method ", std::string(c.method), ", checkpointing ", c.ckpt, ", targets '", std::string(c.targets), "', fp8 ",
+         c.fp8);
+    std::vector<std::vector<double>> losses;
+    std::vector<ModelWeights> merged;
+    for (const bool side : {false, true}) {
+      TrainOptions o = base_options(c.method, hdpissa::cat("side-", c.method, c.ckpt, c.targets, c.fp8, side));
+      o.device = Device::Cuda;
+      o.dtype = ComputeDtype::Bf16;
+      o.max_steps = 3;
+      o.activation_checkpointing = c.ckpt;
+      if (*c.targets) o.targets = c.targets;
+      if (c.fp8) {
+        o.model = wide.string();
+        o.compute = ComputeKind::Fp8;
+        o.groups_per_process = 1;
+      }
+      const char* prev = std::getenv("HDPISSA_ADAPTER_STREAM");
+      const std::string saved = prev ? prev : "";
+      setenv("HDPISSA_ADAPTER_STREAM", side ? "1" : "0", 1);
+      Run r(o);
+      if (prev) setenv("HDPISSA_ADAPTER_STREAM", saved.c_str(), 1);
+      else unsetenv("HDPISSA_ADAPTER_STREAM");
+      losses.push_back(step_losses(o.metrics));
+      merged.push_back(r.merged());
+      REQUIRE(losses.back().size() == 3);
+    }
+    CHECK(losses[0] == losses[1]);
+    CHECK(same_targets(merged[0], merged[1]));
+    CHECK(losses[1].back() < losses[1].front());
+  }
+}
+
 TEST_CASE("HDPISSA_LOSS_CHUNK_ROWS: a bad value is an error naming it; a small chunk gives the default's losses") {
   const char* prev = std::getenv("HDPISSA_LOSS_CHUNK_ROWS");
   const std::string saved = prev ? prev : "";

@@ -34,6 +34,11 @@
 ///    offer it (the default); the model then calls backward_shared(). The GPU model passes the
 ///    members' dY as consecutive column blocks of one buffer, so hooks can read them as one
 ///    (tokens, Σ out) matrix against the model's consecutive W rows (stack_linears()).
+///  - `h.join_backward()` (optional): the model is about to overwrite tensors it passed as X or dY
+///    to earlier backward calls (a layer's norm backward rewrites the dY of o and down; the
+///    buffers of the layer before follow): hooks that read them elsewhere (device hooks: on another
+///    stream) make the model's stream wait for those reads here. The GPU model calls it before each
+///    of a layer's two RMSNorm backwards, so after a layer's last call every read has landed.
 ///  - `h.amax_hint(data, rows, cols, ld)` / `h.drop_amax_hints()` (optional; FP8 compute): a model
 ///    about to write a tensor t that it passes next as a forward's X or a backward's dY may ask for a
 ///    device fp32 slot (zeroed) into which its kernel maxes max |t|; hooks that quantise t then skip
@@ -125,6 +130,9 @@ class LinearHooks {
     (void)lins, (void)X, (void)dX_sum;
     return false;
   }
+
+  /// See the file comment: finish reading earlier backward calls' X and dY (default: nothing to do).
+  virtual void join_backward() {}
 
   /// A device fp32 slot, zeroed, for max |t| of t = (data, rows, cols, ld), which the model writes
   /// next and passes to the next call as X or dY (see the file comment); nullptr: not wanted.

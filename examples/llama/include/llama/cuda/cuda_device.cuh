@@ -51,6 +51,44 @@ inline void launch_add_bf16_into_f32(cudaStream_t s, ConstMatrixView<__nv_bfloat
 }
 
 /// The GPU device policy (see the file comment).
+/// The adapters' second stream (HDPISSA_ADAPTER_STREAM, default on; docs/trainer.md): a bf16
+/// compute backend of its own (stream, cuBLAS handle, default options as the model's) on which the
+/// DWU methods run their adapter-gradient GEMMs while the model's stream goes on with the backward's
+/// dX GEMMs and what follows. fork(main): its next work waits for everything enqueued on `main` so
+/// far; join(main): `main`'s next work waits for everything enqueued here so far (a no-op when
+/// nothing was forked since the last join). One event each, re-recorded: a wait takes the record
+/// current when it is enqueued.
+class AdapterSideStream {
+ public:
+  AdapterSideStream() : b_(hdpissa::CudaBackendOptions{}) {
+    HDPISSA_CUDA_CHECK(cudaEventCreateWithFlags(&fork_, cudaEventDisableTiming));
+    HDPISSA_CUDA_CHECK(cudaEventCreateWithFlags(&join_, cudaEventDisableTiming));
+  }
+  AdapterSideStream(const AdapterSideStream&) = delete;
+  AdapterSideStream& operator=(const AdapterSideStream&) = delete;
+  ~AdapterSideStream() {
+    cudaEventDestroy(fork_);
+    cudaEventDestroy(join_);
+  }
+  hdpissa::CudaBackend<__nv_bfloat16>& backend() { return b_; }
+  void fork(cudaStream_t main) {
+    HDPISSA_CUDA_CHECK(cudaEventRecord(fork_, main));
+    HDPISSA_CUDA_CHECK(cudaStreamWaitEvent(b_.stream(), fork_, 0));
+    pending_ = true;
+  }
+  void join(cudaStream_t main) {
+    if (!pending_) return;
+    HDPISSA_CUDA_CHECK(cudaEventRecord(join_, b_.stream()));
+    HDPISSA_CUDA_CHECK(cudaStreamWaitEvent(main, join_, 0));
+    pending_ = false;
+  }
+
+ private:
+  hdpissa::CudaBackend<__nv_bfloat16> b_;
+  cudaEvent_t fork_ = nullptr, join_ = nullptr;
+  bool pending_ = false;
+};
+
 template <class T>
 struct CudaDevice {
   static_assert(std::is_same_v<T, float> || std::is_same_v<T, __nv_bfloat16>, "compute type: float or bf16");
@@ -64,6 +102,8 @@ struct CudaDevice {
   using fp8_linears = std::conditional_t<std::is_same_v<T, __nv_bfloat16>, Fp8Linears, void>;
   /// HD-PiSSA's fused adapter-gradient kernels (adapter_grads.cuh): bf16 compute only (void: none).
   using adapter_grads = std::conditional_t<std::is_same_v<T, __nv_bfloat16>, FusedAdapterGrads, void>;
+  /// The adapters' second stream (AdapterSideStream): bf16 compute only (void: none).
+  using adapter_side = std::conditional_t<std::is_same_v<T, __nv_bfloat16>, AdapterSideStream, void>;
 
   static void to_compute(master_backend& b, ConstMatrixView<float> src, MatrixView<T> dst) { b.convert(src, dst); }
   /// Many to_compute conversions in one launch (hdpissa::CudaConvertBatch; the same bits as one

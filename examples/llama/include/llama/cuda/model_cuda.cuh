@@ -984,6 +984,7 @@ void CudaLlama<T>::backward_layers(CudaHooks<T>& hooks) {
       hooks.drop_amax_hints();
     }
     mark(kNormBwd);
+    hooks.join_backward();  // dx_t_ (down's dY) is rewritten next
     kern::launch_rmsnorm_bwd<T>(s, res(2 * l + 1), a.rstd2, norms + (2 * l + 1) * D, nullptr, dxa_.get(),
                                 summed ? nullptr : dxb_.get(), nullptr, dx_.get(), dx_t_.get(), N, D,
                                 hooks.amax_hint(dx_t_.get(), N, D, D));
@@ -1049,6 +1050,7 @@ void CudaLlama<T>::backward_layers(CudaHooks<T>& hooks) {
       if (!summed) hooks.backward_shared(attn, xn1);
     }
     mark(kNormBwd);
+    hooks.join_backward();  // dx_t_ (o's dY) is rewritten next, then the layer below's buffers
     // dx_t: layer l − 1's down's dY (none after layer 0)
     kern::launch_rmsnorm_bwd<T>(s, res(2 * l), a.rstd1, norms + 2 * l * D, nullptr, dxa_.get(),
                                 summed ? nullptr : dxb_.get(), summed ? nullptr : dxc_.get(), dx_.get(), dx_t_.get(), N,

@@ -132,6 +132,11 @@ using Fp8LinearsOf = PolicyTypeOr<fp8_linears_t, Dev>;
 /// The device policy's fused adapter-gradient kernels, or void.
 template <class Dev>
 using AdapterGradsOf = PolicyTypeOr<adapter_grads_t, Dev>;
+template <class Dev>
+using adapter_side_t = typename Dev::adapter_side;  ///< the adapters' second stream
+/// The device policy's second stream for adapter work, or void.
+template <class Dev>
+using AdapterSideOf = PolicyTypeOr<adapter_side_t, Dev>;
 }  // namespace detail
 
 /// A fine-tuning method: per-group hooks for the model, the optimizer step and the state.
@@ -335,6 +340,20 @@ class TrainMethod {
                                                    std::span<const CVc>(Z.data(), calls.size()));
   }
   bool stacked_on_ = env_stacked_linears();  // HDPISSA_STACKED_LINEARS
+  /// The adapters' second stream (the device's AdapterSideStream; void: none), made by a method that
+  /// uses it (HDPISSA_ADAPTER_STREAM): fork before work enqueued there, join_side() before anything
+  /// on the model's stream reads what it wrote or rewrites what it reads.
+  using Side = typename detail::AdapterSideOf<Dev>::type;
+  static constexpr bool kHasSide = !std::is_void_v<Side>;
+  struct NoSide {};
+  std::unique_ptr<std::conditional_t<kHasSide, Side, NoSide>> side_;
+  void side_fork() {
+    if constexpr (kHasSide) side_->fork(bc_->stream());
+  }
+  void join_side() {
+    if constexpr (kHasSide)
+      if (side_) side_->join(bc_->stream());
+  }
   /// The model's largest token count (workspaces; a no-op unless it grows).
   virtual void reserve(index_t max_tokens) { (void)max_tokens; }
 
@@ -720,6 +739,7 @@ class TrainMethod {
       }
       return nullptr;
     }
+    void join_backward() override { m_->join_side(); }
     void drop_amax_hints() override {
       if constexpr (kFp8Capable) {
         if (m_->fp8_) m_->fp8_->drop_amax_hints();
@@ -909,13 +929,27 @@ class DwuMethod final : public TrainMethod<Dev> {
         }
       }
       make_stacks();
+      if constexpr (Base::kHasSide && kMixed && std::is_same_v<Mute, hdpissa::ExactMute>) {
+        if (!ag_on_ && env_adapter_stream()) {  // the adapter-gradient GEMMs on a second stream
+          hdpissa::memory::PartScope sp("adapter.side-stream");
+          this->side_ = std::make_unique<typename Base::Side>();
+          muted_side_ = std::make_unique<hdpissa::MutedLinear<Bc, Mute>>(this->side_->backend(), muted_.scaling(),
+                                                                         Mute{});
+        }
+      }
     }
     hdpissa::memory::PartScope wp("w-precision.state");
     this->setup_w_precision(o, upd_);
   }
 
-  void zero_grad() override { upd_.zero_grad(); }
-  hdpissa::StepReport step(double lr) override { return this->step_updating_w(upd_, lr); }
+  void zero_grad() override {
+    this->join_side();
+    upd_.zero_grad();
+  }
+  hdpissa::StepReport step(double lr) override {
+    this->join_side();  // the adapter gradients' last GEMMs (the model joins before each norm backward too)
+    return this->step_updating_w(upd_, lr);
+  }
   void fp8_enabled() override { this->amax_in_update_ = this->w_storage_amax(upd_); }
   void refresh() override {
     for (std::size_t i = 0; i < ids_.size(); ++i) this->push_weight(i);
@@ -981,6 +1015,13 @@ class DwuMethod final : public TrainMethod<Dev> {
       widths = std::max(widths, out + in);
     }
     if (!stacks_.empty()) muted_.reserve_shared(max_tokens, 3, upd_.rank());
+    if (muted_side_) {
+      for (std::size_t i = 0; i < ids_.size(); ++i) {
+        const auto [out, in] = this->shape(i);
+        muted_side_->reserve(max_tokens, out, in, upd_.rank());
+      }
+      if (!stacks_.empty()) muted_side_->reserve_shared(max_tokens, 3, upd_.rank());
+    }
     if constexpr (kFusedGrads)
       if (ag_on_) ag_.reserve(max_tokens, widths, this->bc_->stream());
   }
@@ -1016,6 +1057,18 @@ class DwuMethod final : public TrainMethod<Dev> {
       std::array<V32, 3> gB{};
       for (std::size_t p = 0; p < st->n; ++p) gB[p] = upd_.grad_B(st->slots[p], lg);
       const auto [gA, adjacent] = stacked_ga(*st, lg);
+      if (muted_side_ && adjacent) {  // the adapter gradients on the second stream, dX_sum here
+        this->side_fork();
+        muted_side_->backward_stacked(X, sl->W, CVc(st->A.view()).row_block(G * n * r, n * r),
+                                      CVc(st->Bd.view()).col_block(index_t(lg) * n * r, n * r), sl->Z,
+                                      std::span<const index_t>(st->outs.data(), st->n), Vc{},
+                                      std::span<const V32>(gB.data(), st->n), gA, /*accumulate=*/true);
+        hdpissa::require_shape(dX_sum, X.rows, X.cols, "backward_shared_summed dX_sum");
+        this->bc_->gemm(hdpissa::Op::N, hdpissa::Op::N, Sc(1), sl->Z, sl->W, Sc(0), dX_sum);
+        ++this->stacked_ga_.first;
+        ++this->stacked_calls_.second;
+        return true;
+      }
       muted_.backward_stacked(X, sl->W, CVc(st->A.view()).row_block(G * n * r, n * r),
                               CVc(st->Bd.view()).col_block(index_t(lg) * n * r, n * r), sl->Z,
                               std::span<const index_t>(st->outs.data(), st->n), dX_sum,
@@ -1059,6 +1112,21 @@ class DwuMethod final : public TrainMethod<Dev> {
     } else {
       // --compute fp8: dX = dY W from the FP8 copy; the adapter gradients stay bf16 (no dX there).
       const bool fp8 = std::is_same_v<Mute, hdpissa::ExactMute> && this->fp8_on(i);
+      if (muted_side_) {
+        // the adapter gradients on the second stream (after this stream's producers of X and dY),
+        // dX here: the two run side by side (the model joins before it rewrites X or dY)
+        this->side_fork();
+        muted_side_->backward(W, A(i, lg), Bf(i, lg), X, dY, Vc{}, upd_.grad_A(i, lg), upd_.grad_B(i, lg),
+                              /*accumulate=*/true);
+        if constexpr (Base::kFp8Capable) {
+          if (fp8 && dX.data) return this->fp8_->backward_dx(i, dY, dX, 0.0f);
+        }
+        if (dX.data) {
+          hdpissa::require_shape(dX, X.rows, W.cols, "MutedLinear dX");
+          this->bc_->gemm(hdpissa::Op::N, hdpissa::Op::N, Sc(1), dY, W, Sc(0), dX);  // MutedLinear's dX GEMM
+        }
+        return;
+      }
       if constexpr (Base::kFp8Capable) {
         if (fp8 && dX.data) this->fp8_->backward_dx(i, dY, dX, 0.0f);
       }
@@ -1276,6 +1344,7 @@ class DwuMethod final : public TrainMethod<Dev> {
   std::string svd_;
   Update upd_;
   hdpissa::MutedLinear<Bc, Mute> muted_;
+  std::unique_ptr<hdpissa::MutedLinear<Bc, Mute>> muted_side_;  // on side_'s backend (HDPISSA_ADAPTER_STREAM)
   std::int64_t trainable_ = 0;
   typename Base::ComputeCopies cc_;  // compute copies of the factors, gradient scratch (kMixed)
   index_t reserved_ = 0;

@@ -457,6 +457,8 @@ inline void add_train_options(CLI::App& app, TrainOptions& o, CLI::Option** atte
       "                            faster only at narrow outputs, docs/trainer.md)\n"
       "  HDPISSA_STACKED_LINEARS   0 turns off the stacked q|k|v, gate|up GEMMs of the GPU trainer (measurements\n"
       "                            only; default 1: one forward and one summed-dX GEMM per group, docs/trainer.md)\n"
+      "  HDPISSA_ADAPTER_STREAM    0 runs the DWU methods' adapter-gradient GEMMs on the model's stream (measurements\n"
+      "                            only; default 1: on a second stream, beside the backward's dX GEMMs)\n"
       "  HDPISSA_LOSS_CHUNK_ROWS   rows of full-vocabulary logits per loss chunk (GPU; default: a 192 MiB budget)\n"
       "  HDPISSA_LOSS_ROW_ALIGN    the loss GEMMs' row multiple (GPU; default 128: a few GEMM shapes; 1: exact)\n"
       "  HDPISSA_COMM_TIMEOUT_S    collective / rendezvous timeout of the multi-process paths (seconds)\n"
@@ -708,6 +710,15 @@ inline bool env_stacked_linears() {
   throw LlamaError(cat("HDPISSA_STACKED_LINEARS: expected 0 or 1, found '", e, "'"));
 }
 
+/// HDPISSA_ADAPTER_STREAM: 1 (default, unset or empty) or 0. On: the DWU methods on bf16 compute run
+/// their adapter-gradient GEMMs on a second stream (AdapterSideStream); 0: on the model's stream.
+inline bool env_adapter_stream() {
+  const char* e = std::getenv("HDPISSA_ADAPTER_STREAM");
+  if (!e || !*e || std::strcmp(e, "1") == 0) return true;
+  if (std::strcmp(e, "0") == 0) return false;
+  throw LlamaError(cat("HDPISSA_ADAPTER_STREAM: expected 0 or 1, found '", e, "'"));
+}
+
 /// The GPU engine's measurement switches, checked with the command line (before any model is
 /// loaded): a value the engine would not understand is an error naming the variable, not a silent
 /// default. HDPISSA_FUSED_ADAPTER_GRADS: 0 or 1 (llama/cuda/adapter_grads.cuh); HDPISSA_LOSS_CHUNK_ROWS:
@@ -718,6 +729,7 @@ inline void check_engine_env() {
                                                                   std::strcmp(e, "1") != 0)
     throw LlamaError(cat("HDPISSA_FUSED_ADAPTER_GRADS: expected 0 or 1, found '", e, "'"));
   (void)env_stacked_linears();
+  (void)env_adapter_stream();
   (void)env_loss_chunk_rows();
   (void)env_loss_row_align();
 }
