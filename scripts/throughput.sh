@@ -36,6 +36,8 @@
 #                                       runs its own amax pass; the A/B of the producer-kept amax)
 #                                       +unstacked = HDPISSA_STACKED_LINEARS=0 (q|k|v, gate|up one GEMM per
 #                                       member: the A/B of the stacked GEMMs)
+#                                       +onestream = HDPISSA_ADAPTER_STREAM=0 (the DWU adapter gradients on
+#                                       the model's stream: the A/B of the second stream)
 #                                       +keep = --keep-swiglu (every layer's SwiGLU output kept for the backward;
 #                                       not with +ckpt);
 #                                       +fp8 = --compute fp8 (e.g. lora+fp8, hdpissa-K1@bf16-sr+ckpt+fp8);
@@ -266,6 +268,8 @@ run_ours() {  # SIDE(ours|base) BINARY HELP CFG MODEL MB GA MBDIR TIMEOUT EXTRA_
   [[ "$cfg" == *+fused* ]] && { cfg="${cfg//+fused/}"; fused=1; }  # hdpissa-K1+fused: adapter_grads.cuh (opt-in)
   local stacked="${HDPISSA_STACKED_LINEARS:-1}"
   [[ "$cfg" == *+unstacked* ]] && { cfg="${cfg//+unstacked/}"; stacked=0; }  # lora+unstacked: per-member GEMMs
+  local side="${HDPISSA_ADAPTER_STREAM:-1}"
+  [[ "$cfg" == *+onestream* ]] && { cfg="${cfg//+onestream/}"; side=0; }  # hdpissa-K1+onestream
   local rows="${HDPISSA_CUDA_DWU_ROWS:-8}"
   [[ "$cfg" == *+rows4* ]] && { cfg="${cfg//+rows4/}"; rows=4; }  # hdpissa-K1+rows4: HDPISSA_CUDA_DWU_ROWS=4
   local chunk="${HDPISSA_LOSS_CHUNK_ROWS:-}"
@@ -287,7 +291,7 @@ run_ours() {  # SIDE(ours|base) BINARY HELP CFG MODEL MB GA MBDIR TIMEOUT EXTRA_
   fi
   s=$(date +%s.%N)
   # shellcheck disable=SC2086
-  HDPISSA_CUDA_GEMM_TUNING_BF16="$tune" HDPISSA_CUDA_DWU_GEMM="$dwug" HDPISSA_FUSED_ADAPTER_GRADS="$fused" HDPISSA_FP8_PRODUCER_AMAX="$hint" HDPISSA_STACKED_LINEARS="$stacked" HDPISSA_LOSS_CHUNK_ROWS="$chunk" HDPISSA_CUDA_DWU_ROWS="$rows" \
+  HDPISSA_CUDA_GEMM_TUNING_BF16="$tune" HDPISSA_CUDA_DWU_GEMM="$dwug" HDPISSA_FUSED_ADAPTER_GRADS="$fused" HDPISSA_FP8_PRODUCER_AMAX="$hint" HDPISSA_STACKED_LINEARS="$stacked" HDPISSA_ADAPTER_STREAM="$side" HDPISSA_LOSS_CHUNK_ROWS="$chunk" HDPISSA_CUDA_DWU_ROWS="$rows" \
   timeout -k 10 "$to" "$bin" --device cuda --dtype bf16 "${attflag[@]}" --model "$model" \
     --tokenizer "$DEV/tokenizer.model" --data "$DEV/train.jsonl" --method "$method" --groups-per-process "$k" \
     --rank 16 --alpha 16 --targets q,k,v,o,gate,up,down --svd randomized --micro-batch "$mb" --grad-accum "$ga" \
