@@ -1112,20 +1112,22 @@ class DwuMethod final : public TrainMethod<Dev> {
     } else {
       // --compute fp8: dX = dY W from the FP8 copy; the adapter gradients stay bf16 (no dX there).
       const bool fp8 = std::is_same_v<Mute, hdpissa::ExactMute> && this->fp8_on(i);
-      if (muted_side_) {
-        // the adapter gradients on the second stream (after this stream's producers of X and dY),
-        // dX here: the two run side by side (the model joins before it rewrites X or dY)
-        this->side_fork();
-        muted_side_->backward(W, A(i, lg), Bf(i, lg), X, dY, Vc{}, upd_.grad_A(i, lg), upd_.grad_B(i, lg),
-                              /*accumulate=*/true);
-        if constexpr (Base::kFp8Capable) {
-          if (fp8 && dX.data) return this->fp8_->backward_dx(i, dY, dX, 0.0f);
+      if constexpr (std::is_same_v<Mute, hdpissa::ExactMute>) {
+        if (muted_side_) {
+          // the adapter gradients on the second stream (after this stream's producers of X and dY),
+          // dX here: the two run side by side (the model joins before it rewrites X or dY)
+          this->side_fork();
+          muted_side_->backward(W, A(i, lg), Bf(i, lg), X, dY, Vc{}, upd_.grad_A(i, lg), upd_.grad_B(i, lg),
+                                /*accumulate=*/true);
+          if constexpr (Base::kFp8Capable) {
+            if (fp8 && dX.data) return this->fp8_->backward_dx(i, dY, dX, 0.0f);
+          }
+          if (dX.data) {
+            hdpissa::require_shape(dX, X.rows, W.cols, "MutedLinear dX");
+            this->bc_->gemm(hdpissa::Op::N, hdpissa::Op::N, Sc(1), dY, W, Sc(0), dX);  // MutedLinear's dX GEMM
+          }
+          return;
         }
-        if (dX.data) {
-          hdpissa::require_shape(dX, X.rows, W.cols, "MutedLinear dX");
-          this->bc_->gemm(hdpissa::Op::N, hdpissa::Op::N, Sc(1), dY, W, Sc(0), dX);  // MutedLinear's dX GEMM
-        }
-        return;
       }
       if constexpr (Base::kFp8Capable) {
         if (fp8 && dX.data) this->fp8_->backward_dx(i, dY, dX, 0.0f);
