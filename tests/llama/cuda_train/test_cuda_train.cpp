@@ -1344,7 +1344,7 @@ TEST_CASE("stacked q|k|v, gate|up GEMMs (HDPISSA_STACKED_LINEARS): the per-membe
 // rewritten while read). HD-PiSSA K = 2 (the stacked groups), with activation checkpointing (the
 // recompute rewrites the saved activations the side reads), with --targets q,v (per-linear calls,
 // frozen members), lora-dwu, and --compute fp8 on the wide model (the FP8 dX beside the side's
-// bf16 gradients).
+// bf16 gradients); LoRA and PiSSA (the stacked groups' gA, gB there, dY·B and dX here).
 TEST_CASE("adapter gradients on a second stream (HDPISSA_ADAPTER_STREAM): the one-stream run bit for bit") {
   struct Case {
     const char* method;
@@ -1355,7 +1355,7 @@ TEST_CASE("adapter gradients on a second stream (HDPISSA_ADAPTER_STREAM): the on
   const fs::path wide = wide_model();
   for (const Case c : {Case{"hdpissa", false, "", false}, Case{"hdpissa", true, "", false},
                        Case{"hdpissa", false, "q,v", false}, Case{"lora-dwu", false, "", false},
-                       Case{"hdpissa", false, "", true}}) {
+                       Case{"hdpissa", false, "", true}, Case{"lora", false, "", false}, Case{"pissa", true, "", false}}) {
     INFO("method ", std::string(c.method), ", checkpointing ", c.ckpt, ", targets '", std::string(c.targets), "', fp8 ",
          c.fp8);
     std::vector<std::vector<double>> losses;

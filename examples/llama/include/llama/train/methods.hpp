@@ -1457,10 +1457,20 @@ class AdapterMethod final : public TrainMethod<Dev> {
     this->make_copies(cc_, sets_, 0);  // no gradient scratch: the gradient GEMMs write the fp32 sums
     make_stacks();
     make_copy_batch();
+    if constexpr (Base::kHasSide && kMixed) {
+      if (!stacks_.empty() && this->stacked_on_ && env_adapter_stream()) {  // gA, gB of stacked groups
+        hdpissa::memory::PartScope sp("adapter.side-stream");
+        this->side_ = std::make_unique<typename Base::Side>();
+      }
+    }
   }
 
-  void zero_grad() override { upd_.zero_grad(); }
+  void zero_grad() override {
+    this->join_side();
+    upd_.zero_grad();
+  }
   hdpissa::StepReport step(double lr) override {
+    this->join_side();  // the gradient GEMMs of the last stacked groups
     const auto rep = upd_.step(lr);
     if (!rep.skipped) {
       // A and B train: their compute copies and the stacked A copies follow every step
@@ -1530,6 +1540,7 @@ class AdapterMethod final : public TrainMethod<Dev> {
       st.u_rows = -1;
     }
     if (!stacks_.empty()) lin_.reserve_shared(max_tokens, 3, stacks_.front().r);
+    if (this->side_) t_side_ = this->bc_->make_matrix(max_tokens, 3 * stacks_.front().r);
   }
   /// q|k|v and gate|up (bf16 compute, every member a target, no FP8 copy): U = X·A_stackᵀ in one GEMM
   /// (AdapterLinear::forward_shared over stacked compute copies of A, refreshed every step), kept for
@@ -1616,6 +1627,33 @@ class AdapterMethod final : public TrainMethod<Dev> {
       }
       const V32 gA = adjacent ? V32{g0.data, n * r, in, in} : V32{ga_stack_.data(), n * r, in, in};
       const CVc u = st->u_rows == X.rows ? CVc{st->U.data(), X.rows, n * r, n * r} : CVc{};
+      if constexpr (Base::kHasSide) {
+        if (this->side_ && adjacent && u.data && t_side_.data() && X.rows <= t_side_.view().rows) {
+          // dY·B_diag here (dX needs it), then the gradient GEMMs on the second stream beside dX_sum:
+          // AdapterLinear::backward_stacked's GEMMs and scales, split over the two streams (t_side_
+          // is next written by a later group, after the model's join)
+          using S = typename Bc::scalar_type;
+          const Vc t{t_side_.data(), X.rows, n * r, n * r};
+          this->bc_->gemm(hdpissa::Op::N, hdpissa::Op::N, S(1), sl->Z, CVc(st->Bd.view()), S(0), t);
+          this->side_fork();
+          auto& sb = this->side_->backend();
+          const float sg = float(S(lin_.scaling()));
+          sb.gemm_f32(hdpissa::Op::T, hdpissa::Op::N, sg, CVc(t), X, 1.0f, gA);
+          index_t o = 0;
+          for (std::size_t p = 0; p < st->n; ++p) {
+            const index_t w = st->outs[p];
+            sb.gemm_f32(hdpissa::Op::T, hdpissa::Op::N, sg, sl->Z.col_block(o, w), u.col_block(index_t(p) * r, r), 1.0f,
+                        gB[p]);
+            o += w;
+          }
+          hdpissa::require_shape(dX_sum, X.rows, X.cols, "backward_shared_summed dX_sum");
+          this->bc_->gemm(hdpissa::Op::N, hdpissa::Op::N, S(lin_.scaling()), CVc(t), CVc(st->A.view()), S(0), dX_sum);
+          this->bc_->gemm(hdpissa::Op::N, hdpissa::Op::N, S(1), sl->Z, sl->W, S(1), dX_sum);
+          ++this->stacked_ga_.first;
+          ++this->stacked_calls_.second;
+          return true;
+        }
+      }
       lin_.backward_stacked(X, sl->W, CVc(st->A.view()), CVc(st->Bd.view()), sl->Z,
                             std::span<const index_t>(st->outs.data(), st->n), dX_sum,
                             std::span<const V32>(gB.data(), st->n), gA, /*accumulate=*/true, /*accumulate_gA=*/adjacent,
@@ -1825,6 +1863,7 @@ class AdapterMethod final : public TrainMethod<Dev> {
   std::vector<Stack> stacks_;       // shared-input groups (forward_shared / backward_shared)
   std::vector<int> stack_of_;       // per target: its stack, or -1
   typename Bm::matrix_type ga_stack_{};  // their stacked fp32 gA (one micro-batch's)
+  typename Bc::matrix_type t_side_{};    // dY·B_diag of a stacked group read by the second stream (max tokens, 3r)
   typename detail::compute_batch_of<Dev>::type copy_batch_{};  // step()'s conversions (make_copy_batch)
 };
 
