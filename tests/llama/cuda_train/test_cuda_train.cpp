@@ -1292,7 +1292,11 @@ TEST_CASE("fused adapter gradients in the trainer (bf16, r 16): the losses of th
 // [W_q; W_k; W_v] rows (and gate, up likewise), so the methods run a group's forward as one GEMM and
 // its backward as MutedLinear::backward_stacked (dX summed in one GEMM, dY B_j in one over the
 // block-diagonal B copy); frozen groups take one plain GEMM each way. Against the per-member path
-// (HDPISSA_STACKED_LINEARS=0): the same losses within bf16 GEMM-order noise over 6 steps, HD-PiSSA
+// (HDPISSA_STACKED_LINEARS=0): the first loss within 1e-3 relative (one forward, bf16 GEMM-order
+// noise), the next within 5e-3 (the noise carried through Adam: lr 2e-3 makes these runs jumpy —
+// LoRA's step-2 loss moved 3.2e-3 in c58), and the trained update ΔW = W_merged − W_base within 0.5
+// relative of the per-member run's (a B copy not refreshed, say, leaves LoRA's A untrained: ≈ 1),
+// its value printed for the record; HD-PiSSA
 // with every target (K = 2 groups on one process: the B copy's per-group blocks) and with
 // --targets q,v (k frozen: q|k|v mixed, per member; gate|up frozen: stacked plain GEMMs), LoRA and
 // PiSSA with every target (AdapterLinear::forward_stacked / backward_stacked).
@@ -1302,6 +1306,7 @@ TEST_CASE("stacked q|k|v, gate|up GEMMs (HDPISSA_STACKED_LINEARS): the per-membe
     INFO("method ", std::string(method), ", targets ", qv ? "q,v" : "all");
     std::vector<double> losses[2];
     std::pair<std::int64_t, std::int64_t> calls[2];
+    std::vector<ModelWeights> merged;
     for (int on = 0; on < 2; ++on) {
       TrainOptions o = base_options(method, hdpissa::cat("stacked-", method, qv, on));
       o.device = Device::Cuda;
@@ -1316,6 +1321,7 @@ TEST_CASE("stacked q|k|v, gate|up GEMMs (HDPISSA_STACKED_LINEARS): the per-membe
       else unsetenv("HDPISSA_STACKED_LINEARS");
       losses[on] = step_losses(o.metrics);
       calls[on] = r.t->engine().stacked_linear_calls();
+      merged.push_back(r.merged());
       REQUIRE(losses[on].size() == 6);
     }
     const std::int64_t L = 5;  // stories260K's layers
@@ -1331,9 +1337,21 @@ TEST_CASE("stacked q|k|v, gate|up GEMMs (HDPISSA_STACKED_LINEARS): the per-membe
     for (std::size_t s = 0; s < 6; ++s) {
       CAPTURE(s);
       MESSAGE("step ", s + 1, " loss per member ", losses[0][s], ", stacked ", losses[1][s]);
-      CHECK(std::abs(losses[1][s] - losses[0][s]) <= 2e-3 * std::abs(losses[0][s]));
+      CHECK(std::abs(losses[1][s] - losses[0][s]) <= (s == 0 ? 1e-3 : 5e-3) * std::abs(losses[0][s]));
     }
     CHECK(losses[1].back() < losses[1].front());
+    const ModelWeights base = load_checkpoint((data_dir() / "stories260K-hf").string());
+    double dd = 0, d0 = 0;  // ‖ΔW_stacked − ΔW_member‖², ‖ΔW_member‖² over the targets
+    for (int l = 0; l < base.config.n_layers; ++l)
+      for (int m = 0; m < kModulesPerLayer; ++m) {
+        const LinearId id{l, static_cast<Module>(m)};
+        dd += (merged[1].linear(id) - merged[0].linear(id)).cast<double>().squaredNorm();
+        d0 += (merged[0].linear(id) - base.linear(id)).cast<double>().squaredNorm();
+      }
+    const double rel = std::sqrt(dd / d0);
+    MESSAGE("ΔW stacked vs per member, relative: ", rel);
+    CHECK(d0 > 0);
+    CHECK(rel <= 0.5);
   }
 }
 
