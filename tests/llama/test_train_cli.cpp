@@ -251,3 +251,26 @@ TEST_CASE("cli: the GPU engine's environment switches are checked with the comma
   ::unsetenv("HDPISSA_LOSS_ROW_ALIGN");
   CHECK_FALSE(env_loss_row_align().has_value());
 }
+
+TEST_CASE("cli: HDPISSA_STACKED_LINEARS and HDPISSA_ADAPTER_STREAM are 0 or 1, checked with the command line") {
+  for (const char* var : {"HDPISSA_STACKED_LINEARS", "HDPISSA_ADAPTER_STREAM"}) {
+    CAPTURE(std::string(var));
+    const char* prev = std::getenv(var);
+    const std::string saved = prev ? prev : "";
+    for (const char* bad : {"2", "yes", "on", "00"}) {
+      ::setenv(var, bad, 1);
+      CHECK(error_of(base({})) == std::string(var) + ": expected 0 or 1, found '" + bad + "'");
+    }
+    for (const char* ok : {"0", "1", ""}) {
+      ::setenv(var, ok, 1);
+      CHECK(error_of(base({})) == "");
+    }
+    ::setenv(var, "0", 1);
+    const bool off = std::string(var) == "HDPISSA_STACKED_LINEARS" ? env_stacked_linears() : env_adapter_stream();
+    ::unsetenv(var);
+    const bool on = std::string(var) == "HDPISSA_STACKED_LINEARS" ? env_stacked_linears() : env_adapter_stream();
+    CHECK_FALSE(off);
+    CHECK(on);  // the default
+    if (prev) ::setenv(var, saved.c_str(), 1);
+  }
+}
