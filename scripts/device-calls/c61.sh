@@ -1,4 +1,4 @@
-# call 61 (session 25; c59 cut to the budget left, ≈ 419 s with the start): the trainer suite's
+# call 61 (session 25; the 7B call cut to the budget left, ≈ 419 s with the start): the trainer suite's
 # stacked-vs-per-member case (tightened after c58), then LLaMA-2-7B 2 x 512 x 8 HD-PiSSA K1 with the
 # stacked GEMMs and the second stream (the defaults) against neither (+unstacked+onestream), and PEFT
 # LoRA + torch.compile if the deadline allows.

@@ -507,38 +507,60 @@ TEST_CASE("FoldedMutedLinears: one forward GEMM and one dX GEMM give MutedLinear
   }
 }
 
+// Three linears of widths 3, 4, 6 over in = 7 that read one X (tokens = 5), stored stacked as the
+// GPU model stores q|k|v: W_cat (13, 7) with ld 10, dY_cat (5, 13) with ld 15 (the padding 9s),
+// B_diag (13, 3·r) block-diagonal; the members also as separate matrices (the references' inputs).
+// Seeds: X, A_stack, then member j's W, B, dY from `members` + 10·j (+0, +1, +2).
+struct StackedGroup {
+  using M = typename EigenBackend<double>::matrix_type;
+  static constexpr index_t tokens = 5, in = 7, r = 2, O = 13;
+  const std::vector<index_t> outs = {3, 4, 6};
+  M X, A_stack, Wbig, dYbig, B_diag;
+  MatrixView<double> W_cat, dY_cat;
+  std::vector<M> W, Bf, dY, dX, gB;
+  StackedGroup(EigenBackend<double>& b, std::uint64_t seed_x, std::uint64_t seed_a, std::uint64_t members)
+      : X(hdtest::random_matrix(b, tokens, in, seed_x)),
+        A_stack(hdtest::random_matrix(b, 3 * r, in, seed_a)),
+        Wbig(b.make_matrix(O, in + 3)),
+        dYbig(b.make_matrix(tokens, O + 2)),
+        B_diag(b.make_matrix(O, 3 * r)),
+        W_cat(Wbig.view().data, O, in, in + 3),
+        dY_cat(dYbig.view().data, tokens, O, O + 2) {
+    b.fill(Wbig.view(), 9.0);
+    b.fill(dYbig.view(), 9.0);
+    b.fill(B_diag.view(), 0.0);
+    index_t o = 0;
+    for (int j = 0; j < 3; ++j) {
+      const std::uint64_t sj = members + 10 * std::uint64_t(j);
+      W.push_back(hdtest::random_matrix(b, outs[j], in, sj));
+      Bf.push_back(hdtest::random_matrix(b, outs[j], r, sj + 1));
+      dY.push_back(hdtest::random_matrix(b, tokens, outs[j], sj + 2));
+      dX.push_back(b.make_matrix(tokens, in));
+      gB.push_back(b.make_matrix(outs[j], r));
+      b.copy(CV(W[j].view()), W_cat.row_block(o, outs[j]));
+      b.copy(CV(dY[j].view()), dY_cat.col_block(o, outs[j]));
+      b.copy(CV(Bf[j].view()), B_diag.view().block(o, j * r, outs[j], r));
+      o += outs[j];
+    }
+  }
+};
+
 // MutedLinear::backward_stacked: three linears of different widths reading one X, their W as
 // consecutive row blocks of one W_cat (ld > cols) and their dY as consecutive column blocks of one
 // dY_cat (ld > Σ out): dX_sum = Σ_j dY_j W_j (against the plain products), gA_stack and the gB_j
 // equal backward_shared() on separate matrices, up to the GEMMs' summation order.
 TEST_CASE("MutedLinear::backward_stacked: stacked W rows and dY columns give backward_shared's gradients") {
   EigenBackend<double> b;
-  using M = typename EigenBackend<double>::matrix_type;
-  const index_t tokens = 5, in = 7, r = 2, O = 13;
+  StackedGroup g(b, 240, 270, 241);
+  using M = StackedGroup::M;
+  constexpr index_t tokens = StackedGroup::tokens, in = StackedGroup::in, r = StackedGroup::r, O = StackedGroup::O;
   const double alpha = 1.5;
-  const std::vector<index_t> outs = {3, 4, 6};
-  auto X = hdtest::random_matrix(b, tokens, in, 240);
-  auto Wbig = b.make_matrix(O, in + 3);  // W_cat, ld 10
-  auto dYbig = b.make_matrix(tokens, O + 2);  // dY_cat, ld 15
-  b.fill(Wbig.view(), 9.0);
-  b.fill(dYbig.view(), 9.0);
-  const MatrixView<double> W_cat(Wbig.view().data, O, in, in + 3), dY_cat(dYbig.view().data, tokens, O, O + 2);
-  auto A_stack = hdtest::random_matrix(b, 3 * r, in, 270);
-  auto B_diag = b.make_matrix(O, 3 * r);
-  b.fill(B_diag.view(), 0.0);
-  std::vector<M> W, Bf, dY, dX, gB;
-  index_t o = 0;
-  for (int j = 0; j < 3; ++j) {
-    W.push_back(hdtest::random_matrix(b, outs[j], in, 241 + 10 * std::uint64_t(j)));
-    Bf.push_back(hdtest::random_matrix(b, outs[j], r, 242 + 10 * std::uint64_t(j)));
-    dY.push_back(hdtest::random_matrix(b, tokens, outs[j], 243 + 10 * std::uint64_t(j)));
-    dX.push_back(b.make_matrix(tokens, in));
-    gB.push_back(b.make_matrix(outs[j], r));
-    b.copy(CV(W[j].view()), W_cat.row_block(o, outs[j]));
-    b.copy(CV(dY[j].view()), dY_cat.col_block(o, outs[j]));
-    b.copy(CV(Bf[j].view()), B_diag.view().block(o, j * r, outs[j], r));
-    o += outs[j];
-  }
+  const std::vector<index_t>& outs = g.outs;
+  auto& X = g.X;
+  auto& A_stack = g.A_stack;
+  auto& B_diag = g.B_diag;
+  const MatrixView<double> W_cat = g.W_cat, dY_cat = g.dY_cat;
+  std::vector<M>&W = g.W, &Bf = g.Bf, &dY = g.dY, &dX = g.dX, &gB = g.gB;
   // the reference gradients: backward_shared on separate matrices; dX: Σ_j dY_j W_j, plain products
   MutedLinear<EigenBackend<double>> layer(b, alpha);
   using SI = MutedLinear<EigenBackend<double>>::SharedInput<double>;
@@ -604,39 +626,25 @@ TEST_CASE("MutedLinear::backward_stacked: stacked W rows and dY columns give bac
 // gB_j against backward_shared() on separate matrices, U kept by the forward and recomputed.
 TEST_CASE("AdapterLinear::forward_stacked / backward_stacked: plain products and backward_shared's gradients") {
   EigenBackend<double> b;
-  using M = typename EigenBackend<double>::matrix_type;
+  StackedGroup g(b, 340, 341, 350);
+  using M = StackedGroup::M;
   using AL = AdapterLinear<EigenBackend<double>>;
-  const index_t tokens = 5, in = 7, r = 2, O = 13;
+  constexpr index_t tokens = StackedGroup::tokens, in = StackedGroup::in, r = StackedGroup::r, O = StackedGroup::O;
   const double s = 0.75;
-  const std::vector<index_t> outs = {3, 4, 6};
-  auto X = hdtest::random_matrix(b, tokens, in, 340);
-  auto A_stack = hdtest::random_matrix(b, 3 * r, in, 341);
-  auto Wbig = b.make_matrix(O, in + 3), Ybig = b.make_matrix(tokens, O + 2), dYbig = b.make_matrix(tokens, O + 2);
-  b.fill(Wbig.view(), 9.0);
+  const std::vector<index_t>& outs = g.outs;
+  auto& X = g.X;
+  auto& A_stack = g.A_stack;
+  auto& B_diag = g.B_diag;
+  const MatrixView<double> W_cat = g.W_cat, dY_cat = g.dY_cat;
+  std::vector<M>&W = g.W, &Bf = g.Bf, &dY = g.dY, &dX = g.dX, &gB = g.gB;
+  auto Ybig = b.make_matrix(tokens, O + 2);
   b.fill(Ybig.view(), 9.0);
-  b.fill(dYbig.view(), 9.0);
-  const MatrixView<double> W_cat(Wbig.view().data, O, in, in + 3), Y_cat(Ybig.view().data, tokens, O, O + 2),
-      dY_cat(dYbig.view().data, tokens, O, O + 2);
-  auto B_diag = b.make_matrix(O, 3 * r);
-  b.fill(B_diag.view(), 0.0);
-  std::vector<M> W, Bf, dY, dX, gB;
-  index_t o = 0;
-  for (int j = 0; j < 3; ++j) {
-    W.push_back(hdtest::random_matrix(b, outs[j], in, 350 + 10 * std::uint64_t(j)));
-    Bf.push_back(hdtest::random_matrix(b, outs[j], r, 351 + 10 * std::uint64_t(j)));
-    dY.push_back(hdtest::random_matrix(b, tokens, outs[j], 352 + 10 * std::uint64_t(j)));
-    dX.push_back(b.make_matrix(tokens, in));
-    gB.push_back(b.make_matrix(outs[j], r));
-    b.copy(CV(W[j].view()), W_cat.row_block(o, outs[j]));
-    b.copy(CV(dY[j].view()), dY_cat.col_block(o, outs[j]));
-    b.copy(CV(Bf[j].view()), B_diag.view().block(o, j * r, outs[j], r));
-    o += outs[j];
-  }
+  const MatrixView<double> Y_cat(Ybig.view().data, tokens, O, O + 2);
   AL ref(b, s), stacked(b, s);
   auto keep = b.make_matrix(tokens, 3 * r);
   stacked.forward_stacked(CV(X.view()), CV(W_cat), CV(A_stack.view()), CV(B_diag.view()), Y_cat, keep.view());
   const Ref x = hdtest::to_ref(X.view());
-  o = 0;
+  index_t o = 0;
   Ref dX_ref;
   for (int j = 0; j < 3; ++j) {
     CAPTURE(j);
