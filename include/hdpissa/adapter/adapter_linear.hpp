@@ -220,59 +220,83 @@ class AdapterLinear {
   }
 
   /// backward_shared() for n linears stored stacked (forward_stacked's layout; dY_j consecutive
-  /// column blocks of dY_cat (tokens, O), `outs` the out_j): V = dY_cat B_diag in one GEMM,
-  /// dX_sum = s V A_stack + dY_cat W_cat = Σ_j dX_j in two (overwritten: the group's input gradient,
-  /// summed), gA_stack = s Vᵀ X, gB_j = s dY_jᵀ U_j with U the forward's X A_stackᵀ (`u`) or
-  /// recomputed. `accumulate` / `accumulate_gA` and G as backward_shared(); each result is
+  /// column blocks of dY_cat (tokens, O), `outs` the out_j): stacked_v() (V = dY_cat B_diag),
+  /// stacked_dx() (the group's dX summed), then stacked_gradients() with U the forward's X A_stackᵀ
+  /// (`u`) or recomputed. `accumulate` / `accumulate_gA` and G as backward_shared(); each result is
   /// backward_shared()'s (dX_sum: the sum of its dX_j) up to the GEMMs' summation order.
   template <class G>
   void backward_stacked(CV X, CV W_cat, CV A_stack, CV B_diag, CV dY_cat, std::span<const index_t> outs, V dX_sum,
                         std::span<const MatrixView<G>> gB, MatrixView<G> gA_stack, bool accumulate = true,
                         std::optional<bool> accumulate_gA = std::nullopt, CV u = {}) {
-    static_assert(std::is_same_v<G, S> || std::is_same_v<G, float>, "AdapterLinear: gradients in S or fp32");
     check_stacked(W_cat, A_stack, B_diag, X);
+    const index_t nr = A_stack.rows;
+    auto v = t1_.get(*b_, X.rows, nr);
+    stacked_v(B_diag, dY_cat, v);
+    stacked_dx(W_cat, A_stack, dY_cat, CV(v), dX_sum);
+    CV U = u;
+    if (!U.data) {
+      auto w = t2_.get(*b_, X.rows, nr);
+      b_->gemm(Op::N, Op::T, S(1), X, A_stack, S(0), w);
+      U = CV(w);
+    }
+    stacked_gradients(X, CV(v), U, dY_cat, outs, gB, gA_stack, accumulate, accumulate_gA);
+  }
+
+  /// backward_stacked()'s first GEMM: V (tokens, n·r) = dY_cat (tokens, O) · B_diag (O, n·r), the
+  /// input of stacked_dx() and stacked_gradients() (which may run on another backend once V is written).
+  void stacked_v(CV B_diag, CV dY_cat, V v) {
+    require_shape(dY_cat, dY_cat.rows, B_diag.rows, "AdapterLinear::stacked_v dY_cat");
+    require_shape(v, dY_cat.rows, B_diag.cols, "AdapterLinear::stacked_v V");
+    b_->gemm(Op::N, Op::N, S(1), dY_cat, B_diag, S(0), v);
+  }
+  /// backward_stacked()'s dX: dX_sum (tokens, in) = s V A_stack + dY_cat W_cat (overwritten; the thin
+  /// part first, as forward()).
+  void stacked_dx(CV W_cat, CV A_stack, CV dY_cat, CV v, V dX_sum) {
+    require_shape(dY_cat, dY_cat.rows, W_cat.rows, "AdapterLinear::stacked_dx dY_cat");
+    require_shape(v, dY_cat.rows, A_stack.rows, "AdapterLinear::stacked_dx V");
+    require_shape(A_stack, A_stack.rows, W_cat.cols, "AdapterLinear::stacked_dx A_stack");
+    require_shape(dX_sum, dY_cat.rows, W_cat.cols, "AdapterLinear::stacked_dx dX_sum");
+    b_->gemm(Op::N, Op::N, S(s_), v, A_stack, S(0), dX_sum);
+    b_->gemm(Op::N, Op::N, S(1), dY_cat, W_cat, S(1), dX_sum);
+  }
+
+  /// The gradient half of backward_stacked(): gA_stack (n·r, in) = s Vᵀ X and gB_j (out_j, r) =
+  /// s dY_jᵀ U_j (dY_j = dY_cat's columns [o_j, o_j + out_j), U = X A_stackᵀ (tokens, n·r)), with the
+  /// scale as the forward rounds it (backward_shared()'s). `accumulate` / `accumulate_gA` as there.
+  template <class G>
+  void stacked_gradients(CV X, CV v, CV u, CV dY_cat, std::span<const index_t> outs, std::span<const MatrixView<G>> gB,
+                         MatrixView<G> gA_stack, bool accumulate = true,
+                         std::optional<bool> accumulate_gA = std::nullopt) {
+    static_assert(std::is_same_v<G, S> || std::is_same_v<G, float>, "AdapterLinear: gradients in S or fp32");
     const index_t n = index_t(outs.size());
-    HDPISSA_REQUIRE(n >= 1 && gB.size() == outs.size() && A_stack.rows % n == 0,
-                    "AdapterLinear::backward_stacked: expected n ≥ 1 widths, as many gB and A_stack (n·r, in); found ",
-                    n, " widths, ", gB.size(), " gB, A_stack ", shape_str(A_stack.rows, A_stack.cols));
-    const index_t r = A_stack.rows / n;
+    HDPISSA_REQUIRE(n >= 1 && gB.size() == outs.size() && v.cols % n == 0,
+                    "AdapterLinear::backward_stacked: expected n ≥ 1 widths, as many gB and V (tokens, n·r); found ",
+                    n, " widths, ", gB.size(), " gB, V ", shape_str(v.rows, v.cols));
+    const index_t r = v.cols / n;
     index_t O = 0;
     for (std::size_t j = 0; j < outs.size(); ++j) {
       require_shape(gB[j], outs[j], r, "AdapterLinear::backward_stacked gB");
       O += outs[j];
     }
-    HDPISSA_REQUIRE(O == W_cat.rows, "AdapterLinear::backward_stacked: the widths sum to ", O, "; W_cat has ",
-                    W_cat.rows, " rows");
     require_shape(dY_cat, X.rows, O, "AdapterLinear::backward_stacked dY_cat");
-    require_shape(dX_sum, X.rows, X.cols, "AdapterLinear::backward_stacked dX_sum");
+    require_shape(v, X.rows, n * r, "AdapterLinear::backward_stacked V");
+    require_shape(u, X.rows, n * r, "AdapterLinear u");
     require_shape(gA_stack, n * r, X.cols, "AdapterLinear::backward_stacked gA_stack");
-    if (u.data) require_shape(u, X.rows, n * r, "AdapterLinear u");
     const G sg = std::is_same_v<G, S> ? G(S(s_)) : G(float(S(s_)));
-    auto gemm_g = [&](Op ta, Op tb, CV P, CV Q, bool acc, MatrixView<G> C) {
+    auto gemm_g = [&](CV P, CV Q, bool acc, MatrixView<G> C) {
       const G beta = acc ? G(1) : G(0);
-      if constexpr (std::is_same_v<G, S>) b_->gemm(ta, tb, sg, P, Q, beta, C);
-      else b_->gemm_f32(ta, tb, float(sg), P, Q, float(beta), C);
+      if constexpr (std::is_same_v<G, S>) b_->gemm(Op::T, Op::N, sg, P, Q, beta, C);
+      else b_->gemm_f32(Op::T, Op::N, float(sg), P, Q, float(beta), C);
     };
-    auto t = t1_.get(*b_, X.rows, n * r);  // V = dY_cat B_diag
-    b_->gemm(Op::N, Op::N, S(1), dY_cat, B_diag, S(0), t);
-    b_->gemm(Op::N, Op::N, S(s_), CV(t), A_stack, S(0), dX_sum);
-    b_->gemm(Op::N, Op::N, S(1), dY_cat, W_cat, S(1), dX_sum);
-    gemm_g(Op::T, Op::N, CV(t), X, accumulate_gA.value_or(accumulate), gA_stack);
-    CV U = u;
-    if (!U.data) {
-      auto w = t2_.get(*b_, X.rows, n * r);
-      b_->gemm(Op::N, Op::T, S(1), X, A_stack, S(0), w);
-      U = CV(w);
-    }
+    gemm_g(v, X, accumulate_gA.value_or(accumulate), gA_stack);
     index_t o = 0;
     for (std::size_t j = 0; j < outs.size(); ++j) {
-      gemm_g(Op::T, Op::N, dY_cat.col_block(o, outs[j]), U.col_block(index_t(j) * r, r), accumulate, gB[j]);
+      gemm_g(dY_cat.col_block(o, outs[j]), u.col_block(index_t(j) * r, r), accumulate, gB[j]);
       o += outs[j];
     }
   }
 
  private:
-  /// r of an (n·r, in) stack of n A factors (a clear error when it does not split).
   /// The shapes of a stacked group: X (tokens, in), W_cat (O, in), A_stack (n·r, in), B_diag (O, n·r).
   static void check_stacked(CV W_cat, CV A_stack, CV B_diag, CV X) {
     HDPISSA_REQUIRE(X.cols == W_cat.cols && A_stack.cols == W_cat.cols && B_diag.rows == W_cat.rows &&
@@ -282,6 +306,7 @@ class AdapterLinear {
                     shape_str(X.rows, X.cols), ", W_cat ", shape_str(W_cat.rows, W_cat.cols), ", A_stack ",
                     shape_str(A_stack.rows, A_stack.cols), ", B_diag ", shape_str(B_diag.rows, B_diag.cols));
   }
+  /// r of an (n·r, in) stack of n A factors (a clear error when it does not split).
   static index_t stack_rank(CV A_stack, index_t n) {
     HDPISSA_REQUIRE(n >= 1 && A_stack.rows % n == 0, "AdapterLinear: expected A_stack (n·r, in) for n = ", n,
                     " linears, found ", shape_str(A_stack.rows, A_stack.cols));

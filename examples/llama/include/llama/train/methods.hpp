@@ -354,6 +354,35 @@ class TrainMethod {
     if constexpr (kHasSide)
       if (side_) side_->join(bc_->stream());
   }
+  /// The stacked gA of n members of rank r and input width `in` (grad_a(p): member p's fp32 gA sum):
+  /// the sums themselves as one (n·r, in) view when they are adjacent rows of the update's flat
+  /// gradients (the updates lay a layer's gA out back to back), else `scratch` (overwritten, then
+  /// added to each sum by add_stacked_ga). Second: adjacent.
+  template <class GradA>
+  static std::pair<V32, bool> stacked_ga(GradA&& grad_a, index_t n, index_t r, index_t in, float* scratch) {
+    const V32 g0 = grad_a(0);
+    bool adjacent = g0.ld == in;
+    for (index_t p = 1; p < n && adjacent; ++p) {
+      const V32 gp = grad_a(p);
+      adjacent = gp.ld == in && gp.data == g0.data + p * r * in;
+    }
+    return {adjacent ? V32{g0.data, n * r, in, in} : V32{scratch, n * r, in, in}, adjacent};
+  }
+  /// After a stacked gA GEMM into stacked_ga()'s scratch: each member's rows added to its sum.
+  template <class GradA>
+  void add_stacked_ga(V32 gA, index_t n, index_t r, GradA&& grad_a) {
+    for (index_t p = 0; p < n; ++p) bm_->axpy(1.0f, CV32(gA.row_block(p * r, r)), grad_a(p));
+  }
+  /// The calls as one stacked linear (stack_of) whose W order is `slots` (a stack's module order).
+  template <class Calls>
+  std::optional<StackedLinears<typename Bc::scalar_type>> stack_in_order(const Calls& calls,
+                                                                         const std::array<std::size_t, 3>& slots) const {
+    auto sl = stack_of(calls);
+    if (!sl || sl->n != calls.size()) return std::nullopt;
+    for (std::size_t p = 0; p < sl->n; ++p)
+      if (calls[sl->order[p]].slot != slots[p]) return std::nullopt;
+    return sl;
+  }
   /// The model's largest token count (workspaces; a no-op unless it grows).
   virtual void reserve(index_t max_tokens) { (void)max_tokens; }
 
@@ -1048,37 +1077,29 @@ class DwuMethod final : public TrainMethod<Dev> {
       if (ag_on_ || any_fp8(calls)) return false;
       const Stack* st = find_stack(calls);
       if (!st || !st->Bd.view().data) return false;
-      const auto sl = this->stack_of(calls);
+      const auto sl = this->stack_in_order(calls, st->slots);  // W order = the stack's (module) order
       if (!sl) return false;
-      for (std::size_t p = 0; p < st->n; ++p)
-        if (calls[sl->order[p]].slot != st->slots[p]) return false;  // W order = the stack's (module) order
       const index_t r = upd_.rank(), n = index_t(st->n);
       const int G = comm_->first_group() + lg;
       std::array<V32, 3> gB{};
       for (std::size_t p = 0; p < st->n; ++p) gB[p] = upd_.grad_B(st->slots[p], lg);
       const auto [gA, adjacent] = stacked_ga(*st, lg);
-      if (muted_side_ && adjacent) {  // the adapter gradients on the second stream, dX_sum here
-        this->side_fork();
-        muted_side_->backward_stacked(X, sl->W, CVc(st->A.view()).row_block(G * n * r, n * r),
-                                      CVc(st->Bd.view()).col_block(index_t(lg) * n * r, n * r), sl->Z,
-                                      std::span<const index_t>(st->outs.data(), st->n), Vc{},
-                                      std::span<const V32>(gB.data(), st->n), gA, /*accumulate=*/true);
+      // with the second stream (and the sums adjacent): the adapter gradients there, dX_sum here
+      const bool side = muted_side_ && adjacent;
+      if (side) this->side_fork();
+      (side ? *muted_side_ : muted_)
+          .backward_stacked(X, sl->W, CVc(st->A.view()).row_block(G * n * r, n * r),
+                            CVc(st->Bd.view()).col_block(index_t(lg) * n * r, n * r), sl->Z,
+                            std::span<const index_t>(st->outs.data(), st->n), side ? Vc{} : dX_sum,
+                            std::span<const V32>(gB.data(), st->n), gA, /*accumulate=*/true,
+                            /*accumulate_gA=*/adjacent);
+      if (side) {
         hdpissa::require_shape(dX_sum, X.rows, X.cols, "backward_shared_summed dX_sum");
         this->bc_->gemm(hdpissa::Op::N, hdpissa::Op::N, Sc(1), sl->Z, sl->W, Sc(0), dX_sum);
-        ++this->stacked_ga_.first;
-        ++this->stacked_calls_.second;
-        return true;
       }
-      muted_.backward_stacked(X, sl->W, CVc(st->A.view()).row_block(G * n * r, n * r),
-                              CVc(st->Bd.view()).col_block(index_t(lg) * n * r, n * r), sl->Z,
-                              std::span<const index_t>(st->outs.data(), st->n), dX_sum,
-                              std::span<const V32>(gB.data(), st->n), gA, /*accumulate=*/true,
-                              /*accumulate_gA=*/adjacent);
       ++(adjacent ? this->stacked_ga_.first : this->stacked_ga_.second);
       ++this->stacked_calls_.second;
-      if (!adjacent)
-        for (index_t j = 0; j < n; ++j)
-          this->bm_->axpy(1.0f, CV32(gA.row_block(j * r, r)), upd_.grad_A(st->slots[std::size_t(j)], lg));
+      if (!adjacent) this->add_stacked_ga(gA, n, r, grad_a_of(*st, lg));
       return true;
     } else {
       (void)lg, (void)calls, (void)X, (void)dX_sum;
@@ -1211,14 +1232,11 @@ class DwuMethod final : public TrainMethod<Dev> {
   /// lays a layer's gA out back to back): one (n·r, in) view the stacked GEMM adds into; else the
   /// scratch (overwritten, then added to each sum). Second: adjacent.
   std::pair<V32, bool> stacked_ga(const Stack& st, int lg) {
-    const index_t r = upd_.rank(), n = index_t(st.n), in = st.A.view().cols;
-    const V32 g0 = upd_.grad_A(st.slots[0], lg);
-    bool adjacent = g0.ld == in;
-    for (index_t j = 1; j < n && adjacent; ++j) {
-      const V32 gj = upd_.grad_A(st.slots[std::size_t(j)], lg);
-      adjacent = gj.ld == in && gj.data == g0.data + j * r * in;
-    }
-    return {adjacent ? V32{g0.data, n * r, in, in} : V32{ga_stack_.view().data, n * r, in, in}, adjacent};
+    return Base::stacked_ga(grad_a_of(st, lg), index_t(st.n), upd_.rank(), st.A.view().cols, ga_stack_.view().data);
+  }
+  /// Member p's fp32 gA sum of local group lg.
+  auto grad_a_of(const Stack& st, int lg) {
+    return [this, &st, lg](index_t p) { return upd_.grad_A(st.slots[std::size_t(p)], lg); };
   }
   void make_stacks() {
     if constexpr (kMixed && std::is_same_v<Mute, hdpissa::ExactMute>) {
@@ -1316,9 +1334,7 @@ class DwuMethod final : public TrainMethod<Dev> {
       muted_.backward_shared(X, CVc(st.A.view()).row_block(G * n * r, n * r), std::span<const SI>(lin.data(), st.n), gA,
                              /*accumulate=*/true, /*accumulate_gA=*/adjacent);
       ++(adjacent ? this->stacked_ga_.first : this->stacked_ga_.second);
-      if (!adjacent)
-        for (index_t j = 0; j < n; ++j)
-          this->bm_->axpy(1.0f, CV32(gA.row_block(j * r, r)), upd_.grad_A(st.slots[std::size_t(j)], lg));
+      if (!adjacent) this->add_stacked_ga(gA, n, r, grad_a_of(st, lg));
     } else {
       (void)lg, (void)st, (void)calls, (void)X;
     }
@@ -1461,6 +1477,7 @@ class AdapterMethod final : public TrainMethod<Dev> {
       if (!stacks_.empty() && this->stacked_on_ && env_adapter_stream()) {  // gA, gB of stacked groups
         hdpissa::memory::PartScope sp("adapter.side-stream");
         this->side_ = std::make_unique<typename Base::Side>();
+        lin_side_ = std::make_unique<hdpissa::AdapterLinear<Bc>>(this->side_->backend(), lin_.scaling());
       }
     }
   }
@@ -1589,20 +1606,12 @@ class AdapterMethod final : public TrainMethod<Dev> {
             if (c.slot == st->slots[p]) bw[p] = SB{c.W, Bf(c.slot), c.dY, c.dX, upd_.grad(pB_[c.slot], lg)};
         // the members' fp32 gA sums, adjacent rows of the update's flat gradients (A registered first):
         // the stacked GEMM adds into them; else a scratch and one add per member
-        const V32 g0 = upd_.grad(pA_[st->slots[0]], lg);
-        bool adjacent = g0.ld == in;
-        for (index_t p = 1; p < n && adjacent; ++p) {
-          const V32 gp = upd_.grad(pA_[st->slots[std::size_t(p)]], lg);
-          adjacent = gp.ld == in && gp.data == g0.data + p * r * in;
-        }
-        const V32 gA = adjacent ? V32{g0.data, n * r, in, in} : V32{ga_stack_.data(), n * r, in, in};
+        const auto [gA, adjacent] = Base::stacked_ga(grad_a_of(*st, lg), n, r, in, ga_stack_.data());
         const CVc u = st->u_rows == X.rows ? CVc{st->U.data(), X.rows, n * r, n * r} : CVc{};
         lin_.backward_shared(X, CVc(st->A.view()), std::span<const SB>(bw.data(), st->n), gA, /*accumulate=*/true,
                              /*accumulate_gA=*/adjacent, u);
         ++(adjacent ? this->stacked_ga_.first : this->stacked_ga_.second);
-        if (!adjacent)
-          for (index_t p = 0; p < n; ++p)
-            this->bm_->axpy(1.0f, CV32(gA.row_block(p * r, r)), upd_.grad(pA_[st->slots[std::size_t(p)]], lg));
+        if (!adjacent) this->add_stacked_ga(gA, n, r, grad_a_of(*st, lg));
         return;
       }
     }
@@ -1619,40 +1628,20 @@ class AdapterMethod final : public TrainMethod<Dev> {
       const index_t r = st->r, n = index_t(st->n), in = st->A.view().cols;
       std::array<V32, 3> gB{};
       for (std::size_t p = 0; p < st->n; ++p) gB[p] = upd_.grad(pB_[st->slots[p]], lg);
-      const V32 g0 = upd_.grad(pA_[st->slots[0]], lg);
-      bool adjacent = g0.ld == in;
-      for (index_t p = 1; p < n && adjacent; ++p) {
-        const V32 gp = upd_.grad(pA_[st->slots[std::size_t(p)]], lg);
-        adjacent = gp.ld == in && gp.data == g0.data + p * r * in;
-      }
-      const V32 gA = adjacent ? V32{g0.data, n * r, in, in} : V32{ga_stack_.data(), n * r, in, in};
+      const auto [gA, adjacent] = Base::stacked_ga(grad_a_of(*st, lg), n, r, in, ga_stack_.data());
       const CVc u = st->u_rows == X.rows ? CVc{st->U.data(), X.rows, n * r, n * r} : CVc{};
-      if constexpr (Base::kHasSide) {
-        if (this->side_ && adjacent && u.data && t_side_.data() && X.rows <= t_side_.view().rows) {
-          // dY·B_diag here (dX needs it), then the gradient GEMMs on the second stream beside dX_sum:
-          // AdapterLinear::backward_stacked's GEMMs and scales, split over the two streams (t_side_
-          // is next written by a later group, after the model's join)
-          using S = typename Bc::scalar_type;
-          const Vc t{t_side_.data(), X.rows, n * r, n * r};
-          this->bc_->gemm(hdpissa::Op::N, hdpissa::Op::N, S(1), sl->Z, CVc(st->Bd.view()), S(0), t);
-          this->side_fork();
-          auto& sb = this->side_->backend();
-          const float sg = float(S(lin_.scaling()));
-          sb.gemm_f32(hdpissa::Op::T, hdpissa::Op::N, sg, CVc(t), X, 1.0f, gA);
-          index_t o = 0;
-          for (std::size_t p = 0; p < st->n; ++p) {
-            const index_t w = st->outs[p];
-            sb.gemm_f32(hdpissa::Op::T, hdpissa::Op::N, sg, sl->Z.col_block(o, w), u.col_block(index_t(p) * r, r), 1.0f,
-                        gB[p]);
-            o += w;
-          }
-          hdpissa::require_shape(dX_sum, X.rows, X.cols, "backward_shared_summed dX_sum");
-          this->bc_->gemm(hdpissa::Op::N, hdpissa::Op::N, S(lin_.scaling()), CVc(t), CVc(st->A.view()), S(0), dX_sum);
-          this->bc_->gemm(hdpissa::Op::N, hdpissa::Op::N, S(1), sl->Z, sl->W, S(1), dX_sum);
-          ++this->stacked_ga_.first;
-          ++this->stacked_calls_.second;
-          return true;
-        }
+      if (lin_side_ && adjacent && u.data && t_side_.data() && X.rows <= t_side_.view().rows) {
+        // backward_stacked's parts: V = dY·B_diag here, then the gradient GEMMs on the second stream
+        // beside dX_sum here (t_side_ is next written by a later group, after the model's join)
+        const Vc v{t_side_.data(), X.rows, n * r, n * r};
+        lin_.stacked_v(CVc(st->Bd.view()), sl->Z, v);
+        this->side_fork();
+        lin_side_->stacked_gradients(X, CVc(v), u, sl->Z, std::span<const index_t>(st->outs.data(), st->n),
+                                     std::span<const V32>(gB.data(), st->n), gA, /*accumulate=*/true);
+        lin_.stacked_dx(sl->W, CVc(st->A.view()), sl->Z, CVc(v), dX_sum);
+        ++this->stacked_ga_.first;
+        ++this->stacked_calls_.second;
+        return true;
       }
       lin_.backward_stacked(X, sl->W, CVc(st->A.view()), CVc(st->Bd.view()), sl->Z,
                             std::span<const index_t>(st->outs.data(), st->n), dX_sum,
@@ -1660,9 +1649,7 @@ class AdapterMethod final : public TrainMethod<Dev> {
                             u);
       ++(adjacent ? this->stacked_ga_.first : this->stacked_ga_.second);
       ++this->stacked_calls_.second;
-      if (!adjacent)
-        for (index_t p = 0; p < n; ++p)
-          this->bm_->axpy(1.0f, CV32(gA.row_block(p * r, r)), upd_.grad(pA_[st->slots[std::size_t(p)]], lg));
+      if (!adjacent) this->add_stacked_ga(gA, n, r, grad_a_of(*st, lg));
       return true;
     } else {
       (void)lg, (void)calls, (void)X, (void)dX_sum;
@@ -1745,11 +1732,11 @@ class AdapterMethod final : public TrainMethod<Dev> {
   template <class Calls>
   std::optional<StackedLinears<typename Bc::scalar_type>> stacked_in_order(const Stack& st, const Calls& calls) const {
     if (!st.Bd.data()) return std::nullopt;
-    auto sl = this->stack_of(calls);
-    if (!sl) return std::nullopt;
-    for (std::size_t p = 0; p < st.n; ++p)
-      if (calls[sl->order[p]].slot != st.slots[p]) return std::nullopt;
-    return sl;
+    return this->stack_in_order(calls, st.slots);
+  }
+  /// Member p's fp32 gA sum of local group lg.
+  auto grad_a_of(const Stack& st, int lg) {
+    return [this, &st, lg](index_t p) { return upd_.grad(pA_[st.slots[std::size_t(p)]], lg); };
   }
   void make_stacks() {
     if constexpr (kMixed) {
@@ -1851,6 +1838,7 @@ class AdapterMethod final : public TrainMethod<Dev> {
   Method method_;
   Update upd_;
   hdpissa::AdapterLinear<Bc> lin_;
+  std::unique_ptr<hdpissa::AdapterLinear<Bc>> lin_side_;  // on side_'s backend: the stacked groups' gA, gB
   std::vector<typename Bc::matrix_type> xa_;     // per target: the forward's X Aᵀ (reserve())
   typename Bc::matrix_type u_;                   // --compute fp8: dY B (max_tokens, r) for dX's thin part
   std::vector<index_t> xa_rows_;                 // its rows (-1: none)
