@@ -350,7 +350,7 @@ class CudaLlama {
   // --cuda-graphs: per key (hooks, B, T) the two graphs, the eager passes seen, a failed capture
   struct TrainGraphs {
     const void* hooks = nullptr;
-    int B = 0, T = 0;
+    int batch = 0, seq = 0;
     int eager = 0;
     bool failed = false;
     cudaGraphExec_t fwd = nullptr, bwd = nullptr;
@@ -1148,7 +1148,7 @@ LossResult CudaLlama<T>::forward_backward(const Batch& b, CudaHooks<T>& hooks, f
   TrainGraphs* g = nullptr;
   if (graphs_on_ && !prof_on_) {
     for (auto& x : graphs_)
-      if (x.hooks == &hooks && x.B == B_ && x.T == T_) g = &x;
+      if (x.hooks == &hooks && x.batch == B_ && x.seq == T_) g = &x;
     if (!g) {
       graphs_.push_back({&hooks, B_, T_});
       g = &graphs_.back();
