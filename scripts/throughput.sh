@@ -36,6 +36,7 @@
 #                                       runs its own amax pass; the A/B of the producer-kept amax)
 #                                       +unstacked = HDPISSA_STACKED_LINEARS=0 (q|k|v, gate|up one GEMM per
 #                                       member: the A/B of the stacked GEMMs)
+#                                       +graphs = --cuda-graphs (and --pad-to-multiple SEQ: one shape);
 #                                       +onestream = HDPISSA_ADAPTER_STREAM=0 (the DWU adapter gradients on
 #                                       the model's stream: the A/B of the second stream)
 #                                       +keep = --keep-swiglu (every layer's SwiGLU output kept for the backward;
@@ -276,6 +277,7 @@ run_ours() {  # SIDE(ours|base) BINARY HELP CFG MODEL MB GA MBDIR TIMEOUT EXTRA_
   if [[ "$cfg" =~ \+chunk([0-9]+) ]]; then chunk="${BASH_REMATCH[1]}"; cfg="${cfg//+chunk$chunk/}"; fi  # +chunk1024: HDPISSA_LOSS_CHUNK_ROWS
   # (+keep and +ckpt together pass both flags: the trainer refuses the pair, naming both)
   [[ "$cfg" == *+keep* ]] && { cfg="${cfg//+keep/}"; ckflag+=(--keep-swiglu); }  # hdpissa-K1+keep: --keep-swiglu
+  [[ "$cfg" == *+graphs* ]] && { cfg="${cfg//+graphs/}"; ckflag+=(--cuda-graphs --pad-to-multiple "$SEQ"); }  # +graphs
   [[ "$cfg" == *+ckpt* ]] && { cfg="${cfg//+ckpt/}"; ckflag+=(--activation-checkpointing); }  # hdpissa-K1+ckpt
   [[ "$cfg" == *@* ]] && { wp="${cfg##*@}"; cfg="${cfg%@*}"; wpflag=(--w-precision "$wp"); }  # hdpissa-K1@bf16-sr
   [[ "$cfg" == *_* ]] && att="${cfg##*_}"   # e.g. hdpissa-K8_gemm: --attention gemm

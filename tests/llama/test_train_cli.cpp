@@ -252,6 +252,18 @@ TEST_CASE("cli: the GPU engine's environment switches are checked with the comma
   CHECK_FALSE(env_loss_row_align().has_value());
 }
 
+TEST_CASE("cli: --cuda-graphs needs --device cuda and not --profile; it is in the config") {
+  std::ostringstream sink;
+  CHECK(error_of(base({"--cuda-graphs"})).find("--cuda-graphs: replays the GPU model's layers") != std::string::npos);
+  CHECK(error_of(base({"--cuda-graphs", "--device", "cuda", "--profile"})) ==
+        "--cuda-graphs replays captured layers, --profile times them with host-recorded events; expected at most one "
+        "of them, found both");
+  const TrainOptions o = parse_train_args(base({"--cuda-graphs", "--device", "cuda"}), nullptr, sink);
+  CHECK(o.cuda_graphs);
+  CHECK(o.to_json()["cuda_graphs"] == true);
+  CHECK_FALSE(parse_train_args(base({}), nullptr, sink).cuda_graphs);
+}
+
 TEST_CASE("cli: HDPISSA_STACKED_LINEARS and HDPISSA_ADAPTER_STREAM are 0 or 1, checked with the command line") {
   for (const char* var : {"HDPISSA_STACKED_LINEARS", "HDPISSA_ADAPTER_STREAM"}) {
     CAPTURE(std::string(var));

@@ -77,6 +77,7 @@ class CudaEngine final : public MethodEngine<gpu::CudaDevice<T>> {
                            comm_.groups(), " over ", comm_.size(), " (first group ", comm_.first_group(), ")"));
     // HDPISSA_LOSS_ROW_ALIGN: the loss GEMMs' row multiple (A/B of the padded loss shapes; 1: exact)
     if (const auto a = env_loss_row_align()) model_.set_loss_row_align(*a);
+    model_.set_cuda_graphs(o.cuda_graphs);
     // One stream carries every GEMM: the backends share the model's cuBLAS workspace.
     b32_.share_workspace(model_.cublas_workspace(), model_.cublas_workspace_bytes());
     if (bt_) bt_->share_workspace(model_.cublas_workspace(), model_.cublas_workspace_bytes());
@@ -106,10 +107,14 @@ class CudaEngine final : public MethodEngine<gpu::CudaDevice<T>> {
                  model_.flash_attention() ? "; flash attention" : "; attention through cuBLAS (scores materialised)",
                  model_.activation_checkpointing() ? "; activation checkpointing (per decoder layer)" : "",
                  model_.keep_swiglu() ? "; SwiGLU outputs kept for the backward" : "",
+                 model_.cuda_graphs() ? "; layers replayed from CUDA graphs" : "",
                  method_->fp8_note(), "; device collectives: ", comm_.inner().describe());
   }
 
   [[nodiscard]] EngineInfo info() const override { return this->method_info(name_, notes_); }
+  [[nodiscard]] std::pair<std::int64_t, std::int64_t> cuda_graph_stats() const override {
+    return {model_.graph_replays(), model_.graph_failures()};
+  }
   LossResult forward_backward(int lg, const Batch& b, float scale) override {
     return model_.forward_backward(b, method_->hooks(lg), scale);
   }

@@ -101,6 +101,7 @@ class CudaLlama {
             Attention attention = Attention::Auto, bool activation_checkpointing = false, bool keep_swiglu = false);
   CudaLlama(const CudaLlama&) = delete;
   CudaLlama& operator=(const CudaLlama&) = delete;
+  ~CudaLlama();
 
   /// The loss chunk a trainer should pass for a vocabulary of `vocab` entries: as many rows as keep
   /// the chunk's full-vocabulary logits (fp32) and, for bf16, their gradient (T) within 192 MiB, a
@@ -123,6 +124,21 @@ class CudaLlama {
   bool activation_checkpointing() const { return ckpt_; }
   /// Whether every layer keeps its SwiGLU output for the backward (the constructor's `keep_swiglu`).
   bool keep_swiglu() const { return keep_swiglu_; }
+  /// CUDA graphs for training (--cuda-graphs; off by default): forward_backward() captures the
+  /// layers' forward (embedding → final norm) and backward (final norm → layer 0) as two graphs per
+  /// (hooks object, batch, sequence length) after one eager micro-batch with that key, and replays
+  /// them; the batch staging, the loss chunks (their count follows the batch's targets) and the
+  /// read-back stay eager. Everything the layers use is allocated by then (hooks.reserve at the
+  /// first pass with the model's fixed token count; weights, factors, FP8 copies updated in place),
+  /// so a replay computes what an eager pass would, bit for bit. The hooks' host code runs at the
+  /// capture only: their diagnostics count captured calls once. A capture that fails (an operation
+  /// a graph cannot hold) leaves that key eager for good. Not with profiling (its events are
+  /// host-timed).
+  void set_cuda_graphs(bool on) { graphs_on_ = on; }
+  bool cuda_graphs() const { return graphs_on_; }
+  /// Diagnostic: micro-batches run from captured graphs, and keys whose capture failed.
+  std::int64_t graph_replays() const { return graph_replays_; }
+  std::int64_t graph_failures() const { return graph_failures_; }
   /// Whether Attention::Flash can run this configuration (bf16 and head_dim 64 or 128).
   static bool flash_supported(const ModelConfig& c) {
     return std::is_same_v<T, __nv_bfloat16> && flash::supported_head_dim(c.head_dim);
@@ -331,6 +347,21 @@ class CudaLlama {
   void mark(int section);
   void flush_profile();
   bool prof_on_ = false;
+  // --cuda-graphs: per key (hooks, B, T) the two graphs, the eager passes seen, a failed capture
+  struct TrainGraphs {
+    const void* hooks = nullptr;
+    int batch = 0, seq = 0;
+    int eager = 0;
+    bool failed = false;
+    cudaGraphExec_t fwd = nullptr, bwd = nullptr;
+  };
+  std::vector<TrainGraphs> graphs_;
+  bool graphs_on_ = false;
+  std::int64_t graph_replays_ = 0, graph_failures_ = 0;
+  /// Captures body() on the model's stream into `exec` (false, nothing left captured, on any failure).
+  template <class F>
+  bool capture_graph(cudaGraphExec_t& exec, F&& body);
+  void destroy_graphs();
   std::vector<cudaEvent_t> prof_ev_;
   std::vector<int> prof_sec_;
   std::vector<double> prof_ms_ = std::vector<double>(kNumMarks, 0.0);
@@ -1074,13 +1105,90 @@ LossResult CudaLlama<T>::read_loss(std::int64_t n_targets) {
 }
 
 template <class T>
+template <class F>
+bool CudaLlama<T>::capture_graph(cudaGraphExec_t& exec, F&& body) {
+  cudaGraph_t g = nullptr;
+  bool ok = cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal) == cudaSuccess;
+  if (ok) {
+    try {
+      body();
+    } catch (const std::exception&) {
+      ok = false;
+    }
+    const cudaError_t e = cudaStreamEndCapture(stream_, &g);
+    ok = ok && e == cudaSuccess && g != nullptr;
+    if (ok) ok = cudaGraphInstantiate(&exec, g, 0) == cudaSuccess;
+    if (g) (void)cudaGraphDestroy(g);
+  }
+  if (!ok) {
+    (void)cudaGetLastError();
+    exec = nullptr;
+  }
+  return ok;
+}
+
+template <class T>
+void CudaLlama<T>::destroy_graphs() {
+  for (auto& g : graphs_) {
+    if (g.fwd) (void)cudaGraphExecDestroy(g.fwd);
+    if (g.bwd) (void)cudaGraphExecDestroy(g.bwd);
+  }
+  graphs_.clear();
+}
+
+template <class T>
+CudaLlama<T>::~CudaLlama() {
+  destroy_graphs();
+}
+
+template <class T>
 LossResult CudaLlama<T>::forward_backward(const Batch& b, CudaHooks<T>& hooks, float loss_scale) {
   const std::int64_t n = stage_batch(b);
   prepare_hooks(hooks);
-  forward_layers(hooks);
-  HDPISSA_CUDA_CHECK(cudaMemsetAsync(dxnf_.get(), 0, sizeof(float) * B_ * T_ * cfg_.dim, stream_));
-  if (n > 0) loss_chunks(n, true, loss_scale);
-  backward_layers(hooks);
+  TrainGraphs* g = nullptr;
+  if (graphs_on_ && !prof_on_) {
+    for (auto& x : graphs_)
+      if (x.hooks == &hooks && x.batch == B_ && x.seq == T_) g = &x;
+    if (!g) {
+      graphs_.push_back({&hooks, B_, T_});
+      g = &graphs_.back();
+    }
+    if (g->failed) g = nullptr;
+  }
+  auto loss = [&] {
+    HDPISSA_CUDA_CHECK(cudaMemsetAsync(dxnf_.get(), 0, sizeof(float) * B_ * T_ * cfg_.dim, stream_));
+    if (n > 0) loss_chunks(n, true, loss_scale);
+  };
+  if (!g || (!g->fwd && g->eager == 0)) {  // eager (the first pass of a key allocates and settles)
+    forward_layers(hooks);
+    loss();
+    backward_layers(hooks);
+    if (g) ++g->eager;
+    return read_loss(n);
+  }
+  const bool replay = g->fwd && g->bwd;
+  if (!replay) {  // capture this pass: the forward, the eager loss, the backward
+    if (!capture_graph(g->fwd, [&] { forward_layers(hooks); })) {
+      g->failed = true;
+      ++graph_failures_;
+      forward_layers(hooks);
+      loss();
+      backward_layers(hooks);
+      return read_loss(n);
+    }
+  }
+  HDPISSA_CUDA_CHECK(cudaGraphLaunch(g->fwd, stream_));
+  loss();
+  if (!replay && !capture_graph(g->bwd, [&] { backward_layers(hooks); })) {
+    g->failed = true;
+    ++graph_failures_;
+    (void)cudaGraphExecDestroy(g->fwd);
+    g->fwd = nullptr;
+    backward_layers(hooks);
+    return read_loss(n);
+  }
+  HDPISSA_CUDA_CHECK(cudaGraphLaunch(g->bwd, stream_));
+  if (replay) ++graph_replays_;
   return read_loss(n);
 }
 

@@ -146,6 +146,8 @@ class TrainEngine {
   /// Diagnostic (tests): shared-input groups (q|k|v, gate|up) run as stacked GEMMs
   /// (HDPISSA_STACKED_LINEARS): forwards, and backwards with the group's dX summed in one GEMM.
   [[nodiscard]] virtual std::pair<std::int64_t, std::int64_t> stacked_linear_calls() const { return {0, 0}; }
+  /// Diagnostic (tests): --cuda-graphs micro-batches replayed from graphs, and captures that failed.
+  [[nodiscard]] virtual std::pair<std::int64_t, std::int64_t> cuda_graph_stats() const { return {0, 0}; }
   /// --compute fp8 diagnostic (tests): FP8 quantisations of X / dY that took their amax from the
   /// model's producing kernel (Fp8Linears::amax_hint); nullopt without --compute fp8.
   [[nodiscard]] virtual std::optional<std::int64_t> fp8_amax_hints_used() const { return std::nullopt; }

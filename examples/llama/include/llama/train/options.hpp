@@ -134,6 +134,7 @@ struct TrainOptions {
   AttentionKind attention = AttentionKind::Auto;  ///< the GPU model's attention (--device cuda)
   bool activation_checkpointing = false;  ///< --activation-checkpointing: recompute each layer in backward (GPU)
   bool keep_swiglu = false;  ///< --keep-swiglu: every layer keeps silu(gate)·up for the backward (GPU)
+  bool cuda_graphs = false;  ///< --cuda-graphs: each micro-batch's layers replayed from CUDA graphs (GPU)
   bool profile = false;  ///< --profile: GPU time per model section and optimizer step (CUDA events), per step
   // ---- distribution
   CommKind comm = CommKind::Auto;
@@ -305,6 +306,7 @@ inline nlohmann::json TrainOptions::to_json() const {
           {"attention", name_of(attention)},
           {"activation_checkpointing", activation_checkpointing},
           {"keep_swiglu", keep_swiglu},
+          {"cuda_graphs", cuda_graphs},
           {"profile", profile},
           {"comm", name_of(comm)},
           {"groups_per_process", groups_per_process},
@@ -370,6 +372,11 @@ inline void TrainOptions::validate() const {
   need(!(keep_swiglu && activation_checkpointing),
        "--keep-swiglu keeps every layer's SwiGLU output for the backward, --activation-checkpointing recomputes each "
        "layer in its backward; expected at most one of them, found both");
+  need(!cuda_graphs || device == Device::Cuda,
+       "--cuda-graphs: replays the GPU model's layers from CUDA graphs (--device cuda); the CPU path has none");
+  need(!(cuda_graphs && profile),
+       "--cuda-graphs replays captured layers, --profile times them with host-recorded events; expected at most one "
+       "of them, found both");
   need(!profile || device == Device::Cuda,
        "--profile: times the GPU model's sections with CUDA events (--device cuda); the CPU path has no section timers");
   need(attention == AttentionKind::Auto || device == Device::Cuda,
@@ -576,6 +583,10 @@ inline void add_train_options(CLI::App& app, TrainOptions& o, CLI::Option** atte
                "--device cuda: keep every layer's silu(gate)*up (the X of down) from the forward for the backward "
                "instead of recomputing it there: + (layers - 1) x tokens x hidden_dim x 2 bytes (2.6 GiB at "
                "LLaMA-2-7B, 8 x 512), one elementwise pass per layer less; the same gradients bit for bit")->group(me);
+  app.add_flag("--cuda-graphs", o.cuda_graphs,
+               "--device cuda: capture each micro-batch's layer forward and backward as CUDA graphs (per batch shape, "
+               "after one eager micro-batch) and replay them: less host work per micro-batch; the same results bit "
+               "for bit (the loss stays eager; pad micro-batches with --pad-to-multiple for few shapes)")->group(me);
   app.add_flag("--profile", o.profile,
                "--device cuda: time the model's sections (linears / attention / norms+elementwise, forward and "
                "backward; loss) and the optimizer step with CUDA events; at the end print their GPU ms per step over "
