@@ -1474,7 +1474,7 @@ class AdapterMethod final : public TrainMethod<Dev> {
     make_stacks();
     make_copy_batch();
     if constexpr (Base::kHasSide && kMixed) {
-      if (!stacks_.empty() && this->stacked_on_ && env_adapter_stream()) {  // gA, gB of stacked groups
+      if (!ids_.empty() && env_adapter_stream()) {  // the gA, gB GEMMs on a second stream
         hdpissa::memory::PartScope sp("adapter.side-stream");
         this->side_ = std::make_unique<typename Base::Side>();
         lin_side_ = std::make_unique<hdpissa::AdapterLinear<Bc>>(this->side_->backend(), lin_.scaling());
@@ -1557,7 +1557,14 @@ class AdapterMethod final : public TrainMethod<Dev> {
       st.u_rows = -1;
     }
     if (!stacks_.empty()) lin_.reserve_shared(max_tokens, 3, stacks_.front().r);
-    if (this->side_) t_side_ = this->bc_->make_matrix(max_tokens, 3 * stacks_.front().r);
+    if (this->side_ && !stacks_.empty()) t_side_ = this->bc_->make_matrix(max_tokens, 3 * stacks_.front().r);
+    if (this->side_) {  // per target (kept X Aᵀ, no FP8 copy): its dY·B for the second stream
+      tl_.clear();
+      for (std::size_t i = 0; i < ids_.size(); ++i)
+        tl_.push_back(i < xa_.size() && xa_[i].data() && !this->fp8_on(i)
+                          ? this->bc_->make_matrix(max_tokens, sets_[i].rank)
+                          : typename Bc::matrix_type{});
+    }
   }
   /// q|k|v and gate|up (bf16 compute, every member a target, no FP8 copy): U = X·A_stackᵀ in one GEMM
   /// (AdapterLinear::forward_shared over stacked compute copies of A, refreshed every step), kept for
@@ -1686,6 +1693,27 @@ class AdapterMethod final : public TrainMethod<Dev> {
     } else {
       const index_t r = sets_[i].rank;
       const bool fp8 = this->fp8_on(i) && dX.data && dY.rows <= u_.rows();
+      if constexpr (Base::kHasSide) {
+        if (this->side_ && !this->fp8_on(i) && xa.data && i < tl_.size() && tl_[i].data()) {
+          // AdapterLinear::backward's GEMMs and scales, split: dY·B and dX here, gA and gB on the
+          // second stream (t in this target's own buffer: the next write is the next micro-batch's,
+          // after the model's joins)
+          using S = typename Bc::scalar_type;
+          const Vc t{tl_[i].data(), X.rows, r, r};
+          this->bc_->gemm(hdpissa::Op::N, hdpissa::Op::N, S(1), dY, Bf(i), S(0), t);
+          this->side_fork();
+          auto& sb = this->side_->backend();
+          const float sg = float(S(lin_.scaling()));
+          sb.gemm_f32(hdpissa::Op::T, hdpissa::Op::N, sg, CVc(t), X, 1.0f, upd_.grad(pA_[i], lg));
+          sb.gemm_f32(hdpissa::Op::T, hdpissa::Op::N, sg, dY, xa, 1.0f, upd_.grad(pB_[i], lg));
+          if (dX.data) {
+            hdpissa::require_shape(dX, X.rows, W.cols, "AdapterLinear dX");
+            this->bc_->gemm(hdpissa::Op::N, hdpissa::Op::N, S(lin_.scaling()), CVc(t), A(i), S(0), dX);
+            this->bc_->gemm(hdpissa::Op::N, hdpissa::Op::N, S(1), dY, W, S(1), dX);
+          }
+          return;
+        }
+      }
       // the two gradient GEMMs add their fp32 results straight into the fp32 sums
       lin_.backward(W, A(i), Bf(i), X, dY, fp8 ? Vc{} : dX, upd_.grad(pA_[i], lg), upd_.grad(pB_[i], lg),
                     /*accumulate=*/true, xa);
@@ -1852,6 +1880,7 @@ class AdapterMethod final : public TrainMethod<Dev> {
   std::vector<int> stack_of_;       // per target: its stack, or -1
   typename Bm::matrix_type ga_stack_{};  // their stacked fp32 gA (one micro-batch's)
   typename Bc::matrix_type t_side_{};    // dY·B_diag of a stacked group read by the second stream (max tokens, 3r)
+  std::vector<typename Bc::matrix_type> tl_;  // per target: its dY·B read by the second stream (max tokens, r)
   typename detail::compute_batch_of<Dev>::type copy_batch_{};  // step()'s conversions (make_copy_batch)
 };
 
