@@ -7,7 +7,7 @@
 source scripts/device-calls/common.sh
 O=/tmp/o65; mkdir -p $O
 run_suites $O hdpissa_cuda_tests:60 hdpissa_llama_cuda_tests:40 hdpissa_cuda_train_tests:170
-grep -h -E "ERROR|replayed|graph" $O/suites/*.log 2>/dev/null | head -12
+grep -h -E "ERROR|replayed|graph" $O/*.log 2>/dev/null | head -12
 OUT=$O/t WORK=/tmp/tpt PREBUILT=$PWD/.devbin SHAPES=tinyllama MICRO_BATCHES=2 OURS_STEPS=8 \
   OURS_CONFIGS="hdpissa-K1 hdpissa-K1+graphs lora lora+graphs lora+onestream" PEFT_METHODS=lora-bf16-compile \
   DEADLINE_S=$(( END - 10 - $(el) )) scripts/throughput.sh > $O/t.txt 2>&1
