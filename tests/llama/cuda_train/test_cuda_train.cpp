@@ -1301,18 +1301,31 @@ TEST_CASE("fused adapter gradients in the trainer (bf16, r 16): the losses of th
 // --targets q,v (k frozen: q|k|v mixed, per member; gate|up frozen: stacked plain GEMMs), LoRA and
 // PiSSA with every target (AdapterLinear::forward_stacked / backward_stacked).
 TEST_CASE("stacked q|k|v, gate|up GEMMs (HDPISSA_STACKED_LINEARS): the per-member path's losses") {
-  for (const auto& [method, qv] : {std::pair{"hdpissa", false}, std::pair{"hdpissa", true}, std::pair{"lora", false},
-                                   std::pair{"pissa", false}}) {
-    INFO("method ", std::string(method), ", targets ", qv ? "q,v" : "all");
+  struct Case {
+    const char* method;
+    bool qv;   // --targets q,v
+    bool fp8;  // --compute fp8 on the wide model: the forward per member, the group's dX summed by the FP8 GEMMs
+  };
+  const fs::path wide = wide_model();
+  for (const Case c : {Case{"hdpissa", false, false}, Case{"hdpissa", true, false}, Case{"lora", false, false},
+                       Case{"pissa", false, false}, Case{"hdpissa", false, true}}) {
+    const char* method = c.method;
+    const bool qv = c.qv;
+    INFO("method ", std::string(method), ", targets ", qv ? "q,v" : "all", ", fp8 ", c.fp8);
     std::vector<double> losses[2];
     std::pair<std::int64_t, std::int64_t> calls[2];
     std::vector<ModelWeights> merged;
     for (int on = 0; on < 2; ++on) {
-      TrainOptions o = base_options(method, hdpissa::cat("stacked-", method, qv, on));
+      TrainOptions o = base_options(method, hdpissa::cat("stacked-", method, qv, c.fp8, on));
       o.device = Device::Cuda;
       o.dtype = ComputeDtype::Bf16;
       o.max_steps = 6;
       if (qv) o.targets = "q,v";
+      if (c.fp8) {
+        o.model = wide.string();
+        o.compute = ComputeKind::Fp8;
+        o.groups_per_process = 1;
+      }
       const char* prev = std::getenv("HDPISSA_STACKED_LINEARS");
       const std::string saved = prev ? prev : "";
       setenv("HDPISSA_STACKED_LINEARS", on ? "1" : "0", 1);
@@ -1324,23 +1337,24 @@ TEST_CASE("stacked q|k|v, gate|up GEMMs (HDPISSA_STACKED_LINEARS): the per-membe
       merged.push_back(r.merged());
       REQUIRE(losses[on].size() == 6);
     }
-    const std::int64_t L = 5;  // stories260K's layers
+    const std::int64_t L = c.fp8 ? wide_config().n_layers : 5;  // stories260K's layers
     MESSAGE("stacked calls: forward ", calls[1].first, ", summed backward ", calls[1].second);
     CHECK(calls[0].first == 0);
     CHECK(calls[0].second == 0);
     // every micro-batch's forward and backward, per local group: all targets 2 groups per layer each
-    // way; q,v: gate|up only (q|k|v mixes a frozen k)
+    // way; q,v: gate|up only (q|k|v mixes a frozen k); FP8: the forward per member (its own scales)
     const std::int64_t per_pass = (qv ? 1 : 2) * L;
     CHECK(calls[1].second >= per_pass * 6 * 2);
     CHECK(calls[1].second % per_pass == 0);
-    CHECK(calls[1].first >= calls[1].second);
+    if (c.fp8) CHECK(calls[1].first == 0);
+    else CHECK(calls[1].first >= calls[1].second);
     for (std::size_t s = 0; s < 6; ++s) {
       CAPTURE(s);
       MESSAGE("step ", s + 1, " loss per member ", losses[0][s], ", stacked ", losses[1][s]);
       CHECK(std::abs(losses[1][s] - losses[0][s]) <= (s == 0 ? 1e-3 : 5e-3) * std::abs(losses[0][s]));
     }
     CHECK(losses[1].back() < losses[1].front());
-    const ModelWeights base = load_checkpoint((data_dir() / "stories260K-hf").string());
+    const ModelWeights base = load_checkpoint(c.fp8 ? wide.string() : (data_dir() / "stories260K-hf").string());
     double dd = 0, d0 = 0;  // ‖ΔW_stacked − ΔW_member‖², ‖ΔW_member‖² over the targets
     for (int l = 0; l < base.config.n_layers; ++l)
       for (int m = 0; m < kModulesPerLayer; ++m) {

@@ -1068,13 +1068,21 @@ class DwuMethod final : public TrainMethod<Dev> {
     }
     Base::forward_shared(lg, calls, X);
   }
-  /// q|k|v and gate|up (bf16 compute, exact mute, all targets, no FP8 copy, stored stacked):
+  /// q|k|v and gate|up (bf16 compute, exact mute, all targets, stored stacked):
   /// MutedLinear::backward_stacked — the group's dX summed in one GEMM over [W_q; W_k; W_v], the
   /// adapters' dY B_j in one over the block-diagonal B copy, then the stacked gA and the gB_j as
-  /// backward_shared. False (nothing done) otherwise: the model then calls backward_shared().
+  /// backward_shared. With --compute fp8 on every member, the dX_j from the FP8 copies, summed by
+  /// the FP8 GEMMs' β into dX_sum (one buffer for the RMSNorm backward instead of n), the adapter
+  /// gradients as without FP8 (on the second stream when it is on). False (nothing done)
+  /// otherwise: the model then calls backward_shared().
   bool backward_shared_summed(int lg, std::span<const typename Base::SharedCall> calls, CVc X, Vc dX_sum) override {
     if constexpr (kMixed && std::is_same_v<Mute, hdpissa::ExactMute>) {
-      if (ag_on_ || any_fp8(calls)) return false;
+      if (ag_on_) return false;
+      // --compute fp8: every member's dX from its FP8 copy, added into dX_sum by the FP8 GEMMs'
+      // β (one buffer for the RMSNorm backward to read); a group with some members in bf16 and some
+      // in FP8 keeps the per-member path
+      const bool fp8 = any_fp8(calls);
+      if (fp8 && !all_fp8(calls)) return false;
       const Stack* st = find_stack(calls);
       if (!st || !st->Bd.view().data) return false;
       const auto sl = this->stack_in_order(calls, st->slots);  // W order = the stack's (module) order
@@ -1090,10 +1098,18 @@ class DwuMethod final : public TrainMethod<Dev> {
       (side ? *muted_side_ : muted_)
           .backward_stacked(X, sl->W, CVc(st->A.view()).row_block(G * n * r, n * r),
                             CVc(st->Bd.view()).col_block(index_t(lg) * n * r, n * r), sl->Z,
-                            std::span<const index_t>(st->outs.data(), st->n), side ? Vc{} : dX_sum,
+                            std::span<const index_t>(st->outs.data(), st->n), (side || fp8) ? Vc{} : dX_sum,
                             std::span<const V32>(gB.data(), st->n), gA, /*accumulate=*/true,
                             /*accumulate_gA=*/adjacent);
-      if (side) {
+      if (fp8) {
+        hdpissa::require_shape(dX_sum, X.rows, X.cols, "backward_shared_summed dX_sum");
+        if constexpr (Base::kFp8Capable) {
+          for (std::size_t p = 0; p < st->n; ++p) {  // in the stack's (module) order
+            const auto& c = calls[sl->order[p]];
+            this->fp8_->backward_dx(c.slot, c.dY, dX_sum, p == 0 ? 0.0f : 1.0f);
+          }
+        }
+      } else if (side) {
         hdpissa::require_shape(dX_sum, X.rows, X.cols, "backward_shared_summed dX_sum");
         this->bc_->gemm(hdpissa::Op::N, hdpissa::Op::N, Sc(1), sl->Z, sl->W, Sc(0), dX_sum);
       }
@@ -1224,6 +1240,17 @@ class DwuMethod final : public TrainMethod<Dev> {
     if constexpr (Base::kFp8Capable) {
       for (const auto& c : calls)
         if (this->fp8_on(c.slot)) return true;
+    }
+    (void)calls;
+    return false;
+  }
+  /// Every member with an FP8 copy (--compute fp8 covering the whole group).
+  template <class Calls>
+  bool all_fp8(const Calls& calls) const {
+    if constexpr (Base::kFp8Capable) {
+      for (const auto& c : calls)
+        if (!this->fp8_on(c.slot)) return false;
+      return !calls.empty();
     }
     (void)calls;
     return false;
