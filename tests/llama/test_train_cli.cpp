@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "../common/scoped_env.hpp"
 #include "llama/cli.hpp"
 #include "llama/train/options.hpp"
 
@@ -267,8 +268,7 @@ TEST_CASE("cli: --cuda-graphs needs --device cuda and not --profile; it is in th
 TEST_CASE("cli: HDPISSA_STACKED_LINEARS and HDPISSA_ADAPTER_STREAM are 0 or 1, checked with the command line") {
   for (const char* var : {"HDPISSA_STACKED_LINEARS", "HDPISSA_ADAPTER_STREAM"}) {
     CAPTURE(std::string(var));
-    const char* prev = std::getenv(var);
-    const std::string saved = prev ? prev : "";
+    const hdpissa::test::ScopedEnv restore(var, nullptr);  // the caller's value back at the end
     for (const char* bad : {"2", "yes", "on", "00"}) {
       ::setenv(var, bad, 1);
       CHECK(error_of(base({})) == std::string(var) + ": expected 0 or 1, found '" + bad + "'");
@@ -283,6 +283,5 @@ TEST_CASE("cli: HDPISSA_STACKED_LINEARS and HDPISSA_ADAPTER_STREAM are 0 or 1, c
     const bool on = std::string(var) == "HDPISSA_STACKED_LINEARS" ? env_stacked_linears() : env_adapter_stream();
     CHECK_FALSE(off);
     CHECK(on);  // the default
-    if (prev) ::setenv(var, saved.c_str(), 1);
   }
 }
