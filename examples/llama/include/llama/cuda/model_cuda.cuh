@@ -358,9 +358,6 @@ class CudaLlama {
   std::vector<TrainGraphs> graphs_;
   bool graphs_on_ = false;
   std::int64_t graph_replays_ = 0, graph_failures_ = 0;
-  /// Captures body() on the model's stream into `exec` (false, nothing left captured, on any failure).
-  template <class F>
-  bool capture_graph(cudaGraphExec_t& exec, F&& body);
   void destroy_graphs();
   std::vector<cudaEvent_t> prof_ev_;
   std::vector<int> prof_sec_;
@@ -372,6 +369,33 @@ class CudaLlama {
 
 // ------------------------------------------------------------------------------------------------
 // implementation
+
+/// Captures body() on `stream` into `exec` (thread-local capture mode): true with `exec`
+/// instantiated, or false with nothing left captured and `exec` null, whatever failed (the capture
+/// not starting, body() throwing or issuing an operation capture forbids, instantiation); the CUDA
+/// error such a failure leaves is cleared. The training model's --cuda-graphs and the greedy
+/// decoder's decode step share it; both fall back to running body() eagerly on false.
+template <class F>
+bool capture_stream_graph(cudaStream_t stream, cudaGraphExec_t& exec, F&& body) {
+  cudaGraph_t g = nullptr;
+  bool ok = cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal) == cudaSuccess;
+  if (ok) {
+    try {
+      body();
+    } catch (const std::exception&) {
+      ok = false;
+    }
+    const cudaError_t e = cudaStreamEndCapture(stream, &g);
+    ok = ok && e == cudaSuccess && g != nullptr;
+    if (ok) ok = cudaGraphInstantiate(&exec, g, 0) == cudaSuccess;
+    if (g) (void)cudaGraphDestroy(g);
+  }
+  if (!ok) {
+    (void)cudaGetLastError();
+    exec = nullptr;
+  }
+  return ok;
+}
 
 namespace detail_cuda {
 
@@ -1105,29 +1129,6 @@ LossResult CudaLlama<T>::read_loss(std::int64_t n_targets) {
 }
 
 template <class T>
-template <class F>
-bool CudaLlama<T>::capture_graph(cudaGraphExec_t& exec, F&& body) {
-  cudaGraph_t g = nullptr;
-  bool ok = cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal) == cudaSuccess;
-  if (ok) {
-    try {
-      body();
-    } catch (const std::exception&) {
-      ok = false;
-    }
-    const cudaError_t e = cudaStreamEndCapture(stream_, &g);
-    ok = ok && e == cudaSuccess && g != nullptr;
-    if (ok) ok = cudaGraphInstantiate(&exec, g, 0) == cudaSuccess;
-    if (g) (void)cudaGraphDestroy(g);
-  }
-  if (!ok) {
-    (void)cudaGetLastError();
-    exec = nullptr;
-  }
-  return ok;
-}
-
-template <class T>
 void CudaLlama<T>::destroy_graphs() {
   for (auto& g : graphs_) {
     if (g.fwd) (void)cudaGraphExecDestroy(g.fwd);
@@ -1168,7 +1169,7 @@ LossResult CudaLlama<T>::forward_backward(const Batch& b, CudaHooks<T>& hooks, f
   }
   const bool replay = g->fwd && g->bwd;
   if (!replay) {  // capture this pass: the forward, the eager loss, the backward
-    if (!capture_graph(g->fwd, [&] { forward_layers(hooks); })) {
+    if (!capture_stream_graph(stream_, g->fwd, [&] { forward_layers(hooks); })) {
       g->failed = true;
       ++graph_failures_;
       forward_layers(hooks);
@@ -1179,7 +1180,7 @@ LossResult CudaLlama<T>::forward_backward(const Batch& b, CudaHooks<T>& hooks, f
   }
   HDPISSA_CUDA_CHECK(cudaGraphLaunch(g->fwd, stream_));
   loss();
-  if (!replay && !capture_graph(g->bwd, [&] { backward_layers(hooks); })) {
+  if (!replay && !capture_stream_graph(stream_, g->bwd, [&] { backward_layers(hooks); })) {
     g->failed = true;
     ++graph_failures_;
     (void)cudaGraphExecDestroy(g->fwd);
