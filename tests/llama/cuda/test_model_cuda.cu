@@ -690,10 +690,11 @@ TEST_CASE("flash forward: the register target gives the unconstrained kernel's b
   }
 }
 
-/// The block order (flash::TileOrder: every head's heaviest causal tile dispatched first, or each
-/// head's tiles in a row as before session 27) changes only which SM runs a block when: forward (O,
-/// lse) and both backward kernels (dQ, dK, dV partials) must give the same bits either way, with
-/// padding, partial tiles, sliding windows and GQA.
+/// The block order (flash::TileOrder: bands of heads, every head's heaviest causal tile of a band
+/// dispatched before its next one; band 1 = each head's tiles in a row as before session 27)
+/// changes only which SM runs a block when: forward (O, lse) and both backward kernels (dQ, dK, dV
+/// partials) must give the same bits for every band (1, 3 — a short last band —, the default, all),
+/// with padding, partial tiles, sliding windows and GQA.
 template <int HD>
 void check_flash_tile_order_bitwise(int T, std::vector<int> lengths, int window) {
   using flash::TileOrder;
@@ -725,19 +726,26 @@ void check_flash_tile_order_bitwise(int T, std::vector<int> lengths, int window)
     HDPISSA_CUDA_CHECK(cudaDeviceSynchronize());
     return Out{bits(O, nq), bits(lse, nr), bits(dq, nq), bits(dk, nq), bits(dv, nq)};
   };
-  const Out a = run(TileOrder::HeavyFirst), b = run(TileOrder::Interleaved);
-  CHECK(a.o == b.o);
-  CHECK(a.lse == b.lse);
-  CHECK(a.dq == b.dq);
-  CHECK(a.dk == b.dk);
-  CHECK(a.dv == b.dv);
+  const Out a = run(TileOrder::interleaved());
+  for (TileOrder order : {TileOrder{3}, TileOrder{}, TileOrder::heavy_first()}) {
+    CAPTURE(order.band);
+    const Out b = run(order);
+    CHECK(a.o == b.o);
+    CHECK(a.lse == b.lse);
+    CHECK(a.dq == b.dq);
+    CHECK(a.dk == b.dk);
+    CHECK(a.dv == b.dv);
+  }
+  CHECK_THROWS_AS(flash::forward(Q.get(), K.get(), V.get(), O.get(), lse.get(), L.get(), B, nh, nkv, T, HD, scale,
+                                 nullptr, window, 0, TileOrder{0}),
+                  std::invalid_argument);
   // and not trivially: the outputs were written (no 0xff poison left on a valid row's first value)
   const std::vector<unsigned char> poisoned(4, 0xff);
   CHECK(std::vector<unsigned char>(a.lse.begin(), a.lse.begin() + 4) != poisoned);
   CHECK(std::vector<unsigned char>(a.dq.begin(), a.dq.begin() + 4) != poisoned);
 }
 
-TEST_CASE("flash kernels: heavy-first and interleaved block orders give the same bits") {
+TEST_CASE("flash kernels: every block order (bands of heads, heavy tiles first) gives the same bits") {
   for (int window : {0, 40}) {
     CAPTURE(window);
     check_flash_tile_order_bitwise<64>(150, {150, 97, 1, 64}, window);

@@ -52,27 +52,41 @@ inline constexpr int kThreads = 128; ///< 4 warps × 16 rows
 /// Head dims with a compiled kernel.
 inline bool supported_head_dim(int hd) { return hd == 64 || hd == 128; }
 
-/// The order in which a kernel's blocks are handed to the SMs (the block scheduler dispatches in
-/// linear block order: x fastest). Causal work per tile grows with the query tile (forward, dQ) or
-/// shrinks with the key tile (dK / dV), from 1 to T / 64 tile products.
-///  - HeavyFirst (the default): the grid is (b·h, tile), every head's heaviest tile dispatched
-///    before any head's next one — longest-processing-time-first, so the last wave holds the light
-///    tiles and the tail is short. At micro-batch 2 a 7B layer's 512 blocks are under two waves of
-///    an H100's resident blocks, and the tail is most of the kernel's loss there.
-///  - Interleaved: the grid is (tile, b·h) (before session 27): each head's tiles in a row, heavy
-///    and light mixed in every wave.
-/// Every block computes the same values either way: the order changes no bit (GPU test).
-enum class TileOrder { HeavyFirst, Interleaved };
+/// The order in which a kernel's blocks are handed to the SMs (the block scheduler dispatches them
+/// in linear block order). Causal work per tile grows with the query tile (forward, dQ) or shrinks
+/// with the key tile (dK / dV), from 1 to T / 64 tile products. The (b, h) heads are cut into bands
+/// of `band` heads; band after band, every head's heaviest tile is dispatched before any head's
+/// next one (longest-processing-time-first inside a band, so a band's last wave holds its light
+/// tiles and the next band's heavy ones fill in beside them).
+///  - band = 1: each head's tiles in a row, heavy and light mixed in every wave (the order before
+///    session 27: `TileOrder::interleaved()`);
+///  - band ≥ b·h: one band, every heavy tile first (`TileOrder::heavy_first()`);
+///  - between: fewer heads' K / V in flight at once than one band (L2), the tail still short.
+/// Measured (bench_flash_attn, H100, docs/trainer.md): at micro-batch 2 the one-band order ran the
+/// kernels 1.2–1.35× faster than band 1, at 7B 8 × 512 it lost 4–10 % (256 MHA heads' K / V in
+/// flight: more than L2); the default band is the measured compromise. Every block computes the same
+/// values in any order: the order changes no bit (GPU test).
+struct TileOrder {
+  int band = 32;  ///< (b, h) heads per band, ≥ 1
+  static constexpr TileOrder interleaved() { return TileOrder{1}; }
+  static constexpr TileOrder heavy_first() { return TileOrder{1 << 30}; }
+};
 
 namespace detail {
 
-/// (tile, b·h, tiles) of this block under `order` (see TileOrder and tile_grid).
+/// A block's tile and (b, h) head: `tile` is the rank among the head's tiles, 0 the heaviest (the
+/// kernel maps it: the last query tile, or key tile 0).
 struct BlockTile {
   int tile, bh, tiles;
 };
-__device__ __forceinline__ BlockTile block_tile(TileOrder order) {
-  return order == TileOrder::HeavyFirst ? BlockTile{int(blockIdx.y), int(blockIdx.x), int(gridDim.y)}
-                                        : BlockTile{int(blockIdx.x), int(blockIdx.y), int(gridDim.x)};
+/// This block's BlockTile under TileOrder{band} on the 1-D grid of b·h × tiles blocks (tile_grid).
+__device__ __forceinline__ BlockTile block_tile(int band, int Tn) {
+  const int tiles = (Tn + kTile - 1) / kTile, heads = int(gridDim.x) / tiles, i = int(blockIdx.x);
+  const int per_band = band * tiles;  // band ≤ heads (the launcher clamps it)
+  const int first = i / per_band * band, r = i - first * tiles;
+  const int hb = min(band, heads - first);  // heads in this band (the last may hold fewer)
+  const int rank = r / hb;
+  return BlockTile{rank, first + (r - rank * hb), tiles};
 }
 
 __device__ __forceinline__ std::uint32_t smem_u32(const void* p) {
@@ -215,13 +229,13 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) fwd_kernel(const bf16* _
                                                        const bf16* __restrict__ V, bf16* __restrict__ O,
                                                        float* __restrict__ lse, const int* __restrict__ lengths, int nh,
                                                        int nkv, int Tn, float scale, int window, int ld_o,
-                                                       TileOrder order) {
+                                                       int band) {
   using namespace detail;
   extern __shared__ __align__(128) unsigned char smem_raw[];
   bf16* sQ = reinterpret_cast<bf16*>(smem_raw);
   bf16* sK = sQ + kTile * HD;      // 2 stages
   bf16* sV = sK + 2 * kTile * HD;  // 2 stages
-  const BlockTile bt = block_tile(order);
+  const BlockTile bt = block_tile(band, Tn);
   const int qt = bt.tiles - 1 - bt.tile;  // the longest rows first
   const int bh = bt.bh, b = bh / nh, h = bh % nh, kvh = h / (nh / nkv);
   const int q0 = qt * kTile;
@@ -380,7 +394,7 @@ __global__ void __launch_bounds__(kThreads) bwd_kernel(const bf16* __restrict__ 
                                                        float* __restrict__ dk_part, float* __restrict__ dv_part,
                                                        const int* __restrict__ lengths,
                                                        int nh, int nkv, int Tn, float scale, int window, int ld_do,
-                                                       RowGrads rg, TileOrder order) {
+                                                       RowGrads rg, int band) {
   using namespace detail;
   extern __shared__ __align__(128) unsigned char smem_raw[];
   bf16* sK = reinterpret_cast<bf16*>(smem_raw);
@@ -389,7 +403,7 @@ __global__ void __launch_bounds__(kThreads) bwd_kernel(const bf16* __restrict__ 
   bf16* sdO = sQ + kTile * HD;
   float* s_lse = reinterpret_cast<float*>(sdO + kTile * HD);
   float* s_dr = s_lse + kTile;
-  const BlockTile bt = block_tile(order);
+  const BlockTile bt = block_tile(band, Tn);
   const int kt = bt.tile;  // key tile 0 (every query tile's keys) first
   const int bh = bt.bh, b = bh / nh, h = bh % nh, kvh = h / (nh / nkv);
   const int k0 = kt * kTile;
@@ -531,14 +545,14 @@ __global__ void __launch_bounds__(kThreads) bwd_dq_kernel(const bf16* __restrict
                                                           const float* __restrict__ lse, const float* __restrict__ Dr,
                                                           float* __restrict__ dq, const int* __restrict__ lengths,
                                                           int nh, int nkv, int Tn, float scale, int window, int ld_do,
-                                                          RowGrads rg, TileOrder order) {
+                                                          RowGrads rg, int band) {
   using namespace detail;
   extern __shared__ __align__(128) unsigned char smem_raw[];
   bf16* sQ = reinterpret_cast<bf16*>(smem_raw);
   bf16* sdO = sQ + kTile * HD;
   bf16* sK = sdO + kTile * HD;     // 2 stages
   bf16* sV = sK + 2 * kTile * HD;  // 2 stages
-  const BlockTile bt = block_tile(order);
+  const BlockTile bt = block_tile(band, Tn);
   const int qt = bt.tiles - 1 - bt.tile;  // the longest rows first
   const int bh = bt.bh, b = bh / nh, h = bh % nh, kvh = h / (nh / nkv);
   const int q0 = qt * kTile;
@@ -667,11 +681,16 @@ template <class Kernel>
 inline void set_smem(Kernel k, int bytes) {
   HDPISSA_CUDA_CHECK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
 }
-/// One block per (64-row tile, b, query head): the grid of every kernel here, in `order`'s layout
-/// (block_tile reads it back).
-inline dim3 tile_grid(int B, int nh, int Tn, TileOrder order) {
-  const auto tiles = static_cast<unsigned>((Tn + kTile - 1) / kTile), heads = static_cast<unsigned>(B * nh);
-  return order == TileOrder::HeavyFirst ? dim3(heads, tiles) : dim3(tiles, heads);
+/// One block per (64-row tile, b, query head), a 1-D grid (block_tile maps it back).
+inline dim3 tile_grid(int B, int nh, int Tn) {
+  const long long n = static_cast<long long>((Tn + kTile - 1) / kTile) * B * nh;
+  if (n > 0x7fffffffLL) throw std::invalid_argument("flash: " + std::to_string(n) + " blocks, more than a grid holds");
+  return dim3(static_cast<unsigned>(n));
+}
+/// The band block_tile reads: order.band clamped to [1, b·h].
+inline int band_of(TileOrder order, int B, int nh) {
+  if (order.band < 1) throw std::invalid_argument("flash: TileOrder band must be >= 1, found " + std::to_string(order.band));
+  return order.band < B * nh ? order.band : B * nh;
 }
 }  // namespace detail
 
@@ -686,11 +705,11 @@ inline constexpr int kFwdMinBlocks = HD == 64 ? 4 : 1;
 template <int HD, int kMinBlocks = kFwdMinBlocks<HD>>
 void launch_fwd_kernel(cudaStream_t s, const bf16* Q, const bf16* K, const bf16* V, bf16* O, float* lse,
                        const int* lengths, int B, int nh, int nkv, int Tn, float scale, int window = 0, int ld_o = 0,
-                       TileOrder order = TileOrder::HeavyFirst) {
+                       TileOrder order = {}) {
   auto* kernel = fwd_kernel<HD, kMinBlocks>;
   detail::set_smem(kernel, fwd_smem_bytes<HD>());
-  kernel<<<detail::tile_grid(B, nh, Tn, order), kThreads, fwd_smem_bytes<HD>(), s>>>(Q, K, V, O, lse, lengths, nh, nkv,
-                                                                                     Tn, scale, window, ld_o, order);
+  kernel<<<detail::tile_grid(B, nh, Tn), kThreads, fwd_smem_bytes<HD>(), s>>>(Q, K, V, O, lse, lengths, nh, nkv,
+                                                                                     Tn, scale, window, ld_o, detail::band_of(order, B, nh));
   HDPISSA_CUDA_CHECK_LAUNCH("flash::fwd_kernel");
 }
 
@@ -699,10 +718,10 @@ template <int HD>
 void launch_bwd_kernel(cudaStream_t s, const bf16* Q, const bf16* K, const bf16* V, const bf16* dO, const float* lse,
                        const float* Dr, float* dk_part, float* dv_part, const int* lengths, int B, int nh, int nkv,
                        int Tn, float scale, int window = 0, int ld_do = 0, RowGrads rg = {},
-                       TileOrder order = TileOrder::HeavyFirst) {
+                       TileOrder order = {}) {
   detail::set_smem(bwd_kernel<HD>, bwd_smem_bytes<HD>());
-  bwd_kernel<HD><<<detail::tile_grid(B, nh, Tn, order), kThreads, bwd_smem_bytes<HD>(), s>>>(
-      Q, K, V, dO, lse, Dr, dk_part, dv_part, lengths, nh, nkv, Tn, scale, window, ld_do, rg, order);
+  bwd_kernel<HD><<<detail::tile_grid(B, nh, Tn), kThreads, bwd_smem_bytes<HD>(), s>>>(
+      Q, K, V, dO, lse, Dr, dk_part, dv_part, lengths, nh, nkv, Tn, scale, window, ld_do, rg, detail::band_of(order, B, nh));
   HDPISSA_CUDA_CHECK_LAUNCH("flash::bwd_kernel");
 }
 
@@ -711,10 +730,10 @@ template <int HD>
 void launch_bwd_dq_kernel(cudaStream_t s, const bf16* Q, const bf16* K, const bf16* V, const bf16* dO,
                           const float* lse, const float* Dr, float* dq, const int* lengths, int B, int nh, int nkv,
                           int Tn, float scale, int window = 0, int ld_do = 0, RowGrads rg = {},
-                          TileOrder order = TileOrder::HeavyFirst) {
+                          TileOrder order = {}) {
   detail::set_smem(bwd_dq_kernel<HD>, dq_smem_bytes<HD>());
-  bwd_dq_kernel<HD><<<detail::tile_grid(B, nh, Tn, order), kThreads, dq_smem_bytes<HD>(), s>>>(
-      Q, K, V, dO, lse, Dr, dq, lengths, nh, nkv, Tn, scale, window, ld_do, rg, order);
+  bwd_dq_kernel<HD><<<detail::tile_grid(B, nh, Tn), kThreads, dq_smem_bytes<HD>(), s>>>(
+      Q, K, V, dO, lse, Dr, dq, lengths, nh, nkv, Tn, scale, window, ld_do, rg, detail::band_of(order, B, nh));
   HDPISSA_CUDA_CHECK_LAUNCH("flash::bwd_dq_kernel");
 }
 
@@ -725,7 +744,7 @@ void launch_bwd_dq_kernel(cudaStream_t s, const bf16* Q, const bf16* K, const bf
 /// what the model's o projection reads.
 inline void forward(const bf16* Q, const bf16* K, const bf16* V, bf16* O, float* lse, const int* lengths, int B,
                     int nh, int nkv, int Tn, int hd, float scale, cudaStream_t s, int window = 0, int ld_o = 0,
-                    TileOrder order = TileOrder::HeavyFirst) {
+                    TileOrder order = {}) {
   detail::check_row_stride("forward: ld_o", ld_o, nh * hd, O);
   if (hd == 64) launch_fwd_kernel<64>(s, Q, K, V, O, lse, lengths, B, nh, nkv, Tn, scale, window, ld_o, order);
   else launch_fwd_kernel<128>(s, Q, K, V, O, lse, lengths, B, nh, nkv, Tn, scale, window, ld_o, order);
@@ -740,7 +759,7 @@ inline void forward(const bf16* Q, const bf16* K, const bf16* V, bf16* O, float*
 inline void backward(const bf16* Q, const bf16* K, const bf16* V, const bf16* dO, const float* lse, const float* Dr,
                      float* dq, float* dk_part, float* dv_part, const int* lengths, int B, int nh, int nkv, int Tn,
                      int hd, float scale, cudaStream_t s, int window = 0, int ld_do = 0, RowGrads rg = {},
-                     TileOrder order = TileOrder::HeavyFirst) {
+                     TileOrder order = {}) {
   detail::check_row_stride("backward: ld_do", ld_do, nh * hd, dO);
   if (rg.q) detail::check_row_stride("backward: RowGrads ld_q", rg.ld_q, nh * hd, rg.q, true);
   if (rg.k) detail::check_row_stride("backward: RowGrads ld_kv", rg.ld_kv, nkv * hd, rg.k, true);
