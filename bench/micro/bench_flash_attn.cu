@@ -83,9 +83,12 @@ int run_shape(const char* name, int B, int nh, int nkv, int T, int reps) {
   std::printf("  %-44s %9s %9s  %s\n", "kernel", "ms", "TFLOP/s", "bits vs reference");
   std::vector<bf16> O_ref;
   std::vector<float> lse_ref;
+  // The poison is written on the kernels' stream: `s` is non-blocking, so a cudaMemset on the legacy
+  // stream would not be ordered before the launch (session 27's c74 saw poison left in dK / dV at
+  // 7B B 8 that way: "DIFFERENT" rows that were the bench's, not the kernels').
   auto fwd = [&](const char* what, auto launch) {
-    HDPISSA_CUDA_CHECK(cudaMemset(O.get(), 0xff, sizeof(bf16) * nq));
-    HDPISSA_CUDA_CHECK(cudaMemset(lse.get(), 0xff, sizeof(float) * nr));
+    HDPISSA_CUDA_CHECK(cudaMemsetAsync(O.get(), 0xff, sizeof(bf16) * nq, s));
+    HDPISSA_CUDA_CHECK(cudaMemsetAsync(lse.get(), 0xff, sizeof(float) * nr, s));
     launch();
     HDPISSA_CUDA_CHECK(cudaStreamSynchronize(s));
     auto o = down(O, nq);
@@ -116,8 +119,8 @@ int run_shape(const char* name, int B, int nh, int nkv, int T, int reps) {
   HDPISSA_CUDA_CHECK(cudaMemcpy(lse.get(), lse_ref.data(), sizeof(float) * nr, cudaMemcpyHostToDevice));
   std::vector<float> dk_ref, dv_ref;
   auto bwd = [&](const char* what, auto launch) {
-    HDPISSA_CUDA_CHECK(cudaMemset(dk.get(), 0xff, sizeof(float) * nq));
-    HDPISSA_CUDA_CHECK(cudaMemset(dv.get(), 0xff, sizeof(float) * nq));
+    HDPISSA_CUDA_CHECK(cudaMemsetAsync(dk.get(), 0xff, sizeof(float) * nq, s));
+    HDPISSA_CUDA_CHECK(cudaMemsetAsync(dv.get(), 0xff, sizeof(float) * nq, s));
     launch();
     HDPISSA_CUDA_CHECK(cudaStreamSynchronize(s));
     auto a = down(dk, nq), b = down(dv, nq);
