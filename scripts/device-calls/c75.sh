@@ -20,8 +20,8 @@ prof() {  # prof NAME VAR=value ...: one profile-step.sh run under the call's de
     for f in $O/$name/*.log; do echo "$(basename $f .log): $(grep -h "host time" $f)"; done; } > $OUT/profile-$name.md 2>/dev/null
   cat $OUT/profile-$name.md
 }
-prof 7b2 SHAPE=llama2-7b MB=2 GA=8 STEPS=3 CONFIGS="hdpissa-K1"
 prof tiny2 SHAPE=tinyllama MB=2 GA=8 STEPS=3 CONFIGS="hdpissa-K1 lora"
+prof 7b2 SHAPE=llama2-7b MB=2 GA=8 STEPS=3 CONFIGS="hdpissa-K1"
 OUT=$O/t WORK=/tmp/tpt PREBUILT=$PWD/.devbin SHAPES=llama2-7b MICRO_BATCHES=8 OURS_STEPS=4 \
   OURS_CONFIGS="hdpissa-K1" BASELINE_BIN=$PWD/.devbin/base/hdpissa-train BASELINE_LABEL="main 838f4ea" \
   BASELINE_CONFIGS="hdpissa-K1" PEFT_METHODS=none \
