@@ -62,10 +62,11 @@ inline bool supported_head_dim(int hd) { return hd == 64 || hd == 128; }
 ///    session 27: `TileOrder::interleaved()`);
 ///  - band ≥ b·h: one band, every heavy tile first (`TileOrder::heavy_first()`);
 ///  - between: fewer heads' K / V in flight at once than one band (L2), the tail still short.
-/// Measured (bench_flash_attn, H100, docs/trainer.md): at micro-batch 2 the one-band order ran the
-/// kernels 1.2–1.35× faster than band 1, at 7B 8 × 512 it lost 4–10 % (256 MHA heads' K / V in
-/// flight: more than L2); the default band is the measured compromise. Every block computes the same
-/// values in any order: the order changes no bit (GPU test).
+/// Measured (bench_flash_attn, H100, session 27; docs/trainer.md "Block order"): band 32 against
+/// band 1, forward + dK/dV + dQ, 1.29× (7B heads, B 2 × 512), 1.06× (B 8), 1.25× / 1.05× (TinyLlama
+/// heads); one band over every head lost at 7B B 8 (256 MHA heads' K / V in flight: more than L2).
+/// 32 is the best of the sweep at both 7B batches, hence the default. Every block computes the
+/// same values in any order: the order changes no bit (GPU test).
 struct TileOrder {
   int band = 32;  ///< (b, h) heads per band, ≥ 1
   static constexpr TileOrder interleaved() { return TileOrder{1}; }
