@@ -46,6 +46,9 @@
 #                                       choice of the bf16 GEMMs; other runs get the caller's value, default off);
 #                                       +3xtf32 = HDPISSA_CUDA_DWU_GEMM=3xtf32 (the sm_90a DWU kernel instead of
 #                                       auto's CUDA-core kernel at 2Kr <= 64: a before/after of the DWU step);
+#                                       +band<N> / +bandall = HDPISSA_FLASH_BAND=N / all (the flash kernels'
+#                                       block order: N heads per heavy-tiles-first band; +band1 = the order
+#                                       before session 27);
 #                                       +fused = HDPISSA_FUSED_ADAPTER_GRADS=1 (the DWU methods' adapter
 #                                       gradients through adapter_grads.cuh instead of MutedLinear's cuBLAS GEMMs)
 #                                       +rows4 = HDPISSA_CUDA_DWU_ROWS=4 (the low-rank DWU kernel's 4-rows-per-thread
@@ -273,6 +276,8 @@ run_ours() {  # SIDE(ours|base) BINARY HELP CFG MODEL MB GA MBDIR TIMEOUT EXTRA_
   [[ "$cfg" == *+onestream* ]] && { cfg="${cfg//+onestream/}"; side=0; }  # hdpissa-K1+onestream
   local rows="${HDPISSA_CUDA_DWU_ROWS:-8}"
   [[ "$cfg" == *+rows4* ]] && { cfg="${cfg//+rows4/}"; rows=4; }  # hdpissa-K1+rows4: HDPISSA_CUDA_DWU_ROWS=4
+  local band="${HDPISSA_FLASH_BAND:-}"
+  if [[ "$cfg" =~ \+band([0-9]+|all) ]]; then band="${BASH_REMATCH[1]}"; cfg="${cfg//+band$band/}"; fi  # +band1: HDPISSA_FLASH_BAND
   local chunk="${HDPISSA_LOSS_CHUNK_ROWS:-}"
   if [[ "$cfg" =~ \+chunk([0-9]+) ]]; then chunk="${BASH_REMATCH[1]}"; cfg="${cfg//+chunk$chunk/}"; fi  # +chunk1024: HDPISSA_LOSS_CHUNK_ROWS
   # (+keep and +ckpt together pass both flags: the trainer refuses the pair, naming both)
@@ -293,7 +298,7 @@ run_ours() {  # SIDE(ours|base) BINARY HELP CFG MODEL MB GA MBDIR TIMEOUT EXTRA_
   fi
   s=$(date +%s.%N)
   # shellcheck disable=SC2086
-  HDPISSA_CUDA_GEMM_TUNING_BF16="$tune" HDPISSA_CUDA_DWU_GEMM="$dwug" HDPISSA_FUSED_ADAPTER_GRADS="$fused" HDPISSA_FP8_PRODUCER_AMAX="$hint" HDPISSA_STACKED_LINEARS="$stacked" HDPISSA_ADAPTER_STREAM="$side" HDPISSA_LOSS_CHUNK_ROWS="$chunk" HDPISSA_CUDA_DWU_ROWS="$rows" \
+  HDPISSA_CUDA_GEMM_TUNING_BF16="$tune" HDPISSA_CUDA_DWU_GEMM="$dwug" HDPISSA_FUSED_ADAPTER_GRADS="$fused" HDPISSA_FP8_PRODUCER_AMAX="$hint" HDPISSA_STACKED_LINEARS="$stacked" HDPISSA_ADAPTER_STREAM="$side" HDPISSA_LOSS_CHUNK_ROWS="$chunk" HDPISSA_CUDA_DWU_ROWS="$rows" HDPISSA_FLASH_BAND="$band" \
   timeout -k 10 "$to" "$bin" --device cuda --dtype bf16 "${attflag[@]}" --model "$model" \
     --tokenizer "$DEV/tokenizer.model" --data "$DEV/train.jsonl" --method "$method" --groups-per-process "$k" \
     --rank 16 --alpha 16 --targets q,k,v,o,gate,up,down --svd randomized --micro-batch "$mb" --grad-accum "$ga" \

@@ -83,9 +83,12 @@ int run_shape(const char* name, int B, int nh, int nkv, int T, int reps) {
   std::printf("  %-44s %9s %9s  %s\n", "kernel", "ms", "TFLOP/s", "bits vs reference");
   std::vector<bf16> O_ref;
   std::vector<float> lse_ref;
+  // The poison is written on the kernels' stream: `s` is non-blocking, so a cudaMemset on the legacy
+  // stream would not be ordered before the launch (session 27's c74 saw poison left in dK / dV at
+  // 7B B 8 that way: "DIFFERENT" rows that were the bench's, not the kernels').
   auto fwd = [&](const char* what, auto launch) {
-    HDPISSA_CUDA_CHECK(cudaMemset(O.get(), 0xff, sizeof(bf16) * nq));
-    HDPISSA_CUDA_CHECK(cudaMemset(lse.get(), 0xff, sizeof(float) * nr));
+    HDPISSA_CUDA_CHECK(cudaMemsetAsync(O.get(), 0xff, sizeof(bf16) * nq, s));
+    HDPISSA_CUDA_CHECK(cudaMemsetAsync(lse.get(), 0xff, sizeof(float) * nr, s));
     launch();
     HDPISSA_CUDA_CHECK(cudaStreamSynchronize(s));
     auto o = down(O, nq);
@@ -107,12 +110,17 @@ int run_shape(const char* name, int B, int nh, int nkv, int T, int reps) {
   fwd("fwd, 3 blocks/SM register target", [&] { F::launch_fwd_kernel<HD, 3>(s, Q.get(), K.get(), V.get(), O.get(), lse.get(), L.get(), B, nh, nkv, T, scale); });
   if constexpr (HD == 64)
     fwd("fwd, 4 blocks/SM register target", [&] { F::launch_fwd_kernel<HD, 4>(s, Q.get(), K.get(), V.get(), O.get(), lse.get(), L.get(), B, nh, nkv, T, scale); });
+  // the block order: bands of (b, h) heads, heavy tiles first in each (1 = the order before session 27)
+  const int bands[] = {1, 8, 16, 32, 64, 128, 1 << 30};
+  auto band_name = [](int b) { return b == (1 << 30) ? std::string("all") : std::to_string(b); };
+  for (int b : bands)
+    fwd(("fwd, block order band " + band_name(b)).c_str(), [&] { F::forward(Q.get(), K.get(), V.get(), O.get(), lse.get(), L.get(), B, nh, nkv, T, HD, scale, s, 0, 0, F::TileOrder{b}); });
   // the backward reads the reference forward's lse
   HDPISSA_CUDA_CHECK(cudaMemcpy(lse.get(), lse_ref.data(), sizeof(float) * nr, cudaMemcpyHostToDevice));
   std::vector<float> dk_ref, dv_ref;
   auto bwd = [&](const char* what, auto launch) {
-    HDPISSA_CUDA_CHECK(cudaMemset(dk.get(), 0xff, sizeof(float) * nq));
-    HDPISSA_CUDA_CHECK(cudaMemset(dv.get(), 0xff, sizeof(float) * nq));
+    HDPISSA_CUDA_CHECK(cudaMemsetAsync(dk.get(), 0xff, sizeof(float) * nq, s));
+    HDPISSA_CUDA_CHECK(cudaMemsetAsync(dv.get(), 0xff, sizeof(float) * nq, s));
     launch();
     HDPISSA_CUDA_CHECK(cudaStreamSynchronize(s));
     auto a = down(dk, nq), b = down(dv, nq);
@@ -129,13 +137,42 @@ int run_shape(const char* name, int B, int nh, int nkv, int T, int reps) {
     std::printf("  %-44s %9.4f %9.1f  %s\n", what, ms, 4 * prod / ms / 1e9, verdict);
   };
   bwd("bwd dK,dV", [&] { F::launch_bwd_kernel<HD>(s, Q.get(), K.get(), V.get(), dO.get(), lse.get(), D.get(), dk.get(), dv.get(), L.get(), B, nh, nkv, T, scale); });
+  for (int b : bands)
+    bwd(("bwd dK,dV, block order band " + band_name(b)).c_str(), [&] { F::launch_bwd_kernel<HD>(s, Q.get(), K.get(), V.get(), dO.get(), lse.get(), D.get(), dk.get(), dv.get(), L.get(), B, nh, nkv, T, scale, 0, 0, {}, F::TileOrder{b}); });
   const double ms_dq = time_ms(s, reps, [&] { F::launch_bwd_dq_kernel<HD>(s, Q.get(), K.get(), V.get(), dO.get(), lse.get(), D.get(), dq.get(), L.get(), B, nh, nkv, T, scale); });
   std::printf("  %-44s %9.4f %9.1f\n", "bwd dQ", ms_dq, 3 * prod / ms_dq / 1e9);
+  for (int b : bands) {
+    const double ms_b = time_ms(s, reps, [&] { F::launch_bwd_dq_kernel<HD>(s, Q.get(), K.get(), V.get(), dO.get(), lse.get(), D.get(), dq.get(), L.get(), B, nh, nkv, T, scale, 0, 0, {}, F::TileOrder{b}); });
+    std::printf("  %-44s %9.4f %9.1f\n", ("bwd dQ, block order band " + band_name(b)).c_str(), ms_b, 3 * prod / ms_b / 1e9);
+  }
   const double ms_all = time_ms(s, reps, [&] {
     F::forward(Q.get(), K.get(), V.get(), O.get(), lse.get(), L.get(), B, nh, nkv, T, HD, scale, s);
     F::backward(Q.get(), K.get(), V.get(), dO.get(), lse.get(), D.get(), dq.get(), dk.get(), dv.get(), L.get(), B, nh, nkv, T, HD, scale, s);
   });
   std::printf("  %-44s %9.4f %9.1f  (useful: 2 fwd + 5 bwd products)\n", "forward() + backward() (the defaults)", ms_all, 7 * prod / ms_all / 1e9);
+  // The backward's two kernels are independent (same inputs, separate outputs): dQ on a second
+  // stream, so its blocks can fill the dK/dV kernel's tail (a measurement of that lever only).
+  hdpissa::CudaStream stream2;
+  cudaEvent_t fork = nullptr, join = nullptr;
+  HDPISSA_CUDA_CHECK(cudaEventCreateWithFlags(&fork, cudaEventDisableTiming));
+  HDPISSA_CUDA_CHECK(cudaEventCreateWithFlags(&join, cudaEventDisableTiming));
+  const double ms_two = time_ms(s, reps, [&] {
+    F::forward(Q.get(), K.get(), V.get(), O.get(), lse.get(), L.get(), B, nh, nkv, T, HD, scale, s);
+    HDPISSA_CUDA_CHECK(cudaEventRecord(fork, s));
+    HDPISSA_CUDA_CHECK(cudaStreamWaitEvent(stream2.get(), fork, 0));
+    F::launch_bwd_dq_kernel<HD>(stream2.get(), Q.get(), K.get(), V.get(), dO.get(), lse.get(), D.get(), dq.get(), L.get(), B, nh, nkv, T, scale);
+    F::launch_bwd_kernel<HD>(s, Q.get(), K.get(), V.get(), dO.get(), lse.get(), D.get(), dk.get(), dv.get(), L.get(), B, nh, nkv, T, scale);
+    HDPISSA_CUDA_CHECK(cudaEventRecord(join, stream2.get()));
+    HDPISSA_CUDA_CHECK(cudaStreamWaitEvent(s, join, 0));
+  });
+  std::printf("  %-44s %9.4f %9.1f  (the defaults: %.3fx)\n", "forward() + backward(), dQ on a 2nd stream", ms_two, 7 * prod / ms_two / 1e9, ms_all / ms_two);
+  (void)cudaEventDestroy(fork);
+  (void)cudaEventDestroy(join);
+  const double ms_alli = time_ms(s, reps, [&] {
+    F::forward(Q.get(), K.get(), V.get(), O.get(), lse.get(), L.get(), B, nh, nkv, T, HD, scale, s, 0, 0, F::TileOrder::interleaved());
+    F::backward(Q.get(), K.get(), V.get(), dO.get(), lse.get(), D.get(), dq.get(), dk.get(), dv.get(), L.get(), B, nh, nkv, T, HD, scale, s, 0, 0, {}, F::TileOrder::interleaved());
+  });
+  std::printf("  %-44s %9.4f %9.1f  (the defaults: %.3fx)\n", "forward() + backward(), band 1 (before)", ms_alli, 7 * prod / ms_alli / 1e9, ms_alli / ms_all);
   return bad;
 }
 

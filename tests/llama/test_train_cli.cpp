@@ -265,6 +265,25 @@ TEST_CASE("cli: --cuda-graphs needs --device cuda and not --profile; it is in th
   CHECK_FALSE(parse_train_args(base({}), nullptr, sink).cuda_graphs);
 }
 
+TEST_CASE("cli: HDPISSA_FLASH_BAND is a head count or 'all', checked with the command line") {
+  const hdpissa::test::ScopedEnv restore("HDPISSA_FLASH_BAND", nullptr);  // the caller's value back at the end
+  for (const char* bad : {"0", "-3", "1073741825", "32x", "ALL", " "}) {
+    ::setenv("HDPISSA_FLASH_BAND", bad, 1);
+    CHECK(error_of(base({})) ==
+          std::string("HDPISSA_FLASH_BAND: expected a head count or 'all' in [1, 1073741824], found '") + bad + "'");
+  }
+  for (const char* ok : {"1", "32", "1073741824"}) {
+    ::setenv("HDPISSA_FLASH_BAND", ok, 1);
+    CHECK(error_of(base({})) == "");
+    CHECK(env_flash_band() == std::atoi(ok));
+  }
+  ::setenv("HDPISSA_FLASH_BAND", "all", 1);
+  CHECK(error_of(base({})) == "");
+  CHECK(env_flash_band() == (1 << 30));
+  ::unsetenv("HDPISSA_FLASH_BAND");
+  CHECK_FALSE(env_flash_band().has_value());
+}
+
 TEST_CASE("cli: HDPISSA_STACKED_LINEARS and HDPISSA_ADAPTER_STREAM are 0 or 1, checked with the command line") {
   for (const char* var : {"HDPISSA_STACKED_LINEARS", "HDPISSA_ADAPTER_STREAM"}) {
     CAPTURE(std::string(var));

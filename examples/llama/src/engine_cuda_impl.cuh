@@ -77,6 +77,8 @@ class CudaEngine final : public MethodEngine<gpu::CudaDevice<T>> {
                            comm_.groups(), " over ", comm_.size(), " (first group ", comm_.first_group(), ")"));
     // HDPISSA_LOSS_ROW_ALIGN: the loss GEMMs' row multiple (A/B of the padded loss shapes; 1: exact)
     if (const auto a = env_loss_row_align()) model_.set_loss_row_align(*a);
+    // HDPISSA_FLASH_BAND: the flash kernels' block order (A/B of the heavy-first bands; 1: before)
+    if (const auto b = env_flash_band()) model_.set_flash_tile_order(gpu::flash::TileOrder{*b});
     model_.set_cuda_graphs(o.cuda_graphs);
     // One stream carries every GEMM: the backends share the model's cuBLAS workspace.
     b32_.share_workspace(model_.cublas_workspace(), model_.cublas_workspace_bytes());

@@ -690,6 +690,69 @@ TEST_CASE("flash forward: the register target gives the unconstrained kernel's b
   }
 }
 
+/// The block order (flash::TileOrder: bands of heads, every head's heaviest causal tile of a band
+/// dispatched before its next one; band 1 = each head's tiles in a row as before session 27)
+/// changes only which SM runs a block when: forward (O, lse) and both backward kernels (dQ, dK, dV
+/// partials) must give the same bits for every band (1, 3 — a short last band —, the default, all),
+/// with padding, partial tiles, sliding windows and GQA.
+template <int HD>
+void check_flash_tile_order_bitwise(int T, std::vector<int> lengths, int window) {
+  using flash::TileOrder;
+  const int B = static_cast<int>(lengths.size()), nh = 4, nkv = 2;
+  const std::size_t nq = std::size_t(B) * nh * T * HD, nk = std::size_t(B) * nkv * T * HD, nr = std::size_t(B) * nh * T;
+  std::mt19937 rng(17u + HD + T + window);
+  auto Q = random_device<bf16>(nq, rng, 1.5f), K = random_device<bf16>(nk, rng, 1.5f), V = random_device<bf16>(nk, rng, 1.5f);
+  auto dO = random_device<bf16>(nq, rng, 1.0f);
+  std::vector<float> hD(nr);
+  std::uniform_real_distribution<float> u(-0.5f, 0.5f);
+  for (auto& x : hD) x = u(rng);
+  auto D = to_device(hD);
+  hdpissa::DeviceBuffer<bf16> O(nq);
+  hdpissa::DeviceBuffer<float> lse(nr), dq(nq), dk(nq), dv(nq);
+  auto L = to_device(lengths);
+  const float scale = 1.0f / std::sqrt(float(HD));
+  struct Out {
+    std::vector<unsigned char> o, lse, dq, dk, dv;
+  };
+  auto run = [&](TileOrder order) {
+    for (void* p : {static_cast<void*>(lse.get()), static_cast<void*>(dq.get()), static_cast<void*>(dk.get()),
+                    static_cast<void*>(dv.get())})
+      HDPISSA_CUDA_CHECK(cudaMemset(p, 0xff, sizeof(float) * (p == lse.get() ? nr : nq)));
+    HDPISSA_CUDA_CHECK(cudaMemset(O.get(), 0xff, sizeof(bf16) * nq));
+    flash::forward(Q.get(), K.get(), V.get(), O.get(), lse.get(), L.get(), B, nh, nkv, T, HD, scale, nullptr, window,
+                   0, order);
+    flash::backward(Q.get(), K.get(), V.get(), dO.get(), lse.get(), D.get(), dq.get(), dk.get(), dv.get(), L.get(), B,
+                    nh, nkv, T, HD, scale, nullptr, window, 0, {}, order);
+    HDPISSA_CUDA_CHECK(cudaDeviceSynchronize());
+    return Out{bits(O, nq), bits(lse, nr), bits(dq, nq), bits(dk, nq), bits(dv, nq)};
+  };
+  const Out a = run(TileOrder::interleaved());
+  for (TileOrder order : {TileOrder{3}, TileOrder{}, TileOrder::heavy_first()}) {
+    CAPTURE(order.band);
+    const Out b = run(order);
+    CHECK(a.o == b.o);
+    CHECK(a.lse == b.lse);
+    CHECK(a.dq == b.dq);
+    CHECK(a.dk == b.dk);
+    CHECK(a.dv == b.dv);
+  }
+  CHECK_THROWS_AS(flash::forward(Q.get(), K.get(), V.get(), O.get(), lse.get(), L.get(), B, nh, nkv, T, HD, scale,
+                                 nullptr, window, 0, TileOrder{0}),
+                  std::invalid_argument);
+  // and not trivially: the outputs were written (no 0xff poison left on a valid row's first value)
+  const std::vector<unsigned char> poisoned(4, 0xff);
+  CHECK(std::vector<unsigned char>(a.lse.begin(), a.lse.begin() + 4) != poisoned);
+  CHECK(std::vector<unsigned char>(a.dq.begin(), a.dq.begin() + 4) != poisoned);
+}
+
+TEST_CASE("flash kernels: every block order (bands of heads, heavy tiles first) gives the same bits") {
+  for (int window : {0, 40}) {
+    CAPTURE(window);
+    check_flash_tile_order_bitwise<64>(150, {150, 97, 1, 64}, window);
+    check_flash_tile_order_bitwise<128>(300, {300, 129, 256, 190}, window);
+  }
+}
+
 /// The attention layout kernels' 4-wide forms (kernels_llama.cuh) against the scalar kernels, bit
 /// for bit: rows → heads with and without RoPE, heads → rows with the inverse rotation, the fp32
 /// group sum; a row stride wider than the heads; head dims 8, 64, 128; bf16 and fp32. attn_rowdot's

@@ -919,24 +919,7 @@ void CudaGreedyDecoder<T>::decode_step(CudaHooks<T>& hooks) {
     forward_rows(slots_, d_tok_, nullptr, d_pos_, decode_chunk_, decode_splits_, slots_, nullptr, hooks);
   };
   if (graphs_ && !graph_failed_ && stats_.decode_steps > 0 && !exec_) {  // capture after one eager step
-    cudaGraph_t g = nullptr;
-    bool ok = cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal) == cudaSuccess;
-    if (ok) {
-      try {
-        eager();
-      } catch (const std::exception&) {
-        ok = false;
-      }
-      const cudaError_t e = cudaStreamEndCapture(s, &g);
-      ok = ok && e == cudaSuccess && g != nullptr;
-      if (ok) ok = cudaGraphInstantiate(&exec_, g, 0) == cudaSuccess;
-      if (g) (void)cudaGraphDestroy(g);
-    }
-    if (!ok) {
-      (void)cudaGetLastError();
-      exec_ = nullptr;
-      graph_failed_ = true;
-    }
+    if (!capture_stream_graph(s, exec_, eager)) graph_failed_ = true;
   }
   if (exec_) HDPISSA_CUDA_CHECK(cudaGraphLaunch(exec_, s));
   else eager();

@@ -52,7 +52,43 @@ inline constexpr int kThreads = 128; ///< 4 warps × 16 rows
 /// Head dims with a compiled kernel.
 inline bool supported_head_dim(int hd) { return hd == 64 || hd == 128; }
 
+/// The order in which a kernel's blocks are handed to the SMs (the block scheduler dispatches them
+/// in linear block order). Causal work per tile grows with the query tile (forward, dQ) or shrinks
+/// with the key tile (dK / dV), from 1 to T / 64 tile products. The (b, h) heads are cut into bands
+/// of `band` heads; band after band, every head's heaviest tile is dispatched before any head's
+/// next one (longest-processing-time-first inside a band, so a band's last wave holds its light
+/// tiles and the next band's heavy ones fill in beside them).
+///  - band = 1: each head's tiles in a row, heavy and light mixed in every wave (the order before
+///    session 27: `TileOrder::interleaved()`);
+///  - band ≥ b·h: one band, every heavy tile first (`TileOrder::heavy_first()`);
+///  - between: fewer heads' K / V in flight at once than one band (L2), the tail still short.
+/// Measured (bench_flash_attn, H100, session 27; docs/trainer.md "Block order"): band 32 against
+/// band 1, forward + dK/dV + dQ, 1.29× (7B heads, B 2 × 512), 1.06× (B 8), 1.25× / 1.05× (TinyLlama
+/// heads); one band over every head lost at 7B B 8 (256 MHA heads' K / V in flight: more than L2).
+/// 32 is the best of the sweep at both 7B batches, hence the default. Every block computes the
+/// same values in any order: the order changes no bit (GPU test).
+struct TileOrder {
+  int band = 32;  ///< (b, h) heads per band, ≥ 1
+  static constexpr TileOrder interleaved() { return TileOrder{1}; }
+  static constexpr TileOrder heavy_first() { return TileOrder{1 << 30}; }
+};
+
 namespace detail {
+
+/// A block's tile and (b, h) head: `tile` is the rank among the head's tiles, 0 the heaviest (the
+/// kernel maps it: the last query tile, or key tile 0).
+struct BlockTile {
+  int tile, bh, tiles;
+};
+/// This block's BlockTile under TileOrder{band} on the 1-D grid of b·h × tiles blocks (tile_grid).
+__device__ __forceinline__ BlockTile block_tile(int band, int Tn) {
+  const int tiles = (Tn + kTile - 1) / kTile, heads = int(gridDim.x) / tiles, i = int(blockIdx.x);
+  const int per_band = band * tiles;  // band ≤ heads (the launcher clamps it)
+  const int first = i / per_band * band, r = i - first * tiles;
+  const int hb = min(band, heads - first);  // heads in this band (the last may hold fewer)
+  const int rank = r / hb;
+  return BlockTile{rank, first + (r - rank * hb), tiles};
+}
 
 __device__ __forceinline__ std::uint32_t smem_u32(const void* p) {
   return static_cast<std::uint32_t>(__cvta_generic_to_shared(p));
@@ -193,14 +229,16 @@ template <int HD, int kMinBlocks = 1>
 __global__ void __launch_bounds__(kThreads, kMinBlocks) fwd_kernel(const bf16* __restrict__ Q, const bf16* __restrict__ K,
                                                        const bf16* __restrict__ V, bf16* __restrict__ O,
                                                        float* __restrict__ lse, const int* __restrict__ lengths, int nh,
-                                                       int nkv, int Tn, float scale, int window, int ld_o) {
+                                                       int nkv, int Tn, float scale, int window, int ld_o,
+                                                       int band) {
   using namespace detail;
   extern __shared__ __align__(128) unsigned char smem_raw[];
   bf16* sQ = reinterpret_cast<bf16*>(smem_raw);
   bf16* sK = sQ + kTile * HD;      // 2 stages
   bf16* sV = sK + 2 * kTile * HD;  // 2 stages
-  const int qt = gridDim.x - 1 - blockIdx.x;  // the longest rows first
-  const int bh = blockIdx.y, b = bh / nh, h = bh % nh, kvh = h / (nh / nkv);
+  const BlockTile bt = block_tile(band, Tn);
+  const int qt = bt.tiles - 1 - bt.tile;  // the longest rows first
+  const int bh = bt.bh, b = bh / nh, h = bh % nh, kvh = h / (nh / nkv);
   const int q0 = qt * kTile;
   const int Lb = min(lengths[b], Tn);
   const bf16* Qb = Q + static_cast<std::int64_t>(bh) * Tn * HD;
@@ -357,7 +395,7 @@ __global__ void __launch_bounds__(kThreads) bwd_kernel(const bf16* __restrict__ 
                                                        float* __restrict__ dk_part, float* __restrict__ dv_part,
                                                        const int* __restrict__ lengths,
                                                        int nh, int nkv, int Tn, float scale, int window, int ld_do,
-                                                       RowGrads rg) {
+                                                       RowGrads rg, int band) {
   using namespace detail;
   extern __shared__ __align__(128) unsigned char smem_raw[];
   bf16* sK = reinterpret_cast<bf16*>(smem_raw);
@@ -366,8 +404,9 @@ __global__ void __launch_bounds__(kThreads) bwd_kernel(const bf16* __restrict__ 
   bf16* sdO = sQ + kTile * HD;
   float* s_lse = reinterpret_cast<float*>(sdO + kTile * HD);
   float* s_dr = s_lse + kTile;
-  const int kt = blockIdx.x;
-  const int bh = blockIdx.y, b = bh / nh, h = bh % nh, kvh = h / (nh / nkv);
+  const BlockTile bt = block_tile(band, Tn);
+  const int kt = bt.tile;  // key tile 0 (every query tile's keys) first
+  const int bh = bt.bh, b = bh / nh, h = bh % nh, kvh = h / (nh / nkv);
   const int k0 = kt * kTile;
   const int Lb = min(lengths[b], Tn);
   const std::int64_t head = static_cast<std::int64_t>(bh) * Tn * HD;
@@ -507,15 +546,16 @@ __global__ void __launch_bounds__(kThreads) bwd_dq_kernel(const bf16* __restrict
                                                           const float* __restrict__ lse, const float* __restrict__ Dr,
                                                           float* __restrict__ dq, const int* __restrict__ lengths,
                                                           int nh, int nkv, int Tn, float scale, int window, int ld_do,
-                                                          RowGrads rg) {
+                                                          RowGrads rg, int band) {
   using namespace detail;
   extern __shared__ __align__(128) unsigned char smem_raw[];
   bf16* sQ = reinterpret_cast<bf16*>(smem_raw);
   bf16* sdO = sQ + kTile * HD;
   bf16* sK = sdO + kTile * HD;     // 2 stages
   bf16* sV = sK + 2 * kTile * HD;  // 2 stages
-  const int qt = gridDim.x - 1 - blockIdx.x;
-  const int bh = blockIdx.y, b = bh / nh, h = bh % nh, kvh = h / (nh / nkv);
+  const BlockTile bt = block_tile(band, Tn);
+  const int qt = bt.tiles - 1 - bt.tile;  // the longest rows first
+  const int bh = bt.bh, b = bh / nh, h = bh % nh, kvh = h / (nh / nkv);
   const int q0 = qt * kTile;
   const int Lb = min(lengths[b], Tn);
   const std::int64_t head = static_cast<std::int64_t>(bh) * Tn * HD;
@@ -642,9 +682,16 @@ template <class Kernel>
 inline void set_smem(Kernel k, int bytes) {
   HDPISSA_CUDA_CHECK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
 }
-/// One block per (64-row tile, b, query head): the grid of every kernel here.
+/// One block per (64-row tile, b, query head), a 1-D grid (block_tile maps it back).
 inline dim3 tile_grid(int B, int nh, int Tn) {
-  return dim3(static_cast<unsigned>((Tn + kTile - 1) / kTile), static_cast<unsigned>(B * nh));
+  const long long n = static_cast<long long>((Tn + kTile - 1) / kTile) * B * nh;
+  if (n > 0x7fffffffLL) throw std::invalid_argument("flash: " + std::to_string(n) + " blocks, more than a grid holds");
+  return dim3(static_cast<unsigned>(n));
+}
+/// The band block_tile reads: order.band clamped to [1, b·h].
+inline int band_of(TileOrder order, int B, int nh) {
+  if (order.band < 1) throw std::invalid_argument("flash: TileOrder band must be >= 1, found " + std::to_string(order.band));
+  return order.band < B * nh ? order.band : B * nh;
 }
 }  // namespace detail
 
@@ -658,11 +705,12 @@ inline constexpr int kFwdMinBlocks = HD == 64 ? 4 : 1;
 /// fwd_kernel<HD, kMinBlocks> on stream s (see forward()).
 template <int HD, int kMinBlocks = kFwdMinBlocks<HD>>
 void launch_fwd_kernel(cudaStream_t s, const bf16* Q, const bf16* K, const bf16* V, bf16* O, float* lse,
-                       const int* lengths, int B, int nh, int nkv, int Tn, float scale, int window = 0, int ld_o = 0) {
+                       const int* lengths, int B, int nh, int nkv, int Tn, float scale, int window = 0, int ld_o = 0,
+                       TileOrder order = {}) {
   auto* kernel = fwd_kernel<HD, kMinBlocks>;
   detail::set_smem(kernel, fwd_smem_bytes<HD>());
-  kernel<<<detail::tile_grid(B, nh, Tn), kThreads, fwd_smem_bytes<HD>(), s>>>(Q, K, V, O, lse, lengths, nh, nkv, Tn,
-                                                                              scale, window, ld_o);
+  kernel<<<detail::tile_grid(B, nh, Tn), kThreads, fwd_smem_bytes<HD>(), s>>>(Q, K, V, O, lse, lengths, nh, nkv,
+                                                                                     Tn, scale, window, ld_o, detail::band_of(order, B, nh));
   HDPISSA_CUDA_CHECK_LAUNCH("flash::fwd_kernel");
 }
 
@@ -670,10 +718,11 @@ void launch_fwd_kernel(cudaStream_t s, const bf16* Q, const bf16* K, const bf16*
 template <int HD>
 void launch_bwd_kernel(cudaStream_t s, const bf16* Q, const bf16* K, const bf16* V, const bf16* dO, const float* lse,
                        const float* Dr, float* dk_part, float* dv_part, const int* lengths, int B, int nh, int nkv,
-                       int Tn, float scale, int window = 0, int ld_do = 0, RowGrads rg = {}) {
+                       int Tn, float scale, int window = 0, int ld_do = 0, RowGrads rg = {},
+                       TileOrder order = {}) {
   detail::set_smem(bwd_kernel<HD>, bwd_smem_bytes<HD>());
   bwd_kernel<HD><<<detail::tile_grid(B, nh, Tn), kThreads, bwd_smem_bytes<HD>(), s>>>(
-      Q, K, V, dO, lse, Dr, dk_part, dv_part, lengths, nh, nkv, Tn, scale, window, ld_do, rg);
+      Q, K, V, dO, lse, Dr, dk_part, dv_part, lengths, nh, nkv, Tn, scale, window, ld_do, rg, detail::band_of(order, B, nh));
   HDPISSA_CUDA_CHECK_LAUNCH("flash::bwd_kernel");
 }
 
@@ -681,10 +730,11 @@ void launch_bwd_kernel(cudaStream_t s, const bf16* Q, const bf16* K, const bf16*
 template <int HD>
 void launch_bwd_dq_kernel(cudaStream_t s, const bf16* Q, const bf16* K, const bf16* V, const bf16* dO,
                           const float* lse, const float* Dr, float* dq, const int* lengths, int B, int nh, int nkv,
-                          int Tn, float scale, int window = 0, int ld_do = 0, RowGrads rg = {}) {
+                          int Tn, float scale, int window = 0, int ld_do = 0, RowGrads rg = {},
+                          TileOrder order = {}) {
   detail::set_smem(bwd_dq_kernel<HD>, dq_smem_bytes<HD>());
   bwd_dq_kernel<HD><<<detail::tile_grid(B, nh, Tn), kThreads, dq_smem_bytes<HD>(), s>>>(
-      Q, K, V, dO, lse, Dr, dq, lengths, nh, nkv, Tn, scale, window, ld_do, rg);
+      Q, K, V, dO, lse, Dr, dq, lengths, nh, nkv, Tn, scale, window, ld_do, rg, detail::band_of(order, B, nh));
   HDPISSA_CUDA_CHECK_LAUNCH("flash::bwd_dq_kernel");
 }
 
@@ -694,10 +744,11 @@ void launch_bwd_dq_kernel(cudaStream_t s, const bf16* Q, const bf16* K, const bf
 /// row layout (B·T rows of stride ld_o ≥ nh·hd, a multiple of 8; head h at column h·hd), which is
 /// what the model's o projection reads.
 inline void forward(const bf16* Q, const bf16* K, const bf16* V, bf16* O, float* lse, const int* lengths, int B,
-                    int nh, int nkv, int Tn, int hd, float scale, cudaStream_t s, int window = 0, int ld_o = 0) {
+                    int nh, int nkv, int Tn, int hd, float scale, cudaStream_t s, int window = 0, int ld_o = 0,
+                    TileOrder order = {}) {
   detail::check_row_stride("forward: ld_o", ld_o, nh * hd, O);
-  if (hd == 64) launch_fwd_kernel<64>(s, Q, K, V, O, lse, lengths, B, nh, nkv, Tn, scale, window, ld_o);
-  else launch_fwd_kernel<128>(s, Q, K, V, O, lse, lengths, B, nh, nkv, Tn, scale, window, ld_o);
+  if (hd == 64) launch_fwd_kernel<64>(s, Q, K, V, O, lse, lengths, B, nh, nkv, Tn, scale, window, ld_o, order);
+  else launch_fwd_kernel<128>(s, Q, K, V, O, lse, lengths, B, nh, nkv, Tn, scale, window, ld_o, order);
 }
 
 /// Gradients of forward(): dq ← scale·dS·K; dk_part, dv_part ← each query head's dK, dV (all
@@ -708,7 +759,8 @@ inline void forward(const bf16* Q, const bf16* K, const bf16* V, bf16* O, float*
 /// fp32 outputs are then not written (may be null).
 inline void backward(const bf16* Q, const bf16* K, const bf16* V, const bf16* dO, const float* lse, const float* Dr,
                      float* dq, float* dk_part, float* dv_part, const int* lengths, int B, int nh, int nkv, int Tn,
-                     int hd, float scale, cudaStream_t s, int window = 0, int ld_do = 0, RowGrads rg = {}) {
+                     int hd, float scale, cudaStream_t s, int window = 0, int ld_do = 0, RowGrads rg = {},
+                     TileOrder order = {}) {
   detail::check_row_stride("backward: ld_do", ld_do, nh * hd, dO);
   if (rg.q) detail::check_row_stride("backward: RowGrads ld_q", rg.ld_q, nh * hd, rg.q, true);
   if (rg.k) detail::check_row_stride("backward: RowGrads ld_kv", rg.ld_kv, nkv * hd, rg.k, true);
@@ -719,11 +771,13 @@ inline void backward(const bf16* Q, const bf16* K, const bf16* V, const bf16* dO
   if ((rg.q || rg.k) && (!rg.cos_t || !rg.sin_t))
     throw std::invalid_argument("flash::backward: bf16 row gradients of Q and K need the RoPE tables (cos_t, sin_t)");
   if (hd == 64) {
-    launch_bwd_kernel<64>(s, Q, K, V, dO, lse, Dr, dk_part, dv_part, lengths, B, nh, nkv, Tn, scale, window, ld_do, rg);
-    launch_bwd_dq_kernel<64>(s, Q, K, V, dO, lse, Dr, dq, lengths, B, nh, nkv, Tn, scale, window, ld_do, rg);
+    launch_bwd_kernel<64>(s, Q, K, V, dO, lse, Dr, dk_part, dv_part, lengths, B, nh, nkv, Tn, scale, window, ld_do, rg,
+                          order);
+    launch_bwd_dq_kernel<64>(s, Q, K, V, dO, lse, Dr, dq, lengths, B, nh, nkv, Tn, scale, window, ld_do, rg, order);
   } else {
-    launch_bwd_kernel<128>(s, Q, K, V, dO, lse, Dr, dk_part, dv_part, lengths, B, nh, nkv, Tn, scale, window, ld_do, rg);
-    launch_bwd_dq_kernel<128>(s, Q, K, V, dO, lse, Dr, dq, lengths, B, nh, nkv, Tn, scale, window, ld_do, rg);
+    launch_bwd_kernel<128>(s, Q, K, V, dO, lse, Dr, dk_part, dv_part, lengths, B, nh, nkv, Tn, scale, window, ld_do,
+                           rg, order);
+    launch_bwd_dq_kernel<128>(s, Q, K, V, dO, lse, Dr, dq, lengths, B, nh, nkv, Tn, scale, window, ld_do, rg, order);
   }
 }
 

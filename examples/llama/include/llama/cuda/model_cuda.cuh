@@ -216,6 +216,13 @@ class CudaLlama {
   /// The loss GEMMs' row count is a chunk's target count rounded up to a multiple of `rows` (in
   /// [1, 1024]; default 128): a bounded set of GEMM shapes (docs/throughput.md §000000000). 1: the
   /// exact count (a new shape for almost every batch).
+  /// The flash kernels' block order (flash::TileOrder: bands of heads, heavy tiles first; the
+  /// default band, or 1 = the order before session 27). Any order gives the same bits; the trainer
+  /// sets it from HDPISSA_FLASH_BAND (measurements).
+  void set_flash_tile_order(flash::TileOrder order) {
+    if (order.band < 1) throw LlamaError(cat("CudaLlama::set_flash_tile_order: expected a band >= 1, found ", order.band));
+    flash_order_ = order;
+  }
   void set_loss_row_align(int rows) {
     if (rows < 1 || rows > 1024)
       throw LlamaError(cat("CudaLlama::set_loss_row_align: expected rows in [1, 1024], found ", rows));
@@ -262,6 +269,7 @@ class CudaLlama {
   /// Loss over the staged targets; with `backward`, d xn_final (dxnf_) for loss_scale·mean.
   void loss_chunks(std::int64_t n_targets, bool backward, float loss_scale);
   int loss_row_align_ = 128;  // set_loss_row_align
+  flash::TileOrder flash_order_{};  // set_flash_tile_order
   /// Final norm → layer 0 through hooks.backward.
   void backward_layers(CudaHooks<T>& hooks);
   /// Copies the per-row losses back (the one sync) and sums them in double.
@@ -358,9 +366,6 @@ class CudaLlama {
   std::vector<TrainGraphs> graphs_;
   bool graphs_on_ = false;
   std::int64_t graph_replays_ = 0, graph_failures_ = 0;
-  /// Captures body() on the model's stream into `exec` (false, nothing left captured, on any failure).
-  template <class F>
-  bool capture_graph(cudaGraphExec_t& exec, F&& body);
   void destroy_graphs();
   std::vector<cudaEvent_t> prof_ev_;
   std::vector<int> prof_sec_;
@@ -372,6 +377,33 @@ class CudaLlama {
 
 // ------------------------------------------------------------------------------------------------
 // implementation
+
+/// Captures body() on `stream` into `exec` (thread-local capture mode): true with `exec`
+/// instantiated, or false with nothing left captured and `exec` null, whatever failed (the capture
+/// not starting, body() throwing or issuing an operation capture forbids, instantiation); the CUDA
+/// error such a failure leaves is cleared. The training model's --cuda-graphs and the greedy
+/// decoder's decode step share it; both fall back to running body() eagerly on false.
+template <class F>
+bool capture_stream_graph(cudaStream_t stream, cudaGraphExec_t& exec, F&& body) {
+  cudaGraph_t g = nullptr;
+  bool ok = cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal) == cudaSuccess;
+  if (ok) {
+    try {
+      body();
+    } catch (const std::exception&) {
+      ok = false;
+    }
+    const cudaError_t e = cudaStreamEndCapture(stream, &g);
+    ok = ok && e == cudaSuccess && g != nullptr;
+    if (ok) ok = cudaGraphInstantiate(&exec, g, 0) == cudaSuccess;
+    if (g) (void)cudaGraphDestroy(g);
+  }
+  if (!ok) {
+    (void)cudaGetLastError();
+    exec = nullptr;
+  }
+  return ok;
+}
 
 namespace detail_cuda {
 
@@ -879,7 +911,7 @@ void CudaLlama<T>::layer_forward(CudaHooks<T>& hooks, int l, const float* prev, 
     if constexpr (std::is_same_v<T, __nv_bfloat16>) {
       if (flash_)  // O straight into the o projection's row layout
         flash::forward(a.qh, a.kh, a.vh, a.attn, a.lse, lengths(), B, nh, nkv, Tn, hd, scale, s,
-                       c.attention_window(l), qd);
+                       c.attention_window(l), qd, flash_order_);
     }
     if (!flash_) {
       // S = scale·Q Kᵀ per (b, kv group): (group·T, hd) × (T, hd)ᵀ
@@ -1040,7 +1072,7 @@ void CudaLlama<T>::backward_layers(CudaHooks<T>& hooks) {
           rg.v = v_rows();
         }
         flash::backward(a.qh, a.kh, a.vh, d_attn_.get(), a.lse, dr_.get(), nullptr, fdk_.get(), fdv_.get(),
-                        lengths(), B, nh, nkv, Tn, hd, scale, s, c.attention_window(l), qd, rg);
+                        lengths(), B, nh, nkv, Tn, hd, scale, s, c.attention_window(l), qd, rg, flash_order_);
         if (group != 1) {
           kern::launch_group_sum_heads_to_rows<T>(s, fdk_.get(), group, k_rows(), QKV, B, Tn, nkv, hd,
                                                   rope_cos_.get(), rope_sin_.get(), true);
@@ -1105,29 +1137,6 @@ LossResult CudaLlama<T>::read_loss(std::int64_t n_targets) {
 }
 
 template <class T>
-template <class F>
-bool CudaLlama<T>::capture_graph(cudaGraphExec_t& exec, F&& body) {
-  cudaGraph_t g = nullptr;
-  bool ok = cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal) == cudaSuccess;
-  if (ok) {
-    try {
-      body();
-    } catch (const std::exception&) {
-      ok = false;
-    }
-    const cudaError_t e = cudaStreamEndCapture(stream_, &g);
-    ok = ok && e == cudaSuccess && g != nullptr;
-    if (ok) ok = cudaGraphInstantiate(&exec, g, 0) == cudaSuccess;
-    if (g) (void)cudaGraphDestroy(g);
-  }
-  if (!ok) {
-    (void)cudaGetLastError();
-    exec = nullptr;
-  }
-  return ok;
-}
-
-template <class T>
 void CudaLlama<T>::destroy_graphs() {
   for (auto& g : graphs_) {
     if (g.fwd) (void)cudaGraphExecDestroy(g.fwd);
@@ -1168,7 +1177,7 @@ LossResult CudaLlama<T>::forward_backward(const Batch& b, CudaHooks<T>& hooks, f
   }
   const bool replay = g->fwd && g->bwd;
   if (!replay) {  // capture this pass: the forward, the eager loss, the backward
-    if (!capture_graph(g->fwd, [&] { forward_layers(hooks); })) {
+    if (!capture_stream_graph(stream_, g->fwd, [&] { forward_layers(hooks); })) {
       g->failed = true;
       ++graph_failures_;
       forward_layers(hooks);
@@ -1179,7 +1188,7 @@ LossResult CudaLlama<T>::forward_backward(const Batch& b, CudaHooks<T>& hooks, f
   }
   HDPISSA_CUDA_CHECK(cudaGraphLaunch(g->fwd, stream_));
   loss();
-  if (!replay && !capture_graph(g->bwd, [&] { backward_layers(hooks); })) {
+  if (!replay && !capture_stream_graph(stream_, g->bwd, [&] { backward_layers(hooks); })) {
     g->failed = true;
     ++graph_failures_;
     (void)cudaGraphExecDestroy(g->fwd);

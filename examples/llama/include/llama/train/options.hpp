@@ -468,6 +468,8 @@ inline void add_train_options(CLI::App& app, TrainOptions& o, CLI::Option** atte
       "                            only; default 1: on a second stream, beside the backward's dX GEMMs)\n"
       "  HDPISSA_LOSS_CHUNK_ROWS   rows of full-vocabulary logits per loss chunk (GPU; default: a 192 MiB budget)\n"
       "  HDPISSA_LOSS_ROW_ALIGN    the loss GEMMs' row multiple (GPU; default 128: a few GEMM shapes; 1: exact)\n"
+      "  HDPISSA_FLASH_BAND        1..2^30|all: the flash attention kernels' block order, heads per heavy-first band\n"
+      "                            (measurements only; same bits in any order; 1 = the order before session 27)\n"
       "  HDPISSA_COMM_TIMEOUT_S    collective / rendezvous timeout of the multi-process paths (seconds)\n"
       "  RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT (torchrun, hdpissa-run) or SLURM_PROCID,\n"
       "  SLURM_NTASKS, SLURM_LOCALID (srun): one process of a multi-process run (docs/distributed.md)\n"
@@ -697,13 +699,13 @@ inline hdpissa::WPrecision default_w_precision(const TrainOptions& o) {
 /// value, or an error naming the variable, the range and what was found. The one parser of the GPU
 /// engine's row-count switches (check_engine_env validates them with the command line; the engine
 /// reads them with the same function when it sizes the loss).
-inline std::optional<int> env_row_count(const char* name, long lo, long hi) {
+inline std::optional<int> env_row_count(const char* name, long lo, long hi, const char* what = "a row count") {
   const char* e = std::getenv(name);
   if (!e || !*e) return std::nullopt;
   char* end = nullptr;
   const long v = std::strtol(e, &end, 10);
   if (end == e || *end != '\0' || v < lo || v > hi)
-    throw LlamaError(cat(name, ": expected a row count in [", lo, ", ", hi, "], found '", e, "'"));
+    throw LlamaError(cat(name, ": expected ", what, " in [", lo, ", ", hi, "], found '", e, "'"));
   return static_cast<int>(v);
 }
 /// HDPISSA_LOSS_CHUNK_ROWS: rows of full-vocabulary logits per loss chunk, [1, 65536].
@@ -730,6 +732,16 @@ inline bool env_adapter_stream() {
   throw LlamaError(cat("HDPISSA_ADAPTER_STREAM: expected 0 or 1, found '", e, "'"));
 }
 
+/// HDPISSA_FLASH_BAND: the flash attention kernels' block order (flash::TileOrder, docs/trainer.md):
+/// (b, h) heads per band of heavy-tiles-first dispatch, a count in [1, 2^30] or "all"; nullopt when
+/// unset or empty (the kernels' default band). 1 is the order before session 27. Measurements only:
+/// every order gives the same bits.
+inline std::optional<int> env_flash_band() {
+  const char* e = std::getenv("HDPISSA_FLASH_BAND");
+  if (e && std::strcmp(e, "all") == 0) return 1 << 30;
+  return env_row_count("HDPISSA_FLASH_BAND", 1, 1 << 30, "a head count or 'all'");
+}
+
 /// The GPU engine's measurement switches, checked with the command line (before any model is
 /// loaded): a value the engine would not understand is an error naming the variable, not a silent
 /// default. HDPISSA_FUSED_ADAPTER_GRADS: 0 or 1 (llama/cuda/adapter_grads.cuh); HDPISSA_LOSS_CHUNK_ROWS:
@@ -743,6 +755,7 @@ inline void check_engine_env() {
   (void)env_adapter_stream();
   (void)env_loss_chunk_rows();
   (void)env_loss_row_align();
+  (void)env_flash_band();
 }
 
 /// Parses hdpissa-train's arguments (CLI11; llama/cli.hpp has the conventions). `help` is set

@@ -1,0 +1,31 @@
+# call 75 (session 27; branch next/s27 at its default band 32, main's hdpissa-train in .devbin/base):
+# 1) bench_flash_attn at 7B B 8 with the poison on the kernels' stream (c74's "DIFFERENT" rows were
+#    the bench's legacy-stream memset racing the launch; the suite's bits test passed); 2) issue 20's
+#    profile table (profile-step.sh: the bare model vs HD-PiSSA K1 at 7B 2 x 512 x 8, and LoRA too
+#    at TinyLlama 2 x 512 x 8); 3) as time allows, 7B 8 x 512 x 2 HD-PiSSA K1 against main's binary
+#    (no PEFT run: the device time was short).
+# Run as: bash scripts/device-calls/c75.sh   (carry [".devpack", ".devdata"])
+source scripts/device-calls/common.sh
+O=/tmp/o75; mkdir -p $O
+nvidia-smi --query-gpu=name --format=csv,noheader | head -1
+timeout 60 .devbin/bench_flash_attn --batch 8 --shape 7b --reps 20 > $OUT/flash-7b-b8.txt 2>&1
+grep -E "band|default|differ" $OUT/flash-7b-b8.txt | head -30; echo "bench done at $(el) s"
+prof() {  # prof NAME VAR=value ...: one profile-step.sh run under the call's deadline
+  local name=$1 t; shift
+  t=$(( END - 5 - $(el) )); (( t > 30 )) || { echo "$name: skipped (no time) at $(el) s"; return; }
+  env "$@" OUT=$O/$name WORK=/tmp/tpt PREBUILT=$PWD/.devbin BARE_ARGS="--prompt-fraction 0.2" \
+    timeout $t scripts/profile-step.sh > $O/$name.txt 2>&1
+  echo "$name rc $? at $(el) s"
+  { echo "== $name: $*"; cat $O/$name/profile.md
+    for f in $O/$name/*.log; do echo "$(basename $f .log): $(grep -h "host time" $f)"; done; } > $OUT/profile-$name.md 2>/dev/null
+  cat $OUT/profile-$name.md
+}
+prof tiny2 SHAPE=tinyllama MB=2 GA=8 STEPS=3 CONFIGS="hdpissa-K1 lora"
+prof 7b2 SHAPE=llama2-7b MB=2 GA=8 STEPS=3 CONFIGS="hdpissa-K1"
+OUT=$O/t WORK=/tmp/tpt PREBUILT=$PWD/.devbin SHAPES=llama2-7b MICRO_BATCHES=8 OURS_STEPS=4 \
+  OURS_CONFIGS="hdpissa-K1" BASELINE_BIN=$PWD/.devbin/base/hdpissa-train BASELINE_LABEL="main 838f4ea" \
+  BASELINE_CONFIGS="hdpissa-K1" PEFT_METHODS=none \
+  DEADLINE_S=$(( END - 5 - $(el) )) scripts/throughput.sh > $O/t.txt 2>&1
+cp $O/t/throughput.md $OUT/llama2-7b-mb8.md 2>/dev/null; echo "7b mb8 done at $(el) s"
+grep -E "^\| (\*\*)?(ours|peft)" $O/t/throughput.md | head -6
+tar czf $OUT/c75-logs.tgz -C $O . 2>/dev/null; echo "done at $(el) s"
