@@ -200,27 +200,10 @@ TEST_CASE("cli: --compute fp8 needs --device cuda --dtype bf16 and the exact mut
 }
 
 TEST_CASE("cli: the GPU engine's environment switches are checked with the command line, naming the variable") {
-  struct Restore {  // the variables as they were, whatever the checks do
-    std::string fused, chunk, align;
-    bool had_fused, had_chunk, had_align;
-    Restore() {
-      const char* f = std::getenv("HDPISSA_FUSED_ADAPTER_GRADS");
-      const char* c = std::getenv("HDPISSA_LOSS_CHUNK_ROWS");
-      const char* a = std::getenv("HDPISSA_LOSS_ROW_ALIGN");
-      had_fused = f != nullptr, had_chunk = c != nullptr, had_align = a != nullptr;
-      fused = f ? f : "", chunk = c ? c : "", align = a ? a : "";
-    }
-    ~Restore() {
-      if (had_fused) ::setenv("HDPISSA_FUSED_ADAPTER_GRADS", fused.c_str(), 1);
-      else ::unsetenv("HDPISSA_FUSED_ADAPTER_GRADS");
-      if (had_chunk) ::setenv("HDPISSA_LOSS_CHUNK_ROWS", chunk.c_str(), 1);
-      else ::unsetenv("HDPISSA_LOSS_CHUNK_ROWS");
-      if (had_align) ::setenv("HDPISSA_LOSS_ROW_ALIGN", align.c_str(), 1);
-      else ::unsetenv("HDPISSA_LOSS_ROW_ALIGN");
-    }
-  } restore;
-  ::unsetenv("HDPISSA_LOSS_CHUNK_ROWS");
-  ::unsetenv("HDPISSA_LOSS_ROW_ALIGN");
+  // the variables as they were, whatever the checks do
+  const hdpissa::test::ScopedEnv fused("HDPISSA_FUSED_ADAPTER_GRADS", nullptr);
+  const hdpissa::test::ScopedEnv chunk("HDPISSA_LOSS_CHUNK_ROWS", nullptr);
+  const hdpissa::test::ScopedEnv align("HDPISSA_LOSS_ROW_ALIGN", nullptr);
   ::setenv("HDPISSA_FUSED_ADAPTER_GRADS", "yes", 1);
   CHECK(error_of(base({})) == "HDPISSA_FUSED_ADAPTER_GRADS: expected 0 or 1, found 'yes'");
   for (const char* ok : {"0", "1", ""}) {
