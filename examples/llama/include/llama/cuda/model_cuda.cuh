@@ -213,9 +213,6 @@ class CudaLlama {
   /// loss part in the order of profile() then loss_parts(): where it exceeds the GPU time of a
   /// section, the GPU waited for the host there.
   std::vector<std::pair<std::string, double>> host_profile() const;
-  /// The loss GEMMs' row count is a chunk's target count rounded up to a multiple of `rows` (in
-  /// [1, 1024]; default 128): a bounded set of GEMM shapes (docs/throughput.md §000000000). 1: the
-  /// exact count (a new shape for almost every batch).
   /// The flash kernels' block order (flash::TileOrder: bands of heads, heavy tiles first; the
   /// default band, or 1 = the order before session 27). Any order gives the same bits; the trainer
   /// sets it from HDPISSA_FLASH_BAND (measurements).
@@ -223,6 +220,9 @@ class CudaLlama {
     if (order.band < 1) throw LlamaError(cat("CudaLlama::set_flash_tile_order: expected a band >= 1, found ", order.band));
     flash_order_ = order;
   }
+  /// The loss GEMMs' row count is a chunk's target count rounded up to a multiple of `rows` (in
+  /// [1, 1024]; default 128): a bounded set of GEMM shapes (docs/throughput.md §000000000). 1: the
+  /// exact count (a new shape for almost every batch).
   void set_loss_row_align(int rows) {
     if (rows < 1 || rows > 1024)
       throw LlamaError(cat("CudaLlama::set_loss_row_align: expected rows in [1, 1024], found ", rows));
