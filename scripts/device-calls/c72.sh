@@ -15,18 +15,8 @@ if [[ "$GPU" == *H200* && -z "${C72_PROFILE:-}" ]]; then
   echo "decode-bench rc $? at $(el) s"; cat $O/d/decode-bench.md 2>/dev/null
   cp $O/d/decode-bench.md $OUT/c72-decode-bench.md 2>/dev/null
 else
-  prof() {  # prof NAME VAR=value ...: one profile-step.sh run under the call's deadline
-    local name=$1 t; shift
-    t=$(( END - 5 - $(el) )); (( t > 30 )) || { echo "$name: skipped (no time) at $(el) s"; return; }
-    env "$@" OUT=$O/$name WORK=/tmp/tpw PREBUILT=$PWD/.devbin BARE_ARGS="--prompt-fraction 0.2" \
-      timeout $t scripts/profile-step.sh > $O/$name.txt 2>&1
-    echo "$name rc $? at $(el) s"
-    { echo "== $name: $*"; cat $O/$name/profile.md
-      for f in $O/$name/*.log; do echo "$(basename $f .log): $(grep -h "host time" $f)"; done; } > $OUT/profile-$name.md 2>/dev/null
-    cat $OUT/profile-$name.md
-  }
-  prof tiny2 SHAPE=tinyllama MB=2 GA=8 STEPS=3 CONFIGS="lora hdpissa-K1"
-  prof 7b2 SHAPE=llama2-7b MB=2 GA=8 STEPS=3 CONFIGS="lora hdpissa-K1"
-  prof 7b8fp8 SHAPE=llama2-7b MB=8 GA=2 STEPS=4 CONFIGS="hdpissa-K1" EXTRA="--compute fp8 --keep-swiglu"
+  run_profile $O /tmp/tpw tiny2 SHAPE=tinyllama MB=2 GA=8 STEPS=3 CONFIGS="lora hdpissa-K1"
+  run_profile $O /tmp/tpw 7b2 SHAPE=llama2-7b MB=2 GA=8 STEPS=3 CONFIGS="lora hdpissa-K1"
+  run_profile $O /tmp/tpw 7b8fp8 SHAPE=llama2-7b MB=8 GA=2 STEPS=4 CONFIGS="hdpissa-K1" EXTRA="--compute fp8 --keep-swiglu"
 fi
 tar czf $OUT/c72-logs.tgz -C $O . 2>/dev/null; echo "done at $(el) s"

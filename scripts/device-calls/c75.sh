@@ -10,18 +10,8 @@ O=/tmp/o75; mkdir -p $O
 nvidia-smi --query-gpu=name --format=csv,noheader | head -1
 timeout 60 .devbin/bench_flash_attn --batch 8 --shape 7b --reps 20 > $OUT/flash-7b-b8.txt 2>&1
 grep -E "band|default|differ" $OUT/flash-7b-b8.txt | head -30; echo "bench done at $(el) s"
-prof() {  # prof NAME VAR=value ...: one profile-step.sh run under the call's deadline
-  local name=$1 t; shift
-  t=$(( END - 5 - $(el) )); (( t > 30 )) || { echo "$name: skipped (no time) at $(el) s"; return; }
-  env "$@" OUT=$O/$name WORK=/tmp/tpt PREBUILT=$PWD/.devbin BARE_ARGS="--prompt-fraction 0.2" \
-    timeout $t scripts/profile-step.sh > $O/$name.txt 2>&1
-  echo "$name rc $? at $(el) s"
-  { echo "== $name: $*"; cat $O/$name/profile.md
-    for f in $O/$name/*.log; do echo "$(basename $f .log): $(grep -h "host time" $f)"; done; } > $OUT/profile-$name.md 2>/dev/null
-  cat $OUT/profile-$name.md
-}
-prof tiny2 SHAPE=tinyllama MB=2 GA=8 STEPS=3 CONFIGS="hdpissa-K1 lora"
-prof 7b2 SHAPE=llama2-7b MB=2 GA=8 STEPS=3 CONFIGS="hdpissa-K1"
+run_profile $O /tmp/tpt tiny2 SHAPE=tinyllama MB=2 GA=8 STEPS=3 CONFIGS="hdpissa-K1 lora"
+run_profile $O /tmp/tpt 7b2 SHAPE=llama2-7b MB=2 GA=8 STEPS=3 CONFIGS="hdpissa-K1"
 OUT=$O/t WORK=/tmp/tpt PREBUILT=$PWD/.devbin SHAPES=llama2-7b MICRO_BATCHES=8 OURS_STEPS=4 \
   OURS_CONFIGS="hdpissa-K1 hdpissa-K1+band1" PEFT_METHODS=lora-bf16-compile \
   DEADLINE_S=$(( END - 5 - $(el) )) scripts/throughput.sh > $O/t.txt 2>&1

@@ -22,3 +22,16 @@ run_suites() {
   done
   cat "$dir/suites.txt"; cp "$dir/suites.txt" "$OUT/"
 }
+# run_profile DIR WORK NAME VAR=value ...: one scripts/profile-step.sh run (bare model vs the
+# trainer's --profile, VAR=value its settings) under the call's deadline, output in DIR/NAME; its
+# table and the host-time lines go to $OUT/profile-NAME.md and are printed.
+run_profile() {
+  local dir=$1 work=$2 name=$3 t; shift 3
+  t=$(( END - 5 - $(el) )); (( t > 30 )) || { echo "$name: skipped (no time) at $(el) s"; return; }
+  env "$@" OUT=$dir/$name WORK=$work PREBUILT=$PWD/.devbin BARE_ARGS="--prompt-fraction 0.2" \
+    timeout $t scripts/profile-step.sh > $dir/$name.txt 2>&1
+  echo "$name rc $? at $(el) s"
+  { echo "== $name: $*"; cat $dir/$name/profile.md
+    for f in $dir/$name/*.log; do echo "$(basename $f .log): $(grep -h "host time" $f)"; done; } > $OUT/profile-$name.md 2>/dev/null
+  cat $OUT/profile-$name.md
+}
