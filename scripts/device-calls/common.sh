@@ -27,6 +27,7 @@ run_suites() {
 # table and the host-time lines go to $OUT/profile-NAME.md and are printed.
 run_profile() {
   local dir=$1 work=$2 name=$3 t; shift 3
+  mkdir -p "$dir"
   t=$(( END - 5 - $(el) )); (( t > 30 )) || { echo "$name: skipped (no time) at $(el) s"; return; }
   env "$@" OUT=$dir/$name WORK=$work PREBUILT=$PWD/.devbin BARE_ARGS="--prompt-fraction 0.2" \
     timeout $t scripts/profile-step.sh > $dir/$name.txt 2>&1
