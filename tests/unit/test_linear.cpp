@@ -131,6 +131,64 @@ TEST_CASE("AdapterLinear (LoRA/PiSSA) and DenseLinear gradients equal finite dif
   CHECK(hdtest::count_violations(hdtest::to_ref(gW.view()), fd_grad(w, [&](const Ref& p) { return loss(x, p, zero_a, zero_b); }), 1e-7, 1e-6) == 0);
 }
 
+TEST_CASE("AdapterLinear: backward_u, backward_dx, backward_gradients (split over two layers) give backward()'s bits") {
+  // The LLaMA trainer's LoRA / PiSSA second-stream path runs the parts on two backends: u and dX on
+  // the model's, gA and gB on a second AdapterLinear's. Each part is the same GEMM as in backward(),
+  // so the bits must match, with and without the forward's X Aᵀ, accumulating or not; and they are
+  // the plain products dY B, s u A + dY W, s uᵀ X, s dYᵀ (X Aᵀ).
+  using Backend = EigenBackend<double>;
+  Backend b, b2;
+  const index_t tokens = 7, in = 6, out = 5, r = 3;
+  const double s = 0.75;
+  auto W = hdtest::random_matrix(b, out, in, 11), X = hdtest::random_matrix(b, tokens, in, 12);
+  auto A = hdtest::random_matrix(b, r, in, 13), Bf = hdtest::random_matrix(b, out, r, 14);
+  auto dY = hdtest::random_matrix(b, tokens, out, 15), g0A = hdtest::random_matrix(b, r, in, 16),
+       g0B = hdtest::random_matrix(b, out, r, 17);
+  AdapterLinear<Backend> layer(b, s), side(b2, s);
+  auto xa = b.make_matrix(tokens, r), Y = b.make_matrix(tokens, out);
+  layer.forward(CV(W.view()), CV(A.view()), CV(Bf.view()), CV(X.view()), Y.view(), {}, xa.view());
+  const Ref x = hdtest::to_ref(X.view()), w = hdtest::to_ref(W.view()), a = hdtest::to_ref(A.view()),
+            bb = hdtest::to_ref(Bf.view()), dy = hdtest::to_ref(dY.view());
+  for (bool keep : {false, true})
+    for (bool acc : {false, true}) {
+      CAPTURE(keep);
+      CAPTURE(acc);
+      const CV xa_v = keep ? CV(xa.view()) : CV{};
+      auto dX1 = b.make_matrix(tokens, in), gA1 = b.make_matrix(r, in), gB1 = b.make_matrix(out, r);
+      b.copy(CV(g0A.view()), gA1.view());
+      b.copy(CV(g0B.view()), gB1.view());
+      layer.backward(CV(W.view()), CV(A.view()), CV(Bf.view()), CV(X.view()), CV(dY.view()), dX1.view(), gA1.view(),
+                     gB1.view(), acc, xa_v);
+      auto u = b.make_matrix(tokens, r), dX2 = b.make_matrix(tokens, in), gA2 = b.make_matrix(r, in),
+           gB2 = b.make_matrix(out, r);
+      b.copy(CV(g0A.view()), gA2.view());
+      b.copy(CV(g0B.view()), gB2.view());
+      layer.backward_u(CV(dY.view()), CV(Bf.view()), u.view());
+      side.backward_gradients(CV(X.view()), CV(A.view()), CV(dY.view()), CV(u.view()), gA2.view(), gB2.view(), acc, xa_v);
+      layer.backward_dx(CV(W.view()), CV(A.view()), CV(dY.view()), CV(u.view()), dX2.view());
+      CHECK(hdtest::to_ref(dX2.view()).v == hdtest::to_ref(dX1.view()).v);
+      CHECK(hdtest::to_ref(gA2.view()).v == hdtest::to_ref(gA1.view()).v);
+      CHECK(hdtest::to_ref(gB2.view()).v == hdtest::to_ref(gB1.view()).v);
+      // the plain products
+      const Ref uu = hdtest::matmul(dy, bb, false, false);
+      CHECK(hdtest::count_violations(hdtest::to_ref(u.view()), uu, 1e-12, 1e-12) == 0);
+      const Ref dx = hdtest::add(hdtest::matmul(dy, w), hdtest::matmul(uu, a), s);
+      CHECK(hdtest::count_violations(hdtest::to_ref(dX2.view()), dx, 1e-12, 1e-12) == 0);
+      const Ref ga = hdtest::add(acc ? hdtest::to_ref(g0A.view()) : Ref(r, in), hdtest::matmul(uu, x, true, false), s);
+      const Ref gb = hdtest::add(acc ? hdtest::to_ref(g0B.view()) : Ref(out, r),
+                                 hdtest::matmul(dy, hdtest::matmul(x, a, false, true), true, false), s);
+      CHECK(hdtest::count_violations(hdtest::to_ref(gA2.view()), ga, 1e-12, 1e-12) == 0);
+      CHECK(hdtest::count_violations(hdtest::to_ref(gB2.view()), gb, 1e-12, 1e-12) == 0);
+    }
+  // a part given mismatched shapes names what it expected
+  auto u_bad = b.make_matrix(tokens, r + 1);
+  CHECK_THROWS_WITH_AS(layer.backward_u(CV(dY.view()), CV(Bf.view()), u_bad.view()),
+                       doctest::Contains("AdapterLinear u"), std::exception);
+  auto gA_bad = b.make_matrix(r, in + 1), gB = b.make_matrix(out, r), u = b.make_matrix(tokens, r);
+  CHECK_THROWS_AS(side.backward_gradients(CV(X.view()), CV(A.view()), CV(dY.view()), CV(u.view()), gA_bad.view(), gB.view()),
+                  std::exception);
+}
+
 TEST_CASE("linear layers: bias is added to every row") {
   EigenBackend<double> b;
   auto W = hdtest::random_matrix(b, 3, 4, 1), X = hdtest::random_matrix(b, 2, 4, 2);

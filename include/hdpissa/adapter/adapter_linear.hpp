@@ -41,28 +41,17 @@ class AdapterLinear {
 
   /// dX = dY W + s (dY B) A (skipped if dX.data is null); gA, gB get the adapter gradients (added
   /// when `accumulate`). `xa`: the forward's X Aᵀ for this X (forward(…, keep_xa)), or empty.
+  /// Runs backward_u, backward_dx and backward_gradients, in that order.
   void backward(CV W, CV A, CV Bf, CV X, CV dY, V dX, V gA, V gB, bool accumulate = true, CV xa = {}) {
     check(W, A, Bf, X);
     require_shape(dY, X.rows, W.rows, "AdapterLinear dY");
-    require_shape(gA, A.rows, A.cols, "AdapterLinear gA");
+    require_shape(gA, A.rows, A.cols, "AdapterLinear gA");  // every shape before the first GEMM
     require_shape(gB, Bf.rows, Bf.cols, "AdapterLinear gB");
-    const S beta = accumulate ? S(1) : S(0);
+    if (dX.data) require_shape(dX, X.rows, W.cols, "AdapterLinear dX");
     auto u = t1_.get(*b_, X.rows, A.rows);  // (tokens, r) = dY B
-    b_->gemm(Op::N, Op::N, S(1), dY, Bf, S(0), u);
-    if (dX.data) {
-      require_shape(dX, X.rows, W.cols, "AdapterLinear dX");
-      b_->gemm(Op::N, Op::N, S(s_), CV(u), A, S(0), dX);  // as in the forward: thin first
-      b_->gemm(Op::N, Op::N, S(1), dY, W, S(1), dX);
-    }
-    b_->gemm(Op::T, Op::N, S(s_), CV(u), X, beta, gA);
-    if (xa.data) {
-      require_shape(xa, X.rows, A.rows, "AdapterLinear xa");
-      b_->gemm(Op::T, Op::N, S(s_), dY, xa, beta, gB);
-    } else {
-      auto t = t2_.get(*b_, X.rows, A.rows);  // (tokens, r) = X Aᵀ
-      b_->gemm(Op::N, Op::T, S(1), X, A, S(0), t);
-      b_->gemm(Op::T, Op::N, S(s_), dY, CV(t), beta, gB);
-    }
+    backward_u(dY, Bf, u);
+    backward_dx(W, A, dY, CV(u), dX);
+    backward_gradients(X, A, dY, CV(u), gA, gB, accumulate, xa);
   }
 
   /// backward() with fp32 gradients for a lower-precision backend (bf16 storage): the two gradient
@@ -72,31 +61,76 @@ class AdapterLinear {
     requires(!std::is_same_v<G, S>)
   void backward(CV W, CV A, CV Bf, CV X, CV dY, V dX, MatrixView<G> gA, MatrixView<G> gB, bool accumulate = true,
                 CV xa = {}) {
-    static_assert(std::is_same_v<G, float>, "AdapterLinear: fp32 gradients only");
-    static_assert(requires(B& b, MatrixView<float> c) { b.gemm_f32(Op::T, Op::N, 1.0f, CV{}, CV{}, 1.0f, c); },
-                  "AdapterLinear: fp32 gradients need a backend with gemm_f32");
     check(W, A, Bf, X);
     require_shape(dY, X.rows, W.rows, "AdapterLinear dY");
-    require_shape(gA, A.rows, A.cols, "AdapterLinear gA");
+    require_shape(gA, A.rows, A.cols, "AdapterLinear gA");  // every shape before the first GEMM
     require_shape(gB, Bf.rows, Bf.cols, "AdapterLinear gB");
-    // the scale as the forward applies it (rounded to the storage type there), so that these are the
-    // gradients of the forward that ran
-    const float beta = accumulate ? 1.0f : 0.0f, s = float(S(s_));
+    if (dX.data) require_shape(dX, X.rows, W.cols, "AdapterLinear dX");
     auto u = t1_.get(*b_, X.rows, A.rows);  // (tokens, r) = dY B
+    backward_u(dY, Bf, u);
+    backward_dx(W, A, dY, CV(u), dX);
+    backward_gradients(X, A, dY, CV(u), gA, gB, accumulate, xa);
+  }
+
+  /// backward()'s first part: u = dY B (tokens, r), the thin product both dX and gA read. A caller
+  /// that splits the backward over two streams (the LLaMA trainer's LoRA / PiSSA: dX on the model's
+  /// stream, the gradients on a second one) keeps u in its own buffer.
+  void backward_u(CV dY, CV Bf, V u) {
+    HDPISSA_REQUIRE(dY.cols == Bf.rows, "AdapterLinear::backward_u: expected dY (tokens, out), B (out, r); found dY ",
+                    shape_str(dY.rows, dY.cols), ", B ", shape_str(Bf.rows, Bf.cols));
+    require_shape(u, dY.rows, Bf.cols, "AdapterLinear u");
     b_->gemm(Op::N, Op::N, S(1), dY, Bf, S(0), u);
-    if (dX.data) {
-      require_shape(dX, X.rows, W.cols, "AdapterLinear dX");
-      b_->gemm(Op::N, Op::N, S(s_), CV(u), A, S(0), dX);
-      b_->gemm(Op::N, Op::N, S(1), dY, W, S(1), dX);
-    }
-    b_->gemm_f32(Op::T, Op::N, s, CV(u), X, beta, gA);
-    if (xa.data) {
-      require_shape(xa, X.rows, A.rows, "AdapterLinear xa");
-      b_->gemm_f32(Op::T, Op::N, s, dY, xa, beta, gB);
+  }
+  /// backward()'s second part: dX = s u A + dY W (the thin product first, as in the forward);
+  /// nothing when dX.data is null.
+  void backward_dx(CV W, CV A, CV dY, CV u, V dX) {
+    if (!dX.data) return;
+    HDPISSA_REQUIRE(A.cols == W.cols && dY.cols == W.rows && u.rows == dY.rows && u.cols == A.rows,
+                    "AdapterLinear::backward_dx: expected W (out, in), A (r, in), dY (tokens, out), u (tokens, r); "
+                    "found W ", shape_str(W.rows, W.cols), ", A ", shape_str(A.rows, A.cols), ", dY ",
+                    shape_str(dY.rows, dY.cols), ", u ", shape_str(u.rows, u.cols));
+    require_shape(dX, dY.rows, W.cols, "AdapterLinear dX");
+    b_->gemm(Op::N, Op::N, S(s_), u, A, S(0), dX);
+    b_->gemm(Op::N, Op::N, S(1), dY, W, S(1), dX);
+  }
+  /// backward()'s third part: gA (+)= s uᵀ X, gB (+)= s dYᵀ (X Aᵀ) with X Aᵀ from `xa` (the
+  /// forward's, kept) or recomputed. G = S: the backend's gemm; G = float on a lower-precision backend:
+  /// gemm_f32 (fp32 sums), with the scale as the forward applies it (rounded to S), so that these are
+  /// the gradients of the forward that ran. Runs on this layer's backend: a second AdapterLinear on
+  /// another stream's backend computes them there.
+  template <class G>
+  void backward_gradients(CV X, CV A, CV dY, CV u, MatrixView<G> gA, MatrixView<G> gB, bool accumulate = true,
+                          CV xa = {}) {
+    HDPISSA_REQUIRE(X.cols == A.cols && dY.rows == X.rows,
+                    "AdapterLinear::backward_gradients: expected X (tokens, in), A (r, in), dY (tokens, out); found X ",
+                    shape_str(X.rows, X.cols), ", A ", shape_str(A.rows, A.cols), ", dY ", shape_str(dY.rows, dY.cols));
+    require_shape(gA, A.rows, A.cols, "AdapterLinear gA");
+    require_shape(gB, dY.cols, A.rows, "AdapterLinear gB");
+    require_shape(u, X.rows, A.rows, "AdapterLinear u");
+    if (xa.data) require_shape(xa, X.rows, A.rows, "AdapterLinear xa");
+    if constexpr (std::is_same_v<G, S>) {
+      const S beta = accumulate ? S(1) : S(0);
+      b_->gemm(Op::T, Op::N, S(s_), u, X, beta, gA);
+      if (xa.data) {
+        b_->gemm(Op::T, Op::N, S(s_), dY, xa, beta, gB);
+      } else {
+        auto t = t2_.get(*b_, X.rows, A.rows);  // (tokens, r) = X Aᵀ
+        b_->gemm(Op::N, Op::T, S(1), X, A, S(0), t);
+        b_->gemm(Op::T, Op::N, S(s_), dY, CV(t), beta, gB);
+      }
     } else {
-      auto t = t2_.get(*b_, X.rows, A.rows);  // (tokens, r) = X Aᵀ
-      b_->gemm(Op::N, Op::T, S(1), X, A, S(0), t);
-      b_->gemm_f32(Op::T, Op::N, s, dY, CV(t), beta, gB);
+      static_assert(std::is_same_v<G, float>, "AdapterLinear: fp32 gradients only");
+      static_assert(requires(B& b, MatrixView<float> c) { b.gemm_f32(Op::T, Op::N, 1.0f, CV{}, CV{}, 1.0f, c); },
+                    "AdapterLinear: fp32 gradients need a backend with gemm_f32");
+      const float beta = accumulate ? 1.0f : 0.0f, s = float(S(s_));
+      b_->gemm_f32(Op::T, Op::N, s, u, X, beta, gA);
+      if (xa.data) {
+        b_->gemm_f32(Op::T, Op::N, s, dY, xa, beta, gB);
+      } else {
+        auto t = t2_.get(*b_, X.rows, A.rows);  // (tokens, r) = X Aᵀ
+        b_->gemm(Op::N, Op::T, S(1), X, A, S(0), t);
+        b_->gemm_f32(Op::T, Op::N, s, dY, CV(t), beta, gB);
+      }
     }
   }
 

@@ -65,10 +65,14 @@ inline bool supported_head_dim(int hd) { return hd == 64 || hd == 128; }
 /// Measured (bench_flash_attn, H100, session 27; docs/trainer.md "Block order"): band 32 against
 /// band 1, forward + dK/dV + dQ, 1.29× (7B heads, B 2 × 512), 1.06× (B 8), 1.25× / 1.05× (TinyLlama
 /// heads); one band over every head lost at 7B B 8 (256 MHA heads' K / V in flight: more than L2).
-/// 32 is the best of the sweep at both 7B batches, hence the default. Every block computes the
-/// same values in any order: the order changes no bit (GPU test).
+/// 32 is the best of the sweep at both 7B batches; TinyLlama (GQA 8: a band's K / V is 8× smaller)
+/// was fastest with one band. Hence the default: the query heads of 32 K / V heads. Every block
+/// computes the same values in any order: the order changes no bit (GPU test).
 struct TileOrder {
-  int band = 32;  ///< (b, h) heads per band, ≥ 1
+  /// (b, h) query heads per band, ≥ 1; 0 (the default): the query heads of 32 K / V heads
+  /// (32 · nh / nkv): 32 for MHA, the measured best at 7B; one band at TinyLlama's GQA 8 and
+  /// micro-batch ≤ 8, which measured faster there (c74: 0.0774 against 0.0800 ms per layer at B 2).
+  int band = 0;
   static constexpr TileOrder interleaved() { return TileOrder{1}; }
   static constexpr TileOrder heavy_first() { return TileOrder{1 << 30}; }
 };
@@ -688,19 +692,22 @@ inline dim3 tile_grid(int B, int nh, int Tn) {
   if (n > 0x7fffffffLL) throw std::invalid_argument("flash: " + std::to_string(n) + " blocks, more than a grid holds");
   return dim3(static_cast<unsigned>(n));
 }
-/// The band block_tile reads: order.band clamped to [1, b·h].
-inline int band_of(TileOrder order, int B, int nh) {
-  if (order.band < 1) throw std::invalid_argument("flash: TileOrder band must be >= 1, found " + std::to_string(order.band));
-  return order.band < B * nh ? order.band : B * nh;
+/// The band block_tile reads: order.band (0: 32 K / V heads' query heads) clamped to [1, b·h].
+inline int band_of(TileOrder order, int B, int nh, int nkv) {
+  if (order.band < 0)
+    throw std::invalid_argument("flash: TileOrder band must be >= 0 (0: the default), found " + std::to_string(order.band));
+  const long long band = order.band > 0 ? order.band : 32LL * (nh / nkv);
+  return band < static_cast<long long>(B) * nh ? static_cast<int>(band) : B * nh;
 }
 }  // namespace detail
 
-/// Resident forward blocks per SM that forward() asks the register allocator for: 4 at head dim 64
-/// (≤ 128 registers; measured 1.05–1.14× the unconstrained 130-register kernel on an H100, B 2 and
-/// 8 × 512, TinyLlama's heads; bench_flash_attn), 1 (no constraint) at 128, where fewer registers
-/// were slower.
+/// Resident forward blocks per SM that forward() asks the register allocator for: 3 at head dim 64,
+/// 1 (no constraint) at 128, where fewer registers were slower. Before session 27's block order
+/// 4 at head dim 64 measured 1.05–1.14× the unconstrained kernel (H100, B 2 and 8 × 512, TinyLlama's
+/// heads); with band 32 it is the slowest (c74, bench_flash_attn: 0.0224 ms at B 2 against 0.0196
+/// with 3, 0.0198 unconstrained; 0.0666 at B 8 against 0.0651 / 0.0650).
 template <int HD>
-inline constexpr int kFwdMinBlocks = HD == 64 ? 4 : 1;
+inline constexpr int kFwdMinBlocks = HD == 64 ? 3 : 1;
 
 /// fwd_kernel<HD, kMinBlocks> on stream s (see forward()).
 template <int HD, int kMinBlocks = kFwdMinBlocks<HD>>
@@ -710,7 +717,7 @@ void launch_fwd_kernel(cudaStream_t s, const bf16* Q, const bf16* K, const bf16*
   auto* kernel = fwd_kernel<HD, kMinBlocks>;
   detail::set_smem(kernel, fwd_smem_bytes<HD>());
   kernel<<<detail::tile_grid(B, nh, Tn), kThreads, fwd_smem_bytes<HD>(), s>>>(Q, K, V, O, lse, lengths, nh, nkv,
-                                                                                     Tn, scale, window, ld_o, detail::band_of(order, B, nh));
+                                                                                     Tn, scale, window, ld_o, detail::band_of(order, B, nh, nkv));
   HDPISSA_CUDA_CHECK_LAUNCH("flash::fwd_kernel");
 }
 
@@ -722,7 +729,7 @@ void launch_bwd_kernel(cudaStream_t s, const bf16* Q, const bf16* K, const bf16*
                        TileOrder order = {}) {
   detail::set_smem(bwd_kernel<HD>, bwd_smem_bytes<HD>());
   bwd_kernel<HD><<<detail::tile_grid(B, nh, Tn), kThreads, bwd_smem_bytes<HD>(), s>>>(
-      Q, K, V, dO, lse, Dr, dk_part, dv_part, lengths, nh, nkv, Tn, scale, window, ld_do, rg, detail::band_of(order, B, nh));
+      Q, K, V, dO, lse, Dr, dk_part, dv_part, lengths, nh, nkv, Tn, scale, window, ld_do, rg, detail::band_of(order, B, nh, nkv));
   HDPISSA_CUDA_CHECK_LAUNCH("flash::bwd_kernel");
 }
 
@@ -734,7 +741,7 @@ void launch_bwd_dq_kernel(cudaStream_t s, const bf16* Q, const bf16* K, const bf
                           TileOrder order = {}) {
   detail::set_smem(bwd_dq_kernel<HD>, dq_smem_bytes<HD>());
   bwd_dq_kernel<HD><<<detail::tile_grid(B, nh, Tn), kThreads, dq_smem_bytes<HD>(), s>>>(
-      Q, K, V, dO, lse, Dr, dq, lengths, nh, nkv, Tn, scale, window, ld_do, rg, detail::band_of(order, B, nh));
+      Q, K, V, dO, lse, Dr, dq, lengths, nh, nkv, Tn, scale, window, ld_do, rg, detail::band_of(order, B, nh, nkv));
   HDPISSA_CUDA_CHECK_LAUNCH("flash::bwd_dq_kernel");
 }
 

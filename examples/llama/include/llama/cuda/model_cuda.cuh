@@ -213,11 +213,12 @@ class CudaLlama {
   /// loss part in the order of profile() then loss_parts(): where it exceeds the GPU time of a
   /// section, the GPU waited for the host there.
   std::vector<std::pair<std::string, double>> host_profile() const;
-  /// The flash kernels' block order (flash::TileOrder: bands of heads, heavy tiles first; the
-  /// default band, or 1 = the order before session 27). Any order gives the same bits; the trainer
+  /// The flash kernels' block order (flash::TileOrder: bands of heads, heavy tiles first; 0 = the
+  /// default band, 1 = the order before session 27). Any order gives the same bits; the trainer
   /// sets it from HDPISSA_FLASH_BAND (measurements).
   void set_flash_tile_order(flash::TileOrder order) {
-    if (order.band < 1) throw LlamaError(cat("CudaLlama::set_flash_tile_order: expected a band >= 1, found ", order.band));
+    if (order.band < 0)
+      throw LlamaError(cat("CudaLlama::set_flash_tile_order: expected a band >= 0 (0: the default), found ", order.band));
     flash_order_ = order;
   }
   /// The loss GEMMs' row count is a chunk's target count rounded up to a multiple of `rows` (in

@@ -1722,22 +1722,15 @@ class AdapterMethod final : public TrainMethod<Dev> {
       const bool fp8 = this->fp8_on(i) && dX.data && dY.rows <= u_.rows();
       if constexpr (Base::kHasSide) {
         if (this->side_ && !this->fp8_on(i) && xa.data && i < tl_.size() && tl_[i].data()) {
-          // AdapterLinear::backward's GEMMs and scales, split: dY·B and dX here, gA and gB on the
-          // second stream (t in this target's own buffer: the next write is the next micro-batch's,
-          // after the model's joins)
-          using S = typename Bc::scalar_type;
+          // AdapterLinear::backward's parts: u = dY·B and dX on the model's stream, gA and gB on the
+          // second (lin_side_, the second stream's backend); u in this target's own buffer: the next
+          // write is the next micro-batch's, after the model's joins
           const Vc t{tl_[i].data(), X.rows, r, r};
-          this->bc_->gemm(hdpissa::Op::N, hdpissa::Op::N, S(1), dY, Bf(i), S(0), t);
+          lin_.backward_u(dY, Bf(i), t);
           this->side_fork();
-          auto& sb = this->side_->backend();
-          const float sg = float(S(lin_.scaling()));
-          sb.gemm_f32(hdpissa::Op::T, hdpissa::Op::N, sg, CVc(t), X, 1.0f, upd_.grad(pA_[i], lg));
-          sb.gemm_f32(hdpissa::Op::T, hdpissa::Op::N, sg, dY, xa, 1.0f, upd_.grad(pB_[i], lg));
-          if (dX.data) {
-            hdpissa::require_shape(dX, X.rows, W.cols, "AdapterLinear dX");
-            this->bc_->gemm(hdpissa::Op::N, hdpissa::Op::N, S(lin_.scaling()), CVc(t), A(i), S(0), dX);
-            this->bc_->gemm(hdpissa::Op::N, hdpissa::Op::N, S(1), dY, W, S(1), dX);
-          }
+          lin_side_->backward_gradients(X, A(i), dY, CVc(t), upd_.grad(pA_[i], lg), upd_.grad(pB_[i], lg),
+                                        /*accumulate=*/true, xa);
+          lin_.backward_dx(W, A(i), dY, CVc(t), dX);
           return;
         }
       }
