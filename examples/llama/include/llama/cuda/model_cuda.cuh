@@ -1007,6 +1007,9 @@ void CudaLlama<T>::backward_layers(CudaHooks<T>& hooks) {
 
   mark(kNormBwd);
   hooks.drop_amax_hints();  // none may survive an earlier pass that stopped on an error
+  // nor a lagged-join mark: a pass that stopped on an error (e.g. a failed graph capture, rerun
+  // eagerly) may have left one recorded in its aborted capture; a no-op otherwise
+  hooks.join_backward();
   HDPISSA_CUDA_CHECK(cudaMemsetAsync(dx_.get(), 0, sizeof(float) * N * D, s));
   // The norm backwards' bf16 output, the next linear's dY (o's, then the layer below's down's):
   // without checkpointing it alternates between dx_t_ and tmp_ (the forward's residual scratch,

@@ -982,7 +982,7 @@ class DwuMethod final : public TrainMethod<Dev> {
     upd_.zero_grad();
   }
   hdpissa::StepReport step(double lr) override {
-    this->join_side();  // the adapter gradients' last GEMMs (the model joins before each norm backward too)
+    this->join_side();  // the adapter gradients' last GEMMs (the model's backward ends with a full join too)
     return this->step_updating_w(upd_, lr);
   }
   void fp8_enabled() override { this->amax_in_update_ = this->w_storage_amax(upd_); }
