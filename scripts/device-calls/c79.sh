@@ -1,4 +1,4 @@
-# call 79 (session 28; branch next/side-lag, binaries in .devpack, main's hdpissa-train (0197598) as
+# call 79 (session 28; docs/pending/next-side-lag.patch applied on main, binaries in .devpack, main's hdpissa-train as
 # .devbin/base/hdpissa-train): the model's lagged join of the adapters' second stream (c75's profile:
 # HD-PiSSA's "norms + elementwise bwd" 3.10 ms per micro-batch against the bare model's 1.43 at
 # TinyLlama 2 x 512, 6.17 against 3.69 at 7B: the join before each norm backward waited for the
@@ -13,7 +13,7 @@ run_suites $O hdpissa_cuda_train_tests:200
 grep -h -E "ERROR|FAILED" $O/suites/*.log 2>/dev/null | head -12
 OUT=$O/t WORK=/tmp/tpt PREBUILT=$PWD/.devbin SHAPES="tinyllama llama2-7b" MICRO_BATCHES=2 OURS_STEPS=6 \
   OURS_CONFIGS="hdpissa-K1 lora" OURS_CONFIGS_7B="hdpissa-K1 lora" BASELINE_BIN=$PWD/.devbin/base/hdpissa-train \
-  BASELINE_LABEL="main 0197598" BASELINE_CONFIGS="hdpissa-K1 lora" PEFT_METHODS="${C79_PEFT-lora-bf16-compile}" \
+  BASELINE_LABEL="main" BASELINE_CONFIGS="hdpissa-K1 lora" PEFT_METHODS="${C79_PEFT-lora-bf16-compile}" \
   DEADLINE_S=$(( END - 10 - $(el) )) scripts/throughput.sh > $O/t.txt 2>&1
 cp $O/t/throughput.md $OUT/mb2.md 2>/dev/null; echo "throughput done at $(el) s"
 grep -E "^\| (\*\*)?(ours|peft)" $O/t/throughput.md | head -12
