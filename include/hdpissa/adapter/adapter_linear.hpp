@@ -41,29 +41,16 @@ class AdapterLinear {
 
   /// dX = dY W + s (dY B) A (skipped if dX.data is null); gA, gB get the adapter gradients (added
   /// when `accumulate`). `xa`: the forward's X Aᵀ for this X (forward(…, keep_xa)), or empty.
-  /// Runs backward_u, backward_dx and backward_gradients, in that order.
-  void backward(CV W, CV A, CV Bf, CV X, CV dY, V dX, V gA, V gB, bool accumulate = true, CV xa = {}) {
-    check(W, A, Bf, X);
-    require_shape(dY, X.rows, W.rows, "AdapterLinear dY");
-    require_shape(gA, A.rows, A.cols, "AdapterLinear gA");  // every shape before the first GEMM
-    require_shape(gB, Bf.rows, Bf.cols, "AdapterLinear gB");
-    if (dX.data) require_shape(dX, X.rows, W.cols, "AdapterLinear dX");
-    auto u = t1_.get(*b_, X.rows, A.rows);  // (tokens, r) = dY B
-    backward_u(dY, Bf, u);
-    backward_dx(W, A, dY, CV(u), dX);
-    backward_gradients(X, A, dY, CV(u), gA, gB, accumulate, xa);
-  }
-
-  /// backward() with fp32 gradients for a lower-precision backend (bf16 storage): the two gradient
-  /// GEMMs write fp32 results (fp32 sums over the tokens, never rounded to the storage type), added
-  /// to gA, gB when `accumulate`; dX and the thin products as in backward(). Needs gemm_f32.
+  /// G = S, or float on a lower-precision backend (bf16 storage): the two gradient GEMMs then write
+  /// fp32 results (fp32 sums over the tokens, never rounded to the storage type; needs gemm_f32).
+  /// Every shape is checked before the first GEMM; then backward_u, backward_dx and
+  /// backward_gradients run, in that order.
   template <class G>
-    requires(!std::is_same_v<G, S>)
   void backward(CV W, CV A, CV Bf, CV X, CV dY, V dX, MatrixView<G> gA, MatrixView<G> gB, bool accumulate = true,
                 CV xa = {}) {
     check(W, A, Bf, X);
     require_shape(dY, X.rows, W.rows, "AdapterLinear dY");
-    require_shape(gA, A.rows, A.cols, "AdapterLinear gA");  // every shape before the first GEMM
+    require_shape(gA, A.rows, A.cols, "AdapterLinear gA");
     require_shape(gB, Bf.rows, Bf.cols, "AdapterLinear gB");
     if (dX.data) require_shape(dX, X.rows, W.cols, "AdapterLinear dX");
     auto u = t1_.get(*b_, X.rows, A.rows);  // (tokens, r) = dY B

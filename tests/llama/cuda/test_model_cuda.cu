@@ -28,6 +28,7 @@
 #include "hdpissa/cuda.hpp"
 #include "llama/checkpoint.hpp"
 #include "llama/cuda/adapter_grads.cuh"
+#include "llama/cuda/cuda_device.cuh"
 #include "llama/cuda/fp8_linears.cuh"
 #include "llama/cuda/model_cuda.cuh"
 #include "llama/model.hpp"
@@ -1736,5 +1737,69 @@ TEST_CASE("fused adapter gradients: float64 reference, no worse than the cuBLAS 
     CHECK_FALSE(FusedAdapterGrads::usable(CVb(x.get(), 64, 20, 20), X, A, Bt, gA, gB));  // width not a multiple of 8
     CHECK_FALSE(FusedAdapterGrads::usable(CVb(x.get() + 1, 64, 24, 24), X, A, Bt, gA, gB));  // misaligned rows
     CHECK_FALSE(FusedAdapterGrads::usable(X, X, CVb(a.get(), 8, 24, 24), Bt, gA, gB));  // rank 8
+  }
+}
+
+namespace {
+// One thread spins for `cycles` clock cycles, then sets *flag (the side stream's "adapter gradients").
+__global__ void side_spin_then_set(int* flag, long long cycles) {
+  const long long t0 = clock64();
+  while (clock64() - t0 < cycles) {
+  }
+  *reinterpret_cast<volatile int*>(flag) = 1;
+}
+// The model's stream reads the flag (what a rewrite of the side's inputs would have to wait for).
+__global__ void main_read_flag(const int* flag, int* out) { *out = *reinterpret_cast<const volatile int*>(flag); }
+}  // namespace
+
+// The lagged join of the adapters' second stream (AdapterSideStream, docs/trainer.md "The lagged
+// join"): side work forked before a join_lagged() must be complete when the model's stream passes
+// the NEXT join_lagged() (and any join()). The side work here spins for ≈ 20 ms before it writes its
+// flag, so a missing wait shows as a 0 read on the model's stream; with the waits the reads are 1 on
+// every run (no timing can make a correct join fail).
+TEST_CASE("AdapterSideStream: join_lagged() waits for the work forked before the previous call, join() for all") {
+  const long long cycles = 40'000'000;  // ≈ 20 ms at 2 GHz
+  hdpissa::CudaStream main_stream;
+  const cudaStream_t ms = main_stream.get();
+  gpu::AdapterSideStream side;
+  const cudaStream_t ss = side.backend().stream();
+  hdpissa::DeviceBuffer<int> d(8);
+  HDPISSA_CUDA_CHECK(cudaMemsetAsync(d.get(), 0, 8 * sizeof(int), ms));
+  HDPISSA_CUDA_CHECK(cudaStreamSynchronize(ms));
+  int* flag = d.get();
+  int* out = d.get() + 4;
+  // 1. fork, side work, lagged join (marks it), more side-free model work, lagged join (waits): read
+  side.fork(ms);
+  side_spin_then_set<<<1, 1, 0, ss>>>(flag + 0, cycles);
+  side.join_lagged(ms);
+  side.join_lagged(ms);
+  main_read_flag<<<1, 1, 0, ms>>>(flag + 0, out + 0);
+  // 2. a lagged mark, then a full join: everything forked so far
+  side.fork(ms);
+  side_spin_then_set<<<1, 1, 0, ss>>>(flag + 1, cycles);
+  side.join_lagged(ms);
+  side.fork(ms);
+  side_spin_then_set<<<1, 1, 0, ss>>>(flag + 2, cycles);
+  side.join(ms);
+  main_read_flag<<<1, 1, 0, ms>>>(flag + 1, out + 1);
+  main_read_flag<<<1, 1, 0, ms>>>(flag + 2, out + 2);
+  // 3. the pattern of the model's backward: fork per half-layer, a lagged join before each norm
+  //    backward; the join after the second half-layer covers the first half-layer's work
+  side.fork(ms);
+  side_spin_then_set<<<1, 1, 0, ss>>>(flag + 3, cycles);
+  side.join_lagged(ms);  // norm backward 1: nothing earlier to wait for
+  side.fork(ms);         // the next half-layer's side work (fast)
+  side.join_lagged(ms);  // norm backward 2: the first half-layer's work is done here
+  main_read_flag<<<1, 1, 0, ms>>>(flag + 3, out + 3);
+  side.join(ms);
+  HDPISSA_CUDA_CHECK_LAUNCH("AdapterSideStream test kernels");
+  HDPISSA_CUDA_CHECK(cudaStreamSynchronize(ms));
+  HDPISSA_CUDA_CHECK(cudaStreamSynchronize(ss));
+  int h[8] = {};
+  HDPISSA_CUDA_CHECK(cudaMemcpy(h, d.get(), sizeof(h), cudaMemcpyDeviceToHost));
+  for (int i = 0; i < 4; ++i) {
+    INFO("case ", i, ": flag ", h[i], ", read on the model's stream ", h[4 + i]);
+    CHECK(h[i] == 1);
+    CHECK(h[4 + i] == 1);
   }
 }

@@ -1373,7 +1373,8 @@ TEST_CASE("stacked q|k|v, gate|up GEMMs (HDPISSA_STACKED_LINEARS): the per-membe
 // gradient GEMMs run on a stream of their own beside the backward's dX GEMMs; the same GEMMs in the
 // same order on each stream, so the losses and the trained W must be bit for bit those of the
 // one-stream run (a missing join would show as a race: gradients read before they land, buffers
-// rewritten while read). HD-PiSSA K = 2 (the stacked groups), with activation checkpointing (the
+// rewritten while read; without checkpointing the model's joins are lagged by a half-layer, its
+// norm backwards' dY alternating between two buffers, LoRA's stacked dY·B too). HD-PiSSA K = 2 (the stacked groups), with activation checkpointing (the
 // recompute rewrites the saved activations the side reads), with --targets q,v (per-linear calls,
 // frozen members), lora-dwu, and --compute fp8 on the wide model (the FP8 dX beside the side's
 // bf16 gradients); LoRA and PiSSA (the stacked groups' gA, gB there, dY·B and dX here).

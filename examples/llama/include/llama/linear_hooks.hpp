@@ -37,8 +37,16 @@
 ///  - `h.join_backward()` (optional): the model is about to overwrite tensors it passed as X or dY
 ///    to earlier backward calls (a layer's norm backward rewrites the dY of o and down; the
 ///    buffers of the layer before follow): hooks that read them elsewhere (device hooks: on another
-///    stream) make the model's stream wait for those reads here. The GPU model calls it before each
-///    of a layer's two RMSNorm backwards, so after a layer's last call every read has landed.
+///    stream) make the model's stream wait for those reads here. The GPU model calls it at the end
+///    of its backward, and before each of a layer's two RMSNorm backwards when it recomputes
+///    activations (checkpointing).
+///  - `h.join_backward_lagged()` (optional; default join_backward()): the model is about to overwrite
+///    tensors it passed as X or dY to the backward calls made before its previous
+///    join_backward_lagged() (or join_backward()), not those since: hooks that read on another stream
+///    wait for the earlier calls' reads only. The GPU model without checkpointing calls it before
+///    each RMSNorm backward: the norm backwards' outputs (the dY of o and down) alternate between two
+///    buffers, and what a half-layer's calls read is rewritten two norm backwards later at the
+///    earliest; so the adapter gradients of one half-layer may run beside the next half-layer.
 ///  - `h.amax_hint(data, rows, cols, ld)` / `h.drop_amax_hints()` (optional; FP8 compute): a model
 ///    about to write a tensor t that it passes next as a forward's X or a backward's dY may ask for a
 ///    device fp32 slot (zeroed) into which its kernel maxes max |t|; hooks that quantise t then skip
@@ -133,6 +141,9 @@ class LinearHooks {
 
   /// See the file comment: finish reading earlier backward calls' X and dY (default: nothing to do).
   virtual void join_backward() {}
+  /// See the file comment: finish reading the X and dY of the backward calls made before the
+  /// previous join_backward_lagged() (default: join_backward(), which finishes them all).
+  virtual void join_backward_lagged() { join_backward(); }
 
   /// A device fp32 slot, zeroed, for max |t| of t = (data, rows, cols, ld), which the model writes
   /// next and passes to the next call as X or dY (see the file comment); nullptr: not wanted.

@@ -56,37 +56,52 @@ inline void launch_add_bf16_into_f32(cudaStream_t s, ConstMatrixView<__nv_bfloat
 /// DWU methods run their adapter-gradient GEMMs while the model's stream goes on with the backward's
 /// dX GEMMs and what follows. fork(main): its next work waits for everything enqueued on `main` so
 /// far; join(main): `main`'s next work waits for everything enqueued here so far (a no-op when
-/// nothing was forked since the last join). One event each, re-recorded: a wait takes the record
-/// current when it is enqueued.
+/// nothing was forked since the last join); join_lagged(main): `main`'s next work waits for what was
+/// enqueued here before the previous join_lagged() (nothing when a join() came in between, or no
+/// work before it), and what was enqueued since is marked for the next one — the model's backward
+/// calls it at each norm backward when its dY buffers alternate, so a half-layer's adapter gradients
+/// run beside the next half-layer's work instead of before it. Events are re-recorded: a wait takes
+/// the record current when it is enqueued.
 class AdapterSideStream {
  public:
   AdapterSideStream() : b_(hdpissa::CudaBackendOptions{}) {
     HDPISSA_CUDA_CHECK(cudaEventCreateWithFlags(&fork_, cudaEventDisableTiming));
     HDPISSA_CUDA_CHECK(cudaEventCreateWithFlags(&join_, cudaEventDisableTiming));
+    HDPISSA_CUDA_CHECK(cudaEventCreateWithFlags(&mark_, cudaEventDisableTiming));
   }
   AdapterSideStream(const AdapterSideStream&) = delete;
   AdapterSideStream& operator=(const AdapterSideStream&) = delete;
   ~AdapterSideStream() {
     cudaEventDestroy(fork_);
     cudaEventDestroy(join_);
+    cudaEventDestroy(mark_);
   }
   hdpissa::CudaBackend<__nv_bfloat16>& backend() { return b_; }
   void fork(cudaStream_t main) {
     HDPISSA_CUDA_CHECK(cudaEventRecord(fork_, main));
     HDPISSA_CUDA_CHECK(cudaStreamWaitEvent(b_.stream(), fork_, 0));
-    pending_ = true;
+    pending_ = since_mark_ = true;
   }
   void join(cudaStream_t main) {
+    marked_ = since_mark_ = false;
     if (!pending_) return;
     HDPISSA_CUDA_CHECK(cudaEventRecord(join_, b_.stream()));
     HDPISSA_CUDA_CHECK(cudaStreamWaitEvent(main, join_, 0));
     pending_ = false;
   }
+  void join_lagged(cudaStream_t main) {
+    if (marked_) HDPISSA_CUDA_CHECK(cudaStreamWaitEvent(main, mark_, 0));  // before mark_ is re-recorded
+    marked_ = since_mark_;
+    if (since_mark_) HDPISSA_CUDA_CHECK(cudaEventRecord(mark_, b_.stream()));
+    since_mark_ = false;
+  }
 
  private:
   hdpissa::CudaBackend<__nv_bfloat16> b_;
-  cudaEvent_t fork_ = nullptr, join_ = nullptr;
-  bool pending_ = false;
+  cudaEvent_t fork_ = nullptr, join_ = nullptr, mark_ = nullptr;
+  bool pending_ = false;     // forked since the last join()
+  bool since_mark_ = false;  // forked since the last join_lagged() or join()
+  bool marked_ = false;      // mark_ holds work main has not waited for
 };
 
 template <class T>

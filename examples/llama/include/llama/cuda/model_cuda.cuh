@@ -1007,18 +1007,38 @@ void CudaLlama<T>::backward_layers(CudaHooks<T>& hooks) {
 
   mark(kNormBwd);
   hooks.drop_amax_hints();  // none may survive an earlier pass that stopped on an error
+  // nor a lagged-join mark: a pass that stopped on an error (e.g. a failed graph capture, rerun
+  // eagerly) may have left one recorded in its aborted capture; a no-op otherwise
+  hooks.join_backward();
   HDPISSA_CUDA_CHECK(cudaMemsetAsync(dx_.get(), 0, sizeof(float) * N * D, s));
-  // dx_t: the last layer's down's dY (its amax kept for FP8 compute; a checkpointing recompute in
+  // The norm backwards' bf16 output, the next linear's dY (o's, then the layer below's down's):
+  // without checkpointing it alternates between dx_t_ and tmp_ (the forward's residual scratch,
+  // unused here), so that a buffer is rewritten only two norm backwards after the calls that read
+  // it, and the hooks' join before each norm backward is lagged (join_backward_lagged(): what the
+  // previous half-layer's calls read may still be being read elsewhere, e.g. by the adapters'
+  // second stream). With checkpointing the recompute rewrites tmp_ and the layer's activations:
+  // one buffer, and a full join before each norm backward.
+  const bool lag = !ckpt_;
+  T* dyt = dx_t_.get();
+  auto next_dy = [&] {  // after the hooks' join: the buffer the next norm backward writes
+    if (lag) {
+      hooks.join_backward_lagged();
+      dyt = dyt == dx_t_.get() ? tmp_.get() : dx_t_.get();
+    } else {
+      hooks.join_backward();
+    }
+    return dyt;
+  };
+  // dyt: the last layer's down's dY (its amax kept for FP8 compute; a checkpointing recompute in
   // between drops the hint, and the hooks then run their own amax pass)
   kern::launch_rmsnorm_bwd<T>(s, res(2 * L), rstd_f_.get(), norms + 2 * L * D, dxnf_.get(), nullptr, nullptr, nullptr,
-                              dx_.get(), dx_t_.get(), N, D, hooks.amax_hint(dx_t_.get(), N, D, D));
+                              dx_.get(), dyt, N, D, hooks.amax_hint(dyt, N, D, D));
   for (int l = L - 1; l >= 0; --l) {
     // Checkpointing: the shared arena holds the last layer's activations from the forward; every
     // other layer is recomputed from its residual input res(2l) (normalised in place, as layer 0).
     if (ckpt_ && l < L - 1) layer_forward(hooks, l, res(2 * l), nullptr, /*down=*/false);
     const LayerActs& a = layers_[l];
     auto W = [&](Module m) { return CV(linear({l, m})); };
-    const CV dxt(dx_t_.get(), N, D, D);
     bool summed = false;   // the hooks summed a group's dX into dxa_ (backward_shared_summed)
     const T* act = a.act;  // X of down: kept by the forward, or recomputed (the same kernel and bits)
     if (!act) {
@@ -1027,7 +1047,7 @@ void CudaLlama<T>::backward_layers(CudaHooks<T>& hooks) {
       act = act_.get();
     }
     mark(kLinBwd);
-    hooks.backward({l, Module::down}, W(Module::down), CV(act, N, H, H), dxt, MV(d_act_.get(), N, H, H));
+    hooks.backward({l, Module::down}, W(Module::down), CV(act, N, H, H), CV(dyt, N, D, D), MV(d_act_.get(), N, H, H));
     hooks.drop_amax_hints();
     mark(kNormBwd);
     {
@@ -1048,12 +1068,13 @@ void CudaLlama<T>::backward_layers(CudaHooks<T>& hooks) {
       hooks.drop_amax_hints();
     }
     mark(kNormBwd);
-    hooks.join_backward();  // dx_t_ (down's dY) is rewritten next
+    next_dy();  // o's dY
     kern::launch_rmsnorm_bwd<T>(s, res(2 * l + 1), a.rstd2, norms + (2 * l + 1) * D, nullptr, dxa_.get(),
-                                summed ? nullptr : dxb_.get(), nullptr, dx_.get(), dx_t_.get(), N, D,
-                                hooks.amax_hint(dx_t_.get(), N, D, D));
+                                summed ? nullptr : dxb_.get(), nullptr, dx_.get(), dyt, N, D,
+                                hooks.amax_hint(dyt, N, D, D));
     mark(kLinBwd);
-    hooks.backward({l, Module::o}, W(Module::o), CV(a.attn, N, qd, qd), dxt, MV(d_attn_.get(), N, qd, qd));
+    hooks.backward({l, Module::o}, W(Module::o), CV(a.attn, N, qd, qd), CV(dyt, N, D, D),
+                   MV(d_attn_.get(), N, qd, qd));
     hooks.drop_amax_hints();
 
     // attention backward (flash-style recompute of P from Q, K and lse)
@@ -1114,12 +1135,12 @@ void CudaLlama<T>::backward_layers(CudaHooks<T>& hooks) {
       if (!summed) hooks.backward_shared(attn, xn1);
     }
     mark(kNormBwd);
-    hooks.join_backward();  // dx_t_ (o's dY) is rewritten next, then the layer below's buffers
-    // dx_t: layer l − 1's down's dY (none after layer 0)
+    next_dy();  // layer l − 1's down's dY (none after layer 0)
     kern::launch_rmsnorm_bwd<T>(s, res(2 * l), a.rstd1, norms + 2 * l * D, nullptr, dxa_.get(),
-                                summed ? nullptr : dxb_.get(), summed ? nullptr : dxc_.get(), dx_.get(), dx_t_.get(), N,
-                                D, l > 0 ? hooks.amax_hint(dx_t_.get(), N, D, D) : nullptr);
+                                summed ? nullptr : dxb_.get(), summed ? nullptr : dxc_.get(), dx_.get(), dyt, N, D,
+                                l > 0 ? hooks.amax_hint(dyt, N, D, D) : nullptr);
   }
+  hooks.join_backward();  // every read of this pass, before the next pass rewrites its buffers
   hooks.drop_amax_hints();
 }
 

@@ -354,6 +354,11 @@ class TrainMethod {
     if constexpr (kHasSide)
       if (side_) side_->join(bc_->stream());
   }
+  /// AdapterSideStream::join_lagged (the model's join_backward_lagged()).
+  void join_side_lagged() {
+    if constexpr (kHasSide)
+      if (side_) side_->join_lagged(bc_->stream());
+  }
   /// The stacked gA of n members of rank r and input width `in` (grad_a(p): member p's fp32 gA sum):
   /// the sums themselves as one (n·r, in) view when they are adjacent rows of the update's flat
   /// gradients (the updates lay a layer's gA out back to back), else `scratch` (overwritten, then
@@ -769,6 +774,7 @@ class TrainMethod {
       return nullptr;
     }
     void join_backward() override { m_->join_side(); }
+    void join_backward_lagged() override { m_->join_side_lagged(); }
     void drop_amax_hints() override {
       if constexpr (kFp8Capable) {
         if (m_->fp8_) m_->fp8_->drop_amax_hints();
@@ -976,7 +982,7 @@ class DwuMethod final : public TrainMethod<Dev> {
     upd_.zero_grad();
   }
   hdpissa::StepReport step(double lr) override {
-    this->join_side();  // the adapter gradients' last GEMMs (the model joins before each norm backward too)
+    this->join_side();  // the adapter gradients' last GEMMs (the model's backward ends with a full join too)
     return this->step_updating_w(upd_, lr);
   }
   void fp8_enabled() override { this->amax_in_update_ = this->w_storage_amax(upd_); }
@@ -1584,7 +1590,8 @@ class AdapterMethod final : public TrainMethod<Dev> {
       st.u_rows = -1;
     }
     if (!stacks_.empty()) lin_.reserve_shared(max_tokens, 3, stacks_.front().r);
-    if (this->side_ && !stacks_.empty()) t_side_ = this->bc_->make_matrix(max_tokens, 3 * stacks_.front().r);
+    if (this->side_ && !stacks_.empty())
+      for (auto& t : t_side_) t = this->bc_->make_matrix(max_tokens, 3 * stacks_.front().r);
     if (this->side_) {  // per target (kept X Aᵀ, no FP8 copy): its dY·B for the second stream
       tl_.clear();
       for (std::size_t i = 0; i < ids_.size(); ++i)
@@ -1664,10 +1671,14 @@ class AdapterMethod final : public TrainMethod<Dev> {
       for (std::size_t p = 0; p < st->n; ++p) gB[p] = upd_.grad(pB_[st->slots[p]], lg);
       const auto [gA, adjacent] = Base::stacked_ga(grad_a_of(*st, lg), n, r, in, ga_stack_.data());
       const CVc u = st->u_rows == X.rows ? CVc{st->U.data(), X.rows, n * r, n * r} : CVc{};
-      if (lin_side_ && adjacent && u.data && t_side_.data() && X.rows <= t_side_.view().rows) {
+      auto& ts = t_side_[t_side_next_];
+      if (lin_side_ && adjacent && u.data && ts.data() && X.rows <= ts.view().rows) {
         // backward_stacked's parts: V = dY·B_diag here, then the gradient GEMMs on the second stream
-        // beside dX_sum here (t_side_ is next written by a later group, after the model's join)
-        const Vc v{t_side_.data(), X.rows, n * r, n * r};
+        // beside dX_sum here. The stacked groups' V alternate between two buffers: the model's
+        // lagged join (join_backward_lagged) waits for a half-layer's reads one half-layer later,
+        // and each half-layer holds one stacked group (q|k|v or gate|up)
+        t_side_next_ ^= 1;
+        const Vc v{ts.data(), X.rows, n * r, n * r};
         lin_.stacked_v(CVc(st->Bd.view()), sl->Z, v);
         this->side_fork();
         lin_side_->stacked_gradients(X, CVc(v), u, sl->Z, std::span<const index_t>(st->outs.data(), st->n),
@@ -1899,7 +1910,9 @@ class AdapterMethod final : public TrainMethod<Dev> {
   std::vector<Stack> stacks_;       // shared-input groups (forward_shared / backward_shared)
   std::vector<int> stack_of_;       // per target: its stack, or -1
   typename Bm::matrix_type ga_stack_{};  // their stacked fp32 gA (one micro-batch's)
-  typename Bc::matrix_type t_side_{};    // dY·B_diag of a stacked group read by the second stream (max tokens, 3r)
+  std::array<typename Bc::matrix_type, 2> t_side_{};  // dY·B_diag of a stacked group read by the second stream
+                                                      // (max tokens, 3r), alternately
+  int t_side_next_ = 0;
   std::vector<typename Bc::matrix_type> tl_;  // per target: its dY·B read by the second stream (max tokens, r)
   typename detail::compute_batch_of<Dev>::type copy_batch_{};  // step()'s conversions (make_copy_batch)
 };
