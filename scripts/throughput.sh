@@ -53,6 +53,11 @@
 #                                       gradients through adapter_grads.cuh instead of MutedLinear's cuBLAS GEMMs)
 #                                       +rows4 = HDPISSA_CUDA_DWU_ROWS=4 (the low-rank DWU kernel's 4-rows-per-thread
 #                                       tiling; same bits as the default 8)
+#                                       +streams<N> = HDPISSA_CUDA_DWU_STREAMS=N (the DWU step's per-layer low-rank
+#                                       updates on N streams in turn; same bits)
+#                                       +joined = HDPISSA_DWU_OVERLAP=0 (the DWU step's W updates joined
+#                                       before the next forward, as before session 31; the default overlaps
+#                                       them with it, each target's forward waiting for its layer; same bits)
 #                                       +chunk<rows> = HDPISSA_LOSS_CHUNK_ROWS=<rows> (the loss's rows of logits
 #                                       alive at once; default CudaLlama::default_loss_chunk_rows, 1024 at 32k vocab)
 #   BASELINE_BIN                        a second hdpissa-train (file, or a directory holding one):
@@ -275,6 +280,11 @@ run_ours() {  # SIDE(ours|base) BINARY HELP CFG MODEL MB GA MBDIR TIMEOUT EXTRA_
   local side="${HDPISSA_ADAPTER_STREAM:-1}"
   [[ "$cfg" == *+onestream* ]] && { cfg="${cfg//+onestream/}"; side=0; }  # hdpissa-K1+onestream
   local rows="${HDPISSA_CUDA_DWU_ROWS:-8}"
+  local dstreams="${HDPISSA_CUDA_DWU_STREAMS:-1}"
+  if [[ "$cfg" =~ \+streams([0-9]+) ]]; then dstreams="${BASH_REMATCH[1]}"; cfg="${cfg//+streams${dstreams}/}"; fi  # HDPISSA_CUDA_DWU_STREAMS
+  local overlap="${HDPISSA_DWU_OVERLAP:-1}"
+  [[ "$cfg" == *+overlap* ]] && { cfg="${cfg//+overlap/}"; overlap=1; }  # HDPISSA_DWU_OVERLAP (default)
+  [[ "$cfg" == *+joined* ]] && { cfg="${cfg//+joined/}"; overlap=0; }  # the step joined before the next forward
   [[ "$cfg" == *+rows4* ]] && { cfg="${cfg//+rows4/}"; rows=4; }  # hdpissa-K1+rows4: HDPISSA_CUDA_DWU_ROWS=4
   local band="${HDPISSA_FLASH_BAND:-}"
   if [[ "$cfg" =~ \+band([0-9]+|all) ]]; then band="${BASH_REMATCH[1]}"; cfg="${cfg//+band$band/}"; fi  # +band1: HDPISSA_FLASH_BAND
@@ -298,7 +308,7 @@ run_ours() {  # SIDE(ours|base) BINARY HELP CFG MODEL MB GA MBDIR TIMEOUT EXTRA_
   fi
   s=$(date +%s.%N)
   # shellcheck disable=SC2086
-  HDPISSA_CUDA_GEMM_TUNING_BF16="$tune" HDPISSA_CUDA_DWU_GEMM="$dwug" HDPISSA_FUSED_ADAPTER_GRADS="$fused" HDPISSA_FP8_PRODUCER_AMAX="$hint" HDPISSA_STACKED_LINEARS="$stacked" HDPISSA_ADAPTER_STREAM="$side" HDPISSA_LOSS_CHUNK_ROWS="$chunk" HDPISSA_CUDA_DWU_ROWS="$rows" HDPISSA_FLASH_BAND="$band" \
+  HDPISSA_CUDA_GEMM_TUNING_BF16="$tune" HDPISSA_CUDA_DWU_GEMM="$dwug" HDPISSA_FUSED_ADAPTER_GRADS="$fused" HDPISSA_FP8_PRODUCER_AMAX="$hint" HDPISSA_STACKED_LINEARS="$stacked" HDPISSA_ADAPTER_STREAM="$side" HDPISSA_LOSS_CHUNK_ROWS="$chunk" HDPISSA_CUDA_DWU_ROWS="$rows" HDPISSA_CUDA_DWU_STREAMS="$dstreams" HDPISSA_DWU_OVERLAP="$overlap" HDPISSA_FLASH_BAND="$band" \
   timeout -k 10 "$to" "$bin" --device cuda --dtype bf16 "${attflag[@]}" --model "$model" \
     --tokenizer "$DEV/tokenizer.model" --data "$DEV/train.jsonl" --method "$method" --groups-per-process "$k" \
     --rank 16 --alpha 16 --targets q,k,v,o,gate,up,down --svd randomized --micro-batch "$mb" --grad-accum "$ga" \

@@ -305,6 +305,33 @@ TEST_CASE("DwuGemm selection: TF32 or Cublas keep cuBLAS; HDPISSA_CUDA_DWU_GEMM 
   if (prev_rows) setenv("HDPISSA_CUDA_DWU_ROWS", saved_rows.c_str(), 1);  // restored before any check can stop the test
   else unsetenv("HDPISSA_CUDA_DWU_ROWS");
   CHECK(what.find("HDPISSA_CUDA_DWU_ROWS: expected 8 or 4, found '16'") != std::string::npos);
+  // the apply streams (1 = none): default, environment, a bad value named, an explicit bad value
+  {
+    const char* var = "HDPISSA_CUDA_DWU_STREAMS";
+    const char* prev = std::getenv(var);
+    const std::string saved = prev ? prev : "";
+    unsetenv(var);
+    const int dflt = CudaBackend<float>().dwu_apply_streams();
+    setenv(var, "3", 1);
+    const int three = CudaBackend<float>().dwu_apply_streams();
+    setenv(var, "9", 1);
+    what.clear();
+    try {
+      CudaBackend<float> bad;
+    } catch (const InvalidArgument& e) {
+      what = e.what();
+    }
+    if (prev) setenv(var, saved.c_str(), 1);
+    else unsetenv(var);
+    CHECK(dflt == 1);
+    CHECK(three == 3);
+    CHECK(what.find("HDPISSA_CUDA_DWU_STREAMS: expected 1 … 8, found '9'") != std::string::npos);
+    CudaBackendOptions o;
+    o.dwu_apply_streams = 0;
+    CHECK_THROWS_AS(CudaBackend<float>{o}, InvalidArgument);
+    o.dwu_apply_streams = 9;
+    CHECK_THROWS_AS(CudaBackend<float>{o}, InvalidArgument);
+  }
 }
 
 TEST_CASE("DwuGemm::Simt: fp32 W within rounding of cuBLAS; 2Kr above the CUDA-core kernel's limit is named") {

@@ -152,7 +152,23 @@ namespace {
 struct StorageRun {
   std::vector<std::vector<std::uint16_t>> w, c;  // per layer: W bits, compensation bits
   std::vector<std::uint32_t> amax;               // per layer: Bf16WStorage::amax after the last step (bits)
+  std::int64_t side_launches = 0;                // low-rank updates run on an apply stream
+  std::vector<std::vector<std::vector<std::uint16_t>>> after_step;  // per step, per layer: W bits right after it
 };
+/// run_storage's deferred mode (UpdateOptions::deferred_apply_join): after each step the stream
+/// waits for each layer alone (wait_layer) and copies its W, while each side launch first spins
+/// `spin_cycles` (a copy that skipped its wait would read the step's old W).
+struct Deferred {
+  bool on = false;
+  long long spin_cycles = 0;
+};
+/// Keeps the stream busy for about `ns` nanoseconds (work queued after it waits).
+__global__ void spin_ns(long long ns) {
+  const long long t0 = clock64();
+  long long f = 0;
+  while (clock64() - t0 < ns) ++f;  // clock64 counts SM cycles (≥ 1 GHz): at least ns nanoseconds
+  if (f == -1) printf("%lld", f);
+}
 /// max |w| over bf16 bits, as the bits of the float (what Bf16WStorage::amax must hold).
 std::uint32_t max_abs_bits(const std::vector<std::uint16_t>& w) {
   std::uint32_t m = 0;
@@ -202,9 +218,16 @@ std::vector<std::uint16_t> w0_bits(std::size_t l, index_t out, index_t in) {
 /// `steps` SGD steps (K = 3, r = 4, three layers) with every W in a bf16 storage of `policy`.
 /// Storage is host memory for EigenBackend and device memory for CudaBackend.
 template <class Bk, class Comm>
-StorageRun run_storage(Bk& b, Comm& comm, WPrecision policy, int steps) {
+StorageRun run_storage(Bk& b, Comm& comm, WPrecision policy, int steps, Deferred deferred = {}) {
   constexpr bool dev = std::is_same_v<typename Bk::memory_space, device_memory>;
-  DirectWeightUpdate<Bk, Sgd, Comm> dwu(b, comm, Sgd{});
+  std::int64_t out_side = 0;
+  UpdateOptions uo;
+  uo.deferred_apply_join = deferred.on;
+  DirectWeightUpdate<Bk, Sgd, Comm> dwu(b, comm, Sgd{}, uo);
+  if constexpr (requires { dwu.kernels().set_apply_side_spin_for_tests(1LL); })
+    dwu.kernels().set_apply_side_spin_for_tests(deferred.spin_cycles);
+  std::vector<std::vector<std::uint16_t*>> snap;  // device: per step, per layer, W right after the step
+  std::vector<std::vector<std::vector<std::uint16_t>>> out_after_step;  // host: the same
   std::vector<std::vector<std::uint16_t>> hw, hc;  // host storage (CPU)
   std::vector<std::uint16_t*> W, C;
   AmaxSlots<Bk> amax(b, kSShapes.size());
@@ -254,13 +277,40 @@ StorageRun run_storage(Bk& b, Comm& comm, WPrecision policy, int steps) {
         b.upload(gb.data(), dwu.grad_B(l, g));
       }
     amax.reset();
+    // the step's Adam and packing wait ≈ 5 ms behind this: apply streams that did not wait for the
+    // fork would read the previous step's deltas
+    if constexpr (dev) spin_ns<<<1, 1, 0, b.stream()>>>(5000000LL);
     dwu.step(0.25);
+    if constexpr (dev) {
+      if (deferred.on) {
+        // what the next forward does: each layer's W read on the stream after its own wait only
+        snap.emplace_back();
+        for (std::size_t l = 0; l < kSShapes.size(); ++l) {
+          const std::size_t n = std::size_t(kSShapes[l].first * kSShapes[l].second);
+          dwu.wait_layer(l);
+          snap.back().push_back(dalloc<std::uint16_t>(n));
+          REQUIRE(cudaMemcpyAsync(snap.back().back(), W[l], n * 2, cudaMemcpyDeviceToDevice, b.stream()) == cudaSuccess);
+        }
+      }
+    } else {
+      out_after_step.push_back(hw);
+    }
     dwu.zero_grad();
   }
+  if constexpr (requires { dwu.kernels().apply_side_launches(); }) out_side = dwu.kernels().apply_side_launches();
   dwu.verify_replicas();
   b.synchronize();
   StorageRun out;
   out.amax = amax.bits();
+  out.side_launches = out_side;
+  out.after_step = std::move(out_after_step);
+  for (auto& step_snap : snap) {
+    out.after_step.emplace_back();
+    for (std::size_t l = 0; l < kSShapes.size(); ++l) {
+      out.after_step.back().push_back(d2h(step_snap[l], std::size_t(kSShapes[l].first * kSShapes[l].second)));
+      cudaFree(step_snap[l]);
+    }
+  }
   for (std::size_t l = 0; l < kSShapes.size(); ++l) {
     const auto [o, in] = kSShapes[l];
     if constexpr (dev) {
@@ -299,14 +349,57 @@ TEST_CASE("DWU with a bf16 W storage: GPU fused epilogue == GPU unfused == CPU, 
         gcomm(CudaSingleProcess(generic.stream()), kSK);
     const StorageRun f = run_storage(fused, fcomm, p, steps);
     const StorageRun g = run_storage(generic, gcomm, p, steps);
+    // the layers' low-rank updates spread over 2 apply streams (DwuKernels::apply_begin): the same bits
+    CudaBackend<float> streamed;
+    streamed.set_fused_update(true);
+    streamed.set_dwu_gemm(which);
+    streamed.set_dwu_apply_streams(2);
+    VirtualRanks<CudaSingleProcess> scomm(CudaSingleProcess(streamed.stream()), kSK);
+    const StorageRun sr = run_storage(streamed, scomm, p, steps);
+    // the low-rank path (Auto, Simt at 2Kr = 24) took the apply streams; the sm_90a one does not
+    if (which != DwuGemm::Tf32x3) CHECK(sr.side_launches == std::int64_t(steps * kSShapes.size()));
+    CHECK(f.side_launches == 0);
+    // deferred joins (UpdateOptions::deferred_apply_join) on 1 and 2 apply streams, each side launch
+    // behind a ≈ 1 ms spin: W read on the stream after wait_layer(l) alone is the CPU's W after that
+    // step, bit for bit (a wait that did not cover the layer would read the old W); the next step's
+    // packing after the step's own join
+    std::vector<StorageRun> dr;
+    for (const int n : {1, 2}) {
+      CudaBackend<float> db;
+      db.set_fused_update(true);
+      db.set_dwu_gemm(which);
+      db.set_dwu_apply_streams(n);
+      VirtualRanks<CudaSingleProcess> dcomm(CudaSingleProcess(db.stream()), kSK);
+      dr.push_back(run_storage(db, dcomm, p, steps, Deferred{true, 2000000LL}));
+      if (which != DwuGemm::Tf32x3) CHECK(dr.back().side_launches == std::int64_t(steps * kSShapes.size()));
+    }
+    REQUIRE(ref.after_step.size() == std::size_t(steps));
+    for (const StorageRun& d : dr) {
+      REQUIRE(d.after_step.size() == std::size_t(steps));
+      for (int t = 0; t < steps; ++t)
+        for (std::size_t l = 0; l < kSShapes.size(); ++l) {
+          CAPTURE(t);
+          CAPTURE(l);
+          CHECK(d.after_step[std::size_t(t)][l] == ref.after_step[std::size_t(t)][l]);
+        }
+      for (std::size_t l = 0; l < kSShapes.size(); ++l) {
+        CHECK(d.w[l] == ref.w[l]);
+        CHECK(d.c[l] == ref.c[l]);
+        CHECK(d.amax[l] == ref.amax[l]);
+      }
+    }
+    for (int t = 1; t < steps; ++t) CHECK(ref.after_step[std::size_t(t)] != ref.after_step[std::size_t(t - 1)]);
     MESSAGE("sm_90a fused kernel available: ", cuda_kernels::sm90::dwu_gemm_sm90_supported(fused.device()));
     std::size_t changed = 0;
     for (std::size_t l = 0; l < kSShapes.size(); ++l) {
       CAPTURE(l);
       CHECK(f.w[l] == ref.w[l]);
       CHECK(g.w[l] == ref.w[l]);
+      CHECK(sr.w[l] == ref.w[l]);
       CHECK(f.c[l] == ref.c[l]);
       CHECK(g.c[l] == ref.c[l]);
+      CHECK(sr.c[l] == ref.c[l]);
+      CHECK(sr.amax[l] == ref.amax[l]);
       // Bf16WStorage::amax after the last step: max |w| of the updated W on every path (the
       // low-rank kernel's epilogue, the pass after the 3xTF32 kernel and after the unfused apply,
       // the CPU loop)

@@ -267,8 +267,8 @@ TEST_CASE("cli: HDPISSA_FLASH_BAND is a head count or 'all', checked with the co
   CHECK_FALSE(env_flash_band().has_value());
 }
 
-TEST_CASE("cli: HDPISSA_STACKED_LINEARS and HDPISSA_ADAPTER_STREAM are 0 or 1, checked with the command line") {
-  for (const char* var : {"HDPISSA_STACKED_LINEARS", "HDPISSA_ADAPTER_STREAM"}) {
+TEST_CASE("cli: HDPISSA_STACKED_LINEARS, HDPISSA_ADAPTER_STREAM and HDPISSA_DWU_OVERLAP are 0 or 1, checked with the command line") {
+  for (const char* var : {"HDPISSA_STACKED_LINEARS", "HDPISSA_ADAPTER_STREAM", "HDPISSA_DWU_OVERLAP"}) {
     CAPTURE(std::string(var));
     const hdpissa::test::ScopedEnv restore(var, nullptr);  // the caller's value back at the end
     for (const char* bad : {"2", "yes", "on", "00"}) {
@@ -279,10 +279,16 @@ TEST_CASE("cli: HDPISSA_STACKED_LINEARS and HDPISSA_ADAPTER_STREAM are 0 or 1, c
       ::setenv(var, ok, 1);
       CHECK(error_of(base({})) == "");
     }
+    auto value = [&] {
+      const std::string v = var;
+      return v == "HDPISSA_STACKED_LINEARS" ? env_stacked_linears()
+             : v == "HDPISSA_ADAPTER_STREAM" ? env_adapter_stream()
+                                              : env_dwu_overlap();
+    };
     ::setenv(var, "0", 1);
-    const bool off = std::string(var) == "HDPISSA_STACKED_LINEARS" ? env_stacked_linears() : env_adapter_stream();
+    const bool off = value();
     ::unsetenv(var);
-    const bool on = std::string(var) == "HDPISSA_STACKED_LINEARS" ? env_stacked_linears() : env_adapter_stream();
+    const bool on = value();
     CHECK_FALSE(off);
     CHECK(on);  // the default
   }

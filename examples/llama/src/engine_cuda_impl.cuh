@@ -185,6 +185,11 @@ class CudaEngine final : public MethodEngine<gpu::CudaDevice<T>> {
     excluded_host_.clear();
   }
   ~CudaEngine() override {
+    try {  // no W update may still run when the model's buffers (destroyed before the method) go
+      method_->settle();
+      b32_.synchronize();
+    } catch (...) {
+    }
     for (auto e : step_ev_)
       if (e) (void)cudaEventDestroy(e);
   }
@@ -197,6 +202,7 @@ class CudaEngine final : public MethodEngine<gpu::CudaDevice<T>> {
                                                         int max_new_tokens, const std::vector<std::int32_t>& stop_tokens,
                                                         int max_seq_len) override {
     hdpissa::memory::PartScope part("decoder");  // the generator, and its KV cache (grown with the context)
+    method_->settle();  // the decoder reads W directly (HDPISSA_DWU_OVERLAP: the last step's updates first)
     if (!gen_) gen_ = std::make_unique<gpu::GreedyGenerator<T>>(model_, method_->hooks(0), GreedyGeneratorOptions{});
     eval::GenerationRequest req;
     req.prompts = prompts;
@@ -238,6 +244,7 @@ class CudaEngine final : public MethodEngine<gpu::CudaDevice<T>> {
   /// stream, so its SVD scratch is released with it (the export runs once, after training).
   [[nodiscard]] bool truncates_delta_where_w_lives() const override { return true; }
   TruncatedDelta truncated_delta_where_w_lives(std::size_t i, const Matrix& initial, int rank, double energy) override {
+    method_->settle();
     hdpissa::CudaBackend<double> b64(stream_.get(), hdpissa::CudaBackendOptions{});
     TruncatedDelta t = truncated_delta_cuda(b64, method_->master_weight(i), initial, rank, energy);
     sample_memory();

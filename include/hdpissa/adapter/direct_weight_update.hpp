@@ -279,9 +279,32 @@ class DirectWeightUpdate {
     return std::size_t(recv_.rows()) * std::size_t(recv_.cols()) * sizeof(S);
   }
 
+  /// UpdateOptions::deferred_apply_join: the backend's stream waits for layer i's W update of the
+  /// last step (i in add_layer order); nothing to wait for otherwise.
+  void wait_layer(std::size_t i) {
+    if constexpr (requires { kernels_.wait_layer(i); }) kernels_.wait_layer(i);
+    else (void)i;
+  }
+  /// UpdateOptions::deferred_apply_join: the backend's stream waits for every W update of the last
+  /// step; nothing to wait for otherwise.
+  void join() {
+    if constexpr (requires { kernels_.apply_join(); }) kernels_.apply_join();
+  }
+  /// Whether the last step's W updates may still be running beside the backend's stream.
+  bool apply_pending() const {
+    if constexpr (requires { kernels_.apply_pending(); }) return kernels_.apply_pending();
+    else return false;
+  }
+  /// Turns UpdateOptions::deferred_apply_join on or off (the current step's side work is joined).
+  void set_deferred_apply_join(bool on) {
+    join();
+    options_.deferred_apply_join = on;
+  }
+
   /// One optimizer step at learning rate `lr` for every local group, then the shared W update.
   StepReport step(double lr) {
     finalize();
+    join();  // a deferred previous step (UpdateOptions::deferred_apply_join): its packing read send_
     // 1. Non-finite gradients: consensus across workers, so all of them skip or none does.
     std::string bad;
     bool check_each = true;
@@ -328,17 +351,40 @@ class DirectWeightUpdate {
       delta_ = b_->make_matrix(1, most);
     };
     if (w_apply_) need_delta();
+    // Kernels that spread the layers' applies over streams (DwuKernels<CudaBackend>::apply_begin)
+    // fork here and join before each exchange (its receive buffer is what the applies read) and at
+    // the end; the others have no such calls.
+    constexpr bool kApplyStreams = requires { kernels_.apply_begin(); kernels_.apply_end(); };
+    struct ApplyJoin {  // joins the side work if the loop throws (the next apply_begin would too)
+      kernels_type* k;
+      ~ApplyJoin() {
+        if constexpr (kApplyStreams) {
+          try {
+            k->apply_end();
+          } catch (...) {
+          }
+        }
+      }
+    } join{&kernels_};
+    const bool defer = options_.deferred_apply_join;
+    if constexpr (kApplyStreams) kernels_.apply_begin(defer);
     for (std::size_t li = 0; li < layers_.size(); ++li) {
       auto& l = layers_[li];
-      if ((li == 0 || layers_[li - 1].bucket != l.bucket) && comm_->size() > 1)
+      if ((li == 0 || layers_[li - 1].bucket != l.bucket) && comm_->size() > 1) {
+        if constexpr (kApplyStreams) kernels_.apply_end();
         comm_->all_gather(send_.view().data + bucket_start_[l.bucket] * std::size_t(local_groups()),
                           recv_.view().data, bucket_len_[l.bucket]);
+        if constexpr (kApplyStreams) kernels_.apply_begin(defer);
+      }
       const DwuPackedDeltas<const S> recv = received(l);
       if (l.bf16_w) {  // a bf16 W-precision storage: the rule folds Δ in (fused where offered)
         Bf16WStorage st = l.wst;
         st.step = w_step_;
         if constexpr (requires { kernels_.apply_fused_w(CV(l.A.view()), recv, -f, l.L.view(), st); })
-          if (kernels_.apply_fused_w(CV(l.A.view()), recv, -f, l.L.view(), st)) continue;
+          if (kernels_.apply_fused_w(CV(l.A.view()), recv, -f, l.L.view(), st)) {
+            if constexpr (kApplyStreams) kernels_.apply_mark(li);
+            continue;
+          }
         need_delta();
         V R{R_.view().data, 2 * K * r, l.in, l.in};
         const V Ldb = l.L.view().col_block(0, K * r);
@@ -365,6 +411,7 @@ class DirectWeightUpdate {
       }
       b_->gemm(Op::N, Op::N, -f, CV(l.L.view()), CV(R), S(1), l.W);
     }
+    if constexpr (kApplyStreams) kernels_.apply_end(defer);
     ++steps_;
     ++w_step_;
     return StepReport{false, steps_, {}};
@@ -373,6 +420,7 @@ class DirectWeightUpdate {
   /// Fails loudly (CommError on every worker) if W differs across workers: worker 0's
   /// order-sensitive checksum is broadcast and compared bit for bit.
   void verify_replicas() {
+    join();
     // Each double checksum travels as two scalars (hi, lo = c − hi) so float storage keeps ~48 bits.
     const std::size_t n = layers_.size();
     auto buf = b_->make_matrix(1, index_t(2 * n));
@@ -500,6 +548,12 @@ class DirectWeightUpdate {
   Opt opt_;
   UpdateOptions options_;
   kernels_type kernels_;
+
+ public:
+  /// The backend's DWU kernels (tests, diagnostics).
+  kernels_type& kernels() { return kernels_; }
+
+ private:
   typename B::matrix_type flag_;
   std::vector<Layer> layers_;
   index_t rank_ = 0;

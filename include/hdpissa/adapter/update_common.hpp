@@ -25,6 +25,14 @@ struct UpdateOptions {
   /// collective per step). The values exchanged, and so W, are the same bits for any bucketing. One
   /// worker (size() == 1) exchanges nothing: its send buffer is the received one.
   std::size_t exchange_bucket_bytes = std::size_t(256) << 20;
+  /// DirectWeightUpdate with kernels that offer apply streams (CUDA, a bf16 W storage on the
+  /// low-rank path): step() returns with the layers' W updates still running on side streams, so
+  /// the caller's next work on the backend's stream (the next forward) overlaps them. The caller
+  /// then owes the ordering: wait_layer(i) before its stream reads or writes layer i's W, join()
+  /// before anything else touches W or the update's state (a checkpoint, evaluation outside the
+  /// layer order, another process's view). The next step() joins first. Off (default): step()
+  /// returns with every update ordered before the stream's next work.
+  bool deferred_apply_join = false;
 };
 
 /// What step() did.

@@ -1421,6 +1421,79 @@ TEST_CASE("adapter gradients on a second stream (HDPISSA_ADAPTER_STREAM): the on
   }
 }
 
+// HDPISSA_DWU_OVERLAP=1: each step's per-layer W updates (a bf16 W storage) stay on side streams while
+// the next micro-batch's forward runs; each target's forward waits for its own layer's update, the
+// engine settles before a checkpoint, an export or decoding. Every side update first spins ≈ 0.2 ms
+// (HDPISSA_TEST_DWU_SIDE_SPIN), so a forward that skipped its wait would read the old W. The losses,
+// the held-out losses (evaluated after every step, through the same hooks), the saved state and the
+// trained W must be the joined run's bit for bit: HD-PiSSA K = 2 with SR on 1 and 2 apply streams
+// (HDPISSA_CUDA_DWU_STREAMS), with checkpointing, with --targets q,v (per-linear forwards, frozen
+// members), compensated, and pissa-dwu.
+TEST_CASE("DWU updates beside the next forward (HDPISSA_DWU_OVERLAP): the joined run bit for bit") {
+  struct Case {
+    const char* method;
+    const char* wprec;
+    int streams;
+    bool ckpt;
+    const char* targets;
+  };
+  struct Env {  // sets a variable for this scope, then restores it
+    std::string name, saved;
+    bool had;
+    Env(const char* n, const std::string& v) : name(n) {
+      const char* p = std::getenv(n);
+      had = p != nullptr;
+      saved = had ? p : "";
+      setenv(n, v.c_str(), 1);
+    }
+    ~Env() {
+      if (had) setenv(name.c_str(), saved.c_str(), 1);
+      else unsetenv(name.c_str());
+    }
+  };
+  for (const Case c : {Case{"hdpissa", "bf16-sr", 1, false, ""}, Case{"hdpissa", "bf16-sr", 2, false, ""},
+                       Case{"hdpissa", "bf16-sr", 1, true, ""}, Case{"hdpissa", "bf16-sr", 2, false, "q,v"},
+                       Case{"hdpissa", "bf16-compensated", 2, false, ""}, Case{"pissa-dwu", "bf16-sr", 1, false, ""}}) {
+    INFO("method ", std::string(c.method), ", ", std::string(c.wprec), ", streams ", c.streams, ", checkpointing ",
+         c.ckpt, ", targets '", std::string(c.targets), "'");
+    std::vector<std::vector<double>> losses, evals;
+    std::vector<ModelWeights> merged, saved;
+    for (const bool overlap : {false, true}) {
+      const std::string tag = hdpissa::cat("overlap-", c.method, c.wprec, c.streams, c.ckpt, c.targets, overlap);
+      TrainOptions o = base_options(c.method, tag);
+      o.device = Device::Cuda;
+      o.dtype = ComputeDtype::Bf16;
+      REQUIRE(hdpissa::parse_w_precision(c.wprec, o.w_precision));
+      o.max_steps = 4;
+      o.eval_every = 1;  // before, after steps 1 … 3, after: 5 held-out losses
+      o.eval_data = (data_dir() / "gsm8k" / "test.jsonl").string();
+      o.eval_examples = 8;
+      o.activation_checkpointing = c.ckpt;
+      if (*c.targets) o.targets = c.targets;
+      o.output = (scratch() / (tag + "-out")).string();
+      fs::remove_all(o.output);
+      Env e1("HDPISSA_DWU_OVERLAP", overlap ? "1" : "0");
+      Env e2("HDPISSA_CUDA_DWU_STREAMS", std::to_string(c.streams));
+      Env e3("HDPISSA_TEST_DWU_SIDE_SPIN", "400000");
+      Run r(o);
+      losses.push_back(step_losses(o.metrics));
+      std::vector<double> ev;
+      for (const auto& j : records(o.metrics, "eval")) ev.push_back(j["eval_loss"].get<double>());
+      evals.push_back(ev);
+      merged.push_back(r.merged());
+      saved.push_back(load_checkpoint(o.output));
+      REQUIRE(losses.back().size() == 4);
+      REQUIRE(evals.back().size() == 5);
+    }
+    CHECK(losses[0] == losses[1]);
+    CHECK(evals[0] == evals[1]);
+    CHECK(same_targets(merged[0], merged[1]));
+    CHECK(same_targets(saved[0], saved[1]));
+    CHECK(same_targets(saved[1], merged[1]));
+    CHECK(losses[1].back() < losses[1].front());
+  }
+}
+
 // --cuda-graphs: each micro-batch's layers forward and backward captured as CUDA graphs (per hooks
 // object and batch shape, after one eager micro-batch) and replayed; the loss stays eager. The same
 // kernels on the same buffers, so the losses and the trained W are the eager run's bit for bit.

@@ -68,6 +68,7 @@ inline const char* dwu_gemm_name(DwuGemm g) {
 ///  - gemm_tuning_bf16 ← HDPISSA_CUDA_GEMM_TUNING_BF16 = off | exact | fastest; default off
 ///  - dwu_gemm     ← HDPISSA_CUDA_DWU_GEMM = auto | 3xtf32 | simt | cublas; default auto
 ///  - dwu_lowrank_rows ← HDPISSA_CUDA_DWU_ROWS = 8 | 4; default 8
+///  - dwu_apply_streams ← HDPISSA_CUDA_DWU_STREAMS = 1 … 8; default 1
 /// An unrecognised value is an InvalidArgument at construction. CudaBackend::options() reports
 /// the resolved values (every optional engaged).
 struct CudaBackendOptions {
@@ -96,6 +97,11 @@ struct CudaBackendOptions {
   /// threads a block, 128 registers) or 4 (512 threads, 64 registers: twice the warps per SM). The
   /// same bits either way; only the speed differs (bench_dwu_lowrank, docs/cuda.md).
   std::optional<int> dwu_lowrank_rows = std::nullopt;
+  /// Streams the Direct Weight Update's per-layer low-rank updates run on (DwuKernels::apply_begin):
+  /// 1 (default) = the backend's stream; n > 1: n side streams taking the layers in turn (their
+  /// kernels overlap: small layers' grids and each kernel's tail leave SMs idle on one stream). The
+  /// same bits for every n (each layer writes only its own W).
+  std::optional<int> dwu_apply_streams = std::nullopt;
 
   /// Fills every empty optional field from its environment variable, then from the default.
   /// CudaBackend's constructors call it; an explicit value is kept as given.
@@ -135,6 +141,15 @@ struct CudaBackendOptions {
         else throw InvalidArgument(cat("HDPISSA_CUDA_DWU_ROWS: expected 8 or 4, found '", e, "'"));
       }
     }
+    if (!o.dwu_apply_streams) {
+      o.dwu_apply_streams = 1;
+      if (const char* e = std::getenv("HDPISSA_CUDA_DWU_STREAMS")) {
+        if (e[0] >= '1' && e[0] <= '8' && e[1] == '\0') o.dwu_apply_streams = e[0] - '0';
+        else throw InvalidArgument(cat("HDPISSA_CUDA_DWU_STREAMS: expected 1 … 8, found '", e, "'"));
+      }
+    }
+    HDPISSA_REQUIRE(*o.dwu_apply_streams >= 1 && *o.dwu_apply_streams <= 8,
+                    "CudaBackendOptions::dwu_apply_streams: expected 1 … 8, found ", *o.dwu_apply_streams);
     HDPISSA_REQUIRE(*o.dwu_lowrank_rows == 8 || *o.dwu_lowrank_rows == 4,
                     "CudaBackendOptions::dwu_lowrank_rows: expected 8 or 4, found ", *o.dwu_lowrank_rows);
     return o;
@@ -219,6 +234,12 @@ class CudaBackend {
   DwuGemm dwu_gemm() const { return *options_.dwu_gemm; }
   /// CudaBackendOptions::dwu_lowrank_rows (resolved).
   int dwu_lowrank_rows() const { return *options_.dwu_lowrank_rows; }
+  /// CudaBackendOptions::dwu_apply_streams (resolved).
+  int dwu_apply_streams() const { return *options_.dwu_apply_streams; }
+  void set_dwu_apply_streams(int n) {
+    HDPISSA_REQUIRE(n >= 1 && n <= 8, "CudaBackend::set_dwu_apply_streams: expected 1 … 8, found ", n);
+    options_.dwu_apply_streams = n;
+  }
   /// The CUDA device this backend was created on.
   int device() const { return device_; }
   void set_dwu_gemm(DwuGemm g) { options_.dwu_gemm = g; }

@@ -1,6 +1,6 @@
 #pragma once
 /// \file cuda_handles.hpp
-/// RAII owners for the CUDA component: CudaStream, CublasHandle, CusolverHandle, DeviceBuffer<T>
+/// RAII owners for the CUDA component: CudaStream, CudaEvent, CublasHandle, CusolverHandle, DeviceBuffer<T>
 /// (cudaMalloc'd, grow-only reuse via reserve()) and PinnedBuffer<T> (cudaMallocHost). All are
 /// move-only; destructors never throw (a failed free during unwinding is ignored on purpose).
 
@@ -37,6 +37,24 @@ class CudaStream {
   }
   cudaStream_t s_ = nullptr;
   bool own_ = true;
+};
+
+/// Owns an event without timing (cudaEventDisableTiming): stream ordering only.
+class CudaEvent {
+ public:
+  CudaEvent() { HDPISSA_CUDA_CHECK(cudaEventCreateWithFlags(&e_, cudaEventDisableTiming)); }
+  CudaEvent(CudaEvent&& o) noexcept : e_(std::exchange(o.e_, nullptr)) {}
+  CudaEvent& operator=(CudaEvent&& o) noexcept {
+    if (this != &o) { if (e_) (void)cudaEventDestroy(e_); e_ = std::exchange(o.e_, nullptr); }
+    return *this;
+  }
+  CudaEvent(const CudaEvent&) = delete;
+  CudaEvent& operator=(const CudaEvent&) = delete;
+  ~CudaEvent() { if (e_) (void)cudaEventDestroy(e_); }
+  cudaEvent_t get() const { return e_; }
+
+ private:
+  cudaEvent_t e_ = nullptr;
 };
 
 /// Owns a cuBLAS handle bound to a stream.

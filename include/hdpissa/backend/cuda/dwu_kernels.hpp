@@ -343,12 +343,16 @@ class DwuKernels<CudaBackend<S>> : public DwuGenericKernels<CudaBackend<S>> {
   /// Ldb (out, K·r) = [dB_0 … dB_{K−1}] from the all-gathered deltas d, A (K·r, in). Bit for bit
   /// what unpack (copy + K·(axpy + 2 copies)) gives. Returns false when fused_update() is off.
   bool unpack_fused(CV A, DwuPackedDeltas<const S> d, V R, V Ldb) {
+    return unpack_fused(A, d, R, Ldb, this->backend().stream());
+  }
+  /// The same on `stream`.
+  bool unpack_fused(CV A, DwuPackedDeltas<const S> d, V R, V Ldb, cudaStream_t stream) {
     if (!enabled()) return false;
     const index_t K = d.groups, r = d.rank;
     require_shape(A, K * r, A.cols, "dwu unpack A");
     require_shape(R, 2 * K * r, A.cols, "dwu unpack R");
     require_shape(Ldb, Ldb.rows, K * r, "dwu unpack Ldb");
-    cuda_kernels::launch_dwu_unpack(this->backend().stream(), A, d.data, index_t(d.chunk), K, r, R, Ldb);
+    cuda_kernels::launch_dwu_unpack(stream, A, d.data, index_t(d.chunk), K, r, R, Ldb);
     return true;
   }
 
@@ -369,6 +373,12 @@ class DwuKernels<CudaBackend<S>> : public DwuGenericKernels<CudaBackend<S>> {
     require_shape(L, out, kd, "dwu apply L");
     return out > 0 && in > 0 && kr > 0 && out < (index_t(1) << 30) && in < (index_t(1) << 30);
   }
+  /// W ⊕= alpha · L · R by the low-rank CUDA-core kernel on `stream` (after lowrank_usable).
+  template <class Out>
+  void launch_lowrank(const Out& out, const float* L, index_t ldl, const float* R, index_t ldr, int M, int N, int kd,
+                      float alpha, cudaStream_t stream) {
+    cuda_kernels::launch_dwu_lowrank(stream, out, L, ldl, R, ldr, M, N, kd, alpha, 0, this->backend().dwu_lowrank_rows());
+  }
   /// DwuGemm::Simt with a rank the CUDA-core kernel cannot take is an InvalidArgument. Also called
   /// per layer before the first step (DirectWeightUpdate::finalize), so it is refused there, not in
   /// the middle of a step.
@@ -382,14 +392,101 @@ class DwuKernels<CudaBackend<S>> : public DwuGenericKernels<CudaBackend<S>> {
                                 cuda_kernels::DwuLowrank::smem_bytes(kd, bf16_w), " bytes needed), found 2Kr = ", kd,
                                 " (K = ", groups, ", r = ", rank, "); use auto or 3xtf32 for this rank"));
   }
-  /// The low-rank path's packing into the scratch: unpack_fused's R (2Kr, in) = [A − dA; dA] and
-  /// L's dB columns (the generic path's bits).
-  float* lowrank_pack(CV A, const DwuPackedDeltas<const S>& d, V L) {
+  /// The low-rank path's packing on `stream` into `scratch` (rt_, or an apply stream's own):
+  /// unpack_fused's R (2Kr, in) = [A − dA; dA] and L's dB columns (the generic path's bits).
+  float* lowrank_pack(CV A, const DwuPackedDeltas<const S>& d, V L, cudaStream_t stream, DeviceBuffer<float>& scratch) {
     const index_t kr = d.groups * d.rank, in = A.cols;
-    float* rbuf = rt_.reserve(std::size_t(in * 2 * kr));
-    unpack_fused(A, d, V{rbuf, 2 * kr, in, in}, L.col_block(0, kr));  // fused_update is on (lowrank_usable)
+    float* rbuf = scratch.reserve(std::size_t(in * 2 * kr));
+    unpack_fused(A, d, V{rbuf, 2 * kr, in, in}, L.col_block(0, kr), stream);  // fused_update is on (lowrank_usable)
     return rbuf;
   }
+
+  // ---------------------------------------------------------------- the apply streams
+  /// DirectWeightUpdate::step brackets its per-layer applies with apply_begin() / apply_end() (and
+  /// joins before each exchange, whose receive buffer the packing reads). Between them, with
+  /// CudaBackendOptions::dwu_apply_streams = n > 1, each layer's low-rank update (its packing and
+  /// kernel) goes to side stream (layer count mod n), after the backend's stream's work at
+  /// apply_begin(); apply_end() makes the backend's stream wait for every side stream used. Layers
+  /// are independent (each writes its own W, its L's dB columns and its stream's scratch), so the
+  /// bits are those of one stream; only the kernels' overlap changes (small layers' grids and each
+  /// kernel's tail leave SMs idle on one stream). n = 1: nothing changes.
+  ///
+  /// `deferred` (UpdateOptions::deferred_apply_join): the side streams are used even at n = 1, and
+  /// apply_end(true) leaves them running: the backend's stream goes on to the caller's next work
+  /// (the next forward) while the layers' W updates finish beside it. apply_mark(i) after layer i's
+  /// apply records where it ran; wait_layer(i) makes the backend's stream wait for that layer only,
+  /// apply_join() for all of it (the next apply_begin() does that first).
+  void apply_begin(bool deferred = false) {
+    auto& b = this->backend();
+    const int n = std::max(b.dwu_apply_streams(), deferred ? 1 : 0);
+    apply_end();  // a step that threw after its apply_begin: its side work is joined first
+    apply_join();  // the previous step's deferred side work
+    if (n <= 1 && !deferred) return;
+    if (side_.size() != std::size_t(n)) {
+      side_.clear();
+      side_rt_.clear();
+      for (int i = 0; i < n; ++i) side_.emplace_back();
+      side_rt_.resize(std::size_t(n));
+      side_waited_.assign(std::size_t(n), false);
+      side_used_.assign(std::size_t(n), false);
+    }
+    HDPISSA_CUDA_CHECK(cudaEventRecord(fork_.get(), b.stream()));
+    std::fill(side_waited_.begin(), side_waited_.end(), false);
+    std::fill(side_used_.begin(), side_used_.end(), false);
+    std::fill(layer_side_.begin(), layer_side_.end(), -1);
+    apply_active_ = true;
+    next_side_ = 0;
+    last_side_ = -1;
+  }
+  /// See apply_begin(): the backend's stream waits for every side stream used since, or, with
+  /// `defer`, not yet (wait_layer / apply_join).
+  void apply_end(bool defer = false) {
+    if (!apply_active_) return;
+    apply_active_ = false;
+    pending_ = true;
+    if (!defer) apply_join();
+  }
+  /// After layer i's apply (DirectWeightUpdate::step): the layer ran on the side stream of the last
+  /// low-rank launch since the previous mark, or on the backend's stream (nothing to wait for).
+  void apply_mark(std::size_t i) {
+    if (!apply_active_) return;
+    if (layer_side_.size() <= i) {
+      layer_side_.resize(i + 1, -1);
+      layer_waited_.resize(i + 1, false);
+      while (layer_done_.size() <= i) layer_done_.emplace_back();
+    }
+    layer_side_[i] = last_side_;
+    layer_waited_[i] = false;
+    if (last_side_ >= 0)
+      HDPISSA_CUDA_CHECK(cudaEventRecord(layer_done_[i].get(), side_[std::size_t(last_side_)].stream.get()));
+    last_side_ = -1;
+  }
+  /// The backend's stream waits for layer i's deferred update (apply_mark); nothing when none is
+  /// pending, it ran on the backend's stream, or it was waited for already.
+  void wait_layer(std::size_t i) {
+    if (!pending_ || i >= layer_side_.size() || layer_side_[i] < 0 || layer_waited_[i]) return;
+    HDPISSA_CUDA_CHECK(cudaStreamWaitEvent(this->backend().stream(), layer_done_[i].get(), 0));
+    layer_waited_[i] = true;
+  }
+  /// The backend's stream waits for every side stream used by the last apply_begin … apply_end.
+  void apply_join() {
+    if (!pending_) return;
+    auto& b = this->backend();
+    pending_ = false;
+    for (std::size_t i = 0; i < side_.size(); ++i) {
+      if (!side_used_[i]) continue;
+      side_used_[i] = false;
+      HDPISSA_CUDA_CHECK(cudaEventRecord(side_[i].done.get(), side_[i].stream.get()));
+      HDPISSA_CUDA_CHECK(cudaStreamWaitEvent(b.stream(), side_[i].done.get(), 0));
+    }
+  }
+  /// Whether side work of the last step may still be running (deferred, not yet joined).
+  bool apply_pending() const { return pending_; }
+  /// Tests: each side launch first spins `cycles` SM cycles on its stream, so a reader of W that
+  /// skipped wait_layer / apply_join would see the old W. 0 (default): no spin.
+  void set_apply_side_spin_for_tests(long long cycles) { side_spin_ = cycles; }
+  /// Low-rank updates launched on a side stream so far (tests: the streams were used).
+  std::int64_t apply_side_launches() const { return side_launches_; }
 
   /// The guard apply_fused and apply_fused_w share: whether the sm_90a kernel may run (the fused
   /// update on, the kernel chosen, no TF32, a device and binary that have it — DwuGemm::Tf32x3 on one
@@ -427,10 +524,10 @@ class DwuKernels<CudaBackend<S>> : public DwuGenericKernels<CudaBackend<S>> {
       auto& b = this->backend();
       if (lowrank_usable(A, d, L, W.rows, false)) {
         require_shape(W, W.rows, A.cols, "dwu apply W");
-        const float* R = lowrank_pack(A, d, L);
-        cuda_kernels::launch_dwu_lowrank(b.stream(), cuda_kernels::DwuLowrankFp32W{W.data, index_t(cuda_detail::ld_of(W))},
-                                         L.data, index_t(cuda_detail::ld_of(L)), R, A.cols, int(W.rows), int(W.cols),
-                                         int(2 * d.groups * d.rank), alpha, 0, b.dwu_lowrank_rows());
+        const float* R = lowrank_pack(A, d, L, b.stream(), rt_);
+        launch_lowrank(cuda_kernels::DwuLowrankFp32W{W.data, index_t(cuda_detail::ld_of(W))}, L.data,
+                       index_t(cuda_detail::ld_of(L)), R, A.cols, int(W.rows), int(W.cols), int(2 * d.groups * d.rank),
+                       alpha, b.stream());
         return true;
       }
       if (!fused_kernel_usable(A, d, L, W.rows, &W)) return false;
@@ -462,9 +559,22 @@ class DwuKernels<CudaBackend<S>> : public DwuGenericKernels<CudaBackend<S>> {
     } else {
       auto& b = this->backend();
       if (lowrank_usable(A, d, L, L.rows, true)) {
-        const float* R = lowrank_pack(A, d, L);
-        cuda_kernels::launch_dwu_lowrank(b.stream(), w, L.data, index_t(cuda_detail::ld_of(L)), R, A.cols, int(L.rows),
-                                         int(A.cols), int(2 * d.groups * d.rank), alpha, 0, b.dwu_lowrank_rows());
+        if (apply_active_) {  // the next apply stream (apply_begin)
+          const std::size_t i = next_side_++ % side_.size();
+          cudaStream_t st = side_[i].stream.get();
+          if (!side_waited_[i]) HDPISSA_CUDA_CHECK(cudaStreamWaitEvent(st, fork_.get(), 0));
+          side_waited_[i] = side_used_[i] = true;
+          last_side_ = int(i);
+          ++side_launches_;
+          if (side_spin_ > 0) cuda_kernels::launch_spin_cycles(st, side_spin_);
+          const float* R = lowrank_pack(A, d, L, st, side_rt_[i]);
+          launch_lowrank(w, L.data, index_t(cuda_detail::ld_of(L)), R, A.cols, int(L.rows), int(A.cols),
+                         int(2 * d.groups * d.rank), alpha, st);
+          return true;
+        }
+        const float* R = lowrank_pack(A, d, L, b.stream(), rt_);
+        launch_lowrank(w, L.data, index_t(cuda_detail::ld_of(L)), R, A.cols, int(L.rows), int(A.cols),
+                       int(2 * d.groups * d.rank), alpha, b.stream());
         return true;
       }
       if (!fused_kernel_usable(A, d, L, L.rows, nullptr)) return false;
@@ -529,6 +639,33 @@ class DwuKernels<CudaBackend<S>> : public DwuGenericKernels<CudaBackend<S>> {
   PinnedBuffer<cuda_kernels::ViewDesc> host_desc_;
   std::size_t desc_capacity_ = 0;
   DeviceBuffer<float> rt_;  // apply_fused's packed Rt (in, 2Kr), grown on first use
+  // the apply streams (apply_begin): a non-blocking stream and an event each, their scratch, the
+  // fork event on the backend's stream
+  struct SideStream {
+    CudaStream stream;  // non-blocking
+    CudaEvent done;
+    SideStream() = default;
+    SideStream(SideStream&&) noexcept = default;
+    SideStream& operator=(SideStream&&) noexcept = default;
+    // side work still in flight (a deferred step never joined) finishes before its scratch goes
+    ~SideStream() {
+      if (stream.get()) (void)cudaStreamSynchronize(stream.get());
+    }
+  };
+  std::vector<DeviceBuffer<float>> side_rt_;
+  std::vector<SideStream> side_;  // after side_rt_: destroyed (synchronised) before it
+  std::vector<bool> side_waited_, side_used_;
+  CudaEvent fork_;
+  bool apply_active_ = false;
+  bool pending_ = false;  // side work since the last apply_begin not yet joined (apply_join)
+  std::size_t next_side_ = 0;
+  int last_side_ = -1;  // the side stream of the last low-rank launch since apply_mark, or -1
+  std::int64_t side_launches_ = 0;
+  long long side_spin_ = 0;  // set_apply_side_spin_for_tests
+  // per layer (apply_mark): its side stream (-1: the backend's), its event there, waited yet
+  std::vector<int> layer_side_;
+  std::vector<CudaEvent> layer_done_;
+  std::vector<bool> layer_waited_;
 };
 
 static_assert(FusedDwuKernels<DwuKernels<CudaBackend<float>>, CudaBackend<float>>);

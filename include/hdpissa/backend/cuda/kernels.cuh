@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
 
 #include "hdpissa/backend/cuda/cuda_check.hpp"
 #include "hdpissa/core/random.hpp"
@@ -322,6 +323,21 @@ inline void launch_extract_upper(cudaStream_t s, const T* x, index_t ldx, T* r, 
   extract_upper_kernel<T><<<grid_for(n * n), kThreads, 0, s>>>(x, ldx, r, ldr, n);
   HDPISSA_CUDA_CHECK_LAUNCH("extract_upper_kernel");
 }
+
+/// Keeps one thread busy for at least `cycles` SM clock cycles (tests: work queued behind it on
+/// the same stream waits that long, so a missing cross-stream wait shows as a race).
+template <int = 0>
+__global__ void spin_cycles_kernel(long long cycles) {
+  const long long t0 = clock64();
+  long long n = 0;
+  while (clock64() - t0 < cycles) ++n;
+  if (n == -1) printf("%lld", n);  // keeps the loop
+}
+inline void launch_spin_cycles(cudaStream_t s, long long cycles) {
+  spin_cycles_kernel<<<1, 1, 0, s>>>(cycles);
+  HDPISSA_CUDA_CHECK_LAUNCH("spin_cycles_kernel");
+}
+
 
 }  // namespace cuda_kernels
 }  // namespace hdpissa

@@ -159,11 +159,13 @@ class MethodEngine : public TrainEngine {
  public:
   void zero_grad() override { method_->zero_grad(); }
   TrainState state() override {
+    method_->settle();  // updates still beside the stream (HDPISSA_DWU_OVERLAP) land first
     StateRefs refs;
     method_->state(refs);
     return snapshot(*bm_, refs);
   }
   void load_state(const TrainState& s, const std::string& origin) override {
+    method_->settle();
     StateRefs refs;
     method_->state(refs);
     restore(*bm_, refs, s, origin);
@@ -187,12 +189,14 @@ class MethodEngine : public TrainEngine {
     return n < 0 ? std::nullopt : std::optional<std::int64_t>(n);
   }
   void merge_into(ModelWeights& w) override {
+    method_->settle();
     const auto& ids = method_->targets();
     for (std::size_t i = 0; i < ids.size(); ++i) method_->merged_weight(i, w.linear(ids[i]));
     if (w.stored_linears) w = held_copy(w);
   }
   void merged_weight(std::size_t i, Matrix& out) override {
     HDPISSA_REQUIRE(i < method_->targets().size(), "merged_weight: target ", i, " of ", method_->targets().size());
+    method_->settle();
     method_->merged_weight(i, out);
   }
   /// The method (tests and diagnostics).

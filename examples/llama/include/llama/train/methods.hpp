@@ -172,6 +172,13 @@ class TrainMethod {
   virtual void state(StateRefs& s) = 0;
   /// Checks that W is identical on every worker (DWU); default: nothing to check.
   virtual void verify_replicas() {}
+  /// The model's stream waits for target slot s's W update of the last step (a DWU method whose
+  /// updates overlap the next forward, HDPISSA_DWU_OVERLAP); the hooks call it before each target's
+  /// forward. Default: nothing in flight.
+  virtual void await_w(std::size_t s) { (void)s; }
+  /// The model's stream waits for every update still in flight (see await_w): the engine calls it
+  /// before anything but the training and evaluation passes reads or writes the weights or state.
+  virtual void settle() {}
   /// Device bytes per target-weight parameter that W occupies: 4 (fp32 W), 6 (fp32 master + bf16
   /// compute copy), 2 (frozen W kept only in bf16); under a bf16 W-precision policy (DWU, full) the
   /// policy's: 4 (bf16 W + bf16 compensation), 2 (bf16 W, stochastic rounding).
@@ -706,6 +713,7 @@ class TrainMethod {
     void forward(LinearId id, CVc W, CVc X, Vc Y) override {
       const int s = m_->slot(id);
       if (s < 0) return LinearHooks<Bc>::forward(id, W, X, Y);
+      m_->await_w(std::size_t(s));
       m_->forward(lg_, std::size_t(s), W, X, Y);
     }
     void backward(LinearId id, CVc W, CVc X, CVc dY, Vc dX) override {
@@ -717,6 +725,8 @@ class TrainMethod {
     void forward_shared(std::span<const typename LinearHooks<Bc>::SharedForwardLinear> lins, CVc X) override {
       std::array<SharedForwardCall, 3> calls{};
       bool all = !lins.empty() && lins.size() <= calls.size();
+      for (std::size_t j = 0; j < lins.size(); ++j)  // every target member's W update in (await_w)
+        if (const int s = m_->slot(lins[j].id); s >= 0) m_->await_w(std::size_t(s));
       for (std::size_t j = 0; all && j < lins.size(); ++j) {
         const int s = m_->slot(lins[j].id);
         all = s >= 0;
@@ -975,6 +985,17 @@ class DwuMethod final : public TrainMethod<Dev> {
     }
     hdpissa::memory::PartScope wp("w-precision.state");
     this->setup_w_precision(o, upd_);
+    // HDPISSA_DWU_OVERLAP: the step's W updates run beside the next forward (a bf16 W storage on
+    // the GPU, whose low-rank updates take the apply streams; the forward hooks wait per target)
+    if constexpr (kMixed)
+      if (this->frozen_compute_ && !o.cuda_graphs && env_dwu_overlap()) {
+        upd_.set_deferred_apply_join(true);
+        // tests (HDPISSA_TEST_DWU_SIDE_SPIN = SM cycles): each side update first spins, so a forward
+        // that skipped its wait would read the old W
+        if constexpr (requires { upd_.kernels().set_apply_side_spin_for_tests(1LL); })
+          if (const auto c = env_row_count("HDPISSA_TEST_DWU_SIDE_SPIN", 0, 1L << 30, "a cycle count"))
+            upd_.kernels().set_apply_side_spin_for_tests(*c);
+      }
   }
 
   void zero_grad() override {
@@ -985,8 +1006,14 @@ class DwuMethod final : public TrainMethod<Dev> {
     this->join_side();  // the adapter gradients' last GEMMs (the model's backward ends with a full join too)
     return this->step_updating_w(upd_, lr);
   }
-  void fp8_enabled() override { this->amax_in_update_ = this->w_storage_amax(upd_); }
+  void fp8_enabled() override {
+    upd_.set_deferred_apply_join(false);  // the FP8 copies are refreshed from W right after each step
+    this->amax_in_update_ = this->w_storage_amax(upd_);
+  }
+  void await_w(std::size_t s) override { upd_.wait_layer(s); }  // layers added in target order
+  void settle() override { upd_.join(); }
   void refresh() override {
+    upd_.join();
     for (std::size_t i = 0; i < ids_.size(); ++i) this->push_weight(i);
     this->refresh_copies(cc_, stacked());
     if constexpr (kFusedGrads) fill_bt();

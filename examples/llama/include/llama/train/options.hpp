@@ -732,6 +732,19 @@ inline bool env_adapter_stream() {
   throw LlamaError(cat("HDPISSA_ADAPTER_STREAM: expected 0 or 1, found '", e, "'"));
 }
 
+/// HDPISSA_DWU_OVERLAP: 1 (default, unset or empty) or 0. On: HD-PiSSA and the DWU ablations on the
+/// GPU with a bf16 W storage (--w-precision bf16-sr / bf16-compensated) leave each step's per-layer
+/// W updates running on side streams (UpdateOptions::deferred_apply_join) while the next micro-
+/// batch's forward starts; each target's forward waits for its own layer's update (docs/trainer.md
+/// "The DWU step beside the next forward"). Not with --compute fp8 or --cuda-graphs (those keep the
+/// joined step). The same bits either way; 0: the joined step (measurements).
+inline bool env_dwu_overlap() {
+  const char* e = std::getenv("HDPISSA_DWU_OVERLAP");
+  if (!e || !*e || std::strcmp(e, "1") == 0) return true;
+  if (std::strcmp(e, "0") == 0) return false;
+  throw LlamaError(cat("HDPISSA_DWU_OVERLAP: expected 0 or 1, found '", e, "'"));
+}
+
 /// HDPISSA_FLASH_BAND: the flash attention kernels' block order (flash::TileOrder, docs/trainer.md):
 /// (b, h) heads per band of heavy-tiles-first dispatch, a count in [1, 2^30] or "all"; nullopt when
 /// unset or empty (the kernels' default band). 1 is the order before session 27. Measurements only:
@@ -753,6 +766,7 @@ inline void check_engine_env() {
     throw LlamaError(cat("HDPISSA_FUSED_ADAPTER_GRADS: expected 0 or 1, found '", e, "'"));
   (void)env_stacked_linears();
   (void)env_adapter_stream();
+  (void)env_dwu_overlap();
   (void)env_loss_chunk_rows();
   (void)env_loss_row_align();
   (void)env_flash_band();
