@@ -226,7 +226,15 @@ StorageRun run_storage(Bk& b, Comm& comm, WPrecision policy, int steps, Deferred
   DirectWeightUpdate<Bk, Sgd, Comm> dwu(b, comm, Sgd{}, uo);
   if constexpr (requires { dwu.kernels().set_apply_side_spin_for_tests(1LL); })
     dwu.kernels().set_apply_side_spin_for_tests(deferred.spin_cycles);
-  std::vector<std::vector<std::uint16_t*>> snap;  // device: per step, per layer, W right after the step
+  // device: per step, per layer, W right after the step — allocated before the steps (a cudaMalloc
+  // between a wait and its copy could synchronise the streams and hide a missing wait)
+  std::vector<std::vector<std::uint16_t*>> snap;
+  if constexpr (dev)
+    if (deferred.on)
+      for (int s = 0; s < steps; ++s) {
+        snap.emplace_back();
+        for (const auto& [o, in] : kSShapes) snap.back().push_back(dalloc<std::uint16_t>(std::size_t(o * in)));
+      }
   std::vector<std::vector<std::vector<std::uint16_t>>> out_after_step;  // host: the same
   std::vector<std::vector<std::uint16_t>> hw, hc;  // host storage (CPU)
   std::vector<std::uint16_t*> W, C;
@@ -277,19 +285,19 @@ StorageRun run_storage(Bk& b, Comm& comm, WPrecision policy, int steps, Deferred
         b.upload(gb.data(), dwu.grad_B(l, g));
       }
     amax.reset();
-    // the step's Adam and packing wait ≈ 5 ms behind this: apply streams that did not wait for the
-    // fork would read the previous step's deltas
+    // ≈ 5 ms of work ahead of the step on the backend's stream (the step's batched non-finite check
+    // waits for it on the host before Adam, so this does not time the side streams' wait for the
+    // fork; the deferred mode's side spins time the waits after the step)
     if constexpr (dev) spin_ns<<<1, 1, 0, b.stream()>>>(5000000LL);
     dwu.step(0.25);
     if constexpr (dev) {
       if (deferred.on) {
         // what the next forward does: each layer's W read on the stream after its own wait only
-        snap.emplace_back();
         for (std::size_t l = 0; l < kSShapes.size(); ++l) {
           const std::size_t n = std::size_t(kSShapes[l].first * kSShapes[l].second);
           dwu.wait_layer(l);
-          snap.back().push_back(dalloc<std::uint16_t>(n));
-          REQUIRE(cudaMemcpyAsync(snap.back().back(), W[l], n * 2, cudaMemcpyDeviceToDevice, b.stream()) == cudaSuccess);
+          REQUIRE(cudaMemcpyAsync(snap[std::size_t(s)][l], W[l], n * 2, cudaMemcpyDeviceToDevice, b.stream()) ==
+                  cudaSuccess);
         }
       }
     } else {

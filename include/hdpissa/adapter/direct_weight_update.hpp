@@ -99,6 +99,11 @@ class DirectWeightUpdate {
   DirectWeightUpdate& operator=(const DirectWeightUpdate&) = delete;
   DirectWeightUpdate(DirectWeightUpdate&&) = default;
   DirectWeightUpdate& operator=(DirectWeightUpdate&&) = default;
+  /// Side work a deferred step left running (UpdateOptions::deferred_apply_join) finishes before the
+  /// factors, packed deltas and scratch it reads are freed.
+  ~DirectWeightUpdate() {
+    if constexpr (requires { kernels_.apply_drain(); }) kernels_.apply_drain();
+  }
 
   int groups() const { return comm_->groups(); }
   int local_groups() const { return comm_->local_groups(); }

@@ -480,6 +480,11 @@ class DwuKernels<CudaBackend<S>> : public DwuGenericKernels<CudaBackend<S>> {
       HDPISSA_CUDA_CHECK(cudaStreamWaitEvent(b.stream(), side_[i].done.get(), 0));
     }
   }
+  /// Blocks the host until every side stream is idle (DirectWeightUpdate's destructor: nothing
+  /// deferred may outlive the buffers it reads). Never throws.
+  void apply_drain() noexcept {
+    for (auto& s : side_) (void)cudaStreamSynchronize(s.stream.get());
+  }
   /// Whether side work of the last step may still be running (deferred, not yet joined).
   bool apply_pending() const { return pending_; }
   /// Tests: each side launch first spins `cycles` SM cycles on its stream, so a reader of W that
