@@ -300,6 +300,8 @@ class DirectWeightUpdate {
     if constexpr (requires { kernels_.apply_pending(); }) return kernels_.apply_pending();
     else return false;
   }
+  /// UpdateOptions::deferred_apply_join.
+  bool deferred_apply_join() const { return options_.deferred_apply_join; }
   /// Turns UpdateOptions::deferred_apply_join on or off (the current step's side work is joined).
   void set_deferred_apply_join(bool on) {
     join();

@@ -1428,7 +1428,8 @@ TEST_CASE("adapter gradients on a second stream (HDPISSA_ADAPTER_STREAM): the on
 // the held-out losses (evaluated after every step, through the same hooks), the saved state and the
 // trained W must be the joined run's bit for bit: HD-PiSSA K = 2 with SR on 1 and 2 apply streams
 // (HDPISSA_CUDA_DWU_STREAMS), with checkpointing, with --targets q,v (per-linear forwards, frozen
-// members), compensated, and pissa-dwu.
+// members), compensated, pissa-dwu, and --compute fp8 on the wide model (each FP8 copy quantised at
+// its target's first forward after the step, from the amax the update kept; current at the end).
 TEST_CASE("DWU updates beside the next forward (HDPISSA_DWU_OVERLAP): the joined run bit for bit") {
   struct Case {
     const char* method;
@@ -1437,6 +1438,7 @@ TEST_CASE("DWU updates beside the next forward (HDPISSA_DWU_OVERLAP): the joined
     bool ckpt;
     const char* targets;
     bool evals;  // held-out loss after every step (its forward waits first) or only before / after
+    bool fp8 = false;  // --compute fp8 on the wide model: each FP8 copy quantised at its first await
   };
   struct Env {  // sets a variable for this scope, then restores it
     std::string name, saved;
@@ -1455,9 +1457,11 @@ TEST_CASE("DWU updates beside the next forward (HDPISSA_DWU_OVERLAP): the joined
   for (const Case c : {Case{"hdpissa", "bf16-sr", 1, false, "", false}, Case{"hdpissa", "bf16-sr", 2, false, "", true},
                        Case{"hdpissa", "bf16-sr", 1, true, "", false}, Case{"hdpissa", "bf16-sr", 2, false, "q,v", false},
                        Case{"hdpissa", "bf16-compensated", 2, false, "", true},
-                       Case{"pissa-dwu", "bf16-sr", 1, false, "", false}}) {
+                       Case{"pissa-dwu", "bf16-sr", 1, false, "", false},
+                       Case{"hdpissa", "bf16-sr", 1, false, "", false, true},
+                       Case{"hdpissa", "bf16-sr", 2, true, "", true, true}}) {
     INFO("method ", std::string(c.method), ", ", std::string(c.wprec), ", streams ", c.streams, ", checkpointing ",
-         c.ckpt, ", targets '", std::string(c.targets), "', evaluation every step ", c.evals);
+         c.ckpt, ", targets '", std::string(c.targets), "', evaluation every step ", c.evals, ", fp8 ", c.fp8);
     std::vector<std::vector<double>> losses, evals;
     std::vector<ModelWeights> merged, saved;
     for (const bool overlap : {false, true}) {
@@ -1474,6 +1478,11 @@ TEST_CASE("DWU updates beside the next forward (HDPISSA_DWU_OVERLAP): the joined
       o.eval_examples = 8;
       o.activation_checkpointing = c.ckpt;
       if (*c.targets) o.targets = c.targets;
+      if (c.fp8) {
+        o.model = wide_model().string();
+        o.compute = ComputeKind::Fp8;
+        o.groups_per_process = 1;
+      }
       o.output = (scratch() / (tag + "-out")).string();
       fs::remove_all(o.output);
       Env e1("HDPISSA_DWU_OVERLAP", overlap ? "1" : "0");
@@ -1486,6 +1495,7 @@ TEST_CASE("DWU updates beside the next forward (HDPISSA_DWU_OVERLAP): the joined
       evals.push_back(ev);
       merged.push_back(r.merged());
       saved.push_back(load_checkpoint(o.output));
+      if (c.fp8) CHECK(r.t->engine().fp8_stale_targets() == std::optional<std::int64_t>(0));
       REQUIRE(losses.back().size() == 4);
       REQUIRE(evals.back().size() == (c.evals ? 5u : 2u));
     }

@@ -175,6 +175,7 @@ class MethodEngine : public TrainEngine {
   }
   void verify_replicas() override { method_->verify_replicas(); }
   [[nodiscard]] std::optional<std::int64_t> fp8_stale_targets() override {
+    method_->settle();  // copies due after an overlapped step are brought up to date first
     const std::int64_t n = method_->fp8_stale_targets();
     return n < 0 ? std::nullopt : std::optional<std::int64_t>(n);
   }

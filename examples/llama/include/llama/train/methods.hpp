@@ -511,6 +511,18 @@ class TrainMethod {
       return false;
     }
   }
+  /// fp8_deferred_: target i's FP8 copy, if the last step left it due, quantised now (on the model's
+  /// stream, after the caller made it wait for i's W update).
+  void refresh_fp8_due(std::size_t i) {
+    if constexpr (kFp8Capable) {
+      if (i < fp8_due_.size() && fp8_due_[i]) {
+        fp8_due_[i] = 0;
+        fp8_->quantize_weight(i, CVc(Wc_[i]), fp8_due_amax_);
+      }
+    } else {
+      (void)i;
+    }
+  }
   /// Before an update that maxes into the FP8 amax slots (w_storage_amax): every slot ← 0.
   void zero_fp8_amax() {
     if constexpr (kFp8Capable) {
@@ -521,13 +533,20 @@ class TrainMethod {
   /// once per optimizer step. With amax_in_update_ the update's kernels leave max |W| in the FP8
   /// amax slots (reset first), so the refresh skips its amax passes; a skipped step (nothing
   /// written after the reset) runs them.
+  /// With fp8_deferred_ (a DWU method whose W updates overlap the next forward) the FP8 copies are
+  /// not refreshed here: each follows at its target's first await_w after the step (refresh_fp8_due).
   template <class Upd>
   hdpissa::StepReport step_updating_w(Upd& upd, double lr) {
     if (amax_in_update_) zero_fp8_amax();
     const auto rep = step_w(upd, lr);
     if (!rep.skipped) {
       for (std::size_t i = 0; i < ids_.size(); ++i) push_weight(i);
-      refresh_fp8(amax_in_update_);
+      if (fp8_deferred_) {
+        fp8_due_.assign(ids_.size(), 1);
+        fp8_due_amax_ = amax_in_update_;
+      } else {
+        refresh_fp8(amax_in_update_);
+      }
     } else if (amax_in_update_) {
       refresh_fp8();
     }
@@ -698,6 +717,9 @@ class TrainMethod {
   std::pair<std::int64_t, std::int64_t> stacked_ga_{0, 0};  // stacked_ga_calls(): direct, through the scratch
   std::pair<std::int64_t, std::int64_t> stacked_calls_{0, 0};  // stacked_linear_calls()
   bool amax_in_update_ = false;                    // the FP8 amax slots come from the update (fp8_enabled)
+  bool fp8_deferred_ = false;                      // FP8 copies follow per target after the step (refresh_fp8_due)
+  std::vector<char> fp8_due_;                      // per target: its FP8 copy awaits the last step's W
+  bool fp8_due_amax_ = false;                      // ... with the amax the update kept (step_updating_w)
   std::vector<typename Bm::matrix_type> comp_;    // Kahan compensation per target (bf16 values; CPU)
   std::vector<typename Bc::matrix_type> compc_;   // the same in bf16 storage (GPU, bf16 compute)
 
@@ -1004,16 +1026,24 @@ class DwuMethod final : public TrainMethod<Dev> {
   }
   hdpissa::StepReport step(double lr) override {
     this->join_side();  // the adapter gradients' last GEMMs (the model's backward ends with a full join too)
+    settle();  // nothing of the last step left in flight or due (its FP8 amax slots are reset next)
     return this->step_updating_w(upd_, lr);
   }
   void fp8_enabled() override {
-    upd_.set_deferred_apply_join(false);  // the FP8 copies are refreshed from W right after each step
     this->amax_in_update_ = this->w_storage_amax(upd_);
+    // with the overlap the FP8 copies follow W per target at its first forward after the step
+    this->fp8_deferred_ = upd_.deferred_apply_join();
   }
-  void await_w(std::size_t s) override { upd_.wait_layer(s); }  // layers added in target order
-  void settle() override { upd_.join(); }
-  void refresh() override {
+  void await_w(std::size_t s) override {
+    upd_.wait_layer(s);  // layers added in target order
+    this->refresh_fp8_due(s);
+  }
+  void settle() override {
     upd_.join();
+    for (std::size_t i = 0; i < ids_.size(); ++i) this->refresh_fp8_due(i);
+  }
+  void refresh() override {
+    settle();
     for (std::size_t i = 0; i < ids_.size(); ++i) this->push_weight(i);
     this->refresh_copies(cc_, stacked());
     if constexpr (kFusedGrads) fill_bt();
