@@ -1428,8 +1428,9 @@ TEST_CASE("adapter gradients on a second stream (HDPISSA_ADAPTER_STREAM): the on
 // the held-out losses (evaluated after every step, through the same hooks), the saved state and the
 // trained W must be the joined run's bit for bit: HD-PiSSA K = 2 with SR on 1 and 2 apply streams
 // (HDPISSA_CUDA_DWU_STREAMS), with checkpointing, with --targets q,v (per-linear forwards, frozen
-// members), compensated, pissa-dwu, and --compute fp8 on the wide model (each FP8 copy quantised at
-// its target's first forward after the step, from the amax the update kept; current at the end).
+// members), compensated, pissa-dwu, --compute fp8 on the wide model (each FP8 copy quantised at
+// its target's first forward after the step, from the amax the update kept; current at the end), and
+// --cuda-graphs (the replayed forwards wait through captured event wait nodes; with FP8 the step joins).
 TEST_CASE("DWU updates beside the next forward (HDPISSA_DWU_OVERLAP): the joined run bit for bit") {
   struct Case {
     const char* method;
@@ -1439,6 +1440,7 @@ TEST_CASE("DWU updates beside the next forward (HDPISSA_DWU_OVERLAP): the joined
     const char* targets;
     bool evals;  // held-out loss after every step (its forward waits first) or only before / after
     bool fp8 = false;  // --compute fp8 on the wide model: each FP8 copy quantised at its first await
+    bool graphs = false;  // --cuda-graphs (padded micro-batches): the waits captured as event wait nodes
   };
   struct Env {  // sets a variable for this scope, then restores it
     std::string name, saved;
@@ -1459,9 +1461,13 @@ TEST_CASE("DWU updates beside the next forward (HDPISSA_DWU_OVERLAP): the joined
                        Case{"hdpissa", "bf16-compensated", 2, false, "", true},
                        Case{"pissa-dwu", "bf16-sr", 1, false, "", false},
                        Case{"hdpissa", "bf16-sr", 1, false, "", false, true},
-                       Case{"hdpissa", "bf16-sr", 2, true, "", true, true}}) {
+                       Case{"hdpissa", "bf16-sr", 2, true, "", true, true},
+                       Case{"hdpissa", "bf16-sr", 1, false, "", false, false, true},
+                       Case{"hdpissa", "bf16-sr", 2, false, "q,v", true, false, true},
+                       Case{"hdpissa", "bf16-sr", 1, false, "", false, true, true}}) {
     INFO("method ", std::string(c.method), ", ", std::string(c.wprec), ", streams ", c.streams, ", checkpointing ",
-         c.ckpt, ", targets '", std::string(c.targets), "', evaluation every step ", c.evals, ", fp8 ", c.fp8);
+         c.ckpt, ", targets '", std::string(c.targets), "', evaluation every step ", c.evals, ", fp8 ", c.fp8,
+         ", graphs ", c.graphs);
     std::vector<std::vector<double>> losses, evals;
     std::vector<ModelWeights> merged, saved;
     for (const bool overlap : {false, true}) {
@@ -1483,6 +1489,10 @@ TEST_CASE("DWU updates beside the next forward (HDPISSA_DWU_OVERLAP): the joined
         o.compute = ComputeKind::Fp8;
         o.groups_per_process = 1;
       }
+      if (c.graphs) {
+        o.cuda_graphs = true;
+        o.pad_to_multiple = o.max_len;
+      }
       o.output = (scratch() / (tag + "-out")).string();
       fs::remove_all(o.output);
       Env e1("HDPISSA_DWU_OVERLAP", overlap ? "1" : "0");
@@ -1496,6 +1506,11 @@ TEST_CASE("DWU updates beside the next forward (HDPISSA_DWU_OVERLAP): the joined
       merged.push_back(r.merged());
       saved.push_back(load_checkpoint(o.output));
       if (c.fp8) CHECK(r.t->engine().fp8_stale_targets() == std::optional<std::int64_t>(0));
+      if (c.graphs) {
+        const auto [replays, failures] = r.t->engine().cuda_graph_stats();
+        CHECK(replays > 0);
+        CHECK(failures == 0);
+      }
       REQUIRE(losses.back().size() == 4);
       REQUIRE(evals.back().size() == (c.evals ? 5u : 2u));
     }

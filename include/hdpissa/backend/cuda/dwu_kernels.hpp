@@ -462,10 +462,22 @@ class DwuKernels<CudaBackend<S>> : public DwuGenericKernels<CudaBackend<S>> {
     last_side_ = -1;
   }
   /// The backend's stream waits for layer i's deferred update (apply_mark); nothing when none is
-  /// pending, it ran on the backend's stream, or it was waited for already.
+  /// pending, it ran on the backend's stream, or it was waited for already. While the stream is
+  /// being captured into a CUDA graph the wait is captured unconditionally, as an external event
+  /// wait node on layer i's event (cudaEventWaitExternal): every replay then waits for the record
+  /// that event holds when the replay runs — the last step's update of layer i, or nothing if the
+  /// layer never ran on a side stream (an event never recorded is complete).
   void wait_layer(std::size_t i) {
+    cudaStream_t s = this->backend().stream();
+    cudaStreamCaptureStatus capturing = cudaStreamCaptureStatusNone;
+    HDPISSA_CUDA_CHECK(cudaStreamIsCapturing(s, &capturing));
+    if (capturing == cudaStreamCaptureStatusActive) {
+      while (layer_done_.size() <= i) layer_done_.emplace_back();
+      HDPISSA_CUDA_CHECK(cudaStreamWaitEvent(s, layer_done_[i].get(), cudaEventWaitExternal));
+      return;
+    }
     if (!pending_ || i >= layer_side_.size() || layer_side_[i] < 0 || layer_waited_[i]) return;
-    HDPISSA_CUDA_CHECK(cudaStreamWaitEvent(this->backend().stream(), layer_done_[i].get(), 0));
+    HDPISSA_CUDA_CHECK(cudaStreamWaitEvent(s, layer_done_[i].get(), 0));
     layer_waited_[i] = true;
   }
   /// The backend's stream waits for every side stream used by the last apply_begin … apply_end.

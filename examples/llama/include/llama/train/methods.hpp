@@ -1009,8 +1009,9 @@ class DwuMethod final : public TrainMethod<Dev> {
     this->setup_w_precision(o, upd_);
     // HDPISSA_DWU_OVERLAP: the step's W updates run beside the next forward (a bf16 W storage on
     // the GPU, whose low-rank updates take the apply streams; the forward hooks wait per target)
+    graphs_ = o.cuda_graphs;
     if constexpr (kMixed)
-      if (this->frozen_compute_ && !o.cuda_graphs && env_dwu_overlap()) {
+      if (this->frozen_compute_ && env_dwu_overlap()) {
         upd_.set_deferred_apply_join(true);
         // tests (HDPISSA_TEST_DWU_SIDE_SPIN = SM cycles): each side update first spins, so a forward
         // that skipped its wait would read the old W
@@ -1031,7 +1032,9 @@ class DwuMethod final : public TrainMethod<Dev> {
   }
   void fp8_enabled() override {
     this->amax_in_update_ = this->w_storage_amax(upd_);
-    // with the overlap the FP8 copies follow W per target at its first forward after the step
+    // with the overlap the FP8 copies follow W per target at its first forward after the step —
+    // a host decision, which a replayed graph would not repeat: with --cuda-graphs the step joins
+    if (graphs_) upd_.set_deferred_apply_join(false);
     this->fp8_deferred_ = upd_.deferred_apply_join();
   }
   void await_w(std::size_t s) override {
@@ -1460,6 +1463,7 @@ class DwuMethod final : public TrainMethod<Dev> {
   struct NoAdapterGrads {};
   std::conditional_t<kFusedGrads, AG, NoAdapterGrads> ag_;
   bool ag_on_ = false;
+  bool graphs_ = false;  // --cuda-graphs: the forward's waits are captured (DwuKernels::wait_layer)
   std::vector<typename Bc::matrix_type> bt_;  // per target: Bᵀ (K·r, out) of the compute copy
   std::vector<Stack> stacks_;                 // shared-input groups (backward_shared)
   typename Bm::matrix_type ga_stack_{};       // their stacked fp32 gA (one micro-batch's)

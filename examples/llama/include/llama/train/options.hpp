@@ -737,8 +737,9 @@ inline bool env_adapter_stream() {
 /// W updates running on side streams (UpdateOptions::deferred_apply_join) while the next micro-
 /// batch's forward starts; each target's forward waits for its own layer's update (docs/trainer.md
 /// "The DWU step beside the next forward"); with --compute fp8 each target's FP8 copy is then
-/// quantised at its first forward after the step. Not with --cuda-graphs (a replayed forward calls
-/// no hook). The same bits either way; 0: the joined step (measurements).
+/// quantised at its first forward after the step (not with --cuda-graphs, whose replays would not
+/// repeat that host decision: there the step joins); with --cuda-graphs the captured forward holds
+/// one external event wait per target. The same bits either way; 0: the joined step (measurements).
 inline bool env_dwu_overlap() {
   const char* e = std::getenv("HDPISSA_DWU_OVERLAP");
   if (!e || !*e || std::strcmp(e, "1") == 0) return true;
