@@ -287,8 +287,11 @@ class DirectWeightUpdate {
   /// UpdateOptions::deferred_apply_join: the backend's stream waits for layer i's W update of the
   /// last step (i in add_layer order); nothing to wait for otherwise.
   void wait_layer(std::size_t i) {
-    if constexpr (requires { kernels_.wait_layer(i); }) kernels_.wait_layer(i);
-    else (void)i;
+    if constexpr (requires { kernels_.wait_layer(i); }) {
+      if (options_.deferred_apply_join) kernels_.wait_layer(i);  // else every step ends joined
+    } else {
+      (void)i;
+    }
   }
   /// UpdateOptions::deferred_apply_join: the backend's stream waits for every W update of the last
   /// step; nothing to wait for otherwise.
