@@ -30,6 +30,7 @@
 
 #include "llama/train/trainer.hpp"
 
+#include "../../common/scoped_env.hpp"
 #include "compare.hpp"
 
 namespace fs = std::filesystem;
@@ -1442,20 +1443,6 @@ TEST_CASE("DWU updates beside the next forward (HDPISSA_DWU_OVERLAP): the joined
     bool fp8 = false;  // --compute fp8 on the wide model: each FP8 copy quantised at its first await
     bool graphs = false;  // --cuda-graphs (padded micro-batches): the waits captured as event wait nodes
   };
-  struct Env {  // sets a variable for this scope, then restores it
-    std::string name, saved;
-    bool had;
-    Env(const char* n, const std::string& v) : name(n) {
-      const char* p = std::getenv(n);
-      had = p != nullptr;
-      saved = had ? p : "";
-      setenv(n, v.c_str(), 1);
-    }
-    ~Env() {
-      if (had) setenv(name.c_str(), saved.c_str(), 1);
-      else unsetenv(name.c_str());
-    }
-  };
   for (const Case c : {Case{"hdpissa", "bf16-sr", 1, false, "", false}, Case{"hdpissa", "bf16-sr", 2, false, "", true},
                        Case{"hdpissa", "bf16-sr", 1, true, "", false}, Case{"hdpissa", "bf16-sr", 2, false, "q,v", false},
                        Case{"hdpissa", "bf16-compensated", 2, false, "", true},
@@ -1495,9 +1482,9 @@ TEST_CASE("DWU updates beside the next forward (HDPISSA_DWU_OVERLAP): the joined
       }
       o.output = (scratch() / (tag + "-out")).string();
       fs::remove_all(o.output);
-      Env e1("HDPISSA_DWU_OVERLAP", overlap ? "1" : "0");
-      Env e2("HDPISSA_CUDA_DWU_STREAMS", std::to_string(c.streams));
-      Env e3("HDPISSA_TEST_DWU_SIDE_SPIN", "400000");
+      const hdpissa::test::ScopedEnv e1("HDPISSA_DWU_OVERLAP", overlap ? "1" : "0");
+      const hdpissa::test::ScopedEnv e2("HDPISSA_CUDA_DWU_STREAMS", std::to_string(c.streams).c_str());
+      const hdpissa::test::ScopedEnv e3("HDPISSA_TEST_DWU_SIDE_SPIN", "400000");
       Run r(o);
       losses.push_back(step_losses(o.metrics));
       std::vector<double> ev;
