@@ -10,24 +10,11 @@
 source scripts/device-calls/common.sh
 O=/tmp/o85; mkdir -p $O
 nvidia-smi --query-gpu=name --format=csv,noheader | head -1
-export HDPISSA_DATA=$PWD/.devdata HDPISSA_GPU_TEST_DATA=$PWD/.devdata HDPISSA_GPU_TEST_SCRATCH=/tmp/hs
-mkdir -p /tmp/hs
-timeout 150 .devbin/hdpissa_cuda_tests --no-intro -tc="*bf16 W storage*,*tensor cores*,*options*" > $O/cuda-tests.txt 2>&1
-echo "cuda tests (bf16 W storage + deferred, tensor cores, options) rc $? at $(el) s"
-grep -E "ERROR|THREW|test cases|assertions" $O/cuda-tests.txt | head -20; cp $O/cuda-tests.txt $OUT/
-timeout 200 .devbin/hdpissa_cuda_train_tests --no-intro -tc="*HDPISSA_DWU_OVERLAP*,*second stream*,*fp32 GPU equals the CPU*" > $O/train-tests.txt 2>&1
-echo "trainer cases (overlap, second stream, GPU = CPU) rc $? at $(el) s"
-grep -E "ERROR|THREW|test cases|assertions" $O/train-tests.txt | head -20; cp $O/train-tests.txt $OUT/
-tp() {  # NAME VAR=value ...: one throughput.sh run under the deadline
-  local name=$1; shift
-  env "$@" OUT=$O/$name WORK=/tmp/tpt PREBUILT=$PWD/.devbin OURS_STEPS=6 \
-    DEADLINE_S=$(( END - 10 - $(el) )) scripts/throughput.sh > $O/$name.txt 2>&1
-  cp $O/$name/throughput.md $OUT/$name.md 2>/dev/null; echo "$name done at $(el) s"
-  grep -E "^\| (\*\*)?(ours|peft)|^#" $O/$name/throughput.md | head -8
-}
-tp 7b8 SHAPES=llama2-7b MICRO_BATCHES=8 PEFT_METHODS="${C85_PEFT-lora-bf16-compile}" \
+run_cases $O cuda-tests hdpissa_cuda_tests 150 "*bf16 W storage*,*tensor cores*,*options*"
+run_cases $O train-tests hdpissa_cuda_train_tests 200 "*HDPISSA_DWU_OVERLAP*,*second stream*,*fp32 GPU equals the CPU*"
+throughput $O 7b8 SHAPES=llama2-7b MICRO_BATCHES=8 PEFT_METHODS="${C85_PEFT-lora-bf16-compile}" \
   OURS_CONFIGS="hdpissa-K1 hdpissa-K1+overlap hdpissa-K1+streams4+overlap hdpissa-K1+streams4"
-tp tiny2 SHAPES=tinyllama MICRO_BATCHES=2 PEFT_METHODS=" " \
+throughput $O tiny2 SHAPES=tinyllama MICRO_BATCHES=2 PEFT_METHODS=" " \
   OURS_CONFIGS="hdpissa-K1 hdpissa-K1+overlap hdpissa-K1+streams4+overlap"
-tp 7b2 SHAPES=llama2-7b MICRO_BATCHES=2 PEFT_METHODS=" " OURS_CONFIGS="hdpissa-K1 hdpissa-K1+overlap hdpissa-K1+streams4+overlap"
+throughput $O 7b2 SHAPES=llama2-7b MICRO_BATCHES=2 PEFT_METHODS=" " OURS_CONFIGS="hdpissa-K1 hdpissa-K1+overlap hdpissa-K1+streams4+overlap"
 tar czf $OUT/c85-logs.tgz -C $O . 2>/dev/null; echo "done at $(el) s"

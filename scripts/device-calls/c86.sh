@@ -9,15 +9,8 @@ source scripts/device-calls/common.sh
 O=/tmp/o86; mkdir -p $O
 nvidia-smi --query-gpu=name --format=csv,noheader | head -1
 run_suites $O hdpissa_cuda_tests:150 hdpissa_llama_cuda_tests:60 hdpissa_cuda_train_tests:260
-tp() {  # NAME VAR=value ...: one throughput.sh run under the deadline
-  local name=$1; shift
-  env "$@" OUT=$O/$name WORK=/tmp/tpt PREBUILT=$PWD/.devbin OURS_STEPS=6 \
-    DEADLINE_S=$(( END - 10 - $(el) )) scripts/throughput.sh > $O/$name.txt 2>&1
-  cp $O/$name/throughput.md $OUT/$name.md 2>/dev/null; echo "$name done at $(el) s"
-  grep -E "^\| (\*\*)?(ours|peft)|^#" $O/$name/throughput.md | head -8
-}
-tp 7b8 SHAPES=llama2-7b MICRO_BATCHES=8 PEFT_METHODS=" " OURS_CONFIGS="hdpissa-K1 hdpissa-K1+joined"
-tp tiny2 SHAPES=tinyllama MICRO_BATCHES=2 PEFT_METHODS=" " OURS_CONFIGS="hdpissa-K1 hdpissa-K1+joined"
+throughput $O 7b8 SHAPES=llama2-7b MICRO_BATCHES=8 PEFT_METHODS=" " OURS_CONFIGS="hdpissa-K1 hdpissa-K1+joined"
+throughput $O tiny2 SHAPES=tinyllama MICRO_BATCHES=2 PEFT_METHODS=" " OURS_CONFIGS="hdpissa-K1 hdpissa-K1+joined"
 # as time allows: 7B 2 x 512 x 8 (issue 20's 1.3x row) with PEFT + compile in the same call
-tp 7b2 SHAPES=llama2-7b MICRO_BATCHES=2 PEFT_METHODS=lora-bf16-compile OURS_CONFIGS="hdpissa-K1"
+throughput $O 7b2 SHAPES=llama2-7b MICRO_BATCHES=2 PEFT_METHODS=lora-bf16-compile OURS_CONFIGS="hdpissa-K1"
 tar czf $OUT/c86-logs.tgz -C $O . 2>/dev/null; echo "done at $(el) s"

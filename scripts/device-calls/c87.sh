@@ -8,18 +8,7 @@
 source scripts/device-calls/common.sh
 O=/tmp/o87; mkdir -p $O
 nvidia-smi --query-gpu=name --format=csv,noheader | head -1
-export HDPISSA_DATA=$PWD/.devdata HDPISSA_GPU_TEST_DATA=$PWD/.devdata HDPISSA_GPU_TEST_SCRATCH=/tmp/hs
-mkdir -p /tmp/hs
-timeout 150 .devbin/hdpissa_cuda_train_tests --no-intro -tc="*HDPISSA_DWU_OVERLAP*,*fp8*,*FP8*" > $O/train-tests.txt 2>&1
-echo "trainer cases (overlap, fp8) rc $? at $(el) s"
-grep -E "ERROR|THREW|test cases|assertions" $O/train-tests.txt | head -20; cp $O/train-tests.txt $OUT/
-tp() {  # NAME VAR=value ...: one throughput.sh run under the deadline
-  local name=$1; shift
-  env "$@" OUT=$O/$name WORK=/tmp/tpt PREBUILT=$PWD/.devbin OURS_STEPS=6 \
-    DEADLINE_S=$(( END - 10 - $(el) )) scripts/throughput.sh > $O/$name.txt 2>&1
-  cp $O/$name/throughput.md $OUT/$name.md 2>/dev/null; echo "$name done at $(el) s"
-  grep -E "^\| (\*\*)?(ours|peft)|^#" $O/$name/throughput.md | head -8
-}
-tp 7b8 SHAPES=llama2-7b MICRO_BATCHES=8 PEFT_METHODS="${C87_PEFT-lora-bf16-compile}" \
+run_cases $O train-tests hdpissa_cuda_train_tests 150 "*HDPISSA_DWU_OVERLAP*,*fp8*,*FP8*"
+throughput $O 7b8 SHAPES=llama2-7b MICRO_BATCHES=8 PEFT_METHODS="${C87_PEFT-lora-bf16-compile}" \
   OURS_CONFIGS="hdpissa-K1+fp8 hdpissa-K1+fp8+joined hdpissa-K1+keep+fp8 hdpissa-K1+keep+fp8+joined"
 tar czf $OUT/c87-logs.tgz -C $O . 2>/dev/null; echo "done at $(el) s"

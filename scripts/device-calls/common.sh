@@ -36,3 +36,25 @@ run_profile() {
     for f in $dir/$name/*.log; do echo "$(basename $f .log): $(grep -h "host time" $f)"; done; } > $OUT/profile-$name.md 2>/dev/null
   cat $OUT/profile-$name.md
 }
+# throughput DIR NAME VAR=value ...: one scripts/throughput.sh run (VAR=value its settings: SHAPES,
+# MICRO_BATCHES, OURS_CONFIGS, PEFT_METHODS, …) under the call's deadline, output in DIR/NAME; its
+# table goes to $OUT/NAME.md and its ours / PEFT rows are printed.
+throughput() {
+  local dir=$1 name=$2; shift 2
+  env "$@" OUT=$dir/$name WORK=/tmp/tpt PREBUILT=$PWD/.devbin OURS_STEPS=6 \
+    DEADLINE_S=$(( END - 10 - $(el) )) scripts/throughput.sh > $dir/$name.txt 2>&1
+  cp $dir/$name/throughput.md $OUT/$name.md 2>/dev/null; echo "$name done at $(el) s"
+  grep -E "^\| (\*\*)?(ours|peft)|^#" $dir/$name/throughput.md | head -8
+}
+# run_cases DIR NAME BINARY LIMIT_S FILTER: some test cases of a prebuilt GPU suite (doctest -tc
+# FILTER) with the data carried in .devdata, under the time limit; log DIR/NAME.txt, its errors and
+# summary printed, the log copied to $OUT.
+run_cases() {
+  local dir=$1 name=$2 bin=$3 lim=$4 filter=$5 rc
+  mkdir -p /tmp/hs
+  HDPISSA_DATA=$PWD/.devdata HDPISSA_GPU_TEST_DATA=$PWD/.devdata HDPISSA_GPU_TEST_SCRATCH=/tmp/hs \
+    timeout "$lim" ".devbin/$bin" --no-intro -tc="$filter" > "$dir/$name.txt" 2>&1
+  rc=$?
+  echo "$name ($bin -tc=\"$filter\") rc $rc at $(el) s"
+  grep -E "ERROR|THREW|test cases|assertions" "$dir/$name.txt" | head -20; cp "$dir/$name.txt" "$OUT/"
+}
