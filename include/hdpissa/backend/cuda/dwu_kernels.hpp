@@ -576,22 +576,21 @@ class DwuKernels<CudaBackend<S>> : public DwuGenericKernels<CudaBackend<S>> {
     } else {
       auto& b = this->backend();
       if (lowrank_usable(A, d, L, L.rows, true)) {
-        if (apply_active_) {  // the next apply stream (apply_begin)
+        cudaStream_t st = b.stream();  // the backend's stream and Rt scratch, or the next apply stream's (apply_begin)
+        DeviceBuffer<float>* rt = &rt_;
+        if (apply_active_) {
           const std::size_t i = next_side_++ % side_.size();
-          cudaStream_t st = side_[i].stream.get();
+          st = side_[i].stream.get();
+          rt = &side_rt_[i];
           if (!side_waited_[i]) HDPISSA_CUDA_CHECK(cudaStreamWaitEvent(st, fork_.get(), 0));
           side_waited_[i] = side_used_[i] = true;
           last_side_ = int(i);
           ++side_launches_;
           if (side_spin_ > 0) cuda_kernels::launch_spin_cycles(st, side_spin_);
-          const float* R = lowrank_pack(A, d, L, st, side_rt_[i]);
-          launch_lowrank(w, L.data, index_t(cuda_detail::ld_of(L)), R, A.cols, int(L.rows), int(A.cols),
-                         int(2 * d.groups * d.rank), alpha, st);
-          return true;
         }
-        const float* R = lowrank_pack(A, d, L, b.stream(), rt_);
+        const float* R = lowrank_pack(A, d, L, st, *rt);
         launch_lowrank(w, L.data, index_t(cuda_detail::ld_of(L)), R, A.cols, int(L.rows), int(A.cols),
-                       int(2 * d.groups * d.rank), alpha, b.stream());
+                       int(2 * d.groups * d.rank), alpha, st);
         return true;
       }
       if (!fused_kernel_usable(A, d, L, L.rows, nullptr)) return false;
