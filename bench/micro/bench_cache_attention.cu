@@ -134,7 +134,7 @@ int main(int argc, char** argv) {
   fill_bf16<<<4096, 256, 0, s>>>(vc.get(), cache, 3);
   const int max_splits = (max_ctx + 15) / 16;
   DeviceBuffer<float> part_o(std::size_t(n) * nh * max_splits * hd), part_ml(std::size_t(n) * nh * max_splits * 2);
-  DeviceBuffer<std::int32_t> pos(n);
+  DeviceBuffer<std::int32_t> pos(n), order(n);
   DeviceBuffer<unsigned> sink(1);
   std::vector<std::int32_t> hpos(n);
 
@@ -168,24 +168,27 @@ int main(int argc, char** argv) {
     dk::CacheAttentionKernel kernel;
     int chunk;
     dk::BulkTiling tiling;
+    bool ordered;  // grid rows by descending position (the decoder's order)
   };
   using K = dk::CacheAttentionKernel;
   std::vector<Variant> vars;
-  for (int chunk : {128, 256, 512}) vars.push_back({"fused", K::Fused, chunk, {}});
-  if (nkv != nh) vars.push_back({"two-phase", K::TwoPhase, 128, {}});
-  for (int chunk : {128, 256, 512})
-    for (dk::BulkTiling t : std::vector<dk::BulkTiling>{{16, 2}, {16, 4}, {32, 2}, {32, 3}, {32, 4}, {32, 6}, {64, 2},
-                                                        {64, 3}, {128, 2}}) {
-      if (chunk != 256 && !(t.tile_keys == 32 && (t.stages == 3 || t.stages == 4)) &&
-          !(t.tile_keys == 64 && t.stages == 2))
-        continue;
-      char nm[64];
-      std::snprintf(nm, sizeof nm, "bulk %dx%d", dk::bulk_tile_keys<bf16>(hd, t), t.stages);
-      vars.push_back({nm, K::Bulk, chunk, t});
-    }
+  for (bool o : {false, true})
+    for (int chunk : {256, 512}) vars.push_back({"fused", K::Fused, chunk, {}, o});
+  if (nkv != nh)
+    for (bool o : {false, true}) vars.push_back({"two-phase", K::TwoPhase, 128, {}, o});
+  auto add_bulk = [&](dk::BulkTiling t, int chunk, bool o) {
+    char nm[64];
+    std::snprintf(nm, sizeof nm, "bulk %dx%d", dk::bulk_tile_keys<bf16>(hd, t), t.stages);
+    vars.push_back({nm, K::Bulk, chunk, t, o});
+  };
+  for (int chunk : {256, 512})
+    for (dk::BulkTiling t : std::vector<dk::BulkTiling>{{16, 2}, {16, 3}, {16, 4}, {32, 2}, {32, 3}, {64, 2}})
+      add_bulk(t, chunk, true);
+  add_bulk({32, 2}, 512, false);
+  add_bulk({32, 3}, 512, false);
   const bool bulk_ok = dk::device_has_bulk_copy();
-  std::printf("| kernel | chunk | us per launch | K/V GB/s | of the read ceiling | bits vs fused (same chunk) |\n");
-  std::printf("|---|---:|---:|---:|---:|---|\n");
+  std::printf("| kernel | chunk | rows by position | us per launch | K/V GB/s | of the read ceiling | bits vs fused (same chunk) |\n");
+  std::printf("|---|---:|---|---:|---:|---:|---|\n");
   std::vector<bf16> h_ref(std::size_t(n) * nh * hd), h_out(h_ref.size());
   EventTimer timer(s);
   auto time_launches = [&](auto&& launch) {
@@ -211,6 +214,7 @@ int main(int argc, char** argv) {
     for (int t : steps) {
       for (int r = 0; r < n; ++r) hpos[r] = prompt[r] + t - 1;
       HDPISSA_CUDA_CHECK(cudaMemcpyAsync(pos.get(), hpos.data(), sizeof(std::int32_t) * n, cudaMemcpyHostToDevice, s));
+      HDPISSA_CUDA_CHECK(cudaStreamSynchronize(s));
       const int chunk = 256, splits = (max_ctx + chunk - 1) / chunk;
       us += time_launches([&] {
         read_ranges<<<dim3(n, nkv, splits), 128, 0, s>>>(reinterpret_cast<const uint4*>(kc.get()),
@@ -220,23 +224,29 @@ int main(int argc, char** argv) {
       bytes += kv_bytes(t);
     }
     const double gbps = bytes / (us * 1e-6) / 1e9;
-    std::printf("| read only (same ranges, no arithmetic) | 256 | %.1f | %.0f | %.1f %% | – |\n", us / steps.size(), gbps,
+    std::printf("| read only (same ranges, no arithmetic) | 256 | no | %.1f | %.0f | %.1f %% | – |\n", us / steps.size(), gbps,
                 100 * gbps / ceiling_gbps);
   }
   for (const Variant& v : vars) {
     if (v.kernel == K::Bulk && !bulk_ok) {
-      std::printf("| %s | %d | – | – | – | skipped: needs sm_90 |\n", v.name.c_str(), v.chunk);
+      std::printf("| %s | %d | %s | – | – | – | skipped: needs sm_90 |\n", v.name.c_str(), v.chunk, v.ordered ? "yes" : "no");
       continue;
     }
     double us = 0, bytes = 0;
     bool same = true, compared = false;
     for (int t : steps) {
       for (int r = 0; r < n; ++r) hpos[r] = prompt[r] + t - 1;
+      std::vector<std::int32_t> hord(n);
+      for (int r = 0; r < n; ++r) hord[r] = r;
+      std::stable_sort(hord.begin(), hord.end(), [&](int a, int b) { return hpos[a] > hpos[b]; });
       HDPISSA_CUDA_CHECK(cudaMemcpyAsync(pos.get(), hpos.data(), sizeof(std::int32_t) * n, cudaMemcpyHostToDevice, s));
+      HDPISSA_CUDA_CHECK(cudaMemcpyAsync(order.get(), hord.data(), sizeof(std::int32_t) * n, cudaMemcpyHostToDevice, s));
+      HDPISSA_CUDA_CHECK(cudaStreamSynchronize(s));
       const int splits = (max_ctx + v.chunk - 1) / v.chunk;
       auto launch = [&](bf16* o, K kern) {
         dk::launch_cache_attention<bf16>(s, q.get(), kc.get(), vc.get(), nullptr, pos.get(), n, nh, nkv, hd, max_ctx, 0,
-                                         scale, v.chunk, splits, part_o.get(), part_ml.get(), o, kern, v.tiling);
+                                         scale, v.chunk, splits, part_o.get(), part_ml.get(), o, kern, v.tiling,
+                                         v.ordered ? order.get() : nullptr);
       };
       us += time_launches([&] { launch(out.get(), v.kernel); });
       bytes += kv_bytes(t);
@@ -250,10 +260,11 @@ int main(int argc, char** argv) {
       }
     }
     const double gbps = bytes / (us * 1e-6) / 1e9;
-    std::printf("| %s | %d | %.1f | %.0f | %.1f %% | %s |\n", v.name.c_str(), v.chunk, us / steps.size(), gbps,
+    std::printf("| %s | %d | %s | %.1f | %.0f | %.1f %% | %s |\n", v.name.c_str(), v.chunk, v.ordered ? "yes" : "no",
+                us / steps.size(), gbps,
                 100 * gbps / ceiling_gbps, compared ? (same ? "identical" : "DIFFERENT") : "–");
-    std::printf("JSON {\"bench\":\"cache_attention\",\"shape\":\"%s\",\"kernel\":\"%s\",\"chunk\":%d,\"us\":%.2f,\"gbps\":%.1f,\"ceiling_gbps\":%.1f,\"identical\":%s}\n",
-                shape.c_str(), v.name.c_str(), v.chunk, us / steps.size(), gbps, ceiling_gbps,
+    std::printf("JSON {\"bench\":\"cache_attention\",\"shape\":\"%s\",\"kernel\":\"%s\",\"chunk\":%d,\"ordered\":%s,\"us\":%.2f,\"gbps\":%.1f,\"ceiling_gbps\":%.1f,\"identical\":%s}\n",
+                shape.c_str(), v.name.c_str(), v.chunk, v.ordered ? "true" : "false", us / steps.size(), gbps, ceiling_gbps,
                 compared ? (same ? "true" : "false") : "null");
   }
   return 0;

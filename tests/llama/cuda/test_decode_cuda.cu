@@ -544,6 +544,25 @@ TEST_CASE("cache attention: the bulk-copy kernel equals the fused one bit for bi
     REQUIRE(cudaMemcpy(ha.data(), a, sizeof(T) * outn, cudaMemcpyDeviceToHost) == cudaSuccess);
     REQUIRE(cudaMemcpy(hb.data(), b, sizeof(T) * outn, cudaMemcpyDeviceToHost) == cudaSuccess);
     CHECK(std::memcmp(ha.data(), hb.data(), sizeof(T) * outn) == 0);
+    {  // the grid's rows in another order (the decoder's: by descending position): the same bits
+      const std::vector<std::int32_t> perm{2, 3, 5, 1, 0, 4};
+      std::int32_t* order = to_device(perm);
+      for (auto kern : {CacheAttentionKernel::Fused, CacheAttentionKernel::TwoPhase, CacheAttentionKernel::Bulk}) {
+        CAPTURE(static_cast<int>(kern));
+        REQUIRE(cudaMemset(b, 0x7F, sizeof(T) * outn) == cudaSuccess);
+        std::vector<T> hc(outn), hr(outn);
+        if (kern == CacheAttentionKernel::Bulk && !fits) continue;
+        dk::launch_cache_attention<T>(nullptr, q, kc, vc, slot, pos, n, nh, nkv, hd, max_ctx, window, scale, chunk,
+                                      splits, part_o, part_ml, b, kern, tiling, order);
+        REQUIRE(cudaMemcpy(hc.data(), b, sizeof(T) * outn, cudaMemcpyDeviceToHost) == cudaSuccess);
+        dk::launch_cache_attention<T>(nullptr, q, kc, vc, slot, pos, n, nh, nkv, hd, max_ctx, window, scale, chunk,
+                                      splits, part_o, part_ml, b, kern, tiling);
+        REQUIRE(cudaMemcpy(hr.data(), b, sizeof(T) * outn, cudaMemcpyDeviceToHost) == cudaSuccess);
+        CHECK(std::memcmp(hc.data(), hr.data(), sizeof(T) * outn) == 0);
+        if (kern != CacheAttentionKernel::TwoPhase) CHECK(std::memcmp(hc.data(), ha.data(), sizeof(T) * outn) == 0);
+      }
+      cudaFree(order);
+    }
     bool finite = true;  // the row of pos −1 is 0; every other row a finite mean of V rows
     for (const T& x : hb) finite = finite && std::isfinite(static_cast<float>(x));
     CHECK(finite);
@@ -583,7 +602,7 @@ TEST_CASE("cache attention: the bulk-copy kernel equals the fused one bit for bi
   }
 }
 
-TEST_CASE("HDPISSA_DECODE_ATTENTION=bulk gives the CPU decoder's fp32 tokens; bad values are named") {
+TEST_CASE("HDPISSA_DECODE_ATTENTION=bulk and HDPISSA_DECODE_ORDER=0 give the CPU decoder's fp32 tokens; bad values are named") {
   const auto prompts = make_prompts(37, {1, 9, 3, 20, 14, 2, 33}, 3);
   const ModelWeights w = tiny_random(7, false, 0, 0);
   {
@@ -605,6 +624,16 @@ TEST_CASE("HDPISSA_DECODE_ATTENTION=bulk gives the CPU decoder's fp32 tokens; ba
     CHECK(d.attention_kernel() == CacheAttentionKernel::Bulk);
     CHECK(d.bulk_tiling().tile_keys == 48);
     CHECK(d.bulk_tiling().stages == 3);
+  }
+  {
+    CudaLlama<float> model(w, 1, 1, nullptr);
+    ScopedEnv e("HDPISSA_DECODE_ORDER", "yes");
+    CHECK_THROWS_WITH_AS(CudaGreedyDecoder<float>(model, 2, 16), doctest::Contains("HDPISSA_DECODE_ORDER: expected 1"),
+                         LlamaError);
+  }
+  {  // the rows in slot order (the default takes them by descending position): the same tokens
+    ScopedEnv e("HDPISSA_DECODE_ORDER", "0");
+    check_fp32_equal(w, prompts, 40, 3, 8, {}, true, "tiny fp32, HDPISSA_DECODE_ORDER=0");
   }
   for (const char* tile : {"1x1", "32x4"})
     for (const char* chunk : {"16", "8192"}) {

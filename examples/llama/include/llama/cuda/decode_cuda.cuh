@@ -54,6 +54,7 @@
 #include <cstdlib>
 #include <functional>
 #include <limits>
+#include <numeric>
 #include <string>
 #include <type_traits>
 #include <typeinfo>
@@ -185,15 +186,18 @@ inline constexpr int kMaxVecPerLane = 4;
 /// query head's partial result (head g of the group: part + g·splits). An empty split (k0 ≥ k1)
 /// has its (m, l) = (−inf, 0) written here for every head of the group, which the combine skips.
 struct CacheSplit {
-  int s, k0, k1;
+  int r, kvh, s, k0, k1;
   std::int64_t part;
 };
 __device__ __forceinline__ CacheSplit cache_split(const std::int32_t* __restrict__ pos, const std::int32_t* __restrict__ slot,
-                                                  int nh, int group, int window, int chunk, float* __restrict__ part_ml) {
-  const int splits = gridDim.z, r = blockIdx.x, kvh = blockIdx.y, sp = blockIdx.z;
+                                                  const std::int32_t* __restrict__ order, int nh, int group, int window,
+                                                  int chunk, float* __restrict__ part_ml) {
+  const int splits = gridDim.z, r = order ? order[blockIdx.y] : static_cast<int>(blockIdx.y), kvh = blockIdx.x,
+            sp = blockIdx.z;
   const int p = pos[r];
   const int lo = window > 0 ? max(0, p - window + 1) : 0, hi = p + 1;
   CacheSplit c;
+  c.r = r, c.kvh = kvh;
   c.s = slot ? slot[r] : r;
   c.k0 = lo + sp * chunk;
   c.k1 = min(hi, c.k0 + chunk);
@@ -215,12 +219,13 @@ __device__ __forceinline__ CacheSplit cache_split(const std::int32_t* __restrict
 template <class T, int VEC>
 __global__ void __launch_bounds__(kAttnThreads) cache_attention_split(
     const T* __restrict__ q, const T* __restrict__ kc, const T* __restrict__ vc, const std::int32_t* __restrict__ slot,
-    const std::int32_t* __restrict__ pos, int nh, int nkv, int hd, int max_ctx, int window, float scale, int chunk,
+    const std::int32_t* __restrict__ pos, const std::int32_t* __restrict__ order, int nh, int nkv, int hd, int max_ctx,
+    int window, float scale, int chunk,
     int lpk, float* __restrict__ part_o, float* __restrict__ part_ml) {
   extern __shared__ float sh[];
   const int group = nh / nkv, splits = gridDim.z;
-  const int r = blockIdx.x, kvh = blockIdx.y;
-  const CacheSplit cs = cache_split(pos, slot, nh, group, window, chunk, part_ml);
+  const CacheSplit cs = cache_split(pos, slot, order, nh, group, window, chunk, part_ml);
+  const int r = cs.r, kvh = cs.kvh;
   if (cs.k0 >= cs.k1) return;  // empty: (m, l) written
   const int s = cs.s, k0 = cs.k0, k1 = cs.k1;
   const std::int64_t part = cs.part;
@@ -475,12 +480,13 @@ __device__ __forceinline__ void fused_empty_split(T* __restrict__ out, int r, in
 template <class T, int VEC, int GROUP, int NV>
 __global__ void __launch_bounds__(kAttnThreads) cache_attention_fused(
     const T* __restrict__ q, const T* __restrict__ kc, const T* __restrict__ vc, const std::int32_t* __restrict__ slot,
-    const std::int32_t* __restrict__ pos, int nh, int nkv, int hd, int max_ctx, int window, float scale_log2,
+    const std::int32_t* __restrict__ pos, const std::int32_t* __restrict__ order, int nh, int nkv, int hd, int max_ctx,
+    int window, float scale_log2,
     int chunk, int lpk, float* __restrict__ part_o, float* __restrict__ part_ml, T* __restrict__ out) {
   extern __shared__ float sh[];
   const int group = nh / nkv;
-  const int r = blockIdx.x, kvh = blockIdx.y;
-  const CacheSplit cs = cache_split(pos, slot, nh, group, window, chunk, part_ml);
+  const CacheSplit cs = cache_split(pos, slot, order, nh, group, window, chunk, part_ml);
+  const int r = cs.r, kvh = cs.kvh;
   if (cs.k0 >= cs.k1) {  // empty: (m, l) written
     fused_empty_split(out, r, kvh, nh, group, hd);
     return;
@@ -594,14 +600,15 @@ inline constexpr int kBulkMaxStages = 16;
 template <class T, int VEC, int GROUP, int NV>
 __global__ void __launch_bounds__(kAttnThreads) cache_attention_bulk(
     const T* __restrict__ q, const T* __restrict__ kc, const T* __restrict__ vc, const std::int32_t* __restrict__ slot,
-    const std::int32_t* __restrict__ pos, int nh, int nkv, int hd, int max_ctx, int window, float scale_log2,
+    const std::int32_t* __restrict__ pos, const std::int32_t* __restrict__ order, int nh, int nkv, int hd, int max_ctx,
+    int window, float scale_log2,
     int chunk, int lpk, int tile_keys, int stages, float* __restrict__ part_o, float* __restrict__ part_ml,
     T* __restrict__ out) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   extern __shared__ __align__(128) unsigned char bulk_sh[];
   const int group = nh / nkv;
-  const int r = blockIdx.x, kvh = blockIdx.y;
-  const CacheSplit cs = cache_split(pos, slot, nh, group, window, chunk, part_ml);
+  const CacheSplit cs = cache_split(pos, slot, order, nh, group, window, chunk, part_ml);
+  const int r = cs.r, kvh = cs.kvh;
   if (cs.k0 >= cs.k1) {
     fused_empty_split(out, r, kvh, nh, group, hd);
     return;
@@ -610,8 +617,6 @@ __global__ void __launch_bounds__(kAttnThreads) cache_attention_bulk(
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nwarps = blockDim.x >> 5;
   const int kpw = 32 / lpk, sub = lane / lpk, li = lane % lpk, nvec = hd / VEC;
   const int stride = nwarps * kpw, sg = warp * kpw + sub;
-  FusedAttnState<VEC, GROUP, NV> st;
-  st.init(q, r, kvh, nh, group, hd, lpk, li, scale_log2);
   const std::int64_t head_base = (static_cast<std::int64_t>(cs.s) * nkv + kvh) * max_ctx;
   const T* kbase = kc + (head_base + k0) * hd;
   const T* vbase = vc + (head_base + k0) * hd;
@@ -626,6 +631,8 @@ __global__ void __launch_bounds__(kAttnThreads) cache_attention_bulk(
     for (int i = 0; i < min(stages, ntiles); ++i)
       bulk_issue_tile(i, stages, tile_keys, cnt, hd, row_bytes, tile_bytes, bar0, tiles0, kbase, vbase);
   }
+  FusedAttnState<VEC, GROUP, NV> st;  // the query's loads overlap the first tiles' copies
+  st.init(q, r, kvh, nh, group, hd, lpk, li, scale_log2);
   __syncthreads();
   for (int i = 0; i < ntiles; ++i) {
     const int stg = i % stages;
@@ -731,7 +738,8 @@ inline std::size_t cache_attention_split_smem(int group, int hd, int chunk) {
 template <class T>
 bool launch_cache_attention_fused(cudaStream_t st, const T* q, const T* kc, const T* vc, const std::int32_t* slot,
                                   const std::int32_t* pos, int n, int nh, int nkv, int hd, int max_ctx, int window,
-                                  float scale, int chunk, int splits, float* part_o, float* part_ml, T* out = nullptr) {
+                                  float scale, int chunk, int splits, float* part_o, float* part_ml, T* out = nullptr,
+                                  const std::int32_t* order = nullptr) {
   const int group = nh / nkv;
   if (!cache_attention_fused_supported<T>(hd, group)) return false;
   HDPISSA_REQUIRE(out == nullptr || splits == 1, "launch_cache_attention_fused: a direct output needs one split, found ",
@@ -743,13 +751,13 @@ bool launch_cache_attention_fused(cudaStream_t st, const T* q, const T* kc, cons
   const int nv = (nvec + lpk - 1) / lpk;  // 1 or 2
   const std::size_t smem =
       sizeof(float) * (static_cast<std::size_t>(kAttnThreads / 32) * group * (hd + 2));
-  const dim3 grid(static_cast<unsigned>(n), static_cast<unsigned>(nkv), static_cast<unsigned>(splits));
+  const dim3 grid(static_cast<unsigned>(nkv), static_cast<unsigned>(n), static_cast<unsigned>(splits));
   const float scale_log2 = scale * 1.44269504088896340736f;
   auto go = [&](auto kernel) {
     if (smem > 48 * 1024)
       HDPISSA_CUDA_CHECK(
           cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
-    kernel<<<grid, kAttnThreads, smem, st>>>(q, kc, vc, slot, pos, nh, nkv, hd, max_ctx, window, scale_log2, chunk,
+    kernel<<<grid, kAttnThreads, smem, st>>>(q, kc, vc, slot, pos, order, nh, nkv, hd, max_ctx, window, scale_log2, chunk,
                                              lpk, part_o, part_ml, out);
     HDPISSA_CUDA_CHECK_LAUNCH("cache_attention_fused");
   };
@@ -812,7 +820,7 @@ template <class T>
 bool launch_cache_attention_bulk(cudaStream_t st, const T* q, const T* kc, const T* vc, const std::int32_t* slot,
                                  const std::int32_t* pos, int n, int nh, int nkv, int hd, int max_ctx, int window,
                                  float scale, int chunk, int splits, float* part_o, float* part_ml, T* out,
-                                 const BulkTiling& tiling) {
+                                 const BulkTiling& tiling, const std::int32_t* order = nullptr) {
   const int group = nh / nkv;
   HDPISSA_REQUIRE(tiling.stages >= 1 && tiling.stages <= kBulkMaxStages, "cache attention (bulk): expected 1 to ",
                   kBulkMaxStages, " stages, found ", tiling.stages);
@@ -831,13 +839,13 @@ bool launch_cache_attention_bulk(cudaStream_t st, const T* q, const T* kc, const
   HDPISSA_REQUIRE(smem <= static_cast<std::size_t>(optin), "cache attention (bulk): ", tiling.stages, " stages of ", tk,
                   " keys (head_dim ", hd, ") need ", smem, " bytes of shared memory; this device gives a block at most ",
                   optin);
-  const dim3 grid(static_cast<unsigned>(n), static_cast<unsigned>(nkv), static_cast<unsigned>(splits));
+  const dim3 grid(static_cast<unsigned>(nkv), static_cast<unsigned>(n), static_cast<unsigned>(splits));
   const float scale_log2 = scale * 1.44269504088896340736f;
   auto go = [&](auto kernel) {
     if (smem > 48 * 1024)
       HDPISSA_CUDA_CHECK(
           cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
-    kernel<<<grid, kAttnThreads, smem, st>>>(q, kc, vc, slot, pos, nh, nkv, hd, max_ctx, window, scale_log2, chunk,
+    kernel<<<grid, kAttnThreads, smem, st>>>(q, kc, vc, slot, pos, order, nh, nkv, hd, max_ctx, window, scale_log2, chunk,
                                              lpk, tk, tiling.stages, part_o, part_ml, out);
     HDPISSA_CUDA_CHECK_LAUNCH("cache_attention_bulk");
   };
@@ -861,21 +869,25 @@ bool launch_cache_attention_bulk(cudaStream_t st, const T* q, const T* kc, const
 
 /// The attention of n rows over the cache (see the file comment): splits = ⌈largest visible
 /// range / chunk⌉ (or more); part_o holds n·nh·splits·hd floats, part_ml n·nh·splits·2. `tiling`:
-/// CacheAttentionKernel::Bulk's.
+/// CacheAttentionKernel::Bulk's. The split kernels' grids run the kv heads fastest, then the rows,
+/// then the splits; `order` (optional, a permutation of the n rows): grid row y takes row order[y]
+/// — the decoder passes its rows by descending position, so that the longest ranges start first
+/// and the last blocks to run are short ones. The results do not depend on it.
 template <class T>
 void launch_cache_attention(cudaStream_t st, const T* q, const T* kc, const T* vc, const std::int32_t* slot,
                             const std::int32_t* pos, int n, int nh, int nkv, int hd, int max_ctx, int window,
                             float scale, int chunk, int splits, float* part_o, float* part_ml, T* out,
-                            CacheAttentionKernel kernel = CacheAttentionKernel::Auto, BulkTiling tiling = {}) {
+                            CacheAttentionKernel kernel = CacheAttentionKernel::Auto, BulkTiling tiling = {},
+                            const std::int32_t* order = nullptr) {
   const int group = nh / nkv;
   T* const direct = splits == 1 ? out : nullptr;  // one split: the fused kernels write `out` themselves
   const bool bulk = kernel == CacheAttentionKernel::Bulk &&
                     launch_cache_attention_bulk<T>(st, q, kc, vc, slot, pos, n, nh, nkv, hd, max_ctx, window, scale,
-                                                   chunk, splits, part_o, part_ml, direct, tiling);
+                                                   chunk, splits, part_o, part_ml, direct, tiling, order);
   const bool fused = kernel == CacheAttentionKernel::Fused || kernel == CacheAttentionKernel::Bulk ||
                      (kernel == CacheAttentionKernel::Auto && cache_attention_auto_fused<T>(hd, group));
   if (bulk || (fused && launch_cache_attention_fused<T>(st, q, kc, vc, slot, pos, n, nh, nkv, hd, max_ctx, window,
-                                                         scale, chunk, splits, part_o, part_ml, direct))) {
+                                                         scale, chunk, splits, part_o, part_ml, direct, order))) {
     if (splits > 1) {  // one split: the kernel wrote `out` itself
       cache_attention_combine<T><<<static_cast<unsigned>(n) * nh, 128, 0, st>>>(part_o, part_ml, splits, hd, out);
       HDPISSA_CUDA_CHECK_LAUNCH("cache_attention_combine");
@@ -884,7 +896,7 @@ void launch_cache_attention(cudaStream_t st, const T* q, const T* kc, const T* v
   }
   const std::size_t smem = cache_attention_split_smem(group, hd, chunk);
   constexpr int kVec = 16 / static_cast<int>(sizeof(T));
-  const dim3 grid(static_cast<unsigned>(n), static_cast<unsigned>(nkv), static_cast<unsigned>(splits));
+  const dim3 grid(static_cast<unsigned>(nkv), static_cast<unsigned>(n), static_cast<unsigned>(splits));
   auto lanes_for = [](int nvec) {
     int l = 1;
     while (l * 2 <= nvec && l * 2 <= 32) l *= 2;
@@ -896,7 +908,7 @@ void launch_cache_attention(cudaStream_t st, const T* q, const T* kc, const T* v
     if (smem > 48 * 1024)
       HDPISSA_CUDA_CHECK(cudaFuncSetAttribute(cache_attention_split<T, kVec>,
                                               cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
-    cache_attention_split<T, kVec><<<grid, kAttnThreads, smem, st>>>(q, kc, vc, slot, pos, nh, nkv, hd, max_ctx, window,
+    cache_attention_split<T, kVec><<<grid, kAttnThreads, smem, st>>>(q, kc, vc, slot, pos, order, nh, nkv, hd, max_ctx, window,
                                                                      scale, chunk, lpk, part_o, part_ml);
   } else {
     const int lpk = lanes_for(hd);
@@ -904,7 +916,7 @@ void launch_cache_attention(cudaStream_t st, const T* q, const T* kc, const T* v
     if (smem > 48 * 1024)
       HDPISSA_CUDA_CHECK(cudaFuncSetAttribute(cache_attention_split<T, 1>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                               static_cast<int>(smem)));
-    cache_attention_split<T, 1><<<grid, kAttnThreads, smem, st>>>(q, kc, vc, slot, pos, nh, nkv, hd, max_ctx, window,
+    cache_attention_split<T, 1><<<grid, kAttnThreads, smem, st>>>(q, kc, vc, slot, pos, order, nh, nkv, hd, max_ctx, window,
                                                                   scale, chunk, lpk, part_o, part_ml);
   }
   HDPISSA_CUDA_CHECK_LAUNCH("cache_attention_split");
@@ -1006,9 +1018,11 @@ class CudaGreedyDecoder {
   using IBuf = DeviceBuffer<std::int32_t>;
 
   /// n rows (tokens tok, slots slot — null: row r is slot r — positions pos) through the model;
-  /// argmax of the n_sel rows `sel` (null: all n) into next_. Enqueued only.
-  void forward_rows(int n, const std::int32_t* tok, const std::int32_t* slot, const std::int32_t* pos, int chunk,
-                    int splits, int n_sel, const std::int32_t* sel, CudaHooks<T>& hooks);
+  /// argmax of the n_sel rows `sel` (null: all n) into next_. `order` (optional): the rows in the
+  /// order the cache attention's blocks take them (launch_cache_attention). Enqueued only.
+  void forward_rows(int n, const std::int32_t* tok, const std::int32_t* slot, const std::int32_t* pos,
+                    const std::int32_t* order, int chunk, int splits, int n_sel, const std::int32_t* sel,
+                    CudaHooks<T>& hooks);
   /// One decode step over every slot (graph replay where possible); waits; tokens in h_next_.
   void decode_step(CudaHooks<T>& hooks);
   void drop_graph() {
@@ -1031,6 +1045,7 @@ class CudaGreedyDecoder {
   int decode_chunk_ = kDecodeChunk;
   decode_kern::CacheAttentionKernel attn_kernel_ = decode_kern::CacheAttentionKernel::Auto;
   decode_kern::BulkTiling bulk_tiling_{};
+  bool order_rows_ = true;  // HDPISSA_DECODE_ORDER: decode rows by descending position in the attention
   int decode_splits_ = 1;
 
   Buf kc_, vc_;        // (L, slots, nkv, max_ctx, hd)
@@ -1042,7 +1057,7 @@ class CudaGreedyDecoder {
   FBuf part_o_, part_ml_, logits_;
   IBuf ints_;          // decode: tok (slots) | pos (slots); prefill: tok | slot | pos (prefill_rows) | sel (slots); next (slots)
   PinnedBuffer<std::int32_t> h_ints_;
-  std::int32_t *d_tok_, *d_pos_, *p_tok_, *p_slot_, *p_pos_, *p_sel_, *d_next_;
+  std::int32_t *d_tok_, *d_pos_, *d_order_, *p_tok_, *p_slot_, *p_pos_, *p_sel_, *d_next_;
   std::int32_t* h_next_ = nullptr;
   cudaGraphExec_t exec_ = nullptr;
   bool graph_failed_ = false;
@@ -1116,6 +1131,13 @@ CudaGreedyDecoder<T>::CudaGreedyDecoder(const CudaLlama<T>& model, int slots, in
       throw LlamaError(cat("HDPISSA_DECODE_ATTENTION: expected auto, fused, bulk or two-phase (the cache attention's "
                            "split kernel), found '", v, "'"));
   }
+  if (const char* e = std::getenv("HDPISSA_DECODE_ORDER"); e && *e) {
+    const std::string v(e);
+    if (v != "0" && v != "1")
+      throw LlamaError(cat("HDPISSA_DECODE_ORDER: expected 1 (the decode step's attention takes the rows by descending "
+                           "position, the default) or 0 (in slot order), found '", v, "'"));
+    order_rows_ = v == "1";
+  }
   if (const char* e = std::getenv("HDPISSA_DECODE_BULK_TILE"); e && *e) {
     int keys = 0, stages = 0;
     char tail = 0;
@@ -1143,12 +1165,13 @@ CudaGreedyDecoder<T>::CudaGreedyDecoder(const CudaLlama<T>& model, int slots, in
   part_o_.reserve(parts * c.n_heads * c.head_dim);
   part_ml_.reserve(parts * c.n_heads * 2);
   logits_.reserve(static_cast<std::int64_t>(slots) * c.vocab_size);
-  const std::int64_t ni = 2 * slots + 3 * static_cast<std::int64_t>(prefill_rows) + 2 * slots;
+  const std::int64_t ni = 3 * slots + 3 * static_cast<std::int64_t>(prefill_rows) + 2 * slots;
   ints_.reserve(ni);
   h_ints_ = PinnedBuffer<std::int32_t>(ni);
   d_tok_ = ints_.get();
   d_pos_ = d_tok_ + slots;
-  p_tok_ = d_pos_ + slots;
+  d_order_ = d_pos_ + slots;
+  p_tok_ = d_order_ + slots;
   p_slot_ = p_tok_ + prefill_rows;
   p_pos_ = p_slot_ + prefill_rows;
   p_sel_ = p_pos_ + prefill_rows;
@@ -1160,8 +1183,8 @@ CudaGreedyDecoder<T>::CudaGreedyDecoder(const CudaLlama<T>& model, int slots, in
 
 template <class T>
 void CudaGreedyDecoder<T>::forward_rows(int n, const std::int32_t* tok, const std::int32_t* slot,
-                                        const std::int32_t* pos, int chunk, int splits, int n_sel,
-                                        const std::int32_t* sel, CudaHooks<T>& hooks) {
+                                        const std::int32_t* pos, const std::int32_t* order, int chunk, int splits,
+                                        int n_sel, const std::int32_t* sel, CudaHooks<T>& hooks) {
   const ModelConfig& c = cfg_;
   const int D = c.dim, H = c.hidden_dim, qd = c.q_dim(), kvd = c.kv_dim(), L = c.n_layers, V = c.vocab_size;
   const float scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
@@ -1201,7 +1224,7 @@ void CudaGreedyDecoder<T>::forward_rows(int n, const std::int32_t* tok, const st
     }
     decode_kern::launch_cache_attention<T>(s, q_.get(), kc, vc, slot, pos, n, c.n_heads, c.n_kv_heads, c.head_dim,
                                            max_ctx_, c.attention_window(l), scale, chunk, splits, part_o_.get(),
-                                           part_ml_.get(), attn_.get(), attn_kernel_, bulk_tiling_);
+                                           part_ml_.get(), attn_.get(), attn_kernel_, bulk_tiling_, order);
     hooks.forward({l, Module::o}, W(Module::o), CV(attn_.get(), n, qd, qd), MV(tmp_.get(), n, D, D));
     kern::launch_add_rmsnorm_fwd<T>(s, res_.get(), tmp_.get(), res_.get(), norms + (2 * l + 1) * D, rstd_.get(),
                                     xn_.get(), n, D, c.norm_eps, /*wide_rows=*/true);
@@ -1233,10 +1256,17 @@ void CudaGreedyDecoder<T>::forward_rows(int n, const std::int32_t* tok, const st
 template <class T>
 void CudaGreedyDecoder<T>::decode_step(CudaHooks<T>& hooks) {
   cudaStream_t s = stream_;
-  // the host's (token, position) of every slot: h_ints_ mirrors ints_ (tok | pos first)
-  HDPISSA_CUDA_CHECK(cudaMemcpyAsync(d_tok_, h_ints_.get(), sizeof(std::int32_t) * 2 * slots_, cudaMemcpyHostToDevice, s));
+  // the host's (token, position) of every slot and the slots by descending position (the order the
+  // cache attention's blocks take them: the longest ranges first): h_ints_ mirrors ints_ (tok | pos
+  // | order first)
+  std::int32_t* h_pos = h_ints_.get() + slots_;
+  std::int32_t* h_order = h_pos + slots_;
+  std::iota(h_order, h_order + slots_, 0);
+  if (order_rows_)
+    std::stable_sort(h_order, h_order + slots_, [&](std::int32_t a, std::int32_t b) { return h_pos[a] > h_pos[b]; });
+  HDPISSA_CUDA_CHECK(cudaMemcpyAsync(d_tok_, h_ints_.get(), sizeof(std::int32_t) * 3 * slots_, cudaMemcpyHostToDevice, s));
   auto eager = [&] {
-    forward_rows(slots_, d_tok_, nullptr, d_pos_, decode_chunk_, decode_splits_, slots_, nullptr, hooks);
+    forward_rows(slots_, d_tok_, nullptr, d_pos_, d_order_, decode_chunk_, decode_splits_, slots_, nullptr, hooks);
   };
   if (graphs_ && !graph_failed_ && stats_.decode_steps > 0 && !exec_) {  // capture after one eager step
     if (!capture_stream_graph(s, exec_, eager)) graph_failed_ = true;
@@ -1340,7 +1370,7 @@ std::vector<std::vector<std::int32_t>> CudaGreedyDecoder<T>::generate(
         HDPISSA_CUDA_CHECK(cudaMemcpyAsync(p_tok_, ptok, sizeof(std::int32_t) * (3 * prefill_rows_ + slots_),
                                            cudaMemcpyHostToDevice, stream_));
         const int splits = max_pos / kPrefillChunk + 1;
-        forward_rows(n, p_tok_, p_slot_, p_pos_, kPrefillChunk, splits, n_sel, p_sel_, hooks);
+        forward_rows(n, p_tok_, p_slot_, p_pos_, nullptr, kPrefillChunk, splits, n_sel, p_sel_, hooks);
         if (n_sel > 0)
           HDPISSA_CUDA_CHECK(cudaMemcpyAsync(h_next_, d_next_, sizeof(std::int32_t) * n_sel, cudaMemcpyDeviceToHost,
                                              stream_));
