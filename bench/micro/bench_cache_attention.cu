@@ -11,7 +11,7 @@
 // per-(row, head, split) ranges read with 16-byte loads and no arithmetic. Every bulk result is
 // compared with the fused kernel's at the same chunk, bit for bit.
 //
-// Usage: bench_cache_attention [--shape 7b|tiny] [--rows N] [--steps a,b,...] [--reps N]
+// Usage: bench_cache_attention [--shape 7b|8b|tiny] [--rows N] [--steps a,b,...] [--reps N]
 // (steps: decode steps t whose positions are timed, averaged; default 1,128,255). Every "JSON " line
 // is one machine-readable record.
 #include <cuda_bf16.h>
@@ -108,15 +108,16 @@ int main(int argc, char** argv) {
       return 2;
     }
   }
-  if (shape != "7b" && shape != "tiny") {
-    std::fprintf(stderr, "bench_cache_attention: --shape expects 7b or tiny, found '%s'\n", shape.c_str());
+  if (shape != "7b" && shape != "tiny" && shape != "8b") {
+    std::fprintf(stderr, "bench_cache_attention: --shape expects 7b, 8b or tiny, found '%s'\n", shape.c_str());
     return 2;
   }
   if (rows < 1 || reps < 1 || steps.empty()) {
     std::fprintf(stderr, "bench_cache_attention: expected --rows >= 1, --reps >= 1 and at least one step\n");
     return 2;
   }
-  const int nh = 32, nkv = shape == "7b" ? 32 : 4, hd = shape == "7b" ? 128 : 64;
+  // 7b: LLaMA-2-7B (MHA); 8b: LLaMA-3-8B / Mistral-7B (GQA 4); tiny: TinyLlama (GQA 8, hd 64)
+  const int nh = 32, nkv = shape == "7b" ? 32 : shape == "8b" ? 8 : 4, hd = shape == "tiny" ? 64 : 128;
   const int max_ctx = 224 + 256, n = rows;
   const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
   std::mt19937 rng(0);

@@ -2,7 +2,7 @@
 # kernel's 78 % and a read-only pass over the same ranges at 92.6 %. This call: the split kernels'
 # grid runs kv heads fastest, then rows — in the decoder's order, by descending position
 # (HDPISSA_DECODE_ORDER, default 1) — and the bulk kernel issues its first tiles before loading q.
-# 1) bench_cache_attention 7B / TinyLlama (ordered vs slot order, chunks 256 / 512, bulk tilings);
+# 1) bench_cache_attention 7B / TinyLlama / LLaMA-3-8B heads (ordered vs slot order, chunks 256 / 512, bulk tilings);
 # 2) the decoder suite; 3) 7B decode A/B: main's configuration (fused, chunk 256, slot order), the
 # bench's best ordered fused chunk, the bench's best bulk; completions compared; 4) decode-bench 7B
 # with the best. Build first: bench_cache_attention hdpissa_llama_decode_cuda_tests hdpissa-generate,
@@ -14,6 +14,8 @@ timeout 90 .devbin/bench_cache_attention --shape 7b > $OUT/c96-bench-7b.txt 2>&1
 grep -v JSON $OUT/c96-bench-7b.txt
 timeout 60 .devbin/bench_cache_attention --shape tiny > $OUT/c96-bench-tiny.txt 2>&1; echo "bench tiny rc $? at $(el) s"
 grep -v JSON $OUT/c96-bench-tiny.txt | tail -n +4
+timeout 60 .devbin/bench_cache_attention --shape 8b > $OUT/c96-bench-8b.txt 2>&1; echo "bench 8b rc $? at $(el) s"
+grep -v JSON $OUT/c96-bench-8b.txt | tail -n +4
 run_cases $O decode-tests hdpissa_llama_decode_cuda_tests 150 "*"
 read FCHUNK BCHUNK BTILE < <(python3 - $OUT/c96-bench-7b.txt <<'PY'
 import json, sys

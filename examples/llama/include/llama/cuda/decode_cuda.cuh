@@ -25,10 +25,13 @@
 /// Attention (cache_attention_*): one block per (row, kv head, split of `chunk` keys), all the
 /// group's query heads in the block (each key is read once per group); the splits' (max, sum,
 /// unnormalised output) are merged by a second kernel (flash-decoding). Long caches thus spread over
-/// many blocks; fp32 statistics throughout. Two split kernels (CacheAttentionKernel): the fused one
+/// many blocks; fp32 statistics throughout. Three split kernels (CacheAttentionKernel): the fused one
 /// (MHA and groups of 2 by default) streams K and V once with 16-byte loads and an online softmax in
-/// registers; the two-phase one (larger groups) puts the scores in shared memory (key-parallel dot
-/// products, 16-byte loads), runs a per-split softmax, then P·V.
+/// registers; the bulk one (sm_90, the same arithmetic and bits) brings K and V into shared memory
+/// in tiles by cp.async.bulk, several tiles ahead of the math; the two-phase one (larger groups)
+/// puts the scores in shared memory (key-parallel dot products, 16-byte loads), runs a per-split
+/// softmax, then P·V. A decode step's blocks take the rows by descending position (the longest
+/// ranges start first, HDPISSA_DECODE_ORDER).
 ///
 /// Sequences: a prompt is assigned to a free slot, prefilled (with the other new prompts), then
 /// decoded one token per step. A sequence leaves its slot when it produces a stop token (not
