@@ -492,6 +492,162 @@ TEST_CASE("cache attention, one split: the fused kernel's own output equals its 
   }
 }
 
+TEST_CASE("cache attention: the bulk-copy kernel equals the fused one bit for bit (tilings, splits, direct output)") {
+  namespace dk = hdpissa::llama::gpu::decode_kern;
+  if (!dk::device_has_bulk_copy()) {
+    MESSAGE("skipped: the bulk-copy kernel needs compute capability 9.0 (this device runs the fused kernel instead)");
+    return;
+  }
+  auto run = [](auto tag, int nh, int nkv, int hd, int window, int chunk, dk::BulkTiling tiling) {
+    using T = decltype(tag);
+    const int slots = 3, max_ctx = 200, n = 6, splits = (max_ctx + chunk - 1) / chunk;
+    // pos −1: an empty visible range; 199: the last cache position (a tile ending at max_ctx)
+    const std::vector<std::int32_t> row_slot{0, 1, 2, 1, 0, 2}, row_pos{0, 57, 199, 130, -1, 64};
+    std::mt19937 rng(31 + hd + chunk);
+    std::normal_distribution<float> nd(0.0f, 2.0f);
+    auto fill = [&](std::size_t count) {
+      std::vector<T> v(count);
+      for (auto& x : v) x = static_cast<T>(nd(rng));
+      return v;
+    };
+    const auto hq = fill(std::size_t(n) * nh * hd), hk = fill(std::size_t(slots) * nkv * max_ctx * hd),
+               hv = fill(std::size_t(slots) * nkv * max_ctx * hd);
+    T *q = to_device(hq), *kc = to_device(hk), *vc = to_device(hv);
+    std::int32_t *slot = to_device(row_slot), *pos = to_device(row_pos);
+    const std::size_t outn = std::size_t(n) * nh * hd, parts = std::size_t(n) * nh * splits;
+    float *part_o = nullptr, *part_ml = nullptr;
+    REQUIRE(cudaMalloc(&part_o, sizeof(float) * parts * hd) == cudaSuccess);
+    REQUIRE(cudaMalloc(&part_ml, sizeof(float) * parts * 2) == cudaSuccess);
+    T *a = nullptr, *b = nullptr;
+    REQUIRE(cudaMalloc(&a, sizeof(T) * outn) == cudaSuccess);
+    REQUIRE(cudaMalloc(&b, sizeof(T) * outn) == cudaSuccess);
+    REQUIRE(cudaMemset(a, 0xFF, sizeof(T) * outn) == cudaSuccess);
+    REQUIRE(cudaMemset(b, 0x7F, sizeof(T) * outn) == cudaSuccess);
+    const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+    dk::launch_cache_attention<T>(nullptr, q, kc, vc, slot, pos, n, nh, nkv, hd, max_ctx, window, scale, chunk, splits,
+                                  part_o, part_ml, a, CacheAttentionKernel::Fused);
+    int optin = 0;
+    REQUIRE(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, 0) == cudaSuccess);
+    const bool fits = dk::cache_attention_bulk_smem<T>(hd, nh / nkv, tiling) <= static_cast<std::size_t>(optin);
+    if (!fits) {  // refused, naming the shared memory, before anything is launched
+      CHECK_THROWS_WITH_AS(dk::launch_cache_attention<T>(nullptr, q, kc, vc, slot, pos, n, nh, nkv, hd, max_ctx, window,
+                                                         scale, chunk, splits, part_o, part_ml, b,
+                                                         CacheAttentionKernel::Bulk, tiling),
+                           doctest::Contains("bytes of shared memory"), hdpissa::InvalidArgument);
+      REQUIRE(cudaMemcpy(b, a, sizeof(T) * outn, cudaMemcpyDeviceToDevice) == cudaSuccess);
+    } else {
+      dk::launch_cache_attention<T>(nullptr, q, kc, vc, slot, pos, n, nh, nkv, hd, max_ctx, window, scale, chunk, splits,
+                                    part_o, part_ml, b, CacheAttentionKernel::Bulk, tiling);
+    }
+    REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
+    std::vector<T> ha(outn), hb(outn);
+    REQUIRE(cudaMemcpy(ha.data(), a, sizeof(T) * outn, cudaMemcpyDeviceToHost) == cudaSuccess);
+    REQUIRE(cudaMemcpy(hb.data(), b, sizeof(T) * outn, cudaMemcpyDeviceToHost) == cudaSuccess);
+    CHECK(std::memcmp(ha.data(), hb.data(), sizeof(T) * outn) == 0);
+    {  // the grid's rows in another order (the decoder's: by descending position): the same bits
+      const std::vector<std::int32_t> perm{2, 3, 5, 1, 0, 4};
+      std::int32_t* order = to_device(perm);
+      for (auto kern : {CacheAttentionKernel::Fused, CacheAttentionKernel::TwoPhase, CacheAttentionKernel::Bulk}) {
+        CAPTURE(static_cast<int>(kern));
+        REQUIRE(cudaMemset(b, 0x7F, sizeof(T) * outn) == cudaSuccess);
+        std::vector<T> hc(outn), hr(outn);
+        if (kern == CacheAttentionKernel::Bulk && !fits) continue;
+        dk::launch_cache_attention<T>(nullptr, q, kc, vc, slot, pos, n, nh, nkv, hd, max_ctx, window, scale, chunk,
+                                      splits, part_o, part_ml, b, kern, tiling, order);
+        REQUIRE(cudaMemcpy(hc.data(), b, sizeof(T) * outn, cudaMemcpyDeviceToHost) == cudaSuccess);
+        dk::launch_cache_attention<T>(nullptr, q, kc, vc, slot, pos, n, nh, nkv, hd, max_ctx, window, scale, chunk,
+                                      splits, part_o, part_ml, b, kern, tiling);
+        REQUIRE(cudaMemcpy(hr.data(), b, sizeof(T) * outn, cudaMemcpyDeviceToHost) == cudaSuccess);
+        CHECK(std::memcmp(hc.data(), hr.data(), sizeof(T) * outn) == 0);
+        if (kern != CacheAttentionKernel::TwoPhase) CHECK(std::memcmp(hc.data(), ha.data(), sizeof(T) * outn) == 0);
+      }
+      cudaFree(order);
+    }
+    bool finite = true;  // the row of pos −1 is 0; every other row a finite mean of V rows
+    for (const T& x : hb) finite = finite && std::isfinite(static_cast<float>(x));
+    CHECK(finite);
+    cudaFree(q), cudaFree(kc), cudaFree(vc), cudaFree(slot), cudaFree(pos), cudaFree(part_o), cudaFree(part_ml),
+        cudaFree(a), cudaFree(b);
+  };
+  // 1 x 1: tiles of one block step, one stage (the ring refilled after every tile, parities
+  // alternating); 208 x 1: one tile larger than any split. The tilings that do not fit a block's
+  // shared memory at a shape (fp32, hd 256: 1 KiB per key) must be refused instead.
+  const std::vector<dk::BulkTiling> tilings{{1, 1}, {16, 2}, {32, 4}, {64, 3}, {208, 1}};
+  for (int w : {0, 37})
+    for (int chunk : {16, 64, 256})  // 256 ≥ max_ctx: one split, the kernels write the output themselves
+      for (const auto& t : tilings) {
+        CAPTURE(w);
+        CAPTURE(chunk);
+        CAPTURE(t.tile_keys);
+        CAPTURE(t.stages);
+        run(float{}, 32, 32, 128, w, chunk, t);  // MHA, hd 128 (LLaMA-2-7B)
+        run(bf16{}, 32, 32, 128, w, chunk, t);
+        run(bf16{}, 8, 4, 8, w, chunk, t);       // group 2 (stories260K): 1 lane per key, 128 keys per step
+        run(float{}, 4, 2, 256, w, chunk, t);    // group 2, two vectors per lane
+        run(bf16{}, 32, 4, 64, w, chunk, t);     // group 8 (TinyLlama), hd 64
+      }
+  CHECK(dk::bulk_tile_keys<bf16>(128, {1, 1}) == 16);  // hd 128 in bf16: 16 lanes per key, 8 keys per step
+  CHECK(dk::bulk_tile_keys<bf16>(128, {33, 1}) == 48);
+  CHECK(dk::bulk_tile_keys<bf16>(8, {32, 1}) == 256);  // hd 8 in bf16: one lane per key, 128 keys per step
+  std::int32_t* none = nullptr;
+  for (const auto& [t, what] : std::vector<std::pair<dk::BulkTiling, const char*>>{
+           {{32, 0}, "expected 1 to 16 stages, found 0"},
+           {{32, 17}, "expected 1 to 16 stages, found 17"},
+           {{0, 2}, "expected at least 1 key per tile, found 0"},
+           {{4096, 16}, "bytes of shared memory; this device gives a block at most"}}) {
+    CAPTURE(what);
+    CHECK_THROWS_WITH_AS(dk::launch_cache_attention_bulk<bf16>(nullptr, nullptr, nullptr, nullptr, none, none, 1, 32,
+                                                               32, 128, 16, 0, 1.0f, 16, 1, nullptr, nullptr, nullptr, t),
+                         doctest::Contains(what), hdpissa::InvalidArgument);
+  }
+}
+
+TEST_CASE("HDPISSA_DECODE_ATTENTION=bulk and HDPISSA_DECODE_ORDER=0 give the CPU decoder's fp32 tokens; bad values are named") {
+  const auto prompts = make_prompts(37, {1, 9, 3, 20, 14, 2, 33}, 3);
+  const ModelWeights w = tiny_random(7, false, 0, 0);
+  {
+    CudaLlama<float> model(w, 1, 1, nullptr);
+    {
+      ScopedEnv e("HDPISSA_DECODE_ATTENTION", "flash");
+      CHECK_THROWS_WITH_AS(CudaGreedyDecoder<float>(model, 2, 16),
+                           doctest::Contains("HDPISSA_DECODE_ATTENTION: expected auto, fused, bulk or two-phase"),
+                           LlamaError);
+    }
+    for (const char* bad : {"32", "32x0", "0x4", "32x17", "32x4x", "32x4k"}) {
+      CAPTURE(bad);
+      ScopedEnv e("HDPISSA_DECODE_BULK_TILE", bad);
+      CHECK_THROWS_WITH_AS(CudaGreedyDecoder<float>(model, 2, 16),
+                           doctest::Contains("HDPISSA_DECODE_BULK_TILE: expected <keys>x<stages>"), LlamaError);
+    }
+    ScopedEnv e("HDPISSA_DECODE_ATTENTION", "bulk"), t("HDPISSA_DECODE_BULK_TILE", "48x3");
+    CudaGreedyDecoder<float> d(model, 2, 16);
+    CHECK(d.attention_kernel() == CacheAttentionKernel::Bulk);
+    CHECK(d.bulk_tiling().tile_keys == 48);
+    CHECK(d.bulk_tiling().stages == 3);
+  }
+  {
+    CudaLlama<float> model(w, 1, 1, nullptr);
+    ScopedEnv e("HDPISSA_DECODE_ORDER", "yes");
+    CHECK_THROWS_WITH_AS(CudaGreedyDecoder<float>(model, 2, 16), doctest::Contains("HDPISSA_DECODE_ORDER: expected 1"),
+                         LlamaError);
+  }
+  {  // the rows in slot order (the default takes them by descending position): the same tokens
+    ScopedEnv e("HDPISSA_DECODE_ORDER", "0");
+    check_fp32_equal(w, prompts, 40, 3, 8, {}, true, "tiny fp32, HDPISSA_DECODE_ORDER=0");
+  }
+  for (const char* tile : {"1x1", "32x4"})
+    for (const char* chunk : {"16", "8192"}) {
+      ScopedEnv e("HDPISSA_DECODE_ATTENTION", "bulk"), t("HDPISSA_DECODE_BULK_TILE", tile),
+          c("HDPISSA_DECODE_CHUNK", chunk);
+      check_fp32_equal(w, prompts, 40, 3, 8, {}, true, cat("tiny fp32, bulk ", tile, ", chunk ", chunk));
+      if (have_stories()) {
+        const ModelWeights s = load_hf_checkpoint(stories_dir());
+        check_fp32_equal(s, make_prompts(s.config.vocab_size, {1, 30, 7, 60}, 6), 80, 4, 32, {}, true,
+                         cat("stories260K fp32, bulk ", tile, ", chunk ", chunk));
+      }
+    }
+}
+
 TEST_CASE("decoder input checks") {
   const ModelWeights w = tiny_random(7, false, 0, 0);
   CudaLlama<float> model(w, 1, 1, nullptr);

@@ -25,10 +25,13 @@
 /// Attention (cache_attention_*): one block per (row, kv head, split of `chunk` keys), all the
 /// group's query heads in the block (each key is read once per group); the splits' (max, sum,
 /// unnormalised output) are merged by a second kernel (flash-decoding). Long caches thus spread over
-/// many blocks; fp32 statistics throughout. Two split kernels (CacheAttentionKernel): the fused one
+/// many blocks; fp32 statistics throughout. Three split kernels (CacheAttentionKernel): the fused one
 /// (MHA and groups of 2 by default) streams K and V once with 16-byte loads and an online softmax in
-/// registers; the two-phase one (larger groups) puts the scores in shared memory (key-parallel dot
-/// products, 16-byte loads), runs a per-split softmax, then P·V.
+/// registers; the bulk one (sm_90, the same arithmetic and bits) brings K and V into shared memory
+/// in tiles by cp.async.bulk, several tiles ahead of the math; the two-phase one (larger groups)
+/// puts the scores in shared memory (key-parallel dot products, 16-byte loads), runs a per-split
+/// softmax, then P·V. A decode step's blocks take the rows by descending position (the longest
+/// ranges start first, HDPISSA_DECODE_ORDER).
 ///
 /// Sequences: a prompt is assigned to a free slot, prefilled (with the other new prompts), then
 /// decoded one token per step. A sequence leaves its slot when it produces a stop token (not
@@ -50,9 +53,12 @@
 #include <chrono>
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <functional>
 #include <limits>
+#include <numeric>
+#include <string>
 #include <type_traits>
 #include <typeinfo>
 #include <vector>
@@ -183,15 +189,18 @@ inline constexpr int kMaxVecPerLane = 4;
 /// query head's partial result (head g of the group: part + g·splits). An empty split (k0 ≥ k1)
 /// has its (m, l) = (−inf, 0) written here for every head of the group, which the combine skips.
 struct CacheSplit {
-  int s, k0, k1;
+  int r, kvh, s, k0, k1;
   std::int64_t part;
 };
 __device__ __forceinline__ CacheSplit cache_split(const std::int32_t* __restrict__ pos, const std::int32_t* __restrict__ slot,
-                                                  int nh, int group, int window, int chunk, float* __restrict__ part_ml) {
-  const int splits = gridDim.z, r = blockIdx.x, kvh = blockIdx.y, sp = blockIdx.z;
+                                                  const std::int32_t* __restrict__ order, int nh, int group, int window,
+                                                  int chunk, float* __restrict__ part_ml) {
+  const int splits = gridDim.z, r = order ? order[blockIdx.y] : static_cast<int>(blockIdx.y), kvh = blockIdx.x,
+            sp = blockIdx.z;
   const int p = pos[r];
   const int lo = window > 0 ? max(0, p - window + 1) : 0, hi = p + 1;
   CacheSplit c;
+  c.r = r, c.kvh = kvh;
   c.s = slot ? slot[r] : r;
   c.k0 = lo + sp * chunk;
   c.k1 = min(hi, c.k0 + chunk);
@@ -213,12 +222,13 @@ __device__ __forceinline__ CacheSplit cache_split(const std::int32_t* __restrict
 template <class T, int VEC>
 __global__ void __launch_bounds__(kAttnThreads) cache_attention_split(
     const T* __restrict__ q, const T* __restrict__ kc, const T* __restrict__ vc, const std::int32_t* __restrict__ slot,
-    const std::int32_t* __restrict__ pos, int nh, int nkv, int hd, int max_ctx, int window, float scale, int chunk,
+    const std::int32_t* __restrict__ pos, const std::int32_t* __restrict__ order, int nh, int nkv, int hd, int max_ctx,
+    int window, float scale, int chunk,
     int lpk, float* __restrict__ part_o, float* __restrict__ part_ml) {
   extern __shared__ float sh[];
   const int group = nh / nkv, splits = gridDim.z;
-  const int r = blockIdx.x, kvh = blockIdx.y;
-  const CacheSplit cs = cache_split(pos, slot, nh, group, window, chunk, part_ml);
+  const CacheSplit cs = cache_split(pos, slot, order, nh, group, window, chunk, part_ml);
+  const int r = cs.r, kvh = cs.kvh;
   if (cs.k0 >= cs.k1) return;  // empty: (m, l) written
   const int s = cs.s, k0 = cs.k0, k1 = cs.k1;
   const std::int64_t part = cs.part;
@@ -306,6 +316,155 @@ __device__ __forceinline__ void merge_softmax_state(float& m, float& l, float om
   m = mn;
 }
 
+/// The fused kernel's per-lane state: the running (m, l, o) of each query head of the group (m in
+/// the log2 domain, o unnormalised) over the keys this lane's subgroup has seen, and the lane's
+/// query slices pre-scaled by scale·log2(e). Shared by cache_attention_fused and
+/// cache_attention_bulk, whose arithmetic is thereby one.
+template <int VEC, int GROUP, int NV>
+struct FusedAttnState {
+  float qv[GROUP][NV][VEC];
+  float m[GROUP], l[GROUP], o[GROUP][NV][VEC];
+
+  /// Loads this lane's query slices (lane li of a subgroup of lpk lanes: vectors li, li + lpk, …)
+  /// of the group's heads of row r, kv head kvh, and clears (m, l, o).
+  template <class T>
+  __device__ __forceinline__ void init(const T* __restrict__ q, int r, int kvh, int nh, int group, int hd, int lpk,
+                                       int li, float scale_log2) {
+    const int nvec = hd / VEC;
+    const T* qrow = q + static_cast<std::int64_t>(r) * nh * hd + static_cast<std::int64_t>(kvh) * group * hd;
+#pragma unroll
+    for (int g = 0; g < GROUP; ++g)
+#pragma unroll
+      for (int u = 0; u < NV; ++u) {
+        const int c = li + u * lpk;
+        if (g < group && c < nvec) {
+          load_vec<VEC>(qrow + static_cast<std::int64_t>(g) * hd + c * VEC, qv[g][u]);
+#pragma unroll
+          for (int e = 0; e < VEC; ++e) qv[g][u][e] *= scale_log2;
+        } else {
+#pragma unroll
+          for (int e = 0; e < VEC; ++e) qv[g][u][e] = 0.0f;
+        }
+      }
+#pragma unroll
+    for (int g = 0; g < GROUP; ++g) {
+      m[g] = -INFINITY, l[g] = 0.0f;
+#pragma unroll
+      for (int u = 0; u < NV; ++u)
+#pragma unroll
+        for (int e = 0; e < VEC; ++e) o[g][u][e] = 0.0f;
+    }
+  }
+
+  /// Takes one key (this lane's K and V slices kr, vr; zeros and valid = false past the split's
+  /// end, where the subgroup still joins the shuffles): the score per query head (the lanes'
+  /// partial dots summed across the subgroup), then the online-softmax update of (m, l, o).
+  __device__ __forceinline__ void take(const float (&kr)[NV][VEC], const float (&vr)[NV][VEC], bool valid, int group,
+                                       int lpk) {
+#pragma unroll
+    for (int g = 0; g < GROUP; ++g) {
+      float dot = 0.0f;
+#pragma unroll
+      for (int u = 0; u < NV; ++u)
+#pragma unroll
+        for (int e = 0; e < VEC; ++e) dot += kr[u][e] * qv[g][u][e];
+      for (int off = lpk >> 1; off > 0; off >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, off);
+      if (g < group && valid) {  // uniform within the subgroup
+        const float mn = fmaxf(m[g], dot);
+        const float corr = exp2f(m[g] - mn), pe = exp2f(dot - mn);
+        l[g] = l[g] * corr + pe;
+#pragma unroll
+        for (int u = 0; u < NV; ++u)
+#pragma unroll
+          for (int e = 0; e < VEC; ++e) o[g][u][e] = o[g][u][e] * corr + pe * vr[u][e];
+        m[g] = mn;
+      }
+    }
+  }
+
+  /// Merges the block's states and writes the split's result: first across the warp's subgroups
+  /// (lanes li, li + lpk, … hold the same slices of different keys; shuffles), then across the
+  /// warps through `sh` (nwarps·group·(hd + 2) floats; every thread must call this, after a barrier
+  /// if `sh` aliases memory the block read). With `out` (one split) the normalised output, else
+  /// part_o / part_ml as cache_attention_combine reads them.
+  template <class T>
+  __device__ __forceinline__ void finish(float* sh, int r, int kvh, int nh, int group, int hd, int lpk,
+                                         std::int64_t part, int splits, float* __restrict__ part_o,
+                                         float* __restrict__ part_ml, T* __restrict__ out) {
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nwarps = blockDim.x >> 5;
+    const int sub = lane / lpk, li = lane % lpk, nvec = hd / VEC;
+    for (int off = lpk; off < 32; off <<= 1) {
+#pragma unroll
+      for (int g = 0; g < GROUP; ++g) {
+        const float om = __shfl_xor_sync(0xffffffffu, m[g], off), ol = __shfl_xor_sync(0xffffffffu, l[g], off);
+        float sa, sb;
+        merge_softmax_state(m[g], l[g], om, ol, sa, sb);
+#pragma unroll
+        for (int u = 0; u < NV; ++u)
+#pragma unroll
+          for (int e = 0; e < VEC; ++e) {
+            const float oo = __shfl_xor_sync(0xffffffffu, o[g][u][e], off);
+            o[g][u][e] = o[g][u][e] * sa + oo * sb;
+          }
+      }
+    }
+    // merge the warps through shared memory: (nwarps, group, hd) outputs, then (nwarps, group) m, l
+    float* o_s = sh;
+    float* m_s = sh + static_cast<std::size_t>(nwarps) * group * hd;
+    float* l_s = m_s + nwarps * group;
+    if (sub == 0) {
+#pragma unroll
+      for (int g = 0; g < GROUP; ++g) {
+        if (g >= group) break;
+#pragma unroll
+        for (int u = 0; u < NV; ++u) {
+          const int c = li + u * lpk;
+          if (c < nvec) {
+#pragma unroll
+            for (int e = 0; e < VEC; ++e) o_s[(warp * group + g) * hd + c * VEC + e] = o[g][u][e];
+          }
+        }
+        if (li == 0) m_s[warp * group + g] = m[g], l_s[warp * group + g] = l[g];
+      }
+    }
+    __syncthreads();
+    constexpr float kLn2 = 0.69314718055994530942f;
+    for (int idx = threadIdx.x; idx < group * hd; idx += blockDim.x) {
+      const int g = idx / hd, d = idx % hd;
+      float M = -INFINITY;
+      for (int w = 0; w < nwarps; ++w) M = fmaxf(M, m_s[w * group + g]);
+      float acc = 0.0f, L = 0.0f;
+      if (M != -INFINITY) {
+        for (int w = 0; w < nwarps; ++w) {
+          const float f = exp2f(m_s[w * group + g] - M);  // an empty warp: exp2(-inf) = 0
+          acc += f * o_s[(w * group + g) * hd + d];
+          L += f * l_s[w * group + g];
+        }
+      }
+      if (out != nullptr) {  // one split: the combine's arithmetic (exp(0)·l = l, exp(0)·o = o, o·(1/l))
+        const float inv = L > 0.0f ? 1.0f / L : 0.0f;
+        out[(static_cast<std::int64_t>(r) * nh + kvh * group + g) * hd + d] = from_f<T>((L > 0.0f ? acc : 0.0f) * inv);
+        continue;
+      }
+      const std::int64_t pi = part + static_cast<std::int64_t>(g) * splits;
+      part_o[pi * hd + d] = acc;
+      if (d == 0) {  // (m, l) in the natural-log domain, as cache_attention_combine reads them
+        part_ml[2 * pi] = M == -INFINITY ? -INFINITY : M * kLn2;
+        part_ml[2 * pi + 1] = L;
+      }
+    }
+  }
+};
+
+/// What an empty split of the fused kernels writes besides cache_split's (m, l): with `out` (one
+/// split), the combine's output of an empty row, 0.
+template <class T>
+__device__ __forceinline__ void fused_empty_split(T* __restrict__ out, int r, int kvh, int nh, int group, int hd) {
+  if (out != nullptr)
+    for (int idx = threadIdx.x; idx < group * hd; idx += blockDim.x)
+      out[(static_cast<std::int64_t>(r) * nh + kvh * group) * hd + idx] = from_f<T>(0.0f);
+}
+
 /// The fused (single-pass) split kernel of the cache attention, for head dims of at most 2 × 32
 /// 16-byte vectors and GQA groups of at most GROUP query heads: one block per (row, kv head, split)
 /// like cache_attention_split, with the same outputs (part_o unnormalised, part_ml = (m, l) in the
@@ -316,54 +475,30 @@ __device__ __forceinline__ void merge_softmax_state(float& m, float& l, float om
 /// memory). No score round trip through shared memory, no idle warps during the softmax: the kernel
 /// streams the cache at close to the memory bandwidth, which the two-phase kernel did not
 /// (2.1 TB/s at LLaMA-2-7B, batch 64, contexts ≈ 300: docs/evaluation.md, "Decode profile").
+/// Subgroup sg = warp·kpw + sub takes the split's keys k0 + sg + j·(nwarps·kpw), j = 0, 1, … in
+/// that order (cache_attention_bulk keeps this order, hence the same bits).
 /// `out` (non-null only with one split): the block writes the normalised attention output (n,
 /// nh·hd) itself, exactly what cache_attention_combine would write from its one part (the same
 /// float operations), and no combine runs.
 template <class T, int VEC, int GROUP, int NV>
 __global__ void __launch_bounds__(kAttnThreads) cache_attention_fused(
     const T* __restrict__ q, const T* __restrict__ kc, const T* __restrict__ vc, const std::int32_t* __restrict__ slot,
-    const std::int32_t* __restrict__ pos, int nh, int nkv, int hd, int max_ctx, int window, float scale_log2,
+    const std::int32_t* __restrict__ pos, const std::int32_t* __restrict__ order, int nh, int nkv, int hd, int max_ctx,
+    int window, float scale_log2,
     int chunk, int lpk, float* __restrict__ part_o, float* __restrict__ part_ml, T* __restrict__ out) {
   extern __shared__ float sh[];
-  const int group = nh / nkv, splits = gridDim.z;
-  const int r = blockIdx.x, kvh = blockIdx.y;
-  const CacheSplit cs = cache_split(pos, slot, nh, group, window, chunk, part_ml);
-  if (cs.k0 >= cs.k1) {  // empty: (m, l) written; with `out`, the combine's output of an empty row: 0
-    if (out != nullptr)
-      for (int idx = threadIdx.x; idx < group * hd; idx += blockDim.x)
-        out[(static_cast<std::int64_t>(r) * nh + kvh * group) * hd + idx] = from_f<T>(0.0f);
+  const int group = nh / nkv;
+  const CacheSplit cs = cache_split(pos, slot, order, nh, group, window, chunk, part_ml);
+  const int r = cs.r, kvh = cs.kvh;
+  if (cs.k0 >= cs.k1) {  // empty: (m, l) written
+    fused_empty_split(out, r, kvh, nh, group, hd);
     return;
   }
   const int s = cs.s, k0 = cs.k0, k1 = cs.k1;
-  const std::int64_t part = cs.part;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nwarps = blockDim.x >> 5;
   const int kpw = 32 / lpk, sub = lane / lpk, li = lane % lpk, nvec = hd / VEC;
-  // this lane's query slices, pre-scaled by scale·log2(e) (scores in the log2 domain)
-  float qv[GROUP][NV][VEC];
-  const T* qrow = q + static_cast<std::int64_t>(r) * nh * hd + static_cast<std::int64_t>(kvh) * group * hd;
-#pragma unroll
-  for (int g = 0; g < GROUP; ++g)
-#pragma unroll
-    for (int u = 0; u < NV; ++u) {
-      const int c = li + u * lpk;
-      if (g < group && c < nvec) {
-        load_vec<VEC>(qrow + static_cast<std::int64_t>(g) * hd + c * VEC, qv[g][u]);
-#pragma unroll
-        for (int e = 0; e < VEC; ++e) qv[g][u][e] *= scale_log2;
-      } else {
-#pragma unroll
-        for (int e = 0; e < VEC; ++e) qv[g][u][e] = 0.0f;
-      }
-    }
-  float m[GROUP], l[GROUP], o[GROUP][NV][VEC];
-#pragma unroll
-  for (int g = 0; g < GROUP; ++g) {
-    m[g] = -INFINITY, l[g] = 0.0f;
-#pragma unroll
-    for (int u = 0; u < NV; ++u)
-#pragma unroll
-      for (int e = 0; e < VEC; ++e) o[g][u][e] = 0.0f;
-  }
+  FusedAttnState<VEC, GROUP, NV> st;
+  st.init(q, r, kvh, nh, group, hd, lpk, li, scale_log2);
   const std::int64_t head_base = (static_cast<std::int64_t>(s) * nkv + kvh) * max_ctx;
   const T* kbase = kc + head_base * hd;
   const T* vbase = vc + head_base * hd;
@@ -389,89 +524,156 @@ __global__ void __launch_bounds__(kAttnThreads) cache_attention_fused(
       }
     }
 #pragma unroll
-    for (int t = 0; t < 2; ++t) {
-#pragma unroll
-      for (int g = 0; g < GROUP; ++g) {
-        float dot = 0.0f;
-#pragma unroll
-        for (int u = 0; u < NV; ++u)
-#pragma unroll
-          for (int e = 0; e < VEC; ++e) dot += kr[t][u][e] * qv[g][u][e];
-        for (int off = lpk >> 1; off > 0; off >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, off);
-        if (g < group && valid[t]) {  // uniform within the subgroup
-          const float mn = fmaxf(m[g], dot);
-          const float corr = exp2f(m[g] - mn), pe = exp2f(dot - mn);
-          l[g] = l[g] * corr + pe;
-#pragma unroll
-          for (int u = 0; u < NV; ++u)
-#pragma unroll
-            for (int e = 0; e < VEC; ++e) o[g][u][e] = o[g][u][e] * corr + pe * vr[t][u][e];
-          m[g] = mn;
-        }
-      }
-    }
+    for (int t = 0; t < 2; ++t) st.take(kr[t], vr[t], valid[t], group, lpk);
   }
-  // merge the warp's subgroups (lanes li, li + lpk, ... hold the same slices of different keys)
-  for (int off = lpk; off < 32; off <<= 1) {
-#pragma unroll
-    for (int g = 0; g < GROUP; ++g) {
-      const float om = __shfl_xor_sync(0xffffffffu, m[g], off), ol = __shfl_xor_sync(0xffffffffu, l[g], off);
-      float sa, sb;
-      merge_softmax_state(m[g], l[g], om, ol, sa, sb);
-#pragma unroll
-      for (int u = 0; u < NV; ++u)
-#pragma unroll
-        for (int e = 0; e < VEC; ++e) {
-          const float oo = __shfl_xor_sync(0xffffffffu, o[g][u][e], off);
-          o[g][u][e] = o[g][u][e] * sa + oo * sb;
-        }
-    }
+  st.finish(sh, r, kvh, nh, group, hd, lpk, cs.part, gridDim.z, part_o, part_ml, out);
+}
+
+// --- the bulk-copy kernel (sm_90: cp.async.bulk + mbarrier) -------------------------------------
+
+__device__ __forceinline__ std::uint32_t smem_addr(const void* p) {
+  return static_cast<std::uint32_t>(__cvta_generic_to_shared(p));
+}
+__device__ __forceinline__ void mbar_init(std::uint32_t bar, std::uint32_t count) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
+#endif
+}
+__device__ __forceinline__ void mbar_fence_init() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void mbar_expect_tx(std::uint32_t bar, std::uint32_t bytes) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
+#endif
+}
+/// `bytes` (a multiple of 16) from global `src` (16-byte aligned) to shared `dst` (16-byte
+/// aligned), completing as transactions on the mbarrier `bar`.
+__device__ __forceinline__ void bulk_g2s(std::uint32_t dst, const void* src, std::uint32_t bytes, std::uint32_t bar) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::"r"(dst),
+               "l"(src), "r"(bytes), "r"(bar)
+               : "memory");
+#endif
+}
+__device__ __forceinline__ void mbar_wait(std::uint32_t bar, std::uint32_t parity) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  std::uint32_t done = 0;
+  do {
+    asm volatile(
+        "{\n .reg .pred p;\n mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n selp.b32 %0, 1, 0, p;\n}\n"
+        : "=r"(done)
+        : "r"(bar), "r"(parity)
+        : "memory");
+  } while (!done);
+#endif
+}
+
+/// Tile i of a split (keys i·tile_keys … of its cnt, K and V) into stage i % stages: one bulk copy
+/// each, completing on the stage's mbarrier, which expects both copies' bytes (thread 0).
+template <class T>
+__device__ __forceinline__ void bulk_issue_tile(int i, int stages, int tile_keys, int cnt, int hd, std::uint32_t row_bytes,
+                                                std::uint32_t tile_bytes, std::uint32_t bar0, std::uint32_t tiles0,
+                                                const T* kbase, const T* vbase) {
+  const std::uint32_t stg = static_cast<std::uint32_t>(i % stages);
+  const std::uint32_t bytes = static_cast<std::uint32_t>(min(tile_keys, cnt - i * tile_keys)) * row_bytes;
+  const std::uint32_t bar = bar0 + 8u * stg, dst = tiles0 + 2u * tile_bytes * stg;
+  const std::int64_t off = static_cast<std::int64_t>(i) * tile_keys * hd;
+  mbar_expect_tx(bar, 2u * bytes);
+  bulk_g2s(dst, kbase + off, bytes, bar);
+  bulk_g2s(dst + tile_bytes, vbase + off, bytes, bar);
+}
+
+/// Bytes reserved for the bulk kernel's mbarriers at the start of its shared memory (≤ 16 stages).
+inline constexpr int kBulkBarrierBytes = 128;
+inline constexpr int kBulkMaxStages = 16;
+
+/// cache_attention_fused's arithmetic with the keys brought into shared memory by bulk
+/// asynchronous copies (sm_90): the split's K and V rows, contiguous in the cache, go in tiles of
+/// `tile_keys` keys through a ring of `stages` shared-memory buffers, each tile one
+/// cp.async.bulk per K and V issued by thread 0 and completing on the stage's mbarrier, up to
+/// `stages` tiles ahead of the math. The loads thereby no longer wait behind each key's math
+/// (the register kernel issues its next key's loads only after this one's shuffles and exps), and
+/// the copy engine streams whole 8–16 KiB rows. The subgroups take the tile's keys in
+/// cache_attention_fused's order (subgroup sg: keys sg, sg + stride, …; tile_keys a multiple of
+/// 2·stride), with the same per-key arithmetic (FusedAttnState) and merge: the same bits.
+/// Shared memory: kBulkBarrierBytes + max(stages · 2 · tile_keys · hd · sizeof(T), the merge's).
+template <class T, int VEC, int GROUP, int NV>
+__global__ void __launch_bounds__(kAttnThreads) cache_attention_bulk(
+    const T* __restrict__ q, const T* __restrict__ kc, const T* __restrict__ vc, const std::int32_t* __restrict__ slot,
+    const std::int32_t* __restrict__ pos, const std::int32_t* __restrict__ order, int nh, int nkv, int hd, int max_ctx,
+    int window, float scale_log2,
+    int chunk, int lpk, int tile_keys, int stages, float* __restrict__ part_o, float* __restrict__ part_ml,
+    T* __restrict__ out) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  extern __shared__ __align__(128) unsigned char bulk_sh[];
+  const int group = nh / nkv;
+  const CacheSplit cs = cache_split(pos, slot, order, nh, group, window, chunk, part_ml);
+  const int r = cs.r, kvh = cs.kvh;
+  if (cs.k0 >= cs.k1) {
+    fused_empty_split(out, r, kvh, nh, group, hd);
+    return;
   }
-  // merge the warps through shared memory: (nwarps, group, hd) outputs, then (nwarps, group) m, l
-  float* o_s = sh;
-  float* m_s = sh + static_cast<std::size_t>(nwarps) * group * hd;
-  float* l_s = m_s + nwarps * group;
-  if (sub == 0) {
-#pragma unroll
-    for (int g = 0; g < GROUP; ++g) {
-      if (g >= group) break;
-#pragma unroll
-      for (int u = 0; u < NV; ++u) {
-        const int c = li + u * lpk;
-        if (c < nvec) {
-#pragma unroll
-          for (int e = 0; e < VEC; ++e) o_s[(warp * group + g) * hd + c * VEC + e] = o[g][u][e];
-        }
-      }
-      if (li == 0) m_s[warp * group + g] = m[g], l_s[warp * group + g] = l[g];
-    }
+  const int k0 = cs.k0, cnt = cs.k1 - cs.k0;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nwarps = blockDim.x >> 5;
+  const int kpw = 32 / lpk, sub = lane / lpk, li = lane % lpk, nvec = hd / VEC;
+  const int stride = nwarps * kpw, sg = warp * kpw + sub;
+  const std::int64_t head_base = (static_cast<std::int64_t>(cs.s) * nkv + kvh) * max_ctx;
+  const T* kbase = kc + (head_base + k0) * hd;
+  const T* vbase = vc + (head_base + k0) * hd;
+  const std::uint32_t row_bytes = static_cast<std::uint32_t>(hd * sizeof(T));
+  const std::uint32_t tile_bytes = static_cast<std::uint32_t>(tile_keys) * row_bytes;
+  unsigned char* tiles = bulk_sh + kBulkBarrierBytes;
+  const std::uint32_t bar0 = smem_addr(bulk_sh), tiles0 = smem_addr(tiles);
+  const int ntiles = (cnt + tile_keys - 1) / tile_keys;
+  if (threadIdx.x == 0) {
+    for (int i = 0; i < stages; ++i) mbar_init(bar0 + 8u * static_cast<std::uint32_t>(i), 1);
+    mbar_fence_init();
+    for (int i = 0; i < min(stages, ntiles); ++i)
+      bulk_issue_tile(i, stages, tile_keys, cnt, hd, row_bytes, tile_bytes, bar0, tiles0, kbase, vbase);
   }
+  FusedAttnState<VEC, GROUP, NV> st;  // the query's loads overlap the first tiles' copies
+  st.init(q, r, kvh, nh, group, hd, lpk, li, scale_log2);
   __syncthreads();
-  constexpr float kLn2 = 0.69314718055994530942f;
-  for (int idx = threadIdx.x; idx < group * hd; idx += blockDim.x) {
-    const int g = idx / hd, d = idx % hd;
-    float M = -INFINITY;
-    for (int w = 0; w < nwarps; ++w) M = fmaxf(M, m_s[w * group + g]);
-    float acc = 0.0f, L = 0.0f;
-    if (M != -INFINITY) {
-      for (int w = 0; w < nwarps; ++w) {
-        const float f = exp2f(m_s[w * group + g] - M);  // an empty warp: exp2(-inf) = 0
-        acc += f * o_s[(w * group + g) * hd + d];
-        L += f * l_s[w * group + g];
+  for (int i = 0; i < ntiles; ++i) {
+    const int stg = i % stages;
+    mbar_wait(bar0 + 8u * static_cast<std::uint32_t>(stg), static_cast<std::uint32_t>((i / stages) & 1));
+    const int nk = min(tile_keys, cnt - i * tile_keys);
+    const T* kt = reinterpret_cast<const T*>(tiles + 2u * tile_bytes * static_cast<std::uint32_t>(stg));
+    const T* vt = reinterpret_cast<const T*>(tiles + 2u * tile_bytes * static_cast<std::uint32_t>(stg) + tile_bytes);
+    for (int j = sg; j < tile_keys; j += 2 * stride) {
+      float kr[2][NV][VEC], vr[2][NV][VEC];
+      bool valid[2];
+#pragma unroll
+      for (int t = 0; t < 2; ++t) {
+        const int key = j + t * stride;
+        valid[t] = key < nk;
+#pragma unroll
+        for (int u = 0; u < NV; ++u) {
+          const int c = li + u * lpk;
+          if (valid[t] && c < nvec) {
+            load_vec<VEC>(kt + key * hd + c * VEC, kr[t][u]);
+            load_vec<VEC>(vt + key * hd + c * VEC, vr[t][u]);
+          } else {
+#pragma unroll
+            for (int e = 0; e < VEC; ++e) kr[t][u][e] = 0.0f, vr[t][u][e] = 0.0f;
+          }
+        }
       }
+#pragma unroll
+      for (int t = 0; t < 2; ++t) st.take(kr[t], vr[t], valid[t], group, lpk);
     }
-    if (out != nullptr) {  // one split: the combine's arithmetic (exp(0)·l = l, exp(0)·o = o, o·(1/l))
-      const float inv = L > 0.0f ? 1.0f / L : 0.0f;
-      out[(static_cast<std::int64_t>(r) * nh + kvh * group + g) * hd + d] = from_f<T>((L > 0.0f ? acc : 0.0f) * inv);
-      continue;
-    }
-    const std::int64_t pi = part + static_cast<std::int64_t>(g) * splits;
-    part_o[pi * hd + d] = acc;
-    if (d == 0) {  // (m, l) in the natural-log domain, as cache_attention_combine reads them
-      part_ml[2 * pi] = M == -INFINITY ? -INFINITY : M * kLn2;
-      part_ml[2 * pi + 1] = L;
-    }
+    __syncthreads();  // every thread is done with stage stg: it may be refilled
+    if (threadIdx.x == 0 && i + stages < ntiles)
+      bulk_issue_tile(i + stages, stages, tile_keys, cnt, hd, row_bytes, tile_bytes, bar0, tiles0, kbase, vbase);
   }
+  // every tile consumed and no copy pending: the merge may reuse the tile buffers
+  st.finish(reinterpret_cast<float*>(tiles), r, kvh, nh, group, hd, lpk, cs.part, gridDim.z, part_o, part_ml, out);
+#else
+  __trap();  // launch_cache_attention_bulk refuses devices below sm_90
+#endif
 }
 
 /// Merges the splits of every (row, query head) into the attention output (n, nh·hd) in T.
@@ -500,8 +702,17 @@ __global__ void cache_attention_combine(const float* __restrict__ part_o, const 
 /// (its registers grow with the group: 72 at group 1, 255 at group 8 with hd 64–128, against the
 /// two-phase kernel's 64, which already reads each key once per group), the two-phase one otherwise
 /// and wherever the fused one does not take the shape. Fused / TwoPhase: that kernel (Fused falls
-/// back to the two-phase one for a shape it does not take); the tests run both.
-enum class CacheAttentionKernel { Auto, Fused, TwoPhase };
+/// back to the two-phase one for a shape it does not take); the tests run both. Bulk: the fused
+/// kernel's arithmetic with its keys brought in by bulk copies (cache_attention_bulk; sm_90 and the
+/// fused kernel's shapes, else as Fused), the same bits as Fused.
+enum class CacheAttentionKernel { Auto, Fused, TwoPhase, Bulk };
+
+/// cache_attention_bulk's tiling: keys per tile (rounded up to a multiple of the block's 2·stride
+/// keys per step, see launch_cache_attention_bulk) and shared-memory stages (1 … kBulkMaxStages).
+struct BulkTiling {
+  int tile_keys = 32;
+  int stages = 4;
+};
 
 /// Whether cache_attention_fused takes (hd, group) for T: hd a multiple of the 16-byte vector,
 /// at most 2 vectors per lane (hd ≤ 512 bytes), group ≤ 8.
@@ -530,7 +741,8 @@ inline std::size_t cache_attention_split_smem(int group, int hd, int chunk) {
 template <class T>
 bool launch_cache_attention_fused(cudaStream_t st, const T* q, const T* kc, const T* vc, const std::int32_t* slot,
                                   const std::int32_t* pos, int n, int nh, int nkv, int hd, int max_ctx, int window,
-                                  float scale, int chunk, int splits, float* part_o, float* part_ml, T* out = nullptr) {
+                                  float scale, int chunk, int splits, float* part_o, float* part_ml, T* out = nullptr,
+                                  const std::int32_t* order = nullptr) {
   const int group = nh / nkv;
   if (!cache_attention_fused_supported<T>(hd, group)) return false;
   HDPISSA_REQUIRE(out == nullptr || splits == 1, "launch_cache_attention_fused: a direct output needs one split, found ",
@@ -542,13 +754,13 @@ bool launch_cache_attention_fused(cudaStream_t st, const T* q, const T* kc, cons
   const int nv = (nvec + lpk - 1) / lpk;  // 1 or 2
   const std::size_t smem =
       sizeof(float) * (static_cast<std::size_t>(kAttnThreads / 32) * group * (hd + 2));
-  const dim3 grid(static_cast<unsigned>(n), static_cast<unsigned>(nkv), static_cast<unsigned>(splits));
+  const dim3 grid(static_cast<unsigned>(nkv), static_cast<unsigned>(n), static_cast<unsigned>(splits));
   const float scale_log2 = scale * 1.44269504088896340736f;
   auto go = [&](auto kernel) {
     if (smem > 48 * 1024)
       HDPISSA_CUDA_CHECK(
           cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
-    kernel<<<grid, kAttnThreads, smem, st>>>(q, kc, vc, slot, pos, nh, nkv, hd, max_ctx, window, scale_log2, chunk,
+    kernel<<<grid, kAttnThreads, smem, st>>>(q, kc, vc, slot, pos, order, nh, nkv, hd, max_ctx, window, scale_log2, chunk,
                                              lpk, part_o, part_ml, out);
     HDPISSA_CUDA_CHECK_LAUNCH("cache_attention_fused");
   };
@@ -570,18 +782,115 @@ bool launch_cache_attention_fused(cudaStream_t st, const T* q, const T* kc, cons
   return true;
 }
 
+/// Whether the current device runs cache_attention_bulk (compute capability 9.0 or later).
+inline bool device_has_bulk_copy() {
+  int dev = 0, major = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess)
+    return false;
+  return major >= 9;
+}
+
+/// The lanes per key of the fused kernels for a head of nvec 16-byte vectors (a power of 2 ≤ 32).
+inline int fused_lanes_per_key(int nvec) {
+  int lpk = 1;
+  while (lpk * 2 <= nvec && lpk * 2 <= 32) lpk *= 2;
+  return lpk;
+}
+
+/// The keys per tile cache_attention_bulk runs for `tiling` at (T, hd): tiling.tile_keys rounded up
+/// to a multiple of 2·stride, stride = the block's keys per step (4 warps · 32 / lanes per key).
+template <class T>
+inline int bulk_tile_keys(int hd, const BulkTiling& tiling) {
+  constexpr int kVec = 16 / static_cast<int>(sizeof(T));
+  const int step = 2 * (kAttnThreads / 32) * (32 / fused_lanes_per_key(hd / kVec));
+  return (std::max(tiling.tile_keys, 1) + step - 1) / step * step;
+}
+
+/// Dynamic shared memory of cache_attention_bulk: the barriers, then the larger of the stages' K
+/// and V tiles and the merge's (nwarps, group, hd + 2) floats.
+template <class T>
+inline std::size_t cache_attention_bulk_smem(int hd, int group, const BulkTiling& tiling) {
+  const std::size_t tiles = static_cast<std::size_t>(tiling.stages) * 2 * bulk_tile_keys<T>(hd, tiling) * hd * sizeof(T);
+  const std::size_t merge = sizeof(float) * static_cast<std::size_t>(kAttnThreads / 32) * group * (hd + 2);
+  return kBulkBarrierBytes + std::max(tiles, merge);
+}
+
+/// Launches cache_attention_bulk (the split part, as launch_cache_attention_fused) when the device
+/// and the shape take it (sm_90, the fused kernel's shapes); false, launching nothing, otherwise.
+/// A tiling outside [1, kBulkMaxStages] stages or past the device's shared memory per block is
+/// refused (InvalidArgument).
+template <class T>
+bool launch_cache_attention_bulk(cudaStream_t st, const T* q, const T* kc, const T* vc, const std::int32_t* slot,
+                                 const std::int32_t* pos, int n, int nh, int nkv, int hd, int max_ctx, int window,
+                                 float scale, int chunk, int splits, float* part_o, float* part_ml, T* out,
+                                 const BulkTiling& tiling, const std::int32_t* order = nullptr) {
+  const int group = nh / nkv;
+  HDPISSA_REQUIRE(tiling.stages >= 1 && tiling.stages <= kBulkMaxStages, "cache attention (bulk): expected 1 to ",
+                  kBulkMaxStages, " stages, found ", tiling.stages);
+  HDPISSA_REQUIRE(tiling.tile_keys >= 1, "cache attention (bulk): expected at least 1 key per tile, found ",
+                  tiling.tile_keys);
+  if (!cache_attention_fused_supported<T>(hd, group) || !device_has_bulk_copy()) return false;
+  HDPISSA_REQUIRE(out == nullptr || splits == 1, "launch_cache_attention_bulk: a direct output needs one split, found ",
+                  splits);
+  constexpr int kVec = 16 / static_cast<int>(sizeof(T));
+  const int nvec = hd / kVec, lpk = fused_lanes_per_key(nvec), nv = (nvec + lpk - 1) / lpk;
+  const int tk = bulk_tile_keys<T>(hd, tiling);
+  const std::size_t smem = cache_attention_bulk_smem<T>(hd, group, tiling);
+  int dev = 0, optin = 0;
+  HDPISSA_CUDA_CHECK(cudaGetDevice(&dev));
+  HDPISSA_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+  HDPISSA_REQUIRE(smem <= static_cast<std::size_t>(optin), "cache attention (bulk): ", tiling.stages, " stages of ", tk,
+                  " keys (head_dim ", hd, ") need ", smem, " bytes of shared memory; this device gives a block at most ",
+                  optin);
+  const dim3 grid(static_cast<unsigned>(nkv), static_cast<unsigned>(n), static_cast<unsigned>(splits));
+  const float scale_log2 = scale * 1.44269504088896340736f;
+  auto go = [&](auto kernel) {
+    if (smem > 48 * 1024)
+      HDPISSA_CUDA_CHECK(
+          cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+    kernel<<<grid, kAttnThreads, smem, st>>>(q, kc, vc, slot, pos, order, nh, nkv, hd, max_ctx, window, scale_log2, chunk,
+                                             lpk, tk, tiling.stages, part_o, part_ml, out);
+    HDPISSA_CUDA_CHECK_LAUNCH("cache_attention_bulk");
+  };
+  auto by_nv = [&](auto group_c) {
+    constexpr int G = decltype(group_c)::value;
+    if (nv == 1)
+      go(cache_attention_bulk<T, kVec, G, 1>);
+    else
+      go(cache_attention_bulk<T, kVec, G, 2>);
+  };
+  if (group == 1)
+    by_nv(std::integral_constant<int, 1>{});
+  else if (group == 2)
+    by_nv(std::integral_constant<int, 2>{});
+  else if (group <= 4)
+    by_nv(std::integral_constant<int, 4>{});
+  else
+    by_nv(std::integral_constant<int, 8>{});
+  return true;
+}
+
 /// The attention of n rows over the cache (see the file comment): splits = ⌈largest visible
-/// range / chunk⌉ (or more); part_o holds n·nh·splits·hd floats, part_ml n·nh·splits·2.
+/// range / chunk⌉ (or more); part_o holds n·nh·splits·hd floats, part_ml n·nh·splits·2. `tiling`:
+/// CacheAttentionKernel::Bulk's. The split kernels' grids run the kv heads fastest, then the rows,
+/// then the splits; `order` (optional, a permutation of the n rows): grid row y takes row order[y]
+/// — the decoder passes its rows by descending position, so that the longest ranges start first
+/// and the last blocks to run are short ones. The results do not depend on it.
 template <class T>
 void launch_cache_attention(cudaStream_t st, const T* q, const T* kc, const T* vc, const std::int32_t* slot,
                             const std::int32_t* pos, int n, int nh, int nkv, int hd, int max_ctx, int window,
                             float scale, int chunk, int splits, float* part_o, float* part_ml, T* out,
-                            CacheAttentionKernel kernel = CacheAttentionKernel::Auto) {
+                            CacheAttentionKernel kernel = CacheAttentionKernel::Auto, BulkTiling tiling = {},
+                            const std::int32_t* order = nullptr) {
   const int group = nh / nkv;
-  const bool fused = kernel == CacheAttentionKernel::Fused ||
+  T* const direct = splits == 1 ? out : nullptr;  // one split: the fused kernels write `out` themselves
+  const bool bulk = kernel == CacheAttentionKernel::Bulk &&
+                    launch_cache_attention_bulk<T>(st, q, kc, vc, slot, pos, n, nh, nkv, hd, max_ctx, window, scale,
+                                                   chunk, splits, part_o, part_ml, direct, tiling, order);
+  const bool fused = kernel == CacheAttentionKernel::Fused || kernel == CacheAttentionKernel::Bulk ||
                      (kernel == CacheAttentionKernel::Auto && cache_attention_auto_fused<T>(hd, group));
-  if (fused && launch_cache_attention_fused<T>(st, q, kc, vc, slot, pos, n, nh, nkv, hd, max_ctx, window, scale,
-                                                chunk, splits, part_o, part_ml, splits == 1 ? out : nullptr)) {
+  if (bulk || (fused && launch_cache_attention_fused<T>(st, q, kc, vc, slot, pos, n, nh, nkv, hd, max_ctx, window,
+                                                         scale, chunk, splits, part_o, part_ml, direct, order))) {
     if (splits > 1) {  // one split: the kernel wrote `out` itself
       cache_attention_combine<T><<<static_cast<unsigned>(n) * nh, 128, 0, st>>>(part_o, part_ml, splits, hd, out);
       HDPISSA_CUDA_CHECK_LAUNCH("cache_attention_combine");
@@ -590,7 +899,7 @@ void launch_cache_attention(cudaStream_t st, const T* q, const T* kc, const T* v
   }
   const std::size_t smem = cache_attention_split_smem(group, hd, chunk);
   constexpr int kVec = 16 / static_cast<int>(sizeof(T));
-  const dim3 grid(static_cast<unsigned>(n), static_cast<unsigned>(nkv), static_cast<unsigned>(splits));
+  const dim3 grid(static_cast<unsigned>(nkv), static_cast<unsigned>(n), static_cast<unsigned>(splits));
   auto lanes_for = [](int nvec) {
     int l = 1;
     while (l * 2 <= nvec && l * 2 <= 32) l *= 2;
@@ -602,7 +911,7 @@ void launch_cache_attention(cudaStream_t st, const T* q, const T* kc, const T* v
     if (smem > 48 * 1024)
       HDPISSA_CUDA_CHECK(cudaFuncSetAttribute(cache_attention_split<T, kVec>,
                                               cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
-    cache_attention_split<T, kVec><<<grid, kAttnThreads, smem, st>>>(q, kc, vc, slot, pos, nh, nkv, hd, max_ctx, window,
+    cache_attention_split<T, kVec><<<grid, kAttnThreads, smem, st>>>(q, kc, vc, slot, pos, order, nh, nkv, hd, max_ctx, window,
                                                                      scale, chunk, lpk, part_o, part_ml);
   } else {
     const int lpk = lanes_for(hd);
@@ -610,7 +919,7 @@ void launch_cache_attention(cudaStream_t st, const T* q, const T* kc, const T* v
     if (smem > 48 * 1024)
       HDPISSA_CUDA_CHECK(cudaFuncSetAttribute(cache_attention_split<T, 1>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                               static_cast<int>(smem)));
-    cache_attention_split<T, 1><<<grid, kAttnThreads, smem, st>>>(q, kc, vc, slot, pos, nh, nkv, hd, max_ctx, window,
+    cache_attention_split<T, 1><<<grid, kAttnThreads, smem, st>>>(q, kc, vc, slot, pos, order, nh, nkv, hd, max_ctx, window,
                                                                   scale, chunk, lpk, part_o, part_ml);
   }
   HDPISSA_CUDA_CHECK_LAUNCH("cache_attention_split");
@@ -687,6 +996,10 @@ class CudaGreedyDecoder {
   /// Keys per split and splits of a decode step's cache attention (HDPISSA_DECODE_CHUNK, capped at max_ctx).
   int decode_chunk() const { return decode_chunk_; }
   int decode_splits() const { return decode_splits_; }
+  /// The cache attention's split kernel (HDPISSA_DECODE_ATTENTION: auto, fused, bulk, two-phase)
+  /// and the bulk kernel's tiling (HDPISSA_DECODE_BULK_TILE=<keys>x<stages>).
+  decode_kern::CacheAttentionKernel attention_kernel() const { return attn_kernel_; }
+  decode_kern::BulkTiling bulk_tiling() const { return bulk_tiling_; }
   const DecodeStats& stats() const { return stats_; }
   void reset_stats() { stats_ = {}; }
 
@@ -708,9 +1021,11 @@ class CudaGreedyDecoder {
   using IBuf = DeviceBuffer<std::int32_t>;
 
   /// n rows (tokens tok, slots slot — null: row r is slot r — positions pos) through the model;
-  /// argmax of the n_sel rows `sel` (null: all n) into next_. Enqueued only.
-  void forward_rows(int n, const std::int32_t* tok, const std::int32_t* slot, const std::int32_t* pos, int chunk,
-                    int splits, int n_sel, const std::int32_t* sel, CudaHooks<T>& hooks);
+  /// argmax of the n_sel rows `sel` (null: all n) into next_. `order` (optional): the rows in the
+  /// order the cache attention's blocks take them (launch_cache_attention). Enqueued only.
+  void forward_rows(int n, const std::int32_t* tok, const std::int32_t* slot, const std::int32_t* pos,
+                    const std::int32_t* order, int chunk, int splits, int n_sel, const std::int32_t* sel,
+                    CudaHooks<T>& hooks);
   /// One decode step over every slot (graph replay where possible); waits; tokens in h_next_.
   void decode_step(CudaHooks<T>& hooks);
   void drop_graph() {
@@ -731,6 +1046,9 @@ class CudaGreedyDecoder {
   /// overhead against blocks in flight.
   static constexpr int kDecodeChunkFused = 256, kDecodeChunk = 128, kPrefillChunk = 512;
   int decode_chunk_ = kDecodeChunk;
+  decode_kern::CacheAttentionKernel attn_kernel_ = decode_kern::CacheAttentionKernel::Auto;
+  decode_kern::BulkTiling bulk_tiling_{};
+  bool order_rows_ = true;  // HDPISSA_DECODE_ORDER: decode rows by descending position in the attention
   int decode_splits_ = 1;
 
   Buf kc_, vc_;        // (L, slots, nkv, max_ctx, hd)
@@ -742,7 +1060,7 @@ class CudaGreedyDecoder {
   FBuf part_o_, part_ml_, logits_;
   IBuf ints_;          // decode: tok (slots) | pos (slots); prefill: tok | slot | pos (prefill_rows) | sel (slots); next (slots)
   PinnedBuffer<std::int32_t> h_ints_;
-  std::int32_t *d_tok_, *d_pos_, *p_tok_, *p_slot_, *p_pos_, *p_sel_, *d_next_;
+  std::int32_t *d_tok_, *d_pos_, *d_order_, *p_tok_, *p_slot_, *p_pos_, *p_sel_, *d_next_;
   std::int32_t* h_next_ = nullptr;
   cudaGraphExec_t exec_ = nullptr;
   bool graph_failed_ = false;
@@ -805,6 +1123,33 @@ CudaGreedyDecoder<T>::CudaGreedyDecoder(const CudaLlama<T>& model, int slots, in
     decode_chunk_ = static_cast<int>(v);
   }
   decode_chunk_ = std::min(decode_chunk_, max_ctx);  // a larger chunk is one split all the same
+  if (const char* e = std::getenv("HDPISSA_DECODE_ATTENTION"); e && *e) {
+    const std::string v(e);
+    using K = decode_kern::CacheAttentionKernel;
+    if (v == "auto") attn_kernel_ = K::Auto;
+    else if (v == "fused") attn_kernel_ = K::Fused;
+    else if (v == "bulk") attn_kernel_ = K::Bulk;
+    else if (v == "two-phase") attn_kernel_ = K::TwoPhase;
+    else
+      throw LlamaError(cat("HDPISSA_DECODE_ATTENTION: expected auto, fused, bulk or two-phase (the cache attention's "
+                           "split kernel), found '", v, "'"));
+  }
+  if (const char* e = std::getenv("HDPISSA_DECODE_ORDER"); e && *e) {
+    const std::string v(e);
+    if (v != "0" && v != "1")
+      throw LlamaError(cat("HDPISSA_DECODE_ORDER: expected 1 (the decode step's attention takes the rows by descending "
+                           "position, the default) or 0 (in slot order), found '", v, "'"));
+    order_rows_ = v == "1";
+  }
+  if (const char* e = std::getenv("HDPISSA_DECODE_BULK_TILE"); e && *e) {
+    int keys = 0, stages = 0;
+    char tail = 0;
+    if (std::sscanf(e, "%dx%d%c", &keys, &stages, &tail) != 2 || keys < 1 || keys > 4096 || stages < 1 ||
+        stages > decode_kern::kBulkMaxStages)
+      throw LlamaError(cat("HDPISSA_DECODE_BULK_TILE: expected <keys>x<stages> with keys in [1, 4096] and stages in [1, ",
+                           decode_kern::kBulkMaxStages, "] (the bulk cache attention's tiling), found '", e, "'"));
+    bulk_tiling_ = {keys, stages};
+  }
   {  // the two-phase kernel (GQA groups > 2, or shapes the fused one does not take) keeps a chunk of scores
     const int group = c.n_heads / c.n_kv_heads;
     const std::size_t smem = decode_kern::cache_attention_split_smem(group, c.head_dim, decode_chunk_);
@@ -823,12 +1168,13 @@ CudaGreedyDecoder<T>::CudaGreedyDecoder(const CudaLlama<T>& model, int slots, in
   part_o_.reserve(parts * c.n_heads * c.head_dim);
   part_ml_.reserve(parts * c.n_heads * 2);
   logits_.reserve(static_cast<std::int64_t>(slots) * c.vocab_size);
-  const std::int64_t ni = 2 * slots + 3 * static_cast<std::int64_t>(prefill_rows) + 2 * slots;
+  const std::int64_t ni = 3 * slots + 3 * static_cast<std::int64_t>(prefill_rows) + 2 * slots;
   ints_.reserve(ni);
   h_ints_ = PinnedBuffer<std::int32_t>(ni);
   d_tok_ = ints_.get();
   d_pos_ = d_tok_ + slots;
-  p_tok_ = d_pos_ + slots;
+  d_order_ = d_pos_ + slots;
+  p_tok_ = d_order_ + slots;
   p_slot_ = p_tok_ + prefill_rows;
   p_pos_ = p_slot_ + prefill_rows;
   p_sel_ = p_pos_ + prefill_rows;
@@ -840,8 +1186,8 @@ CudaGreedyDecoder<T>::CudaGreedyDecoder(const CudaLlama<T>& model, int slots, in
 
 template <class T>
 void CudaGreedyDecoder<T>::forward_rows(int n, const std::int32_t* tok, const std::int32_t* slot,
-                                        const std::int32_t* pos, int chunk, int splits, int n_sel,
-                                        const std::int32_t* sel, CudaHooks<T>& hooks) {
+                                        const std::int32_t* pos, const std::int32_t* order, int chunk, int splits,
+                                        int n_sel, const std::int32_t* sel, CudaHooks<T>& hooks) {
   const ModelConfig& c = cfg_;
   const int D = c.dim, H = c.hidden_dim, qd = c.q_dim(), kvd = c.kv_dim(), L = c.n_layers, V = c.vocab_size;
   const float scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
@@ -881,7 +1227,7 @@ void CudaGreedyDecoder<T>::forward_rows(int n, const std::int32_t* tok, const st
     }
     decode_kern::launch_cache_attention<T>(s, q_.get(), kc, vc, slot, pos, n, c.n_heads, c.n_kv_heads, c.head_dim,
                                            max_ctx_, c.attention_window(l), scale, chunk, splits, part_o_.get(),
-                                           part_ml_.get(), attn_.get());
+                                           part_ml_.get(), attn_.get(), attn_kernel_, bulk_tiling_, order);
     hooks.forward({l, Module::o}, W(Module::o), CV(attn_.get(), n, qd, qd), MV(tmp_.get(), n, D, D));
     kern::launch_add_rmsnorm_fwd<T>(s, res_.get(), tmp_.get(), res_.get(), norms + (2 * l + 1) * D, rstd_.get(),
                                     xn_.get(), n, D, c.norm_eps, /*wide_rows=*/true);
@@ -913,10 +1259,17 @@ void CudaGreedyDecoder<T>::forward_rows(int n, const std::int32_t* tok, const st
 template <class T>
 void CudaGreedyDecoder<T>::decode_step(CudaHooks<T>& hooks) {
   cudaStream_t s = stream_;
-  // the host's (token, position) of every slot: h_ints_ mirrors ints_ (tok | pos first)
-  HDPISSA_CUDA_CHECK(cudaMemcpyAsync(d_tok_, h_ints_.get(), sizeof(std::int32_t) * 2 * slots_, cudaMemcpyHostToDevice, s));
+  // the host's (token, position) of every slot and the slots by descending position (the order the
+  // cache attention's blocks take them: the longest ranges first): h_ints_ mirrors ints_ (tok | pos
+  // | order first)
+  std::int32_t* h_pos = h_ints_.get() + slots_;
+  std::int32_t* h_order = h_pos + slots_;
+  std::iota(h_order, h_order + slots_, 0);
+  if (order_rows_)
+    std::stable_sort(h_order, h_order + slots_, [&](std::int32_t a, std::int32_t b) { return h_pos[a] > h_pos[b]; });
+  HDPISSA_CUDA_CHECK(cudaMemcpyAsync(d_tok_, h_ints_.get(), sizeof(std::int32_t) * 3 * slots_, cudaMemcpyHostToDevice, s));
   auto eager = [&] {
-    forward_rows(slots_, d_tok_, nullptr, d_pos_, decode_chunk_, decode_splits_, slots_, nullptr, hooks);
+    forward_rows(slots_, d_tok_, nullptr, d_pos_, d_order_, decode_chunk_, decode_splits_, slots_, nullptr, hooks);
   };
   if (graphs_ && !graph_failed_ && stats_.decode_steps > 0 && !exec_) {  // capture after one eager step
     if (!capture_stream_graph(s, exec_, eager)) graph_failed_ = true;
@@ -1020,7 +1373,7 @@ std::vector<std::vector<std::int32_t>> CudaGreedyDecoder<T>::generate(
         HDPISSA_CUDA_CHECK(cudaMemcpyAsync(p_tok_, ptok, sizeof(std::int32_t) * (3 * prefill_rows_ + slots_),
                                            cudaMemcpyHostToDevice, stream_));
         const int splits = max_pos / kPrefillChunk + 1;
-        forward_rows(n, p_tok_, p_slot_, p_pos_, kPrefillChunk, splits, n_sel, p_sel_, hooks);
+        forward_rows(n, p_tok_, p_slot_, p_pos_, nullptr, kPrefillChunk, splits, n_sel, p_sel_, hooks);
         if (n_sel > 0)
           HDPISSA_CUDA_CHECK(cudaMemcpyAsync(h_next_, d_next_, sizeof(std::int32_t) * n_sel, cudaMemcpyDeviceToHost,
                                              stream_));
