@@ -58,3 +58,27 @@ run_cases() {
   echo "$name ($bin -tc=\"$filter\") rc $rc at $(el) s"
   grep -E "ERROR|THREW|test cases|assertions" "$dir/$name.txt" | head -20; cp "$dir/$name.txt" "$OUT/"
 }
+# decode_prompts FILE: decode-bench.sh's prompts (BATCH 64, PROMPT_LEN 96:224, seed 0) as JSONL ids.
+decode_prompts() {
+  python3 - "$1" <<'PY'
+import json, random, sys
+rng = random.Random(0)
+with open(sys.argv[1], "w") as f:
+    for _ in range(64):
+        n = rng.randint(96, 224)
+        f.write(json.dumps({"ids": [1] + [rng.randrange(3, 32000) for _ in range(n - 1)]}) + "\n")
+PY
+}
+# decode_gen DIR MODEL PROMPTS NAME VAR=value ...: one hdpissa-generate run (batch 64, 256 new tokens,
+# no stop) with VAR=value set; the ms per decode step appended to $OUT/decode-ab.txt and printed;
+# completions in DIR/out-NAME.jsonl.
+decode_gen() {
+  local dir=$1 model=$2 prompts=$3 name=$4; shift 4
+  env "$@" timeout 60 .devbin/hdpissa-generate --device cuda --dtype bf16 --model "$model" \
+    --tokenizer .devdata/llama2_tokenizer/tokenizer.model --input "$prompts" --output "$dir/out-$name.jsonl" \
+    --batch-size 64 --max-new-tokens 256 --no-stop --warmup > "$dir/g-$name.log" 2>&1
+  local line=$(grep -o "decode [0-9]* tokens in [0-9]* steps, [0-9.]* tok/s" "$dir/g-$name.log" | tail -1)
+  python3 -c "
+import re,sys; m=re.search(r'decode (\d+) tokens in (\d+) steps, ([0-9.]+) tok/s', sys.argv[2])
+print(f'{sys.argv[1]:>12}:', (f'{float(m.group(3)):8.0f} decode tok/s  {int(m.group(1))/float(m.group(3))/int(m.group(2))*1e3:7.3f} ms/step' if m else 'FAILED'))" "$name" "$line" | tee -a "$OUT/decode-ab.txt"
+}
