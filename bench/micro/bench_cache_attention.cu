@@ -183,10 +183,14 @@ int main(int argc, char** argv) {
     vars.push_back({nm, K::Bulk, chunk, t, o});
   };
   for (int chunk : {256, 512})
-    for (dk::BulkTiling t : std::vector<dk::BulkTiling>{{16, 2}, {16, 3}, {16, 4}, {32, 2}, {32, 3}, {64, 2}})
+    for (dk::BulkTiling t : std::vector<dk::BulkTiling>{{16, 2}, {16, 3}, {32, 2}, {32, 3}})
       add_bulk(t, chunk, true);
-  add_bulk({32, 2}, 512, false);
-  add_bulk({32, 3}, 512, false);
+  add_bulk({16, 2}, 512, false);
+  for (int chunk : {256, 512}) {
+    add_bulk({16, 2, 8}, chunk, true);
+    add_bulk({32, 2, 8}, chunk, true);
+    vars.back().name += " min8", vars[vars.size() - 2].name += " min8";
+  }
   const bool bulk_ok = dk::device_has_bulk_copy();
   std::printf("| kernel | chunk | rows by position | us per launch | K/V GB/s | of the read ceiling | bits vs fused (same chunk) |\n");
   std::printf("|---|---:|---|---:|---:|---:|---|\n");

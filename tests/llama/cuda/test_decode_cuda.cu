@@ -232,6 +232,10 @@ TEST_CASE("HDPISSA_DECODE_CHUNK: every split size still gives the CPU decoder's 
       CudaGreedyDecoder<float> d(m2, 2, 600);
       CHECK(d.decode_chunk() == 256);
       CHECK(d.decode_splits() == 3);
+      // 1024 slots x 2 kv heads: 2048 (row, kv head) pairs per step; the bulk kernel (sm_90) takes
+      // 512 keys per split there, the fused one 256
+      CudaGreedyDecoder<float> wide(m2, 1024, 600);
+      CHECK(wide.decode_chunk() == (hdpissa::llama::gpu::decode_kern::device_has_bulk_copy() ? 512 : 256));
     }
     {
       ScopedEnv e("HDPISSA_DECODE_CHUNK", "16");
@@ -572,7 +576,7 @@ TEST_CASE("cache attention: the bulk-copy kernel equals the fused one bit for bi
   // 1 x 1: tiles of one block step, one stage (the ring refilled after every tile, parities
   // alternating); 208 x 1: one tile larger than any split. The tilings that do not fit a block's
   // shared memory at a shape (fp32, hd 256: 1 KiB per key) must be refused instead.
-  const std::vector<dk::BulkTiling> tilings{{1, 1}, {16, 2}, {32, 4}, {64, 3}, {208, 1}};
+  const std::vector<dk::BulkTiling> tilings{{1, 1}, {16, 2}, {16, 2, 8}, {32, 4}, {64, 3}, {208, 1}};
   for (int w : {0, 37})
     for (int chunk : {16, 64, 256})  // 256 ≥ max_ctx: one split, the kernels write the output themselves
       for (const auto& t : tilings) {
@@ -580,12 +584,20 @@ TEST_CASE("cache attention: the bulk-copy kernel equals the fused one bit for bi
         CAPTURE(chunk);
         CAPTURE(t.tile_keys);
         CAPTURE(t.stages);
+        CAPTURE(t.min_blocks);
         run(float{}, 32, 32, 128, w, chunk, t);  // MHA, hd 128 (LLaMA-2-7B)
         run(bf16{}, 32, 32, 128, w, chunk, t);
         run(bf16{}, 8, 4, 8, w, chunk, t);       // group 2 (stories260K): 1 lane per key, 128 keys per step
         run(float{}, 4, 2, 256, w, chunk, t);    // group 2, two vectors per lane
         run(bf16{}, 32, 4, 64, w, chunk, t);     // group 8 (TinyLlama), hd 64
       }
+  // Auto: the bulk kernel for groups up to 4 (the fused kernel's shapes), two-phase for 8
+  CHECK(dk::cache_attention_runs_bulk<bf16>(CacheAttentionKernel::Auto, 128, 1));
+  CHECK(dk::cache_attention_runs_bulk<bf16>(CacheAttentionKernel::Auto, 128, 4));
+  CHECK_FALSE(dk::cache_attention_runs_bulk<bf16>(CacheAttentionKernel::Auto, 64, 8));
+  CHECK(dk::cache_attention_runs_bulk<bf16>(CacheAttentionKernel::Bulk, 64, 8));
+  CHECK_FALSE(dk::cache_attention_runs_bulk<bf16>(CacheAttentionKernel::Fused, 128, 1));
+  CHECK_FALSE(dk::cache_attention_runs_bulk<bf16>(CacheAttentionKernel::Auto, 4, 1));  // hd 4: not 16-byte rows
   CHECK(dk::bulk_tile_keys<bf16>(128, {1, 1}) == 16);  // hd 128 in bf16: 16 lanes per key, 8 keys per step
   CHECK(dk::bulk_tile_keys<bf16>(128, {33, 1}) == 48);
   CHECK(dk::bulk_tile_keys<bf16>(8, {32, 1}) == 256);  // hd 8 in bf16: one lane per key, 128 keys per step
@@ -655,6 +667,8 @@ TEST_CASE("decoder input checks") {
   CudaHooks<float> hooks(be);
   CHECK_THROWS_WITH_AS(CudaGreedyDecoder<float>(model, 2, 1000), doctest::Contains("exceeds max_position_embeddings"),
                        LlamaError);
+  CHECK_THROWS_WITH_AS(CudaGreedyDecoder<float>(model, 2, 16, 65536),
+                       doctest::Contains("expected slots and prefill_rows <= 65535"), LlamaError);
   CudaGreedyDecoder<float> dec(model, 2, 16);
   GreedyDecodeOptions o;
   o.max_new_tokens = 8;

@@ -183,8 +183,8 @@ __device__ __forceinline__ void load_vec(const T* p, float (&out)[VEC]) {
 inline constexpr int kAttnThreads = 128;
 inline constexpr int kMaxVecPerLane = 4;
 
-/// What block (row blockIdx.x, kv head blockIdx.y, split blockIdx.z) of a cache-attention launch
-/// covers: cache slot s of the row, keys [k0, k1) of its visible range [max(0, pos − window + 1),
+/// What block (kv head blockIdx.x, row blockIdx.y — or order[blockIdx.y] — split blockIdx.z) of a
+/// cache-attention launch covers: its row r and kv head kvh, cache slot s of the row, keys [k0, k1) of its visible range [max(0, pos − window + 1),
 /// pos] (split sp takes chunk keys from the start of the range), and `part`, the index of its first
 /// query head's partial result (head g of the group: part + g·splits). An empty split (k0 ≥ k1)
 /// has its (m, l) = (−inf, 0) written here for every head of the group, which the combine skips.
@@ -600,8 +600,8 @@ inline constexpr int kBulkMaxStages = 16;
 /// cache_attention_fused's order (subgroup sg: keys sg, sg + stride, …; tile_keys a multiple of
 /// 2·stride), with the same per-key arithmetic (FusedAttnState) and merge: the same bits.
 /// Shared memory: kBulkBarrierBytes + max(stages · 2 · tile_keys · hd · sizeof(T), the merge's).
-template <class T, int VEC, int GROUP, int NV>
-__global__ void __launch_bounds__(kAttnThreads) cache_attention_bulk(
+template <class T, int VEC, int GROUP, int NV, int MINB = 1>
+__global__ void __launch_bounds__(kAttnThreads, MINB) cache_attention_bulk(
     const T* __restrict__ q, const T* __restrict__ kc, const T* __restrict__ vc, const std::int32_t* __restrict__ slot,
     const std::int32_t* __restrict__ pos, const std::int32_t* __restrict__ order, int nh, int nkv, int hd, int max_ctx,
     int window, float scale_log2,
@@ -698,9 +698,10 @@ __global__ void cache_attention_combine(const float* __restrict__ part_o, const 
   }
 }
 
-/// Which split kernel launch_cache_attention runs. Auto: the fused one for MHA and groups of 2
-/// (its registers grow with the group: 72 at group 1, 255 at group 8 with hd 64–128, against the
-/// two-phase kernel's 64, which already reads each key once per group), the two-phase one otherwise
+/// Which split kernel launch_cache_attention runs. Auto: on sm_90 the bulk one for groups of at
+/// most 4 (cache_attention_runs_bulk); elsewhere the fused one for MHA and groups of 2 (its
+/// registers grow with the group: 72 at group 1, 255 at group 8 with hd 64–128, against the
+/// two-phase kernel's 64, which already reads each key once per group); the two-phase one otherwise
 /// and wherever the fused one does not take the shape. Fused / TwoPhase: that kernel (Fused falls
 /// back to the two-phase one for a shape it does not take); the tests run both. Bulk: the fused
 /// kernel's arithmetic with its keys brought in by bulk copies (cache_attention_bulk; sm_90 and the
@@ -710,8 +711,9 @@ enum class CacheAttentionKernel { Auto, Fused, TwoPhase, Bulk };
 /// cache_attention_bulk's tiling: keys per tile (rounded up to a multiple of the block's 2·stride
 /// keys per step, see launch_cache_attention_bulk) and shared-memory stages (1 … kBulkMaxStages).
 struct BulkTiling {
-  int tile_keys = 32;
-  int stages = 4;
+  int tile_keys = 16;
+  int stages = 2;
+  int min_blocks = 0;  // 8: the MHA kernel compiled for 8 blocks per SM (≤ 64 registers); 0: no bound
 };
 
 /// Whether cache_attention_fused takes (hd, group) for T: hd a multiple of the 16-byte vector,
@@ -782,6 +784,9 @@ bool launch_cache_attention_fused(cudaStream_t st, const T* q, const T* kc, cons
   return true;
 }
 
+/// The most rows one cache-attention launch takes (its grid's y dimension).
+inline constexpr int kMaxAttentionRows = 65535;
+
 /// Whether the current device runs cache_attention_bulk (compute capability 9.0 or later).
 inline bool device_has_bulk_copy() {
   int dev = 0, major = 0;
@@ -813,6 +818,16 @@ inline std::size_t cache_attention_bulk_smem(int hd, int group, const BulkTiling
   const std::size_t tiles = static_cast<std::size_t>(tiling.stages) * 2 * bulk_tile_keys<T>(hd, tiling) * hd * sizeof(T);
   const std::size_t merge = sizeof(float) * static_cast<std::size_t>(kAttnThreads / 32) * group * (hd + 2);
   return kBulkBarrierBytes + std::max(tiles, merge);
+}
+
+/// Whether `kernel` runs cache_attention_bulk for (T, hd, group) on the current device: Bulk, or
+/// Auto for groups of at most 4 (c96, H100, LLaMA-3-8B's GQA 4 heads: 87 us against the two-phase
+/// kernel's 112 and the fused one's 98; TinyLlama's groups of 8 stay two-phase: 47 against 49 us,
+/// no gain for 255 registers), where the device (sm_90) and the fused kernel take the shape.
+template <class T>
+inline bool cache_attention_runs_bulk(CacheAttentionKernel kernel, int hd, int group) {
+  const bool wanted = kernel == CacheAttentionKernel::Bulk || (kernel == CacheAttentionKernel::Auto && group <= 4);
+  return wanted && cache_attention_fused_supported<T>(hd, group) && device_has_bulk_copy();
 }
 
 /// Launches cache_attention_bulk (the split part, as launch_cache_attention_fused) when the device
@@ -854,7 +869,9 @@ bool launch_cache_attention_bulk(cudaStream_t st, const T* q, const T* kc, const
   };
   auto by_nv = [&](auto group_c) {
     constexpr int G = decltype(group_c)::value;
-    if (nv == 1)
+    if (nv == 1 && G == 1 && tiling.min_blocks == 8)
+      go(cache_attention_bulk<T, kVec, 1, 1, 8>);
+    else if (nv == 1)
       go(cache_attention_bulk<T, kVec, G, 1>);
     else
       go(cache_attention_bulk<T, kVec, G, 2>);
@@ -883,8 +900,10 @@ void launch_cache_attention(cudaStream_t st, const T* q, const T* kc, const T* v
                             CacheAttentionKernel kernel = CacheAttentionKernel::Auto, BulkTiling tiling = {},
                             const std::int32_t* order = nullptr) {
   const int group = nh / nkv;
+  HDPISSA_REQUIRE(n >= 0 && n <= kMaxAttentionRows, "cache attention: expected at most ", kMaxAttentionRows,
+                  " rows per launch, found ", n);
   T* const direct = splits == 1 ? out : nullptr;  // one split: the fused kernels write `out` themselves
-  const bool bulk = kernel == CacheAttentionKernel::Bulk &&
+  const bool bulk = cache_attention_runs_bulk<T>(kernel, hd, group) &&
                     launch_cache_attention_bulk<T>(st, q, kc, vc, slot, pos, n, nh, nkv, hd, max_ctx, window, scale,
                                                    chunk, splits, part_o, part_ml, direct, tiling, order);
   const bool fused = kernel == CacheAttentionKernel::Fused || kernel == CacheAttentionKernel::Bulk ||
@@ -1044,7 +1063,7 @@ class CudaGreedyDecoder {
   /// one split 0.2 %, 64 −4.2 %; session 15), 128 for the two-phase kernel (GQA > 2, unmeasured
   /// elsewhere). HDPISSA_DECODE_CHUNK (16…8192) overrides it: the split count trades the per-block
   /// overhead against blocks in flight.
-  static constexpr int kDecodeChunkFused = 256, kDecodeChunk = 128, kPrefillChunk = 512;
+  static constexpr int kDecodeChunkBulkWide = 512, kDecodeChunkFused = 256, kDecodeChunk = 128, kPrefillChunk = 512;
   int decode_chunk_ = kDecodeChunk;
   decode_kern::CacheAttentionKernel attn_kernel_ = decode_kern::CacheAttentionKernel::Auto;
   decode_kern::BulkTiling bulk_tiling_{};
@@ -1079,6 +1098,9 @@ CudaGreedyDecoder<T>::CudaGreedyDecoder(const CudaLlama<T>& model, int slots, in
   if (max_ctx > c.max_seq_len)
     throw LlamaError(cat("CudaGreedyDecoder: max_ctx ", max_ctx, " exceeds max_position_embeddings ", c.max_seq_len));
   if (c.head_dim % 2 != 0) throw LlamaError(cat("CudaGreedyDecoder: expected an even head_dim, found ", c.head_dim));
+  if (std::max(slots, prefill_rows) > decode_kern::kMaxAttentionRows)
+    throw LlamaError(cat("CudaGreedyDecoder: expected slots and prefill_rows <= ", decode_kern::kMaxAttentionRows,
+                         " (rows of one cache-attention launch), found ", slots, ", ", prefill_rows));
   rows_max_ = std::max(slots, prefill_rows);
   const std::int64_t R = rows_max_, D = c.dim, H = c.hidden_dim, qd = c.q_dim(), kvd = c.kv_dim();
   const std::int64_t cache = static_cast<std::int64_t>(c.n_layers) * slots * c.n_kv_heads * max_ctx * c.head_dim;
@@ -1112,17 +1134,6 @@ CudaGreedyDecoder<T>::CudaGreedyDecoder(const CudaLlama<T>& model, int slots, in
     }
   }
   xsel_.reserve(static_cast<std::int64_t>(slots) * D);
-  decode_chunk_ = decode_kern::cache_attention_auto_fused<T>(c.head_dim, c.n_heads / c.n_kv_heads) ? kDecodeChunkFused
-                                                                                                 : kDecodeChunk;
-  if (const char* e = std::getenv("HDPISSA_DECODE_CHUNK"); e && *e) {
-    char* end = nullptr;
-    const long v = std::strtol(e, &end, 10);
-    if (*end != '\0' || v < 16 || v > 8192)
-      throw LlamaError(cat("HDPISSA_DECODE_CHUNK: expected an integer in [16, 8192] (keys per split of the decode "
-                           "attention), found '", e, "'"));
-    decode_chunk_ = static_cast<int>(v);
-  }
-  decode_chunk_ = std::min(decode_chunk_, max_ctx);  // a larger chunk is one split all the same
   if (const char* e = std::getenv("HDPISSA_DECODE_ATTENTION"); e && *e) {
     const std::string v(e);
     using K = decode_kern::CacheAttentionKernel;
@@ -1134,6 +1145,28 @@ CudaGreedyDecoder<T>::CudaGreedyDecoder(const CudaLlama<T>& model, int slots, in
       throw LlamaError(cat("HDPISSA_DECODE_ATTENTION: expected auto, fused, bulk or two-phase (the cache attention's "
                            "split kernel), found '", v, "'"));
   }
+  {  // keys per split: the bulk kernel one split per 512 keys where the step has ≥ 2048 (row, kv head)
+     // pairs to spread (c96, H100: LLaMA-2-7B's 64 x 32 heads 116 against 123 us at 256; LLaMA-3-8B's
+     // 64 x 8 heads 89 against 87), else 256; the fused kernel 256, the two-phase one 128
+    const int group = c.n_heads / c.n_kv_heads;
+    using K = decode_kern::CacheAttentionKernel;
+    const bool bulk = decode_kern::cache_attention_runs_bulk<T>(attn_kernel_, c.head_dim, group);
+    const bool fused = attn_kernel_ == K::Fused || attn_kernel_ == K::Bulk ||
+                       (attn_kernel_ == K::Auto && decode_kern::cache_attention_auto_fused<T>(c.head_dim, group));
+    decode_chunk_ = bulk ? (static_cast<std::int64_t>(slots) * c.n_kv_heads >= 2048 ? kDecodeChunkBulkWide
+                                                                                   : kDecodeChunkFused)
+                    : fused && decode_kern::cache_attention_fused_supported<T>(c.head_dim, group) ? kDecodeChunkFused
+                                                                                                  : kDecodeChunk;
+  }
+  if (const char* e = std::getenv("HDPISSA_DECODE_CHUNK"); e && *e) {
+    char* end = nullptr;
+    const long v = std::strtol(e, &end, 10);
+    if (*end != '\0' || v < 16 || v > 8192)
+      throw LlamaError(cat("HDPISSA_DECODE_CHUNK: expected an integer in [16, 8192] (keys per split of the decode "
+                           "attention), found '", e, "'"));
+    decode_chunk_ = static_cast<int>(v);
+  }
+  decode_chunk_ = std::min(decode_chunk_, max_ctx);  // a larger chunk is one split all the same
   if (const char* e = std::getenv("HDPISSA_DECODE_ORDER"); e && *e) {
     const std::string v(e);
     if (v != "0" && v != "1")
