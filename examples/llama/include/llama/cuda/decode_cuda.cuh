@@ -737,6 +737,33 @@ inline std::size_t cache_attention_split_smem(int group, int hd, int chunk) {
   return sizeof(float) * (static_cast<std::size_t>(group) * (hd + chunk) + 2 * group);
 }
 
+/// The lanes per key of the split kernels for a head of nvec vectors (a power of 2 ≤ 32).
+inline int lanes_per_key(int nvec) {
+  int lpk = 1;
+  while (lpk * 2 <= nvec && lpk * 2 <= 32) lpk *= 2;
+  return lpk;
+}
+
+/// Calls f(integral_constant<GROUP>, integral_constant<NV>) with the compiled group bound (1, 2, 4
+/// or 8) that covers `group` and nv (1 or 2 vectors per lane): the fused and bulk kernels' instances.
+template <class F>
+void with_fused_instance(int group, int nv, F&& f) {
+  auto by_nv = [&](auto g) {
+    if (nv == 1)
+      f(g, std::integral_constant<int, 1>{});
+    else
+      f(g, std::integral_constant<int, 2>{});
+  };
+  if (group == 1)
+    by_nv(std::integral_constant<int, 1>{});
+  else if (group == 2)
+    by_nv(std::integral_constant<int, 2>{});
+  else if (group <= 4)
+    by_nv(std::integral_constant<int, 4>{});
+  else
+    by_nv(std::integral_constant<int, 8>{});
+}
+
 /// Launches cache_attention_fused (the split part; the caller runs the combine) when it takes the
 /// shape; false, launching nothing, when it does not. `out` (only with splits == 1): the kernel
 /// writes the final output itself and the caller runs no combine.
@@ -750,9 +777,7 @@ bool launch_cache_attention_fused(cudaStream_t st, const T* q, const T* kc, cons
   HDPISSA_REQUIRE(out == nullptr || splits == 1, "launch_cache_attention_fused: a direct output needs one split, found ",
                   splits);
   constexpr int kVec = 16 / static_cast<int>(sizeof(T));
-  const int nvec = hd / kVec;
-  int lpk = 1;
-  while (lpk * 2 <= nvec && lpk * 2 <= 32) lpk *= 2;
+  const int nvec = hd / kVec, lpk = lanes_per_key(nvec);
   const int nv = (nvec + lpk - 1) / lpk;  // 1 or 2
   const std::size_t smem =
       sizeof(float) * (static_cast<std::size_t>(kAttnThreads / 32) * group * (hd + 2));
@@ -766,21 +791,7 @@ bool launch_cache_attention_fused(cudaStream_t st, const T* q, const T* kc, cons
                                              lpk, part_o, part_ml, out);
     HDPISSA_CUDA_CHECK_LAUNCH("cache_attention_fused");
   };
-  auto by_nv = [&](auto group_c) {
-    constexpr int G = decltype(group_c)::value;
-    if (nv == 1)
-      go(cache_attention_fused<T, kVec, G, 1>);
-    else
-      go(cache_attention_fused<T, kVec, G, 2>);
-  };
-  if (group == 1)
-    by_nv(std::integral_constant<int, 1>{});
-  else if (group == 2)
-    by_nv(std::integral_constant<int, 2>{});
-  else if (group <= 4)
-    by_nv(std::integral_constant<int, 4>{});
-  else
-    by_nv(std::integral_constant<int, 8>{});
+  with_fused_instance(group, nv, [&](auto g, auto v) { go(cache_attention_fused<T, kVec, g(), v()>); });
   return true;
 }
 
@@ -795,19 +806,12 @@ inline bool device_has_bulk_copy() {
   return major >= 9;
 }
 
-/// The lanes per key of the fused kernels for a head of nvec 16-byte vectors (a power of 2 ≤ 32).
-inline int fused_lanes_per_key(int nvec) {
-  int lpk = 1;
-  while (lpk * 2 <= nvec && lpk * 2 <= 32) lpk *= 2;
-  return lpk;
-}
-
 /// The keys per tile cache_attention_bulk runs for `tiling` at (T, hd): tiling.tile_keys rounded up
 /// to a multiple of 2·stride, stride = the block's keys per step (4 warps · 32 / lanes per key).
 template <class T>
 inline int bulk_tile_keys(int hd, const BulkTiling& tiling) {
   constexpr int kVec = 16 / static_cast<int>(sizeof(T));
-  const int step = 2 * (kAttnThreads / 32) * (32 / fused_lanes_per_key(hd / kVec));
+  const int step = 2 * (kAttnThreads / 32) * (32 / lanes_per_key(hd / kVec));
   return (std::max(tiling.tile_keys, 1) + step - 1) / step * step;
 }
 
@@ -830,6 +834,17 @@ inline bool cache_attention_runs_bulk(CacheAttentionKernel kernel, int hd, int g
   return wanted && cache_attention_fused_supported<T>(hd, group) && device_has_bulk_copy();
 }
 
+/// The split kernel `kernel` resolves to for (T, hd, group) on the current device: Bulk where
+/// cache_attention_runs_bulk, else Fused where asked (Fused, Bulk, or Auto for MHA and groups of 2)
+/// and the fused kernel takes the shape, else TwoPhase. What launch_cache_attention runs.
+template <class T>
+inline CacheAttentionKernel resolve_cache_attention(CacheAttentionKernel kernel, int hd, int group) {
+  using K = CacheAttentionKernel;
+  if (cache_attention_runs_bulk<T>(kernel, hd, group)) return K::Bulk;
+  const bool fused = kernel == K::Fused || kernel == K::Bulk || (kernel == K::Auto && cache_attention_auto_fused<T>(hd, group));
+  return fused && cache_attention_fused_supported<T>(hd, group) ? K::Fused : K::TwoPhase;
+}
+
 /// Launches cache_attention_bulk (the split part, as launch_cache_attention_fused) when the device
 /// and the shape take it (sm_90, the fused kernel's shapes); false, launching nothing, otherwise.
 /// A tiling outside [1, kBulkMaxStages] stages or past the device's shared memory per block is
@@ -848,7 +863,7 @@ bool launch_cache_attention_bulk(cudaStream_t st, const T* q, const T* kc, const
   HDPISSA_REQUIRE(out == nullptr || splits == 1, "launch_cache_attention_bulk: a direct output needs one split, found ",
                   splits);
   constexpr int kVec = 16 / static_cast<int>(sizeof(T));
-  const int nvec = hd / kVec, lpk = fused_lanes_per_key(nvec), nv = (nvec + lpk - 1) / lpk;
+  const int nvec = hd / kVec, lpk = lanes_per_key(nvec), nv = (nvec + lpk - 1) / lpk;
   const int tk = bulk_tile_keys<T>(hd, tiling);
   const std::size_t smem = cache_attention_bulk_smem<T>(hd, group, tiling);
   int dev = 0, optin = 0;
@@ -867,23 +882,11 @@ bool launch_cache_attention_bulk(cudaStream_t st, const T* q, const T* kc, const
                                              lpk, tk, tiling.stages, part_o, part_ml, out);
     HDPISSA_CUDA_CHECK_LAUNCH("cache_attention_bulk");
   };
-  auto by_nv = [&](auto group_c) {
-    constexpr int G = decltype(group_c)::value;
-    if (nv == 1 && G == 1 && tiling.min_blocks == 8)
-      go(cache_attention_bulk<T, kVec, 1, 1, 8>);
-    else if (nv == 1)
-      go(cache_attention_bulk<T, kVec, G, 1>);
-    else
-      go(cache_attention_bulk<T, kVec, G, 2>);
-  };
-  if (group == 1)
-    by_nv(std::integral_constant<int, 1>{});
-  else if (group == 2)
-    by_nv(std::integral_constant<int, 2>{});
-  else if (group <= 4)
-    by_nv(std::integral_constant<int, 4>{});
-  else
-    by_nv(std::integral_constant<int, 8>{});
+  if (group == 1 && nv == 1 && tiling.min_blocks == 8) {
+    go(cache_attention_bulk<T, kVec, 1, 1, 8>);
+    return true;
+  }
+  with_fused_instance(group, nv, [&](auto g, auto v) { go(cache_attention_bulk<T, kVec, g(), v()>); });
   return true;
 }
 
@@ -903,13 +906,13 @@ void launch_cache_attention(cudaStream_t st, const T* q, const T* kc, const T* v
   HDPISSA_REQUIRE(n >= 0 && n <= kMaxAttentionRows, "cache attention: expected at most ", kMaxAttentionRows,
                   " rows per launch, found ", n);
   T* const direct = splits == 1 ? out : nullptr;  // one split: the fused kernels write `out` themselves
-  const bool bulk = cache_attention_runs_bulk<T>(kernel, hd, group) &&
-                    launch_cache_attention_bulk<T>(st, q, kc, vc, slot, pos, n, nh, nkv, hd, max_ctx, window, scale,
-                                                   chunk, splits, part_o, part_ml, direct, tiling, order);
-  const bool fused = kernel == CacheAttentionKernel::Fused || kernel == CacheAttentionKernel::Bulk ||
-                     (kernel == CacheAttentionKernel::Auto && cache_attention_auto_fused<T>(hd, group));
-  if (bulk || (fused && launch_cache_attention_fused<T>(st, q, kc, vc, slot, pos, n, nh, nkv, hd, max_ctx, window,
-                                                         scale, chunk, splits, part_o, part_ml, direct, order))) {
+  const CacheAttentionKernel k = resolve_cache_attention<T>(kernel, hd, group);
+  if (k != CacheAttentionKernel::TwoPhase &&
+      (k == CacheAttentionKernel::Bulk
+           ? launch_cache_attention_bulk<T>(st, q, kc, vc, slot, pos, n, nh, nkv, hd, max_ctx, window, scale, chunk,
+                                            splits, part_o, part_ml, direct, tiling, order)
+           : launch_cache_attention_fused<T>(st, q, kc, vc, slot, pos, n, nh, nkv, hd, max_ctx, window, scale, chunk,
+                                             splits, part_o, part_ml, direct, order))) {
     if (splits > 1) {  // one split: the kernel wrote `out` itself
       cache_attention_combine<T><<<static_cast<unsigned>(n) * nh, 128, 0, st>>>(part_o, part_ml, splits, hd, out);
       HDPISSA_CUDA_CHECK_LAUNCH("cache_attention_combine");
@@ -919,13 +922,8 @@ void launch_cache_attention(cudaStream_t st, const T* q, const T* kc, const T* v
   const std::size_t smem = cache_attention_split_smem(group, hd, chunk);
   constexpr int kVec = 16 / static_cast<int>(sizeof(T));
   const dim3 grid(static_cast<unsigned>(nkv), static_cast<unsigned>(n), static_cast<unsigned>(splits));
-  auto lanes_for = [](int nvec) {
-    int l = 1;
-    while (l * 2 <= nvec && l * 2 <= 32) l *= 2;
-    return l;
-  };
   if (hd % kVec == 0) {
-    const int nvec = hd / kVec, lpk = lanes_for(nvec);
+    const int nvec = hd / kVec, lpk = lanes_per_key(nvec);
     HDPISSA_REQUIRE((nvec + lpk - 1) / lpk <= kMaxVecPerLane, "cache attention: head_dim ", hd, " too large");
     if (smem > 48 * 1024)
       HDPISSA_CUDA_CHECK(cudaFuncSetAttribute(cache_attention_split<T, kVec>,
@@ -933,7 +931,7 @@ void launch_cache_attention(cudaStream_t st, const T* q, const T* kc, const T* v
     cache_attention_split<T, kVec><<<grid, kAttnThreads, smem, st>>>(q, kc, vc, slot, pos, order, nh, nkv, hd, max_ctx, window,
                                                                      scale, chunk, lpk, part_o, part_ml);
   } else {
-    const int lpk = lanes_for(hd);
+    const int lpk = lanes_per_key(hd);
     HDPISSA_REQUIRE((hd + lpk - 1) / lpk <= kMaxVecPerLane, "cache attention: head_dim ", hd, " too large");
     if (smem > 48 * 1024)
       HDPISSA_CUDA_CHECK(cudaFuncSetAttribute(cache_attention_split<T, 1>, cudaFuncAttributeMaxDynamicSharedMemorySize,
@@ -1015,8 +1013,9 @@ class CudaGreedyDecoder {
   /// Keys per split and splits of a decode step's cache attention (HDPISSA_DECODE_CHUNK, capped at max_ctx).
   int decode_chunk() const { return decode_chunk_; }
   int decode_splits() const { return decode_splits_; }
-  /// The cache attention's split kernel (HDPISSA_DECODE_ATTENTION: auto, fused, bulk, two-phase)
-  /// and the bulk kernel's tiling (HDPISSA_DECODE_BULK_TILE=<keys>x<stages>).
+  /// The cache attention's split kernel every pass runs (HDPISSA_DECODE_ATTENTION: auto, fused, bulk,
+  /// two-phase; resolved for this device and model, resolve_cache_attention) and the bulk kernel's
+  /// tiling (HDPISSA_DECODE_BULK_TILE=<keys>x<stages>).
   decode_kern::CacheAttentionKernel attention_kernel() const { return attn_kernel_; }
   decode_kern::BulkTiling bulk_tiling() const { return bulk_tiling_; }
   const DecodeStats& stats() const { return stats_; }
@@ -1145,18 +1144,16 @@ CudaGreedyDecoder<T>::CudaGreedyDecoder(const CudaLlama<T>& model, int slots, in
       throw LlamaError(cat("HDPISSA_DECODE_ATTENTION: expected auto, fused, bulk or two-phase (the cache attention's "
                            "split kernel), found '", v, "'"));
   }
+  // resolved once: the kernel every pass runs (Auto's choice on this device and model)
+  attn_kernel_ = decode_kern::resolve_cache_attention<T>(attn_kernel_, c.head_dim, c.n_heads / c.n_kv_heads);
   {  // keys per split: the bulk kernel one split per 512 keys where the step has ≥ 2048 (row, kv head)
      // pairs to spread (c96, H100: LLaMA-2-7B's 64 x 32 heads 116 against 123 us at 256; LLaMA-3-8B's
      // 64 x 8 heads 89 against 87), else 256; the fused kernel 256, the two-phase one 128
-    const int group = c.n_heads / c.n_kv_heads;
     using K = decode_kern::CacheAttentionKernel;
-    const bool bulk = decode_kern::cache_attention_runs_bulk<T>(attn_kernel_, c.head_dim, group);
-    const bool fused = attn_kernel_ == K::Fused || attn_kernel_ == K::Bulk ||
-                       (attn_kernel_ == K::Auto && decode_kern::cache_attention_auto_fused<T>(c.head_dim, group));
-    decode_chunk_ = bulk ? (static_cast<std::int64_t>(slots) * c.n_kv_heads >= 2048 ? kDecodeChunkBulkWide
-                                                                                   : kDecodeChunkFused)
-                    : fused && decode_kern::cache_attention_fused_supported<T>(c.head_dim, group) ? kDecodeChunkFused
-                                                                                                  : kDecodeChunk;
+    decode_chunk_ = attn_kernel_ == K::Bulk
+                        ? (static_cast<std::int64_t>(slots) * c.n_kv_heads >= 2048 ? kDecodeChunkBulkWide : kDecodeChunkFused)
+                    : attn_kernel_ == K::Fused ? kDecodeChunkFused
+                                               : kDecodeChunk;
   }
   if (const char* e = std::getenv("HDPISSA_DECODE_CHUNK"); e && *e) {
     char* end = nullptr;
@@ -1189,7 +1186,7 @@ CudaGreedyDecoder<T>::CudaGreedyDecoder(const CudaLlama<T>& model, int slots, in
     int dev = 0, optin = 0;
     HDPISSA_CUDA_CHECK(cudaGetDevice(&dev));
     HDPISSA_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
-    if (!decode_kern::cache_attention_auto_fused<T>(c.head_dim, group) && smem > static_cast<std::size_t>(optin))
+    if (attn_kernel_ == decode_kern::CacheAttentionKernel::TwoPhase && smem > static_cast<std::size_t>(optin))
       throw LlamaError(cat("HDPISSA_DECODE_CHUNK: ", decode_chunk_, " keys per split need ", smem,
                            " bytes of shared memory in the two-phase cache attention (group ", group, ", head_dim ",
                            c.head_dim, "); this device gives a block at most ", optin, ": choose a smaller chunk"));
