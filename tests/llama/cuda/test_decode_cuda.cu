@@ -661,6 +661,58 @@ TEST_CASE("HDPISSA_DECODE_ATTENTION=bulk and HDPISSA_DECODE_ORDER=0 give the CPU
     }
 }
 
+TEST_CASE("HDPISSA_DECODE_PDL=1 (programmatic dependent launches) keeps every token: fp32 = the CPU decoder, bf16 = plain launches") {
+  const auto prompts = make_prompts(37, {1, 9, 3, 20, 14, 2, 33}, 3);
+  const ModelWeights w = tiny_random(7, false, 0, 0);
+  {
+    CudaLlama<float> model(w, 1, 1, nullptr);
+    ScopedEnv e("HDPISSA_DECODE_PDL", "yes");
+    CHECK_THROWS_WITH_AS(CudaGreedyDecoder<float>(model, 2, 16), doctest::Contains("HDPISSA_DECODE_PDL: expected 1"),
+                         LlamaError);
+  }
+  if (!hdpissa::llama::gpu::decode_kern::device_has_bulk_copy()) {
+    CudaLlama<float> model(w, 1, 1, nullptr);
+    ScopedEnv e("HDPISSA_DECODE_PDL", "1");
+    CHECK_THROWS_WITH_AS(CudaGreedyDecoder<float>(model, 2, 16), doctest::Contains("compute capability 9.0"), LlamaError);
+    MESSAGE("SKIPPED: programmatic dependent launches need sm_90");
+    return;
+  }
+  ScopedEnv pdl("HDPISSA_DECODE_PDL", "1");
+  // every split kernel, one split and several (the combine), eager and captured steps
+  for (const char* kernel : {"bulk", "fused", "two-phase"})
+    for (const char* chunk : {"16", "8192"}) {
+      ScopedEnv e("HDPISSA_DECODE_ATTENTION", kernel), c("HDPISSA_DECODE_CHUNK", chunk);
+      for (bool graphs : {false, true})
+        check_fp32_equal(w, prompts, 40, 3, 8, {}, graphs,
+                         cat("tiny fp32, pdl, ", kernel, ", chunk ", chunk, graphs ? " (graphs)" : " (eager)"));
+    }
+  if (!have_stories()) {
+    MESSAGE("SKIPPED (stories260K parts): " << stories_dir() << " not found (set HDPISSA_DATA)");
+    return;
+  }
+  const ModelWeights s = load_hf_checkpoint(stories_dir());
+  const auto sp = make_prompts(s.config.vocab_size, {1, 7, 23, 2, 60, 13, 31, 5, 90, 4}, 5);
+  check_fp32_equal(s, sp, 64, 4, 32, {2, 1}, true, "stories260K fp32, pdl");
+  // bf16: the launches change when a block may start, never what it computes: the same tokens
+  auto run_bf16 = [&](const char* on) {
+    ScopedEnv p("HDPISSA_DECODE_PDL", on);
+    hdpissa::CudaStream stream;
+    CudaLlama<bf16> model(s, 1, 1, stream.get());
+    hdpissa::CudaBackend<bf16> be(model.stream(), {});
+    CudaHooks<bf16> hooks(be);
+    CudaGreedyDecoder<bf16> dec(model, 5, std::min(s.config.max_seq_len, 90 + 80), 48);
+    GreedyDecodeOptions o;
+    o.max_new_tokens = 80;
+    return dec.generate(sp, o, hooks);
+  };
+  const auto plain = run_bf16("0"), with_pdl = run_bf16("1");
+  REQUIRE(plain.size() == sp.size());
+  for (std::size_t i = 0; i < sp.size(); ++i) {
+    INFO("prompt " << i << "\n  plain " << str(plain[i]) << "\n  pdl   " << str(with_pdl[i]));
+    CHECK(with_pdl[i] == plain[i]);
+  }
+}
+
 TEST_CASE("decoder input checks") {
   const ModelWeights w = tiny_random(7, false, 0, 0);
   CudaLlama<float> model(w, 1, 1, nullptr);

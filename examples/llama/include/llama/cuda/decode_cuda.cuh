@@ -91,6 +91,8 @@ __global__ void qkv_to_cache(const T* q, int ldq, T* q_out, const T* __restrict_
                              const std::int32_t* __restrict__ pos, T* __restrict__ kc, T* __restrict__ vc, int n,
                              int nh, int nkv, int hd, int max_ctx, const float* __restrict__ cos_t,
                              const float* __restrict__ sin_t) {
+  kern::pdl_wait();  // no-ops unless launched with pdl (HDPISSA_DECODE_PDL)
+  kern::pdl_trigger();
   const int half = hd / 2, heads = nh + 2 * nkv, qd = nh * hd, kvd = nkv * hd;
   const std::int64_t total = static_cast<std::int64_t>(n) * heads * half;
   for (std::int64_t idx = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; idx < total;
@@ -133,17 +135,19 @@ __global__ void qkv_to_cache(const T* q, int ldq, T* q_out, const T* __restrict_
 template <class T>
 void launch_qkv_to_cache(cudaStream_t st, const T* q, int ldq, T* q_out, const T* k, int ldk, const T* v, int ldv,
                          const float* bias, const std::int32_t* slot, const std::int32_t* pos, T* kc, T* vc, int n,
-                         int nh, int nkv, int hd, int max_ctx, const float* cos_t, const float* sin_t) {
+                         int nh, int nkv, int hd, int max_ctx, const float* cos_t, const float* sin_t,
+                         bool pdl = false) {
   const std::int64_t total = static_cast<std::int64_t>(n) * (nh + 2 * nkv) * (hd / 2);
-  qkv_to_cache<T><<<kern::grid_for(total), 256, 0, st>>>(q, ldq, q_out, k, ldk, v, ldv, bias, slot, pos, kc, vc, n, nh,
-                                                         nkv, hd, max_ctx, cos_t, sin_t);
-  HDPISSA_CUDA_CHECK_LAUNCH("qkv_to_cache");
+  HDPISSA_CUDA_CHECK(kern::launch_pdl(qkv_to_cache<T>, dim3(kern::grid_for(total)), dim3(256), 0, st, pdl, q, ldq, q_out,
+                                      k, ldk, v, ldv, bias, slot, pos, kc, vc, n, nh, nkv, hd, max_ctx, cos_t, sin_t));
 }
 
 /// act (n, H) = silu(gate)·up from one fused (n, 2H) product [gate | up] (ld 2H): the same
 /// arithmetic as kern::swiglu_fwd, element for element. One thread per element.
 template <class T>
 __global__ void swiglu_fused_rows(const T* __restrict__ gu, T* __restrict__ act, int H, std::int64_t total) {
+  kern::pdl_wait();
+  kern::pdl_trigger();
   for (std::int64_t idx = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; idx < total;
        idx += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
     const std::int64_t r = idx / H, j = idx % H;
@@ -153,10 +157,10 @@ __global__ void swiglu_fused_rows(const T* __restrict__ gu, T* __restrict__ act,
 }
 
 template <class T>
-void launch_swiglu_fused_rows(cudaStream_t st, const T* gu, T* act, int n, int H) {
+void launch_swiglu_fused_rows(cudaStream_t st, const T* gu, T* act, int n, int H, bool pdl = false) {
   const std::int64_t total = static_cast<std::int64_t>(n) * H;
-  swiglu_fused_rows<T><<<kern::grid_for(total), 256, 0, st>>>(gu, act, H, total);
-  HDPISSA_CUDA_CHECK_LAUNCH("swiglu_fused_rows");
+  HDPISSA_CUDA_CHECK(
+      kern::launch_pdl(swiglu_fused_rows<T>, dim3(kern::grid_for(total)), dim3(256), 0, st, pdl, gu, act, H, total));
 }
 
 /// Loads VEC consecutive T as floats (VEC·sizeof(T) = 16 bytes, or VEC = 1).
@@ -226,6 +230,8 @@ __global__ void __launch_bounds__(kAttnThreads) cache_attention_split(
     int window, float scale, int chunk,
     int lpk, float* __restrict__ part_o, float* __restrict__ part_ml) {
   extern __shared__ float sh[];
+  kern::pdl_wait();
+  kern::pdl_trigger();
   const int group = nh / nkv, splits = gridDim.z;
   const CacheSplit cs = cache_split(pos, slot, order, nh, group, window, chunk, part_ml);
   const int r = cs.r, kvh = cs.kvh;
@@ -487,6 +493,8 @@ __global__ void __launch_bounds__(kAttnThreads) cache_attention_fused(
     int window, float scale_log2,
     int chunk, int lpk, float* __restrict__ part_o, float* __restrict__ part_ml, T* __restrict__ out) {
   extern __shared__ float sh[];
+  kern::pdl_wait();
+  kern::pdl_trigger();
   const int group = nh / nkv;
   const CacheSplit cs = cache_split(pos, slot, order, nh, group, window, chunk, part_ml);
   const int r = cs.r, kvh = cs.kvh;
@@ -609,6 +617,8 @@ __global__ void __launch_bounds__(kAttnThreads, MINB) cache_attention_bulk(
     T* __restrict__ out) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   extern __shared__ __align__(128) unsigned char bulk_sh[];
+  kern::pdl_wait();  // (as CUTLASS's sm_90 kernels: the wait before the first bulk copy)
+  kern::pdl_trigger();
   const int group = nh / nkv;
   const CacheSplit cs = cache_split(pos, slot, order, nh, group, window, chunk, part_ml);
   const int r = cs.r, kvh = cs.kvh;
@@ -681,6 +691,8 @@ __global__ void __launch_bounds__(kAttnThreads, MINB) cache_attention_bulk(
 template <class T>
 __global__ void cache_attention_combine(const float* __restrict__ part_o, const float* __restrict__ part_ml, int splits,
                                         int hd, T* __restrict__ out) {
+  kern::pdl_wait();
+  kern::pdl_trigger();
   const std::int64_t rh = blockIdx.x;  // r·nh + h: out row-major (n, nh·hd) is (n·nh, hd)
   const float* ml = part_ml + 2 * rh * splits;
   float M = -INFINITY;
@@ -771,7 +783,7 @@ template <class T>
 bool launch_cache_attention_fused(cudaStream_t st, const T* q, const T* kc, const T* vc, const std::int32_t* slot,
                                   const std::int32_t* pos, int n, int nh, int nkv, int hd, int max_ctx, int window,
                                   float scale, int chunk, int splits, float* part_o, float* part_ml, T* out = nullptr,
-                                  const std::int32_t* order = nullptr) {
+                                  const std::int32_t* order = nullptr, bool pdl = false) {
   const int group = nh / nkv;
   if (!cache_attention_fused_supported<T>(hd, group)) return false;
   HDPISSA_REQUIRE(out == nullptr || splits == 1, "launch_cache_attention_fused: a direct output needs one split, found ",
@@ -787,9 +799,8 @@ bool launch_cache_attention_fused(cudaStream_t st, const T* q, const T* kc, cons
     if (smem > 48 * 1024)
       HDPISSA_CUDA_CHECK(
           cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
-    kernel<<<grid, kAttnThreads, smem, st>>>(q, kc, vc, slot, pos, order, nh, nkv, hd, max_ctx, window, scale_log2, chunk,
-                                             lpk, part_o, part_ml, out);
-    HDPISSA_CUDA_CHECK_LAUNCH("cache_attention_fused");
+    HDPISSA_CUDA_CHECK(kern::launch_pdl(kernel, grid, dim3(kAttnThreads), smem, st, pdl, q, kc, vc, slot, pos, order, nh,
+                                        nkv, hd, max_ctx, window, scale_log2, chunk, lpk, part_o, part_ml, out));
   };
   with_fused_instance(group, nv, [&](auto g, auto v) { go(cache_attention_fused<T, kVec, g(), v()>); });
   return true;
@@ -853,7 +864,7 @@ template <class T>
 bool launch_cache_attention_bulk(cudaStream_t st, const T* q, const T* kc, const T* vc, const std::int32_t* slot,
                                  const std::int32_t* pos, int n, int nh, int nkv, int hd, int max_ctx, int window,
                                  float scale, int chunk, int splits, float* part_o, float* part_ml, T* out,
-                                 const BulkTiling& tiling, const std::int32_t* order = nullptr) {
+                                 const BulkTiling& tiling, const std::int32_t* order = nullptr, bool pdl = false) {
   const int group = nh / nkv;
   HDPISSA_REQUIRE(tiling.stages >= 1 && tiling.stages <= kBulkMaxStages, "cache attention (bulk): expected 1 to ",
                   kBulkMaxStages, " stages, found ", tiling.stages);
@@ -878,9 +889,9 @@ bool launch_cache_attention_bulk(cudaStream_t st, const T* q, const T* kc, const
     if (smem > 48 * 1024)
       HDPISSA_CUDA_CHECK(
           cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
-    kernel<<<grid, kAttnThreads, smem, st>>>(q, kc, vc, slot, pos, order, nh, nkv, hd, max_ctx, window, scale_log2, chunk,
-                                             lpk, tk, tiling.stages, part_o, part_ml, out);
-    HDPISSA_CUDA_CHECK_LAUNCH("cache_attention_bulk");
+    HDPISSA_CUDA_CHECK(kern::launch_pdl(kernel, grid, dim3(kAttnThreads), smem, st, pdl, q, kc, vc, slot, pos, order, nh,
+                                        nkv, hd, max_ctx, window, scale_log2, chunk, lpk, tk, tiling.stages, part_o,
+                                        part_ml, out));
   };
   if (group == 1 && nv == 1 && tiling.min_blocks == 8) {
     go(cache_attention_bulk<T, kVec, 1, 1, 8>);
@@ -895,13 +906,14 @@ bool launch_cache_attention_bulk(cudaStream_t st, const T* q, const T* kc, const
 /// CacheAttentionKernel::Bulk's. The split kernels' grids run the kv heads fastest, then the rows,
 /// then the splits; `order` (optional, a permutation of the n rows): grid row y takes row order[y]
 /// — the decoder passes its rows by descending position, so that the longest ranges start first
-/// and the last blocks to run are short ones. The results do not depend on it.
+/// and the last blocks to run are short ones. The results do not depend on it. `pdl`: every kernel
+/// as a programmatic dependent launch (kern::launch_pdl).
 template <class T>
 void launch_cache_attention(cudaStream_t st, const T* q, const T* kc, const T* vc, const std::int32_t* slot,
                             const std::int32_t* pos, int n, int nh, int nkv, int hd, int max_ctx, int window,
                             float scale, int chunk, int splits, float* part_o, float* part_ml, T* out,
                             CacheAttentionKernel kernel = CacheAttentionKernel::Auto, BulkTiling tiling = {},
-                            const std::int32_t* order = nullptr) {
+                            const std::int32_t* order = nullptr, bool pdl = false) {
   const int group = nh / nkv;
   HDPISSA_REQUIRE(n >= 0 && n <= kMaxAttentionRows, "cache attention: expected at most ", kMaxAttentionRows,
                   " rows per launch, found ", n);
@@ -910,13 +922,12 @@ void launch_cache_attention(cudaStream_t st, const T* q, const T* kc, const T* v
   if (k != CacheAttentionKernel::TwoPhase &&
       (k == CacheAttentionKernel::Bulk
            ? launch_cache_attention_bulk<T>(st, q, kc, vc, slot, pos, n, nh, nkv, hd, max_ctx, window, scale, chunk,
-                                            splits, part_o, part_ml, direct, tiling, order)
+                                            splits, part_o, part_ml, direct, tiling, order, pdl)
            : launch_cache_attention_fused<T>(st, q, kc, vc, slot, pos, n, nh, nkv, hd, max_ctx, window, scale, chunk,
-                                             splits, part_o, part_ml, direct, order))) {
-    if (splits > 1) {  // one split: the kernel wrote `out` itself
-      cache_attention_combine<T><<<static_cast<unsigned>(n) * nh, 128, 0, st>>>(part_o, part_ml, splits, hd, out);
-      HDPISSA_CUDA_CHECK_LAUNCH("cache_attention_combine");
-    }
+                                             splits, part_o, part_ml, direct, order, pdl))) {
+    if (splits > 1)  // one split: the kernel wrote `out` itself
+      HDPISSA_CUDA_CHECK(kern::launch_pdl(cache_attention_combine<T>, dim3(static_cast<unsigned>(n) * nh), dim3(128), 0,
+                                          st, pdl, part_o, part_ml, splits, hd, out));
     return;
   }
   const std::size_t smem = cache_attention_split_smem(group, hd, chunk);
@@ -928,20 +939,21 @@ void launch_cache_attention(cudaStream_t st, const T* q, const T* kc, const T* v
     if (smem > 48 * 1024)
       HDPISSA_CUDA_CHECK(cudaFuncSetAttribute(cache_attention_split<T, kVec>,
                                               cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
-    cache_attention_split<T, kVec><<<grid, kAttnThreads, smem, st>>>(q, kc, vc, slot, pos, order, nh, nkv, hd, max_ctx, window,
-                                                                     scale, chunk, lpk, part_o, part_ml);
+    HDPISSA_CUDA_CHECK(kern::launch_pdl(cache_attention_split<T, kVec>, grid, dim3(kAttnThreads), smem, st, pdl, q, kc,
+                                        vc, slot, pos, order, nh, nkv, hd, max_ctx, window, scale, chunk, lpk, part_o,
+                                        part_ml));
   } else {
     const int lpk = lanes_per_key(hd);
     HDPISSA_REQUIRE((hd + lpk - 1) / lpk <= kMaxVecPerLane, "cache attention: head_dim ", hd, " too large");
     if (smem > 48 * 1024)
       HDPISSA_CUDA_CHECK(cudaFuncSetAttribute(cache_attention_split<T, 1>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                               static_cast<int>(smem)));
-    cache_attention_split<T, 1><<<grid, kAttnThreads, smem, st>>>(q, kc, vc, slot, pos, order, nh, nkv, hd, max_ctx, window,
-                                                                  scale, chunk, lpk, part_o, part_ml);
+    HDPISSA_CUDA_CHECK(kern::launch_pdl(cache_attention_split<T, 1>, grid, dim3(kAttnThreads), smem, st, pdl, q, kc, vc,
+                                        slot, pos, order, nh, nkv, hd, max_ctx, window, scale, chunk, lpk, part_o,
+                                        part_ml));
   }
-  HDPISSA_CUDA_CHECK_LAUNCH("cache_attention_split");
-  cache_attention_combine<T><<<static_cast<unsigned>(n) * nh, 128, 0, st>>>(part_o, part_ml, splits, hd, out);
-  HDPISSA_CUDA_CHECK_LAUNCH("cache_attention_combine");
+  HDPISSA_CUDA_CHECK(kern::launch_pdl(cache_attention_combine<T>, dim3(static_cast<unsigned>(n) * nh), dim3(128), 0, st,
+                                      pdl, part_o, part_ml, splits, hd, out));
 }
 
 /// next[r] = argmax_j logits[r, j] (fp32, ties to the lowest index, like torch.argmax and Eigen's
@@ -949,6 +961,8 @@ void launch_cache_attention(cudaStream_t st, const T* q, const T* kc, const T* v
 __global__ inline void argmax_rows(const float* __restrict__ logits, int V, std::int32_t* __restrict__ next) {
   __shared__ float sv[32];
   __shared__ int si[32];
+  kern::pdl_wait();
+  kern::pdl_trigger();
   const float* row = logits + static_cast<std::int64_t>(blockIdx.x) * V;
   float bv = -INFINITY;
   int bi = V;
@@ -976,9 +990,9 @@ __global__ inline void argmax_rows(const float* __restrict__ logits, int V, std:
   }
 }
 
-inline void launch_argmax_rows(cudaStream_t st, const float* logits, int n, int V, std::int32_t* next) {
-  argmax_rows<<<static_cast<unsigned>(n), 1024, 0, st>>>(logits, V, next);
-  HDPISSA_CUDA_CHECK_LAUNCH("argmax_rows");
+inline void launch_argmax_rows(cudaStream_t st, const float* logits, int n, int V, std::int32_t* next,
+                               bool pdl = false) {
+  HDPISSA_CUDA_CHECK(kern::launch_pdl(argmax_rows, dim3(static_cast<unsigned>(n)), dim3(1024), 0, st, pdl, logits, V, next));
 }
 
 }  // namespace decode_kern
@@ -1067,6 +1081,7 @@ class CudaGreedyDecoder {
   decode_kern::CacheAttentionKernel attn_kernel_ = decode_kern::CacheAttentionKernel::Auto;
   decode_kern::BulkTiling bulk_tiling_{};
   bool order_rows_ = true;  // HDPISSA_DECODE_ORDER: decode rows by descending position in the attention
+  bool pdl_ = false;        // HDPISSA_DECODE_PDL: the passes' own kernels as programmatic dependent launches
   int decode_splits_ = 1;
 
   Buf kc_, vc_;        // (L, slots, nkv, max_ctx, hd)
@@ -1171,6 +1186,16 @@ CudaGreedyDecoder<T>::CudaGreedyDecoder(const CudaLlama<T>& model, int slots, in
                            "position, the default) or 0 (in slot order), found '", v, "'"));
     order_rows_ = v == "1";
   }
+  if (const char* e = std::getenv("HDPISSA_DECODE_PDL"); e && *e) {
+    const std::string v(e);
+    if (v != "0" && v != "1")
+      throw LlamaError(cat("HDPISSA_DECODE_PDL: expected 1 (the passes' norm, RoPE, attention, SwiGLU and argmax kernels "
+                           "as programmatic dependent launches) or 0 (plain launches, the default), found '", v, "'"));
+    pdl_ = v == "1";
+    if (pdl_ && !decode_kern::device_has_bulk_copy())
+      throw LlamaError("HDPISSA_DECODE_PDL=1: programmatic dependent launches need compute capability 9.0 or later; "
+                       "this device is older (unset it)");
+  }
   if (const char* e = std::getenv("HDPISSA_DECODE_BULK_TILE"); e && *e) {
     int keys = 0, stages = 0;
     char tail = 0;
@@ -1236,7 +1261,7 @@ void CudaGreedyDecoder<T>::forward_rows(int n, const std::int32_t* tok, const st
   for (int l = 0; l < L; ++l) {
     auto W = [&](Module mod) { return CV(m.linear({l, mod})); };
     kern::launch_add_rmsnorm_fwd<T>(s, res_.get(), l == 0 ? nullptr : tmp_.get(), res_.get(), norms + 2 * l * D,
-                                    rstd_.get(), xn_.get(), n, D, c.norm_eps, /*wide_rows=*/true);
+                                    rstd_.get(), xn_.get(), n, D, c.norm_eps, /*wide_rows=*/true, nullptr, pdl_);
     const CV xn(xn_.get(), n, D, D);
     T* kc = kc_.get() + l * layer_cache;
     T* vc = vc_.get() + l * layer_cache;
@@ -1246,24 +1271,24 @@ void CudaGreedyDecoder<T>::forward_rows(int n, const std::int32_t* tok, const st
       hooks.forward({l, Module::q}, CV(W(Module::q).data, ld, D, D), xn, MV(gate_.get(), n, ld, ld));
       decode_kern::launch_qkv_to_cache<T>(s, gate_.get(), ld, q_.get(), gate_.get() + qd, ld, gate_.get() + qd + kvd, ld,
                                           lbias, slot, pos, kc, vc, n, c.n_heads, c.n_kv_heads, c.head_dim, max_ctx_,
-                                          rope_cos_.get(), rope_sin_.get());
+                                          rope_cos_.get(), rope_sin_.get(), pdl_);
     } else {
       hooks.forward({l, Module::q}, W(Module::q), xn, MV(q_.get(), n, qd, qd));
       hooks.forward({l, Module::k}, W(Module::k), xn, MV(k_.get(), n, kvd, kvd));
       hooks.forward({l, Module::v}, W(Module::v), xn, MV(v_.get(), n, kvd, kvd));
       decode_kern::launch_qkv_to_cache<T>(s, q_.get(), qd, q_.get(), k_.get(), kvd, v_.get(), kvd, lbias, slot, pos, kc,
                                           vc, n, c.n_heads, c.n_kv_heads, c.head_dim, max_ctx_, rope_cos_.get(),
-                                          rope_sin_.get());
+                                          rope_sin_.get(), pdl_);
     }
     decode_kern::launch_cache_attention<T>(s, q_.get(), kc, vc, slot, pos, n, c.n_heads, c.n_kv_heads, c.head_dim,
                                            max_ctx_, c.attention_window(l), scale, chunk, splits, part_o_.get(),
-                                           part_ml_.get(), attn_.get(), attn_kernel_, bulk_tiling_, order);
+                                           part_ml_.get(), attn_.get(), attn_kernel_, bulk_tiling_, order, pdl_);
     hooks.forward({l, Module::o}, W(Module::o), CV(attn_.get(), n, qd, qd), MV(tmp_.get(), n, D, D));
     kern::launch_add_rmsnorm_fwd<T>(s, res_.get(), tmp_.get(), res_.get(), norms + (2 * l + 1) * D, rstd_.get(),
-                                    xn_.get(), n, D, c.norm_eps, /*wide_rows=*/true);
+                                    xn_.get(), n, D, c.norm_eps, /*wide_rows=*/true, nullptr, pdl_);
     if (fused) {  // one GEMM over [Wgate; Wup] (2H, D)
       hooks.forward({l, Module::gate}, CV(W(Module::gate).data, 2 * H, D, D), xn, MV(gate_.get(), n, 2 * H, 2 * H));
-      decode_kern::launch_swiglu_fused_rows<T>(s, gate_.get(), act_.get(), n, H);
+      decode_kern::launch_swiglu_fused_rows<T>(s, gate_.get(), act_.get(), n, H, pdl_);
     } else {
       T* up = gate_.get() + static_cast<std::int64_t>(rows_max_) * H;
       hooks.forward({l, Module::gate}, W(Module::gate), xn, MV(gate_.get(), n, H, H));
@@ -1273,7 +1298,7 @@ void CudaGreedyDecoder<T>::forward_rows(int n, const std::int32_t* tok, const st
     hooks.forward({l, Module::down}, W(Module::down), CV(act_.get(), n, H, H), MV(tmp_.get(), n, D, D));
   }
   kern::launch_add_rmsnorm_fwd<T>(s, res_.get(), tmp_.get(), res_.get(), norms + 2 * L * D, rstd_.get(), xn_.get(), n,
-                                  D, c.norm_eps, /*wide_rows=*/true);
+                                  D, c.norm_eps, /*wide_rows=*/true, nullptr, pdl_);
   if (n_sel == 0) return;  // a prefill chunk that ends no prompt
   const T* x = xn_.get();
   if (sel) {
@@ -1283,7 +1308,7 @@ void CudaGreedyDecoder<T>::forward_rows(int n, const std::int32_t* tok, const st
   // logits (n_sel, V) = x (n_sel, D) · clsᵀ
   gemm_rowmajor(model_->cublas(), CUBLAS_OP_N, CUBLAS_OP_T, n_sel, V, D, 1.0f, x, cuda_data_type<T>(), D,
                 model_->classifier(), cuda_data_type<T>(), D, 0.0f, logits_.get(), CUDA_R_32F, V);
-  decode_kern::launch_argmax_rows(s, logits_.get(), n_sel, V, d_next_);
+  decode_kern::launch_argmax_rows(s, logits_.get(), n_sel, V, d_next_, pdl_);
 }
 
 template <class T>

@@ -19,6 +19,7 @@
 #include <cstdint>
 #include <initializer_list>
 #include <type_traits>
+#include <utility>
 
 #include "hdpissa/backend/cuda/cuda_check.hpp"
 #include "hdpissa/backend/cuda/fp8_quantize.hpp"
@@ -29,6 +30,47 @@ namespace hdpissa::llama::gpu::kern {
 inline unsigned grid_for(std::int64_t n, int threads = 256) {
   const std::int64_t g = (n + threads - 1) / threads;
   return static_cast<unsigned>(g < 1 ? 1 : (g > 65535 * 16 ? 65535 * 16 : g));
+}
+
+/// Programmatic dependent launch (sm_90; the decoder's steps, `HDPISSA_DECODE_PDL`). A kernel launched
+/// with `launch_pdl(…, pdl = true)` may be scheduled while the kernel before it on the stream is still
+/// finishing; `pdl_wait()` (griddepcontrol.wait) then holds every thread until that kernel has
+/// completed and its memory is visible, so it must come before the first read of anything the
+/// previous kernels wrote (and before any write). `pdl_trigger()` (griddepcontrol.launch_dependents)
+/// lets the next kernel, if launched with pdl, be scheduled once every block of this one has called
+/// it (it still waits for this one's completion in its own pdl_wait). Both are no-ops for a kernel
+/// launched without the attribute and on devices below sm_90: no result changes, only when a block
+/// may start.
+__device__ __forceinline__ void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void pdl_trigger() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+/// Enqueues kernel<<<grid, block, smem, s>>>(args...), with the programmatic-stream-serialization
+/// attribute when `pdl` (the kernel must call pdl_wait() first; see above). Returns the launch's error.
+template <class... KArgs, class... Args>
+cudaError_t launch_pdl(void (*kernel)(KArgs...), dim3 grid, dim3 block, std::size_t smem, cudaStream_t s, bool pdl,
+                       Args&&... args) {
+  if (!pdl) {
+    kernel<<<grid, block, smem, s>>>(std::forward<Args>(args)...);
+    return cudaGetLastError();
+  }
+  cudaLaunchAttribute at[1];
+  at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  at[0].val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchConfig_t cfg{};
+  cfg.gridDim = grid;
+  cfg.blockDim = block;
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = s;
+  cfg.attrs = at;
+  cfg.numAttrs = 1;
+  return cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...);
 }
 
 __device__ __forceinline__ float to_f(float x) { return x; }
@@ -143,6 +185,8 @@ __global__ void add_rmsnorm_fwd(const float* prev, const T* __restrict__ y, floa
                                 float* __restrict__ rstd, T* __restrict__ xn, int D, float eps,
                                 unsigned int* __restrict__ amax_bits = nullptr) {
   __shared__ float sh[32];
+  pdl_wait();  // no-ops unless launched with pdl (the decoder's steps)
+  pdl_trigger();
   const std::int64_t base = static_cast<std::int64_t>(blockIdx.x) * D;
   const bool vec = (D & 3) == 0 && al4(prev) && al4(y) && al4(out) && al4(w) && al4(xn);
   float ss = 0.0f;
@@ -223,10 +267,11 @@ __global__ void add_rmsnorm_fwd(const float* prev, const T* __restrict__ y, floa
 /// training model never sets it, so its reductions keep their order (and its results their bits).
 /// `amax` (may be null; fp32 on the device, not reset here): *amax ← max(*amax, max |xn|), the value
 /// launch_fp8_amax would read from xn, for the FP8 quantisation of xn (issue 20, FP8 compute).
+/// `pdl`: a programmatic dependent launch (launch_pdl; the decoder's steps under HDPISSA_DECODE_PDL).
 template <class T>
 void launch_add_rmsnorm_fwd(cudaStream_t s, const float* prev, const T* y, float* out, const float* w, float* rstd,
                             T* xn, std::int64_t n_rows, int D, float eps, bool wide_rows = false,
-                            float* amax = nullptr) {
+                            float* amax = nullptr, bool pdl = false) {
   int threads = 256;
   if (wide_rows && n_rows <= 256) threads = std::min(1024, std::max(256, (D / 4 + 31) / 32 * 32));
   const bool vec = D % 4 == 0 && al4(prev) && al4(y) && al4(out) && al4(w) && al4(xn);  // the kernel's 4-wide test
@@ -237,9 +282,8 @@ void launch_add_rmsnorm_fwd(cudaStream_t s, const float* prev, const T* y, float
     else if (D <= 4 * 256 * 4) k = add_rmsnorm_fwd<T, 4>;
     else if (D <= 4 * 256 * 8) k = add_rmsnorm_fwd<T, 8>;
   }
-  k<<<static_cast<unsigned>(n_rows), threads, 0, s>>>(prev, y, out, w, rstd, xn, D, eps,
-                                                     reinterpret_cast<unsigned int*>(amax));
-  HDPISSA_CUDA_CHECK_LAUNCH("add_rmsnorm_fwd");
+  HDPISSA_CUDA_CHECK(launch_pdl(k, dim3(static_cast<unsigned>(n_rows)), dim3(threads), 0, s, pdl, prev, y, out, w, rstd,
+                                xn, D, eps, reinterpret_cast<unsigned int*>(amax)));
 }
 
 /// RMSNorm backward into the residual gradient: with dy = dyf + dy0 + dy1 + dy2 (null terms
