@@ -6,10 +6,13 @@ Presets (--preset, default tinyllama):
              max_position 2048
   llama2-7b  LLaMA-2-7B: hidden 4096, 32 layers, 32 heads, 32 KV heads (no GQA), intermediate 11008,
              max_position 4096
+  llama3-8b  LLaMA-3-8B's body: hidden 4096, 32 layers, 32 heads, 8 KV heads (GQA 4), intermediate
+             14336, rope_theta 500000, max_position 8192 — but vocab 32000 (the LLaMA-2 tokenizer
+             here), not LLaMA-3's 128,256: the classifier is 4× smaller than the real model's
   codellama-34b  CodeLlama-34B's shape (issue 13's one-GPU fit target): hidden 8192, 48 layers, 64 heads,
              8 KV heads, intermediate 22016, max_position 16384; 67.5 GB in bf16 — more than the
              single-H200 machine's 64 GiB disk: write it with --shard-dirs (below)
-All: vocab 32000 (the LLaMA-2 tokenizer), rope_theta 10000, RMSNorm eps 1e-5, untied lm_head.
+All: vocab 32000 (the LLaMA-2 tokenizer), rope_theta 10000 (llama3-8b: 500000), RMSNorm eps 1e-5, untied lm_head.
 --layers N overrides num_hidden_layers (a shorter model of the same width when time is short; the
 benchmark table reports it). Weights: transformers' own LlamaForCausalLM initialisation (normal,
 std 0.02) under torch.manual_seed(--seed), made directly in bf16 (torch default dtype bf16 while the
@@ -25,7 +28,7 @@ generation_config.json, model.safetensors.index.json and shape.json as save_pret
 Host memory holds one shard at a time. For a checkpoint larger than one filesystem, e.g. the 34B
 shape on the device machine: --shard-dirs /dev/shm/m34,/tmp/m34 (RAM-backed tmpfs + disk).
 
-usage: make_model.py OUT_DIR [--preset tinyllama|llama2-7b|codellama-34b] [--layers N] [--seed 0]
+usage: make_model.py OUT_DIR [--preset tinyllama|llama2-7b|llama3-8b|codellama-34b] [--layers N] [--seed 0]
                      [--shard-dirs DIR,... [--max-shard-gb 5]]   (torch + transformers + safetensors)
 """
 import argparse
@@ -39,6 +42,9 @@ PRESETS = {
                       num_attention_heads=32, num_key_value_heads=4, max_position_embeddings=2048),
     "llama2-7b": dict(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
                       num_attention_heads=32, num_key_value_heads=32, max_position_embeddings=4096),
+    "llama3-8b": dict(vocab_size=32000, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+                      num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=8192,
+                      rope_theta=500000.0),
     "codellama-34b": dict(vocab_size=32000, hidden_size=8192, intermediate_size=22016, num_hidden_layers=48,
                           num_attention_heads=64, num_key_value_heads=8, max_position_embeddings=16384),
 }
@@ -113,10 +119,11 @@ def main():
         kw["num_hidden_layers"] = a.layers
     kw.update(rms_norm_eps=1e-5, hidden_act="silu", tie_word_embeddings=False, bos_token_id=1, eos_token_id=2,
               initializer_range=0.02)
+    theta = kw.pop("rope_theta", 10000.0)
     try:  # transformers 5: rope parameters in one dict
-        cfg = LlamaConfig(rope_parameters={"rope_type": "default", "rope_theta": 10000.0}, **kw)
+        cfg = LlamaConfig(rope_parameters={"rope_type": "default", "rope_theta": theta}, **kw)
     except TypeError:
-        cfg = LlamaConfig(rope_theta=10000.0, **kw)
+        cfg = LlamaConfig(rope_theta=theta, **kw)
     t0 = time.time()
     torch.manual_seed(a.seed)
     dev = "cuda" if torch.cuda.is_available() else "cpu"

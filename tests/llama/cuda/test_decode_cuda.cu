@@ -21,6 +21,8 @@
 #include <cstring>
 #include <filesystem>
 #include <algorithm>
+#include <array>
+#include <optional>
 #include <random>
 #include <type_traits>
 #include <utility>
@@ -260,21 +262,26 @@ TEST_CASE("HDPISSA_DECODE_CHUNK: every split size still gives the CPU decoder's 
   }
 }
 
-TEST_CASE("bf16 GPU greedy decoding follows the CPU decoder up to near-ties (stories260K)") {
-  if (!have_stories()) {
-    MESSAGE("SKIPPED: " << stories_dir() << " not found (set HDPISSA_DATA)");
-    return;
-  }
-  const ModelWeights w = load_hf_checkpoint(stories_dir());
+namespace {
+
+/// bf16 GPU greedy decoding of `prompts` (no stop tokens) against the CPU decoder on the
+/// bf16-rounded weights: each completion equal, or first different at a step where the CPU's top
+/// logit and the GPU's pick are within 2·3e-2·max|z| (3e-2·max|z|: the bf16 logits bound of the GPU
+/// model's own test on stories260K; either logit may move by that much). Returns the number of
+/// equal completions. `expect` (optional): the split kernel the decoder must have resolved to.
+int check_bf16_follows_cpu(const ModelWeights& w, const std::vector<std::vector<std::int32_t>>& prompts, int max_new,
+                           int slots, int prefill_rows, const std::string& tag,
+                           std::optional<CacheAttentionKernel> expect = std::nullopt) {
   const ModelWeights wr = rounded_to_bf16(w);
-  const auto prompts = make_prompts(w.config.vocab_size, {1, 7, 23, 2, 60, 13, 31, 5, 90, 4, 1, 1}, 6);
-  const int max_new = 80;
   const double tol = 3e-2;
   hdpissa::CudaStream stream;
   CudaLlama<bf16> model(w, 1, 1, stream.get());
   hdpissa::CudaBackend<bf16> be(model.stream(), {});
   CudaHooks<bf16> hooks(be);
-  CudaGreedyDecoder<bf16> dec(model, 5, std::min(w.config.max_seq_len, 90 + max_new), 48);
+  int longest = 1;
+  for (const auto& p : prompts) longest = std::max(longest, static_cast<int>(p.size()));
+  CudaGreedyDecoder<bf16> dec(model, slots, std::min(w.config.max_seq_len, longest + max_new), prefill_rows);
+  if (expect) REQUIRE(dec.attention_kernel() == *expect);
   GreedyDecodeOptions o;
   o.max_new_tokens = max_new;
   const auto got = dec.generate(prompts, o, hooks);
@@ -297,11 +304,25 @@ TEST_CASE("bf16 GPU greedy decoding follows the CPU decoder up to near-ties (sto
     const auto row = z.row(z.rows() - 1);
     const double zmax = row.cwiseAbs().maxCoeff();
     const double top1 = row(ref[d]), gpu_pick = row(got[i][d]);
-    INFO("prompt " << i << ": first divergence at new token " << d << ": CPU " << ref[d] << " (z " << top1 << "), GPU "
-                   << got[i][d] << " (z " << gpu_pick << "), max|z| " << zmax);
+    INFO(tag << ", prompt " << i << ": first divergence at new token " << d << ": CPU " << ref[d] << " (z " << top1
+             << "), GPU " << got[i][d] << " (z " << gpu_pick << "), max|z| " << zmax);
     CHECK(top1 - gpu_pick <= 2 * tol * zmax);
   }
-  MESSAGE("bf16: " << equal << "/" << prompts.size() << " completions equal to the CPU's; the rest diverge at near-ties");
+  MESSAGE(tag << ": " << equal << "/" << prompts.size()
+              << " completions equal to the CPU's; the rest diverge at near-ties");
+  return equal;
+}
+
+}  // namespace
+
+TEST_CASE("bf16 GPU greedy decoding follows the CPU decoder up to near-ties (stories260K)") {
+  if (!have_stories()) {
+    MESSAGE("SKIPPED: " << stories_dir() << " not found (set HDPISSA_DATA)");
+    return;
+  }
+  const ModelWeights w = load_hf_checkpoint(stories_dir());
+  const auto prompts = make_prompts(w.config.vocab_size, {1, 7, 23, 2, 60, 13, 31, 5, 90, 4, 1, 1}, 6);
+  check_bf16_follows_cpu(w, prompts, 80, 5, 48, "stories260K bf16");
 }
 
 namespace {
@@ -321,7 +342,8 @@ E* to_device(const std::vector<E>& h) {
 /// boundaries), a sliding window or none. Returns the two normalised errors ‖out − ref‖ / ‖ref‖.
 template <class T>
 std::pair<double, double> cache_attention_errors(int nh, int nkv, int hd, int window, unsigned seed, float q_sd = 1.0f,
-                                                 int chunk = 128) {
+                                                 int chunk = 128,
+                                                 CacheAttentionKernel second = CacheAttentionKernel::TwoPhase) {
   const int slots = 5, max_ctx = 300, splits = (max_ctx + chunk - 1) / chunk;
   const std::vector<int> row_slot{0, 1, 2, 3, 4, 2, 0};
   const std::vector<int> row_pos{0, 1, 127, 128, 299, 200, 257};  // split edges, a full cache
@@ -383,8 +405,7 @@ std::pair<double, double> cache_attention_errors(int nh, int nkv, int hd, int wi
       REQUIRE(hdpissa::llama::gpu::decode_kern::cache_attention_fused_supported<T>(hd, nh / nkv));
     hdpissa::llama::gpu::decode_kern::launch_cache_attention<T>(nullptr, q, kc, vc, slot, pos, n, nh, nkv, hd, max_ctx,
                                                                 window, scale, chunk, splits, part_o, part_ml, out,
-                                                                f == 0 ? CacheAttentionKernel::Fused
-                                                                       : CacheAttentionKernel::TwoPhase);
+                                                                f == 0 ? CacheAttentionKernel::Fused : second);
     REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
     std::vector<T> got(ref.size());
     REQUIRE(cudaMemcpy(got.data(), out, got.size() * sizeof(T), cudaMemcpyDeviceToHost) == cudaSuccess);
@@ -622,7 +643,7 @@ TEST_CASE("HDPISSA_DECODE_ATTENTION=bulk and HDPISSA_DECODE_ORDER=0 give the CPU
     {
       ScopedEnv e("HDPISSA_DECODE_ATTENTION", "flash");
       CHECK_THROWS_WITH_AS(CudaGreedyDecoder<float>(model, 2, 16),
-                           doctest::Contains("HDPISSA_DECODE_ATTENTION: expected auto, fused, bulk or two-phase"),
+                           doctest::Contains("HDPISSA_DECODE_ATTENTION: expected auto, fused, bulk, two-phase or mma"),
                            LlamaError);
     }
     for (const char* bad : {"32", "32x0", "0x4", "32x17", "32x4x", "32x4k"}) {
@@ -710,6 +731,108 @@ TEST_CASE("HDPISSA_DECODE_PDL=1 (programmatic dependent launches) keeps every to
   for (std::size_t i = 0; i < sp.size(); ++i) {
     INFO("prompt " << i << "\n  plain " << str(plain[i]) << "\n  pdl   " << str(with_pdl[i]));
     CHECK(with_pdl[i] == plain[i]);
+  }
+}
+
+TEST_CASE("cache attention: the tensor-core GQA kernel (bf16) against float64 (groups 2-8, hd 64 / 128, windows, splits)") {
+  namespace dk = hdpissa::llama::gpu::decode_kern;
+  if (!dk::cache_attention_mma_supported<bf16>(128, 4)) {
+    MESSAGE("SKIPPED: the tensor-core cache attention needs sm_80");
+    return;
+  }
+  CHECK_FALSE(dk::cache_attention_mma_supported<float>(128, 4));  // bf16 only
+  CHECK_FALSE(dk::cache_attention_mma_supported<bf16>(96, 4));    // hd 64 or 128
+  CHECK_FALSE(dk::cache_attention_mma_supported<bf16>(128, 1));   // MHA: the bulk / fused kernels
+  CHECK_FALSE(dk::cache_attention_mma_supported<bf16>(128, 16));
+  CHECK(dk::resolve_cache_attention<bf16>(CacheAttentionKernel::Mma, 128, 4) == CacheAttentionKernel::Mma);
+  CHECK(dk::resolve_cache_attention<float>(CacheAttentionKernel::Mma, 128, 4) ==
+        dk::resolve_cache_attention<float>(CacheAttentionKernel::Auto, 128, 4));
+  struct Shape {
+    int nh, nkv, hd, window;
+  };
+  // LLaMA-3-8B / Mistral (group 4, hd 128), TinyLlama (group 8, hd 64), groups 2 and 3, windows
+  const std::vector<Shape> shapes{{32, 8, 128, 0}, {32, 4, 64, 0}, {8, 4, 128, 100}, {12, 4, 64, 37}, {16, 2, 128, 0}};
+  for (const Shape& sh : shapes)
+    for (int chunk : {16, 128, 512}) {  // a run shorter than the warps' 64 keys, split edges, one split
+      INFO("nh " << sh.nh << " nkv " << sh.nkv << " hd " << sh.hd << " window " << sh.window << " chunk " << chunk);
+      const auto [fused, mma] = cache_attention_errors<bf16>(sh.nh, sh.nkv, sh.hd, sh.window, 21, 1.0f, chunk,
+                                                             CacheAttentionKernel::Mma);
+      const auto [pk_fused, pk_mma] = cache_attention_errors<bf16>(sh.nh, sh.nkv, sh.hd, sh.window, 22, 6.0f, chunk,
+                                                                   CacheAttentionKernel::Mma);
+      MESSAGE("nh " << sh.nh << " nkv " << sh.nkv << " hd " << sh.hd << " window " << sh.window << " chunk " << chunk
+                    << ": bf16 fused " << fused << " mma " << mma << "; peaked fused " << pk_fused << " mma " << pk_mma);
+      CHECK(mma < 6e-3);  // the output's rounding and P in bf16 (2^-9 relative each)
+      CHECK(pk_mma < 6e-3);
+      CHECK(mma < 2.5 * fused + 1e-3);  // not far from the fp32-arithmetic kernel on the same data
+    }
+  // stages: 2 and 4 give the same bits as the default 3 (the ring changes when, not what)
+  {
+    const int n = 5, nh = 32, nkv = 8, hd = 128, max_ctx = 300, chunk = 128, splits = 3;
+    std::mt19937 rng(4);
+    std::normal_distribution<float> nd(0.0f, 1.0f);
+    auto fill = [&](std::size_t count) {
+      std::vector<bf16> v(count);
+      for (auto& x : v) x = static_cast<bf16>(nd(rng));
+      return v;
+    };
+    const auto hq = fill(std::size_t(n) * nh * hd), hk = fill(std::size_t(n) * nkv * max_ctx * hd),
+               hv = fill(std::size_t(n) * nkv * max_ctx * hd);
+    bf16 *q = to_device(hq), *kc = to_device(hk), *vc = to_device(hv);
+    std::int32_t* pos = to_device(std::vector<std::int32_t>{0, 63, 64, 299, 150});
+    float *part_o = nullptr, *part_ml = nullptr;
+    REQUIRE(cudaMalloc(&part_o, sizeof(float) * std::size_t(n) * nh * splits * hd) == cudaSuccess);
+    REQUIRE(cudaMalloc(&part_ml, sizeof(float) * std::size_t(n) * nh * splits * 2) == cudaSuccess);
+    std::vector<std::vector<bf16>> outs;
+    for (int stages : {3, 2, 4}) {
+      bf16* out = nullptr;
+      REQUIRE(cudaMalloc(&out, sizeof(bf16) * std::size_t(n) * nh * hd) == cudaSuccess);
+      dk::BulkTiling t;
+      t.mma_stages = stages;
+      dk::launch_cache_attention<bf16>(nullptr, q, kc, vc, nullptr, pos, n, nh, nkv, hd, max_ctx, 0, 0.088f, chunk,
+                                       splits, part_o, part_ml, out, CacheAttentionKernel::Mma, t);
+      REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
+      outs.emplace_back(std::size_t(n) * nh * hd);
+      REQUIRE(cudaMemcpy(outs.back().data(), out, sizeof(bf16) * outs.back().size(), cudaMemcpyDeviceToHost) ==
+              cudaSuccess);
+      cudaFree(out);
+      CAPTURE(stages);
+      CHECK(std::memcmp(outs.back().data(), outs.front().data(), sizeof(bf16) * outs.front().size()) == 0);
+    }
+    std::int32_t* none = nullptr;
+    for (int bad : {1, 5})
+      CHECK_THROWS_WITH_AS(dk::launch_cache_attention_mma(nullptr, q, kc, vc, none, pos, n, nh, nkv, hd, max_ctx, 0,
+                                                          1.0f, chunk, splits, part_o, part_ml, nullptr, bad),
+                           doctest::Contains("expected 2 to 4 stages"), hdpissa::InvalidArgument);
+    cudaFree(q), cudaFree(kc), cudaFree(vc), cudaFree(pos), cudaFree(part_o), cudaFree(part_ml);
+  }
+}
+
+TEST_CASE("HDPISSA_DECODE_ATTENTION=mma: bf16 greedy decoding follows the CPU decoder up to near-ties (GQA, hd 64 / 128)") {
+  namespace dk = hdpissa::llama::gpu::decode_kern;
+  if (!dk::cache_attention_mma_supported<bf16>(64, 2)) {
+    MESSAGE("SKIPPED: the tensor-core cache attention needs sm_80");
+    return;
+  }
+  for (const auto& [nh, nkv, hd] : std::vector<std::array<int, 3>>{{4, 2, 64}, {8, 1, 64}, {4, 1, 128}}) {
+    ModelWeights w = tiny_random(31 + nh, false, 0, 0);
+    ModelConfig c = w.config;
+    c.n_heads = nh, c.n_kv_heads = nkv, c.head_dim = hd, c.dim = nh * hd, c.hidden_dim = 2 * c.dim;
+    c.vocab_size = 97, c.max_seq_len = 200;
+    w = ModelWeights::zeros(c);
+    std::mt19937 rng(nh * 100 + hd);
+    std::normal_distribution<float> nd(0.0f, 1.0f);
+    w.for_each_parameter([&](const std::string& name, float* p, std::int64_t count, const std::vector<std::int64_t>& shape) {
+      const bool norm = name.find("norm") != std::string::npos;
+      const float sd = shape.size() == 2 ? 1.0f / std::sqrt(static_cast<float>(shape.back())) : 1.0f;
+      for (std::int64_t i = 0; i < count; ++i) p[i] = norm ? 1.0f + 0.1f * nd(rng) : sd * nd(rng);
+    });
+    const auto prompts = make_prompts(c.vocab_size, {1, 70, 9, 33, 120, 2, 64}, 7);
+    ScopedEnv e("HDPISSA_DECODE_ATTENTION", "mma");
+    for (const char* chunk : {"16", "8192"}) {
+      ScopedEnv ch("HDPISSA_DECODE_CHUNK", chunk);
+      check_bf16_follows_cpu(w, prompts, 60, 3, 40, cat("mma, ", nh, "/", nkv, " heads x ", hd, ", chunk ", chunk),
+                             CacheAttentionKernel::Mma);
+    }
   }
 }
 

@@ -322,6 +322,42 @@ __device__ __forceinline__ void merge_softmax_state(float& m, float& l, float om
   m = mn;
 }
 
+/// The end of a split kernel: merges the per-warp states in shared memory — o_s (nwarps, group, hd)
+/// unnormalised outputs, m_s / l_s (nwarps, group) maxima (log2 domain) and sums, an empty warp
+/// with m = -inf — and writes the split's result: with `out` (one split) the normalised output,
+/// else part_o / part_ml as cache_attention_combine reads them. Call after a barrier.
+template <class T>
+__device__ __forceinline__ void merge_warps_and_write(const float* o_s, const float* m_s, const float* l_s, int nwarps,
+                                                      int r, int kvh, int nh, int group, int hd, std::int64_t part,
+                                                      int splits, float* __restrict__ part_o,
+                                                      float* __restrict__ part_ml, T* __restrict__ out) {
+  constexpr float kLn2 = 0.69314718055994530942f;
+  for (int idx = threadIdx.x; idx < group * hd; idx += blockDim.x) {
+    const int g = idx / hd, d = idx % hd;
+    float M = -INFINITY;
+    for (int w = 0; w < nwarps; ++w) M = fmaxf(M, m_s[w * group + g]);
+    float acc = 0.0f, L = 0.0f;
+    if (M != -INFINITY) {
+      for (int w = 0; w < nwarps; ++w) {
+        const float f = exp2f(m_s[w * group + g] - M);  // an empty warp: exp2(-inf) = 0
+        acc += f * o_s[(w * group + g) * hd + d];
+        L += f * l_s[w * group + g];
+      }
+    }
+    if (out != nullptr) {  // one split: the combine's arithmetic (exp(0)·l = l, exp(0)·o = o, o·(1/l))
+      const float inv = L > 0.0f ? 1.0f / L : 0.0f;
+      out[(static_cast<std::int64_t>(r) * nh + kvh * group + g) * hd + d] = from_f<T>((L > 0.0f ? acc : 0.0f) * inv);
+      continue;
+    }
+    const std::int64_t pi = part + static_cast<std::int64_t>(g) * splits;
+    part_o[pi * hd + d] = acc;
+    if (d == 0) {  // (m, l) in the natural-log domain, as cache_attention_combine reads them
+      part_ml[2 * pi] = M == -INFINITY ? -INFINITY : M * kLn2;
+      part_ml[2 * pi + 1] = L;
+    }
+  }
+}
+
 /// The fused kernel's per-lane state: the running (m, l, o) of each query head of the group (m in
 /// the log2 domain, o unnormalised) over the keys this lane's subgroup has seen, and the lane's
 /// query slices pre-scaled by scale·log2(e). Shared by cache_attention_fused and
@@ -434,31 +470,7 @@ struct FusedAttnState {
       }
     }
     __syncthreads();
-    constexpr float kLn2 = 0.69314718055994530942f;
-    for (int idx = threadIdx.x; idx < group * hd; idx += blockDim.x) {
-      const int g = idx / hd, d = idx % hd;
-      float M = -INFINITY;
-      for (int w = 0; w < nwarps; ++w) M = fmaxf(M, m_s[w * group + g]);
-      float acc = 0.0f, L = 0.0f;
-      if (M != -INFINITY) {
-        for (int w = 0; w < nwarps; ++w) {
-          const float f = exp2f(m_s[w * group + g] - M);  // an empty warp: exp2(-inf) = 0
-          acc += f * o_s[(w * group + g) * hd + d];
-          L += f * l_s[w * group + g];
-        }
-      }
-      if (out != nullptr) {  // one split: the combine's arithmetic (exp(0)·l = l, exp(0)·o = o, o·(1/l))
-        const float inv = L > 0.0f ? 1.0f / L : 0.0f;
-        out[(static_cast<std::int64_t>(r) * nh + kvh * group + g) * hd + d] = from_f<T>((L > 0.0f ? acc : 0.0f) * inv);
-        continue;
-      }
-      const std::int64_t pi = part + static_cast<std::int64_t>(g) * splits;
-      part_o[pi * hd + d] = acc;
-      if (d == 0) {  // (m, l) in the natural-log domain, as cache_attention_combine reads them
-        part_ml[2 * pi] = M == -INFINITY ? -INFINITY : M * kLn2;
-        part_ml[2 * pi + 1] = L;
-      }
-    }
+    merge_warps_and_write(o_s, m_s, l_s, nwarps, r, kvh, nh, group, hd, part, splits, part_o, part_ml, out);
   }
 };
 
@@ -686,6 +698,216 @@ __global__ void __launch_bounds__(kAttnThreads, MINB) cache_attention_bulk(
 #endif
 }
 
+// --- the tensor-core GQA kernel (bf16, sm_80+: mma.sync m16n8k16) ---------------------------------
+
+/// cache_attention_mma's keys per warp and stage, and its shared-memory row pitch for a head of hd
+/// bf16: hd·2 + 16 bytes, so that the 8 rows of every 8 × 8 ldmatrix fall on distinct banks.
+inline constexpr int kMmaKeys = 16;
+__host__ __device__ constexpr int mma_row_bytes(int hd) { return hd * 2 + 16; }
+
+__device__ __forceinline__ void cp_async16(std::uint32_t dst, const void* src, int src_bytes) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(src_bytes) : "memory");
+#endif
+}
+__device__ __forceinline__ void cp_async_commit() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.commit_group;\n" ::: "memory");
+#endif
+}
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+#endif
+}
+__device__ __forceinline__ void ldmatrix_x4(std::uint32_t addr, std::uint32_t (&r)[4]) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
+#endif
+}
+__device__ __forceinline__ void ldmatrix_x4_trans(std::uint32_t addr, std::uint32_t (&r)[4]) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
+#endif
+}
+/// d(rows g) += A·B for one m16n8k16 bf16 product with fp32 accumulation, where A's rows 8–15 are
+/// zero (a1 = a3 = 0: the group's ≤ 8 query heads are rows 0–7): only the accumulators of row
+/// g = lane / 4 (d0, d1) are kept; rows g + 8 come out zero and are dropped.
+__device__ __forceinline__ void mma_rows8(float& d0, float& d1, std::uint32_t a0, std::uint32_t a2, std::uint32_t b0,
+                                          std::uint32_t b1) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  float x2, x3;
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+      "{%10, %11, %12, %13};\n"
+      : "=f"(d0), "=f"(d1), "=f"(x2), "=f"(x3)
+      : "r"(a0), "r"(0u), "r"(a2), "r"(0u), "r"(b0), "r"(b1), "f"(d0), "f"(d1), "f"(0.0f), "f"(0.0f));
+  (void)x2, (void)x3;
+#endif
+}
+__device__ __forceinline__ std::uint32_t pack_bf16x2(float lo, float hi) {
+  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<const std::uint32_t*>(&v);
+}
+
+/// Dynamic shared memory of cache_attention_mma<HD, STAGES>: each warp's ring of STAGES K and V
+/// tiles of kMmaKeys padded rows, or the merge's (4 warps, group, hd + 2) floats if larger.
+inline std::size_t cache_attention_mma_smem(int hd, int group, int stages) {
+  const std::size_t tiles = static_cast<std::size_t>(kAttnThreads / 32) * stages * 2 * kMmaKeys * mma_row_bytes(hd);
+  const std::size_t merge = sizeof(float) * static_cast<std::size_t>(kAttnThreads / 32) * group * (hd + 2);
+  return std::max(tiles, merge);
+}
+
+/// The tensor-core split kernel for GQA groups of 2 to 8 in bf16 (the shapes where the register
+/// kernels are latency-bound: a chain of shuffle reductions and exponentials per key and head).
+/// One block per (row, kv head, split) as the others (cache_split); its 4 warps take the split's
+/// keys in runs of kMmaKeys (warp w: runs w, w + 4, …), each through its own ring of STAGES
+/// shared-memory tiles filled by cp.async (16 bytes a lane, rows padded to mma_row_bytes; keys past
+/// the split zero-filled). Per run: S = Q·Kᵀ as (group ≤ 8 rows of an m16 tile) × 16 keys in
+/// HD / 16 m16n8k16 products (Q's fragments in registers, K's by ldmatrix), then per query head an
+/// online softmax in fp32 (max over the quad's lanes; P = exp2(S·scale·log2 e − m)), then O += P·V
+/// with P rounded to bf16 as the products' A operand (V's fragments by ldmatrix.trans), fp32
+/// accumulation. The warps' states merge as the fused kernel's (merge_warps_and_write). Not the
+/// fused kernel's bits: the scores' sums run in another order and P·V takes P in bf16 (as
+/// FlashAttention's kernels do); tests bound its error against float64.
+template <int HD, int STAGES>
+__global__ void __launch_bounds__(kAttnThreads) cache_attention_mma(
+    const __nv_bfloat16* __restrict__ q, const __nv_bfloat16* __restrict__ kc, const __nv_bfloat16* __restrict__ vc,
+    const std::int32_t* __restrict__ slot, const std::int32_t* __restrict__ pos, const std::int32_t* __restrict__ order,
+    int nh, int nkv, int max_ctx, int window, float scale_log2, int chunk, float* __restrict__ part_o,
+    float* __restrict__ part_ml, __nv_bfloat16* __restrict__ out) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  static_assert(HD % 16 == 0 && STAGES >= 2, "cache_attention_mma: hd a multiple of 16, two stages or more");
+  using bf16 = __nv_bfloat16;
+  extern __shared__ __align__(128) unsigned char mma_sh[];
+  kern::pdl_wait();
+  kern::pdl_trigger();
+  const int group = nh / nkv;
+  const CacheSplit cs = cache_split(pos, slot, order, nh, group, window, chunk, part_ml);
+  if (cs.k0 >= cs.k1) {
+    fused_empty_split(out, cs.r, cs.kvh, nh, group, HD);
+    return;
+  }
+  constexpr int RB = mma_row_bytes(HD), CH = HD / 8, KT = HD / 16, NT = HD / 8;
+  constexpr int kWarps = kAttnThreads / 32, kStageBytes = 2 * kMmaKeys * RB;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
+  const int cnt = cs.k1 - cs.k0;
+  const std::int64_t head_base = (static_cast<std::int64_t>(cs.s) * nkv + cs.kvh) * max_ctx + cs.k0;
+  const bf16* kbase = kc + head_base * HD;
+  const bf16* vbase = vc + head_base * HD;
+  const std::uint32_t ring = smem_addr(mma_sh) + static_cast<std::uint32_t>(warp * STAGES * kStageBytes);
+  const int runs = (cnt + kWarps * kMmaKeys - 1) / (kWarps * kMmaKeys);  // per warp (the last may be empty)
+  // run i of this warp: keys (i·4 + warp)·16 … + 16 of the split, K then V into stage i % STAGES
+  auto issue = [&](int i) {
+    const int key0 = (i * kWarps + warp) * kMmaKeys;
+    const std::uint32_t kst = ring + static_cast<std::uint32_t>((i % STAGES) * kStageBytes), vst = kst + kMmaKeys * RB;
+#pragma unroll
+    for (int t = lane; t < kMmaKeys * CH; t += 32) {
+      const int kr = t / CH, ch = t % CH, key = key0 + kr;
+      const bool ok = key < cnt;
+      const std::int64_t off = static_cast<std::int64_t>(ok ? key : 0) * HD + ch * 8;
+      cp_async16(kst + kr * RB + ch * 16, kbase + off, ok ? 16 : 0);
+      cp_async16(vst + kr * RB + ch * 16, vbase + off, ok ? 16 : 0);
+    }
+  };
+#pragma unroll
+  for (int i = 0; i < STAGES - 1; ++i) {
+    if (i < runs) issue(i);
+    cp_async_commit();
+  }
+  // Q's A fragments: row g (query head g of the group; zero past the group), k = 2c, 2c + 1 (a0)
+  // and 2c + 8, 2c + 9 (a2) of each 16-wide k step
+  std::uint32_t qa[KT][2];
+  {
+    const bf16* qrow = q + (static_cast<std::int64_t>(cs.r) * nh + cs.kvh * group + g) * HD;
+#pragma unroll
+    for (int kk = 0; kk < KT; ++kk) {
+      qa[kk][0] = g < group ? *reinterpret_cast<const std::uint32_t*>(qrow + kk * 16 + 2 * c) : 0u;
+      qa[kk][1] = g < group ? *reinterpret_cast<const std::uint32_t*>(qrow + kk * 16 + 8 + 2 * c) : 0u;
+    }
+  }
+  float o[NT][2];
+#pragma unroll
+  for (int nt = 0; nt < NT; ++nt) o[nt][0] = o[nt][1] = 0.0f;
+  float m_run = -INFINITY, l_run = 0.0f;  // row g's running max (log2 domain) and this lane's part of its sum
+  // ldmatrix row addresses: lane l gives row l % 8 of matrix l / 8
+  const int mj = lane >> 3, mr = lane & 7;
+  for (int i = 0; i < runs; ++i) {
+    cp_async_wait<STAGES - 2>();
+    __syncwarp();  // run i's tiles (every lane's copies) are in; stage (i − 1) % STAGES is free
+    if (i + STAGES - 1 < runs) issue(i + STAGES - 1);
+    cp_async_commit();
+    const int kb = (i * kWarps + warp) * kMmaKeys;
+    if (kb >= cnt) continue;  // this warp's last run lies past the split (warp-uniform)
+    const std::uint32_t kst = ring + static_cast<std::uint32_t>((i % STAGES) * kStageBytes), vst = kst + kMmaKeys * RB;
+    // S (rows g, keys 2c, 2c + 1 in s0; 8 + 2c, 9 + 2c in s1) = Q·Kᵀ; ldmatrix matrices: keys 0–7
+    // dims lo / hi, keys 8–15 dims lo / hi
+    float s0[2] = {0.0f, 0.0f}, s1[2] = {0.0f, 0.0f};
+#pragma unroll
+    for (int kk = 0; kk < KT; ++kk) {
+      std::uint32_t b[4];
+      ldmatrix_x4(kst + static_cast<std::uint32_t>(((mj >> 1) * 8 + mr) * RB + (kk * 16 + (mj & 1) * 8) * 2), b);
+      mma_rows8(s0[0], s0[1], qa[kk][0], qa[kk][1], b[0], b[1]);
+      mma_rows8(s1[0], s1[1], qa[kk][0], qa[kk][1], b[2], b[3]);
+    }
+    float sv[4] = {s0[0] * scale_log2, s0[1] * scale_log2, s1[0] * scale_log2, s1[1] * scale_log2};
+    const int kidx[4] = {kb + 2 * c, kb + 2 * c + 1, kb + 8 + 2 * c, kb + 9 + 2 * c};
+    float mx = -INFINITY;
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      if (kidx[j] >= cnt) sv[j] = -INFINITY;
+      mx = fmaxf(mx, sv[j]);
+    }
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+    const float mn = fmaxf(m_run, mx);  // finite: the run has a valid key (kb < cnt)
+    const float corr = exp2f(m_run - mn);
+    float p[4];
+#pragma unroll
+    for (int j = 0; j < 4; ++j) p[j] = exp2f(sv[j] - mn);
+    l_run = l_run * corr + (p[0] + p[1] + p[2] + p[3]);
+    m_run = mn;
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt) o[nt][0] *= corr, o[nt][1] *= corr;
+    // O += P·V: P's A fragment (row g, keys 2c.. in a0, 8 + 2c.. in a2); V's B fragments by
+    // ldmatrix.trans, matrices: keys 0–7 / 8–15 of dims d…d+7, then of d+8…d+15
+    const std::uint32_t pa0 = pack_bf16x2(p[0], p[1]), pa2 = pack_bf16x2(p[2], p[3]);
+#pragma unroll
+    for (int n2 = 0; n2 < NT / 2; ++n2) {
+      std::uint32_t b[4];
+      ldmatrix_x4_trans(vst + static_cast<std::uint32_t>(((mj & 1) * 8 + mr) * RB + (n2 * 16 + (mj >> 1) * 8) * 2), b);
+      mma_rows8(o[2 * n2][0], o[2 * n2][1], pa0, pa2, b[0], b[1]);
+      mma_rows8(o[2 * n2 + 1][0], o[2 * n2 + 1][1], pa0, pa2, b[2], b[3]);
+    }
+  }
+  cp_async_wait<0>();
+  l_run += __shfl_xor_sync(0xffffffffu, l_run, 1);
+  l_run += __shfl_xor_sync(0xffffffffu, l_run, 2);
+  __syncthreads();  // every warp is done with its ring: the merge reuses the shared memory
+  float* o_s = reinterpret_cast<float*>(mma_sh);
+  float* m_s = o_s + static_cast<std::size_t>(kWarps) * group * HD;
+  float* l_s = m_s + kWarps * group;
+  if (g < group) {
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt) {
+      o_s[(warp * group + g) * HD + nt * 8 + 2 * c] = o[nt][0];
+      o_s[(warp * group + g) * HD + nt * 8 + 2 * c + 1] = o[nt][1];
+    }
+    if (c == 0) m_s[warp * group + g] = m_run, l_s[warp * group + g] = l_run;
+  }
+  __syncthreads();
+  merge_warps_and_write(o_s, m_s, l_s, kWarps, cs.r, cs.kvh, nh, group, HD, cs.part, static_cast<int>(gridDim.z),
+                        part_o, part_ml, out);
+#else
+  __trap();  // launch_cache_attention_mma refuses devices below sm_80
+#endif
+}
+
 /// Merges the splits of every (row, query head) into the attention output (n, nh·hd) in T.
 /// grid (n·nh), block 128.
 template <class T>
@@ -717,8 +939,10 @@ __global__ void cache_attention_combine(const float* __restrict__ part_o, const 
 /// and wherever the fused one does not take the shape. Fused / TwoPhase: that kernel (Fused falls
 /// back to the two-phase one for a shape it does not take); the tests run both. Bulk: the fused
 /// kernel's arithmetic with its keys brought in by bulk copies (cache_attention_bulk; sm_90 and the
-/// fused kernel's shapes, else as Fused), the same bits as Fused.
-enum class CacheAttentionKernel { Auto, Fused, TwoPhase, Bulk };
+/// fused kernel's shapes, else as Fused), the same bits as Fused. Mma: the tensor-core kernel
+/// (cache_attention_mma) for bf16, GQA groups of 2 to 8, head_dim 64 or 128, sm_80 and later;
+/// elsewhere as Auto. Not the other kernels' bits (P·V takes P in bf16).
+enum class CacheAttentionKernel { Auto, Fused, TwoPhase, Bulk, Mma };
 
 /// cache_attention_bulk's tiling: keys per tile (rounded up to a multiple of the block's 2·stride
 /// keys per step, see launch_cache_attention_bulk) and shared-memory stages (1 … kBulkMaxStages).
@@ -729,6 +953,7 @@ struct BulkTiling {
   int tile_keys = 32;
   int stages = 2;
   int min_blocks = 0;  // 8: the MHA kernel compiled for 8 blocks per SM (≤ 64 registers); 0: no bound
+  int mma_stages = 3;  // CacheAttentionKernel::Mma: each warp's ring of 16-key tiles (2 to 4 stages)
 };
 
 /// Whether cache_attention_fused takes (hd, group) for T: hd a multiple of the 16-byte vector,
@@ -848,12 +1073,28 @@ inline bool cache_attention_runs_bulk(CacheAttentionKernel kernel, int hd, int g
   return wanted && cache_attention_fused_supported<T>(hd, group) && device_has_bulk_copy();
 }
 
-/// The split kernel `kernel` resolves to for (T, hd, group) on the current device: Bulk where
-/// cache_attention_runs_bulk, else Fused where asked (Fused, Bulk, or Auto for MHA and groups of 2)
-/// and the fused kernel takes the shape, else TwoPhase. What launch_cache_attention runs.
+/// Whether cache_attention_mma takes (T, hd, group) on the current device: bf16, hd 64 or 128, a
+/// GQA group of 2 to 8, compute capability 8.0 or later.
+template <class T>
+inline bool cache_attention_mma_supported(int hd, int group) {
+  if (!std::is_same_v<T, __nv_bfloat16> || (hd != 64 && hd != 128) || group < 2 || group > 8) return false;
+  int dev = 0, major = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess)
+    return false;
+  return major >= 8;
+}
+
+/// The split kernel `kernel` resolves to for (T, hd, group) on the current device: Mma where asked
+/// and cache_attention_mma_supported (else as Auto), Bulk where cache_attention_runs_bulk, else
+/// Fused where asked (Fused, Bulk, or Auto for MHA and groups of 2) and the fused kernel takes the
+/// shape, else TwoPhase. What launch_cache_attention runs.
 template <class T>
 inline CacheAttentionKernel resolve_cache_attention(CacheAttentionKernel kernel, int hd, int group) {
   using K = CacheAttentionKernel;
+  if (kernel == K::Mma) {
+    if (cache_attention_mma_supported<T>(hd, group)) return K::Mma;
+    kernel = K::Auto;
+  }
   if (cache_attention_runs_bulk<T>(kernel, hd, group)) return K::Bulk;
   const bool fused = kernel == K::Fused || kernel == K::Bulk || (kernel == K::Auto && cache_attention_auto_fused<T>(hd, group));
   return fused && cache_attention_fused_supported<T>(hd, group) ? K::Fused : K::TwoPhase;
@@ -904,6 +1145,39 @@ bool launch_cache_attention_bulk(cudaStream_t st, const T* q, const T* kc, const
   return true;
 }
 
+/// Launches cache_attention_mma (the split part, as launch_cache_attention_fused; `out` only with one
+/// split) with `stages` tiles per warp (2 to 4, refused otherwise); the caller checked
+/// cache_attention_mma_supported.
+inline void launch_cache_attention_mma(cudaStream_t st, const __nv_bfloat16* q, const __nv_bfloat16* kc,
+                                       const __nv_bfloat16* vc, const std::int32_t* slot, const std::int32_t* pos, int n,
+                                       int nh, int nkv, int hd, int max_ctx, int window, float scale, int chunk,
+                                       int splits, float* part_o, float* part_ml, __nv_bfloat16* out, int stages,
+                                       const std::int32_t* order = nullptr, bool pdl = false) {
+  HDPISSA_REQUIRE(stages >= 2 && stages <= 4, "cache attention (mma): expected 2 to 4 stages, found ", stages);
+  HDPISSA_REQUIRE(hd == 64 || hd == 128, "cache attention (mma): expected head_dim 64 or 128, found ", hd);
+  HDPISSA_REQUIRE(out == nullptr || splits == 1, "launch_cache_attention_mma: a direct output needs one split, found ",
+                  splits);
+  const int group = nh / nkv;
+  const std::size_t smem = cache_attention_mma_smem(hd, group, stages);
+  const dim3 grid(static_cast<unsigned>(nkv), static_cast<unsigned>(n), static_cast<unsigned>(splits));
+  const float scale_log2 = scale * 1.44269504088896340736f;
+  auto go = [&](auto kernel) {
+    if (smem > 48 * 1024)
+      HDPISSA_CUDA_CHECK(
+          cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+    HDPISSA_CUDA_CHECK(kern::launch_pdl(kernel, grid, dim3(kAttnThreads), smem, st, pdl, q, kc, vc, slot, pos, order, nh,
+                                        nkv, max_ctx, window, scale_log2, chunk, part_o, part_ml, out));
+  };
+  auto by_stages = [&](auto h) {
+    constexpr int H = decltype(h)::value;
+    if (stages == 2) go(cache_attention_mma<H, 2>);
+    else if (stages == 3) go(cache_attention_mma<H, 3>);
+    else go(cache_attention_mma<H, 4>);
+  };
+  if (hd == 64) by_stages(std::integral_constant<int, 64>{});
+  else by_stages(std::integral_constant<int, 128>{});
+}
+
 /// The attention of n rows over the cache (see the file comment): splits = ⌈largest visible
 /// range / chunk⌉ (or more); part_o holds n·nh·splits·hd floats, part_ml n·nh·splits·2. `tiling`:
 /// CacheAttentionKernel::Bulk's. The split kernels' grids run the kv heads fastest, then the rows,
@@ -922,6 +1196,16 @@ void launch_cache_attention(cudaStream_t st, const T* q, const T* kc, const T* v
                   " rows per launch, found ", n);
   T* const direct = splits == 1 ? out : nullptr;  // one split: the fused kernels write `out` themselves
   const CacheAttentionKernel k = resolve_cache_attention<T>(kernel, hd, group);
+  if constexpr (std::is_same_v<T, __nv_bfloat16>) {
+    if (k == CacheAttentionKernel::Mma) {
+      launch_cache_attention_mma(st, q, kc, vc, slot, pos, n, nh, nkv, hd, max_ctx, window, scale, chunk, splits, part_o,
+                                 part_ml, direct, tiling.mma_stages, order, pdl);
+      if (splits > 1)
+        HDPISSA_CUDA_CHECK(kern::launch_pdl(cache_attention_combine<T>, dim3(static_cast<unsigned>(n) * nh), dim3(128), 0,
+                                            st, pdl, part_o, part_ml, splits, hd, out));
+      return;
+    }
+  }
   if (k != CacheAttentionKernel::TwoPhase &&
       (k == CacheAttentionKernel::Bulk
            ? launch_cache_attention_bulk<T>(st, q, kc, vc, slot, pos, n, nh, nkv, hd, max_ctx, window, scale, chunk,
@@ -1158,9 +1442,10 @@ CudaGreedyDecoder<T>::CudaGreedyDecoder(const CudaLlama<T>& model, int slots, in
     else if (v == "fused") attn_kernel_ = K::Fused;
     else if (v == "bulk") attn_kernel_ = K::Bulk;
     else if (v == "two-phase") attn_kernel_ = K::TwoPhase;
+    else if (v == "mma") attn_kernel_ = K::Mma;
     else
-      throw LlamaError(cat("HDPISSA_DECODE_ATTENTION: expected auto, fused, bulk or two-phase (the cache attention's "
-                           "split kernel), found '", v, "'"));
+      throw LlamaError(cat("HDPISSA_DECODE_ATTENTION: expected auto, fused, bulk, two-phase or mma (the cache "
+                           "attention's split kernel), found '", v, "'"));
   }
   // resolved once: the kernel every pass runs (Auto's choice on this device and model)
   attn_kernel_ = decode_kern::resolve_cache_attention<T>(attn_kernel_, c.head_dim, c.n_heads / c.n_kv_heads);
@@ -1170,8 +1455,8 @@ CudaGreedyDecoder<T>::CudaGreedyDecoder(const CudaLlama<T>& model, int slots, in
     using K = decode_kern::CacheAttentionKernel;
     decode_chunk_ = attn_kernel_ == K::Bulk
                         ? (static_cast<std::int64_t>(slots) * c.n_kv_heads >= 2048 ? kDecodeChunkBulkWide : kDecodeChunkFused)
-                    : attn_kernel_ == K::Fused ? kDecodeChunkFused
-                                               : kDecodeChunk;
+                    : attn_kernel_ == K::Fused || attn_kernel_ == K::Mma ? kDecodeChunkFused
+                                                                         : kDecodeChunk;
   }
   if (const char* e = std::getenv("HDPISSA_DECODE_CHUNK"); e && *e) {
     char* end = nullptr;
