@@ -741,13 +741,12 @@ __device__ __forceinline__ void ldmatrix_x4_trans(std::uint32_t addr, std::uint3
 __device__ __forceinline__ void mma_rows8(float& d0, float& d1, std::uint32_t a0, std::uint32_t a2, std::uint32_t b0,
                                           std::uint32_t b1) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  float x2, x3;
+  [[maybe_unused]] float x2, x3;  // rows g + 8: zero, dropped
   asm volatile(
       "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
       "{%10, %11, %12, %13};\n"
       : "=f"(d0), "=f"(d1), "=f"(x2), "=f"(x3)
       : "r"(a0), "r"(0u), "r"(a2), "r"(0u), "r"(b0), "r"(b1), "f"(d0), "f"(d1), "f"(0.0f), "f"(0.0f));
-  (void)x2, (void)x3;
 #endif
 }
 __device__ __forceinline__ std::uint32_t pack_bf16x2(float lo, float hi) {
