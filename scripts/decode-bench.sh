@@ -17,6 +17,8 @@
 #   5. $OUT/decode-bench.md (one markdown table + the GSM8K rows), decode-bench.json, decode-bench.log
 #      and decode-bench-logs.tar.gz.
 #
+# Shapes: tinyllama, llama2-7b, llama3-8b (LLaMA-3-8B's body with a 32,000-token vocabulary: GQA 4,
+# make_model.py --preset llama3-8b), each a make_model.py preset.
 # Env [defaults]: SHAPES ["tinyllama llama2-7b"]  BATCH [64]  NEW_TOKENS [256]  PROMPT_LEN ["96:224"]
 #   GSM8K_SHAPES [llama2-7b]  GSM8K_LIMIT [0 = all]  GSM8K_NEW [512]  GSM8K_TIMEOUT [300]
 #   OURS_TIMEOUT [240]  HF_TIMEOUT [300]  HF_COMPILE [0] (1: also transformers + torch.compile "reduce-overhead")
@@ -154,7 +156,7 @@ PY
 # ---- 3. per shape
 for shape in $SHAPES; do
   layers="${LAYERS_TINY:-22}"
-  [[ "$shape" == llama2-7b ]] && layers="${LAYERS_7B:-32}"
+  [[ "$shape" == llama2-7b || "$shape" == llama3-8b ]] && layers="${LAYERS_7B:-32}"
   model="$WORK/$shape-L$layers"
   if [[ ! -f "$model/config.json" ]]; then
     t=$(date +%s)

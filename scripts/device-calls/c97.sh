@@ -1,3 +1,4 @@
+# NOT RUN: superseded by c98.sh (session 34), which runs all of this plus the PDL A/B.
 # call 97 (session 33): the bulk-copy cache attention as the decoder's default (Auto: sm_90, groups
 # <= 4; 16-key tiles x 2 stages; 512 keys per split where a step has >= 2048 (row, kv head) pairs,
 # else 256; rows by descending position). 1) bench_cache_attention 7B / 8B heads (adds the kernel

@@ -745,6 +745,13 @@ TEST_CASE("cache attention: the tensor-core GQA kernel (bf16) against float64 (g
   CHECK_FALSE(dk::cache_attention_mma_supported<bf16>(128, 1));   // MHA: the bulk / fused kernels
   CHECK_FALSE(dk::cache_attention_mma_supported<bf16>(128, 16));
   CHECK(dk::resolve_cache_attention<bf16>(CacheAttentionKernel::Mma, 128, 4) == CacheAttentionKernel::Mma);
+  // Auto takes it for bf16 GQA (groups 2-8, hd 64 / 128), not for MHA, other head sizes or fp32
+  CHECK(dk::resolve_cache_attention<bf16>(CacheAttentionKernel::Auto, 128, 4) == CacheAttentionKernel::Mma);
+  CHECK(dk::resolve_cache_attention<bf16>(CacheAttentionKernel::Auto, 64, 8) == CacheAttentionKernel::Mma);
+  CHECK(dk::resolve_cache_attention<bf16>(CacheAttentionKernel::Auto, 128, 1) != CacheAttentionKernel::Mma);
+  CHECK(dk::resolve_cache_attention<bf16>(CacheAttentionKernel::Auto, 8, 2) != CacheAttentionKernel::Mma);
+  CHECK(dk::resolve_cache_attention<float>(CacheAttentionKernel::Auto, 128, 4) != CacheAttentionKernel::Mma);
+  CHECK(dk::resolve_cache_attention<bf16>(CacheAttentionKernel::Bulk, 128, 4) != CacheAttentionKernel::Mma);
   CHECK(dk::resolve_cache_attention<float>(CacheAttentionKernel::Mma, 128, 4) ==
         dk::resolve_cache_attention<float>(CacheAttentionKernel::Auto, 128, 4));
   struct Shape {
@@ -807,7 +814,7 @@ TEST_CASE("cache attention: the tensor-core GQA kernel (bf16) against float64 (g
   }
 }
 
-TEST_CASE("HDPISSA_DECODE_ATTENTION=mma: bf16 greedy decoding follows the CPU decoder up to near-ties (GQA, hd 64 / 128)") {
+TEST_CASE("the tensor-core cache attention (Auto / HDPISSA_DECODE_ATTENTION=mma): bf16 greedy decoding follows the CPU decoder up to near-ties (GQA, hd 64 / 128)") {
   namespace dk = hdpissa::llama::gpu::decode_kern;
   if (!dk::cache_attention_mma_supported<bf16>(64, 2)) {
     MESSAGE("SKIPPED: the tensor-core cache attention needs sm_80");
@@ -833,6 +840,8 @@ TEST_CASE("HDPISSA_DECODE_ATTENTION=mma: bf16 greedy decoding follows the CPU de
       check_bf16_follows_cpu(w, prompts, 60, 3, 40, cat("mma, ", nh, "/", nkv, " heads x ", hd, ", chunk ", chunk),
                              CacheAttentionKernel::Mma);
     }
+    ScopedEnv a("HDPISSA_DECODE_ATTENTION", nullptr);  // Auto: the same kernel by default
+    check_bf16_follows_cpu(w, prompts, 60, 3, 40, cat("auto, ", nh, "/", nkv, " heads x ", hd), CacheAttentionKernel::Mma);
   }
 }
 

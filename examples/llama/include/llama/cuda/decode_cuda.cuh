@@ -25,12 +25,14 @@
 /// Attention (cache_attention_*): one block per (row, kv head, split of `chunk` keys), all the
 /// group's query heads in the block (each key is read once per group); the splits' (max, sum,
 /// unnormalised output) are merged by a second kernel (flash-decoding). Long caches thus spread over
-/// many blocks; fp32 statistics throughout. Three split kernels (CacheAttentionKernel): the fused one
-/// (MHA and groups of 2 by default) streams K and V once with 16-byte loads and an online softmax in
-/// registers; the bulk one (sm_90, the same arithmetic and bits) brings K and V into shared memory
-/// in tiles by cp.async.bulk, several tiles ahead of the math; the two-phase one (larger groups)
-/// puts the scores in shared memory (key-parallel dot products, 16-byte loads), runs a per-split
-/// softmax, then P·V. A decode step's blocks take the rows by descending position (the longest
+/// many blocks; fp32 statistics throughout. Four split kernels (CacheAttentionKernel): the fused one
+/// (MHA and groups of 2 off sm_90) streams K and V once with 16-byte loads and an online softmax in
+/// registers; the bulk one (sm_90, MHA and fp32 GQA ≤ 4; the same arithmetic and bits) brings K and
+/// V into shared memory in tiles by cp.async.bulk, several tiles ahead of the math; the tensor-core
+/// one (bf16 GQA, groups 2–8, head_dim 64 / 128, sm_80+) computes a group's scores and P·V as
+/// m16n8k16 products over cp.async tiles (P in bf16 as the product's operand); the two-phase one
+/// (the rest of GQA) puts the scores in shared memory (key-parallel dot products, 16-byte loads),
+/// runs a per-split softmax, then P·V. A decode step's blocks take the rows by descending position (the longest
 /// ranges start first, HDPISSA_DECODE_ORDER).
 ///
 /// Sequences: a prompt is assigned to a free slot, prefilled (with the other new prompts), then
@@ -931,8 +933,10 @@ __global__ void cache_attention_combine(const float* __restrict__ part_o, const 
   }
 }
 
-/// Which split kernel launch_cache_attention runs. Auto: on sm_90 the bulk one for groups of at
-/// most 4 (cache_attention_runs_bulk); elsewhere the fused one for MHA and groups of 2 (its
+/// Which split kernel launch_cache_attention runs. Auto: in bf16 for GQA groups of 2 to 8 with
+/// head_dim 64 or 128 on sm_80 and later the tensor-core one (cache_attention_mma: session 34, c99,
+/// H100: 2.7× the bulk kernel at LLaMA-3-8B's heads, 5.8× the two-phase one at TinyLlama's); else
+/// on sm_90 the bulk one for groups of at most 4 (cache_attention_runs_bulk); elsewhere the fused one for MHA and groups of 2 (its
 /// registers grow with the group: 72 at group 1, 255 at group 8 with hd 64–128, against the
 /// two-phase kernel's 64, which already reads each key once per group); the two-phase one otherwise
 /// and wherever the fused one does not take the shape. Fused / TwoPhase: that kernel (Fused falls
@@ -952,7 +956,7 @@ struct BulkTiling {
   int tile_keys = 32;
   int stages = 2;
   int min_blocks = 0;  // 8: the MHA kernel compiled for 8 blocks per SM (≤ 64 registers); 0: no bound
-  int mma_stages = 3;  // CacheAttentionKernel::Mma: each warp's ring of 16-key tiles (2 to 4 stages)
+  int mma_stages = 2;  // CacheAttentionKernel::Mma: each warp's ring of 16-key tiles (2 to 4; c99: 2 fastest)
 };
 
 /// Whether cache_attention_fused takes (hd, group) for T: hd a multiple of the 16-byte vector,
@@ -1084,13 +1088,14 @@ inline bool cache_attention_mma_supported(int hd, int group) {
 }
 
 /// The split kernel `kernel` resolves to for (T, hd, group) on the current device: Mma where asked
-/// and cache_attention_mma_supported (else as Auto), Bulk where cache_attention_runs_bulk, else
+/// or Auto and cache_attention_mma_supported (bf16 GQA; else as Auto), Bulk where
+/// cache_attention_runs_bulk, else
 /// Fused where asked (Fused, Bulk, or Auto for MHA and groups of 2) and the fused kernel takes the
 /// shape, else TwoPhase. What launch_cache_attention runs.
 template <class T>
 inline CacheAttentionKernel resolve_cache_attention(CacheAttentionKernel kernel, int hd, int group) {
   using K = CacheAttentionKernel;
-  if (kernel == K::Mma) {
+  if (kernel == K::Mma || kernel == K::Auto) {
     if (cache_attention_mma_supported<T>(hd, group)) return K::Mma;
     kernel = K::Auto;
   }
@@ -1360,7 +1365,7 @@ class CudaGreedyDecoder {
   /// Keys per split of a decode step's cache attention by default: 256 where the fused kernel runs
   /// (MHA, groups of 2: at the 7B shape on an H200, 256 gave 1.1 % more decode tokens/s than 128,
   /// one split 0.2 %, 64 −4.2 %; session 15), 128 for the two-phase kernel (GQA > 2, unmeasured
-  /// elsewhere). HDPISSA_DECODE_CHUNK (16…8192) overrides it: the split count trades the per-block
+  /// elsewhere), 512 or 256 for the bulk one and 512 for the tensor-core one (the constructor). HDPISSA_DECODE_CHUNK (16…8192) overrides it: the split count trades the per-block
   /// overhead against blocks in flight.
   static constexpr int kDecodeChunkBulkWide = 512, kDecodeChunkFused = 256, kDecodeChunk = 128, kPrefillChunk = 512;
   int decode_chunk_ = kDecodeChunk;
@@ -1450,12 +1455,15 @@ CudaGreedyDecoder<T>::CudaGreedyDecoder(const CudaLlama<T>& model, int slots, in
   attn_kernel_ = decode_kern::resolve_cache_attention<T>(attn_kernel_, c.head_dim, c.n_heads / c.n_kv_heads);
   {  // keys per split: the bulk kernel one split per 512 keys where the step has ≥ 2048 (row, kv head)
      // pairs to spread (c96, H100: LLaMA-2-7B's 64 x 32 heads 116 against 123 us at 256; LLaMA-3-8B's
-     // 64 x 8 heads 89 against 87), else 256; the fused kernel 256, the two-phase one 128
+     // 64 x 8 heads 89 against 87), else 256; the tensor-core kernel 512 (c99, H100: LLaMA-3-8B's
+     // heads 32.4 against 37.9 us at 256, TinyLlama's 8.5 against 13.0); the fused kernel 256, the
+     // two-phase one 128
     using K = decode_kern::CacheAttentionKernel;
     decode_chunk_ = attn_kernel_ == K::Bulk
                         ? (static_cast<std::int64_t>(slots) * c.n_kv_heads >= 2048 ? kDecodeChunkBulkWide : kDecodeChunkFused)
-                    : attn_kernel_ == K::Fused || attn_kernel_ == K::Mma ? kDecodeChunkFused
-                                                                         : kDecodeChunk;
+                    : attn_kernel_ == K::Mma   ? kDecodeChunkBulkWide
+                    : attn_kernel_ == K::Fused ? kDecodeChunkFused
+                                               : kDecodeChunk;
   }
   if (const char* e = std::getenv("HDPISSA_DECODE_CHUNK"); e && *e) {
     char* end = nullptr;
