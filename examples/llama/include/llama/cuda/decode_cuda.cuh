@@ -1150,7 +1150,8 @@ bool launch_cache_attention_bulk(cudaStream_t st, const T* q, const T* kc, const
 }
 
 /// Launches cache_attention_mma (the split part, as launch_cache_attention_fused; `out` only with one
-/// split) with `stages` tiles per warp (2 to 4, refused otherwise); the caller checked
+/// split) with `stages` tiles per warp (2 to 4, refused otherwise, as is a ring larger than the
+/// device's shared memory per block: 4 stages at hd 128 need 139 KiB); the caller checked
 /// cache_attention_mma_supported.
 inline void launch_cache_attention_mma(cudaStream_t st, const __nv_bfloat16* q, const __nv_bfloat16* kc,
                                        const __nv_bfloat16* vc, const std::int32_t* slot, const std::int32_t* pos, int n,
@@ -1163,6 +1164,11 @@ inline void launch_cache_attention_mma(cudaStream_t st, const __nv_bfloat16* q, 
                   splits);
   const int group = nh / nkv;
   const std::size_t smem = cache_attention_mma_smem(hd, group, stages);
+  int dev = 0, optin = 0;
+  HDPISSA_CUDA_CHECK(cudaGetDevice(&dev));
+  HDPISSA_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+  HDPISSA_REQUIRE(smem <= static_cast<std::size_t>(optin), "cache attention (mma): ", stages, " stages (head_dim ", hd,
+                  ") need ", smem, " bytes of shared memory; this device gives a block at most ", optin);
   const dim3 grid(static_cast<unsigned>(nkv), static_cast<unsigned>(n), static_cast<unsigned>(splits));
   const float scale_log2 = scale * 1.44269504088896340736f;
   auto go = [&](auto kernel) {
