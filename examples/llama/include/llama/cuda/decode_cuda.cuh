@@ -1070,6 +1070,7 @@ inline std::size_t cache_attention_bulk_smem(int hd, int group, const BulkTiling
 /// Auto for groups of at most 4 (c96, H100, LLaMA-3-8B's GQA 4 heads: 87 us against the two-phase
 /// kernel's 112 and the fused one's 98; TinyLlama's groups of 8 stay two-phase: 47 against 49 us,
 /// no gain for 255 registers), where the device (sm_90) and the fused kernel take the shape.
+/// (resolve_cache_attention looks at the tensor-core kernel first: Auto runs it for bf16 GQA.)
 template <class T>
 inline bool cache_attention_runs_bulk(CacheAttentionKernel kernel, int hd, int group) {
   const bool wanted = kernel == CacheAttentionKernel::Bulk || (kernel == CacheAttentionKernel::Auto && group <= 4);
