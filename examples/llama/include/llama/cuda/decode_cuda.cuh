@@ -553,9 +553,7 @@ __global__ void __launch_bounds__(kAttnThreads) cache_attention_fused(
 
 // --- the bulk-copy kernel (sm_90: cp.async.bulk + mbarrier) -------------------------------------
 
-__device__ __forceinline__ std::uint32_t smem_addr(const void* p) {
-  return static_cast<std::uint32_t>(__cvta_generic_to_shared(p));
-}
+using flash::detail::smem_u32;  // (the flash kernels' helper, flash_attn.cuh)
 __device__ __forceinline__ void mbar_init(std::uint32_t bar, std::uint32_t count) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
@@ -650,7 +648,7 @@ __global__ void __launch_bounds__(kAttnThreads, MINB) cache_attention_bulk(
   const std::uint32_t row_bytes = static_cast<std::uint32_t>(hd * sizeof(T));
   const std::uint32_t tile_bytes = static_cast<std::uint32_t>(tile_keys) * row_bytes;
   unsigned char* tiles = bulk_sh + kBulkBarrierBytes;
-  const std::uint32_t bar0 = smem_addr(bulk_sh), tiles0 = smem_addr(tiles);
+  const std::uint32_t bar0 = smem_u32(bulk_sh), tiles0 = smem_u32(tiles);
   const int ntiles = (cnt + tile_keys - 1) / tile_keys;
   if (threadIdx.x == 0) {
     for (int i = 0; i < stages; ++i) mbar_init(bar0 + 8u * static_cast<std::uint32_t>(i), 1);
@@ -707,36 +705,14 @@ __global__ void __launch_bounds__(kAttnThreads, MINB) cache_attention_bulk(
 inline constexpr int kMmaKeys = 16;
 __host__ __device__ constexpr int mma_row_bytes(int hd) { return hd * 2 + 16; }
 
-__device__ __forceinline__ void cp_async16(std::uint32_t dst, const void* src, int src_bytes) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(src_bytes) : "memory");
-#endif
-}
-__device__ __forceinline__ void cp_async_commit() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  asm volatile("cp.async.commit_group;\n" ::: "memory");
-#endif
-}
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
-#endif
-}
-__device__ __forceinline__ void ldmatrix_x4(std::uint32_t addr, std::uint32_t (&r)[4]) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(addr));
-#endif
-}
-__device__ __forceinline__ void ldmatrix_x4_trans(std::uint32_t addr, std::uint32_t (&r)[4]) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(addr));
-#endif
-}
+// cp.async, ldmatrix and bf16 packing: the flash kernels' helpers (flash_attn.cuh)
+using flash::detail::cp_async16;
+using flash::detail::cp_async_commit;
+using flash::detail::cp_async_wait;
+using flash::detail::ldsm_x4;
+using flash::detail::ldsm_x4_t;
+using flash::detail::pack;
+
 /// d(rows g) += A·B for one m16n8k16 bf16 product with fp32 accumulation, where A's rows 8–15 are
 /// zero (a1 = a3 = 0: the group's ≤ 8 query heads are rows 0–7): only the accumulators of row
 /// g = lane / 4 (d0, d1) are kept; rows g + 8 come out zero and are dropped.
@@ -750,10 +726,6 @@ __device__ __forceinline__ void mma_rows8(float& d0, float& d1, std::uint32_t a0
       : "=f"(d0), "=f"(d1), "=f"(x2), "=f"(x3)
       : "r"(a0), "r"(0u), "r"(a2), "r"(0u), "r"(b0), "r"(b1), "f"(d0), "f"(d1), "f"(0.0f), "f"(0.0f));
 #endif
-}
-__device__ __forceinline__ std::uint32_t pack_bf16x2(float lo, float hi) {
-  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-  return *reinterpret_cast<const std::uint32_t*>(&v);
 }
 
 /// Dynamic shared memory of cache_attention_mma<HD, STAGES>: each warp's ring of STAGES K and V
@@ -801,7 +773,7 @@ __global__ void __launch_bounds__(kAttnThreads) cache_attention_mma(
   const std::int64_t head_base = (static_cast<std::int64_t>(cs.s) * nkv + cs.kvh) * max_ctx + cs.k0;
   const bf16* kbase = kc + head_base * HD;
   const bf16* vbase = vc + head_base * HD;
-  const std::uint32_t ring = smem_addr(mma_sh) + static_cast<std::uint32_t>(warp * STAGES * kStageBytes);
+  const std::uint32_t ring = smem_u32(mma_sh) + static_cast<std::uint32_t>(warp * STAGES * kStageBytes);
   const int runs = (cnt + kWarps * kMmaKeys - 1) / (kWarps * kMmaKeys);  // per warp (the last may be empty)
   // run i of this warp: keys (i·4 + warp)·16 … + 16 of the split, K then V into stage i % STAGES
   auto issue = [&](int i) {
@@ -812,8 +784,8 @@ __global__ void __launch_bounds__(kAttnThreads) cache_attention_mma(
       const int kr = t / CH, ch = t % CH, key = key0 + kr;
       const bool ok = key < cnt;
       const std::int64_t off = static_cast<std::int64_t>(ok ? key : 0) * HD + ch * 8;
-      cp_async16(kst + kr * RB + ch * 16, kbase + off, ok ? 16 : 0);
-      cp_async16(vst + kr * RB + ch * 16, vbase + off, ok ? 16 : 0);
+      cp_async16(kst + kr * RB + ch * 16, kbase + off, ok);  // past the split: zero-filled
+      cp_async16(vst + kr * RB + ch * 16, vbase + off, ok);
     }
   };
 #pragma unroll
@@ -852,7 +824,7 @@ __global__ void __launch_bounds__(kAttnThreads) cache_attention_mma(
 #pragma unroll
     for (int kk = 0; kk < KT; ++kk) {
       std::uint32_t b[4];
-      ldmatrix_x4(kst + static_cast<std::uint32_t>(((mj >> 1) * 8 + mr) * RB + (kk * 16 + (mj & 1) * 8) * 2), b);
+      ldsm_x4(kst + static_cast<std::uint32_t>(((mj >> 1) * 8 + mr) * RB + (kk * 16 + (mj & 1) * 8) * 2), b);
       mma_rows8(s0[0], s0[1], qa[kk][0], qa[kk][1], b[0], b[1]);
       mma_rows8(s1[0], s1[1], qa[kk][0], qa[kk][1], b[2], b[3]);
     }
@@ -877,11 +849,11 @@ __global__ void __launch_bounds__(kAttnThreads) cache_attention_mma(
     for (int nt = 0; nt < NT; ++nt) o[nt][0] *= corr, o[nt][1] *= corr;
     // O += P·V: P's A fragment (row g, keys 2c.. in a0, 8 + 2c.. in a2); V's B fragments by
     // ldmatrix.trans, matrices: keys 0–7 / 8–15 of dims d…d+7, then of d+8…d+15
-    const std::uint32_t pa0 = pack_bf16x2(p[0], p[1]), pa2 = pack_bf16x2(p[2], p[3]);
+    const std::uint32_t pa0 = pack(p[0], p[1]), pa2 = pack(p[2], p[3]);
 #pragma unroll
     for (int n2 = 0; n2 < NT / 2; ++n2) {
       std::uint32_t b[4];
-      ldmatrix_x4_trans(vst + static_cast<std::uint32_t>(((mj & 1) * 8 + mr) * RB + (n2 * 16 + (mj >> 1) * 8) * 2), b);
+      ldsm_x4_t(vst + static_cast<std::uint32_t>(((mj & 1) * 8 + mr) * RB + (n2 * 16 + (mj >> 1) * 8) * 2), b);
       mma_rows8(o[2 * n2][0], o[2 * n2][1], pa0, pa2, b[0], b[1]);
       mma_rows8(o[2 * n2 + 1][0], o[2 * n2 + 1][1], pa0, pa2, b[2], b[3]);
     }
