@@ -1,4 +1,4 @@
-# call 98 (session 34): c97 (the bulk cache attention as the decoder's default, docs/pending
+# call 98 (session 34): session 33's c97 (never run; its script removed, all of it is here: the bulk cache attention as the decoder's default, docs/pending
 # next-bulk-default) plus programmatic dependent launches in the decoder's passes
 # (HDPISSA_DECODE_PDL=1: the norm, RoPE + cache write, attention, combine, SwiGLU and argmax kernels
 # launched with the programmatic-stream-serialization attribute, each waiting (griddepcontrol.wait)
