@@ -1,4 +1,4 @@
-# call 100 (planned for session 35; not run): verify session 34's closing code (main at 6b95f8a and
+# call 100 (session 35): verify session 34's closing code (main at 6b95f8a and
 # later) on a GPU and take issue 16's rows. 1) the decoder suite (Auto now runs the tensor-core
 # kernel for bf16 GQA: its Auto test lines never ran on a GPU), the model suite and the trainer suite
 # (the RMSNorm kernel now carries the PDL instructions, no-ops for training); 2) decode-bench at the
@@ -17,4 +17,16 @@ OUT=$O/d PREBUILT=$PWD/.devbin WORK=$W SHAPES="tinyllama llama3-8b llama2-7b" BA
   GSM8K_TIMEOUT=150 OURS_TIMEOUT=60 HF_TIMEOUT=90 timeout $(( END - 5 - $(el) )) scripts/decode-bench.sh > $O/d.txt 2>&1
 echo "decode-bench rc $? at $(el) s"; cat $O/d/decode-bench.md 2>/dev/null; cp $O/d/decode-bench.md $OUT/c100-decode-bench.md 2>/dev/null
 tail -3 $O/d.txt
+# On an H200 (issue 16's device): the 7B decode step with the bulk kernel's tiling and the split
+# size around the defaults (32 keys x 2 stages, 512 keys per split), alternated, same prompts.
+if nvidia-smi --query-gpu=name --format=csv,noheader | grep -q H200 && [[ -f $W/llama2-7b-L32/config.json ]]; then
+  decode_prompts $W/prompts-b64.jsonl
+  for i in 1 2; do
+    for v in "" HDPISSA_DECODE_BULK_TILE=32x3 HDPISSA_DECODE_BULK_TILE=64x2 HDPISSA_DECODE_CHUNK=256; do
+      (( $(el) < END - 35 )) || break 2
+      n=${v##*=}; decode_gen $W $W/llama2-7b-L32 $W/prompts-b64.jsonl "7b-${n:-default}-$i" $v
+    done
+  done
+fi
+rm -rf $W/llama3-8b-L32 $W/tinyllama-L22  # c101 (the same warm machine) reuses $W/llama2-7b-L32
 echo "done at $(el) s"
