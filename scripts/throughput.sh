@@ -58,6 +58,10 @@
 #                                       +joined = HDPISSA_DWU_OVERLAP=0 (the DWU step's W updates joined
 #                                       before the next forward, as before session 31; the default overlaps
 #                                       them with it, each target's forward waiting for its layer; same bits)
+#                                       +sideprio = HDPISSA_ADAPTER_STREAM_PRIORITY=high (the adapters'
+#                                       second stream at the device's greatest priority; same bits)
+#                                       +dwuprio = HDPISSA_CUDA_DWU_PRIORITY=high (the DWU step's W-update
+#                                       streams at the greatest priority; same bits)
 #                                       +chunk<rows> = HDPISSA_LOSS_CHUNK_ROWS=<rows> (the loss's rows of logits
 #                                       alive at once; default CudaLlama::default_loss_chunk_rows, 1024 at 32k vocab)
 #   BASELINE_BIN                        a second hdpissa-train (file, or a directory holding one):
@@ -286,6 +290,9 @@ run_ours() {  # SIDE(ours|base) BINARY HELP CFG MODEL MB GA MBDIR TIMEOUT EXTRA_
   [[ "$cfg" == *+overlap* ]] && { cfg="${cfg//+overlap/}"; overlap=1; }  # HDPISSA_DWU_OVERLAP (default)
   [[ "$cfg" == *+joined* ]] && { cfg="${cfg//+joined/}"; overlap=0; }  # the step joined before the next forward
   [[ "$cfg" == *+rows4* ]] && { cfg="${cfg//+rows4/}"; rows=4; }  # hdpissa-K1+rows4: HDPISSA_CUDA_DWU_ROWS=4
+  local sprio="${HDPISSA_ADAPTER_STREAM_PRIORITY:-default}" dprio="${HDPISSA_CUDA_DWU_PRIORITY:-default}"
+  [[ "$cfg" == *+sideprio* ]] && { cfg="${cfg//+sideprio/}"; sprio=high; }  # the second stream at high priority
+  [[ "$cfg" == *+dwuprio* ]] && { cfg="${cfg//+dwuprio/}"; dprio=high; }  # the DWU apply streams at high priority
   local band="${HDPISSA_FLASH_BAND:-}"
   if [[ "$cfg" =~ \+band([0-9]+|all) ]]; then band="${BASH_REMATCH[1]}"; cfg="${cfg//+band$band/}"; fi  # +band1: HDPISSA_FLASH_BAND
   local chunk="${HDPISSA_LOSS_CHUNK_ROWS:-}"
@@ -309,6 +316,7 @@ run_ours() {  # SIDE(ours|base) BINARY HELP CFG MODEL MB GA MBDIR TIMEOUT EXTRA_
   s=$(date +%s.%N)
   # shellcheck disable=SC2086
   HDPISSA_CUDA_GEMM_TUNING_BF16="$tune" HDPISSA_CUDA_DWU_GEMM="$dwug" HDPISSA_FUSED_ADAPTER_GRADS="$fused" HDPISSA_FP8_PRODUCER_AMAX="$hint" HDPISSA_STACKED_LINEARS="$stacked" HDPISSA_ADAPTER_STREAM="$side" HDPISSA_LOSS_CHUNK_ROWS="$chunk" HDPISSA_CUDA_DWU_ROWS="$rows" HDPISSA_CUDA_DWU_STREAMS="$dstreams" HDPISSA_DWU_OVERLAP="$overlap" HDPISSA_FLASH_BAND="$band" \
+  HDPISSA_ADAPTER_STREAM_PRIORITY="$sprio" HDPISSA_CUDA_DWU_PRIORITY="$dprio" \
   timeout -k 10 "$to" "$bin" --device cuda --dtype bf16 "${attflag[@]}" --model "$model" \
     --tokenizer "$DEV/tokenizer.model" --data "$DEV/train.jsonl" --method "$method" --groups-per-process "$k" \
     --rank 16 --alpha 16 --targets q,k,v,o,gate,up,down --svd randomized --micro-batch "$mb" --grad-accum "$ga" \

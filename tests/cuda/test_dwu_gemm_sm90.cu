@@ -10,6 +10,7 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "../common/scoped_env.hpp"
 #include "cuda_test_util.hpp"
 #include "hdpissa/backend/cuda/dwu_gemm_sm90.cuh"
 
@@ -331,6 +332,39 @@ TEST_CASE("DwuGemm selection: TF32 or Cublas keep cuBLAS; HDPISSA_CUDA_DWU_GEMM 
     CHECK_THROWS_AS(CudaBackend<float>{o}, InvalidArgument);
     o.dwu_apply_streams = 9;
     CHECK_THROWS_AS(CudaBackend<float>{o}, InvalidArgument);
+  }
+  // the apply streams' priority: default, high from the environment, a bad value named; a stream
+  // made at StreamPriority::High has the device's greatest priority, a default one its least
+  {
+    const ScopedEnv unset("HDPISSA_CUDA_DWU_PRIORITY", nullptr);
+    CHECK(CudaBackend<float>().dwu_apply_priority() == StreamPriority::Default);
+    {
+      const ScopedEnv high("HDPISSA_CUDA_DWU_PRIORITY", "high");
+      CHECK(CudaBackend<float>().dwu_apply_priority() == StreamPriority::High);
+    }
+    {
+      const ScopedEnv bad("HDPISSA_CUDA_DWU_PRIORITY", "2");
+      what.clear();
+      try {
+        CudaBackend<float> b;
+      } catch (const InvalidArgument& e) {
+        what = e.what();
+      }
+      CHECK(what.find("HDPISSA_CUDA_DWU_PRIORITY: expected default or high, found '2'") != std::string::npos);
+    }
+    int least = 0, greatest = 0, hp = 1, dp = 1;
+    REQUIRE(cudaDeviceGetStreamPriorityRange(&least, &greatest) == cudaSuccess);
+    const CudaStream hs(StreamPriority::High), ds;
+    REQUIRE(cudaStreamGetPriority(hs.get(), &hp) == cudaSuccess);
+    REQUIRE(cudaStreamGetPriority(ds.get(), &dp) == cudaSuccess);
+    CHECK(hp == greatest);
+    CHECK(dp == least);
+    MESSAGE("stream priorities: least ", least, ", greatest ", greatest);
+    CudaBackendOptions o;
+    o.stream_priority = StreamPriority::High;
+    CudaBackend<float> hb(o);
+    REQUIRE(cudaStreamGetPriority(hb.stream(), &hp) == cudaSuccess);
+    CHECK(hp == greatest);
   }
 }
 

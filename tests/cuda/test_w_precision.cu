@@ -371,12 +371,15 @@ TEST_CASE("DWU with a bf16 W storage: GPU fused epilogue == GPU unfused == CPU, 
     // behind a ≈ 1 ms spin: W read on the stream after wait_layer(l) alone is the CPU's W after that
     // step, bit for bit (a wait that did not cover the layer would read the old W); the next step's
     // packing after the step's own join
+    // (the third run: 2 apply streams at StreamPriority::High, the same bits)
     std::vector<StorageRun> dr;
-    for (const int n : {1, 2}) {
-      CudaBackend<float> db;
+    for (const int n : {1, 2, -2}) {
+      CudaBackendOptions dopt;
+      if (n < 0) dopt.dwu_apply_priority = StreamPriority::High;
+      CudaBackend<float> db(dopt);
       db.set_fused_update(true);
       db.set_dwu_gemm(which);
-      db.set_dwu_apply_streams(n);
+      db.set_dwu_apply_streams(n < 0 ? -n : n);
       VirtualRanks<CudaSingleProcess> dcomm(CudaSingleProcess(db.stream()), kSK);
       dr.push_back(run_storage(db, dcomm, p, steps, Deferred{true, 2000000LL}));
       if (which != DwuGemm::Tf32x3) CHECK(dr.back().side_launches == std::int64_t(steps * kSShapes.size()));

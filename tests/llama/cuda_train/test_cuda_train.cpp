@@ -1510,6 +1510,60 @@ TEST_CASE("DWU updates beside the next forward (HDPISSA_DWU_OVERLAP): the joined
   }
 }
 
+// Stream priorities (HDPISSA_ADAPTER_STREAM_PRIORITY, HDPISSA_CUDA_DWU_PRIORITY = high): the adapters'
+// second stream and the DWU step's W-update streams at the device's greatest priority change which
+// ready blocks start first, never an order the events impose, so the losses, the held-out losses
+// and the trained W are the default-priority run's bit for bit: HD-PiSSA K = 2 with the overlap (its
+// side updates behind a spin, so a forward that did not wait would read the old W) on 2 apply
+// streams, evaluating after every step, and LoRA (second stream only).
+TEST_CASE("stream priorities high (adapter stream, DWU apply streams): the default-priority run bit for bit") {
+  for (const char* method : {"hdpissa", "lora"}) {
+    INFO("method ", std::string(method));
+    std::vector<std::vector<double>> losses, evals;
+    std::vector<ModelWeights> merged;
+    for (const bool high : {false, true}) {
+      const std::string tag = hdpissa::cat("prio-", method, high);
+      TrainOptions o = base_options(method, tag);
+      o.device = Device::Cuda;
+      o.dtype = ComputeDtype::Bf16;
+      o.max_steps = 3;
+      o.eval_every = 1;
+      o.eval_data = (data_dir() / "gsm8k" / "test.jsonl").string();
+      o.eval_examples = 8;
+      const char* p = high ? "high" : "default";
+      const hdpissa::test::ScopedEnv e1("HDPISSA_ADAPTER_STREAM_PRIORITY", p);
+      const hdpissa::test::ScopedEnv e2("HDPISSA_CUDA_DWU_PRIORITY", p);
+      const hdpissa::test::ScopedEnv e3("HDPISSA_CUDA_DWU_STREAMS", "2");
+      const hdpissa::test::ScopedEnv e4("HDPISSA_TEST_DWU_SIDE_SPIN", "400000");
+      Run r(o);
+      losses.push_back(step_losses(o.metrics));
+      std::vector<double> ev;
+      for (const auto& j : records(o.metrics, "eval")) ev.push_back(j["eval_loss"].get<double>());
+      evals.push_back(ev);
+      merged.push_back(r.merged());
+      REQUIRE(losses.back().size() == 3);
+      REQUIRE(evals.back().size() == 4);
+    }
+    CHECK(losses[0] == losses[1]);
+    CHECK(evals[0] == evals[1]);
+    CHECK(same_targets(merged[0], merged[1]));
+    CHECK(losses[1].back() < losses[1].front());
+  }
+  // a value that is neither default nor high is refused, naming the variable
+  const hdpissa::test::ScopedEnv bad("HDPISSA_ADAPTER_STREAM_PRIORITY", "urgent");
+  TrainOptions o = base_options("hdpissa", "prio-bad");
+  o.device = Device::Cuda;
+  o.dtype = ComputeDtype::Bf16;
+  o.max_steps = 1;
+  std::string what;
+  try {
+    Run r(o);
+  } catch (const std::exception& e) {
+    what = e.what();
+  }
+  CHECK(what.find("HDPISSA_ADAPTER_STREAM_PRIORITY: expected default or high, found 'urgent'") != std::string::npos);
+}
+
 // --cuda-graphs: each micro-batch's layers forward and backward captured as CUDA graphs (per hooks
 // object and batch shape, after one eager micro-batch) and replayed; the loss stays eager. The same
 // kernels on the same buffers, so the losses and the trained W are the eager run's bit for bit.

@@ -60,6 +60,15 @@ inline const char* dwu_gemm_name(DwuGemm g) {
   return g == DwuGemm::Auto ? "auto" : g == DwuGemm::Tf32x3 ? "3xtf32" : g == DwuGemm::Simt ? "simt" : "cublas";
 }
 
+/// A StreamPriority from environment variable `var`: unset or "default" → Default, "high" → High;
+/// anything else is an InvalidArgument naming the variable.
+inline StreamPriority stream_priority_from_env(const char* var) {
+  const char* e = std::getenv(var);
+  if (!e || std::strcmp(e, "default") == 0) return StreamPriority::Default;
+  if (std::strcmp(e, "high") == 0) return StreamPriority::High;
+  throw InvalidArgument(cat(var, ": expected default or high, found '", e, "'"));
+}
+
 /// Construction options of CudaBackend. The four std::optional fields may also come from an
 /// environment variable, which is read only when the caller leaves the field empty (an explicit
 /// value always wins; the setters after construction too):
@@ -69,6 +78,7 @@ inline const char* dwu_gemm_name(DwuGemm g) {
 ///  - dwu_gemm     ← HDPISSA_CUDA_DWU_GEMM = auto | 3xtf32 | simt | cublas; default auto
 ///  - dwu_lowrank_rows ← HDPISSA_CUDA_DWU_ROWS = 8 | 4; default 8
 ///  - dwu_apply_streams ← HDPISSA_CUDA_DWU_STREAMS = 1 … 8; default 1
+///  - dwu_apply_priority ← HDPISSA_CUDA_DWU_PRIORITY = default | high; default default
 /// An unrecognised value is an InvalidArgument at construction. CudaBackend::options() reports
 /// the resolved values (every optional engaged).
 struct CudaBackendOptions {
@@ -102,6 +112,12 @@ struct CudaBackendOptions {
   /// kernels overlap: small layers' grids and each kernel's tail leave SMs idle on one stream). The
   /// same bits for every n (each layer writes only its own W).
   std::optional<int> dwu_apply_streams = std::nullopt;
+  /// Priority (StreamPriority) of the DWU apply side streams above (and of the one a deferred step
+  /// uses at n = 1). The same bits either way.
+  std::optional<StreamPriority> dwu_apply_priority = std::nullopt;
+  /// Priority of the stream a backend creates for itself (not read from the environment; a
+  /// borrowed stream keeps its own): e.g. High for a backend whose work another stream waits for.
+  StreamPriority stream_priority = StreamPriority::Default;
 
   /// Fills every empty optional field from its environment variable, then from the default.
   /// CudaBackend's constructors call it; an explicit value is kept as given.
@@ -148,6 +164,7 @@ struct CudaBackendOptions {
         else throw InvalidArgument(cat("HDPISSA_CUDA_DWU_STREAMS: expected 1 … 8, found '", e, "'"));
       }
     }
+    if (!o.dwu_apply_priority) o.dwu_apply_priority = stream_priority_from_env("HDPISSA_CUDA_DWU_PRIORITY");
     HDPISSA_REQUIRE(*o.dwu_apply_streams >= 1 && *o.dwu_apply_streams <= 8,
                     "CudaBackendOptions::dwu_apply_streams: expected 1 … 8, found ", *o.dwu_apply_streams);
     HDPISSA_REQUIRE(*o.dwu_lowrank_rows == 8 || *o.dwu_lowrank_rows == 4,
@@ -208,7 +225,7 @@ class CudaBackend {
   using matrix_type = Matrix;
 
   /// A backend on a stream of its own.
-  explicit CudaBackend(CudaBackendOptions options = {}) : CudaBackend(CudaStream{}, options) {}
+  explicit CudaBackend(CudaBackendOptions options = {}) : CudaBackend(CudaStream{options.stream_priority}, options) {}
   /// A backend that queues its work on `stream` (borrowed: the caller keeps it alive).
   CudaBackend(cudaStream_t stream, CudaBackendOptions options) : CudaBackend(CudaStream::borrow(stream), options) {}
   CudaBackend(const CudaBackend&) = delete;
@@ -240,6 +257,9 @@ class CudaBackend {
     HDPISSA_REQUIRE(n >= 1 && n <= 8, "CudaBackend::set_dwu_apply_streams: expected 1 … 8, found ", n);
     options_.dwu_apply_streams = n;
   }
+  /// CudaBackendOptions::dwu_apply_priority (resolved); a change takes effect when the apply
+  /// streams are next created (DwuKernels::apply_begin with another stream count, or a new object).
+  StreamPriority dwu_apply_priority() const { return *options_.dwu_apply_priority; }
   /// The CUDA device this backend was created on.
   int device() const { return device_; }
   void set_dwu_gemm(DwuGemm g) { options_.dwu_gemm = g; }

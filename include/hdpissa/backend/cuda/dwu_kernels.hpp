@@ -422,10 +422,11 @@ class DwuKernels<CudaBackend<S>> : public DwuGenericKernels<CudaBackend<S>> {
     apply_end();  // a step that threw after its apply_begin: its side work is joined first
     apply_join();  // the previous step's deferred side work
     if (n <= 1 && !deferred) return;
-    if (side_.size() != std::size_t(n)) {
+    if (side_.size() != std::size_t(n) || side_priority_ != b.dwu_apply_priority()) {
       side_.clear();
       side_rt_.clear();
-      for (int i = 0; i < n; ++i) side_.emplace_back();
+      side_priority_ = b.dwu_apply_priority();
+      for (int i = 0; i < n; ++i) side_.emplace_back(side_priority_);
       side_rt_.resize(std::size_t(n));
       side_waited_.assign(std::size_t(n), false);
       side_used_.assign(std::size_t(n), false);
@@ -660,7 +661,7 @@ class DwuKernels<CudaBackend<S>> : public DwuGenericKernels<CudaBackend<S>> {
   struct SideStream {
     CudaStream stream;  // non-blocking
     CudaEvent done;
-    SideStream() = default;
+    explicit SideStream(StreamPriority p) : stream(p) {}
     SideStream(SideStream&&) noexcept = default;
     SideStream& operator=(SideStream&&) noexcept = default;
     // side work still in flight (a deferred step never joined) finishes before its scratch goes
@@ -670,6 +671,7 @@ class DwuKernels<CudaBackend<S>> : public DwuGenericKernels<CudaBackend<S>> {
   };
   std::vector<DeviceBuffer<float>> side_rt_;
   std::vector<SideStream> side_;  // after side_rt_: destroyed (synchronised) before it
+  StreamPriority side_priority_ = StreamPriority::Default;  // side_'s streams
   std::vector<bool> side_waited_, side_used_;
   CudaEvent fork_;
   bool apply_active_ = false;

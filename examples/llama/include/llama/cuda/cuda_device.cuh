@@ -61,10 +61,12 @@ inline void launch_add_bf16_into_f32(cudaStream_t s, ConstMatrixView<__nv_bfloat
 /// work before it), and what was enqueued since is marked for the next one — the model's backward
 /// calls it at each norm backward when its dY buffers alternate, so a half-layer's adapter gradients
 /// run beside the next half-layer's work instead of before it. Events are re-recorded: a wait takes
-/// the record current when it is enqueued.
+/// the record current when it is enqueued. Its stream's priority: HDPISSA_ADAPTER_STREAM_PRIORITY =
+/// default | high (hdpissa::StreamPriority: high lets its GEMMs start as soon as an SM has room, so
+/// the joins wait less; the same bits either way).
 class AdapterSideStream {
  public:
-  AdapterSideStream() : b_(hdpissa::CudaBackendOptions{}) {
+  AdapterSideStream() : b_(options_from_env()) {
     HDPISSA_CUDA_CHECK(cudaEventCreateWithFlags(&fork_, cudaEventDisableTiming));
     HDPISSA_CUDA_CHECK(cudaEventCreateWithFlags(&join_, cudaEventDisableTiming));
     HDPISSA_CUDA_CHECK(cudaEventCreateWithFlags(&mark_, cudaEventDisableTiming));
@@ -77,6 +79,7 @@ class AdapterSideStream {
     cudaEventDestroy(mark_);
   }
   hdpissa::CudaBackend<__nv_bfloat16>& backend() { return b_; }
+  hdpissa::StreamPriority priority() const { return priority_; }
   void fork(cudaStream_t main) {
     HDPISSA_CUDA_CHECK(cudaEventRecord(fork_, main));
     HDPISSA_CUDA_CHECK(cudaStreamWaitEvent(b_.stream(), fork_, 0));
@@ -97,6 +100,12 @@ class AdapterSideStream {
   }
 
  private:
+  hdpissa::CudaBackendOptions options_from_env() {
+    hdpissa::CudaBackendOptions o;
+    o.stream_priority = priority_ = hdpissa::stream_priority_from_env("HDPISSA_ADAPTER_STREAM_PRIORITY");
+    return o;
+  }
+  hdpissa::StreamPriority priority_ = hdpissa::StreamPriority::Default;  // before b_: set by options_from_env()
   hdpissa::CudaBackend<__nv_bfloat16> b_;
   cudaEvent_t fork_ = nullptr, join_ = nullptr, mark_ = nullptr;
   bool pending_ = false;     // forked since the last join()

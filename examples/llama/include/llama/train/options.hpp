@@ -466,6 +466,8 @@ inline void add_train_options(CLI::App& app, TrainOptions& o, CLI::Option** atte
       "                            only; default 1: one forward and one summed-dX GEMM per group, docs/trainer.md)\n"
       "  HDPISSA_ADAPTER_STREAM    0 runs the DWU methods' adapter-gradient GEMMs on the model's stream (measurements\n"
       "                            only; default 1: on a second stream, beside the backward's dX GEMMs)\n"
+      "  HDPISSA_ADAPTER_STREAM_PRIORITY  default|high: that second stream's scheduling priority (same bits)\n"
+      "  HDPISSA_CUDA_DWU_PRIORITY default|high: the DWU step's W-update streams' priority (same bits)\n"
       "  HDPISSA_LOSS_CHUNK_ROWS   rows of full-vocabulary logits per loss chunk (GPU; default: a 192 MiB budget)\n"
       "  HDPISSA_LOSS_ROW_ALIGN    the loss GEMMs' row multiple (GPU; default 128: a few GEMM shapes; 1: exact)\n"
       "  HDPISSA_FLASH_BAND        1..2^30|all: the flash attention kernels' block order, heads per heavy-first band\n"
