@@ -5,11 +5,14 @@
 # runs the tensor-core kernel for bf16 GQA: its Auto lines never ran on a GPU) and the model suite;
 # 2) the library cases touched by the priorities; 3) the whole trainer suite (the priority case, and
 # session 34's RMSNorm griddepcontrol change); 4) the A/B at TinyLlama 2 x 512 x 8; 5) decode-bench
-# at TinyLlama against transformers (Auto's mma + 512-key splits end to end) if time is left.
+# at TinyLlama against transformers (Auto's mma + 512-key splits end to end) if time is left; first,
+# bench_fp8_scaling (cuBLASLt's FP8 scaling modes at the 7B layer GEMMs).
 # Run as: END_S=565 bash scripts/device-calls/c102.sh (carry .devpack, .devdata)
 source scripts/device-calls/common.sh
 O=/tmp/o102; mkdir -p $O; W=/tmp/hdb; mkdir -p $W
 nvidia-smi --query-gpu=name --format=csv,noheader | head -1; cat .devbin/COMMIT
+timeout 60 .devbin/bench_fp8_scaling > $OUT/c102-fp8-scaling.txt 2>&1; echo "bench_fp8_scaling rc $? at $(el) s"
+grep -v JSON $OUT/c102-fp8-scaling.txt
 run_cases $O decode-tests hdpissa_llama_decode_cuda_tests 120 "*"
 run_cases $O prio-lib hdpissa_cuda_tests 90 "DwuGemm selection*,DWU with a bf16 W storage*"
 run_suites $O hdpissa_llama_cuda_tests:70 hdpissa_cuda_train_tests:230
