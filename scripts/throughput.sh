@@ -59,7 +59,8 @@
 #                                       before the next forward, as before session 31; the default overlaps
 #                                       them with it, each target's forward waiting for its layer; same bits)
 #                                       +sideprio = HDPISSA_ADAPTER_STREAM_PRIORITY=high (the adapters'
-#                                       second stream at the device's greatest priority; same bits)
+#                                       second stream at the device's greatest priority: the default since
+#                                       session 35; same bits); +sidelow = ...=default (the priority before)
 #                                       +dwuprio = HDPISSA_CUDA_DWU_PRIORITY=high (the DWU step's W-update
 #                                       streams at the greatest priority; same bits)
 #                                       +chunk<rows> = HDPISSA_LOSS_CHUNK_ROWS=<rows> (the loss's rows of logits
@@ -290,8 +291,10 @@ run_ours() {  # SIDE(ours|base) BINARY HELP CFG MODEL MB GA MBDIR TIMEOUT EXTRA_
   [[ "$cfg" == *+overlap* ]] && { cfg="${cfg//+overlap/}"; overlap=1; }  # HDPISSA_DWU_OVERLAP (default)
   [[ "$cfg" == *+joined* ]] && { cfg="${cfg//+joined/}"; overlap=0; }  # the step joined before the next forward
   [[ "$cfg" == *+rows4* ]] && { cfg="${cfg//+rows4/}"; rows=4; }  # hdpissa-K1+rows4: HDPISSA_CUDA_DWU_ROWS=4
-  local sprio="${HDPISSA_ADAPTER_STREAM_PRIORITY:-default}" dprio="${HDPISSA_CUDA_DWU_PRIORITY:-default}"
+  # (empty = the trainer's default: high for the second stream since session 35, default for the DWU)
+  local sprio="${HDPISSA_ADAPTER_STREAM_PRIORITY:-}" dprio="${HDPISSA_CUDA_DWU_PRIORITY:-}"
   [[ "$cfg" == *+sideprio* ]] && { cfg="${cfg//+sideprio/}"; sprio=high; }  # the second stream at high priority
+  [[ "$cfg" == *+sidelow* ]] && { cfg="${cfg//+sidelow/}"; sprio=default; }  # ... at the default (lowest) priority
   [[ "$cfg" == *+dwuprio* ]] && { cfg="${cfg//+dwuprio/}"; dprio=high; }  # the DWU apply streams at high priority
   local band="${HDPISSA_FLASH_BAND:-}"
   if [[ "$cfg" =~ \+band([0-9]+|all) ]]; then band="${BASH_REMATCH[1]}"; cfg="${cfg//+band$band/}"; fi  # +band1: HDPISSA_FLASH_BAND

@@ -1,4 +1,4 @@
-# call 100 (session 35; the trainer suite moved to c101, LLaMA-3-8B's decode row dropped for time): verify session 34's closing code (main at 6b95f8a and
+# call 100 (session 35; NOT RUN: two refused starts; c102 ran its parts with c101's): verify session 34's closing code (main at 6b95f8a and
 # later) on a GPU and take issue 16's rows. 1) the decoder suite (Auto now runs the tensor-core
 # kernel for bf16 GQA: its Auto test lines never ran on a GPU), the model suite and the trainer suite
 # (the RMSNorm kernel now carries the PDL instructions, no-ops for training); 2) decode-bench at the

@@ -1,4 +1,4 @@
-# call 101 (session 35): next/prio-main (main + the stream priorities: HDPISSA_ADAPTER_STREAM_PRIORITY,
+# call 101 (session 35; NOT RUN: merged into c102): next/prio-main (main + the stream priorities: HDPISSA_ADAPTER_STREAM_PRIORITY,
 # HDPISSA_CUDA_DWU_PRIORITY = default | high), right after c100 on the same machine (c100's
 # decode-bench left the 7B model in /tmp/hdb/llama2-7b-L32; made here otherwise). 1) the library
 # cases touched (the priority options and the deferred DWU on high-priority apply streams against
