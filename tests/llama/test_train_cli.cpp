@@ -267,6 +267,29 @@ TEST_CASE("cli: HDPISSA_FLASH_BAND is a head count or 'all', checked with the co
   CHECK_FALSE(env_flash_band().has_value());
 }
 
+TEST_CASE("cli: HDPISSA_ADAPTER_STREAM_PRIORITY and HDPISSA_CUDA_DWU_PRIORITY are default or high, checked with the command line") {
+  for (const char* var : {"HDPISSA_ADAPTER_STREAM_PRIORITY", "HDPISSA_CUDA_DWU_PRIORITY"}) {
+    CAPTURE(std::string(var));
+    const hdpissa::test::ScopedEnv restore(var, nullptr);  // the caller's value back at the end
+    for (const char* bad : {"1", "HIGH", "low", "urgent"}) {
+      ::setenv(var, bad, 1);
+      CHECK(error_of(base({})) == std::string(var) + ": expected default or high, found '" + bad + "'");
+    }
+    for (const char* ok : {"default", "high", ""}) {
+      ::setenv(var, ok, 1);
+      CHECK(error_of(base({})) == "");
+    }
+  }
+  // the values: the second stream high unless told otherwise (session 35), the DWU streams default
+  const hdpissa::test::ScopedEnv a("HDPISSA_ADAPTER_STREAM_PRIORITY", nullptr), d("HDPISSA_CUDA_DWU_PRIORITY", nullptr);
+  CHECK(env_adapter_stream_priority() == hdpissa::StreamPriority::High);
+  CHECK(hdpissa::stream_priority_from_env("HDPISSA_CUDA_DWU_PRIORITY") == hdpissa::StreamPriority::Default);
+  ::setenv("HDPISSA_ADAPTER_STREAM_PRIORITY", "default", 1);
+  CHECK(env_adapter_stream_priority() == hdpissa::StreamPriority::Default);
+  ::setenv("HDPISSA_CUDA_DWU_PRIORITY", "high", 1);
+  CHECK(hdpissa::stream_priority_from_env("HDPISSA_CUDA_DWU_PRIORITY") == hdpissa::StreamPriority::High);
+}
+
 TEST_CASE("cli: HDPISSA_STACKED_LINEARS, HDPISSA_ADAPTER_STREAM and HDPISSA_DWU_OVERLAP are 0 or 1, checked with the command line") {
   for (const char* var : {"HDPISSA_STACKED_LINEARS", "HDPISSA_ADAPTER_STREAM", "HDPISSA_DWU_OVERLAP"}) {
     CAPTURE(std::string(var));

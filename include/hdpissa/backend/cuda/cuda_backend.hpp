@@ -60,16 +60,6 @@ inline const char* dwu_gemm_name(DwuGemm g) {
   return g == DwuGemm::Auto ? "auto" : g == DwuGemm::Tf32x3 ? "3xtf32" : g == DwuGemm::Simt ? "simt" : "cublas";
 }
 
-/// A StreamPriority from environment variable `var`: "default" → Default, "high" → High, unset or
-/// empty → `unset`; anything else is an InvalidArgument naming the variable.
-inline StreamPriority stream_priority_from_env(const char* var, StreamPriority unset = StreamPriority::Default) {
-  const char* e = std::getenv(var);
-  if (!e || !*e) return unset;
-  if (std::strcmp(e, "default") == 0) return StreamPriority::Default;
-  if (std::strcmp(e, "high") == 0) return StreamPriority::High;
-  throw InvalidArgument(cat(var, ": expected default or high, found '", e, "'"));
-}
-
 /// Construction options of CudaBackend. The four std::optional fields may also come from an
 /// environment variable, which is read only when the caller leaves the field empty (an explicit
 /// value always wins; the setters after construction too):

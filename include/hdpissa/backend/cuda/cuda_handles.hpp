@@ -9,25 +9,15 @@
 
 #include "hdpissa/backend/cuda/cuda_check.hpp"
 #include "hdpissa/core/memory_ledger.hpp"
+#include "hdpissa/core/stream_priority.hpp"
 
 namespace hdpissa {
-
-/// Scheduling priority of a stream the library creates. Default: what cudaStreamCreate gives (the
-/// device's lowest). High: the device's greatest — whenever an SM has room, the block scheduler
-/// starts this stream's pending blocks before those of lower-priority streams (running blocks are
-/// not preempted). For a side stream whose work another stream will soon wait for (the adapters'
-/// gradient GEMMs beside the model's backward, the DWU's W updates beside the next forward).
-/// A priority changes which ready work starts first, never an order the streams' events impose:
-/// results are the same bit for bit.
-enum class StreamPriority { Default, High };
-
-inline const char* stream_priority_name(StreamPriority p) { return p == StreamPriority::High ? "high" : "default"; }
 
 /// Owns a non-blocking stream, or borrows one (then never destroys it).
 class CudaStream {
  public:
   CudaStream() : CudaStream(StreamPriority::Default) {}
-  /// A new non-blocking stream at priority `p` (StreamPriority).
+  /// A new non-blocking stream at priority `p` (StreamPriority, core/stream_priority.hpp).
   explicit CudaStream(StreamPriority p) {
     if (p == StreamPriority::High) {
       int least = 0, greatest = 0;

@@ -64,11 +64,13 @@ inline void launch_add_bf16_into_f32(cudaStream_t s, ConstMatrixView<__nv_bfloat
 /// the record current when it is enqueued. Its stream runs at the device's greatest priority
 /// (hdpissa::StreamPriority::High: its GEMMs' blocks start as soon as an SM has room, ahead of the
 /// model stream's next kernel, so the joins wait less; session 35, c102–c105 on an H100: +3.3–4.3 %
-/// at TinyLlama 2 × 512, +1.0 % at 7B 2 × 512, +0.5 % at 7B 8 × 512); HDPISSA_ADAPTER_STREAM_PRIORITY
-/// = default | high (unset: high) chooses. The same bits either way (GPU test).
+/// at TinyLlama 2 × 512, +1.0 % at 7B 2 × 512, +0.5 % at 7B 8 × 512) unless constructed with
+/// another (the trainer passes HDPISSA_ADAPTER_STREAM_PRIORITY, env_adapter_stream_priority()). The
+/// same bits at any priority (GPU test).
 class AdapterSideStream {
  public:
-  AdapterSideStream() : b_(options_from_env()) {
+  explicit AdapterSideStream(hdpissa::StreamPriority priority = hdpissa::StreamPriority::High)
+      : priority_(priority), b_(options_for(priority)) {
     HDPISSA_CUDA_CHECK(cudaEventCreateWithFlags(&fork_, cudaEventDisableTiming));
     HDPISSA_CUDA_CHECK(cudaEventCreateWithFlags(&join_, cudaEventDisableTiming));
     HDPISSA_CUDA_CHECK(cudaEventCreateWithFlags(&mark_, cudaEventDisableTiming));
@@ -102,13 +104,12 @@ class AdapterSideStream {
   }
 
  private:
-  hdpissa::CudaBackendOptions options_from_env() {
+  static hdpissa::CudaBackendOptions options_for(hdpissa::StreamPriority p) {
     hdpissa::CudaBackendOptions o;
-    o.stream_priority = priority_ =
-        hdpissa::stream_priority_from_env("HDPISSA_ADAPTER_STREAM_PRIORITY", hdpissa::StreamPriority::High);
+    o.stream_priority = p;
     return o;
   }
-  hdpissa::StreamPriority priority_ = hdpissa::StreamPriority::Default;  // before b_: set by options_from_env()
+  hdpissa::StreamPriority priority_;
   hdpissa::CudaBackend<__nv_bfloat16> b_;
   cudaEvent_t fork_ = nullptr, join_ = nullptr, mark_ = nullptr;
   bool pending_ = false;     // forked since the last join()

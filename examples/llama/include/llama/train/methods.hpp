@@ -999,7 +999,7 @@ class DwuMethod final : public TrainMethod<Dev> {
       if constexpr (Base::kHasSide && kMixed && std::is_same_v<Mute, hdpissa::ExactMute>) {
         if (!ag_on_ && env_adapter_stream()) {  // the adapter-gradient GEMMs on a second stream
           hdpissa::memory::PartScope sp("adapter.side-stream");
-          this->side_ = std::make_unique<typename Base::Side>();
+          this->side_ = std::make_unique<typename Base::Side>(env_adapter_stream_priority());
           muted_side_ = std::make_unique<hdpissa::MutedLinear<Bc, Mute>>(this->side_->backend(), muted_.scaling(),
                                                                          Mute{});
         }
@@ -1570,7 +1570,7 @@ class AdapterMethod final : public TrainMethod<Dev> {
     if constexpr (Base::kHasSide && kMixed) {
       if (!ids_.empty() && env_adapter_stream()) {  // the gA, gB GEMMs on a second stream
         hdpissa::memory::PartScope sp("adapter.side-stream");
-        this->side_ = std::make_unique<typename Base::Side>();
+        this->side_ = std::make_unique<typename Base::Side>(env_adapter_stream_priority());
         lin_side_ = std::make_unique<hdpissa::AdapterLinear<Bc>>(this->side_->backend(), lin_.scaling());
       }
     }

@@ -18,6 +18,7 @@
 #include <nlohmann/json.hpp>
 
 #include "hdpissa/adapter/muted_linear.hpp"
+#include "hdpissa/core/stream_priority.hpp"
 #include "hdpissa/core/w_precision.hpp"
 #include "llama/cli.hpp"
 #include "llama/common.hpp"
@@ -760,11 +761,19 @@ inline std::optional<int> env_flash_band() {
   return env_row_count("HDPISSA_FLASH_BAND", 1, 1 << 30, "a head count or 'all'");
 }
 
+/// HDPISSA_ADAPTER_STREAM_PRIORITY: default | high (unset or empty: high, session 35): the
+/// scheduling priority of the DWU methods' second stream (AdapterSideStream, which reads it again
+/// with the same parser). The same bits either way.
+inline hdpissa::StreamPriority env_adapter_stream_priority() {
+  return hdpissa::stream_priority_from_env("HDPISSA_ADAPTER_STREAM_PRIORITY", hdpissa::StreamPriority::High);
+}
+
 /// The GPU engine's measurement switches, checked with the command line (before any model is
 /// loaded): a value the engine would not understand is an error naming the variable, not a silent
 /// default. HDPISSA_FUSED_ADAPTER_GRADS: 0 or 1 (llama/cuda/adapter_grads.cuh); HDPISSA_LOSS_CHUNK_ROWS:
 /// a row count in [1, 65536]; HDPISSA_LOSS_ROW_ALIGN: [1, 1024] (the engine reads both again, with
-/// env_row_count, when it sizes the loss).
+/// env_row_count, when it sizes the loss); the two stream priorities: default or high
+/// (HDPISSA_CUDA_DWU_PRIORITY is the CUDA backend's, read again by CudaBackendOptions::resolved).
 inline void check_engine_env() {
   if (const char* e = std::getenv("HDPISSA_FUSED_ADAPTER_GRADS"); e && *e && std::strcmp(e, "0") != 0 &&
                                                                   std::strcmp(e, "1") != 0)
@@ -775,6 +784,8 @@ inline void check_engine_env() {
   (void)env_loss_chunk_rows();
   (void)env_loss_row_align();
   (void)env_flash_band();
+  (void)env_adapter_stream_priority();
+  (void)hdpissa::stream_priority_from_env("HDPISSA_CUDA_DWU_PRIORITY");
 }
 
 /// Parses hdpissa-train's arguments (CLI11; llama/cli.hpp has the conventions). `help` is set
