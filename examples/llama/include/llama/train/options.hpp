@@ -762,8 +762,8 @@ inline std::optional<int> env_flash_band() {
 }
 
 /// HDPISSA_ADAPTER_STREAM_PRIORITY: default | high (unset or empty: high, session 35): the
-/// scheduling priority of the DWU methods' second stream (AdapterSideStream, which reads it again
-/// with the same parser). The same bits either way.
+/// scheduling priority of the training methods' second stream (the methods call this again when
+/// they create their AdapterSideStream). The same bits either way.
 inline hdpissa::StreamPriority env_adapter_stream_priority() {
   return hdpissa::stream_priority_from_env("HDPISSA_ADAPTER_STREAM_PRIORITY", hdpissa::StreamPriority::High);
 }
