@@ -1,4 +1,6 @@
 # call 102 (session 35): c100 and c101 in one call, after two refused starts left too little device
+# (Run when a config without +sideprio meant the default priority; since the default flip such rows run
+# at high priority: use +sidelow for the default-priority rows to repeat this A/B.)
 # time for both. Binaries: the decoder and model suites, hdpissa-generate and hdpissa-eval built from
 # main at 0d35680 (session 34's closing code); hdpissa_cuda_tests, hdpissa_cuda_train_tests and
 # hdpissa-train from next/prio-main (main + the stream priorities). 1) the decoder suite (Auto now

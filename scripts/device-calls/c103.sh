@@ -1,4 +1,6 @@
 # call 103 (session 35; run inline on c102's warm machine, recorded here): the stream-priority A/B at
+# (Run when a config without +sideprio meant the default priority; since the default flip such rows run
+# at high priority: use +sidelow for the default-priority rows to repeat this A/B.)
 # LLaMA-2-7B 2 x 512 x 8 with PEFT + compile in the same call, then TinyLlama 2 x 512 x 8 again
 # (eager and --cuda-graphs, each with and without the second stream at high priority).
 source scripts/device-calls/common.sh; O=/tmp/o103; mkdir -p $O; END=480
