@@ -1,6 +1,4 @@
 # call 102 (session 35): c100 and c101 in one call, after two refused starts left too little device
-# (Run when a config without +sideprio meant the default priority; since the default flip such rows run
-# at high priority: use +sidelow for the default-priority rows to repeat this A/B.)
 # time for both. Binaries: the decoder and model suites, hdpissa-generate and hdpissa-eval built from
 # main at 0d35680 (session 34's closing code); hdpissa_cuda_tests, hdpissa_cuda_train_tests and
 # hdpissa-train from next/prio-main (main + the stream priorities). 1) the decoder suite (Auto now
@@ -10,6 +8,8 @@
 # at TinyLlama against transformers (Auto's mma + 512-key splits end to end) if time is left; first,
 # bench_fp8_scaling (cuBLASLt's FP8 scaling modes at the 7B layer GEMMs).
 # Run as: END_S=565 bash scripts/device-calls/c102.sh (carry .devpack, .devdata)
+# (Run when a config without +sideprio meant the default priority; since the default flip such rows run
+# at high priority: use +sidelow for the default-priority rows to repeat this A/B.)
 source scripts/device-calls/common.sh
 O=/tmp/o102; mkdir -p $O; W=/tmp/hdb; mkdir -p $W
 nvidia-smi --query-gpu=name --format=csv,noheader | head -1; cat .devbin/COMMIT
