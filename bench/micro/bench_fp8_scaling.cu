@@ -29,6 +29,7 @@
 #include <string>
 #include <vector>
 
+#include "cuda_bench_util.hpp"
 #include "hdpissa/backend/cuda/cuda_check.hpp"
 #include "hdpissa/backend/cuda/cuda_handles.hpp"
 
@@ -57,16 +58,6 @@ __global__ void fill_ints(__nv_bfloat16* b, __nv_fp8_e4m3* f, std::size_t n, uns
 __global__ void fill_one(float* p, std::size_t n) {
   for (std::size_t i = blockIdx.x * std::size_t(blockDim.x) + threadIdx.x; i < n; i += std::size_t(gridDim.x) * blockDim.x)
     p[i] = 1.0f;
-}
-
-const char* status_name(cublasStatus_t s) {
-  switch (s) {
-    case CUBLAS_STATUS_SUCCESS: return "success";
-    case CUBLAS_STATUS_NOT_SUPPORTED: return "not supported";
-    case CUBLAS_STATUS_INVALID_VALUE: return "invalid value";
-    case CUBLAS_STATUS_ARCH_MISMATCH: return "arch mismatch";
-    default: return "error";
-  }
 }
 
 // one GEMM in one mode: the heuristic's first algorithm, timed (best of reps), its D copied to host
@@ -116,22 +107,15 @@ Result run(cublasLtHandle_t lt, cudaStream_t s, const Mode& m, int M, int N, int
     fail(CUBLAS_STATUS_NOT_SUPPORTED, "heuristic (no algorithm)");
   if (r.status == CUBLAS_STATUS_SUCCESS) {
     const float alpha = 1.0f, beta = 0.0f;
-    cudaEvent_t e0, e1;
-    HDPISSA_CUDA_CHECK(cudaEventCreate(&e0));
-    HDPISSA_CUDA_CHECK(cudaEventCreate(&e1));
+    bench::EventTimer t(s);
     double best = 1e30;
     for (int i = 0; i < reps + 2 && r.status == CUBLAS_STATUS_SUCCESS; ++i) {
-      HDPISSA_CUDA_CHECK(cudaEventRecord(e0, s));
+      t.start();
       if (!ok(cublasLtMatmul(lt, desc, &alpha, B, la, A, lb, &beta, D, ld, D, ld, &h.algo, ws, ws_bytes, s), "matmul"))
         break;
-      HDPISSA_CUDA_CHECK(cudaEventRecord(e1, s));
-      HDPISSA_CUDA_CHECK(cudaEventSynchronize(e1));
-      float ms = 0;
-      HDPISSA_CUDA_CHECK(cudaEventElapsedTime(&ms, e0, e1));
-      if (i >= 2) best = std::min(best, double(ms));
+      const double ms = t.stop_ms();
+      if (i >= 2) best = std::min(best, ms);
     }
-    cudaEventDestroy(e0);
-    cudaEventDestroy(e1);
     r.ms = best;
     if (r.status == CUBLAS_STATUS_SUCCESS) {
       r.d.resize(std::size_t(M) * N);
@@ -209,9 +193,9 @@ int main(int argc, char** argv) {
       const Result r = run(lt, s, m, M, N, K, m.fp8 ? static_cast<const void*>(Af.get()) : Ab.get(),
                            m.fp8 ? static_cast<const void*>(Bf.get()) : Bb.get(), scales.get(), D.get(), ws.get(), ws_bytes, reps);
       if (r.status != CUBLAS_STATUS_SUCCESS) {
-        std::printf("M %5d N %5d K %5d  %-28s  %s at %s\n", M, N, K, m.name, status_name(r.status), r.where.c_str());
+        std::printf("M %5d N %5d K %5d  %-28s  %s at %s\n", M, N, K, m.name, cublasGetStatusString(r.status), r.where.c_str());
         std::printf("JSON {\"bench\":\"fp8_scaling\",\"M\":%d,\"N\":%d,\"K\":%d,\"mode\":\"%s\",\"status\":\"%s\"}\n", M, N, K,
-                    m.name, status_name(r.status));
+                    m.name, cublasGetStatusString(r.status));
         continue;
       }
       double maxrel = 0;

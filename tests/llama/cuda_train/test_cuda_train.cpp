@@ -104,6 +104,11 @@ std::vector<double> step_losses(const std::string& file) {
   for (const auto& j : records(file, "step")) l.push_back(j["loss"].get<double>());
   return l;
 }
+std::vector<double> eval_losses(const std::string& file) {
+  std::vector<double> l;
+  for (const auto& j : records(file, "eval")) l.push_back(j["eval_loss"].get<double>());
+  return l;
+}
 
 bool same_targets(const ModelWeights& a, const ModelWeights& b) {
   for (int l = 0; l < a.config.n_layers; ++l)
@@ -1487,9 +1492,7 @@ TEST_CASE("DWU updates beside the next forward (HDPISSA_DWU_OVERLAP): the joined
       const hdpissa::test::ScopedEnv e3("HDPISSA_TEST_DWU_SIDE_SPIN", "400000");
       Run r(o);
       losses.push_back(step_losses(o.metrics));
-      std::vector<double> ev;
-      for (const auto& j : records(o.metrics, "eval")) ev.push_back(j["eval_loss"].get<double>());
-      evals.push_back(ev);
+      evals.push_back(eval_losses(o.metrics));
       merged.push_back(r.merged());
       saved.push_back(load_checkpoint(o.output));
       if (c.fp8) CHECK(r.t->engine().fp8_stale_targets() == std::optional<std::int64_t>(0));
@@ -1537,9 +1540,7 @@ TEST_CASE("stream priorities high (adapter stream, DWU apply streams): the defau
       const hdpissa::test::ScopedEnv e4("HDPISSA_TEST_DWU_SIDE_SPIN", "400000");
       Run r(o);
       losses.push_back(step_losses(o.metrics));
-      std::vector<double> ev;
-      for (const auto& j : records(o.metrics, "eval")) ev.push_back(j["eval_loss"].get<double>());
-      evals.push_back(ev);
+      evals.push_back(eval_losses(o.metrics));
       merged.push_back(r.merged());
       REQUIRE(losses.back().size() == 3);
       REQUIRE(evals.back().size() == 4);
