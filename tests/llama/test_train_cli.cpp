@@ -77,6 +77,24 @@ TEST_CASE("cli: --targets lists: commas, spaces, full names, all-linear") {
   const TrainOptions all = parse_train_args(base({"--target-modules", "all-linear"}));
   CHECK(all.target_modules().size() == 7);
   CHECK(contains(error_of(base({"--targets", "q,x"})), "'x'"));
+  // one canonical spelling per set (the model's module order, short names): what a state records
+  // and a resume compares, so q_proj,… or a reordered list continue a run saved with q,…
+  CHECK(parse_train_args(base({"--targets", "down_proj,q,up_proj"})).targets == "q,up,down");
+  CHECK(all.targets == "q,k,v,o,gate,up,down");
+  CHECK(canonical_targets("v_proj, q") == "q,v");
+  CHECK(contains(error_of(base({"--targets", "q,q_proj"})), "listed twice"));
+}
+
+TEST_CASE("cli: options that would do nothing without their companion are errors") {
+  CHECK(error_of(base({"--eval-every", "2"})) == "--eval-every needs --eval-data FILE (the held-out loss it logs)");
+  CHECK(error_of(base({"--eval-records", "recs"})) ==
+        "--eval-records needs a task to record: --eval-gsm8k, --eval-math, --eval-humaneval or --eval-mbpp");
+}
+
+TEST_CASE("cli: --threads is 0 (the default) to 1024") {
+  CHECK(parse_train_args(base({"--threads", "1024"})).threads == 1024);
+  CHECK(error_of(base({"--threads", "1025"})) == "--threads: expected 0 to 1024, found 1025");
+  CHECK(error_of(base({"--threads", "100000"})) == "--threads: expected 0 to 1024, found 100000");
 }
 
 TEST_CASE("cli: unknown options name themselves and suggest the closest") {

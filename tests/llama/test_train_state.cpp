@@ -307,6 +307,31 @@ TEST_CASE("train state: SIGTERM in a step finishes it, saves, and the resumed ru
   CHECK(step_records(o.metrics) == std::vector<long>{1, 2, 3, 4, 5, 6});
 }
 
+// A state records the canonical --targets, and a resume compares canonical forms: another spelling
+// or order of the same set continues the run; a changed --rank is named as the rank (not the alpha
+// that defaults to it and comes first in key order).
+TEST_CASE("train state: resume takes any spelling of the same --targets; a changed --rank is named") {
+  if (!llama_test::have_data()) return;
+  const fs::path dir = llama_test::scratch("state_targets");
+  TrainOptions o = small_options();
+  o.targets = "v_proj,q_proj";
+  o.save_state = (dir / "s").string();
+  o.stop_after = 2;
+  {
+    Run r(o);
+    r.t->run();
+  }
+  TrainOptions r2 = small_options();
+  r2.targets = "q,v";
+  r2.resume = o.save_state;
+  {
+    Run r(r2);
+    CHECK(r.t->step() == 2);
+  }
+  r2.rank = 2;
+  CHECK_ERROR(Run r(r2), "incompatible config: field 'rank'");
+}
+
 TEST_CASE("train state: bad outputs fail before the first step; a metrics write failure is an error") {
   if (!llama_test::have_data()) return;
   const fs::path dir = llama_test::scratch("state_outputs");
@@ -333,6 +358,48 @@ TEST_CASE("train state: bad outputs fail before the first step; a metrics write 
   SUBCASE("a missing input") {
     o.eval_data = (dir / "no-eval.jsonl").string();
     CHECK_ERROR(Run r(o), "--eval-data", "no-eval.jsonl", "no such file");
+  }
+  SUBCASE("an existing --output / --save-state holding anything else, or an input, is refused") {
+    // each is replaced as a whole when written: what it holds besides a checkpoint / a state would
+    // be deleted without a word (session 36's audit: the run's own --data was)
+    const fs::path foreign = dir / "foreign";
+    fs::create_directories(foreign / "sub");
+    std::ofstream(foreign / "notes.txt") << "x";
+    o.output = foreign.string();
+    CHECK_ERROR(Run r(o), "--output", "holds files that are not a model checkpoint", "notes.txt", "sub/");
+    o.output.clear();
+    o.save_state = foreign.string();
+    CHECK_ERROR(Run r(o), "--save-state", "holds files that are not a training state", "notes.txt");
+    o.save_state.clear();
+    const fs::path holder = dir / "holder";
+    fs::create_directories(holder);
+    fs::copy_file(o.data, holder / "train.jsonl", fs::copy_options::overwrite_existing);
+    std::ofstream(holder / "config.json") << "{}";  // looks like a checkpoint: the input check decides
+    o.data = (holder / "train.jsonl").string();
+    o.output = (holder / ".").string();
+    CHECK_ERROR(Run r(o), "--data", "lies inside --output");
+    CHECK(fs::exists(holder / "train.jsonl"));
+  }
+  SUBCASE("a trailing '/' on --output and --save-state: written in place, nothing left inside") {
+    o.max_steps = 1;
+    o.output = (dir / "slash-out").string() + "/";
+    o.save_state = (dir / "slash-state").string() + "/";
+    fs::remove_all(dir / "slash-out");
+    fs::remove_all(dir / "slash-state");
+    for (int pass = 0; pass < 2; ++pass) {  // a fresh directory, then replacing it
+      CAPTURE(pass);
+      Run r(o);
+      r.t->run();
+      CHECK(fs::exists(dir / "slash-out" / "config.json"));
+      CHECK(fs::exists(dir / "slash-state" / "state.json"));
+      for (const auto& d : {dir / "slash-out", dir / "slash-state"})
+        for (const auto& e : fs::directory_iterator(d)) {
+          const std::string n = e.path().filename().string();
+          CHECK_MESSAGE(n.find(".tmp") == std::string::npos, n);
+          CHECK_MESSAGE(n.find(".lock") == std::string::npos, n);
+          CHECK_MESSAGE(n.find(".old") == std::string::npos, n);
+        }
+    }
   }
   SUBCASE("/dev/full as --metrics") {
     if (!fs::exists("/dev/full")) return;
@@ -382,6 +449,7 @@ TEST_CASE("train state: bad inputs fail before the checkpoint is loaded; start-u
   }
   SUBCASE("an --eval-records directory that cannot be written") {
     o.eval_records = ::geteuid() == 0 ? "/sys/hdpissa-test-records" : "/proc/hdpissa-test-records";
+    o.eval_gsm8k = (llama_test::data_dir() / "gsm8k" / "test.jsonl").string();  // a task to record
     CHECK_ERROR(Run r(o), "--eval-records", "cannot be written");
   }
   SUBCASE("progress lines: load (GB/s) and adapter init (layers done / total)") {

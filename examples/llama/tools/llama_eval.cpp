@@ -100,8 +100,9 @@ Args parse(int argc, char** argv) {
                                    "the test split task_id 11-510)")->group(gt)->type_name("T");
   add_int(app, "--max-new-tokens", a.max_new_tokens, 1, "generation budget per problem (default 512; capped by the "
                                                          "model's context)")->group(gt);
-  app.add_option("--limit", a.limit, "the first N problems in file order (default: all)")
-      ->group(gt)->type_name("N")->check(CLI::PositiveNumber);
+  cli::add_parsed(app, "--limit", "--limit", a.limit,
+                  [](const std::string& f, const std::string& v) { return cli::parse_int<long>(f, v, 1); },
+                  "the first N problems in file order (default: all)", "N")->group(gt);
   add_int(app, "--batch", a.batch, 1, "prompts per generator call (default 1; the CPU decoder loops over them)")->group(gt);
   app.add_option("--output", a.output, "writes DIR/<task>.jsonl (one record per problem) and DIR/<task>_summary.json "
                                        "(default: eval-<task>)")->group(gt)->type_name("DIR");
@@ -115,18 +116,34 @@ Args parse(int argc, char** argv) {
   app.add_flag("--gsm8k-last-number", a.gsm8k_last_number,
                "GSM8K: fall back to the last number when no answer marker is found (off)")->group(gt);
   app.add_option("--timeout", a.timeout, "code tasks: wall-clock seconds per program (default 10)")
-      ->group(gt)->type_name("S")->check(CLI::PositiveNumber);
+      ->group(gt)->type_name("S");
   if (cli::parse(app, std::vector<std::string>(argv + 1, argv + argc)) != cli::Outcome::Run) {
     a.help = true;
     return a;
   }
   a.batch_given = app.count("--batch") > 0;
-  if (a.task != "loss") {
+  if (!(a.timeout > 0 && a.timeout <= 86400))  // also NaN
+    throw cli::UsageError(hdpissa::llama::cat("--timeout: expected seconds in (0, 86400], found ", a.timeout));
+  if (a.threads > 1024) throw cli::UsageError(hdpissa::llama::cat("--threads: expected <= 1024, found ", a.threads));
+  // Each mode's options are an error in the other, never silently ignored (the two count the
+  // problems or examples with different flags: --limit, --eval-examples).
+  const bool task_mode = a.task != "loss";
+  for (const char* f : {"--eval-examples", "--max-len", "--micro-batch", "--json", "--tokens-only", "--prompt-field",
+                        "--response-field", "--input-field", "--data-format", "--chat-template"})
+    if (task_mode && app.count(f) > 0)
+      throw cli::UsageError(hdpissa::llama::cat(f, " applies to --task loss only (a task counts its problems with --limit)"));
+  for (const char* f : {"--max-new-tokens", "--limit", "--batch", "--output", "--device", "--dtype", "--batch-size",
+                        "--gsm8k-last-number", "--timeout"})
+    if (!task_mode && app.count(f) > 0)
+      throw cli::UsageError(hdpissa::llama::cat(f, " applies to --task gsm8k|math|humaneval|mbpp only (the loss "
+                                                   "counts its examples with --eval-examples)"));
+  if (task_mode) {
     hdpissa::llama::eval::parse_task(a.task);  // throws on an unknown task
-    if (a.tokens_only) throw cli::UsageError("--tokens-only applies to --task loss only");
     if (a.output.empty()) a.output = "eval-" + a.task;
   }
   if (a.model.empty() && !a.tokens_only) throw cli::UsageError("missing --model (see --help)");
+  if (!a.model.empty() && !std::filesystem::exists(a.model))
+    throw LlamaError("--model: no such file or directory: '" + a.model + "'");
   if (a.data.empty()) throw cli::UsageError("missing --data (see --help)");
   a.data_format.validate();
   if (a.tokenizer.empty()) {

@@ -406,7 +406,7 @@ using LinearOverride = std::function<bool(LinearId, Matrix& out)>;
 inline void save_hf_checkpoint(const std::filesystem::path& dir, const ModelWeights& w, const SaveOptions& opt = {},
                                const LinearOverride& override_linear = {}) {
   namespace fs = std::filesystem;
-  const fs::path target = fs::absolute(dir).lexically_normal();
+  const fs::path target = normal_path(dir);
   const fs::path tmp = target.string() + cat(".tmp-", ::getpid());
   const fs::path old = target.string() + cat(".old-", ::getpid());
   if (fs::exists(target) && !opt.overwrite) throw LlamaError(cat("checkpoint directory exists: ", target.string()));

@@ -147,6 +147,16 @@ inline std::string read_file_text(const std::filesystem::path& path) {
   return std::string(bytes.begin(), bytes.end());
 }
 
+/// `p` absolute and lexically normal, without a trailing separator: "runs/x/", "runs/./x" and
+/// "runs/x" name the same directory, "." the current one. Every path the tools write, lock or compare
+/// goes through it, so that the names built from a directory ("<dir>.tmp-<pid>", "<dir>.lock") land
+/// beside it, never inside it (a trailing "/" used to put them inside and fail the final rename).
+inline std::filesystem::path normal_path(const std::filesystem::path& p) {
+  std::filesystem::path a = std::filesystem::absolute(p).lexically_normal();
+  if (!a.has_filename() && a.has_relative_path()) a = a.parent_path();
+  return a;
+}
+
 /// fsyncs a file or directory by path (best effort for directories on filesystems that refuse).
 inline void fsync_path(const std::filesystem::path& path, bool is_dir = false) {
   const int fd = ::open(path.c_str(), is_dir ? (O_RDONLY | O_DIRECTORY) : O_RDONLY);

@@ -441,22 +441,36 @@ inline nlohmann::json task_protocol(Task task, const EvalOptions& o, const Promp
 }
 
 /// Runs `task` on `data` and writes DIR/<task>.jsonl (per problem) and DIR/<task>_summary.json.
+/// The records go to a temporary name beside them (removed on an error) and both files are renamed
+/// into place when the task has ended: an interrupted run leaves no partial records, and never
+/// records beside the summary of another run.
 template <class Tok>
 EvalSummary evaluate_to_dir(Task task, const std::filesystem::path& data, const Generator& gen, const Tok& tok,
                             const EvalOptions& o, const std::filesystem::path& out_dir) {
   const auto problems = load_task(task, data);
   std::filesystem::create_directories(out_dir);
   const auto rec_path = out_dir / (std::string(task_name(task)) + ".jsonl");
-  std::ofstream rec(rec_path, std::ios::binary);
-  if (!rec) throw LlamaError(cat("cannot write ", rec_path.string()));
-  EvalSummary s = evaluate(task, problems, gen, tok, o, &rec);
+  const auto tmp_path = out_dir / cat(".", task_name(task), ".jsonl.tmp-", ::getpid());
+  EvalSummary s;
+  try {
+    std::ofstream rec(tmp_path, std::ios::binary);
+    if (!rec) throw LlamaError(cat("cannot write ", tmp_path.string()));
+    s = evaluate(task, problems, gen, tok, o, &rec);
+    rec.close();
+    if (!rec) throw LlamaError(cat("cannot write ", tmp_path.string()));
+  } catch (...) {
+    std::error_code ec;
+    std::filesystem::remove(tmp_path, ec);
+    throw;
+  }
   nlohmann::json j = s.to_json();
   j["data"] = data.string();
   j["protocol"] = task_protocol(task, o);
   j["records"] = rec_path.string();
-  std::ofstream sj(out_dir / (std::string(task_name(task)) + "_summary.json"));
-  sj << j.dump(2) << "\n";
-  if (!sj) throw LlamaError(cat("cannot write ", (out_dir / (std::string(task_name(task)) + "_summary.json")).string()));
+  std::error_code ec;
+  std::filesystem::rename(tmp_path, rec_path, ec);
+  if (ec) throw LlamaError(cat("cannot rename ", tmp_path.string(), " to ", rec_path.string(), ": ", ec.message()));
+  write_file_atomic(out_dir / (std::string(task_name(task)) + "_summary.json"), j.dump(2) + "\n");
   return s;
 }
 

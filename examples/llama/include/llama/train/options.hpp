@@ -418,7 +418,10 @@ inline void TrainOptions::validate() const {
   need(save_every >= 0, cat("--save-every: expected >= 0, found ", save_every));
   need(save_every == 0 || !save_state.empty(), "--save-every needs --save-state DIR");
   need(eval_every >= 0, cat("--eval-every: expected >= 0, found ", eval_every));
-  need(threads >= 0, cat("--threads: expected >= 0, found ", threads));
+  need(eval_every == 0 || !eval_data.empty(), "--eval-every needs --eval-data FILE (the held-out loss it logs)");
+  need(eval_records.empty() || !eval_gsm8k.empty() || !eval_math.empty() || !eval_humaneval.empty() || !eval_mbpp.empty(),
+       "--eval-records needs a task to record: --eval-gsm8k, --eval-math, --eval-humaneval or --eval-mbpp");
+  need(threads >= 0 && threads <= 1024, cat("--threads: expected 0 to 1024, found ", threads));
   need(log_every >= 1, cat("--log-every: expected >= 1, found ", log_every));
   need(eval_examples >= 1, cat("--eval-examples: expected >= 1, found ", eval_examples));
   need(eval_gsm8k_n >= 1, cat("--eval-gsm8k-n: expected >= 1, found ", eval_gsm8k_n));
@@ -429,6 +432,21 @@ inline void TrainOptions::validate() const {
        cat("--loss-spike-factor: expected > 1, found ", loss_spike_factor));
   need(loss_spike_steps >= 1, cat("--loss-spike-steps: expected >= 1, found ", loss_spike_steps));
   (void)target_modules();
+}
+
+/// --targets in its canonical form: the short names in the model's module order, whatever the
+/// spelling (q_proj …) or order of the same set ("down,up,q" → "q,up,down"): what the header echoes,
+/// a state records and a resume compares. An invalid list throws target_modules()'s error.
+inline std::string canonical_targets(const std::string& targets) {
+  TrainOptions t;
+  t.targets = targets;
+  const std::vector<Module> mods = t.target_modules();
+  static const char* const names[] = {"q", "k", "v", "o", "gate", "up", "down"};
+  std::string out;
+  for (int m = 0; m < kModulesPerLayer; ++m)
+    if (std::find(mods.begin(), mods.end(), static_cast<Module>(m)) != mods.end())
+      out += cat(out.empty() ? "" : ",", names[m]);
+  return out;
 }
 
 /// The target-module list of --targets: "q,k,v" or "q k v", full names (q_proj …) or PEFT's
@@ -812,6 +830,7 @@ inline TrainOptions parse_train_args(const std::vector<std::string>& args, bool*
   if (o.tokenizer.empty() && !o.model.empty() && std::filesystem::is_directory(o.model))
     o.tokenizer = o.model;  // detect_tokenizer picks tokenizer.model / tokenizer.json / original/tokenizer.model
   o.validate();
+  o.targets = canonical_targets(o.targets);  // valid (validate): one spelling per set, for states and resume
   return o;
 }
 
@@ -823,7 +842,7 @@ inline nlohmann::json trajectory_config(const TrainOptions& o, int processes) {
           {"rank", o.rank},
           {"alpha", o.effective_alpha()},
           {"scaling", name_of(o.scaling)},
-          {"targets", o.targets},
+          {"targets", canonical_targets(o.targets)},
           {"svd", name_of(o.svd)},
           {"aggregation", name_of(o.aggregation)},
           {"mute_gamma", o.mute_gamma},

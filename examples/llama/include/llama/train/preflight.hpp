@@ -6,9 +6,12 @@
 ///    readable (--resume is checked by find_newest_state, which also looks at S.tmp* / S.old*);
 ///  - --output, --save-state, --metrics and --eval-records are distinct, none inside another, and creatable and
 ///    writable (probed by creating a file in the directory where they will be renamed into place);
+///  - no input lies inside --output or --save-state (each is replaced as a whole when written), and
+///    an existing one holds only what the trainer writes there (config.json / state.json) or nothing;
 ///  - the file systems of --output and --save-state have room for one merged model and one state,
 ///    estimated from the model's parameter count (safetensors headers, or the llama2.c file size).
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdint>
 #include <cstring>
@@ -32,7 +35,7 @@ namespace preflight_detail {
 
 namespace fs = std::filesystem;
 
-inline fs::path normal(const std::string& p) { return fs::weakly_canonical(fs::absolute(p)); }
+inline fs::path normal(const std::string& p) { return fs::weakly_canonical(normal_path(p)); }
 
 /// Whether `inner` is `outer` or lies below it.
 inline bool within(const fs::path& inner, const fs::path& outer) {
@@ -83,6 +86,24 @@ inline void check_output(const char* flag, const std::string& p, bool file) {
                          std::strerror(errno), ")"));
   ::close(fd);
   ::unlink(probe.c_str());
+}
+
+/// An existing directory `p` that `flag` replaces as a whole when it writes it must hold what the
+/// trainer writes there (`marker`: config.json for a merged model, state.json for a state) or
+/// nothing: anything else would be deleted without a word.
+inline void check_replaceable(const char* flag, const std::string& p, const char* marker, const char* what) {
+  std::error_code ec;
+  if (p.empty() || !fs::is_directory(p, ec) || fs::exists(fs::path(p) / marker, ec)) return;
+  std::vector<std::string> names;
+  for (const auto& e : fs::directory_iterator(p, ec))
+    names.push_back(e.path().filename().string() + (e.is_directory(ec) ? "/" : ""));
+  if (names.empty()) return;
+  std::sort(names.begin(), names.end());
+  std::string list;
+  for (std::size_t i = 0; i < names.size() && i < 3; ++i) list += cat(i ? ", " : "", names[i]);
+  if (names.size() > 3) list += cat(", ... (", names.size(), " entries)");
+  throw LlamaError(cat(flag, " ", p, ": exists and holds files that are not ", what, " (", list,
+                       "), and it is replaced as a whole when written; choose a new or empty directory, or remove it"));
 }
 
 /// Parameters of the model at `p` (safetensors headers; llama2.c: file size / 4); 0 if unknown.
@@ -159,13 +180,32 @@ inline PreflightReport check_run_paths(const TrainOptions& o, int processes = 1)
       const fs::path a = normal(outs[i].path), b = normal(outs[j].path);
       if (i < j && a == b)
         throw LlamaError(cat(outs[i].flag, " and ", outs[j].flag, " are the same path (", outs[i].path,
-                             "): each needs its own (the merged model would replace the state)"));
+                             "): each needs its own (one would replace the other)"));
       if (a != b && within(a, b) && !outs[j].file)
         throw LlamaError(cat(outs[i].flag, " ", outs[i].path, " lies inside ", outs[j].flag, " ", outs[j].path,
                              ", which is replaced as a whole when written; choose a path outside it"));
     }
   if (!o.resume.empty() && !o.output.empty() && normal(o.resume) == normal(o.output))
     throw LlamaError(cat("--resume and --output are the same path (", o.output, ")"));
+  // --output and --save-state are replaced as a whole: no input may lie inside either (--resume
+  // may be --save-state itself: a run continues its own state), and an existing one must hold only
+  // what the trainer writes there
+  const std::pair<const char*, const std::string*> inputs[] = {
+      {"--model", &o.model},           {"--data", &o.data},           {"--tokenizer", &o.tokenizer},
+      {"--eval-data", &o.eval_data},   {"--eval-gsm8k", &o.eval_gsm8k}, {"--eval-math", &o.eval_math},
+      {"--eval-humaneval", &o.eval_humaneval}, {"--eval-mbpp", &o.eval_mbpp}, {"--resume", &o.resume}};
+  for (const auto& x : outs) {
+    if (x.file || x.path == o.eval_records) continue;
+    const fs::path d = normal(x.path);
+    for (const auto& [flag, in] : inputs) {
+      if (in->empty() || (in == &o.resume && x.path == o.save_state && normal(*in) == d)) continue;
+      if (within(normal(*in), d))
+        throw LlamaError(cat(flag, " ", *in, " lies inside ", x.flag, " ", x.path,
+                             ", which is replaced as a whole when written; choose an output path outside the inputs"));
+    }
+  }
+  check_replaceable("--output", o.output, "config.json", "a model checkpoint");
+  check_replaceable("--save-state", o.save_state, "state.json", "a training state");
   for (const auto& x : outs) check_output(x.flag, x.path, x.file);
 
   PreflightReport r;

@@ -234,7 +234,7 @@ inline StateManifest verify_complete_state(const std::filesystem::path& dir) {
 /// A state directory `S` and the leftovers of its saves beside it (S.tmp*, S.old*), sorted.
 inline std::vector<std::filesystem::path> state_candidates(const std::filesystem::path& s) {
   namespace fs = std::filesystem;
-  const fs::path target = fs::absolute(s).lexically_normal();
+  const fs::path target = normal_path(s);
   std::vector<fs::path> out;
   std::error_code ec;
   if (fs::is_directory(target, ec)) out.push_back(target);
@@ -265,7 +265,7 @@ struct StateChoice {
 inline StateChoice find_newest_state(const std::filesystem::path& s) {
   namespace fs = std::filesystem;
   const auto cands = state_candidates(s);
-  const fs::path target = fs::absolute(s).lexically_normal();
+  const fs::path target = normal_path(s);
   if (cands.empty()) throw LlamaError(cat("--resume ", s.string(), ": no such state directory"));
   StateChoice c;
   std::vector<std::pair<fs::path, StateManifest>> ok;
@@ -310,7 +310,7 @@ class DirLock {
   DirLock() = default;
   DirLock(const std::filesystem::path& dir, bool exclusive, const std::string& flag) {
     namespace fs = std::filesystem;
-    const fs::path target = fs::absolute(dir).lexically_normal();
+    const fs::path target = normal_path(dir);
     path_ = target.string() + ".lock";
     std::error_code ec;
     fs::create_directories(target.parent_path(), ec);
@@ -372,7 +372,7 @@ inline void save_stage_hook(int stage, long step) {
 /// and removes leftovers of crashed writes. Call with DIR's lock held. Messages go to `say`.
 inline void recover_output_dir(const std::filesystem::path& dir, const std::function<void(const std::string&)>& say) {
   namespace fs = std::filesystem;
-  const fs::path target = fs::absolute(dir).lexically_normal();
+  const fs::path target = normal_path(dir);
   const std::string base = target.filename().string();
   std::error_code ec;
   std::map<std::string, std::pair<fs::path, fs::path>> by_pid;  // suffix -> (tmp, old)

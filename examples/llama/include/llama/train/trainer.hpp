@@ -237,22 +237,47 @@ class Trainer {
     eval::EvalOptions eo;
     eo.max_new_tokens = o_.eval_max_new_tokens;
     eo.limit = n;
-    eo.batch_size = 256;  // prompts per generate_batch: the GPU decoder refills its slots from them
+    // prompts per generate_batch: the GPU decoder refills its slots from them; the CPU decodes one
+    // prompt at a time, so smaller batches only make the progress lines more frequent
+    eo.batch_size = o_.device == Device::Cuda ? 256 : 8;
+    if (root_ && !o_.quiet)  // problems done / total, tok/s, ETA after each batch
+      eo.progress = [this, task](long done, long total, long toks, double secs) {
+        const double eta = done > 0 ? secs / double(done) * double(total - done) : 0.0;
+        say(cat(eval::task_name(task), ": ", done, "/", total, " problems, ", fixed(secs > 0 ? double(toks) / secs : 0.0, 1),
+                " tok/s, elapsed ", fixed(secs, 0), " s, ETA ", fixed(eta, 0), " s\n"));
+      };
     std::ofstream rec;
     std::ostream* recp = nullptr;
     const std::filesystem::path dir = o_.eval_records;
-    if (root_ && !o_.eval_records.empty()) {
+    const std::string name = eval::task_name(task);
+    const std::filesystem::path rec_path = dir / (name + ".jsonl"), tmp_path = dir / cat(".", name, ".jsonl.tmp-", ::getpid());
+    if (root_ && !o_.eval_records.empty()) {  // records under a temporary name, renamed when the task ends
       std::filesystem::create_directories(dir);
-      rec.open(dir / (std::string(eval::task_name(task)) + ".jsonl"), std::ios::binary);
+      rec.open(tmp_path, std::ios::binary);
       if (!rec) throw LlamaError(cat("--eval-records: cannot write in ", o_.eval_records));
       recp = &rec;
     }
-    const eval::EvalSummary s = eval::evaluate(task, problems, engine_generator(), *tok_, eo, recp);
+    eval::EvalSummary s;
+    try {
+      s = eval::evaluate(task, problems, engine_generator(), *tok_, eo, recp);
+    } catch (...) {
+      if (recp) {
+        rec.close();
+        std::error_code ec;
+        std::filesystem::remove(tmp_path, ec);
+      }
+      throw;
+    }
     if (recp) {
+      rec.close();
+      if (!rec) throw LlamaError(cat("--eval-records: cannot write ", tmp_path.string()));
+      std::error_code ec;
+      std::filesystem::rename(tmp_path, rec_path, ec);
+      if (ec) throw LlamaError(cat("--eval-records: cannot rename ", tmp_path.string(), " to ", rec_path.string(), ": ", ec.message()));
       nlohmann::json j = s.to_json();
       j["data"] = file;
       j["protocol"] = eval::task_protocol(task, eo, eval::PromptTemplates{tpl_});
-      std::ofstream(dir / (std::string(eval::task_name(task)) + "_summary.json")) << j.dump(2) << "\n";
+      write_file_atomic(dir / (name + "_summary.json"), j.dump(2) + "\n");
     }
     return s;
   }
@@ -473,10 +498,10 @@ class Trainer {
   void save_snapshot(const std::filesystem::path& dir, const Snapshot& snap) {
     namespace fs = std::filesystem;
     // fs::absolute("") throws: an explicit save_state(dir) without --save-state compares with nothing.
-    const bool to_save_state = !o_.save_state.empty() && fs::absolute(dir).lexically_normal() == fs::absolute(o_.save_state).lexically_normal();
+    const bool to_save_state = !o_.save_state.empty() && normal_path(dir) == normal_path(o_.save_state);
     if (root_ && !state_lock_.held() && to_save_state)
       state_lock_ = DirLock(dir, true, "--save-state");  // save_state() after run() released it
-    const fs::path target = fs::absolute(dir).lexically_normal();
+    const fs::path target = normal_path(dir);
     // A name unique to this save: worker 0's pid and a random nonce, shared with every worker.
     double id[2] = {0, 0};
     if (root_) {
@@ -827,8 +852,24 @@ class Trainer {
     for (const auto& [task, file] : {std::pair{eval::Task::gsm8k, o_.eval_gsm8k}, std::pair{eval::Task::math, o_.eval_math},
                                      std::pair{eval::Task::humaneval, o_.eval_humaneval}, std::pair{eval::Task::mbpp, o_.eval_mbpp}})
       if (!file.empty()) (void)eval::load_task(task, file);
+    // --data and --eval-data too (session 36: they were read after the checkpoint load, --eval-data
+    // after the SVDs), with a progress line: a large data set takes seconds to tokenize
+    DataLoadReport data_rep;
+    std::shared_ptr<std::vector<TokenizedExample>> tokenized, held_out;
+    {
+      const auto t0 = std::chrono::steady_clock::now();
+      if (!o_.quiet) say(cat("tokenizing ", o_.data, "\n"));
+      tokenized = std::make_shared<std::vector<TokenizedExample>>(
+          load_tokenized_data(o_.data, o_.data_format, *tok_, tpl_, o_.max_len, o_.max_examples, &data_rep));
+      if (!o_.eval_data.empty())
+        held_out = std::make_shared<std::vector<TokenizedExample>>(
+            load_tokenized_data(o_.eval_data, o_.data_format, *tok_, tpl_, o_.max_len, o_.eval_examples));
+      if (!o_.quiet)
+        say(cat("tokenized ", data_rep.records, " records in ",
+                fixed(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), 1), " s\n"));
+    }
     const auto same = [](const std::string& a, const std::string& b) {
-      return !a.empty() && !b.empty() && fs::absolute(a).lexically_normal() == fs::absolute(b).lexically_normal();
+      return !a.empty() && !b.empty() && normal_path(a) == normal_path(b);
     };
     if (root_) {  // worker 0 holds the locks for the job
       if (!o_.save_state.empty()) state_lock_ = DirLock(o_.save_state, true, "--save-state");
@@ -857,7 +898,7 @@ class Trainer {
       if (pick < 0) throw LlamaError(root_ ? err : cat("--resume ", o_.resume, ": worker 0 found no complete state"));
       if (root_) {
         resume_dir_ = choice->dir;
-        const fs::path target = fs::absolute(o_.resume).lexically_normal();
+        const fs::path target = normal_path(o_.resume);
         if (resume_dir_ != target)
           say(cat("--resume ", o_.resume, ": taking ", resume_dir_.filename().string(), " (step ", choice->manifest.stamp.step,
                   "), the newest complete state (a save was interrupted)\n"));
@@ -873,7 +914,7 @@ class Trainer {
       run_id_ = share_hex_id(root_ ? new_run_id() : std::string());
       if (root_ && !o_.save_state.empty())  // leftovers of crashed saves of an earlier run into this directory
         for (const auto& d : state_candidates(o_.save_state))
-          if (d != fs::absolute(o_.save_state).lexically_normal()) {
+          if (d != normal_path(o_.save_state)) {
             say(cat("--save-state: removing ", d.filename().string(), ", left by an interrupted save (this is a fresh run)\n"));
             std::error_code ec;
             fs::remove_all(d, ec);
@@ -919,10 +960,7 @@ class Trainer {
     if (!o_.output.empty() && fs::exists(o_.output) && !fs::is_directory(o_.output))
       throw LlamaError(cat("--output ", o_.output, " exists and is not a directory"));
 
-    // ---- data, one shard per group
-    DataLoadReport data_rep;
-    auto tokenized = std::make_shared<std::vector<TokenizedExample>>(
-        load_tokenized_data(o_.data, o_.data_format, *tok_, tpl_, o_.max_len, o_.max_examples, &data_rep));
+    // ---- data, one shard per group (tokenized before the load, above)
     dropped_ = data_rep.dropped;
     if (tokenized->empty())
       throw LlamaError(cat(o_.data, ": no usable training examples (", data_rep.records, " read, ", dropped_,
@@ -962,8 +1000,23 @@ class Trainer {
         throw LlamaError(cat(dir.string(), "/state.json: expected format ", kStateFormat, ", found ",
                              state.contains("format") ? state["format"].dump() : std::string("none")));
       const nlohmann::json now = trajectory(), saved_config = state.at("config");
-      for (auto it = now.begin(); it != now.end(); ++it) {
-        const auto s = saved_config.find(it.key());
+      // the fields a user sets first (a changed --rank is named, not the alpha that follows it), then
+      // the rest in key order
+      std::vector<nlohmann::json::const_iterator> fields;
+      for (const char* k : {"method", "rank"})
+        if (const auto f = now.find(k); f != now.end()) fields.push_back(f);
+      for (auto it = now.cbegin(); it != now.cend(); ++it)
+        if (it.key() != "method" && it.key() != "rank") fields.push_back(it);
+      for (const auto& it : fields) {
+        auto s = saved_config.find(it.key());
+        // states written before the targets were recorded canonically (session 36) may spell them
+        // otherwise: the same set is the same config
+        if (s != saved_config.end() && it.key() == "targets" && s->is_string()) {
+          try {
+            if (nlohmann::json(canonical_targets(s->get<std::string>())) == it.value()) continue;
+          } catch (const LlamaError&) {  // not a list this build reads: reported as it is
+          }
+        }
         // states written before w_precision was recorded were fp32-master runs
         if (s == saved_config.end() && it.key() == "w_precision" && it.value() == "fp32-master") continue;
         // ... and before pad_to_multiple was recorded, unpadded (1)
@@ -994,7 +1047,7 @@ class Trainer {
       comm_->barrier();  // every worker has read its files
       if (root_ && choice && same(o_.resume, o_.save_state)) {
         // this run owns S: S becomes the state resumed from, the other candidates go
-        const fs::path target = fs::absolute(o_.resume).lexically_normal();
+        const fs::path target = normal_path(o_.resume);
         std::error_code ec;
         for (const auto& d : choice->stale) {
           say(cat("--resume: removing ", d.filename().string(), " (older than ", resume_dir_.filename().string(),
@@ -1077,9 +1130,8 @@ class Trainer {
     }
 
     // ---- evaluation data (file order, micro-batches of --micro-batch)
-    if (!o_.eval_data.empty()) {
-      auto tev = std::make_shared<std::vector<TokenizedExample>>(
-          load_tokenized_data(o_.eval_data, o_.data_format, *tok_, tpl_, o_.max_len, o_.eval_examples));
+    if (held_out) {
+      const auto& tev = held_out;
       if (tev->empty()) throw LlamaError(cat(o_.eval_data, ": no usable held-out examples"));
       LoaderOptions lo;
       lo.micro_batch = o_.micro_batch;
