@@ -23,7 +23,9 @@ int main(int argc, char** argv) {
     }
     return hdpissa::LocalLauncher(std::move(o)).run();
   } catch (const std::exception& e) {
-    std::cerr << "hdpissa-run: error: " << e.what() << "\n";
+    // the launcher's own messages start with its name (LaunchOptions::name): not twice
+    const std::string m = e.what(), self = "hdpissa-run: ";
+    std::cerr << "hdpissa-run: error: " << (m.rfind(self, 0) == 0 ? m.substr(self.size()) : m) << "\n";
     return 2;
   }
 }

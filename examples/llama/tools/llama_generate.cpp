@@ -46,8 +46,9 @@ Args parse(int argc, char** argv) {
              "environment (--device cuda):\n"
              "  HDPISSA_CUDA_GEMM_TUNING_BF16  off|exact|fastest: bf16 GEMM algorithm choice (default here: exact,\n"
              "                                 bit-identical to cuBLAS's default, so the tokens do not change)\n"
-             "  HDPISSA_DECODE_CHUNK           16..8192 keys per split of the decode attention (default 256 for MHA and\n"
-             "                                 GQA groups of 2, else 128)");
+             "  HDPISSA_DECODE_CHUNK           16..8192 keys per split of the decode attention (default: by the kernel\n"
+             "                                 Auto picks: tensor-core GQA 512; bulk 512 when slots x kv heads >= 2048,\n"
+             "                                 else 256; fused 256; two-phase 128; docs/evaluation.md)");
   app.add_option("--model,--checkpoint", a.checkpoint,
                  "HF directory (config.json + model.safetensors[.index.json]) or llama2.c .bin")->type_name("PATH");
   app.add_option("--tokenizer", a.tokenizer, "SentencePiece .model, tokenizer.json, tiktoken file or a directory "

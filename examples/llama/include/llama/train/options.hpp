@@ -657,8 +657,8 @@ inline void add_train_options(CLI::App& app, TrainOptions& o, CLI::Option** atte
       ->group(rc)->type_name("N");
   app.add_option("--log-every,--logging-steps", o.log_every, "progress line every N steps (default 1)")->group(rc)->type_name("N");
   app.add_flag("--quiet,-q", o.quiet, "no progress lines")->group(rc);
-  app.add_option("--threads", o.threads, "OpenMP/Eigen threads (default: OMP_NUM_THREADS or all cores; tiny models such "
-                                         "as stories260K run fastest with 1)")->group(rc)->type_name("N");
+  app.add_option("--threads", o.threads, "OpenMP/Eigen threads, 0 to 1024 (default: OMP_NUM_THREADS, else 1 for models "
+                                         "narrower than 512, which run fastest so, else all cores)")->group(rc)->type_name("N");
 
   app.add_option("--max-loss", o.max_loss, "stop with an error when a step's loss exceeds X (before its update)")
       ->group(sa)->type_name("X");
