@@ -452,6 +452,16 @@ TEST_CASE("train state: bad inputs fail before the checkpoint is loaded; start-u
     o.eval_gsm8k = (llama_test::data_dir() / "gsm8k" / "test.jsonl").string();  // a task to record
     CHECK_ERROR(Run r(o), "--eval-records", "cannot be written");
   }
+  SUBCASE("most of --data dropped at --max-len: a warning, even under --quiet") {
+    TrainOptions g = small_options();  // quiet
+    g.max_steps = 1;
+    g.max_len = 160;  // stories260K's tokenizer: 62 of the first 64 GSM8K examples have no label left
+    Run r(g);
+    CHECK(llama_test::contains(r.log.str(), "warning: 62 of 64 examples dropped: every label lies beyond --max-len 160"));
+    g.max_len = 256;
+    Run r2(g);
+    CHECK_FALSE(llama_test::contains(r2.log.str(), "warning:"));
+  }
   SUBCASE("progress lines: load (GB/s) and adapter init (layers done / total)") {
     TrainOptions g = small_options();
     g.quiet = false;
@@ -460,6 +470,7 @@ TEST_CASE("train state: bad inputs fail before the checkpoint is loaded; start-u
     const std::string log = r.log.str();
     CHECK(log.find("loaded ") != std::string::npos);
     CHECK(log.find(" GB/s)") != std::string::npos);
+    CHECK(log.find("tokenized 64 records in ") < log.find("loading "));  // the data before the model
     CHECK(log.find("adapter init: 35/35 target layers") != std::string::npos);  // stories260K: 5 layers × 7
   }
 }

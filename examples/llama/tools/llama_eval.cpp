@@ -35,6 +35,7 @@
 #include "llama/linear_hooks.hpp"
 #include "llama/model.hpp"
 #include "llama/tokenizer.hpp"
+#include "llama/train/preflight.hpp"
 
 namespace {
 
@@ -142,6 +143,11 @@ Args parse(int argc, char** argv) {
     if (a.output.empty()) a.output = "eval-" + a.task;
   }
   if (a.model.empty() && !a.tokens_only) throw cli::UsageError("missing --model (see --help)");
+  if (a.tokens_only && a.json.empty())
+    throw cli::UsageError("--tokens-only writes the batches to --json FILE: missing --json (see --help)");
+  // the outputs can be written, checked before any work (a probe file where they will be)
+  if (!a.json.empty()) hdpissa::llama::preflight_detail::check_output("--json", a.json, true);
+  if (task_mode) hdpissa::llama::preflight_detail::check_output("--output", a.output, false);
   if (!a.model.empty() && !std::filesystem::exists(a.model))
     throw LlamaError("--model: no such file or directory: '" + a.model + "'");
   if (a.data.empty()) throw cli::UsageError("missing --data (see --help)");
@@ -297,8 +303,11 @@ int main(int argc, char** argv) {
       if (!f) throw LlamaError(cat("--json: write to ", args.json, " failed"));
     }
     return 0;
-  } catch (const std::exception& e) {
+  } catch (const hdpissa::llama::cli::UsageError& e) {  // the command line: 2, as every tool
     std::cerr << "hdpissa-eval: error: " << e.what() << "\n";
     return 2;
+  } catch (const std::exception& e) {
+    std::cerr << "hdpissa-eval: error: " << e.what() << "\n";
+    return 1;
   }
 }

@@ -220,7 +220,7 @@ int main(int argc, char** argv) {
     if (!args.stats_json.empty()) {
       long prompt_tokens = 0;
       for (const auto& p : req.prompts) prompt_tokens += static_cast<long>(p.size());
-      const nlohmann::json j = {{"side", "ours"}, {"device", gpu ? gpu->describe() : std::string("cpu")},
+      nlohmann::json j = {{"side", "ours"}, {"device", gpu ? gpu->describe() : std::string("cpu")},
                                 {"batch_size", args.batch_size}, {"prompts", outs.size()},
                                 {"prompt_tokens", prompt_tokens}, {"new_tokens", n_new},
                                 {"max_new_tokens", args.max_new_tokens}, {"load_seconds", load_s},
@@ -230,6 +230,10 @@ int main(int argc, char** argv) {
                                 {"prefill_tok_s", st.prefill_tok_s()}, {"decode_tokens", st.decode_tokens},
                                 {"decode_steps", st.decode_steps}, {"decode_seconds", st.decode_seconds},
                                 {"decode_tok_s", st.decode_tok_s()}, {"gemm_tuning", tuning}};
+      if (!gpu)  // the CPU decoder does not split prefill from decode: those fields are null, not 0
+        for (const char* k : {"prefill_tokens", "prefill_seconds", "prefill_tok_s", "decode_tokens", "decode_steps",
+                              "decode_seconds", "decode_tok_s"})
+          j[k] = nullptr;
       std::ofstream f(args.stats_json);
       f << j.dump(1) << "\n";
       if (!f) throw LlamaError(cat("--stats-json: cannot write '", args.stats_json, "'"));

@@ -173,3 +173,32 @@ TEST_CASE("GSM8K loader and scorer: the reference solution scores correct") {
   CHECK(ok == 1319);
   CHECK_THROWS_AS(load_task(Task::gsm8k, "/nonexistent/gsm8k.jsonl"), hdpissa::llama::LlamaError);
 }
+
+// A record without the task's fields names the expected field and the record's keys (not the
+// record, whose solution text would bury them); an MBPP file without the test split says which
+// task_ids that is (session 36's audit).
+TEST_CASE("task loaders: a wrong-dataset record names its keys; an MBPP file without the test split says so") {
+  const auto dir = std::filesystem::temp_directory_path() / "hdpissa-eval-loaders";
+  std::filesystem::create_directories(dir);
+  const auto gsm = dir / "gsm.jsonl";
+  std::ofstream(gsm) << R"({"question": "How many?", "answer": "Long text 1 + 1 = 2\n#### 2"})" << "\n";
+  try {
+    (void)load_task(Task::humaneval, gsm);
+    FAIL("expected an error");
+  } catch (const hdpissa::llama::LlamaError& e) {
+    const std::string m = e.what();
+    CHECK(m.find("expected a string field 'task_id'") != std::string::npos);
+    CHECK(m.find("found keys {answer, question}") != std::string::npos);
+    CHECK(m.find("Long text") == std::string::npos);
+  }
+  const auto mbpp = dir / "mbpp.jsonl";
+  std::ofstream(mbpp) << R"({"task_id": 2, "text": "t", "code": "c", "test_list": ["assert True"], "test_setup_code": ""})"
+                      << "\n";
+  try {
+    (void)load_task(Task::mbpp, mbpp);
+    FAIL("expected an error");
+  } catch (const hdpissa::llama::LlamaError& e) {
+    CHECK(std::string(e.what()).find("no mbpp problems found (MBPP's test split: task_id 11 to 510)") != std::string::npos);
+  }
+  std::filesystem::remove_all(dir);
+}

@@ -37,7 +37,11 @@ class SentencePieceTokenizer {
       throw LlamaError(cat("tokenizer model not found: ", model_path.string()));
     const auto status = sp_->Load(model_path.string());
     if (!status.ok())
-      throw LlamaError(cat(model_path.string(), ": expected a SentencePiece model, load failed: ", status.ToString()));
+      throw LlamaError(cat(model_path.string(), ": expected a SentencePiece model, load failed: ", status.ToString(),
+                           model_path.extension() == ".bin"
+                               ? " (llama2.c's tokenizer .bin files are not read: use the SentencePiece .model it was "
+                                 "exported from, e.g. tok512.model beside tok512.bin)"
+                               : ""));
   }
 
   /// Token ids of `text`, with BOS prepended when `add_bos`.

@@ -173,7 +173,11 @@ inline std::string str_field(const nlohmann::json& r, std::initializer_list<cons
     if (r.contains(n) && r[n].is_string()) return r[n].get<std::string>();
   std::string want;
   for (const char* n : names) want += cat(want.empty() ? "" : " or ", "'", n, "'");
-  throw LlamaError(cat(where, ": expected a string field ", want, ", found keys ", r.dump().substr(0, 120)));
+  std::string keys;  // the record's keys, not its contents (a long solution would bury them)
+  if (r.is_object())
+    for (auto it = r.begin(); it != r.end(); ++it) keys += cat(keys.empty() ? "" : ", ", it.key());
+  throw LlamaError(cat(where, ": expected a string field ", want, ", found ",
+                       r.is_object() ? cat("keys {", keys, "}") : cat("a JSON ", r.type_name())));
 }
 
 inline std::string id_of(const nlohmann::json& r, const char* key, std::size_t index) {
@@ -254,7 +258,9 @@ inline std::vector<EvalProblem> load_task(Task task, const std::filesystem::path
     }
     out.push_back(std::move(p));
   }
-  if (out.empty()) throw LlamaError(cat(path.string(), ": no ", task_name(task), " problems found"));
+  if (out.empty())
+    throw LlamaError(cat(path.string(), ": no ", task_name(task), " problems found",
+                         task == Task::mbpp ? " (MBPP's test split: task_id 11 to 510)" : ""));
   return out;
 }
 

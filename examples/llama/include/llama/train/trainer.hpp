@@ -966,7 +966,12 @@ class Trainer {
       throw LlamaError(cat(o_.data, ": no usable training examples (", data_rep.records, " read, ", dropped_,
                            " dropped because every label was masked at --max-len ", o_.max_len, ")"));
     if (tokenized->size() < std::size_t(comm_->groups()))
-      throw LlamaError(cat(o_.data, ": ", tokenized->size(), " usable examples cannot feed K = ", comm_->groups(), " groups"));
+      throw LlamaError(cat(o_.data, ": ", tokenized->size(), " usable examples cannot feed K = ", comm_->groups(),
+                           " groups (", dropped_, " dropped because every label was masked at --max-len ", o_.max_len, ")"));
+    // most of the data gone at --max-len is rarely what was meant: say so (quiet or not)
+    if (dropped_ > 0 && 2 * dropped_ > data_rep.records)
+      say(cat("warning: ", dropped_, " of ", data_rep.records, " examples dropped: every label lies beyond --max-len ",
+              o_.max_len, " (a larger --max-len keeps them)\n"));
     {
       std::uint64_t h = 1469598103934665603ull;
       for (const auto& t : *tokenized) {
