@@ -470,7 +470,7 @@ TEST_CASE("train state: bad inputs fail before the checkpoint is loaded; start-u
     const std::string log = r.log.str();
     CHECK(log.find("loaded ") != std::string::npos);
     CHECK(log.find(" GB/s)") != std::string::npos);
-    CHECK(log.find("tokenized 64 records in ") < log.find("loading "));  // the data before the model
+    CHECK(log.find("tokenized 64 records of ") < log.find("loading "));  // the data before the model
     CHECK(log.find("adapter init: 35/35 target layers") != std::string::npos);  // stories260K: 5 layers × 7
   }
 }

@@ -129,6 +129,7 @@ Args parse(int argc, char** argv) {
   // Each mode's options are an error in the other, never silently ignored (the two count the
   // problems or examples with different flags: --limit, --eval-examples).
   const bool task_mode = a.task != "loss";
+  if (task_mode) hdpissa::llama::eval::parse_task(a.task);  // a mistyped --task first: it decides the mode
   for (const char* f : {"--eval-examples", "--max-len", "--micro-batch", "--json", "--tokens-only", "--prompt-field",
                         "--response-field", "--input-field", "--data-format", "--chat-template"})
     if (task_mode && app.count(f) > 0)
@@ -138,16 +139,21 @@ Args parse(int argc, char** argv) {
     if (!task_mode && app.count(f) > 0)
       throw cli::UsageError(hdpissa::llama::cat(f, " applies to --task gsm8k|math|humaneval|mbpp only (the loss "
                                                    "counts its examples with --eval-examples)"));
-  if (task_mode) {
-    hdpissa::llama::eval::parse_task(a.task);  // throws on an unknown task
-    if (a.output.empty()) a.output = "eval-" + a.task;
-  }
+  if (task_mode && a.output.empty()) a.output = "eval-" + a.task;
   if (a.model.empty() && !a.tokens_only) throw cli::UsageError("missing --model (see --help)");
   if (a.tokens_only && a.json.empty())
     throw cli::UsageError("--tokens-only writes the batches to --json FILE: missing --json (see --help)");
-  // the outputs can be written, checked before any work (a probe file where they will be)
+  // the outputs can be written, checked before any work (a probe file where they will be: beside
+  // --json, inside an existing --output, where a new --output will be created otherwise)
   if (!a.json.empty()) hdpissa::llama::preflight_detail::check_output("--json", a.json, true);
-  if (task_mode) hdpissa::llama::preflight_detail::check_output("--output", a.output, false);
+  if (task_mode) {
+    namespace fs = std::filesystem;
+    std::error_code ec;
+    if (fs::is_directory(a.output, ec))
+      hdpissa::llama::preflight_detail::check_output("--output", (fs::path(a.output) / ".probe").string(), true);
+    else
+      hdpissa::llama::preflight_detail::check_output("--output", a.output, false);
+  }
   if (!a.model.empty() && !std::filesystem::exists(a.model))
     throw LlamaError("--model: no such file or directory: '" + a.model + "'");
   if (a.data.empty()) throw cli::UsageError("missing --data (see --help)");
@@ -218,7 +224,14 @@ int run_task(const Args& args) {
 int main(int argc, char** argv) {
   using namespace hdpissa::llama;
   try {
-    const Args args = parse(argc, argv);
+    Args parsed;
+    try {
+      parsed = parse(argc, argv);
+    } catch (const std::exception& e) {  // anything wrong with the command line (values, paths): 2
+      std::cerr << "hdpissa-eval: error: " << e.what() << "\n";
+      return 2;
+    }
+    const Args args = std::move(parsed);
     if (args.help) return 0;  // --help / --version: printed
 #ifdef _OPENMP
     if (args.threads > 0) omp_set_num_threads(args.threads);
@@ -297,16 +310,15 @@ int main(int argc, char** argv) {
         jb.push_back({{"input_ids", ids}, {"labels", labels}, {"lengths", b.lengths}});
       }
       j["batches"] = std::move(jb);
+      if (const auto parent = std::filesystem::absolute(args.json).parent_path(); !parent.empty())
+        std::filesystem::create_directories(parent);  // checked writable before the work
       std::ofstream f(args.json);
       if (!f) throw LlamaError(cat("--json: cannot open ", args.json, " for writing"));
       f << j.dump() << "\n";
       if (!f) throw LlamaError(cat("--json: write to ", args.json, " failed"));
     }
     return 0;
-  } catch (const hdpissa::llama::cli::UsageError& e) {  // the command line: 2, as every tool
-    std::cerr << "hdpissa-eval: error: " << e.what() << "\n";
-    return 2;
-  } catch (const std::exception& e) {
+  } catch (const std::exception& e) {  // after the command line: 1 (hdpissa-train's rule)
     std::cerr << "hdpissa-eval: error: " << e.what() << "\n";
     return 1;
   }

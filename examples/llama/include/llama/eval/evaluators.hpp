@@ -447,9 +447,10 @@ inline nlohmann::json task_protocol(Task task, const EvalOptions& o, const Promp
 }
 
 /// Runs `task` on `data` and writes DIR/<task>.jsonl (per problem) and DIR/<task>_summary.json.
-/// The records go to a temporary name beside them (removed on an error) and both files are renamed
-/// into place when the task has ended: an interrupted run leaves no partial records, and never
-/// records beside the summary of another run.
+/// The records go to a temporary name beside them (removed on an error); when the task has ended
+/// the old summary is removed, the records renamed into place, then the summary written: an
+/// interrupted run leaves no partial records, and records are never beside another run's summary
+/// (a crash between the last two steps leaves the new records without a summary).
 template <class Tok>
 EvalSummary evaluate_to_dir(Task task, const std::filesystem::path& data, const Generator& gen, const Tok& tok,
                             const EvalOptions& o, const std::filesystem::path& out_dir) {
@@ -473,10 +474,12 @@ EvalSummary evaluate_to_dir(Task task, const std::filesystem::path& data, const 
   j["data"] = data.string();
   j["protocol"] = task_protocol(task, o);
   j["records"] = rec_path.string();
+  const auto summary = out_dir / (std::string(task_name(task)) + "_summary.json");
   std::error_code ec;
+  std::filesystem::remove(summary, ec);
   std::filesystem::rename(tmp_path, rec_path, ec);
   if (ec) throw LlamaError(cat("cannot rename ", tmp_path.string(), " to ", rec_path.string(), ": ", ec.message()));
-  write_file_atomic(out_dir / (std::string(task_name(task)) + "_summary.json"), j.dump(2) + "\n");
+  write_file_atomic(summary, j.dump(2) + "\n");
   return s;
 }
 

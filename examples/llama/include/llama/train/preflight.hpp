@@ -65,7 +65,7 @@ inline fs::path existing_ancestor(fs::path p) {
 /// right kind, and a file can be created in the directory that will hold it.
 inline void check_output(const char* flag, const std::string& p, bool file) {
   std::error_code ec;
-  const fs::path a = fs::absolute(p);
+  const fs::path a = normal_path(p);  // "dir/" probes beside dir, not inside it
   if (fs::exists(a, ec)) {
     if (!file && !fs::is_directory(a, ec)) throw LlamaError(cat(flag, " ", p, ": exists and is not a directory"));
     if (file && fs::is_directory(a, ec)) throw LlamaError(cat(flag, " ", p, ": is a directory, expected a file"));
@@ -88,15 +88,35 @@ inline void check_output(const char* flag, const std::string& p, bool file) {
   ::unlink(probe.c_str());
 }
 
-/// An existing directory `p` that `flag` replaces as a whole when it writes it must hold what the
-/// trainer writes there (`marker`: config.json for a merged model, state.json for a state) or
-/// nothing: anything else would be deleted without a word.
-inline void check_replaceable(const char* flag, const std::string& p, const char* marker, const char* what) {
+/// Whether `name` (an entry of a directory; directories end in "/") is one the trainer writes into
+/// --output (a merged model, its tokenizer files, the PEFT adapters' default `adapter/`) or
+/// --save-state (a state's files).
+inline bool written_by_trainer(const std::string& name, bool state) {
+  auto glob = [&](const char* prefix, const char* suffix) {
+    const std::string p = prefix, s = suffix;
+    return name.size() > p.size() + s.size() && name.starts_with(p) && name.ends_with(s);
+  };
+  if (state)
+    return name == "manifest.json" || name == "state.json" || name == "shared.safetensors" ||
+           glob("rank-", ".json") || glob("rank-", ".safetensors");
+  for (const char* n : {"config.json", "generation_config.json", "model.safetensors", "model.safetensors.index.json",
+                        "tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                        "added_tokens.json", "original/", "adapter/"})
+    if (name == n) return true;
+  return glob("model-", ".safetensors");
+}
+
+/// An existing directory `p` that `flag` replaces as a whole when it writes it must hold only what
+/// the trainer writes there (written_by_trainer) or nothing: anything else would be deleted without
+/// a word. The error names the first entries that are not the trainer's.
+inline void check_replaceable(const char* flag, const std::string& p, bool state, const char* what) {
   std::error_code ec;
-  if (p.empty() || !fs::is_directory(p, ec) || fs::exists(fs::path(p) / marker, ec)) return;
+  if (p.empty() || !fs::is_directory(p, ec)) return;
   std::vector<std::string> names;
-  for (const auto& e : fs::directory_iterator(p, ec))
-    names.push_back(e.path().filename().string() + (e.is_directory(ec) ? "/" : ""));
+  for (const auto& e : fs::directory_iterator(p, ec)) {
+    const std::string n = e.path().filename().string() + (e.is_directory(ec) ? "/" : "");
+    if (!written_by_trainer(n, state)) names.push_back(n);
+  }
   if (names.empty()) return;
   std::sort(names.begin(), names.end());
   std::string list;
@@ -200,12 +220,12 @@ inline PreflightReport check_run_paths(const TrainOptions& o, int processes = 1)
     for (const auto& [flag, in] : inputs) {
       if (in->empty() || (in == &o.resume && x.path == o.save_state && normal(*in) == d)) continue;
       if (within(normal(*in), d))
-        throw LlamaError(cat(flag, " ", *in, " lies inside ", x.flag, " ", x.path,
-                             ", which is replaced as a whole when written; choose an output path outside the inputs"));
+        throw LlamaError(cat(flag, " ", *in, normal(*in) == d ? " is the same directory as " : " lies inside ", x.flag,
+                             " ", x.path, ", which is replaced as a whole when written; choose an output path outside the inputs"));
     }
   }
-  check_replaceable("--output", o.output, "config.json", "a model checkpoint");
-  check_replaceable("--save-state", o.save_state, "state.json", "a training state");
+  check_replaceable("--output", o.output, false, "a model checkpoint");
+  check_replaceable("--save-state", o.save_state, true, "a training state");
   for (const auto& x : outs) check_output(x.flag, x.path, x.file);
 
   PreflightReport r;

@@ -272,6 +272,7 @@ class Trainer {
       rec.close();
       if (!rec) throw LlamaError(cat("--eval-records: cannot write ", tmp_path.string()));
       std::error_code ec;
+      std::filesystem::remove(dir / (name + "_summary.json"), ec);  // never beside the new records
       std::filesystem::rename(tmp_path, rec_path, ec);
       if (ec) throw LlamaError(cat("--eval-records: cannot rename ", tmp_path.string(), " to ", rec_path.string(), ": ", ec.message()));
       nlohmann::json j = s.to_json();
@@ -852,22 +853,6 @@ class Trainer {
     for (const auto& [task, file] : {std::pair{eval::Task::gsm8k, o_.eval_gsm8k}, std::pair{eval::Task::math, o_.eval_math},
                                      std::pair{eval::Task::humaneval, o_.eval_humaneval}, std::pair{eval::Task::mbpp, o_.eval_mbpp}})
       if (!file.empty()) (void)eval::load_task(task, file);
-    // --data and --eval-data too (session 36: they were read after the checkpoint load, --eval-data
-    // after the SVDs), with a progress line: a large data set takes seconds to tokenize
-    DataLoadReport data_rep;
-    std::shared_ptr<std::vector<TokenizedExample>> tokenized, held_out;
-    {
-      const auto t0 = std::chrono::steady_clock::now();
-      if (!o_.quiet) say(cat("tokenizing ", o_.data, "\n"));
-      tokenized = std::make_shared<std::vector<TokenizedExample>>(
-          load_tokenized_data(o_.data, o_.data_format, *tok_, tpl_, o_.max_len, o_.max_examples, &data_rep));
-      if (!o_.eval_data.empty())
-        held_out = std::make_shared<std::vector<TokenizedExample>>(
-            load_tokenized_data(o_.eval_data, o_.data_format, *tok_, tpl_, o_.max_len, o_.eval_examples));
-      if (!o_.quiet)
-        say(cat("tokenized ", data_rep.records, " records in ",
-                fixed(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), 1), " s\n"));
-    }
     const auto same = [](const std::string& a, const std::string& b) {
       return !a.empty() && !b.empty() && normal_path(a) == normal_path(b);
     };
@@ -921,6 +906,23 @@ class Trainer {
           }
     }
     // ---- model and tokenizer
+    // --data and --eval-data, still before the load (session 36: they were read after the checkpoint
+    // load, --eval-data after the SVDs) but after the locks and the resume checks, with a progress
+    // line: a large data set takes seconds to tokenize
+    DataLoadReport data_rep;
+    std::shared_ptr<std::vector<TokenizedExample>> tokenized, held_out;
+    {
+      const auto t0 = std::chrono::steady_clock::now();
+      if (!o_.quiet) say(cat("tokenizing ", o_.data, "\n"));
+      tokenized = std::make_shared<std::vector<TokenizedExample>>(
+          load_tokenized_data(o_.data, o_.data_format, *tok_, tpl_, o_.max_len, o_.max_examples, &data_rep));
+      if (!o_.eval_data.empty())
+        held_out = std::make_shared<std::vector<TokenizedExample>>(
+            load_tokenized_data(o_.eval_data, o_.data_format, *tok_, tpl_, o_.max_len, o_.eval_examples));
+      if (!o_.quiet)
+        say(cat("tokenized ", data_rep.records, " records of ", o_.data, " in ",
+                fixed(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), 1), " s\n"));
+    }
     LoadOptions load_opt;
     load_opt.allow_unused = o_.allow_unused;
     // The GPU engine uploads the target linears from the mapped checkpoint (no host fp32 copy).
