@@ -7,7 +7,7 @@
 ///  - --output, --save-state, --metrics and --eval-records are distinct, none inside another, and creatable and
 ///    writable (probed by creating a file in the directory where they will be renamed into place);
 ///  - no input lies inside --output or --save-state (each is replaced as a whole when written), and
-///    an existing one holds only what the trainer writes there (config.json / state.json) or nothing;
+///    an existing one holds only what the trainer writes there (written_by_trainer) or nothing;
 ///  - the file systems of --output and --save-state have room for one merged model and one state,
 ///    estimated from the model's parameter count (safetensors headers, or the llama2.c file size).
 
