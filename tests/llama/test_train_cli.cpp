@@ -5,6 +5,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <initializer_list>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -37,6 +38,22 @@ std::vector<std::string> base(std::vector<std::string> more) {
   std::vector<std::string> a{"--model", "m", "--data", "d"};
   a.insert(a.end(), more.begin(), more.end());
   return a;
+}
+
+/// An environment variable checked with the command line: each bad value is the error
+/// "VAR: expected <expected>, found '<bad>'", each good value parses; the caller's value is back after.
+void check_env_values(const char* var, std::initializer_list<const char*> bad, std::initializer_list<const char*> ok,
+                      const std::string& expected) {
+  CAPTURE(std::string(var));
+  const hdpissa::test::ScopedEnv restore(var, nullptr);
+  for (const char* b : bad) {
+    ::setenv(var, b, 1);
+    CHECK(error_of(base({})) == std::string(var) + ": expected " + expected + ", found '" + b + "'");
+  }
+  for (const char* g : ok) {
+    ::setenv(var, g, 1);
+    CHECK(error_of(base({})) == "");
+  }
 }
 
 }  // namespace
@@ -286,18 +303,8 @@ TEST_CASE("cli: HDPISSA_FLASH_BAND is a head count or 'all', checked with the co
 }
 
 TEST_CASE("cli: HDPISSA_ADAPTER_STREAM_PRIORITY and HDPISSA_CUDA_DWU_PRIORITY are default or high, checked with the command line") {
-  for (const char* var : {"HDPISSA_ADAPTER_STREAM_PRIORITY", "HDPISSA_CUDA_DWU_PRIORITY"}) {
-    CAPTURE(std::string(var));
-    const hdpissa::test::ScopedEnv restore(var, nullptr);  // the caller's value back at the end
-    for (const char* bad : {"1", "HIGH", "low", "urgent"}) {
-      ::setenv(var, bad, 1);
-      CHECK(error_of(base({})) == std::string(var) + ": expected default or high, found '" + bad + "'");
-    }
-    for (const char* ok : {"default", "high", ""}) {
-      ::setenv(var, ok, 1);
-      CHECK(error_of(base({})) == "");
-    }
-  }
+  for (const char* var : {"HDPISSA_ADAPTER_STREAM_PRIORITY", "HDPISSA_CUDA_DWU_PRIORITY"})
+    check_env_values(var, {"1", "HIGH", "low", "urgent"}, {"default", "high", ""}, "default or high");
   // the values: the second stream high unless told otherwise (session 35), the DWU streams default
   const hdpissa::test::ScopedEnv a("HDPISSA_ADAPTER_STREAM_PRIORITY", nullptr), d("HDPISSA_CUDA_DWU_PRIORITY", nullptr);
   CHECK(env_adapter_stream_priority() == hdpissa::StreamPriority::High);
@@ -310,16 +317,8 @@ TEST_CASE("cli: HDPISSA_ADAPTER_STREAM_PRIORITY and HDPISSA_CUDA_DWU_PRIORITY ar
 
 TEST_CASE("cli: HDPISSA_STACKED_LINEARS, HDPISSA_ADAPTER_STREAM and HDPISSA_DWU_OVERLAP are 0 or 1, checked with the command line") {
   for (const char* var : {"HDPISSA_STACKED_LINEARS", "HDPISSA_ADAPTER_STREAM", "HDPISSA_DWU_OVERLAP"}) {
-    CAPTURE(std::string(var));
+    check_env_values(var, {"2", "yes", "on", "00"}, {"0", "1", ""}, "0 or 1");
     const hdpissa::test::ScopedEnv restore(var, nullptr);  // the caller's value back at the end
-    for (const char* bad : {"2", "yes", "on", "00"}) {
-      ::setenv(var, bad, 1);
-      CHECK(error_of(base({})) == std::string(var) + ": expected 0 or 1, found '" + bad + "'");
-    }
-    for (const char* ok : {"0", "1", ""}) {
-      ::setenv(var, ok, 1);
-      CHECK(error_of(base({})) == "");
-    }
     auto value = [&] {
       const std::string v = var;
       return v == "HDPISSA_STACKED_LINEARS" ? env_stacked_linears()

@@ -146,14 +146,7 @@ Args parse(int argc, char** argv) {
   // the outputs can be written, checked before any work (a probe file where they will be: beside
   // --json, inside an existing --output, where a new --output will be created otherwise)
   if (!a.json.empty()) hdpissa::llama::preflight_detail::check_output("--json", a.json, true);
-  if (task_mode) {
-    namespace fs = std::filesystem;
-    std::error_code ec;
-    if (fs::is_directory(a.output, ec))
-      hdpissa::llama::preflight_detail::check_output("--output", (fs::path(a.output) / ".probe").string(), true);
-    else
-      hdpissa::llama::preflight_detail::check_output("--output", a.output, false);
-  }
+  if (task_mode) hdpissa::llama::preflight_detail::check_output_into("--output", a.output);
   if (!a.model.empty() && !std::filesystem::exists(a.model))
     throw LlamaError("--model: no such file or directory: '" + a.model + "'");
   if (a.data.empty()) throw cli::UsageError("missing --data (see --help)");

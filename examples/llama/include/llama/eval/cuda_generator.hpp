@@ -52,15 +52,13 @@ inline Generator as_generator(CudaGenerator& g) {
 inline std::function<void(long, long, long, double)> stderr_progress_with(std::string tag, Task task,
                                                                          const CudaGenerator* g) {
   return [tag, task, g](long done, long total, long toks, double secs) {
-    const double eta = done > 0 ? secs / double(done) * double(total - done) : 0.0;
     std::string extra;
     if (g) {
       const DecodeStats s = g->stats();
       extra = cat(", prefill ", static_cast<long>(s.prefill_tok_s()), " tok/s, decode ", static_cast<long>(s.decode_tok_s()),
                   " tok/s");
     }
-    std::fprintf(stderr, "[%s] %s: %ld/%ld problems, %.1f tok/s%s, elapsed %.0f s, ETA %.0f s\n", tag.c_str(),
-                 task_name(task), done, total, secs > 0 ? double(toks) / secs : 0.0, extra.c_str(), secs, eta);
+    std::fprintf(stderr, "[%s] %s\n", tag.c_str(), progress_line(task, done, total, toks, secs, extra).c_str());
   };
 }
 

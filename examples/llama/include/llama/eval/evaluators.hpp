@@ -446,49 +446,79 @@ inline nlohmann::json task_protocol(Task task, const EvalOptions& o, const Promp
   return j;
 }
 
-/// Runs `task` on `data` and writes DIR/<task>.jsonl (per problem) and DIR/<task>_summary.json.
-/// The records go to a temporary name beside them (removed on an error); when the task has ended
-/// the old summary is removed, the records renamed into place, then the summary written: an
-/// interrupted run leaves no partial records, and records are never beside another run's summary
-/// (a crash between the last two steps leaves the new records without a summary).
+/// DIR/<task>.jsonl (per-problem records) and DIR/<task>_summary.json, written so that an
+/// interrupted run leaves no partial records and records are never beside another run's summary:
+/// the records go to a temporary name beside them (removed if commit() is never reached); commit()
+/// removes the old summary, renames the records into place, then writes the summary (a crash
+/// between the last two steps leaves the new records without a summary).
+class TaskRecords {
+ public:
+  TaskRecords(Task task, const std::filesystem::path& dir)
+      : records_(dir / cat(task_name(task), ".jsonl")), summary_(dir / cat(task_name(task), "_summary.json")),
+        tmp_(dir / cat(".", task_name(task), ".jsonl.tmp-", ::getpid())) {
+    std::filesystem::create_directories(dir);
+    out_.open(tmp_, std::ios::binary);
+    if (!out_) throw LlamaError(cat("cannot write ", tmp_.string()));
+  }
+  TaskRecords(const TaskRecords&) = delete;
+  TaskRecords& operator=(const TaskRecords&) = delete;
+  ~TaskRecords() {
+    if (committed_) return;
+    out_.close();
+    std::error_code ec;
+    std::filesystem::remove(tmp_, ec);
+  }
+  /// Where evaluate() writes the records.
+  std::ostream& stream() { return out_; }
+  /// The final records path (the summary's "records").
+  const std::filesystem::path& records() const { return records_; }
+  /// The records into place, then `summary` beside them.
+  void commit(const nlohmann::json& summary) {
+    out_.close();
+    if (!out_) throw LlamaError(cat("cannot write ", tmp_.string()));
+    std::error_code ec;
+    std::filesystem::remove(summary_, ec);
+    std::filesystem::rename(tmp_, records_, ec);
+    if (ec) throw LlamaError(cat("cannot rename ", tmp_.string(), " to ", records_.string(), ": ", ec.message()));
+    committed_ = true;
+    write_file_atomic(summary_, summary.dump(2) + "\n");
+  }
+
+ private:
+  std::filesystem::path records_, summary_, tmp_;
+  std::ofstream out_;
+  bool committed_ = false;
+};
+
+/// Runs `task` on `data` and writes DIR/<task>.jsonl (per problem) and DIR/<task>_summary.json
+/// (TaskRecords).
 template <class Tok>
 EvalSummary evaluate_to_dir(Task task, const std::filesystem::path& data, const Generator& gen, const Tok& tok,
                             const EvalOptions& o, const std::filesystem::path& out_dir) {
   const auto problems = load_task(task, data);
-  std::filesystem::create_directories(out_dir);
-  const auto rec_path = out_dir / (std::string(task_name(task)) + ".jsonl");
-  const auto tmp_path = out_dir / cat(".", task_name(task), ".jsonl.tmp-", ::getpid());
-  EvalSummary s;
-  try {
-    std::ofstream rec(tmp_path, std::ios::binary);
-    if (!rec) throw LlamaError(cat("cannot write ", tmp_path.string()));
-    s = evaluate(task, problems, gen, tok, o, &rec);
-    rec.close();
-    if (!rec) throw LlamaError(cat("cannot write ", tmp_path.string()));
-  } catch (...) {
-    std::error_code ec;
-    std::filesystem::remove(tmp_path, ec);
-    throw;
-  }
+  TaskRecords rec(task, out_dir);
+  const EvalSummary s = evaluate(task, problems, gen, tok, o, &rec.stream());
   nlohmann::json j = s.to_json();
   j["data"] = data.string();
   j["protocol"] = task_protocol(task, o);
-  j["records"] = rec_path.string();
-  const auto summary = out_dir / (std::string(task_name(task)) + "_summary.json");
-  std::error_code ec;
-  std::filesystem::remove(summary, ec);
-  std::filesystem::rename(tmp_path, rec_path, ec);
-  if (ec) throw LlamaError(cat("cannot rename ", tmp_path.string(), " to ", rec_path.string(), ": ", ec.message()));
-  write_file_atomic(summary, j.dump(2) + "\n");
+  j["records"] = rec.records().string();
+  rec.commit(j);
   return s;
 }
 
 /// A progress printer for EvalOptions::progress: "[tag] task: done/total, tok/s, ETA" to stderr.
+/// One progress line (no newline): "task: done/total problems, tok/s<extra>, elapsed, ETA".
+inline std::string progress_line(Task task, long done, long total, long toks, double secs,
+                                 const std::string& extra = {}) {
+  const double eta = done > 0 ? secs / double(done) * double(total - done) : 0.0;
+  char buf[256];
+  std::snprintf(buf, sizeof buf, "%s: %ld/%ld problems, %.1f tok/s%s, elapsed %.0f s, ETA %.0f s", task_name(task),
+                done, total, secs > 0 ? double(toks) / secs : 0.0, extra.c_str(), secs, eta);
+  return buf;
+}
 inline std::function<void(long, long, long, double)> stderr_progress(std::string tag, Task task) {
   return [tag, task](long done, long total, long toks, double secs) {
-    const double eta = done > 0 ? secs / double(done) * double(total - done) : 0.0;
-    std::fprintf(stderr, "[%s] %s: %ld/%ld problems, %.1f tok/s, elapsed %.0f s, ETA %.0f s\n", tag.c_str(),
-                 task_name(task), done, total, secs > 0 ? double(toks) / secs : 0.0, secs, eta);
+    std::fprintf(stderr, "[%s] %s\n", tag.c_str(), progress_line(task, done, total, toks, secs).c_str());
   };
 }
 

@@ -88,6 +88,20 @@ inline void check_output(const char* flag, const std::string& p, bool file) {
   ::unlink(probe.c_str());
 }
 
+/// A directory that files will be written into (not renamed into place, as check_output's): an
+/// existing one must take a new file, a new one must be creatable.
+inline void check_output_into(const char* flag, const std::string& p) {
+  std::error_code ec;
+  const fs::path a = normal_path(p);
+  if (!fs::is_directory(a, ec)) return check_output(flag, p, false);
+  const fs::path probe = a / cat(".hdpissa-write-probe-", ::getpid());
+  const int fd = ::open(probe.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+  if (fd < 0)
+    throw LlamaError(cat(flag, " ", p, ": cannot be written: creating a file in it failed (", std::strerror(errno), ")"));
+  ::close(fd);
+  ::unlink(probe.c_str());
+}
+
 /// Whether `name` (an entry of a directory; directories end in "/") is one the trainer writes into
 /// --output (a merged model, its tokenizer files, the PEFT adapters' default `adapter/`) or
 /// --save-state (a state's files).
@@ -175,14 +189,13 @@ struct PreflightReport {
 inline PreflightReport check_run_paths(const TrainOptions& o, int processes = 1) {
   namespace fs = std::filesystem;
   using namespace preflight_detail;
-  check_input("--model", o.model);
-  check_input("--data", o.data);
-  check_input("--eval-data", o.eval_data);
-  check_input("--eval-gsm8k", o.eval_gsm8k);
-  check_input("--eval-math", o.eval_math);
-  check_input("--eval-humaneval", o.eval_humaneval);
-  check_input("--eval-mbpp", o.eval_mbpp);
-  check_input("--tokenizer", o.tokenizer);
+  // every input (--resume's contents are checked by find_newest_state, its place below)
+  const std::pair<const char*, const std::string*> inputs[] = {
+      {"--model", &o.model},           {"--data", &o.data},           {"--eval-data", &o.eval_data},
+      {"--eval-gsm8k", &o.eval_gsm8k}, {"--eval-math", &o.eval_math}, {"--eval-humaneval", &o.eval_humaneval},
+      {"--eval-mbpp", &o.eval_mbpp},   {"--tokenizer", &o.tokenizer}, {"--resume", &o.resume}};
+  for (const auto& [flag, in] : inputs)
+    if (in != &o.resume) check_input(flag, *in);
 
   struct Out {
     const char* flag;
@@ -210,10 +223,6 @@ inline PreflightReport check_run_paths(const TrainOptions& o, int processes = 1)
   // --output and --save-state are replaced as a whole: no input may lie inside either (--resume
   // may be --save-state itself: a run continues its own state), and an existing one must hold only
   // what the trainer writes there
-  const std::pair<const char*, const std::string*> inputs[] = {
-      {"--model", &o.model},           {"--data", &o.data},           {"--tokenizer", &o.tokenizer},
-      {"--eval-data", &o.eval_data},   {"--eval-gsm8k", &o.eval_gsm8k}, {"--eval-math", &o.eval_math},
-      {"--eval-humaneval", &o.eval_humaneval}, {"--eval-mbpp", &o.eval_mbpp}, {"--resume", &o.resume}};
   for (const auto& x : outs) {
     if (x.file || x.path == o.eval_records) continue;
     const fs::path d = normal(x.path);

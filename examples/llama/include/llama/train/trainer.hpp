@@ -242,43 +242,17 @@ class Trainer {
     eo.batch_size = o_.device == Device::Cuda ? 256 : 8;
     if (root_ && !o_.quiet)  // problems done / total, tok/s, ETA after each batch
       eo.progress = [this, task](long done, long total, long toks, double secs) {
-        const double eta = done > 0 ? secs / double(done) * double(total - done) : 0.0;
-        say(cat(eval::task_name(task), ": ", done, "/", total, " problems, ", fixed(secs > 0 ? double(toks) / secs : 0.0, 1),
-                " tok/s, elapsed ", fixed(secs, 0), " s, ETA ", fixed(eta, 0), " s\n"));
+        say(eval::progress_line(task, done, total, toks, secs) + "\n");
       };
-    std::ofstream rec;
-    std::ostream* recp = nullptr;
-    const std::filesystem::path dir = o_.eval_records;
-    const std::string name = eval::task_name(task);
-    const std::filesystem::path rec_path = dir / (name + ".jsonl"), tmp_path = dir / cat(".", name, ".jsonl.tmp-", ::getpid());
-    if (root_ && !o_.eval_records.empty()) {  // records under a temporary name, renamed when the task ends
-      std::filesystem::create_directories(dir);
-      rec.open(tmp_path, std::ios::binary);
-      if (!rec) throw LlamaError(cat("--eval-records: cannot write in ", o_.eval_records));
-      recp = &rec;
-    }
-    eval::EvalSummary s;
-    try {
-      s = eval::evaluate(task, problems, engine_generator(), *tok_, eo, recp);
-    } catch (...) {
-      if (recp) {
-        rec.close();
-        std::error_code ec;
-        std::filesystem::remove(tmp_path, ec);
-      }
-      throw;
-    }
-    if (recp) {
-      rec.close();
-      if (!rec) throw LlamaError(cat("--eval-records: cannot write ", tmp_path.string()));
-      std::error_code ec;
-      std::filesystem::remove(dir / (name + "_summary.json"), ec);  // never beside the new records
-      std::filesystem::rename(tmp_path, rec_path, ec);
-      if (ec) throw LlamaError(cat("--eval-records: cannot rename ", tmp_path.string(), " to ", rec_path.string(), ": ", ec.message()));
+    std::optional<eval::TaskRecords> rec;  // worker 0's --eval-records (renamed into place at the end)
+    if (root_ && !o_.eval_records.empty()) rec.emplace(task, o_.eval_records);
+    const eval::EvalSummary s =
+        eval::evaluate(task, problems, engine_generator(), *tok_, eo, rec ? &rec->stream() : nullptr);
+    if (rec) {
       nlohmann::json j = s.to_json();
       j["data"] = file;
       j["protocol"] = eval::task_protocol(task, eo, eval::PromptTemplates{tpl_});
-      write_file_atomic(dir / (name + "_summary.json"), j.dump(2) + "\n");
+      rec->commit(j);
     }
     return s;
   }
