@@ -24,7 +24,7 @@ for m in $METHODS; do
     echo "fp8-deviation: $m $c"
     # shellcheck disable=SC2086
     "$T" --device cuda --dtype bf16 "${fl[@]}" --model "$MODEL" "${tok[@]}" --data "$DATA" --method "$m" \
-      --groups-per-process "$K" --rank 16 --alpha 16 --svd randomized --micro-batch "$MB" --grad-accum "$GA" \
+      --groups-per-process "$K" --rank 16 --alpha 16 $([[ $m == *pissa* ]] && echo --svd randomized) --micro-batch "$MB" --grad-accum "$GA" \
       --max-len "$SEQ" --max-steps "$STEPS" --lr 2e-5 --log-every 10 --seed 1 --metrics "$OUT/$m-$c.jsonl" \
       --output "$OUT/$m-$c-out" --output-dtype f32 ${EXTRA:-} >"$OUT/$m-$c.log" 2>&1 ||
       { echo "  FAILED (rc $?): tail of $OUT/$m-$c.log"; tail -5 "$OUT/$m-$c.log"; }

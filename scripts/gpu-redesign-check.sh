@@ -99,7 +99,7 @@ if [[ -z "${SKIP_TPUT:-}" ]]; then
         (( $(left) < 30 )) && { say "| $1 K=$2 | $label | SKIPPED (time) | | |"; continue; }
         timeout $(( $(left) < 120 ? $(left) : 120 )) "$bin" --device cuda --dtype bf16 --method "$1" --groups-per-process "$2" --model "$M" \
           --tokenizer "$DATA/throughput/tokenizer.model" --data "$DATA/throughput/train.jsonl" --micro-batch 2 \
-          --max-len 512 --grad-accum 8 --rank 16 --alpha 16 --lr 1e-4 --max-steps "$STEPS" --svd randomized --quiet \
+          --max-len 512 --grad-accum 8 --rank 16 --alpha 16 --lr 1e-4 --max-steps "$STEPS" $([[ $1 == *pissa* ]] && echo --svd randomized) --quiet \
           --metrics "$m" > "$LOGS/tput-$1-k$2-$label-$rep.log" 2>&1 || { say "| $1 K=$2 | $label | FAILED rc $? | | |"; continue; }
         python3 - "$m" "$1 K=$2" "$label" <<'PY' | tee -a "$S"
 import json, sys

@@ -39,7 +39,7 @@ if [ -n "$TPUT" ] && [ -f "$TPUT/train.jsonl" ]; then
     echo "== $1 K=$2 (TinyLlama shape, $TL_LAYERS layers, random init, bf16, micro-batch 2 x 512, grad-accum 8, r 16)"
     "$BIN/examples/llama/hdpissa-train" --device cuda --dtype bf16 \
       --method "$1" --groups-per-process "$2" --model "$M" --data "$TPUT/train.jsonl" --micro-batch 2 --max-len 512 \
-      --grad-accum 8 --rank 16 --lr 1e-4 --max-steps 4 --svd randomized --metrics "$OUT/tput-$1-k$2.jsonl" \
+      --grad-accum 8 --rank 16 --lr 1e-4 --max-steps 4 $([[ $1 == *pissa* ]] && echo --svd randomized) --metrics "$OUT/tput-$1-k$2.jsonl" \
       2>&1 | tee "$OUT/tput-$1-k$2.log" | grep -E "step |trained|error" || rc=1
   done
 fi

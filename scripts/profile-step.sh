@@ -45,7 +45,7 @@ for cfg in $CONFIGS; do
   echo "[profile-step] hdpissa-train --profile: $cfg"
   # shellcheck disable=SC2086
   "$T" --device cuda --dtype bf16 --model "$MODEL" --tokenizer "$DEV/tokenizer.model" --data "$DEV/train.jsonl" \
-    --method "$method" --groups-per-process "$k" --rank 16 --alpha 16 --targets q,k,v,o,gate,up,down --svd randomized \
+    --method "$method" --groups-per-process "$k" --rank 16 --alpha 16 --targets q,k,v,o,gate,up,down $([[ $method == *pissa* ]] && echo --svd randomized) \
     --micro-batch "$MB" --grad-accum "$GA" --max-len "$SEQ" --max-steps "$STEPS" --lr 2e-5 --warmup-ratio 0 \
     --log-every 1 --profile --metrics "$OUT/$cfg.jsonl" ${EXTRA:-} >"$OUT/$cfg.log" 2>&1 ||
     { echo "  failed (rc $?):"; tail -5 "$OUT/$cfg.log"; }

@@ -322,7 +322,7 @@ run_ours() {  # SIDE(ours|base) BINARY HELP CFG MODEL MB GA MBDIR TIMEOUT EXTRA_
   HDPISSA_ADAPTER_STREAM_PRIORITY="$sprio" HDPISSA_CUDA_DWU_PRIORITY="$dprio" \
   timeout -k 10 "$to" "$bin" --device cuda --dtype bf16 "${attflag[@]}" --model "$model" \
     --tokenizer "$DEV/tokenizer.model" --data "$DEV/train.jsonl" --method "$method" --groups-per-process "$k" \
-    --rank 16 --alpha 16 --targets q,k,v,o,gate,up,down --svd randomized --micro-batch "$mb" --grad-accum "$ga" \
+    --rank 16 --alpha 16 --targets q,k,v,o,gate,up,down $([[ $method == *pissa* ]] && echo --svd randomized) --micro-batch "$mb" --grad-accum "$ga" \
     --max-len "$SEQ" --max-steps "$OURS_STEPS" --lr "$lr" --warmup-ratio 0 --log-every 1 \
     --metrics "$mbdir/$name.jsonl" "${wpflag[@]}" "${ckflag[@]}" "${fp8flag[@]}" $extra >"$mbdir/$name.log" 2>&1
   rc=$?

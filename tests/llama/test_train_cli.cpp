@@ -201,6 +201,15 @@ TEST_CASE("cli: --config TOML / INI, the command line wins") {
   CHECK(contains(e, "did you mean 'max-len'?"));
 }
 
+TEST_CASE("cli: --svd applies to the SVD-initialised methods only") {
+  for (const char* m : {"lora", "lora-dwu", "full"})
+    CHECK(contains(error_of(base({"--method", m, "--svd", "randomized"})),
+                   std::string("--svd applies to the SVD-initialised methods (hdpissa, pissa, pissa-dwu), not --method ") + m));
+  for (const char* m : {"hdpissa", "pissa", "pissa-dwu"})
+    CHECK(parse_train_args(base({"--method", m, "--svd", "randomized"})).svd == SvdKind::Randomized);
+  CHECK(parse_train_args(base({"--method", "lora"})).svd == SvdKind::Exact);  // the default stays accepted
+}
+
 TEST_CASE("cli: --help and --version print and ask for no validation") {
   std::ostringstream out;
   bool help = false;

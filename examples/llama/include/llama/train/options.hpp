@@ -201,6 +201,10 @@ struct TrainOptions {
   [[nodiscard]] bool uses_dwu() const {
     return method == Method::Hdpissa || method == Method::LoraDwu || method == Method::PissaDwu;
   }
+  /// Whether the method's adapters come from an SVD of W (hdpissa, pissa, pissa-dwu): the ones --svd applies to.
+  [[nodiscard]] bool uses_svd() const {
+    return method == Method::Hdpissa || method == Method::Pissa || method == Method::PissaDwu;
+  }
   /// Whether the method trains an active adapter data-parallel (LoRA / PiSSA).
   [[nodiscard]] bool uses_adapter() const { return method == Method::Lora || method == Method::Pissa; }
   /// Whether the method updates W (DWU methods, full): the ones --w-precision applies to.
@@ -401,6 +405,8 @@ inline void TrainOptions::validate() const {
   need(mute_gamma == 0 || uses_dwu(), cat("--mute-gamma applies to the DWU methods only, not --method ", name_of(method)));
   need(aggregation == Aggregation::Sum || uses_dwu(),
        cat("--aggregation applies to the DWU methods only, not --method ", name_of(method)));
+  need(svd == SvdKind::Exact || uses_svd(),
+       cat("--svd applies to the SVD-initialised methods (hdpissa, pissa, pissa-dwu), not --method ", name_of(method)));
   need(groups_per_process >= 1, cat("--groups-per-process: expected >= 1, found ", groups_per_process));
   need(exchange_bucket_mb >= 0 && exchange_bucket_mb <= 1e6,
        cat("--exchange-bucket-mb: expected a size in [0, 1e6] MiB, found ", exchange_bucket_mb));
@@ -563,7 +569,7 @@ inline void add_train_options(CLI::App& app, TrainOptions& o, CLI::Option** atte
          "(default all seven)")
       ->group(me)->type_name("LIST")->expected(1, -1)->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
   cli::add_parsed(app, "--svd", "--svd", o.svd, parse_choice<SvdKind>,
-                  "SVD of the orthogonal / PiSSA initialisation (default exact)", "exact|randomized")->group(me);
+                  "SVD of the orthogonal / PiSSA initialisation: hdpissa, pissa, pissa-dwu (default exact)", "exact|randomized")->group(me);
   cli::add_parsed(app, "--aggregation", "--aggregation", o.aggregation, parse_choice<Aggregation>,
                   "DWU aggregation over the K groups (default sum, the reference)", "sum|mean")->group(me);
   app.add_option("--mute-gamma", o.mute_gamma, "DWU methods: the paper's literal x(W + G a B A)^T forward instead of the "
