@@ -4,6 +4,9 @@
 #include <fstream>
 #include <string>
 
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <doctest/doctest.h>
 #include <nlohmann/json.hpp>
 
@@ -201,4 +204,46 @@ TEST_CASE("task loaders: a wrong-dataset record names its keys; an MBPP file wit
     CHECK(std::string(e.what()).find("no mbpp problems found (MBPP's test split: task_id 11 to 510)") != std::string::npos);
   }
   std::filesystem::remove_all(dir);
+}
+
+// Records are written under a temporary name and renamed when the task ends; a killed run leaves
+// its temporary file, which the next writer into that directory on the same host removes, keeping
+// those of running processes and of other hosts (session 36's audit).
+TEST_CASE("TaskRecords: temporary records of dead writers on this host are swept, live and foreign ones kept") {
+  namespace fs = std::filesystem;
+  const auto dir = fs::temp_directory_path() / "hdpissa-eval-records-sweep";
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  const pid_t child = ::fork();
+  REQUIRE(child >= 0);
+  if (child == 0) ::_exit(0);
+  int st = 0;
+  REQUIRE(::waitpid(child, &st, 0) == child);  // reaped: its pid names no process now
+  std::string own;
+  {
+    TaskRecords probe(Task::gsm8k, dir);  // this host's name as TaskRecords spells it, with our pid
+    own = probe.temporary().filename().string();
+  }
+  REQUIRE(!fs::exists(dir / own));  // not committed: removed by its destructor
+  const std::string host_part = own.substr(0, own.rfind('-') + 1);  // ".gsm8k.jsonl.tmp-<host>-"
+  const auto write = [&](const std::string& n) { std::ofstream(dir / n) << "{}\n"; };
+  const std::string dead = host_part + std::to_string(child), live = host_part + "1";  // pid 1 always runs
+  write(dead);
+  write(live);
+  write(".gsm8k.jsonl.tmp-otherhost-" + std::to_string(child));
+  write(host_part + std::to_string(child) + "x");  // not a pid: kept
+  write(".math.jsonl.tmp-" + host_part.substr(std::string(".gsm8k.jsonl.tmp-").size()) + std::to_string(child));  // another task
+  {
+    TaskRecords rec(Task::gsm8k, dir);
+    rec.stream() << "{\"ok\": true}\n";
+    rec.commit(nlohmann::json{{"n", 1}});
+  }
+  CHECK_FALSE(fs::exists(dir / dead));
+  CHECK(fs::exists(dir / live));
+  CHECK(fs::exists(dir / (".gsm8k.jsonl.tmp-otherhost-" + std::to_string(child))));
+  CHECK(fs::exists(dir / (host_part + std::to_string(child) + "x")));
+  CHECK(fs::exists(dir / (".math.jsonl.tmp-" + host_part.substr(std::string(".gsm8k.jsonl.tmp-").size()) + std::to_string(child))));
+  CHECK(fs::exists(dir / "gsm8k.jsonl"));
+  CHECK(fs::exists(dir / "gsm8k_summary.json"));
+  fs::remove_all(dir);
 }

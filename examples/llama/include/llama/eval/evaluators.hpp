@@ -10,6 +10,7 @@
 ///  - evaluate: generates, scores, writes one JSON line per problem, returns the summary.
 
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
@@ -22,6 +23,9 @@
 #include <sstream>
 #include <string>
 #include <vector>
+
+#include <signal.h>
+#include <unistd.h>
 
 #include <nlohmann/json.hpp>
 
@@ -455,8 +459,9 @@ class TaskRecords {
  public:
   TaskRecords(Task task, const std::filesystem::path& dir)
       : records_(dir / cat(task_name(task), ".jsonl")), summary_(dir / cat(task_name(task), "_summary.json")),
-        tmp_(dir / cat(".", task_name(task), ".jsonl.tmp-", ::getpid())) {
+        tmp_(dir / cat(tmp_prefix(task), host_name(), "-", ::getpid())) {
     std::filesystem::create_directories(dir);
+    sweep_dead_writers(task, dir);
     out_.open(tmp_, std::ios::binary);
     if (!out_) throw LlamaError(cat("cannot write ", tmp_.string()));
   }
@@ -470,6 +475,24 @@ class TaskRecords {
   }
   /// Where evaluate() writes the records.
   std::ostream& stream() { return out_; }
+  /// The temporary records file (".<task>.jsonl.tmp-<host>-<pid>" in the directory).
+  const std::filesystem::path& temporary() const { return tmp_; }
+  /// Removes the temporary records of `task` in `dir` that a killed writer on this host left
+  /// (".<task>.jsonl.tmp-<host>-<pid>" whose pid no longer runs); those of live processes and of
+  /// other hosts (a shared directory) stay. Called by the constructor.
+  static void sweep_dead_writers(Task task, const std::filesystem::path& dir) {
+    const std::string mine = cat(tmp_prefix(task), host_name(), "-");
+    std::error_code ec;
+    std::vector<std::filesystem::path> dead;
+    for (const auto& e : std::filesystem::directory_iterator(dir, ec)) {
+      const std::string n = e.path().filename().string();
+      if (n.rfind(mine, 0) != 0) continue;
+      const std::string pid = n.substr(mine.size());
+      if (pid.empty() || pid.size() > 9 || pid.find_first_not_of("0123456789") != std::string::npos) continue;
+      if (::kill(static_cast<pid_t>(std::stol(pid)), 0) != 0 && errno == ESRCH) dead.push_back(e.path());
+    }
+    for (const auto& p : dead) std::filesystem::remove(p, ec);
+  }
   /// The final records path (the summary's "records").
   const std::filesystem::path& records() const { return records_; }
   /// The records into place, then `summary` beside them.
@@ -485,6 +508,16 @@ class TaskRecords {
   }
 
  private:
+  static std::string tmp_prefix(Task task) { return cat(".", task_name(task), ".jsonl.tmp-"); }
+  static std::string host_name() {
+    char h[256] = {};
+    if (::gethostname(h, sizeof h - 1) != 0 || !h[0]) return "host";
+    std::string s(h);
+    for (char& c : s)
+      if (c == '/' || c == '-') c = '_';  // a file-name part; '-' separates the pid
+    return s;
+  }
+
   std::filesystem::path records_, summary_, tmp_;
   std::ofstream out_;
   bool committed_ = false;
