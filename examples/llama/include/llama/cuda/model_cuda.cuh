@@ -383,7 +383,11 @@ class CudaLlama {
 /// instantiated, or false with nothing left captured and `exec` null, whatever failed (the capture
 /// not starting, body() throwing or issuing an operation capture forbids, instantiation); the CUDA
 /// error such a failure leaves is cleared. The training model's --cuda-graphs and the greedy
-/// decoder's decode step share it; both fall back to running body() eagerly on false.
+/// decoder's decode step share it; both fall back to running body() eagerly on false. Instantiated
+/// with cudaGraphInstantiateFlagUseNodePriority: each kernel node keeps the priority of the stream
+/// it was captured from (the adapters' high-priority second stream, hdpissa::StreamPriority), as
+/// the eager run schedules it; without the flag a replay runs every node at the launch stream's
+/// priority. Priorities never change an order the graph's edges impose: the same bits.
 template <class F>
 bool capture_stream_graph(cudaStream_t stream, cudaGraphExec_t& exec, F&& body) {
   cudaGraph_t g = nullptr;
@@ -396,7 +400,7 @@ bool capture_stream_graph(cudaStream_t stream, cudaGraphExec_t& exec, F&& body) 
     }
     const cudaError_t e = cudaStreamEndCapture(stream, &g);
     ok = ok && e == cudaSuccess && g != nullptr;
-    if (ok) ok = cudaGraphInstantiate(&exec, g, 0) == cudaSuccess;
+    if (ok) ok = cudaGraphInstantiate(&exec, g, cudaGraphInstantiateFlagUseNodePriority) == cudaSuccess;
     if (g) (void)cudaGraphDestroy(g);
   }
   if (!ok) {
