@@ -982,6 +982,33 @@ void with_fused_instance(int group, int nv, F&& f) {
 /// Launches cache_attention_fused (the split part; the caller runs the combine) when it takes the
 /// shape; false, launching nothing, when it does not. `out` (only with splits == 1): the kernel
 /// writes the final output itself and the caller runs no combine.
+/// Launches one of the cache-attention split kernels: `kAttnThreads` threads per block, `smem` bytes
+/// of dynamic shared memory (the kernel opted in first past the default 48 KiB), as a programmatic
+/// dependent launch when `pdl` (kern::launch_pdl); every launch checked.
+template <class... KArgs, class... Args>
+void launch_attention_kernel(void (*kernel)(KArgs...), dim3 grid, std::size_t smem, cudaStream_t st, bool pdl,
+                             Args&&... args) {
+  if (smem > 48 * 1024)
+    HDPISSA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+  HDPISSA_CUDA_CHECK(kern::launch_pdl(kernel, grid, dim3(kAttnThreads), smem, st, pdl, std::forward<Args>(args)...));
+}
+
+/// The most dynamic shared memory a block may opt in to on the current device.
+inline std::size_t device_smem_optin() {
+  int dev = 0, optin = 0;
+  HDPISSA_CUDA_CHECK(cudaGetDevice(&dev));
+  HDPISSA_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+  return static_cast<std::size_t>(optin);
+}
+
+/// Merges the `splits` partial results of n rows × nh heads (part_o, part_ml) into `out`.
+template <class T>
+void launch_cache_attention_combine(cudaStream_t st, const float* part_o, const float* part_ml, int n, int nh,
+                                    int splits, int hd, T* out, bool pdl) {
+  HDPISSA_CUDA_CHECK(kern::launch_pdl(cache_attention_combine<T>, dim3(static_cast<unsigned>(n) * nh), dim3(128), 0, st,
+                                      pdl, part_o, part_ml, splits, hd, out));
+}
+
 template <class T>
 bool launch_cache_attention_fused(cudaStream_t st, const T* q, const T* kc, const T* vc, const std::int32_t* slot,
                                   const std::int32_t* pos, int n, int nh, int nkv, int hd, int max_ctx, int window,
@@ -999,11 +1026,8 @@ bool launch_cache_attention_fused(cudaStream_t st, const T* q, const T* kc, cons
   const dim3 grid(static_cast<unsigned>(nkv), static_cast<unsigned>(n), static_cast<unsigned>(splits));
   const float scale_log2 = scale * 1.44269504088896340736f;
   auto go = [&](auto kernel) {
-    if (smem > 48 * 1024)
-      HDPISSA_CUDA_CHECK(
-          cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
-    HDPISSA_CUDA_CHECK(kern::launch_pdl(kernel, grid, dim3(kAttnThreads), smem, st, pdl, q, kc, vc, slot, pos, order, nh,
-                                        nkv, hd, max_ctx, window, scale_log2, chunk, lpk, part_o, part_ml, out));
+    launch_attention_kernel(kernel, grid, smem, st, pdl, q, kc, vc, slot, pos, order, nh, nkv, hd, max_ctx, window,
+                            scale_log2, chunk, lpk, part_o, part_ml, out);
   };
   with_fused_instance(group, nv, [&](auto g, auto v) { go(cache_attention_fused<T, kVec, g(), v()>); });
   return true;
@@ -1098,21 +1122,14 @@ bool launch_cache_attention_bulk(cudaStream_t st, const T* q, const T* kc, const
   const int nvec = hd / kVec, lpk = lanes_per_key(nvec), nv = (nvec + lpk - 1) / lpk;
   const int tk = bulk_tile_keys<T>(hd, tiling);
   const std::size_t smem = cache_attention_bulk_smem<T>(hd, group, tiling);
-  int dev = 0, optin = 0;
-  HDPISSA_CUDA_CHECK(cudaGetDevice(&dev));
-  HDPISSA_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
-  HDPISSA_REQUIRE(smem <= static_cast<std::size_t>(optin), "cache attention (bulk): ", tiling.stages, " stages of ", tk,
-                  " keys (head_dim ", hd, ") need ", smem, " bytes of shared memory; this device gives a block at most ",
-                  optin);
+  const std::size_t optin = device_smem_optin();
+  HDPISSA_REQUIRE(smem <= optin, "cache attention (bulk): ", tiling.stages, " stages of ", tk, " keys (head_dim ", hd,
+                  ") need ", smem, " bytes of shared memory; this device gives a block at most ", optin);
   const dim3 grid(static_cast<unsigned>(nkv), static_cast<unsigned>(n), static_cast<unsigned>(splits));
   const float scale_log2 = scale * 1.44269504088896340736f;
   auto go = [&](auto kernel) {
-    if (smem > 48 * 1024)
-      HDPISSA_CUDA_CHECK(
-          cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
-    HDPISSA_CUDA_CHECK(kern::launch_pdl(kernel, grid, dim3(kAttnThreads), smem, st, pdl, q, kc, vc, slot, pos, order, nh,
-                                        nkv, hd, max_ctx, window, scale_log2, chunk, lpk, tk, tiling.stages, part_o,
-                                        part_ml, out));
+    launch_attention_kernel(kernel, grid, smem, st, pdl, q, kc, vc, slot, pos, order, nh, nkv, hd, max_ctx, window,
+                            scale_log2, chunk, lpk, tk, tiling.stages, part_o, part_ml, out);
   };
   if (group == 1 && nv == 1 && tiling.min_blocks == 8) {
     go(cache_attention_bulk<T, kVec, 1, 1, 8>);
@@ -1137,19 +1154,14 @@ inline void launch_cache_attention_mma(cudaStream_t st, const __nv_bfloat16* q, 
                   splits);
   const int group = nh / nkv;
   const std::size_t smem = cache_attention_mma_smem(hd, group, stages);
-  int dev = 0, optin = 0;
-  HDPISSA_CUDA_CHECK(cudaGetDevice(&dev));
-  HDPISSA_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
-  HDPISSA_REQUIRE(smem <= static_cast<std::size_t>(optin), "cache attention (mma): ", stages, " stages (head_dim ", hd,
-                  ") need ", smem, " bytes of shared memory; this device gives a block at most ", optin);
+  const std::size_t optin = device_smem_optin();
+  HDPISSA_REQUIRE(smem <= optin, "cache attention (mma): ", stages, " stages (head_dim ", hd, ") need ", smem,
+                  " bytes of shared memory; this device gives a block at most ", optin);
   const dim3 grid(static_cast<unsigned>(nkv), static_cast<unsigned>(n), static_cast<unsigned>(splits));
   const float scale_log2 = scale * 1.44269504088896340736f;
   auto go = [&](auto kernel) {
-    if (smem > 48 * 1024)
-      HDPISSA_CUDA_CHECK(
-          cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
-    HDPISSA_CUDA_CHECK(kern::launch_pdl(kernel, grid, dim3(kAttnThreads), smem, st, pdl, q, kc, vc, slot, pos, order, nh,
-                                        nkv, max_ctx, window, scale_log2, chunk, part_o, part_ml, out));
+    launch_attention_kernel(kernel, grid, smem, st, pdl, q, kc, vc, slot, pos, order, nh, nkv, max_ctx, window,
+                            scale_log2, chunk, part_o, part_ml, out);
   };
   auto by_stages = [&](auto h) {
     constexpr int H = decltype(h)::value;
@@ -1184,8 +1196,7 @@ void launch_cache_attention(cudaStream_t st, const T* q, const T* kc, const T* v
       launch_cache_attention_mma(st, q, kc, vc, slot, pos, n, nh, nkv, hd, max_ctx, window, scale, chunk, splits, part_o,
                                  part_ml, direct, tiling.mma_stages, order, pdl);
       if (splits > 1)
-        HDPISSA_CUDA_CHECK(kern::launch_pdl(cache_attention_combine<T>, dim3(static_cast<unsigned>(n) * nh), dim3(128), 0,
-                                            st, pdl, part_o, part_ml, splits, hd, out));
+        launch_cache_attention_combine(st, part_o, part_ml, n, nh, splits, hd, out, pdl);
       return;
     }
   }
@@ -1196,8 +1207,7 @@ void launch_cache_attention(cudaStream_t st, const T* q, const T* kc, const T* v
            : launch_cache_attention_fused<T>(st, q, kc, vc, slot, pos, n, nh, nkv, hd, max_ctx, window, scale, chunk,
                                              splits, part_o, part_ml, direct, order, pdl))) {
     if (splits > 1)  // one split: the kernel wrote `out` itself
-      HDPISSA_CUDA_CHECK(kern::launch_pdl(cache_attention_combine<T>, dim3(static_cast<unsigned>(n) * nh), dim3(128), 0,
-                                          st, pdl, part_o, part_ml, splits, hd, out));
+      launch_cache_attention_combine(st, part_o, part_ml, n, nh, splits, hd, out, pdl);
     return;
   }
   const std::size_t smem = cache_attention_split_smem(group, hd, chunk);
@@ -1206,24 +1216,15 @@ void launch_cache_attention(cudaStream_t st, const T* q, const T* kc, const T* v
   if (hd % kVec == 0) {
     const int nvec = hd / kVec, lpk = lanes_per_key(nvec);
     HDPISSA_REQUIRE((nvec + lpk - 1) / lpk <= kMaxVecPerLane, "cache attention: head_dim ", hd, " too large");
-    if (smem > 48 * 1024)
-      HDPISSA_CUDA_CHECK(cudaFuncSetAttribute(cache_attention_split<T, kVec>,
-                                              cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
-    HDPISSA_CUDA_CHECK(kern::launch_pdl(cache_attention_split<T, kVec>, grid, dim3(kAttnThreads), smem, st, pdl, q, kc,
-                                        vc, slot, pos, order, nh, nkv, hd, max_ctx, window, scale, chunk, lpk, part_o,
-                                        part_ml));
+    launch_attention_kernel(cache_attention_split<T, kVec>, grid, smem, st, pdl, q, kc, vc, slot, pos, order, nh, nkv,
+                            hd, max_ctx, window, scale, chunk, lpk, part_o, part_ml);
   } else {
     const int lpk = lanes_per_key(hd);
     HDPISSA_REQUIRE((hd + lpk - 1) / lpk <= kMaxVecPerLane, "cache attention: head_dim ", hd, " too large");
-    if (smem > 48 * 1024)
-      HDPISSA_CUDA_CHECK(cudaFuncSetAttribute(cache_attention_split<T, 1>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                              static_cast<int>(smem)));
-    HDPISSA_CUDA_CHECK(kern::launch_pdl(cache_attention_split<T, 1>, grid, dim3(kAttnThreads), smem, st, pdl, q, kc, vc,
-                                        slot, pos, order, nh, nkv, hd, max_ctx, window, scale, chunk, lpk, part_o,
-                                        part_ml));
+    launch_attention_kernel(cache_attention_split<T, 1>, grid, smem, st, pdl, q, kc, vc, slot, pos, order, nh, nkv, hd,
+                            max_ctx, window, scale, chunk, lpk, part_o, part_ml);
   }
-  HDPISSA_CUDA_CHECK(kern::launch_pdl(cache_attention_combine<T>, dim3(static_cast<unsigned>(n) * nh), dim3(128), 0, st,
-                                      pdl, part_o, part_ml, splits, hd, out));
+  launch_cache_attention_combine(st, part_o, part_ml, n, nh, splits, hd, out, pdl);
 }
 
 /// next[r] = argmax_j logits[r, j] (fp32, ties to the lowest index, like torch.argmax and Eigen's
