@@ -197,8 +197,14 @@ TEST_CASE("cli: --config TOML / INI, the command line wins") {
     f << "model = \"m\"\ndata = \"d\"\nmax-lenn = 64\n";
   }
   const std::string e = error_of({"--config", extra.string()});  // an unknown key is not silently ignored
-  CHECK(contains(e, "max-lenn"));
-  CHECK(contains(e, "did you mean 'max-len'?"));
+  CHECK(contains(e, "--config " + extra.string() + ": unknown key 'max-lenn'; did you mean 'max-len'?"));
+  const auto broken = dir / "broken.toml";
+  {
+    std::ofstream f(broken);
+    f << "[train\nrank = 4\n";
+  }
+  CHECK(contains(error_of({"--config", broken.string()}),
+                 "--config " + broken.string() + ": cannot parse '[train' (expected key = value lines and [section] headers)"));
 }
 
 TEST_CASE("cli: --svd applies to the SVD-initialised methods only") {

@@ -149,12 +149,17 @@ inline Outcome parse(CLI::App& app, const std::vector<std::string>& args, std::o
     if (msg.empty()) msg = e.what();
     throw UsageError(cat(msg, hint, " (see --help)"));
   } catch (const CLI::ConfigError& e) {  // e.g. an unknown key: "INI was not able to parse max-lenn"
-    std::string msg = e.what(), hint;
-    const std::string marker = "parse ";
-    if (const auto at = msg.rfind(marker); at != std::string::npos)
-      if (const std::string s = suggest(app, "--" + msg.substr(at + marker.size())); !s.empty())
-        hint = cat("; did you mean '", s.substr(2), "'?");
-    throw UsageError(cat("--config: ", msg, hint));
+    std::string file;
+    if (const CLI::Option* c = app.get_config_ptr(); c && c->count() > 0) file = cat(" ", c->as<std::string>());
+    const std::string msg = e.what(), marker = "was not able to parse ";
+    const auto at = msg.rfind(marker);
+    if (at == std::string::npos) throw UsageError(cat("--config", file, ": ", msg));
+    const std::string what = msg.substr(at + marker.size());
+    const bool key = !what.empty() && what.find_first_of("[]= \t\"'") == std::string::npos;
+    if (!key) throw UsageError(cat("--config", file, ": cannot parse '", what, "' (expected key = value lines and [section] headers)"));
+    std::string hint;
+    if (const std::string s = suggest(app, "--" + what); !s.empty()) hint = cat("; did you mean '", s.substr(2), "'?");
+    throw UsageError(cat("--config", file, ": unknown key '", what, "'", hint));
   } catch (const CLI::ArgumentMismatch& e) {  // "--x" at the end, or followed by another option
     throw UsageError(cat(e.what(), ": expects a value, found none (see --help)"));
   } catch (const CLI::ParseError& e) {
