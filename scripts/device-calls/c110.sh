@@ -1,7 +1,6 @@
 # call 110 (session 37): issue 16's 7B decode row on an H200 (blocked in session 36 for want of one),
-# with the pack of session 35/36 (hdpissa-generate / hdpissa-eval built at 0d35680: the decoder's
-# kernels and launches are main's at 540e4f5; later changes are progress lines and --stats-json's CPU
-# fields). decode-bench: batch 64, prompts 96-224, 256 new tokens, LLaMA-2-7B shape (random init),
+# with a pack of hdpissa-generate and hdpissa-eval built from main (scripts/prebuilt-pack.sh; not run
+# in session 37: its one H200 start was refused). decode-bench: batch 64, prompts 96-224, 256 new tokens, LLaMA-2-7B shape (random init),
 # ours vs transformers' generate (static cache, bf16) in one call; then ours twice more (spread).
 # On any other card it stops: the 2x is asked of an H200.
 # Run as: END_S=560 bash scripts/device-calls/c110.sh (carry .devpack, .devdata)
