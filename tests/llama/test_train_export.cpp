@@ -113,6 +113,11 @@ TEST_CASE("export: --scaling, --alpha, --max-shard-size and the export flags are
   CHECK_THROWS_WITH_AS(parse({"--scaling", "float"}), doctest::Contains("expected peft or reference"), LlamaError);
   CHECK(trajectory_config(parse({"--scaling", "reference"}), 1)["scaling"] == "reference");
   CHECK(trajectory_config(parse({}), 1)["scaling"] == "peft");
+  // --svd is part of the trajectory of the SVD-initialised methods only
+  CHECK(trajectory_config(parse({"--method", "hdpissa", "--svd", "randomized"}), 1)["svd"] == "randomized");
+  CHECK(trajectory_config(parse({"--method", "pissa-dwu"}), 1)["svd"] == "exact");
+  CHECK_FALSE(trajectory_config(parse({"--method", "lora"}), 1).contains("svd"));
+  CHECK_FALSE(trajectory_config(parse({"--method", "full"}), 1).contains("svd"));
   CHECK(parse({"--max-shard-size", "5GB"}).max_shard_bytes == 5'000'000'000);
   CHECK(parse({"--max-shard-size", "2MiB"}).max_shard_bytes == 2 * 1048576);
   CHECK(parse({"--max-shard-size", "1000"}).max_shard_bytes == 1000);

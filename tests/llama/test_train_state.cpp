@@ -332,6 +332,35 @@ TEST_CASE("train state: resume takes any spelling of the same --targets; a chang
   CHECK_ERROR(Run r(r2), "incompatible config: field 'rank'");
 }
 
+// --svd is refused with the methods that take no SVD (session 37); a LoRA state written before that,
+// by a run given --svd randomized, recorded it: it still resumes (the field is not LoRA's trajectory).
+TEST_CASE("train state: a LoRA state that recorded an --svd resumes") {
+  if (!llama_test::have_data()) return;
+  const fs::path dir = llama_test::scratch("state_lora_svd");
+  TrainOptions o = small_options();
+  o.method = Method::Lora;
+  o.groups_per_process = 1;
+  o.save_state = (dir / "s").string();
+  o.stop_after = 2;
+  {
+    Run r(o);
+    r.t->run();
+  }
+  const fs::path st = o.save_state;
+  nlohmann::json j = nlohmann::json::parse(std::ifstream(st / "state.json"));
+  REQUIRE(j["config"]["method"] == "lora");
+  CHECK_FALSE(j["config"].contains("svd"));  // not recorded for LoRA
+  j["config"]["svd"] = "randomized";          // as a state of an older build, run with --svd randomized
+  std::ofstream(st / "state.json") << j.dump();
+  llama_test::forge_manifest(st);
+  TrainOptions r2 = small_options();
+  r2.method = Method::Lora;
+  r2.groups_per_process = 1;
+  r2.resume = o.save_state;
+  Run r(r2);
+  CHECK(r.t->step() == 2);
+}
+
 TEST_CASE("train state: bad outputs fail before the first step; a metrics write failure is an error") {
   if (!llama_test::have_data()) return;
   const fs::path dir = llama_test::scratch("state_outputs");

@@ -849,7 +849,6 @@ inline nlohmann::json trajectory_config(const TrainOptions& o, int processes) {
           {"alpha", o.effective_alpha()},
           {"scaling", name_of(o.scaling)},
           {"targets", canonical_targets(o.targets)},
-          {"svd", name_of(o.svd)},
           {"aggregation", name_of(o.aggregation)},
           {"mute_gamma", o.mute_gamma},
           {"processes", processes},
@@ -866,6 +865,9 @@ inline nlohmann::json trajectory_config(const TrainOptions& o, int processes) {
           {"max_examples", o.max_examples},
           {"seed", o.seed},
           {"w_precision", name_of(o.w_precision)}};
+  // the SVD shapes the initial adapters of hdpissa / pissa / pissa-dwu only: other methods' states
+  // do not record it, and a resume ignores what an older state of theirs recorded
+  if (o.uses_svd()) j["svd"] = name_of(o.svd);
   // bf16-sr's rounding follows the SR stream's definition (hdpissa::kSrStreamVersion)
   if (o.w_precision == hdpissa::WPrecision::Bf16StochasticRounding) j["sr_stream"] = hdpissa::kSrStreamVersion;
   return j;
