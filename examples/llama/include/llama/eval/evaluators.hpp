@@ -539,7 +539,6 @@ EvalSummary evaluate_to_dir(Task task, const std::filesystem::path& data, const 
   return s;
 }
 
-/// A progress printer for EvalOptions::progress: "[tag] task: done/total, tok/s, ETA" to stderr.
 /// One progress line (no newline): "task: done/total problems, tok/s<extra>, elapsed, ETA".
 inline std::string progress_line(Task task, long done, long total, long toks, double secs,
                                  const std::string& extra = {}) {
@@ -549,6 +548,7 @@ inline std::string progress_line(Task task, long done, long total, long toks, do
                 done, total, secs > 0 ? double(toks) / secs : 0.0, extra.c_str(), secs, eta);
   return buf;
 }
+/// A progress printer for EvalOptions::progress: "[tag] " + progress_line to stderr.
 inline std::function<void(long, long, long, double)> stderr_progress(std::string tag, Task task) {
   return [tag, task](long done, long total, long toks, double secs) {
     std::fprintf(stderr, "[%s] %s\n", tag.c_str(), progress_line(task, done, total, toks, secs).c_str());

@@ -61,6 +61,16 @@ inline fs::path existing_ancestor(fs::path p) {
   return p;
 }
 
+/// A file can be created in the existing directory `dir` (for `flag` `p`; `what` names the attempt in
+/// the error). A probe file says more than access(2) (root, read-only mounts, ACLs).
+inline void probe_directory(const char* flag, const std::string& p, const fs::path& dir, const std::string& what) {
+  const fs::path probe = dir / cat(".hdpissa-write-probe-", ::getpid());
+  const int fd = ::open(probe.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+  if (fd < 0) throw LlamaError(cat(flag, " ", p, ": cannot be written: ", what, " failed (", std::strerror(errno), ")"));
+  ::close(fd);
+  ::unlink(probe.c_str());
+}
+
 /// `p` (a directory, or a file when `file`) can be created or replaced: its existing part is of the
 /// right kind, and a file can be created in the directory that will hold it.
 inline void check_output(const char* flag, const std::string& p, bool file) {
@@ -78,14 +88,7 @@ inline void check_output(const char* flag, const std::string& p, bool file) {
   const fs::path anc = existing_ancestor(a.parent_path());
   if (!fs::is_directory(anc, ec))
     throw LlamaError(cat(flag, " ", p, ": cannot be created: ", anc.string(), " is not a directory"));
-  // A probe file says more than access(2) (root, read-only mounts, ACLs).
-  const fs::path probe = anc / cat(".hdpissa-write-probe-", ::getpid());
-  const int fd = ::open(probe.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-  if (fd < 0)
-    throw LlamaError(cat(flag, " ", p, ": cannot be written: creating a file in ", anc.string(), " failed (",
-                         std::strerror(errno), ")"));
-  ::close(fd);
-  ::unlink(probe.c_str());
+  probe_directory(flag, p, anc, cat("creating a file in ", anc.string()));
 }
 
 /// A directory that files will be written into (not renamed into place, as check_output's): an
@@ -94,12 +97,7 @@ inline void check_output_into(const char* flag, const std::string& p) {
   std::error_code ec;
   const fs::path a = normal_path(p);
   if (!fs::is_directory(a, ec)) return check_output(flag, p, false);
-  const fs::path probe = a / cat(".hdpissa-write-probe-", ::getpid());
-  const int fd = ::open(probe.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-  if (fd < 0)
-    throw LlamaError(cat(flag, " ", p, ": cannot be written: creating a file in it failed (", std::strerror(errno), ")"));
-  ::close(fd);
-  ::unlink(probe.c_str());
+  probe_directory(flag, p, a, "creating a file in it");
 }
 
 /// Whether `name` (an entry of a directory; directories end in "/") is one the trainer writes into
